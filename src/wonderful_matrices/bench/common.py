@@ -1,0 +1,138 @@
+"""Helpers every benchmark uses: timing by one method, environment facts, result files.
+
+Method (BENCHMARKS.md): warm up, synchronise, time with device events on CUDA (``perf_counter`` after a
+synchronise elsewhere), take the median of many runs; compare implementations side by side in one process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for all queued work on ``device``."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_callable(fn: Callable[[], object], device: torch.device | str, warmup: int = 3, reps: int = 10,
+                  min_time_s: float = 0.0) -> float:
+    """Median wall time of ``fn()`` in milliseconds.
+
+    ``warmup`` untimed calls first; then at least ``reps`` timed calls (more until ``min_time_s`` elapsed).
+    On CUDA each call is timed with a pair of events; elsewhere with ``perf_counter``.
+    """
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    samples: list[float] = []
+    start_all = time.perf_counter()
+    while len(samples) < reps or (time.perf_counter() - start_all) < min_time_s:
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+        if len(samples) >= 10 * max(reps, 1):
+            break
+    return statistics.median(samples)
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device | str) -> int | None:
+    """Peak CUDA memory allocated while running ``fn()`` once (above what was allocated before); None off CUDA."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def environment() -> dict:
+    """Versions and device description recorded with every result."""
+    info = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    else:
+        info["device"] = f"cpu ({platform.processor() or platform.machine()})"
+    return info
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    """Rows of dicts -> a GitHub markdown table (floats with 4 significant digits; None as '—')."""
+    if not rows:
+        return "(no rows)\n"
+    columns = list(columns or rows[0].keys())
+
+    def fmt(v):
+        if v is None:
+            return "—"
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out_dir: str | os.PathLike, name: str, rows: Sequence[dict], meta: dict,
+                  columns: Sequence[str] | None = None, notes: str = "") -> str:
+    """Write ``results.json`` (rows + meta + environment) and ``results.md`` into ``out_dir``; return the table."""
+    out = Path(out_dir)
+    table = markdown_table(rows, columns)
+    payload = {"experiment": name, "meta": meta, "environment": environment(), "rows": list(rows)}
+    atomic_write_text(out / "results.json", json.dumps(payload, indent=2, default=str) + "\n")
+    env = payload["environment"]
+    header = f"# {name}\n\n{env['date']} · {env['device']} · torch {env['torch']} · triton {env['triton']}\n\n"
+    meta_lines = "".join(f"- {k}: {v}\n" for k, v in meta.items())
+    atomic_write_text(out / "results.md", header + meta_lines + "\n" + table + ("\n" + notes + "\n" if notes else ""))
+    return table

@@ -1,0 +1,4 @@
+"""nn.Module layers built on ``wonderful_matrices.ops``: one file per mixer."""
+from .mlp import GatedMLP
+from .norm import RMSNorm
+from .rotary import RotaryEmbedding, apply_rotary

@@ -1,0 +1,35 @@
+"""Dense gated MLP (SwiGLU), the FFN of Llama and the shared part of CDMoE."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
+
+
+class GatedMLP(nn.Module):
+    """``down_proj(act(gate_proj x) * up_proj x)``; parameter names match HF ``LlamaMLP``.
+
+    Args:
+        hidden_size: model width ``d``.
+        intermediate_size: inner width.
+        activation: ``"silu"`` (SwiGLU), ``"gelu"`` or ``"relu"``.
+        bias: linear biases.
+    """
+
+    def __init__(self, hidden_size: int, intermediate_size: int, activation: str = "silu", bias: bool = False):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation={activation!r} is not allowed: one of {sorted(ACTIVATIONS)}")
+        for name, value in (("hidden_size", hidden_size), ("intermediate_size", intermediate_size)):
+            if value < 1:
+                raise ValueError(f"{name}={value!r} is not allowed: must be >= 1")
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.act = ACTIVATIONS[activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., d) -> (..., d)."""
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))

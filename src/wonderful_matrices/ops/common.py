@@ -1,0 +1,51 @@
+"""Argument checking and backend selection shared by every op in ``wonderful_matrices.ops``."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+BACKENDS = ("auto", "naive", "torch", "triton")
+
+
+def require(condition: bool, argument: str, value, allowed: str) -> None:
+    """Raise ``ValueError`` naming ``argument``, its ``value`` and what is ``allowed`` unless ``condition``."""
+    if not condition:
+        raise ValueError(f"{argument}={value!r} is not allowed: {allowed}")
+
+
+def shape_of(t: torch.Tensor) -> tuple:
+    """A tensor's shape as a plain tuple, for error messages."""
+    return tuple(t.shape)
+
+
+def triton_usable(device: torch.device) -> bool:
+    """Whether the Triton backend can run on ``device`` (a CUDA GPU, or any device under TRITON_INTERPRET=1)."""
+    import os
+
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True
+    return device.type == "cuda"
+
+
+def resolve_backend(backend: str, available: Iterable[str], device: torch.device, auto_order: Iterable[str]) -> str:
+    """Map ``backend`` (``"auto"`` or a name) to an available implementation for ``device``.
+
+    ``available`` lists the backends the op implements; ``auto_order`` is the preference order for ``"auto"``
+    (the first usable one wins; ``"triton"`` is usable only where :func:`triton_usable` says so).
+    """
+    available = tuple(available)
+    require(backend in ("auto",) + available, "backend", backend, f"one of {('auto',) + available}")
+    if backend != "auto":
+        if backend == "triton":
+            require(triton_usable(device), "backend", backend,
+                    "'triton' needs a CUDA device (or TRITON_INTERPRET=1) and the triton package")
+        return backend
+    for name in auto_order:
+        if name in available and (name != "triton" or (device.type == "cuda" and triton_usable(device))):
+            return name
+    return "torch"

@@ -1,0 +1,44 @@
+import math
+
+import pytest
+import torch
+
+from wonderful_matrices.layers import GatedMLP, RMSNorm, RotaryEmbedding, apply_rotary
+
+
+def test_rotary_relative_position():
+    rope = RotaryEmbedding(16)
+    q, k = torch.randn(1, 1, 2, 16), torch.randn(1, 1, 2, 16)
+    def score(tq, tk):
+        cq, sq = rope(torch.tensor([[tq]]))
+        ck, sk = rope(torch.tensor([[tk]]))
+        return (apply_rotary(q, cq, sq) * apply_rotary(k, ck, sk)).sum(-1)
+    assert torch.allclose(score(7, 3), score(107, 103), atol=1e-4)
+    assert not torch.allclose(score(7, 3), score(7, 4), atol=1e-3)
+
+
+def test_rotary_matches_formula_and_partial_dim():
+    rope = RotaryEmbedding(4, theta=100.0)
+    x = torch.randn(1, 3, 1, 6)
+    cos, sin = rope(torch.tensor([[0, 1, 5]]))
+    y = apply_rotary(x, cos, sin)
+    t, i = 5, 1
+    ang = t * 100.0 ** (-2 * i / 4)
+    x1, x2 = x[0, 2, 0, i], x[0, 2, 0, i + 2]
+    assert math.isclose(y[0, 2, 0, i].item(), (x1 * math.cos(ang) - x2 * math.sin(ang)).item(), rel_tol=1e-5)
+    assert torch.equal(y[..., 4:], x[..., 4:])
+    assert torch.allclose(y[:, 0], x[:, 0])
+
+
+def test_rotary_bad_dim():
+    with pytest.raises(ValueError, match="dim"):
+        RotaryEmbedding(7)
+
+
+def test_rmsnorm_and_mlp_shapes():
+    x = torch.randn(2, 5, 8)
+    y = RMSNorm(8)(x)
+    assert torch.allclose(y.pow(2).mean(-1), torch.ones(2, 5), atol=1e-4)
+    assert GatedMLP(8, 12)(x).shape == x.shape
+    with pytest.raises(ValueError, match="activation"):
+        GatedMLP(8, 12, activation="tanh")
