@@ -148,7 +148,7 @@ def test_loss_is_shifted_cross_entropy_plus_aux(name):
     out = model(x, labels=labels)
     logits = out.logits[:, :-1].reshape(-1, model.config.vocab_size)
     ce = torch.nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100)
-    aux = 0.0 if out.aux_loss is None else model.config.balance_loss_weight * out.aux_loss
+    aux = 0.0 if out.aux_loss is None else out.aux_loss
     assert rel_err(out.loss, ce + aux) < 1e-12
 
 

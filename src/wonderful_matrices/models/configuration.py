@@ -43,20 +43,26 @@ class CheemsConfig(PretrainedConfig):
     Attention and DMA (``"attn"``, ``"dma"``): ``num_attention_heads``, ``num_key_value_heads``
     (default: ``num_attention_heads``), ``head_dim`` (default: ``hidden_size // num_attention_heads``),
     ``rope_theta`` (shared with SSD), ``attention_bias``, ``keep_window`` (DMA keys kept per query; None = all),
-    ``dma_mask_form`` (``"gate"``: bounded log-space gate; ``"doge"``: the published Doge formula).
+    ``dma_mask_form`` (``"gate"``: bounded log-space gate; ``"doge"``: the published Doge formula),
+    ``dma_qk_norm`` (RMSNorm on DMA queries/keys per head, as Doge).
 
     SSD (``"ssd"``): ``ssd_num_heads``, ``ssd_head_dim``, ``ssd_state_size``, ``ssd_num_groups``,
     ``ssd_chunk_size`` (power of two), ``ssd_use_rope`` (RoPE on B and C), ``ssd_use_conv`` (Mamba2 short
     conv), ``ssd_conv_kernel``.
 
     Mamba2 (``"mamba2"``): ``mamba2_expand``, ``mamba2_head_dim``, ``mamba2_state_size``, ``mamba2_num_groups``,
-    ``mamba2_conv_kernel``, ``mamba2_chunk_size``.
+    ``mamba2_conv_kernel``, ``mamba2_chunk_size``, ``mamba2_conv_bias``, ``mamba2_bias`` (in/out projections),
+    ``mamba2_norm_groups`` (groups of the gated RMSNorm; None = ``mamba2_num_groups`` as mamba_ssm, 1 = HF's
+    PyTorch path).
 
     FFNs: ``intermediate_size`` (``"mlp"`` and the shared MLP of CDMoE); CDMoE ``cdmoe_num_experts``
     (a perfect square), ``cdmoe_num_heads``, ``cdmoe_top_k``, ``cdmoe_retrieval_dim`` (even);
     MoE ``moe_num_experts``, ``moe_top_k``, ``moe_intermediate_size`` (each expert),
     ``moe_shared_intermediate_size`` (shared expert; 0 = none), ``moe_implementation``;
     ``balance_loss_weight`` (weight of the load-balancing losses added to the LM loss).
+
+    ``residual_scale``: learned per-channel scales on both residual branches (``h * r + f(h)``, as Doge);
+    off by default.
     """
 
     model_type = "cheems"
@@ -79,6 +85,7 @@ class CheemsConfig(PretrainedConfig):
     attention_bias: bool = False
     keep_window: int | None = 2048
     dma_mask_form: str = "gate"
+    dma_qk_norm: bool = False
 
     ssd_num_heads: int = 8
     ssd_head_dim: int = 128
@@ -95,6 +102,9 @@ class CheemsConfig(PretrainedConfig):
     mamba2_num_groups: int = 1
     mamba2_conv_kernel: int = 4
     mamba2_chunk_size: int = 256
+    mamba2_conv_bias: bool = True
+    mamba2_bias: bool = False
+    mamba2_norm_groups: int | None = None
 
     intermediate_size: int = 2048
     cdmoe_num_experts: int = 16384
@@ -108,6 +118,7 @@ class CheemsConfig(PretrainedConfig):
     moe_implementation: str = "grouped"
     balance_loss_weight: float | int = 0.01
 
+    residual_scale: bool = False
     rms_norm_eps: float = 1e-6
     initializer_range: float = 0.02
     use_cache: bool = True

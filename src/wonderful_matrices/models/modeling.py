@@ -61,7 +61,8 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor,
 
 
 class CheemsBlock(GradientCheckpointingLayer):
-    """Pre-norm residual block: ``h + mixer(norm(h))`` then ``h + ffn(norm(h))``.
+    """Pre-norm residual block: ``h + mixer(norm(h))`` then ``h + ffn(norm(h))`` (``h * r + ...`` with
+    ``config.residual_scale``, ``r`` learned per channel).
 
     ``forward(hidden_states (b, l, d), position_ids (b, l), attention_mask (b, l) | None, state dict | None)``.
     """
@@ -74,13 +75,21 @@ class CheemsBlock(GradientCheckpointingLayer):
         ffn = build_ffn(config, layer_idx)
         self.ffn_norm = None if ffn is None else RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.ffn = ffn
+        if config.residual_scale:
+            self.mixer_residual = nn.Parameter(torch.ones(config.hidden_size))
+            self.ffn_residual = None if ffn is None else nn.Parameter(torch.ones(config.hidden_size))
+        else:
+            self.mixer_residual = self.ffn_residual = None
 
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor,
                 attention_mask: torch.Tensor | None, state: dict | None) -> torch.Tensor:
         """(b, l, d) -> (b, l, d)."""
-        hidden_states = hidden_states + self.mixer(self.mixer_norm(hidden_states), position_ids, attention_mask, state)
+        mixed = self.mixer(self.mixer_norm(hidden_states), position_ids, attention_mask, state)
+        hidden_states = (hidden_states if self.mixer_residual is None else hidden_states * self.mixer_residual) + mixed
         if self.ffn is not None:
-            hidden_states = hidden_states + self.ffn(self.ffn_norm(hidden_states))
+            transformed = self.ffn(self.ffn_norm(hidden_states))
+            hidden_states = (hidden_states if self.ffn_residual is None
+                             else hidden_states * self.ffn_residual) + transformed
         return hidden_states
 
     def aux_loss(self) -> torch.Tensor | None:
@@ -110,6 +119,10 @@ class CheemsPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)
+        elif isinstance(module, CheemsBlock):
+            for scale in (module.mixer_residual, module.ffn_residual):
+                if scale is not None:
+                    init.ones_(scale)
         elif isinstance(module, RotaryEmbedding):
             # a non-persistent buffer: rebuilt here because from_pretrained creates modules without data
             init.copy_(module.inv_freq, RotaryEmbedding(module.dim, module.theta).inv_freq)
@@ -201,7 +214,7 @@ class CheemsModel(CheemsPreTrainedModel):
 
 @dataclass
 class CheemsCausalLMOutput(CausalLMOutputWithPast):
-    """``CausalLMOutputWithPast`` plus ``aux_loss``: the summed load-balancing losses (already inside ``loss``)."""
+    """``CausalLMOutputWithPast`` plus ``aux_loss``: the summed weighted load-balancing losses (inside ``loss``)."""
 
     aux_loss: torch.FloatTensor | None = None
 
@@ -211,8 +224,8 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
 
     ``forward(input_ids (b, l), attention_mask, position_ids, past_key_values, labels (b, l), use_cache,
     logits_to_keep) -> CheemsCausalLMOutput`` with ``logits (b, l', vocab)``; with ``labels``,
-    ``loss`` = shifted cross-entropy (``-100`` ignored) + ``balance_loss_weight`` x the layers' summed
-    ``aux_loss``.
+    ``loss`` = shifted cross-entropy (``-100`` ignored) + the sum of the FFN layers' ``aux_loss`` (each
+    already weighted by ``balance_loss_weight``).
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -256,7 +269,7 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = causal_lm_loss(logits, labels, kwargs.get("num_items_in_batch"))
             if aux_loss is not None:
-                loss = loss + self.config.balance_loss_weight * aux_loss
+                loss = loss + aux_loss
         return CheemsCausalLMOutput(loss=loss, aux_loss=aux_loss, logits=logits,
                                     past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states)
 
