@@ -157,6 +157,25 @@ def test_left_padding_does_not_change_real_tokens(use_conv):
         assert rel_err(y[0], alone[0, l + t:l + t + 1]) < 1e-10
 
 
+@pytest.mark.parametrize("use_conv", [False, True])
+def test_padded_steps_after_real_tokens_are_invisible(use_conv):
+    m = make_mixer(use_conv=use_conv)
+    hs = torch.randn(1, 9, D_MODEL, dtype=torch.float64)
+    alone = m(hs, positions(1, 9))
+    state = {}
+    m(hs[:, :5], positions(1, 5), None, state)
+    before = {k: v.clone() for k, v in state.items()}
+    m(torch.randn(1, 1, D_MODEL, dtype=torch.float64), positions(1, 1, start=5), torch.zeros(1, 1), state)
+    for k in before:  # a padded decoding step leaves the whole cache unchanged
+        assert torch.equal(state[k], before[k]), k
+    junk = torch.randn(1, 2, D_MODEL, dtype=torch.float64)
+    both = torch.cat([hs[:, 5:7], junk], 1)  # two real tokens then two padded ones in one call
+    out = m(both, positions(1, 4, start=5), torch.tensor([[1, 1, 0, 0]]), state)
+    assert rel_err(out[:, :2], alone[:, 5:7]) < 1e-10
+    rest = m(hs[:, 7:], positions(1, 2, start=7), None, state)
+    assert rel_err(rest, alone[:, 7:]) < 1e-10
+
+
 def test_padding_mask_without_cache_and_bf16_forward():
     m32 = make_mixer(torch.float32)
     hs = torch.randn(2, 11, D_MODEL)

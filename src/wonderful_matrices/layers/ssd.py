@@ -87,8 +87,9 @@ class SSDMixer(nn.Module):
     ``state["conv_state"]`` (b, h·p + 2·g·n, conv_kernel − 1), the last pre-convolution inputs, when
     ``use_conv``. A one-token call with a state uses :func:`ssd_step`; longer calls use :func:`ssd` with the
     state as ``initial_state``. Padding (``attention_mask == 0``) gets ``dt = 0`` and zero ``x, B, C`` inputs,
-    so the state passes through unchanged (for the convolution a padded token acts as a zero input, which is
-    exact for left padding).
+    so the state passes through unchanged; the convolution history kept in the state skips padded tokens
+    (inside one call a padded token is a zero input to the convolution windows after it, which is exact for
+    left padding).
     """
 
     def __init__(self, hidden_size: int, num_heads: int, head_dim: int, state_size: int, num_groups: int = 1,
@@ -157,8 +158,12 @@ class SSDMixer(nn.Module):
                      f"({b}, {l}): the tokens of this call")
         _require(state is None or isinstance(state, dict), "state", type(state).__name__, "None or a dict")
 
-    def _conv(self, xbc: torch.Tensor, state: dict | None) -> torch.Tensor:
-        """Causal depthwise conv over (b, l, conv_dim), continuing from ``state["conv_state"]`` if present."""
+    def _conv(self, xbc: torch.Tensor, state: dict | None, keep: torch.Tensor | None) -> torch.Tensor:
+        """Causal depthwise conv over xbc (b, l, conv_dim), continuing from ``state["conv_state"]`` if present.
+
+        The stored history is the last ``conv_kernel − 1`` inputs of *real* tokens (``keep`` (b, l, 1) marks
+        them), so padding never enters a later call's window.
+        """
         weight = self.conv1d.weight  # (conv_dim, 1, k)
         width = weight.shape[-1] - 1
         xt = xbc.transpose(1, 2)
@@ -168,7 +173,13 @@ class SSDMixer(nn.Module):
         else:
             full = torch.cat([history.to(xt.dtype), xt], dim=-1)
         if state is not None:
-            state["conv_state"] = full[..., full.shape[-1] - width:]
+            if keep is None:
+                state["conv_state"] = full[..., full.shape[-1] - width:]
+            else:  # the last `width` columns among the history and this call's real tokens
+                real = F.pad(keep[..., 0], (width, 0), value=True)
+                order = torch.arange(real.shape[-1], device=real.device).expand_as(real)
+                cols = torch.where(real, order, -1).topk(width, dim=-1).values.flip(-1)
+                state["conv_state"] = full.gather(-1, cols[:, None, :].expand(-1, full.shape[1], -1))
         return F.conv1d(full, weight, self.conv1d.bias, groups=self.conv_dim).transpose(1, 2)
 
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor | None = None,
@@ -186,7 +197,7 @@ class SSDMixer(nn.Module):
         if keep is not None:
             xbc = xbc.masked_fill(~keep, 0.0)
         if self.use_conv:
-            xbc = self._conv(xbc, state)
+            xbc = self._conv(xbc, state, keep)
         xbc = F.silu(xbc)
         if keep is not None:
             xbc = xbc.masked_fill(~keep, 0.0)
