@@ -2,3 +2,4 @@
 from .mlp import GatedMLP
 from .norm import RMSNorm
 from .rotary import RotaryEmbedding, apply_rotary
+from .dma import DynamicMaskAttention, load_hf_doge_attention_state
