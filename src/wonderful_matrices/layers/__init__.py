@@ -4,3 +4,4 @@ from .norm import RMSNorm
 from .rotary import RotaryEmbedding, apply_rotary
 from .mamba2 import Mamba2Mixer, mamba2_mixer_kwargs_from_hf_config
 from .ssd import GatedRMSNorm, SSDMixer
+from .dma import DynamicMaskAttention, load_hf_doge_attention_state
