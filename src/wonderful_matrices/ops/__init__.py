@@ -2,3 +2,5 @@
 everywhere), optionally ``triton.py`` (GPU kernels), and dispatches on ``backend`` in its ``__init__``."""
 from .ssd import ssd, ssd_step
 from .dma import dynamic_mask_attention
+from .expert_mixture import expert_mixture
+from .product_key import product_key_topk
