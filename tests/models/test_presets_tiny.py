@@ -10,7 +10,7 @@ from wonderful_matrices.models import CheemsCache
 TINY = [n for n in wm.presets.names() if n.endswith("-tiny")]
 
 
-def make(name, dtype=torch.float64, **overrides):
+def make(name, dtype=torch.float32, **overrides):
     torch.manual_seed(0)
     cfg = wm.presets.get(name, **overrides)
     return wm.CheemsForCausalLM(cfg).to(dtype).eval()
@@ -45,7 +45,7 @@ def test_prefill_then_steps_equals_full_forward(name):
             parts.append(model(x[:, t:t + 1], past_key_values=cache, use_cache=True).logits)
         parts.append(model(x[:, 14:], past_key_values=cache, use_cache=True).logits)
     assert cache.get_seq_length() == 23
-    assert rel_err(torch.cat(parts, 1), full) < 1e-9
+    assert rel_err(torch.cat(parts, 1), full) < 1e-5
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -105,7 +105,7 @@ def test_left_padded_batch_equals_single_rows(name):
         assert not torch.isnan(batched).any()
         for i, r in enumerate(rows):
             single = model(r[None]).logits[0]
-            assert rel_err(batched[i, L - len(r):], single) < 1e-9
+            assert rel_err(batched[i, L - len(r):], single) < 1e-5
         out = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
         for i, r in enumerate(rows):
             alone = model.generate(r[None], max_new_tokens=5, do_sample=False, pad_token_id=0)
@@ -149,7 +149,7 @@ def test_loss_is_shifted_cross_entropy_plus_aux(name):
     logits = out.logits[:, :-1].reshape(-1, model.config.vocab_size)
     ce = torch.nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100)
     aux = 0.0 if out.aux_loss is None else out.aux_loss
-    assert rel_err(out.loss, ce + aux) < 1e-12
+    assert rel_err(out.loss, ce + aux) < 1e-6
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -163,4 +163,4 @@ def test_gradient_checkpointing_gives_same_gradients(name):
     model(x, labels=x).loss.backward()
     for n, p in model.named_parameters():
         if n in ref:
-            assert rel_err(p.grad, ref[n]) < 1e-10, n
+            assert rel_err(p.grad, ref[n]) < 1e-5, n

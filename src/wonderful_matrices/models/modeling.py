@@ -16,7 +16,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from ..layers import Attention, GatedMLP, RMSNorm, RotaryEmbedding
+from ..layers import Attention, GatedMLP, Mamba2Mixer, RMSNorm, RotaryEmbedding, SSDMixer
 from .cache import CheemsCache
 from .configuration import CheemsConfig
 
@@ -28,7 +28,19 @@ def build_mixer(config: CheemsConfig, layer_idx: int) -> nn.Module:
         return Attention(config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
                          config.head_dim, rope_theta=config.rope_theta, attention_bias=config.attention_bias,
                          layer_idx=layer_idx)
-    raise ValueError(f"layer_types[{layer_idx}]={kind!r} is not allowed: this build provides only 'attn'")
+    if kind == "ssd":
+        return SSDMixer(config.hidden_size, config.ssd_num_heads, config.ssd_head_dim, config.ssd_state_size,
+                        num_groups=config.ssd_num_groups, chunk_size=config.ssd_chunk_size,
+                        use_rope=config.ssd_use_rope, rope_theta=config.rope_theta, use_conv=config.ssd_use_conv,
+                        conv_kernel=config.ssd_conv_kernel, norm_eps=config.rms_norm_eps, layer_idx=layer_idx)
+    if kind == "mamba2":
+        inner = config.mamba2_expand * config.hidden_size
+        return Mamba2Mixer(config.hidden_size, inner // config.mamba2_head_dim, config.mamba2_head_dim,
+                           config.mamba2_state_size, num_groups=config.mamba2_num_groups,
+                           chunk_size=config.mamba2_chunk_size, conv_kernel=config.mamba2_conv_kernel,
+                           conv_bias=config.mamba2_conv_bias, bias=config.mamba2_bias, norm_eps=config.rms_norm_eps,
+                           norm_groups=config.mamba2_norm_groups, layer_idx=layer_idx)
+    raise ValueError(f"layer_types[{layer_idx}]={kind!r} is not allowed: this build provides 'attn', 'ssd', 'mamba2'")
 
 
 def build_ffn(config: CheemsConfig, layer_idx: int) -> nn.Module | None:

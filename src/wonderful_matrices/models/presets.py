@@ -41,6 +41,11 @@ _FAMILY = {
         "small": dict(num_hidden_layers=8, intermediate_size=768),
         "base": dict(num_hidden_layers=12, intermediate_size=2560),
     },
+    "mamba2": {
+        "tiny": dict(num_hidden_layers=8),
+        "small": dict(num_hidden_layers=16),
+        "base": dict(num_hidden_layers=24),
+    },
 }
 
 
