@@ -16,7 +16,8 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from ..layers import Attention, GatedMLP, Mamba2Mixer, RMSNorm, RotaryEmbedding, SSDMixer
+from ..layers import (CDMoE, Attention, DynamicMaskAttention, GatedMLP, Mamba2Mixer, MoE, RMSNorm, RotaryEmbedding,
+                      SSDMixer)
 from .cache import CheemsCache
 from .configuration import CheemsConfig
 
@@ -28,6 +29,11 @@ def build_mixer(config: CheemsConfig, layer_idx: int) -> nn.Module:
         return Attention(config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
                          config.head_dim, rope_theta=config.rope_theta, attention_bias=config.attention_bias,
                          layer_idx=layer_idx)
+    if kind == "dma":
+        return DynamicMaskAttention(config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
+                                    config.head_dim, keep_window=config.keep_window, rope_theta=config.rope_theta,
+                                    mask_form=config.dma_mask_form, attention_bias=config.attention_bias,
+                                    layer_idx=layer_idx, qk_norm=config.dma_qk_norm, rms_norm_eps=config.rms_norm_eps)
     if kind == "ssd":
         return SSDMixer(config.hidden_size, config.ssd_num_heads, config.ssd_head_dim, config.ssd_state_size,
                         num_groups=config.ssd_num_groups, chunk_size=config.ssd_chunk_size,
@@ -40,7 +46,7 @@ def build_mixer(config: CheemsConfig, layer_idx: int) -> nn.Module:
                            chunk_size=config.mamba2_chunk_size, conv_kernel=config.mamba2_conv_kernel,
                            conv_bias=config.mamba2_conv_bias, bias=config.mamba2_bias, norm_eps=config.rms_norm_eps,
                            norm_groups=config.mamba2_norm_groups, layer_idx=layer_idx)
-    raise ValueError(f"layer_types[{layer_idx}]={kind!r} is not allowed: this build provides 'attn', 'ssd', 'mamba2'")
+    raise ValueError(f"layer_types[{layer_idx}]={kind!r} is not allowed: one of 'attn', 'dma', 'ssd', 'mamba2'")
 
 
 def build_ffn(config: CheemsConfig, layer_idx: int) -> nn.Module | None:
@@ -50,7 +56,15 @@ def build_ffn(config: CheemsConfig, layer_idx: int) -> nn.Module | None:
         return None
     if kind == "mlp":
         return GatedMLP(config.hidden_size, config.intermediate_size)
-    raise ValueError(f"ffn_types[{layer_idx}]={kind!r} is not allowed: this build provides only 'mlp' and 'none'")
+    if kind == "cdmoe":
+        return CDMoE(config.hidden_size, config.intermediate_size, config.cdmoe_num_experts,
+                     num_heads=config.cdmoe_num_heads, top_k=config.cdmoe_top_k,
+                     retrieval_dim=config.cdmoe_retrieval_dim, balance_loss_weight=config.balance_loss_weight)
+    if kind == "moe":
+        return MoE(config.hidden_size, config.moe_intermediate_size, config.moe_num_experts, config.moe_top_k,
+                   shared_intermediate_size=config.moe_shared_intermediate_size,
+                   implementation=config.moe_implementation, balance_loss_weight=config.balance_loss_weight)
+    raise ValueError(f"ffn_types[{layer_idx}]={kind!r} is not allowed: one of 'cdmoe', 'moe', 'mlp', 'none'")
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor,
@@ -121,13 +135,18 @@ class CheemsPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Linear/embedding weights ~ N(0, initializer_range), zero biases, unit norm weights, RoPE tables."""
+        """Linear and token-embedding weights ~ N(0, initializer_range), zero biases, unit norm weights, RoPE tables.
+
+        Parameters particular to a layer (SSD's ``A_log``/``dt_bias``/``D``, DMA's ``A_log``, CDMoE's keys and
+        expert tables, MoE's expert weights) keep the initialisation their layer's constructor gave them.
+        """
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
+        elif isinstance(module, nn.Embedding) and module is self.get_input_embeddings():
+            # other embeddings (CDMoE's expert tables) keep their layer's own initialisation
             init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)

@@ -36,6 +36,30 @@ _COMMON = {
 
 # Per family and size: depth and FFN sizes, chosen so that one size class is roughly parameter-matched.
 _FAMILY = {
+    "cheems": {
+        "tiny": dict(num_hidden_layers=4, intermediate_size=128, cdmoe_num_experts=64, cdmoe_num_heads=2,
+                     cdmoe_top_k=4, cdmoe_retrieval_dim=16),
+        "small": dict(num_hidden_layers=8, intermediate_size=256, cdmoe_num_experts=784, cdmoe_num_heads=2,
+                      cdmoe_top_k=4, cdmoe_retrieval_dim=64),
+        "base": dict(num_hidden_layers=12, intermediate_size=1024, cdmoe_num_experts=2304, cdmoe_num_heads=4,
+                     cdmoe_top_k=8, cdmoe_retrieval_dim=64),
+    },
+    "doge": {
+        "tiny": dict(num_hidden_layers=4, intermediate_size=128, cdmoe_num_experts=64, cdmoe_num_heads=2,
+                     cdmoe_top_k=4, cdmoe_retrieval_dim=16),
+        "small": dict(num_hidden_layers=8, intermediate_size=256, cdmoe_num_experts=784, cdmoe_num_heads=2,
+                      cdmoe_top_k=4, cdmoe_retrieval_dim=64),
+        "base": dict(num_hidden_layers=12, intermediate_size=1024, cdmoe_num_experts=2304, cdmoe_num_heads=4,
+                     cdmoe_top_k=8, cdmoe_retrieval_dim=64),
+    },
+    "jamba": {
+        "tiny": dict(num_hidden_layers=4, intermediate_size=128, moe_num_experts=4, moe_top_k=2,
+                     moe_intermediate_size=32, moe_shared_intermediate_size=32),
+        "small": dict(num_hidden_layers=8, intermediate_size=256, moe_num_experts=8, moe_top_k=2,
+                      moe_intermediate_size=64, moe_shared_intermediate_size=128),
+        "base": dict(num_hidden_layers=12, intermediate_size=1536, moe_num_experts=8, moe_top_k=2,
+                     moe_intermediate_size=192, moe_shared_intermediate_size=384),
+    },
     "llama": {
         "tiny": dict(num_hidden_layers=4, intermediate_size=192),
         "small": dict(num_hidden_layers=8, intermediate_size=768),
