@@ -56,3 +56,45 @@ def test_llama_unsupported_field_is_rejected():
     hf.config.hidden_act = "gelu"
     with pytest.raises(ValueError, match="hidden_act"):
         from_hf_llama(hf)
+
+
+def test_mamba2_logits_match():
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    from wonderful_matrices.models.convert import from_hf_mamba2
+
+    cfg = Mamba2Config(vocab_size=97, hidden_size=32, num_hidden_layers=2, state_size=8, expand=2, head_dim=8,
+                       num_heads=8, n_groups=2, conv_kernel=4, chunk_size=8, tie_word_embeddings=False)
+    hf = random_norms(Mamba2ForCausalLM(cfg)).eval()
+    ours = from_hf_mamba2(hf)
+    assert ours.config.layer_types == ["mamba2"] * 2 and ours.config.ffn_types == ["none"] * 2
+    x = torch.randint(0, 97, (2, 19))
+    with torch.no_grad():
+        assert rel_err(ours(x).logits, hf(x).logits) < 1e-4
+
+
+def test_doge_dense_logits_match():
+    from transformers import DogeConfig, DogeForCausalLM
+
+    from wonderful_matrices.models.convert import from_hf_doge
+
+    cfg = DogeConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, keep_window_size=5, attention_bias=False,
+                     rope_parameters={"rope_type": "default", "rope_theta": 500.0}, tie_word_embeddings=True)
+    cfg._attn_implementation = "eager"
+    hf = random_norms(DogeForCausalLM(cfg)).eval()
+    # Residual scales and the mask parameters away from their initial values; dt_proj large enough that key
+    # biases are well separated (near-ties would make the window's choice of keys ambiguous).
+    with torch.no_grad():
+        for n, p in hf.named_parameters():
+            if n.endswith("residual"):
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+            elif n.endswith(".A"):
+                p.copy_(0.5 + 0.5 * torch.rand_like(p))
+            elif "dt_proj" in n:
+                p.copy_(torch.randn_like(p))
+    ours = from_hf_doge(hf)
+    assert ours.config.layer_types == ["dma"] * 2 and ours.config.keep_window == 5
+    x = torch.randint(0, 97, (2, 17))
+    with torch.no_grad():
+        assert rel_err(ours(x).logits, hf(x).logits) < 1e-4
