@@ -79,6 +79,8 @@ def _measure(fn, inputs, device, warmup, reps):
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         return dict(error="out of memory")
+    except Exception as exc:  # noqa: BLE001 - e.g. FlexAttention failing to compile: record it, keep going
+        return dict(error=f"{type(exc).__name__}: {str(exc)[:120]}")
 
 
 def _training_rows(cfg, device):
