@@ -17,12 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import ssd, ssd_step
+from ..ops.common import require as _require
 from .rotary import RotaryEmbedding, apply_rotary
-
-
-def _require(condition: bool, argument: str, value, allowed: str) -> None:
-    if not condition:
-        raise ValueError(f"{argument}={value!r} is not allowed: {allowed}")
 
 
 class GatedRMSNorm(nn.Module):
