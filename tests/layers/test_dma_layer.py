@@ -182,3 +182,14 @@ def test_bad_forward_arguments():
         layer(x, torch.arange(4).expand(2, 4))
     with pytest.raises(ValueError, match="attention_mask"):
         layer(x, torch.arange(5).expand(2, 5), torch.ones(2, 4))
+
+
+def test_decoding_under_no_grad_matches_too():
+    """Generation runs without a graph, where the full-cache step updates the cache in place."""
+    layer = randomize(DynamicMaskAttention(16, 2, 1, 8, keep_window=3)).double()
+    x = torch.randn(2, 15, 16, dtype=torch.float64)
+    pos = torch.arange(15).expand(2, 15)
+    with torch.no_grad():
+        for splits in ([4] + [1] * 11, [3] + [1] * 12):  # a prefill of exactly w keys, then full-cache steps
+            full, cached, sizes = full_and_cached(layer, x, pos, None, splits)
+            assert rel_err(cached, full) < TOL64 and max(sizes) == 3

@@ -111,12 +111,12 @@ class DynamicMaskAttention(nn.Module):
         v = v_flat.view(b, l, hkv, d)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        cos, sin = self.rotary(position_ids)
+        cos, sin = self.rotary(position_ids, torch.float64 if q.dtype == torch.float64 else torch.float32)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         bias = self.key_bias(v_flat)
         if attention_mask is not None:
             bias = bias.masked_fill(~attention_mask.bool()[..., None], float("-inf"))
-        position = position_ids[..., None].expand(b, l, hkv)
+        position = position_ids[..., None].expand(b, l, hkv).contiguous()
         w = self.keep_window
         if state is not None and "key" in state and l == 1 and w is not None and state["key"].shape[1] >= w:
             out = self._decode_full_cache(q, k, v, bias, position, state)
@@ -127,12 +127,11 @@ class DynamicMaskAttention(nn.Module):
     def _attend(self, q, k, v, bias, position, state):
         """Attention over (position-ordered cache +) new keys; then the cache keeps what stays selectable."""
         if state is not None and "key" in state:
-            order = state["position"].argsort(dim=1, stable=True)
-            cached = [state[name].gather(1, order[..., None].expand_as(state[name])) for name in ("key", "value")]
-            k = torch.cat([cached[0], k], dim=1)
-            v = torch.cat([cached[1], v], dim=1)
-            bias = torch.cat([state["bias"].gather(1, order), bias], dim=1)
-            position = torch.cat([state["position"].gather(1, order), position], dim=1)
+            cached = [state[name] for name in ("key", "value", "bias", "position")]
+            if self.keep_window is not None:  # in-place eviction may have left the slots out of position order
+                order = state["position"].argsort(dim=1, stable=True)
+                cached = [t.gather(1, order.view(order.shape + (1,) * (t.dim() - 3)).expand_as(t)) for t in cached]
+            k, v, bias, position = (torch.cat([c, x], dim=1) for c, x in zip(cached, (k, v, bias, position)))
         out = dynamic_mask_attention(q, k, v, bias, keep_window=self.keep_window, causal=True)
         if state is not None:
             if self.keep_window is not None and k.shape[1] > self.keep_window:
@@ -158,9 +157,9 @@ class DynamicMaskAttention(nn.Module):
 
         def put(cached, new):
             idx = slot.view(slot.shape + (1,) * (cached.dim() - 3)).expand_as(new)
-            keep_old = cached.gather(1, idx)
-            return cached.scatter(1, idx, torch.where(insert.view(idx.shape[:3] + (1,) * (cached.dim() - 3)),
-                                                      new, keep_old))
+            src = torch.where(insert.view(idx.shape[:3] + (1,) * (cached.dim() - 3)), new, cached.gather(1, idx))
+            # In place when no graph is recorded (generation): no copy of the whole cache per token.
+            return cached.scatter(1, idx, src) if torch.is_grad_enabled() else cached.scatter_(1, idx, src)
 
         state.update(key=put(state["key"], k), value=put(state["value"], v), bias=put(state["bias"], bias),
                      position=put(state["position"], position))

@@ -149,7 +149,7 @@ def select_blocks(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int
         visible = valid[:, None, :] & (pos[:, None, :] <= queries[None, :, None])  # (n, p1-p0, W')
         kept = visible & (visible.cumsum(-1, dtype=torch.int32) <= w)
         first = (pos - p0).clamp_min(0).to(torch.int32)
-        count = kept.sum(1, dtype=torch.int32)
+        count = kept.sum(1).to(torch.int32)  # (a bool sum with dtype=int32 is very slow on CPU)
         used = pos.shape[1]
         candidates[:, t, :used] = pos
         start[:, t, :used] = torch.where(count > 0, first, 0)
