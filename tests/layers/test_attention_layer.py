@@ -15,8 +15,8 @@ def naive_attention(layer: Attention, x, position_ids, key_mask):
     q = layer.q_proj(x).view(b, l, hq, d)
     k = layer.k_proj(x).view(b, l, hkv, d)
     v = layer.v_proj(x).view(b, l, hkv, d)
-    cos, sin = RotaryEmbedding(d, layer.rotary.theta)(position_ids)
-    q, k = apply_rotary(q, cos.to(x.dtype), sin.to(x.dtype)), apply_rotary(k, cos.to(x.dtype), sin.to(x.dtype))
+    cos, sin = RotaryEmbedding(d, layer.rotary.theta)(position_ids, x.dtype)
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     rows = []
     for bi in range(b):
         heads = []
@@ -44,12 +44,11 @@ def test_attention_matches_loop_oracle_fwd_and_grad(hq, hkv, l):
     pos = torch.arange(l).expand(2, l)
     y = layer(x, pos, None, None)
     ref = naive_attention(layer, x, pos, torch.ones(2, l, dtype=torch.bool))
-    # the shared rotary rotates in float32 (the oracle in float64), hence 1e-6 rather than 1e-12
-    assert rel_err(y, ref) < 1e-6
+    assert rel_err(y, ref) < 1e-12
     g = torch.randn_like(y)
     gx, = torch.autograd.grad(y, x, g)
     gr, = torch.autograd.grad(ref, x, g)
-    assert rel_err(gx, gr) < 1e-6
+    assert rel_err(gx, gr) < 1e-12
 
 
 def test_attention_padding_mask_and_fully_masked_rows():
@@ -60,7 +59,7 @@ def test_attention_padding_mask_and_fully_masked_rows():
     y = layer(x, pos, mask, None)
     ref = naive_attention(layer, x, pos, mask.bool())
     assert not torch.isnan(y).any()
-    assert rel_err(y, ref) < 1e-6
+    assert rel_err(y, ref) < 1e-12
     # padded query rows attend to nothing: zeros before o_proj (which has no bias here)
     assert torch.allclose(y[0, :2], torch.zeros_like(y[0, :2]))
     # the real tokens of the padded row equal the unpadded computation

@@ -69,7 +69,7 @@ class Attention(nn.Module):
         q = self.q_proj(hidden_states).view(b, l, self.num_heads, self.head_dim)
         k = self.k_proj(hidden_states).view(b, l, self.num_kv_heads, self.head_dim)
         v = self.v_proj(hidden_states).view(b, l, self.num_kv_heads, self.head_dim)
-        cos, sin = self.rotary(position_ids)
+        cos, sin = self.rotary(position_ids, torch.float64 if q.dtype == torch.float64 else torch.float32)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
         if state is None and attention_mask is None:

@@ -16,8 +16,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from ..layers import (CDMoE, Attention, DynamicMaskAttention, GatedMLP, Mamba2Mixer, MoE, RMSNorm, RotaryEmbedding,
-                      SSDMixer)
+from ..layers import (CDMoE, Attention, DynamicMaskAttention, GatedMLP, Mamba2Mixer, MoE, RMSNorm, SSDMixer)
 from .cache import CheemsCache
 from .configuration import CheemsConfig
 
@@ -135,7 +134,7 @@ class CheemsPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Linear and token-embedding weights ~ N(0, initializer_range), zero biases, unit norm weights, RoPE tables.
+        """Linear and token-embedding weights ~ N(0, initializer_range), zero biases, unit norm weights.
 
         Parameters particular to a layer (SSD's ``A_log``/``dt_bias``/``D``, DMA's ``A_log``, CDMoE's keys and
         expert tables, MoE's expert weights) keep the initialisation their layer's constructor gave them.
@@ -154,9 +153,6 @@ class CheemsPreTrainedModel(PreTrainedModel):
             for scale in (module.mixer_residual, module.ffn_residual):
                 if scale is not None:
                     init.ones_(scale)
-        elif isinstance(module, RotaryEmbedding):
-            # a non-persistent buffer: rebuilt here because from_pretrained creates modules without data
-            init.copy_(module.inv_freq, RotaryEmbedding(module.dim, module.theta).inv_freq)
 
 
 class CheemsModel(CheemsPreTrainedModel):
