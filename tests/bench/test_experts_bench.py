@@ -27,11 +27,17 @@ def test_summary_ratios_and_growth(tmp_path):
         for impl, ms in (("loop_moe", loop), ("grouped_moe", grouped), ("cdmoe", cd)):
             for mode in experts.MODES:
                 rows.append({"N": N, "ratio": 0.5, "impl": impl, "mode": mode, "time_ms": ms})
+    for N, ms in ((1024, 6.0), (4096, 9.0)):
+        for mode in experts.MODES:
+            rows.append({"N": N, "ratio": experts.TARGET_RATIO, "impl": "cdmoe", "mode": mode, "time_ms": ms})
     ratios, growth = experts.summarise(rows)
+    assert all(r["ratio"] == 0.5 for r in ratios)  # the 8x16 target rows are not grid points
     first = next(r for r in ratios if r["N"] == 1024 and r["mode"] == "fwd")
     assert first["loop/cdmoe"] == 25.0 and first["grouped/cdmoe"] == 2.0
     assert next(r for r in ratios if r["N"] == 4096)["loop/cdmoe"] is None
-    assert {g["growth"] for g in growth} == {1.25} and {g["largest_N"] for g in growth} == {4096}
+    assert {g["growth"] for g in growth if g["ratio"] == 0.5} == {1.25}
+    assert {g["growth"] for g in growth if g["ratio"] == experts.TARGET_RATIO} == {1.5}
+    assert {g["largest_N"] for g in growth} == {4096}
     experts.plot(rows, tmp_path / "p.png", "cpu")
     assert (tmp_path / "p.png").stat().st_size > 0
 

@@ -15,7 +15,10 @@ Forward is timed under ``torch.no_grad()``; forward+backward computes the gradie
 parameter. Median of several calls (CUDA events on GPU), peak memory of one call (GPU), parameter counts.
 Skipped (recorded with the reason): the loop MoE above 1024 experts or where one call takes more than 2 s; any
 configuration whose estimated memory does not fit; off CUDA the grouped MoE above 1024 experts or where one call
-takes more than 2 s (its CPU path is a per-expert loop). ``--quick`` runs N in {16, 256, 1024, 65536} at ratios 0.25 and 1 with a 1 s limit per call and shorter timing. Run: ``python -m wonderful_matrices.bench.experts --out DIR [--quick]``.
+takes more than 2 s (its CPU path is a per-expert loop). ``--quick`` runs N in {16, 256, 1024, 65536} at ratios
+0.25 and 1, both MoEs up to 256 experts, with a 1 s limit per call and shorter timing. Also timed: CDMoE with
+8 heads × top-16 (the BENCHMARKS.md target) at N = 1024 and the largest N (rows with ratio "8x16").
+Run: ``python -m wonderful_matrices.bench.experts --out DIR [--quick]``.
 """
 from __future__ import annotations
 
@@ -39,7 +42,9 @@ MODES = ("fwd", "fwd+bwd")
 EXPERT_WIDTH = 8
 RETRIEVAL_DIM = 64
 MAX_HEADS = 8
-LOOP_MAX_EXPERTS = 1024
+TARGET_SPLIT = (8, 16)  # BENCHMARKS.md target configuration (heads, top_k), timed at N = 1024 and the largest N
+TARGET_RATIO = "8x16"  # its `ratio` label in the rows
+LOOP_MAX_EXPERTS = (1024, 256)  # full, quick: the loop MoE (and the grouped MoE off CUDA) run up to this N
 SLOW_CALL_S = (2.0, 1.0)  # full, quick
 TIME_PER_CASE_S = (0.25, 0.05)  # full, quick: timed calls per case ~ this budget / one call, within [3, 20]
 
@@ -61,9 +66,10 @@ def split_heads(activated: int) -> tuple[int, int]:
     return heads, activated // heads
 
 
-def build(impl: str, width: int, num_experts: int, activated: int) -> torch.nn.Module:
-    """The layer ``impl`` with ``num_experts`` experts, ``activated`` of them per token (float32, current device)."""
-    heads, top_k = split_heads(activated)
+def build(impl: str, width: int, num_experts: int, activated: int, heads: int | None = None) -> torch.nn.Module:
+    """The layer ``impl`` with ``num_experts`` experts, ``activated`` of them per token (float32, current device);
+    product-key layers use ``heads`` heads (default :func:`split_heads`)."""
+    heads, top_k = split_heads(activated) if heads is None else (heads, activated // heads)
     if impl in ("loop_moe", "grouped_moe"):
         return MoE(width, EXPERT_WIDTH, num_experts, activated, shared_intermediate_size=width,
                    implementation="loop" if impl == "loop_moe" else "grouped")
@@ -74,9 +80,9 @@ def build(impl: str, width: int, num_experts: int, activated: int) -> torch.nn.M
     return PKM(width, num_experts, num_heads=heads, top_k=top_k, key_dim=RETRIEVAL_DIM)
 
 
-def parameter_count(impl: str, width: int, num_experts: int, activated: int) -> int:
-    """Parameters of the layer without building it."""
-    heads, _ = split_heads(activated)
+def parameter_count(impl: str, width: int, num_experts: int, activated: int, heads: int | None = None) -> int:
+    """Parameters of the layer :func:`build` makes, without building it."""
+    heads = split_heads(activated)[0] if heads is None else heads
     shared = 3 * width * width
     router = width * heads * RETRIEVAL_DIM + heads * 2 * math.isqrt(num_experts) * RETRIEVAL_DIM // 2
     if impl in ("loop_moe", "grouped_moe"):
@@ -108,12 +114,14 @@ def memory_budget(device: torch.device) -> int:
     return 3 * 2 ** 30
 
 
-def skip_reason(impl: str, num_experts: int, estimate: int, budget: int, device: torch.device) -> str | None:
+def skip_reason(impl: str, num_experts: int, estimate: int, budget: int, device: torch.device,
+                quick: bool = False) -> str | None:
     """Why a configuration is not run, or None."""
-    if impl == "loop_moe" and num_experts > LOOP_MAX_EXPERTS:
-        return f"loop MoE is run up to {LOOP_MAX_EXPERTS} experts (one host sync per expert)"
-    if impl == "grouped_moe" and device.type != "cuda" and num_experts > LOOP_MAX_EXPERTS:
-        return f"grouped MoE off CUDA is a per-expert segment loop; run up to {LOOP_MAX_EXPERTS} experts"
+    limit = LOOP_MAX_EXPERTS[quick]
+    if impl == "loop_moe" and num_experts > limit:
+        return f"loop MoE is run up to {limit} experts (one host sync per expert)"
+    if impl == "grouped_moe" and device.type != "cuda" and num_experts > limit:
+        return f"grouped MoE off CUDA is a per-expert segment loop; run up to {limit} experts"
     if estimate > budget:
         return f"needs ~{estimate / 2 ** 30:.1f} GiB, budget {budget / 2 ** 30:.1f} GiB"
     return None
@@ -162,14 +170,14 @@ def summarise(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """Ratios loop/CDMoE and grouped/CDMoE per (N, ratio, mode); CDMoE growth from N = 1024 to the largest N."""
     times = {(r["N"], r["ratio"], r["impl"], r["mode"]): r["time_ms"] for r in rows if r["time_ms"] is not None}
     ratios = []
-    for (N, ratio, impl, mode), ms in sorted(times.items()):
-        if impl != "cdmoe":
+    for (N, ratio, impl, mode), ms in sorted(times.items(), key=lambda item: (item[0][0], str(item[0][1]), item[0][2:])):
+        if impl != "cdmoe" or ratio == TARGET_RATIO:
             continue
         loop, grouped = times.get((N, ratio, "loop_moe", mode)), times.get((N, ratio, "grouped_moe", mode))
         ratios.append({"N": N, "ratio": ratio, "mode": mode, "cdmoe_ms": ms,
                        "loop/cdmoe": loop / ms if loop else None, "grouped/cdmoe": grouped / ms if grouped else None})
     growth = []
-    for ratio in RATIOS:
+    for ratio in RATIOS + (TARGET_RATIO,):
         for mode in MODES:
             measured = sorted(N for (N, r, impl, m) in times if impl == "cdmoe" and r == ratio and m == mode)
             if 1024 in measured and measured[-1] > 1024:
@@ -195,7 +203,8 @@ def plot(rows: list[dict], path: Path, device_name: str) -> None:
             ax = axes[i][j]
             for impl in IMPLEMENTATIONS:
                 pts = sorted((r["ratio"], r["time_ms"]) for r in rows
-                             if r["N"] == N and r["mode"] == mode and r["impl"] == impl and r["time_ms"] is not None)
+                             if r["N"] == N and r["mode"] == mode and r["impl"] == impl and r["time_ms"] is not None
+                             and r["ratio"] != TARGET_RATIO)
                 if pts:
                     ax.plot(*zip(*pts), "o-", color=colors[impl], label=LABELS[impl])
                 if N == 1024 and impl in PAPER_N1024:
@@ -233,45 +242,50 @@ def run(out_dir, quick: bool = False, device=None) -> list[dict]:
     torch.manual_seed(0)
     rows: list[dict] = []
     started = time.perf_counter()
+
+    def case(impl: str, N: int, ratio, activated: int, heads: int | None = None) -> None:
+        """Build one layer, time both modes, append two rows."""
+        retrieval = impl in ("pkm", "peer", "cdmoe")
+        heads = (split_heads(activated)[0] if heads is None else heads) if retrieval else None
+        base = {"N": N, "ratio": ratio, "activated": activated, "impl": impl, "heads": heads,
+                "top_k": activated // heads if retrieval else activated,
+                "params": parameter_count(impl, width, N, activated, heads)}
+        estimate = memory_estimate(impl, width, N, activated, tokens, elem)
+        reason = skip_reason(impl, N, estimate, memory_budget(device), device, quick)
+        layer = x = None
+        if reason is None:
+            with torch.device(device):
+                layer = build(impl, width, N, activated, heads).to(dtype)
+            x = torch.randn(tokens, width, device=device, dtype=dtype, requires_grad=True)
+        for mode in MODES:
+            row = dict(base, mode=mode, time_ms=None, peak_mem_mb=None, reps=None, skipped=reason)
+            if reason is None:
+                try:
+                    result = measure(layer, x, mode, device, slow_limit(impl, device, quick), TIME_PER_CASE_S[quick])
+                except torch.cuda.OutOfMemoryError:
+                    result = "out of GPU memory"
+                if isinstance(result, str):
+                    row["skipped"] = result
+                else:
+                    ms, peak, reps = result
+                    row.update(time_ms=ms, reps=reps, peak_mem_mb=None if peak is None else peak / 2 ** 20)
+            rows.append(row)
+            print(f"N={N:>7} r={ratio!s:<5} {impl:<11} {mode:<7} "
+                  + (f"{row['time_ms']:9.3f} ms" if row["time_ms"] is not None else f"skipped: {row['skipped']}"),
+                  flush=True)
+        del layer, x
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
     for N in counts:
         for ratio in ratios:
-            activated = max(1, round(ratio * math.isqrt(N)))
-            heads, top_k = split_heads(activated)
             for impl in IMPLEMENTATIONS:
-                base = {"N": N, "ratio": ratio, "activated": activated, "impl": impl,
-                        "heads": heads if impl in ("pkm", "peer", "cdmoe") else None,
-                        "top_k": top_k if impl in ("pkm", "peer", "cdmoe") else activated,
-                        "params": parameter_count(impl, width, N, activated)}
-                estimate = memory_estimate(impl, width, N, activated, tokens, elem)
-                reason = skip_reason(impl, N, estimate, memory_budget(device), device)
-                layer = x = None
-                if reason is None:
-                    with torch.device(device):
-                        layer = build(impl, width, N, activated).to(dtype)
-                    x = torch.randn(tokens, width, device=device, dtype=dtype, requires_grad=True)
-                for mode in MODES:
-                    row = dict(base, mode=mode, time_ms=None, peak_mem_mb=None, reps=None, skipped=reason)
-                    if reason is None:
-                        try:
-                            result = measure(layer, x, mode, device, slow_limit(impl, device, quick),
-                                             TIME_PER_CASE_S[quick])
-                        except torch.cuda.OutOfMemoryError:
-                            result = "out of GPU memory"
-                        if isinstance(result, str):
-                            row["skipped"] = result
-                        else:
-                            ms, peak, reps = result
-                            row.update(time_ms=ms, reps=reps,
-                                       peak_mem_mb=None if peak is None else peak / 2 ** 20)
-                    rows.append(row)
-                    print(f"N={N:>7} r={ratio:<4} {impl:<11} {mode:<7} "
-                          + (f"{row['time_ms']:9.3f} ms" if row["time_ms"] is not None else f"skipped: {row['skipped']}"),
-                          flush=True)
-                del layer, x
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-    ratios, growth = summarise(rows)
+                case(impl, N, ratio, max(1, round(ratio * math.isqrt(N))))
+    heads, top_k = TARGET_SPLIT
+    for N in (1024, counts[-1]):  # BENCHMARKS.md target: 8 heads × top-16 at 1024 and at the largest N
+        case("cdmoe", N, TARGET_RATIO, heads * top_k, heads)
+    versus_cdmoe, growth = summarise(rows)
     meta = {
         "tokens": tokens, "width": width, "dtype": str(dtype), "device": str(device),
         "expert_counts": list(counts), "ratios": list(ratios),
@@ -282,9 +296,11 @@ def run(out_dir, quick: bool = False, device=None) -> list[dict]:
         "timing": f"median of 3..20 calls (~{TIME_PER_CASE_S[quick]} s per case) after one warm-up; fwd under "
                   f"no_grad; skip after one call > {SLOW_CALL_S[quick]} s (loop MoE; grouped MoE off CUDA)",
         "seed": 0, "wall_s": round(time.perf_counter() - started, 1),
-        "ratios_vs_cdmoe": ratios, "cdmoe_growth": growth,
+        "target_case": f"CDMoE {TARGET_SPLIT[0]} heads x top-{TARGET_SPLIT[1]} at N = 1024 and {counts[-1]} "
+                       f"(rows with ratio {TARGET_RATIO!r})",
+        "ratios_vs_cdmoe": versus_cdmoe, "cdmoe_growth": growth,
     }
-    notes = ("## Ratios to CDMoE\n\n" + markdown_table(ratios) + "\n## CDMoE growth from N = 1024 to the largest N\n\n"
+    notes = ("## Ratios to CDMoE\n\n" + markdown_table(versus_cdmoe) + "\n## CDMoE growth from N = 1024 to the largest N\n\n"
              + markdown_table(growth) + "\n## The paper's figure, N = 1024 (ms)\n\n"
              + markdown_table([{"ratio": r, **{PAPER_LABELS[k]: v[i] for k, v in PAPER_N1024.items()}}
                                for i, r in enumerate(RATIOS)]))
