@@ -56,7 +56,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     summary = train(TrainConfig(**fields, progress=not args.no_progress))
-    if summary["validation"]:
+    if summary["validation"] and summary["rank"] == 0:
         v = summary["validation"]
         print(f"step {summary['step']}: validation perplexity {v['perplexity']:.2f} "
               f"(loss {v['loss']:.4f}, {v['bits_per_byte']:.3f} bits/byte) in {summary['wall_s']:.0f} s")

@@ -90,7 +90,7 @@ class PackedRows:
         if self.num_rows == 0:
             raise UserError(f"the corpus split has {len(tokens)} tokens, fewer than one row of seq_len={seq_len}; "
                             "use a shorter --seq-len or more text")
-        self._perm_epoch = -1
+        self._perm_key = None
         self._perm = None
 
     def row(self, index: int) -> np.ndarray:
@@ -99,9 +99,9 @@ class PackedRows:
         return np.asarray(self.tokens[start:start + self.seq_len], dtype=np.int64)
 
     def _permutation(self, seed: int, epoch: int) -> np.ndarray:
-        if epoch != self._perm_epoch:
+        if (seed, epoch) != self._perm_key:
             self._perm = np.random.default_rng([seed, epoch]).permutation(self.num_rows)
-            self._perm_epoch = epoch
+            self._perm_key = (seed, epoch)
         return self._perm
 
     def train_batch(self, step: int, batch_size: int, grad_accum: int, micro: int, seed: int,

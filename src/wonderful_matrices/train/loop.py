@@ -390,7 +390,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
             save(step)
     bar.close()
     fingerprints = gather_objects(weights_fingerprint(wrapped), info) if info.distributed else None
-    summary = {"step": step, "max_steps": cfg.max_steps, "world_size": info.world_size, "parameters": n_params,
+    summary = {"rank": info.rank, "step": step, "max_steps": cfg.max_steps, "world_size": info.world_size, "parameters": n_params,
                "tokens": step * tokens_per_step, "validation": last_eval, "wall_s": time.perf_counter() - started,
                "device": str(info.device), "replica_fingerprints": fingerprints}
     if info.is_main:
