@@ -36,7 +36,7 @@ def lr_multiplier(kind: str, total_steps: int, warmup_steps: int, decay_steps: i
         if w is not None:
             return w
         decay_start = total_steps - decay_steps
-        if step < decay_start:
+        if step < decay_start or decay_steps == 0:
             return 1.0
         progress = (step - decay_start + 1) / decay_steps
         return 1.0 - (1.0 - min_ratio) * min(progress, 1.0)
