@@ -2,3 +2,9 @@
 from .mlp import GatedMLP
 from .norm import RMSNorm
 from .rotary import RotaryEmbedding, apply_rotary
+from .mamba2 import Mamba2Mixer, mamba2_mixer_kwargs_from_hf_config
+from .ssd import GatedRMSNorm, SSDMixer
+from .dma import DynamicMaskAttention, load_hf_doge_attention_state
+from .cdmoe import CDMoE, product_key_balance_loss
+from .moe import MoE, moe_balance_loss
+from .peer import PEER, PKM

@@ -1,0 +1,210 @@
+"""Cross Domain Mixture of Experts (CDMoE): a dense SwiGLU shared by every token plus a pool of single-neuron
+private experts retrieved per token with product keys (DESIGN.md, "CDMoE").
+
+Parameters (names chosen so checkpoints map by name):
+
+* ``gate_proj``, ``up_proj``, ``down_proj`` — the shared SwiGLU, exactly the names and shapes of
+  :class:`~wonderful_matrices.layers.mlp.GatedMLP` (and HF ``LlamaMLP`` / ``DogeCDMoE``), so a dense MLP
+  checkpoint initialises it (:meth:`CDMoE.load_mlp`, :meth:`CDMoE.from_mlp`).
+* ``queries`` — ``Linear(d, H·d_r)``; its output is viewed ``(H, 2, d_r/2)``: one half-query per product half.
+* ``keys`` — ``(H, 2, √N, d_r/2)`` sub-keys; expert ``(a, b)`` (id ``a·√N + b``) of head ``h`` scores
+  ``q_{h,0}·keys[h,0,a] + q_{h,1}·keys[h,1,b]``.
+* ``down_embed``, ``up_embed`` — ``Embedding(N, d)``: row ``e`` is expert ``e``'s input and output vector
+  (HF ``DogeCDMoE`` names).
+
+Forward, per token (no token ever sees another): ``shared(x) + Σ_h Σ_k g·act(down[e]·x)·up[e]`` with
+``g = softmax`` of the head's top-k scores, the experts found by :func:`~wonderful_matrices.ops.product_key_topk`
+(O(√N + k²) per token and head) and mixed by :func:`~wonderful_matrices.ops.expert_mixture`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from ..ops import expert_mixture, product_key_topk
+from ..ops.common import require
+from .mlp import ACTIVATIONS, GatedMLP
+
+_SHARED_NAMES = ("gate_proj", "up_proj", "down_proj")
+
+
+def product_key_balance_loss(half_scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Switch-style load-balancing loss over the product-key marginals, aligned by sub-key index.
+
+    For head ``h`` and half ``c`` let ``p_{t,h,c} = softmax(half_scores[t,h,c])`` over the ``n = √N`` sub-keys,
+    ``P_{h,c}[a] = mean_t p_{t,h,c}[a]`` (differentiable) and ``f_{h,c}[a]`` the fraction of the ``T·k`` selected
+    experts of head ``h`` whose half-``c`` sub-key is ``a`` (``a = id // n`` for ``c = 0``, ``id % n`` for ``c = 1``).
+    Then ``loss = 1/(2H) · Σ_{h,c} n · Σ_a f_{h,c}[a] · P_{h,c}[a]``: exactly 1 when both are uniform, up to
+    ``n`` when every token uses one sub-key. Both factors are indexed by the same sub-key ``a`` (the published
+    code pairs rank-sorted probabilities with id-indexed counts; PAPER.md defect 7).
+
+    Args:
+        half_scores: ``(..., H, 2, n)`` sub-key scores of every token.
+        ids: ``(..., H, k)`` selected expert ids ``a·n + b``.
+
+    Returns:
+        A scalar (float32 for half-precision scores, else their dtype).
+    """
+    H, n = half_scores.shape[-3], half_scores.shape[-1]
+    dtype = torch.float32 if half_scores.dtype in (torch.float16, torch.bfloat16) else half_scores.dtype
+    probs = half_scores.to(dtype).softmax(-1).reshape(-1, H, 2, n).mean(0)  # (H, 2, n)
+    flat = ids.reshape(-1, H, ids.shape[-1])
+    halves = torch.stack([torch.div(flat, n, rounding_mode="floor"), flat % n], dim=2)  # (T, H, 2, k)
+    index = halves.permute(1, 2, 0, 3).reshape(H, 2, -1)  # (H, 2, T·k) sub-key of every selection
+    counts = torch.zeros(H, 2, n, device=ids.device, dtype=dtype)
+    counts.scatter_add_(-1, index, torch.ones(index.shape, device=ids.device, dtype=dtype))
+    fractions = counts / max(flat.shape[0] * flat.shape[-1], 1)
+    return n * (fractions * probs).sum(-1).mean()
+
+
+class CDMoE(nn.Module):
+    """Shared SwiGLU + product-key single-neuron experts.
+
+    Args:
+        hidden_size: model width ``d``.
+        intermediate_size: inner width of the shared SwiGLU (the dense part every token uses).
+        num_experts: ``N`` private experts; must be a perfect square (``√N`` sub-keys per half).
+        num_heads: retrieval heads ``H`` (each picks its own ``top_k`` experts from the one shared pool).
+        top_k: experts per head, ``1 <= top_k <= √N``; default ``min(8, √N)``. A token activates ``H·top_k``.
+        retrieval_dim: query width ``d_r`` per head (even; each half is ``d_r/2``). Default 64, as in the
+            authors' Doge configs.
+        activation: ``"silu"``, ``"gelu"`` or ``"relu"`` for the shared SwiGLU and the private experts.
+        balance_loss_weight: weight of :func:`product_key_balance_loss`; 0 disables it (``aux_loss`` is None).
+        bias: biases in the shared SwiGLU's linears (as ``GatedMLP``'s ``bias``).
+
+    Forward: ``hidden_states (..., d) -> (..., d)``; sets ``self.aux_loss`` (weighted scalar, or None).
+    """
+
+    def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int, num_heads: int = 1,
+                 top_k: int | None = None, retrieval_dim: int = 64, activation: str = "silu",
+                 balance_loss_weight: float = 0.0, bias: bool = False):
+        super().__init__()
+        for name, value in (("hidden_size", hidden_size), ("intermediate_size", intermediate_size),
+                            ("num_experts", num_experts), ("num_heads", num_heads)):
+            require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
+        n = math.isqrt(num_experts)
+        require(n * n == num_experts, "num_experts", num_experts,
+                f"a perfect square (√N sub-keys per half), e.g. {n * n} or {(n + 1) ** 2}")
+        top_k = min(8, n) if top_k is None else top_k
+        require(isinstance(top_k, int) and 1 <= top_k <= n, "top_k", top_k, f"an integer in [1, √N = {n}]")
+        require(isinstance(retrieval_dim, int) and retrieval_dim >= 2 and retrieval_dim % 2 == 0,
+                "retrieval_dim", retrieval_dim, "an even integer >= 2")
+        require(activation in ACTIVATIONS, "activation", activation, f"one of {sorted(ACTIVATIONS)}")
+        require(balance_loss_weight >= 0, "balance_loss_weight", balance_loss_weight, ">= 0")
+        self.hidden_size, self.intermediate_size = hidden_size, intermediate_size
+        self.num_experts, self.num_keys, self.num_heads, self.top_k = num_experts, n, num_heads, top_k
+        self.retrieval_dim, self.activation = retrieval_dim, activation
+        self.balance_loss_weight = float(balance_loss_weight)
+
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.queries = nn.Linear(hidden_size, num_heads * retrieval_dim, bias=False)
+        self.keys = nn.Parameter(torch.empty(num_heads, 2, n, retrieval_dim // 2))
+        self.down_embed = nn.Embedding(num_experts, hidden_size)
+        self.up_embed = nn.Embedding(num_experts, hidden_size)
+        self.aux_loss: torch.Tensor | None = None
+        self.reset_private_parameters()
+
+    def reset_private_parameters(self) -> None:
+        """Initialise the retrieval and expert tables: sub-keys ~ N(0, 1/(d_r/2)), expert rows ~ N(0, 1/d)."""
+        nn.init.normal_(self.keys, std=(self.retrieval_dim // 2) ** -0.5)
+        nn.init.normal_(self.down_embed.weight, std=self.hidden_size ** -0.5)
+        nn.init.normal_(self.up_embed.weight, std=self.hidden_size ** -0.5)
+
+    def shared(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared SwiGLU: ``down_proj(act(gate_proj x) * up_proj x)``; x (..., d) -> (..., d)."""
+        act = ACTIVATIONS[self.activation]
+        return self.down_proj(act(self.gate_proj(x)) * self.up_proj(x))
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        """Retrieval queries: x (..., d) -> (..., H, 2, d_r/2)."""
+        return self.queries(x).unflatten(-1, (self.num_heads, 2, self.retrieval_dim // 2))
+
+    def route(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token routing: query (..., H, 2, d_r/2) -> gates (..., H, k) float32 (softmax over the head's top-k
+        scores) and ids (..., H, k) int64."""
+        scores, ids = product_key_topk(query, self.keys.to(query.dtype), self.top_k)
+        return scores.softmax(-1), ids
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """hidden_states (..., d) -> (..., d) = shared + private experts; sets ``self.aux_loss``."""
+        require(hidden_states.dim() >= 1 and hidden_states.shape[-1] == self.hidden_size,
+                "hidden_states.shape", tuple(hidden_states.shape), f"(..., {self.hidden_size})")
+        query = self.query(hidden_states)
+        gates, ids = self.route(query)
+        private = expert_mixture(hidden_states, ids, gates, self.down_embed.weight, self.up_embed.weight,
+                                 activation=self.activation)
+        self.aux_loss = None
+        if self.balance_loss_weight > 0:
+            half_scores = torch.einsum("...hcd,hcnd->...hcn", query, self.keys.to(query.dtype))  # O(√N) per token
+            self.aux_loss = self.balance_loss_weight * product_key_balance_loss(half_scores, ids)
+        return self.shared(hidden_states) + private
+
+    # ---- initialisation from a dense MLP ------------------------------------------------------------
+
+    def load_mlp(self, mlp: GatedMLP | Mapping[str, torch.Tensor]) -> None:
+        """Copy a dense SwiGLU (a ``GatedMLP``/``LlamaMLP`` module or its state dict, keys ``gate_proj.weight``,
+        ...) into the shared part; the private experts are left as they are."""
+        state = mlp.state_dict() if isinstance(mlp, nn.Module) else mlp
+        own = {k: v for k, v in self.state_dict().items() if k.split(".")[0] in _SHARED_NAMES}
+        require(set(state) == set(own), "mlp keys", sorted(state), f"exactly {sorted(own)}")
+        for key, value in state.items():
+            require(tuple(value.shape) == tuple(own[key].shape), f"mlp[{key!r}].shape", tuple(value.shape),
+                    f"{tuple(own[key].shape)}")
+        self.load_state_dict(state, strict=False)
+
+    @classmethod
+    def from_mlp(cls, mlp: GatedMLP, num_experts: int, **kwargs) -> "CDMoE":
+        """A CDMoE whose shared part is a copy of ``mlp`` (sizes and activation taken from it); ``kwargs`` are
+        the other constructor arguments (``num_heads``, ``top_k``, ...)."""
+        activation = next((name for name, fn in ACTIVATIONS.items() if fn is mlp.act), None)
+        require(activation is not None, "mlp.act", mlp.act, f"one of {sorted(ACTIVATIONS)}")
+        layer = cls(mlp.gate_proj.in_features, mlp.gate_proj.out_features, num_experts, activation=activation,
+                    bias=mlp.gate_proj.bias is not None, **kwargs)
+        layer.to(device=mlp.gate_proj.weight.device, dtype=mlp.gate_proj.weight.dtype)
+        layer.load_mlp(mlp)
+        return layer
+
+    # ---- HF transformers DogeCDMoE checkpoints -------------------------------------------------------
+
+    @staticmethod
+    def doge_state_dict(doge: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Map an HF ``DogeCDMoE`` state dict to this layer built with ``num_heads=1`` and
+        ``retrieval_dim = 2·hidden_size`` (see :meth:`from_doge`).
+
+        Doge routes with ``router_gate (2√N, d)``: half ``c`` of token ``x`` scores sub-key ``a`` as
+        ``router_gate[c·√N + a]·x``. That is this layer's score with ``queries = [I; I]`` (each half-query is
+        ``x`` itself) and ``keys[0, c] = router_gate[c·√N:(c+1)·√N]``. Expert ids (``a·√N + b``), gates
+        (softmax of the top-k scores; Doge's ``norm_topk_prob`` renormalises an already normalised softmax) and
+        the expert tables ``down_embed``/``up_embed`` then agree. Doge's forward reshapes the router logits
+        across tokens (PAPER.md defect 1); this layer routes every token on its own, so the two agree exactly
+        one token at a time and this layer is the corrected model for batches.
+        """
+        router = doge["router_gate.weight"]
+        two_n, d = router.shape
+        n = two_n // 2
+        require(two_n % 2 == 0 and n >= 1, "router_gate.weight.shape", tuple(router.shape), "(2·√N, d)")
+        require(tuple(doge["down_embed.weight"].shape) == (n * n, d), "down_embed.weight.shape",
+                tuple(doge["down_embed.weight"].shape), f"({n * n}, {d}): N must be the square of √N = {n}")
+        out = {k: v for k, v in doge.items() if k.split(".")[0] in _SHARED_NAMES + ("down_embed", "up_embed")}
+        eye = torch.eye(d, dtype=router.dtype, device=router.device)
+        out["queries.weight"] = torch.cat([eye, eye], dim=0)
+        out["keys"] = router.reshape(1, 2, n, d).clone()
+        return out
+
+    @classmethod
+    def from_doge(cls, doge: Mapping[str, torch.Tensor], top_k: int, activation: str = "silu") -> "CDMoE":
+        """A CDMoE equal (per token) to an HF ``DogeCDMoE`` with the given state dict, ``num_experts_per_tok``
+        (``top_k``) and ``hidden_act`` (``activation``)."""
+        state = cls.doge_state_dict(doge)
+        N, d = state["down_embed.weight"].shape
+        inner = state["gate_proj.weight"].shape[0]
+        layer = cls(d, inner, N, num_heads=1, top_k=top_k, retrieval_dim=2 * d, activation=activation,
+                    bias="gate_proj.bias" in state)
+        layer.to(device=state["keys"].device, dtype=state["keys"].dtype)
+        layer.load_state_dict(state, strict=True)
+        return layer

@@ -1,0 +1,181 @@
+"""Dynamic Mask Attention layer: GQA projections, RoPE on q and k, a per-key bias from the value states, the
+``dynamic_mask_attention`` op, and a bounded KV cache for decoding with a window.
+
+Bias (``mask_form``):
+* ``"gate"`` (default): ``bias = -exp(A_log) · softplus(dt_proj(v))`` per KV head. ``exp(bias)`` is the paper's
+  multiplicative gate ``exp(A·softplus(δ))`` in (0, 1] on each key's attention weight; the bias is bounded above
+  by 0, so it cannot overflow.
+* ``"doge"``: the published Doge formula, ``bias = exp(A · softplus(dt_proj(v)))`` with a raw parameter ``A``
+  (HF transformers' ``DogeAttention``), for converting Doge checkpoints only: it overflows to INF when ``A > 0``
+  grows, which is why it is never the default.
+
+Cache (``state``, a dict the model owns per layer): ``"key"``, ``"value"`` ``(b, n, hkv, d)`` (keys post-RoPE),
+``"bias"`` ``(b, n, hkv)`` float32 (``-inf`` = padding / empty), ``"position"`` ``(b, n, hkv)`` long (the
+position id of each slot, for ties). With ``keep_window = w`` the cache keeps, per batch row and KV head, only
+the keys a future query can still select — the top ``w`` by ``(bias, position)`` of everything seen — so
+``n <= w`` always (DESIGN.md, fact 2); heads may hold different positions in one slot. Without a window it
+grows like plain attention.
+"""
+from __future__ import annotations
+
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import dynamic_mask_attention
+from ..ops.dma import selectable_keys
+from .norm import RMSNorm
+from .rotary import RotaryEmbedding, apply_rotary
+
+MASK_FORMS = ("gate", "doge")
+
+
+def _check(condition: bool, argument: str, value, allowed: str) -> None:
+    if not condition:
+        raise ValueError(f"{argument}={value!r} is not allowed: {allowed}")
+
+
+class DynamicMaskAttention(nn.Module):
+    """Dynamic mask attention (DESIGN.md, "DMA") as a sequence mixer.
+
+    Args:
+        hidden_size: model width.
+        num_heads: query heads ``hq``.
+        num_kv_heads: key/value heads ``hkv`` (``hq % hkv == 0``); the bias is per KV head.
+        head_dim: ``d`` (even: RoPE rotates all of it).
+        keep_window: ``None`` or ``w >= 1``: each query keeps the ``w`` visible keys with the largest bias
+            (ties to the later key); also bounds the decoding cache to ``w`` keys per KV head.
+        rope_theta: RoPE base.
+        mask_form: ``"gate"`` (parameter ``A_log``) or ``"doge"`` (parameter ``A``, checkpoint conversion).
+        attention_bias: biases on q/k/v/o projections (``dt_proj`` always has one).
+        layer_idx: index of the layer in the model (informational).
+        qk_norm: RMSNorm over ``head_dim`` on q and k before RoPE (``q_norm``/``k_norm``, as HF Doge has).
+        rms_norm_eps: epsilon of those norms.
+
+    Parameters use HF names: ``q_proj, k_proj, v_proj, o_proj, dt_proj, A_log | A, q_norm, k_norm``.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                 keep_window: int | None = None, rope_theta: float = 10000.0, mask_form: str = "gate",
+                 attention_bias: bool = False, layer_idx: int | None = None, qk_norm: bool = False,
+                 rms_norm_eps: float = 1e-6):
+        super().__init__()
+        for name, value in (("hidden_size", hidden_size), ("num_heads", num_heads),
+                            ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)):
+            _check(isinstance(value, int) and value >= 1, name, value, "an int >= 1")
+        _check(num_heads % num_kv_heads == 0, "num_heads", num_heads, f"a multiple of num_kv_heads={num_kv_heads}")
+        _check(head_dim % 2 == 0, "head_dim", head_dim, "even (RoPE rotates pairs)")
+        _check(keep_window is None or (isinstance(keep_window, int) and not isinstance(keep_window, bool)
+                                       and keep_window >= 1), "keep_window", keep_window, "None or an int >= 1")
+        _check(mask_form in MASK_FORMS, "mask_form", mask_form, f"one of {MASK_FORMS}")
+        self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim = hidden_size, num_heads, num_kv_heads, head_dim
+        self.keep_window = keep_window
+        self.mask_form = mask_form
+        self.layer_idx = layer_idx
+        kv_dim = num_kv_heads * head_dim
+        self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=attention_bias)
+        self.k_proj = nn.Linear(hidden_size, kv_dim, bias=attention_bias)
+        self.v_proj = nn.Linear(hidden_size, kv_dim, bias=attention_bias)
+        self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=attention_bias)
+        self.dt_proj = nn.Linear(kv_dim, num_kv_heads, bias=True)
+        if mask_form == "gate":
+            self.A_log = nn.Parameter(torch.zeros(num_kv_heads))  # A = -exp(A_log) = -1 at init
+        else:
+            self.A = nn.Parameter(torch.zeros(num_kv_heads))
+        self.q_norm = RMSNorm(head_dim, rms_norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim, rms_norm_eps) if qk_norm else None
+        self.rotary = RotaryEmbedding(head_dim, rope_theta)
+
+    def key_bias(self, value_states: torch.Tensor) -> torch.Tensor:
+        """value_states (b, l, hkv·d) -> bias (b, l, hkv) float32 (``mask_form`` decides the formula)."""
+        dt = F.softplus(self.dt_proj(value_states).float())
+        if self.mask_form == "gate":
+            return -torch.exp(self.A_log.float()) * dt
+        return torch.exp(self.A.float() * dt)
+
+    def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None = None, state: dict | None = None) -> torch.Tensor:
+        """hidden_states (b, l, hidden), position_ids (b, l) long, attention_mask (b, l) (1 = token,
+        0 = padding) or None, state (dict or None; see the module docstring) -> (b, l, hidden)."""
+        _check(hidden_states.dim() == 3 and hidden_states.shape[-1] == self.hidden_size, "hidden_states.shape",
+               tuple(hidden_states.shape), f"(batch, seq, {self.hidden_size})")
+        b, l, _ = hidden_states.shape
+        _check(tuple(position_ids.shape) == (b, l), "position_ids.shape", tuple(position_ids.shape), f"{(b, l)}")
+        _check(attention_mask is None or tuple(attention_mask.shape) == (b, l), "attention_mask.shape",
+               None if attention_mask is None else tuple(attention_mask.shape), f"{(b, l)}")
+        hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        q = self.q_proj(hidden_states).view(b, l, hq, d)
+        k = self.k_proj(hidden_states).view(b, l, hkv, d)
+        v_flat = self.v_proj(hidden_states)
+        v = v_flat.view(b, l, hkv, d)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        cos, sin = self.rotary(position_ids)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        bias = self.key_bias(v_flat)
+        if attention_mask is not None:
+            bias = bias.masked_fill(~attention_mask.bool()[..., None], float("-inf"))
+        position = position_ids[..., None].expand(b, l, hkv).contiguous()
+        w = self.keep_window
+        if state is not None and "key" in state and l == 1 and w is not None and state["key"].shape[1] >= w:
+            out = self._decode_full_cache(q, k, v, bias, position, state)
+        else:
+            out = self._attend(q, k, v, bias, position, state)
+        return self.o_proj(out.reshape(b, l, hq * d))
+
+    def _attend(self, q, k, v, bias, position, state):
+        """Attention over (position-ordered cache +) new keys; then the cache keeps what stays selectable."""
+        if state is not None and "key" in state:
+            cached = [state[name] for name in ("key", "value", "bias", "position")]
+            if self.keep_window is not None:  # in-place eviction may have left the slots out of position order
+                order = state["position"].argsort(dim=1, stable=True)
+                cached = [t.gather(1, order.view(order.shape + (1,) * (t.dim() - 3)).expand_as(t)) for t in cached]
+            k, v, bias, position = (torch.cat([c, x], dim=1) for c, x in zip(cached, (k, v, bias, position)))
+        out = dynamic_mask_attention(q, k, v, bias, keep_window=self.keep_window, causal=True)
+        if state is not None:
+            if self.keep_window is not None and k.shape[1] > self.keep_window:
+                keep = selectable_keys(bias, self.keep_window)
+                k = k.gather(1, keep[..., None].expand(-1, -1, -1, k.shape[-1]))
+                v = v.gather(1, keep[..., None].expand(-1, -1, -1, v.shape[-1]))
+                bias, position = bias.gather(1, keep), position.gather(1, keep)
+            state.update(key=k, value=v, bias=bias, position=position)
+        return out
+
+    def _decode_full_cache(self, q, k, v, bias, position, state):
+        """One new token with ``w`` cached keys: of the ``w + 1`` keys the lowest ranked (smallest bias, ties to
+        the earlier position) is never selected again; it is replaced (or the new key dropped) and the query
+        attends to the ``w`` that remain — exactly its top-``w``."""
+        all_bias = torch.cat([state["bias"], bias], dim=1)  # (b, w+1, hkv)
+        all_pos = torch.cat([state["position"], position], dim=1)
+        lowest = all_bias == all_bias.amin(dim=1, keepdim=True)
+        earliest = torch.where(lowest, all_pos, torch.iinfo(all_pos.dtype).max)
+        drop = earliest.argmin(dim=1, keepdim=True)  # (b, 1, hkv) slot index in [0, w]
+        w = state["bias"].shape[1]
+        insert = drop < w
+        slot = drop.clamp_max(w - 1)
+
+        def put(cached, new):
+            idx = slot.view(slot.shape + (1,) * (cached.dim() - 3)).expand_as(new)
+            src = torch.where(insert.view(idx.shape[:3] + (1,) * (cached.dim() - 3)), new, cached.gather(1, idx))
+            # In place when no graph is recorded (generation): no copy of the whole cache per token.
+            return cached.scatter(1, idx, src) if torch.is_grad_enabled() else cached.scatter_(1, idx, src)
+
+        state.update(key=put(state["key"], k), value=put(state["value"], v), bias=put(state["bias"], bias),
+                     position=put(state["position"], position))
+        return dynamic_mask_attention(q, state["key"], state["value"], state["bias"], keep_window=None, causal=True)
+
+
+def load_hf_doge_attention_state(hf_state_dict: dict) -> dict:
+    """Map one HF ``DogeAttention`` state dict (keys relative to the attention module) to this layer's.
+
+    Build the layer with ``mask_form="doge"``, ``qk_norm=True``, ``attention_bias=config.attention_bias``,
+    ``keep_window=config.keep_window_size``, ``rms_norm_eps=config.rms_norm_eps``, ``rope_theta`` from
+    ``config.rope_parameters``. Names are identical (``q_proj, k_proj, v_proj, o_proj, dt_proj, A, q_norm,
+    k_norm``); ``dt_proj.bias`` is added as zeros when the checkpoint has none (``attention_bias=False``).
+    """
+    out = dict(hf_state_dict)
+    if "dt_proj.bias" not in out:
+        weight = out["dt_proj.weight"]
+        out["dt_proj.bias"] = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+    return out

@@ -1,0 +1,172 @@
+"""Routed top-k mixture of SwiGLU experts with a shared SwiGLU expert: the MoE baseline CDMoE is compared with.
+
+Both implementations use the same parameters and give the same result:
+
+* ``"loop"`` — a Python loop over the experts, each gathering its tokens (the paper's "SEIMoE" baseline; one
+  host synchronisation per expert).
+* ``"grouped"`` — the ``T·k`` (token, expert) pairs sorted by expert so each expert's tokens are one contiguous
+  slice; on CUDA with bf16 weights (widths multiples of 8) the slices run as grouped GEMMs
+  (``torch.nn.functional.grouped_mm`` / ``torch._grouped_mm``, at most 512 experts per call), elsewhere as a
+  loop over the non-empty contiguous slices.
+
+Parameters: ``router`` ``Linear(d, E)``; ``gate_up_proj (E, 2I, d)`` (rows ``[:I]`` gate, ``[I:]`` up) and
+``down_proj (E, d, I)`` — each expert ``e`` is ``down_proj[e] @ (act(gate) * up)``; ``shared_expert`` a
+:class:`GatedMLP` (None without a shared expert).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops.common import require
+from .mlp import ACTIVATIONS, GatedMLP
+
+IMPLEMENTATIONS = ("grouped", "loop")
+_GROUPS_PER_CALL = 512  # grouped GEMM calls stay below 1024 groups
+
+
+def _grouped_mm_function():
+    """``F.grouped_mm`` (torch >= 2.10) or ``torch._grouped_mm``; None when neither exists."""
+    return getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+
+
+def grouped_gemm_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the CUDA grouped GEMM can run ``x (M, K) @ weight[e].T`` for ``weight (E, O, K)``: a CUDA
+    device with compute capability >= 9.0 (Hopper, where every torch with the op has it), bf16 tensors and
+    ``K``, ``O`` multiples of 8 (16-byte rows)."""
+    return (x.is_cuda and _grouped_mm_function() is not None and x.dtype == weight.dtype == torch.bfloat16
+            and torch.cuda.get_device_capability(x.device)[0] >= 9
+            and weight.shape[-1] % 8 == 0 and weight.shape[-2] % 8 == 0)
+
+
+def moe_balance_loss(probs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Switch-Transformer balance loss ``E · Σ_e f_e · P_e`` aligned by expert id.
+
+    ``probs (T, E)`` router softmax over all experts; ``ids (T, k)`` selected experts. ``P_e`` is the mean
+    probability of expert ``e`` and ``f_e`` the fraction of the ``T·k`` selections that are ``e``; 1 when both
+    are uniform. Returns a scalar of the dtype of ``probs``.
+    """
+    E = probs.shape[-1]
+    counts = torch.bincount(ids.reshape(-1), minlength=E).to(probs.dtype)
+    fractions = counts / max(ids.numel(), 1)
+    return E * (fractions * probs.mean(0)).sum()
+
+
+class MoE(nn.Module):
+    """Top-k routed SwiGLU experts plus an optional shared SwiGLU expert.
+
+    Args:
+        hidden_size: model width ``d``.
+        intermediate_size: inner width ``I`` of each routed expert.
+        num_experts: ``E`` routed experts.
+        top_k: experts per token, ``1 <= top_k <= E``. Gates are the softmax of the router logits restricted
+            to the top-k (the top-k probabilities renormalised).
+        shared_intermediate_size: inner width of the shared expert; None or 0 for none.
+        implementation: ``"grouped"`` (sorted dispatch, grouped GEMM on CUDA) or ``"loop"`` (per-expert loop).
+        activation: ``"silu"`` (SwiGLU), ``"gelu"`` or ``"relu"``.
+        balance_loss_weight: weight of :func:`moe_balance_loss`; 0 disables it (``aux_loss`` stays None).
+
+    Forward: ``hidden_states (..., d) -> (..., d)``; per token (routing never looks at other tokens).
+    """
+
+    def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int, top_k: int,
+                 shared_intermediate_size: int | None = None, implementation: str = "grouped",
+                 activation: str = "silu", balance_loss_weight: float = 0.0):
+        super().__init__()
+        for name, value in (("hidden_size", hidden_size), ("intermediate_size", intermediate_size),
+                            ("num_experts", num_experts)):
+            require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
+        require(isinstance(top_k, int) and 1 <= top_k <= num_experts, "top_k", top_k,
+                f"an integer in [1, num_experts = {num_experts}]")
+        require(shared_intermediate_size is None or (isinstance(shared_intermediate_size, int)
+                                                     and shared_intermediate_size >= 0),
+                "shared_intermediate_size", shared_intermediate_size, "None or an integer >= 0")
+        require(implementation in IMPLEMENTATIONS, "implementation", implementation, f"one of {IMPLEMENTATIONS}")
+        require(activation in ACTIVATIONS, "activation", activation, f"one of {sorted(ACTIVATIONS)}")
+        require(balance_loss_weight >= 0, "balance_loss_weight", balance_loss_weight, ">= 0")
+        self.hidden_size, self.intermediate_size = hidden_size, intermediate_size
+        self.num_experts, self.top_k, self.implementation = num_experts, top_k, implementation
+        self.activation, self.balance_loss_weight = activation, float(balance_loss_weight)
+        self.router = nn.Linear(hidden_size, num_experts, bias=False)
+        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))
+        self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
+        nn.init.normal_(self.gate_up_proj, std=hidden_size ** -0.5)
+        nn.init.normal_(self.down_proj, std=intermediate_size ** -0.5)
+        self.shared_expert = (GatedMLP(hidden_size, shared_intermediate_size, activation)
+                              if shared_intermediate_size else None)
+        self.aux_loss: torch.Tensor | None = None
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (T, d) -> router probabilities (T, E), gates (T, k) (float32 for half-precision x, else its dtype),
+        ids (T, k) int64."""
+        logits = self.router(x)
+        probs = (logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits).softmax(-1)
+        top, ids = probs.topk(self.top_k, dim=-1)
+        return probs, top / top.sum(-1, keepdim=True), ids
+
+    def _expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
+        """Routed expert ``e`` on its tokens: x (m, d) -> (m, d)."""
+        gate, up = (x @ self.gate_up_proj[e].t()).chunk(2, dim=-1)
+        return (ACTIVATIONS[self.activation](gate) * up) @ self.down_proj[e].t()
+
+    def _loop(self, x: torch.Tensor, gates: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(x)
+        for e in range(self.num_experts):
+            token, slot = torch.where(ids == e)
+            if token.numel() == 0:
+                continue
+            y = self._expert(x[token], e) * gates[token, slot, None].to(x.dtype)
+            out.index_add_(0, token, y)
+        return out
+
+    def _grouped(self, x: torch.Tensor, gates: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        order = flat.argsort(stable=True)
+        token = torch.div(order, self.top_k, rounding_mode="floor")
+        xs = x[token]  # (T·k, d) rows grouped by expert
+        counts = torch.bincount(flat, minlength=self.num_experts)
+        if grouped_gemm_usable(x, self.gate_up_proj):
+            ys = self._grouped_gemm(xs, counts)
+        else:
+            ys = self._segment_loop(xs, counts)
+        ys = ys * gates.reshape(-1)[order, None].to(x.dtype)
+        return torch.zeros_like(x).index_add_(0, token, ys)
+
+    def _segment_loop(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        pieces, start = [], 0
+        for e, count in enumerate(counts.tolist()):
+            if count:
+                pieces.append(self._expert(xs[start:start + count], e))
+                start += count
+        return torch.cat(pieces) if pieces else xs.new_zeros(xs.shape)
+
+    def _grouped_gemm(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        mm = _grouped_mm_function()
+        act = ACTIVATIONS[self.activation]
+        ends = counts.cumsum(0).tolist()
+        pieces = []
+        for first in range(0, self.num_experts, _GROUPS_PER_CALL):
+            last = min(first + _GROUPS_PER_CALL, self.num_experts)
+            start, stop = (ends[first - 1] if first else 0), ends[last - 1]
+            if stop == start:
+                continue
+            offs = (counts[first:last].cumsum(0)).to(torch.int32)
+            gate, up = mm(xs[start:stop], self.gate_up_proj[first:last].transpose(-2, -1), offs=offs).chunk(2, -1)
+            h = (act(gate) * up).contiguous()
+            pieces.append(mm(h, self.down_proj[first:last].transpose(-2, -1), offs=offs))
+        return torch.cat(pieces) if pieces else xs.new_zeros(xs.shape)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """hidden_states (..., d) -> (..., d); sets ``self.aux_loss``."""
+        require(hidden_states.dim() >= 1 and hidden_states.shape[-1] == self.hidden_size,
+                "hidden_states.shape", tuple(hidden_states.shape), f"(..., {self.hidden_size})")
+        x = hidden_states.reshape(-1, self.hidden_size)
+        probs, gates, ids = self.route(x)
+        routed = self._loop if self.implementation == "loop" else self._grouped
+        out = routed(x, gates, ids)
+        if self.shared_expert is not None:
+            out = out + self.shared_expert(x)
+        self.aux_loss = self.balance_loss_weight * moe_balance_loss(probs, ids) if self.balance_loss_weight > 0 \
+            else None
+        return out.reshape(hidden_states.shape)

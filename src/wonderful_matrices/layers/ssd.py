@@ -1,0 +1,231 @@
+"""The Cheems SSD block: Mamba2's state space duality with rotary position embedding on B and C.
+
+``in_proj`` maps the hidden state to ``[z, x, B, C, dt]``; ``x, B, C`` go through an optional short causal
+depthwise convolution (off by default: RoPE gives SSD its sense of position) and SiLU; RoPE (rotary dim =
+``state_size``) rotates ``B`` and ``C`` exactly as attention rotates ``K`` and ``Q``, so ``C_t·B_s`` depends on
+``t − s`` only; ``dt = softplus(dt + dt_bias)``, ``A = −exp(A_log)``; SSD with the ``D`` skip; the gated
+RMSNorm ``norm(y · silu(z))`` (per group of channels, like Mamba2); ``out_proj``.
+
+With ``use_rope=False, use_conv=True`` this is exactly the Mamba2 block (see ``layers/mamba2.py``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import ssd, ssd_step
+from .rotary import RotaryEmbedding, apply_rotary
+
+
+def _require(condition: bool, argument: str, value, allowed: str) -> None:
+    if not condition:
+        raise ValueError(f"{argument}={value!r} is not allowed: {allowed}")
+
+
+class GatedRMSNorm(nn.Module):
+    """``weight · rmsnorm(x · silu(gate))`` with the RMS taken over ``num_groups`` equal groups of channels.
+
+    Computed in float32 (float64 for float64 inputs), returned in ``x.dtype``. ``num_groups=1`` is HF
+    ``MambaRMSNormGated``; ``num_groups = n_groups`` is mamba_ssm's ``RMSNormGated(group_size=d/n_groups)``.
+
+    Args:
+        hidden_size: channels ``d`` (divisible by ``num_groups``).
+        num_groups: groups normalised separately.
+        eps: added to the mean square.
+    """
+
+    def __init__(self, hidden_size: int, num_groups: int = 1, eps: float = 1e-6):
+        super().__init__()
+        _require(num_groups >= 1 and hidden_size % num_groups == 0, "num_groups", num_groups,
+                 f"a divisor of hidden_size={hidden_size}")
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.num_groups = num_groups
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """x, gate (..., d) -> (..., d) in ``x.dtype``."""
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        h = x.to(acc) * F.silu(gate.to(acc))
+        grouped = h.unflatten(-1, (self.num_groups, -1))
+        grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * grouped.flatten(-2).to(x.dtype)
+
+
+class SSDMixer(nn.Module):
+    """SSD sequence mixer (the layer contract of COMMON.md: ``forward(hidden_states, position_ids,
+    attention_mask, state) -> (b, l, hidden_size)``).
+
+    Args:
+        hidden_size: model width ``d``.
+        num_heads: SSD heads ``h``; the inner width is ``num_heads · head_dim`` (no separate expand factor).
+        head_dim: ``p``, channels per head.
+        state_size: ``n``, the state size (and the rotary dim; even when ``use_rope``).
+        num_groups: ``g`` groups of heads sharing B and C (``num_heads % num_groups == 0``).
+        chunk_size: chunk of the dual algorithm (a power of two).
+        use_rope: rotate B and C by position (the paper's unified position encoding).
+        rope_theta: rotary base.
+        use_conv: short causal depthwise convolution over ``[x, B, C]`` (the Mamba2 way; off for Cheems).
+        conv_kernel: its width.
+        conv_bias: a bias in the convolution.
+        bias: biases in ``in_proj`` and ``out_proj``.
+        norm_eps: epsilon of the gated RMSNorm.
+        norm_groups: groups of the gated RMSNorm (default ``num_groups``, as mamba_ssm does).
+        dt_min, dt_max, dt_init_floor: ``softplus(dt_bias)`` starts log-uniform in ``[dt_min, dt_max]``
+            (at least ``dt_init_floor``), as in Mamba2.
+        dt_limit: ``(low, high)`` clamp of ``dt`` after softplus (default: none).
+        A_init_range: ``−A`` starts uniform in this range.
+        layer_idx: the layer's index in the model (kept for the cache owner).
+        backend: SSD backend passed to :func:`wonderful_matrices.ops.ssd`.
+
+    Parameters use HF Mamba2's names: ``in_proj, conv1d, dt_bias, A_log, D, norm, out_proj``. ``in_proj`` emits
+    ``[z (h·p), x (h·p), B (g·n), C (g·n), dt (h)]`` in that order.
+
+    Caching (``state`` a dict): ``state["ssm_state"]`` (b, h, p, n) float32 (float64 for a float64 layer), plus
+    ``state["conv_state"]`` (b, h·p + 2·g·n, conv_kernel − 1), the last pre-convolution inputs, when
+    ``use_conv``. A one-token call with a state uses :func:`ssd_step`; longer calls use :func:`ssd` with the
+    state as ``initial_state``. Padding (``attention_mask == 0``) gets ``dt = 0`` and zero ``x, B, C`` inputs,
+    so the state passes through unchanged; the convolution history kept in the state skips padded tokens
+    (inside one call a padded token is a zero input to the convolution windows after it, which is exact for
+    left padding).
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, state_size: int, num_groups: int = 1,
+                 chunk_size: int = 64, use_rope: bool = True, rope_theta: float = 10000.0, use_conv: bool = False,
+                 conv_kernel: int = 4, conv_bias: bool = True, bias: bool = False, norm_eps: float = 1e-6,
+                 norm_groups: int | None = None, dt_min: float = 1e-3, dt_max: float = 0.1,
+                 dt_init_floor: float = 1e-4, dt_limit: tuple[float, float] = (0.0, float("inf")),
+                 A_init_range: tuple[float, float] = (1.0, 16.0), layer_idx: int | None = None,
+                 backend: str = "auto"):
+        super().__init__()
+        for name, value in (("hidden_size", hidden_size), ("num_heads", num_heads), ("head_dim", head_dim),
+                            ("state_size", state_size), ("num_groups", num_groups), ("conv_kernel", conv_kernel)):
+            _require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
+        _require(num_heads % num_groups == 0, "num_groups", num_groups, f"a divisor of num_heads={num_heads}")
+        _require(isinstance(chunk_size, int) and chunk_size >= 1 and chunk_size & (chunk_size - 1) == 0,
+                 "chunk_size", chunk_size, "a power of two")
+        _require(not use_rope or state_size % 2 == 0, "state_size", state_size,
+                 "an even number when use_rope=True (it is the rotary dim)")
+        inner = num_heads * head_dim
+        norm_groups = num_groups if norm_groups is None else norm_groups
+        _require(isinstance(norm_groups, int) and norm_groups >= 1 and inner % norm_groups == 0, "norm_groups",
+                 norm_groups, f"a divisor of num_heads*head_dim={inner}")
+        _require(0 < dt_min <= dt_max, "dt_min", (dt_min, dt_max), "0 < dt_min <= dt_max")
+        _require(len(dt_limit) == 2 and 0 <= dt_limit[0] < dt_limit[1], "dt_limit", dt_limit, "(low, high), 0 <= low < high")
+        _require(len(A_init_range) == 2 and 0 < A_init_range[0] <= A_init_range[1], "A_init_range", A_init_range,
+                 "(low, high) with 0 < low <= high")
+        self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim
+        self.state_size, self.num_groups, self.chunk_size = state_size, num_groups, chunk_size
+        self.inner_size = inner
+        self.conv_dim = inner + 2 * num_groups * state_size
+        self.use_rope, self.use_conv = use_rope, use_conv
+        self.dt_limit = (float(dt_limit[0]), float(dt_limit[1]))
+        self.layer_idx = layer_idx
+        self.backend = backend
+
+        self.in_proj = nn.Linear(hidden_size, inner + self.conv_dim + num_heads, bias=bias)
+        if use_conv:
+            self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, conv_kernel, groups=self.conv_dim,
+                                    padding=conv_kernel - 1, bias=conv_bias)
+        self.rotary = RotaryEmbedding(state_size, rope_theta) if use_rope else None
+
+        dt = torch.exp(torch.rand(num_heads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        self.A_log = nn.Parameter(torch.log(torch.empty(num_heads).uniform_(*A_init_range)))
+        self.D = nn.Parameter(torch.ones(num_heads))
+        for p in (self.dt_bias, self.A_log, self.D):
+            p._no_weight_decay = True
+        self.norm = GatedRMSNorm(inner, norm_groups, norm_eps)
+        self.out_proj = nn.Linear(inner, hidden_size, bias=bias)
+
+    def _check_inputs(self, hidden_states, position_ids, attention_mask, state) -> None:
+        _require(isinstance(hidden_states, torch.Tensor) and hidden_states.dim() == 3
+                 and hidden_states.shape[-1] == self.hidden_size and hidden_states.shape[1] >= 1,
+                 "hidden_states.shape", tuple(getattr(hidden_states, "shape", ())),
+                 f"(b, l, {self.hidden_size}) with l >= 1")
+        b, l = hidden_states.shape[:2]
+        if self.use_rope:
+            _require(isinstance(position_ids, torch.Tensor), "position_ids", position_ids,
+                     "a (b, l) integer tensor (RoPE needs positions)")
+        if position_ids is not None:
+            _require(tuple(position_ids.shape) == (b, l) and not position_ids.is_floating_point(),
+                     "position_ids.shape", tuple(position_ids.shape), f"({b}, {l}) integers")
+        if attention_mask is not None:
+            _require(tuple(attention_mask.shape) == (b, l), "attention_mask.shape", tuple(attention_mask.shape),
+                     f"({b}, {l}): the tokens of this call")
+        _require(state is None or isinstance(state, dict), "state", type(state).__name__, "None or a dict")
+
+    def _conv(self, xbc: torch.Tensor, state: dict | None, keep: torch.Tensor | None) -> torch.Tensor:
+        """Causal depthwise conv over xbc (b, l, conv_dim), continuing from ``state["conv_state"]`` if present.
+
+        The stored history is the last ``conv_kernel − 1`` inputs of *real* tokens (``keep`` (b, l, 1) marks
+        them), so padding never enters a later call's window.
+        """
+        weight = self.conv1d.weight  # (conv_dim, 1, k)
+        width = weight.shape[-1] - 1
+        xt = xbc.transpose(1, 2)
+        history = state.get("conv_state") if state is not None else None
+        if history is None:
+            full = F.pad(xt, (width, 0))
+        else:
+            full = torch.cat([history.to(xt.dtype), xt], dim=-1)
+        if state is not None:
+            if keep is None:
+                state["conv_state"] = full[..., full.shape[-1] - width:]
+            else:  # the last `width` columns among the history and this call's real tokens
+                real = F.pad(keep[..., 0], (width, 0), value=True)
+                order = torch.arange(real.shape[-1], device=real.device).expand_as(real)
+                cols = torch.where(real, order, -1).topk(width, dim=-1).values.flip(-1)
+                state["conv_state"] = full.gather(-1, cols[:, None, :].expand(-1, full.shape[1], -1))
+        return F.conv1d(full, weight, self.conv1d.bias, groups=self.conv_dim).transpose(1, 2)
+
+    def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, state: dict | None = None) -> torch.Tensor:
+        """hidden_states (b, l, d), position_ids (b, l) long, attention_mask (b, l) or None (1 = real token),
+        state: None or this layer's cache dict (read and updated in place) -> (b, l, d)."""
+        self._check_inputs(hidden_states, position_ids, attention_mask, state)
+        b, l, _ = hidden_states.shape
+        h, p, g, n = self.num_heads, self.head_dim, self.num_groups, self.state_size
+        acc = torch.float64 if hidden_states.dtype == torch.float64 else torch.float32
+        keep = attention_mask.to(device=hidden_states.device, dtype=torch.bool)[..., None] \
+            if attention_mask is not None else None
+
+        z, xbc, dt = self.in_proj(hidden_states).split([self.inner_size, self.conv_dim, h], dim=-1)
+        if keep is not None:
+            xbc = xbc.masked_fill(~keep, 0.0)
+        if self.use_conv:
+            xbc = self._conv(xbc, state, keep)
+        xbc = F.silu(xbc)
+        if keep is not None:
+            xbc = xbc.masked_fill(~keep, 0.0)
+        x, B, C = xbc.split([self.inner_size, g * n, g * n], dim=-1)
+        x = x.reshape(b, l, h, p).to(acc)
+        B = B.reshape(b, l, g, n)
+        C = C.reshape(b, l, g, n)
+        if self.use_rope:
+            cos, sin = self.rotary(position_ids.to(hidden_states.device))
+            B = apply_rotary(B, cos, sin)
+            C = apply_rotary(C, cos, sin)
+        dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))
+        if self.dt_limit != (0.0, float("inf")):
+            dt = dt.clamp(*self.dt_limit)
+        if keep is not None:
+            dt = dt.masked_fill(~keep, 0.0)
+        A = -torch.exp(self.A_log.to(acc))
+
+        if state is None:
+            y = ssd(x, dt, A, B, C, chunk_size=self.chunk_size, D=self.D, backend=self.backend)
+        else:
+            previous = state.get("ssm_state")
+            if previous is not None and l == 1:
+                y, new_state = ssd_step(previous, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D=self.D)
+                y = y[:, None]
+            else:
+                y, new_state = ssd(x, dt, A, B, C, chunk_size=self.chunk_size, D=self.D, initial_state=previous,
+                                   return_final_state=True, backend=self.backend)
+            state["ssm_state"] = new_state
+        y = self.norm(y.reshape(b, l, self.inner_size), z)
+        return self.out_proj(y.to(hidden_states.dtype))

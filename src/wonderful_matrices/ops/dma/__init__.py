@@ -1,0 +1,71 @@
+"""Dynamic mask attention (DMA): causal softmax attention with a learned per-key bias and an optional
+per-query top-``keep_window`` selection of keys by that bias (DESIGN.md, "DMA")."""
+from __future__ import annotations
+
+import math
+
+import torch as _torch  # the name ``torch`` in this package is the submodule ``torch.py`` (the torch backend)
+
+from ..common import require, resolve_backend, shape_of
+from .naive import dynamic_mask_attention_naive
+from .torch import dynamic_mask_attention_torch, selectable_keys
+
+BACKENDS = ("naive", "torch")
+FLOAT_DTYPES = (_torch.float16, _torch.bfloat16, _torch.float32, _torch.float64)
+
+
+def dynamic_mask_attention(q: _torch.Tensor, k: _torch.Tensor, v: _torch.Tensor, bias: _torch.Tensor,
+                           keep_window: int | None = None, causal: bool = True, scale: float | None = None,
+                           backend: str = "auto") -> _torch.Tensor:
+    """Dynamic mask attention.
+
+    Args:
+        q: ``(b, lq, hq, d)`` queries.
+        k, v: ``(b, lk, hkv, d)`` keys and values, ``hq % hkv == 0`` (query head ``h`` uses KV head
+            ``h // (hq / hkv)``).
+        bias: ``(b, lk, hkv)`` per-key bias added to the logits; ``-inf`` marks a key never attended
+            (padding). Must not be ``+inf`` or NaN.
+        keep_window: ``None`` (every visible key) or ``w >= 1``: each query keeps only the ``w`` visible keys
+            with the largest bias, ties to the later key (an all-zero bias gives sliding-window attention).
+        causal: query ``i`` sits at key position ``i + lk - lq`` (bottom-right aligned) and sees keys ``j <=``
+            that position; needs ``lq <= lk``. When False every query sees every key (and with a window keeps
+            the top ``w`` of all keys).
+        scale: logit scale, default ``1 / sqrt(d)``.
+        backend: ``"auto"`` (= ``"torch"``), ``"torch"`` (exact, O(L·w) with a window) or ``"naive"`` (loops,
+            the oracle).
+
+    Returns:
+        ``(b, lq, hq, d)`` in ``q``'s dtype (accumulated in float32 or better). A query with no attendable key
+        outputs zeros.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v), ("bias", bias)):
+        require(isinstance(t, _torch.Tensor), name, type(t).__name__, "a torch.Tensor")
+        require(t.dtype in FLOAT_DTYPES, f"{name}.dtype", t.dtype, f"one of {FLOAT_DTYPES}")
+    require(q.dim() == 4, "q.shape", shape_of(q), "(batch, q_len, q_heads, head_dim)")
+    require(k.dim() == 4, "k.shape", shape_of(k), "(batch, k_len, kv_heads, head_dim)")
+    b, lq, hq, d = q.shape
+    require(k.shape[0] == b and k.shape[3] == d, "k.shape", shape_of(k),
+            f"(batch={b}, k_len, kv_heads, head_dim={d}) matching q {shape_of(q)}")
+    lk, hkv = k.shape[1], k.shape[2]
+    require(v.shape == k.shape, "v.shape", shape_of(v), f"equal to k.shape {shape_of(k)}")
+    require(bias.shape == (b, lk, hkv), "bias.shape", shape_of(bias), f"(batch, k_len, kv_heads) = {(b, lk, hkv)}")
+    require(lq >= 1 and lk >= 1 and d >= 1 and hkv >= 1, "q.shape/k.shape", (shape_of(q), shape_of(k)),
+            "non-empty sequences, heads and head_dim")
+    require(hq % hkv == 0, "q_heads", hq, f"a multiple of kv_heads={hkv}")
+    require(q.dtype == k.dtype == v.dtype, "k.dtype/v.dtype", (k.dtype, v.dtype), f"equal to q.dtype {q.dtype}")
+    require(q.device == k.device == v.device == bias.device, "device", (q.device, k.device, v.device, bias.device),
+            "all tensors on one device")
+    require(isinstance(causal, bool), "causal", causal, "True or False")
+    require(not causal or lq <= lk, "q_len", lq, f"<= k_len={lk} when causal (queries are bottom-right aligned)")
+    require(keep_window is None or (isinstance(keep_window, int) and not isinstance(keep_window, bool)
+                                    and keep_window >= 1), "keep_window", keep_window, "None or an int >= 1")
+    require(scale is None or (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0), "scale", scale,
+            "None or a finite number > 0")
+    scale = float(scale) if scale is not None else 1.0 / math.sqrt(d)
+    name = resolve_backend(backend, BACKENDS, q.device, ("torch",))
+    if name == "naive":
+        return dynamic_mask_attention_naive(q, k, v, bias, keep_window, causal, scale)
+    return dynamic_mask_attention_torch(q, k, v, bias, keep_window, causal, scale)
+
+
+__all__ = ["dynamic_mask_attention", "selectable_keys"]

@@ -1,0 +1,262 @@
+"""Dynamic mask attention in PyTorch: exact, and O(L·w) with a window.
+
+Both paths fold the bias into the keys, so one scaled-dot-product-attention call applies it: with
+``q' = [q, 1, 1, 0…]`` and ``k' = [k, hi, lo, 0…]`` where ``hi + lo = bias / scale`` (``hi`` the bias rounded to
+the key dtype, ``lo`` the rounding error, so half-precision keys carry the bias to ~16 bits),
+``scale · q'·k' = scale · q·k + bias``. The head dim is padded to a multiple of 8 for the fused kernels.
+
+* No window (or a window >= the key length): SDPA over all keys with a causal flag (bottom-right aligned; an
+  explicit ``(lq, lk)`` boolean mask only when ``lq < lk``). No ``(b, h, lq, lk)`` tensor is built; memory is
+  that of the SDPA kernel SDPA picks (O(L) for flash / memory-efficient / cuDNN on GPU). Keys with bias
+  ``-inf`` get a bias of ``-1e30`` (finite, so no ``0·inf`` in the backward) and queries that see no
+  attendable key output zeros.
+* Window ``w``, causal: queries are processed in blocks of ``B`` (fact 1 of DESIGN.md). Before a block
+  ``[p0, p1)`` the running top-``w`` of the keys ``< p0`` is carried; the candidates of the block are those
+  ``w`` keys plus the block's own keys, sorted by rank ``(bias, position)`` (ties to the later key). A query
+  ``p`` keeps the first ``w`` candidates in rank order that it can see (``position <= p``, finite bias): a
+  cumulative count over the sorted candidates gives exactly the oracle's kept set, and the kept queries of
+  each candidate form an interval ``[start, end)`` inside the block. The selection (no gradient) is one
+  Python loop over blocks; the attention then gathers the ``w + B`` candidate keys/values of each block and
+  runs SDPA with the interval mask, several blocks per call. Time O(L·(w+B)·d), memory
+  O(b·h·L·(w+B)/B·d) for the gathered keys/values plus O(b·h_kv·L·(w+B)) bits of mask — never
+  ``(b, h, lq, lk)``. Gradients reach ``q``, ``k``, ``v`` and ``bias`` through the gathers.
+* Window ``w``, not causal: every query keeps the same top-``w`` keys; one gather, one SDPA call.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+MASKED_BIAS = -1e30
+MASK_ELEMENTS_PER_CALL = 1 << 26
+
+
+def _compute_dtype(q: torch.Tensor) -> torch.dtype:
+    # float16 cannot hold bias / scale for large biases: compute it in float32.
+    return torch.float32 if q.dtype == torch.float16 else q.dtype
+
+
+def _augment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
+             masked_bias: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q (..., d), k/v (..., d), bias k.shape[:-1] -> q', k', v' with head dim d' = roundup(d + 2, 8).
+
+    ``scale · q'·k' = scale · q·k + bias`` (non-finite biases replaced by ``masked_bias``); ``v'`` is ``v``
+    zero-padded to ``d'``.
+    """
+    dtype = _compute_dtype(q)
+    d = q.shape[-1]
+    pad = -(-(d + 2) // 8) * 8 - d - 2
+    exact = torch.float64 if dtype == torch.float64 else torch.float32
+    t = bias.to(exact)
+    t = torch.where(torch.isfinite(t), t, torch.full_like(t, masked_bias)) / scale
+    hi = t.to(dtype)
+    lo = (t - hi.to(exact)).to(dtype)
+    qa = q.to(dtype)
+    ones = qa.new_ones(qa.shape[:-1] + (2,))
+    q_aug = torch.cat([qa, ones, qa.new_zeros(qa.shape[:-1] + (pad,))], dim=-1)
+    ka = k.to(dtype)
+    k_aug = torch.cat([ka, hi[..., None], lo[..., None], ka.new_zeros(ka.shape[:-1] + (pad,))], dim=-1)
+    v_aug = F.pad(v.to(dtype), (0, pad + 2))
+    return q_aug, k_aug, v_aug
+
+
+def _dense(q, k, v, bias, causal: bool, scale: float) -> torch.Tensor:
+    """All visible keys; q (b,lq,hq,d), k/v (b,lk,hkv,d), bias (b,lk,hkv) -> (b,lq,hq,d)."""
+    b, lq, hq, d = q.shape
+    lk, hkv = k.shape[1], k.shape[2]
+    group = hq // hkv
+    qa, ka, va = _augment(q, k, v, bias, scale, MASKED_BIAS)
+    # (b, hkv, group, lq, d') queries against (b, hkv, 1, lk, d') keys: batch dims broadcast over the group.
+    qa = qa.view(b, lq, hkv, group, -1).permute(0, 2, 3, 1, 4).reshape(b * hkv, group, lq, -1)
+    ka = ka.permute(0, 2, 1, 3).reshape(b * hkv, 1, lk, -1).expand(-1, group, -1, -1)
+    va = va.permute(0, 2, 1, 3).reshape(b * hkv, 1, lk, -1).expand(-1, group, -1, -1)
+    offset = lk - lq
+    mask, is_causal = None, False
+    if causal and offset == 0:
+        is_causal = True
+    elif causal and lq > 1:
+        mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=offset)
+    out = F.scaled_dot_product_attention(qa, ka, va, attn_mask=mask, is_causal=is_causal, scale=scale)
+    out = out[..., :d].reshape(b, hkv, group, lq, d).permute(0, 3, 1, 2, 4).reshape(b, lq, hq, d)
+    # A query whose visible keys all have bias -inf outputs zeros.
+    finite = torch.isfinite(bias).permute(0, 2, 1)  # (b, hkv, lk)
+    if causal:
+        positions = torch.arange(lk, device=q.device)
+        first = torch.where(finite, positions, lk).amin(dim=-1)  # (b, hkv)
+        attendable = (torch.arange(lq, device=q.device) + offset)[None, :, None] >= first[:, None, :]
+    else:
+        attendable = finite.any(dim=-1)[:, None, :].expand(b, lq, hkv)
+    attendable = attendable.repeat_interleave(group, dim=2)[..., None]
+    return torch.where(attendable, out, out.new_zeros(())).to(q.dtype)
+
+
+def rank_order(bias_rows: torch.Tensor) -> torch.Tensor:
+    """Permutation sorting each row of keys by rank, best first.
+
+    ``bias_rows (n, L)`` in position order; rank is ``(bias, position)`` descending (ties to the later key),
+    non-finite biases last. Returns ``(n, L)`` long indices into the rows.
+    """
+    key = _rank_key(bias_rows).flip(-1)
+    order = torch.sort(-key, dim=-1, stable=True).indices
+    return bias_rows.shape[-1] - 1 - order
+
+
+def _rank_key(bias_rows: torch.Tensor) -> torch.Tensor:
+    key = bias_rows.to(torch.float64 if bias_rows.dtype == torch.float64 else torch.float32)
+    return torch.where(torch.isfinite(key), key, torch.full_like(key, float("-inf")))
+
+
+@torch.no_grad()
+def select_blocks(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int):
+    """Exact per-query top-``keep_window`` selection for causal queries, block by block.
+
+    ``bias_rows (n, lk)``: one row per (batch, KV head). Queries sit at key positions ``lk - lq … lk - 1``,
+    cut into ``nb = ceil(lq / block)`` blocks. Returns
+    ``candidates (n, nb, w + block)`` key positions, and ``start, end (n, nb, w + block)`` int32: candidate
+    ``c`` of block ``t`` is kept exactly by the block's queries ``start <= i < end`` (``i`` relative to the
+    block's first query); unused candidate slots have ``start == end == 0``.
+    """
+    n, lk = bias_rows.shape
+    w = keep_window
+    offset = lk - lq
+    device = bias_rows.device
+    key = _rank_key(bias_rows)
+    carried_pos = torch.zeros(n, w, dtype=torch.long, device=device)
+    carried_key = torch.full((n, w), float("-inf"), dtype=key.dtype, device=device)
+    if offset > 0:
+        order = rank_order(bias_rows[:, :offset])[:, :w]
+        carried_pos[:, : order.shape[1]] = order
+        carried_key[:, : order.shape[1]] = key[:, :offset].gather(1, order)
+    nb = -(-lq // block)
+    width = w + block
+    candidates = torch.zeros(n, nb, width, dtype=torch.long, device=device)
+    start = torch.zeros(n, nb, width, dtype=torch.int32, device=device)
+    end = torch.zeros(n, nb, width, dtype=torch.int32, device=device)
+    for t in range(nb):
+        p0 = offset + t * block
+        p1 = min(p0 + block, lk)
+        # The block's keys later-first, then the carried keys (already in rank order, all earlier): a stable
+        # sort by bias then breaks every tie toward the later key.
+        pos = torch.cat([torch.arange(p1 - 1, p0 - 1, -1, device=device).expand(n, -1), carried_pos], dim=1)
+        cand_key = torch.cat([key[:, p0:p1].flip(-1), carried_key], dim=1)
+        order = torch.sort(-cand_key, dim=1, stable=True).indices
+        pos = pos.gather(1, order)
+        cand_key = cand_key.gather(1, order)
+        valid = cand_key > float("-inf")
+        queries = torch.arange(p0, p1, device=device)
+        visible = valid[:, None, :] & (pos[:, None, :] <= queries[None, :, None])  # (n, p1-p0, W')
+        kept = visible & (visible.cumsum(-1, dtype=torch.int32) <= w)
+        first = (pos - p0).clamp_min(0).to(torch.int32)
+        count = kept.sum(1).to(torch.int32)  # (a bool sum with dtype=int32 is very slow on CPU)
+        used = pos.shape[1]
+        candidates[:, t, :used] = pos
+        start[:, t, :used] = torch.where(count > 0, first, 0)
+        end[:, t, :used] = torch.where(count > 0, first + count, 0)
+        carried_pos, carried_key = pos[:, :w], cand_key[:, :w]
+    return candidates, start, end
+
+
+def default_block(keep_window: int) -> int:
+    """Query block size for the windowed path: 64 for small windows, up to 512 (a quarter of the window)."""
+    return int(min(512, max(64, (keep_window // 4) // 64 * 64)))
+
+
+def _windowed_causal(q, k, v, bias, keep_window: int, scale: float, block: int) -> torch.Tensor:
+    b, lq, hq, d = q.shape
+    lk, hkv = k.shape[1], k.shape[2]
+    group = hq // hkv
+    n = b * hkv
+    rows = bias.permute(0, 2, 1).reshape(n, lk)
+    candidates, start, end = select_blocks(rows, lq, keep_window, block)
+    nb, width = candidates.shape[1], candidates.shape[2]
+    qa, ka, va = _augment(q, k, v, bias, scale, 0.0)  # non-finite keys are never kept: any finite value
+    dp = qa.shape[-1]
+    ka = ka.reshape(b * lk * hkv, dp)
+    va = va.reshape(b * lk * hkv, dp)
+    # Flat row of candidate (batch bi, head h, key j) in the (b, lk, hkv) tables, laid out (b, nb, hkv, W).
+    heads = torch.arange(hkv, device=q.device)
+    batches = torch.arange(b, device=q.device)
+    flat = (candidates.view(b, hkv, nb, width) * hkv + heads[None, :, None, None]
+            + (batches * lk * hkv)[:, None, None, None]).permute(0, 2, 1, 3)
+    masks = (start.view(b, hkv, nb, width).permute(0, 2, 1, 3), end.view(b, hkv, nb, width).permute(0, 2, 1, 3))
+    qa = F.pad(qa, (0, 0, 0, 0, 0, nb * block - lq))
+    qa = qa.view(b, nb, block, hkv, group, dp).permute(0, 1, 3, 4, 2, 5)  # (b, nb, hkv, group, block, d')
+    rel = torch.arange(block, device=q.device, dtype=torch.int32)
+    per_call = max(1, MASK_ELEMENTS_PER_CALL // max(1, b * hkv * block * width))
+    outs = []
+    for t0 in range(0, nb, per_call):
+        t1 = min(nb, t0 + per_call)
+        m = t1 - t0
+        s, e = masks[0][:, t0:t1], masks[1][:, t0:t1]
+        mask = (s[..., None, :] <= rel[:, None]) & (rel[:, None] < e[..., None, :])  # (b, m, hkv, block, W)
+        attendable = mask.any(-1, keepdim=True)
+        mask = mask | (~attendable & (torch.arange(width, device=q.device) == 0))  # no all-masked row
+        idx = flat[:, t0:t1].reshape(-1)
+        kc = ka.index_select(0, idx).view(b * m * hkv, 1, width, dp).expand(-1, group, -1, -1)
+        vc = va.index_select(0, idx).view(b * m * hkv, 1, width, dp).expand(-1, group, -1, -1)
+        qc = qa[:, t0:t1].reshape(b * m * hkv, group, block, dp)
+        out = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask.reshape(b * m * hkv, 1, block, width),
+                                             scale=scale)
+        out = out[..., :d].view(b, m, hkv, group, block, d)
+        out = torch.where(attendable.view(b, m, hkv, 1, block, 1), out, out.new_zeros(()))
+        outs.append(out)
+    out = torch.cat(outs, dim=1).permute(0, 1, 4, 2, 3, 5).reshape(b, nb * block, hq, d)
+    return out[:, :lq].to(q.dtype)
+
+
+def _windowed_full(q, k, v, bias, keep_window: int, scale: float) -> torch.Tensor:
+    """Not causal: every query keeps the same top-``keep_window`` keys of its (batch, KV head)."""
+    b, lq, hq, d = q.shape
+    lk, hkv = k.shape[1], k.shape[2]
+    group = hq // hkv
+    rows = bias.permute(0, 2, 1).reshape(b * hkv, lk)
+    width = min(keep_window, lk)
+    with torch.no_grad():
+        top = rank_order(rows)[:, :width]  # (b*hkv, W)
+        valid = torch.isfinite(rows.gather(1, top))
+    qa, ka, va = _augment(q, k, v, bias, scale, 0.0)
+    dp = qa.shape[-1]
+    heads = torch.arange(hkv, device=q.device)
+    flat = (top.view(b, hkv, width) * hkv + heads[None, :, None]
+            + (torch.arange(b, device=q.device) * lk * hkv)[:, None, None]).reshape(-1)
+    kc = ka.reshape(-1, dp).index_select(0, flat).view(b * hkv, 1, width, dp).expand(-1, group, -1, -1)
+    vc = va.reshape(-1, dp).index_select(0, flat).view(b * hkv, 1, width, dp).expand(-1, group, -1, -1)
+    qc = qa.view(b, lq, hkv, group, dp).permute(0, 2, 3, 1, 4).reshape(b * hkv, group, lq, dp)
+    attendable = valid.any(-1)  # (b*hkv,)
+    mask = valid | (~attendable[:, None] & (torch.arange(width, device=q.device) == 0))
+    out = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask.view(b * hkv, 1, 1, width), scale=scale)
+    out = torch.where(attendable.view(-1, 1, 1, 1), out[..., :d], out.new_zeros(()))
+    return out.view(b, hkv, group, lq, d).permute(0, 3, 1, 2, 4).reshape(b, lq, hq, d).to(q.dtype)
+
+
+def dynamic_mask_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                                 keep_window: int | None, causal: bool, scale: float,
+                                 block: int | None = None) -> torch.Tensor:
+    """q (b,lq,hq,d), k/v (b,lk,hkv,d), bias (b,lk,hkv) -> (b,lq,hq,d) (arguments already checked).
+
+    ``block``: query block of the windowed causal path (default :func:`default_block`).
+    """
+    lk = k.shape[1]
+    if keep_window is None or keep_window >= lk:
+        return _dense(q, k, v, bias, causal, scale)
+    if not causal:
+        return _windowed_full(q, k, v, bias, keep_window, scale)
+    return _windowed_causal(q, k, v, bias, keep_window, scale, block or default_block(keep_window))
+
+
+def selectable_keys(bias: torch.Tensor, keep_window: int) -> torch.Tensor:
+    """Cache slots a future query can still select, for decoding with a bounded cache.
+
+    ``bias (b, n, hkv)`` of the cached keys in position order. A future query sees every cached key, so a key
+    outside the top-``keep_window`` by ``(bias, position)`` of its (batch, KV head) has ``keep_window``
+    outrankers forever and is never selected again. Returns ``(b, min(n, keep_window), hkv)`` long slot
+    indices, ascending (position order is kept).
+    """
+    b, n, hkv = bias.shape
+    if n <= keep_window:
+        return torch.arange(n, device=bias.device).view(1, n, 1).expand(b, n, hkv)
+    rows = bias.permute(0, 2, 1).reshape(b * hkv, n)
+    top = rank_order(rows)[:, :keep_window].sort(dim=-1).values
+    return top.view(b, hkv, keep_window).permute(0, 2, 1)

@@ -1,0 +1,65 @@
+"""Mixture of single-neuron experts: ``y = Σ_heads Σ_k gate · act(down[e]·x) · up[e]`` per token."""
+from __future__ import annotations
+
+from torch import Tensor  # not `import torch`: the submodule `.torch` below takes that name here
+
+from ..common import require, resolve_backend, shape_of
+from . import naive as _naive
+from . import torch as _torch
+from .naive import ACTIVATIONS
+
+_IMPLEMENTATIONS = {"naive": _naive.expert_mixture, "torch": _torch.expert_mixture}
+_INDEX_DTYPES = ("torch.int64", "torch.int32")
+
+
+def expert_mixture(x: Tensor, ids: Tensor, gates: Tensor, down: Tensor, up: Tensor,
+                   activation: str = "silu", backend: str = "auto") -> Tensor:
+    """Weighted sum of single-neuron experts selected per token.
+
+    ``y[t] = Σ_h Σ_j gates[t,h,j] · act(down[e]·x[t]) · up[e]`` with ``e = ids[t,h,j]``. Each token uses only
+    its own ids and gates (no mixing across tokens). Differentiable with respect to ``x``, ``gates``, ``down``
+    and ``up``.
+
+    Args:
+        x: ``(..., d)`` floating point.
+        ids: ``(..., H, k)`` int64 (or int32) expert ids in ``[0, N)``; leading dims equal ``x.shape[:-1]``.
+        gates: ``(..., H, k)`` floating point weights (any float dtype; float32 gates with bf16 tables is fine).
+        down, up: ``(N, d)`` expert tables, the dtype and device of ``x``.
+        activation: ``"silu"``, ``"gelu"`` or ``"relu"``.
+        backend: ``"auto"`` (= ``"torch"``), ``"torch"`` (``embedding_bag`` reductions; never builds
+            ``(tokens, N)`` or ``(tokens, H·k, d)`` tensors on CUDA) or ``"naive"`` (plain loops; the oracle).
+
+    Returns:
+        ``(..., d)`` in the dtype of ``x``.
+    """
+    def described(t):
+        return shape_of(t) if isinstance(t, Tensor) else t
+
+    require(isinstance(x, Tensor) and x.is_floating_point() and x.dim() >= 1, "x.shape", described(x),
+            "a floating tensor (..., d)")
+    require(isinstance(down, Tensor) and down.dim() == 2 and down.shape[1] == x.shape[-1], "down.shape",
+            described(down), f"(N, d={x.shape[-1]})")
+    require(isinstance(up, Tensor) and up.shape == down.shape, "up.shape", described(up),
+            f"the shape of down {shape_of(down)}")
+    require(down.shape[0] >= 1, "down.shape", shape_of(down), "at least one expert (N >= 1)")
+    for name, t in (("down", down), ("up", up)):
+        require(t.dtype == x.dtype, f"{name}.dtype", t.dtype, f"the dtype of x ({x.dtype})")
+        require(t.device == x.device, f"{name}.device", t.device, f"the device of x ({x.device})")
+    require(isinstance(ids, Tensor) and ids.dim() == x.dim() + 1 and ids.shape[:-2] == x.shape[:-1],
+            "ids.shape", described(ids), f"(..., H, k) with leading dims {tuple(x.shape[:-1])} of x")
+    require(str(ids.dtype) in _INDEX_DTYPES, "ids.dtype", ids.dtype, f"one of {_INDEX_DTYPES}")
+    require(ids.device == x.device, "ids.device", ids.device, f"the device of x ({x.device})")
+    require(isinstance(gates, Tensor) and gates.shape == ids.shape and gates.is_floating_point(),
+            "gates.shape", described(gates), f"a floating tensor of the shape of ids {shape_of(ids)}")
+    require(gates.device == x.device, "gates.device", gates.device, f"the device of x ({x.device})")
+    require(activation in ACTIVATIONS, "activation", activation, f"one of {sorted(ACTIVATIONS)}")
+    require(ids.shape[-1] >= 1 and ids.shape[-2] >= 1, "ids.shape", shape_of(ids), "H >= 1 and k >= 1")
+    if ids.numel():
+        low, high = (int(v) for v in ids.aminmax())
+        require(low >= 0 and high < down.shape[0], "ids", f"values in [{low}, {high}]",
+                f"expert ids in [0, N={down.shape[0]})")
+    name = resolve_backend(backend, _IMPLEMENTATIONS, x.device, auto_order=("torch",))
+    return _IMPLEMENTATIONS[name](x, ids.long(), gates, down, up, activation)
+
+
+__all__ = ["expert_mixture", "ACTIVATIONS"]

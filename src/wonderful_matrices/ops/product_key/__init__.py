@@ -1,0 +1,50 @@
+"""Product-key top-k retrieval (Lample et al. 2019): the k best of N = n² experts at O(n + k²) per query."""
+from __future__ import annotations
+
+from torch import Tensor  # not `import torch`: the submodule `.torch` below takes that name here
+
+from ..common import require, resolve_backend, shape_of
+from . import naive as _naive
+from . import torch as _torch
+
+_IMPLEMENTATIONS = {"naive": _naive.product_key_topk, "torch": _torch.product_key_topk}
+
+
+def product_key_topk(query: Tensor, sub_keys: Tensor, k: int,
+                     backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """Exact top-k experts of a product-key table, per token and head.
+
+    Expert ``(a, b)`` of head ``h`` has id ``a·n + b`` and score ``q_0·K_0[a] + q_1·K_1[b]``, where
+    ``q_c = query[..., h, c, :]`` and ``K_c = sub_keys[h, c]``; the result equals scoring all ``N = n²`` experts
+    and taking the top ``k`` (exact ties may come back in any order among themselves).
+
+    Args:
+        query: ``(..., H, 2, dk)`` floating point.
+        sub_keys: ``(H, 2, n, dk)``, same dtype and device; ``n = √N`` sub-keys per half.
+        k: experts per head, ``1 <= k <= n``.
+        backend: ``"auto"`` (= ``"torch"``), ``"torch"`` (O(n + k²) per token and head) or ``"naive"``
+            (scores all N experts; the oracle).
+
+    Returns:
+        ``scores (..., H, k)`` sorted descending (float32 for half-precision inputs, else the input dtype;
+        differentiable with respect to ``query`` and ``sub_keys``) and ``ids (..., H, k)`` int64 in ``[0, N)``.
+    """
+    require(isinstance(query, Tensor) and query.is_floating_point() and query.dim() >= 3
+            and query.shape[-2] == 2, "query.shape", shape_of(query) if isinstance(query, Tensor) else query,
+            "a floating tensor (..., H, 2, dk)")
+    require(isinstance(sub_keys, Tensor) and sub_keys.dim() == 4 and sub_keys.shape[1] == 2,
+            "sub_keys.shape", shape_of(sub_keys) if isinstance(sub_keys, Tensor) else sub_keys,
+            "a tensor (H, 2, n, dk)")
+    H, _, n, dk = sub_keys.shape
+    require(query.shape[-3] == H and query.shape[-1] == dk, "query.shape", shape_of(query),
+            f"(..., H={H}, 2, dk={dk}) to match sub_keys {shape_of(sub_keys)}")
+    require(n >= 1 and dk >= 1, "sub_keys.shape", shape_of(sub_keys), "n >= 1 sub-keys of dk >= 1")
+    require(sub_keys.dtype == query.dtype, "sub_keys.dtype", sub_keys.dtype, f"the query dtype {query.dtype}")
+    require(sub_keys.device == query.device, "sub_keys.device", sub_keys.device, f"the query device {query.device}")
+    require(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= n, "k", k,
+            f"an integer with 1 <= k <= n = {n} (sub-keys per half, √N)")
+    name = resolve_backend(backend, _IMPLEMENTATIONS, query.device, auto_order=("torch",))
+    return _IMPLEMENTATIONS[name](query, sub_keys, k)
+
+
+__all__ = ["product_key_topk"]

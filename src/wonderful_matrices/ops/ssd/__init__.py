@@ -1,0 +1,140 @@
+"""State space duality (SSD), the sequence mixer of Mamba2 and of Cheems' SSD layers.
+
+Definition (DESIGN.md), per head, with ``S`` of shape ``p × n``::
+
+    S_t = exp(dt_t·A) · S_{t−1} + dt_t · x_t ⊗ B_t,      y_t = S_t · C_t + D · x_t
+
+Backends: ``"naive"`` (the per-step recurrence, the oracle) and ``"torch"`` (the chunked dual algorithm,
+fast on CPU and GPU); ``"auto"`` picks ``"torch"``.
+"""
+from __future__ import annotations
+
+from ..common import require, resolve_backend, shape_of
+from .naive import ssd_naive, ssd_step_naive
+from .torch import ssd_chunked
+
+# importing the submodule ``.torch`` binds the name ``torch`` in this package; rebind it to PyTorch
+import torch  # noqa: E402
+
+__all__ = ["ssd", "ssd_step"]
+
+_AVAILABLE = ("naive", "torch")
+
+
+def _check_floating(t, name: str, shape: tuple, what: str) -> None:
+    require(isinstance(t, torch.Tensor), name, type(t).__name__, "a torch.Tensor")
+    require(t.is_floating_point(), f"{name}.dtype", t.dtype, "a floating-point dtype")
+    require(tuple(t.shape) == shape, f"{name}.shape", shape_of(t), f"{shape} {what}")
+
+
+def _check_values(A: torch.Tensor, dt: torch.Tensor) -> None:
+    """A < 0 (the recurrence must decay; A >= 0 is defect 6 of the published code) and dt >= 0.
+
+    Needs one device synchronisation; skipped while ``torch.compile`` traces.
+    """
+    if torch.compiler.is_compiling():
+        return
+    bad_a, bad_dt = torch.stack([(A >= 0).any() | A.isnan().any(), (dt < 0).any() | dt.isnan().any()]).tolist()
+    require(not bad_a, "A", A.detach().cpu().tolist() if A.numel() <= 16 else f"tensor of shape {shape_of(A)}",
+            "every entry must be < 0 (the state must decay; use A = -exp(A_log))")
+    require(not bad_dt, "dt", f"tensor of shape {shape_of(dt)} with negative or NaN entries",
+            "every entry must be >= 0 (dt comes out of softplus; 0 marks padding)")
+
+
+def _check_common(x, dt, A, B, C, D, h: int, b_name: str, c_name: str) -> None:
+    """Shapes shared by :func:`ssd` and :func:`ssd_step`: C like B, groups dividing heads, A and D per head."""
+    require(tuple(C.shape) == tuple(B.shape), f"{c_name}.shape", shape_of(C), f"the same shape as {b_name} {shape_of(B)}")
+    g = B.shape[-2]
+    require(g >= 1 and h % g == 0, f"{b_name}.shape", shape_of(B),
+            f"groups g (dim -2) must divide the number of heads h={h}")
+    require(B.shape[-1] >= 1, f"{b_name}.shape", shape_of(B), "a state size n >= 1 (last dim)")
+    _check_floating(A, "A", (h,), "(h,): one decay per head")
+    if D is not None:
+        _check_floating(D, "D", (h,), "(h,): one skip weight per head")
+    for name, t in (("A", A), (b_name, B), (c_name, C), ("D", D), ("dt", dt)):
+        if t is not None:
+            require(t.device == x.device, f"{name}.device", t.device, f"the device of x ({x.device})")
+
+
+def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+        chunk_size: int = 64, D: torch.Tensor | None = None, initial_state: torch.Tensor | None = None,
+        return_final_state: bool = False, backend: str = "auto"):
+    """Run SSD over a whole sequence.
+
+    Args:
+        x: (b, l, h, p) inputs, any floating dtype (half inputs accumulate in float32).
+        dt: (b, l, h) step sizes ``>= 0`` (already through softplus; 0 leaves the state unchanged).
+        A: (h,) decay rates, every entry ``< 0``.
+        B, C: (b, l, g, n) input / output projections of the state, ``h % g == 0``; head ``i`` uses group
+            ``i // (h / g)``.
+        chunk_size: chunk length of the dual algorithm, a power of two (any ``l`` works).
+        D: optional (h,) skip weights (``y += D · x``).
+        initial_state: optional (b, h, p, n) state before the first step.
+        return_final_state: also return ``S_l``.
+        backend: ``"auto"`` (= ``"torch"``), ``"torch"`` or ``"naive"``.
+
+    Returns:
+        y (b, l, h, p) in ``x.dtype``; with ``return_final_state`` the pair ``(y, final_state)``, the state
+        (b, h, p, n) in float32 (float64 if ``x`` or ``initial_state`` is float64).
+
+    Raises ``ValueError`` naming the argument for wrong shapes, dtypes, devices, ``chunk_size``, ``backend``,
+    ``A >= 0`` or ``dt < 0`` (the value checks synchronise the device once and are skipped under
+    ``torch.compile``).
+    """
+    require(isinstance(x, torch.Tensor) and x.dim() == 4, "x.shape",
+            shape_of(x) if isinstance(x, torch.Tensor) else type(x).__name__, "a 4-D tensor (b, l, h, p)")
+    require(x.is_floating_point(), "x.dtype", x.dtype, "a floating-point dtype")
+    b, l, h, p = x.shape
+    require(l >= 1 and b >= 1 and h >= 1 and p >= 1, "x.shape", shape_of(x), "all of (b, l, h, p) >= 1")
+    require(isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1
+            and chunk_size & (chunk_size - 1) == 0, "chunk_size", chunk_size, "a power of two (1, 2, 4, ..., 64, ...)")
+    require(isinstance(return_final_state, bool), "return_final_state", return_final_state, "True or False")
+    _check_floating(dt, "dt", (b, l, h), "(b, l, h) matching x")
+    require(isinstance(B, torch.Tensor) and B.dim() == 4 and tuple(B.shape[:2]) == (b, l), "B.shape",
+            shape_of(B) if isinstance(B, torch.Tensor) else type(B).__name__, f"(b, l, g, n) = ({b}, {l}, g, n)")
+    require(isinstance(C, torch.Tensor), "C", type(C).__name__, "a torch.Tensor")
+    require(B.is_floating_point(), "B.dtype", B.dtype, "a floating-point dtype")
+    require(C.is_floating_point(), "C.dtype", C.dtype, "a floating-point dtype")
+    n = B.shape[-1]
+    _check_common(x, dt, A, B, C, D, h, "B", "C")
+    if initial_state is not None:
+        _check_floating(initial_state, "initial_state", (b, h, p, n), "(b, h, p, n)")
+        require(initial_state.device == x.device, "initial_state.device", initial_state.device,
+                f"the device of x ({x.device})")
+    name = resolve_backend(backend, _AVAILABLE, x.device, ("torch",))
+    _check_values(A, dt)
+    if name == "naive":
+        return ssd_naive(x, dt, A, B, C, D=D, initial_state=initial_state, return_final_state=return_final_state)
+    return ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, D=D, initial_state=initial_state,
+                       return_final_state=return_final_state)
+
+
+def ssd_step(state: torch.Tensor, x_t: torch.Tensor, dt_t: torch.Tensor, A: torch.Tensor, B_t: torch.Tensor,
+             C_t: torch.Tensor, D: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advance SSD by one token (decoding). A pure function: ``state`` is not modified.
+
+    Args:
+        state: (b, h, p, n) the state before this token.
+        x_t: (b, h, p); dt_t: (b, h) ``>= 0``; A: (h,) ``< 0``; B_t, C_t: (b, g, n) with ``h % g == 0``;
+        D: optional (h,).
+
+    Returns:
+        ``(y_t (b, h, p) in x_t.dtype, new_state (b, h, p, n))``, the state in float32 (float64 if ``state``
+        or ``x_t`` is float64). Repeating it over a sequence equals :func:`ssd`.
+    """
+    require(isinstance(x_t, torch.Tensor) and x_t.dim() == 3, "x_t.shape",
+            shape_of(x_t) if isinstance(x_t, torch.Tensor) else type(x_t).__name__, "a 3-D tensor (b, h, p)")
+    require(x_t.is_floating_point(), "x_t.dtype", x_t.dtype, "a floating-point dtype")
+    b, h, p = x_t.shape
+    _check_floating(dt_t, "dt_t", (b, h), "(b, h) matching x_t")
+    require(isinstance(B_t, torch.Tensor) and B_t.dim() == 3 and B_t.shape[0] == b, "B_t.shape",
+            shape_of(B_t) if isinstance(B_t, torch.Tensor) else type(B_t).__name__, f"(b, g, n) = ({b}, g, n)")
+    require(isinstance(C_t, torch.Tensor), "C_t", type(C_t).__name__, "a torch.Tensor")
+    require(B_t.is_floating_point(), "B_t.dtype", B_t.dtype, "a floating-point dtype")
+    require(C_t.is_floating_point(), "C_t.dtype", C_t.dtype, "a floating-point dtype")
+    n = B_t.shape[-1]
+    _check_common(x_t, dt_t, A, B_t, C_t, D, h, "B_t", "C_t")
+    _check_floating(state, "state", (b, h, p, n), "(b, h, p, n)")
+    require(state.device == x_t.device, "state.device", state.device, f"the device of x_t ({x_t.device})")
+    _check_values(A, dt_t)
+    return ssd_step_naive(state, x_t, dt_t, A, B_t, C_t, D)

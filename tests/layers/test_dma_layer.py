@@ -1,0 +1,195 @@
+import pytest
+import torch
+from conftest import rel_err
+
+# layers.rotary applies RoPE in float32 even to float64 inputs, so float64 layer runs agree to ~1e-8, not 1e-15;
+# a wrong kept set changes outputs by O(1e-1).
+TOL64 = 1e-6
+
+from wonderful_matrices.layers import DynamicMaskAttention, load_hf_doge_attention_state
+
+
+def randomize(layer, scale=0.5):
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn_like(p) * scale)
+    return layer
+
+
+def full_and_cached(layer, x, pos, mask, splits):
+    """One full forward and a cached run over chunks of the given lengths; returns both and the cache sizes."""
+    full = layer(x, pos, mask)
+    state, outs, sizes, start = {}, [], [], 0
+    for n in splits:
+        sl = slice(start, start + n)
+        outs.append(layer(x[:, sl], pos[:, sl], None if mask is None else mask[:, sl], state))
+        sizes.append(state["key"].shape[1])
+        assert state["value"].shape[:3] == state["key"].shape[:3]
+        assert state["bias"].shape == state["position"].shape == state["key"].shape[:3]
+        start += n
+    assert start == x.shape[1]
+    return full, torch.cat(outs, 1), sizes
+
+
+@pytest.mark.parametrize("w", [1, 3, 6])
+@pytest.mark.parametrize("ties", [False, True])
+def test_bounded_cache_decoding_equals_full_forward(w, ties):
+    layer = randomize(DynamicMaskAttention(24, 4, 2, 6, keep_window=w)).double()
+    if ties:  # every bias equal: sliding-window attention, ties decided by position through the cache
+        with torch.no_grad():
+            layer.dt_proj.weight.zero_()
+    b, l = 2, 29
+    x = torch.randn(b, l, 24, dtype=torch.float64)
+    pos = torch.arange(l).expand(b, l)
+    splits = [5, 1, 1, 4, 1, 2, 7] + [1] * 8
+    full, cached, sizes = full_and_cached(layer, x, pos, None, splits)
+    assert rel_err(cached, full) < TOL64
+    assert max(sizes) <= w and sizes[-1] == w
+
+
+def test_cache_decoding_with_left_padding_and_gqa():
+    layer = randomize(DynamicMaskAttention(16, 4, 1, 4, keep_window=4)).double()
+    b, l = 3, 21
+    x = torch.randn(b, l, 16, dtype=torch.float64)
+    mask = torch.ones(b, l, dtype=torch.long)
+    mask[1, :3] = 0
+    mask[2, :6] = 0
+    pos = (mask.cumsum(1) - 1).clamp_min(0)
+    full, cached, sizes = full_and_cached(layer, x, pos, mask, [8] + [1] * 13)
+    real = mask.bool()
+    assert rel_err(cached[real], full[real]) < TOL64
+    assert max(sizes) <= 4
+
+
+def test_no_window_cache_grows_and_matches():
+    layer = randomize(DynamicMaskAttention(16, 2, 2, 8)).double()
+    x = torch.randn(2, 12, 16, dtype=torch.float64)
+    pos = torch.arange(12).expand(2, 12)
+    full, cached, sizes = full_and_cached(layer, x, pos, None, [5, 1, 3, 1, 2])
+    assert rel_err(cached, full) < TOL64
+    assert sizes == [5, 6, 9, 10, 12]
+
+
+@pytest.mark.parametrize("w", [None, 3])
+def test_padding_never_influences_real_tokens(w):
+    layer = randomize(DynamicMaskAttention(16, 2, 1, 8, keep_window=w))
+    x = torch.randn(2, 10, 16)
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[0, :4] = 0
+    pos = (mask.cumsum(1) - 1).clamp_min(0)
+    out = layer(x, pos, mask)
+    x2 = x.clone()
+    x2[0, :4] = torch.randn(4, 16) * 100
+    out2 = layer(x2, pos, mask)
+    assert torch.equal(out[0, 4:], out2[0, 4:]) and torch.equal(out[1], out2[1])
+    # the real tokens of row 0 equal the same tokens run without padding
+    alone = layer(x[:1, 4:], torch.arange(6)[None], None)
+    assert rel_err(out[0, 4:], alone[0]) < 1e-5
+
+
+def test_no_output_depends_on_a_future_token():
+    layer = randomize(DynamicMaskAttention(16, 2, 2, 8, keep_window=2))
+    x = torch.randn(1, 12, 16)
+    pos = torch.arange(12)[None]
+    out = layer(x, pos)
+    x2 = x.clone()
+    x2[:, 7:] = torch.randn(1, 5, 16) * 10
+    assert torch.equal(layer(x2, pos)[:, :7], out[:, :7])
+
+
+def test_gate_bias_is_bounded_and_large_dt_does_not_overflow():
+    layer = randomize(DynamicMaskAttention(16, 2, 2, 8, keep_window=4))
+    with torch.no_grad():
+        layer.dt_proj.bias.fill_(1e6)
+        layer.A_log.fill_(5.0)
+    x = torch.randn(2, 9, 16)
+    bias = layer.key_bias(layer.v_proj(x))
+    assert torch.isfinite(bias).all() and (bias <= 0).all()
+    out = layer(x, torch.arange(9).expand(2, 9))
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+def test_gradients_reach_the_mask_parameters():
+    layer = randomize(DynamicMaskAttention(16, 4, 2, 4, keep_window=3))
+    x = torch.randn(2, 11, 16)
+    (layer(x, torch.arange(11).expand(2, 11)) ** 2).sum().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_bf16_forward_close_to_float64():
+    layer = randomize(DynamicMaskAttention(32, 4, 2, 8, keep_window=5), 0.2)
+    x = torch.randn(2, 17, 32)
+    pos = torch.arange(17).expand(2, 17)
+    ref = layer.double()(x.double(), pos)
+    out = layer.bfloat16()(x.bfloat16(), pos)
+    assert out.dtype == torch.bfloat16 and rel_err(out, ref) < 3e-2
+
+
+@pytest.mark.parametrize("seq,window", [(11, 16), (11, 11), (13, 4)])
+def test_doge_form_matches_hf_doge_attention(seq, window):
+    from transformers import DogeConfig
+    from transformers.models.doge.modeling_doge import DogeAttention, DogeRotaryEmbedding
+
+    cfg = DogeConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, keep_window_size=window,
+                     attention_bias=True, rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+                     vocab_size=64, num_hidden_layers=1, intermediate_size=64)
+    cfg._attn_implementation = "eager"
+    hf = randomize(DogeAttention(cfg, layer_idx=0).eval(), 0.3)
+    ours = DynamicMaskAttention(32, 4, 2, 8, keep_window=window, rope_theta=500.0, mask_form="doge",
+                                attention_bias=True, qk_norm=True, rms_norm_eps=cfg.rms_norm_eps)
+    ours.load_state_dict(load_hf_doge_attention_state(hf.state_dict()), strict=True)
+    x = torch.randn(2, seq, 32)
+    pos = torch.arange(seq).expand(2, seq)
+    cos_sin = DogeRotaryEmbedding(cfg)(x, pos)
+    causal = torch.full((seq, seq), torch.finfo(torch.float32).min).triu(1)[None, None].expand(2, 1, seq, seq)
+    with torch.no_grad():
+        ref, _ = hf(x, position_embeddings=cos_sin, attention_mask=causal)
+        out = ours(x, pos)
+    assert rel_err(out, ref) < 1e-4
+
+
+def test_load_hf_doge_state_adds_zero_dt_bias():
+    state = {"dt_proj.weight": torch.randn(2, 8)}
+    assert torch.equal(load_hf_doge_attention_state(state)["dt_proj.bias"], torch.zeros(2))
+
+
+BAD = [
+    (dict(num_heads=3), "num_heads"),
+    (dict(head_dim=5), "head_dim"),
+    (dict(keep_window=0), "keep_window"),
+    (dict(mask_form="exp"), "mask_form"),
+    (dict(hidden_size=0), "hidden_size"),
+]
+
+
+@pytest.mark.parametrize("override,argument", BAD, ids=[a for _, a in BAD])
+def test_bad_constructor_arguments(override, argument):
+    args = dict(hidden_size=16, num_heads=4, num_kv_heads=2, head_dim=4)
+    args.update(override)
+    with pytest.raises(ValueError, match=argument):
+        DynamicMaskAttention(**args)
+
+
+def test_bad_forward_arguments():
+    layer = DynamicMaskAttention(16, 4, 2, 4)
+    x = torch.randn(2, 5, 16)
+    with pytest.raises(ValueError, match="hidden_states"):
+        layer(torch.randn(2, 5, 8), torch.arange(5).expand(2, 5))
+    with pytest.raises(ValueError, match="position_ids"):
+        layer(x, torch.arange(4).expand(2, 4))
+    with pytest.raises(ValueError, match="attention_mask"):
+        layer(x, torch.arange(5).expand(2, 5), torch.ones(2, 4))
+
+
+def test_decoding_under_no_grad_matches_too():
+    """Generation runs without a graph, where the full-cache step updates the cache in place."""
+    layer = randomize(DynamicMaskAttention(16, 2, 1, 8, keep_window=3)).double()
+    x = torch.randn(2, 15, 16, dtype=torch.float64)
+    pos = torch.arange(15).expand(2, 15)
+    with torch.no_grad():
+        for splits in ([4] + [1] * 11, [3] + [1] * 12):  # a prefill of exactly w keys, then full-cache steps
+            full, cached, sizes = full_and_cached(layer, x, pos, None, splits)
+            assert rel_err(cached, full) < TOL64 and max(sizes) == 3
