@@ -389,6 +389,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         if step % cfg.save_interval == 0 or step == cfg.max_steps:
             save(step)
     bar.close()
+    if last_eval is None:  # nothing left to train (the run was already complete): report where it stands
+        last_eval = evaluate(forward, val_rows, cfg.batch_size, info, cfg.eval_rows, byte_lengths, autocast_dtype)
     fingerprints = gather_objects(weights_fingerprint(wrapped), info) if info.distributed else None
     summary = {"rank": info.rank, "step": step, "max_steps": cfg.max_steps, "world_size": info.world_size, "parameters": n_params,
                "tokens": step * tokens_per_step, "validation": last_eval, "wall_s": time.perf_counter() - started,
