@@ -295,6 +295,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         if holder is not None:
             holder.eos_token_id, holder.bos_token_id, holder.pad_token_id = eos, eos, eos
     model.to(info.device)
+    model_name = type(model).__name__
     wrapped = wrap_model(model, info, cfg.fsdp)
     decay = [p for p in wrapped.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in wrapped.parameters() if p.requires_grad and p.ndim < 2]
@@ -321,7 +322,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     autocast_dtype = torch.bfloat16 if info.device.type == "cuda" else None
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * info.world_size
     n_params = sum(p.numel() for p in model.parameters())
-    log.say(f"model {type(model).__name__}: {n_params / 1e6:.2f}M parameters on {info.device} x{info.world_size}; "
+    log.say(f"model {model_name}: {n_params / 1e6:.2f}M parameters on {info.device} x{info.world_size}; "
             f"{len(train_rows.tokens):,} training tokens, {tokens_per_step:,} tokens/step")
 
     def save(at_step: int) -> None:
