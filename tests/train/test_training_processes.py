@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
-from wm_train_helpers import PYTHON, corpus_file, one_thread, subprocess_env, tiny_preset, train_argv
+from wm_train_helpers import (PYTHON, TINY_PRESET, corpus_file, one_thread, subprocess_env,
+                              tiny_preset_without_balance_loss, train_argv)
 
 from wonderful_matrices.cli import main
 from wonderful_matrices.train import checkpoint as ckpt
@@ -19,7 +20,7 @@ _one_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("proc")
-    return tiny_preset(root / "preset"), corpus_file(root), root
+    return TINY_PRESET, corpus_file(root), root
 
 
 def _final_weights(run):
@@ -28,7 +29,7 @@ def _final_weights(run):
 
 def test_sigkill_at_any_moment_then_resume(setup):
     preset, data, root = setup
-    argv = train_argv(preset, data, root / "killed", max_steps=12, save_interval=1, keep_last=2)
+    argv = train_argv(preset, data, root / "killed", max_steps=8, save_interval=1, keep_last=2)
     child = subprocess.Popen([PYTHON, "-m", "wonderful_matrices.cli", *argv], env=subprocess_env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -42,14 +43,15 @@ def test_sigkill_at_any_moment_then_resume(setup):
     assert survivor is not None
     ckpt.load_model(survivor)
     assert main(argv) == 0  # the same command resumes
-    assert main(train_argv(preset, data, root / "straight", max_steps=12, save_interval=6)) == 0
+    assert main(train_argv(preset, data, root / "straight", max_steps=8, save_interval=8)) == 0
     resumed, straight = _final_weights(root / "killed"), _final_weights(root / "straight")
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], rtol=1e-6, atol=1e-7)
 
 
 def test_two_gloo_ranks_end_identical_and_match_one_process(setup):
-    preset, data, root = setup
+    _, data, root = setup
+    preset = tiny_preset_without_balance_loss(root / "preset")
     argv = train_argv(preset, data, root / "ddp", max_steps=6, batch_size=2, save_interval=6, eval_interval=3)
     done = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "-m", "wonderful_matrices.cli", *argv], env=subprocess_env(), capture_output=True,

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
-from wm_train_helpers import corpus_file, one_thread, tiny_preset, train_argv
+from wm_train_helpers import TINY_PRESET, TINY_VOCAB, corpus_file, one_thread, train_argv
 
 from wonderful_matrices.cli import main
 from wonderful_matrices.data import packing
@@ -17,7 +17,7 @@ _one_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    return tiny_preset(root / "preset"), corpus_file(root), root
+    return TINY_PRESET, corpus_file(root), root
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_tiny_run_lowers_the_loss_and_writes_its_files(finished_run):
     evals = [r for r in records if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [4, 8]
     assert train[-1] < train[0] - 0.3
-    assert evals[-1]["loss"] < evals[0]["loss"] < math.log(320)
+    assert evals[-1]["loss"] < evals[0]["loss"] < math.log(TINY_VOCAB)
     assert (finished_run / "loss.png").stat().st_size > 1000
     assert [s for s, _ in ckpt.list_checkpoints(finished_run)] == [4, 8]
     assert (finished_run / "tokenizer" / "tokenizer.json").exists()
@@ -80,7 +80,7 @@ def test_eval_and_generate_on_the_run(finished_run, capsys):
     result = json.loads((finished_run / "eval.json").read_text())
     assert "validation perplexity" in out and "unigram baseline" in out
     assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
-    assert 0 < result["bits_per_byte"] < 8 and result["perplexity"] < 320  # better than uniform after 8 steps
+    assert 0 < result["bits_per_byte"] < 8 and result["perplexity"] < TINY_VOCAB  # better than uniform after 8 steps
     argv = ["generate", str(finished_run), "--prompt", "ROMEO:", "--max-new-tokens", "12", "--device", "cpu"]
     assert main(argv + ["--greedy"]) == 0
     greedy = capsys.readouterr().out
@@ -104,12 +104,14 @@ def test_user_errors_exit_2_with_one_line(setup, finished_run, tmp_path, capsys)
     (tmp_path / "empty.txt").write_text("\n\n")
     assert main(train_argv(preset, str(tmp_path / "empty.txt"), tmp_path / "r1")) == 2
     _one_line_error(capsys, "is empty")
-    # a tokenizer with more tokens than the model's vocabulary (320)
+    # a tokenizer with more tokens than the model's vocabulary
     from wonderful_matrices.data.tokenizer import train_bpe
 
-    train_bpe([open(data).read()], 400, tmp_path / "big-tokenizer")
+    train_bpe([open(data).read()], TINY_VOCAB + 88, tmp_path / "big-tokenizer")
     assert main(train_argv(preset, data, tmp_path / "r2", tokenizer=tmp_path / "big-tokenizer")) == 2
-    _one_line_error(capsys, "400 tokens but the model's vocabulary has 320")
+    _one_line_error(capsys, f"{TINY_VOCAB + 88} tokens but the model's vocabulary has {TINY_VOCAB}")
+    assert main(train_argv("no-such-preset", data, tmp_path / "r3")) == 2
+    _one_line_error(capsys, "unknown preset 'no-such-preset'")
     # a run whose only checkpoint is damaged: eval refuses, training refuses to overwrite it
     broken = tmp_path / "broken"
     assert main(train_argv(preset, data, broken, max_steps=2, save_interval=2, eval_interval=2)) == 0
@@ -123,3 +125,15 @@ def test_user_errors_exit_2_with_one_line(setup, finished_run, tmp_path, capsys)
     capsys.readouterr()
     assert main(train_argv(preset, data, finished_run, seq_len=16)) == 2
     _one_line_error(capsys, "seq_len=32")
+
+
+def test_a_config_folder_works_as_preset(tmp_path):
+    from transformers import LlamaConfig
+
+    from wonderful_matrices.train.loop import build_model
+
+    LlamaConfig(vocab_size=300, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=1).save_pretrained(tmp_path)
+    model = build_model(str(tmp_path))
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.vocab_size == 300
+    assert type(build_model(TINY_PRESET)).__name__ == "CheemsForCausalLM"

@@ -1,4 +1,4 @@
-"""Shared set-up for the training tests: a tiny model preset on disk and a small corpus file."""
+"""Shared set-up for the training tests: the smallest preset and a small corpus file."""
 from __future__ import annotations
 
 import os
@@ -8,15 +8,8 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
-def tiny_preset(folder: Path) -> str:
-    """Write the config of a tiny causal LM into ``folder`` and return it (usable as ``--preset``)."""
-    from transformers import LlamaConfig
-
-    config = LlamaConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         tie_word_embeddings=True)
-    config.save_pretrained(folder)
-    return str(folder)
+TINY_PRESET = "cheems-tiny"
+TINY_VOCAB = 512
 
 
 def corpus_file(folder: Path) -> str:
@@ -58,3 +51,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def tiny_preset_without_balance_loss(folder: Path) -> str:
+    """``TINY_PRESET`` with the experts' load-balancing loss off, saved in ``folder`` (a ``--preset`` path).
+
+    The balancing loss of a batch is not the mean of its halves' losses, so only without it do two ranks
+    with batch b follow exactly the same trajectory as one process with batch 2b.
+    """
+    from wonderful_matrices.models import presets
+
+    config = presets.get(TINY_PRESET)
+    config.balance_loss_weight = 0.0
+    config.save_pretrained(folder)
+    return str(folder)
