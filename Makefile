@@ -20,9 +20,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	@echo "== training cheems-small on the embedded Shakespeare corpus (re-running resumes; rm -rf runs/demo to restart)"
-	$(VENV)/bin/wm train --preset cheems-small --data shakespeare --out runs/demo --max-steps 120 \
-		--batch-size 8 --seq-len 128 --lr 4e-3 --warmup 0.05 --decay 0.3 --eval-interval 40 --eval-rows 16 \
-		--save-interval 40 --log-interval 5
+	@# one torch thread: on a 2-core machine shared with anything else, two threads can be several times slower
+	$(VENV)/bin/wm train --preset cheems-small --data shakespeare --out runs/demo --max-steps 400 \
+		--batch-size 8 --seq-len 128 --lr 3e-3 --warmup 0.05 --decay 0.3 --eval-interval 50 --eval-rows 16 \
+		--save-interval 100 --log-interval 10 --threads 1
 	@echo "== validation perplexity (128 rows of the held-out plays) and the unigram baseline"
 	$(VENV)/bin/wm eval runs/demo --max-rows 128
 	@echo "== sample"

@@ -137,3 +137,13 @@ def test_a_config_folder_works_as_preset(tmp_path):
     model = build_model(str(tmp_path))
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.vocab_size == 300
     assert type(build_model(TINY_PRESET)).__name__ == "CheemsForCausalLM"
+
+
+def test_info_reports_versions_and_preset_sizes(capsys):
+    from wonderful_matrices.train.loop import build_model
+
+    assert main(["info", "--preset", TINY_PRESET]) == 0
+    out = capsys.readouterr().out
+    count = sum(p.numel() for p in build_model(TINY_PRESET).parameters())
+    assert "torch " in out and "transformers " in out and f"preset {TINY_PRESET}: {count:,} parameters" in out
+    assert main(["info", "--preset", "nope"]) == 2

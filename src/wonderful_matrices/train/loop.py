@@ -102,12 +102,15 @@ class TrainConfig:
     compile: bool = False
     fsdp: bool = False
     device: str = "auto"
+    threads: int | None = None
     validation_fraction: float = 0.05
     cache_dir: str | None = None
     progress: bool = True
 
     def check(self) -> None:
         """Raise ``UserError`` for values that cannot work."""
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads: got {self.threads}, expected an integer >= 1")
         for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "save_interval", "keep_last",
                      "log_interval", "eval_rows"):
             if getattr(self, name) < 1:
@@ -251,6 +254,8 @@ def train(cfg: TrainConfig) -> dict:
 
 def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     started = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.out)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "cache"
 
