@@ -85,11 +85,21 @@ def _run_folder(path: str):
     return folder, newest
 
 
-def _load_run(path: str, device_name: str):
+def _threads_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+
+
+def _load_run(path: str, device_name: str, threads: int | None = None):
+    import torch
+
     from .data.tokenizer import check_fits, load_tokenizer
     from .train import checkpoint as ckpt
     from .train.distributed import resolve_device
 
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads: got {threads}, expected an integer >= 1")
+        torch.set_num_threads(threads)
     run_dir, folder = _run_folder(path)
     tokenizer = load_tokenizer(run_dir / "tokenizer")
     device = resolve_device(device_name)
@@ -107,6 +117,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-rows", type=int, default=None, help="score only the first N validation rows")
     p.add_argument("--device", default="auto")
+    _threads_argument(p)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -119,7 +130,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from .train.distributed import DistInfo
     from .train.evaluate import evaluate, unigram_perplexity
 
-    run_dir, folder, tokenizer, model, run_config, device = _load_run(args.run, args.device)
+    run_dir, folder, tokenizer, model, run_config, device = _load_run(args.run, args.device, args.threads)
     data = args.data or run_config.get("data", "shakespeare")
     corpus = load_corpus(data, run_config.get("validation_fraction", 0.05))
     cache_dir = run_config.get("cache_dir") or run_dir / "cache"
@@ -151,6 +162,7 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    _threads_argument(p)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -164,7 +176,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise UserError(f"--temperature: got {args.temperature}, expected a positive number (or --greedy)")
     if not 0 < args.top_p <= 1:
         raise UserError(f"--top-p: got {args.top_p}, expected a number in (0, 1]")
-    _, _, tokenizer, model, _, device = _load_run(args.run, args.device)
+    _, _, tokenizer, model, _, device = _load_run(args.run, args.device, args.threads)
     torch.manual_seed(args.seed)
     eos = eos_id(tokenizer)
     ids = tokenizer.encode(args.prompt, add_special_tokens=False) if args.prompt else [eos]
