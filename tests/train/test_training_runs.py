@@ -147,3 +147,12 @@ def test_info_reports_versions_and_preset_sizes(capsys):
     count = sum(p.numel() for p in build_model(TINY_PRESET).parameters())
     assert "torch " in out and "transformers " in out and f"preset {TINY_PRESET}: {count:,} parameters" in out
     assert main(["info", "--preset", "nope"]) == 2
+
+
+def test_a_line_cut_short_by_a_kill_is_ignored(tmp_path):
+    from wonderful_matrices.train.loop import plot_losses, read_metrics
+
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 3.0}\n'
+                                            '{"kind": "eval", "step": 1, "loss": 2.5}\n{"kind": "tra')
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 1]
+    assert plot_losses(tmp_path).stat().st_size > 1000

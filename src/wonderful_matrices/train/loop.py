@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -140,9 +141,8 @@ class _Log:
         self.tb = None
         if not self.main:
             return
-        if self.path.exists():  # drop records past the checkpoint we resume from
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+        if self.path.exists():  # drop records past the checkpoint we resume from (and a half-written line)
+            kept = [json.dumps(r) for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
             ckpt.atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -172,6 +172,17 @@ class _Log:
             self.tb.close()
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a ``metrics.jsonl`` (a line cut short by a killed process is skipped)."""
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
 def plot_losses(run_dir: Path) -> Path | None:
     """Draw train and validation loss from ``metrics.jsonl`` into ``loss.png``; returns its path."""
     import matplotlib
@@ -182,7 +193,7 @@ def plot_losses(run_dir: Path) -> Path | None:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return None
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = read_metrics(path)
     train = [(r["step"], r["loss"]) for r in records if r["kind"] == "train"]
     val = [(r["step"], r["loss"]) for r in records if r["kind"] == "eval"]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -278,7 +289,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
         if tok_dir.exists():
             return
         if cfg.tokenizer:
-            load_tokenizer(cfg.tokenizer).save_pretrained(tok_dir)
+            tmp = run_dir / ".tmp-tokenizer"
+            load_tokenizer(cfg.tokenizer).save_pretrained(tmp)
+            os.replace(tmp, tok_dir)
         else:
             print(f"training a byte-level BPE tokenizer ({vocab_size} tokens) on {corpus.name}", file=sys.stderr)
             train_bpe(corpus.train, vocab_size, tok_dir)
@@ -323,6 +336,10 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     log = _Log(run_dir, info, step)
     if resume_from:
         log.say(f"resuming from {resume_from} (step {step})")
+        before = json.loads((resume_from / ckpt.MANIFEST).read_text())["meta"]
+        if before.get("corpus") != corpus.fingerprint or before.get("tokenizer_hash") != tokenizer_hash(tokenizer):
+            log.say(f"warning: the corpus or tokenizer changed since {resume_from.name} was saved; "
+                    "training continues on the new data")
     forward = torch.compile(wrapped) if cfg.compile else wrapped
     autocast_dtype = torch.bfloat16 if info.device.type == "cuda" else None
     tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * info.world_size
