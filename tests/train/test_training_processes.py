@@ -49,20 +49,32 @@ def test_sigkill_at_any_moment_then_resume(setup):
         torch.testing.assert_close(resumed[name], straight[name], rtol=1e-6, atol=1e-7)
 
 
-def test_two_gloo_ranks_end_identical_and_match_one_process(setup):
+@pytest.fixture(scope="module")
+def single_process_run(setup):
+    """6 steps of batch 4 in one process (the experts' balancing loss off: see the helper)."""
     _, data, root = setup
     preset = tiny_preset_without_balance_loss(root / "preset")
-    argv = train_argv(preset, data, root / "ddp", max_steps=6, batch_size=2, save_interval=6, eval_interval=3)
+    assert main(train_argv(preset, data, root / "single", max_steps=6, batch_size=4, save_interval=6,
+                           eval_interval=3)) == 0
+    return preset, _final_weights(root / "single")
+
+
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_two_gloo_ranks_end_identical_and_match_one_process(setup, single_process_run, sharding):
+    _, data, root = setup
+    preset, single = single_process_run
+    out = root / sharding
+    argv = train_argv(preset, data, out, max_steps=6, batch_size=2, save_interval=6, eval_interval=3)
+    argv += ["--fsdp"] if sharding == "fsdp" else []
     done = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "-m", "wonderful_matrices.cli", *argv], env=subprocess_env(), capture_output=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
-    summary = json.loads((root / "ddp" / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
     prints = summary["replica_fingerprints"]
     assert summary["world_size"] == 2 and len(prints) == 2 and prints[0] == prints[1]
     # the two ranks together see exactly the batch one process sees with twice the rows
-    assert main(train_argv(preset, data, root / "single", max_steps=6, batch_size=4, save_interval=6,
-                           eval_interval=3)) == 0
-    ddp, single = _final_weights(root / "ddp"), _final_weights(root / "single")
+    sharded = _final_weights(out)
+    assert sharded.keys() == single.keys()
     for name in single:
-        torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(sharded[name], single[name], rtol=1e-4, atol=1e-5)

@@ -139,8 +139,19 @@ _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Unsharded model weights on CPU (every rank must call; complete on rank 0)."""
-    return get_model_state_dict(model, options=_FULL)
+    """Unsharded model weights on CPU (every rank must call; complete on rank 0).
+
+    A weight shared by several names (tied embeddings) appears once, under its first name, as
+    ``named_parameters`` lists it (gathered FSDP shards no longer share storage, so this is done here).
+    """
+    state = get_model_state_dict(model, options=_FULL)
+    first_name = {}
+    for name, param in unwrap(model).named_parameters(remove_duplicate=False):
+        if id(param) in first_name:
+            state.pop(name, None)
+        else:
+            first_name[id(param)] = name
+    return state
 
 
 def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
