@@ -136,8 +136,9 @@ class CDMoE(nn.Module):
                 "hidden_states.shape", tuple(hidden_states.shape), f"(..., {self.hidden_size})")
         query = self.query(hidden_states)
         gates, ids = self.route(query)
-        private = expert_mixture(hidden_states, ids, gates, self.down_embed.weight, self.up_embed.weight,
-                                 activation=self.activation)
+        dtype = hidden_states.dtype  # tables follow the input under autocast (a no-op when the dtypes agree)
+        private = expert_mixture(hidden_states, ids, gates, self.down_embed.weight.to(dtype),
+                                 self.up_embed.weight.to(dtype), activation=self.activation)
         self.aux_loss = None
         if self.balance_loss_weight > 0:
             half_scores = torch.einsum("...hcd,hcnd->...hcn", query, self.keys.to(query.dtype))  # O(√N) per token

@@ -68,8 +68,9 @@ class PKM(nn.Module):
         """x (..., d) -> (..., d)."""
         gates, ids = self.router(x)
         flat_ids = ids.reshape(-1, ids.shape[-2] * ids.shape[-1])
-        weights = gates.reshape(flat_ids.shape).to(self.values.weight.dtype)
-        y = F.embedding_bag(flat_ids, self.values.weight, per_sample_weights=weights, mode="sum")
+        values = self.values.weight.to(x.dtype)
+        weights = gates.reshape(flat_ids.shape).to(x.dtype)
+        y = F.embedding_bag(flat_ids, values, per_sample_weights=weights, mode="sum")
         return y.to(x.dtype).reshape(x.shape)
 
 
@@ -100,4 +101,5 @@ class PEER(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., d) -> (..., d)."""
         gates, ids = self.router(x)
-        return expert_mixture(x, ids, gates, self.down_embed.weight, self.up_embed.weight, self.activation)
+        return expert_mixture(x, ids, gates, self.down_embed.weight.to(x.dtype), self.up_embed.weight.to(x.dtype),
+                              self.activation)
