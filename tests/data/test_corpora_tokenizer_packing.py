@@ -146,3 +146,14 @@ def test_rows_are_deterministic_sharded_and_cover_each_epoch():
     assert [b[:, 0].tolist() for b in val] == [[8, 24, 40], [56, 72]]
     with pytest.raises(UserError, match="fewer than one row"):
         PackedRows(tokens[:5], 8)
+
+
+def test_hub_names_need_datasets_and_paths_never_go_to_the_hub(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "datasets" else real(name, *a))
+    with pytest.raises(UserError, match="pip install datasets"):
+        load_corpus("someone/some-dataset")
+    with pytest.raises(UserError, match="not found"):
+        load_corpus("someone/missing.jsonl")

@@ -244,7 +244,8 @@ def load_corpus(spec: str, validation_fraction: float = 0.05) -> Corpus:
         path = Path(spec).expanduser()
         if path.exists():
             corpus = split_documents(str(path.resolve()), local_documents(path), validation_fraction)
-        elif "/" in spec and not spec.startswith((".", "/", "~")) and importlib.util.find_spec("datasets"):
+        elif (path.suffix.lower() not in SUPPORTED_SUFFIXES and not spec.startswith((".", "/", "~"))
+              and importlib.util.find_spec("datasets")):
             return hub_corpus(spec, validation_fraction)
         else:
             raise UserError(f"corpus {spec!r} not found: give 'shakespeare', an existing file or folder, or a "
