@@ -148,12 +148,13 @@ def test_rows_are_deterministic_sharded_and_cover_each_epoch():
         PackedRows(tokens[:5], 8)
 
 
-def test_hub_names_need_datasets_and_paths_never_go_to_the_hub(tmp_path, monkeypatch):
+def test_hub_names_need_datasets_and_paths_never_go_to_the_hub(monkeypatch):
     import importlib.util
 
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # importing datasets fails
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "datasets" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "datasets" else real(name, *a))
     with pytest.raises(UserError, match="pip install datasets"):
-        load_corpus("someone/some-dataset")
+        load_corpus("someone/some-dataset")  # treated as a hub name
     with pytest.raises(UserError, match="not found"):
-        load_corpus("someone/missing.jsonl")
+        load_corpus("someone/missing.jsonl")  # a path: never sent to the hub
