@@ -14,9 +14,9 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   echo "=== parity tests"
-  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/ops/test_ops_cuda.py -k "dma" -x -rf 2>&1 | tail -25
+  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/ops/test_ops_cuda.py -k "dma" -x -rf 2>&1 | tail -25
   echo "=== bench dma (full)"
-  timeout "${BENCH_TIMEOUT:-420}" python3 -m wonderful_matrices.bench.dma --out "$RES/dma" 2>&1 | grep -v "^|"
+  timeout "${BENCH_TIMEOUT:-240}" python3 -m wonderful_matrices.bench.dma --out "$RES/dma" 2>&1 | grep -v "^|"
   echo "bench exit: $?"
 } > "$LOG" 2>&1
 tar czf "$OUT/dma_results.tgz" -C "$RES" . 2>/dev/null
