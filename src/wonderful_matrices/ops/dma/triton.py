@@ -197,7 +197,7 @@ def _dkv_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, cand_ptr, start_ptr, end_ptr, do_
 def _meta(q: torch.Tensor, block: int, wide: bool = False) -> dict:
     d = q.shape[-1]
     return dict(BLOCK=block, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=max(16, triton.next_power_of_2(d)),
-                HEAD_DIM=d, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+                HEAD_DIM=d, PRECISION="ieee" if q.dtype == torch.float32 else None,
                 num_warps=8 if wide and d > 64 else 4)
 
 
