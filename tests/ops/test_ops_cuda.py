@@ -69,6 +69,54 @@ def test_dma_cuda(dtype, window, lq, lk):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("window,lq,lk,block", [(64, 300, 300, None), (100, 400, 400, 128), (37, 200, 333, 64),
+                                                (1, 150, 150, 64)])
+def test_dma_triton_cuda(dtype, window, lq, lk, block):
+    """The compiled Triton kernels (causal window) against the float64 CPU oracle, outputs and all gradients."""
+    from wonderful_matrices.ops.dma.triton import dynamic_mask_attention_triton
+
+    b, hq, hkv, d = 1, 8, 2, 64
+    base = [torch.randn(b, lq, hq, d), torch.randn(b, lk, hkv, d), torch.randn(b, lk, hkv, d),
+            torch.randn(b, lk, hkv) * 3]
+    base[3][0, :5] = float("-inf")  # padding
+
+    def fn(q, k, v, bias):
+        if q.device.type == "cpu":
+            return wm.ops.dynamic_mask_attention(q, k, v, bias, keep_window=window, backend="naive")
+        return dynamic_mask_attention_triton(q, k, v, bias, window, d ** -0.5, block)
+
+    ref, ref_g = _grads(fn, [_leaf(t, torch.float64, "cpu") for t in base])
+    out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in base[:3]] + [_leaf(base[3], torch.float32, "cuda")])
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert rel_err(out.cpu(), ref) < TOL[dtype]
+    for a, r in zip(out_g, ref_g):
+        assert torch.isfinite(a).all() and rel_err(a.cpu(), r) < TOL[dtype] * 2
+
+
+@pytest.mark.parametrize("window", [None, 16])
+def test_dma_layer_decode_step_never_syncs(window):
+    """A generation step of the DMA layer (cache full) runs without any host synchronisation."""
+    from wonderful_matrices.layers import DynamicMaskAttention
+
+    layer = DynamicMaskAttention(128, 4, 2, 32, keep_window=window).cuda().to(torch.bfloat16).eval()
+    x = torch.randn(2, 40, 128, device="cuda", dtype=torch.bfloat16)
+    pos = torch.arange(40, device="cuda").expand(2, 40)
+    state = {}
+    with torch.no_grad():
+        full = layer(x, pos)
+        outs = [layer(x[:, :30], pos[:, :30], None, state)]
+        outs.append(layer(x[:, 30:31], pos[:, 30:31], None, state))  # may (re)allocate buffers
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for t in range(31, 40):
+                outs.append(layer(x[:, t:t + 1], pos[:, t:t + 1], None, state))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert rel_err(torch.cat(outs, 1).float(), full.float()) < 3e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_product_key_and_mixture_cuda(dtype):
     tokens, H, sqrt_n, dk, k, d = 512, 4, 64, 32, 8, 256
     query = torch.randn(tokens, H, 2, dk)
