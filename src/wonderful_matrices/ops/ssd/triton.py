@@ -80,6 +80,26 @@ def _empty(*shape, dtype=torch.float32, device=None) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 
 @triton.jit
+def _mm(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """a @ b with float32 accumulation. UPCAST (interpreter only: its bf16 dot is wrong) multiplies the
+    already-rounded operands in float32, which gives the same products."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
+def _mm_f32b(a, b, DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr):
+    """a @ b for a float32 ``b`` (a state): ``b`` is rounded to DT; with SPLIT (half inputs) the rounding error
+    goes through a second product, so the result keeps about 16 bits of ``b``."""
+    hi = b.to(DT)
+    acc = _mm(a, hi, PREC, UPCAST)
+    if SPLIT:
+        acc += _mm(a, (b - hi.to(tl.float32)).to(DT), PREC, UPCAST)
+    return acc
+
+
+@triton.jit
 def _cumsum_kernel(dt_ptr, A_ptr, cum_ptr, L, H, NC, s_dt_b, s_dt_l, s_dt_h,
                    Q: tl.constexpr, BLOCK_H: tl.constexpr):
     pid_bc = tl.program_id(0)
@@ -100,7 +120,7 @@ def _cumsum_kernel(dt_ptr, A_ptr, cum_ptr, L, H, NC, s_dt_b, s_dt_l, s_dt_h,
 @triton.jit
 def _cb_kernel(B_ptr, C_ptr, cb_ptr, L, G, NC, N,
                s_b_b, s_b_l, s_b_g, s_b_n, s_c_b, s_c_l, s_c_g, s_c_n,
-               Q: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+               Q: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
     NB: tl.constexpr = Q // BQ
     pid_ij = tl.program_id(0)
     pid_bc = tl.program_id(1)
@@ -117,7 +137,7 @@ def _cb_kernel(B_ptr, C_ptr, cb_ptr, L, G, NC, N,
                   mask=(ti[:, None] < L) & nm[None, :], other=0.0).to(DT)
     b_j = tl.load(B_ptr + bi * s_b_b + tj[:, None] * s_b_l + gi * s_b_g + ns[None, :] * s_b_n,
                   mask=(tj[:, None] < L) & nm[None, :], other=0.0).to(DT)
-    acc = tl.dot(c_i, tl.trans(b_j), input_precision=PREC)
+    acc = _mm(c_i, tl.trans(b_j), PREC, UPCAST)
     tl.store(cb_ptr + ((bi * NC + ci) * G + gi) * Q * Q + rows[:, None] * Q + cols[None, :], acc)
 
 
@@ -125,7 +145,7 @@ def _cb_kernel(B_ptr, C_ptr, cb_ptr, L, G, NC, N,
 def _chunk_state_kernel(v_ptr, w_ptr, dt_ptr, cum_ptr, out_ptr, L, H, G, NC, P, N, OFFSET,
                         s_v_b, s_v_l, s_v_h, s_v_p, s_w_b, s_w_l, s_w_g, s_w_n, s_dt_b, s_dt_l, s_dt_h,
                         Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                        DT: tl.constexpr, PREC: tl.constexpr, FORWARD: tl.constexpr):
+                        DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr, FORWARD: tl.constexpr):
     """out[b, c + OFFSET, h] (p × n) = Σ_k scale_k · v_k ⊗ w_k over the chunk's steps k, with
     scale = exp(cum_last − cum_k)·dt_k (FORWARD: v = x, w = B) or exp(cum_k) (backward: v = dy, w = C)."""
     pid_bc = tl.program_id(0)
@@ -139,7 +159,7 @@ def _chunk_state_kernel(v_ptr, w_ptr, dt_ptr, cum_ptr, out_ptr, L, H, G, NC, P, 
     nm = ns < N
     cum_base = cum_ptr + ((bi * H + hi) * NC + ci) * Q
     cum_last = tl.load(cum_base + Q - 1)
-    acc = tl.zeros((BP, BN), dtype=tl.float32)
+    acc = tl.zeros((BN, BP), dtype=tl.float32)  # the transposed state
     for k0 in range(0, Q, BQ):
         ks = k0 + tl.arange(0, BQ)
         t = ci * Q + ks
@@ -154,9 +174,9 @@ def _chunk_state_kernel(v_ptr, w_ptr, dt_ptr, cum_ptr, out_ptr, L, H, G, NC, P, 
                     mask=tm[:, None] & pm[None, :], other=0.0).to(tl.float32)
         w = tl.load(w_ptr + bi * s_w_b + t[:, None] * s_w_l + gi * s_w_g + ns[None, :] * s_w_n,
                     mask=tm[:, None] & nm[None, :], other=0.0).to(DT)
-        acc += tl.dot(tl.trans((v * scale[:, None]).to(DT)), w, input_precision=PREC)
-    tl.store(out_ptr + (((bi * (NC + 1) + ci + OFFSET) * H + hi) * P + ps[:, None]) * N + ns[None, :], acc,
-             mask=pm[:, None] & nm[None, :])
+        acc += _mm_f32b(tl.trans(w), v * scale[:, None], DT, PREC, UPCAST, SPLIT)
+    tl.store(out_ptr + (((bi * (NC + 1) + ci + OFFSET) * H + hi) * P + ps[None, :]) * N + ns[:, None], acc,
+             mask=pm[None, :] & nm[:, None])
 
 
 @triton.jit
@@ -187,7 +207,7 @@ def _output_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, cb_ptr, st_ptr, D_ptr, y_ptr, 
                    s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_c_b, s_c_l, s_c_g, s_c_n,
                    s_y_b, s_y_l, s_y_h, s_y_p,
                    Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                   DT: tl.constexpr, PREC: tl.constexpr, HAS_D: tl.constexpr):
+                   DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_D: tl.constexpr):
     pid_i = tl.program_id(0)
     pid_bc = tl.program_id(1)
     hi = tl.program_id(2)
@@ -207,7 +227,7 @@ def _output_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, cb_ptr, st_ptr, D_ptr, y_ptr, 
                   mask=im[:, None] & nm[None, :], other=0.0).to(DT)
     s_t = tl.load(st_ptr + (((bi * (NC + 1) + ci) * H + hi) * P + ps[None, :]) * N + ns[:, None],
                   mask=pm[None, :] & nm[:, None], other=0.0)  # (BN, BP): S_c transposed
-    acc = tl.dot(c_i, s_t.to(DT), input_precision=PREC) * tl.exp(cum_i)[:, None]
+    acc = _mm(c_i, s_t.to(DT), PREC, UPCAST) * tl.exp(cum_i)[:, None]
     cb_base = cb_ptr + ((bi * NC + ci) * G + gi) * Q * Q
     for jb in range(0, pid_i + 1):
         cols = jb * BQ + tl.arange(0, BQ)
@@ -221,7 +241,7 @@ def _output_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, cb_ptr, st_ptr, D_ptr, y_ptr, 
         w = cb * decay * dt_j[None, :]
         x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
                       mask=jm[:, None] & pm[None, :], other=0.0).to(DT)
-        acc += tl.dot(w.to(DT), x_j, input_precision=PREC)
+        acc += _mm(w.to(DT), x_j, PREC, UPCAST)
     if HAS_D:
         x_i = tl.load(x_ptr + bi * s_x_b + ti[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
                       mask=im[:, None] & pm[None, :], other=0.0).to(tl.float32)
@@ -263,7 +283,7 @@ def _dx_db_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, cb_ptr, dst_ptr, dy_ptr,
                   s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_b_b, s_b_l, s_b_g, s_b_n,
                   s_c_b, s_c_l, s_c_g, s_c_n, s_dy_b, s_dy_l, s_dy_h, s_dy_p, s_dx_b, s_dx_l, s_dx_h, s_dx_p,
                   Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HPP: tl.constexpr,
-                  DT: tl.constexpr, PREC: tl.constexpr, HAS_D: tl.constexpr):
+                  DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr, HAS_D: tl.constexpr):
     NB: tl.constexpr = Q // BQ
     pid_j = tl.program_id(0)
     pid_bc = tl.program_id(1)
@@ -293,10 +313,12 @@ def _dx_db_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, cb_ptr, dst_ptr, dy_ptr,
                       mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
         x_j_dot = x_j.to(DT)
         dsn = tl.load(dst_ptr + (((bi * (NC + 1) + ci + 1) * H + hi) * P + ps[:, None]) * N + ns[None, :],
-                      mask=pm[:, None] & nm[None, :], other=0.0).to(DT)  # dS_{c+1} (BP, BN)
+                      mask=pm[:, None] & nm[None, :], other=0.0)  # dS_{c+1} (BP, BN) float32
         to_end = tl.exp(cum_last - cum_j)
-        acc_dx = tl.dot(b_j, tl.trans(dsn), input_precision=PREC) * to_end[:, None]
-        acc_db += tl.dot((x_j * (to_end * dt_j)[:, None]).to(DT), dsn, input_precision=PREC)
+        acc_dx = _mm_f32b(b_j, tl.trans(dsn), DT, PREC, UPCAST, SPLIT) * to_end[:, None]
+        dsn = dsn.to(DT)
+        ddt_j = tl.sum(acc_dx * x_j, axis=1)
+        acc_db += _mm((x_j * (to_end * dt_j)[:, None]).to(DT), dsn, PREC, UPCAST)
         for ib in range(pid_j, NB):
             rows = ib * BQ + tl.arange(0, BQ)
             ti = ci * Q + rows
@@ -309,13 +331,16 @@ def _dx_db_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, cb_ptr, dst_ptr, dy_ptr,
             cb_t = tl.load(cb_base + rows[None, :] * Q + cols[:, None])  # (j, i) = CB[i, j]
             causal = rows[None, :] >= cols[:, None]
             decay = tl.exp(tl.where(causal, cum_i[None, :] - cum_j[:, None], float("-inf")))  # (j, i)
-            acc_dx += tl.dot((cb_t * decay).to(DT), dy_i, input_precision=PREC)
-            xdy = tl.dot(x_j_dot, tl.trans(dy_i), input_precision=PREC)  # (j, i) = x_j·dy_i
-            acc_db += tl.dot((xdy * decay * dt_j[:, None]).to(DT), c_i, input_precision=PREC)
+            acc_dx += _mm((cb_t * decay).to(DT), dy_i, PREC, UPCAST)
+            xdy = _mm(x_j_dot, tl.trans(dy_i), PREC, UPCAST)  # (j, i) = x_j·dy_i
+            # the intra-chunk part of x_j·dxpre_j from float32 factors, the same terms that dc sums by row
+            # (they cancel in the gradient of cum: rounding them differently costs dA its accuracy)
+            ddt_j += tl.sum(cb_t * decay * xdy, axis=1)
+            acc_db += _mm((xdy * decay * dt_j[:, None]).to(DT), c_i, PREC, UPCAST)
         dy_j = tl.load(dy_ptr + bi * s_dy_b + tj[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p,
                        mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
         row_base = ((bi * H + hi) * NC + ci) * Q + cols
-        tl.store(ddt_ptr + row_base, tl.sum(acc_dx * x_j, axis=1))
+        tl.store(ddt_ptr + row_base, ddt_j)
         dx = acc_dx * dt_j[:, None]
         if HAS_D:
             dx += tl.load(D_ptr + hi).to(tl.float32) * dy_j
@@ -332,7 +357,7 @@ def _dc_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, cb_ptr, st_ptr, dy_ptr, dC_
                s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_b_b, s_b_l, s_b_g, s_b_n,
                s_c_b, s_c_l, s_c_g, s_c_n, s_dy_b, s_dy_l, s_dy_h, s_dy_p,
                Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HPP: tl.constexpr,
-               DT: tl.constexpr, PREC: tl.constexpr):
+               DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr):
     pid_i = tl.program_id(0)
     pid_bc = tl.program_id(1)
     pid_gs = tl.program_id(2)
@@ -358,8 +383,8 @@ def _dc_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, cb_ptr, st_ptr, dy_ptr, dC_
         dy_i = tl.load(dy_ptr + bi * s_dy_b + ti[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p,
                        mask=im[:, None] & pm[None, :], other=0.0).to(DT)
         s = tl.load(st_ptr + (((bi * (NC + 1) + ci) * H + hi) * P + ps[:, None]) * N + ns[None, :],
-                    mask=pm[:, None] & nm[None, :], other=0.0).to(DT)  # S_c (BP, BN)
-        off = tl.dot(dy_i, s, input_precision=PREC) * tl.exp(cum_i)[:, None]
+                    mask=pm[:, None] & nm[None, :], other=0.0)  # S_c (BP, BN) float32
+        off = _mm_f32b(dy_i, s, DT, PREC, UPCAST, SPLIT) * tl.exp(cum_i)[:, None]
         acc_dc += off
         row = tl.sum(off * c_i, axis=1)
         for jb in range(0, pid_i + 1):
@@ -374,8 +399,8 @@ def _dc_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, cb_ptr, st_ptr, dy_ptr, dC_
                           mask=jm[:, None] & nm[None, :], other=0.0).to(DT)
             causal = rows[:, None] >= cols[None, :]
             decay = tl.exp(tl.where(causal, cum_i[:, None] - cum_j[None, :], float("-inf")))
-            w = tl.dot(dy_i, tl.trans(x_j), input_precision=PREC) * decay * dt_j[None, :]
-            acc_dc += tl.dot(w.to(DT), b_j, input_precision=PREC)
+            w = _mm(dy_i, tl.trans(x_j), PREC, UPCAST) * decay * dt_j[None, :]
+            acc_dc += _mm(w.to(DT), b_j, PREC, UPCAST)
             cb = tl.load(cb_base + rows[:, None] * Q + cols[None, :])
             row += tl.sum(w * cb, axis=1)
         tl.store(rowterm_ptr + ((bi * H + hi) * NC + ci) * Q + rows, row)
@@ -400,6 +425,10 @@ class _Plan:
         self.bn = max(16, _pow2(self.n))
         self.dt_dot = _TL_DTYPE[x.dtype]
         self.prec = "ieee" if x.dtype == torch.float32 else "tf32"
+        self.upcast = _INTERPRET and x.dtype == torch.bfloat16
+        # half inputs: products with a float32 operand (states, decay-scaled inputs) keep about 16 bits of it
+        # (see _mm_f32b); with 8 bits the gradient of A loses its accuracy (it sums terms that cancel)
+        self.split = x.dtype != torch.float32
         r = self.h // self.g
         self.hpp = max(d for d in range(1, min(r, MAX_HEADS_PER_PROGRAM) + 1) if r % d == 0)
         self.nsplit = r // self.hpp
@@ -428,12 +457,12 @@ def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=Non
     cb = _empty(b, nc, g, q, q, device=dev)
     nb = q // pl.bq
     run("cb", lambda: _launch(_cb_kernel, (nb * nb, b * nc, g), "cb", B, C, cb, l, g, nc, n,
-                              *B.stride(), *C.stride(), Q=q, BQ=pl.bq, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec))
+                              *B.stride(), *C.stride(), Q=q, BQ=pl.bq, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast))
     states = _empty(b, nc + 1, h, p, n, device=dev)
     run("chunk_state", lambda: _launch(
         _chunk_state_kernel, (b * nc, h), "chunk_state", x, B, dt, cum, states, l, h, g, nc, p, n, 0,
-        *x.stride(), *B.stride(), *dt.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec,
-        FORWARD=True))
+        *x.stride(), *B.stride(), *dt.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast,
+        SPLIT=pl.split, FORWARD=True))
     init = initial_state.float().contiguous() if initial_state is not None else states
     run("state_pass", lambda: _launch(
         _state_pass_kernel, (triton.cdiv(p * n, pl.state_block), b * h), "state_pass", states, cum, init, h, nc,
@@ -442,7 +471,7 @@ def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=Non
     run("output", lambda: _launch(
         _output_kernel, (nb, b * nc, h), "output", x, dt, cum, C, cb, states, D if D is not None else A, y,
         l, h, g, nc, p, n, *x.stride(), *dt.stride(), *C.stride(), *y.stride(), Q=q, BQ=pl.bq, BP=pl.bp,
-        BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec, HAS_D=D is not None))
+        BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, HAS_D=D is not None))
     return y, cum, cb, states, pl
 
 
@@ -461,8 +490,8 @@ def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, 
     dst = _empty(b, nc + 1, h, p, n, device=dev)
     run("chunk_state_bwd", lambda: _launch(
         _chunk_state_kernel, (b * nc, h), "chunk_state", dy, C, dt, cum, dst, l, h, g, nc, p, n, 1,
-        *dy.stride(), *C.stride(), *dt.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec,
-        FORWARD=False))
+        *dy.stride(), *C.stride(), *dt.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast,
+        SPLIT=pl.split, FORWARD=False))
     nprog = triton.cdiv(p * n, pl.state_block)
     sdot = _empty(b, h, nc, nprog, device=dev)
     dfin = dfinal.float().contiguous() if dfinal is not None else dst
@@ -478,13 +507,13 @@ def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, 
         _dx_db_kernel, (nb, b * nc, parts), "dx_db", x, dt, cum, B, C, cb, dst, dy, D if D is not None else A,
         dx, dB_part, ddt_direct, dyx, l, h, g, nc, p, n, pl.nsplit, *x.stride(), *dt.stride(), *B.stride(),
         *C.stride(), *dy.stride(), *dx.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, HPP=pl.hpp, DT=pl.dt_dot,
-        PREC=pl.prec, HAS_D=D is not None))
+        PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split, HAS_D=D is not None))
     dC_part = _empty(b, l, parts, n, device=dev)
     rowterm = _empty(b, h, nc, q, device=dev)
     run("dc", lambda: _launch(
         _dc_kernel, (nb, b * nc, parts), "dc", x, dt, cum, B, C, cb, states, dy, dC_part, rowterm,
         l, h, g, nc, p, n, pl.nsplit, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
-        Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, HPP=pl.hpp, DT=pl.dt_dot, PREC=pl.prec))
+        Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, HPP=pl.hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split))
     out = {}
 
     def reduce():
