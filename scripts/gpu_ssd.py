@@ -4,6 +4,7 @@
     python scripts/gpu_ssd.py torch    OUT.json   # torch backend, eager
     python scripts/gpu_ssd.py compiled OUT.json   # torch backend under torch.compile
     python scripts/gpu_ssd.py mamba    OUT.json   # mamba_ssm's kernels, if importable (benchmark only)
+    python scripts/gpu_ssd.py profile  OUT.json   # torch.profiler table of the eager torch backend
     python scripts/gpu_ssd.py table    DIR        # the side-by-side table from DIR/*.json
 
 Shape: batch 8 × 4096 tokens, 64 heads × 64, state 128, 1 group, chunk 256; x, B, C bf16, dt/A/D float32.
@@ -98,6 +99,27 @@ def stage_torch():
     return _time_op(lambda **kw: ssd(**kw, chunk_size=CHUNK, backend="torch"), "torch eager")
 
 
+def stage_profile():
+    """Which operations dominate the torch backend's eager fwd+bwd (torch.profiler, top 15 by CUDA time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    grads = _inputs(requires_grad=True)
+    leaves = list(grads.values())
+
+    def step():
+        y = ssd(**grads, chunk_size=CHUNK, backend="torch")
+        return torch.autograd.grad(y, leaves, torch.ones_like(y))
+    for _ in range(2):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    text = prof.key_averages().table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=60)
+    print(text)
+    return {"implementation": "torch eager profile", "note": "see the log for the op table", "profile": text}
+
+
 def stage_compiled():
     compiled = torch.compile(lambda **kw: ssd(**kw, chunk_size=CHUNK, backend="torch"))
     return _time_op(compiled, "torch compiled")
@@ -117,7 +139,9 @@ def stage_mamba():
 def table(directory: Path) -> str:
     rows = []
     for path in sorted(directory.glob("*.json")):
-        rows.append(json.loads(path.read_text()))
+        row = json.loads(path.read_text())
+        if "profile" not in row:
+            rows.append(row)
     lines = []
     triton_row = next((r for r in rows if r.get("implementation") == "triton" and "kernels_ms" in r), None)
     if triton_row:
@@ -151,7 +175,8 @@ def main():
     if stage == "table":
         print(table(target))
         return
-    row = {"triton": stage_triton, "torch": stage_torch, "compiled": stage_compiled, "mamba": stage_mamba}[stage]()
+    row = {"triton": stage_triton, "torch": stage_torch, "compiled": stage_compiled, "mamba": stage_mamba,
+           "profile": stage_profile}[stage]()
     target.write_text(json.dumps(row, indent=1))
     print(json.dumps(row, indent=1))
 
