@@ -48,6 +48,45 @@ def test_ssd_cuda(dtype, l, chunk, g):
         assert rel_err(a.cpu(), r) < TOL[dtype] * 2
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("l,chunk,h,g,p,n,with_init", [(1000, 64, 8, 1, 32, 64, True), (513, 128, 6, 2, 24, 40, False),
+                                                       (2048, 256, 16, 1, 64, 128, True), (1, 256, 4, 4, 16, 16, True)])
+def test_ssd_all_gradients_cuda(dtype, backend, l, chunk, h, g, p, n, with_init):
+    """Every input's gradient (x, dt, A, B, C, D, initial_state) and the final state against the float64 oracle."""
+    if dtype == torch.float16 and backend == "torch":
+        pytest.skip("the torch backend's half path is covered by the bfloat16 case")
+    b = 2
+    gen = torch.Generator().manual_seed(l + h)
+    base = {"x": torch.randn(b, l, h, p, generator=gen), "dt": torch.rand(b, l, h, generator=gen) * 0.1 + 0.01,
+            "A": -torch.rand(h, generator=gen) - 0.1, "B": torch.randn(b, l, g, n, generator=gen) / n ** 0.5,
+            "C": torch.randn(b, l, g, n, generator=gen) / n ** 0.5, "D": torch.randn(h, generator=gen),
+            "initial_state": torch.randn(b, h, p, n, generator=gen) if with_init else None}
+    gy = torch.randn(b, l, h, p, generator=gen, dtype=torch.float64)
+    gs = torch.randn(b, h, p, n, generator=gen, dtype=torch.float64)
+
+    def run(inputs, name):
+        leaves = {k: (v.clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
+        y, final = wm.ops.ssd(**leaves, chunk_size=chunk, return_final_state=True, backend=name)
+        ((y.double() * gy.to(y.device)).sum() + (final.double() * gs.to(y.device)).sum()).backward()
+        return y.detach(), final.detach(), {k: v.grad for k, v in leaves.items() if v is not None}
+
+    ref = run({k: (v.double() if v is not None else None) for k, v in base.items()}, "torch")  # CPU float64
+    half = ("x", "B", "C")  # model activations in the low precision; dt, A, D, state in float32
+    inputs = {k: (v.to("cuda", dtype if k in half else torch.float32) if v is not None else None)
+              for k, v in base.items()}
+    y, final, grads = run(inputs, backend)
+    tol = 3e-5 if (dtype == torch.float32 and backend == "triton") else TOL.get(dtype, 2e-2)  # exact fp32 dots
+    assert y.dtype == dtype and final.dtype == torch.float32
+    assert torch.isfinite(y).all() and torch.isfinite(final).all()
+    assert rel_err(y.cpu(), ref[0]) < tol
+    assert rel_err(final.cpu(), ref[1]) < tol
+    assert set(grads) == set(ref[2])
+    for k, r in ref[2].items():
+        assert grads[k].dtype == inputs[k].dtype, k
+        assert rel_err(grads[k].cpu(), r) < 2 * tol, k
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("window,lq,lk", [(None, 300, 300), (64, 300, 300), (100, 600, 600), (37, 200, 333)])
 def test_dma_cuda(dtype, window, lq, lk):
