@@ -1,4 +1,4 @@
-"""The ops' fast paths on a CUDA device against the float64 CPU oracles (skipped where there is no GPU).
+"""The ops' fast paths on a CUDA device against the float64 oracles (run on the GPU) (skipped where there is no GPU).
 
 Run on a GPU machine with ``python -m pytest tests/ops/test_ops_cuda.py``.
 """
@@ -23,6 +23,11 @@ def _grads(fn, inputs):
     return out.detach(), [t.grad.detach() for t in inputs]
 
 
+def _on_cpu(result):
+    out, grads = result
+    return out.cpu(), [g.cpu() for g in grads]
+
+
 def _leaf(t, dtype, device):
     return t.to(device=device, dtype=dtype).requires_grad_(True)
 
@@ -37,10 +42,13 @@ def test_ssd_cuda(dtype, l, chunk, g):
     D = torch.randn(h)
 
     def fn(x, dt, B, C):
-        return wm.ops.ssd(x, dt, A.to(x.device, torch.float32 if x.device.type == "cuda" else x.dtype),
-                          B, C, chunk_size=chunk, D=D.to(x.device, torch.float32 if x.device.type == "cuda" else x.dtype))
+        param_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        backend = "naive" if x.dtype == torch.float64 else "auto"
+        return wm.ops.ssd(x, dt, A.to(x.device, param_dtype), B, C, chunk_size=chunk,
+                          D=D.to(x.device, param_dtype), backend=backend)
 
-    ref, ref_g = _grads(fn, [_leaf(t, torch.float64, "cpu") for t in base])
+    # the float64 oracle runs on the GPU too (a CPU oracle at these lengths is slow on the test host)
+    ref, ref_g = _on_cpu(_grads(fn, [_leaf(t, torch.float64, "cuda") for t in base]))
     out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in base])
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert rel_err(out.cpu(), ref) < TOL[dtype]
@@ -71,7 +79,8 @@ def test_ssd_all_gradients_cuda(dtype, backend, l, chunk, h, g, p, n, with_init)
         ((y.double() * gy.to(y.device)).sum() + (final.double() * gs.to(y.device)).sum()).backward()
         return y.detach(), final.detach(), {k: v.grad for k, v in leaves.items() if v is not None}
 
-    ref = run({k: (v.double() if v is not None else None) for k, v in base.items()}, "torch")  # CPU float64
+    ref = run({k: (v.double().cuda() if v is not None else None) for k, v in base.items()}, "naive")  # float64 oracle
+    ref = (ref[0].cpu(), ref[1].cpu(), {k: v.cpu() for k, v in ref[2].items()})
     half = ("x", "B", "C")  # model activations in the low precision; dt, A, D, state in float32
     inputs = {k: (v.to("cuda", dtype if k in half else torch.float32) if v is not None else None)
               for k, v in base.items()}
@@ -95,11 +104,11 @@ def test_dma_cuda(dtype, window, lq, lk):
             torch.randn(b, lk, hkv) * 3]
 
     def fn(q, k, v, bias):
-        backend = "naive" if q.device.type == "cpu" else "torch"
+        backend = "naive" if q.dtype == torch.float64 else "torch"
         return wm.ops.dynamic_mask_attention(q, k, v, bias, keep_window=window, backend=backend)
 
     small = [t[:1] for t in base]  # the oracle loops per query: keep it to one batch row
-    ref, ref_g = _grads(fn, [_leaf(t, torch.float64, "cpu") for t in small])
+    ref, ref_g = _on_cpu(_grads(fn, [_leaf(t, torch.float64, "cuda") for t in small]))
     out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in small])
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert rel_err(out.cpu(), ref) < TOL[dtype]
@@ -120,11 +129,11 @@ def test_dma_triton_cuda(dtype, window, lq, lk, block):
     base[3][0, :5] = float("-inf")  # padding
 
     def fn(q, k, v, bias):
-        if q.device.type == "cpu":
+        if q.dtype == torch.float64:
             return wm.ops.dynamic_mask_attention(q, k, v, bias, keep_window=window, backend="naive")
         return dynamic_mask_attention_triton(q, k, v, bias, window, d ** -0.5, block)
 
-    ref, ref_g = _grads(fn, [_leaf(t, torch.float64, "cpu") for t in base])
+    ref, ref_g = _on_cpu(_grads(fn, [_leaf(t, torch.float64, "cuda") for t in base]))
     out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in base[:3]] + [_leaf(base[3], torch.float32, "cuda")])
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert rel_err(out.cpu(), ref) < TOL[dtype]
