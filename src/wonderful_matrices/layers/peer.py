@@ -14,10 +14,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..ops import expert_mixture, product_key_topk
+from ..ops.expert_mixture import weighted_rows
 from ..ops.common import require
 from .mlp import ACTIVATIONS
 
@@ -68,9 +68,7 @@ class PKM(nn.Module):
         """x (..., d) -> (..., d)."""
         gates, ids = self.router(x)
         flat_ids = ids.reshape(-1, ids.shape[-2] * ids.shape[-1])
-        values = self.values.weight.to(x.dtype)
-        weights = gates.reshape(flat_ids.shape).to(x.dtype)
-        y = F.embedding_bag(flat_ids, values, per_sample_weights=weights, mode="sum")
+        y = weighted_rows(gates.reshape(flat_ids.shape), flat_ids, self.values.weight.to(x.dtype))
         return y.to(x.dtype).reshape(x.shape)
 
 
