@@ -98,7 +98,14 @@ def weighted_rows(weights: Tensor, ids: Tensor, table: Tensor, backend: str = "a
             described(ids), f"an integer tensor (T, M) of dtype in {_INDEX_DTYPES}")
     require(isinstance(weights, Tensor) and weights.shape == ids.shape and weights.is_floating_point(),
             "weights.shape", described(weights), f"a floating tensor of the shape of ids {shape_of(ids)}")
-    require(isinstance(table, Tensor) and table.dim() == 2, "table.shape", described(table), "(N, d)")
+    require(isinstance(table, Tensor) and table.dim() == 2 and table.shape[0] >= 1, "table.shape", described(table),
+            "(N, d) with N >= 1")
+    for name, t in (("weights", weights), ("ids", ids)):
+        require(t.device == table.device, f"{name}.device", t.device, f"the device of table ({table.device})")
+    if ids.numel():
+        low, high = (int(v) for v in ids.aminmax())
+        require(low >= 0 and high < table.shape[0], "ids", f"values in [{low}, {high}]",
+                f"row ids in [0, N={table.shape[0]})")
     name = _backend_for(backend, table)
     require(name != "naive", "backend", backend, "'auto', 'torch' or 'triton'")
     if name == "triton":

@@ -45,6 +45,19 @@ def _configs(gpu: list[tuple[int, int, int]], interpreted: tuple[int, int], name
     return [triton.Config({names[0]: a, names[1]: b}, num_warps=w) for a, b, w in gpu]
 
 
+# Reductions go through ``tl.reduce`` with combine functions of this module rather than ``tl.sum``/``tl.max``:
+# those are jit functions of triton's standard library, created in compiled mode when triton was imported before
+# TRITON_INTERPRET=1 was set (as in a test session), which the interpreter cannot call.
+@triton.jit
+def _add(a, b):
+    return a + b
+
+
+@triton.jit
+def _maximum(a, b):
+    return tl.maximum(a, b)
+
+
 @triton.autotune(
     configs=_configs([(16, 256, 4), (32, 128, 4), (16, 512, 8), (8, 1024, 8)], (4, 16), ("BLOCK_M", "BLOCK_D")),
     key=["M", "D"])
@@ -56,7 +69,7 @@ def _row_dots_kernel(vec_ptr, table_ptr, ids_ptr, out_ptr, M, D,
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     e = tl.load(ids_ptr + t * M + offs_m, mask=mask_m, other=0).to(tl.int64)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         mask_d = offs_d < D
@@ -64,7 +77,7 @@ def _row_dots_kernel(vec_ptr, table_ptr, ids_ptr, out_ptr, M, D,
         rows = tl.load(table_ptr + e[:, None] * D + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :],
                        other=0.0).to(tl.float32)
         acc += rows * v[None, :]
-    tl.store(out_ptr + t * M + offs_m, tl.sum(acc, axis=1), mask=mask_m)
+    tl.store(out_ptr + t * M + offs_m, tl.reduce(acc, 1, _add), mask=mask_m)
 
 
 @triton.autotune(
@@ -78,7 +91,7 @@ def _row_sum_kernel(w_ptr, table_ptr, ids_ptr, out_ptr, M, D,
     t = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
     for m0 in range(0, M, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         mask_m = offs_m < M
@@ -87,7 +100,7 @@ def _row_sum_kernel(w_ptr, table_ptr, ids_ptr, out_ptr, M, D,
         rows = tl.load(table_ptr + e[:, None] * D + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :],
                        other=0.0).to(tl.float32)
         acc += w[:, None] * rows
-    tl.store(out_ptr + t * D + offs_d, tl.sum(acc, axis=0).to(out_ptr.dtype.element_ty), mask=mask_d)
+    tl.store(out_ptr + t * D + offs_d, tl.reduce(acc, 0, _add).to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
 @triton.autotune(
@@ -107,8 +120,8 @@ def _table_grad_kernel(starts_ptr, order_ptr, w_ptr, vec_ptr, out_ptr, N, M, D,
     begin = tl.load(starts_ptr + offs_e, mask=mask_e, other=0)
     count = tl.load(starts_ptr + offs_e + 1, mask=mask_e, other=0) - begin
     count = tl.where(mask_e, count, 0)
-    acc = tl.zeros([BLOCK_E, BLOCK_D], dtype=tl.float32)
-    for r in range(0, tl.max(count, axis=0)):
+    acc = tl.full([BLOCK_E, BLOCK_D], 0.0, tl.float32)
+    for r in range(0, tl.reduce(count, 0, _maximum)):
         live = r < count
         pos = tl.load(order_ptr + begin + r, mask=live, other=0).to(tl.int64)
         w = tl.load(w_ptr + pos, mask=live, other=0.0).to(tl.float32)
