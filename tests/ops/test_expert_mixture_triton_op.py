@@ -108,3 +108,21 @@ def test_triton_empty_batch():
     y = expert_mixture(torch.randn(0, 8), torch.zeros(0, 2, 3, dtype=torch.long), torch.rand(0, 2, 3),
                        torch.randn(5, 8), torch.randn(5, 8), backend="triton")
     assert y.shape == (0, 8)
+
+
+def test_triton_table_gradient_with_split_ranks(interpreter, monkeypatch):
+    """Few experts, many selections each: the ranks of a tile are split over programs (float32 partial sums)."""
+    monkeypatch.setattr(interpreter, "RANKS_PER_PROGRAM", 2)
+    args = make((12,), 2, 3, 5, 19)
+    assert interpreter.rank_split(12 * 6, 5, 19) == 7
+    ref = run("naive", *args)
+    got = run("triton", *_float32(args))
+    for name, a, b in zip(("y", "x", "gates", "down", "up"), got, ref):
+        assert rel_err(a, b) < 1e-5, name
+
+
+def test_rank_split_rules(interpreter):
+    assert interpreter.rank_split(8192 * 128, 2 ** 20, 1024) == 1  # many experts: direct write
+    assert interpreter.rank_split(8192 * 128, 1024, 1024) == 32    # ~1024 selections per expert
+    assert interpreter.rank_split(8192 * 128, 16, 1024) == 64      # capped
+    assert interpreter.rank_split(10 ** 9, 4096, 4096) == 4        # partial buffer <= PARTIAL_BUDGET elements

@@ -17,9 +17,11 @@ float32 and writes its output once; no ``(T, N)`` or ``(T, M, d)`` tensor exists
   consecutive experts × ``BLOCK_D`` columns and walks the segments rank by rank (``r = 0 .. max count in the
   tile − 1``), each step gathering one ``vec`` row per expert of the tile: a segmented reduction in float32
   registers, every gradient row written exactly once (zero for unselected experts), no atomics, deterministic.
-  With many experts (2^20: about one selection each) a tile takes a few steps; with few (1024: ~1000 each) the
-  steps are long but balanced across tiles. A single very hot expert makes its own tile long (load imbalance,
-  still correct).
+  With many experts (2^20: about one selection each) a tile takes a few steps and writes the gradient directly.
+  With few experts (1024: ~1000 selections each) the ranks are split over ``SPLIT`` programs per tile (about
+  ``RANKS_PER_PROGRAM`` ranks each) that write float32 partial sums, added by one ``sum`` (a small buffer:
+  ``SPLIT·N·d``). A single very hot expert still makes its own tile longer than the rest (load imbalance,
+  correct).
 
 Launch settings are autotuned on the GPU (a single configuration under the interpreter, small blocks, so tests
 exercise the masked tails). Outputs are NaN-poisoned under the interpreter, so an unwritten element fails tests.
@@ -36,6 +38,8 @@ from .torch import RowSum, mixture
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+RANKS_PER_PROGRAM = 32  # table_grad: selections of one expert a program walks before the ranks are split
+PARTIAL_BUDGET = 1 << 26  # table_grad: float32 elements of partial sums when the ranks are split (256 MiB)
 
 
 def _configs(gpu: list[tuple[int, int, int]], interpreted: tuple[int, int], names: tuple[str, str]):
@@ -105,31 +109,31 @@ def _row_sum_kernel(w_ptr, table_ptr, ids_ptr, out_ptr, M, D,
 
 @triton.autotune(
     configs=_configs([(16, 256, 4), (32, 128, 4), (8, 512, 4), (32, 256, 8)], (4, 16), ("BLOCK_E", "BLOCK_D")),
-    key=["N", "D"])
+    key=["N", "D", "SPLIT"])
 @triton.jit
-def _table_grad_kernel(starts_ptr, order_ptr, w_ptr, vec_ptr, out_ptr, N, M, D,
+def _table_grad_kernel(starts_ptr, order_ptr, w_ptr, vec_ptr, out_ptr, N, M, D, SPLIT,
                        BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr):
-    """out[e, :] = Σ_{p in segment e} w[order[p]] · vec[order[p] // M, :]; grid (cdiv(N, BLOCK_E), cdiv(D, BLOCK_D)).
-
-    ``order`` lists the flat selection positions ``t·M + j`` sorted by expert; expert ``e`` owns
-    ``order[starts[e] : starts[e + 1]]``."""
+    """out[s, e, :] = Σ_{r ≡ s (mod SPLIT)} w[p_r] · vec[p_r // M, :] over expert e's sorted positions
+    ``p_r = order[starts[e] + r]``; grid (cdiv(N, BLOCK_E), cdiv(D, BLOCK_D), SPLIT). With SPLIT = 1, ``out`` is
+    the gradient itself (table dtype); otherwise a float32 (SPLIT, N, D) buffer of partial sums."""
     offs_e = tl.program_id(0).to(tl.int64) * BLOCK_E + tl.arange(0, BLOCK_E)
     mask_e = offs_e < N
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
+    split = tl.program_id(2)
     begin = tl.load(starts_ptr + offs_e, mask=mask_e, other=0)
     count = tl.load(starts_ptr + offs_e + 1, mask=mask_e, other=0) - begin
     count = tl.where(mask_e, count, 0)
     acc = tl.full([BLOCK_E, BLOCK_D], 0.0, tl.float32)
-    for r in range(0, tl.reduce(count, 0, _maximum)):
+    for r in range(split, tl.reduce(count, 0, _maximum), SPLIT):
         live = r < count
         pos = tl.load(order_ptr + begin + r, mask=live, other=0).to(tl.int64)
         w = tl.load(w_ptr + pos, mask=live, other=0.0).to(tl.float32)
         rows = tl.load(vec_ptr + (pos // M)[:, None] * D + offs_d[None, :], mask=live[:, None] & mask_d[None, :],
                        other=0.0).to(tl.float32)
         acc += w[:, None] * rows
-    tl.store(out_ptr + offs_e[:, None] * D + offs_d[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=mask_e[:, None] & mask_d[None, :])
+    out = out_ptr + split.to(tl.int64) * N * D + offs_e[:, None] * D + offs_d[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_e[:, None] & mask_d[None, :])
 
 
 def _empty(shape, dtype, device) -> torch.Tensor:
@@ -137,6 +141,14 @@ def _empty(shape, dtype, device) -> torch.Tensor:
     if _INTERPRET:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+def rank_split(selections: int, num_experts: int, d: int) -> int:
+    """Programs sharing one tile of experts in ``table_grad``: about ``RANKS_PER_PROGRAM`` selections per expert
+    each (1 when experts are many and selections per expert few), at most 64 and at most ``PARTIAL_BUDGET``
+    float32 elements of partial sums."""
+    split = selections // (num_experts * RANKS_PER_PROGRAM)
+    return int(max(1, min(64, split, PARTIAL_BUDGET // max(num_experts * d, 1))))
 
 
 def sort_by_expert(ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,10 +191,12 @@ class TritonKernels:
         if "sorted" not in cache:
             cache["sorted"] = sort_by_expert(ids, N)
         order, starts = cache["sorted"]
-        out = _empty((N, D), table.dtype, table.device)
-        grid = lambda meta: (triton.cdiv(N, meta["BLOCK_E"]), triton.cdiv(D, meta["BLOCK_D"]))  # noqa: E731
-        _table_grad_kernel[grid](starts, order, w.contiguous(), vec.contiguous(), out, N, M, D)
-        return out
+        split = rank_split(order.numel(), N, D)
+        out = _empty((N, D), table.dtype, table.device) if split == 1 else _empty((split, N, D), torch.float32,
+                                                                                   table.device)
+        grid = lambda meta: (triton.cdiv(N, meta["BLOCK_E"]), triton.cdiv(D, meta["BLOCK_D"]), split)  # noqa: E731
+        _table_grad_kernel[grid](starts, order, w.contiguous(), vec.contiguous(), out, N, M, D, split)
+        return out if split == 1 else out.sum(0).to(table.dtype)
 
 
 def expert_mixture(x: torch.Tensor, ids: torch.Tensor, gates: torch.Tensor, down: torch.Tensor,
