@@ -14,4 +14,4 @@ def test_summary_checks_targets():
     assert summary["loop_moe/cdmoe fwd, N=1024, 8 active (target >= 10)"] == (15.0, True)
     assert summary["grouped_moe/cdmoe fwd, N=1024, 8 active"] == (0.5, None)
     unjudged = cdmoe_target.summarise(rows, (1024, 2 ** 20), judged=False)
-    assert unjudged[0]["met"] is None and unjudged[0]["value"] == 9.0
+    assert unjudged[0]["met"] is None and unjudged[1]["met"] is None and unjudged[0]["value"] == 9.0

@@ -166,7 +166,7 @@ def summarise(rows: list[dict], counts, judged: bool = True) -> list[dict]:
                     "value": large, "met": None if large is None or not judged else large <= TARGET_MS})
         growth = large / small if large and small else None
         out.append({"backend": backend, "check": f"growth N={counts[0]} -> {counts[-1]} (target <= 2)",
-                    "value": growth, "met": None if growth is None else growth <= 2.0})
+                    "value": growth, "met": None if growth is None or not judged else growth <= 2.0})
         for top_k in MOE_TOP_K:
             for mode in MODES:
                 cd = t.get((1024, f"cdmoe 8x{top_k // 8}", backend, "layer", mode))
