@@ -37,7 +37,7 @@ stage tests ${TESTS_TIMEOUT:-75} $PY -m pytest -q -p no:cacheprovider -rfE \
   tests/ops/test_ops_cuda.py -k "product_key or mixture or layers or compiles" tests/ops/test_expert_mixture_triton_compile.py
 tail -n 3 "$RES/tests.log"
 stage target ${TARGET_TIMEOUT:-110} $PY -m wonderful_matrices.bench.cdmoe_target --out "$RES/cdmoe_target" ${BENCH_ARGS:-}
-stage experts ${EXPERTS_TIMEOUT:-40} $PY -m wonderful_matrices.bench.experts --out "$RES/experts" ${BENCH_ARGS:-}
+stage experts ${EXPERTS_TIMEOUT:-40} $PY -m wonderful_matrices.bench.experts --out "$RES/experts" ${BENCH_ARGS:-} ${EXPERTS_ARGS:-}
 
 tar czf "$OUT/gpu_experts.tgz" -C "$RES" . 2>>"$LOG"
 echo

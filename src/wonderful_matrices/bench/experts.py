@@ -240,14 +240,19 @@ def plot(rows: list[dict], path: Path, device_name: str) -> None:
     plt.close(fig)
 
 
-def run(out_dir, quick: bool = False, device=None) -> list[dict]:
+def run(out_dir, quick: bool = False, device=None, counts=None, ratios=None) -> list[dict]:
     """Run experiment 3 and write results.json, results.md and experts.png into ``out_dir``; return the rows.
 
     Full: 8192 tokens × width 1024 in bf16 (meant for one GPU). ``quick``: 1024 tokens × width 256 in float32.
+    ``counts`` / ``ratios`` restrict the grid (default: all of BENCHMARKS.md's, or the quick subset).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tokens, width, dtype = (1024, 256, torch.float32) if quick else (8192, 1024, torch.bfloat16)
-    counts, ratios = (QUICK_EXPERT_COUNTS, QUICK_RATIOS) if quick else (EXPERT_COUNTS, RATIOS)
+    default_counts, default_ratios = (QUICK_EXPERT_COUNTS, QUICK_RATIOS) if quick else (EXPERT_COUNTS, RATIOS)
+    counts, ratios = tuple(counts or default_counts), tuple(ratios or default_ratios)
+    for n in counts:
+        if math.isqrt(n) ** 2 != n:
+            raise ValueError(f"counts={counts!r} is not allowed: every expert count must be a perfect square")
     elem = torch.finfo(dtype).bits // 8
     torch.manual_seed(0)
     rows: list[dict] = []
@@ -330,8 +335,12 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--quick", action="store_true", help="1024 tokens × 256 in float32 (CPU-sized)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--counts", type=int, nargs="+", default=None,
+                        help="expert counts to run (perfect squares; default: the full or quick list)")
+    parser.add_argument("--ratios", type=float, nargs="+", default=None,
+                        help="activation ratios to run (default: 0.25 0.5 0.75 1.0, or 0.25 1.0 with --quick)")
     args = parser.parse_args(argv)
-    run(args.out, quick=args.quick, device=args.device)
+    run(args.out, quick=args.quick, device=args.device, counts=args.counts, ratios=args.ratios)
 
 
 if __name__ == "__main__":
