@@ -70,8 +70,8 @@ class DynamicMaskAttention(nn.Module):
 
     Attribute ``decode_backend`` (default ``"auto"``) picks the single-token generation step: ``"triton"`` (the
     fused kernels of :mod:`..ops.dma.decode`; float16/bfloat16/float32, ``head_dim <= 256``, CUDA or
-    ``TRITON_INTERPRET=1``), ``"torch"``, or ``"auto"`` (triton on CUDA where supported; if the kernels raise,
-    logged once, torch from then on).
+    ``TRITON_INTERPRET=1``), ``"torch"``, or ``"auto"`` (triton where supported: CUDA, or any device under
+    ``TRITON_INTERPRET=1``; if the kernels raise, logged once, torch from then on).
     """
 
     decode_backend = "auto"
@@ -232,7 +232,7 @@ class DynamicMaskAttention(nn.Module):
         """Whether this generation step runs the Triton kernels (see ``decode_backend``)."""
         backend = self.decode_backend
         _check(backend in DECODE_BACKENDS, "decode_backend", backend, f"one of {DECODE_BACKENDS}")
-        if backend == "torch" or (backend == "auto" and (_fused_decode_failed or q.device.type != "cuda")):
+        if backend == "torch" or (backend == "auto" and (_fused_decode_failed or not triton_usable(q.device))):
             return False
         supported = (triton_usable(q.device) and q.dtype in _decode_dtypes() and state["key"].dtype == q.dtype
                      and q.shape[-1] <= 256 and state["bias"].dtype == torch.float32
