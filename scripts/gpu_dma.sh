@@ -14,7 +14,7 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   echo "=== parity tests"
-  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/ops/test_ops_cuda.py -k "dma" -x -rf 2>&1 | tail -25
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/ops/test_ops_cuda.py -k "dma" -x -rf 2>&1 | tail -25
   echo "=== bench dma (full)"
   timeout "${BENCH_TIMEOUT:-240}" python3 -m wonderful_matrices.bench.dma --out "$RES/dma" 2>&1 | grep -v "^|"
   echo "bench exit: $?"
