@@ -206,7 +206,7 @@ def test_dma_fused_decode_step_cuda(dtype, window, b, hq, hkv, d, prefill, ties)
             out_f = fused._decode_step(q, k, v, bias, position, state_f)
             out_r = ref._decode_step(q, k, v, bias, position, state_r)
         assert out_f.dtype == dtype and torch.isfinite(out_f).all()
-        assert rel_err(out_f.float().cpu(), out_r.float().cpu()) < TOL[dtype] / 4, t
+        assert rel_err(out_f.float().cpu(), out_r.float().cpu()) < TOL[dtype] / 2, t
         for name in ("key", "value", "bias", "position"):
             assert torch.equal(state_f[name], state_r[name]), (t, name)
 

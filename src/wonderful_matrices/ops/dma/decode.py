@@ -20,7 +20,9 @@ one query head into its output (zeros when no slot is attendable) and, in the pr
 query head, writes the new key/value/bias/position into the chosen slot — after launch 1 has read the cache,
 so no program ever reads a half-updated cache.
 
-Logits, softmax and the value sums are float32 (products in IEEE float32), the cache is read in its own dtype;
+The cache is read in its own dtype; the products run on the tensor cores in that dtype (IEEE float32 for a
+float32 cache), logits, softmax and the value sums accumulate in float32 (probabilities are rounded to the
+cache dtype for the value product, as in flash attention);
 no host synchronisation, no allocation besides the output once the workspace exists (CUDA-graph friendly).
 """
 from __future__ import annotations
@@ -42,7 +44,7 @@ def _attend_kernel(q_ptr, kn_ptr, vn_ptr, bn_ptr, pn_ptr, k_ptr, v_ptr, b_ptr, p
                    skb, skl, skh, svb, svl, svh, sbb, sbl, sbh, spb, spl, sph,
                    n, hkv, group, tile, max_splits, scale,
                    EVICT: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-                   BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr):
+                   BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr):
     row = tl.program_id(0)
     split = tl.program_id(1)
     bi = (row // hkv).to(tl.int64)
@@ -82,9 +84,9 @@ def _attend_kernel(q_ptr, kn_ptr, vn_ptr, bn_ptr, pn_ptr, k_ptr, v_ptr, b_ptr, p
     dd = tl.arange(0, BLOCK_D)
     dmask = dd < HEAD_DIM
     q = tl.load(q_ptr + bi * sqb + h[:, None] * sqh + dd[None, :], mask=gmask[:, None] & dmask[None, :],
-                other=0.0).to(tl.float32)
-    k_new = tl.load(kn_ptr + bi * snkb + g * snkh + dd, mask=dmask, other=0.0).to(tl.float32)
-    v_new = tl.load(vn_ptr + bi * snvb + g * snvh + dd, mask=dmask, other=0.0).to(tl.float32)
+                other=0.0).to(k_ptr.dtype.element_ty)
+    k_new = tl.load(kn_ptr + bi * snkb + g * snkh + dd, mask=dmask, other=0.0).to(k_ptr.dtype.element_ty)
+    v_new = tl.load(vn_ptr + bi * snvb + g * snvh + dd, mask=dmask, other=0.0).to(v_ptr.dtype.element_ty)
     m_i = tl.full((BLOCK_G,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_G,), tl.float32)
     acc = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
@@ -96,20 +98,20 @@ def _attend_kernel(q_ptr, kn_ptr, vn_ptr, bn_ptr, pn_ptr, k_ptr, v_ptr, b_ptr, p
         is_new = c == drop
         lmask = cmask & ~is_new  # the replaced slot (or, appending, the slot past the cache) is not read
         k = tl.load(k_ptr + bi * skb + c[:, None] * skl + g * skh + dd[None, :],
-                    mask=lmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+                    mask=lmask[:, None] & dmask[None, :], other=0.0)
         v = tl.load(v_ptr + bi * svb + c[:, None] * svl + g * svh + dd[None, :],
-                    mask=lmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+                    mask=lmask[:, None] & dmask[None, :], other=0.0)
         kb = tl.load(b_ptr + bi * sbb + c * sbl + g * sbh, mask=lmask, other=float("-inf")).to(tl.float32)
         k = tl.where(is_new[:, None], k_new[None, :], k)
         v = tl.where(is_new[:, None], v_new[None, :], v)
         kb = tl.where(is_new & cmask, new_bias, kb)
-        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale + kb[None, :]
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale + kb[None, :]
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp(s - m_safe[:, None])
         alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     out_row = (bi * hkv * group + h) * max_splits + split
     tl.store(acc_ptr + out_row[:, None] * HEAD_DIM + dd[None, :], acc, mask=gmask[:, None] & dmask[None, :])
@@ -210,8 +212,9 @@ def decode_step(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: t
         q, key, value, bias, position, key_buf, value_buf, bias_buf, position_buf, acc, m, l, drop,
         q.stride(0), q.stride(2), *new_strides, *buf_strides, n, hkv, group, tile, limit, scale,
         EVICT=evict, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
-        BLOCK_R=max(16, min(1024, triton.next_power_of_2(n))), BLOCK_D=block_d, HEAD_DIM=d,
-        num_warps=4)
+        BLOCK_R=max(16, min(1024, triton.next_power_of_2(n))) if evict else 16,  # (unused when appending)
+        BLOCK_D=block_d, HEAD_DIM=d,
+        PRECISION="ieee" if key_buf.dtype == torch.float32 else None, num_warps=4)
     _combine_kernel[(b * hq,)](
         acc, m, l, drop, out, key, value, bias, position, key_buf, value_buf, bias_buf, position_buf,
         out.stride(0), out.stride(2), *new_strides, *buf_strides, n_att, hq, group, splits, limit,
