@@ -33,7 +33,6 @@ import triton.language as tl
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
-BLOCK_N = 64
 TARGET_PROGRAMS = 512  # about four programs per SM of an H100/H200 for the attention launch
 
 
@@ -162,10 +161,19 @@ def max_splits_for(rows: int) -> int:
     return max(1, min(64, TARGET_PROGRAMS // rows))
 
 
+def block_n_for(dtype: torch.dtype, head_dim: int) -> int:
+    """Key tile of the attention launch: 64 keys of 2-byte dtypes up to ``head_dim`` 128, else smaller (the
+    float32 IEEE products need much more shared memory: about 105 KB at 32 × 128 on sm_90)."""
+    wide = head_dim > 128
+    if dtype == torch.float32:
+        return 16 if wide else 32
+    return 32 if wide else 64
+
+
 def decode_step(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor,
                 position: torch.Tensor, key_buf: torch.Tensor, value_buf: torch.Tensor, bias_buf: torch.Tensor,
                 position_buf: torch.Tensor, n: int, evict: bool, scale: float, workspace: dict,
-                block_n: int = BLOCK_N, max_splits: int | None = None) -> torch.Tensor:
+                block_n: int | None = None, max_splits: int | None = None) -> torch.Tensor:
     """One decoding step on a preallocated cache, updated in place (see the module docstring).
 
     Args:
@@ -178,8 +186,8 @@ def decode_step(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: t
         scale: logit scale.
         workspace: a dict this function fills with float32 scratch buffers on first use and reuses while the
             shapes stay the same (keep one per layer).
-        block_n: key tile (a power of two >= 16); max_splits: cap on the key splits (default
-            :func:`max_splits_for`).
+        block_n: key tile, a power of two >= 16 (default :func:`block_n_for`); max_splits: cap on the key
+            splits (default :func:`max_splits_for`).
 
     Returns:
         ``(b, 1, hq, d)`` in ``q``'s dtype; zeros for a (row, head) with no attendable slot.
@@ -189,6 +197,7 @@ def decode_step(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: t
     group = hq // hkv
     rows = b * hkv
     limit = max_splits or max_splits_for(rows)
+    block_n = block_n or block_n_for(key_buf.dtype, d)
     n_att = n if evict else n + 1
     tiles = triton.cdiv(n_att, block_n)
     tile = triton.cdiv(tiles, min(limit, tiles)) * block_n
