@@ -193,7 +193,8 @@ class DynamicMaskAttention(nn.Module):
         written there, the lowest ranked of the ``w + 1`` slots is found on the device, and the new key is
         scattered into that slot (into the spare one when the new key itself is the lowest) — a fixed number of
         small kernels, the same shapes every step. Without a window the new key is written at slot ``n`` of
-        buffers that grow geometrically (one copy per growth)."""
+        buffers that grow geometrically (one copy per growth). With the fused Triton step (``decode_backend``)
+        the same happens in two launches (:func:`..ops.dma.decode.decode_step`), the spare slot unused."""
         names = ("key", "value", "bias", "position")
         new = dict(key=k, value=v, bias=bias, position=position)
         w = self.keep_window

@@ -192,6 +192,7 @@ def decode_step(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: t
     Returns:
         ``(b, 1, hq, d)`` in ``q``'s dtype; zeros for a (row, head) with no attendable slot.
     """
+    q, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, key, value))
     b, _, hq, d = q.shape
     hkv = key_buf.shape[2]
     group = hq // hkv
