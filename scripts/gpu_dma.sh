@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# DMA on one GPU, from the repository root, < 3 minutes: (a) CUDA parity tests of the triton/torch DMA paths and
-# the decode step against the float64 CPU oracle, (b) bench/dma.py at full scale (triton, torch, SDPA cuDNN,
-# Flex; selection-stage time per T; decode steps eager and CUDA-graphed). Each stage runs under `timeout` and
-# a failure does not stop the next. Writes $OUT/dma.log (everything) and $OUT/dma_results.tgz; prints a short
-# table last.
+# DMA on one GPU, from the repository root, < 8 minutes: (a) CUDA parity tests of the triton/torch DMA paths
+# and of the decode steps (torch, fused Triton, CUDA-graph capture) against their oracles, (b) bench/dma.py at
+# full scale (triton, torch, SDPA cuDNN, Flex; selection-stage time per T; decode steps eager and CUDA-graphed,
+# torch and [triton fused]). Each stage runs under `timeout` and a failure does not stop the next. Writes
+# $OUT/dma.log (everything) and $OUT/dma_results.tgz; prints a short table last.
 set -uo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
