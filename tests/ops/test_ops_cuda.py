@@ -141,12 +141,14 @@ def test_dma_triton_cuda(dtype, window, lq, lk, block):
         assert torch.isfinite(a).all() and rel_err(a.cpu(), r) < TOL[dtype] * 2
 
 
+@pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("window", [None, 16])
-def test_dma_layer_decode_step_never_syncs(window):
+def test_dma_layer_decode_step_never_syncs(window, backend):
     """A generation step of the DMA layer (cache full) runs without any host synchronisation."""
     from wonderful_matrices.layers import DynamicMaskAttention
 
     layer = DynamicMaskAttention(128, 4, 2, 32, keep_window=window).cuda().to(torch.bfloat16).eval()
+    layer.decode_backend = backend
     x = torch.randn(2, 40, 128, device="cuda", dtype=torch.bfloat16)
     pos = torch.arange(40, device="cuda").expand(2, 40)
     state = {}
@@ -162,6 +164,75 @@ def test_dma_layer_decode_step_never_syncs(window):
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert rel_err(torch.cat(outs, 1).float(), full.float()) < 3e-2
+
+
+def _dma_decode_pair(window, hq, hkv, d, dtype):
+    from wonderful_matrices.layers import DynamicMaskAttention
+
+    layers = []
+    for backend in ("triton", "torch"):
+        layer = DynamicMaskAttention(hq * d, hq, hkv, d, keep_window=window).cuda().to(dtype).eval()
+        layer.decode_backend = backend
+        layers.append(layer)
+    return layers
+
+
+def _dma_random_cache(b, n, hkv, d, dtype, ties):
+    bias = torch.randint(-2, 1, (b, n, hkv)).float() if ties else torch.randn(b, n, hkv) * 2
+    bias[torch.rand(b, n, hkv) < 0.1] = float("-inf")
+    return {"key": torch.randn(b, n, hkv, d, dtype=dtype, device="cuda"),
+            "value": torch.randn(b, n, hkv, d, dtype=dtype, device="cuda"), "bias": bias.cuda(),
+            "position": torch.arange(n, device="cuda").view(1, n, 1).repeat(b, 1, hkv)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("window,b,hq,hkv,d,prefill,ties", [
+    (64, 3, 8, 2, 64, 40, True), (2048, 1, 16, 16, 128, 2048, False), (2048, 2, 16, 4, 128, 2048, True),
+    (None, 2, 8, 2, 128, 3000, False)])
+def test_dma_fused_decode_step_cuda(dtype, window, b, hq, hkv, d, prefill, ties):
+    """The compiled fused decode step against the torch step: outputs, and the cache slot for slot after every
+    step (windowed: the same evictions, ties and -inf slots included; no window: appends)."""
+    fused, ref = _dma_decode_pair(window, hq, hkv, d, dtype)
+    state_f = _dma_random_cache(b, prefill, hkv, d, dtype, ties)
+    state_r = {name: t.clone() for name, t in state_f.items()}
+    for t in range(20):
+        q = torch.randn(b, 1, hq, d, device="cuda", dtype=dtype)
+        k, v = (torch.randn(b, 1, hkv, d, device="cuda", dtype=dtype) for _ in range(2))
+        bias = (torch.randint(-2, 1, (b, 1, hkv), device="cuda").float() if ties
+                else torch.randn(b, 1, hkv, device="cuda"))
+        bias[torch.rand(b, 1, hkv, device="cuda") < 0.2] = float("-inf")
+        position = torch.full((b, 1, hkv), prefill + t, device="cuda")
+        with torch.no_grad():
+            out_f = fused._decode_step(q, k, v, bias, position, state_f)
+            out_r = ref._decode_step(q, k, v, bias, position, state_r)
+        assert out_f.dtype == dtype and torch.isfinite(out_f).all()
+        assert rel_err(out_f.float().cpu(), out_r.float().cpu()) < TOL[dtype] / 2, t
+        for name in ("key", "value", "bias", "position"):
+            assert torch.equal(state_f[name], state_r[name]), (t, name)
+
+
+@pytest.mark.parametrize("b", [1, 4])
+def test_dma_fused_decode_step_cuda_graph(b):
+    """The windowed fused step captured in a CUDA graph: replays equal eager steps on a copy of the cache."""
+    fused, _ = _dma_decode_pair(256, 8, 2, 128, torch.bfloat16)
+    hkv, d = 2, 128
+    state = _dma_random_cache(b, 256, hkv, d, torch.bfloat16, False)
+    q = torch.randn(b, 1, 8, d, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(b, 1, hkv, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    bias = torch.randn(b, 1, hkv, device="cuda")
+    position = torch.full((b, 1, hkv), 300, device="cuda")
+    with torch.no_grad():
+        fused._decode_step(q, k, v, bias, position, state)  # buffers and workspace
+        eager_state = {name: t.clone() for name, t in state.items()}
+        eager = fused._decode_step(q, k, v, bias, position, eager_state)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = fused._decode_step(q, k, v, bias, position, state)
+        graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, eager)
+    for name in ("key", "value", "bias", "position"):
+        assert torch.equal(state[name], eager_state[name]), name
 
 
 def _triton_available():
