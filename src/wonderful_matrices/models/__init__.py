@@ -5,7 +5,7 @@ Importing this package registers ``model_type="cheems"`` with ``AutoConfig``, ``
 """
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from . import presets
+from . import convert, presets
 from .cache import CheemsCache
 from .configuration import CheemsConfig
 from .modeling import CheemsForCausalLM, CheemsModel, CheemsPreTrainedModel
@@ -14,4 +14,4 @@ AutoConfig.register(CheemsConfig.model_type, CheemsConfig, exist_ok=True)
 AutoModel.register(CheemsConfig, CheemsModel, exist_ok=True)
 AutoModelForCausalLM.register(CheemsConfig, CheemsForCausalLM, exist_ok=True)
 
-__all__ = ["CheemsCache", "CheemsConfig", "CheemsForCausalLM", "CheemsModel", "CheemsPreTrainedModel", "presets"]
+__all__ = ["CheemsCache", "CheemsConfig", "CheemsForCausalLM", "CheemsModel", "CheemsPreTrainedModel", "convert", "presets"]
