@@ -133,9 +133,120 @@ def _rank_key(bias_rows: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(key), key, torch.full_like(key, float("-inf")))
 
 
+SUB_BLOCK = 16
+
+
+def _running_kth(base: torch.Tensor, new: torch.Tensor, new_valid: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-th smallest of a growing set, for every step, without a loop over the steps.
+
+    ``base (M, a)`` ascending values (``a >= k``), always in the set; ``new (M, Q)`` values that join one per
+    step (in column order), ``new_valid (M, Q)`` False for one that never joins. Returns ``(M, Q)``: column
+    ``m`` is the ``k``-th smallest of ``base`` and the valid ``new[:, :m+1]``. Values must be distinct except
+    among ``base`` entries and among invalid entries.
+
+    Only the largest ``k' = min(k, Q + 1)`` of the ``k`` smallest of ``base`` can be the answer (at most ``Q`` new
+    values join, and the top ``k`` only loses its largest members), so the problem shrinks to ``k'`` base values
+    and ``Q`` new ones: one sort of ``k' + Q`` values and a count per step and value, O(Q·(k' + Q)) — or, for
+    ``Q > SUB_BLOCK``, the same count at every ``SUB_BLOCK``-th step only, which gives each sub-block its own
+    base of ``SUB_BLOCK + 1`` values, and one recursive call on all sub-blocks at once.
+    """
+    m_rows, q = new.shape
+    kk = min(k, q + 1)
+    merged = torch.cat([base[:, k - kk:k], new], dim=1)
+    values, perm = merged.sort(dim=1)
+    joins_at = perm - kk  # step at which a value joins; negative for base values (always in)
+    never = torch.cat([torch.zeros_like(base[:, :kk], dtype=torch.bool), ~new_valid], dim=1).gather(1, perm)
+    joins_at = torch.where(never, q, joins_at)  # never in
+    if q <= SUB_BLOCK:
+        steps = torch.arange(q, device=new.device)
+        present = joins_at[:, None, :] <= steps[None, :, None]  # (M, Q, k' + Q)
+        count = present.cumsum(-1, dtype=torch.int32)
+        at = (count < kk).sum(-1)  # index of the k'-th present value in ascending order
+        return values.gather(1, at)
+    ns = -(-q // SUB_BLOCK)
+    starts = torch.arange(ns, device=new.device) * SUB_BLOCK
+    present = joins_at[:, None, :] < starts[None, :, None]  # (M, ns, k' + Q): in the set before each sub-block
+    count = present.cumsum(-1, dtype=torch.int32)
+    k2 = min(kk, SUB_BLOCK + 1)
+    targets = torch.arange(kk - k2 + 1, kk + 1, device=new.device, dtype=torch.int32).expand(m_rows, ns, k2)
+    at = torch.searchsorted(count, targets.contiguous())  # the largest k2 of the k' smallest, ascending
+    sub_base = values.gather(1, at.reshape(m_rows, ns * k2)).view(m_rows * ns, k2)
+    pad = ns * SUB_BLOCK - q
+    sub_new = torch.cat([new, new.new_zeros(m_rows, pad)], dim=1).view(m_rows * ns, SUB_BLOCK)
+    sub_valid = torch.cat([new_valid, new_valid.new_zeros(m_rows, pad)], dim=1).view(m_rows * ns, SUB_BLOCK)
+    return _running_kth(sub_base, sub_new, sub_valid, k2).view(m_rows, ns * SUB_BLOCK)[:, :q]
+
+
 @torch.no_grad()
 def select_blocks(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int):
-    """Exact per-query top-``keep_window`` selection for causal queries, block by block.
+    """Exact per-query top-``keep_window`` selection for causal queries, for all query blocks at once.
+
+    ``bias_rows (n, lk)``: one row per (batch, KV head). Queries sit at key positions ``lk - lq … lk - 1``,
+    cut into ``nb = ceil(lq / block)`` blocks. Returns ``candidates (n, nb, w + block)`` key positions (long),
+    and ``start, end (n, nb, w + block)`` int32: candidate ``c`` of block ``t`` is kept exactly by the block's
+    queries ``start <= i < end`` (``i`` relative to the block's first query); a slot kept by none has
+    ``start == end == 0``. Slots ``[0, w)`` hold the top ``w`` keys before the block (rank order), slots
+    ``[w, w + block)`` the block's own keys (position order); no key is live in two slots of one block.
+
+    Method (DESIGN.md, fact 1), with ``rank`` = the index in the order ``(bias, position)`` descending, padding
+    (non-finite bias) last and never counted: query ``p`` keeps key ``j <= p`` iff ``rank_j <= T_p``, the
+    ``w``-th smallest rank among the keys ``<= p`` (``T_p = lk`` when there are fewer than ``w``). ``T`` never
+    increases with ``p``. One global sort gives the ranks; the top ``w`` before every block come from one
+    prefix count over the rank order (``(n, nb, lk)``); ``T`` inside every block from :func:`_running_kth`
+    (the top ``w`` before the block plus the block's keys joining one per query); the queries that keep a
+    candidate are then ``[max(j, p0), first p with T_p < rank_j)``, one ``searchsorted``. About 50 kernel
+    launches whatever the length; work O(n·lk·(lk / block + w / SUB_BLOCK + SUB_BLOCK)) elementwise, the
+    ``lk / block`` term a cumulative sum.
+    """
+    n, lk = bias_rows.shape
+    w = keep_window
+    offset = lk - lq
+    device = bias_rows.device
+    nb = -(-lq // block)
+    order = rank_order(bias_rows)  # (n, lk): key positions, best first, padding last
+    valid = torch.isfinite(bias_rows)
+    valid_count = valid.sum(1)
+    positions = torch.arange(lk, device=device)
+    ranks = torch.empty_like(order).scatter_(1, order, positions.expand(n, lk))
+    # Empty slots of the top w (fewer than w keys so far) count as rank lk; padding keys get lk + 1 and never join.
+    ranks = torch.where(valid, ranks, lk + 1)
+    p0 = offset + torch.arange(nb, device=device) * block  # first query position of each block
+    # Top w before each block: keys in rank order that are < p0 and not padding, the first w of them.
+    before = (order[:, None, :] < p0[None, :, None]) & (positions[None, None, :] < valid_count[:, None, None])
+    count = before.cumsum(-1, dtype=torch.int32)  # (n, nb, lk)
+    targets = torch.arange(1, w + 1, device=device, dtype=torch.int32).expand(n, nb, w).contiguous()
+    carried_rank = torch.searchsorted(count, targets)  # (n, nb, w): rank (= index in the order), or lk if none
+    del before, count
+    carried = carried_rank < lk
+    carried_pos = order.gather(1, carried_rank.clamp_max(lk - 1).view(n, nb * w)).view(n, nb, w)
+    # The block's own keys, joining one per query; positions past lk (last block) never join.
+    block_pos = p0[:, None] + torch.arange(block, device=device)  # (nb, block)
+    inside = block_pos < lk
+    block_pos = block_pos.clamp_max(lk - 1)
+    block_rank = ranks[:, block_pos]  # (n, nb, block)
+    block_valid = valid[:, block_pos] & inside
+    threshold = _running_kth(carried_rank.view(n * nb, w), block_rank.view(n * nb, block),
+                             block_valid.view(n * nb, block), w).view(n, nb, block)
+    cand_rank = torch.cat([carried_rank, block_rank], dim=-1)  # (n, nb, w + block)
+    # A candidate is kept from its own position (or the block start) until the first query with T_p < rank.
+    end = torch.searchsorted(threshold.neg().contiguous(), cand_rank.neg().contiguous(), right=True)
+    end = torch.minimum(end, (lk - p0).clamp_max(block)[None, :, None])
+    start = torch.cat([torch.zeros(nb, w, dtype=torch.long, device=device),
+                       torch.arange(block, device=device).expand(nb, block)], dim=-1).expand(n, nb, w + block)
+    real = torch.cat([carried, block_valid], dim=-1)
+    live = real & (end > start)
+    candidates = torch.where(real, torch.cat([carried_pos, block_pos.expand(n, nb, block)], dim=-1), 0)
+    start = torch.where(live, start, 0).to(torch.int32)
+    end = torch.where(live, end, 0).to(torch.int32)
+    return candidates, start, end
+
+
+@torch.no_grad()
+def select_blocks_sequential(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int):
+    """The previous selection, one Python loop over query blocks (kept as the reference :func:`select_blocks` is
+    tested against and timed beside). Same arguments, same kept sets; candidates in a different order.
+
+    Exact per-query top-``keep_window`` selection for causal queries, block by block.
 
     ``bias_rows (n, lk)``: one row per (batch, KV head). Queries sit at key positions ``lk - lq … lk - 1``,
     cut into ``nb = ceil(lq / block)`` blocks. Returns
