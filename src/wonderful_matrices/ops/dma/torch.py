@@ -10,13 +10,12 @@ the key dtype, ``lo`` the rounding error, so half-precision keys carry the bias 
   that of the SDPA kernel SDPA picks (O(L) for flash / memory-efficient / cuDNN on GPU). Keys with bias
   ``-inf`` get a bias of ``-1e30`` (finite, so no ``0·inf`` in the backward) and queries that see no
   attendable key output zeros.
-* Window ``w``, causal: queries are processed in blocks of ``B`` (fact 1 of DESIGN.md). Before a block
-  ``[p0, p1)`` the running top-``w`` of the keys ``< p0`` is carried; the candidates of the block are those
-  ``w`` keys plus the block's own keys, sorted by rank ``(bias, position)`` (ties to the later key). A query
-  ``p`` keeps the first ``w`` candidates in rank order that it can see (``position <= p``, finite bias): a
-  cumulative count over the sorted candidates gives exactly the oracle's kept set, and the kept queries of
-  each candidate form an interval ``[start, end)`` inside the block. The selection (no gradient) is one
-  Python loop over blocks; the attention then gathers the ``w + B`` candidate keys/values of each block and
+* Window ``w``, causal: queries are processed in blocks of ``B`` (fact 1 of DESIGN.md). The candidates of a
+  block ``[p0, p1)`` are the top ``w`` keys ``< p0`` by rank ``(bias, position)`` (ties to the later key) plus
+  the block's own keys; the kept queries of each candidate form an interval ``[start, end)`` inside the
+  block. The selection (no gradient, :func:`select_blocks`) computes them for all blocks at once from one
+  global sort by rank and the running ``w``-th best rank (a fixed number of tensor operations, no loop over
+  blocks); the attention then gathers the ``w + B`` candidate keys/values of each block and
   runs SDPA with the interval mask, several blocks per call. Time O(L·(w+B)·d), memory
   O(b·h·L·(w+B)/B·d) for the gathered keys/values plus O(b·h_kv·L·(w+B)) bits of mask — never
   ``(b, h, lq, lk)``. Gradients reach ``q``, ``k``, ``v`` and ``bias`` through the gathers.
