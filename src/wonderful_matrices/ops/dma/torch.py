@@ -122,9 +122,12 @@ def rank_order(bias_rows: torch.Tensor) -> torch.Tensor:
     ``bias_rows (n, L)`` in position order; rank is ``(bias, position)`` descending (ties to the later key),
     non-finite biases last. Returns ``(n, L)`` long indices into the rows.
     """
-    key = _rank_key(bias_rows).flip(-1)
-    order = torch.sort(-key, dim=-1, stable=True).indices
-    return bias_rows.shape[-1] - 1 - order
+    return _rank_order_of_key(_rank_key(bias_rows))
+
+
+def _rank_order_of_key(key: torch.Tensor) -> torch.Tensor:
+    order = torch.sort(-key.flip(-1), dim=-1, stable=True).indices
+    return key.shape[-1] - 1 - order
 
 
 def _rank_key(bias_rows: torch.Tensor) -> torch.Tensor:
@@ -202,20 +205,21 @@ def select_blocks(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int
     offset = lk - lq
     device = bias_rows.device
     nb = -(-lq // block)
-    order = rank_order(bias_rows)  # (n, lk): key positions, best first, padding last
-    valid = torch.isfinite(bias_rows)
-    valid_count = valid.sum(1)
+    key = _rank_key(bias_rows)
+    order = _rank_order_of_key(key)  # (n, lk): key positions, best first, padding last
+    valid = key > float("-inf")
     positions = torch.arange(lk, device=device)
     ranks = torch.empty_like(order).scatter_(1, order, positions.expand(n, lk))
     # Empty slots of the top w (fewer than w keys so far) count as rank lk; padding keys get lk + 1 and never join.
     ranks = torch.where(valid, ranks, lk + 1)
     p0 = offset + torch.arange(nb, device=device) * block  # first query position of each block
-    # Top w before each block: keys in rank order that are < p0 and not padding, the first w of them.
-    before = (order[:, None, :] < p0[None, :, None]) & (positions[None, None, :] < valid_count[:, None, None])
-    count = before.cumsum(-1, dtype=torch.int32)  # (n, nb, lk)
+    # Top w before each block: keys in rank order that are < p0 and not padding (moved to position lk), the
+    # first w of them.
+    order_valid = torch.where(positions < valid.sum(1, keepdim=True), order, lk)
+    count = (order_valid[:, None, :] < p0[None, :, None]).cumsum(-1, dtype=torch.int32)  # (n, nb, lk)
     targets = torch.arange(1, w + 1, device=device, dtype=torch.int32).expand(n, nb, w).contiguous()
     carried_rank = torch.searchsorted(count, targets)  # (n, nb, w): rank (= index in the order), or lk if none
-    del before, count
+    del count
     carried = carried_rank < lk
     carried_pos = order.gather(1, carried_rank.clamp_max(lk - 1).view(n, nb * w)).view(n, nb, w)
     # The block's own keys, joining one per query; positions past lk (last block) never join.
