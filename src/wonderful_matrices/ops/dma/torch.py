@@ -196,9 +196,11 @@ def select_blocks(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int
     increases with ``p``. One global sort gives the ranks; the top ``w`` before every block come from one
     prefix count over the rank order (``(n, nb, lk)``); ``T`` inside every block from :func:`_running_kth`
     (the top ``w`` before the block plus the block's keys joining one per query); the queries that keep a
-    candidate are then ``[max(j, p0), first p with T_p < rank_j)``, one ``searchsorted``. About 50 kernel
-    launches whatever the length; work O(n·lk·(lk / block + w / SUB_BLOCK + SUB_BLOCK)) elementwise, the
-    ``lk / block`` term a cumulative sum.
+    candidate are then ``[max(j, p0), first p with T_p < rank_j)``, one ``searchsorted``. About 90 tensor
+    operations whatever the length (no loop over blocks, no host synchronisation); work
+    O(n·lk·(lk / block + 2·block / SUB_BLOCK + 2·SUB_BLOCK)) elementwise (compare + int32 cumulative sum), plus
+    sorts of n rows of lk, n·nb rows of ``min(w, block + 1) + block`` and n·lk / SUB_BLOCK rows of
+    ``2·SUB_BLOCK + 1`` values, and searchsorted of n·nb·(2w + block) values.
     """
     n, lk = bias_rows.shape
     w = keep_window
