@@ -101,6 +101,16 @@ def test_select_blocks_long_row_equals_loop():
         assert new.sum(-1).max() == w  # full windows are reached
 
 
+def test_select_blocks_in_chunks_equals_oracle(monkeypatch):
+    """Long rows split the (n, blocks, keys) prefix count into several calls: same result."""
+    monkeypatch.setattr(dma_torch, "MASK_ELEMENTS_PER_CALL", 3 * 70 * 2)  # two blocks per call
+    g = torch.Generator().manual_seed(7)
+    bias = make_bias("padded", 3, 70, torch.float32, g)
+    for lq, w, block in ((70, 9, 6), (61, 30, 20)):
+        got = kept_counts(*dma_torch.select_blocks(bias, lq, w, block), lq, 70, block)
+        assert torch.equal(got, oracle_counts(bias, lq, w))
+
+
 @pytest.mark.parametrize("q,k,base_size", [(5, 3, 4), (16, 1, 2), (17, 6, 6), (40, 20, 25), (100, 9, 30), (70, 80, 90)])
 def test_running_kth_equals_sorting(q, k, base_size):
     g = torch.Generator().manual_seed(q * 1000 + k)

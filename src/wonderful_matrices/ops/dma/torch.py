@@ -218,10 +218,13 @@ def select_blocks(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int
     # Top w before each block: keys in rank order that are < p0 and not padding (moved to position lk), the
     # first w of them.
     order_valid = torch.where(positions < valid.sum(1, keepdim=True), order, lk)
-    count = (order_valid[:, None, :] < p0[None, :, None]).cumsum(-1, dtype=torch.int32)  # (n, nb, lk)
-    targets = torch.arange(1, w + 1, device=device, dtype=torch.int32).expand(n, nb, w).contiguous()
-    carried_rank = torch.searchsorted(count, targets)  # (n, nb, w): rank (= index in the order), or lk if none
-    del count
+    # (n, nb, lk) counts, in as few calls as MASK_ELEMENTS_PER_CALL allows (one up to n·nb·lk = 2^26).
+    per_call = max(1, MASK_ELEMENTS_PER_CALL // max(1, n * lk))
+    targets = torch.arange(1, w + 1, device=device, dtype=torch.int32).expand(n, min(nb, per_call), w)
+    carried_rank = torch.cat([  # (n, nb, w): rank (= index in the order) of the i-th, or lk if none
+        torch.searchsorted((order_valid[:, None, :] < p0[None, t0:t0 + per_call, None]).cumsum(-1, dtype=torch.int32),
+                           targets[:, : min(per_call, nb - t0)].contiguous())
+        for t0 in range(0, nb, per_call)], dim=1)
     carried = carried_rank < lk
     carried_pos = order.gather(1, carried_rank.clamp_max(lk - 1).view(n, nb * w)).view(n, nb, w)
     # The block's own keys, joining one per query; positions past lk (last block) never join.
