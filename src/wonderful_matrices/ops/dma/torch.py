@@ -143,8 +143,8 @@ def _running_kth(base: torch.Tensor, new: torch.Tensor, new_valid: torch.Tensor,
 
     ``base (M, a)`` ascending values (``a >= k``), always in the set; ``new (M, Q)`` values that join one per
     step (in column order), ``new_valid (M, Q)`` False for one that never joins. Returns ``(M, Q)``: column
-    ``m`` is the ``k``-th smallest of ``base`` and the valid ``new[:, :m+1]``. Values must be distinct except
-    among ``base`` entries and among invalid entries.
+    ``m`` is the ``k``-th smallest of ``base`` and the valid ``new[:, :m+1]`` (as a multiset: ties are fine;
+    invalid values are never counted, whatever they are).
 
     Only the largest ``k' = min(k, Q + 1)`` of the ``k`` smallest of ``base`` can be the answer (at most ``Q`` new
     values join, and the top ``k`` only loses its largest members), so the problem shrinks to ``k'`` base values
