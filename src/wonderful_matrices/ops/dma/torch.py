@@ -132,7 +132,7 @@ def _rank_order_of_key(key: torch.Tensor) -> torch.Tensor:
 
 def _rank_key(bias_rows: torch.Tensor) -> torch.Tensor:
     key = bias_rows.to(torch.float64 if bias_rows.dtype == torch.float64 else torch.float32)
-    return torch.where(torch.isfinite(key), key, torch.full_like(key, float("-inf")))
+    return torch.nan_to_num(key, nan=float("-inf"), posinf=float("-inf"), neginf=float("-inf"))  # non-finite: -inf
 
 
 SUB_BLOCK = 16
