@@ -42,10 +42,21 @@ def test_summary_ratios_and_growth(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 0
 
 
+def test_summary_covers_both_cdmoe_backends():
+    rows = [{"N": N, "ratio": 0.5, "impl": impl, "mode": "fwd", "time_ms": ms}
+            for N, impl, ms in ((1024, "loop_moe", 90.0), (1024, "cdmoe", 9.0), (1024, "cdmoe_triton", 3.0),
+                                (4096, "cdmoe", 18.0), (4096, "cdmoe_triton", 4.5))]
+    ratios, growth = experts.summarise(rows)
+    by = {(r["N"], r["cdmoe"]): r for r in ratios}
+    assert by[(1024, "cdmoe")]["loop/cdmoe"] == 10.0 and by[(1024, "cdmoe_triton")]["loop/cdmoe"] == 30.0
+    assert {g["cdmoe"]: g["growth"] for g in growth} == {"cdmoe": 2.0, "cdmoe_triton": 1.5}
+
+
 def test_skip_rules():
     import torch
 
     cpu = torch.device("cpu")
+    assert "CUDA" in experts.skip_reason("cdmoe_triton", 1024, 0, 1, cpu)
     assert "loop MoE" in experts.skip_reason("loop_moe", 4096, 0, 1, cpu)
     assert "segment loop" in experts.skip_reason("grouped_moe", 4096, 0, 1, cpu)
     assert "GiB" in experts.skip_reason("cdmoe", 2 ** 20, 2 ** 40, 2 ** 30, cpu)

@@ -8,11 +8,13 @@
     kernel time = total − selection.
 (b) decoding at long context, like with like. Attention only (after the projections): one DMA step with a
     window (evict the lowest ranked slot, write the new key, attend over the ``w`` slots), one DMA step
-    without a window (append, attend over the whole cache), and one SDPA step (write the new key/value into a
-    preallocated full cache, attend over it; separate K and V, same heads) — eagerly and, on CUDA, replayed
-    from a CUDA graph (which also proves the step has no host synchronisation). Whole layers: the
-    ``DynamicMaskAttention`` layer step beside this package's Llama-style ``Attention`` layer step (its cache
-    grows by concatenation). Plus the bytes each cache holds.
+    without a window (append, attend over the whole cache) — each with the layer's torch step and, where
+    Triton runs, its fused Triton step (``[triton fused]``, ops/dma/decode.py) — and one SDPA step (write the
+    new key/value into a preallocated full cache, attend over it; separate K and V, same heads) — eagerly and,
+    on CUDA, replayed from a CUDA graph (which also proves the step has no host synchronisation). Whole
+    layers: the ``DynamicMaskAttention`` layer step (its default ``decode_backend``: the fused step on CUDA)
+    beside this package's Llama-style ``Attention`` layer step (its cache grows by concatenation). Plus the
+    bytes each cache holds.
 
 GPU: T = 2K…32K, batch 1, 16 heads × 128, bf16, window 2048; decode at 64K context, batch 1…8.
 ``--quick``: CPU-sized shapes (a minute).
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -200,14 +203,22 @@ def _decode_rows(cfg, device):
         bias = -torch.rand(b, 1, h, generator=g).to(device)
         position = torch.full((b, 1, h), n, device=device, dtype=torch.long)
         # attention only: DMA with a window (w slots), DMA without (n slots, grows), SDPA over a full cache
-        for window in (w, None):
+        backends = ["torch"] + (["triton"] if triton_usable(device) else [])
+        for window, backend in itertools.product((w, None), backends):
             layer = DynamicMaskAttention(h * d, h, h, d, keep_window=window).to(device, dtype).eval()
+            layer.decode_backend = backend
             state = _dma_state(b, n if window is None else min(w, n), n, h, d, device, dtype)
-            with torch.no_grad():
-                layer._decode_step(q, k, v, bias, position, state)  # buffers allocated once, outside the timing
+            name = f"DMA attention step, window {window}" + (" [triton fused]" if backend == "triton" else "")
+            try:
+                with torch.no_grad():  # buffers (and the fused step's workspace) allocated once, outside the timing
+                    layer._decode_step(q, k, v, bias, position, state)
+            except Exception as exc:  # noqa: BLE001 - e.g. the Triton kernels failing to compile: record it
+                rows.append(dict(context=n, batch=b, impl=name, error=f"{type(exc).__name__}: {str(exc)[:120]}"))
+                print(rows[-1], flush=True)
+                continue
             base = dict(context=n, batch=b, cache_mb=_cache_bytes(state) / 2**20)
-            rows += _step_rows(f"DMA attention step, window {window}", lambda: layer._decode_step(
-                q, k, v, bias, position, state), device, cfg, base, graph=window is not None)
+            rows += _step_rows(name, lambda: layer._decode_step(q, k, v, bias, position, state), device, cfg, base,
+                               graph=window is not None)
             del state
         kbuf = torch.randn(b, h, n + 1, d, device=device, dtype=dtype)
         vbuf = torch.randn(b, h, n + 1, d, device=device, dtype=dtype)

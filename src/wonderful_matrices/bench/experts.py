@@ -1,7 +1,9 @@
 """Experiment 3 `experts` (claim 3): expert retrieval time of state mixers side by side.
 
 Layers, all at the same model width ``d``: loop MoE (the paper's "SEIMoE"), grouped MoE (sorted dispatch, grouped
-GEMM on CUDA), PKM, PEER and CDMoE (torch backend). For every number of experts ``N`` and activation ratio ``r``,
+GEMM on CUDA), PKM, PEER (both with the default backend: Triton kernels on CUDA), CDMoE with the torch backend of
+the expert mixture and CDMoE with the triton backend (CUDA only; skipped elsewhere). For every number of experts
+``N`` and activation ratio ``r``,
 each token activates ``m = max(1, round(r·√N))`` experts:
 
 * MoE: ``top_k = m`` routed SwiGLU experts of inner width ``EXPERT_WIDTH`` (8: the narrowest grouped-GEMM-aligned
@@ -16,8 +18,8 @@ parameter. Median of several calls (CUDA events on GPU), peak memory of one call
 Skipped (recorded with the reason): the loop MoE above 1024 experts or where one call takes more than 2 s; any
 configuration whose estimated memory does not fit; off CUDA the grouped MoE above 1024 experts or where one call
 takes more than 2 s (its CPU path is a per-expert loop). ``--quick`` runs N in {16, 256, 1024, 65536} at ratios
-0.25 and 1, both MoEs up to 256 experts, with a 1 s limit per call and shorter timing. Also timed: CDMoE with
-8 heads × top-16 (the BENCHMARKS.md target) at N = 1024 and the largest N (rows with ratio "8x16").
+0.25 and 1, both MoEs up to 256 experts, with a 1 s limit per call and shorter timing. Also timed: CDMoE (both
+backends) with 8 heads × top-16 (the BENCHMARKS.md target) at N = 1024 and the largest N (rows with ratio "8x16").
 Run: ``python -m wonderful_matrices.bench.experts --out DIR [--quick]``.
 """
 from __future__ import annotations
@@ -31,13 +33,15 @@ from pathlib import Path
 import torch
 
 from ..layers import CDMoE, MoE, PEER, PKM
+from ..ops.common import triton_usable
 from .common import markdown_table, peak_memory_bytes, synchronize, time_callable, write_results
 
 EXPERT_COUNTS = (16, 64, 256, 1024, 4096, 16384, 65536, 2 ** 20)
 QUICK_EXPERT_COUNTS = (16, 256, 1024, 65536)
 RATIOS = (0.25, 0.5, 0.75, 1.0)
 QUICK_RATIOS = (0.25, 1.0)
-IMPLEMENTATIONS = ("loop_moe", "grouped_moe", "pkm", "peer", "cdmoe")
+IMPLEMENTATIONS = ("loop_moe", "grouped_moe", "pkm", "peer", "cdmoe", "cdmoe_triton")
+CDMOE_IMPLEMENTATIONS = ("cdmoe", "cdmoe_triton")
 MODES = ("fwd", "fwd+bwd")
 EXPERT_WIDTH = 8
 RETRIEVAL_DIM = 64
@@ -56,7 +60,7 @@ PAPER_N1024 = {
     "cdmoe": (54, 100, 148, 200),
 }
 LABELS = {"loop_moe": "loop MoE (SEIMoE)", "grouped_moe": "grouped MoE", "pkm": "PKM", "peer": "PEER",
-          "cdmoe": "CDMoE (torch)"}
+          "cdmoe": "CDMoE (torch)", "cdmoe_triton": "CDMoE (triton)"}
 PAPER_LABELS = {"loop_moe": "SEIMoE", "pkm": "PKM", "peer": "PEER", "cdmoe": "CDMoE"}
 
 
@@ -73,8 +77,9 @@ def build(impl: str, width: int, num_experts: int, activated: int, heads: int | 
     if impl in ("loop_moe", "grouped_moe"):
         return MoE(width, EXPERT_WIDTH, num_experts, activated, shared_intermediate_size=width,
                    implementation="loop" if impl == "loop_moe" else "grouped")
-    if impl == "cdmoe":
-        return CDMoE(width, width, num_experts, num_heads=heads, top_k=top_k, retrieval_dim=RETRIEVAL_DIM)
+    if impl in CDMOE_IMPLEMENTATIONS:
+        return CDMoE(width, width, num_experts, num_heads=heads, top_k=top_k, retrieval_dim=RETRIEVAL_DIM,
+                     backend="triton" if impl == "cdmoe_triton" else "torch")
     if impl == "peer":
         return PEER(width, num_experts, num_heads=heads, top_k=top_k, key_dim=RETRIEVAL_DIM)
     return PKM(width, num_experts, num_heads=heads, top_k=top_k, key_dim=RETRIEVAL_DIM)
@@ -87,7 +92,7 @@ def parameter_count(impl: str, width: int, num_experts: int, activated: int, hea
     router = width * heads * RETRIEVAL_DIM + heads * 2 * math.isqrt(num_experts) * RETRIEVAL_DIM // 2
     if impl in ("loop_moe", "grouped_moe"):
         return width * num_experts + 3 * num_experts * EXPERT_WIDTH * width + shared
-    if impl == "cdmoe":
+    if impl in CDMOE_IMPLEMENTATIONS:
         return shared + router + 2 * num_experts * width
     if impl == "peer":
         return router + 2 * num_experts * width
@@ -118,6 +123,8 @@ def skip_reason(impl: str, num_experts: int, estimate: int, budget: int, device:
                 quick: bool = False) -> str | None:
     """Why a configuration is not run, or None."""
     limit = LOOP_MAX_EXPERTS[quick]
+    if impl == "cdmoe_triton" and not (device.type == "cuda" and triton_usable(device)):
+        return "the triton backend needs a CUDA device and triton"
     if impl == "loop_moe" and num_experts > limit:
         return f"loop MoE is run up to {limit} experts (one host sync per expert)"
     if impl == "grouped_moe" and device.type != "cuda" and num_experts > limit:
@@ -167,23 +174,25 @@ def measure(layer: torch.nn.Module, x: torch.Tensor, mode: str, device: torch.de
 
 
 def summarise(rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Ratios loop/CDMoE and grouped/CDMoE per (N, ratio, mode); CDMoE growth from N = 1024 to the largest N."""
+    """Ratios loop/CDMoE and grouped/CDMoE per (N, ratio, mode, CDMoE backend); CDMoE growth from N = 1024 to the
+    largest N (the ``cdmoe`` column names the CDMoE implementation: ``cdmoe`` torch, ``cdmoe_triton``)."""
     times = {(r["N"], r["ratio"], r["impl"], r["mode"]): r["time_ms"] for r in rows if r["time_ms"] is not None}
     ratios = []
     for (N, ratio, impl, mode), ms in sorted(times.items(), key=lambda item: (item[0][0], str(item[0][1]), item[0][2:])):
-        if impl != "cdmoe" or ratio == TARGET_RATIO:
+        if impl not in CDMOE_IMPLEMENTATIONS or ratio == TARGET_RATIO:
             continue
         loop, grouped = times.get((N, ratio, "loop_moe", mode)), times.get((N, ratio, "grouped_moe", mode))
-        ratios.append({"N": N, "ratio": ratio, "mode": mode, "cdmoe_ms": ms,
+        ratios.append({"N": N, "ratio": ratio, "mode": mode, "cdmoe": impl, "cdmoe_ms": ms,
                        "loop/cdmoe": loop / ms if loop else None, "grouped/cdmoe": grouped / ms if grouped else None})
     growth = []
-    for ratio in RATIOS + (TARGET_RATIO,):
-        for mode in MODES:
-            measured = sorted(N for (N, r, impl, m) in times if impl == "cdmoe" and r == ratio and m == mode)
-            if 1024 in measured and measured[-1] > 1024:
-                base, top = times[(1024, ratio, "cdmoe", mode)], times[(measured[-1], ratio, "cdmoe", mode)]
-                growth.append({"ratio": ratio, "mode": mode, "cdmoe_ms_N1024": base, "largest_N": measured[-1],
-                               "cdmoe_ms_largest": top, "growth": top / base})
+    for cdmoe in CDMOE_IMPLEMENTATIONS:
+        for ratio in RATIOS + (TARGET_RATIO,):
+            for mode in MODES:
+                measured = sorted(N for (N, r, impl, m) in times if impl == cdmoe and r == ratio and m == mode)
+                if 1024 in measured and measured[-1] > 1024:
+                    base, top = times[(1024, ratio, cdmoe, mode)], times[(measured[-1], ratio, cdmoe, mode)]
+                    growth.append({"cdmoe": cdmoe, "ratio": ratio, "mode": mode, "cdmoe_ms_N1024": base,
+                                   "largest_N": measured[-1], "cdmoe_ms_largest": top, "growth": top / base})
     return ratios, growth
 
 
@@ -197,7 +206,8 @@ def plot(rows: list[dict], path: Path, device_name: str) -> None:
     counts = sorted({r["N"] for r in rows})
     fig, axes = plt.subplots(len(MODES), len(counts), figsize=(3.2 * len(counts), 6.4), squeeze=False,
                              sharex=True)
-    colors = dict(zip(IMPLEMENTATIONS, ("tab:red", "tab:purple", "tab:green", "tab:orange", "tab:blue")))
+    colors = dict(zip(IMPLEMENTATIONS, ("tab:red", "tab:purple", "tab:green", "tab:orange", "tab:blue",
+                                           "tab:cyan")))
     for i, mode in enumerate(MODES):
         for j, N in enumerate(counts):
             ax = axes[i][j]
@@ -230,14 +240,19 @@ def plot(rows: list[dict], path: Path, device_name: str) -> None:
     plt.close(fig)
 
 
-def run(out_dir, quick: bool = False, device=None) -> list[dict]:
+def run(out_dir, quick: bool = False, device=None, counts=None, ratios=None) -> list[dict]:
     """Run experiment 3 and write results.json, results.md and experts.png into ``out_dir``; return the rows.
 
     Full: 8192 tokens × width 1024 in bf16 (meant for one GPU). ``quick``: 1024 tokens × width 256 in float32.
+    ``counts`` / ``ratios`` restrict the grid (default: all of BENCHMARKS.md's, or the quick subset).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tokens, width, dtype = (1024, 256, torch.float32) if quick else (8192, 1024, torch.bfloat16)
-    counts, ratios = (QUICK_EXPERT_COUNTS, QUICK_RATIOS) if quick else (EXPERT_COUNTS, RATIOS)
+    default_counts, default_ratios = (QUICK_EXPERT_COUNTS, QUICK_RATIOS) if quick else (EXPERT_COUNTS, RATIOS)
+    counts, ratios = tuple(counts or default_counts), tuple(ratios or default_ratios)
+    for n in counts:
+        if math.isqrt(n) ** 2 != n:
+            raise ValueError(f"counts={counts!r} is not allowed: every expert count must be a perfect square")
     elem = torch.finfo(dtype).bits // 8
     torch.manual_seed(0)
     rows: list[dict] = []
@@ -245,7 +260,7 @@ def run(out_dir, quick: bool = False, device=None) -> list[dict]:
 
     def case(impl: str, N: int, ratio, activated: int, heads: int | None = None) -> None:
         """Build one layer, time both modes, append two rows."""
-        retrieval = impl in ("pkm", "peer", "cdmoe")
+        retrieval = impl in ("pkm", "peer") + CDMOE_IMPLEMENTATIONS
         heads = (split_heads(activated)[0] if heads is None else heads) if retrieval else None
         base = {"N": N, "ratio": ratio, "activated": activated, "impl": impl, "heads": heads,
                 "top_k": activated // heads if retrieval else activated,
@@ -284,7 +299,8 @@ def run(out_dir, quick: bool = False, device=None) -> list[dict]:
                 case(impl, N, ratio, max(1, round(ratio * math.isqrt(N))))
     heads, top_k = TARGET_SPLIT
     for N in (1024, counts[-1]):  # BENCHMARKS.md target: 8 heads × top-16 at 1024 and at the largest N
-        case("cdmoe", N, TARGET_RATIO, heads * top_k, heads)
+        for impl in CDMOE_IMPLEMENTATIONS:
+            case(impl, N, TARGET_RATIO, heads * top_k, heads)
     versus_cdmoe, growth = summarise(rows)
     meta = {
         "tokens": tokens, "width": width, "dtype": str(dtype), "device": str(device),
@@ -319,8 +335,12 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--quick", action="store_true", help="1024 tokens × 256 in float32 (CPU-sized)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--counts", type=int, nargs="+", default=None,
+                        help="expert counts to run (perfect squares; default: the full or quick list)")
+    parser.add_argument("--ratios", type=float, nargs="+", default=None,
+                        help="activation ratios to run (default: 0.25 0.5 0.75 1.0, or 0.25 1.0 with --quick)")
     args = parser.parse_args(argv)
-    run(args.out, quick=args.quick, device=args.device)
+    run(args.out, quick=args.quick, device=args.device, counts=args.counts, ratios=args.ratios)
 
 
 if __name__ == "__main__":

@@ -19,21 +19,29 @@ Without a window it grows like plain attention.
 Decoding one token without autograd (generation) is O(w) work with a window (O(n) without), runs a fixed
 sequence of kernels with no host synchronisation, and allocates nothing in the steady state: the cache tensors
 are prefix views of preallocated buffers (``w + 1`` slots with a window, geometric growth without), updated in
-place. The layer treats the tensors in ``state`` as its own (it writes into their buffers).
+place. The layer treats the tensors in ``state`` as its own (it writes into their buffers). On CUDA that step
+is two fused Triton launches (:mod:`..ops.dma.decode`: eviction, insertion and split-K attention); the torch
+path (CPU, float64, or ``decode_backend = "torch"``) is its oracle.
 """
 from __future__ import annotations
 
+import logging
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..ops import dynamic_mask_attention
+from ..ops.common import triton_usable
 from ..ops.dma import selectable_keys
 from .norm import RMSNorm
 from .rotary import RotaryEmbedding, apply_rotary
 
 MASK_FORMS = ("gate", "doge")
+DECODE_BACKENDS = ("auto", "triton", "torch")
+_log = logging.getLogger(__name__)
+_fused_decode_failed = False  # set when the Triton decode step raised once under "auto": torch from then on
 
 
 def _check(condition: bool, argument: str, value, allowed: str) -> None:
@@ -59,7 +67,14 @@ class DynamicMaskAttention(nn.Module):
         rms_norm_eps: epsilon of those norms.
 
     Parameters use HF names: ``q_proj, k_proj, v_proj, o_proj, dt_proj, A_log | A, q_norm, k_norm``.
+
+    Attribute ``decode_backend`` (default ``"auto"``) picks the single-token generation step: ``"triton"`` (the
+    fused kernels of :mod:`..ops.dma.decode`; float16/bfloat16/float32, ``head_dim <= 256``, CUDA or
+    ``TRITON_INTERPRET=1``), ``"torch"``, or ``"auto"`` (triton where supported: CUDA, or any device under
+    ``TRITON_INTERPRET=1``; if the kernels raise, logged once, torch from then on).
     """
+
+    decode_backend = "auto"
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
                  keep_window: int | None = None, rope_theta: float = 10000.0, mask_form: str = "gate",
@@ -178,13 +193,20 @@ class DynamicMaskAttention(nn.Module):
         written there, the lowest ranked of the ``w + 1`` slots is found on the device, and the new key is
         scattered into that slot (into the spare one when the new key itself is the lowest) — a fixed number of
         small kernels, the same shapes every step. Without a window the new key is written at slot ``n`` of
-        buffers that grow geometrically (one copy per growth)."""
+        buffers that grow geometrically (one copy per growth). With the fused Triton step (``decode_backend``)
+        the same happens in two launches (:func:`..ops.dma.decode.decode_step`), the spare slot unused."""
         names = ("key", "value", "bias", "position")
         new = dict(key=k, value=v, bias=bias, position=position)
         w = self.keep_window
         n = state["key"].shape[1]
+        fused = self._use_fused_decode(q, state)
         if w is None:
             bufs = _buffers(state, n + 1, grow=True)
+            out = self._fused_decode(q, new, bufs, n, evict=False) if fused else None
+            if out is not None:
+                for name in names:
+                    state[name] = bufs[name][:, :n + 1]
+                return out
             for name in names:
                 bufs[name][:, n:n + 1].copy_(new[name])
                 state[name] = bufs[name][:, :n + 1]
@@ -193,6 +215,11 @@ class DynamicMaskAttention(nn.Module):
             if n < w:  # widen once to w slots: empty slots are never attended and are evicted first
                 for name in names:
                     bufs[name][:, n:w].fill_(float("-inf") if name == "bias" else -1 if name == "position" else 0)
+            out = self._fused_decode(q, new, bufs, w, evict=True) if fused else None
+            if out is not None:
+                for name in names:
+                    state[name] = bufs[name][:, :w]
+                return out
             bufs["bias"][:, w:].copy_(bias)
             bufs["position"][:, w:].copy_(position)
             drop = _lowest_ranked(bufs["bias"], bufs["position"])  # (b, 1, hkv) in [0, w]
@@ -201,6 +228,47 @@ class DynamicMaskAttention(nn.Module):
                 buf.scatter_(1, drop.view(drop.shape + (1,) * (buf.dim() - 3)).expand_as(new[name]), new[name])
                 state[name] = buf[:, :w]
         return dynamic_mask_attention(q, state["key"], state["value"], state["bias"], keep_window=None, causal=True)
+
+    def _use_fused_decode(self, q, state) -> bool:
+        """Whether this generation step runs the Triton kernels (see ``decode_backend``)."""
+        backend = self.decode_backend
+        _check(backend in DECODE_BACKENDS, "decode_backend", backend, f"one of {DECODE_BACKENDS}")
+        if backend == "torch" or (backend == "auto" and (_fused_decode_failed or not triton_usable(q.device))):
+            return False
+        supported = (triton_usable(q.device) and q.dtype in _decode_dtypes() and state["key"].dtype == q.dtype
+                     and q.shape[-1] <= 256 and state["bias"].dtype == torch.float32
+                     and state["position"].dtype == torch.long)
+        _check(supported or backend == "auto", "decode_backend", backend,
+               "'triton' needs triton on CUDA (or TRITON_INTERPRET=1), float16/bfloat16/float32 q and cache, "
+               "head_dim <= 256, a float32 bias and int64 position cache")
+        return supported
+
+    def _fused_decode(self, q, new, bufs, n, evict):
+        """The Triton step on the buffers (updated in place); None when it raised under ``"auto"`` (nothing was
+        written then: the cache is only written by the second launch, after the first succeeded)."""
+        global _fused_decode_failed
+        from ..ops.dma.decode import decode_step
+
+        workspace = self.__dict__.setdefault("_decode_workspace", {})
+        try:
+            return decode_step(q, new["key"], new["value"], new["bias"], new["position"], bufs["key"],
+                               bufs["value"], bufs["bias"], bufs["position"], n, evict,
+                               1.0 / math.sqrt(self.head_dim), workspace)
+        except Exception as exc:  # noqa: BLE001 - any compile/launch failure: fall back to the torch path
+            if self.decode_backend == "triton":
+                raise
+            _fused_decode_failed = True
+            _log.warning("DMA fused Triton decode step failed (%s: %s); using the torch path from now on",
+                         type(exc).__name__, exc)
+            return None
+
+
+def _decode_dtypes() -> tuple:
+    try:
+        from ..ops.dma.decode import DTYPES
+    except ImportError:  # no triton
+        return ()
+    return DTYPES
 
 
 def _lowest_ranked(bias: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
