@@ -1,0 +1,168 @@
+"""The vectorised windowed selection of DMA (ops/dma/torch.py ``select_blocks``) against the naive oracle's kept
+sets (``naive.kept_keys``) and against the previous block-by-block loop (``select_blocks_sequential``)."""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from wonderful_matrices.ops.dma import torch as dma_torch
+from wonderful_matrices.ops.dma.naive import kept_keys
+
+
+def kept_counts(candidates, start, end, lq, lk, block):
+    """(n, lq, lk) int: how many slots make query i keep key j (must be 0/1), from the block format."""
+    n, nb, width = candidates.shape
+    assert start.dtype == end.dtype == torch.int32 and candidates.dtype == torch.long
+    assert ((0 <= start) & (start <= end) & (end <= block)).all()
+    assert ((0 <= candidates) & (candidates < lk)).all()
+    rel = torch.arange(block)
+    kept = (start[..., None] <= rel) & (rel < end[..., None])  # (n, nb, width, block)
+    counts = torch.zeros(n, nb, block, lk, dtype=torch.int32)
+    counts.scatter_add_(3, candidates[:, :, None, :].expand(n, nb, block, width), kept.permute(0, 1, 3, 2).int())
+    return counts.reshape(n, nb * block, lk)[:, :lq]
+
+
+def oracle_counts(bias_rows, lq, w):
+    n, lk = bias_rows.shape
+    counts = torch.zeros(n, lq, lk, dtype=torch.int32)
+    rows = bias_rows.double().tolist()
+    for r in range(n):
+        for i in range(lq):
+            counts[r, i, kept_keys(rows[r], i + lk - lq, w, True)] = 1
+    return counts
+
+
+def make_bias(kind, n, lk, dtype, generator):
+    if kind == "randn":
+        bias = torch.randn(n, lk, generator=generator, dtype=torch.float64)
+    elif kind == "ties":  # quantised: many equal biases
+        bias = torch.randint(-2, 2, (n, lk), generator=generator).double()
+    elif kind == "zero":  # all equal: the window slides
+        bias = torch.zeros(n, lk, dtype=torch.float64)
+    else:  # padded: a fully padded row, left padding, random padded keys, ties among the rest
+        bias = torch.randint(-1, 2, (n, lk), generator=generator).double()
+        bias[torch.rand(n, lk, generator=generator) < 0.3] = float("-inf")
+        bias[0] = float("-inf")
+        bias[1, : lk // 3] = float("-inf")
+    return bias.to(dtype)
+
+
+# (n, lk, lq, w, block): window 1, small, >= length; blocks that do not divide the length, blocks of one query,
+# blocks larger than dma_torch.SUB_BLOCK (the recursive path, with a padded last sub-block); lq < lk; lq = 1.
+CASES = [
+    (3, 13, 13, 3, 4),
+    (2, 20, 9, 5, 3),
+    (3, 16, 16, 1, 5),
+    (2, 7, 1, 2, 4),
+    (2, 1, 1, 1, 4),
+    (3, 12, 12, 40, 5),
+    (2, 30, 30, 6, 1),
+    (3, 150, 150, 7, 64),
+    (3, 170, 130, 20, 40),
+    (3, 200, 200, 65, 64),
+    (3, 160, 160, 1, 100),
+    (2, 150, 150, 149, 33),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+@pytest.mark.parametrize("kind", ["randn", "ties", "zero", "padded"])
+def test_select_blocks_equals_oracle_and_loop(case, kind):
+    n, lk, lq, w, block = case
+    g = torch.Generator().manual_seed(hash((case, kind)) % 2**31)
+    bias = make_bias(kind, max(n, 2), lk, torch.float64, g)
+    ref = oracle_counts(bias, lq, w)
+    candidates, start, end = dma_torch.select_blocks(bias, lq, w, block)
+    nb = -(-lq // block)
+    assert candidates.shape == start.shape == end.shape == (bias.shape[0], nb, w + block)
+    got = kept_counts(candidates, start, end, lq, lk, block)
+    assert torch.equal(got, ref)
+    assert torch.equal(kept_counts(*dma_torch.select_blocks_sequential(bias, lq, w, block), lq, lk, block), ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_select_blocks_in_the_bias_dtype(dtype):
+    """Ties as the bias's own dtype sees them: a bf16 bias rounds distinct float64 values together."""
+    g = torch.Generator().manual_seed(3)
+    bias = (torch.randn(2, 90, generator=g) * 0.05).to(dtype)
+    bias[1, 10:20] = float("-inf")
+    got = kept_counts(*dma_torch.select_blocks(bias, 80, 11, 24), 80, 90, 24)
+    assert torch.equal(got, oracle_counts(bias, 80, 11))
+
+
+def test_select_blocks_long_row_equals_loop():
+    """A longer row (several blocks of 64, window 300, ties): the new selection equals the loop."""
+    g = torch.Generator().manual_seed(5)
+    bias = torch.randint(-4, 4, (4, 1100), generator=g).float()
+    bias[2, ::7] = float("-inf")
+    for lq, w, block in ((1100, 300, 64), (1000, 64, 128)):
+        new = kept_counts(*dma_torch.select_blocks(bias, lq, w, block), lq, 1100, block)
+        old = kept_counts(*dma_torch.select_blocks_sequential(bias, lq, w, block), lq, 1100, block)
+        assert torch.equal(new, old)
+        assert new.sum(-1).max() == w  # full windows are reached
+
+
+def test_select_blocks_in_chunks_equals_oracle(monkeypatch):
+    """Long rows split the (n, blocks, keys) prefix count into several calls: same result."""
+    monkeypatch.setattr(dma_torch, "MASK_ELEMENTS_PER_CALL", 3 * 70 * 2)  # two blocks per call
+    g = torch.Generator().manual_seed(7)
+    bias = make_bias("padded", 3, 70, torch.float32, g)
+    for lq, w, block in ((70, 9, 6), (61, 30, 20)):
+        got = kept_counts(*dma_torch.select_blocks(bias, lq, w, block), lq, 70, block)
+        assert torch.equal(got, oracle_counts(bias, lq, w))
+
+
+@pytest.mark.parametrize("q,k,base_size", [(5, 3, 4), (16, 1, 2), (17, 6, 6), (40, 20, 25), (100, 9, 30), (70, 80, 90)])
+def test_running_kth_equals_sorting(q, k, base_size):
+    g = torch.Generator().manual_seed(q * 1000 + k)
+    m = 6
+    values = torch.randperm(m * (base_size + q), generator=g).view(m, base_size + q)
+    base = values[:, :base_size].sort(dim=1).values
+    base[0, -2:] = 10**6  # equal base values (empty slots of a window)
+    new = values[:, base_size:]
+    valid = torch.rand(m, q, generator=g) < 0.7
+    valid[1] = False
+    new = torch.where(valid, new, 10**6 + 1)  # equal invalid values
+    got = dma_torch._running_kth(base, new, valid, k)
+    for r in range(m):
+        for step in range(q):
+            joined = new[r, : step + 1][valid[r, : step + 1]]
+            assert got[r, step] == torch.cat([base[r], joined]).sort().values[k - 1]
+
+
+class _CountCalls(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_select_blocks_has_no_loop_over_blocks():
+    """The number of tensor operations does not grow with the length (4 blocks vs 64 blocks)."""
+    counts = []
+    for lk in (256, 4096):
+        bias = torch.randn(2, lk)
+        with _CountCalls() as mode:
+            dma_torch.select_blocks(bias, lk, 100, 64)
+        counts.append(mode.calls)
+    assert counts[0] == counts[1] < 200
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_select_blocks_cuda_equals_loop_at_scale():
+    """On the GPU at a benchmark-like size (window 2048, block 512, 8K keys, 4 heads; ties and padding)."""
+    g = torch.Generator().manual_seed(11)
+    bias = torch.randint(-8, 8, (4, 8192), generator=g).float()
+    bias[1, :700] = float("-inf")
+    bias[3] = torch.randn(8192, generator=g)
+    bias = bias.cuda()
+    for lq in (8192, 5000):
+        new = dma_torch.select_blocks(bias, lq, 2048, 512)
+        old = dma_torch.select_blocks_sequential(bias, lq, 2048, 512)
+        for t in range(new[0].shape[1]):  # per block: the same (key, start, end) triples among live slots
+            for r in range(4):
+                a = {(int(c), int(s), int(e)) for c, s, e in zip(*(x[r, t].tolist() for x in new)) if e > s}
+                b = {(int(c), int(s), int(e)) for c, s, e in zip(*(x[r, t].tolist() for x in old)) if e > s}
+                assert a == b, (lq, t, r)
