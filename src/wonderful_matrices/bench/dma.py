@@ -266,10 +266,17 @@ def _decode_rows(cfg, device):
     return rows
 
 
-def run(out_dir, quick: bool = False, device=None) -> list[dict]:
-    """Run both parts; write ``results.json`` / ``results.md`` under ``out_dir``; return the rows."""
+def run(out_dir, quick: bool = False, device=None, lengths=None, batches=None) -> list[dict]:
+    """Run both parts; write ``results.json`` / ``results.md`` under ``out_dir``; return the rows.
+
+    ``lengths`` (training T) and ``batches`` (decode batch sizes) restrict the grid; an empty list skips that part.
+    """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cfg = QUICK if quick else FULL
+    cfg = dict(QUICK if quick else FULL)
+    if lengths is not None:
+        cfg["lengths"] = list(lengths)
+    if batches is not None:
+        cfg["batches"] = list(batches)
     train = _training_rows(cfg, device)
     decode = _decode_rows(cfg, device)
     rows = [dict(part="train", **r) for r in train] + [dict(part="decode", **r) for r in decode]
@@ -290,8 +297,10 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--lengths", type=int, nargs="*", default=None, help="training lengths T (default: all)")
+    parser.add_argument("--batches", type=int, nargs="*", default=None, help="decode batch sizes (default: all)")
     args = parser.parse_args(argv)
-    run(args.out, quick=args.quick, device=args.device)
+    run(args.out, quick=args.quick, device=args.device, lengths=args.lengths, batches=args.batches)
 
 
 if __name__ == "__main__":
