@@ -30,11 +30,13 @@ def _sample_without_replacement(rng: np.random.Generator, rows: int, population:
                                 log_weights: np.ndarray | None = None) -> np.ndarray:
     """(rows, k) indices in ``[0, population)``, distinct within a row; weighted by ``exp(log_weights)``
     (Gumbel top-k, which is exactly sequential weighted sampling without replacement) or uniform."""
-    scores = rng.random((rows, population)) if log_weights is None else \
-        log_weights[None, :] + rng.gumbel(size=(rows, population))
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    if log_weights is None:   # float32 keys: ties are rare and only break order, never distinctness
+        scores = rng.random((rows, population), dtype=np.float32)
+    else:
+        scores = -(log_weights[None, :] + rng.gumbel(size=(rows, population)))
+    top = np.argpartition(scores, k - 1, axis=1)[:, :k]
     # argpartition leaves the k winners unordered; order them by score so the draw order is the sampling order
-    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
+    order = np.argsort(np.take_along_axis(scores, top, axis=1), axis=1)
     return np.take_along_axis(top, order, axis=1)
 
 
