@@ -4,5 +4,6 @@ Public API (see docs/architecture.md): ``wonderful_matrices.ops`` (functional op
 ``wonderful_matrices.layers`` (nn.Modules), models and presets.
 """
 from . import ops
+from .models import CheemsConfig, CheemsForCausalLM, CheemsModel, presets
 
 __version__ = "0.1.0"

@@ -111,7 +111,7 @@ class DynamicMaskAttention(nn.Module):
         v = v_flat.view(b, l, hkv, d)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        cos, sin = self.rotary(position_ids)
+        cos, sin = self.rotary(position_ids, torch.float64 if q.dtype == torch.float64 else torch.float32)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         bias = self.key_bias(v_flat)
         if attention_mask is not None:

@@ -26,12 +26,14 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"theta={theta!r} is not allowed: must be > 0")
         self.dim = dim
         self.theta = float(theta)
-        inv_freq = 1.0 / (self.theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
-        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
 
-    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """position_ids (b, l) integer -> (cos, sin), each (b, l, dim) float32."""
-        angles = position_ids.to(torch.float32)[..., None] * self.inv_freq.to(position_ids.device)
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype = torch.float32
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """position_ids (b, l) integer -> (cos, sin), each (b, l, dim) float32 (float64 if ``dtype`` says so)."""
+        # Frequencies are recomputed in float64 on each call (dim/2 numbers): no buffer that `model.to(bf16)` could round.
+        exponents = torch.arange(0, self.dim, 2, dtype=torch.float64, device=position_ids.device) / self.dim
+        inv_freq = (1.0 / self.theta ** exponents).to(dtype)
+        angles = position_ids.to(dtype)[..., None] * inv_freq
         angles = torch.cat([angles, angles], dim=-1)
         return angles.cos(), angles.sin()
 
@@ -45,14 +47,15 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x (b, l, h, d)`` by ``cos, sin (b, l, r)`` with ``r <= d`` (the first ``r`` channels rotate).
 
-    Computed in float32, returned in ``x.dtype``.
+    Computed in float32 (float64 for float64 inputs), returned in ``x.dtype``.
     """
     r = cos.shape[-1]
     if r > x.shape[-1]:
         raise ValueError(f"cos.shape[-1]={r} is not allowed: the rotary dim must be <= the head dim {x.shape[-1]}")
-    cos = cos[:, :, None, :]
-    sin = sin[:, :, None, :]
-    xf = x.float()
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cos = cos[:, :, None, :].to(compute)
+    sin = sin[:, :, None, :].to(compute)
+    xf = x.to(compute)
     rot, rest = xf[..., :r], xf[..., r:]
     rot = rot * cos + rotate_half(rot) * sin
     return torch.cat([rot, rest], dim=-1).to(x.dtype) if rest.shape[-1] else rot.to(x.dtype)

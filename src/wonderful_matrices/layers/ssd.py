@@ -17,12 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import ssd, ssd_step
+from ..ops.common import require as _require
 from .rotary import RotaryEmbedding, apply_rotary
-
-
-def _require(condition: bool, argument: str, value, allowed: str) -> None:
-    if not condition:
-        raise ValueError(f"{argument}={value!r} is not allowed: {allowed}")
 
 
 class GatedRMSNorm(nn.Module):
@@ -206,7 +202,8 @@ class SSDMixer(nn.Module):
         B = B.reshape(b, l, g, n)
         C = C.reshape(b, l, g, n)
         if self.use_rope:
-            cos, sin = self.rotary(position_ids.to(hidden_states.device))
+            cos, sin = self.rotary(position_ids.to(hidden_states.device),
+                                   torch.float64 if B.dtype == torch.float64 else torch.float32)
             B = apply_rotary(B, cos, sin)
             C = apply_rotary(C, cos, sin)
         dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))

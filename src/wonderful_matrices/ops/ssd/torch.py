@@ -33,8 +33,8 @@ def segment_decay(cum: torch.Tensor) -> torch.Tensor:
     """cum (..., q) running sums of log-decays -> (..., q, q) with ``exp(cum_i − cum_j)`` for ``j <= i``, 0 above."""
     q = cum.shape[-1]
     causal = torch.ones(q, q, dtype=torch.bool, device=cum.device).tril()
-    diff = cum[..., :, None] - cum[..., None, :]
-    return torch.exp(diff.masked_fill(~causal, float("-inf")))
+    diff = cum[..., :, None] - cum[..., None, :]  # a fresh tensor: masked and exponentiated in place
+    return diff.masked_fill_(~causal, float("-inf")).exp_()
 
 
 def pass_states(log_decay: torch.Tensor, local: torch.Tensor, initial: torch.Tensor | None

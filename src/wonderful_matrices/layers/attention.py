@@ -1,0 +1,100 @@
+"""Causal softmax attention with GQA and RoPE (the paper's QCAttn baseline; HF Llama's attention).
+
+Parameter names match HF ``LlamaAttention`` (``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``), so a Llama
+checkpoint loads with no renaming. Follows the layer contract of the package (docs/architecture.md):
+``forward(hidden_states, position_ids, attention_mask, state)``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops.common import require
+from .rotary import RotaryEmbedding, apply_rotary
+
+
+def causal_padding_mask(key_mask: torch.Tensor, query_length: int) -> torch.Tensor:
+    """Boolean visibility ``(b, 1, lq, lk)``: query ``i`` sees key ``j`` iff ``j <= i + (lk - lq)`` and key ``j`` is real.
+
+    ``key_mask (b, lk)`` bool, True = real token. Queries are bottom-right aligned with the keys.
+    """
+    lk = key_mask.shape[1]
+    q_pos = torch.arange(query_length, device=key_mask.device)[:, None] + (lk - query_length)
+    k_pos = torch.arange(lk, device=key_mask.device)[None, :]
+    return (k_pos <= q_pos)[None, None] & key_mask[:, None, None, :]
+
+
+class Attention(nn.Module):
+    """Causal multi-head softmax attention with grouped KV heads and rotary position embedding.
+
+    Args:
+        hidden_size: model width ``d``.
+        num_heads: query heads ``hq``.
+        num_kv_heads: key/value heads ``hkv`` (``hq % hkv == 0``).
+        head_dim: per-head width (even, for RoPE).
+        rope_theta: RoPE base.
+        attention_bias: biases on the q/k/v/o projections.
+        layer_idx: index of the layer in its model (informational).
+
+    ``forward(hidden_states (b, l, d), position_ids (b, l), attention_mask (b, l) | None, state dict | None)
+    -> (b, l, d)``. With ``state`` it keeps ``"key"``, ``"value"`` ``(b, n, hkv, head_dim)`` (post-RoPE) and
+    ``"key_mask"`` ``(b, n)`` bool. Padded keys are never attended; a query that sees no real key (a left
+    padding position) outputs zeros.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                 rope_theta: float = 10000.0, attention_bias: bool = False, layer_idx: int | None = None):
+        super().__init__()
+        require(hidden_size >= 1, "hidden_size", hidden_size, "must be >= 1")
+        require(num_heads >= 1, "num_heads", num_heads, "must be >= 1")
+        require(num_kv_heads >= 1 and num_heads % num_kv_heads == 0, "num_kv_heads", num_kv_heads,
+                f"must be >= 1 and divide num_heads={num_heads}")
+        require(head_dim >= 2 and head_dim % 2 == 0, "head_dim", head_dim, "must be a positive even number (RoPE)")
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.layer_idx = layer_idx
+        self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=attention_bias)
+        self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=attention_bias)
+        self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=attention_bias)
+        self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=attention_bias)
+        self.rotary = RotaryEmbedding(head_dim, rope_theta)
+
+    def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None = None, state: dict | None = None) -> torch.Tensor:
+        """hidden_states (b, l, d), position_ids (b, l) long, attention_mask (b, l) (1 = real) -> (b, l, d)."""
+        b, l, _ = hidden_states.shape
+        q = self.q_proj(hidden_states).view(b, l, self.num_heads, self.head_dim)
+        k = self.k_proj(hidden_states).view(b, l, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(hidden_states).view(b, l, self.num_kv_heads, self.head_dim)
+        cos, sin = self.rotary(position_ids, torch.float64 if q.dtype == torch.float64 else torch.float32)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+        if state is None and attention_mask is None:
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 is_causal=True, enable_gqa=self.num_heads != self.num_kv_heads)
+            return self.o_proj(out.transpose(1, 2).reshape(b, l, self.num_heads * self.head_dim))
+
+        new_mask = (torch.ones(b, l, dtype=torch.bool, device=hidden_states.device) if attention_mask is None
+                    else attention_mask.to(torch.bool))
+        if state is not None:
+            if "key" in state:
+                k = torch.cat([state["key"], k], dim=1)
+                v = torch.cat([state["value"], v], dim=1)
+                new_mask = torch.cat([state["key_mask"], new_mask], dim=1)
+            state["key"], state["value"], state["key_mask"] = k, v, new_mask
+        out = self._attend_masked(q, k, v, new_mask)
+        return self.o_proj(out.reshape(b, l, self.num_heads * self.head_dim))
+
+    def _attend_masked(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       key_mask: torch.Tensor) -> torch.Tensor:
+        """q (b, lq, hq, d), k/v (b, lk, hkv, d), key_mask (b, lk) bool -> (b, lq, hq, d), bottom-right causal."""
+        visible = causal_padding_mask(key_mask, q.shape[1])
+        has_key = visible.any(-1, keepdim=True)  # (b, 1, lq, 1)
+        # A row with no visible key would be NaN: let it see every key, then zero its output.
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=visible | ~has_key,
+                                             enable_gqa=self.num_heads != self.num_kv_heads)
+        return (out * has_key.to(out.dtype)).transpose(1, 2)

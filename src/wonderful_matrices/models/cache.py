@@ -1,0 +1,132 @@
+"""``CheemsCache``: the inference state of a Cheems model, one dict per layer, for every layer type.
+
+Each layer owns the dict ``cache.layer_state(i)`` and reads/updates it in place (the layer contract,
+docs/architecture.md): attention keeps ``key``/``value``/``key_mask``, DMA additionally ``bias`` and keeps at
+most ``keep_window`` keys, SSD keeps ``ssm_state``, Mamba2 ``ssm_state`` and ``conv_state``. Every tensor has
+batch as dim 0, so beam search reorders the whole cache with one ``index_select(0, beam_idx)`` per tensor.
+
+The cache also counts the tokens it has seen (``get_seq_length()``, padding included, as HF ``generate``
+expects) and, per row, the real (unpadded) tokens, from which the model derives the positions of new tokens.
+It subclasses ``transformers.Cache`` so ``generate`` (greedy, sampling, beam search) accepts it.
+"""
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache
+
+ATTENTION_LIKE = ("attn", "dma")
+
+
+class CheemsCache(Cache):
+    """Per-layer state dicts for a model with ``layer_types`` (``"ssd" | "dma" | "attn" | "mamba2"``).
+
+    Args:
+        config: a :class:`CheemsConfig` (its ``layer_types`` are used).
+    """
+
+    def __init__(self, config):
+        super().__init__(layers=[])
+        self.layer_types = list(config.layer_types)
+        self.states: list[dict] = [{} for _ in self.layer_types]
+        self.real_tokens: torch.Tensor | None = None  # (b,) long: unpadded tokens seen per row
+        self._seen_tokens = 0
+
+    def __len__(self) -> int:
+        return len(self.layer_types)
+
+    def __repr__(self) -> str:
+        return f"CheemsCache(layers={len(self)}, seen_tokens={self._seen_tokens})"
+
+    def layer_state(self, layer_idx: int) -> dict:
+        """The state dict owned by layer ``layer_idx`` (empty before its first call)."""
+        return self.states[layer_idx]
+
+    def kv_length(self, layer_idx: int) -> int:
+        """Keys an attention/DMA layer holds now (``state["key"].shape[1]``); 0 for SSD/Mamba2 layers."""
+        if not 0 <= layer_idx < len(self):
+            raise ValueError(f"layer_idx={layer_idx!r} is not allowed: in [0, {len(self)})")
+        key = self.states[layer_idx].get("key")
+        return 0 if key is None else key.shape[1]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Tokens processed so far (positions of the batch, padding included), for every layer."""
+        return self._seen_tokens
+
+    def get_max_length(self, layer_idx: int | None = None) -> int:
+        """-1: the cache has no fixed maximum (attention grows; DMA and SSD states are bounded by construction)."""
+        return -1
+
+    def past_positions(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """(b,) long: real tokens seen so far per row (0 for an empty cache)."""
+        if self.real_tokens is None:
+            return torch.zeros(batch_size, dtype=torch.long, device=device)
+        return self.real_tokens
+
+    def advance(self, new_mask: torch.Tensor | None, batch_size: int, length: int, device: torch.device) -> None:
+        """Record a call of ``length`` new tokens; ``new_mask (b, length)`` marks the real ones (None = all)."""
+        new_real = (torch.full((batch_size,), length, dtype=torch.long, device=device) if new_mask is None
+                    else new_mask.long().sum(-1))
+        self.real_tokens = self.past_positions(batch_size, device) + new_real
+        self._seen_tokens += length
+
+    def _map_tensors(self, fn) -> None:
+        for state in self.states:
+            for name, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    state[name] = fn(value)
+        if self.real_tokens is not None:
+            self.real_tokens = fn(self.real_tokens)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search: row ``i`` of every tensor becomes row ``beam_idx[i]``."""
+        self._map_tensors(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat every row ``repeats`` times (row-major), as HF does when expanding a batch."""
+        self._map_tensors(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only the rows ``indices``."""
+        self._map_tensors(lambda t: t[indices.to(t.device)])
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Only ``crop(0)`` (a no-op) is possible: recurrent and windowed states cannot be rolled back."""
+        if tokens_to_remove != 0:
+            raise ValueError(f"tokens_to_remove={tokens_to_remove!r} is not allowed: CheemsCache cannot roll back "
+                             "recurrent (SSD/Mamba2) or windowed (DMA) states; only 0")
+
+    def reset(self) -> None:
+        """Forget everything (an empty cache for the same layers)."""
+        self.states = [{} for _ in self.layer_types]
+        self.real_tokens = None
+        self._seen_tokens = 0
+
+    def nbytes(self) -> int:
+        """Bytes held by all cached tensors."""
+        return sum(v.numel() * v.element_size() for s in self.states for v in s.values()
+                   if isinstance(v, torch.Tensor))
+
+    @property
+    def batch_size(self) -> int:
+        """Rows in the cache, or -1 before the first call."""
+        return -1 if self.real_tokens is None else self.real_tokens.shape[0]
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
+
+    @property
+    def is_croppable(self) -> bool:
+        return False
+
+    @property
+    def is_initialized(self) -> bool:
+        return self._seen_tokens > 0
+
+    @property
+    def is_sliding(self) -> list[bool]:
+        return [False] * len(self)
+
+    @property
+    def is_linear(self) -> list[bool]:
+        return [t not in ATTENTION_LIKE for t in self.layer_types]

@@ -1,0 +1,244 @@
+"""``CheemsConfig``: one HF config for Cheems and every baseline, chosen per layer.
+
+Each layer ``i`` is a block ``[RMSNorm -> layer_types[i] -> residual; RMSNorm -> ffn_types[i] -> residual]``.
+``layer_types[i]`` is a sequence mixer (``"ssd"``, ``"dma"``, ``"attn"``, ``"mamba2"``), ``ffn_types[i]`` a
+state mixer (``"cdmoe"``, ``"moe"``, ``"mlp"``) or ``"none"`` (no FFN half). When not given, ``layer_types``
+follows the Cheems pattern: groups of up to ``attention_period`` layers whose last layer is
+``attention_layer_type`` and the others ``recurrent_layer_type``; ``ffn_types`` is ``default_ffn_type``
+everywhere.
+"""
+from __future__ import annotations
+
+import math
+
+from huggingface_hub.dataclasses import strict
+from transformers import PretrainedConfig
+
+LAYER_TYPES = ("ssd", "dma", "attn", "mamba2")
+FFN_TYPES = ("cdmoe", "moe", "mlp", "none")
+DMA_MASK_FORMS = ("gate", "doge")
+MOE_IMPLEMENTATIONS = ("grouped", "loop")
+
+
+def _check(condition: bool, argument: str, value, allowed: str) -> None:
+    if not condition:
+        raise ValueError(f"{argument}={value!r} is not allowed: {allowed}")
+
+
+def default_layer_types(num_layers: int, period: int, attention_type: str, recurrent_type: str) -> list[str]:
+    """Groups of up to ``period`` consecutive layers; the last layer of each group is ``attention_type``."""
+    return [attention_type if (i % period == period - 1 or i == num_layers - 1) else recurrent_type
+            for i in range(num_layers)]
+
+
+@strict
+class CheemsConfig(PretrainedConfig):
+    r"""Configuration of :class:`~wonderful_matrices.CheemsForCausalLM` (model_type ``"cheems"``).
+
+    Common: ``vocab_size``, ``hidden_size``, ``num_hidden_layers``, ``layer_types``, ``ffn_types`` (lists of
+    length ``num_hidden_layers``; derived from ``attention_period``/``attention_layer_type``/
+    ``recurrent_layer_type``/``default_ffn_type`` when None), ``rms_norm_eps``, ``initializer_range``,
+    ``tie_word_embeddings`` (default True), ``pad/bos/eos_token_id``.
+
+    Attention and DMA (``"attn"``, ``"dma"``): ``num_attention_heads``, ``num_key_value_heads``
+    (default: ``num_attention_heads``), ``head_dim`` (default: ``hidden_size // num_attention_heads``),
+    ``rope_theta`` (shared with SSD), ``attention_bias``, ``keep_window`` (DMA keys kept per query; None = all),
+    ``dma_mask_form`` (``"gate"``: bounded log-space gate; ``"doge"``: the published Doge formula),
+    ``dma_qk_norm`` (RMSNorm on DMA queries/keys per head, as Doge).
+
+    SSD (``"ssd"``): ``ssd_num_heads``, ``ssd_head_dim``, ``ssd_state_size``, ``ssd_num_groups``,
+    ``ssd_chunk_size`` (power of two), ``ssd_use_rope`` (RoPE on B and C), ``ssd_use_conv`` (Mamba2 short
+    conv), ``ssd_conv_kernel``.
+
+    Mamba2 (``"mamba2"``): ``mamba2_expand``, ``mamba2_head_dim``, ``mamba2_state_size``, ``mamba2_num_groups``,
+    ``mamba2_conv_kernel``, ``mamba2_chunk_size``, ``mamba2_conv_bias``, ``mamba2_bias`` (in/out projections),
+    ``mamba2_norm_groups`` (groups of the gated RMSNorm; None = ``mamba2_num_groups`` as mamba_ssm, 1 = HF's
+    PyTorch path).
+
+    FFNs: ``intermediate_size`` (``"mlp"`` and the shared MLP of CDMoE); CDMoE ``cdmoe_num_experts``
+    (a perfect square), ``cdmoe_num_heads``, ``cdmoe_top_k``, ``cdmoe_retrieval_dim`` (even);
+    MoE ``moe_num_experts``, ``moe_top_k``, ``moe_intermediate_size`` (each expert),
+    ``moe_shared_intermediate_size`` (shared expert; 0 = none), ``moe_implementation``;
+    ``balance_loss_weight`` (weight of the load-balancing losses added to the LM loss).
+
+    ``residual_scale``: learned per-channel scales on both residual branches (``h * r + f(h)``, as Doge);
+    off by default.
+    """
+
+    model_type = "cheems"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    vocab_size: int = 32768
+    hidden_size: int = 1024
+    num_hidden_layers: int = 8
+    layer_types: list[str] | None = None
+    ffn_types: list[str] | None = None
+    attention_period: int = 8
+    attention_layer_type: str = "dma"
+    recurrent_layer_type: str = "ssd"
+    default_ffn_type: str = "cdmoe"
+
+    num_attention_heads: int = 8
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    rope_theta: float | int = 10000.0
+    attention_bias: bool = False
+    keep_window: int | None = 2048
+    dma_mask_form: str = "gate"
+    dma_qk_norm: bool = False
+
+    ssd_num_heads: int = 8
+    ssd_head_dim: int = 128
+    ssd_state_size: int = 128
+    ssd_num_groups: int = 1
+    ssd_chunk_size: int = 256
+    ssd_use_rope: bool = True
+    ssd_use_conv: bool = False
+    ssd_conv_kernel: int = 4
+
+    mamba2_expand: int = 2
+    mamba2_head_dim: int = 64
+    mamba2_state_size: int = 128
+    mamba2_num_groups: int = 1
+    mamba2_conv_kernel: int = 4
+    mamba2_chunk_size: int = 256
+    mamba2_conv_bias: bool = True
+    mamba2_bias: bool = False
+    mamba2_norm_groups: int | None = None
+
+    intermediate_size: int = 2048
+    cdmoe_num_experts: int = 16384
+    cdmoe_num_heads: int = 4
+    cdmoe_top_k: int = 8
+    cdmoe_retrieval_dim: int = 64
+    moe_num_experts: int = 16
+    moe_top_k: int = 2
+    moe_intermediate_size: int = 512
+    moe_shared_intermediate_size: int = 0
+    moe_implementation: str = "grouped"
+    balance_loss_weight: float | int = 0.01
+
+    residual_scale: bool = False
+    rms_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+    use_cache: bool = True
+    tie_word_embeddings: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        _check(self.num_hidden_layers >= 1, "num_hidden_layers", self.num_hidden_layers, "must be >= 1")
+        _check(self.attention_period >= 1, "attention_period", self.attention_period, "must be >= 1")
+        _check(self.attention_layer_type in LAYER_TYPES, "attention_layer_type", self.attention_layer_type,
+               f"one of {LAYER_TYPES}")
+        _check(self.recurrent_layer_type in LAYER_TYPES, "recurrent_layer_type", self.recurrent_layer_type,
+               f"one of {LAYER_TYPES}")
+        _check(self.default_ffn_type in FFN_TYPES, "default_ffn_type", self.default_ffn_type, f"one of {FFN_TYPES}")
+        if self.layer_types is None:
+            self.layer_types = default_layer_types(self.num_hidden_layers, self.attention_period,
+                                                   self.attention_layer_type, self.recurrent_layer_type)
+        if self.ffn_types is None:
+            self.ffn_types = [self.default_ffn_type] * self.num_hidden_layers
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None and self.num_attention_heads >= 1:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        self._validate()
+        super().__post_init__(**kwargs)
+
+    def validate_layer_type(self):
+        """Replaces HF's check of ``layer_types`` (which knows only attention kinds): ours runs in ``__post_init__``."""
+
+    def _validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad argument."""
+        n = self.num_hidden_layers
+        for name in ("vocab_size", "hidden_size"):
+            _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        _check(isinstance(self.layer_types, list) and len(self.layer_types) == n, "layer_types", self.layer_types,
+               f"a list of num_hidden_layers={n} entries")
+        _check(isinstance(self.ffn_types, list) and len(self.ffn_types) == n, "ffn_types", self.ffn_types,
+               f"a list of num_hidden_layers={n} entries")
+        for t in self.layer_types:
+            _check(t in LAYER_TYPES, "layer_types", self.layer_types, f"entries from {LAYER_TYPES}")
+        for t in self.ffn_types:
+            _check(t in FFN_TYPES, "ffn_types", self.ffn_types, f"entries from {FFN_TYPES}")
+        _check(self.rms_norm_eps > 0, "rms_norm_eps", self.rms_norm_eps, "must be > 0")
+        _check(self.initializer_range > 0, "initializer_range", self.initializer_range, "must be > 0")
+        _check(self.balance_loss_weight >= 0, "balance_loss_weight", self.balance_loss_weight, "must be >= 0")
+        for tok in ("pad_token_id", "bos_token_id"):
+            v = getattr(self, tok)
+            _check(v is None or 0 <= v < self.vocab_size, tok, v, f"None or in [0, vocab_size={self.vocab_size})")
+        used = set(self.layer_types)
+        if used & {"attn", "dma"}:
+            self._validate_attention()
+        if "ssd" in used:
+            self._validate_ssd()
+        if "mamba2" in used:
+            self._validate_mamba2()
+        ffns = set(self.ffn_types)
+        if ffns & {"mlp", "cdmoe"}:
+            _check(self.intermediate_size >= 1, "intermediate_size", self.intermediate_size, "must be >= 1")
+        if "cdmoe" in ffns:
+            self._validate_cdmoe()
+        if "moe" in ffns:
+            self._validate_moe()
+
+    def _validate_attention(self) -> None:
+        h, hkv = self.num_attention_heads, self.num_key_value_heads
+        _check(h >= 1, "num_attention_heads", h, "must be >= 1")
+        _check(hkv >= 1 and h % hkv == 0, "num_key_value_heads", hkv,
+               f"must be >= 1 and divide num_attention_heads={h}")
+        _check(self.head_dim >= 2 and self.head_dim % 2 == 0, "head_dim", self.head_dim,
+               "must be a positive even number (RoPE)")
+        _check(self.rope_theta > 0, "rope_theta", self.rope_theta, "must be > 0")
+        if "dma" in self.layer_types:
+            _check(self.keep_window is None or self.keep_window >= 1, "keep_window", self.keep_window,
+                   "None or >= 1")
+            _check(self.dma_mask_form in DMA_MASK_FORMS, "dma_mask_form", self.dma_mask_form,
+                   f"one of {DMA_MASK_FORMS}")
+
+    def _validate_ssd(self) -> None:
+        for name in ("ssd_num_heads", "ssd_head_dim", "ssd_state_size", "ssd_num_groups", "ssd_conv_kernel"):
+            _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        _check(self.ssd_num_heads % self.ssd_num_groups == 0, "ssd_num_groups", self.ssd_num_groups,
+               f"must divide ssd_num_heads={self.ssd_num_heads}")
+        c = self.ssd_chunk_size
+        _check(c >= 1 and c & (c - 1) == 0, "ssd_chunk_size", c, "a power of two")
+        if self.ssd_use_rope:
+            _check(self.ssd_state_size % 2 == 0, "ssd_state_size", self.ssd_state_size,
+                   "must be even when ssd_use_rope (RoPE rotates B and C)")
+            _check(self.rope_theta > 0, "rope_theta", self.rope_theta, "must be > 0")
+
+    def _validate_mamba2(self) -> None:
+        for name in ("mamba2_expand", "mamba2_head_dim", "mamba2_state_size", "mamba2_num_groups",
+                     "mamba2_conv_kernel"):
+            _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        inner = self.mamba2_expand * self.hidden_size
+        _check(inner % self.mamba2_head_dim == 0, "mamba2_head_dim", self.mamba2_head_dim,
+               f"must divide mamba2_expand * hidden_size = {inner}")
+        heads = inner // self.mamba2_head_dim
+        _check(heads % self.mamba2_num_groups == 0, "mamba2_num_groups", self.mamba2_num_groups,
+               f"must divide the number of Mamba2 heads {heads}")
+        c = self.mamba2_chunk_size
+        _check(c >= 1 and c & (c - 1) == 0, "mamba2_chunk_size", c, "a power of two")
+
+    def _validate_cdmoe(self) -> None:
+        n = self.cdmoe_num_experts
+        root = math.isqrt(n) if n >= 1 else 0
+        _check(n >= 1 and root * root == n, "cdmoe_num_experts", n, "a perfect square (product keys use sqrt(N) sub-keys)")
+        _check(self.cdmoe_num_heads >= 1, "cdmoe_num_heads", self.cdmoe_num_heads, "must be >= 1")
+        _check(1 <= self.cdmoe_top_k <= root, "cdmoe_top_k", self.cdmoe_top_k,
+               f"in [1, sqrt(cdmoe_num_experts)={root}]")
+        _check(self.cdmoe_retrieval_dim >= 2 and self.cdmoe_retrieval_dim % 2 == 0, "cdmoe_retrieval_dim",
+               self.cdmoe_retrieval_dim, "a positive even number (two halves of product keys)")
+
+    def _validate_moe(self) -> None:
+        _check(self.moe_num_experts >= 1, "moe_num_experts", self.moe_num_experts, "must be >= 1")
+        _check(1 <= self.moe_top_k <= self.moe_num_experts, "moe_top_k", self.moe_top_k,
+               f"in [1, moe_num_experts={self.moe_num_experts}]")
+        _check(self.moe_intermediate_size >= 1, "moe_intermediate_size", self.moe_intermediate_size, "must be >= 1")
+        _check(self.moe_shared_intermediate_size >= 0, "moe_shared_intermediate_size",
+               self.moe_shared_intermediate_size, "must be >= 0 (0 = no shared expert)")
+        _check(self.moe_implementation in MOE_IMPLEMENTATIONS, "moe_implementation", self.moe_implementation,
+               f"one of {MOE_IMPLEMENTATIONS}")

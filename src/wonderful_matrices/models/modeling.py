@@ -1,0 +1,317 @@
+"""Cheems and every baseline as one HF model: embeddings -> blocks -> final RMSNorm -> tied LM head.
+
+A block is ``h = h + mixer(mixer_norm(h)); h = h + ffn(ffn_norm(h))`` with the mixer and the FFN chosen per
+layer by ``config.layer_types`` / ``config.ffn_types`` (``"none"`` drops the FFN half). Mixers follow the layer
+contract (docs/architecture.md); the model owns positions, padding and the :class:`CheemsCache`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from ..layers import (CDMoE, Attention, DynamicMaskAttention, GatedMLP, Mamba2Mixer, MoE, RMSNorm, SSDMixer)
+from .cache import CheemsCache
+from .configuration import CheemsConfig
+
+
+def build_mixer(config: CheemsConfig, layer_idx: int) -> nn.Module:
+    """The sequence mixer of layer ``layer_idx`` (``config.layer_types[layer_idx]``)."""
+    kind = config.layer_types[layer_idx]
+    if kind == "attn":
+        return Attention(config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
+                         config.head_dim, rope_theta=config.rope_theta, attention_bias=config.attention_bias,
+                         layer_idx=layer_idx)
+    if kind == "dma":
+        return DynamicMaskAttention(config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
+                                    config.head_dim, keep_window=config.keep_window, rope_theta=config.rope_theta,
+                                    mask_form=config.dma_mask_form, attention_bias=config.attention_bias,
+                                    layer_idx=layer_idx, qk_norm=config.dma_qk_norm, rms_norm_eps=config.rms_norm_eps)
+    if kind == "ssd":
+        return SSDMixer(config.hidden_size, config.ssd_num_heads, config.ssd_head_dim, config.ssd_state_size,
+                        num_groups=config.ssd_num_groups, chunk_size=config.ssd_chunk_size,
+                        use_rope=config.ssd_use_rope, rope_theta=config.rope_theta, use_conv=config.ssd_use_conv,
+                        conv_kernel=config.ssd_conv_kernel, norm_eps=config.rms_norm_eps, layer_idx=layer_idx)
+    if kind == "mamba2":
+        inner = config.mamba2_expand * config.hidden_size
+        return Mamba2Mixer(config.hidden_size, inner // config.mamba2_head_dim, config.mamba2_head_dim,
+                           config.mamba2_state_size, num_groups=config.mamba2_num_groups,
+                           chunk_size=config.mamba2_chunk_size, conv_kernel=config.mamba2_conv_kernel,
+                           conv_bias=config.mamba2_conv_bias, bias=config.mamba2_bias, norm_eps=config.rms_norm_eps,
+                           norm_groups=config.mamba2_norm_groups, layer_idx=layer_idx)
+    raise ValueError(f"layer_types[{layer_idx}]={kind!r} is not allowed: one of 'attn', 'dma', 'ssd', 'mamba2'")
+
+
+def build_ffn(config: CheemsConfig, layer_idx: int) -> nn.Module | None:
+    """The state mixer of layer ``layer_idx`` (``config.ffn_types[layer_idx]``), or None for ``"none"``."""
+    kind = config.ffn_types[layer_idx]
+    if kind == "none":
+        return None
+    if kind == "mlp":
+        return GatedMLP(config.hidden_size, config.intermediate_size)
+    if kind == "cdmoe":
+        return CDMoE(config.hidden_size, config.intermediate_size, config.cdmoe_num_experts,
+                     num_heads=config.cdmoe_num_heads, top_k=config.cdmoe_top_k,
+                     retrieval_dim=config.cdmoe_retrieval_dim, balance_loss_weight=config.balance_loss_weight)
+    if kind == "moe":
+        return MoE(config.hidden_size, config.moe_intermediate_size, config.moe_num_experts, config.moe_top_k,
+                   shared_intermediate_size=config.moe_shared_intermediate_size,
+                   implementation=config.moe_implementation, balance_loss_weight=config.balance_loss_weight)
+    raise ValueError(f"ffn_types[{layer_idx}]={kind!r} is not allowed: one of 'cdmoe', 'moe', 'mlp', 'none'")
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor,
+                   num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of ``logits[:, t]`` against ``labels[:, t + 1]`` (``-100`` ignored), in >= float32.
+
+    logits (b, l, V), labels (b, l) -> scalar: the mean over counted tokens, or their sum divided by
+    ``num_items_in_batch`` when given (HF Trainer's gradient accumulation).
+    """
+    if logits.shape[:2] != labels.shape:
+        raise ValueError(f"labels.shape={tuple(labels.shape)} is not allowed: must equal the logits' "
+                         f"(batch, seq)={tuple(logits.shape[:2])} (use logits_to_keep=0 with labels)")
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    shifted = logits[:, :-1].reshape(-1, logits.shape[-1])
+    targets = labels[:, 1:].reshape(-1).to(logits.device)
+    if num_items_in_batch is None:
+        return F.cross_entropy(shifted, targets, ignore_index=-100)
+    return F.cross_entropy(shifted, targets, ignore_index=-100, reduction="sum") / num_items_in_batch
+
+
+class CheemsBlock(GradientCheckpointingLayer):
+    """Pre-norm residual block: ``h + mixer(norm(h))`` then ``h + ffn(norm(h))`` (``h * r + ...`` with
+    ``config.residual_scale``, ``r`` learned per channel).
+
+    ``forward(hidden_states (b, l, d), position_ids (b, l), attention_mask (b, l) | None, state dict | None)``.
+    """
+
+    def __init__(self, config: CheemsConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.mixer_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mixer = build_mixer(config, layer_idx)
+        ffn = build_ffn(config, layer_idx)
+        self.ffn_norm = None if ffn is None else RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.ffn = ffn
+        if config.residual_scale:
+            self.mixer_residual = nn.Parameter(torch.ones(config.hidden_size))
+            self.ffn_residual = None if ffn is None else nn.Parameter(torch.ones(config.hidden_size))
+        else:
+            self.mixer_residual = self.ffn_residual = None
+
+    def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None, state: dict | None) -> torch.Tensor:
+        """(b, l, d) -> (b, l, d)."""
+        mixed = self.mixer(self.mixer_norm(hidden_states), position_ids, attention_mask, state)
+        hidden_states = (hidden_states if self.mixer_residual is None else hidden_states * self.mixer_residual) + mixed
+        if self.ffn is not None:
+            transformed = self.ffn(self.ffn_norm(hidden_states))
+            hidden_states = (hidden_states if self.ffn_residual is None
+                             else hidden_states * self.ffn_residual) + transformed
+        return hidden_states
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """The load-balancing loss the FFN stored on its last forward (None when it has none)."""
+        return getattr(self.ffn, "aux_loss", None)
+
+
+class CheemsPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and HF plumbing shared by :class:`CheemsModel` and :class:`CheemsForCausalLM`."""
+
+    config_class = CheemsConfig
+    config: CheemsConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["CheemsBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Linear and token-embedding weights ~ N(0, initializer_range), zero biases, unit norm weights.
+
+        Parameters particular to a layer (SSD's ``A_log``/``dt_bias``/``D``, DMA's ``A_log``, CDMoE's keys and
+        expert tables, MoE's expert weights) keep the initialisation their layer's constructor gave them.
+        """
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding) and module is self.get_input_embeddings():
+            # other embeddings (CDMoE's expert tables) keep their layer's own initialisation
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, RMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, CheemsBlock):
+            for scale in (module.mixer_residual, module.ffn_residual):
+                if scale is not None:
+                    init.ones_(scale)
+
+
+class CheemsModel(CheemsPreTrainedModel):
+    """Embeddings, ``num_hidden_layers`` :class:`CheemsBlock` s and a final RMSNorm.
+
+    ``forward(input_ids (b, l) | inputs_embeds (b, l, d), attention_mask (b, l) or (b, past + l),
+    position_ids (b, l), past_key_values CheemsCache, use_cache) -> BaseModelOutputWithPast`` with
+    ``last_hidden_state (b, l, d)``.
+    """
+
+    def __init__(self, config: CheemsConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(CheemsBlock(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.LongTensor | None = None, past_key_values: CheemsCache | None = None,
+                inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                **kwargs) -> BaseModelOutputWithPast:
+        """Run the blocks; see the class docstring for shapes."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("input_ids/inputs_embeds: give exactly one of them")
+        if input_ids is not None:
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids.shape={tuple(input_ids.shape)} is not allowed: must be (batch, seq)")
+            vocab = self.config.vocab_size
+            if input_ids.numel() and bool(((input_ids < 0) | (input_ids >= vocab)).any()):
+                raise ValueError(f"input_ids=[min {int(input_ids.min())}, max {int(input_ids.max())}] is not allowed: "
+                                 f"token ids must be in [0, vocab_size={vocab})")
+            inputs_embeds = self.embed_tokens(input_ids)
+        b, l = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        checkpointing = self.gradient_checkpointing and self.training
+        if checkpointing:
+            use_cache, past_key_values = False, None
+        if past_key_values is not None and not isinstance(past_key_values, CheemsCache):
+            raise ValueError(f"past_key_values={type(past_key_values).__name__} is not allowed: "
+                             "a CheemsCache (or None)")
+        cache = past_key_values if past_key_values is not None else (CheemsCache(self.config) if use_cache else None)
+        past = cache.get_seq_length() if cache is not None else 0
+
+        new_mask = None
+        if attention_mask is not None:
+            if attention_mask.dim() != 2 or attention_mask.shape[0] != b or attention_mask.shape[1] not in (l, past + l):
+                raise ValueError(f"attention_mask.shape={tuple(attention_mask.shape)} is not allowed: "
+                                 f"(batch={b}, {l}) for this call's tokens or (batch, {past + l}) for past + new")
+            new_mask = attention_mask[:, -l:].to(device=device, dtype=torch.bool)
+        if position_ids is None:
+            start = (cache.past_positions(b, device) if cache is not None
+                     else torch.zeros(b, dtype=torch.long, device=device))
+            if new_mask is None:
+                position_ids = start[:, None] + torch.arange(l, device=device)
+            else:
+                position_ids = (start[:, None] + new_mask.long().cumsum(-1) - 1).masked_fill(~new_mask, 0)
+        elif position_ids.shape[-1] != l:
+            raise ValueError(f"position_ids.shape={tuple(position_ids.shape)} is not allowed: last dim must be {l}")
+        position_ids = position_ids.to(device).expand(b, l)
+        layer_mask = None if new_mask is None or bool(new_mask.all()) else new_mask
+
+        hidden_states = inputs_embeds
+        all_hidden = [] if output_hidden_states else None
+        for i, block in enumerate(self.layers):
+            if all_hidden is not None:
+                all_hidden.append(hidden_states)
+            state = cache.layer_state(i) if cache is not None else None
+            hidden_states = block(hidden_states, position_ids, layer_mask, state)
+        if cache is not None:
+            cache.advance(new_mask, b, l, device)
+        hidden_states = self.norm(hidden_states)
+        if all_hidden is not None:
+            all_hidden.append(hidden_states)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=cache if use_cache else None,
+                                       hidden_states=tuple(all_hidden) if all_hidden is not None else None)
+
+
+@dataclass
+class CheemsCausalLMOutput(CausalLMOutputWithPast):
+    """``CausalLMOutputWithPast`` plus ``aux_loss``: the summed weighted load-balancing losses (inside ``loss``)."""
+
+    aux_loss: torch.FloatTensor | None = None
+
+
+class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
+    """:class:`CheemsModel` + LM head (tied to the embeddings by default).
+
+    ``forward(input_ids (b, l), attention_mask, position_ids, past_key_values, labels (b, l), use_cache,
+    logits_to_keep) -> CheemsCausalLMOutput`` with ``logits (b, l', vocab)``; with ``labels``,
+    ``loss`` = shifted cross-entropy (``-100`` ignored) + the sum of the FFN layers' ``aux_loss`` (each
+    already weighted by ``balance_loss_weight``).
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: CheemsConfig):
+        super().__init__(config)
+        self.model = CheemsModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.LongTensor | None = None, past_key_values: CheemsCache | None = None,
+                inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
+                use_cache: bool | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
+                **kwargs) -> CheemsCausalLMOutput:
+        """Logits (and loss with ``labels``); see the class docstring."""
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                             output_hidden_states=output_hidden_states)
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+
+        aux_losses = [a for a in (block.aux_loss() for block in self.model.layers) if a is not None]
+        aux_loss = torch.stack([a.float() for a in aux_losses]).sum() if aux_losses else None
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(logits, labels, kwargs.get("num_items_in_batch"))
+            if aux_loss is not None:
+                loss = loss + aux_loss
+        return CheemsCausalLMOutput(loss=loss, aux_loss=aux_loss, logits=logits,
+                                    past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states)
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs) -> None:
+        """``generate`` hook: a user's cache must be a :class:`CheemsCache`; otherwise create one."""
+        user_cache = model_kwargs.get("past_key_values")
+        if user_cache is not None:
+            if not isinstance(user_cache, CheemsCache):
+                raise ValueError(f"past_key_values={type(user_cache).__name__} is not allowed: a CheemsCache")
+            user_cache._is_user_defined = True
+            return
+        if generation_config.use_cache is False:
+            return
+        impl = generation_config.cache_implementation
+        if impl not in (None, "dynamic"):
+            raise ValueError(f"cache_implementation={impl!r} is not allowed: Cheems models use their own "
+                             "CheemsCache (leave it None)")
+        model_kwargs["past_key_values"] = CheemsCache(self.config)

@@ -1,0 +1,90 @@
+"""Config validation, presets, Auto registration and argument errors of the Cheems model."""
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+import wonderful_matrices as wm
+from wonderful_matrices.models import CheemsCache, CheemsConfig
+
+
+def test_presets_names_and_bad_name():
+    names = wm.presets.names()
+    assert "llama-tiny" in names and len(names) == len(set(names))
+    with pytest.raises(ValueError, match="name='nope-tiny'.*llama-tiny"):
+        wm.presets.get("nope-tiny")
+
+
+def test_default_layer_pattern_is_cheems():
+    cfg = CheemsConfig(num_hidden_layers=12, hidden_size=64, num_attention_heads=4)
+    assert cfg.layer_types == ["ssd"] * 7 + ["dma"] + ["ssd"] * 3 + ["dma"]
+    assert cfg.ffn_types == ["cdmoe"] * 12
+    assert CheemsConfig(num_hidden_layers=3).layer_types == ["ssd", "ssd", "dma"]
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(num_hidden_layers=3, layer_types=["attn", "attn"]), "layer_types"),
+    (dict(num_hidden_layers=2, layer_types=["attn", "rnn"]), "layer_types"),
+    (dict(num_hidden_layers=2, ffn_types=["mlp"]), "ffn_types"),
+    (dict(num_hidden_layers=1, ffn_types=["dense"]), "ffn_types"),
+    (dict(layer_types=["attn"], num_hidden_layers=1, num_attention_heads=6, num_key_value_heads=4), "num_key_value_heads"),
+    (dict(layer_types=["attn"], num_hidden_layers=1, head_dim=7), "head_dim"),
+    (dict(cdmoe_num_experts=16348), "cdmoe_num_experts"),
+    (dict(cdmoe_top_k=200, cdmoe_num_experts=1024), "cdmoe_top_k"),
+    (dict(ssd_chunk_size=48), "ssd_chunk_size"),
+    (dict(ssd_num_heads=6, ssd_num_groups=4), "ssd_num_groups"),
+    (dict(keep_window=0), "keep_window"),
+    (dict(dma_mask_form="exp"), "dma_mask_form"),
+    (dict(num_hidden_layers=1, layer_types=["mamba2"], ffn_types=["none"], hidden_size=96, mamba2_head_dim=80),
+     "mamba2_head_dim"),
+    (dict(num_hidden_layers=1, layer_types=["attn"], ffn_types=["moe"], moe_top_k=5, moe_num_experts=4), "moe_top_k"),
+    (dict(num_hidden_layers=0), "num_hidden_layers"),
+    (dict(vocab_size=16, pad_token_id=16), "pad_token_id"),
+])
+def test_config_validation_names_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        CheemsConfig(**kwargs)
+
+
+def test_auto_classes_are_registered():
+    cfg = wm.presets.get("llama-tiny")
+    assert isinstance(AutoConfig.for_model("cheems"), CheemsConfig)
+    assert type(AutoModel.from_config(cfg)) is wm.CheemsModel
+    assert type(AutoModelForCausalLM.from_config(cfg)) is wm.CheemsForCausalLM
+
+
+def test_tied_embeddings_by_default():
+    model = wm.CheemsForCausalLM(wm.presets.get("llama-tiny"))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    untied = wm.CheemsForCausalLM(wm.presets.get("llama-tiny", tie_word_embeddings=False))
+    assert untied.lm_head.weight is not untied.model.embed_tokens.weight
+
+
+def test_bad_inputs_raise_value_errors():
+    model = wm.CheemsForCausalLM(wm.presets.get("llama-tiny")).eval()
+    v = model.config.vocab_size
+    with pytest.raises(ValueError, match="input_ids"):
+        model(torch.tensor([[1, v]]))
+    with pytest.raises(ValueError, match="input_ids"):
+        model(torch.tensor([[-1, 2]]))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(torch.tensor([[1, 2, 3]]), attention_mask=torch.ones(1, 5))
+    from transformers import DynamicCache
+    with pytest.raises(ValueError, match="past_key_values"):
+        model(torch.tensor([[1, 2]]), past_key_values=DynamicCache())
+
+
+def test_cache_reorder_and_kv_length():
+    model = wm.CheemsForCausalLM(wm.presets.get("llama-tiny")).eval()
+    cache = CheemsCache(model.config)
+    x = torch.randint(0, 512, (3, 5))
+    with torch.no_grad():
+        model(x, past_key_values=cache, use_cache=True)
+    assert cache.kv_length(0) == 5 and cache.get_seq_length() == 5 and cache.batch_size == 3
+    key0 = cache.layer_state(0)["key"].clone()
+    cache.reorder_cache(torch.tensor([2, 2, 0]))
+    assert torch.equal(cache.layer_state(0)["key"], key0[[2, 2, 0]])
+    with pytest.raises(ValueError, match="layer_idx"):
+        cache.kv_length(99)
+    with pytest.raises(ValueError, match="tokens_to_remove"):
+        cache.crop(-1)
+    assert cache.nbytes() > 0
