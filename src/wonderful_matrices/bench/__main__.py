@@ -1,0 +1,41 @@
+"""``python -m wonderful_matrices.bench NAME [--quick] --out DIR [--device D] [--budget-s S] [--steps N]``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import names, run_benchmark
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark command's arguments (shared with ``wm bench``)."""
+    parser.add_argument("name", choices=names(), help="experiment to run")
+    parser.add_argument("--out", required=True, help="folder for results.json, results.md and the plot")
+    parser.add_argument("--quick", action="store_true", help="CPU-sized version (minutes)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="wall-clock budget of the whole sweep in seconds (mqar)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps per run instead of the default (mqar, position, lm)")
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    """Run the benchmark the parsed ``args`` name; 2 with a message on a bad argument."""
+    try:
+        run_benchmark(args.name, args.out, quick=args.quick, device=args.device, budget_s=args.budget_s,
+                      steps=args.steps)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m wonderful_matrices.bench``."""
+    parser = argparse.ArgumentParser(prog="python -m wonderful_matrices.bench", description=__doc__)
+    add_arguments(parser)
+    return main_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
