@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .common import time_callable, write_results
-from .lm_common import perplexity, shakespeare_tokens, train_lm
+from .lm_common import corpus_tokens, perplexity, train_lm
 
 FAMILIES = ("cheems", "doge", "llama", "mamba2", "jamba")
 QUICK = dict(size="small", seq_len=128, batch=8, steps=30, lr=1e-3, contexts=(256, 1024), eval_tokens=16_384,
@@ -112,9 +112,15 @@ def decode_measurement(model, config, context: int, device: torch.device, reps: 
 
 
 def run(out_dir, quick: bool = False, device=None, steps: int | None = None, families=FAMILIES,
-        contexts=None) -> list[dict]:
+        contexts=None, size: str | None = None, vocab_size: int | None = None, seq_len: int | None = None,
+        batch: int | None = None, data: str = "shakespeare", cache_dir=None) -> list[dict]:
     """Train and evaluate every available preset family, measure decoding; write ``results.json``,
-    ``results.md`` and ``lm.png`` into ``out_dir``; return one row per (family, context)."""
+    ``results.md`` and ``lm.png`` into ``out_dir``; return one row per (family, context).
+
+    ``quick``: ``-small`` presets, BPE 4096, 30 steps of 8 x 128 tokens, contexts 256 and 1K (CPU).
+    Full: ``-base`` presets, BPE 32768, 300 steps of 16 x 2048 tokens, contexts 4K..1M (one H200).
+    ``steps``, ``contexts``, ``size`` (preset size), ``vocab_size``, ``seq_len``, ``batch`` override;
+    ``data``: the corpus (default the embedded Shakespeare); ``cache_dir``: tokenizer/token cache."""
     from ..models import CheemsForCausalLM, presets
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -123,11 +129,14 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
         cfg["steps"] = int(steps)
     if contexts is not None:
         cfg["contexts"] = tuple(contexts)
+    for key, value in (("size", size), ("seq_len", seq_len), ("batch", batch)):
+        if value is not None:
+            cfg[key] = value
     if cfg["steps"] < 1:
         raise ValueError(f"steps={cfg['steps']!r} is not allowed: must be >= 1")
     out = Path(out_dir)
     start = time.perf_counter()
-    corpus = shakespeare_tokens(4096 if quick else 32768, out / "cache")
+    corpus = corpus_tokens(data, vocab_size or (4096 if quick else 32768), cache_dir or out / "cache")
     rows, training = [], []
     available = presets.names()
     for family in families:

@@ -1,7 +1,8 @@
 """What the language-model experiments (``position``, ``lm``) share: one corpus and tokenizer, one compact
 training loop, one perplexity evaluation.
 
-The corpus is the embedded Shakespeare corpus of :mod:`wonderful_matrices.data` (its fixed validation split),
+The corpus is the embedded Shakespeare corpus of :mod:`wonderful_matrices.data` (its fixed validation split)
+unless another is given,
 tokenized with a byte-level BPE trained on the training split and cached under ``cache_dir``. Training draws
 ``batch`` random windows of ``seq_len + 1`` tokens per step from the training tokens (seeded), AdamW
 (0.9, 0.95, weight decay 0.1), clipping 1.0, 5% linear warm-up then cosine decay to 10%, bf16 autocast on
@@ -32,20 +33,23 @@ class TokenizedCorpus:
     name: str
 
 
-def shakespeare_tokens(vocab_size: int, cache_dir: str | Path) -> TokenizedCorpus:
-    """The embedded Shakespeare corpus tokenized by a BPE of ``vocab_size`` tokens (trained once, cached)."""
+def corpus_tokens(data: str, vocab_size: int, cache_dir: str | Path) -> TokenizedCorpus:
+    """Corpus ``data`` (``"shakespeare"``, the embedded corpus, or a local file/folder; see
+    :func:`wonderful_matrices.data.corpora.load_corpus`) tokenized by a BPE of ``vocab_size`` tokens trained on
+    its training split (trained once per ``cache_dir``, then loaded)."""
     from ..data.corpora import load_corpus
     from ..data.packing import tokenize_split
     from ..data.tokenizer import load_tokenizer, train_bpe
 
     cache_dir = Path(cache_dir)
-    corpus = load_corpus("shakespeare")
-    tok_dir = cache_dir / f"tokenizer-{vocab_size}"
+    corpus = load_corpus(data)
+    tok_dir = cache_dir / f"tokenizer-{corpus.fingerprint[:12]}-{vocab_size}"
     tokenizer = load_tokenizer(tok_dir) if (tok_dir / "tokenizer.json").exists() else \
         train_bpe(corpus.split("train"), vocab_size, tok_dir)
     train = np.asarray(tokenize_split(corpus, "train", tokenizer, cache_dir), dtype=np.int64)
     val = np.asarray(tokenize_split(corpus, "validation", tokenizer, cache_dir), dtype=np.int64)
-    return TokenizedCorpus(train, val, len(tokenizer), f"shakespeare (BPE {len(tokenizer)})")
+    name = data if data == "shakespeare" else Path(data).name
+    return TokenizedCorpus(train, val, len(tokenizer), f"{name} (BPE {len(tokenizer)})")
 
 
 def lr_factor(step: int, steps: int, warmup: int, min_ratio: float = 0.1) -> float:

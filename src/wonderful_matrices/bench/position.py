@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .common import write_results
-from .lm_common import perplexity, shakespeare_tokens, train_lm
+from .lm_common import corpus_tokens, perplexity, train_lm
 
 VARIANTS = {"no_pe": dict(ssd_use_rope=False, ssd_use_conv=False),
             "rope": dict(ssd_use_rope=True, ssd_use_conv=False),
@@ -80,13 +80,14 @@ def _plot(summary: list[dict], seq_len: int, path: Path) -> None:
 
 
 def run(out_dir, quick: bool = False, device=None, steps: int | None = None, seeds: int | None = None,
-        size: dict | None = None) -> list[dict]:
+        size: dict | None = None, data: str = "shakespeare", cache_dir=None) -> list[dict]:
     """Train the three variants per seed, evaluate at 1x/2x/4x the training length, write ``results.json``,
     ``results.md`` and ``position.png`` into ``out_dir``; return the per-variant summary rows.
 
     ``quick``: width 128, 8 layers, BPE 512, 150 steps of 16 x 128 tokens, 1 seed (CPU, minutes). Full:
     width 512, 8 layers, BPE 4096, 1500 steps of 32 x 512 tokens, 3 seeds (one H200). ``steps``, ``seeds``
-    and ``size`` (keys of ``QUICK``/``FULL``) override.
+    and ``size`` (keys of ``QUICK``/``FULL``) override; ``data`` is the corpus (default the embedded
+    Shakespeare), ``cache_dir`` where its tokenizer and tokens are cached (default ``out_dir/cache``).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = dict(QUICK if quick else FULL)
@@ -100,7 +101,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, see
             raise ValueError(f"{name}={cfg[name]!r} is not allowed: must be >= 1")
     out = Path(out_dir)
     start = time.perf_counter()
-    corpus = shakespeare_tokens(cfg["vocab_size"], out / "cache")
+    corpus = corpus_tokens(data, cfg["vocab_size"], cache_dir or out / "cache")
     from ..models import CheemsForCausalLM
 
     per_run = []
