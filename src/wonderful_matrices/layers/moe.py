@@ -105,18 +105,21 @@ class MoE(nn.Module):
         top, ids = probs.topk(self.top_k, dim=-1)
         return probs, top / top.sum(-1, keepdim=True), ids
 
-    def _expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
-        """Routed expert ``e`` on its tokens: x (m, d) -> (m, d)."""
-        gate, up = (x @ self.gate_up_proj[e].t()).chunk(2, dim=-1)
-        return (ACTIVATIONS[self.activation](gate) * up) @ self.down_proj[e].t()
+    def _expert(self, x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+        """One routed expert on its tokens: x (m, d), gate_up (2I, d), down (d, I) -> (m, d)."""
+        gate, up = (x @ gate_up.t()).chunk(2, dim=-1)
+        return (ACTIVATIONS[self.activation](gate) * up) @ down.t()
+
+    # Per-expert weights come from ``unbind``/``split`` (one backward node that stacks the gradients) rather than
+    # from indexing, whose backward would write a zero-filled copy of the whole stacked table per expert.
 
     def _loop(self, x: torch.Tensor, gates: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(x)
-        for e in range(self.num_experts):
+        for e, (gate_up, down) in enumerate(zip(self.gate_up_proj.unbind(0), self.down_proj.unbind(0))):
             token, slot = torch.where(ids == e)
             if token.numel() == 0:
                 continue
-            y = self._expert(x[token], e) * gates[token, slot, None].to(x.dtype)
+            y = self._expert(x[token], gate_up, down) * gates[token, slot, None].to(x.dtype)
             out.index_add_(0, token, y)
         return out
 
@@ -134,27 +137,25 @@ class MoE(nn.Module):
         return torch.zeros_like(x).index_add_(0, token, ys)
 
     def _segment_loop(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        pieces, start = [], 0
-        for e, count in enumerate(counts.tolist()):
-            if count:
-                pieces.append(self._expert(xs[start:start + count], e))
-                start += count
+        sizes = counts.tolist()
+        pieces = [self._expert(rows, gate_up, down)
+                  for rows, gate_up, down, size in zip(xs.split(sizes), self.gate_up_proj.unbind(0),
+                                                       self.down_proj.unbind(0), sizes) if size]
         return torch.cat(pieces) if pieces else xs.new_zeros(xs.shape)
 
     def _grouped_gemm(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         mm = _grouped_mm_function()
         act = ACTIVATIONS[self.activation]
-        ends = counts.cumsum(0).tolist()
+        group_counts = counts.split(_GROUPS_PER_CALL)
+        rows = [int(n) for n in torch.stack([c.sum() for c in group_counts]).tolist()]
         pieces = []
-        for first in range(0, self.num_experts, _GROUPS_PER_CALL):
-            last = min(first + _GROUPS_PER_CALL, self.num_experts)
-            start, stop = (ends[first - 1] if first else 0), ends[last - 1]
-            if stop == start:
+        for x_rows, gate_up, down, group, n in zip(xs.split(rows), self.gate_up_proj.split(_GROUPS_PER_CALL),
+                                                   self.down_proj.split(_GROUPS_PER_CALL), group_counts, rows):
+            if n == 0:
                 continue
-            offs = (counts[first:last].cumsum(0)).to(torch.int32)
-            gate, up = mm(xs[start:stop], self.gate_up_proj[first:last].transpose(-2, -1), offs=offs).chunk(2, -1)
-            h = (act(gate) * up).contiguous()
-            pieces.append(mm(h, self.down_proj[first:last].transpose(-2, -1), offs=offs))
+            offs = group.cumsum(0).to(torch.int32)
+            gate, up = mm(x_rows, gate_up.transpose(-2, -1), offs=offs).chunk(2, dim=-1)
+            pieces.append(mm((act(gate) * up).contiguous(), down.transpose(-2, -1), offs=offs))
         return torch.cat(pieces) if pieces else xs.new_zeros(xs.shape)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
