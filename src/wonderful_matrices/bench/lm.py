@@ -27,7 +27,7 @@ from .lm_common import corpus_tokens, perplexity, train_lm
 FAMILIES = ("cheems", "doge", "llama", "mamba2", "jamba")
 QUICK = dict(size="small", seq_len=128, batch=8, steps=30, lr=1e-3, contexts=(256, 1024), eval_tokens=16_384,
              decode_reps=5)
-FULL = dict(size="base", seq_len=2048, batch=16, steps=300, lr=1e-3, contexts=(4096, 16384, 131072, 1048576),
+FULL = dict(size="base", seq_len=2048, batch=8, steps=200, lr=1e-3, contexts=(4096, 16384, 131072, 1048576),
             eval_tokens=None, decode_reps=20)
 ATTENTION_LIKE = ("attn", "dma")
 
@@ -118,7 +118,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
     ``results.md`` and ``lm.png`` into ``out_dir``; return one row per (family, context).
 
     ``quick``: ``-small`` presets, BPE 4096, 30 steps of 8 x 128 tokens, contexts 256 and 1K (CPU).
-    Full: ``-base`` presets, BPE 32768, 300 steps of 16 x 2048 tokens, contexts 4K..1M (one H200).
+    Full: ``-base`` presets, BPE 32768, 200 steps of 8 x 2048 tokens, contexts 4K..1M (one H200).
     ``steps``, ``contexts``, ``size`` (preset size), ``vocab_size``, ``seq_len``, ``batch`` override;
     ``data``: the corpus (default the embedded Shakespeare); ``cache_dir``: tokenizer/token cache."""
     from ..models import CheemsForCausalLM, presets
