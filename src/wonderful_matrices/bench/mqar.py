@@ -105,14 +105,14 @@ def train_and_evaluate(model, train: tuple[torch.Tensor, torch.Tensor], test: tu
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(steps, max(1, steps // 10)))
     gen = torch.Generator().manual_seed(seed)
     n = train[0].shape[0]
-    order = torch.randperm(n, generator=gen)
+    order = torch.randperm(n, generator=gen).to(train[0].device)
     pos = 0
     model.train()
     t0 = time.perf_counter()
     loss = torch.zeros(())
     for _ in range(steps):
         if pos + batch_size > n:
-            order, pos = torch.randperm(n, generator=gen), 0
+            order, pos = torch.randperm(n, generator=gen).to(train[0].device), 0
         idx = order[pos:pos + batch_size]
         pos += batch_size
         x, y = train[0][idx].to(device, non_blocking=True), train[1][idx].to(device, non_blocking=True)
@@ -223,6 +223,7 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
         steps = QUICK_STEPS
     budget_s = float(budget_s if budget_s is not None else 420)
     max_steps, min_steps = (600 if quick else 20000), 20
+    num_train = 20_000
     for name, value in (("budget_s", budget_s), ("batch_size", batch), ("num_test", num_test)):
         if value <= 0:
             raise ValueError(f"{name}={value!r} is not allowed: must be > 0")
@@ -237,19 +238,22 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
     rows, cell_meta = [], []
     for cell_idx, (seq_len, kv, width) in enumerate(cells):
         t_cell = time.perf_counter()
+        # a fixed pool of training rows (cycled in epochs) and a separate test set, on the device
+        train = mqar(num_train, seq_len, kv, vocab, seed=seed + 1000 * cell_idx)
+        test = mqar(num_test, seq_len, kv, vocab, seed=seed + 1000 * cell_idx + 1)
+        train, test = tuple(t.to(device) for t in train), tuple(t.to(device) for t in test)
         if steps is not None:
             cell_steps, step_s = int(steps), {}
         else:
             step_s = {m: _step_seconds(m, width, vocab, state, seq_len, batch, device) for m in mixers}
-            # the cell's share of the budget, after calibration, over every (mixer, lr) run at 1.15x for eval
+            # the cell's share of the budget, after data and calibration, over every (mixer, lr) run at 1.15x
+            # for evaluation
             left = per_cell_s - (time.perf_counter() - t_cell)
             cell_steps = int(left / (1.15 * len(learning_rates) * sum(step_s.values())))
             cell_steps = max(min_steps, min(max_steps, cell_steps))
-        num_train = min(cell_steps * batch, 100_000 if not quick else 20_000)
-        train = mqar(num_train, seq_len, kv, vocab, seed=seed + 1000 * cell_idx)
-        test = mqar(num_test, seq_len, kv, vocab, seed=seed + 1000 * cell_idx + 1)
         cell_meta.append({"seq_len": seq_len, "num_kv_pairs": kv, "width": width, "steps": cell_steps,
-                          "train_rows": num_train, "examples_seen": cell_steps * batch,
+                          "train_rows": num_train, "epochs": round(cell_steps * batch / num_train, 2),
+                          "examples_seen": cell_steps * batch,
                           "step_ms": {m: round(1e3 * s, 2) for m, s in step_s.items()}})
         for mixer in mixers:
             results = {}
