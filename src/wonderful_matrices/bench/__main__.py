@@ -1,8 +1,11 @@
-"""``python -m wonderful_matrices.bench NAME [--quick] --out DIR [--device D] [--budget-s S] [--steps N]``."""
+"""``python -m wonderful_matrices.bench NAME [--quick] --out DIR [--device D] [--budget-s S] [--steps N]
+[--threads N]``."""
 from __future__ import annotations
 
 import argparse
 import sys
+
+import torch
 
 from . import names, run_benchmark
 
@@ -17,10 +20,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="wall-clock budget of the whole sweep in seconds (mqar)")
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps per run instead of the default (mqar, position, lm)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice; 1 is faster on a shared machine)")
 
 
 def main_from_args(args: argparse.Namespace) -> int:
     """Run the benchmark the parsed ``args`` name; 2 with a message on a bad argument."""
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"error: threads={args.threads!r} is not allowed: must be >= 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
     try:
         run_benchmark(args.name, args.out, quick=args.quick, device=args.device, budget_s=args.budget_s,
                       steps=args.steps)
