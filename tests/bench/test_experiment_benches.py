@@ -31,12 +31,15 @@ def test_position_quick_path(tmp_path, small_corpus):
     summary = position.run(tmp_path, quick=True, steps=2, size=size, data=data_path, cache_dir=cache)
     assert [s["variant"] for s in summary] == list(position.VARIANTS)
     data, md = _read(tmp_path)
-    assert data["experiment"] == "position" and data["meta"]["seeds"] == 1 and len(data["meta"]["runs"]) == 3
-    for s in data["rows"]:
+    assert data["experiment"] == "position" and data["meta"]["seeds"] == 1
+    assert [r["runs"] for r in data["rows"]] == ["mean of 1"] * 3 + ["seed 0"] * 3
+    for s in data["rows"][:3]:
         for f in position.EVAL_FACTORS:
             assert 1.0 < s[f"ppl@{f}x"] < 1e4 and s[f"ppl@{f}x_min"] <= s[f"ppl@{f}x"] <= s[f"ppl@{f}x_max"]
     rope = next(s for s in data["rows"] if s["variant"] == "rope")
     assert rope["rope_gain@1x_%"] == 0.0
+    no_pe = data["rows"][0]
+    assert no_pe["rope_gain@2x_%"] == pytest.approx(100 * (no_pe["ppl@2x"] - rope["ppl@2x"]) / no_pe["ppl@2x"])
     assert "SSD + RoPE (unified)" in md and "rope_gain@4x_%" in md
     assert (tmp_path / "position.png").stat().st_size > 1000
 

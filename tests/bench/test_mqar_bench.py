@@ -30,7 +30,7 @@ def test_quick_path_writes_well_formed_results(tmp_path):
         assert 0.0 <= row["accuracy"] <= 1.0
         assert row["steps"] == 3 and row["mixer"] in bench_mqar.MIXERS
         assert set(row["lr_accuracy"]) <= {"1.00e-03", "1.00e-02"}
-    assert data["meta"]["cells"][0]["examples_seen"] == 12
+    assert all(r["examples_seen"] == 12 for r in data["rows"])
     md = (tmp_path / "results.md").read_text()
     assert "| seq_len |" in md and "DMA" in md and "QCAttn" in md
     assert (tmp_path / "mqar.png").stat().st_size > 1000

@@ -183,7 +183,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
                         + (", bf16 autocast" if device.type == "cuda" else ", float32"),
             "decode": "batch 1, one token per step, cache grown to the context with random keys/values "
                       "(see the module docstring); " + ("bf16 weights" if device.type == "cuda" else "float32"),
-            "contexts": list(cfg["contexts"]), "training_rows": training, "wall_s": round(total_s, 1)}
+            "contexts": list(cfg["contexts"]), "wall_s": round(total_s, 1)}
     columns = ["preset", "parameters", "train_tokens_per_s", "peak_memory_gb", "val_ppl", "context",
                "decode_tokens_per_s", "cache_bytes_analytic", "cache_bytes_measured", "status"]
     missing = [t["preset"] for t in training if t["status"] != "ok"]
