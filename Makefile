@@ -19,7 +19,16 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(PY) -m wonderful_matrices.cli demo
+	@echo "== training cheems-small on the embedded Shakespeare corpus (re-running resumes; rm -rf runs/demo to restart)"
+	@# one torch thread: on a 2-core machine shared with anything else, two threads run several times slower
+	$(VENV)/bin/wm train --preset cheems-small --data shakespeare --out runs/demo --max-steps 400 \
+		--batch-size 8 --seq-len 128 --lr 3e-3 --warmup 0.05 --decay 0.3 --eval-interval 50 --eval-rows 16 \
+		--save-interval 100 --log-interval 10 --threads 1
+	@echo "== validation perplexity (128 rows of the held-out plays) and the unigram baseline"
+	$(VENV)/bin/wm eval runs/demo --max-rows 128 --threads 1
+	@echo "== sample"
+	$(VENV)/bin/wm generate runs/demo --prompt "ROMEO:" --max-new-tokens 120 --seed 0 --threads 1
+	@echo "== loss plot: runs/demo/loss.png"
 
 clean:
 	rm -rf $(VENV)

@@ -11,8 +11,10 @@ def test_dma_bench_runs_and_writes_results(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_dma, "QUICK", tiny)
     rows = bench_dma.run(tmp_path, quick=True, device="cpu")
     impls = {r["impl"] for r in rows}
-    assert {"dma window 8", "dma no window", "sdpa causal (default)", "DMA layer step, window 8",
-            "DMA layer step, window None", "SDPA attention only, full cache"} <= impls
+    assert {"dma window 8 torch", "dma no window", "sdpa causal (default)", "selection only (torch block 64)",
+            "DMA layer step, window 8", "DMA layer step, window None", "DMA attention step, window 8",
+            "DMA attention step, window None", "SDPA attention step, full cache",
+            "Attention layer step (Llama-style, cat cache)"} <= impls
     assert all(r.get("fwd_bwd_ms", 1) > 0 for r in rows)
     window_cache = next(r for r in rows if r["impl"] == "DMA layer step, window 8")["cache_mb"]
     full_cache = next(r for r in rows if r["impl"] == "DMA layer step, window None")["cache_mb"]

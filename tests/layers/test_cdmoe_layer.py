@@ -202,3 +202,13 @@ def test_wrong_width_raises():
 
 def test_default_top_k():
     assert CDMoE(8, 8, 16).top_k == 4 and CDMoE(8, 8, 1024).top_k == 8
+
+
+def test_runs_under_bfloat16_autocast():
+    m = layer(torch.float32, balance_loss_weight=0.1)
+    x = torch.randn(2, 3, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+        (y.float().square().mean() + m.aux_loss).backward()
+    assert rel_err(y.float(), m(x)) < 3e-2
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in m.parameters())

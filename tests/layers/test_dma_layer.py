@@ -193,3 +193,53 @@ def test_decoding_under_no_grad_matches_too():
         for splits in ([4] + [1] * 11, [3] + [1] * 12):  # a prefill of exactly w keys, then full-cache steps
             full, cached, sizes = full_and_cached(layer, x, pos, None, splits)
             assert rel_err(cached, full) < TOL64 and max(sizes) == 3
+
+
+@pytest.mark.parametrize("w,prefill", [(None, 5), (None, 254), (4, 2), (4, 9), (6, 6)])
+def test_no_grad_decoding_in_place_matches_full_forward(w, prefill):
+    """Generation path: preallocated buffers updated in place (widened once to w slots with a window; grown
+    geometrically past 256 slots without); prefill + steps == one full forward, and the window's steady state
+    writes into the same buffer every step (no reallocation)."""
+    layer = randomize(DynamicMaskAttention(16, 4, 2, 4, keep_window=w)).double()
+    b, steps = 2, 7
+    l = prefill + steps
+    x = torch.randn(b, l, 16, dtype=torch.float64)
+    mask = torch.ones(b, l, dtype=torch.long)
+    mask[1, :2] = 0  # left padding in row 1
+    mask[0, prefill + 3] = 0  # a padded token among the steps
+    pos = (mask.cumsum(1) - 1).clamp_min(0)
+    with torch.no_grad():
+        full, cached, sizes = full_and_cached(layer, x, pos, mask, [prefill] + [1] * steps)
+        real = mask.bool()
+        assert rel_err(cached[real], full[real]) < TOL64
+        if w is None:
+            assert sizes == list(range(prefill, l + 1))[: len(sizes)]
+        else:
+            assert sizes[1:] == [w] * steps
+            state = {}
+            layer(x[:, :prefill], pos[:, :prefill], None, state)
+            layer(x[:, prefill:prefill + 1], pos[:, prefill:prefill + 1], None, state)
+            ptr = state["key"].data_ptr()
+            layer(x[:, prefill + 1:prefill + 2], pos[:, prefill + 1:prefill + 2], None, state)
+            assert state["key"].data_ptr() == ptr and state["key"].shape[1] == w
+
+
+@pytest.mark.parametrize("w", [None, 3])
+def test_no_grad_decoding_survives_beam_reorder(w):
+    """index_select on the cache (beam search) makes plain copies: the next step reallocates buffers and stays exact."""
+    layer = randomize(DynamicMaskAttention(16, 2, 1, 8, keep_window=w)).double()
+    x = torch.randn(2, 12, 16, dtype=torch.float64)
+    pos = torch.arange(12).expand(2, 12)
+    beam = torch.tensor([1, 1])
+    with torch.no_grad():
+        state = {}
+        layer(x[:, :5], pos[:, :5], None, state)
+        for t in range(5, 8):
+            layer(x[:, t:t + 1], pos[:, t:t + 1], None, state)
+        for name in list(state):
+            state[name] = state[name].index_select(0, beam)
+        outs = [layer(x[:, t:t + 1], pos[:, t:t + 1], None, state) for t in range(8, 12)]
+        # reference: row 1's first 8 tokens in both rows, then each row's own tokens
+        xr = torch.cat([x[1:, :8].expand(2, -1, -1), x[:, 8:]], dim=1)
+        ref = layer(xr, pos)
+    assert rel_err(torch.cat(outs, 1), ref[:, 8:]) < TOL64

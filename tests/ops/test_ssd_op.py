@@ -198,9 +198,10 @@ def test_bad_arguments_raise_value_error_naming_them(change, argument):
         ssd(**kw)
 
 
-def test_triton_backend_is_not_offered():
+def test_triton_backend_needs_cuda_or_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="^backend="):
-        ssd(**_valid(), backend="triton")
+        ssd(**_valid(), backend="triton")  # a CPU tensor, no interpreter
 
 
 def test_ssd_step_bad_arguments():

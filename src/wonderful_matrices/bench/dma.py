@@ -1,12 +1,17 @@
 """Dynamic mask attention benchmark: training-step cost vs length, and decoding cost at long context.
 
 (a) forward and forward+backward time and peak memory of one attention call vs sequence length T: DMA with a
-    window (our torch path, exact per-query top-w), DMA without a window, dense causal SDPA (cuDNN backend
-    when it runs, else PyTorch's default choice) and FlexAttention causal (CUDA only, when it compiles), all in
-    one process on the same inputs.
-(b) one decoding step of the ``DynamicMaskAttention`` layer at long context, with a window (cache bounded to
-    ``w`` keys per head) and without (cache of the whole context), beside plain SDPA over the full cache; and
-    the bytes the layer's cache holds.
+    window (the Triton kernels where usable, and the torch path), DMA without a window, dense causal SDPA
+    (cuDNN backend when it runs, else PyTorch's default choice) and FlexAttention causal (CUDA only, when it
+    compiles), all in one process on the same inputs; plus the windowed paths' selection stage alone
+    (``select_blocks``, no gradient), so kernel time = total − selection.
+(b) decoding at long context, like with like. Attention only (after the projections): one DMA step with a
+    window (evict the lowest ranked slot, write the new key, attend over the ``w`` slots), one DMA step
+    without a window (append, attend over the whole cache), and one SDPA step (write the new key/value into a
+    preallocated full cache, attend over it; separate K and V, same heads) — eagerly and, on CUDA, replayed
+    from a CUDA graph (which also proves the step has no host synchronisation). Whole layers: the
+    ``DynamicMaskAttention`` layer step beside this package's Llama-style ``Attention`` layer step (its cache
+    grows by concatenation). Plus the bytes each cache holds.
 
 GPU: T = 2K…32K, batch 1, 16 heads × 128, bf16, window 2048; decode at 64K context, batch 1…8.
 ``--quick``: CPU-sized shapes (a minute).
@@ -21,8 +26,10 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from ..layers import DynamicMaskAttention
+from ..layers import Attention, DynamicMaskAttention
 from ..ops import dynamic_mask_attention
+from ..ops.common import triton_usable
+from ..ops.dma.torch import default_block, select_blocks
 from .common import peak_memory_bytes, synchronize, time_callable, write_results
 
 FULL = dict(lengths=[2048, 4096, 8192, 16384, 32768], heads=16, head_dim=128, window=2048, dtype=torch.bfloat16,
@@ -83,6 +90,13 @@ def _measure(fn, inputs, device, warmup, reps):
         return dict(error=f"{type(exc).__name__}: {str(exc)[:120]}")
 
 
+def _time_or_error(fn, device, cfg):
+    try:
+        return time_callable(fn, device, cfg["warmup"], cfg["reps"])
+    except Exception as exc:  # noqa: BLE001 - record and keep going
+        return f"{type(exc).__name__}: {str(exc)[:120]}"
+
+
 def _training_rows(cfg, device):
     rows = []
     h, d, w, dtype = cfg["heads"], cfg["head_dim"], cfg["window"], cfg["dtype"]
@@ -97,9 +111,25 @@ def _training_rows(cfg, device):
             with cudnn():
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-        impls = [(f"dma window {w}", lambda q, k, v, b: dynamic_mask_attention(q, k, v, b, keep_window=w),
-                  (q, k, v, bias)),
-                 ("dma no window", lambda q, k, v, b: dynamic_mask_attention(q, k, v, b), (q, k, v, bias)),
+        impls = []
+        if device.type == "cuda" and triton_usable(device):
+            from ..ops.dma.triton import block_for
+
+            rows_bias = bias.detach().permute(0, 2, 1).reshape(h, T)
+            ms = _time_or_error(lambda: select_blocks(rows_bias, T, w, block_for(w)), device, cfg)
+            rows.append(dict(T=T, impl=f"selection only (triton block {block_for(w)})", fwd_ms=ms))
+            print(rows[-1], flush=True)
+            impls.append((f"dma window {w} triton",
+                          lambda q, k, v, b: dynamic_mask_attention(q, k, v, b, keep_window=w, backend="triton"),
+                          (q, k, v, bias)))
+        rows_bias = bias.detach().permute(0, 2, 1).reshape(h, T)
+        ms = _time_or_error(lambda: select_blocks(rows_bias, T, w, default_block(w)), device, cfg)
+        rows.append(dict(T=T, impl=f"selection only (torch block {default_block(w)})", fwd_ms=ms))
+        print(rows[-1], flush=True)
+        impls += [(f"dma window {w} torch",
+                   lambda q, k, v, b: dynamic_mask_attention(q, k, v, b, keep_window=w, backend="torch"),
+                   (q, k, v, bias)),
+                  ("dma no window", lambda q, k, v, b: dynamic_mask_attention(q, k, v, b), (q, k, v, bias)),
                  (f"sdpa causal ({cudnn_name})", sdpa, (qt, kt, vt))]
         flex = _flex_causal(device, T, h)
         if flex is not None:
@@ -121,36 +151,106 @@ def _cache_bytes(state):
     return sum(t.numel() * t.element_size() for t in state.values())
 
 
+def _graphed(fn, device):
+    """A CUDA-graph replay of ``fn`` (captured after warm-up on a side stream), or None off CUDA."""
+    if device.type != "cuda":
+        return None
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def _step_rows(name, fn, device, cfg, base, graph=True):
+    """Eager (and CUDA-graph) timing rows of one decoding step; ``base`` = dict(context, batch, cache_mb)."""
+    rows = []
+    with torch.no_grad():
+        rows.append(dict(base, impl=name, step_ms=_time_or_error(fn, device, cfg)))
+        if graph and device.type == "cuda":
+            try:
+                replay = _graphed(fn, device)
+                rows.append(dict(base, impl=name + " [cuda graph]", step_ms=_time_or_error(replay, device, cfg)))
+            except Exception as exc:  # noqa: BLE001
+                rows.append(dict(base, impl=name + " [cuda graph]", error=f"{type(exc).__name__}: {str(exc)[:120]}"))
+    for row in rows:
+        print(row, flush=True)
+    return rows
+
+
+def _dma_state(b, kept, n, h, d, device, dtype):
+    return {"key": torch.randn(b, kept, h, d, device=device, dtype=dtype),
+            "value": torch.randn(b, kept, h, d, device=device, dtype=dtype),
+            "bias": -torch.rand(b, kept, h, device=device),
+            "position": torch.arange(n - kept, n, device=device).view(1, kept, 1).repeat(b, 1, h)}
+
+
 def _decode_rows(cfg, device):
     rows = []
     h, d, w, dtype, n = cfg["heads"], cfg["head_dim"], cfg["window"], cfg["dtype"], cfg["context"]
-    for window in (w, None):
-        layer = DynamicMaskAttention(h * d, h, h, d, keep_window=window).to(device, dtype).eval()
-        for b in cfg["batches"]:
-            kept = n if window is None else min(w, n)
-            state = {"key": torch.randn(b, kept, h, d, device=device, dtype=dtype),
-                     "value": torch.randn(b, kept, h, d, device=device, dtype=dtype),
-                     "bias": -torch.rand(b, kept, h, device=device),
-                     "position": torch.arange(n - kept, n, device=device).view(1, kept, 1).repeat(b, 1, h)}
-            x = torch.randn(b, 1, h * d, device=device, dtype=dtype)
-            pos = torch.full((b, 1), n, device=device, dtype=torch.long)
-            bytes_before = _cache_bytes(state)
-            with torch.no_grad():
-                ms = time_callable(lambda: layer(x, pos, None, state), device, cfg["warmup"], cfg["reps"])
-            rows.append(dict(context=n, batch=b, impl=f"DMA layer step, window {window}", step_ms=ms,
-                             cache_mb=bytes_before / 2**20))
-            print(rows[-1], flush=True)
-            del state
     for b in cfg["batches"]:
-        q = torch.randn(b, h, 1, d, device=device, dtype=dtype)
-        kv = torch.randn(b, h, n, d, device=device, dtype=dtype)
-        with torch.no_grad():
-            ms = time_callable(lambda: F.scaled_dot_product_attention(q, kv, kv), device, cfg["warmup"], cfg["reps"])
-        rows.append(dict(context=n, batch=b, impl="SDPA attention only, full cache", step_ms=ms,
-                         cache_mb=2 * kv.numel() * kv.element_size() / 2**20))
-        print(rows[-1], flush=True)
-        del kv
+        g = torch.Generator(device="cpu").manual_seed(b)
+        q, k, v = (torch.randn(b, 1, h, d, generator=g).to(device, dtype) for _ in range(3))
+        bias = -torch.rand(b, 1, h, generator=g).to(device)
+        position = torch.full((b, 1, h), n, device=device, dtype=torch.long)
+        # attention only: DMA with a window (w slots), DMA without (n slots, grows), SDPA over a full cache
+        for window in (w, None):
+            layer = DynamicMaskAttention(h * d, h, h, d, keep_window=window).to(device, dtype).eval()
+            state = _dma_state(b, n if window is None else min(w, n), n, h, d, device, dtype)
+            with torch.no_grad():
+                layer._decode_step(q, k, v, bias, position, state)  # buffers allocated once, outside the timing
+            base = dict(context=n, batch=b, cache_mb=_cache_bytes(state) / 2**20)
+            rows += _step_rows(f"DMA attention step, window {window}", lambda: layer._decode_step(
+                q, k, v, bias, position, state), device, cfg, base, graph=window is not None)
+            del state
+        kbuf = torch.randn(b, h, n + 1, d, device=device, dtype=dtype)
+        vbuf = torch.randn(b, h, n + 1, d, device=device, dtype=dtype)
+        qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+
+        def sdpa_step():
+            kbuf[:, :, n:n + 1].copy_(kt)
+            vbuf[:, :, n:n + 1].copy_(vt)
+            return F.scaled_dot_product_attention(qt, kbuf, vbuf)
+
+        base = dict(context=n, batch=b, cache_mb=2 * kbuf.numel() * kbuf.element_size() / 2**20)
+        rows += _step_rows("SDPA attention step, full cache", sdpa_step, device, cfg, base)
+        del kbuf, vbuf
+        # whole layers (projections, RoPE, cache update, attention)
+        x = torch.randn(b, 1, h * d, generator=g).to(device, dtype)
+        pos = torch.full((b, 1), n, device=device, dtype=torch.long)
+        for window in (w, None):
+            layer = DynamicMaskAttention(h * d, h, h, d, keep_window=window).to(device, dtype).eval()
+            state = _dma_state(b, n if window is None else min(w, n), n, h, d, device, dtype)
+            with torch.no_grad():
+                layer(x, pos, None, state)
+            base = dict(context=n, batch=b, cache_mb=_cache_bytes(state) / 2**20)
+            rows += _step_rows(f"DMA layer step, window {window}", lambda: layer(x, pos, None, state), device, cfg,
+                               base, graph=False)
+            del state
+        attn = Attention(h * d, h, h, d).to(device, dtype).eval()
+        state = {"key": torch.randn(b, n, h, d, device=device, dtype=dtype),
+                 "value": torch.randn(b, n, h, d, device=device, dtype=dtype),
+                 "key_mask": torch.ones(b, n, dtype=torch.bool, device=device)}
+        base = dict(context=n, batch=b, cache_mb=_cache_bytes(state) / 2**20)
+
+        def attn_step():  # the cache is reset each call so the context stays n
+            s = dict(state)
+            return attn(x, pos, None, s)
+
+        rows += _step_rows("Attention layer step (Llama-style, cat cache)", attn_step, device, cfg, base, graph=False)
+        del state
     synchronize(device)
+    for row in rows:
+        ref = next((r for r in rows if r["batch"] == row["batch"] and r["impl"].startswith("SDPA attention step")
+                    and r["impl"].endswith("[cuda graph]") == row["impl"].endswith("[cuda graph]")), None)
+        if row["impl"].startswith("DMA attention") and ref and isinstance(ref.get("step_ms"), float) \
+                and isinstance(row.get("step_ms"), float):
+            row["sdpa_time / time"] = ref["step_ms"] / row["step_ms"]
     return rows
 
 
@@ -166,7 +266,8 @@ def run(out_dir, quick: bool = False, device=None) -> list[dict]:
     meta = dict(quick=quick, device=str(device), heads=cfg["heads"], head_dim=cfg["head_dim"],
                 keep_window=cfg["window"], dtype=str(cfg["dtype"]), lengths=cfg["lengths"],
                 decode_context=cfg["context"], batches=cfg["batches"],
-                note="fwd_bwd = forward + backward of one attention call, batch 1; ratio = SDPA time / this time")
+                note="fwd_bwd = forward + backward of one attention call, batch 1; ratio = SDPA time / this time "
+                     "(train: fwd_bwd; decode: the SDPA attention step, eager vs eager, graph vs graph)")
     table = write_results(out_dir, "dma", rows, meta, columns)
     print(table)
     return rows

@@ -1,7 +1,9 @@
 """Experiment 3 `experts` (claim 3): expert retrieval time of state mixers side by side.
 
 Layers, all at the same model width ``d``: loop MoE (the paper's "SEIMoE"), grouped MoE (sorted dispatch, grouped
-GEMM on CUDA), PKM, PEER and CDMoE (torch backend). For every number of experts ``N`` and activation ratio ``r``,
+GEMM on CUDA), PKM, PEER (both with the default backend: Triton kernels on CUDA), CDMoE with the torch backend of
+the expert mixture and CDMoE with the triton backend (CUDA only; skipped elsewhere). For every number of experts
+``N`` and activation ratio ``r``,
 each token activates ``m = max(1, round(r·√N))`` experts:
 
 * MoE: ``top_k = m`` routed SwiGLU experts of inner width ``EXPERT_WIDTH`` (8: the narrowest grouped-GEMM-aligned
@@ -15,7 +17,10 @@ Forward is timed under ``torch.no_grad()``; forward+backward computes the gradie
 parameter. Median of several calls (CUDA events on GPU), peak memory of one call (GPU), parameter counts.
 Skipped (recorded with the reason): the loop MoE above 1024 experts or where one call takes more than 2 s; any
 configuration whose estimated memory does not fit; off CUDA the grouped MoE above 1024 experts or where one call
-takes more than 2 s (its CPU path is a per-expert loop). ``--quick`` runs N in {16, 256, 1024, 65536} at ratios 0.25 and 1 with a 1 s limit per call and shorter timing. Run: ``python -m wonderful_matrices.bench.experts --out DIR [--quick]``.
+takes more than 2 s (its CPU path is a per-expert loop). ``--quick`` runs N in {16, 256, 1024, 65536} at ratios
+0.25 and 1, both MoEs up to 256 experts, with a 1 s limit per call and shorter timing. Also timed: CDMoE (both
+backends) with 8 heads × top-16 (the BENCHMARKS.md target) at N = 1024 and the largest N (rows with ratio "8x16").
+Run: ``python -m wonderful_matrices.bench.experts --out DIR [--quick]``.
 """
 from __future__ import annotations
 
@@ -28,18 +33,22 @@ from pathlib import Path
 import torch
 
 from ..layers import CDMoE, MoE, PEER, PKM
+from ..ops.common import triton_usable
 from .common import markdown_table, peak_memory_bytes, synchronize, time_callable, write_results
 
 EXPERT_COUNTS = (16, 64, 256, 1024, 4096, 16384, 65536, 2 ** 20)
 QUICK_EXPERT_COUNTS = (16, 256, 1024, 65536)
 RATIOS = (0.25, 0.5, 0.75, 1.0)
 QUICK_RATIOS = (0.25, 1.0)
-IMPLEMENTATIONS = ("loop_moe", "grouped_moe", "pkm", "peer", "cdmoe")
+IMPLEMENTATIONS = ("loop_moe", "grouped_moe", "pkm", "peer", "cdmoe", "cdmoe_triton")
+CDMOE_IMPLEMENTATIONS = ("cdmoe", "cdmoe_triton")
 MODES = ("fwd", "fwd+bwd")
 EXPERT_WIDTH = 8
 RETRIEVAL_DIM = 64
 MAX_HEADS = 8
-LOOP_MAX_EXPERTS = 1024
+TARGET_SPLIT = (8, 16)  # BENCHMARKS.md target configuration (heads, top_k), timed at N = 1024 and the largest N
+TARGET_RATIO = "8x16"  # its `ratio` label in the rows
+LOOP_MAX_EXPERTS = (1024, 256)  # full, quick: the loop MoE (and the grouped MoE off CUDA) run up to this N
 SLOW_CALL_S = (2.0, 1.0)  # full, quick
 TIME_PER_CASE_S = (0.25, 0.05)  # full, quick: timed calls per case ~ this budget / one call, within [3, 20]
 
@@ -51,7 +60,7 @@ PAPER_N1024 = {
     "cdmoe": (54, 100, 148, 200),
 }
 LABELS = {"loop_moe": "loop MoE (SEIMoE)", "grouped_moe": "grouped MoE", "pkm": "PKM", "peer": "PEER",
-          "cdmoe": "CDMoE (torch)"}
+          "cdmoe": "CDMoE (torch)", "cdmoe_triton": "CDMoE (triton)"}
 PAPER_LABELS = {"loop_moe": "SEIMoE", "pkm": "PKM", "peer": "PEER", "cdmoe": "CDMoE"}
 
 
@@ -61,27 +70,29 @@ def split_heads(activated: int) -> tuple[int, int]:
     return heads, activated // heads
 
 
-def build(impl: str, width: int, num_experts: int, activated: int) -> torch.nn.Module:
-    """The layer ``impl`` with ``num_experts`` experts, ``activated`` of them per token (float32, current device)."""
-    heads, top_k = split_heads(activated)
+def build(impl: str, width: int, num_experts: int, activated: int, heads: int | None = None) -> torch.nn.Module:
+    """The layer ``impl`` with ``num_experts`` experts, ``activated`` of them per token (float32, current device);
+    product-key layers use ``heads`` heads (default :func:`split_heads`)."""
+    heads, top_k = split_heads(activated) if heads is None else (heads, activated // heads)
     if impl in ("loop_moe", "grouped_moe"):
         return MoE(width, EXPERT_WIDTH, num_experts, activated, shared_intermediate_size=width,
                    implementation="loop" if impl == "loop_moe" else "grouped")
-    if impl == "cdmoe":
-        return CDMoE(width, width, num_experts, num_heads=heads, top_k=top_k, retrieval_dim=RETRIEVAL_DIM)
+    if impl in CDMOE_IMPLEMENTATIONS:
+        return CDMoE(width, width, num_experts, num_heads=heads, top_k=top_k, retrieval_dim=RETRIEVAL_DIM,
+                     backend="triton" if impl == "cdmoe_triton" else "torch")
     if impl == "peer":
         return PEER(width, num_experts, num_heads=heads, top_k=top_k, key_dim=RETRIEVAL_DIM)
     return PKM(width, num_experts, num_heads=heads, top_k=top_k, key_dim=RETRIEVAL_DIM)
 
 
-def parameter_count(impl: str, width: int, num_experts: int, activated: int) -> int:
-    """Parameters of the layer without building it."""
-    heads, _ = split_heads(activated)
+def parameter_count(impl: str, width: int, num_experts: int, activated: int, heads: int | None = None) -> int:
+    """Parameters of the layer :func:`build` makes, without building it."""
+    heads = split_heads(activated)[0] if heads is None else heads
     shared = 3 * width * width
     router = width * heads * RETRIEVAL_DIM + heads * 2 * math.isqrt(num_experts) * RETRIEVAL_DIM // 2
     if impl in ("loop_moe", "grouped_moe"):
         return width * num_experts + 3 * num_experts * EXPERT_WIDTH * width + shared
-    if impl == "cdmoe":
+    if impl in CDMOE_IMPLEMENTATIONS:
         return shared + router + 2 * num_experts * width
     if impl == "peer":
         return router + 2 * num_experts * width
@@ -108,12 +119,16 @@ def memory_budget(device: torch.device) -> int:
     return 3 * 2 ** 30
 
 
-def skip_reason(impl: str, num_experts: int, estimate: int, budget: int, device: torch.device) -> str | None:
+def skip_reason(impl: str, num_experts: int, estimate: int, budget: int, device: torch.device,
+                quick: bool = False) -> str | None:
     """Why a configuration is not run, or None."""
-    if impl == "loop_moe" and num_experts > LOOP_MAX_EXPERTS:
-        return f"loop MoE is run up to {LOOP_MAX_EXPERTS} experts (one host sync per expert)"
-    if impl == "grouped_moe" and device.type != "cuda" and num_experts > LOOP_MAX_EXPERTS:
-        return f"grouped MoE off CUDA is a per-expert segment loop; run up to {LOOP_MAX_EXPERTS} experts"
+    limit = LOOP_MAX_EXPERTS[quick]
+    if impl == "cdmoe_triton" and not (device.type == "cuda" and triton_usable(device)):
+        return "the triton backend needs a CUDA device and triton"
+    if impl == "loop_moe" and num_experts > limit:
+        return f"loop MoE is run up to {limit} experts (one host sync per expert)"
+    if impl == "grouped_moe" and device.type != "cuda" and num_experts > limit:
+        return f"grouped MoE off CUDA is a per-expert segment loop; run up to {limit} experts"
     if estimate > budget:
         return f"needs ~{estimate / 2 ** 30:.1f} GiB, budget {budget / 2 ** 30:.1f} GiB"
     return None
@@ -159,23 +174,25 @@ def measure(layer: torch.nn.Module, x: torch.Tensor, mode: str, device: torch.de
 
 
 def summarise(rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Ratios loop/CDMoE and grouped/CDMoE per (N, ratio, mode); CDMoE growth from N = 1024 to the largest N."""
+    """Ratios loop/CDMoE and grouped/CDMoE per (N, ratio, mode, CDMoE backend); CDMoE growth from N = 1024 to the
+    largest N (the ``cdmoe`` column names the CDMoE implementation: ``cdmoe`` torch, ``cdmoe_triton``)."""
     times = {(r["N"], r["ratio"], r["impl"], r["mode"]): r["time_ms"] for r in rows if r["time_ms"] is not None}
     ratios = []
-    for (N, ratio, impl, mode), ms in sorted(times.items()):
-        if impl != "cdmoe":
+    for (N, ratio, impl, mode), ms in sorted(times.items(), key=lambda item: (item[0][0], str(item[0][1]), item[0][2:])):
+        if impl not in CDMOE_IMPLEMENTATIONS or ratio == TARGET_RATIO:
             continue
         loop, grouped = times.get((N, ratio, "loop_moe", mode)), times.get((N, ratio, "grouped_moe", mode))
-        ratios.append({"N": N, "ratio": ratio, "mode": mode, "cdmoe_ms": ms,
+        ratios.append({"N": N, "ratio": ratio, "mode": mode, "cdmoe": impl, "cdmoe_ms": ms,
                        "loop/cdmoe": loop / ms if loop else None, "grouped/cdmoe": grouped / ms if grouped else None})
     growth = []
-    for ratio in RATIOS:
-        for mode in MODES:
-            measured = sorted(N for (N, r, impl, m) in times if impl == "cdmoe" and r == ratio and m == mode)
-            if 1024 in measured and measured[-1] > 1024:
-                base, top = times[(1024, ratio, "cdmoe", mode)], times[(measured[-1], ratio, "cdmoe", mode)]
-                growth.append({"ratio": ratio, "mode": mode, "cdmoe_ms_N1024": base, "largest_N": measured[-1],
-                               "cdmoe_ms_largest": top, "growth": top / base})
+    for cdmoe in CDMOE_IMPLEMENTATIONS:
+        for ratio in RATIOS + (TARGET_RATIO,):
+            for mode in MODES:
+                measured = sorted(N for (N, r, impl, m) in times if impl == cdmoe and r == ratio and m == mode)
+                if 1024 in measured and measured[-1] > 1024:
+                    base, top = times[(1024, ratio, cdmoe, mode)], times[(measured[-1], ratio, cdmoe, mode)]
+                    growth.append({"cdmoe": cdmoe, "ratio": ratio, "mode": mode, "cdmoe_ms_N1024": base,
+                                   "largest_N": measured[-1], "cdmoe_ms_largest": top, "growth": top / base})
     return ratios, growth
 
 
@@ -189,13 +206,15 @@ def plot(rows: list[dict], path: Path, device_name: str) -> None:
     counts = sorted({r["N"] for r in rows})
     fig, axes = plt.subplots(len(MODES), len(counts), figsize=(3.2 * len(counts), 6.4), squeeze=False,
                              sharex=True)
-    colors = dict(zip(IMPLEMENTATIONS, ("tab:red", "tab:purple", "tab:green", "tab:orange", "tab:blue")))
+    colors = dict(zip(IMPLEMENTATIONS, ("tab:red", "tab:purple", "tab:green", "tab:orange", "tab:blue",
+                                           "tab:cyan")))
     for i, mode in enumerate(MODES):
         for j, N in enumerate(counts):
             ax = axes[i][j]
             for impl in IMPLEMENTATIONS:
                 pts = sorted((r["ratio"], r["time_ms"]) for r in rows
-                             if r["N"] == N and r["mode"] == mode and r["impl"] == impl and r["time_ms"] is not None)
+                             if r["N"] == N and r["mode"] == mode and r["impl"] == impl and r["time_ms"] is not None
+                             and r["ratio"] != TARGET_RATIO)
                 if pts:
                     ax.plot(*zip(*pts), "o-", color=colors[impl], label=LABELS[impl])
                 if N == 1024 and impl in PAPER_N1024:
@@ -221,57 +240,68 @@ def plot(rows: list[dict], path: Path, device_name: str) -> None:
     plt.close(fig)
 
 
-def run(out_dir, quick: bool = False, device=None) -> list[dict]:
+def run(out_dir, quick: bool = False, device=None, counts=None, ratios=None) -> list[dict]:
     """Run experiment 3 and write results.json, results.md and experts.png into ``out_dir``; return the rows.
 
     Full: 8192 tokens × width 1024 in bf16 (meant for one GPU). ``quick``: 1024 tokens × width 256 in float32.
+    ``counts`` / ``ratios`` restrict the grid (default: all of BENCHMARKS.md's, or the quick subset).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tokens, width, dtype = (1024, 256, torch.float32) if quick else (8192, 1024, torch.bfloat16)
-    counts, ratios = (QUICK_EXPERT_COUNTS, QUICK_RATIOS) if quick else (EXPERT_COUNTS, RATIOS)
+    default_counts, default_ratios = (QUICK_EXPERT_COUNTS, QUICK_RATIOS) if quick else (EXPERT_COUNTS, RATIOS)
+    counts, ratios = tuple(counts or default_counts), tuple(ratios or default_ratios)
+    for n in counts:
+        if math.isqrt(n) ** 2 != n:
+            raise ValueError(f"counts={counts!r} is not allowed: every expert count must be a perfect square")
     elem = torch.finfo(dtype).bits // 8
     torch.manual_seed(0)
     rows: list[dict] = []
     started = time.perf_counter()
+
+    def case(impl: str, N: int, ratio, activated: int, heads: int | None = None) -> None:
+        """Build one layer, time both modes, append two rows."""
+        retrieval = impl in ("pkm", "peer") + CDMOE_IMPLEMENTATIONS
+        heads = (split_heads(activated)[0] if heads is None else heads) if retrieval else None
+        base = {"N": N, "ratio": ratio, "activated": activated, "impl": impl, "heads": heads,
+                "top_k": activated // heads if retrieval else activated,
+                "params": parameter_count(impl, width, N, activated, heads)}
+        estimate = memory_estimate(impl, width, N, activated, tokens, elem)
+        reason = skip_reason(impl, N, estimate, memory_budget(device), device, quick)
+        layer = x = None
+        if reason is None:
+            with torch.device(device):
+                layer = build(impl, width, N, activated, heads).to(dtype)
+            x = torch.randn(tokens, width, device=device, dtype=dtype, requires_grad=True)
+        for mode in MODES:
+            row = dict(base, mode=mode, time_ms=None, peak_mem_mb=None, reps=None, skipped=reason)
+            if reason is None:
+                try:
+                    result = measure(layer, x, mode, device, slow_limit(impl, device, quick), TIME_PER_CASE_S[quick])
+                except torch.cuda.OutOfMemoryError:
+                    result = "out of GPU memory"
+                if isinstance(result, str):
+                    row["skipped"] = result
+                else:
+                    ms, peak, reps = result
+                    row.update(time_ms=ms, reps=reps, peak_mem_mb=None if peak is None else peak / 2 ** 20)
+            rows.append(row)
+            print(f"N={N:>7} r={ratio!s:<5} {impl:<11} {mode:<7} "
+                  + (f"{row['time_ms']:9.3f} ms" if row["time_ms"] is not None else f"skipped: {row['skipped']}"),
+                  flush=True)
+        del layer, x
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
     for N in counts:
         for ratio in ratios:
-            activated = max(1, round(ratio * math.isqrt(N)))
-            heads, top_k = split_heads(activated)
             for impl in IMPLEMENTATIONS:
-                base = {"N": N, "ratio": ratio, "activated": activated, "impl": impl,
-                        "heads": heads if impl in ("pkm", "peer", "cdmoe") else None,
-                        "top_k": top_k if impl in ("pkm", "peer", "cdmoe") else activated,
-                        "params": parameter_count(impl, width, N, activated)}
-                estimate = memory_estimate(impl, width, N, activated, tokens, elem)
-                reason = skip_reason(impl, N, estimate, memory_budget(device), device)
-                layer = x = None
-                if reason is None:
-                    with torch.device(device):
-                        layer = build(impl, width, N, activated).to(dtype)
-                    x = torch.randn(tokens, width, device=device, dtype=dtype, requires_grad=True)
-                for mode in MODES:
-                    row = dict(base, mode=mode, time_ms=None, peak_mem_mb=None, reps=None, skipped=reason)
-                    if reason is None:
-                        try:
-                            result = measure(layer, x, mode, device, slow_limit(impl, device, quick),
-                                             TIME_PER_CASE_S[quick])
-                        except torch.cuda.OutOfMemoryError:
-                            result = "out of GPU memory"
-                        if isinstance(result, str):
-                            row["skipped"] = result
-                        else:
-                            ms, peak, reps = result
-                            row.update(time_ms=ms, reps=reps,
-                                       peak_mem_mb=None if peak is None else peak / 2 ** 20)
-                    rows.append(row)
-                    print(f"N={N:>7} r={ratio:<4} {impl:<11} {mode:<7} "
-                          + (f"{row['time_ms']:9.3f} ms" if row["time_ms"] is not None else f"skipped: {row['skipped']}"),
-                          flush=True)
-                del layer, x
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-    ratios, growth = summarise(rows)
+                case(impl, N, ratio, max(1, round(ratio * math.isqrt(N))))
+    heads, top_k = TARGET_SPLIT
+    for N in (1024, counts[-1]):  # BENCHMARKS.md target: 8 heads × top-16 at 1024 and at the largest N
+        for impl in CDMOE_IMPLEMENTATIONS:
+            case(impl, N, TARGET_RATIO, heads * top_k, heads)
+    versus_cdmoe, growth = summarise(rows)
     meta = {
         "tokens": tokens, "width": width, "dtype": str(dtype), "device": str(device),
         "expert_counts": list(counts), "ratios": list(ratios),
@@ -282,9 +312,11 @@ def run(out_dir, quick: bool = False, device=None) -> list[dict]:
         "timing": f"median of 3..20 calls (~{TIME_PER_CASE_S[quick]} s per case) after one warm-up; fwd under "
                   f"no_grad; skip after one call > {SLOW_CALL_S[quick]} s (loop MoE; grouped MoE off CUDA)",
         "seed": 0, "wall_s": round(time.perf_counter() - started, 1),
-        "ratios_vs_cdmoe": ratios, "cdmoe_growth": growth,
+        "target_case": f"CDMoE {TARGET_SPLIT[0]} heads x top-{TARGET_SPLIT[1]} at N = 1024 and {counts[-1]} "
+                       f"(rows with ratio {TARGET_RATIO!r})",
+        "ratios_vs_cdmoe": versus_cdmoe, "cdmoe_growth": growth,
     }
-    notes = ("## Ratios to CDMoE\n\n" + markdown_table(ratios) + "\n## CDMoE growth from N = 1024 to the largest N\n\n"
+    notes = ("## Ratios to CDMoE\n\n" + markdown_table(versus_cdmoe) + "\n## CDMoE growth from N = 1024 to the largest N\n\n"
              + markdown_table(growth) + "\n## The paper's figure, N = 1024 (ms)\n\n"
              + markdown_table([{"ratio": r, **{PAPER_LABELS[k]: v[i] for k, v in PAPER_N1024.items()}}
                                for i, r in enumerate(RATIOS)]))
@@ -303,8 +335,12 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--quick", action="store_true", help="1024 tokens × 256 in float32 (CPU-sized)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--counts", type=int, nargs="+", default=None,
+                        help="expert counts to run (perfect squares; default: the full or quick list)")
+    parser.add_argument("--ratios", type=float, nargs="+", default=None,
+                        help="activation ratios to run (default: 0.25 0.5 0.75 1.0, or 0.25 1.0 with --quick)")
     args = parser.parse_args(argv)
-    run(args.out, quick=args.quick, device=args.device)
+    run(args.out, quick=args.quick, device=args.device, counts=args.counts, ratios=args.ratios)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ timings of PAPER.md at the paper's shape (CUDA).
   4096 (256 / 1024 with ``quick``): forward of ``backend="naive"`` and ``"torch"``, forward+backward of
   ``"torch"``, and the relative error between the two.
 * CUDA (full): batch 8 × 4096 tokens (32768), 64 heads × 64, state 128, 1 group, chunk 256, bf16: forward and
-  forward+backward of the torch backend, eager and under ``torch.compile`` (if it compiles), with peak memory;
+  forward+backward of the triton backend and of the torch backend, eager and under ``torch.compile`` (if it
+  compiles), with peak memory and each output's relative error against the first row (triton);
   beside them the reference numbers of PAPER.md (``mamba_ssm`` Triton kernels 1.14 / 5.17 ms, the
   pure-PyTorch minimal SSD ~18 ms forward), labelled "reference (PAPER.md)", not measured here.
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..ops import ssd
+from ..ops.common import triton_usable
 from .common import peak_memory_bytes, time_callable, write_results
 
 REFERENCE = [  # PAPER.md, "Reference timings on an H200 (bf16, torch 2.11, triton 3.6)"
@@ -89,7 +91,8 @@ def cpu_rows(device: torch.device, lengths: tuple[int, ...], reps: int = 5) -> l
 
 def paper_rows(device: torch.device, shape: dict = PAPER_SHAPE, dtype: torch.dtype = torch.bfloat16,
                try_compile: bool = True) -> list[dict]:
-    """The torch backend (eager and compiled) at ``shape``, then the PAPER.md reference rows."""
+    """The triton backend (on CUDA), the torch backend (eager and compiled) at ``shape``, then the PAPER.md
+    reference rows."""
     chunk = shape["chunk"]
     name_of_device = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
     common = dict(device=name_of_device, dtype=str(dtype).replace("torch.", ""), **shape)
@@ -99,6 +102,8 @@ def paper_rows(device: torch.device, shape: dict = PAPER_SHAPE, dtype: torch.dty
         return ssd(**kw, chunk_size=chunk, backend="torch")
 
     variants = [("torch (chunked), eager", eager)]
+    if device.type == "cuda" and triton_usable(device):
+        variants.insert(0, ("triton", lambda **kw: ssd(**kw, chunk_size=chunk, backend="triton")))
     if try_compile:
         try:
             compiled = torch.compile(eager)
@@ -123,7 +128,7 @@ def paper_rows(device: torch.device, shape: dict = PAPER_SHAPE, dtype: torch.dty
         peak = peak_memory_bytes(step, device)
         rows.append(dict(implementation=name, source="measured", fwd_ms=fwd_ms, fwd_bwd_ms=fwd_bwd_ms,
                          rel_err=err, peak_mem_mib=peak / 2 ** 20 if peak is not None else None,
-                         note="rel_err against the eager output" if reference_y is not y else "", **common))
+                         note=f"rel_err against {variants[0][0]}" if reference_y is not y else "", **common))
         del grads, step, inputs
         if device.type == "cuda":
             torch.cuda.empty_cache()

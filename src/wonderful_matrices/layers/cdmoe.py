@@ -29,6 +29,7 @@ from ..ops.common import require
 from .mlp import ACTIVATIONS, GatedMLP
 
 _SHARED_NAMES = ("gate_proj", "up_proj", "down_proj")
+MIXTURE_BACKENDS = ("auto", "torch", "triton")
 
 
 def product_key_balance_loss(half_scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -74,13 +75,15 @@ class CDMoE(nn.Module):
         activation: ``"silu"``, ``"gelu"`` or ``"relu"`` for the shared SwiGLU and the private experts.
         balance_loss_weight: weight of :func:`product_key_balance_loss`; 0 disables it (``aux_loss`` is None).
         bias: biases in the shared SwiGLU's linears (as ``GatedMLP``'s ``bias``).
+        backend: backend of :func:`~wonderful_matrices.ops.expert_mixture`: ``"auto"`` (Triton kernels on CUDA,
+            else PyTorch), ``"torch"`` or ``"triton"``.
 
     Forward: ``hidden_states (..., d) -> (..., d)``; sets ``self.aux_loss`` (weighted scalar, or None).
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int, num_heads: int = 1,
                  top_k: int | None = None, retrieval_dim: int = 64, activation: str = "silu",
-                 balance_loss_weight: float = 0.0, bias: bool = False):
+                 balance_loss_weight: float = 0.0, bias: bool = False, backend: str = "auto"):
         super().__init__()
         for name, value in (("hidden_size", hidden_size), ("intermediate_size", intermediate_size),
                             ("num_experts", num_experts), ("num_heads", num_heads)):
@@ -94,6 +97,8 @@ class CDMoE(nn.Module):
                 "retrieval_dim", retrieval_dim, "an even integer >= 2")
         require(activation in ACTIVATIONS, "activation", activation, f"one of {sorted(ACTIVATIONS)}")
         require(balance_loss_weight >= 0, "balance_loss_weight", balance_loss_weight, ">= 0")
+        require(backend in MIXTURE_BACKENDS, "backend", backend, f"one of {MIXTURE_BACKENDS}")
+        self.backend = backend
         self.hidden_size, self.intermediate_size = hidden_size, intermediate_size
         self.num_experts, self.num_keys, self.num_heads, self.top_k = num_experts, n, num_heads, top_k
         self.retrieval_dim, self.activation = retrieval_dim, activation
@@ -136,8 +141,9 @@ class CDMoE(nn.Module):
                 "hidden_states.shape", tuple(hidden_states.shape), f"(..., {self.hidden_size})")
         query = self.query(hidden_states)
         gates, ids = self.route(query)
-        private = expert_mixture(hidden_states, ids, gates, self.down_embed.weight, self.up_embed.weight,
-                                 activation=self.activation)
+        dtype = hidden_states.dtype  # tables follow the input under autocast (a no-op when the dtypes agree)
+        private = expert_mixture(hidden_states, ids, gates, self.down_embed.weight.to(dtype),
+                                 self.up_embed.weight.to(dtype), activation=self.activation, backend=self.backend)
         self.aux_loss = None
         if self.balance_loss_weight > 0:
             half_scores = torch.einsum("...hcd,hcnd->...hcn", query, self.keys.to(query.dtype))  # O(√N) per token

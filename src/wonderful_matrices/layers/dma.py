@@ -11,10 +11,15 @@ Bias (``mask_form``):
 
 Cache (``state``, a dict the model owns per layer): ``"key"``, ``"value"`` ``(b, n, hkv, d)`` (keys post-RoPE),
 ``"bias"`` ``(b, n, hkv)`` float32 (``-inf`` = padding / empty), ``"position"`` ``(b, n, hkv)`` long (the
-position id of each slot, for ties). With ``keep_window = w`` the cache keeps, per batch row and KV head, only
-the keys a future query can still select — the top ``w`` by ``(bias, position)`` of everything seen — so
-``n <= w`` always (DESIGN.md, fact 2); heads may hold different positions in one slot. Without a window it
-grows like plain attention.
+position id of each slot, for ties; ``-1`` for an empty slot). With ``keep_window = w`` the cache keeps, per
+batch row and KV head, only the keys a future query can still select — the top ``w`` by ``(bias, position)`` of
+everything seen — so ``n <= w`` always (DESIGN.md, fact 2); heads may hold different positions in one slot.
+Without a window it grows like plain attention.
+
+Decoding one token without autograd (generation) is O(w) work with a window (O(n) without), runs a fixed
+sequence of kernels with no host synchronisation, and allocates nothing in the steady state: the cache tensors
+are prefix views of preallocated buffers (``w + 1`` slots with a window, geometric growth without), updated in
+place. The layer treats the tensors in ``state`` as its own (it writes into their buffers).
 """
 from __future__ import annotations
 
@@ -117,8 +122,10 @@ class DynamicMaskAttention(nn.Module):
         if attention_mask is not None:
             bias = bias.masked_fill(~attention_mask.bool()[..., None], float("-inf"))
         position = position_ids[..., None].expand(b, l, hkv).contiguous()
-        w = self.keep_window
-        if state is not None and "key" in state and l == 1 and w is not None and state["key"].shape[1] >= w:
+        if state is not None and "key" in state and l == 1 and not torch.is_grad_enabled():
+            out = self._decode_step(q, k, v, bias, position, state)
+        elif (state is not None and "key" in state and l == 1 and self.keep_window is not None
+              and state["key"].shape[1] >= self.keep_window):
             out = self._decode_full_cache(q, k, v, bias, position, state)
         else:
             out = self._attend(q, k, v, bias, position, state)
@@ -143,14 +150,12 @@ class DynamicMaskAttention(nn.Module):
         return out
 
     def _decode_full_cache(self, q, k, v, bias, position, state):
-        """One new token with ``w`` cached keys: of the ``w + 1`` keys the lowest ranked (smallest bias, ties to
-        the earlier position) is never selected again; it is replaced (or the new key dropped) and the query
-        attends to the ``w`` that remain — exactly its top-``w``."""
+        """One new token with ``w`` cached keys, while a graph is recorded (no in-place writes): of the ``w + 1``
+        keys the lowest ranked (smallest bias, ties to the earlier position) is never selected again; it is
+        replaced (or the new key dropped) and the query attends to the ``w`` that remain — its top-``w``."""
         all_bias = torch.cat([state["bias"], bias], dim=1)  # (b, w+1, hkv)
         all_pos = torch.cat([state["position"], position], dim=1)
-        lowest = all_bias == all_bias.amin(dim=1, keepdim=True)
-        earliest = torch.where(lowest, all_pos, torch.iinfo(all_pos.dtype).max)
-        drop = earliest.argmin(dim=1, keepdim=True)  # (b, 1, hkv) slot index in [0, w]
+        drop = _lowest_ranked(all_bias, all_pos)  # (b, 1, hkv) slot index in [0, w]
         w = state["bias"].shape[1]
         insert = drop < w
         slot = drop.clamp_max(w - 1)
@@ -158,12 +163,100 @@ class DynamicMaskAttention(nn.Module):
         def put(cached, new):
             idx = slot.view(slot.shape + (1,) * (cached.dim() - 3)).expand_as(new)
             src = torch.where(insert.view(idx.shape[:3] + (1,) * (cached.dim() - 3)), new, cached.gather(1, idx))
-            # In place when no graph is recorded (generation): no copy of the whole cache per token.
-            return cached.scatter(1, idx, src) if torch.is_grad_enabled() else cached.scatter_(1, idx, src)
+            return cached.scatter(1, idx, src)
 
         state.update(key=put(state["key"], k), value=put(state["value"], v), bias=put(state["bias"], bias),
                      position=put(state["position"], position))
         return dynamic_mask_attention(q, state["key"], state["value"], state["bias"], keep_window=None, causal=True)
+
+    def _decode_step(self, q, k, v, bias, position, state):
+        """One new token, no graph recorded (generation): O(w) work (O(n) without a window), no host sync.
+
+        The cache tensors are prefix views ``buffer[:, :n]`` of preallocated buffers (see :func:`_buffers`), so
+        ``state["key"].shape[1]`` stays the number of slots held. With a window the cache is first widened once
+        to ``w`` slots (empty slots have bias ``-inf``); the buffers have one spare slot ``w``: the new key is
+        written there, the lowest ranked of the ``w + 1`` slots is found on the device, and the new key is
+        scattered into that slot (into the spare one when the new key itself is the lowest) — a fixed number of
+        small kernels, the same shapes every step. Without a window the new key is written at slot ``n`` of
+        buffers that grow geometrically (one copy per growth)."""
+        names = ("key", "value", "bias", "position")
+        new = dict(key=k, value=v, bias=bias, position=position)
+        w = self.keep_window
+        n = state["key"].shape[1]
+        if w is None:
+            bufs = _buffers(state, n + 1, grow=True)
+            for name in names:
+                bufs[name][:, n:n + 1].copy_(new[name])
+                state[name] = bufs[name][:, :n + 1]
+        else:
+            bufs = _buffers(state, w + 1, grow=False)
+            if n < w:  # widen once to w slots: empty slots are never attended and are evicted first
+                for name in names:
+                    bufs[name][:, n:w].fill_(float("-inf") if name == "bias" else -1 if name == "position" else 0)
+            bufs["bias"][:, w:].copy_(bias)
+            bufs["position"][:, w:].copy_(position)
+            drop = _lowest_ranked(bufs["bias"], bufs["position"])  # (b, 1, hkv) in [0, w]
+            for name in names:
+                buf = bufs[name]
+                buf.scatter_(1, drop.view(drop.shape + (1,) * (buf.dim() - 3)).expand_as(new[name]), new[name])
+                state[name] = buf[:, :w]
+        return dynamic_mask_attention(q, state["key"], state["value"], state["bias"], keep_window=None, causal=True)
+
+
+def _lowest_ranked(bias: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """bias, position (b, m, hkv) -> (b, 1, hkv) index of the lowest ranked slot: smallest bias, ties to the
+    earliest position (the key a later query would drop first)."""
+    lowest = bias == bias.amin(dim=1, keepdim=True)
+    return torch.where(lowest, position, torch.iinfo(position.dtype).max).argmin(dim=1, keepdim=True)
+
+
+def _capacity_view(t: torch.Tensor) -> torch.Tensor | None:
+    """If ``t (b, n, ...)`` is the prefix ``buffer[:, :n]`` of a larger buffer ``(b, cap, ...)`` (dims after 1
+    contiguous), return that whole buffer as a view; else None. Reads only metadata (no device access)."""
+    inner = 1
+    for size in t.shape[2:]:
+        inner *= size
+    if inner == 0 or list(t.stride()[1:]) != [inner] + _inner_strides(t.shape[2:]):
+        return None
+    elements = t.untyped_storage().nbytes() // t.element_size()
+    if t.shape[0] == 1:  # the batch stride of a single row says nothing: the storage's end bounds the buffer
+        cap = (elements - t.storage_offset()) // inner
+    elif t.stride(0) % inner:
+        return None
+    else:
+        cap = t.stride(0) // inner
+        if t.storage_offset() + (t.shape[0] - 1) * t.stride(0) + cap * inner > elements:
+            return None
+    if cap < t.shape[1]:
+        return None
+    return t.as_strided((t.shape[0], cap) + tuple(t.shape[2:]), (cap * inner,) + tuple(t.stride()[1:]))
+
+
+def _inner_strides(shape) -> list:
+    strides, acc = [], 1
+    for size in reversed(tuple(shape)):
+        strides.insert(0, acc)
+        acc *= size
+    return strides
+
+
+def _buffers(state: dict, slots: int, grow: bool) -> dict:
+    """Buffers ``(b, cap, ...)`` with ``cap >= slots`` whose prefixes are the cache tensors of ``state``.
+
+    Reuses the buffers behind the current views when they are large enough (the usual case: no device work);
+    otherwise allocates new ones (``cap = slots``, or geometric growth by 1/4 rounded up to 256 slots when
+    ``grow``) and copies the cache in — e.g. after the cache's ``index_select`` (beam search) made plain copies.
+    """
+    out = {}
+    for name in ("key", "value", "bias", "position"):
+        t = state[name]
+        buf = _capacity_view(t)
+        if buf is None or buf.shape[1] < slots:
+            cap = max(slots, -(-(t.shape[1] * 5 // 4) // 256) * 256) if grow else slots
+            buf = t.new_empty((t.shape[0], cap) + tuple(t.shape[2:]))
+            buf[:, :t.shape[1]].copy_(t)
+        out[name] = buf
+    return out
 
 
 def load_hf_doge_attention_state(hf_state_dict: dict) -> dict:

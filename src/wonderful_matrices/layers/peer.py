@@ -14,12 +14,14 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..ops import expert_mixture, product_key_topk
+from ..ops.expert_mixture import weighted_rows
 from ..ops.common import require
 from .mlp import ACTIVATIONS
+
+MIXTURE_BACKENDS = ("auto", "torch", "triton")
 
 
 class _ProductKeyRouter(nn.Module):
@@ -52,14 +54,18 @@ class PKM(nn.Module):
         hidden_size: width ``d`` of input and output (values are ``d`` wide).
         num_experts: memory slots ``N`` (a perfect square).
         num_heads: retrieval heads. top_k: slots per head (``<= √N``). key_dim: query width per head (even).
+        backend: backend of the value read (:func:`~wonderful_matrices.ops.expert_mixture.weighted_rows`):
+            ``"auto"``, ``"torch"`` or ``"triton"``.
 
     Parameters: ``router.queries``, ``router.keys``, ``values (N, d)`` (an ``nn.Embedding``).
     Forward: ``x (..., d) -> (..., d)``.
     """
 
     def __init__(self, hidden_size: int, num_experts: int, num_heads: int = 4, top_k: int = 32,
-                 key_dim: int = 128):
+                 key_dim: int = 128, backend: str = "auto"):
         super().__init__()
+        require(backend in MIXTURE_BACKENDS, "backend", backend, f"one of {MIXTURE_BACKENDS}")
+        self.backend = backend
         self.router = _ProductKeyRouter(hidden_size, num_experts, num_heads, top_k, key_dim)
         self.values = nn.Embedding(num_experts, hidden_size)
         nn.init.normal_(self.values.weight, std=hidden_size ** -0.5)
@@ -68,8 +74,7 @@ class PKM(nn.Module):
         """x (..., d) -> (..., d)."""
         gates, ids = self.router(x)
         flat_ids = ids.reshape(-1, ids.shape[-2] * ids.shape[-1])
-        weights = gates.reshape(flat_ids.shape).to(self.values.weight.dtype)
-        y = F.embedding_bag(flat_ids, self.values.weight, per_sample_weights=weights, mode="sum")
+        y = weighted_rows(gates.reshape(flat_ids.shape), flat_ids, self.values.weight.to(x.dtype), self.backend)
         return y.to(x.dtype).reshape(x.shape)
 
 
@@ -81,16 +86,18 @@ class PEER(nn.Module):
         num_experts: single-neuron experts ``N`` (a perfect square).
         num_heads: retrieval heads (the paper uses 8). top_k: experts per head (paper: 16, ``<= √N``).
         key_dim: query width per head (paper: 128; even). activation: ``"gelu"`` (paper), ``"silu"`` or ``"relu"``.
+        backend: backend of :func:`~wonderful_matrices.ops.expert_mixture`: ``"auto"``, ``"torch"`` or ``"triton"``.
 
     Parameters: ``router.queries``, ``router.keys``, ``down_embed``/``up_embed (N, d)`` (``nn.Embedding``).
     Forward: ``x (..., d) -> (..., d)``.
     """
 
     def __init__(self, hidden_size: int, num_experts: int, num_heads: int = 8, top_k: int = 16,
-                 key_dim: int = 128, activation: str = "gelu"):
+                 key_dim: int = 128, activation: str = "gelu", backend: str = "auto"):
         super().__init__()
         require(activation in ACTIVATIONS, "activation", activation, f"one of {sorted(ACTIVATIONS)}")
-        self.activation = activation
+        require(backend in MIXTURE_BACKENDS, "backend", backend, f"one of {MIXTURE_BACKENDS}")
+        self.activation, self.backend = activation, backend
         self.router = _ProductKeyRouter(hidden_size, num_experts, num_heads, top_k, key_dim)
         self.down_embed = nn.Embedding(num_experts, hidden_size)
         self.up_embed = nn.Embedding(num_experts, hidden_size)
@@ -100,4 +107,5 @@ class PEER(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., d) -> (..., d)."""
         gates, ids = self.router(x)
-        return expert_mixture(x, ids, gates, self.down_embed.weight, self.up_embed.weight, self.activation)
+        return expert_mixture(x, ids, gates, self.down_embed.weight.to(x.dtype), self.up_embed.weight.to(x.dtype),
+                              self.activation, backend=self.backend)

@@ -10,7 +10,12 @@ from ..common import require, resolve_backend, shape_of
 from .naive import dynamic_mask_attention_naive
 from .torch import dynamic_mask_attention_torch, selectable_keys
 
-BACKENDS = ("naive", "torch")
+try:  # triton is optional: without it the package still imports and the backend is not offered
+    from . import triton as _triton_backend
+except ImportError:
+    _triton_backend = None
+
+BACKENDS = ("naive", "torch") + (("triton",) if _triton_backend is not None else ())
 FLOAT_DTYPES = (_torch.float16, _torch.bfloat16, _torch.float32, _torch.float64)
 
 
@@ -31,8 +36,10 @@ def dynamic_mask_attention(q: _torch.Tensor, k: _torch.Tensor, v: _torch.Tensor,
             that position; needs ``lq <= lk``. When False every query sees every key (and with a window keeps
             the top ``w`` of all keys).
         scale: logit scale, default ``1 / sqrt(d)``.
-        backend: ``"auto"`` (= ``"torch"``), ``"torch"`` (exact, O(L·w) with a window) or ``"naive"`` (loops,
-            the oracle).
+        backend: ``"auto"`` (``"triton"`` for a causal window on CUDA, else ``"torch"``), ``"torch"`` (exact,
+            O(L·w) with a window), ``"triton"`` (GPU kernels for a causal window shorter than ``k_len``, float16/
+            bfloat16/float32, ``head_dim <= 256``; other calls run the torch path; on CPU only under
+            ``TRITON_INTERPRET=1``) or ``"naive"`` (loops, the oracle).
 
     Returns:
         ``(b, lq, hq, d)`` in ``q``'s dtype (accumulated in float32 or better). A query with no attendable key
@@ -62,9 +69,12 @@ def dynamic_mask_attention(q: _torch.Tensor, k: _torch.Tensor, v: _torch.Tensor,
     require(scale is None or (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0), "scale", scale,
             "None or a finite number > 0")
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(d)
-    name = resolve_backend(backend, BACKENDS, q.device, ("torch",))
+    name = resolve_backend(backend, BACKENDS, q.device, ("triton", "torch"))
     if name == "naive":
         return dynamic_mask_attention_naive(q, k, v, bias, keep_window, causal, scale)
+    if (name == "triton" and causal and keep_window is not None and keep_window < lk and lq > 1
+            and q.dtype in _triton_backend.DTYPES and d <= _triton_backend.MAX_HEAD_DIM):
+        return _triton_backend.dynamic_mask_attention_triton(q, k, v, bias, keep_window, scale)
     return dynamic_mask_attention_torch(q, k, v, bias, keep_window, causal, scale)
 
 

@@ -62,9 +62,34 @@ def _augment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tens
     return q_aug, k_aug, v_aug
 
 
+def _single_query(q, k, v, bias, scale: float) -> torch.Tensor:
+    """One query per (batch, head) over all keys (a decoding step): q (b,1,hq,d), k/v (b,n,hkv,d) (any strides,
+    e.g. a prefix view of a preallocated cache), bias (b,n,hkv) -> (b,1,hq,d).
+
+    Logits and softmax in float32 (float64 for float64 inputs), so the bias keeps its precision; the keys and
+    values of the cache are read once (one conversion copy each), no augmented copy, no mask tensor, no host
+    synchronisation. The query heads of a KV group are the rows of one matrix product.
+    """
+    b, _, hq, d = q.shape
+    n, hkv = k.shape[1], k.shape[2]
+    work = torch.float64 if torch.float64 in (q.dtype, k.dtype, bias.dtype) else torch.float32
+    qg = q.reshape(b, hkv, hq // hkv, d).to(work)
+    kf = k.permute(0, 2, 1, 3).to(work, memory_format=torch.contiguous_format)  # (b, hkv, n, d)
+    vf = v.permute(0, 2, 1, 3).to(work, memory_format=torch.contiguous_format)
+    logits = torch.baddbmm(bias.permute(0, 2, 1).reshape(b * hkv, 1, n).to(work), qg.reshape(b * hkv, -1, d),
+                           kf.reshape(b * hkv, n, d).transpose(1, 2), alpha=scale)
+    out = torch.bmm(torch.softmax(logits, dim=-1), vf.reshape(b * hkv, n, d)).view(b, hkv, -1, d)
+    # All keys -inf (padding / empty slots only): softmax gives NaN; such a query outputs zeros.
+    attendable = (bias > float("-inf")).any(dim=1)  # (b, hkv)
+    out = torch.where(attendable[:, :, None, None], out, out.new_zeros(()))
+    return out.reshape(b, 1, hq, d).to(q.dtype)
+
+
 def _dense(q, k, v, bias, causal: bool, scale: float) -> torch.Tensor:
     """All visible keys; q (b,lq,hq,d), k/v (b,lk,hkv,d), bias (b,lk,hkv) -> (b,lq,hq,d)."""
     b, lq, hq, d = q.shape
+    if lq == 1:  # the only query sits at the last key position (causal or not, it sees every key)
+        return _single_query(q, k, v, bias, scale)
     lk, hkv = k.shape[1], k.shape[2]
     group = hq // hkv
     qa, ka, va = _augment(q, k, v, bias, scale, MASKED_BIAS)

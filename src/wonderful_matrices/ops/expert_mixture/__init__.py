@@ -8,8 +8,19 @@ from . import naive as _naive
 from . import torch as _torch
 from .naive import ACTIVATIONS
 
-_IMPLEMENTATIONS = {"naive": _naive.expert_mixture, "torch": _torch.expert_mixture}
+_AVAILABLE = ("naive", "torch", "triton")
 _INDEX_DTYPES = ("torch.int64", "torch.int32")
+_TRITON_DTYPES = ("torch.float32", "torch.bfloat16", "torch.float16")
+
+
+def _backend_for(backend: str, table: Tensor) -> str:
+    """Resolve ``backend`` for a table: ``"auto"`` is ``"triton"`` on CUDA for float32/bf16/fp16 (when triton is
+    installed), else ``"torch"``; an explicit ``"triton"`` needs one of those dtypes."""
+    supported = str(table.dtype) in _TRITON_DTYPES
+    name = resolve_backend(backend, _AVAILABLE, table.device, ("triton", "torch") if supported else ("torch",))
+    if name == "triton":
+        require(supported, "dtype", table.dtype, f"one of {_TRITON_DTYPES} for backend='triton' (float64: 'torch')")
+    return name
 
 
 def expert_mixture(x: Tensor, ids: Tensor, gates: Tensor, down: Tensor, up: Tensor,
@@ -26,8 +37,10 @@ def expert_mixture(x: Tensor, ids: Tensor, gates: Tensor, down: Tensor, up: Tens
         gates: ``(..., H, k)`` floating point weights (any float dtype; float32 gates with bf16 tables is fine).
         down, up: ``(N, d)`` expert tables, the dtype and device of ``x``.
         activation: ``"silu"``, ``"gelu"`` or ``"relu"``.
-        backend: ``"auto"`` (= ``"torch"``), ``"torch"`` (``embedding_bag`` reductions; never builds
-            ``(tokens, N)`` or ``(tokens, H·k, d)`` tensors on CUDA) or ``"naive"`` (plain loops; the oracle).
+        backend: ``"auto"`` (``"triton"`` on CUDA for float32/bf16/fp16, else ``"torch"``), ``"triton"`` (GPU
+            kernels that gather the selected rows by id; also CPU under ``TRITON_INTERPRET=1``), ``"torch"``
+            (``embedding_bag`` reductions, or chunked gathers for half precision on CUDA; never builds
+            ``(tokens, N)`` or whole ``(tokens, H·k, d)`` tensors) or ``"naive"`` (plain loops; the oracle).
 
     Returns:
         ``(..., d)`` in the dtype of ``x``.
@@ -58,8 +71,48 @@ def expert_mixture(x: Tensor, ids: Tensor, gates: Tensor, down: Tensor, up: Tens
         low, high = (int(v) for v in ids.aminmax())
         require(low >= 0 and high < down.shape[0], "ids", f"values in [{low}, {high}]",
                 f"expert ids in [0, N={down.shape[0]})")
-    name = resolve_backend(backend, _IMPLEMENTATIONS, x.device, auto_order=("torch",))
-    return _IMPLEMENTATIONS[name](x, ids.long(), gates, down, up, activation)
+    name = _backend_for(backend, down)
+    if name == "triton":
+        from .triton import expert_mixture as triton_mixture  # imported on first use: no triton, no import
+
+        return triton_mixture(x, ids.long(), gates, down, up, activation)
+    implementation = _naive.expert_mixture if name == "naive" else _torch.expert_mixture
+    return implementation(x, ids.long(), gates, down, up, activation)
 
 
-__all__ = ["expert_mixture", "ACTIVATIONS"]
+def weighted_rows(weights: Tensor, ids: Tensor, table: Tensor, backend: str = "auto") -> Tensor:
+    """Product-key memory read ``y[t] = Σ_j weights[t, j] · table[ids[t, j]]`` (PKM's value lookup).
+
+    Args:
+        weights: ``(T, M)`` floating point; ids: ``(T, M)`` int64 in ``[0, N)``; table: ``(N, d)``.
+        backend: ``"auto"`` (``"triton"`` on CUDA for float32/bf16/fp16, else ``"torch"``), ``"torch"`` or
+            ``"triton"``.
+
+    Returns:
+        ``(T, d)`` in the table dtype; differentiable with respect to ``weights`` and ``table``.
+    """
+    def described(t):
+        return shape_of(t) if isinstance(t, Tensor) else t
+
+    require(isinstance(ids, Tensor) and ids.dim() == 2 and str(ids.dtype) in _INDEX_DTYPES, "ids",
+            described(ids), f"an integer tensor (T, M) of dtype in {_INDEX_DTYPES}")
+    require(isinstance(weights, Tensor) and weights.shape == ids.shape and weights.is_floating_point(),
+            "weights.shape", described(weights), f"a floating tensor of the shape of ids {shape_of(ids)}")
+    require(isinstance(table, Tensor) and table.dim() == 2 and table.shape[0] >= 1, "table.shape", described(table),
+            "(N, d) with N >= 1")
+    for name, t in (("weights", weights), ("ids", ids)):
+        require(t.device == table.device, f"{name}.device", t.device, f"the device of table ({table.device})")
+    if ids.numel():
+        low, high = (int(v) for v in ids.aminmax())
+        require(low >= 0 and high < table.shape[0], "ids", f"values in [{low}, {high}]",
+                f"row ids in [0, N={table.shape[0]})")
+    name = _backend_for(backend, table)
+    require(name != "naive", "backend", backend, "'auto', 'torch' or 'triton'")
+    if name == "triton":
+        from .triton import weighted_rows as triton_rows
+
+        return triton_rows(weights, ids.long(), table)
+    return _torch.weighted_rows(weights, ids.long(), table)
+
+
+__all__ = ["expert_mixture", "weighted_rows", "ACTIVATIONS"]

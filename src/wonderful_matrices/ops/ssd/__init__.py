@@ -4,8 +4,9 @@ Definition (DESIGN.md), per head, with ``S`` of shape ``p × n``::
 
     S_t = exp(dt_t·A) · S_{t−1} + dt_t · x_t ⊗ B_t,      y_t = S_t · C_t + D · x_t
 
-Backends: ``"naive"`` (the per-step recurrence, the oracle) and ``"torch"`` (the chunked dual algorithm,
-fast on CPU and GPU); ``"auto"`` picks ``"torch"``.
+Backends: ``"naive"`` (the per-step recurrence, the oracle), ``"torch"`` (the chunked dual algorithm, fast on
+CPU and GPU) and ``"triton"`` (GPU kernels for float32 / bf16 / fp16, forward and backward; also runs on CPU
+under ``TRITON_INTERPRET=1``); ``"auto"`` picks ``"triton"`` on CUDA for those dtypes, else ``"torch"``.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import torch  # noqa: E402
 
 __all__ = ["ssd", "ssd_step"]
 
-_AVAILABLE = ("naive", "torch")
+_AVAILABLE = ("naive", "torch", "triton")
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _check_floating(t, name: str, shape: tuple, what: str) -> None:
@@ -71,7 +73,8 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
         D: optional (h,) skip weights (``y += D · x``).
         initial_state: optional (b, h, p, n) state before the first step.
         return_final_state: also return ``S_l``.
-        backend: ``"auto"`` (= ``"torch"``), ``"torch"`` or ``"naive"``.
+        backend: ``"auto"`` (``"triton"`` on CUDA for float32 / bf16 / fp16 inputs, else ``"torch"``),
+            ``"torch"``, ``"triton"`` or ``"naive"``.
 
     Returns:
         y (b, l, h, p) in ``x.dtype``; with ``return_final_state`` the pair ``(y, final_state)``, the state
@@ -101,8 +104,19 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
         _check_floating(initial_state, "initial_state", (b, h, p, n), "(b, h, p, n)")
         require(initial_state.device == x.device, "initial_state.device", initial_state.device,
                 f"the device of x ({x.device})")
-    name = resolve_backend(backend, _AVAILABLE, x.device, ("torch",))
+    half_or_single = x.dtype in _TRITON_DTYPES and (initial_state is None or initial_state.dtype != torch.float64)
+    name = resolve_backend(backend, _AVAILABLE, x.device, ("triton", "torch") if half_or_single else ("torch",))
+    if name == "triton":
+        require(x.dtype in _TRITON_DTYPES, "x.dtype", x.dtype,
+                "float32, bfloat16 or float16 for backend='triton' (float64 runs on 'torch')")
+        require(half_or_single, "initial_state.dtype", torch.float64,
+                "float32, bfloat16 or float16 for backend='triton' (float64 runs on 'torch')")
     _check_values(A, dt)
+    if name == "triton":
+        from .triton import ssd_triton  # imported on first use: the package imports without triton
+
+        return ssd_triton(x, dt, A, B, C, chunk_size=chunk_size, D=D, initial_state=initial_state,
+                          return_final_state=return_final_state)
     if name == "naive":
         return ssd_naive(x, dt, A, B, C, D=D, initial_state=initial_state, return_final_state=return_final_state)
     return ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, D=D, initial_state=initial_state,

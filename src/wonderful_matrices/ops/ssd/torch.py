@@ -25,6 +25,14 @@ from .naive import compute_dtype
 _SCAN_BLOCK = 16  # chunks per block of the inter-chunk scan
 
 
+@torch.compiler.disable
+def running_sum(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``t.cumsum(dim)``, always run eagerly: Inductor on torch 2.11 fails to generate code for this scan (an
+    ``InductorError`` on its SplitScan of the (b, c, h, q) chunk sums), so ``torch.compile`` of the chunked SSD
+    keeps the two small scans out of its graph and compiles the rest."""
+    return t.cumsum(dim)
+
+
 def _next_power_of_two(v: int) -> int:
     return 1 << (v - 1).bit_length()
 
@@ -51,7 +59,7 @@ def pass_states(log_decay: torch.Tensor, local: torch.Tensor, initial: torch.Ten
     if pad:  # padded chunks decay by 1 and add nothing
         log_decay = F.pad(log_decay, (0, 0, 0, pad))
         local = F.pad(local, (0, 0, 0, 0, 0, 0, 0, pad))
-    cum = log_decay.reshape(b, m, k, h).cumsum(2)  # (b,m,k,h)
+    cum = running_sum(log_decay.reshape(b, m, k, h), 2)  # (b,m,k,h)
     weights = segment_decay(cum.permute(0, 1, 3, 2))  # (b,m,h,k,k)
     after = torch.einsum("bmhij,bmjhs->bmihs", weights, local.reshape(b, m, k, h, p * n))  # zero start per block
     if m > 1:
@@ -86,7 +94,7 @@ def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
         dtf = F.pad(dtf, (0, 0, 0, pad))
         Bf = F.pad(Bf, (0, 0, 0, 0, 0, pad))
         Cf = F.pad(Cf, (0, 0, 0, 0, 0, pad))
-    cum = (dtf * A.to(cdt)).view(b, c, q, h).permute(0, 1, 3, 2).cumsum(-1)  # (b,c,h,q), non-increasing
+    cum = running_sum((dtf * A.to(cdt)).view(b, c, q, h).permute(0, 1, 3, 2), -1)  # (b,c,h,q), non-increasing
     xdt = (xf * dtf[..., None]).view(b, c, q, g, r, p)
     Bc = Bf.view(b, c, q, g, n)
     Cc = Cf.view(b, c, q, g, n)

@@ -1,0 +1,276 @@
+"""The ``wm`` command: train, eval, generate, info.
+
+Each subcommand is an ``add_<name>_arguments(parser)`` / ``run_<name>(args)`` pair registered in
+``SUBCOMMANDS``; a new subcommand (such as ``bench``) is one more entry there. A ``UserError`` (bad path,
+empty corpus, corrupted checkpoint, vocabulary mismatch...) prints one line and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+# ------------------------------------------------------------------------------------------------- train
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from .train.loop import TrainConfig
+    from .train.schedule import SCHEDULES
+
+    d = TrainConfig(out="")
+    p.add_argument("--preset", default=d.preset, help="preset name, or a config.json file/folder (default: %(default)s)")
+    p.add_argument("--data", default=d.data, help="'shakespeare', a text/.jsonl/.parquet file or folder, or a "
+                                                  "Hugging Face dataset name (default: %(default)s)")
+    p.add_argument("--tokenizer", default=None, help="HF tokenizer folder (default: train a byte-level BPE)")
+    p.add_argument("--out", required=True, help="run folder; re-running the same command resumes it")
+    p.add_argument("--max-steps", type=int, default=d.max_steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="rows per micro-batch per process")
+    p.add_argument("--seq-len", type=int, default=d.seq_len)
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    p.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio, help="final lr / peak lr")
+    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
+    p.add_argument("--warmup", type=float, default=d.warmup, help="warmup fraction of the steps")
+    p.add_argument("--decay", type=float, default=d.decay, help="decay fraction of the steps (wsd)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--clip", type=float, default=d.clip, help="gradient norm clip (0: off)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--eval-interval", type=int, default=d.eval_interval)
+    p.add_argument("--eval-rows", type=int, default=d.eval_rows, help="validation rows per evaluation")
+    p.add_argument("--save-interval", type=int, default=d.save_interval)
+    p.add_argument("--keep-last", type=int, default=d.keep_last, help="checkpoints kept")
+    p.add_argument("--log-interval", type=int, default=d.log_interval)
+    p.add_argument("--validation-fraction", type=float, default=d.validation_fraction)
+    p.add_argument("--cache-dir", default=None, help="token cache folder (default: OUT/cache)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 under torchrun (default: DDP)")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is steadier on a shared 2-core machine)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .train.loop import TrainConfig, train
+
+    fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    summary = train(TrainConfig(**fields, progress=not args.no_progress))
+    if summary["validation"] and summary["rank"] == 0:
+        v = summary["validation"]
+        print(f"step {summary['step']}: validation perplexity {v['perplexity']:.2f} "
+              f"(loss {v['loss']:.4f}, {v['bits_per_byte']:.3f} bits/byte) in {summary['wall_s']:.0f} s")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- run folders
+def _run_folder(path: str):
+    """(run folder, newest complete checkpoint folder) for a run folder or a checkpoint folder."""
+    from .train import checkpoint as ckpt
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(f"run folder {folder} not found; train one first with `wm train --out {folder}`")
+    if (folder / ckpt.MANIFEST).exists():
+        try:
+            ckpt.verify_checkpoint(folder)
+        except ckpt.CorruptCheckpoint as e:
+            raise UserError(f"{e}; use another checkpoint of the run") from None
+        return folder.parent, folder
+    newest = ckpt.latest_checkpoint(folder, warn=lambda m: print(m, file=sys.stderr))
+    if newest is None:
+        raise UserError(f"{folder} has no checkpoint; train first with `wm train --out {folder}`")
+    return folder, newest
+
+
+def _threads_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+
+
+def _load_run(path: str, device_name: str, threads: int | None = None):
+    import torch
+
+    from .data.tokenizer import check_fits, load_tokenizer
+    from .train import checkpoint as ckpt
+    from .train.distributed import resolve_device
+
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads: got {threads}, expected an integer >= 1")
+        torch.set_num_threads(threads)
+    run_dir, folder = _run_folder(path)
+    tokenizer = load_tokenizer(run_dir / "tokenizer")
+    device = resolve_device(device_name)
+    model = ckpt.load_model(folder, device).eval()
+    check_fits(tokenizer, model.config.vocab_size)
+    config_path = run_dir / "run_config.json"
+    run_config = json.loads(config_path.read_text())["config"] if config_path.exists() else {}
+    return run_dir, folder, tokenizer, model, run_config, device
+
+
+# -------------------------------------------------------------------------------------------------- eval
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder (newest complete checkpoint) or one checkpoint folder")
+    p.add_argument("--data", default=None, help="corpus whose validation split to score (default: the run's)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-rows", type=int, default=None, help="score only the first N validation rows")
+    p.add_argument("--device", default="auto")
+    _threads_argument(p)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data.corpora import load_corpus
+    from .data.packing import PackedRows, tokenize_split
+    from .data.tokenizer import token_byte_lengths
+    from .train.checkpoint import atomic_write_text
+    from .train.distributed import DistInfo
+    from .train.evaluate import evaluate, unigram_perplexity
+
+    run_dir, folder, tokenizer, model, run_config, device = _load_run(args.run, args.device, args.threads)
+    data = args.data or run_config.get("data", "shakespeare")
+    corpus = load_corpus(data, run_config.get("validation_fraction", 0.05))
+    cache_dir = run_config.get("cache_dir") or run_dir / "cache"
+    seq_len = run_config.get("seq_len", 256)
+    val_rows = PackedRows(tokenize_split(corpus, "validation", tokenizer, cache_dir), seq_len)
+    vocab = model.config.vocab_size
+    byte_lengths = torch.tensor(token_byte_lengths(tokenizer) + [0] * (vocab - len(tokenizer)))
+    info = DistInfo(0, 0, 1, device)
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    result = evaluate(model, val_rows, args.batch_size, info, args.max_rows, byte_lengths, autocast)
+    result["unigram_perplexity"] = unigram_perplexity(tokenize_split(corpus, "train", tokenizer, cache_dir),
+                                                      val_rows, vocab, args.max_rows)
+    result.update(checkpoint=folder.name, data=data, seq_len=seq_len)
+    atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=1))
+    print(f"{folder}: validation perplexity {result['perplexity']:.2f} (loss {result['loss']:.4f} nats/token, "
+          f"{result['bits_per_byte']:.3f} bits/byte, {result['tokens']:,} tokens); "
+          f"unigram baseline perplexity {result['unigram_perplexity']:.2f}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- generate
+def add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder (newest complete checkpoint) or one checkpoint folder")
+    p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=50, help="0: off")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    _threads_argument(p)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data.tokenizer import eos_id
+
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens: got {args.max_new_tokens}, expected an integer >= 1")
+    if not args.greedy and not args.temperature > 0:
+        raise UserError(f"--temperature: got {args.temperature}, expected a positive number (or --greedy)")
+    if not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p: got {args.top_p}, expected a number in (0, 1]")
+    _, _, tokenizer, model, _, device = _load_run(args.run, args.device, args.threads)
+    torch.manual_seed(args.seed)
+    eos = eos_id(tokenizer)
+    ids = tokenizer.encode(args.prompt, add_special_tokens=False) if args.prompt else [eos]
+    input_ids = torch.tensor([ids], device=device)
+    sampling = {} if args.greedy else {"temperature": args.temperature, "top_k": args.top_k or None,
+                                       "top_p": args.top_p}
+    with torch.no_grad():
+        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=not args.greedy,
+                             max_new_tokens=args.max_new_tokens, pad_token_id=eos, eos_token_id=eos, **sampling)
+    print(args.prompt + tokenizer.decode(out[0, len(ids):], skip_special_tokens=True))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------- info
+def add_info_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default=None, help="a preset name, or 'all': print parameter counts")
+
+
+def run_info(args: argparse.Namespace) -> int:
+    import importlib.metadata as md
+    import os
+
+    import torch
+
+    def version(name):
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    print(f"python {platform.python_version()} ({platform.platform()})")
+    for name in ("torch", "triton", "transformers", "tokenizers", "safetensors", "datasets"):
+        print(f"{name} {version(name)}")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            print(f"device cuda:{i}: {torch.cuda.get_device_name(i)}")
+    print(f"device cpu: {os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
+    triton_ok = version("triton") != "not installed"
+    interp = os.environ.get("TRITON_INTERPRET") == "1"
+    print("op backends: torch (usable everywhere); triton " +
+          ("usable (CUDA)" if triton_ok and torch.cuda.is_available() else
+           "usable (interpreter, TRITON_INTERPRET=1)" if triton_ok and interp else
+           "installed but needs a CUDA GPU (or TRITON_INTERPRET=1 for tests)" if triton_ok else "not installed"))
+    if args.preset:
+        from .train.loop import build_model
+
+        try:
+            from .models import presets
+        except ImportError:
+            raise UserError("this build has no model presets (wonderful_matrices.models.presets)") from None
+        names = presets.names() if args.preset == "all" else [args.preset]
+        for name in names:
+            if name not in presets.names():
+                raise UserError(f"unknown preset {name!r}; choose one of: all, {', '.join(presets.names())}")
+            with torch.device("meta"):
+                model = build_model(name)
+            count = sum(p.numel() for p in model.parameters())
+            print(f"preset {name}: {count:,} parameters ({count / 1e6:.1f}M)")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------- main
+SUBCOMMANDS = {
+    "train": ("train a model (re-running the same command resumes)", add_train_arguments, run_train),
+    "eval": ("validation perplexity and bits per byte of a run", add_eval_arguments, run_eval),
+    "generate": ("sample text from a run", add_generate_arguments, run_generate),
+    "info": ("versions, devices, usable backends, preset sizes", add_info_arguments, run_info),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``wm`` argument parser with one subparser per entry of ``SUBCOMMANDS``."""
+    parser = argparse.ArgumentParser(prog="wm", description="Wonderful Matrices: train, evaluate, sample, benchmark")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments, _) in SUBCOMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``wm``; returns the exit status (2 for a user error, with a one-line message)."""
+    args = build_parser().parse_args(argv)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        return SUBCOMMANDS[args.command][2](args)
+    except UserError as e:
+        print(f"wm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"wm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Validation metrics: loss, perplexity, bits per byte, and the unigram baseline they are compared to."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.packing import PackedRows
+from .distributed import DistInfo, all_reduce_sum
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, rows: PackedRows, batch_size: int, info: DistInfo,
+             max_rows: int | None = None, byte_lengths: torch.Tensor | None = None,
+             autocast_dtype: torch.dtype | None = None) -> dict:
+    """Next-token loss of ``model`` on the validation rows (each row predicts its tokens 1..seq_len-1).
+
+    ``byte_lengths`` ``(vocab,)``: UTF-8 bytes per token id, for bits per byte. Rows are shared out by
+    rank and the sums reduced, so every rank gets the same result. Returns ``{"loss", "perplexity",
+    "bits_per_byte", "tokens"}`` (loss in nats per token).
+    """
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)  # nll, tokens, bytes
+    for batch in rows.eval_batches(batch_size, max_rows, info.rank, info.world_size):
+        ids = batch.to(info.device)
+        with torch.autocast(info.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(input_ids=ids).logits
+        targets = ids[:, 1:]
+        nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                              reduction="sum")
+        sums[0] += nll.item()
+        sums[1] += targets.numel()
+        if byte_lengths is not None:
+            sums[2] += byte_lengths[targets.cpu()].sum().item()
+    model.train(was_training)
+    nll, tokens, nbytes = all_reduce_sum(sums, info).tolist()
+    loss = nll / max(tokens, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
+            "bits_per_byte": nll / math.log(2) / nbytes if nbytes > 0 else float("nan"), "tokens": int(tokens)}
+
+
+def unigram_perplexity(train_tokens: np.ndarray, rows: PackedRows, vocab_size: int,
+                       max_rows: int | None = None) -> float:
+    """Perplexity of the add-one-smoothed unigram distribution of ``train_tokens`` on the same
+    validation targets ``evaluate`` scores (the baseline a language model must beat)."""
+    counts = np.bincount(np.asarray(train_tokens), minlength=vocab_size).astype(np.float64) + 1.0
+    log_p = np.log(counts / counts.sum())
+    count = rows.num_rows if max_rows is None else min(rows.num_rows, max_rows)
+    targets = np.concatenate([rows.row(i)[1:] for i in range(count)])
+    return float(math.exp(-log_p[targets].mean()))

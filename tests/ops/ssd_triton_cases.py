@@ -1,0 +1,149 @@
+"""Cases for wm.ops.ssd(backend="triton"): the Triton kernels against the per-step recurrence (float64 oracle).
+
+Not collected on its own (the name does not start with ``test_``): ``test_ssd_triton_op.py`` runs this file in
+a child pytest with ``TRITON_INTERPRET=1`` (the interpreter must be chosen before triton is first imported).
+Under the interpreter the kernels' internal buffers start NaN-poisoned, so an unwritten element fails a case.
+Shapes are tiny: the interpreter executes every program in Python. Run directly with
+``TRITON_INTERPRET=1 python -m pytest tests/ops/ssd_triton_cases.py``.
+"""
+import os
+
+import pytest
+import torch
+from conftest import rel_err
+
+pytest.importorskip("triton")
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("needs TRITON_INTERPRET=1 (set before triton is imported)", allow_module_level=True)
+
+from wonderful_matrices.ops import ssd  # noqa: E402
+from wonderful_matrices.ops.ssd.naive import ssd_naive  # noqa: E402
+from test_ssd_op import make_inputs  # noqa: E402
+
+
+def _run(inputs, chunk, gy=None, gs=None):
+    """Forward through the triton backend, backward of <y, gy> + <final, gs>; returns (y, final, grads)."""
+    leaves = {k: (v.detach().clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
+    y, final = ssd(**leaves, chunk_size=chunk, return_final_state=True, backend="triton")
+    loss = 0.0
+    if gy is not None:
+        loss = loss + (y.double() * gy).sum()
+    if gs is not None:
+        loss = loss + (final.double() * gs).sum()
+    loss.backward()
+    return y.detach(), final.detach(), {k: v.grad for k, v in leaves.items() if v is not None}
+
+
+def _oracle(inputs, gy, gs):
+    leaves = {k: (v.detach().double().clone().requires_grad_(True) if v is not None else None)
+              for k, v in inputs.items()}
+    y, final = ssd_naive(**leaves, return_final_state=True)
+    loss = 0.0
+    if gy is not None:
+        loss = loss + (y * gy).sum()
+    if gs is not None:
+        loss = loss + (final * gs).sum()
+    loss.backward()
+    return y.detach(), final.detach(), {k: v.grad for k, v in leaves.items() if v is not None}
+
+
+# (b, l, h, p, g, n, chunk, with_D, with_init): l = 1; chunk < 16 (run as 16); several chunks with a partial
+# last one; two tiles per chunk (chunk 128 > BLOCK_Q = 64); groups g > 1 and g = h; 16 heads per group (the
+# backward programs split a group's heads in two, dB/dC summed across programs); odd p and n (masked tiles)
+CASES = [
+    (1, 1, 1, 1, 1, 1, 64, False, True),  # with no initial state, l = 1 has dA = 0 exactly
+    (1, 21, 3, 2, 1, 6, 4, True, True),
+    (2, 37, 4, 3, 2, 5, 16, True, True),
+    (1, 150, 2, 3, 1, 4, 128, False, True),
+    (2, 45, 6, 5, 3, 6, 32, True, False),
+    (1, 40, 16, 2, 1, 3, 16, True, True),
+    (1, 19, 3, 17, 3, 2, 16, False, False),
+]
+
+
+def _case_id(case):
+    b, l, h, p, g, n, chunk, with_D, with_init = case
+    return f"b{b}l{l}h{h}p{p}g{g}n{n}q{chunk}{'D' if with_D else ''}{'S' if with_init else ''}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_triton_float32_matches_naive_forward_and_all_gradients(case):
+    b, l, h, p, g, n, chunk, with_D, with_init = case
+    ref = make_inputs(b, l, h, p, g, n, with_D, with_init)
+    gy = torch.randn(b, l, h, p, dtype=torch.float64)
+    gs = torch.randn(b, h, p, n, dtype=torch.float64)
+    y_ref, s_ref, g_ref = _oracle(ref, gy, gs)
+    y, s, grads = _run({k: (v.float() if v is not None else None) for k, v in ref.items()}, chunk, gy, gs)
+    assert y.dtype == torch.float32 and s.dtype == torch.float32
+    assert rel_err(y, y_ref) < 1e-5
+    assert rel_err(s, s_ref) < 1e-5
+    assert set(grads) == set(g_ref)
+    for name in g_ref:
+        assert grads[name].dtype == torch.float32, name
+        assert rel_err(grads[name], g_ref[name]) < 2e-5, name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_half_precision_forward_and_gradients(dtype):
+    b, l, h, p, g, n, chunk = 2, 40, 4, 16, 2, 16, 16
+    ref = {k: (v.to(dtype).double() if k in ("x", "B", "C") else v) for k, v in
+           make_inputs(b, l, h, p, g, n, True, True).items()}  # x, B, C exactly representable in half
+    gy = torch.randn(b, l, h, p, dtype=torch.float64)
+    gs = torch.randn(b, h, p, n, dtype=torch.float64)
+    y_ref, s_ref, g_ref = _oracle(ref, gy, gs)
+    inputs = {k: (v.to(dtype) if k in ("x", "B", "C") else v.float()) for k, v in ref.items()}
+    y, s, grads = _run(inputs, chunk, gy, gs)
+    assert y.dtype == dtype and s.dtype == torch.float32
+    assert rel_err(y, y_ref) < 1e-2
+    assert rel_err(s, s_ref) < 1e-2
+    for name in g_ref:
+        assert grads[name].dtype == inputs[name].dtype, name
+        assert rel_err(grads[name], g_ref[name]) < 2e-2, name
+
+
+def test_triton_gradient_of_output_only_and_of_final_state_only():
+    ref = make_inputs(1, 30, 2, 3, 1, 4, True, True)
+    inputs = {k: v.float() for k, v in ref.items()}
+    gy = torch.randn(1, 30, 2, 3, dtype=torch.float64)
+    gs = torch.randn(1, 2, 3, 4, dtype=torch.float64)
+    for a, b in ((gy, None), (None, gs)):
+        _, _, g_ref = _oracle(ref, a, b)
+        _, _, grads = _run(inputs, 16, a, b)
+        assert set(grads) == set(inputs)
+        for name in inputs:
+            if g_ref.get(name) is not None:
+                assert rel_err(grads[name], g_ref[name]) < 2e-5, name
+            else:  # C and D do not reach the final state: the oracle leaves their gradients out
+                assert name in ("C", "D") and b is not None and grads[name].abs().max() < 1e-6, name
+
+
+def test_triton_strided_inputs_and_return_y_only():
+    ref = make_inputs(2, 25, 4, 3, 2, 5, True, False)
+    base = torch.randn(2, 4, 25, 6, dtype=torch.float64)  # x as a non-contiguous view (b, l, h, p)
+    ref["x"] = base.permute(0, 2, 1, 3)[..., :3]
+    ref["B"] = torch.randn(2, 5, 25, 2, dtype=torch.float64).permute(0, 2, 3, 1)
+    inputs = {k: (v.float() if v is not None else None) for k, v in ref.items()}
+    assert not inputs["x"].is_contiguous() and not inputs["B"].is_contiguous()
+    y = ssd(**inputs, chunk_size=16, backend="triton")
+    assert rel_err(y, ssd_naive(**ref)) < 1e-5
+
+
+def test_triton_large_decays_stay_finite():
+    ref = make_inputs(1, 64, 2, 3, 1, 4, True, True, dt_scale=50.0)
+    ref["A"] = torch.tensor([-5.0, -0.01], dtype=torch.float64)
+    gy = torch.randn(1, 64, 2, 3, dtype=torch.float64)
+    gs = torch.randn(1, 2, 3, 4, dtype=torch.float64)
+    y_ref, s_ref, g_ref = _oracle(ref, gy, gs)
+    y, s, grads = _run({k: v.float() for k, v in ref.items()}, 64, gy, gs)
+    assert torch.isfinite(y).all() and torch.isfinite(s).all()
+    assert rel_err(y, y_ref) < 1e-5 and rel_err(s, s_ref) < 1e-5
+    for name in g_ref:
+        assert torch.isfinite(grads[name]).all(), name
+        assert rel_err(grads[name], g_ref[name]) < 1e-4, name
+
+
+def test_triton_rejects_float64():
+    inputs = make_inputs(1, 5, 2, 3, 1, 4, False, False)
+    with pytest.raises(ValueError, match="^x.dtype="):
+        ssd(**inputs, backend="triton")
+    assert rel_err(ssd(**inputs), ssd_naive(**inputs)) < 1e-11  # "auto" on float64 stays on torch

@@ -1,0 +1,88 @@
+"""The Triton backend of dynamic_mask_attention against the naive oracle, on the CPU under TRITON_INTERPRET=1
+(float32, tiny shapes: the interpreter is slow). The same kernels run compiled on a GPU in test_ops_cuda.py.
+
+Triton decides interpreted vs compiled when it is imported, so in a normal test run the one test
+``test_interpreted_in_a_subprocess`` reruns this file in a child process with ``TRITON_INTERPRET=1``; there
+(``INTERPRETED``) the real tests run and that test is skipped.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import rel_err
+
+pytest.importorskip("triton")
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+from wonderful_matrices.ops import dynamic_mask_attention  # noqa: E402
+from wonderful_matrices.ops.dma import triton as dma_triton  # noqa: E402
+from wonderful_matrices.ops.dma.naive import dynamic_mask_attention_naive  # noqa: E402
+
+interpreted_only = pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 child process")
+
+
+@pytest.mark.skipif(INTERPRETED, reason="this is the child process")
+def test_interpreted_in_a_subprocess():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout
+
+
+def run_both(b, lq, lk, hq, hkv, d, w, bias_kind, block=None, pad=False):
+    q = torch.randn(b, lq, hq, d)
+    k = torch.randn(b, lk, hkv, d)
+    v = torch.randn(b, lk, hkv, d)
+    bias = torch.randint(-2, 2, (b, lk, hkv)).float() if bias_kind == "ties" else torch.randn(b, lk, hkv) * 2
+    if pad:  # left padding of row 0 and one padded key in every row
+        bias[0, :3] = float("-inf")
+        bias[:, lk // 2, 0] = float("-inf")
+    weight = torch.randn(b, lq, hq, d, dtype=torch.float64)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v, bias)]
+    out = dma_triton.dynamic_mask_attention_triton(*leaves, w, d ** -0.5, block)
+    assert out.dtype == torch.float32 and not torch.isnan(out).any()
+    (out.double() * weight).sum().backward()
+    ref_leaves = [t.double().requires_grad_(True) for t in (q, k, v, bias)]
+    ref = dynamic_mask_attention_naive(*ref_leaves, w, True, d ** -0.5)
+    (ref * weight).sum().backward()
+    assert rel_err(out, ref) < 1e-5
+    for name, a, r in zip(("q", "k", "v", "bias"), leaves, ref_leaves):
+        # gradients can be exactly zero (w == 1 has no dq/dk): floor the reference norm at 1
+        err = (a.grad.double() - r.grad).norm().item() / max(r.grad.norm().item(), 1.0)
+        assert err < 1e-5, name
+
+
+# (b, lq, lk, hq, hkv, d, w, bias, block): GQA, window 1, lq < lk, lengths not a multiple of the tiles, several
+# selection blocks (block 64 = one kernel tile) and a selection block of two kernel tiles, ties, padding.
+CASES = [
+    (1, 150, 150, 4, 2, 16, 7, "randn", 64, True),
+    (2, 70, 70, 2, 1, 8, 1, "ties", 64, False),
+    (1, 100, 130, 2, 2, 32, 20, "ties", 128, True),
+    (1, 66, 66, 2, 1, 16, 65, "randn", 64, False),
+]
+
+
+@interpreted_only
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+def test_triton_matches_oracle(case):
+    run_both(*case[:-2], block=case[-2], pad=case[-1])
+
+
+@interpreted_only
+def test_dispatch_uses_triton_for_a_causal_window_and_torch_otherwise(monkeypatch):
+    calls = []
+    original = dma_triton.dynamic_mask_attention_triton
+    monkeypatch.setattr(dma_triton, "dynamic_mask_attention_triton", lambda *a: calls.append(a) or original(*a))
+    q, k, v = torch.randn(1, 9, 2, 8), torch.randn(1, 9, 1, 8), torch.randn(1, 9, 1, 8)
+    bias = torch.randn(1, 9, 1)
+    out = dynamic_mask_attention(q, k, v, bias, keep_window=3, backend="triton")
+    assert len(calls) == 1
+    ref = dynamic_mask_attention(q, k, v, bias, keep_window=3, backend="naive")
+    assert rel_err(out, ref) < 1e-5
+    for w in (None, 9, 20):  # no window / window >= length: the torch path
+        out = dynamic_mask_attention(q, k, v, bias, keep_window=w, backend="triton")
+        assert rel_err(out, dynamic_mask_attention(q, k, v, bias, keep_window=w, backend="naive")) < 1e-5
+    assert len(calls) == 1

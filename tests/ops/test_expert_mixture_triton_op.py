@@ -1,0 +1,149 @@
+"""expert_mixture(backend="triton") and weighted_rows(backend="triton") against the plain-loop oracle.
+
+Runs on CPU through the Triton interpreter (``TRITON_INTERPRET=1``, set for this module only; the kernels'
+module is re-imported under it with one small autotune configuration — blocks of 4 selections / experts and 16
+columns — so every case below crosses block boundaries, and outputs start NaN-poisoned so an unwritten element
+fails). Shapes are tiny: the interpreter executes every program in Python.
+"""
+import importlib
+
+import pytest
+import torch
+from conftest import rel_err
+
+pytest.importorskip("triton")
+
+from test_expert_mixture_op import make, run  # noqa: E402
+
+from wonderful_matrices.ops import expert_mixture  # noqa: E402
+from wonderful_matrices.ops.expert_mixture import weighted_rows  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def interpreter():
+    """Run this module's kernels in the Triton interpreter; restore the compiled module afterwards."""
+    # by module name: the attribute ``ops.expert_mixture`` is the function, which shadows the package
+    kernels = importlib.import_module("wonderful_matrices.ops.expert_mixture.triton")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRITON_INTERPRET", "1")
+        importlib.reload(kernels)
+        yield kernels
+    importlib.reload(kernels)
+
+
+def _float32(args):
+    return [t.float() if t.is_floating_point() else t for t in args]
+
+
+# (batch, H, k, N, d, activation): one token and one expert; N < H·k (an expert repeated inside a token and
+# across tokens: several rows per segment); M = 6 and d = 37 not multiples of the blocks (4, 16); N = 13 not a
+# multiple of the expert tile (4), with unselected experts (zero gradient rows); two leading dims
+CASES = [
+    ((1,), 1, 1, 1, 5, "silu"),
+    ((7,), 2, 3, 4, 37, "gelu"),
+    ((2, 3), 3, 2, 13, 20, "relu"),
+    ((9,), 1, 5, 100, 16, "silu"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}H{c[1]}k{c[2]}N{c[3]}d{c[4]}{c[5]}")
+def test_triton_float32_matches_loops(case):
+    batch, H, k, N, d, activation = case
+    args = make(batch, H, k, N, d)
+    ref = run("naive", *args, activation=activation)
+    got = run("triton", *_float32(args), activation=activation)
+    for name, a, b in zip(("y", "x", "gates", "down", "up"), got, ref):
+        assert a.dtype == torch.float32 and torch.isfinite(a).all(), name
+        assert b.abs().sum() > 0, name
+        assert rel_err(a, b) < 1e-5, name
+
+
+def test_triton_unselected_experts_get_zero_gradient_and_int32_ids():
+    x, ids, gates, down, up = _float32(make((5,), 2, 2, 50, 8))
+    ids = ids.int()
+    got = run("triton", x, ids, gates, down, up)
+    used = torch.zeros(50, dtype=torch.bool)
+    used[ids.long().reshape(-1)] = True
+    assert (got[3][~used] == 0).all() and (got[4][~used] == 0).all()
+    assert (got[3][used].abs().sum(-1) > 0).all()
+    ref = run("naive", *make_like(x, ids, gates, down, up))
+    assert rel_err(got[0], ref[0]) < 1e-5
+
+
+def make_like(x, ids, gates, down, up):
+    return x.double(), ids.long(), gates.double(), down.double(), up.double()
+
+
+def test_triton_sort_by_expert(interpreter):
+    ids = torch.tensor([[3, 1], [1, 0], [3, 3]])
+    order, starts = interpreter.sort_by_expert(ids, 5)
+    assert starts.tolist() == [0, 1, 3, 3, 6, 6]
+    assert ids.reshape(-1)[order].tolist() == [0, 1, 1, 3, 3, 3]
+    assert order.tolist() == [3, 1, 2, 0, 4, 5]  # stable: equal experts keep token order
+
+
+def test_triton_weighted_rows_matches_loops():
+    T, M, N, d = 5, 6, 7, 19
+    w = (torch.rand(T, M) + 0.1).requires_grad_()
+    ids = torch.randint(0, N, (T, M))
+    table = torch.randn(N, d, requires_grad=True)
+    y = weighted_rows(w, ids, table, backend="triton")
+    w64, t64 = w.detach().double().requires_grad_(), table.detach().double().requires_grad_()
+    ref = torch.stack([sum(w64[t, j] * t64[ids[t, j]] for j in range(M)) for t in range(T)])
+    g = torch.randn(T, d, dtype=torch.float64)
+    got = torch.autograd.grad(y, (w, table), g.float())
+    want = torch.autograd.grad(ref, (w64, t64), g)
+    assert rel_err(y, ref) < 1e-5
+    for a, b in zip(got, want):
+        assert rel_err(a, b) < 1e-5
+
+
+def test_triton_rejects_float64():
+    args = make((2,), 1, 2, 4, 3)
+    with pytest.raises(ValueError, match="dtype"):
+        expert_mixture(*args, backend="triton")
+
+
+def test_triton_empty_batch():
+    y = expert_mixture(torch.randn(0, 8), torch.zeros(0, 2, 3, dtype=torch.long), torch.rand(0, 2, 3),
+                       torch.randn(5, 8), torch.randn(5, 8), backend="triton")
+    assert y.shape == (0, 8)
+
+
+def test_triton_table_gradient_with_split_ranks(interpreter, monkeypatch):
+    """Few experts, many selections each: the ranks of a tile are split over programs (float32 partial sums)."""
+    monkeypatch.setattr(interpreter, "RANKS_PER_PROGRAM", 2)
+    args = make((12,), 2, 3, 5, 19)
+    assert interpreter.rank_split(12 * 6, 5, 19) == 7
+    ref = run("naive", *args)
+    got = run("triton", *_float32(args))
+    for name, a, b in zip(("y", "x", "gates", "down", "up"), got, ref):
+        assert rel_err(a, b) < 1e-5, name
+
+
+def test_rank_split_rules(interpreter):
+    assert interpreter.rank_split(8192 * 128, 2 ** 20, 1024) == 1  # many experts: direct write
+    assert interpreter.rank_split(8192 * 128, 1024, 1024) == 32    # ~1024 selections per expert
+    assert interpreter.rank_split(8192 * 128, 16, 1024) == 64      # capped
+    assert interpreter.rank_split(10 ** 9, 4096, 4096) == 4        # partial buffer <= PARTIAL_BUDGET elements
+
+
+def test_product_key_layers_with_triton_backend_match_torch():
+    """CDMoE, PEER and PKM built with backend="triton": output and every parameter gradient equal the torch layer."""
+    from wonderful_matrices.layers import CDMoE, PEER, PKM
+
+    for cls, kwargs in ((CDMoE, dict(hidden_size=12, intermediate_size=10, num_experts=25, num_heads=2, top_k=3,
+                                     retrieval_dim=6)),
+                        (PEER, dict(hidden_size=12, num_experts=25, num_heads=2, top_k=3, key_dim=6)),
+                        (PKM, dict(hidden_size=12, num_experts=25, num_heads=2, top_k=3, key_dim=6))):
+        fast, ref = cls(**kwargs, backend="triton"), cls(**kwargs, backend="torch")
+        ref.load_state_dict(fast.state_dict())
+        x = torch.randn(2, 5, 12)
+        y, y_ref = fast(x), ref(x)
+        g = torch.randn_like(y)
+        grads = torch.autograd.grad(y, list(fast.parameters()), g)
+        grads_ref = torch.autograd.grad(y_ref, list(ref.parameters()), g)
+        assert rel_err(y, y_ref) < 1e-5, cls.__name__
+        for (name, _), a, b in zip(fast.named_parameters(), grads, grads_ref):
+            assert b.abs().sum() > 0, (cls.__name__, name)
+            assert rel_err(a, b) < 1e-5, (cls.__name__, name)
