@@ -96,3 +96,10 @@ def test_registry_names_and_errors(tmp_path):
         bench.run_benchmark("nope", tmp_path)
     with pytest.raises(ValueError, match="budget_s"):
         bench.run_benchmark("position", tmp_path, quick=True, budget_s=3.0)
+
+
+def test_wm_bench_subcommand_reports_a_bad_option(tmp_path, capsys):
+    from wonderful_matrices.cli import main
+
+    assert main(["bench", "position", "--out", str(tmp_path), "--budget-s", "3"]) == 2
+    assert "budget_s" in capsys.readouterr().err

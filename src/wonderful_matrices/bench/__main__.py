@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from . import names, run_benchmark
 
 
@@ -30,6 +28,8 @@ def main_from_args(args: argparse.Namespace) -> int:
         if args.threads < 1:
             print(f"error: threads={args.threads!r} is not allowed: must be >= 1", file=sys.stderr)
             return 2
+        import torch
+
         torch.set_num_threads(args.threads)
     try:
         run_benchmark(args.name, args.out, quick=args.quick, device=args.device, budget_s=args.budget_s,
