@@ -56,7 +56,7 @@ def test_position_variants_differ_only_in_ssd_position():
 def test_lm_quick_path(tmp_path, small_corpus):
     data_path, cache = small_corpus
     rows = lm.run(tmp_path, quick=True, steps=2, families=("cheems", "llama"), contexts=(40, 80), size="tiny",
-                  vocab_size=300, seq_len=16, batch=2, data=data_path, cache_dir=cache)
+                  vocab_size=300, seq_len=16, batch=2, data=data_path, cache_dir=cache, eval_tokens=256)
     assert [(r["preset"], r["context"]) for r in rows] == [("cheems-tiny", 40), ("cheems-tiny", 80),
                                                          ("llama-tiny", 40), ("llama-tiny", 80)]
     data, md = _read(tmp_path)

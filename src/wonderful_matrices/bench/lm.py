@@ -113,13 +113,15 @@ def decode_measurement(model, config, context: int, device: torch.device, reps: 
 
 def run(out_dir, quick: bool = False, device=None, steps: int | None = None, families=FAMILIES,
         contexts=None, size: str | None = None, vocab_size: int | None = None, seq_len: int | None = None,
-        batch: int | None = None, data: str = "shakespeare", cache_dir=None) -> list[dict]:
+        batch: int | None = None, data: str = "shakespeare", cache_dir=None,
+        eval_tokens: int | None = None) -> list[dict]:
     """Train and evaluate every available preset family, measure decoding; write ``results.json``,
     ``results.md`` and ``lm.png`` into ``out_dir``; return one row per (family, context).
 
     ``quick``: ``-small`` presets, BPE 4096, 30 steps of 8 x 128 tokens, contexts 256 and 1K (CPU).
     Full: ``-base`` presets, BPE 32768, 200 steps of 8 x 2048 tokens, contexts 4K..1M (one H200).
-    ``steps``, ``contexts``, ``size`` (preset size), ``vocab_size``, ``seq_len``, ``batch`` override;
+    ``steps``, ``contexts``, ``size`` (preset size), ``vocab_size``, ``seq_len``, ``batch``, ``eval_tokens``
+    (validation tokens scored) override;
     ``data``: the corpus (default the embedded Shakespeare); ``cache_dir``: tokenizer/token cache."""
     from ..models import CheemsForCausalLM, presets
 
@@ -129,7 +131,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
         cfg["steps"] = int(steps)
     if contexts is not None:
         cfg["contexts"] = tuple(contexts)
-    for key, value in (("size", size), ("seq_len", seq_len), ("batch", batch)):
+    for key, value in (("size", size), ("seq_len", seq_len), ("batch", batch), ("eval_tokens", eval_tokens)):
         if value is not None:
             cfg[key] = value
     if cfg["steps"] < 1:
