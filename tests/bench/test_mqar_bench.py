@@ -44,3 +44,10 @@ def test_model_configs_are_the_stated_ones():
     assert ssd.ssd_state_size == 128 and ssd.ssd_num_heads * ssd.ssd_head_dim == 256
     dma = bench_mqar.model_config("dma", 128, 8192)
     assert dma.keep_window is None and dma.num_attention_heads == 1
+
+
+def test_cells_argument():
+    assert bench_mqar.parse_cells("256:64,2048:128") == ((256, 16, 64), (2048, 256, 128))
+    for bad in ("256x64", "300:64", "256:0"):
+        with pytest.raises(ValueError, match="cells"):
+            bench_mqar.parse_cells(bad)

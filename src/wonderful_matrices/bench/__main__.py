@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="wall-clock budget of the whole sweep in seconds (mqar)")
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps per run instead of the default (mqar, position, lm)")
+    parser.add_argument("--cells", default=None,
+                        help="mqar: cells to run as seq_len:width pairs, e.g. 256:64,2048:128, or 'all'")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice; 1 is faster on a shared machine)")
 

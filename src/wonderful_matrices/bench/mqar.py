@@ -52,6 +52,21 @@ QUICK_CELLS = ((64, 4, 64), (128, 8, 64))
 QUICK_STEPS = 500
 
 
+def parse_cells(text: str) -> tuple[tuple[int, int, int], ...]:
+    """``"256:64,2048:128"`` (sequence length : width, lengths from ``KV_PAIRS``) -> ((T, kv, width), ...)."""
+    cells = []
+    for item in text.split(","):
+        try:
+            t, w = (int(v) for v in item.split(":"))
+        except ValueError:
+            raise ValueError(f"cells={text!r} is not allowed: comma-separated seq_len:width pairs, e.g. "
+                             "'256:64,2048:128'") from None
+        if t not in KV_PAIRS or w < 1:
+            raise ValueError(f"cells={text!r} is not allowed: seq_len in {sorted(KV_PAIRS)}, width >= 1")
+        cells.append((t, KV_PAIRS[t], w))
+    return tuple(cells)
+
+
 def model_config(mixer: str, width: int, vocab_size: int, state_size: int = 128):
     """The :class:`CheemsConfig` of a 2-layer, FFN-free MQAR model whose both layers are ``mixer``."""
     from ..models import CheemsConfig
@@ -207,13 +222,16 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
     steps per run (fixed, so the result does not depend on the load of a CPU; ~5 minutes on 2 idle cores)
     unless ``budget_s`` is given. Full: vocab 8192, state 128, the paper's six cells (``cells="all"`` for
     all 24), all four learning rates, steps derived from ``budget_s`` seconds in all (default 420, one H200).
-    ``steps`` fixes the step count instead. Returns one row per (cell, mixer).
+    ``steps`` fixes the step count instead. ``cells`` may also be a string ``"256:64,2048:128"`` (to split
+    the sweep over several calls). Returns one row per (cell, mixer).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if cells is None:
         cells = QUICK_CELLS if quick else PAPER_CELLS
     elif cells == "all":
         cells = ALL_CELLS
+    elif isinstance(cells, str):
+        cells = parse_cells(cells)
     learning_rates = tuple(learning_rates or (LEARNING_RATES[2:] if quick else LEARNING_RATES))
     vocab = vocab_size or (256 if quick else 8192)
     state = state_size or (16 if quick else 128)
