@@ -25,21 +25,28 @@ SIGNATURES = {
 }
 
 
+def _autotune_configs(kernel):
+    """(constants, num_warps) of each GPU autotune configuration of ``kernel``."""
+    return [(dict(c.kwargs), c.num_warps) for c in kernel.configs]
+
+
 @pytest.mark.parametrize("name", sorted(SIGNATURES))
 @pytest.mark.parametrize("dt", ["bf16", "fp32"])
 def test_kernel_compiles_for_sm90(name, dt):
+    """Every autotune configuration compiles (one failing configuration fails the kernel at its first call)."""
     kernels = importlib.import_module("wonderful_matrices.ops.expert_mixture.triton")
     signature, constants = SIGNATURES[name]
     signature = {k: v.format(dt=dt) for k, v in signature.items()}
     runtime_args = [i for i, v in enumerate(signature.values()) if v != "constexpr"]
     attrs = {(i,): [["tt.divisibility", 16]] for i in runtime_args}  # pointers aligned, d a multiple of 16
-    try:
-        source = compiler.ASTSource(fn=getattr(kernels, name).fn, signature=signature, constexprs=constants,
-                                    attrs=attrs)
-        target = backends.GPUTarget("cuda", 90, 32)
-    except TypeError as error:  # another triton version's private API
-        pytest.skip(f"this triton's compiler API differs: {error}")
-    compiled = compiler.compile(source, target=target, options={"num_warps": 4})
-    ptx = compiled.asm["ptx"]
-    if dt == "bf16":
-        assert re.search(r"ld\.global(\.\w+)*\.v4", ptx), "table rows are not read with 16-byte loads"
+    for config, num_warps in _autotune_configs(getattr(kernels, name)) or [(constants, 4)]:
+        try:
+            source = compiler.ASTSource(fn=getattr(kernels, name).fn, signature=signature,
+                                        constexprs={**constants, **config}, attrs=attrs)
+            target = backends.GPUTarget("cuda", 90, 32)
+        except TypeError as error:  # another triton version's private API
+            pytest.skip(f"this triton's compiler API differs: {error}")
+        compiled = compiler.compile(source, target=target, options={"num_warps": num_warps})
+        if dt == "bf16":
+            assert re.search(r"ld\.global(\.\w+)*\.v4", compiled.asm["ptx"]), \
+                f"table rows are not read with 16-byte loads ({config}, {num_warps} warps)"

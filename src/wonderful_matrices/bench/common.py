@@ -133,6 +133,8 @@ def write_results(out_dir: str | os.PathLike, name: str, rows: Sequence[dict], m
     atomic_write_text(out / "results.json", json.dumps(payload, indent=2, default=str) + "\n")
     env = payload["environment"]
     header = f"# {name}\n\n{env['date']} · {env['device']} · torch {env['torch']} · triton {env['triton']}\n\n"
-    meta_lines = "".join(f"- {k}: {v}\n" for k, v in meta.items())
+    # nested values (tables of derived numbers) stay in results.json; the markdown lists the scalar settings
+    meta_lines = "".join(f"- {k}: {v}\n" for k, v in meta.items() if not isinstance(v, (list, dict)) or
+                         all(not isinstance(x, (list, dict)) for x in (v.values() if isinstance(v, dict) else v)))
     atomic_write_text(out / "results.md", header + meta_lines + "\n" + table + ("\n" + notes + "\n" if notes else ""))
     return table
