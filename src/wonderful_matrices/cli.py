@@ -238,12 +238,28 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------- bench
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """``wm bench NAME [--quick] --out DIR ...``: the arguments of ``python -m wonderful_matrices.bench``."""
+    from .bench.__main__ import add_arguments
+
+    add_arguments(parser)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Run one experiment of the benchmark registry (``wonderful_matrices.bench.REGISTRY``)."""
+    from .bench.__main__ import main_from_args
+
+    return main_from_args(args)
+
+
 # -------------------------------------------------------------------------------------------------- main
 SUBCOMMANDS = {
     "train": ("train a model (re-running the same command resumes)", add_train_arguments, run_train),
     "eval": ("validation perplexity and bits per byte of a run", add_eval_arguments, run_eval),
     "generate": ("sample text from a run", add_generate_arguments, run_generate),
     "info": ("versions, devices, usable backends, preset sizes", add_info_arguments, run_info),
+    "bench": ("run one of the paper's experiments or the kernel benchmarks", add_bench_arguments, run_bench),
 }
 
 

@@ -1,0 +1,53 @@
+"""``python -m wonderful_matrices.bench NAME [--quick] --out DIR [--device D] [--budget-s S] [--steps N]
+[--threads N]``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import names, run_benchmark
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark command's arguments (shared with ``wm bench``)."""
+    parser.add_argument("name", choices=names(), help="experiment to run")
+    parser.add_argument("--out", required=True, help="folder for results.json, results.md and the plot")
+    parser.add_argument("--quick", action="store_true", help="CPU-sized version (minutes)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="wall-clock budget of the whole sweep in seconds (mqar)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps per run instead of the default (mqar, position, lm)")
+    parser.add_argument("--cells", default=None,
+                        help="mqar: cells to run as seq_len:width pairs, e.g. 256:64,2048:128, or 'all'")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice; 1 is faster on a shared machine)")
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    """Run the benchmark the parsed ``args`` name; 2 with a message on a bad argument."""
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"error: threads={args.threads!r} is not allowed: must be >= 1", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        run_benchmark(args.name, args.out, quick=args.quick, device=args.device, budget_s=args.budget_s,
+                      steps=args.steps)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m wonderful_matrices.bench``."""
+    parser = argparse.ArgumentParser(prog="python -m wonderful_matrices.bench", description=__doc__)
+    add_arguments(parser)
+    return main_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The fast paths against the best existing ones (BENCHMARKS.md §5), in one run.
+
+Runs the per-op benchmark modules that exist in this build into sub-folders of ``out_dir`` — ``ssd`` (ours
+against the recurrence on CPU; on CUDA at the paper's shape, beside the ``mamba_ssm`` reference numbers of
+PAPER.md, labelled as references), ``dma`` (against SDPA causal with the cuDNN backend and FlexAttention, and
+the decode step with a bounded cache), ``experts`` (CDMoE against loop / grouped MoE, PKM, PEER) — and adds:
+
+* ``cdmoe_mixture``: the expert mixture of CDMoE, ``wm.ops.expert_mixture`` (embedding-bag reductions, no
+  gathered copy of expert rows) against the plain gather formulation (index the ``down``/``up`` tables,
+  einsum), forward and forward+backward;
+* ``mamba_ssm``: when ``mamba_ssm`` is importable on CUDA, its ``mamba_chunk_scan_combined`` timed beside our
+  ``wm.ops.ssd`` on the same inputs (``mamba_ssm`` is a benchmark-only optional dependency).
+
+Writes the combined rows to ``results.json`` / ``results.md`` and each part's own files under its folder.
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+
+import torch
+
+from ..ops import expert_mixture, ssd
+from .common import time_callable, write_results
+
+PARTS = ("ssd", "dma", "experts")
+
+
+def _fwd_bwd(fn, inputs):
+    def call():
+        out = fn()
+        torch.autograd.grad(out.float().sum(), inputs)
+    return call
+
+
+def cdmoe_mixture_rows(quick: bool, device: torch.device, shape: tuple[int, int, int, int] | None = None,
+                       experts: tuple[int, ...] | None = None) -> list[dict]:
+    """``expert_mixture`` against the gather formulation for each expert count in ``experts``;
+    ``shape`` = (tokens, width, heads, top-k)."""
+    tokens, width, heads, k = shape or ((1024, 256, 4, 8) if quick else (8192, 1024, 8, 16))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    rows = []
+    for n in experts or ((1024, 16384) if quick else (1024, 65536, 1 << 20)):
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(tokens, width, generator=gen).to(device, dtype).requires_grad_()
+        down = (torch.randn(n, width, generator=gen) / width ** 0.5).to(device, dtype).requires_grad_()
+        up = (torch.randn(n, width, generator=gen) / width ** 0.5).to(device, dtype).requires_grad_()
+        ids = torch.randint(0, n, (tokens, heads, k), generator=gen).to(device)
+        gates = torch.softmax(torch.randn(tokens, heads, k, generator=gen), -1).to(device, dtype).requires_grad_()
+
+        def ours():
+            return expert_mixture(x, ids, gates, down, up)
+
+        def gather():
+            d, u = down[ids], up[ids]                                      # (t, h, k, width) each
+            act = torch.nn.functional.silu(torch.einsum("tw,thkw->thk", x, d))
+            return torch.einsum("thk,thkw->tw", act * gates, u)
+
+        inputs = (x, down, up, gates)
+        reps = 3 if quick else 10
+        for name, fn in (("expert_mixture (ours)", ours), ("gather + einsum", gather)):
+            row = {"part": "cdmoe_mixture", "implementation": name, "experts": n, "tokens": tokens,
+                   "width": width, "heads_x_topk": f"{heads}x{k}", "dtype": str(dtype).replace("torch.", "")}
+            try:
+                with torch.no_grad():
+                    row["fwd_ms"] = time_callable(fn, device, warmup=1, reps=reps)
+                row["fwd_bwd_ms"] = time_callable(_fwd_bwd(fn, inputs), device, warmup=1, reps=reps)
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                row["note"] = "out of memory"
+            rows.append(row)
+    return rows
+
+
+def mamba_ssm_rows(device: torch.device) -> list[dict]:
+    """Ours against ``mamba_ssm``'s chunked scan on CUDA at the paper's shape; [] when it is not importable."""
+    if device.type != "cuda":
+        return []
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except ImportError:
+        return []
+    b, l, h, p, g, n, chunk = 8, 4096, 64, 64, 1, 128, 256
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(b, l, h, p, generator=gen).to(device, torch.bfloat16).requires_grad_()
+    dt = torch.nn.functional.softplus(torch.randn(b, l, h, generator=gen) - 3).to(device).requires_grad_()
+    A = (-torch.rand(h, generator=gen) - 0.5).to(device).requires_grad_()
+    B = torch.randn(b, l, g, n, generator=gen).to(device, torch.bfloat16).requires_grad_()
+    C = torch.randn(b, l, g, n, generator=gen).to(device, torch.bfloat16).requires_grad_()
+    inputs = (x, dt, A, B, C)
+    rows = []
+    for name, fn in (("wm.ops.ssd", lambda: ssd(x, dt, A, B, C, chunk_size=chunk)),
+                     ("mamba_ssm mamba_chunk_scan_combined", lambda: mamba_chunk_scan_combined(x, dt, A, B, C, chunk))):
+        with torch.no_grad():
+            fwd = time_callable(fn, device, warmup=3, reps=20)
+        rows.append({"part": "mamba_ssm", "implementation": name, "tokens": b * l, "heads": h, "head_dim": p,
+                     "state": n, "chunk": chunk, "dtype": "bfloat16", "fwd_ms": fwd,
+                     "fwd_bwd_ms": time_callable(_fwd_bwd(fn, inputs), device, warmup=3, reps=20)})
+    return rows
+
+
+def run(out_dir, quick: bool = False, device=None, parts=PARTS, cdmoe_shape=None, cdmoe_experts=None) -> list[dict]:
+    """Run the per-op benchmarks ``parts`` that exist into ``out_dir/<part>``, plus the CDMoE mixture and
+    ``mamba_ssm`` comparisons; write ``results.json`` / ``results.md`` (this module's own rows; each part's
+    rows are in its folder and in the returned list); return all rows."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = Path(out_dir)
+    start = time.perf_counter()
+    rows, done = [], {}
+    for part in parts:
+        try:
+            module = importlib.import_module(f"wonderful_matrices.bench.{part}")
+        except ModuleNotFoundError as e:
+            if e.name != f"wonderful_matrices.bench.{part}":
+                raise
+            done[part] = "not in this build"
+            continue
+        t0 = time.perf_counter()
+        part_rows = module.run(out / part, quick=quick, device=device)
+        done[part] = f"{len(part_rows)} rows in {time.perf_counter() - t0:.1f} s -> {part}/results.md"
+        rows += [{"part": part, **r} for r in part_rows]
+    own = cdmoe_mixture_rows(quick, device, cdmoe_shape, cdmoe_experts)
+    mamba = mamba_ssm_rows(device)
+    own += mamba
+    rows += own
+    meta = {"quick": quick, "device": str(device), "parts": done,
+            "mamba_ssm": "measured side by side" if mamba else
+            "not importable here: compare the ssd part with the reference numbers of PAPER.md (labelled there)",
+            "wall_s": round(time.perf_counter() - start, 1)}
+    columns = ["part", "implementation", "experts", "tokens", "width", "heads_x_topk", "dtype", "fwd_ms",
+               "fwd_bwd_ms", "note"]
+    notes = "Per-part tables: " + ", ".join(f"{p}: {s}" for p, s in done.items())
+    print(write_results(out, "kernels", own, meta, columns=columns, notes=notes))
+    print(f"kernels: {len(rows)} rows in {meta['wall_s']} s -> {out}")
+    return rows

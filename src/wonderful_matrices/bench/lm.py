@@ -1,0 +1,221 @@
+"""Claim 4: Cheems against popular architectures (Doge, Llama, Mamba2, Jamba) at matched sizes.
+
+Training: every preset of one size class (``-small`` with ``quick``, ``-base`` otherwise; vocabulary set to
+the BPE trained on the embedded Shakespeare corpus) gets the same data, tokenizer, schedule, learning rate and
+token budget (:mod:`.lm_common`). Reported: parameters, training tokens/s (steady state), peak CUDA memory,
+validation perplexity at the training length.
+
+Inference: decoding one token at a time (batch 1) after a context of ``C`` tokens, for ``C`` in 4K, 16K,
+128K, 1M (256 and 1K with ``quick``). The cache at context ``C`` is made by a short real prefill followed by
+growing every attention-like layer's key/value store to the length it would have after ``C`` tokens (``C``
+for attention, ``min(C, keep_window)`` for DMA) with random keys/values; SSD and Mamba2 states have a fixed
+size and are kept from the prefill. That times the decode step at the cache size a real ``C``-token context
+would leave, without an O(C^2) prefill of a million tokens. Reported: decode tokens/s, cache bytes
+computed from the config (keys/values and recurrent states; ``analytic``) and measured (``CheemsCache.nbytes``),
+or ``does not fit`` when the analytic cache (twice, for the copy a growing cache makes) exceeds the free memory.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from .common import time_callable, write_results
+from .lm_common import corpus_tokens, perplexity, train_lm
+
+FAMILIES = ("cheems", "doge", "llama", "mamba2", "jamba")
+QUICK = dict(size="small", seq_len=128, batch=8, steps=30, lr=1e-3, contexts=(256, 1024), eval_tokens=16_384,
+             decode_reps=5)
+FULL = dict(size="base", seq_len=2048, batch=8, steps=200, lr=1e-3, contexts=(4096, 16384, 131072, 1048576),
+            eval_tokens=None, decode_reps=20)
+ATTENTION_LIKE = ("attn", "dma")
+
+
+def analytic_cache_bytes(config, context: int, dtype_bytes: int, batch: int = 1) -> int:
+    """Bytes of the decoding cache of ``config`` after ``context`` tokens (keys and values of attention/DMA
+    layers at ``dtype_bytes`` per element, DMA bounded by ``keep_window``; float32 SSM states; conv states)."""
+    total = 0
+    for kind in config.layer_types:
+        if kind in ATTENTION_LIKE:
+            n = context if (kind == "attn" or config.keep_window is None) else min(context, config.keep_window)
+            total += 2 * n * config.num_key_value_heads * config.head_dim * dtype_bytes
+        elif kind == "ssd":
+            total += config.ssd_num_heads * config.ssd_head_dim * config.ssd_state_size * 4
+            if config.ssd_use_conv:
+                conv_dim = config.ssd_num_heads * config.ssd_head_dim + 2 * config.ssd_num_groups * config.ssd_state_size
+                total += conv_dim * (config.ssd_conv_kernel - 1) * dtype_bytes
+        elif kind == "mamba2":
+            inner = config.mamba2_expand * config.hidden_size
+            total += inner * config.mamba2_state_size * 4
+            conv_dim = inner + 2 * config.mamba2_num_groups * config.mamba2_state_size
+            total += conv_dim * (config.mamba2_conv_kernel - 1) * dtype_bytes
+    return total * batch
+
+
+def _grow_state(state: dict, prefill: int, target: int, context: int) -> None:
+    """Grow every tensor of one attention-like layer state whose dim 1 is the ``prefill`` key axis to
+    ``target`` entries: random float keys/values (non-positive for a ``bias``), True masks, positions
+    ``context - target .. context - 1`` for integer tensors."""
+    for name, value in list(state.items()):
+        if not isinstance(value, torch.Tensor) or value.dim() < 2 or value.shape[1] != prefill:
+            continue
+        shape = (value.shape[0], target) + tuple(value.shape[2:])
+        if value.dtype == torch.bool:
+            new = torch.ones(shape, dtype=torch.bool, device=value.device)
+        elif value.dtype.is_floating_point:
+            new = torch.randn(shape, dtype=value.dtype, device=value.device)
+            if name == "bias":
+                new = -new.abs()
+        else:
+            pos = torch.arange(context - target, context, device=value.device, dtype=value.dtype)
+            new = pos.view(1, target, *([1] * (value.dim() - 2))).expand(shape).contiguous()
+        state[name] = new
+
+
+def decode_measurement(model, config, context: int, device: torch.device, reps: int, prefill: int = 16) -> dict:
+    """Decode tokens/s and cache bytes (batch 1) at ``context`` tokens of context (see the module docstring)."""
+    from ..models import CheemsCache
+
+    dtype_bytes = next(model.parameters()).element_size()
+    analytic = analytic_cache_bytes(config, context, dtype_bytes)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = free
+    else:
+        budget = 4 << 30
+    row = {"context": context, "cache_bytes_analytic": analytic}
+    if 2.2 * analytic > budget:
+        row.update(decode_tokens_per_s=None, cache_bytes_measured=None, status="does not fit")
+        return row
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, config.vocab_size, (1, prefill), generator=gen).to(device)
+    cache = CheemsCache(config)
+    with torch.no_grad():
+        model(input_ids=prompt, past_key_values=cache, use_cache=True)
+        for idx, kind in enumerate(config.layer_types):
+            if kind in ATTENTION_LIKE:
+                target = context if (kind == "attn" or config.keep_window is None) else min(context,
+                                                                                            config.keep_window)
+                _grow_state(cache.layer_state(idx), prefill, target, context)
+        cache.real_tokens = torch.full((1,), context, dtype=torch.long, device=device)
+        cache._seen_tokens = context
+        measured = cache.nbytes()
+        token = prompt[:, -1:]
+
+        def step():
+            model(input_ids=token, past_key_values=cache, use_cache=True)
+
+        ms = time_callable(step, device, warmup=2, reps=reps)
+    row.update(decode_tokens_per_s=1e3 / ms, cache_bytes_measured=measured, status="ok")
+    return row
+
+
+def run(out_dir, quick: bool = False, device=None, steps: int | None = None, families=FAMILIES,
+        contexts=None, size: str | None = None, vocab_size: int | None = None, seq_len: int | None = None,
+        batch: int | None = None, data: str = "shakespeare", cache_dir=None,
+        eval_tokens: int | None = None) -> list[dict]:
+    """Train and evaluate every available preset family, measure decoding; write ``results.json``,
+    ``results.md`` and ``lm.png`` into ``out_dir``; return one row per (family, context).
+
+    ``quick``: ``-small`` presets, BPE 4096, 30 steps of 8 x 128 tokens, contexts 256 and 1K (CPU).
+    Full: ``-base`` presets, BPE 32768, 200 steps of 8 x 2048 tokens, contexts 4K..1M (one H200).
+    ``steps``, ``contexts``, ``size`` (preset size), ``vocab_size``, ``seq_len``, ``batch``, ``eval_tokens``
+    (validation tokens scored) override;
+    ``data``: the corpus (default the embedded Shakespeare); ``cache_dir``: tokenizer/token cache."""
+    from ..models import CheemsForCausalLM, presets
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cfg = dict(QUICK if quick else FULL)
+    if steps is not None:
+        cfg["steps"] = int(steps)
+    if contexts is not None:
+        cfg["contexts"] = tuple(contexts)
+    for key, value in (("size", size), ("seq_len", seq_len), ("batch", batch), ("eval_tokens", eval_tokens)):
+        if value is not None:
+            cfg[key] = value
+    if cfg["steps"] < 1:
+        raise ValueError(f"steps={cfg['steps']!r} is not allowed: must be >= 1")
+    out = Path(out_dir)
+    start = time.perf_counter()
+    corpus = corpus_tokens(data, vocab_size or (4096 if quick else 32768), cache_dir or out / "cache")
+    rows, training = [], []
+    available = presets.names()
+    for family in families:
+        name = f"{family}-{cfg['size']}"
+        if name not in available:
+            training.append({"preset": name, "status": "preset not available in this build"})
+            continue
+        config = presets.get(name, vocab_size=corpus.vocab_size, use_cache=False)
+        torch.manual_seed(0)
+        model = CheemsForCausalLM(config).to(device)
+        params = sum(p.numel() for p in model.parameters())
+        stats = train_lm(model, corpus.train, cfg["seq_len"], cfg["batch"], cfg["steps"], cfg["lr"], device)
+        ppl = perplexity(model, corpus.validation, cfg["seq_len"], cfg["batch"], device, cfg["eval_tokens"])
+        train_row = {"preset": name, "parameters": params, "train_tokens_per_s": stats["tokens_per_s"],
+                     "peak_memory_gb": None if stats["peak_memory_bytes"] is None else
+                     stats["peak_memory_bytes"] / 2**30, "val_ppl": ppl, "final_train_loss": stats["final_loss"],
+                     "status": "ok"}
+        training.append(train_row)
+        print(f"{name:14s} params={params / 1e6:.1f}M train {stats['tokens_per_s']:.0f} tok/s ppl={ppl:.2f}",
+              flush=True)
+        model.eval()
+        if device.type == "cuda":
+            model.to(torch.bfloat16)
+        config.use_cache = True
+        for context in cfg["contexts"]:
+            try:
+                d = decode_measurement(model, config, context, device, cfg["decode_reps"])
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                d = {"context": context, "cache_bytes_analytic": analytic_cache_bytes(config, context, 2),
+                     "decode_tokens_per_s": None, "cache_bytes_measured": None, "status": "does not fit (OOM)"}
+            rows.append({"preset": name, "parameters": params, "train_tokens_per_s": train_row["train_tokens_per_s"],
+                         "peak_memory_gb": train_row["peak_memory_gb"], "val_ppl": ppl, **d})
+            print(f"  context {context:8d}: {d['status']}, cache {d['cache_bytes_analytic'] / 2**20:.2f} MiB, "
+                  f"decode {d['decode_tokens_per_s'] or 0:.1f} tok/s", flush=True)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    total_s = time.perf_counter() - start
+    meta = {"quick": quick, "device": str(device), "corpus": corpus.name, "size_class": cfg["size"],
+            "training": f"{cfg['steps']} steps x {cfg['batch']} rows x {cfg['seq_len']} tokens = "
+                        f"{cfg['steps'] * cfg['batch'] * cfg['seq_len']:,} tokens per model, lr {cfg['lr']}, "
+                        "AdamW(0.9, 0.95) wd 0.1, clip 1, 5% warm-up + cosine to 10%"
+                        + (", bf16 autocast" if device.type == "cuda" else ", float32"),
+            "decode": "batch 1, one token per step, cache grown to the context with random keys/values "
+                      "(see the module docstring); " + ("bf16 weights" if device.type == "cuda" else "float32"),
+            "contexts": list(cfg["contexts"]), "wall_s": round(total_s, 1)}
+    columns = ["preset", "parameters", "train_tokens_per_s", "peak_memory_gb", "val_ppl", "context",
+               "decode_tokens_per_s", "cache_bytes_analytic", "cache_bytes_measured", "status"]
+    missing = [t["preset"] for t in training if t["status"] != "ok"]
+    notes = "Not run (preset missing in this build): " + ", ".join(missing) if missing else ""
+    write_results(out, "lm", rows, meta, columns=columns, notes=notes)
+    if rows:
+        _plot(rows, out / "lm.png")
+    print(f"lm: {len(rows)} rows in {total_s:.1f} s -> {out}")
+    return rows
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for preset in dict.fromkeys(r["preset"] for r in rows):
+        pts = [r for r in rows if r["preset"] == preset]
+        axes[0].plot([r["context"] for r in pts], [r["cache_bytes_analytic"] / 2**20 for r in pts], "o-", label=preset)
+        ok = [r for r in pts if r["decode_tokens_per_s"]]
+        axes[1].plot([r["context"] for r in ok], [r["decode_tokens_per_s"] for r in ok], "o-", label=preset)
+    for ax, label in zip(axes, ("cache (MiB, analytic)", "decode tokens/s (batch 1)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context tokens")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

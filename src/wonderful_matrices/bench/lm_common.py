@@ -1,0 +1,138 @@
+"""What the language-model experiments (``position``, ``lm``) share: one corpus and tokenizer, one compact
+training loop, one perplexity evaluation.
+
+The corpus is the embedded Shakespeare corpus of :mod:`wonderful_matrices.data` (its fixed validation split)
+unless another is given,
+tokenized with a byte-level BPE trained on the training split and cached under ``cache_dir``. Training draws
+``batch`` random windows of ``seq_len + 1`` tokens per step from the training tokens (seeded), AdamW
+(0.9, 0.95, weight decay 0.1), clipping 1.0, 5% linear warm-up then cosine decay to 10%, bf16 autocast on
+CUDA. Evaluation cuts the validation tokens into consecutive rows of a given length, so the same tokens are
+scored at every evaluation length.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .common import synchronize
+
+
+@dataclass
+class TokenizedCorpus:
+    """Training and validation token ids (1-D int64 numpy arrays) and the tokenizer's vocabulary size."""
+
+    train: np.ndarray
+    validation: np.ndarray
+    vocab_size: int
+    name: str
+
+
+def corpus_tokens(data: str, vocab_size: int, cache_dir: str | Path) -> TokenizedCorpus:
+    """Corpus ``data`` (``"shakespeare"``, the embedded corpus, or a local file/folder; see
+    :func:`wonderful_matrices.data.corpora.load_corpus`) tokenized by a BPE of ``vocab_size`` tokens trained on
+    its training split (trained once per ``cache_dir``, then loaded)."""
+    from ..data.corpora import load_corpus
+    from ..data.packing import tokenize_split
+    from ..data.tokenizer import load_tokenizer, train_bpe
+
+    cache_dir = Path(cache_dir)
+    corpus = load_corpus(data)
+    tok_dir = cache_dir / f"tokenizer-{corpus.fingerprint[:12]}-{vocab_size}"
+    tokenizer = load_tokenizer(tok_dir) if (tok_dir / "tokenizer.json").exists() else \
+        train_bpe(corpus.split("train"), vocab_size, tok_dir)
+    train = np.asarray(tokenize_split(corpus, "train", tokenizer, cache_dir), dtype=np.int64)
+    val = np.asarray(tokenize_split(corpus, "validation", tokenizer, cache_dir), dtype=np.int64)
+    name = data if data == "shakespeare" else Path(data).name
+    return TokenizedCorpus(train, val, len(tokenizer), f"{name} (BPE {len(tokenizer)})")
+
+
+def lr_factor(step: int, steps: int, warmup: int, min_ratio: float = 0.1) -> float:
+    """Linear warm-up for ``warmup`` steps, then cosine from 1 down to ``min_ratio`` at ``steps``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else \
+        torch.autocast("cpu", enabled=False)
+
+
+def lm_loss(model, rows: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``rows`` (b, l + 1): inputs ``rows[:, :-1]``, targets ``rows[:, 1:]``."""
+    logits = model(input_ids=rows[:, :-1], use_cache=False).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten())
+
+
+def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr: float, device: torch.device,
+             seed: int = 0, weight_decay: float = 0.1) -> dict:
+    """Train ``model`` on random windows of ``tokens``; return ``{"final_loss", "tokens_per_s",
+    "peak_memory_bytes", "train_s"}`` (throughput over the steps after the first two, which compile/warm up)."""
+    if len(tokens) < seq_len + 2:
+        raise ValueError(f"seq_len={seq_len} is not allowed: the corpus has only {len(tokens)} training tokens")
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.95))
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup))
+    rng = np.random.default_rng(seed)
+    data = torch.from_numpy(tokens)
+    offsets = torch.arange(seq_len + 1)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model.train()
+    t_start = t_steady = time.perf_counter()
+    loss_value = float("nan")
+    for step in range(steps):
+        if step == min(2, steps - 1):
+            synchronize(device)
+            t_steady = time.perf_counter()
+        starts = torch.from_numpy(rng.integers(0, len(tokens) - seq_len - 1, size=batch))
+        rows = data[starts[:, None] + offsets].to(device, non_blocking=True)
+        with _autocast(device):
+            loss = lm_loss(model, rows)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step == steps - 1:
+            loss_value = float(loss.detach())
+    synchronize(device)
+    end = time.perf_counter()
+    steady_steps = steps - min(2, steps - 1)
+    return {"final_loss": loss_value,
+            "tokens_per_s": steady_steps * batch * seq_len / max(end - t_steady, 1e-9),
+            "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+            "train_s": end - t_start}
+
+
+@torch.no_grad()
+def perplexity(model, tokens: np.ndarray, seq_len: int, batch: int, device: torch.device,
+               max_tokens: int | None = None) -> float:
+    """exp(mean next-token loss) over consecutive rows of ``seq_len + 1`` tokens (overlapping by one) of
+    ``tokens`` (at most ``max_tokens`` of them; the same prefix at every ``seq_len``)."""
+    usable = len(tokens) if max_tokens is None else min(len(tokens), max_tokens)
+    n_rows = (usable - 1) // seq_len
+    if n_rows < 1:
+        raise ValueError(f"seq_len={seq_len} is not allowed: the validation split has only {usable} tokens")
+    data = torch.from_numpy(tokens[:n_rows * seq_len + 1])
+    idx = torch.arange(n_rows)[:, None] * seq_len + torch.arange(seq_len + 1)
+    rows = data[idx]
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, n_rows, batch):
+        chunk = rows[start:start + batch].to(device)
+        with _autocast(device):
+            loss = lm_loss(model, chunk)
+        total += float(loss) * chunk.shape[0] * seq_len
+        count += chunk.shape[0] * seq_len
+    return math.exp(total / count)

@@ -1,0 +1,315 @@
+"""Claim 2: Dynamic Mask Attention solves multi-query associative recall (MQAR) where QCAttn and SSD fall behind.
+
+Models: 2 layers, no FFN, one sequence mixer kind per model — ``"attn"`` (QCAttn, 1 head), ``"ssd"`` (state
+128 in the full run; Mamba2's SSD: short conv, no RoPE; expand 2) and ``"dma"`` (1 head, all keys kept, the
+learned mask decides) — with untied input/output embeddings (with tied ones the attention model had not
+learned (T=64, 4 pairs) after 400 steps, where the untied one reached 0.999), all built as
+:class:`CheemsForCausalLM` from a :class:`CheemsConfig`. Data: the Zoology generator
+(:mod:`wonderful_matrices.data.mqar`). Training: AdamW (weight decay 0.1), linear warm-up then cosine decay, a
+learning-rate sweep ``logspace(-4, -2, 4)``; the best test accuracy per cell is reported. Every mixer of a
+cell gets the same budget: the same number of steps of the same batch size over the same training rows. The
+number of steps is derived from ``budget_s`` (wall-clock seconds for the whole sweep, split evenly over the
+cells): the measured step times of all mixers of a cell decide how many steps fit (or pass ``steps``).
+A learning rate is skipped once a cell is solved (accuracy >= 0.999), since it cannot raise the best.
+
+Outputs ``results.json`` / ``results.md`` (rows per cell and mixer, with the paper's number beside ours) and
+``mqar.png`` (accuracy against width, one panel per sequence length, the paper's points dashed).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.mqar import IGNORE_INDEX, mqar, mqar_accuracy
+from .common import synchronize, write_results
+
+# Paper (PAPER.md, read from its MQAR figure): (seq_len, width) -> accuracy per mixer.
+PAPER = {
+    (256, 64): {"based": 0.52, "attn": 0.68, "ssd": 0.55, "dma": 1.00},
+    (256, 128): {"based": 0.82, "attn": 0.91, "ssd": 0.90, "dma": 1.00},
+    (512, 128): {"based": 0.65, "attn": 0.73, "ssd": 0.72, "dma": 1.00},
+    (1024, 128): {"based": 0.27, "attn": 0.61, "ssd": 0.60, "dma": 1.00},
+    (2048, 128): {"based": 0.04, "attn": 0.19, "ssd": 0.13, "dma": 1.00},
+    (2048, 256): {"based": 0.18, "attn": 0.36, "ssd": 0.32, "dma": 1.00},
+}
+MIXERS = ("attn", "ssd", "dma")
+MIXER_NAMES = {"attn": "QCAttn", "ssd": "SSD", "dma": "DMA", "based": "Based"}
+# (seq_len, kv pairs) of BENCHMARKS.md; the paper's cells use the same lengths
+KV_PAIRS = {64: 4, 128: 8, 256: 16, 512: 64, 1024: 128, 2048: 256}
+LEARNING_RATES = tuple(float(x) for x in np.logspace(-4, -2, 4))
+SOLVED = 0.999
+
+# The default full grid: the paper's six cells (fits ~8 minutes on one H200 with the default budget).
+PAPER_CELLS = tuple((t, KV_PAIRS[t], w) for (t, w) in PAPER)
+# Every (length, width) of BENCHMARKS.md: 24 cells, for a larger budget.
+ALL_CELLS = tuple((t, kv, w) for t, kv in KV_PAIRS.items() for w in (32, 64, 128, 256))
+QUICK_CELLS = ((64, 4, 64), (128, 8, 64))
+QUICK_STEPS = 500
+
+
+def parse_cells(text: str) -> tuple[tuple[int, int, int], ...]:
+    """``"256:64,2048:128"`` (sequence length : width, lengths from ``KV_PAIRS``) -> ((T, kv, width), ...)."""
+    cells = []
+    for item in text.split(","):
+        try:
+            t, w = (int(v) for v in item.split(":"))
+        except ValueError:
+            raise ValueError(f"cells={text!r} is not allowed: comma-separated seq_len:width pairs, e.g. "
+                             "'256:64,2048:128'") from None
+        if t not in KV_PAIRS or w < 1:
+            raise ValueError(f"cells={text!r} is not allowed: seq_len in {sorted(KV_PAIRS)}, width >= 1")
+        cells.append((t, KV_PAIRS[t], w))
+    return tuple(cells)
+
+
+def model_config(mixer: str, width: int, vocab_size: int, state_size: int = 128):
+    """The :class:`CheemsConfig` of a 2-layer, FFN-free MQAR model whose both layers are ``mixer``."""
+    from ..models import CheemsConfig
+
+    if mixer not in MIXERS:
+        raise ValueError(f"mixer={mixer!r} is not allowed: one of {MIXERS}")
+    ssd_head_dim = min(64, width)
+    return CheemsConfig(
+        vocab_size=vocab_size, hidden_size=width, num_hidden_layers=2, layer_types=[mixer] * 2,
+        ffn_types=["none"] * 2, num_attention_heads=1, num_key_value_heads=1, head_dim=width, keep_window=None,
+        ssd_num_heads=2 * width // ssd_head_dim, ssd_head_dim=ssd_head_dim, ssd_state_size=state_size,
+        ssd_chunk_size=64, ssd_use_conv=True, ssd_use_rope=False, tie_word_embeddings=False,
+        use_cache=False)
+
+
+def build_model(mixer: str, width: int, vocab_size: int, state_size: int, device: torch.device, seed: int):
+    """A freshly initialised :class:`CheemsForCausalLM` (seeded) on ``device``."""
+    from ..models import CheemsForCausalLM
+
+    torch.manual_seed(seed)
+    return CheemsForCausalLM(model_config(mixer, width, vocab_size, state_size)).to(device)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def _loss(model, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=inputs, use_cache=False).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def cosine_lambda(steps: int, warmup: int):
+    """Multiplier of the learning rate at ``step``: linear warm-up over ``warmup`` steps, then cosine to 0."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def train_and_evaluate(model, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
+                       lr: float, steps: int, batch_size: int, device: torch.device, seed: int = 0,
+                       weight_decay: float = 0.1) -> dict:
+    """Train ``model`` for ``steps`` steps on rows of ``train`` (cycled in a seeded order), return
+    ``{"accuracy", "final_loss", "train_s"}`` with the accuracy over every labelled position of ``test``."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(steps, max(1, steps // 10)))
+    gen = torch.Generator().manual_seed(seed)
+    n = train[0].shape[0]
+    order = torch.randperm(n, generator=gen).to(train[0].device)
+    pos = 0
+    model.train()
+    t0 = time.perf_counter()
+    loss = torch.zeros(())
+    for _ in range(steps):
+        if pos + batch_size > n:
+            order, pos = torch.randperm(n, generator=gen).to(train[0].device), 0
+        idx = order[pos:pos + batch_size]
+        pos += batch_size
+        x, y = train[0][idx].to(device, non_blocking=True), train[1][idx].to(device, non_blocking=True)
+        with _autocast(device):
+            loss = _loss(model, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    synchronize(device)
+    train_s = time.perf_counter() - t0
+    return {"accuracy": evaluate(model, test, batch_size, device), "final_loss": float(loss.detach()), "train_s": train_s}
+
+
+@torch.no_grad()
+def evaluate(model, test: tuple[torch.Tensor, torch.Tensor], batch_size: int, device: torch.device) -> float:
+    """Fraction of labelled positions of ``test`` whose argmax prediction is the label."""
+    model.eval()
+    correct = counted = 0
+    for start in range(0, test[0].shape[0], batch_size):
+        x = test[0][start:start + batch_size].to(device)
+        y = test[1][start:start + batch_size].to(device)
+        with _autocast(device):
+            logits = model(input_ids=x, use_cache=False).logits
+        c, m = mqar_accuracy(logits, y)
+        correct, counted = correct + c, counted + m
+    return correct / max(1, counted)
+
+
+def _step_seconds(mixer: str, width: int, vocab: int, state: int, seq_len: int, batch: int, device) -> float:
+    """Measured seconds of one training step (median of 3 after one warm-up) on random MQAR-shaped rows."""
+    model = build_model(mixer, width, vocab, state, device, seed=0)
+    x = torch.randint(0, vocab, (batch, seq_len), device=device)
+    y = torch.randint(0, vocab, (batch, seq_len), device=device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    samples = []
+    for i in range(4):
+        synchronize(device)
+        t0 = time.perf_counter()
+        with _autocast(device):
+            loss = _loss(model, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        synchronize(device)
+        if i:
+            samples.append(time.perf_counter() - t0)
+    return float(np.median(samples))
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = sorted({r["seq_len"] for r in rows})
+    fig, axes = plt.subplots(1, len(lengths), figsize=(3.6 * len(lengths), 3.2), squeeze=False)
+    colors = {"attn": "tab:blue", "ssd": "tab:orange", "dma": "tab:green", "based": "tab:gray"}
+    for ax, t in zip(axes[0], lengths):
+        for mixer in MIXERS:
+            pts = sorted((r["width"], r["accuracy"]) for r in rows if r["seq_len"] == t and r["mixer"] == mixer)
+            if pts:
+                ax.plot(*zip(*pts), "o-", color=colors[mixer], label=f"{MIXER_NAMES[mixer]} (ours)")
+        for mixer in ("based",) + MIXERS:
+            pts = sorted((w, v[mixer]) for (tt, w), v in PAPER.items() if tt == t)
+            if pts:
+                ax.plot(*zip(*pts), "s--", color=colors[mixer], mfc="none", alpha=0.7,
+                        label=f"{MIXER_NAMES[mixer]} (paper)")
+        kv = next(r["num_kv_pairs"] for r in rows if r["seq_len"] == t)
+        ax.set_title(f"T = {t}, {kv} kv pairs")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("model width")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("MQAR accuracy")
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, -0.08))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None, steps: int | None = None,
+        cells=None, learning_rates=None, mixers=MIXERS, vocab_size: int | None = None,
+        state_size: int | None = None, batch_size: int | None = None, num_test: int | None = None,
+        seed: int = 0) -> list[dict]:
+    """Run the MQAR sweep and write ``results.json``, ``results.md`` and ``mqar.png`` into ``out_dir``.
+
+    ``quick``: vocab 256, state 16, cells ``QUICK_CELLS``, the two largest learning rates, ``QUICK_STEPS``
+    steps per run (fixed, so the result does not depend on the load of a CPU; ~5 minutes on 2 idle cores)
+    unless ``budget_s`` is given. Full: vocab 8192, state 128, the paper's six cells (``cells="all"`` for
+    all 24), all four learning rates, steps derived from ``budget_s`` seconds in all (default 420, one H200).
+    ``steps`` fixes the step count instead. ``cells`` may also be a string ``"256:64,2048:128"`` (to split
+    the sweep over several calls). Returns one row per (cell, mixer).
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if cells is None:
+        cells = QUICK_CELLS if quick else PAPER_CELLS
+    elif cells == "all":
+        cells = ALL_CELLS
+    elif isinstance(cells, str):
+        cells = parse_cells(cells)
+    learning_rates = tuple(learning_rates or (LEARNING_RATES[2:] if quick else LEARNING_RATES))
+    vocab = vocab_size or (256 if quick else 8192)
+    state = state_size or (16 if quick else 128)
+    batch = batch_size or 64
+    num_test = num_test or (256 if quick else 1000)
+    if quick and steps is None and budget_s is None:
+        steps = QUICK_STEPS
+    budget_s = float(budget_s if budget_s is not None else 420)
+    max_steps, min_steps = (600 if quick else 20000), 20
+    num_train = 20_000
+    for name, value in (("budget_s", budget_s), ("batch_size", batch), ("num_test", num_test)):
+        if value <= 0:
+            raise ValueError(f"{name}={value!r} is not allowed: must be > 0")
+    for m in mixers:
+        if m not in MIXERS:
+            raise ValueError(f"mixers={mixers!r} is not allowed: entries from {MIXERS}")
+    # most promising learning rates first: later ones are skipped once a cell is solved
+    sweep_order = sorted(learning_rates, key=lambda lr: abs(math.log10(lr) - math.log10(2e-3)))
+
+    start = time.perf_counter()
+    per_cell_s = budget_s / len(cells)
+    rows = []
+    for cell_idx, (seq_len, kv, width) in enumerate(cells):
+        t_cell = time.perf_counter()
+        # a fixed pool of training rows (cycled in epochs) and a separate test set, on the device
+        train = mqar(num_train, seq_len, kv, vocab, seed=seed + 1000 * cell_idx)
+        test = mqar(num_test, seq_len, kv, vocab, seed=seed + 1000 * cell_idx + 1)
+        train, test = tuple(t.to(device) for t in train), tuple(t.to(device) for t in test)
+        if steps is not None:
+            cell_steps, step_s = int(steps), {}
+        else:
+            step_s = {m: _step_seconds(m, width, vocab, state, seq_len, batch, device) for m in mixers}
+            # the cell's share of the budget, after data and calibration, over every (mixer, lr) run at 1.15x
+            # for evaluation
+            left = per_cell_s - (time.perf_counter() - t_cell)
+            cell_steps = int(left / (1.15 * len(learning_rates) * sum(step_s.values())))
+            cell_steps = max(min_steps, min(max_steps, cell_steps))
+        for mixer in mixers:
+            results = {}
+            for lr in sweep_order:
+                if results and max(r["accuracy"] for r in results.values()) >= SOLVED:
+                    break
+                model = build_model(mixer, width, vocab, state, device, seed=seed)
+                results[lr] = train_and_evaluate(model, train, test, lr, cell_steps, batch, device, seed=seed)
+                del model
+            best_lr = max(results, key=lambda lr: results[lr]["accuracy"])
+            paper = PAPER.get((seq_len, width), {}).get(mixer)
+            row = {"seq_len": seq_len, "num_kv_pairs": kv, "width": width, "mixer": mixer,
+                   "model": MIXER_NAMES[mixer],
+                   "accuracy": results[best_lr]["accuracy"], "paper": paper, "best_lr": best_lr,
+                   "steps": cell_steps, "batch": batch, "examples_seen": cell_steps * batch,
+                   "epochs": round(cell_steps * batch / num_train, 2),
+                   "calibrated_step_ms": round(1e3 * step_s[mixer], 2) if step_s else None,
+                   "lr_accuracy": {f"{lr:.2e}": round(r["accuracy"], 4) for lr, r in results.items()},
+                   "train_s": round(sum(r["train_s"] for r in results.values()), 2)}
+            rows.append(row)
+            print(f"T={seq_len:5d} kv={kv:4d} width={width:4d} {MIXER_NAMES[mixer]:7s} "
+                  f"acc={row['accuracy']:.4f} (lr {best_lr:.1e}; paper {paper}) steps={cell_steps} "
+                  f"[{row['train_s']:.1f} s]", flush=True)
+    total_s = time.perf_counter() - start
+    meta = {
+        "quick": quick, "device": str(device), "vocab_size": vocab, "ssd_state_size": state, "layers": 2,
+        "ffn": "none", "batch_size": batch, "test_rows": num_test, "learning_rates": list(learning_rates),
+        "optimizer": "AdamW(betas=(0.9, 0.98), weight_decay=0.1), grad clip 1.0, 10% linear warm-up + cosine",
+        "budget_s": None if steps is not None else budget_s, "wall_s": round(total_s, 1), "seed": seed,
+        "budget_rule": "per cell: the same steps x batch for every mixer and learning rate, derived from "
+                       "budget_s and the measured step time of every mixer (or fixed by steps=)",
+        "models": "untied embeddings; attn: 1 head, head_dim = width; dma: 1 head, keep_window None, gate mask; ssd: Mamba2 SSD "
+                  "(conv 4, no RoPE), head_dim min(64, width), expand 2, chunk 64",
+        "train_rows_per_cell": num_train,
+    }
+    columns = ["seq_len", "num_kv_pairs", "width", "model", "accuracy", "paper", "best_lr", "steps", "batch",
+               "lr_accuracy", "train_s"]
+    notes = ("accuracy = fraction of labelled (query) positions predicted exactly, best over the learning-rate "
+             "sweep; paper = read from the paper's figure (PAPER.md), where it has that cell. A blank lr in "
+             "lr_accuracy was skipped because the cell was already solved (>= 0.999).")
+    out = Path(out_dir)
+    write_results(out, "mqar", rows, meta, columns=columns, notes=notes)
+    _plot(rows, out / "mqar.png")
+    print(f"mqar: {len(rows)} rows in {total_s:.1f} s -> {out}")
+    return rows

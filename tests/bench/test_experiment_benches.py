@@ -1,0 +1,105 @@
+"""The position, lm and kernels experiments and the registry: the quick paths at a reduced size (seconds)
+produce well-formed results.json / results.md / plots."""
+import json
+
+import pytest
+import torch
+
+from wonderful_matrices import bench
+from wonderful_matrices.bench import kernels, lm, position
+from wonderful_matrices.data.corpora import shakespeare_documents
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    """One play (~60 KB) as a local text corpus, with a shared tokenizer cache."""
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "play.txt").write_text(shakespeare_documents()[0][:60_000])
+    return str(root / "play.txt"), root / "cache"
+
+
+def _read(out):
+    data = json.loads((out / "results.json").read_text())
+    md = (out / "results.md").read_text()
+    return data, md
+
+
+def test_position_quick_path(tmp_path, small_corpus):
+    data_path, cache = small_corpus
+    size = dict(vocab_size=300, hidden_size=32, num_hidden_layers=8, heads=1, ssd_heads=1, head_dim=32,
+                state=16, intermediate_size=64, seq_len=16, batch=4, eval_tokens=512)
+    summary = position.run(tmp_path, quick=True, steps=2, size=size, data=data_path, cache_dir=cache)
+    assert [s["variant"] for s in summary] == list(position.VARIANTS)
+    data, md = _read(tmp_path)
+    assert data["experiment"] == "position" and data["meta"]["seeds"] == 1
+    assert [r["runs"] for r in data["rows"]] == ["mean of 1"] * 3 + ["seed 0"] * 3
+    for s in data["rows"][:3]:
+        for f in position.EVAL_FACTORS:
+            assert 1.0 < s[f"ppl@{f}x"] < 1e4 and s[f"ppl@{f}x_min"] <= s[f"ppl@{f}x"] <= s[f"ppl@{f}x_max"]
+    rope = next(s for s in data["rows"] if s["variant"] == "rope")
+    assert rope["rope_gain@1x_%"] == 0.0
+    no_pe = data["rows"][0]
+    assert no_pe["rope_gain@2x_%"] == pytest.approx(100 * (no_pe["ppl@2x"] - rope["ppl@2x"]) / no_pe["ppl@2x"])
+    assert "SSD + RoPE (unified)" in md and "rope_gain@4x_%" in md
+    assert (tmp_path / "position.png").stat().st_size > 1000
+
+
+def test_position_variants_differ_only_in_ssd_position():
+    size = position.QUICK
+    cfgs = {v: position.hybrid_config(v, size, 512) for v in position.VARIANTS}
+    assert cfgs["rope"].layer_types == ["ssd"] * 7 + ["attn"]
+    assert (cfgs["no_pe"].ssd_use_rope, cfgs["no_pe"].ssd_use_conv) == (False, False)
+    assert (cfgs["rope"].ssd_use_rope, cfgs["rope"].ssd_use_conv) == (True, False)
+    assert (cfgs["conv"].ssd_use_rope, cfgs["conv"].ssd_use_conv) == (False, True)
+
+
+def test_lm_quick_path(tmp_path, small_corpus):
+    data_path, cache = small_corpus
+    rows = lm.run(tmp_path, quick=True, steps=2, families=("cheems", "llama"), contexts=(40, 80), size="tiny",
+                  vocab_size=300, seq_len=16, batch=2, data=data_path, cache_dir=cache, eval_tokens=256)
+    assert [(r["preset"], r["context"]) for r in rows] == [("cheems-tiny", 40), ("cheems-tiny", 80),
+                                                         ("llama-tiny", 40), ("llama-tiny", 80)]
+    data, md = _read(tmp_path)
+    for r in data["rows"]:
+        assert r["status"] == "ok" and r["decode_tokens_per_s"] > 0 and r["val_ppl"] > 1
+        assert r["train_tokens_per_s"] > 0 and r["parameters"] > 0
+    by = {(r["preset"], r["context"]): r for r in data["rows"]}
+    # llama's cache grows with the context; cheems' DMA keeps at most keep_window keys and SSD a fixed state
+    assert by[("llama-tiny", 80)]["cache_bytes_analytic"] == 2 * by[("llama-tiny", 40)]["cache_bytes_analytic"]
+    assert by[("cheems-tiny", 80)]["cache_bytes_analytic"] == by[("cheems-tiny", 40)]["cache_bytes_analytic"]
+    assert "cheems-tiny" in md and (tmp_path / "lm.png").stat().st_size > 1000
+
+
+def test_lm_analytic_cache_matches_measured():
+    from wonderful_matrices.models import CheemsForCausalLM, presets
+
+    for name in ("llama-tiny", "cheems-tiny", "mamba2-tiny"):
+        cfg = presets.get(name, use_cache=True)
+        torch.manual_seed(0)
+        model = CheemsForCausalLM(cfg).eval()
+        row = lm.decode_measurement(model, cfg, 64, torch.device("cpu"), reps=1)
+        # the measured cache also holds masks/positions/biases; keys, values and states dominate
+        assert row["cache_bytes_analytic"] <= row["cache_bytes_measured"] <= 1.3 * row["cache_bytes_analytic"], row
+
+
+def test_kernels_quick_path(tmp_path):
+    rows = kernels.run(tmp_path, quick=True, parts=(), cdmoe_shape=(32, 16, 2, 4), cdmoe_experts=(64,))
+    assert {r["implementation"] for r in rows} == {"expert_mixture (ours)", "gather + einsum"}
+    data, md = _read(tmp_path)
+    assert all(r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 for r in data["rows"])
+    assert "not importable" in data["meta"]["mamba_ssm"] and "cdmoe_mixture" in md
+
+
+def test_registry_names_and_errors(tmp_path):
+    assert bench.names() == ["mqar", "position", "experts", "lm", "kernels"]
+    with pytest.raises(ValueError, match="name"):
+        bench.run_benchmark("nope", tmp_path)
+    with pytest.raises(ValueError, match="budget_s"):
+        bench.run_benchmark("position", tmp_path, quick=True, budget_s=3.0)
+
+
+def test_wm_bench_subcommand_reports_a_bad_option(tmp_path, capsys):
+    from wonderful_matrices.cli import main
+
+    assert main(["bench", "position", "--out", str(tmp_path), "--budget-s", "3"]) == 2
+    assert "budget_s" in capsys.readouterr().err

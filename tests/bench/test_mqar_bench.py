@@ -1,0 +1,53 @@
+"""MQAR benchmark: the harness trains a 2-layer attention model to solve small MQAR; the quick path's files."""
+import json
+
+import pytest
+import torch
+
+from wonderful_matrices.bench import mqar as bench_mqar
+from wonderful_matrices.data.mqar import mqar
+
+
+@pytest.mark.slow  # ~600 steps: 20-40 s on 2 idle cores, minutes on a loaded machine
+def test_attention_learns_small_mqar():
+    # BENCHMARKS.md: a 2-layer, 1-head attention model of width 64 solves (T=64, 4 pairs, vocab 256)
+    train = mqar(16_000, 64, 4, 256, seed=1)
+    test = mqar(256, 64, 4, 256, seed=2)
+    model = bench_mqar.build_model("attn", 64, 256, 16, torch.device("cpu"), seed=0)
+    result = bench_mqar.train_and_evaluate(model, train, test, lr=3e-3, steps=600, batch_size=64,
+                                           device=torch.device("cpu"))
+    assert result["accuracy"] >= 0.99, result
+
+
+def test_quick_path_writes_well_formed_results(tmp_path):
+    cells = ((16, 2, 16),)
+    rows = bench_mqar.run(tmp_path, quick=True, cells=cells, steps=3, vocab_size=32, state_size=8, batch_size=4,
+                          num_test=8, learning_rates=(1e-3, 1e-2))
+    assert len(rows) == len(bench_mqar.MIXERS)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["experiment"] == "mqar" and len(data["rows"]) == 3
+    for row in data["rows"]:
+        assert 0.0 <= row["accuracy"] <= 1.0
+        assert row["steps"] == 3 and row["mixer"] in bench_mqar.MIXERS
+        assert set(row["lr_accuracy"]) <= {"1.00e-03", "1.00e-02"}
+    assert all(r["examples_seen"] == 12 for r in data["rows"])
+    md = (tmp_path / "results.md").read_text()
+    assert "| seq_len |" in md and "DMA" in md and "QCAttn" in md
+    assert (tmp_path / "mqar.png").stat().st_size > 1000
+
+
+def test_model_configs_are_the_stated_ones():
+    for mixer in bench_mqar.MIXERS:
+        cfg = bench_mqar.model_config(mixer, 64, 256, 128)
+        assert cfg.layer_types == [mixer] * 2 and cfg.ffn_types == ["none"] * 2
+    ssd = bench_mqar.model_config("ssd", 128, 8192, 128)
+    assert ssd.ssd_state_size == 128 and ssd.ssd_num_heads * ssd.ssd_head_dim == 256
+    dma = bench_mqar.model_config("dma", 128, 8192)
+    assert dma.keep_window is None and dma.num_attention_heads == 1
+
+
+def test_cells_argument():
+    assert bench_mqar.parse_cells("256:64,2048:128") == ((256, 16, 64), (2048, 256, 128))
+    for bad in ("256x64", "300:64", "256:0"):
+        with pytest.raises(ValueError, match="cells"):
+            bench_mqar.parse_cells(bad)
