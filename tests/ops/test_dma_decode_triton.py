@@ -6,12 +6,10 @@ As in test_dma_triton.py, ``test_interpreted_in_a_subprocess`` reruns this file 
 """
 import copy
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import rel_err
+from conftest import rel_err, run_under_triton_interpreter
 
 pytest.importorskip("triton")
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -25,11 +23,7 @@ NAMES = ("key", "value", "bias", "position")
 
 @pytest.mark.skipif(INTERPRETED, reason="this is the child process")
 def test_interpreted_in_a_subprocess():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                            env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout and "failed" not in result.stdout
+    run_under_triton_interpreter(__file__)
 
 
 @pytest.mark.skipif(INTERPRETED, reason="the CPU without the interpreter")

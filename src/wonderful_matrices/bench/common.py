@@ -9,12 +9,13 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+
+from ..train.checkpoint import atomic_write_text
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -87,23 +88,6 @@ def environment() -> dict:
     else:
         info["device"] = f"cpu ({platform.processor() or platform.machine()})"
     return info
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
