@@ -55,7 +55,15 @@ CONFIG = {
     "state_pass_bwd": (4, 1),
     "dx_db": (8, 2),
     "dc": (8, 2),
+    "dx": (4, 2),
+    "dcb": (4, 2),
+    "dc2": (8, 2),
+    "db2": (8, 2),
 }
+# backward kernels: "v2" (dx / dcb / dc2 / db2, the default) or "v1" (dx_db / dc, the first version);
+# the environment variable WM_SSD_TRITON_BWD overrides it (read at import)
+BACKWARD = os.environ.get("WM_SSD_TRITON_BWD", "v2")
+DCB_HEADS_PER_PROGRAM = 16  # heads a dcb program sums over (its partial dCB sums over head splits)
 BLOCK_Q = 64  # rows of a chunk per tile (at most the chunk)
 MAX_HEADS_PER_PROGRAM = 8  # heads a backward program loops over (their dB/dC sum in registers)
 STATE_BLOCK = 1024  # state elements per program of the sequential passes
@@ -408,6 +416,212 @@ def _dc_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, cb_ptr, st_ptr, dy_ptr, dC_
              mask=im[:, None] & nm[None, :])
 
 
+# ---- backward v2: dx per head, dCB per group (summed over heads once), dC and dB per group ----------------------
+
+@triton.jit
+def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, dx_ptr, ddt_ptr, dyx_ptr,
+                L, H, G, NC, P, N,
+                s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_b_b, s_b_l, s_b_g, s_b_n,
+                s_dy_b, s_dy_l, s_dy_h, s_dy_p, s_dx_b, s_dx_l, s_dx_h, s_dx_p,
+                Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BNK: tl.constexpr,
+                DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr, HAS_D: tl.constexpr):
+    """One (j-tile, batch·chunk, head): dx_j = dt_j·[exp(cum_last − cum_j)·B_j·dS_{c+1}ᵀ + Σ_{i>=j} (CB∘decay)ᵀ_ji dy_i]
+    + D·dy_j, and the inter-chunk part of x_j·dxpre_j (the intra-chunk part comes from the dcb kernel)."""
+    NB: tl.constexpr = Q // BQ
+    pid_hj = tl.program_id(0)  # heads and tiles of one chunk are neighbours: its CB tile stays in L2
+    pid_bc = tl.program_id(1)
+    hi = pid_hj // NB
+    pid_j = pid_hj % NB
+    bi = (pid_bc // NC).to(tl.int64)
+    ci = pid_bc % NC
+    gi = hi // (H // G)
+    ps = tl.arange(0, BP)
+    pm = ps < P
+    cols = pid_j * BQ + tl.arange(0, BQ)
+    tj = ci * Q + cols
+    jm = tj < L
+    cum_base = cum_ptr + ((bi * H + hi) * NC + ci) * Q
+    cum_j = tl.load(cum_base + cols)
+    cum_last = tl.load(cum_base + Q - 1)
+    dt_j = tl.load(dt_ptr + bi * s_dt_b + tj * s_dt_l + hi * s_dt_h, mask=jm, other=0.0).to(tl.float32)
+    acc = tl.zeros((BQ, BP), dtype=tl.float32)
+    dst_base = dst_ptr + (((bi * (NC + 1) + ci + 1) * H + hi) * P) * N
+    for n0 in range(0, BN, BNK):
+        ns = n0 + tl.arange(0, BNK)
+        nm = ns < N
+        b_j = tl.load(B_ptr + bi * s_b_b + tj[:, None] * s_b_l + gi * s_b_g + ns[None, :] * s_b_n,
+                      mask=jm[:, None] & nm[None, :], other=0.0).to(DT)
+        dsn_t = tl.load(dst_base + ps[None, :] * N + ns[:, None], mask=pm[None, :] & nm[:, None], other=0.0)
+        acc += _mm_f32b(b_j, dsn_t, DT, PREC, UPCAST, SPLIT)  # (BQ, BP): B_j·dS_{c+1}ᵀ
+    acc = acc * tl.exp(cum_last - cum_j)[:, None]
+    x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
+                  mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
+    row_base = ((bi * H + hi) * NC + ci) * Q + cols
+    tl.store(ddt_ptr + row_base, tl.sum(acc * x_j, axis=1))
+    cb_base = cb_ptr + ((bi * NC + ci) * G + gi) * Q * Q
+    for ib in range(pid_j, NB):
+        rows = ib * BQ + tl.arange(0, BQ)
+        ti = ci * Q + rows
+        im = ti < L
+        cum_i = tl.load(cum_base + rows)
+        dy_i = tl.load(dy_ptr + bi * s_dy_b + ti[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p,
+                       mask=im[:, None] & pm[None, :], other=0.0).to(DT)
+        cb_t = tl.load(cb_base + rows[None, :] * Q + cols[:, None])  # (j, i) = CB[i, j]
+        decay = tl.exp(tl.where(rows[None, :] >= cols[:, None], cum_i[None, :] - cum_j[:, None], float("-inf")))
+        acc += _mm((cb_t * decay).to(DT), dy_i, PREC, UPCAST)
+    dy_j = tl.load(dy_ptr + bi * s_dy_b + tj[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p,
+                   mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
+    dx = acc * dt_j[:, None]
+    if HAS_D:
+        dx += tl.load(D_ptr + hi).to(tl.float32) * dy_j
+        tl.store(dyx_ptr + row_base, tl.sum(dy_j * x_j, axis=1))
+    tl.store(dx_ptr + bi * s_dx_b + tj[:, None] * s_dx_l + hi * s_dx_h + ps[None, :] * s_dx_p,
+             dx.to(dx_ptr.dtype.element_ty), mask=jm[:, None] & pm[None, :])
+
+
+@triton.jit
+def _dcb_kernel(x_ptr, dt_ptr, cum_ptr, cb_ptr, dy_ptr, dcb_ptr, rowpart_ptr, colpart_ptr,
+                L, H, G, NC, P, NSPLIT,
+                s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_dy_b, s_dy_l, s_dy_h, s_dy_p,
+                Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, HPP: tl.constexpr,
+                DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """One tile pair (i >= j) of one chunk, for HPP heads of a group. Per head, W_ij = (dy_i·x_j)·exp(cum_i − cum_j)
+    (j <= i) and Z = CB∘W (float32); stores the row sums Σ_j Z_ij·dt_j (the intra part of dy_i·(y_i − D·x_i)) and
+    the column sums Σ_i Z_ij (the intra part of x_j·dxpre_j) by tile, and dCB = Σ_heads W·dt_j (the gradient of
+    C_i·B_j) for this head split."""
+    NB: tl.constexpr = Q // BQ
+    pid_pair = tl.program_id(0)
+    pid_bc = tl.program_id(1)
+    pid_gs = tl.program_id(2)
+    it = 0  # pair k = it·(it+1)/2 + jt with jt <= it
+    for k in tl.static_range(1, NB):
+        it += (pid_pair >= k * (k + 1) // 2).to(tl.int32)
+    jt = pid_pair - it * (it + 1) // 2
+    bi = (pid_bc // NC).to(tl.int64)
+    ci = pid_bc % NC
+    gi = pid_gs // NSPLIT
+    h0 = gi * (H // G) + (pid_gs % NSPLIT) * HPP
+    ps = tl.arange(0, BP)
+    pm = ps < P
+    rows = it * BQ + tl.arange(0, BQ)
+    cols = jt * BQ + tl.arange(0, BQ)
+    ti = ci * Q + rows
+    tj = ci * Q + cols
+    im = ti < L
+    jm = tj < L
+    causal = rows[:, None] >= cols[None, :]
+    cb = tl.load(cb_ptr + ((bi * NC + ci) * G + gi) * Q * Q + rows[:, None] * Q + cols[None, :])
+    acc = tl.zeros((BQ, BQ), dtype=tl.float32)
+    for r in range(HPP):
+        hi = h0 + r
+        cum_base = cum_ptr + ((bi * H + hi) * NC + ci) * Q
+        cum_i = tl.load(cum_base + rows)
+        cum_j = tl.load(cum_base + cols)
+        dt_j = tl.load(dt_ptr + bi * s_dt_b + tj * s_dt_l + hi * s_dt_h, mask=jm, other=0.0).to(tl.float32)
+        dy_i = tl.load(dy_ptr + bi * s_dy_b + ti[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p,
+                       mask=im[:, None] & pm[None, :], other=0.0).to(DT)
+        x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
+                      mask=jm[:, None] & pm[None, :], other=0.0).to(DT)
+        w = _mm(dy_i, tl.trans(x_j), PREC, UPCAST) * tl.exp(tl.where(causal, cum_i[:, None] - cum_j[None, :],
+                                                                      float("-inf")))
+        z = cb * w
+        part = (bi * H + hi) * NC + ci
+        tl.store(rowpart_ptr + (part * NB + jt) * Q + rows, tl.sum(z * dt_j[None, :], axis=1))
+        tl.store(colpart_ptr + (part * NB + it) * Q + cols, tl.sum(z, axis=0))
+        acc += w * dt_j[None, :]
+    tl.store(dcb_ptr + ((bi * NC + ci) * (G * NSPLIT) + pid_gs) * Q * Q + rows[:, None] * Q + cols[None, :], acc)
+
+
+@triton.jit
+def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, dC_ptr, rowinter_ptr, L, H, G, NC, P, N, NSPLIT,
+                s_b_b, s_b_l, s_b_g, s_b_n, s_c_b, s_c_l, s_c_g, s_c_n, s_dy_b, s_dy_l, s_dy_h, s_dy_p,
+                Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr):
+    """One (i-tile, batch·chunk, group): dC_i = Σ_heads exp(cum_i)·dy_i·S_c + Σ_{j<=i} dCB_ij·B_j, and per head the
+    inter-chunk part of dy_i·(y_i − D·x_i), Σ_n (exp(cum_i)·dy_i·S_c)_n·C_in."""
+    pid_i = tl.program_id(0)
+    pid_bc = tl.program_id(1)
+    gi = tl.program_id(2)
+    bi = (pid_bc // NC).to(tl.int64)
+    ci = pid_bc % NC
+    R = H // G
+    ps = tl.arange(0, BP)
+    ns = tl.arange(0, BN)
+    pm = ps < P
+    nm = ns < N
+    rows = pid_i * BQ + tl.arange(0, BQ)
+    ti = ci * Q + rows
+    im = ti < L
+    c_i = tl.load(C_ptr + bi * s_c_b + ti[:, None] * s_c_l + gi * s_c_g + ns[None, :] * s_c_n,
+                  mask=im[:, None] & nm[None, :], other=0.0).to(tl.float32)
+    acc = tl.zeros((BQ, BN), dtype=tl.float32)
+    for r in range(R):
+        hi = gi * R + r
+        cum_i = tl.load(cum_ptr + ((bi * H + hi) * NC + ci) * Q + rows)
+        dy_i = tl.load(dy_ptr + bi * s_dy_b + ti[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p,
+                       mask=im[:, None] & pm[None, :], other=0.0).to(DT)
+        s = tl.load(st_ptr + (((bi * (NC + 1) + ci) * H + hi) * P + ps[:, None]) * N + ns[None, :],
+                    mask=pm[:, None] & nm[None, :], other=0.0)  # S_c (BP, BN) float32
+        off = _mm_f32b(dy_i, s, DT, PREC, UPCAST, SPLIT) * tl.exp(cum_i)[:, None]
+        acc += off
+        tl.store(rowinter_ptr + ((bi * H + hi) * NC + ci) * Q + rows, tl.sum(off * c_i, axis=1))
+    dcb_base = dcb_ptr + (bi * NC + ci) * (G * NSPLIT) * Q * Q
+    for jb in range(0, pid_i + 1):
+        cols = jb * BQ + tl.arange(0, BQ)
+        tj = ci * Q + cols
+        dcb = tl.zeros((BQ, BQ), dtype=tl.float32)
+        for sp in range(NSPLIT):
+            dcb += tl.load(dcb_base + (gi * NSPLIT + sp) * Q * Q + rows[:, None] * Q + cols[None, :])
+        b_j = tl.load(B_ptr + bi * s_b_b + tj[:, None] * s_b_l + gi * s_b_g + ns[None, :] * s_b_n,
+                      mask=(tj < L)[:, None] & nm[None, :], other=0.0).to(DT)
+        acc += _mm(dcb.to(DT), b_j, PREC, UPCAST)
+    tl.store(dC_ptr + ((bi * L + ti[:, None]) * G + gi) * N + ns[None, :], acc, mask=im[:, None] & nm[None, :])
+
+
+@triton.jit
+def _db2_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, dst_ptr, dcb_ptr, dB_ptr, L, H, G, NC, P, N, NSPLIT,
+                s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_c_b, s_c_l, s_c_g, s_c_n,
+                Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """One (j-tile, batch·chunk, group): dB_j = Σ_heads exp(cum_last − cum_j)·dt_j·x_j·dS_{c+1} + Σ_{i>=j} dCB_ijᵀ·C_i."""
+    NB: tl.constexpr = Q // BQ
+    pid_j = tl.program_id(0)
+    pid_bc = tl.program_id(1)
+    gi = tl.program_id(2)
+    bi = (pid_bc // NC).to(tl.int64)
+    ci = pid_bc % NC
+    R = H // G
+    ps = tl.arange(0, BP)
+    ns = tl.arange(0, BN)
+    pm = ps < P
+    nm = ns < N
+    cols = pid_j * BQ + tl.arange(0, BQ)
+    tj = ci * Q + cols
+    jm = tj < L
+    acc = tl.zeros((BQ, BN), dtype=tl.float32)
+    for r in range(R):
+        hi = gi * R + r
+        cum_base = cum_ptr + ((bi * H + hi) * NC + ci) * Q
+        scale = tl.exp(tl.load(cum_base + Q - 1) - tl.load(cum_base + cols))
+        scale *= tl.load(dt_ptr + bi * s_dt_b + tj * s_dt_l + hi * s_dt_h, mask=jm, other=0.0).to(tl.float32)
+        x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
+                      mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
+        dsn = tl.load(dst_ptr + (((bi * (NC + 1) + ci + 1) * H + hi) * P + ps[:, None]) * N + ns[None, :],
+                      mask=pm[:, None] & nm[None, :], other=0.0)  # dS_{c+1} (BP, BN) float32
+        acc += _mm((x_j * scale[:, None]).to(DT), dsn.to(DT), PREC, UPCAST)
+    dcb_base = dcb_ptr + (bi * NC + ci) * (G * NSPLIT) * Q * Q
+    for ib in range(pid_j, NB):
+        rows = ib * BQ + tl.arange(0, BQ)
+        ti = ci * Q + rows
+        dcb_t = tl.zeros((BQ, BQ), dtype=tl.float32)
+        for sp in range(NSPLIT):
+            dcb_t += tl.load(dcb_base + (gi * NSPLIT + sp) * Q * Q + rows[None, :] * Q + cols[:, None])  # (j, i)
+        c_i = tl.load(C_ptr + bi * s_c_b + ti[:, None] * s_c_l + gi * s_c_g + ns[None, :] * s_c_n,
+                      mask=(ti < L)[:, None] & nm[None, :], other=0.0).to(DT)
+        acc += _mm(dcb_t.to(DT), c_i, PREC, UPCAST)
+    tl.store(dB_ptr + ((bi * L + tj[:, None]) * G + gi) * N + ns[None, :], acc, mask=jm[:, None] & nm[None, :])
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # host side
 # ----------------------------------------------------------------------------------------------------------------
@@ -433,6 +647,8 @@ class _Plan:
         self.hpp = max(d for d in range(1, min(r, MAX_HEADS_PER_PROGRAM) + 1) if r % d == 0)
         self.nsplit = r // self.hpp
         self.state_block = min(STATE_BLOCK, _pow2(self.p * self.n))
+        self.dcb_hpp = max(d for d in range(1, min(r, DCB_HEADS_PER_PROGRAM) + 1) if r % d == 0)
+        self.dcb_nsplit = r // self.dcb_hpp
 
 
 def _launch(kernel, grid, name, *args, **meta):
@@ -475,7 +691,7 @@ def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=Non
     return y, cum, cb, states, pl
 
 
-def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, timer=None):
+def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, timer=None, variant=None):
     """Run the backward kernels and the closing PyTorch reductions.
 
     Returns float32 ``(dx in x.dtype, ddt (b,l,h), dA (h,), dB (b,l,g,n), dC (b,l,g,n), dD (h,) or None,
@@ -484,7 +700,6 @@ def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, 
     run = timer or (lambda name, fn: fn())
     b, l, h, p, g, n, q, nc = pl.b, pl.l, pl.h, pl.p, pl.g, pl.n, pl.q, pl.nc
     dev = x.device
-    nb = q // pl.bq
     if dy is None:
         dy = torch.zeros_like(x)
     dst = _empty(b, nc + 1, h, p, n, device=dev)
@@ -499,6 +714,34 @@ def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, 
         _state_pass_bwd_kernel, (nprog, b * h), "state_pass_bwd", dst, states, cum, dfin, sdot, h, nc, p * n,
         Q=q, BLOCK=pl.state_block, HAS_DFINAL=dfinal is not None))
     dx = _empty(b, l, h, p, dtype=x.dtype, device=dev)
+    out = {}
+    if (variant or BACKWARD) == "v1":
+        rowterm, ddt_direct, dyx = _backward_v1(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out)
+    else:
+        rowterm, ddt_direct, dyx = _backward_v2(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out)
+
+    def reduce():
+        dt_pad = torch.zeros(b, h, nc * q, dtype=torch.float32, device=dev)
+        dt_pad[:, :, :l] = dt.permute(0, 2, 1)
+        dt_pad = dt_pad.view(b, h, nc, q)
+        ddt_d = ddt_direct()
+        dcum = rowterm() - dt_pad * ddt_d
+        dcum[..., -1] += sdot.sum(-1)
+        da = dcum.flip(-1).cumsum(-1).flip(-1)  # gradient of a_t = dt_t·A: sum of dcum over k >= t
+        ddt = ddt_d + A.float()[None, :, None, None] * da
+        out["ddt"] = ddt.view(b, h, nc * q)[:, :, :l].permute(0, 2, 1)
+        out["dA"] = (dt_pad * da).sum((0, 2, 3))
+        out["dD"] = dyx.sum((0, 2, 3)) if D is not None else None
+    run("reduce", reduce)
+    return dx, out["ddt"], out["dA"], out["dB"], out["dC"], out["dD"], dst[:, 0].clone()
+
+
+def _backward_v1(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
+    """dx_db and dc of the first version (kept as the fallback, ``BACKWARD = "v1"``): every program loops over a
+    few heads of a group and redoes the (Q × Q) products per head, dB / dC summed over head splits in PyTorch."""
+    b, l, h, p, g, n, q, nc = pl.b, pl.l, pl.h, pl.p, pl.g, pl.n, pl.q, pl.nc
+    dev = x.device
+    nb = q // pl.bq
     parts = g * pl.nsplit
     dB_part = _empty(b, l, parts, n, device=dev)
     ddt_direct = _empty(b, h, nc, q, device=dev)
@@ -514,23 +757,46 @@ def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, 
         _dc_kernel, (nb, b * nc, parts), "dc", x, dt, cum, B, C, cb, states, dy, dC_part, rowterm,
         l, h, g, nc, p, n, pl.nsplit, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
         Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, HPP=pl.hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split))
-    out = {}
+    out["dB"] = dB_part.view(b, l, g, pl.nsplit, n).sum(3)
+    out["dC"] = dC_part.view(b, l, g, pl.nsplit, n).sum(3)
+    return (lambda: rowterm), (lambda: ddt_direct), dyx
 
-    def reduce():
-        dt_pad = torch.zeros(b, h, nc * q, dtype=torch.float32, device=dev)
-        dt_pad[:, :, :l] = dt.permute(0, 2, 1)
-        dt_pad = dt_pad.view(b, h, nc, q)
-        dcum = rowterm - dt_pad * ddt_direct
-        dcum[..., -1] += sdot.sum(-1)
-        da = dcum.flip(-1).cumsum(-1).flip(-1)  # gradient of a_t = dt_t·A: sum of dcum over k >= t
-        ddt = ddt_direct + A.float()[None, :, None, None] * da
-        out["ddt"] = ddt.view(b, h, nc * q)[:, :, :l].permute(0, 2, 1)
-        out["dA"] = (dt_pad * da).sum((0, 2, 3))
-        out["dB"] = dB_part.view(b, l, g, pl.nsplit, n).sum(3)
-        out["dC"] = dC_part.view(b, l, g, pl.nsplit, n).sum(3)
-        out["dD"] = dyx.sum((0, 2, 3)) if D is not None else None
-    run("reduce", reduce)
-    return dx, out["ddt"], out["dA"], out["dB"], out["dC"], out["dD"], dst[:, 0].clone()
+
+def _backward_v2(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
+    """dx per (tile, chunk, head); the (Q × Q) gradient of C·B summed over a group's heads once (dcb), then dC
+    and dB per group from it and from the states. See the notes at the top of the module."""
+    b, l, h, p, g, n, q, nc = pl.b, pl.l, pl.h, pl.p, pl.g, pl.n, pl.q, pl.nc
+    dev = x.device
+    nb = q // pl.bq
+    ddt_inter = _empty(b, h, nc, q, device=dev)
+    dyx = _empty(b, h, nc, q, device=dev) if D is not None else ddt_inter
+    run("dx", lambda: _launch(
+        _dx2_kernel, (h * nb, b * nc), "dx", x, dt, cum, B, cb, dst, dy, D if D is not None else A, dx,
+        ddt_inter, dyx, l, h, g, nc, p, n, *x.stride(), *dt.stride(), *B.stride(), *dy.stride(), *dx.stride(),
+        Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, BNK=min(pl.bn, 64), DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast,
+        SPLIT=pl.split, HAS_D=D is not None))
+    # partial sums by tile: entries of tiles above the diagonal stay zero
+    rowpart = torch.zeros(b, h, nc, nb, q, dtype=torch.float32, device=dev)
+    colpart = torch.zeros(b, h, nc, nb, q, dtype=torch.float32, device=dev)
+    dcb = _empty(b, nc, g * pl.dcb_nsplit, q, q, device=dev)
+    run("dcb", lambda: _launch(
+        _dcb_kernel, (nb * (nb + 1) // 2, b * nc, g * pl.dcb_nsplit), "dcb", x, dt, cum, cb, dy, dcb, rowpart,
+        colpart, l, h, g, nc, p, pl.dcb_nsplit, *x.stride(), *dt.stride(), *dy.stride(),
+        Q=q, BQ=pl.bq, BP=pl.bp, HPP=pl.dcb_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast))
+    dC = _empty(b, l, g, n, device=dev)
+    rowinter = _empty(b, h, nc, q, device=dev)
+    run("dc", lambda: _launch(
+        _dc2_kernel, (nb, b * nc, g), "dc2", C, B, cum, states, dy, dcb, dC, rowinter, l, h, g, nc, p, n,
+        pl.dcb_nsplit, *B.stride(), *C.stride(), *dy.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot,
+        PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split))
+    dB = _empty(b, l, g, n, device=dev)
+    run("db", lambda: _launch(
+        _db2_kernel, (nb, b * nc, g), "db2", x, dt, cum, C, dst, dcb, dB, l, h, g, nc, p, n, pl.dcb_nsplit,
+        *x.stride(), *dt.stride(), *C.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec,
+        UPCAST=pl.upcast))
+    out["dB"] = dB
+    out["dC"] = dC
+    return (lambda: rowinter + rowpart.sum(3)), (lambda: ddt_inter + colpart.sum(3)), dyx
 
 
 class _SSDTriton(torch.autograd.Function):
