@@ -55,7 +55,7 @@ CONFIG = {
     "state_pass_bwd": (4, 1),
     "dx_db": (8, 2),
     "dc": (8, 2),
-    "dx": (4, 2),
+    "dx2": (4, 2),
     "dcb": (4, 2),
     "dc2": (8, 2),
     "db2": (8, 2),
@@ -770,8 +770,8 @@ def _backward_v2(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
     nb = q // pl.bq
     ddt_inter = _empty(b, h, nc, q, device=dev)
     dyx = _empty(b, h, nc, q, device=dev) if D is not None else ddt_inter
-    run("dx", lambda: _launch(
-        _dx2_kernel, (h * nb, b * nc), "dx", x, dt, cum, B, cb, dst, dy, D if D is not None else A, dx,
+    run("dx2", lambda: _launch(
+        _dx2_kernel, (h * nb, b * nc), "dx2", x, dt, cum, B, cb, dst, dy, D if D is not None else A, dx,
         ddt_inter, dyx, l, h, g, nc, p, n, *x.stride(), *dt.stride(), *B.stride(), *dy.stride(), *dx.stride(),
         Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, BNK=min(pl.bn, 64), DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast,
         SPLIT=pl.split, HAS_D=D is not None))
@@ -785,12 +785,12 @@ def _backward_v2(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
         Q=q, BQ=pl.bq, BP=pl.bp, HPP=pl.dcb_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast))
     dC = _empty(b, l, g, n, device=dev)
     rowinter = _empty(b, h, nc, q, device=dev)
-    run("dc", lambda: _launch(
+    run("dc2", lambda: _launch(
         _dc2_kernel, (nb, b * nc, g), "dc2", C, B, cum, states, dy, dcb, dC, rowinter, l, h, g, nc, p, n,
         pl.dcb_nsplit, *B.stride(), *C.stride(), *dy.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot,
         PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split))
     dB = _empty(b, l, g, n, device=dev)
-    run("db", lambda: _launch(
+    run("db2", lambda: _launch(
         _db2_kernel, (nb, b * nc, g), "db2", x, dt, cum, C, dst, dcb, dB, l, h, g, nc, p, n, pl.dcb_nsplit,
         *x.stride(), *dt.stride(), *C.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec,
         UPCAST=pl.upcast))
