@@ -91,7 +91,8 @@ def test_triton_backward_variants_with_split_heads(variant, monkeypatch):
     from wonderful_matrices.ops.ssd import triton as kernels
 
     monkeypatch.setattr(kernels, "BACKWARD", variant)
-    monkeypatch.setattr(kernels, "DCB_HEADS_PER_PROGRAM", 2)
+    monkeypatch.setattr(kernels, "DCB_HEADS_PER_PROGRAM", 2)  # 3 dcb splits, 2 dc2 / db2 splits
+    monkeypatch.setattr(kernels, "BC_HEADS_PER_PROGRAM", 3)
     monkeypatch.setattr(kernels, "MAX_HEADS_PER_PROGRAM", 2)
     ref = make_inputs(1, 90, 6, 3, 1, 5, True, True)
     gy = torch.randn(1, 90, 6, 3, dtype=torch.float64)

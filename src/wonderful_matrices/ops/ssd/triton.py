@@ -63,7 +63,8 @@ CONFIG = {
 # backward kernels: "v2" (dx / dcb / dc2 / db2, the default) or "v1" (dx_db / dc, the first version);
 # the environment variable WM_SSD_TRITON_BWD overrides it (read at import)
 BACKWARD = os.environ.get("WM_SSD_TRITON_BWD", "v2")
-DCB_HEADS_PER_PROGRAM = 16  # heads a dcb program sums over (its partial dCB sums over head splits)
+DCB_HEADS_PER_PROGRAM = 16  # heads a dcb program sums over (partial dCB per head split, summed by dc2 / db2)
+BC_HEADS_PER_PROGRAM = 8  # heads a dc2 / db2 program sums over (partial dC / dB per head split, summed in PyTorch)
 BLOCK_Q = 64  # rows of a chunk per tile (at most the chunk)
 MAX_HEADS_PER_PROGRAM = 8  # heads a backward program loops over (their dB/dC sum in registers)
 STATE_BLOCK = 1024  # state elements per program of the sequential passes
@@ -458,6 +459,10 @@ def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, d
                   mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
     row_base = ((bi * H + hi) * NC + ci) * Q + cols
     tl.store(ddt_ptr + row_base, tl.sum(acc * x_j, axis=1))
+    dy_ptrs = dy_ptr + bi * s_dy_b + tj[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p
+    if HAS_D:  # here, so that x_j is not live across the loop
+        tl.store(dyx_ptr + row_base, tl.sum(tl.load(dy_ptrs, mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
+                                            * x_j, axis=1))
     cb_base = cb_ptr + ((bi * NC + ci) * G + gi) * Q * Q
     for ib in range(pid_j, NB):
         rows = ib * BQ + tl.arange(0, BQ)
@@ -469,12 +474,9 @@ def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, d
         cb_t = tl.load(cb_base + rows[None, :] * Q + cols[:, None])  # (j, i) = CB[i, j]
         decay = tl.exp(tl.where(rows[None, :] >= cols[:, None], cum_i[None, :] - cum_j[:, None], float("-inf")))
         acc += _mm((cb_t * decay).to(DT), dy_i, PREC, UPCAST)
-    dy_j = tl.load(dy_ptr + bi * s_dy_b + tj[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p,
-                   mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
     dx = acc * dt_j[:, None]
     if HAS_D:
-        dx += tl.load(D_ptr + hi).to(tl.float32) * dy_j
-        tl.store(dyx_ptr + row_base, tl.sum(dy_j * x_j, axis=1))
+        dx += tl.load(D_ptr + hi).to(tl.float32) * tl.load(dy_ptrs, mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
     tl.store(dx_ptr + bi * s_dx_b + tj[:, None] * s_dx_l + hi * s_dx_h + ps[None, :] * s_dx_p,
              dx.to(dx_ptr.dtype.element_ty), mask=jm[:, None] & pm[None, :])
 
@@ -534,17 +536,20 @@ def _dcb_kernel(x_ptr, dt_ptr, cum_ptr, cb_ptr, dy_ptr, dcb_ptr, rowpart_ptr, co
 
 @triton.jit
 def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, dC_ptr, rowinter_ptr, L, H, G, NC, P, N, NSPLIT,
+                HSPLIT,
                 s_b_b, s_b_l, s_b_g, s_b_n, s_c_b, s_c_l, s_c_g, s_c_n, s_dy_b, s_dy_l, s_dy_h, s_dy_p,
-                Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HPP: tl.constexpr,
                 DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr):
-    """One (i-tile, batch·chunk, group): dC_i = Σ_heads exp(cum_i)·dy_i·S_c + Σ_{j<=i} dCB_ij·B_j, and per head the
-    inter-chunk part of dy_i·(y_i − D·x_i), Σ_n (exp(cum_i)·dy_i·S_c)_n·C_in."""
+    """One (i-tile, batch·chunk, group, head split): the split's part of dC_i, Σ_{its heads} exp(cum_i)·dy_i·S_c,
+    plus (split 0 only) Σ_{j<=i} dCB_ij·B_j; and per head the inter-chunk part of dy_i·(y_i − D·x_i),
+    Σ_n (exp(cum_i)·dy_i·S_c)_n·C_in."""
     pid_i = tl.program_id(0)
     pid_bc = tl.program_id(1)
-    gi = tl.program_id(2)
+    pid_gs = tl.program_id(2)
     bi = (pid_bc // NC).to(tl.int64)
     ci = pid_bc % NC
-    R = H // G
+    gi = pid_gs // HSPLIT
+    h0 = gi * (H // G) + (pid_gs % HSPLIT) * HPP
     ps = tl.arange(0, BP)
     ns = tl.arange(0, BN)
     pm = ps < P
@@ -555,8 +560,8 @@ def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, dC_ptr, rowinter
     c_i = tl.load(C_ptr + bi * s_c_b + ti[:, None] * s_c_l + gi * s_c_g + ns[None, :] * s_c_n,
                   mask=im[:, None] & nm[None, :], other=0.0).to(tl.float32)
     acc = tl.zeros((BQ, BN), dtype=tl.float32)
-    for r in range(R):
-        hi = gi * R + r
+    for r in range(HPP):
+        hi = h0 + r
         cum_i = tl.load(cum_ptr + ((bi * H + hi) * NC + ci) * Q + rows)
         dy_i = tl.load(dy_ptr + bi * s_dy_b + ti[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p,
                        mask=im[:, None] & pm[None, :], other=0.0).to(DT)
@@ -566,7 +571,7 @@ def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, dC_ptr, rowinter
         acc += off
         tl.store(rowinter_ptr + ((bi * H + hi) * NC + ci) * Q + rows, tl.sum(off * c_i, axis=1))
     dcb_base = dcb_ptr + (bi * NC + ci) * (G * NSPLIT) * Q * Q
-    for jb in range(0, pid_i + 1):
+    for jb in range(0, tl.where(pid_gs % HSPLIT == 0, pid_i + 1, 0)):
         cols = jb * BQ + tl.arange(0, BQ)
         tj = ci * Q + cols
         dcb = tl.zeros((BQ, BQ), dtype=tl.float32)
@@ -575,22 +580,25 @@ def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, dC_ptr, rowinter
         b_j = tl.load(B_ptr + bi * s_b_b + tj[:, None] * s_b_l + gi * s_b_g + ns[None, :] * s_b_n,
                       mask=(tj < L)[:, None] & nm[None, :], other=0.0).to(DT)
         acc += _mm(dcb.to(DT), b_j, PREC, UPCAST)
-    tl.store(dC_ptr + ((bi * L + ti[:, None]) * G + gi) * N + ns[None, :], acc, mask=im[:, None] & nm[None, :])
+    tl.store(dC_ptr + ((bi * L + ti[:, None]) * (G * HSPLIT) + pid_gs) * N + ns[None, :], acc,
+             mask=im[:, None] & nm[None, :])
 
 
 @triton.jit
-def _db2_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, dst_ptr, dcb_ptr, dB_ptr, L, H, G, NC, P, N, NSPLIT,
+def _db2_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, dst_ptr, dcb_ptr, dB_ptr, L, H, G, NC, P, N, NSPLIT, HSPLIT,
                 s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_c_b, s_c_l, s_c_g, s_c_n,
-                Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HPP: tl.constexpr,
                 DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
-    """One (j-tile, batch·chunk, group): dB_j = Σ_heads exp(cum_last − cum_j)·dt_j·x_j·dS_{c+1} + Σ_{i>=j} dCB_ijᵀ·C_i."""
+    """One (j-tile, batch·chunk, group, head split): the split's part of dB_j,
+    Σ_{its heads} exp(cum_last − cum_j)·dt_j·x_j·dS_{c+1}, plus (split 0 only) Σ_{i>=j} dCB_ijᵀ·C_i."""
     NB: tl.constexpr = Q // BQ
     pid_j = tl.program_id(0)
     pid_bc = tl.program_id(1)
-    gi = tl.program_id(2)
+    pid_gs = tl.program_id(2)
     bi = (pid_bc // NC).to(tl.int64)
     ci = pid_bc % NC
-    R = H // G
+    gi = pid_gs // HSPLIT
+    h0 = gi * (H // G) + (pid_gs % HSPLIT) * HPP
     ps = tl.arange(0, BP)
     ns = tl.arange(0, BN)
     pm = ps < P
@@ -599,8 +607,8 @@ def _db2_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, dst_ptr, dcb_ptr, dB_ptr, L, H, G
     tj = ci * Q + cols
     jm = tj < L
     acc = tl.zeros((BQ, BN), dtype=tl.float32)
-    for r in range(R):
-        hi = gi * R + r
+    for r in range(HPP):
+        hi = h0 + r
         cum_base = cum_ptr + ((bi * H + hi) * NC + ci) * Q
         scale = tl.exp(tl.load(cum_base + Q - 1) - tl.load(cum_base + cols))
         scale *= tl.load(dt_ptr + bi * s_dt_b + tj * s_dt_l + hi * s_dt_h, mask=jm, other=0.0).to(tl.float32)
@@ -610,7 +618,7 @@ def _db2_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, dst_ptr, dcb_ptr, dB_ptr, L, H, G
                       mask=pm[:, None] & nm[None, :], other=0.0)  # dS_{c+1} (BP, BN) float32
         acc += _mm((x_j * scale[:, None]).to(DT), dsn.to(DT), PREC, UPCAST)
     dcb_base = dcb_ptr + (bi * NC + ci) * (G * NSPLIT) * Q * Q
-    for ib in range(pid_j, NB):
+    for ib in range(pid_j, tl.where(pid_gs % HSPLIT == 0, NB, 0)):
         rows = ib * BQ + tl.arange(0, BQ)
         ti = ci * Q + rows
         dcb_t = tl.zeros((BQ, BQ), dtype=tl.float32)
@@ -619,7 +627,8 @@ def _db2_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, dst_ptr, dcb_ptr, dB_ptr, L, H, G
         c_i = tl.load(C_ptr + bi * s_c_b + ti[:, None] * s_c_l + gi * s_c_g + ns[None, :] * s_c_n,
                       mask=(ti < L)[:, None] & nm[None, :], other=0.0).to(DT)
         acc += _mm(dcb_t.to(DT), c_i, PREC, UPCAST)
-    tl.store(dB_ptr + ((bi * L + tj[:, None]) * G + gi) * N + ns[None, :], acc, mask=jm[:, None] & nm[None, :])
+    tl.store(dB_ptr + ((bi * L + tj[:, None]) * (G * HSPLIT) + pid_gs) * N + ns[None, :], acc,
+             mask=jm[:, None] & nm[None, :])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -649,6 +658,8 @@ class _Plan:
         self.state_block = min(STATE_BLOCK, _pow2(self.p * self.n))
         self.dcb_hpp = max(d for d in range(1, min(r, DCB_HEADS_PER_PROGRAM) + 1) if r % d == 0)
         self.dcb_nsplit = r // self.dcb_hpp
+        self.bc_hpp = max(d for d in range(1, min(r, BC_HEADS_PER_PROGRAM) + 1) if r % d == 0)
+        self.bc_nsplit = r // self.bc_hpp
 
 
 def _launch(kernel, grid, name, *args, **meta):
@@ -783,19 +794,20 @@ def _backward_v2(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
         _dcb_kernel, (nb * (nb + 1) // 2, b * nc, g * pl.dcb_nsplit), "dcb", x, dt, cum, cb, dy, dcb, rowpart,
         colpart, l, h, g, nc, p, pl.dcb_nsplit, *x.stride(), *dt.stride(), *dy.stride(),
         Q=q, BQ=pl.bq, BP=pl.bp, HPP=pl.dcb_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast))
-    dC = _empty(b, l, g, n, device=dev)
+    hs = pl.bc_nsplit
+    dC = _empty(b, l, g * hs, n, device=dev)
     rowinter = _empty(b, h, nc, q, device=dev)
     run("dc2", lambda: _launch(
-        _dc2_kernel, (nb, b * nc, g), "dc2", C, B, cum, states, dy, dcb, dC, rowinter, l, h, g, nc, p, n,
-        pl.dcb_nsplit, *B.stride(), *C.stride(), *dy.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot,
-        PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split))
-    dB = _empty(b, l, g, n, device=dev)
+        _dc2_kernel, (nb, b * nc, g * hs), "dc2", C, B, cum, states, dy, dcb, dC, rowinter, l, h, g, nc, p, n,
+        pl.dcb_nsplit, hs, *B.stride(), *C.stride(), *dy.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn,
+        HPP=pl.bc_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split))
+    dB = _empty(b, l, g * hs, n, device=dev)
     run("db2", lambda: _launch(
-        _db2_kernel, (nb, b * nc, g), "db2", x, dt, cum, C, dst, dcb, dB, l, h, g, nc, p, n, pl.dcb_nsplit,
-        *x.stride(), *dt.stride(), *C.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec,
-        UPCAST=pl.upcast))
-    out["dB"] = dB
-    out["dC"] = dC
+        _db2_kernel, (nb, b * nc, g * hs), "db2", x, dt, cum, C, dst, dcb, dB, l, h, g, nc, p, n, pl.dcb_nsplit,
+        hs, *x.stride(), *dt.stride(), *C.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, HPP=pl.bc_hpp,
+        DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast))
+    out["dB"] = dB.view(b, l, g, hs, n).sum(3) if hs > 1 else dB
+    out["dC"] = dC.view(b, l, g, hs, n).sum(3) if hs > 1 else dC
     return (lambda: rowinter + rowpart.sum(3)), (lambda: ddt_inter + colpart.sum(3)), dyx
 
 
