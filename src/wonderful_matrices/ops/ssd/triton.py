@@ -49,14 +49,14 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 CONFIG = {
     "cumsum": (4, 1),
     "cb": (4, 2),
-    "chunk_state": (4, 2),
+    "chunk_state": (8, 2),
     "state_pass": (4, 1),
     "output": (4, 2),
     "state_pass_bwd": (4, 1),
     "dx_db": (8, 2),
     "dc": (8, 2),
-    "dx2": (4, 2),
-    "dcb": (4, 2),
+    "dx2": (8, 2),
+    "dcb": (8, 2),
     "dc2": (8, 2),
     "db2": (8, 2),
 }
@@ -65,6 +65,7 @@ CONFIG = {
 BACKWARD = os.environ.get("WM_SSD_TRITON_BWD", "v2")
 DCB_HEADS_PER_PROGRAM = 16  # heads a dcb program sums over (partial dCB per head split, summed by dc2 / db2)
 BC_HEADS_PER_PROGRAM = 8  # heads a dc2 / db2 program sums over (partial dC / dB per head split, summed in PyTorch)
+DC2_COLUMNS = 64  # state columns per dc2 program (a 64 × 128 float32 state tile spills registers at 8 warps)
 BLOCK_Q = 64  # rows of a chunk per tile (at most the chunk)
 MAX_HEADS_PER_PROGRAM = 8  # heads a backward program loops over (their dB/dC sum in registers)
 STATE_BLOCK = 1024  # state elements per program of the sequential passes
@@ -202,13 +203,17 @@ def _state_pass_kernel(st_ptr, cum_ptr, init_ptr, H, NC, PN, Q: tl.constexpr, BL
         s = tl.load(init_ptr + pid_bh * PN + offs, mask=m, other=0.0).to(tl.float32)
     else:
         s = tl.zeros((BLOCK,), dtype=tl.float32)
+    base = st_ptr + (bi * (NC + 1) * H + hi) * PN + offs
+    HPN = pid_bh * 0 + H * PN  # the stride of a chunk, in 64 bits (pid_bh is int64; H or PN may be a constant 1)
+    u = tl.load(base, mask=m, other=0.0)
     for c in range(NC):
-        ptr = st_ptr + ((bi * (NC + 1) + c) * H + hi) * PN + offs
-        u = tl.load(ptr, mask=m, other=0.0)
-        tl.store(ptr, s, mask=m)
+        # the next chunk's U is loaded before this chunk's store: two loads in flight, not a load-store chain
+        u_next = tl.load(base + (c + 1) * HPN, mask=m & (c + 1 < NC), other=0.0)
+        tl.store(base + c * HPN, s, mask=m)
         decay = tl.exp(tl.load(cum_ptr + (pid_bh * NC + c) * Q + Q - 1))
         s = decay * s + u
-    tl.store(st_ptr + ((bi * (NC + 1) + NC) * H + hi) * PN + offs, s, mask=m)
+        u = u_next
+    tl.store(base + NC * HPN, s, mask=m)
 
 
 @triton.jit
@@ -275,15 +280,21 @@ def _state_pass_bwd_kernel(dst_ptr, st_ptr, cum_ptr, dfinal_ptr, sdot_ptr, H, NC
         run = tl.load(dfinal_ptr + pid_bh * PN + offs, mask=m, other=0.0).to(tl.float32)
     else:
         run = tl.zeros((BLOCK,), dtype=tl.float32)
+    base = (bi * (NC + 1) * H + hi) * PN + offs
+    HPN = pid_bh * 0 + H * PN  # the stride of a chunk, in 64 bits (pid_bh is int64; H or PN may be a constant 1)
+    g = tl.load(dst_ptr + base + NC * HPN, mask=m, other=0.0)
+    s_next = tl.load(st_ptr + base + NC * HPN, mask=m, other=0.0)
     for k in range(NC):
         c = NC - 1 - k
-        slot = ((bi * (NC + 1) + c + 1) * H + hi) * PN + offs
-        g = tl.load(dst_ptr + slot, mask=m, other=0.0)
-        tl.store(dst_ptr + slot, run, mask=m)
-        s_next = tl.load(st_ptr + slot, mask=m, other=0.0)
+        # slot c + 1 holds G_c and S_{c+1}; the loads of slot c are issued before the store to slot c + 1
+        g_prev = tl.load(dst_ptr + base + c * HPN, mask=m & (c > 0), other=0.0)
+        s_prev = tl.load(st_ptr + base + c * HPN, mask=m & (c > 0), other=0.0)
+        tl.store(dst_ptr + base + (c + 1) * HPN, run, mask=m)
         tl.store(sdot_ptr + (pid_bh * NC + c) * nprog + pid, tl.sum(s_next * run, axis=0))
         run = g + tl.exp(tl.load(cum_ptr + (pid_bh * NC + c) * Q + Q - 1)) * run
-    tl.store(dst_ptr + ((bi * (NC + 1)) * H + hi) * PN + offs, run, mask=m)
+        g = g_prev
+        s_next = s_prev
+    tl.store(dst_ptr + base, run, mask=m)
 
 
 @triton.jit
@@ -536,14 +547,15 @@ def _dcb_kernel(x_ptr, dt_ptr, cum_ptr, cb_ptr, dy_ptr, dcb_ptr, rowpart_ptr, co
 
 @triton.jit
 def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, dC_ptr, rowinter_ptr, L, H, G, NC, P, N, NSPLIT,
-                HSPLIT,
+                HSPLIT, NBN,
                 s_b_b, s_b_l, s_b_g, s_b_n, s_c_b, s_c_l, s_c_g, s_c_n, s_dy_b, s_dy_l, s_dy_h, s_dy_p,
                 Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HPP: tl.constexpr,
                 DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr):
-    """One (i-tile, batch·chunk, group, head split): the split's part of dC_i, Σ_{its heads} exp(cum_i)·dy_i·S_c,
+    """One (i-tile × block of BN columns, batch·chunk, group, head split): the split's part of dC_i, Σ_{its heads} exp(cum_i)·dy_i·S_c,
     plus (split 0 only) Σ_{j<=i} dCB_ij·B_j; and per head the inter-chunk part of dy_i·(y_i − D·x_i),
-    Σ_n (exp(cum_i)·dy_i·S_c)_n·C_in."""
-    pid_i = tl.program_id(0)
+    Σ_n (exp(cum_i)·dy_i·S_c)_n·C_in over the block's columns (partial sums by block)."""
+    pid_i = tl.program_id(0) // NBN
+    pid_n = tl.program_id(0) % NBN
     pid_bc = tl.program_id(1)
     pid_gs = tl.program_id(2)
     bi = (pid_bc // NC).to(tl.int64)
@@ -551,14 +563,14 @@ def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, dC_ptr, rowinter
     gi = pid_gs // HSPLIT
     h0 = gi * (H // G) + (pid_gs % HSPLIT) * HPP
     ps = tl.arange(0, BP)
-    ns = tl.arange(0, BN)
+    ns = pid_n * BN + tl.arange(0, BN)
     pm = ps < P
     nm = ns < N
     rows = pid_i * BQ + tl.arange(0, BQ)
     ti = ci * Q + rows
     im = ti < L
     c_i = tl.load(C_ptr + bi * s_c_b + ti[:, None] * s_c_l + gi * s_c_g + ns[None, :] * s_c_n,
-                  mask=im[:, None] & nm[None, :], other=0.0).to(tl.float32)
+                  mask=im[:, None] & nm[None, :], other=0.0)  # kept in its own dtype (fewer registers)
     acc = tl.zeros((BQ, BN), dtype=tl.float32)
     for r in range(HPP):
         hi = h0 + r
@@ -569,7 +581,8 @@ def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, dC_ptr, rowinter
                     mask=pm[:, None] & nm[None, :], other=0.0)  # S_c (BP, BN) float32
         off = _mm_f32b(dy_i, s, DT, PREC, UPCAST, SPLIT) * tl.exp(cum_i)[:, None]
         acc += off
-        tl.store(rowinter_ptr + ((bi * H + hi) * NC + ci) * Q + rows, tl.sum(off * c_i, axis=1))
+        tl.store(rowinter_ptr + (((bi * H + hi) * NC + ci) * NBN + pid_n) * Q + rows,
+                 tl.sum(off * c_i.to(tl.float32), axis=1))
     dcb_base = dcb_ptr + (bi * NC + ci) * (G * NSPLIT) * Q * Q
     for jb in range(0, tl.where(pid_gs % HSPLIT == 0, pid_i + 1, 0)):
         cols = jb * BQ + tl.arange(0, BQ)
@@ -796,10 +809,12 @@ def _backward_v2(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
         Q=q, BQ=pl.bq, BP=pl.bp, HPP=pl.dcb_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast))
     hs = pl.bc_nsplit
     dC = _empty(b, l, g * hs, n, device=dev)
-    rowinter = _empty(b, h, nc, q, device=dev)
+    bnc = max(16, min(pl.bn, DC2_COLUMNS))
+    nbn = triton.cdiv(n, bnc)
+    rowinter = _empty(b, h, nc, nbn, q, device=dev)
     run("dc2", lambda: _launch(
-        _dc2_kernel, (nb, b * nc, g * hs), "dc2", C, B, cum, states, dy, dcb, dC, rowinter, l, h, g, nc, p, n,
-        pl.dcb_nsplit, hs, *B.stride(), *C.stride(), *dy.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn,
+        _dc2_kernel, (nb * nbn, b * nc, g * hs), "dc2", C, B, cum, states, dy, dcb, dC, rowinter, l, h, g, nc, p,
+        n, pl.dcb_nsplit, hs, nbn, *B.stride(), *C.stride(), *dy.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=bnc,
         HPP=pl.bc_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split))
     dB = _empty(b, l, g * hs, n, device=dev)
     run("db2", lambda: _launch(
@@ -808,7 +823,7 @@ def _backward_v2(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
         DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast))
     out["dB"] = dB.view(b, l, g, hs, n).sum(3) if hs > 1 else dB
     out["dC"] = dC.view(b, l, g, hs, n).sum(3) if hs > 1 else dC
-    return (lambda: rowinter + rowpart.sum(3)), (lambda: ddt_inter + colpart.sum(3)), dyx
+    return (lambda: rowinter.sum(3) + rowpart.sum(3)), (lambda: ddt_inter + colpart.sum(3)), dyx
 
 
 class _SSDTriton(torch.autograd.Function):
