@@ -87,16 +87,17 @@ def test_triton_float32_matches_naive_forward_and_all_gradients(case):
 @pytest.mark.parametrize("variant", ["v1", "v2"])
 def test_triton_backward_variants_with_split_heads(variant, monkeypatch):
     """Both backward versions (v1 is the fallback), with a group's heads split over programs (partial dCB / dB /
-    dC sums across programs) and two tiles per chunk."""
+    dC sums across programs), dC split by state columns, and two tiles per chunk."""
     from wonderful_matrices.ops.ssd import triton as kernels
 
     monkeypatch.setattr(kernels, "BACKWARD", variant)
     monkeypatch.setattr(kernels, "DCB_HEADS_PER_PROGRAM", 2)  # 3 dcb splits, 2 dc2 / db2 splits
     monkeypatch.setattr(kernels, "BC_HEADS_PER_PROGRAM", 3)
     monkeypatch.setattr(kernels, "MAX_HEADS_PER_PROGRAM", 2)
-    ref = make_inputs(1, 90, 6, 3, 1, 5, True, True)
+    monkeypatch.setattr(kernels, "DC2_COLUMNS", 16)  # n = 40: three column blocks, the last one partial
+    ref = make_inputs(1, 90, 6, 3, 1, 40, True, True)
     gy = torch.randn(1, 90, 6, 3, dtype=torch.float64)
-    gs = torch.randn(1, 6, 3, 5, dtype=torch.float64)
+    gs = torch.randn(1, 6, 3, 40, dtype=torch.float64)
     y_ref, s_ref, g_ref = _oracle(ref, gy, gs)
     y, s, grads = _run({k: v.float() for k, v in ref.items()}, 128, gy, gs)
     assert rel_err(y, y_ref) < 1e-5 and rel_err(s, s_ref) < 1e-5
