@@ -70,7 +70,7 @@ class _KernelTimer:
 
 
 MATMUL_KERNELS = ("cb", "chunk_state", "output", "dx2", "dcb", "dc2", "db2", "dx_db", "dc")
-SWEEP = [(4, 2), (8, 2), (4, 3), (8, 3)]  # (num_warps, num_stages) tried on every matmul kernel at once
+SWEEP = [(8, 3), (4, 2), (8, 2), (4, 3)]  # (num_warps, num_stages) tried on every matmul kernel at once
 
 
 def _kernel_times(kernels, variant, reps=10):

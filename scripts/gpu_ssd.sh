@@ -3,10 +3,10 @@
 # 1. bench triton: fwd / fwd+bwd at the paper's shape with both backward versions (v2 = default, v1 = the first
 #    one), per-kernel times side by side, every gradient's error against the float32 torch backend, and a sweep
 #    of (num_warps, num_stages) for the matmul kernels (stops starting new configs after T_SWEEP = 60 s);
-# 2. CUDA parity tests (float64 oracle on the GPU), in 5 parallel pytest processes (Triton compiles on the CPU);
+# 2. CUDA parity tests (float64 oracle on the GPU), in 6 parallel pytest processes (Triton compiles on the CPU);
 # 3. optional stages named in STAGES (default none; e.g. STAGES="torch:20 compiled:45 mamba:20 profile:15").
 # Everything goes to $OUT: gpu_ssd.log (all output) and gpu_ssd.tgz (the JSON rows and the test logs).
-# Stage limits: triton 95 s + tests 70 s (override T_TRITON, T_TESTS). The table comes last.
+# Stage limits: triton 95 s + tests 75 s (override T_TRITON, T_TESTS). The table comes last.
 set -uo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
@@ -21,12 +21,12 @@ PY=${PYTHON:-python3}
   echo "=== stage: bench triton (v2 and v1 backward, per kernel, sweep)"
   timeout "${T_TRITON:-95}" $PY scripts/gpu_ssd.py triton "$RES/triton.json" 2>&1 | tail -40
   echo "rc=${PIPESTATUS[0]}"
-  echo "=== stage: CUDA parity tests (ssd), 5 processes"
+  echo "=== stage: CUDA parity tests (ssd), 6 processes"
   i=0
-  for k in "test_ssd_cuda" "all_gradients and 1000-64" "all_gradients and 513-128" "all_gradients and 2048-256" \
+  for k in "test_ssd_cuda and dtype0" "test_ssd_cuda and dtype1" "all_gradients and 1000-64" "all_gradients and 513-128" "all_gradients and 2048-256" \
            "all_gradients and 1-256-4"; do
     i=$((i + 1))
-    ( timeout "${T_TESTS:-70}" $PY -m pytest -q -p no:cacheprovider -o console_output_style=classic -rfE \
+    ( timeout "${T_TESTS:-75}" $PY -m pytest -q -p no:cacheprovider -o console_output_style=classic -rfE \
         tests/ops/test_ops_cuda.py -k "$k" > "$RES/tests_$i.log" 2>&1; echo "rc=$? ($k)" >> "$RES/tests_$i.log" ) &
   done
   wait

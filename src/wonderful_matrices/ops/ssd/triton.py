@@ -781,8 +781,8 @@ def _backward_v1(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
         _dc_kernel, (nb, b * nc, parts), "dc", x, dt, cum, B, C, cb, states, dy, dC_part, rowterm,
         l, h, g, nc, p, n, pl.nsplit, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
         Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, HPP=pl.hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split))
-    out["dB"] = dB_part.view(b, l, g, pl.nsplit, n).sum(3)
-    out["dC"] = dC_part.view(b, l, g, pl.nsplit, n).sum(3)
+    run("partials", lambda: out.update(dB=dB_part.view(b, l, g, pl.nsplit, n).sum(3),
+                                       dC=dC_part.view(b, l, g, pl.nsplit, n).sum(3)))
     return (lambda: rowterm), (lambda: ddt_direct), dyx
 
 
@@ -821,8 +821,7 @@ def _backward_v2(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
         _db2_kernel, (nb, b * nc, g * hs), "db2", x, dt, cum, C, dst, dcb, dB, l, h, g, nc, p, n, pl.dcb_nsplit,
         hs, *x.stride(), *dt.stride(), *C.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, HPP=pl.bc_hpp,
         DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast))
-    out["dB"] = dB.view(b, l, g, hs, n).sum(3) if hs > 1 else dB
-    out["dC"] = dC.view(b, l, g, hs, n).sum(3) if hs > 1 else dC
+    run("partials", lambda: out.update(dB=dB.view(b, l, g, hs, n).sum(3), dC=dC.view(b, l, g, hs, n).sum(3)))
     return (lambda: rowinter.sum(3) + rowpart.sum(3)), (lambda: ddt_inter + colpart.sum(3)), dyx
 
 
