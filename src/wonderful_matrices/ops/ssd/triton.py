@@ -18,13 +18,18 @@ Backward, with ``dS_c`` the gradient of the state entering chunk ``c`` (``dS_chu
 1. ``chunk_state`` again: ``G_c = Σ_i exp(cum_i)·dy_i ⊗ C_i``;
 2. ``state_pass_bwd``: ``dS_c = G_c + exp(cum_last_c)·dS_{c+1}`` in reverse, giving ``d initial_state = dS_0``
    and ``<S_{c+1}, dS_{c+1}>`` (the gradient of ``cum_last``);
-3. ``dx_db``: ``dx_j = dt_j·[Σ_{i>=j} CB_ij·exp(cum_i − cum_j)·dy_i + exp(cum_last − cum_j)·dS_{c+1}·B_j] + D·dy_j``
-   and ``dB_j = dt_j·Σ_{i>=j} (dy_i·x_j)·exp(cum_i − cum_j)·C_i + exp(cum_last − cum_j)·dt_j·x_j·dS_{c+1}``
-   (summed over the heads of a group: each program loops over a few heads);
-4. ``dc``: ``dC_i = Σ_{j<=i} (dy_i·x_j)·exp(cum_i − cum_j)·dt_j·B_j + exp(cum_i)·dy_i·S_c``;
+3. ``dx2`` (per tile, chunk and head): ``dx_j = dt_j·[Σ_{i>=j} CB_ij·exp(cum_i − cum_j)·dy_i
+   + exp(cum_last − cum_j)·dS_{c+1}·B_j] + D·dy_j``;
+4. ``dcb`` (per causal tile pair, chunk and split of a group's heads): ``W_ij = (dy_i·x_j)·exp(cum_i − cum_j)``,
+   ``dCB_ij = Σ_heads W_ij·dt_j`` (the gradient of ``C_i·B_j``), and per head the row / column sums of ``CB∘W``;
+   ``dc2`` and ``db2`` (per tile, chunk and head split): ``dC_i = Σ_{j<=i} dCB_ij·B_j + Σ_heads exp(cum_i)·dy_i·S_c``,
+   ``dB_j = Σ_{i>=j} dCB_ij·C_i + Σ_heads exp(cum_last − cum_j)·dt_j·x_j·dS_{c+1}``.
+   (``BACKWARD = "v1"`` runs the first version instead: ``dx_db`` and ``dc``, which redo the (Q × Q) products per
+   head; docs/kernels_ssd.md has the work counts and compile reports of both.)
 5. a few batched PyTorch ops on (b, h, l)-sized tensors: the gradient of ``cum`` is
-   ``dy_k·(y_k − D·x_k) − dt_k·(x_k·dxpre_k) + [k last]·<S_{c+1}, dS_{c+1}>``, where the first term is
-   accumulated by ``dc`` and ``x_k·dxpre_k`` (the direct part of ``ddt``) by ``dx_db``; a reverse running sum
+   ``dy_k·(y_k − D·x_k) − dt_k·(x_k·dxpre_k) + [k last]·<S_{c+1}, dS_{c+1}>``, where the first term comes from
+   ``dc2`` and the row sums of ``dcb`` and ``x_k·dxpre_k`` (the direct part of ``ddt``) from ``dx2`` and the column
+   sums of ``dcb`` (v1: ``dc`` and ``dx_db``); a reverse running sum
    inside each chunk turns it into the gradient of ``a``, hence ``ddt += A·da`` and ``dA = Σ dt·da``.
 
 Matrix products take operands in the input dtype (bf16 / fp16; float32 inputs use exact float32 products, not
