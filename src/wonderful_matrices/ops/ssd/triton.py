@@ -227,9 +227,10 @@ def _output_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, cb_ptr, st_ptr, D_ptr, y_ptr, 
                    s_y_b, s_y_l, s_y_h, s_y_p,
                    Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
                    DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_D: tl.constexpr):
-    pid_i = tl.program_id(0)
+    NB: tl.constexpr = Q // BQ
+    hi = tl.program_id(0) // NB  # heads and tiles of one chunk are neighbours: its CB stays in L2
+    pid_i = tl.program_id(0) % NB
     pid_bc = tl.program_id(1)
-    hi = tl.program_id(2)
     bi = (pid_bc // NC).to(tl.int64)
     ci = pid_bc % NC
     gi = hi // (H // G)
@@ -714,7 +715,7 @@ def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=Non
         p * n, Q=q, BLOCK=pl.state_block, HAS_INIT=initial_state is not None))
     y = _empty(b, l, h, p, dtype=x.dtype, device=dev)
     run("output", lambda: _launch(
-        _output_kernel, (nb, b * nc, h), "output", x, dt, cum, C, cb, states, D if D is not None else A, y,
+        _output_kernel, (h * nb, b * nc), "output", x, dt, cum, C, cb, states, D if D is not None else A, y,
         l, h, g, nc, p, n, *x.stride(), *dt.stride(), *C.stride(), *y.stride(), Q=q, BQ=pl.bq, BP=pl.bp,
         BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, HAS_D=D is not None))
     return y, cum, cb, states, pl
