@@ -226,6 +226,21 @@ def _triton_lines(tr: dict) -> list[str]:
             best = min(by_cfg, key=by_cfg.get)
             lines.append(f"{name:<18}" + "".join(f"{by_cfg[c]:>9.3f}" if c in by_cfg else f"{'-':>9}" for c in cfgs)
                          + f"   {best:<6} ({tr['config'].get(name)})")
+    v1, v2 = variants.get("v1", {}).get("fwd_bwd_ms"), variants.get("v2", {}).get("fwd_bwd_ms")
+    if v1 and v2:
+        keep = "v2" if v2 <= v1 else "v1"
+        lines.append(f"VERDICT backward: v2 {v2:.3f} ms vs v1 {v1:.3f} ms fwd+bwd -> keep BACKWARD = \"{keep}\" in "
+                     f"ops/ssd/triton.py" + ("" if keep == "v2" else " (or WM_SSD_TRITON_BWD=v1)"))
+    now = variants.get("v2", {}).get("kernels_ms", {})
+    better = {}
+    for name, by_cfg in sweep.items():
+        best = min(by_cfg, key=by_cfg.get)
+        if name in now and by_cfg[best] < 0.95 * now[name]:
+            warps, stages = best[1:].split("s")
+            better[name] = (int(warps), int(stages))
+    if sweep:
+        lines.append("VERDICT CONFIG: " + (", ".join(f'"{k}": {v}' for k, v in better.items())
+                                           if better else "keep (no swept config beats the default by 5%)"))
     lines.append("")
     return lines
 
