@@ -37,15 +37,15 @@ def constexprs(float32: bool) -> dict:
     return {
         "_cumsum_kernel": dict(Q=256, BLOCK_H=16),
         "_cb_kernel": dict(Q=256, BQ=64, BN=128, **mm),
-        "_chunk_state_kernel": dict(**tile, SPLIT=split, FORWARD=True),
+        "_chunk_state_kernel": dict(**tile, SPLIT=split and "chunk_state" in K.SPLIT_SITES, FORWARD=True),
         "_state_pass_kernel": dict(Q=256, BLOCK=1024, HAS_INIT=False),
         "_output_kernel": dict(**tile, HAS_D=True),
         "_state_pass_bwd_kernel": dict(Q=256, BLOCK=1024, HAS_DFINAL=True),
         "_dx_db_kernel": dict(**tile, HPP=8, SPLIT=split, HAS_D=True),
         "_dc_kernel": dict(**tile, HPP=8, SPLIT=split),
-        "_dx2_kernel": dict(**tile, BNK=64, SPLIT=split, HAS_D=True),
+        "_dx2_kernel": dict(**tile, BNK=64, SPLIT=split and "dx" in K.SPLIT_SITES, HAS_D=True),
         "_dcb_kernel": dict(Q=256, BQ=64, BP=64, HPP=16, **mm),
-        "_dc2_kernel": dict(Q=256, BQ=64, BP=64, BN=K.DC2_COLUMNS, HPP=8, SPLIT=split, **mm),
+        "_dc2_kernel": dict(Q=256, BQ=64, BP=64, BN=K.DC2_COLUMNS, HPP=8, SPLIT=split and "dc" in K.SPLIT_SITES, **mm),
         "_db2_kernel": dict(**tile, HPP=8),
     }
 

@@ -70,6 +70,10 @@ CONFIG = {
 BACKWARD = os.environ.get("WM_SSD_TRITON_BWD", "v2")
 DCB_HEADS_PER_PROGRAM = 16  # heads a dcb program sums over (partial dCB per head split, summed by dc2 / db2)
 BC_HEADS_PER_PROGRAM = 8  # heads a dc2 / db2 program sums over (partial dC / dB per head split, summed in PyTorch)
+# products with a float32 operand that keep ~16 bits of it for half inputs (``_mm_f32b``): the forward chunk
+# states and dx2's B·dS (both feed the gradient of A through sums that cancel). Also possible: "chunk_state_bwd",
+# "dc" (not needed: docs/kernels_ssd.md has the errors measured without each). v1's dx_db / dc always split.
+SPLIT_SITES = ("chunk_state", "dx")
 DC2_COLUMNS = 64  # state columns per dc2 program (a 64 × 128 float32 state tile spills registers at 8 warps)
 BLOCK_Q = 64  # rows of a chunk per tile (at most the chunk)
 MAX_HEADS_PER_PROGRAM = 8  # heads a backward program loops over (their dB/dC sum in registers)
@@ -668,8 +672,9 @@ class _Plan:
         self.dt_dot = _TL_DTYPE[x.dtype]
         self.prec = "ieee" if x.dtype == torch.float32 else "tf32"
         self.upcast = _INTERPRET and x.dtype == torch.bfloat16
-        # half inputs: products with a float32 operand (states, decay-scaled inputs) keep about 16 bits of it
-        # (see _mm_f32b); with 8 bits the gradient of A loses its accuracy (it sums terms that cancel)
+        # half inputs: some products with a float32 operand (states, decay-scaled inputs) keep about 16 bits of
+        # it (see _mm_f32b and SPLIT_SITES); with 8 bits the gradient of A loses its accuracy (it sums terms that
+        # cancel)
         self.split = x.dtype != torch.float32
         r = self.h // self.g
         self.hpp = max(d for d in range(1, min(r, MAX_HEADS_PER_PROGRAM) + 1) if r % d == 0)
@@ -680,6 +685,9 @@ class _Plan:
         self.bc_hpp = max(d for d in range(1, min(r, BC_HEADS_PER_PROGRAM) + 1) if r % d == 0)
         self.bc_nsplit = r // self.bc_hpp
 
+    def split_at(self, site: str) -> bool:
+        """Whether the product with a float32 state at ``site`` uses the split-bf16 form (half inputs only)."""
+        return self.split and site in SPLIT_SITES
 
 def _launch(kernel, grid, name, *args, **meta):
     warps, stages = CONFIG[name]
@@ -708,7 +716,7 @@ def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=Non
     run("chunk_state", lambda: _launch(
         _chunk_state_kernel, (b * nc, h), "chunk_state", x, B, dt, cum, states, l, h, g, nc, p, n, 0,
         *x.stride(), *B.stride(), *dt.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast,
-        SPLIT=pl.split, FORWARD=True))
+        SPLIT=pl.split_at("chunk_state"), FORWARD=True))
     init = initial_state.float().contiguous() if initial_state is not None else states
     run("state_pass", lambda: _launch(
         _state_pass_kernel, (triton.cdiv(p * n, pl.state_block), b * h), "state_pass", states, cum, init, h, nc,
@@ -736,7 +744,7 @@ def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, 
     run("chunk_state_bwd", lambda: _launch(
         _chunk_state_kernel, (b * nc, h), "chunk_state", dy, C, dt, cum, dst, l, h, g, nc, p, n, 1,
         *dy.stride(), *C.stride(), *dt.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast,
-        SPLIT=pl.split, FORWARD=False))
+        SPLIT=pl.split_at("chunk_state_bwd"), FORWARD=False))
     nprog = triton.cdiv(p * n, pl.state_block)
     sdot = _empty(b, h, nc, nprog, device=dev)
     dfin = dfinal.float().contiguous() if dfinal is not None else dst
@@ -804,7 +812,7 @@ def _backward_v2(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
         _dx2_kernel, (h * nb, b * nc), "dx2", x, dt, cum, B, cb, dst, dy, D if D is not None else A, dx,
         ddt_inter, dyx, l, h, g, nc, p, n, *x.stride(), *dt.stride(), *B.stride(), *dy.stride(), *dx.stride(),
         Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, BNK=min(pl.bn, 64), DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast,
-        SPLIT=pl.split, HAS_D=D is not None))
+        SPLIT=pl.split_at("dx"), HAS_D=D is not None))
     # partial sums by tile: entries of tiles above the diagonal stay zero
     rowpart = torch.zeros(b, h, nc, nb, q, dtype=torch.float32, device=dev)
     colpart = torch.zeros(b, h, nc, nb, q, dtype=torch.float32, device=dev)
@@ -821,7 +829,7 @@ def _backward_v2(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
     run("dc2", lambda: _launch(
         _dc2_kernel, (nb * nbn, b * nc, g * hs), "dc2", C, B, cum, states, dy, dcb, dC, rowinter, l, h, g, nc, p,
         n, pl.dcb_nsplit, hs, nbn, *B.stride(), *C.stride(), *dy.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=bnc,
-        HPP=pl.bc_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split))
+        HPP=pl.bc_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split_at("dc")))
     dB = _empty(b, l, g * hs, n, device=dev)
     run("db2", lambda: _launch(
         _db2_kernel, (nb, b * nc, g * hs), "db2", x, dt, cum, C, dst, dcb, dB, l, h, g, nc, p, n, pl.dcb_nsplit,
