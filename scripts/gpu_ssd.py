@@ -140,7 +140,7 @@ def stage_triton(save):
     kernels.BACKWARD = default_variant
     saved = dict(kernels.CONFIG)
     sweep = {}
-    budget = float(__import__("os").environ.get("T_SWEEP", "45"))
+    budget = float(__import__("os").environ.get("T_SWEEP", "50"))
     for cfg in SWEEP:
         if time.perf_counter() - t0 > budget:
             print(f"sweep stopped before {cfg}: over {budget:.0f} s", flush=True)
