@@ -11,8 +11,10 @@ Shape: batch 8 × 4096 tokens, 64 heads × 64, state 128, 1 group, chunk 256; x,
 Times are medians of CUDA-event timings after warm-up (wonderful_matrices.bench.common.time_callable).
 """
 import json
+import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -116,8 +118,6 @@ def stage_triton(save):
     """fwd / fwd+bwd of the triton backend with each backward variant (v2 first), per-kernel times, accuracy of
     every gradient against the float32 torch backend, then a sweep of launch configs (progress is printed as it
     goes: a timeout loses only what had not finished)."""
-    import time
-
     from wonderful_matrices.ops.ssd import triton as kernels
 
     t0 = time.perf_counter()
@@ -140,7 +140,7 @@ def stage_triton(save):
     kernels.BACKWARD = default_variant
     saved = dict(kernels.CONFIG)
     sweep = {}
-    budget = float(__import__("os").environ.get("T_SWEEP", "50"))
+    budget = float(os.environ.get("T_SWEEP", "50"))
     for cfg in SWEEP:
         if time.perf_counter() - t0 > budget:
             print(f"sweep stopped before {cfg}: over {budget:.0f} s", flush=True)
