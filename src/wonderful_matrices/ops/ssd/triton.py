@@ -41,7 +41,6 @@ length changes only the order of float operations, not the function.
 """
 from __future__ import annotations
 
-import math
 import os
 
 import torch
