@@ -24,7 +24,7 @@ from wonderful_matrices.ops.ssd import triton as K
 CONFIG_NAME = {"_cumsum_kernel": "cumsum", "_cb_kernel": "cb", "_chunk_state_kernel": "chunk_state",
                "_state_pass_kernel": "state_pass", "_output_kernel": "output", "_state_pass_bwd_kernel": "state_pass_bwd",
                "_dx_db_kernel": "dx_db", "_dc_kernel": "dc", "_dx2_kernel": "dx2", "_dcb_kernel": "dcb",
-               "_dc2_kernel": "dc2", "_db2_kernel": "db2"}
+               "_dc2_kernel": "dc2", "_db2_kernel": "db2", "_dcum_kernel": "dcum"}
 UNIT_STRIDES = ("s_x_p", "s_dy_p", "s_dx_p", "s_y_p", "s_v_p", "s_b_n", "s_c_n", "s_w_n", "s_dt_h")
 HALF_POINTERS = ("x_ptr", "B_ptr", "C_ptr", "dy_ptr", "dx_ptr", "y_ptr", "v_ptr", "w_ptr")
 NOT_DIVISIBLE = ("L", "H", "G", "NSPLIT", "HSPLIT", "NBN", "OFFSET")
@@ -47,6 +47,7 @@ def constexprs(float32: bool) -> dict:
         "_dcb_kernel": dict(Q=256, BQ=64, BP=64, HPP=16, **mm),
         "_dc2_kernel": dict(Q=256, BQ=64, BP=64, BN=K.DC2_COLUMNS, HPP=8, SPLIT=split and "dc" in K.SPLIT_SITES, **mm),
         "_db2_kernel": dict(**tile, HPP=8),
+        "_dcum_kernel": dict(Q=256),
     }
 
 

@@ -86,11 +86,12 @@ def test_triton_float32_matches_naive_forward_and_all_gradients(case):
 
 @pytest.mark.parametrize("variant", ["v1", "v2"])
 def test_triton_backward_variants_with_split_heads(variant, monkeypatch):
-    """Both backward versions (v1 is the fallback), with a group's heads split over programs (partial dCB / dB /
-    dC sums across programs), dC split by state columns, and two tiles per chunk."""
+    """Both backward versions (v1 is the fallback, here with the PyTorch closing sums), with a group's heads split
+    over programs (partial dCB / dB / dC sums across programs), dC split by state columns, two tiles per chunk."""
     from wonderful_matrices.ops.ssd import triton as kernels
 
     monkeypatch.setattr(kernels, "BACKWARD", variant)
+    monkeypatch.setattr(kernels, "FUSED_REDUCE", variant == "v2")  # the PyTorch closing sums run with v1
     monkeypatch.setattr(kernels, "DCB_HEADS_PER_PROGRAM", 2)  # 3 dcb splits, 2 dc2 / db2 splits
     monkeypatch.setattr(kernels, "BC_HEADS_PER_PROGRAM", 3)
     monkeypatch.setattr(kernels, "MAX_HEADS_PER_PROGRAM", 2)

@@ -63,6 +63,7 @@ CONFIG = {
     "dcb": (8, 2),
     "dc2": (8, 2),
     "db2": (8, 2),
+    "dcum": (4, 1),
 }
 # backward kernels: "v2" (dx / dcb / dc2 / db2, the default) or "v1" (dx_db / dc, the first version);
 # the environment variable WM_SSD_TRITON_BWD overrides it (read at import)
@@ -73,6 +74,7 @@ BC_HEADS_PER_PROGRAM = 8  # heads a dc2 / db2 program sums over (partial dC / dB
 # states and dx2's B·dS (both feed the gradient of A through sums that cancel). Also possible: "chunk_state_bwd",
 # "dc" (not needed: docs/kernels_ssd.md has the errors measured without each). v1's dx_db / dc always split.
 SPLIT_SITES = ("chunk_state", "dx")
+FUSED_REDUCE = True  # the closing sums of the backward in one Triton kernel (False: batched PyTorch ops)
 DC2_COLUMNS = 64  # state columns per dc2 program (a 64 × 128 float32 state tile spills registers at 8 warps)
 BLOCK_Q = 64  # rows of a chunk per tile (at most the chunk)
 MAX_HEADS_PER_PROGRAM = 8  # heads a backward program loops over (their dB/dC sum in registers)
@@ -653,6 +655,39 @@ def _db2_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, dst_ptr, dcb_ptr, dB_ptr, L, H, G
              mask=jm[:, None] & nm[None, :])
 
 
+@triton.jit
+def _dcum_kernel(row1_ptr, R1, row2_ptr, R2, col1_ptr, C1, col2_ptr, C2, sdot_ptr, NPROG, dt_ptr, A_ptr, ddt_ptr,
+                 dA_ptr, L, H, NC, s_dt_b, s_dt_l, s_dt_h, Q: tl.constexpr):
+    """One (batch, head, chunk): row = Σ of the row-sum parts (the terms dy·(y − D·x)), col = Σ of the column-sum
+    parts (x·dxpre), dcum = row − dt·col (+ <S_{c+1}, dS_{c+1}> at the last step), da = its reverse running sum;
+    writes ddt = col + A·da (b, l, h) float32 and this chunk's Σ dt·da (its part of dA)."""
+    pid = tl.program_id(0).to(tl.int64)  # (b·H + h)·NC + c
+    ci = pid % NC
+    hi = (pid // NC) % H
+    bi = pid // (NC * H)
+    qs = tl.arange(0, Q)
+    t = ci * Q + qs
+    tm = t < L
+    row = tl.zeros((Q,), dtype=tl.float32)
+    for r in range(R1):
+        row += tl.load(row1_ptr + (pid * R1 + r) * Q + qs)
+    for r in range(R2):
+        row += tl.load(row2_ptr + (pid * R2 + r) * Q + qs)
+    col = tl.zeros((Q,), dtype=tl.float32)
+    for r in range(C1):
+        col += tl.load(col1_ptr + (pid * C1 + r) * Q + qs)
+    for r in range(C2):
+        col += tl.load(col2_ptr + (pid * C2 + r) * Q + qs)
+    sdot = 0.0
+    for k in range(NPROG):
+        sdot += tl.load(sdot_ptr + pid * NPROG + k)
+    dt = tl.load(dt_ptr + bi * s_dt_b + t * s_dt_l + hi * s_dt_h, mask=tm, other=0.0).to(tl.float32)
+    dcum = row - dt * col + tl.where(qs == Q - 1, sdot, 0.0)
+    da = tl.cumsum(dcum, axis=0, reverse=True)  # gradient of a_t = dt_t·A: Σ dcum over k >= t
+    tl.store(ddt_ptr + (bi * L + t) * H + hi, col + tl.load(A_ptr + hi).to(tl.float32) * da, mask=tm)
+    tl.store(dA_ptr + pid, tl.sum(dt * da, axis=0))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # host side
 # ----------------------------------------------------------------------------------------------------------------
@@ -753,21 +788,31 @@ def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, 
     dx = _empty(b, l, h, p, dtype=x.dtype, device=dev)
     out = {}
     if (variant or BACKWARD) == "v1":
-        rowterm, ddt_direct, dyx = _backward_v1(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out)
+        rows, cols, dyx = _backward_v1(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out)
     else:
-        rowterm, ddt_direct, dyx = _backward_v2(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out)
+        rows, cols, dyx = _backward_v2(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out)
 
     def reduce():
-        dt_pad = torch.zeros(b, h, nc * q, dtype=torch.float32, device=dev)
-        dt_pad[:, :, :l] = dt.permute(0, 2, 1)
-        dt_pad = dt_pad.view(b, h, nc, q)
-        ddt_d = ddt_direct()
-        dcum = rowterm() - dt_pad * ddt_d
-        dcum[..., -1] += sdot.sum(-1)
-        da = dcum.flip(-1).cumsum(-1).flip(-1)  # gradient of a_t = dt_t·A: sum of dcum over k >= t
-        ddt = ddt_d + A.float()[None, :, None, None] * da
-        out["ddt"] = ddt.view(b, h, nc * q)[:, :, :l].permute(0, 2, 1)
-        out["dA"] = (dt_pad * da).sum((0, 2, 3))
+        if FUSED_REDUCE:
+            ddt = _empty(b, l, h, device=dev)
+            da_part = _empty(b, h, nc, device=dev)
+            (r1, n1), (r2, n2) = (rows + [(rows[0][0], 0)])[:2]
+            (c1, m1), (c2, m2) = (cols + [(cols[0][0], 0)])[:2]
+            _launch(_dcum_kernel, (b * h * nc,), "dcum", r1, n1, r2, n2, c1, m1, c2, m2, sdot, nprog, dt, A, ddt,
+                    da_part, l, h, nc, *dt.stride(), Q=q)
+            out["ddt"] = ddt
+            out["dA"] = da_part.sum((0, 2))
+        else:
+            dt_pad = torch.zeros(b, h, nc * q, dtype=torch.float32, device=dev)
+            dt_pad[:, :, :l] = dt.permute(0, 2, 1)
+            dt_pad = dt_pad.view(b, h, nc, q)
+            ddt_d = sum(t.view(b, h, nc, -1, q).sum(3) for t, _ in cols)
+            dcum = sum(t.view(b, h, nc, -1, q).sum(3) for t, _ in rows) - dt_pad * ddt_d
+            dcum[..., -1] += sdot.sum(-1)
+            da = dcum.flip(-1).cumsum(-1).flip(-1)  # gradient of a_t = dt_t·A: sum of dcum over k >= t
+            ddt = ddt_d + A.float()[None, :, None, None] * da
+            out["ddt"] = ddt.view(b, h, nc * q)[:, :, :l].permute(0, 2, 1)
+            out["dA"] = (dt_pad * da).sum((0, 2, 3))
         out["dD"] = dyx.sum((0, 2, 3)) if D is not None else None
     run("reduce", reduce)
     return dx, out["ddt"], out["dA"], out["dB"], out["dC"], out["dD"], dst[:, 0].clone()
@@ -796,7 +841,7 @@ def _backward_v1(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
         Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, HPP=pl.hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split))
     run("partials", lambda: out.update(dB=dB_part.view(b, l, g, pl.nsplit, n).sum(3),
                                        dC=dC_part.view(b, l, g, pl.nsplit, n).sum(3)))
-    return (lambda: rowterm), (lambda: ddt_direct), dyx
+    return [(rowterm, 1)], [(ddt_direct, 1)], dyx
 
 
 def _backward_v2(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
@@ -835,7 +880,7 @@ def _backward_v2(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
         hs, *x.stride(), *dt.stride(), *C.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, HPP=pl.bc_hpp,
         DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast))
     run("partials", lambda: out.update(dB=dB.view(b, l, g, hs, n).sum(3), dC=dC.view(b, l, g, hs, n).sum(3)))
-    return (lambda: rowinter.sum(3) + rowpart.sum(3)), (lambda: ddt_inter + colpart.sum(3)), dyx
+    return [(rowinter, nbn), (rowpart, nb)], [(ddt_inter, 1), (colpart, nb)], dyx
 
 
 class _SSDTriton(torch.autograd.Function):
