@@ -11,8 +11,10 @@ Shape: batch 8 × 4096 tokens, 64 heads × 64, state 128, 1 group, chunk 256; x,
 Times are medians of CUDA-event timings after warm-up (wonderful_matrices.bench.common.time_callable).
 """
 import json
+import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -69,30 +71,92 @@ class _KernelTimer:
         return {k: statistics.median(v) for k, v in self.samples.items()}
 
 
-def stage_triton():
-    from wonderful_matrices.ops.ssd import triton as kernels
+MATMUL_KERNELS = ("cb", "chunk_state", "output", "dx2", "dcb", "dc2", "db2")  # swept with backward v2 only
+SWEEP = [(8, 3), (4, 2), (8, 2), (4, 3)]  # (num_warps, num_stages) tried on every matmul kernel at once
 
-    row = _time_op(lambda **kw: ssd(**kw, chunk_size=CHUNK, backend="triton"), "triton")
+
+def _kernel_times(kernels, variant, reps=10):
+    """Median ms of each kernel launch (forward and backward kernels, backward ``variant``)."""
     inp = _inputs()
     x, dt, A, B, C, D = (inp[k] for k in ("x", "dt", "A", "B", "C", "D"))
     dy = torch.randn_like(x)
     dfinal = torch.randn(x.shape[0], x.shape[2], x.shape[3], B.shape[3], device=DEV)
     timer = _KernelTimer()
-    for rep in range(13):
+    for rep in range(reps + 3):
         y, cum, cb, states, plan = kernels.forward_kernels(x, dt, A, B, C, D, None, CHUNK, timer=timer)
-        kernels.backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, plan, timer=timer)
+        kernels.backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, plan, timer=timer, variant=variant)
         timer.collect()
         if rep < 3:  # warm-up (compilation) samples are dropped
             timer.samples.clear()
-    row["kernels_ms"] = timer.medians()
-    row["config"] = {k: list(v) for k, v in kernels.CONFIG.items()}
-    row["plan"] = {k: getattr(plan, k) for k in ("q", "nc", "bq", "bp", "bn", "hpp", "nsplit", "state_block")}
-    # accuracy at the benchmark shape against the float32 torch backend on the same bf16 inputs
-    with torch.no_grad():
-        ref = ssd(**{k: v.float() for k, v in inp.items()}, chunk_size=CHUNK, backend="torch")
-        out = ssd(**inp, chunk_size=CHUNK, backend="triton").float()
-    row["rel_err_vs_torch_fp32"] = ((out - ref).norm() / ref.norm()).item()
-    return row
+    return timer.medians(), plan
+
+
+def _grad_errors(kernels, variants):
+    """Relative error of y and of every gradient, each backward variant against the float32 torch backend on the
+    same (bf16) inputs."""
+    inp = _inputs()
+    gy = torch.randn_like(inp["x"], dtype=torch.float32)
+
+    def grads(inputs, backend):
+        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+        y = ssd(**leaves, chunk_size=CHUNK, backend=backend)
+        (y.float() * gy).sum().backward()
+        return {"y": y.detach().float(), **{k: v.grad.float() for k, v in leaves.items()}}
+
+    ref = grads({k: v.float() for k, v in inp.items()}, "torch")
+    out = {}
+    for variant in variants:
+        kernels.BACKWARD = variant
+        got = grads(inp, "triton")
+        out[variant] = {k: ((got[k] - ref[k]).norm() / ref[k].norm()).item() for k in ref}
+    del ref
+    torch.cuda.empty_cache()
+    return out
+
+
+def stage_triton(save):
+    """fwd / fwd+bwd of the triton backend with each backward variant (v2 first), per-kernel times, accuracy of
+    every gradient against the float32 torch backend, then a sweep of launch configs (progress is printed as it
+    goes: a timeout loses only what had not finished)."""
+    from wonderful_matrices.ops.ssd import triton as kernels
+
+    t0 = time.perf_counter()
+    default_variant = kernels.BACKWARD
+    result = {"implementation": "triton", "variants": {}, "config": {k: list(v) for k, v in kernels.CONFIG.items()}}
+    for variant in ("v2", "v1"):
+        kernels.BACKWARD = variant
+        row = _time_op(lambda **kw: ssd(**kw, chunk_size=CHUNK, backend="triton"), f"triton {variant}")
+        row["kernels_ms"], plan = _kernel_times(kernels, variant)
+        result["variants"][variant] = row
+        save(result)
+        print(f"[{time.perf_counter() - t0:5.1f}s] {variant}: fwd {row['fwd_ms']:.3f} fwd+bwd {row['fwd_bwd_ms']:.3f} "
+              f"kernels {json.dumps({k: round(v, 3) for k, v in row['kernels_ms'].items()})}", flush=True)
+    result["plan"] = {k: getattr(plan, k) for k in ("q", "nc", "bq", "bp", "bn", "hpp", "nsplit", "state_block",
+                                                     "dcb_hpp", "dcb_nsplit")}
+    result["rel_err_vs_torch_fp32"] = _grad_errors(kernels, ("v2", "v1"))
+    save(result)
+    print(f"[{time.perf_counter() - t0:5.1f}s] rel err vs torch fp32: {json.dumps(result['rel_err_vs_torch_fp32'])}",
+          flush=True)
+    kernels.BACKWARD = default_variant
+    saved = dict(kernels.CONFIG)
+    sweep = {}
+    budget = float(os.environ.get("T_SWEEP", "50"))
+    for cfg in SWEEP:
+        if time.perf_counter() - t0 > budget:
+            print(f"sweep stopped before {cfg}: over {budget:.0f} s", flush=True)
+            break
+        for name in MATMUL_KERNELS:
+            kernels.CONFIG[name] = cfg
+        times, _ = _kernel_times(kernels, "v2", reps=5)
+        for name, ms in times.items():
+            if name in MATMUL_KERNELS:
+                sweep.setdefault(name, {})[f"w{cfg[0]}s{cfg[1]}"] = ms
+        print(f"[{time.perf_counter() - t0:5.1f}s] sweep w{cfg[0]}s{cfg[1]}: "
+              f"{json.dumps({k: round(v.get(f'w{cfg[0]}s{cfg[1]}', -1), 3) for k, v in sweep.items()})}", flush=True)
+        kernels.CONFIG.update(saved)
+        result["sweep_ms"] = sweep
+        save(result)
+    return result
 
 
 def stage_torch():
@@ -136,31 +200,68 @@ def stage_mamba():
     return _time_op(fn, "mamba_ssm")
 
 
+def _triton_lines(tr: dict) -> list[str]:
+    lines = [f"triton plan {tr.get('plan')}"]
+    variants = tr.get("variants", {})
+    names = []
+    for row in variants.values():
+        names += [k for k in row.get("kernels_ms", {}) if k not in names]
+    lines.append(f"{'kernel (ms)':<18}" + "".join(f"{v:>10}" for v in variants))
+    for name in names:
+        lines.append(f"{name:<18}" + "".join(
+            f"{row['kernels_ms'][name]:>10.3f}" if name in row.get("kernels_ms", {}) else f"{'-':>10}"
+            for row in variants.values()))
+    fwd_names = ("cumsum", "cb", "chunk_state", "state_pass", "output")
+    lines.append(f"{'sum forward':<18}" + "".join(
+        f"{sum(v for k, v in row.get('kernels_ms', {}).items() if k in fwd_names):>10.3f}" for row in variants.values()))
+    lines.append(f"{'sum all':<18}" + "".join(
+        f"{sum(row.get('kernels_ms', {}).values()):>10.3f}" for row in variants.values()))
+    for variant, errs in tr.get("rel_err_vs_torch_fp32", {}).items():
+        lines.append(f"rel err vs torch fp32, backward {variant}: " + " ".join(f"{k} {v:.1e}" for k, v in errs.items()))
+    sweep = tr.get("sweep_ms", {})
+    if sweep:
+        cfgs = sorted({c for v in sweep.values() for c in v})
+        lines.append(f"{'sweep (ms)':<18}" + "".join(f"{c:>9}" for c in cfgs) + "   best   (CONFIG now)")
+        for name, by_cfg in sweep.items():
+            best = min(by_cfg, key=by_cfg.get)
+            lines.append(f"{name:<18}" + "".join(f"{by_cfg[c]:>9.3f}" if c in by_cfg else f"{'-':>9}" for c in cfgs)
+                         + f"   {best:<6} ({tr['config'].get(name)})")
+    v1, v2 = variants.get("v1", {}).get("fwd_bwd_ms"), variants.get("v2", {}).get("fwd_bwd_ms")
+    if v1 and v2:
+        keep = "v2" if v2 <= v1 else "v1"
+        lines.append(f"VERDICT backward: v2 {v2:.3f} ms vs v1 {v1:.3f} ms fwd+bwd -> keep BACKWARD = \"{keep}\" in "
+                     f"ops/ssd/triton.py" + ("" if keep == "v2" else " (or WM_SSD_TRITON_BWD=v1)"))
+    now = variants.get("v2", {}).get("kernels_ms", {})
+    better = {}
+    for name, by_cfg in sweep.items():
+        best = min(by_cfg, key=by_cfg.get)
+        if name in now and by_cfg[best] < 0.95 * now[name]:
+            warps, stages = best[1:].split("s")
+            better[name] = (int(warps), int(stages))
+    if sweep:
+        lines.append("VERDICT CONFIG: " + (", ".join(f'"{k}": {v}' for k, v in better.items())
+                                           if better else "keep (no swept config beats the default by 5%)"))
+    lines.append("")
+    return lines
+
+
 def table(directory: Path) -> str:
     rows = []
+    lines = []
     for path in sorted(directory.glob("*.json")):
         row = json.loads(path.read_text())
-        if "profile" not in row:
+        if "profile" in row:
+            continue
+        if "variants" in row:
+            lines += _triton_lines(row)
+            rows += list(row["variants"].values())
+        else:
             rows.append(row)
-    lines = []
-    triton_row = next((r for r in rows if r.get("implementation") == "triton" and "kernels_ms" in r), None)
-    if triton_row:
-        lines.append(f"triton plan {triton_row['plan']}  rel_err vs torch fp32: {triton_row['rel_err_vs_torch_fp32']:.2e}")
-        lines.append(f"{'kernel':<18}{'ms':>9}")
-        for name, ms in triton_row["kernels_ms"].items():
-            lines.append(f"{name:<18}{ms:>9.3f}")
-        fwd = sum(v for k, v in triton_row["kernels_ms"].items()
-                  if k in ("cumsum", "cb", "chunk_state", "state_pass", "output"))
-        lines.append(f"{'sum forward':<18}{fwd:>9.3f}")
-        lines.append(f"{'sum all':<18}{sum(triton_row['kernels_ms'].values()):>9.3f}")
-        lines.append("")
     ref = {"implementation": "mamba_ssm (PAPER.md)", "fwd_ms": 1.14, "fwd_bwd_ms": 5.17}
     lines.append(f"SSD b8 x l4096, h64 x p64, n128, g1, chunk 256, bf16 (H200)")
     lines.append(f"{'implementation':<24}{'fwd ms':>9}{'fwd+bwd ms':>12}{'peak GB':>9}{'fwd+bwd / mamba':>17}  note")
-    done = {r.get("implementation") for r in rows}
-    for name in ("triton", "torch eager", "torch compiled", "mamba_ssm"):
-        if name not in done:
-            rows.append({"implementation": name, "note": "stage failed or timed out: see the log"})
+    if not any(r.get("implementation", "").startswith("triton") for r in rows):
+        rows.append({"implementation": "triton", "note": "stage failed or timed out: see the log"})
     for r in rows + [ref]:
         f, fb, pk = r.get("fwd_ms"), r.get("fwd_bwd_ms"), r.get("peak_gb")
         ratio = f"{fb / 5.17:.2f}" if fb else "-"
@@ -175,8 +276,10 @@ def main():
     if stage == "table":
         print(table(target))
         return
-    row = {"triton": stage_triton, "torch": stage_torch, "compiled": stage_compiled, "mamba": stage_mamba,
-           "profile": stage_profile}[stage]()
+    if stage == "triton":  # saves after each phase: a timeout keeps what had finished
+        stage_triton(lambda result: target.write_text(json.dumps(result, indent=1)))
+        return
+    row = {"torch": stage_torch, "compiled": stage_compiled, "mamba": stage_mamba, "profile": stage_profile}[stage]()
     target.write_text(json.dumps(row, indent=1))
     print(json.dumps(row, indent=1))
 

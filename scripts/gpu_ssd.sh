@@ -1,30 +1,44 @@
 #!/usr/bin/env bash
-# SSD on one GPU, run from the repository root: CUDA parity tests of the triton (and torch) backend against
-# the float64 CPU oracle, then fwd / fwd+bwd at the paper's shape for triton (with a per-kernel breakdown),
-# torch eager, torch.compile and mamba_ssm (if installed), and a short table last.
-# Everything goes to $OUT: gpu_ssd.log (all output) and gpu_ssd.tgz (the JSON rows). Each stage runs under
-# `timeout` and the script continues after a failure; at most 50+35+20+15+20+45 s = 3 minutes of stages
-# (override T_TESTS, T_BENCH). The torch.profiler table of the eager torch backend shows which ops dominate.
+# SSD on one GPU, run from the repository root (must finish in < 3 minutes):
+# 1. bench triton: fwd / fwd+bwd at the paper's shape with both backward versions (v2 = default, v1 = the first
+#    one), per-kernel times side by side, every gradient's error against the float32 torch backend, and a sweep
+#    of (num_warps, num_stages) for the matmul kernels (stops starting new configs after T_SWEEP = 50 s);
+# 2. CUDA parity tests (float64 oracle on the GPU), in 6 parallel pytest processes (Triton compiles on the CPU);
+# 3. optional stages named in STAGES (default none; e.g. STAGES="torch:20 compiled:45 mamba:20 profile:15").
+# Everything goes to $OUT: gpu_ssd.log (all output) and gpu_ssd.tgz (the JSON rows and the test logs).
+# Stage limits: triton 90 s + tests 75 s (override T_TRITON, T_TESTS). The table comes last.
 set -uo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 RES=$(mktemp -d)
 LOG="$OUT/gpu_ssd.log"
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 T_SWEEP=${T_SWEEP:-50}
 PY=${PYTHON:-python3}
 {
+  date -u
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-  echo "=== stage: CUDA parity tests (ssd)"
-  timeout "${T_TESTS:-50}" $PY -m pytest -q -p no:cacheprovider tests/ops/test_ops_cuda.py -k ssd 2>&1 | tail -30
+  echo "=== stage: bench triton (v2 and v1 backward, per kernel, sweep)"
+  timeout "${T_TRITON:-90}" $PY scripts/gpu_ssd.py triton "$RES/triton.json" 2>&1 | tail -40
   echo "rc=${PIPESTATUS[0]}"
-  for stage in triton:35 torch:20 profile:15 mamba:20 compiled:45; do
+  echo "=== stage: CUDA parity tests (ssd), 6 processes"
+  i=0
+  for k in "test_ssd_cuda and dtype0" "test_ssd_cuda and dtype1" "all_gradients and 1000-64" "all_gradients and 513-128" "all_gradients and 2048-256" \
+           "all_gradients and 1-256-4"; do
+    i=$((i + 1))
+    ( timeout "${T_TESTS:-75}" $PY -m pytest -q -p no:cacheprovider -o console_output_style=classic -rfE \
+        tests/ops/test_ops_cuda.py -k "$k" > "$RES/tests_$i.log" 2>&1; echo "rc=$? ($k)" >> "$RES/tests_$i.log" ) &
+  done
+  wait
+  for f in "$RES"/tests_*.log; do grep -E "^(FAILED|ERROR)|passed|failed|skipped|rc=|Error" "$f" | tail -12; done
+  for stage in ${STAGES:-}; do
     name=${stage%%:*}
     echo "=== stage: bench $name"
-    timeout "${T_BENCH:-${stage##*:}}" $PY scripts/gpu_ssd.py "$name" "$RES/$name.json" 2>&1 | tail -40
+    timeout "${stage##*:}" $PY scripts/gpu_ssd.py "$name" "$RES/$name.json" 2>&1 | tail -40
     echo "rc=${PIPESTATUS[0]}"
   done
   echo "=== table"
   $PY scripts/gpu_ssd.py table "$RES"
+  date -u
 } 2>&1 | tee "$LOG"
 tar czf "$OUT/gpu_ssd.tgz" -C "$RES" .

@@ -48,7 +48,7 @@ def _oracle(inputs, gy, gs):
 
 
 # (b, l, h, p, g, n, chunk, with_D, with_init): l = 1; chunk < 16 (run as 16); several chunks with a partial
-# last one; two tiles per chunk (chunk 128 > BLOCK_Q = 64); groups g > 1 and g = h; 16 heads per group (the
+# last one; two and four tiles per chunk (chunk 128, 256 > BLOCK_Q = 64); groups g > 1 and g = h; 16 heads per group (the
 # backward programs split a group's heads in two, dB/dC summed across programs); odd p and n (masked tiles)
 CASES = [
     (1, 1, 1, 1, 1, 1, 64, False, True),  # with no initial state, l = 1 has dA = 0 exactly
@@ -58,6 +58,7 @@ CASES = [
     (2, 45, 6, 5, 3, 6, 32, True, False),
     (1, 40, 16, 2, 1, 3, 16, True, True),
     (1, 19, 3, 17, 3, 2, 16, False, False),
+    (1, 300, 2, 3, 1, 4, 256, True, True),  # four tiles per chunk: ten tile pairs in the dcb kernel
 ]
 
 
@@ -80,6 +81,29 @@ def test_triton_float32_matches_naive_forward_and_all_gradients(case):
     assert set(grads) == set(g_ref)
     for name in g_ref:
         assert grads[name].dtype == torch.float32, name
+        assert rel_err(grads[name], g_ref[name]) < 2e-5, name
+
+
+@pytest.mark.parametrize("variant", ["v1", "v2"])
+def test_triton_backward_variants_with_split_heads(variant, monkeypatch):
+    """Both backward versions (v1 is the fallback, here with the PyTorch closing sums), with a group's heads split
+    over programs (partial dCB / dB / dC sums across programs), dC split by state columns, two tiles per chunk."""
+    from wonderful_matrices.ops.ssd import triton as kernels
+
+    monkeypatch.setattr(kernels, "BACKWARD", variant)
+    monkeypatch.setattr(kernels, "FUSED_REDUCE", variant == "v2")  # the PyTorch closing sums run with v1
+    monkeypatch.setattr(kernels, "DCB_HEADS_PER_PROGRAM", 2)  # 3 dcb splits, 2 dc2 / db2 splits
+    monkeypatch.setattr(kernels, "BC_HEADS_PER_PROGRAM", 3)
+    monkeypatch.setattr(kernels, "MAX_HEADS_PER_PROGRAM", 2)
+    monkeypatch.setattr(kernels, "DC2_COLUMNS", 16)  # n = 40: three column blocks, the last one partial
+    ref = make_inputs(1, 90, 6, 3, 1, 40, True, True)
+    gy = torch.randn(1, 90, 6, 3, dtype=torch.float64)
+    gs = torch.randn(1, 6, 3, 40, dtype=torch.float64)
+    y_ref, s_ref, g_ref = _oracle(ref, gy, gs)
+    y, s, grads = _run({k: v.float() for k, v in ref.items()}, 128, gy, gs)
+    assert rel_err(y, y_ref) < 1e-5 and rel_err(s, s_ref) < 1e-5
+    assert set(grads) == set(g_ref)
+    for name in g_ref:
         assert rel_err(grads[name], g_ref[name]) < 2e-5, name
 
 

@@ -18,13 +18,18 @@ Backward, with ``dS_c`` the gradient of the state entering chunk ``c`` (``dS_chu
 1. ``chunk_state`` again: ``G_c = Σ_i exp(cum_i)·dy_i ⊗ C_i``;
 2. ``state_pass_bwd``: ``dS_c = G_c + exp(cum_last_c)·dS_{c+1}`` in reverse, giving ``d initial_state = dS_0``
    and ``<S_{c+1}, dS_{c+1}>`` (the gradient of ``cum_last``);
-3. ``dx_db``: ``dx_j = dt_j·[Σ_{i>=j} CB_ij·exp(cum_i − cum_j)·dy_i + exp(cum_last − cum_j)·dS_{c+1}·B_j] + D·dy_j``
-   and ``dB_j = dt_j·Σ_{i>=j} (dy_i·x_j)·exp(cum_i − cum_j)·C_i + exp(cum_last − cum_j)·dt_j·x_j·dS_{c+1}``
-   (summed over the heads of a group: each program loops over a few heads);
-4. ``dc``: ``dC_i = Σ_{j<=i} (dy_i·x_j)·exp(cum_i − cum_j)·dt_j·B_j + exp(cum_i)·dy_i·S_c``;
+3. ``dx2`` (per tile, chunk and head): ``dx_j = dt_j·[Σ_{i>=j} CB_ij·exp(cum_i − cum_j)·dy_i
+   + exp(cum_last − cum_j)·dS_{c+1}·B_j] + D·dy_j``;
+4. ``dcb`` (per causal tile pair, chunk and split of a group's heads): ``W_ij = (dy_i·x_j)·exp(cum_i − cum_j)``,
+   ``dCB_ij = Σ_heads W_ij·dt_j`` (the gradient of ``C_i·B_j``), and per head the row / column sums of ``CB∘W``;
+   ``dc2`` and ``db2`` (per tile, chunk and head split): ``dC_i = Σ_{j<=i} dCB_ij·B_j + Σ_heads exp(cum_i)·dy_i·S_c``,
+   ``dB_j = Σ_{i>=j} dCB_ij·C_i + Σ_heads exp(cum_last − cum_j)·dt_j·x_j·dS_{c+1}``.
+   (``BACKWARD = "v1"`` runs the first version instead: ``dx_db`` and ``dc``, which redo the (Q × Q) products per
+   head; docs/kernels_ssd.md has the work counts and compile reports of both.)
 5. a few batched PyTorch ops on (b, h, l)-sized tensors: the gradient of ``cum`` is
-   ``dy_k·(y_k − D·x_k) − dt_k·(x_k·dxpre_k) + [k last]·<S_{c+1}, dS_{c+1}>``, where the first term is
-   accumulated by ``dc`` and ``x_k·dxpre_k`` (the direct part of ``ddt``) by ``dx_db``; a reverse running sum
+   ``dy_k·(y_k − D·x_k) − dt_k·(x_k·dxpre_k) + [k last]·<S_{c+1}, dS_{c+1}>``, where the first term comes from
+   ``dc2`` and the row sums of ``dcb`` and ``x_k·dxpre_k`` (the direct part of ``ddt``) from ``dx2`` and the column
+   sums of ``dcb`` (v1: ``dc`` and ``dx_db``); a reverse running sum
    inside each chunk turns it into the gradient of ``a``, hence ``ddt += A·da`` and ``dA = Σ dt·da``.
 
 Matrix products take operands in the input dtype (bf16 / fp16; float32 inputs use exact float32 products, not
@@ -36,7 +41,6 @@ length changes only the order of float operations, not the function.
 """
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -49,13 +53,29 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 CONFIG = {
     "cumsum": (4, 1),
     "cb": (4, 2),
-    "chunk_state": (4, 2),
+    "chunk_state": (8, 2),
     "state_pass": (4, 1),
     "output": (4, 2),
     "state_pass_bwd": (4, 1),
     "dx_db": (8, 2),
     "dc": (8, 2),
+    "dx2": (8, 2),
+    "dcb": (8, 2),
+    "dc2": (8, 2),
+    "db2": (8, 2),
+    "dcum": (4, 1),
 }
+# backward kernels: "v2" (dx / dcb / dc2 / db2, the default) or "v1" (dx_db / dc, the first version);
+# the environment variable WM_SSD_TRITON_BWD overrides it (read at import)
+BACKWARD = os.environ.get("WM_SSD_TRITON_BWD", "v2")
+DCB_HEADS_PER_PROGRAM = 16  # heads a dcb program sums over (partial dCB per head split, summed by dc2 / db2)
+BC_HEADS_PER_PROGRAM = 8  # heads a dc2 / db2 program sums over (partial dC / dB per head split, summed in PyTorch)
+# products with a float32 operand that keep ~16 bits of it for half inputs (``_mm_f32b``): the forward chunk
+# states and dx2's B·dS (both feed the gradient of A through sums that cancel). Also possible: "chunk_state_bwd",
+# "dc" (not needed: docs/kernels_ssd.md has the errors measured without each). v1's dx_db / dc always split.
+SPLIT_SITES = ("chunk_state", "dx")
+FUSED_REDUCE = True  # the closing sums of the backward in one Triton kernel (False: batched PyTorch ops)
+DC2_COLUMNS = 64  # state columns per dc2 program (a 64 × 128 float32 state tile spills registers at 8 warps)
 BLOCK_Q = 64  # rows of a chunk per tile (at most the chunk)
 MAX_HEADS_PER_PROGRAM = 8  # heads a backward program loops over (their dB/dC sum in registers)
 STATE_BLOCK = 1024  # state elements per program of the sequential passes
@@ -193,13 +213,17 @@ def _state_pass_kernel(st_ptr, cum_ptr, init_ptr, H, NC, PN, Q: tl.constexpr, BL
         s = tl.load(init_ptr + pid_bh * PN + offs, mask=m, other=0.0).to(tl.float32)
     else:
         s = tl.zeros((BLOCK,), dtype=tl.float32)
+    base = st_ptr + (bi * (NC + 1) * H + hi) * PN + offs
+    HPN = pid_bh * 0 + H * PN  # the stride of a chunk, in 64 bits (pid_bh is int64; H or PN may be a constant 1)
+    u = tl.load(base, mask=m, other=0.0)
     for c in range(NC):
-        ptr = st_ptr + ((bi * (NC + 1) + c) * H + hi) * PN + offs
-        u = tl.load(ptr, mask=m, other=0.0)
-        tl.store(ptr, s, mask=m)
+        # the next chunk's U is loaded before this chunk's store: two loads in flight, not a load-store chain
+        u_next = tl.load(base + (c + 1) * HPN, mask=m & (c + 1 < NC), other=0.0)
+        tl.store(base + c * HPN, s, mask=m)
         decay = tl.exp(tl.load(cum_ptr + (pid_bh * NC + c) * Q + Q - 1))
         s = decay * s + u
-    tl.store(st_ptr + ((bi * (NC + 1) + NC) * H + hi) * PN + offs, s, mask=m)
+        u = u_next
+    tl.store(base + NC * HPN, s, mask=m)
 
 
 @triton.jit
@@ -208,9 +232,10 @@ def _output_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, cb_ptr, st_ptr, D_ptr, y_ptr, 
                    s_y_b, s_y_l, s_y_h, s_y_p,
                    Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
                    DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_D: tl.constexpr):
-    pid_i = tl.program_id(0)
+    NB: tl.constexpr = Q // BQ
+    hi = tl.program_id(0) // NB  # heads and tiles of one chunk are neighbours: its CB stays in L2
+    pid_i = tl.program_id(0) % NB
     pid_bc = tl.program_id(1)
-    hi = tl.program_id(2)
     bi = (pid_bc // NC).to(tl.int64)
     ci = pid_bc % NC
     gi = hi // (H // G)
@@ -266,15 +291,21 @@ def _state_pass_bwd_kernel(dst_ptr, st_ptr, cum_ptr, dfinal_ptr, sdot_ptr, H, NC
         run = tl.load(dfinal_ptr + pid_bh * PN + offs, mask=m, other=0.0).to(tl.float32)
     else:
         run = tl.zeros((BLOCK,), dtype=tl.float32)
+    base = (bi * (NC + 1) * H + hi) * PN + offs
+    HPN = pid_bh * 0 + H * PN  # the stride of a chunk, in 64 bits (pid_bh is int64; H or PN may be a constant 1)
+    g = tl.load(dst_ptr + base + NC * HPN, mask=m, other=0.0)
+    s_next = tl.load(st_ptr + base + NC * HPN, mask=m, other=0.0)
     for k in range(NC):
         c = NC - 1 - k
-        slot = ((bi * (NC + 1) + c + 1) * H + hi) * PN + offs
-        g = tl.load(dst_ptr + slot, mask=m, other=0.0)
-        tl.store(dst_ptr + slot, run, mask=m)
-        s_next = tl.load(st_ptr + slot, mask=m, other=0.0)
+        # slot c + 1 holds G_c and S_{c+1}; the loads of slot c are issued before the store to slot c + 1
+        g_prev = tl.load(dst_ptr + base + c * HPN, mask=m & (c > 0), other=0.0)
+        s_prev = tl.load(st_ptr + base + c * HPN, mask=m & (c > 0), other=0.0)
+        tl.store(dst_ptr + base + (c + 1) * HPN, run, mask=m)
         tl.store(sdot_ptr + (pid_bh * NC + c) * nprog + pid, tl.sum(s_next * run, axis=0))
         run = g + tl.exp(tl.load(cum_ptr + (pid_bh * NC + c) * Q + Q - 1)) * run
-    tl.store(dst_ptr + ((bi * (NC + 1)) * H + hi) * PN + offs, run, mask=m)
+        g = g_prev
+        s_next = s_prev
+    tl.store(dst_ptr + base, run, mask=m)
 
 
 @triton.jit
@@ -408,6 +439,255 @@ def _dc_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, cb_ptr, st_ptr, dy_ptr, dC_
              mask=im[:, None] & nm[None, :])
 
 
+# ---- backward v2: dx per head, dCB per group (summed over heads once), dC and dB per group ----------------------
+
+@triton.jit
+def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, dx_ptr, ddt_ptr, dyx_ptr,
+                L, H, G, NC, P, N,
+                s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_b_b, s_b_l, s_b_g, s_b_n,
+                s_dy_b, s_dy_l, s_dy_h, s_dy_p, s_dx_b, s_dx_l, s_dx_h, s_dx_p,
+                Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BNK: tl.constexpr,
+                DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr, HAS_D: tl.constexpr):
+    """One (j-tile, batch·chunk, head): dx_j = dt_j·[exp(cum_last − cum_j)·B_j·dS_{c+1}ᵀ + Σ_{i>=j} (CB∘decay)ᵀ_ji dy_i]
+    + D·dy_j, and the inter-chunk part of x_j·dxpre_j (the intra-chunk part comes from the dcb kernel)."""
+    NB: tl.constexpr = Q // BQ
+    pid_hj = tl.program_id(0)  # heads and tiles of one chunk are neighbours: its CB tile stays in L2
+    pid_bc = tl.program_id(1)
+    hi = pid_hj // NB
+    pid_j = pid_hj % NB
+    bi = (pid_bc // NC).to(tl.int64)
+    ci = pid_bc % NC
+    gi = hi // (H // G)
+    ps = tl.arange(0, BP)
+    pm = ps < P
+    cols = pid_j * BQ + tl.arange(0, BQ)
+    tj = ci * Q + cols
+    jm = tj < L
+    cum_base = cum_ptr + ((bi * H + hi) * NC + ci) * Q
+    cum_j = tl.load(cum_base + cols)
+    cum_last = tl.load(cum_base + Q - 1)
+    dt_j = tl.load(dt_ptr + bi * s_dt_b + tj * s_dt_l + hi * s_dt_h, mask=jm, other=0.0).to(tl.float32)
+    acc = tl.zeros((BQ, BP), dtype=tl.float32)
+    dst_base = dst_ptr + (((bi * (NC + 1) + ci + 1) * H + hi) * P) * N
+    for n0 in range(0, BN, BNK):
+        ns = n0 + tl.arange(0, BNK)
+        nm = ns < N
+        b_j = tl.load(B_ptr + bi * s_b_b + tj[:, None] * s_b_l + gi * s_b_g + ns[None, :] * s_b_n,
+                      mask=jm[:, None] & nm[None, :], other=0.0).to(DT)
+        dsn_t = tl.load(dst_base + ps[None, :] * N + ns[:, None], mask=pm[None, :] & nm[:, None], other=0.0)
+        acc += _mm_f32b(b_j, dsn_t, DT, PREC, UPCAST, SPLIT)  # (BQ, BP): B_j·dS_{c+1}ᵀ
+    acc = acc * tl.exp(cum_last - cum_j)[:, None]
+    x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
+                  mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
+    row_base = ((bi * H + hi) * NC + ci) * Q + cols
+    tl.store(ddt_ptr + row_base, tl.sum(acc * x_j, axis=1))
+    dy_ptrs = dy_ptr + bi * s_dy_b + tj[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p
+    if HAS_D:  # here, so that x_j is not live across the loop
+        tl.store(dyx_ptr + row_base, tl.sum(tl.load(dy_ptrs, mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
+                                            * x_j, axis=1))
+    cb_base = cb_ptr + ((bi * NC + ci) * G + gi) * Q * Q
+    for ib in range(pid_j, NB):
+        rows = ib * BQ + tl.arange(0, BQ)
+        ti = ci * Q + rows
+        im = ti < L
+        cum_i = tl.load(cum_base + rows)
+        dy_i = tl.load(dy_ptr + bi * s_dy_b + ti[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p,
+                       mask=im[:, None] & pm[None, :], other=0.0).to(DT)
+        cb_t = tl.load(cb_base + rows[None, :] * Q + cols[:, None])  # (j, i) = CB[i, j]
+        decay = tl.exp(tl.where(rows[None, :] >= cols[:, None], cum_i[None, :] - cum_j[:, None], float("-inf")))
+        acc += _mm((cb_t * decay).to(DT), dy_i, PREC, UPCAST)
+    dx = acc * dt_j[:, None]
+    if HAS_D:
+        dx += tl.load(D_ptr + hi).to(tl.float32) * tl.load(dy_ptrs, mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
+    tl.store(dx_ptr + bi * s_dx_b + tj[:, None] * s_dx_l + hi * s_dx_h + ps[None, :] * s_dx_p,
+             dx.to(dx_ptr.dtype.element_ty), mask=jm[:, None] & pm[None, :])
+
+
+@triton.jit
+def _dcb_kernel(x_ptr, dt_ptr, cum_ptr, cb_ptr, dy_ptr, dcb_ptr, rowpart_ptr, colpart_ptr,
+                L, H, G, NC, P, NSPLIT,
+                s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_dy_b, s_dy_l, s_dy_h, s_dy_p,
+                Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, HPP: tl.constexpr,
+                DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """One tile pair (i >= j) of one chunk, for HPP heads of a group. Per head, W_ij = (dy_i·x_j)·exp(cum_i − cum_j)
+    (j <= i) and Z = CB∘W (float32); stores the row sums Σ_j Z_ij·dt_j (the intra part of dy_i·(y_i − D·x_i)) and
+    the column sums Σ_i Z_ij (the intra part of x_j·dxpre_j) by tile, and dCB = Σ_heads W·dt_j (the gradient of
+    C_i·B_j) for this head split."""
+    NB: tl.constexpr = Q // BQ
+    pid_pair = tl.program_id(0)
+    pid_bc = tl.program_id(1)
+    pid_gs = tl.program_id(2)
+    it = 0  # pair k = it·(it+1)/2 + jt with jt <= it
+    for k in tl.static_range(1, NB):
+        it += (pid_pair >= k * (k + 1) // 2).to(tl.int32)
+    jt = pid_pair - it * (it + 1) // 2
+    bi = (pid_bc // NC).to(tl.int64)
+    ci = pid_bc % NC
+    gi = pid_gs // NSPLIT
+    h0 = gi * (H // G) + (pid_gs % NSPLIT) * HPP
+    ps = tl.arange(0, BP)
+    pm = ps < P
+    rows = it * BQ + tl.arange(0, BQ)
+    cols = jt * BQ + tl.arange(0, BQ)
+    ti = ci * Q + rows
+    tj = ci * Q + cols
+    im = ti < L
+    jm = tj < L
+    causal = rows[:, None] >= cols[None, :]
+    cb = tl.load(cb_ptr + ((bi * NC + ci) * G + gi) * Q * Q + rows[:, None] * Q + cols[None, :])
+    acc = tl.zeros((BQ, BQ), dtype=tl.float32)
+    for r in range(HPP):
+        hi = h0 + r
+        cum_base = cum_ptr + ((bi * H + hi) * NC + ci) * Q
+        cum_i = tl.load(cum_base + rows)
+        cum_j = tl.load(cum_base + cols)
+        dt_j = tl.load(dt_ptr + bi * s_dt_b + tj * s_dt_l + hi * s_dt_h, mask=jm, other=0.0).to(tl.float32)
+        dy_i = tl.load(dy_ptr + bi * s_dy_b + ti[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p,
+                       mask=im[:, None] & pm[None, :], other=0.0).to(DT)
+        x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
+                      mask=jm[:, None] & pm[None, :], other=0.0).to(DT)
+        w = _mm(dy_i, tl.trans(x_j), PREC, UPCAST) * tl.exp(tl.where(causal, cum_i[:, None] - cum_j[None, :],
+                                                                      float("-inf")))
+        z = cb * w
+        part = (bi * H + hi) * NC + ci
+        tl.store(rowpart_ptr + (part * NB + jt) * Q + rows, tl.sum(z * dt_j[None, :], axis=1))
+        tl.store(colpart_ptr + (part * NB + it) * Q + cols, tl.sum(z, axis=0))
+        acc += w * dt_j[None, :]
+    tl.store(dcb_ptr + ((bi * NC + ci) * (G * NSPLIT) + pid_gs) * Q * Q + rows[:, None] * Q + cols[None, :], acc)
+
+
+@triton.jit
+def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, dC_ptr, rowinter_ptr, L, H, G, NC, P, N, NSPLIT,
+                HSPLIT, NBN,
+                s_b_b, s_b_l, s_b_g, s_b_n, s_c_b, s_c_l, s_c_g, s_c_n, s_dy_b, s_dy_l, s_dy_h, s_dy_p,
+                Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HPP: tl.constexpr,
+                DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr):
+    """One (i-tile × block of BN columns, batch·chunk, group, head split): the split's part of dC_i, Σ_{its heads} exp(cum_i)·dy_i·S_c,
+    plus (split 0 only) Σ_{j<=i} dCB_ij·B_j; and per head the inter-chunk part of dy_i·(y_i − D·x_i),
+    Σ_n (exp(cum_i)·dy_i·S_c)_n·C_in over the block's columns (partial sums by block)."""
+    pid_i = tl.program_id(0) // NBN
+    pid_n = tl.program_id(0) % NBN
+    pid_bc = tl.program_id(1)
+    pid_gs = tl.program_id(2)
+    bi = (pid_bc // NC).to(tl.int64)
+    ci = pid_bc % NC
+    gi = pid_gs // HSPLIT
+    h0 = gi * (H // G) + (pid_gs % HSPLIT) * HPP
+    ps = tl.arange(0, BP)
+    ns = pid_n * BN + tl.arange(0, BN)
+    pm = ps < P
+    nm = ns < N
+    rows = pid_i * BQ + tl.arange(0, BQ)
+    ti = ci * Q + rows
+    im = ti < L
+    c_i = tl.load(C_ptr + bi * s_c_b + ti[:, None] * s_c_l + gi * s_c_g + ns[None, :] * s_c_n,
+                  mask=im[:, None] & nm[None, :], other=0.0)  # kept in its own dtype (fewer registers)
+    acc = tl.zeros((BQ, BN), dtype=tl.float32)
+    for r in range(HPP):
+        hi = h0 + r
+        cum_i = tl.load(cum_ptr + ((bi * H + hi) * NC + ci) * Q + rows)
+        dy_i = tl.load(dy_ptr + bi * s_dy_b + ti[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p,
+                       mask=im[:, None] & pm[None, :], other=0.0).to(DT)
+        s = tl.load(st_ptr + (((bi * (NC + 1) + ci) * H + hi) * P + ps[:, None]) * N + ns[None, :],
+                    mask=pm[:, None] & nm[None, :], other=0.0)  # S_c (BP, BN) float32
+        off = _mm_f32b(dy_i, s, DT, PREC, UPCAST, SPLIT) * tl.exp(cum_i)[:, None]
+        acc += off
+        tl.store(rowinter_ptr + (((bi * H + hi) * NC + ci) * NBN + pid_n) * Q + rows,
+                 tl.sum(off * c_i.to(tl.float32), axis=1))
+    dcb_base = dcb_ptr + (bi * NC + ci) * (G * NSPLIT) * Q * Q
+    for jb in range(0, tl.where(pid_gs % HSPLIT == 0, pid_i + 1, 0)):
+        cols = jb * BQ + tl.arange(0, BQ)
+        tj = ci * Q + cols
+        dcb = tl.zeros((BQ, BQ), dtype=tl.float32)
+        for sp in range(NSPLIT):
+            dcb += tl.load(dcb_base + (gi * NSPLIT + sp) * Q * Q + rows[:, None] * Q + cols[None, :])
+        b_j = tl.load(B_ptr + bi * s_b_b + tj[:, None] * s_b_l + gi * s_b_g + ns[None, :] * s_b_n,
+                      mask=(tj < L)[:, None] & nm[None, :], other=0.0).to(DT)
+        acc += _mm(dcb.to(DT), b_j, PREC, UPCAST)
+    tl.store(dC_ptr + ((bi * L + ti[:, None]) * (G * HSPLIT) + pid_gs) * N + ns[None, :], acc,
+             mask=im[:, None] & nm[None, :])
+
+
+@triton.jit
+def _db2_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, dst_ptr, dcb_ptr, dB_ptr, L, H, G, NC, P, N, NSPLIT, HSPLIT,
+                s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_c_b, s_c_l, s_c_g, s_c_n,
+                Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HPP: tl.constexpr,
+                DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """One (j-tile, batch·chunk, group, head split): the split's part of dB_j,
+    Σ_{its heads} exp(cum_last − cum_j)·dt_j·x_j·dS_{c+1}, plus (split 0 only) Σ_{i>=j} dCB_ijᵀ·C_i."""
+    NB: tl.constexpr = Q // BQ
+    pid_j = tl.program_id(0)
+    pid_bc = tl.program_id(1)
+    pid_gs = tl.program_id(2)
+    bi = (pid_bc // NC).to(tl.int64)
+    ci = pid_bc % NC
+    gi = pid_gs // HSPLIT
+    h0 = gi * (H // G) + (pid_gs % HSPLIT) * HPP
+    ps = tl.arange(0, BP)
+    ns = tl.arange(0, BN)
+    pm = ps < P
+    nm = ns < N
+    cols = pid_j * BQ + tl.arange(0, BQ)
+    tj = ci * Q + cols
+    jm = tj < L
+    acc = tl.zeros((BQ, BN), dtype=tl.float32)
+    for r in range(HPP):
+        hi = h0 + r
+        cum_base = cum_ptr + ((bi * H + hi) * NC + ci) * Q
+        scale = tl.exp(tl.load(cum_base + Q - 1) - tl.load(cum_base + cols))
+        scale *= tl.load(dt_ptr + bi * s_dt_b + tj * s_dt_l + hi * s_dt_h, mask=jm, other=0.0).to(tl.float32)
+        x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
+                      mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
+        dsn = tl.load(dst_ptr + (((bi * (NC + 1) + ci + 1) * H + hi) * P + ps[:, None]) * N + ns[None, :],
+                      mask=pm[:, None] & nm[None, :], other=0.0)  # dS_{c+1} (BP, BN) float32
+        acc += _mm((x_j * scale[:, None]).to(DT), dsn.to(DT), PREC, UPCAST)
+    dcb_base = dcb_ptr + (bi * NC + ci) * (G * NSPLIT) * Q * Q
+    for ib in range(pid_j, tl.where(pid_gs % HSPLIT == 0, NB, 0)):
+        rows = ib * BQ + tl.arange(0, BQ)
+        ti = ci * Q + rows
+        dcb_t = tl.zeros((BQ, BQ), dtype=tl.float32)
+        for sp in range(NSPLIT):
+            dcb_t += tl.load(dcb_base + (gi * NSPLIT + sp) * Q * Q + rows[None, :] * Q + cols[:, None])  # (j, i)
+        c_i = tl.load(C_ptr + bi * s_c_b + ti[:, None] * s_c_l + gi * s_c_g + ns[None, :] * s_c_n,
+                      mask=(ti < L)[:, None] & nm[None, :], other=0.0).to(DT)
+        acc += _mm(dcb_t.to(DT), c_i, PREC, UPCAST)
+    tl.store(dB_ptr + ((bi * L + tj[:, None]) * (G * HSPLIT) + pid_gs) * N + ns[None, :], acc,
+             mask=jm[:, None] & nm[None, :])
+
+
+@triton.jit
+def _dcum_kernel(row1_ptr, R1, row2_ptr, R2, col1_ptr, C1, col2_ptr, C2, sdot_ptr, NPROG, dt_ptr, A_ptr, ddt_ptr,
+                 dA_ptr, L, H, NC, s_dt_b, s_dt_l, s_dt_h, Q: tl.constexpr):
+    """One (batch, head, chunk): row = Σ of the row-sum parts (the terms dy·(y − D·x)), col = Σ of the column-sum
+    parts (x·dxpre), dcum = row − dt·col (+ <S_{c+1}, dS_{c+1}> at the last step), da = its reverse running sum;
+    writes ddt = col + A·da (b, l, h) float32 and this chunk's Σ dt·da (its part of dA)."""
+    pid = tl.program_id(0).to(tl.int64)  # (b·H + h)·NC + c
+    ci = pid % NC
+    hi = (pid // NC) % H
+    bi = pid // (NC * H)
+    qs = tl.arange(0, Q)
+    t = ci * Q + qs
+    tm = t < L
+    row = tl.zeros((Q,), dtype=tl.float32)
+    for r in range(R1):
+        row += tl.load(row1_ptr + (pid * R1 + r) * Q + qs)
+    for r in range(R2):
+        row += tl.load(row2_ptr + (pid * R2 + r) * Q + qs)
+    col = tl.zeros((Q,), dtype=tl.float32)
+    for r in range(C1):
+        col += tl.load(col1_ptr + (pid * C1 + r) * Q + qs)
+    for r in range(C2):
+        col += tl.load(col2_ptr + (pid * C2 + r) * Q + qs)
+    sdot = 0.0
+    for k in range(NPROG):
+        sdot += tl.load(sdot_ptr + pid * NPROG + k)
+    dt = tl.load(dt_ptr + bi * s_dt_b + t * s_dt_l + hi * s_dt_h, mask=tm, other=0.0).to(tl.float32)
+    dcum = row - dt * col + tl.where(qs == Q - 1, sdot, 0.0)
+    da = tl.cumsum(dcum, axis=0, reverse=True)  # gradient of a_t = dt_t·A: Σ dcum over k >= t
+    tl.store(ddt_ptr + (bi * L + t) * H + hi, col + tl.load(A_ptr + hi).to(tl.float32) * da, mask=tm)
+    tl.store(dA_ptr + pid, tl.sum(dt * da, axis=0))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # host side
 # ----------------------------------------------------------------------------------------------------------------
@@ -426,14 +706,22 @@ class _Plan:
         self.dt_dot = _TL_DTYPE[x.dtype]
         self.prec = "ieee" if x.dtype == torch.float32 else "tf32"
         self.upcast = _INTERPRET and x.dtype == torch.bfloat16
-        # half inputs: products with a float32 operand (states, decay-scaled inputs) keep about 16 bits of it
-        # (see _mm_f32b); with 8 bits the gradient of A loses its accuracy (it sums terms that cancel)
+        # half inputs: some products with a float32 operand (states, decay-scaled inputs) keep about 16 bits of
+        # it (see _mm_f32b and SPLIT_SITES); with 8 bits the gradient of A loses its accuracy (it sums terms that
+        # cancel)
         self.split = x.dtype != torch.float32
         r = self.h // self.g
         self.hpp = max(d for d in range(1, min(r, MAX_HEADS_PER_PROGRAM) + 1) if r % d == 0)
         self.nsplit = r // self.hpp
         self.state_block = min(STATE_BLOCK, _pow2(self.p * self.n))
+        self.dcb_hpp = max(d for d in range(1, min(r, DCB_HEADS_PER_PROGRAM) + 1) if r % d == 0)
+        self.dcb_nsplit = r // self.dcb_hpp
+        self.bc_hpp = max(d for d in range(1, min(r, BC_HEADS_PER_PROGRAM) + 1) if r % d == 0)
+        self.bc_nsplit = r // self.bc_hpp
 
+    def split_at(self, site: str) -> bool:
+        """Whether the product with a float32 state at ``site`` uses the split-bf16 form (half inputs only)."""
+        return self.split and site in SPLIT_SITES
 
 def _launch(kernel, grid, name, *args, **meta):
     warps, stages = CONFIG[name]
@@ -462,20 +750,20 @@ def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=Non
     run("chunk_state", lambda: _launch(
         _chunk_state_kernel, (b * nc, h), "chunk_state", x, B, dt, cum, states, l, h, g, nc, p, n, 0,
         *x.stride(), *B.stride(), *dt.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast,
-        SPLIT=pl.split, FORWARD=True))
+        SPLIT=pl.split_at("chunk_state"), FORWARD=True))
     init = initial_state.float().contiguous() if initial_state is not None else states
     run("state_pass", lambda: _launch(
         _state_pass_kernel, (triton.cdiv(p * n, pl.state_block), b * h), "state_pass", states, cum, init, h, nc,
         p * n, Q=q, BLOCK=pl.state_block, HAS_INIT=initial_state is not None))
     y = _empty(b, l, h, p, dtype=x.dtype, device=dev)
     run("output", lambda: _launch(
-        _output_kernel, (nb, b * nc, h), "output", x, dt, cum, C, cb, states, D if D is not None else A, y,
+        _output_kernel, (h * nb, b * nc), "output", x, dt, cum, C, cb, states, D if D is not None else A, y,
         l, h, g, nc, p, n, *x.stride(), *dt.stride(), *C.stride(), *y.stride(), Q=q, BQ=pl.bq, BP=pl.bp,
         BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, HAS_D=D is not None))
     return y, cum, cb, states, pl
 
 
-def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, timer=None):
+def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, timer=None, variant=None):
     """Run the backward kernels and the closing PyTorch reductions.
 
     Returns float32 ``(dx in x.dtype, ddt (b,l,h), dA (h,), dB (b,l,g,n), dC (b,l,g,n), dD (h,) or None,
@@ -484,14 +772,13 @@ def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, 
     run = timer or (lambda name, fn: fn())
     b, l, h, p, g, n, q, nc = pl.b, pl.l, pl.h, pl.p, pl.g, pl.n, pl.q, pl.nc
     dev = x.device
-    nb = q // pl.bq
     if dy is None:
         dy = torch.zeros_like(x)
     dst = _empty(b, nc + 1, h, p, n, device=dev)
     run("chunk_state_bwd", lambda: _launch(
         _chunk_state_kernel, (b * nc, h), "chunk_state", dy, C, dt, cum, dst, l, h, g, nc, p, n, 1,
         *dy.stride(), *C.stride(), *dt.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast,
-        SPLIT=pl.split, FORWARD=False))
+        SPLIT=pl.split_at("chunk_state_bwd"), FORWARD=False))
     nprog = triton.cdiv(p * n, pl.state_block)
     sdot = _empty(b, h, nc, nprog, device=dev)
     dfin = dfinal.float().contiguous() if dfinal is not None else dst
@@ -499,6 +786,44 @@ def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, 
         _state_pass_bwd_kernel, (nprog, b * h), "state_pass_bwd", dst, states, cum, dfin, sdot, h, nc, p * n,
         Q=q, BLOCK=pl.state_block, HAS_DFINAL=dfinal is not None))
     dx = _empty(b, l, h, p, dtype=x.dtype, device=dev)
+    out = {}
+    if (variant or BACKWARD) == "v1":
+        rows, cols, dyx = _backward_v1(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out)
+    else:
+        rows, cols, dyx = _backward_v2(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out)
+
+    def reduce():
+        if FUSED_REDUCE:
+            ddt = _empty(b, l, h, device=dev)
+            da_part = _empty(b, h, nc, device=dev)
+            (r1, n1), (r2, n2) = (rows + [(rows[0][0], 0)])[:2]
+            (c1, m1), (c2, m2) = (cols + [(cols[0][0], 0)])[:2]
+            _launch(_dcum_kernel, (b * h * nc,), "dcum", r1, n1, r2, n2, c1, m1, c2, m2, sdot, nprog, dt, A, ddt,
+                    da_part, l, h, nc, *dt.stride(), Q=q)
+            out["ddt"] = ddt
+            out["dA"] = da_part.sum((0, 2))
+        else:
+            dt_pad = torch.zeros(b, h, nc * q, dtype=torch.float32, device=dev)
+            dt_pad[:, :, :l] = dt.permute(0, 2, 1)
+            dt_pad = dt_pad.view(b, h, nc, q)
+            ddt_d = sum(t.view(b, h, nc, -1, q).sum(3) for t, _ in cols)
+            dcum = sum(t.view(b, h, nc, -1, q).sum(3) for t, _ in rows) - dt_pad * ddt_d
+            dcum[..., -1] += sdot.sum(-1)
+            da = dcum.flip(-1).cumsum(-1).flip(-1)  # gradient of a_t = dt_t·A: sum of dcum over k >= t
+            ddt = ddt_d + A.float()[None, :, None, None] * da
+            out["ddt"] = ddt.view(b, h, nc * q)[:, :, :l].permute(0, 2, 1)
+            out["dA"] = (dt_pad * da).sum((0, 2, 3))
+        out["dD"] = dyx.sum((0, 2, 3)) if D is not None else None
+    run("reduce", reduce)
+    return dx, out["ddt"], out["dA"], out["dB"], out["dC"], out["dD"], dst[:, 0].clone()
+
+
+def _backward_v1(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
+    """dx_db and dc of the first version (kept as the fallback, ``BACKWARD = "v1"``): every program loops over a
+    few heads of a group and redoes the (Q × Q) products per head, dB / dC summed over head splits in PyTorch."""
+    b, l, h, p, g, n, q, nc = pl.b, pl.l, pl.h, pl.p, pl.g, pl.n, pl.q, pl.nc
+    dev = x.device
+    nb = q // pl.bq
     parts = g * pl.nsplit
     dB_part = _empty(b, l, parts, n, device=dev)
     ddt_direct = _empty(b, h, nc, q, device=dev)
@@ -514,23 +839,48 @@ def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, 
         _dc_kernel, (nb, b * nc, parts), "dc", x, dt, cum, B, C, cb, states, dy, dC_part, rowterm,
         l, h, g, nc, p, n, pl.nsplit, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
         Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, HPP=pl.hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split))
-    out = {}
+    run("partials", lambda: out.update(dB=dB_part.view(b, l, g, pl.nsplit, n).sum(3),
+                                       dC=dC_part.view(b, l, g, pl.nsplit, n).sum(3)))
+    return [(rowterm, 1)], [(ddt_direct, 1)], dyx
 
-    def reduce():
-        dt_pad = torch.zeros(b, h, nc * q, dtype=torch.float32, device=dev)
-        dt_pad[:, :, :l] = dt.permute(0, 2, 1)
-        dt_pad = dt_pad.view(b, h, nc, q)
-        dcum = rowterm - dt_pad * ddt_direct
-        dcum[..., -1] += sdot.sum(-1)
-        da = dcum.flip(-1).cumsum(-1).flip(-1)  # gradient of a_t = dt_t·A: sum of dcum over k >= t
-        ddt = ddt_direct + A.float()[None, :, None, None] * da
-        out["ddt"] = ddt.view(b, h, nc * q)[:, :, :l].permute(0, 2, 1)
-        out["dA"] = (dt_pad * da).sum((0, 2, 3))
-        out["dB"] = dB_part.view(b, l, g, pl.nsplit, n).sum(3)
-        out["dC"] = dC_part.view(b, l, g, pl.nsplit, n).sum(3)
-        out["dD"] = dyx.sum((0, 2, 3)) if D is not None else None
-    run("reduce", reduce)
-    return dx, out["ddt"], out["dA"], out["dB"], out["dC"], out["dD"], dst[:, 0].clone()
+
+def _backward_v2(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
+    """dx per (tile, chunk, head); the (Q × Q) gradient of C·B summed over a group's heads once (dcb), then dC
+    and dB per group from it and from the states. See the notes at the top of the module."""
+    b, l, h, p, g, n, q, nc = pl.b, pl.l, pl.h, pl.p, pl.g, pl.n, pl.q, pl.nc
+    dev = x.device
+    nb = q // pl.bq
+    ddt_inter = _empty(b, h, nc, q, device=dev)
+    dyx = _empty(b, h, nc, q, device=dev) if D is not None else ddt_inter
+    run("dx2", lambda: _launch(
+        _dx2_kernel, (h * nb, b * nc), "dx2", x, dt, cum, B, cb, dst, dy, D if D is not None else A, dx,
+        ddt_inter, dyx, l, h, g, nc, p, n, *x.stride(), *dt.stride(), *B.stride(), *dy.stride(), *dx.stride(),
+        Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, BNK=min(pl.bn, 64), DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast,
+        SPLIT=pl.split_at("dx"), HAS_D=D is not None))
+    # partial sums by tile: entries of tiles above the diagonal stay zero
+    rowpart = torch.zeros(b, h, nc, nb, q, dtype=torch.float32, device=dev)
+    colpart = torch.zeros(b, h, nc, nb, q, dtype=torch.float32, device=dev)
+    dcb = _empty(b, nc, g * pl.dcb_nsplit, q, q, device=dev)
+    run("dcb", lambda: _launch(
+        _dcb_kernel, (nb * (nb + 1) // 2, b * nc, g * pl.dcb_nsplit), "dcb", x, dt, cum, cb, dy, dcb, rowpart,
+        colpart, l, h, g, nc, p, pl.dcb_nsplit, *x.stride(), *dt.stride(), *dy.stride(),
+        Q=q, BQ=pl.bq, BP=pl.bp, HPP=pl.dcb_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast))
+    hs = pl.bc_nsplit
+    dC = _empty(b, l, g * hs, n, device=dev)
+    bnc = max(16, min(pl.bn, DC2_COLUMNS))
+    nbn = triton.cdiv(n, bnc)
+    rowinter = _empty(b, h, nc, nbn, q, device=dev)
+    run("dc2", lambda: _launch(
+        _dc2_kernel, (nb * nbn, b * nc, g * hs), "dc2", C, B, cum, states, dy, dcb, dC, rowinter, l, h, g, nc, p,
+        n, pl.dcb_nsplit, hs, nbn, *B.stride(), *C.stride(), *dy.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=bnc,
+        HPP=pl.bc_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split_at("dc")))
+    dB = _empty(b, l, g * hs, n, device=dev)
+    run("db2", lambda: _launch(
+        _db2_kernel, (nb, b * nc, g * hs), "db2", x, dt, cum, C, dst, dcb, dB, l, h, g, nc, p, n, pl.dcb_nsplit,
+        hs, *x.stride(), *dt.stride(), *C.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, HPP=pl.bc_hpp,
+        DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast))
+    run("partials", lambda: out.update(dB=dB.view(b, l, g, hs, n).sum(3), dC=dC.view(b, l, g, hs, n).sum(3)))
+    return [(rowinter, nbn), (rowpart, nb)], [(ddt_inter, 1), (colpart, nb)], dyx
 
 
 class _SSDTriton(torch.autograd.Function):
