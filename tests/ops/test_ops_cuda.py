@@ -23,6 +23,15 @@ def _grads(fn, inputs):
     return out.detach(), [t.grad.detach() for t in inputs]
 
 
+def _grad_close(grad, ref, tol) -> bool:
+    """Relative error below ``tol``; a reference that is exactly zero (e.g. q/k gradients with keep_window=1,
+    where each query attends one key) needs the gradient's RMS below ``tol`` instead."""
+    grad = grad.detach().cpu().double()
+    if ref.norm() == 0:
+        return bool(torch.isfinite(grad).all()) and (grad.norm() / grad.numel() ** 0.5).item() < tol
+    return rel_err(grad, ref) < tol
+
+
 def _on_cpu(result):
     out, grads = result
     return out.cpu(), [g.cpu() for g in grads]
@@ -138,7 +147,7 @@ def test_dma_triton_cuda(dtype, window, lq, lk, block):
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert rel_err(out.cpu(), ref) < TOL[dtype]
     for a, r in zip(out_g, ref_g):
-        assert torch.isfinite(a).all() and rel_err(a.cpu(), r) < TOL[dtype] * 2
+        assert torch.isfinite(a).all() and _grad_close(a, r, TOL[dtype] * 2)
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
