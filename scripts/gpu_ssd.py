@@ -71,12 +71,12 @@ class _KernelTimer:
         return {k: statistics.median(v) for k, v in self.samples.items()}
 
 
-MATMUL_KERNELS = ("cb", "chunk_state", "output", "dx2", "dcb", "dc2", "db2")  # swept with backward v2 only
+MATMUL_KERNELS = ("cb", "chunk_state", "output", "dx2", "dcb", "dc2", "db2")
 SWEEP = [(8, 3), (4, 2), (8, 2), (4, 3)]  # (num_warps, num_stages) tried on every matmul kernel at once
 
 
-def _kernel_times(kernels, variant, reps=10):
-    """Median ms of each kernel launch (forward and backward kernels, backward ``variant``)."""
+def _kernel_times(kernels, reps=10):
+    """Median ms of each kernel launch (forward and backward kernels)."""
     inp = _inputs()
     x, dt, A, B, C, D = (inp[k] for k in ("x", "dt", "A", "B", "C", "D"))
     dy = torch.randn_like(x)
@@ -84,16 +84,15 @@ def _kernel_times(kernels, variant, reps=10):
     timer = _KernelTimer()
     for rep in range(reps + 3):
         y, cum, cb, states, plan = kernels.forward_kernels(x, dt, A, B, C, D, None, CHUNK, timer=timer)
-        kernels.backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, plan, timer=timer, variant=variant)
+        kernels.backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, plan, timer=timer)
         timer.collect()
         if rep < 3:  # warm-up (compilation) samples are dropped
             timer.samples.clear()
     return timer.medians(), plan
 
 
-def _grad_errors(kernels, variants):
-    """Relative error of y and of every gradient, each backward variant against the float32 torch backend on the
-    same (bf16) inputs."""
+def _grad_errors():
+    """Relative error of y and of every gradient against the float32 torch backend on the same (bf16) inputs."""
     inp = _inputs()
     gy = torch.randn_like(inp["x"], dtype=torch.float32)
 
@@ -104,40 +103,34 @@ def _grad_errors(kernels, variants):
         return {"y": y.detach().float(), **{k: v.grad.float() for k, v in leaves.items()}}
 
     ref = grads({k: v.float() for k, v in inp.items()}, "torch")
-    out = {}
-    for variant in variants:
-        kernels.BACKWARD = variant
-        got = grads(inp, "triton")
-        out[variant] = {k: ((got[k] - ref[k]).norm() / ref[k].norm()).item() for k in ref}
+    got = grads(inp, "triton")
+    out = {"triton": {k: ((got[k] - ref[k]).norm() / ref[k].norm()).item() for k in ref}}
     del ref
     torch.cuda.empty_cache()
     return out
 
 
 def stage_triton(save):
-    """fwd / fwd+bwd of the triton backend with each backward variant (v2 first), per-kernel times, accuracy of
+    """fwd / fwd+bwd of the triton backend, per-kernel times, accuracy of
     every gradient against the float32 torch backend, then a sweep of launch configs (progress is printed as it
     goes: a timeout loses only what had not finished)."""
     from wonderful_matrices.ops.ssd import triton as kernels
 
     t0 = time.perf_counter()
-    default_variant = kernels.BACKWARD
     result = {"implementation": "triton", "variants": {}, "config": {k: list(v) for k, v in kernels.CONFIG.items()}}
-    for variant in ("v2", "v1"):
-        kernels.BACKWARD = variant
-        row = _time_op(lambda **kw: ssd(**kw, chunk_size=CHUNK, backend="triton"), f"triton {variant}")
-        row["kernels_ms"], plan = _kernel_times(kernels, variant)
+    for variant in ("triton",):
+        row = _time_op(lambda **kw: ssd(**kw, chunk_size=CHUNK, backend="triton"), variant)
+        row["kernels_ms"], plan = _kernel_times(kernels)
         result["variants"][variant] = row
         save(result)
         print(f"[{time.perf_counter() - t0:5.1f}s] {variant}: fwd {row['fwd_ms']:.3f} fwd+bwd {row['fwd_bwd_ms']:.3f} "
               f"kernels {json.dumps({k: round(v, 3) for k, v in row['kernels_ms'].items()})}", flush=True)
-    result["plan"] = {k: getattr(plan, k) for k in ("q", "nc", "bq", "bp", "bn", "hpp", "nsplit", "state_block",
+    result["plan"] = {k: getattr(plan, k) for k in ("q", "nc", "bq", "bp", "bn", "state_block",
                                                      "dcb_hpp", "dcb_nsplit")}
-    result["rel_err_vs_torch_fp32"] = _grad_errors(kernels, ("v2", "v1"))
+    result["rel_err_vs_torch_fp32"] = _grad_errors()
     save(result)
     print(f"[{time.perf_counter() - t0:5.1f}s] rel err vs torch fp32: {json.dumps(result['rel_err_vs_torch_fp32'])}",
           flush=True)
-    kernels.BACKWARD = default_variant
     saved = dict(kernels.CONFIG)
     sweep = {}
     budget = float(os.environ.get("T_SWEEP", "50"))
@@ -147,7 +140,7 @@ def stage_triton(save):
             break
         for name in MATMUL_KERNELS:
             kernels.CONFIG[name] = cfg
-        times, _ = _kernel_times(kernels, "v2", reps=5)
+        times, _ = _kernel_times(kernels, reps=5)
         for name, ms in times.items():
             if name in MATMUL_KERNELS:
                 sweep.setdefault(name, {})[f"w{cfg[0]}s{cfg[1]}"] = ms
@@ -217,7 +210,7 @@ def _triton_lines(tr: dict) -> list[str]:
     lines.append(f"{'sum all':<18}" + "".join(
         f"{sum(row.get('kernels_ms', {}).values()):>10.3f}" for row in variants.values()))
     for variant, errs in tr.get("rel_err_vs_torch_fp32", {}).items():
-        lines.append(f"rel err vs torch fp32, backward {variant}: " + " ".join(f"{k} {v:.1e}" for k, v in errs.items()))
+        lines.append(f"rel err vs torch fp32, {variant}: " + " ".join(f"{k} {v:.1e}" for k, v in errs.items()))
     sweep = tr.get("sweep_ms", {})
     if sweep:
         cfgs = sorted({c for v in sweep.values() for c in v})
@@ -226,12 +219,7 @@ def _triton_lines(tr: dict) -> list[str]:
             best = min(by_cfg, key=by_cfg.get)
             lines.append(f"{name:<18}" + "".join(f"{by_cfg[c]:>9.3f}" if c in by_cfg else f"{'-':>9}" for c in cfgs)
                          + f"   {best:<6} ({tr['config'].get(name)})")
-    v1, v2 = variants.get("v1", {}).get("fwd_bwd_ms"), variants.get("v2", {}).get("fwd_bwd_ms")
-    if v1 and v2:
-        keep = "v2" if v2 <= v1 else "v1"
-        lines.append(f"VERDICT backward: v2 {v2:.3f} ms vs v1 {v1:.3f} ms fwd+bwd -> keep BACKWARD = \"{keep}\" in "
-                     f"ops/ssd/triton.py" + ("" if keep == "v2" else " (or WM_SSD_TRITON_BWD=v1)"))
-    now = variants.get("v2", {}).get("kernels_ms", {})
+    now = variants.get("triton", {}).get("kernels_ms", {})
     better = {}
     for name, by_cfg in sweep.items():
         best = min(by_cfg, key=by_cfg.get)

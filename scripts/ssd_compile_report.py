@@ -23,7 +23,7 @@ from wonderful_matrices.ops.ssd import triton as K
 
 CONFIG_NAME = {"_cumsum_kernel": "cumsum", "_cb_kernel": "cb", "_chunk_state_kernel": "chunk_state",
                "_state_pass_kernel": "state_pass", "_output_kernel": "output", "_state_pass_bwd_kernel": "state_pass_bwd",
-               "_dx_db_kernel": "dx_db", "_dc_kernel": "dc", "_dx2_kernel": "dx2", "_dcb_kernel": "dcb",
+               "_dx2_kernel": "dx2", "_dcb_kernel": "dcb",
                "_dc2_kernel": "dc2", "_db2_kernel": "db2", "_dcum_kernel": "dcum"}
 UNIT_STRIDES = ("s_x_p", "s_dy_p", "s_dx_p", "s_y_p", "s_v_p", "s_b_n", "s_c_n", "s_w_n", "s_dt_h")
 HALF_POINTERS = ("x_ptr", "B_ptr", "C_ptr", "dy_ptr", "dx_ptr", "y_ptr", "v_ptr", "w_ptr")
@@ -41,8 +41,6 @@ def constexprs(float32: bool) -> dict:
         "_state_pass_kernel": dict(Q=256, BLOCK=1024, HAS_INIT=False),
         "_output_kernel": dict(**tile, HAS_D=True),
         "_state_pass_bwd_kernel": dict(Q=256, BLOCK=1024, HAS_DFINAL=True),
-        "_dx_db_kernel": dict(**tile, HPP=8, SPLIT=split, HAS_D=True),
-        "_dc_kernel": dict(**tile, HPP=8, SPLIT=split),
         "_dx2_kernel": dict(**tile, BNK=64, SPLIT=split and "dx" in K.SPLIT_SITES, HAS_D=True),
         "_dcb_kernel": dict(Q=256, BQ=64, BP=64, HPP=16, **mm),
         "_dc2_kernel": dict(Q=256, BQ=64, BP=64, BN=K.DC2_COLUMNS, HPP=8, SPLIT=split and "dc" in K.SPLIT_SITES, **mm),

@@ -84,17 +84,13 @@ def test_triton_float32_matches_naive_forward_and_all_gradients(case):
         assert rel_err(grads[name], g_ref[name]) < 2e-5, name
 
 
-@pytest.mark.parametrize("variant", ["v1", "v2"])
-def test_triton_backward_variants_with_split_heads(variant, monkeypatch):
-    """Both backward versions (v1 is the fallback, here with the PyTorch closing sums), with a group's heads split
-    over programs (partial dCB / dB / dC sums across programs), dC split by state columns, two tiles per chunk."""
+def test_triton_backward_with_split_heads(monkeypatch):
+    """A group's heads split over programs (partial dCB / dB / dC sums across programs), dC split by state
+    columns, two tiles per chunk."""
     from wonderful_matrices.ops.ssd import triton as kernels
 
-    monkeypatch.setattr(kernels, "BACKWARD", variant)
-    monkeypatch.setattr(kernels, "FUSED_REDUCE", variant == "v2")  # the PyTorch closing sums run with v1
     monkeypatch.setattr(kernels, "DCB_HEADS_PER_PROGRAM", 2)  # 3 dcb splits, 2 dc2 / db2 splits
     monkeypatch.setattr(kernels, "BC_HEADS_PER_PROGRAM", 3)
-    monkeypatch.setattr(kernels, "MAX_HEADS_PER_PROGRAM", 2)
     monkeypatch.setattr(kernels, "DC2_COLUMNS", 16)  # n = 40: three column blocks, the last one partial
     ref = make_inputs(1, 90, 6, 3, 1, 40, True, True)
     gy = torch.randn(1, 90, 6, 3, dtype=torch.float64)

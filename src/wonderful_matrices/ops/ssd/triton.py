@@ -24,13 +24,13 @@ Backward, with ``dS_c`` the gradient of the state entering chunk ``c`` (``dS_chu
    ``dCB_ij = Σ_heads W_ij·dt_j`` (the gradient of ``C_i·B_j``), and per head the row / column sums of ``CB∘W``;
    ``dc2`` and ``db2`` (per tile, chunk and head split): ``dC_i = Σ_{j<=i} dCB_ij·B_j + Σ_heads exp(cum_i)·dy_i·S_c``,
    ``dB_j = Σ_{i>=j} dCB_ij·C_i + Σ_heads exp(cum_last − cum_j)·dt_j·x_j·dS_{c+1}``.
-   (``BACKWARD = "v1"`` runs the first version instead: ``dx_db`` and ``dc``, which redo the (Q × Q) products per
-   head; docs/kernels_ssd.md has the work counts and compile reports of both.)
-5. a few batched PyTorch ops on (b, h, l)-sized tensors: the gradient of ``cum`` is
+   (A first version redid the (Q × Q) products per head and spilled registers: 10.7 ms against 6.4 ms forward +
+   backward on the H200; docs/kernels_ssd.md has the work counts and compile reports of both.)
+5. ``dcum`` (one small kernel per batch, head and chunk): the gradient of ``cum`` is
    ``dy_k·(y_k − D·x_k) − dt_k·(x_k·dxpre_k) + [k last]·<S_{c+1}, dS_{c+1}>``, where the first term comes from
    ``dc2`` and the row sums of ``dcb`` and ``x_k·dxpre_k`` (the direct part of ``ddt``) from ``dx2`` and the column
-   sums of ``dcb`` (v1: ``dc`` and ``dx_db``); a reverse running sum
-   inside each chunk turns it into the gradient of ``a``, hence ``ddt += A·da`` and ``dA = Σ dt·da``.
+   sums of ``dcb``; a reverse running sum inside each chunk turns it into the gradient of ``a``, hence
+   ``ddt += A·da`` and ``dA = Σ dt·da``.
 
 Matrix products take operands in the input dtype (bf16 / fp16; float32 inputs use exact float32 products, not
 TF32) and accumulate in float32; decays, states and all sums are float32. Every exponent is ``<= 0`` (segment
@@ -57,27 +57,20 @@ CONFIG = {
     "state_pass": (4, 1),
     "output": (4, 2),
     "state_pass_bwd": (4, 1),
-    "dx_db": (8, 2),
-    "dc": (8, 2),
     "dx2": (8, 2),
     "dcb": (8, 2),
     "dc2": (8, 2),
     "db2": (8, 2),
     "dcum": (4, 1),
 }
-# backward kernels: "v2" (dx / dcb / dc2 / db2, the default) or "v1" (dx_db / dc, the first version);
-# the environment variable WM_SSD_TRITON_BWD overrides it (read at import)
-BACKWARD = os.environ.get("WM_SSD_TRITON_BWD", "v2")
 DCB_HEADS_PER_PROGRAM = 16  # heads a dcb program sums over (partial dCB per head split, summed by dc2 / db2)
 BC_HEADS_PER_PROGRAM = 8  # heads a dc2 / db2 program sums over (partial dC / dB per head split, summed in PyTorch)
 # products with a float32 operand that keep ~16 bits of it for half inputs (``_mm_f32b``): the forward chunk
 # states and dx2's B·dS (both feed the gradient of A through sums that cancel). Also possible: "chunk_state_bwd",
-# "dc" (not needed: docs/kernels_ssd.md has the errors measured without each). v1's dx_db / dc always split.
+# "dc" (not needed: docs/kernels_ssd.md has the errors measured without each).
 SPLIT_SITES = ("chunk_state", "dx")
-FUSED_REDUCE = True  # the closing sums of the backward in one Triton kernel (False: batched PyTorch ops)
 DC2_COLUMNS = 64  # state columns per dc2 program (a 64 × 128 float32 state tile spills registers at 8 warps)
 BLOCK_Q = 64  # rows of a chunk per tile (at most the chunk)
-MAX_HEADS_PER_PROGRAM = 8  # heads a backward program loops over (their dB/dC sum in registers)
 STATE_BLOCK = 1024  # state elements per program of the sequential passes
 
 _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
@@ -307,139 +300,6 @@ def _state_pass_bwd_kernel(dst_ptr, st_ptr, cum_ptr, dfinal_ptr, sdot_ptr, H, NC
         s_next = s_prev
     tl.store(dst_ptr + base, run, mask=m)
 
-
-@triton.jit
-def _dx_db_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr,
-                  dx_ptr, dB_ptr, ddt_ptr, dyx_ptr, L, H, G, NC, P, N, NSPLIT,
-                  s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_b_b, s_b_l, s_b_g, s_b_n,
-                  s_c_b, s_c_l, s_c_g, s_c_n, s_dy_b, s_dy_l, s_dy_h, s_dy_p, s_dx_b, s_dx_l, s_dx_h, s_dx_p,
-                  Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HPP: tl.constexpr,
-                  DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr, HAS_D: tl.constexpr):
-    NB: tl.constexpr = Q // BQ
-    pid_j = tl.program_id(0)
-    pid_bc = tl.program_id(1)
-    pid_gs = tl.program_id(2)
-    bi = (pid_bc // NC).to(tl.int64)
-    ci = pid_bc % NC
-    gi = pid_gs // NSPLIT
-    h0 = gi * (H // G) + (pid_gs % NSPLIT) * HPP
-    ps = tl.arange(0, BP)
-    ns = tl.arange(0, BN)
-    pm = ps < P
-    nm = ns < N
-    cols = pid_j * BQ + tl.arange(0, BQ)
-    tj = ci * Q + cols
-    jm = tj < L
-    b_j = tl.load(B_ptr + bi * s_b_b + tj[:, None] * s_b_l + gi * s_b_g + ns[None, :] * s_b_n,
-                  mask=jm[:, None] & nm[None, :], other=0.0).to(DT)
-    cb_base = cb_ptr + ((bi * NC + ci) * G + gi) * Q * Q
-    acc_db = tl.zeros((BQ, BN), dtype=tl.float32)
-    for r in range(HPP):
-        hi = h0 + r
-        cum_base = cum_ptr + ((bi * H + hi) * NC + ci) * Q
-        cum_j = tl.load(cum_base + cols)
-        cum_last = tl.load(cum_base + Q - 1)
-        dt_j = tl.load(dt_ptr + bi * s_dt_b + tj * s_dt_l + hi * s_dt_h, mask=jm, other=0.0).to(tl.float32)
-        x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
-                      mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
-        x_j_dot = x_j.to(DT)
-        dsn = tl.load(dst_ptr + (((bi * (NC + 1) + ci + 1) * H + hi) * P + ps[:, None]) * N + ns[None, :],
-                      mask=pm[:, None] & nm[None, :], other=0.0)  # dS_{c+1} (BP, BN) float32
-        to_end = tl.exp(cum_last - cum_j)
-        acc_dx = _mm_f32b(b_j, tl.trans(dsn), DT, PREC, UPCAST, SPLIT) * to_end[:, None]
-        dsn = dsn.to(DT)
-        ddt_j = tl.sum(acc_dx * x_j, axis=1)
-        acc_db += _mm((x_j * (to_end * dt_j)[:, None]).to(DT), dsn, PREC, UPCAST)
-        for ib in range(pid_j, NB):
-            rows = ib * BQ + tl.arange(0, BQ)
-            ti = ci * Q + rows
-            im = ti < L
-            cum_i = tl.load(cum_base + rows)
-            dy_i = tl.load(dy_ptr + bi * s_dy_b + ti[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p,
-                           mask=im[:, None] & pm[None, :], other=0.0).to(DT)
-            c_i = tl.load(C_ptr + bi * s_c_b + ti[:, None] * s_c_l + gi * s_c_g + ns[None, :] * s_c_n,
-                          mask=im[:, None] & nm[None, :], other=0.0).to(DT)
-            cb_t = tl.load(cb_base + rows[None, :] * Q + cols[:, None])  # (j, i) = CB[i, j]
-            causal = rows[None, :] >= cols[:, None]
-            decay = tl.exp(tl.where(causal, cum_i[None, :] - cum_j[:, None], float("-inf")))  # (j, i)
-            acc_dx += _mm((cb_t * decay).to(DT), dy_i, PREC, UPCAST)
-            xdy = _mm(x_j_dot, tl.trans(dy_i), PREC, UPCAST)  # (j, i) = x_j·dy_i
-            # the intra-chunk part of x_j·dxpre_j from float32 factors, the same terms that dc sums by row
-            # (they cancel in the gradient of cum: rounding them differently costs dA its accuracy)
-            ddt_j += tl.sum(cb_t * decay * xdy, axis=1)
-            acc_db += _mm((xdy * decay * dt_j[:, None]).to(DT), c_i, PREC, UPCAST)
-        dy_j = tl.load(dy_ptr + bi * s_dy_b + tj[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p,
-                       mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
-        row_base = ((bi * H + hi) * NC + ci) * Q + cols
-        tl.store(ddt_ptr + row_base, ddt_j)
-        dx = acc_dx * dt_j[:, None]
-        if HAS_D:
-            dx += tl.load(D_ptr + hi).to(tl.float32) * dy_j
-            tl.store(dyx_ptr + row_base, tl.sum(dy_j * x_j, axis=1))
-        tl.store(dx_ptr + bi * s_dx_b + tj[:, None] * s_dx_l + hi * s_dx_h + ps[None, :] * s_dx_p,
-                 dx.to(dx_ptr.dtype.element_ty), mask=jm[:, None] & pm[None, :])
-    tl.store(dB_ptr + ((bi * L + tj[:, None]) * (G * NSPLIT) + pid_gs) * N + ns[None, :], acc_db,
-             mask=jm[:, None] & nm[None, :])
-
-
-@triton.jit
-def _dc_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, C_ptr, cb_ptr, st_ptr, dy_ptr, dC_ptr, rowterm_ptr,
-               L, H, G, NC, P, N, NSPLIT,
-               s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_b_b, s_b_l, s_b_g, s_b_n,
-               s_c_b, s_c_l, s_c_g, s_c_n, s_dy_b, s_dy_l, s_dy_h, s_dy_p,
-               Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HPP: tl.constexpr,
-               DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr):
-    pid_i = tl.program_id(0)
-    pid_bc = tl.program_id(1)
-    pid_gs = tl.program_id(2)
-    bi = (pid_bc // NC).to(tl.int64)
-    ci = pid_bc % NC
-    gi = pid_gs // NSPLIT
-    h0 = gi * (H // G) + (pid_gs % NSPLIT) * HPP
-    ps = tl.arange(0, BP)
-    ns = tl.arange(0, BN)
-    pm = ps < P
-    nm = ns < N
-    rows = pid_i * BQ + tl.arange(0, BQ)
-    ti = ci * Q + rows
-    im = ti < L
-    c_i = tl.load(C_ptr + bi * s_c_b + ti[:, None] * s_c_l + gi * s_c_g + ns[None, :] * s_c_n,
-                  mask=im[:, None] & nm[None, :], other=0.0).to(tl.float32)
-    cb_base = cb_ptr + ((bi * NC + ci) * G + gi) * Q * Q
-    acc_dc = tl.zeros((BQ, BN), dtype=tl.float32)
-    for r in range(HPP):
-        hi = h0 + r
-        cum_base = cum_ptr + ((bi * H + hi) * NC + ci) * Q
-        cum_i = tl.load(cum_base + rows)
-        dy_i = tl.load(dy_ptr + bi * s_dy_b + ti[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p,
-                       mask=im[:, None] & pm[None, :], other=0.0).to(DT)
-        s = tl.load(st_ptr + (((bi * (NC + 1) + ci) * H + hi) * P + ps[:, None]) * N + ns[None, :],
-                    mask=pm[:, None] & nm[None, :], other=0.0)  # S_c (BP, BN) float32
-        off = _mm_f32b(dy_i, s, DT, PREC, UPCAST, SPLIT) * tl.exp(cum_i)[:, None]
-        acc_dc += off
-        row = tl.sum(off * c_i, axis=1)
-        for jb in range(0, pid_i + 1):
-            cols = jb * BQ + tl.arange(0, BQ)
-            tj = ci * Q + cols
-            jm = tj < L
-            cum_j = tl.load(cum_base + cols)
-            dt_j = tl.load(dt_ptr + bi * s_dt_b + tj * s_dt_l + hi * s_dt_h, mask=jm, other=0.0).to(tl.float32)
-            x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
-                          mask=jm[:, None] & pm[None, :], other=0.0).to(DT)
-            b_j = tl.load(B_ptr + bi * s_b_b + tj[:, None] * s_b_l + gi * s_b_g + ns[None, :] * s_b_n,
-                          mask=jm[:, None] & nm[None, :], other=0.0).to(DT)
-            causal = rows[:, None] >= cols[None, :]
-            decay = tl.exp(tl.where(causal, cum_i[:, None] - cum_j[None, :], float("-inf")))
-            w = _mm(dy_i, tl.trans(x_j), PREC, UPCAST) * decay * dt_j[None, :]
-            acc_dc += _mm(w.to(DT), b_j, PREC, UPCAST)
-            cb = tl.load(cb_base + rows[:, None] * Q + cols[None, :])
-            row += tl.sum(w * cb, axis=1)
-        tl.store(rowterm_ptr + ((bi * H + hi) * NC + ci) * Q + rows, row)
-    tl.store(dC_ptr + ((bi * L + ti[:, None]) * (G * NSPLIT) + pid_gs) * N + ns[None, :], acc_dc,
-             mask=im[:, None] & nm[None, :])
-
-
-# ---- backward v2: dx per head, dCB per group (summed over heads once), dC and dB per group ----------------------
 
 @triton.jit
 def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, dx_ptr, ddt_ptr, dyx_ptr,
@@ -711,8 +571,6 @@ class _Plan:
         # cancel)
         self.split = x.dtype != torch.float32
         r = self.h // self.g
-        self.hpp = max(d for d in range(1, min(r, MAX_HEADS_PER_PROGRAM) + 1) if r % d == 0)
-        self.nsplit = r // self.hpp
         self.state_block = min(STATE_BLOCK, _pow2(self.p * self.n))
         self.dcb_hpp = max(d for d in range(1, min(r, DCB_HEADS_PER_PROGRAM) + 1) if r % d == 0)
         self.dcb_nsplit = r // self.dcb_hpp
@@ -763,7 +621,7 @@ def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=Non
     return y, cum, cb, states, pl
 
 
-def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, timer=None, variant=None):
+def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, timer=None):
     """Run the backward kernels and the closing PyTorch reductions.
 
     Returns float32 ``(dx in x.dtype, ddt (b,l,h), dA (h,), dB (b,l,g,n), dC (b,l,g,n), dD (h,) or None,
@@ -787,64 +645,23 @@ def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, 
         Q=q, BLOCK=pl.state_block, HAS_DFINAL=dfinal is not None))
     dx = _empty(b, l, h, p, dtype=x.dtype, device=dev)
     out = {}
-    if (variant or BACKWARD) == "v1":
-        rows, cols, dyx = _backward_v1(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out)
-    else:
-        rows, cols, dyx = _backward_v2(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out)
+    rows, cols, dyx = _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out)
 
     def reduce():
-        if FUSED_REDUCE:
-            ddt = _empty(b, l, h, device=dev)
-            da_part = _empty(b, h, nc, device=dev)
-            (r1, n1), (r2, n2) = (rows + [(rows[0][0], 0)])[:2]
-            (c1, m1), (c2, m2) = (cols + [(cols[0][0], 0)])[:2]
-            _launch(_dcum_kernel, (b * h * nc,), "dcum", r1, n1, r2, n2, c1, m1, c2, m2, sdot, nprog, dt, A, ddt,
-                    da_part, l, h, nc, *dt.stride(), Q=q)
-            out["ddt"] = ddt
-            out["dA"] = da_part.sum((0, 2))
-        else:
-            dt_pad = torch.zeros(b, h, nc * q, dtype=torch.float32, device=dev)
-            dt_pad[:, :, :l] = dt.permute(0, 2, 1)
-            dt_pad = dt_pad.view(b, h, nc, q)
-            ddt_d = sum(t.view(b, h, nc, -1, q).sum(3) for t, _ in cols)
-            dcum = sum(t.view(b, h, nc, -1, q).sum(3) for t, _ in rows) - dt_pad * ddt_d
-            dcum[..., -1] += sdot.sum(-1)
-            da = dcum.flip(-1).cumsum(-1).flip(-1)  # gradient of a_t = dt_t·A: sum of dcum over k >= t
-            ddt = ddt_d + A.float()[None, :, None, None] * da
-            out["ddt"] = ddt.view(b, h, nc * q)[:, :, :l].permute(0, 2, 1)
-            out["dA"] = (dt_pad * da).sum((0, 2, 3))
+        ddt = _empty(b, l, h, device=dev)
+        da_part = _empty(b, h, nc, device=dev)
+        (r1, n1), (r2, n2) = (rows + [(rows[0][0], 0)])[:2]
+        (c1, m1), (c2, m2) = (cols + [(cols[0][0], 0)])[:2]
+        _launch(_dcum_kernel, (b * h * nc,), "dcum", r1, n1, r2, n2, c1, m1, c2, m2, sdot, nprog, dt, A, ddt,
+                da_part, l, h, nc, *dt.stride(), Q=q)
+        out["ddt"] = ddt
+        out["dA"] = da_part.sum((0, 2))
         out["dD"] = dyx.sum((0, 2, 3)) if D is not None else None
     run("reduce", reduce)
     return dx, out["ddt"], out["dA"], out["dB"], out["dC"], out["dD"], dst[:, 0].clone()
 
 
-def _backward_v1(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
-    """dx_db and dc of the first version (kept as the fallback, ``BACKWARD = "v1"``): every program loops over a
-    few heads of a group and redoes the (Q × Q) products per head, dB / dC summed over head splits in PyTorch."""
-    b, l, h, p, g, n, q, nc = pl.b, pl.l, pl.h, pl.p, pl.g, pl.n, pl.q, pl.nc
-    dev = x.device
-    nb = q // pl.bq
-    parts = g * pl.nsplit
-    dB_part = _empty(b, l, parts, n, device=dev)
-    ddt_direct = _empty(b, h, nc, q, device=dev)
-    dyx = _empty(b, h, nc, q, device=dev) if D is not None else ddt_direct
-    run("dx_db", lambda: _launch(
-        _dx_db_kernel, (nb, b * nc, parts), "dx_db", x, dt, cum, B, C, cb, dst, dy, D if D is not None else A,
-        dx, dB_part, ddt_direct, dyx, l, h, g, nc, p, n, pl.nsplit, *x.stride(), *dt.stride(), *B.stride(),
-        *C.stride(), *dy.stride(), *dx.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, HPP=pl.hpp, DT=pl.dt_dot,
-        PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split, HAS_D=D is not None))
-    dC_part = _empty(b, l, parts, n, device=dev)
-    rowterm = _empty(b, h, nc, q, device=dev)
-    run("dc", lambda: _launch(
-        _dc_kernel, (nb, b * nc, parts), "dc", x, dt, cum, B, C, cb, states, dy, dC_part, rowterm,
-        l, h, g, nc, p, n, pl.nsplit, *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *dy.stride(),
-        Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, HPP=pl.hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split))
-    run("partials", lambda: out.update(dB=dB_part.view(b, l, g, pl.nsplit, n).sum(3),
-                                       dC=dC_part.view(b, l, g, pl.nsplit, n).sum(3)))
-    return [(rowterm, 1)], [(ddt_direct, 1)], dyx
-
-
-def _backward_v2(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
+def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
     """dx per (tile, chunk, head); the (Q × Q) gradient of C·B summed over a group's heads once (dcb), then dC
     and dB per group from it and from the states. See the notes at the top of the module."""
     b, l, h, p, g, n, q, nc = pl.b, pl.l, pl.h, pl.p, pl.g, pl.n, pl.q, pl.nc
