@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # DMA on one GPU, from the repository root, < 10 minutes: (a) CUDA parity tests of the triton/torch DMA paths
-# and of the decode steps (torch, fused Triton, CUDA-graph capture) against their oracles, and of the vectorised
-# selection against the old loop, (b) bench/dma.py at full scale (triton, torch, SDPA cuDNN, Flex; selection-stage
-# time per T, vectorised beside the old loop; decode steps eager and CUDA-graphed, torch and [triton fused]).
+# and of the decode steps (torch, fused Triton, CUDA-graph capture) against their oracles, and of the window
+# selection, (b) bench/dma.py at full scale (triton, torch, SDPA cuDNN, Flex; selection-stage time per T; decode
+# steps eager and CUDA-graphed, torch and [triton fused]).
 # Each stage runs under `timeout` and a failure does not stop the next. Writes $OUT/dma.log (everything) and
 # $OUT/dma_results.tgz; prints a short table last.
 set -uo pipefail
@@ -16,7 +16,7 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   echo "=== parity tests"
   timeout 200 python3 -m pytest -q -p no:cacheprovider tests/ops/test_ops_cuda.py -k "dma" -x -rf 2>&1 | tail -25
-  echo "=== selection tests (vectorised select_blocks vs oracle / old loop; CUDA at 8K keys, window 2048)"
+  echo "=== selection tests (select_blocks vs the oracle; CUDA vs CPU at 8K keys, window 2048)"
   timeout 120 python3 -m pytest -q -p no:cacheprovider tests/ops/test_dma_select.py -x -rf 2>&1 | tail -15
   echo "=== bench dma (full)"
   timeout "${BENCH_TIMEOUT:-240}" python3 -m wonderful_matrices.bench.dma --out "$RES/dma" 2>&1 | grep -v "^|"
@@ -36,13 +36,4 @@ for r in rows:
     print(f"{r['part']:6} {r.get('T') or r.get('context'):>6} {f(r.get('batch')):>2} {r['impl'][:46]:46} "
           f"{f(r.get('fwd_ms')):>8} {f(r.get('fwd_bwd_ms')):>8} {f(r.get('step_ms')):>8} "
           f"{f(r.get('sdpa_time / time')):>7} {f(r.get('error'))}")
-sel = {}
-for r in rows:
-    if r["part"] == "train" and r["impl"].startswith("selection only") and isinstance(r.get("fwd_ms"), float):
-        label, block = r["impl"].split(", ", 1)[1].rsplit(" (", 1)
-        sel.setdefault((r["T"], block.rstrip(")")), {})[label] = r["fwd_ms"]
-print("selection stage ms: T, block, vectorised, old loop, speed-up")
-for (T, block), v in sorted(sel.items()):
-    new, old = v.get("vectorised"), v.get("old loop")
-    print(f"  {T:>6} {block:>10} {f(new):>8} {f(old):>8} {f(old / new) if new and old else '-':>7}")
 PY

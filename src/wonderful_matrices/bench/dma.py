@@ -4,8 +4,7 @@
     window (the Triton kernels where usable, and the torch path), DMA without a window, dense causal SDPA
     (cuDNN backend when it runs, else PyTorch's default choice) and FlexAttention causal (CUDA only, when it
     compiles), all in one process on the same inputs; plus the windowed paths' selection stage alone
-    (``select_blocks``, no gradient; beside it the previous loop over blocks, ``select_blocks_sequential``), so
-    kernel time = total − selection.
+    (``select_blocks``, no gradient), so kernel time = total − selection.
 (b) decoding at long context, like with like. Attention only (after the projections): one DMA step with a
     window (evict the lowest ranked slot, write the new key, attend over the ``w`` slots), one DMA step
     without a window (append, attend over the whole cache) — each with the layer's torch step and, where
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from ..layers import Attention, DynamicMaskAttention
 from ..ops import dynamic_mask_attention
 from ..ops.common import triton_usable
-from ..ops.dma.torch import default_block, select_blocks, select_blocks_sequential
+from ..ops.dma.torch import default_block, select_blocks
 from .common import peak_memory_bytes, synchronize, time_callable, write_results
 
 FULL = dict(lengths=[2048, 4096, 8192, 16384, 32768], heads=16, head_dim=128, window=2048, dtype=torch.bfloat16,
@@ -125,11 +124,10 @@ def _training_rows(cfg, device):
             impls.append((f"dma window {w} triton",
                           lambda q, k, v, b: dynamic_mask_attention(q, k, v, b, keep_window=w, backend="triton"),
                           (q, k, v, bias)))
-        for blk in blocks:  # the selection stage alone: vectorised (used) beside the old loop over blocks
-            for label, select in (("vectorised", select_blocks), ("old loop", select_blocks_sequential)):
-                ms = _time_or_error(lambda select=select, blk=blk: select(rows_bias, T, w, blk), device, cfg)
-                rows.append(dict(T=T, impl=f"selection only, {label} (block {blk})", fwd_ms=ms))
-                print(rows[-1], flush=True)
+        for blk in blocks:  # the selection stage alone
+            ms = _time_or_error(lambda blk=blk: select_blocks(rows_bias, T, w, blk), device, cfg)
+            rows.append(dict(T=T, impl=f"selection only (block {blk})", fwd_ms=ms))
+            print(rows[-1], flush=True)
         impls += [(f"dma window {w} torch",
                    lambda q, k, v, b: dynamic_mask_attention(q, k, v, b, keep_window=w, backend="torch"),
                    (q, k, v, bias)),

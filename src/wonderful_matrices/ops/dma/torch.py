@@ -249,59 +249,6 @@ def select_blocks(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int
     return candidates, start, end
 
 
-@torch.no_grad()
-def select_blocks_sequential(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int):
-    """The previous selection, one Python loop over query blocks (kept as the reference :func:`select_blocks` is
-    tested against and timed beside). Same arguments, same kept sets; candidates in a different order.
-
-    Exact per-query top-``keep_window`` selection for causal queries, block by block.
-
-    ``bias_rows (n, lk)``: one row per (batch, KV head). Queries sit at key positions ``lk - lq … lk - 1``,
-    cut into ``nb = ceil(lq / block)`` blocks. Returns
-    ``candidates (n, nb, w + block)`` key positions, and ``start, end (n, nb, w + block)`` int32: candidate
-    ``c`` of block ``t`` is kept exactly by the block's queries ``start <= i < end`` (``i`` relative to the
-    block's first query); unused candidate slots have ``start == end == 0``.
-    """
-    n, lk = bias_rows.shape
-    w = keep_window
-    offset = lk - lq
-    device = bias_rows.device
-    key = _rank_key(bias_rows)
-    carried_pos = torch.zeros(n, w, dtype=torch.long, device=device)
-    carried_key = torch.full((n, w), float("-inf"), dtype=key.dtype, device=device)
-    if offset > 0:
-        order = rank_order(bias_rows[:, :offset])[:, :w]
-        carried_pos[:, : order.shape[1]] = order
-        carried_key[:, : order.shape[1]] = key[:, :offset].gather(1, order)
-    nb = -(-lq // block)
-    width = w + block
-    candidates = torch.zeros(n, nb, width, dtype=torch.long, device=device)
-    start = torch.zeros(n, nb, width, dtype=torch.int32, device=device)
-    end = torch.zeros(n, nb, width, dtype=torch.int32, device=device)
-    for t in range(nb):
-        p0 = offset + t * block
-        p1 = min(p0 + block, lk)
-        # The block's keys later-first, then the carried keys (already in rank order, all earlier): a stable
-        # sort by bias then breaks every tie toward the later key.
-        pos = torch.cat([torch.arange(p1 - 1, p0 - 1, -1, device=device).expand(n, -1), carried_pos], dim=1)
-        cand_key = torch.cat([key[:, p0:p1].flip(-1), carried_key], dim=1)
-        order = torch.sort(-cand_key, dim=1, stable=True).indices
-        pos = pos.gather(1, order)
-        cand_key = cand_key.gather(1, order)
-        valid = cand_key > float("-inf")
-        queries = torch.arange(p0, p1, device=device)
-        visible = valid[:, None, :] & (pos[:, None, :] <= queries[None, :, None])  # (n, p1-p0, W')
-        kept = visible & (visible.cumsum(-1, dtype=torch.int32) <= w)
-        first = (pos - p0).clamp_min(0).to(torch.int32)
-        count = kept.sum(1).to(torch.int32)  # (a bool sum with dtype=int32 is very slow on CPU)
-        used = pos.shape[1]
-        candidates[:, t, :used] = pos
-        start[:, t, :used] = torch.where(count > 0, first, 0)
-        end[:, t, :used] = torch.where(count > 0, first + count, 0)
-        carried_pos, carried_key = pos[:, :w], cand_key[:, :w]
-    return candidates, start, end
-
-
 def default_block(keep_window: int) -> int:
     """Query block size for the windowed path: 64 for small windows, up to 512 (a quarter of the window)."""
     return int(min(512, max(64, (keep_window // 4) // 64 * 64)))
