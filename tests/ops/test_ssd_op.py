@@ -221,3 +221,19 @@ def test_ssd_step_bad_arguments():
         ssd_step(s, x, dt, A, B, C[..., :2])
     with pytest.raises(ValueError, match="^D.shape="):
         ssd_step(s, x, dt, A, B, C, D=torch.ones(2))
+
+
+def test_value_checks_are_skipped_only_for_trusted_callers():
+    """Layers whose inputs are valid by construction skip the value checks (a device sync each); users do not."""
+    from wonderful_matrices.ops.common import trusted_values, value_checks_enabled
+
+    x, dt = torch.randn(1, 4, 2, 3), torch.rand(1, 4, 2)
+    B = C = torch.randn(1, 4, 1, 5)
+    bad_A = torch.tensor([0.5, -1.0])
+    assert value_checks_enabled()
+    with pytest.raises(ValueError, match="A"):
+        ssd(x, dt, bad_A, B, C)
+    with trusted_values():
+        assert not value_checks_enabled()
+        ssd(x, dt, bad_A, B, C)  # the caller vouches for its values: no check, no sync
+    assert value_checks_enabled()

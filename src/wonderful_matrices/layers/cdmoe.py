@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..ops import expert_mixture, product_key_topk
-from ..ops.common import require
+from ..ops.common import require, trusted_values
 from .mlp import ACTIVATIONS, GatedMLP
 
 _SHARED_NAMES = ("gate_proj", "up_proj", "down_proj")
@@ -142,8 +142,9 @@ class CDMoE(nn.Module):
         query = self.query(hidden_states)
         gates, ids = self.route(query)
         dtype = hidden_states.dtype  # tables follow the input under autocast (a no-op when the dtypes agree)
-        private = expert_mixture(hidden_states, ids, gates, self.down_embed.weight.to(dtype),
-                                 self.up_embed.weight.to(dtype), activation=self.activation, backend=self.backend)
+        with trusted_values():  # ids come from product_key_topk: in range, no device sync to check them
+            private = expert_mixture(hidden_states, ids, gates, self.down_embed.weight.to(dtype),
+                                     self.up_embed.weight.to(dtype), activation=self.activation, backend=self.backend)
         self.aux_loss = None
         if self.balance_loss_weight > 0:
             half_scores = torch.einsum("...hcd,hcnd->...hcn", query, self.keys.to(query.dtype))  # O(√N) per token

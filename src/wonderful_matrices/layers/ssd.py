@@ -18,6 +18,7 @@ from torch import nn
 
 from ..ops import ssd, ssd_step
 from ..ops.common import require as _require
+from ..ops.common import trusted_values
 from .rotary import RotaryEmbedding, apply_rotary
 
 
@@ -213,16 +214,17 @@ class SSDMixer(nn.Module):
             dt = dt.masked_fill(~keep, 0.0)
         A = -torch.exp(self.A_log.to(acc))
 
-        if state is None:
-            y = ssd(x, dt, A, B, C, chunk_size=self.chunk_size, D=self.D, backend=self.backend)
-        else:
-            previous = state.get("ssm_state")
-            if previous is not None and l == 1:
-                y, new_state = ssd_step(previous, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D=self.D)
-                y = y[:, None]
+        with trusted_values():  # A < 0 and dt >= 0 by construction: no device sync per call for value checks
+            if state is None:
+                y = ssd(x, dt, A, B, C, chunk_size=self.chunk_size, D=self.D, backend=self.backend)
             else:
-                y, new_state = ssd(x, dt, A, B, C, chunk_size=self.chunk_size, D=self.D, initial_state=previous,
-                                   return_final_state=True, backend=self.backend)
-            state["ssm_state"] = new_state
+                previous = state.get("ssm_state")
+                if previous is not None and l == 1:
+                    y, new_state = ssd_step(previous, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D=self.D)
+                    y = y[:, None]
+                else:
+                    y, new_state = ssd(x, dt, A, B, C, chunk_size=self.chunk_size, D=self.D,
+                                       initial_state=previous, return_final_state=True, backend=self.backend)
+                state["ssm_state"] = new_state
         y = self.norm(y.reshape(b, l, self.inner_size), z)
         return self.out_proj(y.to(hidden_states.dtype))

@@ -1,7 +1,9 @@
 """Argument checking and backend selection shared by every op in ``wonderful_matrices.ops``."""
 from __future__ import annotations
 
-from typing import Iterable
+import contextlib
+import threading
+from typing import Iterable, Iterator
 
 import torch
 
@@ -17,6 +19,30 @@ def require(condition: bool, argument: str, value, allowed: str) -> None:
 def shape_of(t: torch.Tensor) -> tuple:
     """A tensor's shape as a plain tuple, for error messages."""
     return tuple(t.shape)
+
+
+_trusted = threading.local()
+
+
+@contextlib.contextmanager
+def trusted_values() -> Iterator[None]:
+    """Inside this block the ops skip the checks that read tensor *values* (``A < 0``, ``dt >= 0``, expert ids in
+    range): each costs a device-to-host synchronisation per call. For layers whose op inputs are valid by
+    construction (``A = -exp(A_log)``, ids from ``product_key_topk``); shape, dtype and device checks still run."""
+    depth = getattr(_trusted, "depth", 0)
+    _trusted.depth = depth + 1
+    try:
+        yield
+    finally:
+        _trusted.depth = depth
+
+
+def value_checks_enabled() -> bool:
+    """Whether an op should run its value checks now: not inside :func:`trusted_values`, not while
+    ``torch.compile`` traces, not while a CUDA graph is being captured (a synchronisation would break both)."""
+    if getattr(_trusted, "depth", 0) or torch.compiler.is_compiling():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
 def triton_usable(device: torch.device) -> bool:

@@ -11,7 +11,7 @@ under ``TRITON_INTERPRET=1``); ``"auto"`` picks ``"triton"`` on CUDA for float32
 """
 from __future__ import annotations
 
-from ..common import require, resolve_backend, shape_of
+from ..common import require, resolve_backend, shape_of, value_checks_enabled
 from .naive import ssd_naive, ssd_step_naive
 from .torch import ssd_chunked
 
@@ -34,9 +34,9 @@ def _check_floating(t, name: str, shape: tuple, what: str) -> None:
 def _check_values(A: torch.Tensor, dt: torch.Tensor) -> None:
     """A < 0 (the recurrence must decay; A >= 0 is defect 6 of the published code) and dt >= 0.
 
-    Needs one device synchronisation; skipped while ``torch.compile`` traces.
+    Needs one device synchronisation; skipped where :func:`value_checks_enabled` says so.
     """
-    if torch.compiler.is_compiling():
+    if not value_checks_enabled():
         return
     bad_a, bad_dt = torch.stack([(A >= 0).any() | A.isnan().any(), (dt < 0).any() | dt.isnan().any()]).tolist()
     require(not bad_a, "A", A.detach().cpu().tolist() if A.numel() <= 16 else f"tensor of shape {shape_of(A)}",
