@@ -18,33 +18,19 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 
 from wonderful_matrices.ops import ssd  # noqa: E402
 from wonderful_matrices.ops.ssd.naive import ssd_naive  # noqa: E402
-from test_ssd_op import make_inputs  # noqa: E402
+from test_ssd_op import _forward_backward, _run_naive, make_inputs  # noqa: E402
 
 
-def _run(inputs, chunk, gy=None, gs=None):
-    """Forward through the triton backend, backward of <y, gy> + <final, gs>; returns (y, final, grads)."""
-    leaves = {k: (v.detach().clone().requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
-    y, final = ssd(**leaves, chunk_size=chunk, return_final_state=True, backend="triton")
-    loss = 0.0
-    if gy is not None:
-        loss = loss + (y.double() * gy).sum()
-    if gs is not None:
-        loss = loss + (final.double() * gs).sum()
-    loss.backward()
-    return y.detach(), final.detach(), {k: v.grad for k, v in leaves.items() if v is not None}
+def _run(inputs, chunk, gy, gs):
+    """The triton backend's output, final state and gradients of ``<y, gy> + <final, gs>``."""
+    run = lambda **kw: ssd(**kw, chunk_size=chunk, return_final_state=True, backend="triton")  # noqa: E731
+    return _forward_backward(run, inputs, gy, gs)
 
 
 def _oracle(inputs, gy, gs):
-    leaves = {k: (v.detach().double().clone().requires_grad_(True) if v is not None else None)
-              for k, v in inputs.items()}
-    y, final = ssd_naive(**leaves, return_final_state=True)
-    loss = 0.0
-    if gy is not None:
-        loss = loss + (y * gy).sum()
-    if gs is not None:
-        loss = loss + (final * gs).sum()
-    loss.backward()
-    return y.detach(), final.detach(), {k: v.grad for k, v in leaves.items() if v is not None}
+    """The same from the float64 recurrence."""
+    return _forward_backward(_run_naive, {k: (v.double() if v is not None else None) for k, v in inputs.items()},
+                             gy, gs)
 
 
 # (b, l, h, p, g, n, chunk, with_D, with_init): l = 1; chunk < 16 (run as 16); several chunks with a partial

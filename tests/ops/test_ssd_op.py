@@ -54,9 +54,12 @@ def _leaves(inputs):
 
 
 def _forward_backward(fn, inputs, gy, gs):
+    """``fn(**inputs) -> (y, final)``; backward of ``<y, gy> + <final, gs>`` (either may be None: that output gets
+    no gradient); returns ``(y, final, {name: grad})``."""
     leaves = _leaves(inputs)
     y, final = fn(**leaves)
-    ((y.double() * gy).sum() + (final.double() * gs).sum()).backward()
+    loss = sum((out.double() * g).sum() for out, g in ((y, gy), (final, gs)) if g is not None)
+    loss.backward()
     grads = {k: v.grad for k, v in leaves.items() if v is not None}
     return y.detach(), final.detach(), grads
 

@@ -35,23 +35,17 @@ _COMMON = {
 }
 
 # Per family and size: depth and FFN sizes, chosen so that one size class is roughly parameter-matched.
+_CDMOE_SIZES = {  # cheems and doge differ only in their sequence mixers, so they share sizes
+    "tiny": dict(num_hidden_layers=4, intermediate_size=128, cdmoe_num_experts=64, cdmoe_num_heads=2,
+                 cdmoe_top_k=4, cdmoe_retrieval_dim=16),
+    "small": dict(num_hidden_layers=8, intermediate_size=256, cdmoe_num_experts=784, cdmoe_num_heads=2,
+                  cdmoe_top_k=4, cdmoe_retrieval_dim=64),
+    "base": dict(num_hidden_layers=12, intermediate_size=1024, cdmoe_num_experts=2304, cdmoe_num_heads=4,
+                 cdmoe_top_k=8, cdmoe_retrieval_dim=64),
+}
 _FAMILY = {
-    "cheems": {
-        "tiny": dict(num_hidden_layers=4, intermediate_size=128, cdmoe_num_experts=64, cdmoe_num_heads=2,
-                     cdmoe_top_k=4, cdmoe_retrieval_dim=16),
-        "small": dict(num_hidden_layers=8, intermediate_size=256, cdmoe_num_experts=784, cdmoe_num_heads=2,
-                      cdmoe_top_k=4, cdmoe_retrieval_dim=64),
-        "base": dict(num_hidden_layers=12, intermediate_size=1024, cdmoe_num_experts=2304, cdmoe_num_heads=4,
-                     cdmoe_top_k=8, cdmoe_retrieval_dim=64),
-    },
-    "doge": {
-        "tiny": dict(num_hidden_layers=4, intermediate_size=128, cdmoe_num_experts=64, cdmoe_num_heads=2,
-                     cdmoe_top_k=4, cdmoe_retrieval_dim=16),
-        "small": dict(num_hidden_layers=8, intermediate_size=256, cdmoe_num_experts=784, cdmoe_num_heads=2,
-                      cdmoe_top_k=4, cdmoe_retrieval_dim=64),
-        "base": dict(num_hidden_layers=12, intermediate_size=1024, cdmoe_num_experts=2304, cdmoe_num_heads=4,
-                     cdmoe_top_k=8, cdmoe_retrieval_dim=64),
-    },
+    "cheems": _CDMOE_SIZES,
+    "doge": _CDMOE_SIZES,
     "jamba": {
         "tiny": dict(num_hidden_layers=4, intermediate_size=128, moe_num_experts=4, moe_top_k=2,
                      moe_intermediate_size=32, moe_shared_intermediate_size=32),
