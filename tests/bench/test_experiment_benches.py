@@ -56,7 +56,8 @@ def test_position_variants_differ_only_in_ssd_position():
 def test_lm_quick_path(tmp_path, small_corpus):
     data_path, cache = small_corpus
     rows = lm.run(tmp_path, quick=True, steps=2, families=("cheems", "llama"), contexts=(40, 80), size="tiny",
-                  vocab_size=300, seq_len=16, batch=2, data=data_path, cache_dir=cache, eval_tokens=256)
+                  vocab_size=300, seq_len=16, batch=2, data=data_path, cache_dir=cache, eval_tokens=256,
+                  throughput_lengths=(16, 32))
     assert [(r["preset"], r["context"]) for r in rows] == [("cheems-tiny", 40), ("cheems-tiny", 80),
                                                          ("llama-tiny", 40), ("llama-tiny", 80)]
     data, md = _read(tmp_path)
@@ -67,7 +68,14 @@ def test_lm_quick_path(tmp_path, small_corpus):
     # llama's cache grows with the context; cheems' DMA keeps at most keep_window keys and SSD a fixed state
     assert by[("llama-tiny", 80)]["cache_bytes_analytic"] == 2 * by[("llama-tiny", 40)]["cache_bytes_analytic"]
     assert by[("cheems-tiny", 80)]["cache_bytes_analytic"] == by[("cheems-tiny", 40)]["cache_bytes_analytic"]
-    assert "cheems-tiny" in md and (tmp_path / "lm.png").stat().st_size > 1000
+    for n in (16, 32):
+        assert all(r[f"train_tok_s@{n}"] > 0 for r in data["rows"])
+        assert by[("llama-tiny", 40)][f"vs_llama@{n}"] == 1.0
+        assert by[("cheems-tiny", 40)][f"vs_llama@{n}"] == pytest.approx(
+            by[("cheems-tiny", 40)][f"train_tok_s@{n}"] / by[("llama-tiny", 40)][f"train_tok_s@{n}"])
+    assert by[("cheems-tiny", 80)]["cache_vs_llama"] == pytest.approx(
+        by[("cheems-tiny", 80)]["cache_bytes_analytic"] / by[("llama-tiny", 80)]["cache_bytes_analytic"])
+    assert "cheems-tiny" in md and "vs_llama@32" in md and (tmp_path / "lm.png").stat().st_size > 1000
 
 
 def test_lm_analytic_cache_matches_measured():
@@ -96,6 +104,21 @@ def test_registry_names_and_errors(tmp_path):
         bench.run_benchmark("nope", tmp_path)
     with pytest.raises(ValueError, match="budget_s"):
         bench.run_benchmark("position", tmp_path, quick=True, budget_s=3.0)
+
+
+def test_wm_bench_passes_cells_to_mqar(tmp_path, monkeypatch):
+    from wonderful_matrices.bench import mqar
+    from wonderful_matrices.cli import main
+
+    seen = {}
+
+    def fake_run(out_dir, quick=False, device=None, budget_s=None, steps=None, cells=None):
+        seen.update(budget_s=budget_s, steps=steps, cells=cells)
+        return []
+
+    monkeypatch.setattr(mqar, "run", fake_run)
+    assert main(["bench", "mqar", "--out", str(tmp_path), "--cells", "256:64", "--steps", "5"]) == 0
+    assert seen == {"budget_s": None, "steps": 5, "cells": "256:64"}
 
 
 def test_wm_bench_subcommand_reports_a_bad_option(tmp_path, capsys):

@@ -51,3 +51,14 @@ def test_cells_argument():
     for bad in ("256x64", "300:64", "256:0"):
         with pytest.raises(ValueError, match="cells"):
             bench_mqar.parse_cells(bad)
+
+
+def test_labelled_logits_are_the_full_logits_at_the_labelled_positions():
+    inputs, labels = mqar(3, 32, 4, 64, seed=5)
+    model = bench_mqar.build_model("attn", 16, 64, 8, torch.device("cpu"), seed=0).eval()
+    with torch.no_grad():
+        logits, targets = bench_mqar.labelled_logits(model, inputs, labels)
+        full = model(input_ids=inputs, use_cache=False).logits
+    mask = labels != -100
+    assert logits.shape == (int(mask.sum()), 64) and torch.equal(targets, labels[mask])
+    torch.testing.assert_close(logits, full[mask], rtol=1e-5, atol=1e-5)

@@ -35,7 +35,7 @@ def main_from_args(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         run_benchmark(args.name, args.out, quick=args.quick, device=args.device, budget_s=args.budget_s,
-                      steps=args.steps)
+                      steps=args.steps, cells=args.cells)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -26,9 +26,9 @@ from .lm_common import corpus_tokens, perplexity, train_lm
 
 FAMILIES = ("cheems", "doge", "llama", "mamba2", "jamba")
 QUICK = dict(size="small", seq_len=128, batch=8, steps=30, lr=1e-3, contexts=(256, 1024), eval_tokens=16_384,
-             decode_reps=5)
+             decode_reps=5, throughput_lengths=(256, 1024), throughput_tokens=2048)
 FULL = dict(size="base", seq_len=2048, batch=8, steps=200, lr=1e-3, contexts=(4096, 16384, 131072, 1048576),
-            eval_tokens=None, decode_reps=20)
+            eval_tokens=None, decode_reps=20, throughput_lengths=(4096, 16384), throughput_tokens=32768)
 ATTENTION_LIKE = ("attn", "dma")
 
 
@@ -73,6 +73,41 @@ def _grow_state(state: dict, prefill: int, target: int, context: int) -> None:
         state[name] = new
 
 
+def training_throughput(config, seq_len: int, tokens_per_step: int, device: torch.device, steps: int = 4) -> dict:
+    """Training tokens/s and peak memory of a fresh model of ``config`` on rows of ``seq_len`` random tokens
+    (``tokens_per_step // seq_len`` rows, at least one): one step is forward, backward and AdamW, bf16 autocast on
+    CUDA; two warm-up steps, then the median of ``steps`` timed ones. ``{"tokens_per_s", "peak_memory_gb"}``,
+    both None when it runs out of memory."""
+    from ..models import CheemsForCausalLM
+    from .lm_common import lm_loss, training_autocast
+
+    batch = max(1, tokens_per_step // seq_len)
+    torch.manual_seed(0)
+    model = CheemsForCausalLM(config).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    rows = torch.randint(0, config.vocab_size, (batch, seq_len + 1), device=device)
+
+    def step():
+        with training_autocast(device):
+            loss = lm_loss(model, rows)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    try:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        ms = time_callable(step, device, warmup=2, reps=steps)
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        result = {"tokens_per_s": batch * seq_len * 1e3 / ms, "peak_memory_gb": peak}
+    except torch.OutOfMemoryError:
+        result = {"tokens_per_s": None, "peak_memory_gb": None}
+    del model, opt
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
 def decode_measurement(model, config, context: int, device: torch.device, reps: int, prefill: int = 16) -> dict:
     """Decode tokens/s and cache bytes (batch 1) at ``context`` tokens of context (see the module docstring)."""
     from ..models import CheemsCache
@@ -114,14 +149,15 @@ def decode_measurement(model, config, context: int, device: torch.device, reps: 
 def run(out_dir, quick: bool = False, device=None, steps: int | None = None, families=FAMILIES,
         contexts=None, size: str | None = None, vocab_size: int | None = None, seq_len: int | None = None,
         batch: int | None = None, data: str = "shakespeare", cache_dir=None,
-        eval_tokens: int | None = None) -> list[dict]:
+        eval_tokens: int | None = None, throughput_lengths=None) -> list[dict]:
     """Train and evaluate every available preset family, measure decoding; write ``results.json``,
     ``results.md`` and ``lm.png`` into ``out_dir``; return one row per (family, context).
 
-    ``quick``: ``-small`` presets, BPE 4096, 30 steps of 8 x 128 tokens, contexts 256 and 1K (CPU).
-    Full: ``-base`` presets, BPE 32768, 200 steps of 8 x 2048 tokens, contexts 4K..1M (one H200).
+    ``quick``: ``-small`` presets, BPE 4096, 30 steps of 8 x 128 tokens, contexts 256 and 1K, training
+    throughput at 256 and 1K tokens per row (CPU). Full: ``-base`` presets, BPE 32768, 200 steps of
+    8 x 2048 tokens, contexts 4K..1M, training throughput at 4K and 16K tokens per row (one H200).
     ``steps``, ``contexts``, ``size`` (preset size), ``vocab_size``, ``seq_len``, ``batch``, ``eval_tokens``
-    (validation tokens scored) override;
+    (validation tokens scored), ``throughput_lengths`` override;
     ``data``: the corpus (default the embedded Shakespeare); ``cache_dir``: tokenizer/token cache."""
     from ..models import CheemsForCausalLM, presets
 
@@ -131,7 +167,8 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
         cfg["steps"] = int(steps)
     if contexts is not None:
         cfg["contexts"] = tuple(contexts)
-    for key, value in (("size", size), ("seq_len", seq_len), ("batch", batch), ("eval_tokens", eval_tokens)):
+    for key, value in (("size", size), ("seq_len", seq_len), ("batch", batch), ("eval_tokens", eval_tokens),
+                       ("throughput_lengths", throughput_lengths)):
         if value is not None:
             cfg[key] = value
     if cfg["steps"] < 1:
@@ -156,12 +193,17 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
                      "peak_memory_gb": None if stats["peak_memory_bytes"] is None else
                      stats["peak_memory_bytes"] / 2**30, "val_ppl": ppl, "final_train_loss": stats["final_loss"],
                      "status": "ok"}
-        training.append(train_row)
-        print(f"{name:14s} params={params / 1e6:.1f}M train {stats['tokens_per_s']:.0f} tok/s ppl={ppl:.2f}",
-              flush=True)
         model.eval()
         if device.type == "cuda":
             model.to(torch.bfloat16)
+        for length in cfg["throughput_lengths"]:
+            t = training_throughput(config, length, cfg["throughput_tokens"], device)
+            train_row[f"train_tok_s@{length}"] = t["tokens_per_s"]
+            train_row[f"peak_gb@{length}"] = t["peak_memory_gb"]
+        training.append(train_row)
+        print(f"{name:14s} params={params / 1e6:.1f}M train {stats['tokens_per_s']:.0f} tok/s ppl={ppl:.2f} " +
+              " ".join(f"@{n}: {train_row[f'train_tok_s@{n}'] or 0:.0f} tok/s" for n in cfg["throughput_lengths"]),
+              flush=True)
         config.use_cache = True
         for context in cfg["contexts"]:
             try:
@@ -170,13 +212,13 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
                 torch.cuda.empty_cache()
                 d = {"context": context, "cache_bytes_analytic": analytic_cache_bytes(config, context, 2),
                      "decode_tokens_per_s": None, "cache_bytes_measured": None, "status": "does not fit (OOM)"}
-            rows.append({"preset": name, "parameters": params, "train_tokens_per_s": train_row["train_tokens_per_s"],
-                         "peak_memory_gb": train_row["peak_memory_gb"], "val_ppl": ppl, **d})
+            rows.append({**{k: v for k, v in train_row.items() if k not in ("status", "final_train_loss")}, **d})
             print(f"  context {context:8d}: {d['status']}, cache {d['cache_bytes_analytic'] / 2**20:.2f} MiB, "
                   f"decode {d['decode_tokens_per_s'] or 0:.1f} tok/s", flush=True)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    _add_ratios_to_llama(rows, cfg["size"], cfg["throughput_lengths"])
     total_s = time.perf_counter() - start
     meta = {"quick": quick, "device": str(device), "corpus": corpus.name, "size_class": cfg["size"],
             "training": f"{cfg['steps']} steps x {cfg['batch']} rows x {cfg['seq_len']} tokens = "
@@ -185,9 +227,14 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
                         + (", bf16 autocast" if device.type == "cuda" else ", float32"),
             "decode": "batch 1, one token per step, cache grown to the context with random keys/values "
                       "(see the module docstring); " + ("bf16 weights" if device.type == "cuda" else "float32"),
+            "throughput": f"train_tok_s@T: forward + backward + AdamW on {cfg['throughput_tokens']} random tokens per "
+                          "step in rows of T tokens (a fresh model; median of 4 steps after 2 warm-ups); "
+                          "vs_llama@T: that throughput over the same-size Llama preset's",
             "contexts": list(cfg["contexts"]), "wall_s": round(total_s, 1)}
-    columns = ["preset", "parameters", "train_tokens_per_s", "peak_memory_gb", "val_ppl", "context",
-               "decode_tokens_per_s", "cache_bytes_analytic", "cache_bytes_measured", "status"]
+    lengths = cfg["throughput_lengths"]
+    columns = ["preset", "parameters", "train_tokens_per_s", "peak_memory_gb", "val_ppl"] + \
+        [f"train_tok_s@{n}" for n in lengths] + [f"vs_llama@{n}" for n in lengths] + \
+        ["context", "decode_tokens_per_s", "cache_bytes_analytic", "cache_bytes_measured", "cache_vs_llama", "status"]
     missing = [t["preset"] for t in training if t["status"] != "ok"]
     notes = "Not run (preset missing in this build): " + ", ".join(missing) if missing else ""
     write_results(out, "lm", rows, meta, columns=columns, notes=notes)
@@ -195,6 +242,18 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
         _plot(rows, out / "lm.png")
     print(f"lm: {len(rows)} rows in {total_s:.1f} s -> {out}")
     return rows
+
+
+def _add_ratios_to_llama(rows: list[dict], size: str, lengths) -> None:
+    """Add ``vs_llama@T`` (training tokens/s over the Llama preset's at length T) and ``cache_vs_llama`` (cache
+    bytes over Llama's at the same context) to every row, None where Llama was not run or did not fit."""
+    llama = {r["context"]: r for r in rows if r["preset"] == f"llama-{size}"}
+    for r in rows:
+        ref = llama.get(r["context"])
+        for n in lengths:
+            mine, base = r.get(f"train_tok_s@{n}"), ref and ref.get(f"train_tok_s@{n}")
+            r[f"vs_llama@{n}"] = mine / base if mine and base else None
+        r["cache_vs_llama"] = r["cache_bytes_analytic"] / ref["cache_bytes_analytic"] if ref else None
 
 
 def _plot(rows: list[dict], path: Path) -> None:

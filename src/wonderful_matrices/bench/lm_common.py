@@ -60,7 +60,8 @@ def lr_factor(step: int, steps: int, warmup: int, min_ratio: float = 0.1) -> flo
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _autocast(device: torch.device):
+def training_autocast(device: torch.device):
+    """bf16 autocast on CUDA; a disabled autocast (float32) elsewhere."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else \
         torch.autocast("cpu", enabled=False)
 
@@ -97,7 +98,7 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
             t_steady = time.perf_counter()
         starts = torch.from_numpy(rng.integers(0, len(tokens) - seq_len - 1, size=batch))
         rows = data[starts[:, None] + offsets].to(device, non_blocking=True)
-        with _autocast(device):
+        with training_autocast(device):
             loss = lm_loss(model, rows)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -131,7 +132,7 @@ def perplexity(model, tokens: np.ndarray, seq_len: int, batch: int, device: torc
     total, count = 0.0, 0
     for start in range(0, n_rows, batch):
         chunk = rows[start:start + batch].to(device)
-        with _autocast(device):
+        with training_autocast(device):
             loss = lm_loss(model, chunk)
         total += float(loss) * chunk.shape[0] * seq_len
         count += chunk.shape[0] * seq_len

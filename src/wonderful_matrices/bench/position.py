@@ -33,7 +33,7 @@ QUICK = dict(vocab_size=512, hidden_size=128, num_hidden_layers=8, heads=2, ssd_
              state=32, intermediate_size=256, seq_len=128, batch=16, steps=150, lr=2e-3, seeds=1,
              eval_tokens=24_000)
 FULL = dict(vocab_size=4096, hidden_size=512, num_hidden_layers=8, heads=8, ssd_heads=8, head_dim=64,
-            state=64, intermediate_size=1536, seq_len=512, batch=32, steps=1500, lr=1e-3, seeds=3,
+            state=64, intermediate_size=1536, seq_len=512, batch=16, steps=600, lr=1e-3, seeds=3,
             eval_tokens=None)
 
 
@@ -85,7 +85,8 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, see
     ``results.md`` and ``position.png`` into ``out_dir``; return the per-variant summary rows.
 
     ``quick``: width 128, 8 layers, BPE 512, 150 steps of 16 x 128 tokens, 1 seed (CPU, minutes). Full:
-    width 512, 8 layers, BPE 4096, 1500 steps of 32 x 512 tokens, 3 seeds (one H200). ``steps``, ``seeds``
+    width 512, 8 layers, BPE 4096, 600 steps of 16 x 512 tokens (4.9M tokens: about 3.4 epochs of the
+    1.46M training tokens of Shakespeare; more only overfits), 3 seeds (one H200). ``steps``, ``seeds``
     and ``size`` (keys of ``QUICK``/``FULL``) override; ``data`` is the corpus (default the embedded
     Shakespeare), ``cache_dir`` where its tokenizer and tokens are cached (default ``out_dir/cache``).
     """
