@@ -1,42 +1,45 @@
 #!/usr/bin/env bash
 # The paper's experiments at full scale on one H200, in calls of at most 10 minutes (issue #7):
-#   OUT=DIR bash scripts/gpu_claims.sh lm+mqar CELLS    lm alone on the GPU (its throughputs must not share it),
-#                                                         then `wm bench mqar --cells CELLS` in the time left
-#   OUT=DIR bash scripts/gpu_claims.sh position+mqar CELLS   position and mqar --cells CELLS side by side
-# Each experiment writes results.json / results.md / its PNG into DIR/<name>/ and its log into DIR/<name>.log.
-# Budgets (seconds) come from CALL_S (the whole call, default 570) and MQAR_BUDGET_S (default: what is left).
+#   OUT=DIR bash scripts/gpu_claims.sh lm                 `wm bench lm` alone (its throughputs must not share the GPU)
+#   OUT=DIR bash scripts/gpu_claims.sh position+mqar      `wm bench position`, and `wm bench mqar` with one process per
+#                                                          cell of the paper (MQAR's small models leave the GPU idle
+#                                                          between kernel launches, so the processes run side by side)
+# Results: DIR/claims.tgz (each run's folder: results.json / results.md / PNG / log) and DIR/summary.log.
+# Merge the MQAR cells with `python -m wonderful_matrices.bench.mqar_merge OUT PART...`.
+# Time limits (seconds): CALL_S for the whole call (default 560); MQAR_BUDGET_S per cell (default CALL_S - 80).
 set -uo pipefail
 OUT=${OUT:-out}
-MODE=${1:?mode: lm+mqar or position+mqar}
-CELLS=${2:?cells for mqar, e.g. 256:64,256:128}
-CALL_S=${CALL_S:-570}
+MODE=${1:?mode: lm or position+mqar}
+CALL_S=${CALL_S:-560}
 START=$(date +%s)
 WORK=$(mktemp -d)
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 
-bench() {  # bench NAME SECONDS ARGS... -> $WORK/NAME (cache and all), log and result files into $OUT
-  local name=$1 seconds=$2
+bench() {  # bench DIRNAME SECONDS NAME ARGS... -> $WORK/DIRNAME with results and run.log
+  local dir=$1 seconds=$2
   shift 2
-  timeout "$seconds" $PY -m wonderful_matrices.bench "$name" --out "$WORK/$name" "$@" > "$OUT/$name.log" 2>&1
-  echo "rc=$? after $(( $(date +%s) - START )) s" >> "$OUT/$name.log"
-  mkdir -p "$OUT/$name"
-  cp "$WORK/$name"/results.json "$WORK/$name"/results.md "$WORK/$name"/*.png "$OUT/$name"/ 2>/dev/null
+  mkdir -p "$WORK/$dir"
+  timeout "$seconds" $PY -m wonderful_matrices.bench "$@" --out "$WORK/$dir" > "$WORK/$dir/run.log" 2>&1
+  echo "rc=$? after $(( $(date +%s) - START )) s" >> "$WORK/$dir/run.log"
 }
-left() { echo $(( CALL_S - ($(date +%s) - START) )); }
 
-case "$MODE" in
-  lm+mqar)
-    bench lm $(( CALL_S - 150 ))
-    bench mqar $(( $(left) - 10 )) --cells "$CELLS" --budget-s "${MQAR_BUDGET_S:-$(( $(left) - 60 ))}"
-    ;;
-  position+mqar)
-    bench position $(( CALL_S - 10 )) &
-    bench mqar $(( CALL_S - 10 )) --cells "$CELLS" --budget-s "${MQAR_BUDGET_S:-$(( CALL_S - 90 ))}" &
-    wait
-    ;;
-  *) echo "unknown mode $MODE"; exit 2 ;;
-esac
-tail -n 3 "$OUT"/*.log
+{
+  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+  case "$MODE" in
+    lm)
+      bench lm $(( CALL_S - 10 )) lm
+      ;;
+    position+mqar)
+      bench position $(( CALL_S - 10 )) position &
+      for cell in 256:64 256:128 512:128 1024:128 2048:128 2048:256; do
+        bench "mqar_${cell/:/_}" $(( CALL_S - 10 )) mqar --cells "$cell" --budget-s "${MQAR_BUDGET_S:-$(( CALL_S - 80 ))}" &
+      done
+      wait
+      ;;
+    *) echo "unknown mode $MODE"; exit 2 ;;
+  esac
+  for log in "$WORK"/*/run.log; do echo "== $log"; grep -v Warning "$log" | tail -n 25; done
+} 2>&1 | tee "$OUT/summary.log"
+tar czf "$OUT/claims.tgz" --exclude=cache -C "$WORK" .

@@ -30,10 +30,10 @@ HALF_POINTERS = ("x_ptr", "B_ptr", "C_ptr", "dy_ptr", "dx_ptr", "y_ptr", "v_ptr"
 NOT_DIVISIBLE = ("L", "H", "G", "NSPLIT", "HSPLIT", "NBN", "OFFSET")
 
 
-def constexprs(float32: bool) -> dict:
+def constexprs(float32: bool, bp: int = 64) -> dict:
     dt, prec, split = (tl.float32, "ieee", False) if float32 else (tl.bfloat16, "tf32", True)
     mm = dict(DT=dt, PREC=prec, UPCAST=False)
-    tile = dict(Q=256, BQ=64, BP=64, BN=128, **mm)
+    tile = dict(Q=256, BQ=64, BP=bp, BN=128, **mm)
     return {
         "_cumsum_kernel": dict(Q=256, BLOCK_H=16),
         "_cb_kernel": dict(Q=256, BQ=64, BN=128, **mm),
@@ -81,8 +81,9 @@ def main():
     parser.add_argument("kernels", nargs="*", default=list(CONFIG_NAME))
     parser.add_argument("--configs", nargs="*", default=None, help="warps,stages pairs (default: CONFIG)")
     parser.add_argument("--float32", action="store_true", help="float32 inputs (ieee products) instead of bf16")
+    parser.add_argument("--bp", type=int, default=64, help="head-dim tile BP of the kernels that take one")
     args = parser.parse_args()
-    table = constexprs(args.float32)
+    table = constexprs(args.float32, args.bp)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.kernels:
             configs = ([tuple(int(v) for v in c.split(",")) for c in args.configs] if args.configs

@@ -191,6 +191,29 @@ def test_padding_mask_without_cache_and_bf16_forward():
     assert rel_err(out, ref) < 2e-2
 
 
+def test_ssd_inputs_keep_the_activation_dtype_under_autocast(monkeypatch):
+    # x, B, C reach the op in bf16 (the Triton kernels use tensor cores for half inputs and exact float32
+    # products for float32 ones); dt and A in float32. The result stays close to the float32 layer.
+    import wonderful_matrices.layers.ssd as layer_module
+
+    seen = {}
+    real = layer_module.ssd
+
+    def spy(x, dt, A, B, C, **kw):
+        seen.update(x=x.dtype, dt=dt.dtype, A=A.dtype, B=B.dtype, C=C.dtype)
+        return real(x, dt, A, B, C, **kw)
+
+    monkeypatch.setattr(layer_module, "ssd", spy)
+    m = make_mixer(torch.float32)
+    hs, pos = torch.randn(2, 9, D_MODEL), positions(2, 9)
+    ref = m(hs, pos)
+    assert seen == dict(x=torch.float32, dt=torch.float32, A=torch.float32, B=torch.float32, C=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(hs, pos)
+    assert seen == dict(x=torch.bfloat16, dt=torch.float32, A=torch.float32, B=torch.bfloat16, C=torch.bfloat16)
+    assert rel_err(out.float(), ref) < 3e-2
+
+
 @pytest.mark.parametrize("kwargs,argument", [
     (dict(num_heads=3), "num_groups"),
     (dict(chunk_size=48), "chunk_size"),

@@ -78,7 +78,7 @@ def model_config(mixer: str, width: int, vocab_size: int, state_size: int = 128)
         vocab_size=vocab_size, hidden_size=width, num_hidden_layers=2, layer_types=[mixer] * 2,
         ffn_types=["none"] * 2, num_attention_heads=1, num_key_value_heads=1, head_dim=width, keep_window=None,
         ssd_num_heads=2 * width // ssd_head_dim, ssd_head_dim=ssd_head_dim, ssd_state_size=state_size,
-        ssd_chunk_size=64, ssd_use_conv=True, ssd_use_rope=False, tie_word_embeddings=False,
+        ssd_chunk_size=128, ssd_use_conv=True, ssd_use_rope=False, tie_word_embeddings=False,
         use_cache=False)
 
 
@@ -310,7 +310,7 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
         "budget_rule": "per cell: the same steps x batch for every mixer and learning rate, derived from "
                        "budget_s and the measured step time of every mixer (or fixed by steps=)",
         "models": "untied embeddings; attn: 1 head, head_dim = width; dma: 1 head, keep_window None, gate mask; ssd: Mamba2 SSD "
-                  "(conv 4, no RoPE), head_dim min(64, width), expand 2, chunk 64",
+                  "(conv 4, no RoPE), head_dim min(64, width), expand 2, chunk 128",
         "train_rows_per_cell": num_train,
     }
     columns = ["seq_len", "num_kv_pairs", "width", "model", "accuracy", "paper", "best_lr", "steps", "batch",

@@ -199,7 +199,9 @@ class SSDMixer(nn.Module):
         if keep is not None:
             xbc = xbc.masked_fill(~keep, 0.0)
         x, B, C = xbc.split([self.inner_size, g * n, g * n], dim=-1)
-        x = x.reshape(b, l, h, p).to(acc)
+        # x, B and C stay in the activation dtype (bf16 under autocast): the SSD kernels accumulate in float32,
+        # and float32 inputs would make the Triton kernels use exact float32 products (no tensor cores, ~10x slower)
+        x = x.reshape(b, l, h, p)
         B = B.reshape(b, l, g, n)
         C = C.reshape(b, l, g, n)
         if self.use_rope:
