@@ -5,8 +5,9 @@
 #                                                          cell of the paper (MQAR's small models leave the GPU idle
 #                                                          between kernel launches, so the processes run side by side)
 # Results: DIR/claims.tgz (each run's folder: results.json / results.md / PNG / log) and DIR/summary.log.
-# Merge the MQAR cells with `python -m wonderful_matrices.bench.mqar_merge OUT PART...`.
-# Time limits (seconds): CALL_S for the whole call (default 560); MQAR_BUDGET_S per cell (default CALL_S - 80).
+# Every MQAR process rewrites its results after each finished run, so a process cut by the time limit keeps them.
+# Time limits (seconds): CALL_S for the whole call (default 560); MQAR_BUDGET_S per cell (default 60% of CALL_S: no run
+# starts after 1.1x the budget, and a run in progress may need a while to finish).
 set -uo pipefail
 OUT=${OUT:-out}
 MODE=${1:?mode: lm or position+mqar}
@@ -34,7 +35,7 @@ bench() {  # bench DIRNAME SECONDS NAME ARGS... -> $WORK/DIRNAME with results an
     position+mqar)
       bench position $(( CALL_S - 10 )) position &
       for cell in 256:64 256:128 512:128 1024:128 2048:128 2048:256; do
-        bench "mqar_${cell/:/_}" $(( CALL_S - 10 )) mqar --cells "$cell" --budget-s "${MQAR_BUDGET_S:-$(( CALL_S - 80 ))}" &
+        bench "mqar_${cell/:/_}" $(( CALL_S - 10 )) mqar --cells "$cell" --budget-s "${MQAR_BUDGET_S:-$(( CALL_S * 6 / 10 ))}" &
       done
       wait
       ;;

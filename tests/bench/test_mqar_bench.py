@@ -62,3 +62,13 @@ def test_labelled_logits_are_the_full_logits_at_the_labelled_positions():
     mask = labels != -100
     assert logits.shape == (int(mask.sum()), 64) and torch.equal(targets, labels[mask])
     torch.testing.assert_close(logits, full[mask], rtol=1e-5, atol=1e-5)
+
+
+def test_no_run_starts_after_the_budget_and_the_files_say_so(tmp_path):
+    # a budget spent by the calibration: every row stays without an accuracy, and the files are still written
+    rows = bench_mqar.run(tmp_path, quick=True, cells=((16, 2, 16),), budget_s=1e-3, vocab_size=32, state_size=8,
+                          batch_size=4, num_test=8, learning_rates=(1e-3, 1e-2))
+    assert [r["accuracy"] for r in rows] == [None] * 3 and all(r["lr_accuracy"] == {} for r in rows)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["meta"]["lr_order"] == ["1.00e-03", "1.00e-02"] and len(data["rows"]) == 3
+    assert (tmp_path / "mqar.png").exists()

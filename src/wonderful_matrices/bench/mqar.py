@@ -10,7 +10,10 @@ learning-rate sweep ``logspace(-4, -2, 4)``; the best test accuracy per cell is 
 cell gets the same budget: the same number of steps of the same batch size over the same training rows. The
 number of steps is derived from ``budget_s`` (wall-clock seconds for the whole sweep, split evenly over the
 cells): the measured step times of all mixers of a cell decide how many steps fit (or pass ``steps``).
-A learning rate is skipped once a cell is solved (accuracy >= 0.999), since it cannot raise the best.
+Learning rates run in order of promise (nearest 2e-3 first), each for every mixer before the next, and one is
+skipped for a mixer that already solved the cell (accuracy >= 0.999), since it cannot raise the best. With a
+time budget no run starts after 1.1x the budget, and the result files are rewritten after every run, so a
+sweep cut short keeps what finished.
 
 Outputs ``results.json`` / ``results.md`` (rows per cell and mixer, with the paper's number beside ours) and
 ``mqar.png`` (accuracy against width, one panel per sequence length, the paper's points dashed).
@@ -199,7 +202,8 @@ def _plot(rows: list[dict], path: Path) -> None:
     colors = {"attn": "tab:blue", "ssd": "tab:orange", "dma": "tab:green", "based": "tab:gray"}
     for ax, t in zip(axes[0], lengths):
         for mixer in MIXERS:
-            pts = sorted((r["width"], r["accuracy"]) for r in rows if r["seq_len"] == t and r["mixer"] == mixer)
+            pts = sorted((r["width"], r["accuracy"]) for r in rows
+                         if r["seq_len"] == t and r["mixer"] == mixer and r["accuracy"] is not None)
             if pts:
                 ax.plot(*zip(*pts), "o-", color=colors[mixer], label=f"{MIXER_NAMES[mixer]} (ours)")
         for mixer in ("based",) + MIXERS:
@@ -261,7 +265,24 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
     sweep_order = sorted(learning_rates, key=lambda lr: abs(math.log10(lr) - math.log10(2e-3)))
 
     start = time.perf_counter()
+    # with a budget, no new run starts after this (the calibration can underestimate a shared GPU's step time)
+    deadline = None if steps is not None else start + 1.1 * budget_s
     per_cell_s = budget_s / len(cells)
+    meta = {
+        "quick": quick, "device": str(device), "vocab_size": vocab, "ssd_state_size": state, "layers": 2,
+        "ffn": "none", "batch_size": batch, "test_rows": num_test, "learning_rates": list(learning_rates),
+        "optimizer": "AdamW(betas=(0.9, 0.98), weight_decay=0.1), grad clip 1.0, 10% linear warm-up + cosine",
+        "budget_s": None if steps is not None else budget_s, "seed": seed,
+        "budget_rule": "per cell: the same steps x batch for every mixer and learning rate, derived from "
+                       "budget_s and the measured step time of every mixer (or fixed by steps=); learning "
+                       "rates in the order of lr_order, each for every mixer before the next; no run starts "
+                       "after 1.1 x budget_s",
+        "lr_order": [f"{lr:.2e}" for lr in sweep_order],
+        "models": "untied embeddings; attn: 1 head, head_dim = width; dma: 1 head, keep_window None, gate mask; ssd: Mamba2 SSD "
+                  "(conv 4, no RoPE), head_dim min(64, width), expand 2, chunk 128",
+        "train_rows_per_cell": num_train,
+    }
+    out = Path(out_dir)
     rows = []
     for cell_idx, (seq_len, kv, width) in enumerate(cells):
         t_cell = time.perf_counter()
@@ -279,47 +300,47 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
             left = per_cell_s - (time.perf_counter() - t_cell)
             cell_steps = int(left / (1.15 * len(learning_rates) * sum(step_s.values())))
             cell_steps = max(min_steps, min(max_steps, cell_steps))
+        cell_rows = {}
         for mixer in mixers:
-            results = {}
-            for lr in sweep_order:
-                if results and max(r["accuracy"] for r in results.values()) >= SOLVED:
-                    break
+            cell_rows[mixer] = {
+                "seq_len": seq_len, "num_kv_pairs": kv, "width": width, "mixer": mixer, "model": MIXER_NAMES[mixer],
+                "accuracy": None, "paper": PAPER.get((seq_len, width), {}).get(mixer), "best_lr": None,
+                "steps": cell_steps, "batch": batch, "examples_seen": cell_steps * batch,
+                "epochs": round(cell_steps * batch / num_train, 2),
+                "calibrated_step_ms": round(1e3 * step_s[mixer], 2) if step_s else None,
+                "lr_accuracy": {}, "train_s": 0.0}
+            rows.append(cell_rows[mixer])
+        for lr in sweep_order:
+            for mixer in mixers:
+                row = cell_rows[mixer]
+                if (row["accuracy"] or 0.0) >= SOLVED or (deadline is not None and time.perf_counter() > deadline):
+                    continue
                 model = build_model(mixer, width, vocab, state, device, seed=seed)
-                results[lr] = train_and_evaluate(model, train, test, lr, cell_steps, batch, device, seed=seed)
+                result = train_and_evaluate(model, train, test, lr, cell_steps, batch, device, seed=seed)
                 del model
-            best_lr = max(results, key=lambda lr: results[lr]["accuracy"])
-            paper = PAPER.get((seq_len, width), {}).get(mixer)
-            row = {"seq_len": seq_len, "num_kv_pairs": kv, "width": width, "mixer": mixer,
-                   "model": MIXER_NAMES[mixer],
-                   "accuracy": results[best_lr]["accuracy"], "paper": paper, "best_lr": best_lr,
-                   "steps": cell_steps, "batch": batch, "examples_seen": cell_steps * batch,
-                   "epochs": round(cell_steps * batch / num_train, 2),
-                   "calibrated_step_ms": round(1e3 * step_s[mixer], 2) if step_s else None,
-                   "lr_accuracy": {f"{lr:.2e}": round(r["accuracy"], 4) for lr, r in results.items()},
-                   "train_s": round(sum(r["train_s"] for r in results.values()), 2)}
-            rows.append(row)
-            print(f"T={seq_len:5d} kv={kv:4d} width={width:4d} {MIXER_NAMES[mixer]:7s} "
-                  f"acc={row['accuracy']:.4f} (lr {best_lr:.1e}; paper {paper}) steps={cell_steps} "
-                  f"[{row['train_s']:.1f} s]", flush=True)
-    total_s = time.perf_counter() - start
-    meta = {
-        "quick": quick, "device": str(device), "vocab_size": vocab, "ssd_state_size": state, "layers": 2,
-        "ffn": "none", "batch_size": batch, "test_rows": num_test, "learning_rates": list(learning_rates),
-        "optimizer": "AdamW(betas=(0.9, 0.98), weight_decay=0.1), grad clip 1.0, 10% linear warm-up + cosine",
-        "budget_s": None if steps is not None else budget_s, "wall_s": round(total_s, 1), "seed": seed,
-        "budget_rule": "per cell: the same steps x batch for every mixer and learning rate, derived from "
-                       "budget_s and the measured step time of every mixer (or fixed by steps=)",
-        "models": "untied embeddings; attn: 1 head, head_dim = width; dma: 1 head, keep_window None, gate mask; ssd: Mamba2 SSD "
-                  "(conv 4, no RoPE), head_dim min(64, width), expand 2, chunk 128",
-        "train_rows_per_cell": num_train,
-    }
-    columns = ["seq_len", "num_kv_pairs", "width", "model", "accuracy", "paper", "best_lr", "steps", "batch",
-               "lr_accuracy", "train_s"]
-    notes = ("accuracy = fraction of labelled (query) positions predicted exactly, best over the learning-rate "
-             "sweep; paper = read from the paper's figure (PAPER.md), where it has that cell. A blank lr in "
-             "lr_accuracy was skipped because the cell was already solved (>= 0.999).")
-    out = Path(out_dir)
-    write_results(out, "mqar", rows, meta, columns=columns, notes=notes)
+                row["lr_accuracy"][f"{lr:.2e}"] = round(result["accuracy"], 4)
+                row["train_s"] = round(row["train_s"] + result["train_s"], 2)
+                if row["accuracy"] is None or result["accuracy"] > row["accuracy"]:
+                    row["accuracy"], row["best_lr"] = result["accuracy"], lr
+                print(f"T={seq_len:5d} kv={kv:4d} width={width:4d} {MIXER_NAMES[mixer]:7s} lr {lr:.1e}: "
+                      f"acc={result['accuracy']:.4f} (best {row['accuracy']:.4f}; paper {row['paper']}) "
+                      f"steps={cell_steps} [{result['train_s']:.1f} s]", flush=True)
+                # results so far, so that a run cut short still leaves every finished run on disk
+                _write(out, rows, dict(meta, wall_s=round(time.perf_counter() - start, 1)))
+        _plot(rows, out / "mqar.png")
+    _write(out, rows, dict(meta, wall_s=round(time.perf_counter() - start, 1)))
     _plot(rows, out / "mqar.png")
+    total_s = time.perf_counter() - start
     print(f"mqar: {len(rows)} rows in {total_s:.1f} s -> {out}")
     return rows
+
+
+def _write(out: Path, rows: list[dict], meta: dict) -> None:
+    """results.json / results.md of the rows so far."""
+    columns = ["seq_len", "num_kv_pairs", "width", "model", "accuracy", "paper", "best_lr", "steps", "batch",
+               "lr_accuracy", "train_s"]
+    notes = ("accuracy = fraction of labelled (query) positions predicted exactly, best over the learning rates "
+             "run (lr_accuracy); paper = read from the paper's figure (PAPER.md), where it has that cell. A "
+             "learning rate missing from lr_accuracy was not run: the cell was already solved (>= 0.999) or the "
+             "time budget was spent (an empty accuracy: no run finished).")
+    write_results(out, "mqar", rows, meta, columns=columns, notes=notes)
