@@ -179,6 +179,8 @@ def test_layer_balance_loss_permutes_consistently_and_trains_the_router():
     assert torch.equal(p.route(p.query(x))[1], new_id[m.route(m.query(x))[1]])
     assert abs(p.aux_loss.item() - loss.item()) < 1e-12
     assert layer()(x) is not None and layer().aux_loss is None
+    m.eval()
+    assert torch.equal(m(x), y) and m.aux_loss is None  # a training loss only: nothing to compute in eval/decoding
 
 
 @pytest.mark.parametrize("kwargs,argument", [

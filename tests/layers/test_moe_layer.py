@@ -108,6 +108,9 @@ def test_balance_loss_is_aligned_by_expert_id():
     m(torch.randn(9, 12, dtype=torch.float64))
     assert m.aux_loss is not None and torch.autograd.grad(m.aux_loss, m.router.weight)[0].abs().sum() > 0
     assert moe(balance_loss_weight=0.0).aux_loss is None
+    m.eval()
+    m(torch.randn(9, 12, dtype=torch.float64))
+    assert m.aux_loss is None  # a training loss only
 
 
 @pytest.mark.parametrize("kwargs,argument", [

@@ -74,6 +74,7 @@ class CDMoE(nn.Module):
             authors' Doge configs.
         activation: ``"silu"``, ``"gelu"`` or ``"relu"`` for the shared SwiGLU and the private experts.
         balance_loss_weight: weight of :func:`product_key_balance_loss`; 0 disables it (``aux_loss`` is None).
+            Computed in training mode only (``aux_loss`` is None after an eval-mode call).
         bias: biases in the shared SwiGLU's linears (as ``GatedMLP``'s ``bias``).
         backend: backend of :func:`~wonderful_matrices.ops.expert_mixture`: ``"auto"`` (Triton kernels on CUDA,
             else PyTorch), ``"torch"`` or ``"triton"``.
@@ -146,7 +147,7 @@ class CDMoE(nn.Module):
             private = expert_mixture(hidden_states, ids, gates, self.down_embed.weight.to(dtype),
                                      self.up_embed.weight.to(dtype), activation=self.activation, backend=self.backend)
         self.aux_loss = None
-        if self.balance_loss_weight > 0:
+        if self.balance_loss_weight > 0 and self.training:  # a training loss: not computed in eval or decoding
             half_scores = torch.einsum("...hcd,hcnd->...hcn", query, self.keys.to(query.dtype))  # O(√N) per token
             self.aux_loss = self.balance_loss_weight * product_key_balance_loss(half_scores, ids)
         return self.shared(hidden_states) + private

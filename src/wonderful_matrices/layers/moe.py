@@ -66,6 +66,7 @@ class MoE(nn.Module):
         implementation: ``"grouped"`` (sorted dispatch, grouped GEMM on CUDA) or ``"loop"`` (per-expert loop).
         activation: ``"silu"`` (SwiGLU), ``"gelu"`` or ``"relu"``.
         balance_loss_weight: weight of :func:`moe_balance_loss`; 0 disables it (``aux_loss`` stays None).
+            Computed in training mode only.
 
     Forward: ``hidden_states (..., d) -> (..., d)``; per token (routing never looks at other tokens).
     """
@@ -168,6 +169,7 @@ class MoE(nn.Module):
         out = routed(x, gates, ids)
         if self.shared_expert is not None:
             out = out + self.shared_expert(x)
-        self.aux_loss = self.balance_loss_weight * moe_balance_loss(probs, ids) if self.balance_loss_weight > 0 \
-            else None
+        # a training loss: not computed in eval or decoding
+        self.aux_loss = self.balance_loss_weight * moe_balance_loss(probs, ids) \
+            if self.balance_loss_weight > 0 and self.training else None
         return out.reshape(hidden_states.shape)
