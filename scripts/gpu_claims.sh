@@ -4,6 +4,11 @@
 #   OUT=DIR bash scripts/gpu_claims.sh position+mqar      `wm bench position`, and `wm bench mqar` with one process per
 #                                                          cell of the paper (MQAR's small models leave the GPU idle
 #                                                          between kernel launches, so the processes run side by side)
+#   OUT=DIR bash scripts/gpu_claims.sh mqar-grid          MQAR as one job per (cell, mixer, learning rate), STEPS steps
+#                                                          each (default 3000), SLOTS jobs per GPU (default 4) on every
+#                                                          GPU of the machine, longest cells first; then one merged
+#                                                          result (`wm bench mqar --merge`). CELLS / LRS override the
+#                                                          paper's six cells / the four learning rates.
 # Results: DIR/claims.tgz (each run's folder: results.json / results.md / PNG / log) and DIR/summary.log.
 # Every MQAR process rewrites its results after each finished run, so a process cut by the time limit keeps them.
 # Time limits (seconds): CALL_S for the whole call (default 560); MQAR_BUDGET_S per cell (default 60% of CALL_S: no run
@@ -39,8 +44,31 @@ bench() {  # bench DIRNAME SECONDS NAME ARGS... -> $WORK/DIRNAME with results an
       done
       wait
       ;;
+    mqar-grid)
+      NGPU=$(nvidia-smi -L | wc -l)
+      DEADLINE=$(( START + CALL_S - 30 ))
+      export WORK DEADLINE PY NGPU STEPS=${STEPS:-3000}
+      i=0
+      for cell in ${CELLS:-2048:256 2048:128 1024:128 512:128 256:128 256:64}; do
+        for lr in ${LRS:-2.15e-3 4.64e-4 1e-2 1e-4}; do
+          for mixer in attn ssd dma; do echo "$i $cell $mixer $lr"; i=$((i + 1)); done
+        done
+      done | xargs -P $(( NGPU * ${SLOTS:-4} )) -L 1 bash -c '
+        left=$(( DEADLINE - $(date +%s) )); [ "$left" -gt 30 ] || exit 0
+        dir="$WORK/job_$0"; mkdir -p "$dir"
+        CUDA_VISIBLE_DEVICES=$(( $0 % NGPU )) timeout "$left" $PY -m wonderful_matrices.bench mqar --cells "$1" \
+          --mixers "$2" --learning-rates "$3" --steps "$STEPS" --out "$dir" > "$dir/run.log" 2>&1
+        echo "job $0 ($1 $2 lr $3): rc=$?" >> "$WORK/jobs.log"'
+      cat "$WORK/jobs.log"
+      parts=$(ls -d "$WORK"/job_*/ 2>/dev/null | while read -r d; do [ -f "$d/results.json" ] && echo "$d"; done)
+      # shellcheck disable=SC2086
+      [ -n "$parts" ] && $PY -m wonderful_matrices.bench mqar --merge $parts --out "$WORK/mqar" && cat "$WORK/mqar/results.md"
+      ;;
     *) echo "unknown mode $MODE"; exit 2 ;;
   esac
-  for log in "$WORK"/*/run.log; do echo "== $log"; grep -v Warning "$log" | tail -n 25; done
+  for log in "$WORK"/*/run.log; do
+    n=25; case $log in *job_*) n=1 ;; esac
+    echo "== $log"; grep -v Warning "$log" | tail -n $n
+  done
 } 2>&1 | tee "$OUT/summary.log"
 tar czf "$OUT/claims.tgz" --exclude=cache -C "$WORK" .

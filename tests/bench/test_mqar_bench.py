@@ -72,3 +72,33 @@ def test_no_run_starts_after_the_budget_and_the_files_say_so(tmp_path):
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["meta"]["lr_order"] == ["1.00e-03", "1.00e-02"] and len(data["rows"]) == 3
     assert (tmp_path / "mqar.png").exists()
+
+
+def test_runs_split_by_mixer_and_learning_rate_merge_into_the_whole_sweep(tmp_path):
+    small = dict(quick=True, cells=((16, 2, 16),), steps=3, vocab_size=32, state_size=8, batch_size=4, num_test=8)
+    whole = bench_mqar.run(tmp_path / "whole", learning_rates=(1e-3, 1e-2), **small)
+    bench_mqar.run(tmp_path / "a", mixers="attn,ssd", learning_rates="1e-3", **small)
+    bench_mqar.run(tmp_path / "b", mixers="attn,ssd", learning_rates="1e-2", **small)
+    bench_mqar.run(tmp_path / "c", mixers="dma", learning_rates="1e-3,1e-2", **small)
+    merged = bench_mqar.merge_results(tmp_path / "merged", [tmp_path / p for p in "abc"])
+    key = lambda r: (r["mixer"], r["accuracy"], r["best_lr"], r["lr_accuracy"])  # noqa: E731
+    assert [key(r) for r in merged] == [key(r) for r in whole]
+    assert json.loads((tmp_path / "merged" / "results.json").read_text())["meta"]["merged_from"][0].endswith("a")
+    # parts that do not belong together are refused
+    bench_mqar.run(tmp_path / "other", mixers="dma", learning_rates="1e-3", **dict(small, vocab_size=64))
+    with pytest.raises(ValueError, match="vocab_size"):
+        bench_mqar.merge_results(tmp_path / "bad", [tmp_path / "a", tmp_path / "other"])
+    with pytest.raises(ValueError, match="results.json"):
+        bench_mqar.merge_results(tmp_path / "bad", [tmp_path / "nothing-here"])
+    with pytest.raises(ValueError, match="learning_rates"):
+        bench_mqar.run(tmp_path / "x", learning_rates="fast", **small)
+
+
+def test_wm_bench_merge(tmp_path):
+    from wonderful_matrices.cli import main
+
+    bench_mqar.run(tmp_path / "a", quick=True, cells=((16, 2, 16),), steps=2, vocab_size=32, state_size=8, batch_size=4,
+                   num_test=8, learning_rates=(1e-3,))
+    assert main(["bench", "mqar", "--merge", str(tmp_path / "a"), "--out", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / "mqar.png").exists()
+    assert main(["bench", "lm", "--merge", str(tmp_path / "a"), "--out", str(tmp_path / "m")]) == 2

@@ -1,5 +1,5 @@
 """``python -m wonderful_matrices.bench NAME [--quick] --out DIR [--device D] [--budget-s S] [--steps N]
-[--threads N]``."""
+[--cells ...] [--mixers ...] [--learning-rates ...] [--merge DIR ...] [--threads N]``."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training steps per run instead of the default (mqar, position, lm)")
     parser.add_argument("--cells", default=None,
                         help="mqar: cells to run as seq_len:width pairs, e.g. 256:64,2048:128, or 'all'")
+    parser.add_argument("--mixers", default=None, help="mqar: mixers to train, e.g. attn,dma (default: all)")
+    parser.add_argument("--learning-rates", default=None,
+                        help="mqar: learning rates to sweep, e.g. 1e-3,2e-3 (default: logspace(-4, -2, 4))")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="DIR",
+                        help="mqar: join the results in these folders (split runs) into --out instead of training")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice; 1 is faster on a shared machine)")
 
@@ -34,8 +39,15 @@ def main_from_args(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     try:
+        if args.merge:
+            if args.name != "mqar":
+                raise ValueError(f"merge={args.merge!r} is not allowed: only mqar results are merged")
+            from .mqar import merge_results
+
+            merge_results(args.out, args.merge)
+            return 0
         run_benchmark(args.name, args.out, quick=args.quick, device=args.device, budget_s=args.budget_s,
-                      steps=args.steps, cells=args.cells)
+                      steps=args.steps, cells=args.cells, mixers=args.mixers, learning_rates=args.learning_rates)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -235,8 +235,9 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
     steps per run (fixed, so the result does not depend on the load of a CPU; ~5 minutes on 2 idle cores)
     unless ``budget_s`` is given. Full: vocab 8192, state 128, the paper's six cells (``cells="all"`` for
     all 24), all four learning rates, steps derived from ``budget_s`` seconds in all (default 420, one H200).
-    ``steps`` fixes the step count instead. ``cells`` may also be a string ``"256:64,2048:128"`` (to split
-    the sweep over several calls). Returns one row per (cell, mixer).
+    ``steps`` fixes the step count instead. ``cells`` may also be a string ``"256:64,2048:128"``, ``mixers``
+    ``"attn,dma"`` and ``learning_rates`` ``"1e-3,2e-3"``: to split the sweep over processes, GPUs or calls,
+    then :func:`merge_results` joins the parts. Returns one row per (cell, mixer).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if cells is None:
@@ -245,7 +246,17 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
         cells = ALL_CELLS
     elif isinstance(cells, str):
         cells = parse_cells(cells)
+    if isinstance(mixers, str):
+        mixers = tuple(m.strip() for m in mixers.split(","))
+    if isinstance(learning_rates, str):
+        try:
+            learning_rates = tuple(float(v) for v in learning_rates.split(","))
+        except ValueError:
+            raise ValueError(f"learning_rates={learning_rates!r} is not allowed: comma-separated numbers, "
+                             "e.g. '1e-3,2e-3'") from None
     learning_rates = tuple(learning_rates or (LEARNING_RATES[2:] if quick else LEARNING_RATES))
+    if not all(lr > 0 for lr in learning_rates):
+        raise ValueError(f"learning_rates={learning_rates!r} is not allowed: every rate must be > 0")
     vocab = vocab_size or (256 if quick else 8192)
     state = state_size or (16 if quick else 128)
     batch = batch_size or 64
@@ -332,6 +343,56 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
     _plot(rows, out / "mqar.png")
     total_s = time.perf_counter() - start
     print(f"mqar: {len(rows)} rows in {total_s:.1f} s -> {out}")
+    return rows
+
+
+def merge_results(out_dir, parts) -> list[dict]:
+    """Join the results of MQAR runs split by cell, mixer or learning rate (``parts``: folders holding a
+    ``results.json`` each) into one ``results.json`` / ``results.md`` / ``mqar.png`` in ``out_dir``.
+
+    Rows of the same (seq_len, width, mixer) are combined: their ``lr_accuracy`` entries united, the best accuracy
+    kept, ``train_s`` summed. The parts must agree on vocabulary, state size, batch and seed (``ValueError``
+    otherwise); a learning rate run in two parts with different step counts is an error too."""
+    import json
+
+    parts = [Path(p) for p in parts]
+    if not parts:
+        raise ValueError("parts=[] is not allowed: at least one folder with a results.json")
+    same = ("vocab_size", "ssd_state_size", "batch_size", "seed", "test_rows")
+    merged: dict[tuple, dict] = {}
+    meta0 = None
+    for part in parts:
+        path = part / "results.json"
+        if not path.exists():
+            raise ValueError(f"parts={str(part)!r} is not allowed: it has no results.json")
+        data = json.loads(path.read_text())
+        if data.get("experiment") != "mqar":
+            raise ValueError(f"parts={str(part)!r} is not allowed: its results are {data.get('experiment')!r}, not mqar")
+        meta = data["meta"]
+        meta0 = meta0 or meta
+        for key in same:
+            if meta.get(key) != meta0.get(key):
+                raise ValueError(f"parts={str(part)!r} is not allowed: its {key}={meta.get(key)!r} differs from "
+                                 f"{meta0.get(key)!r} in {str(parts[0])!r}")
+        for row in data["rows"]:
+            key = (row["seq_len"], row["width"], row["mixer"])
+            into = merged.setdefault(key, dict(row, lr_accuracy={}, accuracy=None, best_lr=None, train_s=0.0))
+            for lr, acc in row["lr_accuracy"].items():
+                if lr in into["lr_accuracy"] and row["steps"] != into["steps"]:
+                    raise ValueError(f"parts={str(part)!r} is not allowed: lr {lr} of cell {key} was also run "
+                                     f"with {into['steps']} steps, here with {row['steps']}")
+                into["lr_accuracy"][lr] = acc
+            into["train_s"] = round(into["train_s"] + row["train_s"], 2)
+            if row["accuracy"] is not None and (into["accuracy"] is None or row["accuracy"] > into["accuracy"]):
+                into.update(accuracy=row["accuracy"], best_lr=row["best_lr"], steps=row["steps"],
+                            examples_seen=row["examples_seen"], epochs=row["epochs"])
+    order = {m: i for i, m in enumerate(MIXERS)}
+    rows = sorted(merged.values(), key=lambda r: (r["seq_len"], r["width"], order[r["mixer"]]))
+    meta = {k: v for k, v in meta0.items() if k not in ("wall_s", "budget_s", "lr_order")}
+    meta["merged_from"] = [str(p) for p in parts]
+    out = Path(out_dir)
+    _write(out, rows, meta)
+    _plot(rows, out / "mqar.png")
     return rows
 
 
