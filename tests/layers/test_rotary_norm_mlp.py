@@ -42,3 +42,28 @@ def test_rmsnorm_and_mlp_shapes():
     assert GatedMLP(8, 12)(x).shape == x.shape
     with pytest.raises(ValueError, match="activation"):
         GatedMLP(8, 12, activation="tanh")
+
+
+def test_rotary_tables_are_computed_once_per_position_tensor():
+    import gc
+
+    from wonderful_matrices.layers import rotary as rotary_module
+
+    a, b = RotaryEmbedding(8), RotaryEmbedding(8)  # two layers of one model
+    pos = torch.arange(5)[None].expand(2, 5)
+    cos, sin = a(pos)
+    assert b(pos)[0] is cos and b(pos)[1] is sin  # the second layer reuses the first one's tables
+    fresh = RotaryEmbedding(8)._tables(pos, torch.float32)
+    assert torch.equal(cos, fresh[0]) and torch.equal(sin, fresh[1])
+    other = pos.clone()
+    assert a(other)[0] is not cos and torch.equal(a(other)[0], cos)  # equal values, another tensor: recomputed
+    changed = torch.arange(5)[None].repeat(2, 1)
+    first = a(changed)[0]
+    changed += 3  # an in-place change: the old tables must not come back
+    again = a(changed)[0]
+    assert again is not first and torch.equal(again, RotaryEmbedding(8)._tables(changed, torch.float32)[0])
+    assert a(pos, torch.float64)[0].dtype == torch.float64  # the dtype is part of the key
+    key = (8, 10000.0, torch.float32)
+    del changed, again, first
+    gc.collect()
+    assert key not in rotary_module._LAST_TABLES  # the entry goes with its position tensor

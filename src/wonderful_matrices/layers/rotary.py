@@ -6,8 +6,23 @@ Angles depend only on the position, so ``rope(q)_t · rope(k)_s`` is a function 
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
+
+# The last tables computed per (dim, theta, dtype): every layer of a model gets the same position_ids tensor in
+# one forward, so the tables are computed once per forward instead of once per layer (each computation is ~10
+# kernel launches, which dominate a one-token decoding step). An entry is valid only for the same live tensor
+# at the same version (no in-place change since) and is dropped when that tensor is freed.
+_LAST_TABLES: dict[tuple, tuple] = {}
+
+
+def _memo_allowed(position_ids: torch.Tensor) -> bool:
+    """No memo while torch.compile traces or a CUDA graph is captured (their tensors must not leak out)."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (position_ids.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 class RotaryEmbedding(nn.Module):
@@ -29,7 +44,24 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype = torch.float32
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """position_ids (b, l) integer -> (cos, sin), each (b, l, dim) float32 (float64 if ``dtype`` says so)."""
+        """position_ids (b, l) integer -> (cos, sin), each (b, l, dim) float32 (float64 if ``dtype`` says so).
+
+        Repeated calls with the same, unchanged ``position_ids`` tensor return the same tables (computed once)."""
+        memo = _memo_allowed(position_ids)
+        key = (self.dim, self.theta, dtype)
+        if memo:
+            hit = _LAST_TABLES.get(key)
+            if hit is not None and hit[0]() is position_ids and hit[1] == position_ids._version:
+                return hit[2], hit[3]
+        cos, sin = self._tables(position_ids, dtype)
+        if memo:
+            def drop(ref, key=key):
+                if _LAST_TABLES.get(key, (None,))[0] is ref:
+                    del _LAST_TABLES[key]
+            _LAST_TABLES[key] = (weakref.ref(position_ids, drop), position_ids._version, cos, sin)
+        return cos, sin
+
+    def _tables(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         # Frequencies are recomputed in float64 on each call (dim/2 numbers): no buffer that `model.to(bf16)` could round.
         exponents = torch.arange(0, self.dim, 2, dtype=torch.float64, device=position_ids.device) / self.dim
         inv_freq = (1.0 / self.theta ** exponents).to(dtype)

@@ -198,17 +198,16 @@ class SSDMixer(nn.Module):
         xbc = F.silu(xbc)
         if keep is not None:
             xbc = xbc.masked_fill(~keep, 0.0)
-        x, B, C = xbc.split([self.inner_size, g * n, g * n], dim=-1)
+        x, BC = xbc.split([self.inner_size, 2 * g * n], dim=-1)
+        BC = BC.reshape(b, l, 2 * g, n)  # B's g groups, then C's
+        if self.use_rope:  # B and C rotate by the same angles: one call for both
+            cos, sin = self.rotary(position_ids.to(hidden_states.device),
+                                   torch.float64 if BC.dtype == torch.float64 else torch.float32)
+            BC = apply_rotary(BC, cos, sin)
+        B, C = BC.split([g, g], dim=2)
         # x, B and C stay in the activation dtype (bf16 under autocast): the SSD kernels accumulate in float32,
         # and float32 inputs would make the Triton kernels use exact float32 products (no tensor cores, ~10x slower)
         x = x.reshape(b, l, h, p)
-        B = B.reshape(b, l, g, n)
-        C = C.reshape(b, l, g, n)
-        if self.use_rope:
-            cos, sin = self.rotary(position_ids.to(hidden_states.device),
-                                   torch.float64 if B.dtype == torch.float64 else torch.float32)
-            B = apply_rotary(B, cos, sin)
-            C = apply_rotary(C, cos, sin)
         dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))
         if self.dt_limit != (0.0, float("inf")):
             dt = dt.clamp(*self.dt_limit)
