@@ -7,8 +7,9 @@
 #   OUT=DIR bash scripts/gpu_claims.sh mqar-grid          MQAR as one job per (cell, mixer, learning rate), STEPS steps
 #                                                          each (default 3000), SLOTS jobs per GPU (default 4) on every
 #                                                          GPU of the machine, longest cells first; then one merged
-#                                                          result (`wm bench mqar --merge`). CELLS / LRS override the
-#                                                          paper's six cells / the four learning rates.
+#                                                          result (`wm bench mqar --merge`). CELLS / LRS / VOCAB
+#                                                          override the paper's six cells / the four learning rates /
+#                                                          its vocabulary of 8192.
 # Results: DIR/claims.tgz (each run's folder: results.json / results.md / PNG / log) and DIR/summary.log.
 # Every MQAR process rewrites its results after each finished run, so a process cut by the time limit keeps them.
 # Time limits (seconds): CALL_S for the whole call (default 560); MQAR_BUDGET_S per cell (default 60% of CALL_S: no run
@@ -47,7 +48,7 @@ bench() {  # bench DIRNAME SECONDS NAME ARGS... -> $WORK/DIRNAME with results an
     mqar-grid)
       NGPU=$(nvidia-smi -L | wc -l)
       DEADLINE=$(( START + CALL_S - 30 ))
-      export WORK DEADLINE PY NGPU STEPS=${STEPS:-3000}
+      export WORK DEADLINE PY NGPU STEPS=${STEPS:-3000} VOCAB=${VOCAB:-8192}
       i=0
       for cell in ${CELLS:-2048:256 2048:128 1024:128 512:128 256:128 256:64}; do
         for lr in ${LRS:-2.15e-3 4.64e-4 1e-2 1e-4}; do
@@ -57,7 +58,7 @@ bench() {  # bench DIRNAME SECONDS NAME ARGS... -> $WORK/DIRNAME with results an
         left=$(( DEADLINE - $(date +%s) )); [ "$left" -gt 30 ] || exit 0
         dir="$WORK/job_$0"; mkdir -p "$dir"
         CUDA_VISIBLE_DEVICES=$(( $0 % NGPU )) timeout "$left" $PY -m wonderful_matrices.bench mqar --cells "$1" \
-          --mixers "$2" --learning-rates "$3" --steps "$STEPS" --out "$dir" > "$dir/run.log" 2>&1
+          --mixers "$2" --learning-rates "$3" --steps "$STEPS" --vocab-size "$VOCAB" --out "$dir" > "$dir/run.log" 2>&1
         echo "job $0 ($1 $2 lr $3): rc=$?" >> "$WORK/jobs.log"'
       cat "$WORK/jobs.log"
       parts=$(ls -d "$WORK"/job_*/ 2>/dev/null | while read -r d; do [ -f "$d/results.json" ] && echo "$d"; done)

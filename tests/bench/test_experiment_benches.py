@@ -106,19 +106,23 @@ def test_registry_names_and_errors(tmp_path):
         bench.run_benchmark("position", tmp_path, quick=True, budget_s=3.0)
 
 
-def test_wm_bench_passes_cells_to_mqar(tmp_path, monkeypatch):
+def test_wm_bench_passes_its_options_to_mqar(tmp_path, monkeypatch):
     from wonderful_matrices.bench import mqar
     from wonderful_matrices.cli import main
 
     seen = {}
 
-    def fake_run(out_dir, quick=False, device=None, budget_s=None, steps=None, cells=None):
-        seen.update(budget_s=budget_s, steps=steps, cells=cells)
+    def fake_run(out_dir, quick=False, device=None, budget_s=None, steps=None, cells=None, mixers=None,
+                 learning_rates=None, vocab_size=None):
+        seen.update(budget_s=budget_s, steps=steps, cells=cells, mixers=mixers, learning_rates=learning_rates,
+                    vocab_size=vocab_size)
         return []
 
     monkeypatch.setattr(mqar, "run", fake_run)
-    assert main(["bench", "mqar", "--out", str(tmp_path), "--cells", "256:64", "--steps", "5"]) == 0
-    assert seen == {"budget_s": None, "steps": 5, "cells": "256:64"}
+    assert main(["bench", "mqar", "--out", str(tmp_path), "--cells", "256:64", "--steps", "5", "--mixers", "dma",
+                 "--learning-rates", "1e-3", "--vocab-size", "1024"]) == 0
+    assert seen == {"budget_s": None, "steps": 5, "cells": "256:64", "mixers": "dma", "learning_rates": "1e-3",
+                    "vocab_size": 1024}
 
 
 def test_wm_bench_subcommand_reports_a_bad_option(tmp_path, capsys):

@@ -1,5 +1,5 @@
 """``python -m wonderful_matrices.bench NAME [--quick] --out DIR [--device D] [--budget-s S] [--steps N]
-[--cells ...] [--mixers ...] [--learning-rates ...] [--merge DIR ...] [--threads N]``."""
+[--cells ...] [--mixers ...] [--learning-rates ...] [--vocab-size V] [--merge DIR ...] [--threads N]``."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mixers", default=None, help="mqar: mixers to train, e.g. attn,dma (default: all)")
     parser.add_argument("--learning-rates", default=None,
                         help="mqar: learning rates to sweep, e.g. 1e-3,2e-3 (default: logspace(-4, -2, 4))")
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help="mqar, lm: vocabulary size instead of the experiment's default")
     parser.add_argument("--merge", nargs="+", default=None, metavar="DIR",
                         help="mqar: join the results in these folders (split runs) into --out instead of training")
     parser.add_argument("--threads", type=int, default=None,
@@ -47,7 +49,8 @@ def main_from_args(args: argparse.Namespace) -> int:
             merge_results(args.out, args.merge)
             return 0
         run_benchmark(args.name, args.out, quick=args.quick, device=args.device, budget_s=args.budget_s,
-                      steps=args.steps, cells=args.cells, mixers=args.mixers, learning_rates=args.learning_rates)
+                      steps=args.steps, cells=args.cells, mixers=args.mixers, learning_rates=args.learning_rates,
+                      vocab_size=args.vocab_size)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
