@@ -17,6 +17,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from ..layers import (CDMoE, Attention, DynamicMaskAttention, GatedMLP, Mamba2Mixer, MoE, RMSNorm, SSDMixer)
+from ..ops.common import value_checks_enabled
 from .cache import CheemsCache
 from .configuration import CheemsConfig
 
@@ -189,7 +190,8 @@ class CheemsModel(CheemsPreTrainedModel):
             if input_ids.dim() != 2:
                 raise ValueError(f"input_ids.shape={tuple(input_ids.shape)} is not allowed: must be (batch, seq)")
             vocab = self.config.vocab_size
-            if input_ids.numel() and bool(((input_ids < 0) | (input_ids >= vocab)).any()):
+            # reads values (a device sync on CUDA): skipped while torch.compile traces or a CUDA graph is captured
+            if input_ids.numel() and value_checks_enabled() and bool(((input_ids < 0) | (input_ids >= vocab)).any()):
                 raise ValueError(f"input_ids=[min {int(input_ids.min())}, max {int(input_ids.max())}] is not allowed: "
                                  f"token ids must be in [0, vocab_size={vocab})")
             inputs_embeds = self.embed_tokens(input_ids)
