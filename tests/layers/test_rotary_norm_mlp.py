@@ -63,7 +63,12 @@ def test_rotary_tables_are_computed_once_per_position_tensor():
     again = a(changed)[0]
     assert again is not first and torch.equal(again, RotaryEmbedding(8)._tables(changed, torch.float32)[0])
     assert a(pos, torch.float64)[0].dtype == torch.float64  # the dtype is part of the key
-    key = (8, 10000.0, torch.float32)
+    normal_cos = a(pos)[0]
+    with torch.inference_mode():
+        inference_cos = a(pos)[0]
+    assert inference_cos is not normal_cos and a(pos)[0] is normal_cos  # inference-mode tables are kept apart
+    del normal_cos, inference_cos, pos, cos, sin, other
+    key = (8, 10000.0, torch.float32, False)
     del changed, again, first
     gc.collect()
     assert key not in rotary_module._LAST_TABLES  # the entry goes with its position tensor

@@ -11,7 +11,7 @@ import weakref
 import torch
 from torch import nn
 
-# The last tables computed per (dim, theta, dtype): every layer of a model gets the same position_ids tensor in
+# The last tables computed per (dim, theta, dtype, inference mode): every layer of a model gets the same position_ids tensor in
 # one forward, so the tables are computed once per forward instead of once per layer (each computation is ~10
 # kernel launches, which dominate a one-token decoding step). An entry is valid only for the same live tensor
 # at the same version (no in-place change since) and is dropped when that tensor is freed.
@@ -48,7 +48,7 @@ class RotaryEmbedding(nn.Module):
 
         Repeated calls with the same, unchanged ``position_ids`` tensor return the same tables (computed once)."""
         memo = _memo_allowed(position_ids)
-        key = (self.dim, self.theta, dtype)
+        key = (self.dim, self.theta, dtype, torch.is_inference_mode_enabled())  # inference tensors stay apart
         if memo:
             hit = _LAST_TABLES.get(key)
             if hit is not None and hit[0]() is position_ids and hit[1] == position_ids._version:
