@@ -88,3 +88,31 @@ def test_cache_reorder_and_kv_length():
     with pytest.raises(ValueError, match="tokens_to_remove"):
         cache.crop(-1)
     assert cache.nbytes() > 0
+
+
+def test_torch_compile_traces_whole_graphs():
+    # torch.compile sees the whole training forward of an attention model: the rotary memo, the value checks and
+    # trusted_values() step aside while Dynamo traces (each once broke the graph)
+    import torch._dynamo
+
+    model = wm.CheemsForCausalLM(wm.presets.get("llama-tiny")).train()
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    torch._dynamo.reset()
+    try:
+        explained = torch._dynamo.explain(lambda x: model(input_ids=x, labels=x).loss)(ids)
+        assert explained.graph_break_count == 0, explained.break_reasons
+
+        eager_only = torch.compiler.disable(lambda x: x + 1)
+
+        def trusted_block(x):  # a graph break inside the block (as the SSD scans have) costs that break alone;
+            y = 3 * x          # with a generator-based context manager Dynamo gave up on the whole frame
+            with wm.ops.common.trusted_values():
+                z = 2 * eager_only(y)
+            return z.sin()
+        explained = torch._dynamo.explain(trusted_block)(ids.float())
+        assert (explained.graph_count, explained.graph_break_count) == (2, 1)
+        layer = wm.layers.DynamicMaskAttention(32, 2, 1, 16, keep_window=8)
+        x, pos = torch.randn(2, 16, 32), torch.arange(16)[None].expand(2, 16)
+        assert torch._dynamo.explain(lambda: layer(x, pos).sum())().graph_break_count == 0
+    finally:
+        torch._dynamo.reset()

@@ -47,18 +47,18 @@ class RotaryEmbedding(nn.Module):
         """position_ids (b, l) integer -> (cos, sin), each (b, l, dim) float32 (float64 if ``dtype`` says so).
 
         Repeated calls with the same, unchanged ``position_ids`` tensor return the same tables (computed once)."""
-        memo = _memo_allowed(position_ids)
+        if not _memo_allowed(position_ids):
+            return self._tables(position_ids, dtype)
         key = (self.dim, self.theta, dtype, torch.is_inference_mode_enabled())  # inference tensors stay apart
-        if memo:
-            hit = _LAST_TABLES.get(key)
-            if hit is not None and hit[0]() is position_ids and hit[1] == position_ids._version:
-                return hit[2], hit[3]
+        hit = _LAST_TABLES.get(key)
+        if hit is not None and hit[0]() is position_ids and hit[1] == position_ids._version:
+            return hit[2], hit[3]
         cos, sin = self._tables(position_ids, dtype)
-        if memo:
-            def drop(ref, key=key):
-                if _LAST_TABLES.get(key, (None,))[0] is ref:
-                    del _LAST_TABLES[key]
-            _LAST_TABLES[key] = (weakref.ref(position_ids, drop), position_ids._version, cos, sin)
+
+        def drop(ref, key=key):
+            if _LAST_TABLES.get(key, (None,))[0] is ref:
+                del _LAST_TABLES[key]
+        _LAST_TABLES[key] = (weakref.ref(position_ids, drop), position_ids._version, cos, sin)
         return cos, sin
 
     def _tables(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

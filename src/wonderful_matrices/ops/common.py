@@ -24,11 +24,19 @@ def shape_of(t: torch.Tensor) -> tuple:
 _trusted = threading.local()
 
 
-@contextlib.contextmanager
-def trusted_values() -> Iterator[None]:
+def trusted_values() -> contextlib.AbstractContextManager:
     """Inside this block the ops skip the checks that read tensor *values* (``A < 0``, ``dt >= 0``, expert ids in
     range): each costs a device-to-host synchronisation per call. For layers whose op inputs are valid by
-    construction (``A = -exp(A_log)``, ids from ``product_key_topk``); shape, dtype and device checks still run."""
+    construction (``A = -exp(A_log)``, ids from ``product_key_topk``); shape, dtype and device checks still run.
+    While torch.compile traces it is a no-op (value checks are off then anyway, and the thread-local counter
+    would break the graph)."""
+    if torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return _trusted_block()
+
+
+@contextlib.contextmanager
+def _trusted_block() -> Iterator[None]:
     depth = getattr(_trusted, "depth", 0)
     _trusted.depth = depth + 1
     try:
