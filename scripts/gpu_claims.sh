@@ -7,7 +7,8 @@
 #   OUT=DIR bash scripts/gpu_claims.sh mqar-grid          MQAR as one job per (cell, mixer, learning rate), STEPS steps
 #                                                          each (default 3000), SLOTS jobs per GPU (default 4) on every
 #                                                          GPU of the machine, longest cells first; then one merged
-#                                                          result (`wm bench mqar --merge`). CELLS / LRS / VOCAB
+#                                                          result (`wm bench mqar --merge`). CELLS / LRS (space-
+#                                                          separated, e.g. CELLS="256:64 2048:256") / VOCAB
 #                                                          override the paper's six cells / the four learning rates /
 #                                                          its vocabulary of 8192.
 # Results: DIR/claims.tgz (each run's folder: results.json / results.md / PNG / log) and DIR/summary.log.
