@@ -84,6 +84,26 @@ def test_attention_cache_prefill_then_steps_equals_full(dtype, tol):
     assert rel_err(torch.cat(parts, 1)[1], full[1]) < tol
 
 
+def test_attention_steps_without_padding_skip_the_mask(monkeypatch):
+    # no padded key: prefill, and one-token steps after it, use SDPA without a mask; a multi-token call after a
+    # prefill still needs the bottom-right causal mask; once a call had padding every later call keeps the mask
+    layer = Attention(32, 4, 2, 8).double()
+    x = torch.randn(2, 9, 32, dtype=torch.float64)
+    pos = torch.arange(9)[None].expand(2, 9)
+    full = layer(x, pos, None, None)
+    masked_calls = []
+    real = layer._attend_masked
+    monkeypatch.setattr(layer, "_attend_masked", lambda *a: masked_calls.append(a[0].shape[1]) or real(*a))
+    state = {}
+    parts = [layer(x[:, :4], pos[:, :4], None, state), layer(x[:, 4:5], pos[:, 4:5], None, state),
+             layer(x[:, 5:7], pos[:, 5:7], None, state), layer(x[:, 7:8], pos[:, 7:8], None, state)]
+    assert masked_calls == [2] and state["has_padding"] is False
+    padded = torch.tensor([[True], [False]])
+    parts.append(layer(x[:, 8:9], pos[:, 8:9], padded, state))
+    assert masked_calls == [2, 1] and state["has_padding"] is True
+    assert rel_err(torch.cat(parts, 1)[:, :8], full[:, :8]) < 1e-12 and rel_err(parts[-1][0], full[0, 8:]) < 1e-12
+
+
 @pytest.mark.parametrize("kwargs,name", [
     (dict(hidden_size=16, num_heads=3, num_kv_heads=2, head_dim=8), "num_kv_heads"),
     (dict(hidden_size=16, num_heads=2, num_kv_heads=1, head_dim=7), "head_dim"),

@@ -38,8 +38,9 @@ class Attention(nn.Module):
         layer_idx: index of the layer in its model (informational).
 
     ``forward(hidden_states (b, l, d), position_ids (b, l), attention_mask (b, l) | None, state dict | None)
-    -> (b, l, d)``. With ``state`` it keeps ``"key"``, ``"value"`` ``(b, n, hkv, head_dim)`` (post-RoPE) and
-    ``"key_mask"`` ``(b, n)`` bool. Padded keys are never attended; a query that sees no real key (a left
+    -> (b, l, d)``. With ``state`` it keeps ``"key"``, ``"value"`` ``(b, n, hkv, head_dim)`` (post-RoPE),
+    ``"key_mask"`` ``(b, n)`` bool and ``"has_padding"`` (a Python bool: whether any call had padding; without
+    it one-token steps skip the mask). Padded keys are never attended; a query that sees no real key (a left
     padding position) outputs zeros.
     """
 
@@ -79,13 +80,23 @@ class Attention(nn.Module):
 
         new_mask = (torch.ones(b, l, dtype=torch.bool, device=hidden_states.device) if attention_mask is None
                     else attention_mask.to(torch.bool))
+        every_key_real = attention_mask is None
         if state is not None:
             if "key" in state:
                 k = torch.cat([state["key"], k], dim=1)
                 v = torch.cat([state["value"], v], dim=1)
                 new_mask = torch.cat([state["key_mask"], new_mask], dim=1)
+            # a Python flag, so that knowing "no key is padding" costs no device sync
+            every_key_real = every_key_real and not state.get("has_padding", False)
             state["key"], state["value"], state["key_mask"] = k, v, new_mask
-        out = self._attend_masked(q, k, v, new_mask)
+            state["has_padding"] = not every_key_real
+        if every_key_real and (l == 1 or l == k.shape[1]):
+            # one query sees every key; or a first call, where bottom-right and top-left causal masks agree
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 is_causal=l > 1, enable_gqa=self.num_heads != self.num_kv_heads)
+            out = out.transpose(1, 2)
+        else:
+            out = self._attend_masked(q, k, v, new_mask)
         return self.o_proj(out.reshape(b, l, self.num_heads * self.head_dim))
 
     def _attend_masked(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
