@@ -344,3 +344,28 @@ def test_product_key_layers_bf16_train_step_cuda(backend):
             assert rel_err(y.cpu()[same], y_ref[same]) < 3e-2
         for (name, p), (_, q) in zip(gpu.named_parameters(), cpu.named_parameters()):
             assert p.grad is not None and torch.isfinite(p.grad).all(), (cls.__name__, name)
+
+
+@pytest.mark.parametrize("name,records", [("cheems-tiny", True), ("doge-tiny", True), ("mamba2-tiny", True),
+                                          ("llama-tiny", False)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_graphed_decoder_replays_the_eager_steps(name, records, dtype):
+    # GraphedDecoder records the step once the cache is steady, then replays it: the logits of every step equal
+    # eager decoding's (same kernels, same order); attention's growing cache keeps it eager
+    torch.manual_seed(0)
+    config = wm.presets.get(name, use_cache=True)
+    model = wm.CheemsForCausalLM(config).eval().to("cuda", dtype)
+    prompt = torch.randint(0, config.vocab_size, (2, 20), device="cuda")
+    caches = [wm.CheemsCache(config), wm.CheemsCache(config)]
+    with torch.no_grad():
+        for cache in caches:
+            model(input_ids=prompt, past_key_values=cache, use_cache=True)
+    decoder = wm.models.GraphedDecoder(model, caches[1])
+    tokens = torch.randint(0, config.vocab_size, (12, 2, 1), device="cuda")
+    for token in tokens:
+        with torch.no_grad():
+            ref = model(input_ids=token, past_key_values=caches[0], use_cache=True).logits
+        out = decoder.step(token)
+        assert rel_err(out.float().cpu(), ref.float().cpu()) < TOL[dtype] / 10, (decoder.recorded, decoder.failed)
+    assert decoder.recorded == records and decoder.failed is None
+    assert caches[1].get_seq_length() == caches[0].get_seq_length() == 32

@@ -109,8 +109,10 @@ def training_throughput(config, seq_len: int, tokens_per_step: int, device: torc
 
 
 def decode_measurement(model, config, context: int, device: torch.device, reps: int, prefill: int = 16) -> dict:
-    """Decode tokens/s and cache bytes (batch 1) at ``context`` tokens of context (see the module docstring)."""
-    from ..models import CheemsCache
+    """Decode tokens/s and cache bytes (batch 1) at ``context`` tokens of context (see the module docstring); on
+    CUDA also the tokens/s of the same steps replayed from a CUDA graph (:class:`GraphedDecoder`), None where the
+    cache keeps growing (attention)."""
+    from ..models import CheemsCache, GraphedDecoder
 
     dtype_bytes = next(model.parameters()).element_size()
     analytic = analytic_cache_bytes(config, context, dtype_bytes)
@@ -142,7 +144,12 @@ def decode_measurement(model, config, context: int, device: torch.device, reps: 
             model(input_ids=token, past_key_values=cache, use_cache=True)
 
         ms = time_callable(step, device, warmup=2, reps=reps)
-    row.update(decode_tokens_per_s=1e3 / ms, cache_bytes_measured=measured, status="ok")
+        row.update(decode_tokens_per_s=1e3 / ms, cache_bytes_measured=measured, status="ok")
+        if device.type == "cuda":  # the same steps replayed from a CUDA graph, where the cache allows it
+            decoder = GraphedDecoder(model, cache)
+            graph_ms = time_callable(lambda: decoder.step(token), device, warmup=3, reps=reps)
+            row["decode_graph_tokens_per_s"] = 1e3 / graph_ms if decoder.recorded else None
+            row["graph"] = "recorded" if decoder.recorded else (decoder.failed or "cache not steady")
     return row
 
 
@@ -214,7 +221,9 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
                      "decode_tokens_per_s": None, "cache_bytes_measured": None, "status": "does not fit (OOM)"}
             rows.append({**{k: v for k, v in train_row.items() if k not in ("status", "final_train_loss")}, **d})
             print(f"  context {context:8d}: {d['status']}, cache {d['cache_bytes_analytic'] / 2**20:.2f} MiB, "
-                  f"decode {d['decode_tokens_per_s'] or 0:.1f} tok/s", flush=True)
+                  f"decode {d['decode_tokens_per_s'] or 0:.1f} tok/s"
+                  + (f", graphed {d['decode_graph_tokens_per_s'] or 0:.1f} tok/s ({d['graph']})" if "graph" in d else ""),
+                  flush=True)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -234,7 +243,8 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
     lengths = cfg["throughput_lengths"]
     columns = ["preset", "parameters", "train_tokens_per_s", "peak_memory_gb", "val_ppl"] + \
         [f"train_tok_s@{n}" for n in lengths] + [f"vs_llama@{n}" for n in lengths] + \
-        ["context", "decode_tokens_per_s", "cache_bytes_analytic", "cache_bytes_measured", "cache_vs_llama", "status"]
+        ["context", "decode_tokens_per_s", "decode_graph_tokens_per_s", "cache_bytes_analytic", "cache_bytes_measured",
+         "cache_vs_llama", "status"]
     missing = [t["preset"] for t in training if t["status"] != "ok"]
     notes = "Not run (preset missing in this build): " + ", ".join(missing) if missing else ""
     write_results(out, "lm", rows, meta, columns=columns, notes=notes)
@@ -267,7 +277,11 @@ def _plot(rows: list[dict], path: Path) -> None:
         pts = [r for r in rows if r["preset"] == preset]
         axes[0].plot([r["context"] for r in pts], [r["cache_bytes_analytic"] / 2**20 for r in pts], "o-", label=preset)
         ok = [r for r in pts if r["decode_tokens_per_s"]]
-        axes[1].plot([r["context"] for r in ok], [r["decode_tokens_per_s"] for r in ok], "o-", label=preset)
+        line, = axes[1].plot([r["context"] for r in ok], [r["decode_tokens_per_s"] for r in ok], "o-", label=preset)
+        graphed = [r for r in pts if r.get("decode_graph_tokens_per_s")]
+        if graphed:
+            axes[1].plot([r["context"] for r in graphed], [r["decode_graph_tokens_per_s"] for r in graphed], "s--",
+                         color=line.get_color(), label=f"{preset} (CUDA graph)")
     for ax, label in zip(axes, ("cache (MiB, analytic)", "decode tokens/s (batch 1)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
