@@ -8,6 +8,7 @@
     python scripts/gpu_ssd.py table    DIR        # the side-by-side table from DIR/*.json
 
 Shape: batch 8 × 4096 tokens, 64 heads × 64, state 128, 1 group, chunk 256; x, B, C bf16, dt/A/D float32.
+``SSD_SHAPE=cheems`` times cheems-base's SSD layer instead: batch 8 × 2048 tokens, 6 heads × 128, state 128.
 Times are medians of CUDA-event timings after warm-up (wonderful_matrices.bench.common.time_callable).
 """
 import json
@@ -24,11 +25,14 @@ from wonderful_matrices.bench.ssd import PAPER_SHAPE, make_inputs
 from wonderful_matrices.ops import ssd
 
 DEV = torch.device("cuda")
-CHUNK = PAPER_SHAPE["chunk"]
+SHAPES = {"paper": PAPER_SHAPE,
+          "cheems": dict(batch=8, length=2048, heads=6, head_dim=128, state=128, groups=1, chunk=256)}
+SHAPE = SHAPES[os.environ.get("SSD_SHAPE", "paper")]
+CHUNK = SHAPE["chunk"]
 
 
 def _inputs(requires_grad=False):
-    return make_inputs(PAPER_SHAPE, torch.bfloat16, DEV, requires_grad=requires_grad)
+    return make_inputs(SHAPE, torch.bfloat16, DEV, requires_grad=requires_grad)
 
 
 def _time_op(fn, name):
