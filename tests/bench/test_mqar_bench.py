@@ -62,6 +62,15 @@ def test_labelled_logits_are_the_full_logits_at_the_labelled_positions():
     mask = labels != -100
     assert logits.shape == (int(mask.sum()), 64) and torch.equal(targets, labels[mask])
     torch.testing.assert_close(logits, full[mask], rtol=1e-5, atol=1e-5)
+    # the fixed-shape selection (every MQAR row has num_kv_pairs labels) picks the same positions in the same order
+    assert bench_mqar.labels_per_row(labels) == 4
+    with torch.no_grad():
+        fixed, fixed_targets = bench_mqar.labelled_logits(model, inputs, labels, per_row=4)
+    assert torch.equal(fixed_targets, targets)
+    torch.testing.assert_close(fixed, logits, rtol=1e-6, atol=1e-6)
+    uneven = labels.clone()
+    uneven[0, (uneven[0] != -100).nonzero()[0]] = -100
+    assert bench_mqar.labels_per_row(uneven) is None
 
 
 def test_no_run_starts_after_the_budget_and_the_files_say_so(tmp_path):
