@@ -2,8 +2,9 @@
 # One GPU call that times the headline shapes and then checks every fast path, in about 5 minutes:
 #   1. SSD triton at the paper's shape (backward v2 and v1, per kernel; scripts/gpu_ssd.py triton),
 #   2. DMA at T = 16K (window 2048 vs cuDNN / Flex) and one-token decode at 64K context (bench.dma subset),
-#   3. the CUDA parity tests of SSD, DMA (incl. window selection and fused decode) and the expert mixture
-#      against the float64 oracles, in parallel processes (Triton compiles on the CPU).
+#   3. the CUDA parity tests of SSD, DMA (incl. window selection and fused decode) and the expert mixture against
+#      the float64 oracles, and GraphedDecoder against eager decoding, in parallel processes (Triton compiles on
+#      the CPU).
 # From the repository root: OUT=DIR bash scripts/gpu_check.sh  ->  DIR/gpu_check.log, DIR/gpu_check.tgz
 set -uo pipefail
 OUT=${OUT:-out}
@@ -24,7 +25,7 @@ PY=${PYTHON:-python3}
   echo "=== parity tests (parallel)"
   i=0
   for k in "test_ssd_cuda" "all_gradients and 1000-64" "all_gradients and 513-128" "all_gradients and 2048-256" \
-           "all_gradients and 1-256-4" "test_dma_cuda or test_dma_triton_cuda" "fused_decode or never_syncs" \
+           "all_gradients and 1-256-4" "test_dma_cuda or test_dma_triton_cuda" "fused_decode or never_syncs" "graphed" \
            "product_key or mixture or layers"; do
     i=$((i + 1))
     ( timeout "${T_TESTS:-120}" $PY -m pytest -q -p no:cacheprovider -rfE tests/ops/test_ops_cuda.py -k "$k" \
