@@ -13,7 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from wonderful_matrices.bench import lm
 from wonderful_matrices.bench import mqar as bm
-from wonderful_matrices.bench.lm_common import lm_loss, training_autocast
+from wonderful_matrices.bench.lm_common import optimizer_step
 from wonderful_matrices.data.mqar import mqar
 from wonderful_matrices.models import CheemsCache, CheemsForCausalLM, presets
 
@@ -99,13 +99,5 @@ cfg = presets.get("cheems-base", use_cache=False)
 model = CheemsForCausalLM(cfg).to(dev).train()
 opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 rows = torch.randint(0, cfg.vocab_size, (8, 2049), device=dev)
-
-
-def train_step():
-    with training_autocast(dev):
-        loss = lm_loss(model, rows)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-case("cheems-base train step 8x2048", train_step, n=3)
+case("cheems-base train step 8x2048", lambda: optimizer_step(model, opt, rows, dev), n=3)
 report.close()

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .common import time_callable, write_results
-from .lm_common import corpus_tokens, perplexity, train_lm
+from .lm_common import corpus_tokens, optimizer_step, perplexity, train_lm
 
 FAMILIES = ("cheems", "doge", "llama", "mamba2", "jamba")
 QUICK = dict(size="small", seq_len=128, batch=8, steps=30, lr=1e-3, contexts=(256, 1024), eval_tokens=16_384,
@@ -79,25 +79,16 @@ def training_throughput(config, seq_len: int, tokens_per_step: int, device: torc
     CUDA; two warm-up steps, then the median of ``steps`` timed ones. ``{"tokens_per_s", "peak_memory_gb"}``,
     both None when it runs out of memory."""
     from ..models import CheemsForCausalLM
-    from .lm_common import lm_loss, training_autocast
 
     batch = max(1, tokens_per_step // seq_len)
     torch.manual_seed(0)
     model = CheemsForCausalLM(config).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     rows = torch.randint(0, config.vocab_size, (batch, seq_len + 1), device=device)
-
-    def step():
-        with training_autocast(device):
-            loss = lm_loss(model, rows)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
     try:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        ms = time_callable(step, device, warmup=2, reps=steps)
+        ms = time_callable(lambda: optimizer_step(model, opt, rows, device), device, warmup=2, reps=steps)
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
         result = {"tokens_per_s": batch * seq_len * 1e3 / ms, "peak_memory_gb": peak}
     except torch.OutOfMemoryError:

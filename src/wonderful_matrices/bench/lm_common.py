@@ -72,6 +72,19 @@ def lm_loss(model, rows: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten())
 
 
+def optimizer_step(model, opt, rows: torch.Tensor, device: torch.device, clip: float | None = None) -> torch.Tensor:
+    """One training step on ``rows (b, l + 1)``: forward under :func:`training_autocast`, backward, gradient
+    clipping to norm ``clip`` (None: none), ``opt.step()``. Returns the loss (a device tensor: no sync)."""
+    with training_autocast(device):
+        loss = lm_loss(model, rows)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    return loss
+
+
 def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr: float, device: torch.device,
              seed: int = 0, weight_decay: float = 0.1) -> dict:
     """Train ``model`` on random windows of ``tokens``; return ``{"final_loss", "tokens_per_s",
@@ -98,12 +111,7 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
             t_steady = time.perf_counter()
         starts = torch.from_numpy(rng.integers(0, len(tokens) - seq_len - 1, size=batch))
         rows = data[starts[:, None] + offsets].to(device, non_blocking=True)
-        with training_autocast(device):
-            loss = lm_loss(model, rows)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        loss = optimizer_step(model, opt, rows, device, clip=1.0)
         sched.step()
         if step == steps - 1:
             loss_value = float(loss.detach())
