@@ -126,7 +126,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from .data.corpora import load_corpus
     from .data.packing import PackedRows, tokenize_split
     from .data.tokenizer import token_byte_lengths
-    from .train.checkpoint import atomic_write_text
+    from .atomic import atomic_write_text
     from .train.distributed import DistInfo
     from .train.evaluate import evaluate, unigram_perplexity
 

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..train.checkpoint import atomic_write_text
+from ..atomic import atomic_write_text
 
 
 def synchronize(device: torch.device | str) -> None:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_file
 from ..errors import UserError
 from .corpora import Corpus
 from .tokenizer import eos_id, tokenizer_hash
@@ -55,21 +55,12 @@ def tokenize_split(corpus: Corpus, split: str, tokenizer, cache_dir: str | os.Pa
         path.parent.mkdir(parents=True, exist_ok=True)
         eos = eos_id(tokenizer)
         backend = tokenizer.backend_tokenizer
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for doc in corpus.split(split):
-                    pieces = list(_pieces(doc))
-                    for enc in backend.encode_batch(pieces, add_special_tokens=False):
-                        np.asarray(enc.ids, dtype=dtype).tofile(f)
-                    np.asarray([eos], dtype=dtype).tofile(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_file(path, "wb") as f:
+            for doc in corpus.split(split):
+                pieces = list(_pieces(doc))
+                for enc in backend.encode_batch(pieces, add_special_tokens=False):
+                    np.asarray(enc.ids, dtype=dtype).tofile(f)
+                np.asarray([eos], dtype=dtype).tofile(f)
     if path.stat().st_size == 0:
         raise UserError(f"the {split} split of corpus {corpus.name!r} has no tokens; give more text")
     return np.memmap(path, dtype=dtype, mode="r")

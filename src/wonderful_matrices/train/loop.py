@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write_text
 from ..data.corpora import load_corpus
 from ..data.packing import PackedRows, tokenize_split
 from ..data.tokenizer import check_fits, eos_id, load_tokenizer, token_byte_lengths, tokenizer_hash, train_bpe
@@ -143,7 +144,7 @@ class _Log:
             return
         if self.path.exists():  # drop records past the checkpoint we resume from (and a half-written line)
             kept = [json.dumps(r) for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
-            ckpt.atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -249,7 +250,7 @@ def _check_run_config(run_dir: Path, cfg: TrainConfig, log: _Log | None = None) 
                 raise UserError(f"{run_dir} holds a run with {key}={before['facts'].get(key)!r} (now {value!r}); "
                                 "re-run the same command to resume, or pass another --out")
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "preset"}
-    ckpt.atomic_write_text(path, json.dumps({"facts": facts, "config": config}, indent=1, default=str))
+    atomic_write_text(path, json.dumps({"facts": facts, "config": config}, indent=1, default=str))
 
 
 # ------------------------------------------------------------------------------------------------- train
@@ -421,7 +422,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     if info.is_main:
         if fingerprints and len(set(fingerprints)) != 1:
             log.say("warning: the ranks ended with different weights")
-        ckpt.atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
         plot = plot_losses(run_dir)
         log.say(f"done: step {step}; checkpoints and {plot.name if plot else 'no plot'} in {run_dir}")
     log.close()
