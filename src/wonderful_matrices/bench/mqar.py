@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ..data.mqar import IGNORE_INDEX, mqar
 from .common import synchronize, write_results
+from .lm_common import lr_factor, training_autocast
 
 # Paper (PAPER.md, read from its MQAR figure): (seq_len, width) -> accuracy per mixer.
 PAPER = {
@@ -93,12 +94,6 @@ def build_model(mixer: str, width: int, vocab_size: int, state_size: int, device
     return CheemsForCausalLM(model_config(mixer, width, vocab_size, state_size)).to(device)
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 def labels_per_row(labels: torch.Tensor) -> int | None:
     """The number of labelled positions of every row of ``labels (b, l)``, or None if rows differ (one sync)."""
     counts = (labels != IGNORE_INDEX).sum(1)
@@ -129,23 +124,14 @@ def _loss(model, inputs: torch.Tensor, labels: torch.Tensor, per_row: int | None
     return F.cross_entropy(logits.float(), targets)
 
 
-def cosine_lambda(steps: int, warmup: int):
-    """Multiplier of the learning rate at ``step``: linear warm-up over ``warmup`` steps, then cosine to 0."""
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return factor
-
-
 def train_and_evaluate(model, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
                        lr: float, steps: int, batch_size: int, device: torch.device, seed: int = 0,
                        weight_decay: float = 0.1) -> dict:
     """Train ``model`` for ``steps`` steps on rows of ``train`` (cycled in a seeded order), return
     ``{"accuracy", "final_loss", "train_s"}`` with the accuracy over every labelled position of ``test``."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(steps, max(1, steps // 10)))
+    warmup = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, steps, warmup, min_ratio=0.0))
     gen = torch.Generator().manual_seed(seed)
     n = train[0].shape[0]
     per_row = labels_per_row(train[1])
@@ -160,7 +146,7 @@ def train_and_evaluate(model, train: tuple[torch.Tensor, torch.Tensor], test: tu
         idx = order[pos:pos + batch_size]
         pos += batch_size
         x, y = train[0][idx].to(device, non_blocking=True), train[1][idx].to(device, non_blocking=True)
-        with _autocast(device):
+        with training_autocast(device):
             loss = _loss(model, x, y, per_row)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -181,7 +167,7 @@ def evaluate(model, test: tuple[torch.Tensor, torch.Tensor], batch_size: int, de
     for start in range(0, test[0].shape[0], batch_size):
         x = test[0][start:start + batch_size].to(device)
         y = test[1][start:start + batch_size].to(device)
-        with _autocast(device):
+        with training_autocast(device):
             logits, targets = labelled_logits(model, x, y, per_row)
         correct += int((logits.argmax(-1) == targets).sum())
         counted += targets.numel()
@@ -198,7 +184,7 @@ def _step_seconds(mixer: str, width: int, vocab: int, state: int, x: torch.Tenso
     for i in range(4):
         synchronize(device)
         t0 = time.perf_counter()
-        with _autocast(device):
+        with training_autocast(device):
             loss = _loss(model, x, y, per_row)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -357,8 +343,7 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
                 # results so far, so that a run cut short still leaves every finished run on disk
                 _write(out, rows, dict(meta, wall_s=round(time.perf_counter() - start, 1)))
         _plot(rows, out / "mqar.png")
-    _write(out, rows, dict(meta, wall_s=round(time.perf_counter() - start, 1)))
-    _plot(rows, out / "mqar.png")
+    _write(out, rows, dict(meta, wall_s=round(time.perf_counter() - start, 1)))  # the final wall time
     total_s = time.perf_counter() - start
     print(f"mqar: {len(rows)} rows in {total_s:.1f} s -> {out}")
     return rows

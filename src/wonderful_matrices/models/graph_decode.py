@@ -47,7 +47,7 @@ class GraphedDecoder:
         self.failed: str | None = None
         self._ids: torch.Tensor | None = None
         self._logits: torch.Tensor | None = None
-        self._static: dict | None = None
+        self._static: dict | None = None  # the tensors the graph reads and writes, kept alive while it may replay
         self._stream: torch.cuda.Stream | None = None
 
     @property
