@@ -2,18 +2,21 @@
 
 Models: 2 layers, no FFN, one sequence mixer kind per model — ``"attn"`` (QCAttn, 1 head), ``"ssd"`` (state
 128 in the full run; Mamba2's SSD: short conv, no RoPE; expand 2) and ``"dma"`` (1 head, all keys kept, the
-learned mask decides) — with untied input/output embeddings (with tied ones the attention model had not
-learned (T=64, 4 pairs) after 400 steps, where the untied one reached 0.999), all built as
-:class:`CheemsForCausalLM` from a :class:`CheemsConfig`. Data: the Zoology generator
+learned mask decides) — all built as :class:`CheemsForCausalLM` from a :class:`CheemsConfig`. The full run ties
+the input and output embeddings, as Zoology's models do (at vocabulary 8192 a tied width-64 attention model
+reached 0.73 on (T=64, 4 pairs) in 1500 steps where an untied one reached 0.17); ``--quick`` (vocabulary 256)
+unties them (there the untied one reached 1.00 in 500 steps, the tied one 0.30). Data: the Zoology generator
 (:mod:`wonderful_matrices.data.mqar`). Training: AdamW (weight decay 0.1), linear warm-up then cosine decay, a
-learning-rate sweep ``logspace(-4, -2, 4)``; the best test accuracy per cell is reported. Every mixer of a
-cell gets the same budget: the same number of steps of the same batch size over the same training rows. The
-number of steps is derived from ``budget_s`` (wall-clock seconds for the whole sweep, split evenly over the
-cells): the measured step times of all mixers of a cell decide how many steps fit (or pass ``steps``).
-Learning rates run in order of promise (nearest 2e-3 first), each for every mixer before the next, and one is
-skipped for a mixer that already solved the cell (accuracy >= 0.999), since it cannot raise the best. With a
-time budget no run starts after 1.1x the budget, and the result files are rewritten after every run, so a
-sweep cut short keeps what finished.
+learning-rate sweep ``logspace(-4, -2, 4)``; the best test accuracy per cell is reported. The full run's batch
+holds Zoology's 65536 tokens (at most 512 rows: 256 rows at T = 256, 32 at T = 2048); ``--quick`` uses 64 rows.
+On CUDA every training step replays a CUDA graph (:class:`~wonderful_matrices.train.graph_step.GraphedTrainStep`):
+these models are so small that an eager step is bound by kernel launches. Every mixer of a cell gets the same
+budget: the same number of steps of the same batch size over the same training rows. The number of steps is
+derived from ``budget_s`` (wall-clock seconds for the whole sweep, split evenly over the cells): the measured
+step times of all mixers of a cell decide how many steps fit (or pass ``steps``). Learning rates run in order of
+promise (nearest 2e-3 first), each for every mixer before the next, and one is skipped for a mixer that already
+solved the cell (accuracy >= 0.999), since it cannot raise the best. With a time budget no run starts after 1.1x
+the budget, and the result files are rewritten after every run, so a sweep cut short keeps what finished.
 
 Outputs ``results.json`` / ``results.md`` (rows per cell and mixer, with the paper's number beside ours) and
 ``mqar.png`` (accuracy against width, one panel per sequence length, the paper's points dashed).
@@ -29,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.mqar import IGNORE_INDEX, mqar
+from ..train.graph_step import GraphedTrainStep, set_learning_rate
 from .common import synchronize, write_results
 from .lm_common import lr_factor, training_autocast
 
@@ -54,6 +58,13 @@ PAPER_CELLS = tuple((t, KV_PAIRS[t], w) for (t, w) in PAPER)
 ALL_CELLS = tuple((t, kv, w) for t, kv in KV_PAIRS.items() for w in (32, 64, 128, 256))
 QUICK_CELLS = ((64, 4, 64), (128, 8, 64))
 QUICK_STEPS = 500
+# Zoology's batches: 65536 tokens (512 rows at T = 128, 64 at T = 1024), at most 512 rows
+TOKENS_PER_BATCH, MAX_BATCH_ROWS = 65536, 512
+
+
+def full_batch_size(seq_len: int) -> int:
+    """Rows per batch of the full run at sequence length ``seq_len`` (Zoology's token budget per batch)."""
+    return max(1, min(MAX_BATCH_ROWS, TOKENS_PER_BATCH // seq_len))
 
 
 def parse_cells(text: str) -> tuple[tuple[int, int, int], ...]:
@@ -71,7 +82,7 @@ def parse_cells(text: str) -> tuple[tuple[int, int, int], ...]:
     return tuple(cells)
 
 
-def model_config(mixer: str, width: int, vocab_size: int, state_size: int = 128):
+def model_config(mixer: str, width: int, vocab_size: int, state_size: int = 128, tie_embeddings: bool = False):
     """The :class:`CheemsConfig` of a 2-layer, FFN-free MQAR model whose both layers are ``mixer``."""
     from ..models import CheemsConfig
 
@@ -82,16 +93,17 @@ def model_config(mixer: str, width: int, vocab_size: int, state_size: int = 128)
         vocab_size=vocab_size, hidden_size=width, num_hidden_layers=2, layer_types=[mixer] * 2,
         ffn_types=["none"] * 2, num_attention_heads=1, num_key_value_heads=1, head_dim=width, keep_window=None,
         ssd_num_heads=2 * width // ssd_head_dim, ssd_head_dim=ssd_head_dim, ssd_state_size=state_size,
-        ssd_chunk_size=128, ssd_use_conv=True, ssd_use_rope=False, tie_word_embeddings=False,
+        ssd_chunk_size=128, ssd_use_conv=True, ssd_use_rope=False, tie_word_embeddings=tie_embeddings,
         use_cache=False)
 
 
-def build_model(mixer: str, width: int, vocab_size: int, state_size: int, device: torch.device, seed: int):
+def build_model(mixer: str, width: int, vocab_size: int, state_size: int, device: torch.device, seed: int,
+                tie_embeddings: bool = False):
     """A freshly initialised :class:`CheemsForCausalLM` (seeded) on ``device``."""
     from ..models import CheemsForCausalLM
 
     torch.manual_seed(seed)
-    return CheemsForCausalLM(model_config(mixer, width, vocab_size, state_size)).to(device)
+    return CheemsForCausalLM(model_config(mixer, width, vocab_size, state_size, tie_embeddings)).to(device)
 
 
 def labels_per_row(labels: torch.Tensor) -> int | None:
@@ -124,38 +136,49 @@ def _loss(model, inputs: torch.Tensor, labels: torch.Tensor, per_row: int | None
     return F.cross_entropy(logits.float(), targets)
 
 
+def training_step(model, lr: float, per_row: int | None, device: torch.device,
+                  weight_decay: float = 0.1) -> tuple[torch.optim.Optimizer, GraphedTrainStep]:
+    """``model``'s AdamW (betas (0.9, 0.98), ``weight_decay``) and its training step ``step(x, y) -> loss``:
+    bf16 autocast on CUDA, gradients clipped to norm 1.0, replayed from a CUDA graph on CUDA (the optimizer
+    then keeps its state and learning rate on the GPU: set the rate with ``set_learning_rate``)."""
+    on_cuda = device.type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(lr, device=device) if on_cuda else lr,
+                            weight_decay=weight_decay, betas=(0.9, 0.98), capturable=on_cuda)
+
+    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with training_autocast(device):
+            return _loss(model, x, y, per_row)
+
+    return opt, GraphedTrainStep(loss_fn, model.parameters(), opt, max_grad_norm=1.0, use_graph=on_cuda)
+
+
 def train_and_evaluate(model, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
                        lr: float, steps: int, batch_size: int, device: torch.device, seed: int = 0,
                        weight_decay: float = 0.1) -> dict:
     """Train ``model`` for ``steps`` steps on rows of ``train`` (cycled in a seeded order), return
-    ``{"accuracy", "final_loss", "train_s"}`` with the accuracy over every labelled position of ``test``."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    ``{"accuracy", "final_loss", "train_s", "graphed"}`` with the accuracy over every labelled position of
+    ``test`` (``graphed``: whether the steps replayed a CUDA graph)."""
+    opt, step = training_step(model, lr, labels_per_row(train[1]), device, weight_decay)
     warmup = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, steps, warmup, min_ratio=0.0))
     gen = torch.Generator().manual_seed(seed)
     n = train[0].shape[0]
-    per_row = labels_per_row(train[1])
     order = torch.randperm(n, generator=gen).to(train[0].device)
     pos = 0
     model.train()
     t0 = time.perf_counter()
     loss = torch.zeros(())
-    for _ in range(steps):
+    for i in range(steps):
         if pos + batch_size > n:
             order, pos = torch.randperm(n, generator=gen).to(train[0].device), 0
         idx = order[pos:pos + batch_size]
         pos += batch_size
         x, y = train[0][idx].to(device, non_blocking=True), train[1][idx].to(device, non_blocking=True)
-        with training_autocast(device):
-            loss = _loss(model, x, y, per_row)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        set_learning_rate(opt, lr * lr_factor(i, steps, warmup, min_ratio=0.0))
+        loss = step(x, y)
     synchronize(device)
     train_s = time.perf_counter() - t0
-    return {"accuracy": evaluate(model, test, batch_size, device), "final_loss": float(loss.detach()), "train_s": train_s}
+    return {"accuracy": evaluate(model, test, batch_size, device), "final_loss": float(loss),
+            "train_s": train_s, "graphed": step.recorded}
 
 
 @torch.no_grad()
@@ -174,23 +197,19 @@ def evaluate(model, test: tuple[torch.Tensor, torch.Tensor], batch_size: int, de
     return correct / max(1, counted)
 
 
-def _step_seconds(mixer: str, width: int, vocab: int, state: int, x: torch.Tensor, y: torch.Tensor,
-                  device) -> float:
-    """Measured seconds of one training step (median of 3 after one warm-up) on the MQAR batch ``x, y``."""
-    model = build_model(mixer, width, vocab, state, device, seed=0)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    per_row = labels_per_row(y)
+def _step_seconds(mixer: str, width: int, vocab: int, state: int, tie_embeddings: bool, x: torch.Tensor,
+                  y: torch.Tensor, device) -> float:
+    """Measured seconds of one training step (median of 3, after the warm-up and, on CUDA, the graph's recording)
+    on the MQAR batch ``x, y``."""
+    model = build_model(mixer, width, vocab, state, device, seed=0, tie_embeddings=tie_embeddings)
+    _, step = training_step(model, 1e-3, labels_per_row(y), device)
     samples = []
-    for i in range(4):
+    for i in range(step.warmup_steps + 4):
         synchronize(device)
         t0 = time.perf_counter()
-        with training_autocast(device):
-            loss = _loss(model, x, y, per_row)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        step(x, y)
         synchronize(device)
-        if i:
+        if i > step.warmup_steps:
             samples.append(time.perf_counter() - t0)
     return float(np.median(samples))
 
@@ -232,13 +251,15 @@ def _plot(rows: list[dict], path: Path) -> None:
 def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None, steps: int | None = None,
         cells=None, learning_rates=None, mixers=MIXERS, vocab_size: int | None = None,
         state_size: int | None = None, batch_size: int | None = None, num_test: int | None = None,
-        seed: int = 0) -> list[dict]:
+        seed: int = 0, tie_embeddings: bool | None = None) -> list[dict]:
     """Run the MQAR sweep and write ``results.json``, ``results.md`` and ``mqar.png`` into ``out_dir``.
 
-    ``quick``: vocab 256, state 16, cells ``QUICK_CELLS``, the two largest learning rates, ``QUICK_STEPS``
-    steps per run (fixed, so the result does not depend on the load of a CPU; ~5 minutes on 2 idle cores)
-    unless ``budget_s`` is given. Full: vocab 8192, state 128, the paper's six cells (``cells="all"`` for
-    all 24), all four learning rates, steps derived from ``budget_s`` seconds in all (default 420, one H200).
+    ``quick``: vocab 256, state 16, untied embeddings, batch 64, cells ``QUICK_CELLS``, the two largest learning
+    rates, ``QUICK_STEPS`` steps per run (fixed, so the result does not depend on the load of a CPU; ~5 minutes on
+    2 idle cores) unless ``budget_s`` is given. Full: vocab 8192, state 128, tied embeddings, batches of
+    :func:`full_batch_size` rows, the paper's six cells (``cells="all"`` for all 24), all four learning rates,
+    steps derived from ``budget_s`` seconds in all (default 420, one H200). ``batch_size`` and
+    ``tie_embeddings`` override those defaults.
     ``steps`` fixes the step count instead. ``cells`` may also be a string ``"256:64,2048:128"``, ``mixers``
     ``"attn,dma"`` and ``learning_rates`` ``"1e-3,2e-3"``: to split the sweep over processes, GPUs or calls,
     then :func:`merge_results` joins the parts. Returns one row per (cell, mixer).
@@ -263,14 +284,14 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
         raise ValueError(f"learning_rates={learning_rates!r} is not allowed: every rate must be > 0")
     vocab = vocab_size or (256 if quick else 8192)
     state = state_size or (16 if quick else 128)
-    batch = batch_size or 64
+    tie = (not quick) if tie_embeddings is None else bool(tie_embeddings)
     num_test = num_test or (256 if quick else 1000)
     if quick and steps is None and budget_s is None:
         steps = QUICK_STEPS
     budget_s = float(budget_s if budget_s is not None else 420)
     max_steps, min_steps = (600 if quick else 20000), 20
     num_train = 20_000
-    for name, value in (("budget_s", budget_s), ("batch_size", batch), ("num_test", num_test)):
+    for name, value in (("budget_s", budget_s), ("batch_size", batch_size or 1), ("num_test", num_test)):
         if value <= 0:
             raise ValueError(f"{name}={value!r} is not allowed: must be > 0")
     for m in mixers:
@@ -285,7 +306,8 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
     per_cell_s = budget_s / len(cells)
     meta = {
         "quick": quick, "device": str(device), "vocab_size": vocab, "ssd_state_size": state, "layers": 2,
-        "ffn": "none", "batch_size": batch, "test_rows": num_test, "learning_rates": list(learning_rates),
+        "ffn": "none", "batch_size": batch_size or ("64" if quick else "full_batch_size(seq_len)"),
+        "tie_embeddings": tie, "cuda_graphs": device.type == "cuda", "test_rows": num_test, "learning_rates": list(learning_rates),
         "optimizer": "AdamW(betas=(0.9, 0.98), weight_decay=0.1), grad clip 1.0, 10% linear warm-up + cosine",
         "budget_s": None if steps is not None else budget_s, "seed": seed,
         "budget_rule": "per cell: the same steps x batch for every mixer and learning rate, derived from "
@@ -293,7 +315,7 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
                        "rates in the order of lr_order, each for every mixer before the next; no run starts "
                        "after 1.1 x budget_s",
         "lr_order": [f"{lr:.2e}" for lr in sweep_order],
-        "models": "untied embeddings; attn: 1 head, head_dim = width; dma: 1 head, keep_window None, gate mask; ssd: Mamba2 SSD "
+        "models": f"{'tied' if tie else 'untied'} embeddings; attn: 1 head, head_dim = width; dma: 1 head, keep_window None, gate mask; ssd: Mamba2 SSD "
                   "(conv 4, no RoPE), head_dim min(64, width), expand 2, chunk 128",
         "train_rows_per_cell": num_train,
     }
@@ -301,6 +323,7 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
     rows = []
     for cell_idx, (seq_len, kv, width) in enumerate(cells):
         t_cell = time.perf_counter()
+        batch = batch_size or (64 if quick else full_batch_size(seq_len))
         # a fixed pool of training rows (cycled in epochs) and a separate test set, on the device
         train = mqar(num_train, seq_len, kv, vocab, seed=seed + 1000 * cell_idx)
         test = mqar(num_test, seq_len, kv, vocab, seed=seed + 1000 * cell_idx + 1)
@@ -308,7 +331,7 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
         if steps is not None:
             cell_steps, step_s = int(steps), {}
         else:
-            step_s = {m: _step_seconds(m, width, vocab, state, train[0][:batch], train[1][:batch], device)
+            step_s = {m: _step_seconds(m, width, vocab, state, tie, train[0][:batch], train[1][:batch], device)
                       for m in mixers}
             # the cell's share of the budget, after data and calibration, over every (mixer, lr) run at 1.15x
             # for evaluation
@@ -323,18 +346,19 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
                 "steps": cell_steps, "batch": batch, "examples_seen": cell_steps * batch,
                 "epochs": round(cell_steps * batch / num_train, 2),
                 "calibrated_step_ms": round(1e3 * step_s[mixer], 2) if step_s else None,
-                "lr_accuracy": {}, "train_s": 0.0}
+                "lr_accuracy": {}, "train_s": 0.0, "graphed": None}
             rows.append(cell_rows[mixer])
         for lr in sweep_order:
             for mixer in mixers:
                 row = cell_rows[mixer]
                 if (row["accuracy"] or 0.0) >= SOLVED or (deadline is not None and time.perf_counter() > deadline):
                     continue
-                model = build_model(mixer, width, vocab, state, device, seed=seed)
+                model = build_model(mixer, width, vocab, state, device, seed=seed, tie_embeddings=tie)
                 result = train_and_evaluate(model, train, test, lr, cell_steps, batch, device, seed=seed)
                 del model
                 row["lr_accuracy"][f"{lr:.2e}"] = round(result["accuracy"], 4)
                 row["train_s"] = round(row["train_s"] + result["train_s"], 2)
+                row["graphed"] = result["graphed"]
                 if row["accuracy"] is None or result["accuracy"] > row["accuracy"]:
                     row["accuracy"], row["best_lr"] = result["accuracy"], lr
                 print(f"T={seq_len:5d} kv={kv:4d} width={width:4d} {MIXER_NAMES[mixer]:7s} lr {lr:.1e}: "
@@ -361,7 +385,7 @@ def merge_results(out_dir, parts) -> list[dict]:
     parts = [Path(p) for p in parts]
     if not parts:
         raise ValueError("parts=[] is not allowed: at least one folder with a results.json")
-    same = ("vocab_size", "ssd_state_size", "batch_size", "seed", "test_rows")
+    same = ("vocab_size", "ssd_state_size", "batch_size", "tie_embeddings", "seed", "test_rows")
     merged: dict[tuple, dict] = {}
     meta0 = None
     for part in parts:

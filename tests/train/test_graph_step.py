@@ -1,0 +1,103 @@
+"""GraphedTrainStep: the step it runs is forward + backward + clipping + optimizer step; on CUDA the recorded graph
+replays the same training as eager steps (the CUDA tests skip without a GPU)."""
+import pytest
+import torch
+
+from wonderful_matrices.bench import mqar as bench_mqar
+from wonderful_matrices.data.mqar import mqar
+from wonderful_matrices.train.graph_step import GraphedTrainStep, set_learning_rate
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _plain_steps(model, batches, lr, max_norm):
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for x, y in batches:
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        opt.step()
+        losses.append(float(loss))
+    return losses
+
+
+def test_eager_step_is_forward_backward_clip_and_optimizer_step():
+    torch.manual_seed(0)
+    batches = [(torch.randn(8, 5), torch.randn(8, 3)) for _ in range(6)]
+    ref_model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    model.load_state_dict(ref_model.state_dict())
+    ref = _plain_steps(ref_model, batches, 1e-2, 0.05)   # a small norm: clipping is active
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    step = GraphedTrainStep(lambda x, y: torch.nn.functional.mse_loss(model(x), y), model.parameters(), opt,
+                            max_grad_norm=0.05)
+    losses = [float(step(x, y)) for x, y in batches]
+    assert losses == pytest.approx(ref, rel=1e-6)
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert not step.recorded and step.steps == 6
+
+
+def test_set_learning_rate_sets_floats_and_tensors_in_place():
+    w = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([w], lr=1e-3)
+    set_learning_rate(opt, 5e-4)
+    assert opt.param_groups[0]["lr"] == 5e-4
+    lr = torch.tensor(1e-3)
+    opt = torch.optim.AdamW([w], lr=lr)
+    set_learning_rate(opt, 2e-4)
+    assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(2e-4)
+
+
+def test_bad_arguments_are_refused():
+    w = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([w], lr=0.1)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        GraphedTrainStep(lambda: w.sum(), [w], opt, warmup_steps=0)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        GraphedTrainStep(lambda: w.sum(), [w], opt, max_grad_norm=0.0)
+
+
+@cuda
+@pytest.mark.parametrize("mixer", bench_mqar.MIXERS)
+def test_graphed_mqar_training_replays_the_eager_steps(mixer):
+    # the same MQAR model trained 12 steps eagerly and from a recorded graph (3 eager warm-up steps, then replays):
+    # the losses and the final parameters agree (bf16 autocast: up to the order of float sums)
+    device = torch.device("cuda")
+    inputs, labels = (t.to(device) for t in mqar(12 * 16, 64, 4, 512, seed=3))
+    per_row = bench_mqar.labels_per_row(labels)
+    runs = []
+    for graphed in (False, True):
+        model = bench_mqar.build_model(mixer, 64, 512, 16, device, seed=0, tie_embeddings=True)
+        opt, step = bench_mqar.training_step(model, 3e-3, per_row, device)
+        step.use_graph = graphed
+        losses = []
+        for i in range(12):
+            set_learning_rate(opt, 3e-3 * (i + 1) / 12)
+            losses.append(float(step(inputs[16 * i:16 * (i + 1)], labels[16 * i:16 * (i + 1)])))
+        assert step.recorded == graphed and step.failed is None
+        runs.append((losses, [p.detach().float().clone() for p in model.parameters()]))
+    (eager_losses, eager_params), (graph_losses, graph_params) = runs
+    assert graph_losses == pytest.approx(eager_losses, rel=2e-2)
+    for p, q in zip(graph_params, eager_params):
+        assert (p - q).norm() <= 2e-2 * q.norm() + 1e-4
+
+
+@cuda
+def test_graph_reads_the_learning_rate_at_each_replay():
+    w = torch.nn.Parameter(torch.ones(4, device="cuda"))
+    opt = torch.optim.AdamW([w], lr=torch.tensor(0.1, device="cuda"), weight_decay=0.0, capturable=True)
+    step = GraphedTrainStep(lambda x: (w * x).sum(), [w], opt, max_grad_norm=None, warmup_steps=1)
+    x = torch.ones(4, device="cuda")
+    step(x)
+    step(x)       # recorded and replayed
+    assert step.recorded
+    before = w.detach().clone()
+    set_learning_rate(opt, 0.0)
+    step(x)
+    torch.testing.assert_close(w.detach(), before)
+    set_learning_rate(opt, 0.1)
+    step(x)
+    assert torch.all(w.detach() < before - 0.05)
