@@ -356,7 +356,7 @@ def test_graphed_decoder_replays_the_eager_steps(name, records, dtype):
     config = wm.presets.get(name, use_cache=True)
     model = wm.CheemsForCausalLM(config).eval().to("cuda", dtype)
     prompt = torch.randint(0, config.vocab_size, (2, 20), device="cuda")
-    caches = [wm.CheemsCache(config), wm.CheemsCache(config)]
+    caches = [wm.models.CheemsCache(config), wm.models.CheemsCache(config)]
     with torch.no_grad():
         for cache in caches:
             model(input_ids=prompt, past_key_values=cache, use_cache=True)
