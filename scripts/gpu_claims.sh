@@ -2,10 +2,11 @@
 # The paper's experiments at full scale on one H200, in calls of at most 10 minutes (issue #7):
 #   OUT=DIR bash scripts/gpu_claims.sh lm                 `wm bench lm` alone (its throughputs must not share the GPU)
 #   OUT=DIR bash scripts/gpu_claims.sh position+mqar      `wm bench position`, and `wm bench mqar` with one process per
-#                                                          cell of the paper (MQAR's small models leave the GPU idle
-#                                                          between kernel launches, so the processes run side by side)
+#                                                          cell of the paper, side by side (processes time-slice the
+#                                                          GPU: session 2 measured ~140 ms per eager MQAR step this
+#                                                          way; session 3, one process with graphed steps, 3-12 ms)
 #   OUT=DIR bash scripts/gpu_claims.sh mqar-grid          MQAR as one job per (cell, mixer, learning rate), STEPS steps
-#                                                          each (default 3000), SLOTS jobs per GPU (default 4) on every
+#                                                          each (default 3000), SLOTS jobs per GPU (default 1) on every
 #                                                          GPU of the machine, longest cells first; then one merged
 #                                                          result (`wm bench mqar --merge`). CELLS / LRS (space-
 #                                                          separated, e.g. CELLS="256:64 2048:256") / VOCAB
@@ -52,10 +53,10 @@ bench() {  # bench DIRNAME SECONDS NAME ARGS... -> $WORK/DIRNAME with results an
       export WORK DEADLINE PY NGPU STEPS=${STEPS:-3000} VOCAB=${VOCAB:-8192}
       i=0
       for cell in ${CELLS:-2048:256 2048:128 1024:128 512:128 256:128 256:64}; do
-        for lr in ${LRS:-2.15e-3 4.64e-4 1e-2 1e-4}; do
+        for lr in ${LRS:-2.15e-3 1e-2 4.64e-4 1e-4}; do
           for mixer in attn ssd dma; do echo "$i $cell $mixer $lr"; i=$((i + 1)); done
         done
-      done | xargs -P $(( NGPU * ${SLOTS:-4} )) -L 1 bash -c '
+      done | xargs -P $(( NGPU * ${SLOTS:-1} )) -L 1 bash -c '
         left=$(( DEADLINE - $(date +%s) )); [ "$left" -gt 30 ] || exit 0
         dir="$WORK/job_$0"; mkdir -p "$dir"
         CUDA_VISIBLE_DEVICES=$(( $0 % NGPU )) timeout "$left" $PY -m wonderful_matrices.bench mqar --cells "$1" \

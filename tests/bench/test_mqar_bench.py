@@ -79,7 +79,7 @@ def test_no_run_starts_after_the_budget_and_the_files_say_so(tmp_path):
                           batch_size=4, num_test=8, learning_rates=(1e-3, 1e-2))
     assert [r["accuracy"] for r in rows] == [None] * 3 and all(r["lr_accuracy"] == {} for r in rows)
     data = json.loads((tmp_path / "results.json").read_text())
-    assert data["meta"]["lr_order"] == ["1.00e-03", "1.00e-02"] and len(data["rows"]) == 3
+    assert data["meta"]["lr_order"] == ["1.00e-02", "1.00e-03"] and len(data["rows"]) == 3  # nearest 4.6e-3 first
     assert (tmp_path / "mqar.png").exists()
 
 
@@ -111,3 +111,24 @@ def test_wm_bench_merge(tmp_path):
     assert main(["bench", "mqar", "--merge", str(tmp_path / "a"), "--out", str(tmp_path / "m")]) == 0
     assert (tmp_path / "m" / "mqar.png").exists()
     assert main(["bench", "lm", "--merge", str(tmp_path / "a"), "--out", str(tmp_path / "m")]) == 2
+
+
+def test_default_rates_run_in_the_measured_order_of_promise(tmp_path):
+    bench_mqar.run(tmp_path, cells=((16, 2, 16),), budget_s=1e-3, vocab_size=32, state_size=8, batch_size=4,
+                   num_test=8)
+    order = json.loads((tmp_path / "results.json").read_text())["meta"]["lr_order"]
+    assert order == ["2.15e-03", "1.00e-02", "4.64e-04", "1.00e-04"]
+
+
+def test_full_scale_defaults_follow_zoology_and_quick_keeps_its_own(tmp_path):
+    # full runs: tied embeddings, 65536-token batches (at most 512 rows); --quick: untied, 64 rows
+    assert [bench_mqar.full_batch_size(t) for t in (64, 256, 512, 1024, 2048)] == [512, 256, 128, 64, 32]
+    small = dict(cells=((64, 4, 16),), steps=2, vocab_size=32, state_size=8, num_test=8, learning_rates=(1e-3,),
+                 mixers="attn")
+    full = bench_mqar.run(tmp_path / "full", **small)
+    quick = bench_mqar.run(tmp_path / "quick", quick=True, **small)
+    assert full[0]["batch"] == 512 and quick[0]["batch"] == 64
+    meta = [json.loads((tmp_path / d / "results.json").read_text())["meta"] for d in ("full", "quick")]
+    assert [m["tie_embeddings"] for m in meta] == [True, False]
+    model = bench_mqar.build_model("attn", 16, 32, 8, torch.device("cpu"), seed=0, tie_embeddings=True)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
