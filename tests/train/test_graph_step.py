@@ -19,7 +19,7 @@ def _plain_steps(model, batches, lr, max_norm):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return losses
 
 
@@ -101,3 +101,15 @@ def test_graph_reads_the_learning_rate_at_each_replay():
     set_learning_rate(opt, 0.1)
     step(x)
     assert torch.all(w.detach() < before - 0.05)
+
+
+@cuda
+def test_recorded_step_refuses_other_shapes():
+    w = torch.nn.Parameter(torch.ones(4, device="cuda"))
+    opt = torch.optim.AdamW([w], lr=torch.tensor(0.1, device="cuda"), capturable=True)
+    step = GraphedTrainStep(lambda x: (w * x).sum(), [w], opt, warmup_steps=1)
+    for _ in range(2):
+        step(torch.ones(3, 4, device="cuda"))
+    assert step.recorded
+    with pytest.raises(ValueError, match="inputs"):
+        step(torch.ones(1, 4, device="cuda"))   # would broadcast silently into the recorded buffer

@@ -88,6 +88,11 @@ class GraphedTrainStep:
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         self.steps += 1
         if self.graph is not None:
+            shapes = [(tuple(t.shape), t.dtype, t.device) for t in inputs]
+            recorded = [(tuple(t.shape), t.dtype, t.device) for t in self._inputs]
+            if shapes != recorded:
+                raise ValueError(f"inputs={shapes} is not allowed: a recorded step takes {recorded}, the shapes, "
+                                 "dtypes and device it was recorded with")
             for buffer, value in zip(self._inputs, inputs):
                 buffer.copy_(value, non_blocking=True)
             self.graph.replay()
