@@ -132,3 +132,18 @@ def test_full_scale_defaults_follow_zoology_and_quick_keeps_its_own(tmp_path):
     assert [m["tie_embeddings"] for m in meta] == [True, False]
     model = bench_mqar.build_model("attn", 16, 32, 8, torch.device("cpu"), seed=0, tie_embeddings=True)
     assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_merge_with_mixed_budgets_keeps_the_best_run_and_names_its_steps(tmp_path):
+    small = dict(quick=True, cells=((16, 2, 16),), vocab_size=32, state_size=8, batch_size=4, num_test=8,
+                 learning_rates="1e-2", mixers="attn")
+    short = bench_mqar.run(tmp_path / "short", steps=1, **small)
+    long = bench_mqar.run(tmp_path / "long", steps=6, **small)
+    with pytest.raises(ValueError, match="steps"):
+        bench_mqar.merge_results(tmp_path / "m", [tmp_path / "short", tmp_path / "long"])
+    (row,) = bench_mqar.merge_results(tmp_path / "m", [tmp_path / "short", tmp_path / "long"], mixed_budgets=True)
+    assert row["lr_accuracy"] == {"1.00e-02@1": round(short[0]["accuracy"], 4),
+                                  "1.00e-02@6": round(long[0]["accuracy"], 4)}
+    best = max((short[0], 1), (long[0], 6), key=lambda r: r[0]["accuracy"])
+    assert row["accuracy"] == best[0]["accuracy"] and row["steps"] == best[1]
+    assert "mixed_budgets" in json.loads((tmp_path / "m" / "results.json").read_text())["meta"]

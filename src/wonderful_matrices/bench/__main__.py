@@ -1,5 +1,6 @@
 """``python -m wonderful_matrices.bench NAME [--quick] --out DIR [--device D] [--budget-s S] [--steps N]
-[--cells ...] [--mixers ...] [--learning-rates ...] [--vocab-size V] [--merge DIR ...] [--threads N]``."""
+[--cells ...] [--mixers ...] [--learning-rates ...] [--vocab-size V] [--merge DIR ... [--mixed-budgets]]
+[--threads N]``."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mqar, lm: vocabulary size instead of the experiment's default")
     parser.add_argument("--merge", nargs="+", default=None, metavar="DIR",
                         help="mqar: join the results in these folders (split runs) into --out instead of training")
+    parser.add_argument("--mixed-budgets", action="store_true",
+                        help="mqar --merge: keep the best run per cell and mixer even where the parts ran a learning "
+                             "rate with different step counts")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice; 1 is faster on a shared machine)")
 
@@ -46,7 +50,7 @@ def main_from_args(args: argparse.Namespace) -> int:
                 raise ValueError(f"merge={args.merge!r} is not allowed: only mqar results are merged")
             from .mqar import merge_results
 
-            merge_results(args.out, args.merge)
+            merge_results(args.out, args.merge, mixed_budgets=args.mixed_budgets)
             return 0
         run_benchmark(args.name, args.out, quick=args.quick, device=args.device, budget_s=args.budget_s,
                       steps=args.steps, cells=args.cells, mixers=args.mixers, learning_rates=args.learning_rates,

@@ -376,13 +376,16 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
     return rows
 
 
-def merge_results(out_dir, parts) -> list[dict]:
+def merge_results(out_dir, parts, mixed_budgets: bool = False) -> list[dict]:
     """Join the results of MQAR runs split by cell, mixer or learning rate (``parts``: folders holding a
     ``results.json`` each) into one ``results.json`` / ``results.md`` / ``mqar.png`` in ``out_dir``.
 
     Rows of the same (seq_len, width, mixer) are combined: their ``lr_accuracy`` entries united, the best accuracy
-    kept, ``train_s`` summed. The parts must agree on vocabulary, state size, batch and seed (``ValueError``
-    otherwise); a learning rate run in two parts with different step counts is an error too."""
+    kept (with the steps of its run), ``train_s`` summed. The parts must agree on vocabulary, state size, batch,
+    tied embeddings and seed (``ValueError`` otherwise). A learning rate run in two parts with different step
+    counts is an error too, unless ``mixed_budgets``: then every ``lr_accuracy`` key reads ``"lr@steps"`` and the
+    best run is kept whatever its budget (the mixers of a cell may then have had different budgets: a best-found
+    table, not a same-budget comparison)."""
     import json
 
     parts = [Path(p) for p in parts]
@@ -408,7 +411,9 @@ def merge_results(out_dir, parts) -> list[dict]:
             key = (row["seq_len"], row["width"], row["mixer"])
             into = merged.setdefault(key, dict(row, lr_accuracy={}, accuracy=None, best_lr=None, train_s=0.0))
             for lr, acc in row["lr_accuracy"].items():
-                if lr in into["lr_accuracy"] and row["steps"] != into["steps"]:
+                if mixed_budgets:
+                    lr = f"{lr}@{row['steps']}"
+                elif lr in into["lr_accuracy"] and row["steps"] != into["steps"]:
                     raise ValueError(f"parts={str(part)!r} is not allowed: lr {lr} of cell {key} was also run "
                                      f"with {into['steps']} steps, here with {row['steps']}")
                 into["lr_accuracy"][lr] = acc
@@ -420,6 +425,8 @@ def merge_results(out_dir, parts) -> list[dict]:
     rows = sorted(merged.values(), key=lambda r: (r["seq_len"], r["width"], order[r["mixer"]]))
     meta = {k: v for k, v in meta0.items() if k not in ("wall_s", "budget_s", "lr_order")}
     meta["merged_from"] = [str(p) for p in parts]
+    if mixed_budgets:
+        meta["mixed_budgets"] = "best run per cell and mixer whatever its steps: lr_accuracy keys are lr@steps"
     out = Path(out_dir)
     _write(out, rows, meta)
     _plot(rows, out / "mqar.png")
