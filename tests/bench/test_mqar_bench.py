@@ -147,3 +147,9 @@ def test_merge_with_mixed_budgets_keeps_the_best_run_and_names_its_steps(tmp_pat
     best = max((short[0], 1), (long[0], 6), key=lambda r: r[0]["accuracy"])
     assert row["accuracy"] == best[0]["accuracy"] and row["steps"] == best[1]
     assert "mixed_budgets" in json.loads((tmp_path / "m" / "results.json").read_text())["meta"]
+
+
+@pytest.mark.parametrize("name", ["batch_size", "num_test", "vocab_size", "state_size", "budget_s"])
+def test_zero_sizes_are_refused_not_read_as_defaults(tmp_path, name):
+    with pytest.raises(ValueError, match=name):
+        bench_mqar.run(tmp_path, quick=True, cells=((16, 2, 16),), steps=1, **{name: 0})

@@ -61,6 +61,7 @@ PAPER_CELLS = tuple((t, KV_PAIRS[t], w) for (t, w) in PAPER)
 ALL_CELLS = tuple((t, kv, w) for t, kv in KV_PAIRS.items() for w in (32, 64, 128, 256))
 QUICK_CELLS = ((64, 4, 64), (128, 8, 64))
 QUICK_STEPS = 500
+QUICK_BATCH = 64
 # Zoology's batches: 65536 tokens (512 rows at T = 128, 64 at T = 1024), at most 512 rows
 TOKENS_PER_BATCH, MAX_BATCH_ROWS = 65536, 512
 
@@ -285,6 +286,11 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
     learning_rates = tuple(learning_rates or (LEARNING_RATES[2:] if quick else LEARNING_RATES))
     if not all(lr > 0 for lr in learning_rates):
         raise ValueError(f"learning_rates={learning_rates!r} is not allowed: every rate must be > 0")
+    # the caller's sizes are checked before defaults fill the ones left None (0 must not read as "default")
+    for name, value in (("vocab_size", vocab_size), ("state_size", state_size), ("batch_size", batch_size),
+                        ("num_test", num_test), ("budget_s", budget_s)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{name}={value!r} is not allowed: must be > 0")
     vocab = vocab_size or (256 if quick else 8192)
     state = state_size or (16 if quick else 128)
     tie = (not quick) if tie_embeddings is None else bool(tie_embeddings)
@@ -294,9 +300,6 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
     budget_s = float(budget_s if budget_s is not None else 420)
     max_steps, min_steps = (600 if quick else 20000), 20
     num_train = 20_000
-    for name, value in (("budget_s", budget_s), ("batch_size", batch_size or 1), ("num_test", num_test)):
-        if value <= 0:
-            raise ValueError(f"{name}={value!r} is not allowed: must be > 0")
     for m in mixers:
         if m not in MIXERS:
             raise ValueError(f"mixers={mixers!r} is not allowed: entries from {MIXERS}")
@@ -309,8 +312,9 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
     per_cell_s = budget_s / len(cells)
     meta = {
         "quick": quick, "device": str(device), "vocab_size": vocab, "ssd_state_size": state, "layers": 2,
-        "ffn": "none", "batch_size": batch_size or ("64" if quick else "full_batch_size(seq_len)"),
-        "tie_embeddings": tie, "cuda_graphs": device.type == "cuda", "test_rows": num_test, "learning_rates": list(learning_rates),
+        "ffn": "none", "batch_size": batch_size or (QUICK_BATCH if quick else "full_batch_size(seq_len)"),
+        "tie_embeddings": tie, "cuda_graphs": device.type == "cuda", "test_rows": num_test,
+        "learning_rates": list(learning_rates),
         "optimizer": "AdamW(betas=(0.9, 0.98), weight_decay=0.1), grad clip 1.0, 10% linear warm-up + cosine",
         "budget_s": None if steps is not None else budget_s, "seed": seed,
         "budget_rule": "per cell: the same steps x batch for every mixer and learning rate, derived from "
@@ -318,15 +322,16 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
                        "rates in the order of lr_order, each for every mixer before the next; no run starts "
                        "after 1.1 x budget_s",
         "lr_order": [f"{lr:.2e}" for lr in sweep_order],
-        "models": f"{'tied' if tie else 'untied'} embeddings; attn: 1 head, head_dim = width; dma: 1 head, keep_window None, gate mask; ssd: Mamba2 SSD "
-                  "(conv 4, no RoPE), head_dim min(64, width), expand 2, chunk 128",
+        "models": f"{'tied' if tie else 'untied'} embeddings; attn: 1 head, head_dim = width; dma: 1 head, "
+                  "keep_window None, gate mask; ssd: Mamba2 SSD (conv 4, no RoPE), head_dim min(64, width), "
+                  "expand 2, chunk 128",
         "train_rows_per_cell": num_train,
     }
     out = Path(out_dir)
     rows = []
     for cell_idx, (seq_len, kv, width) in enumerate(cells):
         t_cell = time.perf_counter()
-        batch = batch_size or (64 if quick else full_batch_size(seq_len))
+        batch = batch_size or (QUICK_BATCH if quick else full_batch_size(seq_len))
         # a fixed pool of training rows (cycled in epochs) and a separate test set, on the device
         train = mqar(num_train, seq_len, kv, vocab, seed=seed + 1000 * cell_idx)
         test = mqar(num_test, seq_len, kv, vocab, seed=seed + 1000 * cell_idx + 1)

@@ -28,6 +28,10 @@ import torch
 _log = logging.getLogger(__name__)
 
 
+def _signature(tensors) -> list[tuple]:
+    return [(tuple(t.shape), t.dtype, t.device) for t in tensors]
+
+
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every parameter group's learning rate to ``lr``, in place when it is a tensor (as a recorded graph
     reads it)."""
@@ -68,6 +72,7 @@ class GraphedTrainStep:
         self.failed: str | None = None
         self.steps = 0
         self._inputs: tuple[torch.Tensor, ...] | None = None
+        self._recorded_signature: list | None = None
         self._loss: torch.Tensor | None = None
         self._stream: torch.cuda.Stream | None = None
 
@@ -88,11 +93,9 @@ class GraphedTrainStep:
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         self.steps += 1
         if self.graph is not None:
-            shapes = [(tuple(t.shape), t.dtype, t.device) for t in inputs]
-            recorded = [(tuple(t.shape), t.dtype, t.device) for t in self._inputs]
-            if shapes != recorded:
-                raise ValueError(f"inputs={shapes} is not allowed: a recorded step takes {recorded}, the shapes, "
-                                 "dtypes and device it was recorded with")
+            if _signature(inputs) != self._recorded_signature:
+                raise ValueError(f"inputs={_signature(inputs)} is not allowed: a recorded step takes "
+                                 f"{self._recorded_signature}, the shapes, dtypes and device it was recorded with")
             for buffer, value in zip(self._inputs, inputs):
                 buffer.copy_(value, non_blocking=True)
             self.graph.replay()
@@ -125,6 +128,6 @@ class GraphedTrainStep:
             _log.warning("training step not recorded as a CUDA graph (%s); running eagerly", self.failed)
             torch.cuda.synchronize(device)
             return self._step_body(*inputs)
-        self.graph = graph
+        self.graph, self._recorded_signature = graph, _signature(self._inputs)
         graph.replay()   # recording does not run the step: this is the step of this call
         return self._loss
