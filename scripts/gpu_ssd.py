@@ -118,7 +118,7 @@ def stage_triton(save):
     """fwd / fwd+bwd of the triton backend, per-kernel times, accuracy of
     every gradient against the float32 torch backend, then a sweep of launch configs (progress is printed as it
     goes: a timeout loses only what had not finished)."""
-    from wonderful_matrices.ops.ssd import triton as kernels
+    from wonderful_matrices.ops.ssd import chunked_kernels as kernels
 
     t0 = time.perf_counter()
     result = {"implementation": "triton", "variants": {}, "config": {k: list(v) for k, v in kernels.CONFIG.items()}}

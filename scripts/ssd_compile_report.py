@@ -19,7 +19,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from wonderful_matrices.ops.ssd import triton as K
+from wonderful_matrices.ops.ssd import chunked_kernels as K
 
 CONFIG_NAME = {"_cumsum_kernel": "cumsum", "_cb_kernel": "cb", "_chunk_state_kernel": "chunk_state",
                "_state_pass_kernel": "state_pass", "_output_kernel": "output", "_state_pass_bwd_kernel": "state_pass_bwd",

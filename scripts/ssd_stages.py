@@ -14,7 +14,7 @@ import argparse
 import torch
 
 from wonderful_matrices.ops import ssd
-from wonderful_matrices.ops.ssd.triton import forward_kernels
+from wonderful_matrices.ops.ssd.chunked_kernels import forward_kernels
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

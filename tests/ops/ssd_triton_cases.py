@@ -73,7 +73,7 @@ def test_triton_float32_matches_naive_forward_and_all_gradients(case):
 def test_triton_backward_with_split_heads(monkeypatch):
     """A group's heads split over programs (partial dCB / dB / dC sums across programs), dC split by state
     columns, two tiles per chunk."""
-    from wonderful_matrices.ops.ssd import triton as kernels
+    from wonderful_matrices.ops.ssd import chunked_kernels as kernels
 
     monkeypatch.setattr(kernels, "DCB_HEADS_PER_PROGRAM", 2)  # 3 dcb splits, 2 dc2 / db2 splits
     monkeypatch.setattr(kernels, "BC_HEADS_PER_PROGRAM", 3)

@@ -7,7 +7,7 @@ from conftest import rel_err
 
 from wonderful_matrices.ops import dynamic_mask_attention
 from wonderful_matrices.ops.dma import selectable_keys
-from wonderful_matrices.ops.dma import torch as dma_torch
+from wonderful_matrices.ops.dma import windowed as dma_torch
 from wonderful_matrices.ops.dma.naive import dynamic_mask_attention_naive
 
 

@@ -1,10 +1,10 @@
-"""The vectorised windowed selection of DMA (ops/dma/torch.py ``select_blocks``) against the naive oracle's kept
+"""The vectorised windowed selection of DMA (ops/dma/selection.py ``select_blocks``) against the naive oracle's kept
 sets (``naive.kept_keys``)."""
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from wonderful_matrices.ops.dma import torch as dma_torch
+from wonderful_matrices.ops.dma import selection as dma_selection
 from wonderful_matrices.ops.dma.naive import kept_keys
 
 
@@ -47,7 +47,7 @@ def make_bias(kind, n, lk, dtype, generator):
 
 
 # (n, lk, lq, w, block): window 1, small, >= length; blocks that do not divide the length, blocks of one query,
-# blocks larger than dma_torch.SUB_BLOCK (the recursive path, with a padded last sub-block); lq < lk; lq = 1.
+# blocks larger than dma_selection.SUB_BLOCK (the recursive path, with a padded last sub-block); lq < lk; lq = 1.
 CASES = [
     (3, 13, 13, 3, 4),
     (2, 20, 9, 5, 3),
@@ -71,7 +71,7 @@ def test_select_blocks_equals_oracle_and_loop(case, kind):
     g = torch.Generator().manual_seed(hash((case, kind)) % 2**31)
     bias = make_bias(kind, max(n, 2), lk, torch.float64, g)
     ref = oracle_counts(bias, lq, w)
-    candidates, start, end = dma_torch.select_blocks(bias, lq, w, block)
+    candidates, start, end = dma_selection.select_blocks(bias, lq, w, block)
     nb = -(-lq // block)
     assert candidates.shape == start.shape == end.shape == (bias.shape[0], nb, w + block)
     got = kept_counts(candidates, start, end, lq, lk, block)
@@ -84,7 +84,7 @@ def test_select_blocks_in_the_bias_dtype(dtype):
     g = torch.Generator().manual_seed(3)
     bias = (torch.randn(2, 90, generator=g) * 0.05).to(dtype)
     bias[1, 10:20] = float("-inf")
-    got = kept_counts(*dma_torch.select_blocks(bias, 80, 11, 24), 80, 90, 24)
+    got = kept_counts(*dma_selection.select_blocks(bias, 80, 11, 24), 80, 90, 24)
     assert torch.equal(got, oracle_counts(bias, 80, 11))
 
 
@@ -94,18 +94,18 @@ def test_select_blocks_long_row_equals_oracle():
     bias = torch.randint(-4, 4, (4, 1100), generator=g).float()
     bias[2, ::7] = float("-inf")
     for lq, w, block in ((1100, 300, 64), (1000, 64, 128)):
-        new = kept_counts(*dma_torch.select_blocks(bias, lq, w, block), lq, 1100, block)
+        new = kept_counts(*dma_selection.select_blocks(bias, lq, w, block), lq, 1100, block)
         assert torch.equal(new, oracle_counts(bias, lq, w))
         assert new.sum(-1).max() == w  # full windows are reached
 
 
 def test_select_blocks_in_chunks_equals_oracle(monkeypatch):
     """Long rows split the (n, blocks, keys) prefix count into several calls: same result."""
-    monkeypatch.setattr(dma_torch, "MASK_ELEMENTS_PER_CALL", 3 * 70 * 2)  # two blocks per call
+    monkeypatch.setattr(dma_selection, "MASK_ELEMENTS_PER_CALL", 3 * 70 * 2)  # two blocks per call
     g = torch.Generator().manual_seed(7)
     bias = make_bias("padded", 3, 70, torch.float32, g)
     for lq, w, block in ((70, 9, 6), (61, 30, 20)):
-        got = kept_counts(*dma_torch.select_blocks(bias, lq, w, block), lq, 70, block)
+        got = kept_counts(*dma_selection.select_blocks(bias, lq, w, block), lq, 70, block)
         assert torch.equal(got, oracle_counts(bias, lq, w))
 
 
@@ -120,7 +120,7 @@ def test_running_kth_equals_sorting(q, k, base_size):
     valid = torch.rand(m, q, generator=g) < 0.7
     valid[1] = False
     new = torch.where(valid, new, 10**6 + 1)  # equal invalid values
-    got = dma_torch._running_kth(base, new, valid, k)
+    got = dma_selection._running_kth(base, new, valid, k)
     for r in range(m):
         for step in range(q):
             joined = new[r, : step + 1][valid[r, : step + 1]]
@@ -143,7 +143,7 @@ def test_select_blocks_has_no_loop_over_blocks():
     for lk in (256, 4096):
         bias = torch.randn(2, lk)
         with _CountCalls() as mode:
-            dma_torch.select_blocks(bias, lk, 100, 64)
+            dma_selection.select_blocks(bias, lk, 100, 64)
         counts.append(mode.calls)
     assert counts[0] == counts[1] < 200
 
@@ -157,8 +157,8 @@ def test_select_blocks_cuda_equals_cpu_at_scale():
     bias[1, :700] = float("-inf")
     bias[3] = torch.randn(8192, generator=g)
     for lq in (8192, 5000):
-        new = [t.cpu() for t in dma_torch.select_blocks(bias.cuda(), lq, 2048, 512)]
-        old = dma_torch.select_blocks(bias, lq, 2048, 512)
+        new = [t.cpu() for t in dma_selection.select_blocks(bias.cuda(), lq, 2048, 512)]
+        old = dma_selection.select_blocks(bias, lq, 2048, 512)
         for t in range(new[0].shape[1]):  # per block: the same (key, start, end) triples among live slots
             for r in range(4):
                 a = {(int(c), int(s), int(e)) for c, s, e in zip(*(x[r, t].tolist() for x in new)) if e > s}

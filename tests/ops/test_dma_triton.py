@@ -15,7 +15,7 @@ pytest.importorskip("triton")
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 from wonderful_matrices.ops import dynamic_mask_attention  # noqa: E402
-from wonderful_matrices.ops.dma import triton as dma_triton  # noqa: E402
+from wonderful_matrices.ops.dma import windowed_kernels as dma_triton  # noqa: E402
 from wonderful_matrices.ops.dma.naive import dynamic_mask_attention_naive  # noqa: E402
 
 interpreted_only = pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 child process")

@@ -6,7 +6,7 @@ from conftest import rel_err
 from test_product_key_op import _LargestTensor
 
 from wonderful_matrices.ops import expert_mixture
-from wonderful_matrices.ops.expert_mixture import torch as torch_backend
+from wonderful_matrices.ops.expert_mixture import gather as torch_backend
 from wonderful_matrices.ops.expert_mixture import weighted_rows
 
 

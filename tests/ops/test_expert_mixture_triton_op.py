@@ -23,7 +23,7 @@ from wonderful_matrices.ops.expert_mixture import weighted_rows  # noqa: E402
 def interpreter():
     """Run this module's kernels in the Triton interpreter; restore the compiled module afterwards."""
     # by module name: the attribute ``ops.expert_mixture`` is the function, which shadows the package
-    kernels = importlib.import_module("wonderful_matrices.ops.expert_mixture.triton")
+    kernels = importlib.import_module("wonderful_matrices.ops.expert_mixture.row_kernels")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRITON_INTERPRET", "1")
         importlib.reload(kernels)

@@ -130,7 +130,7 @@ def test_dma_cuda(dtype, window, lq, lk):
                                                 (1, 150, 150, 64)])
 def test_dma_triton_cuda(dtype, window, lq, lk, block):
     """The compiled Triton kernels (causal window) against the float64 CPU oracle, outputs and all gradients."""
-    from wonderful_matrices.ops.dma.triton import dynamic_mask_attention_triton
+    from wonderful_matrices.ops.dma.windowed_kernels import dynamic_mask_attention_triton
 
     b, hq, hkv, d = 1, 8, 2, 64
     base = [torch.randn(b, lq, hq, d), torch.randn(b, lk, hkv, d), torch.randn(b, lk, hkv, d),

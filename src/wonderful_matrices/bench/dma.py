@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ..layers import Attention, DynamicMaskAttention
 from ..ops import dynamic_mask_attention
 from ..ops.common import triton_usable
-from ..ops.dma.torch import default_block, select_blocks
+from ..ops.dma.selection import default_block, select_blocks
 from .common import peak_memory_bytes, synchronize, time_callable, write_results
 
 FULL = dict(lengths=[2048, 4096, 8192, 16384, 32768], heads=16, head_dim=128, window=2048, dtype=torch.bfloat16,
@@ -118,7 +118,7 @@ def _training_rows(cfg, device):
         rows_bias = bias.detach().permute(0, 2, 1).reshape(h, T)
         blocks = [default_block(w)]
         if device.type == "cuda" and triton_usable(device):
-            from ..ops.dma.triton import block_for
+            from ..ops.dma.windowed_kernels import block_for
 
             blocks = sorted({block_for(w), default_block(w)})
             impls.append((f"dma window {w} triton",

@@ -1,5 +1,7 @@
-"""Functional ops. Each op lives in ``ops/<op>/`` with ``naive.py`` (the oracle), ``torch.py`` (fast, runs
-everywhere), optionally ``triton.py`` (GPU kernels), and dispatches on ``backend`` in its ``__init__``."""
+"""Functional ops. Each op lives in ``ops/<op>/``: ``naive.py`` (the oracle), one module per algorithm named for it
+(``ssd/chunked.py``, ``ssd/step.py``, ``dma/windowed.py``, ``dma/selection.py``, ``expert_mixture/gather.py``,
+``product_key/two_stage.py``), the Triton kernels (``*_kernels.py``, ``dma/decode.py``), and ``__init__.py`` with
+the public function and its ``backend`` dispatch."""
 from .ssd import ssd, ssd_step
 from .dma import dynamic_mask_attention
 from .expert_mixture import expert_mixture

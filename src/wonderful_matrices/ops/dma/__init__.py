@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import math
 
-import torch as _torch  # the name ``torch`` in this package is the submodule ``torch.py`` (the torch backend)
+import torch
 
 from ..common import require, resolve_backend, shape_of
 from .naive import dynamic_mask_attention_naive
-from .torch import dynamic_mask_attention_torch, selectable_keys
+from .selection import selectable_keys
+from .windowed import dynamic_mask_attention_torch
 
 try:  # triton is optional: without it the package still imports and the backend is not offered
-    from . import triton as _triton_backend
+    from . import windowed_kernels as _triton_backend
 except ImportError:
     _triton_backend = None
 
 BACKENDS = ("naive", "torch") + (("triton",) if _triton_backend is not None else ())
-FLOAT_DTYPES = (_torch.float16, _torch.bfloat16, _torch.float32, _torch.float64)
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def dynamic_mask_attention(q: _torch.Tensor, k: _torch.Tensor, v: _torch.Tensor, bias: _torch.Tensor,
+def dynamic_mask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                            keep_window: int | None = None, causal: bool = True, scale: float | None = None,
-                           backend: str = "auto") -> _torch.Tensor:
+                           backend: str = "auto") -> torch.Tensor:
     """Dynamic mask attention.
 
     Args:
@@ -46,7 +47,7 @@ def dynamic_mask_attention(q: _torch.Tensor, k: _torch.Tensor, v: _torch.Tensor,
         outputs zeros.
     """
     for name, t in (("q", q), ("k", k), ("v", v), ("bias", bias)):
-        require(isinstance(t, _torch.Tensor), name, type(t).__name__, "a torch.Tensor")
+        require(isinstance(t, torch.Tensor), name, type(t).__name__, "a torch.Tensor")
         require(t.dtype in FLOAT_DTYPES, f"{name}.dtype", t.dtype, f"one of {FLOAT_DTYPES}")
     require(q.dim() == 4, "q.shape", shape_of(q), "(batch, q_len, q_heads, head_dim)")
     require(k.dim() == 4, "k.shape", shape_of(k), "(batch, k_len, kv_heads, head_dim)")

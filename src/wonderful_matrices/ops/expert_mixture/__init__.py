@@ -1,11 +1,11 @@
 """Mixture of single-neuron experts: ``y = Σ_heads Σ_k gate · act(down[e]·x) · up[e]`` per token."""
 from __future__ import annotations
 
-from torch import Tensor  # not `import torch`: the submodule `.torch` below takes that name here
+from torch import Tensor
 
 from ..common import require, resolve_backend, shape_of, value_checks_enabled
 from . import naive as _naive
-from . import torch as _torch
+from . import gather as _gather
 from .naive import ACTIVATIONS
 
 _AVAILABLE = ("naive", "torch", "triton")
@@ -73,10 +73,10 @@ def expert_mixture(x: Tensor, ids: Tensor, gates: Tensor, down: Tensor, up: Tens
                 f"expert ids in [0, N={down.shape[0]})")
     name = _backend_for(backend, down)
     if name == "triton":
-        from .triton import expert_mixture as triton_mixture  # imported on first use: no triton, no import
+        from .row_kernels import expert_mixture as triton_mixture  # imported on first use: no triton, no import
 
         return triton_mixture(x, ids.long(), gates, down, up, activation)
-    implementation = _naive.expert_mixture if name == "naive" else _torch.expert_mixture
+    implementation = _naive.expert_mixture if name == "naive" else _gather.expert_mixture
     return implementation(x, ids.long(), gates, down, up, activation)
 
 
@@ -109,10 +109,10 @@ def weighted_rows(weights: Tensor, ids: Tensor, table: Tensor, backend: str = "a
     name = _backend_for(backend, table)
     require(name != "naive", "backend", backend, "'auto', 'torch' or 'triton'")
     if name == "triton":
-        from .triton import weighted_rows as triton_rows
+        from .row_kernels import weighted_rows as triton_rows
 
         return triton_rows(weights, ids.long(), table)
-    return _torch.weighted_rows(weights, ids.long(), table)
+    return _gather.weighted_rows(weights, ids.long(), table)
 
 
 __all__ = ["expert_mixture", "weighted_rows", "ACTIVATIONS"]

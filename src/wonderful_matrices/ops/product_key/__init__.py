@@ -1,13 +1,13 @@
 """Product-key top-k retrieval (Lample et al. 2019): the k best of N = n² experts at O(n + k²) per query."""
 from __future__ import annotations
 
-from torch import Tensor  # not `import torch`: the submodule `.torch` below takes that name here
+from torch import Tensor
 
 from ..common import require, resolve_backend, shape_of
 from . import naive as _naive
-from . import torch as _torch
+from . import two_stage as _two_stage
 
-_IMPLEMENTATIONS = {"naive": _naive.product_key_topk, "torch": _torch.product_key_topk}
+_IMPLEMENTATIONS = {"naive": _naive.product_key_topk, "torch": _two_stage.product_key_topk}
 
 
 def product_key_topk(query: Tensor, sub_keys: Tensor, k: int,

@@ -12,11 +12,11 @@ under ``TRITON_INTERPRET=1``); ``"auto"`` picks ``"triton"`` on CUDA for float32
 from __future__ import annotations
 
 from ..common import require, resolve_backend, shape_of, value_checks_enabled
-from .naive import ssd_naive, ssd_step_naive
-from .torch import ssd_chunked
+import torch
 
-# importing the submodule ``.torch`` binds the name ``torch`` in this package; rebind it to PyTorch
-import torch  # noqa: E402
+from .chunked import ssd_chunked
+from .naive import ssd_naive
+from .step import recurrent_step
 
 __all__ = ["ssd", "ssd_step"]
 
@@ -120,7 +120,7 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
                 "float32, bfloat16 or float16 for backend='triton' (float64 runs on 'torch')")
     _check_values(A, dt)
     if name == "triton":
-        from .triton import ssd_triton  # imported on first use: the package imports without triton
+        from .chunked_kernels import ssd_triton  # imported on first use: the package imports without triton
 
         return ssd_triton(x, dt, A, B, C, chunk_size=chunk_size, D=D, initial_state=initial_state,
                           return_final_state=return_final_state)
@@ -158,4 +158,4 @@ def ssd_step(state: torch.Tensor, x_t: torch.Tensor, dt_t: torch.Tensor, A: torc
     _check_floating(state, "state", (b, h, p, n), "(b, h, p, n)")
     require(state.device == x_t.device, "state.device", state.device, f"the device of x_t ({x_t.device})")
     _check_values(A, dt_t)
-    return ssd_step_naive(state, x_t, dt_t, A, B_t, C_t, D)
+    return recurrent_step(state, x_t, dt_t, A, B_t, C_t, D)

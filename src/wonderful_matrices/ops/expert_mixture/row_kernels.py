@@ -1,7 +1,7 @@
 """Expert mixture with Triton kernels (GPU; also CPU under ``TRITON_INTERPRET=1``).
 
 The mixture ``y[t] = Σ_j gate[t,j]·act(down[e]·x[t])·up[e]`` (``e = ids[t,j]``, ``M = H·k`` selections per
-token) is assembled exactly as in the torch backend (``torch.py``: the autograd Functions ``RowDots`` and
+token) is assembled exactly as in the torch backend (``gather.py``: the autograd Functions ``RowDots`` and
 ``RowSum``, with ``coef = gate·act(s)`` in plain autograd between them); this module supplies their three
 kernels. Every kernel reads the selected table rows by id straight from the ``(N, d)`` table, multiplies in
 float32 and writes its output once; no ``(T, N)`` or ``(T, M, d)`` tensor exists.
@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .torch import RowSum, mixture
+from .gather import RowSum, mixture
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)

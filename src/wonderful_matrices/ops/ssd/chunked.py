@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .naive import compute_dtype
+from .step import compute_dtype
 
 _SCAN_BLOCK = 16  # chunks per block of the inter-chunk scan
 

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .torch import select_blocks
+from .selection import select_blocks
 
 BLOCK_M = 64
 BLOCK_N = 64

@@ -20,7 +20,7 @@ Two implementations of the three kernels (``row_dots``, ``row_sum``, ``table_gra
   gradients by ``index_add_`` into a float32 buffer (one rounding to the table dtype at the end).
 
 Neither ever builds a ``(T, N)`` tensor, nor a ``(T, M, d)`` one beyond a bounded chunk. ``s``, ``coef`` and
-their gradients are float32 for half-precision tables. The Triton backend (``triton.py``) reuses
+their gradients are float32 for half-precision tables. The Triton backend (``row_kernels.py``) reuses
 :class:`RowDots`, :class:`RowSum` and :func:`mixture` with its own kernels.
 """
 from __future__ import annotations
