@@ -10,6 +10,7 @@ import os
 import pytest
 import torch
 from conftest import rel_err, run_under_triton_interpreter
+from dma_packing import assert_packed_equals_alone, documents, random_inputs
 
 pytest.importorskip("triton")
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -65,11 +66,34 @@ def test_triton_matches_oracle(case):
     run_both(*case[:-2], block=case[-2], pad=case[-1])
 
 
+# (document lengths per row, hq, hkv, d, w, block): documents shorter than the window and of one token, selection
+# blocks (of one and of two kernel tiles) straddling document boundaries, GQA.
+PACKED = [
+    ([[40, 3, 1, 70, 36], [150]], 4, 2, 16, 7, 64),
+    ([[5, 90, 35]], 2, 1, 8, 20, 128),
+]
+
+
+@interpreted_only
+@pytest.mark.parametrize("case", PACKED, ids=[str(c) for c in PACKED])
+def test_triton_packed_equals_alone(case):
+    lengths, hq, hkv, d, w, block = case
+    seq_idx, spans = documents(lengths)
+    q, k, v, bias = random_inputs(len(lengths), sum(lengths[0]), hq, hkv, d)
+    assert_packed_equals_alone(
+        lambda q, k, v, bias, s: dma_triton.dynamic_mask_attention_triton(q, k, v, bias, w, d ** -0.5, block, s),
+        q, k, v, bias, seq_idx, spans, 1e-6)
+    out = dma_triton.dynamic_mask_attention_triton(q, k, v, bias, w, d ** -0.5, block, seq_idx)
+    ref = dynamic_mask_attention_naive(q.double(), k.double(), v.double(), bias.double(), w, True, d ** -0.5,
+                                       seq_idx)
+    assert rel_err(out, ref) < 1e-5
+
+
 @interpreted_only
 def test_dispatch_uses_triton_for_a_causal_window_and_torch_otherwise(monkeypatch):
     calls = []
     original = dma_triton.dynamic_mask_attention_triton
-    monkeypatch.setattr(dma_triton, "dynamic_mask_attention_triton", lambda *a: calls.append(a) or original(*a))
+    monkeypatch.setattr(dma_triton, "dynamic_mask_attention_triton", lambda *a, **kw: calls.append(a) or original(*a, **kw))
     q, k, v = torch.randn(1, 9, 2, 8), torch.randn(1, 9, 1, 8), torch.randn(1, 9, 1, 8)
     bias = torch.randn(1, 9, 1)
     out = dynamic_mask_attention(q, k, v, bias, keep_window=3, backend="triton")
@@ -80,3 +104,8 @@ def test_dispatch_uses_triton_for_a_causal_window_and_torch_otherwise(monkeypatc
         out = dynamic_mask_attention(q, k, v, bias, keep_window=w, backend="triton")
         assert rel_err(out, dynamic_mask_attention(q, k, v, bias, keep_window=w, backend="naive")) < 1e-5
     assert len(calls) == 1
+    seq_idx = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1, 1]])
+    out = dynamic_mask_attention(q, k, v, bias, keep_window=3, seq_idx=seq_idx, backend="triton")
+    assert len(calls) == 2
+    ref = dynamic_mask_attention(q, k, v, bias, keep_window=3, seq_idx=seq_idx, backend="naive")
+    assert rel_err(out, ref) < 1e-5

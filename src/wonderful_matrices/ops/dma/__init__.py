@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..common import require, resolve_backend, shape_of
+from ..common import require, resolve_backend, shape_of, value_checks_enabled
 from .naive import dynamic_mask_attention_naive
 from .selection import selectable_keys
 from .windowed import dynamic_mask_attention_torch
@@ -22,7 +22,7 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def dynamic_mask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                            keep_window: int | None = None, causal: bool = True, scale: float | None = None,
-                           backend: str = "auto") -> torch.Tensor:
+                           seq_idx: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
     """Dynamic mask attention.
 
     Args:
@@ -37,6 +37,9 @@ def dynamic_mask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
             that position; needs ``lq <= lk``. When False every query sees every key (and with a window keeps
             the top ``w`` of all keys).
         scale: logit scale, default ``1 / sqrt(d)``.
+        seq_idx: ``None`` or ``(b, l)`` integer document ids of packed rows, non-decreasing along each row (needs
+            ``lq == lk == l`` and ``causal``): a query sees only the keys of its own document, and the window is
+            chosen among those, so each document gets exactly what it gets alone.
         backend: ``"auto"`` (``"triton"`` for a causal window on CUDA, else ``"torch"``), ``"torch"`` (exact,
             O(L·w) with a window), ``"triton"`` (GPU kernels for a causal window shorter than ``k_len``, float16/
             bfloat16/float32, ``head_dim <= 256``; other calls run the torch path; on CPU only under
@@ -69,14 +72,35 @@ def dynamic_mask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
                                     and keep_window >= 1), "keep_window", keep_window, "None or an int >= 1")
     require(scale is None or (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0), "scale", scale,
             "None or a finite number > 0")
+    if seq_idx is not None:
+        _check_seq_idx(seq_idx, b, lq, lk, causal, q.device)
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(d)
     name = resolve_backend(backend, BACKENDS, q.device, ("triton", "torch"))
     if name == "naive":
-        return dynamic_mask_attention_naive(q, k, v, bias, keep_window, causal, scale)
+        return dynamic_mask_attention_naive(q, k, v, bias, keep_window, causal, scale, seq_idx)
     if (name == "triton" and causal and keep_window is not None and keep_window < lk and lq > 1
             and q.dtype in _triton_backend.DTYPES and d <= _triton_backend.MAX_HEAD_DIM):
-        return _triton_backend.dynamic_mask_attention_triton(q, k, v, bias, keep_window, scale)
-    return dynamic_mask_attention_torch(q, k, v, bias, keep_window, causal, scale)
+        return _triton_backend.dynamic_mask_attention_triton(q, k, v, bias, keep_window, scale, seq_idx=seq_idx)
+    return dynamic_mask_attention_torch(q, k, v, bias, keep_window, causal, scale, seq_idx=seq_idx)
+
+
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def _check_seq_idx(seq_idx, b: int, lq: int, lk: int, causal: bool, device: torch.device) -> None:
+    """``seq_idx`` must be ``(b, l)`` int32/int64 on the inputs' device, non-decreasing along each row, with
+    ``lq == lk == l`` and a causal call (the monotonicity check reads values: skipped where
+    :func:`value_checks_enabled` says so)."""
+    require(isinstance(seq_idx, torch.Tensor), "seq_idx", type(seq_idx).__name__, "None or a torch.Tensor")
+    require(seq_idx.dtype in INDEX_DTYPES, "seq_idx.dtype", seq_idx.dtype, f"one of {INDEX_DTYPES}")
+    require(lq == lk, "q_len", lq, f"equal to k_len={lk} when seq_idx is given (packed rows)")
+    require(seq_idx.shape == (b, lq), "seq_idx.shape", shape_of(seq_idx), f"(batch, seq_len) = {(b, lq)}")
+    require(seq_idx.device == device, "seq_idx.device", seq_idx.device, f"the device of q ({device})")
+    require(causal, "causal", causal, "True when seq_idx is given (packed documents are causal sequences)")
+    if value_checks_enabled() and lq > 1:
+        steps = seq_idx[:, 1:] - seq_idx[:, :-1]
+        require(bool((steps >= 0).all()), "seq_idx", f"(row with a decreasing step, min step "
+                f"{int(steps.min())})", "non-decreasing document ids along each row")
 
 
 __all__ = ["dynamic_mask_attention", "selectable_keys"]

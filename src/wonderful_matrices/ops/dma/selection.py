@@ -21,9 +21,15 @@ def rank_order(bias_rows: torch.Tensor) -> torch.Tensor:
     return _rank_order_of_key(_rank_key(bias_rows))
 
 
-def _rank_order_of_key(key: torch.Tensor) -> torch.Tensor:
-    order = torch.sort(-key.flip(-1), dim=-1, stable=True).indices
-    return key.shape[-1] - 1 - order
+def _rank_order_of_key(key: torch.Tensor, documents: torch.Tensor | None = None) -> torch.Tensor:
+    """Positions best first by ``(bias, position)`` descending, non-finite keys last; with ``documents (n, L)``
+    (non-decreasing ids) the document is the first criterion, later documents first."""
+    order = key.shape[-1] - 1 - torch.sort(-key.flip(-1), dim=-1, stable=True).indices
+    if documents is None:
+        return order
+    # A stable sort by document keeps the (bias, position) order inside each document; padding stays last.
+    primary = torch.where(key > float("-inf"), documents - documents[:, :1], -1).gather(1, order)
+    return order.gather(1, torch.sort(primary, dim=-1, descending=True, stable=True).indices)
 
 
 def _rank_key(bias_rows: torch.Tensor) -> torch.Tensor:
@@ -76,10 +82,13 @@ def _running_kth(base: torch.Tensor, new: torch.Tensor, new_valid: torch.Tensor,
 
 
 @torch.no_grad()
-def select_blocks(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int):
+def select_blocks(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
+                  documents: torch.Tensor | None = None):
     """Exact per-query top-``keep_window`` selection for causal queries, for all query blocks at once.
 
-    ``bias_rows (n, lk)``: one row per (batch, KV head). Queries sit at key positions ``lk - lq … lk - 1``,
+    ``bias_rows (n, lk)``: one row per (batch, KV head). ``documents (n, lk)`` (optional, needs ``lq == lk``):
+    non-decreasing document ids; a query then selects among its own document's keys only. Queries sit at key
+    positions ``lk - lq … lk - 1``,
     cut into ``nb = ceil(lq / block)`` blocks. Returns ``candidates (n, nb, w + block)`` key positions (long),
     and ``start, end (n, nb, w + block)`` int32: candidate ``c`` of block ``t`` is kept exactly by the block's
     queries ``start <= i < end`` (``i`` relative to the block's first query); a slot kept by none has
@@ -92,7 +101,10 @@ def select_blocks(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int
     increases with ``p``. One global sort gives the ranks; the top ``w`` before every block come from one
     prefix count over the rank order (``(n, nb, lk)``); ``T`` inside every block from :func:`_running_kth`
     (the top ``w`` before the block plus the block's keys joining one per query); the queries that keep a
-    candidate are then ``[max(j, p0), first p with T_p < rank_j)``, one ``searchsorted``. About 90 tensor
+    candidate are then ``[max(j, p0), first p with T_p < rank_j)``, one ``searchsorted``. Documents: the rank
+    puts later documents first, so the top ``w`` of a query's visible keys holds the top ``w`` of its own
+    document (all of them if fewer), and a key's interval is cut at its document's end; the keys of earlier
+    documents in the top ``w`` are then kept by no query. The same fact holds, so the same method applies. About 90 tensor
     operations whatever the length (no loop over blocks, no host synchronisation); work
     O(n·lk·(lk / block + 2·block / SUB_BLOCK + 2·SUB_BLOCK)) elementwise (compare + int32 cumulative sum), plus
     sorts of n rows of lk, n·nb rows of ``min(w, block + 1) + block`` and n·lk / SUB_BLOCK rows of
@@ -104,7 +116,7 @@ def select_blocks(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int
     device = bias_rows.device
     nb = -(-lq // block)
     key = _rank_key(bias_rows)
-    order = _rank_order_of_key(key)  # (n, lk): key positions, best first, padding last
+    order = _rank_order_of_key(key, documents)  # (n, lk): key positions, best first, padding last
     valid = key > float("-inf")
     positions = torch.arange(lk, device=device)
     ranks = torch.empty_like(order).scatter_(1, order, positions.expand(n, lk))
@@ -135,11 +147,15 @@ def select_blocks(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int
     # A candidate is kept from its own position (or the block start) until the first query with T_p < rank.
     end = torch.searchsorted(threshold.neg().contiguous(), cand_rank.neg().contiguous(), right=True)
     end = torch.minimum(end, (lk - p0).clamp_max(block)[None, :, None])
+    cand_pos = torch.cat([carried_pos, block_pos.expand(n, nb, block)], dim=-1)
+    if documents is not None:  # no query past the end of the key's document
+        doc_end = torch.searchsorted(documents, documents, right=True)  # (n, lk): end of each key's document
+        end = torch.minimum(end, doc_end.gather(1, cand_pos.view(n, -1)).view(n, nb, -1) - p0[None, :, None])
     start = torch.cat([torch.zeros(nb, w, dtype=torch.long, device=device),
                        torch.arange(block, device=device).expand(nb, block)], dim=-1).expand(n, nb, w + block)
     real = torch.cat([carried, block_valid], dim=-1)
     live = real & (end > start)
-    candidates = torch.where(real, torch.cat([carried_pos, block_pos.expand(n, nb, block)], dim=-1), 0)
+    candidates = torch.where(real, cand_pos, 0)
     start = torch.where(live, start, 0).to(torch.int32)
     end = torch.where(live, end, 0).to(torch.int32)
     return candidates, start, end

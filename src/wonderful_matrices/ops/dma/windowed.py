@@ -20,6 +20,10 @@ the key dtype, ``lo`` the rounding error, so half-precision keys carry the bias 
   O(b·h·L·(w+B)/B·d) for the gathered keys/values plus O(b·h_kv·L·(w+B)) bits of mask — never
   ``(b, h, lq, lk)``. Gradients reach ``q``, ``k``, ``v`` and ``bias`` through the gathers.
 * Window ``w``, not causal: every query keeps the same top-``w`` keys; one gather, one SDPA call.
+* Packed documents (``seq_idx``, causal): without a window, SDPA with a ``(b, 1, l, l)`` boolean mask of
+  "same document, not in the future" (O(l²) bits, the only such tensor); with a
+  window, the selection ranks keys per document and cuts each key's query interval at its document's end
+  (:func:`select_blocks`), and the attention is unchanged.
 """
 from __future__ import annotations
 
@@ -85,9 +89,14 @@ def _single_query(q, k, v, bias, scale: float) -> torch.Tensor:
     return out.reshape(b, 1, hq, d).to(q.dtype)
 
 
-def _dense(q, k, v, bias, causal: bool, scale: float) -> torch.Tensor:
-    """All visible keys; q (b,lq,hq,d), k/v (b,lk,hkv,d), bias (b,lk,hkv) -> (b,lq,hq,d)."""
+def _dense(q, k, v, bias, causal: bool, scale: float, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+    """All visible keys; q (b,lq,hq,d), k/v (b,lk,hkv,d), bias (b,lk,hkv) -> (b,lq,hq,d).
+
+    ``seq_idx (b, l)`` (causal, ``lq == lk``): a ``(b, 1, l, l)`` boolean mask keeps each query in its document.
+    """
     b, lq, hq, d = q.shape
+    if seq_idx is not None:
+        return _dense_documents(q, k, v, bias, scale, seq_idx)
     if lq == 1:  # the only query sits at the last key position (causal or not, it sees every key)
         return _single_query(q, k, v, bias, scale)
     lk, hkv = k.shape[1], k.shape[2]
@@ -117,13 +126,40 @@ def _dense(q, k, v, bias, causal: bool, scale: float) -> torch.Tensor:
     return torch.where(attendable, out, out.new_zeros(())).to(q.dtype)
 
 
-def _windowed_causal(q, k, v, bias, keep_window: int, scale: float, block: int) -> torch.Tensor:
+def _dense_documents(q, k, v, bias, scale: float, seq_idx: torch.Tensor) -> torch.Tensor:
+    """Causal attention inside each document of a packed row: q (b,l,hq,d), k/v (b,l,hkv,d), bias (b,l,hkv),
+    seq_idx (b,l) -> (b,l,hq,d)."""
+    b, l, hq, d = q.shape
+    hkv = k.shape[2]
+    group = hq // hkv
+    qa, ka, va = _augment(q, k, v, bias, scale, MASKED_BIAS)
+    qa = qa.view(b, l, hkv, group, -1).permute(0, 2, 3, 1, 4).reshape(b * hkv, group, l, -1)
+    ka = ka.permute(0, 2, 1, 3).reshape(b * hkv, 1, l, -1).expand(-1, group, -1, -1)
+    va = va.permute(0, 2, 1, 3).reshape(b * hkv, 1, l, -1).expand(-1, group, -1, -1)
+    same = (seq_idx[:, :, None] == seq_idx[:, None, :]).tril()  # (b, l, l): key j <= query i, same document
+    mask = same[:, None].expand(b, hkv, l, l).reshape(b * hkv, 1, l, l)
+    out = F.scaled_dot_product_attention(qa, ka, va, attn_mask=mask, scale=scale)
+    out = out[..., :d].reshape(b, hkv, group, l, d).permute(0, 3, 1, 2, 4).reshape(b, l, hq, d)
+    # A query whose document's keys up to it all have bias -inf outputs zeros: the first attendable key at or
+    # after the document's first position must be <= the query.
+    positions = torch.arange(l, device=q.device)
+    doc_first = torch.searchsorted(seq_idx.contiguous(), seq_idx.contiguous())  # (b, l)
+    finite = torch.isfinite(bias)  # (b, l, hkv)
+    next_finite = torch.where(finite, positions[None, :, None], l).flip(1).cummin(1).values.flip(1)
+    attendable = next_finite.gather(1, doc_first[:, :, None].expand(b, l, hkv)) <= positions[None, :, None]
+    attendable = attendable.repeat_interleave(group, dim=2)[..., None]
+    return torch.where(attendable, out, out.new_zeros(())).to(q.dtype)
+
+
+def _windowed_causal(q, k, v, bias, keep_window: int, scale: float, block: int,
+                     seq_idx: torch.Tensor | None = None) -> torch.Tensor:
     b, lq, hq, d = q.shape
     lk, hkv = k.shape[1], k.shape[2]
     group = hq // hkv
     n = b * hkv
     rows = bias.permute(0, 2, 1).reshape(n, lk)
-    candidates, start, end = select_blocks(rows, lq, keep_window, block)
+    documents = None if seq_idx is None else seq_idx[:, None, :].expand(b, hkv, lk).reshape(n, lk)
+    candidates, start, end = select_blocks(rows, lq, keep_window, block, documents)
     nb, width = candidates.shape[1], candidates.shape[2]
     qa, ka, va = _augment(q, k, v, bias, scale, 0.0)  # non-finite keys are never kept: any finite value
     dp = qa.shape[-1]
@@ -187,14 +223,15 @@ def _windowed_full(q, k, v, bias, keep_window: int, scale: float) -> torch.Tenso
 
 def dynamic_mask_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                                  keep_window: int | None, causal: bool, scale: float,
-                                 block: int | None = None) -> torch.Tensor:
+                                 block: int | None = None, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
     """q (b,lq,hq,d), k/v (b,lk,hkv,d), bias (b,lk,hkv) -> (b,lq,hq,d) (arguments already checked).
 
-    ``block``: query block of the windowed causal path (default :func:`default_block`).
+    ``block``: query block of the windowed causal path (default :func:`default_block`). ``seq_idx (b, l)``:
+    document ids of a packed row (causal, ``lq == lk``); each query attends within its document only.
     """
     lk = k.shape[1]
     if keep_window is None or keep_window >= lk:
-        return _dense(q, k, v, bias, causal, scale)
+        return _dense(q, k, v, bias, causal, scale, seq_idx)
     if not causal:
         return _windowed_full(q, k, v, bias, keep_window, scale)
-    return _windowed_causal(q, k, v, bias, keep_window, scale, block or default_block(keep_window))
+    return _windowed_causal(q, k, v, bias, keep_window, scale, block or default_block(keep_window), seq_idx)

@@ -203,14 +203,16 @@ def _meta(q: torch.Tensor, block: int, wide: bool = False) -> dict:
 
 class _WindowedCausal(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, bias, keep_window: int, scale: float, block: int):
+    def forward(ctx, q, k, v, bias, keep_window: int, scale: float, block: int, seq_idx):
         b, lq, hq, d = q.shape
         lk, hkv = k.shape[1], k.shape[2]
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
         bias32 = bias.float().contiguous()
         # Selection in the bias's own precision (ties as the oracle sees them). Candidates are key positions;
         # start/end count the block's queries (query index i sits at key position i + lk - lq).
-        cand, start, end = select_blocks(bias.detach().permute(0, 2, 1).reshape(b * hkv, lk), lq, keep_window, block)
+        documents = None if seq_idx is None else seq_idx[:, None, :].expand(b, hkv, lk).reshape(b * hkv, lk)
+        cand, start, end = select_blocks(bias.detach().permute(0, 2, 1).reshape(b * hkv, lk), lq, keep_window, block,
+                                         documents)
         cand = cand.to(torch.int32).contiguous()
         nb, width = cand.shape[1], cand.shape[2]
         out = torch.full_like(q, float("nan"))
@@ -247,14 +249,17 @@ class _WindowedCausal(torch.autograd.Function):
         _dkv_kernel[(nb, triton.cdiv(width, BLOCK_N), b * hkv)](q, k, v, bias32, cand, start, end, dout, lse,
                                                                 delta, dk, dv, dbias, *common,
                                                                 **_meta(q, ctx.block, wide=True))
-        return dq, dk.to(k.dtype), dv.to(v.dtype), dbias.to(ctx.bias_dtype), None, None, None
+        return dq, dk.to(k.dtype), dv.to(v.dtype), dbias.to(ctx.bias_dtype), None, None, None, None
 
 
 def dynamic_mask_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                                  keep_window: int, scale: float, block: int | None = None) -> torch.Tensor:
+                                  keep_window: int, scale: float, block: int | None = None,
+                                  seq_idx: torch.Tensor | None = None) -> torch.Tensor:
     """Windowed causal DMA: q (b,lq,hq,d), k/v (b,lk,hkv,d), bias (b,lk,hkv) -> (b,lq,hq,d) in q's dtype.
 
     Needs ``keep_window < lk``, ``q.dtype`` in :data:`DTYPES`, ``d <= 256`` (the dispatcher checks). ``block``:
-    selection block, a multiple of :data:`BLOCK_M` (default :func:`block_for`).
+    selection block, a multiple of :data:`BLOCK_M` (default :func:`block_for`). ``seq_idx (b, l)``: document
+    ids of a packed row (``lq == lk``); the selection confines every query to its document, the kernels are
+    unchanged.
     """
-    return _WindowedCausal.apply(q, k, v, bias, keep_window, scale, block or block_for(keep_window))
+    return _WindowedCausal.apply(q, k, v, bias, keep_window, scale, block or block_for(keep_window), seq_idx)
