@@ -7,8 +7,8 @@ from conftest import rel_err
 from dma_packing import assert_packed_equals_alone, documents, random_inputs
 
 from wonderful_matrices.ops import dynamic_mask_attention
-from wonderful_matrices.ops.dma import windowed as dma_torch
 from wonderful_matrices.ops.common import trusted_values
+from wonderful_matrices.ops.dma import windowed as dma_torch
 
 # Rows of one length (22): documents of one token, shorter than the window, longer than it; ids need not start
 # at 0 nor be consecutive.
