@@ -369,3 +369,61 @@ def test_graphed_decoder_replays_the_eager_steps(name, records, dtype):
         assert rel_err(out.float().cpu(), ref.float().cpu()) < TOL[dtype] / 10, (decoder.recorded, decoder.failed)
     assert decoder.recorded == records and decoder.failed is None
     assert caches[1].get_seq_length() == caches[0].get_seq_length() == 32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("lq,lk,hq,hkv,d", [(300, 300, 8, 2, 64), (200, 333, 4, 4, 128), (129, 129, 4, 1, 32)])
+def test_dma_no_window_flex_cuda(dtype, lq, lk, hq, hkv, d):
+    """No window on CUDA: FlexAttention with the bias as a score modifier (the "triton" backend, what "auto" picks),
+    against the float64 oracle, outputs and all gradients; GQA, lq < lk, odd lengths, padded keys."""
+    base = [torch.randn(1, lq, hq, d), torch.randn(1, lk, hkv, d), torch.randn(1, lk, hkv, d),
+            torch.randn(1, lk, hkv) * 3]
+    base[3][0, :5] = float("-inf")
+    base[3][0, lk // 2, 0] = float("-inf")
+
+    def fn(q, k, v, bias):
+        backend = "naive" if q.dtype == torch.float64 else "auto"
+        return wm.ops.dynamic_mask_attention(q, k, v, bias, backend=backend)
+
+    tol = TOL.get(dtype, 2e-2)
+    ref, ref_g = _on_cpu(_grads(fn, [_leaf(t, torch.float64, "cuda") for t in base]))
+    out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in base[:3]] + [_leaf(base[3], torch.float32, "cuda")])
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert rel_err(out.cpu(), ref) < tol
+    for name, a, r in zip("qkvb", out_g, ref_g):
+        assert torch.isfinite(a).all() and _grad_close(a, r, tol * 2), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("window", [None, 16, 64])
+def test_dma_packed_cuda(dtype, window):
+    """Packed rows (seq_idx) on CUDA, through "auto" (Triton kernels with a window, FlexAttention without): every
+    document gets what it gets alone, and the packed row matches the float64 oracle, outputs and all gradients."""
+    from dma_packing import documents, packed_and_alone
+
+    lengths = [[100, 1, 10, 189], [300]]
+    seq_idx, spans = documents(lengths)
+    b, l, hq, hkv, d = 2, 300, 8, 2, 64
+    base = [torch.randn(b, l, hq, d), torch.randn(b, l, hkv, d), torch.randn(b, l, hkv, d), torch.randn(b, l, hkv) * 3]
+    base[3][0, 101:104] = float("-inf")  # the third document starts with padding
+    weight = torch.randn(b, l, hq, d, dtype=torch.float64)
+
+    def attend(q, k, v, bias, s):
+        backend = "naive" if q.dtype == torch.float64 else "auto"
+        return wm.ops.dynamic_mask_attention(q, k, v, bias, keep_window=window, seq_idx=s, backend=backend)
+
+    tol = TOL[dtype]
+    inputs = [t.to("cuda", dtype) for t in base[:3]] + [base[3].cuda()]
+    (out, grads), (alone, alone_grads) = packed_and_alone(attend, *inputs, seq_idx.cuda(), spans, weight.cuda())
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert rel_err(out, alone) < (1e-5 if dtype == torch.float32 else 1e-2)
+    for name, a, r in zip("qkvb", grads, alone_grads):
+        assert _grad_close(a, r.double().cpu(), 2e-5 if dtype == torch.float32 else 2e-2), name
+    small = [t[:1] for t in base]  # the oracle loops per query: one row (row 0, the packed one)
+    ref, ref_g = _on_cpu(_grads(lambda *a: attend(*a, seq_idx[:1].cuda()),
+                                [_leaf(t, torch.float64, "cuda") for t in small]))
+    got, got_g = _grads(lambda *a: attend(*a, seq_idx[:1].cuda()),
+                        [_leaf(t, dtype, "cuda") for t in small[:3]] + [_leaf(small[3], torch.float32, "cuda")])
+    assert rel_err(got.cpu(), ref) < tol
+    for name, a, r in zip("qkvb", got_g, ref_g):
+        assert _grad_close(a, r, tol * 2), name

@@ -12,9 +12,10 @@ from .selection import selectable_keys
 from .windowed import dynamic_mask_attention_torch
 
 try:  # triton is optional: without it the package still imports and the backend is not offered
+    from . import biased_causal as _biased_causal
     from . import windowed_kernels as _triton_backend
 except ImportError:
-    _triton_backend = None
+    _triton_backend = _biased_causal = None
 
 BACKENDS = ("naive", "torch") + (("triton",) if _triton_backend is not None else ())
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -40,10 +41,12 @@ def dynamic_mask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
         seq_idx: ``None`` or ``(b, l)`` integer document ids of packed rows, non-decreasing along each row (needs
             ``lq == lk == l`` and ``causal``): a query sees only the keys of its own document, and the window is
             chosen among those, so each document gets exactly what it gets alone.
-        backend: ``"auto"`` (``"triton"`` for a causal window on CUDA, else ``"torch"``), ``"torch"`` (exact,
-            O(L·w) with a window), ``"triton"`` (GPU kernels for a causal window shorter than ``k_len``, float16/
-            bfloat16/float32, ``head_dim <= 256``; other calls run the torch path; on CPU only under
-            ``TRITON_INTERPRET=1``) or ``"naive"`` (loops, the oracle).
+        backend: ``"auto"`` (``"triton"`` on CUDA, else ``"torch"``), ``"torch"`` (exact, O(L·w) with a
+            window), ``"triton"`` (GPU kernels, float16/bfloat16/float32: a causal window shorter than ``k_len``
+            with ``head_dim <= 256`` runs the block-sparse kernels of windowed_kernels.py — on the CPU too under
+            ``TRITON_INTERPRET=1``; causal attention without a window on CUDA, ``head_dim`` a power of two in
+            16…256, runs FlexAttention with the bias as a score modifier (biased_causal.py); other calls run
+            the torch path) or ``"naive"`` (loops, the oracle).
 
     Returns:
         ``(b, lq, hq, d)`` in ``q``'s dtype (accumulated in float32 or better). A query with no attendable key
@@ -81,6 +84,9 @@ def dynamic_mask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
     if (name == "triton" and causal and keep_window is not None and keep_window < lk and lq > 1
             and q.dtype in _triton_backend.DTYPES and d <= _triton_backend.MAX_HEAD_DIM):
         return _triton_backend.dynamic_mask_attention_triton(q, k, v, bias, keep_window, scale, seq_idx=seq_idx)
+    if (name == "triton" and causal and (keep_window is None or keep_window >= lk) and lq > 1
+            and q.device.type == "cuda" and q.dtype in _biased_causal.DTYPES and d in _biased_causal.HEAD_DIMS):
+        return _biased_causal.dynamic_mask_attention_biased_causal(q, k, v, bias, scale, seq_idx)
     return dynamic_mask_attention_torch(q, k, v, bias, keep_window, causal, scale, seq_idx=seq_idx)
 
 

@@ -89,6 +89,20 @@ def _single_query(q, k, v, bias, scale: float) -> torch.Tensor:
     return out.reshape(b, 1, hq, d).to(q.dtype)
 
 
+def attendable_queries(bias: torch.Tensor, lq: int, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal: whether each of the ``lq`` queries (the last ``lq`` key positions) sees a key with a finite bias,
+    among its document's keys when ``seq_idx (b, l)`` is given. bias (b, lk, hkv) -> (b, lq, hkv) bool; O(lk)."""
+    b, lk, hkv = bias.shape
+    positions = torch.arange(lk, device=bias.device)
+    # The first key with a finite bias at or after each position.
+    next_finite = torch.where(torch.isfinite(bias), positions[None, :, None], lk).flip(1).cummin(1).values.flip(1)
+    query_pos = positions[lk - lq:][None, :, None]
+    if seq_idx is None:
+        return next_finite[:, :1] <= query_pos
+    doc_first = torch.searchsorted(seq_idx.contiguous(), seq_idx.contiguous())  # (b, l)
+    return next_finite.gather(1, doc_first[:, :, None].expand(b, lk, hkv)) <= query_pos
+
+
 def _dense(q, k, v, bias, causal: bool, scale: float, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
     """All visible keys; q (b,lq,hq,d), k/v (b,lk,hkv,d), bias (b,lk,hkv) -> (b,lq,hq,d).
 
@@ -115,13 +129,10 @@ def _dense(q, k, v, bias, causal: bool, scale: float, seq_idx: torch.Tensor | No
     out = F.scaled_dot_product_attention(qa, ka, va, attn_mask=mask, is_causal=is_causal, scale=scale)
     out = out[..., :d].reshape(b, hkv, group, lq, d).permute(0, 3, 1, 2, 4).reshape(b, lq, hq, d)
     # A query whose visible keys all have bias -inf outputs zeros.
-    finite = torch.isfinite(bias).permute(0, 2, 1)  # (b, hkv, lk)
     if causal:
-        positions = torch.arange(lk, device=q.device)
-        first = torch.where(finite, positions, lk).amin(dim=-1)  # (b, hkv)
-        attendable = (torch.arange(lq, device=q.device) + offset)[None, :, None] >= first[:, None, :]
+        attendable = attendable_queries(bias, lq)
     else:
-        attendable = finite.any(dim=-1)[:, None, :].expand(b, lq, hkv)
+        attendable = torch.isfinite(bias).any(dim=1)[:, None, :].expand(b, lq, hkv)
     attendable = attendable.repeat_interleave(group, dim=2)[..., None]
     return torch.where(attendable, out, out.new_zeros(())).to(q.dtype)
 
@@ -140,14 +151,7 @@ def _dense_documents(q, k, v, bias, scale: float, seq_idx: torch.Tensor) -> torc
     mask = same[:, None].expand(b, hkv, l, l).reshape(b * hkv, 1, l, l)
     out = F.scaled_dot_product_attention(qa, ka, va, attn_mask=mask, scale=scale)
     out = out[..., :d].reshape(b, hkv, group, l, d).permute(0, 3, 1, 2, 4).reshape(b, l, hq, d)
-    # A query whose document's keys up to it all have bias -inf outputs zeros: the first attendable key at or
-    # after the document's first position must be <= the query.
-    positions = torch.arange(l, device=q.device)
-    doc_first = torch.searchsorted(seq_idx.contiguous(), seq_idx.contiguous())  # (b, l)
-    finite = torch.isfinite(bias)  # (b, l, hkv)
-    next_finite = torch.where(finite, positions[None, :, None], l).flip(1).cummin(1).values.flip(1)
-    attendable = next_finite.gather(1, doc_first[:, :, None].expand(b, l, hkv)) <= positions[None, :, None]
-    attendable = attendable.repeat_interleave(group, dim=2)[..., None]
+    attendable = attendable_queries(bias, l, seq_idx).repeat_interleave(group, dim=2)[..., None]
     return torch.where(attendable, out, out.new_zeros(())).to(q.dtype)
 
 

@@ -1,0 +1,106 @@
+"""Dynamic mask attention without a window on the GPU: causal attention plus a per-key bias, block-sparse.
+
+FlexAttention (PyTorch's compiled attention template) runs it: a ``score_mod`` adds ``bias[b, h // group, j]``
+to each logit, and a block mask built here from the causal offset and the documents (``seq_idx``) lists, per
+tile of :data:`TILE` queries, the key tiles it needs — "full" tiles (every pair visible: no mask evaluated) and
+"partial" ones (the ``mask_mod`` decides per pair). A query tile of one document at positions ``[q0, q1]``
+needs key tiles from its document's first key to ``q1``; no ``(l, l)`` tensor is built, the block mask is
+``O(b · (l / TILE)²)`` integers, and nothing is compiled for the block mask itself.
+
+Keys with bias ``-inf`` (padding) get :data:`MASKED_BIAS` (finite, so no ``0 · inf`` in the backward); a query
+whose visible keys are all padding outputs zeros, as everywhere in this op.
+"""
+from __future__ import annotations
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+from .windowed import MASKED_BIAS, attendable_queries
+
+TILE = 128
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+HEAD_DIMS = (16, 32, 64, 128, 256)
+
+
+def block_mask_for(b: int, lq: int, lk: int, seq_idx: torch.Tensor | None, device: torch.device) -> BlockMask:
+    """Block mask of causal attention (queries bottom-right aligned: query ``i`` at key position
+    ``i + lk - lq``), restricted to each query's document when ``seq_idx (b, l)`` is given (``lq == lk``).
+
+    Returns a ``BlockMask`` with batch size ``b`` (1 without documents), one head, tiles of :data:`TILE`.
+    """
+    offset = lk - lq
+    nq, nk = -(-lq // TILE), -(-lk // TILE)
+    q_first = torch.arange(nq, device=device) * TILE  # first and last query of each tile, as key positions
+    q_last = (q_first + TILE).clamp_max(lq) - 1 + offset
+    q_first = q_first + offset
+    if seq_idx is None:
+        doc_first = torch.zeros(1, nq, dtype=torch.long, device=device)
+        one_doc = torch.ones(1, nq, dtype=torch.bool, device=device)
+    else:
+        docs = seq_idx.contiguous()
+        first_of = torch.searchsorted(docs, docs)  # (b, l): first position of each position's document
+        doc_first = first_of[:, q_first]
+        one_doc = docs[:, q_first] == docs[:, q_last]
+    lo = doc_first // TILE  # needed key tiles: [lo, hi]
+    hi = (q_last // TILE).expand_as(lo)
+    # Full key tiles: inside the tile's one document and at or before every query of the tile.
+    full_lo = -(-doc_first // TILE)
+    full_hi = torch.where(one_doc, (q_first + 1) // TILE - 1, full_lo - 1)  # empty when hi < lo
+    full_count = (full_hi - full_lo + 1).clamp_min(0)
+    full_hi = full_lo + full_count - 1
+    # Partial tiles: [lo, full_lo) and (full_hi, hi], or all of [lo, hi] when there is no full tile.
+    before = torch.where(full_count > 0, full_lo - lo, hi - lo + 1)
+    after = torch.where(full_count > 0, hi - full_hi, 0)
+    slot = torch.arange(nk, device=device)
+    partial = torch.where(slot < before[..., None], lo[..., None] + slot,
+                          full_hi[..., None] + 1 + slot - before[..., None])
+    full = full_lo[..., None] + slot
+    count = before + after
+
+    def mask_mod(bi, h, q_idx, kv_idx):
+        visible = q_idx + offset >= kv_idx
+        if seq_idx is None:
+            return visible
+        return visible & (seq_idx[bi, q_idx] == seq_idx[bi, kv_idx])
+
+    def as_blocks(x):
+        return x.to(torch.int32).clamp(0, nk - 1)[:, None].contiguous()
+
+    return BlockMask.from_kv_blocks(count.to(torch.int32)[:, None], as_blocks(partial),
+                                    full_count.to(torch.int32)[:, None], as_blocks(full), BLOCK_SIZE=TILE,
+                                    mask_mod=mask_mod, seq_lengths=(lq, lk))
+
+
+def _attend(q, k, v, bias_rows, block_mask, scale):
+    group = q.shape[1] // k.shape[1]
+
+    def add_bias(score, bi, h, q_idx, kv_idx):
+        return score + bias_rows[bi, h // group, kv_idx]
+
+    return flex_attention(q, k, v, score_mod=add_bias, block_mask=block_mask, scale=scale, enable_gqa=True)
+
+
+_compiled_attend = torch.compile(_attend, dynamic=False) if torch.cuda.is_available() else None
+
+
+def dynamic_mask_attention_biased_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                                         scale: float, seq_idx: torch.Tensor | None = None,
+                                         compiled: bool = True) -> torch.Tensor:
+    """Causal DMA without a window: q (b,lq,hq,d), k/v (b,lk,hkv,d), bias (b,lk,hkv), optional seq_idx (b,l)
+    -> (b,lq,hq,d) in q's dtype. Gradients reach q, k, v and bias.
+
+    Needs ``q.dtype`` in :data:`DTYPES` and ``d`` in :data:`HEAD_DIMS` (the dispatcher checks). ``compiled``:
+    run FlexAttention through ``torch.compile`` (its fast kernels; CUDA) or eagerly (a reference computation
+    over all pairs, for tests on the CPU).
+    """
+    b, lq, hq, d = q.shape
+    lk = k.shape[1]
+    rows = bias.float() if bias.dtype != torch.float64 else bias
+    rows = torch.where(torch.isfinite(rows), rows, MASKED_BIAS).permute(0, 2, 1).contiguous()  # (b, hkv, lk)
+    block_mask = block_mask_for(b, lq, lk, seq_idx, q.device)
+    attend = _compiled_attend if compiled and _compiled_attend is not None else _attend
+    out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), rows, block_mask, scale)
+    out = out.transpose(1, 2)
+    keep = attendable_queries(bias, lq, seq_idx)  # (b, lq, hkv)
+    keep = keep.repeat_interleave(hq // k.shape[2], dim=2)[..., None]
+    return torch.where(keep, out, out.new_zeros(())).to(q.dtype)

@@ -1,0 +1,78 @@
+"""The no-window GPU path of dynamic_mask_attention (FlexAttention with a bias ``score_mod`` and a block mask built
+from the causal offset and the documents): the block mask's tiles are checked pair by pair, and the path, run
+eagerly on the CPU, against the oracle. The compiled path runs on the GPU in test_ops_cuda.py."""
+import pytest
+import torch
+from conftest import rel_err
+from dma_packing import documents, random_inputs
+
+from wonderful_matrices.ops.dma import biased_causal
+from wonderful_matrices.ops.dma.naive import dynamic_mask_attention_naive
+
+
+def allowed_pairs(b, lq, lk, seq_idx):
+    i = torch.arange(lq)[:, None] + lk - lq
+    j = torch.arange(lk)[None, :]
+    allowed = (j <= i).expand(b, lq, lk)
+    if seq_idx is not None:
+        allowed = allowed & (seq_idx[:, :, None] == seq_idx[:, None, :])
+    return allowed
+
+
+def tiles(num, indices, nq, nk):
+    """(B, nq, nk) bool: the tiles a (count, indices) pair of the block mask lists."""
+    listed = torch.zeros(num.shape[0], nq, nk, dtype=torch.bool)
+    for bi in range(num.shape[0]):
+        for m in range(nq):
+            listed[bi, m, indices[bi, 0, m, : num[bi, 0, m]].long()] = True
+    return listed
+
+
+@pytest.mark.parametrize("lq,lk,lengths", [(300, 300, None), (130, 400, None), (128, 128, None),
+                                           (300, 300, [[100, 28, 1, 171], [300], [256, 44]]),
+                                           (520, 520, [[5, 250, 3, 262]])])
+def test_block_mask_lists_every_visible_pair_and_full_tiles_are_full(lq, lk, lengths):
+    t = biased_causal.TILE
+    seq_idx = documents(lengths)[0] if lengths else None
+    b = len(lengths) if lengths else 1
+    mask = biased_causal.block_mask_for(b, lq, lk, seq_idx, torch.device("cpu"))
+    nq, nk = -(-lq // t), -(-lk // t)
+    partial = tiles(mask.kv_num_blocks, mask.kv_indices, nq, nk)
+    full = tiles(mask.full_kv_num_blocks, mask.full_kv_indices, nq, nk)
+    assert not (partial & full).any()
+    allowed = allowed_pairs(b, lq, lk, seq_idx)
+    padded = torch.zeros(b, nq * t, nk * t, dtype=torch.bool)
+    padded[:, :lq, :lk] = allowed
+    any_pair = padded.view(b, nq, t, nk, t).any(-1).any(2)
+    padded[:, lq:, :lk] = True  # query rows past the end do not exist: any answer is right there
+    all_pairs = padded.view(b, nq, t, nk, t).all(-1).all(2)
+    assert torch.equal(partial | full, any_pair)  # exactly the tiles with a visible pair
+    assert not (full & ~all_pairs).any()  # a full tile has every pair visible (the mask is not evaluated there)
+    if lengths is None and lq % t == 0 and lk % t == 0:
+        assert torch.equal(full, all_pairs)
+
+
+# FlexAttention has no backward on the CPU: forward here, gradients on the GPU (test_ops_cuda.py).
+@pytest.mark.parametrize("lq,lk,hq,hkv,d", [(150, 150, 4, 2, 16), (70, 200, 2, 2, 32), (1, 9, 2, 1, 16)])
+def test_eager_forward_matches_oracle(lq, lk, hq, hkv, d):
+    q = torch.randn(2, lq, hq, d)
+    k, v = torch.randn(2, lk, hkv, d), torch.randn(2, lk, hkv, d)
+    bias = torch.randn(2, lk, hkv) * 2
+    bias[0, :3] = float("-inf")  # row 0: the first queries see only padding when lq == lk
+    bias[1, lk // 2, 0] = float("-inf")
+    out = biased_causal.dynamic_mask_attention_biased_causal(q, k, v, bias, d ** -0.5, compiled=False)
+    ref = dynamic_mask_attention_naive(q.double(), k.double(), v.double(), bias.double(), None, True, d ** -0.5)
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_eager_forward_packed_equals_alone_and_oracle():
+    seq_idx, spans = documents([[40, 1, 100, 9], [150]])
+    q, k, v, bias = random_inputs(2, 150, 4, 2, 16)
+    bias[0, 41:45] = float("-inf")  # the first keys of the third document
+    out = biased_causal.dynamic_mask_attention_biased_causal(q, k, v, bias, 0.25, seq_idx, compiled=False)
+    for r, s, e in spans:
+        alone = biased_causal.dynamic_mask_attention_biased_causal(
+            *(t[r:r + 1, s:e] for t in (q, k, v, bias)), 0.25, compiled=False)
+        assert rel_err(out[r:r + 1, s:e], alone) < 1e-6
+    ref = dynamic_mask_attention_naive(q.double(), k.double(), v.double(), bias.double(), None, True, 0.25, seq_idx)
+    assert rel_err(out, ref) < 1e-5
