@@ -7,17 +7,30 @@ from wonderful_matrices.bench import dma as bench_dma
 
 def test_dma_bench_runs_and_writes_results(tmp_path, monkeypatch):
     tiny = dict(lengths=[64], heads=2, head_dim=8, window=8, dtype=torch.float32, context=40, batches=[1],
-                warmup=0, reps=1)
+                warmup=0, reps=1, packed_length=64, documents=3, torch_window_max_length=64)
     monkeypatch.setattr(bench_dma, "QUICK", tiny)
     rows = bench_dma.run(tmp_path, quick=True, device="cpu")
     impls = {r["impl"] for r in rows}
     assert {"dma window 8 torch", "dma no window", "sdpa causal (default)", "selection only (block 64)",
             "DMA layer step, window 8", "DMA layer step, window None", "DMA attention step, window 8",
             "DMA attention step, window None", "SDPA attention step, full cache",
-            "Attention layer step (Llama-style, cat cache)"} <= impls
+            "Attention layer step (Llama-style, cat cache)", "dma window 8, one row", "dma window 8, 3 documents packed",
+            "dma no window, one row", "dma no window, 3 documents packed"} <= impls
     assert all(r.get("fwd_bwd_ms", 1) > 0 for r in rows)
+    assert all("error" not in r for r in rows)
+    fractions = {r["impl"]: r["kept_fraction"] for r in rows if r["part"] == "train" and "kept_fraction" in r}
+    assert fractions["dma no window"] == 1.0
+    assert fractions["dma window 8 torch"] == bench_dma.kept_fraction(64, 8) == (36 + 56 * 8) / (64 * 65 / 2)
+    assert sum(r["part"] == "packed" and "packed / unpacked" in r for r in rows) == 2
     window_cache = next(r for r in rows if r["impl"] == "DMA layer step, window 8")["cache_mb"]
     full_cache = next(r for r in rows if r["impl"] == "DMA layer step, window None")["cache_mb"]
     assert window_cache < full_cache
     assert json.loads((tmp_path / "results.json").read_text())["rows"]
     assert (tmp_path / "results.md").exists()
+
+
+def test_document_ids_are_uneven_and_cover_the_row():
+    ids = bench_dma.document_ids(1000, 7, "cpu")
+    lengths = torch.bincount(ids[0])
+    assert ids.shape == (1, 1000) and len(lengths) == 7 and lengths.sum() == 1000
+    assert (ids[0, 1:] >= ids[0, :-1]).all() and lengths.min() < lengths.max() / 2

@@ -5,6 +5,8 @@
     (cuDNN backend when it runs, else PyTorch's default choice) and FlexAttention causal (CUDA only, when it
     compiles), all in one process on the same inputs; plus the windowed paths' selection stage alone
     (``select_blocks``, no gradient), so kernel time = total − selection.
+(p) packed documents: one row of several documents (``seq_idx``) against the same row unpacked, with and
+    without a window — what packing costs.
 (b) decoding at long context, like with like. Attention only (after the projections): one DMA step with a
     window (evict the lowest ranked slot, write the new key, attend over the ``w`` slots), one DMA step
     without a window (append, attend over the whole cache) — each with the layer's torch step and, where
@@ -15,7 +17,10 @@
     beside this package's Llama-style ``Attention`` layer step (its cache grows by concatenation). Plus the
     bytes each cache holds.
 
-GPU: T = 2K…32K, batch 1, 16 heads × 128, bf16, window 2048; decode at 64K context, batch 1…8.
+Every training row carries ``kept_fraction``: the kept (query, key) pairs over dense causal attention's.
+
+GPU: T = 4K, 16K, 64K, 128K, batch 1, 16 heads × 128, bf16, window 2048 (the torch windowed path up to 32K);
+packed: 16 documents in 16K; decode at 64K context, batch 1…8.
 ``--quick``: CPU-sized shapes (a minute).
 
     python -m wonderful_matrices.bench.dma --out DIR [--quick]
@@ -35,10 +40,30 @@ from ..ops.common import triton_usable
 from ..ops.dma.selection import default_block, select_blocks
 from .common import peak_memory_bytes, synchronize, time_callable, write_results
 
-FULL = dict(lengths=[2048, 4096, 8192, 16384, 32768], heads=16, head_dim=128, window=2048, dtype=torch.bfloat16,
-            context=65536, batches=[1, 2, 4, 8], warmup=3, reps=10)
+FULL = dict(lengths=[4096, 16384, 65536, 131072], heads=16, head_dim=128, window=2048, dtype=torch.bfloat16,
+            context=65536, batches=[1, 2, 4, 8], warmup=3, reps=10, packed_length=16384, documents=16,
+            torch_window_max_length=32768)
 QUICK = dict(lengths=[256, 512, 1024], heads=4, head_dim=32, window=64, dtype=torch.float32,
-             context=2048, batches=[1, 2], warmup=1, reps=3)
+             context=2048, batches=[1, 2], warmup=1, reps=3, packed_length=512, documents=5,
+             torch_window_max_length=1024)
+
+
+def kept_fraction(T: int, window: int | None) -> float:
+    """Kept (query, key) pairs over those of dense causal attention at length ``T``: ``Σ min(i + 1, w) / Σ (i + 1)``
+    (no padding), the fraction of the dense causal FLOPs a window needs."""
+    if window is None or window >= T:
+        return 1.0
+    kept = window * (window + 1) // 2 + (T - window) * window
+    return kept / (T * (T + 1) // 2)
+
+
+def document_ids(T: int, count: int, device) -> torch.Tensor:
+    """``seq_idx (1, T)`` of ``count`` documents of deterministic, uneven lengths (from about T/(3·count) to
+    about 2T/count)."""
+    weights = torch.linspace(0.3, 1.7, count)[torch.randperm(count, generator=torch.Generator().manual_seed(count))]
+    lengths = (weights / weights.sum() * T).long().clamp_min(1)
+    lengths[-1] += T - lengths.sum()
+    return torch.repeat_interleave(torch.arange(count), lengths).view(1, T).to(device)
 
 
 def _cudnn_context(device):
@@ -128,17 +153,19 @@ def _training_rows(cfg, device):
             ms = _time_or_error(lambda blk=blk: select_blocks(rows_bias, T, w, blk), device, cfg)
             rows.append(dict(T=T, impl=f"selection only (block {blk})", fwd_ms=ms))
             print(rows[-1], flush=True)
-        impls += [(f"dma window {w} torch",
-                   lambda q, k, v, b: dynamic_mask_attention(q, k, v, b, keep_window=w, backend="torch"),
-                   (q, k, v, bias)),
-                  ("dma no window", lambda q, k, v, b: dynamic_mask_attention(q, k, v, b), (q, k, v, bias)),
-                 (f"sdpa causal ({cudnn_name})", sdpa, (qt, kt, vt))]
+        if T <= cfg["torch_window_max_length"]:  # the reference path: slow and memory-hungry at long T
+            impls.append((f"dma window {w} torch",
+                          lambda q, k, v, b: dynamic_mask_attention(q, k, v, b, keep_window=w, backend="torch"),
+                          (q, k, v, bias)))
+        impls += [("dma no window", lambda q, k, v, b: dynamic_mask_attention(q, k, v, b), (q, k, v, bias)),
+                  (f"sdpa causal ({cudnn_name})", sdpa, (qt, kt, vt))]
         flex = _flex_causal(device, T, h)
         if flex is not None:
             impls.append(("flex causal", flex, (qt, kt, vt)))
         base = None
         for name, fn, inputs in impls:
-            row = dict(T=T, impl=name, **_measure(fn, inputs, device, cfg["warmup"], cfg["reps"]))
+            row = dict(T=T, impl=name, kept_fraction=kept_fraction(T, w if name.startswith("dma window") else None),
+                       **_measure(fn, inputs, device, cfg["warmup"], cfg["reps"]))
             if name.startswith("sdpa"):
                 base = row.get("fwd_bwd_ms")
             rows.append(row)
@@ -146,6 +173,38 @@ def _training_rows(cfg, device):
         for row in rows:
             if row["T"] == T and base and row.get("fwd_bwd_ms"):
                 row["sdpa_time / time"] = base / row["fwd_bwd_ms"]
+        del q, k, v, bias, qt, kt, vt
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def _packed_rows(cfg, device):
+    """One row of ``documents`` packed documents (``seq_idx``) against the same row unpacked, windowed and not,
+    through ``backend="auto"``; ``packed / unpacked`` is the cost of packing."""
+    T, h, d, w, dtype = cfg["packed_length"], cfg["heads"], cfg["head_dim"], cfg["window"], cfg["dtype"]
+    if not T:
+        return []
+    g = torch.Generator(device="cpu").manual_seed(T + 1)
+    q, k, v = (torch.randn(1, T, h, d, generator=g).to(device, dtype).requires_grad_() for _ in range(3))
+    bias = (-F.softplus(torch.randn(1, T, h, generator=g) * 2)).to(device).requires_grad_()
+    seq_idx = document_ids(T, cfg["documents"], device)
+    rows = []
+    for window in (w, None):
+        label = f"dma window {w}" if window else "dma no window"
+        pair = []
+        for packed in (False, True):
+            s = seq_idx if packed else None
+            row = dict(T=T, impl=f"{label}, {cfg['documents']} documents packed" if packed else f"{label}, one row",
+                       kept_fraction=kept_fraction(T, window),
+                       **_measure(lambda q, k, v, b, s=s, window=window: dynamic_mask_attention(
+                           q, k, v, b, keep_window=window, seq_idx=s), (q, k, v, bias), device, cfg["warmup"],
+                           cfg["reps"]))
+            pair.append(row)
+            print(row, flush=True)
+        if pair[0].get("fwd_bwd_ms") and pair[1].get("fwd_bwd_ms"):
+            pair[1]["packed / unpacked"] = pair[1]["fwd_bwd_ms"] / pair[0]["fwd_bwd_ms"]
+        rows += pair
     return rows
 
 
@@ -264,10 +323,12 @@ def _decode_rows(cfg, device):
     return rows
 
 
-def run(out_dir, quick: bool = False, device=None, lengths=None, batches=None) -> list[dict]:
-    """Run both parts; write ``results.json`` / ``results.md`` under ``out_dir``; return the rows.
+def run(out_dir, quick: bool = False, device=None, lengths=None, batches=None,
+        packed_length: int | None = None) -> list[dict]:
+    """Run every part; write ``results.json`` / ``results.md`` under ``out_dir``; return the rows.
 
-    ``lengths`` (training T) and ``batches`` (decode batch sizes) restrict the grid; an empty list skips that part.
+    ``lengths`` (training T) and ``batches`` (decode batch sizes) restrict the grid; an empty list skips that part;
+    ``packed_length`` is the length of the packed-documents comparison (0 skips it).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = dict(QUICK if quick else FULL)
@@ -275,11 +336,15 @@ def run(out_dir, quick: bool = False, device=None, lengths=None, batches=None) -
         cfg["lengths"] = list(lengths)
     if batches is not None:
         cfg["batches"] = list(batches)
+    if packed_length is not None:
+        cfg["packed_length"] = packed_length
     train = _training_rows(cfg, device)
+    packed = _packed_rows(cfg, device)
     decode = _decode_rows(cfg, device)
-    rows = [dict(part="train", **r) for r in train] + [dict(part="decode", **r) for r in decode]
-    columns = ["part", "T", "context", "batch", "impl", "fwd_ms", "fwd_bwd_ms", "peak_mem_mb", "sdpa_time / time",
-               "step_ms", "cache_mb", "error"]
+    rows = ([dict(part="train", **r) for r in train] + [dict(part="packed", **r) for r in packed]
+            + [dict(part="decode", **r) for r in decode])
+    columns = ["part", "T", "context", "batch", "impl", "kept_fraction", "fwd_ms", "fwd_bwd_ms", "peak_mem_mb",
+               "sdpa_time / time", "packed / unpacked", "step_ms", "cache_mb", "error"]
     meta = dict(quick=quick, device=str(device), heads=cfg["heads"], head_dim=cfg["head_dim"],
                 keep_window=cfg["window"], dtype=str(cfg["dtype"]), lengths=cfg["lengths"],
                 decode_context=cfg["context"], batches=cfg["batches"],
@@ -297,8 +362,11 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--lengths", type=int, nargs="*", default=None, help="training lengths T (default: all)")
     parser.add_argument("--batches", type=int, nargs="*", default=None, help="decode batch sizes (default: all)")
+    parser.add_argument("--packed-length", type=int, default=None,
+                        help="length of the packed-documents comparison (0 skips it; default 16384)")
     args = parser.parse_args(argv)
-    run(args.out, quick=args.quick, device=args.device, lengths=args.lengths, batches=args.batches)
+    run(args.out, quick=args.quick, device=args.device, lengths=args.lengths, batches=args.batches,
+        packed_length=args.packed_length)
 
 
 if __name__ == "__main__":
