@@ -5,7 +5,7 @@ list of ``W = w + B`` candidate key positions and, per candidate, the interval `
 queries that keep it (DESIGN.md, fact 1). The kernels never see the other keys:
 
 * forward, one program per (query tile of ``BLOCK_M`` inside one selection block, query head): loops over the
-  block's candidates in tiles of ``BLOCK_N``, loads their key/value rows by index (gathered row pointers), adds
+  block's candidates in tiles of ``BLOCK_N`` (up to the block's own keys that follow the tile's last query), loads their key/value rows by index (gathered row pointers), adds
   the bias, masks ``start <= i < end``, online softmax in float32; writes the output and the log-sum-exp.
 * ``dq``: the same loop, recomputing the probabilities from the log-sum-exp.
 * ``dk, dv, dbias``: one program per (selection block, candidate tile, KV head) loops over the block's queries
@@ -61,7 +61,10 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, cand_ptr, start_ptr, end_ptr, out
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     base = (row * nb + t) * width
-    for c0 in range(0, width, BLOCK_N):
+    # The block's own keys (the last BLOCK slots, in position order) after this tile's last query are kept by
+    # none of its queries: stop before them.
+    c_end = width - BLOCK + tl.minimum(BLOCK, (tile * BLOCK_M) % BLOCK + BLOCK_M)
+    for c0 in range(0, c_end, BLOCK_N):
         c = c0 + tl.arange(0, BLOCK_N)
         cmask = c < width
         idx = tl.load(cand_ptr + base + c, mask=cmask, other=0)
@@ -114,7 +117,10 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, cand_ptr, start_ptr, end_ptr, do_p
     delta = tl.load(delta_ptr + bh * lq + i, mask=qmask, other=0.0)
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     base = (row * nb + t) * width
-    for c0 in range(0, width, BLOCK_N):
+    # The block's own keys (the last BLOCK slots, in position order) after this tile's last query are kept by
+    # none of its queries: stop before them.
+    c_end = width - BLOCK + tl.minimum(BLOCK, (tile * BLOCK_M) % BLOCK + BLOCK_M)
+    for c0 in range(0, c_end, BLOCK_N):
         c = c0 + tl.arange(0, BLOCK_N)
         cmask = c < width
         idx = tl.load(cand_ptr + base + c, mask=cmask, other=0)
