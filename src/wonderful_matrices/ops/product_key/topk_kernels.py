@@ -1,0 +1,203 @@
+"""Product-key top-k as one fused Triton kernel (GPU; also CPU under ``TRITON_INTERPRET=1``).
+
+Forward, one program per block of ``BLOCK_T`` tokens and one head: for each half ``c`` the sub-key scores
+``s_c = q_c · K_c`` are computed ``BLOCK_N`` sub-keys at a time with ``tl.dot`` (float32 accumulation) and merged
+into a running top-k kept in registers, so the ``(tokens, H, 2, √N)`` scores never reach memory. The merge
+inserts the best remaining score of the chunk in place of the worst kept one while it is larger; a chunk needs at
+most ``min(k, #{scores > worst kept})`` insertions (the chunk's scores come out in descending order and the worst
+kept one only rises), so the program runs ``max`` of that count over its tokens and later chunks, which rarely
+beat the kept set, cost a few rounds. Then the ``k²`` candidate sums ``s_0[a] + s_1[b]`` of the two kept sets
+(whose top k is the exact top k over all ``N`` experts; see ``two_stage.py``) are ranked by ``k`` rounds of
+max-and-remove. Only ``scores (T, H, k)`` float32 and ``ids (T, H, k)`` are written. Exact ties may come out in
+another order than brute force: equal values, any of them is a correct top k.
+
+Backward: the score of the ``j``-th pick is ``q_0·K_0[a_j] + q_1·K_1[b_j]``, so
+``grad q_c = Σ_j g_j · K_c[idx_j]`` (a gather of sub-key rows) and ``grad K_c[idx] += g_j · q_c`` (a scatter). One
+program per token block and head does both; the scatter adds float32 atomically into an ``(H, 2, √N, dk)``
+buffer (a few megabytes at most), rounded to the sub-key dtype once at the end.
+
+Launch settings are autotuned on the GPU (one small configuration under the interpreter, so tests cross the token
+and sub-key block boundaries). Outputs are NaN-poisoned under the interpreter, so an unwritten element fails tests.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+def _forward_configs():
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_T": 16, "BLOCK_N": 16}, num_warps=1)]
+    return [triton.Config({"BLOCK_T": t, "BLOCK_N": n}, num_warps=w)
+            for t, n, w in ((16, 64, 4), (16, 128, 4), (32, 64, 4), (32, 128, 8), (64, 32, 4))]
+
+
+@triton.jit
+def _insert_chunk(kept_v, kept_i, chunk_v, chunk_i, slots, K: tl.constexpr):
+    """Merge a chunk of scores (BLOCK_T, BLOCK_N) with labels ``chunk_i`` into the kept set (BLOCK_T, K_PAD)
+    (``slots`` its column indices); dead slots (``>= K``) hold +inf and are never the worst."""
+    worst = tl.min(kept_v, axis=1)
+    rounds = tl.max(tl.minimum(tl.sum((chunk_v > worst[:, None]).to(tl.int32), axis=1), K), axis=0)
+    for _ in range(rounds):
+        best = tl.max(chunk_v, axis=1)
+        best_i = tl.min(tl.where(chunk_v == best[:, None], chunk_i, 2147483647), axis=1)
+        worst = tl.min(kept_v, axis=1)
+        worst_slot = tl.min(tl.where(kept_v == worst[:, None], slots, 2147483647), axis=1)
+        take = best > worst  # rows whose chunk still beats the kept set
+        replace = take[:, None] & (slots == worst_slot[:, None])
+        kept_v = tl.where(replace, best[:, None], kept_v)
+        kept_i = tl.where(replace, best_i[:, None], kept_i)
+        chunk_v = tl.where(take[:, None] & (chunk_i == best_i[:, None]), float("-inf"), chunk_v)
+    return kept_v, kept_i
+
+
+@triton.jit
+def _half_topk(q_ptr, keys_ptr, offs_t, mask_t, h, c, H, N_KEYS, DK,
+               K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
+               DK_PAD: tl.constexpr, PRECISION: tl.constexpr):
+    """The k best sub-key scores of half ``c`` (unordered; slots >= k dead): values (BLOCK_T, K_PAD) float32 and
+    sub-key indices int32."""
+    offs_d = tl.arange(0, DK_PAD)
+    mask_d = offs_d < DK
+    q = tl.load(q_ptr + ((offs_t.to(tl.int64)[:, None] * H + h) * 2 + c) * DK + offs_d[None, :],
+                mask=mask_t[:, None] & mask_d[None, :], other=0.0)
+    slots = tl.arange(0, K_PAD)[None, :] + tl.zeros([BLOCK_T, K_PAD], tl.int32)
+    kept_v = tl.where(slots < K, float("-inf"), float("inf"))
+    kept_i = slots
+    for n0 in range(0, N_KEYS, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N_KEYS
+        keys = tl.load(keys_ptr + ((h * 2 + c) * N_KEYS + offs_n[None, :]) * DK + offs_d[:, None],
+                       mask=mask_d[:, None] & mask_n[None, :], other=0.0)  # (DK_PAD, BLOCK_N)
+        scores = tl.dot(q, keys, input_precision=PRECISION)
+        scores = tl.where(mask_n[None, :], scores, float("-inf"))
+        labels = offs_n[None, :] + tl.zeros([BLOCK_T, BLOCK_N], tl.int32)
+        kept_v, kept_i = _insert_chunk(kept_v, kept_i, scores, labels, slots, K)
+    return kept_v, kept_i
+
+
+@triton.autotune(configs=_forward_configs(), key=["N_KEYS", "DK", "K"])
+@triton.jit
+def _topk_forward_kernel(q_ptr, keys_ptr, scores_ptr, ids_ptr, T, H, N_KEYS, DK,
+                         K: tl.constexpr, K_PAD: tl.constexpr, DK_PAD: tl.constexpr, PRECISION: tl.constexpr,
+                         BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
+    """scores/ids (T, H, K) of query (T, H, 2, DK) against keys (H, 2, N_KEYS, DK); grid (cdiv(T, BLOCK_T), H)."""
+    offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    mask_t = offs_t < T
+    h = tl.program_id(1)
+    v0, a = _half_topk(q_ptr, keys_ptr, offs_t, mask_t, h, 0, H, N_KEYS, DK, K, K_PAD, BLOCK_T, BLOCK_N, DK_PAD,
+                       PRECISION)
+    v1, b = _half_topk(q_ptr, keys_ptr, offs_t, mask_t, h, 1, H, N_KEYS, DK, K, K_PAD, BLOCK_T, BLOCK_N, DK_PAD,
+                       PRECISION)
+    live = tl.arange(0, K_PAD) < K
+    pair_live = live[:, None] & live[None, :]
+    sums = tl.where(pair_live[None, :, :], v0[:, :, None] + v1[:, None, :], float("-inf"))
+    ids = a.to(tl.int64)[:, :, None] * N_KEYS + b.to(tl.int64)[:, None, :]  # distinct within a token
+    sums = tl.reshape(sums, [BLOCK_T, K_PAD * K_PAD])
+    ids = tl.reshape(ids, [BLOCK_T, K_PAD * K_PAD])
+    out = (offs_t.to(tl.int64)[:, None] * H + h) * K + tl.arange(0, K_PAD)[None, :]
+    out_v = tl.zeros([BLOCK_T, K_PAD], tl.float32)
+    out_i = tl.zeros([BLOCK_T, K_PAD], tl.int64)
+    for r in range(K):
+        best = tl.max(sums, axis=1)
+        best_id = tl.min(tl.where(sums == best[:, None], ids, 1 << 62), axis=1)
+        column = tl.arange(0, K_PAD)[None, :] == r
+        out_v = tl.where(column, best[:, None], out_v)
+        out_i = tl.where(column, best_id[:, None], out_i)
+        sums = tl.where(ids == best_id[:, None], float("-inf"), sums)
+    store = mask_t[:, None] & live[None, :]
+    tl.store(scores_ptr + out, out_v, mask=store)
+    tl.store(ids_ptr + out, out_i, mask=store)
+
+
+@triton.jit
+def _topk_backward_kernel(q_ptr, keys_ptr, ids_ptr, grad_ptr, dq_ptr, dkeys_ptr, T, H, N_KEYS, DK,
+                          K: tl.constexpr, K_PAD: tl.constexpr, DK_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
+    """dq (T, H, 2, DK) and float32 dkeys (H, 2, N_KEYS, DK) += for grad (T, H, K) of the scores of ``ids``;
+    grid (cdiv(T, BLOCK_T), H)."""
+    offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    mask_t = offs_t < T
+    h = tl.program_id(1)
+    offs_k = tl.arange(0, K_PAD)
+    offs_d = tl.arange(0, DK_PAD)
+    mask_d = offs_d < DK
+    picks = mask_t[:, None] & (offs_k < K)[None, :]
+    at = (offs_t.to(tl.int64)[:, None] * H + h) * K + offs_k[None, :]
+    ids = tl.load(ids_ptr + at, mask=picks, other=0)
+    g = tl.load(grad_ptr + at, mask=picks, other=0.0).to(tl.float32)
+    full = picks[:, :, None] & mask_d[None, None, :]
+    for c in tl.static_range(2):
+        if c == 0:
+            sub = ids // N_KEYS
+        else:
+            sub = ids % N_KEYS
+        rows = (h * 2 + c) * N_KEYS + sub  # (BLOCK_T, K_PAD) rows of the flattened (H·2·N_KEYS, DK) keys
+        keys = tl.load(keys_ptr + rows[:, :, None] * DK + offs_d[None, None, :], mask=full, other=0.0)
+        dq = tl.sum(g[:, :, None] * keys.to(tl.float32), axis=1)
+        q_at = ((offs_t.to(tl.int64) * H + h) * 2 + c)[:, None] * DK + offs_d[None, :]
+        q_mask = mask_t[:, None] & mask_d[None, :]
+        tl.store(dq_ptr + q_at, dq.to(dq_ptr.dtype.element_ty), mask=q_mask)
+        q = tl.load(q_ptr + q_at, mask=q_mask, other=0.0).to(tl.float32)
+        tl.atomic_add(dkeys_ptr + rows[:, :, None] * DK + offs_d[None, None, :], g[:, :, None] * q[:, None, :],
+                      mask=full)
+
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    """A fresh output; NaN-filled (or -1 for integers) under the interpreter, so an unwritten element fails."""
+    if _INTERPRET:
+        return torch.full(shape, float("nan") if dtype.is_floating_point else -1, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _pad(n: int, least: int = 1) -> int:
+    return max(least, triton.next_power_of_2(n))
+
+
+class ProductKeyTopK(torch.autograd.Function):
+    """query (T, H, 2, dk), sub_keys (H, 2, n, dk) contiguous -> scores (T, H, k) float32, ids (T, H, k) int64;
+    differentiable in query and sub_keys through the scores."""
+
+    @staticmethod
+    def forward(ctx, query, sub_keys, k):
+        T, H, _, dk = query.shape
+        n = sub_keys.shape[2]
+        scores = _empty((T, H, k), torch.float32, query.device)
+        ids = _empty((T, H, k), torch.int64, query.device)
+        if T:
+            precision = "ieee" if query.dtype == torch.float32 else "tf32"
+            grid = lambda meta: (triton.cdiv(T, meta["BLOCK_T"]), H)  # noqa: E731
+            _topk_forward_kernel[grid](query, sub_keys, scores, ids, T, H, n, dk, K=k, K_PAD=_pad(k),
+                                       DK_PAD=_pad(dk, 16), PRECISION=precision)
+        ctx.save_for_backward(query, sub_keys, ids)
+        ctx.mark_non_differentiable(ids)
+        return scores, ids
+
+    @staticmethod
+    def backward(ctx, grad_scores, _grad_ids):
+        query, sub_keys, ids = ctx.saved_tensors
+        T, H, _, dk = query.shape
+        n = sub_keys.shape[2]
+        k = ids.shape[-1]
+        grad_query = _empty(query.shape, query.dtype, query.device)
+        grad_keys = torch.zeros(sub_keys.shape, dtype=torch.float32, device=query.device)
+        if T:
+            k_pad, dk_pad = _pad(k), _pad(dk, 16)
+            block_t = max(1, min(32, 4096 // (k_pad * dk_pad)))
+            _topk_backward_kernel[(triton.cdiv(T, block_t), H)](
+                query, sub_keys, ids, grad_scores.contiguous(), grad_query, grad_keys, T, H, n, dk,
+                K=k, K_PAD=k_pad, DK_PAD=dk_pad, BLOCK_T=block_t, num_warps=1 if _INTERPRET else 4)
+        return grad_query, grad_keys.to(sub_keys.dtype), None
+
+
+def product_key_topk(query: torch.Tensor, sub_keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """query (..., H, 2, dk), sub_keys (H, 2, n, dk) float32/bf16/fp16 -> scores (..., H, k) float32 descending,
+    ids (..., H, k) int64; ``k <= 64`` (registers)."""
+    lead = query.shape[:-3]
+    H, _, n, dk = sub_keys.shape
+    flat = query.reshape(-1, H, 2, dk).contiguous()
+    scores, ids = ProductKeyTopK.apply(flat, sub_keys.contiguous(), k)
+    return scores.reshape(*lead, H, k), ids.reshape(*lead, H, k)
