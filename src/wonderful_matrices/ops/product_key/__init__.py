@@ -11,7 +11,7 @@ from . import two_stage as _two_stage
 _AVAILABLE = ("naive", "torch", "triton")
 _IMPLEMENTATIONS = {"naive": _naive.product_key_topk, "torch": _two_stage.product_key_topk}
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-MAX_TRITON_K = 64  # the fused kernel keeps the k² candidate sums of a token block in registers
+MAX_TRITON_K = 32  # the fused kernel keeps the k² candidate sums of a token block in registers
 
 
 def product_key_topk(query: Tensor, sub_keys: Tensor, k: int,
@@ -26,7 +26,7 @@ def product_key_topk(query: Tensor, sub_keys: Tensor, k: int,
         query: ``(..., H, 2, dk)`` floating point.
         sub_keys: ``(H, 2, n, dk)``, same dtype and device; ``n = √N`` sub-keys per half.
         k: experts per head, ``1 <= k <= n``.
-        backend: ``"auto"`` (``"triton"`` on CUDA for float32/bf16/fp16 and ``k <= 64``, else ``"torch"``),
+        backend: ``"auto"`` (``"triton"`` on CUDA for float32/bf16/fp16 and ``k <= 32``, else ``"torch"``),
             ``"triton"`` (one fused kernel: sub-key scores stay in registers, only scores and ids are written;
             also CPU under ``TRITON_INTERPRET=1``), ``"torch"`` (O(n + k²) per token and head) or ``"naive"``
             (scores all N experts; the oracle).
@@ -49,12 +49,13 @@ def product_key_topk(query: Tensor, sub_keys: Tensor, k: int,
     require(sub_keys.device == query.device, "sub_keys.device", sub_keys.device, f"the query device {query.device}")
     require(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= n, "k", k,
             f"an integer with 1 <= k <= n = {n} (sub-keys per half, √N)")
-    fused = query.dtype in _TRITON_DTYPES and k <= MAX_TRITON_K
+    fused = query.dtype in _TRITON_DTYPES and k <= MAX_TRITON_K and n * n < 2 ** 31
     name = resolve_backend(backend, _AVAILABLE, query.device, ("triton", "torch") if fused else ("torch",))
     if name == "triton":
         require(query.dtype in _TRITON_DTYPES, "query.dtype", query.dtype,
                 f"one of {_TRITON_DTYPES} for backend='triton' (float64: 'torch')")
         require(k <= MAX_TRITON_K, "k", k, f"at most {MAX_TRITON_K} for backend='triton' (larger k: 'torch')")
+        require(n * n < 2 ** 31, "sub_keys.shape", shape_of(sub_keys), "N = n² < 2^31 for backend='triton'")
         from .topk_kernels import product_key_topk as fused_topk  # imported on first use: no triton, no import
 
         return fused_topk(query, sub_keys, k)

@@ -33,7 +33,7 @@ def _forward_configs():
     if _INTERPRET:
         return [triton.Config({"BLOCK_T": 16, "BLOCK_N": 16}, num_warps=1)]
     return [triton.Config({"BLOCK_T": t, "BLOCK_N": n}, num_warps=w)
-            for t, n, w in ((16, 64, 4), (16, 128, 4), (32, 64, 4), (32, 128, 8), (64, 32, 4))]
+            for t, n, w in ((16, 32, 4), (16, 64, 4), (16, 128, 4), (16, 128, 8), (32, 128, 8))]
 
 
 @triton.jit
@@ -96,22 +96,22 @@ def _topk_forward_kernel(q_ptr, keys_ptr, scores_ptr, ids_ptr, T, H, N_KEYS, DK,
     live = tl.arange(0, K_PAD) < K
     pair_live = live[:, None] & live[None, :]
     sums = tl.where(pair_live[None, :, :], v0[:, :, None] + v1[:, None, :], float("-inf"))
-    ids = a.to(tl.int64)[:, :, None] * N_KEYS + b.to(tl.int64)[:, None, :]  # distinct within a token
+    ids = a[:, :, None] * N_KEYS + b[:, None, :]  # distinct within a token; N < 2^31
     sums = tl.reshape(sums, [BLOCK_T, K_PAD * K_PAD])
     ids = tl.reshape(ids, [BLOCK_T, K_PAD * K_PAD])
     out = (offs_t.to(tl.int64)[:, None] * H + h) * K + tl.arange(0, K_PAD)[None, :]
     out_v = tl.zeros([BLOCK_T, K_PAD], tl.float32)
-    out_i = tl.zeros([BLOCK_T, K_PAD], tl.int64)
+    out_i = tl.zeros([BLOCK_T, K_PAD], tl.int32)
     for r in range(K):
         best = tl.max(sums, axis=1)
-        best_id = tl.min(tl.where(sums == best[:, None], ids, 1 << 62), axis=1)
+        best_id = tl.min(tl.where(sums == best[:, None], ids, 2147483647), axis=1)
         column = tl.arange(0, K_PAD)[None, :] == r
         out_v = tl.where(column, best[:, None], out_v)
         out_i = tl.where(column, best_id[:, None], out_i)
         sums = tl.where(ids == best_id[:, None], float("-inf"), sums)
     store = mask_t[:, None] & live[None, :]
     tl.store(scores_ptr + out, out_v, mask=store)
-    tl.store(ids_ptr + out, out_i, mask=store)
+    tl.store(ids_ptr + out, out_i.to(tl.int64), mask=store)
 
 
 @triton.jit
@@ -195,7 +195,7 @@ class ProductKeyTopK(torch.autograd.Function):
 
 def product_key_topk(query: torch.Tensor, sub_keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """query (..., H, 2, dk), sub_keys (H, 2, n, dk) float32/bf16/fp16 -> scores (..., H, k) float32 descending,
-    ids (..., H, k) int64; ``k <= 64`` (registers)."""
+    ids (..., H, k) int64; ``k <= 32`` (registers) and ``N < 2^31``."""
     lead = query.shape[:-3]
     H, _, n, dk = sub_keys.shape
     flat = query.reshape(-1, H, 2, dk).contiguous()

@@ -1,0 +1,111 @@
+"""product_key_topk(backend="triton") (the fused kernel) against the brute-force oracle, on the CPU under
+TRITON_INTERPRET=1 (float32, small shapes). The interpreter's configuration has blocks of 16 tokens and 16
+sub-keys, so √N = 32 and 40 cross sub-key chunks and 37 tokens a token block; outputs start NaN-poisoned. The
+same kernels run compiled on a GPU in test_ops_cuda.py (bf16/fp16).
+
+Triton decides interpreted vs compiled when it is imported, so in a normal run ``test_interpreted_in_a_subprocess``
+reruns this file in a child process with ``TRITON_INTERPRET=1``; there the real tests run.
+"""
+import os
+
+import pytest
+import torch
+from conftest import rel_err, run_under_triton_interpreter
+
+pytest.importorskip("triton")
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+from wonderful_matrices.ops import product_key_topk  # noqa: E402
+
+interpreted_only = pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 child process")
+
+
+@pytest.mark.skipif(INTERPRETED, reason="this is the child process")
+def test_interpreted_in_a_subprocess():
+    run_under_triton_interpreter(__file__)
+
+
+def assert_same_top_k(scores, ids, query, sub_keys, k, tol):
+    """``scores``/``ids`` are a correct top k: each id's brute-force score equals its score, the scores descend,
+    ids are distinct, and no expert left out scores more than the k-th (up to ``tol``)."""
+    H, _, n, _ = sub_keys.shape
+    q, keys = query.double(), sub_keys.double()
+    every = (torch.einsum("...hd,had->...ha", q[..., 0, :], keys[:, 0])[..., :, None]
+             + torch.einsum("...hd,hbd->...hb", q[..., 1, :], keys[:, 1])[..., None, :]).flatten(-2)  # (..., H, N)
+    assert ids.dtype == torch.int64 and scores.dtype == torch.float32 and scores.shape == ids.shape
+    assert ((ids >= 0) & (ids < n * n)).all()
+    assert (ids.sort(-1).values.diff(dim=-1) > 0).all()
+    assert rel_err(scores, every.gather(-1, ids)) <= tol
+    assert (scores[..., :-1] >= scores[..., 1:]).all()
+    best = every.topk(k, dim=-1).values
+    assert rel_err(scores, best) <= tol
+
+
+def make(batch, H, n, dk, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*batch, H, 2, dk, generator=gen), torch.randn(H, 2, n, dk, generator=gen)
+
+
+# (batch, H, n, dk, k): N = 16, 64, 1024 (n = 4, 8, 32: two sub-key chunks), an odd square (49), n = 40 (three
+# chunks, the last partial), k not a power of two, k = n, one token, two leading dims, 37 tokens (3 token blocks)
+CASES = [
+    ((1,), 1, 4, 3, 1),
+    ((5,), 2, 4, 5, 4),
+    ((7,), 2, 8, 8, 3),
+    ((37,), 3, 32, 32, 16),
+    ((2, 3), 2, 7, 6, 5),
+    ((9,), 1, 40, 8, 12),
+    ((4,), 2, 32, 16, 32),
+]
+
+
+@interpreted_only
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}H{c[1]}n{c[2]}dk{c[3]}k{c[4]}")
+def test_forward_and_gradients_match_brute_force(case):
+    batch, H, n, dk, k = case
+    query, sub_keys = make(batch, H, n, dk)
+    q, keys = query.clone().requires_grad_(), sub_keys.clone().requires_grad_()
+    scores, ids = product_key_topk(q, keys, k, backend="triton")
+    assert scores.shape == (*batch, H, k)
+    assert_same_top_k(scores, ids, query, sub_keys, k, 1e-6)
+    ref_scores, ref_ids = product_key_topk(query.double(), sub_keys.double(), k, backend="naive")
+    assert torch.equal(ids, ref_ids)  # random data: no ties, the same experts in the same order
+
+    weight = torch.randn(scores.shape, generator=torch.Generator().manual_seed(1))
+    got = torch.autograd.grad((scores * weight).sum(), (q, keys))
+    q64, keys64 = query.double().requires_grad_(), sub_keys.double().requires_grad_()
+    ref_scores, _ = product_key_topk(q64, keys64, k, backend="naive")
+    ref = torch.autograd.grad((ref_scores * weight.double()).sum(), (q64, keys64))
+    for name, a, b in zip(("query", "sub_keys"), got, ref):
+        assert a.dtype == torch.float32 and torch.isfinite(a).all(), name
+        assert b.abs().sum() > 0, name
+        assert rel_err(a, b) < 1e-5, name
+
+
+@interpreted_only
+def test_ties_return_the_exact_top_scores():
+    """Integer data makes many exact ties: the scores still equal brute force, ids distinct and scoring right."""
+    gen = torch.Generator().manual_seed(2)
+    query = torch.randint(-2, 3, (20, 2, 2, 3), generator=gen).float()
+    sub_keys = torch.randint(-2, 3, (2, 2, 6, 3), generator=gen).float()
+    scores, ids = product_key_topk(query, sub_keys, 6, backend="triton")
+    ref_scores, _ = product_key_topk(query.double(), sub_keys.double(), 6, backend="naive")
+    assert torch.equal(scores.double(), ref_scores)
+    assert_same_top_k(scores, ids, query, sub_keys, 6, 0.0)
+
+
+@interpreted_only
+def test_no_tokens():
+    query, sub_keys = make((0,), 2, 4, 3)
+    scores, ids = product_key_topk(query, sub_keys, 2, backend="triton")
+    assert scores.shape == ids.shape == (0, 2, 2)
+
+
+@interpreted_only
+def test_triton_rejects_what_it_cannot_run():
+    query, sub_keys = make((3,), 1, 9, 4)
+    with pytest.raises(ValueError, match="query.dtype"):
+        product_key_topk(query.double(), sub_keys.double(), 2, backend="triton")
+    query, sub_keys = make((3,), 1, 40, 4)
+    with pytest.raises(ValueError, match="k=33"):
+        product_key_topk(query, sub_keys, 33, backend="triton")

@@ -1,0 +1,52 @@
+"""The fused product-key top-k kernels compile for a Hopper GPU (sm_90) without one: catches front-end, type and
+lowering errors the interpreter tests cannot (run it under another triton with ``PYTHONPATH=/path/to/triton:src``,
+see scripts/README.md)."""
+import importlib
+import os
+
+import pytest
+
+pytest.importorskip("triton")
+compiler = pytest.importorskip("triton.compiler")
+backends = pytest.importorskip("triton.backends.compiler")
+
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles real kernels")
+
+FORWARD = {"q_ptr": "*{dt}", "keys_ptr": "*{dt}", "scores_ptr": "*fp32", "ids_ptr": "*i64", "T": "i32", "H": "i32",
+           "N_KEYS": "i32", "DK": "i32", "K": "constexpr", "K_PAD": "constexpr", "DK_PAD": "constexpr",
+           "PRECISION": "constexpr", "BLOCK_T": "constexpr", "BLOCK_N": "constexpr"}
+BACKWARD = {"q_ptr": "*{dt}", "keys_ptr": "*{dt}", "ids_ptr": "*i64", "grad_ptr": "*fp32", "dq_ptr": "*{dt}",
+            "dkeys_ptr": "*fp32", "T": "i32", "H": "i32", "N_KEYS": "i32", "DK": "i32", "K": "constexpr",
+            "K_PAD": "constexpr", "DK_PAD": "constexpr", "BLOCK_T": "constexpr"}
+
+
+def _compile(fn, signature, constants, num_warps, dt):
+    signature = {k: v.format(dt=dt) for k, v in signature.items()}
+    runtime_args = [i for i, v in enumerate(signature.values()) if v != "constexpr"]
+    attrs = {(i,): [["tt.divisibility", 16]] for i in runtime_args}
+    try:
+        source = compiler.ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=attrs)
+        target = backends.GPUTarget("cuda", 90, 32)
+    except TypeError as error:  # another triton version's private API
+        pytest.skip(f"this triton's compiler API differs: {error}")
+    return compiler.compile(source, target=target, options={"num_warps": num_warps})
+
+
+@pytest.mark.parametrize("k", [16, 5, 32])
+@pytest.mark.parametrize("dt", ["bf16", "fp32"])
+def test_forward_compiles_for_sm90(dt, k):
+    """Every autotune configuration compiles (one failing configuration fails the kernel at its first call)."""
+    kernels = importlib.import_module("wonderful_matrices.ops.product_key.topk_kernels")
+    kernel = kernels._topk_forward_kernel
+    for config in kernel.configs:
+        constants = {"K": k, "K_PAD": kernels._pad(k), "DK_PAD": 32,
+                     "PRECISION": "ieee" if dt == "fp32" else "tf32", **config.kwargs}
+        _compile(kernel.fn, FORWARD, constants, config.num_warps, dt)
+
+
+@pytest.mark.parametrize("k", [16, 5])
+@pytest.mark.parametrize("dt", ["bf16", "fp32"])
+def test_backward_compiles_for_sm90(dt, k):
+    kernels = importlib.import_module("wonderful_matrices.ops.product_key.topk_kernels")
+    constants = {"K": k, "K_PAD": kernels._pad(k), "DK_PAD": 32, "BLOCK_T": 8}
+    _compile(kernels._topk_backward_kernel, BACKWARD, constants, 4, dt)
