@@ -317,6 +317,46 @@ def test_triton_mixture_cuda_against_float64_loops(tokens, H, k, N, d, dtype):
         assert rel_err(a.cpu(), r) < TOL[dtype] * 2, name
 
 
+@pytest.mark.skipif(not _triton_available(), reason="needs triton")
+@pytest.mark.parametrize("tokens,H,n,dk,k", [
+    (1, 1, 4, 32, 1),          # N = 16, one token
+    (1000, 8, 32, 32, 16),     # N = 1024, the target case's heads and k
+    (333, 2, 7, 6, 5),         # odd square, dk below 16, k not a power of two
+    (517, 4, 1024, 32, 16),    # N = 2^20, sub-keys over several chunks
+    (64, 2, 64, 32, 32),       # the largest k of the fused kernel
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_product_key_triton_cuda(tokens, H, n, dk, k, dtype):
+    """The fused top-k kernel against brute force in float64 on the same (rounded) inputs: a correct top k
+    (each id's exact score equals its score, none left out beats the k-th), and its gradients."""
+    gen = torch.Generator().manual_seed(tokens + n)
+    query = torch.randn(tokens, H, 2, dk, generator=gen).to(dtype)
+    sub_keys = (torch.randn(H, 2, n, dk, generator=gen) / dk ** 0.5).to(dtype)
+    q64, k64 = query.double(), sub_keys.double()
+    q, keys = _leaf(query, dtype, "cuda"), _leaf(sub_keys, dtype, "cuda")
+    scores, ids = wm.ops.product_key_topk(q, keys, k, backend="triton")
+    assert scores.dtype == torch.float32 and ids.dtype == torch.int64 and torch.isfinite(scores).all()
+    every = (torch.einsum("thd,had->tha", q64[:, :, 0], k64[:, 0])[..., :, None]
+             + torch.einsum("thd,hbd->thb", q64[:, :, 1], k64[:, 1])[..., None, :]).flatten(-2)
+    ids_cpu = ids.cpu()
+    assert ((ids_cpu >= 0) & (ids_cpu < n * n)).all() and (ids_cpu.sort(-1).values.diff(dim=-1) > 0).all()
+    assert rel_err(scores.cpu(), every.gather(-1, ids_cpu)) < 1e-5
+    assert (scores[..., :-1] >= scores[..., 1:]).all()
+    assert rel_err(scores.cpu(), every.topk(k, dim=-1).values) < 1e-5
+
+    weight = torch.randn(scores.shape, generator=gen, dtype=torch.float64)
+    (scores * weight.to("cuda", torch.float32)).sum().backward()
+    q_ref, k_ref = q64.clone().requires_grad_(), k64.clone().requires_grad_()
+    a, b = ids_cpu // n, ids_cpu % n  # the oracle scores the same experts (ties may pick others)
+    heads = torch.arange(H)[:, None].expand_as(ids_cpu)
+    direct = ((q_ref[:, :, 0, None, :] * k_ref[heads, 0, a]).sum(-1)
+              + (q_ref[:, :, 1, None, :] * k_ref[heads, 1, b]).sum(-1))
+    (direct * weight).sum().backward()
+    for name, got, ref in (("query", q.grad, q_ref.grad), ("sub_keys", keys.grad, k_ref.grad)):
+        assert got.dtype == dtype and torch.isfinite(got).all(), name
+        assert rel_err(got.cpu(), ref) < TOL.get(dtype, 2e-2), name
+
+
 @pytest.mark.parametrize("backend", MIXTURE_BACKENDS)
 def test_product_key_layers_bf16_train_step_cuda(backend):
     """CDMoE, PEER and PKM in bf16 on the GPU: forward and backward run and match the float32 CPU layer."""

@@ -1,8 +1,10 @@
 """CDMoE against its BENCHMARKS.md targets, with a breakdown of where the time goes.
 
 Target case: CDMoE with 8 heads × top-16, 8192 tokens × width 1024, bf16, at N = 1024 and N = 2^20 experts; the
-torch and triton backends of the expert mixture side by side. For each (N, backend) and mode (``fwd`` under
-``no_grad``; ``fwd+bwd`` = gradients of the input and every parameter) the parts are timed separately:
+backends side by side: ``torch`` (PyTorch mixture and top-k), ``triton`` (Triton mixture and the fused product-key
+top-k kernel) and ``triton+torch-topk`` (Triton mixture, PyTorch top-k: the path before the fused top-k). For each
+(N, backend) and mode (``fwd`` under ``no_grad``; ``fwd+bwd`` = gradients of the input and every parameter) the
+parts are timed separately:
 
 * ``layer``   — the whole CDMoE (shared SwiGLU + routing + mixture);
 * ``routing`` — query projection + product-key top-k + softmax (``layer.query`` and ``layer.route``);
@@ -33,8 +35,20 @@ from .experts import EXPERT_WIDTH, RETRIEVAL_DIM, build, measure
 TARGET_HEADS, TARGET_TOP_K = 8, 16
 PARTS = ("layer", "routing", "topk", "mixture", "shared")
 MODES = ("fwd", "fwd+bwd")
-TARGET_MS = 10.0  # BENCHMARKS.md: fwd+bwd at 2^20 experts
+TARGET_MS = 8.0  # BENCHMARKS.md: fwd+bwd at 2^20 experts
+TARGET_GROWTH = 1.5  # BENCHMARKS.md: fwd+bwd at 2^20 over fwd+bwd at 1024
 MOE_TOP_K = (8, 32)  # loop / grouped MoE at N = 1024 (ratios 0.25 and 1)
+
+
+TORCH_TOPK = "triton+torch-topk"
+
+
+class TorchRoutedCDMoE(CDMoE):
+    """CDMoE whose product-key top-k always runs in PyTorch (the baseline of the fused top-k kernel)."""
+
+    def route(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, ids = product_key_topk(query, self.keys.to(query.dtype), self.top_k, backend="torch")
+        return scores.softmax(-1), ids
 
 
 def part_callables(layer: CDMoE, x: torch.Tensor) -> dict:
@@ -50,10 +64,12 @@ def part_callables(layer: CDMoE, x: torch.Tensor) -> dict:
     shared_params = [p for name, p in layer.named_parameters() if name.split(".")[0] in ("gate_proj", "up_proj",
                                                                                           "down_proj")]
     route_params = [layer.queries.weight, keys]
+    routing = "torch" if layer.backend == "torch" or isinstance(layer, TorchRoutedCDMoE) else "auto"  # as route
     return {
         "layer": (lambda: layer(x), [x] + params),
         "routing": (lambda: layer.route(layer.query(x))[0], [x] + route_params),
-        "topk": (lambda: product_key_topk(query, keys.to(query.dtype), layer.top_k)[0], [query, keys]),
+        "topk": (lambda: product_key_topk(query, keys.to(query.dtype), layer.top_k, backend=routing)[0],
+                 [query, keys]),
         "mixture": (lambda: expert_mixture(x, ids, gates, down, up, activation=layer.activation,
                                            backend=layer.backend), [x, gates, down, up]),
         "shared": (lambda: layer.shared(x), [x] + shared_params),
@@ -83,7 +99,7 @@ def run(out_dir, quick: bool = False, device=None) -> list[dict]:
     tokens, width, dtype = (1024, 256, torch.float32) if quick else (8192, 1024, torch.bfloat16)
     counts = (1024, 65536) if quick else (1024, 2 ** 20)
     reps = 3 if quick else 10
-    backends = ["torch"] + (["triton"] if device.type == "cuda" and triton_usable(device) else [])
+    backends = ["torch"] + ([TORCH_TOPK, "triton"] if device.type == "cuda" and triton_usable(device) else [])
     torch.manual_seed(0)
     rows: list[dict] = []
     started = time.perf_counter()
@@ -100,8 +116,9 @@ def run(out_dir, quick: bool = False, device=None) -> list[dict]:
             what = f"cdmoe {heads}x{top_k}"
             try:
                 with torch.device(device):
-                    layer = CDMoE(width, width, N, num_heads=heads, top_k=top_k, retrieval_dim=RETRIEVAL_DIM,
-                                  backend=backend).to(dtype)
+                    cls = TorchRoutedCDMoE if backend == TORCH_TOPK else CDMoE
+                    layer = cls(width, width, N, num_heads=heads, top_k=top_k, retrieval_dim=RETRIEVAL_DIM,
+                                backend="triton" if backend == TORCH_TOPK else backend).to(dtype)
                 callables = part_callables(layer, x)
             except (RuntimeError, ValueError) as error:  # e.g. out of memory
                 for part in parts:
@@ -153,7 +170,7 @@ def run(out_dir, quick: bool = False, device=None) -> list[dict]:
 
 
 def summarise(rows: list[dict], counts, judged: bool = True) -> list[dict]:
-    """The target checks per backend: fwd+bwd ms at the largest N (<= 10 ms), growth from N = 1024 (<= 2x), and
+    """The target checks per backend: fwd+bwd ms at the largest N (<= 8 ms), growth from N = 1024 (<= 1.5x), and
     loop MoE / CDMoE at N = 1024 for equal activated experts (>= 10x). ``met`` is None unless ``judged`` (the
     targets are for the full-size GPU case)."""
     t = {(r["N"], r["what"], r["backend"], r["part"], r["mode"]): r["time_ms"] for r in rows}
@@ -165,8 +182,8 @@ def summarise(rows: list[dict], counts, judged: bool = True) -> list[dict]:
         out.append({"backend": backend, "check": f"fwd+bwd ms at N={counts[-1]} (target <= {TARGET_MS})",
                     "value": large, "met": None if large is None or not judged else large <= TARGET_MS})
         growth = large / small if large and small else None
-        out.append({"backend": backend, "check": f"growth N={counts[0]} -> {counts[-1]} (target <= 2)",
-                    "value": growth, "met": None if growth is None or not judged else growth <= 2.0})
+        out.append({"backend": backend, "check": f"growth N={counts[0]} -> {counts[-1]} (target <= {TARGET_GROWTH})",
+                    "value": growth, "met": None if growth is None or not judged else growth <= TARGET_GROWTH})
         for top_k in MOE_TOP_K:
             for mode in MODES:
                 cd = t.get((1024, f"cdmoe 8x{top_k // 8}", backend, "layer", mode))

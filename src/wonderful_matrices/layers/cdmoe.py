@@ -77,7 +77,9 @@ class CDMoE(nn.Module):
             Computed in training mode only (``aux_loss`` is None after an eval-mode call).
         bias: biases in the shared SwiGLU's linears (as ``GatedMLP``'s ``bias``).
         backend: backend of :func:`~wonderful_matrices.ops.expert_mixture`: ``"auto"`` (Triton kernels on CUDA,
-            else PyTorch), ``"torch"`` or ``"triton"``.
+            else PyTorch), ``"torch"`` or ``"triton"``. The product-key top-k follows it: ``"torch"`` routes in
+            PyTorch, ``"auto"`` and ``"triton"`` with the top-k op's ``"auto"`` (its fused kernel on CUDA where
+            it applies, ``top_k <= 32``).
 
     Forward: ``hidden_states (..., d) -> (..., d)``; sets ``self.aux_loss`` (weighted scalar, or None).
     """
@@ -133,7 +135,8 @@ class CDMoE(nn.Module):
     def route(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token routing: query (..., H, 2, d_r/2) -> gates (..., H, k) float32 (softmax over the head's top-k
         scores) and ids (..., H, k) int64."""
-        scores, ids = product_key_topk(query, self.keys.to(query.dtype), self.top_k)
+        routing = "torch" if self.backend == "torch" else "auto"
+        scores, ids = product_key_topk(query, self.keys.to(query.dtype), self.top_k, backend=routing)
         return scores.softmax(-1), ids
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
