@@ -74,14 +74,21 @@ def forward_backward(fn, inputs, gy, gs):
 
 
 def check_packed(backend, case, dtype=torch.float32, tol=1e-5):
-    """Assert that ``ssd(..., seq_idx, backend)`` in ``dtype`` matches the documents run alone (float64)."""
+    """Assert that ``ssd(..., seq_idx, backend)`` in ``dtype`` matches the documents run alone (float64).
+
+    For bf16 / fp16 only x, B and C are half (as a layer calls it), rounded first so that the reference sees the
+    same values; dt, A, D and the initial state stay float32."""
     inputs, seq_idx, rows = packed_inputs(case)
+    half = dtype in (torch.bfloat16, torch.float16)
+    if half:
+        inputs = {k: (v.to(dtype).double() if k in ("x", "B", "C") else v) for k, v in inputs.items()}
     chunk = case[4]
     gy = torch.randn(*inputs["x"].shape, dtype=torch.float64)
     gs = torch.randn(*inputs["initial_state"].shape if inputs["initial_state"] is not None
                      else (len(rows), case[0], case[1], case[3]), dtype=torch.float64)
     y_ref, s_ref, g_ref = forward_backward(lambda **kw: separate(rows, **kw), inputs, gy, gs)
-    cast = {k: (v.to(dtype) if v is not None else None) for k, v in inputs.items()}
+    cast = {k: (v.to(dtype if not half or k in ("x", "B", "C") else torch.float32) if v is not None else None)
+            for k, v in inputs.items()}
     run = lambda **kw: ssd(**kw, chunk_size=chunk, return_final_state=True, seq_idx=seq_idx,  # noqa: E731
                            backend=backend)
     y, s, grads = forward_backward(run, cast, gy, gs)
@@ -90,7 +97,10 @@ def check_packed(backend, case, dtype=torch.float32, tol=1e-5):
     assert rel_err(s, s_ref) < tol
     assert set(grads) == set(g_ref)
     for name in g_ref:
-        assert rel_err(grads[name], g_ref[name]) < 2 * tol, name
+        # dA sums b·l terms dt·da that largely cancel: float32 kernels lose up to ~2.3e-5 on it even without
+        # seq_idx (the Triton kernels at l = 150, several seeds), so it gets a wider bound than the others
+        bound = 10 * tol if name == "A" and dtype == torch.float32 else 2 * tol
+        assert rel_err(grads[name], g_ref[name]) < bound, name
 
 
 @pytest.mark.parametrize("case", PACKED_CASES, ids=_case_id)
