@@ -42,6 +42,10 @@ class Attention(nn.Module):
     ``"key_mask"`` ``(b, n)`` bool and ``"has_padding"`` (a Python bool: whether any call had padding; without
     it one-token steps skip the mask). Padded keys are never attended; a query that sees no real key (a left
     padding position) outputs zeros.
+
+    Packed documents (``seq_idx`` (b, l) non-decreasing document ids, no cache): a query sees only the keys of
+    its own document. On CUDA (no padding, not float64) through FlexAttention with a document-causal block mask
+    (no (l, l) tensor; blocks of other documents are skipped); otherwise SDPA with a boolean (b, 1, l, l) mask.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
@@ -64,15 +68,24 @@ class Attention(nn.Module):
         self.rotary = RotaryEmbedding(head_dim, rope_theta)
 
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None, state: dict | None = None) -> torch.Tensor:
-        """hidden_states (b, l, d), position_ids (b, l) long, attention_mask (b, l) (1 = real) -> (b, l, d)."""
+                attention_mask: torch.Tensor | None = None, state: dict | None = None,
+                seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden_states (b, l, d), position_ids (b, l) long, attention_mask (b, l) (1 = real), state (cache dict)
+        or None, seq_idx (b, l) document ids of packed rows or None (not with a state) -> (b, l, d)."""
         b, l, _ = hidden_states.shape
+        require(seq_idx is None or state is None, "seq_idx", "a tensor with a cache state",
+                "None when decoding with a cache (packed rows are for training and scoring)")
+        require(seq_idx is None or (isinstance(seq_idx, torch.Tensor) and tuple(seq_idx.shape) == (b, l)),
+                "seq_idx.shape", tuple(getattr(seq_idx, "shape", ())), f"{(b, l)}: one document id per token")
         q = self.q_proj(hidden_states).view(b, l, self.num_heads, self.head_dim)
         k = self.k_proj(hidden_states).view(b, l, self.num_kv_heads, self.head_dim)
         v = self.v_proj(hidden_states).view(b, l, self.num_kv_heads, self.head_dim)
         cos, sin = self.rotary(position_ids, torch.float64 if q.dtype == torch.float64 else torch.float32)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
+        if seq_idx is not None:
+            out = attend_documents(q, k, v, seq_idx, attention_mask)
+            return self.o_proj(out.reshape(b, l, self.num_heads * self.head_dim))
         if state is None and attention_mask is None:
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                  is_causal=True, enable_gqa=self.num_heads != self.num_kv_heads)
@@ -109,3 +122,54 @@ class Attention(nn.Module):
                                              attn_mask=visible | ~has_key,
                                              enable_gqa=self.num_heads != self.num_kv_heads)
         return (out * has_key.to(out.dtype)).transpose(1, 2)
+
+
+def document_causal_mask(seq_idx: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean visibility ``(b, 1, l, l)`` of packed rows: query ``i`` sees key ``j`` iff ``j <= i``, both belong to
+    one document (``seq_idx (b, l)``) and key ``j`` is real (``key_mask (b, l)`` bool, or None: all real)."""
+    l = seq_idx.shape[1]
+    pos = torch.arange(l, device=seq_idx.device)
+    visible = (pos[None, :] <= pos[:, None])[None] & (seq_idx[:, :, None] == seq_idx[:, None, :])
+    if key_mask is not None:
+        visible = visible & key_mask[:, None, :].bool()
+    return visible[:, None]
+
+
+_compiled_flex = None
+
+
+def _flex_attention():
+    """``torch.compile(flex_attention)``, built on first use (FlexAttention runs its fused kernel only compiled)."""
+    global _compiled_flex
+    if _compiled_flex is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
+
+
+def attend_documents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor,
+                     key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal attention inside each packed document.
+
+    q (b, l, hq, d), k/v (b, l, hkv, d) with ``hq % hkv == 0``, seq_idx (b, l) document ids, key_mask (b, l) or
+    None (1 = real key) -> (b, l, hq, d); a query with no visible key (a padded one) outputs zeros.
+    """
+    gqa = q.shape[2] != k.shape[2]
+    if q.is_cuda and key_mask is None and q.dtype != torch.float64:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        b, l = seq_idx.shape
+
+        def same_document_causal(batch, head, qi, kj):
+            return (kj <= qi) & (seq_idx[batch, qi] == seq_idx[batch, kj])
+
+        block_mask = create_block_mask(same_document_causal, b, None, l, l, device=q.device, _compile=True)
+        out = _flex_attention()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask,
+                                enable_gqa=gqa)
+        return out.transpose(1, 2)
+    visible = document_causal_mask(seq_idx, key_mask)
+    has_key = visible.any(-1, keepdim=True)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=visible | ~has_key, enable_gqa=gqa)
+    return (out * has_key.to(out.dtype)).transpose(1, 2)
