@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import dynamic_mask_attention
 from ..ops.common import require
 from .rotary import RotaryEmbedding, apply_rotary
 
@@ -44,8 +45,7 @@ class Attention(nn.Module):
     padding position) outputs zeros.
 
     Packed documents (``seq_idx`` (b, l) non-decreasing document ids, no cache): a query sees only the keys of
-    its own document. On CUDA (no padding, not float64) through FlexAttention with a document-causal block mask
-    (no (l, l) tensor; blocks of other documents are skipped); otherwise SDPA with a boolean (b, 1, l, l) mask.
+    its own document (:func:`attend_documents`).
     """
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
@@ -124,52 +124,19 @@ class Attention(nn.Module):
         return (out * has_key.to(out.dtype)).transpose(1, 2)
 
 
-def document_causal_mask(seq_idx: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Boolean visibility ``(b, 1, l, l)`` of packed rows: query ``i`` sees key ``j`` iff ``j <= i``, both belong to
-    one document (``seq_idx (b, l)``) and key ``j`` is real (``key_mask (b, l)`` bool, or None: all real)."""
-    l = seq_idx.shape[1]
-    pos = torch.arange(l, device=seq_idx.device)
-    visible = (pos[None, :] <= pos[:, None])[None] & (seq_idx[:, :, None] == seq_idx[:, None, :])
-    if key_mask is not None:
-        visible = visible & key_mask[:, None, :].bool()
-    return visible[:, None]
-
-
-_compiled_flex = None
-
-
-def _flex_attention():
-    """``torch.compile(flex_attention)``, built on first use (FlexAttention runs its fused kernel only compiled)."""
-    global _compiled_flex
-    if _compiled_flex is None:
-        from torch.nn.attention.flex_attention import flex_attention
-
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
-    return _compiled_flex
-
 
 def attend_documents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor,
                      key_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Causal attention inside each packed document.
+    """Causal attention inside each packed document: :func:`wonderful_matrices.ops.dynamic_mask_attention` with a
+    zero bias (``-inf`` on padded keys), no window and ``seq_idx``, so it is plain causal softmax attention
+    restricted to the document (on CUDA the op's FlexAttention path, which builds no (l, l) tensor).
 
-    q (b, l, hq, d), k/v (b, l, hkv, d) with ``hq % hkv == 0``, seq_idx (b, l) document ids, key_mask (b, l) or
-    None (1 = real key) -> (b, l, hq, d); a query with no visible key (a padded one) outputs zeros.
+    q (b, l, hq, d), k/v (b, l, hkv, d) with ``hq % hkv == 0``, seq_idx (b, l) non-decreasing document ids,
+    key_mask (b, l) or None (1 = real key) -> (b, l, hq, d); a query with no visible key outputs zeros.
     """
-    gqa = q.shape[2] != k.shape[2]
-    if q.is_cuda and key_mask is None and q.dtype != torch.float64:
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        b, l = seq_idx.shape
-
-        def same_document_causal(batch, head, qi, kj):
-            return (kj <= qi) & (seq_idx[batch, qi] == seq_idx[batch, kj])
-
-        block_mask = create_block_mask(same_document_causal, b, None, l, l, device=q.device, _compile=True)
-        out = _flex_attention()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask,
-                                enable_gqa=gqa)
-        return out.transpose(1, 2)
-    visible = document_causal_mask(seq_idx, key_mask)
-    has_key = visible.any(-1, keepdim=True)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                         attn_mask=visible | ~has_key, enable_gqa=gqa)
-    return (out * has_key.to(out.dtype)).transpose(1, 2)
+    b, l, hkv = k.shape[:3]
+    bias = torch.zeros(b, l, hkv, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
+                       device=q.device)
+    if key_mask is not None:
+        bias = bias.masked_fill(~key_mask.bool()[..., None], float("-inf"))
+    return dynamic_mask_attention(q, k, v, bias, keep_window=None, causal=True, seq_idx=seq_idx)
