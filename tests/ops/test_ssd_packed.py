@@ -73,8 +73,9 @@ def forward_backward(fn, inputs, gy, gs):
     return y.detach(), final.detach(), {k: v.grad for k, v in leaves.items() if v is not None}
 
 
-def check_packed(backend, case, dtype=torch.float32, tol=1e-5):
-    """Assert that ``ssd(..., seq_idx, backend)`` in ``dtype`` matches the documents run alone (float64).
+def check_packed(backend, case, dtype=torch.float32, tol=1e-5, device="cpu"):
+    """Assert that ``ssd(..., seq_idx, backend)`` in ``dtype`` on ``device`` matches the documents run alone
+    (float64 on the CPU).
 
     For bf16 / fp16 only x, B and C are half (as a layer calls it), rounded first so that the reference sees the
     same values; dt, A, D and the initial state stay float32."""
@@ -87,11 +88,12 @@ def check_packed(backend, case, dtype=torch.float32, tol=1e-5):
     gs = torch.randn(*inputs["initial_state"].shape if inputs["initial_state"] is not None
                      else (len(rows), case[0], case[1], case[3]), dtype=torch.float64)
     y_ref, s_ref, g_ref = forward_backward(lambda **kw: separate(rows, **kw), inputs, gy, gs)
-    cast = {k: (v.to(dtype if not half or k in ("x", "B", "C") else torch.float32) if v is not None else None)
-            for k, v in inputs.items()}
-    run = lambda **kw: ssd(**kw, chunk_size=chunk, return_final_state=True, seq_idx=seq_idx,  # noqa: E731
-                           backend=backend)
-    y, s, grads = forward_backward(run, cast, gy, gs)
+    cast = {k: (v.to(device=device, dtype=dtype if not half or k in ("x", "B", "C") else torch.float32)
+                if v is not None else None) for k, v in inputs.items()}
+    run = lambda **kw: ssd(**kw, chunk_size=chunk, return_final_state=True,  # noqa: E731
+                           seq_idx=seq_idx.to(device), backend=backend)
+    y, s, grads = forward_backward(run, cast, gy.to(device), gs.to(device))
+    y, s, grads = y.cpu(), s.cpu(), {k: g.cpu() for k, g in grads.items()}
     assert y.dtype == dtype
     assert rel_err(y, y_ref) < tol
     assert rel_err(s, s_ref) < tol
