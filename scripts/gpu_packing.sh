@@ -4,7 +4,7 @@
 #    forward+backward, unpacked and packed (documents of 1..1024 tokens) side by side with the overhead in percent
 #    (the target: <= 10%);
 # 2. CUDA parity tests: SSD with seq_idx (triton and torch, float32 and bf16) against each document alone, and a
-#    packed row of every tiny preset against its documents alone (the DMA op's own packed tests run in gpu_dma.sh).
+#    packed row of every tiny preset against its documents alone, and the DMA op's packed tests.
 # Everything goes to $OUT: gpu_packing.log, and packing/results.json|md (the bench rows).
 set -uo pipefail
 OUT=${OUT:-out}
