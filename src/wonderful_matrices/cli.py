@@ -51,6 +51,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is steadier on a shared 2-core machine)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-document-mask", dest="document_mask", action="store_false",
+                   help="let rows run across document boundaries (default: each document is modelled alone)")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -125,7 +127,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from .data.corpora import load_corpus
     from .data.packing import PackedRows, tokenize_split
-    from .data.tokenizer import token_byte_lengths
+    from .data.tokenizer import eos_id, token_byte_lengths
     from .atomic import atomic_write_text
     from .train.distributed import DistInfo
     from .train.evaluate import evaluate, unigram_perplexity
@@ -140,9 +142,10 @@ def run_eval(args: argparse.Namespace) -> int:
     byte_lengths = torch.tensor(token_byte_lengths(tokenizer) + [0] * (vocab - len(tokenizer)))
     info = DistInfo(0, 0, 1, device)
     autocast = torch.bfloat16 if device.type == "cuda" else None
-    result = evaluate(model, val_rows, args.batch_size, info, args.max_rows, byte_lengths, autocast)
+    eos = eos_id(tokenizer) if run_config.get("document_mask", True) else None
+    result = evaluate(model, val_rows, args.batch_size, info, args.max_rows, byte_lengths, autocast, eos)
     result["unigram_perplexity"] = unigram_perplexity(tokenize_split(corpus, "train", tokenizer, cache_dir),
-                                                      val_rows, vocab, args.max_rows)
+                                                      val_rows, vocab, args.max_rows, eos)
     result.update(checkpoint=folder.name, data=data, seq_len=seq_len)
     atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=1))
     print(f"{folder}: validation perplexity {result['perplexity']:.2f} (loss {result['loss']:.4f} nats/token, "

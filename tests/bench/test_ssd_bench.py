@@ -23,3 +23,13 @@ def test_paper_rows_code_path_on_a_tiny_shape(tmp_path):
         "mamba_ssm Triton kernels", "pure-PyTorch minimal SSD (fp32)"}
     bench._plot(rows, tmp_path)
     assert (tmp_path / "ssd.png").stat().st_size > 0
+
+
+def test_packed_rows_code_path_on_a_tiny_shape():
+    shape = dict(batch=2, length=50, heads=2, head_dim=4, state=8, groups=1, chunk=16)
+    rows = bench.packed_rows(torch.device("cpu"), shape, torch.float32, "torch", max_document=9, reps=1)
+    assert [r["implementation"] for r in rows] == ["torch, unpacked", "torch, packed (seq_idx)"]
+    assert rows[1]["documents"] > 2 * 50 // 9 and rows[1]["rel_err"] < 1e-6
+    assert "fwd_overhead_pct" in rows[1] and "fwd_bwd_overhead_pct" in rows[1]
+    ids = bench.document_ids(2, 50, 9, torch.device("cpu"))
+    assert ids.shape == (2, 50) and bool((ids[:, 1:] >= ids[:, :-1]).all())

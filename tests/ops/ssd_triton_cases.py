@@ -19,6 +19,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 from wonderful_matrices.ops import ssd  # noqa: E402
 from wonderful_matrices.ops.ssd.naive import ssd_naive  # noqa: E402
 from test_ssd_op import _forward_backward, _run_naive, make_inputs  # noqa: E402
+from test_ssd_packed import _case_id as _packed_id, check_packed  # noqa: E402
 
 
 def _run(inputs, chunk, gy, gs):
@@ -153,3 +154,25 @@ def test_triton_rejects_float64():
     with pytest.raises(ValueError, match="^x.dtype="):
         ssd(**inputs, backend="triton")
     assert rel_err(ssd(**inputs), ssd_naive(**inputs)) < 1e-11  # "auto" on float64 stays on torch
+
+
+# packed documents (seq_idx), same layout as test_ssd_packed.PACKED_CASES; the kernels' chunk is at least 16:
+# document starts at a chunk edge (16, 32), at a chunk's last step (15), inside chunks, documents of length 1,
+# a chunk holding several documents, two tiles per chunk (chunk 128), a one-document row next to a packed row
+PACKED = [
+    (2, 3, 1, 4, 16, True, True, [[16, 16, 5], [3, 1, 1, 32]]),
+    (4, 2, 2, 3, 16, False, True, [[15, 1, 17, 4], [1, 6, 2, 9, 1, 18]]),
+    (2, 3, 2, 5, 32, True, False, [[31, 1, 1, 40]]),
+    (2, 2, 1, 3, 128, True, True, [[64, 1, 70, 15], [150]]),
+    (1, 1, 1, 1, 64, True, True, [[1]]),
+]
+
+
+@pytest.mark.parametrize("case", PACKED, ids=_packed_id)
+def test_triton_packed_equals_documents_alone(case):
+    check_packed("triton", case)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_packed_half_precision(dtype):
+    check_packed("triton", (4, 16, 2, 16, 16, True, True, [[5, 16, 11, 1, 7], [40]]), dtype=dtype, tol=1e-2)

@@ -220,7 +220,8 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
             torch.cuda.empty_cache()
     _add_ratios_to_llama(rows, cfg["size"], cfg["throughput_lengths"])
     total_s = time.perf_counter() - start
-    meta = {"quick": quick, "device": str(device), "corpus": corpus.name, "size_class": cfg["size"],
+    meta = {"quick": quick, "device": str(device), "corpus": corpus.name, "corpus_manifest": corpus.manifest,
+            "size_class": cfg["size"],
             "training": f"{cfg['steps']} steps x {cfg['batch']} rows x {cfg['seq_len']} tokens = "
                         f"{cfg['steps'] * cfg['batch'] * cfg['seq_len']:,} tokens per model, lr {cfg['lr']}, "
                         "AdamW(0.9, 0.95) wd 0.1, clip 1, 5% warm-up + cosine to 10%"

@@ -25,16 +25,18 @@ from .common import synchronize
 
 @dataclass
 class TokenizedCorpus:
-    """Training and validation token ids (1-D int64 numpy arrays) and the tokenizer's vocabulary size."""
+    """Training and validation token ids (1-D int64 numpy arrays), the tokenizer's vocabulary size, and the
+    corpus manifest with the token counts (None for corpora without one)."""
 
     train: np.ndarray
     validation: np.ndarray
     vocab_size: int
     name: str
+    manifest: dict | None = None
 
 
 def corpus_tokens(data: str, vocab_size: int, cache_dir: str | Path) -> TokenizedCorpus:
-    """Corpus ``data`` (``"shakespeare"``, the embedded corpus, or a local file/folder; see
+    """Corpus ``data`` (``"shakespeare"``, the embedded corpus, ``"python-source"`` or a local file/folder; see
     :func:`wonderful_matrices.data.corpora.load_corpus`) tokenized by a BPE of ``vocab_size`` tokens trained on
     its training split (trained once per ``cache_dir``, then loaded)."""
     from ..data.corpora import load_corpus
@@ -48,8 +50,10 @@ def corpus_tokens(data: str, vocab_size: int, cache_dir: str | Path) -> Tokenize
         train_bpe(corpus.split("train"), vocab_size, tok_dir)
     train = np.asarray(tokenize_split(corpus, "train", tokenizer, cache_dir), dtype=np.int64)
     val = np.asarray(tokenize_split(corpus, "validation", tokenizer, cache_dir), dtype=np.int64)
-    name = data if data == "shakespeare" else Path(data).name
-    return TokenizedCorpus(train, val, len(tokenizer), f"{name} (BPE {len(tokenizer)})")
+    name = data if data in ("shakespeare", "python-source") else Path(data).name
+    manifest = None if corpus.manifest is None else {**corpus.manifest, "train_tokens": len(train),
+                                                     "validation_tokens": len(val)}
+    return TokenizedCorpus(train, val, len(tokenizer), f"{name} (BPE {len(tokenizer)})", manifest)
 
 
 def lr_factor(step: int, steps: int, warmup: int, min_ratio: float = 0.1) -> float:

@@ -10,7 +10,12 @@ timings of PAPER.md at the paper's shape (CUDA).
   beside them the reference numbers of PAPER.md (``mamba_ssm`` Triton kernels 1.14 / 5.17 ms, the
   pure-PyTorch minimal SSD ~18 ms forward), labelled "reference (PAPER.md)", not measured here.
 
-``python -m wonderful_matrices.bench.ssd --out DIR [--quick] [--device cpu|cuda]``
+* ``packed=True`` (``--packed``): the cost of packed documents — the same backend at the same shape (the paper's
+  on CUDA, with the triton backend; ``CPU_SHAPE`` at 1024 tokens with the torch backend on the CPU), forward and
+  forward+backward, without ``seq_idx`` and with ``seq_idx`` marking documents of random lengths (1 to 1024
+  tokens, so boundaries fall inside chunks and on their edges), side by side with the overhead in percent.
+
+``python -m wonderful_matrices.bench.ssd --out DIR [--quick] [--packed] [--device cpu|cuda]``
 """
 from __future__ import annotations
 
@@ -31,7 +36,8 @@ PAPER_SHAPE = dict(batch=8, length=4096, heads=64, head_dim=64, state=128, group
 CPU_SHAPE = dict(batch=1, heads=8, head_dim=64, state=64, groups=1, chunk=64)
 
 COLUMNS = ["implementation", "source", "device", "dtype", "batch", "length", "heads", "head_dim", "state",
-           "groups", "chunk", "fwd_ms", "fwd_bwd_ms", "naive_over_torch", "rel_err", "peak_mem_mib", "note"]
+           "groups", "chunk", "documents", "fwd_ms", "fwd_bwd_ms", "fwd_overhead_pct", "fwd_bwd_overhead_pct",
+           "naive_over_torch", "rel_err", "peak_mem_mib", "note"]
 
 
 def make_inputs(shape: dict, dtype: torch.dtype, device: torch.device, requires_grad: bool = False) -> dict:
@@ -138,6 +144,54 @@ def paper_rows(device: torch.device, shape: dict = PAPER_SHAPE, dtype: torch.dty
     return rows
 
 
+def document_ids(batch: int, length: int, max_document: int, device: torch.device) -> torch.Tensor:
+    """(batch, length) long seq_idx of documents with lengths drawn uniformly from 1..max_document (fixed seed)."""
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    rows = []
+    for _ in range(batch):
+        lengths = torch.randint(1, max_document + 1, (length,), generator=gen)
+        rows.append(torch.repeat_interleave(torch.arange(length), lengths)[:length])
+    return torch.stack(rows).to(device)
+
+
+def packed_rows(device: torch.device, shape: dict, dtype: torch.dtype, backend: str, max_document: int = 1024,
+                reps: int = 20) -> list[dict]:
+    """``backend`` at ``shape`` without and with ``seq_idx`` (documents of 1..``max_document`` tokens): forward and
+    forward+backward times, the packed row's overhead in percent, and the packed output's error against the torch
+    backend given the same ``seq_idx``."""
+    chunk = shape["chunk"]
+    seq_idx = document_ids(shape["batch"], shape["length"], max_document, device)
+    documents = int((seq_idx[:, -1] - seq_idx[:, 0] + 1).sum())
+    name_of_device = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    common = dict(source="measured", device=name_of_device, dtype=str(dtype).replace("torch.", ""), **shape)
+    rows = []
+    for label, ids in (("unpacked", None), ("packed (seq_idx)", seq_idx)):
+        def fn(**kw):
+            return ssd(**kw, chunk_size=chunk, seq_idx=ids, backend=backend)
+
+        inputs = make_inputs(shape, dtype, device)
+        with torch.no_grad():
+            fwd_ms = time_callable(lambda: fn(**inputs), device, warmup=3, reps=reps)
+            err = None
+            if ids is not None:
+                reference = ssd(**inputs, chunk_size=chunk, seq_idx=ids, backend="torch")
+                err = _rel_err(fn(**inputs), reference)
+        grads = make_inputs(shape, dtype, device, requires_grad=True)
+        fwd_bwd_ms = time_callable(_fwd_bwd(fn, grads), device, warmup=3, reps=reps)
+        row = dict(implementation=f"{backend}, {label}", documents=documents if ids is not None else shape["batch"],
+                   fwd_ms=fwd_ms, fwd_bwd_ms=fwd_bwd_ms, rel_err=err, **common)
+        if ids is not None:
+            base = rows[0]
+            row.update(fwd_overhead_pct=100.0 * (fwd_ms / base["fwd_ms"] - 1.0),
+                       fwd_bwd_overhead_pct=100.0 * (fwd_bwd_ms / base["fwd_bwd_ms"] - 1.0),
+                       note="rel_err against the torch backend with the same seq_idx")
+        rows.append(row)
+        del inputs, grads
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
 def _plot(rows: list[dict], out_dir: Path) -> None:
     import matplotlib
 
@@ -169,15 +223,27 @@ def _plot(rows: list[dict], out_dir: Path) -> None:
     plt.close(fig)
 
 
-def run(out_dir, quick: bool = False, device=None) -> list[dict]:
+def run(out_dir, quick: bool = False, device=None, packed: bool = False) -> list[dict]:
     """Time the SSD implementations side by side; write results.json / results.md / ssd.png into ``out_dir``.
 
     Returns the rows (one dict per implementation and shape). ``device`` defaults to CUDA when available;
-    the paper-scale shape runs only on CUDA without ``quick``.
+    the paper-scale shape runs only on CUDA without ``quick``. ``packed``: the packed-documents comparison
+    instead (see the module docstring; no plot).
     """
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if packed:
+        if device.type == "cuda" and not quick:
+            rows = packed_rows(device, PAPER_SHAPE, torch.bfloat16, "triton")
+        else:
+            rows = packed_rows(device, {**CPU_SHAPE, "length": 1024}, torch.float32, "torch", reps=3)
+        meta = {"quick": quick, "device": str(device), "packed": True,
+                "method": "median of CUDA-event (GPU) or perf_counter (CPU) timings after warm-up; fwd_bwd = forward "
+                          "plus autograd.grad w.r.t. every input; documents of 1..1024 tokens (seed 1)"}
+        table = write_results(out, "ssd", rows, meta, columns=COLUMNS)
+        print(table)
+        return rows
     if device.type == "cuda" and not quick:
         rows = paper_rows(device)
     else:
@@ -196,8 +262,9 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--quick", action="store_true", help="CPU-sized run (a couple of minutes)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--packed", action="store_true", help="time packed documents (seq_idx) against unpacked rows")
     args = parser.parse_args(argv)
-    run(args.out, quick=args.quick, device=args.device)
+    run(args.out, quick=args.quick, device=args.device, packed=args.packed)
 
 
 if __name__ == "__main__":

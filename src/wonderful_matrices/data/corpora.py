@@ -6,6 +6,9 @@ Sources (``load_corpus(spec)``):
   ``SPEAKER:`` lines and verse, plays in sorted path order);
 * a local file (``.txt``/``.md``/any text; ``.jsonl`` with a ``"text"`` field; ``.parquet`` with a
   ``text`` column, needs ``pyarrow``) or a folder of them (read recursively, sorted by path);
+* ``"python-source"`` — the ``.py`` files of this interpreter's standard library and installed packages
+  (``data/python_source.py``: deduplicated, hash-ordered, split by a hash of each file, with a manifest);
+  ``"python-source:DIR[,DIR...]"`` reads those folders instead;
 * any Hugging Face ``datasets`` name (``name`` or ``name:config``) when ``datasets`` is installed and the
   network allows it.
 
@@ -30,12 +33,14 @@ SUPPORTED_SUFFIXES = TEXT_SUFFIXES | {".jsonl", ".parquet"}
 
 @dataclass
 class Corpus:
-    """A named corpus: ``train`` and ``validation`` are lists of document strings."""
+    """A named corpus: ``train`` and ``validation`` are re-iterable collections of document strings (lists, or
+    lazily read files); ``manifest`` (a JSON-able dict, or None) describes where the text came from."""
 
     name: str
     train: list[str]
     validation: list[str]
     fingerprint: str = field(default="")
+    manifest: dict | None = None
 
     def __post_init__(self):
         if not self.fingerprint:
@@ -240,6 +245,11 @@ def load_corpus(spec: str, validation_fraction: float = 0.05) -> Corpus:
     """
     if spec == "shakespeare":
         corpus = split_documents("shakespeare", shakespeare_documents(), validation_fraction)
+    elif spec == "python-source" or spec.startswith("python-source:"):
+        from .python_source import python_source_corpus
+
+        roots = spec.partition(":")[2]
+        return python_source_corpus(validation_fraction, roots.split(",") if roots else None)
     else:
         path = Path(spec).expanduser()
         if path.exists():
@@ -248,7 +258,7 @@ def load_corpus(spec: str, validation_fraction: float = 0.05) -> Corpus:
               and importlib.util.find_spec("datasets")):
             return hub_corpus(spec, validation_fraction)
         else:
-            raise UserError(f"corpus {spec!r} not found: give 'shakespeare', an existing file or folder, or a "
-                            "Hugging Face dataset name like 'owner/name' (needs `pip install datasets`)")
+            raise UserError(f"corpus {spec!r} not found: give 'shakespeare', 'python-source', an existing file or "
+                            "folder, or a Hugging Face dataset name like 'owner/name' (needs `pip install datasets`)")
     _require_nonempty(corpus)
     return corpus

@@ -10,6 +10,12 @@ fresh permutation per epoch from ``numpy.random.default_rng([seed, epoch])``; th
 ``s`` is samples ``[s·B, (s+1)·B)`` of that stream (B = rows per optimizer step over all ranks), and rank
 ``r`` of ``R`` takes its contiguous share. The batch depends only on (seed, step), so resuming at a step
 reproduces the data exactly, and the union over ranks does not depend on the number of ranks.
+
+Documents in a row: a row holds the end of one document, whole documents and the start of another, each ending
+with EOS. :func:`document_position_ids` gives the row HF's packed-without-padding convention
+(``DataCollatorWithFlattening``): positions restart at 0 at a row's first token and after every EOS, so the model
+keeps the documents apart (no state, attention or window crosses an EOS) and does not score a document's first
+token against the previous document.
 """
 from __future__ import annotations
 
@@ -64,6 +70,14 @@ def tokenize_split(corpus: Corpus, split: str, tokenizer, cache_dir: str | os.Pa
     if path.stat().st_size == 0:
         raise UserError(f"the {split} split of corpus {corpus.name!r} has no tokens; give more text")
     return np.memmap(path, dtype=dtype, mode="r")
+
+
+def document_position_ids(rows: torch.Tensor, eos: int) -> torch.Tensor:
+    """rows (b, l) token ids -> (b, l) long positions restarting at 0 at each row's first token and after each
+    ``eos`` (the EOS closes its document and belongs to it)."""
+    steps = torch.arange(rows.shape[1], device=rows.device).expand_as(rows)
+    starts = torch.nn.functional.pad(rows[:, :-1] == eos, (1, 0), value=True)
+    return steps - torch.where(starts, steps, 0).cummax(dim=1).values
 
 
 class PackedRows:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import dynamic_mask_attention
 from ..ops.common import require
 from .rotary import RotaryEmbedding, apply_rotary
 
@@ -42,6 +43,9 @@ class Attention(nn.Module):
     ``"key_mask"`` ``(b, n)`` bool and ``"has_padding"`` (a Python bool: whether any call had padding; without
     it one-token steps skip the mask). Padded keys are never attended; a query that sees no real key (a left
     padding position) outputs zeros.
+
+    Packed documents (``seq_idx`` (b, l) non-decreasing document ids, no cache): a query sees only the keys of
+    its own document (:func:`attend_documents`).
     """
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
@@ -64,15 +68,24 @@ class Attention(nn.Module):
         self.rotary = RotaryEmbedding(head_dim, rope_theta)
 
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None, state: dict | None = None) -> torch.Tensor:
-        """hidden_states (b, l, d), position_ids (b, l) long, attention_mask (b, l) (1 = real) -> (b, l, d)."""
+                attention_mask: torch.Tensor | None = None, state: dict | None = None,
+                seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden_states (b, l, d), position_ids (b, l) long, attention_mask (b, l) (1 = real), state (cache dict)
+        or None, seq_idx (b, l) document ids of packed rows or None (not with a state) -> (b, l, d)."""
         b, l, _ = hidden_states.shape
+        require(seq_idx is None or state is None, "seq_idx", "a tensor with a cache state",
+                "None when decoding with a cache (packed rows are for training and scoring)")
+        require(seq_idx is None or (isinstance(seq_idx, torch.Tensor) and tuple(seq_idx.shape) == (b, l)),
+                "seq_idx.shape", tuple(getattr(seq_idx, "shape", ())), f"{(b, l)}: one document id per token")
         q = self.q_proj(hidden_states).view(b, l, self.num_heads, self.head_dim)
         k = self.k_proj(hidden_states).view(b, l, self.num_kv_heads, self.head_dim)
         v = self.v_proj(hidden_states).view(b, l, self.num_kv_heads, self.head_dim)
         cos, sin = self.rotary(position_ids, torch.float64 if q.dtype == torch.float64 else torch.float32)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
+        if seq_idx is not None:
+            out = attend_documents(q, k, v, seq_idx, attention_mask)
+            return self.o_proj(out.reshape(b, l, self.num_heads * self.head_dim))
         if state is None and attention_mask is None:
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                  is_causal=True, enable_gqa=self.num_heads != self.num_kv_heads)
@@ -109,3 +122,21 @@ class Attention(nn.Module):
                                              attn_mask=visible | ~has_key,
                                              enable_gqa=self.num_heads != self.num_kv_heads)
         return (out * has_key.to(out.dtype)).transpose(1, 2)
+
+
+
+def attend_documents(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_idx: torch.Tensor,
+                     key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal attention inside each packed document: :func:`wonderful_matrices.ops.dynamic_mask_attention` with a
+    zero bias (``-inf`` on padded keys), no window and ``seq_idx``, so it is plain causal softmax attention
+    restricted to the document (on CUDA the op's FlexAttention path, which builds no (l, l) tensor).
+
+    q (b, l, hq, d), k/v (b, l, hkv, d) with ``hq % hkv == 0``, seq_idx (b, l) non-decreasing document ids,
+    key_mask (b, l) or None (1 = real key) -> (b, l, hq, d); a query with no visible key outputs zeros.
+    """
+    b, l, hkv = k.shape[:3]
+    bias = torch.zeros(b, l, hkv, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
+                       device=q.device)
+    if key_mask is not None:
+        bias = bias.masked_fill(~key_mask.bool()[..., None], float("-inf"))
+    return dynamic_mask_attention(q, k, v, bias, keep_window=None, causal=True, seq_idx=seq_idx)

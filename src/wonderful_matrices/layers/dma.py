@@ -115,15 +115,20 @@ class DynamicMaskAttention(nn.Module):
         return torch.exp(self.A.float() * dt)
 
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None, state: dict | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, state: dict | None = None,
+                seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         """hidden_states (b, l, hidden), position_ids (b, l) long, attention_mask (b, l) (1 = token,
-        0 = padding) or None, state (dict or None; see the module docstring) -> (b, l, hidden)."""
+        0 = padding) or None, state (dict or None; see the module docstring), seq_idx (b, l) document ids of
+        packed rows or None (not with a state: a query then sees only its own document's keys, and the window
+        is chosen among those) -> (b, l, hidden)."""
         _check(hidden_states.dim() == 3 and hidden_states.shape[-1] == self.hidden_size, "hidden_states.shape",
                tuple(hidden_states.shape), f"(batch, seq, {self.hidden_size})")
         b, l, _ = hidden_states.shape
         _check(tuple(position_ids.shape) == (b, l), "position_ids.shape", tuple(position_ids.shape), f"{(b, l)}")
         _check(attention_mask is None or tuple(attention_mask.shape) == (b, l), "attention_mask.shape",
                None if attention_mask is None else tuple(attention_mask.shape), f"{(b, l)}")
+        _check(seq_idx is None or state is None, "seq_idx", "a tensor with a cache state",
+               "None when decoding with a cache (packed rows are for training and scoring)")
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         q = self.q_proj(hidden_states).view(b, l, hq, d)
         k = self.k_proj(hidden_states).view(b, l, hkv, d)
@@ -136,6 +141,9 @@ class DynamicMaskAttention(nn.Module):
         bias = self.key_bias(v_flat)
         if attention_mask is not None:
             bias = bias.masked_fill(~attention_mask.bool()[..., None], float("-inf"))
+        if seq_idx is not None:
+            out = dynamic_mask_attention(q, k, v, bias, keep_window=self.keep_window, causal=True, seq_idx=seq_idx)
+            return self.o_proj(out.reshape(b, l, hq * d))
         position = position_ids[..., None].expand(b, l, hkv).contiguous()
         if state is not None and "key" in state and l == 1 and not torch.is_grad_enabled():
             out = self._decode_step(q, k, v, bias, position, state)

@@ -87,6 +87,11 @@ class SSDMixer(nn.Module):
     so the state passes through unchanged; the convolution history kept in the state skips padded tokens
     (inside one call a padded token is a zero input to the convolution windows after it, which is exact for
     left padding).
+
+    Packed documents (``seq_idx`` (b, l) non-decreasing document ids): SSD restarts its state at each document's
+    first token, and the convolution window of a token holds only inputs of its own document; RoPE positions
+    come from ``position_ids`` (the model restarts them per document). A cached state or convolution history
+    belongs to the row's first document.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, head_dim: int, state_size: int, num_groups: int = 1,
@@ -155,11 +160,13 @@ class SSDMixer(nn.Module):
                      f"({b}, {l}): the tokens of this call")
         _require(state is None or isinstance(state, dict), "state", type(state).__name__, "None or a dict")
 
-    def _conv(self, xbc: torch.Tensor, state: dict | None, keep: torch.Tensor | None) -> torch.Tensor:
+    def _conv(self, xbc: torch.Tensor, state: dict | None, keep: torch.Tensor | None,
+              seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         """Causal depthwise conv over xbc (b, l, conv_dim), continuing from ``state["conv_state"]`` if present.
 
         The stored history is the last ``conv_kernel − 1`` inputs of *real* tokens (``keep`` (b, l, 1) marks
-        them), so padding never enters a later call's window.
+        them), so padding never enters a later call's window. With ``seq_idx`` (b, l) a tap reading another
+        document's input is dropped (the history counts as the first document's).
         """
         weight = self.conv1d.weight  # (conv_dim, 1, k)
         width = weight.shape[-1] - 1
@@ -177,13 +184,34 @@ class SSDMixer(nn.Module):
                 order = torch.arange(real.shape[-1], device=real.device).expand_as(real)
                 cols = torch.where(real, order, -1).topk(width, dim=-1).values.flip(-1)
                 state["conv_state"] = full.gather(-1, cols[:, None, :].expand(-1, full.shape[1], -1))
-        return F.conv1d(full, weight, self.conv1d.bias, groups=self.conv_dim).transpose(1, 2)
+        if seq_idx is None:
+            return F.conv1d(full, weight, self.conv1d.bias, groups=self.conv_dim).transpose(1, 2)
+        return self._conv_documents(full, seq_idx).transpose(1, 2)
+
+    def _conv_documents(self, full: torch.Tensor, seq_idx: torch.Tensor) -> torch.Tensor:
+        """The depthwise conv of ``full`` (b, conv_dim, width + l) as a sum over its taps, each tap masked where it
+        reads another document's input -> (b, conv_dim, l). seq_idx (b, l); elementwise work, no (l, l) tensor."""
+        weight = self.conv1d.weight[:, 0]  # (conv_dim, k)
+        width = weight.shape[-1] - 1
+        l = seq_idx.shape[1]
+        seq = torch.cat([seq_idx[:, :1].expand(-1, width), seq_idx], dim=1)  # history: the first document
+        out = full[..., width:] * weight[:, width, None]  # tap 0 reads the token itself
+        for shift in range(1, width + 1):
+            same = (seq[:, width - shift:width - shift + l] == seq_idx)[:, None]  # (b, 1, l)
+            out = out + full[..., width - shift:width - shift + l] * weight[:, width - shift, None] * same
+        return out if self.conv1d.bias is None else out + self.conv1d.bias[:, None]
 
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, state: dict | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, state: dict | None = None,
+                seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         """hidden_states (b, l, d), position_ids (b, l) long, attention_mask (b, l) or None (1 = real token),
-        state: None or this layer's cache dict (read and updated in place) -> (b, l, d)."""
+        state: None or this layer's cache dict (read and updated in place), seq_idx (b, l) document ids of
+        packed rows or None -> (b, l, d)."""
         self._check_inputs(hidden_states, position_ids, attention_mask, state)
+        if seq_idx is not None:
+            _require(isinstance(seq_idx, torch.Tensor) and tuple(seq_idx.shape) == tuple(hidden_states.shape[:2]),
+                     "seq_idx.shape", tuple(getattr(seq_idx, "shape", ())),
+                     f"{tuple(hidden_states.shape[:2])}: one document id per token")
         b, l, _ = hidden_states.shape
         h, p, g, n = self.num_heads, self.head_dim, self.num_groups, self.state_size
         acc = torch.float64 if hidden_states.dtype == torch.float64 else torch.float32
@@ -194,7 +222,7 @@ class SSDMixer(nn.Module):
         if keep is not None:
             xbc = xbc.masked_fill(~keep, 0.0)
         if self.use_conv:
-            xbc = self._conv(xbc, state, keep)
+            xbc = self._conv(xbc, state, keep, seq_idx)
         xbc = F.silu(xbc)
         if keep is not None:
             xbc = xbc.masked_fill(~keep, 0.0)
@@ -217,15 +245,15 @@ class SSDMixer(nn.Module):
 
         with trusted_values():  # A < 0 and dt >= 0 by construction: no device sync per call for value checks
             if state is None:
-                y = ssd(x, dt, A, B, C, chunk_size=self.chunk_size, D=self.D, backend=self.backend)
+                y = ssd(x, dt, A, B, C, chunk_size=self.chunk_size, D=self.D, seq_idx=seq_idx, backend=self.backend)
             else:
                 previous = state.get("ssm_state")
-                if previous is not None and l == 1:
+                if previous is not None and l == 1:  # one token: one document
                     y, new_state = ssd_step(previous, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D=self.D)
                     y = y[:, None]
                 else:
-                    y, new_state = ssd(x, dt, A, B, C, chunk_size=self.chunk_size, D=self.D,
-                                       initial_state=previous, return_final_state=True, backend=self.backend)
+                    y, new_state = ssd(x, dt, A, B, C, chunk_size=self.chunk_size, D=self.D, initial_state=previous,
+                                       return_final_state=True, seq_idx=seq_idx, backend=self.backend)
                 state["ssm_state"] = new_state
         y = self.norm(y.reshape(b, l, self.inner_size), z)
         return self.out_proj(y.to(hidden_states.dtype))

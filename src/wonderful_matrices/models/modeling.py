@@ -86,11 +86,56 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor,
     return F.cross_entropy(shifted, targets, ignore_index=-100, reduction="sum") / num_items_in_batch
 
 
+def packed_document_ids(position_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                        seq_idx: torch.Tensor | None, past: int) -> torch.Tensor | None:
+    """The document ids of packed rows, or None for rows that each hold one document.
+
+    HF's packed-without-padding convention (``DataCollatorWithFlattening``): a document starts at a token whose
+    ``position_ids`` is 0 and whose previous token is real (padding restarts nothing, so left-padded rows stay
+    one document). An explicit ``seq_idx`` wins. Only a call's first tokens (``past == 0``, more than one token)
+    can be packed.
+
+    position_ids (b, l) or None, attention_mask (b, l) or (b, past + l) (1 = real; its last ``l`` columns are
+    this call's tokens) or None,
+    seq_idx (b, l) non-decreasing integer ids or None -> (b, l) long, or None. Reads values once (a device sync)
+    to return None for rows without a restart, except while compiling or capturing (then the ids are kept).
+    """
+    if seq_idx is not None:
+        if not isinstance(seq_idx, torch.Tensor) or seq_idx.dim() != 2 or seq_idx.is_floating_point():
+            raise ValueError(f"seq_idx={getattr(seq_idx, 'shape', seq_idx)!r} is not allowed: a (batch, seq) "
+                             "integer tensor of non-decreasing document ids")
+        return seq_idx
+    if position_ids is None or past > 0 or position_ids.shape[-1] < 2:
+        return None
+    starts = position_ids[..., 1:] == 0
+    if attention_mask is not None:
+        real = attention_mask[..., -position_ids.shape[-1]:]
+        starts = starts & real[..., :-1].to(device=starts.device, dtype=torch.bool)
+    if value_checks_enabled() and not bool(starts.any()):
+        return None
+    return F.pad(starts.long().cumsum(-1), (1, 0))
+
+
+def document_positions(seq_idx: torch.Tensor) -> torch.Tensor:
+    """seq_idx (b, l) document ids -> (b, l) long positions that restart at 0 where each document starts."""
+    steps = torch.arange(seq_idx.shape[1], device=seq_idx.device).expand_as(seq_idx)
+    starts = F.pad(seq_idx[:, 1:] != seq_idx[:, :-1], (1, 0), value=True)
+    return steps - torch.where(starts, steps, 0).cummax(dim=1).values
+
+
+def ignore_document_starts(labels: torch.Tensor, seq_idx: torch.Tensor) -> torch.Tensor:
+    """labels (b, l) with ``-100`` at each document's first token (it is not predicted from the previous
+    document), seq_idx (b, l) -> (b, l)."""
+    starts = F.pad(seq_idx[:, 1:] != seq_idx[:, :-1], (1, 0)).to(labels.device)
+    return labels.masked_fill(starts, -100)
+
+
 class CheemsBlock(GradientCheckpointingLayer):
     """Pre-norm residual block: ``h + mixer(norm(h))`` then ``h + ffn(norm(h))`` (``h * r + ...`` with
     ``config.residual_scale``, ``r`` learned per channel).
 
-    ``forward(hidden_states (b, l, d), position_ids (b, l), attention_mask (b, l) | None, state dict | None)``.
+    ``forward(hidden_states (b, l, d), position_ids (b, l), attention_mask (b, l) | None, state dict | None,
+    seq_idx (b, l) | None)``.
     """
 
     def __init__(self, config: CheemsConfig, layer_idx: int):
@@ -108,9 +153,10 @@ class CheemsBlock(GradientCheckpointingLayer):
             self.mixer_residual = self.ffn_residual = None
 
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None, state: dict | None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None, state: dict | None,
+                seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         """(b, l, d) -> (b, l, d)."""
-        mixed = self.mixer(self.mixer_norm(hidden_states), position_ids, attention_mask, state)
+        mixed = self.mixer(self.mixer_norm(hidden_states), position_ids, attention_mask, state, seq_idx=seq_idx)
         hidden_states = (hidden_states if self.mixer_residual is None else hidden_states * self.mixer_residual) + mixed
         if self.ffn is not None:
             transformed = self.ffn(self.ffn_norm(hidden_states))
@@ -160,8 +206,9 @@ class CheemsModel(CheemsPreTrainedModel):
     """Embeddings, ``num_hidden_layers`` :class:`CheemsBlock` s and a final RMSNorm.
 
     ``forward(input_ids (b, l) | inputs_embeds (b, l, d), attention_mask (b, l) or (b, past + l),
-    position_ids (b, l), past_key_values CheemsCache, use_cache) -> BaseModelOutputWithPast`` with
-    ``last_hidden_state (b, l, d)``.
+    position_ids (b, l), past_key_values CheemsCache, use_cache, seq_idx (b, l)) -> BaseModelOutputWithPast`` with
+    ``last_hidden_state (b, l, d)``. Packed rows (:func:`packed_document_ids`: position ids restarting at 0, or
+    an explicit ``seq_idx``) keep every document apart in every layer; they build no cache.
     """
 
     def __init__(self, config: CheemsConfig):
@@ -182,7 +229,7 @@ class CheemsModel(CheemsPreTrainedModel):
                 position_ids: torch.LongTensor | None = None, past_key_values: CheemsCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
-                **kwargs) -> BaseModelOutputWithPast:
+                seq_idx: torch.LongTensor | None = None, **kwargs) -> BaseModelOutputWithPast:
         """Run the blocks; see the class docstring for shapes."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("input_ids/inputs_embeds: give exactly one of them")
@@ -204,6 +251,19 @@ class CheemsModel(CheemsPreTrainedModel):
         if past_key_values is not None and not isinstance(past_key_values, CheemsCache):
             raise ValueError(f"past_key_values={type(past_key_values).__name__} is not allowed: "
                              "a CheemsCache (or None)")
+        if position_ids is not None and position_ids.shape[-1] != l:
+            raise ValueError(f"position_ids.shape={tuple(position_ids.shape)} is not allowed: last dim must be {l}")
+        seq_idx = packed_document_ids(position_ids, attention_mask, seq_idx,
+                                      past_key_values.get_seq_length() if past_key_values is not None else 0)
+        if seq_idx is not None:
+            seq_idx = seq_idx.expand(b, -1) if seq_idx.shape[0] == 1 else seq_idx
+            if tuple(seq_idx.shape) != (b, l):
+                raise ValueError(f"seq_idx.shape={tuple(seq_idx.shape)} is not allowed: must be (batch, seq)={(b, l)}")
+            if past_key_values is not None:
+                raise ValueError("past_key_values is not allowed with packed rows (position_ids restarting at 0 or "
+                                 "seq_idx): a cache continues one document")
+            use_cache = False
+            seq_idx = seq_idx.to(device)
         cache = past_key_values if past_key_values is not None else (CheemsCache(self.config) if use_cache else None)
         past = cache.get_seq_length() if cache is not None else 0
 
@@ -213,6 +273,8 @@ class CheemsModel(CheemsPreTrainedModel):
                 raise ValueError(f"attention_mask.shape={tuple(attention_mask.shape)} is not allowed: "
                                  f"(batch={b}, {l}) for this call's tokens or (batch, {past + l}) for past + new")
             new_mask = attention_mask[:, -l:].to(device=device, dtype=torch.bool)
+        if position_ids is None and seq_idx is not None:
+            position_ids = document_positions(seq_idx)
         if position_ids is None:
             start = (cache.past_positions(b, device) if cache is not None
                      else torch.zeros(b, dtype=torch.long, device=device))
@@ -220,8 +282,6 @@ class CheemsModel(CheemsPreTrainedModel):
                 position_ids = start[:, None] + torch.arange(l, device=device)
             else:
                 position_ids = (start[:, None] + new_mask.long().cumsum(-1) - 1).masked_fill(~new_mask, 0)
-        elif position_ids.shape[-1] != l:
-            raise ValueError(f"position_ids.shape={tuple(position_ids.shape)} is not allowed: last dim must be {l}")
         position_ids = position_ids.to(device).expand(b, l)
         layer_mask = None if new_mask is None or bool(new_mask.all()) else new_mask
 
@@ -231,7 +291,7 @@ class CheemsModel(CheemsPreTrainedModel):
             if all_hidden is not None:
                 all_hidden.append(hidden_states)
             state = cache.layer_state(i) if cache is not None else None
-            hidden_states = block(hidden_states, position_ids, layer_mask, state)
+            hidden_states = block(hidden_states, position_ids, layer_mask, state, seq_idx)
         if cache is not None:
             cache.advance(new_mask, b, l, device)
         hidden_states = self.norm(hidden_states)
@@ -254,7 +314,8 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
     ``forward(input_ids (b, l), attention_mask, position_ids, past_key_values, labels (b, l), use_cache,
     logits_to_keep) -> CheemsCausalLMOutput`` with ``logits (b, l', vocab)``; with ``labels``,
     ``loss`` = shifted cross-entropy (``-100`` ignored) + the sum of the FFN layers' ``aux_loss`` (each
-    already weighted by ``balance_loss_weight``).
+    already weighted by ``balance_loss_weight``). Packed rows (see :class:`CheemsModel`): no label at a document's
+    first token is scored (it is not predicted from the previous document).
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -283,11 +344,13 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
                 use_cache: bool | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
-                **kwargs) -> CheemsCausalLMOutput:
+                seq_idx: torch.LongTensor | None = None, **kwargs) -> CheemsCausalLMOutput:
         """Logits (and loss with ``labels``); see the class docstring."""
+        seq_idx = packed_document_ids(position_ids, attention_mask, seq_idx,
+                                      past_key_values.get_seq_length() if past_key_values is not None else 0)
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
-                             output_hidden_states=output_hidden_states)
+                             output_hidden_states=output_hidden_states, seq_idx=seq_idx)
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep, :])
@@ -296,6 +359,8 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         aux_loss = torch.stack([a.float() for a in aux_losses]).sum() if aux_losses else None
         loss = None
         if labels is not None:
+            if seq_idx is not None:
+                labels = ignore_document_starts(labels, seq_idx)
             loss = causal_lm_loss(logits, labels, kwargs.get("num_items_in_batch"))
             if aux_loss is not None:
                 loss = loss + aux_loss

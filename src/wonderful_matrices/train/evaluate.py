@@ -7,15 +7,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.packing import PackedRows
+from ..data.packing import PackedRows, document_position_ids
 from .distributed import DistInfo, all_reduce_sum
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, rows: PackedRows, batch_size: int, info: DistInfo,
              max_rows: int | None = None, byte_lengths: torch.Tensor | None = None,
-             autocast_dtype: torch.dtype | None = None) -> dict:
+             autocast_dtype: torch.dtype | None = None, eos: int | None = None) -> dict:
     """Next-token loss of ``model`` on the validation rows (each row predicts its tokens 1..seq_len-1).
+
+    With ``eos`` the rows are packed documents (:func:`document_position_ids`): each document is scored alone and
+    a token right after an EOS (a document's first) is not scored.
 
     ``byte_lengths`` ``(vocab,)``: UTF-8 bytes per token id, for bits per byte. Rows are shared out by
     rank and the sums reduced, so every rank gets the same result. Returns ``{"loss", "perplexity",
@@ -26,15 +29,17 @@ def evaluate(model: torch.nn.Module, rows: PackedRows, batch_size: int, info: Di
     sums = torch.zeros(3, dtype=torch.float64)  # nll, tokens, bytes
     for batch in rows.eval_batches(batch_size, max_rows, info.rank, info.world_size):
         ids = batch.to(info.device)
+        positions = document_position_ids(ids, eos) if eos is not None else None
         with torch.autocast(info.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(input_ids=ids).logits
+            logits = model(input_ids=ids, position_ids=positions).logits
         targets = ids[:, 1:]
+        scored = positions[:, 1:] > 0 if positions is not None else torch.ones_like(targets, dtype=torch.bool)
         nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                              reduction="sum")
-        sums[0] += nll.item()
-        sums[1] += targets.numel()
+                              reduction="none")
+        sums[0] += (nll * scored.reshape(-1)).sum().item()
+        sums[1] += scored.sum().item()
         if byte_lengths is not None:
-            sums[2] += byte_lengths[targets.cpu()].sum().item()
+            sums[2] += byte_lengths[targets[scored].cpu()].sum().item()
     model.train(was_training)
     nll, tokens, nbytes = all_reduce_sum(sums, info).tolist()
     loss = nll / max(tokens, 1)
@@ -43,11 +48,16 @@ def evaluate(model: torch.nn.Module, rows: PackedRows, batch_size: int, info: Di
 
 
 def unigram_perplexity(train_tokens: np.ndarray, rows: PackedRows, vocab_size: int,
-                       max_rows: int | None = None) -> float:
+                       max_rows: int | None = None, eos: int | None = None) -> float:
     """Perplexity of the add-one-smoothed unigram distribution of ``train_tokens`` on the same
-    validation targets ``evaluate`` scores (the baseline a language model must beat)."""
+    validation targets ``evaluate`` scores with the same ``eos`` (the baseline a language model must beat)."""
     counts = np.bincount(np.asarray(train_tokens), minlength=vocab_size).astype(np.float64) + 1.0
     log_p = np.log(counts / counts.sum())
     count = rows.num_rows if max_rows is None else min(rows.num_rows, max_rows)
-    targets = np.concatenate([rows.row(i)[1:] for i in range(count)])
+    targets = [rows.row(i) for i in range(count)]
+    if eos is not None:  # a token right after an EOS starts a document: not scored
+        targets = [row[1:][row[:-1] != eos] for row in targets]
+    else:
+        targets = [row[1:] for row in targets]
+    targets = np.concatenate(targets)
     return float(math.exp(-log_p[targets].mean()))

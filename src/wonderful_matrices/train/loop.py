@@ -26,7 +26,7 @@ import torch
 
 from ..atomic import atomic_write_text
 from ..data.corpora import load_corpus
-from ..data.packing import PackedRows, tokenize_split
+from ..data.packing import PackedRows, document_position_ids, tokenize_split
 from ..data.tokenizer import check_fits, eos_id, load_tokenizer, token_byte_lengths, tokenizer_hash, train_bpe
 from ..errors import UserError
 from . import checkpoint as ckpt
@@ -108,6 +108,7 @@ class TrainConfig:
     validation_fraction: float = 0.05
     cache_dir: str | None = None
     progress: bool = True
+    document_mask: bool = True  # rows are packed documents: positions restart after each EOS (data/packing.py)
 
     def check(self) -> None:
         """Raise ``UserError`` for values that cannot work."""
@@ -304,6 +305,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     train_rows = PackedRows(tokenize_split(corpus, "train", tokenizer, cache_dir), cfg.seq_len)
     val_rows = PackedRows(tokenize_split(corpus, "validation", tokenizer, cache_dir), cfg.seq_len)
     byte_lengths = torch.tensor(token_byte_lengths(tokenizer) + [0] * (vocab_size - len(tokenizer)))
+    corpus_manifest = None if corpus.manifest is None else {
+        **corpus.manifest, "train_tokens": len(train_rows.tokens), "validation_tokens": len(val_rows.tokens)}
 
     # model, optimizer, schedule (same seed on every rank: identical initial weights)
     torch.manual_seed(cfg.seed)
@@ -347,6 +350,10 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     log.say(f"model {model_name}: {n_params / 1e6:.2f}M parameters on {info.device} x{info.world_size}; "
             f"{len(train_rows.tokens):,} training tokens, {tokens_per_step:,} tokens/step")
+    if corpus_manifest is not None:
+        log.say(f"corpus {corpus.name}: {corpus_manifest['files']:,} files, {corpus_manifest['bytes']:,} bytes, "
+                f"content sha256 {corpus_manifest['content_sha256'][:16]}")
+    eval_eos = eos if cfg.document_mask else None
 
     def save(at_step: int) -> None:
         model_state = full_model_state(wrapped)
@@ -357,7 +364,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
                                  {"optimizer": optim_state, "scheduler": scheduler.state_dict(), "rng": rng,
                                   "step": at_step},
                                  {**cfg.run_facts(), "world_size": info.world_size, "tokens": at_step * tokens_per_step,
-                                  "tokenizer_hash": tokenizer_hash(tokenizer), "corpus": corpus.fingerprint},
+                                  "tokenizer_hash": tokenizer_hash(tokenizer), "corpus": corpus.fingerprint,
+                                  "corpus_manifest": corpus_manifest},
                                  keep_last=cfg.keep_last)
         barrier(info)
 
@@ -381,7 +389,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
             sync = wrapped.no_sync() if ddp and not last else contextlib.nullcontext()
             with sync:
                 with torch.autocast(info.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    loss = forward(input_ids=batch, labels=batch).loss / cfg.grad_accum
+                    positions = document_position_ids(batch, eos) if cfg.document_mask else None
+                    loss = forward(input_ids=batch, position_ids=positions, labels=batch).loss / cfg.grad_accum
                 loss.backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.clip) if cfg.clip > 0 else None
@@ -407,18 +416,20 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict:
             window_loss, window_steps, window_time = 0.0, 0, 0.0
         bar.update(1)
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
-            last_eval = evaluate(forward, val_rows, cfg.batch_size, info, cfg.eval_rows, byte_lengths, autocast_dtype)
+            last_eval = evaluate(forward, val_rows, cfg.batch_size, info, cfg.eval_rows, byte_lengths, autocast_dtype,
+                                 eval_eos)
             log.record("eval", step, **last_eval)
             log.say(f"step {step}: validation loss {last_eval['loss']:.4f}, perplexity {last_eval['perplexity']:.2f}")
         if step % cfg.save_interval == 0 or step == cfg.max_steps:
             save(step)
     bar.close()
     if last_eval is None:  # nothing left to train (the run was already complete): report where it stands
-        last_eval = evaluate(forward, val_rows, cfg.batch_size, info, cfg.eval_rows, byte_lengths, autocast_dtype)
+        last_eval = evaluate(forward, val_rows, cfg.batch_size, info, cfg.eval_rows, byte_lengths, autocast_dtype,
+                             eval_eos)
     fingerprints = gather_objects(weights_fingerprint(wrapped), info) if info.distributed else None
     summary = {"rank": info.rank, "step": step, "max_steps": cfg.max_steps, "world_size": info.world_size, "parameters": n_params,
                "tokens": step * tokens_per_step, "validation": last_eval, "wall_s": time.perf_counter() - started,
-               "device": str(info.device), "replica_fingerprints": fingerprints}
+               "device": str(info.device), "replica_fingerprints": fingerprints, "corpus_manifest": corpus_manifest}
     if info.is_main:
         if fingerprints and len(set(fingerprints)) != 1:
             log.say("warning: the ranks ended with different weights")

@@ -45,6 +45,19 @@ def _check_values(A: torch.Tensor, dt: torch.Tensor) -> None:
             "every entry must be >= 0 (dt comes out of softplus; 0 marks padding)")
 
 
+def _check_seq_idx(seq_idx, b: int, l: int, device: torch.device) -> None:
+    """seq_idx: a (b, l) integer tensor on x's device whose ids never decrease along a row (the value check needs
+    one device synchronisation; skipped where :func:`value_checks_enabled` says so)."""
+    require(isinstance(seq_idx, torch.Tensor), "seq_idx", type(seq_idx).__name__, "a torch.Tensor or None")
+    require(not seq_idx.is_floating_point() and not seq_idx.is_complex() and seq_idx.dtype != torch.bool,
+            "seq_idx.dtype", seq_idx.dtype, "an integer dtype (document ids)")
+    require(tuple(seq_idx.shape) == (b, l), "seq_idx.shape", shape_of(seq_idx), f"(b, l) = ({b}, {l})")
+    require(seq_idx.device == device, "seq_idx.device", seq_idx.device, f"the device of x ({device})")
+    if value_checks_enabled() and l > 1 and bool((seq_idx[:, 1:] < seq_idx[:, :-1]).any()):
+        require(False, "seq_idx", f"tensor of shape {shape_of(seq_idx)} with a decreasing step",
+                "non-decreasing document ids along each row (a document is one contiguous run)")
+
+
 def _check_common(x, dt, A, B, C, D, h: int, b_name: str, c_name: str) -> None:
     """Shapes shared by :func:`ssd` and :func:`ssd_step`: C like B, groups dividing heads, A and D per head."""
     require(tuple(C.shape) == tuple(B.shape), f"{c_name}.shape", shape_of(C), f"the same shape as {b_name} {shape_of(B)}")
@@ -62,7 +75,7 @@ def _check_common(x, dt, A, B, C, D, h: int, b_name: str, c_name: str) -> None:
 
 def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
         chunk_size: int = 64, D: torch.Tensor | None = None, initial_state: torch.Tensor | None = None,
-        return_final_state: bool = False, backend: str = "auto"):
+        return_final_state: bool = False, seq_idx: torch.Tensor | None = None, backend: str = "auto"):
     """Run SSD over a whole sequence.
 
     Args:
@@ -73,8 +86,11 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
             ``i // (h / g)``.
         chunk_size: chunk length of the dual algorithm, a power of two (any ``l`` works).
         D: optional (h,) skip weights (``y += D · x``).
-        initial_state: optional (b, h, p, n) state before the first step.
-        return_final_state: also return ``S_l``.
+        initial_state: optional (b, h, p, n) state before the first step (of the row's first document).
+        return_final_state: also return ``S_l`` (the state of the row's last document).
+        seq_idx: optional (b, l) integer document ids, non-decreasing along a row (packed documents): the
+            state is zero before a document's first token, so ``S_t = dt_t · x_t ⊗ B_t`` there, and no
+            output depends on another document's inputs. ``None``: the row is one document.
         backend: ``"auto"`` (``"triton"`` on CUDA for float32 inputs and for bf16 / fp16 with
             ``chunk_size >= 128``, else ``"torch"``),
             ``"torch"``, ``"triton"`` or ``"naive"``.
@@ -84,7 +100,7 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
         (b, h, p, n) in float32 (float64 if ``x`` or ``initial_state`` is float64).
 
     Raises ``ValueError`` naming the argument for wrong shapes, dtypes, devices, ``chunk_size``, ``backend``,
-    ``A >= 0`` or ``dt < 0`` (the value checks synchronise the device once and are skipped under
+    ``A >= 0``, ``dt < 0`` or a decreasing ``seq_idx`` (the value checks synchronise the device once and are skipped under
     ``torch.compile``).
     """
     require(isinstance(x, torch.Tensor) and x.dim() == 4, "x.shape",
@@ -118,16 +134,19 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
                 "float32, bfloat16 or float16 for backend='triton' (float64 runs on 'torch')")
         require(half_or_single, "initial_state.dtype", torch.float64,
                 "float32, bfloat16 or float16 for backend='triton' (float64 runs on 'torch')")
+    if seq_idx is not None:
+        _check_seq_idx(seq_idx, b, l, x.device)
     _check_values(A, dt)
     if name == "triton":
         from .chunked_kernels import ssd_triton  # imported on first use: the package imports without triton
 
         return ssd_triton(x, dt, A, B, C, chunk_size=chunk_size, D=D, initial_state=initial_state,
-                          return_final_state=return_final_state)
+                          return_final_state=return_final_state, seq_idx=seq_idx)
     if name == "naive":
-        return ssd_naive(x, dt, A, B, C, D=D, initial_state=initial_state, return_final_state=return_final_state)
+        return ssd_naive(x, dt, A, B, C, D=D, initial_state=initial_state, return_final_state=return_final_state,
+                         seq_idx=seq_idx)
     return ssd_chunked(x, dt, A, B, C, chunk_size=chunk_size, D=D, initial_state=initial_state,
-                       return_final_state=return_final_state)
+                       return_final_state=return_final_state, seq_idx=seq_idx)
 
 
 def ssd_step(state: torch.Tensor, x_t: torch.Tensor, dt_t: torch.Tensor, A: torch.Tensor, B_t: torch.Tensor,

@@ -32,6 +32,15 @@ Backward, with ``dS_c`` the gradient of the state entering chunk ``c`` (``dS_chu
    sums of ``dcb``; a reverse running sum inside each chunk turns it into the gradient of ``a``, hence
    ``ddt += A·da`` and ``dA = Σ dt·da``.
 
+Packed documents (``seq_idx`` (b, l), non-decreasing ids; ``HAS_SEQ``): masks inside the existing loops, no extra
+pass. With ``e_c`` the document of the state entering chunk ``c`` (that of step ``c·Q − 1``; of step 0 for the first
+chunk) and ``f_c`` the document of its last step: the decay ``exp(cum_i − cum_j)`` is masked where steps ``i, j``
+belong to different documents; ``U_c`` sums only steps of document ``f_c``; ``S_{c+1} = [e_c = f_c]·exp(cum_last)·S_c
++ U_c``; the entering term of ``y_i`` needs ``seq_i = e_c``. The backward uses the same masks (``G_c`` over steps of
+``e_c``, ``dS_c = G_c + [e_c = f_c]·exp(cum_last)·dS_{c+1}``, dx's and dB's state terms over steps of ``f_c``, dC's
+over steps of ``e_c``); the gradient of ``cum`` keeps its form, since every masked term is still ``exp`` of a
+difference of ``cum``.
+
 Matrix products take operands in the input dtype (bf16 / fp16; float32 inputs use exact float32 products, not
 TF32) and accumulate in float32; decays, states and all sums are float32. Every exponent is ``<= 0`` (segment
 differences are masked to ``−inf`` above the diagonal before ``exp``). Lengths that are not a multiple of the
@@ -113,6 +122,16 @@ def _mm_f32b(a, b, DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, S
 
 
 @triton.jit
+def _chunk_docs(seq_ptr, bi, ci, L, s_seq_b, s_seq_l, Q: tl.constexpr):
+    """Packed documents: (the document of the state entering chunk ``ci`` — that of step ``ci·Q − 1``, or of step
+    0 for the first chunk —, the document of the chunk's last step)."""
+    base = seq_ptr + bi * s_seq_b
+    entering = tl.load(base + tl.maximum(ci * Q - 1, 0) * s_seq_l)
+    last = tl.load(base + tl.minimum(ci * Q + Q - 1, L - 1) * s_seq_l)
+    return entering, last
+
+
+@triton.jit
 def _cumsum_kernel(dt_ptr, A_ptr, cum_ptr, L, H, NC, s_dt_b, s_dt_l, s_dt_h,
                    Q: tl.constexpr, BLOCK_H: tl.constexpr):
     pid_bc = tl.program_id(0)
@@ -155,12 +174,15 @@ def _cb_kernel(B_ptr, C_ptr, cb_ptr, L, G, NC, N,
 
 
 @triton.jit
-def _chunk_state_kernel(v_ptr, w_ptr, dt_ptr, cum_ptr, out_ptr, L, H, G, NC, P, N, OFFSET,
+def _chunk_state_kernel(v_ptr, w_ptr, dt_ptr, cum_ptr, seq_ptr, out_ptr, L, H, G, NC, P, N, OFFSET,
                         s_v_b, s_v_l, s_v_h, s_v_p, s_w_b, s_w_l, s_w_g, s_w_n, s_dt_b, s_dt_l, s_dt_h,
+                        s_seq_b, s_seq_l,
                         Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                        DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr, FORWARD: tl.constexpr):
+                        DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr,
+                        FORWARD: tl.constexpr, HAS_SEQ: tl.constexpr):
     """out[b, c + OFFSET, h] (p × n) = Σ_k scale_k · v_k ⊗ w_k over the chunk's steps k, with
-    scale = exp(cum_last − cum_k)·dt_k (FORWARD: v = x, w = B) or exp(cum_k) (backward: v = dy, w = C)."""
+    scale = exp(cum_last − cum_k)·dt_k (FORWARD: v = x, w = B) or exp(cum_k) (backward: v = dy, w = C).
+    HAS_SEQ: only steps of the chunk's last document (FORWARD) or of the entering document (backward) count."""
     pid_bc = tl.program_id(0)
     hi = tl.program_id(1)
     bi = (pid_bc // NC).to(tl.int64)
@@ -172,6 +194,9 @@ def _chunk_state_kernel(v_ptr, w_ptr, dt_ptr, cum_ptr, out_ptr, L, H, G, NC, P, 
     nm = ns < N
     cum_base = cum_ptr + ((bi * H + hi) * NC + ci) * Q
     cum_last = tl.load(cum_base + Q - 1)
+    if HAS_SEQ:
+        entering, last = _chunk_docs(seq_ptr, bi, ci, L, s_seq_b, s_seq_l, Q)
+        doc = last if FORWARD else entering
     acc = tl.zeros((BN, BP), dtype=tl.float32)  # the transposed state
     for k0 in range(0, Q, BQ):
         ks = k0 + tl.arange(0, BQ)
@@ -183,6 +208,8 @@ def _chunk_state_kernel(v_ptr, w_ptr, dt_ptr, cum_ptr, out_ptr, L, H, G, NC, P, 
             scale = tl.exp(cum_last - cum_k) * dt_k
         else:
             scale = tl.exp(cum_k)
+        if HAS_SEQ:
+            scale = tl.where(tl.load(seq_ptr + bi * s_seq_b + t * s_seq_l, mask=tm, other=0) == doc, scale, 0.0)
         v = tl.load(v_ptr + bi * s_v_b + t[:, None] * s_v_l + hi * s_v_h + ps[None, :] * s_v_p,
                     mask=tm[:, None] & pm[None, :], other=0.0).to(tl.float32)
         w = tl.load(w_ptr + bi * s_w_b + t[:, None] * s_w_l + gi * s_w_g + ns[None, :] * s_w_n,
@@ -193,9 +220,10 @@ def _chunk_state_kernel(v_ptr, w_ptr, dt_ptr, cum_ptr, out_ptr, L, H, G, NC, P, 
 
 
 @triton.jit
-def _state_pass_kernel(st_ptr, cum_ptr, init_ptr, H, NC, PN, Q: tl.constexpr, BLOCK: tl.constexpr,
-                       HAS_INIT: tl.constexpr):
-    """In place over st (b, NC+1, h, p·n): slot c holds U_c on entry and S_c on exit; slot NC gets S_NC."""
+def _state_pass_kernel(st_ptr, cum_ptr, init_ptr, seq_ptr, L, H, NC, PN, s_seq_b, s_seq_l, Q: tl.constexpr,
+                       BLOCK: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """In place over st (b, NC+1, h, p·n): slot c holds U_c on entry and S_c on exit; slot NC gets S_NC.
+    HAS_SEQ: a chunk holding a document start drops the entering state (its decay factor is 0)."""
     pid = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)
     bi = pid_bh // H
@@ -214,17 +242,21 @@ def _state_pass_kernel(st_ptr, cum_ptr, init_ptr, H, NC, PN, Q: tl.constexpr, BL
         u_next = tl.load(base + (c + 1) * HPN, mask=m & (c + 1 < NC), other=0.0)
         tl.store(base + c * HPN, s, mask=m)
         decay = tl.exp(tl.load(cum_ptr + (pid_bh * NC + c) * Q + Q - 1))
+        if HAS_SEQ:
+            entering, last = _chunk_docs(seq_ptr, bi, c, L, s_seq_b, s_seq_l, Q)
+            decay = tl.where(entering == last, decay, 0.0)
         s = decay * s + u
         u = u_next
     tl.store(base + NC * HPN, s, mask=m)
 
 
 @triton.jit
-def _output_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, cb_ptr, st_ptr, D_ptr, y_ptr, L, H, G, NC, P, N,
+def _output_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, cb_ptr, st_ptr, D_ptr, seq_ptr, y_ptr, L, H, G, NC, P, N,
                    s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_c_b, s_c_l, s_c_g, s_c_n,
-                   s_y_b, s_y_l, s_y_h, s_y_p,
+                   s_y_b, s_y_l, s_y_h, s_y_p, s_seq_b, s_seq_l,
                    Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
-                   DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_D: tl.constexpr):
+                   DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_D: tl.constexpr,
+                   HAS_SEQ: tl.constexpr):
     NB: tl.constexpr = Q // BQ
     hi = tl.program_id(0) // NB  # heads and tiles of one chunk are neighbours: its CB stays in L2
     pid_i = tl.program_id(0) % NB
@@ -245,7 +277,12 @@ def _output_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, cb_ptr, st_ptr, D_ptr, y_ptr, 
                   mask=im[:, None] & nm[None, :], other=0.0).to(DT)
     s_t = tl.load(st_ptr + (((bi * (NC + 1) + ci) * H + hi) * P + ps[None, :]) * N + ns[:, None],
                   mask=pm[None, :] & nm[:, None], other=0.0)  # (BN, BP): S_c transposed
-    acc = _mm(c_i, s_t.to(DT), PREC, UPCAST) * tl.exp(cum_i)[:, None]
+    from_start = tl.exp(cum_i)
+    if HAS_SEQ:  # the entering state reaches only the steps of its own document
+        entering, last = _chunk_docs(seq_ptr, bi, ci, L, s_seq_b, s_seq_l, Q)
+        seq_i = tl.load(seq_ptr + bi * s_seq_b + ti * s_seq_l, mask=im, other=0)
+        from_start = tl.where(seq_i == entering, from_start, 0.0)
+    acc = _mm(c_i, s_t.to(DT), PREC, UPCAST) * from_start[:, None]
     cb_base = cb_ptr + ((bi * NC + ci) * G + gi) * Q * Q
     for jb in range(0, pid_i + 1):
         cols = jb * BQ + tl.arange(0, BQ)
@@ -255,6 +292,8 @@ def _output_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, cb_ptr, st_ptr, D_ptr, y_ptr, 
         dt_j = tl.load(dt_ptr + bi * s_dt_b + tj * s_dt_l + hi * s_dt_h, mask=jm, other=0.0).to(tl.float32)
         cb = tl.load(cb_base + rows[:, None] * Q + cols[None, :])
         causal = rows[:, None] >= cols[None, :]
+        if HAS_SEQ:
+            causal = causal & (seq_i[:, None] == tl.load(seq_ptr + bi * s_seq_b + tj * s_seq_l, mask=jm, other=0)[None, :])
         decay = tl.exp(tl.where(causal, cum_i[:, None] - cum_j[None, :], float("-inf")))
         w = cb * decay * dt_j[None, :]
         x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
@@ -269,10 +308,11 @@ def _output_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, cb_ptr, st_ptr, D_ptr, y_ptr, 
 
 
 @triton.jit
-def _state_pass_bwd_kernel(dst_ptr, st_ptr, cum_ptr, dfinal_ptr, sdot_ptr, H, NC, PN, Q: tl.constexpr,
-                           BLOCK: tl.constexpr, HAS_DFINAL: tl.constexpr):
+def _state_pass_bwd_kernel(dst_ptr, st_ptr, cum_ptr, dfinal_ptr, sdot_ptr, seq_ptr, L, H, NC, PN, s_seq_b, s_seq_l,
+                           Q: tl.constexpr, BLOCK: tl.constexpr, HAS_DFINAL: tl.constexpr, HAS_SEQ: tl.constexpr):
     """In place over dst (b, NC+1, h, p·n): slot c+1 holds G_c on entry and dS_{c+1} on exit; slot 0 gets dS_0.
-    sdot[b, h, c, program] = <S_{c+1}, dS_{c+1}> over this program's elements."""
+    sdot[b, h, c, program] = <S_{c+1}, dS_{c+1}> over this program's elements. HAS_SEQ: no gradient flows back
+    through a chunk that holds a document start."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     pid_bh = tl.program_id(1).to(tl.int64)
@@ -295,19 +335,24 @@ def _state_pass_bwd_kernel(dst_ptr, st_ptr, cum_ptr, dfinal_ptr, sdot_ptr, H, NC
         s_prev = tl.load(st_ptr + base + c * HPN, mask=m & (c > 0), other=0.0)
         tl.store(dst_ptr + base + (c + 1) * HPN, run, mask=m)
         tl.store(sdot_ptr + (pid_bh * NC + c) * nprog + pid, tl.sum(s_next * run, axis=0))
-        run = g + tl.exp(tl.load(cum_ptr + (pid_bh * NC + c) * Q + Q - 1)) * run
+        decay = tl.exp(tl.load(cum_ptr + (pid_bh * NC + c) * Q + Q - 1))
+        if HAS_SEQ:
+            entering, last = _chunk_docs(seq_ptr, bi, c, L, s_seq_b, s_seq_l, Q)
+            decay = tl.where(entering == last, decay, 0.0)
+        run = g + decay * run
         g = g_prev
         s_next = s_prev
     tl.store(dst_ptr + base, run, mask=m)
 
 
 @triton.jit
-def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, dx_ptr, ddt_ptr, dyx_ptr,
+def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, seq_ptr, dx_ptr, ddt_ptr, dyx_ptr,
                 L, H, G, NC, P, N,
                 s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_b_b, s_b_l, s_b_g, s_b_n,
-                s_dy_b, s_dy_l, s_dy_h, s_dy_p, s_dx_b, s_dx_l, s_dx_h, s_dx_p,
+                s_dy_b, s_dy_l, s_dy_h, s_dy_p, s_dx_b, s_dx_l, s_dx_h, s_dx_p, s_seq_b, s_seq_l,
                 Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BNK: tl.constexpr,
-                DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr, HAS_D: tl.constexpr):
+                DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr, HAS_D: tl.constexpr,
+                HAS_SEQ: tl.constexpr):
     """One (j-tile, batch·chunk, head): dx_j = dt_j·[exp(cum_last − cum_j)·B_j·dS_{c+1}ᵀ + Σ_{i>=j} (CB∘decay)ᵀ_ji dy_i]
     + D·dy_j, and the inter-chunk part of x_j·dxpre_j (the intra-chunk part comes from the dcb kernel)."""
     NB: tl.constexpr = Q // BQ
@@ -336,7 +381,12 @@ def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, d
                       mask=jm[:, None] & nm[None, :], other=0.0).to(DT)
         dsn_t = tl.load(dst_base + ps[None, :] * N + ns[:, None], mask=pm[None, :] & nm[:, None], other=0.0)
         acc += _mm_f32b(b_j, dsn_t, DT, PREC, UPCAST, SPLIT)  # (BQ, BP): B_j·dS_{c+1}ᵀ
-    acc = acc * tl.exp(cum_last - cum_j)[:, None]
+    to_end = tl.exp(cum_last - cum_j)
+    if HAS_SEQ:  # only steps of the chunk's last document reach the next chunk's state
+        entering, last = _chunk_docs(seq_ptr, bi, ci, L, s_seq_b, s_seq_l, Q)
+        seq_j = tl.load(seq_ptr + bi * s_seq_b + tj * s_seq_l, mask=jm, other=0)
+        to_end = tl.where(seq_j == last, to_end, 0.0)
+    acc = acc * to_end[:, None]
     x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
                   mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
     row_base = ((bi * H + hi) * NC + ci) * Q + cols
@@ -354,7 +404,10 @@ def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, d
         dy_i = tl.load(dy_ptr + bi * s_dy_b + ti[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p,
                        mask=im[:, None] & pm[None, :], other=0.0).to(DT)
         cb_t = tl.load(cb_base + rows[None, :] * Q + cols[:, None])  # (j, i) = CB[i, j]
-        decay = tl.exp(tl.where(rows[None, :] >= cols[:, None], cum_i[None, :] - cum_j[:, None], float("-inf")))
+        causal = rows[None, :] >= cols[:, None]
+        if HAS_SEQ:
+            causal = causal & (tl.load(seq_ptr + bi * s_seq_b + ti * s_seq_l, mask=im, other=0)[None, :] == seq_j[:, None])
+        decay = tl.exp(tl.where(causal, cum_i[None, :] - cum_j[:, None], float("-inf")))
         acc += _mm((cb_t * decay).to(DT), dy_i, PREC, UPCAST)
     dx = acc * dt_j[:, None]
     if HAS_D:
@@ -364,11 +417,11 @@ def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, d
 
 
 @triton.jit
-def _dcb_kernel(x_ptr, dt_ptr, cum_ptr, cb_ptr, dy_ptr, dcb_ptr, rowpart_ptr, colpart_ptr,
+def _dcb_kernel(x_ptr, dt_ptr, cum_ptr, cb_ptr, dy_ptr, seq_ptr, dcb_ptr, rowpart_ptr, colpart_ptr,
                 L, H, G, NC, P, NSPLIT,
-                s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_dy_b, s_dy_l, s_dy_h, s_dy_p,
+                s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_dy_b, s_dy_l, s_dy_h, s_dy_p, s_seq_b, s_seq_l,
                 Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, HPP: tl.constexpr,
-                DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+                DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_SEQ: tl.constexpr):
     """One tile pair (i >= j) of one chunk, for HPP heads of a group. Per head, W_ij = (dy_i·x_j)·exp(cum_i − cum_j)
     (j <= i) and Z = CB∘W (float32); stores the row sums Σ_j Z_ij·dt_j (the intra part of dy_i·(y_i − D·x_i)) and
     the column sums Σ_i Z_ij (the intra part of x_j·dxpre_j) by tile, and dCB = Σ_heads W·dt_j (the gradient of
@@ -394,6 +447,9 @@ def _dcb_kernel(x_ptr, dt_ptr, cum_ptr, cb_ptr, dy_ptr, dcb_ptr, rowpart_ptr, co
     im = ti < L
     jm = tj < L
     causal = rows[:, None] >= cols[None, :]
+    if HAS_SEQ:
+        causal = causal & (tl.load(seq_ptr + bi * s_seq_b + ti * s_seq_l, mask=im, other=0)[:, None]
+                           == tl.load(seq_ptr + bi * s_seq_b + tj * s_seq_l, mask=jm, other=0)[None, :])
     cb = tl.load(cb_ptr + ((bi * NC + ci) * G + gi) * Q * Q + rows[:, None] * Q + cols[None, :])
     acc = tl.zeros((BQ, BQ), dtype=tl.float32)
     for r in range(HPP):
@@ -417,11 +473,13 @@ def _dcb_kernel(x_ptr, dt_ptr, cum_ptr, cb_ptr, dy_ptr, dcb_ptr, rowpart_ptr, co
 
 
 @triton.jit
-def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, dC_ptr, rowinter_ptr, L, H, G, NC, P, N, NSPLIT,
-                HSPLIT, NBN,
+def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, seq_ptr, dC_ptr, rowinter_ptr, L, H, G, NC, P, N,
+                NSPLIT, HSPLIT, NBN,
                 s_b_b, s_b_l, s_b_g, s_b_n, s_c_b, s_c_l, s_c_g, s_c_n, s_dy_b, s_dy_l, s_dy_h, s_dy_p,
+                s_seq_b, s_seq_l,
                 Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HPP: tl.constexpr,
-                DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr):
+                DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr,
+                HAS_SEQ: tl.constexpr):
     """One (i-tile × block of BN columns, batch·chunk, group, head split): the split's part of dC_i, Σ_{its heads} exp(cum_i)·dy_i·S_c,
     plus (split 0 only) Σ_{j<=i} dCB_ij·B_j; and per head the inter-chunk part of dy_i·(y_i − D·x_i),
     Σ_n (exp(cum_i)·dy_i·S_c)_n·C_in over the block's columns (partial sums by block)."""
@@ -442,15 +500,21 @@ def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, dC_ptr, rowinter
     im = ti < L
     c_i = tl.load(C_ptr + bi * s_c_b + ti[:, None] * s_c_l + gi * s_c_g + ns[None, :] * s_c_n,
                   mask=im[:, None] & nm[None, :], other=0.0)  # kept in its own dtype (fewer registers)
+    if HAS_SEQ:  # the entering state reaches only the steps of its own document
+        entering, last = _chunk_docs(seq_ptr, bi, ci, L, s_seq_b, s_seq_l, Q)
+        sees_state = tl.load(seq_ptr + bi * s_seq_b + ti * s_seq_l, mask=im, other=0) == entering
     acc = tl.zeros((BQ, BN), dtype=tl.float32)
     for r in range(HPP):
         hi = h0 + r
         cum_i = tl.load(cum_ptr + ((bi * H + hi) * NC + ci) * Q + rows)
+        from_start = tl.exp(cum_i)
+        if HAS_SEQ:
+            from_start = tl.where(sees_state, from_start, 0.0)
         dy_i = tl.load(dy_ptr + bi * s_dy_b + ti[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p,
                        mask=im[:, None] & pm[None, :], other=0.0).to(DT)
         s = tl.load(st_ptr + (((bi * (NC + 1) + ci) * H + hi) * P + ps[:, None]) * N + ns[None, :],
                     mask=pm[:, None] & nm[None, :], other=0.0)  # S_c (BP, BN) float32
-        off = _mm_f32b(dy_i, s, DT, PREC, UPCAST, SPLIT) * tl.exp(cum_i)[:, None]
+        off = _mm_f32b(dy_i, s, DT, PREC, UPCAST, SPLIT) * from_start[:, None]
         acc += off
         tl.store(rowinter_ptr + (((bi * H + hi) * NC + ci) * NBN + pid_n) * Q + rows,
                  tl.sum(off * c_i.to(tl.float32), axis=1))
@@ -469,10 +533,10 @@ def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, dC_ptr, rowinter
 
 
 @triton.jit
-def _db2_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, dst_ptr, dcb_ptr, dB_ptr, L, H, G, NC, P, N, NSPLIT, HSPLIT,
-                s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_c_b, s_c_l, s_c_g, s_c_n,
+def _db2_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, dst_ptr, dcb_ptr, seq_ptr, dB_ptr, L, H, G, NC, P, N, NSPLIT, HSPLIT,
+                s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_c_b, s_c_l, s_c_g, s_c_n, s_seq_b, s_seq_l,
                 Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HPP: tl.constexpr,
-                DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+                DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_SEQ: tl.constexpr):
     """One (j-tile, batch·chunk, group, head split): the split's part of dB_j,
     Σ_{its heads} exp(cum_last − cum_j)·dt_j·x_j·dS_{c+1}, plus (split 0 only) Σ_{i>=j} dCB_ijᵀ·C_i."""
     NB: tl.constexpr = Q // BQ
@@ -490,11 +554,16 @@ def _db2_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, dst_ptr, dcb_ptr, dB_ptr, L, H, G
     cols = pid_j * BQ + tl.arange(0, BQ)
     tj = ci * Q + cols
     jm = tj < L
+    if HAS_SEQ:  # only steps of the chunk's last document reach the next chunk's state
+        entering, last = _chunk_docs(seq_ptr, bi, ci, L, s_seq_b, s_seq_l, Q)
+        in_last = tl.load(seq_ptr + bi * s_seq_b + tj * s_seq_l, mask=jm, other=0) == last
     acc = tl.zeros((BQ, BN), dtype=tl.float32)
     for r in range(HPP):
         hi = h0 + r
         cum_base = cum_ptr + ((bi * H + hi) * NC + ci) * Q
         scale = tl.exp(tl.load(cum_base + Q - 1) - tl.load(cum_base + cols))
+        if HAS_SEQ:
+            scale = tl.where(in_last, scale, 0.0)
         scale *= tl.load(dt_ptr + bi * s_dt_b + tj * s_dt_l + hi * s_dt_h, mask=jm, other=0.0).to(tl.float32)
         x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
                       mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
@@ -555,7 +624,7 @@ def _dcum_kernel(row1_ptr, R1, row2_ptr, R2, col1_ptr, C1, col2_ptr, C2, sdot_pt
 class _Plan:
     """Sizes, tile shapes and launch settings for one call."""
 
-    def __init__(self, x: torch.Tensor, B: torch.Tensor, chunk_size: int):
+    def __init__(self, x: torch.Tensor, B: torch.Tensor, chunk_size: int, seq_idx: torch.Tensor | None):
         self.b, self.l, self.h, self.p = x.shape
         self.g, self.n = B.shape[2], B.shape[3]
         self.q = max(16, min(chunk_size, _pow2(self.l)))
@@ -576,23 +645,32 @@ class _Plan:
         self.dcb_nsplit = r // self.dcb_hpp
         self.bc_hpp = max(d for d in range(1, min(r, BC_HEADS_PER_PROGRAM) + 1) if r % d == 0)
         self.bc_nsplit = r // self.bc_hpp
+        self.has_seq = seq_idx is not None
 
     def split_at(self, site: str) -> bool:
         """Whether the product with a float32 state at ``site`` uses the split-bf16 form (half inputs only)."""
         return self.split and site in SPLIT_SITES
+
+def _seq_args(seq_idx: torch.Tensor | None, any_tensor: torch.Tensor) -> tuple:
+    """The kernels' (pointer, batch stride, step stride) for ``seq_idx``; without it the kernels never read the
+    pointer, so any tensor serves."""
+    return (seq_idx, *seq_idx.stride()) if seq_idx is not None else (any_tensor, 0, 0)
+
 
 def _launch(kernel, grid, name, *args, **meta):
     warps, stages = CONFIG[name]
     kernel[grid](*args, **meta, num_warps=warps, num_stages=stages)
 
 
-def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=None):
+def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=None, seq_idx=None):
     """Run the forward kernels. Returns ``(y, cum, cb, states, plan)``; ``states[:, -1]`` is the final state.
+    ``seq_idx`` (b, l) integer document ids or None (see the module notes on packed documents).
 
     ``timer``, if given, is called as ``timer(name, fn)`` around each launch (used by the GPU benchmark to
     time kernels separately); ``None`` runs them directly.
     """
-    pl = _Plan(x, B, chunk_size)
+    pl = _Plan(x, B, chunk_size, seq_idx)
+    seq, s_seq_b, s_seq_l = _seq_args(seq_idx, x)
     run = timer or (lambda name, fn: fn())
     b, l, h, p, g, n, q, nc = pl.b, pl.l, pl.h, pl.p, pl.g, pl.n, pl.q, pl.nc
     dev = x.device
@@ -606,22 +684,23 @@ def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=Non
                               *B.stride(), *C.stride(), Q=q, BQ=pl.bq, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast))
     states = _empty(b, nc + 1, h, p, n, device=dev)
     run("chunk_state", lambda: _launch(
-        _chunk_state_kernel, (b * nc, h), "chunk_state", x, B, dt, cum, states, l, h, g, nc, p, n, 0,
-        *x.stride(), *B.stride(), *dt.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast,
-        SPLIT=pl.split_at("chunk_state"), FORWARD=True))
+        _chunk_state_kernel, (b * nc, h), "chunk_state", x, B, dt, cum, seq, states, l, h, g, nc, p, n, 0,
+        *x.stride(), *B.stride(), *dt.stride(), s_seq_b, s_seq_l, Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot,
+        PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split_at("chunk_state"), FORWARD=True, HAS_SEQ=pl.has_seq))
     init = initial_state.float().contiguous() if initial_state is not None else states
     run("state_pass", lambda: _launch(
-        _state_pass_kernel, (triton.cdiv(p * n, pl.state_block), b * h), "state_pass", states, cum, init, h, nc,
-        p * n, Q=q, BLOCK=pl.state_block, HAS_INIT=initial_state is not None))
+        _state_pass_kernel, (triton.cdiv(p * n, pl.state_block), b * h), "state_pass", states, cum, init, seq, l, h,
+        nc, p * n, s_seq_b, s_seq_l, Q=q, BLOCK=pl.state_block, HAS_INIT=initial_state is not None,
+        HAS_SEQ=pl.has_seq))
     y = _empty(b, l, h, p, dtype=x.dtype, device=dev)
     run("output", lambda: _launch(
-        _output_kernel, (h * nb, b * nc), "output", x, dt, cum, C, cb, states, D if D is not None else A, y,
-        l, h, g, nc, p, n, *x.stride(), *dt.stride(), *C.stride(), *y.stride(), Q=q, BQ=pl.bq, BP=pl.bp,
-        BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, HAS_D=D is not None))
+        _output_kernel, (h * nb, b * nc), "output", x, dt, cum, C, cb, states, D if D is not None else A, seq, y,
+        l, h, g, nc, p, n, *x.stride(), *dt.stride(), *C.stride(), *y.stride(), s_seq_b, s_seq_l, Q=q, BQ=pl.bq,
+        BP=pl.bp, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, HAS_D=D is not None, HAS_SEQ=pl.has_seq))
     return y, cum, cb, states, pl
 
 
-def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, timer=None):
+def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, timer=None, seq_idx=None):
     """Run the backward kernels and the closing PyTorch reductions.
 
     Returns float32 ``(dx in x.dtype, ddt (b,l,h), dA (h,), dB (b,l,g,n), dC (b,l,g,n), dD (h,) or None,
@@ -629,23 +708,24 @@ def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, 
     """
     run = timer or (lambda name, fn: fn())
     b, l, h, p, g, n, q, nc = pl.b, pl.l, pl.h, pl.p, pl.g, pl.n, pl.q, pl.nc
+    seq, s_seq_b, s_seq_l = _seq_args(seq_idx, x)
     dev = x.device
     if dy is None:
         dy = torch.zeros_like(x)
     dst = _empty(b, nc + 1, h, p, n, device=dev)
     run("chunk_state_bwd", lambda: _launch(
-        _chunk_state_kernel, (b * nc, h), "chunk_state", dy, C, dt, cum, dst, l, h, g, nc, p, n, 1,
-        *dy.stride(), *C.stride(), *dt.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast,
-        SPLIT=pl.split_at("chunk_state_bwd"), FORWARD=False))
+        _chunk_state_kernel, (b * nc, h), "chunk_state", dy, C, dt, cum, seq, dst, l, h, g, nc, p, n, 1,
+        *dy.stride(), *C.stride(), *dt.stride(), s_seq_b, s_seq_l, Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot,
+        PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split_at("chunk_state_bwd"), FORWARD=False, HAS_SEQ=pl.has_seq))
     nprog = triton.cdiv(p * n, pl.state_block)
     sdot = _empty(b, h, nc, nprog, device=dev)
     dfin = dfinal.float().contiguous() if dfinal is not None else dst
     run("state_pass_bwd", lambda: _launch(
-        _state_pass_bwd_kernel, (nprog, b * h), "state_pass_bwd", dst, states, cum, dfin, sdot, h, nc, p * n,
-        Q=q, BLOCK=pl.state_block, HAS_DFINAL=dfinal is not None))
+        _state_pass_bwd_kernel, (nprog, b * h), "state_pass_bwd", dst, states, cum, dfin, sdot, seq, l, h, nc,
+        p * n, s_seq_b, s_seq_l, Q=q, BLOCK=pl.state_block, HAS_DFINAL=dfinal is not None, HAS_SEQ=pl.has_seq))
     dx = _empty(b, l, h, p, dtype=x.dtype, device=dev)
     out = {}
-    rows, cols, dyx = _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out)
+    rows, cols, dyx = _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out, seq_idx)
 
     def reduce():
         ddt = _empty(b, l, h, device=dev)
@@ -661,71 +741,74 @@ def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, 
     return dx, out["ddt"], out["dA"], out["dB"], out["dC"], out["dD"], dst[:, 0].clone()
 
 
-def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
+def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out, seq_idx):
     """dx per (tile, chunk, head); the (Q × Q) gradient of C·B summed over a group's heads once (dcb), then dC
     and dB per group from it and from the states. See the notes at the top of the module."""
     b, l, h, p, g, n, q, nc = pl.b, pl.l, pl.h, pl.p, pl.g, pl.n, pl.q, pl.nc
+    seq, s_seq_b, s_seq_l = _seq_args(seq_idx, x)
     dev = x.device
     nb = q // pl.bq
     ddt_inter = _empty(b, h, nc, q, device=dev)
     dyx = _empty(b, h, nc, q, device=dev) if D is not None else ddt_inter
     run("dx2", lambda: _launch(
-        _dx2_kernel, (h * nb, b * nc), "dx2", x, dt, cum, B, cb, dst, dy, D if D is not None else A, dx,
+        _dx2_kernel, (h * nb, b * nc), "dx2", x, dt, cum, B, cb, dst, dy, D if D is not None else A, seq, dx,
         ddt_inter, dyx, l, h, g, nc, p, n, *x.stride(), *dt.stride(), *B.stride(), *dy.stride(), *dx.stride(),
-        Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, BNK=min(pl.bn, 64), DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast,
-        SPLIT=pl.split_at("dx"), HAS_D=D is not None))
+        s_seq_b, s_seq_l, Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, BNK=min(pl.bn, 64), DT=pl.dt_dot, PREC=pl.prec,
+        UPCAST=pl.upcast, SPLIT=pl.split_at("dx"), HAS_D=D is not None, HAS_SEQ=pl.has_seq))
     # partial sums by tile: entries of tiles above the diagonal stay zero
     rowpart = torch.zeros(b, h, nc, nb, q, dtype=torch.float32, device=dev)
     colpart = torch.zeros(b, h, nc, nb, q, dtype=torch.float32, device=dev)
     dcb = _empty(b, nc, g * pl.dcb_nsplit, q, q, device=dev)
     run("dcb", lambda: _launch(
-        _dcb_kernel, (nb * (nb + 1) // 2, b * nc, g * pl.dcb_nsplit), "dcb", x, dt, cum, cb, dy, dcb, rowpart,
-        colpart, l, h, g, nc, p, pl.dcb_nsplit, *x.stride(), *dt.stride(), *dy.stride(),
-        Q=q, BQ=pl.bq, BP=pl.bp, HPP=pl.dcb_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast))
+        _dcb_kernel, (nb * (nb + 1) // 2, b * nc, g * pl.dcb_nsplit), "dcb", x, dt, cum, cb, dy, seq, dcb, rowpart,
+        colpart, l, h, g, nc, p, pl.dcb_nsplit, *x.stride(), *dt.stride(), *dy.stride(), s_seq_b, s_seq_l,
+        Q=q, BQ=pl.bq, BP=pl.bp, HPP=pl.dcb_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, HAS_SEQ=pl.has_seq))
     hs = pl.bc_nsplit
     dC = _empty(b, l, g * hs, n, device=dev)
     bnc = max(16, min(pl.bn, DC2_COLUMNS))
     nbn = triton.cdiv(n, bnc)
     rowinter = _empty(b, h, nc, nbn, q, device=dev)
     run("dc2", lambda: _launch(
-        _dc2_kernel, (nb * nbn, b * nc, g * hs), "dc2", C, B, cum, states, dy, dcb, dC, rowinter, l, h, g, nc, p,
-        n, pl.dcb_nsplit, hs, nbn, *B.stride(), *C.stride(), *dy.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=bnc,
-        HPP=pl.bc_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split_at("dc")))
+        _dc2_kernel, (nb * nbn, b * nc, g * hs), "dc2", C, B, cum, states, dy, dcb, seq, dC, rowinter, l, h, g, nc,
+        p, n, pl.dcb_nsplit, hs, nbn, *B.stride(), *C.stride(), *dy.stride(), s_seq_b, s_seq_l, Q=q, BQ=pl.bq,
+        BP=pl.bp, BN=bnc, HPP=pl.bc_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split_at("dc"),
+        HAS_SEQ=pl.has_seq))
     dB = _empty(b, l, g * hs, n, device=dev)
     run("db2", lambda: _launch(
-        _db2_kernel, (nb, b * nc, g * hs), "db2", x, dt, cum, C, dst, dcb, dB, l, h, g, nc, p, n, pl.dcb_nsplit,
-        hs, *x.stride(), *dt.stride(), *C.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, HPP=pl.bc_hpp,
-        DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast))
+        _db2_kernel, (nb, b * nc, g * hs), "db2", x, dt, cum, C, dst, dcb, seq, dB, l, h, g, nc, p, n,
+        pl.dcb_nsplit, hs, *x.stride(), *dt.stride(), *C.stride(), s_seq_b, s_seq_l, Q=q, BQ=pl.bq, BP=pl.bp,
+        BN=pl.bn, HPP=pl.bc_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, HAS_SEQ=pl.has_seq))
     run("partials", lambda: out.update(dB=dB.view(b, l, g, hs, n).sum(3), dC=dC.view(b, l, g, hs, n).sum(3)))
     return [(rowinter, nbn), (rowpart, nb)], [(ddt_inter, 1), (colpart, nb)], dyx
 
 
 class _SSDTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, initial_state, chunk_size):
-        y, cum, cb, states, pl = forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size)
-        ctx.save_for_backward(x, dt, A, B, C, D, initial_state, cum, cb, states)
+    def forward(ctx, x, dt, A, B, C, D, initial_state, chunk_size, seq_idx):
+        y, cum, cb, states, pl = forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx=seq_idx)
+        ctx.save_for_backward(x, dt, A, B, C, D, initial_state, cum, cb, states, seq_idx)
         ctx.plan = pl
         ctx.set_materialize_grads(False)
         return y, states[:, -1].clone()
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, D, initial_state, cum, cb, states = ctx.saved_tensors
-        dx, ddt, dA, dB, dC, dD, dinit = backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, ctx.plan)
+        x, dt, A, B, C, D, initial_state, cum, cb, states, seq_idx = ctx.saved_tensors
+        dx, ddt, dA, dB, dC, dD, dinit = backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, ctx.plan,
+                                                          seq_idx=seq_idx)
         return (dx, ddt.to(dt.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
                 dD.to(D.dtype) if D is not None else None,
-                dinit.to(initial_state.dtype) if initial_state is not None else None, None)
+                dinit.to(initial_state.dtype) if initial_state is not None else None, None, None)
 
 
 def ssd_triton(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                chunk_size: int = 64, D: torch.Tensor | None = None, initial_state: torch.Tensor | None = None,
-               return_final_state: bool = False):
+               return_final_state: bool = False, seq_idx: torch.Tensor | None = None):
     """SSD through the Triton kernels (arguments validated by :func:`wonderful_matrices.ops.ssd.ssd`).
 
     x (b,l,h,p) float32/bf16/fp16, dt (b,l,h), A (h,), B/C (b,l,g,n), D (h,) or None, initial_state (b,h,p,n)
-    or None -> y (b,l,h,p) in ``x.dtype``, and the final state (b,h,p,n) float32 if ``return_final_state``.
+    or None, seq_idx (b,l) non-decreasing integer document ids or None -> y (b,l,h,p) in ``x.dtype``, and the final state (b,h,p,n) float32 if ``return_final_state``.
     Differentiable in every tensor argument.
     """
-    y, final = _SSDTriton.apply(x, dt, A, B, C, D, initial_state, chunk_size)
+    y, final = _SSDTriton.apply(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx)
     return (y, final) if return_final_state else y
