@@ -230,11 +230,12 @@ def live_keys(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
     ranks, valid, carried_rank, carried_pos, p0, block_pos, block_valid, threshold = _thresholds(
         bias_rows, lq, w, block, documents)
     nb = p0.shape[0]
-    first_drop = torch.searchsorted(threshold.reshape(n, nb * block).neg().contiguous(), ranks.neg(), right=True)
+    first_drop = torch.searchsorted(threshold.reshape(n, nb * block).neg().contiguous(),
+                                    ranks.neg().contiguous(), right=True)
     drop = torch.where(valid, (first_drop + offset).clamp_max(lk), 0)
     if documents is not None:
         drop = torch.minimum(drop, _document_end(documents))
-    drop = drop.to(torch.int32)
+    drop = drop.to(torch.int32).contiguous()
     carried_live = (carried_rank < lk) & (drop.gather(1, carried_pos.view(n, -1)).view(n, nb, w) > p0[:, None])
     own_pos = block_pos.expand(n, nb, block)
     own_live = block_valid & (drop.gather(1, own_pos.reshape(n, -1)).view(n, nb, block) > own_pos)
@@ -245,7 +246,7 @@ def live_keys(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
     keys.scatter_(-1, slot, torch.cat([carried_pos, own_pos], dim=-1).to(torch.int32))
     own_count = own_live.cumsum(-1)[..., tile - 1::tile]  # own keys before each tile's end
     ends = (carried_live.sum(-1, keepdim=True) + own_count).to(torch.int32)
-    return drop, keys[..., :width].contiguous(), ends
+    return drop, keys[..., :width].contiguous(), ends.contiguous()
 
 
 def default_block(keep_window: int) -> int:
