@@ -2,14 +2,13 @@
 
 Rank is ``(bias, position)`` descending (ties to the later key, non-finite biases last). Key ``j`` is kept by the
 contiguous query range ``[j, drop_j)``, so a block of ``B`` queries keeps at most ``w + B`` distinct keys:
-:func:`select_blocks` computes, for every query block at once, those candidate keys and the interval of the
-block's queries that keeps each. Nothing here builds an ``(L, L)`` tensor; no gradient flows.
+:func:`select_blocks` (the torch path) computes, for every query block at once, those candidate keys and the interval
+of the block's queries that keeps each; :func:`live_keys` (the Triton kernels) computes ``drop_j`` per key and each
+block's list of live keys. Nothing here builds an ``(L, L)`` or (blocks × keys) tensor; no gradient flows.
 """
 from __future__ import annotations
 
 import torch
-
-MASK_ELEMENTS_PER_CALL = 1 << 26  # the torch windowed path's mask elements per SDPA call
 
 
 def rank_order(bias_rows: torch.Tensor) -> torch.Tensor:
