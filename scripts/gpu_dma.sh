@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# DMA on one GPU, from the repository root, about 7 minutes:
+# DMA on one GPU, from the repository root, about 7-12 minutes (the first calls autotune the windowed kernels):
 #  (a) the CUDA DMA tests — tests/ops/test_ops_cuda.py -k dma (Triton windowed kernels, FlexAttention no-window
 #      path, packed documents, decode steps, all against the float64 oracle) and tests/ops/test_dma_select.py —
 #      complete log in $OUT/dma_cuda_tests.log;
@@ -15,7 +15,7 @@ status=0
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-  timeout "${TEST_TIMEOUT:-170}" python3 -m pytest -q -p no:cacheprovider -rfEs \
+  timeout "${TEST_TIMEOUT:-600}" python3 -m pytest -q -p no:cacheprovider -rfEs \
     tests/ops/test_ops_cuda.py -k "dma" tests/ops/test_dma_select.py
 } 2>&1 | tee "$OUT/dma_cuda_tests.log" | tail -15 || status=1
 timeout "${BENCH_TIMEOUT:-240}" python3 -m wonderful_matrices.bench.dma --out "$OUT/dma" --batches 1 8 \

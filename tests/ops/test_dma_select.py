@@ -21,13 +21,38 @@ def kept_counts(candidates, start, end, lq, lk, block):
     return counts.reshape(n, nb * block, lk)[:, :lq]
 
 
-def oracle_counts(bias_rows, lq, w):
+def live_counts(drop, keys, ends, lq, lk, block, tile):
+    """(n, lq, lk) int from live_keys' format: query i keeps the listed key j when j <= p < drop_j (p = i + lk - lq);
+    also checks the format: keys listed once per block, every kept key among the first ends[tile] entries."""
+    n, nb, width = keys.shape
+    assert drop.dtype == keys.dtype == ends.dtype == torch.int32
+    assert drop.shape == (n, lk) and ends.shape == (n, nb, block // tile)
+    assert ((0 <= drop) & (drop <= lk)).all() and ((0 <= keys) & (keys < lk)).all()
+    assert (ends[..., 1:] >= ends[..., :-1]).all() and (ends[..., -1] <= width).all()
+    counts = torch.zeros(n, nb * block, lk, dtype=torch.int32)
+    for r in range(n):
+        for t in range(nb):
+            listed = keys[r, t, : ends[r, t, -1]].long()
+            assert listed.unique().numel() == listed.numel()
+            for rel in range(block):
+                p = lk - lq + t * block + rel
+                kept = listed[(listed <= p) & (p < drop[r, listed])]
+                assert (kept.unsqueeze(1) == listed[: ends[r, t, rel // tile]]).any(1).all()
+                counts[r, t * block + rel, kept] += 1
+    return counts[:, :lq]
+
+
+def oracle_counts(bias_rows, lq, w, documents=None):
     n, lk = bias_rows.shape
     counts = torch.zeros(n, lq, lk, dtype=torch.int32)
     rows = bias_rows.double().tolist()
     for r in range(n):
         for i in range(lq):
-            counts[r, i, kept_keys(rows[r], i + lk - lq, w, True)] = 1
+            span = None
+            if documents is not None:
+                same = (documents[r] == documents[r, i + lk - lq]).nonzero()
+                span = (int(same.min()), int(same.max()) + 1)
+            counts[r, i, kept_keys(rows[r], i + lk - lq, w, True, span)] = 1
     return counts
 
 
@@ -78,6 +103,34 @@ def test_select_blocks_equals_oracle_and_loop(case, kind):
     assert torch.equal(got, ref)
 
 
+# (n, lk, lq, w, block, tile): tiles of one query and of several, lq < lk, windows 1 and >= the length.
+LIVE_CASES = [(3, 13, 13, 3, 4, 2), (2, 20, 9, 5, 3, 1), (3, 16, 16, 1, 6, 3), (2, 7, 1, 2, 4, 4),
+              (3, 12, 12, 40, 5, 5), (3, 150, 150, 7, 64, 16), (3, 170, 130, 20, 40, 8), (2, 150, 150, 149, 33, 11)]
+
+
+@pytest.mark.parametrize("case", LIVE_CASES, ids=[str(c) for c in LIVE_CASES])
+@pytest.mark.parametrize("kind", ["randn", "ties", "zero", "padded"])
+def test_live_keys_equals_oracle(case, kind):
+    n, lk, lq, w, block, tile = case
+    g = torch.Generator().manual_seed(hash((case, kind, "live")) % 2**31)
+    bias = make_bias(kind, max(n, 2), lk, torch.float64, g)
+    drop, keys, ends = dma_selection.live_keys(bias, lq, w, block, tile=tile)
+    assert keys.shape == (bias.shape[0], -(-lq // block), w + block)
+    assert torch.equal(live_counts(drop, keys, ends, lq, lk, block, tile), oracle_counts(bias, lq, w))
+
+
+@pytest.mark.parametrize("kind", ["randn", "ties", "padded"])
+def test_live_keys_documents_equal_oracle(kind):
+    """Packed rows: documents shorter than the window, of one token, and blocks straddling boundaries."""
+    g = torch.Generator().manual_seed(hash(kind) % 2**31)
+    lengths = [[9, 1, 20, 3, 27], [60]]
+    documents = torch.stack([torch.repeat_interleave(torch.arange(len(x)), torch.tensor(x)) for x in lengths])
+    bias = make_bias(kind, 2, 60, torch.float32, g)
+    for w, block, tile in ((4, 8, 4), (11, 12, 3)):
+        drop, keys, ends = dma_selection.live_keys(bias, 60, w, block, documents, tile)
+        assert torch.equal(live_counts(drop, keys, ends, 60, 60, block, tile), oracle_counts(bias, 60, w, documents))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_select_blocks_in_the_bias_dtype(dtype):
     """Ties as the bias's own dtype sees them: a bf16 bias rounds distinct float64 values together."""
@@ -97,16 +150,6 @@ def test_select_blocks_long_row_equals_oracle():
         new = kept_counts(*dma_selection.select_blocks(bias, lq, w, block), lq, 1100, block)
         assert torch.equal(new, oracle_counts(bias, lq, w))
         assert new.sum(-1).max() == w  # full windows are reached
-
-
-def test_select_blocks_in_chunks_equals_oracle(monkeypatch):
-    """Long rows split the (n, blocks, keys) prefix count into several calls: same result."""
-    monkeypatch.setattr(dma_selection, "MASK_ELEMENTS_PER_CALL", 3 * 70 * 2)  # two blocks per call
-    g = torch.Generator().manual_seed(7)
-    bias = make_bias("padded", 3, 70, torch.float32, g)
-    for lq, w, block in ((70, 9, 6), (61, 30, 20)):
-        got = kept_counts(*dma_selection.select_blocks(bias, lq, w, block), lq, 70, block)
-        assert torch.equal(got, oracle_counts(bias, lq, w))
 
 
 @pytest.mark.parametrize("q,k,base_size", [(5, 3, 4), (16, 1, 2), (17, 6, 6), (40, 20, 25), (100, 9, 30), (70, 80, 90)])
@@ -137,15 +180,17 @@ class _CountCalls(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_select_blocks_has_no_loop_over_blocks():
-    """The number of tensor operations does not grow with the length (4 blocks vs 64 blocks)."""
+@pytest.mark.parametrize("select", ["select_blocks", "live_keys"])
+def test_selection_has_no_loop_over_blocks(select):
+    """No loop over blocks: 16 times the blocks (4 -> 64) add only the 4 doubling steps of the prefix scan, a fixed
+    handful of tensor operations each."""
     counts = []
     for lk in (256, 4096):
         bias = torch.randn(2, lk)
         with _CountCalls() as mode:
-            dma_selection.select_blocks(bias, lk, 100, 64)
+            getattr(dma_selection, select)(bias, lk, 100, 64)
         counts.append(mode.calls)
-    assert counts[0] == counts[1] < 200
+    assert counts[0] < 200 and counts[1] - counts[0] <= 4 * 8
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -164,3 +209,16 @@ def test_select_blocks_cuda_equals_cpu_at_scale():
                 a = {(int(c), int(s), int(e)) for c, s, e in zip(*(x[r, t].tolist() for x in new)) if e > s}
                 b = {(int(c), int(s), int(e)) for c, s, e in zip(*(x[r, t].tolist() for x in old)) if e > s}
                 assert a == b, (lq, t, r)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_live_keys_cuda_equals_cpu_at_scale():
+    """live_keys on the GPU at a benchmark-like size gives the CPU's drop ends, lists and counts exactly."""
+    g = torch.Generator().manual_seed(12)
+    bias = torch.randint(-8, 8, (4, 8192), generator=g).float()
+    bias[1, :700] = float("-inf")
+    bias[3] = torch.randn(8192, generator=g)
+    for lq in (8192, 5000):
+        new = [t.cpu() for t in dma_selection.live_keys(bias.cuda(), lq, 2048, 512)]
+        for a, b in zip(new, dma_selection.live_keys(bias, lq, 2048, 512)):
+            assert torch.equal(a, b)

@@ -31,7 +31,8 @@ def run_both(b, lq, lk, hq, hkv, d, w, bias_kind, block=None, pad=False):
     q = torch.randn(b, lq, hq, d)
     k = torch.randn(b, lk, hkv, d)
     v = torch.randn(b, lk, hkv, d)
-    bias = torch.randint(-2, 2, (b, lk, hkv)).float() if bias_kind == "ties" else torch.randn(b, lk, hkv) * 2
+    bias = {"ties": lambda: torch.randint(-2, 2, (b, lk, hkv)).float(), "zero": lambda: torch.zeros(b, lk, hkv),
+            "randn": lambda: torch.randn(b, lk, hkv) * 2}[bias_kind]()
     if pad:  # left padding of row 0 and one padded key in every row
         bias[0, :3] = float("-inf")
         bias[:, lk // 2, 0] = float("-inf")
@@ -51,12 +52,13 @@ def run_both(b, lq, lk, hq, hkv, d, w, bias_kind, block=None, pad=False):
 
 
 # (b, lq, lk, hq, hkv, d, w, bias, block): GQA, window 1, lq < lk, lengths not a multiple of the tiles, several
-# selection blocks (block 64 = one kernel tile) and a selection block of two kernel tiles, ties, padding.
+# selection blocks of two kernel tiles (64 queries under the interpreter) and one of four, ties, padding.
 CASES = [
-    (1, 150, 150, 4, 2, 16, 7, "randn", 64, True),
-    (2, 70, 70, 2, 1, 8, 1, "ties", 64, False),
+    (1, 150, 150, 4, 2, 16, 7, "randn", 128, True),
+    (2, 70, 70, 2, 1, 8, 1, "ties", 128, False),
     (1, 100, 130, 2, 2, 32, 20, "ties", 128, True),
-    (1, 66, 66, 2, 1, 16, 65, "randn", 64, False),
+    (1, 260, 300, 2, 1, 16, 65, "randn", 256, False),
+    (1, 140, 140, 1, 1, 16, 3, "zero", 128, False),
 ]
 
 
@@ -69,7 +71,7 @@ def test_triton_matches_oracle(case):
 # (document lengths per row, hq, hkv, d, w, block): documents shorter than the window and of one token, selection
 # blocks (of one and of two kernel tiles) straddling document boundaries, GQA.
 PACKED = [
-    ([[40, 3, 1, 70, 36], [150]], 4, 2, 16, 7, 64),
+    ([[40, 3, 1, 70, 36], [150]], 4, 2, 16, 7, 128),
     ([[5, 90, 35]], 2, 1, 8, 20, 128),
 ]
 
@@ -109,3 +111,10 @@ def test_dispatch_uses_triton_for_a_causal_window_and_torch_otherwise(monkeypatc
     assert len(calls) == 2
     ref = dynamic_mask_attention(q, k, v, bias, keep_window=3, seq_idx=seq_idx, backend="naive")
     assert rel_err(out, ref) < 1e-5
+
+
+@interpreted_only
+def test_block_must_be_a_multiple_of_the_alignment():
+    q, k, v, bias = torch.randn(1, 9, 1, 8), torch.randn(1, 9, 1, 8), torch.randn(1, 9, 1, 8), torch.randn(1, 9, 1)
+    with pytest.raises(ValueError, match="block"):
+        dma_triton.dynamic_mask_attention_triton(q, k, v, bias, 3, 0.5, 64)

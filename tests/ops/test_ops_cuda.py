@@ -126,8 +126,8 @@ def test_dma_cuda(dtype, window, lq, lk):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("window,lq,lk,block", [(64, 300, 300, None), (100, 400, 400, 128), (37, 200, 333, 64),
-                                                (1, 150, 150, 64)])
+@pytest.mark.parametrize("window,lq,lk,block", [(64, 300, 300, None), (100, 400, 400, 128), (37, 200, 333, 128),
+                                                (1, 150, 150, 128), (300, 1000, 1000, 256), (5, 700, 700, 384)])
 def test_dma_triton_cuda(dtype, window, lq, lk, block):
     """The compiled Triton kernels (causal window) against the float64 CPU oracle, outputs and all gradients."""
     from wonderful_matrices.ops.dma.windowed_kernels import dynamic_mask_attention_triton

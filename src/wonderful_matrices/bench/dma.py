@@ -4,7 +4,7 @@
     window (the Triton kernels where usable, and the torch path), DMA without a window, dense causal SDPA
     (cuDNN backend when it runs, else PyTorch's default choice) and FlexAttention causal (CUDA only, when it
     compiles), all in one process on the same inputs; plus the windowed paths' selection stage alone
-    (``select_blocks``, no gradient), so kernel time = total − selection.
+    (``live_keys`` for Triton, ``select_blocks`` for torch; no gradient), so kernel time = total − selection.
 (p) packed documents: one row of several documents (``seq_idx``) against the same row unpacked, with and
     without a window — what packing costs.
 (b) decoding at long context, like with like. Attention only (after the projections): one DMA step with a
@@ -141,17 +141,19 @@ def _training_rows(cfg, device):
 
         impls = []
         rows_bias = bias.detach().permute(0, 2, 1).reshape(h, T)
-        blocks = [default_block(w)]
         if device.type == "cuda" and triton_usable(device):
-            from ..ops.dma.windowed_kernels import block_for
+            from ..ops.dma.windowed_kernels import block_for, select
 
-            blocks = sorted({block_for(w), default_block(w)})
             impls.append((f"dma window {w} triton",
                           lambda q, k, v, b: dynamic_mask_attention(q, k, v, b, keep_window=w, backend="triton"),
                           (q, k, v, bias)))
-        for blk in blocks:  # the selection stage alone
-            ms = _time_or_error(lambda blk=blk: select_blocks(rows_bias, T, w, blk), device, cfg)
-            rows.append(dict(T=T, impl=f"selection only (block {blk})", fwd_ms=ms))
+            # The Triton path's selection alone (drop per key, per-block live-key lists): kernels = total − this.
+            ms = _time_or_error(lambda: select(bias.detach(), T, w, block_for(w)), device, cfg)
+            rows.append(dict(T=T, impl=f"selection only, triton (live_keys, block {block_for(w)})", fwd_ms=ms))
+            print(rows[-1], flush=True)
+        if T <= cfg["torch_window_max_length"]:  # the torch path's selection alone
+            ms = _time_or_error(lambda: select_blocks(rows_bias, T, w, default_block(w)), device, cfg)
+            rows.append(dict(T=T, impl=f"selection only, torch (select_blocks, block {default_block(w)})", fwd_ms=ms))
             print(rows[-1], flush=True)
         if T <= cfg["torch_window_max_length"]:  # the reference path: slow and memory-hungry at long T
             impls.append((f"dma window {w} torch",

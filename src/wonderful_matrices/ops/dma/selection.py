@@ -2,14 +2,13 @@
 
 Rank is ``(bias, position)`` descending (ties to the later key, non-finite biases last). Key ``j`` is kept by the
 contiguous query range ``[j, drop_j)``, so a block of ``B`` queries keeps at most ``w + B`` distinct keys:
-:func:`select_blocks` computes, for every query block at once, those candidate keys and the interval of the
-block's queries that keeps each. Nothing here builds an ``(L, L)`` tensor; no gradient flows.
+:func:`select_blocks` (the torch path) computes, for every query block at once, those candidate keys and the interval
+of the block's queries that keeps each; :func:`live_keys` (the Triton kernels) computes ``drop_j`` per key and each
+block's list of live keys. Nothing here builds an ``(L, L)`` or (blocks × keys) tensor; no gradient flows.
 """
 from __future__ import annotations
 
 import torch
-
-MASK_ELEMENTS_PER_CALL = 1 << 26
 
 
 def rank_order(bias_rows: torch.Tensor) -> torch.Tensor:
@@ -35,6 +34,36 @@ def _rank_order_of_key(key: torch.Tensor, documents: torch.Tensor | None = None)
 def _rank_key(bias_rows: torch.Tensor) -> torch.Tensor:
     key = bias_rows.to(torch.float64 if bias_rows.dtype == torch.float64 else torch.float32)
     return torch.nan_to_num(key, nan=float("-inf"), posinf=float("-inf"), neginf=float("-inf"))  # non-finite: -inf
+
+
+def _smallest(x: torch.Tensor, k: int, fill: int) -> torch.Tensor:
+    """The ``k`` smallest of each row of ``x (..., m)``, ascending, padded with ``fill`` when ``m < k``."""
+    top = x.sort(dim=-1).values[..., :k]
+    if top.shape[-1] < k:
+        top = torch.cat([top, top.new_full(top.shape[:-1] + (k - top.shape[-1],), fill)], dim=-1)
+    return top
+
+
+def _carried_ranks(ranks: torch.Tensor, offset: int, nb: int, block: int, k: int) -> torch.Tensor:
+    """The ``k`` smallest ranks among the keys before each query block, ascending (``lk`` where fewer).
+
+    ``ranks (n, lk)`` with ``lk`` for a key that never counts (padding); block ``t`` starts at key position
+    ``offset + t·block``. The sets are an inclusive prefix scan of "the ``k`` smallest of a union", which is
+    associative: element 0 holds the keys ``[0, offset)``, element ``t`` the keys of block ``t − 1``, and
+    ``ceil(log2(nb))`` doubling steps (Hillis–Steele) each merge every element with the one ``2^s`` before it by
+    one sort of ``2k`` values per block. Work O(n·nb·k·log(nb)·log(k)), memory O(n·nb·k): never a count over
+    (blocks × keys). Returns ``(n, nb, k)``.
+    """
+    n, lk = ranks.shape
+    head = _smallest(ranks[:, :offset], k, lk)[:, None]  # (n, 1, k)
+    body = ranks[:, offset:offset + (nb - 1) * block].reshape(n, nb - 1, block)
+    sets = torch.cat([head, _smallest(body, k, lk)], dim=1)  # (n, nb, k)
+    step = 1
+    while step < nb:
+        merged = torch.cat([sets[:, step:], sets[:, :-step]], dim=-1).sort(dim=-1).values[..., :k]
+        sets = torch.cat([sets[:, :step], merged], dim=1)
+        step *= 2
+    return sets
 
 
 SUB_BLOCK = 16
@@ -81,6 +110,46 @@ def _running_kth(base: torch.Tensor, new: torch.Tensor, new_valid: torch.Tensor,
     return _running_kth(sub_base, sub_new, sub_valid, k2).view(m_rows, ns * SUB_BLOCK)[:, :q]
 
 
+def _thresholds(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
+                documents: torch.Tensor | None):
+    """What both selections share: ranks, the top ``w`` before each block and the running threshold.
+
+    Returns ``ranks (n, lk)`` (padding ``lk + 1``), ``valid (n, lk)``, ``carried_rank (n, nb, w)`` (ascending,
+    ``lk`` for an empty slot), ``carried_pos (n, nb, w)``, ``p0 (nb,)`` the first query position of each block,
+    ``block_pos (nb, block)`` (clamped to ``lk − 1``), ``block_valid (n, nb, block)`` and ``threshold (n, nb, block)``:
+    ``T_p`` of every query position ``p`` (rows past ``lk`` repeat the last value).
+    """
+    n, lk = bias_rows.shape
+    w = keep_window
+    offset = lk - lq
+    device = bias_rows.device
+    nb = -(-lq // block)
+    key = _rank_key(bias_rows)
+    order = _rank_order_of_key(key, documents)  # (n, lk): key positions, best first, padding last
+    valid = key > float("-inf")
+    positions = torch.arange(lk, device=device)
+    ranks = torch.empty_like(order).scatter_(1, order, positions.expand(n, lk))
+    # Empty slots of the top w (fewer than w keys so far) count as rank lk; padding keys get lk + 1 and never join.
+    ranks = torch.where(valid, ranks, lk + 1)
+    p0 = offset + torch.arange(nb, device=device) * block  # first query position of each block
+    carried_rank = _carried_ranks(torch.where(valid, ranks, lk), offset, nb, block, w)
+    carried_pos = order.gather(1, carried_rank.clamp_max(lk - 1).view(n, nb * w)).view(n, nb, w)
+    # The block's own keys, joining one per query; positions past lk (last block) never join.
+    block_pos = p0[:, None] + torch.arange(block, device=device)  # (nb, block)
+    inside = block_pos < lk
+    block_pos = block_pos.clamp_max(lk - 1)
+    block_rank = ranks[:, block_pos]  # (n, nb, block)
+    block_valid = valid[:, block_pos] & inside
+    threshold = _running_kth(carried_rank.view(n * nb, w), block_rank.view(n * nb, block),
+                             block_valid.view(n * nb, block), w).view(n, nb, block)
+    return ranks, valid, carried_rank, carried_pos, p0, block_pos, block_valid, threshold
+
+
+def _document_end(documents: torch.Tensor) -> torch.Tensor:
+    """``documents (n, lk)`` non-decreasing ids -> ``(n, lk)`` the end (exclusive) of each key's document."""
+    return torch.searchsorted(documents, documents, right=True)
+
+
 @torch.no_grad()
 def select_blocks(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
                   documents: torch.Tensor | None = None):
@@ -98,67 +167,85 @@ def select_blocks(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int
     Method (DESIGN.md, fact 1), with ``rank`` = the index in the order ``(bias, position)`` descending, padding
     (non-finite bias) last and never counted: query ``p`` keeps key ``j <= p`` iff ``rank_j <= T_p``, the
     ``w``-th smallest rank among the keys ``<= p`` (``T_p = lk`` when there are fewer than ``w``). ``T`` never
-    increases with ``p``. One global sort gives the ranks; the top ``w`` before every block come from one
-    prefix count over the rank order (``(n, nb, lk)``); ``T`` inside every block from :func:`_running_kth`
-    (the top ``w`` before the block plus the block's keys joining one per query); the queries that keep a
-    candidate are then ``[max(j, p0), first p with T_p < rank_j)``, one ``searchsorted``. Documents: the rank
-    puts later documents first, so the top ``w`` of a query's visible keys holds the top ``w`` of its own
-    document (all of them if fewer), and a key's interval is cut at its document's end; the keys of earlier
-    documents in the top ``w`` are then kept by no query. The same fact holds, so the same method applies. About 90 tensor
-    operations whatever the length (no loop over blocks, no host synchronisation); work
-    O(n·lk·(lk / block + 2·block / SUB_BLOCK + 2·SUB_BLOCK)) elementwise (compare + int32 cumulative sum), plus
-    sorts of n rows of lk, n·nb rows of ``min(w, block + 1) + block`` and n·lk / SUB_BLOCK rows of
-    ``2·SUB_BLOCK + 1`` values, and searchsorted of n·nb·(2w + block) values.
+    increases with ``p``. One global sort gives the ranks; the top ``w`` before every block come from a prefix
+    scan over the blocks (:func:`_carried_ranks`, ``ceil(log2(nb))`` steps); ``T`` inside every block from
+    :func:`_running_kth` (the top ``w`` before the block plus the block's keys joining one per query); the
+    queries that keep a candidate are then ``[max(j, p0), first p with T_p < rank_j)``, one ``searchsorted``.
+    Documents: the rank puts later documents first, so the top ``w`` of a query's visible keys holds the top
+    ``w`` of its own document (all of them if fewer), and a key's interval is cut at its document's end; the
+    keys of earlier documents in the top ``w`` are then kept by no query. The same fact holds, so the same
+    method applies. No loop over blocks and no host synchronisation; memory O(n·nb·(w + block)).
     """
     n, lk = bias_rows.shape
     w = keep_window
-    offset = lk - lq
-    device = bias_rows.device
-    nb = -(-lq // block)
-    key = _rank_key(bias_rows)
-    order = _rank_order_of_key(key, documents)  # (n, lk): key positions, best first, padding last
-    valid = key > float("-inf")
-    positions = torch.arange(lk, device=device)
-    ranks = torch.empty_like(order).scatter_(1, order, positions.expand(n, lk))
-    # Empty slots of the top w (fewer than w keys so far) count as rank lk; padding keys get lk + 1 and never join.
-    ranks = torch.where(valid, ranks, lk + 1)
-    p0 = offset + torch.arange(nb, device=device) * block  # first query position of each block
-    # Top w before each block: keys in rank order that are < p0 and not padding (moved to position lk), the
-    # first w of them.
-    order_valid = torch.where(positions < valid.sum(1, keepdim=True), order, lk)
-    # (n, nb, lk) counts, in as few calls as MASK_ELEMENTS_PER_CALL allows (one up to n·nb·lk = 2^26).
-    per_call = max(1, MASK_ELEMENTS_PER_CALL // max(1, n * lk))
-    targets = torch.arange(1, w + 1, device=device, dtype=torch.int32).expand(n, min(nb, per_call), w)
-    carried_rank = torch.cat([  # (n, nb, w): rank (= index in the order) of the i-th, or lk if none
-        torch.searchsorted((order_valid[:, None, :] < p0[None, t0:t0 + per_call, None]).cumsum(-1, dtype=torch.int32),
-                           targets[:, : min(per_call, nb - t0)].contiguous())
-        for t0 in range(0, nb, per_call)], dim=1)
-    carried = carried_rank < lk
-    carried_pos = order.gather(1, carried_rank.clamp_max(lk - 1).view(n, nb * w)).view(n, nb, w)
-    # The block's own keys, joining one per query; positions past lk (last block) never join.
-    block_pos = p0[:, None] + torch.arange(block, device=device)  # (nb, block)
-    inside = block_pos < lk
-    block_pos = block_pos.clamp_max(lk - 1)
-    block_rank = ranks[:, block_pos]  # (n, nb, block)
-    block_valid = valid[:, block_pos] & inside
-    threshold = _running_kth(carried_rank.view(n * nb, w), block_rank.view(n * nb, block),
-                             block_valid.view(n * nb, block), w).view(n, nb, block)
+    ranks, valid, carried_rank, carried_pos, p0, block_pos, block_valid, threshold = _thresholds(
+        bias_rows, lq, w, block, documents)
+    nb = p0.shape[0]
+    block_rank = ranks[:, block_pos]
     cand_rank = torch.cat([carried_rank, block_rank], dim=-1)  # (n, nb, w + block)
     # A candidate is kept from its own position (or the block start) until the first query with T_p < rank.
     end = torch.searchsorted(threshold.neg().contiguous(), cand_rank.neg().contiguous(), right=True)
     end = torch.minimum(end, (lk - p0).clamp_max(block)[None, :, None])
     cand_pos = torch.cat([carried_pos, block_pos.expand(n, nb, block)], dim=-1)
     if documents is not None:  # no query past the end of the key's document
-        doc_end = torch.searchsorted(documents, documents, right=True)  # (n, lk): end of each key's document
+        doc_end = _document_end(documents)
         end = torch.minimum(end, doc_end.gather(1, cand_pos.view(n, -1)).view(n, nb, -1) - p0[None, :, None])
-    start = torch.cat([torch.zeros(nb, w, dtype=torch.long, device=device),
-                       torch.arange(block, device=device).expand(nb, block)], dim=-1).expand(n, nb, w + block)
-    real = torch.cat([carried, block_valid], dim=-1)
+    start = torch.cat([torch.zeros(nb, w, dtype=torch.long, device=bias_rows.device),
+                       torch.arange(block, device=bias_rows.device).expand(nb, block)], dim=-1).expand(n, nb, w + block)
+    real = torch.cat([carried_rank < lk, block_valid], dim=-1)
     live = real & (end > start)
     candidates = torch.where(real, cand_pos, 0)
     start = torch.where(live, start, 0).to(torch.int32)
     end = torch.where(live, end, 0).to(torch.int32)
     return candidates, start, end
+
+
+LIVE_TILE = 64  # query granularity of live_keys' prefix counts
+
+
+@torch.no_grad()
+def live_keys(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
+              documents: torch.Tensor | None = None, tile: int = LIVE_TILE):
+    """Per key the end of the queries that keep it, and per query block the list of its live keys.
+
+    ``bias_rows (n, lk)``, ``documents (n, lk)`` and the query placement as in :func:`select_blocks`; ``block``
+    a multiple of ``tile``. Query position ``p`` (a key position) keeps key ``j`` exactly when
+    ``j <= p < drop_j`` (DESIGN.md, fact 1; ``drop_j`` already cut at the end of ``j``'s document, ``0`` for
+    padding). Block ``t`` (query positions ``[p0, p0 + block)``, ``p0 = lk - lq + t·block``) keeps at most
+    ``w + block`` distinct keys: those ``j < p0`` with ``drop_j > p0`` (all kept by query ``p0``, so among the top
+    ``w`` before the block) and its own keys that some query keeps (``drop_j > j``).
+
+    Returns ``drop (n, lk)`` int32; ``keys (n, nb, w + block)`` int32 key positions: block ``t``'s live keys
+    first (the earlier keys in rank order, then its own keys in position order), then zeros; and
+    ``ends (n, nb, block / tile)`` int32: ``ends[..., s]`` counts the list entries a query of the block's
+    ``s``-th tile of ``tile`` queries or an earlier one can keep (the last is the list's length).
+    Same method and cost as :func:`select_blocks` (``drop_j`` is the first query with ``T_p < rank_j``, one
+    ``searchsorted`` over the thresholds), plus O(n·nb·(w + block)) to build the lists; nothing is
+    (blocks × keys) or (queries × keys).
+    """
+    n, lk = bias_rows.shape
+    w = keep_window
+    offset = lk - lq
+    ranks, valid, carried_rank, carried_pos, p0, block_pos, block_valid, threshold = _thresholds(
+        bias_rows, lq, w, block, documents)
+    nb = p0.shape[0]
+    first_drop = torch.searchsorted(threshold.reshape(n, nb * block).neg().contiguous(),
+                                    ranks.neg().contiguous(), right=True)
+    drop = torch.where(valid, (first_drop + offset).clamp_max(lk), 0)
+    if documents is not None:
+        drop = torch.minimum(drop, _document_end(documents))
+    drop = drop.to(torch.int32).contiguous()
+    carried_live = (carried_rank < lk) & (drop.gather(1, carried_pos.view(n, -1)).view(n, nb, w) > p0[:, None])
+    own_pos = block_pos.expand(n, nb, block)
+    own_live = block_valid & (drop.gather(1, own_pos.reshape(n, -1)).view(n, nb, block) > own_pos)
+    live = torch.cat([carried_live, own_live], dim=-1)  # (n, nb, w + block)
+    width = w + block
+    slot = torch.where(live, live.cumsum(-1) - 1, width)  # dead entries go to a spare column
+    keys = torch.zeros(n, nb, width + 1, dtype=torch.int32, device=bias_rows.device)
+    keys.scatter_(-1, slot, torch.cat([carried_pos, own_pos], dim=-1).to(torch.int32))
+    own_count = own_live.cumsum(-1)[..., tile - 1::tile]  # own keys before each tile's end
+    ends = (carried_live.sum(-1, keepdim=True) + own_count).to(torch.int32)
+    return drop, keys[..., :width].contiguous(), ends.contiguous()
 
 
 def default_block(keep_window: int) -> int:

@@ -32,9 +32,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .selection import MASK_ELEMENTS_PER_CALL, default_block, rank_order, select_blocks
+from .selection import default_block, rank_order, select_blocks
 
 MASKED_BIAS = -1e30
+MASK_ELEMENTS_PER_CALL = 1 << 26  # boolean mask elements of one SDPA call of the windowed causal path
 
 
 def _compute_dtype(q: torch.Tensor) -> torch.dtype:

@@ -1,57 +1,76 @@
-"""Dynamic mask attention with a window, causal: Triton kernels over per-block candidate lists.
+"""Dynamic mask attention with a window, causal: Triton kernels over per-block lists of live keys.
 
-Selection (no gradient, :func:`..torch.select_blocks`): queries are cut into blocks of ``B``; block ``t`` gets a
-list of ``W = w + B`` candidate key positions and, per candidate, the interval ``[start, end)`` of the block's
-queries that keep it (DESIGN.md, fact 1). The kernels never see the other keys:
+Selection (no gradient, :func:`.selection.live_keys`): every key ``j`` gets ``drop_j``, and query position ``p``
+keeps it exactly when ``j <= p < drop_j`` (DESIGN.md, fact 1; documents already folded into ``drop_j``). Queries
+are cut into blocks of ``B``; block ``t`` gets the list of its at most ``w + B`` live keys (the earlier ones, then
+its own in position order) and, per tile of :data:`.selection.LIVE_TILE` queries, how many list entries its
+queries can keep. The kernels never see the other keys:
 
-* forward, one program per (query tile of ``BLOCK_M`` inside one selection block, query head): loops over the
-  block's candidates in tiles of ``BLOCK_N`` (up to the block's own keys that follow the tile's last query), loads their key/value rows by index (gathered row pointers), adds
-  the bias, masks ``start <= i < end``, online softmax in float32; writes the output and the log-sum-exp.
+* forward, one program per (query tile of ``BLOCK_M`` inside one block, query head): loops over the block's list
+  up to the tile's prefix count in tiles of ``BLOCK_N`` keys, loads their key/value rows by index, adds the
+  bias, masks ``j <= p < drop_j``, online softmax in float32 (base 2); writes the output and the log-sum-exp.
 * ``dq``: the same loop, recomputing the probabilities from the log-sum-exp.
-* ``dk, dv, dbias``: one program per (selection block, candidate tile, KV head) loops over the block's queries
-  that keep any of its candidates, for every query head of the group (GQA: the group shares the candidate
-  list), and adds its tile's partial sums to float32 accumulators with atomics. A key is a candidate of about
-  ``(w + B) / B`` blocks, so there are few colliding adds per element; the alternative (per-(block,
-  candidate) partial sums reduced with ``index_add_``) would write ``O(L·(w+B)·d/B)`` floats to memory.
+* ``dk, dv, dbias``: one program per (block, list tile of ``BLOCK_N`` keys, KV head) loops over the block's
+  query tiles that keep any of its keys (``[max(j, p0), min(drop_j, p1))`` per key), for every query head of the
+  group (GQA: the group shares the list), and adds its partial sums to float32 accumulators with one atomic add
+  per program. A key is listed by about ``(drop_j − j) / B + 1`` blocks, so few adds collide.
 
-Memory beyond the inputs: the candidate tables ``O(b·hkv·L·(w+B)/B)``, float32 ``dk, dv`` accumulators and the
-log-sum-exp; never a ``(lq, lk)`` tensor. Float16/bfloat16/float32 inputs (float32 products in IEEE precision,
-not TF32), head dim up to 256.
+Launch settings are autotuned on a GPU (tiles 64/128, 4/8 warps, 2/3 stages; a single configuration under
+``TRITON_INTERPRET=1``). Memory beyond the inputs: the lists ``O(b·hkv·L·(w+B)/B)``, ``drop``, float32
+``dk, dv`` accumulators and the log-sum-exp — linear in ``L``, never ``(lq, lk)`` or (blocks × keys).
+Float16/bfloat16/float32 inputs (float32 products in IEEE precision, not TF32), head dim up to 256.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
 import triton.language as tl
 
-from .selection import select_blocks
+from ..common import require
+from .selection import LIVE_TILE, live_keys
 
-BLOCK_M = 64
-BLOCK_N = 64
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
+BLOCK_ALIGN = 128  # the selection block is a multiple of every query tile the kernels use
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def block_for(keep_window: int) -> int:
-    """Selection block ``B`` for a window: a multiple of :data:`BLOCK_M`, about a quarter of the window, <= 512."""
-    return int(min(512, max(BLOCK_M, (keep_window // 4) // BLOCK_M * BLOCK_M)))
+    """Selection block ``B`` for a window: a multiple of :data:`BLOCK_ALIGN`, about a quarter of the window,
+    from 128 to 512."""
+    return int(min(512, max(BLOCK_ALIGN, (keep_window // 4) // BLOCK_ALIGN * BLOCK_ALIGN)))
 
 
+def _configs(gpu: list[tuple[int, int, int, int]]) -> list:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) on a GPU; one 64 × 64 configuration under the interpreter."""
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in gpu]
+
+
+QUERY_SIDE = _configs([(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (64, 128, 4, 2),
+                       (128, 128, 8, 2)])
+KEY_SIDE = _configs([(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (128, 128, 8, 2)])
+
+
+@triton.autotune(configs=QUERY_SIDE, key=["HEAD_DIM", "BLOCK", "width", "hq", "hkv"])
 @triton.jit
-def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, cand_ptr, start_ptr, end_ptr, out_ptr, lse_ptr,
+def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, drop_ptr, out_ptr, lse_ptr,
                 sqb, sql, sqh, skb, skl, skh, sbb, sbl, sbh, sob, sol, soh,
-                lq, lk, hq, hkv, nb, width, scale,
-                BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr):
+                lq, lk, hq, hkv, nb, width, n_tiles, scale,
+                BLOCK: tl.constexpr, TILE: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+                PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     tile = tl.program_id(0)
     bh = tl.program_id(1)
-    bi = bh // hq
+    bi = (bh // hq).to(tl.int64)
     h = bh % hq
     g = h // (hq // hkv)
     row = bi * hkv + g
     i = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # query index
+    pos = i + (lk - lq)  # its key position
     t = (tile * BLOCK_M) // BLOCK
-    rel = i - t * BLOCK
     dd = tl.arange(0, BLOCK_D)
     dmask = dd < HEAD_DIM
     qmask = i < lq
@@ -61,25 +80,24 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, cand_ptr, start_ptr, end_ptr, out
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     base = (row * nb + t) * width
-    # The block's own keys (the last BLOCK slots, in position order) after this tile's last query are kept by
-    # none of its queries: stop before them.
-    c_end = width - BLOCK + tl.minimum(BLOCK, (tile * BLOCK_M) % BLOCK + BLOCK_M)
+    # Entries past the prefix count of the tile's last LIVE_TILE are the block's own keys after its last query.
+    c_end = tl.load(ends_ptr + (row * nb + t) * n_tiles + ((tile * BLOCK_M) % BLOCK + BLOCK_M) // TILE - 1)
+    qk_scale = scale * 1.4426950408889634
     for c0 in range(0, c_end, BLOCK_N):
         c = c0 + tl.arange(0, BLOCK_N)
-        cmask = c < width
-        idx = tl.load(cand_ptr + base + c, mask=cmask, other=0)
-        s0 = tl.load(start_ptr + base + c, mask=cmask, other=0)
-        e0 = tl.load(end_ptr + base + c, mask=cmask, other=0)
-        kv_off = bi * skb + idx[:, None] * skl + g * skh + dd[None, :]
+        cmask = c < c_end
+        j = tl.load(keys_ptr + base + c, mask=cmask, other=0).to(tl.int64)
+        drop = tl.load(drop_ptr + row * lk + j, mask=cmask, other=0)
+        kv_off = bi * skb + j[:, None] * skl + g * skh + dd[None, :]
         k = tl.load(k_ptr + kv_off, mask=cmask[:, None] & dmask[None, :], other=0.0)
-        kb = tl.load(bias_ptr + bi * sbb + idx * sbl + g * sbh, mask=cmask & (e0 > s0), other=0.0).to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale + kb[None, :]
-        keep = (s0[None, :] <= rel[:, None]) & (rel[:, None] < e0[None, :])
+        kb = tl.load(bias_ptr + bi * sbb + j * sbl + g * sbh, mask=cmask & (drop > j), other=0.0).to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + kb[None, :] * 1.4426950408889634
+        keep = (j[None, :] <= pos[:, None]) & (pos[:, None] < drop[None, :])
         s = tl.where(keep, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp(s - m_safe[:, None])
-        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_ptr + kv_off, mask=cmask[:, None] & dmask[None, :], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
@@ -88,25 +106,26 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, cand_ptr, start_ptr, end_ptr, out
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     tl.store(out_ptr + bi * sob + i[:, None] * sol + h * soh + dd[None, :], out.to(out_ptr.dtype.element_ty),
              mask=qmask[:, None] & dmask[None, :])
-    lse = tl.where(empty, 0.0, m_i + tl.log(tl.where(empty, 1.0, l_i)))
+    lse = tl.where(empty, 0.0, m_i + tl.log2(tl.where(empty, 1.0, l_i)))  # base 2
     tl.store(lse_ptr + bh * lq + i, lse, mask=qmask)
 
 
+@triton.autotune(configs=QUERY_SIDE, key=["HEAD_DIM", "BLOCK", "width", "hq", "hkv"])
 @triton.jit
-def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, cand_ptr, start_ptr, end_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, drop_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
                sqb, sql, sqh, skb, skl, skh, sbb, sbl, sbh, sdb, sdl, sdh,
-               lq, lk, hq, hkv, nb, width, scale,
-               BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-               HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr):
+               lq, lk, hq, hkv, nb, width, n_tiles, scale,
+               BLOCK: tl.constexpr, TILE: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+               PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     tile = tl.program_id(0)
     bh = tl.program_id(1)
-    bi = bh // hq
+    bi = (bh // hq).to(tl.int64)
     h = bh % hq
     g = h // (hq // hkv)
     row = bi * hkv + g
     i = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    pos = i + (lk - lq)
     t = (tile * BLOCK_M) // BLOCK
-    rel = i - t * BLOCK
     dd = tl.arange(0, BLOCK_D)
     dmask = dd < HEAD_DIM
     qmask = i < lq
@@ -117,22 +136,20 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, cand_ptr, start_ptr, end_ptr, do_p
     delta = tl.load(delta_ptr + bh * lq + i, mask=qmask, other=0.0)
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     base = (row * nb + t) * width
-    # The block's own keys (the last BLOCK slots, in position order) after this tile's last query are kept by
-    # none of its queries: stop before them.
-    c_end = width - BLOCK + tl.minimum(BLOCK, (tile * BLOCK_M) % BLOCK + BLOCK_M)
+    c_end = tl.load(ends_ptr + (row * nb + t) * n_tiles + ((tile * BLOCK_M) % BLOCK + BLOCK_M) // TILE - 1)
+    qk_scale = scale * 1.4426950408889634
     for c0 in range(0, c_end, BLOCK_N):
         c = c0 + tl.arange(0, BLOCK_N)
-        cmask = c < width
-        idx = tl.load(cand_ptr + base + c, mask=cmask, other=0)
-        s0 = tl.load(start_ptr + base + c, mask=cmask, other=0)
-        e0 = tl.load(end_ptr + base + c, mask=cmask, other=0)
-        kv_off = bi * skb + idx[:, None] * skl + g * skh + dd[None, :]
+        cmask = c < c_end
+        j = tl.load(keys_ptr + base + c, mask=cmask, other=0).to(tl.int64)
+        drop = tl.load(drop_ptr + row * lk + j, mask=cmask, other=0)
+        kv_off = bi * skb + j[:, None] * skl + g * skh + dd[None, :]
         k = tl.load(k_ptr + kv_off, mask=cmask[:, None] & dmask[None, :], other=0.0)
         v = tl.load(v_ptr + kv_off, mask=cmask[:, None] & dmask[None, :], other=0.0)
-        kb = tl.load(bias_ptr + bi * sbb + idx * sbl + g * sbh, mask=cmask & (e0 > s0), other=0.0).to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale + kb[None, :]
-        keep = (s0[None, :] <= rel[:, None]) & (rel[:, None] < e0[None, :]) & qmask[:, None]
-        p = tl.where(keep, tl.exp(s - lse[:, None]), 0.0)
+        kb = tl.load(bias_ptr + bi * sbb + j * sbl + g * sbh, mask=cmask & (drop > j), other=0.0).to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + kb[None, :] * 1.4426950408889634
+        keep = (j[None, :] <= pos[:, None]) & (pos[:, None] < drop[None, :]) & qmask[:, None]
+        p = tl.where(keep, tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
@@ -140,71 +157,85 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, cand_ptr, start_ptr, end_ptr, do_p
              mask=io_mask)
 
 
+@triton.autotune(configs=KEY_SIDE, key=["HEAD_DIM", "BLOCK", "width", "hq", "hkv"],
+                 reset_to_zero=["dk_ptr", "dv_ptr", "dbias_ptr"])
 @triton.jit
-def _dkv_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, cand_ptr, start_ptr, end_ptr, do_ptr, lse_ptr, delta_ptr,
+def _dkv_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, drop_ptr, do_ptr, lse_ptr, delta_ptr,
                 dk_ptr, dv_ptr, dbias_ptr,
                 sqb, sql, sqh, skb, skl, skh, sbb, sbl, sbh, sdb, sdl, sdh,
-                lq, lk, hq, hkv, nb, width, scale,
-                BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr):
+                lq, lk, hq, hkv, nb, width, n_tiles, scale,
+                BLOCK: tl.constexpr, TILE: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+                PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     t = tl.program_id(0)
     ctile = tl.program_id(1)
-    row = tl.program_id(2)  # bi * hkv + g
+    row = tl.program_id(2).to(tl.int64)  # bi * hkv + g
     bi = row // hkv
     g = row % hkv
     group = hq // hkv
+    count = tl.load(ends_ptr + (row * nb + t) * n_tiles + n_tiles - 1)
     c = ctile * BLOCK_N + tl.arange(0, BLOCK_N)
-    cmask = c < width
+    cmask = c < count
     base = (row * nb + t) * width
-    idx = tl.load(cand_ptr + base + c, mask=cmask, other=0)
-    s0 = tl.load(start_ptr + base + c, mask=cmask, other=0)
-    e0 = tl.load(end_ptr + base + c, mask=cmask, other=0)
-    live = cmask & (e0 > s0)
+    j = tl.load(keys_ptr + base + c, mask=cmask, other=0).to(tl.int64)
+    drop = tl.load(drop_ptr + row * lk + j, mask=cmask, other=0)
+    offset = lk - lq
+    p0 = offset + t * BLOCK  # the block's first query position
+    # The block's queries (relative index) that keep key j: [max(j, p0), min(drop_j, p0 + BLOCK)) - p0.
+    first = tl.maximum(j - p0, 0).to(tl.int32)
+    last = tl.minimum(drop - p0, BLOCK)
+    live = cmask & (last > first)
     dd = tl.arange(0, BLOCK_D)
     dmask = dd < HEAD_DIM
-    kv_off = bi * skb + idx[:, None] * skl + g * skh + dd[None, :]
+    kv_off = bi * skb + j[:, None] * skl + g * skh + dd[None, :]
     k = tl.load(k_ptr + kv_off, mask=cmask[:, None] & dmask[None, :], other=0.0)
     v = tl.load(v_ptr + kv_off, mask=cmask[:, None] & dmask[None, :], other=0.0)
-    kb = tl.load(bias_ptr + bi * sbb + idx * sbl + g * sbh, mask=live, other=0.0).to(tl.float32)
+    kb = tl.load(bias_ptr + bi * sbb + j * sbl + g * sbh, mask=live, other=0.0).to(tl.float32)
     dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     db = tl.zeros((BLOCK_N,), tl.float32)
-    # Only the block's queries that keep some candidate of this tile.
-    lo = tl.min(tl.where(live, s0, BLOCK), 0)
-    hi = tl.max(tl.where(live, e0, 0), 0)
-    q_first = t * BLOCK
+    lo = tl.min(tl.where(live, first, BLOCK), 0)
+    hi = tl.max(tl.where(live, last, 0), 0)
+    qk_scale = scale * 1.4426950408889634
     for hh in range(0, group):
         h = g * group + hh
         bh = bi * hq + h
         for r0 in range((lo // BLOCK_M) * BLOCK_M, hi, BLOCK_M):
             rel = r0 + tl.arange(0, BLOCK_M)
-            i = q_first + rel
-            qmask = i < lq
+            i = t * BLOCK + rel
+            qmask = (i < lq) & (rel < BLOCK)
             io_mask = qmask[:, None] & dmask[None, :]
             q = tl.load(q_ptr + bi * sqb + i[:, None] * sql + h * sqh + dd[None, :], mask=io_mask, other=0.0)
             do = tl.load(do_ptr + bi * sdb + i[:, None] * sdl + h * sdh + dd[None, :], mask=io_mask, other=0.0)
             lse = tl.load(lse_ptr + bh * lq + i, mask=qmask, other=0.0)
             delta = tl.load(delta_ptr + bh * lq + i, mask=qmask, other=0.0)
-            st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * scale + kb[:, None]  # (BLOCK_N, BLOCK_M)
-            keep = (s0[:, None] <= rel[None, :]) & (rel[None, :] < e0[:, None]) & qmask[None, :]
-            pt = tl.where(keep, tl.exp(st - lse[None, :]), 0.0)
+            st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale + kb[:, None] * 1.4426950408889634
+            keep = (first[:, None] <= rel[None, :]) & (rel[None, :] < last[:, None]) & qmask[None, :]
+            pt = tl.where(keep, tl.exp2(st - lse[None, :]), 0.0)  # (BLOCK_N, BLOCK_M)
             dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
             dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
             dst = pt * (dpt - delta[None, :])
             db += tl.sum(dst, 1)
             dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
     amask = live[:, None] & dmask[None, :]
-    out_off = ((bi * lk + idx[:, None]) * hkv + g) * HEAD_DIM + dd[None, :]
+    out_off = ((bi * lk + j[:, None]) * hkv + g) * HEAD_DIM + dd[None, :]
     tl.atomic_add(dk_ptr + out_off, dk * scale, mask=amask)
     tl.atomic_add(dv_ptr + out_off, dv, mask=amask)
-    tl.atomic_add(dbias_ptr + (bi * lk + idx) * hkv + g, db, mask=live)
+    tl.atomic_add(dbias_ptr + (bi * lk + j) * hkv + g, db, mask=live)
 
 
-def _meta(q: torch.Tensor, block: int, wide: bool = False) -> dict:
+def _meta(q: torch.Tensor, block: int) -> dict:
     d = q.shape[-1]
-    return dict(BLOCK=block, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=max(16, triton.next_power_of_2(d)),
-                HEAD_DIM=d, PRECISION="ieee" if q.dtype == torch.float32 else None,
-                num_warps=8 if wide and d > 64 else 4)
+    return dict(BLOCK=block, TILE=LIVE_TILE, BLOCK_D=max(16, triton.next_power_of_2(d)), HEAD_DIM=d,
+                PRECISION="ieee" if q.dtype == torch.float32 else None)
+
+
+def select(bias: torch.Tensor, lq: int, keep_window: int, block: int, seq_idx: torch.Tensor | None = None):
+    """The kernels' selection: bias (b, lk, hkv), optional seq_idx (b, lk) -> live_keys' ``drop (b·hkv, lk)``,
+    ``keys (b·hkv, nb, w + block)``, ``ends (b·hkv, nb, block / LIVE_TILE)`` (rows ordered (batch, KV head)),
+    in the bias's own precision (ties as the oracle sees them)."""
+    b, lk, hkv = bias.shape
+    documents = None if seq_idx is None else seq_idx[:, None, :].expand(b, hkv, lk).reshape(b * hkv, lk)
+    return live_keys(bias.detach().permute(0, 2, 1).reshape(b * hkv, lk), lq, keep_window, block, documents)
 
 
 class _WindowedCausal(torch.autograd.Function):
@@ -214,47 +245,40 @@ class _WindowedCausal(torch.autograd.Function):
         lk, hkv = k.shape[1], k.shape[2]
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
         bias32 = bias.float().contiguous()
-        # Selection in the bias's own precision (ties as the oracle sees them). Candidates are key positions;
-        # start/end count the block's queries (query index i sits at key position i + lk - lq).
-        documents = None if seq_idx is None else seq_idx[:, None, :].expand(b, hkv, lk).reshape(b * hkv, lk)
-        cand, start, end = select_blocks(bias.detach().permute(0, 2, 1).reshape(b * hkv, lk), lq, keep_window, block,
-                                         documents)
-        cand = cand.to(torch.int32).contiguous()
-        nb, width = cand.shape[1], cand.shape[2]
+        drop, keys, ends = select(bias, lq, keep_window, block, seq_idx)
+        nb, width, n_tiles = keys.shape[1], keys.shape[2], ends.shape[2]
         out = torch.full_like(q, float("nan"))
-        lse = torch.empty(b * hq, lq, device=q.device, dtype=torch.float32)
-        meta = _meta(q, block)
-        grid = (triton.cdiv(lq, BLOCK_M), b * hq)
-        _fwd_kernel[grid](q, k, v, bias32, cand, start, end, out, lse,
+        lse = torch.full((b * hq, lq), float("nan"), device=q.device, dtype=torch.float32)
+        grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)  # noqa: E731
+        _fwd_kernel[grid](q, k, v, bias32, keys, ends, drop, out, lse,
                           q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                           bias32.stride(0), bias32.stride(1), bias32.stride(2),
                           out.stride(0), out.stride(1), out.stride(2),
-                          lq, lk, hq, hkv, nb, width, scale, **meta)
-        ctx.save_for_backward(q, k, v, bias32, cand, start, end, out, lse)
+                          lq, lk, hq, hkv, nb, width, n_tiles, scale, **_meta(q, block))
+        ctx.save_for_backward(q, k, v, bias32, keys, ends, drop, out, lse)
         ctx.scale, ctx.block, ctx.bias_dtype = scale, block, bias.dtype
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, bias32, cand, start, end, out, lse = ctx.saved_tensors
+        q, k, v, bias32, keys, ends, drop, out, lse = ctx.saved_tensors
         b, lq, hq, d = q.shape
         lk, hkv = k.shape[1], k.shape[2]
-        nb, width = cand.shape[1], cand.shape[2]
+        nb, width, n_tiles = keys.shape[1], keys.shape[2], ends.shape[2]
         dout = dout.contiguous()
         delta = (dout.float() * out.float()).sum(-1).permute(0, 2, 1).reshape(b * hq, lq).contiguous()
         meta = _meta(q, ctx.block)
         common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                   bias32.stride(0), bias32.stride(1), bias32.stride(2), dout.stride(0), dout.stride(1),
-                  dout.stride(2), lq, lk, hq, hkv, nb, width, ctx.scale)
-        dq = torch.empty_strided(q.shape, q.stride(), device=q.device, dtype=q.dtype)
-        _dq_kernel[(triton.cdiv(lq, BLOCK_M), b * hq)](q, k, v, bias32, cand, start, end, dout, lse, delta, dq,
-                                                        *common, **meta)
+                  dout.stride(2), lq, lk, hq, hkv, nb, width, n_tiles, ctx.scale)
+        dq = torch.full_like(q, float("nan"))
+        _dq_kernel[lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)](
+            q, k, v, bias32, keys, ends, drop, dout, lse, delta, dq, *common, **meta)
         dk = torch.zeros(b, lk, hkv, d, device=q.device, dtype=torch.float32)
         dv = torch.zeros_like(dk)
         dbias = torch.zeros(b, lk, hkv, device=q.device, dtype=torch.float32)
-        _dkv_kernel[(nb, triton.cdiv(width, BLOCK_N), b * hkv)](q, k, v, bias32, cand, start, end, dout, lse,
-                                                                delta, dk, dv, dbias, *common,
-                                                                **_meta(q, ctx.block, wide=True))
+        _dkv_kernel[lambda meta: (nb, triton.cdiv(width, meta["BLOCK_N"]), b * hkv)](
+            q, k, v, bias32, keys, ends, drop, dout, lse, delta, dk, dv, dbias, *common, **meta)
         return dq, dk.to(k.dtype), dv.to(v.dtype), dbias.to(ctx.bias_dtype), None, None, None, None
 
 
@@ -263,9 +287,12 @@ def dynamic_mask_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
                                   seq_idx: torch.Tensor | None = None) -> torch.Tensor:
     """Windowed causal DMA: q (b,lq,hq,d), k/v (b,lk,hkv,d), bias (b,lk,hkv) -> (b,lq,hq,d) in q's dtype.
 
-    Needs ``keep_window < lk``, ``q.dtype`` in :data:`DTYPES`, ``d <= 256`` (the dispatcher checks). ``block``:
-    selection block, a multiple of :data:`BLOCK_M` (default :func:`block_for`). ``seq_idx (b, l)``: document
-    ids of a packed row (``lq == lk``); the selection confines every query to its document, the kernels are
-    unchanged.
+    Needs ``keep_window < lk``, ``q.dtype`` in :data:`DTYPES`, ``d <= 256`` (the dispatcher checks); ``lq < lk``
+    (queries bottom-right aligned) runs here too. ``block``: selection block, a multiple of :data:`BLOCK_ALIGN`
+    (default :func:`block_for`). ``seq_idx (b, l)``: document ids of a packed row (``lq == lk``); the selection
+    folds the documents into ``drop``, the kernels are unchanged.
     """
-    return _WindowedCausal.apply(q, k, v, bias, keep_window, scale, block or block_for(keep_window), seq_idx)
+    block = block or block_for(keep_window)
+    require(isinstance(block, int) and block > 0 and block % BLOCK_ALIGN == 0, "block", block,
+            f"None or a positive multiple of {BLOCK_ALIGN}")
+    return _WindowedCausal.apply(q, k, v, bias, keep_window, scale, block, seq_idx)
