@@ -1,8 +1,19 @@
-"""Errors a user can fix (bad path, empty corpus, corrupted checkpoint...).
+"""The package's two kinds of error, in one leaf module that every layer of the package may import.
 
-The command line prints their message on one line and exits with status 2, without a traceback.
+* ``ValueError`` from :func:`require`: a bad argument of a function, layer or config; the message names the
+  argument, its value and what is allowed.
+* :class:`UserError`: a problem the user can fix outside the code (bad path, empty corpus, corrupted
+  checkpoint...). The command line prints its message on one line and exits with status 2, without a traceback.
+
+This module imports nothing, so ``ops`` and ``data`` (which otherwise import nothing of the package) can use it.
 """
 
 
 class UserError(Exception):
     """A problem with the user's input; the message says what is wrong and what to do."""
+
+
+def require(condition: bool, argument: str, value, allowed: str) -> None:
+    """Raise ``ValueError`` naming ``argument``, its ``value`` and what is ``allowed`` unless ``condition``."""
+    if not condition:
+        raise ValueError(f"{argument}={value!r} is not allowed: {allowed}")

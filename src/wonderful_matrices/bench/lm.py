@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..models.cache import ATTENTION_LIKE
 from .common import time_callable, write_results
 from .lm_common import corpus_tokens, optimizer_step, perplexity, train_lm
 
@@ -29,7 +30,6 @@ QUICK = dict(size="small", seq_len=128, batch=8, steps=30, lr=1e-3, contexts=(25
              decode_reps=5, throughput_lengths=(256, 1024), throughput_tokens=2048)
 FULL = dict(size="base", seq_len=2048, batch=8, steps=200, lr=1e-3, contexts=(4096, 16384, 131072, 1048576),
             eval_tokens=None, decode_reps=20, throughput_lengths=(4096, 16384), throughput_tokens=32768)
-ATTENTION_LIKE = ("attn", "dma")
 
 
 def analytic_cache_bytes(config, context: int, dtype_bytes: int, batch: int = 1) -> int:

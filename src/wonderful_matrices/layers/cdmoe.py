@@ -25,11 +25,10 @@ import torch
 from torch import nn
 
 from ..ops import expert_mixture, product_key_topk
-from ..ops.common import require, trusted_values
+from ..ops.common import LAYER_BACKENDS, require, trusted_values
 from .mlp import ACTIVATIONS, GatedMLP
 
 _SHARED_NAMES = ("gate_proj", "up_proj", "down_proj")
-MIXTURE_BACKENDS = ("auto", "torch", "triton")
 
 
 def product_key_balance_loss(half_scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -100,7 +99,7 @@ class CDMoE(nn.Module):
                 "retrieval_dim", retrieval_dim, "an even integer >= 2")
         require(activation in ACTIVATIONS, "activation", activation, f"one of {sorted(ACTIVATIONS)}")
         require(balance_loss_weight >= 0, "balance_loss_weight", balance_loss_weight, ">= 0")
-        require(backend in MIXTURE_BACKENDS, "backend", backend, f"one of {MIXTURE_BACKENDS}")
+        require(backend in LAYER_BACKENDS, "backend", backend, f"one of {LAYER_BACKENDS}")
         self.backend = backend
         self.hidden_size, self.intermediate_size = hidden_size, intermediate_size
         self.num_experts, self.num_keys, self.num_heads, self.top_k = num_experts, n, num_heads, top_k

@@ -18,10 +18,8 @@ from torch import nn
 
 from ..ops import expert_mixture, product_key_topk
 from ..ops.expert_mixture import weighted_rows
-from ..ops.common import require, trusted_values
+from ..ops.common import LAYER_BACKENDS, require, trusted_values
 from .mlp import ACTIVATIONS
-
-MIXTURE_BACKENDS = ("auto", "torch", "triton")
 
 
 class _ProductKeyRouter(nn.Module):
@@ -64,7 +62,7 @@ class PKM(nn.Module):
     def __init__(self, hidden_size: int, num_experts: int, num_heads: int = 4, top_k: int = 32,
                  key_dim: int = 128, backend: str = "auto"):
         super().__init__()
-        require(backend in MIXTURE_BACKENDS, "backend", backend, f"one of {MIXTURE_BACKENDS}")
+        require(backend in LAYER_BACKENDS, "backend", backend, f"one of {LAYER_BACKENDS}")
         self.backend = backend
         self.router = _ProductKeyRouter(hidden_size, num_experts, num_heads, top_k, key_dim)
         self.values = nn.Embedding(num_experts, hidden_size)
@@ -97,7 +95,7 @@ class PEER(nn.Module):
                  key_dim: int = 128, activation: str = "gelu", backend: str = "auto"):
         super().__init__()
         require(activation in ACTIVATIONS, "activation", activation, f"one of {sorted(ACTIVATIONS)}")
-        require(backend in MIXTURE_BACKENDS, "backend", backend, f"one of {MIXTURE_BACKENDS}")
+        require(backend in LAYER_BACKENDS, "backend", backend, f"one of {LAYER_BACKENDS}")
         self.activation, self.backend = activation, backend
         self.router = _ProductKeyRouter(hidden_size, num_experts, num_heads, top_k, key_dim)
         self.down_embed = nn.Embedding(num_experts, hidden_size)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import ssd, ssd_step
-from ..ops.common import require as _require
+from ..errors import require
 from ..ops.common import trusted_values
 from .rotary import RotaryEmbedding, apply_rotary
 
@@ -36,8 +36,8 @@ class GatedRMSNorm(nn.Module):
 
     def __init__(self, hidden_size: int, num_groups: int = 1, eps: float = 1e-6):
         super().__init__()
-        _require(num_groups >= 1 and hidden_size % num_groups == 0, "num_groups", num_groups,
-                 f"a divisor of hidden_size={hidden_size}")
+        require(num_groups >= 1 and hidden_size % num_groups == 0, "num_groups", num_groups,
+                f"a divisor of hidden_size={hidden_size}")
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.num_groups = num_groups
         self.eps = eps
@@ -104,20 +104,20 @@ class SSDMixer(nn.Module):
         super().__init__()
         for name, value in (("hidden_size", hidden_size), ("num_heads", num_heads), ("head_dim", head_dim),
                             ("state_size", state_size), ("num_groups", num_groups), ("conv_kernel", conv_kernel)):
-            _require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
-        _require(num_heads % num_groups == 0, "num_groups", num_groups, f"a divisor of num_heads={num_heads}")
-        _require(isinstance(chunk_size, int) and chunk_size >= 1 and chunk_size & (chunk_size - 1) == 0,
-                 "chunk_size", chunk_size, "a power of two")
-        _require(not use_rope or state_size % 2 == 0, "state_size", state_size,
-                 "an even number when use_rope=True (it is the rotary dim)")
+            require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
+        require(num_heads % num_groups == 0, "num_groups", num_groups, f"a divisor of num_heads={num_heads}")
+        require(isinstance(chunk_size, int) and chunk_size >= 1 and chunk_size & (chunk_size - 1) == 0,
+                "chunk_size", chunk_size, "a power of two")
+        require(not use_rope or state_size % 2 == 0, "state_size", state_size,
+                "an even number when use_rope=True (it is the rotary dim)")
         inner = num_heads * head_dim
         norm_groups = num_groups if norm_groups is None else norm_groups
-        _require(isinstance(norm_groups, int) and norm_groups >= 1 and inner % norm_groups == 0, "norm_groups",
-                 norm_groups, f"a divisor of num_heads*head_dim={inner}")
-        _require(0 < dt_min <= dt_max, "dt_min", (dt_min, dt_max), "0 < dt_min <= dt_max")
-        _require(len(dt_limit) == 2 and 0 <= dt_limit[0] < dt_limit[1], "dt_limit", dt_limit, "(low, high), 0 <= low < high")
-        _require(len(A_init_range) == 2 and 0 < A_init_range[0] <= A_init_range[1], "A_init_range", A_init_range,
-                 "(low, high) with 0 < low <= high")
+        require(isinstance(norm_groups, int) and norm_groups >= 1 and inner % norm_groups == 0, "norm_groups",
+                norm_groups, f"a divisor of num_heads*head_dim={inner}")
+        require(0 < dt_min <= dt_max, "dt_min", (dt_min, dt_max), "0 < dt_min <= dt_max")
+        require(len(dt_limit) == 2 and 0 <= dt_limit[0] < dt_limit[1], "dt_limit", dt_limit, "(low, high), 0 <= low < high")
+        require(len(A_init_range) == 2 and 0 < A_init_range[0] <= A_init_range[1], "A_init_range", A_init_range,
+                "(low, high) with 0 < low <= high")
         self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim
         self.state_size, self.num_groups, self.chunk_size = state_size, num_groups, chunk_size
         self.inner_size = inner
@@ -144,21 +144,21 @@ class SSDMixer(nn.Module):
         self.out_proj = nn.Linear(inner, hidden_size, bias=bias)
 
     def _check_inputs(self, hidden_states, position_ids, attention_mask, state) -> None:
-        _require(isinstance(hidden_states, torch.Tensor) and hidden_states.dim() == 3
-                 and hidden_states.shape[-1] == self.hidden_size and hidden_states.shape[1] >= 1,
-                 "hidden_states.shape", tuple(getattr(hidden_states, "shape", ())),
-                 f"(b, l, {self.hidden_size}) with l >= 1")
+        require(isinstance(hidden_states, torch.Tensor) and hidden_states.dim() == 3
+                and hidden_states.shape[-1] == self.hidden_size and hidden_states.shape[1] >= 1,
+                "hidden_states.shape", tuple(getattr(hidden_states, "shape", ())),
+                f"(b, l, {self.hidden_size}) with l >= 1")
         b, l = hidden_states.shape[:2]
         if self.use_rope:
-            _require(isinstance(position_ids, torch.Tensor), "position_ids", position_ids,
-                     "a (b, l) integer tensor (RoPE needs positions)")
+            require(isinstance(position_ids, torch.Tensor), "position_ids", position_ids,
+                    "a (b, l) integer tensor (RoPE needs positions)")
         if position_ids is not None:
-            _require(tuple(position_ids.shape) == (b, l) and not position_ids.is_floating_point(),
-                     "position_ids.shape", tuple(position_ids.shape), f"({b}, {l}) integers")
+            require(tuple(position_ids.shape) == (b, l) and not position_ids.is_floating_point(),
+                    "position_ids.shape", tuple(position_ids.shape), f"({b}, {l}) integers")
         if attention_mask is not None:
-            _require(tuple(attention_mask.shape) == (b, l), "attention_mask.shape", tuple(attention_mask.shape),
-                     f"({b}, {l}): the tokens of this call")
-        _require(state is None or isinstance(state, dict), "state", type(state).__name__, "None or a dict")
+            require(tuple(attention_mask.shape) == (b, l), "attention_mask.shape", tuple(attention_mask.shape),
+                    f"({b}, {l}): the tokens of this call")
+        require(state is None or isinstance(state, dict), "state", type(state).__name__, "None or a dict")
 
     def _conv(self, xbc: torch.Tensor, state: dict | None, keep: torch.Tensor | None,
               seq_idx: torch.Tensor | None = None) -> torch.Tensor:

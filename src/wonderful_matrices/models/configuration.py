@@ -14,15 +14,12 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
+from ..errors import require
+
 LAYER_TYPES = ("ssd", "dma", "attn", "mamba2")
 FFN_TYPES = ("cdmoe", "moe", "mlp", "none")
 DMA_MASK_FORMS = ("gate", "doge")
 MOE_IMPLEMENTATIONS = ("grouped", "loop")
-
-
-def _check(condition: bool, argument: str, value, allowed: str) -> None:
-    if not condition:
-        raise ValueError(f"{argument}={value!r} is not allowed: {allowed}")
 
 
 def default_layer_types(num_layers: int, period: int, attention_type: str, recurrent_type: str) -> list[str]:
@@ -128,13 +125,13 @@ class CheemsConfig(PretrainedConfig):
     eos_token_id: int | list[int] | None = None
 
     def __post_init__(self, **kwargs):
-        _check(self.num_hidden_layers >= 1, "num_hidden_layers", self.num_hidden_layers, "must be >= 1")
-        _check(self.attention_period >= 1, "attention_period", self.attention_period, "must be >= 1")
-        _check(self.attention_layer_type in LAYER_TYPES, "attention_layer_type", self.attention_layer_type,
-               f"one of {LAYER_TYPES}")
-        _check(self.recurrent_layer_type in LAYER_TYPES, "recurrent_layer_type", self.recurrent_layer_type,
-               f"one of {LAYER_TYPES}")
-        _check(self.default_ffn_type in FFN_TYPES, "default_ffn_type", self.default_ffn_type, f"one of {FFN_TYPES}")
+        require(self.num_hidden_layers >= 1, "num_hidden_layers", self.num_hidden_layers, "must be >= 1")
+        require(self.attention_period >= 1, "attention_period", self.attention_period, "must be >= 1")
+        require(self.attention_layer_type in LAYER_TYPES, "attention_layer_type", self.attention_layer_type,
+                f"one of {LAYER_TYPES}")
+        require(self.recurrent_layer_type in LAYER_TYPES, "recurrent_layer_type", self.recurrent_layer_type,
+                f"one of {LAYER_TYPES}")
+        require(self.default_ffn_type in FFN_TYPES, "default_ffn_type", self.default_ffn_type, f"one of {FFN_TYPES}")
         if self.layer_types is None:
             self.layer_types = default_layer_types(self.num_hidden_layers, self.attention_period,
                                                    self.attention_layer_type, self.recurrent_layer_type)
@@ -154,21 +151,21 @@ class CheemsConfig(PretrainedConfig):
         """Raise ``ValueError`` naming the first bad argument."""
         n = self.num_hidden_layers
         for name in ("vocab_size", "hidden_size"):
-            _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
-        _check(isinstance(self.layer_types, list) and len(self.layer_types) == n, "layer_types", self.layer_types,
-               f"a list of num_hidden_layers={n} entries")
-        _check(isinstance(self.ffn_types, list) and len(self.ffn_types) == n, "ffn_types", self.ffn_types,
-               f"a list of num_hidden_layers={n} entries")
+            require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        require(isinstance(self.layer_types, list) and len(self.layer_types) == n, "layer_types", self.layer_types,
+                f"a list of num_hidden_layers={n} entries")
+        require(isinstance(self.ffn_types, list) and len(self.ffn_types) == n, "ffn_types", self.ffn_types,
+                f"a list of num_hidden_layers={n} entries")
         for t in self.layer_types:
-            _check(t in LAYER_TYPES, "layer_types", self.layer_types, f"entries from {LAYER_TYPES}")
+            require(t in LAYER_TYPES, "layer_types", self.layer_types, f"entries from {LAYER_TYPES}")
         for t in self.ffn_types:
-            _check(t in FFN_TYPES, "ffn_types", self.ffn_types, f"entries from {FFN_TYPES}")
-        _check(self.rms_norm_eps > 0, "rms_norm_eps", self.rms_norm_eps, "must be > 0")
-        _check(self.initializer_range > 0, "initializer_range", self.initializer_range, "must be > 0")
-        _check(self.balance_loss_weight >= 0, "balance_loss_weight", self.balance_loss_weight, "must be >= 0")
+            require(t in FFN_TYPES, "ffn_types", self.ffn_types, f"entries from {FFN_TYPES}")
+        require(self.rms_norm_eps > 0, "rms_norm_eps", self.rms_norm_eps, "must be > 0")
+        require(self.initializer_range > 0, "initializer_range", self.initializer_range, "must be > 0")
+        require(self.balance_loss_weight >= 0, "balance_loss_weight", self.balance_loss_weight, "must be >= 0")
         for tok in ("pad_token_id", "bos_token_id"):
             v = getattr(self, tok)
-            _check(v is None or 0 <= v < self.vocab_size, tok, v, f"None or in [0, vocab_size={self.vocab_size})")
+            require(v is None or 0 <= v < self.vocab_size, tok, v, f"None or in [0, vocab_size={self.vocab_size})")
         used = set(self.layer_types)
         if used & {"attn", "dma"}:
             self._validate_attention()
@@ -178,7 +175,7 @@ class CheemsConfig(PretrainedConfig):
             self._validate_mamba2()
         ffns = set(self.ffn_types)
         if ffns & {"mlp", "cdmoe"}:
-            _check(self.intermediate_size >= 1, "intermediate_size", self.intermediate_size, "must be >= 1")
+            require(self.intermediate_size >= 1, "intermediate_size", self.intermediate_size, "must be >= 1")
         if "cdmoe" in ffns:
             self._validate_cdmoe()
         if "moe" in ffns:
@@ -186,59 +183,59 @@ class CheemsConfig(PretrainedConfig):
 
     def _validate_attention(self) -> None:
         h, hkv = self.num_attention_heads, self.num_key_value_heads
-        _check(h >= 1, "num_attention_heads", h, "must be >= 1")
-        _check(hkv >= 1 and h % hkv == 0, "num_key_value_heads", hkv,
-               f"must be >= 1 and divide num_attention_heads={h}")
-        _check(self.head_dim >= 2 and self.head_dim % 2 == 0, "head_dim", self.head_dim,
-               "must be a positive even number (RoPE)")
-        _check(self.rope_theta > 0, "rope_theta", self.rope_theta, "must be > 0")
+        require(h >= 1, "num_attention_heads", h, "must be >= 1")
+        require(hkv >= 1 and h % hkv == 0, "num_key_value_heads", hkv,
+                f"must be >= 1 and divide num_attention_heads={h}")
+        require(self.head_dim >= 2 and self.head_dim % 2 == 0, "head_dim", self.head_dim,
+                "must be a positive even number (RoPE)")
+        require(self.rope_theta > 0, "rope_theta", self.rope_theta, "must be > 0")
         if "dma" in self.layer_types:
-            _check(self.keep_window is None or self.keep_window >= 1, "keep_window", self.keep_window,
-                   "None or >= 1")
-            _check(self.dma_mask_form in DMA_MASK_FORMS, "dma_mask_form", self.dma_mask_form,
-                   f"one of {DMA_MASK_FORMS}")
+            require(self.keep_window is None or self.keep_window >= 1, "keep_window", self.keep_window,
+                    "None or >= 1")
+            require(self.dma_mask_form in DMA_MASK_FORMS, "dma_mask_form", self.dma_mask_form,
+                    f"one of {DMA_MASK_FORMS}")
 
     def _validate_ssd(self) -> None:
         for name in ("ssd_num_heads", "ssd_head_dim", "ssd_state_size", "ssd_num_groups", "ssd_conv_kernel"):
-            _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
-        _check(self.ssd_num_heads % self.ssd_num_groups == 0, "ssd_num_groups", self.ssd_num_groups,
-               f"must divide ssd_num_heads={self.ssd_num_heads}")
+            require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        require(self.ssd_num_heads % self.ssd_num_groups == 0, "ssd_num_groups", self.ssd_num_groups,
+                f"must divide ssd_num_heads={self.ssd_num_heads}")
         c = self.ssd_chunk_size
-        _check(c >= 1 and c & (c - 1) == 0, "ssd_chunk_size", c, "a power of two")
+        require(c >= 1 and c & (c - 1) == 0, "ssd_chunk_size", c, "a power of two")
         if self.ssd_use_rope:
-            _check(self.ssd_state_size % 2 == 0, "ssd_state_size", self.ssd_state_size,
-                   "must be even when ssd_use_rope (RoPE rotates B and C)")
-            _check(self.rope_theta > 0, "rope_theta", self.rope_theta, "must be > 0")
+            require(self.ssd_state_size % 2 == 0, "ssd_state_size", self.ssd_state_size,
+                    "must be even when ssd_use_rope (RoPE rotates B and C)")
+            require(self.rope_theta > 0, "rope_theta", self.rope_theta, "must be > 0")
 
     def _validate_mamba2(self) -> None:
         for name in ("mamba2_expand", "mamba2_head_dim", "mamba2_state_size", "mamba2_num_groups",
                      "mamba2_conv_kernel"):
-            _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+            require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         inner = self.mamba2_expand * self.hidden_size
-        _check(inner % self.mamba2_head_dim == 0, "mamba2_head_dim", self.mamba2_head_dim,
-               f"must divide mamba2_expand * hidden_size = {inner}")
+        require(inner % self.mamba2_head_dim == 0, "mamba2_head_dim", self.mamba2_head_dim,
+                f"must divide mamba2_expand * hidden_size = {inner}")
         heads = inner // self.mamba2_head_dim
-        _check(heads % self.mamba2_num_groups == 0, "mamba2_num_groups", self.mamba2_num_groups,
-               f"must divide the number of Mamba2 heads {heads}")
+        require(heads % self.mamba2_num_groups == 0, "mamba2_num_groups", self.mamba2_num_groups,
+                f"must divide the number of Mamba2 heads {heads}")
         c = self.mamba2_chunk_size
-        _check(c >= 1 and c & (c - 1) == 0, "mamba2_chunk_size", c, "a power of two")
+        require(c >= 1 and c & (c - 1) == 0, "mamba2_chunk_size", c, "a power of two")
 
     def _validate_cdmoe(self) -> None:
         n = self.cdmoe_num_experts
         root = math.isqrt(n) if n >= 1 else 0
-        _check(n >= 1 and root * root == n, "cdmoe_num_experts", n, "a perfect square (product keys use sqrt(N) sub-keys)")
-        _check(self.cdmoe_num_heads >= 1, "cdmoe_num_heads", self.cdmoe_num_heads, "must be >= 1")
-        _check(1 <= self.cdmoe_top_k <= root, "cdmoe_top_k", self.cdmoe_top_k,
-               f"in [1, sqrt(cdmoe_num_experts)={root}]")
-        _check(self.cdmoe_retrieval_dim >= 2 and self.cdmoe_retrieval_dim % 2 == 0, "cdmoe_retrieval_dim",
-               self.cdmoe_retrieval_dim, "a positive even number (two halves of product keys)")
+        require(n >= 1 and root * root == n, "cdmoe_num_experts", n, "a perfect square (product keys use sqrt(N) sub-keys)")
+        require(self.cdmoe_num_heads >= 1, "cdmoe_num_heads", self.cdmoe_num_heads, "must be >= 1")
+        require(1 <= self.cdmoe_top_k <= root, "cdmoe_top_k", self.cdmoe_top_k,
+                f"in [1, sqrt(cdmoe_num_experts)={root}]")
+        require(self.cdmoe_retrieval_dim >= 2 and self.cdmoe_retrieval_dim % 2 == 0, "cdmoe_retrieval_dim",
+                self.cdmoe_retrieval_dim, "a positive even number (two halves of product keys)")
 
     def _validate_moe(self) -> None:
-        _check(self.moe_num_experts >= 1, "moe_num_experts", self.moe_num_experts, "must be >= 1")
-        _check(1 <= self.moe_top_k <= self.moe_num_experts, "moe_top_k", self.moe_top_k,
-               f"in [1, moe_num_experts={self.moe_num_experts}]")
-        _check(self.moe_intermediate_size >= 1, "moe_intermediate_size", self.moe_intermediate_size, "must be >= 1")
-        _check(self.moe_shared_intermediate_size >= 0, "moe_shared_intermediate_size",
-               self.moe_shared_intermediate_size, "must be >= 0 (0 = no shared expert)")
-        _check(self.moe_implementation in MOE_IMPLEMENTATIONS, "moe_implementation", self.moe_implementation,
-               f"one of {MOE_IMPLEMENTATIONS}")
+        require(self.moe_num_experts >= 1, "moe_num_experts", self.moe_num_experts, "must be >= 1")
+        require(1 <= self.moe_top_k <= self.moe_num_experts, "moe_top_k", self.moe_top_k,
+                f"in [1, moe_num_experts={self.moe_num_experts}]")
+        require(self.moe_intermediate_size >= 1, "moe_intermediate_size", self.moe_intermediate_size, "must be >= 1")
+        require(self.moe_shared_intermediate_size >= 0, "moe_shared_intermediate_size",
+                self.moe_shared_intermediate_size, "must be >= 0 (0 = no shared expert)")
+        require(self.moe_implementation in MOE_IMPLEMENTATIONS, "moe_implementation", self.moe_implementation,
+                f"one of {MOE_IMPLEMENTATIONS}")

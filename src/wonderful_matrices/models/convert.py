@@ -20,18 +20,13 @@ from .configuration import CheemsConfig
 from .modeling import CheemsForCausalLM
 
 
-def _require(condition: bool, argument: str, value, allowed: str) -> None:
-    if not condition:
-        raise ValueError(f"{argument}={value!r} is not allowed: {allowed}")
-
-
 def _rope_theta(hf_config) -> float:
     """The default-RoPE base of an HF config (5.x ``rope_parameters`` or the older ``rope_theta``)."""
     params = getattr(hf_config, "rope_parameters", None) or {}
     rope_type = params.get("rope_type", "default")
-    _require(rope_type == "default", "rope_parameters.rope_type", rope_type, "only 'default' RoPE converts")
+    require(rope_type == "default", "rope_parameters.rope_type", rope_type, "only 'default' RoPE converts")
     theta = params.get("rope_theta", getattr(hf_config, "rope_theta", None))
-    _require(theta is not None, "rope_theta", theta, "the HF config must give a RoPE base")
+    require(theta is not None, "rope_theta", theta, "the HF config must give a RoPE base")
     return float(theta)
 
 
@@ -49,8 +44,8 @@ def _load(config: CheemsConfig, state_dict: dict, like: torch.nn.Module) -> Chee
 def from_hf_llama(model) -> CheemsForCausalLM:
     """``transformers.LlamaForCausalLM`` -> :class:`CheemsForCausalLM` with the same logits."""
     c = model.config
-    _require(c.hidden_act == "silu", "hidden_act", c.hidden_act, "only 'silu' (SwiGLU)")
-    _require(not getattr(c, "mlp_bias", False), "mlp_bias", c.mlp_bias, "only False")
+    require(c.hidden_act == "silu", "hidden_act", c.hidden_act, "only 'silu' (SwiGLU)")
+    require(not getattr(c, "mlp_bias", False), "mlp_bias", c.mlp_bias, "only False")
     n = c.num_hidden_layers
     heads = c.num_attention_heads
     config = CheemsConfig(
@@ -75,12 +70,12 @@ def from_hf_llama(model) -> CheemsForCausalLM:
 def from_hf_mamba2(model) -> CheemsForCausalLM:
     """``transformers.Mamba2ForCausalLM`` -> :class:`CheemsForCausalLM` with the same logits."""
     c = model.config
-    _require(c.hidden_act in ("silu", "swish"), "hidden_act", c.hidden_act, "only 'silu'")
+    require(c.hidden_act in ("silu", "swish"), "hidden_act", c.hidden_act, "only 'silu'")
     inner = int(c.expand * c.hidden_size)
-    _require(inner == c.num_heads * c.head_dim, "expand", c.expand,
-             f"expand * hidden_size must equal num_heads * head_dim ({c.num_heads * c.head_dim})")
+    require(inner == c.num_heads * c.head_dim, "expand", c.expand,
+            f"expand * hidden_size must equal num_heads * head_dim ({c.num_heads * c.head_dim})")
     limit = tuple(float(v) for v in c.time_step_limit)
-    _require(limit == (0.0, float("inf")), "time_step_limit", c.time_step_limit, "only (0.0, inf)")
+    require(limit == (0.0, float("inf")), "time_step_limit", c.time_step_limit, "only (0.0, inf)")
     n = c.num_hidden_layers
     config = CheemsConfig(
         vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=n,
@@ -108,10 +103,10 @@ def from_hf_mamba2(model) -> CheemsForCausalLM:
 def from_hf_doge(model) -> CheemsForCausalLM:
     """Dense ``transformers.DogeForCausalLM`` -> :class:`CheemsForCausalLM` with the same logits."""
     c = model.config
-    _require(not c.is_moe, "is_moe", c.is_moe, "only False (dense Doge)")
-    _require(c.hidden_act == "silu", "hidden_act", c.hidden_act, "only 'silu' (SwiGLU)")
-    _require(not c.mlp_bias, "mlp_bias", c.mlp_bias, "only False")
-    _require(c.sliding_window is None, "sliding_window", c.sliding_window, "only None (DMA's keep_window is used)")
+    require(not c.is_moe, "is_moe", c.is_moe, "only False (dense Doge)")
+    require(c.hidden_act == "silu", "hidden_act", c.hidden_act, "only 'silu' (SwiGLU)")
+    require(not c.mlp_bias, "mlp_bias", c.mlp_bias, "only False")
+    require(c.sliding_window is None, "sliding_window", c.sliding_window, "only None (DMA's keep_window is used)")
     n = c.num_hidden_layers
     heads = c.num_attention_heads
     config = CheemsConfig(

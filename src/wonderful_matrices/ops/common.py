@@ -7,13 +7,10 @@ from typing import Iterable, Iterator
 
 import torch
 
-BACKENDS = ("auto", "naive", "torch", "triton")
+from ..errors import require
 
-
-def require(condition: bool, argument: str, value, allowed: str) -> None:
-    """Raise ``ValueError`` naming ``argument``, its ``value`` and what is ``allowed`` unless ``condition``."""
-    if not condition:
-        raise ValueError(f"{argument}={value!r} is not allowed: {allowed}")
+BACKENDS = ("auto", "naive", "torch", "triton")  # what every op's ``backend`` accepts (``"naive"``: the oracle)
+LAYER_BACKENDS = ("auto", "torch", "triton")  # what a layer's fast path accepts (the oracle is an op's business)
 
 
 def shape_of(t: torch.Tensor) -> tuple:

@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..triton_utils import dot_block, poisoned_empty
+
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
 TARGET_PROGRAMS = 512  # about four programs per SM of an H100/H200 for the attention launch
@@ -211,8 +213,8 @@ def decode_step(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: t
                          l=torch.empty(b * hq * limit, device=q.device, dtype=torch.float32),
                          drop=torch.empty(rows, device=q.device, dtype=torch.int32))
     acc, m, l, drop = workspace["acc"], workspace["m"], workspace["l"], workspace["drop"]
-    out = torch.empty(b, 1, hq, d, device=q.device, dtype=q.dtype)
-    block_d = max(16, triton.next_power_of_2(d))
+    out = poisoned_empty(b, 1, hq, d, dtype=q.dtype, device=q.device)
+    block_d = dot_block(d)
     new_strides = (key.stride(0), key.stride(2), value.stride(0), value.stride(2), bias.stride(0), bias.stride(2),
                    position.stride(0), position.stride(2))
     buf_strides = (key_buf.stride(0), key_buf.stride(1), key_buf.stride(2), value_buf.stride(0),
@@ -221,7 +223,7 @@ def decode_step(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: t
     _attend_kernel[(rows, splits)](
         q, key, value, bias, position, key_buf, value_buf, bias_buf, position_buf, acc, m, l, drop,
         q.stride(0), q.stride(2), *new_strides, *buf_strides, n, hkv, group, tile, limit, scale,
-        EVICT=evict, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
+        EVICT=evict, BLOCK_G=dot_block(group), BLOCK_N=block_n,
         BLOCK_R=max(16, min(1024, triton.next_power_of_2(n))) if evict else 16,  # (unused when appending)
         BLOCK_D=block_d, HEAD_DIM=d,
         PRECISION="ieee" if key_buf.dtype == torch.float32 else None, num_warps=4)

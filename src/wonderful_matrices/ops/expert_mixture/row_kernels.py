@@ -1,4 +1,4 @@
-"""Expert mixture with Triton kernels (GPU; also CPU under ``TRITON_INTERPRET=1``).
+"""Expert mixture with Triton kernels (GPU; also CPU under ``TRITONINTERPRET=1``).
 
 The mixture ``y[t] = Σ_j gate[t,j]·act(down[e]·x[t])·up[e]`` (``e = ids[t,j]``, ``M = H·k`` selections per
 token) is assembled exactly as in the torch backend (``gather.py``: the autograd Functions ``RowDots`` and
@@ -28,15 +28,13 @@ exercise the masked tails). Outputs are NaN-poisoned under the interpreter, so a
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from ..triton_utils import INTERPRET, poisoned_empty
 from .gather import RowSum, mixture
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 RANKS_PER_PROGRAM = 32  # table_grad: selections of one expert a program walks before the ranks are split
 PARTIAL_BUDGET = 1 << 26  # table_grad: float32 elements of partial sums when the ranks are split (256 MiB)
@@ -44,14 +42,14 @@ PARTIAL_BUDGET = 1 << 26  # table_grad: float32 elements of partial sums when th
 
 def _configs(gpu: list[tuple[int, int, int]], interpreted: tuple[int, int], names: tuple[str, str]):
     """Autotune configurations: ``gpu`` (block_a, block_d, num_warps) on a GPU; one small one interpreted."""
-    if _INTERPRET:
+    if INTERPRET:
         return [triton.Config({names[0]: interpreted[0], names[1]: interpreted[1]}, num_warps=1)]
     return [triton.Config({names[0]: a, names[1]: b}, num_warps=w) for a, b, w in gpu]
 
 
 # Reductions go through ``tl.reduce`` with combine functions of this module rather than ``tl.sum``/``tl.max``:
 # those are jit functions of triton's standard library, created in compiled mode when triton was imported before
-# TRITON_INTERPRET=1 was set (as in a test session), which the interpreter cannot call.
+# TRITONINTERPRET=1 was set (as in a test session), which the interpreter cannot call.
 @triton.jit
 def _add(a, b):
     return a + b
@@ -137,13 +135,6 @@ def _table_grad_kernel(starts_ptr, order_ptr, w_ptr, vec_ptr, out_ptr, N, M, D, 
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_e[:, None] & mask_d[None, :])
 
 
-def _empty(shape, dtype, device) -> torch.Tensor:
-    """A fresh output; NaN-filled under the interpreter so that an unwritten element cannot pass a test."""
-    if _INTERPRET:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 def rank_split(selections: int, num_experts: int, d: int) -> int:
     """Programs sharing one tile of experts in ``table_grad``: about ``RANKS_PER_PROGRAM`` selections per expert
     each (1 when experts are many and selections per expert few), at most 64 and at most ``PARTIAL_BUDGET``
@@ -166,7 +157,7 @@ class TritonKernels:
     def row_dots(vec: torch.Tensor, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """vec (T, d), table (N, d), ids (T, M) -> (T, M) float32."""
         T, M = ids.shape
-        out = _empty((T, M), torch.float32, table.device)
+        out = poisoned_empty(T, M, dtype=torch.float32, device=table.device)
         if T:
             grid = lambda meta: (T, triton.cdiv(M, meta["BLOCK_M"]))  # noqa: E731
             _row_dots_kernel[grid](vec.contiguous(), table, ids, out, M, table.shape[1])
@@ -177,7 +168,7 @@ class TritonKernels:
         """w (T, M), table (N, d), ids (T, M) -> (T, d) in the table dtype."""
         T, M = ids.shape
         D = table.shape[1]
-        out = _empty((T, D), table.dtype, table.device)
+        out = poisoned_empty(T, D, dtype=table.dtype, device=table.device)
         if T:
             grid = lambda meta: (T, triton.cdiv(D, meta["BLOCK_D"]))  # noqa: E731
             _row_sum_kernel[grid](w.contiguous(), table, ids, out, M, D)
@@ -193,8 +184,8 @@ class TritonKernels:
             cache["sorted"] = sort_by_expert(ids, N)
         order, starts = cache["sorted"]
         split = rank_split(order.numel(), N, D)
-        out = _empty((N, D), table.dtype, table.device) if split == 1 else _empty((split, N, D), torch.float32,
-                                                                                   table.device)
+        out = (poisoned_empty(N, D, dtype=table.dtype, device=table.device) if split == 1
+               else poisoned_empty(split, N, D, dtype=torch.float32, device=table.device))
         grid = lambda meta: (triton.cdiv(N, meta["BLOCK_E"]), triton.cdiv(D, meta["BLOCK_D"]), split)  # noqa: E731
         _table_grad_kernel[grid](starts, order, w.contiguous(), vec.contiguous(), out, N, M, D, split)
         return out if split == 1 else out.sum(0).to(table.dtype)

@@ -50,13 +50,11 @@ length changes only the order of float operations, not the function.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from ..triton_utils import INTERPRET, dot_block, poisoned_empty, pow2_at_least
 
 # launch settings per kernel (num_warps, num_stages); a starting point for tuning on the H200
 CONFIG = {
@@ -84,17 +82,6 @@ STATE_BLOCK = 1024  # state elements per program of the sequential passes
 
 _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 SUPPORTED_DTYPES = tuple(_TL_DTYPE)
-
-
-def _pow2(v: int) -> int:
-    return 1 << max(0, (v - 1).bit_length())
-
-
-def _empty(*shape, dtype=torch.float32, device=None) -> torch.Tensor:
-    """A fresh buffer; NaN-filled under the interpreter (tests) so that an unwritten element cannot pass."""
-    if _INTERPRET:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -627,20 +614,20 @@ class _Plan:
     def __init__(self, x: torch.Tensor, B: torch.Tensor, chunk_size: int, seq_idx: torch.Tensor | None):
         self.b, self.l, self.h, self.p = x.shape
         self.g, self.n = B.shape[2], B.shape[3]
-        self.q = max(16, min(chunk_size, _pow2(self.l)))
+        self.q = max(16, min(chunk_size, pow2_at_least(self.l)))
         self.nc = -(-self.l // self.q)
         self.bq = min(BLOCK_Q, self.q)
-        self.bp = max(16, _pow2(self.p))
-        self.bn = max(16, _pow2(self.n))
+        self.bp = dot_block(self.p)
+        self.bn = dot_block(self.n)
         self.dt_dot = _TL_DTYPE[x.dtype]
         self.prec = "ieee" if x.dtype == torch.float32 else "tf32"
-        self.upcast = _INTERPRET and x.dtype == torch.bfloat16
+        self.upcast = INTERPRET and x.dtype == torch.bfloat16
         # half inputs: some products with a float32 operand (states, decay-scaled inputs) keep about 16 bits of
         # it (see _mm_f32b and SPLIT_SITES); with 8 bits the gradient of A loses its accuracy (it sums terms that
         # cancel)
         self.split = x.dtype != torch.float32
         r = self.h // self.g
-        self.state_block = min(STATE_BLOCK, _pow2(self.p * self.n))
+        self.state_block = min(STATE_BLOCK, pow2_at_least(self.p * self.n))
         self.dcb_hpp = max(d for d in range(1, min(r, DCB_HEADS_PER_PROGRAM) + 1) if r % d == 0)
         self.dcb_nsplit = r // self.dcb_hpp
         self.bc_hpp = max(d for d in range(1, min(r, BC_HEADS_PER_PROGRAM) + 1) if r % d == 0)
@@ -674,15 +661,15 @@ def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=Non
     run = timer or (lambda name, fn: fn())
     b, l, h, p, g, n, q, nc = pl.b, pl.l, pl.h, pl.p, pl.g, pl.n, pl.q, pl.nc
     dev = x.device
-    cum = _empty(b, h, nc, q, device=dev)
-    block_h = min(16, _pow2(h))
+    cum = poisoned_empty(b, h, nc, q, device=dev)
+    block_h = min(16, pow2_at_least(h))
     run("cumsum", lambda: _launch(_cumsum_kernel, (b * nc, triton.cdiv(h, block_h)), "cumsum",
                                   dt, A, cum, l, h, nc, *dt.stride(), Q=q, BLOCK_H=block_h))
-    cb = _empty(b, nc, g, q, q, device=dev)
+    cb = poisoned_empty(b, nc, g, q, q, device=dev)
     nb = q // pl.bq
     run("cb", lambda: _launch(_cb_kernel, (nb * nb, b * nc, g), "cb", B, C, cb, l, g, nc, n,
                               *B.stride(), *C.stride(), Q=q, BQ=pl.bq, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast))
-    states = _empty(b, nc + 1, h, p, n, device=dev)
+    states = poisoned_empty(b, nc + 1, h, p, n, device=dev)
     run("chunk_state", lambda: _launch(
         _chunk_state_kernel, (b * nc, h), "chunk_state", x, B, dt, cum, seq, states, l, h, g, nc, p, n, 0,
         *x.stride(), *B.stride(), *dt.stride(), s_seq_b, s_seq_l, Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot,
@@ -692,7 +679,7 @@ def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=Non
         _state_pass_kernel, (triton.cdiv(p * n, pl.state_block), b * h), "state_pass", states, cum, init, seq, l, h,
         nc, p * n, s_seq_b, s_seq_l, Q=q, BLOCK=pl.state_block, HAS_INIT=initial_state is not None,
         HAS_SEQ=pl.has_seq))
-    y = _empty(b, l, h, p, dtype=x.dtype, device=dev)
+    y = poisoned_empty(b, l, h, p, dtype=x.dtype, device=dev)
     run("output", lambda: _launch(
         _output_kernel, (h * nb, b * nc), "output", x, dt, cum, C, cb, states, D if D is not None else A, seq, y,
         l, h, g, nc, p, n, *x.stride(), *dt.stride(), *C.stride(), *y.stride(), s_seq_b, s_seq_l, Q=q, BQ=pl.bq,
@@ -712,24 +699,24 @@ def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, 
     dev = x.device
     if dy is None:
         dy = torch.zeros_like(x)
-    dst = _empty(b, nc + 1, h, p, n, device=dev)
+    dst = poisoned_empty(b, nc + 1, h, p, n, device=dev)
     run("chunk_state_bwd", lambda: _launch(
         _chunk_state_kernel, (b * nc, h), "chunk_state", dy, C, dt, cum, seq, dst, l, h, g, nc, p, n, 1,
         *dy.stride(), *C.stride(), *dt.stride(), s_seq_b, s_seq_l, Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot,
         PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split_at("chunk_state_bwd"), FORWARD=False, HAS_SEQ=pl.has_seq))
     nprog = triton.cdiv(p * n, pl.state_block)
-    sdot = _empty(b, h, nc, nprog, device=dev)
+    sdot = poisoned_empty(b, h, nc, nprog, device=dev)
     dfin = dfinal.float().contiguous() if dfinal is not None else dst
     run("state_pass_bwd", lambda: _launch(
         _state_pass_bwd_kernel, (nprog, b * h), "state_pass_bwd", dst, states, cum, dfin, sdot, seq, l, h, nc,
         p * n, s_seq_b, s_seq_l, Q=q, BLOCK=pl.state_block, HAS_DFINAL=dfinal is not None, HAS_SEQ=pl.has_seq))
-    dx = _empty(b, l, h, p, dtype=x.dtype, device=dev)
+    dx = poisoned_empty(b, l, h, p, dtype=x.dtype, device=dev)
     out = {}
     rows, cols, dyx = _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out, seq_idx)
 
     def reduce():
-        ddt = _empty(b, l, h, device=dev)
-        da_part = _empty(b, h, nc, device=dev)
+        ddt = poisoned_empty(b, l, h, device=dev)
+        da_part = poisoned_empty(b, h, nc, device=dev)
         (r1, n1), (r2, n2) = (rows + [(rows[0][0], 0)])[:2]
         (c1, m1), (c2, m2) = (cols + [(cols[0][0], 0)])[:2]
         _launch(_dcum_kernel, (b * h * nc,), "dcum", r1, n1, r2, n2, c1, m1, c2, m2, sdot, nprog, dt, A, ddt,
@@ -748,8 +735,8 @@ def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx,
     seq, s_seq_b, s_seq_l = _seq_args(seq_idx, x)
     dev = x.device
     nb = q // pl.bq
-    ddt_inter = _empty(b, h, nc, q, device=dev)
-    dyx = _empty(b, h, nc, q, device=dev) if D is not None else ddt_inter
+    ddt_inter = poisoned_empty(b, h, nc, q, device=dev)
+    dyx = poisoned_empty(b, h, nc, q, device=dev) if D is not None else ddt_inter
     run("dx2", lambda: _launch(
         _dx2_kernel, (h * nb, b * nc), "dx2", x, dt, cum, B, cb, dst, dy, D if D is not None else A, seq, dx,
         ddt_inter, dyx, l, h, g, nc, p, n, *x.stride(), *dt.stride(), *B.stride(), *dy.stride(), *dx.stride(),
@@ -758,22 +745,22 @@ def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx,
     # partial sums by tile: entries of tiles above the diagonal stay zero
     rowpart = torch.zeros(b, h, nc, nb, q, dtype=torch.float32, device=dev)
     colpart = torch.zeros(b, h, nc, nb, q, dtype=torch.float32, device=dev)
-    dcb = _empty(b, nc, g * pl.dcb_nsplit, q, q, device=dev)
+    dcb = poisoned_empty(b, nc, g * pl.dcb_nsplit, q, q, device=dev)
     run("dcb", lambda: _launch(
         _dcb_kernel, (nb * (nb + 1) // 2, b * nc, g * pl.dcb_nsplit), "dcb", x, dt, cum, cb, dy, seq, dcb, rowpart,
         colpart, l, h, g, nc, p, pl.dcb_nsplit, *x.stride(), *dt.stride(), *dy.stride(), s_seq_b, s_seq_l,
         Q=q, BQ=pl.bq, BP=pl.bp, HPP=pl.dcb_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, HAS_SEQ=pl.has_seq))
     hs = pl.bc_nsplit
-    dC = _empty(b, l, g * hs, n, device=dev)
+    dC = poisoned_empty(b, l, g * hs, n, device=dev)
     bnc = max(16, min(pl.bn, DC2_COLUMNS))
     nbn = triton.cdiv(n, bnc)
-    rowinter = _empty(b, h, nc, nbn, q, device=dev)
+    rowinter = poisoned_empty(b, h, nc, nbn, q, device=dev)
     run("dc2", lambda: _launch(
         _dc2_kernel, (nb * nbn, b * nc, g * hs), "dc2", C, B, cum, states, dy, dcb, seq, dC, rowinter, l, h, g, nc,
         p, n, pl.dcb_nsplit, hs, nbn, *B.stride(), *C.stride(), *dy.stride(), s_seq_b, s_seq_l, Q=q, BQ=pl.bq,
         BP=pl.bp, BN=bnc, HPP=pl.bc_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split_at("dc"),
         HAS_SEQ=pl.has_seq))
-    dB = _empty(b, l, g * hs, n, device=dev)
+    dB = poisoned_empty(b, l, g * hs, n, device=dev)
     run("db2", lambda: _launch(
         _db2_kernel, (nb, b * nc, g * hs), "db2", x, dt, cum, C, dst, dcb, seq, dB, l, h, g, nc, p, n,
         pl.dcb_nsplit, hs, *x.stride(), *dt.stride(), *C.stride(), s_seq_b, s_seq_l, Q=q, BQ=pl.bq, BP=pl.bp,
