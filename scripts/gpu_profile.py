@@ -82,12 +82,7 @@ for name in ("llama-base", "cheems-base"):
     cache = CheemsCache(cfg)
     with torch.no_grad():
         model(input_ids=prompt, past_key_values=cache, use_cache=True)
-        for idx, kind in enumerate(cfg.layer_types):
-            if kind in lm.ATTENTION_LIKE:
-                target = 4096 if kind == "attn" else min(4096, cfg.keep_window)
-                lm._grow_state(cache.layer_state(idx), 16, target, 4096)
-        cache.real_tokens = torch.full((1,), 4096, dtype=torch.long, device=dev)
-        cache._seen_tokens = 4096
+        lm.fill_cache(cache, cfg, 4096)
         token = prompt[:, -1:]
 
         def decode():

@@ -4,6 +4,7 @@ import torch
 from conftest import rel_err
 
 from wonderful_matrices.layers import CDMoE, GatedMLP, product_key_balance_loss
+from wonderful_matrices.models.convert import cdmoe_from_doge
 from wonderful_matrices.ops import expert_mixture, product_key_topk
 
 
@@ -103,7 +104,7 @@ def _doge(num_experts=25, top_k=3, hidden_act="silu"):
 @pytest.mark.parametrize("hidden_act", ["silu", "gelu"])
 def test_loads_hf_doge_cdmoe_and_matches_it_token_by_token(hidden_act):
     hf = _doge(hidden_act=hidden_act)
-    ours = CDMoE.from_doge(hf.state_dict(), top_k=3, activation=hidden_act)
+    ours = cdmoe_from_doge(hf.state_dict(), top_k=3, activation=hidden_act)
     x = torch.randn(1, 6, 16, dtype=torch.float64)
     per_token = torch.cat([hf(x[:, t:t + 1])[0] for t in range(6)], dim=1)
     assert rel_err(ours(x), per_token) < 1e-12
@@ -119,7 +120,7 @@ def test_loads_hf_doge_cdmoe_and_matches_it_token_by_token(hidden_act):
 def test_doge_with_non_square_experts_is_refused():
     hf = _doge(num_experts=20, top_k=2)  # HF silently uses floor(√20)² = 16 of them
     with pytest.raises(ValueError, match="down_embed"):
-        CDMoE.from_doge(hf.state_dict(), top_k=2)
+        cdmoe_from_doge(hf.state_dict(), top_k=2)
 
 
 def test_balance_loss_uniform_is_one_and_concentration_raises_it():

@@ -6,7 +6,8 @@ from conftest import rel_err
 # a wrong kept set changes outputs by O(1e-1).
 TOL64 = 1e-6
 
-from wonderful_matrices.layers import DynamicMaskAttention, load_hf_doge_attention_state
+from wonderful_matrices.layers import DynamicMaskAttention
+from wonderful_matrices.models.convert import load_hf_doge_attention_state
 
 
 def randomize(layer, scale=0.5):

@@ -3,7 +3,8 @@ import pytest
 import torch
 from conftest import rel_err
 
-from wonderful_matrices.layers import Mamba2Mixer, mamba2_mixer_kwargs_from_hf_config
+from wonderful_matrices.layers import Mamba2Mixer
+from wonderful_matrices.models.convert import mamba2_mixer_kwargs_from_hf_config
 
 transformers = pytest.importorskip("transformers")
 from transformers import Mamba2Config  # noqa: E402

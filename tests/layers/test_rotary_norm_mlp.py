@@ -47,12 +47,11 @@ def test_rmsnorm_and_mlp_shapes():
 def test_rotary_tables_are_computed_once_per_position_tensor():
     import gc
 
-    from wonderful_matrices.layers import rotary as rotary_module
-
-    a, b = RotaryEmbedding(8), RotaryEmbedding(8)  # two layers of one model
+    a = b = RotaryEmbedding(8)  # two layers of one model share the instance (share_rotary)
     pos = torch.arange(5)[None].expand(2, 5)
     cos, sin = a(pos)
     assert b(pos)[0] is cos and b(pos)[1] is sin  # the second layer reuses the first one's tables
+    assert RotaryEmbedding(8)(pos)[0] is not cos  # another instance has its own memo
     fresh = RotaryEmbedding(8)._tables(pos, torch.float32)
     assert torch.equal(cos, fresh[0]) and torch.equal(sin, fresh[1])
     other = pos.clone()
@@ -68,7 +67,27 @@ def test_rotary_tables_are_computed_once_per_position_tensor():
         inference_cos = a(pos)[0]
     assert inference_cos is not normal_cos and a(pos)[0] is normal_cos  # inference-mode tables are kept apart
     del normal_cos, inference_cos, pos, cos, sin, other
-    key = (8, 10000.0, torch.float32, False)
+    key = (torch.float32, False)
     del changed, again, first
     gc.collect()
-    assert key not in rotary_module._LAST_TABLES  # the entry goes with its position tensor
+    assert key not in a.memo  # the entry goes with its position tensor
+    import copy
+    import pickle
+
+    kept = torch.arange(3)[None]
+    a(kept)
+    assert copy.deepcopy(a).memo == {} and pickle.loads(pickle.dumps(a)).memo == {}  # copies start empty
+
+
+def test_model_layers_share_one_rotary_per_dim():
+    """A model's attention-like and SSD layers share one RotaryEmbedding per (dim, theta): one memo per model."""
+    from wonderful_matrices import CheemsForCausalLM, presets
+
+    cfg = presets.get("cheems-tiny", head_dim=16, ssd_state_size=8)
+    model = CheemsForCausalLM(cfg)
+    rotaries = {id(m): m for m in model.modules() if isinstance(m, RotaryEmbedding)}
+    assert sorted(m.dim for m in rotaries.values()) == [8, 16]
+    mixers = [block.mixer for block in model.model.layers]
+    assert all(m.rotary is mixers[0].rotary for m in mixers if m.rotary.dim == 8)
+    other = CheemsForCausalLM(cfg)
+    assert other.model.layers[0].mixer.rotary is not mixers[0].rotary  # never shared across models

@@ -1,4 +1,4 @@
-"""The fused Triton DMA decode step (ops/dma/decode.py) against the layer's torch step (its oracle), on the CPU
+"""The fused Triton DMA decode step (ops/dma/decode.py) against the torch step of ops/dma/cache.py (its oracle), on the CPU
 under TRITON_INTERPRET=1 (float32, tiny shapes). Compiled CUDA cases are in test_ops_cuda.py.
 
 As in test_dma_triton.py, ``test_interpreted_in_a_subprocess`` reruns this file in a child process with
@@ -15,7 +15,6 @@ pytest.importorskip("triton")
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 from wonderful_matrices.layers import DynamicMaskAttention  # noqa: E402
-from wonderful_matrices.layers import dma as dma_layer  # noqa: E402
 
 interpreted_only = pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 child process")
 NAMES = ("key", "value", "bias", "position")
@@ -28,23 +27,19 @@ def test_interpreted_in_a_subprocess():
 
 @pytest.mark.skipif(INTERPRETED, reason="the CPU without the interpreter")
 def test_decode_backend_arguments_checked():
-    layer = DynamicMaskAttention(16, 2, 1, 8, keep_window=3)
+    with pytest.raises(ValueError, match="decode_backend"):
+        DynamicMaskAttention(16, 2, 1, 8, keep_window=3, decode_backend="fast")
+    layer = DynamicMaskAttention(16, 2, 1, 8, keep_window=3, decode_backend="triton")
     x, pos = torch.randn(1, 5, 16), torch.arange(5)[None]
     state = {}
     with torch.no_grad():
         layer(x[:, :4], pos[:, :4], None, state)
-        layer.decode_backend = "fast"
-        with pytest.raises(ValueError, match="decode_backend"):
-            layer(x[:, 4:], pos[:, 4:], None, state)
-        layer.decode_backend = "triton"  # no CUDA, no interpreter here
-        with pytest.raises(ValueError, match="decode_backend"):
+        with pytest.raises(ValueError, match="decode_backend"):  # no CUDA, no interpreter here
             layer(x[:, 4:], pos[:, 4:], None, state)
 
 
 def _layer(hq, hkv, d, w, backend):
-    layer = DynamicMaskAttention(hq * d, hq, hkv, d, keep_window=w)
-    layer.decode_backend = backend
-    return layer
+    return DynamicMaskAttention(hq * d, hq, hkv, d, keep_window=w, decode_backend=backend)
 
 
 def _random_cache(b, n, hkv, d, ties):
@@ -63,8 +58,8 @@ def _steps(fused, ref, state_f, state_r, b, hq, hkv, d, steps, ties, start, chec
         bias[torch.rand(b, 1, hkv) < 0.25] = float("-inf")
         position = (torch.randint(0, 4, (b, 1, hkv)) if ties else torch.full((b, 1, hkv), start + t))
         with torch.no_grad():
-            out_f = fused._decode_step(q, k, v, bias, position, state_f)
-            out_r = ref._decode_step(q, k, v, bias, position, state_r)
+            out_f = fused.decoder.step(q, k, v, bias, position, state_f, fused.keep_window)
+            out_r = ref.decoder.step(q, k, v, bias, position, state_r, ref.keep_window)
         assert out_f.shape == out_r.shape and torch.isfinite(out_f).all()
         assert rel_err(out_f, out_r) < 1e-5, t
         for name in NAMES:
@@ -161,7 +156,6 @@ def test_auto_falls_back_to_torch_once_when_the_kernel_raises(monkeypatch, caplo
         raise RuntimeError("no kernel")
 
     monkeypatch.setattr(decode, "decode_step", broken)
-    monkeypatch.setattr(dma_layer, "_fused_decode_failed", False)
     layer, ref = _layer(4, 2, 8, 3, "auto"), _layer(4, 2, 8, 3, "torch")
     ref.load_state_dict(layer.state_dict())
     x, pos = torch.randn(2, 8, 32), torch.arange(8).expand(2, 8)
@@ -172,8 +166,9 @@ def test_auto_falls_back_to_torch_once_when_the_kernel_raises(monkeypatch, caplo
         for t in range(4, 8):
             assert torch.equal(layer(x[:, t:t + 1], pos[:, t:t + 1], None, s1),
                                ref(x[:, t:t + 1], pos[:, t:t + 1], None, s2))
-    assert dma_layer._fused_decode_failed
+    assert layer.decoder.failed == "RuntimeError: no kernel"
     assert sum("fused Triton decode step failed" in r.getMessage() for r in caplog.records) == 1
-    layer.decode_backend = "triton"  # forced: the error propagates
+    forced = _layer(4, 2, 8, 3, "triton")  # forced: the error propagates
+    forced.load_state_dict(layer.state_dict())
     with torch.no_grad(), pytest.raises(RuntimeError, match="no kernel"):
-        layer(x[:, 7:8], pos[:, 7:8], None, s1)
+        forced(x[:, 7:8], pos[:, 7:8], None, s1)

@@ -156,8 +156,8 @@ def test_dma_layer_decode_step_never_syncs(window, backend):
     """A generation step of the DMA layer (cache full) runs without any host synchronisation."""
     from wonderful_matrices.layers import DynamicMaskAttention
 
-    layer = DynamicMaskAttention(128, 4, 2, 32, keep_window=window).cuda().to(torch.bfloat16).eval()
-    layer.decode_backend = backend
+    layer = DynamicMaskAttention(128, 4, 2, 32, keep_window=window, decode_backend=backend)
+    layer = layer.cuda().to(torch.bfloat16).eval()
     x = torch.randn(2, 40, 128, device="cuda", dtype=torch.bfloat16)
     pos = torch.arange(40, device="cuda").expand(2, 40)
     state = {}
@@ -180,9 +180,8 @@ def _dma_decode_pair(window, hq, hkv, d, dtype):
 
     layers = []
     for backend in ("triton", "torch"):
-        layer = DynamicMaskAttention(hq * d, hq, hkv, d, keep_window=window).cuda().to(dtype).eval()
-        layer.decode_backend = backend
-        layers.append(layer)
+        layer = DynamicMaskAttention(hq * d, hq, hkv, d, keep_window=window, decode_backend=backend)
+        layers.append(layer.cuda().to(dtype).eval())
     return layers
 
 
@@ -212,8 +211,8 @@ def test_dma_fused_decode_step_cuda(dtype, window, b, hq, hkv, d, prefill, ties)
         bias[torch.rand(b, 1, hkv, device="cuda") < 0.2] = float("-inf")
         position = torch.full((b, 1, hkv), prefill + t, device="cuda")
         with torch.no_grad():
-            out_f = fused._decode_step(q, k, v, bias, position, state_f)
-            out_r = ref._decode_step(q, k, v, bias, position, state_r)
+            out_f = fused.decoder.step(q, k, v, bias, position, state_f, window)
+            out_r = ref.decoder.step(q, k, v, bias, position, state_r, window)
         assert out_f.dtype == dtype and torch.isfinite(out_f).all()
         assert rel_err(out_f.float().cpu(), out_r.float().cpu()) < TOL[dtype] / 2, t
         for name in ("key", "value", "bias", "position"):
@@ -231,12 +230,12 @@ def test_dma_fused_decode_step_cuda_graph(b):
     bias = torch.randn(b, 1, hkv, device="cuda")
     position = torch.full((b, 1, hkv), 300, device="cuda")
     with torch.no_grad():
-        fused._decode_step(q, k, v, bias, position, state)  # buffers and workspace
+        fused.decoder.step(q, k, v, bias, position, state, 256)  # buffers and workspace
         eager_state = {name: t.clone() for name, t in state.items()}
-        eager = fused._decode_step(q, k, v, bias, position, eager_state)
+        eager = fused.decoder.step(q, k, v, bias, position, eager_state, 256)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = fused._decode_step(q, k, v, bias, position, state)
+            out = fused.decoder.step(q, k, v, bias, position, state, 256)
         graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, eager)

@@ -9,7 +9,7 @@
     without a window — what packing costs.
 (b) decoding at long context, like with like. Attention only (after the projections): one DMA step with a
     window (evict the lowest ranked slot, write the new key, attend over the ``w`` slots), one DMA step
-    without a window (append, attend over the whole cache) — each with the layer's torch step and, where
+    without a window (append, attend over the whole cache) — each with the torch step of ``ops.dma.DecodeStep`` and, where
     Triton runs, its fused Triton step (``[triton fused]``, ops/dma/decode.py) — and one SDPA step (write the
     new key/value into a preallocated full cache, attend over it; separate K and V, same heads) — eagerly and,
     on CUDA, replayed from a CUDA graph (which also proves the step has no host synchronisation). Whole
@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from ..layers import Attention, DynamicMaskAttention
 from ..ops import dynamic_mask_attention
 from ..ops.common import triton_usable
+from ..ops.dma import DecodeStep, cache_state
 from ..ops.dma.selection import default_block, select_blocks
 from .common import peak_memory_bytes, synchronize, time_callable, write_results
 
@@ -247,10 +248,10 @@ def _step_rows(name, fn, device, cfg, base, graph=True):
 
 
 def _dma_state(b, kept, n, h, d, device, dtype):
-    return {"key": torch.randn(b, kept, h, d, device=device, dtype=dtype),
-            "value": torch.randn(b, kept, h, d, device=device, dtype=dtype),
-            "bias": -torch.rand(b, kept, h, device=device),
-            "position": torch.arange(n - kept, n, device=device).view(1, kept, 1).repeat(b, 1, h)}
+    """A DMA cache of ``kept`` random keys at positions ``n - kept .. n - 1`` (``h`` KV heads)."""
+    return cache_state(torch.randn(b, kept, h, d, device=device, dtype=dtype),
+                       torch.randn(b, kept, h, d, device=device, dtype=dtype), -torch.rand(b, kept, h, device=device),
+                       torch.arange(n - kept, n, device=device).view(1, kept, 1).expand(b, kept, h))
 
 
 def _decode_rows(cfg, device):
@@ -264,20 +265,19 @@ def _decode_rows(cfg, device):
         # attention only: DMA with a window (w slots), DMA without (n slots, grows), SDPA over a full cache
         backends = ["torch"] + (["triton"] if triton_usable(device) else [])
         for window, backend in itertools.product((w, None), backends):
-            layer = DynamicMaskAttention(h * d, h, h, d, keep_window=window).to(device, dtype).eval()
-            layer.decode_backend = backend
+            decoder = DecodeStep(backend)
             state = _dma_state(b, n if window is None else min(w, n), n, h, d, device, dtype)
             name = f"DMA attention step, window {window}" + (" [triton fused]" if backend == "triton" else "")
             try:
                 with torch.no_grad():  # buffers (and the fused step's workspace) allocated once, outside the timing
-                    layer._decode_step(q, k, v, bias, position, state)
+                    decoder.step(q, k, v, bias, position, state, window)
             except Exception as exc:  # noqa: BLE001 - e.g. the Triton kernels failing to compile: record it
                 rows.append(dict(context=n, batch=b, impl=name, error=f"{type(exc).__name__}: {str(exc)[:120]}"))
                 print(rows[-1], flush=True)
                 continue
             base = dict(context=n, batch=b, cache_mb=_cache_bytes(state) / 2**20)
-            rows += _step_rows(name, lambda: layer._decode_step(q, k, v, bias, position, state), device, cfg, base,
-                               graph=window is not None)
+            rows += _step_rows(name, lambda: decoder.step(q, k, v, bias, position, state, window), device, cfg,
+                               base, graph=window is not None)
             del state
         kbuf = torch.randn(b, h, n + 1, d, device=device, dtype=dtype)
         vbuf = torch.randn(b, h, n + 1, d, device=device, dtype=dtype)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..models.cache import ATTENTION_LIKE
+from ..ops.dma import cache_state
 from .common import time_callable, write_results
 from .lm_common import corpus_tokens, optimizer_step, perplexity, train_lm
 
@@ -53,24 +54,27 @@ def analytic_cache_bytes(config, context: int, dtype_bytes: int, batch: int = 1)
     return total * batch
 
 
-def _grow_state(state: dict, prefill: int, target: int, context: int) -> None:
-    """Grow every tensor of one attention-like layer state whose dim 1 is the ``prefill`` key axis to
-    ``target`` entries: random float keys/values (non-positive for a ``bias``), True masks, positions
-    ``context - target .. context - 1`` for integer tensors."""
-    for name, value in list(state.items()):
-        if not isinstance(value, torch.Tensor) or value.dim() < 2 or value.shape[1] != prefill:
+def fill_cache(cache, config, context: int) -> None:
+    """Make ``cache`` (a :class:`CheemsCache` after a short prefill) the size a ``context``-token context leaves:
+    every attention-like layer holds ``context`` keys (attention) or ``min(context, keep_window)`` (DMA) of
+    random keys/values (non-positive DMA biases, positions ``context - n .. context - 1``); recurrent states keep
+    their fixed size and the prefill's values; the token counts say ``context``."""
+    for idx, kind in enumerate(config.layer_types):
+        if kind not in ATTENTION_LIKE:
             continue
-        shape = (value.shape[0], target) + tuple(value.shape[2:])
-        if value.dtype == torch.bool:
-            new = torch.ones(shape, dtype=torch.bool, device=value.device)
-        elif value.dtype.is_floating_point:
-            new = torch.randn(shape, dtype=value.dtype, device=value.device)
-            if name == "bias":
-                new = -new.abs()
+        state = cache.layer_state(idx)
+        b, _, hkv, d = state["key"].shape
+        like = dict(dtype=state["key"].dtype, device=state["key"].device)
+        n = context if (kind == "attn" or config.keep_window is None) else min(context, config.keep_window)
+        key, value = torch.randn(b, n, hkv, d, **like), torch.randn(b, n, hkv, d, **like)
+        if kind == "dma":
+            bias = -torch.randn(b, n, hkv, device=like["device"]).abs()
+            position = torch.arange(context - n, context, device=like["device"]).view(1, n, 1).expand(b, n, hkv)
+            state.update(cache_state(key, value, bias, position))
         else:
-            pos = torch.arange(context - target, context, device=value.device, dtype=value.dtype)
-            new = pos.view(1, target, *([1] * (value.dim() - 2))).expand(shape).contiguous()
-        state[name] = new
+            state.update(key=key, value=value, key_mask=torch.ones(b, n, dtype=torch.bool, device=like["device"]))
+    cache.real_tokens = torch.full((cache.batch_size,), context, dtype=torch.long, device=cache.real_tokens.device)
+    cache.set_seen_tokens(context)
 
 
 def training_throughput(config, seq_len: int, tokens_per_step: int, device: torch.device, steps: int = 4) -> dict:
@@ -121,13 +125,7 @@ def decode_measurement(model, config, context: int, device: torch.device, reps: 
     cache = CheemsCache(config)
     with torch.no_grad():
         model(input_ids=prompt, past_key_values=cache, use_cache=True)
-        for idx, kind in enumerate(config.layer_types):
-            if kind in ATTENTION_LIKE:
-                target = context if (kind == "attn" or config.keep_window is None) else min(context,
-                                                                                            config.keep_window)
-                _grow_state(cache.layer_state(idx), prefill, target, context)
-        cache.real_tokens = torch.full((1,), context, dtype=torch.long, device=device)
-        cache._seen_tokens = context
+        fill_cache(cache, config, context)
         measured = cache.nbytes()
         token = prompt[:, -1:]
 

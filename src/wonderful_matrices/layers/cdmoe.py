@@ -28,7 +28,7 @@ from ..ops import expert_mixture, product_key_topk
 from ..ops.common import LAYER_BACKENDS, require, trusted_values
 from .mlp import ACTIVATIONS, GatedMLP
 
-_SHARED_NAMES = ("gate_proj", "up_proj", "down_proj")
+SHARED_MLP_NAMES = ("gate_proj", "up_proj", "down_proj")  # the shared SwiGLU, named as GatedMLP and HF LlamaMLP
 
 
 def product_key_balance_loss(half_scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -160,7 +160,7 @@ class CDMoE(nn.Module):
         """Copy a dense SwiGLU (a ``GatedMLP``/``LlamaMLP`` module or its state dict, keys ``gate_proj.weight``,
         ...) into the shared part; the private experts are left as they are."""
         state = mlp.state_dict() if isinstance(mlp, nn.Module) else mlp
-        own = {k: v for k, v in self.state_dict().items() if k.split(".")[0] in _SHARED_NAMES}
+        own = {k: v for k, v in self.state_dict().items() if k.split(".")[0] in SHARED_MLP_NAMES}
         require(set(state) == set(own), "mlp keys", sorted(state), f"exactly {sorted(own)}")
         for key, value in state.items():
             require(tuple(value.shape) == tuple(own[key].shape), f"mlp[{key!r}].shape", tuple(value.shape),
@@ -177,44 +177,4 @@ class CDMoE(nn.Module):
                     bias=mlp.gate_proj.bias is not None, **kwargs)
         layer.to(device=mlp.gate_proj.weight.device, dtype=mlp.gate_proj.weight.dtype)
         layer.load_mlp(mlp)
-        return layer
-
-    # ---- HF transformers DogeCDMoE checkpoints -------------------------------------------------------
-
-    @staticmethod
-    def doge_state_dict(doge: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Map an HF ``DogeCDMoE`` state dict to this layer built with ``num_heads=1`` and
-        ``retrieval_dim = 2·hidden_size`` (see :meth:`from_doge`).
-
-        Doge routes with ``router_gate (2√N, d)``: half ``c`` of token ``x`` scores sub-key ``a`` as
-        ``router_gate[c·√N + a]·x``. That is this layer's score with ``queries = [I; I]`` (each half-query is
-        ``x`` itself) and ``keys[0, c] = router_gate[c·√N:(c+1)·√N]``. Expert ids (``a·√N + b``), gates
-        (softmax of the top-k scores; Doge's ``norm_topk_prob`` renormalises an already normalised softmax) and
-        the expert tables ``down_embed``/``up_embed`` then agree. Doge's forward reshapes the router logits
-        across tokens (PAPER.md defect 1); this layer routes every token on its own, so the two agree exactly
-        one token at a time and this layer is the corrected model for batches.
-        """
-        router = doge["router_gate.weight"]
-        two_n, d = router.shape
-        n = two_n // 2
-        require(two_n % 2 == 0 and n >= 1, "router_gate.weight.shape", tuple(router.shape), "(2·√N, d)")
-        require(tuple(doge["down_embed.weight"].shape) == (n * n, d), "down_embed.weight.shape",
-                tuple(doge["down_embed.weight"].shape), f"({n * n}, {d}): N must be the square of √N = {n}")
-        out = {k: v for k, v in doge.items() if k.split(".")[0] in _SHARED_NAMES + ("down_embed", "up_embed")}
-        eye = torch.eye(d, dtype=router.dtype, device=router.device)
-        out["queries.weight"] = torch.cat([eye, eye], dim=0)
-        out["keys"] = router.reshape(1, 2, n, d).clone()
-        return out
-
-    @classmethod
-    def from_doge(cls, doge: Mapping[str, torch.Tensor], top_k: int, activation: str = "silu") -> "CDMoE":
-        """A CDMoE equal (per token) to an HF ``DogeCDMoE`` with the given state dict, ``num_experts_per_tok``
-        (``top_k``) and ``hidden_act`` (``activation``)."""
-        state = cls.doge_state_dict(doge)
-        N, d = state["down_embed.weight"].shape
-        inner = state["gate_proj.weight"].shape[0]
-        layer = cls(d, inner, N, num_heads=1, top_k=top_k, retrieval_dim=2 * d, activation=activation,
-                    bias="gate_proj.bias" in state)
-        layer.to(device=state["keys"].device, dtype=state["keys"].dtype)
-        layer.load_state_dict(state, strict=True)
         return layer

@@ -21,7 +21,8 @@ HF key                  ours                             shape
 ======================  ===============================  =====================================================
 
 so ``ours.load_state_dict(hf_mixer.state_dict())`` works (for a whole model, strip HF's
-``backbone.layers.{i}.mixer.`` prefix). Build the layer with :func:`mamba2_mixer_kwargs_from_hf_config`.
+``backbone.layers.{i}.mixer.`` prefix). Build the layer with
+:func:`wonderful_matrices.models.convert.mamba2_mixer_kwargs_from_hf_config`.
 One behavioural difference to know: HF's pure-PyTorch path normalises the gated RMSNorm over the whole inner
 width, while mamba_ssm's kernels (which trained the published checkpoints, and which HF uses when they are
 installed) normalise per group of ``h·p / n_groups`` channels. They agree when ``n_groups == 1``; the helper
@@ -55,23 +56,3 @@ class Mamba2Mixer(SSDMixer):
                          conv_bias=conv_bias, bias=bias, norm_eps=norm_eps, norm_groups=norm_groups,
                          dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor, dt_limit=dt_limit,
                          A_init_range=A_init_range, layer_idx=layer_idx, backend=backend)
-
-
-def mamba2_mixer_kwargs_from_hf_config(config) -> dict:
-    """Constructor kwargs of :class:`Mamba2Mixer` equal to HF ``Mamba2Mixer(config)`` (its PyTorch path).
-
-    ``config`` is an HF ``Mamba2Config`` (read by attribute; transformers is not imported here). Raises
-    ``ValueError`` if ``hidden_size · expand != num_heads · head_dim`` or the activation is not SiLU.
-    """
-    inner = int(config.expand * config.hidden_size)
-    if inner != config.num_heads * config.head_dim:
-        raise ValueError(f"config.expand={config.expand!r} is not allowed: hidden_size*expand ({inner}) must "
-                         f"equal num_heads*head_dim ({config.num_heads * config.head_dim})")
-    if config.hidden_act not in ("silu", "swish"):
-        raise ValueError(f"config.hidden_act={config.hidden_act!r} is not allowed: Mamba2Mixer uses 'silu'")
-    return dict(hidden_size=config.hidden_size, num_heads=config.num_heads, head_dim=config.head_dim,
-                state_size=config.state_size, num_groups=config.n_groups, chunk_size=config.chunk_size,
-                conv_kernel=config.conv_kernel, conv_bias=config.use_conv_bias, bias=config.use_bias,
-                norm_eps=config.layer_norm_epsilon, norm_groups=1, dt_min=config.time_step_min,
-                dt_max=config.time_step_max, dt_init_floor=config.time_step_floor,
-                dt_limit=tuple(config.time_step_limit))

@@ -11,12 +11,6 @@ import weakref
 import torch
 from torch import nn
 
-# The last tables computed per (dim, theta, dtype, inference mode): every layer of a model gets the same position_ids tensor in
-# one forward, so the tables are computed once per forward instead of once per layer (each computation is ~10
-# kernel launches, which dominate a one-token decoding step). An entry is valid only for the same live tensor
-# at the same version (no in-place change since) and is dropped when that tensor is freed.
-_LAST_TABLES: dict[tuple, tuple] = {}
-
 
 def _memo_allowed(position_ids: torch.Tensor) -> bool:
     """No memo while torch.compile traces or a CUDA graph is captured (their tensors must not leak out)."""
@@ -31,6 +25,13 @@ class RotaryEmbedding(nn.Module):
     Args:
         dim: rotary dimension (even); applied to the first ``dim`` channels of each head.
         theta: base of the frequencies ``theta^(-2i/dim)``.
+
+    ``memo`` holds the last tables per (dtype, inference mode), valid only for the same live ``position_ids``
+    tensor at the same version (no in-place change since) and dropped when that tensor is freed. A model gives
+    all its layers of one ``(dim, theta)`` the same instance (:func:`share_rotary`) and the same ``position_ids``
+    tensor in one forward, so the tables are computed once per forward instead of once per layer (each
+    computation is ~10 kernel launches, which dominate a one-token decoding step). Copies and pickles of the
+    module start with an empty memo.
     """
 
     def __init__(self, dim: int, theta: float = 10000.0):
@@ -41,6 +42,12 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"theta={theta!r} is not allowed: must be > 0")
         self.dim = dim
         self.theta = float(theta)
+        self.memo: dict[tuple, tuple] = {}
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["memo"] = {}
+        return state
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype = torch.float32
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,16 +56,17 @@ class RotaryEmbedding(nn.Module):
         Repeated calls with the same, unchanged ``position_ids`` tensor return the same tables (computed once)."""
         if not _memo_allowed(position_ids):
             return self._tables(position_ids, dtype)
-        key = (self.dim, self.theta, dtype, torch.is_inference_mode_enabled())  # inference tensors stay apart
-        hit = _LAST_TABLES.get(key)
+        memo = self.memo
+        key = (dtype, torch.is_inference_mode_enabled())  # inference tensors stay apart
+        hit = memo.get(key)
         if hit is not None and hit[0]() is position_ids and hit[1] == position_ids._version:
             return hit[2], hit[3]
         cos, sin = self._tables(position_ids, dtype)
 
         def drop(ref, key=key):
-            if _LAST_TABLES.get(key, (None,))[0] is ref:
-                del _LAST_TABLES[key]
-        _LAST_TABLES[key] = (weakref.ref(position_ids, drop), position_ids._version, cos, sin)
+            if memo.get(key, (None,))[0] is ref:
+                del memo[key]
+        memo[key] = (weakref.ref(position_ids, drop), position_ids._version, cos, sin)
         return cos, sin
 
     def _tables(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,6 +76,16 @@ class RotaryEmbedding(nn.Module):
         angles = position_ids.to(dtype)[..., None] * inv_freq
         angles = torch.cat([angles, angles], dim=-1)
         return angles.cos(), angles.sin()
+
+
+def share_rotary(module: nn.Module) -> None:
+    """Make every :class:`RotaryEmbedding` inside ``module`` with the same ``(dim, theta)`` one instance (the
+    first one found), so layers that get the same ``position_ids`` share its memo."""
+    shared: dict[tuple, RotaryEmbedding] = {}
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, RotaryEmbedding):
+                setattr(parent, name, shared.setdefault((child.dim, child.theta), child))
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

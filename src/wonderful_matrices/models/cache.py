@@ -69,6 +69,13 @@ class CheemsCache(Cache):
         self.real_tokens = self.past_positions(batch_size, device) + new_real
         self._seen_tokens += length
 
+    def set_seen_tokens(self, count: int) -> None:
+        """Set the count ``get_seq_length()`` returns: for a step whose tensors were updated outside the model
+        (a replayed CUDA graph, which cannot run Python) or a cache filled by hand (benchmarks)."""
+        if not (isinstance(count, int) and count >= 0):
+            raise ValueError(f"count={count!r} is not allowed: an int >= 0")
+        self._seen_tokens = count
+
     def _map_tensors(self, fn) -> None:
         for state in self.states:
             for name, value in state.items():

@@ -15,6 +15,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
 from ..errors import require
+from ..ops.common import BACKENDS, LAYER_BACKENDS
 
 LAYER_TYPES = ("ssd", "dma", "attn", "mamba2")
 FFN_TYPES = ("cdmoe", "moe", "mlp", "none")
@@ -60,6 +61,12 @@ class CheemsConfig(PretrainedConfig):
 
     ``residual_scale``: learned per-channel scales on both residual branches (``h * r + f(h)``, as Doge);
     off by default.
+
+    Backends (``"auto"`` picks the fastest for the device; the others force one, e.g. for tests and benchmarks):
+    ``ssd_backend`` (``wonderful_matrices.ops.ssd`` in ``"ssd"`` and ``"mamba2"`` layers: ``"auto"``,
+    ``"naive"``, ``"torch"``, ``"triton"``), ``cdmoe_backend`` (the expert mixture of ``"cdmoe"`` layers) and
+    ``dma_decode_backend`` (the one-token generation step of ``"dma"`` layers), each ``"auto"``, ``"torch"`` or
+    ``"triton"``.
     """
 
     model_type = "cheems"
@@ -115,6 +122,10 @@ class CheemsConfig(PretrainedConfig):
     moe_implementation: str = "grouped"
     balance_loss_weight: float | int = 0.01
 
+    ssd_backend: str = "auto"
+    cdmoe_backend: str = "auto"
+    dma_decode_backend: str = "auto"
+
     residual_scale: bool = False
     rms_norm_eps: float = 1e-6
     initializer_range: float = 0.02
@@ -163,6 +174,9 @@ class CheemsConfig(PretrainedConfig):
         require(self.rms_norm_eps > 0, "rms_norm_eps", self.rms_norm_eps, "must be > 0")
         require(self.initializer_range > 0, "initializer_range", self.initializer_range, "must be > 0")
         require(self.balance_loss_weight >= 0, "balance_loss_weight", self.balance_loss_weight, "must be >= 0")
+        require(self.ssd_backend in BACKENDS, "ssd_backend", self.ssd_backend, f"one of {BACKENDS}")
+        for name in ("cdmoe_backend", "dma_decode_backend"):
+            require(getattr(self, name) in LAYER_BACKENDS, name, getattr(self, name), f"one of {LAYER_BACKENDS}")
         for tok in ("pad_token_id", "bos_token_id"):
             v = getattr(self, tok)
             require(v is None or 0 <= v < self.vocab_size, tok, v, f"None or in [0, vocab_size={self.vocab_size})")

@@ -10,12 +10,19 @@ Each function builds the config from the HF config, rejects what Cheems cannot e
 naming the field, renames the weights and loads them with ``load_state_dict(strict=True)``. Padding differs on
 purpose for Mamba2 (HF lets padded steps decay the state; ours leaves it unchanged), so logits agree on
 unpadded inputs.
+
+Single layers: :func:`load_hf_doge_attention_state` (``DogeAttention`` -> ``DynamicMaskAttention``),
+:func:`doge_cdmoe_state_dict` / :func:`cdmoe_from_doge` (``DogeCDMoE`` -> ``CDMoE``, per token) and
+:func:`mamba2_mixer_kwargs_from_hf_config` (``Mamba2Mixer``: HF's weights load by name).
 """
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 
-from ..layers.dma import load_hf_doge_attention_state
+from ..errors import require
+from ..layers.cdmoe import SHARED_MLP_NAMES, CDMoE
 from .configuration import CheemsConfig
 from .modeling import CheemsForCausalLM
 
@@ -137,3 +144,79 @@ def from_hf_doge(model) -> CheemsForCausalLM:
         for rest, tensor in load_hf_doge_attention_state(sub).items():
             state[f"{prefix}.mixer.{rest}"] = tensor
     return _load(config, state, model)
+
+
+# ---- single layers: the weight mappings the model conversions use, also usable on their own -------------
+
+def load_hf_doge_attention_state(hf_state_dict: dict) -> dict:
+    """Map one HF ``DogeAttention`` state dict (keys relative to the attention module) to the state dict of a
+    :class:`~wonderful_matrices.layers.DynamicMaskAttention`.
+
+    Build the layer with ``mask_form="doge"``, ``qk_norm=True``, ``attention_bias=config.attention_bias``,
+    ``keep_window=config.keep_window_size``, ``rms_norm_eps=config.rms_norm_eps``, ``rope_theta`` from
+    ``config.rope_parameters``. Names are identical (``q_proj, k_proj, v_proj, o_proj, dt_proj, A, q_norm,
+    k_norm``); ``dt_proj.bias`` is added as zeros when the checkpoint has none (``attention_bias=False``).
+    """
+    out = dict(hf_state_dict)
+    if "dt_proj.bias" not in out:
+        weight = out["dt_proj.weight"]
+        out["dt_proj.bias"] = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+    return out
+
+
+def doge_cdmoe_state_dict(doge: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map an HF ``DogeCDMoE`` state dict to a :class:`CDMoE` built with ``num_heads=1`` and
+    ``retrieval_dim = 2·hidden_size`` (see :func:`cdmoe_from_doge`).
+
+    Doge routes with ``router_gate (2√N, d)``: half ``c`` of token ``x`` scores sub-key ``a`` as
+    ``router_gate[c·√N + a]·x``. That is CDMoE's score with ``queries = [I; I]`` (each half-query is
+    ``x`` itself) and ``keys[0, c] = router_gate[c·√N:(c+1)·√N]``. Expert ids (``a·√N + b``), gates
+    (softmax of the top-k scores; Doge's ``norm_topk_prob`` renormalises an already normalised softmax) and
+    the expert tables ``down_embed``/``up_embed`` then agree. Doge's forward reshapes the router logits
+    across tokens (docs/design.md, defect 1); CDMoE routes every token on its own, so the two agree exactly one
+    token at a time and CDMoE is the corrected model for batches.
+    """
+    router = doge["router_gate.weight"]
+    two_n, d = router.shape
+    n = two_n // 2
+    require(two_n % 2 == 0 and n >= 1, "router_gate.weight.shape", tuple(router.shape), "(2·√N, d)")
+    require(tuple(doge["down_embed.weight"].shape) == (n * n, d), "down_embed.weight.shape",
+            tuple(doge["down_embed.weight"].shape), f"({n * n}, {d}): N must be the square of √N = {n}")
+    out = {k: v for k, v in doge.items() if k.split(".")[0] in SHARED_MLP_NAMES + ("down_embed", "up_embed")}
+    eye = torch.eye(d, dtype=router.dtype, device=router.device)
+    out["queries.weight"] = torch.cat([eye, eye], dim=0)
+    out["keys"] = router.reshape(1, 2, n, d).clone()
+    return out
+
+
+def cdmoe_from_doge(doge: Mapping[str, torch.Tensor], top_k: int, activation: str = "silu") -> CDMoE:
+    """A CDMoE equal (per token) to an HF ``DogeCDMoE`` with the given state dict, ``num_experts_per_tok``
+    (``top_k``) and ``hidden_act`` (``activation``)."""
+    state = doge_cdmoe_state_dict(doge)
+    N, d = state["down_embed.weight"].shape
+    inner = state["gate_proj.weight"].shape[0]
+    layer = CDMoE(d, inner, N, num_heads=1, top_k=top_k, retrieval_dim=2 * d, activation=activation,
+                  bias="gate_proj.bias" in state)
+    layer.to(device=state["keys"].device, dtype=state["keys"].dtype)
+    layer.load_state_dict(state, strict=True)
+    return layer
+
+
+def mamba2_mixer_kwargs_from_hf_config(config) -> dict:
+    """Constructor kwargs of :class:`~wonderful_matrices.layers.Mamba2Mixer` equal to HF ``Mamba2Mixer(config)`` (its PyTorch path).
+
+    ``config`` is an HF ``Mamba2Config`` (read by attribute; transformers is not imported here). Raises
+    ``ValueError`` if ``hidden_size · expand != num_heads · head_dim`` or the activation is not SiLU.
+    """
+    inner = int(config.expand * config.hidden_size)
+    if inner != config.num_heads * config.head_dim:
+        raise ValueError(f"config.expand={config.expand!r} is not allowed: hidden_size*expand ({inner}) must "
+                         f"equal num_heads*head_dim ({config.num_heads * config.head_dim})")
+    if config.hidden_act not in ("silu", "swish"):
+        raise ValueError(f"config.hidden_act={config.hidden_act!r} is not allowed: Mamba2Mixer uses 'silu'")
+    return dict(hidden_size=config.hidden_size, num_heads=config.num_heads, head_dim=config.head_dim,
+                state_size=config.state_size, num_groups=config.n_groups, chunk_size=config.chunk_size,
+                conv_kernel=config.conv_kernel, conv_bias=config.use_conv_bias, bias=config.use_bias,
+                norm_eps=config.layer_norm_epsilon, norm_groups=1, dt_min=config.time_step_min,
+                dt_max=config.time_step_max, dt_init_floor=config.time_step_floor,
+                dt_limit=tuple(config.time_step_limit))

@@ -65,7 +65,7 @@ class GraphedDecoder:
                     f"{tuple(self._ids.shape)}, the batch the graph was recorded with")
             self._ids.copy_(input_ids)
             self.graph.replay()
-            self.cache._seen_tokens += 1
+            self.cache.set_seen_tokens(self.cache.get_seq_length() + 1)
             return self._logits
         before = self._shapes()
         on_graph_device = self.use_graph and self.failed is None and input_ids.is_cuda
@@ -124,7 +124,7 @@ class GraphedDecoder:
     def _record(self, example_ids: torch.Tensor) -> None:
         """Record one step as a graph (nothing runs: the cache's values stay as they are)."""
         static = self._snapshot()
-        seen = self.cache._seen_tokens
+        seen = self.cache.get_seq_length()
         self._ids = example_ids.clone()
         graph = torch.cuda.CUDAGraph()
         try:
@@ -137,6 +137,6 @@ class GraphedDecoder:
             graph = None
         # recording ran the model's Python code once: undo what it did to the cache's bookkeeping
         self._restore(static)
-        self.cache._seen_tokens = seen
+        self.cache.set_seen_tokens(seen)
         if graph is not None:
             self.graph, self._logits, self._static = graph, logits, static

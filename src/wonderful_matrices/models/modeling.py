@@ -17,6 +17,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from ..layers import (CDMoE, Attention, DynamicMaskAttention, GatedMLP, Mamba2Mixer, MoE, RMSNorm, SSDMixer)
+from ..layers.rotary import share_rotary
 from ..ops.common import value_checks_enabled
 from .cache import CheemsCache
 from .configuration import CheemsConfig
@@ -33,19 +34,21 @@ def build_mixer(config: CheemsConfig, layer_idx: int) -> nn.Module:
         return DynamicMaskAttention(config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
                                     config.head_dim, keep_window=config.keep_window, rope_theta=config.rope_theta,
                                     mask_form=config.dma_mask_form, attention_bias=config.attention_bias,
-                                    layer_idx=layer_idx, qk_norm=config.dma_qk_norm, rms_norm_eps=config.rms_norm_eps)
+                                    layer_idx=layer_idx, qk_norm=config.dma_qk_norm, rms_norm_eps=config.rms_norm_eps,
+                                    decode_backend=config.dma_decode_backend)
     if kind == "ssd":
         return SSDMixer(config.hidden_size, config.ssd_num_heads, config.ssd_head_dim, config.ssd_state_size,
                         num_groups=config.ssd_num_groups, chunk_size=config.ssd_chunk_size,
                         use_rope=config.ssd_use_rope, rope_theta=config.rope_theta, use_conv=config.ssd_use_conv,
-                        conv_kernel=config.ssd_conv_kernel, norm_eps=config.rms_norm_eps, layer_idx=layer_idx)
+                        conv_kernel=config.ssd_conv_kernel, norm_eps=config.rms_norm_eps, layer_idx=layer_idx,
+                        backend=config.ssd_backend)
     if kind == "mamba2":
         inner = config.mamba2_expand * config.hidden_size
         return Mamba2Mixer(config.hidden_size, inner // config.mamba2_head_dim, config.mamba2_head_dim,
                            config.mamba2_state_size, num_groups=config.mamba2_num_groups,
                            chunk_size=config.mamba2_chunk_size, conv_kernel=config.mamba2_conv_kernel,
                            conv_bias=config.mamba2_conv_bias, bias=config.mamba2_bias, norm_eps=config.rms_norm_eps,
-                           norm_groups=config.mamba2_norm_groups, layer_idx=layer_idx)
+                           norm_groups=config.mamba2_norm_groups, layer_idx=layer_idx, backend=config.ssd_backend)
     raise ValueError(f"layer_types[{layer_idx}]={kind!r} is not allowed: one of 'attn', 'dma', 'ssd', 'mamba2'")
 
 
@@ -59,7 +62,8 @@ def build_ffn(config: CheemsConfig, layer_idx: int) -> nn.Module | None:
     if kind == "cdmoe":
         return CDMoE(config.hidden_size, config.intermediate_size, config.cdmoe_num_experts,
                      num_heads=config.cdmoe_num_heads, top_k=config.cdmoe_top_k,
-                     retrieval_dim=config.cdmoe_retrieval_dim, balance_loss_weight=config.balance_loss_weight)
+                     retrieval_dim=config.cdmoe_retrieval_dim, balance_loss_weight=config.balance_loss_weight,
+                     backend=config.cdmoe_backend)
     if kind == "moe":
         return MoE(config.hidden_size, config.moe_intermediate_size, config.moe_num_experts, config.moe_top_k,
                    shared_intermediate_size=config.moe_shared_intermediate_size,
@@ -215,6 +219,7 @@ class CheemsModel(CheemsPreTrainedModel):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(CheemsBlock(config, i) for i in range(config.num_hidden_layers))
+        share_rotary(self.layers)  # one RoPE table per model: computed once per forward for all layers
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.gradient_checkpointing = False
         self.post_init()

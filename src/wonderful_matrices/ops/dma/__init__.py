@@ -1,5 +1,6 @@
 """Dynamic mask attention (DMA): causal softmax attention with a learned per-key bias and an optional
-per-query top-``keep_window`` selection of keys by that bias (DESIGN.md, "DMA")."""
+per-query top-``keep_window`` selection of keys by that bias (docs/design.md, "DMA"); and its decoding cache
+(:mod:`.cache`)."""
 from __future__ import annotations
 
 import math
@@ -7,6 +8,7 @@ import math
 import torch
 
 from ..common import require, resolve_backend, shape_of, value_checks_enabled
+from .cache import DecodeStep, cache_state, cached_in_order, replace_lowest_and_attend, store
 from .naive import dynamic_mask_attention_naive
 from .selection import selectable_keys
 from .windowed import dynamic_mask_attention_torch
@@ -109,4 +111,5 @@ def _check_seq_idx(seq_idx, b: int, lq: int, lk: int, causal: bool, device: torc
                 f"{int(steps.min())})", "non-decreasing document ids along each row")
 
 
-__all__ = ["dynamic_mask_attention", "selectable_keys"]
+__all__ = ["dynamic_mask_attention", "selectable_keys", "DecodeStep", "cache_state", "cached_in_order",
+           "replace_lowest_and_attend", "store"]
