@@ -1,5 +1,7 @@
 """The position, lm and kernels experiments and the registry: the quick paths at a reduced size (seconds)
 produce well-formed results.json / results.md / plots."""
+import importlib
+import inspect
 import json
 
 import pytest
@@ -99,7 +101,10 @@ def test_kernels_quick_path(tmp_path):
 
 
 def test_registry_names_and_errors(tmp_path):
-    assert bench.names() == ["mqar", "position", "experts", "lm", "kernels"]
+    assert bench.names() == ["mqar", "position", "experts", "lm", "kernels", "ssd", "dma", "cdmoe_target", "flops"]
+    for name in bench.names():  # every registered experiment imports and has the common run signature
+        params = list(inspect.signature(importlib.import_module(bench.REGISTRY[name]).run).parameters)
+        assert params[:3] == ["out_dir", "quick", "device"], name
     with pytest.raises(ValueError, match="name"):
         bench.run_benchmark("nope", tmp_path)
     with pytest.raises(ValueError, match="budget_s"):

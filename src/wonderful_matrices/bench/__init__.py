@@ -16,6 +16,10 @@ REGISTRY = {
     "experts": "wonderful_matrices.bench.experts",    # claim 3: expert retrieval speed
     "lm": "wonderful_matrices.bench.lm",              # claim 4: Cheems against popular architectures
     "kernels": "wonderful_matrices.bench.kernels",    # the fast paths against the best existing ones
+    "ssd": "wonderful_matrices.bench.ssd",            # SSD implementations against each other and mamba_ssm's numbers
+    "dma": "wonderful_matrices.bench.dma",            # DMA training cost vs length, decoding at long context
+    "cdmoe_target": "wonderful_matrices.bench.cdmoe_target",  # CDMoE against its speed targets
+    "flops": "wonderful_matrices.bench.flops",        # training FLOPs per token of each preset
 }
 
 

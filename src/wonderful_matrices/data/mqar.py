@@ -57,39 +57,38 @@ def mqar(num_examples: int, seq_len: int, num_kv_pairs: int, vocab_size: int, po
     half = vocab_size // 2
     require(half - 1 >= num_kv_pairs and vocab_size - half >= num_kv_pairs, "vocab_size", vocab_size,
             f">= {2 * num_kv_pairs + 2} so that num_kv_pairs={num_kv_pairs} distinct keys fit in [1, vocab_size//2) "
-           f"and distinct values in [vocab_size//2, vocab_size)")
+            f"and distinct values in [vocab_size//2, vocab_size)")
     require(0 < power_a <= 1, "power_a", power_a, "in (0, 1]")
- 
-     n, T = int(num_kv_pairs), int(seq_len)
-     context = 2 * n
-     space = (T - context) // 2
-     log_gap_weights = np.log(power_a) + (power_a - 1.0) * np.log(np.arange(1, space + 1, dtype=np.float64))
-     rng = np.random.default_rng(seed)
-     inputs = np.empty((num_examples, T), dtype=np.int64)
-     labels = np.full((num_examples, T), IGNORE_INDEX, dtype=np.int64)
-     for start in range(0, num_examples, block_rows):
-         rows = min(block_rows, num_examples - start)
-         keys = 1 + _sample_without_replacement(rng, rows, half - 1, n)                   # (rows, n)
-         values = half + _sample_without_replacement(rng, rows, vocab_size - half, n)     # (rows, n)
-         gaps = _sample_without_replacement(rng, rows, space, n, log_gap_weights)         # (rows, n)
-         filler = rng.integers(0, vocab_size, size=(rows, T)) if random_non_queries else \
-             np.zeros((rows, T), dtype=np.int64)
-         block = inputs[start:start + rows]
-         block[:] = filler
-         block[:, 0:context:2] = keys
-         block[:, 1:context:2] = values
-         query_pos = context + 2 * gaps                                                    # (rows, n)
-         row_idx = np.arange(rows)[:, None]
-         block[row_idx, query_pos] = keys
-         labels[start + row_idx, query_pos] = values
-     return torch.from_numpy(inputs), torch.from_numpy(labels)
- 
- 
- def mqar_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
-     """(correct, counted) over labelled positions: logits (b, l, V) aligned with labels (b, l)."""
-     require(logits.shape[:2] == labels.shape, "labels.shape", tuple(labels.shape),
+
+    n, T = int(num_kv_pairs), int(seq_len)
+    context = 2 * n
+    space = (T - context) // 2
+    log_gap_weights = np.log(power_a) + (power_a - 1.0) * np.log(np.arange(1, space + 1, dtype=np.float64))
+    rng = np.random.default_rng(seed)
+    inputs = np.empty((num_examples, T), dtype=np.int64)
+    labels = np.full((num_examples, T), IGNORE_INDEX, dtype=np.int64)
+    for start in range(0, num_examples, block_rows):
+        rows = min(block_rows, num_examples - start)
+        keys = 1 + _sample_without_replacement(rng, rows, half - 1, n)                   # (rows, n)
+        values = half + _sample_without_replacement(rng, rows, vocab_size - half, n)     # (rows, n)
+        gaps = _sample_without_replacement(rng, rows, space, n, log_gap_weights)         # (rows, n)
+        filler = rng.integers(0, vocab_size, size=(rows, T)) if random_non_queries else \
+            np.zeros((rows, T), dtype=np.int64)
+        block = inputs[start:start + rows]
+        block[:] = filler
+        block[:, 0:context:2] = keys
+        block[:, 1:context:2] = values
+        query_pos = context + 2 * gaps                                                    # (rows, n)
+        row_idx = np.arange(rows)[:, None]
+        block[row_idx, query_pos] = keys
+        labels[start + row_idx, query_pos] = values
+    return torch.from_numpy(inputs), torch.from_numpy(labels)
+
+
+def mqar_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """(correct, counted) over labelled positions: logits (b, l, V) aligned with labels (b, l)."""
+    require(logits.shape[:2] == labels.shape, "labels.shape", tuple(labels.shape),
             f"the logits' (batch, seq) = {tuple(logits.shape[:2])}")
-     mask = labels != IGNORE_INDEX
-     correct = (logits.argmax(-1) == labels) & mask
-     return int(correct.sum()), int(mask.sum())
- 
+    mask = labels != IGNORE_INDEX
+    correct = (logits.argmax(-1) == labels) & mask
+    return int(correct.sum()), int(mask.sum())

@@ -66,7 +66,7 @@ class DynamicMaskAttention(nn.Module):
         require(num_heads % num_kv_heads == 0, "num_heads", num_heads, f"a multiple of num_kv_heads={num_kv_heads}")
         require(head_dim % 2 == 0, "head_dim", head_dim, "even (RoPE rotates pairs)")
         require(keep_window is None or (isinstance(keep_window, int) and not isinstance(keep_window, bool)
-                                       and keep_window >= 1), "keep_window", keep_window, "None or an int >= 1")
+                                        and keep_window >= 1), "keep_window", keep_window, "None or an int >= 1")
         require(mask_form in MASK_FORMS, "mask_form", mask_form, f"one of {MASK_FORMS}")
         self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim = hidden_size, num_heads, num_kv_heads, head_dim
         self.keep_window = keep_window
@@ -102,11 +102,11 @@ class DynamicMaskAttention(nn.Module):
         packed rows or None (not with a state: a query then sees only its own document's keys, and the window
         is chosen among those) -> (b, l, hidden)."""
         require(hidden_states.dim() == 3 and hidden_states.shape[-1] == self.hidden_size, "hidden_states.shape",
-               tuple(hidden_states.shape), f"(batch, seq, {self.hidden_size})")
+                tuple(hidden_states.shape), f"(batch, seq, {self.hidden_size})")
         b, l, _ = hidden_states.shape
         require(tuple(position_ids.shape) == (b, l), "position_ids.shape", tuple(position_ids.shape), f"{(b, l)}")
         require(attention_mask is None or tuple(attention_mask.shape) == (b, l), "attention_mask.shape",
-               None if attention_mask is None else tuple(attention_mask.shape), f"{(b, l)}")
+                None if attention_mask is None else tuple(attention_mask.shape), f"{(b, l)}")
         require(seq_idx is None or state is None, "seq_idx", "a tensor with a cache state",
                 "None when decoding with a cache (packed rows are for training and scoring)")
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
