@@ -249,7 +249,7 @@ def table(directory: Path) -> str:
             rows += list(row["variants"].values())
         else:
             rows.append(row)
-    ref = {"implementation": "mamba_ssm (PAPER.md)", "fwd_ms": 1.14, "fwd_bwd_ms": 5.17}
+    ref = {"implementation": "mamba_ssm (docs/design.md)", "fwd_ms": 1.14, "fwd_bwd_ms": 5.17}
     lines.append(f"SSD b8 x l4096, h64 x p64, n128, g1, chunk 256, bf16 (H200)")
     lines.append(f"{'implementation':<24}{'fwd ms':>9}{'fwd+bwd ms':>12}{'peak GB':>9}{'fwd+bwd / mamba':>17}  note")
     if not any(r.get("implementation", "").startswith("triton") for r in rows):

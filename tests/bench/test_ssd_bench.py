@@ -19,7 +19,7 @@ def test_paper_rows_code_path_on_a_tiny_shape(tmp_path):
     rows = bench.paper_rows(torch.device("cpu"), shape=shape, dtype=torch.float32, try_compile=False)
     measured = [r for r in rows if r["source"] == "measured"]
     assert len(measured) == 1 and measured[0]["fwd_ms"] > 0 and measured[0]["fwd_bwd_ms"] > 0
-    assert {r["implementation"] for r in rows if r["source"] == "reference (PAPER.md)"} == {
+    assert {r["implementation"] for r in rows if r["source"] == "reference (docs/design.md)"} == {
         "mamba_ssm Triton kernels", "pure-PyTorch minimal SSD (fp32)"}
     bench._plot(rows, tmp_path)
     assert (tmp_path / "ssd.png").stat().st_size > 0

@@ -15,7 +15,7 @@ def layer(dtype=torch.float64, **kwargs):
 
 
 def reference(m: CDMoE, x):
-    """DESIGN.md's definition with the oracle backends (brute-force top-k over all N, looped mixture)."""
+    """docs/design.md's definition with the oracle backends (brute-force top-k over all N, looped mixture)."""
     q = m.queries(x).unflatten(-1, (m.num_heads, 2, m.retrieval_dim // 2))
     scores, ids = product_key_topk(q, m.keys, m.top_k, backend="naive")
     private = expert_mixture(x, ids, scores.softmax(-1), m.down_embed.weight, m.up_embed.weight, backend="naive")
@@ -55,7 +55,7 @@ def test_float32_and_bfloat16_close_to_float64():
 
 
 def test_a_token_never_depends_on_other_tokens():
-    """PAPER.md defect 1: batched output equals token-by-token output, and editing one token changes only it."""
+    """docs/design.md, defect 1: batched output equals token-by-token output, and editing one token changes only it."""
     m = layer()
     x = torch.randn(3, 6, 12, dtype=torch.float64)
     y = m(x)
@@ -185,7 +185,7 @@ def test_layer_balance_loss_permutes_consistently_and_trains_the_router():
 
 
 @pytest.mark.parametrize("kwargs,argument", [
-    (dict(num_experts=16348), "num_experts"),   # PAPER.md defect 6: the published non-square default
+    (dict(num_experts=16348), "num_experts"),   # docs/design.md, defect 6: the published non-square default
     (dict(num_experts=36, top_k=7), "top_k"),   # k > √N
     (dict(top_k=0), "top_k"),
     (dict(retrieval_dim=7), "retrieval_dim"),

@@ -52,7 +52,7 @@ LOOP_MAX_EXPERTS = (1024, 256)  # full, quick: the loop MoE (and the grouped MoE
 SLOW_CALL_S = (2.0, 1.0)  # full, quick
 TIME_PER_CASE_S = (0.25, 0.05)  # full, quick: timed calls per case ~ this budget / one call, within [3, 20]
 
-# The paper's figure, N = 1024 experts (ms; PAPER.md), by activation ratio.
+# The paper's figure, N = 1024 experts (ms; docs/design.md), by activation ratio.
 PAPER_N1024 = {
     "loop_moe": (593, 923, 1220, 1494),
     "pkm": (110, 190, 296, 441),

@@ -2,7 +2,7 @@
 
 Runs the per-op benchmark modules that exist in this build into sub-folders of ``out_dir`` — ``ssd`` (ours
 against the recurrence on CPU; on CUDA at the paper's shape, beside the ``mamba_ssm`` reference numbers of
-PAPER.md, labelled as references), ``dma`` (against SDPA causal with the cuDNN backend and FlexAttention, and
+docs/design.md, labelled as references), ``dma`` (against SDPA causal with the cuDNN backend and FlexAttention, and
 the decode step with a bounded cache), ``experts`` (CDMoE against loop / grouped MoE, PKM, PEER) — and adds:
 
 * ``cdmoe_mixture``: the expert mixture of CDMoE, ``wm.ops.expert_mixture`` (embedding-bag reductions, no
@@ -126,7 +126,7 @@ def run(out_dir, quick: bool = False, device=None, parts=PARTS, cdmoe_shape=None
     rows += own
     meta = {"quick": quick, "device": str(device), "parts": done,
             "mamba_ssm": "measured side by side" if mamba else
-            "not importable here: compare the ssd part with the reference numbers of PAPER.md (labelled there)",
+            "not importable here: compare the ssd part with the reference numbers of docs/design.md (labelled there)",
             "wall_s": round(time.perf_counter() - start, 1)}
     columns = ["part", "implementation", "experts", "tokens", "width", "heads_x_topk", "dtype", "fwd_ms",
                "fwd_bwd_ms", "note"]

@@ -36,7 +36,7 @@ from ..train.graph_step import GraphedTrainStep, set_learning_rate
 from .common import synchronize, write_results
 from .lm_common import lr_factor, training_autocast
 
-# Paper (PAPER.md, read from its MQAR figure): (seq_len, width) -> accuracy per mixer.
+# Paper (read from its MQAR figure; docs/design.md): (seq_len, width) -> accuracy per mixer.
 PAPER = {
     (256, 64): {"based": 0.52, "attn": 0.68, "ssd": 0.55, "dma": 1.00},
     (256, 128): {"based": 0.82, "attn": 0.91, "ssd": 0.90, "dma": 1.00},
@@ -443,7 +443,7 @@ def _write(out: Path, rows: list[dict], meta: dict) -> None:
     columns = ["seq_len", "num_kv_pairs", "width", "model", "accuracy", "paper", "best_lr", "steps", "batch",
                "lr_accuracy", "train_s"]
     notes = ("accuracy = fraction of labelled (query) positions predicted exactly, best over the learning rates "
-             "run (lr_accuracy); paper = read from the paper's figure (PAPER.md), where it has that cell. A "
+             "run (lr_accuracy); paper = read from the paper's figure (docs/design.md), where it has that cell. A "
              "learning rate missing from lr_accuracy was not run: the cell was already solved (>= 0.999) or the "
              "time budget was spent (an empty accuracy: no run finished).")
     write_results(out, "mqar", rows, meta, columns=columns, notes=notes)

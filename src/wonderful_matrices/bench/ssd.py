@@ -1,5 +1,5 @@
 """SSD benchmark: the chunked torch backend against the per-step recurrence (CPU) and against the reference
-timings of PAPER.md at the paper's shape (CUDA).
+timings of docs/design.md at the paper's shape (CUDA).
 
 * CPU (or ``quick=True``): batch 1, 8 heads × 64, state 64, 1 group, chunk 64, float32, lengths 256 / 1024 /
   4096 (256 / 1024 with ``quick``): forward of ``backend="naive"`` and ``"torch"``, forward+backward of
@@ -7,8 +7,8 @@ timings of PAPER.md at the paper's shape (CUDA).
 * CUDA (full): batch 8 × 4096 tokens (32768), 64 heads × 64, state 128, 1 group, chunk 256, bf16: forward and
   forward+backward of the triton backend and of the torch backend, eager and under ``torch.compile`` (if it
   compiles), with peak memory and each output's relative error against the first row (triton);
-  beside them the reference numbers of PAPER.md (``mamba_ssm`` Triton kernels 1.14 / 5.17 ms, the
-  pure-PyTorch minimal SSD ~18 ms forward), labelled "reference (PAPER.md)", not measured here.
+  beside them the reference numbers of docs/design.md (``mamba_ssm`` Triton kernels 1.14 / 5.17 ms, the
+  pure-PyTorch minimal SSD ~18 ms forward), labelled "reference (docs/design.md)", not measured here.
 
 * ``packed=True`` (``--packed``): the cost of packed documents — the same backend at the same shape (the paper's
   on CUDA, with the triton backend; ``CPU_SHAPE`` at 1024 tokens with the torch backend on the CPU), forward and
@@ -28,7 +28,7 @@ from ..ops import ssd
 from ..ops.common import triton_usable
 from .common import peak_memory_bytes, time_callable, write_results
 
-REFERENCE = [  # PAPER.md, "Reference timings on an H200 (bf16, torch 2.11, triton 3.6)"
+REFERENCE = [  # docs/design.md, reference timings on an H200 (bf16, torch 2.11, triton 3.6)
     {"implementation": "mamba_ssm Triton kernels", "fwd_ms": 1.14, "fwd_bwd_ms": 5.17},
     {"implementation": "pure-PyTorch minimal SSD (fp32)", "fwd_ms": 18.0, "fwd_bwd_ms": None},
 ]
@@ -97,7 +97,7 @@ def cpu_rows(device: torch.device, lengths: tuple[int, ...], reps: int = 5) -> l
 
 def paper_rows(device: torch.device, shape: dict = PAPER_SHAPE, dtype: torch.dtype = torch.bfloat16,
                try_compile: bool = True) -> list[dict]:
-    """The triton backend (on CUDA), the torch backend (eager and compiled) at ``shape``, then the PAPER.md
+    """The triton backend (on CUDA), the torch backend (eager and compiled) at ``shape``, then the docs/design.md
     reference rows."""
     chunk = shape["chunk"]
     name_of_device = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
@@ -139,8 +139,8 @@ def paper_rows(device: torch.device, shape: dict = PAPER_SHAPE, dtype: torch.dty
         if device.type == "cuda":
             torch.cuda.empty_cache()
     for ref in REFERENCE:
-        rows.append(dict(source="reference (PAPER.md)", note="H200, bf16, torch 2.11, triton 3.6; not measured here",
-                         **{**common, "device": "H200 (PAPER.md)"}, **ref))
+        rows.append(dict(source="reference (docs/design.md)", note="H200, bf16, torch 2.11, triton 3.6; not measured here",
+                         **{**common, "device": "H200 (docs/design.md)"}, **ref))
     return rows
 
 
@@ -199,7 +199,7 @@ def _plot(rows: list[dict], out_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    if any(r["source"] == "reference (PAPER.md)" for r in rows):
+    if any(r["source"] == "reference (docs/design.md)" for r in rows):
         labels = [f"{r['implementation']}\n[{r['source']}]" for r in rows if r.get("fwd_ms") is not None]
         kept = [r for r in rows if r.get("fwd_ms") is not None]
         xs = range(len(kept))

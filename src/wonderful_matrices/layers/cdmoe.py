@@ -1,5 +1,5 @@
 """Cross Domain Mixture of Experts (CDMoE): a dense SwiGLU shared by every token plus a pool of single-neuron
-private experts retrieved per token with product keys (DESIGN.md, "CDMoE").
+private experts retrieved per token with product keys (docs/design.md, "CDMoE").
 
 Parameters (names chosen so checkpoints map by name):
 
@@ -39,7 +39,7 @@ def product_key_balance_loss(half_scores: torch.Tensor, ids: torch.Tensor) -> to
     experts of head ``h`` whose half-``c`` sub-key is ``a`` (``a = id // n`` for ``c = 0``, ``id % n`` for ``c = 1``).
     Then ``loss = 1/(2H) · Σ_{h,c} n · Σ_a f_{h,c}[a] · P_{h,c}[a]``: exactly 1 when both are uniform, up to
     ``n`` when every token uses one sub-key. Both factors are indexed by the same sub-key ``a`` (the published
-    code pairs rank-sorted probabilities with id-indexed counts; PAPER.md defect 7).
+    code pairs rank-sorted probabilities with id-indexed counts; docs/design.md, defect 7).
 
     Args:
         half_scores: ``(..., H, 2, n)`` sub-key scores of every token.

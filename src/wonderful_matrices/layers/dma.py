@@ -31,7 +31,7 @@ MASK_FORMS = ("gate", "doge")
 
 
 class DynamicMaskAttention(nn.Module):
-    """Dynamic mask attention (DESIGN.md, "DMA") as a sequence mixer.
+    """Dynamic mask attention (docs/design.md, "DMA") as a sequence mixer.
 
     Args:
         hidden_size: model width.

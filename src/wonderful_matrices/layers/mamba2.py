@@ -35,7 +35,7 @@ from .ssd import SSDMixer
 
 
 class Mamba2Mixer(SSDMixer):
-    """Mamba2 block with the layer contract of COMMON.md (``forward(hidden_states, position_ids,
+    """Mamba2 block with the layer contract of docs/architecture.md (``forward(hidden_states, position_ids,
     attention_mask, state)``; ``position_ids`` are ignored, since Mamba2 has no RoPE).
 
     Args are those of :class:`SSDMixer` without the RoPE ones; defaults follow HF ``Mamba2Config``

@@ -52,7 +52,7 @@ class GatedRMSNorm(nn.Module):
 
 
 class SSDMixer(nn.Module):
-    """SSD sequence mixer (the layer contract of COMMON.md: ``forward(hidden_states, position_ids,
+    """SSD sequence mixer (the layer contract of docs/architecture.md: ``forward(hidden_states, position_ids,
     attention_mask, state) -> (b, l, hidden_size)``).
 
     Args:

@@ -1,4 +1,4 @@
-"""Which keys each query of dynamic mask attention keeps under a window (DESIGN.md fact 1, docs/design.md).
+"""Which keys each query of dynamic mask attention keeps under a window (docs/design.md, fact 1).
 
 Rank is ``(bias, position)`` descending (ties to the later key, non-finite biases last). Key ``j`` is kept by the
 contiguous query range ``[j, drop_j)``, so a block of ``B`` queries keeps at most ``w + B`` distinct keys:
@@ -164,7 +164,7 @@ def select_blocks(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int
     ``start == end == 0``. Slots ``[0, w)`` hold the top ``w`` keys before the block (rank order), slots
     ``[w, w + block)`` the block's own keys (position order); no key is live in two slots of one block.
 
-    Method (DESIGN.md, fact 1), with ``rank`` = the index in the order ``(bias, position)`` descending, padding
+    Method (docs/design.md, fact 1), with ``rank`` = the index in the order ``(bias, position)`` descending, padding
     (non-finite bias) last and never counted: query ``p`` keeps key ``j <= p`` iff ``rank_j <= T_p``, the
     ``w``-th smallest rank among the keys ``<= p`` (``T_p = lk`` when there are fewer than ``w``). ``T`` never
     increases with ``p``. One global sort gives the ranks; the top ``w`` before every block come from a prefix

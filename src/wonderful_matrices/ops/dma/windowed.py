@@ -10,7 +10,7 @@ the key dtype, ``lo`` the rounding error, so half-precision keys carry the bias 
   that of the SDPA kernel SDPA picks (O(L) for flash / memory-efficient / cuDNN on GPU). Keys with bias
   ``-inf`` get a bias of ``-1e30`` (finite, so no ``0·inf`` in the backward) and queries that see no
   attendable key output zeros.
-* Window ``w``, causal: queries are processed in blocks of ``B`` (fact 1 of DESIGN.md). The candidates of a
+* Window ``w``, causal: queries are processed in blocks of ``B`` (docs/design.md, fact 1). The candidates of a
   block ``[p0, p1)`` are the top ``w`` keys ``< p0`` by rank ``(bias, position)`` (ties to the later key) plus
   the block's own keys; the kept queries of each candidate form an interval ``[start, end)`` inside the
   block. The selection (no gradient, :func:`select_blocks`) computes them for all blocks at once from one

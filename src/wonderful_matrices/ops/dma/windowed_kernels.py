@@ -1,7 +1,7 @@
 """Dynamic mask attention with a window, causal: Triton kernels over per-block lists of live keys.
 
 Selection (no gradient, :func:`.selection.live_keys`): every key ``j`` gets ``drop_j``, and query position ``p``
-keeps it exactly when ``j <= p < drop_j`` (DESIGN.md, fact 1; documents already folded into ``drop_j``). Queries
+keeps it exactly when ``j <= p < drop_j`` (docs/design.md, fact 1; documents already folded into ``drop_j``). Queries
 are cut into blocks of ``B``; block ``t`` gets the list of its at most ``w + B`` live keys (the earlier ones, then
 its own in position order) and, per tile of :data:`.selection.LIVE_TILE` queries, how many list entries its
 queries can keep. The kernels never see the other keys:

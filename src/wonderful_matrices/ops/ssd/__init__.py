@@ -1,6 +1,6 @@
 """State space duality (SSD), the sequence mixer of Mamba2 and of Cheems' SSD layers.
 
-Definition (DESIGN.md), per head, with ``S`` of shape ``p × n``::
+Definition (docs/design.md, "SSD"), per head, with ``S`` of shape ``p × n``::
 
     S_t = exp(dt_t·A) · S_{t−1} + dt_t · x_t ⊗ B_t,      y_t = S_t · C_t + D · x_t
 
@@ -32,7 +32,7 @@ def _check_floating(t, name: str, shape: tuple, what: str) -> None:
 
 
 def _check_values(A: torch.Tensor, dt: torch.Tensor) -> None:
-    """A < 0 (the recurrence must decay; A >= 0 is defect 6 of the published code) and dt >= 0.
+    """A < 0 (the recurrence must decay; A >= 0 is defect 6 of the published code, docs/design.md) and dt >= 0.
 
     Needs one device synchronisation; skipped where :func:`value_checks_enabled` says so.
     """
