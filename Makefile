@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml requirements.lock
 venv: $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests scripts
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU call that times the headline shapes and then checks every fast path, in about 5 minutes:
-#   1. SSD triton at the paper's shape (backward v2 and v1, per kernel; scripts/gpu_ssd.py triton),
+#   1. SSD triton at the paper's shape (per kernel; scripts/gpu_ssd.py triton),
 #   2. DMA at T = 16K (window 2048 vs cuDNN / Flex) and one-token decode at 64K context (bench.dma subset),
 #   3. the CUDA parity tests of SSD, DMA (incl. window selection and fused decode) and the expert mixture against
 #      the float64 oracles, and GraphedDecoder against eager decoding, in parallel processes (Triton compiles on

@@ -189,7 +189,7 @@ def stage_compiled():
 def stage_mamba():
     try:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except Exception as exc:  # optional, benchmark only
+    except Exception as exc:  # noqa: BLE001 - optional, benchmark only: record the failure
         return {"implementation": "mamba_ssm", "note": f"not importable: {type(exc).__name__}: {exc}"[:200]}
 
     def fn(x, dt, A, B, C, D):
@@ -210,7 +210,8 @@ def _triton_lines(tr: dict) -> list[str]:
             for row in variants.values()))
     fwd_names = ("cumsum", "cb", "chunk_state", "state_pass", "output")
     lines.append(f"{'sum forward':<18}" + "".join(
-        f"{sum(v for k, v in row.get('kernels_ms', {}).items() if k in fwd_names):>10.3f}" for row in variants.values()))
+        f"{sum(v for k, v in row.get('kernels_ms', {}).items() if k in fwd_names):>10.3f}"
+        for row in variants.values()))
     lines.append(f"{'sum all':<18}" + "".join(
         f"{sum(row.get('kernels_ms', {}).values()):>10.3f}" for row in variants.values()))
     for variant, errs in tr.get("rel_err_vs_torch_fp32", {}).items():
@@ -250,7 +251,7 @@ def table(directory: Path) -> str:
         else:
             rows.append(row)
     ref = {"implementation": "mamba_ssm (docs/design.md)", "fwd_ms": 1.14, "fwd_bwd_ms": 5.17}
-    lines.append(f"SSD b8 x l4096, h64 x p64, n128, g1, chunk 256, bf16 (H200)")
+    lines.append("SSD b8 x l4096, h64 x p64, n128, g1, chunk 256, bf16 (H200)")
     lines.append(f"{'implementation':<24}{'fwd ms':>9}{'fwd+bwd ms':>12}{'peak GB':>9}{'fwd+bwd / mamba':>17}  note")
     if not any(r.get("implementation", "").startswith("triton") for r in rows):
         rows.append({"implementation": "triton", "note": "stage failed or timed out: see the log"})

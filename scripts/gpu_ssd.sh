@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # SSD on one GPU, run from the repository root (must finish in < 3 minutes):
-# 1. bench triton: fwd / fwd+bwd at the paper's shape with both backward versions (v2 = default, v1 = the first
-#    one), per-kernel times side by side, every gradient's error against the float32 torch backend, and a sweep
-#    of (num_warps, num_stages) for the matmul kernels (stops starting new configs after T_SWEEP = 50 s);
+# 1. bench triton: fwd / fwd+bwd at the paper's shape, per-kernel times, every gradient's error against the
+#    float32 torch backend, and a sweep of (num_warps, num_stages) for the matmul kernels (stops starting new
+#    configs after T_SWEEP = 50 s);
 # 2. CUDA parity tests (float64 oracle on the GPU), in 6 parallel pytest processes (Triton compiles on the CPU);
 # 3. optional stages named in STAGES (default none; e.g. STAGES="torch:20 compiled:45 mamba:20 profile:15").
 # Everything goes to $OUT: gpu_ssd.log (all output) and gpu_ssd.tgz (the JSON rows and the test logs).
@@ -18,7 +18,7 @@ PY=${PYTHON:-python3}
   date -u
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-  echo "=== stage: bench triton (v2 and v1 backward, per kernel, sweep)"
+  echo "=== stage: bench triton (per kernel, sweep)"
   timeout "${T_TRITON:-90}" $PY scripts/gpu_ssd.py triton "$RES/triton.json" 2>&1 | tail -40
   echo "rc=${PIPESTATUS[0]}"
   echo "=== stage: CUDA parity tests (ssd), 6 processes"

@@ -22,7 +22,8 @@ from triton.compiler import ASTSource
 from wonderful_matrices.ops.ssd import chunked_kernels as K
 
 CONFIG_NAME = {"_cumsum_kernel": "cumsum", "_cb_kernel": "cb", "_chunk_state_kernel": "chunk_state",
-               "_state_pass_kernel": "state_pass", "_output_kernel": "output", "_state_pass_bwd_kernel": "state_pass_bwd",
+               "_state_pass_kernel": "state_pass", "_output_kernel": "output",
+               "_state_pass_bwd_kernel": "state_pass_bwd",
                "_dx2_kernel": "dx2", "_dcb_kernel": "dcb",
                "_dc2_kernel": "dc2", "_db2_kernel": "db2", "_dcum_kernel": "dcum"}
 UNIT_STRIDES = ("s_x_p", "s_dy_p", "s_dx_p", "s_y_p", "s_v_p", "s_b_n", "s_c_n", "s_w_n", "s_dt_h")

@@ -6,4 +6,6 @@ Public API (see docs/architecture.md): ``wonderful_matrices.ops`` (functional op
 from . import ops
 from .models import CheemsConfig, CheemsForCausalLM, CheemsModel, presets
 
+__all__ = ["ops", "CheemsConfig", "CheemsForCausalLM", "CheemsModel", "presets"]
+
 __version__ = "0.1.0"

@@ -2,13 +2,12 @@ import json
 import os
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from wonderful_matrices.data.corpora import load_corpus, play_to_text, split_documents
 from wonderful_matrices.data.packing import PackedRows, token_file_path, tokenize_split
-from wonderful_matrices.data.tokenizer import (check_fits, load_tokenizer, token_byte_lengths, tokenizer_hash,
-                                               train_bpe)
+from wonderful_matrices.data.tokenizer import check_fits, load_tokenizer, token_byte_lengths, tokenizer_hash, train_bpe
 from wonderful_matrices.errors import UserError
 
 TEXT = "".join(f"LINE {i}: the quick brown fox {i * 7 % 13} jumps over the lazy dog.\n" for i in range(400))
@@ -153,7 +152,8 @@ def test_hub_names_need_datasets_and_paths_never_go_to_the_hub(monkeypatch):
 
     monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # importing datasets fails
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "datasets" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "datasets" else real(name, *a))
     with pytest.raises(UserError, match="pip install datasets"):
         load_corpus("someone/some-dataset")  # treated as a hub name
     with pytest.raises(UserError, match="not found"):

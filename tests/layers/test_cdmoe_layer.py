@@ -1,8 +1,8 @@
 """CDMoE layer: the DESIGN definition, per-token routing, MLP and Doge initialisation, the balance loss."""
 import pytest
 import torch
-from conftest import rel_err
 
+from conftest import rel_err
 from wonderful_matrices.layers import CDMoE, GatedMLP, product_key_balance_loss
 from wonderful_matrices.models.convert import cdmoe_from_doge
 from wonderful_matrices.ops import expert_mixture, product_key_topk

@@ -1,13 +1,13 @@
 import pytest
 import torch
+
 from conftest import rel_err
+from wonderful_matrices.layers import DynamicMaskAttention
+from wonderful_matrices.models.convert import load_hf_doge_attention_state
 
 # layers.rotary applies RoPE in float32 even to float64 inputs, so float64 layer runs agree to ~1e-8, not 1e-15;
 # a wrong kept set changes outputs by O(1e-1).
 TOL64 = 1e-6
-
-from wonderful_matrices.layers import DynamicMaskAttention
-from wonderful_matrices.models.convert import load_hf_doge_attention_state
 
 
 def randomize(layer, scale=0.5):

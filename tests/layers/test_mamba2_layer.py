@@ -1,8 +1,8 @@
 """Mamba2Mixer reproduces HF transformers' Mamba2Mixer (PyTorch path) with the same weights, and caches."""
 import pytest
 import torch
-from conftest import rel_err
 
+from conftest import rel_err
 from wonderful_matrices.layers import Mamba2Mixer
 from wonderful_matrices.models.convert import mamba2_mixer_kwargs_from_hf_config
 

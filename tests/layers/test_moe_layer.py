@@ -2,10 +2,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import rel_err
 
 import wonderful_matrices.layers.moe as moe_module
-from wonderful_matrices.layers import MoE, PEER, PKM, moe_balance_loss
+from conftest import rel_err
+from wonderful_matrices.layers import PEER, PKM, MoE, moe_balance_loss
 
 
 def moe(implementation="grouped", dtype=torch.float64, **kwargs):

@@ -2,8 +2,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import rel_err
 
+from conftest import rel_err
 from wonderful_matrices.layers import SSDMixer
 
 D_MODEL, HEADS, HEAD_DIM, STATE = 24, 4, 6, 8

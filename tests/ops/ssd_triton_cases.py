@@ -10,6 +10,7 @@ import os
 
 import pytest
 import torch
+
 from conftest import rel_err
 
 pytest.importorskip("triton")
@@ -35,8 +36,8 @@ def _oracle(inputs, gy, gs):
 
 
 # (b, l, h, p, g, n, chunk, with_D, with_init): l = 1; chunk < 16 (run as 16); several chunks with a partial
-# last one; two and four tiles per chunk (chunk 128, 256 > BLOCK_Q = 64); groups g > 1 and g = h; 16 heads per group (the
-# backward programs split a group's heads in two, dB/dC summed across programs); odd p and n (masked tiles)
+# last one; two and four tiles per chunk (chunk 128, 256 > BLOCK_Q = 64); groups g > 1 and g = h; 16 heads per group
+# (the backward programs split a group's heads in two, dB/dC summed across programs); odd p and n (masked tiles)
 CASES = [
     (1, 1, 1, 1, 1, 1, 64, False, True),  # with no initial state, l = 1 has dA = 0 exactly
     (1, 21, 3, 2, 1, 6, 4, True, True),

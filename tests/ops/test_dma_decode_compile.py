@@ -36,7 +36,8 @@ def _compile(kernel, dt, constants):
 
 @pytest.mark.parametrize("evict,dt,dtype,d,group", [
     (True, "bf16", torch.bfloat16, 128, 1), (False, "bf16", torch.bfloat16, 128, 1),
-    (True, "fp32", torch.float32, 128, 1), (False, "fp32", torch.float32, 256, 8), (True, "bf16", torch.bfloat16, 256, 8)])
+    (True, "fp32", torch.float32, 128, 1), (False, "fp32", torch.float32, 256, 8),
+    (True, "bf16", torch.bfloat16, 256, 8)])
 def test_decode_kernels_compile_for_sm90(evict, dt, dtype, d, group):
     constants = dict(EVICT=evict, BLOCK_G=max(16, group), BLOCK_N=decode.block_n_for(dtype, d), BLOCK_R=1024,
                      BLOCK_D=d, HEAD_DIM=d, PRECISION="ieee" if dt == "fp32" else None)

@@ -1,5 +1,5 @@
-"""The fused Triton DMA decode step (ops/dma/decode.py) against the torch step of ops/dma/cache.py (its oracle), on the CPU
-under TRITON_INTERPRET=1 (float32, tiny shapes). Compiled CUDA cases are in test_ops_cuda.py.
+"""The fused Triton DMA decode step (ops/dma/decode.py) against the torch step of ops/dma/cache.py (its oracle),
+on the CPU under TRITON_INTERPRET=1 (float32, tiny shapes). Compiled CUDA cases are in test_ops_cuda.py.
 
 As in test_dma_triton.py, ``test_interpreted_in_a_subprocess`` reruns this file in a child process with
 ``TRITON_INTERPRET=1`` (Triton reads the flag at import); the real tests run there.
@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+
 from conftest import rel_err, run_under_triton_interpreter
 
 pytest.importorskip("triton")

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import rel_err
 
+from conftest import rel_err
 from wonderful_matrices.ops import dynamic_mask_attention
 from wonderful_matrices.ops.dma import selectable_keys
 from wonderful_matrices.ops.dma import windowed as dma_torch

@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+
 from conftest import rel_err, run_under_triton_interpreter
 from dma_packing import assert_packed_equals_alone, documents, random_inputs
 

@@ -2,9 +2,9 @@
 on CUDA and forced here on CPU) equal plain loops, forward and gradients; the PKM read ``weighted_rows``."""
 import pytest
 import torch
-from conftest import rel_err
 from test_product_key_op import _LargestTensor
 
+from conftest import rel_err
 from wonderful_matrices.ops import expert_mixture
 from wonderful_matrices.ops.expert_mixture import gather as torch_backend
 from wonderful_matrices.ops.expert_mixture import weighted_rows

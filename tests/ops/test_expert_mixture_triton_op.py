@@ -9,14 +9,15 @@ import importlib
 
 import pytest
 import torch
+
 from conftest import rel_err
 
 pytest.importorskip("triton")
 
-from test_expert_mixture_op import make, run  # noqa: E402
+from test_expert_mixture_op import make, run
 
-from wonderful_matrices.ops import expert_mixture  # noqa: E402
-from wonderful_matrices.ops.expert_mixture import weighted_rows  # noqa: E402
+from wonderful_matrices.ops import expert_mixture
+from wonderful_matrices.ops.expert_mixture import weighted_rows
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -130,7 +131,7 @@ def test_rank_split_rules(interpreter):
 
 def test_product_key_layers_with_triton_backend_match_torch():
     """CDMoE, PEER and PKM built with backend="triton": output and every parameter gradient equal the torch layer."""
-    from wonderful_matrices.layers import CDMoE, PEER, PKM
+    from wonderful_matrices.layers import PEER, PKM, CDMoE
 
     for cls, kwargs in ((CDMoE, dict(hidden_size=12, intermediate_size=10, num_experts=25, num_heads=2, top_k=3,
                                      retrieval_dim=6)),

@@ -359,7 +359,7 @@ def test_product_key_triton_cuda(tokens, H, n, dk, k, dtype):
 @pytest.mark.parametrize("backend", MIXTURE_BACKENDS)
 def test_product_key_layers_bf16_train_step_cuda(backend):
     """CDMoE, PEER and PKM in bf16 on the GPU: forward and backward run and match the float32 CPU layer."""
-    from wonderful_matrices.layers import CDMoE, PEER, PKM
+    from wonderful_matrices.layers import PEER, PKM, CDMoE
 
     torch.manual_seed(0)
     for cls, kwargs in ((CDMoE, dict(hidden_size=64, intermediate_size=96, num_experts=256, num_heads=4, top_k=4,

@@ -1,9 +1,9 @@
 """product_key_topk: the O(√N + k²) torch path equals brute force over all N experts."""
 import pytest
 import torch
-from conftest import rel_err
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from conftest import rel_err
 from wonderful_matrices.ops import product_key_topk
 
 

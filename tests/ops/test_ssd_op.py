@@ -3,8 +3,8 @@ import random
 
 import pytest
 import torch
-from conftest import rel_err
 
+from conftest import rel_err
 from wonderful_matrices.ops import ssd, ssd_step
 from wonderful_matrices.ops.ssd.naive import ssd_naive
 

@@ -5,6 +5,7 @@ oracle; see that file."""
 from pathlib import Path
 
 import pytest
+
 from conftest import run_under_triton_interpreter
 
 pytest.importorskip("triton")

@@ -37,7 +37,8 @@ def run_benchmark(name: str, out_dir, quick: bool = False, device=None, **option
         module = importlib.import_module(REGISTRY[name])
     except ModuleNotFoundError as e:
         if e.name == REGISTRY[name]:
-            raise ValueError(f"name={name!r} is not allowed: its module {REGISTRY[name]} is not in this build") from None
+            raise ValueError(f"name={name!r} is not allowed: its module {REGISTRY[name]} is not in this "
+                             "build") from None
         raise
     accepted = inspect.signature(module.run).parameters
     options = {k: v for k, v in options.items() if v is not None}

@@ -9,8 +9,8 @@
     without a window — what packing costs.
 (b) decoding at long context, like with like. Attention only (after the projections): one DMA step with a
     window (evict the lowest ranked slot, write the new key, attend over the ``w`` slots), one DMA step
-    without a window (append, attend over the whole cache) — each with the torch step of ``ops.dma.DecodeStep`` and, where
-    Triton runs, its fused Triton step (``[triton fused]``, ops/dma/decode.py) — and one SDPA step (write the
+    without a window (append, attend over the whole cache) — each with the torch step of ``ops.dma.DecodeStep``
+    and, where Triton runs, its fused Triton step (``[triton fused]``, ops/dma/decode.py) — and one SDPA step (write the
     new key/value into a preallocated full cache, attend over it; separate K and V, same heads) — eagerly and,
     on CUDA, replayed from a CUDA graph (which also proves the step has no host synchronisation). Whole
     layers: the ``DynamicMaskAttention`` layer step (its default ``decode_backend``: the fused step on CUDA)
@@ -278,7 +278,7 @@ def _decode_rows(cfg, device):
             base = dict(context=n, batch=b, cache_mb=_cache_bytes(state) / 2**20)
             rows += _step_rows(name, lambda: decoder.step(q, k, v, bias, position, state, window), device, cfg,
                                base, graph=window is not None)
-            del state
+            state = None  # free the cache before the next one is allocated
         kbuf = torch.randn(b, h, n + 1, d, device=device, dtype=dtype)
         vbuf = torch.randn(b, h, n + 1, d, device=device, dtype=dtype)
         qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
@@ -290,7 +290,7 @@ def _decode_rows(cfg, device):
 
         base = dict(context=n, batch=b, cache_mb=2 * kbuf.numel() * kbuf.element_size() / 2**20)
         rows += _step_rows("SDPA attention step, full cache", sdpa_step, device, cfg, base)
-        del kbuf, vbuf
+        kbuf = vbuf = None
         # whole layers (projections, RoPE, cache update, attention)
         x = torch.randn(b, 1, h * d, generator=g).to(device, dtype)
         pos = torch.full((b, 1), n, device=device, dtype=torch.long)
@@ -302,7 +302,7 @@ def _decode_rows(cfg, device):
             base = dict(context=n, batch=b, cache_mb=_cache_bytes(state) / 2**20)
             rows += _step_rows(f"DMA layer step, window {window}", lambda: layer(x, pos, None, state), device, cfg,
                                base, graph=False)
-            del state
+            state = None
         attn = Attention(h * d, h, h, d).to(device, dtype).eval()
         state = {"key": torch.randn(b, n, h, d, device=device, dtype=dtype),
                  "value": torch.randn(b, n, h, d, device=device, dtype=dtype),
@@ -314,7 +314,7 @@ def _decode_rows(cfg, device):
             return attn(x, pos, None, s)
 
         rows += _step_rows("Attention layer step (Llama-style, cat cache)", attn_step, device, cfg, base, graph=False)
-        del state
+        state = None
     synchronize(device)
     for row in rows:
         ref = next((r for r in rows if r["batch"] == row["batch"] and r["impl"].startswith("SDPA attention step")

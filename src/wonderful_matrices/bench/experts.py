@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ..layers import CDMoE, MoE, PEER, PKM
+from ..layers import PEER, PKM, CDMoE, MoE
 from ..ops.common import triton_usable
 from .common import markdown_table, peak_memory_bytes, synchronize, time_callable, write_results
 
@@ -178,7 +178,8 @@ def summarise(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     largest N (the ``cdmoe`` column names the CDMoE implementation: ``cdmoe`` torch, ``cdmoe_triton``)."""
     times = {(r["N"], r["ratio"], r["impl"], r["mode"]): r["time_ms"] for r in rows if r["time_ms"] is not None}
     ratios = []
-    for (N, ratio, impl, mode), ms in sorted(times.items(), key=lambda item: (item[0][0], str(item[0][1]), item[0][2:])):
+    order = sorted(times.items(), key=lambda item: (item[0][0], str(item[0][1]), item[0][2:]))
+    for (N, ratio, impl, mode), ms in order:
         if impl not in CDMOE_IMPLEMENTATIONS or ratio == TARGET_RATIO:
             continue
         loop, grouped = times.get((N, ratio, "loop_moe", mode)), times.get((N, ratio, "grouped_moe", mode))
@@ -316,7 +317,8 @@ def run(out_dir, quick: bool = False, device=None, counts=None, ratios=None) -> 
                        f"(rows with ratio {TARGET_RATIO!r})",
         "ratios_vs_cdmoe": versus_cdmoe, "cdmoe_growth": growth,
     }
-    notes = ("## Ratios to CDMoE\n\n" + markdown_table(versus_cdmoe) + "\n## CDMoE growth from N = 1024 to the largest N\n\n"
+    notes = ("## Ratios to CDMoE\n\n" + markdown_table(versus_cdmoe)
+             + "\n## CDMoE growth from N = 1024 to the largest N\n\n"
              + markdown_table(growth) + "\n## The paper's figure, N = 1024 (ms)\n\n"
              + markdown_table([{"ratio": r, **{PAPER_LABELS[k]: v[i] for k, v in PAPER_N1024.items()}}
                                for i, r in enumerate(RATIOS)]))

@@ -11,8 +11,7 @@ key. It answers one question: does a model train slower than another because it 
 from __future__ import annotations
 
 import torch
-from torch.utils.flop_counter import (FlopCounterMode, register_flop_formula, sdpa_backward_flop_count,
-                                      sdpa_flop_count)
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
 
 from .common import write_results
 

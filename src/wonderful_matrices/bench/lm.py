@@ -44,7 +44,8 @@ def analytic_cache_bytes(config, context: int, dtype_bytes: int, batch: int = 1)
         elif kind == "ssd":
             total += config.ssd_num_heads * config.ssd_head_dim * config.ssd_state_size * 4
             if config.ssd_use_conv:
-                conv_dim = config.ssd_num_heads * config.ssd_head_dim + 2 * config.ssd_num_groups * config.ssd_state_size
+                conv_dim = (config.ssd_num_heads * config.ssd_head_dim
+                            + 2 * config.ssd_num_groups * config.ssd_state_size)
                 total += conv_dim * (config.ssd_conv_kernel - 1) * dtype_bytes
         elif kind == "mamba2":
             inner = config.mamba2_expand * config.hidden_size
@@ -97,7 +98,7 @@ def training_throughput(config, seq_len: int, tokens_per_step: int, device: torc
         result = {"tokens_per_s": batch * seq_len * 1e3 / ms, "peak_memory_gb": peak}
     except torch.OutOfMemoryError:
         result = {"tokens_per_s": None, "peak_memory_gb": None}
-    del model, opt
+    model = opt = None  # free the memory before the next configuration
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
@@ -211,7 +212,8 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
             rows.append({**{k: v for k, v in train_row.items() if k not in ("status", "final_train_loss")}, **d})
             print(f"  context {context:8d}: {d['status']}, cache {d['cache_bytes_analytic'] / 2**20:.2f} MiB, "
                   f"decode {d['decode_tokens_per_s'] or 0:.1f} tok/s"
-                  + (f", graphed {d['decode_graph_tokens_per_s'] or 0:.1f} tok/s ({d['graph']})" if "graph" in d else ""),
+                  + (f", graphed {d['decode_graph_tokens_per_s'] or 0:.1f} tok/s ({d['graph']})"
+                     if "graph" in d else ""),
                   flush=True)
         del model
         if device.type == "cuda":

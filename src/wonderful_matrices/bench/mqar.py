@@ -14,8 +14,8 @@ these models are so small that an eager step is bound by kernel launches. Every 
 budget: the same number of steps of the same batch size over the same training rows. The number of steps is
 derived from ``budget_s`` (wall-clock seconds for the whole sweep, split evenly over the cells): the measured
 step times of all mixers of a cell decide how many steps fit (or pass ``steps``). Learning rates run in order of
-promise (nearest ``PROMISING_LR`` first), each for every mixer before the next, and one is skipped for a mixer that already
-solved the cell (accuracy >= 0.999), since it cannot raise the best. With a time budget no run starts after 1.1x
+promise (nearest ``PROMISING_LR`` first), each for every mixer before the next, and one is skipped for a mixer that
+already solved the cell (accuracy >= 0.999), since it cannot raise the best. With a time budget no run starts after 1.1x
 the budget, and the result files are rewritten after every run, so a sweep cut short keeps what finished.
 
 Outputs ``results.json`` / ``results.md`` (rows per cell and mixer, with the paper's number beside ours) and
@@ -405,7 +405,8 @@ def merge_results(out_dir, parts, mixed_budgets: bool = False) -> list[dict]:
             raise ValueError(f"parts={str(part)!r} is not allowed: it has no results.json")
         data = json.loads(path.read_text())
         if data.get("experiment") != "mqar":
-            raise ValueError(f"parts={str(part)!r} is not allowed: its results are {data.get('experiment')!r}, not mqar")
+            raise ValueError(f"parts={str(part)!r} is not allowed: its results are {data.get('experiment')!r}, "
+                             "not mqar")
         meta = data["meta"]
         meta0 = meta0 or meta
         for key in same:

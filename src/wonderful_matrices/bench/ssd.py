@@ -117,7 +117,7 @@ def paper_rows(device: torch.device, shape: dict = PAPER_SHAPE, dtype: torch.dty
             _fwd_bwd(compiled, probe)()  # compile forward and backward once, outside the timing
             del probe
             variants.append(("torch (chunked), torch.compile", compiled))
-        except Exception as exc:  # reported, not hidden: the row says why there is no compiled number
+        except Exception as exc:  # noqa: BLE001 - reported, not hidden: the row says why there is no compiled number
             rows.append(dict(implementation="torch (chunked), torch.compile", source="measured",
                              note=f"did not compile: {type(exc).__name__}: {str(exc)[:200]}", **common))
     reference_y = None
@@ -135,11 +135,12 @@ def paper_rows(device: torch.device, shape: dict = PAPER_SHAPE, dtype: torch.dty
         rows.append(dict(implementation=name, source="measured", fwd_ms=fwd_ms, fwd_bwd_ms=fwd_bwd_ms,
                          rel_err=err, peak_mem_mib=peak / 2 ** 20 if peak is not None else None,
                          note=f"rel_err against {variants[0][0]}" if reference_y is not y else "", **common))
-        del grads, step, inputs
+        grads = step = inputs = None  # free before the next variant allocates
         if device.type == "cuda":
             torch.cuda.empty_cache()
     for ref in REFERENCE:
-        rows.append(dict(source="reference (docs/design.md)", note="H200, bf16, torch 2.11, triton 3.6; not measured here",
+        rows.append(dict(source="reference (docs/design.md)",
+                         note="H200, bf16, torch 2.11, triton 3.6; not measured here",
                          **{**common, "device": "H200 (docs/design.md)"}, **ref))
     return rows
 

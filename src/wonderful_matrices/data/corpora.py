@@ -14,7 +14,8 @@ Sources (``load_corpus(spec)``):
 
 The validation split is the tail of the corpus: whole documents from the end while that brings it nearer
 to ``validation_fraction`` of the characters; when that leaves it below half the target (one big
-document), the tail of the last training document is cut off at a line boundary. The split is a pure function of the text, so it is the same on every machine.
+document), the tail of the last training document is cut off at a line boundary. The split is a pure function of
+the text, so it is the same on every machine.
 """
 from __future__ import annotations
 
@@ -186,8 +187,9 @@ def hub_corpus(name: str, validation_fraction: float) -> Corpus:
     repo, _, config = name.partition(":")
     try:
         loaded = datasets.load_dataset(repo, config or None)
-    except Exception as e:  # network errors, unknown names: all mean the same to the user
-        raise UserError(f"cannot load dataset {name!r} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+    except Exception as e:  # noqa: BLE001 - network errors, unknown names: all mean the same to the user
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(f"cannot load dataset {name!r} ({type(e).__name__}: {first_line}); "
                         "check the name and the network, or pass a local path") from None
     if "train" not in loaded:
         raise UserError(f"dataset {name!r} has no 'train' split (splits: {', '.join(loaded)})")

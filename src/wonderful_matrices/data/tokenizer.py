@@ -27,7 +27,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike)
     from transformers import PreTrainedTokenizerFast
 
     if vocab_size < 257:
-        raise ValueError(f"vocab_size: got {vocab_size}, a byte-level BPE needs at least 257 (256 bytes + <|endoftext|>)")
+        raise ValueError(f"vocab_size: got {vocab_size}, a byte-level BPE needs at least 257 "
+                         "(256 bytes + <|endoftext|>)")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -57,7 +58,7 @@ def load_tokenizer(path: str | os.PathLike):
         if path.is_file():
             return PreTrainedTokenizerFast(tokenizer_file=str(path))
         return AutoTokenizer.from_pretrained(str(path))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - whatever transformers raises, the fix is the same
         raise UserError(f"cannot load the tokenizer in {path} ({type(e).__name__}); give a directory made by "
                         "save_pretrained or containing tokenizer.json") from None
 

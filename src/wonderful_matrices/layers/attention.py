@@ -16,7 +16,8 @@ from .rotary import RotaryEmbedding, apply_rotary
 
 
 def causal_padding_mask(key_mask: torch.Tensor, query_length: int) -> torch.Tensor:
-    """Boolean visibility ``(b, 1, lq, lk)``: query ``i`` sees key ``j`` iff ``j <= i + (lk - lq)`` and key ``j`` is real.
+    """Boolean visibility ``(b, 1, lq, lk)``: query ``i`` sees key ``j`` iff ``j <= i + (lk - lq)`` and key ``j`` is
+    real.
 
     ``key_mask (b, lk)`` bool, True = real token. Queries are bottom-right aligned with the keys.
     """

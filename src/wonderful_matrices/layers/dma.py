@@ -68,7 +68,8 @@ class DynamicMaskAttention(nn.Module):
         require(keep_window is None or (isinstance(keep_window, int) and not isinstance(keep_window, bool)
                                         and keep_window >= 1), "keep_window", keep_window, "None or an int >= 1")
         require(mask_form in MASK_FORMS, "mask_form", mask_form, f"one of {MASK_FORMS}")
-        self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim = hidden_size, num_heads, num_kv_heads, head_dim
+        self.hidden_size, self.num_heads = hidden_size, num_heads
+        self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
         self.keep_window = keep_window
         self.mask_form = mask_form
         self.layer_idx = layer_idx

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from ..ops import expert_mixture, product_key_topk
-from ..ops.expert_mixture import weighted_rows
 from ..ops.common import LAYER_BACKENDS, require, trusted_values
+from ..ops.expert_mixture import weighted_rows
 from .mlp import ACTIVATIONS
 
 

@@ -70,7 +70,8 @@ class RotaryEmbedding(nn.Module):
         return cos, sin
 
     def _tables(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        # Frequencies are recomputed in float64 on each call (dim/2 numbers): no buffer that `model.to(bf16)` could round.
+        # Frequencies are recomputed in float64 on each call (dim/2 numbers): no buffer that `model.to(bf16)` could
+        # round.
         exponents = torch.arange(0, self.dim, 2, dtype=torch.float64, device=position_ids.device) / self.dim
         inv_freq = (1.0 / self.theta ** exponents).to(dtype)
         angles = position_ids.to(dtype)[..., None] * inv_freq

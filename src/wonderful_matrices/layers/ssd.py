@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import ssd, ssd_step
 from ..errors import require
+from ..ops import ssd, ssd_step
 from ..ops.common import trusted_values
 from .rotary import RotaryEmbedding, apply_rotary
 
@@ -115,7 +115,8 @@ class SSDMixer(nn.Module):
         require(isinstance(norm_groups, int) and norm_groups >= 1 and inner % norm_groups == 0, "norm_groups",
                 norm_groups, f"a divisor of num_heads*head_dim={inner}")
         require(0 < dt_min <= dt_max, "dt_min", (dt_min, dt_max), "0 < dt_min <= dt_max")
-        require(len(dt_limit) == 2 and 0 <= dt_limit[0] < dt_limit[1], "dt_limit", dt_limit, "(low, high), 0 <= low < high")
+        require(len(dt_limit) == 2 and 0 <= dt_limit[0] < dt_limit[1], "dt_limit", dt_limit,
+                "(low, high), 0 <= low < high")
         require(len(A_init_range) == 2 and 0 < A_init_range[0] <= A_init_range[1], "A_init_range", A_init_range,
                 "(low, high) with 0 < low <= high")
         self.hidden_size, self.num_heads, self.head_dim = hidden_size, num_heads, head_dim

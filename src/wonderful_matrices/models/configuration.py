@@ -237,7 +237,8 @@ class CheemsConfig(PretrainedConfig):
     def _validate_cdmoe(self) -> None:
         n = self.cdmoe_num_experts
         root = math.isqrt(n) if n >= 1 else 0
-        require(n >= 1 and root * root == n, "cdmoe_num_experts", n, "a perfect square (product keys use sqrt(N) sub-keys)")
+        require(n >= 1 and root * root == n, "cdmoe_num_experts", n,
+                "a perfect square (product keys use sqrt(N) sub-keys)")
         require(self.cdmoe_num_heads >= 1, "cdmoe_num_heads", self.cdmoe_num_heads, "must be >= 1")
         require(1 <= self.cdmoe_top_k <= root, "cdmoe_top_k", self.cdmoe_top_k,
                 f"in [1, sqrt(cdmoe_num_experts)={root}]")

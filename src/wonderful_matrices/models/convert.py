@@ -203,7 +203,8 @@ def cdmoe_from_doge(doge: Mapping[str, torch.Tensor], top_k: int, activation: st
 
 
 def mamba2_mixer_kwargs_from_hf_config(config) -> dict:
-    """Constructor kwargs of :class:`~wonderful_matrices.layers.Mamba2Mixer` equal to HF ``Mamba2Mixer(config)`` (its PyTorch path).
+    """Constructor kwargs of :class:`~wonderful_matrices.layers.Mamba2Mixer` equal to HF ``Mamba2Mixer(config)``
+    (its PyTorch path).
 
     ``config`` is an HF ``Mamba2Config`` (read by attribute; transformers is not imported here). Raises
     ``ValueError`` if ``hidden_size · expand != num_heads · head_dim`` or the activation is not SiLU.

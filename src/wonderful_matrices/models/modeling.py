@@ -16,7 +16,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from ..layers import (CDMoE, Attention, DynamicMaskAttention, GatedMLP, Mamba2Mixer, MoE, RMSNorm, SSDMixer)
+from ..layers import Attention, CDMoE, DynamicMaskAttention, GatedMLP, Mamba2Mixer, MoE, RMSNorm, SSDMixer
 from ..layers.rotary import share_rotary
 from ..ops.common import value_checks_enabled
 from .cache import CheemsCache
@@ -274,7 +274,8 @@ class CheemsModel(CheemsPreTrainedModel):
 
         new_mask = None
         if attention_mask is not None:
-            if attention_mask.dim() != 2 or attention_mask.shape[0] != b or attention_mask.shape[1] not in (l, past + l):
+            if (attention_mask.dim() != 2 or attention_mask.shape[0] != b
+                    or attention_mask.shape[1] not in (l, past + l)):
                 raise ValueError(f"attention_mask.shape={tuple(attention_mask.shape)} is not allowed: "
                                  f"(batch={b}, {l}) for this call's tokens or (batch, {past + l}) for past + new")
             new_mask = attention_mask[:, -l:].to(device=device, dtype=torch.bool)

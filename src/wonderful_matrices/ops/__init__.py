@@ -2,7 +2,9 @@
 (``ssd/chunked.py``, ``ssd/step.py``, ``dma/windowed.py``, ``dma/selection.py``, ``expert_mixture/gather.py``,
 ``product_key/two_stage.py``), the Triton kernels (``*_kernels.py``, ``dma/decode.py``), and ``__init__.py`` with
 the public function and its ``backend`` dispatch."""
-from .ssd import ssd, ssd_step
 from .dma import dynamic_mask_attention
 from .expert_mixture import expert_mixture
 from .product_key import product_key_topk
+from .ssd import ssd, ssd_step
+
+__all__ = ["dynamic_mask_attention", "expert_mixture", "product_key_topk", "ssd", "ssd_step"]

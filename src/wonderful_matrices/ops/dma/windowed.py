@@ -27,8 +27,6 @@ the key dtype, ``lo`` the rounding error, so half-precision keys carry the bias 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 

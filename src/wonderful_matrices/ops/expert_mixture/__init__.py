@@ -4,8 +4,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..common import require, resolve_backend, shape_of, value_checks_enabled
-from . import naive as _naive
 from . import gather as _gather
+from . import naive as _naive
 from .naive import ACTIVATIONS
 
 _AVAILABLE = ("naive", "torch", "triton")

@@ -11,9 +11,9 @@ under ``TRITON_INTERPRET=1``); ``"auto"`` picks ``"triton"`` on CUDA for float32
 """
 from __future__ import annotations
 
-from ..common import require, resolve_backend, shape_of, value_checks_enabled
 import torch
 
+from ..common import require, resolve_backend, shape_of, value_checks_enabled
 from .chunked import ssd_chunked
 from .naive import ssd_naive
 from .step import recurrent_step
@@ -60,7 +60,8 @@ def _check_seq_idx(seq_idx, b: int, l: int, device: torch.device) -> None:
 
 def _check_common(x, dt, A, B, C, D, h: int, b_name: str, c_name: str) -> None:
     """Shapes shared by :func:`ssd` and :func:`ssd_step`: C like B, groups dividing heads, A and D per head."""
-    require(tuple(C.shape) == tuple(B.shape), f"{c_name}.shape", shape_of(C), f"the same shape as {b_name} {shape_of(B)}")
+    require(tuple(C.shape) == tuple(B.shape), f"{c_name}.shape", shape_of(C),
+            f"the same shape as {b_name} {shape_of(B)}")
     g = B.shape[-2]
     require(g >= 1 and h % g == 0, f"{b_name}.shape", shape_of(B),
             f"groups g (dim -2) must divide the number of heads h={h}")

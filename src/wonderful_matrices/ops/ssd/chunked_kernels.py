@@ -24,8 +24,8 @@ Backward, with ``dS_c`` the gradient of the state entering chunk ``c`` (``dS_chu
    ``dCB_ij = Σ_heads W_ij·dt_j`` (the gradient of ``C_i·B_j``), and per head the row / column sums of ``CB∘W``;
    ``dc2`` and ``db2`` (per tile, chunk and head split): ``dC_i = Σ_{j<=i} dCB_ij·B_j + Σ_heads exp(cum_i)·dy_i·S_c``,
    ``dB_j = Σ_{i>=j} dCB_ij·C_i + Σ_heads exp(cum_last − cum_j)·dt_j·x_j·dS_{c+1}``.
-   (A first version redid the (Q × Q) products per head and spilled registers: 10.7 ms against 6.4 ms forward +
-   backward on the H200; docs/kernels_ssd.md has the work counts and compile reports of both.)
+   (Summing over a group's heads inside the program keeps the (Q × Q) products shared; redoing them per head
+   spills registers and is slower: docs/kernels_ssd.md has the work counts, compile reports and timings.)
 5. ``dcum`` (one small kernel per batch, head and chunk): the gradient of ``cum`` is
    ``dy_k·(y_k − D·x_k) − dt_k·(x_k·dxpre_k) + [k last]·<S_{c+1}, dS_{c+1}>``, where the first term comes from
    ``dc2`` and the row sums of ``dcb`` and ``x_k·dxpre_k`` (the direct part of ``ddt``) from ``dx2`` and the column
@@ -139,7 +139,8 @@ def _cumsum_kernel(dt_ptr, A_ptr, cum_ptr, L, H, NC, s_dt_b, s_dt_l, s_dt_h,
 @triton.jit
 def _cb_kernel(B_ptr, C_ptr, cb_ptr, L, G, NC, N,
                s_b_b, s_b_l, s_b_g, s_b_n, s_c_b, s_c_l, s_c_g, s_c_n,
-               Q: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+               Q: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+               UPCAST: tl.constexpr):
     NB: tl.constexpr = Q // BQ
     pid_ij = tl.program_id(0)
     pid_bc = tl.program_id(1)
@@ -398,7 +399,8 @@ def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, s
         acc += _mm((cb_t * decay).to(DT), dy_i, PREC, UPCAST)
     dx = acc * dt_j[:, None]
     if HAS_D:
-        dx += tl.load(D_ptr + hi).to(tl.float32) * tl.load(dy_ptrs, mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
+        dy_tile = tl.load(dy_ptrs, mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
+        dx += tl.load(D_ptr + hi).to(tl.float32) * dy_tile
     tl.store(dx_ptr + bi * s_dx_b + tj[:, None] * s_dx_l + hi * s_dx_h + ps[None, :] * s_dx_p,
              dx.to(dx_ptr.dtype.element_ty), mask=jm[:, None] & pm[None, :])
 
@@ -668,7 +670,8 @@ def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=Non
     cb = poisoned_empty(b, nc, g, q, q, device=dev)
     nb = q // pl.bq
     run("cb", lambda: _launch(_cb_kernel, (nb * nb, b * nc, g), "cb", B, C, cb, l, g, nc, n,
-                              *B.stride(), *C.stride(), Q=q, BQ=pl.bq, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast))
+                              *B.stride(), *C.stride(), Q=q, BQ=pl.bq, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec,
+                              UPCAST=pl.upcast))
     states = poisoned_empty(b, nc + 1, h, p, n, device=dev)
     run("chunk_state", lambda: _launch(
         _chunk_state_kernel, (b * nc, h), "chunk_state", x, B, dt, cum, seq, states, l, h, g, nc, p, n, 0,
