@@ -14,7 +14,8 @@ def test_dma_bench_runs_and_writes_results(tmp_path, monkeypatch):
     assert {"dma window 8 torch", "dma no window", "sdpa causal (default)", "selection only, torch (select_blocks, block 64)",
             "DMA layer step, window 8", "DMA layer step, window None", "DMA attention step, window 8",
             "DMA attention step, window None", "SDPA attention step, full cache",
-            "Attention layer step (Llama-style, cat cache)", "dma window 8, one row", "dma window 8, 3 documents packed",
+            "Attention layer step (Llama-style, cat cache)", "dma window 8, one row",
+            "dma window 8, 3 documents packed",
             "dma no window, one row", "dma no window, 3 documents packed"} <= impls
     assert all(r.get("fwd_bwd_ms", 1) > 0 for r in rows)
     assert all("error" not in r for r in rows)

@@ -1,5 +1,6 @@
 """Shared check for packed rows (``seq_idx``): a packed row gives every document what it gets alone."""
 import torch
+
 from conftest import rel_err
 
 

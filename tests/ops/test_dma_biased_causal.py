@@ -3,9 +3,9 @@ from the causal offset and the documents): the block mask's tiles are checked pa
 eagerly on the CPU, against the oracle. The compiled path runs on the GPU in test_ops_cuda.py."""
 import pytest
 import torch
-from conftest import rel_err
 from dma_packing import documents, random_inputs
 
+from conftest import rel_err
 from wonderful_matrices.ops.dma import biased_causal
 from wonderful_matrices.ops.dma.naive import dynamic_mask_attention_naive
 

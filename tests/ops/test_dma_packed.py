@@ -3,9 +3,9 @@ of a packed row exactly what it gets alone, forward and gradients; bad ``seq_idx
 kernels are checked the same way in test_dma_triton.py."""
 import pytest
 import torch
-from conftest import rel_err
 from dma_packing import assert_packed_equals_alone, documents, random_inputs
 
+from conftest import rel_err
 from wonderful_matrices.ops import dynamic_mask_attention
 from wonderful_matrices.ops.common import trusted_values
 from wonderful_matrices.ops.dma import windowed as dma_torch

@@ -9,9 +9,9 @@ import os
 
 import pytest
 import torch
+from dma_packing import assert_packed_equals_alone, documents, random_inputs
 
 from conftest import rel_err, run_under_triton_interpreter
-from dma_packing import assert_packed_equals_alone, documents, random_inputs
 
 pytest.importorskip("triton")
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -96,7 +96,8 @@ def test_triton_packed_equals_alone(case):
 def test_dispatch_uses_triton_for_a_causal_window_and_torch_otherwise(monkeypatch):
     calls = []
     original = dma_triton.dynamic_mask_attention_triton
-    monkeypatch.setattr(dma_triton, "dynamic_mask_attention_triton", lambda *a, **kw: calls.append(a) or original(*a, **kw))
+    monkeypatch.setattr(dma_triton, "dynamic_mask_attention_triton",
+                        lambda *a, **kw: calls.append(a) or original(*a, **kw))
     q, k, v = torch.randn(1, 9, 2, 8), torch.randn(1, 9, 1, 8), torch.randn(1, 9, 1, 8)
     bias = torch.randn(1, 9, 1)
     out = dynamic_mask_attention(q, k, v, bias, keep_window=3, backend="triton")

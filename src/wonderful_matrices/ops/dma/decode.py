@@ -7,7 +7,7 @@ or padded), ``position (b, cap, hkv)`` int64, of which the first ``n`` slots are
   ``n + 1`` — smallest bias, ties to the earliest position, then to the lowest slot, the new key counting as
   slot ``n`` — is dropped: the new key takes its slot (or is itself dropped). The query attends to the ``n``
   slots after that replacement (so it sees itself unless it was dropped). This is exactly the torch path of
-  ``DynamicMaskAttention._decode_step``.
+  :class:`.cache.DecodeStep` (the torch step).
 * ``evict=False`` (no window): the new key is appended at slot ``n`` (``cap >= n + 1``) and the query attends to
   the ``n + 1`` slots.
 

@@ -1,7 +1,8 @@
 """Dynamic mask attention, the oracle: plain loops over batch, query head and query.
 
-For each query the visible keys are listed (with ``seq_idx``, only those of the query's own document), the ``keep_window`` keys with the largest bias are chosen (ties go
-to the later key; keys with bias ``-inf`` are never attended), and a softmax over ``q·k·scale + bias`` of the
+For each query the visible keys are listed (with ``seq_idx``, only those of the query's own document), the
+``keep_window`` keys with the largest bias are chosen (ties go to the later key; keys with bias ``-inf`` are never
+attended), and a softmax over ``q·k·scale + bias`` of the
 chosen keys weights the values. Obviously right and slow; differentiable through autograd.
 """
 from __future__ import annotations
