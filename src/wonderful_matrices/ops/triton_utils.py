@@ -5,13 +5,17 @@ import os
 
 import torch
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # kernels run on the CPU interpreter (the test suite)
+
+def interpreting() -> bool:
+    """Whether kernels run on the CPU interpreter (``TRITON_INTERPRET=1``, the test suite). Read when called: a
+    test may set the variable and re-import a kernel module, whose import-time choices then see it."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def poisoned_empty(*shape: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """A fresh ``shape`` buffer for a kernel to write; NaN-filled under the interpreter (tests), so that an element
     the kernel fails to write cannot pass a comparison with the oracle. Uninitialised on a GPU."""
-    if INTERPRET:
+    if interpreting():
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
 

@@ -1,4 +1,4 @@
-"""Expert mixture with Triton kernels (GPU; also CPU under ``TRITONINTERPRET=1``).
+"""Expert mixture with Triton kernels (GPU; also CPU under ``TRITON_INTERPRET=1``).
 
 The mixture ``y[t] = Σ_j gate[t,j]·act(down[e]·x[t])·up[e]`` (``e = ids[t,j]``, ``M = H·k`` selections per
 token) is assembled exactly as in the torch backend (``gather.py``: the autograd Functions ``RowDots`` and
@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import INTERPRET, poisoned_empty
+from ..triton_utils import interpreting, poisoned_empty
 from .gather import RowSum, mixture
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -42,14 +42,14 @@ PARTIAL_BUDGET = 1 << 26  # table_grad: float32 elements of partial sums when th
 
 def _configs(gpu: list[tuple[int, int, int]], interpreted: tuple[int, int], names: tuple[str, str]):
     """Autotune configurations: ``gpu`` (block_a, block_d, num_warps) on a GPU; one small one interpreted."""
-    if INTERPRET:
+    if interpreting():
         return [triton.Config({names[0]: interpreted[0], names[1]: interpreted[1]}, num_warps=1)]
     return [triton.Config({names[0]: a, names[1]: b}, num_warps=w) for a, b, w in gpu]
 
 
 # Reductions go through ``tl.reduce`` with combine functions of this module rather than ``tl.sum``/``tl.max``:
 # those are jit functions of triton's standard library, created in compiled mode when triton was imported before
-# TRITONINTERPRET=1 was set (as in a test session), which the interpreter cannot call.
+# TRITON_INTERPRET=1 was set (as in a test session), which the interpreter cannot call.
 @triton.jit
 def _add(a, b):
     return a + b

@@ -54,7 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import INTERPRET, dot_block, poisoned_empty, pow2_at_least
+from ..triton_utils import dot_block, interpreting, poisoned_empty, pow2_at_least
 
 # launch settings per kernel (num_warps, num_stages); a starting point for tuning on the H200
 CONFIG = {
@@ -623,7 +623,7 @@ class _Plan:
         self.bn = dot_block(self.n)
         self.dt_dot = _TL_DTYPE[x.dtype]
         self.prec = "ieee" if x.dtype == torch.float32 else "tf32"
-        self.upcast = INTERPRET and x.dtype == torch.bfloat16
+        self.upcast = interpreting() and x.dtype == torch.bfloat16
         # half inputs: some products with a float32 operand (states, decay-scaled inputs) keep about 16 bits of
         # it (see _mm_f32b and SPLIT_SITES); with 8 bits the gradient of A loses its accuracy (it sums terms that
         # cancel)
