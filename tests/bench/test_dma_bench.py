@@ -11,7 +11,8 @@ def test_dma_bench_runs_and_writes_results(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_dma, "QUICK", tiny)
     rows = bench_dma.run(tmp_path, quick=True, device="cpu")
     impls = {r["impl"] for r in rows}
-    assert {"dma window 8 torch", "dma no window", "sdpa causal (default)", "selection only, torch (select_blocks, block 64)",
+    assert {"dma window 8 torch", "dma no window", "sdpa causal (default)",
+            "selection only, torch (select_blocks, block 64)",
             "DMA layer step, window 8", "DMA layer step, window None", "DMA attention step, window 8",
             "DMA attention step, window None", "SDPA attention step, full cache",
             "Attention layer step (Llama-style, cat cache)", "dma window 8, one row",

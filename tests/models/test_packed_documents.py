@@ -2,9 +2,9 @@
 every preset a packed row gives each document exactly the logits, loss and gradients it gets alone."""
 import pytest
 import torch
-from conftest import rel_err
 
 import wonderful_matrices as wm
+from conftest import rel_err
 from wonderful_matrices.models import CheemsCache
 from wonderful_matrices.models.modeling import document_positions, packed_document_ids
 

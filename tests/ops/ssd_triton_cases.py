@@ -17,10 +17,12 @@ pytest.importorskip("triton")
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs TRITON_INTERPRET=1 (set before triton is imported)", allow_module_level=True)
 
-from wonderful_matrices.ops import ssd  # noqa: E402
-from wonderful_matrices.ops.ssd.naive import ssd_naive  # noqa: E402
-from test_ssd_op import _forward_backward, _run_naive, make_inputs  # noqa: E402
-from test_ssd_packed import _case_id as _packed_id, check_packed  # noqa: E402
+from test_ssd_op import _forward_backward, _run_naive, make_inputs
+from test_ssd_packed import _case_id as _packed_id
+from test_ssd_packed import check_packed
+
+from wonderful_matrices.ops import ssd
+from wonderful_matrices.ops.ssd.naive import ssd_naive
 
 
 def _run(inputs, chunk, gy, gs):

@@ -5,11 +5,11 @@ row's first document) and concatenates; every backend with ``seq_idx`` must matc
 """
 import pytest
 import torch
-from conftest import rel_err
+from test_ssd_op import make_inputs
 
+from conftest import rel_err
 from wonderful_matrices.ops import ssd
 from wonderful_matrices.ops.ssd.naive import ssd_naive
-from test_ssd_op import make_inputs
 
 # (h, p, g, n, chunk, with_D, with_init, rows): each row a list of document lengths. Boundaries exactly at chunk
 # edges and inside chunks, documents of length 1, a document spanning several chunks, a chunk holding three

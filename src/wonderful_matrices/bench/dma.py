@@ -176,7 +176,7 @@ def _training_rows(cfg, device):
         for row in rows:
             if row["T"] == T and base and row.get("fwd_bwd_ms"):
                 row["sdpa_time / time"] = base / row["fwd_bwd_ms"]
-        del q, k, v, bias, qt, kt, vt
+        q = k = v = bias = qt = kt = vt = None  # free the inputs before the next length allocates
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows

@@ -187,7 +187,7 @@ def packed_rows(device: torch.device, shape: dict, dtype: torch.dtype, backend: 
                        fwd_bwd_overhead_pct=100.0 * (fwd_bwd_ms / base["fwd_bwd_ms"] - 1.0),
                        note="rel_err against the torch backend with the same seq_idx")
         rows.append(row)
-        del inputs, grads
+        inputs = grads = None  # free before the next case allocates
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows

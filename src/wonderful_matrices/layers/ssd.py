@@ -210,9 +210,9 @@ class SSDMixer(nn.Module):
         packed rows or None -> (b, l, d)."""
         self._check_inputs(hidden_states, position_ids, attention_mask, state)
         if seq_idx is not None:
-            _require(isinstance(seq_idx, torch.Tensor) and tuple(seq_idx.shape) == tuple(hidden_states.shape[:2]),
-                     "seq_idx.shape", tuple(getattr(seq_idx, "shape", ())),
-                     f"{tuple(hidden_states.shape[:2])}: one document id per token")
+            require(isinstance(seq_idx, torch.Tensor) and tuple(seq_idx.shape) == tuple(hidden_states.shape[:2]),
+                    "seq_idx.shape", tuple(getattr(seq_idx, "shape", ())),
+                    f"{tuple(hidden_states.shape[:2])}: one document id per token")
         b, l, _ = hidden_states.shape
         h, p, g, n = self.num_heads, self.head_dim, self.num_groups, self.state_size
         acc = torch.float64 if hidden_states.dtype == torch.float64 else torch.float32

@@ -13,10 +13,11 @@ def interpreting() -> bool:
 
 
 def poisoned_empty(*shape: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
-    """A fresh ``shape`` buffer for a kernel to write; NaN-filled under the interpreter (tests), so that an element
-    the kernel fails to write cannot pass a comparison with the oracle. Uninitialised on a GPU."""
+    """A fresh ``shape`` buffer for a kernel to write; under the interpreter (tests) filled with NaN (-1 for an
+    integer dtype), so that an element the kernel fails to write cannot pass a comparison with the oracle.
+    Uninitialised on a GPU."""
     if interpreting():
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+        return torch.full(shape, float("nan") if dtype.is_floating_point else -1, dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
 
 

@@ -210,7 +210,7 @@ def live_keys(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
 
     ``bias_rows (n, lk)``, ``documents (n, lk)`` and the query placement as in :func:`select_blocks`; ``block``
     a multiple of ``tile``. Query position ``p`` (a key position) keeps key ``j`` exactly when
-    ``j <= p < drop_j`` (DESIGN.md, fact 1; ``drop_j`` already cut at the end of ``j``'s document, ``0`` for
+    ``j <= p < drop_j`` (docs/design.md, fact 1; ``drop_j`` already cut at the end of ``j``'s document, ``0`` for
     padding). Block ``t`` (query positions ``[p0, p0 + block)``, ``p0 = lk - lq + t·block``) keeps at most
     ``w + block`` distinct keys: those ``j < p0`` with ``drop_j > p0`` (all kept by query ``p0``, so among the top
     ``w`` before the block) and its own keys that some query keeps (``drop_j > j``).

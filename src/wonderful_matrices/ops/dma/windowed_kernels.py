@@ -22,19 +22,17 @@ Float16/bfloat16/float32 inputs (float32 products in IEEE precision, not TF32), 
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from ..common import require
+from ..triton_utils import dot_block, interpreting
 from .selection import LIVE_TILE, live_keys
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
 BLOCK_ALIGN = 128  # the selection block is a multiple of every query tile the kernels use
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def block_for(keep_window: int) -> int:
@@ -45,7 +43,7 @@ def block_for(keep_window: int) -> int:
 
 def _configs(gpu: list[tuple[int, int, int, int]]) -> list:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) on a GPU; one 64 × 64 configuration under the interpreter."""
-    if _INTERPRET:
+    if interpreting():
         return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in gpu]
 
@@ -225,7 +223,7 @@ def _dkv_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, drop_ptr, do_
 
 def _meta(q: torch.Tensor, block: int) -> dict:
     d = q.shape[-1]
-    return dict(BLOCK=block, TILE=LIVE_TILE, BLOCK_D=max(16, triton.next_power_of_2(d)), HEAD_DIM=d,
+    return dict(BLOCK=block, TILE=LIVE_TILE, BLOCK_D=dot_block(d), HEAD_DIM=d,
                 PRECISION="ieee" if q.dtype == torch.float32 else None)
 
 

@@ -21,16 +21,15 @@ and sub-key block boundaries). Outputs are NaN-poisoned under the interpreter, s
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from ..triton_utils import interpreting, poisoned_empty
+
 
 def _forward_configs():
-    if _INTERPRET:
+    if interpreting():
         return [triton.Config({"BLOCK_T": 16, "BLOCK_N": 16}, num_warps=1)]
     return [triton.Config({"BLOCK_T": t, "BLOCK_N": n}, num_warps=w)
             for t, n, w in ((16, 32, 4), (16, 64, 4), (16, 128, 4), (16, 128, 8), (32, 128, 8))]
@@ -146,13 +145,6 @@ def _topk_backward_kernel(q_ptr, keys_ptr, ids_ptr, grad_ptr, dq_ptr, dkeys_ptr,
                       mask=full)
 
 
-def _empty(shape, dtype, device) -> torch.Tensor:
-    """A fresh output; NaN-filled (or -1 for integers) under the interpreter, so an unwritten element fails."""
-    if _INTERPRET:
-        return torch.full(shape, float("nan") if dtype.is_floating_point else -1, dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 def _pad(n: int, least: int = 1) -> int:
     return max(least, triton.next_power_of_2(n))
 
@@ -165,8 +157,8 @@ class ProductKeyTopK(torch.autograd.Function):
     def forward(ctx, query, sub_keys, k):
         T, H, _, dk = query.shape
         n = sub_keys.shape[2]
-        scores = _empty((T, H, k), torch.float32, query.device)
-        ids = _empty((T, H, k), torch.int64, query.device)
+        scores = poisoned_empty(T, H, k, dtype=torch.float32, device=query.device)
+        ids = poisoned_empty(T, H, k, dtype=torch.int64, device=query.device)
         if T:
             precision = "ieee" if query.dtype == torch.float32 else "tf32"
             grid = lambda meta: (triton.cdiv(T, meta["BLOCK_T"]), H)  # noqa: E731
@@ -182,14 +174,14 @@ class ProductKeyTopK(torch.autograd.Function):
         T, H, _, dk = query.shape
         n = sub_keys.shape[2]
         k = ids.shape[-1]
-        grad_query = _empty(query.shape, query.dtype, query.device)
+        grad_query = poisoned_empty(*query.shape, dtype=query.dtype, device=query.device)
         grad_keys = torch.zeros(sub_keys.shape, dtype=torch.float32, device=query.device)
         if T:
             k_pad, dk_pad = _pad(k), _pad(dk, 16)
             block_t = max(1, min(32, 4096 // (k_pad * dk_pad)))
             _topk_backward_kernel[(triton.cdiv(T, block_t), H)](
                 query, sub_keys, ids, grad_scores.contiguous(), grad_query, grad_keys, T, H, n, dk,
-                K=k, K_PAD=k_pad, DK_PAD=dk_pad, BLOCK_T=block_t, num_warps=1 if _INTERPRET else 4)
+                K=k, K_PAD=k_pad, DK_PAD=dk_pad, BLOCK_T=block_t, num_warps=1 if interpreting() else 4)
         return grad_query, grad_keys.to(sub_keys.dtype), None
 
 

@@ -101,7 +101,8 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
         (b, h, p, n) in float32 (float64 if ``x`` or ``initial_state`` is float64).
 
     Raises ``ValueError`` naming the argument for wrong shapes, dtypes, devices, ``chunk_size``, ``backend``,
-    ``A >= 0``, ``dt < 0`` or a decreasing ``seq_idx`` (the value checks synchronise the device once and are skipped under
+    ``A >= 0``, ``dt < 0`` or a decreasing ``seq_idx`` (the value checks synchronise the device once and are skipped
+    under
     ``torch.compile``).
     """
     require(isinstance(x, torch.Tensor) and x.dim() == 4, "x.shape",

@@ -94,7 +94,8 @@ def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
     """The chunked SSD (arguments validated by :func:`wonderful_matrices.ops.ssd.ssd`).
 
     x (b,l,h,p), dt (b,l,h), A (h,), B/C (b,l,g,n), D (h,) or None, initial_state (b,h,p,n) or None,
-    seq_idx (b,l) non-decreasing document ids or None -> y (b,l,h,p) in ``x.dtype``, and the final state (b,h,p,n) in the compute dtype if ``return_final_state``.
+    seq_idx (b,l) non-decreasing document ids or None -> y (b,l,h,p) in ``x.dtype``, and the final state (b,h,p,n) in
+    the compute dtype if ``return_final_state``.
     """
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]

@@ -281,7 +281,8 @@ def _output_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, cb_ptr, st_ptr, D_ptr, seq_ptr
         cb = tl.load(cb_base + rows[:, None] * Q + cols[None, :])
         causal = rows[:, None] >= cols[None, :]
         if HAS_SEQ:
-            causal = causal & (seq_i[:, None] == tl.load(seq_ptr + bi * s_seq_b + tj * s_seq_l, mask=jm, other=0)[None, :])
+            seq_tile = tl.load(seq_ptr + bi * s_seq_b + tj * s_seq_l, mask=jm, other=0)
+            causal = causal & (seq_i[:, None] == seq_tile[None, :])
         decay = tl.exp(tl.where(causal, cum_i[:, None] - cum_j[None, :], float("-inf")))
         w = cb * decay * dt_j[None, :]
         x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
@@ -394,7 +395,8 @@ def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, s
         cb_t = tl.load(cb_base + rows[None, :] * Q + cols[:, None])  # (j, i) = CB[i, j]
         causal = rows[None, :] >= cols[:, None]
         if HAS_SEQ:
-            causal = causal & (tl.load(seq_ptr + bi * s_seq_b + ti * s_seq_l, mask=im, other=0)[None, :] == seq_j[:, None])
+            seq_tile = tl.load(seq_ptr + bi * s_seq_b + ti * s_seq_l, mask=im, other=0)
+            causal = causal & (seq_tile[None, :] == seq_j[:, None])
         decay = tl.exp(tl.where(causal, cum_i[None, :] - cum_j[:, None], float("-inf")))
         acc += _mm((cb_t * decay).to(DT), dy_i, PREC, UPCAST)
     dx = acc * dt_j[:, None]
@@ -469,7 +471,8 @@ def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, seq_ptr, dC_ptr,
                 Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HPP: tl.constexpr,
                 DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr,
                 HAS_SEQ: tl.constexpr):
-    """One (i-tile × block of BN columns, batch·chunk, group, head split): the split's part of dC_i, Σ_{its heads} exp(cum_i)·dy_i·S_c,
+    """One (i-tile × block of BN columns, batch·chunk, group, head split): the split's part of dC_i, Σ_{its heads}
+    exp(cum_i)·dy_i·S_c,
     plus (split 0 only) Σ_{j<=i} dCB_ij·B_j; and per head the inter-chunk part of dy_i·(y_i − D·x_i),
     Σ_n (exp(cum_i)·dy_i·S_c)_n·C_in over the block's columns (partial sums by block)."""
     pid_i = tl.program_id(0) // NBN
@@ -797,7 +800,8 @@ def ssd_triton(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tens
     """SSD through the Triton kernels (arguments validated by :func:`wonderful_matrices.ops.ssd.ssd`).
 
     x (b,l,h,p) float32/bf16/fp16, dt (b,l,h), A (h,), B/C (b,l,g,n), D (h,) or None, initial_state (b,h,p,n)
-    or None, seq_idx (b,l) non-decreasing integer document ids or None -> y (b,l,h,p) in ``x.dtype``, and the final state (b,h,p,n) float32 if ``return_final_state``.
+    or None, seq_idx (b,l) non-decreasing integer document ids or None -> y (b,l,h,p) in ``x.dtype``, and the final
+    state (b,h,p,n) float32 if ``return_final_state``.
     Differentiable in every tensor argument.
     """
     y, final = _SSDTriton.apply(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx)

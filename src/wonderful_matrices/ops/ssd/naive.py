@@ -2,7 +2,8 @@
 
 ``S_t = exp(dt_t·A) · S_{t−1} + dt_t · x_t ⊗ B_t``,  ``y_t = S_t · C_t + D · x_t``  (``S`` is ``p × n`` per head;
 head ``i`` uses group ``i // (h / g)`` of ``B`` and ``C``). With ``seq_idx`` the state is zero before a
-document's first token (a step whose id differs from the previous step's), so ``S_t = dt_t · x_t ⊗ B_t`` there. Computed in float64 for float64 inputs, float32
+document's first token (a step whose id differs from the previous step's), so ``S_t = dt_t · x_t ⊗ B_t`` there. Computed
+in float64 for float64 inputs, float32
 otherwise. Arguments are validated by :func:`wonderful_matrices.ops.ssd.ssd`, not here.
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ def ssd_naive(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tenso
     """The recurrence over all time steps (a Python loop over ``l``: the oracle, not a fast path).
 
     x (b,l,h,p), dt (b,l,h), A (h,), B/C (b,l,g,n), D (h,) or None, initial_state (b,h,p,n) or None (it applies
-    to the row's first document), seq_idx (b,l) non-decreasing document ids or None (one document) -> y (b,l,h,p) in ``x.dtype``, and the final state (b,h,p,n) in the compute dtype if ``return_final_state``.
+    to the row's first document), seq_idx (b,l) non-decreasing document ids or None (one document) -> y (b,l,h,p) in
+    ``x.dtype``, and the final state (b,h,p,n) in the compute dtype if ``return_final_state``.
     """
     b, l, h, p = x.shape
     n = B.shape[-1]
