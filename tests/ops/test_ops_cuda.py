@@ -318,6 +318,32 @@ def test_triton_mixture_cuda_against_float64_loops(tokens, H, k, N, d, dtype):
 
 
 @pytest.mark.skipif(not _triton_available(), reason="needs triton")
+@pytest.mark.parametrize("tokens,H,k,N,d,activation", [
+    (999, 4, 6, 64, 200, "gelu"),      # 64 experts (steps split over programs), k not a power of two
+    (777, 3, 5, 1024, 96, "relu"),     # 1024 experts, odd everything
+    (4097, 8, 16, 2 ** 20, 32, "silu"),  # a million experts: tiles of about one step, direct writes
+])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_mixture_cuda_half_precision_activations(tokens, H, k, N, d, activation, dtype):
+    """The fused activation epilogues and the table-gradient products (bf16 hi/lo, fp16 tf32x3) in half
+    precision against float64 on the same rounded inputs; float32 gates, as the layer passes them."""
+    x, ids, gates, down, up = _mixture_case(tokens, H, k, N, d, seed=tokens + N)
+    x, down, up = (t.to(dtype).double() for t in (x, down, up))
+
+    def fn(x, down, up, gates):
+        backend = "torch" if x.device.type == "cpu" else "triton"
+        return wm.ops.expert_mixture(x, ids.to(x.device), gates, down, up, activation=activation, backend=backend)
+
+    ref, ref_g = _grads(fn, [_leaf(t, torch.float64, "cpu") for t in (x, down, up, gates)])
+    out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in (x, down, up)] + [_leaf(gates, torch.float32, "cuda")])
+    assert out.dtype == dtype and rel_err(out.cpu(), ref) < 2e-2
+    for name, a, r in zip(("x", "down", "up", "gates"), out_g, ref_g):
+        assert a.dtype == (torch.float32 if name == "gates" else dtype), name
+        assert torch.isfinite(a).all(), name
+        assert rel_err(a.cpu(), r) < 4e-2, name
+
+
+@pytest.mark.skipif(not _triton_available(), reason="needs triton")
 @pytest.mark.parametrize("tokens,H,n,dk,k", [
     (1, 1, 4, 32, 1),          # N = 16, one token
     (1000, 8, 32, 32, 16),     # N = 1024, the target case's heads and k
