@@ -6,3 +6,4 @@ from .ssd import ssd, ssd_step
 from .dma import dynamic_mask_attention
 from .expert_mixture import expert_mixture
 from .product_key import product_key_topk
+from .rms_norm import rms_norm
