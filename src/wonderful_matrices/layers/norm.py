@@ -4,11 +4,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..ops import rms_norm
+
 
 class RMSNorm(nn.Module):
-    """``y = x / sqrt(mean(x^2) + eps) * weight`` over the last dim, computed in float32.
+    """``y = x / sqrt(mean(x^2) + eps) * weight`` over the last dim, computed in float32 (float64 for float64).
 
-    Same parameter name (``weight``) and arithmetic as HF Llama's ``LlamaRMSNorm``.
+    Same parameter name (``weight``) and arithmetic as HF Llama's ``LlamaRMSNorm``; one fused kernel on CUDA
+    (``wm.ops.rms_norm``), which can also add the residual stream first.
     """
 
     def __init__(self, hidden_size: int, eps: float = 1e-6):
@@ -16,9 +19,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., d) -> (..., d), same dtype."""
-        dtype = x.dtype
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(dtype)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """x (..., d) -> y (..., d) in ``promote(weight, x)``; with ``residual`` (..., d): the norm of
+        ``s = x + residual`` and ``s`` itself, ``(y, s)``."""
+        return rms_norm(x, self.weight, self.eps, residual=residual)

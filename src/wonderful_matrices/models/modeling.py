@@ -157,12 +157,12 @@ class CheemsBlock(GradientCheckpointingLayer):
                 seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         """(b, l, d) -> (b, l, d)."""
         mixed = self.mixer(self.mixer_norm(hidden_states), position_ids, attention_mask, state, seq_idx=seq_idx)
-        hidden_states = (hidden_states if self.mixer_residual is None else hidden_states * self.mixer_residual) + mixed
-        if self.ffn is not None:
-            transformed = self.ffn(self.ffn_norm(hidden_states))
-            hidden_states = (hidden_states if self.ffn_residual is None
-                             else hidden_states * self.ffn_residual) + transformed
-        return hidden_states
+        residual = hidden_states if self.mixer_residual is None else hidden_states * self.mixer_residual
+        if self.ffn is None:
+            return residual + mixed
+        normed, hidden_states = self.ffn_norm(mixed, residual=residual)  # one kernel: the add and the norm
+        transformed = self.ffn(normed)
+        return (hidden_states if self.ffn_residual is None else hidden_states * self.ffn_residual) + transformed
 
     def aux_loss(self) -> torch.Tensor | None:
         """The load-balancing loss the FFN stored on its last forward (None when it has none)."""

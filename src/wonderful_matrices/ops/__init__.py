@@ -7,3 +7,4 @@ from .dma import dynamic_mask_attention
 from .expert_mixture import expert_mixture
 from .product_key import product_key_topk
 from .rms_norm import rms_norm
+from .linear_cross_entropy import linear_cross_entropy
