@@ -37,3 +37,14 @@ def test_quick_profile_writes_tables_and_traces(tmp_path):
 def test_bad_options(tmp_path, options, match):
     with pytest.raises(ValueError, match=match):
         profile.run(tmp_path, quick=True, **options)
+
+
+def test_wm_bench_passes_presets_and_variants(tmp_path, monkeypatch):
+    from wonderful_matrices.cli import main
+
+    seen = {}
+    monkeypatch.setattr(profile, "run", lambda out_dir, quick=False, device=None, presets=None, steps=None,
+                        variants=None: seen.update(presets=presets, steps=steps, variants=variants) or [])
+    assert main(["bench", "profile", "--out", str(tmp_path), "--presets", "cheems-base,llama-base",
+                 "--variants", "fused,unfused", "--steps", "2"]) == 0
+    assert seen == {"presets": "cheems-base,llama-base", "steps": 2, "variants": "fused,unfused"}

@@ -71,6 +71,17 @@ def training_autocast(device: torch.device):
         torch.autocast("cpu", enabled=False)
 
 
+def set_fused(model, fused: bool) -> None:
+    """Switch ``model`` between its fused paths (the RMSNorm kernel where available, the chunked LM-head loss;
+    the default) and plain PyTorch (norms by formula, loss from full float32 logits): the unfused baseline."""
+    from ..layers import RMSNorm
+
+    model.config.fused_loss = fused
+    for module in model.modules():
+        if isinstance(module, RMSNorm):
+            module.backend = "auto" if fused else "torch"
+
+
 def lm_loss(model, rows: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of ``rows`` (b, l + 1): inputs ``rows[:, :-1]``, targets ``rows[:, 1:]``.
 

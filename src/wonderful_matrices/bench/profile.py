@@ -20,22 +20,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from .common import markdown_table, synchronize, write_results
-from .lm_common import optimizer_step
+from .lm_common import optimizer_step, set_fused
 
 QUICK = dict(presets=("cheems-tiny", "llama-tiny"), seq_len=64, batch=2, steps=2, top=15)
 FULL = dict(presets=("cheems-base", "llama-base"), seq_len=4096, batch=8, steps=3, top=30)
 VARIANTS = ("fused", "unfused")
-
-
-def set_fused(model, fused: bool) -> None:
-    """Switch ``model`` between its fused paths (fused RMSNorm kernel where available, chunked loss) and the
-    plain-PyTorch ones."""
-    from ..layers import RMSNorm
-
-    model.config.fused_loss = fused
-    for module in model.modules():
-        if isinstance(module, RMSNorm):
-            module.backend = "auto" if fused else "torch"
 
 
 def _tables(prof, steps: int, on_gpu: bool) -> tuple[dict, list[dict], list[dict]]:
@@ -168,4 +157,4 @@ def run(out_dir, quick: bool = False, device=None, presets=None, steps: int | No
     return summary
 
 
-__all__ = ["run", "profile_training", "set_fused", "side_by_side"]
+__all__ = ["run", "profile_training", "side_by_side"]
