@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fused norm and loss on one GPU, from the repository root, < 5 minutes:
 # (a) CUDA parity tests of the Triton RMSNorm (+ residual add; bf16/fp16/fp32, mixed dtypes, torch.compile without
-#     graph breaks), the chunked linear + cross-entropy under bf16 autocast, and every tiny preset's fused bf16
-#     training step against the unfused one;
+#     graph breaks), the gated RMSNorm, the chunked linear + cross-entropy under bf16 autocast, and every tiny
+#     preset's fused bf16 training step against the unfused one;
 # (b) `wm bench profile` of cheems-base and llama-base (8 x 4096 tokens, bf16 autocast, AdamW), fused and unfused;
 # (c) training tokens/s and peak memory, fused vs unfused, same process, at 8 x 4096 and 2 x 16384 tokens.
 # Each stage runs under `timeout`; a failure does not stop the next. Writes into $OUT: fused.log (everything),

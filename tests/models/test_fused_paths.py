@@ -1,5 +1,5 @@
-"""Every preset trains the same with the fused paths as without: the fused RMSNorm (+ residual add) and the
-chunked LM-head loss give the loss and every parameter gradient of the unfused model (float32, 1e-5).
+"""Every preset trains the same with the fused paths as without: the fused RMSNorm (+ residual add), the gated
+RMSNorm of the SSD/Mamba2 layers and the chunked LM-head loss give the loss and every parameter gradient of the unfused model (float32, 1e-5).
 
 In the normal run the norms take the torch path (the fused loss and the block's add-into-norm are what differ);
 ``test_interpreted_in_a_subprocess`` reruns the file under ``TRITON_INTERPRET=1``, where the norms run the Triton
@@ -26,7 +26,7 @@ def test_interpreted_in_a_subprocess():
 
 def loss_and_grads(model, x, labels, norm_backend, skip_logits, **kwargs):
     for module in model.modules():
-        if isinstance(module, wm.layers.RMSNorm):
+        if isinstance(module, (wm.layers.RMSNorm, wm.layers.GatedRMSNorm)):
             module.backend = norm_backend
     model.zero_grad(set_to_none=True)
     out = model(x, labels=labels, skip_logits=skip_logits, **kwargs)

@@ -537,6 +537,27 @@ def test_rms_norm_triton_cuda(x_dtype, res_dtype, w_dtype, rows, d):
         assert rel_err(a.cpu(), r) < tol * 2, name
 
 
+@pytest.mark.parametrize("x_dtype,z_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                               (torch.float32, torch.bfloat16), (torch.float16, torch.float16)])
+@pytest.mark.parametrize("rows,d,groups", [(8 * 513 + 3, 768, 1), (1000, 1536, 8), (37, 96, 2)])
+def test_gated_rms_norm_triton_cuda(x_dtype, z_dtype, rows, d, groups):
+    """Mamba2's gated RMSNorm kernels against the float64 formula: y and the gradients of x, gate and weight."""
+    gen = torch.Generator().manual_seed(rows + d + groups)
+    base = [torch.randn(rows, d, generator=gen) * 2, torch.randn(rows, d, generator=gen) * 2,
+            torch.randn(d, generator=gen)]
+
+    def fn(x, z, w):
+        backend = "torch" if x.dtype == torch.float64 else "triton"
+        return wm.ops.gated_rms_norm(x, z, w, 1e-5, num_groups=groups, backend=backend)
+
+    ref, ref_g = _on_cpu(_grads(fn, [_leaf(t, torch.float64, "cuda") for t in base]))
+    out, out_g = _grads(fn, [_leaf(t, dt, "cuda") for t, dt in zip(base, (x_dtype, z_dtype, torch.float32))])
+    tol = TOL[torch.bfloat16] if torch.float32 != x_dtype or torch.float32 != z_dtype else TOL[torch.float32]
+    assert torch.isfinite(out).all() and rel_err(out.cpu(), ref) < tol
+    for name, a, r in zip(("x", "gate", "weight"), out_g, ref_g):
+        assert rel_err(a.cpu(), r) < tol * 2, name
+
+
 def test_rms_norm_triton_compiles_without_graph_breaks():
     """torch.compile traces the Triton RMSNorm (forward and backward) as one graph, and it agrees with eager."""
     import torch._dynamo

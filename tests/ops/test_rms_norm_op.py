@@ -34,3 +34,16 @@ def test_dtypes_follow_llama():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         wm.ops.rms_norm(**kwargs)
+
+
+def test_gated_formula_and_errors():
+    x, z, w = torch.randn(3, 12), torch.randn(3, 12), torch.randn(12)
+    h = x * torch.nn.functional.silu(z)
+    grouped = h.view(3, 2, 6)
+    expected = w * (grouped / torch.sqrt(grouped.pow(2).mean(-1, keepdim=True) + 1e-5)).view(3, 12)
+    assert rel_err(wm.ops.gated_rms_norm(x, z, w, 1e-5, num_groups=2), expected) < 1e-6
+    assert wm.layers.GatedRMSNorm(12, 2, 1e-5).to(torch.bfloat16)(x.bfloat16(), z).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="num_groups"):
+        wm.ops.gated_rms_norm(x, z, w, num_groups=5)
+    with pytest.raises(ValueError, match="gate.shape"):
+        wm.ops.gated_rms_norm(x, z[:, :6], w)

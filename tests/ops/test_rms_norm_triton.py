@@ -12,9 +12,9 @@ from conftest import rel_err, run_under_triton_interpreter
 pytest.importorskip("triton")
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
-from wonderful_matrices.ops import rms_norm  # noqa: E402
+from wonderful_matrices.ops import gated_rms_norm, rms_norm  # noqa: E402
 from wonderful_matrices.ops.rms_norm import fused_kernels  # noqa: E402
-from wonderful_matrices.ops.rms_norm.naive import rms_norm_naive  # noqa: E402
+from wonderful_matrices.ops.rms_norm.naive import gated_rms_norm_naive, rms_norm_naive  # noqa: E402
 
 interpreted_only = pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 child process")
 
@@ -77,3 +77,36 @@ def test_dispatch_and_mixed_dtypes():
     empty = rms_norm(torch.randn(0, 8, requires_grad=True), torch.randn(8, requires_grad=True), backend="triton")
     empty.sum().backward()
     assert empty.shape == (0, 8)
+
+
+# (shape, groups): one group, groups of odd width, a row count that is not a multiple of the row block, eight
+# groups (a row block of eight rows)
+GATED = [((7, 37), 1), ((2, 5, 48), 2), ((11, 24), 4), ((3, 64), 8)]
+
+
+@interpreted_only
+@pytest.mark.parametrize("shape,groups", GATED, ids=str)
+def test_gated_triton_matches_oracle(shape, groups):
+    x, z = torch.randn(shape) * 2, torch.randn(shape) * 2
+    weight = torch.randn(shape[-1])
+    upstream = torch.randn(shape, dtype=torch.float64)
+
+    def run(fn, tensors):
+        leaves = [t.clone().requires_grad_(True) for t in tensors]
+        y = fn(*leaves, 1e-5, groups)
+        (y.double() * upstream).sum().backward()
+        return y, [t.grad for t in leaves]
+
+    y, grads = run(fused_kernels.gated_rms_norm_triton, (x, z, weight))
+    ref, ref_grads = run(gated_rms_norm_naive, (x.double(), z.double(), weight.double()))
+    assert y.dtype == torch.float32 and rel_err(y, ref) < 1e-5
+    for name, a, r in zip(("x", "gate", "weight"), grads, ref_grads):
+        assert a.dtype == torch.float32 and rel_err(a, r) < 1e-5, name
+
+
+@interpreted_only
+def test_gated_dispatch():
+    x, z, w = torch.randn(5, 24), torch.randn(5, 24), torch.randn(24)
+    for groups in (1, 2, 3):  # 3 groups: not a power of two, the torch path
+        out = gated_rms_norm(x, z, w, 1e-6, num_groups=groups, backend="triton")
+        assert rel_err(out, gated_rms_norm_naive(x.double(), z.double(), w.double(), 1e-6, groups)) < 1e-5

@@ -46,3 +46,19 @@ def test_kernels_compile_for_sm90(dt, has_residual):
            "BLOCK_D": "constexpr"}
     _compile(k._rms_norm_bwd_kernel, bwd, {"HAS_DS": has_residual, "HAS_DRES": has_residual,
                                              "BLOCK_M": block_m, "BLOCK_D": block_d}, num_warps)
+
+
+@pytest.mark.parametrize("dt", [("bf16", "bf16", "fp32"), ("fp32", "bf16", "fp32"), ("fp32", "fp32", "fp32")],
+                         ids=lambda d: "-".join(d))
+def test_gated_kernels_compile_for_sm90(dt):
+    from wonderful_matrices.ops.rms_norm import fused_kernels as k
+
+    x, z, w = dt
+    block_m, block_d, num_warps = 32, 128, 8  # the GPU choice for groups of 128 channels
+    fwd = {"x_ptr": f"*{x}", "z_ptr": f"*{z}", "w_ptr": f"*{w}", "y_ptr": "*fp32", "rstd_ptr": "*fp32", "M": "i32",
+           "D": "i32", "G": "i32", "eps": "fp32", "BLOCK_M": "constexpr", "BLOCK_D": "constexpr"}
+    _compile(k._gated_rms_norm_fwd_kernel, fwd, {"BLOCK_M": block_m, "BLOCK_D": block_d}, num_warps)
+    bwd = {"x_ptr": f"*{x}", "z_ptr": f"*{z}", "w_ptr": f"*{w}", "rstd_ptr": "*fp32", "dy_ptr": "*fp32",
+           "dx_ptr": f"*{x}", "dz_ptr": f"*{z}", "dw_ptr": "*fp32", "M": "i32", "D": "i32", "G": "i32",
+           "ROWS_PER_PROGRAM": "i32", "BLOCK_M": "constexpr", "BLOCK_D": "constexpr"}
+    _compile(k._gated_rms_norm_bwd_kernel, bwd, {"BLOCK_M": block_m, "BLOCK_D": block_d}, num_warps)
