@@ -142,7 +142,7 @@ def _empty(shape, dtype, device) -> torch.Tensor:
 def _blocks(d: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_D, num_warps) for rows of ``d`` columns: about 4K elements per program."""
     block_d = triton.next_power_of_2(d)
-    block_m = 2 if _INTERPRET else max(1, min(32, 4096 // block_d))
+    block_m = 4 if _INTERPRET else max(1, min(32, 4096 // block_d))
     num_warps = max(1, min(8, block_m * block_d // 512))
     return block_m, block_d, num_warps
 
