@@ -99,7 +99,7 @@ def test_kernels_quick_path(tmp_path):
 
 
 def test_registry_names_and_errors(tmp_path):
-    assert bench.names() == ["mqar", "position", "experts", "lm", "kernels"]
+    assert bench.names() == ["mqar", "position", "experts", "lm", "kernels", "profile"]
     with pytest.raises(ValueError, match="name"):
         bench.run_benchmark("nope", tmp_path)
     with pytest.raises(ValueError, match="budget_s"):

@@ -16,6 +16,7 @@ REGISTRY = {
     "experts": "wonderful_matrices.bench.experts",    # claim 3: expert retrieval speed
     "lm": "wonderful_matrices.bench.lm",              # claim 4: Cheems against popular architectures
     "kernels": "wonderful_matrices.bench.kernels",    # the fast paths against the best existing ones
+    "profile": "wonderful_matrices.bench.profile",    # where a training step's time goes, preset by preset
 }
 
 

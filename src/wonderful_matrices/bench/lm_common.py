@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..ops import linear_cross_entropy
 from .common import synchronize
 
 
@@ -70,10 +71,29 @@ def training_autocast(device: torch.device):
         torch.autocast("cpu", enabled=False)
 
 
+def set_fused(model, fused: bool) -> None:
+    """Switch ``model`` between its fused paths (the RMSNorm and gated RMSNorm kernels where available, the chunked
+    LM-head loss; the default) and plain PyTorch (norms by formula, loss from full float32 logits): the unfused
+    baseline."""
+    from ..layers import GatedRMSNorm, RMSNorm
+
+    model.config.fused_loss = fused
+    for module in model.modules():
+        if isinstance(module, (RMSNorm, GatedRMSNorm)):
+            module.backend = "auto" if fused else "torch"
+
+
 def lm_loss(model, rows: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of ``rows`` (b, l + 1): inputs ``rows[:, :-1]``, targets ``rows[:, 1:]``."""
-    logits = model(input_ids=rows[:, :-1], use_cache=False).logits
-    return F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten())
+    """Mean next-token cross-entropy of ``rows`` (b, l + 1): inputs ``rows[:, :-1]``, targets ``rows[:, 1:]``.
+
+    With ``model.config.fused_loss`` (the default) computed from the final hidden states by
+    ``wm.ops.linear_cross_entropy`` (no ``(b, l, V)`` float32 logits), else from the logits."""
+    inputs, targets = rows[:, :-1], rows[:, 1:]
+    if model.config.fused_loss:
+        hidden = model.model(input_ids=inputs, use_cache=False).last_hidden_state
+        return linear_cross_entropy(hidden.flatten(0, 1), model.lm_head.weight, targets.flatten())
+    logits = model(input_ids=inputs, use_cache=False).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
 def optimizer_step(model, opt, rows: torch.Tensor, device: torch.device, clip: float | None = None) -> torch.Tensor:

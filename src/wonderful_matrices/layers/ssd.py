@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import ssd, ssd_step
+from ..ops import gated_rms_norm, ssd, ssd_step
 from ..ops.common import require as _require
 from ..ops.common import trusted_values
 from .rotary import RotaryEmbedding, apply_rotary
@@ -25,30 +25,29 @@ from .rotary import RotaryEmbedding, apply_rotary
 class GatedRMSNorm(nn.Module):
     """``weight · rmsnorm(x · silu(gate))`` with the RMS taken over ``num_groups`` equal groups of channels.
 
-    Computed in float32 (float64 for float64 inputs), returned in ``x.dtype``. ``num_groups=1`` is HF
+    Computed in float32 (float64 for float64 inputs), returned in ``promote(weight, x)``. ``num_groups=1`` is HF
     ``MambaRMSNormGated``; ``num_groups = n_groups`` is mamba_ssm's ``RMSNormGated(group_size=d/n_groups)``.
+    One fused kernel on CUDA (``wm.ops.gated_rms_norm``).
 
     Args:
         hidden_size: channels ``d`` (divisible by ``num_groups``).
         num_groups: groups normalised separately.
         eps: added to the mean square.
+        backend: of :func:`~wonderful_matrices.ops.gated_rms_norm`: ``"auto"``, ``"torch"`` or ``"triton"``.
     """
 
-    def __init__(self, hidden_size: int, num_groups: int = 1, eps: float = 1e-6):
+    def __init__(self, hidden_size: int, num_groups: int = 1, eps: float = 1e-6, backend: str = "auto"):
         super().__init__()
         _require(num_groups >= 1 and hidden_size % num_groups == 0, "num_groups", num_groups,
                  f"a divisor of hidden_size={hidden_size}")
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.num_groups = num_groups
         self.eps = eps
+        self.backend = backend
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        """x, gate (..., d) -> (..., d) in ``x.dtype``."""
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        h = x.to(acc) * F.silu(gate.to(acc))
-        grouped = h.unflatten(-1, (self.num_groups, -1))
-        grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * grouped.flatten(-2).to(x.dtype)
+        """x, gate (..., d) -> (..., d) in ``promote(weight, x)``."""
+        return gated_rms_norm(x, gate, self.weight, self.eps, num_groups=self.num_groups, backend=self.backend)
 
 
 class SSDMixer(nn.Module):

@@ -63,6 +63,10 @@ class CheemsConfig(PretrainedConfig):
 
     ``residual_scale``: learned per-channel scales on both residual branches (``h * r + f(h)``, as Doge);
     off by default.
+
+    ``fused_loss``: in training mode with ``labels``, ``CheemsForCausalLM`` computes the loss straight from the
+    final hidden states with ``wm.ops.linear_cross_entropy`` (chunked; no ``(b, l, V)`` float32 logits) and
+    returns ``logits=None``, as HF's Liger kernels do; the ``skip_logits`` argument of ``forward`` overrides it.
     """
 
     model_type = "cheems"
@@ -119,6 +123,7 @@ class CheemsConfig(PretrainedConfig):
     balance_loss_weight: float | int = 0.01
 
     residual_scale: bool = False
+    fused_loss: bool = True
     rms_norm_eps: float = 1e-6
     initializer_range: float = 0.02
     use_cache: bool = True

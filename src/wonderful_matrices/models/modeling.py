@@ -17,6 +17,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from ..layers import (CDMoE, Attention, DynamicMaskAttention, GatedMLP, Mamba2Mixer, MoE, RMSNorm, SSDMixer)
+from ..ops import linear_cross_entropy
 from ..ops.common import value_checks_enabled
 from .cache import CheemsCache
 from .configuration import CheemsConfig
@@ -130,6 +131,24 @@ def ignore_document_starts(labels: torch.Tensor, seq_idx: torch.Tensor) -> torch
     return labels.masked_fill(starts, -100)
 
 
+def causal_lm_loss_from_hidden(hidden_states: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                               num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`causal_lm_loss` of the logits ``hidden_states @ weight.T`` without materialising them
+    (``wm.ops.linear_cross_entropy``).
+
+    hidden_states (b, l, d), weight (V, d), labels (b, l) -> scalar. Position ``t`` is scored against
+    ``labels[:, t + 1]``; the last position against nothing.
+    """
+    if hidden_states.shape[:2] != labels.shape:
+        raise ValueError(f"labels.shape={tuple(labels.shape)} is not allowed: must equal the hidden states' "
+                         f"(batch, seq)={tuple(hidden_states.shape[:2])} (use logits_to_keep=0 with labels)")
+    targets = F.pad(labels[:, 1:], (0, 1), value=-100).to(hidden_states.device)
+    reduction = "mean" if num_items_in_batch is None else "sum"
+    loss = linear_cross_entropy(hidden_states.flatten(0, 1), weight, targets.flatten(), ignore_index=-100,
+                                reduction=reduction)
+    return loss if num_items_in_batch is None else loss / num_items_in_batch
+
+
 class CheemsBlock(GradientCheckpointingLayer):
     """Pre-norm residual block: ``h + mixer(norm(h))`` then ``h + ffn(norm(h))`` (``h * r + ...`` with
     ``config.residual_scale``, ``r`` learned per channel).
@@ -157,12 +176,12 @@ class CheemsBlock(GradientCheckpointingLayer):
                 seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         """(b, l, d) -> (b, l, d)."""
         mixed = self.mixer(self.mixer_norm(hidden_states), position_ids, attention_mask, state, seq_idx=seq_idx)
-        hidden_states = (hidden_states if self.mixer_residual is None else hidden_states * self.mixer_residual) + mixed
-        if self.ffn is not None:
-            transformed = self.ffn(self.ffn_norm(hidden_states))
-            hidden_states = (hidden_states if self.ffn_residual is None
-                             else hidden_states * self.ffn_residual) + transformed
-        return hidden_states
+        residual = hidden_states if self.mixer_residual is None else hidden_states * self.mixer_residual
+        if self.ffn is None:
+            return residual + mixed
+        normed, hidden_states = self.ffn_norm(mixed, residual=residual)  # one kernel: the add and the norm
+        transformed = self.ffn(normed)
+        return (hidden_states if self.ffn_residual is None else hidden_states * self.ffn_residual) + transformed
 
     def aux_loss(self) -> torch.Tensor | None:
         """The load-balancing loss the FFN stored on its last forward (None when it has none)."""
@@ -312,10 +331,12 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
     """:class:`CheemsModel` + LM head (tied to the embeddings by default).
 
     ``forward(input_ids (b, l), attention_mask, position_ids, past_key_values, labels (b, l), use_cache,
-    logits_to_keep) -> CheemsCausalLMOutput`` with ``logits (b, l', vocab)``; with ``labels``,
+    logits_to_keep, skip_logits) -> CheemsCausalLMOutput`` with ``logits (b, l', vocab)``; with ``labels``,
     ``loss`` = shifted cross-entropy (``-100`` ignored) + the sum of the FFN layers' ``aux_loss`` (each
     already weighted by ``balance_loss_weight``). Packed rows (see :class:`CheemsModel`): no label at a document's
-    first token is scored (it is not predicted from the previous document).
+    first token is scored (it is not predicted from the previous document). ``skip_logits`` (default: training
+    mode with ``labels`` and ``config.fused_loss``) computes that loss chunk by chunk from the hidden states and
+    returns ``logits=None``.
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -344,8 +365,13 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
                 use_cache: bool | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
-                seq_idx: torch.LongTensor | None = None, **kwargs) -> CheemsCausalLMOutput:
+                seq_idx: torch.LongTensor | None = None, skip_logits: bool | None = None,
+                **kwargs) -> CheemsCausalLMOutput:
         """Logits (and loss with ``labels``); see the class docstring."""
+        if skip_logits is None:
+            skip_logits = self.training and labels is not None and self.config.fused_loss
+        if skip_logits and labels is None:
+            raise ValueError("skip_logits=True is not allowed without labels: the logits are all there is to return")
         seq_idx = packed_document_ids(position_ids, attention_mask, seq_idx,
                                       past_key_values.get_seq_length() if past_key_values is not None else 0)
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -353,17 +379,20 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
                              output_hidden_states=output_hidden_states, seq_idx=seq_idx)
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
+        logits = None if skip_logits else self.lm_head(hidden_states[:, keep, :])
 
         aux_losses = [a for a in (block.aux_loss() for block in self.model.layers) if a is not None]
         aux_loss = torch.stack([a.float() for a in aux_losses]).sum() if aux_losses else None
         loss = None
-        if labels is not None:
-            if seq_idx is not None:
-                labels = ignore_document_starts(labels, seq_idx)
+        if labels is not None and seq_idx is not None:
+            labels = ignore_document_starts(labels, seq_idx)
+        if skip_logits:
+            loss = causal_lm_loss_from_hidden(hidden_states[:, keep, :], self.lm_head.weight, labels,
+                                              kwargs.get("num_items_in_batch"))
+        elif labels is not None:
             loss = causal_lm_loss(logits, labels, kwargs.get("num_items_in_batch"))
-            if aux_loss is not None:
-                loss = loss + aux_loss
+        if loss is not None and aux_loss is not None:
+            loss = loss + aux_loss
         return CheemsCausalLMOutput(loss=loss, aux_loss=aux_loss, logits=logits,
                                     past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states)
 
