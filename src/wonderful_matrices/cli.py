@@ -34,7 +34,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     p.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio, help="final lr / peak lr")
-    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
+    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="learning-rate schedule")
     p.add_argument("--warmup", type=float, default=d.warmup,
                    help="warm-up fraction of the steps (its length in steps is fixed at the first start)")
     p.add_argument("--decay", type=float, default=d.decay, help="decay fraction of the steps (wsd)")
@@ -133,9 +133,9 @@ def _load_run(path: str, device_name: str, threads: int | None = None, tokenizer
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder (newest complete checkpoint) or one checkpoint folder")
     p.add_argument("--data", default=None, help="corpus whose validation split to score (default: the run's)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="validation rows per forward pass")
     p.add_argument("--max-rows", type=int, default=None, help="score only the first N validation rows")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     _tokenizer_argument(p)
     _threads_argument(p)
 
@@ -177,13 +177,13 @@ def run_eval(args: argparse.Namespace) -> int:
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder (newest complete checkpoint) or one checkpoint folder")
     p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=50, help="0: off")
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to sample")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (0: off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     _tokenizer_argument(p)
     _threads_argument(p)
 
@@ -290,7 +290,8 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows ``(default: X)`` after a flag's help unless the default is None or False or the help names it."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or "default" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)
 

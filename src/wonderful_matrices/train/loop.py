@@ -395,6 +395,7 @@ def train_steps(run: Run, cfg: TrainConfig, info: DistInfo) -> dict | None:
     while run.step < cfg.max_steps:
         t0 = time.perf_counter()
         loss = _forward_backward(run, cfg, info)
+        lr = run.optimizer.param_groups[0]["lr"]  # the rate this step runs with
         grad_norm = apply_gradients(run.wrapped.parameters(), run.optimizer, run.scheduler, cfg.clip)
         run.step += 1
         step, loss_value = run.step, loss.item()
@@ -406,7 +407,6 @@ def train_steps(run: Run, cfg: TrainConfig, info: DistInfo) -> dict | None:
         if step % cfg.log_interval == 0 or step == cfg.max_steps:
             mean_loss = all_reduce_sum(torch.tensor([window_loss / window_steps]), info).item() / info.world_size
             tok_s = window_steps * run.tokens_per_step / max(window_time, 1e-9)
-            lr = run.scheduler.get_last_lr()[0]
             run.log.record("train", step, loss=mean_loss, lr=lr, tokens_per_s=tok_s,
                            grad_norm=float(grad_norm) if grad_norm is not None else None,
                            tokens=step * run.tokens_per_step, elapsed_s=time.perf_counter() - run.started)
