@@ -218,3 +218,17 @@ def test_a_trainer_state_with_pickled_objects_is_refused(base_run, data, tmp_pat
     assert main(train_argv(TINY_PRESET, data, run, max_steps=6, save_interval=2, eval_interval=2,
                            log_interval=1)) == 2
     _one_line_error(capsys, "refusing to unpickle")
+
+
+def test_the_plan_of_a_record_without_one_comes_from_its_flags():
+    from wonderful_matrices.train.loop import TrainConfig
+    from wonderful_matrices.train.resume import plan_schedule
+
+    said = []
+    before = TrainConfig(out="run", max_steps=100, warmup=0.1)
+    legacy = {"facts": before.run_facts(), "config": vars(before)}  # written before plans were recorded
+    plan = plan_schedule(TrainConfig(out="run", max_steps=1000, warmup=0.1), legacy, resuming=True, say=said.append)
+    assert plan == {"max_steps": 1000, "warmup_steps": 10, "decay_steps": 200}
+    assert said == ["--max-steps 100 -> 1000: the warm-up stays 10 steps, the decay re-planned over steps 801-1000"]
+    fresh = plan_schedule(TrainConfig(out="run", max_steps=1000, warmup=0.1), legacy, resuming=False, say=said.append)
+    assert fresh["warmup_steps"] == 100 and len(said) == 1  # nothing was trained yet: a new plan, nothing to say

@@ -64,17 +64,30 @@ def plan_schedule(cfg, previous: dict | None, resuming: bool, say: Callable[[str
                                     f"{getattr(cfg, key)!r}; a resumed run keeps its optimisation settings (drop "
                                     f"{flag} or pass {before[key]!r}), or start a new run with another --out")
     warmup_steps = int(round(cfg.warmup * cfg.max_steps))
-    old_plan = (previous or {}).get("schedule")
-    if resuming and isinstance(old_plan, dict) and isinstance(old_plan.get("warmup_steps"), int):
+    old_plan = _previous_plan(previous) if resuming else None
+    if old_plan is not None:
         warmup_steps = min(old_plan["warmup_steps"], cfg.max_steps)
     decay_steps = min(int(round(cfg.decay * cfg.max_steps)), cfg.max_steps - warmup_steps) if cfg.schedule == "wsd" else 0
     plan = {"max_steps": cfg.max_steps, "warmup_steps": warmup_steps, "decay_steps": decay_steps}
-    if resuming and isinstance(old_plan, dict) and old_plan.get("max_steps") != cfg.max_steps:
+    if old_plan is not None and old_plan["max_steps"] != cfg.max_steps:
         what = (f"the decay re-planned over steps {cfg.max_steps - decay_steps + 1}-{cfg.max_steps}" if decay_steps
                 else f"the {cfg.schedule} schedule re-planned to end at step {cfg.max_steps}")
         say(f"--max-steps {old_plan.get('max_steps')} -> {cfg.max_steps}: the warm-up stays {warmup_steps} steps, "
             f"{what}")
     return plan
+
+
+def _previous_plan(previous: dict | None) -> dict | None:
+    """The plan a record holds (a record written before plans were kept: the one its flags gave)."""
+    if previous is None:
+        return None
+    plan, config = previous.get("schedule"), previous["config"]
+    if isinstance(plan, dict) and isinstance(plan.get("warmup_steps"), int) and isinstance(plan.get("max_steps"), int):
+        return plan
+    try:
+        return {"max_steps": int(config["max_steps"]), "warmup_steps": int(round(config["warmup"] * config["max_steps"]))}
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def write_run_config(run_dir: Path, cfg, plan: dict) -> None:
