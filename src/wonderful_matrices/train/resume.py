@@ -8,8 +8,9 @@ rewritten at each start, after every check has passed, so it always describes wh
 Resuming (the folder has a checkpoint):
 
 * the facts and the optimisation settings (:data:`TRAJECTORY`: peak and final learning rate, schedule kind,
-  warm-up and decay fractions, weight decay, clipping) must be the ones the run was started with: a change
-  would silently give another trajectory, so it is refused, naming the flag, the old and the new value;
+  warm-up and decay fractions, weight decay, clipping, document masking) must be the ones the run was started
+  with: a change would silently give another trajectory, so it is refused, naming the flag, the old and the
+  new value;
 * ``--max-steps`` may change. The warm-up keeps its length in steps fixed at the first start (it never
   re-warms), and the decay (``wsd``) or the cosine is re-planned over the new total; the change is reported;
 * everything else (intervals, devices, threads, compilation, progress bar) is free.
@@ -24,7 +25,7 @@ from ..atomic import atomic_write_text
 from ..errors import UserError
 
 RUN_CONFIG = "run_config.json"
-TRAJECTORY = ("lr", "min_lr_ratio", "schedule", "warmup", "decay", "weight_decay", "clip")
+TRAJECTORY = ("lr", "min_lr_ratio", "schedule", "warmup", "decay", "weight_decay", "clip", "document_mask")
 
 
 def read_run_config(run_dir: Path) -> dict | None:
