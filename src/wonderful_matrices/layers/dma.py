@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import dynamic_mask_attention
-from ..ops.common import triton_usable
+from ..ops.common import triton_usable, trusted_values
 from ..ops.dma import selectable_keys
 from .norm import RMSNorm
 from .rotary import RotaryEmbedding, apply_rotary
@@ -141,17 +141,18 @@ class DynamicMaskAttention(nn.Module):
         bias = self.key_bias(v_flat)
         if attention_mask is not None:
             bias = bias.masked_fill(~attention_mask.bool()[..., None], float("-inf"))
-        if seq_idx is not None:
+        if seq_idx is not None:  # outside trusted_values: an explicit seq_idx of the caller is checked by the op
             out = dynamic_mask_attention(q, k, v, bias, keep_window=self.keep_window, causal=True, seq_idx=seq_idx)
             return self.o_proj(out.reshape(b, l, hq * d))
         position = position_ids[..., None].expand(b, l, hkv).contiguous()
-        if state is not None and "key" in state and l == 1 and not torch.is_grad_enabled():
-            out = self._decode_step(q, k, v, bias, position, state)
-        elif (state is not None and "key" in state and l == 1 and self.keep_window is not None
-              and state["key"].shape[1] >= self.keep_window):
-            out = self._decode_full_cache(q, k, v, bias, position, state)
-        else:
-            out = self._attend(q, k, v, bias, position, state)
+        with trusted_values():  # the bias is computed here, not user input: no device sync per call to check it
+            if state is not None and "key" in state and l == 1 and not torch.is_grad_enabled():
+                out = self._decode_step(q, k, v, bias, position, state)
+            elif (state is not None and "key" in state and l == 1 and self.keep_window is not None
+                  and state["key"].shape[1] >= self.keep_window):
+                out = self._decode_full_cache(q, k, v, bias, position, state)
+            else:
+                out = self._attend(q, k, v, bias, position, state)
         return self.o_proj(out.reshape(b, l, hq * d))
 
     def _attend(self, q, k, v, bias, position, state):

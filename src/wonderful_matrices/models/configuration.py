@@ -9,6 +9,7 @@ everywhere.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from huggingface_hub.dataclasses import strict
@@ -29,6 +30,47 @@ def default_layer_types(num_layers: int, period: int, attention_type: str, recur
     """Groups of up to ``period`` consecutive layers; the last layer of each group is ``attention_type``."""
     return [attention_type if (i % period == period - 1 or i == num_layers - 1) else recurrent_type
             for i in range(num_layers)]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# Annotation of a CheemsConfig field -> (test of a value, what is allowed).
+_FIELD_TYPES = {
+    "int": (_is_int, "an integer"),
+    "int | None": (lambda v: v is None or _is_int(v), "None or an integer"),
+    "float": (_is_number, "a finite number"),
+    "float | int": (_is_number, "a finite number"),
+    "bool": (lambda v: isinstance(v, bool), "True or False"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "list[str] | None": (lambda v: v is None or (isinstance(v, list) and all(isinstance(t, str) for t in v)),
+                         "None or a list of strings"),
+    "int | list[int] | None": (lambda v: v is None or _is_int(v) or (isinstance(v, list) and all(map(_is_int, v))),
+                               "None, an integer or a list of integers"),
+}
+
+
+def _check_field_types(config: "CheemsConfig") -> None:
+    """Raise ``ValueError`` for a field of the wrong type (``hidden_size=True`` or ``"64"``) before any arithmetic
+    uses it, and for an ``eos_token_id`` outside the vocabulary."""
+    for name, annotation in CheemsConfig.__annotations__.items():
+        rule = _FIELD_TYPES.get(annotation)
+        if rule is not None:
+            _check(rule[0](getattr(config, name)), name, getattr(config, name), rule[1])
+    eos = config.eos_token_id
+    for token in eos if isinstance(eos, list) else [] if eos is None else [eos]:
+        _check(0 <= token < config.vocab_size, "eos_token_id", eos,
+               f"None or ids in [0, vocab_size={config.vocab_size})")
+
+
+def config_field_names() -> set[str]:
+    """Every keyword ``CheemsConfig`` accepts as a field (its own and ``PretrainedConfig``'s)."""
+    return {f.name for f in dataclasses.fields(CheemsConfig)}
 
 
 @strict
@@ -133,6 +175,7 @@ class CheemsConfig(PretrainedConfig):
     eos_token_id: int | list[int] | None = None
 
     def __post_init__(self, **kwargs):
+        _check_field_types(self)
         _check(self.num_hidden_layers >= 1, "num_hidden_layers", self.num_hidden_layers, "must be >= 1")
         _check(self.attention_period >= 1, "attention_period", self.attention_period, "must be >= 1")
         _check(self.attention_layer_type in LAYER_TYPES, "attention_layer_type", self.attention_layer_type,

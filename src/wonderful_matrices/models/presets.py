@@ -16,7 +16,9 @@ roughly parameter-matched; docs/architecture.md has the table (``parameter_count
 """
 from __future__ import annotations
 
-from .configuration import CheemsConfig, default_layer_types
+import difflib
+
+from .configuration import CheemsConfig, config_field_names, default_layer_types
 
 FAMILIES = ("cheems", "doge", "llama", "mamba2", "jamba")
 SIZES = ("tiny", "small", "base")
@@ -87,9 +89,15 @@ def names() -> list[str]:
 
 
 def get(name: str, **overrides) -> CheemsConfig:
-    """The :class:`CheemsConfig` of preset ``name``; ``overrides`` replace any config field."""
+    """The :class:`CheemsConfig` of preset ``name``; ``overrides`` replace any config field (another keyword
+    raises ``ValueError`` naming it and the closest field)."""
     if name not in names():
         raise ValueError(f"name={name!r} is not allowed: one of {names()}")
+    unknown = sorted(set(overrides) - config_field_names())
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], config_field_names(), n=1)
+        raise ValueError(f"{unknown[0]}={overrides[unknown[0]]!r} is not allowed: not a CheemsConfig field"
+                         + (f" (did you mean {close[0]!r}?)" if close else ""))
     family, size = name.split("-")
     kwargs = dict(_COMMON[size])
     kwargs.update(_FAMILY[family][size])
