@@ -18,21 +18,21 @@ ATTENTION_LIKE = ("attn", "dma")
 
 
 class CheemsCache(Cache):
-    """Per-layer state dicts for a model with ``layer_types`` (``"ssd" | "dma" | "attn" | "mamba2"``).
+    """Per-layer state dicts for a model with ``mixer_types`` (``"ssd" | "dma" | "attn" | "mamba2"``).
 
     Args:
-        config: a :class:`CheemsConfig` (its ``layer_types`` are used).
+        config: a :class:`CheemsConfig` (its ``mixer_types`` are used).
     """
 
     def __init__(self, config):
         super().__init__(layers=[])
-        self.layer_types = list(config.layer_types)
-        self.states: list[dict] = [{} for _ in self.layer_types]
+        self.mixer_types = list(config.mixer_types)
+        self.states: list[dict] = [{} for _ in self.mixer_types]
         self.real_tokens: torch.Tensor | None = None  # (b,) long: unpadded tokens seen per row
         self._seen_tokens = 0
 
     def __len__(self) -> int:
-        return len(self.layer_types)
+        return len(self.mixer_types)
 
     def __repr__(self) -> str:
         return f"CheemsCache(layers={len(self)}, seen_tokens={self._seen_tokens})"
@@ -97,7 +97,7 @@ class CheemsCache(Cache):
 
     def reset(self) -> None:
         """Forget everything (an empty cache for the same layers)."""
-        self.states = [{} for _ in self.layer_types]
+        self.states = [{} for _ in self.mixer_types]
         self.real_tokens = None
         self._seen_tokens = 0
 
@@ -129,4 +129,4 @@ class CheemsCache(Cache):
 
     @property
     def is_linear(self) -> list[bool]:
-        return [t not in ATTENTION_LIKE for t in self.layer_types]
+        return [t not in ATTENTION_LIKE for t in self.mixer_types]

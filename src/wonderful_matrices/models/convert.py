@@ -1,6 +1,6 @@
 """Load HF transformers checkpoints into the matching Cheems configuration (same logits, float32 <= 1e-4).
 
-* ``from_hf_llama(LlamaForCausalLM)``: ``layer_types`` all ``"attn"``, ``ffn_types`` all ``"mlp"``.
+* ``from_hf_llama(LlamaForCausalLM)``: ``mixer_types`` all ``"attn"``, ``ffn_types`` all ``"mlp"``.
 * ``from_hf_mamba2(Mamba2ForCausalLM)``: all ``"mamba2"``, ``ffn_types`` all ``"none"`` (gated norm over the
   whole inner width, as HF's PyTorch path: ``mamba2_norm_groups=1``).
 * ``from_hf_doge(DogeForCausalLM)`` (dense, ``is_moe=False``): all ``"dma"`` with ``dma_mask_form="doge"``,
@@ -55,7 +55,7 @@ def from_hf_llama(model) -> CheemsForCausalLM:
     heads = c.num_attention_heads
     config = CheemsConfig(
         vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=n,
-        layer_types=["attn"] * n, ffn_types=["mlp"] * n,
+        mixer_types=["attn"] * n, ffn_types=["mlp"] * n,
         num_attention_heads=heads, num_key_value_heads=c.num_key_value_heads or heads,
         head_dim=getattr(c, "head_dim", None) or c.hidden_size // heads, rope_theta=_rope_theta(c),
         attention_bias=c.attention_bias, intermediate_size=c.intermediate_size, rms_norm_eps=c.rms_norm_eps,
@@ -84,7 +84,7 @@ def from_hf_mamba2(model) -> CheemsForCausalLM:
     n = c.num_hidden_layers
     config = CheemsConfig(
         vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=n,
-        layer_types=["mamba2"] * n, ffn_types=["none"] * n, mamba2_expand=int(c.expand),
+        mixer_types=["mamba2"] * n, ffn_types=["none"] * n, mamba2_expand=int(c.expand),
         mamba2_head_dim=c.head_dim, mamba2_state_size=c.state_size, mamba2_num_groups=c.n_groups,
         mamba2_conv_kernel=c.conv_kernel, mamba2_chunk_size=c.chunk_size, mamba2_conv_bias=c.use_conv_bias,
         mamba2_bias=c.use_bias, mamba2_norm_groups=1, rms_norm_eps=c.layer_norm_epsilon,
@@ -116,7 +116,7 @@ def from_hf_doge(model) -> CheemsForCausalLM:
     heads = c.num_attention_heads
     config = CheemsConfig(
         vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=n,
-        layer_types=["dma"] * n, ffn_types=["mlp"] * n, num_attention_heads=heads,
+        mixer_types=["dma"] * n, ffn_types=["mlp"] * n, num_attention_heads=heads,
         num_key_value_heads=c.num_key_value_heads or heads,
         head_dim=getattr(c, "head_dim", None) or c.hidden_size // heads, rope_theta=_rope_theta(c),
         attention_bias=c.attention_bias, keep_window=c.keep_window_size, dma_mask_form="doge", dma_qk_norm=True,

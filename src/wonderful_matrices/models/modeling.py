@@ -1,7 +1,7 @@
 """Cheems and every baseline as one HF model: embeddings -> blocks -> final RMSNorm -> tied LM head.
 
 A block is ``h = h + mixer(mixer_norm(h)); h = h + ffn(ffn_norm(h))`` with the mixer and the FFN chosen per
-layer by ``config.layer_types`` / ``config.ffn_types`` (``"none"`` drops the FFN half). Mixers follow the layer
+layer by ``config.mixer_types`` / ``config.ffn_types`` (``"none"`` drops the FFN half). Mixers follow the layer
 contract (docs/architecture.md); the model owns positions, padding and the :class:`CheemsCache`.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ from .configuration import CheemsConfig
 
 
 def build_mixer(config: CheemsConfig, layer_idx: int) -> nn.Module:
-    """The sequence mixer of layer ``layer_idx`` (``config.layer_types[layer_idx]``)."""
-    kind = config.layer_types[layer_idx]
+    """The sequence mixer of layer ``layer_idx`` (``config.mixer_types[layer_idx]``)."""
+    kind = config.mixer_types[layer_idx]
     if kind == "attn":
         return Attention(config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
                          config.head_dim, rope_theta=config.rope_theta, attention_bias=config.attention_bias,
@@ -46,7 +46,7 @@ def build_mixer(config: CheemsConfig, layer_idx: int) -> nn.Module:
                            chunk_size=config.mamba2_chunk_size, conv_kernel=config.mamba2_conv_kernel,
                            conv_bias=config.mamba2_conv_bias, bias=config.mamba2_bias, norm_eps=config.rms_norm_eps,
                            norm_groups=config.mamba2_norm_groups, layer_idx=layer_idx)
-    raise ValueError(f"layer_types[{layer_idx}]={kind!r} is not allowed: one of 'attn', 'dma', 'ssd', 'mamba2'")
+    raise ValueError(f"mixer_types[{layer_idx}]={kind!r} is not allowed: one of 'attn', 'dma', 'ssd', 'mamba2'")
 
 
 def build_ffn(config: CheemsConfig, layer_idx: int) -> nn.Module | None:
