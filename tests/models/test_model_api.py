@@ -100,7 +100,9 @@ def test_cache_reorder_and_kv_length():
     with pytest.raises(ValueError, match="layer_idx"):
         cache.kv_length(99)
     with pytest.raises(ValueError, match="tokens_to_remove"):
-        cache.crop(-1)
+        cache.crop(2)  # transformers' convention: a count <= 0 of tokens to remove
+    cache.crop(-2)
+    assert cache.kv_length(0) == 3 and cache.get_seq_length() == 3
     assert cache.nbytes() > 0
 
 

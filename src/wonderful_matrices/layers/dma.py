@@ -35,6 +35,7 @@ from torch import nn
 from ..ops import dynamic_mask_attention
 from ..ops.common import triton_usable, trusted_values
 from ..ops.dma import selectable_keys
+from ..ops.dma.weights import dynamic_mask_attention_weights
 from .norm import RMSNorm
 from .rotary import RotaryEmbedding, apply_rotary
 
@@ -130,17 +131,7 @@ class DynamicMaskAttention(nn.Module):
         _check(seq_idx is None or state is None, "seq_idx", "a tensor with a cache state",
                "None when decoding with a cache (packed rows are for training and scoring)")
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
-        q = self.q_proj(hidden_states).view(b, l, hq, d)
-        k = self.k_proj(hidden_states).view(b, l, hkv, d)
-        v_flat = self.v_proj(hidden_states)
-        v = v_flat.view(b, l, hkv, d)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        cos, sin = self.rotary(position_ids, torch.float64 if q.dtype == torch.float64 else torch.float32)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        bias = self.key_bias(v_flat)
-        if attention_mask is not None:
-            bias = bias.masked_fill(~attention_mask.bool()[..., None], float("-inf"))
+        q, k, v, bias = self._project(hidden_states, position_ids, attention_mask)
         if seq_idx is not None:  # outside trusted_values: an explicit seq_idx of the caller is checked by the op
             out = dynamic_mask_attention(q, k, v, bias, keep_window=self.keep_window, causal=True, seq_idx=seq_idx)
             return self.o_proj(out.reshape(b, l, hq * d))
@@ -154,6 +145,41 @@ class DynamicMaskAttention(nn.Module):
             else:
                 out = self._attend(q, k, v, bias, position, state)
         return self.o_proj(out.reshape(b, l, hq * d))
+
+    def _project(self, hidden_states, position_ids, attention_mask):
+        """q (b, l, hq, d), k, v (b, l, hkv, d) (q, k rotated), bias (b, l, hkv) float32 (-inf at padding)."""
+        b, l, _ = hidden_states.shape
+        hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        q = self.q_proj(hidden_states).view(b, l, hq, d)
+        k = self.k_proj(hidden_states).view(b, l, hkv, d)
+        v_flat = self.v_proj(hidden_states)
+        v = v_flat.view(b, l, hkv, d)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        cos, sin = self.rotary(position_ids, torch.float64 if q.dtype == torch.float64 else torch.float32)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        bias = self.key_bias(v_flat)
+        if attention_mask is not None:
+            bias = bias.masked_fill(~attention_mask.bool()[..., None], float("-inf"))
+        return q, k, v, bias
+
+    def attention_weights(self, hidden_states: torch.Tensor, position_ids: torch.Tensor,
+                          attention_mask: torch.Tensor | None = None, state: dict | None = None) -> torch.Tensor:
+        """The attention probabilities of a forward with the same arguments, computed densely; ``state`` is only
+        read (call this before the forward that updates it).
+
+        Returns ``(b, num_heads, l, n)`` float32 over ``n`` keys: those cached in ``state`` (at most
+        ``keep_window``, in position order), then the ``l`` new ones.
+        """
+        q, k, _, bias = self._project(hidden_states, position_ids, attention_mask)
+        if state is not None and "key" in state:
+            cached_key, cached_bias = state["key"], state["bias"]
+            if self.keep_window is not None:
+                order = state["position"].argsort(dim=1, stable=True)
+                cached_key = cached_key.gather(1, order[..., None].expand_as(cached_key))
+                cached_bias = cached_bias.gather(1, order)
+            k, bias = torch.cat([cached_key, k], dim=1), torch.cat([cached_bias, bias], dim=1)
+        return dynamic_mask_attention_weights(q, k, bias, keep_window=self.keep_window, causal=True)
 
     def _attend(self, q, k, v, bias, position, state):
         """Attention over (position-ordered cache +) new keys; then the cache keeps what stays selectable."""

@@ -22,10 +22,10 @@ HF key                  ours                             shape
 
 so ``ours.load_state_dict(hf_mixer.state_dict())`` works (for a whole model, strip HF's
 ``backbone.layers.{i}.mixer.`` prefix). Build the layer with :func:`mamba2_mixer_kwargs_from_hf_config`.
-One behavioural difference to know: HF's pure-PyTorch path normalises the gated RMSNorm over the whole inner
-width, while mamba_ssm's kernels (which trained the published checkpoints, and which HF uses when they are
-installed) normalise per group of ``h·p / n_groups`` channels. They agree when ``n_groups == 1``; the helper
-reproduces HF's CPU path (``norm_groups=1``); pass ``norm_groups=n_groups`` to follow mamba_ssm instead.
+One behavioural difference to know: the pure-PyTorch path of transformers 5.17 normalises the gated RMSNorm over
+the whole inner width, while mamba_ssm's kernels (which trained the published checkpoints) and transformers 5.25
+normalise per group of ``h·p / n_groups`` channels. They agree when ``n_groups == 1``; the helper follows the HF
+mixer it is given the ``norm.group_size`` of (``norm_groups=1`` without one).
 Padding also differs on purpose: HF lets padded tokens decay the state, ours gives them ``dt = 0``.
 """
 from __future__ import annotations
@@ -57,11 +57,14 @@ class Mamba2Mixer(SSDMixer):
                          A_init_range=A_init_range, layer_idx=layer_idx, backend=backend)
 
 
-def mamba2_mixer_kwargs_from_hf_config(config) -> dict:
+def mamba2_mixer_kwargs_from_hf_config(config, norm_group_size: int | None = None) -> dict:
     """Constructor kwargs of :class:`Mamba2Mixer` equal to HF ``Mamba2Mixer(config)`` (its PyTorch path).
 
-    ``config`` is an HF ``Mamba2Config`` (read by attribute; transformers is not imported here). Raises
-    ``ValueError`` if ``hidden_size · expand != num_heads · head_dim`` or the activation is not SiLU.
+    ``config`` is an HF ``Mamba2Config`` (read by attribute; transformers is not imported here);
+    ``norm_group_size`` is the HF mixer's ``norm.group_size``: newer transformers (5.25) normalise the gated norm
+    per group of that many channels, as mamba_ssm; None (transformers 5.17, whose norm has no ``group_size``)
+    normalises over the whole inner width. Raises ``ValueError`` if ``hidden_size · expand != num_heads ·
+    head_dim`` or the activation is not SiLU.
     """
     inner = int(config.expand * config.hidden_size)
     if inner != config.num_heads * config.head_dim:
@@ -72,6 +75,7 @@ def mamba2_mixer_kwargs_from_hf_config(config) -> dict:
     return dict(hidden_size=config.hidden_size, num_heads=config.num_heads, head_dim=config.head_dim,
                 state_size=config.state_size, num_groups=config.n_groups, chunk_size=config.chunk_size,
                 conv_kernel=config.conv_kernel, conv_bias=config.use_conv_bias, bias=config.use_bias,
-                norm_eps=config.layer_norm_epsilon, norm_groups=1, dt_min=config.time_step_min,
+                norm_eps=config.layer_norm_epsilon,
+                norm_groups=1 if norm_group_size is None else inner // norm_group_size, dt_min=config.time_step_min,
                 dt_max=config.time_step_max, dt_init_floor=config.time_step_floor,
                 dt_limit=tuple(config.time_step_limit))

@@ -132,15 +132,26 @@ class SSDMixer(nn.Module):
                                     padding=conv_kernel - 1, bias=conv_bias)
         self.rotary = RotaryEmbedding(state_size, rope_theta) if use_rope else None
 
-        dt = torch.exp(torch.rand(num_heads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=dt_init_floor)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
-        self.A_log = nn.Parameter(torch.log(torch.empty(num_heads).uniform_(*A_init_range)))
-        self.D = nn.Parameter(torch.ones(num_heads))
+        self.dt_init = (float(dt_min), float(dt_max), float(dt_init_floor))
+        self.A_init_range = (float(A_init_range[0]), float(A_init_range[1]))
+        initial = self.initial_values()
+        self.dt_bias = nn.Parameter(initial["dt_bias"])
+        self.A_log = nn.Parameter(initial["A_log"])
+        self.D = nn.Parameter(initial["D"])
         for p in (self.dt_bias, self.A_log, self.D):
             p._no_weight_decay = True
         self.norm = GatedRMSNorm(inner, norm_groups, norm_eps)
         self.out_proj = nn.Linear(inner, hidden_size, bias=bias)
+
+    def initial_values(self) -> dict[str, torch.Tensor]:
+        """Freshly drawn initial values of ``dt_bias``, ``A_log`` and ``D`` (each ``(num_heads,)`` float32):
+        ``softplus(dt_bias)`` log-uniform in ``[dt_min, dt_max]`` (at least ``dt_init_floor``), ``-exp(A_log)``
+        uniform in ``-A_init_range``, ``D = 1``."""
+        dt_min, dt_max, dt_floor = self.dt_init
+        h = self.num_heads
+        dt = torch.exp(torch.rand(h) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_floor)
+        return {"dt_bias": dt + torch.log(-torch.expm1(-dt)),  # softplus^-1(dt)
+                "A_log": torch.log(torch.empty(h).uniform_(*self.A_init_range)), "D": torch.ones(h)}
 
     def _check_inputs(self, hidden_states, position_ids, attention_mask, state) -> None:
         _require(isinstance(hidden_states, torch.Tensor) and hidden_states.dim() == 3

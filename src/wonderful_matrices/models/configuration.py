@@ -1,11 +1,16 @@
 """``CheemsConfig``: one HF config for Cheems and every baseline, chosen per layer.
 
-Each layer ``i`` is a block ``[RMSNorm -> layer_types[i] -> residual; RMSNorm -> ffn_types[i] -> residual]``.
-``layer_types[i]`` is a sequence mixer (``"ssd"``, ``"dma"``, ``"attn"``, ``"mamba2"``), ``ffn_types[i]`` a
-state mixer (``"cdmoe"``, ``"moe"``, ``"mlp"``) or ``"none"`` (no FFN half). When not given, ``layer_types``
+Each layer ``i`` is a block ``[RMSNorm -> mixer_types[i] -> residual; RMSNorm -> ffn_types[i] -> residual]``.
+``mixer_types[i]`` is a sequence mixer (``"ssd"``, ``"dma"``, ``"attn"``, ``"mamba2"``), ``ffn_types[i]`` a
+state mixer (``"cdmoe"``, ``"moe"``, ``"mlp"``) or ``"none"`` (no FFN half). When not given, ``mixer_types``
 follows the Cheems pattern: groups of up to ``attention_period`` layers whose last layer is
 ``attention_layer_type`` and the others ``recurrent_layer_type``; ``ffn_types`` is ``default_ffn_type``
 everywhere.
+
+``layer_types`` is an alias of ``mixer_types`` (a constructor keyword and a property), kept for code and
+config.json files written before the rename. The field itself is not called ``layer_types`` because
+transformers gives that name a meaning of its own (attention kinds such as ``"full_attention"``) and validates
+it whenever a config is loaded through ``PretrainedConfig``, e.g. when the ``Trainer`` resumes.
 """
 from __future__ import annotations
 
@@ -77,7 +82,8 @@ def config_field_names() -> set[str]:
 class CheemsConfig(PretrainedConfig):
     r"""Configuration of :class:`~wonderful_matrices.CheemsForCausalLM` (model_type ``"cheems"``).
 
-    Common: ``vocab_size``, ``hidden_size``, ``num_hidden_layers``, ``layer_types``, ``ffn_types`` (lists of
+    Common: ``vocab_size``, ``hidden_size``, ``num_hidden_layers``, ``mixer_types`` (alias ``layer_types``),
+    ``ffn_types`` (lists of
     length ``num_hidden_layers``; derived from ``attention_period``/``attention_layer_type``/
     ``recurrent_layer_type``/``default_ffn_type`` when None), ``rms_norm_eps``, ``initializer_range``,
     ``tie_word_embeddings`` (default True), ``pad/bos/eos_token_id``.
@@ -117,7 +123,7 @@ class CheemsConfig(PretrainedConfig):
     vocab_size: int = 32768
     hidden_size: int = 1024
     num_hidden_layers: int = 8
-    layer_types: list[str] | None = None
+    mixer_types: list[str] | None = None
     ffn_types: list[str] | None = None
     attention_period: int = 8
     attention_layer_type: str = "dma"
@@ -175,6 +181,11 @@ class CheemsConfig(PretrainedConfig):
     eos_token_id: int | list[int] | None = None
 
     def __post_init__(self, **kwargs):
+        legacy = kwargs.pop("layer_types", None)
+        if legacy is not None:
+            _check(self.mixer_types is None or list(self.mixer_types) == list(legacy), "layer_types", legacy,
+                   f"the alias of mixer_types, which is already {self.mixer_types!r}: give one of the two")
+            self.mixer_types = legacy
         _check_field_types(self)
         _check(self.num_hidden_layers >= 1, "num_hidden_layers", self.num_hidden_layers, "must be >= 1")
         _check(self.attention_period >= 1, "attention_period", self.attention_period, "must be >= 1")
@@ -183,8 +194,8 @@ class CheemsConfig(PretrainedConfig):
         _check(self.recurrent_layer_type in LAYER_TYPES, "recurrent_layer_type", self.recurrent_layer_type,
                f"one of {LAYER_TYPES}")
         _check(self.default_ffn_type in FFN_TYPES, "default_ffn_type", self.default_ffn_type, f"one of {FFN_TYPES}")
-        if self.layer_types is None:
-            self.layer_types = default_layer_types(self.num_hidden_layers, self.attention_period,
+        if self.mixer_types is None:
+            self.mixer_types = default_layer_types(self.num_hidden_layers, self.attention_period,
                                                    self.attention_layer_type, self.recurrent_layer_type)
         if self.ffn_types is None:
             self.ffn_types = [self.default_ffn_type] * self.num_hidden_layers
@@ -192,23 +203,33 @@ class CheemsConfig(PretrainedConfig):
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None and self.num_attention_heads >= 1:
             self.head_dim = self.hidden_size // self.num_attention_heads
-        self._validate()
+        self._validate(mixer_name="mixer_types" if legacy is None else "layer_types")
         super().__post_init__(**kwargs)
 
-    def validate_layer_type(self):
-        """Replaces HF's check of ``layer_types`` (which knows only attention kinds): ours runs in ``__post_init__``."""
+    @property
+    def layer_types(self) -> list[str]:
+        """Alias of ``mixer_types`` (the sequence mixer of each layer)."""
+        return self.mixer_types
 
-    def _validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad argument."""
+    @layer_types.setter
+    def layer_types(self, value: list[str]) -> None:
+        self.mixer_types = value
+
+    def validate_layer_type(self):
+        """Replaces HF's check of ``layer_types``/``mlp_layer_types`` (attention kinds, which Cheems does not
+        use): ``mixer_types`` and ``ffn_types`` are checked in ``__post_init__``."""
+
+    def _validate(self, mixer_name: str = "mixer_types") -> None:
+        """Raise ``ValueError`` naming the first bad argument (``mixer_name``: how the caller spelled mixer_types)."""
         n = self.num_hidden_layers
         for name in ("vocab_size", "hidden_size"):
             _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
-        _check(isinstance(self.layer_types, list) and len(self.layer_types) == n, "layer_types", self.layer_types,
+        _check(isinstance(self.mixer_types, list) and len(self.mixer_types) == n, mixer_name, self.mixer_types,
                f"a list of num_hidden_layers={n} entries")
         _check(isinstance(self.ffn_types, list) and len(self.ffn_types) == n, "ffn_types", self.ffn_types,
                f"a list of num_hidden_layers={n} entries")
-        for t in self.layer_types:
-            _check(t in LAYER_TYPES, "layer_types", self.layer_types, f"entries from {LAYER_TYPES}")
+        for t in self.mixer_types:
+            _check(t in LAYER_TYPES, mixer_name, self.mixer_types, f"entries from {LAYER_TYPES}")
         for t in self.ffn_types:
             _check(t in FFN_TYPES, "ffn_types", self.ffn_types, f"entries from {FFN_TYPES}")
         _check(self.rms_norm_eps > 0, "rms_norm_eps", self.rms_norm_eps, "must be > 0")
@@ -217,7 +238,7 @@ class CheemsConfig(PretrainedConfig):
         for tok in ("pad_token_id", "bos_token_id"):
             v = getattr(self, tok)
             _check(v is None or 0 <= v < self.vocab_size, tok, v, f"None or in [0, vocab_size={self.vocab_size})")
-        used = set(self.layer_types)
+        used = set(self.mixer_types)
         if used & {"attn", "dma"}:
             self._validate_attention()
         if "ssd" in used:
@@ -240,7 +261,7 @@ class CheemsConfig(PretrainedConfig):
         _check(self.head_dim >= 2 and self.head_dim % 2 == 0, "head_dim", self.head_dim,
                "must be a positive even number (RoPE)")
         _check(self.rope_theta > 0, "rope_theta", self.rope_theta, "must be > 0")
-        if "dma" in self.layer_types:
+        if "dma" in self.mixer_types:
             _check(self.keep_window is None or self.keep_window >= 1, "keep_window", self.keep_window,
                    "None or >= 1")
             _check(self.dma_mask_form in DMA_MASK_FORMS, "dma_mask_form", self.dma_mask_form,

@@ -70,16 +70,16 @@ _FAMILY = {
 
 
 def _layout(family: str, num_layers: int) -> dict:
-    """``layer_types`` / ``ffn_types`` of a family at a depth."""
+    """``mixer_types`` / ``ffn_types`` of a family at a depth."""
     if family == "cheems":
-        return dict(layer_types=default_layer_types(num_layers, 8, "dma", "ssd"), ffn_types=["cdmoe"] * num_layers)
+        return dict(mixer_types=default_layer_types(num_layers, 8, "dma", "ssd"), ffn_types=["cdmoe"] * num_layers)
     if family == "doge":
-        return dict(layer_types=["dma"] * num_layers, ffn_types=["cdmoe"] * num_layers)
+        return dict(mixer_types=["dma"] * num_layers, ffn_types=["cdmoe"] * num_layers)
     if family == "llama":
-        return dict(layer_types=["attn"] * num_layers, ffn_types=["mlp"] * num_layers)
+        return dict(mixer_types=["attn"] * num_layers, ffn_types=["mlp"] * num_layers)
     if family == "mamba2":
-        return dict(layer_types=["mamba2"] * num_layers, ffn_types=["none"] * num_layers)
-    return dict(layer_types=default_layer_types(num_layers, 8, "attn", "mamba2"),
+        return dict(mixer_types=["mamba2"] * num_layers, ffn_types=["none"] * num_layers)
+    return dict(mixer_types=default_layer_types(num_layers, 8, "attn", "mamba2"),
                 ffn_types=["moe" if i % 2 == 1 else "mlp" for i in range(num_layers)])
 
 
@@ -102,6 +102,9 @@ def get(name: str, **overrides) -> CheemsConfig:
     kwargs = dict(_COMMON[size])
     kwargs.update(_FAMILY[family][size])
     kwargs.update(_layout(family, kwargs["num_hidden_layers"]))
+    if "layer_types" in overrides:  # the alias of mixer_types replaces the preset's layout too
+        overrides = dict(overrides)
+        overrides["mixer_types"] = overrides.pop("layer_types")
     kwargs.update(overrides)
     return CheemsConfig(**kwargs)
 
