@@ -127,7 +127,7 @@ def test_loss_uses_shift_labels_as_given(name):
     x = tokens(model, 2, 12)
     shift = tokens(model, 2, 12, seed=3)
     shift[0, :5] = -100
-    out = model(x, shift_labels=shift)
+    out = model(x, shift_labels=shift, skip_logits=False)
     ce = torch.nn.functional.cross_entropy(out.logits.reshape(-1, model.config.vocab_size), shift.reshape(-1),
                                            ignore_index=-100)
     aux = 0.0 if out.aux_loss is None else out.aux_loss

@@ -74,8 +74,9 @@ def _check_field_types(config: "CheemsConfig") -> None:
 
 
 def config_field_names() -> set[str]:
-    """Every keyword ``CheemsConfig`` accepts as a field (its own and ``PretrainedConfig``'s)."""
-    return {f.name for f in dataclasses.fields(CheemsConfig)}
+    """Every keyword ``CheemsConfig`` accepts as a field (its own and ``PretrainedConfig``'s, and the alias
+    ``layer_types`` of ``mixer_types``)."""
+    return {f.name for f in dataclasses.fields(CheemsConfig)} | {"layer_types"}
 
 
 @strict
@@ -185,6 +186,8 @@ class CheemsConfig(PretrainedConfig):
         if legacy is not None:
             _check(self.mixer_types is None or list(self.mixer_types) == list(legacy), "layer_types", legacy,
                    f"the alias of mixer_types, which is already {self.mixer_types!r}: give one of the two")
+            _check(isinstance(legacy, (list, tuple)) and all(isinstance(t, str) for t in legacy), "layer_types",
+                   legacy, "None or a list of strings (the alias of mixer_types)")
             self.mixer_types = legacy
         _check_field_types(self)
         _check(self.num_hidden_layers >= 1, "num_hidden_layers", self.num_hidden_layers, "must be >= 1")
