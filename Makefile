@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The oldest supported transformers (requirements-oldest.lock), installed into a folder that goes in front of .venv's
+# packages on PYTHONPATH: the model tests run a second time against it without a second torch.
+OLDEST := .venv-oldest
+OLDEST_STAMP := $(OLDEST)/.installed
 
 .PHONY: demo test venv clean
 
@@ -13,11 +17,20 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
+$(OLDEST_STAMP): requirements-oldest.lock $(STAMP)
+	rm -rf $(OLDEST)
+	$(PY) -m pip install -q --no-deps --target $(OLDEST) -r requirements-oldest.lock
+	touch $(OLDEST_STAMP)
+
 venv: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) $(OLDEST_STAMP)
 	$(VENV)/bin/ruff check src tests scripts
 	$(PY) -m pytest -q tests
+	@echo "== tests/models again with the oldest supported transformers"
+	PYTHONPATH=$(OLDEST) $(PY) -c "import transformers; want = '$(shell sed -n 's/^transformers==//p' requirements-oldest.lock)'; \
+		assert transformers.__version__ == want, (transformers.__version__, want)"
+	PYTHONPATH=$(OLDEST) $(PY) -m pytest -q -p no:cacheprovider tests/models
 
 demo: $(STAMP)
 	@echo "== training cheems-small on the embedded Shakespeare corpus (re-running resumes; rm -rf runs/demo to restart)"
@@ -32,4 +45,4 @@ demo: $(STAMP)
 	@echo "== loss plot: runs/demo/loss.png"
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(OLDEST)

@@ -1,4 +1,4 @@
-"""The ``wm`` command: train, eval, generate, info.
+"""The ``wm`` command: train, eval, generate, info, bench.
 
 Each subcommand is an ``add_<name>_arguments(parser)`` / ``run_<name>(args)`` pair registered in
 ``SUBCOMMANDS``; a new subcommand (such as ``bench``) is one more entry there. A ``UserError`` (bad path,
@@ -21,29 +21,33 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     from .train.schedule import SCHEDULES
 
     d = TrainConfig(out="")
-    p.add_argument("--preset", default=d.preset, help="preset name, or a config.json file/folder (default: %(default)s)")
+    p.add_argument("--preset", default=d.preset, help="preset name, or a config.json file/folder")
     p.add_argument("--data", default=d.data, help="'shakespeare', a text/.jsonl/.parquet file or folder, or a "
-                                                  "Hugging Face dataset name (default: %(default)s)")
-    p.add_argument("--tokenizer", default=None, help="HF tokenizer folder (default: train a byte-level BPE)")
-    p.add_argument("--out", required=True, help="run folder; re-running the same command resumes it")
-    p.add_argument("--max-steps", type=int, default=d.max_steps)
+                                                  "Hugging Face dataset name")
+    p.add_argument("--tokenizer", default=None,
+                   help="HF tokenizer folder or tokenizer.json file (default: train a byte-level BPE)")
+    p.add_argument("--out", required=True, help="run folder; re-running the same command resumes it (with a "
+                   "larger --max-steps it trains on; changed optimisation flags are refused)")
+    p.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer steps in all")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="rows per micro-batch per process")
-    p.add_argument("--seq-len", type=int, default=d.seq_len)
+    p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per row")
     p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     p.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio, help="final lr / peak lr")
-    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
-    p.add_argument("--warmup", type=float, default=d.warmup, help="warmup fraction of the steps")
+    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="learning-rate schedule")
+    p.add_argument("--warmup", type=float, default=d.warmup,
+                   help="warm-up fraction of the steps (its length in steps is fixed at the first start)")
     p.add_argument("--decay", type=float, default=d.decay, help="decay fraction of the steps (wsd)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay of matrices")
     p.add_argument("--clip", type=float, default=d.clip, help="gradient norm clip (0: off)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--eval-interval", type=int, default=d.eval_interval)
+    p.add_argument("--seed", type=int, default=d.seed, help="initial weights and data order")
+    p.add_argument("--eval-interval", type=int, default=d.eval_interval, help="steps between evaluations")
     p.add_argument("--eval-rows", type=int, default=d.eval_rows, help="validation rows per evaluation")
-    p.add_argument("--save-interval", type=int, default=d.save_interval)
+    p.add_argument("--save-interval", type=int, default=d.save_interval, help="steps between checkpoints")
     p.add_argument("--keep-last", type=int, default=d.keep_last, help="checkpoints kept")
-    p.add_argument("--log-interval", type=int, default=d.log_interval)
-    p.add_argument("--validation-fraction", type=float, default=d.validation_fraction)
+    p.add_argument("--log-interval", type=int, default=d.log_interval, help="steps between metrics records")
+    p.add_argument("--validation-fraction", type=float, default=d.validation_fraction,
+                   help="share of a local corpus held out for validation, in (0, 1)")
     p.add_argument("--cache-dir", default=None, help="token cache folder (default: OUT/cache)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 under torchrun (default: DDP)")
@@ -69,7 +73,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------------- run folders
 def _run_folder(path: str):
-    """(run folder, newest complete checkpoint folder) for a run folder or a checkpoint folder."""
+    """(run folder, model folder) for a run folder (its newest complete checkpoint), one checkpoint folder, or
+    a model folder made by ``save_pretrained`` (``config.json`` and weights, e.g. an exported checkpoint)."""
     from .train import checkpoint as ckpt
 
     folder = Path(path)
@@ -83,6 +88,8 @@ def _run_folder(path: str):
         return folder.parent, folder
     newest = ckpt.latest_checkpoint(folder, warn=lambda m: print(m, file=sys.stderr))
     if newest is None:
+        if (folder / "config.json").exists():
+            return folder, folder
         raise UserError(f"{folder} has no checkpoint; train first with `wm train --out {folder}`")
     return folder, newest
 
@@ -91,34 +98,45 @@ def _threads_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
 
 
-def _load_run(path: str, device_name: str, threads: int | None = None):
+def _tokenizer_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokenizer", default=None, help="HF tokenizer folder or tokenizer.json file (default: the "
+                   "checkpoint's own, else the run's)")
+
+
+def _load_run(path: str, device_name: str, threads: int | None = None, tokenizer_path: str | None = None):
     import torch
 
     from .data.tokenizer import check_fits, load_tokenizer
     from .train import checkpoint as ckpt
     from .train.distributed import resolve_device
+    from .train.resume import read_run_config
 
     if threads is not None:
         if threads < 1:
             raise UserError(f"--threads: got {threads}, expected an integer >= 1")
         torch.set_num_threads(threads)
     run_dir, folder = _run_folder(path)
-    tokenizer = load_tokenizer(run_dir / "tokenizer")
+    if tokenizer_path is None:
+        own = [f for f in (folder, run_dir / "tokenizer") if (f / "tokenizer.json").exists()]
+        if not own:
+            raise UserError(f"{folder} holds no tokenizer (nor does {run_dir / 'tokenizer'}); pass --tokenizer")
+        tokenizer_path = own[0]
+    tokenizer = load_tokenizer(tokenizer_path)
     device = resolve_device(device_name)
     model = ckpt.load_model(folder, device).eval()
     check_fits(tokenizer, model.config.vocab_size)
-    config_path = run_dir / "run_config.json"
-    run_config = json.loads(config_path.read_text())["config"] if config_path.exists() else {}
-    return run_dir, folder, tokenizer, model, run_config, device
+    record = read_run_config(run_dir)
+    return run_dir, folder, tokenizer, model, record["config"] if record else {}, device
 
 
 # -------------------------------------------------------------------------------------------------- eval
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder (newest complete checkpoint) or one checkpoint folder")
     p.add_argument("--data", default=None, help="corpus whose validation split to score (default: the run's)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="validation rows per forward pass")
     p.add_argument("--max-rows", type=int, default=None, help="score only the first N validation rows")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _tokenizer_argument(p)
     _threads_argument(p)
 
 
@@ -132,7 +150,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from .train.distributed import DistInfo
     from .train.evaluate import evaluate, unigram_perplexity
 
-    run_dir, folder, tokenizer, model, run_config, device = _load_run(args.run, args.device, args.threads)
+    run_dir, folder, tokenizer, model, run_config, device = _load_run(args.run, args.device, args.threads,
+                                                                      args.tokenizer)
     data = args.data or run_config.get("data", "shakespeare")
     corpus = load_corpus(data, run_config.get("validation_fraction", 0.05))
     cache_dir = run_config.get("cache_dir") or run_dir / "cache"
@@ -158,13 +177,14 @@ def run_eval(args: argparse.Namespace) -> int:
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder (newest complete checkpoint) or one checkpoint folder")
     p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=50, help="0: off")
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to sample")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (0: off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _tokenizer_argument(p)
     _threads_argument(p)
 
 
@@ -179,7 +199,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise UserError(f"--temperature: got {args.temperature}, expected a positive number (or --greedy)")
     if not 0 < args.top_p <= 1:
         raise UserError(f"--top-p: got {args.top_p}, expected a number in (0, 1]")
-    _, _, tokenizer, model, _, device = _load_run(args.run, args.device, args.threads)
+    _, _, tokenizer, model, _, device = _load_run(args.run, args.device, args.threads, args.tokenizer)
     torch.manual_seed(args.seed)
     eos = eos_id(tokenizer)
     ids = tokenizer.encode(args.prompt, add_special_tokens=False) if args.prompt else [eos]
@@ -266,12 +286,23 @@ SUBCOMMANDS = {
 }
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after a flag's help unless the default is None or False or the help names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``wm`` argument parser with one subparser per entry of ``SUBCOMMANDS``."""
     parser = argparse.ArgumentParser(prog="wm", description="Wonderful Matrices: train, evaluate, sample, benchmark")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_arguments, _) in SUBCOMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text,
+                                     formatter_class=_DefaultsHelpFormatter))
     return parser
 
 

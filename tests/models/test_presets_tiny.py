@@ -133,9 +133,10 @@ def test_dma_cache_stays_within_window(name):
 def test_bf16_forward_backward_has_no_nan(name):
     model = make(name, dtype=torch.bfloat16).train()
     x = tokens(model, 2, 19)
-    out = model(x, labels=x)
+    out = model(x, labels=x)  # training with labels: the fused loss, no logits
     out.loss.backward()
-    assert torch.isfinite(out.logits.float()).all() and torch.isfinite(out.loss)
+    assert out.logits is None and torch.isfinite(out.loss)
+    assert torch.isfinite(model(x[:1, :7], labels=x[:1, :7], skip_logits=False).logits.float()).all()
     for n, p in model.named_parameters():
         assert p.grad is None or torch.isfinite(p.grad.float()).all(), n
 

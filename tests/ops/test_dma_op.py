@@ -233,3 +233,19 @@ def test_bad_arguments_raise_value_error(override, argument):
     args.update(override)
     with pytest.raises(ValueError, match=argument):
         dynamic_mask_attention(**args)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_bias_with_nan_or_plus_inf_is_refused_unless_trusted(bad):
+    from wonderful_matrices.ops.common import trusted_values
+
+    q, k, v = torch.randn(1, 4, 4, 8), torch.randn(1, 6, 2, 8), torch.randn(1, 6, 2, 8)
+    bias = torch.randn(1, 6, 2)
+    bias[0, 3, 1] = bad
+    with pytest.raises(ValueError, match=r"^bias="):
+        dynamic_mask_attention(q, k, v, bias)
+    bias[0, 3, 1] = float("-inf")  # padding stays allowed
+    assert dynamic_mask_attention(q, k, v, bias).isfinite().all()
+    bias[0, 3, 1] = bad
+    with trusted_values():  # layers whose bias is valid by construction skip the device sync
+        dynamic_mask_attention(q, k, v, bias, backend="torch")

@@ -1,6 +1,7 @@
 """The expert-mixture Triton kernels compile for a Hopper GPU (sm_90) without one: catches front-end and type
 errors the interpreter tests cannot, and checks that bf16 table rows are read with 16-byte loads when ``d`` is a
-multiple of 16 (as Triton specialises such arguments)."""
+multiple of 16 (as Triton specialises such arguments): with 16-byte register loads, or, where the loop is
+software-pipelined (the table gradient's gathered rows feed a matrix product), 16-byte asynchronous copies."""
 import importlib
 import os
 import re
@@ -14,14 +15,27 @@ backends = pytest.importorskip("triton.backends.compiler")
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles real kernels")
 
 ROWS = {"BLOCK_M": 16, "BLOCK_D": 256}
+DOTS = {"vec_ptr": "*{dt}", "table_ptr": "*{dt}", "ids_ptr": "*i64", "gate_ptr": "*fp32", "s_ptr": "*fp32",
+        "out_ptr": "*fp32", "aux_ptr": "*fp32", "M": "i32", "D": "i32", "EPILOGUE": "constexpr", "ACT": "constexpr",
+        "BLOCK_M": "constexpr", "BLOCK_D": "constexpr"}
+TABLE_GRAD = {"bounds_ptr": "*i64", "sorted_ptr": "*i32", "order_ptr": "*i64", "w_ptr": "*fp32", "vec_ptr": "*{dt}",
+              "out_ptr": "*{out}", "N": "i32", "M": "i32", "D": "i32", "SPLIT": "i32", "BLOCK_E": "constexpr",
+              "BLOCK_R": "constexpr", "HI_LO": "constexpr", "BLOCK_D": "constexpr"}
+# (kernel, signature, constants): the dots kernel with each epilogue (0 dots, 1 forward, 2 backward) and
+# activation (0 silu, 1 gelu, 2 relu) it runs with; the table gradient written directly and as partial sums
 SIGNATURES = {
-    "_row_dots_kernel": ({"vec_ptr": "*{dt}", "table_ptr": "*{dt}", "ids_ptr": "*i64", "out_ptr": "*fp32",
-                          "M": "i32", "D": "i32", "BLOCK_M": "constexpr", "BLOCK_D": "constexpr"}, ROWS),
-    "_row_sum_kernel": ({"w_ptr": "*fp32", "table_ptr": "*{dt}", "ids_ptr": "*i64", "out_ptr": "*{dt}",
-                         "M": "i32", "D": "i32", "BLOCK_M": "constexpr", "BLOCK_D": "constexpr"}, ROWS),
-    "_table_grad_kernel": ({"starts_ptr": "*i64", "order_ptr": "*i64", "w_ptr": "*fp32", "vec_ptr": "*{dt}",
-                            "out_ptr": "*{dt}", "N": "i32", "M": "i32", "D": "i32", "SPLIT": "i32",
-                            "BLOCK_E": "constexpr", "BLOCK_D": "constexpr"}, {"BLOCK_E": 16, "BLOCK_D": 256}),
+    "dots": ("_row_dots_kernel", DOTS, {**ROWS, "EPILOGUE": 0, "ACT": 0}),
+    "forward_silu": ("_row_dots_kernel", DOTS, {**ROWS, "EPILOGUE": 1, "ACT": 0}),
+    "forward_gelu": ("_row_dots_kernel", DOTS, {**ROWS, "EPILOGUE": 1, "ACT": 1}),
+    "backward_silu": ("_row_dots_kernel", DOTS, {**ROWS, "EPILOGUE": 2, "ACT": 0}),
+    "backward_gelu": ("_row_dots_kernel", DOTS, {**ROWS, "EPILOGUE": 2, "ACT": 1}),
+    "backward_relu": ("_row_dots_kernel", DOTS, {**ROWS, "EPILOGUE": 2, "ACT": 2}),
+    "row_sum": ("_row_sum_kernel", {"w_ptr": "*fp32", "table_ptr": "*{dt}", "ids_ptr": "*i64", "out_ptr": "*{dt}",
+                                    "M": "i32", "D": "i32", "BLOCK_M": "constexpr", "BLOCK_D": "constexpr"}, ROWS),
+    "table_grad": ("_table_grad_kernel", TABLE_GRAD,
+                   {"BLOCK_E": 16, "BLOCK_R": 32, "HI_LO": "{hi_lo}", "BLOCK_D": 256}),
+    "table_grad_partial": ("_table_grad_kernel", dict(TABLE_GRAD, out_ptr="*fp32"),
+                           {"BLOCK_E": 16, "BLOCK_R": 32, "HI_LO": "{hi_lo}", "BLOCK_D": 256}),
 }
 
 
@@ -31,22 +45,26 @@ def _autotune_configs(kernel):
 
 
 @pytest.mark.parametrize("name", sorted(SIGNATURES))
-@pytest.mark.parametrize("dt", ["bf16", "fp32"])
+@pytest.mark.parametrize("dt", ["bf16", "fp16", "fp32"])
 def test_kernel_compiles_for_sm90(name, dt):
     """Every autotune configuration compiles (one failing configuration fails the kernel at its first call)."""
     kernels = importlib.import_module("wonderful_matrices.ops.expert_mixture.row_kernels")
-    signature, constants = SIGNATURES[name]
-    signature = {k: v.format(dt=dt) for k, v in signature.items()}
+    kernel, signature, constants = SIGNATURES[name]
+    kernel = getattr(kernels, kernel)
+    signature = {k: v.format(dt=dt, out=dt) for k, v in signature.items()}
+    constants = {k: (dt == "bf16") if v == "{hi_lo}" else v for k, v in constants.items()}
     runtime_args = [i for i, v in enumerate(signature.values()) if v != "constexpr"]
     attrs = {(i,): [["tt.divisibility", 16]] for i in runtime_args}  # pointers aligned, d a multiple of 16
-    for config, num_warps in _autotune_configs(getattr(kernels, name)) or [(constants, 4)]:
+    for config, num_warps in _autotune_configs(kernel) or [(constants, 4)]:
         try:
-            source = compiler.ASTSource(fn=getattr(kernels, name).fn, signature=signature,
+            source = compiler.ASTSource(fn=kernel.fn, signature=signature,
                                         constexprs={**constants, **config}, attrs=attrs)
             target = backends.GPUTarget("cuda", 90, 32)
         except TypeError as error:  # another triton version's private API
             pytest.skip(f"this triton's compiler API differs: {error}")
         compiled = compiler.compile(source, target=target, options={"num_warps": num_warps})
-        if dt == "bf16":
-            assert re.search(r"ld\.global(\.\w+)*\.v4", compiled.asm["ptx"]), \
+        if dt == "bf16":  # a 16-byte load to registers, or a 16-byte asynchronous copy to shared memory
+            ptx = compiled.asm["ptx"]
+            copies = re.search(r"cp\.async[.\w]* \[[^]]*\], \[[^]]*\], 0x10", ptx)
+            assert re.search(r"ld\.global(\.\w+)*\.v4", ptx) or copies, \
                 f"table rows are not read with 16-byte loads ({config}, {num_warps} warps)"

@@ -1,9 +1,9 @@
 """expert_mixture(backend="triton") and weighted_rows(backend="triton") against the plain-loop oracle.
 
 Runs on CPU through the Triton interpreter (``TRITON_INTERPRET=1``, set for this module only; the kernels'
-module is re-imported under it with one small autotune configuration — blocks of 4 selections / experts and 16
-columns — so every case below crosses block boundaries, and outputs start NaN-poisoned so an unwritten element
-fails). Shapes are tiny: the interpreter executes every program in Python.
+module is re-imported under it with one small autotune configuration — blocks of 4 selections and 16 columns;
+the table gradient's tiles of 16 experts taken 16 sorted selections a step — so the cases below cross block
+boundaries, and outputs start NaN-poisoned so an unwritten element fails). Shapes are tiny: the interpreter executes every program in Python.
 """
 import importlib
 
@@ -76,11 +76,38 @@ def make_like(x, ids, gates, down, up):
 
 
 def test_triton_sort_by_expert(interpreter):
-    ids = torch.tensor([[3, 1], [1, 0], [3, 3]])
-    order, starts = interpreter.sort_by_expert(ids, 5)
-    assert starts.tolist() == [0, 1, 3, 3, 6, 6]
-    assert ids.reshape(-1)[order].tolist() == [0, 1, 1, 3, 3, 3]
-    assert order.tolist() == [3, 1, 2, 0, 4, 5]  # stable: equal experts keep token order
+    ids = torch.tensor([[3, 1], [1, 0], [3, 3], [17, 16]])
+    sorted_ids, order, bounds = interpreter.sort_by_expert(ids, 20)
+    assert interpreter.BLOCK_E == 16 and bounds.tolist() == [0, 6, 8]  # tiles of experts [0, 16), [16, 20)
+    assert sorted_ids.tolist() == [0, 1, 1, 3, 3, 3, 16, 17]
+    assert ids.reshape(-1)[order].tolist() == sorted_ids.tolist()
+    assert order.tolist() == [3, 1, 2, 0, 4, 5, 7, 6]  # stable: equal experts keep token order
+
+
+# (tokens, H, k, N, d, activation): the brief's expert counts 16, 64 and 1024 with odd token counts, k not a power
+# of two and d not a multiple of the column block (16); N = 16 with 99 selections: one tile of 7 steps of 16
+@pytest.mark.parametrize("case", [(11, 3, 3, 16, 21, "silu"), (7, 2, 5, 64, 19, "gelu"),
+                                  (5, 4, 3, 1024, 17, "relu"), (3, 1, 7, 1024, 33, "silu")],
+                         ids=lambda c: f"T{c[0]}H{c[1]}k{c[2]}N{c[3]}d{c[4]}{c[5]}")
+def test_triton_expert_counts(case):
+    tokens, H, k, N, d, activation = case
+    args = make((tokens,), H, k, N, d)
+    ref = run("naive", *args, activation=activation)
+    got = run("triton", *_float32(args), activation=activation)
+    for name, a, b in zip(("y", "x", "gates", "down", "up"), got, ref):
+        assert b.abs().sum() > 0, name
+        assert rel_err(a, b) < 1e-5, name
+
+
+def test_triton_repeated_experts_within_a_token():
+    """Every token picks the same expert several times (and the other heads' picks repeat it too)."""
+    x, ids, gates, down, up = make((6,), 3, 4, 40, 18)
+    ids[:, :, 1:3] = ids[:, :, :1]
+    ids[:, 2] = ids[:, 0]
+    ref = run("naive", x, ids, gates, down, up)
+    got = run("triton", *_float32((x, ids, gates, down, up)))
+    for name, a, b in zip(("y", "x", "gates", "down", "up"), got, ref):
+        assert rel_err(a, b) < 1e-5, name
 
 
 def test_triton_weighted_rows_matches_loops():
@@ -111,22 +138,24 @@ def test_triton_empty_batch():
     assert y.shape == (0, 8)
 
 
-def test_triton_table_gradient_with_split_ranks(interpreter, monkeypatch):
-    """Few experts, many selections each: the ranks of a tile are split over programs (float32 partial sums)."""
-    monkeypatch.setattr(interpreter, "RANKS_PER_PROGRAM", 2)
-    args = make((12,), 2, 3, 5, 19)
-    assert interpreter.rank_split(12 * 6, 5, 19) == 7
+def test_triton_table_gradient_with_split_steps(interpreter, monkeypatch):
+    """Few experts, many selections each: the steps of a tile are split over programs (float32 partial sums)."""
+    monkeypatch.setattr(interpreter, "STEPS_PER_PROGRAM", 1)
+    args = make((13,), 2, 5, 20, 19)  # 130 selections over 2 tiles: 4 or 5 steps of 16 per tile
+    assert interpreter.step_split(13 * 10, 20, 19) == 4
     ref = run("naive", *args)
     got = run("triton", *_float32(args))
     for name, a, b in zip(("y", "x", "gates", "down", "up"), got, ref):
         assert rel_err(a, b) < 1e-5, name
 
 
-def test_rank_split_rules(interpreter):
-    assert interpreter.rank_split(8192 * 128, 2 ** 20, 1024) == 1  # many experts: direct write
-    assert interpreter.rank_split(8192 * 128, 1024, 1024) == 32    # ~1024 selections per expert
-    assert interpreter.rank_split(8192 * 128, 16, 1024) == 64      # capped
-    assert interpreter.rank_split(10 ** 9, 4096, 4096) == 4        # partial buffer <= PARTIAL_BUDGET elements
+def test_step_split_rules(interpreter, monkeypatch):
+    monkeypatch.setattr(interpreter, "BLOCK_R", 32)  # the GPU's step
+    assert interpreter.step_split(8192 * 128, 2 ** 20, 1024) == 1  # many experts: direct write
+    assert interpreter.step_split(8192 * 128, 1024, 1024) == 32    # ~1024 selections per expert
+    assert interpreter.step_split(32768 * 32, 2304, 768) == 14     # cheems-base
+    assert interpreter.step_split(8192 * 128, 16, 1024) == 64      # capped
+    assert interpreter.step_split(10 ** 9, 4096, 4096) == 4        # partial buffer <= PARTIAL_BUDGET elements
 
 
 def test_product_key_layers_with_triton_backend_match_torch():

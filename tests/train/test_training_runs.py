@@ -150,7 +150,7 @@ def test_info_reports_versions_and_preset_sizes(capsys):
 
 
 def test_a_line_cut_short_by_a_kill_is_ignored(tmp_path):
-    from wonderful_matrices.train.loop import plot_losses, read_metrics
+    from wonderful_matrices.train.metrics import plot_losses, read_metrics
 
     (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 3.0}\n'
                                             '{"kind": "eval", "step": 1, "loss": 2.5}\n{"kind": "tra')

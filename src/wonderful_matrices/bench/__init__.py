@@ -20,6 +20,7 @@ REGISTRY = {
     "dma": "wonderful_matrices.bench.dma",            # DMA training cost vs length, decoding at long context
     "cdmoe_target": "wonderful_matrices.bench.cdmoe_target",  # CDMoE against its speed targets
     "flops": "wonderful_matrices.bench.flops",        # training FLOPs per token of each preset
+    "profile": "wonderful_matrices.bench.profile",    # where a training step's time goes, preset by preset
 }
 
 

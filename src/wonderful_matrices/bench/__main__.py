@@ -1,6 +1,6 @@
 """``python -m wonderful_matrices.bench NAME [--quick] --out DIR [--device D] [--budget-s S] [--steps N]
 [--cells ...] [--mixers ...] [--learning-rates ...] [--vocab-size V] [--merge DIR ... [--mixed-budgets]]
-[--threads N]``."""
+[--presets P,...] [--variants V,...] [--threads N]``."""
 from __future__ import annotations
 
 import argparse
@@ -31,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mixed-budgets", action="store_true",
                         help="mqar --merge: keep the best run per cell and mixer even where the parts ran a learning "
                              "rate with different step counts")
+    parser.add_argument("--presets", default=None,
+                        help="profile: presets to profile side by side, e.g. cheems-base,llama-base")
+    parser.add_argument("--variants", default=None,
+                        help="profile: fused (default), unfused (plain-PyTorch norms and loss) or fused,unfused")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice; 1 is faster on a shared machine)")
 
@@ -54,7 +58,7 @@ def main_from_args(args: argparse.Namespace) -> int:
             return 0
         run_benchmark(args.name, args.out, quick=args.quick, device=args.device, budget_s=args.budget_s,
                       steps=args.steps, cells=args.cells, mixers=args.mixers, learning_rates=args.learning_rates,
-                      vocab_size=args.vocab_size)
+                      vocab_size=args.vocab_size, presets=args.presets, variants=args.variants)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ import torch
 from ..models.cache import ATTENTION_LIKE
 from ..ops.dma import cache_state
 from .common import time_callable, write_results
-from .lm_common import corpus_tokens, optimizer_step, perplexity, train_lm
+from .lm_common import corpus_tokens, optimizer_step, perplexity, set_fused, train_lm
 
 FAMILIES = ("cheems", "doge", "llama", "mamba2", "jamba")
 QUICK = dict(size="small", seq_len=128, batch=8, steps=30, lr=1e-3, contexts=(256, 1024), eval_tokens=16_384,
@@ -78,16 +78,18 @@ def fill_cache(cache, config, context: int) -> None:
     cache.set_seen_tokens(context)
 
 
-def training_throughput(config, seq_len: int, tokens_per_step: int, device: torch.device, steps: int = 4) -> dict:
+def training_throughput(config, seq_len: int, tokens_per_step: int, device: torch.device, steps: int = 4,
+                        fused: bool = True) -> dict:
     """Training tokens/s and peak memory of a fresh model of ``config`` on rows of ``seq_len`` random tokens
     (``tokens_per_step // seq_len`` rows, at least one): one step is forward, backward and AdamW, bf16 autocast on
     CUDA; two warm-up steps, then the median of ``steps`` timed ones. ``{"tokens_per_s", "peak_memory_gb"}``,
-    both None when it runs out of memory."""
+    both None when it runs out of memory. ``fused=False``: the plain-PyTorch norms and loss (:func:`.lm_common.set_fused`)."""
     from ..models import CheemsForCausalLM
 
     batch = max(1, tokens_per_step // seq_len)
     torch.manual_seed(0)
     model = CheemsForCausalLM(config).to(device).train()
+    set_fused(model, fused)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     rows = torch.randint(0, config.vocab_size, (batch, seq_len + 1), device=device)
     try:

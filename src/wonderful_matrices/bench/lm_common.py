@@ -4,9 +4,10 @@ training loop, one perplexity evaluation.
 The corpus is the embedded Shakespeare corpus of :mod:`wonderful_matrices.data` (its fixed validation split)
 unless another is given,
 tokenized with a byte-level BPE trained on the training split and cached under ``cache_dir``. Training draws
-``batch`` random windows of ``seq_len + 1`` tokens per step from the training tokens (seeded), AdamW
-(0.9, 0.95, weight decay 0.1), clipping 1.0, 5% linear warm-up then cosine decay to 10%, bf16 autocast on
-CUDA. Evaluation cuts the validation tokens into consecutive rows of a given length, so the same tokens are
+``batch`` random windows of ``seq_len + 1`` tokens per step from the training tokens (seeded), with the
+optimizer, update step and schedule of ``wm train`` (:mod:`wonderful_matrices.train.optim`: AdamW (0.9, 0.95),
+weight decay 0.1 on matrices, clipping 1.0; :mod:`wonderful_matrices.train.schedule`: 5% linear warm-up then
+cosine decay to 10%), bf16 autocast on CUDA. Evaluation cuts the validation tokens into consecutive rows of a given length, so the same tokens are
 scored at every evaluation length.
 """
 from __future__ import annotations
@@ -20,6 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..ops import linear_cross_entropy
+from ..train.optim import adamw, apply_gradients
+from ..train.schedule import lr_multiplier
 from .common import synchronize
 
 
@@ -56,36 +60,47 @@ def corpus_tokens(data: str, vocab_size: int, cache_dir: str | Path) -> Tokenize
     return TokenizedCorpus(train, val, len(tokenizer), f"{name} (BPE {len(tokenizer)})", manifest)
 
 
-def lr_factor(step: int, steps: int, warmup: int, min_ratio: float = 0.1) -> float:
-    """Linear warm-up for ``warmup`` steps, then cosine from 1 down to ``min_ratio`` at ``steps``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def training_autocast(device: torch.device):
     """bf16 autocast on CUDA; a disabled autocast (float32) elsewhere."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else \
         torch.autocast("cpu", enabled=False)
 
 
+def set_fused(model, fused: bool) -> None:
+    """Switch ``model`` between its fused paths (the RMSNorm and gated RMSNorm kernels where available, the chunked
+    LM-head loss; the default) and plain PyTorch (norms by formula, loss from full float32 logits): the unfused
+    baseline."""
+    from ..layers import GatedRMSNorm, RMSNorm
+
+    model.config.fused_loss = fused
+    for module in model.modules():
+        if isinstance(module, (RMSNorm, GatedRMSNorm)):
+            module.backend = "auto" if fused else "torch"
+
+
 def lm_loss(model, rows: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of ``rows`` (b, l + 1): inputs ``rows[:, :-1]``, targets ``rows[:, 1:]``."""
-    logits = model(input_ids=rows[:, :-1], use_cache=False).logits
-    return F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten())
+    """Mean next-token cross-entropy of ``rows`` (b, l + 1): inputs ``rows[:, :-1]``, targets ``rows[:, 1:]``.
+
+    With ``model.config.fused_loss`` (the default) computed from the final hidden states by
+    ``wm.ops.linear_cross_entropy`` (no ``(b, l, V)`` float32 logits), else from the logits."""
+    inputs, targets = rows[:, :-1], rows[:, 1:]
+    if model.config.fused_loss:
+        hidden = model.model(input_ids=inputs, use_cache=False).last_hidden_state
+        return linear_cross_entropy(hidden.flatten(0, 1), model.lm_head.weight, targets.flatten())
+    logits = model(input_ids=inputs, use_cache=False).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
-def optimizer_step(model, opt, rows: torch.Tensor, device: torch.device, clip: float | None = None) -> torch.Tensor:
-    """One training step on ``rows (b, l + 1)``: forward under :func:`training_autocast`, backward, gradient
-    clipping to norm ``clip`` (None: none), ``opt.step()``. Returns the loss (a device tensor: no sync)."""
+def optimizer_step(model, opt, rows: torch.Tensor, device: torch.device, clip: float | None = None,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> torch.Tensor:
+    """One training step on ``rows (b, l + 1)``: forward under :func:`training_autocast`, backward, then
+    ``wm train``'s update (:func:`~wonderful_matrices.train.optim.apply_gradients`: clipping to norm ``clip``
+    (None: none), ``opt.step()``, ``scheduler.step()``, gradients cleared). Returns the loss (a device tensor:
+    no sync)."""
     with training_autocast(device):
         loss = lm_loss(model, rows)
-    opt.zero_grad(set_to_none=True)
     loss.backward()
-    if clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    opt.step()
+    apply_gradients(model.parameters(), opt, scheduler, clip)
     return loss
 
 
@@ -95,13 +110,8 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
     "peak_memory_bytes", "train_s"}`` (throughput over the steps after the first two, which compile/warm up)."""
     if len(tokens) < seq_len + 2:
         raise ValueError(f"seq_len={seq_len} is not allowed: the corpus has only {len(tokens)} training tokens")
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups,
-                            lr=lr, betas=(0.9, 0.95))
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup))
+    opt = adamw(model, lr, weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier("cosine", steps, max(1, steps // 20), min_ratio=0.1))
     rng = np.random.default_rng(seed)
     data = torch.from_numpy(tokens)
     offsets = torch.arange(seq_len + 1)
@@ -116,8 +126,7 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
             t_steady = time.perf_counter()
         starts = torch.from_numpy(rng.integers(0, len(tokens) - seq_len - 1, size=batch))
         rows = data[starts[:, None] + offsets].to(device, non_blocking=True)
-        loss = optimizer_step(model, opt, rows, device, clip=1.0)
-        sched.step()
+        loss = optimizer_step(model, opt, rows, device, clip=1.0, scheduler=sched)
         if step == steps - 1:
             loss_value = float(loss.detach())
     synchronize(device)

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 
 from ..data.mqar import IGNORE_INDEX, mqar
 from ..train.graph_step import GraphedTrainStep, set_learning_rate
+from ..train.schedule import lr_multiplier
 from .common import synchronize, write_results
-from .lm_common import lr_factor, training_autocast
+from .lm_common import training_autocast
 
 # Paper (read from its MQAR figure; docs/design.md): (seq_len, width) -> accuracy per mixer.
 PAPER = {
@@ -163,7 +164,7 @@ def train_and_evaluate(model, train: tuple[torch.Tensor, torch.Tensor], test: tu
     ``{"accuracy", "final_loss", "train_s", "graphed"}`` with the accuracy over every labelled position of
     ``test`` (``graphed``: whether the steps replayed a CUDA graph)."""
     opt, step = training_step(model, lr, labels_per_row(train[1]), device, weight_decay)
-    warmup = max(1, steps // 10)
+    multiplier = lr_multiplier("cosine", steps, max(1, steps // 10), min_ratio=0.0)  # wm train's schedule
     gen = torch.Generator().manual_seed(seed)
     n = train[0].shape[0]
     order = torch.randperm(n, generator=gen).to(train[0].device)
@@ -177,7 +178,7 @@ def train_and_evaluate(model, train: tuple[torch.Tensor, torch.Tensor], test: tu
         idx = order[pos:pos + batch_size]
         pos += batch_size
         x, y = train[0][idx].to(device, non_blocking=True), train[1][idx].to(device, non_blocking=True)
-        set_learning_rate(opt, lr * lr_factor(i, steps, warmup, min_ratio=0.0))
+        set_learning_rate(opt, lr * multiplier(i))
         loss = step(x, y)
     synchronize(device)
     train_s = time.perf_counter() - t0

@@ -3,7 +3,9 @@
 Token file: every document's ids followed by the EOS id, concatenated, stored as raw ``uint16`` (vocab
 <= 65536) or ``uint32`` in ``<cache_dir>/<key>.<dtype>.bin``, where the key hashes the corpus content, the
 split and the tokenizer — a second run with the same corpus and tokenizer memory-maps the file instead of
-re-tokenizing. The file is written to a temp name and renamed, so a killed run never leaves a short file.
+re-tokenizing. The file is written to a temp name and renamed, so a killed run never leaves a short file; its
+size in bytes is then recorded beside it (``<key>.<dtype>.bin.size``), and a file whose size differs (damaged
+or cut short after the fact) or that has no record is tokenized again.
 
 Rows: the token stream is cut into non-overlapping rows of ``seq_len`` tokens. Training draws rows in a
 fresh permutation per epoch from ``numpy.random.default_rng([seed, epoch])``; the global batch of step
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_file
+from ..atomic import atomic_file, atomic_write_text
 from ..errors import UserError
 from .corpora import Corpus
 from .tokenizer import eos_id, tokenizer_hash
@@ -57,7 +59,8 @@ def tokenize_split(corpus: Corpus, split: str, tokenizer, cache_dir: str | os.Pa
     """Token ids of one split as a read-only memmap (1-D), tokenizing only when not cached."""
     path = token_file_path(corpus, split, tokenizer, cache_dir)
     dtype = np.dtype(path.suffixes[-2][1:])
-    if not path.exists():
+    size_record = path.with_name(path.name + ".size")
+    if not (path.exists() and size_record.exists() and size_record.read_text().strip() == str(path.stat().st_size)):
         path.parent.mkdir(parents=True, exist_ok=True)
         eos = eos_id(tokenizer)
         backend = tokenizer.backend_tokenizer
@@ -67,6 +70,7 @@ def tokenize_split(corpus: Corpus, split: str, tokenizer, cache_dir: str | os.Pa
                 for enc in backend.encode_batch(pieces, add_special_tokens=False):
                     np.asarray(enc.ids, dtype=dtype).tofile(f)
                 np.asarray([eos], dtype=dtype).tofile(f)
+        atomic_write_text(size_record, f"{path.stat().st_size}\n")
     if path.stat().st_size == 0:
         raise UserError(f"the {split} split of corpus {corpus.name!r} has no tokens; give more text")
     return np.memmap(path, dtype=dtype, mode="r")

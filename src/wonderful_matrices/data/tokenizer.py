@@ -18,11 +18,9 @@ from ..errors import UserError
 EOS_TOKEN = "<|endoftext|>"
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike):
-    """Train a byte-level BPE with at most ``vocab_size`` tokens on ``texts`` and save it in ``out_dir``.
-
-    Returns the ``PreTrainedTokenizerFast``. The directory is written atomically (temp dir, then rename).
-    """
+def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike | None = None):
+    """Train a byte-level BPE with at most ``vocab_size`` tokens on ``texts``; save it in ``out_dir`` unless None
+    (see :func:`save_tokenizer`). Returns the ``PreTrainedTokenizerFast``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -37,30 +35,54 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike)
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN,
                                    pad_token=EOS_TOKEN, unk_token=None)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    fast.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    if out_dir is not None:
+        save_tokenizer(fast, out_dir)
     return fast
 
 
+def save_tokenizer(tokenizer, out_dir: str | os.PathLike) -> None:
+    """``tokenizer.save_pretrained(out_dir)`` written whole or not at all (temp folder, then rename); an
+    existing ``out_dir`` is replaced."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# Names that end a document in common tokenizers, for a bare ``tokenizer.json`` (which names no EOS).
+_EOS_NAMES = (EOS_TOKEN, "</s>", "<|end_of_text|>", "<eos>", "<|eos|>", "[SEP]")
+
+
 def load_tokenizer(path: str | os.PathLike):
-    """Load a tokenizer directory (or a ``tokenizer.json`` file) as a fast HF tokenizer."""
+    """Load a tokenizer directory (or a ``tokenizer.json`` file) as a fast HF tokenizer.
+
+    A bare ``tokenizer.json`` does not say which token is EOS: it is the file's special token named like one
+    (``<|endoftext|>``, ``</s>``, ...), else its only special token.
+    """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     path = Path(path)
     if not path.exists():
         raise UserError(f"tokenizer {path} not found; give a directory with tokenizer.json (or tokenizer files)")
     try:
-        if path.is_file():
-            return PreTrainedTokenizerFast(tokenizer_file=str(path))
-        return AutoTokenizer.from_pretrained(str(path))
+        if path.is_dir():
+            return AutoTokenizer.from_pretrained(str(path))
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path))
     except Exception as e:  # noqa: BLE001 - whatever transformers raises, the fix is the same
         raise UserError(f"cannot load the tokenizer in {path} ({type(e).__name__}); give a directory made by "
-                        "save_pretrained or containing tokenizer.json") from None
+                        "save_pretrained or a tokenizer.json file") from None
+    special = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
+    named = [t for t in _EOS_NAMES if t in special]
+    if named or len(special) == 1:
+        eos = (named or special)[0]
+        tokenizer.eos_token = tokenizer.bos_token = tokenizer.pad_token = eos
+    return tokenizer
 
 
 def tokenizer_hash(tokenizer) -> str:
@@ -74,7 +96,8 @@ def eos_id(tokenizer) -> int:
                       tokenizer.pad_token_id):
         if candidate is not None:
             return int(candidate)
-    raise UserError("the tokenizer has no EOS/BOS/SEP/PAD token to separate documents; add one")
+    raise UserError("the tokenizer has no EOS/BOS/SEP/PAD token to separate documents; give a tokenizer folder "
+                    "whose tokenizer_config.json names eos_token, or a tokenizer.json with one special token")
 
 
 def check_fits(tokenizer, vocab_size: int) -> None:

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..ops import dynamic_mask_attention
 from ..ops.common import require
+from ..ops.dma.weights import dynamic_mask_attention_weights
 from .rotary import RotaryEmbedding, apply_rotary
 
 
@@ -68,6 +69,33 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=attention_bias)
         self.rotary = RotaryEmbedding(head_dim, rope_theta)
 
+    def _project(self, hidden_states: torch.Tensor, position_ids: torch.Tensor):
+        """q (b, l, hq, d), k, v (b, l, hkv, d), with RoPE on q and k."""
+        b, l, _ = hidden_states.shape
+        q = self.q_proj(hidden_states).view(b, l, self.num_heads, self.head_dim)
+        k = self.k_proj(hidden_states).view(b, l, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(hidden_states).view(b, l, self.num_kv_heads, self.head_dim)
+        cos, sin = self.rotary(position_ids, torch.float64 if q.dtype == torch.float64 else torch.float32)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def attention_weights(self, hidden_states: torch.Tensor, position_ids: torch.Tensor,
+                          attention_mask: torch.Tensor | None = None, state: dict | None = None) -> torch.Tensor:
+        """The attention probabilities of a forward with the same arguments, computed densely; ``state`` is only
+        read (call this before the forward that updates it).
+
+        Returns ``(b, num_heads, l, n)`` float32 over ``n`` keys: those cached in ``state``, then the ``l`` new
+        ones (zero weight on padding; an all-zero row for a query that sees no real key).
+        """
+        b, l, _ = hidden_states.shape
+        q, k, _ = self._project(hidden_states, position_ids)
+        key_mask = (torch.ones(b, l, dtype=torch.bool, device=k.device) if attention_mask is None
+                    else attention_mask.to(torch.bool))
+        if state is not None and "key" in state:
+            k, key_mask = torch.cat([state["key"], k], dim=1), torch.cat([state["key_mask"], key_mask], dim=1)
+        # causal softmax attention is dynamic mask attention with a zero bias (-inf on padding) and no window
+        bias = torch.zeros(key_mask.shape, dtype=torch.float32, device=k.device).masked_fill(~key_mask, float("-inf"))
+        return dynamic_mask_attention_weights(q, k, bias[..., None].expand(-1, -1, self.num_kv_heads))
+
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, state: dict | None = None,
                 seq_idx: torch.Tensor | None = None) -> torch.Tensor:
@@ -78,11 +106,7 @@ class Attention(nn.Module):
                 "None when decoding with a cache (packed rows are for training and scoring)")
         require(seq_idx is None or (isinstance(seq_idx, torch.Tensor) and tuple(seq_idx.shape) == (b, l)),
                 "seq_idx.shape", tuple(getattr(seq_idx, "shape", ())), f"{(b, l)}: one document id per token")
-        q = self.q_proj(hidden_states).view(b, l, self.num_heads, self.head_dim)
-        k = self.k_proj(hidden_states).view(b, l, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(hidden_states).view(b, l, self.num_kv_heads, self.head_dim)
-        cos, sin = self.rotary(position_ids, torch.float64 if q.dtype == torch.float64 else torch.float32)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = self._project(hidden_states, position_ids)
 
         if seq_idx is not None:
             out = attend_documents(q, k, v, seq_idx, attention_mask)

@@ -23,7 +23,9 @@ from torch import nn
 
 from ..errors import require
 from ..ops import dynamic_mask_attention
+from ..ops.common import trusted_values
 from ..ops.dma import DecodeStep, cached_in_order, replace_lowest_and_attend, store
+from ..ops.dma.weights import dynamic_mask_attention_weights
 from .norm import RMSNorm
 from .rotary import RotaryEmbedding, apply_rotary
 
@@ -111,6 +113,25 @@ class DynamicMaskAttention(nn.Module):
         require(seq_idx is None or state is None, "seq_idx", "a tensor with a cache state",
                 "None when decoding with a cache (packed rows are for training and scoring)")
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        q, k, v, bias = self._project(hidden_states, position_ids, attention_mask)
+        if seq_idx is not None:  # outside trusted_values: an explicit seq_idx of the caller is checked by the op
+            out = dynamic_mask_attention(q, k, v, bias, keep_window=self.keep_window, causal=True, seq_idx=seq_idx)
+            return self.o_proj(out.reshape(b, l, hq * d))
+        position = position_ids[..., None].expand(b, l, hkv).contiguous()
+        with trusted_values():  # the bias is computed here, not user input: no device sync per call to check it
+            if state is not None and "key" in state and l == 1 and not torch.is_grad_enabled():
+                out = self.decoder.step(q, k, v, bias, position, state, self.keep_window)
+            elif (state is not None and "key" in state and l == 1 and self.keep_window is not None
+                  and state["key"].shape[1] >= self.keep_window):
+                out = replace_lowest_and_attend(q, k, v, bias, position, state)
+            else:
+                out = self._attend(q, k, v, bias, position, state)
+        return self.o_proj(out.reshape(b, l, hq * d))
+
+    def _project(self, hidden_states, position_ids, attention_mask):
+        """q (b, l, hq, d), k, v (b, l, hkv, d) (q, k rotated), bias (b, l, hkv) float32 (-inf at padding)."""
+        b, l, _ = hidden_states.shape
+        hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         q = self.q_proj(hidden_states).view(b, l, hq, d)
         k = self.k_proj(hidden_states).view(b, l, hkv, d)
         v_flat = self.v_proj(hidden_states)
@@ -122,18 +143,21 @@ class DynamicMaskAttention(nn.Module):
         bias = self.key_bias(v_flat)
         if attention_mask is not None:
             bias = bias.masked_fill(~attention_mask.bool()[..., None], float("-inf"))
-        if seq_idx is not None:
-            out = dynamic_mask_attention(q, k, v, bias, keep_window=self.keep_window, causal=True, seq_idx=seq_idx)
-            return self.o_proj(out.reshape(b, l, hq * d))
-        position = position_ids[..., None].expand(b, l, hkv).contiguous()
-        if state is not None and "key" in state and l == 1 and not torch.is_grad_enabled():
-            out = self.decoder.step(q, k, v, bias, position, state, self.keep_window)
-        elif (state is not None and "key" in state and l == 1 and self.keep_window is not None
-              and state["key"].shape[1] >= self.keep_window):
-            out = replace_lowest_and_attend(q, k, v, bias, position, state)
-        else:
-            out = self._attend(q, k, v, bias, position, state)
-        return self.o_proj(out.reshape(b, l, hq * d))
+        return q, k, v, bias
+
+    def attention_weights(self, hidden_states: torch.Tensor, position_ids: torch.Tensor,
+                          attention_mask: torch.Tensor | None = None, state: dict | None = None) -> torch.Tensor:
+        """The attention probabilities of a forward with the same arguments, computed densely; ``state`` is only
+        read (call this before the forward that updates it).
+
+        Returns ``(b, num_heads, l, n)`` float32 over ``n`` keys: those cached in ``state`` (at most
+        ``keep_window``, in position order), then the ``l`` new ones.
+        """
+        q, k, _, bias = self._project(hidden_states, position_ids, attention_mask)
+        if state is not None and "key" in state:
+            cached_key, _, cached_bias, _ = cached_in_order(state, self.keep_window)
+            k, bias = torch.cat([cached_key, k], dim=1), torch.cat([cached_bias, bias], dim=1)
+        return dynamic_mask_attention_weights(q, k, bias, keep_window=self.keep_window, causal=True)
 
     @property
     def decode_backend(self) -> str:

@@ -23,10 +23,10 @@ HF key                  ours                             shape
 so ``ours.load_state_dict(hf_mixer.state_dict())`` works (for a whole model, strip HF's
 ``backbone.layers.{i}.mixer.`` prefix). Build the layer with
 :func:`wonderful_matrices.models.convert.mamba2_mixer_kwargs_from_hf_config`.
-One behavioural difference to know: HF's pure-PyTorch path normalises the gated RMSNorm over the whole inner
-width, while mamba_ssm's kernels (which trained the published checkpoints, and which HF uses when they are
-installed) normalise per group of ``h·p / n_groups`` channels. They agree when ``n_groups == 1``; the helper
-reproduces HF's CPU path (``norm_groups=1``); pass ``norm_groups=n_groups`` to follow mamba_ssm instead.
+One behavioural difference to know: the pure-PyTorch path of transformers 5.17 normalises the gated RMSNorm over
+the whole inner width, while mamba_ssm's kernels (which trained the published checkpoints) and transformers 5.25
+normalise per group of ``h·p / n_groups`` channels. They agree when ``n_groups == 1``; the helper follows the HF
+mixer it is given the ``norm.group_size`` of (``norm_groups=1`` without one).
 Padding also differs on purpose: HF lets padded tokens decay the state, ours gives them ``dt = 0``.
 """
 from __future__ import annotations

@@ -92,11 +92,15 @@ class MoE(nn.Module):
         self.router = nn.Linear(hidden_size, num_experts, bias=False)
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
-        nn.init.normal_(self.gate_up_proj, std=hidden_size ** -0.5)
-        nn.init.normal_(self.down_proj, std=intermediate_size ** -0.5)
+        self.reset_expert_parameters()
         self.shared_expert = (GatedMLP(hidden_size, shared_intermediate_size, activation)
                               if shared_intermediate_size else None)
         self.aux_loss: torch.Tensor | None = None
+
+    def reset_expert_parameters(self) -> None:
+        """Initialise the expert tables: ``gate_up_proj ~ N(0, 1/d)``, ``down_proj ~ N(0, 1/I)``."""
+        nn.init.normal_(self.gate_up_proj, std=self.hidden_size ** -0.5)
+        nn.init.normal_(self.down_proj, std=self.intermediate_size ** -0.5)
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (T, d) -> router probabilities (T, E), gates (T, k) (float32 for half-precision x, else its dtype),

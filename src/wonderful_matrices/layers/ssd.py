@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import require
-from ..ops import ssd, ssd_step
+from ..ops import gated_rms_norm, ssd, ssd_step
 from ..ops.common import trusted_values
 from .rotary import RotaryEmbedding, apply_rotary
 
@@ -25,30 +25,29 @@ from .rotary import RotaryEmbedding, apply_rotary
 class GatedRMSNorm(nn.Module):
     """``weight · rmsnorm(x · silu(gate))`` with the RMS taken over ``num_groups`` equal groups of channels.
 
-    Computed in float32 (float64 for float64 inputs), returned in ``x.dtype``. ``num_groups=1`` is HF
+    Computed in float32 (float64 for float64 inputs), returned in ``promote(weight, x)``. ``num_groups=1`` is HF
     ``MambaRMSNormGated``; ``num_groups = n_groups`` is mamba_ssm's ``RMSNormGated(group_size=d/n_groups)``.
+    One fused kernel on CUDA (``wm.ops.gated_rms_norm``).
 
     Args:
         hidden_size: channels ``d`` (divisible by ``num_groups``).
         num_groups: groups normalised separately.
         eps: added to the mean square.
+        backend: of :func:`~wonderful_matrices.ops.gated_rms_norm`: ``"auto"``, ``"torch"`` or ``"triton"``.
     """
 
-    def __init__(self, hidden_size: int, num_groups: int = 1, eps: float = 1e-6):
+    def __init__(self, hidden_size: int, num_groups: int = 1, eps: float = 1e-6, backend: str = "auto"):
         super().__init__()
         require(num_groups >= 1 and hidden_size % num_groups == 0, "num_groups", num_groups,
                 f"a divisor of hidden_size={hidden_size}")
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.num_groups = num_groups
         self.eps = eps
+        self.backend = backend
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        """x, gate (..., d) -> (..., d) in ``x.dtype``."""
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        h = x.to(acc) * F.silu(gate.to(acc))
-        grouped = h.unflatten(-1, (self.num_groups, -1))
-        grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * grouped.flatten(-2).to(x.dtype)
+        """x, gate (..., d) -> (..., d) in ``promote(weight, x)``."""
+        return gated_rms_norm(x, gate, self.weight, self.eps, num_groups=self.num_groups, backend=self.backend)
 
 
 class SSDMixer(nn.Module):
@@ -134,15 +133,26 @@ class SSDMixer(nn.Module):
                                     padding=conv_kernel - 1, bias=conv_bias)
         self.rotary = RotaryEmbedding(state_size, rope_theta) if use_rope else None
 
-        dt = torch.exp(torch.rand(num_heads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=dt_init_floor)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
-        self.A_log = nn.Parameter(torch.log(torch.empty(num_heads).uniform_(*A_init_range)))
-        self.D = nn.Parameter(torch.ones(num_heads))
+        self.dt_init = (float(dt_min), float(dt_max), float(dt_init_floor))
+        self.A_init_range = (float(A_init_range[0]), float(A_init_range[1]))
+        initial = self.initial_values()
+        self.dt_bias = nn.Parameter(initial["dt_bias"])
+        self.A_log = nn.Parameter(initial["A_log"])
+        self.D = nn.Parameter(initial["D"])
         for p in (self.dt_bias, self.A_log, self.D):
             p._no_weight_decay = True
         self.norm = GatedRMSNorm(inner, norm_groups, norm_eps)
         self.out_proj = nn.Linear(inner, hidden_size, bias=bias)
+
+    def initial_values(self) -> dict[str, torch.Tensor]:
+        """Freshly drawn initial values of ``dt_bias``, ``A_log`` and ``D`` (each ``(num_heads,)`` float32):
+        ``softplus(dt_bias)`` log-uniform in ``[dt_min, dt_max]`` (at least ``dt_init_floor``), ``-exp(A_log)``
+        uniform in ``-A_init_range``, ``D = 1``."""
+        dt_min, dt_max, dt_floor = self.dt_init
+        h = self.num_heads
+        dt = torch.exp(torch.rand(h) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_floor)
+        return {"dt_bias": dt + torch.log(-torch.expm1(-dt)),  # softplus^-1(dt)
+                "A_log": torch.log(torch.empty(h).uniform_(*self.A_init_range)), "D": torch.ones(h)}
 
     def _check_inputs(self, hidden_states, position_ids, attention_mask, state) -> None:
         require(isinstance(hidden_states, torch.Tensor) and hidden_states.dim() == 3

@@ -18,21 +18,21 @@ ATTENTION_LIKE = ("attn", "dma")
 
 
 class CheemsCache(Cache):
-    """Per-layer state dicts for a model with ``layer_types`` (``"ssd" | "dma" | "attn" | "mamba2"``).
+    """Per-layer state dicts for a model with ``mixer_types`` (``"ssd" | "dma" | "attn" | "mamba2"``).
 
     Args:
-        config: a :class:`CheemsConfig` (its ``layer_types`` are used).
+        config: a :class:`CheemsConfig` (its ``mixer_types`` are used).
     """
 
     def __init__(self, config):
         super().__init__(layers=[])
-        self.layer_types = list(config.layer_types)
-        self.states: list[dict] = [{} for _ in self.layer_types]
+        self.mixer_types = list(config.mixer_types)
+        self.states: list[dict] = [{} for _ in self.mixer_types]
         self.real_tokens: torch.Tensor | None = None  # (b,) long: unpadded tokens seen per row
         self._seen_tokens = 0
 
     def __len__(self) -> int:
-        return len(self.layer_types)
+        return len(self.mixer_types)
 
     def __repr__(self) -> str:
         return f"CheemsCache(layers={len(self)}, seen_tokens={self._seen_tokens})"
@@ -96,15 +96,37 @@ class CheemsCache(Cache):
         """Keep only the rows ``indices``."""
         self._map_tensors(lambda t: t[indices.to(t.device)])
 
+    @staticmethod
+    def can_roll_back(mixer_types) -> bool:
+        """Whether a cache for these layer types can forget its last tokens: attention layers keep every key, so
+        they can; SSD/Mamba2 states and DMA's window have already folded the older tokens in or dropped them."""
+        return all(t == "attn" for t in mixer_types)
+
     def crop(self, tokens_to_remove: int) -> None:
-        """Only ``crop(0)`` (a no-op) is possible: recurrent and windowed states cannot be rolled back."""
-        if tokens_to_remove != 0:
-            raise ValueError(f"tokens_to_remove={tokens_to_remove!r} is not allowed: CheemsCache cannot roll back "
-                             "recurrent (SSD/Mamba2) or windowed (DMA) states; only 0")
+        """Forget the last ``-tokens_to_remove`` tokens (transformers' convention: a count <= 0; assisted decoding
+        calls this after rejecting draft tokens). Only for caches of attention layers (``is_croppable``);
+        ``crop(0)`` is a no-op for every cache."""
+        if tokens_to_remove == 0:
+            return
+        if not self.is_croppable:
+            raise ValueError(f"tokens_to_remove={tokens_to_remove!r} is not allowed: this cache cannot roll back "
+                             f"(layers {sorted(set(self.mixer_types) - {'attn'})} hold recurrent or windowed "
+                             "states); only 0")
+        remove = -tokens_to_remove
+        if not 0 < remove <= self._seen_tokens:
+            raise ValueError(f"tokens_to_remove={tokens_to_remove!r} is not allowed: a negative count of at most "
+                             f"the {self._seen_tokens} tokens held (transformers' convention)")
+        for state in self.states:
+            if "key" in state:
+                removed_mask = state["key_mask"][:, -remove:]
+                for name in ("key", "value", "key_mask"):
+                    state[name] = state[name][:, :-remove]
+        self.real_tokens = self.real_tokens - removed_mask.long().sum(-1)
+        self._seen_tokens -= remove
 
     def reset(self) -> None:
         """Forget everything (an empty cache for the same layers)."""
-        self.states = [{} for _ in self.layer_types]
+        self.states = [{} for _ in self.mixer_types]
         self.real_tokens = None
         self._seen_tokens = 0
 
@@ -124,7 +146,8 @@ class CheemsCache(Cache):
 
     @property
     def is_croppable(self) -> bool:
-        return False
+        """Whether :meth:`crop` can remove tokens (every layer is attention)."""
+        return self.can_roll_back(self.mixer_types)
 
     @property
     def is_initialized(self) -> bool:
@@ -136,4 +159,4 @@ class CheemsCache(Cache):
 
     @property
     def is_linear(self) -> list[bool]:
-        return [t not in ATTENTION_LIKE for t in self.layer_types]
+        return [t not in ATTENTION_LIKE for t in self.mixer_types]

@@ -1,14 +1,20 @@
 """``CheemsConfig``: one HF config for Cheems and every baseline, chosen per layer.
 
-Each layer ``i`` is a block ``[RMSNorm -> layer_types[i] -> residual; RMSNorm -> ffn_types[i] -> residual]``.
-``layer_types[i]`` is a sequence mixer (``"ssd"``, ``"dma"``, ``"attn"``, ``"mamba2"``), ``ffn_types[i]`` a
-state mixer (``"cdmoe"``, ``"moe"``, ``"mlp"``) or ``"none"`` (no FFN half). When not given, ``layer_types``
+Each layer ``i`` is a block ``[RMSNorm -> mixer_types[i] -> residual; RMSNorm -> ffn_types[i] -> residual]``.
+``mixer_types[i]`` is a sequence mixer (``"ssd"``, ``"dma"``, ``"attn"``, ``"mamba2"``), ``ffn_types[i]`` a
+state mixer (``"cdmoe"``, ``"moe"``, ``"mlp"``) or ``"none"`` (no FFN half). When not given, ``mixer_types``
 follows the Cheems pattern: groups of up to ``attention_period`` layers whose last layer is
 ``attention_layer_type`` and the others ``recurrent_layer_type``; ``ffn_types`` is ``default_ffn_type``
 everywhere.
+
+``layer_types`` is an alias of ``mixer_types`` (a constructor keyword and a property), kept for code and
+config.json files written before the rename. The field itself is not called ``layer_types`` because
+transformers gives that name a meaning of its own (attention kinds such as ``"full_attention"``) and validates
+it whenever a config is loaded through ``PretrainedConfig``, e.g. when the ``Trainer`` resumes.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from huggingface_hub.dataclasses import strict
@@ -29,11 +35,54 @@ def default_layer_types(num_layers: int, period: int, attention_type: str, recur
             for i in range(num_layers)]
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# Annotation of a CheemsConfig field -> (test of a value, what is allowed).
+_FIELD_TYPES = {
+    "int": (_is_int, "an integer"),
+    "int | None": (lambda v: v is None or _is_int(v), "None or an integer"),
+    "float": (_is_number, "a finite number"),
+    "float | int": (_is_number, "a finite number"),
+    "bool": (lambda v: isinstance(v, bool), "True or False"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "list[str] | None": (lambda v: v is None or (isinstance(v, list) and all(isinstance(t, str) for t in v)),
+                         "None or a list of strings"),
+    "int | list[int] | None": (lambda v: v is None or _is_int(v) or (isinstance(v, list) and all(map(_is_int, v))),
+                               "None, an integer or a list of integers"),
+}
+
+
+def _check_field_types(config: "CheemsConfig") -> None:
+    """Raise ``ValueError`` for a field of the wrong type (``hidden_size=True`` or ``"64"``) before any arithmetic
+    uses it, and for an ``eos_token_id`` outside the vocabulary."""
+    for name, annotation in CheemsConfig.__annotations__.items():
+        rule = _FIELD_TYPES.get(annotation)
+        if rule is not None:
+            require(rule[0](getattr(config, name)), name, getattr(config, name), rule[1])
+    eos = config.eos_token_id
+    for token in eos if isinstance(eos, list) else [] if eos is None else [eos]:
+        require(0 <= token < config.vocab_size, "eos_token_id", eos,
+                f"None or ids in [0, vocab_size={config.vocab_size})")
+
+
+def config_field_names() -> set[str]:
+    """Every keyword ``CheemsConfig`` accepts as a field (its own and ``PretrainedConfig``'s, and the alias
+    ``layer_types`` of ``mixer_types``)."""
+    return {f.name for f in dataclasses.fields(CheemsConfig)} | {"layer_types"}
+
+
 @strict
 class CheemsConfig(PretrainedConfig):
     r"""Configuration of :class:`~wonderful_matrices.CheemsForCausalLM` (model_type ``"cheems"``).
 
-    Common: ``vocab_size``, ``hidden_size``, ``num_hidden_layers``, ``layer_types``, ``ffn_types`` (lists of
+    Common: ``vocab_size``, ``hidden_size``, ``num_hidden_layers``, ``mixer_types`` (alias ``layer_types``),
+    ``ffn_types`` (lists of
     length ``num_hidden_layers``; derived from ``attention_period``/``attention_layer_type``/
     ``recurrent_layer_type``/``default_ffn_type`` when None), ``rms_norm_eps``, ``initializer_range``,
     ``tie_word_embeddings`` (default True), ``pad/bos/eos_token_id``.
@@ -67,6 +116,9 @@ class CheemsConfig(PretrainedConfig):
     ``"naive"``, ``"torch"``, ``"triton"``), ``cdmoe_backend`` (the expert mixture of ``"cdmoe"`` layers) and
     ``dma_decode_backend`` (the one-token generation step of ``"dma"`` layers), each ``"auto"``, ``"torch"`` or
     ``"triton"``.
+    ``fused_loss``: in training mode with ``labels``, ``CheemsForCausalLM`` computes the loss straight from the
+    final hidden states with ``wm.ops.linear_cross_entropy`` (chunked; no ``(b, l, V)`` float32 logits) and
+    returns ``logits=None``, as HF's Liger kernels do; the ``skip_logits`` argument of ``forward`` overrides it.
     """
 
     model_type = "cheems"
@@ -75,7 +127,7 @@ class CheemsConfig(PretrainedConfig):
     vocab_size: int = 32768
     hidden_size: int = 1024
     num_hidden_layers: int = 8
-    layer_types: list[str] | None = None
+    mixer_types: list[str] | None = None
     ffn_types: list[str] | None = None
     attention_period: int = 8
     attention_layer_type: str = "dma"
@@ -127,6 +179,7 @@ class CheemsConfig(PretrainedConfig):
     dma_decode_backend: str = "auto"
 
     residual_scale: bool = False
+    fused_loss: bool = True
     rms_norm_eps: float = 1e-6
     initializer_range: float = 0.02
     use_cache: bool = True
@@ -136,6 +189,14 @@ class CheemsConfig(PretrainedConfig):
     eos_token_id: int | list[int] | None = None
 
     def __post_init__(self, **kwargs):
+        legacy = kwargs.pop("layer_types", None)
+        if legacy is not None:
+            require(self.mixer_types is None or list(self.mixer_types) == list(legacy), "layer_types", legacy,
+                    f"the alias of mixer_types, which is already {self.mixer_types!r}: give one of the two")
+            require(isinstance(legacy, (list, tuple)) and all(isinstance(t, str) for t in legacy), "layer_types",
+                    legacy, "None or a list of strings (the alias of mixer_types)")
+            self.mixer_types = legacy
+        _check_field_types(self)
         require(self.num_hidden_layers >= 1, "num_hidden_layers", self.num_hidden_layers, "must be >= 1")
         require(self.attention_period >= 1, "attention_period", self.attention_period, "must be >= 1")
         require(self.attention_layer_type in LAYER_TYPES, "attention_layer_type", self.attention_layer_type,
@@ -143,8 +204,8 @@ class CheemsConfig(PretrainedConfig):
         require(self.recurrent_layer_type in LAYER_TYPES, "recurrent_layer_type", self.recurrent_layer_type,
                 f"one of {LAYER_TYPES}")
         require(self.default_ffn_type in FFN_TYPES, "default_ffn_type", self.default_ffn_type, f"one of {FFN_TYPES}")
-        if self.layer_types is None:
-            self.layer_types = default_layer_types(self.num_hidden_layers, self.attention_period,
+        if self.mixer_types is None:
+            self.mixer_types = default_layer_types(self.num_hidden_layers, self.attention_period,
                                                    self.attention_layer_type, self.recurrent_layer_type)
         if self.ffn_types is None:
             self.ffn_types = [self.default_ffn_type] * self.num_hidden_layers
@@ -152,23 +213,33 @@ class CheemsConfig(PretrainedConfig):
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None and self.num_attention_heads >= 1:
             self.head_dim = self.hidden_size // self.num_attention_heads
-        self._validate()
+        self._validate(mixer_name="mixer_types" if legacy is None else "layer_types")
         super().__post_init__(**kwargs)
 
-    def validate_layer_type(self):
-        """Replaces HF's check of ``layer_types`` (which knows only attention kinds): ours runs in ``__post_init__``."""
+    @property
+    def layer_types(self) -> list[str]:
+        """Alias of ``mixer_types`` (the sequence mixer of each layer)."""
+        return self.mixer_types
 
-    def _validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad argument."""
+    @layer_types.setter
+    def layer_types(self, value: list[str]) -> None:
+        self.mixer_types = value
+
+    def validate_layer_type(self):
+        """Replaces HF's check of ``layer_types``/``mlp_layer_types`` (attention kinds, which Cheems does not
+        use): ``mixer_types`` and ``ffn_types`` are checked in ``__post_init__``."""
+
+    def _validate(self, mixer_name: str = "mixer_types") -> None:
+        """Raise ``ValueError`` naming the first bad argument (``mixer_name``: how the caller spelled mixer_types)."""
         n = self.num_hidden_layers
         for name in ("vocab_size", "hidden_size"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
-        require(isinstance(self.layer_types, list) and len(self.layer_types) == n, "layer_types", self.layer_types,
+        require(isinstance(self.mixer_types, list) and len(self.mixer_types) == n, mixer_name, self.mixer_types,
                 f"a list of num_hidden_layers={n} entries")
         require(isinstance(self.ffn_types, list) and len(self.ffn_types) == n, "ffn_types", self.ffn_types,
                 f"a list of num_hidden_layers={n} entries")
-        for t in self.layer_types:
-            require(t in LAYER_TYPES, "layer_types", self.layer_types, f"entries from {LAYER_TYPES}")
+        for t in self.mixer_types:
+            require(t in LAYER_TYPES, mixer_name, self.mixer_types, f"entries from {LAYER_TYPES}")
         for t in self.ffn_types:
             require(t in FFN_TYPES, "ffn_types", self.ffn_types, f"entries from {FFN_TYPES}")
         require(self.rms_norm_eps > 0, "rms_norm_eps", self.rms_norm_eps, "must be > 0")
@@ -180,7 +251,7 @@ class CheemsConfig(PretrainedConfig):
         for tok in ("pad_token_id", "bos_token_id"):
             v = getattr(self, tok)
             require(v is None or 0 <= v < self.vocab_size, tok, v, f"None or in [0, vocab_size={self.vocab_size})")
-        used = set(self.layer_types)
+        used = set(self.mixer_types)
         if used & {"attn", "dma"}:
             self._validate_attention()
         if "ssd" in used:
@@ -203,7 +274,7 @@ class CheemsConfig(PretrainedConfig):
         require(self.head_dim >= 2 and self.head_dim % 2 == 0, "head_dim", self.head_dim,
                 "must be a positive even number (RoPE)")
         require(self.rope_theta > 0, "rope_theta", self.rope_theta, "must be > 0")
-        if "dma" in self.layer_types:
+        if "dma" in self.mixer_types:
             require(self.keep_window is None or self.keep_window >= 1, "keep_window", self.keep_window,
                     "None or >= 1")
             require(self.dma_mask_form in DMA_MASK_FORMS, "dma_mask_form", self.dma_mask_form,

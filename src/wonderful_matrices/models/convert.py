@@ -1,8 +1,8 @@
 """Load HF transformers checkpoints into the matching Cheems configuration (same logits, float32 <= 1e-4).
 
-* ``from_hf_llama(LlamaForCausalLM)``: ``layer_types`` all ``"attn"``, ``ffn_types`` all ``"mlp"``.
-* ``from_hf_mamba2(Mamba2ForCausalLM)``: all ``"mamba2"``, ``ffn_types`` all ``"none"`` (gated norm over the
-  whole inner width, as HF's PyTorch path: ``mamba2_norm_groups=1``).
+* ``from_hf_llama(LlamaForCausalLM)``: ``mixer_types`` all ``"attn"``, ``ffn_types`` all ``"mlp"``.
+* ``from_hf_mamba2(Mamba2ForCausalLM)``: all ``"mamba2"``, ``ffn_types`` all ``"none"`` (gated norm grouped as
+  the HF model's: over the whole inner width in transformers 5.17, ``mamba2_norm_groups=1``; per group in 5.25).
 * ``from_hf_doge(DogeForCausalLM)`` (dense, ``is_moe=False``): all ``"dma"`` with ``dma_mask_form="doge"``,
   ``dma_qk_norm=True``, ``residual_scale=True``, ``ffn_types`` all ``"mlp"``.
 
@@ -57,7 +57,7 @@ def from_hf_llama(model) -> CheemsForCausalLM:
     heads = c.num_attention_heads
     config = CheemsConfig(
         vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=n,
-        layer_types=["attn"] * n, ffn_types=["mlp"] * n,
+        mixer_types=["attn"] * n, ffn_types=["mlp"] * n,
         num_attention_heads=heads, num_key_value_heads=c.num_key_value_heads or heads,
         head_dim=getattr(c, "head_dim", None) or c.hidden_size // heads, rope_theta=_rope_theta(c),
         attention_bias=c.attention_bias, intermediate_size=c.intermediate_size, rms_norm_eps=c.rms_norm_eps,
@@ -84,12 +84,16 @@ def from_hf_mamba2(model) -> CheemsForCausalLM:
     limit = tuple(float(v) for v in c.time_step_limit)
     require(limit == (0.0, float("inf")), "time_step_limit", c.time_step_limit, "only (0.0, inf)")
     n = c.num_hidden_layers
+    # HF's gated norm: over the whole inner width in transformers 5.17, per group of `group_size` channels
+    # (as mamba_ssm) in newer versions (5.25)
+    group_size = getattr(model.backbone.layers[0].mixer.norm, "group_size", None)
+    norm_groups = 1 if group_size is None else inner // group_size
     config = CheemsConfig(
         vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=n,
-        layer_types=["mamba2"] * n, ffn_types=["none"] * n, mamba2_expand=int(c.expand),
+        mixer_types=["mamba2"] * n, ffn_types=["none"] * n, mamba2_expand=int(c.expand),
         mamba2_head_dim=c.head_dim, mamba2_state_size=c.state_size, mamba2_num_groups=c.n_groups,
         mamba2_conv_kernel=c.conv_kernel, mamba2_chunk_size=c.chunk_size, mamba2_conv_bias=c.use_conv_bias,
-        mamba2_bias=c.use_bias, mamba2_norm_groups=1, rms_norm_eps=c.layer_norm_epsilon,
+        mamba2_bias=c.use_bias, mamba2_norm_groups=norm_groups, rms_norm_eps=c.layer_norm_epsilon,
         initializer_range=c.initializer_range, tie_word_embeddings=c.tie_word_embeddings,
         pad_token_id=c.pad_token_id, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id,
     )
@@ -118,7 +122,7 @@ def from_hf_doge(model) -> CheemsForCausalLM:
     heads = c.num_attention_heads
     config = CheemsConfig(
         vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=n,
-        layer_types=["dma"] * n, ffn_types=["mlp"] * n, num_attention_heads=heads,
+        mixer_types=["dma"] * n, ffn_types=["mlp"] * n, num_attention_heads=heads,
         num_key_value_heads=c.num_key_value_heads or heads,
         head_dim=getattr(c, "head_dim", None) or c.hidden_size // heads, rope_theta=_rope_theta(c),
         attention_bias=c.attention_bias, keep_window=c.keep_window_size, dma_mask_form="doge", dma_qk_norm=True,
@@ -202,12 +206,15 @@ def cdmoe_from_doge(doge: Mapping[str, torch.Tensor], top_k: int, activation: st
     return layer
 
 
-def mamba2_mixer_kwargs_from_hf_config(config) -> dict:
+def mamba2_mixer_kwargs_from_hf_config(config, norm_group_size: int | None = None) -> dict:
     """Constructor kwargs of :class:`~wonderful_matrices.layers.Mamba2Mixer` equal to HF ``Mamba2Mixer(config)``
     (its PyTorch path).
 
-    ``config`` is an HF ``Mamba2Config`` (read by attribute; transformers is not imported here). Raises
-    ``ValueError`` if ``hidden_size · expand != num_heads · head_dim`` or the activation is not SiLU.
+    ``config`` is an HF ``Mamba2Config`` (read by attribute; transformers is not imported here);
+    ``norm_group_size`` is the HF mixer's ``norm.group_size``: newer transformers (5.25) normalise the gated norm
+    per group of that many channels, as mamba_ssm; None (transformers 5.17, whose norm has no ``group_size``)
+    normalises over the whole inner width. Raises ``ValueError`` if ``hidden_size · expand != num_heads ·
+    head_dim`` or the activation is not SiLU.
     """
     inner = int(config.expand * config.hidden_size)
     if inner != config.num_heads * config.head_dim:
@@ -218,6 +225,7 @@ def mamba2_mixer_kwargs_from_hf_config(config) -> dict:
     return dict(hidden_size=config.hidden_size, num_heads=config.num_heads, head_dim=config.head_dim,
                 state_size=config.state_size, num_groups=config.n_groups, chunk_size=config.chunk_size,
                 conv_kernel=config.conv_kernel, conv_bias=config.use_conv_bias, bias=config.use_bias,
-                norm_eps=config.layer_norm_epsilon, norm_groups=1, dt_min=config.time_step_min,
+                norm_eps=config.layer_norm_epsilon,
+                norm_groups=1 if norm_group_size is None else inner // norm_group_size, dt_min=config.time_step_min,
                 dt_max=config.time_step_max, dt_init_floor=config.time_step_floor,
                 dt_limit=tuple(config.time_step_limit))

@@ -1,11 +1,12 @@
 """Cheems and every baseline as one HF model: embeddings -> blocks -> final RMSNorm -> tied LM head.
 
 A block is ``h = h + mixer(mixer_norm(h)); h = h + ffn(ffn_norm(h))`` with the mixer and the FFN chosen per
-layer by ``config.layer_types`` / ``config.ffn_types`` (``"none"`` drops the FFN half). Mixers follow the layer
+layer by ``config.mixer_types`` / ``config.ffn_types`` (``"none"`` drops the FFN half). Mixers follow the layer
 contract (docs/architecture.md); the model owns positions, padding and the :class:`CheemsCache`.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -13,19 +14,34 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
+from transformers.generation.configuration_utils import GenerationMode
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from ..layers import Attention, CDMoE, DynamicMaskAttention, GatedMLP, Mamba2Mixer, MoE, RMSNorm, SSDMixer
 from ..layers.rotary import share_rotary
+from ..layers.ssd import GatedRMSNorm
+from ..ops import linear_cross_entropy
 from ..ops.common import value_checks_enabled
 from .cache import CheemsCache
 from .configuration import CheemsConfig
 
+# The name transformers gives the cache (the keyword `generate` passes to forward, the field of model outputs): it
+# renamed `past_key_values` to `cache` after 5.17. The forward methods accept both names.
+CACHE_NAME = ("cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+                      else "past_key_values")
+
+
+def given_cache(past_key_values: CheemsCache | None, cache: CheemsCache | None) -> CheemsCache | None:
+    """The cache a call passed, under either name (``cache`` or the older ``past_key_values``)."""
+    if past_key_values is not None and cache is not None and past_key_values is not cache:
+        raise ValueError("past_key_values/cache are two names of one argument: give the cache under one of them")
+    return cache if cache is not None else past_key_values
+
 
 def build_mixer(config: CheemsConfig, layer_idx: int) -> nn.Module:
-    """The sequence mixer of layer ``layer_idx`` (``config.layer_types[layer_idx]``)."""
-    kind = config.layer_types[layer_idx]
+    """The sequence mixer of layer ``layer_idx`` (``config.mixer_types[layer_idx]``)."""
+    kind = config.mixer_types[layer_idx]
     if kind == "attn":
         return Attention(config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
                          config.head_dim, rope_theta=config.rope_theta, attention_bias=config.attention_bias,
@@ -49,7 +65,7 @@ def build_mixer(config: CheemsConfig, layer_idx: int) -> nn.Module:
                            chunk_size=config.mamba2_chunk_size, conv_kernel=config.mamba2_conv_kernel,
                            conv_bias=config.mamba2_conv_bias, bias=config.mamba2_bias, norm_eps=config.rms_norm_eps,
                            norm_groups=config.mamba2_norm_groups, layer_idx=layer_idx, backend=config.ssd_backend)
-    raise ValueError(f"layer_types[{layer_idx}]={kind!r} is not allowed: one of 'attn', 'dma', 'ssd', 'mamba2'")
+    raise ValueError(f"mixer_types[{layer_idx}]={kind!r} is not allowed: one of 'attn', 'dma', 'ssd', 'mamba2'")
 
 
 def build_ffn(config: CheemsConfig, layer_idx: int) -> nn.Module | None:
@@ -71,23 +87,38 @@ def build_ffn(config: CheemsConfig, layer_idx: int) -> nn.Module | None:
     raise ValueError(f"ffn_types[{layer_idx}]={kind!r} is not allowed: one of 'cdmoe', 'moe', 'mlp', 'none'")
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor,
-                   num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy of ``logits[:, t]`` against ``labels[:, t + 1]`` (``-100`` ignored), in >= float32.
+def next_token_targets(labels: torch.Tensor | None, shift_labels: torch.Tensor | None,
+                       shape: tuple[int, int]) -> torch.Tensor:
+    """The target of each logit position, (b, l) long with ``-100`` = not scored.
 
-    logits (b, l, V), labels (b, l) -> scalar: the mean over counted tokens, or their sum divided by
-    ``num_items_in_batch`` when given (HF Trainer's gradient accumulation).
+    ``shift_labels`` (b, l) are used as given: transformers passes them, already shifted, when the sequence is
+    split across ranks (sequence/context parallelism), where a rank cannot shift its own slice. Otherwise
+    ``labels`` (b, l) shifted left by one: position ``t`` is scored against ``labels[:, t + 1]``, the last
+    position against nothing. ``shape`` is the logits' (batch, seq).
     """
-    if logits.shape[:2] != labels.shape:
-        raise ValueError(f"labels.shape={tuple(labels.shape)} is not allowed: must equal the logits' "
-                         f"(batch, seq)={tuple(logits.shape[:2])} (use logits_to_keep=0 with labels)")
+    given, name = (shift_labels, "shift_labels") if shift_labels is not None else (labels, "labels")
+    if tuple(given.shape) != tuple(shape):
+        raise ValueError(f"{name}.shape={tuple(given.shape)} is not allowed: must equal the logits' "
+                         f"(batch, seq)={tuple(shape)} (use logits_to_keep=0 with labels)")
+    if shift_labels is not None:
+        return shift_labels
+    return F.pad(labels[:, 1:], (0, 1), value=-100)
+
+
+def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor,
+                   num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of ``logits[:, t]`` against ``targets[:, t]`` (``-100`` ignored), in >= float32.
+
+    logits (b, l, V), targets (b, l) (from :func:`next_token_targets`) -> scalar: the mean over counted tokens,
+    or their sum divided by ``num_items_in_batch`` when given (HF Trainer's gradient accumulation).
+    """
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
-    shifted = logits[:, :-1].reshape(-1, logits.shape[-1])
-    targets = labels[:, 1:].reshape(-1).to(logits.device)
+    flat_logits = logits.reshape(-1, logits.shape[-1])
+    flat_targets = targets.reshape(-1).to(logits.device)
     if num_items_in_batch is None:
-        return F.cross_entropy(shifted, targets, ignore_index=-100)
-    return F.cross_entropy(shifted, targets, ignore_index=-100, reduction="sum") / num_items_in_batch
+        return F.cross_entropy(flat_logits, flat_targets, ignore_index=-100)
+    return F.cross_entropy(flat_logits, flat_targets, ignore_index=-100, reduction="sum") / num_items_in_batch
 
 
 def packed_document_ids(position_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
@@ -134,12 +165,27 @@ def ignore_document_starts(labels: torch.Tensor, seq_idx: torch.Tensor) -> torch
     return labels.masked_fill(starts, -100)
 
 
+def causal_lm_loss_from_hidden(hidden_states: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                               num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`causal_lm_loss` of the logits ``hidden_states @ weight.T`` without materialising them
+    (``wm.ops.linear_cross_entropy``).
+
+    hidden_states (b, l, d), weight (V, d), targets (b, l) (from :func:`next_token_targets`) -> scalar.
+    """
+    reduction = "mean" if num_items_in_batch is None else "sum"
+    loss = linear_cross_entropy(hidden_states.flatten(0, 1), weight, targets.to(hidden_states.device).flatten(),
+                                ignore_index=-100, reduction=reduction)
+    return loss if num_items_in_batch is None else loss / num_items_in_batch
+
+
 class CheemsBlock(GradientCheckpointingLayer):
     """Pre-norm residual block: ``h + mixer(norm(h))`` then ``h + ffn(norm(h))`` (``h * r + ...`` with
     ``config.residual_scale``, ``r`` learned per channel).
 
     ``forward(hidden_states (b, l, d), position_ids (b, l), attention_mask (b, l) | None, state dict | None,
-    seq_idx (b, l) | None)``.
+    seq_idx (b, l) | None, output_attentions=False) -> (b, l, d)``, or ``((b, l, d), weights)`` with
+    ``output_attentions``: the mixer's attention probabilities ``(b, num_attention_heads, l, keys)`` for
+    attention/DMA layers, None for SSD/Mamba2 (not with packed rows).
     """
 
     def __init__(self, config: CheemsConfig, layer_idx: int):
@@ -158,15 +204,26 @@ class CheemsBlock(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor,
                 attention_mask: torch.Tensor | None, state: dict | None,
-                seq_idx: torch.Tensor | None = None) -> torch.Tensor:
-        """(b, l, d) -> (b, l, d)."""
-        mixed = self.mixer(self.mixer_norm(hidden_states), position_ids, attention_mask, state, seq_idx=seq_idx)
-        hidden_states = (hidden_states if self.mixer_residual is None else hidden_states * self.mixer_residual) + mixed
-        if self.ffn is not None:
-            transformed = self.ffn(self.ffn_norm(hidden_states))
+                seq_idx: torch.Tensor | None = None,
+                output_attentions: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """(b, l, d) -> (b, l, d) (and the attention weights with ``output_attentions``)."""
+        normed = self.mixer_norm(hidden_states)
+        weights = None
+        if output_attentions and hasattr(self.mixer, "attention_weights"):
+            if seq_idx is not None:
+                raise ValueError("output_attentions=True is not allowed with packed rows (seq_idx, or position_ids "
+                                 "restarting at 0): the weights are computed for one document per row")
+            weights = self.mixer.attention_weights(normed, position_ids, attention_mask, state)
+        mixed = self.mixer(normed, position_ids, attention_mask, state, seq_idx=seq_idx)
+        residual = hidden_states if self.mixer_residual is None else hidden_states * self.mixer_residual
+        if self.ffn is None:
+            hidden_states = residual + mixed
+        else:
+            normed, hidden_states = self.ffn_norm(mixed, residual=residual)  # one kernel: the add and the norm
+            transformed = self.ffn(normed)
             hidden_states = (hidden_states if self.ffn_residual is None
                              else hidden_states * self.ffn_residual) + transformed
-        return hidden_states
+        return (hidden_states, weights) if output_attentions else hidden_states
 
     def aux_loss(self) -> torch.Tensor | None:
         """The load-balancing loss the FFN stored on its last forward (None when it has none)."""
@@ -181,14 +238,20 @@ class CheemsPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["CheemsBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
+    # every mixer computes attention its own way (SDPA inside); "eager" and "sdpa" are accepted, and
+    # output_attentions computes the weights eagerly whatever was chosen
+    _supports_sdpa = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Linear and token-embedding weights ~ N(0, initializer_range), zero biases, unit norm weights.
+        """Initialise every parameter ``module`` owns directly (HF calls this per module, and only for the
+        parameters a checkpoint did not provide: the ``init`` functions skip loaded ones).
 
-        Parameters particular to a layer (SSD's ``A_log``/``dt_bias``/``D``, DMA's ``A_log``, CDMoE's keys and
-        expert tables, MoE's expert weights) keep the initialisation their layer's constructor gave them.
+        Linear and token-embedding weights ~ N(0, initializer_range), zero biases, unit norm weights; the
+        parameters particular to a layer as its constructor draws them: SSD/Mamba2 ``dt_bias``/``A_log``/``D``
+        (:meth:`SSDMixer.initial_values`) and short conv (PyTorch's default), DMA ``A_log``/``A`` (zeros), CDMoE
+        sub-keys and expert tables, MoE expert weights, residual scales (ones).
         """
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
@@ -196,10 +259,20 @@ class CheemsPreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding) and module is self.get_input_embeddings():
-            # other embeddings (CDMoE's expert tables) keep their layer's own initialisation
             init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, RMSNorm):
+        elif isinstance(module, nn.Conv1d):
+            module.reset_parameters()  # torch.nn.init inside, which HF guards while it initialises
+        elif isinstance(module, (RMSNorm, GatedRMSNorm)):
             init.ones_(module.weight)
+        elif isinstance(module, SSDMixer):  # Mamba2Mixer too
+            for name, value in module.initial_values().items():
+                init.copy_(getattr(module, name), value)
+        elif isinstance(module, DynamicMaskAttention):
+            init.zeros_(module.A_log if module.mask_form == "gate" else module.A)
+        elif isinstance(module, CDMoE):
+            module.reset_private_parameters()  # sub-keys and both expert tables (torch.nn.init, guarded by HF)
+        elif isinstance(module, MoE):
+            module.reset_expert_parameters()
         elif isinstance(module, CheemsBlock):
             for scale in (module.mixer_residual, module.ffn_residual):
                 if scale is not None:
@@ -210,9 +283,14 @@ class CheemsModel(CheemsPreTrainedModel):
     """Embeddings, ``num_hidden_layers`` :class:`CheemsBlock` s and a final RMSNorm.
 
     ``forward(input_ids (b, l) | inputs_embeds (b, l, d), attention_mask (b, l) or (b, past + l),
-    position_ids (b, l), past_key_values CheemsCache, use_cache, seq_idx (b, l)) -> BaseModelOutputWithPast`` with
-    ``last_hidden_state (b, l, d)``. Packed rows (:func:`packed_document_ids`: position ids restarting at 0, or
-    an explicit ``seq_idx``) keep every document apart in every layer; they build no cache.
+    position_ids (b, l), past_key_values | cache CheemsCache, use_cache, output_attentions, output_hidden_states,
+    return_dict, seq_idx (b, l)) -> BaseModelOutputWithPast`` with ``last_hidden_state (b, l, d)``;
+    ``hidden_states``: the ``num_hidden_layers + 1`` block inputs and final output, each (b, l, d); ``attentions``:
+    per layer the attention probabilities ``(b, num_attention_heads, l, keys)`` of an attention/DMA layer (keys =
+    the cached keys, then the ``l`` new ones), None for SSD/Mamba2 layers. ``output_*`` and ``return_dict`` default
+    to the config's values; ``return_dict=False`` returns the output's non-None fields as a tuple. Packed rows
+    (:func:`packed_document_ids`: position ids restarting at 0, or an explicit ``seq_idx``) keep every document
+    apart in every layer; they build no cache.
     """
 
     def __init__(self, config: CheemsConfig):
@@ -233,9 +311,15 @@ class CheemsModel(CheemsPreTrainedModel):
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, past_key_values: CheemsCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
-                output_hidden_states: bool | None = None, return_dict: bool | None = None,
-                seq_idx: torch.LongTensor | None = None, **kwargs) -> BaseModelOutputWithPast:
+                output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, seq_idx: torch.LongTensor | None = None,
+                cache: CheemsCache | None = None, **kwargs) -> BaseModelOutputWithPast | tuple:
         """Run the blocks; see the class docstring for shapes."""
+        past_key_values = given_cache(past_key_values, cache)
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (self.config.output_hidden_states if output_hidden_states is None
+                                else output_hidden_states)
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("input_ids/inputs_embeds: give exactly one of them")
         if input_ids is not None:
@@ -289,22 +373,34 @@ class CheemsModel(CheemsPreTrainedModel):
             else:
                 position_ids = (start[:, None] + new_mask.long().cumsum(-1) - 1).masked_fill(~new_mask, 0)
         position_ids = position_ids.to(device).expand(b, l)
-        layer_mask = None if new_mask is None or bool(new_mask.all()) else new_mask
+        # Layers take a faster path without a mask, so a mask without padding is dropped; reading its values is
+        # impossible while torch.compile/torch.export trace, and then it is kept (exact either way).
+        layer_mask = new_mask
+        if new_mask is not None and value_checks_enabled() and bool(new_mask.all()):
+            layer_mask = None
 
         hidden_states = inputs_embeds
         all_hidden = [] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
         for i, block in enumerate(self.layers):
             if all_hidden is not None:
                 all_hidden.append(hidden_states)
             state = cache.layer_state(i) if cache is not None else None
-            hidden_states = block(hidden_states, position_ids, layer_mask, state, seq_idx)
+            if all_attentions is not None:
+                hidden_states, weights = block(hidden_states, position_ids, layer_mask, state, seq_idx,
+                                               output_attentions=True)
+                all_attentions.append(weights)
+            else:
+                hidden_states = block(hidden_states, position_ids, layer_mask, state, seq_idx)
         if cache is not None:
             cache.advance(new_mask, b, l, device)
         hidden_states = self.norm(hidden_states)
         if all_hidden is not None:
             all_hidden.append(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=cache if use_cache else None,
-                                       hidden_states=tuple(all_hidden) if all_hidden is not None else None)
+        output = BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_NAME: cache if use_cache else None},
+                                         hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+                                         attentions=tuple(all_attentions) if all_attentions is not None else None)
+        return output if return_dict else output.to_tuple()
 
 
 @dataclass
@@ -317,11 +413,19 @@ class CheemsCausalLMOutput(CausalLMOutputWithPast):
 class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
     """:class:`CheemsModel` + LM head (tied to the embeddings by default).
 
-    ``forward(input_ids (b, l), attention_mask, position_ids, past_key_values, labels (b, l), use_cache,
-    logits_to_keep) -> CheemsCausalLMOutput`` with ``logits (b, l', vocab)``; with ``labels``,
-    ``loss`` = shifted cross-entropy (``-100`` ignored) + the sum of the FFN layers' ``aux_loss`` (each
-    already weighted by ``balance_loss_weight``). Packed rows (see :class:`CheemsModel`): no label at a document's
-    first token is scored (it is not predicted from the previous document).
+    ``forward(input_ids (b, l), attention_mask, position_ids, past_key_values | cache, labels (b, l), use_cache,
+    output_attentions, output_hidden_states, return_dict, logits_to_keep, seq_idx, skip_logits, shift_labels (b, l))
+    -> CheemsCausalLMOutput`` with ``logits (b, l', vocab)`` (``hidden_states``/``attentions`` as
+    :class:`CheemsModel`); with ``labels`` (or ``shift_labels``, already shifted: sequence/context parallelism),
+    ``loss`` = next-token cross-entropy (``-100`` ignored, see :func:`next_token_targets`) + the sum of the
+    FFN layers' ``aux_loss`` (each already weighted by ``balance_loss_weight``). ``return_dict=False`` returns
+    the non-None fields as a tuple. Packed rows (see :class:`CheemsModel`): no label at a document's first token
+    is scored (it is not predicted from the previous document).
+
+    Assisted and prompt-lookup decoding need a cache that can roll back: only models whose layers are all
+    ``"attn"``; ``generate`` refuses them up front for the others.
+    ``skip_logits`` (default: training mode with labels and ``config.fused_loss``) computes the loss chunk by chunk
+    from the hidden states (``wm.ops.linear_cross_entropy``) and returns ``logits=None``.
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -345,37 +449,70 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
+    @property
+    def _is_stateful(self) -> bool:
+        """Whether the cache cannot roll back (some layer is not ``"attn"``); transformers <= 5.2x reads this to
+        refuse assisted decoding."""
+        return not CheemsCache.can_roll_back(self.config.mixer_types)
+
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, past_key_values: CheemsCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
-                use_cache: bool | None = None, output_hidden_states: bool | None = None,
-                return_dict: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
-                seq_idx: torch.LongTensor | None = None, **kwargs) -> CheemsCausalLMOutput:
-        """Logits (and loss with ``labels``); see the class docstring."""
+                use_cache: bool | None = None, output_attentions: bool | None = None,
+                output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                logits_to_keep: int | torch.Tensor = 0, seq_idx: torch.LongTensor | None = None,
+                cache: CheemsCache | None = None, skip_logits: bool | None = None,
+                **kwargs) -> CheemsCausalLMOutput | tuple:
+        """Logits (and loss with ``labels``); see the class docstring. ``shift_labels`` comes in ``kwargs``, as
+        transformers passes it (a named parameter with "label" in it would make the Trainer expect it in every
+        evaluation batch)."""
+        shift_labels = kwargs.get("shift_labels")
+        has_targets = labels is not None or shift_labels is not None
+        if skip_logits is None:
+            skip_logits = self.training and has_targets and self.config.fused_loss
+        if skip_logits and not has_targets:
+            raise ValueError("skip_logits=True is not allowed without labels: the logits are all there is to return")
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        past_key_values = given_cache(past_key_values, cache)
         seq_idx = packed_document_ids(position_ids, attention_mask, seq_idx,
                                       past_key_values.get_seq_length() if past_key_values is not None else 0)
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
-                             output_hidden_states=output_hidden_states, seq_idx=seq_idx)
+                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                             return_dict=True, seq_idx=seq_idx)
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
+        logits = None if skip_logits else self.lm_head(hidden_states[:, keep, :])
 
         aux_losses = [a for a in (block.aux_loss() for block in self.model.layers) if a is not None]
         aux_loss = torch.stack([a.float() for a in aux_losses]).sum() if aux_losses else None
         loss = None
-        if labels is not None:
-            if seq_idx is not None:
+        if has_targets:
+            if labels is not None and seq_idx is not None:
                 labels = ignore_document_starts(labels, seq_idx)
-            loss = causal_lm_loss(logits, labels, kwargs.get("num_items_in_batch"))
+            kept = hidden_states[:, keep, :]
+            targets = next_token_targets(labels, shift_labels, kept.shape[:2])
+            if skip_logits:
+                loss = causal_lm_loss_from_hidden(kept, self.lm_head.weight, targets, kwargs.get("num_items_in_batch"))
+            else:
+                loss = causal_lm_loss(logits, targets, kwargs.get("num_items_in_batch"))
             if aux_loss is not None:
                 loss = loss + aux_loss
-        return CheemsCausalLMOutput(loss=loss, aux_loss=aux_loss, logits=logits,
-                                    past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states)
+        output = CheemsCausalLMOutput(loss=loss, aux_loss=aux_loss, logits=logits,
+                                      **{CACHE_NAME: outputs.get(CACHE_NAME)},
+                                      hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return output if return_dict else output.to_tuple()
 
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs) -> None:
-        """``generate`` hook: a user's cache must be a :class:`CheemsCache`; otherwise create one."""
-        user_cache = model_kwargs.get("past_key_values")
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, generation_mode=None,
+                                      *args, **kwargs) -> None:
+        """``generate`` hook: refuse assisted/prompt-lookup decoding when the cache cannot roll back; a user's
+        cache must be a :class:`CheemsCache`; otherwise create one (under the name ``generate`` passes on)."""
+        if generation_mode == GenerationMode.ASSISTED_GENERATION and self._is_stateful:
+            kinds = sorted(set(self.config.mixer_types) - {"attn"})
+            raise ValueError(f"generation_mode={generation_mode.value!r} is not allowed for this model: assisted and "
+                             "prompt-lookup decoding roll the cache back after a rejected draft token, which only "
+                             f"attention layers can do (this model has {kinds} layers)")
+        user_cache = model_kwargs.get("cache", model_kwargs.get("past_key_values"))
         if user_cache is not None:
             if not isinstance(user_cache, CheemsCache):
                 raise ValueError(f"past_key_values={type(user_cache).__name__} is not allowed: a CheemsCache")
@@ -387,4 +524,4 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         if impl not in (None, "dynamic"):
             raise ValueError(f"cache_implementation={impl!r} is not allowed: Cheems models use their own "
                              "CheemsCache (leave it None)")
-        model_kwargs["past_key_values"] = CheemsCache(self.config)
+        model_kwargs[CACHE_NAME] = CheemsCache(self.config)

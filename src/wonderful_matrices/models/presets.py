@@ -16,7 +16,9 @@ roughly parameter-matched; docs/architecture.md has the table (``parameter_count
 """
 from __future__ import annotations
 
-from .configuration import CheemsConfig, default_layer_types
+import difflib
+
+from .configuration import CheemsConfig, config_field_names, default_layer_types
 
 FAMILIES = ("cheems", "doge", "llama", "mamba2", "jamba")
 SIZES = ("tiny", "small", "base")
@@ -68,16 +70,16 @@ _FAMILY = {
 
 
 def _layout(family: str, num_layers: int) -> dict:
-    """``layer_types`` / ``ffn_types`` of a family at a depth."""
+    """``mixer_types`` / ``ffn_types`` of a family at a depth."""
     if family == "cheems":
-        return dict(layer_types=default_layer_types(num_layers, 8, "dma", "ssd"), ffn_types=["cdmoe"] * num_layers)
+        return dict(mixer_types=default_layer_types(num_layers, 8, "dma", "ssd"), ffn_types=["cdmoe"] * num_layers)
     if family == "doge":
-        return dict(layer_types=["dma"] * num_layers, ffn_types=["cdmoe"] * num_layers)
+        return dict(mixer_types=["dma"] * num_layers, ffn_types=["cdmoe"] * num_layers)
     if family == "llama":
-        return dict(layer_types=["attn"] * num_layers, ffn_types=["mlp"] * num_layers)
+        return dict(mixer_types=["attn"] * num_layers, ffn_types=["mlp"] * num_layers)
     if family == "mamba2":
-        return dict(layer_types=["mamba2"] * num_layers, ffn_types=["none"] * num_layers)
-    return dict(layer_types=default_layer_types(num_layers, 8, "attn", "mamba2"),
+        return dict(mixer_types=["mamba2"] * num_layers, ffn_types=["none"] * num_layers)
+    return dict(mixer_types=default_layer_types(num_layers, 8, "attn", "mamba2"),
                 ffn_types=["moe" if i % 2 == 1 else "mlp" for i in range(num_layers)])
 
 
@@ -87,13 +89,22 @@ def names() -> list[str]:
 
 
 def get(name: str, **overrides) -> CheemsConfig:
-    """The :class:`CheemsConfig` of preset ``name``; ``overrides`` replace any config field."""
+    """The :class:`CheemsConfig` of preset ``name``; ``overrides`` replace any config field (another keyword
+    raises ``ValueError`` naming it and the closest field)."""
     if name not in names():
         raise ValueError(f"name={name!r} is not allowed: one of {names()}")
+    unknown = sorted(set(overrides) - config_field_names())
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], config_field_names(), n=1)
+        raise ValueError(f"{unknown[0]}={overrides[unknown[0]]!r} is not allowed: not a CheemsConfig field"
+                         + (f" (did you mean {close[0]!r}?)" if close else ""))
     family, size = name.split("-")
     kwargs = dict(_COMMON[size])
     kwargs.update(_FAMILY[family][size])
     kwargs.update(_layout(family, kwargs["num_hidden_layers"]))
+    if "layer_types" in overrides:  # the alias of mixer_types replaces the preset's layout too
+        overrides = dict(overrides)
+        overrides["mixer_types"] = overrides.pop("layer_types")
     kwargs.update(overrides)
     return CheemsConfig(**kwargs)
 

@@ -5,6 +5,9 @@ the public function and its ``backend`` dispatch."""
 from .dma import dynamic_mask_attention
 from .expert_mixture import expert_mixture
 from .product_key import product_key_topk
+from .linear_cross_entropy import linear_cross_entropy
+from .rms_norm import gated_rms_norm, rms_norm
 from .ssd import ssd, ssd_step
 
-__all__ = ["dynamic_mask_attention", "expert_mixture", "product_key_topk", "ssd", "ssd_step"]
+__all__ = ["dynamic_mask_attention", "expert_mixture", "gated_rms_norm", "linear_cross_entropy", "product_key_topk",
+           "rms_norm", "ssd", "ssd_step"]

@@ -1,14 +1,17 @@
 """Crash-safe checkpoints of a training run.
 
 A checkpoint is a folder ``<run>/checkpoint-<step>`` holding the model in HF format (``config.json`` +
-safetensors weights, loadable by ``from_pretrained``), ``trainer_state.pt`` (optimizer, scheduler and RNG
+safetensors weights, loadable by ``from_pretrained``), the tokenizer (``AutoTokenizer.from_pretrained`` and
+``pipeline`` work on the folder alone, wherever it is moved), ``trainer_state.pt`` (optimizer, scheduler and RNG
 tensors; only tensors, numbers and strings, read back with ``torch.load(weights_only=True)``) and, written
 last, ``checkpoint.json``: the step, run facts and the size and SHA-256 of every file.
 
-Saving writes everything into a hidden temp folder, fsyncs it, then renames it to ``checkpoint-<step>``
-in one atomic step, then atomically rewrites the ``latest`` pointer file and deletes checkpoints beyond
-the newest ``keep_last``. A process killed at any moment leaves either the old set of checkpoints or the
-new one, plus at most a temp folder that is ignored and removed by the next save. Loading takes the
+Saving first deletes old checkpoints down to the newest ``keep_last - 1`` (at least one, so there is always a
+complete checkpoint to return to: disk space is freed before it is needed), writes everything into a hidden
+temp folder, fsyncs it, then renames it to ``checkpoint-<step>`` in one atomic step, then atomically rewrites
+the ``latest`` pointer file and deletes checkpoints beyond the newest ``keep_last``. A process killed at any
+moment leaves complete checkpoints only, plus at most a temp folder that is ignored and removed by the next
+save; a save that fails (a full disk) removes its temp folder before raising. Loading takes the
 newest checkpoint whose manifest matches its files; a damaged one is reported and skipped.
 """
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -90,11 +94,12 @@ def verify_checkpoint(folder: Path) -> dict:
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model, model_state: dict, trainer_state: dict,
-                    meta: dict, keep_last: int = 2) -> Path:
+                    meta: dict, keep_last: int = 2, tokenizer=None) -> Path:
     """Write ``checkpoint-<step>`` atomically and prune old ones; returns its folder.
 
     ``model`` is the HF model (for ``save_pretrained``), ``model_state`` its full state dict,
-    ``trainer_state`` tensors/numbers to ``torch.save``, ``meta`` JSON facts stored in the manifest.
+    ``trainer_state`` tensors/numbers to ``torch.save``, ``meta`` JSON facts stored in the manifest,
+    ``tokenizer`` (optional) an HF tokenizer saved beside the model.
     An existing complete checkpoint of the same step is kept as is (a resumed run reaches the same state).
     """
     if keep_last < 1:
@@ -110,14 +115,22 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, model_state: d
             return final
         except CorruptCheckpoint:
             _discard(final)
+    for _, old in list_checkpoints(run_dir)[:-max(keep_last - 1, 1)]:
+        _discard(old)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-checkpoint-{step}-", dir=run_dir))
-    model.save_pretrained(tmp, state_dict=model_state)
-    torch.save(trainer_state, tmp / TRAINER_STATE)
-    files = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
-             for p in sorted(tmp.rglob("*")) if p.is_file()}
-    (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files, "meta": meta}, indent=1))
-    _fsync_tree(tmp)
-    os.rename(tmp, final)
+    try:
+        model.save_pretrained(tmp, state_dict=model_state)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        torch.save(trainer_state, tmp / TRAINER_STATE)
+        files = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+                 for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files, "meta": meta}, indent=1))
+        _fsync_tree(tmp)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _fsync_dir(run_dir)
     _point_latest_and_prune(run_dir, final, keep_last)
     return final
@@ -158,8 +171,16 @@ def latest_checkpoint(run_dir: str | os.PathLike, warn: Callable[[str], None] = 
 
 
 def load_trainer_state(folder: Path) -> dict:
-    """``trainer_state.pt`` of a verified checkpoint (tensors only; no pickle of arbitrary objects)."""
-    return torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=True)
+    """``trainer_state.pt`` of a verified checkpoint (tensors only; no pickle of arbitrary objects).
+
+    Raises ``UserError`` when the file holds anything else (``torch.load(weights_only=True)`` refuses it).
+    """
+    try:
+        return torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{folder / TRAINER_STATE} holds objects other than tensors, numbers and strings "
+                        f"({str(e).splitlines()[0][:120]}); refusing to unpickle it: resume from another "
+                        "checkpoint or pass another --out") from None
 
 
 def load_model(folder: Path, device: torch.device | str = "cpu"):

@@ -79,6 +79,9 @@ def dynamic_mask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
             "None or a finite number > 0")
     if seq_idx is not None:
         _check_seq_idx(seq_idx, b, lq, lk, causal, q.device)
+    if value_checks_enabled():  # one device synchronisation; skipped inside trusted_values()
+        require(not (bias.isnan() | (bias == math.inf)).any().item(), "bias",
+                f"tensor of shape {shape_of(bias)} with NaN or +inf entries", "finite values or -inf (padding)")
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(d)
     name = resolve_backend(backend, BACKENDS, q.device, ("triton", "torch"))
     if name == "naive":

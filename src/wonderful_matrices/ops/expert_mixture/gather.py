@@ -20,8 +20,8 @@ Two implementations of the three kernels (``row_dots``, ``row_sum``, ``table_gra
   gradients by ``index_add_`` into a float32 buffer (one rounding to the table dtype at the end).
 
 Neither ever builds a ``(T, N)`` tensor, nor a ``(T, M, d)`` one beyond a bounded chunk. ``s``, ``coef`` and
-their gradients are float32 for half-precision tables. The Triton backend (``row_kernels.py``) reuses
-:class:`RowDots`, :class:`RowSum` and :func:`mixture` with its own kernels.
+their gradients are float32 for half-precision tables. The Triton backend (``row_kernels.py``) has its own
+mixture Function (the activation fused into its kernels) and reuses :class:`RowSum` for the PKM read.
 """
 from __future__ import annotations
 
@@ -169,7 +169,7 @@ def mixture(x: torch.Tensor, ids: torch.Tensor, gates: torch.Tensor, down: torch
     xf = x.reshape(-1, d).contiguous()
     T = xf.shape[0]
     idsf = ids.reshape(T, ids.shape[-2] * ids.shape[-1]).contiguous()
-    cache: dict = {}  # shared by both primitives' backward (the Triton kernels keep their sort by expert here)
+    cache: dict = {}  # shared by both primitives' backward (kernels may keep work for the second one here)
     s = RowDots.apply(xf, idsf, down, kernels, cache)  # (T, M) compute dtype
     compute = compute_dtype(up)
     coef = gates.reshape(idsf.shape).to(compute) * ACTIVATIONS[activation](s.to(compute))

@@ -1,27 +1,40 @@
 """Expert mixture with Triton kernels (GPU; also CPU under ``TRITON_INTERPRET=1``).
 
-The mixture ``y[t] = Σ_j gate[t,j]·act(down[e]·x[t])·up[e]`` (``e = ids[t,j]``, ``M = H·k`` selections per
-token) is assembled exactly as in the torch backend (``gather.py``: the autograd Functions ``RowDots`` and
-``RowSum``, with ``coef = gate·act(s)`` in plain autograd between them); this module supplies their three
-kernels. Every kernel reads the selected table rows by id straight from the ``(N, d)`` table, multiplies in
-float32 and writes its output once; no ``(T, N)`` or ``(T, M, d)`` tensor exists.
+The mixture ``y[t] = Σ_j gate[t,j]·act(s[t,j])·up[e]`` with ``s[t,j] = down[e]·x[t]`` (``e = ids[t,j]``,
+``M = H·k`` selections per token) is one autograd Function, :class:`Mixture`, of five launches (plus the sort by
+expert); every launch reads the selected table rows by id straight from the ``(N, d)`` table, multiplies in
+float32 and writes its output once. No ``(T, N)`` or ``(T, M, d)`` tensor exists, and no float32 copy of a table.
 
-* ``row_dots``  ``s[t,j] = table[ids[t,j]]·vec[t]``: one program per token and block of ``BLOCK_M``
-  selections; loops over ``d`` in ``BLOCK_D`` columns. Forward (``x``, ``down``) and the gate gradient
-  (``grad_y``, ``up``).
-* ``row_sum``   ``y[t] = Σ_j w[t,j]·table[ids[t,j]]``: one program per token and block of ``BLOCK_D`` columns;
-  loops over the ``M`` selections. Forward (``coef``, ``up``) and ``grad_x`` (``grad_s``, ``down``).
-* ``table_grad`` ``G[e] = Σ_{ids[t,j]=e} w[t,j]·vec[t]`` (``grad_down`` from ``grad_s, x``; ``grad_up`` from
-  ``coef, grad_y``): the ``T·M`` selections are sorted by expert once per call (``torch.sort``, stable, shared by
-  both table gradients), ``starts[e]`` marks each expert's segment. One program owns a tile of ``BLOCK_E``
-  consecutive experts × ``BLOCK_D`` columns and walks the segments rank by rank (``r = 0 .. max count in the
-  tile − 1``), each step gathering one ``vec`` row per expert of the tile: a segmented reduction in float32
-  registers, every gradient row written exactly once (zero for unselected experts), no atomics, deterministic.
-  With many experts (2^20: about one selection each) a tile takes a few steps and writes the gradient directly.
-  With few experts (1024: ~1000 selections each) the ranks are split over ``SPLIT`` programs per tile (about
-  ``RANKS_PER_PROGRAM`` ranks each) that write float32 partial sums, added by one ``sum`` (a small buffer:
-  ``SPLIT·N·d``). A single very hot expert still makes its own tile longer than the rest (load imbalance,
-  correct).
+Forward (two launches):
+
+* ``row_dots`` with the forward epilogue: ``s = down[e]·x[t]`` and ``coef = gate·act(s)`` (both ``(T, M)``
+  float32, kept for the backward): reads each selected ``down`` row once.
+* ``row_sum``: ``y[t] = Σ_j coef[t,j]·up[e]``: reads each selected ``up`` row once.
+
+Backward (three launches): with ``grad_coef = grad_y[t]·up[e]``,
+
+* ``row_dots`` with the backward epilogue: ``grad_s = grad_coef·gate·act'(s)`` and
+  ``grad_gate = grad_coef·act(s)``: reads each selected ``up`` row once;
+* ``row_sum``: ``grad_x[t] = Σ_j grad_s[t,j]·down[e]``: reads each selected ``down`` row once;
+* ``table_grad`` twice, ``grad_down[e] = Σ grad_s·x[t]`` and ``grad_up[e] = Σ coef·grad_y[t]`` over the
+  selections of expert ``e``: reads activation rows (``x``, ``grad_y``), not table rows.
+
+So each pass reads each selected table row once; the activations ``(T, d)`` a table gradient gathers are small
+next to the tables.
+
+``table_grad`` ``G[e] = Σ_{ids[t,j]=e} w[t,j]·vec[t]``: the ``T·M`` selections are sorted by expert once per
+backward (``torch.sort`` of the ids, stable, shared by both table gradients) and cut into tiles of
+``BLOCK_E = 16`` consecutive experts; ``bounds[i]`` is the first sorted selection of tile ``i``. A program owns
+one tile × ``BLOCK_D`` columns and walks the tile's selections ``BLOCK_R`` at a time: it gathers their ``vec``
+rows ``(BLOCK_R, BLOCK_D)`` and adds ``A @ rows`` with ``A[e, r] = w[r]`` where selection ``r`` is expert ``e``
+of the tile, else 0 (a one-hot matrix product on the tensor cores, the segmented sum of the tile's experts).
+Every gradient row is written exactly once (zero for unselected experts): no atomics, deterministic. For bf16
+rows ``A`` is split into two bf16 terms (``hi + lo``, together exact to ~2^-16 of ``w``); float32 and fp16 rows
+multiply in ``tf32x3`` (float32 accuracy). With many experts (2^20: about one selection each) a tile takes one
+or two steps. With few experts (1024: ~1000 selections each) the steps of a tile are split over ``SPLIT``
+programs (about ``STEPS_PER_PROGRAM`` steps each) that write float32 partial sums, added by one ``sum`` (a small
+buffer, ``SPLIT·N·d``). A single very hot expert still makes its own tile longer than the rest (load imbalance,
+correct).
 
 Launch settings are autotuned on the GPU (a single configuration under the interpreter, small blocks, so tests
 exercise the masked tails). Outputs are NaN-poisoned under the interpreter, so an unwritten element fails tests.
@@ -33,11 +46,15 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import interpreting, poisoned_empty
-from .gather import RowSum, mixture
+from .gather import RowSum
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-RANKS_PER_PROGRAM = 32  # table_grad: selections of one expert a program walks before the ranks are split
-PARTIAL_BUDGET = 1 << 26  # table_grad: float32 elements of partial sums when the ranks are split (256 MiB)
+ACTIVATION_CODES = {"silu": 0, "gelu": 1, "relu": 2}  # the ACT constexpr of the kernels
+DOTS, FORWARD, BACKWARD = 0, 1, 2  # the EPILOGUE constexpr of ``_row_dots_kernel``
+BLOCK_E = 16  # table_grad: experts per tile (the M side of the one-hot product; 16 is tl.dot's smallest)
+BLOCK_R = 16 if interpreting() else 32  # table_grad: sorted selections per step (the K side of the product)
+STEPS_PER_PROGRAM = 16  # table_grad: steps of one tile a program takes before the steps are split
+PARTIAL_BUDGET = 1 << 26  # table_grad: float32 elements of partial sums when the steps are split (256 MiB)
 
 
 def _configs(gpu: list[tuple[int, int, int]], interpreted: tuple[int, int], names: tuple[str, str]):
@@ -47,26 +64,42 @@ def _configs(gpu: list[tuple[int, int, int]], interpreted: tuple[int, int], name
     return [triton.Config({names[0]: a, names[1]: b}, num_warps=w) for a, b, w in gpu]
 
 
-# Reductions go through ``tl.reduce`` with combine functions of this module rather than ``tl.sum``/``tl.max``:
-# those are jit functions of triton's standard library, created in compiled mode when triton was imported before
-# TRITON_INTERPRET=1 was set (as in a test session), which the interpreter cannot call.
+# Reductions go through ``tl.reduce`` with combine functions of this module rather than ``tl.sum``, and the
+# sigmoid is written out: ``tl.sum``/``tl.sigmoid`` are jit functions of triton's standard library, created in
+# compiled mode when triton was imported before TRITON_INTERPRET=1 was set (as in a test session), which the
+# interpreter cannot call.
 @triton.jit
 def _add(a, b):
     return a + b
 
 
 @triton.jit
-def _maximum(a, b):
-    return tl.maximum(a, b)
+def _activation(s, ACT: tl.constexpr):
+    """``(act(s), act'(s))`` in float32 for ACT 0 silu, 1 gelu (erf form, as ``F.gelu``), 2 relu."""
+    if ACT == 0:
+        sig = 1.0 / (1.0 + tl.exp(-s))
+        value = s * sig
+        slope = sig * (1.0 + s * (1.0 - sig))
+    elif ACT == 1:
+        cdf = 0.5 * (1.0 + tl.math.erf(s * 0.7071067811865476))
+        value = s * cdf
+        slope = cdf + s * tl.exp(-0.5 * s * s) * 0.3989422804014327
+    else:
+        value = tl.maximum(s, 0.0)
+        slope = tl.where(s > 0.0, 1.0, 0.0)
+    return value, slope
 
 
 @triton.autotune(
     configs=_configs([(16, 256, 4), (32, 128, 4), (16, 512, 8), (8, 1024, 8)], (4, 16), ("BLOCK_M", "BLOCK_D")),
-    key=["M", "D"])
+    key=["M", "D", "EPILOGUE"])
 @triton.jit
-def _row_dots_kernel(vec_ptr, table_ptr, ids_ptr, out_ptr, M, D,
-                     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """out[t, m] = table[ids[t, m]] · vec[t]  (float32); grid (T, cdiv(M, BLOCK_M))."""
+def _row_dots_kernel(vec_ptr, table_ptr, ids_ptr, gate_ptr, s_ptr, out_ptr, aux_ptr, M, D,
+                     EPILOGUE: tl.constexpr, ACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """``dot[t, m] = table[ids[t, m]] · vec[t]`` (float32), then by EPILOGUE: DOTS ``out = dot``; FORWARD
+    ``out = dot`` (= s), ``aux = gate·act(dot)`` (= coef); BACKWARD (``dot`` = grad_coef, ``s`` loaded)
+    ``out = dot·gate·act'(s)`` (= grad_s), ``aux = dot·act(s)`` (= grad_gate, in aux's dtype).
+    grid (T, cdiv(M, BLOCK_M)); every (T, M) operand is contiguous."""
     t = tl.program_id(0).to(tl.int64)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
@@ -79,7 +112,21 @@ def _row_dots_kernel(vec_ptr, table_ptr, ids_ptr, out_ptr, M, D,
         rows = tl.load(table_ptr + e[:, None] * D + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :],
                        other=0.0).to(tl.float32)
         acc += rows * v[None, :]
-    tl.store(out_ptr + t * M + offs_m, tl.reduce(acc, 1, _add), mask=mask_m)
+    dot = tl.reduce(acc, 1, _add)
+    at = t * M + offs_m
+    if EPILOGUE == 0:  # DOTS
+        tl.store(out_ptr + at, dot, mask=mask_m)
+    elif EPILOGUE == 1:  # FORWARD
+        gate = tl.load(gate_ptr + at, mask=mask_m, other=0.0).to(tl.float32)
+        value, _ = _activation(dot, ACT)
+        tl.store(out_ptr + at, dot, mask=mask_m)
+        tl.store(aux_ptr + at, gate * value, mask=mask_m)
+    else:
+        gate = tl.load(gate_ptr + at, mask=mask_m, other=0.0).to(tl.float32)
+        s = tl.load(s_ptr + at, mask=mask_m, other=0.0)
+        value, slope = _activation(s, ACT)
+        tl.store(out_ptr + at, dot * gate * slope, mask=mask_m)
+        tl.store(aux_ptr + at, (dot * value).to(aux_ptr.dtype.element_ty), mask=mask_m)
 
 
 @triton.autotune(
@@ -106,95 +153,162 @@ def _row_sum_kernel(w_ptr, table_ptr, ids_ptr, out_ptr, M, D,
 
 
 @triton.autotune(
-    # BLOCK_E = 32 is left out: triton 3.6 (the GPU host's) fails to lower this kernel with it (PassManager error)
-    configs=_configs([(16, 256, 4), (16, 128, 4), (8, 512, 4), (16, 512, 8)], (4, 16), ("BLOCK_E", "BLOCK_D")),
+    configs=[triton.Config({"BLOCK_D": 16}, num_warps=1)] if interpreting() else
+    [triton.Config({"BLOCK_D": b}, num_warps=w) for b, w in ((128, 4), (256, 4), (256, 8), (512, 8))],
     key=["N", "D", "SPLIT"])
 @triton.jit
-def _table_grad_kernel(starts_ptr, order_ptr, w_ptr, vec_ptr, out_ptr, N, M, D, SPLIT,
-                       BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr):
-    """out[s, e, :] = Σ_{r ≡ s (mod SPLIT)} w[p_r] · vec[p_r // M, :] over expert e's sorted positions
-    ``p_r = order[starts[e] + r]``; grid (cdiv(N, BLOCK_E), cdiv(D, BLOCK_D), SPLIT). With SPLIT = 1, ``out`` is
-    the gradient itself (table dtype); otherwise a float32 (SPLIT, N, D) buffer of partial sums."""
-    offs_e = tl.program_id(0).to(tl.int64) * BLOCK_E + tl.arange(0, BLOCK_E)
-    mask_e = offs_e < N
+def _table_grad_kernel(bounds_ptr, sorted_ptr, order_ptr, w_ptr, vec_ptr, out_ptr, N, M, D, SPLIT,
+                       BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, HI_LO: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out[s, e, :] = Σ w[p] · vec[p // M, :] over the sorted selections ``p = order[r]`` of expert e (those with
+    ``sorted[r] = e``) in steps ``i ≡ s (mod SPLIT)`` of BLOCK_R; grid (cdiv(N, BLOCK_E), cdiv(D, BLOCK_D),
+    SPLIT). With SPLIT = 1, ``out`` is the gradient itself (table dtype); otherwise a float32 (SPLIT, N, D) buffer
+    of partial sums. HI_LO: bf16 ``vec`` (``w`` as two bf16 terms), else the product runs in tf32x3."""
+    tile = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
     split = tl.program_id(2)
-    begin = tl.load(starts_ptr + offs_e, mask=mask_e, other=0)
-    count = tl.load(starts_ptr + offs_e + 1, mask=mask_e, other=0) - begin
-    count = tl.where(mask_e, count, 0)
+    first = tile.to(tl.int64) * BLOCK_E
+    offs_e = first + tl.arange(0, BLOCK_E)
+    begin = tl.load(bounds_ptr + tile)
+    end = tl.load(bounds_ptr + tile + 1)
     acc = tl.full([BLOCK_E, BLOCK_D], 0.0, tl.float32)
-    for r in range(split, tl.reduce(count, 0, _maximum), SPLIT):
-        live = r < count
-        pos = tl.load(order_ptr + begin + r, mask=live, other=0).to(tl.int64)
+    for r0 in range(begin + split * BLOCK_R, end, SPLIT * BLOCK_R):
+        offs_r = r0 + tl.arange(0, BLOCK_R)
+        live = offs_r < end
+        expert = tl.load(sorted_ptr + offs_r, mask=live, other=-1).to(tl.int64)
+        pos = tl.load(order_ptr + offs_r, mask=live, other=0)
         w = tl.load(w_ptr + pos, mask=live, other=0.0).to(tl.float32)
         rows = tl.load(vec_ptr + (pos // M)[:, None] * D + offs_d[None, :], mask=live[:, None] & mask_d[None, :],
-                       other=0.0).to(tl.float32)
-        acc += w[:, None] * rows
+                       other=0.0)
+        a = tl.where(offs_e[:, None] == expert[None, :], w[None, :], 0.0)  # (BLOCK_E, BLOCK_R) one-hot weights
+        if HI_LO:
+            hi = a.to(tl.bfloat16)
+            lo = (a - hi.to(tl.float32)).to(tl.bfloat16)
+            acc = tl.dot(hi, rows, acc)
+            acc = tl.dot(lo, rows, acc)
+        else:
+            acc = tl.dot(a, rows.to(tl.float32), acc, input_precision="tf32x3")
     out = out_ptr + split.to(tl.int64) * N * D + offs_e[:, None] * D + offs_d[None, :]
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_e[:, None] & mask_d[None, :])
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(offs_e < N)[:, None] & mask_d[None, :])
 
 
-def rank_split(selections: int, num_experts: int, d: int) -> int:
-    """Programs sharing one tile of experts in ``table_grad``: about ``RANKS_PER_PROGRAM`` selections per expert
-    each (1 when experts are many and selections per expert few), at most 64 and at most ``PARTIAL_BUDGET``
-    float32 elements of partial sums."""
-    split = selections // (num_experts * RANKS_PER_PROGRAM)
+def step_split(selections: int, num_experts: int, d: int) -> int:
+    """Programs sharing one tile of experts in ``table_grad``: about ``STEPS_PER_PROGRAM`` steps of ``BLOCK_R``
+    selections each (1 when experts are many and selections per tile few), at most 64 and at most
+    ``PARTIAL_BUDGET`` float32 elements of partial sums."""
+    tiles = triton.cdiv(num_experts, BLOCK_E)
+    split = selections // (tiles * BLOCK_R * STEPS_PER_PROGRAM)
     return int(max(1, min(64, split, PARTIAL_BUDGET // max(num_experts * d, 1))))
 
 
-def sort_by_expert(ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids (T, M) -> order (T·M,) flat positions sorted by expert (stable) and starts (N + 1,) segment bounds."""
-    sorted_ids, order = torch.sort(ids.reshape(-1), stable=True)
-    starts = torch.searchsorted(sorted_ids, torch.arange(num_experts + 1, device=ids.device, dtype=sorted_ids.dtype))
-    return order.contiguous(), starts.contiguous()
+def sort_by_expert(ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ids (T, M) -> sorted ids (T·M,), order (T·M,) flat positions sorted by expert (stable) and bounds
+    (cdiv(N, BLOCK_E) + 1,): the first sorted position of each tile of ``BLOCK_E`` experts, then ``T·M``."""
+    key = ids.reshape(-1)
+    key = key.int() if num_experts < 2 ** 31 else key  # 32-bit keys sort faster
+    sorted_ids, order = torch.sort(key, stable=True)
+    firsts = torch.arange(0, triton.cdiv(num_experts, BLOCK_E) + 1, device=ids.device, dtype=key.dtype) * BLOCK_E
+    return sorted_ids, order, torch.searchsorted(sorted_ids, firsts)
+
+
+def row_dots(vec: torch.Tensor, table: torch.Tensor, ids: torch.Tensor, epilogue: int = DOTS, act: int = 0,
+             gates: torch.Tensor | None = None, s: torch.Tensor | None = None
+             ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """``dot = table[ids]·vec``: vec (T, d), table (N, d), ids (T, M), gates/s (T, M) contiguous. DOTS: dot
+    (T, M) float32; FORWARD: (s, coef) float32; BACKWARD (vec = grad_y, s given): (grad_s float32, grad_gates
+    in the gates dtype)."""
+    T, M = ids.shape
+    out = poisoned_empty(T, M, dtype=torch.float32, device=table.device)
+    aux = out if epilogue == DOTS else poisoned_empty(T, M, dtype=torch.float32 if epilogue == FORWARD else gates.dtype,
+                                                      device=table.device)
+    if T:
+        grid = lambda meta: (T, triton.cdiv(M, meta["BLOCK_M"]))  # noqa: E731
+        _row_dots_kernel[grid](vec, table, ids, out if gates is None else gates, out if s is None else s, out, aux,
+                               M, table.shape[1], EPILOGUE=epilogue, ACT=act)
+    return out if epilogue == DOTS else (out, aux)
+
+
+def row_sum(w: torch.Tensor, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """w (T, M), table (N, d), ids (T, M) contiguous -> (T, d) in the table dtype."""
+    T, M = ids.shape
+    D = table.shape[1]
+    out = poisoned_empty(T, D, dtype=table.dtype, device=table.device)
+    if T:
+        grid = lambda meta: (T, triton.cdiv(D, meta["BLOCK_D"]))  # noqa: E731
+        _row_sum_kernel[grid](w, table, ids, out, M, D)
+    return out
+
+
+def table_grad(w: torch.Tensor, vec: torch.Tensor, M: int, table: torch.Tensor, by_expert) -> torch.Tensor:
+    """``G[e] = Σ_{ids[t,j]=e} w[t,j]·vec[t]``: w (T, M) and vec (T, d) contiguous, ``by_expert`` from
+    :func:`sort_by_expert` -> (N, d) in the table dtype."""
+    N, D = table.shape
+    sorted_ids, order, bounds = by_expert
+    split = step_split(order.numel(), N, D)
+    out = (poisoned_empty(N, D, dtype=table.dtype, device=table.device) if split == 1
+           else poisoned_empty(split, N, D, dtype=torch.float32, device=table.device))
+    grid = lambda meta: (triton.cdiv(N, BLOCK_E), triton.cdiv(D, meta["BLOCK_D"]), split)  # noqa: E731
+    _table_grad_kernel[grid](bounds, sorted_ids, order, w, vec, out, N, M, D, split, BLOCK_E=BLOCK_E,
+                             BLOCK_R=BLOCK_R, HI_LO=vec.dtype == torch.bfloat16)
+    return out if split == 1 else out.sum(0).to(table.dtype)
+
+
+class Mixture(torch.autograd.Function):
+    """The mixture as five launches (see the module docstring): x (T, d), ids (T, M) int64, gates (T, M), down/up
+    (N, d), all contiguous, act an ``ACTIVATION_CODES`` value -> y (T, d) in the dtype of x."""
+
+    @staticmethod
+    def forward(ctx, x, ids, gates, down, up, act):
+        s, coef = row_dots(x, down, ids, FORWARD, act, gates=gates)
+        ctx.save_for_backward(x, ids, gates, down, up, s, coef)
+        ctx.act = act
+        return row_sum(coef, up, ids).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, ids, gates, down, up, s, coef = ctx.saved_tensors
+        grad_y = grad_y.to(x.dtype).contiguous()
+        grad_s, grad_gates = row_dots(grad_y, up, ids, BACKWARD, ctx.act, gates=gates, s=s)
+        need_x, _, need_gates, need_down, need_up, _ = ctx.needs_input_grad
+        grad_x = row_sum(grad_s, down, ids).to(x.dtype) if need_x else None
+        by_expert = sort_by_expert(ids, down.shape[0]) if need_down or need_up else None
+        grad_down = table_grad(grad_s, x, ids.shape[1], down, by_expert) if need_down else None
+        grad_up = table_grad(coef, grad_y, ids.shape[1], up, by_expert) if need_up else None
+        return grad_x, None, grad_gates if need_gates else None, grad_down, grad_up, None
 
 
 class TritonKernels:
-    """``row_dots``, ``row_sum`` and ``table_grad`` (the interface of ``torch.BagKernels``) as Triton launches."""
+    """``row_dots``, ``row_sum`` and ``table_grad`` (the interface of ``gather.BagKernels``) as Triton launches,
+    for the PKM read (``gather.RowSum``)."""
 
     @staticmethod
     def row_dots(vec: torch.Tensor, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """vec (T, d), table (N, d), ids (T, M) -> (T, M) float32."""
-        T, M = ids.shape
-        out = poisoned_empty(T, M, dtype=torch.float32, device=table.device)
-        if T:
-            grid = lambda meta: (T, triton.cdiv(M, meta["BLOCK_M"]))  # noqa: E731
-            _row_dots_kernel[grid](vec.contiguous(), table, ids, out, M, table.shape[1])
-        return out
+        return row_dots(vec.contiguous(), table, ids)
 
     @staticmethod
     def row_sum(w: torch.Tensor, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """w (T, M), table (N, d), ids (T, M) -> (T, d) in the table dtype."""
-        T, M = ids.shape
-        D = table.shape[1]
-        out = poisoned_empty(T, D, dtype=table.dtype, device=table.device)
-        if T:
-            grid = lambda meta: (T, triton.cdiv(D, meta["BLOCK_D"]))  # noqa: E731
-            _row_sum_kernel[grid](w.contiguous(), table, ids, out, M, D)
-        return out
+        return row_sum(w.contiguous(), table, ids)
 
     @staticmethod
     def table_grad(w: torch.Tensor, vec: torch.Tensor, ids: torch.Tensor, table: torch.Tensor,
                    cache: dict) -> torch.Tensor:
         """G[e] = Σ_{ids[t,j]=e} w[t,j]·vec[t]: (N, d) in the table dtype; the sort by expert is kept in ``cache``."""
-        N, D = table.shape
-        M = ids.shape[1]
         if "sorted" not in cache:
-            cache["sorted"] = sort_by_expert(ids, N)
-        order, starts = cache["sorted"]
-        split = rank_split(order.numel(), N, D)
-        out = (poisoned_empty(N, D, dtype=table.dtype, device=table.device) if split == 1
-               else poisoned_empty(split, N, D, dtype=torch.float32, device=table.device))
-        grid = lambda meta: (triton.cdiv(N, meta["BLOCK_E"]), triton.cdiv(D, meta["BLOCK_D"]), split)  # noqa: E731
-        _table_grad_kernel[grid](starts, order, w.contiguous(), vec.contiguous(), out, N, M, D, split)
-        return out if split == 1 else out.sum(0).to(table.dtype)
+            cache["sorted"] = sort_by_expert(ids, table.shape[0])
+        return table_grad(w.contiguous(), vec.contiguous(), ids.shape[1], table, cache["sorted"])
 
 
 def expert_mixture(x: torch.Tensor, ids: torch.Tensor, gates: torch.Tensor, down: torch.Tensor,
                    up: torch.Tensor, activation: str = "silu") -> torch.Tensor:
-    """x (..., d), ids/gates (..., H, k), down/up (N, d) contiguous -> (..., d); float32/bf16/fp16 tables."""
-    return mixture(x, ids, gates, down.contiguous(), up.contiguous(), activation, TritonKernels)
+    """x (..., d), ids/gates (..., H, k), down/up (N, d) -> (..., d); float32/bf16/fp16 tables."""
+    d = x.shape[-1]
+    xf = x.reshape(-1, d).contiguous()
+    idsf = ids.reshape(xf.shape[0], ids.shape[-2] * ids.shape[-1]).contiguous()
+    y = Mixture.apply(xf, idsf, gates.reshape(idsf.shape).contiguous(), down.contiguous(), up.contiguous(),
+                      ACTIVATION_CODES[activation])
+    return y.reshape(x.shape)
 
 
 def weighted_rows(weights: torch.Tensor, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:

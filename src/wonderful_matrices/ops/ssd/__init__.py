@@ -32,17 +32,18 @@ def _check_floating(t, name: str, shape: tuple, what: str) -> None:
 
 
 def _check_values(A: torch.Tensor, dt: torch.Tensor) -> None:
-    """A < 0 (the recurrence must decay; A >= 0 is defect 6 of the published code, docs/design.md) and dt >= 0.
+    """-inf < A < 0 (the recurrence must decay; A >= 0 is defect 6 of the published code, docs/design.md) and
+    0 <= dt < inf.
 
     Needs one device synchronisation; skipped where :func:`value_checks_enabled` says so.
     """
     if not value_checks_enabled():
         return
-    bad_a, bad_dt = torch.stack([(A >= 0).any() | A.isnan().any(), (dt < 0).any() | dt.isnan().any()]).tolist()
+    bad_a, bad_dt = torch.stack([~((A < 0) & A.isfinite()).all(), ~((dt >= 0) & dt.isfinite()).all()]).tolist()
     require(not bad_a, "A", A.detach().cpu().tolist() if A.numel() <= 16 else f"tensor of shape {shape_of(A)}",
-            "every entry must be < 0 (the state must decay; use A = -exp(A_log))")
-    require(not bad_dt, "dt", f"tensor of shape {shape_of(dt)} with negative or NaN entries",
-            "every entry must be >= 0 (dt comes out of softplus; 0 marks padding)")
+            "every entry must be finite and < 0 (the state must decay; use A = -exp(A_log))")
+    require(not bad_dt, "dt", f"tensor of shape {shape_of(dt)} with negative, infinite or NaN entries",
+            "every entry must be finite and >= 0 (dt comes out of softplus; 0 marks padding)")
 
 
 def _check_seq_idx(seq_idx, b: int, l: int, device: torch.device) -> None:

@@ -1,0 +1,98 @@
+"""RMSNorm with an optional fused residual add (``s = x + residual``, ``y = weight · s / rms(s)``), and Mamba2's
+gated RMSNorm (``weight · rmsnorm(x · silu(gate))`` per group of channels)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..common import require, resolve_backend, shape_of
+from .naive import gated_rms_norm_naive, rms_norm_naive
+
+try:  # triton is optional: without it the package still imports and the backend is not offered
+    from . import fused_kernels as _triton_backend
+except ImportError:
+    _triton_backend = None
+
+BACKENDS = ("torch",) + (("triton",) if _triton_backend is not None else ())
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, residual: torch.Tensor | None = None,
+             backend: str = "auto") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Root-mean-square normalisation over the last dim, optionally of ``x + residual``.
+
+    Args:
+        x: ``(..., d)``.
+        weight: ``(d,)`` per-channel scale.
+        eps: added to the mean square (``>= 0``).
+        residual: ``None`` or ``(..., d)`` like ``x``: the residual stream the block adds ``x`` to.
+        backend: ``"auto"`` (``"triton"`` on CUDA, else ``"torch"``), ``"torch"`` (the formula, autograd) or
+            ``"triton"`` (one kernel forward, one backward; float16/bfloat16/float32, ``d <= 16384``; other calls
+            run the torch path; on CPU only under ``TRITON_INTERPRET=1``).
+
+    Returns:
+        Without ``residual``: ``y (..., d)``. With it: ``(y, s)`` where ``s = x + residual`` (``(..., d)`` in
+        ``promote(x, residual)``) is the new residual stream, written once by the same kernel. The norm is
+        computed in float32 (float64 for float64), rounded to ``s``'s dtype and scaled, so ``y`` has
+        ``promote(weight, s)`` dtype — HF Llama's ``LlamaRMSNorm`` arithmetic.
+    """
+    for name, t in (("x", x), ("weight", weight)) + ((("residual", residual),) if residual is not None else ()):
+        require(isinstance(t, torch.Tensor), name, type(t).__name__, "a torch.Tensor")
+        require(t.dtype in FLOAT_DTYPES, f"{name}.dtype", t.dtype, f"one of {FLOAT_DTYPES}")
+    require(x.dim() >= 1 and x.shape[-1] >= 1, "x.shape", shape_of(x), "(..., d) with d >= 1")
+    d = x.shape[-1]
+    require(weight.shape == (d,), "weight.shape", shape_of(weight), f"({d},) matching x's last dim")
+    require(residual is None or residual.shape == x.shape, "residual.shape",
+            None if residual is None else shape_of(residual), f"equal to x.shape {shape_of(x)}")
+    require(isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0, "eps", eps, "a finite number >= 0")
+    devices = {t.device for t in (x, weight, residual) if t is not None}
+    require(len(devices) == 1, "device", sorted(map(str, devices)), "all tensors on one device")
+    name = resolve_backend(backend, BACKENDS, x.device, ("triton", "torch"))
+    dtypes = {x.dtype, weight.dtype} | ({residual.dtype} if residual is not None else set())
+    if name == "triton" and dtypes <= set(_triton_backend.DTYPES) and d <= _triton_backend.MAX_DIM:
+        y, s = _triton_backend.rms_norm_triton(x, weight, eps, residual)
+    else:
+        y, s = rms_norm_naive(x, weight, eps, residual)
+    return y if residual is None else (y, s)
+
+
+def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
+                   num_groups: int = 1, backend: str = "auto") -> torch.Tensor:
+    """Mamba2's gated RMSNorm: ``weight · rmsnorm(x · silu(gate))``, the mean square taken per group.
+
+    Args:
+        x, gate: ``(..., d)``.
+        weight: ``(d,)``.
+        eps: added to the mean square (``>= 0``).
+        num_groups: ``d`` is split into this many equal groups, each normalised on its own (1: HF
+            ``MambaRMSNormGated``; ``n_groups``: mamba_ssm's ``RMSNormGated(group_size=d/n_groups)``).
+        backend: ``"auto"`` (``"triton"`` on CUDA, else ``"torch"``), ``"torch"`` (the formula, autograd) or
+            ``"triton"`` (one kernel forward, one backward; float16/bfloat16/float32, ``num_groups`` a power of two
+            up to 16, ``d / num_groups <= 16384``; other calls run the torch path; on CPU only under
+            ``TRITON_INTERPRET=1``).
+
+    Returns:
+        ``(..., d)`` in ``promote(weight, x)``: computed in float32 (float64 for float64 ``x``), the normalised
+        value rounded to ``x``'s dtype before the weight.
+    """
+    for name, t in (("x", x), ("gate", gate), ("weight", weight)):
+        require(isinstance(t, torch.Tensor), name, type(t).__name__, "a torch.Tensor")
+        require(t.dtype in FLOAT_DTYPES, f"{name}.dtype", t.dtype, f"one of {FLOAT_DTYPES}")
+    require(x.dim() >= 1 and x.shape[-1] >= 1, "x.shape", shape_of(x), "(..., d) with d >= 1")
+    d = x.shape[-1]
+    require(gate.shape == x.shape, "gate.shape", shape_of(gate), f"equal to x.shape {shape_of(x)}")
+    require(weight.shape == (d,), "weight.shape", shape_of(weight), f"({d},) matching x's last dim")
+    require(isinstance(num_groups, int) and num_groups >= 1 and d % num_groups == 0, "num_groups", num_groups,
+            f"a divisor of d={d}")
+    require(isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0, "eps", eps, "a finite number >= 0")
+    devices = {t.device for t in (x, gate, weight)}
+    require(len(devices) == 1, "device", sorted(map(str, devices)), "all tensors on one device")
+    name = resolve_backend(backend, BACKENDS, x.device, ("triton", "torch"))
+    if (name == "triton" and {x.dtype, gate.dtype, weight.dtype} <= set(_triton_backend.DTYPES)
+            and num_groups <= 16 and num_groups & (num_groups - 1) == 0 and d // num_groups <= _triton_backend.MAX_DIM):
+        return _triton_backend.gated_rms_norm_triton(x, gate, weight, eps, num_groups)
+    return gated_rms_norm_naive(x, gate, weight, eps, num_groups)
+
+
+__all__ = ["rms_norm", "gated_rms_norm"]

@@ -1,0 +1,266 @@
+"""RMSNorm (+ residual add) and the gated RMSNorm, one Triton kernel forward and one backward each (GPU; CPU
+under ``TRITON_INTERPRET=1``).
+
+Forward: each program normalises ``BLOCK_M`` rows of ``d <= BLOCK_D`` columns held in registers: it reads ``x``
+(and ``residual``) once, writes the sum ``s`` (when a residual is given), ``y`` and the per-row ``1/rms`` that the
+backward reuses. Backward: a fixed number of programs (a few per SM) each walk a contiguous run of rows, write
+``ds = rstd·(g − x̂·mean(g·x̂)) + grad_s`` (``g = grad_y·weight``, ``x̂ = s·rstd``) into ``grad_x`` (and
+``grad_residual``) and keep their share of ``grad_weight = Σ_rows grad_y·x̂`` in float32 registers, written once
+per program and summed by one ``sum``: no atomics, deterministic. The arithmetic and roundings are those of
+``naive.rms_norm_naive`` (``s`` rounded to its dtype, ``x̂`` rounded to ``s``'s dtype before the weight).
+
+The gated norm (Mamba2's ``weight · rmsnorm(x · silu(z))`` per group of ``Dg`` channels) works the same way on
+rows that are groups: it reads ``x`` and ``z`` once, writes ``y`` and ``1/rms``; the backward recomputes
+``x · silu(z)`` from them and writes ``grad_x`` and ``grad_z``. Its weight gradient keeps one float32 accumulator
+per row slot of a block, whose group is fixed because blocks start at multiples of the group count.
+Outputs are NaN-poisoned under the interpreter, so an unwritten element fails the tests.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+MAX_DIM = 16384  # a row lives in registers
+
+
+@triton.jit
+def _rms_norm_fwd_kernel(x_ptr, res_ptr, w_ptr, s_ptr, y_ptr, rstd_ptr, M, D, eps,
+                         HAS_RESIDUAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < M) & (cols[None, :] < D)
+    offs = rows[:, None].to(tl.int64) * D + cols[None, :]
+    s = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        s = s + tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        s_stored = s.to(s_ptr.dtype.element_ty)
+        tl.store(s_ptr + offs, s_stored, mask=mask)
+        s = s_stored.to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(s * s, axis=1) / D + eps)
+    tl.store(rstd_ptr + rows, rstd, mask=rows < M)
+    normed = (s * rstd[:, None]).to(s_ptr.dtype.element_ty).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
+    tl.store(y_ptr + offs, (normed * w[None, :]).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rms_norm_bwd_kernel(s_ptr, w_ptr, rstd_ptr, dy_ptr, ds_in_ptr, dx_ptr, dres_ptr, dw_ptr, M, D,
+                         ROWS_PER_PROGRAM, HAS_DS: tl.constexpr, HAS_DRES: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_D)
+    w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
+    dw = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    start = pid * ROWS_PER_PROGRAM
+    end = tl.minimum(start + ROWS_PER_PROGRAM, M)
+    for row0 in range(start, end, BLOCK_M):
+        rows = row0 + tl.arange(0, BLOCK_M)
+        row_ok = rows < end
+        mask = row_ok[:, None] & (cols[None, :] < D)
+        offs = rows[:, None].to(tl.int64) * D + cols[None, :]
+        s = tl.load(s_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
+        normed = s * rstd[:, None]
+        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        g = dy * w[None, :]
+        mean_gx = tl.sum(g * normed, axis=1) / D
+        ds = (g - normed * mean_gx[:, None]) * rstd[:, None]
+        if HAS_DS:
+            ds = ds + tl.load(ds_in_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(dx_ptr + offs, ds.to(dx_ptr.dtype.element_ty), mask=mask)
+        if HAS_DRES:
+            tl.store(dres_ptr + offs, ds.to(dres_ptr.dtype.element_ty), mask=mask)
+        dw += tl.sum(dy * normed.to(s_ptr.dtype.element_ty).to(tl.float32), axis=0)
+    tl.store(dw_ptr + pid.to(tl.int64) * D + cols, dw, mask=cols < D)
+
+
+@triton.jit
+def _gated_rms_norm_fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, D, G, eps,
+                               BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    # rows are groups of D channels: row r is group r % G of token r // G (weight slice (r % G)·D ...)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < M) & (cols[None, :] < D)
+    offs = rows[:, None].to(tl.int64) * D + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    h = x * z * tl.sigmoid(z)
+    rstd = 1.0 / tl.sqrt(tl.sum(h * h, axis=1) / D + eps)
+    tl.store(rstd_ptr + rows, rstd, mask=rows < M)
+    normed = (h * rstd[:, None]).to(x_ptr.dtype.element_ty).to(tl.float32)
+    w = tl.load(w_ptr + (rows % G)[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + offs, (normed * w).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gated_rms_norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz_ptr, dw_ptr, M, D, G,
+                               ROWS_PER_PROGRAM, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    # BLOCK_M and ROWS_PER_PROGRAM are multiples of G: slot j of every row block holds group j % G, so the
+    # weight gradient accumulates per slot and the host folds the slots into groups
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_D)
+    slots = tl.arange(0, BLOCK_M)
+    w = tl.load(w_ptr + (slots % G)[:, None] * D + cols[None, :], mask=cols[None, :] < D, other=0.0).to(tl.float32)
+    dw = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    start = pid * ROWS_PER_PROGRAM
+    end = tl.minimum(start + ROWS_PER_PROGRAM, M)
+    for row0 in range(start, end, BLOCK_M):
+        rows = row0 + slots
+        row_ok = rows < end
+        mask = row_ok[:, None] & (cols[None, :] < D)
+        offs = rows[:, None].to(tl.int64) * D + cols[None, :]
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        sig = tl.sigmoid(z)
+        silu = z * sig
+        h = x * silu
+        rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
+        normed = h * rstd[:, None]
+        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        g = dy * w
+        mean_gh = tl.sum(g * normed, axis=1) / D
+        dh = (g - normed * mean_gh[:, None]) * rstd[:, None]
+        tl.store(dx_ptr + offs, (dh * silu).to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(dz_ptr + offs, (dh * x * sig * (1.0 + z * (1.0 - sig))).to(dz_ptr.dtype.element_ty), mask=mask)
+        dw += dy * normed.to(x_ptr.dtype.element_ty).to(tl.float32)
+    out = dw_ptr + pid.to(tl.int64) * BLOCK_M * D + slots[:, None] * D + cols[None, :]
+    tl.store(out, dw, mask=cols[None, :] < D)
+
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    """An output buffer: NaN-filled under the interpreter (an unwritten element shows), uninitialised on a GPU."""
+    if _INTERPRET:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _blocks(d: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_D, num_warps) for rows of ``d`` columns: about 4K elements per program."""
+    block_d = triton.next_power_of_2(d)
+    block_m = 4 if _INTERPRET else max(1, min(32, 4096 // block_d))
+    num_warps = max(1, min(8, block_m * block_d // 512))
+    return block_m, block_d, num_warps
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """(x (M, d), weight (d,), residual (M, d) | None, eps) -> (y (M, d), s (M, d)); ``s`` is ``x`` itself
+    without a residual. Shapes and dtypes are checked by ``rms_norm``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, residual, eps):
+        m, d = x.shape
+        s_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+        s = x if residual is None else _empty((m, d), s_dtype, x.device)
+        y = _empty((m, d), torch.promote_types(weight.dtype, s_dtype), x.device)
+        rstd = _empty((m,), torch.float32, x.device)
+        block_m, block_d, num_warps = _blocks(d)
+        if m:
+            _rms_norm_fwd_kernel[(triton.cdiv(m, block_m),)](
+                x, x if residual is None else residual, weight, s, y, rstd, m, d, eps,
+                HAS_RESIDUAL=residual is not None, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
+        ctx.save_for_backward(s, weight, rstd)
+        ctx.x_dtype = x.dtype
+        ctx.residual_dtype = None if residual is None else residual.dtype
+        ctx.set_materialize_grads(False)  # an unused s (or y) gets no gradient: nothing to read
+        return y if residual is None else (y, s)
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_s=None):
+        s, weight, rstd = ctx.saved_tensors
+        m, d = s.shape
+        block_m, block_d, num_warps = _blocks(d)
+        programs, rows_per_program = _backward_programs(m, block_m, s.device)
+        grad_y = torch.zeros_like(s, dtype=torch.promote_types(weight.dtype, s.dtype)) if grad_y is None \
+            else grad_y.contiguous()
+        has_ds = grad_s is not None
+        has_dres = ctx.residual_dtype is not None
+        grad_x = _empty((m, d), ctx.x_dtype, s.device)
+        grad_res = _empty((m, d), ctx.residual_dtype, s.device) if has_dres else None
+        dw_parts = _empty((programs, d), torch.float32, s.device)
+        if m:
+            _rms_norm_bwd_kernel[(programs,)](
+                s, weight, rstd, grad_y, grad_s.contiguous() if has_ds else grad_y, grad_x,
+                grad_res if has_dres else grad_x, dw_parts, m, d, rows_per_program,
+                HAS_DS=has_ds, HAS_DRES=has_dres, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
+        else:
+            dw_parts.zero_()
+        return grad_x, dw_parts.sum(0).to(weight.dtype), grad_res, None
+
+
+def _backward_programs(rows: int, block_m: int, device: torch.device) -> tuple[int, int]:
+    """(programs, rows per program, a multiple of ``block_m``) of a backward over ``rows`` rows: a few programs
+    per SM; at most three under the interpreter, so tests walk several row blocks per program."""
+    programs = triton.cdiv(rows, block_m)
+    cap = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 3
+    programs = max(min(programs, cap), 1)
+    return programs, triton.cdiv(triton.cdiv(rows, programs), block_m) * block_m
+
+
+class GatedRMSNormFunction(torch.autograd.Function):
+    """(x (R, Dg), gate (R, Dg), weight (G·Dg,), G, eps) -> y (R, Dg): rows are groups of ``Dg`` channels (token
+    ``r // G``, group ``r % G``). Shapes and dtypes are checked by ``gated_rms_norm``."""
+
+    @staticmethod
+    def forward(ctx, x, gate, weight, groups, eps):
+        rows, dg = x.shape
+        y = _empty((rows, dg), torch.promote_types(weight.dtype, x.dtype), x.device)
+        rstd = _empty((rows,), torch.float32, x.device)
+        block_m, block_d, num_warps = _blocks(dg)
+        block_m = max(block_m, groups)
+        if rows:
+            _gated_rms_norm_fwd_kernel[(triton.cdiv(rows, block_m),)](
+                x, gate, weight, y, rstd, rows, dg, groups, eps, BLOCK_M=block_m, BLOCK_D=block_d,
+                num_warps=num_warps)
+        ctx.save_for_backward(x, gate, weight, rstd)
+        ctx.groups = groups
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, gate, weight, rstd = ctx.saved_tensors
+        rows, dg = x.shape
+        groups = ctx.groups
+        block_m, block_d, num_warps = _blocks(dg)
+        block_m = max(block_m, groups)
+        programs, rows_per_program = _backward_programs(rows, block_m, x.device)
+        grad_x = _empty((rows, dg), x.dtype, x.device)
+        grad_gate = _empty((rows, dg), gate.dtype, x.device)
+        dw_parts = _empty((programs, block_m, dg), torch.float32, x.device)
+        if rows:
+            _gated_rms_norm_bwd_kernel[(programs,)](
+                x, gate, weight, rstd, grad_y.contiguous(), grad_x, grad_gate, dw_parts, rows, dg, groups,
+                rows_per_program, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
+        else:
+            dw_parts.zero_()
+        grad_w = dw_parts.view(programs, block_m // groups, groups * dg).sum((0, 1))
+        return grad_x, grad_gate, grad_w.to(weight.dtype), None, None
+
+
+def gated_rms_norm_triton(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float,
+                          num_groups: int = 1) -> torch.Tensor:
+    """``naive.gated_rms_norm_naive`` by the kernels: x, gate (..., d), weight (d,) -> (..., d); ``num_groups`` a
+    power of two."""
+    shape = x.shape
+    dg = shape[-1] // num_groups
+    y = GatedRMSNormFunction.apply(x.reshape(-1, dg).contiguous(), gate.reshape(-1, dg).contiguous(),
+                                   weight.contiguous(), num_groups, float(eps))
+    return y.view(shape)
+
+
+def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                    residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``naive.rms_norm_naive`` by the kernels: x, residual (..., d), weight (d,) -> (y, s) of the same shapes."""
+    shape = x.shape
+    d = shape[-1]
+    x2 = x.reshape(-1, d).contiguous()
+    res2 = None if residual is None else residual.reshape(-1, d).contiguous()
+    if res2 is None:
+        y = RMSNormFunction.apply(x2, weight.contiguous(), None, float(eps))
+        return y.view(shape), x
+    y, s = RMSNormFunction.apply(x2, weight.contiguous(), res2, float(eps))
+    return y.view(shape), s.view(shape)

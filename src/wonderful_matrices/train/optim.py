@@ -1,0 +1,34 @@
+"""The optimizer and the update step every training path shares (``wm train``, the language-model benches).
+
+AdamW with weight decay on matrices (parameters of two or more dimensions) and none on vectors (norm scales,
+biases, ``A_log``, ``dt_bias``); an update is: clip the gradient norm, optimizer step, scheduler step, clear
+the gradients.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95),
+          eps: float = 1e-8) -> torch.optim.AdamW:
+    """AdamW over ``model``'s trainable parameters: ``weight_decay`` on those with ``ndim >= 2``, 0 on the rest."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+                             lr=lr, betas=betas, eps=eps)
+
+
+def apply_gradients(parameters: Iterable[torch.Tensor], optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                    clip: float | None = None) -> torch.Tensor | None:
+    """Clip the gradients of ``parameters`` to norm ``clip`` (None or 0: no clipping), step ``optimizer`` and
+    ``scheduler``, clear the gradients. Returns the gradient norm before clipping (a 0-d tensor; None without
+    clipping)."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip) if clip else None
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm

@@ -1,0 +1,112 @@
+"""The Triton RMSNorm (+ residual add) against the float64 oracle, on the CPU under TRITON_INTERPRET=1 (float32,
+small shapes). The same kernels run compiled on a GPU in test_ops_cuda.py (bfloat16/float16 there).
+
+As in test_dma_triton.py, ``test_interpreted_in_a_subprocess`` reruns this file with the interpreter on.
+"""
+import os
+
+import pytest
+import torch
+from conftest import rel_err, run_under_triton_interpreter
+
+pytest.importorskip("triton")
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+from wonderful_matrices.ops import gated_rms_norm, rms_norm  # noqa: E402
+from wonderful_matrices.ops.rms_norm import fused_kernels  # noqa: E402
+from wonderful_matrices.ops.rms_norm.naive import gated_rms_norm_naive, rms_norm_naive  # noqa: E402
+
+interpreted_only = pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 child process")
+
+
+@pytest.mark.skipif(INTERPRETED, reason="this is the child process")
+def test_interpreted_in_a_subprocess():
+    run_under_triton_interpreter(__file__)
+
+
+def check(shape, with_residual, use_sum=True, use_y=True, eps=1e-6):
+    x = torch.randn(shape) * 3
+    weight = torch.randn(shape[-1])
+    residual = torch.randn(shape) if with_residual else None
+    gen = torch.Generator().manual_seed(1)
+    wy, ws = (torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(2))
+
+    def run(fn, tensors):
+        leaves = [t.clone().requires_grad_(True) for t in tensors if t is not None]
+        args = leaves + [None] * (3 - len(leaves))
+        y, s = fn(args[0], args[1], eps, args[2])
+        loss = (y.double() * wy).sum() * use_y + ((s.double() * ws).sum() if with_residual and use_sum else 0)
+        loss.backward()
+        return y, s, [t.grad for t in leaves]
+
+    y, s, grads = run(fused_kernels.rms_norm_triton, (x, weight, residual))
+    ref_y, ref_s, ref_grads = run(rms_norm_naive, [None if t is None else t.double() for t in (x, weight, residual)])
+    assert y.dtype == torch.float32 and not torch.isnan(y).any()
+    assert rel_err(y, ref_y) < 1e-5 and rel_err(s, ref_s) < 1e-6
+    for name, a, r in zip(("x", "weight", "residual"), grads, ref_grads):
+        assert a.dtype == torch.float32 and rel_err(a, r) < 1e-5, name
+
+
+# odd row counts (masked tail of a row block), widths that are not powers of two, a width of 3, several
+# backward programs' worth of rows
+SHAPES = [(7, 37), (2, 5, 64), (3, 3), (1, 100), (130, 24)]
+
+
+@interpreted_only
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_triton_matches_oracle(shape, with_residual):
+    check(shape, with_residual)
+
+
+@interpreted_only
+def test_sum_or_output_unused():
+    check((9, 40), True, use_sum=False)   # the new residual stream gets no gradient
+    check((9, 40), True, use_y=False, eps=0.1)
+
+
+@interpreted_only
+def test_dispatch_and_mixed_dtypes():
+    x, w = torch.randn(5, 33), torch.randn(33)
+    res = torch.randn(5, 33, dtype=torch.float64)
+    y, s = rms_norm(x, w, 1e-5, residual=res, backend="triton")  # float64: the torch path
+    ref_y, ref_s = rms_norm_naive(x, w, 1e-5, res)
+    assert s.dtype == torch.float64 and torch.equal(s, ref_s) and torch.equal(y, ref_y)
+    y = rms_norm(x, w, 1e-5, backend="triton")
+    assert rel_err(y, rms_norm_naive(x.double(), w.double(), 1e-5)[0]) < 1e-5
+    empty = rms_norm(torch.randn(0, 8, requires_grad=True), torch.randn(8, requires_grad=True), backend="triton")
+    empty.sum().backward()
+    assert empty.shape == (0, 8)
+
+
+# (shape, groups): one group, groups of odd width, a row count that is not a multiple of the row block, eight
+# groups (a row block of eight rows)
+GATED = [((7, 37), 1), ((2, 5, 48), 2), ((11, 24), 4), ((3, 64), 8)]
+
+
+@interpreted_only
+@pytest.mark.parametrize("shape,groups", GATED, ids=str)
+def test_gated_triton_matches_oracle(shape, groups):
+    x, z = torch.randn(shape) * 2, torch.randn(shape) * 2
+    weight = torch.randn(shape[-1])
+    upstream = torch.randn(shape, dtype=torch.float64)
+
+    def run(fn, tensors):
+        leaves = [t.clone().requires_grad_(True) for t in tensors]
+        y = fn(*leaves, 1e-5, groups)
+        (y.double() * upstream).sum().backward()
+        return y, [t.grad for t in leaves]
+
+    y, grads = run(fused_kernels.gated_rms_norm_triton, (x, z, weight))
+    ref, ref_grads = run(gated_rms_norm_naive, (x.double(), z.double(), weight.double()))
+    assert y.dtype == torch.float32 and rel_err(y, ref) < 1e-5
+    for name, a, r in zip(("x", "gate", "weight"), grads, ref_grads):
+        assert a.dtype == torch.float32 and rel_err(a, r) < 1e-5, name
+
+
+@interpreted_only
+def test_gated_dispatch():
+    x, z, w = torch.randn(5, 24), torch.randn(5, 24), torch.randn(24)
+    for groups in (1, 2, 3):  # 3 groups: not a power of two, the torch path
+        out = gated_rms_norm(x, z, w, 1e-6, num_groups=groups, backend="triton")
+        assert rel_err(out, gated_rms_norm_naive(x.double(), z.double(), w.double(), 1e-6, groups)) < 1e-5
