@@ -10,7 +10,7 @@ from wonderful_matrices.data.mqar import mqar
 
 @pytest.mark.slow  # ~600 steps: 20-40 s on 2 idle cores, minutes on a loaded machine
 def test_attention_learns_small_mqar():
-    # BENCHMARKS.md: a 2-layer, 1-head attention model of width 64 solves (T=64, 4 pairs, vocab 256)
+    # docs/design.md: a 2-layer, 1-head attention model of width 64 solves (T=64, 4 pairs, vocab 256)
     train = mqar(16_000, 64, 4, 256, seed=1)
     test = mqar(256, 64, 4, 256, seed=2)
     model = bench_mqar.build_model("attn", 64, 256, 16, torch.device("cpu"), seed=0)

@@ -1,4 +1,4 @@
-"""CDMoE against its BENCHMARKS.md targets, with a breakdown of where the time goes.
+"""CDMoE against its targets (docs/design.md), with a breakdown of where the time goes.
 
 Target case: CDMoE with 8 heads × top-16, 8192 tokens × width 1024, bf16, at N = 1024 and N = 2^20 experts; the
 backends side by side: ``torch`` (PyTorch mixture and top-k), ``triton`` (Triton mixture and the fused product-key
@@ -35,8 +35,8 @@ from .experts import EXPERT_WIDTH, RETRIEVAL_DIM, build, measure
 TARGET_HEADS, TARGET_TOP_K = 8, 16
 PARTS = ("layer", "routing", "topk", "mixture", "shared")
 MODES = ("fwd", "fwd+bwd")
-TARGET_MS = 8.0  # BENCHMARKS.md: fwd+bwd at 2^20 experts
-TARGET_GROWTH = 1.5  # BENCHMARKS.md: fwd+bwd at 2^20 over fwd+bwd at 1024
+TARGET_MS = 8.0  # docs/design.md: fwd+bwd at 2^20 experts
+TARGET_GROWTH = 1.5  # docs/design.md: fwd+bwd at 2^20 over fwd+bwd at 1024
 MOE_TOP_K = (8, 32)  # loop / grouped MoE at N = 1024 (ratios 0.25 and 1)
 
 

@@ -1,6 +1,6 @@
 """Helpers every benchmark uses: timing by one method, environment facts, result files.
 
-Method (BENCHMARKS.md): warm up, synchronise, time with device events on CUDA (``perf_counter`` after a
+Method (docs/design.md, "Benchmarks"): warm up, synchronise, time with device events on CUDA (``perf_counter`` after a
 synchronise elsewhere), take the median of many runs; compare implementations side by side in one process.
 """
 from __future__ import annotations

@@ -19,7 +19,7 @@ Skipped (recorded with the reason): the loop MoE above 1024 experts or where one
 configuration whose estimated memory does not fit; off CUDA the grouped MoE above 1024 experts or where one call
 takes more than 2 s (its CPU path is a per-expert loop). ``--quick`` runs N in {16, 256, 1024, 65536} at ratios
 0.25 and 1, both MoEs up to 256 experts, with a 1 s limit per call and shorter timing. Also timed: CDMoE (both
-backends) with 8 heads × top-16 (the BENCHMARKS.md target) at N = 1024 and the largest N (rows with ratio "8x16").
+backends) with 8 heads × top-16 (the target of docs/design.md) at N = 1024 and the largest N (rows with ratio "8x16").
 Run: ``python -m wonderful_matrices.bench.experts --out DIR [--quick]``.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ MODES = ("fwd", "fwd+bwd")
 EXPERT_WIDTH = 8
 RETRIEVAL_DIM = 64
 MAX_HEADS = 8
-TARGET_SPLIT = (8, 16)  # BENCHMARKS.md target configuration (heads, top_k), timed at N = 1024 and the largest N
+TARGET_SPLIT = (8, 16)  # the target configuration of docs/design.md (heads, top_k), timed at N = 1024 and the largest N
 TARGET_RATIO = "8x16"  # its `ratio` label in the rows
 LOOP_MAX_EXPERTS = (1024, 256)  # full, quick: the loop MoE (and the grouped MoE off CUDA) run up to this N
 SLOW_CALL_S = (2.0, 1.0)  # full, quick
@@ -245,7 +245,7 @@ def run(out_dir, quick: bool = False, device=None, counts=None, ratios=None) -> 
     """Run experiment 3 and write results.json, results.md and experts.png into ``out_dir``; return the rows.
 
     Full: 8192 tokens × width 1024 in bf16 (meant for one GPU). ``quick``: 1024 tokens × width 256 in float32.
-    ``counts`` / ``ratios`` restrict the grid (default: all of BENCHMARKS.md's, or the quick subset).
+    ``counts`` / ``ratios`` restrict the grid (default: all of docs/design.md's, or the quick subset).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tokens, width, dtype = (1024, 256, torch.float32) if quick else (8192, 1024, torch.bfloat16)
@@ -299,7 +299,7 @@ def run(out_dir, quick: bool = False, device=None, counts=None, ratios=None) -> 
             for impl in IMPLEMENTATIONS:
                 case(impl, N, ratio, max(1, round(ratio * math.isqrt(N))))
     heads, top_k = TARGET_SPLIT
-    for N in (1024, counts[-1]):  # BENCHMARKS.md target: 8 heads × top-16 at 1024 and at the largest N
+    for N in (1024, counts[-1]):  # docs/design.md's target: 8 heads × top-16 at 1024 and at the largest N
         for impl in CDMOE_IMPLEMENTATIONS:
             case(impl, N, TARGET_RATIO, heads * top_k, heads)
     versus_cdmoe, growth = summarise(rows)

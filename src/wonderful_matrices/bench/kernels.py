@@ -1,4 +1,4 @@
-"""The fast paths against the best existing ones (BENCHMARKS.md §5), in one run.
+"""The fast paths against the best existing ones (docs/design.md, "Benchmarks"), in one run.
 
 Runs the per-op benchmark modules that exist in this build into sub-folders of ``out_dir`` — ``ssd`` (ours
 against the recurrence on CPU; on CUDA at the paper's shape, beside the ``mamba_ssm`` reference numbers of

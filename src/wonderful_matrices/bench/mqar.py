@@ -48,7 +48,7 @@ PAPER = {
 }
 MIXERS = ("attn", "ssd", "dma")
 MIXER_NAMES = {"attn": "QCAttn", "ssd": "SSD", "dma": "DMA", "based": "Based"}
-# (seq_len, kv pairs) of BENCHMARKS.md; the paper's cells use the same lengths
+# (seq_len, kv pairs) of docs/design.md; the paper's cells use the same lengths
 KV_PAIRS = {64: 4, 128: 8, 256: 16, 512: 64, 1024: 128, 2048: 256}
 LEARNING_RATES = tuple(float(x) for x in np.logspace(-4, -2, 4))
 SOLVED = 0.999
@@ -58,7 +58,7 @@ PROMISING_LR = 4.6e-3
 
 # The default full grid: the paper's six cells (fits ~8 minutes on one H200 with the default budget).
 PAPER_CELLS = tuple((t, KV_PAIRS[t], w) for (t, w) in PAPER)
-# Every (length, width) of BENCHMARKS.md: 24 cells, for a larger budget.
+# Every (length, width) of docs/design.md: 24 cells, for a larger budget.
 ALL_CELLS = tuple((t, kv, w) for t, kv in KV_PAIRS.items() for w in (32, 64, 128, 256))
 QUICK_CELLS = ((64, 4, 64), (128, 8, 64))
 QUICK_STEPS = 500

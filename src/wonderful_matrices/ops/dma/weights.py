@@ -1,6 +1,6 @@
 """Dynamic mask attention's probabilities as a dense matrix, for inspection (HF's ``output_attentions``).
 
-The same selection as the op (DESIGN.md, "DMA"): query ``i`` sits at key position ``i + lk - lq``, sees the
+The same selection as the op (docs/design.md, "DMA"): query ``i`` sits at key position ``i + lk - lq``, sees the
 keys up to it (all keys when not causal) with a finite bias, and keeps the ``keep_window`` of those with the
 largest ``(bias, position)``. Builds ``(b, hq, lq, lk)`` tensors: meant for short sequences, not for training.
 """

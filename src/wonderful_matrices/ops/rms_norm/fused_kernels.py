@@ -17,13 +17,12 @@ Outputs are NaN-poisoned under the interpreter, so an unwritten element fails th
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from ..triton_utils import interpreting, poisoned_empty
+
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_DIM = 16384  # a row lives in registers
 
@@ -132,17 +131,10 @@ def _gated_rms_norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz
     tl.store(out, dw, mask=cols[None, :] < D)
 
 
-def _empty(shape, dtype, device) -> torch.Tensor:
-    """An output buffer: NaN-filled under the interpreter (an unwritten element shows), uninitialised on a GPU."""
-    if _INTERPRET:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 def _blocks(d: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_D, num_warps) for rows of ``d`` columns: about 4K elements per program."""
     block_d = triton.next_power_of_2(d)
-    block_m = 4 if _INTERPRET else max(1, min(32, 4096 // block_d))
+    block_m = 4 if interpreting() else max(1, min(32, 4096 // block_d))
     num_warps = max(1, min(8, block_m * block_d // 512))
     return block_m, block_d, num_warps
 
@@ -155,9 +147,9 @@ class RMSNormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, residual, eps):
         m, d = x.shape
         s_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
-        s = x if residual is None else _empty((m, d), s_dtype, x.device)
-        y = _empty((m, d), torch.promote_types(weight.dtype, s_dtype), x.device)
-        rstd = _empty((m,), torch.float32, x.device)
+        s = x if residual is None else poisoned_empty(m, d, dtype=s_dtype, device=x.device)
+        y = poisoned_empty(m, d, dtype=torch.promote_types(weight.dtype, s_dtype), device=x.device)
+        rstd = poisoned_empty(m, dtype=torch.float32, device=x.device)
         block_m, block_d, num_warps = _blocks(d)
         if m:
             _rms_norm_fwd_kernel[(triton.cdiv(m, block_m),)](
@@ -179,9 +171,9 @@ class RMSNormFunction(torch.autograd.Function):
             else grad_y.contiguous()
         has_ds = grad_s is not None
         has_dres = ctx.residual_dtype is not None
-        grad_x = _empty((m, d), ctx.x_dtype, s.device)
-        grad_res = _empty((m, d), ctx.residual_dtype, s.device) if has_dres else None
-        dw_parts = _empty((programs, d), torch.float32, s.device)
+        grad_x = poisoned_empty(m, d, dtype=ctx.x_dtype, device=s.device)
+        grad_res = poisoned_empty(m, d, dtype=ctx.residual_dtype, device=s.device) if has_dres else None
+        dw_parts = poisoned_empty(programs, d, dtype=torch.float32, device=s.device)
         if m:
             _rms_norm_bwd_kernel[(programs,)](
                 s, weight, rstd, grad_y, grad_s.contiguous() if has_ds else grad_y, grad_x,
@@ -208,8 +200,8 @@ class GatedRMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, gate, weight, groups, eps):
         rows, dg = x.shape
-        y = _empty((rows, dg), torch.promote_types(weight.dtype, x.dtype), x.device)
-        rstd = _empty((rows,), torch.float32, x.device)
+        y = poisoned_empty(rows, dg, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
+        rstd = poisoned_empty(rows, dtype=torch.float32, device=x.device)
         block_m, block_d, num_warps = _blocks(dg)
         block_m = max(block_m, groups)
         if rows:
@@ -228,9 +220,9 @@ class GatedRMSNormFunction(torch.autograd.Function):
         block_m, block_d, num_warps = _blocks(dg)
         block_m = max(block_m, groups)
         programs, rows_per_program = _backward_programs(rows, block_m, x.device)
-        grad_x = _empty((rows, dg), x.dtype, x.device)
-        grad_gate = _empty((rows, dg), gate.dtype, x.device)
-        dw_parts = _empty((programs, block_m, dg), torch.float32, x.device)
+        grad_x = poisoned_empty(rows, dg, dtype=x.dtype, device=x.device)
+        grad_gate = poisoned_empty(rows, dg, dtype=gate.dtype, device=x.device)
+        dw_parts = poisoned_empty(programs, block_m, dg, dtype=torch.float32, device=x.device)
         if rows:
             _gated_rms_norm_bwd_kernel[(programs,)](
                 x, gate, weight, rstd, grad_y.contiguous(), grad_x, grad_gate, dw_parts, rows, dg, groups,
