@@ -143,10 +143,10 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
+    from .atomic import atomic_write_text
     from .data.corpora import load_corpus
     from .data.packing import PackedRows, tokenize_split
     from .data.tokenizer import eos_id, token_byte_lengths
-    from .atomic import atomic_write_text
     from .train.distributed import DistInfo
     from .train.evaluate import evaluate, unigram_perplexity
 

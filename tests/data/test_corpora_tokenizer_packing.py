@@ -112,7 +112,8 @@ def test_a_bare_tokenizer_json_file_knows_its_eos(small_tokenizer_dir, tmp_path)
     from wonderful_matrices.data.tokenizer import eos_id, save_tokenizer
 
     bare = load_tokenizer(small_tokenizer_dir / "tokenizer.json")
-    assert eos_id(bare) == bare.convert_tokens_to_ids("<|endoftext|>") == load_tokenizer(small_tokenizer_dir).eos_token_id
+    named = load_tokenizer(small_tokenizer_dir).eos_token_id
+    assert eos_id(bare) == bare.convert_tokens_to_ids("<|endoftext|>") == named
     save_tokenizer(bare, tmp_path / "saved")  # and it saves as a folder that names its EOS
     assert load_tokenizer(tmp_path / "saved").eos_token == "<|endoftext|>"
     assert not list(tmp_path.glob(".*"))

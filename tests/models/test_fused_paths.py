@@ -1,5 +1,6 @@
 """Every preset trains the same with the fused paths as without: the fused RMSNorm (+ residual add), the gated
-RMSNorm of the SSD/Mamba2 layers and the chunked LM-head loss give the loss and every parameter gradient of the unfused model (float32, 1e-5).
+RMSNorm of the SSD/Mamba2 layers and the chunked LM-head loss give the loss and every parameter gradient of the
+unfused model (float32, 1e-5).
 
 In the normal run the norms take the torch path (the fused loss and the block's add-into-norm are what differ);
 ``test_interpreted_in_a_subprocess`` reruns the file under ``TRITON_INTERPRET=1``, where the norms run the Triton
@@ -10,9 +11,9 @@ import os
 
 import pytest
 import torch
-from conftest import rel_err, run_under_triton_interpreter
 
 import wonderful_matrices as wm
+from conftest import rel_err, run_under_triton_interpreter
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 TINY = [n for n in wm.presets.names() if n.endswith("-tiny")]

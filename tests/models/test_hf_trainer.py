@@ -6,7 +6,7 @@ import wonderful_matrices as wm
 from conftest import rel_err
 
 pytest.importorskip("accelerate", reason="the HF Trainer needs accelerate (in requirements.lock)")
-from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 
 class Rows(torch.utils.data.Dataset):

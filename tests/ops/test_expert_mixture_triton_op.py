@@ -3,7 +3,8 @@
 Runs on CPU through the Triton interpreter (``TRITON_INTERPRET=1``, set for this module only; the kernels'
 module is re-imported under it with one small autotune configuration — blocks of 4 selections and 16 columns;
 the table gradient's tiles of 16 experts taken 16 sorted selections a step — so the cases below cross block
-boundaries, and outputs start NaN-poisoned so an unwritten element fails). Shapes are tiny: the interpreter executes every program in Python.
+boundaries, and outputs start NaN-poisoned so an unwritten element fails). Shapes are tiny: the interpreter
+executes every program in Python.
 """
 import importlib
 

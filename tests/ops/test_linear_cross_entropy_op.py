@@ -2,9 +2,9 @@
 ignored rows, both reductions, autocast, argument errors."""
 import pytest
 import torch
-from conftest import rel_err
 
 import wonderful_matrices as wm
+from conftest import rel_err
 from wonderful_matrices.ops.linear_cross_entropy.chunked import default_chunk_size
 from wonderful_matrices.ops.linear_cross_entropy.naive import linear_cross_entropy_naive
 

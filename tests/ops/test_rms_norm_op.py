@@ -1,9 +1,9 @@
 """``wm.ops.rms_norm``'s contract on the torch path: the formula, the residual sum, dtypes and argument errors."""
 import pytest
 import torch
-from conftest import rel_err
 
 import wonderful_matrices as wm
+from conftest import rel_err
 from wonderful_matrices.ops.rms_norm.naive import rms_norm_naive
 
 

@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+
 from conftest import rel_err, run_under_triton_interpreter
 
 pytest.importorskip("triton")

@@ -41,7 +41,8 @@ def _one_line_error(capsys, fragment):
 
 
 def _records(run, kind="train"):
-    return {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind}
+    records = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    return {r["step"]: r for r in records if r["kind"] == kind}
 
 
 # ------------------------------------------------------------------------------------- checks before writes
@@ -103,7 +104,8 @@ def test_more_steps_continue_without_a_second_warmup(base_run, data, tmp_path, c
     run = _copy(base_run, tmp_path)
     argv = train_argv(TINY_PRESET, data, run, max_steps=24, save_interval=8, eval_interval=24, log_interval=1)
     assert main(argv) == 0
-    assert "--max-steps 4 -> 24: the warm-up stays 1 steps, the decay re-planned over steps 20-24" in capsys.readouterr().err
+    assert ("--max-steps 4 -> 24: the warm-up stays 1 steps, the decay re-planned over steps 20-24"
+            in capsys.readouterr().err)
     lr = {step: r["lr"] for step, r in _records(run).items()}  # the rate each step ran with
     peak = 3e-3
     assert lr[1] == pytest.approx(peak)  # warm-up of round(0.25 * 4) = 1 step, at the first start only

@@ -8,8 +8,15 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
-from wm_train_helpers import (PYTHON, TINY_PRESET, corpus_file, one_thread, subprocess_env,
-                              tiny_preset_without_balance_loss, train_argv)
+from wm_train_helpers import (
+    PYTHON,
+    TINY_PRESET,
+    corpus_file,
+    one_thread,
+    subprocess_env,
+    tiny_preset_without_balance_loss,
+    train_argv,
+)
 
 from wonderful_matrices.cli import main
 from wonderful_matrices.train import checkpoint as ckpt

@@ -10,7 +10,6 @@ from wonderful_matrices.cli import main
 from wonderful_matrices.data import packing
 from wonderful_matrices.train import checkpoint as ckpt
 
-
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
 
 

@@ -22,7 +22,8 @@ def corpus_file(folder: Path) -> str:
 
 
 def train_argv(preset: str, data: str, out: Path, max_steps: int = 8, **flags) -> list[str]:
-    """``wm train`` arguments for a tiny run; ``flags`` override defaults (``save_interval=4`` -> ``--save-interval 4``)."""
+    """``wm train`` arguments for a tiny run; ``flags`` override defaults (``save_interval=4`` ->
+    ``--save-interval 4``)."""
     options = {"batch_size": 4, "seq_len": 32, "lr": 3e-3, "eval_interval": 4, "eval_rows": 8, "save_interval": 4,
                "log_interval": 2, "warmup": 0.25, "device": "cpu", **flags}
     argv = ["train", "--preset", preset, "--data", data, "--out", str(out), "--max-steps", str(max_steps),

@@ -83,7 +83,8 @@ def training_throughput(config, seq_len: int, tokens_per_step: int, device: torc
     """Training tokens/s and peak memory of a fresh model of ``config`` on rows of ``seq_len`` random tokens
     (``tokens_per_step // seq_len`` rows, at least one): one step is forward, backward and AdamW, bf16 autocast on
     CUDA; two warm-up steps, then the median of ``steps`` timed ones. ``{"tokens_per_s", "peak_memory_gb"}``,
-    both None when it runs out of memory. ``fused=False``: the plain-PyTorch norms and loss (:func:`.lm_common.set_fused`)."""
+    both None when it runs out of memory. ``fused=False``: the plain-PyTorch norms and loss
+    (:func:`.lm_common.set_fused`)."""
     from ..models import CheemsForCausalLM
 
     batch = max(1, tokens_per_step // seq_len)

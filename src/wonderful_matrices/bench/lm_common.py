@@ -7,8 +7,8 @@ tokenized with a byte-level BPE trained on the training split and cached under `
 ``batch`` random windows of ``seq_len + 1`` tokens per step from the training tokens (seeded), with the
 optimizer, update step and schedule of ``wm train`` (:mod:`wonderful_matrices.train.optim`: AdamW (0.9, 0.95),
 weight decay 0.1 on matrices, clipping 1.0; :mod:`wonderful_matrices.train.schedule`: 5% linear warm-up then
-cosine decay to 10%), bf16 autocast on CUDA. Evaluation cuts the validation tokens into consecutive rows of a given length, so the same tokens are
-scored at every evaluation length.
+cosine decay to 10%), bf16 autocast on CUDA. Evaluation cuts the validation tokens into consecutive rows of a
+given length, so the same tokens are scored at every evaluation length.
 """
 from __future__ import annotations
 

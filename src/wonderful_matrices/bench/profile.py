@@ -104,7 +104,8 @@ def _parse_list(value, allowed: tuple | None, name: str) -> tuple[str, ...]:
 
 
 def run(out_dir, quick: bool = False, device=None, presets=None, steps: int | None = None,
-        seq_len: int | None = None, batch: int | None = None, variants=("fused",), top: int | None = None) -> list[dict]:
+        seq_len: int | None = None, batch: int | None = None, variants=("fused",),
+        top: int | None = None) -> list[dict]:
     """Profile the training step of each of ``presets`` (default ``cheems-base,llama-base``; ``quick``:
     ``cheems-tiny,llama-tiny``, 2 × 64 tokens, CPU) in each of ``variants`` (``"fused"``, ``"unfused"``); write
     ``results.json`` (every operator and kernel), ``results.md`` (the top ``top`` of each, and the side-by-side

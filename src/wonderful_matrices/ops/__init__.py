@@ -4,8 +4,8 @@
 the public function and its ``backend`` dispatch."""
 from .dma import dynamic_mask_attention
 from .expert_mixture import expert_mixture
-from .product_key import product_key_topk
 from .linear_cross_entropy import linear_cross_entropy
+from .product_key import product_key_topk
 from .rms_norm import gated_rms_norm, rms_norm
 from .ssd import ssd, ssd_step
 

@@ -191,7 +191,7 @@ def load_model(folder: Path, device: torch.device | str = "cpu"):
 
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - whatever transformers raises for a damaged folder, the fix is the same
         raise UserError(f"cannot load the model in {folder} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                         "the checkpoint may be damaged or from another version") from None
     return model.to(device)

@@ -13,8 +13,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 from ..errors import UserError
 
@@ -132,7 +136,9 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, fsdp: bool) -> torch.nn.M
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The underlying HF model of a DDP wrapper (FSDP2 modules are the model itself)."""
-    return model.module if hasattr(model, "module") and isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    if hasattr(model, "module") and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model.module
+    return model
 
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)

@@ -122,7 +122,7 @@ class GraphedTrainStep:
             self.optimizer.zero_grad(set_to_none=True)
             with torch.cuda.graph(graph, stream=self._stream):
                 self._loss = self._step_body(*self._inputs)
-        except Exception as error:  # e.g. an op that synchronises: keep training eagerly
+        except Exception as error:  # noqa: BLE001 - any capture failure (e.g. an op that synchronises): train eagerly
             self.failed = f"{type(error).__name__}: {error}"
             self._inputs = self._loss = None
             _log.warning("training step not recorded as a CUDA graph (%s); running eagerly", self.failed)

@@ -36,13 +36,31 @@ import torch
 from ..atomic import atomic_write_text
 from ..data.corpora import Corpus, load_corpus
 from ..data.packing import PackedRows, document_position_ids, tokenize_split
-from ..data.tokenizer import (check_fits, eos_id, load_tokenizer, save_tokenizer, token_byte_lengths, tokenizer_hash,
-                              train_bpe)
+from ..data.tokenizer import (
+    check_fits,
+    eos_id,
+    load_tokenizer,
+    save_tokenizer,
+    token_byte_lengths,
+    tokenizer_hash,
+    train_bpe,
+)
 from ..errors import UserError
 from . import checkpoint as ckpt
-from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_object, full_model_state,
-                          full_optimizer_state, gather_objects, init_distributed, load_full_optimizer_state,
-                          shutdown, weights_fingerprint, wrap_model)
+from .distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    full_model_state,
+    full_optimizer_state,
+    gather_objects,
+    init_distributed,
+    load_full_optimizer_state,
+    shutdown,
+    weights_fingerprint,
+    wrap_model,
+)
 from .evaluate import evaluate
 from .metrics import MetricsLog, plot_losses
 from .optim import adamw, apply_gradients
@@ -63,7 +81,7 @@ def model_config(preset_or_config):
     if path.exists():
         try:
             return AutoConfig.from_pretrained(path.parent if path.is_file() else path)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - whatever transformers raises, the fix is the same
             raise UserError(f"cannot read a model config from {path} ({type(e).__name__}); give a preset name "
                             "or a folder/config.json made by save_pretrained") from None
     from ..models import presets

@@ -68,7 +68,8 @@ def plan_schedule(cfg, previous: dict | None, resuming: bool, say: Callable[[str
     old_plan = _previous_plan(previous) if resuming else None
     if old_plan is not None:
         warmup_steps = min(old_plan["warmup_steps"], cfg.max_steps)
-    decay_steps = min(int(round(cfg.decay * cfg.max_steps)), cfg.max_steps - warmup_steps) if cfg.schedule == "wsd" else 0
+    decay_steps = (min(int(round(cfg.decay * cfg.max_steps)), cfg.max_steps - warmup_steps) if cfg.schedule == "wsd"
+                   else 0)
     plan = {"max_steps": cfg.max_steps, "warmup_steps": warmup_steps, "decay_steps": decay_steps}
     if old_plan is not None and old_plan["max_steps"] != cfg.max_steps:
         what = (f"the decay re-planned over steps {cfg.max_steps - decay_steps + 1}-{cfg.max_steps}" if decay_steps
@@ -86,7 +87,8 @@ def _previous_plan(previous: dict | None) -> dict | None:
     if isinstance(plan, dict) and isinstance(plan.get("warmup_steps"), int) and isinstance(plan.get("max_steps"), int):
         return plan
     try:
-        return {"max_steps": int(config["max_steps"]), "warmup_steps": int(round(config["warmup"] * config["max_steps"]))}
+        return {"max_steps": int(config["max_steps"]),
+                "warmup_steps": int(round(config["warmup"] * config["max_steps"]))}
     except (KeyError, TypeError, ValueError):
         return None
 

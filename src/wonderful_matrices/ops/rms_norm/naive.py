@@ -1,4 +1,5 @@
-"""The oracle of ``rms_norm``: the formula in plain PyTorch (also the ``"torch"`` backend: autograd differentiates it)."""
+"""The oracle of ``rms_norm``: the formula in plain PyTorch (also the ``"torch"`` backend: autograd
+differentiates it)."""
 from __future__ import annotations
 
 import torch
