@@ -37,7 +37,7 @@ def analytic_cache_bytes(config, context: int, dtype_bytes: int, batch: int = 1)
     """Bytes of the decoding cache of ``config`` after ``context`` tokens (keys and values of attention/DMA
     layers at ``dtype_bytes`` per element, DMA bounded by ``keep_window``; float32 SSM states; conv states)."""
     total = 0
-    for kind in config.layer_types:
+    for kind in config.mixer_types:
         if kind in ATTENTION_LIKE:
             n = context if (kind == "attn" or config.keep_window is None) else min(context, config.keep_window)
             total += 2 * n * config.num_key_value_heads * config.head_dim * dtype_bytes
@@ -60,7 +60,7 @@ def fill_cache(cache, config, context: int) -> None:
     every attention-like layer holds ``context`` keys (attention) or ``min(context, keep_window)`` (DMA) of
     random keys/values (non-positive DMA biases, positions ``context - n .. context - 1``); recurrent states keep
     their fixed size and the prefill's values; the token counts say ``context``."""
-    for idx, kind in enumerate(config.layer_types):
+    for idx, kind in enumerate(config.mixer_types):
         if kind not in ATTENTION_LIKE:
             continue
         state = cache.layer_state(idx)

@@ -95,7 +95,7 @@ def model_config(mixer: str, width: int, vocab_size: int, state_size: int = 128,
         raise ValueError(f"mixer={mixer!r} is not allowed: one of {MIXERS}")
     ssd_head_dim = min(64, width)
     return CheemsConfig(
-        vocab_size=vocab_size, hidden_size=width, num_hidden_layers=2, layer_types=[mixer] * 2,
+        vocab_size=vocab_size, hidden_size=width, num_hidden_layers=2, mixer_types=[mixer] * 2,
         ffn_types=["none"] * 2, num_attention_heads=1, num_key_value_heads=1, head_dim=width, keep_window=None,
         ssd_num_heads=2 * width // ssd_head_dim, ssd_head_dim=ssd_head_dim, ssd_state_size=state_size,
         ssd_chunk_size=128, ssd_use_conv=True, ssd_use_rope=False, tie_word_embeddings=tie_embeddings,

@@ -47,7 +47,7 @@ def hybrid_config(variant: str, size: dict, vocab_size: int):
     n = size["num_hidden_layers"]
     return CheemsConfig(
         vocab_size=vocab_size, hidden_size=size["hidden_size"], num_hidden_layers=n,
-        layer_types=default_layer_types(n, 8, "attn", "ssd"), ffn_types=["mlp"] * n,
+        mixer_types=default_layer_types(n, 8, "attn", "ssd"), ffn_types=["mlp"] * n,
         intermediate_size=size["intermediate_size"], num_attention_heads=size["heads"],
         num_key_value_heads=size["heads"], head_dim=size["head_dim"], ssd_num_heads=size["ssd_heads"],
         ssd_head_dim=size["head_dim"], ssd_state_size=size["state"], ssd_chunk_size=128, use_cache=False,
