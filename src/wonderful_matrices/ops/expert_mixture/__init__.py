@@ -13,11 +13,18 @@ _INDEX_DTYPES = ("torch.int64", "torch.int32")
 _TRITON_DTYPES = ("torch.float32", "torch.bfloat16", "torch.float16")
 
 
-def _backend_for(backend: str, table: Tensor) -> str:
-    """Resolve ``backend`` for a table: ``"auto"`` is ``"triton"`` on CUDA for float32/bf16/fp16 (when triton is
-    installed), else ``"torch"``; an explicit ``"triton"`` needs one of those dtypes."""
+# "auto" takes the Triton kernels only where their CUDA parity tests passed: on an H100 (2026-12-05) the half-precision
+# epilogue test failed for float16 tables (every activation) and for gelu in bfloat16 (docs/results.md, "CUDA tests").
+_AUTO_TRITON_DTYPES = ("torch.float32", "torch.bfloat16")
+_AUTO_TRITON_ACTIVATIONS = ("silu", "relu")
+
+
+def _backend_for(backend: str, table: Tensor, activation: str = "silu") -> str:
+    """Resolve ``backend`` for a table: ``"auto"`` is ``"triton"`` on CUDA (when triton is installed) for float32 /
+    bf16 tables with silu or relu, else ``"torch"``; an explicit ``"triton"`` needs float32, bf16 or fp16."""
     supported = str(table.dtype) in _TRITON_DTYPES
-    name = resolve_backend(backend, _AVAILABLE, table.device, ("triton", "torch") if supported else ("torch",))
+    verified = str(table.dtype) in _AUTO_TRITON_DTYPES and activation in _AUTO_TRITON_ACTIVATIONS
+    name = resolve_backend(backend, _AVAILABLE, table.device, ("triton", "torch") if verified else ("torch",))
     if name == "triton":
         require(supported, "dtype", table.dtype, f"one of {_TRITON_DTYPES} for backend='triton' (float64: 'torch')")
     return name
@@ -37,8 +44,9 @@ def expert_mixture(x: Tensor, ids: Tensor, gates: Tensor, down: Tensor, up: Tens
         gates: ``(..., H, k)`` floating point weights (any float dtype; float32 gates with bf16 tables is fine).
         down, up: ``(N, d)`` expert tables, the dtype and device of ``x``.
         activation: ``"silu"``, ``"gelu"`` or ``"relu"``.
-        backend: ``"auto"`` (``"triton"`` on CUDA for float32/bf16/fp16, else ``"torch"``), ``"triton"`` (GPU
-            kernels that gather the selected rows by id; also CPU under ``TRITON_INTERPRET=1``), ``"torch"``
+        backend: ``"auto"`` (``"triton"`` on CUDA for float32/bf16 tables with silu or relu, else ``"torch"``),
+            ``"triton"`` (GPU kernels that gather the selected rows by id, float32/bf16/fp16; also CPU under
+            ``TRITON_INTERPRET=1``), ``"torch"``
             (``embedding_bag`` reductions, or chunked gathers for half precision on CUDA; never builds
             ``(tokens, N)`` or whole ``(tokens, H·k, d)`` tensors) or ``"naive"`` (plain loops; the oracle).
 
@@ -71,7 +79,7 @@ def expert_mixture(x: Tensor, ids: Tensor, gates: Tensor, down: Tensor, up: Tens
         low, high = (int(v) for v in ids.aminmax())
         require(low >= 0 and high < down.shape[0], "ids", f"values in [{low}, {high}]",
                 f"expert ids in [0, N={down.shape[0]})")
-    name = _backend_for(backend, down)
+    name = _backend_for(backend, down, activation)
     if name == "triton":
         from .row_kernels import expert_mixture as triton_mixture  # imported on first use: no triton, no import
 
@@ -85,8 +93,8 @@ def weighted_rows(weights: Tensor, ids: Tensor, table: Tensor, backend: str = "a
 
     Args:
         weights: ``(T, M)`` floating point; ids: ``(T, M)`` int64 in ``[0, N)``; table: ``(N, d)``.
-        backend: ``"auto"`` (``"triton"`` on CUDA for float32/bf16/fp16, else ``"torch"``), ``"torch"`` or
-            ``"triton"``.
+        backend: ``"auto"`` (``"triton"`` on CUDA for float32/bf16 tables, else ``"torch"``), ``"torch"`` or
+            ``"triton"`` (float32/bf16/fp16).
 
     Returns:
         ``(T, d)`` in the table dtype; differentiable with respect to ``weights`` and ``table``.
