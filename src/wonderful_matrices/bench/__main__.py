@@ -1,6 +1,6 @@
 """``python -m wonderful_matrices.bench NAME [--quick] --out DIR [--device D] [--budget-s S] [--steps N]
 [--cells ...] [--mixers ...] [--learning-rates ...] [--vocab-size V] [--merge DIR ... [--mixed-budgets]]
-[--presets P,...] [--variants V,...] [--threads N]``."""
+[--presets P,...] [--variants V,...] [--data CORPUS] [--threads N]``."""
 from __future__ import annotations
 
 import argparse
@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="profile: presets to profile side by side, e.g. cheems-base,llama-base")
     parser.add_argument("--variants", default=None,
                         help="profile: fused (default), unfused (plain-PyTorch norms and loss) or fused,unfused")
+    parser.add_argument("--data", default=None,
+                        help="lm, position: corpus to train and evaluate on: 'shakespeare' (default), 'python-source' "
+                             "or a local text/.jsonl/.parquet file or folder")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice; 1 is faster on a shared machine)")
 
@@ -58,7 +61,8 @@ def main_from_args(args: argparse.Namespace) -> int:
             return 0
         run_benchmark(args.name, args.out, quick=args.quick, device=args.device, budget_s=args.budget_s,
                       steps=args.steps, cells=args.cells, mixers=args.mixers, learning_rates=args.learning_rates,
-                      vocab_size=args.vocab_size, presets=args.presets, variants=args.variants)
+                      vocab_size=args.vocab_size, presets=args.presets, variants=args.variants,
+                      data=args.data)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,9 +1,11 @@
 """Claim 4: Cheems against popular architectures (Doge, Llama, Mamba2, Jamba) at matched sizes.
 
 Training: every preset of one size class (``-small`` with ``quick``, ``-base`` otherwise; vocabulary set to
-the BPE trained on the embedded Shakespeare corpus) gets the same data, tokenizer, schedule, learning rate and
-token budget (:mod:`.lm_common`). Reported: parameters, training tokens/s (steady state), peak CUDA memory,
-validation perplexity at the training length.
+the BPE trained on the corpus: the embedded Shakespeare by default, ``data="python-source"`` for a corpus large
+enough to leave the over-fitting regime) gets the same data, tokenizer, schedule, learning rate and token budget
+(:mod:`.lm_common`), in packed rows whose documents are modelled apart (positions restart after each EOS; a
+document's first token is not scored). Reported: parameters, training tokens/s (steady state), peak CUDA memory,
+validation perplexity at the training length (packed the same way), and the corpus' manifest where it has one.
 
 Inference: decoding one token at a time (batch 1) after a context of ``C`` tokens, for ``C`` in 4K, 16K,
 128K, 1M (256 and 1K with ``quick``). The cache at context ``C`` is made by a short real prefill followed by
@@ -187,8 +189,10 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
         torch.manual_seed(0)
         model = CheemsForCausalLM(config).to(device)
         params = sum(p.numel() for p in model.parameters())
-        stats = train_lm(model, corpus.train, cfg["seq_len"], cfg["batch"], cfg["steps"], cfg["lr"], device)
-        ppl = perplexity(model, corpus.validation, cfg["seq_len"], cfg["batch"], device, cfg["eval_tokens"])
+        stats = train_lm(model, corpus.train, cfg["seq_len"], cfg["batch"], cfg["steps"], cfg["lr"], device,
+                         eos=corpus.eos)
+        ppl = perplexity(model, corpus.validation, cfg["seq_len"], cfg["batch"], device, cfg["eval_tokens"],
+                         eos=corpus.eos)
         train_row = {"preset": name, "parameters": params, "train_tokens_per_s": stats["tokens_per_s"],
                      "peak_memory_gb": None if stats["peak_memory_bytes"] is None else
                      stats["peak_memory_bytes"] / 2**30, "val_ppl": ppl, "final_train_loss": stats["final_loss"],
@@ -228,7 +232,8 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
             "training": f"{cfg['steps']} steps x {cfg['batch']} rows x {cfg['seq_len']} tokens = "
                         f"{cfg['steps'] * cfg['batch'] * cfg['seq_len']:,} tokens per model, lr {cfg['lr']}, "
                         "AdamW(0.9, 0.95) wd 0.1, clip 1, 5% warm-up + cosine to 10%"
-                        + (", bf16 autocast" if device.type == "cuda" else ", float32"),
+                        + (", bf16 autocast" if device.type == "cuda" else ", float32")
+                        + "; packed documents (positions restart after EOS, a document's first token not scored)",
             "decode": "batch 1, one token per step, cache grown to the context with random keys/values "
                       "(see the module docstring); " + ("bf16 weights" if device.type == "cuda" else "float32"),
             "throughput": f"train_tok_s@T: forward + backward + AdamW on {cfg['throughput_tokens']} random tokens per "

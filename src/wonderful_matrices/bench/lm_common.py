@@ -2,13 +2,20 @@
 training loop, one perplexity evaluation.
 
 The corpus is the embedded Shakespeare corpus of :mod:`wonderful_matrices.data` (its fixed validation split)
-unless another is given,
-tokenized with a byte-level BPE trained on the training split and cached under ``cache_dir``. Training draws
-``batch`` random windows of ``seq_len + 1`` tokens per step from the training tokens (seeded), with the
-optimizer, update step and schedule of ``wm train`` (:mod:`wonderful_matrices.train.optim`: AdamW (0.9, 0.95),
-weight decay 0.1 on matrices, clipping 1.0; :mod:`wonderful_matrices.train.schedule`: 5% linear warm-up then
-cosine decay to 10%), bf16 autocast on CUDA. Evaluation cuts the validation tokens into consecutive rows of a
-given length, so the same tokens are scored at every evaluation length.
+unless another is given (``"python-source"``, a local file or folder), tokenized with a byte-level BPE trained on
+the training split and cached under ``cache_dir``; its documents are concatenated, each closed by EOS.
+
+Training draws ``batch`` rows of ``seq_len + 1`` tokens per step from the training tokens the way ``wm train``
+does (:class:`~wonderful_matrices.data.packing.PackedRows`: non-overlapping rows, a seeded permutation per
+epoch), with ``wm train``'s optimizer, update step and schedule (:mod:`wonderful_matrices.train.optim`: AdamW
+(0.9, 0.95), weight decay 0.1 on matrices, clipping 1.0; :mod:`wonderful_matrices.train.schedule`: 5% linear
+warm-up then cosine decay to 10%), bf16 autocast on CUDA. Evaluation cuts the validation tokens into consecutive
+rows of a given length, so the same tokens are scored at every evaluation length.
+
+Documents in a row (given the EOS id, as :func:`corpus_tokens` does): rows follow ``wm train``'s packing
+convention (:func:`~wonderful_matrices.data.packing.document_position_ids`): positions restart at a row's first
+token and after every EOS, so the model keeps the documents apart, and a document's first token (the one after
+an EOS) is not scored — in training and in evaluation alike.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.packing import PackedRows, document_position_ids
 from ..ops import linear_cross_entropy
 from ..train.optim import adamw, apply_gradients
 from ..train.schedule import lr_multiplier
@@ -29,13 +37,14 @@ from .common import synchronize
 
 @dataclass
 class TokenizedCorpus:
-    """Training and validation token ids (1-D int64 numpy arrays), the tokenizer's vocabulary size, and the
-    corpus manifest with the token counts (None for corpora without one)."""
+    """Training and validation token ids (1-D int64 numpy arrays, documents closed by ``eos``), the tokenizer's
+    vocabulary size and EOS id, and the corpus manifest with the token counts (None for corpora without one)."""
 
     train: np.ndarray
     validation: np.ndarray
     vocab_size: int
     name: str
+    eos: int
     manifest: dict | None = None
 
 
@@ -45,7 +54,7 @@ def corpus_tokens(data: str, vocab_size: int, cache_dir: str | Path) -> Tokenize
     its training split (trained once per ``cache_dir``, then loaded)."""
     from ..data.corpora import load_corpus
     from ..data.packing import tokenize_split
-    from ..data.tokenizer import load_tokenizer, train_bpe
+    from ..data.tokenizer import eos_id, load_tokenizer, train_bpe
 
     cache_dir = Path(cache_dir)
     corpus = load_corpus(data)
@@ -57,7 +66,7 @@ def corpus_tokens(data: str, vocab_size: int, cache_dir: str | Path) -> Tokenize
     name = data if data in ("shakespeare", "python-source") else Path(data).name
     manifest = None if corpus.manifest is None else {**corpus.manifest, "train_tokens": len(train),
                                                      "validation_tokens": len(val)}
-    return TokenizedCorpus(train, val, len(tokenizer), f"{name} (BPE {len(tokenizer)})", manifest)
+    return TokenizedCorpus(train, val, len(tokenizer), f"{name} (BPE {len(tokenizer)})", eos_id(tokenizer), manifest)
 
 
 def training_autocast(device: torch.device):
@@ -78,43 +87,57 @@ def set_fused(model, fused: bool) -> None:
             module.backend = "auto" if fused else "torch"
 
 
-def lm_loss(model, rows: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of ``rows`` (b, l + 1): inputs ``rows[:, :-1]``, targets ``rows[:, 1:]``.
+def packed_inputs(rows: torch.Tensor, eos: int | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """rows (b, l + 1) token ids -> ``(inputs, position_ids, targets)``: inputs ``rows[:, :-1]`` (b, l); with an
+    ``eos`` id the rows are packed documents: position_ids (b, l) restart at 0 at the row's start and after every
+    EOS (:func:`~wonderful_matrices.data.packing.document_position_ids`), and targets ``rows[:, 1:]`` (b, l) hold
+    ``-100`` (not scored) at each document's first token; without, position_ids is None and every target counts."""
+    inputs, targets = rows[:, :-1], rows[:, 1:]
+    if eos is None:
+        return inputs, None, targets
+    positions = document_position_ids(rows, eos)
+    return inputs, positions[:, :-1], targets.masked_fill(positions[:, 1:] == 0, -100)
+
+
+def lm_loss(model, rows: torch.Tensor, eos: int | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``rows`` (b, l + 1) over the targets :func:`packed_inputs` scores (all of
+    ``rows[:, 1:]`` without ``eos``; with it, each document modelled alone and its first token not scored).
 
     With ``model.config.fused_loss`` (the default) computed from the final hidden states by
     ``wm.ops.linear_cross_entropy`` (no ``(b, l, V)`` float32 logits), else from the logits."""
-    inputs, targets = rows[:, :-1], rows[:, 1:]
+    inputs, positions, targets = packed_inputs(rows, eos)
     if model.config.fused_loss:
-        hidden = model.model(input_ids=inputs, use_cache=False).last_hidden_state
+        hidden = model.model(input_ids=inputs, position_ids=positions, use_cache=False).last_hidden_state
         return linear_cross_entropy(hidden.flatten(0, 1), model.lm_head.weight, targets.flatten())
-    logits = model(input_ids=inputs, use_cache=False).logits
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+    logits = model(input_ids=inputs, position_ids=positions, use_cache=False).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
 
 
 def optimizer_step(model, opt, rows: torch.Tensor, device: torch.device, clip: float | None = None,
-                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> torch.Tensor:
-    """One training step on ``rows (b, l + 1)``: forward under :func:`training_autocast`, backward, then
+                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                   eos: int | None = None) -> torch.Tensor:
+    """One training step on ``rows (b, l + 1)`` (packed documents with ``eos``: :func:`lm_loss`): forward under
+    :func:`training_autocast`, backward, then
     ``wm train``'s update (:func:`~wonderful_matrices.train.optim.apply_gradients`: clipping to norm ``clip``
     (None: none), ``opt.step()``, ``scheduler.step()``, gradients cleared). Returns the loss (a device tensor:
     no sync)."""
     with training_autocast(device):
-        loss = lm_loss(model, rows)
+        loss = lm_loss(model, rows, eos)
     loss.backward()
     apply_gradients(model.parameters(), opt, scheduler, clip)
     return loss
 
 
 def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr: float, device: torch.device,
-             seed: int = 0, weight_decay: float = 0.1) -> dict:
-    """Train ``model`` on random windows of ``tokens``; return ``{"final_loss", "tokens_per_s",
-    "peak_memory_bytes", "train_s"}`` (throughput over the steps after the first two, which compile/warm up)."""
-    if len(tokens) < seq_len + 2:
+             seed: int = 0, weight_decay: float = 0.1, eos: int | None = None) -> dict:
+    """Train ``model`` on rows of ``seq_len + 1`` of ``tokens`` (1-D; see the module docstring; packed documents
+    with ``eos``); return ``{"final_loss", "tokens_per_s", "peak_memory_bytes", "train_s"}`` (throughput over the
+    steps after the first two, which compile/warm up)."""
+    if len(tokens) < seq_len + 1:
         raise ValueError(f"seq_len={seq_len} is not allowed: the corpus has only {len(tokens)} training tokens")
     opt = adamw(model, lr, weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier("cosine", steps, max(1, steps // 20), min_ratio=0.1))
-    rng = np.random.default_rng(seed)
-    data = torch.from_numpy(tokens)
-    offsets = torch.arange(seq_len + 1)
+    data = PackedRows(tokens, seq_len + 1)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
@@ -124,9 +147,8 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
         if step == min(2, steps - 1):
             synchronize(device)
             t_steady = time.perf_counter()
-        starts = torch.from_numpy(rng.integers(0, len(tokens) - seq_len - 1, size=batch))
-        rows = data[starts[:, None] + offsets].to(device, non_blocking=True)
-        loss = optimizer_step(model, opt, rows, device, clip=1.0, scheduler=sched)
+        rows = data.train_batch(step, batch, grad_accum=1, micro=0, seed=seed).to(device, non_blocking=True)
+        loss = optimizer_step(model, opt, rows, device, clip=1.0, scheduler=sched, eos=eos)
         if step == steps - 1:
             loss_value = float(loss.detach())
     synchronize(device)
@@ -140,9 +162,10 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
 
 @torch.no_grad()
 def perplexity(model, tokens: np.ndarray, seq_len: int, batch: int, device: torch.device,
-               max_tokens: int | None = None) -> float:
+               max_tokens: int | None = None, eos: int | None = None) -> float:
     """exp(mean next-token loss) over consecutive rows of ``seq_len + 1`` tokens (overlapping by one) of
-    ``tokens`` (at most ``max_tokens`` of them; the same prefix at every ``seq_len``)."""
+    ``tokens`` (at most ``max_tokens`` of them; the same prefix at every ``seq_len``); with ``eos`` the rows are
+    packed documents (:func:`lm_loss`), and the mean runs over the scored targets."""
     usable = len(tokens) if max_tokens is None else min(len(tokens), max_tokens)
     n_rows = (usable - 1) // seq_len
     if n_rows < 1:
@@ -154,8 +177,14 @@ def perplexity(model, tokens: np.ndarray, seq_len: int, batch: int, device: torc
     total, count = 0.0, 0
     for start in range(0, n_rows, batch):
         chunk = rows[start:start + batch].to(device)
+        scored = int((packed_inputs(chunk, eos)[2] != -100).sum())
+        if scored == 0:
+            continue
         with training_autocast(device):
-            loss = lm_loss(model, chunk)
-        total += float(loss) * chunk.shape[0] * seq_len
-        count += chunk.shape[0] * seq_len
+            loss = lm_loss(model, chunk, eos)
+        total += float(loss) * scored
+        count += scored
+    if count == 0:
+        raise ValueError(f"seq_len={seq_len} is not allowed: the validation rows hold no scored token (every "
+                         "token follows an EOS)")
     return math.exp(total / count)
