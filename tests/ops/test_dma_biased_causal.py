@@ -76,3 +76,28 @@ def test_eager_forward_packed_equals_alone_and_oracle():
         assert rel_err(out[r:r + 1, s:e], alone) < 1e-6
     ref = dynamic_mask_attention_naive(q.double(), k.double(), v.double(), bias.double(), None, True, 0.25, seq_idx)
     assert rel_err(out, ref) < 1e-5
+
+
+def test_compiled_attend_keeps_more_variants_than_a_length_sweep_makes(monkeypatch):
+    """A sweep over lengths forward and backward, then the same length with documents, stays compiled (past
+    dynamo's default of 8 variants the function would run eagerly, building the full (b, h, l, l) scores).
+    Dynamo's ``eager`` backend on the CPU: the variants, not the kernels, are under test; gradient mode is switched
+    on inputs without gradients (FlexAttention has no CPU backward)."""
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    torch._dynamo.reset()
+    compiled = biased_causal.compile_attend(backend="eager")
+    seq_idx, _ = documents([[100, 60, 96]])
+    try:
+        for length, docs in [(128, None), (256, None), (384, None), (512, None), (256, seq_idx)]:
+            q, k, v, bias = random_inputs(1, length, 2, 2, 16, pad=False)
+            rows = bias.permute(0, 2, 1).contiguous()
+            mask = biased_causal.block_mask_for(1, length, length, docs, q.device)
+            want = biased_causal._attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), rows, mask, 0.25)
+            for grad in (False, True):
+                with torch.set_grad_enabled(grad):
+                    got = compiled(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), rows, mask, 0.25)
+                assert rel_err(got, want) < 1e-6
+    finally:
+        torch._dynamo.reset()

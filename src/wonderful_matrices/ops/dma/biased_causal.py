@@ -80,7 +80,20 @@ def _attend(q, k, v, bias_rows, block_mask, scale):
     return flex_attention(q, k, v, score_mod=add_bias, block_mask=block_mask, scale=scale, enable_gqa=True)
 
 
-_compiled_attend = torch.compile(_attend, dynamic=False) if torch.cuda.is_available() else None
+# torch.compile makes one variant of ``_attend`` per shape, grad mode and mask (with or without documents), and
+# after dynamo's default of 8 variants per function it runs the function eagerly — where FlexAttention builds the
+# full (b, h, lq, lk) scores: a sweep over four lengths, forward and backward, fills the 8, and a packed row of 16K
+# tokens after it then ran out of memory. This many variants stay compiled.
+RECOMPILE_LIMIT = 64
+
+
+def compile_attend(backend: str = "inductor"):
+    """``_attend`` under ``torch.compile`` (static shapes, ``backend``), allowed :data:`RECOMPILE_LIMIT` variants."""
+    return torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT)(
+        torch.compile(_attend, dynamic=False, backend=backend))
+
+
+_compiled_attend = compile_attend() if torch.cuda.is_available() else None
 
 
 def dynamic_mask_attention_biased_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
