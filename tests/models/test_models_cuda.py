@@ -1,0 +1,78 @@
+"""Whole models on a CUDA device: GraphedDecoder against eager decoding, packed rows of every tiny preset against
+their documents alone, and the fused bf16 training step against the plain-PyTorch one.
+
+Skipped where there is no CUDA device. On a GPU machine: ``AREA=models OUT=DIR bash scripts/gpu_check.sh`` (or
+``python -m pytest tests/models/test_models_cuda.py``).
+"""
+import pytest
+import torch
+
+import wonderful_matrices as wm
+from conftest import rel_err
+from cuda_helpers import TOL, needs_cuda
+
+pytestmark = needs_cuda
+
+
+@pytest.mark.parametrize("name,records", [("cheems-tiny", True), ("doge-tiny", True), ("mamba2-tiny", True),
+                                          ("llama-tiny", False)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_graphed_decoder_replays_the_eager_steps(name, records, dtype):
+    # GraphedDecoder records the step once the cache is steady, then replays it: the logits of every step equal
+    # eager decoding's (same kernels, same order); attention's growing cache keeps it eager
+    torch.manual_seed(0)
+    config = wm.presets.get(name, use_cache=True)
+    model = wm.CheemsForCausalLM(config).eval().to("cuda", dtype)
+    prompt = torch.randint(0, config.vocab_size, (2, 20), device="cuda")
+    caches = [wm.models.CheemsCache(config), wm.models.CheemsCache(config)]
+    with torch.no_grad():
+        for cache in caches:
+            model(input_ids=prompt, past_key_values=cache, use_cache=True)
+    decoder = wm.models.GraphedDecoder(model, caches[1])
+    tokens = torch.randint(0, config.vocab_size, (12, 2, 1), device="cuda")
+    for token in tokens:
+        with torch.no_grad():
+            ref = model(input_ids=token, past_key_values=caches[0], use_cache=True).logits
+        out = decoder.step(token)
+        assert rel_err(out.float().cpu(), ref.float().cpu()) < TOL[dtype] / 10, (decoder.recorded, decoder.failed)
+    assert decoder.recorded == records and decoder.failed is None
+    assert caches[1].get_seq_length() == caches[0].get_seq_length() == 32
+
+
+@pytest.mark.parametrize("name", ["cheems-tiny", "jamba-tiny", "llama-tiny", "mamba2-tiny", "doge-tiny"])
+def test_packed_model_cuda(name):
+    """A packed row on the GPU (float32, every kernel the model uses there) gives each document its logits alone."""
+    torch.manual_seed(0)
+    model = wm.CheemsForCausalLM(wm.presets.get(name)).cuda().float().eval()
+    lengths = [40, 1, 17, 70]
+    gen = torch.Generator().manual_seed(1)
+    docs = [torch.randint(0, model.config.vocab_size, (n,), generator=gen).cuda() for n in lengths]
+    positions = torch.cat([torch.arange(n) for n in lengths]).cuda()
+    with torch.no_grad():
+        packed = model(input_ids=torch.cat(docs)[None], position_ids=positions[None]).logits[0]
+        alone = torch.cat([model(input_ids=d[None]).logits[0] for d in docs])
+    assert rel_err(packed.cpu(), alone.cpu()) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize("name", ["cheems-tiny", "llama-tiny", "jamba-tiny", "mamba2-tiny", "doge-tiny"])
+def test_fused_training_step_bf16_cuda(name):
+    """A model's bf16-autocast training step with the fused norms and loss against the plain-PyTorch one."""
+    from wonderful_matrices.bench.lm_common import set_fused
+
+    torch.manual_seed(0)
+    model = wm.CheemsForCausalLM(wm.presets.get(name)).cuda().train()
+    x = torch.randint(0, model.config.vocab_size, (4, 100), device="cuda")
+    results = []
+    for fused in (False, True):
+        set_fused(model, fused)
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(x, labels=x)
+        out.loss.backward()
+        assert (out.logits is None) == fused
+        results.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                             if p.grad is not None}))
+    (ref_loss, ref), (loss, grads) = results
+    assert rel_err(loss, ref_loss) < 1e-2
+    flat = lambda g: torch.cat([v.flatten().float() for v in g.values()])  # noqa: E731
+    assert grads.keys() == ref.keys() and rel_err(flat(grads), flat(ref)) < 3e-2

@@ -1,0 +1,210 @@
+"""Dynamic mask attention on a CUDA device: the windowed Triton kernels, the no-window FlexAttention path,
+packed documents against the float64 oracles, and the decode steps (fused against torch, no host sync, CUDA graphs).
+
+Skipped where there is no CUDA device. On a GPU machine: ``AREA=dma OUT=DIR bash scripts/gpu_check.sh`` (or
+``python -m pytest tests/ops/test_dma_cuda.py``).
+"""
+import pytest
+import torch
+
+import wonderful_matrices as wm
+from conftest import rel_err
+from cuda_helpers import TOL, _grad_close, _grads, _leaf, _on_cpu, needs_cuda
+
+pytestmark = needs_cuda
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("window,lq,lk", [(None, 300, 300), (64, 300, 300), (100, 600, 600), (37, 200, 333)])
+def test_dma_cuda(dtype, window, lq, lk):
+    b, hq, hkv, d = 2, 8, 2, 64
+    base = [torch.randn(b, lq, hq, d), torch.randn(b, lk, hkv, d), torch.randn(b, lk, hkv, d),
+            torch.randn(b, lk, hkv) * 3]
+
+    def fn(q, k, v, bias):
+        backend = "naive" if q.dtype == torch.float64 else "torch"
+        return wm.ops.dynamic_mask_attention(q, k, v, bias, keep_window=window, backend=backend)
+
+    small = [t[:1] for t in base]  # the oracle loops per query: keep it to one batch row
+    ref, ref_g = _on_cpu(_grads(fn, [_leaf(t, torch.float64, "cuda") for t in small]))
+    out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in small])
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert rel_err(out.cpu(), ref) < TOL[dtype]
+    for a, r in zip(out_g, ref_g):
+        assert rel_err(a.cpu(), r) < TOL[dtype] * 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("window,lq,lk,block", [(64, 300, 300, None), (100, 400, 400, 128), (37, 200, 333, 128),
+                                                (1, 150, 150, 128), (300, 1000, 1000, 256), (5, 700, 700, 384)])
+def test_dma_triton_cuda(dtype, window, lq, lk, block):
+    """The compiled Triton kernels (causal window) against the float64 CPU oracle, outputs and all gradients."""
+    from wonderful_matrices.ops.dma.windowed_kernels import dynamic_mask_attention_triton
+
+    b, hq, hkv, d = 1, 8, 2, 64
+    base = [torch.randn(b, lq, hq, d), torch.randn(b, lk, hkv, d), torch.randn(b, lk, hkv, d),
+            torch.randn(b, lk, hkv) * 3]
+    base[3][0, :5] = float("-inf")  # padding
+
+    def fn(q, k, v, bias):
+        if q.dtype == torch.float64:
+            return wm.ops.dynamic_mask_attention(q, k, v, bias, keep_window=window, backend="naive")
+        return dynamic_mask_attention_triton(q, k, v, bias, window, d ** -0.5, block)
+
+    ref, ref_g = _on_cpu(_grads(fn, [_leaf(t, torch.float64, "cuda") for t in base]))
+    out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in base[:3]] + [_leaf(base[3], torch.float32, "cuda")])
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert rel_err(out.cpu(), ref) < TOL[dtype]
+    for a, r in zip(out_g, ref_g):
+        assert torch.isfinite(a).all() and _grad_close(a, r, TOL[dtype] * 2)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("window", [None, 16])
+def test_dma_layer_decode_step_never_syncs(window, backend):
+    """A generation step of the DMA layer (cache full) runs without any host synchronisation."""
+    from wonderful_matrices.layers import DynamicMaskAttention
+
+    layer = DynamicMaskAttention(128, 4, 2, 32, keep_window=window, decode_backend=backend)
+    layer = layer.cuda().to(torch.bfloat16).eval()
+    x = torch.randn(2, 40, 128, device="cuda", dtype=torch.bfloat16)
+    pos = torch.arange(40, device="cuda").expand(2, 40)
+    state = {}
+    with torch.no_grad():
+        full = layer(x, pos)
+        outs = [layer(x[:, :30], pos[:, :30], None, state)]
+        outs.append(layer(x[:, 30:31], pos[:, 30:31], None, state))  # may (re)allocate buffers
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for t in range(31, 40):
+                outs.append(layer(x[:, t:t + 1], pos[:, t:t + 1], None, state))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert rel_err(torch.cat(outs, 1).float(), full.float()) < 3e-2
+
+
+def _dma_decode_pair(window, hq, hkv, d, dtype):
+    from wonderful_matrices.layers import DynamicMaskAttention
+
+    layers = []
+    for backend in ("triton", "torch"):
+        layer = DynamicMaskAttention(hq * d, hq, hkv, d, keep_window=window, decode_backend=backend)
+        layers.append(layer.cuda().to(dtype).eval())
+    return layers
+
+
+def _dma_random_cache(b, n, hkv, d, dtype, ties):
+    bias = torch.randint(-2, 1, (b, n, hkv)).float() if ties else torch.randn(b, n, hkv) * 2
+    bias[torch.rand(b, n, hkv) < 0.1] = float("-inf")
+    return {"key": torch.randn(b, n, hkv, d, dtype=dtype, device="cuda"),
+            "value": torch.randn(b, n, hkv, d, dtype=dtype, device="cuda"), "bias": bias.cuda(),
+            "position": torch.arange(n, device="cuda").view(1, n, 1).repeat(b, 1, hkv)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("window,b,hq,hkv,d,prefill,ties", [
+    (64, 3, 8, 2, 64, 40, True), (2048, 1, 16, 16, 128, 2048, False), (2048, 2, 16, 4, 128, 2048, True),
+    (None, 2, 8, 2, 128, 3000, False)])
+def test_dma_fused_decode_step_cuda(dtype, window, b, hq, hkv, d, prefill, ties):
+    """The compiled fused decode step against the torch step: outputs, and the cache slot for slot after every
+    step (windowed: the same evictions, ties and -inf slots included; no window: appends)."""
+    fused, ref = _dma_decode_pair(window, hq, hkv, d, dtype)
+    state_f = _dma_random_cache(b, prefill, hkv, d, dtype, ties)
+    state_r = {name: t.clone() for name, t in state_f.items()}
+    for t in range(20):
+        q = torch.randn(b, 1, hq, d, device="cuda", dtype=dtype)
+        k, v = (torch.randn(b, 1, hkv, d, device="cuda", dtype=dtype) for _ in range(2))
+        bias = (torch.randint(-2, 1, (b, 1, hkv), device="cuda").float() if ties
+                else torch.randn(b, 1, hkv, device="cuda"))
+        bias[torch.rand(b, 1, hkv, device="cuda") < 0.2] = float("-inf")
+        position = torch.full((b, 1, hkv), prefill + t, device="cuda")
+        with torch.no_grad():
+            out_f = fused.decoder.step(q, k, v, bias, position, state_f, window)
+            out_r = ref.decoder.step(q, k, v, bias, position, state_r, window)
+        assert out_f.dtype == dtype and torch.isfinite(out_f).all()
+        assert rel_err(out_f.float().cpu(), out_r.float().cpu()) < TOL[dtype] / 2, t
+        for name in ("key", "value", "bias", "position"):
+            assert torch.equal(state_f[name], state_r[name]), (t, name)
+
+
+@pytest.mark.parametrize("b", [1, 4])
+def test_dma_fused_decode_step_cuda_graph(b):
+    """The windowed fused step captured in a CUDA graph: replays equal eager steps on a copy of the cache."""
+    fused, _ = _dma_decode_pair(256, 8, 2, 128, torch.bfloat16)
+    hkv, d = 2, 128
+    state = _dma_random_cache(b, 256, hkv, d, torch.bfloat16, False)
+    q = torch.randn(b, 1, 8, d, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(b, 1, hkv, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    bias = torch.randn(b, 1, hkv, device="cuda")
+    position = torch.full((b, 1, hkv), 300, device="cuda")
+    with torch.no_grad():
+        fused.decoder.step(q, k, v, bias, position, state, 256)  # buffers and workspace
+        eager_state = {name: t.clone() for name, t in state.items()}
+        eager = fused.decoder.step(q, k, v, bias, position, eager_state, 256)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = fused.decoder.step(q, k, v, bias, position, state, 256)
+        graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, eager)
+    for name in ("key", "value", "bias", "position"):
+        assert torch.equal(state[name], eager_state[name]), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("lq,lk,hq,hkv,d", [(300, 300, 8, 2, 64), (200, 333, 4, 4, 128), (129, 129, 4, 1, 32)])
+def test_dma_no_window_flex_cuda(dtype, lq, lk, hq, hkv, d):
+    """No window on CUDA: FlexAttention with the bias as a score modifier (the "triton" backend, what "auto" picks),
+    against the float64 oracle, outputs and all gradients; GQA, lq < lk, odd lengths, padded keys."""
+    base = [torch.randn(1, lq, hq, d), torch.randn(1, lk, hkv, d), torch.randn(1, lk, hkv, d),
+            torch.randn(1, lk, hkv) * 3]
+    base[3][0, :5] = float("-inf")
+    base[3][0, lk // 2, 0] = float("-inf")
+
+    def fn(q, k, v, bias):
+        backend = "naive" if q.dtype == torch.float64 else "auto"
+        return wm.ops.dynamic_mask_attention(q, k, v, bias, backend=backend)
+
+    tol = TOL.get(dtype, 2e-2)
+    ref, ref_g = _on_cpu(_grads(fn, [_leaf(t, torch.float64, "cuda") for t in base]))
+    out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in base[:3]] + [_leaf(base[3], torch.float32, "cuda")])
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert rel_err(out.cpu(), ref) < tol
+    for name, a, r in zip("qkvb", out_g, ref_g):
+        assert torch.isfinite(a).all() and _grad_close(a, r, tol * 2), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("window", [None, 16, 64])
+def test_dma_packed_cuda(dtype, window):
+    """Packed rows (seq_idx) on CUDA, through "auto" (Triton kernels with a window, FlexAttention without): every
+    document gets what it gets alone, and the packed row matches the float64 oracle, outputs and all gradients."""
+    from dma_packing import documents, packed_and_alone
+
+    lengths = [[100, 1, 10, 189], [300]]
+    seq_idx, spans = documents(lengths)
+    b, l, hq, hkv, d = 2, 300, 8, 2, 64
+    base = [torch.randn(b, l, hq, d), torch.randn(b, l, hkv, d), torch.randn(b, l, hkv, d), torch.randn(b, l, hkv) * 3]
+    base[3][0, 101:104] = float("-inf")  # the third document starts with padding
+    weight = torch.randn(b, l, hq, d, dtype=torch.float64)
+
+    def attend(q, k, v, bias, s):
+        backend = "naive" if q.dtype == torch.float64 else "auto"
+        return wm.ops.dynamic_mask_attention(q, k, v, bias, keep_window=window, seq_idx=s, backend=backend)
+
+    tol = TOL[dtype]
+    inputs = [t.to("cuda", dtype) for t in base[:3]] + [base[3].cuda()]
+    (out, grads), (alone, alone_grads) = packed_and_alone(attend, *inputs, seq_idx.cuda(), spans, weight.cuda())
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert rel_err(out, alone) < (1e-5 if dtype == torch.float32 else 1e-2)
+    for name, a, r in zip("qkvb", grads, alone_grads):
+        assert _grad_close(a, r.double().cpu(), 2e-5 if dtype == torch.float32 else 2e-2), name
+    small = [t[:1] for t in base]  # the oracle loops per query: one row (row 0, the packed one)
+    ref, ref_g = _on_cpu(_grads(lambda *a: attend(*a, seq_idx[:1].cuda()),
+                                [_leaf(t, torch.float64, "cuda") for t in small]))
+    got, got_g = _grads(lambda *a: attend(*a, seq_idx[:1].cuda()),
+                        [_leaf(t, dtype, "cuda") for t in small[:3]] + [_leaf(small[3], torch.float32, "cuda")])
+    assert rel_err(got.cpu(), ref) < tol
+    for name, a, r in zip("qkvb", got_g, ref_g):
+        assert _grad_close(a, r, tol * 2), name

@@ -1,0 +1,182 @@
+"""Product-key top-k and the expert mixture (torch and Triton backends) on a CUDA device against float64, and
+the CDMoE / PEER / PKM layers' bf16 training step.
+
+Skipped where there is no CUDA device. On a GPU machine: ``AREA=experts OUT=DIR bash scripts/gpu_check.sh`` (or
+``python -m pytest tests/ops/test_experts_cuda.py``).
+"""
+import pytest
+import torch
+
+import wonderful_matrices as wm
+from conftest import rel_err
+from cuda_helpers import TOL, _grads, _leaf, needs_cuda
+
+pytestmark = needs_cuda
+
+
+def _triton_available():
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+MIXTURE_BACKENDS = ["torch"] + (["triton"] if _triton_available() else [])
+
+
+@pytest.mark.parametrize("backend", MIXTURE_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_product_key_and_mixture_cuda(dtype, backend):
+    tokens, H, sqrt_n, dk, k, d = 512, 4, 64, 32, 8, 256
+    query = torch.randn(tokens, H, 2, dk)
+    sub_keys = torch.randn(H, 2, sqrt_n, dk)
+    s_ref, i_ref = wm.ops.product_key_topk(query.double(), sub_keys.double(), k, backend="naive")
+    s, i = wm.ops.product_key_topk(query.cuda(), sub_keys.cuda(), k)
+    assert torch.equal(i.cpu(), i_ref)
+    assert rel_err(s.cpu(), s_ref) < 1e-4
+
+    x, down, up = torch.randn(tokens, d), torch.randn(sqrt_n ** 2, d) / d ** 0.5, torch.randn(sqrt_n ** 2, d)
+    gates = torch.softmax(s_ref, -1).float()
+
+    def fn(x, down, up, gates):
+        return wm.ops.expert_mixture(x, i_ref.to(x.device), gates, down, up,
+                                     backend="naive" if x.device.type == "cpu" else backend)
+
+    ref, ref_g = _grads(fn, [_leaf(t, torch.float64, "cpu") for t in (x, down, up, gates)])
+    out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in (x, down, up)] + [_leaf(gates, torch.float32, "cuda")])
+    tol = TOL.get(dtype, 2e-2)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert rel_err(out.cpu(), ref) < tol
+    for a, r in zip(out_g, ref_g):
+        assert torch.isfinite(a).all()
+        assert rel_err(a.cpu(), r) < tol * 2
+
+
+def _mixture_case(tokens, H, k, N, d, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, d, generator=gen)
+    ids = torch.randint(0, N, (tokens, H, k), generator=gen)
+    gates = torch.rand(tokens, H, k, generator=gen) + 0.1
+    down = torch.randn(N, d, generator=gen) / d ** 0.5
+    up = torch.randn(N, d, generator=gen)
+    return x, ids, gates, down, up
+
+
+@pytest.mark.skipif(not _triton_available(), reason="needs triton")
+@pytest.mark.parametrize("tokens,H,k,N,d", [
+    (1, 1, 1, 1, 8),             # one token, one expert
+    (300, 8, 16, 16, 96),        # 16 experts: ~2400 selections each (the ranks of a tile are split)
+    (1000, 8, 16, 1024, 1000),   # d not a multiple of any block
+    (257, 8, 16, 2 ** 16, 64),   # many experts, mostly 0 or 1 selection
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_mixture_cuda_against_float64_loops(tokens, H, k, N, d, dtype):
+    """The Triton kernels on the GPU against the vectorised float64 reference (itself equal to the loops on CPU)."""
+    x, ids, gates, down, up = _mixture_case(tokens, H, k, N, d, seed=tokens + N)
+
+    def fn(x, down, up, gates):
+        backend = "torch" if x.device.type == "cpu" else "triton"
+        return wm.ops.expert_mixture(x, ids.to(x.device), gates, down, up, backend=backend)
+
+    ref, ref_g = _grads(fn, [_leaf(t, torch.float64, "cpu") for t in (x, down, up, gates)])
+    out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in (x, down, up)] + [_leaf(gates, torch.float32, "cuda")])
+    assert rel_err(out.cpu(), ref) < TOL[dtype]
+    for name, a, r in zip(("x", "down", "up", "gates"), out_g, ref_g):
+        assert torch.isfinite(a).all(), name
+        assert rel_err(a.cpu(), r) < TOL[dtype] * 2, name
+
+
+@pytest.mark.skipif(not _triton_available(), reason="needs triton")
+@pytest.mark.parametrize("tokens,H,k,N,d,activation", [
+    (999, 4, 6, 64, 200, "gelu"),      # 64 experts (steps split over programs), k not a power of two
+    (777, 3, 5, 1024, 96, "relu"),     # 1024 experts, odd everything
+    (4097, 8, 16, 2 ** 20, 32, "silu"),  # a million experts: tiles of about one step, direct writes
+])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_mixture_cuda_half_precision_activations(tokens, H, k, N, d, activation, dtype):
+    """The fused activation epilogues and the table-gradient products (bf16 hi/lo, fp16 tf32x3) in half
+    precision against float64 on the same rounded inputs; float32 gates, as the layer passes them."""
+    x, ids, gates, down, up = _mixture_case(tokens, H, k, N, d, seed=tokens + N)
+    x, down, up = (t.to(dtype).double() for t in (x, down, up))
+
+    def fn(x, down, up, gates):
+        backend = "torch" if x.device.type == "cpu" else "triton"
+        return wm.ops.expert_mixture(x, ids.to(x.device), gates, down, up, activation=activation, backend=backend)
+
+    ref, ref_g = _grads(fn, [_leaf(t, torch.float64, "cpu") for t in (x, down, up, gates)])
+    out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in (x, down, up)] + [_leaf(gates, torch.float32, "cuda")])
+    assert out.dtype == dtype and rel_err(out.cpu(), ref) < 2e-2
+    for name, a, r in zip(("x", "down", "up", "gates"), out_g, ref_g):
+        assert a.dtype == (torch.float32 if name == "gates" else dtype), name
+        assert torch.isfinite(a).all(), name
+        assert rel_err(a.cpu(), r) < 4e-2, name
+
+
+@pytest.mark.skipif(not _triton_available(), reason="needs triton")
+@pytest.mark.parametrize("tokens,H,n,dk,k", [
+    (1, 1, 4, 32, 1),          # N = 16, one token
+    (1000, 8, 32, 32, 16),     # N = 1024, the target case's heads and k
+    (333, 2, 7, 6, 5),         # odd square, dk below 16, k not a power of two
+    (517, 4, 1024, 32, 16),    # N = 2^20, sub-keys over several chunks
+    (64, 2, 64, 32, 32),       # the largest k of the fused kernel
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_product_key_triton_cuda(tokens, H, n, dk, k, dtype):
+    """The fused top-k kernel against brute force in float64 on the same (rounded) inputs: a correct top k
+    (each id's exact score equals its score, none left out beats the k-th), and its gradients."""
+    gen = torch.Generator().manual_seed(tokens + n)
+    query = torch.randn(tokens, H, 2, dk, generator=gen).to(dtype)
+    sub_keys = (torch.randn(H, 2, n, dk, generator=gen) / dk ** 0.5).to(dtype)
+    q64, k64 = query.double(), sub_keys.double()
+    q, keys = _leaf(query, dtype, "cuda"), _leaf(sub_keys, dtype, "cuda")
+    scores, ids = wm.ops.product_key_topk(q, keys, k, backend="triton")
+    assert scores.dtype == torch.float32 and ids.dtype == torch.int64 and torch.isfinite(scores).all()
+    every = (torch.einsum("thd,had->tha", q64[:, :, 0], k64[:, 0])[..., :, None]
+             + torch.einsum("thd,hbd->thb", q64[:, :, 1], k64[:, 1])[..., None, :]).flatten(-2)
+    ids_cpu = ids.cpu()
+    assert ((ids_cpu >= 0) & (ids_cpu < n * n)).all() and (ids_cpu.sort(-1).values.diff(dim=-1) > 0).all()
+    assert rel_err(scores.cpu(), every.gather(-1, ids_cpu)) < 1e-5
+    assert (scores[..., :-1] >= scores[..., 1:]).all()
+    assert rel_err(scores.cpu(), every.topk(k, dim=-1).values) < 1e-5
+
+    weight = torch.randn(scores.shape, generator=gen, dtype=torch.float64)
+    (scores * weight.to("cuda", torch.float32)).sum().backward()
+    q_ref, k_ref = q64.clone().requires_grad_(), k64.clone().requires_grad_()
+    a, b = ids_cpu // n, ids_cpu % n  # the oracle scores the same experts (ties may pick others)
+    heads = torch.arange(H)[:, None].expand_as(ids_cpu)
+    direct = ((q_ref[:, :, 0, None, :] * k_ref[heads, 0, a]).sum(-1)
+              + (q_ref[:, :, 1, None, :] * k_ref[heads, 1, b]).sum(-1))
+    (direct * weight).sum().backward()
+    for name, got, ref in (("query", q.grad, q_ref.grad), ("sub_keys", keys.grad, k_ref.grad)):
+        assert got.dtype == dtype and torch.isfinite(got).all(), name
+        assert rel_err(got.cpu(), ref) < TOL.get(dtype, 2e-2), name
+
+
+@pytest.mark.parametrize("backend", MIXTURE_BACKENDS)
+def test_product_key_layers_bf16_train_step_cuda(backend):
+    """CDMoE, PEER and PKM in bf16 on the GPU: forward and backward run and match the float32 CPU layer."""
+    from wonderful_matrices.layers import PEER, PKM, CDMoE
+
+    torch.manual_seed(0)
+    for cls, kwargs in ((CDMoE, dict(hidden_size=64, intermediate_size=96, num_experts=256, num_heads=4, top_k=4,
+                                     retrieval_dim=16, backend=backend)),
+                        (PEER, dict(hidden_size=64, num_experts=256, num_heads=4, top_k=4, key_dim=16,
+                                    backend=backend)),
+                        (PKM, dict(hidden_size=64, num_experts=256, num_heads=4, top_k=4, key_dim=16,
+                                   backend=backend))):
+        cpu = cls(**dict(kwargs, backend="torch")).double()
+        gpu = cls(**kwargs).to("cuda", torch.bfloat16)
+        gpu.load_state_dict(cpu.state_dict())
+        x = torch.randn(200, 64, dtype=torch.float64)
+        y_ref = cpu(x)
+        y = gpu(x.to("cuda", torch.bfloat16))
+        y.float().square().sum().backward()
+        assert torch.isfinite(y).all(), cls.__name__
+        ids_gpu = gpu.route(gpu.query(x.to("cuda", torch.bfloat16)))[1].cpu() if cls is CDMoE else None
+        if ids_gpu is not None:  # bf16 may pick another expert where two scores round together
+            same = (ids_gpu == cpu.route(cpu.query(x))[1]).all(-1).all(-1)
+            assert same.sum() >= 40  # of 200 tokens
+            assert rel_err(y.cpu()[same], y_ref[same]) < 3e-2
+        for (name, p), (_, q) in zip(gpu.named_parameters(), cpu.named_parameters()):
+            assert p.grad is not None and torch.isfinite(p.grad).all(), (cls.__name__, name)
