@@ -1,40 +1,106 @@
 #!/usr/bin/env bash
-# One GPU call that times the headline shapes and then checks every fast path, in about 5 minutes:
-#   1. SSD triton at the paper's shape (per kernel; scripts/gpu_ssd.py triton),
-#   2. DMA at T = 16K (window 2048 vs cuDNN / Flex) and one-token decode at 64K context (bench.dma subset),
-#   3. the CUDA parity tests of SSD, DMA (incl. window selection and fused decode) and the expert mixture against
-#      the float64 oracles, and GraphedDecoder against eager decoding, in parallel processes (Triton compiles on
-#      the CPU).
-# From the repository root: OUT=DIR bash scripts/gpu_check.sh  ->  DIR/gpu_check.log, DIR/gpu_check.tgz
+# The CUDA parity tests (fast paths against the float64 oracles on the GPU), one area or several per call, each
+# file in its own pytest-xdist run under `timeout`, the complete log of every file kept. From the repository root:
+#   AREA=ssd|dma|experts|norm|models|all OUT=DIR bash scripts/gpu_check.sh     (AREA may list several: "ssd norm")
+#   ssd      tests/ops/test_ssd_cuda.py            SSD triton/torch, every gradient, packed documents
+#   dma      tests/ops/test_dma_select.py          window selection at scale (its CUDA cases; the rest is CPU)
+#            tests/ops/test_dma_cuda.py            windowed Triton, no-window Flex, packed, decode steps, CUDA graphs
+#   experts  tests/ops/test_experts_cuda.py        product-key top-k, expert mixture, CDMoE / PEER / PKM layers
+#   norm     tests/ops/test_norm_loss_cuda.py      RMSNorm (+ residual), gated RMSNorm, chunked linear + CE, compile
+#   models   tests/train/test_graph_step.py        GraphedTrainStep (its CUDA cases; the rest is CPU)
+#            tests/models/test_models_cuda.py      GraphedDecoder, packed rows of the tiny presets, fused bf16 step
+# Writes DIR/cuda_<area>.log: a header (GPU, torch, triton, commit) and every file's complete pytest output; prints
+# one summary line per file and the FAILED / ERROR lines; exits non-zero if a file failed or timed out.
+# Knobs: WORKERS (xdist processes, default 8; 0 = one process), TIMEOUT (seconds per file, default 540), BUDGET
+# (seconds for the whole call, default 560: a file gets at most what is left, one with < 30 s left is not started),
+# PYTHON (default python3), TRITON_CACHE_DIR (default .triton_cache/ in the repository, ignored by git: kept
+# between calls on a warm machine). Triton's autotuning results are cached on disk (TRITON_CACHE_AUTOTUNING=1, where
+# this Triton has the knob), so the xdist workers and later calls reuse them instead of benchmarking every config
+# again; compiles are shared through the same cache.
 set -uo pipefail
 OUT=${OUT:-out}
-mkdir -p "$OUT"
-RES=$(mktemp -d)
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 T_SWEEP=${T_SWEEP:-25}
+AREA=${AREA:-all}
+WORKERS=${WORKERS:-8}
+TIMEOUT=${TIMEOUT:-540}
+BUDGET=${BUDGET:-560}
 PY=${PYTHON:-python3}
-{
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$PWD/.triton_cache}
+
+files_of() {
+  case $1 in
+    ssd) echo tests/ops/test_ssd_cuda.py ;;
+    dma) echo tests/ops/test_dma_select.py tests/ops/test_dma_cuda.py ;;
+    experts) echo tests/ops/test_experts_cuda.py ;;
+    norm) echo tests/ops/test_norm_loss_cuda.py ;;
+    models) echo tests/train/test_graph_step.py tests/models/test_models_cuda.py ;;
+    *) return 1 ;;
+  esac
+}
+
+areas=${AREA//,/ }
+[ "$areas" = all ] && areas="ssd dma experts norm models"
+for area in $areas; do
+  files_of "$area" >/dev/null || { echo "AREA: unknown area '$area' (allowed: ssd dma experts norm models all)"; exit 2; }
+done
+
+if $PY -c "import triton.knobs as k; k.autotuning.cache" 2>/dev/null; then
+  export TRITON_CACHE_AUTOTUNING=1
+fi
+xdist=(-n "$WORKERS")
+if ! $PY -c "import xdist" 2>/dev/null; then
+  xdist=()
+fi
+
+header() {
   date -u
-  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-  echo "=== ssd timing"
-  timeout "${T_SSD:-80}" $PY scripts/gpu_ssd.py triton "$RES/ssd_triton.json" 2>&1 | tail -45
-  echo "rc=${PIPESTATUS[0]}"
-  echo "=== dma timing"
-  timeout "${T_DMA:-100}" $PY -m wonderful_matrices.bench.dma --out "$RES/dma" --lengths 16384 --batches 1 8 \
-    2>&1 | grep -E "^\|" | tail -30
-  echo "rc=${PIPESTATUS[0]}"
-  echo "=== parity tests (parallel)"
-  i=0
-  for k in "test_ssd_cuda" "all_gradients and 1000-64" "all_gradients and 513-128" "all_gradients and 2048-256" \
-           "all_gradients and 1-256-4" "test_dma_cuda or test_dma_triton_cuda" "fused_decode or never_syncs" "graphed" \
-           "product_key or mixture or layers"; do
-    i=$((i + 1))
-    ( timeout "${T_TESTS:-120}" $PY -m pytest -q -p no:cacheprovider -rfE tests/ops/test_ops_cuda.py -k "$k" \
-        > "$RES/tests_$i.log" 2>&1; echo "rc=$? ($k)" >> "$RES/tests_$i.log" ) &
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+  echo "commit $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (+ uncommitted changes)')"
+  echo "TRITON_CACHE_AUTOTUNING=${TRITON_CACHE_AUTOTUNING:-unsupported} TRITON_CACHE_DIR=$TRITON_CACHE_DIR"
+  echo "xdist: ${xdist[*]:-not installed, one process}"
+}
+
+summary=()
+failures=()
+status=0
+for area in $areas; do
+  log="$OUT/cuda_$area.log"
+  header > "$log" 2>&1
+  for file in $(files_of "$area"); do
+    left=$((BUDGET - SECONDS))
+    limit=$((left < TIMEOUT ? left : TIMEOUT))
+    if [ "$left" -lt 30 ]; then
+      echo "=== $file: not started ($left s of BUDGET left)" >> "$log"
+      summary+=("$area $file: NOT STARTED (budget spent)")
+      status=1
+      continue
+    fi
+    echo "=== $file (timeout ${limit}s)" >> "$log"
+    start=$SECONDS
+    part=$(mktemp)
+    timeout --kill-after=15 "$limit" $PY -m pytest "${xdist[@]}" -p no:cacheprovider -rfE -v "$file" 2>&1 \
+      | tee "$part" >> "$log"
+    rc=${PIPESTATUS[0]}
+    took=$((SECONDS - start))
+    echo "=== $file: exit $rc after $took s" >> "$log"
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+      counts=$(grep "::" "$part" | grep -oE "\b(PASSED|FAILED|ERROR|SKIPPED)\b" | sort | uniq -c \
+        | awk '{printf "%s %s, ", $1, $2}')
+      summary+=("$area $file: TIMED OUT after $took s (so far: ${counts%, })")
+      mapfile -t -O "${#failures[@]}" failures < <(grep "::" "$part" | grep -E "\b(FAILED|ERROR)\b")
+    else
+      summary+=("$area $file: exit $rc, $(grep -E '^=+ .*(passed|failed|error|skipped|no tests ran).* =+$' "$part" | tail -1)")
+      mapfile -t -O "${#failures[@]}" failures < <(grep -E "^(FAILED|ERROR) " "$part")
+    fi
+    [ "$rc" -ne 0 ] && status=1
+    rm -f "$part"
   done
-  ( timeout "${T_TESTS:-120}" $PY -m pytest -q -p no:cacheprovider -rfE tests/ops/test_dma_select.py \
-      > "$RES/tests_select.log" 2>&1; echo "rc=$? (select)" >> "$RES/tests_select.log" ) &
-  wait
-  for f in "$RES"/tests_*.log; do grep -E "^(FAILED|ERROR)|passed|failed|rc=" "$f" | tail -8; done
-  date -u
-} 2>&1 | tee "$OUT/gpu_check.log"
-tar czf "$OUT/gpu_check.tgz" -C "$RES" .
+done
+
+echo "=== summary (logs: $OUT/cuda_<area>.log)"
+printf '%s\n' "${summary[@]}"
+echo "=== failed (${#failures[@]})"
+[ "${#failures[@]}" -gt 0 ] && printf '%s\n' "${failures[@]}"
+exit $status

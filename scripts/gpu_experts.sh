@@ -36,7 +36,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a timeout, log everything, 
 } 2>&1 | tee -a "$LOG"
 
 stage tests ${TESTS_TIMEOUT:-120} $PY -m pytest -q -p no:cacheprovider -rfE \
-  tests/ops/test_ops_cuda.py -k "product_key or mixture or layers or compiles" tests/ops/test_expert_mixture_triton_compile.py \
+  tests/ops/test_experts_cuda.py tests/ops/test_expert_mixture_triton_compile.py \
   tests/ops/test_product_key_triton_compile.py
 tail -n 3 "$RES/tests.log"
 stage target ${TARGET_TIMEOUT:-150} $PY -m wonderful_matrices.bench.cdmoe_target --out "$RES/cdmoe_target" ${BENCH_ARGS:-}

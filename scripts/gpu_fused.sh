@@ -17,8 +17,8 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   echo "=== parity tests"
-  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/ops/test_ops_cuda.py -rf \
-    -k "rms_norm or linear_cross_entropy or fused_training" 2>&1 | tail -30
+  timeout 240 python3 -m pytest -q -p no:cacheprovider -rf tests/ops/test_norm_loss_cuda.py \
+    tests/models/test_models_cuda.py::test_fused_training_step_bf16_cuda 2>&1 | tail -30
   echo "=== wm bench profile"
   timeout 150 python3 -m wonderful_matrices.cli bench profile --presets cheems-base,llama-base \
     --variants fused,unfused --steps 2 --out "$RES/profile" 2>&1 | grep -v "USDT"

@@ -44,7 +44,8 @@ has() { [[ " $STAGES " == *" $1 "* ]]; }
   if has tests; then
     echo "=== stage: CUDA packed parity tests"
     timeout "${T_TESTS:-180}" $PY -m pytest -q -p no:cacheprovider -o console_output_style=classic -rfE \
-        tests/ops/test_ops_cuda.py -k "packed" 2>&1 | tail -25
+        tests/ops/test_ssd_cuda.py::test_ssd_packed_cuda tests/ops/test_dma_cuda.py::test_dma_packed_cuda \
+        tests/models/test_models_cuda.py::test_packed_model_cuda 2>&1 | tail -25
     echo "rc=${PIPESTATUS[0]}"
   fi
   if has train; then

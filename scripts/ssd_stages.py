@@ -6,7 +6,7 @@ float64 computed from the same (already rounded) inputs.
 
 Stages: ``cum`` (chunk-local cumulative sum of dt·A), ``cb`` (C·Bᵀ per chunk), ``states`` (the state entering
 every chunk after the state pass; the last slot is the final state) and ``y`` (the output). Inputs follow
-``tests/ops/test_ops_cuda.py::test_ssd_cuda`` (b 2, 8 heads x 32, state 64, one group). The first stage whose
+``tests/ops/test_ssd_cuda.py::test_ssd_cuda`` (b 2, 8 heads x 32, state 64, one group). The first stage whose
 error jumps from float32-rounding size (~1e-7) or bf16-rounding size (~4e-3) to percent size is the culprit.
 """
 import argparse

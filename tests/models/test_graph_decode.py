@@ -1,6 +1,6 @@
 """GraphedDecoder: the body it records (a model step whose replaced cache tensors are folded back into the
 fixed ones) gives the same logits as plain decoding, step after step; caches that keep growing are refused.
-The recording and replay themselves need CUDA: tests/ops/test_ops_cuda.py."""
+The recording and replay themselves need CUDA: tests/models/test_models_cuda.py."""
 import pytest
 import torch
 

@@ -1,6 +1,6 @@
 """The no-window GPU path of dynamic_mask_attention (FlexAttention with a bias ``score_mod`` and a block mask built
 from the causal offset and the documents): the block mask's tiles are checked pair by pair, and the path, run
-eagerly on the CPU, against the oracle. The compiled path runs on the GPU in test_ops_cuda.py."""
+eagerly on the CPU, against the oracle. The compiled path runs on the GPU in test_dma_cuda.py."""
 import pytest
 import torch
 from dma_packing import documents, random_inputs
@@ -52,7 +52,7 @@ def test_block_mask_lists_every_visible_pair_and_full_tiles_are_full(lq, lk, len
         assert torch.equal(full, all_pairs)
 
 
-# FlexAttention has no backward on the CPU: forward here, gradients on the GPU (test_ops_cuda.py).
+# FlexAttention has no backward on the CPU: forward here, gradients on the GPU (test_dma_cuda.py).
 @pytest.mark.parametrize("lq,lk,hq,hkv,d", [(150, 150, 4, 2, 16), (70, 200, 2, 2, 32), (1, 9, 2, 1, 16)])
 def test_eager_forward_matches_oracle(lq, lk, hq, hkv, d):
     q = torch.randn(2, lq, hq, d)

@@ -1,5 +1,5 @@
 """The fused Triton DMA decode step (ops/dma/decode.py) against the torch step of ops/dma/cache.py (its oracle),
-on the CPU under TRITON_INTERPRET=1 (float32, tiny shapes). Compiled CUDA cases are in test_ops_cuda.py.
+on the CPU under TRITON_INTERPRET=1 (float32, tiny shapes). Compiled CUDA cases are in test_dma_cuda.py.
 
 As in test_dma_triton.py, ``test_interpreted_in_a_subprocess`` reruns this file in a child process with
 ``TRITON_INTERPRET=1`` (Triton reads the flag at import); the real tests run there.

@@ -1,5 +1,5 @@
 """The Triton backend of dynamic_mask_attention against the naive oracle, on the CPU under TRITON_INTERPRET=1
-(float32, tiny shapes: the interpreter is slow). The same kernels run compiled on a GPU in test_ops_cuda.py.
+(float32, tiny shapes: the interpreter is slow). The same kernels run compiled on a GPU in test_dma_cuda.py.
 
 Triton decides interpreted vs compiled when it is imported, so in a normal test run the one test
 ``test_interpreted_in_a_subprocess`` reruns this file in a child process with ``TRITON_INTERPRET=1``; there

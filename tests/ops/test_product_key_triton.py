@@ -1,7 +1,7 @@
 """product_key_topk(backend="triton") (the fused kernel) against the brute-force oracle, on the CPU under
 TRITON_INTERPRET=1 (float32, small shapes). The interpreter's configuration has blocks of 16 tokens and 16
 sub-keys, so √N = 32 and 40 cross sub-key chunks and 37 tokens a token block; outputs start NaN-poisoned. The
-same kernels run compiled on a GPU in test_ops_cuda.py (bf16/fp16).
+same kernels run compiled on a GPU in test_experts_cuda.py (bf16/fp16).
 
 Triton decides interpreted vs compiled when it is imported, so in a normal run ``test_interpreted_in_a_subprocess``
 reruns this file in a child process with ``TRITON_INTERPRET=1``; there the real tests run.

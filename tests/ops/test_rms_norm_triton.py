@@ -1,5 +1,5 @@
 """The Triton RMSNorm (+ residual add) against the float64 oracle, on the CPU under TRITON_INTERPRET=1 (float32,
-small shapes). The same kernels run compiled on a GPU in test_ops_cuda.py (bfloat16/float16 there).
+small shapes). The same kernels run compiled on a GPU in test_norm_loss_cuda.py (bfloat16/float16 there).
 
 As in test_dma_triton.py, ``test_interpreted_in_a_subprocess`` reruns this file with the interpreter on.
 """
