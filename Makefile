@@ -26,7 +26,7 @@ venv: $(STAMP)
 
 test: $(STAMP) $(OLDEST_STAMP)
 	$(VENV)/bin/ruff check src tests scripts
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 	@echo "== tests/models again with the oldest supported transformers"
 	PYTHONPATH=$(OLDEST) $(PY) -c "import transformers; want = '$(shell sed -n 's/^transformers==//p' requirements-oldest.lock)'; \
 		assert transformers.__version__ == want, (transformers.__version__, want)"
