@@ -290,7 +290,10 @@ class CheemsModel(CheemsPreTrainedModel):
     the cached keys, then the ``l`` new ones), None for SSD/Mamba2 layers. ``output_*`` and ``return_dict`` default
     to the config's values; ``return_dict=False`` returns the output's non-None fields as a tuple. Packed rows
     (:func:`packed_document_ids`: position ids restarting at 0, or an explicit ``seq_idx``) keep every document
-    apart in every layer; they build no cache.
+    apart in every layer; they build no cache. ``prefill_chunk_size`` (default ``config.prefill_chunk_size``; None
+    = one call): a call with a cache and more tokens runs its blocks chunk by chunk, each chunk continuing the
+    cache, so a long prompt's activations are bounded by the chunk (not with ``output_hidden_states`` or
+    ``output_attentions``, which run one call).
     """
 
     def __init__(self, config: CheemsConfig):
@@ -313,7 +316,8 @@ class CheemsModel(CheemsPreTrainedModel):
                 inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, seq_idx: torch.LongTensor | None = None,
-                cache: CheemsCache | None = None, **kwargs) -> BaseModelOutputWithPast | tuple:
+                cache: CheemsCache | None = None, prefill_chunk_size: int | None = None,
+                **kwargs) -> BaseModelOutputWithPast | tuple:
         """Run the blocks; see the class docstring for shapes."""
         past_key_values = given_cache(past_key_values, cache)
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
@@ -379,9 +383,42 @@ class CheemsModel(CheemsPreTrainedModel):
         if new_mask is not None and value_checks_enabled() and bool(new_mask.all()):
             layer_mask = None
 
-        hidden_states = inputs_embeds
+        chunk = self.config.prefill_chunk_size if prefill_chunk_size is None else prefill_chunk_size
+        if chunk is not None and not (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1):
+            raise ValueError(f"prefill_chunk_size={chunk!r} is not allowed: None or an integer >= 1")
         all_hidden = [] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
+        if (chunk is not None and l > chunk and cache is not None and seq_idx is None
+                and not output_hidden_states and not output_attentions):
+            # a long prompt: consecutive calls continuing the cache (exact: the layers' "prefill + further calls
+            # = one forward" contract); positions were computed above for the whole call
+            parts = []
+            for start in range(0, l, chunk):
+                part = slice(start, min(l, start + chunk))
+                part_mask = None if new_mask is None else new_mask[:, part]
+                if part_mask is not None and value_checks_enabled() and bool(part_mask.all()):
+                    part_mask = None
+                parts.append(self._blocks(inputs_embeds[:, part], position_ids[:, part], part_mask, cache, None,
+                                          None, None))
+            hidden_states = torch.cat(parts, 1)
+        else:
+            hidden_states = self._blocks(inputs_embeds, position_ids, layer_mask, cache, seq_idx, all_hidden,
+                                         all_attentions)
+        if cache is not None:
+            cache.advance(new_mask, b, l, device)
+        hidden_states = self.norm(hidden_states)
+        if all_hidden is not None:
+            all_hidden.append(hidden_states)
+        output = BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_NAME: cache if use_cache else None},
+                                         hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+                                         attentions=tuple(all_attentions) if all_attentions is not None else None)
+        return output if return_dict else output.to_tuple()
+
+    def _blocks(self, hidden_states: torch.Tensor, position_ids: torch.Tensor, layer_mask: torch.Tensor | None,
+                cache: CheemsCache | None, seq_idx: torch.Tensor | None, all_hidden: list | None,
+                all_attentions: list | None) -> torch.Tensor:
+        """Every block on hidden_states (b, l, d) -> (b, l, d), before the final norm; appends each block's input
+        to ``all_hidden`` and its attention weights to ``all_attentions`` when they are lists."""
         for i, block in enumerate(self.layers):
             if all_hidden is not None:
                 all_hidden.append(hidden_states)
@@ -392,15 +429,7 @@ class CheemsModel(CheemsPreTrainedModel):
                 all_attentions.append(weights)
             else:
                 hidden_states = block(hidden_states, position_ids, layer_mask, state, seq_idx)
-        if cache is not None:
-            cache.advance(new_mask, b, l, device)
-        hidden_states = self.norm(hidden_states)
-        if all_hidden is not None:
-            all_hidden.append(hidden_states)
-        output = BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_NAME: cache if use_cache else None},
-                                         hidden_states=tuple(all_hidden) if all_hidden is not None else None,
-                                         attentions=tuple(all_attentions) if all_attentions is not None else None)
-        return output if return_dict else output.to_tuple()
+        return hidden_states
 
 
 @dataclass
@@ -414,8 +443,8 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
     """:class:`CheemsModel` + LM head (tied to the embeddings by default).
 
     ``forward(input_ids (b, l), attention_mask, position_ids, past_key_values | cache, labels (b, l), use_cache,
-    output_attentions, output_hidden_states, return_dict, logits_to_keep, seq_idx, skip_logits, shift_labels (b, l))
-    -> CheemsCausalLMOutput`` with ``logits (b, l', vocab)`` (``hidden_states``/``attentions`` as
+    output_attentions, output_hidden_states, return_dict, logits_to_keep, seq_idx, skip_logits, prefill_chunk_size,
+    shift_labels (b, l)) -> CheemsCausalLMOutput`` with ``logits (b, l', vocab)`` (``hidden_states``/``attentions`` as
     :class:`CheemsModel`); with ``labels`` (or ``shift_labels``, already shifted: sequence/context parallelism),
     ``loss`` = next-token cross-entropy (``-100`` ignored, see :func:`next_token_targets`) + the sum of the
     FFN layers' ``aux_loss`` (each already weighted by ``balance_loss_weight``). ``return_dict=False`` returns
@@ -462,7 +491,7 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
                 logits_to_keep: int | torch.Tensor = 0, seq_idx: torch.LongTensor | None = None,
                 cache: CheemsCache | None = None, skip_logits: bool | None = None,
-                **kwargs) -> CheemsCausalLMOutput | tuple:
+                prefill_chunk_size: int | None = None, **kwargs) -> CheemsCausalLMOutput | tuple:
         """Logits (and loss with ``labels``); see the class docstring. ``shift_labels`` comes in ``kwargs``, as
         transformers passes it (a named parameter with "label" in it would make the Trainer expect it in every
         evaluation batch)."""
@@ -479,7 +508,7 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
                              output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                             return_dict=True, seq_idx=seq_idx)
+                             return_dict=True, seq_idx=seq_idx, prefill_chunk_size=prefill_chunk_size)
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = None if skip_logits else self.lm_head(hidden_states[:, keep, :])
