@@ -176,7 +176,12 @@ def run_eval(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- generate
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder (newest complete checkpoint) or one checkpoint folder")
-    p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="text to continue; repeat it for several prompts, generated as one batch "
+                        "(default: one sample from the start of a document)")
+    p.add_argument("--prompts-file", default=None,
+                   help="a text file of prompts, one per line (blank lines skipped), after any --prompt")
+    p.add_argument("--batch-size", type=int, default=64, help="prompts generated at once (left-padded)")
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to sample")
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature")
     p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (0: off)")
@@ -188,28 +193,90 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     _threads_argument(p)
 
 
-def run_generate(args: argparse.Namespace) -> int:
+def _prompts(args: argparse.Namespace) -> list[str]:
+    """The prompts of ``--prompt`` and ``--prompts-file``, in order; one empty prompt when neither is given."""
+    prompts = list(args.prompt or [])
+    if args.prompts_file is not None:
+        path = Path(args.prompts_file)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"--prompts-file: cannot read {path} ({type(e).__name__}: {e.strerror or e})") from None
+        from_file = [line for line in lines if line.strip()]
+        if not from_file:
+            raise UserError(f"--prompts-file: {path} holds no prompt (every line is blank)")
+        prompts += from_file
+    return prompts or [""]
+
+
+def left_padded_batch(token_lists: list[list[int]], pad_id: int):
+    """Token id lists -> (input_ids, attention_mask), each (len(token_lists), longest) long, padded on the left
+    with ``pad_id`` (mask 0 there)."""
     import torch
 
+    width = max(len(ids) for ids in token_lists)
+    input_ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(token_lists), width, dtype=torch.long)
+    for row, ids in enumerate(token_lists):
+        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        mask[row, width - len(ids):] = 1
+    return input_ids, mask
+
+
+def generated_counts(new_tokens, eos: int) -> list[int]:
+    """Tokens each row generated: new_tokens (b, n) -> per row, n or up to and including its first ``eos``
+    (``generate`` pads finished rows with it)."""
+    counts = []
+    for row in new_tokens.tolist():
+        counts.append(row.index(eos) + 1 if eos in row else len(row))
+    return counts
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from .bench.common import synchronize
     from .data.tokenizer import eos_id
 
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens: got {args.max_new_tokens}, expected an integer >= 1")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size: got {args.batch_size}, expected an integer >= 1")
     if not args.greedy and not args.temperature > 0:
         raise UserError(f"--temperature: got {args.temperature}, expected a positive number (or --greedy)")
     if not 0 < args.top_p <= 1:
         raise UserError(f"--top-p: got {args.top_p}, expected a number in (0, 1]")
+    prompts = _prompts(args)
     _, _, tokenizer, model, _, device = _load_run(args.run, args.device, args.threads, args.tokenizer)
     torch.manual_seed(args.seed)
     eos = eos_id(tokenizer)
-    ids = tokenizer.encode(args.prompt, add_special_tokens=False) if args.prompt else [eos]
-    input_ids = torch.tensor([ids], device=device)
     sampling = {} if args.greedy else {"temperature": args.temperature, "top_k": args.top_k or None,
                                        "top_p": args.top_p}
-    with torch.no_grad():
-        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=not args.greedy,
-                             max_new_tokens=args.max_new_tokens, pad_token_id=eos, eos_token_id=eos, **sampling)
-    print(args.prompt + tokenizer.decode(out[0, len(ids):], skip_special_tokens=True))
+    texts, tokens, seconds = [], 0, 0.0
+    for first in range(0, len(prompts), args.batch_size):
+        batch = prompts[first:first + args.batch_size]
+        token_lists = [tokenizer.encode(p, add_special_tokens=False) if p else [eos] for p in batch]
+        input_ids, mask = (t.to(device) for t in left_padded_batch(token_lists, eos))
+        synchronize(device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(input_ids, attention_mask=mask, do_sample=not args.greedy,
+                                 max_new_tokens=args.max_new_tokens, pad_token_id=eos, eos_token_id=eos, **sampling)
+        synchronize(device)
+        seconds += time.perf_counter() - start
+        new = out[:, input_ids.shape[1]:].cpu()
+        tokens += sum(generated_counts(new, eos))
+        texts += [p + tokenizer.decode(row, skip_special_tokens=True) for p, row in zip(batch, new)]
+    if len(texts) == 1:
+        print(texts[0])
+    else:
+        for number, text in enumerate(texts, 1):
+            print(f"--- sample {number}/{len(texts)}")
+            print(text)
+    print(f"{tokens} tokens for {len(texts)} prompt{'s' * (len(texts) > 1)} in {seconds:.2f} s "
+          f"({tokens / max(seconds, 1e-9):.1f} tokens/s, batches of up to {args.batch_size})", file=sys.stderr)
     return 0
 
 
