@@ -102,7 +102,7 @@ def test_kernels_quick_path(tmp_path):
 
 def test_registry_names_and_errors(tmp_path):
     assert bench.names() == ["mqar", "position", "experts", "lm", "kernels", "ssd", "dma", "cdmoe_target", "flops",
-                             "profile"]
+                             "profile", "generate"]
     for name in bench.names():  # every registered experiment imports and has the common run signature
         params = list(inspect.signature(importlib.import_module(bench.REGISTRY[name]).run).parameters)
         assert params[:3] == ["out_dir", "quick", "device"], name

@@ -21,6 +21,7 @@ REGISTRY = {
     "cdmoe_target": "wonderful_matrices.bench.cdmoe_target",  # CDMoE against its speed targets
     "flops": "wonderful_matrices.bench.flops",        # training FLOPs per token of each preset
     "profile": "wonderful_matrices.bench.profile",    # where a training step's time goes, preset by preset
+    "generate": "wonderful_matrices.bench.generate",  # decoding at long context, batched, prefill; HF Llama anchor
 }
 
 

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mqar --merge: keep the best run per cell and mixer even where the parts ran a learning "
                              "rate with different step counts")
     parser.add_argument("--presets", default=None,
-                        help="profile: presets to profile side by side, e.g. cheems-base,llama-base")
+                        help="profile, generate: presets to measure side by side, e.g. cheems-base,llama-base")
     parser.add_argument("--variants", default=None,
                         help="profile: fused (default), unfused (plain-PyTorch norms and loss) or fused,unfused")
     parser.add_argument("--data", default=None,

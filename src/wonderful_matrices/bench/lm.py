@@ -23,9 +23,8 @@ from pathlib import Path
 
 import torch
 
-from ..models.cache import ATTENTION_LIKE
-from ..ops.dma import cache_state
 from .common import time_callable, write_results
+from .decode_common import analytic_cache_bytes, decode_measurement, fill_cache  # noqa: F401 (public here too)
 from .lm_common import corpus_tokens, optimizer_step, perplexity, set_fused, train_lm
 
 FAMILIES = ("cheems", "doge", "llama", "mamba2", "jamba")
@@ -33,51 +32,6 @@ QUICK = dict(size="small", seq_len=128, batch=8, steps=30, lr=1e-3, contexts=(25
              decode_reps=5, throughput_lengths=(256, 1024), throughput_tokens=2048)
 FULL = dict(size="base", seq_len=2048, batch=8, steps=200, lr=1e-3, contexts=(4096, 16384, 131072, 1048576),
             eval_tokens=None, decode_reps=20, throughput_lengths=(4096, 16384), throughput_tokens=32768)
-
-
-def analytic_cache_bytes(config, context: int, dtype_bytes: int, batch: int = 1) -> int:
-    """Bytes of the decoding cache of ``config`` after ``context`` tokens (keys and values of attention/DMA
-    layers at ``dtype_bytes`` per element, DMA bounded by ``keep_window``; float32 SSM states; conv states)."""
-    total = 0
-    for kind in config.mixer_types:
-        if kind in ATTENTION_LIKE:
-            n = context if (kind == "attn" or config.keep_window is None) else min(context, config.keep_window)
-            total += 2 * n * config.num_key_value_heads * config.head_dim * dtype_bytes
-        elif kind == "ssd":
-            total += config.ssd_num_heads * config.ssd_head_dim * config.ssd_state_size * 4
-            if config.ssd_use_conv:
-                conv_dim = (config.ssd_num_heads * config.ssd_head_dim
-                            + 2 * config.ssd_num_groups * config.ssd_state_size)
-                total += conv_dim * (config.ssd_conv_kernel - 1) * dtype_bytes
-        elif kind == "mamba2":
-            inner = config.mamba2_expand * config.hidden_size
-            total += inner * config.mamba2_state_size * 4
-            conv_dim = inner + 2 * config.mamba2_num_groups * config.mamba2_state_size
-            total += conv_dim * (config.mamba2_conv_kernel - 1) * dtype_bytes
-    return total * batch
-
-
-def fill_cache(cache, config, context: int) -> None:
-    """Make ``cache`` (a :class:`CheemsCache` after a short prefill) the size a ``context``-token context leaves:
-    every attention-like layer holds ``context`` keys (attention) or ``min(context, keep_window)`` (DMA) of
-    random keys/values (non-positive DMA biases, positions ``context - n .. context - 1``); recurrent states keep
-    their fixed size and the prefill's values; the token counts say ``context``."""
-    for idx, kind in enumerate(config.mixer_types):
-        if kind not in ATTENTION_LIKE:
-            continue
-        state = cache.layer_state(idx)
-        b, _, hkv, d = state["key"].shape
-        like = dict(dtype=state["key"].dtype, device=state["key"].device)
-        n = context if (kind == "attn" or config.keep_window is None) else min(context, config.keep_window)
-        key, value = torch.randn(b, n, hkv, d, **like), torch.randn(b, n, hkv, d, **like)
-        if kind == "dma":
-            bias = -torch.randn(b, n, hkv, device=like["device"]).abs()
-            position = torch.arange(context - n, context, device=like["device"]).view(1, n, 1).expand(b, n, hkv)
-            state.update(cache_state(key, value, bias, position))
-        else:
-            state.update(key=key, value=value, key_mask=torch.ones(b, n, dtype=torch.bool, device=like["device"]))
-    cache.real_tokens = torch.full((cache.batch_size,), context, dtype=torch.long, device=cache.real_tokens.device)
-    cache.set_seen_tokens(context)
 
 
 def training_throughput(config, seq_len: int, tokens_per_step: int, device: torch.device, steps: int = 4,
@@ -107,45 +61,6 @@ def training_throughput(config, seq_len: int, tokens_per_step: int, device: torc
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
-
-
-def decode_measurement(model, config, context: int, device: torch.device, reps: int, prefill: int = 16) -> dict:
-    """Decode tokens/s and cache bytes (batch 1) at ``context`` tokens of context (see the module docstring); on
-    CUDA also the tokens/s of the same steps replayed from a CUDA graph (:class:`GraphedDecoder`), None where the
-    cache keeps growing (attention)."""
-    from ..models import CheemsCache, GraphedDecoder
-
-    dtype_bytes = next(model.parameters()).element_size()
-    analytic = analytic_cache_bytes(config, context, dtype_bytes)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        budget = free
-    else:
-        budget = 4 << 30
-    row = {"context": context, "cache_bytes_analytic": analytic}
-    if 2.2 * analytic > budget:
-        row.update(decode_tokens_per_s=None, cache_bytes_measured=None, status="does not fit")
-        return row
-    gen = torch.Generator().manual_seed(0)
-    prompt = torch.randint(0, config.vocab_size, (1, prefill), generator=gen).to(device)
-    cache = CheemsCache(config)
-    with torch.no_grad():
-        model(input_ids=prompt, past_key_values=cache, use_cache=True)
-        fill_cache(cache, config, context)
-        measured = cache.nbytes()
-        token = prompt[:, -1:]
-
-        def step():
-            model(input_ids=token, past_key_values=cache, use_cache=True)
-
-        ms = time_callable(step, device, warmup=2, reps=reps)
-        row.update(decode_tokens_per_s=1e3 / ms, cache_bytes_measured=measured, status="ok")
-        if device.type == "cuda":  # the same steps replayed from a CUDA graph, where the cache allows it
-            decoder = GraphedDecoder(model, cache)
-            graph_ms = time_callable(lambda: decoder.step(token), device, warmup=3, reps=reps)
-            row["decode_graph_tokens_per_s"] = 1e3 / graph_ms if decoder.recorded else None
-            row["graph"] = "recorded" if decoder.recorded else (decoder.failed or "cache not steady")
-    return row
 
 
 def run(out_dir, quick: bool = False, device=None, steps: int | None = None, families=FAMILIES,
