@@ -1,4 +1,4 @@
-"""Chunked prefill (``prefill_chunk_size``): a long prompt fed chunk by chunk through the cache gives the logits,
+"""Chunked prefill (``prefill_chunk_tokens``): a long prompt fed chunk by chunk through the cache gives the logits,
 the cache and the greedy continuation of one call, for every tiny preset, with left-padded rows."""
 import pytest
 import torch
@@ -31,7 +31,7 @@ def prefill(model, ids, mask, chunk):
     cache = CheemsCache(model.config)
     with torch.no_grad():
         logits = model(ids, attention_mask=mask, past_key_values=cache, use_cache=True,
-                       prefill_chunk_size=chunk).logits
+                       prefill_chunk_tokens=chunk).logits
     return logits, cache
 
 
@@ -77,12 +77,14 @@ def test_generate_with_chunked_prefill_gives_the_same_tokens(name):
     ids, mask = left_padded([29, 6], model.config.vocab_size, seed=2)
     kw = dict(attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
     with torch.no_grad():
-        one = model.generate(ids, prefill_chunk_size=None, **kw)
-        chunked = model.generate(ids, prefill_chunk_size=6, **kw)
+        one = model.generate(ids, prefill_chunk_tokens=None, **kw)
+        chunked = model.generate(ids, prefill_chunk_tokens=6, **kw)
     assert torch.equal(chunked, one)
-    from_config = make(name, prefill_chunk_size=6)
+    from_config = make(name, prefill_chunk_tokens=6)
     with torch.no_grad():
         assert torch.equal(from_config.generate(ids, **kw), one)
+        # transformers' own chunked prefill (a generation option, chunks cut by generate) works with the cache too
+        assert torch.equal(model.generate(ids, prefill_chunk_size=7, **kw), one)
 
 
 def test_chunking_is_skipped_where_it_cannot_apply():
@@ -91,10 +93,10 @@ def test_chunking_is_skipped_where_it_cannot_apply():
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
         # no cache: one call, whatever the chunk size
-        assert torch.equal(model(ids, use_cache=False, prefill_chunk_size=4).logits, full)
+        assert torch.equal(model(ids, use_cache=False, prefill_chunk_tokens=4).logits, full)
         # output_hidden_states / output_attentions run one call (one entry per layer, all positions)
         cache = CheemsCache(model.config)
-        out = model(ids, past_key_values=cache, use_cache=True, prefill_chunk_size=4, output_hidden_states=True,
+        out = model(ids, past_key_values=cache, use_cache=True, prefill_chunk_tokens=4, output_hidden_states=True,
                     output_attentions=True)
         assert len(out.hidden_states) == model.config.num_hidden_layers + 1
         assert all(h.shape[1] == 21 for h in out.hidden_states)
@@ -102,9 +104,9 @@ def test_chunking_is_skipped_where_it_cannot_apply():
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
-def test_bad_prefill_chunk_size_names_the_argument(bad):
+def test_bad_prefill_chunk_tokens_names_the_argument(bad):
     model = make("llama-tiny")
-    with pytest.raises(ValueError, match="prefill_chunk_size"):
-        model(torch.tensor([[1, 2, 3]]), prefill_chunk_size=bad)
-    with pytest.raises(ValueError, match="prefill_chunk_size"):
-        wm.presets.get("llama-tiny", prefill_chunk_size=bad)
+    with pytest.raises(ValueError, match="prefill_chunk_tokens"):
+        model(torch.tensor([[1, 2, 3]]), prefill_chunk_tokens=bad)
+    with pytest.raises(ValueError, match="prefill_chunk_tokens"):
+        wm.presets.get("llama-tiny", prefill_chunk_tokens=bad)

@@ -10,7 +10,7 @@ float32 elsewhere. Measured, per preset:
 * ``batch``: aggregate decode tokens/s (all rows) for batch 1, 2, 4 ... 256 at one context (64K), with the peak
   memory, until the cache does not fit or memory runs out.
 * ``prefill``: tokens/s of a real prompt of 4K and 128K tokens into an empty cache (chunked by
-  ``prefill_chunk_size``; only the last position's logits), with the peak memory.
+  ``prefill_chunk_tokens``; only the last position's logits), with the peak memory.
 * ``hf-llama``: ``transformers.LlamaForCausalLM`` of the llama preset's shape (SDPA) decoding one token at the same
   contexts: with its dynamic cache (eager), and with a static cache, eager and, on CUDA,
   ``torch.compile(mode="reduce-overhead")`` (the failure is recorded where it does not work).
@@ -28,9 +28,9 @@ from .common import peak_memory_bytes, time_callable, write_results
 from .decode_common import decode_measurement
 
 QUICK = dict(size="tiny", contexts=(64, 256), batch_context=128, batches=(1, 4, 16), prefill_lengths=(64, 256),
-             prefill_chunk_size=64, reps=3)
+             prefill_chunk_tokens=64, reps=3)
 FULL = dict(size="base", contexts=(4096, 131072, 1048576), batch_context=65536,
-            batches=(1, 2, 4, 8, 16, 32, 64, 128, 256), prefill_lengths=(4096, 131072), prefill_chunk_size=8192,
+            batches=(1, 2, 4, 8, 16, 32, 64, 128, 256), prefill_lengths=(4096, 131072), prefill_chunk_tokens=8192,
             reps=20)
 FAMILIES = ("cheems", "mamba2", "llama")
 COLUMNS = ["preset", "measure", "context", "batch", "tokens_per_s", "graph_tokens_per_s", "peak_memory_gb",
@@ -39,7 +39,7 @@ COLUMNS = ["preset", "measure", "context", "batch", "tokens_per_s", "graph_token
 
 def prefill_measurement(model, config, length: int, device: torch.device, reps: int) -> dict:
     """Tokens/s of a random ``length``-token prompt (batch 1) into an empty :class:`CheemsCache` (the model's
-    ``prefill_chunk_size`` applies; logits of the last position only), and the peak memory on CUDA."""
+    ``prefill_chunk_tokens`` applies; logits of the last position only), and the peak memory on CUDA."""
     from ..models import CheemsCache
 
     gen = torch.Generator().manual_seed(0)
@@ -150,7 +150,7 @@ def run(out_dir, quick: bool = False, device=None, presets: str | None = None, c
     start = time.perf_counter()
     rows = []
     for name in names:
-        config = preset_registry.get(name, use_cache=True, prefill_chunk_size=cfg["prefill_chunk_size"])
+        config = preset_registry.get(name, use_cache=True, prefill_chunk_tokens=cfg["prefill_chunk_tokens"])
         torch.manual_seed(0)
         model = CheemsForCausalLM(config).to(device=device, dtype=dtype).eval()
         for context in cfg["contexts"]:
@@ -195,7 +195,7 @@ def run(out_dir, quick: bool = False, device=None, presets: str | None = None, c
     meta = {"quick": quick, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
             "weights": "random (speed only)", "decode": "one token per step on a cache the size a context of "
             "`context` tokens leaves (bench/decode_common.py); tokens/s count every row of the batch",
-            "prefill": f"a random prompt into an empty cache, prefill_chunk_size={cfg['prefill_chunk_size']}, "
+            "prefill": f"a random prompt into an empty cache, prefill_chunk_tokens={cfg['prefill_chunk_tokens']}, "
                        "logits of the last position", "hf-llama": f"LlamaForCausalLM of {llama[0] if llama else '—'}"
             "'s shape, SDPA, random cache of `context` tokens", "reps": cfg["reps"], "wall_s": round(total_s, 1)}
     write_results(out_dir, "generate", rows, meta, columns=COLUMNS + ["implementation"])

@@ -30,6 +30,7 @@ class CheemsCache(Cache):
         self.states: list[dict] = [{} for _ in self.mixer_types]
         self.real_tokens: torch.Tensor | None = None  # (b,) long: unpadded tokens seen per row
         self._seen_tokens = 0
+        self.graphed_decoder = None  # the GraphedDecoder of CheemsForCausalLM's graphed steps on this cache
 
     def __len__(self) -> int:
         return len(self.mixer_types)
@@ -129,6 +130,7 @@ class CheemsCache(Cache):
         self.states = [{} for _ in self.mixer_types]
         self.real_tokens = None
         self._seen_tokens = 0
+        self.graphed_decoder = None
 
     def nbytes(self) -> int:
         """Bytes held by all cached tensors."""

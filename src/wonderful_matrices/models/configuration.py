@@ -119,10 +119,13 @@ class CheemsConfig(PretrainedConfig):
     ``fused_loss``: in training mode with ``labels``, ``CheemsForCausalLM`` computes the loss straight from the
     final hidden states with ``wm.ops.linear_cross_entropy`` (chunked; no ``(b, l, V)`` float32 logits) and
     returns ``logits=None``, as HF's Liger kernels do; the ``skip_logits`` argument of ``forward`` overrides it.
-    ``prefill_chunk_size``: a call with a cache and more tokens than this (a long prompt) runs as consecutive
+    ``prefill_chunk_tokens``: a call with a cache and more tokens than this (a long prompt) runs as consecutive
     calls of at most this many tokens, each continuing the cache, so its activation memory is bounded while every
-    chunk still uses the chunked SSD / windowed DMA kernels; None = one call. The ``prefill_chunk_size`` argument
+    chunk still uses the chunked SSD / windowed DMA kernels; None = one call. The ``prefill_chunk_tokens`` argument
     of ``forward`` (and so of ``generate``) overrides it.
+    ``graphed_decoding``: on CUDA, the one-token steps of ``generate`` (in eval mode without gradients) replay a
+    recorded CUDA graph (:class:`~wonderful_matrices.models.GraphedDecoder`) once the cache is steady; False keeps
+    them eager, as they always are off CUDA. The ``graphed_decoding`` argument of ``forward`` overrides it.
     """
 
     model_type = "cheems"
@@ -184,7 +187,8 @@ class CheemsConfig(PretrainedConfig):
 
     residual_scale: bool = False
     fused_loss: bool = True
-    prefill_chunk_size: int | None = 8192
+    prefill_chunk_tokens: int | None = 8192
+    graphed_decoding: bool = True
     rms_norm_eps: float = 1e-6
     initializer_range: float = 0.02
     use_cache: bool = True
@@ -249,8 +253,8 @@ class CheemsConfig(PretrainedConfig):
             require(t in FFN_TYPES, "ffn_types", self.ffn_types, f"entries from {FFN_TYPES}")
         require(self.rms_norm_eps > 0, "rms_norm_eps", self.rms_norm_eps, "must be > 0")
         require(self.initializer_range > 0, "initializer_range", self.initializer_range, "must be > 0")
-        require(self.prefill_chunk_size is None or self.prefill_chunk_size >= 1, "prefill_chunk_size",
-                self.prefill_chunk_size, "None or an integer >= 1")
+        require(self.prefill_chunk_tokens is None or self.prefill_chunk_tokens >= 1, "prefill_chunk_tokens",
+                self.prefill_chunk_tokens, "None or an integer >= 1")
         require(self.balance_loss_weight >= 0, "balance_loss_weight", self.balance_loss_weight, "must be >= 0")
         require(self.ssd_backend in BACKENDS, "ssd_backend", self.ssd_backend, f"one of {BACKENDS}")
         for name in ("cdmoe_backend", "dma_decode_backend"):

@@ -13,8 +13,12 @@ Steps run eagerly until the cache is steady (checked after every eager step: the
 after it), off CUDA, or after a failed recording (``decoder.failed`` says why). The first steady step records
 the graph; from then on every step replays it. A graph reads and writes fixed addresses, so the recorded step
 ends by copying every cache tensor the model replaced (SSD's new state, the token counts) back into the tensor
-it replaced; tensors updated in place (DMA's key buffers) need no copy. Not supported: padding (an
-``attention_mask``), a batch size other than the recorded one, and models whose cache keeps growing.
+it replaced; tensors updated in place (DMA's key buffers) need no copy. Cache tensors replaced between steps
+(beam search reordering the rows) are copied into the fixed ones before a replay; a cache whose shapes changed
+between steps (rows dropped) is recorded again. Not supported: padding in the new tokens (an ``attention_mask``;
+padding in the cache is fine), a batch size other than the cache's, and models whose cache keeps growing.
+
+``CheemsForCausalLM`` uses one per cache for ``generate``'s steps on CUDA (``config.graphed_decoding``).
 """
 from __future__ import annotations
 
@@ -61,6 +65,11 @@ class GraphedDecoder:
         require(isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[1] == 1,
                 "input_ids.shape", tuple(getattr(input_ids, "shape", ())), "(batch, 1): one new token per row")
         if self.graph is not None:
+            try:  # tensors replaced outside the steps (beam search's reorder_cache) go into the fixed ones
+                self._fold(self._static)
+            except RuntimeError:  # the cache changed shape outside the steps (rows selected): record again
+                self.graph = self._ids = self._logits = self._static = None
+        if self.graph is not None:
             require(input_ids.shape == self._ids.shape, "input_ids.shape", tuple(input_ids.shape),
                     f"{tuple(self._ids.shape)}, the batch the graph was recorded with")
             self._ids.copy_(input_ids)
@@ -83,7 +92,8 @@ class GraphedDecoder:
         return logits
 
     def _eager(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True).logits
+        return self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True,
+                          graphed_decoding=False).logits
 
     def _shapes(self):
         """Shapes of every cached tensor (None before the first call fills the cache)."""

@@ -25,6 +25,7 @@ from ..ops import linear_cross_entropy
 from ..ops.common import value_checks_enabled
 from .cache import CheemsCache
 from .configuration import CheemsConfig
+from .graph_decode import GraphedDecoder
 
 # The name transformers gives the cache (the keyword `generate` passes to forward, the field of model outputs): it
 # renamed `past_key_values` to `cache` after 5.17. The forward methods accept both names.
@@ -290,7 +291,7 @@ class CheemsModel(CheemsPreTrainedModel):
     the cached keys, then the ``l`` new ones), None for SSD/Mamba2 layers. ``output_*`` and ``return_dict`` default
     to the config's values; ``return_dict=False`` returns the output's non-None fields as a tuple. Packed rows
     (:func:`packed_document_ids`: position ids restarting at 0, or an explicit ``seq_idx``) keep every document
-    apart in every layer; they build no cache. ``prefill_chunk_size`` (default ``config.prefill_chunk_size``; None
+    apart in every layer; they build no cache. ``prefill_chunk_tokens`` (default ``config.prefill_chunk_tokens``; None
     = one call): a call with a cache and more tokens runs its blocks chunk by chunk, each chunk continuing the
     cache, so a long prompt's activations are bounded by the chunk (not with ``output_hidden_states`` or
     ``output_attentions``, which run one call).
@@ -316,7 +317,7 @@ class CheemsModel(CheemsPreTrainedModel):
                 inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, seq_idx: torch.LongTensor | None = None,
-                cache: CheemsCache | None = None, prefill_chunk_size: int | None = None,
+                cache: CheemsCache | None = None, prefill_chunk_tokens: int | None = None,
                 **kwargs) -> BaseModelOutputWithPast | tuple:
         """Run the blocks; see the class docstring for shapes."""
         past_key_values = given_cache(past_key_values, cache)
@@ -383,9 +384,9 @@ class CheemsModel(CheemsPreTrainedModel):
         if new_mask is not None and value_checks_enabled() and bool(new_mask.all()):
             layer_mask = None
 
-        chunk = self.config.prefill_chunk_size if prefill_chunk_size is None else prefill_chunk_size
+        chunk = self.config.prefill_chunk_tokens if prefill_chunk_tokens is None else prefill_chunk_tokens
         if chunk is not None and not (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1):
-            raise ValueError(f"prefill_chunk_size={chunk!r} is not allowed: None or an integer >= 1")
+            raise ValueError(f"prefill_chunk_tokens={chunk!r} is not allowed: None or an integer >= 1")
         all_hidden = [] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
         if (chunk is not None and l > chunk and cache is not None and seq_idx is None
@@ -443,7 +444,7 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
     """:class:`CheemsModel` + LM head (tied to the embeddings by default).
 
     ``forward(input_ids (b, l), attention_mask, position_ids, past_key_values | cache, labels (b, l), use_cache,
-    output_attentions, output_hidden_states, return_dict, logits_to_keep, seq_idx, skip_logits, prefill_chunk_size,
+    output_attentions, output_hidden_states, return_dict, logits_to_keep, seq_idx, skip_logits, prefill_chunk_tokens,
     shift_labels (b, l)) -> CheemsCausalLMOutput`` with ``logits (b, l', vocab)`` (``hidden_states``/``attentions`` as
     :class:`CheemsModel`); with ``labels`` (or ``shift_labels``, already shifted: sequence/context parallelism),
     ``loss`` = next-token cross-entropy (``-100`` ignored, see :func:`next_token_targets`) + the sum of the
@@ -491,7 +492,8 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
                 output_hidden_states: bool | None = None, return_dict: bool | None = None,
                 logits_to_keep: int | torch.Tensor = 0, seq_idx: torch.LongTensor | None = None,
                 cache: CheemsCache | None = None, skip_logits: bool | None = None,
-                prefill_chunk_size: int | None = None, **kwargs) -> CheemsCausalLMOutput | tuple:
+                prefill_chunk_tokens: int | None = None, graphed_decoding: bool | None = None,
+                **kwargs) -> CheemsCausalLMOutput | tuple:
         """Logits (and loss with ``labels``); see the class docstring. ``shift_labels`` comes in ``kwargs``, as
         transformers passes it (a named parameter with "label" in it would make the Trainer expect it in every
         evaluation batch)."""
@@ -503,12 +505,21 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
             raise ValueError("skip_logits=True is not allowed without labels: the logits are all there is to return")
         return_dict = self.config.return_dict if return_dict is None else return_dict
         past_key_values = given_cache(past_key_values, cache)
+        graphed = self.config.graphed_decoding if graphed_decoding is None else graphed_decoding
+        if graphed and self._graphable_step(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
+                                            has_targets, output_attentions, output_hidden_states, seq_idx):
+            if past_key_values.graphed_decoder is None:
+                past_key_values.graphed_decoder = GraphedDecoder(self, past_key_values)
+            # the graph's output buffer is overwritten by the next step: generate copies what it keeps
+            output = CheemsCausalLMOutput(logits=past_key_values.graphed_decoder.step(input_ids),
+                                          **{CACHE_NAME: past_key_values})
+            return output if return_dict else output.to_tuple()
         seq_idx = packed_document_ids(position_ids, attention_mask, seq_idx,
                                       past_key_values.get_seq_length() if past_key_values is not None else 0)
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
                              output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                             return_dict=True, seq_idx=seq_idx, prefill_chunk_size=prefill_chunk_size)
+                             return_dict=True, seq_idx=seq_idx, prefill_chunk_tokens=prefill_chunk_tokens)
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = None if skip_logits else self.lm_head(hidden_states[:, keep, :])
@@ -531,6 +542,25 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
                                       **{CACHE_NAME: outputs.get(CACHE_NAME)},
                                       hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         return output if return_dict else output.to_tuple()
+
+    def _graphable_step(self, input_ids, attention_mask, position_ids, cache, inputs_embeds, has_targets,
+                        output_attentions, output_hidden_states, seq_idx) -> bool:
+        """Whether a call is a one-token decoding step that :class:`GraphedDecoder` can run: token ids (b, 1) on a
+        filled cache, eval mode without gradients, nothing else asked for, and no padding among the new tokens
+        (position ids, when given, are those the cache implies: ``generate`` derives both from one mask). Off CUDA
+        the decoder runs the same eager step."""
+        if not (cache is not None and cache.real_tokens is not None and input_ids is not None
+                and inputs_embeds is None and input_ids.dim() == 2 and input_ids.shape[1] == 1
+                and not self.training and not torch.is_grad_enabled() and not has_targets and seq_idx is None
+                and not output_attentions and not output_hidden_states and not self.config.output_attentions
+                and not self.config.output_hidden_states and value_checks_enabled()):
+            return False
+        if cache.batch_size != input_ids.shape[0]:
+            return False
+        if position_ids is not None and not torch.equal(position_ids.reshape(-1).to(cache.real_tokens.device),
+                                                        cache.real_tokens):
+            return False
+        return attention_mask is None or bool(attention_mask[:, -1].all())
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, generation_mode=None,
                                       *args, **kwargs) -> None:
