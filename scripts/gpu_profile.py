@@ -87,7 +87,7 @@ for name in ("llama-base", "cheems-base"):
 
         def decode():
             with torch.no_grad():
-                model(input_ids=token, past_key_values=cache, use_cache=True)
+                model(input_ids=token, past_key_values=cache, use_cache=True, graphed_decoding=False)
         case(f"decode step {name} @4K", decode, n=5)
 
 cfg = presets.get("cheems-base", use_cache=False)

@@ -1,4 +1,4 @@
-"""Whole models on a CUDA device: GraphedDecoder against eager decoding, packed rows of every tiny preset against
+"""Whole models on a CUDA device: GraphedDecoder against eager decoding (also inside generate), packed rows of every tiny preset against
 their documents alone, and the fused bf16 training step against the plain-PyTorch one.
 
 Skipped where there is no CUDA device. On a GPU machine: ``AREA=models OUT=DIR bash scripts/gpu_check.sh`` (or
@@ -32,11 +32,38 @@ def test_graphed_decoder_replays_the_eager_steps(name, records, dtype):
     tokens = torch.randint(0, config.vocab_size, (12, 2, 1), device="cuda")
     for token in tokens:
         with torch.no_grad():
-            ref = model(input_ids=token, past_key_values=caches[0], use_cache=True).logits
+            ref = model(input_ids=token, past_key_values=caches[0], use_cache=True, graphed_decoding=False).logits
         out = decoder.step(token)
         assert rel_err(out.float().cpu(), ref.float().cpu()) < TOL[dtype] / 10, (decoder.recorded, decoder.failed)
     assert decoder.recorded == records and decoder.failed is None
     assert caches[1].get_seq_length() == caches[0].get_seq_length() == 32
+
+
+@pytest.mark.parametrize("name", [n for n in wm.presets.names() if n.endswith("-tiny")])
+def test_generate_replays_graphed_steps_with_the_tokens_of_eager_decoding(name):
+    # generate's one-token steps go through the cache's GraphedDecoder (recorded once the cache is steady: the
+    # 20-token prompt fills the DMA window of 8); greedy with left padding, sampling and beam search give the
+    # tokens of eager decoding (float32: the same kernels in the same order)
+    torch.manual_seed(0)
+    model = wm.CheemsForCausalLM(wm.presets.get(name)).eval().to("cuda")
+    ids = torch.randint(1, model.config.vocab_size, (3, 20), device="cuda")
+    mask = torch.ones_like(ids)
+    mask[1, :6] = 0
+    from wonderful_matrices.models.modeling import CACHE_NAME
+
+    runs = [dict(do_sample=False), dict(do_sample=True, top_k=20), dict(num_beams=3, do_sample=False)]
+    for kw in runs:
+        kw.update(attention_mask=mask, max_new_tokens=12, pad_token_id=0)
+        cache = wm.models.CheemsCache(model.config)
+        with torch.no_grad():
+            torch.manual_seed(1)
+            graphed = model.generate(ids, **{CACHE_NAME: cache}, **kw)
+            torch.manual_seed(1)
+            eager = model.generate(ids, graphed_decoding=False, **kw)
+        assert torch.equal(graphed, eager), kw
+        decoder = cache.graphed_decoder
+        assert decoder is not None and decoder.failed is None
+        assert decoder.recorded == (name != "llama-tiny" and name != "jamba-tiny"), kw  # attention keeps growing
 
 
 @pytest.mark.parametrize("name", ["cheems-tiny", "jamba-tiny", "llama-tiny", "mamba2-tiny", "doge-tiny"])
