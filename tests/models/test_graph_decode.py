@@ -144,3 +144,13 @@ def test_calls_the_decoder_cannot_run_stay_eager():
     with torch.no_grad():
         model(torch.tensor([[7], [8]]), past_key_values=cache, use_cache=True)
     assert cache.graphed_decoder is not None
+
+
+def test_bad_tokens_in_a_decoding_step_raise_value_errors():
+    torch.manual_seed(0)
+    model = CheemsForCausalLM(presets.get("mamba2-tiny")).eval()
+    cache = CheemsCache(model.config)
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3]]), past_key_values=cache, use_cache=True)
+        with pytest.raises(ValueError, match="input_ids"):
+            model(torch.tensor([[model.config.vocab_size]]), past_key_values=cache, use_cache=True)

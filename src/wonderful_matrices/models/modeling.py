@@ -508,7 +508,7 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         graphed = self.config.graphed_decoding if graphed_decoding is None else graphed_decoding
         if graphed and self._graphable_step(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
                                             has_targets, output_attentions, output_hidden_states, seq_idx):
-            if past_key_values.graphed_decoder is None:
+            if past_key_values.graphed_decoder is None or past_key_values.graphed_decoder.model is not self:
                 past_key_values.graphed_decoder = GraphedDecoder(self, past_key_values)
             # the graph's output buffer is overwritten by the next step: generate copies what it keeps
             output = CheemsCausalLMOutput(logits=past_key_values.graphed_decoder.step(input_ids),
@@ -549,7 +549,7 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         filled cache, eval mode without gradients, nothing else asked for, and no padding among the new tokens
         (position ids, when given, are those the cache implies: ``generate`` derives both from one mask). Off CUDA
         the decoder runs the same eager step."""
-        if not (cache is not None and cache.real_tokens is not None and input_ids is not None
+        if not (isinstance(cache, CheemsCache) and cache.real_tokens is not None and input_ids is not None
                 and inputs_embeds is None and input_ids.dim() == 2 and input_ids.shape[1] == 1
                 and not self.training and not torch.is_grad_enabled() and not has_targets and seq_idx is None
                 and not output_attentions and not output_hidden_states and not self.config.output_attentions
@@ -560,6 +560,8 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         if position_ids is not None and not torch.equal(position_ids.reshape(-1).to(cache.real_tokens.device),
                                                         cache.real_tokens):
             return False
+        if bool(((input_ids < 0) | (input_ids >= self.config.vocab_size)).any()):
+            return False  # the eager call raises the error naming them
         return attention_mask is None or bool(attention_mask[:, -1].all())
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, generation_mode=None,
