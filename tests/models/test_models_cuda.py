@@ -1,5 +1,5 @@
-"""Whole models on a CUDA device: GraphedDecoder against eager decoding (also inside generate), packed rows of every tiny preset against
-their documents alone, and the fused bf16 training step against the plain-PyTorch one.
+"""Whole models on a CUDA device: GraphedDecoder against eager decoding (also inside generate), packed rows of
+every tiny preset against their documents alone, and the fused bf16 training step against the plain-PyTorch one.
 
 Skipped where there is no CUDA device. On a GPU machine: ``AREA=models OUT=DIR bash scripts/gpu_check.sh`` (or
 ``python -m pytest tests/models/test_models_cuda.py``).
