@@ -115,7 +115,7 @@ def test_replays_fold_rows_reordered_between_steps_and_rerecord_after_a_shape_ch
 @pytest.mark.parametrize("name", ["cheems-tiny", "llama-tiny"])
 def test_generate_steps_run_through_the_cache_decoder(name):
     torch.manual_seed(0)
-    model = CheemsForCausalLM(presets.get(name)).eval()
+    model = CheemsForCausalLM(presets.get(name, graphed_decoding=True)).eval()
     ids = torch.randint(1, model.config.vocab_size, (2, 12))
     mask = torch.ones_like(ids)
     mask[1, :7] = 0  # left padding: in the cache, never among the new tokens
@@ -132,7 +132,7 @@ def test_generate_steps_run_through_the_cache_decoder(name):
 
 def test_calls_the_decoder_cannot_run_stay_eager():
     torch.manual_seed(0)
-    model = CheemsForCausalLM(presets.get("cheems-tiny")).eval()
+    model = CheemsForCausalLM(presets.get("cheems-tiny", graphed_decoding=True)).eval()
     cache = CheemsCache(model.config)
     with torch.no_grad():
         model(torch.tensor([[1, 2, 3], [4, 5, 6]]), past_key_values=cache, use_cache=True)

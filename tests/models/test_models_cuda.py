@@ -45,7 +45,7 @@ def test_generate_replays_graphed_steps_with_the_tokens_of_eager_decoding(name):
     # 20-token prompt fills the DMA window of 8); greedy with left padding, sampling and beam search give the
     # tokens of eager decoding (float32: the same kernels in the same order)
     torch.manual_seed(0)
-    model = wm.CheemsForCausalLM(wm.presets.get(name)).eval().to("cuda")
+    model = wm.CheemsForCausalLM(wm.presets.get(name, graphed_decoding=True)).eval().to("cuda")
     ids = torch.randint(1, model.config.vocab_size, (3, 20), device="cuda")
     mask = torch.ones_like(ids)
     mask[1, :6] = 0

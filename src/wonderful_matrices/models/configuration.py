@@ -124,8 +124,9 @@ class CheemsConfig(PretrainedConfig):
     chunk still uses the chunked SSD / windowed DMA kernels; None = one call. The ``prefill_chunk_tokens`` argument
     of ``forward`` (and so of ``generate``) overrides it.
     ``graphed_decoding``: on CUDA, the one-token steps of ``generate`` (in eval mode without gradients) replay a
-    recorded CUDA graph (:class:`~wonderful_matrices.models.GraphedDecoder`) once the cache is steady; False keeps
-    them eager, as they always are off CUDA. The ``graphed_decoding`` argument of ``forward`` overrides it.
+    recorded CUDA graph (:class:`~wonderful_matrices.models.GraphedDecoder`) once the cache is steady; False (the
+    default until its CUDA test, ``tests/models/test_models_cuda.py``, has passed on a GPU) keeps them eager, as they
+    always are off CUDA. The ``graphed_decoding`` argument of ``forward`` overrides it.
     """
 
     model_type = "cheems"
@@ -188,7 +189,7 @@ class CheemsConfig(PretrainedConfig):
     residual_scale: bool = False
     fused_loss: bool = True
     prefill_chunk_tokens: int | None = 8192
-    graphed_decoding: bool = True
+    graphed_decoding: bool = False
     rms_norm_eps: float = 1e-6
     initializer_range: float = 0.02
     use_cache: bool = True
