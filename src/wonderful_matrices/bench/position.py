@@ -1,11 +1,12 @@
 """Claim 1: RoPE inside SSD ("unified position encoding") lowers the perplexity of a QCAttn + SSD hybrid.
 
 One hybrid LM (7 SSD layers : 1 causal attention layer, the attention last; SwiGLU MLP in every block), in
-three variants that differ only in how the SSD layers see position:
+variants that differ only in how the SSD layers see position (the first three run by default):
 
 * ``no_pe``:   SSD without any position encoding (RoPE only in the attention layer),
 * ``rope``:    SSD with RoPE on B and C (the unified variant),
-* ``conv``:    SSD with Mamba2's short causal convolution instead (no RoPE).
+* ``conv``:    SSD with Mamba2's short causal convolution instead (no RoPE),
+* ``data``:    SSD with data-dependent rotary on B and C (Mamba-3 style, ``ssd_rope="data"``; no conv).
 
 Every variant is trained on the same corpus (the embedded Shakespeare corpus, BPE), the same token budget,
 schedule and seeds (:mod:`.lm_common`), then scored on the validation split at the training length and at
@@ -25,8 +26,11 @@ from .lm_common import corpus_tokens, perplexity, train_lm
 
 VARIANTS = {"no_pe": dict(ssd_use_rope=False, ssd_use_conv=False),
             "rope": dict(ssd_use_rope=True, ssd_use_conv=False),
-            "conv": dict(ssd_use_rope=False, ssd_use_conv=True)}
-VARIANT_NAMES = {"no_pe": "SSD without PE", "rope": "SSD + RoPE (unified)", "conv": "SSD + short conv"}
+            "conv": dict(ssd_use_rope=False, ssd_use_conv=True),
+            "data": dict(ssd_rope="data", ssd_use_conv=False)}
+VARIANT_NAMES = {"no_pe": "SSD without PE", "rope": "SSD + RoPE (unified)", "conv": "SSD + short conv",
+                 "data": "SSD + data-dependent rotary"}
+DEFAULT_VARIANTS = ("no_pe", "rope", "conv")
 EVAL_FACTORS = (1, 2, 4)
 
 QUICK = dict(vocab_size=512, hidden_size=128, num_hidden_layers=8, heads=2, ssd_heads=2, head_dim=64,
@@ -80,8 +84,10 @@ def _plot(summary: list[dict], seq_len: int, path: Path) -> None:
 
 
 def run(out_dir, quick: bool = False, device=None, steps: int | None = None, seeds: int | None = None,
-        size: dict | None = None, data: str = "shakespeare", cache_dir=None) -> list[dict]:
-    """Train the three variants per seed, evaluate at 1x/2x/4x the training length, write ``results.json``,
+        size: dict | None = None, data: str = "shakespeare", cache_dir=None,
+        variants=DEFAULT_VARIANTS) -> list[dict]:
+    """Train each of ``variants`` (keys of ``VARIANTS``, a sequence or a comma-separated string; ``"rope"``, the
+    reference of the gains, among them) per seed, evaluate at 1x/2x/4x the training length, write ``results.json``,
     ``results.md`` and ``position.png`` into ``out_dir``; return the per-variant summary rows.
 
     ``quick``: width 128, 8 layers, BPE 512, 150 steps of 16 x 128 tokens, 1 seed (CPU, minutes). Full:
@@ -97,6 +103,10 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, see
         cfg["steps"] = int(steps)
     if seeds is not None:
         cfg["seeds"] = int(seeds)
+    names = tuple(v.strip() for v in variants.split(",")) if isinstance(variants, str) else tuple(variants)
+    if not names or "rope" not in names or any(v not in VARIANTS for v in names) or len(set(names)) < len(names):
+        raise ValueError(f"variants={variants!r} is not allowed: distinct names from {tuple(VARIANTS)}, "
+                         "'rope' among them (the reference of the gains)")
     for name in ("steps", "seeds", "seq_len", "batch"):
         if cfg[name] < 1:
             raise ValueError(f"{name}={cfg[name]!r} is not allowed: must be >= 1")
@@ -107,7 +117,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, see
 
     per_run = []
     for seed in range(cfg["seeds"]):
-        for variant in VARIANTS:
+        for variant in names:
             torch.manual_seed(seed)
             model = CheemsForCausalLM(hybrid_config(variant, cfg, corpus.vocab_size)).to(device)
             stats = train_lm(model, corpus.train, cfg["seq_len"], cfg["batch"], cfg["steps"], cfg["lr"], device,
@@ -124,7 +134,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, see
             del model
 
     summary = []
-    for variant in VARIANTS:
+    for variant in names:
         runs = [r for r in per_run if r["variant"] == variant]
         s = {"variant": variant, "variant_name": VARIANT_NAMES[variant], "runs": f"mean of {len(runs)}"}
         for f in EVAL_FACTORS:

@@ -3,10 +3,19 @@
 ``in_proj`` maps the hidden state to ``[z, x, B, C, dt]``; ``x, B, C`` go through an optional short causal
 depthwise convolution (off by default: RoPE gives SSD its sense of position) and SiLU; RoPE (rotary dim =
 ``state_size``) rotates ``B`` and ``C`` exactly as attention rotates ``K`` and ``Q``, so ``C_t·B_s`` depends on
-``t − s`` only; ``dt = softplus(dt + dt_bias)``, ``A = −exp(A_log)``; SSD with the ``D`` skip; the gated
+``t − s`` only (``rope="data"`` instead rotates by data-dependent cumulative angles, below);
+``dt = softplus(dt + dt_bias)``, ``A = −exp(A_log)``; SSD with the ``D`` skip; the gated
 RMSNorm ``norm(y · silu(z))`` (per group of channels, like Mamba2); ``out_proj``.
 
 With ``use_rope=False, use_conv=True`` this is exactly the Mamba2 block (see ``layers/mamba2.py``).
+
+Data-dependent rotary (``rope="data"``, in the style of Mamba-3): per head ``h`` and state pair ``r``,
+``φ_t[h, r] = Σ_{s≤t} dt_s[h] · π · tanh(w_r · u_s)`` with ``u_s`` the layer's input (hidden state) and ``w`` the
+rows of ``angle_proj`` (``n/2`` angles shared by the heads, which differ through ``dt``). ``C_t`` and ``B_t`` are
+rotated by ``φ_t`` exactly as RoPE rotates them by ``θ_r · t`` (rotate-half pairs ``(r, r + n/2)``), so
+``C_t·B_s`` sees ``φ_t − φ_s``: a complex-valued diagonal state whose phase advances with the data. Fixed RoPE is
+the case ``dt_s · π · tanh(w_r · u_s) = θ_r``. B and C are per group but ``dt`` is per head, so they are expanded
+to one copy per head before the rotation (SSD then runs with ``num_groups = num_heads``).
 """
 from __future__ import annotations
 
@@ -20,6 +29,8 @@ from ..errors import require
 from ..ops import gated_rms_norm, ssd, ssd_step
 from ..ops.common import trusted_values
 from .rotary import RotaryEmbedding, apply_rotary
+
+ROPE_MODES = ("fixed", "data", "none")
 
 
 class GatedRMSNorm(nn.Module):
@@ -58,10 +69,12 @@ class SSDMixer(nn.Module):
         hidden_size: model width ``d``.
         num_heads: SSD heads ``h``; the inner width is ``num_heads · head_dim`` (no separate expand factor).
         head_dim: ``p``, channels per head.
-        state_size: ``n``, the state size (and the rotary dim; even when ``use_rope``).
+        state_size: ``n``, the state size (and the rotary dim; even unless ``rope="none"``).
         num_groups: ``g`` groups of heads sharing B and C (``num_heads % num_groups == 0``).
         chunk_size: chunk of the dual algorithm (a power of two).
-        use_rope: rotate B and C by position (the paper's unified position encoding).
+        use_rope: rotate B and C by position (the paper's unified position encoding); the older spelling of
+            ``rope``, used when ``rope`` is None (True = ``"fixed"``, False = ``"none"``).
+        rope: ``"fixed"`` (RoPE on B and C), ``"data"`` (data-dependent rotary, above) or ``"none"``.
         rope_theta: rotary base.
         use_conv: short causal depthwise convolution over ``[x, B, C]`` (the Mamba2 way; off for Cheems).
         conv_kernel: its width.
@@ -82,15 +95,17 @@ class SSDMixer(nn.Module):
     Caching (``state`` a dict): ``state["ssm_state"]`` (b, h, p, n) float32 (float64 for a float64 layer), plus
     ``state["conv_state"]`` (b, h·p + 2·g·n, conv_kernel − 1), the last pre-convolution inputs, when
     ``use_conv``. A one-token call with a state uses :func:`ssd_step`; longer calls use :func:`ssd` with the
-    state as ``initial_state``. Padding (``attention_mask == 0``) gets ``dt = 0`` and zero ``x, B, C`` inputs,
+    state as ``initial_state``. With ``rope="data"`` the state also holds ``state["rope_angle"]`` (b, h, n/2),
+    the running angle ``φ`` of the last token (float32, float64 for a float64 layer; kept modulo 2π). Padding (``attention_mask == 0``) gets ``dt = 0`` and zero ``x, B, C`` inputs,
     so the state passes through unchanged; the convolution history kept in the state skips padded tokens
     (inside one call a padded token is a zero input to the convolution windows after it, which is exact for
     left padding).
 
     Packed documents (``seq_idx`` (b, l) non-decreasing document ids): SSD restarts its state at each document's
     first token, and the convolution window of a token holds only inputs of its own document; RoPE positions
-    come from ``position_ids`` (the model restarts them per document). A cached state or convolution history
-    belongs to the row's first document.
+    come from ``position_ids`` (the model restarts them per document) and the data-dependent angle restarts at
+    each document's first token. A cached state, convolution history or running angle belongs to the row's
+    first document.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, head_dim: int, state_size: int, num_groups: int = 1,
@@ -99,7 +114,7 @@ class SSDMixer(nn.Module):
                  norm_groups: int | None = None, dt_min: float = 1e-3, dt_max: float = 0.1,
                  dt_init_floor: float = 1e-4, dt_limit: tuple[float, float] = (0.0, float("inf")),
                  A_init_range: tuple[float, float] = (1.0, 16.0), layer_idx: int | None = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", rope: str | None = None):
         super().__init__()
         for name, value in (("hidden_size", hidden_size), ("num_heads", num_heads), ("head_dim", head_dim),
                             ("state_size", state_size), ("num_groups", num_groups), ("conv_kernel", conv_kernel)):
@@ -107,8 +122,10 @@ class SSDMixer(nn.Module):
         require(num_heads % num_groups == 0, "num_groups", num_groups, f"a divisor of num_heads={num_heads}")
         require(isinstance(chunk_size, int) and chunk_size >= 1 and chunk_size & (chunk_size - 1) == 0,
                 "chunk_size", chunk_size, "a power of two")
-        require(not use_rope or state_size % 2 == 0, "state_size", state_size,
-                "an even number when use_rope=True (it is the rotary dim)")
+        rope = ("fixed" if use_rope else "none") if rope is None else rope
+        require(rope in ROPE_MODES, "rope", rope, f"one of {ROPE_MODES}")
+        require(rope == "none" or state_size % 2 == 0, "state_size", state_size,
+                f"an even number when rope={rope!r} (it is the rotary dim)")
         inner = num_heads * head_dim
         norm_groups = num_groups if norm_groups is None else norm_groups
         require(isinstance(norm_groups, int) and norm_groups >= 1 and inner % norm_groups == 0, "norm_groups",
@@ -122,7 +139,8 @@ class SSDMixer(nn.Module):
         self.state_size, self.num_groups, self.chunk_size = state_size, num_groups, chunk_size
         self.inner_size = inner
         self.conv_dim = inner + 2 * num_groups * state_size
-        self.use_rope, self.use_conv = use_rope, use_conv
+        self.rope, self.use_conv = rope, use_conv
+        self.use_rope = rope == "fixed"  # rotation by position, from ``position_ids``
         self.dt_limit = (float(dt_limit[0]), float(dt_limit[1]))
         self.layer_idx = layer_idx
         self.backend = backend
@@ -131,7 +149,9 @@ class SSDMixer(nn.Module):
         if use_conv:
             self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, conv_kernel, groups=self.conv_dim,
                                     padding=conv_kernel - 1, bias=conv_bias)
-        self.rotary = RotaryEmbedding(state_size, rope_theta) if use_rope else None
+        self.rotary = RotaryEmbedding(state_size, rope_theta) if rope == "fixed" else None
+        if rope == "data":  # w: one row per state pair
+            self.angle_proj = nn.Linear(hidden_size, state_size // 2, bias=False)
 
         self.dt_init = (float(dt_min), float(dt_max), float(dt_init_floor))
         self.A_init_range = (float(A_init_range[0]), float(A_init_range[1]))
@@ -212,6 +232,50 @@ class SSDMixer(nn.Module):
             out = out + full[..., width - shift:width - shift + l] * weight[:, width - shift, None] * same
         return out if self.conv1d.bias is None else out + self.conv1d.bias[:, None]
 
+    def data_angles(self, hidden_states: torch.Tensor, dt: torch.Tensor, initial: torch.Tensor | None = None,
+                    seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """The data-dependent rotary angles ``φ_t[h, r] = φ_0 + Σ_{s≤t} dt_s[h] · π · tanh(w_r · u_s)``.
+
+        hidden_states (b, l, d) the layer input ``u``, dt (b, l, h) after softplus (zero on padding, which then
+        leaves the angle unchanged), initial (b, h, n/2) the running angle ``φ_0`` before this call or None (zero),
+        seq_idx (b, l) document ids or None -> (b, l, h, n/2) in ``dt.dtype``. With ``seq_idx`` the sum restarts
+        at each document's first token and ``initial`` counts for the row's first document only."""
+        rate = math.pi * torch.tanh(self.angle_proj(hidden_states).to(dt.dtype))  # (b, l, n/2)
+        step = dt[..., None] * rate[:, :, None, :]  # (b, l, h, n/2)
+        angle = step.cumsum(dim=1)
+        first_document = None
+        if seq_idx is not None:  # subtract the sum up to each document's first token (exclusive)
+            l = seq_idx.shape[1]
+            starts = F.pad(seq_idx[:, 1:] != seq_idx[:, :-1], (1, 0), value=True)
+            order = torch.arange(l, device=seq_idx.device).expand_as(seq_idx)
+            start = torch.where(starts, order, 0).cummax(dim=1).values  # (b, l): the own document's first token
+            before = (angle - step).gather(1, start[:, :, None, None].expand_as(angle))
+            angle = angle - before
+            first_document = (start == 0)[:, :, None, None]
+        if initial is not None:
+            carried = initial[:, None].to(angle.dtype)
+            angle = angle + (carried if first_document is None else carried * first_document)
+        return angle
+
+    def _rotate_by_data(self, BC: torch.Tensor, hidden_states: torch.Tensor, dt: torch.Tensor, state: dict | None,
+                        seq_idx: torch.Tensor | None) -> torch.Tensor:
+        """BC (b, l, 2g, n) (B's groups, then C's) -> (b, l, 2h, n): expanded to heads and rotated by
+        :meth:`data_angles`, continuing from and updating ``state["rope_angle"]``."""
+        b, l, _, n = BC.shape
+        h = self.num_heads
+        initial = state.get("rope_angle") if state is not None else None
+        angle = self.data_angles(hidden_states, dt, initial, seq_idx)  # (b, l, h, n/2)
+        if state is not None:  # modulo 2π: a long generation keeps the angle's float32 resolution
+            state["rope_angle"] = torch.remainder(angle[:, -1], 2 * math.pi)
+        angle = torch.cat([angle, angle], dim=-1).reshape(b, l * h, n)  # rotate-half pairs (r, r + n/2)
+        cos, sin = angle.cos(), angle.sin()
+        heads_per_group = h // self.num_groups
+        out = []
+        for M in BC.chunk(2, dim=2):  # B, then C: (b, l, g, n) -> one copy per head, rotated by that head's angle
+            M = M.repeat_interleave(heads_per_group, dim=2).reshape(b, l * h, 1, n)
+            out.append(apply_rotary(M, cos, sin).reshape(b, l, h, n))
+        return torch.cat(out, dim=2)
+
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, state: dict | None = None,
                 seq_idx: torch.Tensor | None = None) -> torch.Tensor:
@@ -239,19 +303,21 @@ class SSDMixer(nn.Module):
             xbc = xbc.masked_fill(~keep, 0.0)
         x, BC = xbc.split([self.inner_size, 2 * g * n], dim=-1)
         BC = BC.reshape(b, l, 2 * g, n)  # B's g groups, then C's
-        if self.use_rope:  # B and C rotate by the same angles: one call for both
-            cos, sin = self.rotary(position_ids.to(hidden_states.device),
-                                   torch.float64 if BC.dtype == torch.float64 else torch.float32)
-            BC = apply_rotary(BC, cos, sin)
-        B, C = BC.split([g, g], dim=2)
-        # x, B and C stay in the activation dtype (bf16 under autocast): the SSD kernels accumulate in float32,
-        # and float32 inputs would make the Triton kernels use exact float32 products (no tensor cores, ~10x slower)
-        x = x.reshape(b, l, h, p)
         dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))
         if self.dt_limit != (0.0, float("inf")):
             dt = dt.clamp(*self.dt_limit)
         if keep is not None:
             dt = dt.masked_fill(~keep, 0.0)
+        if self.rope == "fixed":  # B and C rotate by the same angles: one call for both
+            cos, sin = self.rotary(position_ids.to(hidden_states.device),
+                                   torch.float64 if BC.dtype == torch.float64 else torch.float32)
+            BC = apply_rotary(BC, cos, sin)
+        elif self.rope == "data":
+            BC = self._rotate_by_data(BC, hidden_states, dt, state, seq_idx)
+        B, C = BC.split([BC.shape[2] // 2] * 2, dim=2)
+        # x, B and C stay in the activation dtype (bf16 under autocast): the SSD kernels accumulate in float32,
+        # and float32 inputs would make the Triton kernels use exact float32 products (no tensor cores, ~10x slower)
+        x = x.reshape(b, l, h, p)
         A = -torch.exp(self.A_log.to(acc))
 
         with trusted_values():  # A < 0 and dt >= 0 by construction: no device sync per call for value checks

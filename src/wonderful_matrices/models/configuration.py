@@ -26,6 +26,7 @@ from ..ops.common import BACKENDS, LAYER_BACKENDS
 LAYER_TYPES = ("ssd", "dma", "attn", "mamba2")
 FFN_TYPES = ("cdmoe", "moe", "mlp", "none")
 DMA_MASK_FORMS = ("gate", "doge")
+SSD_ROPE_MODES = ("fixed", "data", "none")
 MOE_IMPLEMENTATIONS = ("grouped", "loop")
 
 
@@ -51,6 +52,8 @@ _FIELD_TYPES = {
     "float | int": (_is_number, "a finite number"),
     "bool": (lambda v: isinstance(v, bool), "True or False"),
     "str": (lambda v: isinstance(v, str), "a string"),
+    "str | None": (lambda v: v is None or isinstance(v, str), "None or a string"),
+    "bool | None": (lambda v: v is None or isinstance(v, bool), "None, True or False"),
     "list[str] | None": (lambda v: v is None or (isinstance(v, list) and all(isinstance(t, str) for t in v)),
                          "None or a list of strings"),
     "int | list[int] | None": (lambda v: v is None or _is_int(v) or (isinstance(v, list) and all(map(_is_int, v))),
@@ -94,8 +97,10 @@ class CheemsConfig(PretrainedConfig):
     ``dma_qk_norm`` (RMSNorm on DMA queries/keys per head, as Doge).
 
     SSD (``"ssd"``): ``ssd_num_heads``, ``ssd_head_dim``, ``ssd_state_size``, ``ssd_num_groups``,
-    ``ssd_chunk_size`` (power of two), ``ssd_use_rope`` (RoPE on B and C), ``ssd_use_conv`` (Mamba2 short
-    conv), ``ssd_conv_kernel``.
+    ``ssd_chunk_size`` (power of two), ``ssd_rope`` (``"fixed"``: RoPE on B and C; ``"data"``: data-dependent
+    rotary, Mamba-3 style; ``"none"``), ``ssd_use_rope`` (its older boolean spelling: True = ``"fixed"``,
+    False = ``"none"``; give either, or both consistently — each is derived from the other, default ``"fixed"``),
+    ``ssd_use_conv`` (Mamba2 short conv), ``ssd_conv_kernel``.
 
     Mamba2 (``"mamba2"``): ``mamba2_expand``, ``mamba2_head_dim``, ``mamba2_state_size``, ``mamba2_num_groups``,
     ``mamba2_conv_kernel``, ``mamba2_chunk_size``, ``mamba2_conv_bias``, ``mamba2_bias`` (in/out projections),
@@ -156,7 +161,8 @@ class CheemsConfig(PretrainedConfig):
     ssd_state_size: int = 128
     ssd_num_groups: int = 1
     ssd_chunk_size: int = 256
-    ssd_use_rope: bool = True
+    ssd_rope: str | None = None
+    ssd_use_rope: bool | None = None
     ssd_use_conv: bool = False
     ssd_conv_kernel: int = 4
 
@@ -219,12 +225,23 @@ class CheemsConfig(PretrainedConfig):
                                                    self.attention_layer_type, self.recurrent_layer_type)
         if self.ffn_types is None:
             self.ffn_types = [self.default_ffn_type] * self.num_hidden_layers
+        self._resolve_ssd_rope()
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None and self.num_attention_heads >= 1:
             self.head_dim = self.hidden_size // self.num_attention_heads
         self._validate(mixer_name="mixer_types" if legacy is None else "layer_types")
         super().__post_init__(**kwargs)
+
+    def _resolve_ssd_rope(self) -> None:
+        """Fill ``ssd_rope`` and ``ssd_use_rope`` from each other (both None: ``"fixed"``)."""
+        if self.ssd_rope is None:
+            self.ssd_rope = "none" if self.ssd_use_rope is False else "fixed"
+        require(self.ssd_rope in SSD_ROPE_MODES, "ssd_rope", self.ssd_rope, f"one of {SSD_ROPE_MODES}")
+        rotates = self.ssd_rope != "none"
+        require(self.ssd_use_rope is None or self.ssd_use_rope == rotates, "ssd_use_rope", self.ssd_use_rope,
+                f"None or {rotates} with ssd_rope={self.ssd_rope!r}")
+        self.ssd_use_rope = rotates
 
     @property
     def layer_types(self) -> list[str]:
@@ -299,9 +316,10 @@ class CheemsConfig(PretrainedConfig):
                 f"must divide ssd_num_heads={self.ssd_num_heads}")
         c = self.ssd_chunk_size
         require(c >= 1 and c & (c - 1) == 0, "ssd_chunk_size", c, "a power of two")
-        if self.ssd_use_rope:
+        if self.ssd_rope != "none":
             require(self.ssd_state_size % 2 == 0, "ssd_state_size", self.ssd_state_size,
-                    "must be even when ssd_use_rope (RoPE rotates B and C)")
+                    f"must be even when ssd_rope={self.ssd_rope!r} (rotary on B and C)")
+        if self.ssd_rope == "fixed":
             require(self.rope_theta > 0, "rope_theta", self.rope_theta, "must be > 0")
 
     def _validate_mamba2(self) -> None:

@@ -56,7 +56,7 @@ def build_mixer(config: CheemsConfig, layer_idx: int) -> nn.Module:
     if kind == "ssd":
         return SSDMixer(config.hidden_size, config.ssd_num_heads, config.ssd_head_dim, config.ssd_state_size,
                         num_groups=config.ssd_num_groups, chunk_size=config.ssd_chunk_size,
-                        use_rope=config.ssd_use_rope, rope_theta=config.rope_theta, use_conv=config.ssd_use_conv,
+                        rope=config.ssd_rope, rope_theta=config.rope_theta, use_conv=config.ssd_use_conv,
                         conv_kernel=config.ssd_conv_kernel, norm_eps=config.rms_norm_eps, layer_idx=layer_idx,
                         backend=config.ssd_backend)
     if kind == "mamba2":
