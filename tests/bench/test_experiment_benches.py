@@ -31,7 +31,7 @@ def test_position_quick_path(tmp_path, small_corpus):
     size = dict(vocab_size=300, hidden_size=32, num_hidden_layers=8, heads=1, ssd_heads=1, head_dim=32,
                 state=16, intermediate_size=64, seq_len=16, batch=4, eval_tokens=512)
     summary = position.run(tmp_path, quick=True, steps=2, size=size, data=data_path, cache_dir=cache)
-    assert [s["variant"] for s in summary] == list(position.VARIANTS)
+    assert [s["variant"] for s in summary] == ["no_pe", "rope", "conv"] == list(position.DEFAULT_VARIANTS)
     data, md = _read(tmp_path)
     assert data["experiment"] == "position" and data["meta"]["seeds"] == 1
     assert [r["runs"] for r in data["rows"]] == ["mean of 1"] * 3 + ["seed 0"] * 3
@@ -53,6 +53,21 @@ def test_position_variants_differ_only_in_ssd_position():
     assert (cfgs["no_pe"].ssd_use_rope, cfgs["no_pe"].ssd_use_conv) == (False, False)
     assert (cfgs["rope"].ssd_use_rope, cfgs["rope"].ssd_use_conv) == (True, False)
     assert (cfgs["conv"].ssd_use_rope, cfgs["conv"].ssd_use_conv) == (False, True)
+    assert [c.ssd_rope for c in cfgs.values()] == ["none", "fixed", "none", "data"]
+    assert not cfgs["data"].ssd_use_conv
+
+
+def test_position_runs_chosen_variants(tmp_path, small_corpus):
+    data_path, cache = small_corpus
+    size = dict(vocab_size=300, hidden_size=32, num_hidden_layers=8, heads=1, ssd_heads=1, head_dim=32,
+                state=16, intermediate_size=64, seq_len=16, batch=4, eval_tokens=512)
+    summary = position.run(tmp_path, quick=True, steps=2, size=size, data=data_path, cache_dir=cache,
+                           variants="rope,data")
+    assert [s["variant"] for s in summary] == ["rope", "data"]
+    assert summary[1]["variant_name"] == "SSD + data-dependent rotary" and summary[0]["rope_gain@1x_%"] == 0.0
+    for bad in ("data", "rope,foo", "rope,rope", ""):
+        with pytest.raises(ValueError, match="variants"):
+            position.run(tmp_path, quick=True, steps=2, size=size, data=data_path, cache_dir=cache, variants=bad)
 
 
 def test_lm_quick_path(tmp_path, small_corpus):
