@@ -96,8 +96,9 @@ class SSDMixer(nn.Module):
     ``state["conv_state"]`` (b, h·p + 2·g·n, conv_kernel − 1), the last pre-convolution inputs, when
     ``use_conv``. A one-token call with a state uses :func:`ssd_step`; longer calls use :func:`ssd` with the
     state as ``initial_state``. With ``rope="data"`` the state also holds ``state["rope_angle"]`` (b, h, n/2),
-    the running angle ``φ`` of the last token (float32, float64 for a float64 layer; kept modulo 2π). Padding (``attention_mask == 0``) gets ``dt = 0`` and zero ``x, B, C`` inputs,
-    so the state passes through unchanged; the convolution history kept in the state skips padded tokens
+    the running angle ``φ`` of the last token (float32, float64 for a float64 layer; kept modulo 2π). Padding
+    (``attention_mask == 0``) gets ``dt = 0`` and zero ``x, B, C`` inputs, so the state (and the running angle)
+    passes through unchanged; the convolution history kept in the state skips padded tokens
     (inside one call a padded token is a zero input to the convolution windows after it, which is exact for
     left padding).
 
