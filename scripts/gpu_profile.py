@@ -1,8 +1,8 @@
-"""Profile where the time of small training/decoding steps goes on a GPU (torch.profiler tables).
+"""Profile where the time of small MQAR training steps and decode steps goes on a GPU (torch.profiler tables).
 
-``python scripts/gpu_profile.py OUT_DIR``: an MQAR training step (2 layers, width 64, T = 256, batch 64) per mixer,
-a decode step of llama-base and cheems-base at 4K context, and a cheems-base training step (8 x 2048); one table
-per case (top operators by self CPU and by self CUDA time) in OUT_DIR/profile.txt.
+``python scripts/gpu_profile.py OUT_DIR``: an MQAR training step (2 layers, width 64, T = 256, batch 64) per mixer
+and a decode step of llama-base and cheems-base at 4K context; one table per case (top operators by self CPU and by
+self CUDA time) in OUT_DIR/profile.txt. A preset's training step is profiled by ``wm bench profile``.
 """
 import sys
 import time
@@ -11,9 +11,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from wonderful_matrices.bench import lm
 from wonderful_matrices.bench import mqar as bm
-from wonderful_matrices.bench.lm_common import optimizer_step
+from wonderful_matrices.bench.decode_common import fill_cache
 from wonderful_matrices.data.mqar import mqar
 from wonderful_matrices.models import CheemsCache, CheemsForCausalLM, presets
 
@@ -82,7 +81,7 @@ for name in ("llama-base", "cheems-base"):
     cache = CheemsCache(cfg)
     with torch.no_grad():
         model(input_ids=prompt, past_key_values=cache, use_cache=True)
-        lm.fill_cache(cache, cfg, 4096)
+        fill_cache(cache, cfg, 4096)
         token = prompt[:, -1:]
 
         def decode():
@@ -90,9 +89,4 @@ for name in ("llama-base", "cheems-base"):
                 model(input_ids=token, past_key_values=cache, use_cache=True, graphed_decoding=False)
         case(f"decode step {name} @4K", decode, n=5)
 
-cfg = presets.get("cheems-base", use_cache=False)
-model = CheemsForCausalLM(cfg).to(dev).train()
-opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-rows = torch.randint(0, cfg.vocab_size, (8, 2049), device=dev)
-case("cheems-base train step 8x2048", lambda: optimizer_step(model, opt, rows, dev), n=3)
 report.close()

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .common import time_callable, write_results
-from .decode_common import analytic_cache_bytes, decode_measurement, fill_cache  # noqa: F401 (public here too)
+from .decode_common import analytic_cache_bytes, decode_measurement
 from .lm_common import corpus_tokens, optimizer_step, perplexity, set_fused, train_lm
 
 FAMILIES = ("cheems", "doge", "llama", "mamba2", "jamba")
