@@ -22,8 +22,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
     d = TrainConfig(out="")
     p.add_argument("--preset", default=d.preset, help="preset name, or a config.json file/folder")
-    p.add_argument("--data", default=d.data, help="'shakespeare', a text/.jsonl/.parquet file or folder, or a "
-                                                  "Hugging Face dataset name")
+    p.add_argument("--data", default=d.data, help="'shakespeare', 'python-source', a text/.jsonl/.parquet file or "
+                                                  "folder, or a Hugging Face dataset name")
     p.add_argument("--tokenizer", default=None,
                    help="HF tokenizer folder or tokenizer.json file (default: train a byte-level BPE)")
     p.add_argument("--out", required=True, help="run folder; re-running the same command resumes it (with a "
@@ -51,7 +51,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="token cache folder (default: OUT/cache)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 under torchrun (default: DDP)")
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    _device_argument(p)
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is steadier on a shared 2-core machine)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -92,6 +92,10 @@ def _run_folder(path: str):
             return folder, folder
         raise UserError(f"{folder} has no checkpoint; train first with `wm train --out {folder}`")
     return folder, newest
+
+
+def _device_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
 def _threads_argument(p: argparse.ArgumentParser) -> None:
@@ -135,7 +139,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="corpus whose validation split to score (default: the run's)")
     p.add_argument("--batch-size", type=int, default=8, help="validation rows per forward pass")
     p.add_argument("--max-rows", type=int, default=None, help="score only the first N validation rows")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _device_argument(p)
     _tokenizer_argument(p)
     _threads_argument(p)
 
@@ -188,7 +192,7 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    _device_argument(p)
     _tokenizer_argument(p)
     _threads_argument(p)
 
