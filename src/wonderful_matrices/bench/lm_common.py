@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..data.packing import PackedRows, document_position_ids
-from ..ops import linear_cross_entropy
+from ..models.modeling import causal_lm_loss, causal_lm_loss_from_hidden
 from ..train.optim import adamw, apply_gradients
 from ..train.schedule import lr_multiplier
 from .common import synchronize
@@ -104,13 +103,19 @@ def lm_loss(model, rows: torch.Tensor, eos: int | None = None) -> torch.Tensor:
     ``rows[:, 1:]`` without ``eos``; with it, each document modelled alone and its first token not scored).
 
     With ``model.config.fused_loss`` (the default) computed from the final hidden states by
-    ``wm.ops.linear_cross_entropy`` (no ``(b, l, V)`` float32 logits), else from the logits."""
-    inputs, positions, targets = packed_inputs(rows, eos)
+    ``wm.ops.linear_cross_entropy`` (no ``(b, l, V)`` float32 logits), else from the logits in float32."""
+    return _next_token_loss(model, *packed_inputs(rows, eos))
+
+
+def _next_token_loss(model, inputs: torch.Tensor, positions: torch.Tensor | None,
+                     targets: torch.Tensor) -> torch.Tensor:
+    """:func:`lm_loss` of the parts :func:`packed_inputs` gives, by the model's own loss functions (without the
+    FFN layers' auxiliary losses)."""
     if model.config.fused_loss:
         hidden = model.model(input_ids=inputs, position_ids=positions, use_cache=False).last_hidden_state
-        return linear_cross_entropy(hidden.flatten(0, 1), model.lm_head.weight, targets.flatten())
+        return causal_lm_loss_from_hidden(hidden, model.lm_head.weight, targets)
     logits = model(input_ids=inputs, position_ids=positions, use_cache=False).logits
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+    return causal_lm_loss(logits, targets)
 
 
 def optimizer_step(model, opt, rows: torch.Tensor, device: torch.device, clip: float | None = None,
@@ -176,12 +181,12 @@ def perplexity(model, tokens: np.ndarray, seq_len: int, batch: int, device: torc
     model.eval()
     total, count = 0.0, 0
     for start in range(0, n_rows, batch):
-        chunk = rows[start:start + batch].to(device)
-        scored = int((packed_inputs(chunk, eos)[2] != -100).sum())
+        inputs, positions, targets = packed_inputs(rows[start:start + batch].to(device), eos)
+        scored = int((targets != -100).sum())
         if scored == 0:
             continue
         with training_autocast(device):
-            loss = lm_loss(model, chunk, eos)
+            loss = _next_token_loss(model, inputs, positions, targets)
         total += float(loss) * scored
         count += scored
     if count == 0:
