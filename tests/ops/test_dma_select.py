@@ -131,6 +131,18 @@ def test_live_keys_documents_equal_oracle(kind):
         assert torch.equal(live_counts(drop, keys, ends, 60, 60, block, tile), oracle_counts(bias, 60, w, documents))
 
 
+@pytest.mark.parametrize("kind", ["randn", "ties", "padded"])
+def test_select_blocks_documents_equal_oracle(kind):
+    """Packed rows: documents shorter than the window, of one token, and blocks straddling boundaries."""
+    g = torch.Generator().manual_seed(hash((kind, "blocks")) % 2**31)
+    lengths = [[9, 1, 20, 3, 27], [60]]
+    documents = torch.stack([torch.repeat_interleave(torch.arange(len(x)), torch.tensor(x)) for x in lengths])
+    bias = make_bias(kind, 2, 60, torch.float32, g)
+    for w, block in ((4, 8), (11, 7)):
+        candidates, start, end = dma_selection.select_blocks(bias, 60, w, block, documents)
+        assert torch.equal(kept_counts(candidates, start, end, 60, 60, block), oracle_counts(bias, 60, w, documents))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_select_blocks_in_the_bias_dtype(dtype):
     """Ties as the bias's own dtype sees them: a bf16 bias rounds distinct float64 values together."""

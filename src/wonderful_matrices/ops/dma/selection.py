@@ -145,9 +145,18 @@ def _thresholds(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
     return ranks, valid, carried_rank, carried_pos, p0, block_pos, block_valid, threshold
 
 
-def _document_end(documents: torch.Tensor) -> torch.Tensor:
-    """``documents (n, lk)`` non-decreasing ids -> ``(n, lk)`` the end (exclusive) of each key's document."""
-    return torch.searchsorted(documents, documents, right=True)
+def _drops(ranks: torch.Tensor, valid: torch.Tensor, threshold: torch.Tensor, offset: int,
+           documents: torch.Tensor | None) -> torch.Tensor:
+    """``drop (n, lk)`` long from :func:`_thresholds`' ``ranks``, ``valid`` and ``threshold (n, nb, block)``: the
+    first query position ``p`` with ``T_p < rank_j`` (``T`` never increases, so one ``searchsorted`` over all
+    blocks), at most ``lk``, cut at the end of ``j``'s document; ``0`` for padding. Query ``p`` keeps key ``j``
+    exactly when ``j <= p < drop_j``."""
+    n, lk = ranks.shape
+    first = torch.searchsorted(threshold.reshape(n, -1).neg().contiguous(), ranks.neg().contiguous(), right=True)
+    drop = torch.where(valid, (first + offset).clamp_max(lk), 0)
+    if documents is not None:  # no query past the end of the key's document
+        drop = torch.minimum(drop, torch.searchsorted(documents, documents, right=True))
+    return drop
 
 
 @torch.no_grad()
@@ -170,7 +179,8 @@ def select_blocks(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int
     increases with ``p``. One global sort gives the ranks; the top ``w`` before every block come from a prefix
     scan over the blocks (:func:`_carried_ranks`, ``ceil(log2(nb))`` steps); ``T`` inside every block from
     :func:`_running_kth` (the top ``w`` before the block plus the block's keys joining one per query); the
-    queries that keep a candidate are then ``[max(j, p0), first p with T_p < rank_j)``, one ``searchsorted``.
+    queries that keep a candidate are then ``[max(j, p0), drop_j)`` with ``drop_j`` the first ``p`` with
+    ``T_p < rank_j`` (:func:`_drops`, one ``searchsorted``).
     Documents: the rank puts later documents first, so the top ``w`` of a query's visible keys holds the top
     ``w`` of its own document (all of them if fewer), and a key's interval is cut at its document's end; the
     keys of earlier documents in the top ``w`` are then kept by no query. The same fact holds, so the same
@@ -181,15 +191,10 @@ def select_blocks(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int
     ranks, valid, carried_rank, carried_pos, p0, block_pos, block_valid, threshold = _thresholds(
         bias_rows, lq, w, block, documents)
     nb = p0.shape[0]
-    block_rank = ranks[:, block_pos]
-    cand_rank = torch.cat([carried_rank, block_rank], dim=-1)  # (n, nb, w + block)
-    # A candidate is kept from its own position (or the block start) until the first query with T_p < rank.
-    end = torch.searchsorted(threshold.neg().contiguous(), cand_rank.neg().contiguous(), right=True)
-    end = torch.minimum(end, (lk - p0).clamp_max(block)[None, :, None])
-    cand_pos = torch.cat([carried_pos, block_pos.expand(n, nb, block)], dim=-1)
-    if documents is not None:  # no query past the end of the key's document
-        doc_end = _document_end(documents)
-        end = torch.minimum(end, doc_end.gather(1, cand_pos.view(n, -1)).view(n, nb, -1) - p0[None, :, None])
+    drop = _drops(ranks, valid, threshold, lk - lq, documents)
+    cand_pos = torch.cat([carried_pos, block_pos.expand(n, nb, block)], dim=-1)  # (n, nb, w + block)
+    # A candidate is kept from its own position (or the block start) until its drop, cut at the block's end.
+    end = (drop.gather(1, cand_pos.view(n, -1)).view(n, nb, -1) - p0[None, :, None]).clamp_max(block)
     start = torch.cat([torch.zeros(nb, w, dtype=torch.long, device=bias_rows.device),
                        torch.arange(block, device=bias_rows.device).expand(nb, block)], dim=-1).expand(n, nb, w + block)
     real = torch.cat([carried_rank < lk, block_valid], dim=-1)
@@ -229,12 +234,7 @@ def live_keys(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
     ranks, valid, carried_rank, carried_pos, p0, block_pos, block_valid, threshold = _thresholds(
         bias_rows, lq, w, block, documents)
     nb = p0.shape[0]
-    first_drop = torch.searchsorted(threshold.reshape(n, nb * block).neg().contiguous(),
-                                    ranks.neg().contiguous(), right=True)
-    drop = torch.where(valid, (first_drop + offset).clamp_max(lk), 0)
-    if documents is not None:
-        drop = torch.minimum(drop, _document_end(documents))
-    drop = drop.to(torch.int32).contiguous()
+    drop = _drops(ranks, valid, threshold, offset, documents).to(torch.int32).contiguous()
     carried_live = (carried_rank < lk) & (drop.gather(1, carried_pos.view(n, -1)).view(n, nb, w) > p0[:, None])
     own_pos = block_pos.expand(n, nb, block)
     own_live = block_valid & (drop.gather(1, own_pos.reshape(n, -1)).view(n, nb, block) > own_pos)
@@ -251,8 +251,6 @@ def live_keys(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
 def default_block(keep_window: int) -> int:
     """Query block size for the windowed path: 64 for small windows, up to 512 (a quarter of the window)."""
     return int(min(512, max(64, (keep_window // 4) // 64 * 64)))
-
-
 
 
 def selectable_keys(bias: torch.Tensor, keep_window: int) -> torch.Tensor:
