@@ -18,6 +18,22 @@ BACKENDS = ("torch",) + (("triton",) if _triton_backend is not None else ())
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def _check(x, weight, eps, others: dict) -> None:
+    """The arguments both norms share: floating tensors on one device, ``x (..., d)``, ``weight (d,)``, ``eps >= 0``,
+    and ``others`` (name -> tensor) shaped like ``x``."""
+    for name, t in {"x": x, "weight": weight, **others}.items():
+        require(isinstance(t, torch.Tensor), name, type(t).__name__, "a torch.Tensor")
+        require(t.dtype in FLOAT_DTYPES, f"{name}.dtype", t.dtype, f"one of {FLOAT_DTYPES}")
+    require(x.dim() >= 1 and x.shape[-1] >= 1, "x.shape", shape_of(x), "(..., d) with d >= 1")
+    for name, t in others.items():
+        require(t.shape == x.shape, f"{name}.shape", shape_of(t), f"equal to x.shape {shape_of(x)}")
+    d = x.shape[-1]
+    require(weight.shape == (d,), "weight.shape", shape_of(weight), f"({d},) matching x's last dim")
+    require(isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0, "eps", eps, "a finite number >= 0")
+    devices = {t.device for t in (x, weight, *others.values())}
+    require(len(devices) == 1, "device", sorted(map(str, devices)), "all tensors on one device")
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, residual: torch.Tensor | None = None,
              backend: str = "auto") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Root-mean-square normalisation over the last dim, optionally of ``x + residual``.
@@ -37,17 +53,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, residual:
         computed in float32 (float64 for float64), rounded to ``s``'s dtype and scaled, so ``y`` has
         ``promote(weight, s)`` dtype — HF Llama's ``LlamaRMSNorm`` arithmetic.
     """
-    for name, t in (("x", x), ("weight", weight)) + ((("residual", residual),) if residual is not None else ()):
-        require(isinstance(t, torch.Tensor), name, type(t).__name__, "a torch.Tensor")
-        require(t.dtype in FLOAT_DTYPES, f"{name}.dtype", t.dtype, f"one of {FLOAT_DTYPES}")
-    require(x.dim() >= 1 and x.shape[-1] >= 1, "x.shape", shape_of(x), "(..., d) with d >= 1")
+    others = {"residual": residual} if residual is not None else {}
+    _check(x, weight, eps, others)
     d = x.shape[-1]
-    require(weight.shape == (d,), "weight.shape", shape_of(weight), f"({d},) matching x's last dim")
-    require(residual is None or residual.shape == x.shape, "residual.shape",
-            None if residual is None else shape_of(residual), f"equal to x.shape {shape_of(x)}")
-    require(isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0, "eps", eps, "a finite number >= 0")
-    devices = {t.device for t in (x, weight, residual) if t is not None}
-    require(len(devices) == 1, "device", sorted(map(str, devices)), "all tensors on one device")
     name = resolve_backend(backend, BACKENDS, x.device, ("triton", "torch"))
     dtypes = {x.dtype, weight.dtype} | ({residual.dtype} if residual is not None else set())
     if name == "triton" and dtypes <= set(_triton_backend.DTYPES) and d <= _triton_backend.MAX_DIM:
@@ -76,18 +84,10 @@ def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, ep
         ``(..., d)`` in ``promote(weight, x)``: computed in float32 (float64 for float64 ``x``), the normalised
         value rounded to ``x``'s dtype before the weight.
     """
-    for name, t in (("x", x), ("gate", gate), ("weight", weight)):
-        require(isinstance(t, torch.Tensor), name, type(t).__name__, "a torch.Tensor")
-        require(t.dtype in FLOAT_DTYPES, f"{name}.dtype", t.dtype, f"one of {FLOAT_DTYPES}")
-    require(x.dim() >= 1 and x.shape[-1] >= 1, "x.shape", shape_of(x), "(..., d) with d >= 1")
+    _check(x, weight, eps, {"gate": gate})
     d = x.shape[-1]
-    require(gate.shape == x.shape, "gate.shape", shape_of(gate), f"equal to x.shape {shape_of(x)}")
-    require(weight.shape == (d,), "weight.shape", shape_of(weight), f"({d},) matching x's last dim")
     require(isinstance(num_groups, int) and num_groups >= 1 and d % num_groups == 0, "num_groups", num_groups,
             f"a divisor of d={d}")
-    require(isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0, "eps", eps, "a finite number >= 0")
-    devices = {t.device for t in (x, gate, weight)}
-    require(len(devices) == 1, "device", sorted(map(str, devices)), "all tensors on one device")
     name = resolve_backend(backend, BACKENDS, x.device, ("triton", "torch"))
     if (name == "triton" and {x.dtype, gate.dtype, weight.dtype} <= set(_triton_backend.DTYPES)
             and num_groups <= 16 and num_groups & (num_groups - 1) == 0 and d // num_groups <= _triton_backend.MAX_DIM):
