@@ -40,8 +40,9 @@ def _check_values(A: torch.Tensor, dt: torch.Tensor) -> None:
     if not value_checks_enabled():
         return
     bad_a, bad_dt = torch.stack([~((A < 0) & A.isfinite()).all(), ~((dt >= 0) & dt.isfinite()).all()]).tolist()
-    require(not bad_a, "A", A.detach().cpu().tolist() if A.numel() <= 16 else f"tensor of shape {shape_of(A)}",
-            "every entry must be finite and < 0 (the state must decay; use A = -exp(A_log))")
+    if bad_a:  # the value is read only to report it: no second synchronisation on the passing path
+        require(False, "A", A.detach().cpu().tolist() if A.numel() <= 16 else f"tensor of shape {shape_of(A)}",
+                "every entry must be finite and < 0 (the state must decay; use A = -exp(A_log))")
     require(not bad_dt, "dt", f"tensor of shape {shape_of(dt)} with negative, infinite or NaN entries",
             "every entry must be finite and >= 0 (dt comes out of softplus; 0 marks padding)")
 
