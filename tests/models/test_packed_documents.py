@@ -85,6 +85,9 @@ def test_packed_loss_scores_no_document_start(name):
                 total += out.loss.item() * (len(doc) - 1)
                 count += len(doc) - 1
     assert abs(loss.item() - total / count) < 1e-5 * abs(total / count)
+    # the same documents given as an explicit seq_idx: the same loss
+    explicit = model(input_ids=ids, seq_idx=packed_document_ids(positions, None, None, 0), labels=ids).loss
+    assert abs(explicit.item() - total / count) < 1e-5 * abs(total / count)
 
 
 def test_left_padding_is_not_read_as_documents():

@@ -77,23 +77,17 @@ def from_hf_llama(model) -> CheemsForCausalLM:
 def from_hf_mamba2(model) -> CheemsForCausalLM:
     """``transformers.Mamba2ForCausalLM`` -> :class:`CheemsForCausalLM` with the same logits."""
     c = model.config
-    require(c.hidden_act in ("silu", "swish"), "hidden_act", c.hidden_act, "only 'silu'")
-    inner = int(c.expand * c.hidden_size)
-    require(inner == c.num_heads * c.head_dim, "expand", c.expand,
-            f"expand * hidden_size must equal num_heads * head_dim ({c.num_heads * c.head_dim})")
+    # checks the activation and the widths; the gated norm grouped as HF's (see the function)
+    mixer = mamba2_mixer_kwargs_from_hf_config(c, getattr(model.backbone.layers[0].mixer.norm, "group_size", None))
     limit = tuple(float(v) for v in c.time_step_limit)
     require(limit == (0.0, float("inf")), "time_step_limit", c.time_step_limit, "only (0.0, inf)")
     n = c.num_hidden_layers
-    # HF's gated norm: over the whole inner width in transformers 5.17, per group of `group_size` channels
-    # (as mamba_ssm) in newer versions (5.25)
-    group_size = getattr(model.backbone.layers[0].mixer.norm, "group_size", None)
-    norm_groups = 1 if group_size is None else inner // group_size
     config = CheemsConfig(
         vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=n,
         mixer_types=["mamba2"] * n, ffn_types=["none"] * n, mamba2_expand=int(c.expand),
         mamba2_head_dim=c.head_dim, mamba2_state_size=c.state_size, mamba2_num_groups=c.n_groups,
         mamba2_conv_kernel=c.conv_kernel, mamba2_chunk_size=c.chunk_size, mamba2_conv_bias=c.use_conv_bias,
-        mamba2_bias=c.use_bias, mamba2_norm_groups=norm_groups, rms_norm_eps=c.layer_norm_epsilon,
+        mamba2_bias=c.use_bias, mamba2_norm_groups=mixer["norm_groups"], rms_norm_eps=c.layer_norm_epsilon,
         initializer_range=c.initializer_range, tie_word_embeddings=c.tie_word_embeddings,
         pad_token_id=c.pad_token_id, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id,
     )
@@ -217,11 +211,10 @@ def mamba2_mixer_kwargs_from_hf_config(config, norm_group_size: int | None = Non
     head_dim`` or the activation is not SiLU.
     """
     inner = int(config.expand * config.hidden_size)
-    if inner != config.num_heads * config.head_dim:
-        raise ValueError(f"config.expand={config.expand!r} is not allowed: hidden_size*expand ({inner}) must "
-                         f"equal num_heads*head_dim ({config.num_heads * config.head_dim})")
-    if config.hidden_act not in ("silu", "swish"):
-        raise ValueError(f"config.hidden_act={config.hidden_act!r} is not allowed: Mamba2Mixer uses 'silu'")
+    require(inner == config.num_heads * config.head_dim, "config.expand", config.expand,
+            f"hidden_size*expand ({inner}) must equal num_heads*head_dim ({config.num_heads * config.head_dim})")
+    require(config.hidden_act in ("silu", "swish"), "config.hidden_act", config.hidden_act,
+            "Mamba2Mixer uses 'silu'")
     return dict(hidden_size=config.hidden_size, num_heads=config.num_heads, head_dim=config.head_dim,
                 state_size=config.state_size, num_groups=config.n_groups, chunk_size=config.chunk_size,
                 conv_kernel=config.conv_kernel, conv_bias=config.use_conv_bias, bias=config.use_bias,

@@ -122,6 +122,23 @@ def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor,
     return F.cross_entropy(flat_logits, flat_targets, ignore_index=-100, reduction="sum") / num_items_in_batch
 
 
+def document_starts(position_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                    seq_idx: torch.Tensor | None, past: int) -> torch.Tensor | None:
+    """Where packed documents start: (b, l) bool, True at each document's first token except a row's first (the
+    tokens where :func:`packed_document_ids` steps up), or None when the call cannot be packed (no
+    ``position_ids``/``seq_idx``, ``past > 0``, or one token). Arguments as :func:`packed_document_ids`; reads no
+    values (no device sync)."""
+    if seq_idx is not None:
+        return F.pad(seq_idx[..., 1:] != seq_idx[..., :-1], (1, 0))
+    if position_ids is None or past > 0 or position_ids.shape[-1] < 2:
+        return None
+    starts = position_ids[..., 1:] == 0
+    if attention_mask is not None:
+        real = attention_mask[..., -position_ids.shape[-1]:]
+        starts = starts & real[..., :-1].to(device=starts.device, dtype=torch.bool)
+    return F.pad(starts, (1, 0))
+
+
 def packed_document_ids(position_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
                         seq_idx: torch.Tensor | None, past: int) -> torch.Tensor | None:
     """The document ids of packed rows, or None for rows that each hold one document.
@@ -141,15 +158,19 @@ def packed_document_ids(position_ids: torch.Tensor | None, attention_mask: torch
             raise ValueError(f"seq_idx={getattr(seq_idx, 'shape', seq_idx)!r} is not allowed: a (batch, seq) "
                              "integer tensor of non-decreasing document ids")
         return seq_idx
-    if position_ids is None or past > 0 or position_ids.shape[-1] < 2:
+    starts = document_starts(position_ids, attention_mask, None, past)
+    if starts is None or (value_checks_enabled() and not bool(starts.any())):
         return None
-    starts = position_ids[..., 1:] == 0
-    if attention_mask is not None:
-        real = attention_mask[..., -position_ids.shape[-1]:]
-        starts = starts & real[..., :-1].to(device=starts.device, dtype=torch.bool)
-    if value_checks_enabled() and not bool(starts.any()):
-        return None
-    return F.pad(starts.long().cumsum(-1), (1, 0))
+    return starts.long().cumsum(-1)
+
+
+def without_full_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """mask (b, l) bool (True = real) -> None when it marks no padding (layers take a faster path without a mask),
+    else ``mask``. Reads values (a device sync), except while torch.compile/torch.export trace or a CUDA graph is
+    captured: then the mask is kept (exact either way)."""
+    if mask is None or not value_checks_enabled() or not bool(mask.all()):
+        return mask
+    return None
 
 
 def document_positions(seq_idx: torch.Tensor) -> torch.Tensor:
@@ -157,13 +178,6 @@ def document_positions(seq_idx: torch.Tensor) -> torch.Tensor:
     steps = torch.arange(seq_idx.shape[1], device=seq_idx.device).expand_as(seq_idx)
     starts = F.pad(seq_idx[:, 1:] != seq_idx[:, :-1], (1, 0), value=True)
     return steps - torch.where(starts, steps, 0).cummax(dim=1).values
-
-
-def ignore_document_starts(labels: torch.Tensor, seq_idx: torch.Tensor) -> torch.Tensor:
-    """labels (b, l) with ``-100`` at each document's first token (it is not predicted from the previous
-    document), seq_idx (b, l) -> (b, l)."""
-    starts = F.pad(seq_idx[:, 1:] != seq_idx[:, :-1], (1, 0)).to(labels.device)
-    return labels.masked_fill(starts, -100)
 
 
 def causal_lm_loss_from_hidden(hidden_states: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -378,11 +392,7 @@ class CheemsModel(CheemsPreTrainedModel):
             else:
                 position_ids = (start[:, None] + new_mask.long().cumsum(-1) - 1).masked_fill(~new_mask, 0)
         position_ids = position_ids.to(device).expand(b, l)
-        # Layers take a faster path without a mask, so a mask without padding is dropped; reading its values is
-        # impossible while torch.compile/torch.export trace, and then it is kept (exact either way).
-        layer_mask = new_mask
-        if new_mask is not None and value_checks_enabled() and bool(new_mask.all()):
-            layer_mask = None
+        layer_mask = without_full_mask(new_mask)
 
         chunk = self.config.prefill_chunk_tokens if prefill_chunk_tokens is None else prefill_chunk_tokens
         if chunk is not None and not (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1):
@@ -396,9 +406,7 @@ class CheemsModel(CheemsPreTrainedModel):
             parts = []
             for start in range(0, l, chunk):
                 part = slice(start, min(l, start + chunk))
-                part_mask = None if new_mask is None else new_mask[:, part]
-                if part_mask is not None and value_checks_enabled() and bool(part_mask.all()):
-                    part_mask = None
+                part_mask = None if layer_mask is None else without_full_mask(layer_mask[:, part])
                 parts.append(self._blocks(inputs_embeds[:, part], position_ids[:, part], part_mask, cache, None,
                                           None, None))
             hidden_states = torch.cat(parts, 1)
@@ -514,8 +522,7 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
             output = CheemsCausalLMOutput(logits=past_key_values.graphed_decoder.step(input_ids),
                                           **{CACHE_NAME: past_key_values})
             return output if return_dict else output.to_tuple()
-        seq_idx = packed_document_ids(position_ids, attention_mask, seq_idx,
-                                      past_key_values.get_seq_length() if past_key_values is not None else 0)
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
                              output_attentions=output_attentions, output_hidden_states=output_hidden_states,
@@ -528,10 +535,13 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         aux_loss = torch.stack([a.float() for a in aux_losses]).sum() if aux_losses else None
         loss = None
         if has_targets:
-            if labels is not None and seq_idx is not None:
-                labels = ignore_document_starts(labels, seq_idx)
             kept = hidden_states[:, keep, :]
             targets = next_token_targets(labels, shift_labels, kept.shape[:2])
+            # a packed document's first token is not predicted from the previous document (targets[:, t] is
+            # labels[:, t + 1]); the model found the documents with one device sync, where they start needs none
+            starts = document_starts(position_ids, attention_mask, seq_idx, past) if shift_labels is None else None
+            if starts is not None:
+                targets = targets.masked_fill(F.pad(starts[..., 1:], (0, 1)).to(targets.device), -100)
             if skip_logits:
                 loss = causal_lm_loss_from_hidden(kept, self.lm_head.weight, targets, kwargs.get("num_items_in_batch"))
             else:
@@ -555,14 +565,18 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
                 and not output_attentions and not output_hidden_states and not self.config.output_attentions
                 and not self.config.output_hidden_states and value_checks_enabled()):
             return False
-        if cache.batch_size != input_ids.shape[0]:
+        if cache.batch_size != input_ids.shape[0] or (position_ids is not None
+                                                      and position_ids.numel() != cache.batch_size):
             return False
-        if position_ids is not None and not torch.equal(position_ids.reshape(-1).to(cache.real_tokens.device),
-                                                        cache.real_tokens):
-            return False
-        if bool(((input_ids < 0) | (input_ids >= self.config.vocab_size)).any()):
-            return False  # the eager call raises the error naming them
-        return attention_mask is None or bool(attention_mask[:, -1].all())
+        # the value checks read as one (a single device sync per step); out-of-vocabulary ids fail them, and the
+        # eager call raises the error naming them
+        device = cache.real_tokens.device
+        checks = [((input_ids >= 0) & (input_ids < self.config.vocab_size)).all().to(device)]
+        if position_ids is not None:
+            checks.append((position_ids.reshape(-1).to(device) == cache.real_tokens).all())
+        if attention_mask is not None:
+            checks.append(attention_mask[:, -1].all().to(device))
+        return bool(torch.stack(checks).all())
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, generation_mode=None,
                                       *args, **kwargs) -> None:
