@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# Set in the child process that run_under_triton_interpreter starts: Triton's kernels run on the CPU there.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+interpreted_only = pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 child process")
+compiles_real_kernels = pytest.mark.skipif(INTERPRETED, reason="compiles real kernels")
 
 
 @pytest.fixture(autouse=True)
@@ -32,3 +39,32 @@ def run_under_triton_interpreter(test_file) -> None:
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
     assert " passed" in last and "failed" not in last, proc.stdout[-2000:]
+
+
+def interpreter_child_test(test_file):
+    """The test that reruns ``test_file`` under the Triton interpreter (skipped in that child itself), for a module
+    whose ``interpreted_only`` tests run there: ``test_interpreted_in_a_subprocess = interpreter_child_test(__file__)``.
+    """
+    @pytest.mark.skipif(INTERPRETED, reason="this is the child process")
+    def test_interpreted_in_a_subprocess():
+        pytest.importorskip("triton")
+        run_under_triton_interpreter(test_file)
+
+    return test_interpreted_in_a_subprocess
+
+
+def compile_for_sm90(fn, signature: dict, constants: dict, num_warps: int = 4, num_stages: int | None = None,
+                     attrs: dict | None = None):
+    """Compile the Triton kernel ``fn`` (a ``JITFunction``) for an sm_90 GPU without one -> the compiled kernel
+    (``.asm["ptx"]``, ``.metadata.shared``). ``signature`` maps every argument name to its type (``"*bf16"``,
+    ``"i32"``, ``"constexpr"``), ``constants`` the constexpr ones to values. Skips the test where this triton's
+    private compiler API differs."""
+    compiler = pytest.importorskip("triton.compiler")
+    backends = pytest.importorskip("triton.backends.compiler")
+    try:
+        source = compiler.ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=attrs)
+        target = backends.GPUTarget("cuda", 90, 32)
+    except TypeError as error:  # another triton version's private API
+        pytest.skip(f"this triton's compiler API differs: {error}")
+    options = {"num_warps": num_warps} if num_stages is None else {"num_warps": num_warps, "num_stages": num_stages}
+    return compiler.compile(source, target=target, options=options)

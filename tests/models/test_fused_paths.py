@@ -7,22 +7,16 @@ In the normal run the norms take the torch path (the fused loss and the block's 
 kernels on the CPU.
 """
 import copy
-import os
 
 import pytest
 import torch
 
 import wonderful_matrices as wm
-from conftest import rel_err, run_under_triton_interpreter
+from conftest import INTERPRETED, interpreter_child_test, rel_err
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 TINY = [n for n in wm.presets.names() if n.endswith("-tiny")]
 
-
-@pytest.mark.skipif(INTERPRETED, reason="this is the child process")
-def test_interpreted_in_a_subprocess():
-    pytest.importorskip("triton")
-    run_under_triton_interpreter(__file__)
+test_interpreted_in_a_subprocess = interpreter_child_test(__file__)
 
 
 def loss_and_grads(model, x, labels, norm_backend, skip_logits, **kwargs):

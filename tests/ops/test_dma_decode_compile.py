@@ -1,15 +1,13 @@
 """The fused DMA decode kernels (ops/dma/decode.py) compile for a Hopper GPU (sm_90) without one: catches
 front-end, type and shared-memory errors the interpreter tests cannot, for the key tiles :func:`block_n_for`
 picks (bf16 and fp32 caches, head dims 128 and 256, eviction and append, a GQA group of 1 and of 8)."""
-import os
-
 import pytest
 
-pytest.importorskip("triton")
-compiler = pytest.importorskip("triton.compiler")
-backends = pytest.importorskip("triton.backends.compiler")
+from conftest import compile_for_sm90, compiles_real_kernels
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles real kernels")
+pytest.importorskip("triton")
+
+pytestmark = compiles_real_kernels
 
 import torch  # noqa: E402
 
@@ -26,12 +24,7 @@ def _signature(kernel, dt, constants):
 
 
 def _compile(kernel, dt, constants):
-    try:
-        source = compiler.ASTSource(fn=kernel, signature=_signature(kernel, dt, constants), constexprs=constants)
-        target = backends.GPUTarget("cuda", 90, 32)
-    except TypeError as error:  # another triton version's private API
-        pytest.skip(f"this triton's compiler API differs: {error}")
-    return compiler.compile(source, target=target, options={"num_warps": 4})
+    return compile_for_sm90(kernel, _signature(kernel, dt, constants), constants)
 
 
 @pytest.mark.parametrize("evict,dt,dtype,d,group", [

@@ -5,25 +5,20 @@ As in test_dma_triton.py, ``test_interpreted_in_a_subprocess`` reruns this file 
 ``TRITON_INTERPRET=1`` (Triton reads the flag at import); the real tests run there.
 """
 import copy
-import os
 
 import pytest
 import torch
 
-from conftest import rel_err, run_under_triton_interpreter
+from conftest import INTERPRETED, interpreted_only, interpreter_child_test, rel_err
 
 pytest.importorskip("triton")
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
-from wonderful_matrices.layers import DynamicMaskAttention  # noqa: E402
+from wonderful_matrices.layers import DynamicMaskAttention
 
-interpreted_only = pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 child process")
 NAMES = ("key", "value", "bias", "position")
 
 
-@pytest.mark.skipif(INTERPRETED, reason="this is the child process")
-def test_interpreted_in_a_subprocess():
-    run_under_triton_interpreter(__file__)
+test_interpreted_in_a_subprocess = interpreter_child_test(__file__)
 
 
 @pytest.mark.skipif(INTERPRETED, reason="the CPU without the interpreter")

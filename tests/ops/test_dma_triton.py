@@ -5,27 +5,19 @@ Triton decides interpreted vs compiled when it is imported, so in a normal test 
 ``test_interpreted_in_a_subprocess`` reruns this file in a child process with ``TRITON_INTERPRET=1``; there
 (``INTERPRETED``) the real tests run and that test is skipped.
 """
-import os
-
 import pytest
 import torch
 from dma_packing import assert_packed_equals_alone, documents, random_inputs
 
-from conftest import rel_err, run_under_triton_interpreter
+from conftest import interpreted_only, interpreter_child_test, rel_err
 
 pytest.importorskip("triton")
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
-from wonderful_matrices.ops import dynamic_mask_attention  # noqa: E402
-from wonderful_matrices.ops.dma import windowed_kernels as dma_triton  # noqa: E402
-from wonderful_matrices.ops.dma.naive import dynamic_mask_attention_naive  # noqa: E402
+from wonderful_matrices.ops import dynamic_mask_attention
+from wonderful_matrices.ops.dma import windowed_kernels as dma_triton
+from wonderful_matrices.ops.dma.naive import dynamic_mask_attention_naive
 
-interpreted_only = pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 child process")
-
-
-@pytest.mark.skipif(INTERPRETED, reason="this is the child process")
-def test_interpreted_in_a_subprocess():
-    run_under_triton_interpreter(__file__)
+test_interpreted_in_a_subprocess = interpreter_child_test(__file__)
 
 
 def run_both(b, lq, lk, hq, hkv, d, w, bias_kind, block=None, pad=False):

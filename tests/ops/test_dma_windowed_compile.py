@@ -2,15 +2,13 @@
 catches front-end, type and shared-memory errors the interpreter tests cannot. At the benchmark's shape (bf16,
 head dim 128, block 512) the autotune configurations that use the most shared memory (largest tiles; most
 stages), and float32 (IEEE products) at head dim 64 (each compile takes seconds of CPU)."""
-import os
-
 import pytest
 
-pytest.importorskip("triton")
-compiler = pytest.importorskip("triton.compiler")
-backends = pytest.importorskip("triton.backends.compiler")
+from conftest import compile_for_sm90, compiles_real_kernels
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles real kernels")
+pytest.importorskip("triton")
+
+pytestmark = compiles_real_kernels
 
 from wonderful_matrices.ops.dma import windowed_kernels as wk  # noqa: E402
 
@@ -25,12 +23,7 @@ def _compile(kernel, dt, constants, num_warps, num_stages):
     types.update({name: f"*{dt}" for name in IO_POINTERS})
     types.update({name: "*i32" for name in INT_POINTERS}, scale="fp32")
     signature = {name: "constexpr" if name in constants else types.get(name, "i32") for name in fn.arg_names}
-    try:
-        source = compiler.ASTSource(fn=fn, signature=signature, constexprs=constants)
-        target = backends.GPUTarget("cuda", 90, 32)
-    except TypeError as error:  # another triton version's private API
-        pytest.skip(f"this triton's compiler API differs: {error}")
-    return compiler.compile(source, target=target, options={"num_warps": num_warps, "num_stages": num_stages})
+    return compile_for_sm90(fn, signature, constants, num_warps, num_stages)
 
 
 def _cases():

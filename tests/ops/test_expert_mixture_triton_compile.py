@@ -3,16 +3,15 @@ errors the interpreter tests cannot, and checks that bf16 table rows are read wi
 multiple of 16 (as Triton specialises such arguments): with 16-byte register loads, or, where the loop is
 software-pipelined (the table gradient's gathered rows feed a matrix product), 16-byte asynchronous copies."""
 import importlib
-import os
 import re
 
 import pytest
 
-pytest.importorskip("triton")
-compiler = pytest.importorskip("triton.compiler")
-backends = pytest.importorskip("triton.backends.compiler")
+from conftest import compile_for_sm90, compiles_real_kernels
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles real kernels")
+pytest.importorskip("triton")
+
+pytestmark = compiles_real_kernels
 
 ROWS = {"BLOCK_M": 16, "BLOCK_D": 256}
 DOTS = {"vec_ptr": "*{dt}", "table_ptr": "*{dt}", "ids_ptr": "*i64", "gate_ptr": "*fp32", "s_ptr": "*fp32",
@@ -56,13 +55,7 @@ def test_kernel_compiles_for_sm90(name, dt):
     runtime_args = [i for i, v in enumerate(signature.values()) if v != "constexpr"]
     attrs = {(i,): [["tt.divisibility", 16]] for i in runtime_args}  # pointers aligned, d a multiple of 16
     for config, num_warps in _autotune_configs(kernel) or [(constants, 4)]:
-        try:
-            source = compiler.ASTSource(fn=kernel.fn, signature=signature,
-                                        constexprs={**constants, **config}, attrs=attrs)
-            target = backends.GPUTarget("cuda", 90, 32)
-        except TypeError as error:  # another triton version's private API
-            pytest.skip(f"this triton's compiler API differs: {error}")
-        compiled = compiler.compile(source, target=target, options={"num_warps": num_warps})
+        compiled = compile_for_sm90(kernel.fn, signature, {**constants, **config}, num_warps, attrs=attrs)
         if dt == "bf16":  # a 16-byte load to registers, or a 16-byte asynchronous copy to shared memory
             ptx = compiled.asm["ptx"]
             copies = re.search(r"cp\.async[.\w]* \[[^]]*\], \[[^]]*\], 0x10", ptx)

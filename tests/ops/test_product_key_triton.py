@@ -6,24 +6,16 @@ same kernels run compiled on a GPU in test_experts_cuda.py (bf16/fp16).
 Triton decides interpreted vs compiled when it is imported, so in a normal run ``test_interpreted_in_a_subprocess``
 reruns this file in a child process with ``TRITON_INTERPRET=1``; there the real tests run.
 """
-import os
-
 import pytest
 import torch
 
-from conftest import rel_err, run_under_triton_interpreter
+from conftest import interpreted_only, interpreter_child_test, rel_err
 
 pytest.importorskip("triton")
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
-from wonderful_matrices.ops import product_key_topk  # noqa: E402
+from wonderful_matrices.ops import product_key_topk
 
-interpreted_only = pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 child process")
-
-
-@pytest.mark.skipif(INTERPRETED, reason="this is the child process")
-def test_interpreted_in_a_subprocess():
-    run_under_triton_interpreter(__file__)
+test_interpreted_in_a_subprocess = interpreter_child_test(__file__)
 
 
 def assert_same_top_k(scores, ids, query, sub_keys, k, tol):

@@ -2,15 +2,14 @@
 lowering errors the interpreter tests cannot (run it under another triton with ``PYTHONPATH=/path/to/triton:src``,
 see scripts/README.md)."""
 import importlib
-import os
 
 import pytest
 
-pytest.importorskip("triton")
-compiler = pytest.importorskip("triton.compiler")
-backends = pytest.importorskip("triton.backends.compiler")
+from conftest import compile_for_sm90, compiles_real_kernels
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles real kernels")
+pytest.importorskip("triton")
+
+pytestmark = compiles_real_kernels
 
 FORWARD = {"q_ptr": "*{dt}", "keys_ptr": "*{dt}", "scores_ptr": "*fp32", "ids_ptr": "*i64", "T": "i32", "H": "i32",
            "N_KEYS": "i32", "DK": "i32", "K": "constexpr", "K_PAD": "constexpr", "DK_PAD": "constexpr",
@@ -24,12 +23,7 @@ def _compile(fn, signature, constants, num_warps, dt):
     signature = {k: v.format(dt=dt) for k, v in signature.items()}
     runtime_args = [i for i, v in enumerate(signature.values()) if v != "constexpr"]
     attrs = {(i,): [["tt.divisibility", 16]] for i in runtime_args}
-    try:
-        source = compiler.ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=attrs)
-        target = backends.GPUTarget("cuda", 90, 32)
-    except TypeError as error:  # another triton version's private API
-        pytest.skip(f"this triton's compiler API differs: {error}")
-    return compiler.compile(source, target=target, options={"num_warps": num_warps})
+    return compile_for_sm90(fn, signature, constants, num_warps, attrs=attrs)
 
 
 @pytest.mark.parametrize("k", [16, 5, 32])

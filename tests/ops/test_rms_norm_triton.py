@@ -3,26 +3,18 @@ small shapes). The same kernels run compiled on a GPU in test_norm_loss_cuda.py 
 
 As in test_dma_triton.py, ``test_interpreted_in_a_subprocess`` reruns this file with the interpreter on.
 """
-import os
-
 import pytest
 import torch
 
-from conftest import rel_err, run_under_triton_interpreter
+from conftest import interpreted_only, interpreter_child_test, rel_err
 
 pytest.importorskip("triton")
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
-from wonderful_matrices.ops import gated_rms_norm, rms_norm  # noqa: E402
-from wonderful_matrices.ops.rms_norm import fused_kernels  # noqa: E402
-from wonderful_matrices.ops.rms_norm.naive import gated_rms_norm_naive, rms_norm_naive  # noqa: E402
+from wonderful_matrices.ops import gated_rms_norm, rms_norm
+from wonderful_matrices.ops.rms_norm import fused_kernels
+from wonderful_matrices.ops.rms_norm.naive import gated_rms_norm_naive, rms_norm_naive
 
-interpreted_only = pytest.mark.skipif(not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 child process")
-
-
-@pytest.mark.skipif(INTERPRETED, reason="this is the child process")
-def test_interpreted_in_a_subprocess():
-    run_under_triton_interpreter(__file__)
+test_interpreted_in_a_subprocess = interpreter_child_test(__file__)
 
 
 def check(shape, with_residual, use_sum=True, use_y=True, eps=1e-6):

@@ -1,14 +1,12 @@
 """The RMSNorm Triton kernels compile for a Hopper GPU (sm_90) without one: catches front-end and type errors the
 interpreter tests cannot (mixed dtypes: a bf16 input with a float32 residual stream, as under autocast)."""
-import os
-
 import pytest
 
-pytest.importorskip("triton")
-compiler = pytest.importorskip("triton.compiler")
-backends = pytest.importorskip("triton.backends.compiler")
+from conftest import compile_for_sm90, compiles_real_kernels
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="compiles real kernels")
+pytest.importorskip("triton")
+
+pytestmark = compiles_real_kernels
 
 # (x, residual, weight, s, y) element types
 DTYPES = [("bf16", "bf16", "bf16", "bf16", "bf16"), ("bf16", "fp32", "fp32", "fp32", "fp32"),
@@ -18,12 +16,7 @@ DTYPES = [("bf16", "bf16", "bf16", "bf16", "bf16"), ("bf16", "fp32", "fp32", "fp
 def _compile(fn, signature, constants, num_warps):
     attrs = {(i,): [["tt.divisibility", 16]] for i, v in enumerate(signature.values())
              if v.startswith("*") or v == "i32"}
-    try:
-        source = compiler.ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=attrs)
-        target = backends.GPUTarget("cuda", 90, 32)
-    except TypeError as error:  # another triton version's private API
-        pytest.skip(f"this triton's compiler API differs: {error}")
-    return compiler.compile(source, target=target, options={"num_warps": num_warps})
+    return compile_for_sm90(fn, signature, constants, num_warps, attrs=attrs)
 
 
 @pytest.mark.parametrize("dt", DTYPES, ids=lambda d: "-".join(d))
