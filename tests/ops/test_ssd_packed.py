@@ -99,9 +99,11 @@ def check_packed(backend, case, dtype=torch.float32, tol=1e-5, device="cpu"):
     assert rel_err(s, s_ref) < tol
     assert set(grads) == set(g_ref)
     for name in g_ref:
-        # dA sums b·l terms dt·da that largely cancel: float32 kernels lose up to ~2.3e-5 on it even without
-        # seq_idx (the Triton kernels at l = 150, several seeds), so it gets a wider bound than the others
-        bound = 10 * tol if name == "A" and dtype == torch.float32 else 2 * tol
+        # dA sums b·l terms dt·da that largely cancel: the float32 Triton kernels lose up to ~2.3e-5 on it even
+        # without seq_idx (l = 150 under the interpreter, several seeds; the torch backend stays below 3e-6), so
+        # they get a wider bound there
+        wide = name == "A" and dtype == torch.float32 and backend == "triton"
+        bound = max(2 * tol, 1e-4) if wide else 2 * tol
         assert rel_err(grads[name], g_ref[name]) < bound, name
 
 
