@@ -183,6 +183,27 @@ def test_windowed_path_never_builds_a_full_mask(monkeypatch):
     assert seen and all(ks[-2] == w + block and ms[-1] == w + block for ks, ms in seen)
 
 
+@pytest.mark.parametrize("blocks_per_call", [1, 2])
+def test_windowed_path_in_several_attention_calls_matches_oracle(monkeypatch, blocks_per_call):
+    """Long rows split the blocks over several SDPA calls (MASK_ELEMENTS_PER_CALL): the same output and gradients;
+    with 2 blocks a call, the last call holds the one block left (7 blocks of 5 queries)."""
+    b, l, hq, hkv, d, w, block = 2, 33, 4, 2, 8, 6, 5
+    monkeypatch.setattr(dma_torch, "MASK_ELEMENTS_PER_CALL", blocks_per_call * b * hkv * block * (w + block))
+    q, k, v, bias = make_inputs(b, l, l, hq, hkv, d, torch.float64, "int", pad=True)
+    weight = torch.randn(b, l, hq, d, dtype=torch.float64)
+    calls = []
+    original = F.scaled_dot_product_attention
+    monkeypatch.setattr(dma_torch.F, "scaled_dot_product_attention",
+                        lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    got, g_got = grads(lambda *a: dma_torch.dynamic_mask_attention_torch(*a, w, True, d ** -0.5, block),
+                       q, k, v, bias, weight)
+    assert len(calls) == -(-7 // blocks_per_call)
+    ref, g_ref = grads(lambda *a: dynamic_mask_attention_naive(*a, w, True, d ** -0.5), q, k, v, bias, weight)
+    assert rel_err(got, ref) < 1e-10
+    for name, a, r in zip(("q", "k", "v", "bias"), g_got, g_ref):
+        assert close(a, r, 1e-10), name
+
+
 def test_bounded_cache_decoding_equals_full_attention():
     """Token-by-token decoding over a cache pruned to keep_window keys equals the full op."""
     b, l, hq, hkv, d, w = 2, 30, 4, 2, 8, 4
