@@ -43,11 +43,29 @@ class RotaryEmbedding(nn.Module):
         self.dim = dim
         self.theta = float(theta)
         self.memo: dict[tuple, tuple] = {}
+        self.frequency_memo: dict[torch.device, torch.Tensor] = {}
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         state["memo"] = {}
+        state["frequency_memo"] = {}
         return state
+
+    def frequencies(self, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
+        """The ``dim/2`` frequencies ``theta^(-2i/dim)``, computed in float64 and rounded to ``dtype``."""
+        exponents = torch.arange(0, self.dim, 2, dtype=torch.float64, device=device) / self.dim
+        return (1.0 / self.theta ** exponents).to(dtype)
+
+    def float32_frequencies(self, device: torch.device) -> torch.Tensor:
+        """:meth:`frequencies` in float32 on ``device``, computed once per device (the table a fused kernel
+        indexes by position instead of building cos/sin tables each step); not memoised while a CUDA graph is
+        captured or torch.compile traces."""
+        if torch.compiler.is_compiling() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            return self.frequencies(torch.float32, device)
+        table = self.frequency_memo.get(device)
+        if table is None:
+            table = self.frequency_memo[device] = self.frequencies(torch.float32, device)
+        return table
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype = torch.float32
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,8 +90,7 @@ class RotaryEmbedding(nn.Module):
     def _tables(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         # Frequencies are recomputed in float64 on each call (dim/2 numbers): no buffer that `model.to(bf16)` could
         # round.
-        exponents = torch.arange(0, self.dim, 2, dtype=torch.float64, device=position_ids.device) / self.dim
-        inv_freq = (1.0 / self.theta ** exponents).to(dtype)
+        inv_freq = self.frequencies(dtype, position_ids.device)
         angles = position_ids.to(dtype)[..., None] * inv_freq
         angles = torch.cat([angles, angles], dim=-1)
         return angles.cos(), angles.sin()

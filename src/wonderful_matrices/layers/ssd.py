@@ -28,6 +28,7 @@ from torch import nn
 from ..errors import require
 from ..ops import gated_rms_norm, ssd, ssd_step
 from ..ops.common import trusted_values
+from ..ops.ssd import fused_step_usable, projected_step
 from .rotary import RotaryEmbedding, apply_rotary
 
 ROPE_MODES = ("fixed", "data", "none")
@@ -288,6 +289,8 @@ class SSDMixer(nn.Module):
             require(isinstance(seq_idx, torch.Tensor) and tuple(seq_idx.shape) == tuple(hidden_states.shape[:2]),
                     "seq_idx.shape", tuple(getattr(seq_idx, "shape", ())),
                     f"{tuple(hidden_states.shape[:2])}: one document id per token")
+        if self._steps_fused(hidden_states, attention_mask, state, seq_idx):
+            return self._fused_step(hidden_states, position_ids, state)
         b, l, _ = hidden_states.shape
         h, p, g, n = self.num_heads, self.head_dim, self.num_groups, self.state_size
         acc = torch.float64 if hidden_states.dtype == torch.float64 else torch.float32
@@ -334,4 +337,36 @@ class SSDMixer(nn.Module):
                                        return_final_state=True, seq_idx=seq_idx, backend=self.backend)
                 state["ssm_state"] = new_state
         y = self.norm(y.reshape(b, l, self.inner_size), z)
+        return self.out_proj(y.to(hidden_states.dtype))
+
+    def _steps_fused(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, state: dict | None,
+                     seq_idx: torch.Tensor | None) -> bool:
+        """Whether this call is a decoding token that :meth:`_fused_step` runs: one token, no padding mask, a
+        float32 state, no autograd, no convolution, and the backend allows the fused kernel on this device."""
+        if (state is None or hidden_states.shape[1] != 1 or attention_mask is not None or seq_idx is not None
+                or self.use_conv or torch.is_grad_enabled()):
+            return False
+        previous = state.get("ssm_state")
+        angle = state.get("rope_angle")
+        if previous is None or previous.dtype != torch.float32 or (
+                self.rope == "data" and (angle is None or angle.dtype != torch.float32)):
+            return False
+        return fused_step_usable(self.backend, hidden_states.device, hidden_states.dtype)
+
+    def _fused_step(self, hidden_states: torch.Tensor, position_ids: torch.Tensor | None, state: dict) -> torch.Tensor:
+        """One token: ``in_proj``, the fused SSD step (:func:`~wonderful_matrices.ops.ssd.projected_step`: state
+        and running angle updated in place), the gated norm and ``out_proj`` -> (b, 1, d)."""
+        for name in ("ssm_state", "rope_angle"):
+            if name in state and not state[name].is_contiguous():
+                state[name] = state[name].contiguous()
+        proj = self.in_proj(hidden_states)[:, 0]
+        fixed = self.rope == "fixed"
+        y = projected_step(
+            proj, state["ssm_state"], self.dt_bias, self.A_log, self.D, self.num_heads, self.head_dim,
+            self.num_groups, self.state_size, self.dt_limit, self.rope,
+            position=position_ids[:, 0].to(hidden_states.device) if fixed else None,
+            inv_freq=self.rotary.float32_frequencies(hidden_states.device) if fixed else None,
+            rate=self.angle_proj(hidden_states)[:, 0] if self.rope == "data" else None,
+            angle=state.get("rope_angle") if self.rope == "data" else None)
+        y = self.norm(y[:, None], proj[:, None, :self.inner_size])
         return self.out_proj(y.to(hidden_states.dtype))

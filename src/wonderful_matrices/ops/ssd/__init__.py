@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..common import require, resolve_backend, shape_of, value_checks_enabled
+from ..common import require, resolve_backend, shape_of, triton_usable, value_checks_enabled
 from .chunked import ssd_chunked
 from .naive import ssd_naive
 from .step import recurrent_step
@@ -182,3 +182,58 @@ def ssd_step(state: torch.Tensor, x_t: torch.Tensor, dt_t: torch.Tensor, A: torc
     require(state.device == x_t.device, "state.device", state.device, f"the device of x_t ({x_t.device})")
     _check_values(A, dt_t)
     return recurrent_step(state, x_t, dt_t, A, B_t, C_t, D)
+
+
+def fused_step_usable(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the SSD layer's fused decoding step (:func:`projected_step`) runs for a layer ``backend``
+    (``"auto"``: on CUDA with triton; ``"triton"``: required, also under ``TRITON_INTERPRET=1``; ``"torch"`` or
+    ``"naive"``: never) and activation ``dtype`` (float32, bf16, fp16)."""
+    if backend in ("torch", "naive") or dtype not in _TRITON_DTYPES:
+        return False
+    if backend == "triton":
+        require(triton_usable(device), "backend", backend,
+                "'triton' needs a CUDA device (or TRITON_INTERPRET=1) and the triton package")
+        return True
+    return device.type == "cuda" and triton_usable(device)
+
+
+def projected_step(proj: torch.Tensor, state: torch.Tensor, dt_bias: torch.Tensor, A_log: torch.Tensor,
+                   D: torch.Tensor | None, num_heads: int, head_dim: int, num_groups: int, state_size: int,
+                   dt_limit: tuple[float, float], rope: str, position: torch.Tensor | None = None,
+                   inv_freq: torch.Tensor | None = None, rate: torch.Tensor | None = None,
+                   angle: torch.Tensor | None = None) -> torch.Tensor:
+    """One decoding token of the Cheems SSD layer from its input projection, as one Triton launch: silu of
+    ``x, B, C``, ``dt = softplus(dt + dt_bias)``, the rotation of ``B`` and ``C`` and the recurrence, the state
+    (and the running angle of ``rope="data"``) updated in place.
+
+    Args:
+        proj: ``(b, width)`` the ``in_proj`` output ``[z (h·p), x (h·p), B (g·n), C (g·n), dt (h)]``, float32 /
+            bf16 / fp16, last dim contiguous.
+        state: ``(b, h, p, n)`` float32 contiguous. dt_bias, A_log: ``(h,)``; D: ``(h,)`` or None.
+        num_heads, head_dim, num_groups, state_size: ``h, p, g, n``; dt_limit: ``(low, high)`` clamp of ``dt``.
+        rope: ``"fixed"`` with ``position (b,)`` integer and ``inv_freq (n/2,)`` float32; ``"data"`` with
+            ``rate (b, n/2)`` (the angle projection of the layer input) and ``angle (b, h, n/2)`` float32
+            contiguous; or ``"none"``.
+
+    Returns:
+        ``y (b, h·p)`` in ``proj``'s dtype (before the gated norm).
+    """
+    h, p, g, n = num_heads, head_dim, num_groups, state_size
+    require(proj.dtype in _TRITON_DTYPES and proj.dim() == 2 and proj.shape[1] == 2 * h * p + 2 * g * n + h
+            and proj.stride(1) == 1, "proj", (shape_of(proj), proj.dtype),
+            f"(b, {2 * h * p + 2 * g * n + h}) float32/bf16/fp16 with a contiguous last dim")
+    require(state.dtype == torch.float32 and state.is_contiguous() and tuple(state.shape) == (proj.shape[0], h, p, n),
+            "state", (shape_of(state), state.dtype), f"({proj.shape[0]}, {h}, {p}, {n}) float32 contiguous")
+    require(rope in ("fixed", "data", "none"), "rope", rope, "'fixed', 'data' or 'none'")
+    if rope == "fixed":
+        require(position is not None and inv_freq is not None and inv_freq.dtype == torch.float32
+                and inv_freq.shape == (n // 2,), "inv_freq", None if inv_freq is None else shape_of(inv_freq),
+                f"({n // 2},) float32 with a position (b,) for rope='fixed'")
+    if rope == "data":
+        require(rate is not None and angle is not None and angle.dtype == torch.float32 and angle.is_contiguous()
+                and tuple(angle.shape) == (proj.shape[0], h, n // 2), "angle",
+                None if angle is None else shape_of(angle),
+                f"({proj.shape[0]}, {h}, {n // 2}) float32 contiguous with a rate (b, {n // 2}) for rope='data'")
+    from .step_kernels import decode_step  # imported on first use: the package imports without triton
+
+    return decode_step(proj, state, dt_bias, A_log, D, h, p, g, n, dt_limit, rope, position, inv_freq, rate, angle)
