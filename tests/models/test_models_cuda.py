@@ -66,6 +66,24 @@ def test_generate_replays_graphed_steps_with_the_tokens_of_eager_decoding(name):
         assert decoder.recorded == (name != "llama-tiny" and name != "jamba-tiny"), kw  # attention keeps growing
 
 
+@pytest.mark.parametrize("name", [n for n in wm.presets.names() if n.endswith("-tiny")])
+@pytest.mark.parametrize("graphed", [False, True])
+def test_fused_decoding_kernels_keep_the_greedy_tokens(name, graphed):
+    # the fused decoding kernels (SSD step, DMA step, CDMoE routing) give the greedy tokens of the torch paths
+    # (float32, left-padded batch)
+    torch.manual_seed(0)
+    fused = wm.CheemsForCausalLM(wm.presets.get(name, graphed_decoding=graphed)).eval().to("cuda")
+    plain = wm.CheemsForCausalLM(wm.presets.get(name, graphed_decoding=False, ssd_backend="torch",
+                                                cdmoe_backend="torch", dma_decode_backend="torch")).eval().to("cuda")
+    plain.load_state_dict(fused.state_dict())
+    ids = torch.randint(1, fused.config.vocab_size, (3, 20), device="cuda")
+    mask = torch.ones_like(ids)
+    mask[1, :6] = 0
+    kw = dict(attention_mask=mask, max_new_tokens=16, pad_token_id=0, do_sample=False)
+    with torch.no_grad():
+        assert torch.equal(fused.generate(ids, **kw), plain.generate(ids, **kw))
+
+
 @pytest.mark.parametrize("name", ["cheems-tiny", "jamba-tiny", "llama-tiny", "mamba2-tiny", "doge-tiny"])
 def test_packed_model_cuda(name):
     """A packed row on the GPU (float32, every kernel the model uses there) gives each document its logits alone."""

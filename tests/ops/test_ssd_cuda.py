@@ -96,3 +96,17 @@ def test_ssd_packed_cuda(case, backend, dtype):
     if dtype == torch.bfloat16 and backend == "triton" and case[4] < 128:
         pytest.skip("bf16 triton at chunk 64 is not verified (see ops/ssd: auto does not pick it)")
     check_packed(backend, case, dtype=dtype, tol=TOL[dtype], device="cuda")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rope,h,p,n,g", [("fixed", 6, 128, 128, 1), ("fixed", 3, 20, 10, 1), ("data", 4, 64, 32, 2),
+                                          ("none", 3, 5, 7, 3)])
+def test_fused_decode_step_cuda(dtype, rope, h, p, n, g):
+    """The compiled fused SSD decoding step (SSDMixer's one-token path on CUDA) against the float64 torch path."""
+    from ssd_decode_cases import decode_pair
+
+    tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 1e-2}[dtype]
+    for t, (y, y_o, state, state_o) in enumerate(decode_pair(rope, h, p, n, g, dtype=dtype, device="cuda")):
+        assert y.dtype == dtype and torch.isfinite(y).all()
+        assert rel_err(y.cpu(), y_o.cpu()) < tol, t
+        assert rel_err(state["ssm_state"].cpu(), state_o["ssm_state"].cpu()) < tol, t
