@@ -50,3 +50,23 @@ def test_registered_and_bad_options(tmp_path, capsys):
         generate.run(tmp_path, quick=True, reps=0)
     assert main(["bench", "generate", "--quick", "--out", str(tmp_path), "--presets", "nope"]) == 2
     assert "presets='nope'" in capsys.readouterr().err
+
+
+# Non-view ATen ops of one cheems-tiny decoding step on the CPU (the torch paths), measured 349 with torch 2.13
+# (batch 1, DMA window full); the bound is that plus 5%: a change that adds ops to every step fails here.
+CHEEMS_TINY_STEP_OPS = 366
+
+
+def test_decode_step_op_count_is_bounded(tmp_path):
+    from wonderful_matrices.models import CheemsForCausalLM, presets
+
+    config = presets.get("cheems-tiny", use_cache=True)
+    torch.manual_seed(0)
+    model = CheemsForCausalLM(config).eval()
+    row = decode_measurement(model, config, 40, torch.device("cpu"), reps=1)
+    assert row["launch_unit"] == "aten ops"
+    assert 0 < row["decode_launches"] <= CHEEMS_TINY_STEP_OPS
+    rows = generate.run(tmp_path, quick=True, device="cpu", presets="cheems-tiny",
+                        contexts=(32,), batches=(1,), batch_context=24, prefill_lengths=(40,), reps=1, anchor=False)
+    decode = next(r for r in rows if r["measure"] == "decode")
+    assert decode["launches_per_step"] == decode["decode_launches"] > 0 and decode["launch_unit"] == "aten ops"

@@ -60,12 +60,41 @@ def fill_cache(cache, config, context: int) -> None:
     cache.set_seen_tokens(context)
 
 
+def step_launches(step, device: torch.device) -> tuple[int, str]:
+    """How much one call of ``step`` (a decoding step) dispatches: on CUDA the device kernels (and memory copies
+    or sets) the profiler records, ``(count, "cuda kernels")``; elsewhere the ATen operators dispatched that are
+    not views, ``(count, "aten ops")`` — the kernel count of the same step on a GPU, up to the fused paths that
+    only CUDA takes."""
+    if device.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        torch.cuda.synchronize(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize(device)
+        return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA), "cuda kernels"
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not func.is_view:
+                self.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count() as counter:
+        step()
+    return counter.ops, "aten ops"
+
+
 def decode_measurement(model, config, context: int, device: torch.device, reps: int, prefill: int = 16,
                        batch: int = 1) -> dict:
     """Decode tokens/s and cache bytes of ``batch`` rows at ``context`` tokens of context (see the module
     docstring); tokens/s count every row (aggregate throughput). On CUDA also the tokens/s of the same steps
     replayed from a CUDA graph (:class:`GraphedDecoder`), None where the cache keeps growing (attention), and the
     peak memory allocated while decoding (``decode_peak_memory_gb``: weights, cache and activations).
+    ``decode_launches``: what one eager step dispatches (:func:`step_launches`; ``launch_unit`` says what).
     Rows get ``status`` ``"does not fit"`` when the analytic cache (twice, for the copy a growing cache makes)
     exceeds the free memory; ``torch.OutOfMemoryError`` propagates."""
     from ..models import CheemsCache, GraphedDecoder
@@ -95,7 +124,9 @@ def decode_measurement(model, config, context: int, device: torch.device, reps: 
             model(input_ids=token, past_key_values=cache, use_cache=True, graphed_decoding=False)
 
         ms = time_callable(step, device, warmup=2, reps=reps)
-        row.update(decode_tokens_per_s=batch * 1e3 / ms, cache_bytes_measured=measured, status="ok")
+        launches, unit = step_launches(step, device)
+        row.update(decode_tokens_per_s=batch * 1e3 / ms, cache_bytes_measured=measured, status="ok",
+                   decode_launches=launches, launch_unit=unit)
         if device.type == "cuda":  # the same steps replayed from a CUDA graph, where the cache allows it
             decoder = GraphedDecoder(model, cache)
             graph_ms = time_callable(lambda: decoder.step(token), device, warmup=3, reps=reps)

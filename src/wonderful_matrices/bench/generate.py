@@ -5,7 +5,9 @@ Every preset gets random weights of its configuration (speed does not depend on 
 float32 elsewhere. Measured, per preset:
 
 * ``decode``: batch-1 tokens/s of one-token steps after ``C`` tokens of context, eager and replayed from a CUDA
-  graph (:class:`GraphedDecoder`, CUDA only; None where the cache keeps growing), for ``C`` in 4K, 128K, 1M. The
+  graph (:class:`GraphedDecoder`, CUDA only; None where the cache keeps growing), for ``C`` in 4K, 128K, 1M, and
+  ``launches_per_step``: the device kernels of one step on CUDA, the non-view ATen ops elsewhere
+  (``launch_unit``; :func:`.decode_common.step_launches`). The
   cache at context ``C`` is made as :mod:`.decode_common` describes (no O(C^2) prefill).
 * ``batch``: aggregate decode tokens/s (all rows) for batch 1, 2, 4 ... 256 at one context (64K), with the peak
   memory, until the cache does not fit or memory runs out.
@@ -33,7 +35,8 @@ FULL = dict(size="base", contexts=(4096, 131072, 1048576), batch_context=65536,
             batches=(1, 2, 4, 8, 16, 32, 64, 128, 256), prefill_lengths=(4096, 131072), prefill_chunk_tokens=8192,
             reps=20)
 FAMILIES = ("cheems", "mamba2", "llama")
-COLUMNS = ["preset", "measure", "context", "batch", "tokens_per_s", "graph_tokens_per_s", "peak_memory_gb",
+COLUMNS = ["preset", "measure", "context", "batch", "tokens_per_s", "graph_tokens_per_s", "launches_per_step",
+           "launch_unit", "peak_memory_gb",
            "cache_mb", "status"]
 
 
@@ -59,6 +62,7 @@ def _decode_row(d: dict) -> dict:
     """A :func:`decode_measurement` result in this benchmark's columns (its own keys kept too)."""
     return {**d, "batch": d["decode_batch"], "tokens_per_s": d["decode_tokens_per_s"],
             "graph_tokens_per_s": d.get("decode_graph_tokens_per_s"), "peak_memory_gb": d.get("decode_peak_memory_gb"),
+            "launches_per_step": d.get("decode_launches"), "launch_unit": d.get("launch_unit"),
             "cache_mb": d["cache_bytes_analytic"] / 2**20}
 
 
@@ -207,4 +211,6 @@ def _print(row: dict) -> None:
     tps, graph = row.get("tokens_per_s"), row.get("graph_tokens_per_s")
     print(f"{row['preset']:14s} {row['measure']:8s} {row.get('implementation', ''):24s} context {row['context']:8d} "
           f"batch {row['batch']:4d}: " + (f"{tps:.1f} tok/s" if tps else row["status"])
-          + (f", graphed {graph:.1f} tok/s" if graph else ""), flush=True)
+          + (f", graphed {graph:.1f} tok/s" if graph else "")
+          + (f", {row['launches_per_step']} {row['launch_unit']} per step" if row.get("launches_per_step") else ""),
+          flush=True)
