@@ -35,4 +35,4 @@ def _on_cpu(result):
 
 
 def _leaf(t, dtype, device):
-    return t.to(device=device, dtype=dtype).requires_grad_(True)
+    return t.detach().to(device=device, dtype=dtype).requires_grad_(True)  # a new leaf, even where .to() is a no-op
