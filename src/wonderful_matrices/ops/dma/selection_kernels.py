@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from ..common import require
-from ..triton_utils import interpreting, pow2_at_least
+from ..triton_utils import interpreting, poisoned_empty, pow2_at_least
 from .selection import LIVE_TILE, _rank_key, _rank_order_of_key
 
 SUB_BLOCK_MAX = 128  # the threshold kernel's sub-block S is the largest divisor of the query block up to this
@@ -227,30 +227,30 @@ def live_keys_triton(bias_rows: torch.Tensor, lq: int, keep_window: int, block: 
     key = _rank_key(bias_rows)
     order = _rank_order_of_key(key, documents)
     valid = key > float("-inf")
-    ranks = torch.empty(n, lk, dtype=torch.int32, device=device)
-    pos = torch.empty(n, lk, dtype=torch.int32, device=device)
+    ranks = poisoned_empty(n, lk, dtype=torch.int32, device=device)
+    pos = poisoned_empty(n, lk, dtype=torch.int32, device=device)
     hist = torch.zeros(n, nbs, nbk, dtype=torch.int32, device=device)
     chunk = 256 if interpreting() else 1024
     _prep_kernel[(n, triton.cdiv(lk, chunk))](order, valid.view(torch.uint8), ranks, pos, hist, lk, offset, nbs,
                                                nbk, SUB=sub, R=r_size, BLOCK=chunk)
     hist = hist.cumsum(1, dtype=torch.int32).cumsum(2, dtype=torch.int32)
     k_base = min(w, sub)
-    base = torch.empty(n, nbs, k_base, dtype=torch.int32, device=device)
+    base = poisoned_empty(n, nbs, k_base, dtype=torch.int32, device=device)
     _base_kernel[(n, nbs)](pos, hist, base, lk, offset, nbs, nbk, w, k_base, SUB=sub, R=r_size,
                            NBK=pow2_at_least(nbk), KB=pow2_at_least(k_base))
-    neg_t = torch.empty(n, lq, dtype=torch.int32, device=device)
+    neg_t = poisoned_empty(n, lq, dtype=torch.int32, device=device)
     _threshold_kernel[(n, nbs)](ranks, base, neg_t, lk, lq, offset, nbs, k_base, SUB=sub, BS=pow2_at_least(sub))
     doc_end = doc_base = None
     if documents is not None:
         doc_end = torch.searchsorted(documents, documents, right=True).to(torch.int32)
         start = torch.searchsorted(documents, documents)  # each key's document start
         doc_base = (valid.cumsum(1, dtype=torch.int32) - valid.int()).gather(1, start).to(torch.int32)
-    drop = torch.empty(n, lk, dtype=torch.int32, device=device)
+    drop = poisoned_empty(n, lk, dtype=torch.int32, device=device)
     _drop_kernel[(n, triton.cdiv(lk, chunk))](ranks, neg_t, doc_end, drop, lk, lq, offset, lq.bit_length(),
                                                HAS_DOCS=documents is not None, BLOCK=chunk)
     width = w + block
     keys = torch.zeros(n, nb, width, dtype=torch.int32, device=device)
-    ends = torch.empty(n, nb, block // tile, dtype=torch.int32, device=device)
+    ends = poisoned_empty(n, nb, block // tile, dtype=torch.int32, device=device)
     _list_kernel[(n, nb, LIST_SPLITS)](pos, ranks, neg_t, hist, drop, doc_base, keys, ends, lk, lq, offset, nbs, nbk,
                                        nb, width, w, LIST_SPLITS, HAS_DOCS=documents is not None, BLOCK=block,
                                        SUB=sub, R=r_size, TILE=tile, NT=pow2_at_least(block // tile),
