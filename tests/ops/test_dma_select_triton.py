@@ -1,5 +1,5 @@
 """The Triton selection (ops/dma/selection_kernels.py ``live_keys_triton``) on the CPU under TRITON_INTERPRET=1:
-element for element equal to the torch selection (``selection._live_keys_torch``), and its kept sets and drop ends
+element for element equal to the torch selection (``selection.live_keys_torch``), and its kept sets and drop ends
 equal to brute-force O(L²) references, on small rows: ties (biases of few values), ``-inf`` / NaN padding,
 documents, ``lq < lk``, odd lengths, ``w = 1`` and ``w >= L``, rank buckets and sub-blocks from one position up.
 The CUDA cases at 16K / 64K are in test_dma_select.py.
@@ -39,7 +39,7 @@ def brute_drop(bias_rows, lq, w, documents=None):
 def check(bias, lq, w, block, tile, documents=None, variants=({},)):
     """live_keys_triton with each of ``variants`` (sub_block / bucket sizes) equal to the torch path; the torch
     path's drop ends and kept sets equal to the brute-force references (NaN pads like -inf)."""
-    ref = dma_selection._live_keys_torch(bias, lq, w, block, documents, tile)
+    ref = dma_selection.live_keys_torch(bias, lq, w, block, documents, tile)
     for sizes in variants:
         got = live_keys_triton(bias, lq, w, block, documents, tile, **sizes)
         for name, a, b in zip(("drop", "keys", "ends"), got, ref):
@@ -53,13 +53,14 @@ def check(bias, lq, w, block, tile, documents=None, variants=({},)):
 
 # (n, lk, lq, w, block, tile): odd lengths and blocks, lq < lk (and lq = 1), w = 1, w >= lk, a block of one query.
 CASES = [(3, 13, 13, 3, 4, 2), (2, 20, 9, 5, 3, 1), (3, 16, 16, 1, 6, 3), (2, 7, 1, 2, 4, 4), (3, 12, 12, 40, 5, 5),
-         (2, 1, 1, 1, 2, 1), (2, 30, 30, 6, 1, 1), (3, 97, 97, 7, 32, 16), (3, 110, 77, 20, 40, 8),
+         (2, 1, 1, 1, 2, 1), (2, 20, 20, 6, 1, 1), (3, 97, 97, 7, 32, 16), (3, 110, 77, 20, 40, 8),
          (2, 100, 100, 99, 33, 11), (2, 90, 90, 100, 30, 10)]
+KINDS = [(case, kind) for case in CASES for kind in ("ties", "padded")] + [
+    (case, kind) for case in (CASES[0], CASES[1], CASES[8]) for kind in ("randn", "zero")]
 
 
 @interpreted_only
-@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
-@pytest.mark.parametrize("kind", ["randn", "ties", "zero", "padded"])
+@pytest.mark.parametrize("case,kind", KINDS, ids=[f"{c}-{k}" for c, k in KINDS])
 def test_live_keys_triton_equals_torch_and_brute_force(case, kind):
     n, lk, lq, w, block, tile = case
     g = torch.Generator().manual_seed(hash((case, kind, "triton")) % 2**31)
@@ -93,7 +94,7 @@ def test_live_keys_triton_longer_rows():
     bias[0, :40] = float("nan")
     for lq, w, block, bucket in ((700, 90, 128, 16), (650, 300, 64, 64), (700, 20, 128, None)):
         got = live_keys_triton(bias, lq, w, block, bucket=bucket)
-        ref = dma_selection._live_keys_torch(bias, lq, w, block)
+        ref = dma_selection.live_keys_torch(bias, lq, w, block)
         assert all(torch.equal(a, b) for a, b in zip(got, ref))
 
 
@@ -115,7 +116,7 @@ def test_brute_drop_agrees_with_the_torch_selection():
     g = torch.Generator().manual_seed(3)
     bias = make_bias("padded", 3, 40, torch.float64, g)
     for lq, w in ((40, 5), (25, 1), (40, 50)):
-        assert torch.equal(dma_selection._live_keys_torch(bias, lq, w, 8, tile=4)[0].long(), brute_drop(bias, lq, w))
+        assert torch.equal(dma_selection.live_keys_torch(bias, lq, w, 8, tile=4)[0].long(), brute_drop(bias, lq, w))
 
 
 @pytest.mark.parametrize("block,expected", [(512, 128), (384, 128), (40, 40), (7, 7), (258, 86), (131, 1)])

@@ -236,7 +236,7 @@ def live_keys(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
     ``ends (n, nb, block / tile)`` int32: ``ends[..., s]`` counts the list entries a query of the block's
     ``s``-th tile of ``tile`` queries or an earlier one can keep (the last is the list's length).
     Where Triton runs (CUDA, or ``TRITON_INTERPRET=1``): the kernels of :mod:`.selection_kernels` (no sort but
-    the global one; work and memory in its docstring). Elsewhere (:func:`_live_keys_torch`, also their
+    the global one; work and memory in its docstring). Elsewhere (:func:`live_keys_torch`, also their
     oracle): the method and cost of :func:`select_blocks` (``drop_j`` is the first query with
     ``T_p < rank_j``, one ``searchsorted`` over the thresholds), plus O(n·nb·(w + block)) to build the lists;
     nothing is (blocks × keys) or (queries × keys). Both give the same tensors, element for element.
@@ -245,7 +245,7 @@ def live_keys(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
         from .selection_kernels import live_keys_triton
 
         return live_keys_triton(bias_rows, lq, keep_window, block, documents, tile)
-    return _live_keys_torch(bias_rows, lq, keep_window, block, documents, tile)
+    return live_keys_torch(bias_rows, lq, keep_window, block, documents, tile)
 
 
 def _triton_selection(bias_rows: torch.Tensor) -> bool:
@@ -268,7 +268,7 @@ def _blocks_from_lists(drop: torch.Tensor, keys: torch.Tensor, ends: torch.Tenso
 
 
 @torch.no_grad()
-def _live_keys_torch(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
+def live_keys_torch(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
                      documents: torch.Tensor | None = None, tile: int = LIVE_TILE):
     """:func:`live_keys` in torch operations (the CPU path and the Triton kernels' oracle)."""
     n, lk = bias_rows.shape

@@ -40,6 +40,7 @@ from ..triton_utils import interpreting, poisoned_empty, pow2_at_least
 from .selection import LIVE_TILE, _rank_key, _rank_order_of_key
 
 SUB_BLOCK_MAX = 128  # the threshold kernel's sub-block S is the largest divisor of the query block up to this
+THRESHOLD_WARPS = 8  # the threshold kernel holds several S × S integer tiles
 
 
 def sub_block_for(block: int) -> int:
@@ -200,7 +201,7 @@ def _list_kernel(pos_ptr, ranks_ptr, neg_t_ptr, hist_ptr, drop_ptr, doc_base_ptr
         tl.store(ends_ptr + (row * nb + t) * (BLOCK // TILE) + s, n_earlier + upto, mask=s < BLOCK // TILE)
 
 
-LIST_SPLITS = 8  # programs per query block walking its earlier keys' buckets
+LIST_SPLITS = 8  # programs per query block walking its earlier keys' buckets (2 under the interpreter)
 
 
 @torch.no_grad()
@@ -239,7 +240,8 @@ def live_keys_triton(bias_rows: torch.Tensor, lq: int, keep_window: int, block: 
     _base_kernel[(n, nbs)](pos, hist, base, lk, offset, nbs, nbk, w, k_base, SUB=sub, R=r_size,
                            NBK=pow2_at_least(nbk), KB=pow2_at_least(k_base))
     neg_t = poisoned_empty(n, lq, dtype=torch.int32, device=device)
-    _threshold_kernel[(n, nbs)](ranks, base, neg_t, lk, lq, offset, nbs, k_base, SUB=sub, BS=pow2_at_least(sub))
+    _threshold_kernel[(n, nbs)](ranks, base, neg_t, lk, lq, offset, nbs, k_base, SUB=sub, BS=pow2_at_least(sub),
+                                num_warps=THRESHOLD_WARPS)
     doc_end = doc_base = None
     if documents is not None:
         doc_end = torch.searchsorted(documents, documents, right=True).to(torch.int32)
@@ -251,8 +253,9 @@ def live_keys_triton(bias_rows: torch.Tensor, lq: int, keep_window: int, block: 
     width = w + block
     keys = torch.zeros(n, nb, width, dtype=torch.int32, device=device)
     ends = poisoned_empty(n, nb, block // tile, dtype=torch.int32, device=device)
-    _list_kernel[(n, nb, LIST_SPLITS)](pos, ranks, neg_t, hist, drop, doc_base, keys, ends, lk, lq, offset, nbs, nbk,
-                                       nb, width, w, LIST_SPLITS, HAS_DOCS=documents is not None, BLOCK=block,
-                                       SUB=sub, R=r_size, TILE=tile, NT=pow2_at_least(block // tile),
-                                       BW=pow2_at_least(block))
+    splits = 2 if interpreting() else LIST_SPLITS
+    _list_kernel[(n, nb, splits)](pos, ranks, neg_t, hist, drop, doc_base, keys, ends, lk, lq, offset, nbs, nbk,
+                                  nb, width, w, splits, HAS_DOCS=documents is not None, BLOCK=block,
+                                  SUB=sub, R=r_size, TILE=tile, NT=pow2_at_least(block // tile),
+                                  BW=pow2_at_least(block))
     return drop, keys, ends
