@@ -33,5 +33,6 @@ def test_selection_kernels_compile_for_sm90(name, constants):
     fn = getattr(sk, name)
     signature = {arg: "constexpr" if arg in constants else POINTERS.get(arg, "*i32" if arg.endswith("_ptr") else "i32")
                  for arg in fn.arg_names}
-    compiled = compile_for_sm90(fn, signature, constants, num_warps=sk.THRESHOLD_WARPS if name == "_threshold_kernel" else 4)
+    warps = sk.THRESHOLD_WARPS if name == "_threshold_kernel" else 4
+    compiled = compile_for_sm90(fn, signature, constants, num_warps=warps)
     assert compiled.asm["ptx"]

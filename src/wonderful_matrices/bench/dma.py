@@ -39,7 +39,7 @@ from ..layers import Attention, DynamicMaskAttention
 from ..ops import dynamic_mask_attention
 from ..ops.common import triton_usable
 from ..ops.dma import DecodeStep, cache_state
-from ..ops.dma.selection import live_keys_torch, default_block, select_blocks
+from ..ops.dma.selection import default_block, live_keys_torch, select_blocks
 from .common import peak_memory_bytes, synchronize, time_callable, write_results
 
 FULL = dict(lengths=[4096, 16384, 65536, 131072], heads=16, head_dim=128, window=2048, dtype=torch.bfloat16,

@@ -269,7 +269,7 @@ def _blocks_from_lists(drop: torch.Tensor, keys: torch.Tensor, ends: torch.Tenso
 
 @torch.no_grad()
 def live_keys_torch(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
-                     documents: torch.Tensor | None = None, tile: int = LIVE_TILE):
+                    documents: torch.Tensor | None = None, tile: int = LIVE_TILE):
     """:func:`live_keys` in torch operations (the CPU path and the Triton kernels' oracle)."""
     n, lk = bias_rows.shape
     w = keep_window
