@@ -241,7 +241,7 @@ def test_live_keys_cuda_equals_cpu_at_scale():
 def test_live_keys_triton_cuda_equals_torch_at_scale(lk):
     """The Triton selection (what live_keys runs on CUDA) against the torch path on the same GPU, element for
     element, at the benchmark's lengths: window 2048 with block 512 and window 64 with block 128; ties, padding
-    (left, scattered, NaN), a Gaussian row; lq = lk and lq < lk; packed documents."""
+    (left, scattered, NaN), a Gaussian row; lq = lk and lq < lk; packed documents; strided rows."""
     g = torch.Generator().manual_seed(lk)
     bias = torch.randint(-8, 8, (4, lk), generator=g).float()
     bias[1, :700] = float("-inf")
@@ -258,3 +258,6 @@ def test_live_keys_triton_cuda_equals_torch_at_scale(lk):
         ref = dma_selection.live_keys_torch(bias, lq, w, block, docs)
         for name, a, b in zip(("drop", "keys", "ends"), got, ref):
             assert torch.equal(a, b), (lq, w, block, docs is not None, name)
+    strided = bias.t().contiguous().t()  # rows as a permuted (batch, length, heads) bias gives them
+    assert all(torch.equal(a, b) for a, b in zip(dma_selection.live_keys(strided, lk, 2048, 512),
+                                                 dma_selection.live_keys_torch(bias, lk, 2048, 512)))

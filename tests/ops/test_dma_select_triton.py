@@ -86,16 +86,18 @@ def test_live_keys_triton_documents(kind):
 
 @interpreted_only
 def test_live_keys_triton_longer_rows():
-    """Rows of a few hundred keys with ties, padding, lq < lk, several sub-blocks per block, against the torch path
-    (the brute force is checked above)."""
+    """Rows of a few hundred keys with ties, padding, lq < lk, several sub-blocks per block, contiguous and strided,
+    against the torch path (the brute force is checked above)."""
     g = torch.Generator().manual_seed(7)
     bias = torch.randint(-6, 6, (2, 700), generator=g).float()
     bias[1, ::5] = float("-inf")
     bias[0, :40] = float("nan")
+    strided = bias.t().contiguous().t()  # the same rows with column-major strides (as a permuted bias gives)
     for lq, w, block, bucket in ((700, 90, 128, 16), (650, 300, 64, 64), (700, 20, 128, None)):
-        got = live_keys_triton(bias, lq, w, block, bucket=bucket)
         ref = dma_selection.live_keys_torch(bias, lq, w, block)
-        assert all(torch.equal(a, b) for a, b in zip(got, ref))
+        for rows in (bias, strided):
+            got = live_keys_triton(rows, lq, w, block, bucket=bucket)
+            assert all(torch.equal(a, b) for a, b in zip(got, ref))
 
 
 @interpreted_only

@@ -226,8 +226,8 @@ def live_keys_triton(bias_rows: torch.Tensor, lq: int, keep_window: int, block: 
     require(r_size >= 1 and r_size & (r_size - 1) == 0, "bucket", r_size, "a power of two")
     nb, nbs, nbk = -(-lq // block), -(-lq // sub), -(-lk // r_size)
     key = _rank_key(bias_rows)
-    order = _rank_order_of_key(key, documents)
-    valid = key > float("-inf")
+    order = _rank_order_of_key(key, documents).contiguous()  # rows may be a strided view (the kernels index r·lk + j)
+    valid = (key > float("-inf")).contiguous()
     ranks = poisoned_empty(n, lk, dtype=torch.int32, device=device)
     pos = poisoned_empty(n, lk, dtype=torch.int32, device=device)
     hist = torch.zeros(n, nbs, nbk, dtype=torch.int32, device=device)
@@ -244,6 +244,7 @@ def live_keys_triton(bias_rows: torch.Tensor, lq: int, keep_window: int, block: 
                                 num_warps=THRESHOLD_WARPS)
     doc_end = doc_base = None
     if documents is not None:
+        documents = documents.contiguous()
         doc_end = torch.searchsorted(documents, documents, right=True).to(torch.int32)
         start = torch.searchsorted(documents, documents)  # each key's document start
         doc_base = (valid.cumsum(1, dtype=torch.int32) - valid.int()).gather(1, start).to(torch.int32)
