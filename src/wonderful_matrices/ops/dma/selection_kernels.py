@@ -25,7 +25,7 @@ valid keys ``<= p0_t`` (the sub-block's first position) with a rank in buckets `
 
 Work per row: ``O(L log L)`` for the sort, ``O(L²/(S·R))`` for the histogram, ``O(L·S)`` for the thresholds,
 ``O(L log L)`` for the drops, and for the bucket walks about ``R`` per non-empty bucket visited (between the
-``w − S``-th and the ``w``-th rank below ``p0`` for the base; up to ``T_p0`` for the lists: ``O(L·w/block·log)``
+``(w − S + 1)``-th and the ``w``-th rank up to ``p0`` for the base; up to ``T_p0`` for the lists: ``O(L·w/block·log)``
 for random biases, at most ``O(L)`` per block). Memory: the histogram ``O(L²/(S·R))`` int32 per row, everything
 else ``O(L)`` per row plus the output lists ``O(L·(w + block)/block)``; nothing is (queries × keys).
 """
