@@ -234,3 +234,30 @@ def test_live_keys_cuda_equals_cpu_at_scale():
         new = [t.cpu() for t in dma_selection.live_keys(bias.cuda(), lq, 2048, 512)]
         for a, b in zip(new, dma_selection.live_keys(bias, lq, 2048, 512)):
             assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("lk", [16384, 65536])
+def test_live_keys_triton_cuda_equals_torch_at_scale(lk):
+    """The Triton selection (what live_keys runs on CUDA) against the torch path on the same GPU, element for
+    element, at the benchmark's lengths: window 2048 with block 512 and window 64 with block 128; ties, padding
+    (left, scattered, NaN), a Gaussian row; lq = lk and lq < lk; packed documents; strided rows."""
+    g = torch.Generator().manual_seed(lk)
+    bias = torch.randint(-8, 8, (4, lk), generator=g).float()
+    bias[1, :700] = float("-inf")
+    bias[1, 5000::3] = float("nan")
+    bias[3] = torch.randn(lk, generator=g)
+    bias = bias.cuda()
+    lengths = torch.randint(1, lk // 8, (64,), generator=g)
+    documents = torch.repeat_interleave(torch.arange(64), lengths)[:lk]
+    documents = torch.cat([documents, documents.new_full((lk - documents.numel(),), 64)]).cuda()
+    documents = documents.expand(4, lk).contiguous()
+    for lq, w, block, docs in ((lk, 2048, 512, None), (lk - 3000, 2048, 512, None), (lk, 64, 128, None),
+                               (lk, 2048, 512, documents)):
+        got = dma_selection.live_keys(bias, lq, w, block, docs)
+        ref = dma_selection.live_keys_torch(bias, lq, w, block, docs)
+        for name, a, b in zip(("drop", "keys", "ends"), got, ref):
+            assert torch.equal(a, b), (lq, w, block, docs is not None, name)
+    strided = bias.t().contiguous().t()  # rows as a permuted (batch, length, heads) bias gives them
+    assert all(torch.equal(a, b) for a, b in zip(dma_selection.live_keys(strided, lk, 2048, 512),
+                                                 dma_selection.live_keys_torch(bias, lk, 2048, 512)))

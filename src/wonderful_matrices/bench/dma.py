@@ -4,7 +4,8 @@
     window (the Triton kernels where usable, and the torch path), DMA without a window, dense causal SDPA
     (cuDNN backend when it runs, else PyTorch's default choice) and FlexAttention causal (CUDA only, when it
     compiles), all in one process on the same inputs; plus the windowed paths' selection stage alone
-    (``live_keys`` for Triton, ``select_blocks`` for torch; no gradient), so kernel time = total − selection.
+    (``live_keys`` for Triton, ``select_blocks`` for torch, and on CUDA the torch operations that are the
+    selection kernels' oracle; no gradient), so kernel time = total − selection.
 (p) packed documents: one row of several documents (``seq_idx``) against the same row unpacked, with and
     without a window — what packing costs.
 (b) decoding at long context, like with like. Attention only (after the projections): one DMA step with a
@@ -23,7 +24,7 @@ GPU: T = 4K, 16K, 64K, 128K, batch 1, 16 heads × 128, bf16, window 2048 (the to
 packed: 16 documents in 16K; decode at 64K context, batch 1…8.
 ``--quick``: CPU-sized shapes (a minute).
 
-    python -m wonderful_matrices.bench.dma --out DIR [--quick]
+    python -m wonderful_matrices.bench.dma --out DIR [--quick] [--lengths T ...] [--selection-only]
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from ..layers import Attention, DynamicMaskAttention
 from ..ops import dynamic_mask_attention
 from ..ops.common import triton_usable
 from ..ops.dma import DecodeStep, cache_state
-from ..ops.dma.selection import default_block, select_blocks
+from ..ops.dma.selection import default_block, live_keys_torch, select_blocks
 from .common import peak_memory_bytes, synchronize, time_callable, write_results
 
 FULL = dict(lengths=[4096, 16384, 65536, 131072], heads=16, head_dim=128, window=2048, dtype=torch.bfloat16,
@@ -126,6 +127,29 @@ def _time_or_error(fn, device, cfg):
         return f"{type(exc).__name__}: {str(exc)[:120]}"
 
 
+def _selection_rows(cfg, device, T, bias):
+    """The windowed paths' selection alone (no gradient), so kernel time = total − selection: the Triton path's
+    (``live_keys``: drop per key, per-block live-key lists; its Triton kernels on CUDA), the torch path's
+    (``select_blocks``; on CUDA built from the same kernels' lists) and, on CUDA, the torch operations that are the
+    kernels' oracle (``live_keys_torch``, the selection before the kernels)."""
+    rows = []
+    w = cfg["window"]
+    rows_bias = bias.permute(0, 2, 1).reshape(-1, T)
+    if device.type == "cuda" and triton_usable(device):
+        from ..ops.dma.windowed_kernels import block_for, select
+
+        ms = _time_or_error(lambda: select(bias, T, w, block_for(w)), device, cfg)
+        rows.append(dict(T=T, impl=f"selection only, triton (live_keys, block {block_for(w)})", fwd_ms=ms))
+        ms = _time_or_error(lambda: live_keys_torch(rows_bias, T, w, block_for(w)), device, cfg)
+        rows.append(dict(T=T, impl=f"selection only, torch ops (live_keys_torch, block {block_for(w)})", fwd_ms=ms))
+    if T <= cfg["torch_window_max_length"]:
+        ms = _time_or_error(lambda: select_blocks(rows_bias, T, w, default_block(w)), device, cfg)
+        rows.append(dict(T=T, impl=f"selection only, torch (select_blocks, block {default_block(w)})", fwd_ms=ms))
+    for row in rows:
+        print(row, flush=True)
+    return rows
+
+
 def _training_rows(cfg, device):
     rows = []
     h, d, w, dtype = cfg["heads"], cfg["head_dim"], cfg["window"], cfg["dtype"]
@@ -141,21 +165,11 @@ def _training_rows(cfg, device):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
         impls = []
-        rows_bias = bias.detach().permute(0, 2, 1).reshape(h, T)
+        rows += _selection_rows(cfg, device, T, bias.detach())
         if device.type == "cuda" and triton_usable(device):
-            from ..ops.dma.windowed_kernels import block_for, select
-
             impls.append((f"dma window {w} triton",
                           lambda q, k, v, b: dynamic_mask_attention(q, k, v, b, keep_window=w, backend="triton"),
                           (q, k, v, bias)))
-            # The Triton path's selection alone (drop per key, per-block live-key lists): kernels = total − this.
-            ms = _time_or_error(lambda: select(bias.detach(), T, w, block_for(w)), device, cfg)
-            rows.append(dict(T=T, impl=f"selection only, triton (live_keys, block {block_for(w)})", fwd_ms=ms))
-            print(rows[-1], flush=True)
-        if T <= cfg["torch_window_max_length"]:  # the torch path's selection alone
-            ms = _time_or_error(lambda: select_blocks(rows_bias, T, w, default_block(w)), device, cfg)
-            rows.append(dict(T=T, impl=f"selection only, torch (select_blocks, block {default_block(w)})", fwd_ms=ms))
-            print(rows[-1], flush=True)
         if T <= cfg["torch_window_max_length"]:  # the reference path: slow and memory-hungry at long T
             impls.append((f"dma window {w} torch",
                           lambda q, k, v, b: dynamic_mask_attention(q, k, v, b, keep_window=w, backend="torch"),
@@ -326,11 +340,12 @@ def _decode_rows(cfg, device):
 
 
 def run(out_dir, quick: bool = False, device=None, lengths=None, batches=None,
-        packed_length: int | None = None) -> list[dict]:
+        packed_length: int | None = None, selection_only: bool = False) -> list[dict]:
     """Run every part; write ``results.json`` / ``results.md`` under ``out_dir``; return the rows.
 
     ``lengths`` (training T) and ``batches`` (decode batch sizes) restrict the grid; an empty list skips that part;
-    ``packed_length`` is the length of the packed-documents comparison (0 skips it).
+    ``packed_length`` is the length of the packed-documents comparison (0 skips it). ``selection_only``: only the
+    selection rows of each length (part "train", a bias drawn alone: the same distribution, other values).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = dict(QUICK if quick else FULL)
@@ -340,9 +355,17 @@ def run(out_dir, quick: bool = False, device=None, lengths=None, batches=None,
         cfg["batches"] = list(batches)
     if packed_length is not None:
         cfg["packed_length"] = packed_length
-    train = _training_rows(cfg, device)
-    packed = _packed_rows(cfg, device)
-    decode = _decode_rows(cfg, device)
+    if selection_only:
+        train = []
+        for T in cfg["lengths"]:
+            g = torch.Generator(device="cpu").manual_seed(T)
+            train += _selection_rows(cfg, device, T, (-F.softplus(torch.randn(1, T, cfg["heads"], generator=g) * 2))
+                                     .to(device))
+        packed, decode = [], []
+    else:
+        train = _training_rows(cfg, device)
+        packed = _packed_rows(cfg, device)
+        decode = _decode_rows(cfg, device)
     rows = ([dict(part="train", **r) for r in train] + [dict(part="packed", **r) for r in packed]
             + [dict(part="decode", **r) for r in decode])
     columns = ["part", "T", "context", "batch", "impl", "kept_fraction", "fwd_ms", "fwd_bwd_ms", "peak_mem_mb",
@@ -366,9 +389,11 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", type=int, nargs="*", default=None, help="decode batch sizes (default: all)")
     parser.add_argument("--packed-length", type=int, default=None,
                         help="length of the packed-documents comparison (0 skips it; default 16384)")
+    parser.add_argument("--selection-only", action="store_true",
+                        help="only the windowed paths' selection stage at each length")
     args = parser.parse_args(argv)
     run(args.out, quick=args.quick, device=args.device, lengths=args.lengths, batches=args.batches,
-        packed_length=args.packed_length)
+        packed_length=args.packed_length, selection_only=args.selection_only)
 
 
 if __name__ == "__main__":

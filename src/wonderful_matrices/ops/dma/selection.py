@@ -4,11 +4,15 @@ Rank is ``(bias, position)`` descending (ties to the later key, non-finite biase
 contiguous query range ``[j, drop_j)``, so a block of ``B`` queries keeps at most ``w + B`` distinct keys:
 :func:`select_blocks` (the torch path) computes, for every query block at once, those candidate keys and the interval
 of the block's queries that keeps each; :func:`live_keys` (the Triton kernels) computes ``drop_j`` per key and each
-block's list of live keys. Nothing here builds an ``(L, L)`` or (blocks × keys) tensor; no gradient flows.
+block's list of live keys. Both run the torch operations here on the CPU, and the Triton kernels of
+:mod:`.selection_kernels` where Triton runs (no large sort but the global one; these torch operations are their
+oracle). Nothing here builds an ``(L, L)`` or (blocks × keys) tensor; no gradient flows.
 """
 from __future__ import annotations
 
 import torch
+
+from ..common import triton_usable
 
 
 def rank_order(bias_rows: torch.Tensor) -> torch.Tensor:
@@ -185,7 +189,14 @@ def select_blocks(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int
     ``w`` of its own document (all of them if fewer), and a key's interval is cut at its document's end; the
     keys of earlier documents in the top ``w`` are then kept by no query. The same fact holds, so the same
     method applies. No loop over blocks and no host synchronisation; memory O(n·nb·(w + block)).
+
+    Where the Triton selection runs (CUDA, or ``TRITON_INTERPRET=1``), the candidates come from
+    :func:`live_keys`' lists instead (:mod:`.selection_kernels`, no large sorts): the same kept sets, with the
+    live slots first (the earlier keys in rank order, then the block's own keys in position order) and the rest
+    ``(0, 0, 0)``.
     """
+    if _triton_selection(bias_rows):
+        return _blocks_from_lists(*live_keys(bias_rows, lq, keep_window, block, documents, tile=block), lq, block)
     n, lk = bias_rows.shape
     w = keep_window
     ranks, valid, carried_rank, carried_pos, p0, block_pos, block_valid, threshold = _thresholds(
@@ -224,10 +235,42 @@ def live_keys(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
     first (the earlier keys in rank order, then its own keys in position order), then zeros; and
     ``ends (n, nb, block / tile)`` int32: ``ends[..., s]`` counts the list entries a query of the block's
     ``s``-th tile of ``tile`` queries or an earlier one can keep (the last is the list's length).
-    Same method and cost as :func:`select_blocks` (``drop_j`` is the first query with ``T_p < rank_j``, one
-    ``searchsorted`` over the thresholds), plus O(n·nb·(w + block)) to build the lists; nothing is
-    (blocks × keys) or (queries × keys).
+    Where Triton runs (CUDA, or ``TRITON_INTERPRET=1``): the kernels of :mod:`.selection_kernels` (no sort but
+    the global one; work and memory in its docstring). Elsewhere (:func:`live_keys_torch`, also their
+    oracle): the method and cost of :func:`select_blocks` (``drop_j`` is the first query with
+    ``T_p < rank_j``, one ``searchsorted`` over the thresholds), plus O(n·nb·(w + block)) to build the lists;
+    nothing is (blocks × keys) or (queries × keys). Both give the same tensors, element for element.
     """
+    if _triton_selection(bias_rows):
+        from .selection_kernels import live_keys_triton
+
+        return live_keys_triton(bias_rows, lq, keep_window, block, documents, tile)
+    return live_keys_torch(bias_rows, lq, keep_window, block, documents, tile)
+
+
+def _triton_selection(bias_rows: torch.Tensor) -> bool:
+    """Whether the selection runs the Triton kernels for rows on this device (see ``ops.common.triton_usable``)."""
+    return triton_usable(bias_rows.device)
+
+
+def _blocks_from_lists(drop: torch.Tensor, keys: torch.Tensor, ends: torch.Tensor, lq: int, block: int):
+    """:func:`select_blocks`' ``candidates``, ``start``, ``end`` from :func:`live_keys`' ``drop (n, lk)``,
+    ``keys (n, nb, W)`` and ``ends (n, nb, 1)`` (one tile per block): a listed key ``j`` is kept by the block's
+    queries ``[max(j, p0), min(drop_j, p0 + block))`` (relative to ``p0``); unlisted slots are ``(0, 0, 0)``."""
+    n, lk = drop.shape
+    nb, width = keys.shape[1:]
+    p0 = (lk - lq + torch.arange(nb, device=keys.device) * block)[:, None]
+    listed = torch.arange(width, device=keys.device) < ends
+    cand = keys.long()
+    start = torch.where(listed, (cand - p0).clamp_min(0), 0).to(torch.int32)
+    end = torch.where(listed, (drop.gather(1, cand.view(n, -1)).view(n, nb, width) - p0).clamp_max(block), 0)
+    return cand, start, end.to(torch.int32)
+
+
+@torch.no_grad()
+def live_keys_torch(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
+                    documents: torch.Tensor | None = None, tile: int = LIVE_TILE):
+    """:func:`live_keys` in torch operations (the CPU path and the Triton kernels' oracle)."""
     n, lk = bias_rows.shape
     w = keep_window
     offset = lk - lq

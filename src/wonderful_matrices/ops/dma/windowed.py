@@ -15,10 +15,10 @@ the key dtype, ``lo`` the rounding error, so half-precision keys carry the bias 
   the block's own keys; the kept queries of each candidate form an interval ``[start, end)`` inside the
   block. The selection (no gradient, :func:`select_blocks`) computes them for all blocks at once from one
   global sort by rank and the running ``w``-th best rank (a fixed number of tensor operations, no loop over
-  blocks); the attention then gathers the ``w + B`` candidate keys/values of each block and
-  runs SDPA with the interval mask, several blocks per call. Time O(L·(w+B)·d), memory
-  O(b·h·L·(w+B)/B·d) for the gathered keys/values plus O(b·h_kv·L·(w+B)) bits of mask — never
-  ``(b, h, lq, lk)``. Gradients reach ``q``, ``k``, ``v`` and ``bias`` through the gathers.
+  blocks; on CUDA the selection kernels of selection_kernels.py); the attention then gathers the ``w + B``
+  candidate keys/values of each block and runs SDPA with the interval mask, several blocks per call. Time
+  O(L·(w+B)·d), memory O(b·h·L·(w+B)/B·d) for the gathered keys/values plus O(b·h_kv·L·(w+B)) bits of mask —
+  never ``(b, h, lq, lk)``. Gradients reach ``q``, ``k``, ``v`` and ``bias`` through the gathers.
 * Window ``w``, not causal: every query keeps the same top-``w`` keys; one gather, one SDPA call.
 * Packed documents (``seq_idx``, causal): without a window, SDPA with a ``(b, 1, l, l)`` boolean mask of
   "same document, not in the future" (O(l²) bits, the only such tensor); with a
