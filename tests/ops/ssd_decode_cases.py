@@ -9,7 +9,8 @@ from wonderful_matrices.layers import SSDMixer
 def decode_pair(rope, h, p, n, g, b=2, dt_limit=(0.0, float("inf")), dtype=torch.float32, device="cpu",
                 start=0, steps=3, prompt=5, oracle_dtype=torch.float64):
     """A layer (``dtype``, backend "triton" for the decoding steps) and its torch copy in ``oracle_dtype``, both
-    filled by the same prompt, then ``steps`` one-token calls -> [(y_fused, y_oracle, state_fused, state_oracle)] per step."""
+    filled by the same prompt, then ``steps`` one-token calls -> ``[(y_fused, y_oracle, state_fused,
+    state_oracle)]``, one tuple per step."""
     torch.manual_seed(0)
     layer = SSDMixer(24, h, p, n, num_groups=g, rope=rope, dt_limit=dt_limit, backend="torch").to(device)
     with torch.no_grad():  # random, not the initial values: every term of the step matters

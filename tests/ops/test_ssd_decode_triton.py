@@ -13,6 +13,7 @@ from conftest import INTERPRETED, interpreted_only, interpreter_child_test, rel_
 pytest.importorskip("triton")
 
 from ssd_decode_cases import decode_pair
+
 from wonderful_matrices.layers import SSDMixer
 
 test_interpreted_in_a_subprocess = interpreter_child_test(__file__)

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import pow2_at_least, poisoned_empty
+from ..triton_utils import poisoned_empty, pow2_at_least
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 ROPE_CODES = {"none": 0, "fixed": 1, "data": 2}
