@@ -208,3 +208,46 @@ def test_dma_packed_cuda(dtype, window):
     assert rel_err(got.cpu(), ref) < tol
     for name, a, r in zip("qkvb", got_g, ref_g):
         assert _grad_close(a, r, tol * 2), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("b,hq,hkv,d,mask_form,qk_norm", [(1, 12, 4, 64, "gate", False), (3, 6, 2, 10, "doge", True),
+                                                           (2, 16, 16, 128, "gate", True)])
+def test_dma_step_inputs_cuda(dtype, b, hq, hkv, d, mask_form, qk_norm):
+    """The fused inputs of a DMA decoding token (rotated q and k, bias, position) against the layer's torch
+    projection in float64, and a layer decoding on them (inputs, attention, cache write) against the same layer on
+    the torch path (same dtype, so the same evictions), step by step while the window fills and evicts."""
+    import copy
+
+    from wonderful_matrices.layers import DynamicMaskAttention
+
+    tol = {**TOL, torch.float16: 5e-3}[dtype]
+    torch.manual_seed(0)
+    layer = DynamicMaskAttention(hq * d, hq, hkv, d, keep_window=24, mask_form=mask_form, qk_norm=qk_norm,
+                                 decode_backend="triton")
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    oracle = copy.deepcopy(layer).double().cuda()
+    oracle.decoder = type(oracle.decoder)("torch")
+    layer = layer.cuda().to(dtype).eval()
+    ref = copy.deepcopy(layer)  # the same weights and dtype on the torch path: the same evictions
+    ref.decoder = type(ref.decoder)("torch")
+    prefill, steps = 20, 12
+    x = torch.randn(b, prefill + steps, hq * d, device="cuda", dtype=dtype)
+    pos = (1000 + torch.arange(prefill + steps, device="cuda")).expand(b, -1)
+    state, state_r = {}, {}
+    with torch.no_grad():
+        layer(x[:, :prefill], pos[:, :prefill], None, state)
+        ref(x[:, :prefill], pos[:, :prefill], None, state_r)
+        for t in range(prefill, prefill + steps):
+            xt, pt = x[:, t:t + 1], pos[:, t:t + 1]
+            q, k, v, bias, position = layer._step_inputs(xt, pt, None, state)
+            q_o, k_o, v_o, bias_o = oracle._project(xt.double(), pt, None)
+            assert q.dtype == k.dtype == dtype and bias.dtype == torch.float32 and position.dtype == torch.int64
+            for got, want in ((q, q_o), (k, k_o), (bias, bias_o)):
+                assert rel_err(got.double().cpu(), want.cpu()) < tol / 2
+            assert torch.equal(position, pt[..., None].expand(b, 1, hkv))
+            out = layer(xt, pt, None, state)
+            out_r = ref(xt, pt, None, state_r)
+            assert out.dtype == dtype and rel_err(out.double().cpu(), out_r.double().cpu()) < tol, t

@@ -168,3 +168,112 @@ def test_auto_falls_back_to_torch_once_when_the_kernel_raises(monkeypatch, caplo
     forced.load_state_dict(layer.state_dict())
     with torch.no_grad(), pytest.raises(RuntimeError, match="no kernel"):
         forced(x[:, 7:8], pos[:, 7:8], None, s1)
+
+
+# (b, hq, hkv, d, mask_form, qk_norm, start): GQA groups 1-3, d/2 odd (a masked rotary block), several rows,
+# both bias formulas, q/k norms
+INPUT_CASES = [(3, 6, 2, 6, "gate", False, 5), (1, 4, 4, 16, "doge", False, 300), (2, 3, 1, 10, "gate", True, 0),
+               (2, 4, 2, 8, "doge", True, 77)]
+
+
+def _random_layer(hq, hkv, d, mask_form, qk_norm, backend="triton"):
+    layer = DynamicMaskAttention(hq * d + 3, hq, hkv, d, keep_window=4, mask_form=mask_form, qk_norm=qk_norm,
+                                 decode_backend=backend)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    return layer
+
+
+@interpreted_only
+@pytest.mark.parametrize("case", INPUT_CASES, ids=[str(c) for c in INPUT_CASES])
+def test_step_inputs_match_the_layer_projection(case):
+    """step_inputs (rotated q and k, bias, position per KV head) against the layer's torch projection in
+    float64, on random projections and positions (each row its own)."""
+    from wonderful_matrices.ops.dma import step_inputs
+
+    b, hq, hkv, d, mask_form, qk_norm, start = case
+    layer = _random_layer(hq, hkv, d, mask_form, qk_norm)
+    x = torch.randn(b, 1, layer.hidden_size)
+    pos = start + torch.randint(0, 50, (b, 1))
+    oracle = copy.deepcopy(layer).double()
+    with torch.no_grad():
+        q_o, k_o, _, bias_o = oracle._project(x.double(), pos, None)
+        q = layer.q_proj(x).view(b, hq, d)
+        k = layer.k_proj(x).view(b, hkv, d)
+        if qk_norm:
+            q, k = layer.q_norm(q), layer.k_norm(k)
+        dt = layer.dt_proj(layer.v_proj(x))[:, 0]
+        a = layer.A_log if mask_form == "gate" else layer.A
+        q_f, k_f, bias_f, pos_f = step_inputs(q, k, dt, pos[:, 0], layer.rotary.float32_frequencies(x.device), a,
+                                              mask_form)
+    assert q_f.shape == (b, 1, hq, d) and k_f.shape == (b, 1, hkv, d) and q_f.dtype == k_f.dtype == torch.float32
+    assert bias_f.shape == (b, 1, hkv) and bias_f.dtype == torch.float32
+    assert rel_err(q_f, q_o) < 1e-5 and rel_err(k_f, k_o) < 1e-5 and rel_err(bias_f, bias_o) < 1e-5
+    assert pos_f.dtype == torch.int64 and torch.equal(pos_f, pos[..., None].expand(b, 1, hkv))
+
+
+@interpreted_only
+def test_step_inputs_far_positions_and_softplus_tails():
+    """Positions near 10^6 against the float32 torch path (float32 angles ``position · inv_freq``, the same in
+    both), and dt far in both softplus tails (above the threshold 20, and -30 where softplus is ~1e-13)."""
+    from wonderful_matrices.ops.dma import step_inputs
+
+    layer = _random_layer(4, 2, 8, "gate", False)
+    b = 3
+    x = torch.randn(b, 1, layer.hidden_size)
+    pos = torch.tensor([[999_983], [1_000_000], [524_287]])
+    with torch.no_grad():
+        q_o, k_o, _, _ = layer._project(x, pos, None)
+        q = layer.q_proj(x).view(b, 4, 8)
+        k = layer.k_proj(x).view(b, 2, 8)
+        dt = torch.tensor([[25.0, -30.0], [0.5, 21.0], [-3.0, 19.5]])
+        a = torch.randn(2)
+        q_f, k_f, bias_f, _ = step_inputs(q, k, dt, pos[:, 0], layer.rotary.float32_frequencies(x.device), a)
+    assert rel_err(q_f, q_o) < 1e-5 and rel_err(k_f, k_o) < 1e-5
+    expected = -torch.exp(a.double()) * torch.nn.functional.softplus(dt.double())
+    assert torch.allclose(bias_f[:, 0].double(), expected, rtol=1e-6, atol=0)
+
+
+@interpreted_only
+@pytest.mark.parametrize("case", INPUT_CASES, ids=[str(c) for c in INPUT_CASES])
+def test_layer_steps_on_fused_inputs_equal_the_torch_layer(case):
+    """A layer decoding on the fused kernels (inputs, attention, cache write) against the same layer on the torch
+    path in float64: every step's output and the cache after it (the window fills, then evicts)."""
+    b, hq, hkv, d, mask_form, qk_norm, start = case
+    layer = _random_layer(hq, hkv, d, mask_form, qk_norm)
+    oracle = copy.deepcopy(layer).double()
+    oracle.decoder = type(oracle.decoder)("torch")
+    steps, prefill = 7, 3
+    x = torch.randn(b, prefill + steps, layer.hidden_size)
+    pos = (start + torch.arange(prefill + steps)).expand(b, -1)
+    state, state_o = {}, {}
+    with torch.no_grad():
+        layer(x[:, :prefill], pos[:, :prefill], None, state)
+        oracle(x[:, :prefill].double(), pos[:, :prefill], None, state_o)
+        for t in range(prefill, prefill + steps):
+            assert layer._step_inputs(x[:, t:t + 1], pos[:, t:t + 1], None, state) is not None
+            out = layer(x[:, t:t + 1], pos[:, t:t + 1], None, state)
+            out_o = oracle(x[:, t:t + 1].double(), pos[:, t:t + 1], None, state_o)
+            assert rel_err(out, out_o) < 1e-5, t
+            for name in ("key", "value", "bias"):
+                assert rel_err(state[name].nan_to_num(neginf=0.0), state_o[name].nan_to_num(neginf=0.0)) < 1e-5
+            assert torch.equal(state["position"], state_o["position"])
+
+
+@pytest.mark.skipif(INTERPRETED, reason="the CPU without the interpreter")
+def test_step_inputs_arguments_checked():
+    from wonderful_matrices.ops.dma import step_inputs
+
+    q, k, dt, pos, freq, a = torch.randn(2, 4, 8), torch.randn(2, 2, 8), torch.randn(2, 2), torch.arange(2), \
+        torch.ones(4), torch.zeros(2)
+    with pytest.raises(ValueError, match="q.shape"):
+        step_inputs(torch.randn(2, 4, 7), k, dt, pos, freq, a)
+    with pytest.raises(ValueError, match="k"):
+        step_inputs(q, torch.randn(2, 3, 8), dt, pos, freq, a)
+    with pytest.raises(ValueError, match="inv_freq"):
+        step_inputs(q, k, dt, pos, freq.double(), a)
+    with pytest.raises(ValueError, match="mask_form"):
+        step_inputs(q, k, dt, pos, freq, a, "exp")
+    with pytest.raises(ValueError, match="device"):  # no CUDA, no interpreter here
+        step_inputs(q, k, dt, pos, freq, a)

@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import require
 from ..ops import dynamic_mask_attention
 from ..ops.common import trusted_values
-from ..ops.dma import DecodeStep, cached_in_order, replace_lowest_and_attend, store
+from ..ops.dma import DecodeStep, cached_in_order, replace_lowest_and_attend, step_inputs, store
 from ..ops.dma.weights import dynamic_mask_attention_weights
 from .norm import RMSNorm
 from .rotary import RotaryEmbedding, apply_rotary
@@ -113,6 +113,12 @@ class DynamicMaskAttention(nn.Module):
         require(seq_idx is None or state is None, "seq_idx", "a tensor with a cache state",
                 "None when decoding with a cache (packed rows are for training and scoring)")
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        fused = self._step_inputs(hidden_states, position_ids, attention_mask, state)
+        if fused is not None:  # a decoding token on the fused kernels: inputs, attention and cache write
+            with trusted_values():
+                out = self.decoder.step(*fused, state, self.keep_window, fallback=False)
+            if out is not None:  # (None: the attention kernels raised under "auto"; the torch path below)
+                return self.o_proj(out.reshape(b, l, hq * d))
         q, k, v, bias = self._project(hidden_states, position_ids, attention_mask)
         if seq_idx is not None:  # outside trusted_values: an explicit seq_idx of the caller is checked by the op
             out = dynamic_mask_attention(q, k, v, bias, keep_window=self.keep_window, causal=True, seq_idx=seq_idx)
@@ -127,6 +133,30 @@ class DynamicMaskAttention(nn.Module):
             else:
                 out = self._attend(q, k, v, bias, position, state)
         return self.o_proj(out.reshape(b, l, hq * d))
+
+    def _step_inputs(self, hidden_states, position_ids, attention_mask, state):
+        """For a decoding token that the decoder's Triton kernels will attend (one token, a cache, no padding
+        mask, no autograd): ``(q, k, v, bias, position)`` as :meth:`_project` and the cache layout give them, from
+        the projections by one launch (:func:`~wonderful_matrices.ops.dma.step_inputs`); else None."""
+        b, l, _ = hidden_states.shape
+        if (state is None or "key" not in state or l != 1 or attention_mask is not None or torch.is_grad_enabled()
+                or not self.decoder.uses_kernels(hidden_states.dtype, hidden_states.device, self.head_dim, state)):
+            return None
+        hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        q = self.q_proj(hidden_states).view(b, hq, d)
+        k = self.k_proj(hidden_states).view(b, hkv, d)
+        v_flat = self.v_proj(hidden_states)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        try:
+            q, k, bias, position = step_inputs(
+                q, k, self.dt_proj(v_flat)[:, 0], position_ids[:, 0],
+                self.rotary.float32_frequencies(hidden_states.device),
+                self.A_log if self.mask_form == "gate" else self.A, self.mask_form)
+        except Exception as exc:  # under "auto": the torch path from now on (re-raised under "triton")
+            self.decoder.give_up(exc)
+            return None
+        return q, k, v_flat.view(b, 1, hkv, d), bias, position
 
     def _project(self, hidden_states, position_ids, attention_mask):
         """q (b, l, hq, d), k, v (b, l, hkv, d) (q, k rotated), bias (b, l, hkv) float32 (-inf at padding)."""

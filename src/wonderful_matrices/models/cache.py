@@ -65,9 +65,11 @@ class CheemsCache(Cache):
 
     def advance(self, new_mask: torch.Tensor | None, batch_size: int, length: int, device: torch.device) -> None:
         """Record a call of ``length`` new tokens; ``new_mask (b, length)`` marks the real ones (None = all)."""
-        new_real = (torch.full((batch_size,), length, dtype=torch.long, device=device) if new_mask is None
-                    else new_mask.long().sum(-1))
-        self.real_tokens = self.past_positions(batch_size, device) + new_real
+        if new_mask is None:
+            self.real_tokens = (torch.full((batch_size,), length, dtype=torch.long, device=device)
+                                if self.real_tokens is None else self.real_tokens + length)
+        else:
+            self.real_tokens = self.past_positions(batch_size, device) + new_mask.long().sum(-1)
         self._seen_tokens += length
 
     def set_seen_tokens(self, count: int) -> None:

@@ -198,9 +198,12 @@ class CheemsBlock(GradientCheckpointingLayer):
     ``config.residual_scale``, ``r`` learned per channel).
 
     ``forward(hidden_states (b, l, d), position_ids (b, l), attention_mask (b, l) | None, state dict | None,
-    seq_idx (b, l) | None, output_attentions=False) -> (b, l, d)``, or ``((b, l, d), weights)`` with
-    ``output_attentions``: the mixer's attention probabilities ``(b, num_attention_heads, l, keys)`` for
-    attention/DMA layers, None for SSD/Mamba2 (not with packed rows).
+    seq_idx (b, l) | None, output_attentions=False, update=None, defer=False) -> (b, l, d)``, or
+    ``((b, l, d), weights)`` with ``output_attentions``: the mixer's attention probabilities
+    ``(b, num_attention_heads, l, keys)`` for attention/DMA layers, None for SSD/Mamba2 (not with packed rows).
+    The residual adds can be deferred into the next norm's kernel (one launch less per block): ``update (b, l, d)``
+    is an output of the previous block not yet added (the block's input is ``hidden_states + update``, summed by
+    the mixer norm), and ``defer=True`` returns the pair ``(residual stream, update)`` instead of their sum.
     """
 
     def __init__(self, config: CheemsConfig, layer_idx: int):
@@ -219,10 +222,14 @@ class CheemsBlock(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor,
                 attention_mask: torch.Tensor | None, state: dict | None,
-                seq_idx: torch.Tensor | None = None,
-                output_attentions: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
-        """(b, l, d) -> (b, l, d) (and the attention weights with ``output_attentions``)."""
-        normed = self.mixer_norm(hidden_states)
+                seq_idx: torch.Tensor | None = None, output_attentions: bool = False,
+                update: torch.Tensor | None = None, defer: bool = False) -> torch.Tensor | tuple:
+        """(b, l, d) -> (b, l, d) (and the attention weights with ``output_attentions``; a pair of (b, l, d) with
+        ``defer``)."""
+        if update is None:
+            normed = self.mixer_norm(hidden_states)
+        else:
+            normed, hidden_states = self.mixer_norm(update, residual=hidden_states)  # one kernel: add and norm
         weights = None
         if output_attentions and hasattr(self.mixer, "attention_weights"):
             if seq_idx is not None:
@@ -232,12 +239,12 @@ class CheemsBlock(GradientCheckpointingLayer):
         mixed = self.mixer(normed, position_ids, attention_mask, state, seq_idx=seq_idx)
         residual = hidden_states if self.mixer_residual is None else hidden_states * self.mixer_residual
         if self.ffn is None:
-            hidden_states = residual + mixed
+            update = mixed
         else:
             normed, hidden_states = self.ffn_norm(mixed, residual=residual)  # one kernel: the add and the norm
-            transformed = self.ffn(normed)
-            hidden_states = (hidden_states if self.ffn_residual is None
-                             else hidden_states * self.ffn_residual) + transformed
+            update = self.ffn(normed)
+            residual = hidden_states if self.ffn_residual is None else hidden_states * self.ffn_residual
+        hidden_states = (residual, update) if defer else residual + update
         return (hidden_states, weights) if output_attentions else hidden_states
 
     def aux_loss(self) -> torch.Tensor | None:
@@ -407,15 +414,19 @@ class CheemsModel(CheemsPreTrainedModel):
             for start in range(0, l, chunk):
                 part = slice(start, min(l, start + chunk))
                 part_mask = None if layer_mask is None else without_full_mask(layer_mask[:, part])
-                parts.append(self._blocks(inputs_embeds[:, part], position_ids[:, part], part_mask, cache, None,
-                                          None, None))
-            hidden_states = torch.cat(parts, 1)
+                hidden_states, update = self._blocks(inputs_embeds[:, part], position_ids[:, part], part_mask,
+                                                     cache, None, None, None)
+                parts.append(hidden_states + update)
+            hidden_states, update = torch.cat(parts, 1), None
         else:
-            hidden_states = self._blocks(inputs_embeds, position_ids, layer_mask, cache, seq_idx, all_hidden,
-                                         all_attentions)
+            hidden_states, update = self._blocks(inputs_embeds, position_ids, layer_mask, cache, seq_idx, all_hidden,
+                                                 all_attentions)
         if cache is not None:
             cache.advance(new_mask, b, l, device)
-        hidden_states = self.norm(hidden_states)
+        if update is None:
+            hidden_states = self.norm(hidden_states)
+        else:  # the last block's residual add and the final norm in one kernel
+            hidden_states, _ = self.norm(update, residual=hidden_states)
         if all_hidden is not None:
             all_hidden.append(hidden_states)
         output = BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_NAME: cache if use_cache else None},
@@ -425,9 +436,13 @@ class CheemsModel(CheemsPreTrainedModel):
 
     def _blocks(self, hidden_states: torch.Tensor, position_ids: torch.Tensor, layer_mask: torch.Tensor | None,
                 cache: CheemsCache | None, seq_idx: torch.Tensor | None, all_hidden: list | None,
-                all_attentions: list | None) -> torch.Tensor:
-        """Every block on hidden_states (b, l, d) -> (b, l, d), before the final norm; appends each block's input
-        to ``all_hidden`` and its attention weights to ``all_attentions`` when they are lists."""
+                all_attentions: list | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every block on hidden_states (b, l, d) -> the blocks' output before the final norm as ``(residual,
+        update)``, each (b, l, d), whose sum it is: each residual add is left to the next norm's kernel, the last
+        one to the final norm's. When ``all_hidden`` or ``all_attentions`` are lists (each block's input, its
+        attention weights are appended), the blocks add as they go and ``update`` is None."""
+        defer = all_hidden is None and all_attentions is None
+        update = None
         for i, block in enumerate(self.layers):
             if all_hidden is not None:
                 all_hidden.append(hidden_states)
@@ -436,9 +451,12 @@ class CheemsModel(CheemsPreTrainedModel):
                 hidden_states, weights = block(hidden_states, position_ids, layer_mask, state, seq_idx,
                                                output_attentions=True)
                 all_attentions.append(weights)
+            elif defer:
+                hidden_states, update = block(hidden_states, position_ids, layer_mask, state, seq_idx,
+                                              update=update, defer=True)
             else:
                 hidden_states = block(hidden_states, position_ids, layer_mask, state, seq_idx)
-        return hidden_states
+        return hidden_states, update
 
 
 @dataclass

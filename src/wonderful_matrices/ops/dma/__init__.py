@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from ..common import require, resolve_backend, shape_of, value_checks_enabled
+from ..common import require, resolve_backend, shape_of, triton_usable, value_checks_enabled
 from .cache import DecodeStep, cache_state, cached_in_order, replace_lowest_and_attend, store
 from .naive import dynamic_mask_attention_naive
 from .selection import selectable_keys
@@ -114,5 +114,47 @@ def _check_seq_idx(seq_idx, b: int, lq: int, lk: int, causal: bool, device: torc
                 "non-decreasing document ids along each row")
 
 
+def step_inputs(q: torch.Tensor, k: torch.Tensor, dt: torch.Tensor, position: torch.Tensor, inv_freq: torch.Tensor,
+                a: torch.Tensor, mask_form: str = "gate"
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The inputs of one DMA decoding step from the projections, as one Triton launch (CUDA, or the CPU under
+    ``TRITON_INTERPRET=1``): RoPE of the query and key heads by ``position · inv_freq``, the key bias
+    ``-exp(A_log)·softplus(dt)`` (``mask_form="gate"``; ``"doge"``: ``exp(A·softplus(dt))``) and the position per KV
+    head.
+
+    Args:
+        q: ``(b, hq, d)`` query projection (``d`` even, ``<= 256``), float32/bf16/fp16; k: ``(b, hkv, d)`` key
+            projection, same dtype (``hq % hkv == 0``); both with a contiguous last dim.
+        dt: ``(b, hkv)`` the ``dt_proj`` output before softplus; position: ``(b,)`` integer position ids.
+        inv_freq: ``(d/2,)`` float32 frequencies ``theta^(-2i/d)``; a: ``(hkv,)`` ``A_log`` or ``A``.
+
+    Returns:
+        ``q (b, 1, hq, d)``, ``k (b, 1, hkv, d)`` rotated (``q``'s dtype), ``bias (b, 1, hkv)`` float32 and
+        ``position (b, 1, hkv)`` int64: the arguments of :meth:`DecodeStep.step`.
+    """
+    require(isinstance(q, torch.Tensor) and q.dim() == 3 and q.shape[-1] % 2 == 0 and q.shape[-1] <= 256
+            and q.stride(-1) == 1, "q.shape", shape_of(q), "(b, hq, d) with d even and <= 256, last dim contiguous")
+    b, hq, d = q.shape
+    from .step_input_kernels import DTYPES, MASK_FORMS, step_inputs as fused  # imported on first use: no triton, no import
+
+    require(q.dtype in DTYPES, "q.dtype", q.dtype, f"one of {DTYPES}")
+    require(isinstance(k, torch.Tensor) and k.dim() == 3 and k.shape[0] == b and k.shape[2] == d
+            and hq % k.shape[1] == 0 and k.dtype == q.dtype and k.stride(-1) == 1, "k", (shape_of(k), k.dtype),
+            f"(b={b}, hkv, d={d}) with hq={hq} a multiple of hkv, dtype {q.dtype}, last dim contiguous")
+    hkv = k.shape[1]
+    require(isinstance(dt, torch.Tensor) and dt.shape == (b, hkv) and dt.stride(-1) == 1, "dt.shape", shape_of(dt),
+            f"({b}, {hkv}) with a contiguous last dim")
+    require(isinstance(position, torch.Tensor) and position.shape == (b,) and not position.is_floating_point(),
+            "position", shape_of(position), f"({b},) integer position ids")
+    require(isinstance(inv_freq, torch.Tensor) and inv_freq.shape == (d // 2,) and inv_freq.dtype == torch.float32
+            and inv_freq.stride(-1) == 1, "inv_freq", (shape_of(inv_freq), inv_freq.dtype), f"({d // 2},) float32")
+    require(isinstance(a, torch.Tensor) and a.shape == (hkv,), "a.shape", shape_of(a), f"({hkv},)")
+    require(mask_form in MASK_FORMS, "mask_form", mask_form, f"one of {tuple(MASK_FORMS)}")
+    devices = {t.device for t in (q, k, dt, position, inv_freq, a)}
+    require(len(devices) == 1, "device", sorted(map(str, devices)), "all tensors on one device")
+    require(triton_usable(q.device), "device", q.device, "a CUDA device (or TRITON_INTERPRET=1) with triton")
+    return fused(q, k, dt, position, inv_freq, a.contiguous(), mask_form)
+
+
 __all__ = ["dynamic_mask_attention", "selectable_keys", "DecodeStep", "cache_state", "cached_in_order",
-           "replace_lowest_and_attend", "store"]
+           "replace_lowest_and_attend", "step_inputs", "store"]

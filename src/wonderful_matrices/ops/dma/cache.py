@@ -130,9 +130,12 @@ class DecodeStep:
         return f"DecodeStep(backend={self.backend!r}, failed={self.failed!r})"
 
     def step(self, q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor,
-             position: torch.Tensor, state: dict, keep_window: int | None) -> torch.Tensor:
+             position: torch.Tensor, state: dict, keep_window: int | None,
+             fallback: bool = True) -> torch.Tensor | None:
         """One new token (see the class docstring). The cache tensors become prefix views ``buffer[:, :n]`` of
         preallocated buffers (:func:`_buffers`), so ``state["key"].shape[1]`` stays the number of slots held.
+        ``fallback=False``: when the Triton kernels raise under ``"auto"``, return None with the cache unchanged
+        (the caller redoes the step on the torch path) instead of taking the torch step on these inputs.
 
         With a window the cache is first widened once to ``w`` slots (empty slots have bias ``-inf``); the
         buffers have one spare slot ``w``: the new key is written there, the lowest ranked of the ``w + 1`` slots
@@ -152,6 +155,8 @@ class DecodeStep:
                 for name in CACHE_FIELDS:
                     state[name] = bufs[name][:, :n + 1]
                 return out
+            if fused and not fallback:
+                return None
             for name in CACHE_FIELDS:
                 bufs[name][:, n:n + 1].copy_(new[name])
                 state[name] = bufs[name][:, :n + 1]
@@ -165,6 +170,8 @@ class DecodeStep:
                 for name in CACHE_FIELDS:
                     state[name] = bufs[name][:, :w]
                 return out
+            if fused and not fallback:
+                return None
             bufs["bias"][:, w:].copy_(bias)
             bufs["position"][:, w:].copy_(position)
             drop = _lowest_ranked(bufs["bias"], bufs["position"])  # (b, 1, hkv) in [0, w]
@@ -176,11 +183,16 @@ class DecodeStep:
 
     def _use_fused(self, q: torch.Tensor, state: dict) -> bool:
         """Whether this step runs the Triton kernels (see ``backend``)."""
+        return self.uses_kernels(q.dtype, q.device, q.shape[-1], state)
+
+    def uses_kernels(self, dtype: torch.dtype, device: torch.device, head_dim: int, state: dict) -> bool:
+        """Whether a step of queries of ``dtype`` and ``head_dim`` on ``device`` against the cache ``state`` runs
+        the Triton kernels (see ``backend``; raises for ``"triton"`` where they cannot run)."""
         backend = self.backend
-        if backend == "torch" or (backend == "auto" and (self.failed is not None or not triton_usable(q.device))):
+        if backend == "torch" or (backend == "auto" and (self.failed is not None or not triton_usable(device))):
             return False
-        supported = (triton_usable(q.device) and q.dtype in _fused_dtypes() and state["key"].dtype == q.dtype
-                     and q.shape[-1] <= 256 and state["bias"].dtype == torch.float32
+        supported = (triton_usable(device) and dtype in _fused_dtypes() and state["key"].dtype == dtype
+                     and head_dim <= 256 and state["bias"].dtype == torch.float32
                      and state["position"].dtype == torch.long)
         require(supported or backend == "auto", "decode_backend", backend,
                 "'triton' needs triton on CUDA (or TRITON_INTERPRET=1), float16/bfloat16/float32 q and cache, "
@@ -197,11 +209,16 @@ class DecodeStep:
                                bufs["value"], bufs["bias"], bufs["position"], n, evict,
                                1.0 / math.sqrt(q.shape[-1]), self.workspace)
         except Exception as exc:  # any compile/launch failure: fall back to the torch path (re-raised if forced)
-            if self.backend == "triton":
-                raise
-            self.failed = f"{type(exc).__name__}: {exc}"
-            _log.warning("DMA fused Triton decode step failed (%s); using the torch path from now on", self.failed)
+            self.give_up(exc)
             return None
+
+    def give_up(self, exc: Exception) -> None:
+        """A kernel of this step raised: re-raise under ``"triton"``; under ``"auto"`` log it once and take the
+        torch path from now on."""
+        if self.backend == "triton":
+            raise exc
+        self.failed = f"{type(exc).__name__}: {exc}"
+        _log.warning("DMA fused Triton decode step failed (%s); using the torch path from now on", self.failed)
 
 
 def _attend_all(q: torch.Tensor, state: dict) -> torch.Tensor:
