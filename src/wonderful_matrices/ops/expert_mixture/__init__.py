@@ -4,11 +4,12 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..common import require, resolve_backend, shape_of, value_checks_enabled
+from . import dense as _dense
 from . import gather as _gather
 from . import naive as _naive
 from .naive import ACTIVATIONS
 
-_AVAILABLE = ("naive", "torch", "triton")
+_AVAILABLE = ("naive", "torch", "triton", "dense")
 _INDEX_DTYPES = ("torch.int64", "torch.int32")
 _TRITON_DTYPES = ("torch.float32", "torch.bfloat16", "torch.float16")
 
@@ -18,10 +19,30 @@ _TRITON_DTYPES = ("torch.float32", "torch.bfloat16", "torch.float16")
 _AUTO_TRITON_DTYPES = ("torch.float32", "torch.bfloat16")
 _AUTO_TRITON_ACTIVATIONS = ("silu", "relu")
 
+# "auto" on CUDA uses the dense backend while N <= DENSE_FACTOR · M (M = H·k selections per token). Per token, the
+# dense backend costs six products of 2·N·d FLOP plus about 40 bytes per expert of float32 (chunk, N) traffic
+# (the products' outputs, the scatters and their roundings): at ~400 TFLOP/s and ~3 TB/s on an H100 about
+# 0.047 ps per (expert, channel) at d = 768. The row-gathering Triton backend costs per selection, not per expert:
+# 4.6 ms per cheems-base layer on an H100 (2^20 selections of d = 768, forward + backward), 5.7 ps per (selection,
+# channel). Break-even at N ≈ 5.7 / 0.047 · M ≈ 120 · M; 128 rounds it. Both costs grow with d, so the ratio
+# barely depends on the width. cheems-base (N = 2304, M = 32) and bench.cdmoe_target's N = 1024 (M = 128) go
+# dense; N = 2^16 and up with M <= 128 do not.
+DENSE_FACTOR = 128
 
-def _backend_for(backend: str, table: Tensor, activation: str = "silu") -> str:
-    """Resolve ``backend`` for a table: ``"auto"`` is ``"triton"`` on CUDA (when triton is installed) for float32 /
-    bf16 tables with silu or relu, else ``"torch"``; an explicit ``"triton"`` needs float32, bf16 or fp16."""
+
+def dense_is_cheaper(num_experts: int, selections: int) -> bool:
+    """Whether ``"auto"`` on CUDA picks the dense backend for ``num_experts`` (N) and ``selections`` (M = H·k per
+    token): ``N <= DENSE_FACTOR · M`` (the rule's arithmetic is at ``DENSE_FACTOR``)."""
+    return num_experts <= DENSE_FACTOR * selections
+
+
+def _backend_for(backend: str, table: Tensor, selections: int, activation: str = "silu") -> str:
+    """Resolve ``backend`` for a table and ``selections`` (M) per token: ``"auto"`` on CUDA is ``"dense"`` where
+    :func:`dense_is_cheaper`, else ``"triton"`` (when triton is installed) for float32 / bf16 tables with silu or
+    relu, else ``"torch"``; on the CPU ``"auto"`` is ``"torch"``. An explicit ``"triton"`` needs float32, bf16 or
+    fp16."""
+    if backend == "auto" and table.is_cuda and dense_is_cheaper(table.shape[0], selections):
+        return "dense"
     supported = str(table.dtype) in _TRITON_DTYPES
     verified = str(table.dtype) in _AUTO_TRITON_DTYPES and activation in _AUTO_TRITON_ACTIVATIONS
     name = resolve_backend(backend, _AVAILABLE, table.device, ("triton", "torch") if verified else ("torch",))
@@ -44,7 +65,9 @@ def expert_mixture(x: Tensor, ids: Tensor, gates: Tensor, down: Tensor, up: Tens
         gates: ``(..., H, k)`` floating point weights (any float dtype; float32 gates with bf16 tables is fine).
         down, up: ``(N, d)`` expert tables, the dtype and device of ``x``.
         activation: ``"silu"``, ``"gelu"`` or ``"relu"``.
-        backend: ``"auto"`` (``"triton"`` on CUDA for float32/bf16 tables with silu or relu, else ``"torch"``),
+        backend: ``"auto"`` (on CUDA ``"dense"`` while ``N <= DENSE_FACTOR · H·k``, else ``"triton"`` for
+            float32/bf16 tables with silu or relu, else ``"torch"``; ``"torch"`` on the CPU), ``"dense"`` (matrix
+            products over all ``N`` experts in token chunks, every float dtype, any device; for few experts),
             ``"triton"`` (GPU kernels that gather the selected rows by id, float32/bf16/fp16; also CPU under
             ``TRITON_INTERPRET=1``), ``"torch"``
             (``embedding_bag`` reductions, or chunked gathers for half precision on CUDA; never builds
@@ -79,7 +102,9 @@ def expert_mixture(x: Tensor, ids: Tensor, gates: Tensor, down: Tensor, up: Tens
         low, high = (int(v) for v in ids.aminmax())
         require(low >= 0 and high < down.shape[0], "ids", f"values in [{low}, {high}]",
                 f"expert ids in [0, N={down.shape[0]})")
-    name = _backend_for(backend, down, activation)
+    name = _backend_for(backend, down, ids.shape[-2] * ids.shape[-1], activation)
+    if name == "dense":
+        return _dense.expert_mixture(x, ids.long(), gates, down, up, activation)
     if name == "triton":
         from .row_kernels import expert_mixture as triton_mixture  # imported on first use: no triton, no import
 
@@ -93,8 +118,9 @@ def weighted_rows(weights: Tensor, ids: Tensor, table: Tensor, backend: str = "a
 
     Args:
         weights: ``(T, M)`` floating point; ids: ``(T, M)`` int64 in ``[0, N)``; table: ``(N, d)``.
-        backend: ``"auto"`` (``"triton"`` on CUDA for float32/bf16 tables, else ``"torch"``), ``"torch"`` or
-            ``"triton"`` (float32/bf16/fp16).
+        backend: ``"auto"`` (on CUDA ``"dense"`` while ``N <= DENSE_FACTOR · M``, else ``"triton"`` for
+            float32/bf16 tables, else ``"torch"``; ``"torch"`` on the CPU), ``"torch"``, ``"dense"`` (scatter the
+            weights into a ``(T, N)`` matrix, chunked, times the table) or ``"triton"`` (float32/bf16/fp16).
 
     Returns:
         ``(T, d)`` in the table dtype; differentiable with respect to ``weights`` and ``table``.
@@ -114,8 +140,10 @@ def weighted_rows(weights: Tensor, ids: Tensor, table: Tensor, backend: str = "a
         low, high = (int(v) for v in ids.aminmax())
         require(low >= 0 and high < table.shape[0], "ids", f"values in [{low}, {high}]",
                 f"row ids in [0, N={table.shape[0]})")
-    name = _backend_for(backend, table)
-    require(name != "naive", "backend", backend, "'auto', 'torch' or 'triton'")
+    name = _backend_for(backend, table, ids.shape[1])
+    require(name != "naive", "backend", backend, "'auto', 'torch', 'dense' or 'triton'")
+    if name == "dense":
+        return _dense.weighted_rows(weights, ids.long(), table)
     if name == "triton":
         from .row_kernels import weighted_rows as triton_rows
 
@@ -123,4 +151,4 @@ def weighted_rows(weights: Tensor, ids: Tensor, table: Tensor, backend: str = "a
     return _gather.weighted_rows(weights, ids.long(), table)
 
 
-__all__ = ["expert_mixture", "weighted_rows", "ACTIVATIONS"]
+__all__ = ["expert_mixture", "weighted_rows", "dense_is_cheaper", "ACTIVATIONS", "DENSE_FACTOR"]
