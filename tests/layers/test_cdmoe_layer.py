@@ -37,6 +37,26 @@ def test_matches_definition_values_and_gradients():
         assert rel_err(a, b) < 1e-12, name
 
 
+@pytest.mark.parametrize("activation", ["silu", "gelu"])
+def test_dense_backend_matches_torch_backend(activation):
+    """backend="dense" (the expert mixture as matrix products over all experts) against "torch": the output and
+    the gradient of every parameter and of the input, in float64."""
+    m = layer(activation=activation, backend="torch")
+    d = layer(activation=activation, backend="dense")
+    d.load_state_dict(m.state_dict())
+    x = torch.randn(3, 7, 12, dtype=torch.float64)
+    g = torch.randn(3, 7, 12, dtype=torch.float64)
+    results = []
+    for module in (d, m):
+        leaf = x.clone().requires_grad_()
+        y = module(leaf)
+        results.append((y, *torch.autograd.grad(y, [leaf, *module.parameters()], g)))
+    names = ["y", "x"] + [name for name, _ in m.named_parameters()]
+    for name, a, b in zip(names, *results):
+        assert b.abs().sum() > 0, name
+        assert rel_err(a, b) < 1e-12, name
+
+
 def test_float32_and_bfloat16_close_to_float64():
     m = layer()
     x = torch.randn(7, 12, dtype=torch.float64)
@@ -192,6 +212,7 @@ def test_layer_balance_loss_permutes_consistently_and_trains_the_router():
     (dict(num_heads=0), "num_heads"),
     (dict(activation="tanh"), "activation"),
     (dict(balance_loss_weight=-1.0), "balance_loss_weight"),
+    (dict(backend="naive"), "backend"),
 ])
 def test_bad_arguments_raise(kwargs, argument):
     with pytest.raises(ValueError, match=argument):

@@ -161,6 +161,21 @@ def test_pkm_matches_loops():
 
 
 @pytest.mark.parametrize("cls", [PEER, PKM])
+def test_retrieval_layers_dense_backend_matches_torch(cls):
+    """backend="dense" passes through to the expert mixture / the PKM read: output and every gradient equal the
+    "torch" backend's in float64."""
+    m = cls(8, 16, num_heads=2, top_k=3, key_dim=4, backend="torch").double()
+    d = cls(8, 16, num_heads=2, top_k=3, key_dim=4, backend="dense").double()
+    d.load_state_dict(m.state_dict())
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    g = torch.randn(2, 5, 8, dtype=torch.float64)
+    got, ref = ((module(x), *torch.autograd.grad(module(x), list(module.parameters()), g)) for module in (d, m))
+    for a, b in zip(got, ref):
+        assert b.abs().sum() > 0
+        assert rel_err(a, b) < 1e-12
+
+
+@pytest.mark.parametrize("cls", [PEER, PKM])
 def test_retrieval_layers_are_per_token(cls):
     m = cls(8, 16, num_heads=2, top_k=2, key_dim=4).double()
     x = torch.randn(7, 8, dtype=torch.float64)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..ops import expert_mixture, product_key_topk
-from ..ops.common import LAYER_BACKENDS, require, trusted_values
+from ..ops.common import MIXTURE_LAYER_BACKENDS, require, trusted_values
 from .mlp import ACTIVATIONS, GatedMLP
 
 SHARED_MLP_NAMES = ("gate_proj", "up_proj", "down_proj")  # the shared SwiGLU, named as GatedMLP and HF LlamaMLP
@@ -75,10 +75,11 @@ class CDMoE(nn.Module):
         balance_loss_weight: weight of :func:`product_key_balance_loss`; 0 disables it (``aux_loss`` is None).
             Computed in training mode only (``aux_loss`` is None after an eval-mode call).
         bias: biases in the shared SwiGLU's linears (as ``GatedMLP``'s ``bias``).
-        backend: backend of :func:`~wonderful_matrices.ops.expert_mixture`: ``"auto"`` (Triton kernels on CUDA,
-            else PyTorch), ``"torch"`` or ``"triton"``. The product-key top-k follows it: ``"torch"`` routes in
-            PyTorch, ``"auto"`` and ``"triton"`` with the top-k op's ``"auto"`` (its fused kernel on CUDA where
-            it applies, ``top_k <= 32``).
+        backend: backend of :func:`~wonderful_matrices.ops.expert_mixture`: ``"auto"`` (on CUDA dense matrix
+            products for few experts, ``N <= DENSE_FACTOR · H·top_k``, else Triton kernels; PyTorch on the CPU),
+            ``"torch"``, ``"dense"`` or ``"triton"``. The product-key top-k follows it: ``"torch"`` routes in
+            PyTorch, the others with the top-k op's ``"auto"`` (its fused kernel on CUDA where it applies,
+            ``top_k <= 32``).
 
     Forward: ``hidden_states (..., d) -> (..., d)``; sets ``self.aux_loss`` (weighted scalar, or None).
     """
@@ -99,7 +100,7 @@ class CDMoE(nn.Module):
                 "retrieval_dim", retrieval_dim, "an even integer >= 2")
         require(activation in ACTIVATIONS, "activation", activation, f"one of {sorted(ACTIVATIONS)}")
         require(balance_loss_weight >= 0, "balance_loss_weight", balance_loss_weight, ">= 0")
-        require(backend in LAYER_BACKENDS, "backend", backend, f"one of {LAYER_BACKENDS}")
+        require(backend in MIXTURE_LAYER_BACKENDS, "backend", backend, f"one of {MIXTURE_LAYER_BACKENDS}")
         self.backend = backend
         self.hidden_size, self.intermediate_size = hidden_size, intermediate_size
         self.num_experts, self.num_keys, self.num_heads, self.top_k = num_experts, n, num_heads, top_k

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..ops import expert_mixture, product_key_topk
-from ..ops.common import LAYER_BACKENDS, require, trusted_values
+from ..ops.common import MIXTURE_LAYER_BACKENDS, require, trusted_values
 from ..ops.expert_mixture import weighted_rows
 from .mlp import ACTIVATIONS
 
@@ -53,7 +53,7 @@ class PKM(nn.Module):
         num_experts: memory slots ``N`` (a perfect square).
         num_heads: retrieval heads. top_k: slots per head (``<= √N``). key_dim: query width per head (even).
         backend: backend of the value read (:func:`~wonderful_matrices.ops.expert_mixture.weighted_rows`):
-            ``"auto"``, ``"torch"`` or ``"triton"``.
+            ``"auto"``, ``"torch"``, ``"dense"`` or ``"triton"``.
 
     Parameters: ``router.queries``, ``router.keys``, ``values (N, d)`` (an ``nn.Embedding``).
     Forward: ``x (..., d) -> (..., d)``.
@@ -62,7 +62,7 @@ class PKM(nn.Module):
     def __init__(self, hidden_size: int, num_experts: int, num_heads: int = 4, top_k: int = 32,
                  key_dim: int = 128, backend: str = "auto"):
         super().__init__()
-        require(backend in LAYER_BACKENDS, "backend", backend, f"one of {LAYER_BACKENDS}")
+        require(backend in MIXTURE_LAYER_BACKENDS, "backend", backend, f"one of {MIXTURE_LAYER_BACKENDS}")
         self.backend = backend
         self.router = _ProductKeyRouter(hidden_size, num_experts, num_heads, top_k, key_dim)
         self.values = nn.Embedding(num_experts, hidden_size)
@@ -85,7 +85,8 @@ class PEER(nn.Module):
         num_experts: single-neuron experts ``N`` (a perfect square).
         num_heads: retrieval heads (the paper uses 8). top_k: experts per head (paper: 16, ``<= √N``).
         key_dim: query width per head (paper: 128; even). activation: ``"gelu"`` (paper), ``"silu"`` or ``"relu"``.
-        backend: backend of :func:`~wonderful_matrices.ops.expert_mixture`: ``"auto"``, ``"torch"`` or ``"triton"``.
+        backend: backend of :func:`~wonderful_matrices.ops.expert_mixture`: ``"auto"``, ``"torch"``, ``"dense"`` or
+            ``"triton"``.
 
     Parameters: ``router.queries``, ``router.keys``, ``down_embed``/``up_embed (N, d)`` (``nn.Embedding``).
     Forward: ``x (..., d) -> (..., d)``.
@@ -95,7 +96,7 @@ class PEER(nn.Module):
                  key_dim: int = 128, activation: str = "gelu", backend: str = "auto"):
         super().__init__()
         require(activation in ACTIVATIONS, "activation", activation, f"one of {sorted(ACTIVATIONS)}")
-        require(backend in LAYER_BACKENDS, "backend", backend, f"one of {LAYER_BACKENDS}")
+        require(backend in MIXTURE_LAYER_BACKENDS, "backend", backend, f"one of {MIXTURE_LAYER_BACKENDS}")
         self.activation, self.backend = activation, backend
         self.router = _ProductKeyRouter(hidden_size, num_experts, num_heads, top_k, key_dim)
         self.down_embed = nn.Embedding(num_experts, hidden_size)

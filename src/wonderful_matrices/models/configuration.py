@@ -21,7 +21,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
 from ..errors import require
-from ..ops.common import BACKENDS, LAYER_BACKENDS
+from ..ops.common import BACKENDS, LAYER_BACKENDS, MIXTURE_LAYER_BACKENDS
 
 LAYER_TYPES = ("ssd", "dma", "attn", "mamba2")
 FFN_TYPES = ("cdmoe", "moe", "mlp", "none")
@@ -118,9 +118,9 @@ class CheemsConfig(PretrainedConfig):
 
     Backends (``"auto"`` picks the fastest for the device; the others force one, e.g. for tests and benchmarks):
     ``ssd_backend`` (``wonderful_matrices.ops.ssd`` in ``"ssd"`` and ``"mamba2"`` layers: ``"auto"``,
-    ``"naive"``, ``"torch"``, ``"triton"``), ``cdmoe_backend`` (the expert mixture of ``"cdmoe"`` layers) and
-    ``dma_decode_backend`` (the one-token generation step of ``"dma"`` layers), each ``"auto"``, ``"torch"`` or
-    ``"triton"``.
+    ``"naive"``, ``"torch"``, ``"triton"``), ``cdmoe_backend`` (the expert mixture of ``"cdmoe"`` layers:
+    ``"auto"``, ``"torch"``, ``"dense"``, ``"triton"``) and ``dma_decode_backend`` (the one-token generation step of
+    ``"dma"`` layers: ``"auto"``, ``"torch"``, ``"triton"``).
     ``fused_loss``: in training mode with ``labels``, ``CheemsForCausalLM`` computes the loss straight from the
     final hidden states with ``wm.ops.linear_cross_entropy`` (chunked; no ``(b, l, V)`` float32 logits) and
     returns ``logits=None``, as HF's Liger kernels do; the ``skip_logits`` argument of ``forward`` overrides it.
@@ -275,8 +275,10 @@ class CheemsConfig(PretrainedConfig):
                 self.prefill_chunk_tokens, "None or an integer >= 1")
         require(self.balance_loss_weight >= 0, "balance_loss_weight", self.balance_loss_weight, "must be >= 0")
         require(self.ssd_backend in BACKENDS, "ssd_backend", self.ssd_backend, f"one of {BACKENDS}")
-        for name in ("cdmoe_backend", "dma_decode_backend"):
-            require(getattr(self, name) in LAYER_BACKENDS, name, getattr(self, name), f"one of {LAYER_BACKENDS}")
+        require(self.cdmoe_backend in MIXTURE_LAYER_BACKENDS, "cdmoe_backend", self.cdmoe_backend,
+                f"one of {MIXTURE_LAYER_BACKENDS}")
+        require(self.dma_decode_backend in LAYER_BACKENDS, "dma_decode_backend", self.dma_decode_backend,
+                f"one of {LAYER_BACKENDS}")
         for tok in ("pad_token_id", "bos_token_id"):
             v = getattr(self, tok)
             require(v is None or 0 <= v < self.vocab_size, tok, v, f"None or in [0, vocab_size={self.vocab_size})")

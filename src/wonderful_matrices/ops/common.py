@@ -11,6 +11,7 @@ from ..errors import require
 
 BACKENDS = ("auto", "naive", "torch", "triton")  # what every op's ``backend`` accepts (``"naive"``: the oracle)
 LAYER_BACKENDS = ("auto", "torch", "triton")  # what a layer's fast path accepts (the oracle is an op's business)
+MIXTURE_LAYER_BACKENDS = LAYER_BACKENDS + ("dense",)  # what the expert-mixture layers (CDMoE, PEER, PKM) accept
 
 
 def shape_of(t: torch.Tensor) -> tuple:

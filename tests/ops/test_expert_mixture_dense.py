@@ -1,0 +1,174 @@
+"""expert_mixture's dense backend (matrix products over all N experts, in token chunks) against the looped float64
+oracle: forward and every gradient, odd shapes, several chunks, float64 / float32 and the half-precision arithmetic
+(on the CPU the same float32 products of half operands the GPU makes); the PKM read ``weighted_rows``; the
+``"auto"`` rule. The GPU runs of the same code: tests/ops/test_experts_cuda.py."""
+import pytest
+import torch
+from test_expert_mixture_op import make, run
+from test_product_key_op import _LargestTensor
+
+from conftest import rel_err
+from wonderful_matrices.ops import expert_mixture
+from wonderful_matrices.ops.expert_mixture import DENSE_FACTOR, dense, dense_is_cheaper, weighted_rows
+
+NAMES = ("y", "x", "gates", "down", "up")
+
+
+@pytest.mark.parametrize("batch,H,k,N,d", [
+    ((1,), 1, 1, 4, 8),         # one token, one expert
+    ((5,), 2, 3, 3, 7),         # N < H*k: the same expert several times in one token (the scatter adds them)
+    ((7,), 3, 1, 10, 9),        # k = 1
+    ((2, 3), 3, 4, 64, 16),
+    ((4, 1, 2), 4, 2, 25, 5),   # three leading dims, d odd
+])
+@pytest.mark.parametrize("activation", ["silu", "gelu", "relu"])
+def test_matches_loops_float64(batch, H, k, N, d, activation):
+    args = make(batch, H, k, N, d)
+    got = run("dense", *args, activation=activation)
+    ref = run("naive", *args, activation=activation)
+    for name, a, b in zip(NAMES, got, ref):
+        assert a.dtype == torch.float64, name
+        assert b.abs().sum() > 0, name
+        assert rel_err(a, b) < 1e-12, name
+
+
+@pytest.mark.parametrize("tokens_per_chunk", [1, 4, 10 ** 6])  # one token per chunk; 4 + a tail of 3; one chunk
+def test_several_chunks_match_loops(monkeypatch, tokens_per_chunk):
+    N = 21
+    monkeypatch.setattr(dense, "DENSE_BUDGET", tokens_per_chunk * N)
+    x, ids, gates, down, up = make((11,), 3, 2, N, 6)
+    ids[2, 0] = ids[2, 1] = ids[2, 2, 0] = 5  # one expert picked by every head of a token
+    got = run("dense", x, ids, gates, down, up)
+    ref = run("naive", x, ids, gates, down, up)
+    for name, a, b in zip(NAMES, got, ref):
+        assert rel_err(a, b) < 1e-12, name
+
+
+def test_token_chunks_cover_the_tokens_within_the_budget(monkeypatch):
+    monkeypatch.setattr(dense, "DENSE_BUDGET", 40)
+    for T, N in ((0, 7), (1, 7), (11, 10), (12, 10), (5, 100)):
+        chunks = dense.token_chunks(T, N)
+        assert [i for c in chunks for i in range(T)[c]] == list(range(T))
+        assert all(0 < c.stop - c.start <= max(1, 40 // N) for c in chunks)
+
+
+def test_matches_loops_float32():
+    args64 = make((3, 4), 2, 5, 36, 24)
+    ref = run("naive", *args64)
+    got = run("dense", *(t.float() if t.is_floating_point() else t for t in args64))
+    for name, a, b in zip(NAMES, got, ref):
+        assert a.dtype == torch.float32, name
+        assert rel_err(a, b) < 1e-6, name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("activation", ["silu", "gelu", "relu"])
+def test_half_precision_with_float32_gates(monkeypatch, dtype, activation):
+    """The rounding of the dense coefficient matrices to the table dtype stays within the bounds the Triton backend
+    meets on the GPU (2e-2 output, 4e-2 gradients) against float64 on the same rounded inputs; several chunks."""
+    monkeypatch.setattr(dense, "DENSE_BUDGET", 40 * 100)
+    x, ids, gates, down, up = make((97,), 4, 8, 100, 40)
+    x, down, up = (t.to(dtype).double() for t in (x, down, up))
+    ref = run("naive", x, ids, gates, down, up, activation=activation)
+    got = run("dense", x.to(dtype), ids, gates.float(), down.to(dtype), up.to(dtype), activation=activation)
+    for name, a, b in zip(NAMES, got, ref):
+        assert a.dtype == (torch.float32 if name == "gates" else dtype), name
+        assert rel_err(a, b) < (2e-2 if name == "y" else 4e-2), name
+
+
+def test_int32_ids_and_float32_gates_with_float64_tables():
+    x, ids, gates, down, up = make((6,), 2, 3, 9, 5)
+    got = run("dense", x, ids.int(), gates.float(), down, up)
+    ref = run("naive", x, ids, gates.float().double(), down, up)
+    assert got[2].dtype == torch.float32
+    for name, a, b in zip(NAMES, got, ref):
+        assert rel_err(a, b) < (1e-6 if name == "gates" else 1e-12), name
+
+
+def test_empty_batch_forward_and_backward():
+    x = torch.randn(0, 8, requires_grad=True)
+    down, up = torch.randn(5, 8, requires_grad=True), torch.randn(5, 8, requires_grad=True)
+    gates = torch.rand(0, 2, 3, requires_grad=True)
+    y = expert_mixture(x, torch.zeros(0, 2, 3, dtype=torch.long), gates, down, up, backend="dense")
+    assert y.shape == (0, 8)
+    y.sum().backward()
+    assert x.grad.shape == (0, 8) and gates.grad.shape == (0, 2, 3)
+    assert torch.equal(down.grad, torch.zeros(5, 8)) and torch.equal(up.grad, torch.zeros(5, 8))
+
+
+def test_only_requested_gradients():
+    x, ids, gates, down, up = make((4,), 2, 2, 6, 3)
+    up.requires_grad_()
+    y = expert_mixture(x, ids, gates, down, up, backend="dense")
+    (grad,) = torch.autograd.grad(y.sum(), up)
+    assert rel_err(grad, torch.autograd.grad(expert_mixture(x, ids, gates, down, up, backend="naive").sum(), up)[0]) \
+        < 1e-12
+
+
+def test_no_tokens_by_experts_tensor_beyond_a_chunk(monkeypatch):
+    """Forward and backward never create a (tokens, N) tensor, only (chunk, N) ones."""
+    T, H, k, N, d = 64, 4, 8, 512, 8
+    monkeypatch.setattr(dense, "DENSE_BUDGET", 4 * N)  # 4 tokens per chunk
+    x, ids, gates, down, up = make((T,), H, k, N, d, torch.float32)
+    leaves = [t.requires_grad_() for t in (x, gates, down, up)]
+    with _LargestTensor() as probe:
+        expert_mixture(x, ids, gates, down, up, backend="dense").square().sum().backward()
+    assert probe.largest <= max(N * d, 4 * N, T * H * k) < T * N
+    assert all(t.grad is not None for t in leaves)
+
+
+@pytest.mark.parametrize("change,argument", [
+    (lambda a: a.update(ids=torch.full((3, 2, 2), 9)), "ids"),  # id = N out of range
+    (lambda a: a.update(up=a["up"].double()), "up.dtype"),
+    (lambda a: a.update(gates=torch.rand(3, 2, 3)), "gates.shape"),
+    (lambda a: a.update(activation="tanh"), "activation"),
+])
+def test_bad_arguments_raise(change, argument):
+    args = dict(x=torch.randn(3, 4), ids=torch.randint(0, 9, (3, 2, 2)), gates=torch.rand(3, 2, 2),
+                down=torch.randn(9, 4), up=torch.randn(9, 4), backend="dense")
+    change(args)
+    with pytest.raises(ValueError, match=argument.replace(".", r"\.")):
+        expert_mixture(**args)
+
+
+# ---- the "auto" rule -----------------------------------------------------------------------------------------
+
+def test_dense_is_cheaper_for_few_experts_only():
+    assert DENSE_FACTOR == 128
+    assert dense_is_cheaper(2304, 4 * 8)              # cheems-base
+    assert dense_is_cheaper(1024, 8 * 16)             # bench.cdmoe_target's N = 1024
+    assert dense_is_cheaper(784, 2 * 4)               # cheems-small
+    assert not dense_is_cheaper(2 ** 16, 8 * 16)
+    assert not dense_is_cheaper(2 ** 20, 8 * 16)
+    assert not dense_is_cheaper(DENSE_FACTOR * 32 + 1, 32)
+
+
+def test_auto_on_the_cpu_stays_torch(monkeypatch):
+    """Few experts on the CPU: "auto" keeps the gather backend (the CPU default is unchanged)."""
+    monkeypatch.setattr(dense.DenseMixture, "apply", None)  # calling the dense backend would fail
+    x, ids, gates, down, up = make((5,), 2, 3, 4, 6)
+    assert rel_err(expert_mixture(x, ids, gates, down, up), expert_mixture(x, ids, gates, down, up, "silu",
+                                                                           backend="naive")) < 1e-12
+
+
+# ---- weighted_rows (the PKM read) ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-6), (torch.bfloat16, 2e-2)])
+def test_weighted_rows_matches_loops(monkeypatch, dtype, tol):
+    monkeypatch.setattr(dense, "DENSE_BUDGET", 3 * 7)  # 3 tokens per chunk
+    T, M, N, d = 10, 5, 7, 9
+    w = torch.rand(T, M, dtype=torch.float64) + 0.1
+    ids = torch.randint(0, N, (T, M))
+    ids[0, :2] = 3  # a duplicate in one row
+    table = torch.randn(N, d, dtype=torch.float64).to(dtype).double()
+    g = torch.randn(T, d, dtype=torch.float64)
+    leaves = [w.float().requires_grad_() if dtype != torch.float64 else w.clone().requires_grad_(),
+              table.to(dtype).requires_grad_()]
+    y = weighted_rows(leaves[0], ids, leaves[1], backend="dense")
+    got = (y, *torch.autograd.grad(y, leaves, g.to(y.dtype)))
+    ref_leaves = [w.clone().requires_grad_(), table.clone().requires_grad_()]
+    ref = torch.stack([sum(ref_leaves[0][t, j] * ref_leaves[1][ids[t, j]] for j in range(M)) for t in range(T)])
+    want = (ref, *torch.autograd.grad(ref, ref_leaves, g))
+    assert got[0].dtype == got[2].dtype == dtype
+    for name, a, b in zip(("y", "weights", "table"), got, want):
+        assert rel_err(a, b) < (2 * tol if dtype == torch.bfloat16 and name != "y" else tol), name
