@@ -54,10 +54,17 @@ def test_default_layer_pattern_is_cheems():
     (dict(rms_norm_eps=float("nan")), "rms_norm_eps"),
     (dict(ssd_use_rope="yes"), "ssd_use_rope"),
     (dict(layer_types="ssd"), "layer_types"),
+    (dict(cdmoe_backend="gemm"), "cdmoe_backend"),
+    (dict(dma_decode_backend="dense"), "dma_decode_backend"),  # "dense" is an expert-mixture backend only
 ])
 def test_config_validation_names_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
         CheemsConfig(**kwargs)
+
+
+def test_config_accepts_every_expert_mixture_backend():
+    for backend in ("auto", "torch", "dense", "triton"):
+        assert CheemsConfig(cdmoe_backend=backend).cdmoe_backend == backend
 
 
 def test_auto_classes_are_registered():

@@ -10,6 +10,7 @@ import torch
 import wonderful_matrices as wm
 from conftest import rel_err
 from cuda_helpers import TOL, _grads, _leaf, needs_cuda
+from wonderful_matrices.ops.expert_mixture import dense, weighted_rows
 
 pytestmark = needs_cuda
 
@@ -22,7 +23,7 @@ def _triton_available():
     return True
 
 
-MIXTURE_BACKENDS = ["torch"] + (["triton"] if _triton_available() else [])
+MIXTURE_BACKENDS = ["torch", "dense"] + (["triton"] if _triton_available() else [])
 
 
 @pytest.mark.parametrize("backend", MIXTURE_BACKENDS)
@@ -111,6 +112,74 @@ def test_triton_mixture_cuda_half_precision_activations(tokens, H, k, N, d, acti
         assert a.dtype == (torch.float32 if name == "gates" else dtype), name
         assert torch.isfinite(a).all(), name
         assert rel_err(a.cpu(), r) < 4e-2, name
+
+
+@pytest.mark.parametrize("tokens,H,k,N,d,activation,budget", [
+    (1, 1, 1, 1, 8, "silu", None),             # one token, one expert
+    (300, 8, 16, 16, 96, "silu", None),        # 16 experts: every row of W holds many duplicates
+    (999, 4, 6, 64, 200, "gelu", 64 * 100),    # k not a power of two; 100 tokens per chunk, a tail of 99
+    (777, 3, 5, 1024, 96, "relu", None),       # odd everything
+    (1000, 8, 16, 1024, 1000, "silu", None),   # d not a multiple of any tile
+    (257, 8, 16, 4096, 64, "silu", 4096 * 64),  # 64 tokens per chunk
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_dense_mixture_cuda_against_float64(monkeypatch, tokens, H, k, N, d, activation, budget, dtype):
+    """The dense backend (cuBLAS products over all N experts, half operands -> float32) against float64 on the same
+    rounded inputs, float32 gates: the bounds the Triton backend's tests use (float32: TOL, 2·TOL for gradients;
+    half precision: 2e-2 output, 4e-2 gradients)."""
+    if budget is not None:
+        monkeypatch.setattr(dense, "DENSE_BUDGET", budget)
+    x, ids, gates, down, up = _mixture_case(tokens, H, k, N, d, seed=tokens + N)
+    x, down, up = (t.to(dtype).double() for t in (x, down, up))
+
+    def fn(x, down, up, gates):
+        backend = "torch" if x.device.type == "cpu" else "dense"
+        return wm.ops.expert_mixture(x, ids.to(x.device), gates, down, up, activation=activation, backend=backend)
+
+    ref, ref_g = _grads(fn, [_leaf(t, torch.float64, "cpu") for t in (x, down, up, gates)])
+    out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in (x, down, up)] + [_leaf(gates, torch.float32, "cuda")])
+    tol, grad_tol = (TOL[dtype], 2 * TOL[dtype]) if dtype == torch.float32 else (2e-2, 4e-2)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert rel_err(out.cpu(), ref) < tol
+    for name, a, r in zip(("x", "down", "up", "gates"), out_g, ref_g):
+        assert a.dtype == (torch.float32 if name == "gates" else dtype), name
+        assert torch.isfinite(a).all(), name
+        assert rel_err(a.cpu(), r) < grad_tol, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_dense_weighted_rows_cuda(dtype):
+    """The PKM read through the dense backend against float64: output, weight and table gradients."""
+    gen = torch.Generator().manual_seed(3)
+    T, M, N, d = 513, 64, 1024, 72
+    weights = torch.rand(T, M, generator=gen)
+    ids = torch.randint(0, N, (T, M), generator=gen)
+    table = torch.randn(N, d, generator=gen).to(dtype).double()
+
+    def fn(weights, table):
+        backend = "torch" if table.device.type == "cpu" else "dense"
+        return weighted_rows(weights, ids.to(table.device), table, backend=backend)
+
+    ref, ref_g = _grads(fn, [_leaf(weights, torch.float64, "cpu"), _leaf(table, torch.float64, "cpu")])
+    out, out_g = _grads(fn, [_leaf(weights, torch.float32, "cuda"), _leaf(table, dtype, "cuda")])
+    tol = TOL[dtype] if dtype == torch.float32 else 2e-2
+    assert out.dtype == dtype and rel_err(out.cpu(), ref) < tol
+    for a, r in zip(out_g, ref_g):
+        assert torch.isfinite(a).all() and rel_err(a.cpu(), r) < 2 * tol
+
+
+@pytest.mark.parametrize("N,H,k,dense_expected", [
+    (2304, 4, 8, True),      # cheems-base
+    (1024, 8, 16, True),     # bench.cdmoe_target at N = 1024
+    (2 ** 16, 8, 16, False),
+])
+def test_auto_picks_dense_for_few_experts_cuda(monkeypatch, N, H, k, dense_expected):
+    calls = []
+    original = dense.expert_mixture
+    monkeypatch.setattr(dense, "expert_mixture", lambda *args: calls.append(args) or original(*args))
+    x, ids, gates, down, up = (t.cuda() for t in _mixture_case(64, H, k, N, 64, seed=0))
+    y = wm.ops.expert_mixture(x.bfloat16(), ids, gates, down.bfloat16(), up.bfloat16())
+    assert bool(calls) == dense_expected and torch.isfinite(y).all()
 
 
 @pytest.mark.skipif(not _triton_available(), reason="needs triton")
