@@ -1,4 +1,6 @@
 """Bookkeeping of the cdmoe_target benchmark (no timing): the target checks computed from rows."""
+import pytest
+
 from wonderful_matrices.bench import cdmoe_target
 
 
@@ -15,3 +17,8 @@ def test_summary_checks_targets():
     assert summary["grouped_moe/cdmoe fwd, N=1024, 8 active"] == (0.5, None)
     unjudged = cdmoe_target.summarise(rows, (1024, 2 ** 20), judged=False)
     assert unjudged[0]["met"] is None and unjudged[1]["met"] is None and unjudged[0]["value"] == 7.0
+
+
+def test_unknown_backend_is_refused_before_timing(tmp_path):
+    with pytest.raises(ValueError, match="backends"):
+        cdmoe_target.run(tmp_path, quick=True, device="cpu", backends=["dense", "gemm"])

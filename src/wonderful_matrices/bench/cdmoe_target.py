@@ -1,9 +1,10 @@
 """CDMoE against its targets (docs/design.md), with a breakdown of where the time goes.
 
-Target case: CDMoE with 8 heads × top-16, 8192 tokens × width 1024, bf16, at N = 1024 and N = 2^20 experts; the
+Target case: CDMoE with 8 heads × top-16, 8192 tokens × width 1024, bf16, at N = 1024, 2^16 and 2^20 experts; the
 backends side by side: ``torch`` (PyTorch mixture and top-k), ``triton`` (Triton mixture and the fused product-key
-top-k kernel) and ``triton+torch-topk`` (Triton mixture, PyTorch top-k: the path before the fused top-k). For each
-(N, backend) and mode (``fwd`` under ``no_grad``; ``fwd+bwd`` = gradients of the input and every parameter) the
+top-k kernel), ``triton+torch-topk`` (Triton mixture, PyTorch top-k: the path before the fused top-k) and ``dense``
+(the mixture as matrix products over all N experts, fused top-k; timed up to ``DENSE_MAX_EXPERTS`` only, since at
+2^20 every product would be 8192 × 2^20). For each (N, backend) and mode (``fwd`` under ``no_grad``; ``fwd+bwd`` = gradients of the input and every parameter) the
 parts are timed separately:
 
 * ``layer``   — the whole CDMoE (shared SwiGLU + routing + mixture);
@@ -15,8 +16,9 @@ parts are timed separately:
 Also timed at N = 1024 for the "≥ 10× faster than the loop MoE" target: the loop and grouped MoE (SwiGLU experts
 of inner width 8 plus a shared SwiGLU of width d, as in ``bench.experts``) with top-8 and top-32 (activation
 ratios 0.25 and 1), against CDMoE with 8 heads × top-1 and × top-4 (the same activated counts).
-``quick``: 1024 tokens × width 256 in float32 at N = 1024 and 65536, no MoE rows, for CPU.
-Run: ``python -m wonderful_matrices.bench.cdmoe_target --out DIR [--quick]``.
+``quick``: 1024 tokens × width 256 in float32 at N = 1024 and 65536 (dense at 1024 only), no MoE rows, for CPU.
+Run: ``python -m wonderful_matrices.bench.cdmoe_target --out DIR [--quick] [--backends triton,dense]
+[--counts 1024,65536] [--no-moe]`` (the last three restrict what runs).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import torch
 
 from ..layers import CDMoE
 from ..ops import expert_mixture, product_key_topk
-from ..ops.common import triton_usable
+from ..ops.common import require, triton_usable
 from .common import markdown_table, synchronize, time_callable, write_results
 from .experts import EXPERT_WIDTH, RETRIEVAL_DIM, build, measure
 
@@ -38,6 +40,7 @@ MODES = ("fwd", "fwd+bwd")
 TARGET_MS = 8.0  # docs/design.md: fwd+bwd at 2^20 experts
 TARGET_GROWTH = 1.5  # docs/design.md: fwd+bwd at 2^20 over fwd+bwd at 1024
 MOE_TOP_K = (8, 32)  # loop / grouped MoE at N = 1024 (ratios 0.25 and 1)
+DENSE_MAX_EXPERTS = 2 ** 16  # the dense backend is timed up to this N (full size; 1024 in quick mode)
 
 
 TORCH_TOPK = "triton+torch-topk"
@@ -93,13 +96,20 @@ def time_part(fn, inputs, mode: str, device, reps: int) -> float:
     return time_callable(call, device, warmup=1, reps=reps)
 
 
-def run(out_dir, quick: bool = False, device=None) -> list[dict]:
-    """Time the target case part by part (and the MoE baselines at N = 1024); write results.json / results.md."""
+def run(out_dir, quick: bool = False, device=None, backends=None, counts=None, moe: bool = True) -> list[dict]:
+    """Time the target case part by part (and the MoE baselines at N = 1024); write results.json / results.md.
+
+    ``backends`` (default: every one usable on the device), ``counts`` (expert counts; default 1024, 2^16 and 2^20,
+    quick 1024 and 65536) and ``moe=False`` (no MoE baseline rows) restrict what runs."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tokens, width, dtype = (1024, 256, torch.float32) if quick else (8192, 1024, torch.bfloat16)
-    counts = (1024, 65536) if quick else (1024, 2 ** 20)
+    counts = tuple(counts or ((1024, 65536) if quick else (1024, DENSE_MAX_EXPERTS, 2 ** 20)))
+    dense_max = 1024 if quick else DENSE_MAX_EXPERTS
     reps = 3 if quick else 10
-    backends = ["torch"] + ([TORCH_TOPK, "triton"] if device.type == "cuda" and triton_usable(device) else [])
+    usable = ["torch", "dense"] + ([TORCH_TOPK, "triton"] if device.type == "cuda" and triton_usable(device) else [])
+    unknown = sorted(set(backends or ()) - set(usable))
+    require(not unknown, "backends", unknown, f"names from {usable} (on {device.type})")
+    backends = [b for b in usable if backends is None or b in backends]
     torch.manual_seed(0)
     rows: list[dict] = []
     started = time.perf_counter()
@@ -113,6 +123,8 @@ def run(out_dir, quick: bool = False, device=None) -> list[dict]:
 
     def cdmoe_rows(N: int, heads: int, top_k: int, parts) -> None:
         for backend in backends:
+            if backend == "dense" and N > dense_max:
+                continue
             what = f"cdmoe {heads}x{top_k}"
             try:
                 with torch.device(device):
@@ -141,7 +153,7 @@ def run(out_dir, quick: bool = False, device=None) -> list[dict]:
 
     for N in counts:
         cdmoe_rows(N, TARGET_HEADS, TARGET_TOP_K, PARTS)
-    if not quick:
+    if moe and not quick and 1024 in counts:
         for top_k in MOE_TOP_K:
             cdmoe_rows(1024, 8, top_k // 8, ("layer",))
             for impl in ("grouped_moe", "loop_moe"):
@@ -155,7 +167,7 @@ def run(out_dir, quick: bool = False, device=None) -> list[dict]:
                 del layer
                 gc.collect()
 
-    summary = summarise(rows, counts, judged=not quick)
+    summary = summarise(rows, counts, judged=not quick and counts[-1] == 2 ** 20)
     meta = {"tokens": tokens, "width": width, "dtype": str(dtype), "device": str(device),
             "target": f"CDMoE {TARGET_HEADS} heads x top-{TARGET_TOP_K}, retrieval dim {RETRIEVAL_DIM}, shared "
                       f"SwiGLU width {width}; MoE experts SwiGLU width {EXPERT_WIDTH} + shared SwiGLU",
@@ -202,8 +214,19 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--quick", action="store_true", help="1024 tokens x 256 in float32 (CPU-sized)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--backends", default=None, help="comma-separated backends to time (default: all usable)")
+    parser.add_argument("--counts", default=None, help="comma-separated expert counts (default: 1024,65536,1048576)")
+    parser.add_argument("--no-moe", action="store_true", help="skip the loop / grouped MoE rows")
     args = parser.parse_args(argv)
-    run(args.out, quick=args.quick, device=args.device)
+    try:
+        counts = [int(n) for n in args.counts.split(",")] if args.counts else None
+    except ValueError:
+        parser.error(f"--counts={args.counts!r}: comma-separated integers expected")
+    try:
+        run(args.out, quick=args.quick, device=args.device,
+            backends=args.backends.split(",") if args.backends else None, counts=counts, moe=not args.no_moe)
+    except ValueError as error:  # a bad --backends name
+        parser.error(str(error))
 
 
 if __name__ == "__main__":
