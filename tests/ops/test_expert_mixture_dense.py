@@ -172,3 +172,19 @@ def test_weighted_rows_matches_loops(monkeypatch, dtype, tol):
     assert got[0].dtype == got[2].dtype == dtype
     for name, a, b in zip(("y", "weights", "table"), got, want):
         assert rel_err(a, b) < (2 * tol if dtype == torch.bfloat16 and name != "y" else tol), name
+
+
+def test_compiles_without_graph_breaks():
+    """torch.compile(fullgraph=True) traces the dense Function, forward and backward (aot_eager: no codegen)."""
+    args = make((6,), 2, 3, 5, 8)
+
+    def fn(x, ids, gates, down, up):
+        return expert_mixture(x, ids, gates, down, up, activation="gelu", backend="dense")
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    ref = run("naive", *args, activation="gelu")
+    leaves = [t.clone().requires_grad_() for t in (args[0], args[2], args[3], args[4])]
+    y = compiled(leaves[0], args[1], *leaves[1:])
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for name, a, b in zip(NAMES, (y, *torch.autograd.grad(y, leaves, g)), ref):
+        assert rel_err(a, b) < 1e-12, name

@@ -4,8 +4,8 @@ Target case: CDMoE with 8 heads × top-16, 8192 tokens × width 1024, bf16, at N
 backends side by side: ``torch`` (PyTorch mixture and top-k), ``triton`` (Triton mixture and the fused product-key
 top-k kernel), ``triton+torch-topk`` (Triton mixture, PyTorch top-k: the path before the fused top-k) and ``dense``
 (the mixture as matrix products over all N experts, fused top-k; timed up to ``DENSE_MAX_EXPERTS`` only, since at
-2^20 every product would be 8192 × 2^20). For each (N, backend) and mode (``fwd`` under ``no_grad``; ``fwd+bwd`` = gradients of the input and every parameter) the
-parts are timed separately:
+2^20 every product would be 8192 × 2^20). For each (N, backend) and mode (``fwd`` under ``no_grad``; ``fwd+bwd``
+= gradients of the input and every parameter) the parts are timed separately:
 
 * ``layer``   — the whole CDMoE (shared SwiGLU + routing + mixture);
 * ``routing`` — query projection + product-key top-k + softmax (``layer.query`` and ``layer.route``);
