@@ -236,3 +236,17 @@ def test_runs_under_bfloat16_autocast():
         (y.float().square().mean() + m.aux_loss).backward()
     assert rel_err(y.float(), m(x)) < 3e-2
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in m.parameters())
+
+
+def test_autocast_casts_a_float32_input_once_for_the_whole_layer():
+    """Under autocast a float32 input (the normed residual stream) is cast to the autocast dtype once: the layer
+    then equals itself on that cast input, the mixture included, and the input's gradient comes back float32."""
+    m = layer(torch.float32)
+    x = torch.randn(2, 7, 12, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+        y_cast = m(x.detach().bfloat16())
+    assert y.dtype == torch.bfloat16 and torch.equal(y, y_cast)
+    assert rel_err(y.float(), m(x)) < 3e-2
+    y.float().square().sum().backward()
+    assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0

@@ -143,9 +143,14 @@ class CDMoE(nn.Module):
         """hidden_states (..., d) -> (..., d) = shared + private experts; sets ``self.aux_loss``."""
         require(hidden_states.dim() >= 1 and hidden_states.shape[-1] == self.hidden_size,
                 "hidden_states.shape", tuple(hidden_states.shape), f"(..., {self.hidden_size})")
+        device = hidden_states.device.type
+        if hidden_states.dtype == torch.float32 and torch.is_autocast_enabled(device):
+            # one cast for the three linears (autocast would cast the input in each) and the mixture, which runs
+            # in the autocast dtype like the linears
+            hidden_states = hidden_states.to(torch.get_autocast_dtype(device))
         query = self.query(hidden_states)
         gates, ids = self.route(query)
-        dtype = hidden_states.dtype  # tables follow the input under autocast (a no-op when the dtypes agree)
+        dtype = hidden_states.dtype  # the tables follow the input (a no-op when the dtypes agree)
         with trusted_values():  # ids come from product_key_topk: in range, no device sync to check them
             private = expert_mixture(hidden_states, ids, gates, self.down_embed.weight.to(dtype),
                                      self.up_embed.weight.to(dtype), activation=self.activation, backend=self.backend)
