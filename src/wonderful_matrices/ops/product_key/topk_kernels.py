@@ -40,7 +40,8 @@ def _forward_configs():
     if interpreting():
         return [triton.Config({"BLOCK_T": 16, "BLOCK_N": 16}, num_warps=1)]
     return [triton.Config({"BLOCK_T": t, "BLOCK_N": n}, num_warps=w)
-            for t, n, w in ((16, 32, 4), (16, 64, 4), (16, 128, 4), (16, 128, 8), (32, 128, 8))]
+            for t, n, w in ((16, 32, 4), (16, 64, 4), (16, 128, 4), (16, 128, 8), (32, 128, 8),
+                            (32, 64, 4), (64, 64, 8))]  # wider token blocks: fewer programs when √N <= 64
 
 
 @triton.jit
