@@ -164,8 +164,9 @@ def test_balance_loss_uniform_is_one_and_concentration_raises_it():
     assert product_key_balance_loss(peaked0, ids_peaked).item() < 1.0
 
 
-def test_balance_loss_matches_loop_formula():
-    n, H, T, k = 4, 3, 9, 2
+@pytest.mark.parametrize("T", [9, 150])  # fewer tokens than the counts' copies, and more (tokens wrap around them)
+def test_balance_loss_matches_loop_formula(T):
+    n, H, k = 4, 3, 2
     scores = torch.randn(T, H, 2, n)
     ids = torch.randint(0, n * n, (T, H, k))
     total = 0.0

@@ -29,6 +29,7 @@ from ..ops.common import MIXTURE_LAYER_BACKENDS, require, trusted_values
 from .mlp import ACTIVATIONS, GatedMLP
 
 SHARED_MLP_NAMES = ("gate_proj", "up_proj", "down_proj")  # the shared SwiGLU, named as GatedMLP and HF LlamaMLP
+_COUNT_COPIES = 64  # copies of the balance loss's sub-key counts that tokens are spread over
 
 
 def product_key_balance_loss(half_scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -52,11 +53,18 @@ def product_key_balance_loss(half_scores: torch.Tensor, ids: torch.Tensor) -> to
     dtype = torch.float32 if half_scores.dtype in (torch.float16, torch.bfloat16) else half_scores.dtype
     probs = half_scores.to(dtype).softmax(-1).reshape(-1, H, 2, n).mean(0)  # (H, 2, n)
     flat = ids.reshape(-1, H, ids.shape[-1])
+    T = flat.shape[0]
     halves = torch.stack([torch.div(flat, n, rounding_mode="floor"), flat % n], dim=2)  # (T, H, 2, k)
-    index = halves.permute(1, 2, 0, 3).reshape(H, 2, -1)  # (H, 2, T·k) sub-key of every selection
-    counts = torch.zeros(H, 2, n, device=ids.device, dtype=dtype)
-    counts.scatter_add_(-1, index, torch.ones(index.shape, device=ids.device, dtype=dtype))
-    fractions = counts / max(flat.shape[0] * flat.shape[-1], 1)
+    # Token t counts into copy t % R of the (H, 2, n) bins: T·k atomic adds onto only 2·H·n bins serialise on a GPU
+    # (0.3 ms a layer at cheems-base's 32K tokens); R copies spread them, and the sum of integer counts is exact.
+    spread = min(T, _COUNT_COPIES)
+    copies = torch.arange(T, device=ids.device) % spread
+    bins = torch.arange(H * 2, device=ids.device).view(1, H, 2, 1) * spread + copies.view(T, 1, 1, 1)
+    index = (bins * n + halves).reshape(-1)
+    counts = torch.zeros(H * 2 * spread * n, device=ids.device, dtype=dtype)
+    counts.scatter_add_(0, index, torch.ones(index.shape, device=ids.device, dtype=dtype))
+    counts = counts.view(H, 2, spread, n).sum(2)
+    fractions = counts / max(T * flat.shape[-1], 1)
     return n * (fractions * probs).sum(-1).mean()
 
 
