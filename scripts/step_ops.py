@@ -28,7 +28,8 @@ from wonderful_matrices.models import CheemsForCausalLM, presets
 
 PACKAGE = os.sep + "wonderful_matrices" + os.sep
 # allocations and metadata: no kernel on a GPU (``full`` is how the interpreter poisons a kernel's ``empty`` output)
-NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "_unsafe_view", "full", "detach", "lift_fresh", "set_"}
+NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "_unsafe_view", "full", "detach", "lift_fresh",
+             "set_"}
 SMALL = dict(hidden_size=128, intermediate_size=128, vocab_size=512, num_attention_heads=4, num_key_value_heads=2,
              head_dim=32, ssd_num_heads=2, ssd_head_dim=32, ssd_state_size=32, ssd_chunk_size=32, keep_window=16)
 
