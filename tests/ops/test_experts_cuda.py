@@ -169,7 +169,7 @@ def test_dense_weighted_rows_cuda(dtype):
 
 
 @pytest.mark.parametrize("N,H,k,dense_expected", [
-    (2304, 4, 8, True),      # cheems-base
+    (2304, 4, 8, False),     # cheems-base: N = 72·M, measured slower dense
     (1024, 8, 16, True),     # bench.cdmoe_target at N = 1024
     (2 ** 16, 8, 16, False),
 ])

@@ -19,15 +19,14 @@ _TRITON_DTYPES = ("torch.float32", "torch.bfloat16", "torch.float16")
 _AUTO_TRITON_DTYPES = ("torch.float32", "torch.bfloat16")
 _AUTO_TRITON_ACTIVATIONS = ("silu", "relu")
 
-# "auto" on CUDA uses the dense backend while N <= DENSE_FACTOR · M (M = H·k selections per token). Per token, the
-# dense backend costs six products of 2·N·d FLOP plus about 40 bytes per expert of float32 (chunk, N) traffic
-# (the products' outputs, the scatters and their roundings): at ~400 TFLOP/s and ~3 TB/s on an H100 about
-# 0.047 ps per (expert, channel) at d = 768. The row-gathering Triton backend costs per selection, not per expert:
-# 4.6 ms per cheems-base layer on an H100 (2^20 selections of d = 768, forward + backward), 5.7 ps per (selection,
-# channel). Break-even at N ≈ 5.7 / 0.047 · M ≈ 120 · M; 128 rounds it. Both costs grow with d, so the ratio
-# barely depends on the width. cheems-base (N = 2304, M = 32) and bench.cdmoe_target's N = 1024 (M = 128) go
-# dense; N = 2^16 and up with M <= 128 do not.
-DENSE_FACTOR = 128
+# "auto" on CUDA uses the dense backend while N <= DENSE_FACTOR · M (M = H·k selections per token). Measured on an
+# H100 (bench.cdmoe_target, bf16, 8192 tokens, d = 1024, forward + backward; docs/results/session5_h100/call2/):
+# the dense mixture costs 0.19 ps per (token, expert, channel) — six products plus the float32 (chunk, N) passes
+# of the scatters, gathers and roundings, far below the tensor cores' rate — and the row-gathering Triton mixture
+# 3.2 ps per (token, selection, channel). Break-even at N ≈ 17 · M; 16 keeps the margin. At N = 1024, M = 128 the
+# dense mixture took 1.6 ms against Triton's 3.5; at cheems-base's N = 2304, M = 32 (N = 72 · M) dense training
+# ran at 0.77x the Triton path's tokens/s, and at N = 2^16 the dense mixture took 21.5 ms against 4.3.
+DENSE_FACTOR = 16
 
 
 def dense_is_cheaper(num_experts: int, selections: int) -> bool:
