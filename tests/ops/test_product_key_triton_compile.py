@@ -44,18 +44,3 @@ def test_backward_compiles_for_sm90(dt, k):
     kernels = importlib.import_module("wonderful_matrices.ops.product_key.topk_kernels")
     constants = {"K": k, "K_PAD": kernels._pad(k), "DK_PAD": 32, "BLOCK_T": 8}
     _compile(kernels._topk_backward_kernel, BACKWARD, constants, 4, dt)
-
-
-DENSE_BACKWARD = {"q_ptr": "*{dt}", "keys_ptr": "*{dt}", "ids_ptr": "*i64", "grad_ptr": "*fp32", "dq_ptr": "*{dt}",
-                  "dkeys_ptr": "*fp32", "T": "i32", "H": "i32", "N_KEYS": "i32", "DK": "i32",
-                  "BLOCKS_PER_PROGRAM": "i32", "K": "constexpr", "N_PAD": "constexpr", "DK_PAD": "constexpr",
-                  "BLOCK_T": "constexpr", "PRECISION": "constexpr"}
-
-
-@pytest.mark.parametrize("k,n_pad", [(8, 64), (5, 16), (16, 128)])
-@pytest.mark.parametrize("dt", ["bf16", "fp32"])
-def test_dense_backward_compiles_for_sm90(dt, k, n_pad):
-    """The few-sub-keys backward at the GPU's launch settings (64 tokens a block, 4 warps)."""
-    kernels = importlib.import_module("wonderful_matrices.ops.product_key.topk_kernels")
-    constants = {"K": k, "N_PAD": n_pad, "DK_PAD": 32, "BLOCK_T": 64, "PRECISION": "ieee" if dt == "fp32" else "tf32"}
-    _compile(kernels._topk_backward_dense_kernel, DENSE_BACKWARD, constants, 4, dt)

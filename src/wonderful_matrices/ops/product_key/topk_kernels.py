@@ -12,17 +12,9 @@ max-and-remove. Only ``scores (T, H, k)`` float32 and ``ids (T, H, k)`` are writ
 another order than brute force: equal values, any of them is a correct top k.
 
 Backward: the score of the ``j``-th pick is ``q_0·K_0[a_j] + q_1·K_1[b_j]``, so
-``grad q_c = Σ_j g_j · K_c[idx_j]`` and ``grad K_c[idx] += g_j · q_c``. Two kernels, chosen by ``√N``:
-
-* few sub-keys (``√N <= DENSE_MAX_KEYS``): the picks' gradients scattered onto the sub-scores,
-  ``G_c[t, a] = Σ_{j: idx_j = a} g_j`` (a ``(BLOCK_T, √N)`` tile built in registers, never in memory), turn both
-  gradients into matrix products: ``grad q_c = G_c · K_c`` and ``grad K_c = G_cᵀ · q_c``. One program per head,
-  half and run of token blocks keeps ``K_c`` and its ``grad K_c`` tile in registers across the run and writes the
-  tile once to its own slot of a partial buffer, summed by torch: no atomics (a few hundred partials instead of
-  ``T·k`` atomic adds onto ``√N`` rows, which serialise when ``√N`` is small) and a deterministic result.
-* many sub-keys: one program per token block and head gathers the ``k`` picked sub-key rows for ``grad q`` and
-  adds ``g_j · q_c`` float32 atomically into an ``(H, 2, √N, dk)`` buffer (picks rarely collide among ``√N``
-  rows), rounded to the sub-key dtype once at the end.
+``grad q_c = Σ_j g_j · K_c[idx_j]`` (a gather of sub-key rows) and ``grad K_c[idx] += g_j · q_c`` (a scatter). One
+program per token block and head does both; the scatter adds float32 atomically into an ``(H, 2, √N, dk)``
+buffer (a few megabytes at most), rounded to the sub-key dtype once at the end.
 
 Launch settings are autotuned on the GPU (one small configuration under the interpreter, so tests cross the token
 and sub-key block boundaries). Outputs are NaN-poisoned under the interpreter, so an unwritten element fails tests.
@@ -154,64 +146,6 @@ def _topk_backward_kernel(q_ptr, keys_ptr, ids_ptr, grad_ptr, dq_ptr, dkeys_ptr,
                       mask=full)
 
 
-DENSE_MAX_KEYS = 128  # √N up to which the backward scatters onto sub-scores (a (BLOCK_T, √N) register tile)
-
-
-@triton.jit
-def _topk_backward_dense_kernel(q_ptr, keys_ptr, ids_ptr, grad_ptr, dq_ptr, dkeys_ptr, T, H, N_KEYS, DK,
-                                BLOCKS_PER_PROGRAM, K: tl.constexpr, N_PAD: tl.constexpr, DK_PAD: tl.constexpr,
-                                BLOCK_T: tl.constexpr, PRECISION: tl.constexpr):
-    """dq (T, H, 2, DK) and per-program partial dkeys (programs, H, 2, N_KEYS, DK) float32 for grad (T, H, K) of
-    the scores of ``ids``; grid (programs, H·2), program ``p`` takes token blocks
-    ``[p·BLOCKS_PER_PROGRAM, (p + 1)·BLOCKS_PER_PROGRAM)``."""
-    p = tl.program_id(0)
-    hc = tl.program_id(1)  # h·2 + c
-    h = hc // 2
-    c = hc % 2
-    offs_n = tl.arange(0, N_PAD)
-    offs_d = tl.arange(0, DK_PAD)
-    mask_d = offs_d < DK
-    key_at = (hc * N_KEYS + offs_n[:, None]) * DK + offs_d[None, :]
-    key_mask = (offs_n < N_KEYS)[:, None] & mask_d[None, :]
-    keys = tl.load(keys_ptr + key_at, mask=key_mask, other=0.0).to(tl.float32)  # (N_PAD, DK_PAD)
-    dkeys = tl.zeros([N_PAD, DK_PAD], tl.float32)
-    for block in range(p * BLOCKS_PER_PROGRAM, tl.minimum((p + 1) * BLOCKS_PER_PROGRAM, tl.cdiv(T, BLOCK_T))):
-        offs_t = block * BLOCK_T + tl.arange(0, BLOCK_T)
-        mask_t = offs_t < T
-        pick_at = (offs_t.to(tl.int64) * H + h) * K
-        sub_grad = tl.zeros([BLOCK_T, N_PAD], tl.float32)  # G_c: the picks' gradients on the sub-scores
-        for j in tl.static_range(K):
-            ids = tl.load(ids_ptr + pick_at + j, mask=mask_t, other=0)
-            g = tl.load(grad_ptr + pick_at + j, mask=mask_t, other=0.0).to(tl.float32)
-            sub = tl.where(c == 0, ids // N_KEYS, ids % N_KEYS).to(tl.int32)
-            sub_grad += tl.where(sub[:, None] == offs_n[None, :], g[:, None], 0.0)
-        q_at = ((offs_t.to(tl.int64) * H + h) * 2 + c)[:, None] * DK + offs_d[None, :]
-        q_mask = mask_t[:, None] & mask_d[None, :]
-        dq = tl.dot(sub_grad, keys, input_precision=PRECISION)
-        tl.store(dq_ptr + q_at, dq.to(dq_ptr.dtype.element_ty), mask=q_mask)
-        q = tl.load(q_ptr + q_at, mask=q_mask, other=0.0).to(tl.float32)
-        dkeys += tl.dot(tl.trans(sub_grad), q, input_precision=PRECISION)
-    tl.store(dkeys_ptr + (p * H * 2) * N_KEYS * DK + key_at, dkeys, mask=key_mask)
-
-
-def _dense_backward(query, sub_keys, ids, grad_scores, grad_query):
-    """grad_query (T, H, 2, dk) written and grad sub_keys (H, 2, n, dk) float32 returned, by the dense kernel."""
-    T, H, _, dk = query.shape
-    n = sub_keys.shape[2]
-    block_t = 16 if interpreting() else 64
-    blocks = triton.cdiv(T, block_t)
-    programs = min(blocks, 2 if interpreting() else max(1, 512 // (2 * H)))  # ~512 programs on the GPU
-    per_program = triton.cdiv(blocks, programs)
-    programs = triton.cdiv(blocks, per_program)
-    partial = poisoned_empty(programs, H, 2, n, dk, dtype=torch.float32, device=query.device)
-    precision = "ieee" if query.dtype == torch.float32 else "tf32"
-    _topk_backward_dense_kernel[(programs, 2 * H)](
-        query, sub_keys, ids, grad_scores, grad_query, partial, T, H, n, dk, per_program,
-        K=ids.shape[-1], N_PAD=_pad(n, 16), DK_PAD=_pad(dk, 16), BLOCK_T=block_t, PRECISION=precision,
-        num_warps=1 if interpreting() else 4)
-    return partial.sum(0)
-
-
 def _pad(n: int, least: int = 1) -> int:
     return max(least, triton.next_power_of_2(n))
 
@@ -242,9 +176,6 @@ class ProductKeyTopK(torch.autograd.Function):
         n = sub_keys.shape[2]
         k = ids.shape[-1]
         grad_query = poisoned_empty(*query.shape, dtype=query.dtype, device=query.device)
-        if T and n <= DENSE_MAX_KEYS:
-            grad_keys = _dense_backward(query, sub_keys, ids, grad_scores.contiguous(), grad_query)
-            return grad_query, grad_keys.to(sub_keys.dtype), None
         grad_keys = torch.zeros(sub_keys.shape, dtype=torch.float32, device=query.device)
         if T:
             k_pad, dk_pad = _pad(k), _pad(dk, 16)
