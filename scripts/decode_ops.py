@@ -22,7 +22,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from wonderful_matrices.models import CheemsForCausalLM, presets
 
-
 # ATen ops that launch no CUDA kernel: allocations, metadata, and ``full``, which is how kernel outputs are
 # poisoned under the interpreter (``empty`` on a GPU)
 NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "promote_types", "_unsafe_view", "full"}

@@ -189,6 +189,7 @@ def test_auto_picks_dense_for_few_experts_cuda(monkeypatch, N, H, k, dense_expec
     (333, 2, 7, 6, 5),         # odd square, dk below 16, k not a power of two
     (517, 4, 1024, 32, 16),    # N = 2^20, sub-keys over several chunks
     (64, 2, 64, 32, 32),       # the largest k of the fused kernel
+    (4133, 4, 48, 32, 8),      # cheems-base's routing (N = 2304)
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_product_key_triton_cuda(tokens, H, n, dk, k, dtype):

@@ -41,6 +41,7 @@ def make(batch, H, n, dk, seed=0):
 
 # (batch, H, n, dk, k): N = 16, 64, 1024 (n = 4, 8, 32: two sub-key chunks), an odd square (49), n = 40 (three
 # chunks, the last partial), k not a power of two, k = n, one token, two leading dims, 37 tokens (3 token blocks)
+# at cheems-base's n = 48, dk = 32, k = 8; n = 130
 CASES = [
     ((1,), 1, 4, 3, 1),
     ((5,), 2, 4, 5, 4),
@@ -49,6 +50,8 @@ CASES = [
     ((2, 3), 2, 7, 6, 5),
     ((9,), 1, 40, 8, 12),
     ((4,), 2, 32, 16, 32),
+    ((37,), 2, 48, 32, 8),
+    ((21,), 1, 130, 4, 3),
 ]
 
 

@@ -153,7 +153,7 @@ class DynamicMaskAttention(nn.Module):
                 q, k, self.dt_proj(v_flat)[:, 0], position_ids[:, 0],
                 self.rotary.float32_frequencies(hidden_states.device),
                 self.A_log if self.mask_form == "gate" else self.A, self.mask_form)
-        except Exception as exc:  # under "auto": the torch path from now on (re-raised under "triton")
+        except Exception as exc:  # noqa: BLE001 - under "auto": the torch path from now on (re-raised under "triton")
             self.decoder.give_up(exc)
             return None
         return q, k, v_flat.view(b, 1, hkv, d), bias, position

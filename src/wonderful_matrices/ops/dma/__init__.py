@@ -135,7 +135,8 @@ def step_inputs(q: torch.Tensor, k: torch.Tensor, dt: torch.Tensor, position: to
     require(isinstance(q, torch.Tensor) and q.dim() == 3 and q.shape[-1] % 2 == 0 and q.shape[-1] <= 256
             and q.stride(-1) == 1, "q.shape", shape_of(q), "(b, hq, d) with d even and <= 256, last dim contiguous")
     b, hq, d = q.shape
-    from .step_input_kernels import DTYPES, MASK_FORMS, step_inputs as fused  # imported on first use: no triton, no import
+    from .step_input_kernels import DTYPES, MASK_FORMS  # imported on first use: no triton, no import
+    from .step_input_kernels import step_inputs as fused
 
     require(q.dtype in DTYPES, "q.dtype", q.dtype, f"one of {DTYPES}")
     require(isinstance(k, torch.Tensor) and k.dim() == 3 and k.shape[0] == b and k.shape[2] == d

@@ -208,7 +208,7 @@ class DecodeStep:
             return decode_step(q, new["key"], new["value"], new["bias"], new["position"], bufs["key"],
                                bufs["value"], bufs["bias"], bufs["position"], n, evict,
                                1.0 / math.sqrt(q.shape[-1]), self.workspace)
-        except Exception as exc:  # any compile/launch failure: fall back to the torch path (re-raised if forced)
+        except Exception as exc:  # noqa: BLE001 - any compile/launch failure: fall back to the torch path (re-raised if forced)
             self.give_up(exc)
             return None
 
