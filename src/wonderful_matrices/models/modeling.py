@@ -6,8 +6,11 @@ contract (docs/architecture.md); the model owns positions, padding and the :clas
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
+import threading
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +34,39 @@ from .graph_decode import GraphedDecoder
 # renamed `past_key_values` to `cache` after 5.17. The forward methods accept both names.
 CACHE_NAME = ("cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
                       else "past_key_values")
+
+
+_generation = threading.local()  # .calls: forward calls so far of the CheemsForCausalLM.generate running here
+
+
+@contextlib.contextmanager
+def _own_generation() -> Iterator[None]:
+    """Marks the forward calls made by one :meth:`CheemsForCausalLM.generate` (nested calls keep their own count)."""
+    outer = getattr(_generation, "calls", None)
+    _generation.calls = 0
+    try:
+        yield
+    finally:
+        _generation.calls = outer
+
+
+def _generated_step(input_ids: torch.Tensor | None, cache) -> bool:
+    """Whether a forward call is a one-token step fed back by the running ``generate`` loop (counted: call it once
+    per forward): not its first call (the prompt), token ids (b, 1) the model itself picked on a filled cache."""
+    calls = getattr(_generation, "calls", None)
+    if calls is None:
+        return False
+    _generation.calls = calls + 1
+    return (calls > 0 and input_ids is not None and input_ids.dim() == 2 and input_ids.shape[1] == 1
+            and isinstance(cache, CheemsCache) and cache.real_tokens is not None)
+
+
+def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
+    """input_ids (b, l) integer -> ValueError unless every id is in ``[0, vocab_size)``. Reads values (one device
+    sync) unless :func:`value_checks_enabled` says not to."""
+    if input_ids.numel() and value_checks_enabled() and bool(((input_ids < 0) | (input_ids >= vocab_size)).any()):
+        raise ValueError(f"input_ids=[min {int(input_ids.min())}, max {int(input_ids.max())}] is not allowed: "
+                         f"token ids must be in [0, vocab_size={vocab_size})")
 
 
 def given_cache(past_key_values: CheemsCache | None, cache: CheemsCache | None) -> CheemsCache | None:
@@ -315,7 +351,9 @@ class CheemsModel(CheemsPreTrainedModel):
     apart in every layer; they build no cache. ``prefill_chunk_tokens`` (default ``config.prefill_chunk_tokens``; None
     = one call): a call with a cache and more tokens runs its blocks chunk by chunk, each chunk continuing the
     cache, so a long prompt's activations are bounded by the chunk (not with ``output_hidden_states`` or
-    ``output_attentions``, which run one call).
+    ``output_attentions``, which run one call). ``generated_step=True`` (what :meth:`CheemsForCausalLM.generate`
+    passes for the tokens it feeds back) vouches that the ids are in range and the new tokens are real (padding only
+    in the cache), so the call reads no tensor values (no host synchronisation).
     """
 
     def __init__(self, config: CheemsConfig):
@@ -339,7 +377,7 @@ class CheemsModel(CheemsPreTrainedModel):
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, seq_idx: torch.LongTensor | None = None,
                 cache: CheemsCache | None = None, prefill_chunk_tokens: int | None = None,
-                **kwargs) -> BaseModelOutputWithPast | tuple:
+                generated_step: bool = False, **kwargs) -> BaseModelOutputWithPast | tuple:
         """Run the blocks; see the class docstring for shapes."""
         past_key_values = given_cache(past_key_values, cache)
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
@@ -351,11 +389,8 @@ class CheemsModel(CheemsPreTrainedModel):
         if input_ids is not None:
             if input_ids.dim() != 2:
                 raise ValueError(f"input_ids.shape={tuple(input_ids.shape)} is not allowed: must be (batch, seq)")
-            vocab = self.config.vocab_size
-            # reads values (a device sync on CUDA): skipped while torch.compile traces or a CUDA graph is captured
-            if input_ids.numel() and value_checks_enabled() and bool(((input_ids < 0) | (input_ids >= vocab)).any()):
-                raise ValueError(f"input_ids=[min {int(input_ids.min())}, max {int(input_ids.max())}] is not allowed: "
-                                 f"token ids must be in [0, vocab_size={vocab})")
+            if not generated_step:  # generate's own steps feed back ids the model picked from its vocab_size logits
+                check_token_ids(input_ids, self.config.vocab_size)
             inputs_embeds = self.embed_tokens(input_ids)
         b, l = inputs_embeds.shape[:2]
         device = inputs_embeds.device
@@ -388,7 +423,8 @@ class CheemsModel(CheemsPreTrainedModel):
                     or attention_mask.shape[1] not in (l, past + l)):
                 raise ValueError(f"attention_mask.shape={tuple(attention_mask.shape)} is not allowed: "
                                  f"(batch={b}, {l}) for this call's tokens or (batch, {past + l}) for past + new")
-            new_mask = attention_mask[:, -l:].to(device=device, dtype=torch.bool)
+            # generate's own steps append a 1 to the mask for each new token: no padding to find (no device sync)
+            new_mask = None if generated_step else attention_mask[:, -l:].to(device=device, dtype=torch.bool)
         if position_ids is None and seq_idx is not None:
             position_ids = document_positions(seq_idx)
         if position_ids is None:
@@ -531,9 +567,11 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
             raise ValueError("skip_logits=True is not allowed without labels: the logits are all there is to return")
         return_dict = self.config.return_dict if return_dict is None else return_dict
         past_key_values = given_cache(past_key_values, cache)
+        generated = _generated_step(input_ids, past_key_values)
         graphed = self.config.graphed_decoding if graphed_decoding is None else graphed_decoding
         if graphed and self._graphable_step(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
-                                            has_targets, output_attentions, output_hidden_states, seq_idx):
+                                            has_targets, output_attentions, output_hidden_states, seq_idx,
+                                            generated):
             if past_key_values.graphed_decoder is None or past_key_values.graphed_decoder.model is not self:
                 past_key_values.graphed_decoder = GraphedDecoder(self, past_key_values)
             # the graph's output buffer is overwritten by the next step: generate copies what it keeps
@@ -544,7 +582,8 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
                              output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                             return_dict=True, seq_idx=seq_idx, prefill_chunk_tokens=prefill_chunk_tokens)
+                             return_dict=True, seq_idx=seq_idx, prefill_chunk_tokens=prefill_chunk_tokens,
+                             generated_step=generated)
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = None if skip_logits else self.lm_head(hidden_states[:, keep, :])
@@ -572,11 +611,12 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         return output if return_dict else output.to_tuple()
 
     def _graphable_step(self, input_ids, attention_mask, position_ids, cache, inputs_embeds, has_targets,
-                        output_attentions, output_hidden_states, seq_idx) -> bool:
+                        output_attentions, output_hidden_states, seq_idx, generated: bool = False) -> bool:
         """Whether a call is a one-token decoding step that :class:`GraphedDecoder` can run: token ids (b, 1) on a
         filled cache, eval mode without gradients, nothing else asked for, and no padding among the new tokens
         (position ids, when given, are those the cache implies: ``generate`` derives both from one mask). Off CUDA
-        the decoder runs the same eager step."""
+        the decoder runs the same eager step. ``generated``: a step fed back by :meth:`generate` (ids in range, the
+        new token real: only given ``position_ids`` are read)."""
         if not (isinstance(cache, CheemsCache) and cache.real_tokens is not None and input_ids is not None
                 and inputs_embeds is None and input_ids.dim() == 2 and input_ids.shape[1] == 1
                 and not self.training and not torch.is_grad_enabled() and not has_targets and seq_idx is None
@@ -589,12 +629,23 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         # the value checks read as one (a single device sync per step); out-of-vocabulary ids fail them, and the
         # eager call raises the error naming them
         device = cache.real_tokens.device
-        checks = [((input_ids >= 0) & (input_ids < self.config.vocab_size)).all().to(device)]
+        checks = [] if generated else [((input_ids >= 0) & (input_ids < self.config.vocab_size)).all().to(device)]
         if position_ids is not None:
             checks.append((position_ids.reshape(-1).to(device) == cache.real_tokens).all())
-        if attention_mask is not None:
+        if attention_mask is not None and not generated:
             checks.append(attention_mask[:, -1].all().to(device))
-        return bool(torch.stack(checks).all())
+        return not checks or bool(torch.stack(checks).all())
+
+    def generate(self, inputs: torch.Tensor | None = None, *args, **kwargs):
+        """transformers' ``GenerationMixin.generate`` (same arguments and result). Its first forward call (the
+        prompt, or the uncached part of it) is checked as any call; the one-token steps the loop then feeds back
+        (ids picked from this model's logits, the new token always real) skip the checks that read tensor values,
+        so a decoding step of ours makes no host synchronisation and the CPU can queue steps ahead of the GPU.
+        Assisted decoding (another model's draft ids) keeps every check."""
+        if kwargs.get("assistant_model") is not None:
+            return super().generate(inputs, *args, **kwargs)
+        with _own_generation():
+            return super().generate(inputs, *args, **kwargs)
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, generation_mode=None,
                                       *args, **kwargs) -> None:
