@@ -149,8 +149,8 @@ class CDMoE(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """hidden_states (..., d) -> (..., d) = shared + private experts; sets ``self.aux_loss``."""
-        require(hidden_states.dim() >= 1 and hidden_states.shape[-1] == self.hidden_size,
-                "hidden_states.shape", tuple(hidden_states.shape), f"(..., {self.hidden_size})")
+        if not (hidden_states.dim() >= 1 and hidden_states.shape[-1] == self.hidden_size):
+            require(False, "hidden_states.shape", tuple(hidden_states.shape), f"(..., {self.hidden_size})")
         device = hidden_states.device.type
         if hidden_states.dtype == torch.float32 and torch.is_autocast_enabled(device):
             # one cast for the three linears (autocast would cast the input in each) and the mixture, which runs

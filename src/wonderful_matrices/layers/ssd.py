@@ -177,21 +177,23 @@ class SSDMixer(nn.Module):
                 "A_log": torch.log(torch.empty(h).uniform_(*self.A_init_range)), "D": torch.ones(h)}
 
     def _check_inputs(self, hidden_states, position_ids, attention_mask, state) -> None:
-        require(isinstance(hidden_states, torch.Tensor) and hidden_states.dim() == 3
-                and hidden_states.shape[-1] == self.hidden_size and hidden_states.shape[1] >= 1,
-                "hidden_states.shape", tuple(getattr(hidden_states, "shape", ())),
-                f"(b, l, {self.hidden_size}) with l >= 1")
+        if not (isinstance(hidden_states, torch.Tensor) and hidden_states.dim() == 3
+                and hidden_states.shape[-1] == self.hidden_size and hidden_states.shape[1] >= 1):
+            require(False, "hidden_states.shape", tuple(getattr(hidden_states, "shape", ())),
+                    f"(b, l, {self.hidden_size}) with l >= 1")
         b, l = hidden_states.shape[:2]
         if self.use_rope:
-            require(isinstance(position_ids, torch.Tensor), "position_ids", position_ids,
-                    "a (b, l) integer tensor (RoPE needs positions)")
+            if not isinstance(position_ids, torch.Tensor):
+                require(False, "position_ids", position_ids, "a (b, l) integer tensor (RoPE needs positions)")
         if position_ids is not None:
-            require(tuple(position_ids.shape) == (b, l) and not position_ids.is_floating_point(),
-                    "position_ids.shape", tuple(position_ids.shape), f"({b}, {l}) integers")
+            if not (tuple(position_ids.shape) == (b, l) and not position_ids.is_floating_point()):
+                require(False, "position_ids.shape", tuple(position_ids.shape), f"({b}, {l}) integers")
         if attention_mask is not None:
-            require(tuple(attention_mask.shape) == (b, l), "attention_mask.shape", tuple(attention_mask.shape),
-                    f"({b}, {l}): the tokens of this call")
-        require(state is None or isinstance(state, dict), "state", type(state).__name__, "None or a dict")
+            if tuple(attention_mask.shape) != (b, l):
+                require(False, "attention_mask.shape", tuple(attention_mask.shape),
+                        f"({b}, {l}): the tokens of this call")
+        if not (state is None or isinstance(state, dict)):
+            require(False, "state", type(state).__name__, "None or a dict")
 
     def _conv(self, xbc: torch.Tensor, state: dict | None, keep: torch.Tensor | None,
               seq_idx: torch.Tensor | None = None) -> torch.Tensor:

@@ -71,7 +71,8 @@ def resolve_backend(backend: str, available: Iterable[str], device: torch.device
     (the first usable one wins; ``"triton"`` is usable only where :func:`triton_usable` says so).
     """
     available = tuple(available)
-    require(backend in ("auto",) + available, "backend", backend, f"one of {('auto',) + available}")
+    if backend != "auto" and backend not in available:  # the message is built only for a bad name
+        require(False, "backend", backend, f"one of {('auto',) + available}")
     if backend != "auto":
         if backend == "triton":
             require(triton_usable(device), "backend", backend,

@@ -76,6 +76,36 @@ def expert_mixture(x: Tensor, ids: Tensor, gates: Tensor, down: Tensor, up: Tens
     Returns:
         ``(..., d)`` in the dtype of ``x``.
     """
+    if not _mixture_args_valid(x, ids, gates, down, up, activation):
+        _check_mixture_args(x, ids, gates, down, up, activation)
+    if ids.numel() and value_checks_enabled():  # one device synchronisation
+        low, high = (int(v) for v in ids.aminmax())
+        require(low >= 0 and high < down.shape[0], "ids", f"values in [{low}, {high}]",
+                f"expert ids in [0, N={down.shape[0]})")
+    name = _backend_for(backend, down, ids.shape[-2] * ids.shape[-1], activation)
+    if name == "dense":
+        return _dense.expert_mixture(x, ids.long(), gates, down, up, activation)
+    if name == "triton":
+        from .row_kernels import expert_mixture as triton_mixture  # imported on first use: no triton, no import
+
+        return triton_mixture(x, ids.long(), gates, down, up, activation)
+    implementation = _naive.expert_mixture if name == "naive" else _gather.expert_mixture
+    return implementation(x, ids.long(), gates, down, up, activation)
+
+
+def _mixture_args_valid(x, ids, gates, down, up, activation) -> bool:
+    """Whether :func:`_check_mixture_args` passes, as one expression: the common case builds no error message."""
+    return (isinstance(x, Tensor) and isinstance(ids, Tensor) and isinstance(gates, Tensor)
+            and isinstance(down, Tensor) and isinstance(up, Tensor) and x.is_floating_point() and x.dim() >= 1
+            and down.dim() == 2 and down.shape[1] == x.shape[-1] and up.shape == down.shape and down.shape[0] >= 1
+            and down.dtype == up.dtype == x.dtype and down.device == up.device == ids.device == gates.device == x.device
+            and ids.dim() == x.dim() + 1 and ids.shape[:-2] == x.shape[:-1] and str(ids.dtype) in _INDEX_DTYPES
+            and gates.shape == ids.shape and gates.is_floating_point() and activation in ACTIVATIONS
+            and ids.shape[-1] >= 1 and ids.shape[-2] >= 1)
+
+
+def _check_mixture_args(x, ids, gates, down, up, activation) -> None:
+    """The argument checks of :func:`expert_mixture` (shapes, dtypes, devices, activation), one error each."""
     def described(t):
         return shape_of(t) if isinstance(t, Tensor) else t
 
@@ -98,19 +128,6 @@ def expert_mixture(x: Tensor, ids: Tensor, gates: Tensor, down: Tensor, up: Tens
     require(gates.device == x.device, "gates.device", gates.device, f"the device of x ({x.device})")
     require(activation in ACTIVATIONS, "activation", activation, f"one of {sorted(ACTIVATIONS)}")
     require(ids.shape[-1] >= 1 and ids.shape[-2] >= 1, "ids.shape", shape_of(ids), "H >= 1 and k >= 1")
-    if ids.numel() and value_checks_enabled():  # one device synchronisation
-        low, high = (int(v) for v in ids.aminmax())
-        require(low >= 0 and high < down.shape[0], "ids", f"values in [{low}, {high}]",
-                f"expert ids in [0, N={down.shape[0]})")
-    name = _backend_for(backend, down, ids.shape[-2] * ids.shape[-1], activation)
-    if name == "dense":
-        return _dense.expert_mixture(x, ids.long(), gates, down, up, activation)
-    if name == "triton":
-        from .row_kernels import expert_mixture as triton_mixture  # imported on first use: no triton, no import
-
-        return triton_mixture(x, ids.long(), gates, down, up, activation)
-    implementation = _naive.expert_mixture if name == "naive" else _gather.expert_mixture
-    return implementation(x, ids.long(), gates, down, up, activation)
 
 
 def weighted_rows(weights: Tensor, ids: Tensor, table: Tensor, backend: str = "auto") -> Tensor:

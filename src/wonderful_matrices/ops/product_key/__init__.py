@@ -35,6 +35,28 @@ def product_key_topk(query: Tensor, sub_keys: Tensor, k: int,
         ``scores (..., H, k)`` sorted descending (float32 for half-precision inputs, else the input dtype;
         differentiable with respect to ``query`` and ``sub_keys``) and ``ids (..., H, k)`` int64 in ``[0, N)``.
     """
+    if not (isinstance(query, Tensor) and isinstance(sub_keys, Tensor) and query.is_floating_point()
+            and query.dim() >= 3 and query.shape[-2] == 2 and sub_keys.dim() == 4 and sub_keys.shape[1] == 2
+            and query.shape[-3] == sub_keys.shape[0] and query.shape[-1] == sub_keys.shape[3] >= 1
+            and sub_keys.dtype == query.dtype and sub_keys.device == query.device
+            and isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= sub_keys.shape[2]):
+        _check_topk_args(query, sub_keys, k)  # the message is built only for bad arguments
+    H, _, n, dk = sub_keys.shape
+    fused = query.dtype in _TRITON_DTYPES and k <= MAX_TRITON_K and n * n < 2 ** 31
+    name = resolve_backend(backend, _AVAILABLE, query.device, ("triton", "torch") if fused else ("torch",))
+    if name == "triton":
+        require(query.dtype in _TRITON_DTYPES, "query.dtype", query.dtype,
+                f"one of {_TRITON_DTYPES} for backend='triton' (float64: 'torch')")
+        require(k <= MAX_TRITON_K, "k", k, f"at most {MAX_TRITON_K} for backend='triton' (larger k: 'torch')")
+        require(n * n < 2 ** 31, "sub_keys.shape", shape_of(sub_keys), "N = n² < 2^31 for backend='triton'")
+        from .topk_kernels import product_key_topk as fused_topk  # imported on first use: no triton, no import
+
+        return fused_topk(query, sub_keys, k)
+    return _IMPLEMENTATIONS[name](query, sub_keys, k)
+
+
+def _check_topk_args(query, sub_keys, k) -> None:
+    """The argument checks of :func:`product_key_topk`, one error each."""
     require(isinstance(query, Tensor) and query.is_floating_point() and query.dim() >= 3
             and query.shape[-2] == 2, "query.shape", shape_of(query) if isinstance(query, Tensor) else query,
             "a floating tensor (..., H, 2, dk)")
@@ -49,17 +71,6 @@ def product_key_topk(query: Tensor, sub_keys: Tensor, k: int,
     require(sub_keys.device == query.device, "sub_keys.device", sub_keys.device, f"the query device {query.device}")
     require(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= n, "k", k,
             f"an integer with 1 <= k <= n = {n} (sub-keys per half, √N)")
-    fused = query.dtype in _TRITON_DTYPES and k <= MAX_TRITON_K and n * n < 2 ** 31
-    name = resolve_backend(backend, _AVAILABLE, query.device, ("triton", "torch") if fused else ("torch",))
-    if name == "triton":
-        require(query.dtype in _TRITON_DTYPES, "query.dtype", query.dtype,
-                f"one of {_TRITON_DTYPES} for backend='triton' (float64: 'torch')")
-        require(k <= MAX_TRITON_K, "k", k, f"at most {MAX_TRITON_K} for backend='triton' (larger k: 'torch')")
-        require(n * n < 2 ** 31, "sub_keys.shape", shape_of(sub_keys), "N = n² < 2^31 for backend='triton'")
-        from .topk_kernels import product_key_topk as fused_topk  # imported on first use: no triton, no import
-
-        return fused_topk(query, sub_keys, k)
-    return _IMPLEMENTATIONS[name](query, sub_keys, k)
 
 
 __all__ = ["product_key_topk"]

@@ -18,9 +18,21 @@ BACKENDS = ("torch",) + (("triton",) if _triton_backend is not None else ())
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def _valid(x, weight, eps, others: dict) -> bool:
+    """Whether :func:`_check` passes, as one expression: the common case builds no error message."""
+    return (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and x.dtype in FLOAT_DTYPES
+            and weight.dtype in FLOAT_DTYPES and x.dim() >= 1 and x.shape[-1] >= 1 and weight.shape == x.shape[-1:]
+            and weight.dim() == 1 and weight.device == x.device
+            and isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0
+            and all(isinstance(t, torch.Tensor) and t.dtype in FLOAT_DTYPES and t.shape == x.shape
+                    and t.device == x.device for t in others.values()))
+
+
 def _check(x, weight, eps, others: dict) -> None:
     """The arguments both norms share: floating tensors on one device, ``x (..., d)``, ``weight (d,)``, ``eps >= 0``,
     and ``others`` (name -> tensor) shaped like ``x``."""
+    if _valid(x, weight, eps, others):
+        return
     for name, t in {"x": x, "weight": weight, **others}.items():
         require(isinstance(t, torch.Tensor), name, type(t).__name__, "a torch.Tensor")
         require(t.dtype in FLOAT_DTYPES, f"{name}.dtype", t.dtype, f"one of {FLOAT_DTYPES}")
@@ -86,8 +98,8 @@ def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, ep
     """
     _check(x, weight, eps, {"gate": gate})
     d = x.shape[-1]
-    require(isinstance(num_groups, int) and num_groups >= 1 and d % num_groups == 0, "num_groups", num_groups,
-            f"a divisor of d={d}")
+    if not (isinstance(num_groups, int) and num_groups >= 1 and d % num_groups == 0):
+        require(False, "num_groups", num_groups, f"a divisor of d={d}")
     name = resolve_backend(backend, BACKENDS, x.device, ("triton", "torch"))
     if (name == "triton" and {x.dtype, gate.dtype, weight.dtype} <= set(_triton_backend.DTYPES)
             and num_groups <= 16 and num_groups & (num_groups - 1) == 0 and d // num_groups <= _triton_backend.MAX_DIM):

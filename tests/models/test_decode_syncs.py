@@ -1,0 +1,86 @@
+"""The decoding steps of ``generate`` read no tensor values on the host (no device synchronisation of ours per
+token), while direct calls keep their value checks."""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from wonderful_matrices.models import presets
+from wonderful_matrices.models.modeling import CACHE_NAME, CheemsForCausalLM
+
+
+class HostReads(TorchDispatchMode):
+    """Counts reads of tensor values on the host (``.item()``, ``bool()``, ``int()``, ``.tolist()``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def reads_per_forward(model: CheemsForCausalLM, **generate_kwargs) -> list[int]:
+    """Host reads of each forward call ``generate`` makes (the prompt first, then the decoding steps)."""
+    counts, modes = [], []
+
+    def start(module, args, kwargs):
+        modes.append(HostReads())
+        modes[-1].__enter__()
+
+    def stop(module, args, kwargs, output):
+        mode = modes.pop()
+        mode.__exit__(None, None, None)
+        counts.append(mode.count)
+
+    hooks = [model.register_forward_pre_hook(start, with_kwargs=True),
+             model.register_forward_hook(stop, with_kwargs=True)]
+    try:
+        model.generate(**generate_kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return counts
+
+
+@pytest.mark.parametrize("options", [{}, {"mask": True}, {"num_beams": 2}, {"do_sample": True}],
+                         ids=["greedy", "attention_mask", "beams", "sampling"])
+@pytest.mark.parametrize("preset", ["cheems-tiny", "llama-tiny"])
+def test_generate_steps_read_no_values(preset, options):
+    torch.manual_seed(0)
+    model = CheemsForCausalLM(presets.get(preset)).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 7))
+    kwargs = {k: v for k, v in options.items() if k != "mask"}
+    if options.get("mask"):
+        kwargs["attention_mask"] = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1] * 7])
+    counts = reads_per_forward(model, input_ids=ids, max_new_tokens=6, min_new_tokens=6,
+                               do_sample=kwargs.pop("do_sample", False), **kwargs)
+    assert len(counts) == 6
+    assert counts[1:] == [0] * 5  # the prompt's call may check its ids and mask; the steps fed back do not
+
+
+def test_generate_tokens_unchanged_by_skipped_checks():
+    torch.manual_seed(1)
+    model = CheemsForCausalLM(presets.get("cheems-tiny")).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    mask = torch.tensor([[0, 0, 0] + [1] * 6, [1] * 9])
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    # the same steps by hand, each call with its full checks
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask, use_cache=True)
+        cache, tokens = getattr(logits, CACHE_NAME), [logits.logits[:, -1].argmax(-1, keepdim=True)]
+        for _ in range(4):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            step = model(tokens[-1], attention_mask=mask, cache=cache, use_cache=True)
+            tokens.append(step.logits[:, -1].argmax(-1, keepdim=True))
+    assert torch.equal(out[:, 9:], torch.cat(tokens, 1))
+
+
+def test_direct_step_still_checks_ids():
+    torch.manual_seed(0)
+    model = CheemsForCausalLM(presets.get("cheems-tiny")).eval()
+    with torch.no_grad():
+        cache = getattr(model(torch.randint(0, 100, (1, 5)), use_cache=True), CACHE_NAME)
+        with pytest.raises(ValueError, match="input_ids"):
+            model(torch.tensor([[model.config.vocab_size]]), cache=cache, use_cache=True)
