@@ -38,7 +38,8 @@ class SyncCounter(TorchDispatchMode):
             self.syncs += 1
             frames = [f for f in traceback.extract_stack()[:-1]
                       if "torch/" not in f.filename or "transformers/" in f.filename]
-            self.where[" <- ".join(f"{f.filename.rsplit('site-packages/', 1)[-1]}:{f.lineno}" for f in frames[-1:-3:-1])] += 1
+            lines = (f"{f.filename.rsplit('site-packages/', 1)[-1]}:{f.lineno}" for f in frames[-1:-3:-1])
+            self.where[" <- ".join(lines)] += 1
         return func(*args, **(kwargs or {}))
 
 
