@@ -124,6 +124,11 @@ class CheemsConfig(PretrainedConfig):
     ``fused_loss``: in training mode with ``labels``, ``CheemsForCausalLM`` computes the loss straight from the
     final hidden states with ``wm.ops.linear_cross_entropy`` (chunked; no ``(b, l, V)`` float32 logits) and
     returns ``logits=None``, as HF's Liger kernels do; the ``skip_logits`` argument of ``forward`` overrides it.
+    ``value_checks``: ``forward`` reads the values of its inputs to check them (token ids within the vocabulary,
+    fused-loss labels, an explicit ``seq_idx`` non-decreasing), a device synchronisation per check; a training
+    loop whose data were validated where they entered sets it False, so its steps queue kernels without waiting
+    for the GPU (``wm train`` and the benchmarks run their steps inside ``wm.ops.common.trusted_values()``,
+    which has the same effect without changing the config).
     ``prefill_chunk_tokens``: a call with a cache and more tokens than this (a long prompt) runs as consecutive
     calls of at most this many tokens, each continuing the cache, so its activation memory is bounded while every
     chunk still uses the chunked SSD / windowed DMA kernels; None = one call. The ``prefill_chunk_tokens`` argument
@@ -194,6 +199,7 @@ class CheemsConfig(PretrainedConfig):
 
     residual_scale: bool = False
     fused_loss: bool = True
+    value_checks: bool = True
     prefill_chunk_tokens: int | None = 8192
     graphed_decoding: bool = False
     rms_norm_eps: float = 1e-6

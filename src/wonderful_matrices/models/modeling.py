@@ -7,6 +7,7 @@ contract (docs/architecture.md); the model owns positions, padding and the :clas
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import threading
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from ..layers import Attention, CDMoE, DynamicMaskAttention, GatedMLP, Mamba2Mix
 from ..layers.rotary import share_rotary
 from ..layers.ssd import GatedRMSNorm
 from ..ops import linear_cross_entropy
-from ..ops.common import value_checks_enabled
+from ..ops.common import trusted_values, value_checks_enabled
 from .cache import CheemsCache
 from .configuration import CheemsConfig
 from .graph_decode import GraphedDecoder
@@ -74,6 +75,19 @@ def given_cache(past_key_values: CheemsCache | None, cache: CheemsCache | None) 
     if past_key_values is not None and cache is not None and past_key_values is not cache:
         raise ValueError("past_key_values/cache are two names of one argument: give the cache under one of them")
     return cache if cache is not None else past_key_values
+
+
+def honours_value_checks(forward):
+    """Wrap a model's ``forward`` so that with ``config.value_checks`` off it runs inside
+    :func:`~wonderful_matrices.ops.common.trusted_values`: no check reads a tensor's values (no device sync)."""
+    @functools.wraps(forward)
+    def checked_forward(self, *args, **kwargs):
+        if self.config.value_checks:
+            return forward(self, *args, **kwargs)
+        with trusted_values():
+            return forward(self, *args, **kwargs)
+
+    return checked_forward
 
 
 def build_mixer(config: CheemsConfig, layer_idx: int) -> nn.Module:
@@ -371,6 +385,7 @@ class CheemsModel(CheemsPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
+    @honours_value_checks
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, past_key_values: CheemsCache | None = None,
                 inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
@@ -403,6 +418,7 @@ class CheemsModel(CheemsPreTrainedModel):
                              "a CheemsCache (or None)")
         if position_ids is not None and position_ids.shape[-1] != l:
             raise ValueError(f"position_ids.shape={tuple(position_ids.shape)} is not allowed: last dim must be {l}")
+        explicit_seq_idx = seq_idx is not None
         seq_idx = packed_document_ids(position_ids, attention_mask, seq_idx,
                                       past_key_values.get_seq_length() if past_key_values is not None else 0)
         if seq_idx is not None:
@@ -412,6 +428,11 @@ class CheemsModel(CheemsPreTrainedModel):
             if past_key_values is not None:
                 raise ValueError("past_key_values is not allowed with packed rows (position_ids restarting at 0 or "
                                  "seq_idx): a cache continues one document")
+            # a caller's ids are checked here, once for every layer (one device sync); the model's own are
+            # non-decreasing by construction
+            if explicit_seq_idx and l > 1 and value_checks_enabled() and bool((seq_idx[:, 1:] < seq_idx[:, :-1]).any()):
+                raise ValueError(f"seq_idx (shape {tuple(seq_idx.shape)}) is not allowed: document ids must not "
+                                 "decrease along a row")
             use_cache = False
             seq_idx = seq_idx.to(device)
         cache = past_key_values if past_key_values is not None else (CheemsCache(self.config) if use_cache else None)
@@ -479,19 +500,20 @@ class CheemsModel(CheemsPreTrainedModel):
         attention weights are appended), the blocks add as they go and ``update`` is None."""
         defer = all_hidden is None and all_attentions is None
         update = None
-        for i, block in enumerate(self.layers):
-            if all_hidden is not None:
-                all_hidden.append(hidden_states)
-            state = cache.layer_state(i) if cache is not None else None
-            if all_attentions is not None:
-                hidden_states, weights = block(hidden_states, position_ids, layer_mask, state, seq_idx,
-                                               output_attentions=True)
-                all_attentions.append(weights)
-            elif defer:
-                hidden_states, update = block(hidden_states, position_ids, layer_mask, state, seq_idx,
-                                              update=update, defer=True)
-            else:
-                hidden_states = block(hidden_states, position_ids, layer_mask, state, seq_idx)
+        with trusted_values():  # the ids, biases and seq_idx the layers' ops get are valid by construction or checked
+            for i, block in enumerate(self.layers):
+                if all_hidden is not None:
+                    all_hidden.append(hidden_states)
+                state = cache.layer_state(i) if cache is not None else None
+                if all_attentions is not None:
+                    hidden_states, weights = block(hidden_states, position_ids, layer_mask, state, seq_idx,
+                                                   output_attentions=True)
+                    all_attentions.append(weights)
+                elif defer:
+                    hidden_states, update = block(hidden_states, position_ids, layer_mask, state, seq_idx,
+                                                  update=update, defer=True)
+                else:
+                    hidden_states = block(hidden_states, position_ids, layer_mask, state, seq_idx)
         return hidden_states, update
 
 
@@ -600,7 +622,9 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
             if starts is not None:
                 targets = targets.masked_fill(F.pad(starts[..., 1:], (0, 1)).to(targets.device), -100)
             if skip_logits:
-                loss = causal_lm_loss_from_hidden(kept, self.lm_head.weight, targets, kwargs.get("num_items_in_batch"))
+                with contextlib.nullcontext() if self.config.value_checks else trusted_values():
+                    loss = causal_lm_loss_from_hidden(kept, self.lm_head.weight, targets,
+                                                      kwargs.get("num_items_in_batch"))
             else:
                 loss = causal_lm_loss(logits, targets, kwargs.get("num_items_in_batch"))
             if aux_loss is not None:

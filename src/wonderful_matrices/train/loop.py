@@ -46,6 +46,7 @@ from ..data.tokenizer import (
     train_bpe,
 )
 from ..errors import UserError
+from ..ops.common import trusted_values
 from . import checkpoint as ckpt
 from .distributed import (
     DistInfo,
@@ -361,16 +362,18 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Run:
 # ---------------------------------------------------------------------------------------------- the steps
 def _forward_backward(run: Run, cfg: TrainConfig, info: DistInfo) -> torch.Tensor:
     """Gradients of one optimizer step (``grad_accum`` micro-batches, synchronised across ranks on the last);
-    returns the step's mean loss (a device tensor)."""
+    returns the step's mean loss (a device tensor). No host synchronisation: the token ids were checked against
+    the model's vocabulary where the data entered (:func:`_prepare_run_folder`), so the model runs inside
+    ``trusted_values()``, and the host-to-device copy of a batch does not wait for the GPU."""
     ddp = hasattr(run.wrapped, "no_sync")
     loss_sum = torch.zeros((), device=info.device)
     for micro in range(cfg.grad_accum):
         last = micro == cfg.grad_accum - 1
         batch = run.train_rows.train_batch(run.step, cfg.batch_size, cfg.grad_accum, micro, cfg.seed,
-                                           info.rank, info.world_size).to(info.device)
+                                           info.rank, info.world_size).to(info.device, non_blocking=True)
         if cfg.fsdp and info.distributed:
             run.wrapped.set_requires_gradient_sync(last)
-        with run.wrapped.no_sync() if ddp and not last else contextlib.nullcontext():
+        with run.wrapped.no_sync() if ddp and not last else contextlib.nullcontext(), trusted_values():
             with torch.autocast(info.device.type, dtype=run.autocast_dtype, enabled=run.autocast_dtype is not None):
                 positions = document_position_ids(batch, run.eos) if cfg.document_mask else None
                 loss = run.forward(input_ids=batch, position_ids=positions, labels=batch).loss / cfg.grad_accum
@@ -408,7 +411,10 @@ def train_steps(run: Run, cfg: TrainConfig, info: DistInfo) -> dict | None:
     bar = tqdm(total=cfg.max_steps, initial=run.step, disable=not (info.is_main and cfg.progress), unit="step",
                dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
     run.model.train()
-    window_loss, window_steps, window_time = 0.0, 0, 0.0
+    # the steps' losses stay on the device until the host needs them (one synchronisation): where it logs, and
+    # before an evaluation or a checkpoint (a diverged run must not save); the steps between queue their kernels
+    # without waiting for the GPU
+    pending, window, window_time = [], [], 0.0
     last_eval = None
     while run.step < cfg.max_steps:
         t0 = time.perf_counter()
@@ -416,27 +422,35 @@ def train_steps(run: Run, cfg: TrainConfig, info: DistInfo) -> dict | None:
         lr = run.optimizer.param_groups[0]["lr"]  # the rate this step runs with
         grad_norm = apply_gradients(run.wrapped.parameters(), run.optimizer, run.scheduler, cfg.clip)
         run.step += 1
-        step, loss_value = run.step, loss.item()
-        if not math.isfinite(loss_value):
-            raise UserError(f"the loss became {loss_value} at step {step}; lower --lr or raise --warmup and re-run "
-                            f"with a new --out (checkpoints in {run.run_dir} stop before the divergence)")
-        window_loss, window_steps = window_loss + loss_value, window_steps + 1
+        step = run.step
+        pending.append(loss)
         window_time += time.perf_counter() - t0
-        if step % cfg.log_interval == 0 or step == cfg.max_steps:
-            mean_loss = all_reduce_sum(torch.tensor([window_loss / window_steps]), info).item() / info.world_size
-            tok_s = window_steps * run.tokens_per_step / max(window_time, 1e-9)
+        logging = step % cfg.log_interval == 0 or step == cfg.max_steps
+        evaluating = step % cfg.eval_interval == 0 or step == cfg.max_steps
+        saving = step % cfg.save_interval == 0 or step == cfg.max_steps
+        if logging or evaluating or saving:
+            values = torch.stack(pending).tolist()
+            for i, value in enumerate(values):
+                if not math.isfinite(value):
+                    raise UserError(f"the loss became {value} at step {step - len(values) + i + 1}; lower --lr or "
+                                    f"raise --warmup and re-run with a new --out (checkpoints in {run.run_dir} stop "
+                                    "before the divergence)")
+            window, pending = window + values, []
+        if logging:
+            mean_loss = all_reduce_sum(torch.tensor([sum(window) / len(window)]), info).item() / info.world_size
+            tok_s = len(window) * run.tokens_per_step / max(window_time, 1e-9)
             run.log.record("train", step, loss=mean_loss, lr=lr, tokens_per_s=tok_s,
                            grad_norm=float(grad_norm) if grad_norm is not None else None,
                            tokens=step * run.tokens_per_step, elapsed_s=time.perf_counter() - run.started)
             bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}", refresh=False)
-            window_loss, window_steps, window_time = 0.0, 0, 0.0
+            window, window_time = [], 0.0
         bar.update(1)
-        if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+        if evaluating:
             last_eval = _evaluate(run, cfg, info)
             run.log.record("eval", step, **last_eval)
             run.log.say(f"step {step}: validation loss {last_eval['loss']:.4f}, "
                         f"perplexity {last_eval['perplexity']:.2f}")
-        if step % cfg.save_interval == 0 or step == cfg.max_steps:
+        if saving:
             save(run, cfg, info)
     bar.close()
     return last_eval
