@@ -152,7 +152,10 @@ class MoE(nn.Module):
         mm = _grouped_mm_function()
         act = ACTIVATIONS[self.activation]
         group_counts = counts.split(_GROUPS_PER_CALL)
-        rows = [int(n) for n in torch.stack([c.sum() for c in group_counts]).tolist()]
+        if len(group_counts) == 1:  # all T·k rows in one call: no host read of the counts
+            rows = [xs.shape[0]]
+        else:  # one host read splits the rows between the calls
+            rows = [int(n) for n in torch.stack([c.sum() for c in group_counts]).tolist()]
         pieces = []
         for x_rows, gate_up, down, group, n in zip(xs.split(rows), self.gate_up_proj.split(_GROUPS_PER_CALL),
                                                    self.down_proj.split(_GROUPS_PER_CALL), group_counts, rows):
