@@ -14,7 +14,9 @@ Parameters (names chosen so checkpoints map by name):
 
 Forward, per token (no token ever sees another): ``shared(x) + Σ_h Σ_k g·act(down[e]·x)·up[e]`` with
 ``g = softmax`` of the head's top-k scores, the experts found by :func:`~wonderful_matrices.ops.product_key_topk`
-(O(√N + k²) per token and head) and mixed by :func:`~wonderful_matrices.ops.expert_mixture`.
+(O(√N + k²) per token and head) and mixed by :func:`~wonderful_matrices.ops.expert_mixture`. A decoding step (a few
+tokens, no autograd) runs the whole layer in three Triton launches (:func:`~wonderful_matrices.ops.cdmoe.decode_step`)
+where the backend allows it.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 
 from ..ops import expert_mixture, product_key_topk
+from ..ops.cdmoe import decode_step, decode_step_usable
 from ..ops.common import MIXTURE_LAYER_BACKENDS, require, trusted_values
 from .mlp import ACTIVATIONS, GatedMLP
 
@@ -87,7 +90,9 @@ class CDMoE(nn.Module):
             products for few experts, ``N <= DENSE_FACTOR · H·top_k``, else Triton kernels; PyTorch on the CPU),
             ``"torch"``, ``"dense"`` or ``"triton"``. The product-key top-k follows it: ``"torch"`` routes in
             PyTorch, the others with the top-k op's ``"auto"`` (its fused kernel on CUDA where it applies,
-            ``top_k <= 32``).
+            ``top_k <= 32``). For at most ``MAX_DECODE_TOKENS`` tokens without autograd (a decoding step),
+            ``"auto"`` on CUDA and ``"triton"`` run the whole layer as three fused launches
+            (:func:`~wonderful_matrices.ops.cdmoe.decode_step`); ``"torch"`` and ``"dense"`` never do.
 
     Forward: ``hidden_states (..., d) -> (..., d)``; sets ``self.aux_loss`` (weighted scalar, or None).
     """
@@ -152,6 +157,15 @@ class CDMoE(nn.Module):
         if not (hidden_states.dim() >= 1 and hidden_states.shape[-1] == self.hidden_size):
             require(False, "hidden_states.shape", tuple(hidden_states.shape), f"(..., {self.hidden_size})")
         device = hidden_states.device.type
+        if self._decodes_fused(hidden_states):
+            self.aux_loss = None
+            flat = hidden_states.reshape(-1, self.hidden_size)
+            biases = {} if self.gate_proj.bias is None else dict(
+                gate_b=self.gate_proj.bias, up_b=self.up_proj.bias, down_b=self.down_proj.bias)
+            y = decode_step(flat, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight,
+                            self.queries.weight, self.keys, self.down_embed.weight, self.up_embed.weight, self.top_k,
+                            self.activation, **biases)
+            return y.view(hidden_states.shape)
         if hidden_states.dtype == torch.float32 and torch.is_autocast_enabled(device):
             # one cast for the three linears (autocast would cast the input in each) and the mixture, which runs
             # in the autocast dtype like the linears
@@ -167,6 +181,16 @@ class CDMoE(nn.Module):
             half_scores = torch.einsum("...hcd,hcnd->...hcn", query, self.keys.to(query.dtype))  # O(√N) per token
             self.aux_loss = self.balance_loss_weight * product_key_balance_loss(half_scores, ids)
         return self.shared(hidden_states) + private
+
+    def _decodes_fused(self, hidden_states: torch.Tensor) -> bool:
+        """Whether this call runs :func:`~wonderful_matrices.ops.cdmoe.decode_step`: few tokens, no autograd, no
+        balance loss to compute, no autocast, every parameter in the input's dtype, and the backend allows it."""
+        if (torch.is_grad_enabled() or (self.training and self.balance_loss_weight > 0)
+                or torch.is_autocast_enabled(hidden_states.device.type)
+                or any(p.dtype != hidden_states.dtype for p in self.parameters())):
+            return False
+        return decode_step_usable(self.backend, hidden_states.device, hidden_states.dtype,
+                                  hidden_states.numel() // self.hidden_size, self.top_k)
 
     # ---- initialisation from a dense MLP ------------------------------------------------------------
 
