@@ -23,7 +23,8 @@ test_interpreted_in_a_subprocess = interpreter_child_test(__file__)
 
 # hidden, inner, N, H, k, retrieval_dim, activation, bias, leading dims of the input: one token; odd sizes
 # everywhere (d_r/2 = 5); √N = 20 sub-keys (more than one sub-key block of 16) with d_r/2 = 3 and several
-# channel blocks; cheems-tiny's shape; the full 16-token block with k = √N; k = 17 (a padded register set of 32)
+# channel blocks; cheems-tiny's shape; the full 16-token block with k = √N; k = 17 (a padded register set of 32);
+# √N = 100 (seven sub-key blocks, later ones rarely entering the kept set)
 CASES = [
     (12, 20, 36, 2, 3, 8, "silu", False, (1,)),
     (37, 45, 49, 3, 5, 10, "gelu", True, (3, 1)),
@@ -31,6 +32,7 @@ CASES = [
     (64, 128, 64, 2, 4, 16, "relu", False, (4, 1)),
     (24, 33, 25, 3, 5, 4, "silu", False, (2, 8)),
     (20, 17, 1024, 2, 17, 8, "gelu", False, (1, 1)),
+    (16, 8, 10000, 1, 3, 4, "silu", False, (2, 1)),
 ]
 
 

@@ -1,9 +1,11 @@
-"""Product-key top-k and the expert mixture (torch and Triton backends) on a CUDA device against float64, and
-the CDMoE / PEER / PKM layers' bf16 training step.
+"""Product-key top-k and the expert mixture (torch and Triton backends) on a CUDA device against float64, the
+CDMoE / PEER / PKM layers' bf16 training step, and the CDMoE layer's fused decoding step (ops/cdmoe).
 
 Skipped where there is no CUDA device. On a GPU machine: ``AREA=experts OUT=DIR bash scripts/gpu_check.sh`` (or
 ``python -m pytest tests/ops/test_experts_cuda.py``).
 """
+import copy
+
 import pytest
 import torch
 
@@ -250,3 +252,89 @@ def test_product_key_layers_bf16_train_step_cuda(backend):
             assert rel_err(y.cpu()[same], y_ref[same]) < 3e-2
         for (name, p), (_, q) in zip(gpu.named_parameters(), cpu.named_parameters()):
             assert p.grad is not None and torch.isfinite(p.grad).all(), (cls.__name__, name)
+
+
+# hidden, inner, N, H, k, d_r, activation, bias, tokens: cheems-base's layer with one decoding row, three and the
+# largest token block; odd sizes with biases; k = 17 (a padded register set of 32)
+CDMOE_DECODE_CASES = [
+    (768, 1024, 2304, 4, 8, 64, "silu", False, 1),
+    (768, 1024, 2304, 4, 8, 64, "silu", False, 3),
+    (768, 1024, 2304, 4, 8, 64, "silu", False, 16),
+    (200, 300, 49, 3, 5, 10, "gelu", True, 2),
+    (96, 80, 1024, 2, 17, 8, "relu", False, 4),
+]
+
+
+def _cdmoe_layer(d, inner, N, H, k, dr, activation, bias, dtype):
+    from wonderful_matrices.layers import CDMoE
+
+    torch.manual_seed(0)
+    layer = CDMoE(d, inner, N, num_heads=H, top_k=k, retrieval_dim=dr, activation=activation, bias=bias)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # nonzero biases
+    return layer.to("cuda", dtype).eval()
+
+
+def _robust_tokens(layer64, tokens):
+    """``tokens`` inputs (tokens, d) float64 whose top-k experts win by the widest margins in every head among 512
+    random candidates, so that half-precision rounding of the queries cannot change the selection."""
+    x = torch.randn(512, layer64.hidden_size, generator=torch.Generator().manual_seed(tokens), dtype=torch.float64)
+    with torch.no_grad():
+        half = torch.einsum("thcd,hcnd->thcn", layer64.query(x), layer64.keys)
+    every = (half[:, :, 0, :, None] + half[:, :, 1, None, :]).flatten(-2)
+    top = every.topk(layer64.top_k + 1, dim=-1).values
+    margin = (top[..., -2] - top[..., -1]).amin(-1)
+    return x[margin.topk(tokens).indices]
+
+
+@pytest.mark.skipif(not _triton_available(), reason="needs triton")
+@pytest.mark.parametrize("case", CDMOE_DECODE_CASES, ids=[str(c) for c in CDMOE_DECODE_CASES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cdmoe_decode_step_cuda(case, dtype):
+    """The CDMoE layer's fused decoding step (ops/cdmoe: three Triton launches) against the layer's torch path in
+    float64 on the same (rounded) weights and inputs, and against its own torch path in the same dtype."""
+    *sizes, tokens = case
+    layer = _cdmoe_layer(*sizes, dtype)
+    oracle = copy.deepcopy(layer).to("cpu", torch.float64)
+    oracle.backend = "torch"
+    plain = copy.deepcopy(layer)
+    plain.backend = "torch"
+    x64 = _robust_tokens(oracle, tokens).to(dtype).double()
+    x = x64.to("cuda", dtype)[:, None]  # (T, 1, d): T decoding rows
+    with torch.no_grad():
+        assert layer._decodes_fused(x)
+        y, y_plain, y_ref = layer(x), plain(x), oracle(x64)[:, None]
+    assert y.dtype == dtype and y.shape == x.shape and torch.isfinite(y).all()
+    assert rel_err(y.cpu(), y_ref) < (1e-5 if dtype == torch.float32 else TOL.get(dtype, 2e-2))
+    assert rel_err(y.cpu(), y_plain.cpu()) < TOL.get(dtype, 2e-2)
+
+
+@pytest.mark.skipif(not _triton_available(), reason="needs triton")
+def test_cdmoe_decode_step_graphed_cuda():
+    """The fused step of cheems-base's CDMoE (bf16, 2 rows) runs without a host synchronisation, records in a CUDA
+    graph and replays new inputs bit for bit as eager calls."""
+    layer = _cdmoe_layer(768, 1024, 2304, 4, 8, 64, "silu", False, torch.bfloat16)
+    static = torch.randn(2, 1, 768, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert layer._decodes_fused(static)
+        layer(static)  # the autotuners run outside the graph
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            layer(static)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            layer(static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = layer(static)
+        for _ in range(3):
+            new = torch.randn_like(static)
+            static.copy_(new)
+            graph.replay()
+            assert torch.equal(out, layer(new))

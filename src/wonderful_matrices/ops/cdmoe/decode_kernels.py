@@ -11,10 +11,10 @@ SwiGLU, the product-key top-k, the softmax, two mixture kernels, the down projec
    ``up_proj`` and writes ``h = act(gate) · up`` (float32 arithmetic, rounded once to the activation dtype); a
    query program writes its rows of ``q`` (rounded to the activation dtype, as the ``Linear`` would).
 2. ``_route_mix_kernel``, one program per (token, head): the sub-key scores of both halves ``BLOCK_N`` at a time
-   merged into running top-k sets (``product_key.topk_kernels._insert_chunk``), the ``k²`` candidate sums ranked
-   by ``k`` rounds of max-and-remove (the exact top k, see ``product_key/two_stage.py``), the softmax gates, then
-   ``s_j = down[e_j]·x``, ``coef_j = g_j·act(s_j)`` and the head's share ``Σ_j coef_j·up[e_j]`` (float32,
-   ``(T, H, d)``; no atomics, so the sum over heads below is deterministic).
+   merged into running top-k sets (the insertion of ``product_key/topk_kernels.py`` on one token's vectors), the
+   ``k²`` candidate sums ranked by ``k`` rounds of max-and-remove (the exact top k, see ``product_key/two_stage.py``),
+   the softmax gates, then ``s_j = down[e_j]·x``, ``coef_j = g_j·act(s_j)`` and the head's share
+   ``Σ_j coef_j·up[e_j]`` (float32, ``(T, H, d)``; no atomics, so the sum over heads below is deterministic).
 3. ``_down_kernel``: ``down_proj h`` plus the heads' shares, rounded once to the activation dtype.
 
 Matrix-vector products use ``tl.dot`` on a block of ``MAX_DECODE_TOKENS`` = 16 (its smallest tile) with the missing
@@ -29,7 +29,6 @@ import triton
 import triton.language as tl
 
 from ..expert_mixture.row_kernels import ACTIVATION_CODES, _activation
-from ..product_key.topk_kernels import _insert_chunk
 from ..triton_utils import interpreting, poisoned_empty, pow2_at_least
 from . import MAX_DECODE_TOKENS
 
@@ -99,14 +98,36 @@ def _project_kernel(x_ptr, gate_w_ptr, up_w_ptr, query_w_ptr, gate_b_ptr, up_b_p
 
 
 @triton.jit
+def _insert(kept_v, kept_i, chunk_v, chunk_i, slots, K: tl.constexpr):
+    """Merge a chunk of scores (BLOCK_N,) labelled ``chunk_i`` into the kept set (K_PAD,) (``slots`` its indices):
+    the chunk's best replaces the worst kept one while it is larger, at most ``min(K, #{scores > worst})`` times.
+    Dead slots (>= K) hold +inf and are never the worst. One-dimensional on purpose: the (1, n) tensors of
+    ``topk_kernels._insert_chunk`` for a single token make the sm_90 compilation hang (Triton 3.7)."""
+    worst = tl.min(kept_v, axis=0)
+    rounds = tl.minimum(tl.sum((chunk_v > worst).to(tl.int32), axis=0), K)
+    for _ in range(rounds):
+        best = tl.max(chunk_v, axis=0)
+        best_i = tl.min(tl.where(chunk_v == best, chunk_i, 2147483647), axis=0)
+        worst = tl.min(kept_v, axis=0)
+        worst_slot = tl.min(tl.where(kept_v == worst, slots, 2147483647), axis=0)
+        # only while the chunk's best beats the worst kept one (elementwise: kept_v is ``worst`` at its slot, and
+        # chunk_v is ``best`` at its label)
+        replace = (slots == worst_slot) & (kept_v < best)
+        kept_v = tl.where(replace, best, kept_v)
+        kept_i = tl.where(replace, best_i, kept_i)
+        chunk_v = tl.where((chunk_i == best_i) & (chunk_v > worst), float("-inf"), chunk_v)
+    return kept_v, kept_i
+
+
+@triton.jit
 def _half_top_k(q_ptr, keys_ptr, t, h, c, H, N_KEYS, DK, K: tl.constexpr, K_PAD: tl.constexpr,
                 DK_PAD: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The k best sub-key scores of half ``c`` of head ``h`` for token ``t`` (unordered): values (1, K_PAD) float32
+    """The k best sub-key scores of half ``c`` of head ``h`` for token ``t`` (unordered): values (K_PAD,) float32
     and sub-key indices int32; dead slots (>= K) hold +inf."""
     offs_d = tl.arange(0, DK_PAD)
     mask_d = offs_d < DK
     q = tl.load(q_ptr + ((t * H + h) * 2 + c) * DK + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    slots = tl.arange(0, K_PAD)[None, :]
+    slots = tl.arange(0, K_PAD)
     kept_v = tl.where(slots < K, float("-inf"), float("inf"))
     kept_i = slots
     for n0 in range(0, N_KEYS, BLOCK_N):
@@ -115,7 +136,7 @@ def _half_top_k(q_ptr, keys_ptr, t, h, c, H, N_KEYS, DK, K: tl.constexpr, K_PAD:
         keys = tl.load(keys_ptr + ((h * 2 + c) * N_KEYS + offs_n[:, None]) * DK + offs_d[None, :],
                        mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)  # (BLOCK_N, DK_PAD)
         scores = tl.where(mask_n, tl.sum(keys * q[None, :], axis=1), float("-inf"))
-        kept_v, kept_i = _insert_chunk(kept_v, kept_i, scores[None, :], offs_n[None, :], slots, K)
+        kept_v, kept_i = _insert(kept_v, kept_i, scores, offs_n, slots, K)
     return kept_v, kept_i
 
 
@@ -133,10 +154,6 @@ def _route_mix_kernel(x_ptr, q_ptr, keys_ptr, down_ptr, up_ptr, out_ptr, H, N_KE
     v1, b = _half_top_k(q_ptr, keys_ptr, t, h, 1, H, N_KEYS, DK, K, K_PAD, DK_PAD, BLOCK_N)
     slots = tl.arange(0, K_PAD)
     live = slots < K
-    v0 = tl.reshape(v0, [K_PAD])
-    v1 = tl.reshape(v1, [K_PAD])
-    a = tl.reshape(a, [K_PAD])
-    b = tl.reshape(b, [K_PAD])
     sums = tl.where(live[:, None] & live[None, :], v0[:, None] + v1[None, :], float("-inf"))
     ids = a[:, None] * N_KEYS + b[None, :]  # distinct within a head; N < 2^31
     sums = tl.reshape(sums, [K_PAD * K_PAD])
