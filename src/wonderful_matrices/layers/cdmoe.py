@@ -185,9 +185,13 @@ class CDMoE(nn.Module):
     def _decodes_fused(self, hidden_states: torch.Tensor) -> bool:
         """Whether this call runs :func:`~wonderful_matrices.ops.cdmoe.decode_step`: few tokens, no autograd, no
         balance loss to compute, no autocast, every parameter in the input's dtype, and the backend allows it."""
+        dtype = hidden_states.dtype
         if (torch.is_grad_enabled() or (self.training and self.balance_loss_weight > 0)
                 or torch.is_autocast_enabled(hidden_states.device.type)
-                or any(p.dtype != hidden_states.dtype for p in self.parameters())):
+                or any(p is not None and p.dtype != dtype for p in (
+                    self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight, self.queries.weight, self.keys,
+                    self.down_embed.weight, self.up_embed.weight, self.gate_proj.bias, self.up_proj.bias,
+                    self.down_proj.bias))):
             return False
         return decode_step_usable(self.backend, hidden_states.device, hidden_states.dtype,
                                   hidden_states.numel() // self.hidden_size, self.top_k)

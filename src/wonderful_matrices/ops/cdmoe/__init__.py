@@ -51,6 +51,35 @@ def decode_step(x: Tensor, gate_w: Tensor, up_w: Tensor, down_w: Tensor, query_w
     Returns:
         ``(T, d)`` in ``x``'s dtype.
     """
+    tensors = (gate_w, up_w, down_w, query_w, keys, down_table, up_table)
+    biases = (gate_b, up_b, down_b)
+    if not (isinstance(x, Tensor) and x.dim() == 2 and 1 <= x.shape[0] <= MAX_DECODE_TOKENS and x.dtype in _DTYPES
+            and keys.dim() == 4 and keys.shape[1] == 2 and gate_w.dim() == 2
+            and (all(b is None for b in biases) or all(b is not None for b in biases))
+            and all(t.dtype == x.dtype and t.device == x.device for t in tensors)
+            and (gate_b is None or all(b.dtype == x.dtype and b.device == x.device for b in biases))
+            and tuple(gate_w.shape) == tuple(up_w.shape) == (gate_w.shape[0], x.shape[1])
+            and tuple(down_w.shape) == (x.shape[1], gate_w.shape[0])
+            and tuple(query_w.shape) == (keys.shape[0] * 2 * keys.shape[3], x.shape[1])
+            and tuple(down_table.shape) == tuple(up_table.shape) == (keys.shape[2] ** 2, x.shape[1])
+            and (gate_b is None or (tuple(gate_b.shape) == tuple(up_b.shape) == (gate_w.shape[0],)
+                                    and tuple(down_b.shape) == (x.shape[1],)))
+            and isinstance(top_k, int) and 1 <= top_k <= min(keys.shape[2], MAX_DECODE_TOP_K)
+            and keys.shape[2] ** 2 < 2 ** 31 and activation in _ACTIVATIONS and triton_usable(x.device)):
+        _check_decode_args(x, gate_w, up_w, down_w, query_w, keys, down_table, up_table, top_k, activation,
+                           gate_b, up_b, down_b)  # the messages are built only for bad arguments
+    from .decode_kernels import decode_step as fused  # imported on first use: no triton, no import
+
+    def c(t):
+        return None if t is None else t.contiguous()
+
+    return fused(c(x), c(gate_w), c(up_w), c(down_w), c(query_w), c(keys), c(down_table), c(up_table), top_k,
+                 activation, c(gate_b), c(up_b), c(down_b))
+
+
+def _check_decode_args(x, gate_w, up_w, down_w, query_w, keys, down_table, up_table, top_k, activation,
+                       gate_b, up_b, down_b) -> None:
+    """The argument checks of :func:`decode_step`, one error each."""
     require(isinstance(x, Tensor) and x.dim() == 2 and 1 <= x.shape[0] <= MAX_DECODE_TOKENS, "x.shape",
             shape_of(x) if isinstance(x, Tensor) else x, f"(T, d) with 1 <= T <= {MAX_DECODE_TOKENS}")
     require(x.dtype in _DTYPES, "x.dtype", x.dtype, f"one of {_DTYPES}")
@@ -78,13 +107,6 @@ def decode_step(x: Tensor, gate_w: Tensor, up_w: Tensor, down_w: Tensor, query_w
     require(n * n < 2 ** 31, "keys.shape", shape_of(keys), "N = n² < 2^31")
     require(activation in _ACTIVATIONS, "activation", activation, f"one of {_ACTIVATIONS}")
     require(triton_usable(x.device), "x.device", x.device, "a CUDA device (or TRITON_INTERPRET=1) with triton")
-    from .decode_kernels import decode_step as fused  # imported on first use: no triton, no import
-
-    def c(t):
-        return None if t is None else t.contiguous()
-
-    return fused(c(x), c(gate_w), c(up_w), c(down_w), c(query_w), c(keys), c(down_table), c(up_table), top_k,
-                 activation, c(gate_b), c(up_b), c(down_b))
 
 
 __all__ = ["decode_step", "decode_step_usable", "MAX_DECODE_TOKENS", "MAX_DECODE_TOP_K"]
