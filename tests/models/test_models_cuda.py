@@ -69,10 +69,11 @@ def test_generate_replays_graphed_steps_with_the_tokens_of_eager_decoding(name):
 @pytest.mark.parametrize("name", [n for n in wm.presets.names() if n.endswith("-tiny")])
 @pytest.mark.parametrize("graphed", [False, True])
 def test_fused_decoding_kernels_keep_the_greedy_tokens(name, graphed):
-    # the fused decoding kernels (SSD step, DMA step, CDMoE routing) give the greedy tokens of the torch paths
-    # (float32, left-padded batch)
+    # the fused decoding kernels (SSD step, DMA step, CDMoE routing; the last forced with cdmoe_backend="triton"
+    # until "auto" takes it) give the greedy tokens of the torch paths (float32, left-padded batch)
     torch.manual_seed(0)
-    fused = wm.CheemsForCausalLM(wm.presets.get(name, graphed_decoding=graphed)).eval().to("cuda")
+    config = wm.presets.get(name, graphed_decoding=graphed, cdmoe_backend="triton")
+    fused = wm.CheemsForCausalLM(config).eval().to("cuda")
     plain = wm.CheemsForCausalLM(wm.presets.get(name, graphed_decoding=False, ssd_backend="torch",
                                                 cdmoe_backend="torch", dma_decode_backend="torch")).eval().to("cuda")
     plain.load_state_dict(fused.state_dict())

@@ -14,8 +14,14 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ACTIVATIONS = ("silu", "gelu", "relu")
 
 
+# "auto" takes the fused decoding step once its CUDA parity tests (tests/ops/test_experts_cuda.py -k cdmoe_decode)
+# have passed on a GPU; until then only an explicit backend="triton" runs it (interpreter-tested in float32).
+AUTO_USES_DECODE_STEP = False
+
+
 def decode_step_usable(backend: str, device: torch.device, dtype: torch.dtype, tokens: int, top_k: int) -> bool:
-    """Whether :func:`decode_step` runs for a CDMoE layer ``backend`` (``"auto"``: on CUDA with triton;
+    """Whether :func:`decode_step` runs for a CDMoE layer ``backend`` (``"auto"``: on CUDA with triton once
+    ``AUTO_USES_DECODE_STEP`` is set;
     ``"triton"``: required, also under ``TRITON_INTERPRET=1``; ``"torch"``, ``"dense"``: never), activation
     ``dtype`` (float32, bf16, fp16), ``tokens`` (``1 <= T <= MAX_DECODE_TOKENS``) and ``top_k``
     (``<= MAX_DECODE_TOP_K``)."""
@@ -26,7 +32,7 @@ def decode_step_usable(backend: str, device: torch.device, dtype: torch.dtype, t
         require(triton_usable(device), "backend", backend,
                 "'triton' needs a CUDA device (or TRITON_INTERPRET=1) and the triton package")
         return True
-    return device.type == "cuda" and triton_usable(device)
+    return AUTO_USES_DECODE_STEP and device.type == "cuda" and triton_usable(device)
 
 
 def decode_step(x: Tensor, gate_w: Tensor, up_w: Tensor, down_w: Tensor, query_w: Tensor, keys: Tensor,
