@@ -8,6 +8,7 @@ import math
 import torch
 
 from ..common import require, resolve_backend, shape_of, triton_usable, value_checks_enabled
+from . import biased_sdpa as _biased_sdpa
 from .cache import DecodeStep, cache_state, cached_in_order, replace_lowest_and_attend, store
 from .naive import dynamic_mask_attention_naive
 from .selection import selectable_keys
@@ -47,7 +48,9 @@ def dynamic_mask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
             window), ``"triton"`` (GPU kernels, float16/bfloat16/float32: a causal window shorter than ``k_len``
             with ``head_dim <= 256`` runs the block-sparse kernels of windowed_kernels.py — on the CPU too under
             ``TRITON_INTERPRET=1``; causal attention without a window on CUDA, ``head_dim`` a power of two in
-            16…256, runs FlexAttention with the bias as a score modifier (biased_causal.py); other calls run
+            16…256, runs FlexAttention with the bias as a score modifier (biased_causal.py) — or, without
+            ``seq_idx`` and once ``biased_sdpa.AUTO_USES_BIASED_SDPA`` is set, one fused SDPA call with the bias
+            as two extra key channels (biased_sdpa.py); other calls run
             the torch path) or ``"naive"`` (loops, the oracle).
 
     Returns:
@@ -89,6 +92,9 @@ def dynamic_mask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
     if (name == "triton" and causal and keep_window is not None and keep_window < lk and lq > 1
             and q.dtype in _triton_backend.DTYPES and d <= _triton_backend.MAX_HEAD_DIM):
         return _triton_backend.dynamic_mask_attention_triton(q, k, v, bias, keep_window, scale, seq_idx=seq_idx)
+    if (name == "triton" and causal and (keep_window is None or keep_window >= lk) and lq > 1 and seq_idx is None
+            and q.device.type == "cuda" and _biased_sdpa.AUTO_USES_BIASED_SDPA and _biased_sdpa.supports(q, hkv)):
+        return _biased_sdpa.dynamic_mask_attention_biased_sdpa(q, k, v, bias, scale)
     if (name == "triton" and causal and (keep_window is None or keep_window >= lk) and lq > 1
             and q.device.type == "cuda" and q.dtype in _biased_causal.DTYPES and d in _biased_causal.HEAD_DIMS):
         return _biased_causal.dynamic_mask_attention_biased_causal(q, k, v, bias, scale, seq_idx)
