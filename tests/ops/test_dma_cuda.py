@@ -251,3 +251,40 @@ def test_dma_step_inputs_cuda(dtype, b, hq, hkv, d, mask_form, qk_norm):
             out = layer(xt, pt, None, state)
             out_r = ref(xt, pt, None, state_r)
             assert out.dtype == dtype and rel_err(out.double().cpu(), out_r.double().cpu()) < tol, t
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("lq,lk,hq,hkv,d,bias_std", [(300, 300, 8, 2, 64, 3.0), (200, 333, 4, 4, 128, 3.0),
+                                                     (129, 129, 4, 1, 30, 3.0), (257, 257, 16, 16, 128, 50.0),
+                                                     (4096, 4096, 16, 16, 128, 3.0)])
+def test_dma_no_window_biased_sdpa_cuda(dtype, lq, lk, hq, hkv, d, bias_std):
+    """No window as one fused SDPA call with the bias as two extra key channels (biased_sdpa.py), called directly
+    (AUTO_USES_BIASED_SDPA is off until this passes), against the float64 oracle, outputs and all gradients: GQA,
+    lq < lk, odd lengths and head dim, padded keys and a query that sees only padding, B1 H16 D128 L4096. The oracle
+    is the loop oracle on the CPU, or at L4096 the exact float64 "torch" backend on the GPU."""
+    from wonderful_matrices.ops.dma.biased_sdpa import dynamic_mask_attention_biased_sdpa, supports
+
+    g = torch.Generator().manual_seed(lq + d)
+    base = [torch.randn(1, lq, hq, d, generator=g), torch.randn(1, lk, hkv, d, generator=g),
+            torch.randn(1, lk, hkv, d, generator=g), torch.randn(1, lk, hkv, generator=g) * bias_std]
+    base[3][0, :5] = float("-inf")
+    base[3][0, lk // 2, 0] = float("-inf")
+    if dtype == torch.float32 and hq != hkv:
+        assert not supports(base[0].to(dtype), hkv)  # no fused float32 kernel takes GQA: the dispatcher keeps Flex
+    oracle = "torch" if lq > 1000 else "naive"
+
+    def fn(q, k, v, bias):
+        if q.dtype == torch.float64:
+            return wm.ops.dynamic_mask_attention(q, k, v, bias, backend=oracle)
+        return dynamic_mask_attention_biased_sdpa(q, k, v, bias, d ** -0.5)
+
+    tol = TOL.get(dtype, 2e-2)
+    small = [_leaf(t, dtype, "cuda") for t in base[:3]] + [_leaf(base[3], torch.float32, "cuda")]
+    ref, ref_g = _on_cpu(_grads(fn, [_leaf(t, torch.float64, "cuda") for t in small]))
+    out, out_g = _grads(fn, small)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    if lq == lk:
+        assert (out[0, :5] == 0).all()  # the first five queries see only padding keys
+    assert rel_err(out.cpu(), ref) < tol
+    for name, a, r in zip("qkvb", out_g, ref_g):
+        assert torch.isfinite(a).all() and _grad_close(a, r, tol * 2), name

@@ -1,7 +1,8 @@
 """Dynamic mask attention benchmark: training-step cost vs length, and decoding cost at long context.
 
 (a) forward and forward+backward time and peak memory of one attention call vs sequence length T: DMA with a
-    window (the Triton kernels where usable, and the torch path), DMA without a window, dense causal SDPA
+    window (the Triton kernels where usable, and the torch path), DMA without a window (on CUDA also as one
+    fused SDPA call with the bias as extra key channels: ops/dma/biased_sdpa.py), dense causal SDPA
     (cuDNN backend when it runs, else PyTorch's default choice) and FlexAttention causal (CUDA only, when it
     compiles), all in one process on the same inputs; plus the windowed paths' selection stage alone
     (``live_keys`` for Triton, ``select_blocks`` for torch, and on CUDA the torch operations that are the
@@ -39,6 +40,7 @@ from ..layers import Attention, DynamicMaskAttention
 from ..ops import dynamic_mask_attention
 from ..ops.common import triton_usable
 from ..ops.dma import DecodeStep, cache_state
+from ..ops.dma.biased_sdpa import dynamic_mask_attention_biased_sdpa
 from ..ops.dma.selection import default_block, live_keys_torch, select_blocks
 from .common import peak_memory_bytes, synchronize, time_callable, write_results
 
@@ -174,8 +176,12 @@ def _training_rows(cfg, device):
             impls.append((f"dma window {w} torch",
                           lambda q, k, v, b: dynamic_mask_attention(q, k, v, b, keep_window=w, backend="torch"),
                           (q, k, v, bias)))
-        impls += [("dma no window", lambda q, k, v, b: dynamic_mask_attention(q, k, v, b), (q, k, v, bias)),
-                  (f"sdpa causal ({cudnn_name})", sdpa, (qt, kt, vt))]
+        impls.append(("dma no window", lambda q, k, v, b: dynamic_mask_attention(q, k, v, b), (q, k, v, bias)))
+        if device.type == "cuda":  # the same op as one fused SDPA call (what "auto" takes once switched on)
+            impls.append(("dma no window, biased sdpa",
+                          lambda q, k, v, b: dynamic_mask_attention_biased_sdpa(q, k, v, b, d ** -0.5),
+                          (q, k, v, bias)))
+        impls.append((f"sdpa causal ({cudnn_name})", sdpa, (qt, kt, vt)))
         flex = _flex_causal(device, T, h)
         if flex is not None:
             impls.append(("flex causal", flex, (qt, kt, vt)))
