@@ -153,3 +153,84 @@ def test_merge_with_mixed_budgets_keeps_the_best_run_and_names_its_steps(tmp_pat
 def test_zero_sizes_are_refused_not_read_as_defaults(tmp_path, name):
     with pytest.raises(ValueError, match=name):
         bench_mqar.run(tmp_path, quick=True, cells=((16, 2, 16),), steps=1, **{name: 0})
+
+
+def test_bounded_window_mixers_run_end_to_end_and_their_rows_say_what_was_compared(tmp_path):
+    from wonderful_matrices.cli import main
+
+    out = tmp_path / "w"
+    assert main(["bench", "mqar", "--quick", "--cells", "64:16", "--steps", "2", "--vocab-size", "32",
+                 "--learning-rates", "1e-2", "--mixers", "attn", "--windows", "4,8", "--out", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    rows = {r["mixer"]: r for r in data["rows"]}
+    assert list(rows) == ["attn", "dma-w4", "swa-w4", "ssd-s4", "dma-w8", "swa-w8", "ssd-s8"]
+    assert [rows[m]["keep_window"] for m in rows] == [None, 4, 4, None, 8, 8, None]
+    # 2 bytes per element: attn holds K and V of all 64 keys of width 16; a w-key cache and SSD state n = w match
+    assert rows["attn"]["state_bytes"] == 2 * 2 * 64 * 16
+    for w in (4, 8):
+        assert rows[f"dma-w{w}"]["state_bytes"] == rows[f"swa-w{w}"]["state_bytes"] == 2 * 2 * w * 16
+        assert rows[f"ssd-s{w}"]["state_bytes"] == rows[f"dma-w{w}"]["state_bytes"]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows.values())
+    assert rows["swa-w8"]["model"] == "SWA w=8" and data["meta"]["windows"] == [4, 8]
+    md = (out / "results.md").read_text()
+    assert "| keep_window | state_bytes |" in md and "SSD n=4" in md
+    merged = bench_mqar.merge_results(tmp_path / "m", [out])
+    assert [r["mixer"] for r in merged] == list(rows)
+    assert (tmp_path / "m" / "mqar.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("width", [16, 64, 128, 256])
+@pytest.mark.parametrize("window", [1, 64, 128, 256])
+def test_ssd_state_of_a_window_holds_the_bytes_of_its_kv_cache(width, window):
+    n = bench_mqar.matching_state_size(window, width)
+    attn, ssd = (bench_mqar.model_config(m, width, 32) for m in (f"dma-w{window}", f"ssd-s{n}"))
+    assert ssd.ssd_num_heads * ssd.ssd_head_dim * n == 2 * window * attn.num_key_value_heads * attn.head_dim
+    assert n == window and ssd.ssd_state_size == n and attn.keep_window == window
+    assert bench_mqar.state_bytes(f"ssd-s{n}", 2048, width) == bench_mqar.state_bytes(f"dma-w{window}", 2048, width)
+    assert bench_mqar.window_mixers([window]) == (f"dma-w{window}", f"swa-w{window}", f"ssd-s{window}")
+
+
+def test_sliding_window_mixer_is_attention_over_the_last_w_keys():
+    # oracle: causal softmax attention restricted to keys (i - w, i], float64, from the layer's own projections
+    width, w, length = 16, 5, 23
+    model = bench_mqar.build_model(f"swa-w{w}", width, 32, 8, torch.device("cpu"), seed=0).double()
+    layer = model.model.layers[0].mixer
+    names = {n for n, _ in layer.named_parameters()}
+    assert not any("dt_proj" in n or "A_log" in n for n in names), names  # nothing learns which keys to keep
+    torch.manual_seed(1)
+    x = torch.randn(3, length, width, dtype=torch.float64)
+    pos = torch.arange(length).expand(3, -1)
+    q, k, v, bias = layer._project(x, pos, None)
+    assert torch.equal(bias, torch.zeros_like(bias))
+    scores = torch.einsum("bihd,bjhd->bhij", q, k) / width ** 0.5
+    i, j = torch.arange(length)[:, None], torch.arange(length)[None, :]
+    scores = scores.masked_fill((j > i) | (j <= i - w), float("-inf"))
+    expected = layer.o_proj(torch.einsum("bhij,bjhd->bihd", scores.softmax(-1), v).reshape(3, length, width))
+    got = layer(x, pos)
+    assert (got - expected).norm() / expected.norm() < 1e-10
+    # the learned-mask DMA of the same window differs: its bias is not all zeros
+    dma = bench_mqar.build_model(f"dma-w{w}", width, 32, 8, torch.device("cpu"), seed=0).model.layers[0].mixer
+    assert "dt_proj.weight" in dict(dma.named_parameters())
+
+
+def test_mixer_and_window_arguments_are_checked(tmp_path):
+    from wonderful_matrices.cli import main
+
+    assert bench_mqar.parse_mixer("dma-w64") == ("dma", 64) and bench_mqar.parse_mixer("ssd") == ("ssd", None)
+    for bad in ("swa", "dma-w0", "swa-w-3", "ssd-w64", "attn-w64", "dma-w6.5"):
+        with pytest.raises(ValueError, match="mixer"):
+            bench_mqar.parse_mixer(bad)
+    for bad in ("", "64,x", "0", "64,-1", "6.5", (64, 1.5)):
+        with pytest.raises(ValueError, match="windows"):
+            bench_mqar.parse_windows(bad)
+    small = dict(quick=True, cells=((16, 2, 16),), steps=1, vocab_size=32, batch_size=4, num_test=8)
+    with pytest.raises(ValueError, match="windows"):
+        bench_mqar.run(tmp_path, windows="64,abc", **small)
+    with pytest.raises(ValueError, match="mixers"):
+        bench_mqar.run(tmp_path, mixers="dma,swa-w", **small)
+    model = bench_mqar.build_model("dma", 16, 32, 8, torch.device("cpu"), seed=0)
+    with pytest.raises(ValueError, match="keep_window"):
+        bench_mqar.to_sliding_window(model)
+    # the CLI: one line, no traceback
+    for args in (["--windows", "64,0"], ["--mixers", "swa-w"]):
+        assert main(["bench", "mqar", "--quick", "--cells", "16:16", "--out", str(tmp_path), *args]) == 2

@@ -1,5 +1,5 @@
 """``python -m wonderful_matrices.bench NAME [--quick] --out DIR [--device D] [--budget-s S] [--steps N]
-[--cells ...] [--mixers ...] [--learning-rates ...] [--vocab-size V] [--merge DIR ... [--mixed-budgets]]
+[--cells ...] [--mixers ...] [--windows W,...] [--learning-rates ...] [--vocab-size V] [--merge DIR ... [--mixed-budgets]]
 [--presets P,...] [--variants V,...] [--data CORPUS] [--threads N]``."""
 from __future__ import annotations
 
@@ -21,7 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training steps per run instead of the default (mqar, position, lm)")
     parser.add_argument("--cells", default=None,
                         help="mqar: cells to run as seq_len:width pairs, e.g. 256:64,2048:128, or 'all'")
-    parser.add_argument("--mixers", default=None, help="mqar: mixers to train, e.g. attn,dma (default: all)")
+    parser.add_argument("--mixers", default=None,
+                        help="mqar: mixers to train, e.g. attn,dma or dma-w64,swa-w64,ssd-s64 (default: attn,ssd,dma)")
+    parser.add_argument("--windows", default=None,
+                        help="mqar: bounded windows, e.g. 64,128,256: adds dma-w<w> (DMA, keep_window w), swa-w<w> "
+                             "(sliding-window attention) and ssd-s<n> (SSD with the state bytes of a w-key cache) "
+                             "per window")
     parser.add_argument("--learning-rates", default=None,
                         help="mqar: learning rates to sweep, e.g. 1e-3,2e-3 (default: logspace(-4, -2, 4))")
     parser.add_argument("--vocab-size", type=int, default=None,
@@ -61,7 +66,8 @@ def main_from_args(args: argparse.Namespace) -> int:
             merge_results(args.out, args.merge, mixed_budgets=args.mixed_budgets)
             return 0
         run_benchmark(args.name, args.out, quick=args.quick, device=args.device, budget_s=args.budget_s,
-                      steps=args.steps, cells=args.cells, mixers=args.mixers, learning_rates=args.learning_rates,
+                      steps=args.steps, cells=args.cells, mixers=args.mixers, windows=args.windows,
+                      learning_rates=args.learning_rates,
                       vocab_size=args.vocab_size, presets=args.presets, variants=args.variants,
                       data=args.data)
     except ValueError as e:

@@ -18,12 +18,30 @@ promise (nearest ``PROMISING_LR`` first), each for every mixer before the next, 
 already solved the cell (accuracy >= 0.999), since it cannot raise the best. With a time budget no run starts after 1.1x
 the budget, and the result files are rewritten after every run, so a sweep cut short keeps what finished.
 
+Bounded windows (issue #15, item 2(b); ``windows=(64, 128, 256)``): for each window ``w`` three more mixers run
+beside the chosen ones, all holding the same bytes of state per layer and sequence while they decode:
+
+* ``dma-w{w}``: DMA with ``keep_window = w``, the learned gate mask choosing which ``w`` keys each query keeps;
+* ``swa-w{w}``: sliding-window attention over the last ``w`` keys: the same DMA layer with an all-zero bias (its
+  ``dt_proj`` and ``A_log`` removed, so nothing is learned about which keys to keep) — with ties going to the later
+  key, an all-zero bias and a window is exactly sliding-window attention (docs/design.md);
+* ``ssd-s{n}``: SSD whose recurrent state holds as many elements as a ``w``-key K/V cache:
+  ``ssd_num_heads · ssd_head_dim · n = 2 · w · num_kv_heads · head_dim`` (:func:`matching_state_size`; with these
+  models' 1 KV head of ``head_dim = width`` and SSD's expand 2 this is ``n = w``).
+
+Every row carries ``keep_window`` and ``state_bytes`` (:func:`state_bytes`: per layer and sequence, 2 bytes per
+element as in bf16; attention without a window holds all ``T`` keys; SSD's count leaves out its short
+convolution's 3-token buffer).
+
 Outputs ``results.json`` / ``results.md`` (rows per cell and mixer, with the paper's number beside ours) and
 ``mqar.png`` (accuracy against width, one panel per sequence length, the paper's points dashed).
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import math
+import re
 import time
 from pathlib import Path
 
@@ -48,6 +66,9 @@ PAPER = {
 }
 MIXERS = ("attn", "ssd", "dma")
 MIXER_NAMES = {"attn": "QCAttn", "ssd": "SSD", "dma": "DMA", "based": "Based"}
+# the bounded-state mixers: name pattern -> display name; ``{}`` is the window (dma, swa) or the state size (ssd)
+WINDOWED = {"dma-w": "DMA w={}", "swa-w": "SWA w={}", "ssd-s": "SSD n={}"}
+BYTES_PER_ELEMENT = 2  # state_bytes counts bf16 elements, the dtype the models train in on CUDA
 # (seq_len, kv pairs) of docs/design.md; the paper's cells use the same lengths
 KV_PAIRS = {64: 4, 128: 8, 256: 16, 512: 64, 1024: 128, 2048: 256}
 LEARNING_RATES = tuple(float(x) for x in np.logspace(-4, -2, 4))
@@ -87,28 +108,118 @@ def parse_cells(text: str) -> tuple[tuple[int, int, int], ...]:
     return tuple(cells)
 
 
+def parse_mixer(mixer: str) -> tuple[str, int | None]:
+    """``"attn"`` / ``"ssd"`` / ``"dma"`` -> (kind, None); ``"dma-w64"`` / ``"swa-w64"`` -> (kind, window 64);
+    ``"ssd-s64"`` -> ("ssd", state size 64). ``ValueError`` on any other name."""
+    if mixer in MIXERS:
+        return mixer, None
+    match = re.fullmatch(r"(dma-w|swa-w|ssd-s)([1-9][0-9]*)", mixer) if isinstance(mixer, str) else None
+    if match is None:
+        raise ValueError(f"mixer={mixer!r} is not allowed: one of {MIXERS} or dma-w<window>, swa-w<window>, "
+                         "ssd-s<state size> with a positive integer, e.g. dma-w64")
+    return match.group(1)[:3], int(match.group(2))
+
+
+def mixer_name(mixer: str) -> str:
+    """The display name of ``mixer`` in tables and plots: ``"dma-w64"`` -> ``"DMA w=64"``."""
+    kind, size = parse_mixer(mixer)
+    return MIXER_NAMES[kind] if size is None else WINDOWED[mixer[:5]].format(size)
+
+
+def parse_windows(windows) -> tuple[int, ...]:
+    """``"64,128,256"`` or a sequence of ints -> (64, 128, 256); ``ValueError`` unless every entry is an int >= 1."""
+    items = windows.split(",") if isinstance(windows, str) else list(windows)
+    try:
+        values = tuple(int(v) for v in items if not isinstance(v, (bool, float)))
+    except ValueError:
+        values = ()
+    if not items or len(values) != len(items) or not all(v >= 1 for v in values):
+        raise ValueError(f"windows={windows!r} is not allowed: comma-separated ints >= 1, e.g. '64,128,256'")
+    return values
+
+
 def model_config(mixer: str, width: int, vocab_size: int, state_size: int = 128, tie_embeddings: bool = False):
-    """The :class:`CheemsConfig` of a 2-layer, FFN-free MQAR model whose both layers are ``mixer``."""
+    """The :class:`CheemsConfig` of a 2-layer, FFN-free MQAR model whose both layers are ``mixer`` (a name of
+    :func:`parse_mixer`): ``dma-w{w}`` and ``swa-w{w}`` are DMA layers with ``keep_window = w`` (:func:`build_model`
+    turns the latter into sliding-window attention), ``ssd-s{n}`` SSD with state size ``n`` instead of
+    ``state_size``."""
     from ..models import CheemsConfig
 
-    if mixer not in MIXERS:
-        raise ValueError(f"mixer={mixer!r} is not allowed: one of {MIXERS}")
+    kind, size = parse_mixer(mixer)
     ssd_head_dim = min(64, width)
     return CheemsConfig(
-        vocab_size=vocab_size, hidden_size=width, num_hidden_layers=2, mixer_types=[mixer] * 2,
-        ffn_types=["none"] * 2, num_attention_heads=1, num_key_value_heads=1, head_dim=width, keep_window=None,
-        ssd_num_heads=2 * width // ssd_head_dim, ssd_head_dim=ssd_head_dim, ssd_state_size=state_size,
+        vocab_size=vocab_size, hidden_size=width, num_hidden_layers=2, mixer_types=[kind if kind != "swa" else "dma"] * 2,
+        ffn_types=["none"] * 2, num_attention_heads=1, num_key_value_heads=1, head_dim=width,
+        keep_window=size if kind in ("dma", "swa") else None, ssd_num_heads=2 * width // ssd_head_dim,
+        ssd_head_dim=ssd_head_dim, ssd_state_size=size if kind == "ssd" and size else state_size,
         ssd_chunk_size=128, ssd_use_conv=True, ssd_use_rope=False, tie_word_embeddings=tie_embeddings,
         use_cache=False)
 
 
+def matching_state_size(window: int, width: int) -> int:
+    """The SSD state size ``n`` whose recurrent state holds as many elements per layer as a ``window``-key K/V
+    cache of these models at ``width``: ``ssd_num_heads · ssd_head_dim · n = 2 · window · num_kv_heads ·
+    head_dim`` (``n = window`` for every width: 1 KV head of ``head_dim = width``, SSD inner width ``2 · width``)."""
+    attn, ssd = model_config("dma", width, 2), model_config("ssd", width, 2)
+    cache = 2 * window * attn.num_key_value_heads * attn.head_dim
+    inner = ssd.ssd_num_heads * ssd.ssd_head_dim
+    if cache % inner:
+        raise ValueError(f"window={window!r} is not allowed at width={width}: the cache of {cache} elements is not a "
+                         f"multiple of SSD's {inner} heads x head_dim")
+    return cache // inner
+
+
+def window_mixers(windows) -> tuple[str, ...]:
+    """The bounded-state mixers of each window: ``(64,)`` -> ``("dma-w64", "swa-w64", "ssd-s64")``."""
+    return tuple(name for w in parse_windows(windows)
+                 for name in (f"dma-w{w}", f"swa-w{w}", f"ssd-s{matching_state_size(w, 64)}"))
+
+
+def state_bytes(mixer: str, seq_len: int, width: int, state_size: int = 128) -> int:
+    """Bytes of decoding state per layer and sequence after ``seq_len`` tokens, 2 per element (bf16):
+    K and V of ``min(seq_len, keep_window)`` keys (``2 · keys · num_kv_heads · head_dim``) for attention and DMA,
+    ``ssd_num_heads · ssd_head_dim · n`` for SSD (its short convolution's 3-token buffer not counted)."""
+    cfg = model_config(mixer, width, 2, state_size)
+    if parse_mixer(mixer)[0] == "ssd":
+        elements = cfg.ssd_num_heads * cfg.ssd_head_dim * cfg.ssd_state_size
+    else:
+        keys = seq_len if cfg.keep_window is None else min(seq_len, cfg.keep_window)
+        elements = 2 * keys * cfg.num_key_value_heads * cfg.head_dim
+    return BYTES_PER_ELEMENT * elements
+
+
+def _zero_key_bias(num_kv_heads: int, value_states: torch.Tensor) -> torch.Tensor:
+    """value_states (b, l, hkv·d) -> an all-zero bias (b, l, hkv) float32."""
+    return value_states.new_zeros(*value_states.shape[:-1], num_kv_heads, dtype=torch.float32)
+
+
+def to_sliding_window(model) -> None:
+    """Turn every DMA layer of ``model`` (in place) into sliding-window attention over its ``keep_window`` last keys:
+    its key bias becomes all zeros and its mask parameters (``dt_proj``, ``A_log``) are removed, so which keys a
+    query sees depends on position alone."""
+    from ..layers.dma import DynamicMaskAttention
+
+    for layer in model.modules():
+        if isinstance(layer, DynamicMaskAttention):
+            if layer.keep_window is None or layer.mask_form != "gate":
+                raise ValueError(f"model={type(model).__name__} is not allowed: its DMA layers need a keep_window "
+                                 f"and the gate mask (got keep_window={layer.keep_window!r}, "
+                                 f"mask_form={layer.mask_form!r})")
+            del layer.dt_proj, layer.A_log
+            layer.key_bias = functools.partial(_zero_key_bias, layer.num_kv_heads)
+
+
 def build_model(mixer: str, width: int, vocab_size: int, state_size: int, device: torch.device, seed: int,
                 tie_embeddings: bool = False):
-    """A freshly initialised :class:`CheemsForCausalLM` (seeded) on ``device``."""
+    """A freshly initialised :class:`CheemsForCausalLM` (seeded) on ``device`` (``swa-w{w}``: DMA layers turned
+    into sliding-window attention by :func:`to_sliding_window`)."""
     from ..models import CheemsForCausalLM
 
     torch.manual_seed(seed)
-    return CheemsForCausalLM(model_config(mixer, width, vocab_size, state_size, tie_embeddings)).to(device)
+    model = CheemsForCausalLM(model_config(mixer, width, vocab_size, state_size, tie_embeddings))
+    if parse_mixer(mixer)[0] == "swa":
+        to_sliding_window(model)
+    return model.to(device)
 
 
 def labels_per_row(labels: torch.Tensor) -> int | None:
@@ -227,13 +338,19 @@ def _plot(rows: list[dict], path: Path) -> None:
 
     lengths = sorted({r["seq_len"] for r in rows})
     fig, axes = plt.subplots(1, len(lengths), figsize=(3.6 * len(lengths), 3.2), squeeze=False)
-    colors = {"attn": "tab:blue", "ssd": "tab:orange", "dma": "tab:green", "based": "tab:gray"}
+    colors = {"attn": "tab:blue", "ssd": "tab:orange", "dma": "tab:green", "swa": "tab:purple", "based": "tab:gray"}
+    mixers = sorted({r["mixer"] for r in rows}, key=_mixer_order)
+    sizes = sorted({parse_mixer(m)[1] for m in mixers} - {None})
+    # bounded-state mixers: the family's colour, one marker per window (or state size)
+    markers = dict(zip(sizes, itertools.cycle("^vD<>ph*")))
     for ax, t in zip(axes[0], lengths):
-        for mixer in MIXERS:
+        for mixer in mixers:
+            kind, size = parse_mixer(mixer)
             pts = sorted((r["width"], r["accuracy"]) for r in rows
                          if r["seq_len"] == t and r["mixer"] == mixer and r["accuracy"] is not None)
             if pts:
-                ax.plot(*zip(*pts), "o-", color=colors[mixer], label=f"{MIXER_NAMES[mixer]} (ours)")
+                style = "o-" if size is None else markers[size] + ":"
+                ax.plot(*zip(*pts), style, color=colors[kind], label=f"{mixer_name(mixer)} (ours)")
         for mixer in ("based",) + MIXERS:
             pts = sorted((w, v[mixer]) for (tt, w), v in PAPER.items() if tt == t)
             if pts:
@@ -256,7 +373,7 @@ def _plot(rows: list[dict], path: Path) -> None:
 def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None, steps: int | None = None,
         cells=None, learning_rates=None, mixers=MIXERS, vocab_size: int | None = None,
         state_size: int | None = None, batch_size: int | None = None, num_test: int | None = None,
-        seed: int = 0, tie_embeddings: bool | None = None) -> list[dict]:
+        seed: int = 0, tie_embeddings: bool | None = None, windows=None) -> list[dict]:
     """Run the MQAR sweep and write ``results.json``, ``results.md`` and ``mqar.png`` into ``out_dir``.
 
     ``quick``: vocab 256, state 16, untied embeddings, batch 64, cells ``QUICK_CELLS``, the two largest learning
@@ -267,7 +384,9 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
     ``tie_embeddings`` override those defaults.
     ``steps`` fixes the step count instead. ``cells`` may also be a string ``"256:64,2048:128"``, ``mixers``
     ``"attn,dma"`` and ``learning_rates`` ``"1e-3,2e-3"``: to split the sweep over processes, GPUs or calls,
-    then :func:`merge_results` joins the parts. Returns one row per (cell, mixer).
+    then :func:`merge_results` joins the parts. ``mixers`` may name bounded-state mixers (``"dma-w64"``,
+    ``"swa-w64"``, ``"ssd-s64"``); ``windows`` (``"64,128,256"`` or ints) adds ``dma-w{w}``, ``swa-w{w}`` and
+    ``ssd-s{n}`` (:func:`window_mixers`) for each window after ``mixers``. Returns one row per (cell, mixer).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if cells is None:
@@ -278,6 +397,17 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
         cells = parse_cells(cells)
     if isinstance(mixers, str):
         mixers = tuple(m.strip() for m in mixers.split(","))
+    mixers = tuple(mixers)
+    if windows is not None:
+        mixers += tuple(m for m in window_mixers(windows) if m not in mixers)
+    if not mixers:
+        raise ValueError(f"mixers={mixers!r} is not allowed: at least one mixer")
+    for m in mixers:
+        try:
+            parse_mixer(m)
+        except ValueError:
+            raise ValueError(f"mixers={mixers!r} is not allowed: entries from {MIXERS} or dma-w<window>, "
+                             "swa-w<window>, ssd-s<state size>, e.g. dma-w64") from None
     if isinstance(learning_rates, str):
         try:
             learning_rates = tuple(float(v) for v in learning_rates.split(","))
@@ -301,9 +431,6 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
     budget_s = float(budget_s if budget_s is not None else 420)
     max_steps, min_steps = (600 if quick else 20000), 20
     num_train = 20_000
-    for m in mixers:
-        if m not in MIXERS:
-            raise ValueError(f"mixers={mixers!r} is not allowed: entries from {MIXERS}")
     # most promising learning rates first: later ones are skipped once a cell is solved
     sweep_order = sorted(learning_rates, key=lambda lr: abs(math.log10(lr) - math.log10(PROMISING_LR)))
 
@@ -325,7 +452,12 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
         "lr_order": [f"{lr:.2e}" for lr in sweep_order],
         "models": f"{'tied' if tie else 'untied'} embeddings; attn: 1 head, head_dim = width; dma: 1 head, "
                   "keep_window None, gate mask; ssd: Mamba2 SSD (conv 4, no RoPE), head_dim min(64, width), "
-                  "expand 2, chunk 128",
+                  "expand 2, chunk 128; dma-w{w}: keep_window w, gate mask; swa-w{w}: the DMA layer with an "
+                  "all-zero bias and keep_window w (sliding-window attention, no mask parameters); ssd-s{n}: SSD "
+                  "state n = 2 w num_kv_heads head_dim / (ssd_num_heads ssd_head_dim) = w",
+        "state_bytes": f"per layer and sequence at {BYTES_PER_ELEMENT} bytes per element: 2 min(T, keep_window) "
+                       "num_kv_heads head_dim for attn/dma (K and V), ssd_num_heads ssd_head_dim n for SSD",
+        "windows": None if windows is None else list(parse_windows(windows)),
         "train_rows_per_cell": num_train,
     }
     out = Path(out_dir)
@@ -350,7 +482,10 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
         cell_rows = {}
         for mixer in mixers:
             cell_rows[mixer] = {
-                "seq_len": seq_len, "num_kv_pairs": kv, "width": width, "mixer": mixer, "model": MIXER_NAMES[mixer],
+                "seq_len": seq_len, "num_kv_pairs": kv, "width": width, "mixer": mixer, "model": mixer_name(mixer),
+                "keep_window": model_config(mixer, width, vocab, state).keep_window
+                if parse_mixer(mixer)[0] != "ssd" else None,
+                "state_bytes": state_bytes(mixer, seq_len, width, state),
                 "accuracy": None, "paper": PAPER.get((seq_len, width), {}).get(mixer), "best_lr": None,
                 "steps": cell_steps, "batch": batch, "examples_seen": cell_steps * batch,
                 "epochs": round(cell_steps * batch / num_train, 2),
@@ -370,7 +505,7 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
                 row["graphed"] = result["graphed"]
                 if row["accuracy"] is None or result["accuracy"] > row["accuracy"]:
                     row["accuracy"], row["best_lr"] = result["accuracy"], lr
-                print(f"T={seq_len:5d} kv={kv:4d} width={width:4d} {MIXER_NAMES[mixer]:7s} lr {lr:.1e}: "
+                print(f"T={seq_len:5d} kv={kv:4d} width={width:4d} {mixer_name(mixer):9s} lr {lr:.1e}: "
                       f"acc={result['accuracy']:.4f} (best {row['accuracy']:.4f}; paper {row['paper']}) "
                       f"steps={cell_steps} [{result['train_s']:.1f} s]", flush=True)
                 # results so far, so that a run cut short still leaves every finished run on disk
@@ -428,8 +563,7 @@ def merge_results(out_dir, parts, mixed_budgets: bool = False) -> list[dict]:
             if row["accuracy"] is not None and (into["accuracy"] is None or row["accuracy"] > into["accuracy"]):
                 into.update(accuracy=row["accuracy"], best_lr=row["best_lr"], steps=row["steps"],
                             examples_seen=row["examples_seen"], epochs=row["epochs"])
-    order = {m: i for i, m in enumerate(MIXERS)}
-    rows = sorted(merged.values(), key=lambda r: (r["seq_len"], r["width"], order[r["mixer"]]))
+    rows = sorted(merged.values(), key=lambda r: (r["seq_len"], r["width"], _mixer_order(r["mixer"])))
     meta = {k: v for k, v in meta0.items() if k not in ("wall_s", "budget_s", "lr_order")}
     meta["merged_from"] = [str(p) for p in parts]
     if mixed_budgets:
@@ -440,12 +574,21 @@ def merge_results(out_dir, parts, mixed_budgets: bool = False) -> list[dict]:
     return rows
 
 
+def _mixer_order(mixer: str) -> tuple:
+    """Sort key of a mixer in tables: attn, ssd, dma, then by window (or state), dma-w before swa-w before ssd-s."""
+    kind, size = parse_mixer(mixer)
+    return (0, MIXERS.index(kind), 0) if size is None else (1, size, ("dma", "swa", "ssd").index(kind))
+
+
 def _write(out: Path, rows: list[dict], meta: dict) -> None:
     """results.json / results.md of the rows so far."""
-    columns = ["seq_len", "num_kv_pairs", "width", "model", "accuracy", "paper", "best_lr", "steps", "batch",
-               "lr_accuracy", "train_s"]
+    columns = ["seq_len", "num_kv_pairs", "width", "model", "mixer", "keep_window", "state_bytes", "accuracy",
+               "paper", "best_lr", "steps", "batch", "lr_accuracy", "train_s"]
     notes = ("accuracy = fraction of labelled (query) positions predicted exactly, best over the learning rates "
              "run (lr_accuracy); paper = read from the paper's figure (docs/design.md), where it has that cell. A "
              "learning rate missing from lr_accuracy was not run: the cell was already solved (>= 0.999) or the "
-             "time budget was spent (an empty accuracy: no run finished).")
+             "time budget was spent (an empty accuracy: no run finished). keep_window = keys each query keeps "
+             "(empty: all); state_bytes = decoding state per layer and sequence at 2 bytes per element: "
+             "2 min(T, keep_window) num_kv_heads head_dim for attention/DMA, ssd_num_heads ssd_head_dim n for SSD "
+             "(ssd-s{n}: n = w, the bytes of a w-key cache).")
     write_results(out, "mqar", rows, meta, columns=columns, notes=notes)
