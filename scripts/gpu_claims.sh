@@ -11,7 +11,15 @@
 #                                                          result (`wm bench mqar --merge`). CELLS / LRS (space-
 #                                                          separated, e.g. CELLS="256:64 2048:256") / VOCAB
 #                                                          override the paper's six cells / the four learning rates /
-#                                                          its vocabulary of 8192.
+#                                                          its vocabulary of 8192; MIXERS (space-separated
+#                                                          names of `wm bench mqar --mixers`) the three mixers.
+#   OUT=DIR bash scripts/gpu_claims.sh mqar-window        issue #15 item 2(b): mqar-grid over the bounded-window
+#                                                          mixers, DMA with keep_window w (dma-w<w>) against sliding-
+#                                                          window attention (swa-w<w>) and SSD with the state bytes
+#                                                          of a w-key cache (ssd-s<w>), w in 64 128 256, at T = 2048
+#                                                          and 1024 (width 128), vocabulary 8192, LRS "1e-2 2.15e-3
+#                                                          4.64e-4", STEPS 20000; every default overridable as above
+#                                                          (e.g. WINDOWS="64 128", CELLS="1024:128").
 # Results: DIR/claims.tgz (each run's folder: results.json / results.md / PNG / log) and DIR/summary.log.
 # Every MQAR process rewrites its results after each finished run, so a process cut by the time limit keeps them.
 # Time limits (seconds): CALL_S for the whole call (default 560); MQAR_BUDGET_S per cell (default 60% of CALL_S: no run
@@ -25,6 +33,10 @@ WORK=$(mktemp -d)
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
+if [ "$MODE" = mqar-window ]; then
+  MIXERS=${MIXERS:-$(for w in ${WINDOWS:-64 128 256}; do echo -n "dma-w$w swa-w$w ssd-s$w "; done)}
+  CELLS=${CELLS:-2048:128 1024:128} LRS=${LRS:-1e-2 2.15e-3 4.64e-4} STEPS=${STEPS:-20000} MODE=mqar-grid
+fi
 
 bench() {  # bench DIRNAME SECONDS NAME ARGS... -> $WORK/DIRNAME with results and run.log
   local dir=$1 seconds=$2
@@ -54,7 +66,7 @@ bench() {  # bench DIRNAME SECONDS NAME ARGS... -> $WORK/DIRNAME with results an
       i=0
       for cell in ${CELLS:-2048:256 2048:128 1024:128 512:128 256:128 256:64}; do
         for lr in ${LRS:-2.15e-3 1e-2 4.64e-4 1e-4}; do
-          for mixer in attn ssd dma; do echo "$i $cell $mixer $lr"; i=$((i + 1)); done
+          for mixer in ${MIXERS:-attn ssd dma}; do echo "$i $cell $mixer $lr"; i=$((i + 1)); done
         done
       done | xargs -P $(( NGPU * ${SLOTS:-1} )) -L 1 bash -c '
         left=$(( DEADLINE - $(date +%s) )); [ "$left" -gt 30 ] || exit 0

@@ -213,7 +213,7 @@ def test_sliding_window_mixer_is_attention_over_the_last_w_keys():
     assert "dt_proj.weight" in dict(dma.named_parameters())
 
 
-def test_mixer_and_window_arguments_are_checked(tmp_path):
+def test_mixer_and_window_arguments_are_checked(tmp_path, capsys):
     from wonderful_matrices.cli import main
 
     assert bench_mqar.parse_mixer("dma-w64") == ("dma", 64) and bench_mqar.parse_mixer("ssd") == ("ssd", None)
@@ -232,5 +232,7 @@ def test_mixer_and_window_arguments_are_checked(tmp_path):
     with pytest.raises(ValueError, match="keep_window"):
         bench_mqar.to_sliding_window(model)
     # the CLI: one line, no traceback
-    for args in (["--windows", "64,0"], ["--mixers", "swa-w"]):
-        assert main(["bench", "mqar", "--quick", "--cells", "16:16", "--out", str(tmp_path), *args]) == 2
+    for args, name in ((["--windows", "64,0"], "windows="), (["--mixers", "swa-w"], "mixers=")):
+        assert main(["bench", "mqar", "--quick", "--cells", "64:16", "--out", str(tmp_path), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {name}") and err.count("\n") == 1, err

@@ -1,6 +1,6 @@
 """``python -m wonderful_matrices.bench NAME [--quick] --out DIR [--device D] [--budget-s S] [--steps N]
-[--cells ...] [--mixers ...] [--windows W,...] [--learning-rates ...] [--vocab-size V] [--merge DIR ... [--mixed-budgets]]
-[--presets P,...] [--variants V,...] [--data CORPUS] [--threads N]``."""
+[--cells ...] [--mixers ...] [--windows W,...] [--learning-rates ...] [--vocab-size V]
+[--merge DIR ... [--mixed-budgets]] [--presets P,...] [--variants V,...] [--data CORPUS] [--threads N]``."""
 from __future__ import annotations
 
 import argparse

@@ -146,9 +146,10 @@ def model_config(mixer: str, width: int, vocab_size: int, state_size: int = 128,
     from ..models import CheemsConfig
 
     kind, size = parse_mixer(mixer)
+    layer = "dma" if kind == "swa" else kind
     ssd_head_dim = min(64, width)
     return CheemsConfig(
-        vocab_size=vocab_size, hidden_size=width, num_hidden_layers=2, mixer_types=[kind if kind != "swa" else "dma"] * 2,
+        vocab_size=vocab_size, hidden_size=width, num_hidden_layers=2, mixer_types=[layer] * 2,
         ffn_types=["none"] * 2, num_attention_heads=1, num_key_value_heads=1, head_dim=width,
         keep_window=size if kind in ("dma", "swa") else None, ssd_num_heads=2 * width // ssd_head_dim,
         ssd_head_dim=ssd_head_dim, ssd_state_size=size if kind == "ssd" and size else state_size,
