@@ -54,11 +54,16 @@ def interpreter_child_test(test_file):
 
 
 def compile_for_sm90(fn, signature: dict, constants: dict, num_warps: int = 4, num_stages: int | None = None,
-                     attrs: dict | None = None):
+                     attrs: dict | None = None, aligned: bool = False):
     """Compile the Triton kernel ``fn`` (a ``JITFunction``) for an sm_90 GPU without one -> the compiled kernel
     (``.asm["ptx"]``, ``.metadata.shared``). ``signature`` maps every argument name to its type (``"*bf16"``,
-    ``"i32"``, ``"constexpr"``), ``constants`` the constexpr ones to values. Skips the test where this triton's
-    private compiler API differs."""
+    ``"i32"``, ``"constexpr"``), ``constants`` the constexpr ones to values. ``aligned``: every pointer and integer
+    argument is specialised as divisible by 16 (aligned pointers, sizes multiples of 16: the case the GPU's
+    launches hit for the library's shapes), as ``attrs``. Skips the test where this triton's private compiler API
+    differs."""
+    if aligned:
+        attrs = {(i,): [["tt.divisibility", 16]] for i, v in enumerate(signature.values())
+                 if v.startswith("*") or v in ("i32", "i64")}
     compiler = pytest.importorskip("triton.compiler")
     backends = pytest.importorskip("triton.backends.compiler")
     try:

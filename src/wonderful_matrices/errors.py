@@ -13,7 +13,13 @@ class UserError(Exception):
     """A problem with the user's input; the message says what is wrong and what to do."""
 
 
+def reject(argument: str, value, allowed: str) -> None:
+    """Raise ``ValueError`` naming ``argument``, its ``value`` and what is ``allowed``. On a hot path write
+    ``if not condition: reject(...)``, so the message's arguments are built only when the check fails."""
+    raise ValueError(f"{argument}={value!r} is not allowed: {allowed}")
+
+
 def require(condition: bool, argument: str, value, allowed: str) -> None:
-    """Raise ``ValueError`` naming ``argument``, its ``value`` and what is ``allowed`` unless ``condition``."""
+    """:func:`reject` unless ``condition``."""
     if not condition:
-        raise ValueError(f"{argument}={value!r} is not allowed: {allowed}")
+        reject(argument, value, allowed)

@@ -42,7 +42,5 @@ def test_kernel_compiles_for_sm90(name, dt):
     signature = {k: v.format(dt=dt) for k, v in signature.items()}
     if "PRECISION" in signature:
         constants = {**constants, "PRECISION": "ieee" if dt == "fp32" else "tf32"}
-    runtime_args = [i for i, v in enumerate(signature.values()) if v != "constexpr"]
-    attrs = {(i,): [["tt.divisibility", 16]] for i in runtime_args}  # pointers aligned, sizes multiples of 16
     for config in kernel.configs:
-        compile_for_sm90(kernel.fn, signature, {**constants, **config.kwargs}, config.num_warps, attrs=attrs)
+        compile_for_sm90(kernel.fn, signature, {**constants, **config.kwargs}, config.num_warps, aligned=True)

@@ -52,10 +52,8 @@ def test_kernel_compiles_for_sm90(name, dt):
     kernel = getattr(kernels, kernel)
     signature = {k: v.format(dt=dt, out=dt) for k, v in signature.items()}
     constants = {k: (dt == "bf16") if v == "{hi_lo}" else v for k, v in constants.items()}
-    runtime_args = [i for i, v in enumerate(signature.values()) if v != "constexpr"]
-    attrs = {(i,): [["tt.divisibility", 16]] for i in runtime_args}  # pointers aligned, d a multiple of 16
     for config, num_warps in _autotune_configs(kernel) or [(constants, 4)]:
-        compiled = compile_for_sm90(kernel.fn, signature, {**constants, **config}, num_warps, attrs=attrs)
+        compiled = compile_for_sm90(kernel.fn, signature, {**constants, **config}, num_warps, aligned=True)
         if dt == "bf16":  # a 16-byte load to registers, or a 16-byte asynchronous copy to shared memory
             ptx = compiled.asm["ptx"]
             copies = re.search(r"cp\.async[.\w]* \[[^]]*\], \[[^]]*\], 0x10", ptx)

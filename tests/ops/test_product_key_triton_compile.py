@@ -21,9 +21,7 @@ BACKWARD = {"q_ptr": "*{dt}", "keys_ptr": "*{dt}", "ids_ptr": "*i64", "grad_ptr"
 
 def _compile(fn, signature, constants, num_warps, dt):
     signature = {k: v.format(dt=dt) for k, v in signature.items()}
-    runtime_args = [i for i, v in enumerate(signature.values()) if v != "constexpr"]
-    attrs = {(i,): [["tt.divisibility", 16]] for i in runtime_args}
-    return compile_for_sm90(fn, signature, constants, num_warps, attrs=attrs)
+    return compile_for_sm90(fn, signature, constants, num_warps, aligned=True)
 
 
 @pytest.mark.parametrize("k", [16, 5, 32])

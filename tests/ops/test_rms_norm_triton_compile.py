@@ -14,9 +14,7 @@ DTYPES = [("bf16", "bf16", "bf16", "bf16", "bf16"), ("bf16", "fp32", "fp32", "fp
 
 
 def _compile(fn, signature, constants, num_warps):
-    attrs = {(i,): [["tt.divisibility", 16]] for i, v in enumerate(signature.values())
-             if v.startswith("*") or v == "i32"}
-    return compile_for_sm90(fn, signature, constants, num_warps, attrs=attrs)
+    return compile_for_sm90(fn, signature, constants, num_warps, aligned=True)
 
 
 @pytest.mark.parametrize("dt", DTYPES, ids=lambda d: "-".join(d))

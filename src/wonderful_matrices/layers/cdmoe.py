@@ -16,7 +16,7 @@ Forward, per token (no token ever sees another): ``shared(x) + Σ_h Σ_k g·act(
 ``g = softmax`` of the head's top-k scores, the experts found by :func:`~wonderful_matrices.ops.product_key_topk`
 (O(√N + k²) per token and head) and mixed by :func:`~wonderful_matrices.ops.expert_mixture`. A decoding step (a few
 tokens, no autograd) runs the whole layer in three Triton launches (:func:`~wonderful_matrices.ops.cdmoe.decode_step`)
-where the backend allows it.
+where the backend allows it (``"triton"``; ``"auto"`` once ``ops.cdmoe.AUTO_USES_DECODE_STEP`` is set).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from ..errors import reject
 from ..ops import expert_mixture, product_key_topk
 from ..ops.cdmoe import decode_step, decode_step_usable
 from ..ops.common import MIXTURE_LAYER_BACKENDS, require, trusted_values
@@ -91,8 +92,9 @@ class CDMoE(nn.Module):
             ``"torch"``, ``"dense"`` or ``"triton"``. The product-key top-k follows it: ``"torch"`` routes in
             PyTorch, the others with the top-k op's ``"auto"`` (its fused kernel on CUDA where it applies,
             ``top_k <= 32``). For at most ``MAX_DECODE_TOKENS`` tokens without autograd (a decoding step),
-            ``"auto"`` on CUDA and ``"triton"`` run the whole layer as three fused launches
-            (:func:`~wonderful_matrices.ops.cdmoe.decode_step`); ``"torch"`` and ``"dense"`` never do.
+            ``"triton"`` runs the whole layer as three fused launches
+            (:func:`~wonderful_matrices.ops.cdmoe.decode_step`), and ``"auto"`` on CUDA does once
+            ``AUTO_USES_DECODE_STEP`` is set (after its CUDA tests pass); ``"torch"`` and ``"dense"`` never do.
 
     Forward: ``hidden_states (..., d) -> (..., d)``; sets ``self.aux_loss`` (weighted scalar, or None).
     """
@@ -155,7 +157,7 @@ class CDMoE(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """hidden_states (..., d) -> (..., d) = shared + private experts; sets ``self.aux_loss``."""
         if not (hidden_states.dim() >= 1 and hidden_states.shape[-1] == self.hidden_size):
-            require(False, "hidden_states.shape", tuple(hidden_states.shape), f"(..., {self.hidden_size})")
+            reject("hidden_states.shape", tuple(hidden_states.shape), f"(..., {self.hidden_size})")
         device = hidden_states.device.type
         if self._decodes_fused(hidden_states):
             self.aux_loss = None

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import require
+from ..errors import reject, require
 from ..ops import gated_rms_norm, ssd, ssd_step
 from ..ops.common import trusted_values
 from ..ops.ssd import fused_step_usable, projected_step
@@ -179,21 +179,21 @@ class SSDMixer(nn.Module):
     def _check_inputs(self, hidden_states, position_ids, attention_mask, state) -> None:
         if not (isinstance(hidden_states, torch.Tensor) and hidden_states.dim() == 3
                 and hidden_states.shape[-1] == self.hidden_size and hidden_states.shape[1] >= 1):
-            require(False, "hidden_states.shape", tuple(getattr(hidden_states, "shape", ())),
-                    f"(b, l, {self.hidden_size}) with l >= 1")
+            reject("hidden_states.shape", tuple(getattr(hidden_states, "shape", ())),
+                   f"(b, l, {self.hidden_size}) with l >= 1")
         b, l = hidden_states.shape[:2]
         if self.use_rope:
             if not isinstance(position_ids, torch.Tensor):
-                require(False, "position_ids", position_ids, "a (b, l) integer tensor (RoPE needs positions)")
+                reject("position_ids", position_ids, "a (b, l) integer tensor (RoPE needs positions)")
         if position_ids is not None:
             if not (tuple(position_ids.shape) == (b, l) and not position_ids.is_floating_point()):
-                require(False, "position_ids.shape", tuple(position_ids.shape), f"({b}, {l}) integers")
+                reject("position_ids.shape", tuple(position_ids.shape), f"({b}, {l}) integers")
         if attention_mask is not None:
             if tuple(attention_mask.shape) != (b, l):
-                require(False, "attention_mask.shape", tuple(attention_mask.shape),
-                        f"({b}, {l}): the tokens of this call")
+                reject("attention_mask.shape", tuple(attention_mask.shape),
+                       f"({b}, {l}): the tokens of this call")
         if not (state is None or isinstance(state, dict)):
-            require(False, "state", type(state).__name__, "None or a dict")
+            reject("state", type(state).__name__, "None or a dict")
 
     def _conv(self, xbc: torch.Tensor, state: dict | None, keep: torch.Tensor | None,
               seq_idx: torch.Tensor | None = None) -> torch.Tensor:

@@ -77,14 +77,17 @@ def given_cache(past_key_values: CheemsCache | None, cache: CheemsCache | None) 
     return cache if cache is not None else past_key_values
 
 
+def value_checks_of(config: CheemsConfig) -> contextlib.AbstractContextManager:
+    """Nothing with ``config.value_checks`` on; else :func:`~wonderful_matrices.ops.common.trusted_values`, under
+    which no check reads a tensor's values (no device sync)."""
+    return contextlib.nullcontext() if config.value_checks else trusted_values()
+
+
 def honours_value_checks(forward):
-    """Wrap a model's ``forward`` so that with ``config.value_checks`` off it runs inside
-    :func:`~wonderful_matrices.ops.common.trusted_values`: no check reads a tensor's values (no device sync)."""
+    """Wrap a model's ``forward`` to run under :func:`value_checks_of` its config."""
     @functools.wraps(forward)
     def checked_forward(self, *args, **kwargs):
-        if self.config.value_checks:
-            return forward(self, *args, **kwargs)
-        with trusted_values():
+        with value_checks_of(self.config):
             return forward(self, *args, **kwargs)
 
     return checked_forward
@@ -622,7 +625,7 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
             if starts is not None:
                 targets = targets.masked_fill(F.pad(starts[..., 1:], (0, 1)).to(targets.device), -100)
             if skip_logits:
-                with contextlib.nullcontext() if self.config.value_checks else trusted_values():
+                with value_checks_of(self.config):
                     loss = causal_lm_loss_from_hidden(kept, self.lm_head.weight, targets,
                                                       kwargs.get("num_items_in_batch"))
             else:

@@ -7,7 +7,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from ..errors import require
+from ..errors import reject, require
 
 BACKENDS = ("auto", "naive", "torch", "triton")  # what every op's ``backend`` accepts (``"naive"``: the oracle)
 LAYER_BACKENDS = ("auto", "torch", "triton")  # what a layer's fast path accepts (the oracle is an op's business)
@@ -72,7 +72,7 @@ def resolve_backend(backend: str, available: Iterable[str], device: torch.device
     """
     available = tuple(available)
     if backend != "auto" and backend not in available:  # the message is built only for a bad name
-        require(False, "backend", backend, f"one of {('auto',) + available}")
+        reject("backend", backend, f"one of {('auto',) + available}")
     if backend != "auto":
         if backend == "triton":
             require(triton_usable(device), "backend", backend,

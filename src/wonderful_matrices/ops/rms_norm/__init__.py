@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ...errors import reject
 from ..common import require, resolve_backend, shape_of
 from .naive import gated_rms_norm_naive, rms_norm_naive
 
@@ -99,7 +100,7 @@ def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, ep
     _check(x, weight, eps, {"gate": gate})
     d = x.shape[-1]
     if not (isinstance(num_groups, int) and num_groups >= 1 and d % num_groups == 0):
-        require(False, "num_groups", num_groups, f"a divisor of d={d}")
+        reject("num_groups", num_groups, f"a divisor of d={d}")
     name = resolve_backend(backend, BACKENDS, x.device, ("triton", "torch"))
     if (name == "triton" and {x.dtype, gate.dtype, weight.dtype} <= set(_triton_backend.DTYPES)
             and num_groups <= 16 and num_groups & (num_groups - 1) == 0 and d // num_groups <= _triton_backend.MAX_DIM):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ...errors import reject
 from ..common import require, resolve_backend, shape_of, triton_usable, value_checks_enabled
 from .chunked import ssd_chunked
 from .naive import ssd_naive
@@ -27,11 +28,11 @@ _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 def _check_floating(t, name: str, shape: tuple, what: str) -> None:
     if not isinstance(t, torch.Tensor):
-        require(False, name, type(t).__name__, "a torch.Tensor")
+        reject(name, type(t).__name__, "a torch.Tensor")
     if not t.is_floating_point():
-        require(False, f"{name}.dtype", t.dtype, "a floating-point dtype")
+        reject(f"{name}.dtype", t.dtype, "a floating-point dtype")
     if tuple(t.shape) != shape:
-        require(False, f"{name}.shape", shape_of(t), f"{shape} {what}")
+        reject(f"{name}.shape", shape_of(t), f"{shape} {what}")
 
 
 def _check_values(A: torch.Tensor, dt: torch.Tensor) -> None:
@@ -44,8 +45,8 @@ def _check_values(A: torch.Tensor, dt: torch.Tensor) -> None:
         return
     bad_a, bad_dt = torch.stack([~((A < 0) & A.isfinite()).all(), ~((dt >= 0) & dt.isfinite()).all()]).tolist()
     if bad_a:  # the value is read only to report it: no second synchronisation on the passing path
-        require(False, "A", A.detach().cpu().tolist() if A.numel() <= 16 else f"tensor of shape {shape_of(A)}",
-                "every entry must be finite and < 0 (the state must decay; use A = -exp(A_log))")
+        reject("A", A.detach().cpu().tolist() if A.numel() <= 16 else f"tensor of shape {shape_of(A)}",
+               "every entry must be finite and < 0 (the state must decay; use A = -exp(A_log))")
     require(not bad_dt, "dt", f"tensor of shape {shape_of(dt)} with negative, infinite or NaN entries",
             "every entry must be finite and >= 0 (dt comes out of softplus; 0 marks padding)")
 
@@ -59,26 +60,26 @@ def _check_seq_idx(seq_idx, b: int, l: int, device: torch.device) -> None:
     require(tuple(seq_idx.shape) == (b, l), "seq_idx.shape", shape_of(seq_idx), f"(b, l) = ({b}, {l})")
     require(seq_idx.device == device, "seq_idx.device", seq_idx.device, f"the device of x ({device})")
     if value_checks_enabled() and l > 1 and bool((seq_idx[:, 1:] < seq_idx[:, :-1]).any()):
-        require(False, "seq_idx", f"tensor of shape {shape_of(seq_idx)} with a decreasing step",
-                "non-decreasing document ids along each row (a document is one contiguous run)")
+        reject("seq_idx", f"tensor of shape {shape_of(seq_idx)} with a decreasing step",
+               "non-decreasing document ids along each row (a document is one contiguous run)")
 
 
 def _check_common(x, dt, A, B, C, D, h: int, b_name: str, c_name: str) -> None:
     """Shapes shared by :func:`ssd` and :func:`ssd_step`: C like B, groups dividing heads, A and D per head."""
     if tuple(C.shape) != tuple(B.shape):
-        require(False, f"{c_name}.shape", shape_of(C), f"the same shape as {b_name} {shape_of(B)}")
+        reject(f"{c_name}.shape", shape_of(C), f"the same shape as {b_name} {shape_of(B)}")
     g = B.shape[-2]
     if not (g >= 1 and h % g == 0):
-        require(False, f"{b_name}.shape", shape_of(B), f"groups g (dim -2) must divide the number of heads h={h}")
+        reject(f"{b_name}.shape", shape_of(B), f"groups g (dim -2) must divide the number of heads h={h}")
     if B.shape[-1] < 1:
-        require(False, f"{b_name}.shape", shape_of(B), "a state size n >= 1 (last dim)")
+        reject(f"{b_name}.shape", shape_of(B), "a state size n >= 1 (last dim)")
     _check_floating(A, "A", (h,), "(h,): one decay per head")
     if D is not None:
         _check_floating(D, "D", (h,), "(h,): one skip weight per head")
     for name, t in (("A", A), (b_name, B), (c_name, C), ("D", D), ("dt", dt)):
         if t is not None:
             if t.device != x.device:
-                require(False, f"{name}.device", t.device, f"the device of x ({x.device})")
+                reject(f"{name}.device", t.device, f"the device of x ({x.device})")
 
 
 def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -172,26 +173,26 @@ def ssd_step(state: torch.Tensor, x_t: torch.Tensor, dt_t: torch.Tensor, A: torc
         or ``x_t`` is float64). Repeating it over a sequence equals :func:`ssd`.
     """
     if not (isinstance(x_t, torch.Tensor) and x_t.dim() == 3):
-        require(False, "x_t.shape", shape_of(x_t) if isinstance(x_t, torch.Tensor) else type(x_t).__name__,
-                "a 3-D tensor (b, h, p)")
+        reject("x_t.shape", shape_of(x_t) if isinstance(x_t, torch.Tensor) else type(x_t).__name__,
+               "a 3-D tensor (b, h, p)")
     if not x_t.is_floating_point():
-        require(False, "x_t.dtype", x_t.dtype, "a floating-point dtype")
+        reject("x_t.dtype", x_t.dtype, "a floating-point dtype")
     b, h, p = x_t.shape
     _check_floating(dt_t, "dt_t", (b, h), "(b, h) matching x_t")
     if not (isinstance(B_t, torch.Tensor) and B_t.dim() == 3 and B_t.shape[0] == b):
-        require(False, "B_t.shape", shape_of(B_t) if isinstance(B_t, torch.Tensor) else type(B_t).__name__,
-                f"(b, g, n) = ({b}, g, n)")
+        reject("B_t.shape", shape_of(B_t) if isinstance(B_t, torch.Tensor) else type(B_t).__name__,
+               f"(b, g, n) = ({b}, g, n)")
     if not isinstance(C_t, torch.Tensor):
-        require(False, "C_t", type(C_t).__name__, "a torch.Tensor")
+        reject("C_t", type(C_t).__name__, "a torch.Tensor")
     if not B_t.is_floating_point():
-        require(False, "B_t.dtype", B_t.dtype, "a floating-point dtype")
+        reject("B_t.dtype", B_t.dtype, "a floating-point dtype")
     if not C_t.is_floating_point():
-        require(False, "C_t.dtype", C_t.dtype, "a floating-point dtype")
+        reject("C_t.dtype", C_t.dtype, "a floating-point dtype")
     n = B_t.shape[-1]
     _check_common(x_t, dt_t, A, B_t, C_t, D, h, "B_t", "C_t")
     _check_floating(state, "state", (b, h, p, n), "(b, h, p, n)")
     if state.device != x_t.device:
-        require(False, "state.device", state.device, f"the device of x_t ({x_t.device})")
+        reject("state.device", state.device, f"the device of x_t ({x_t.device})")
     _check_values(A, dt_t)
     return recurrent_step(state, x_t, dt_t, A, B_t, C_t, D)
 
@@ -233,22 +234,22 @@ def projected_step(proj: torch.Tensor, state: torch.Tensor, dt_bias: torch.Tenso
     h, p, g, n = num_heads, head_dim, num_groups, state_size
     if not (proj.dtype in _TRITON_DTYPES and proj.dim() == 2 and proj.shape[1] == 2 * h * p + 2 * g * n + h
             and proj.stride(1) == 1):
-        require(False, "proj", (shape_of(proj), proj.dtype),
-                f"(b, {2 * h * p + 2 * g * n + h}) float32/bf16/fp16 with a contiguous last dim")
+        reject("proj", (shape_of(proj), proj.dtype),
+               f"(b, {2 * h * p + 2 * g * n + h}) float32/bf16/fp16 with a contiguous last dim")
     if not (state.dtype == torch.float32 and state.is_contiguous() and tuple(state.shape) == (proj.shape[0], h, p, n)):
-        require(False, "state", (shape_of(state), state.dtype), f"({proj.shape[0]}, {h}, {p}, {n}) float32 contiguous")
+        reject("state", (shape_of(state), state.dtype), f"({proj.shape[0]}, {h}, {p}, {n}) float32 contiguous")
     if rope not in ("fixed", "data", "none"):
-        require(False, "rope", rope, "'fixed', 'data' or 'none'")
+        reject("rope", rope, "'fixed', 'data' or 'none'")
     if rope == "fixed":
         if not (position is not None and inv_freq is not None and inv_freq.dtype == torch.float32
                 and inv_freq.shape == (n // 2,)):
-            require(False, "inv_freq", None if inv_freq is None else shape_of(inv_freq),
-                    f"({n // 2},) float32 with a position (b,) for rope='fixed'")
+            reject("inv_freq", None if inv_freq is None else shape_of(inv_freq),
+                   f"({n // 2},) float32 with a position (b,) for rope='fixed'")
     if rope == "data":
         if not (rate is not None and angle is not None and angle.dtype == torch.float32 and angle.is_contiguous()
                 and tuple(angle.shape) == (proj.shape[0], h, n // 2)):
-            require(False, "angle", None if angle is None else shape_of(angle),
-                    f"({proj.shape[0]}, {h}, {n // 2}) float32 contiguous with a rate (b, {n // 2}) for rope='data'")
+            reject("angle", None if angle is None else shape_of(angle),
+                   f"({proj.shape[0]}, {h}, {n // 2}) float32 contiguous with a rate (b, {n // 2}) for rope='data'")
     from .step_kernels import decode_step  # imported on first use: the package imports without triton
 
     return decode_step(proj, state, dt_bias, A_log, D, h, p, g, n, dt_limit, rope, position, inv_freq, rate, angle)
