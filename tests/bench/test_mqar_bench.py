@@ -228,9 +228,6 @@ def test_mixer_and_window_arguments_are_checked(tmp_path, capsys):
         bench_mqar.run(tmp_path, windows="64,abc", **small)
     with pytest.raises(ValueError, match="mixers"):
         bench_mqar.run(tmp_path, mixers="dma,swa-w", **small)
-    model = bench_mqar.build_model("dma", 16, 32, 8, torch.device("cpu"), seed=0)
-    with pytest.raises(ValueError, match="keep_window"):
-        bench_mqar.to_sliding_window(model)
     # the CLI: one line, no traceback
     for args, name in ((["--windows", "64,0"], "windows="), (["--mixers", "swa-w"], "mixers=")):
         assert main(["bench", "mqar", "--quick", "--cells", "64:16", "--out", str(tmp_path), *args]) == 2

@@ -48,6 +48,27 @@ def test_bounded_cache_decoding_equals_full_forward(w, ties):
     assert max(sizes) <= w and sizes[-1] == w
 
 
+@pytest.mark.parametrize("w", [1, 4])
+def test_mask_form_none_is_sliding_window_attention(w):
+    """No mask parameters; each query attends exactly its w latest keys (oracle: causal softmax over (i - w, i] in
+    float64); a cached run over chunks equals the full forward."""
+    layer = randomize(DynamicMaskAttention(24, 4, 2, 6, keep_window=w, mask_form="none")).double()
+    assert not any(n.startswith(("dt_proj", "A")) for n, _ in layer.named_parameters())
+    b, l = 2, 17
+    x = torch.randn(b, l, 24, dtype=torch.float64)
+    pos = torch.arange(l).expand(b, l)
+    q, k, v, bias = layer._project(x, pos, None)
+    assert torch.equal(bias, torch.zeros_like(bias))
+    k, v = k.repeat_interleave(2, dim=2), v.repeat_interleave(2, dim=2)
+    scores = torch.einsum("bihd,bjhd->bhij", q, k) / 6 ** 0.5
+    i, j = torch.arange(l)[:, None], torch.arange(l)[None, :]
+    scores = scores.masked_fill((j > i) | (j <= i - w), float("-inf"))
+    expected = layer.o_proj(torch.einsum("bhij,bjhd->bihd", scores.softmax(-1), v).reshape(b, l, 24))
+    full, cached, sizes = full_and_cached(layer, x, pos, None, [5, 1, 3] + [1] * 8)
+    assert rel_err(full, expected) < 1e-12
+    assert rel_err(cached, full) < TOL64 and max(sizes) <= w
+
+
 def test_cache_decoding_with_left_padding_and_gqa():
     layer = randomize(DynamicMaskAttention(16, 4, 1, 4, keep_window=4)).double()
     b, l = 3, 21

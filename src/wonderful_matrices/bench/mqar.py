@@ -22,9 +22,9 @@ Bounded windows (issue #15, item 2(b); ``windows=(64, 128, 256)``): for each win
 beside the chosen ones, all holding the same bytes of state per layer and sequence while they decode:
 
 * ``dma-w{w}``: DMA with ``keep_window = w``, the learned gate mask choosing which ``w`` keys each query keeps;
-* ``swa-w{w}``: sliding-window attention over the last ``w`` keys: the same DMA layer with an all-zero bias (its
-  ``dt_proj`` and ``A_log`` removed, so nothing is learned about which keys to keep) — with ties going to the later
-  key, an all-zero bias and a window is exactly sliding-window attention (docs/design.md);
+* ``swa-w{w}``: sliding-window attention over the last ``w`` keys: the same DMA layer with ``dma_mask_form="none"``
+  (no ``dt_proj``, no ``A_log``: nothing is learned about which keys to keep) — with ties going to the later key,
+  an all-zero bias and a window is exactly sliding-window attention (docs/design.md);
 * ``ssd-s{n}``: SSD whose recurrent state holds as many elements as a ``w``-key K/V cache:
   ``ssd_num_heads · ssd_head_dim · n = 2 · w · num_kv_heads · head_dim`` (:func:`matching_state_size`; with these
   models' 1 KV head of ``head_dim = width`` and SSD's expand 2 this is ``n = w``).
@@ -38,7 +38,6 @@ Outputs ``results.json`` / ``results.md`` (rows per cell and mixer, with the pap
 """
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import re
@@ -140,9 +139,9 @@ def parse_windows(windows) -> tuple[int, ...]:
 
 def model_config(mixer: str, width: int, vocab_size: int, state_size: int = 128, tie_embeddings: bool = False):
     """The :class:`CheemsConfig` of a 2-layer, FFN-free MQAR model whose both layers are ``mixer`` (a name of
-    :func:`parse_mixer`): ``dma-w{w}`` and ``swa-w{w}`` are DMA layers with ``keep_window = w`` (:func:`build_model`
-    turns the latter into sliding-window attention), ``ssd-s{n}`` SSD with state size ``n`` instead of
-    ``state_size``."""
+    :func:`parse_mixer`): ``dma-w{w}`` and ``swa-w{w}`` are DMA layers with ``keep_window = w`` (the latter with
+    ``dma_mask_form="none"``: no learned mask, so each query keeps its ``w`` latest keys — sliding-window
+    attention), ``ssd-s{n}`` SSD with state size ``n`` instead of ``state_size``."""
     from ..models import CheemsConfig
 
     kind, size = parse_mixer(mixer)
@@ -151,7 +150,8 @@ def model_config(mixer: str, width: int, vocab_size: int, state_size: int = 128,
     return CheemsConfig(
         vocab_size=vocab_size, hidden_size=width, num_hidden_layers=2, mixer_types=[layer] * 2,
         ffn_types=["none"] * 2, num_attention_heads=1, num_key_value_heads=1, head_dim=width,
-        keep_window=size if kind in ("dma", "swa") else None, ssd_num_heads=2 * width // ssd_head_dim,
+        keep_window=size if kind in ("dma", "swa") else None, dma_mask_form="none" if kind == "swa" else "gate",
+        ssd_num_heads=2 * width // ssd_head_dim,
         ssd_head_dim=ssd_head_dim, ssd_state_size=size if kind == "ssd" and size else state_size,
         ssd_chunk_size=128, ssd_use_conv=True, ssd_use_rope=False, tie_word_embeddings=tie_embeddings,
         use_cache=False)
@@ -189,38 +189,13 @@ def state_bytes(mixer: str, seq_len: int, width: int, state_size: int = 128) -> 
     return BYTES_PER_ELEMENT * elements
 
 
-def _zero_key_bias(num_kv_heads: int, value_states: torch.Tensor) -> torch.Tensor:
-    """value_states (b, l, hkv·d) -> an all-zero bias (b, l, hkv) float32."""
-    return value_states.new_zeros(*value_states.shape[:-1], num_kv_heads, dtype=torch.float32)
-
-
-def to_sliding_window(model) -> None:
-    """Turn every DMA layer of ``model`` (in place) into sliding-window attention over its ``keep_window`` last keys:
-    its key bias becomes all zeros and its mask parameters (``dt_proj``, ``A_log``) are removed, so which keys a
-    query sees depends on position alone."""
-    from ..layers.dma import DynamicMaskAttention
-
-    for layer in model.modules():
-        if isinstance(layer, DynamicMaskAttention):
-            if layer.keep_window is None or layer.mask_form != "gate":
-                raise ValueError(f"model={type(model).__name__} is not allowed: its DMA layers need a keep_window "
-                                 f"and the gate mask (got keep_window={layer.keep_window!r}, "
-                                 f"mask_form={layer.mask_form!r})")
-            del layer.dt_proj, layer.A_log
-            layer.key_bias = functools.partial(_zero_key_bias, layer.num_kv_heads)
-
-
 def build_model(mixer: str, width: int, vocab_size: int, state_size: int, device: torch.device, seed: int,
                 tie_embeddings: bool = False):
-    """A freshly initialised :class:`CheemsForCausalLM` (seeded) on ``device`` (``swa-w{w}``: DMA layers turned
-    into sliding-window attention by :func:`to_sliding_window`)."""
+    """A freshly initialised :class:`CheemsForCausalLM` (seeded) of :func:`model_config` on ``device``."""
     from ..models import CheemsForCausalLM
 
     torch.manual_seed(seed)
-    model = CheemsForCausalLM(model_config(mixer, width, vocab_size, state_size, tie_embeddings))
-    if parse_mixer(mixer)[0] == "swa":
-        to_sliding_window(model)
-    return model.to(device)
+    return CheemsForCausalLM(model_config(mixer, width, vocab_size, state_size, tie_embeddings)).to(device)
 
 
 def labels_per_row(labels: torch.Tensor) -> int | None:
@@ -453,9 +428,9 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
         "lr_order": [f"{lr:.2e}" for lr in sweep_order],
         "models": f"{'tied' if tie else 'untied'} embeddings; attn: 1 head, head_dim = width; dma: 1 head, "
                   "keep_window None, gate mask; ssd: Mamba2 SSD (conv 4, no RoPE), head_dim min(64, width), "
-                  "expand 2, chunk 128; dma-w{w}: keep_window w, gate mask; swa-w{w}: the DMA layer with an "
-                  "all-zero bias and keep_window w (sliding-window attention, no mask parameters); ssd-s{n}: SSD "
-                  "state n = 2 w num_kv_heads head_dim / (ssd_num_heads ssd_head_dim) = w",
+                  "expand 2, chunk 128; dma-w{w}: keep_window w, gate mask; swa-w{w}: the DMA layer with "
+                  "dma_mask_form none (all-zero bias) and keep_window w (sliding-window attention, no mask "
+                  "parameters); ssd-s{n}: SSD state n = 2 w num_kv_heads head_dim / (ssd_num_heads ssd_head_dim) = w",
         "state_bytes": f"per layer and sequence at {BYTES_PER_ELEMENT} bytes per element: 2 min(T, keep_window) "
                        "num_kv_heads head_dim for attn/dma (K and V), ssd_num_heads ssd_head_dim n for SSD",
         "windows": None if windows is None else list(parse_windows(windows)),

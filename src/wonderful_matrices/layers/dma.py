@@ -8,6 +8,9 @@ Bias (``mask_form``):
 * ``"doge"``: the published Doge formula, ``bias = exp(A · softplus(dt_proj(v)))`` with a raw parameter ``A``
   (HF transformers' ``DogeAttention``), for converting Doge checkpoints only: it overflows to INF when ``A > 0``
   grows, which is why it is never the default.
+* ``"none"``: no learned mask, ``bias = 0`` (no ``dt_proj``, no ``A``): with ``keep_window = w`` each query keeps
+  its ``w`` latest keys (ties go to the later key) — sliding-window attention, the positional baseline of the
+  learned mask.
 
 Cache (``state``, a dict the model owns per layer): the layout of :mod:`..ops.dma.cache` — ``"key"``,
 ``"value"``, ``"bias"``, ``"position"`` — holding at most ``keep_window`` keys per KV head (docs/design.md,
@@ -29,7 +32,7 @@ from ..ops.dma.weights import dynamic_mask_attention_weights
 from .norm import RMSNorm
 from .rotary import RotaryEmbedding, apply_rotary
 
-MASK_FORMS = ("gate", "doge")
+MASK_FORMS = ("gate", "doge", "none")
 
 
 class DynamicMaskAttention(nn.Module):
@@ -43,7 +46,8 @@ class DynamicMaskAttention(nn.Module):
         keep_window: ``None`` or ``w >= 1``: each query keeps the ``w`` visible keys with the largest bias
             (ties to the later key); also bounds the decoding cache to ``w`` keys per KV head.
         rope_theta: RoPE base.
-        mask_form: ``"gate"`` (parameter ``A_log``) or ``"doge"`` (parameter ``A``, checkpoint conversion).
+        mask_form: ``"gate"`` (parameter ``A_log``), ``"doge"`` (parameter ``A``, checkpoint conversion) or ``"none"``
+            (no mask parameters: sliding-window attention with ``keep_window``).
         attention_bias: biases on q/k/v/o projections (``dt_proj`` always has one).
         layer_idx: index of the layer in the model (informational).
         qk_norm: RMSNorm over ``head_dim`` on q and k before RoPE (``q_norm``/``k_norm``, as HF Doge has).
@@ -80,10 +84,11 @@ class DynamicMaskAttention(nn.Module):
         self.k_proj = nn.Linear(hidden_size, kv_dim, bias=attention_bias)
         self.v_proj = nn.Linear(hidden_size, kv_dim, bias=attention_bias)
         self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=attention_bias)
-        self.dt_proj = nn.Linear(kv_dim, num_kv_heads, bias=True)
+        if mask_form != "none":
+            self.dt_proj = nn.Linear(kv_dim, num_kv_heads, bias=True)
         if mask_form == "gate":
             self.A_log = nn.Parameter(torch.zeros(num_kv_heads))  # A = -exp(A_log) = -1 at init
-        else:
+        elif mask_form == "doge":
             self.A = nn.Parameter(torch.zeros(num_kv_heads))
         self.q_norm = RMSNorm(head_dim, rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(head_dim, rms_norm_eps) if qk_norm else None
@@ -92,6 +97,8 @@ class DynamicMaskAttention(nn.Module):
 
     def key_bias(self, value_states: torch.Tensor) -> torch.Tensor:
         """value_states (b, l, hkv·d) -> bias (b, l, hkv) float32 (``mask_form`` decides the formula)."""
+        if self.mask_form == "none":
+            return value_states.new_zeros(*value_states.shape[:-1], self.num_kv_heads, dtype=torch.float32)
         dt = F.softplus(self.dt_proj(value_states).float())
         if self.mask_form == "gate":
             return -torch.exp(self.A_log.float()) * dt
@@ -140,6 +147,7 @@ class DynamicMaskAttention(nn.Module):
         the projections by one launch (:func:`~wonderful_matrices.ops.dma.step_inputs`); else None."""
         b, l, _ = hidden_states.shape
         if (state is None or "key" not in state or l != 1 or attention_mask is not None or torch.is_grad_enabled()
+                or self.mask_form == "none"
                 or not self.decoder.uses_kernels(hidden_states.dtype, hidden_states.device, self.head_dim, state)):
             return None
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim

@@ -25,7 +25,7 @@ from ..ops.common import BACKENDS, LAYER_BACKENDS, MIXTURE_LAYER_BACKENDS
 
 LAYER_TYPES = ("ssd", "dma", "attn", "mamba2")
 FFN_TYPES = ("cdmoe", "moe", "mlp", "none")
-DMA_MASK_FORMS = ("gate", "doge")
+DMA_MASK_FORMS = ("gate", "doge", "none")
 SSD_ROPE_MODES = ("fixed", "data", "none")
 MOE_IMPLEMENTATIONS = ("grouped", "loop")
 
@@ -93,7 +93,8 @@ class CheemsConfig(PretrainedConfig):
     Attention and DMA (``"attn"``, ``"dma"``): ``num_attention_heads``, ``num_key_value_heads``
     (default: ``num_attention_heads``), ``head_dim`` (default: ``hidden_size // num_attention_heads``),
     ``rope_theta`` (shared with SSD), ``attention_bias``, ``keep_window`` (DMA keys kept per query; None = all),
-    ``dma_mask_form`` (``"gate"``: bounded log-space gate; ``"doge"``: the published Doge formula),
+    ``dma_mask_form`` (``"gate"``: bounded log-space gate; ``"doge"``: the published Doge formula; ``"none"``: no
+    learned mask, sliding-window attention with ``keep_window``),
     ``dma_qk_norm`` (RMSNorm on DMA queries/keys per head, as Doge).
 
     SSD (``"ssd"``): ``ssd_num_heads``, ``ssd_head_dim``, ``ssd_state_size``, ``ssd_num_groups``,

@@ -342,7 +342,7 @@ class CheemsPreTrainedModel(PreTrainedModel):
         elif isinstance(module, SSDMixer):  # Mamba2Mixer too
             for name, value in module.initial_values().items():
                 init.copy_(getattr(module, name), value)
-        elif isinstance(module, DynamicMaskAttention):
+        elif isinstance(module, DynamicMaskAttention) and module.mask_form != "none":
             init.zeros_(module.A_log if module.mask_form == "gate" else module.A)
         elif isinstance(module, CDMoE):
             module.reset_private_parameters()  # sub-keys and both expert tables (torch.nn.init, guarded by HF)

@@ -424,7 +424,6 @@ def train_steps(run: Run, cfg: TrainConfig, info: DistInfo) -> dict | None:
         run.step += 1
         step = run.step
         pending.append(loss)
-        window_time += time.perf_counter() - t0
         logging = step % cfg.log_interval == 0 or step == cfg.max_steps
         evaluating = step % cfg.eval_interval == 0 or step == cfg.max_steps
         saving = step % cfg.save_interval == 0 or step == cfg.max_steps
@@ -436,6 +435,8 @@ def train_steps(run: Run, cfg: TrainConfig, info: DistInfo) -> dict | None:
                                     f"raise --warmup and re-run with a new --out (checkpoints in {run.run_dir} stop "
                                     "before the divergence)")
             window, pending = window + values, []
+        # after the read above, so a window's time includes the GPU work its steps queued (not only their launches)
+        window_time += time.perf_counter() - t0
         if logging:
             mean_loss = all_reduce_sum(torch.tensor([sum(window) / len(window)]), info).item() / info.world_size
             tok_s = len(window) * run.tokens_per_step / max(window_time, 1e-9)
