@@ -6,6 +6,7 @@ Skipped where there is no CUDA device. On a GPU machine: ``AREA=dma OUT=DIR bash
 """
 import pytest
 import torch
+import torch.nn.functional as F
 
 import wonderful_matrices as wm
 from conftest import rel_err
@@ -243,10 +244,18 @@ def test_dma_step_inputs_cuda(dtype, b, hq, hkv, d, mask_form, qk_norm):
         for t in range(prefill, prefill + steps):
             xt, pt = x[:, t:t + 1], pos[:, t:t + 1]
             q, k, v, bias, position = layer._step_inputs(xt, pt, None, state)
-            q_o, k_o, v_o, bias_o = oracle._project(xt.double(), pt, None)
+            q_o, k_o, _, _ = oracle._project(xt.double(), pt, None)
             assert q.dtype == k.dtype == dtype and bias.dtype == torch.float32 and position.dtype == torch.int64
-            for got, want in ((q, q_o), (k, k_o), (bias, bias_o)):
+            for got, want in ((q, q_o), (k, k_o)):
                 assert rel_err(got.double().cpu(), want.cpu()) < tol / 2
+            # The bias is a float32 function of the kernel's input dt = dt_proj(v), which the layer's projections
+            # round to ``dtype`` first; dt sums kv_dim products of opposite signs, so that rounding alone moves the
+            # bias by up to ~2% in bf16 (measured on an H100: 2.3%, fp16 0.36%) on the torch path as on the fused
+            # one. The kernel's own contract is the float32 formula from the same dt: checked at float32 precision.
+            dt_in = layer.dt_proj(layer.v_proj(xt))[:, 0].double()
+            a = (layer.A_log if mask_form == "gate" else layer.A).double()
+            bias_dt = (-a.exp() * F.softplus(dt_in) if mask_form == "gate" else (a * F.softplus(dt_in)).exp())
+            assert rel_err(bias.double().cpu(), bias_dt[:, None].cpu()) < 1e-5
             assert torch.equal(position, pt[..., None].expand(b, 1, hkv))
             out = layer(xt, pt, None, state)
             out_r = ref(xt, pt, None, state_r)

@@ -93,8 +93,6 @@ def test_ssd_packed_cuda(case, backend, dtype):
     every gradient."""
     from test_ssd_packed import check_packed
 
-    if dtype == torch.bfloat16 and backend == "triton" and case[4] < 128:
-        pytest.skip("bf16 triton at chunk 64 is not verified (see ops/ssd: auto does not pick it)")
     check_packed(backend, case, dtype=dtype, tol=TOL[dtype], device="cuda")
 
 

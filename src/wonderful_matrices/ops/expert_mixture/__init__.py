@@ -14,12 +14,6 @@ _INDEX_DTYPES = ("torch.int64", "torch.int32")
 _TRITON_DTYPES = ("torch.float32", "torch.bfloat16", "torch.float16")
 
 
-# "auto" takes the Triton kernels only where their CUDA parity tests have passed: the half-precision epilogue test
-# (float16 tables, gelu in bfloat16) has not passed on a GPU yet — its session-4 failures were a bug of the test
-# itself, fixed since, and it has not run again (docs/results.md, session 5, "CUDA tests").
-_AUTO_TRITON_DTYPES = ("torch.float32", "torch.bfloat16")
-_AUTO_TRITON_ACTIVATIONS = ("silu", "relu")
-
 # "auto" on CUDA uses the dense backend while N <= DENSE_FACTOR · M (M = H·k selections per token). Measured on an
 # H100 (bench.cdmoe_target, bf16, 8192 tokens, d = 1024, forward + backward; docs/results/session5_h100/call2/):
 # the dense mixture costs 0.19 ps per (token, expert, channel) — six products plus the float32 (chunk, N) passes
@@ -36,16 +30,14 @@ def dense_is_cheaper(num_experts: int, selections: int) -> bool:
     return num_experts <= DENSE_FACTOR * selections
 
 
-def _backend_for(backend: str, table: Tensor, selections: int, activation: str = "silu") -> str:
+def _backend_for(backend: str, table: Tensor, selections: int) -> str:
     """Resolve ``backend`` for a table and ``selections`` (M) per token: ``"auto"`` on CUDA is ``"dense"`` where
-    :func:`dense_is_cheaper`, else ``"triton"`` (when triton is installed) for float32 / bf16 tables with silu or
-    relu, else ``"torch"``; on the CPU ``"auto"`` is ``"torch"``. An explicit ``"triton"`` needs float32, bf16 or
-    fp16."""
+    :func:`dense_is_cheaper`, else ``"triton"`` (when triton is installed) for float32 / bf16 / fp16 tables, else
+    ``"torch"``; on the CPU ``"auto"`` is ``"torch"``. An explicit ``"triton"`` needs float32, bf16 or fp16."""
     if backend == "auto" and table.is_cuda and dense_is_cheaper(table.shape[0], selections):
         return "dense"
     supported = str(table.dtype) in _TRITON_DTYPES
-    verified = str(table.dtype) in _AUTO_TRITON_DTYPES and activation in _AUTO_TRITON_ACTIVATIONS
-    name = resolve_backend(backend, _AVAILABLE, table.device, ("triton", "torch") if verified else ("torch",))
+    name = resolve_backend(backend, _AVAILABLE, table.device, ("triton", "torch") if supported else ("torch",))
     if name == "triton":
         require(supported, "dtype", table.dtype, f"one of {_TRITON_DTYPES} for backend='triton' (float64: 'torch')")
     return name
@@ -66,7 +58,7 @@ def expert_mixture(x: Tensor, ids: Tensor, gates: Tensor, down: Tensor, up: Tens
         down, up: ``(N, d)`` expert tables, the dtype and device of ``x``.
         activation: ``"silu"``, ``"gelu"`` or ``"relu"``.
         backend: ``"auto"`` (on CUDA ``"dense"`` while ``N <= DENSE_FACTOR · H·k``, else ``"triton"`` for
-            float32/bf16 tables with silu or relu, else ``"torch"``; ``"torch"`` on the CPU), ``"dense"`` (matrix
+            float32/bf16/fp16 tables, else ``"torch"``; ``"torch"`` on the CPU), ``"dense"`` (matrix
             products over all ``N`` experts in token chunks, every float dtype, any device; for few experts),
             ``"triton"`` (GPU kernels that gather the selected rows by id, float32/bf16/fp16; also CPU under
             ``TRITON_INTERPRET=1``), ``"torch"``
@@ -82,7 +74,7 @@ def expert_mixture(x: Tensor, ids: Tensor, gates: Tensor, down: Tensor, up: Tens
         low, high = (int(v) for v in ids.aminmax())
         require(low >= 0 and high < down.shape[0], "ids", f"values in [{low}, {high}]",
                 f"expert ids in [0, N={down.shape[0]})")
-    name = _backend_for(backend, down, ids.shape[-2] * ids.shape[-1], activation)
+    name = _backend_for(backend, down, ids.shape[-2] * ids.shape[-1])
     if name == "dense":
         return _dense.expert_mixture(x, ids.long(), gates, down, up, activation)
     if name == "triton":
@@ -136,7 +128,7 @@ def weighted_rows(weights: Tensor, ids: Tensor, table: Tensor, backend: str = "a
     Args:
         weights: ``(T, M)`` floating point; ids: ``(T, M)`` int64 in ``[0, N)``; table: ``(N, d)``.
         backend: ``"auto"`` (on CUDA ``"dense"`` while ``N <= DENSE_FACTOR · M``, else ``"triton"`` for
-            float32/bf16 tables, else ``"torch"``; ``"torch"`` on the CPU), ``"torch"``, ``"dense"`` (scatter the
+            float32/bf16/fp16 tables, else ``"torch"``; ``"torch"`` on the CPU), ``"torch"``, ``"dense"`` (scatter the
             weights into a ``(T, N)`` matrix, chunked, times the table) or ``"triton"`` (float32/bf16/fp16).
 
     Returns:

@@ -7,7 +7,7 @@ Definition (docs/design.md, "SSD"), per head, with ``S`` of shape ``p × n``::
 Backends: ``"naive"`` (the per-step recurrence, the oracle), ``"torch"`` (the chunked dual algorithm, fast on
 CPU and GPU) and ``"triton"`` (GPU kernels for float32 / bf16 / fp16, forward and backward; also runs on CPU
 under ``TRITON_INTERPRET=1``); ``"auto"`` picks ``"triton"`` on CUDA for float32, and for bf16/fp16 with
-``chunk_size >= 128`` (bf16 at chunk 64 is not yet accurate enough on the GPU), else ``"torch"``.
+``chunk_size >= 64`` (the chunk sizes the CUDA parity tests cover in half precision), else ``"torch"``.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from .step import recurrent_step
 __all__ = ["ssd", "ssd_step"]
 
 _AVAILABLE = ("naive", "torch", "triton")
-_TRITON_MIN_HALF_CHUNK = 128  # smallest chunk_size at which "auto" picks triton for bf16/fp16 inputs
+_TRITON_MIN_HALF_CHUNK = 64  # smallest chunk_size at which "auto" picks triton for bf16/fp16 inputs
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -101,7 +101,7 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
             state is zero before a document's first token, so ``S_t = dt_t · x_t ⊗ B_t`` there, and no
             output depends on another document's inputs. ``None``: the row is one document.
         backend: ``"auto"`` (``"triton"`` on CUDA for float32 inputs and for bf16 / fp16 with
-            ``chunk_size >= 128``, else ``"torch"``),
+            ``chunk_size >= 64``, else ``"torch"``),
             ``"torch"``, ``"triton"`` or ``"naive"``.
 
     Returns:
@@ -134,9 +134,10 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
         require(initial_state.device == x.device, "initial_state.device", initial_state.device,
                 f"the device of x ({x.device})")
     half_or_single = x.dtype in _TRITON_DTYPES and (initial_state is None or initial_state.dtype != torch.float64)
-    # "auto" takes triton only where it was verified on a GPU: on the H200 (2026-11-28) bf16/fp16 inputs with
-    # chunk_size 64 gave a 3% output error against the float64 oracle (the torch backend: < 0.3%), while
-    # chunk sizes 128 and 256 and float32 passed; docs/results.md, SSD section.
+    # "auto" takes triton only where it was verified on a GPU: bf16/fp16 at chunk sizes 64, 128 and 256 and float32
+    # (tests/ops/test_ssd_cuda.py on an H100, session 6). Chunk 64 in half precision had a 3% output error on
+    # Triton 3.6 / sm_90 until the output kernel took 8 warps there (chunked_kernels.OUTPUT_WARPS_AT_64); smaller
+    # half-precision chunks have not run on a GPU and stay on "torch".
     verified = half_or_single and (x.dtype == torch.float32 or chunk_size >= _TRITON_MIN_HALF_CHUNK)
     name = resolve_backend(backend, _AVAILABLE, x.device, ("triton", "torch") if verified else ("torch",))
     if name == "triton":

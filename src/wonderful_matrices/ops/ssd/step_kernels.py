@@ -86,10 +86,10 @@ def _decode_step_kernel(proj_ptr, state_ptr, y_ptr, dt_bias_ptr, a_log_ptr, d_pt
             angle = pos * tl.load(inv_freq_ptr + r, mask=m1, other=0.0)
         else:
             rate = 3.141592653589793 * _tanh(tl.load(rate_ptr + bi * s_rate + r, mask=m1, other=0.0).to(tl.float32))
-            at = angle_ptr + (bi * H + hh) * HALF + r
-            angle = dt * rate + tl.load(at, mask=m1, other=0.0)
+            angle_at = angle_ptr + (bi * H + hh) * HALF + r
+            angle = dt * rate + tl.load(angle_at, mask=m1, other=0.0)
             if split == 0:  # the only program of this head (one split per head with ROPE == 2)
-                tl.store(at, angle - two_pi * tl.floor(angle / two_pi), mask=m1)
+                tl.store(angle_at, angle - two_pi * tl.floor(angle / two_pi), mask=m1)
         cos = tl.cos(angle)
         sin = tl.sin(angle)
         b1, b2 = (b1 * cos - b2 * sin).to(ACT_TY).to(tl.float32), (b2 * cos + b1 * sin).to(ACT_TY).to(tl.float32)
@@ -103,14 +103,14 @@ def _decode_step_kernel(proj_ptr, state_ptr, y_ptr, dt_bias_ptr, a_log_ptr, d_pt
         pp = p0 + tl.arange(0, BLOCK_P)
         pm = pp < stop
         x = _silu(tl.load(row + x_off + hh * P + pp, mask=pm, other=0.0), ACT_TY)
-        at = state_ptr + ((bi * H + hh) * P + pp)[:, None] * N + r[None, :]
-        s1 = tl.load(at, mask=pm[:, None] & m1[None, :], other=0.0)
-        s2 = tl.load(at + HALF, mask=pm[:, None] & m2[None, :], other=0.0)
+        state_at = state_ptr + ((bi * H + hh) * P + pp)[:, None] * N + r[None, :]
+        s1 = tl.load(state_at, mask=pm[:, None] & m1[None, :], other=0.0)
+        s2 = tl.load(state_at + HALF, mask=pm[:, None] & m2[None, :], other=0.0)
         dx = (dt * x)[:, None]
         s1 = decay * s1 + dx * b1[None, :]
         s2 = decay * s2 + dx * b2[None, :]
-        tl.store(at, s1, mask=pm[:, None] & m1[None, :])
-        tl.store(at + HALF, s2, mask=pm[:, None] & m2[None, :])
+        tl.store(state_at, s1, mask=pm[:, None] & m1[None, :])
+        tl.store(state_at + HALF, s2, mask=pm[:, None] & m2[None, :])
         y = tl.sum(s1 * c1[None, :], 1) + tl.sum(s2 * c2[None, :], 1)
         if HAS_D:
             y = y + d_skip * x
