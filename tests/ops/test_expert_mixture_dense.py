@@ -35,7 +35,7 @@ def test_matches_loops_float64(batch, H, k, N, d, activation):
 @pytest.mark.parametrize("tokens_per_chunk", [1, 4, 10 ** 6])  # one token per chunk; 4 + a tail of 3; one chunk
 def test_several_chunks_match_loops(monkeypatch, tokens_per_chunk):
     N = 21
-    monkeypatch.setattr(dense, "DENSE_BUDGET", tokens_per_chunk * N)
+    monkeypatch.setattr(dense, "DENSE_BUDGET", tokens_per_chunk * dense.token_bytes(N, torch.float64))
     x, ids, gates, down, up = make((11,), 3, 2, N, 6)
     ids[2, 0] = ids[2, 1] = ids[2, 2, 0] = 5  # one expert picked by every head of a token
     got = run("dense", x, ids, gates, down, up)
@@ -66,7 +66,7 @@ def test_matches_loops_float32():
 def test_half_precision_with_float32_gates(monkeypatch, dtype, activation):
     """The rounding of the dense coefficient matrices to the table dtype stays within the bounds the Triton backend
     meets on the GPU (2e-2 output, 4e-2 gradients) against float64 on the same rounded inputs; several chunks."""
-    monkeypatch.setattr(dense, "DENSE_BUDGET", 40 * 100)
+    monkeypatch.setattr(dense, "DENSE_BUDGET", 40 * dense.token_bytes(100, dtype))
     x, ids, gates, down, up = make((97,), 4, 8, 100, 40)
     x, down, up = (t.to(dtype).double() for t in (x, down, up))
     ref = run("naive", x, ids, gates, down, up, activation=activation)
@@ -74,6 +74,91 @@ def test_half_precision_with_float32_gates(monkeypatch, dtype, activation):
     for name, a, b in zip(NAMES, got, ref):
         assert a.dtype == (torch.float32 if name == "gates" else dtype), name
         assert rel_err(a, b) < (2e-2 if name == "y" else 4e-2), name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_with_many_duplicates_per_row(monkeypatch, dtype):
+    """Five experts, 32 selections per token: every row of W and Ws sums runs of up to 32 equal ids before its one
+    rounding; the same bounds as above against float64, several chunks."""
+    monkeypatch.setattr(dense, "DENSE_BUDGET", 7 * dense.token_bytes(5, dtype))
+    x, ids, gates, down, up = make((23,), 4, 8, 5, 12)
+    ids[0] = 3  # every selection of a token the same expert
+    x, down, up = (t.to(dtype).double() for t in (x, down, up))
+    ref = run("naive", x, ids, gates, down, up)
+    got = run("dense", x.to(dtype), ids, gates.float(), down.to(dtype), up.to(dtype))
+    for name, a, b in zip(NAMES, got, ref):
+        assert rel_err(a, b) < (2e-2 if name == "y" else 4e-2), name
+
+
+def _exact_coefficient_case(c, M, N, seed):
+    """ids (c, M) with many duplicates (N < M) and w (c, M) float32 multiples of 2^-12 below 1 in magnitude: every
+    sum of up to M of them is exact in float32, so the float64 sum is a float32 value and "rounded once" is exact."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, N, (c, M), generator=gen)
+    ids[0] = N - 1
+    w = torch.randint(-4095, 4096, (c, M), generator=gen).float() / 4096
+    return w, ids
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_coefficients_are_the_sums_of_duplicates_rounded_once(dtype):
+    c, M, N = 50, 32, 11
+    w, ids = _exact_coefficient_case(c, M, N, seed=4)
+    w = w.to(dense.compute_dtype(torch.empty(0, dtype=dtype)))
+    exact = torch.zeros(c, N, dtype=torch.float64).scatter_add_(1, ids, w.double())
+    got = dense.dense_coefficients(w, ids, N, dtype)
+    assert got.dtype == dtype and got.shape == (c, N)
+    assert torch.equal(got, exact.to(dtype))
+    assert torch.equal(got, dense.dense_coefficients(w, ids, N, dtype))  # deterministic: bit-identical again
+    if dtype == torch.bfloat16:  # adding the rounded terms in bf16 rounds many times: the check tells them apart
+        assert not torch.equal(got, torch.zeros(c, N, dtype=dtype).scatter_add_(1, ids, w.to(dtype)))
+
+
+def test_run_totals_of_two_value_sets_at_once():
+    """IdRuns.totals over a stacked (2, c, M) input equals two separate calls (the backward builds W and Ws so)."""
+    w, ids = _exact_coefficient_case(9, 13, 4, seed=5)
+    runs = dense.IdRuns(ids)
+    both = runs.totals(torch.stack((w, -2 * w)))
+    assert torch.equal(both[0], runs.totals(w)) and torch.equal(both[1], runs.totals(-2 * w))
+    exact = torch.zeros(9, 4, dtype=torch.float64).scatter_add_(1, ids, w.double())
+    assert torch.equal(both[0].double(), exact.gather(1, runs.ids))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_no_float32_tokens_by_experts_matrix_but_the_products(monkeypatch, dtype):
+    """Half tables: the only float32 (chunk, N) tensors are the products' outputs (and, on the CPU, the widened
+    operands inside ``matmul``); the coefficient matrices are built in the table dtype."""
+    T, H, k, N, d = 12, 2, 3, 37, 5
+    inside_matmul = []
+    original = dense.matmul
+
+    def recording_matmul(a, b):
+        inside_matmul.append(True)
+        try:
+            return original(a, b)
+        finally:
+            inside_matmul.pop()
+
+    monkeypatch.setattr(dense, "matmul", recording_matmul)
+    x, ids, gates, down, up = (t.to(dtype) if t.is_floating_point() else t for t in make((T,), H, k, N, d))
+    leaves = [t.requires_grad_() for t in (x, down, up)]
+
+    class Float32Wide(_LargestTensor):
+        def __init__(self):
+            super().__init__()
+            self.found = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.shape[-1:] == (N,) \
+                        and not inside_matmul:
+                    self.found.append(str(func))
+            return out
+
+    with Float32Wide() as probe:
+        expert_mixture(x, ids, gates.float(), down, up, backend="dense").float().square().sum().backward()
+    assert probe.found == [] and all(t.grad is not None for t in leaves)
 
 
 def test_int32_ids_and_float32_gates_with_float64_tables():
@@ -108,7 +193,7 @@ def test_only_requested_gradients():
 def test_no_tokens_by_experts_tensor_beyond_a_chunk(monkeypatch):
     """Forward and backward never create a (tokens, N) tensor, only (chunk, N) ones."""
     T, H, k, N, d = 64, 4, 8, 512, 8
-    monkeypatch.setattr(dense, "DENSE_BUDGET", 4 * N)  # 4 tokens per chunk
+    monkeypatch.setattr(dense, "DENSE_BUDGET", 4 * dense.token_bytes(N, torch.float32))  # 4 tokens per chunk
     x, ids, gates, down, up = make((T,), H, k, N, d, torch.float32)
     leaves = [t.requires_grad_() for t in (x, gates, down, up)]
     with _LargestTensor() as probe:
@@ -155,7 +240,7 @@ def test_auto_on_the_cpu_stays_torch(monkeypatch):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-6), (torch.bfloat16, 2e-2)])
 def test_weighted_rows_matches_loops(monkeypatch, dtype, tol):
-    monkeypatch.setattr(dense, "DENSE_BUDGET", 3 * 7)  # 3 tokens per chunk
+    monkeypatch.setattr(dense, "DENSE_BUDGET", 3 * dense.token_bytes(7, dtype))  # 3 tokens per chunk
     T, M, N, d = 10, 5, 7, 9
     w = torch.rand(T, M, dtype=torch.float64) + 0.1
     ids = torch.randint(0, N, (T, M))

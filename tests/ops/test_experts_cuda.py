@@ -123,21 +123,21 @@ def _check_mixture_against_float64(backend, tokens, H, k, N, d, activation, dtyp
         assert rel_err(a.cpu(), r) < grad_tol, name
 
 
-@pytest.mark.parametrize("tokens,H,k,N,d,activation,budget", [
+@pytest.mark.parametrize("tokens,H,k,N,d,activation,chunk", [
     (1, 1, 1, 1, 8, "silu", None),             # one token, one expert
     (300, 8, 16, 16, 96, "silu", None),        # 16 experts: every row of W holds many duplicates
-    (999, 4, 6, 64, 200, "gelu", 64 * 100),    # k not a power of two; 100 tokens per chunk, a tail of 99
+    (999, 4, 6, 64, 200, "gelu", 100),         # k not a power of two; 100 tokens per chunk, a tail of 99
     (777, 3, 5, 1024, 96, "relu", None),       # odd everything
     (1000, 8, 16, 1024, 1000, "silu", None),   # d not a multiple of any tile
-    (257, 8, 16, 4096, 64, "silu", 4096 * 64),  # 64 tokens per chunk
+    (257, 8, 16, 4096, 64, "silu", 64),        # 64 tokens per chunk
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_dense_mixture_cuda_against_float64(monkeypatch, tokens, H, k, N, d, activation, budget, dtype):
+def test_dense_mixture_cuda_against_float64(monkeypatch, tokens, H, k, N, d, activation, chunk, dtype):
     """The dense backend (cuBLAS products over all N experts, half operands -> float32) against float64 on the same
     rounded inputs, float32 gates: the bounds the Triton backend's tests use (float32: TOL, 2·TOL for gradients;
     half precision: 2e-2 output, 4e-2 gradients)."""
-    if budget is not None:
-        monkeypatch.setattr(dense, "DENSE_BUDGET", budget)
+    if chunk is not None:
+        monkeypatch.setattr(dense, "DENSE_BUDGET", chunk * dense.token_bytes(N, dtype))
     tol, grad_tol = (TOL[dtype], 2 * TOL[dtype]) if dtype == torch.float32 else (2e-2, 4e-2)
     _check_mixture_against_float64("dense", tokens, H, k, N, d, activation, dtype, tol, grad_tol)
 

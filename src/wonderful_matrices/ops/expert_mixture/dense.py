@@ -33,7 +33,7 @@ import torch
 from .gather import RowSum, compute_dtype
 from .naive import ACTIVATIONS
 
-DENSE_BUDGET = 1 << 26  # elements of one (chunk, N) float32 matrix (256 MiB)
+DENSE_BUDGET = 1 << 29  # bytes of the (chunk, N) buffers of one chunk (512 MiB): see token_bytes
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 # act'(s) · grad through ATen's own activation derivatives (those autograd uses for F.silu / F.gelu / F.relu)
@@ -44,9 +44,19 @@ ACTIVATION_BACKWARD = {
 }
 
 
-def token_chunks(T: int, N: int) -> list[slice]:
-    """Row ranges of at most ``DENSE_BUDGET // N`` tokens (at least one), as equal as possible, covering ``T``."""
-    most = max(1, DENSE_BUDGET // N)
+def token_bytes(N: int, dtype: torch.dtype) -> int:
+    """Bytes per token of the (chunk, N) buffers for tables of ``dtype``: a product output row in the compute dtype
+    (float32 for half tables) plus a coefficient row in ``dtype`` — 6·N for bf16/fp16, 8·N float32, 16·N float64.
+    The product output is freed before a coefficient matrix is built, so this bounds the live (chunk, N) bytes (on
+    the CPU a half coefficient matrix and its float32 copy for the product: the same 6·N)."""
+    compute = torch.float32 if dtype in HALF_DTYPES else dtype
+    return N * (compute.itemsize + dtype.itemsize)
+
+
+def token_chunks(T: int, per_token: int) -> list[slice]:
+    """Row ranges of at most ``DENSE_BUDGET // per_token`` tokens (at least one; ``DENSE_BUDGET`` and
+    ``per_token`` in bytes, see :func:`token_bytes`), as equal as possible, covering ``T``."""
+    most = max(1, DENSE_BUDGET // per_token)
     count = -(-T // most)
     step = -(-T // count) if count else 1
     return [slice(t, min(t + step, T)) for t in range(0, T, step)]
@@ -62,11 +72,45 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mm(a, b)
 
 
+class IdRuns:
+    """The runs of equal expert ids in each row of ``ids (c, M)`` int64, for building dense coefficient matrices
+    without adding into them: ``coefficients(w)[t, e] = Σ_{ids[t,j]=e} w[t, j]`` is summed in the ``(c, M)`` space
+    in the dtype of ``w``, then written once, rounded once to the table dtype, by a plain scatter.
+
+    The ids are sorted per row (stable), the sorted values summed per run by a segmented inclusive scan
+    (``ceil(log2 M)`` shifted adds, each adding only within a run), and every member of a run takes its run's total
+    (the scan's value at the run's last member), so the scatter's duplicate writes carry equal values: the result is
+    deterministic (no atomics, a fixed order of additions) on every device. The sorting and the run structure depend
+    on the ids alone and are shared by all coefficient matrices of a chunk."""
+
+    def __init__(self, ids: torch.Tensor):
+        self.ids, self.order = ids.sort(dim=1, stable=True)
+        M, shift = ids.shape[1], 1
+        self.same = []  # (shift, (c, M - shift) bool: sorted entry j + shift is in the run of entry j)
+        while shift < M:
+            self.same.append((shift, self.ids[:, shift:] == self.ids[:, :-shift]))
+            shift *= 2
+        self.last = torch.searchsorted(self.ids, self.ids, right=True) - 1  # (c, M) the last member of each run
+
+    def totals(self, w: torch.Tensor) -> torch.Tensor:
+        """w (..., c, M) -> (..., c, M) in the dtype of ``w``, in the sorted order of the ids: each entry is the sum
+        of ``w`` over its run of equal ids."""
+        v = w.gather(-1, self.order.expand(w.shape))
+        for shift, same in self.same:
+            v[..., shift:] += torch.where(same, v[..., :-shift], 0)
+        return v.gather(-1, self.last.expand(w.shape))
+
+    def coefficients(self, totals: torch.Tensor, N: int, dtype: torch.dtype) -> torch.Tensor:
+        """totals (c, M) from :meth:`totals` -> (c, N) in ``dtype``: the run totals rounded once, zero elsewhere."""
+        out = torch.zeros(totals.shape[0], N, dtype=dtype, device=totals.device)
+        return out.scatter_(1, self.ids, totals.to(dtype))
+
+
 def dense_coefficients(w: torch.Tensor, ids: torch.Tensor, N: int, dtype: torch.dtype) -> torch.Tensor:
     """w (c, M) compute dtype, ids (c, M) int64 -> (c, N) in ``dtype``: ``out[t, e] = Σ_{ids[t,j]=e} w[t, j]``,
-    summed in the compute dtype and rounded once."""
-    out = torch.zeros(w.shape[0], N, dtype=w.dtype, device=w.device)
-    return out.scatter_add_(1, ids, w).to(dtype)
+    summed in the compute dtype and rounded once, deterministically (see :class:`IdRuns`)."""
+    runs = IdRuns(ids)
+    return runs.coefficients(runs.totals(w), N, dtype)
 
 
 def selected_dots(vec: torch.Tensor, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -83,7 +127,7 @@ class DenseKernels:
         """vec (T, d), table (N, d), ids (T, M) int64 -> (T, M) compute dtype."""
         out = torch.empty(ids.shape, dtype=compute_dtype(table), device=table.device)
         vec = vec.to(table.dtype)
-        for rows in token_chunks(ids.shape[0], table.shape[0]):
+        for rows in token_chunks(ids.shape[0], token_bytes(table.shape[0], table.dtype)):
             out[rows] = selected_dots(vec[rows], table, ids[rows])
         return out
 
@@ -93,7 +137,7 @@ class DenseKernels:
         N = table.shape[0]
         out = torch.empty(ids.shape[0], table.shape[1], dtype=table.dtype, device=table.device)
         w = w.to(compute_dtype(table))
-        for rows in token_chunks(ids.shape[0], N):
+        for rows in token_chunks(ids.shape[0], token_bytes(N, table.dtype)):
             out[rows] = matmul(dense_coefficients(w[rows], ids[rows], N, table.dtype), table)
         return out
 
@@ -106,7 +150,7 @@ class DenseKernels:
         compute = compute_dtype(table)
         grad = torch.zeros(table.shape, dtype=compute, device=table.device)
         w, vec = w.to(compute), vec.to(table.dtype)
-        for rows in token_chunks(ids.shape[0], N):
+        for rows in token_chunks(ids.shape[0], token_bytes(N, table.dtype)):
             grad += matmul(dense_coefficients(w[rows], ids[rows], N, table.dtype).t(), vec[rows])
         return grad.to(table.dtype)
 
@@ -127,6 +171,7 @@ class DenseMixture(torch.autograd.Function):
     def backward(ctx, grad_y):
         x, ids, gates, down, up, s = ctx.saved_tensors
         need_x, _, need_gates, need_down, need_up, _ = ctx.needs_input_grad
+        need_ws = need_x or need_down
         act, act_backward = ACTIVATIONS[ctx.activation], ACTIVATION_BACKWARD[ctx.activation]
         (T, M), N = ids.shape, down.shape[0]
         grad_y = grad_y.to(up.dtype)
@@ -134,16 +179,23 @@ class DenseMixture(torch.autograd.Function):
         grad_gates = torch.empty(T, M, dtype=s.dtype, device=s.device) if need_gates else None
         grad_down = torch.zeros(down.shape, dtype=s.dtype, device=s.device) if need_down else None
         grad_up = torch.zeros(up.shape, dtype=s.dtype, device=s.device) if need_up else None
-        for rows in token_chunks(T, N):
+        for rows in token_chunks(T, token_bytes(N, up.dtype)):
             ids_c, s_c, gates_c = ids[rows], s[rows], gates[rows].to(s.dtype)
             activated = act(s_c)
             grad_coef = selected_dots(grad_y[rows], up, ids_c)
             if need_gates:
                 grad_gates[rows] = grad_coef * activated
+            if not (need_up or need_ws):
+                continue
+            # W's and Ws's entries summed per run of equal ids together: one sort and one scan for both
+            runs = IdRuns(ids_c)
+            values = ([gates_c * activated] if need_up else []) + \
+                ([act_backward(grad_coef * gates_c, s_c)] if need_ws else [])
+            totals = runs.totals(torch.stack(values))
             if need_up:
-                grad_up += matmul(dense_coefficients(gates_c * activated, ids_c, N, up.dtype).t(), grad_y[rows])
-            if need_x or need_down:
-                ws = dense_coefficients(act_backward(grad_coef * gates_c, s_c), ids_c, N, down.dtype)
+                grad_up += matmul(runs.coefficients(totals[0], N, up.dtype).t(), grad_y[rows])
+            if need_ws:
+                ws = runs.coefficients(totals[-1], N, down.dtype)
                 if need_x:
                     grad_x[rows] = matmul(ws, down)
                 if need_down:
