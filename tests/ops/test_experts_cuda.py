@@ -163,6 +163,29 @@ def test_dense_weighted_rows_cuda(dtype):
         assert torch.isfinite(a).all() and rel_err(a.cpu(), r) < 2 * tol
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_dense_coefficients_cuda_rounded_once_and_deterministic(dtype):
+    """The coefficient matrices on the GPU: the float64 sums of duplicate ids rounded once (values whose float32 sums
+    are exact, so the comparison is exact), and a whole bf16 step of the mixture bit-identical when run twice."""
+    gen = torch.Generator().manual_seed(6)
+    c, M, N = 4099, 32, 24  # many duplicates per row
+    ids = torch.randint(0, N, (c, M), generator=gen)
+    w = torch.randint(-4095, 4096, (c, M), generator=gen).float() / 4096
+    exact = torch.zeros(c, N, dtype=torch.float64).scatter_add_(1, ids, w.double())
+    got = dense.dense_coefficients(w.cuda(), ids.cuda(), N, dtype)
+    assert got.dtype == dtype and torch.equal(got.cpu(), exact.to(dtype))
+
+    x, ids, gates, down, up = _mixture_case(1000, 8, 16, 64, 96, seed=7)
+
+    def step():
+        leaves = [_leaf(t, dtype, "cuda") for t in (x, down, up)] + [_leaf(gates, torch.float32, "cuda")]
+        y = wm.ops.expert_mixture(leaves[0], ids.cuda(), leaves[3], leaves[1], leaves[2], backend="dense")
+        return (y, *torch.autograd.grad(y.float().square().sum(), leaves))
+
+    for a, b in zip(step(), step()):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("N,H,k,dense_expected", [
     (2304, 4, 8, False),     # cheems-base: N = 72·M, measured slower dense
     (1024, 8, 16, True),     # bench.cdmoe_target at N = 1024
