@@ -9,8 +9,8 @@
 #          -> $OUT/packing/dma/results.json|md (~2 min);
 #   tests  CUDA parity tests: SSD with seq_idx (triton and torch, float32 and bf16) against each document alone, a
 #          packed row of every tiny preset against its documents alone, and the DMA op's packed tests (~2 min);
-#   train  wm train --preset cheems-base --data python-source, 400 steps of 8 x 2048 tokens (the corpus built and
-#          tokenized first, ~1 min), evaluation every 100 steps -> $OUT/train_base/ (log, summary.json with the
+#   train  wm train --preset cheems-base --data python-source, TRAIN_STEPS (default 400) steps of 8 x 2048 tokens
+#          (the corpus built and tokenized first, ~1 min), evaluation every TRAIN_STEPS / 4 steps -> $OUT/train_base/ (log, summary.json with the
 #          corpus manifest, metrics.jsonl, loss.png, and wm eval's line with the unigram baseline) (~4 min).
 #   dma_sweep (not in the default): the order that ran out of memory before the fix in ops/dma/biased_causal.py
 #          (a sweep over four lengths, then the packed 16K row): every "dma no window" row must have times
@@ -20,6 +20,7 @@
 set -uo pipefail
 OUT=${OUT:-out}
 STAGES=${STAGES:-ssd dma tests train}
+STEPS=${TRAIN_STEPS:-400}
 mkdir -p "$OUT/packing"
 LOG="$OUT/gpu_packing.log"
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -54,7 +55,8 @@ has() { [[ " $STAGES " == *" $1 "* ]]; }
     rm -rf "$RUN"
     mkdir -p "$OUT/train_base"
     timeout "${T_TRAIN:-420}" $PY -m wonderful_matrices.cli train --preset cheems-base --data python-source \
-        --max-steps 400 --batch-size 8 --seq-len 2048 --eval-interval 100 --eval-rows 64 --save-interval 400 \
+        --max-steps "$STEPS" --batch-size 8 --seq-len 2048 --eval-interval $((STEPS / 4)) --eval-rows 64 \
+        --save-interval "$STEPS" \
         --log-interval 20 --no-progress --out "$RUN" 2>&1 | tee "$OUT/train_base/train.log" | tail -12
     echo "rc=${PIPESTATUS[0]}"
     timeout 120 $PY -m wonderful_matrices.cli eval "$RUN" --max-rows 64 2>&1 | tee "$OUT/train_base/eval.log"
