@@ -120,12 +120,12 @@ def _next_token_loss(model, inputs: torch.Tensor, positions: torch.Tensor | None
     return causal_lm_loss(logits, targets)
 
 
-def compiled_lm_loss() -> Callable:
-    """:func:`lm_loss` under ``torch.compile`` (default mode, static shapes), for ``optimizer_step``'s ``loss_fn``:
-    the forward and its backward compiled, the optimizer eager. Dynamo's caches are reset first, so each model gets
-    its own graphs rather than counting as a recompilation of the previous one's."""
+def compiled_lm_loss(backend: str = "inductor") -> Callable:
+    """:func:`lm_loss` under ``torch.compile`` (default mode, static shapes, ``backend``), for ``optimizer_step``'s
+    ``loss_fn``: the forward and its backward compiled, the optimizer eager. Dynamo's caches are reset first, so each
+    model gets its own graphs rather than counting as a recompilation of the previous one's."""
     torch._dynamo.reset()
-    return torch.compile(lm_loss, dynamic=False)
+    return torch.compile(lm_loss, dynamic=False, backend=backend)
 
 
 def optimizer_step(model, opt, rows: torch.Tensor, device: torch.device, clip: float | None = None,

@@ -48,8 +48,8 @@ def opaque_to_compile(name: str, fake: Callable):
         op.register_fake(fake)
 
         @functools.wraps(fn)
-        def call(*args):
-            return op(*args) if torch.compiler.is_compiling() else fn(*args)
+        def call(*args, **kwargs):
+            return op(*args, **kwargs) if torch.compiler.is_compiling() else fn(*args, **kwargs)
 
         return call
 
