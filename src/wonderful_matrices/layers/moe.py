@@ -149,8 +149,10 @@ class MoE(nn.Module):
         ys = ys * gates.reshape(-1)[order, None].to(x.dtype)
         return torch.zeros_like(x).index_add_(0, token, ys)
 
+    # Eager under torch.compile: the segment sizes are read on the host (a graph break either way; the grouped GEMM
+    # needs none), and traced they would be guarded on, recompiling for every new routing.
+    @torch.compiler.disable
     def _segment_loop(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        # the segment sizes are read on the host (a graph break under torch.compile; the grouped GEMM needs none)
         sizes = counts.tolist()
         pieces = [self._expert(rows, gate_up, down)
                   for rows, gate_up, down, size in zip(xs.split(sizes), self.gate_up_proj.unbind(0),
