@@ -165,7 +165,8 @@ def run(out_dir, quick: bool = False, device=None, presets=None, steps: int | No
             "device": str(device), "autocast": "bf16" if device.type == "cuda" else "off (float32)",
             "optimizer": "AdamW (torch default implementation), clip 1.0",
             "tables": {label: {"operators": r["operators"], "kernels": r["kernels"]} for label, r in details.items()}}
-    table = write_results(out, "profile", summary, meta, notes="\n".join(notes))
+    columns = list(dict.fromkeys(key for row in summary for key in row))  # an error row has its own column
+    table = write_results(out, "profile", summary, meta, columns=columns, notes="\n".join(notes))
     print(table)
     return summary
 
