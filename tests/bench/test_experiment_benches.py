@@ -151,3 +151,31 @@ def test_wm_bench_subcommand_reports_a_bad_option(tmp_path, capsys):
 
     assert main(["bench", "position", "--out", str(tmp_path), "--budget-s", "3"]) == 2
     assert "budget_s" in capsys.readouterr().err
+
+
+def test_lm_reports_compiled_throughput_beside_eager(tmp_path, small_corpus, monkeypatch):
+    """``compiled=True``: ``compiled_tok_s@T`` and ``compiled_vs_llama@T`` beside the eager columns (kept), and a
+    preset that fails to compile records the error instead of stopping the bench. The measurement itself is
+    tests/models/test_compile.py's business; here it is stubbed (Inductor compiles for minutes on the CPU)."""
+    data_path, cache = small_corpus
+    speed = {("cheems-tiny", False): 100.0, ("cheems-tiny", True): None, ("llama-tiny", False): 50.0,
+             ("llama-tiny", True): 80.0}
+
+    def fake_throughput(config, seq_len, tokens, device, compiled=False):
+        name = "cheems-tiny" if "cdmoe" in config.ffn_types else "llama-tiny"
+        tokens_per_s = speed[(name, compiled)]
+        return {"tokens_per_s": tokens_per_s, "peak_memory_gb": None,
+                "error": None if tokens_per_s else "BackendCompilerFailed: no"}
+
+    monkeypatch.setattr(lm, "training_throughput", fake_throughput)
+    lm.run(tmp_path, quick=True, steps=2, families=("cheems", "llama"), contexts=(40,), size="tiny",
+           vocab_size=300, seq_len=16, batch=2, data=data_path, cache_dir=cache, eval_tokens=256,
+           throughput_lengths=(16,), compiled=True)
+    data, md = _read(tmp_path)
+    by = {r["preset"]: r for r in data["rows"]}
+    assert by["cheems-tiny"]["train_tok_s@16"] == 100.0 and by["cheems-tiny"]["vs_llama@16"] == 2.0
+    assert by["cheems-tiny"]["compiled_tok_s@16"] is None and by["cheems-tiny"]["compiled_vs_llama@16"] is None
+    assert by["cheems-tiny"]["compile_error@16"] == "BackendCompilerFailed: no"
+    assert by["llama-tiny"]["compiled_tok_s@16"] == 80.0 and by["llama-tiny"]["compiled_vs_llama@16"] == 1.0
+    assert "compile_error@16" not in by["llama-tiny"] and "compiled_tok_s@16" in md
+    assert "compiled_tok_s@T" in data["meta"]["throughput"]

@@ -48,3 +48,30 @@ def test_wm_bench_passes_presets_and_variants(tmp_path, monkeypatch):
     assert main(["bench", "profile", "--out", str(tmp_path), "--presets", "cheems-base,llama-base",
                  "--variants", "fused,unfused", "--steps", "2"]) == 0
     assert seen == {"presets": "cheems-base,llama-base", "steps": 2, "variants": "fused,unfused"}
+
+
+def test_compiled_variant_and_a_compile_failure(tmp_path, monkeypatch):
+    """``compiled`` profiles the step under torch.compile (aot_eager here: Inductor compiles for minutes on the CPU);
+    a preset that fails to compile leaves a row with its error, and the other presets run."""
+    from wonderful_matrices.bench import lm_common
+
+    monkeypatch.setattr(profile, "compiled_lm_loss", lambda: lm_common.compiled_lm_loss("aot_eager"))
+    summary = profile.run(tmp_path, quick=True, presets="llama-tiny", steps=1, seq_len=16, batch=1,
+                          variants="compiled")
+    assert [(s["preset"], s["variant"]) for s in summary] == [("llama-tiny", "compiled")]
+    tables = json.loads((tmp_path / "results.json").read_text())["meta"]["tables"]
+    operators = tables["llama-tiny compiled"]["operators"]
+    assert any("CompiledFunction" in r["name"] for r in operators)  # the compiled forward and backward ran
+
+    def broken():
+        def fail(*args):
+            raise RuntimeError("cannot compile\nmore")
+        return fail
+
+    monkeypatch.setattr(profile, "compiled_lm_loss", broken)
+    summary = profile.run(tmp_path, quick=True, presets="llama-tiny,cheems-tiny", steps=1, seq_len=16, batch=1,
+                          variants="fused,compiled")
+    assert [(s["preset"], s["variant"], s.get("error")) for s in summary] == [
+        ("llama-tiny", "fused", None), ("llama-tiny", "compiled", "RuntimeError: cannot compile"),
+        ("cheems-tiny", "fused", None), ("cheems-tiny", "compiled", "RuntimeError: cannot compile")]
+    assert "RuntimeError: cannot compile" in (tmp_path / "results.md").read_text()

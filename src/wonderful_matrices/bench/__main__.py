@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--presets", default=None,
                         help="profile, generate: presets to measure side by side, e.g. cheems-base,llama-base")
     parser.add_argument("--variants", default=None,
-                        help="profile: fused (default), unfused (plain-PyTorch norms and loss) or fused,unfused; "
+                        help="profile: fused (default), unfused (plain-PyTorch norms and loss), compiled (fused under "
+                             "torch.compile) or a list, e.g. fused,compiled; "
                              "position: SSD variants, e.g. no_pe,rope,conv,data (default no_pe,rope,conv)")
     parser.add_argument("--data", default=None,
                         help="lm, position: corpus to train and evaluate on: 'shakespeare' (default), 'python-source' "

@@ -24,6 +24,12 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """``"TypeName: first line of the message"``, at most ``limit`` characters."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:limit]
+
+
 def time_callable(fn: Callable[[], object], device: torch.device | str, warmup: int = 3, reps: int = 10,
                   min_time_s: float = 0.0) -> float:
     """Median wall time of ``fn()`` in milliseconds.

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from .common import time_callable, write_results
+from .common import one_line, time_callable, write_results
 from .decode_common import analytic_cache_bytes, decode_measurement
-from .lm_common import corpus_tokens, optimizer_step, perplexity, set_fused, train_lm
+from .lm_common import compiled_lm_loss, corpus_tokens, optimizer_step, perplexity, set_fused, train_lm
 
 FAMILIES = ("cheems", "doge", "llama", "mamba2", "jamba")
 QUICK = dict(size="small", seq_len=128, batch=8, steps=30, lr=1e-3, contexts=(256, 1024), eval_tokens=16_384,
@@ -35,12 +35,14 @@ FULL = dict(size="base", seq_len=2048, batch=8, steps=200, lr=1e-3, contexts=(40
 
 
 def training_throughput(config, seq_len: int, tokens_per_step: int, device: torch.device, steps: int = 4,
-                        fused: bool = True) -> dict:
+                        fused: bool = True, compiled: bool = False) -> dict:
     """Training tokens/s and peak memory of a fresh model of ``config`` on rows of ``seq_len`` random tokens
     (``tokens_per_step // seq_len`` rows, at least one): one step is forward, backward and AdamW, bf16 autocast on
-    CUDA; two warm-up steps, then the median of ``steps`` timed ones. ``{"tokens_per_s", "peak_memory_gb"}``,
-    both None when it runs out of memory. ``fused=False``: the plain-PyTorch norms and loss
-    (:func:`.lm_common.set_fused`)."""
+    CUDA; two warm-up steps, then the median of ``steps`` timed ones. ``{"tokens_per_s", "peak_memory_gb",
+    "error"}``: both None when it runs out of memory or fails to compile (``error``: what happened, one line; None
+    when it ran). ``fused=False``: the plain-PyTorch norms and loss (:func:`.lm_common.set_fused`).
+    ``compiled=True``: the loss under ``torch.compile`` (:func:`.lm_common.compiled_lm_loss`; default mode,
+    ``dynamic=False``); the warm-up steps include the compilation."""
     from ..models import CheemsForCausalLM
 
     batch = max(1, tokens_per_step // seq_len)
@@ -49,15 +51,22 @@ def training_throughput(config, seq_len: int, tokens_per_step: int, device: torc
     set_fused(model, fused)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     rows = torch.randint(0, config.vocab_size, (batch, seq_len + 1), device=device)
+    loss_fn = compiled_lm_loss() if compiled else None
+    result = {"tokens_per_s": None, "peak_memory_gb": None, "error": None}
     try:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        ms = time_callable(lambda: optimizer_step(model, opt, rows, device), device, warmup=2, reps=steps)
+        ms = time_callable(lambda: optimizer_step(model, opt, rows, device, loss_fn=loss_fn), device, warmup=2,
+                           reps=steps)
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-        result = {"tokens_per_s": batch * seq_len * 1e3 / ms, "peak_memory_gb": peak}
+        result.update(tokens_per_s=batch * seq_len * 1e3 / ms, peak_memory_gb=peak)
     except torch.OutOfMemoryError:
-        result = {"tokens_per_s": None, "peak_memory_gb": None}
-    model = opt = None  # free the memory before the next configuration
+        result["error"] = "out of memory"
+    except Exception as error:  # a preset that fails to compile is a result, not the end
+        if not compiled:
+            raise
+        result["error"] = one_line(error)
+    model = opt = loss_fn = None  # free the memory before the next configuration
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
@@ -66,7 +75,7 @@ def training_throughput(config, seq_len: int, tokens_per_step: int, device: torc
 def run(out_dir, quick: bool = False, device=None, steps: int | None = None, families=FAMILIES,
         contexts=None, size: str | None = None, vocab_size: int | None = None, seq_len: int | None = None,
         batch: int | None = None, data: str = "shakespeare", cache_dir=None,
-        eval_tokens: int | None = None, throughput_lengths=None) -> list[dict]:
+        eval_tokens: int | None = None, throughput_lengths=None, compiled: bool | None = None) -> list[dict]:
     """Train and evaluate every available preset family, measure decoding; write ``results.json``,
     ``results.md`` and ``lm.png`` into ``out_dir``; return one row per (family, context).
 
@@ -74,12 +83,15 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
     throughput at 256 and 1K tokens per row (CPU). Full: ``-base`` presets, BPE 32768, 200 steps of
     8 x 2048 tokens, contexts 4K..1M, training throughput at 4K and 16K tokens per row (one H200).
     ``steps``, ``contexts``, ``size`` (preset size), ``vocab_size``, ``seq_len``, ``batch``, ``eval_tokens``
-    (validation tokens scored), ``throughput_lengths`` override;
+    (validation tokens scored), ``throughput_lengths`` override; ``compiled`` (default: on CUDA): the training
+    throughput also under ``torch.compile`` (``compiled_tok_s@T``, ``compiled_peak_gb@T``; ``compile_error@T`` where
+    it fails; off by default on the CPU, where Inductor takes minutes per model);
     ``data``: the corpus (default the embedded Shakespeare); ``cache_dir``: tokenizer/token cache."""
     from ..models import CheemsForCausalLM, presets
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = dict(QUICK if quick else FULL)
+    compiled = device.type == "cuda" if compiled is None else bool(compiled)
     if steps is not None:
         cfg["steps"] = int(steps)
     if contexts is not None:
@@ -119,9 +131,17 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
             t = training_throughput(config, length, cfg["throughput_tokens"], device)
             train_row[f"train_tok_s@{length}"] = t["tokens_per_s"]
             train_row[f"peak_gb@{length}"] = t["peak_memory_gb"]
+            if compiled:
+                t = training_throughput(config, length, cfg["throughput_tokens"], device, compiled=True)
+                train_row[f"compiled_tok_s@{length}"] = t["tokens_per_s"]
+                train_row[f"compiled_peak_gb@{length}"] = t["peak_memory_gb"]
+                if t["error"] is not None:
+                    train_row[f"compile_error@{length}"] = t["error"]
         training.append(train_row)
         print(f"{name:14s} params={params / 1e6:.1f}M train {stats['tokens_per_s']:.0f} tok/s ppl={ppl:.2f} " +
-              " ".join(f"@{n}: {train_row[f'train_tok_s@{n}'] or 0:.0f} tok/s" for n in cfg["throughput_lengths"]),
+              " ".join(f"@{n}: {train_row[f'train_tok_s@{n}'] or 0:.0f} tok/s"
+                       + (f" (compiled {train_row[f'compiled_tok_s@{n}'] or 0:.0f})" if compiled else "")
+                       for n in cfg["throughput_lengths"]),
               flush=True)
         config.use_cache = True
         for context in cfg["contexts"]:
@@ -153,11 +173,14 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
                       "(see the module docstring); " + ("bf16 weights" if device.type == "cuda" else "float32"),
             "throughput": f"train_tok_s@T: forward + backward + AdamW on {cfg['throughput_tokens']} random tokens per "
                           "step in rows of T tokens (a fresh model; median of 4 steps after 2 warm-ups); "
-                          "vs_llama@T: that throughput over the same-size Llama preset's",
+                          "vs_llama@T: that throughput over the same-size Llama preset's"
+                          + ("; compiled_tok_s@T: the same with the forward and backward under torch.compile "
+                             "(default mode, static shapes; the warm-ups compile)" if compiled else ""),
             "contexts": list(cfg["contexts"]), "wall_s": round(total_s, 1)}
     lengths = cfg["throughput_lengths"]
     columns = ["preset", "parameters", "train_tokens_per_s", "peak_memory_gb", "val_ppl"] + \
         [f"train_tok_s@{n}" for n in lengths] + [f"vs_llama@{n}" for n in lengths] + \
+        ([f"compiled_tok_s@{n}" for n in lengths] + [f"compiled_vs_llama@{n}" for n in lengths] if compiled else []) + \
         ["context", "decode_tokens_per_s", "decode_graph_tokens_per_s", "cache_bytes_analytic", "cache_bytes_measured",
          "cache_vs_llama", "status"]
     missing = [t["preset"] for t in training if t["status"] != "ok"]
@@ -170,14 +193,18 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
 
 
 def _add_ratios_to_llama(rows: list[dict], size: str, lengths) -> None:
-    """Add ``vs_llama@T`` (training tokens/s over the Llama preset's at length T) and ``cache_vs_llama`` (cache
-    bytes over Llama's at the same context) to every row, None where Llama was not run or did not fit."""
+    """Add ``vs_llama@T`` (training tokens/s over the Llama preset's at length T; ``compiled_vs_llama@T`` the same
+    compiled, where measured) and ``cache_vs_llama`` (cache bytes over Llama's at the same context) to every row,
+    None where Llama was not run or did not fit."""
     llama = {r["context"]: r for r in rows if r["preset"] == f"llama-{size}"}
     for r in rows:
         ref = llama.get(r["context"])
         for n in lengths:
             mine, base = r.get(f"train_tok_s@{n}"), ref and ref.get(f"train_tok_s@{n}")
             r[f"vs_llama@{n}"] = mine / base if mine and base else None
+            if f"compiled_tok_s@{n}" in r:
+                mine, base = r[f"compiled_tok_s@{n}"], ref and ref.get(f"compiled_tok_s@{n}")
+                r[f"compiled_vs_llama@{n}"] = mine / base if mine and base else None
         r["cache_vs_llama"] = r["cache_bytes_analytic"] / ref["cache_bytes_analytic"] if ref else None
 
 

@@ -23,6 +23,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -119,18 +120,26 @@ def _next_token_loss(model, inputs: torch.Tensor, positions: torch.Tensor | None
     return causal_lm_loss(logits, targets)
 
 
+def compiled_lm_loss(backend: str = "inductor") -> Callable:
+    """:func:`lm_loss` under ``torch.compile`` (default mode, static shapes, ``backend``), for ``optimizer_step``'s
+    ``loss_fn``: the forward and its backward compiled, the optimizer eager. Dynamo's caches are reset first, so each
+    model gets its own graphs rather than counting as a recompilation of the previous one's."""
+    torch._dynamo.reset()
+    return torch.compile(lm_loss, dynamic=False, backend=backend)
+
+
 def optimizer_step(model, opt, rows: torch.Tensor, device: torch.device, clip: float | None = None,
                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                   eos: int | None = None) -> torch.Tensor:
-    """One training step on ``rows (b, l + 1)`` (packed documents with ``eos``: :func:`lm_loss`): forward under
-    :func:`training_autocast`, backward, then
+                   eos: int | None = None, loss_fn: Callable | None = None) -> torch.Tensor:
+    """One training step on ``rows (b, l + 1)`` (packed documents with ``eos``: :func:`lm_loss`, or ``loss_fn``
+    with its arguments, e.g. :func:`compiled_lm_loss`): forward under :func:`training_autocast`, backward, then
     ``wm train``'s update (:func:`~wonderful_matrices.train.optim.apply_gradients`: clipping to norm ``clip``
     (None: none), ``opt.step()``, ``scheduler.step()``, gradients cleared). Returns the loss (a device tensor).
     No host synchronisation: ``rows`` are ids of the model's vocabulary (the tokenizer's or drawn in range), so the
     step runs inside ``trusted_values()``, where no check reads a tensor's values."""
     with trusted_values():
         with training_autocast(device):
-            loss = lm_loss(model, rows, eos)
+            loss = (loss_fn or lm_loss)(model, rows, eos)
         loss.backward()
     apply_gradients(model.parameters(), opt, scheduler, clip)
     return loss

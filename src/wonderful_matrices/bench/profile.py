@@ -9,7 +9,9 @@ of the operators whose time differs most between the first two profiled models; 
 (``trace-<preset>-<variant>.json.gz``, open in Perfetto or ``chrome://tracing``).
 
 Variants: ``"fused"`` is the model as it trains by default (Triton RMSNorm with the residual add, chunked LM-head
-loss); ``"unfused"`` runs the same model with the plain-PyTorch norms and the loss from full float32 logits.
+loss); ``"unfused"`` runs the same model with the plain-PyTorch norms and the loss from full float32 logits;
+``"compiled"`` is ``"fused"`` with the forward and backward under ``torch.compile`` (default mode, static shapes;
+compiled during the warm-up steps; a preset that fails to compile gets a row with its ``error``).
 """
 from __future__ import annotations
 
@@ -19,12 +21,12 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from .common import markdown_table, synchronize, write_results
-from .lm_common import optimizer_step, set_fused
+from .common import markdown_table, one_line, synchronize, write_results
+from .lm_common import compiled_lm_loss, optimizer_step, set_fused
 
 QUICK = dict(presets=("cheems-tiny", "llama-tiny"), seq_len=64, batch=2, steps=2, top=15)
 FULL = dict(presets=("cheems-base", "llama-base"), seq_len=4096, batch=8, steps=3, top=30)
-VARIANTS = ("fused", "unfused")
+VARIANTS = ("fused", "unfused", "compiled")
 
 
 def _tables(prof, steps: int, on_gpu: bool) -> tuple[dict, list[dict], list[dict]]:
@@ -50,10 +52,10 @@ def _tables(prof, steps: int, on_gpu: bool) -> tuple[dict, list[dict], list[dict
 
 
 def profile_training(config, seq_len: int, batch: int, steps: int, device: torch.device, fused: bool = True,
-                     trace_path: str | Path | None = None) -> dict:
+                     trace_path: str | Path | None = None, compiled: bool = False) -> dict:
     """Profile ``steps`` training steps of a fresh model of ``config`` on ``batch`` rows of ``seq_len`` random
     tokens; ``{"totals", "operators", "kernels"}`` (per step; see the module docstring). Writes the Chrome trace to
-    ``trace_path`` when given."""
+    ``trace_path`` when given. ``compiled``: the loss under ``torch.compile`` (compiled in the warm-up steps)."""
     from ..models import CheemsForCausalLM
 
     torch.manual_seed(0)
@@ -61,22 +63,23 @@ def profile_training(config, seq_len: int, batch: int, steps: int, device: torch
     set_fused(model, fused)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     rows = torch.randint(0, config.vocab_size, (batch, seq_len + 1), device=device)
+    loss_fn = compiled_lm_loss() if compiled else None
     for _ in range(2):
-        optimizer_step(model, opt, rows, device, clip=1.0)
+        optimizer_step(model, opt, rows, device, clip=1.0, loss_fn=loss_fn)
     synchronize(device)
     on_gpu = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     start = time.perf_counter()
     with profile(activities=activities) as prof:
         for _ in range(steps):
-            optimizer_step(model, opt, rows, device, clip=1.0)
+            optimizer_step(model, opt, rows, device, clip=1.0, loss_fn=loss_fn)
         synchronize(device)
     wall_ms = (time.perf_counter() - start) * 1e3 / steps
     if trace_path is not None:
         prof.export_chrome_trace(str(trace_path))
     totals, operators, kernels = _tables(prof, steps, on_gpu)
     totals["wall_ms_per_step_profiled"] = wall_ms
-    del model, opt
+    del model, opt, loss_fn
     if on_gpu:
         torch.cuda.empty_cache()
     return {"totals": totals, "operators": operators, "kernels": kernels}
@@ -107,7 +110,8 @@ def run(out_dir, quick: bool = False, device=None, presets=None, steps: int | No
         seq_len: int | None = None, batch: int | None = None, variants=("fused",),
         top: int | None = None) -> list[dict]:
     """Profile the training step of each of ``presets`` (default ``cheems-base,llama-base``; ``quick``:
-    ``cheems-tiny,llama-tiny``, 2 × 64 tokens, CPU) in each of ``variants`` (``"fused"``, ``"unfused"``); write
+    ``cheems-tiny,llama-tiny``, 2 × 64 tokens, CPU) in each of ``variants`` (``"fused"``, ``"unfused"``,
+    ``"compiled"``); write
     ``results.json`` (every operator and kernel), ``results.md`` (the top ``top`` of each, and the side-by-side
     table) and the Chrome traces into ``out_dir``; return one summary row per (preset, variant)."""
     from ..models import presets as preset_registry
@@ -131,8 +135,16 @@ def run(out_dir, quick: bool = False, device=None, presets=None, steps: int | No
         config = preset_registry.get(name, use_cache=False)
         for variant in variants:
             label = f"{name} {variant}"
-            result = profile_training(config, cfg["seq_len"], cfg["batch"], cfg["steps"], device,
-                                      fused=variant == "fused", trace_path=out / f"trace-{name}-{variant}.json.gz")
+            try:
+                result = profile_training(config, cfg["seq_len"], cfg["batch"], cfg["steps"], device,
+                                          fused=variant != "unfused", compiled=variant == "compiled",
+                                          trace_path=out / f"trace-{name}-{variant}.json.gz")
+            except Exception as error:  # a preset that fails to compile is a row, not the end
+                if variant != "compiled":
+                    raise
+                summary.append({"preset": name, "variant": variant, "error": one_line(error)})
+                print(f"{label}: {summary[-1]['error']}", flush=True)
+                continue
             details[label] = result
             summary.append({"preset": name, "variant": variant, **result["totals"]})
             print(f"{label}: {result['totals']}", flush=True)
@@ -153,7 +165,8 @@ def run(out_dir, quick: bool = False, device=None, presets=None, steps: int | No
             "device": str(device), "autocast": "bf16" if device.type == "cuda" else "off (float32)",
             "optimizer": "AdamW (torch default implementation), clip 1.0",
             "tables": {label: {"operators": r["operators"], "kernels": r["kernels"]} for label, r in details.items()}}
-    table = write_results(out, "profile", summary, meta, notes="\n".join(notes))
+    columns = list(dict.fromkeys(key for row in summary for key in row))  # an error row has its own column
+    table = write_results(out, "profile", summary, meta, columns=columns, notes="\n".join(notes))
     print(table)
     return summary
 

@@ -40,6 +40,14 @@ def grouped_gemm_usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and weight.shape[-1] % 8 == 0 and weight.shape[-2] % 8 == 0)
 
 
+def expert_counts(ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """ids (...) int64 in ``[0, num_experts)`` -> (num_experts,) int64: how often each expert is selected. A scatter
+    of ones rather than ``bincount``, whose output length depends on the values (a graph break under
+    ``torch.compile``)."""
+    flat = ids.reshape(-1)
+    return torch.zeros(num_experts, dtype=torch.long, device=ids.device).scatter_add_(0, flat, torch.ones_like(flat))
+
+
 def moe_balance_loss(probs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Switch-Transformer balance loss ``E · Σ_e f_e · P_e`` aligned by expert id.
 
@@ -48,7 +56,7 @@ def moe_balance_loss(probs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     are uniform. Returns a scalar of the dtype of ``probs``.
     """
     E = probs.shape[-1]
-    counts = torch.bincount(ids.reshape(-1), minlength=E).to(probs.dtype)
+    counts = expert_counts(ids, E).to(probs.dtype)
     fractions = counts / max(ids.numel(), 1)
     return E * (fractions * probs.mean(0)).sum()
 
@@ -133,7 +141,7 @@ class MoE(nn.Module):
         order = flat.argsort(stable=True)
         token = torch.div(order, self.top_k, rounding_mode="floor")
         xs = x[token]  # (T·k, d) rows grouped by expert
-        counts = torch.bincount(flat, minlength=self.num_experts)
+        counts = expert_counts(flat, self.num_experts)
         if grouped_gemm_usable(x, self.gate_up_proj):
             ys = self._grouped_gemm(xs, counts)
         else:
@@ -141,6 +149,9 @@ class MoE(nn.Module):
         ys = ys * gates.reshape(-1)[order, None].to(x.dtype)
         return torch.zeros_like(x).index_add_(0, token, ys)
 
+    # Eager under torch.compile: the segment sizes are read on the host (a graph break either way; the grouped GEMM
+    # needs none), and traced they would be guarded on, recompiling for every new routing.
+    @torch.compiler.disable
     def _segment_loop(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         sizes = counts.tolist()
         pieces = [self._expert(rows, gate_up, down)

@@ -1,7 +1,10 @@
 """Helpers shared by the Triton kernels of every op (imported only where triton is installed)."""
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+from typing import Callable
 
 import torch
 
@@ -29,3 +32,25 @@ def pow2_at_least(size: int) -> int:
 def dot_block(size: int) -> int:
     """Tile width covering ``size`` in one block for ``tl.dot``: a power of two, at least 16 (its minimum)."""
     return max(16, pow2_at_least(size))
+
+
+def opaque_to_compile(name: str, fake: Callable):
+    """Decorator for a function that launches Triton kernels (tensors, ints, floats, bools and None in; a tensor or
+    a tuple of fresh tensors out, no input written): eagerly it is called as it is; while ``torch.compile`` traces,
+    through the custom op ``wonderful_matrices::<name>``, whose outputs' shapes ``fake`` (same arguments) gives. So
+    Dynamo neither traces the host code and launches (it cannot under the interpreter; on a GPU its tracing of user
+    kernels covers only part of Triton's launch options) nor breaks the graph there, and eager calls pay no
+    dispatcher overhead. The function needs type annotations (they make the op's schema; a decorated function's
+    are read from the function it wraps, e.g. under ``torch.no_grad()``, which the op needs not: it records no
+    autograd graph)."""
+    def wrap(fn: Callable) -> Callable:
+        op = torch.library.custom_op(f"wonderful_matrices::{name}", inspect.unwrap(fn), mutates_args=())
+        op.register_fake(fake)
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            return op(*args, **kwargs) if torch.compiler.is_compiling() else fn(*args, **kwargs)
+
+        return call
+
+    return wrap

@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from ..common import require
-from ..triton_utils import interpreting, poisoned_empty, pow2_at_least
+from ..triton_utils import interpreting, opaque_to_compile, poisoned_empty, pow2_at_least
 from .selection import LIVE_TILE, _rank_key, _rank_order_of_key
 
 SUB_BLOCK_MAX = 128  # the threshold kernel's sub-block S is the largest divisor of the query block up to this
@@ -204,10 +204,21 @@ def _list_kernel(pos_ptr, ranks_ptr, neg_t_ptr, hist_ptr, drop_ptr, doc_base_ptr
 LIST_SPLITS = 8  # programs per query block walking its earlier keys' buckets (2 under the interpreter)
 
 
+def _live_keys_fake(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
+                    documents: torch.Tensor | None = None, tile: int = LIVE_TILE, sub_block: int | None = None,
+                    bucket: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n, lk = bias_rows.shape
+    nb = -(-lq // block)
+    return (bias_rows.new_empty(n, lk, dtype=torch.int32), bias_rows.new_empty(n, nb, keep_window + block,
+                                                                               dtype=torch.int32),
+            bias_rows.new_empty(n, nb, block // tile, dtype=torch.int32))
+
+
+@opaque_to_compile("dma_live_keys", _live_keys_fake)
 @torch.no_grad()
 def live_keys_triton(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
                      documents: torch.Tensor | None = None, tile: int = LIVE_TILE, sub_block: int | None = None,
-                     bucket: int | None = None):
+                     bucket: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`.selection.live_keys` in Triton kernels: the same ``drop (n, lk)``, ``keys (n, nb, w + block)`` and
     ``ends (n, nb, block / tile)`` (int32), equal element for element.
 

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from ..common import require
-from ..triton_utils import dot_block, interpreting
+from ..triton_utils import dot_block, interpreting, opaque_to_compile
 from .selection import LIVE_TILE, live_keys
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -236,23 +236,77 @@ def select(bias: torch.Tensor, lq: int, keep_window: int, block: int, seq_idx: t
     return live_keys(bias.detach().permute(0, 2, 1).reshape(b * hkv, lk), lq, keep_window, block, documents)
 
 
+def _windowed_forward_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: torch.Tensor,
+                           keys: torch.Tensor, ends: torch.Tensor, drop: torch.Tensor, scale: float,
+                           block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    b, lq, hq, _ = q.shape
+    return torch.empty_like(q), q.new_empty(b * hq, lq, dtype=torch.float32)
+
+
+@opaque_to_compile("dma_windowed_forward", _windowed_forward_fake)
+def windowed_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: torch.Tensor, keys: torch.Tensor,
+                     ends: torch.Tensor, drop: torch.Tensor, scale: float,
+                     block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward kernel: q (b,lq,hq,d), k/v (b,lk,hkv,d) (unit last stride), bias32 (b,lk,hkv) float32
+    contiguous, the selection of :func:`select` -> (out (b,lq,hq,d) in q's dtype, lse (b·hq, lq) float32)."""
+    b, lq, hq, d = q.shape
+    lk, hkv = k.shape[1], k.shape[2]
+    nb, width, n_tiles = keys.shape[1], keys.shape[2], ends.shape[2]
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((b * hq, lq), float("nan"), device=q.device, dtype=torch.float32)
+    grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)  # noqa: E731
+    _fwd_kernel[grid](q, k, v, bias32, keys, ends, drop, out, lse,
+                      q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                      bias32.stride(0), bias32.stride(1), bias32.stride(2),
+                      out.stride(0), out.stride(1), out.stride(2),
+                      lq, lk, hq, hkv, nb, width, n_tiles, scale, **_meta(q, block))
+    return out, lse
+
+
+def _windowed_backward_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: torch.Tensor,
+                            keys: torch.Tensor, ends: torch.Tensor, drop: torch.Tensor, out: torch.Tensor,
+                            lse: torch.Tensor, dout: torch.Tensor, scale: float,
+                            block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    b, lk, hkv, d = k.shape
+    f32 = dict(dtype=torch.float32)
+    return (torch.empty_like(q), k.new_empty(b, lk, hkv, d, **f32), k.new_empty(b, lk, hkv, d, **f32),
+            k.new_empty(b, lk, hkv, **f32))
+
+
+@opaque_to_compile("dma_windowed_backward", _windowed_backward_fake)
+def windowed_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: torch.Tensor, keys: torch.Tensor,
+                      ends: torch.Tensor, drop: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                      dout: torch.Tensor, scale: float,
+                      block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward kernels: the forward's inputs and outputs and dout (b,lq,hq,d) contiguous -> (dq in q's dtype,
+    dk, dv (b,lk,hkv,d), dbias (b,lk,hkv), float32)."""
+    b, lq, hq, d = q.shape
+    lk, hkv = k.shape[1], k.shape[2]
+    nb, width, n_tiles = keys.shape[1], keys.shape[2], ends.shape[2]
+    delta = (dout.float() * out.float()).sum(-1).permute(0, 2, 1).reshape(b * hq, lq).contiguous()
+    meta = _meta(q, block)
+    common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+              bias32.stride(0), bias32.stride(1), bias32.stride(2), dout.stride(0), dout.stride(1),
+              dout.stride(2), lq, lk, hq, hkv, nb, width, n_tiles, scale)
+    dq = torch.full_like(q, float("nan"))
+    _dq_kernel[lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)](
+        q, k, v, bias32, keys, ends, drop, dout, lse, delta, dq, *common, **meta)
+    dk = torch.zeros(b, lk, hkv, d, device=q.device, dtype=torch.float32)
+    dv = torch.zeros_like(dk)
+    dbias = torch.zeros(b, lk, hkv, device=q.device, dtype=torch.float32)
+    _dkv_kernel[lambda meta: (nb, triton.cdiv(width, meta["BLOCK_N"]), b * hkv)](
+        q, k, v, bias32, keys, ends, drop, dout, lse, delta, dk, dv, dbias, *common, **meta)
+    return dq, dk, dv, dbias
+
+
 class _WindowedCausal(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, keep_window: int, scale: float, block: int, seq_idx):
-        b, lq, hq, d = q.shape
-        lk, hkv = k.shape[1], k.shape[2]
+        lq = q.shape[1]
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
         bias32 = bias.float().contiguous()
         drop, keys, ends = select(bias, lq, keep_window, block, seq_idx)
-        nb, width, n_tiles = keys.shape[1], keys.shape[2], ends.shape[2]
-        out = torch.full_like(q, float("nan"))
-        lse = torch.full((b * hq, lq), float("nan"), device=q.device, dtype=torch.float32)
-        grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)  # noqa: E731
-        _fwd_kernel[grid](q, k, v, bias32, keys, ends, drop, out, lse,
-                          q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                          bias32.stride(0), bias32.stride(1), bias32.stride(2),
-                          out.stride(0), out.stride(1), out.stride(2),
-                          lq, lk, hq, hkv, nb, width, n_tiles, scale, **_meta(q, block))
+        out, lse = windowed_forward(q, k, v, bias32, keys, ends, drop, scale, block)
         ctx.save_for_backward(q, k, v, bias32, keys, ends, drop, out, lse)
         ctx.scale, ctx.block, ctx.bias_dtype = scale, block, bias.dtype
         return out
@@ -260,23 +314,8 @@ class _WindowedCausal(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         q, k, v, bias32, keys, ends, drop, out, lse = ctx.saved_tensors
-        b, lq, hq, d = q.shape
-        lk, hkv = k.shape[1], k.shape[2]
-        nb, width, n_tiles = keys.shape[1], keys.shape[2], ends.shape[2]
-        dout = dout.contiguous()
-        delta = (dout.float() * out.float()).sum(-1).permute(0, 2, 1).reshape(b * hq, lq).contiguous()
-        meta = _meta(q, ctx.block)
-        common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                  bias32.stride(0), bias32.stride(1), bias32.stride(2), dout.stride(0), dout.stride(1),
-                  dout.stride(2), lq, lk, hq, hkv, nb, width, n_tiles, ctx.scale)
-        dq = torch.full_like(q, float("nan"))
-        _dq_kernel[lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)](
-            q, k, v, bias32, keys, ends, drop, dout, lse, delta, dq, *common, **meta)
-        dk = torch.zeros(b, lk, hkv, d, device=q.device, dtype=torch.float32)
-        dv = torch.zeros_like(dk)
-        dbias = torch.zeros(b, lk, hkv, device=q.device, dtype=torch.float32)
-        _dkv_kernel[lambda meta: (nb, triton.cdiv(width, meta["BLOCK_N"]), b * hkv)](
-            q, k, v, bias32, keys, ends, drop, dout, lse, delta, dk, dv, dbias, *common, **meta)
+        dq, dk, dv, dbias = windowed_backward(q, k, v, bias32, keys, ends, drop, out, lse, dout.contiguous(),
+                                              ctx.scale, ctx.block)
         return dq, dk.to(k.dtype), dv.to(v.dtype), dbias.to(ctx.bias_dtype), None, None, None, None
 
 

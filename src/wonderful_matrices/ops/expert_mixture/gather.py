@@ -61,12 +61,15 @@ class BagKernels:
     def table_grad(w: torch.Tensor, vec: torch.Tensor, ids: torch.Tensor, table: torch.Tensor,
                    cache: dict) -> torch.Tensor:
         """G[e] = Σ_{ids[t,j]=e} w[t,j]·vec[t]: the weight gradient of the bag ``row_sum(w, table)`` for upstream
-        ``vec``; (N, d) in the table dtype."""
-        with torch.enable_grad():
-            leaf = table.detach().requires_grad_(True)
-            bag = F.embedding_bag(ids, leaf, per_sample_weights=w.detach().to(table.dtype).contiguous(), mode="sum")
-            (grad,) = torch.autograd.grad(bag, leaf, grad_outputs=vec.to(bag.dtype))
-        return grad
+        ``vec``, by ATen's embedding-bag weight-gradient kernel (the one ``embedding_bag``'s backward runs, called
+        directly: traceable by ``torch.compile``); (N, d) in the table dtype."""
+        T, M = ids.shape
+        offset2bag = torch.arange(T, device=ids.device).repeat_interleave(M)
+        bag_size = torch.full((T,), M, dtype=torch.long, device=ids.device)  # read by the mean mode only
+        max_indices = torch.zeros(T, dtype=torch.long, device=ids.device)  # read by the max mode only
+        return torch.ops.aten._embedding_bag_dense_backward(
+            vec.to(table.dtype).contiguous(), ids.reshape(-1), offset2bag, bag_size, max_indices, table.shape[0],
+            False, _MODE_SUM, w.detach().to(table.dtype).reshape(-1).contiguous(), -1)
 
 
 class GatherKernels:

@@ -45,7 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import interpreting, poisoned_empty
+from ..triton_utils import interpreting, opaque_to_compile, poisoned_empty
 from .gather import RowSum
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -211,23 +211,44 @@ def sort_by_expert(ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, t
     return sorted_ids, order, torch.searchsorted(sorted_ids, firsts)
 
 
+def _row_dots_fake(vec: torch.Tensor, table: torch.Tensor, ids: torch.Tensor, epilogue: int, act: int,
+                   gates: torch.Tensor | None, s: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    T, M = ids.shape
+    aux_shape = (0,) if epilogue == DOTS else (T, M)
+    return (table.new_empty(T, M, dtype=torch.float32),
+            table.new_empty(aux_shape, dtype=gates.dtype if epilogue == BACKWARD else torch.float32))
+
+
+@opaque_to_compile("expert_row_dots", _row_dots_fake)
+def _row_dots(vec: torch.Tensor, table: torch.Tensor, ids: torch.Tensor, epilogue: int, act: int,
+              gates: torch.Tensor | None, s: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`row_dots`' launch -> ``(out, aux)``, ``aux`` empty for DOTS."""
+    T, M = ids.shape
+    out = poisoned_empty(T, M, dtype=torch.float32, device=table.device)
+    aux = torch.empty(0, dtype=torch.float32, device=table.device) if epilogue == DOTS else \
+        poisoned_empty(T, M, dtype=torch.float32 if epilogue == FORWARD else gates.dtype, device=table.device)
+    if T:
+        grid = lambda meta: (T, triton.cdiv(M, meta["BLOCK_M"]))  # noqa: E731
+        _row_dots_kernel[grid](vec, table, ids, out if gates is None else gates, out if s is None else s, out,
+                               out if epilogue == DOTS else aux, M, table.shape[1], EPILOGUE=epilogue, ACT=act)
+    return out, aux
+
+
 def row_dots(vec: torch.Tensor, table: torch.Tensor, ids: torch.Tensor, epilogue: int = DOTS, act: int = 0,
              gates: torch.Tensor | None = None, s: torch.Tensor | None = None
              ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``dot = table[ids]·vec``: vec (T, d), table (N, d), ids (T, M), gates/s (T, M) contiguous. DOTS: dot
     (T, M) float32; FORWARD: (s, coef) float32; BACKWARD (vec = grad_y, s given): (grad_s float32, grad_gates
     in the gates dtype)."""
-    T, M = ids.shape
-    out = poisoned_empty(T, M, dtype=torch.float32, device=table.device)
-    aux = out if epilogue == DOTS else poisoned_empty(T, M, dtype=torch.float32 if epilogue == FORWARD else gates.dtype,
-                                                      device=table.device)
-    if T:
-        grid = lambda meta: (T, triton.cdiv(M, meta["BLOCK_M"]))  # noqa: E731
-        _row_dots_kernel[grid](vec, table, ids, out if gates is None else gates, out if s is None else s, out, aux,
-                               M, table.shape[1], EPILOGUE=epilogue, ACT=act)
+    out, aux = _row_dots(vec, table, ids, epilogue, act, gates, s)
     return out if epilogue == DOTS else (out, aux)
 
 
+def _row_sum_fake(w: torch.Tensor, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    return table.new_empty(ids.shape[0], table.shape[1])
+
+
+@opaque_to_compile("expert_row_sum", _row_sum_fake)
 def row_sum(w: torch.Tensor, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """w (T, M), table (N, d), ids (T, M) contiguous -> (T, d) in the table dtype."""
     T, M = ids.shape
@@ -239,11 +260,16 @@ def row_sum(w: torch.Tensor, table: torch.Tensor, ids: torch.Tensor) -> torch.Te
     return out
 
 
-def table_grad(w: torch.Tensor, vec: torch.Tensor, M: int, table: torch.Tensor, by_expert) -> torch.Tensor:
-    """``G[e] = Σ_{ids[t,j]=e} w[t,j]·vec[t]``: w (T, M) and vec (T, d) contiguous, ``by_expert`` from
-    :func:`sort_by_expert` -> (N, d) in the table dtype."""
+def _table_grad_fake(w: torch.Tensor, vec: torch.Tensor, M: int, table: torch.Tensor, sorted_ids: torch.Tensor,
+                     order: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(table)
+
+
+@opaque_to_compile("expert_table_grad", _table_grad_fake)
+def _table_grad(w: torch.Tensor, vec: torch.Tensor, M: int, table: torch.Tensor, sorted_ids: torch.Tensor,
+                order: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+    """:func:`table_grad` with the sort by expert as three tensors."""
     N, D = table.shape
-    sorted_ids, order, bounds = by_expert
     split = step_split(order.numel(), N, D)
     out = (poisoned_empty(N, D, dtype=table.dtype, device=table.device) if split == 1
            else poisoned_empty(split, N, D, dtype=torch.float32, device=table.device))
@@ -251,6 +277,12 @@ def table_grad(w: torch.Tensor, vec: torch.Tensor, M: int, table: torch.Tensor, 
     _table_grad_kernel[grid](bounds, sorted_ids, order, w, vec, out, N, M, D, split, BLOCK_E=BLOCK_E,
                              BLOCK_R=BLOCK_R, HI_LO=vec.dtype == torch.bfloat16)
     return out if split == 1 else out.sum(0).to(table.dtype)
+
+
+def table_grad(w: torch.Tensor, vec: torch.Tensor, M: int, table: torch.Tensor, by_expert) -> torch.Tensor:
+    """``G[e] = Σ_{ids[t,j]=e} w[t,j]·vec[t]``: w (T, M) and vec (T, d) contiguous, ``by_expert`` from
+    :func:`sort_by_expert` -> (N, d) in the table dtype."""
+    return _table_grad(w, vec, M, table, *by_expert)
 
 
 class Mixture(torch.autograd.Function):

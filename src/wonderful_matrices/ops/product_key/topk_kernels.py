@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import interpreting, poisoned_empty
+from ..triton_utils import interpreting, opaque_to_compile, poisoned_empty
 
 
 def _forward_configs():
@@ -150,21 +150,58 @@ def _pad(n: int, least: int = 1) -> int:
     return max(least, triton.next_power_of_2(n))
 
 
+def _topk_forward_fake(query: torch.Tensor, sub_keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    T, H = query.shape[:2]
+    return query.new_empty(T, H, k, dtype=torch.float32), query.new_empty(T, H, k, dtype=torch.int64)
+
+
+@opaque_to_compile("product_key_topk_forward", _topk_forward_fake)
+def topk_forward(query: torch.Tensor, sub_keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward kernel: query (T, H, 2, dk), sub_keys (H, 2, n, dk) contiguous -> scores (T, H, k) float32,
+    ids (T, H, k) int64."""
+    T, H, _, dk = query.shape
+    n = sub_keys.shape[2]
+    scores = poisoned_empty(T, H, k, dtype=torch.float32, device=query.device)
+    ids = poisoned_empty(T, H, k, dtype=torch.int64, device=query.device)
+    if T:
+        precision = "ieee" if query.dtype == torch.float32 else "tf32"
+        grid = lambda meta: (triton.cdiv(T, meta["BLOCK_T"]), H)  # noqa: E731
+        _topk_forward_kernel[grid](query, sub_keys, scores, ids, T, H, n, dk, K=k, K_PAD=_pad(k),
+                                   DK_PAD=_pad(dk, 16), PRECISION=precision)
+    return scores, ids
+
+
+def _topk_backward_fake(query: torch.Tensor, sub_keys: torch.Tensor, ids: torch.Tensor,
+                        grad_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(query), torch.empty_like(sub_keys)
+
+
+@opaque_to_compile("product_key_topk_backward", _topk_backward_fake)
+def topk_backward(query: torch.Tensor, sub_keys: torch.Tensor, ids: torch.Tensor,
+                  grad_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backward kernel: query, sub_keys, ids as :func:`topk_forward`, grad_scores (T, H, k) contiguous ->
+    (grad_query, grad_sub_keys) in the dtypes of query and sub_keys."""
+    T, H, _, dk = query.shape
+    n = sub_keys.shape[2]
+    k = ids.shape[-1]
+    grad_query = poisoned_empty(*query.shape, dtype=query.dtype, device=query.device)
+    grad_keys = torch.zeros(sub_keys.shape, dtype=torch.float32, device=query.device)
+    if T:
+        k_pad, dk_pad = _pad(k), _pad(dk, 16)
+        block_t = max(1, min(32, 4096 // (k_pad * dk_pad)))
+        _topk_backward_kernel[(triton.cdiv(T, block_t), H)](
+            query, sub_keys, ids, grad_scores, grad_query, grad_keys, T, H, n, dk,
+            K=k, K_PAD=k_pad, DK_PAD=dk_pad, BLOCK_T=block_t, num_warps=1 if interpreting() else 4)
+    return grad_query, grad_keys.to(sub_keys.dtype)
+
+
 class ProductKeyTopK(torch.autograd.Function):
     """query (T, H, 2, dk), sub_keys (H, 2, n, dk) contiguous -> scores (T, H, k) float32, ids (T, H, k) int64;
     differentiable in query and sub_keys through the scores."""
 
     @staticmethod
     def forward(ctx, query, sub_keys, k):
-        T, H, _, dk = query.shape
-        n = sub_keys.shape[2]
-        scores = poisoned_empty(T, H, k, dtype=torch.float32, device=query.device)
-        ids = poisoned_empty(T, H, k, dtype=torch.int64, device=query.device)
-        if T:
-            precision = "ieee" if query.dtype == torch.float32 else "tf32"
-            grid = lambda meta: (triton.cdiv(T, meta["BLOCK_T"]), H)  # noqa: E731
-            _topk_forward_kernel[grid](query, sub_keys, scores, ids, T, H, n, dk, K=k, K_PAD=_pad(k),
-                                       DK_PAD=_pad(dk, 16), PRECISION=precision)
+        scores, ids = topk_forward(query, sub_keys, k)
         ctx.save_for_backward(query, sub_keys, ids)
         ctx.mark_non_differentiable(ids)
         return scores, ids
@@ -172,18 +209,8 @@ class ProductKeyTopK(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_scores, _grad_ids):
         query, sub_keys, ids = ctx.saved_tensors
-        T, H, _, dk = query.shape
-        n = sub_keys.shape[2]
-        k = ids.shape[-1]
-        grad_query = poisoned_empty(*query.shape, dtype=query.dtype, device=query.device)
-        grad_keys = torch.zeros(sub_keys.shape, dtype=torch.float32, device=query.device)
-        if T:
-            k_pad, dk_pad = _pad(k), _pad(dk, 16)
-            block_t = max(1, min(32, 4096 // (k_pad * dk_pad)))
-            _topk_backward_kernel[(triton.cdiv(T, block_t), H)](
-                query, sub_keys, ids, grad_scores.contiguous(), grad_query, grad_keys, T, H, n, dk,
-                K=k, K_PAD=k_pad, DK_PAD=dk_pad, BLOCK_T=block_t, num_warps=1 if interpreting() else 4)
-        return grad_query, grad_keys.to(sub_keys.dtype), None
+        grad_query, grad_keys = topk_backward(query, sub_keys, ids, grad_scores.contiguous())
+        return grad_query, grad_keys, None
 
 
 def product_key_topk(query: torch.Tensor, sub_keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

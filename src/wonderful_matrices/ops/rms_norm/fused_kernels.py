@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import interpreting, poisoned_empty
+from ..triton_utils import interpreting, opaque_to_compile, poisoned_empty
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_DIM = 16384  # a row lives in registers
@@ -139,22 +139,76 @@ def _blocks(d: int) -> tuple[int, int, int]:
     return block_m, block_d, num_warps
 
 
+def _rms_norm_fake(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None,
+                   eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    m, d = x.shape
+    s_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    y = x.new_empty(m, d, dtype=torch.promote_types(weight.dtype, s_dtype))
+    return y, x.new_empty((m, d) if residual is not None else (0,), dtype=s_dtype), x.new_empty(m, dtype=torch.float32)
+
+
+@opaque_to_compile("rms_norm_forward", _rms_norm_fake)
+def rms_norm_forward(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward kernel: x (M, d), weight (d,), residual (M, d) or None -> (y (M, d), s (M, d) = x + residual, or
+    an empty tensor without a residual (s is x), rstd (M,) float32)."""
+    m, d = x.shape
+    s_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    s = poisoned_empty(m, d, dtype=s_dtype, device=x.device) if residual is not None else \
+        torch.empty(0, dtype=s_dtype, device=x.device)
+    y = poisoned_empty(m, d, dtype=torch.promote_types(weight.dtype, s_dtype), device=x.device)
+    rstd = poisoned_empty(m, dtype=torch.float32, device=x.device)
+    block_m, block_d, num_warps = _blocks(d)
+    if m:
+        _rms_norm_fwd_kernel[(triton.cdiv(m, block_m),)](
+            x, x if residual is None else residual, weight, x if residual is None else s, y, rstd, m, d, eps,
+            HAS_RESIDUAL=residual is not None, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
+    return y, s, rstd
+
+
+def _rms_norm_backward_fake(s: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, grad_y: torch.Tensor,
+                            grad_s: torch.Tensor | None, x_dtype: torch.dtype,
+                            residual_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    m, d = s.shape
+    grad_res = s.new_empty((m, d) if residual_dtype is not None else (0,),
+                           dtype=residual_dtype if residual_dtype is not None else x_dtype)
+    return s.new_empty(m, d, dtype=x_dtype), weight.new_empty(d), grad_res
+
+
+@opaque_to_compile("rms_norm_backward", _rms_norm_backward_fake)
+def rms_norm_backward(s: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, grad_y: torch.Tensor,
+                      grad_s: torch.Tensor | None, x_dtype: torch.dtype,
+                      residual_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward kernel: s (M, d) the normalised sum, weight (d,), rstd (M,), grad_y (M, d) contiguous, grad_s
+    (M, d) contiguous or None, the dtypes of x and of the residual (None: no residual) -> (grad_x (M, d), grad_weight
+    (d,), grad_residual (M, d), or an empty tensor without a residual)."""
+    m, d = s.shape
+    block_m, block_d, num_warps = _blocks(d)
+    programs, rows_per_program = _backward_programs(m, block_m, s.device)
+    has_ds = grad_s is not None
+    has_dres = residual_dtype is not None
+    grad_x = poisoned_empty(m, d, dtype=x_dtype, device=s.device)
+    grad_res = poisoned_empty(m, d, dtype=residual_dtype, device=s.device) if has_dres else \
+        torch.empty(0, dtype=x_dtype, device=s.device)
+    dw_parts = poisoned_empty(programs, d, dtype=torch.float32, device=s.device)
+    if m:
+        _rms_norm_bwd_kernel[(programs,)](
+            s, weight, rstd, grad_y, grad_s if has_ds else grad_y, grad_x, grad_res if has_dres else grad_x,
+            dw_parts, m, d, rows_per_program,
+            HAS_DS=has_ds, HAS_DRES=has_dres, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
+    else:
+        dw_parts.zero_()
+    return grad_x, dw_parts.sum(0).to(weight.dtype), grad_res
+
+
 class RMSNormFunction(torch.autograd.Function):
     """(x (M, d), weight (d,), residual (M, d) | None, eps) -> (y (M, d), s (M, d)); ``s`` is ``x`` itself
     without a residual. Shapes and dtypes are checked by ``rms_norm``."""
 
     @staticmethod
     def forward(ctx, x, weight, residual, eps):
-        m, d = x.shape
-        s_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
-        s = x if residual is None else poisoned_empty(m, d, dtype=s_dtype, device=x.device)
-        y = poisoned_empty(m, d, dtype=torch.promote_types(weight.dtype, s_dtype), device=x.device)
-        rstd = poisoned_empty(m, dtype=torch.float32, device=x.device)
-        block_m, block_d, num_warps = _blocks(d)
-        if m:
-            _rms_norm_fwd_kernel[(triton.cdiv(m, block_m),)](
-                x, x if residual is None else residual, weight, s, y, rstd, m, d, eps,
-                HAS_RESIDUAL=residual is not None, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
+        y, s, rstd = rms_norm_forward(x, weight, residual, eps)
+        s = x if residual is None else s
         ctx.save_for_backward(s, weight, rstd)
         ctx.x_dtype = x.dtype
         ctx.residual_dtype = None if residual is None else residual.dtype
@@ -164,24 +218,12 @@ class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y, grad_s=None):
         s, weight, rstd = ctx.saved_tensors
-        m, d = s.shape
-        block_m, block_d, num_warps = _blocks(d)
-        programs, rows_per_program = _backward_programs(m, block_m, s.device)
         grad_y = torch.zeros_like(s, dtype=torch.promote_types(weight.dtype, s.dtype)) if grad_y is None \
             else grad_y.contiguous()
-        has_ds = grad_s is not None
-        has_dres = ctx.residual_dtype is not None
-        grad_x = poisoned_empty(m, d, dtype=ctx.x_dtype, device=s.device)
-        grad_res = poisoned_empty(m, d, dtype=ctx.residual_dtype, device=s.device) if has_dres else None
-        dw_parts = poisoned_empty(programs, d, dtype=torch.float32, device=s.device)
-        if m:
-            _rms_norm_bwd_kernel[(programs,)](
-                s, weight, rstd, grad_y, grad_s.contiguous() if has_ds else grad_y, grad_x,
-                grad_res if has_dres else grad_x, dw_parts, m, d, rows_per_program,
-                HAS_DS=has_ds, HAS_DRES=has_dres, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
-        else:
-            dw_parts.zero_()
-        return grad_x, dw_parts.sum(0).to(weight.dtype), grad_res, None
+        grad_x, grad_w, grad_res = rms_norm_backward(s, weight, rstd, grad_y,
+                                                     None if grad_s is None else grad_s.contiguous(), ctx.x_dtype,
+                                                     ctx.residual_dtype)
+        return grad_x, grad_w, grad_res if ctx.residual_dtype is not None else None, None
 
 
 def _backward_programs(rows: int, block_m: int, device: torch.device) -> tuple[int, int]:
@@ -193,21 +235,63 @@ def _backward_programs(rows: int, block_m: int, device: torch.device) -> tuple[i
     return programs, triton.cdiv(triton.cdiv(rows, programs), block_m) * block_m
 
 
+def _gated_rms_norm_fake(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, groups: int,
+                         eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, dg = x.shape
+    return x.new_empty(rows, dg, dtype=torch.promote_types(weight.dtype, x.dtype)), \
+        x.new_empty(rows, dtype=torch.float32)
+
+
+@opaque_to_compile("gated_rms_norm_forward", _gated_rms_norm_fake)
+def gated_rms_norm_forward(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, groups: int,
+                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward kernel: x, gate (R, Dg), weight (G·Dg,) -> (y (R, Dg), rstd (R,) float32)."""
+    rows, dg = x.shape
+    y = poisoned_empty(rows, dg, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
+    rstd = poisoned_empty(rows, dtype=torch.float32, device=x.device)
+    block_m, block_d, num_warps = _blocks(dg)
+    block_m = max(block_m, groups)
+    if rows:
+        _gated_rms_norm_fwd_kernel[(triton.cdiv(rows, block_m),)](
+            x, gate, weight, y, rstd, rows, dg, groups, eps, BLOCK_M=block_m, BLOCK_D=block_d,
+            num_warps=num_warps)
+    return y, rstd
+
+
+def _gated_rms_norm_backward_fake(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor,
+                                  grad_y: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return torch.empty_like(x), torch.empty_like(gate), torch.empty_like(weight)
+
+
+@opaque_to_compile("gated_rms_norm_backward", _gated_rms_norm_backward_fake)
+def gated_rms_norm_backward(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor,
+                            grad_y: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward kernel: x, gate (R, Dg), weight (G·Dg,), rstd (R,), grad_y (R, Dg) contiguous -> (grad_x,
+    grad_gate (R, Dg), grad_weight (G·Dg,))."""
+    rows, dg = x.shape
+    block_m, block_d, num_warps = _blocks(dg)
+    block_m = max(block_m, groups)
+    programs, rows_per_program = _backward_programs(rows, block_m, x.device)
+    grad_x = poisoned_empty(rows, dg, dtype=x.dtype, device=x.device)
+    grad_gate = poisoned_empty(rows, dg, dtype=gate.dtype, device=x.device)
+    dw_parts = poisoned_empty(programs, block_m, dg, dtype=torch.float32, device=x.device)
+    if rows:
+        _gated_rms_norm_bwd_kernel[(programs,)](
+            x, gate, weight, rstd, grad_y, grad_x, grad_gate, dw_parts, rows, dg, groups,
+            rows_per_program, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
+    else:
+        dw_parts.zero_()
+    grad_w = dw_parts.view(programs, block_m // groups, groups * dg).sum((0, 1))
+    return grad_x, grad_gate, grad_w.to(weight.dtype)
+
+
 class GatedRMSNormFunction(torch.autograd.Function):
     """(x (R, Dg), gate (R, Dg), weight (G·Dg,), G, eps) -> y (R, Dg): rows are groups of ``Dg`` channels (token
     ``r // G``, group ``r % G``). Shapes and dtypes are checked by ``gated_rms_norm``."""
 
     @staticmethod
     def forward(ctx, x, gate, weight, groups, eps):
-        rows, dg = x.shape
-        y = poisoned_empty(rows, dg, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
-        rstd = poisoned_empty(rows, dtype=torch.float32, device=x.device)
-        block_m, block_d, num_warps = _blocks(dg)
-        block_m = max(block_m, groups)
-        if rows:
-            _gated_rms_norm_fwd_kernel[(triton.cdiv(rows, block_m),)](
-                x, gate, weight, y, rstd, rows, dg, groups, eps, BLOCK_M=block_m, BLOCK_D=block_d,
-                num_warps=num_warps)
+        y, rstd = gated_rms_norm_forward(x, gate, weight, groups, eps)
         ctx.save_for_backward(x, gate, weight, rstd)
         ctx.groups = groups
         return y
@@ -215,22 +299,8 @@ class GatedRMSNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         x, gate, weight, rstd = ctx.saved_tensors
-        rows, dg = x.shape
-        groups = ctx.groups
-        block_m, block_d, num_warps = _blocks(dg)
-        block_m = max(block_m, groups)
-        programs, rows_per_program = _backward_programs(rows, block_m, x.device)
-        grad_x = poisoned_empty(rows, dg, dtype=x.dtype, device=x.device)
-        grad_gate = poisoned_empty(rows, dg, dtype=gate.dtype, device=x.device)
-        dw_parts = poisoned_empty(programs, block_m, dg, dtype=torch.float32, device=x.device)
-        if rows:
-            _gated_rms_norm_bwd_kernel[(programs,)](
-                x, gate, weight, rstd, grad_y.contiguous(), grad_x, grad_gate, dw_parts, rows, dg, groups,
-                rows_per_program, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
-        else:
-            dw_parts.zero_()
-        grad_w = dw_parts.view(programs, block_m // groups, groups * dg).sum((0, 1))
-        return grad_x, grad_gate, grad_w.to(weight.dtype), None, None
+        grad_x, grad_gate, grad_w = gated_rms_norm_backward(x, gate, weight, rstd, grad_y.contiguous(), ctx.groups)
+        return grad_x, grad_gate, grad_w, None, None
 
 
 def gated_rms_norm_triton(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float,

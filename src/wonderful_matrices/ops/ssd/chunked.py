@@ -31,12 +31,18 @@ from .step import compute_dtype
 _SCAN_BLOCK = 16  # chunks per block of the inter-chunk scan
 
 
-@torch.compiler.disable
 def running_sum(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """``t.cumsum(dim)``, always run eagerly: Inductor on torch 2.11 fails to generate code for this scan (an
-    ``InductorError`` on its SplitScan of the (b, c, h, q) chunk sums), so ``torch.compile`` of the chunked SSD
-    keeps the two small scans out of its graph and compiles the rest."""
-    return t.cumsum(dim)
+    """``t.cumsum(dim)`` over a short dimension (a chunk, or a block of chunks). While ``torch.compile`` traces, the
+    same sums as a masked reduction (``out[i] = Σ_{j<=i} t[j]``, O(n²) for n at most a chunk): Inductor on torch
+    2.11 fails to generate code for the scan (an ``InductorError`` on its SplitScan of the (b, c, h, q) chunk sums),
+    and a reduction keeps the SSD in one graph."""
+    if not torch.compiler.is_compiling():
+        return t.cumsum(dim)
+    n = t.shape[dim]
+    lower = torch.ones(n, n, dtype=torch.bool, device=t.device).tril()  # [i, j]: j <= i
+    rows = t.movedim(dim, -1)[..., None, :]  # (..., 1, n)
+    sums = torch.where(lower, rows, torch.zeros((), dtype=t.dtype, device=t.device)).sum(-1)
+    return sums.to(t.dtype).movedim(-1, dim)
 
 
 def _next_power_of_two(v: int) -> int:

@@ -54,7 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import dot_block, interpreting, poisoned_empty, pow2_at_least
+from ..triton_utils import dot_block, interpreting, opaque_to_compile, poisoned_empty, pow2_at_least
 
 # launch settings per kernel (num_warps, num_stages); a starting point for tuning on the H200
 CONFIG = {
@@ -783,20 +783,64 @@ def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx,
     return [(rowinter, nbn), (rowpart, nb)], [(ddt_inter, 1), (colpart, nb)], dyx
 
 
+def _ssd_forward_fake(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                      D: torch.Tensor | None, initial_state: torch.Tensor | None, chunk_size: int,
+                      seq_idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    pl = _Plan(x, B, chunk_size, seq_idx)
+    f32 = dict(dtype=torch.float32)
+    return (torch.empty_like(x), x.new_empty(pl.b, pl.h, pl.nc, pl.q, **f32),
+            x.new_empty(pl.b, pl.nc, pl.g, pl.q, pl.q, **f32), x.new_empty(pl.b, pl.nc + 1, pl.h, pl.p, pl.n, **f32))
+
+
+@opaque_to_compile("ssd_forward", _ssd_forward_fake)
+def ssd_forward(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                D: torch.Tensor | None, initial_state: torch.Tensor | None, chunk_size: int,
+                seq_idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`forward_kernels` -> ``(y, cum, cb, states)`` (its plan is rebuilt by :func:`ssd_backward`)."""
+    y, cum, cb, states, _ = forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx=seq_idx)
+    return y, cum, cb, states
+
+
+def _ssd_backward_fake(dy: torch.Tensor | None, dfinal: torch.Tensor | None, x: torch.Tensor, dt: torch.Tensor,
+                       A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, cum: torch.Tensor,
+                       cb: torch.Tensor, states: torch.Tensor, chunk_size: int, seq_idx: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                  torch.Tensor]:
+    b, l, h, p = x.shape
+    g, n = B.shape[2], B.shape[3]
+    f32 = dict(dtype=torch.float32)
+    return (torch.empty_like(x), x.new_empty(b, l, h, **f32), x.new_empty(h, **f32), x.new_empty(b, l, g, n, **f32),
+            x.new_empty(b, l, g, n, **f32), x.new_empty(h if D is not None else 0, **f32),
+            x.new_empty(b, h, p, n, **f32))
+
+
+@opaque_to_compile("ssd_backward", _ssd_backward_fake)
+def ssd_backward(dy: torch.Tensor | None, dfinal: torch.Tensor | None, x: torch.Tensor, dt: torch.Tensor,
+                 A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, cum: torch.Tensor,
+                 cb: torch.Tensor, states: torch.Tensor, chunk_size: int, seq_idx: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                            torch.Tensor]:
+    """:func:`backward_kernels` with the plan of ``(x, B, chunk_size, seq_idx)``; ``dD`` is an empty tensor without
+    ``D``."""
+    dx, ddt, dA, dB, dC, dD, dinit = backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states,
+                                                      _Plan(x, B, chunk_size, seq_idx), seq_idx=seq_idx)
+    return dx, ddt, dA, dB, dC, dD if dD is not None else x.new_empty(0, dtype=torch.float32), dinit
+
+
 class _SSDTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, initial_state, chunk_size, seq_idx):
-        y, cum, cb, states, pl = forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx=seq_idx)
+        y, cum, cb, states = ssd_forward(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx)
         ctx.save_for_backward(x, dt, A, B, C, D, initial_state, cum, cb, states, seq_idx)
-        ctx.plan = pl
+        ctx.chunk_size = chunk_size
         ctx.set_materialize_grads(False)
         return y, states[:, -1].clone()
 
     @staticmethod
     def backward(ctx, dy, dfinal):
         x, dt, A, B, C, D, initial_state, cum, cb, states, seq_idx = ctx.saved_tensors
-        dx, ddt, dA, dB, dC, dD, dinit = backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, ctx.plan,
-                                                          seq_idx=seq_idx)
+        dx, ddt, dA, dB, dC, dD, dinit = ssd_backward(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, ctx.chunk_size,
+                                                      seq_idx)
         return (dx, ddt.to(dt.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
                 dD.to(D.dtype) if D is not None else None,
                 dinit.to(initial_state.dtype) if initial_state is not None else None, None, None)
