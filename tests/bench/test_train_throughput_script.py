@@ -1,0 +1,46 @@
+"""scripts/train_throughput.py: variant parsing, its errors, and a CPU run that writes a row per variant."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_throughput.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_variants_parse_overrides_with_their_types():
+    script = load()
+    assert script.parse_variant("llama-tiny") == ("llama-tiny", {})
+    assert script.parse_variant("cheems-tiny:cdmoe_backend=dense,ssd_chunk_size=8,dma_qk_norm=true,"
+                                "keep_window=none,rope_theta=5e3") == (
+        "cheems-tiny", {"cdmoe_backend": "dense", "ssd_chunk_size": 8, "dma_qk_norm": True, "keep_window": None,
+                        "rope_theta": 5000.0})
+
+
+@pytest.mark.parametrize("spec,named", [("gpt-tiny", "preset 'gpt-tiny'"), ("cheems-tiny:dense", "override 'dense'"),
+                                        ("cheems-tiny:=3", "override '=3'")])
+def test_bad_variants_are_refused_by_name(spec, named):
+    with pytest.raises(ValueError, match=named):
+        load().parse_variant(spec)
+
+
+def test_cpu_run_writes_a_row_per_variant_against_the_first(tmp_path, monkeypatch):
+    script = load()
+    monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--variants", "llama-tiny",
+                                      "cheems-tiny:cdmoe_backend=dense", "cheems-tiny:num_hidden_layers=0",
+                                      "--seq-len", "16", "--tokens", "32", "--steps", "1", "--device", "cpu",
+                                      "--out", str(tmp_path)])
+    script.main()
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["llama-tiny", "cheems-tiny:cdmoe_backend=dense",
+                                            "cheems-tiny:num_hidden_layers=0"]
+    assert rows[0]["vs_first"] == 1.0 and rows[1]["tokens_per_s"] > 0 and rows[1]["error"] is None
+    assert rows[2]["tokens_per_s"] is None and "num_hidden_layers" in rows[2]["error"]  # a refused config is a row
