@@ -10,12 +10,12 @@ import sys
 
 import pytest
 import torch
+from test_compile import _step
 
 from conftest import interpreted_only, interpreter_child_test, rel_err
 from wonderful_matrices.bench.lm_common import lm_loss
 from wonderful_matrices.models import CheemsForCausalLM, presets
 from wonderful_matrices.ops import common
-from wonderful_matrices.ops.common import trusted_values
 
 pytest.importorskip("triton")
 
@@ -36,14 +36,6 @@ def triton_everywhere(monkeypatch):
     for name, module in list(sys.modules.items()):
         if name.startswith("wonderful_matrices.ops") and getattr(module, "resolve_backend", None) is original:
             monkeypatch.setattr(module, "resolve_backend", prefer_triton)
-
-
-def _step(model, rows, loss_fn=lm_loss):
-    model.zero_grad(set_to_none=True)
-    with trusted_values():
-        loss = loss_fn(model, rows, None)
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 @interpreted_only
