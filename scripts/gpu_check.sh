@@ -16,7 +16,9 @@
 # PYTHON (default python3), TRITON_CACHE_DIR (default .triton_cache/ in the repository, ignored by git: kept
 # between calls on a warm machine). Triton's autotuning results are cached on disk (TRITON_CACHE_AUTOTUNING=1, where
 # this Triton has the knob), so the xdist workers and later calls reuse them instead of benchmarking every config
-# again; compiles are shared through the same cache.
+# again; compiles are shared through the same cache. Two instances may run side by side (e.g. AREA="ssd dma" and
+# AREA="experts norm models"), but keep the total of workers on one GPU near 10: 2 x 8 ran an 80 GB H100 out of
+# memory (session 6; each test now returns its cached blocks, tests/conftest.py).
 set -uo pipefail
 OUT=${OUT:-out}
 AREA=${AREA:-all}
