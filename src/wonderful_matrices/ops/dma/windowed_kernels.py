@@ -50,7 +50,10 @@ def _configs(gpu: list[tuple[int, int, int, int]]) -> list:
 
 QUERY_SIDE = _configs([(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (64, 128, 4, 2),
                        (128, 128, 8, 2)])
-KEY_SIDE = _configs([(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (128, 128, 8, 2)])
+# (BLOCK_M = query tile, BLOCK_N = key tile) for dk/dv: the configurations with 32-query tiles are the ones that
+# do not spill registers on sm_90 (docs/kernels_dma.md; scripts/dma_compile_report.py).
+KEY_SIDE = _configs([(32, 64, 8, 2), (32, 128, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2),
+                     (64, 128, 8, 2), (128, 128, 8, 2)])
 
 
 @triton.autotune(configs=QUERY_SIDE, key=["HEAD_DIM", "BLOCK", "width", "hq", "hkv"])
@@ -88,7 +91,7 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, drop_ptr, out
         drop = tl.load(drop_ptr + row * lk + j, mask=cmask, other=0)
         kv_off = bi * skb + j[:, None] * skl + g * skh + dd[None, :]
         k = tl.load(k_ptr + kv_off, mask=cmask[:, None] & dmask[None, :], other=0.0)
-        kb = tl.load(bias_ptr + bi * sbb + j * sbl + g * sbh, mask=cmask & (drop > j), other=0.0).to(tl.float32)
+        kb = tl.load(bias_ptr + bi * sbb + j * sbl + g * sbh, mask=cmask, other=0.0).to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + kb[None, :] * 1.4426950408889634
         keep = (j[None, :] <= pos[:, None]) & (pos[:, None] < drop[None, :])
         s = tl.where(keep, s, float("-inf"))
@@ -144,7 +147,7 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, drop_ptr, do_p
         kv_off = bi * skb + j[:, None] * skl + g * skh + dd[None, :]
         k = tl.load(k_ptr + kv_off, mask=cmask[:, None] & dmask[None, :], other=0.0)
         v = tl.load(v_ptr + kv_off, mask=cmask[:, None] & dmask[None, :], other=0.0)
-        kb = tl.load(bias_ptr + bi * sbb + j * sbl + g * sbh, mask=cmask & (drop > j), other=0.0).to(tl.float32)
+        kb = tl.load(bias_ptr + bi * sbb + j * sbl + g * sbh, mask=cmask, other=0.0).to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + kb[None, :] * 1.4426950408889634
         keep = (j[None, :] <= pos[:, None]) & (pos[:, None] < drop[None, :]) & qmask[:, None]
         p = tl.where(keep, tl.exp2(s - lse[:, None]), 0.0)
