@@ -186,6 +186,78 @@ def test_dense_coefficients_cuda_rounded_once_and_deterministic(dtype):
         assert torch.equal(a, b)
 
 
+@pytest.mark.skipif(not _triton_available(), reason="needs triton")
+@pytest.mark.parametrize("c,M,N", [
+    (1, 1, 1),          # one token, one selection, one expert
+    (4099, 32, 24),     # many duplicates per row; c not a multiple of any token block
+    (777, 32, 2304),    # cheems-base's N and M
+    (1000, 128, 1024),  # bench.cdmoe_target's N = 1024 and M = 128
+    (33, 7, 129),       # odd everything; N one past a block of experts
+])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_coefficient_kernel_cuda_rounded_once(c, M, N, dtype):
+    """The dense mixture's coefficient-matrix kernel (every autotune configuration it picks) on the GPU: values whose
+    float32 sums are exact give the float64 sums rounded once, for one matrix and for a pair (W and Ws); arbitrary
+    values give the float32 sums within float32 rounding of float64, half outputs that are exactly those float32
+    sums rounded to nearest, and bit-identical repeats."""
+    from wonderful_matrices.ops.expert_mixture.coefficient_kernels import coefficient_matrices
+
+    gen = torch.Generator().manual_seed(c + N)
+    ids = torch.randint(0, N, (c, M), generator=gen)
+    ids[0] = N - 1  # one row of a single expert M times
+    w = torch.randint(-4095, 4096, (c, M), generator=gen).float() / 4096  # sums of up to 128 exact in float32
+    w2 = torch.randint(-4095, 4096, (c, M), generator=gen).float() / 4096
+
+    def exact(v):
+        return torch.zeros(c, N, dtype=torch.float64).scatter_add_(1, ids, v.double())
+
+    (one,) = coefficient_matrices([w.cuda()], ids.cuda(), N, dtype)
+    first, second = coefficient_matrices([w.cuda(), w2.cuda()], ids.cuda(), N, dtype)
+    assert one.dtype == dtype and torch.equal(one.cpu(), exact(w).to(dtype))
+    assert torch.equal(first, one) and torch.equal(second.cpu(), exact(w2).to(dtype))
+
+    arbitrary = torch.randn(c, M, generator=gen).cuda()
+    single = coefficient_matrices([arbitrary], ids.cuda(), N, torch.float32)[0]
+    assert rel_err(single.cpu(), exact(arbitrary.cpu())) < 1e-6
+    got = coefficient_matrices([arbitrary], ids.cuda(), N, dtype)[0]
+    assert torch.equal(got, single.to(dtype))
+    assert torch.equal(got, coefficient_matrices([arbitrary], ids.cuda(), N, dtype)[0])
+
+
+@pytest.mark.skipif(not _triton_available(), reason="needs triton")
+@pytest.mark.parametrize("tokens,H,k,N,d,activation,chunk", [
+    (300, 8, 16, 16, 96, "silu", None),        # 16 experts: every row of W holds many duplicates
+    (999, 4, 6, 64, 200, "gelu", 100),         # 100 tokens per chunk, a tail of 99
+    (777, 4, 8, 2304, 96, "relu", None),       # cheems-base's N and M
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_coefficient_kernel_dense_mixture_cuda(monkeypatch, tokens, H, k, N, d, activation, chunk, dtype):
+    """The dense backend with every coefficient matrix from the kernel (IdRuns unavailable): against float64 with the
+    bounds of test_dense_mixture_cuda_against_float64; a whole step bit-identical when repeated; against the same
+    step through IdRuns within float32 rounding (the two sum duplicates in different orders: float32 tables agree
+    to ~1e-7, half tables but for rare one-ulp differences of a rounded coefficient)."""
+    if chunk is not None:
+        monkeypatch.setattr(dense, "DENSE_BUDGET", chunk * dense.token_bytes(N, dtype))
+    x, ids, gates, down, up = _mixture_case(tokens, H, k, N, d, seed=tokens + N)
+
+    def step():
+        leaves = [_leaf(t, dtype, "cuda") for t in (x, down, up)] + [_leaf(gates, torch.float32, "cuda")]
+        y = wm.ops.expert_mixture(leaves[0], ids.cuda(), leaves[3], leaves[1], leaves[2], activation=activation,
+                                  backend="dense")
+        return (y, *torch.autograd.grad(y.float().square().sum(), leaves))
+
+    off = step()
+    with monkeypatch.context() as patch:
+        patch.setattr(dense, "COEFFICIENT_KERNEL_ON_CUDA", True)
+        patch.setattr(dense, "IdRuns", None)  # the torch path would fail: the kernel builds every matrix
+        tol, grad_tol = (TOL[dtype], 2 * TOL[dtype]) if dtype == torch.float32 else (2e-2, 4e-2)
+        _check_mixture_against_float64("dense", tokens, H, k, N, d, activation, dtype, tol, grad_tol)
+        on = step()
+        assert all(torch.equal(a, b) for a, b in zip(on, step()))
+    for name, a, b in zip(("y", "x", "down", "up", "gates"), on, off):
+        assert rel_err(a.cpu(), b.cpu()) < (1e-5 if dtype == torch.float32 else 2e-3), name
+
+
 @pytest.mark.parametrize("N,H,k,dense_expected", [
     (2304, 4, 8, False),     # cheems-base: N = 72·M, measured slower dense
     (1024, 8, 16, True),     # bench.cdmoe_target at N = 1024
