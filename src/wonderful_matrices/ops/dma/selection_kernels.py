@@ -37,7 +37,7 @@ import triton.language as tl
 
 from ..common import require
 from ..triton_utils import interpreting, opaque_to_compile, poisoned_empty, pow2_at_least
-from .selection import LIVE_TILE, _rank_key, _rank_order_of_key
+from .selection import LIVE_TILE, _carried_by_drop, _rank_key, _rank_order_of_key
 
 SUB_BLOCK_MAX = 128  # the threshold kernel's sub-block S is the largest divisor of the query block up to this
 THRESHOLD_WARPS = 8  # the threshold kernel holds several S × S integer tiles
@@ -270,4 +270,4 @@ def live_keys_triton(bias_rows: torch.Tensor, lq: int, keep_window: int, block: 
                                   nb, width, w, splits, HAS_DOCS=documents is not None, BLOCK=block,
                                   SUB=sub, R=r_size, TILE=tile, NT=pow2_at_least(block // tile),
                                   BW=pow2_at_least(block))
-    return drop, keys, ends
+    return drop, _carried_by_drop(drop, keys, ends, lq, block), ends
