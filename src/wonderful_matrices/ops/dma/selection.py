@@ -192,8 +192,8 @@ def select_blocks(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int
 
     Where the Triton selection runs (CUDA, or ``TRITON_INTERPRET=1``), the candidates come from
     :func:`live_keys`' lists instead (:mod:`.selection_kernels`, no large sorts): the same kept sets, with the
-    live slots first (the earlier keys in rank order, then the block's own keys in position order) and the rest
-    ``(0, 0, 0)``.
+    live slots first (the earlier keys by ``drop_j`` descending, then the block's own keys in position order) and
+    the rest ``(0, 0, 0)``.
     """
     if _triton_selection(bias_rows):
         return _blocks_from_lists(*live_keys(bias_rows, lq, keep_window, block, documents, tile=block), lq, block)
@@ -232,14 +232,16 @@ def live_keys(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
     ``w`` before the block) and its own keys that some query keeps (``drop_j > j``).
 
     Returns ``drop (n, lk)`` int32; ``keys (n, nb, w + block)`` int32 key positions: block ``t``'s live keys
-    first (the earlier keys in rank order, then its own keys in position order), then zeros; and
+    first (the earlier, carried keys by ``drop_j`` descending, ties by position ascending, so the keys a query
+    tile keeps throughout come first: :func:`head_counts`; then its own keys in position order), then zeros; and
     ``ends (n, nb, block / tile)`` int32: ``ends[..., s]`` counts the list entries a query of the block's
     ``s``-th tile of ``tile`` queries or an earlier one can keep (the last is the list's length).
     Where Triton runs (CUDA, or ``TRITON_INTERPRET=1``): the kernels of :mod:`.selection_kernels` (no sort but
     the global one; work and memory in its docstring). Elsewhere (:func:`live_keys_torch`, also their
     oracle): the method and cost of :func:`select_blocks` (``drop_j`` is the first query with
-    ``T_p < rank_j``, one ``searchsorted`` over the thresholds), plus O(n·nb·(w + block)) to build the lists;
-    nothing is (blocks × keys) or (queries × keys). Both give the same tensors, element for element.
+    ``T_p < rank_j``, one ``searchsorted`` over the thresholds), plus O(n·nb·(w + block)) to build the lists and
+    one sort of the ``w`` carried slots per block (O(n·nb·w·log w)); nothing is (blocks × keys) or
+    (queries × keys). Both give the same tensors, element for element.
     """
     if _triton_selection(bias_rows):
         from .selection_kernels import live_keys_triton

@@ -2,14 +2,17 @@
 
 Selection (no gradient, :func:`.selection.live_keys`): every key ``j`` gets ``drop_j``, and query position ``p``
 keeps it exactly when ``j <= p < drop_j`` (docs/design.md, fact 1; documents already folded into ``drop_j``). Queries
-are cut into blocks of ``B``; block ``t`` gets the list of its at most ``w + B`` live keys (the earlier ones, then
-its own in position order) and, per tile of :data:`.selection.LIVE_TILE` queries, how many list entries its
-queries can keep. The kernels never see the other keys:
+are cut into blocks of ``B``; block ``t`` gets the list of its at most ``w + B`` live keys (the earlier ones by
+``drop_j`` descending, then its own in position order) and, per tile of :data:`.selection.LIVE_TILE` queries, how
+many list entries its queries can keep (``ends``) and how many leading ones all of them keep (``heads``,
+:func:`.selection.head_counts`). The kernels never see the other keys:
 
 * forward, one program per (query tile of ``BLOCK_M`` inside one block, query head): loops over the block's list
   up to the tile's prefix count in tiles of ``BLOCK_N`` keys, loads their key/value rows by index, adds the
-  bias, masks ``j <= p < drop_j``, online softmax in float32 (base 2); writes the output and the log-sum-exp.
-* ``dq``: the same loop, recomputing the probabilities from the log-sum-exp.
+  bias, online softmax in float32 (base 2); writes the output and the log-sum-exp. The whole key tiles of the
+  head need no mask (as the off-band loop of Triton's fused-attention tutorial); the rest masks
+  ``j <= p < drop_j`` per element.
+* ``dq``: the same two loops, recomputing the probabilities from the log-sum-exp.
 * ``dk, dv, dbias``: one program per (block, list tile of ``BLOCK_N`` keys, KV head) loops over the block's
   query tiles that keep any of its keys (``[max(j, p0), min(drop_j, p1))`` per key), for every query head of the
   group (GQA: the group shares the list), and adds its partial sums to float32 accumulators with one atomic add
