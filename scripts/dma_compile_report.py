@@ -8,7 +8,9 @@ for ``GPUTarget("cuda", 90, 32)`` with the arguments of the benchmark's launch (
 bf16, ``block_for(window)``; meta tensors, specialised as Triton's launcher does: see ``sm90_report``), then
 registers and stack (spill) bytes from ``cuobjdump -res-usage``, shared memory, and SASS counts: wgmma (HGMMA)
 against mma.sync (HMMA), cp.async (LDGSTS, with the PTX copy sizes) and TMA (UTMALDG) loads, ordinary global loads
-by width, local-memory instructions (LDL / STL). ``--dump DIR`` writes each compile's PTX and SASS there.
+by width, local-memory instructions (LDL / STL), and the SASS instructions of each loop (``sm90_report.loop_sizes``;
+forward and dq: the unmasked head's loop, then the masked tail's). ``--dump DIR`` writes each compile's PTX and SASS
+there.
 """
 import argparse
 import os
@@ -36,7 +38,8 @@ def launch_args(length: int, window: int, hq: int, hkv: int, d: int = 128, dtype
     i32 = dict(dtype=torch.int32, **meta)
     f32 = dict(dtype=torch.float32, **meta)
     args = dict(q_ptr=q, k_ptr=k, v_ptr=k, bias_ptr=bias, keys_ptr=torch.empty(hkv, nb, width, **i32),
-                ends_ptr=torch.empty(hkv, nb, n_tiles, **i32), drop_ptr=torch.empty(hkv, length, **i32),
+                ends_ptr=torch.empty(hkv, nb, n_tiles, **i32), heads_ptr=torch.empty(hkv, nb, n_tiles, **i32),
+                drop_ptr=torch.empty(hkv, length, **i32),
                 out_ptr=q, dq_ptr=q, do_ptr=q, lse_ptr=torch.empty(hq, length, **f32),
                 delta_ptr=torch.empty(hq, length, **f32),
                 dk_ptr=torch.empty(1, length, hkv, d, **f32), dv_ptr=torch.empty(1, length, hkv, d, **f32),
@@ -64,7 +67,7 @@ def main():
     print(f"sm_90, bf16, B1 T{args.length} H16 D128, w {args.window}, block {block}")
     print(f"{'kernel':<12} {'GQA':>3} {'M':>4} {'N':>4} {'w':>2} {'s':>2} {'regs':>5} {'spill':>6} {'smem':>7} "
           f"{'HGMMA':>6} {'HMMA':>5} {'LDGSTS':>7} {'cp.async B':>10} {'TMA':>4} {'LDG 128/64/32/16':>17} "
-          f"{'LDL':>4} {'STL':>4}")
+          f"{'LDL':>4} {'STL':>4}  loop instr")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.kernels:
             fn = getattr(wk, name).fn  # the jit function under the autotuner
@@ -88,7 +91,8 @@ def main():
                     print(f"{name.strip('_').removesuffix('_kernel'):<12} {group:>3} {config.kwargs['BLOCK_M']:>4} "
                           f"{config.kwargs['BLOCK_N']:>4} {config.num_warps:>2} {config.num_stages:>2} "
                           f"{r['regs']:>5} {r['stack']:>6} {r['smem']:>7} {r['HGMMA']:>6} {r['HMMA']:>5} "
-                          f"{r['LDGSTS']:>7} {sizes:>10} {r['UTMALDG']:>4} {loads:>17} {r['LDL']:>4} {r['STL']:>4}",
+                          f"{r['LDGSTS']:>7} {sizes:>10} {r['UTMALDG']:>4} {loads:>17} {r['LDL']:>4} {r['STL']:>4}  "
+                          f"{'/'.join(map(str, r['loops']))}",
                           flush=True)
 
 

@@ -56,11 +56,31 @@ def _count(pattern: str, text: str) -> int:
     return len(re.findall(pattern, text, flags=re.MULTILINE))
 
 
+def loop_sizes(sass: str) -> list[int]:
+    """SASS instructions of each loop in ``sass`` (``nvdisasm`` output), in program order: a loop is a branch back
+    to an earlier label, its size the instructions from that label to the branch, both included (a loop nested in
+    it counts once); the one-instruction self-loop after the exit is left out."""
+    labels, sizes, count = {}, [], 0
+    for line in sass.splitlines():
+        label = re.match(r"^(\.L_x_\d+):", line)
+        if label:
+            labels[label.group(1)] = count
+            continue
+        if not re.match(r"^\s+/\*[0-9a-f]+\*/\s+\S", line) or ".byte" in line or ".dword" in line:
+            continue
+        count += 1
+        target = re.search(r"\bBRA\b.*`\((\.L_x_\d+)\)", line)
+        if target and target.group(1) in labels and count - labels[target.group(1)] > 1:  # not the exit's self-loop
+            sizes.append(count - labels[target.group(1)])
+    return sizes
+
+
 def resources(compiled, path: str) -> dict:
     """Write the cubin of ``compiled`` to ``path`` and read it back: ``regs``, ``stack`` (spill) bytes (from
     ``cuobjdump -res-usage``), ``smem`` (bytes), SASS instruction counts (``HGMMA`` wgmma, ``HMMA`` mma.sync,
     ``LDGSTS`` cp.async, ``UTMALDG`` TMA loads, ``LDL`` / ``STL`` local memory, ``LDG`` global loads by width
-    ``LDG128`` / ``LDG64`` / ``LDG32`` / ``LDG16``) and ``cp_async_bytes`` (the sizes of the PTX cp.async copies)."""
+    ``LDG128`` / ``LDG64`` / ``LDG32`` / ``LDG16``), ``cp_async_bytes`` (the sizes of the PTX cp.async copies) and
+    ``loops`` (:func:`loop_sizes`)."""
     with open(path, "wb") as f:
         f.write(compiled.asm["cubin"])
     res = subprocess.run([os.path.join(TOOLS, "cuobjdump"), "-res-usage", path],
@@ -71,7 +91,7 @@ def resources(compiled, path: str) -> dict:
     ldg = re.findall(r"\bLDG\.E(\S*)", sass)
     width = lambda w: sum(1 for s in ldg if f".{w}" in s)  # noqa: E731
     return dict(regs=int(fields.get("REG", -1)), stack=int(fields.get("STACK", -1)), smem=compiled.metadata.shared,
-                sass=sass,
+                sass=sass, loops=loop_sizes(sass),
                 HGMMA=sass.count("HGMMA"), HMMA=_count(r"\bHMMA\b", sass), LDGSTS=sass.count("LDGSTS"),
                 UTMALDG=sass.count("UTMALDG"), LDL=sass.count("LDL"), STL=sass.count("STL"),
                 LDG128=width(128), LDG64=width(64),

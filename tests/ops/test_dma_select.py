@@ -34,12 +34,24 @@ def live_counts(drop, keys, ends, lq, lk, block, tile):
         for t in range(nb):
             listed = keys[r, t, : ends[r, t, -1]].long()
             assert listed.unique().numel() == listed.numel()
+            assert_list_order(listed, drop[r].long(), lk - lq + t * block)
             for rel in range(block):
                 p = lk - lq + t * block + rel
                 kept = listed[(listed <= p) & (p < drop[r, listed])]
                 assert (kept.unsqueeze(1) == listed[: ends[r, t, rel // tile]]).any(1).all()
                 counts[r, t * block + rel, kept] += 1
     return counts[:, :lq]
+
+
+def assert_list_order(listed, drop, p0):
+    """A block's listed keys (first query position ``p0``): the carried keys (``j < p0``) first, by ``drop_j``
+    descending, ties by position ascending; then the block's own keys in position order."""
+    carried = int((listed < p0).sum())
+    assert (listed[:carried] < p0).all() and (listed[carried:] >= p0).all()
+    own = listed[carried:]
+    assert (own[1:] > own[:-1]).all()
+    c, d = listed[:carried], drop[listed[:carried]]
+    assert ((d[:-1] > d[1:]) | ((d[:-1] == d[1:]) & (c[:-1] < c[1:]))).all()
 
 
 def oracle_counts(bias_rows, lq, w, documents=None):
@@ -117,6 +129,31 @@ def test_live_keys_equals_oracle(case, kind):
     drop, keys, ends = dma_selection.live_keys(bias, lq, w, block, tile=tile)
     assert keys.shape == (bias.shape[0], -(-lq // block), w + block)
     assert torch.equal(live_counts(drop, keys, ends, lq, lk, block, tile), oracle_counts(bias, lq, w))
+
+
+@pytest.mark.parametrize("case", LIVE_CASES, ids=[str(c) for c in LIVE_CASES])
+@pytest.mark.parametrize("kind", ["randn", "ties", "padded"])
+def test_head_counts_are_the_prefix_every_query_of_the_tile_keeps(case, kind):
+    """head_counts: per tile of ``tile`` queries, the longest prefix of the block's list whose keys every query of
+    the tile keeps (``j <= p < drop_j`` for all its queries), counted from the definition."""
+    n, lk, lq, w, block, tile = case
+    g = torch.Generator().manual_seed(hash((case, kind, "heads")) % 2**31)
+    bias = make_bias(kind, max(n, 2), lk, torch.float64, g)
+    drop, keys, ends = dma_selection.live_keys(bias, lq, w, block, tile=tile)
+    heads = dma_selection.head_counts(drop, keys, ends, lq, block)
+    assert heads.dtype == torch.int32 and heads.shape == ends.shape and (heads <= ends).all()
+    for r in range(keys.shape[0]):
+        for t in range(keys.shape[1]):
+            p0 = lk - lq + t * block
+            for s in range(block // tile):
+                if p0 + s * tile >= lk:  # a tile past the last query
+                    continue
+                queries = torch.arange(p0 + s * tile, min(p0 + (s + 1) * tile, lk))
+                listed = keys[r, t, : ends[r, t, s]].long()
+                by_all = ((listed[:, None] <= queries) & (queries < drop[r, listed, None])).all(1)
+                # the carried keys come first; own keys are never in the head
+                expected = int(torch.cumprod((by_all & (listed < p0)).int(), 0).sum())
+                assert heads[r, t, s] == expected, (r, t, s)
 
 
 @pytest.mark.parametrize("kind", ["randn", "ties", "padded"])

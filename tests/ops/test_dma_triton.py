@@ -25,7 +25,10 @@ def run_both(b, lq, lk, hq, hkv, d, w, bias_kind, block=None, pad=False):
     k = torch.randn(b, lk, hkv, d)
     v = torch.randn(b, lk, hkv, d)
     bias = {"ties": lambda: torch.randint(-2, 2, (b, lk, hkv)).float(), "zero": lambda: torch.zeros(b, lk, hkv),
-            "randn": lambda: torch.randn(b, lk, hkv) * 2}[bias_kind]()
+            "randn": lambda: torch.randn(b, lk, hkv) * 2,
+            # the first w keys outrank every later one: kept to the end, and the later keys by no query
+            "front": lambda: torch.randn(b, lk, hkv) + torch.where(torch.arange(lk) < w, 10.0, -10.0)[None, :, None],
+            }[bias_kind]()
     if pad:  # left padding of row 0 and one padded key in every row
         bias[0, :3] = float("-inf")
         bias[:, lk // 2, 0] = float("-inf")
@@ -59,6 +62,23 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
 def test_triton_matches_oracle(case):
     run_both(*case[:-2], block=case[-2], pad=case[-1])
+
+
+@interpreted_only
+def test_triton_tiles_with_an_empty_head_or_an_empty_tail():
+    """Query tiles whose list needs the mask everywhere (no carried key outlives the tile: a sliding window
+    narrower than the tile, or no carried keys at all) and tiles that need it nowhere (every listed key is kept by
+    the whole tile, whole key tiles of them), forward and gradients against the oracle."""
+    block = 128
+    for lk, w, kind, head_empty, tail_empty in ((256, 32, "zero", True, False), (256, 128, "front", False, True)):
+        bias = {"zero": torch.zeros(1, lk, 1),
+                "front": torch.where(torch.arange(lk) < w, 10.0, -10.0)[None, :, None]}[kind]
+        drop, keys, ends, heads = dma_triton.select(bias, lk, w, block)
+        c_head = heads // 64 * 64  # the interpreter's key tile
+        assert (c_head[:, 1] == 0).all() if head_empty else (c_head[:, 1] == ends[:, 1]).all() and (c_head > 0).any()
+        assert (c_head[:, 0] == 0).all()  # the first block has no carried keys
+        torch.manual_seed(lk + w)
+        run_both(1, lk, lk, 2, 1, 16, w, kind, block=block)
 
 
 # (document lengths per row, hq, hkv, d, w, block): documents shorter than the window and of one token, selection

@@ -192,8 +192,8 @@ def select_blocks(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int
 
     Where the Triton selection runs (CUDA, or ``TRITON_INTERPRET=1``), the candidates come from
     :func:`live_keys`' lists instead (:mod:`.selection_kernels`, no large sorts): the same kept sets, with the
-    live slots first (the earlier keys in rank order, then the block's own keys in position order) and the rest
-    ``(0, 0, 0)``.
+    live slots first (the earlier keys by ``drop_j`` descending, then the block's own keys in position order) and
+    the rest ``(0, 0, 0)``.
     """
     if _triton_selection(bias_rows):
         return _blocks_from_lists(*live_keys(bias_rows, lq, keep_window, block, documents, tile=block), lq, block)
@@ -232,14 +232,16 @@ def live_keys(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
     ``w`` before the block) and its own keys that some query keeps (``drop_j > j``).
 
     Returns ``drop (n, lk)`` int32; ``keys (n, nb, w + block)`` int32 key positions: block ``t``'s live keys
-    first (the earlier keys in rank order, then its own keys in position order), then zeros; and
+    first (the earlier, carried keys by ``drop_j`` descending, ties by position ascending, so the keys a query
+    tile keeps throughout come first: :func:`head_counts`; then its own keys in position order), then zeros; and
     ``ends (n, nb, block / tile)`` int32: ``ends[..., s]`` counts the list entries a query of the block's
     ``s``-th tile of ``tile`` queries or an earlier one can keep (the last is the list's length).
     Where Triton runs (CUDA, or ``TRITON_INTERPRET=1``): the kernels of :mod:`.selection_kernels` (no sort but
     the global one; work and memory in its docstring). Elsewhere (:func:`live_keys_torch`, also their
     oracle): the method and cost of :func:`select_blocks` (``drop_j`` is the first query with
-    ``T_p < rank_j``, one ``searchsorted`` over the thresholds), plus O(n·nb·(w + block)) to build the lists;
-    nothing is (blocks × keys) or (queries × keys). Both give the same tensors, element for element.
+    ``T_p < rank_j``, one ``searchsorted`` over the thresholds), plus O(n·nb·(w + block)) to build the lists and
+    one sort of the ``w`` carried slots per block (O(n·nb·w·log w)); nothing is (blocks × keys) or
+    (queries × keys). Both give the same tensors, element for element.
     """
     if _triton_selection(bias_rows):
         from .selection_kernels import live_keys_triton
@@ -278,7 +280,12 @@ def live_keys_torch(bias_rows: torch.Tensor, lq: int, keep_window: int, block: i
         bias_rows, lq, w, block, documents)
     nb = p0.shape[0]
     drop = _drops(ranks, valid, threshold, offset, documents).to(torch.int32).contiguous()
-    carried_live = (carried_rank < lk) & (drop.gather(1, carried_pos.view(n, -1)).view(n, nb, w) > p0[:, None])
+    carried_drop = drop.gather(1, carried_pos.view(n, -1)).view(n, nb, w)
+    carried_live = (carried_rank < lk) & (carried_drop > p0[:, None])
+    # Carried keys by drop descending, ties by position (unique among live keys); dead ones last.
+    order_key = torch.where(carried_live, (lk - carried_drop.long()) * (lk + 1) + carried_pos, (lk + 1) ** 2)
+    perm = torch.sort(order_key, dim=-1, stable=True).indices
+    carried_pos, carried_live = carried_pos.gather(-1, perm), carried_live.gather(-1, perm)
     own_pos = block_pos.expand(n, nb, block)
     own_live = block_valid & (drop.gather(1, own_pos.reshape(n, -1)).view(n, nb, block) > own_pos)
     live = torch.cat([carried_live, own_live], dim=-1)  # (n, nb, w + block)
@@ -289,6 +296,49 @@ def live_keys_torch(bias_rows: torch.Tensor, lq: int, keep_window: int, block: i
     own_count = own_live.cumsum(-1)[..., tile - 1::tile]  # own keys before each tile's end
     ends = (carried_live.sum(-1, keepdim=True) + own_count).to(torch.int32)
     return drop, keys[..., :width].contiguous(), ends.contiguous()
+
+
+def _carried_by_drop(drop: torch.Tensor, keys: torch.Tensor, ends: torch.Tensor, lq: int, block: int) -> torch.Tensor:
+    """``keys (n, nb, W)`` of :func:`live_keys` with each block's earlier (carried) keys reordered by ``drop_j``
+    descending, ties by position ascending; the block's own keys and the unused slots stay where they are.
+
+    ``drop (n, lk)``, ``ends (n, nb, s)`` int32. The carried keys are the listed ones before the block's first
+    query position ``p0``, all in front of its own keys. One sort of ``W`` int64 values per block list:
+    O(n·nb·W·log W) work, O(n·nb·W) memory. Returns ``(n, nb, W)`` int32."""
+    n, lk = drop.shape
+    nb, width = keys.shape[1:]
+    p0 = (lk - lq + torch.arange(nb, device=keys.device) * block)[:, None]
+    slot = torch.arange(width, device=keys.device)
+    listed = keys.long()
+    carried = (slot < ends[..., -1:]) & (listed < p0)
+    key_drop = drop.gather(1, listed.view(n, -1)).view(n, nb, width).long()
+    order_key = torch.where(carried, (lk - key_drop) * (lk + 1) + listed, (lk + 1) ** 2 + slot)
+    return keys.gather(-1, torch.sort(order_key, dim=-1).indices).contiguous()
+
+
+@torch.no_grad()
+def head_counts(drop: torch.Tensor, keys: torch.Tensor, ends: torch.Tensor, lq: int, block: int) -> torch.Tensor:
+    """Per query tile, how many leading entries of its block's list every query of the tile keeps.
+
+    ``drop (n, lk)``, ``keys (n, nb, W)``, ``ends (n, nb, block / tile)`` as :func:`live_keys` returns them
+    (carried keys first, by ``drop_j`` descending). A carried key ``j < p0`` is kept by every query of a tile
+    exactly when ``drop_j`` is past the tile's last query position ``p1 = min(p0 + (s + 1)·tile, lk) − 1``; in
+    drop order those keys form a prefix of the list, and the kernels skip the per-element mask over it. Returns
+    ``heads (n, nb, block / tile)`` int32, ``heads <= ends``: the length of that prefix. One gather and one
+    binary search per tile: O(n·nb·(W + block / tile · log W)).
+    """
+    n, lk = drop.shape
+    nb, width = keys.shape[1:]
+    n_tiles = ends.shape[-1]
+    tile = block // n_tiles
+    p0 = (lk - lq + torch.arange(nb, device=keys.device) * block)[:, None]
+    listed = keys.long()
+    carried = (torch.arange(width, device=keys.device) < ends[..., -1:]) & (listed < p0)
+    # Non-decreasing along the list: the carried keys' -drop_j (ascending), then +1 for everything else.
+    neg_drop = torch.where(carried, -drop.gather(1, listed.view(n, -1)).view(n, nb, width), 1)
+    p1 = (p0 + (torch.arange(n_tiles, device=keys.device) + 1) * tile).clamp_max(lk) - 1  # (nb, n_tiles)
+    heads = torch.searchsorted(neg_drop.contiguous(), (-p1).expand(n, nb, n_tiles).to(neg_drop.dtype).contiguous())
+    return heads.to(torch.int32)
 
 
 def default_block(keep_window: int) -> int:

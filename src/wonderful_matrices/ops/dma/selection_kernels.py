@@ -21,12 +21,15 @@ valid keys ``<= p0_t`` (the sub-block's first position) with a rank in buckets `
   the keys ``j < p0`` with ``drop_j > p0``; they hold the smallest ranks among the keys ``< p0`` (the top ``w``,
   minus other documents, which rank later), so key ``j``'s slot in rank order is the number of valid keys
   ``< p0`` ranked before it: the histogram gives that count at each bucket's start, a prefix sum inside the
-  bucket the rest. Splits walk disjoint buckets up to ``T_p0``'s. The own keys follow in position order.
+  bucket the rest. Splits walk disjoint buckets up to ``T_p0``'s. The own keys follow in position order. The
+  earlier keys are then reordered by ``drop_j`` descending (ties by position) with one ``torch.sort`` of each
+  block's list (:func:`.selection._carried_by_drop`).
 
 Work per row: ``O(L log L)`` for the sort, ``O(L²/(S·R))`` for the histogram, ``O(L·S)`` for the thresholds,
 ``O(L log L)`` for the drops, and for the bucket walks about ``R`` per non-empty bucket visited (between the
 ``(w − S + 1)``-th and the ``w``-th rank up to ``p0`` for the base; up to ``T_p0`` for the lists: ``O(L·w/block·log)``
-for random biases, at most ``O(L)`` per block). Memory: the histogram ``O(L²/(S·R))`` int32 per row, everything
+for random biases, at most ``O(L)`` per block), ``O(L·(w + block)/block·log(w + block))`` for the sort of the lists
+by ``drop``. Memory: the histogram ``O(L²/(S·R))`` int32 per row, everything
 else ``O(L)`` per row plus the output lists ``O(L·(w + block)/block)``; nothing is (queries × keys).
 """
 from __future__ import annotations
@@ -37,7 +40,7 @@ import triton.language as tl
 
 from ..common import require
 from ..triton_utils import interpreting, opaque_to_compile, poisoned_empty, pow2_at_least
-from .selection import LIVE_TILE, _rank_key, _rank_order_of_key
+from .selection import LIVE_TILE, _carried_by_drop, _rank_key, _rank_order_of_key
 
 SUB_BLOCK_MAX = 128  # the threshold kernel's sub-block S is the largest divisor of the query block up to this
 THRESHOLD_WARPS = 8  # the threshold kernel holds several S × S integer tiles
@@ -270,4 +273,4 @@ def live_keys_triton(bias_rows: torch.Tensor, lq: int, keep_window: int, block: 
                                   nb, width, w, splits, HAS_DOCS=documents is not None, BLOCK=block,
                                   SUB=sub, R=r_size, TILE=tile, NT=pow2_at_least(block // tile),
                                   BW=pow2_at_least(block))
-    return drop, keys, ends
+    return drop, _carried_by_drop(drop, keys, ends, lq, block), ends

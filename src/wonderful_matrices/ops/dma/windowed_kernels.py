@@ -2,14 +2,17 @@
 
 Selection (no gradient, :func:`.selection.live_keys`): every key ``j`` gets ``drop_j``, and query position ``p``
 keeps it exactly when ``j <= p < drop_j`` (docs/design.md, fact 1; documents already folded into ``drop_j``). Queries
-are cut into blocks of ``B``; block ``t`` gets the list of its at most ``w + B`` live keys (the earlier ones, then
-its own in position order) and, per tile of :data:`.selection.LIVE_TILE` queries, how many list entries its
-queries can keep. The kernels never see the other keys:
+are cut into blocks of ``B``; block ``t`` gets the list of its at most ``w + B`` live keys (the earlier ones by
+``drop_j`` descending, then its own in position order) and, per tile of :data:`.selection.LIVE_TILE` queries, how
+many list entries its queries can keep (``ends``) and how many leading ones all of them keep (``heads``,
+:func:`.selection.head_counts`). The kernels never see the other keys:
 
 * forward, one program per (query tile of ``BLOCK_M`` inside one block, query head): loops over the block's list
   up to the tile's prefix count in tiles of ``BLOCK_N`` keys, loads their key/value rows by index, adds the
-  bias, masks ``j <= p < drop_j``, online softmax in float32 (base 2); writes the output and the log-sum-exp.
-* ``dq``: the same loop, recomputing the probabilities from the log-sum-exp.
+  bias, online softmax in float32 (base 2); writes the output and the log-sum-exp. The whole key tiles of the
+  head need no mask (as the off-band loop of Triton's fused-attention tutorial); the rest masks
+  ``j <= p < drop_j`` per element.
+* ``dq``: the same two loops, recomputing the probabilities from the log-sum-exp.
 * ``dk, dv, dbias``: one program per (block, list tile of ``BLOCK_N`` keys, KV head) loops over the block's
   query tiles that keep any of its keys (``[max(j, p0), min(drop_j, p1))`` per key), for every query head of the
   group (GQA: the group shares the list), and adds its partial sums to float32 accumulators with one atomic add
@@ -28,7 +31,7 @@ import triton.language as tl
 
 from ..common import require
 from ..triton_utils import dot_block, interpreting, opaque_to_compile
-from .selection import LIVE_TILE, live_keys
+from .selection import LIVE_TILE, head_counts, live_keys
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
@@ -56,9 +59,48 @@ KEY_SIDE = _configs([(32, 64, 8, 2), (32, 128, 8, 2), (64, 64, 4, 2), (64, 64, 4
                      (64, 128, 8, 2), (128, 128, 8, 2)])
 
 
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, k_ptr, v_ptr, bias_ptr, list_ptr, drop_ptr, kv_base, skl, bias_base, sbl,
+               pos, dd, dmask, lo, hi, c_end, qk_scale, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+               MASKED: tl.constexpr):
+    """Online softmax over the list entries ``[lo, hi)`` in tiles of ``BLOCK_N``: ``MASKED`` applies the list
+    bound ``c_end`` and ``j <= p < drop_j`` per element; without it ``[lo, hi)`` must be whole tiles of keys that
+    every query keeps (no index or ``drop`` checks)."""
+    for c0 in range(lo, hi, BLOCK_N):
+        c = c0 + tl.arange(0, BLOCK_N)
+        if MASKED:
+            cmask = c < c_end
+            j = tl.load(list_ptr + c, mask=cmask, other=0).to(tl.int64)
+            drop = tl.load(drop_ptr + j, mask=cmask, other=0)
+            kvmask = cmask[:, None] & dmask[None, :]
+            kb = tl.load(bias_ptr + bias_base + j * sbl, mask=cmask, other=0.0).to(tl.float32)
+        else:
+            j = tl.load(list_ptr + c).to(tl.int64)
+            kvmask = dmask[None, :]
+            kb = tl.load(bias_ptr + bias_base + j * sbl).to(tl.float32)
+        kv_off = kv_base + j[:, None] * skl + dd[None, :]
+        k = tl.load(k_ptr + kv_off, mask=kvmask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + kb[None, :] * 1.4426950408889634
+        if MASKED:
+            keep = (j[None, :] <= pos[:, None]) & (pos[:, None] < drop[None, :])
+            s = tl.where(keep, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:  # every score is finite (listed keys have finite biases), so the new maximum is too
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = m_new
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_ptr + kv_off, mask=kvmask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
 @triton.autotune(configs=QUERY_SIDE, key=["HEAD_DIM", "BLOCK", "width", "hq", "hkv"])
 @triton.jit
-def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, drop_ptr, out_ptr, lse_ptr,
+def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, drop_ptr, out_ptr, lse_ptr,
                 sqb, sql, sqh, skb, skl, skh, sbb, sbl, sbh, sob, sol, soh,
                 lq, lk, hq, hkv, nb, width, n_tiles, scale,
                 BLOCK: tl.constexpr, TILE: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -82,27 +124,17 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, drop_ptr, out
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     base = (row * nb + t) * width
     # Entries past the prefix count of the tile's last LIVE_TILE are the block's own keys after its last query.
-    c_end = tl.load(ends_ptr + (row * nb + t) * n_tiles + ((tile * BLOCK_M) % BLOCK + BLOCK_M) // TILE - 1)
+    meta_at = (row * nb + t) * n_tiles + ((tile * BLOCK_M) % BLOCK + BLOCK_M) // TILE - 1  # the tile's last
+    c_end = tl.load(ends_ptr + meta_at)
     qk_scale = scale * 1.4426950408889634
-    for c0 in range(0, c_end, BLOCK_N):
-        c = c0 + tl.arange(0, BLOCK_N)
-        cmask = c < c_end
-        j = tl.load(keys_ptr + base + c, mask=cmask, other=0).to(tl.int64)
-        drop = tl.load(drop_ptr + row * lk + j, mask=cmask, other=0)
-        kv_off = bi * skb + j[:, None] * skl + g * skh + dd[None, :]
-        k = tl.load(k_ptr + kv_off, mask=cmask[:, None] & dmask[None, :], other=0.0)
-        kb = tl.load(bias_ptr + bi * sbb + j * sbl + g * sbh, mask=cmask, other=0.0).to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + kb[None, :] * 1.4426950408889634
-        keep = (j[None, :] <= pos[:, None]) & (pos[:, None] < drop[None, :])
-        s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_ptr + kv_off, mask=cmask[:, None] & dmask[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+    # The head: carried keys every query of the tile keeps (whole key tiles only), no per-element mask.
+    c_head = tl.load(heads_ptr + meta_at) // BLOCK_N * BLOCK_N
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr, v_ptr, bias_ptr, keys_ptr + base, drop_ptr + row * lk,
+                               bi * skb + g * skh, skl, bi * sbb + g * sbh, sbl, pos, dd, dmask, 0, c_head,
+                               c_end, qk_scale, PRECISION, BLOCK_N, False)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr, v_ptr, bias_ptr, keys_ptr + base, drop_ptr + row * lk,
+                               bi * skb + g * skh, skl, bi * sbb + g * sbh, sbl, pos, dd, dmask, c_head, c_end,
+                               c_end, qk_scale, PRECISION, BLOCK_N, True)
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     tl.store(out_ptr + bi * sob + i[:, None] * sol + h * soh + dd[None, :], out.to(out_ptr.dtype.element_ty),
@@ -111,9 +143,42 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, drop_ptr, out
     tl.store(lse_ptr + bh * lq + i, lse, mask=qmask)
 
 
+@triton.jit
+def _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, bias_ptr, list_ptr, drop_ptr, kv_base, skl, bias_base, sbl,
+              pos, qmask, dd, dmask, lo, hi, c_end, qk_scale, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+              MASKED: tl.constexpr):
+    """``dq`` over the list entries ``[lo, hi)``, masked or not as :func:`_fwd_inner`. Unmasked, the rows of
+    queries past ``lq`` get arbitrary values (rows are independent; the caller does not store them)."""
+    for c0 in range(lo, hi, BLOCK_N):
+        c = c0 + tl.arange(0, BLOCK_N)
+        if MASKED:
+            cmask = c < c_end
+            j = tl.load(list_ptr + c, mask=cmask, other=0).to(tl.int64)
+            drop = tl.load(drop_ptr + j, mask=cmask, other=0)
+            kvmask = cmask[:, None] & dmask[None, :]
+            kb = tl.load(bias_ptr + bias_base + j * sbl, mask=cmask, other=0.0).to(tl.float32)
+        else:
+            j = tl.load(list_ptr + c).to(tl.int64)
+            kvmask = dmask[None, :]
+            kb = tl.load(bias_ptr + bias_base + j * sbl).to(tl.float32)
+        kv_off = kv_base + j[:, None] * skl + dd[None, :]
+        k = tl.load(k_ptr + kv_off, mask=kvmask, other=0.0)
+        v = tl.load(v_ptr + kv_off, mask=kvmask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + kb[None, :] * 1.4426950408889634
+        p = tl.exp2(s - lse[:, None])
+        if MASKED:
+            keep = (j[None, :] <= pos[:, None]) & (pos[:, None] < drop[None, :]) & qmask[:, None]
+            p = tl.where(keep, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    return dq
+
+
 @triton.autotune(configs=QUERY_SIDE, key=["HEAD_DIM", "BLOCK", "width", "hq", "hkv"])
 @triton.jit
-def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, drop_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, drop_ptr, do_ptr, lse_ptr, delta_ptr,
+               dq_ptr,
                sqb, sql, sqh, skb, skl, skh, sbb, sbl, sbh, sdb, sdl, sdh,
                lq, lk, hq, hkv, nb, width, n_tiles, scale,
                BLOCK: tl.constexpr, TILE: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -137,23 +202,16 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, drop_ptr, do_p
     delta = tl.load(delta_ptr + bh * lq + i, mask=qmask, other=0.0)
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     base = (row * nb + t) * width
-    c_end = tl.load(ends_ptr + (row * nb + t) * n_tiles + ((tile * BLOCK_M) % BLOCK + BLOCK_M) // TILE - 1)
+    meta_at = (row * nb + t) * n_tiles + ((tile * BLOCK_M) % BLOCK + BLOCK_M) // TILE - 1  # the tile's last
+    c_end = tl.load(ends_ptr + meta_at)
     qk_scale = scale * 1.4426950408889634
-    for c0 in range(0, c_end, BLOCK_N):
-        c = c0 + tl.arange(0, BLOCK_N)
-        cmask = c < c_end
-        j = tl.load(keys_ptr + base + c, mask=cmask, other=0).to(tl.int64)
-        drop = tl.load(drop_ptr + row * lk + j, mask=cmask, other=0)
-        kv_off = bi * skb + j[:, None] * skl + g * skh + dd[None, :]
-        k = tl.load(k_ptr + kv_off, mask=cmask[:, None] & dmask[None, :], other=0.0)
-        v = tl.load(v_ptr + kv_off, mask=cmask[:, None] & dmask[None, :], other=0.0)
-        kb = tl.load(bias_ptr + bi * sbb + j * sbl + g * sbh, mask=cmask, other=0.0).to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + kb[None, :] * 1.4426950408889634
-        keep = (j[None, :] <= pos[:, None]) & (pos[:, None] < drop[None, :]) & qmask[:, None]
-        p = tl.where(keep, tl.exp2(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    c_head = tl.load(heads_ptr + meta_at) // BLOCK_N * BLOCK_N  # as in the forward
+    dq = _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, bias_ptr, keys_ptr + base, drop_ptr + row * lk,
+                   bi * skb + g * skh, skl, bi * sbb + g * sbh, sbl, pos, qmask, dd, dmask, 0, c_head, c_end,
+                   qk_scale, PRECISION, BLOCK_N, False)
+    dq = _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, bias_ptr, keys_ptr + base, drop_ptr + row * lk,
+                   bi * skb + g * skh, skl, bi * sbb + g * sbh, sbl, pos, qmask, dd, dmask, c_head, c_end, c_end,
+                   qk_scale, PRECISION, BLOCK_N, True)
     tl.store(dq_ptr + bi * sqb + i[:, None] * sql + h * sqh + dd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
              mask=io_mask)
 
@@ -232,23 +290,26 @@ def _meta(q: torch.Tensor, block: int) -> dict:
 
 def select(bias: torch.Tensor, lq: int, keep_window: int, block: int, seq_idx: torch.Tensor | None = None):
     """The kernels' selection: bias (b, lk, hkv), optional seq_idx (b, lk) -> live_keys' ``drop (b·hkv, lk)``,
-    ``keys (b·hkv, nb, w + block)``, ``ends (b·hkv, nb, block / LIVE_TILE)`` (rows ordered (batch, KV head)),
-    in the bias's own precision (ties as the oracle sees them)."""
+    ``keys (b·hkv, nb, w + block)``, ``ends (b·hkv, nb, block / LIVE_TILE)`` and head_counts' ``heads`` (the
+    shape of ``ends``) (rows ordered (batch, KV head)), in the bias's own precision (ties as the oracle sees
+    them)."""
     b, lk, hkv = bias.shape
     documents = None if seq_idx is None else seq_idx[:, None, :].expand(b, hkv, lk).reshape(b * hkv, lk)
-    return live_keys(bias.detach().permute(0, 2, 1).reshape(b * hkv, lk), lq, keep_window, block, documents)
+    drop, keys, ends = live_keys(bias.detach().permute(0, 2, 1).reshape(b * hkv, lk), lq, keep_window, block,
+                                 documents)
+    return drop, keys, ends, head_counts(drop, keys, ends, lq, block)
 
 
 def _windowed_forward_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: torch.Tensor,
-                           keys: torch.Tensor, ends: torch.Tensor, drop: torch.Tensor, scale: float,
-                           block: int) -> tuple[torch.Tensor, torch.Tensor]:
+                           keys: torch.Tensor, ends: torch.Tensor, heads: torch.Tensor, drop: torch.Tensor,
+                           scale: float, block: int) -> tuple[torch.Tensor, torch.Tensor]:
     b, lq, hq, _ = q.shape
     return torch.empty_like(q), q.new_empty(b * hq, lq, dtype=torch.float32)
 
 
 @opaque_to_compile("dma_windowed_forward", _windowed_forward_fake)
 def windowed_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: torch.Tensor, keys: torch.Tensor,
-                     ends: torch.Tensor, drop: torch.Tensor, scale: float,
+                     ends: torch.Tensor, heads: torch.Tensor, drop: torch.Tensor, scale: float,
                      block: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward kernel: q (b,lq,hq,d), k/v (b,lk,hkv,d) (unit last stride), bias32 (b,lk,hkv) float32
     contiguous, the selection of :func:`select` -> (out (b,lq,hq,d) in q's dtype, lse (b·hq, lq) float32)."""
@@ -258,7 +319,7 @@ def windowed_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: 
     out = torch.full_like(q, float("nan"))
     lse = torch.full((b * hq, lq), float("nan"), device=q.device, dtype=torch.float32)
     grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)  # noqa: E731
-    _fwd_kernel[grid](q, k, v, bias32, keys, ends, drop, out, lse,
+    _fwd_kernel[grid](q, k, v, bias32, keys, ends, heads, drop, out, lse,
                       q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                       bias32.stride(0), bias32.stride(1), bias32.stride(2),
                       out.stride(0), out.stride(1), out.stride(2),
@@ -267,8 +328,8 @@ def windowed_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: 
 
 
 def _windowed_backward_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: torch.Tensor,
-                            keys: torch.Tensor, ends: torch.Tensor, drop: torch.Tensor, out: torch.Tensor,
-                            lse: torch.Tensor, dout: torch.Tensor, scale: float,
+                            keys: torch.Tensor, ends: torch.Tensor, heads: torch.Tensor, drop: torch.Tensor,
+                            out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor, scale: float,
                             block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     b, lk, hkv, d = k.shape
     f32 = dict(dtype=torch.float32)
@@ -278,8 +339,8 @@ def _windowed_backward_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b
 
 @opaque_to_compile("dma_windowed_backward", _windowed_backward_fake)
 def windowed_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: torch.Tensor, keys: torch.Tensor,
-                      ends: torch.Tensor, drop: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-                      dout: torch.Tensor, scale: float,
+                      ends: torch.Tensor, heads: torch.Tensor, drop: torch.Tensor, out: torch.Tensor,
+                      lse: torch.Tensor, dout: torch.Tensor, scale: float,
                       block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The backward kernels: the forward's inputs and outputs and dout (b,lq,hq,d) contiguous -> (dq in q's dtype,
     dk, dv (b,lk,hkv,d), dbias (b,lk,hkv), float32)."""
@@ -293,7 +354,7 @@ def windowed_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32:
               dout.stride(2), lq, lk, hq, hkv, nb, width, n_tiles, scale)
     dq = torch.full_like(q, float("nan"))
     _dq_kernel[lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)](
-        q, k, v, bias32, keys, ends, drop, dout, lse, delta, dq, *common, **meta)
+        q, k, v, bias32, keys, ends, heads, drop, dout, lse, delta, dq, *common, **meta)
     dk = torch.zeros(b, lk, hkv, d, device=q.device, dtype=torch.float32)
     dv = torch.zeros_like(dk)
     dbias = torch.zeros(b, lk, hkv, device=q.device, dtype=torch.float32)
@@ -308,16 +369,16 @@ class _WindowedCausal(torch.autograd.Function):
         lq = q.shape[1]
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
         bias32 = bias.float().contiguous()
-        drop, keys, ends = select(bias, lq, keep_window, block, seq_idx)
-        out, lse = windowed_forward(q, k, v, bias32, keys, ends, drop, scale, block)
-        ctx.save_for_backward(q, k, v, bias32, keys, ends, drop, out, lse)
+        drop, keys, ends, heads = select(bias, lq, keep_window, block, seq_idx)
+        out, lse = windowed_forward(q, k, v, bias32, keys, ends, heads, drop, scale, block)
+        ctx.save_for_backward(q, k, v, bias32, keys, ends, heads, drop, out, lse)
         ctx.scale, ctx.block, ctx.bias_dtype = scale, block, bias.dtype
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, bias32, keys, ends, drop, out, lse = ctx.saved_tensors
-        dq, dk, dv, dbias = windowed_backward(q, k, v, bias32, keys, ends, drop, out, lse, dout.contiguous(),
+        q, k, v, bias32, keys, ends, heads, drop, out, lse = ctx.saved_tensors
+        dq, dk, dv, dbias = windowed_backward(q, k, v, bias32, keys, ends, heads, drop, out, lse, dout.contiguous(),
                                               ctx.scale, ctx.block)
         return dq, dk.to(k.dtype), dv.to(v.dtype), dbias.to(ctx.bias_dtype), None, None, None, None
 
