@@ -4,6 +4,7 @@
     python scripts/gpu_ssd.py torch    OUT.json   # torch backend, eager
     python scripts/gpu_ssd.py compiled OUT.json   # torch backend under torch.compile
     python scripts/gpu_ssd.py mamba    OUT.json   # mamba_ssm's kernels, if importable (benchmark only)
+    python scripts/gpu_ssd.py gap      OUT.json   # forward against mamba_ssm's, kernel by kernel (no D, as wm bench)
     python scripts/gpu_ssd.py profile  OUT.json   # torch.profiler table of the eager torch backend
     python scripts/gpu_ssd.py table    DIR        # the side-by-side table from DIR/*.json
 
@@ -197,6 +198,87 @@ def stage_mamba():
     return _time_op(fn, "mamba_ssm")
 
 
+def stage_gap():
+    """Forward against mamba_ssm's, split (docs/kernels_ssd.md, "Against mamba_ssm at the paper's shape"): each of the
+    five kernels of both (medians of CUDA events around each launch; mamba_ssm's autotuned configs as it chose them),
+    and the whole forward of ours through ``ssd()`` as ``wm bench kernels`` calls it, inside ``trusted_values()`` (no
+    value check, no device synchronisation), and the kernels alone, beside ``mamba_chunk_scan_combined``. No D."""
+    try:
+        from mamba_ssm.ops.triton import ssd_bmm, ssd_chunk_scan, ssd_chunk_state, ssd_state_passing
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except Exception as exc:  # noqa: BLE001 - optional, benchmark only: record the failure
+        return {"implementation": "gap", "note": f"mamba_ssm not importable: {type(exc).__name__}: {exc}"[:200]}
+    from wonderful_matrices.ops.common import trusted_values
+    from wonderful_matrices.ops.ssd import chunked_kernels as kernels
+
+    inp = _inputs()
+    x, dt, A, B, C = (inp[k] for k in ("x", "dt", "A", "B", "C"))
+
+    def theirs(timer):
+        cum, dt_out = timer("cumsum", lambda: ssd_chunk_state._chunk_cumsum_fwd(dt, A, CHUNK))
+        states = timer("chunk_state", lambda: ssd_chunk_state._chunk_state_fwd(B, x, dt_out, cum, states_in_fp32=True))
+        flat = states.flatten(-2)
+        passed, _ = timer("state_pass", lambda: ssd_state_passing._state_passing_fwd(flat, cum[:, :, :, -1],
+                                                                                      out_dtype=C.dtype))
+        cb = timer("cb", lambda: ssd_bmm._bmm_chunk_fwd(C, B, CHUNK, output_dtype=torch.float32))
+        timer("output", lambda: ssd_chunk_scan._chunk_scan_fwd(cb, x, dt_out, cum, C, passed.view_as(states)))
+
+    per_kernel = {}
+    for name, run in (("ours", lambda timer: kernels.forward_kernels(x, dt, A, B, C, None, None, CHUNK, timer=timer)),
+                      ("mamba_ssm", theirs)):
+        timer = _ReturningTimer()
+        for rep in range(13):
+            with torch.no_grad():
+                run(timer)
+            timer.collect()
+            if rep < 3:
+                timer.samples.clear()
+        per_kernel[name] = timer.medians()
+    configs = {kernel.fn.__name__: str(kernel.best_config) for kernel in (
+        ssd_chunk_state._chunk_cumsum_fwd_kernel, ssd_chunk_state._chunk_state_fwd_kernel,
+        ssd_state_passing._state_passing_fwd_kernel, ssd_bmm._bmm_chunk_fwd_kernel,
+        ssd_chunk_scan._chunk_scan_fwd_kernel) if getattr(kernel, "best_config", None) is not None}
+
+    def trusted():
+        with trusted_values():
+            return ssd(x, dt, A, B, C, chunk_size=CHUNK)
+    whole = {}
+    for name, fn in (("ours ssd() as wm bench", lambda: ssd(x, dt, A, B, C, chunk_size=CHUNK)),
+                     ("ours ssd() in trusted_values", trusted),
+                     ("ours forward_kernels", lambda: kernels.forward_kernels(x, dt, A, B, C, None, None, CHUNK)),
+                     ("mamba_chunk_scan_combined", lambda: mamba_chunk_scan_combined(x, dt, A, B, C, CHUNK))):
+        with torch.no_grad():
+            whole[name] = time_callable(fn, DEV, warmup=3, reps=30)
+    return {"implementation": "gap", "kernels_ms": per_kernel, "whole_fwd_ms": whole, "mamba_configs": configs}
+
+
+class _ReturningTimer(_KernelTimer):
+    """_KernelTimer whose ``timer(name, fn)`` returns ``fn()`` (mamba_ssm's host functions return their outputs)."""
+
+    def __call__(self, name, fn):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = fn()
+        end.record()
+        self.pending.append((name, start, end))
+        return out
+
+
+def _gap_lines(row: dict) -> list[str]:
+    if "kernels_ms" not in row:
+        return [f"gap: {row.get('note')}", ""]
+    ours, theirs = row["kernels_ms"]["ours"], row["kernels_ms"]["mamba_ssm"]
+    lines = ["forward against mamba_ssm, no D (ms)", f"{'kernel':<14}{'ours':>8}{'mamba':>8}{'ratio':>7}"]
+    for name in ("cumsum", "cb", "chunk_state", "state_pass", "output"):
+        lines.append(f"{name:<14}{ours.get(name, float('nan')):>8.3f}{theirs.get(name, float('nan')):>8.3f}"
+                     f"{ours.get(name, float('nan')) / theirs.get(name, float('nan')):>7.2f}")
+    lines.append(f"{'sum':<14}{sum(ours.values()):>8.3f}{sum(theirs.values()):>8.3f}"
+                 f"{sum(ours.values()) / sum(theirs.values()):>7.2f}")
+    lines += [f"whole forward, {k}: {v:.3f} ms" for k, v in row["whole_fwd_ms"].items()]
+    lines += [f"mamba_ssm config {k}: {v}" for k, v in row.get("mamba_configs", {}).items()]
+    return lines + [""]
+
+
 def _triton_lines(tr: dict) -> list[str]:
     lines = [f"triton plan {tr.get('plan')}"]
     variants = tr.get("variants", {})
@@ -245,6 +327,9 @@ def table(directory: Path) -> str:
         row = json.loads(path.read_text())
         if "profile" in row:
             continue
+        if row.get("implementation") == "gap":
+            lines += _gap_lines(row)
+            continue
         if "variants" in row:
             lines += _triton_lines(row)
             rows += list(row["variants"].values())
@@ -272,7 +357,8 @@ def main():
     if stage == "triton":  # saves after each phase: a timeout keeps what had finished
         stage_triton(lambda result: target.write_text(json.dumps(result, indent=1)))
         return
-    row = {"torch": stage_torch, "compiled": stage_compiled, "mamba": stage_mamba, "profile": stage_profile}[stage]()
+    row = {"torch": stage_torch, "compiled": stage_compiled, "mamba": stage_mamba, "profile": stage_profile,
+           "gap": stage_gap}[stage]()
     target.write_text(json.dumps(row, indent=1))
     print(json.dumps(row, indent=1))
 
