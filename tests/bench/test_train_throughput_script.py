@@ -44,3 +44,4 @@ def test_cpu_run_writes_a_row_per_variant_against_the_first(tmp_path, monkeypatc
                                             "cheems-tiny:num_hidden_layers=0"]
     assert rows[0]["vs_first"] == 1.0 and rows[1]["tokens_per_s"] > 0 and rows[1]["error"] is None
     assert rows[2]["tokens_per_s"] is None and "num_hidden_layers" in rows[2]["error"]  # a refused config is a row
+

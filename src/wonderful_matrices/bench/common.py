@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..atomic import atomic_write_text
+from ..ops.common import trusted_values
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -35,9 +36,17 @@ def time_callable(fn: Callable[[], object], device: torch.device | str, warmup: 
     """Median wall time of ``fn()`` in milliseconds.
 
     ``warmup`` untimed calls first; then at least ``reps`` timed calls (more until ``min_time_s`` elapsed).
-    On CUDA each call is timed with a pair of events; elsewhere with ``perf_counter``.
+    On CUDA each call is timed with a pair of events; elsewhere with ``perf_counter``. Every call runs inside
+    ``trusted_values()``, as the model's layers and ``wm train`` call the ops: the argument checks that read tensor
+    values (one host synchronisation each) are off, so an op is timed beside a library that checks nothing (e.g.
+    ``mamba_ssm``) on equal terms; the shape and dtype checks still run.
     """
     device = torch.device(device)
+    with trusted_values():
+        return _median_ms(fn, device, warmup, reps, min_time_s)
+
+
+def _median_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: int, min_time_s: float) -> float:
     for _ in range(warmup):
         fn()
     synchronize(device)
