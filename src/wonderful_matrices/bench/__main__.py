@@ -1,6 +1,7 @@
 """``python -m wonderful_matrices.bench NAME [--quick] --out DIR [--device D] [--budget-s S] [--steps N]
 [--cells ...] [--mixers ...] [--windows W,...] [--learning-rates ...] [--vocab-size V]
-[--merge DIR ... [--mixed-budgets]] [--presets P,...] [--variants V,...] [--data CORPUS] [--threads N]``."""
+[--merge DIR ... [--mixed-budgets]] [--presets P,...] [--variants V,...] [--data CORPUS] [--threads N]
+[--families F ...] [--seeds S ...] [--train-tokens N] [--eval-contexts C ...] [--eval-tokens N]``."""
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab-size", type=int, default=None,
                         help="mqar, lm: vocabulary size instead of the experiment's default")
     parser.add_argument("--merge", nargs="+", default=None, metavar="DIR",
-                        help="mqar: join the results in these folders (split runs) into --out instead of training")
+                        help="mqar, lm: join the results in these folders (split runs; for lm the run folders of "
+                             "--seeds/--train-tokens or folders holding them) into --out instead of training")
     parser.add_argument("--mixed-budgets", action="store_true",
                         help="mqar --merge: keep the best run per cell and mixer even where the parts ran a learning "
                              "rate with different step counts")
@@ -45,8 +47,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None,
                         help="lm, position: corpus to train and evaluate on: 'shakespeare' (default), 'python-source' "
                              "or a local text/.jsonl/.parquet file or folder")
+    parser.add_argument("--families", nargs="+", default=None, metavar="F",
+                        help="lm: preset families to run, e.g. cheems llama (default: cheems doge llama mamba2 jamba)")
+    parser.add_argument("--seeds", nargs="+", default=None, metavar="S",
+                        help="lm: one run per seed, each in its own folder <preset>-seed<S> under --out (skipped "
+                             "when complete, resumed from its checkpoint); merge them with --merge")
+    parser.add_argument("--train-tokens", default=None, metavar="N",
+                        help="lm: training tokens per model (steps = ceil(N / (batch x seq_len))); implies one "
+                             "folder per run as --seeds does (seed 0 unless --seeds)")
+    parser.add_argument("--eval-contexts", nargs="+", default=None, metavar="C",
+                        help="lm: validation perplexity also in rows of these lengths, e.g. 2048 8192 32768")
+    parser.add_argument("--eval-tokens", default=None, metavar="N",
+                        help="lm: validation tokens scored at every length (default: all; 2097152 with --seeds or "
+                             "--train-tokens)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice; 1 is faster on a shared machine)")
+
+
+def _integers(name: str, values, minimum: int) -> tuple[int, ...] | None:
+    """Flag ``name``'s values (space- or comma-separated) as integers >= ``minimum``; None when not given."""
+    if values is None:
+        return None
+    items = [v for value in ([values] if isinstance(values, str) else values) for v in value.split(",") if v]
+    try:
+        numbers = tuple(int(float(v)) if "e" in v.lower() else int(v) for v in items)
+    except (ValueError, OverflowError):
+        numbers = ()
+    if not numbers or any(n < minimum for n in numbers):
+        raise ValueError(f"{name}={' '.join(items)!r} is not allowed: integers >= {minimum}")
+    return numbers
+
+
+def _lm_options(args: argparse.Namespace) -> dict:
+    """The options of the lm-only flags (ValueError on a bad value)."""
+    train_tokens = _integers("train-tokens", args.train_tokens, 1)
+    eval_tokens = _integers("eval-tokens", args.eval_tokens, 2)
+    if train_tokens is not None and len(train_tokens) != 1 or eval_tokens is not None and len(eval_tokens) != 1:
+        raise ValueError(f"train-tokens={args.train_tokens!r}, eval-tokens={args.eval_tokens!r}: one number each")
+    families = None if args.families is None else tuple(f for v in args.families for f in v.split(",") if f)
+    return {"families": families, "seeds": _integers("seeds", args.seeds, 0),
+            "train_tokens": train_tokens and train_tokens[0], "eval_tokens": eval_tokens and eval_tokens[0],
+            "eval_contexts": _integers("eval-contexts", args.eval_contexts, 1)}
 
 
 def main_from_args(args: argparse.Namespace) -> int:
@@ -60,8 +101,13 @@ def main_from_args(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         if args.merge:
+            if args.name == "lm":
+                from .lm_scale import merge_results as merge_lm
+
+                merge_lm(args.out, args.merge)
+                return 0
             if args.name != "mqar":
-                raise ValueError(f"merge={args.merge!r} is not allowed: only mqar results are merged")
+                raise ValueError(f"merge={args.merge!r} is not allowed: only mqar and lm results are merged")
             from .mqar import merge_results
 
             merge_results(args.out, args.merge, mixed_budgets=args.mixed_budgets)
@@ -70,7 +116,7 @@ def main_from_args(args: argparse.Namespace) -> int:
                       steps=args.steps, cells=args.cells, mixers=args.mixers, windows=args.windows,
                       learning_rates=args.learning_rates,
                       vocab_size=args.vocab_size, presets=args.presets, variants=args.variants,
-                      data=args.data)
+                      data=args.data, **_lm_options(args))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

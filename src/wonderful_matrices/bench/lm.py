@@ -26,6 +26,7 @@ import torch
 from .common import one_line, time_callable, write_results
 from .decode_common import analytic_cache_bytes, decode_measurement
 from .lm_common import compiled_lm_loss, corpus_tokens, optimizer_step, perplexity, set_fused, train_lm
+from .lm_scale import run_one, run_settings, steps_for
 
 FAMILIES = ("cheems", "doge", "llama", "mamba2", "jamba")
 QUICK = dict(size="small", seq_len=128, batch=8, steps=30, lr=1e-3, contexts=(256, 1024), eval_tokens=16_384,
@@ -75,9 +76,18 @@ def training_throughput(config, seq_len: int, tokens_per_step: int, device: torc
 def run(out_dir, quick: bool = False, device=None, steps: int | None = None, families=FAMILIES,
         contexts=None, size: str | None = None, vocab_size: int | None = None, seq_len: int | None = None,
         batch: int | None = None, data: str = "shakespeare", cache_dir=None,
-        eval_tokens: int | None = None, throughput_lengths=None, compiled: bool | None = None) -> list[dict]:
+        eval_tokens: int | None = None, throughput_lengths=None, compiled: bool | None = None, seeds=None,
+        train_tokens: int | None = None, eval_contexts=None, checkpoint_every: int = 200) -> list[dict]:
     """Train and evaluate every available preset family, measure decoding; write ``results.json``,
     ``results.md`` and ``lm.png`` into ``out_dir``; return one row per (family, context).
+
+    With ``seeds`` (run one model per seed) or ``train_tokens`` (the token budget; the steps follow from
+    ``batch x seq_len``), each (family, seed) is a run of its own in ``out_dir/<preset>-seed<k>`` instead
+    (:mod:`.lm_scale`: skipped when complete, resumed from its checkpoint, saved every ``checkpoint_every``
+    steps; no decoding or throughput measurements, the analytic cache at the largest of ``contexts``);
+    the rows of the runs are returned and :func:`.lm_scale.merge_results` tabulates them.
+    ``eval_contexts``: lengths of validation rows scored besides the training length (``val_ppl@C``; in the
+    per-run layout at most ``eval_tokens`` tokens, default 2M, the same targets at every length).
 
     ``quick``: ``-small`` presets, BPE 4096, 30 steps of 8 x 128 tokens, contexts 256 and 1K, training
     throughput at 256 and 1K tokens per row (CPU). Full: ``-base`` presets, BPE 32768, 200 steps of
@@ -102,9 +112,32 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
             cfg[key] = value
     if cfg["steps"] < 1:
         raise ValueError(f"steps={cfg['steps']!r} is not allowed: must be >= 1")
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown or not families:
+        raise ValueError(f"families={list(families)!r} is not allowed: one or more of {list(FAMILIES)}")
+    eval_contexts = tuple(eval_contexts or ())
+    for name, values in (("seeds", seeds or ()), ("eval_contexts", eval_contexts)):
+        bad = [v for v in values if not isinstance(v, int) or v < (0 if name == "seeds" else 1)]
+        if bad:
+            raise ValueError(f"{name}={list(values)!r} is not allowed: integers >= {0 if name == 'seeds' else 1}")
+    if seeds is not None and len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds={list(seeds)!r} is not allowed: each seed once")
+    per_run = seeds is not None or train_tokens is not None
+    if per_run and train_tokens is not None:
+        if steps is not None:
+            raise ValueError(f"steps={steps!r} is not allowed with train_tokens={train_tokens!r}: give one budget")
+        cfg["steps"] = steps_for(train_tokens, cfg["batch"], cfg["seq_len"])
     out = Path(out_dir)
     start = time.perf_counter()
     corpus = corpus_tokens(data, vocab_size or (4096 if quick else 32768), cache_dir or out / "cache")
+    if per_run:
+        settings = run_settings(corpus, cfg["seq_len"], cfg["batch"], cfg["steps"], cfg["lr"], eval_contexts,
+                                2**21 if eval_tokens is None else eval_tokens,
+                                cfg["contexts"] if contexts is not None else (max(cfg["contexts"]),))
+        run_rows = [run_one(out, family, cfg["size"], seed, corpus, settings, device, checkpoint_every)
+                       for family in families for seed in (seeds if seeds is not None else (0,))]
+        print(f"lm: {len(run_rows)} runs in {time.perf_counter() - start:.1f} s -> {out}")
+        return run_rows
     rows, training = [], []
     available = presets.names()
     for family in families:
@@ -124,6 +157,10 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
                      "peak_memory_gb": None if stats["peak_memory_bytes"] is None else
                      stats["peak_memory_bytes"] / 2**30, "val_ppl": ppl, "final_train_loss": stats["final_loss"],
                      "status": "ok"}
+        for length in eval_contexts:
+            train_row[f"val_ppl@{length}"] = perplexity(
+                model, corpus.validation, length, max(1, cfg["batch"] * cfg["seq_len"] // length), device,
+                cfg["eval_tokens"], eos=corpus.eos)
         model.eval()
         if device.type == "cuda":
             model.to(torch.bfloat16)
@@ -177,8 +214,12 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
                           + ("; compiled_tok_s@T: the same with the forward and backward under torch.compile "
                              "(default mode, static shapes; the warm-ups compile)" if compiled else ""),
             "contexts": list(cfg["contexts"]), "wall_s": round(total_s, 1)}
+    if eval_contexts:
+        meta["eval_contexts"] = (f"val_ppl@C: validation perplexity in rows of C tokens (packed the same way; at most "
+                                 f"{cfg['eval_tokens'] or 'all the'} validation tokens, floored to whole rows)")
     lengths = cfg["throughput_lengths"]
     columns = ["preset", "parameters", "train_tokens_per_s", "peak_memory_gb", "val_ppl"] + \
+        [f"val_ppl@{n}" for n in eval_contexts] + \
         [f"train_tok_s@{n}" for n in lengths] + [f"vs_llama@{n}" for n in lengths] + \
         ([f"compiled_tok_s@{n}" for n in lengths] + [f"compiled_vs_llama@{n}" for n in lengths] if compiled else []) + \
         ["context", "decode_tokens_per_s", "decode_graph_tokens_per_s", "cache_bytes_analytic", "cache_bytes_measured",

@@ -19,7 +19,9 @@ an EOS) is not scored — in training and in evaluation alike.
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +41,9 @@ from .common import synchronize
 @dataclass
 class TokenizedCorpus:
     """Training and validation token ids (1-D int64 numpy arrays, documents closed by ``eos``), the tokenizer's
-    vocabulary size and EOS id, and the corpus manifest with the token counts (None for corpora without one)."""
+    vocabulary size and EOS id, the corpus manifest with the token counts (None for corpora without one), the
+    corpus' content fingerprint and the SHA-256 of the tokenizer's ``tokenizer.json`` (what identifies the text
+    and the tokenization of a run)."""
 
     train: np.ndarray
     validation: np.ndarray
@@ -47,6 +51,8 @@ class TokenizedCorpus:
     name: str
     eos: int
     manifest: dict | None = None
+    fingerprint: str = ""
+    tokenizer_sha256: str = ""
 
 
 def corpus_tokens(data: str, vocab_size: int, cache_dir: str | Path) -> TokenizedCorpus:
@@ -67,7 +73,8 @@ def corpus_tokens(data: str, vocab_size: int, cache_dir: str | Path) -> Tokenize
     name = data if data in ("shakespeare", "python-source") else Path(data).name
     manifest = None if corpus.manifest is None else {**corpus.manifest, "train_tokens": len(train),
                                                      "validation_tokens": len(val)}
-    return TokenizedCorpus(train, val, len(tokenizer), f"{name} (BPE {len(tokenizer)})", eos_id(tokenizer), manifest)
+    return TokenizedCorpus(train, val, len(tokenizer), f"{name} (BPE {len(tokenizer)})", eos_id(tokenizer), manifest,
+                           corpus.fingerprint, hashlib.sha256((tok_dir / "tokenizer.json").read_bytes()).hexdigest())
 
 
 def training_autocast(device: torch.device):
@@ -146,35 +153,78 @@ def optimizer_step(model, opt, rows: torch.Tensor, device: torch.device, clip: f
 
 
 def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr: float, device: torch.device,
-             seed: int = 0, weight_decay: float = 0.1, eos: int | None = None) -> dict:
+             seed: int = 0, weight_decay: float = 0.1, eos: int | None = None, checkpoint: Path | None = None,
+             checkpoint_every: int = 0, facts: dict | None = None) -> dict:
     """Train ``model`` on rows of ``seq_len + 1`` of ``tokens`` (1-D; see the module docstring; packed documents
-    with ``eos``); return ``{"final_loss", "tokens_per_s", "peak_memory_bytes", "train_s"}`` (throughput over the
-    steps after the first two, which compile/warm up)."""
+    with ``eos``); return ``{"final_loss", "tokens_per_s", "peak_memory_bytes", "train_s", "resumed_at"}``
+    (throughput over the steps this call ran after its first two, which compile/warm up).
+
+    ``checkpoint`` (a file path) with ``checkpoint_every > 0``: model, optimizer, scheduler, RNG states and the
+    step are saved there (atomically) after every ``checkpoint_every`` steps but the last, together with
+    ``facts`` (what identifies the run). When the file exists at the start, training resumes from it
+    (``resumed_at``: its step; 0 for a fresh start) — the batches are a function of the step, so the resumed run
+    sees the data an uninterrupted one would; ``ValueError`` when its facts differ from ``facts``."""
     if len(tokens) < seq_len + 1:
         raise ValueError(f"seq_len={seq_len} is not allowed: the corpus has only {len(tokens)} training tokens")
+    if checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every={checkpoint_every!r} is not allowed: must be >= 0")
     opt = adamw(model, lr, weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier("cosine", steps, max(1, steps // 20), min_ratio=0.1))
     data = PackedRows(tokens, seq_len + 1)
+    start_step = 0
+    if checkpoint is not None and checkpoint.exists():
+        start_step = _load_training_state(checkpoint, model, opt, sched, facts, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
     t_start = t_steady = time.perf_counter()
     loss_value = float("nan")
-    for step in range(steps):
-        if step == min(2, steps - 1):
+    warm = min(start_step + 2, steps - 1)
+    for step in range(start_step, steps):
+        if step == warm:
             synchronize(device)
             t_steady = time.perf_counter()
         rows = data.train_batch(step, batch, grad_accum=1, micro=0, seed=seed).to(device, non_blocking=True)
         loss = optimizer_step(model, opt, rows, device, clip=1.0, scheduler=sched, eos=eos)
         if step == steps - 1:
             loss_value = float(loss.detach())
+        elif checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+            _save_training_state(checkpoint, model, opt, sched, step + 1, facts)
     synchronize(device)
     end = time.perf_counter()
-    steady_steps = steps - min(2, steps - 1)
+    steady_steps = max(steps - max(warm, start_step), 1)
     return {"final_loss": loss_value,
             "tokens_per_s": steady_steps * batch * seq_len / max(end - t_steady, 1e-9),
             "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-            "train_s": end - t_start}
+            "train_s": end - t_start, "resumed_at": start_step}
+
+
+def _save_training_state(path: Path, model, opt, sched, step: int, facts: dict | None) -> None:
+    """Everything :func:`train_lm` needs to continue after ``step`` steps, written whole or not at all."""
+    state = {"step": step, "facts": facts, "model": model.state_dict(), "optimizer": opt.state_dict(),
+             "scheduler": sched.state_dict(), "cpu_rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_training_state(path: Path, model, opt, sched, facts: dict | None, device: torch.device) -> int:
+    """Load the state :func:`_save_training_state` wrote into ``model``, ``opt`` and ``sched``; return its step."""
+    state = torch.load(path, map_location=device, weights_only=False)
+    if state["facts"] != facts:
+        changed = next(k for k in sorted(set(state["facts"] or {}) | set(facts or {}))
+                       if (state["facts"] or {}).get(k) != (facts or {}).get(k))
+        raise ValueError(f"checkpoint={str(path)!r} is not allowed: it holds a run with {changed}="
+                         f"{(state['facts'] or {}).get(changed)!r}, this run has {(facts or {}).get(changed)!r}; "
+                         "delete it or pass another --out")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["cpu_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return int(state["step"])
 
 
 @torch.no_grad()
@@ -183,20 +233,32 @@ def perplexity(model, tokens: np.ndarray, seq_len: int, batch: int, device: torc
     """exp(mean next-token loss) over consecutive rows of ``seq_len + 1`` tokens (overlapping by one) of
     ``tokens`` (at most ``max_tokens`` of them; the same prefix at every ``seq_len``); with ``eos`` the rows are
     packed documents (:func:`lm_loss`), and the mean runs over the scored targets."""
+    return scored_perplexity(model, tokens, seq_len, batch, device, max_tokens, eos)["ppl"]
+
+
+@torch.no_grad()
+def scored_perplexity(model, tokens: np.ndarray, seq_len: int, batch: int, device: torch.device,
+                      max_tokens: int | None = None, eos: int | None = None, long_after: int | None = None) -> dict:
+    """:func:`perplexity` with its counts: ``{"ppl", "scored", "rows"}`` — the targets scored and the rows of
+    ``seq_len`` they were cut into; with ``long_after`` also ``"scored_beyond"``: the scored targets whose
+    context in their document (their position id) is ``long_after`` tokens or more."""
     usable = len(tokens) if max_tokens is None else min(len(tokens), max_tokens)
     n_rows = (usable - 1) // seq_len
     if n_rows < 1:
         raise ValueError(f"seq_len={seq_len} is not allowed: the validation split has only {usable} tokens")
-    data = torch.from_numpy(tokens[:n_rows * seq_len + 1])
+    data = torch.from_numpy(np.asarray(tokens[:n_rows * seq_len + 1], dtype=np.int64))
     idx = torch.arange(n_rows)[:, None] * seq_len + torch.arange(seq_len + 1)
     rows = data[idx]
     model.eval()
-    total, count = 0.0, 0
+    total, count, beyond = 0.0, 0, 0
     for start in range(0, n_rows, batch):
         inputs, positions, targets = packed_inputs(rows[start:start + batch].to(device), eos)
         scored = int((targets != -100).sum())
         if scored == 0:
             continue
+        if long_after is not None:
+            where = positions if positions is not None else torch.arange(seq_len, device=device).expand_as(targets)
+            beyond += int(((where >= long_after) & (targets != -100)).sum())
         with training_autocast(device):
             loss = _next_token_loss(model, inputs, positions, targets)
         total += float(loss) * scored
@@ -204,4 +266,7 @@ def perplexity(model, tokens: np.ndarray, seq_len: int, batch: int, device: torc
     if count == 0:
         raise ValueError(f"seq_len={seq_len} is not allowed: the validation rows hold no scored token (every "
                          "token follows an EOS)")
-    return math.exp(total / count)
+    result = {"ppl": math.exp(total / count), "scored": count, "rows": n_rows}
+    if long_after is not None:
+        result["scored_beyond"] = beyond
+    return result

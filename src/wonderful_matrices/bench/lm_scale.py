@@ -1,0 +1,241 @@
+"""Claim 4 at scale: one folder per (preset family, seed), so the runs can be spread over time-limited calls and
+processes, and a merge of the folders into one table (issue #15 item 1).
+
+A run (:func:`run_one`) trains one preset for a token budget (``steps = ceil(train_tokens / (batch x seq_len))``,
+the training of :func:`.lm_common.train_lm`: same data order, schedule and optimizer for every preset; the seed
+sets the initial weights and the data order) and writes ``<out>/<preset>-seed<k>/results.json`` with one row:
+parameters, steps and tokens trained, training tokens/s (steady state, in the process that finished the
+training) and peak CUDA memory, validation perplexity at the training length and at every evaluation context,
+and the analytic decoding cache (:func:`.decode_common.analytic_cache_bytes`, bf16 keys/values) at each cache
+context (1M tokens by default). Decoding speed is not measured here (``wm bench lm`` without ``--seeds`` /
+``--train-tokens`` does).
+
+Perplexity at several contexts: the same prefix of the validation tokens (``eval_tokens``, cut to a multiple of
+the longest context) is scored in consecutive rows of each length, so every length scores the same targets; as in
+training, documents are modelled apart (positions restart after each EOS), so a row longer than the training
+length only adds context within documents longer than it: ``scored_beyond@C`` counts the targets whose context in
+their document is at least the training length — the tokens that test length extrapolation.
+
+Idempotent: a folder holding a ``results.json`` with the same settings is skipped; one with other settings is an
+error. A run cut during training resumes from ``checkpoint.pt`` (model, optimizer, scheduler, step; saved every
+``checkpoint_every`` steps, deleted once the results are written); a run cut during the evaluation trains again
+from its last checkpoint.
+
+:func:`merge_results` joins run folders into one ``results.json`` / ``results.md``: a row per preset with the mean
+over its seeds and the spread (max - min), then the per-seed rows; runs of a different corpus, tokenizer or
+training setting are refused.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from .common import write_results
+from .decode_common import analytic_cache_bytes
+from .lm_common import TokenizedCorpus, scored_perplexity, train_lm
+
+EXPERIMENT = "lm-run"
+CHECKPOINT = "checkpoint.pt"
+# settings every merged run must share (the meta of each run's results.json)
+SHARED = ("corpus", "corpus_fingerprint", "corpus_content_sha256", "tokenizer_sha256", "vocab_size", "seq_len",
+          "batch", "steps", "train_tokens", "lr", "eval_contexts", "eval_tokens", "cache_contexts")
+
+
+def run_folder(out: Path, preset: str, seed: int) -> Path:
+    """The folder of the run of ``preset`` with ``seed`` under ``out``."""
+    return Path(out) / f"{preset}-seed{seed}"
+
+
+def run_settings(corpus: TokenizedCorpus, seq_len: int, batch: int, steps: int, lr: float, eval_contexts,
+                 eval_tokens: int, cache_contexts) -> dict:
+    """What identifies a run's setting apart from its preset and seed (the keys of :data:`SHARED`)."""
+    return {"corpus": corpus.name, "corpus_fingerprint": corpus.fingerprint,
+            "corpus_content_sha256": (corpus.manifest or {}).get("content_sha256"),
+            "tokenizer_sha256": corpus.tokenizer_sha256, "vocab_size": corpus.vocab_size, "seq_len": seq_len,
+            "batch": batch, "steps": steps, "train_tokens": steps * batch * seq_len, "lr": lr,
+            "eval_contexts": list(eval_contexts), "eval_tokens": eval_tokens, "cache_contexts": list(cache_contexts)}
+
+
+def steps_for(train_tokens: int, batch: int, seq_len: int) -> int:
+    """Optimizer steps of ``batch`` rows of ``seq_len`` tokens that train on at least ``train_tokens`` tokens."""
+    if train_tokens < 1:
+        raise ValueError(f"train_tokens={train_tokens!r} is not allowed: must be >= 1")
+    return math.ceil(train_tokens / (batch * seq_len))
+
+
+def eval_prefix(eval_tokens: int | None, validation_tokens: int, lengths) -> int:
+    """Validation tokens scored at every length: ``eval_tokens`` (None: all) cut to a multiple of the longest
+    length, plus the one token the last row's last target needs. ``ValueError`` when not one row of the longest
+    length fits."""
+    longest = max(lengths)
+    usable = min(validation_tokens, eval_tokens + 1 if eval_tokens is not None else validation_tokens)
+    if usable - 1 < longest:
+        raise ValueError(f"eval_contexts={list(lengths)!r} is not allowed: the longest needs {longest + 1} "
+                         f"validation tokens, {usable} are available (the split or --eval-tokens)")
+    return (usable - 1) // longest * longest + 1
+
+
+def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpus, settings: dict,
+            device: torch.device, checkpoint_every: int = 200) -> dict:
+    """Train and evaluate ``{family}-{size}`` with ``seed`` into its folder under ``out`` unless it holds the
+    results of these ``settings`` already (:func:`run_settings`); return the run's row."""
+    from ..models import CheemsForCausalLM, presets
+
+    preset = f"{family}-{size}"
+    folder = run_folder(out, preset, seed)
+    done = _read_run(folder)
+    if done is not None:
+        _check_same(done["meta"], {**settings, "preset": preset, "seed": seed}, folder)
+        print(f"{folder.name}: complete, skipped", flush=True)
+        return done["rows"][0]
+    folder.mkdir(parents=True, exist_ok=True)
+    config = presets.get(preset, vocab_size=corpus.vocab_size, use_cache=False)
+    torch.manual_seed(seed)
+    model = CheemsForCausalLM(config).to(device)
+    params = sum(p.numel() for p in model.parameters())
+    seq_len, batch, steps = settings["seq_len"], settings["batch"], settings["steps"]
+    start = time.perf_counter()
+    stats = train_lm(model, corpus.train, seq_len, batch, steps, settings["lr"], device, seed=seed, eos=corpus.eos,
+                     checkpoint=folder / CHECKPOINT, checkpoint_every=checkpoint_every,
+                     facts={**settings, "preset": preset, "seed": seed})
+    row = {"preset": preset, "family": family, "seed": seed, "parameters": params, "steps": steps,
+           "train_tokens": steps * batch * seq_len, "train_tokens_per_s": stats["tokens_per_s"],
+           "peak_memory_gb": None if stats["peak_memory_bytes"] is None else stats["peak_memory_bytes"] / 2**30,
+           "final_train_loss": stats["final_loss"], "resumed_at_step": stats["resumed_at"]}
+    lengths = sorted({seq_len, *settings["eval_contexts"]})
+    prefix = eval_prefix(settings["eval_tokens"], len(corpus.validation), lengths)
+    tokens_per_forward = batch * seq_len
+    for length in lengths:
+        p = scored_perplexity(model, corpus.validation, length, max(1, tokens_per_forward // length), device,
+                              max_tokens=prefix, eos=corpus.eos, long_after=seq_len)
+        row.update({f"val_ppl@{length}": p["ppl"], f"scored@{length}": p["scored"],
+                    f"scored_beyond@{length}": p["scored_beyond"]})
+    for context in settings["cache_contexts"]:
+        row[f"cache_bytes@{context}"] = analytic_cache_bytes(config, context, 2)
+    row["wall_s"] = round(time.perf_counter() - start, 1)
+    meta = {**settings, "preset": preset, "seed": seed, "device": str(device),
+            "corpus_manifest": corpus.manifest,
+            "training": f"{steps} steps x {batch} rows x {seq_len} tokens = {steps * batch * seq_len:,} tokens, "
+                        f"lr {settings['lr']}, AdamW(0.9, 0.95) wd 0.1, clip 1, 5% warm-up + cosine to 10%"
+                        + (", bf16 autocast" if device.type == "cuda" else ", float32")
+                        + "; packed documents (positions restart after EOS, a document's first token not scored)",
+            "evaluation": f"the first {prefix - 1:,} validation tokens' targets in rows of each length (batches of "
+                          f"about {tokens_per_forward} tokens); scored@C: targets scored, scored_beyond@C: those "
+                          f"whose context in their document is >= {seq_len} tokens (the training length)"}
+    columns = ["preset", "seed", "parameters", "steps", "train_tokens", "train_tokens_per_s", "peak_memory_gb",
+               "final_train_loss"] + [f"val_ppl@{n}" for n in lengths] + \
+        [f"cache_bytes@{c}" for c in settings["cache_contexts"]]
+    write_results(folder, EXPERIMENT, [row], meta, columns=columns)
+    (folder / CHECKPOINT).unlink(missing_ok=True)
+    print(f"{folder.name}: {params / 1e6:.1f}M params, {steps} steps, {stats['tokens_per_s']:.0f} tok/s, "
+          + ", ".join(f"ppl@{n} {row[f'val_ppl@{n}']:.3f}" for n in lengths), flush=True)
+    return row
+
+
+def _read_run(folder: Path) -> dict | None:
+    """The results of the run in ``folder`` (None: not complete)."""
+    path = folder / "results.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("experiment") != EXPERIMENT:
+        raise ValueError(f"out={str(folder)!r} is not allowed: it holds {data.get('experiment')!r} results, not "
+                         f"one {EXPERIMENT!r} run")
+    return data
+
+
+def _check_same(meta: dict, expected: dict, folder: Path) -> None:
+    """``ValueError`` naming the first setting in which the run in ``folder`` differs from ``expected``."""
+    for key, value in expected.items():
+        if meta.get(key) != value:
+            raise ValueError(f"out={str(folder.parent)!r} is not allowed: {folder.name} holds a run with "
+                             f"{key}={meta.get(key)!r}, this one has {value!r}; pass another --out")
+
+
+def _run_folders(parts) -> list[Path]:
+    """The run folders named by ``parts``: each a run folder (with a results.json) or a folder of them."""
+    folders = []
+    for part in map(Path, parts):
+        if (part / "results.json").exists():
+            folders.append(part)
+            continue
+        inner = sorted(p for p in part.glob("*/results.json")) if part.is_dir() else []
+        if not inner:
+            raise ValueError(f"merge={str(part)!r} is not allowed: it holds no results.json, nor folders with one")
+        folders += [p.parent for p in inner]
+    return folders
+
+
+def merge_results(out_dir, parts) -> list[dict]:
+    """Join the runs in ``parts`` (run folders, or folders of run folders, e.g. the ``--out`` of
+    ``wm bench lm --seeds``) into one ``results.json`` / ``results.md`` in ``out_dir``; return the rows: per preset
+    the mean over its seeds (``val_ppl@C``, ``train_tokens_per_s``; ``val_ppl@C_spread``: max - min; peak memory:
+    the largest), cache bytes and their ratio to Llama's, then one row per run. ``ValueError`` when a run was
+    trained on another corpus or tokenizer, or with other settings (:data:`SHARED`), or a (preset, seed) twice."""
+    folders = _run_folders(parts)
+    runs, meta0, first = {}, None, None
+    for folder in folders:
+        data = json.loads((folder / "results.json").read_text())
+        if data.get("experiment") != EXPERIMENT:
+            raise ValueError(f"merge={str(folder)!r} is not allowed: its results are {data.get('experiment')!r}, "
+                             f"not one {EXPERIMENT!r} run of wm bench lm --seeds/--train-tokens")
+        meta = data["meta"]
+        if meta0 is None:
+            meta0, first = meta, folder
+        for key in SHARED:
+            if meta.get(key) != meta0.get(key):
+                raise ValueError(f"merge={str(folder)!r} is not allowed: its {key}={meta.get(key)!r} differs from "
+                                 f"{meta0.get(key)!r} in {str(first)!r}")
+        key = (meta["preset"], meta["seed"])
+        if key in runs:
+            raise ValueError(f"merge={str(folder)!r} is not allowed: {key[0]} seed {key[1]} is also in "
+                             f"{str(runs[key][0])!r}")
+        runs[key] = (folder, data["rows"][0])
+    lengths = sorted({meta0["seq_len"], *meta0["eval_contexts"]})
+    caches = meta0["cache_contexts"]
+    order = {f: i for i, f in enumerate(("cheems", "llama", "doge", "mamba2", "jamba"))}
+    presets = sorted({p for p, _ in runs}, key=lambda p: (order.get(p.rsplit("-", 1)[0], len(order)), p))
+    summary, per_seed = [], []
+    for preset in presets:
+        rows = [runs[k][1] for k in sorted(runs) if k[0] == preset]
+        s = {"preset": preset, "runs": f"mean of {len(rows)}", "seeds": " ".join(str(r["seed"]) for r in rows),
+             "parameters": rows[0]["parameters"], "steps": rows[0]["steps"], "train_tokens": rows[0]["train_tokens"]}
+        for n in lengths:
+            vals = [r[f"val_ppl@{n}"] for r in rows]
+            s[f"val_ppl@{n}"] = sum(vals) / len(vals)
+            s[f"val_ppl@{n}_spread"] = max(vals) - min(vals) if len(vals) > 1 else None
+            s[f"scored@{n}"] = rows[0][f"scored@{n}"]
+            s[f"scored_beyond@{n}"] = rows[0][f"scored_beyond@{n}"]
+        s["train_tokens_per_s"] = sum(r["train_tokens_per_s"] for r in rows) / len(rows)
+        peaks = [r["peak_memory_gb"] for r in rows if r["peak_memory_gb"] is not None]
+        s["peak_memory_gb"] = max(peaks) if peaks else None
+        for c in caches:
+            s[f"cache_bytes@{c}"] = rows[0][f"cache_bytes@{c}"]
+        summary.append(s)
+        per_seed += [dict(r, runs=f"seed {r['seed']}") for r in rows]
+    llama = next((s for s in summary if s["preset"].startswith("llama-")), None)
+    for r in summary + per_seed:
+        for c in caches:
+            base = llama and llama[f"cache_bytes@{c}"]
+            r[f"cache_vs_llama@{c}"] = r[f"cache_bytes@{c}"] / base if base else None
+    rows = summary + per_seed
+    meta = {k: meta0[k] for k in SHARED} | {"training": meta0["training"], "evaluation": meta0["evaluation"],
+                                           "corpus_manifest": meta0.get("corpus_manifest"),
+                                           "merged_from": [str(f) for f in folders]}
+    columns = ["preset", "runs", "parameters", "steps", "train_tokens"] + \
+        [c for n in lengths for c in (f"val_ppl@{n}", f"val_ppl@{n}_spread")] + \
+        ["train_tokens_per_s", "peak_memory_gb"] + [c for n in caches for c in (f"cache_bytes@{n}",
+                                                                                 f"cache_vs_llama@{n}")]
+    counts = ", ".join(f"{n}: {summary[0][f'scored@{n}']:,} scored, {summary[0][f'scored_beyond@{n}']:,} with "
+                       f">= {meta0['seq_len']} tokens of context" for n in lengths)
+    notes = ("Rows 'mean of n' average the seeds (val_ppl@C_spread: max - min over them; peak memory: the largest); "
+             "rows 'seed k' are single runs. val_ppl@C: validation perplexity in rows of C tokens, the same "
+             f"targets at every C ({counts}); cache_bytes@C: analytic decoding cache after C tokens, bf16 "
+             "keys/values, float32 states.")
+    write_results(Path(out_dir), "lm-scale", rows, meta, columns=columns, notes=notes)
+    print(f"lm merge: {len(runs)} runs of {len(presets)} presets -> {out_dir}")
+    return rows
