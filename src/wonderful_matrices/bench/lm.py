@@ -77,7 +77,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
         contexts=None, size: str | None = None, vocab_size: int | None = None, seq_len: int | None = None,
         batch: int | None = None, data: str = "shakespeare", cache_dir=None,
         eval_tokens: int | None = None, throughput_lengths=None, compiled: bool | None = None, seeds=None,
-        train_tokens: int | None = None, eval_contexts=None, checkpoint_every: int = 200) -> list[dict]:
+        train_tokens: int | None = None, eval_contexts=None, checkpoint_every: int = 500) -> list[dict]:
     """Train and evaluate every available preset family, measure decoding; write ``results.json``,
     ``results.md`` and ``lm.png`` into ``out_dir``; return one row per (family, context).
 

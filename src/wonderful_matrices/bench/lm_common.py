@@ -160,25 +160,30 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
     (throughput over the steps this call ran after its first two, which compile/warm up).
 
     ``checkpoint`` (a file path) with ``checkpoint_every > 0``: model, optimizer, scheduler, RNG states and the
-    step are saved there (atomically) after every ``checkpoint_every`` steps but the last, together with
-    ``facts`` (what identifies the run). When the file exists at the start, training resumes from it
-    (``resumed_at``: its step; 0 for a fresh start) — the batches are a function of the step, so the resumed run
-    sees the data an uninterrupted one would; ``ValueError`` when its facts differ from ``facts``."""
+    step are saved there (atomically) after every ``checkpoint_every`` steps and after the last one (then with
+    the returned statistics), together with ``facts`` (what identifies the run); the time spent saving is not
+    counted in ``tokens_per_s``. When the file exists at the start, training resumes from it (``resumed_at``: its
+    step; 0 for a fresh start) — the batches are a function of the step, so the resumed run sees the data an
+    uninterrupted one would; a checkpoint of the last step returns its statistics without training. ``ValueError``
+    when its facts differ from ``facts``."""
     if len(tokens) < seq_len + 1:
         raise ValueError(f"seq_len={seq_len} is not allowed: the corpus has only {len(tokens)} training tokens")
     if checkpoint_every < 0:
         raise ValueError(f"checkpoint_every={checkpoint_every!r} is not allowed: must be >= 0")
+    saving = checkpoint is not None and checkpoint_every > 0
     opt = adamw(model, lr, weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier("cosine", steps, max(1, steps // 20), min_ratio=0.1))
     data = PackedRows(tokens, seq_len + 1)
     start_step = 0
     if checkpoint is not None and checkpoint.exists():
-        start_step = _load_training_state(checkpoint, model, opt, sched, facts, device)
+        start_step, finished = _load_training_state(checkpoint, model, opt, sched, facts, device)
+        if finished is not None:
+            return finished
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
     t_start = t_steady = time.perf_counter()
-    loss_value = float("nan")
+    loss_value, save_s = float("nan"), 0.0
     warm = min(start_step + 2, steps - 1)
     for step in range(start_step, steps):
         if step == warm:
@@ -188,20 +193,28 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
         loss = optimizer_step(model, opt, rows, device, clip=1.0, scheduler=sched, eos=eos)
         if step == steps - 1:
             loss_value = float(loss.detach())
-        elif checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+        elif saving and (step + 1) % checkpoint_every == 0:
+            synchronize(device)
+            t_save = time.perf_counter()
             _save_training_state(checkpoint, model, opt, sched, step + 1, facts)
+            save_s += time.perf_counter() - t_save if step >= warm else 0.0
     synchronize(device)
     end = time.perf_counter()
     steady_steps = max(steps - max(warm, start_step), 1)
-    return {"final_loss": loss_value,
-            "tokens_per_s": steady_steps * batch * seq_len / max(end - t_steady, 1e-9),
-            "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-            "train_s": end - t_start, "resumed_at": start_step}
+    stats = {"final_loss": loss_value,
+             "tokens_per_s": steady_steps * batch * seq_len / max(end - t_steady - save_s, 1e-9),
+             "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+             "train_s": end - t_start, "resumed_at": start_step}
+    if saving:
+        _save_training_state(checkpoint, model, opt, sched, steps, facts, stats)
+    return stats
 
 
-def _save_training_state(path: Path, model, opt, sched, step: int, facts: dict | None) -> None:
-    """Everything :func:`train_lm` needs to continue after ``step`` steps, written whole or not at all."""
-    state = {"step": step, "facts": facts, "model": model.state_dict(), "optimizer": opt.state_dict(),
+def _save_training_state(path: Path, model, opt, sched, step: int, facts: dict | None,
+                         stats: dict | None = None) -> None:
+    """Everything :func:`train_lm` needs to continue after ``step`` steps (``stats``: its result, once the
+    training is complete), written whole or not at all."""
+    state = {"step": step, "facts": facts, "stats": stats, "model": model.state_dict(), "optimizer": opt.state_dict(),
              "scheduler": sched.state_dict(), "cpu_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     tmp = path.with_name(path.name + ".tmp")
@@ -209,8 +222,10 @@ def _save_training_state(path: Path, model, opt, sched, step: int, facts: dict |
     os.replace(tmp, path)
 
 
-def _load_training_state(path: Path, model, opt, sched, facts: dict | None, device: torch.device) -> int:
-    """Load the state :func:`_save_training_state` wrote into ``model``, ``opt`` and ``sched``; return its step."""
+def _load_training_state(path: Path, model, opt, sched, facts: dict | None,
+                         device: torch.device) -> tuple[int, dict | None]:
+    """Load the state :func:`_save_training_state` wrote into ``model``, ``opt`` and ``sched``; return its step
+    and the statistics of the finished training (None while it is not)."""
     state = torch.load(path, map_location=device, weights_only=False)
     if state["facts"] != facts:
         changed = next(k for k in sorted(set(state["facts"] or {}) | set(facts or {}))
@@ -224,7 +239,7 @@ def _load_training_state(path: Path, model, opt, sched, facts: dict | None, devi
     torch.set_rng_state(state["cpu_rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return int(state["step"])
+    return int(state["step"]), state["stats"]
 
 
 @torch.no_grad()

@@ -18,8 +18,9 @@ their document is at least the training length — the tokens that test length e
 
 Idempotent: a folder holding a ``results.json`` with the same settings is skipped; one with other settings is an
 error. A run cut during training resumes from ``checkpoint.pt`` (model, optimizer, scheduler, step; saved every
-``checkpoint_every`` steps, deleted once the results are written); a run cut during the evaluation trains again
-from its last checkpoint.
+``checkpoint_every`` steps and at the end of the training, deleted once the results are written); a run cut
+during the evaluation evaluates its final checkpoint without training again. A context whose evaluation runs out
+of memory is recorded as such (``val_ppl@C`` None, ``eval_error@C``).
 
 :func:`merge_results` joins run folders into one ``results.json`` / ``results.md``: a row per preset with the mean
 over its seeds and the spread (max - min), then the per-seed rows; runs of a different corpus, tokenizer or
@@ -80,7 +81,7 @@ def eval_prefix(eval_tokens: int | None, validation_tokens: int, lengths) -> int
 
 
 def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpus, settings: dict,
-            device: torch.device, checkpoint_every: int = 200) -> dict:
+            device: torch.device, checkpoint_every: int = 500) -> dict:
     """Train and evaluate ``{family}-{size}`` with ``seed`` into its folder under ``out`` unless it holds the
     results of these ``settings`` already (:func:`run_settings`); return the run's row."""
     from ..models import CheemsForCausalLM, presets
@@ -110,8 +111,13 @@ def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpu
     prefix = eval_prefix(settings["eval_tokens"], len(corpus.validation), lengths)
     tokens_per_forward = batch * seq_len
     for length in lengths:
-        p = scored_perplexity(model, corpus.validation, length, max(1, tokens_per_forward // length), device,
-                              max_tokens=prefix, eos=corpus.eos, long_after=seq_len)
+        try:
+            p = scored_perplexity(model, corpus.validation, length, max(1, tokens_per_forward // length), device,
+                                  max_tokens=prefix, eos=corpus.eos, long_after=seq_len)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            p = {"ppl": None, "scored": None, "scored_beyond": None}
+            row[f"eval_error@{length}"] = "out of memory"
         row.update({f"val_ppl@{length}": p["ppl"], f"scored@{length}": p["scored"],
                     f"scored_beyond@{length}": p["scored_beyond"]})
     for context in settings["cache_contexts"]:
@@ -132,7 +138,7 @@ def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpu
     write_results(folder, EXPERIMENT, [row], meta, columns=columns)
     (folder / CHECKPOINT).unlink(missing_ok=True)
     print(f"{folder.name}: {params / 1e6:.1f}M params, {steps} steps, {stats['tokens_per_s']:.0f} tok/s, "
-          + ", ".join(f"ppl@{n} {row[f'val_ppl@{n}']:.3f}" for n in lengths), flush=True)
+          + ", ".join(f"ppl@{n} {row[f'val_ppl@{n}'] or float('nan'):.3f}" for n in lengths), flush=True)
     return row
 
 
@@ -206,10 +212,12 @@ def merge_results(out_dir, parts) -> list[dict]:
              "parameters": rows[0]["parameters"], "steps": rows[0]["steps"], "train_tokens": rows[0]["train_tokens"]}
         for n in lengths:
             vals = [r[f"val_ppl@{n}"] for r in rows]
-            s[f"val_ppl@{n}"] = sum(vals) / len(vals)
-            s[f"val_ppl@{n}_spread"] = max(vals) - min(vals) if len(vals) > 1 else None
-            s[f"scored@{n}"] = rows[0][f"scored@{n}"]
-            s[f"scored_beyond@{n}"] = rows[0][f"scored_beyond@{n}"]
+            complete = None not in vals  # a context that ran out of memory in one seed has no mean
+            s[f"val_ppl@{n}"] = sum(vals) / len(vals) if complete else None
+            s[f"val_ppl@{n}_spread"] = max(vals) - min(vals) if complete and len(vals) > 1 else None
+            s[f"scored@{n}"] = next((r[f"scored@{n}"] for r in rows if r[f"scored@{n}"] is not None), None)
+            s[f"scored_beyond@{n}"] = next((r[f"scored_beyond@{n}"] for r in rows
+                                           if r[f"scored_beyond@{n}"] is not None), None)
         s["train_tokens_per_s"] = sum(r["train_tokens_per_s"] for r in rows) / len(rows)
         peaks = [r["peak_memory_gb"] for r in rows if r["peak_memory_gb"] is not None]
         s["peak_memory_gb"] = max(peaks) if peaks else None
@@ -230,8 +238,9 @@ def merge_results(out_dir, parts) -> list[dict]:
         [c for n in lengths for c in (f"val_ppl@{n}", f"val_ppl@{n}_spread")] + \
         ["train_tokens_per_s", "peak_memory_gb"] + [c for n in caches for c in (f"cache_bytes@{n}",
                                                                                  f"cache_vs_llama@{n}")]
-    counts = ", ".join(f"{n}: {summary[0][f'scored@{n}']:,} scored, {summary[0][f'scored_beyond@{n}']:,} with "
-                       f">= {meta0['seq_len']} tokens of context" for n in lengths)
+    counts = ", ".join(f"{n}: {r[f'scored@{n}']:,} scored, {r[f'scored_beyond@{n}']:,} with >= "
+                       f"{meta0['seq_len']} tokens of context" for n in lengths
+                       for r in [next((s for s in summary if s[f"scored@{n}"] is not None), None)] if r)
     notes = ("Rows 'mean of n' average the seeds (val_ppl@C_spread: max - min over them; peak memory: the largest); "
              "rows 'seed k' are single runs. val_ppl@C: validation perplexity in rows of C tokens, the same "
              f"targets at every C ({counts}); cache_bytes@C: analytic decoding cache after C tokens, bf16 "

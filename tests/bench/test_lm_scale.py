@@ -1,0 +1,208 @@
+"""``wm bench lm`` at scale (issue #15 item 1): one folder per (preset, seed), skipped when complete, resumed from
+its checkpoint; perplexity at several contexts; the merge of the runs; the flags' one-line errors. Tiny presets,
+two training steps, one play as the corpus."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from wonderful_matrices.bench import lm, lm_common, lm_scale
+from wonderful_matrices.bench.__main__ import main
+from wonderful_matrices.data.corpora import shakespeare_documents
+
+TINY = dict(quick=True, size="tiny", vocab_size=300, seq_len=16, batch=2, eval_tokens=512, contexts=(1024,))
+
+
+@pytest.fixture(scope="module")
+def corpus_path(tmp_path_factory):
+    """One play (~60 KB) as a local text corpus, with a shared tokenizer cache."""
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "play.txt").write_text(shakespeare_documents()[0][:60_000])
+    return root
+
+
+def _run(out, corpus_path, **overrides):
+    options = dict(TINY, families=("cheems", "llama"), seeds=(0, 1), train_tokens=64, eval_contexts=(32, 64),
+                   data=str(corpus_path / "play.txt"), cache_dir=corpus_path / "cache")
+    return lm.run(out, **{**options, **overrides})
+
+
+@pytest.fixture(scope="module")
+def four_runs(tmp_path_factory, corpus_path):
+    """cheems-tiny and llama-tiny, seeds 0 and 1, 64 training tokens each (2 steps of 2 x 16)."""
+    out = tmp_path_factory.mktemp("runs")
+    return out, _run(out, corpus_path)
+
+
+def test_one_folder_per_run_with_its_results(four_runs):
+    out, rows = four_runs
+    names = ["cheems-tiny-seed0", "cheems-tiny-seed1", "llama-tiny-seed0", "llama-tiny-seed1"]
+    assert sorted(p.name for p in out.iterdir() if p.name != "cache") == names
+    assert [f"{r['preset']}-seed{r['seed']}" for r in rows] == names
+    for name, row in zip(names, rows):
+        data = json.loads((out / name / "results.json").read_text())
+        assert data["experiment"] == "lm-run" and data["rows"] == [json.loads(json.dumps(row))]
+        assert not (out / name / lm_scale.CHECKPOINT).exists()
+        assert row["steps"] == 2 and row["train_tokens"] == 64 and data["meta"]["steps"] == 2
+        assert row["resumed_at_step"] == 0 and row["cache_bytes@1024"] > 0
+        # the same targets scored at every length; only rows longer than training give longer contexts
+        assert row["scored@16"] == row["scored@32"] == row["scored@64"] == 512
+        assert row["scored_beyond@16"] == 0 < row["scored_beyond@32"] < row["scored_beyond@64"] < 512
+        for n in (16, 32, 64):
+            assert 1.0 < row[f"val_ppl@{n}"] < 1e4
+    # the seed changes the initial weights
+    assert rows[0]["val_ppl@16"] != rows[1]["val_ppl@16"]
+
+
+def test_complete_runs_are_skipped_and_other_settings_refused(four_runs, corpus_path, monkeypatch):
+    out, rows = four_runs
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a complete run was trained again")
+
+    monkeypatch.setattr(lm_scale, "train_lm", no_training)
+    again = _run(out, corpus_path, families=("llama",), seeds=(1,))
+    assert again == [json.loads(json.dumps(rows[3]))]
+    with pytest.raises(ValueError, match=r"llama-tiny-seed1 holds a run with steps=2, this one has 3"):
+        _run(out, corpus_path, families=("llama",), seeds=(1,), train_tokens=96)
+
+
+def test_eval_prefix_is_a_whole_number_of_the_longest_rows():
+    assert lm_scale.eval_prefix(1000, 10_000, (16, 64)) == 961
+    assert lm_scale.eval_prefix(None, 200, (16, 64)) == 193
+    with pytest.raises(ValueError, match="eval_contexts=\\[16, 64\\] is not allowed"):
+        lm_scale.eval_prefix(50, 10_000, (16, 64))
+    assert lm_scale.steps_for(64, 2, 16) == 2 and lm_scale.steps_for(65, 2, 16) == 3
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """Cut after 3 of 5 steps (checkpoint at step 2): the resumed run ends with the weights of an uninterrupted
+    one; a finished run's checkpoint returns it without training; a checkpoint of other facts is refused."""
+    from wonderful_matrices.models import CheemsForCausalLM, presets
+
+    config = presets.get("cheems-tiny", vocab_size=64, use_cache=False)
+    tokens = np.random.default_rng(0).integers(1, 64, 2000).astype(np.int64)
+    train = dict(tokens=tokens, seq_len=16, batch=2, steps=5, lr=1e-3, device=torch.device("cpu"), seed=3, eos=0)
+
+    def fresh():
+        torch.manual_seed(3)
+        return CheemsForCausalLM(config)
+
+    reference = fresh()
+    lm_common.train_lm(reference, **train)
+    calls, real_step = [], lm_common.optimizer_step
+
+    def cut_after_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    path = tmp_path / "checkpoint.pt"
+    monkeypatch.setattr(lm_common, "optimizer_step", cut_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        lm_common.train_lm(fresh(), **train, checkpoint=path, checkpoint_every=2, facts={"run": 1})
+    monkeypatch.setattr(lm_common, "optimizer_step", real_step)
+    assert torch.load(path, weights_only=False)["step"] == 2
+    resumed = fresh()
+    stats = lm_common.train_lm(resumed, **train, checkpoint=path, checkpoint_every=2, facts={"run": 1})
+    assert stats["resumed_at"] == 2
+    for a, b in zip(resumed.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the final checkpoint (saved before the evaluation) gives the finished run back without a step
+    monkeypatch.setattr(lm_common, "optimizer_step", cut_after_three)
+    restored = fresh()
+    assert lm_common.train_lm(restored, **train, checkpoint=path, checkpoint_every=2, facts={"run": 1}) == stats
+    for a, b in zip(restored.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"it holds a run with run=1, this run has 2"):
+        lm_common.train_lm(fresh(), **train, checkpoint=path, checkpoint_every=2, facts={"run": 2})
+
+
+def test_merge_means_spread_and_per_seed_rows(four_runs, tmp_path):
+    out, rows = four_runs
+    merged = lm_scale.merge_results(tmp_path / "merged", [out])
+    assert [(r["preset"], r["runs"]) for r in merged] == [
+        ("cheems-tiny", "mean of 2"), ("llama-tiny", "mean of 2"), ("cheems-tiny", "seed 0"),
+        ("cheems-tiny", "seed 1"), ("llama-tiny", "seed 0"), ("llama-tiny", "seed 1")]
+    for summary, runs in ((merged[0], rows[:2]), (merged[1], rows[2:])):
+        for n in (16, 32, 64):
+            vals = [r[f"val_ppl@{n}"] for r in runs]
+            assert summary[f"val_ppl@{n}"] == pytest.approx(np.mean(vals), rel=1e-12)
+            assert summary[f"val_ppl@{n}_spread"] == pytest.approx(max(vals) - min(vals), rel=1e-12)
+        assert summary["train_tokens_per_s"] == pytest.approx(np.mean([r["train_tokens_per_s"] for r in runs]))
+    assert merged[1]["cache_vs_llama@1024"] == 1.0 and merged[0]["cache_vs_llama@1024"] < 1.0
+    data = json.loads((tmp_path / "merged" / "results.json").read_text())
+    md = (tmp_path / "merged" / "results.md").read_text()
+    assert data["experiment"] == "lm-scale" and len(data["meta"]["merged_from"]) == 4
+    assert "val_ppl@64_spread" in md and "512 scored" in md
+    # run folders named one by one merge the same way; one seed has no spread
+    single = lm_scale.merge_results(tmp_path / "one", [out / "cheems-tiny-seed1"])
+    assert single[0]["runs"] == "mean of 1" and single[0]["val_ppl@16_spread"] is None
+
+
+@pytest.mark.parametrize("key, value", [("tokenizer_sha256", "0" * 64), ("corpus_fingerprint", "other"),
+                                        ("steps", 7)])
+def test_merge_refuses_runs_of_another_corpus_tokenizer_or_budget(four_runs, tmp_path, key, value):
+    out, _ = four_runs
+    other = tmp_path / "other" / "doge-tiny-seed0"
+    other.mkdir(parents=True)
+    data = json.loads((out / "llama-tiny-seed0" / "results.json").read_text())
+    data["meta"].update({key: value, "preset": "doge-tiny"})
+    (other / "results.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"doge-tiny-seed0'? is not allowed: its {key}="):
+        lm_scale.merge_results(tmp_path / "merged", [out, other.parent])
+
+
+def test_merge_refuses_the_same_run_twice(four_runs, tmp_path):
+    out, _ = four_runs
+    with pytest.raises(ValueError, match="cheems-tiny seed 0 is also in"):
+        lm_scale.merge_results(tmp_path / "merged", [out, out / "cheems-tiny-seed0"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "x"], "error: seeds='x' is not allowed: integers >= 0"),
+    (["--seeds", "0", "0"], "error: seeds=[0, 0] is not allowed: each seed once"),
+    (["--train-tokens", "0"], "error: train-tokens='0' is not allowed: integers >= 1"),
+    (["--eval-contexts", "2048", "-5"], "error: eval-contexts='2048 -5' is not allowed: integers >= 1"),
+    (["--families", "cheems,gpt"], "error: families=['cheems', 'gpt'] is not allowed: one or more of"),
+    (["--train-tokens", "64", "--steps", "3"], "error: steps=3 is not allowed with train_tokens=64"),
+])
+def test_bad_flags_are_one_line_errors(tmp_path, capsys, argv, message):
+    assert main(["lm", "--quick", "--out", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+
+
+def test_merge_flag_errors(tmp_path, capsys):
+    assert main(["lm", "--out", str(tmp_path / "m"), "--merge", str(tmp_path)]) == 2
+    assert "holds no results.json, nor folders with one" in capsys.readouterr().err
+    assert main(["mqar", "--quick", "--out", str(tmp_path), "--seeds", "0"]) == 2
+    assert "seeds=(0,) is not allowed: benchmark 'mqar' takes" in capsys.readouterr().err
+
+
+def test_eval_contexts_in_the_single_folder_layout(tmp_path, corpus_path):
+    """Without --seeds / --train-tokens, lm keeps its one results.json and adds a val_ppl@C column per context."""
+    rows = lm.run(tmp_path, steps=2, families=("llama",), data=str(corpus_path / "play.txt"),
+                  cache_dir=corpus_path / "cache", throughput_lengths=(16,), eval_contexts=(32, 64),
+                  **dict(TINY, contexts=(40,), eval_tokens=256))
+    assert len(rows) == 1 and rows[0]["context"] == 40 and (tmp_path / "results.json").exists()
+    assert not any(p.name.startswith("llama-tiny-seed") for p in tmp_path.iterdir())
+    assert 1.0 < rows[0]["val_ppl@32"] < 1e4 and 1.0 < rows[0]["val_ppl@64"] < 1e4
+    assert "val_ppl@64" in (tmp_path / "results.md").read_text()
+
+
+def test_a_context_out_of_memory_is_recorded_and_merged_as_missing(tmp_path, corpus_path, monkeypatch):
+    real = lm_scale.scored_perplexity
+
+    def oom_at_64(model, tokens, length, *args, **kwargs):
+        if length == 64:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(model, tokens, length, *args, **kwargs)
+
+    monkeypatch.setattr(lm_scale, "scored_perplexity", oom_at_64)
+    row, = _run(tmp_path / "runs", corpus_path, families=("llama",), seeds=(0,))
+    assert row["val_ppl@64"] is None and row["eval_error@64"] == "out of memory" and row["val_ppl@32"] > 1
+    merged = lm_scale.merge_results(tmp_path / "merged", [tmp_path / "runs"])
+    assert merged[0]["val_ppl@64"] is None and merged[0]["val_ppl@32"] == row["val_ppl@32"]
