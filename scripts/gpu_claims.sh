@@ -20,13 +20,28 @@
 #                                                          and 1024 (width 128), vocabulary 8192, LRS "1e-2 2.15e-3
 #                                                          4.64e-4", STEPS 20000; every default overridable as above
 #                                                          (e.g. WINDOWS="64 128", CELLS="1024:128").
+#   OUT=DIR bash scripts/gpu_claims.sh lm-scale           issue #15 item 1: `wm bench lm` one run per (family, seed) on
+#                                                          python-source, TRAIN_TOKENS each (default 25000000),
+#                                                          perplexity at EVAL_CONTEXTS (default "2048 8192 32768"),
+#                                                          FAMILIES (default "cheems llama mamba2 jamba doge"),
+#                                                          SEEDS (default "0 1" for cheems and llama, "0" for the
+#                                                          others), one run at a time (the throughputs must not share
+#                                                          the GPU), seed 0 of every family first; what is left when
+#                                                          called again (runs in RUNS, default runs/lm-scale, are
+#                                                          skipped when complete, resumed from their checkpoint when
+#                                                          cut); then `wm bench lm --merge` of every complete run. The
+#                                                          tokenizer is trained once, in RUNS/cache. DIR/lm-scale-state
+#                                                          holds RUNS without checkpoints and token files (results,
+#                                                          tokenizer: a few MB): on a fresh machine, copy it to
+#                                                          runs/lm-scale first (carry it) so the runs and the
+#                                                          tokenizer are reused; on the warm machine RUNS is still there.
 # Results: DIR/claims.tgz (each run's folder: results.json / results.md / PNG / log) and DIR/summary.log.
 # Every MQAR process rewrites its results after each finished run, so a process cut by the time limit keeps them.
 # Time limits (seconds): CALL_S for the whole call (default 560); MQAR_BUDGET_S per cell (default 60% of CALL_S: no run
 # starts after 1.1x the budget, and a run in progress may need a while to finish).
 set -uo pipefail
 OUT=${OUT:-out}
-MODE=${1:?mode: lm or position+mqar}
+MODE=${1:?mode: lm, lm-scale, position+mqar, mqar-grid or mqar-window}
 CALL_S=${CALL_S:-560}
 START=$(date +%s)
 WORK=$(mktemp -d)
@@ -51,6 +66,31 @@ bench() {  # bench DIRNAME SECONDS NAME ARGS... -> $WORK/DIRNAME with results an
   case "$MODE" in
     lm)
       bench lm $(( CALL_S - 10 )) lm
+      ;;
+    lm-scale)
+      RUNS=${RUNS:-runs/lm-scale}
+      FAMILIES=${FAMILIES:-cheems llama mamba2 jamba doge}
+      mkdir -p "$RUNS" "$WORK/lm-scale"
+      for seed in $(for f in $FAMILIES; do
+                      case $f in cheems|llama) echo "${SEEDS:-0 1}" ;; *) echo "${SEEDS:-0}" ;; esac
+                    done | tr ' ' '\n' | sort -nu); do
+        families=$(for f in $FAMILIES; do
+                     case $f in cheems|llama) s=${SEEDS:-0 1} ;; *) s=${SEEDS:-0} ;; esac
+                     case " $s " in *" $seed "*) echo -n "$f " ;; esac
+                   done)
+        left=$(( START + CALL_S - 40 - $(date +%s) ))
+        [ "$left" -gt 30 ] || break
+        # shellcheck disable=SC2086
+        timeout "$left" $PY -m wonderful_matrices.bench lm --data python-source --families $families --seeds "$seed" \
+          --train-tokens "${TRAIN_TOKENS:-25000000}" --eval-contexts ${EVAL_CONTEXTS:-2048 8192 32768} \
+          --out "$RUNS" >> "$WORK/lm-scale/run.log" 2>&1
+        echo "seed $seed ($families): rc=$? after $(( $(date +%s) - START )) s" >> "$WORK/lm-scale/run.log"
+      done
+      ls "$RUNS"/*/results.json > /dev/null 2>&1 && $PY -m wonderful_matrices.bench lm --merge "$RUNS" \
+        --out "$WORK/lm-scale" >> "$WORK/lm-scale/run.log" 2>&1 && cat "$WORK/lm-scale/results.md"
+      mkdir -p "$OUT/lm-scale-state"
+      tar cf - -C "$RUNS" --exclude=checkpoint.pt --exclude='*.tmp' --exclude='*.bin' --exclude='*.bin.size' . \
+        | tar xf - -C "$OUT/lm-scale-state"
       ;;
     position+mqar)
       bench position $(( CALL_S - 10 )) position &
