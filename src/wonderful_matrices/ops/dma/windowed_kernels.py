@@ -60,6 +60,27 @@ KEY_SIDE = _configs([(32, 64, 8, 2), (32, 128, 8, 2), (64, 64, 4, 2), (64, 64, 4
 
 
 @triton.jit
+def _listed_keys(list_ptr, drop_ptr, bias_ptr, bias_base, sbl, dmask, c0, c_end, BLOCK_N: tl.constexpr,
+                 MASKED: tl.constexpr):
+    """The list entries ``[c0, c0 + BLOCK_N)``: key indices ``j`` (int64), their ``drop_j`` (``MASKED`` only; else
+    ``j``, unused), the load mask of their K/V rows (``(BLOCK_N, BLOCK_D)``, or ``(1, BLOCK_D)`` unmasked) and their
+    biases (float32). ``MASKED`` bounds them by ``c_end``; without it the entries must all be listed keys."""
+    c = c0 + tl.arange(0, BLOCK_N)
+    if MASKED:
+        cmask = c < c_end
+        j = tl.load(list_ptr + c, mask=cmask, other=0).to(tl.int64)
+        drop = tl.load(drop_ptr + j, mask=cmask, other=0)
+        kvmask = cmask[:, None] & dmask[None, :]
+        kb = tl.load(bias_ptr + bias_base + j * sbl, mask=cmask, other=0.0).to(tl.float32)
+    else:
+        j = tl.load(list_ptr + c).to(tl.int64)
+        drop = j
+        kvmask = dmask[None, :]
+        kb = tl.load(bias_ptr + bias_base + j * sbl).to(tl.float32)
+    return j, drop, kvmask, kb
+
+
+@triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_ptr, v_ptr, bias_ptr, list_ptr, drop_ptr, kv_base, skl, bias_base, sbl,
                pos, dd, dmask, lo, hi, c_end, qk_scale, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
                MASKED: tl.constexpr):
@@ -67,17 +88,8 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptr, v_ptr, bias_ptr, list_ptr, drop_ptr, kv_
     bound ``c_end`` and ``j <= p < drop_j`` per element; without it ``[lo, hi)`` must be whole tiles of keys that
     every query keeps (no index or ``drop`` checks)."""
     for c0 in range(lo, hi, BLOCK_N):
-        c = c0 + tl.arange(0, BLOCK_N)
-        if MASKED:
-            cmask = c < c_end
-            j = tl.load(list_ptr + c, mask=cmask, other=0).to(tl.int64)
-            drop = tl.load(drop_ptr + j, mask=cmask, other=0)
-            kvmask = cmask[:, None] & dmask[None, :]
-            kb = tl.load(bias_ptr + bias_base + j * sbl, mask=cmask, other=0.0).to(tl.float32)
-        else:
-            j = tl.load(list_ptr + c).to(tl.int64)
-            kvmask = dmask[None, :]
-            kb = tl.load(bias_ptr + bias_base + j * sbl).to(tl.float32)
+        j, drop, kvmask, kb = _listed_keys(list_ptr, drop_ptr, bias_ptr, bias_base, sbl, dmask, c0, c_end,
+                                           BLOCK_N, MASKED)
         kv_off = kv_base + j[:, None] * skl + dd[None, :]
         k = tl.load(k_ptr + kv_off, mask=kvmask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + kb[None, :] * 1.4426950408889634
@@ -150,17 +162,8 @@ def _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, bias_ptr, list_ptr, drop_ptr,
     """``dq`` over the list entries ``[lo, hi)``, masked or not as :func:`_fwd_inner`. Unmasked, the rows of
     queries past ``lq`` get arbitrary values (rows are independent; the caller does not store them)."""
     for c0 in range(lo, hi, BLOCK_N):
-        c = c0 + tl.arange(0, BLOCK_N)
-        if MASKED:
-            cmask = c < c_end
-            j = tl.load(list_ptr + c, mask=cmask, other=0).to(tl.int64)
-            drop = tl.load(drop_ptr + j, mask=cmask, other=0)
-            kvmask = cmask[:, None] & dmask[None, :]
-            kb = tl.load(bias_ptr + bias_base + j * sbl, mask=cmask, other=0.0).to(tl.float32)
-        else:
-            j = tl.load(list_ptr + c).to(tl.int64)
-            kvmask = dmask[None, :]
-            kb = tl.load(bias_ptr + bias_base + j * sbl).to(tl.float32)
+        j, drop, kvmask, kb = _listed_keys(list_ptr, drop_ptr, bias_ptr, bias_base, sbl, dmask, c0, c_end,
+                                           BLOCK_N, MASKED)
         kv_off = kv_base + j[:, None] * skl + dd[None, :]
         k = tl.load(k_ptr + kv_off, mask=kvmask, other=0.0)
         v = tl.load(v_ptr + kv_off, mask=kvmask, other=0.0)
