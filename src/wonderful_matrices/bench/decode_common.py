@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..layers.attention import static_state
 from ..models.cache import ATTENTION_LIKE
 from ..ops.dma import cache_state
 from .common import time_callable
@@ -41,7 +42,8 @@ def fill_cache(cache, config, context: int) -> None:
     """Make ``cache`` (a :class:`CheemsCache` after a short prefill) the size a ``context``-token context leaves:
     every attention-like layer holds ``context`` keys (attention) or ``min(context, keep_window)`` (DMA) of
     random keys/values (non-positive DMA biases, positions ``context - n .. context - 1``); recurrent states keep
-    their fixed size and the prefill's values; the token counts say ``context``."""
+    their fixed size and the prefill's values; the token counts say ``context``. A static attention cache keeps
+    its preallocated layout (``layers.attention.static_state``)."""
     for idx, kind in enumerate(config.mixer_types):
         if kind not in ATTENTION_LIKE:
             continue
@@ -55,7 +57,12 @@ def fill_cache(cache, config, context: int) -> None:
             position = torch.arange(context - n, context, device=like["device"]).view(1, n, 1).expand(b, n, hkv)
             state.update(cache_state(key, value, bias, position))
         else:
-            state.update(key=key, value=value, key_mask=torch.ones(b, n, dtype=torch.bool, device=like["device"]))
+            key_mask = torch.ones(b, n, dtype=torch.bool, device=like["device"])
+            if cache.static_attention:  # preallocated buffers (reserve sets every attention layer's capacity)
+                cache.reserve(context)
+                state.update(static_state(key, value, key_mask, state["capacity"]))
+            else:
+                state.update(key=key, value=value, key_mask=key_mask)
     cache.real_tokens = torch.full((cache.batch_size,), context, dtype=torch.long, device=cache.real_tokens.device)
     cache.set_seen_tokens(context)
 

@@ -3,6 +3,14 @@
 Parameter names match HF ``LlamaAttention`` (``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``), so a Llama
 checkpoint loads with no renaming. Follows the layer contract of the package (docs/architecture.md):
 ``forward(hidden_states, position_ids, attention_mask, state)``.
+
+Two cache layouts. The growing one appends each call's keys with ``torch.cat``, so its shapes change every step.
+The static one (a ``state`` holding ``"capacity"``, an int) keeps keys and values in preallocated buffers of
+``capacity`` slots, the number of keys written so far as a device tensor ``"length"``, writes a call's keys at
+slots ``length .. length + l - 1`` with a tensor index and attends over the whole buffer with unused slots masked
+out: a one-token step has the same shapes and addresses every step, so it can be replayed from a CUDA graph. The
+buffers are reallocated (contents copied) only when ``"capacity"`` is raised above their size; the caller
+(``CheemsCache.reserve``) raises it before a call that needs more slots.
 """
 from __future__ import annotations
 
@@ -28,6 +36,45 @@ def causal_padding_mask(key_mask: torch.Tensor, query_length: int) -> torch.Tens
     return (k_pos <= q_pos)[None, None] & key_mask[:, None, None, :]
 
 
+def static_state(key: torch.Tensor, value: torch.Tensor, key_mask: torch.Tensor, capacity: int) -> dict:
+    """A static attention cache (module docstring) holding ``n`` given keys in ``capacity >= n`` slots.
+
+    key, value (b, n, hkv, d) post-RoPE, key_mask (b, n) bool (True = real) -> ``{"key", "value"
+    (b, capacity, hkv, d), "key_mask" (b, capacity) bool (False on unused slots), "length" (b,) long (n in every
+    row), "capacity": capacity}``.
+    """
+    b, n = key.shape[:2]
+    require(isinstance(capacity, int) and capacity >= max(n, 1), "capacity", capacity,
+            f"an int >= the {max(n, 1)} keys given")
+    require(value.shape == key.shape and tuple(key_mask.shape) == (b, n), "value/key_mask.shape",
+            (tuple(value.shape), tuple(key_mask.shape)), f"{tuple(key.shape)} and {(b, n)}")
+    state = {"capacity": capacity}
+    _static_buffers(state, key, value)
+    state["key"][:, :n] = key
+    state["value"][:, :n] = value
+    state["key_mask"][:, :n] = key_mask.to(torch.bool)
+    state["length"].fill_(n)
+    return state
+
+
+def _static_buffers(state: dict, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Give a static ``state`` buffers of ``state["capacity"]`` slots for keys like ``k`` (b, l, hkv, d): new ones
+    (zeros, every slot unused) on the first call, larger ones holding the old contents after ``"capacity"`` grew."""
+    b, capacity = k.shape[0], state["capacity"]
+    held = state["key"].shape[1] if "key" in state else 0
+    require(capacity >= held, "state['capacity']", capacity, f">= the {held} slots allocated (it only grows)")
+    if held == capacity:
+        return
+    fresh = {"key": k.new_zeros(b, capacity, *k.shape[2:]), "value": v.new_zeros(b, capacity, *v.shape[2:]),
+             "key_mask": torch.zeros(b, capacity, dtype=torch.bool, device=k.device)}
+    if held:
+        for name, buffer in fresh.items():
+            buffer[:, :held] = state[name]
+    else:
+        state["length"] = torch.zeros(b, dtype=torch.long, device=k.device)
+    state.update(fresh)
+
+
 class Attention(nn.Module):
     """Causal multi-head softmax attention with grouped KV heads and rotary position embedding.
 
@@ -43,8 +90,11 @@ class Attention(nn.Module):
     ``forward(hidden_states (b, l, d), position_ids (b, l), attention_mask (b, l) | None, state dict | None)
     -> (b, l, d)``. With ``state`` it keeps ``"key"``, ``"value"`` ``(b, n, hkv, head_dim)`` (post-RoPE),
     ``"key_mask"`` ``(b, n)`` bool and ``"has_padding"`` (a Python bool: whether any call had padding; without
-    it one-token steps skip the mask). Padded keys are never attended; a query that sees no real key (a left
-    padding position) outputs zeros.
+    it one-token steps skip the mask). A ``state`` holding ``"capacity"`` is a static cache instead (module
+    docstring, :func:`static_state`): ``"key"``/``"value"`` ``(b, capacity, hkv, head_dim)``, ``"key_mask"``
+    ``(b, capacity)`` (False on unused slots), ``"length"`` ``(b,)`` long; the caller keeps ``capacity`` at least
+    the keys held after the call. Both layouts give the same outputs. Padded keys are never attended; a query
+    that sees no real key (a left padding position) outputs zeros.
 
     Packed documents (``seq_idx`` (b, l) non-decreasing document ids, no cache): a query sees only the keys of
     its own document (:func:`attend_documents`).
@@ -91,7 +141,9 @@ class Attention(nn.Module):
         key_mask = (torch.ones(b, l, dtype=torch.bool, device=k.device) if attention_mask is None
                     else attention_mask.to(torch.bool))
         if state is not None and "key" in state:
-            k, key_mask = torch.cat([state["key"], k], dim=1), torch.cat([state["key_mask"], key_mask], dim=1)
+            held = int(state["length"][0]) if "capacity" in state else state["key"].shape[1]
+            k = torch.cat([state["key"][:, :held], k], dim=1)
+            key_mask = torch.cat([state["key_mask"][:, :held], key_mask], dim=1)
         # causal softmax attention is dynamic mask attention with a zero bias (-inf on padding) and no window
         bias = torch.zeros(key_mask.shape, dtype=torch.float32, device=k.device).masked_fill(~key_mask, float("-inf"))
         return dynamic_mask_attention_weights(q, k, bias[..., None].expand(-1, -1, self.num_kv_heads))
@@ -116,6 +168,9 @@ class Attention(nn.Module):
                                                  is_causal=True, enable_gqa=self.num_heads != self.num_kv_heads)
             return self.o_proj(out.transpose(1, 2).reshape(b, l, self.num_heads * self.head_dim))
 
+        if state is not None and "capacity" in state:
+            out = self._attend_static(q, k, v, attention_mask, state)
+            return self.o_proj(out.reshape(b, l, self.num_heads * self.head_dim))
         new_mask = (torch.ones(b, l, dtype=torch.bool, device=hidden_states.device) if attention_mask is None
                     else attention_mask.to(torch.bool))
         every_key_real = attention_mask is None
@@ -146,6 +201,34 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                              attn_mask=visible | ~has_key,
                                              enable_gqa=self.num_heads != self.num_kv_heads)
+        return (out * has_key.to(out.dtype)).transpose(1, 2)
+
+    def _attend_static(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       attention_mask: torch.Tensor | None, state: dict) -> torch.Tensor:
+        """Write k/v (b, l, hkv, d) into the static cache ``state`` at slots ``length ..`` and attend q (b, l, hq, d)
+        over all its slots -> (b, l, hq, d). The writes are in place (fixed addresses for a CUDA graph) unless
+        autograd records, where the buffers are replaced instead (the old ones may be saved for backward)."""
+        b, l = q.shape[:2]
+        _static_buffers(state, k, v)
+        new_mask = (torch.ones(b, l, dtype=torch.bool, device=k.device) if attention_mask is None
+                    else attention_mask.to(device=k.device, dtype=torch.bool))
+        slots = state["length"][:1] + torch.arange(l, device=k.device)  # (l,): read on the device, no sync
+        in_place = not torch.is_grad_enabled()
+        for name, new in (("key", k), ("value", v), ("key_mask", new_mask)):
+            state[name] = (state[name].index_copy_(1, slots, new) if in_place
+                           else state[name].index_copy(1, slots, new))
+        state["length"] = state["length"].add_(l) if in_place else state["length"] + l
+        capacity = state["key"].shape[1]
+        visible = state["key_mask"][:, None, None, :]  # (b, 1, 1, capacity): written, real keys
+        if l > 1:  # causal among the new queries: query i sees the slots up to its own
+            visible = visible & (torch.arange(capacity, device=k.device) <= slots[:, None])[None, None]
+        gqa = self.num_heads != self.num_kv_heads
+        qt, kt, vt = q.transpose(1, 2), state["key"].transpose(1, 2), state["value"].transpose(1, 2)
+        if attention_mask is None:  # every query is real and sees at least its own key
+            return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=visible, enable_gqa=gqa).transpose(1, 2)
+        has_key = visible.any(-1, keepdim=True)
+        # A row with no visible key would be NaN: let it see every key, then zero its output.
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=visible | ~has_key, enable_gqa=gqa)
         return (out * has_key.to(out.dtype)).transpose(1, 2)
 
 

@@ -8,6 +8,13 @@ batch as dim 0, so beam search reorders the whole cache with one ``index_select(
 The cache also counts the tokens it has seen (``get_seq_length()``, padding included, as HF ``generate``
 expects) and, per row, the real (unpadded) tokens, from which the model derives the positions of new tokens.
 It subclasses ``transformers.Cache`` so ``generate`` (greedy, sampling, beam search) accepts it.
+
+With ``static_attention`` the attention layers keep their keys in preallocated buffers (the static layout of
+``layers/attention.py``: ``key``/``value``/``key_mask`` of ``capacity`` slots, ``length`` the keys written), so a
+decoding step keeps every shape and can be replayed from a CUDA graph. The capacity is the cache's
+(``attention_capacity``); :meth:`reserve` raises it before a call that needs more slots: to the tokens needed
+rounded up to a multiple of ``CAPACITY_QUANTUM`` (256), and at least to double the old capacity, so buffers are
+reallocated O(log n) times (``generate`` reserves its ``max_length`` up front: none at all).
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ import torch
 from transformers.cache_utils import Cache
 
 ATTENTION_LIKE = ("attn", "dma")
+CAPACITY_QUANTUM = 256
 
 
 class CheemsCache(Cache):
@@ -22,10 +30,20 @@ class CheemsCache(Cache):
 
     Args:
         config: a :class:`CheemsConfig` (its ``mixer_types`` are used).
+        static_attention: preallocated attention buffers (module docstring); None = ``config.static_attention_cache``,
+            and where that is None, whether the graphed path would run (``config.graphed_decoding`` and CUDA).
     """
 
-    def __init__(self, config):
+    def __init__(self, config, static_attention: bool | None = None):
         super().__init__(layers=[])
+        if static_attention is None:
+            static_attention = getattr(config, "static_attention_cache", None)
+        if static_attention is None:
+            static_attention = bool(getattr(config, "graphed_decoding", False)) and torch.cuda.is_available()
+        if not isinstance(static_attention, bool):
+            raise ValueError(f"static_attention={static_attention!r} is not allowed: True, False or None")
+        self.static_attention = static_attention
+        self.attention_capacity = 0  # slots of every static attention buffer (after the next call)
         self.mixer_types = list(config.mixer_types)
         self.states: list[dict] = [{} for _ in self.mixer_types]
         self.real_tokens: torch.Tensor | None = None  # (b,) long: unpadded tokens seen per row
@@ -43,11 +61,28 @@ class CheemsCache(Cache):
         return self.states[layer_idx]
 
     def kv_length(self, layer_idx: int) -> int:
-        """Keys an attention/DMA layer holds now (``state["key"].shape[1]``); 0 for SSD/Mamba2 layers."""
+        """Keys an attention/DMA layer holds now (``state["key"].shape[1]``; a static attention cache's written
+        slots, read from the device); 0 for SSD/Mamba2 layers."""
         if not 0 <= layer_idx < len(self):
             raise ValueError(f"layer_idx={layer_idx!r} is not allowed: in [0, {len(self)})")
-        key = self.states[layer_idx].get("key")
-        return 0 if key is None else key.shape[1]
+        state = self.states[layer_idx]
+        if "length" in state:
+            return int(state["length"][0])
+        return 0 if "key" not in state else state["key"].shape[1]
+
+    def reserve(self, tokens: int) -> bool:
+        """Make the static attention buffers hold at least ``tokens`` keys from the next call on (their layers
+        reallocate them then). Returns whether the capacity grew (always False without ``static_attention``)."""
+        if not (isinstance(tokens, int) and tokens >= 0):
+            raise ValueError(f"tokens={tokens!r} is not allowed: an int >= 0")
+        if not self.static_attention or tokens <= self.attention_capacity:
+            return False
+        wanted = max(tokens, 2 * self.attention_capacity)
+        self.attention_capacity = -(-wanted // CAPACITY_QUANTUM) * CAPACITY_QUANTUM
+        for kind, state in zip(self.mixer_types, self.states):
+            if kind == "attn":
+                state["capacity"] = self.attention_capacity
+        return True
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Tokens processed so far (positions of the batch, padding included), for every layer."""
@@ -119,8 +154,13 @@ class CheemsCache(Cache):
         if not 0 < remove <= self._seen_tokens:
             raise ValueError(f"tokens_to_remove={tokens_to_remove!r} is not allowed: a negative count of at most "
                              f"the {self._seen_tokens} tokens held (transformers' convention)")
+        held = self._seen_tokens  # every attention layer holds one key per token seen
         for state in self.states:
-            if "key" in state:
+            if "length" in state:  # static buffers: unmark the slots, which the next tokens overwrite
+                removed_mask = state["key_mask"][:, held - remove:held].clone()
+                state["key_mask"][:, held - remove:held] = False
+                state["length"] = state["length"] - remove
+            elif "key" in state:
                 removed_mask = state["key_mask"][:, -remove:]
                 for name in ("key", "value", "key_mask"):
                     state[name] = state[name][:, :-remove]
@@ -132,6 +172,7 @@ class CheemsCache(Cache):
         self.states = [{} for _ in self.mixer_types]
         self.real_tokens = None
         self._seen_tokens = 0
+        self.attention_capacity = 0
         self.graphed_decoder = None
 
     def nbytes(self) -> int:

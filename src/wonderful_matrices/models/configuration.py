@@ -138,6 +138,10 @@ class CheemsConfig(PretrainedConfig):
     recorded CUDA graph (:class:`~wonderful_matrices.models.GraphedDecoder`) once the cache is steady; False (the
     default until its CUDA test, ``tests/models/test_models_cuda.py``, has passed on a GPU) keeps them eager, as they
     always are off CUDA. The ``graphed_decoding`` argument of ``forward`` overrides it.
+    ``static_attention_cache``: ``"attn"`` layers keep their keys in preallocated buffers (``CheemsCache``'s
+    ``static_attention``), so their decoding steps keep every shape and can be graphed; same outputs as the growing
+    cache. None (the default) = on exactly when the graphed path runs (``graphed_decoding`` on CUDA), so the eager
+    path keeps the growing cache.
     """
 
     model_type = "cheems"
@@ -203,6 +207,7 @@ class CheemsConfig(PretrainedConfig):
     value_checks: bool = True
     prefill_chunk_tokens: int | None = 8192
     graphed_decoding: bool = False
+    static_attention_cache: bool | None = None
     rms_norm_eps: float = 1e-6
     initializer_range: float = 0.02
     use_cache: bool = True
@@ -280,6 +285,8 @@ class CheemsConfig(PretrainedConfig):
         require(self.initializer_range > 0, "initializer_range", self.initializer_range, "must be > 0")
         require(self.prefill_chunk_tokens is None or self.prefill_chunk_tokens >= 1, "prefill_chunk_tokens",
                 self.prefill_chunk_tokens, "None or an integer >= 1")
+        require(self.static_attention_cache in (None, True, False), "static_attention_cache",
+                self.static_attention_cache, "None, True or False")
         require(self.balance_loss_weight >= 0, "balance_loss_weight", self.balance_loss_weight, "must be >= 0")
         require(self.ssd_backend in BACKENDS, "ssd_backend", self.ssd_backend, f"one of {BACKENDS}")
         require(self.cdmoe_backend in MIXTURE_LAYER_BACKENDS, "cdmoe_backend", self.cdmoe_backend,

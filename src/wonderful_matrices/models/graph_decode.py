@@ -3,8 +3,9 @@
 A decoding step of a ~100M-parameter model launches about a thousand small kernels, and on a GPU each launch
 costs the CPU ~10–25 µs: the step is bound by launches, not by the GPU (docs/results.md measured 2.3 ms of GPU
 work in a 56 ms cheems-base step). Once the cache is *steady* — every cached tensor keeps its shape from one step
-to the next: SSD and Mamba2 states always, DMA once it holds ``keep_window`` keys; attention never, its keys
-grow — the whole step can be recorded once as a CUDA graph and replayed with one launch.
+to the next: SSD and Mamba2 states always, DMA once it holds ``keep_window`` keys, attention with a static cache
+(``CheemsCache(static_attention=True)``) until its buffers grow; a growing attention cache never — the whole step
+can be recorded once as a CUDA graph and replayed with one launch.
 
     decoder = GraphedDecoder(model, cache)
     logits = decoder.step(token)   # token (b, 1) -> logits (b, 1, vocab), what model(token, cache) returns
@@ -15,7 +16,8 @@ the graph; from then on every step replays it. A graph reads and writes fixed ad
 ends by copying every cache tensor the model replaced (SSD's new state, the token counts) back into the tensor
 it replaced; tensors updated in place (DMA's key buffers) need no copy. Cache tensors replaced between steps
 (beam search reordering the rows) are copied into the fixed ones before a replay; a cache whose shapes changed
-between steps (rows dropped) is recorded again. Not supported: padding in the new tokens (an ``attention_mask``;
+between steps (rows dropped) is recorded again, and so is a step after static attention buffers had to grow
+(``CheemsCache.reserve`` before each replay: the grown step runs eagerly, the next one records). Not supported: padding in the new tokens (an ``attention_mask``;
 padding in the cache is fine), a batch size other than the cache's, and models whose cache keeps growing.
 
 ``CheemsForCausalLM`` uses one per cache for ``generate``'s steps on CUDA (``config.graphed_decoding``).
@@ -64,6 +66,8 @@ class GraphedDecoder:
         """One token per row: input_ids (b, 1) -> logits (b, 1, vocab)."""
         require(isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[1] == 1,
                 "input_ids.shape", tuple(getattr(input_ids, "shape", ())), "(batch, 1): one new token per row")
+        if self.graph is not None and self.cache.reserve(self.cache.get_seq_length() + 1):
+            self.graph = self._ids = self._logits = self._static = None  # attention buffers grow in this step
         if self.graph is not None:
             try:  # tensors replaced outside the steps (beam search's reorder_cache) go into the fixed ones
                 self._fold(self._static)
@@ -87,7 +91,9 @@ class GraphedDecoder:
             torch.cuda.current_stream(input_ids.device).wait_stream(self._stream)
         else:
             logits = self._eager(input_ids)
-        if on_graph_device and before is not None and before == self._shapes():
+        # steady, and the recorded step would not have to grow static attention buffers
+        if (on_graph_device and before is not None and before == self._shapes()
+                and not self.cache.reserve(self.cache.get_seq_length() + 1)):
             self._record(input_ids)
         return logits
 

@@ -440,6 +440,8 @@ class CheemsModel(CheemsPreTrainedModel):
             seq_idx = seq_idx.to(device)
         cache = past_key_values if past_key_values is not None else (CheemsCache(self.config) if use_cache else None)
         past = cache.get_seq_length() if cache is not None else 0
+        if cache is not None:
+            cache.reserve(past + l)  # static attention buffers hold this call's keys too
 
         new_mask = None
         if attention_mask is not None:
@@ -677,7 +679,9 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
     def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, generation_mode=None,
                                       *args, **kwargs) -> None:
         """``generate`` hook: refuse assisted/prompt-lookup decoding when the cache cannot roll back; a user's
-        cache must be a :class:`CheemsCache`; otherwise create one (under the name ``generate`` passes on)."""
+        cache must be a :class:`CheemsCache`; otherwise create one (under the name ``generate`` passes on), with
+        static attention buffers where the steps are graphed (``config.static_attention_cache``). Either cache
+        reserves ``max_length`` tokens (a no-op without static attention buffers)."""
         if generation_mode == GenerationMode.ASSISTED_GENERATION and self._is_stateful:
             kinds = sorted(set(self.config.mixer_types) - {"attn"})
             raise ValueError(f"generation_mode={generation_mode.value!r} is not allowed for this model: assisted and "
@@ -688,6 +692,7 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
             if not isinstance(user_cache, CheemsCache):
                 raise ValueError(f"past_key_values={type(user_cache).__name__} is not allowed: a CheemsCache")
             user_cache._is_user_defined = True
+            user_cache.reserve(generation_config.max_length or 0)
             return
         if generation_config.use_cache is False:
             return
@@ -695,4 +700,11 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         if impl not in (None, "dynamic"):
             raise ValueError(f"cache_implementation={impl!r} is not allowed: Cheems models use their own "
                              "CheemsCache (leave it None)")
-        model_kwargs[CACHE_NAME] = CheemsCache(self.config)
+        static = self.config.static_attention_cache
+        if static is None:
+            graphed = model_kwargs.get("graphed_decoding")
+            static = (self.config.graphed_decoding if graphed is None else bool(graphed)) and self.device.type == "cuda"
+        cache = CheemsCache(self.config, static_attention=static)
+        # every token generate will feed fits the static attention buffers: they are never reallocated
+        cache.reserve(generation_config.max_length or 0)
+        model_kwargs[CACHE_NAME] = cache
