@@ -154,3 +154,30 @@ def test_bad_tokens_in_a_decoding_step_raise_value_errors():
         model(torch.tensor([[1, 2, 3]]), past_key_values=cache, use_cache=True)
         with pytest.raises(ValueError, match="input_ids"):
             model(torch.tensor([[model.config.vocab_size]]), past_key_values=cache, use_cache=True)
+
+
+def test_replays_of_a_static_attention_cache_and_a_new_recording_after_its_buffers_grow():
+    # llama-tiny with preallocated attention buffers: the recorded body (stand-in graph) decodes like the growing
+    # cache; the step that needs a 257th slot drops the graph (it would write past the buffers), runs eagerly and
+    # grows them, and the step after it may record again
+    torch.manual_seed(0)
+    config = presets.get("llama-tiny", use_cache=True)
+    model = CheemsForCausalLM(config).eval().double()
+    prompt = torch.randint(0, config.vocab_size, (2, 250))
+    ref_cache, cache = CheemsCache(config, static_attention=False), CheemsCache(config, static_attention=True)
+    with torch.no_grad():
+        for c in (ref_cache, cache):
+            model(input_ids=prompt, past_key_values=c, use_cache=True)
+    decoder = GraphedDecoder(model, cache, use_graph=False)
+    _record_on_cpu(decoder, torch.zeros(2, 1, dtype=torch.long))
+    gen = torch.Generator().manual_seed(3)
+    recorded = []
+    for _ in range(8):
+        token = torch.randint(0, config.vocab_size, (2, 1), generator=gen)
+        with torch.no_grad():
+            ref = model(input_ids=token, past_key_values=ref_cache, use_cache=True).logits
+        assert rel_err(decoder.step(token), ref) < 1e-12
+        recorded.append(decoder.recorded)
+    assert recorded == [True] * 6 + [False] * 2  # six replays fill slots 250..255
+    assert cache.attention_capacity == 512 and cache.layer_state(0)["key"].shape[1] == 512
+    assert cache.get_seq_length() == ref_cache.get_seq_length() == 258

@@ -16,9 +16,10 @@ the graph; from then on every step replays it. A graph reads and writes fixed ad
 ends by copying every cache tensor the model replaced (SSD's new state, the token counts) back into the tensor
 it replaced; tensors updated in place (DMA's key buffers) need no copy. Cache tensors replaced between steps
 (beam search reordering the rows) are copied into the fixed ones before a replay; a cache whose shapes changed
-between steps (rows dropped) is recorded again, and so is a step after static attention buffers had to grow
-(``CheemsCache.reserve`` before each replay: the grown step runs eagerly, the next one records). Not supported: padding in the new tokens (an ``attention_mask``;
-padding in the cache is fine), a batch size other than the cache's, and models whose cache keeps growing.
+between steps (rows dropped) is recorded again, and so is the cache after its static attention buffers grew
+(``CheemsCache.reserve`` before each replay: the step that grows them runs eagerly, the next one records). Not
+supported: padding in the new tokens (an ``attention_mask``; padding in the cache is fine), a batch size other
+than the cache's, and attention layers with a growing cache (their shapes change every step).
 
 ``CheemsForCausalLM`` uses one per cache for ``generate``'s steps on CUDA (``config.graphed_decoding``).
 """
