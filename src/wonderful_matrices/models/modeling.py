@@ -440,8 +440,9 @@ class CheemsModel(CheemsPreTrainedModel):
             seq_idx = seq_idx.to(device)
         cache = past_key_values if past_key_values is not None else (CheemsCache(self.config) if use_cache else None)
         past = cache.get_seq_length() if cache is not None else 0
-        if cache is not None:
-            cache.reserve(past + l)  # static attention buffers hold this call's keys too
+        if cache is not None and cache.static_attention:
+            # static attention buffers hold this call's keys too (older transformers may keep the count as a tensor)
+            cache.reserve(int(past) + l)
 
         new_mask = None
         if attention_mask is not None:
