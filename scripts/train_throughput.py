@@ -12,6 +12,7 @@ CUDA, two warm-up steps, the median of ``--steps``), eager or with ``--compiled`
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import torch
 
@@ -28,10 +29,8 @@ def parse_value(text: str):
     if lowered == "none":
         return None
     for kind in (int, float):
-        try:
+        with contextlib.suppress(ValueError):
             return kind(text)
-        except ValueError:
-            pass
     return text
 
 

@@ -59,6 +59,16 @@ def interpreter_child_test(test_file):
     return test_interpreted_in_a_subprocess
 
 
+def compile_every_config(kernel, signature: dict, constants: dict, aligned: bool = False) -> list:
+    """Compile an autotuned Triton kernel for sm_90 in every GPU configuration of its autotuner (``constants``
+    merged with each configuration's; one 4-warp compile of ``kernel`` itself when it has none) -> a list of
+    ``(config_constants, num_warps, compiled)``. One failing configuration fails a kernel at its first call."""
+    configs = [(dict(c.kwargs), c.num_warps) for c in getattr(kernel, "configs", [])] or [({}, 4)]
+    fn = getattr(kernel, "fn", kernel)
+    return [(config, warps, compile_for_sm90(fn, signature, {**constants, **config}, warps, aligned=aligned))
+            for config, warps in configs]
+
+
 def compile_for_sm90(fn, signature: dict, constants: dict, num_warps: int = 4, num_stages: int | None = None,
                      attrs: dict | None = None, aligned: bool = False):
     """Compile the Triton kernel ``fn`` (a ``JITFunction``) for an sm_90 GPU without one -> the compiled kernel

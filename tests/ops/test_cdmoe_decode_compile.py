@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 
-from conftest import compile_for_sm90, compiles_real_kernels
+from conftest import compile_every_config, compiles_real_kernels
 
 pytest.importorskip("triton")
 
@@ -42,5 +42,4 @@ def test_kernel_compiles_for_sm90(name, dt):
     signature = {k: v.format(dt=dt) for k, v in signature.items()}
     if "PRECISION" in signature:
         constants = {**constants, "PRECISION": "ieee" if dt == "fp32" else "tf32"}
-    for config in kernel.configs:
-        compile_for_sm90(kernel.fn, signature, {**constants, **config.kwargs}, config.num_warps, aligned=True)
+    compile_every_config(kernel, signature, constants, aligned=True)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import compile_for_sm90, compiles_real_kernels
+from conftest import compile_every_config, compiles_real_kernels
 
 pytest.importorskip("triton")
 
@@ -38,11 +38,6 @@ SIGNATURES = {
 }
 
 
-def _autotune_configs(kernel):
-    """(constants, num_warps) of each GPU autotune configuration of ``kernel``."""
-    return [(dict(c.kwargs), c.num_warps) for c in kernel.configs]
-
-
 @pytest.mark.parametrize("name", sorted(SIGNATURES))
 @pytest.mark.parametrize("dt", ["bf16", "fp16", "fp32"])
 def test_kernel_compiles_for_sm90(name, dt):
@@ -52,8 +47,7 @@ def test_kernel_compiles_for_sm90(name, dt):
     kernel = getattr(kernels, kernel)
     signature = {k: v.format(dt=dt, out=dt) for k, v in signature.items()}
     constants = {k: (dt == "bf16") if v == "{hi_lo}" else v for k, v in constants.items()}
-    for config, num_warps in _autotune_configs(kernel) or [(constants, 4)]:
-        compiled = compile_for_sm90(kernel.fn, signature, {**constants, **config}, num_warps, aligned=True)
+    for config, num_warps, compiled in compile_every_config(kernel, signature, constants, aligned=True):
         if dt == "bf16":  # a 16-byte load to registers, or a 16-byte asynchronous copy to shared memory
             ptx = compiled.asm["ptx"]
             copies = re.search(r"cp\.async[.\w]* \[[^]]*\], \[[^]]*\], 0x10", ptx)
@@ -75,8 +69,5 @@ def test_coefficient_kernel_compiles_for_sm90(pair, dt, aligned):
     kernels = importlib.import_module("wonderful_matrices.ops.expert_mixture.coefficient_kernels")
     kernel = kernels._coefficients_kernel
     signature = {k: v.format(dt=dt) for k, v in COEFFICIENTS.items()}
-    configs = _autotune_configs(kernel)
-    assert len(configs) == len(kernels.GPU_CONFIGS)
-    for config, num_warps in configs:
-        compiled = compile_for_sm90(kernel.fn, signature, {"PAIR": pair, **config}, num_warps, aligned=aligned)
-        assert compiled.asm["ptx"]
+    compiled = compile_every_config(kernel, signature, {"PAIR": pair}, aligned=aligned)
+    assert len(compiled) == len(kernels.GPU_CONFIGS) and all(c.asm["ptx"] for _, _, c in compiled)

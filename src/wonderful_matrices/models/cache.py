@@ -18,6 +18,8 @@ reallocated O(log n) times (``generate`` reserves its ``max_length`` up front: n
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 from transformers.cache_utils import Cache
 
@@ -150,7 +152,7 @@ class CheemsCache(Cache):
             raise ValueError(f"tokens_to_remove={tokens_to_remove!r} is not allowed: this cache cannot roll back "
                              f"(layers {sorted(set(self.mixer_types) - {'attn'})} hold recurrent or windowed "
                              "states); only 0")
-        remove = -tokens_to_remove
+        remove = -operator.index(tokens_to_remove)  # older transformers pass a 0-d integer tensor: keep an int
         if not 0 < remove <= self._seen_tokens:
             raise ValueError(f"tokens_to_remove={tokens_to_remove!r} is not allowed: a negative count of at most "
                              f"the {self._seen_tokens} tokens held (transformers' convention)")

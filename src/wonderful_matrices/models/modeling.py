@@ -441,8 +441,7 @@ class CheemsModel(CheemsPreTrainedModel):
         cache = past_key_values if past_key_values is not None else (CheemsCache(self.config) if use_cache else None)
         past = cache.get_seq_length() if cache is not None else 0
         if cache is not None and cache.static_attention:
-            # static attention buffers hold this call's keys too (older transformers may keep the count as a tensor)
-            cache.reserve(int(past) + l)
+            cache.reserve(past + l)  # static attention buffers hold this call's keys too
 
         new_mask = None
         if attention_mask is not None:
