@@ -8,11 +8,22 @@ the time per token is the Python and dispatch work a GPU step also pays on its h
 of a tensor's value on the host (``aten::_local_scalar_dense``: ``.item()``, ``bool()``, ``int()``, ``.tolist()``);
 each one stops a CUDA host from queueing work ahead of the GPU. Reports the best of ``--repeats`` timed runs on one
 thread (the machine may be shared) and where each synchronisation of a decoding step comes from.
+
+``--triton`` counts the code path a GPU takes instead: every layer on its Triton backend (the fused decoding steps of
+SSD, DMA and CDMoE, the fused norms: what ``"auto"`` picks on CUDA, with ``ops.cdmoe.AUTO_USES_DECODE_STEP`` set),
+the kernels run by Triton's CPU interpreter (the script restarts itself with ``TRITON_INTERPRET=1``, float32). The
+ATen ops counted are then those the host dispatches around the kernels (the interpreter's own work inside a launch
+is not counted), and the line adds the Triton launches per step; the time per token is not measured
+(interpreted kernels say nothing about a GPU host).
+
+    PYTHONPATH=src python scripts/decode_host.py --triton cheems-tiny@12
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import os
+import sys
 import time
 import traceback
 
@@ -24,15 +35,46 @@ from wonderful_matrices.models.modeling import CheemsForCausalLM
 
 
 class SyncCounter(TorchDispatchMode):
-    """Counts the ATen ops run inside it and the host reads of tensor values, with the source line of each read."""
+    """Counts the ATen ops run inside it and the host reads of tensor values, with the source line of each read;
+    with ``count_launches`` also the Triton launches (interpreted), whose own ATen ops are not counted."""
 
-    def __init__(self):
+    def __init__(self, count_launches: bool = False):
         super().__init__()
         self.ops = 0
         self.syncs = 0
+        self.launches = 0
+        self.in_launch = 0
         self.where: collections.Counter = collections.Counter()
+        self.count_launches = count_launches
+
+    def __enter__(self):
+        if self.count_launches:
+            from triton.runtime.interpreter import InterpretedFunction
+
+            self._run = InterpretedFunction.run
+            counter = self
+
+            def run(kernel, *args, **kwargs):
+                counter.launches += 1
+                counter.in_launch += 1
+                try:
+                    return counter._run(kernel, *args, **kwargs)
+                finally:
+                    counter.in_launch -= 1
+
+            InterpretedFunction.run = run
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        if self.count_launches:
+            from triton.runtime.interpreter import InterpretedFunction
+
+            InterpretedFunction.run = self._run
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.in_launch:
+            return func(*args, **(kwargs or {}))
         self.ops += 1
         if func is torch.ops.aten._local_scalar_dense.default:
             self.syncs += 1
@@ -57,34 +99,56 @@ def build(spec: str) -> CheemsForCausalLM:
     return CheemsForCausalLM(config).eval()
 
 
+def use_triton_backends(model: CheemsForCausalLM) -> None:
+    """Every layer of ``model`` on its Triton backend: the kernels a CUDA device runs under ``"auto"``."""
+    from wonderful_matrices.layers import CDMoE, DynamicMaskAttention, RMSNorm, SSDMixer
+    from wonderful_matrices.layers.ssd import GatedRMSNorm
+
+    for module in model.modules():
+        if isinstance(module, (RMSNorm, GatedRMSNorm, SSDMixer, CDMoE)):  # SSDMixer: Mamba2Mixer too
+            module.backend = "triton"
+        elif isinstance(module, DynamicMaskAttention):
+            module.decoder.backend = "triton"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("models", nargs="+", help="preset names, or NAME@LAYERS")
     parser.add_argument("--tokens", type=int, default=64, help="tokens generated per timed run")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs (the best is reported)")
+    parser.add_argument("--triton", action="store_true",
+                        help="count the GPU's code path: Triton backends, kernels interpreted on the CPU (no timing)")
     args = parser.parse_args()
+    if args.triton and os.environ.get("TRITON_INTERPRET") != "1":  # must be set before triton is imported
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "TRITON_INTERPRET": "1"})
     torch.set_num_threads(1)
     prompt = torch.randint(0, 500, (1, 32), generator=torch.Generator().manual_seed(0))
+    steps = 2 if args.triton else 10  # interpreted kernels are slow: fewer counted steps
     for spec in args.models:
         model = build(spec)
+        if args.triton:
+            use_triton_backends(model)
         with torch.no_grad():
             model.generate(prompt, max_new_tokens=4, do_sample=False)  # warm-up
             best = float("inf")
-            for _ in range(args.repeats):
+            for _ in range(0 if args.triton else args.repeats):
                 start = time.perf_counter()
                 model.generate(prompt, max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False)
                 best = min(best, time.perf_counter() - start)
             counts = []
-            for new in (1, 11):  # the difference is 10 decoding steps
-                counter = SyncCounter()
+            for new in (1, 1 + steps):  # the difference is `steps` decoding steps
+                counter = SyncCounter(count_launches=args.triton)
                 with counter:
                     model.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False)
                 counts.append(counter)
-        steps = counts[1].where - counts[0].where
-        print(f"{spec}: {best / args.tokens * 1e3:.2f} ms/token, {(counts[1].syncs - counts[0].syncs) / 10:g} "
-              f"host syncs and {(counts[1].ops - counts[0].ops) / 10:g} ATen ops per decoding step")
-        for where, n in steps.most_common():
-            print(f"    {n / 10:g} per step: {where}")
+        where = counts[1].where - counts[0].where
+        timing = "- ms/token (interpreted)" if args.triton else f"{best / args.tokens * 1e3:.2f} ms/token"
+        launches = (f", {(counts[1].launches - counts[0].launches) / steps:g} Triton launches" if args.triton
+                    else "")
+        print(f"{spec}: {timing}, {(counts[1].syncs - counts[0].syncs) / steps:g} host syncs and "
+              f"{(counts[1].ops - counts[0].ops) / steps:g} ATen ops per decoding step{launches}")
+        for line, n in where.most_common():
+            print(f"    {n / steps:g} per step: {line}")
 
 
 if __name__ == "__main__":

@@ -103,3 +103,41 @@ def test_gated_dispatch():
     for groups in (1, 2, 3):  # 3 groups: not a power of two, the torch path
         out = gated_rms_norm(x, z, w, 1e-6, num_groups=groups, backend="triton")
         assert rel_err(out, gated_rms_norm_naive(x.double(), z.double(), w.double(), 1e-6, groups)) < 1e-5
+
+
+@interpreted_only
+@pytest.mark.parametrize("shape", SHAPES + [(3, 1, 40)], ids=str)
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_inference_path_matches_oracle(shape, with_residual):
+    """Without autograd the kernel runs on the tensors as given (no reshapes, no saved 1/rms)."""
+    x, weight = torch.randn(shape) * 3, torch.randn(shape[-1])
+    residual = torch.randn(shape) if with_residual else None
+    with torch.no_grad():
+        y, s = fused_kernels.rms_norm_triton(x, weight, 1e-6, residual)
+    ref_y, ref_s = rms_norm_naive(x.double(), weight.double(), 1e-6, None if residual is None else residual.double())
+    assert y.shape == shape and s.shape == shape and y.dtype == torch.float32
+    assert rel_err(y, ref_y) < 1e-5 and rel_err(s, ref_s) < 1e-6
+    if not with_residual:
+        assert s is x
+
+
+@interpreted_only
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_gated_inference_path_on_column_slices(groups):
+    """A decoding step's gate is a column range of the input projection (rows a wider stride apart), and a
+    (b, 1, d) view: the no-grad kernel reads them in place."""
+    b, d, width = 3, 48, 131
+    proj = torch.randn(b, 1, width) * 2
+    x, z = torch.randn(b, d) * 2, proj[:, :, 7:7 + d]
+    weight = torch.randn(d)
+    ref = gated_rms_norm_naive(x.double(), z[:, 0].double(), weight.double(), 1e-5, groups)
+    with torch.no_grad():
+        y = fused_kernels.gated_rms_norm_triton(x, z[:, 0], weight, 1e-5, groups)
+        y3 = fused_kernels.gated_rms_norm_triton(x[:, None], z, weight, 1e-5, groups)
+    assert y.shape == (b, d) and y3.shape == (b, 1, d)
+    assert rel_err(y, ref) < 1e-5 and rel_err(y3[:, 0], ref) < 1e-5
+    transposed = torch.randn(d, b).t()  # a last dim that is not contiguous: the general path
+    with torch.no_grad():
+        out = fused_kernels.gated_rms_norm_triton(transposed, transposed, weight, 1e-5, groups)
+    assert rel_err(out, gated_rms_norm_naive(transposed.double(), transposed.double(), weight.double(), 1e-5,
+                                             groups)) < 1e-5

@@ -130,7 +130,13 @@ class CDMoE(nn.Module):
         self.down_embed = nn.Embedding(num_experts, hidden_size)
         self.up_embed = nn.Embedding(num_experts, hidden_size)
         self.aux_loss: torch.Tensor | None = None
+        self.decode_workspace: dict = {}  # the fused decoding step's scratch tensors, reused from step to step
         self.reset_private_parameters()
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["decode_workspace"] = {}  # scratch only: copies and pickles start without it
+        return state
 
     def reset_private_parameters(self) -> None:
         """Initialise the retrieval and expert tables: sub-keys ~ N(0, 1/(d_r/2)), expert rows ~ N(0, 1/d)."""
@@ -166,7 +172,7 @@ class CDMoE(nn.Module):
                 gate_b=self.gate_proj.bias, up_b=self.up_proj.bias, down_b=self.down_proj.bias)
             y = decode_step(flat, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight,
                             self.queries.weight, self.keys, self.down_embed.weight, self.up_embed.weight, self.top_k,
-                            self.activation, **biases)
+                            self.activation, workspace=self.decode_workspace, **biases)
             return y.view(hidden_states.shape)
         if hidden_states.dtype == torch.float32 and torch.is_autocast_enabled(device):
             # one cast for the three linears (autocast would cast the input in each) and the mixture, which runs

@@ -361,14 +361,15 @@ class SSDMixer(nn.Module):
         for name in ("ssm_state", "rope_angle"):
             if name in state and not state[name].is_contiguous():
                 state[name] = state[name].contiguous()
-        proj = self.in_proj(hidden_states)[:, 0]
+        # (b, d) rows from here on: a linear on a 2-D input is two ATen ops, on (b, 1, d) four
+        proj = self.in_proj(hidden_states[:, 0])
         fixed = self.rope == "fixed"
         y = projected_step(
             proj, state["ssm_state"], self.dt_bias, self.A_log, self.D, self.num_heads, self.head_dim,
             self.num_groups, self.state_size, self.dt_limit, self.rope,
             position=position_ids[:, 0].to(hidden_states.device) if fixed else None,
             inv_freq=self.rotary.float32_frequencies(hidden_states.device) if fixed else None,
-            rate=self.angle_proj(hidden_states)[:, 0] if self.rope == "data" else None,
+            rate=self.angle_proj(hidden_states[:, 0]) if self.rope == "data" else None,
             angle=state.get("rope_angle") if self.rope == "data" else None)
-        y = self.norm(y[:, None], proj[:, None, :self.inner_size])
-        return self.out_proj(y.to(hidden_states.dtype))
+        y = self.norm(y, proj[:, :self.inner_size])
+        return self.out_proj(y.to(hidden_states.dtype))[:, None]

@@ -37,7 +37,8 @@ def decode_step_usable(backend: str, device: torch.device, dtype: torch.dtype, t
 
 def decode_step(x: Tensor, gate_w: Tensor, up_w: Tensor, down_w: Tensor, query_w: Tensor, keys: Tensor,
                 down_table: Tensor, up_table: Tensor, top_k: int, activation: str = "silu",
-                gate_b: Tensor | None = None, up_b: Tensor | None = None, down_b: Tensor | None = None) -> Tensor:
+                gate_b: Tensor | None = None, up_b: Tensor | None = None, down_b: Tensor | None = None,
+                workspace: dict | None = None) -> Tensor:
     """``shared(x) + private(x)`` of a CDMoE layer for a few tokens, as three Triton launches.
 
     ``shared(x) = down_w·(act(gate_w·x + gate_b) ⊙ (up_w·x + up_b)) + down_b``; the private part routes each token
@@ -53,6 +54,9 @@ def decode_step(x: Tensor, gate_w: Tensor, up_w: Tensor, down_w: Tensor, query_w
         activation: ``"silu"``, ``"gelu"`` or ``"relu"`` (shared and private parts).
         gate_b, up_b: ``(I,)``, down_b: ``(d,)``: all three or none.
         Every tensor has ``x``'s dtype and device.
+        workspace: None, or a dict (one per layer) in which the scratch tensors are kept and reused while the
+            shapes stay: a decoding step then allocates only its output (no allocation at all in a CUDA graph
+            replay either way).
 
     Returns:
         ``(T, d)`` in ``x``'s dtype.
@@ -80,7 +84,7 @@ def decode_step(x: Tensor, gate_w: Tensor, up_w: Tensor, down_w: Tensor, query_w
         return None if t is None else t.contiguous()
 
     return fused(c(x), c(gate_w), c(up_w), c(down_w), c(query_w), c(keys), c(down_table), c(up_table), top_k,
-                 activation, c(gate_b), c(up_b), c(down_b))
+                 activation, c(gate_b), c(up_b), c(down_b), workspace)
 
 
 def _check_decode_args(x, gate_w, up_w, down_w, query_w, keys, down_table, up_table, top_k, activation,

@@ -210,18 +210,27 @@ def _down_kernel(h_ptr, down_w_ptr, down_b_ptr, private_ptr, out_ptr, T, D, INNE
 def decode_step(x: torch.Tensor, gate_w: torch.Tensor, up_w: torch.Tensor, down_w: torch.Tensor,
                 query_w: torch.Tensor, keys: torch.Tensor, down_table: torch.Tensor, up_table: torch.Tensor,
                 top_k: int, activation: str, gate_b: torch.Tensor | None = None, up_b: torch.Tensor | None = None,
-                down_b: torch.Tensor | None = None) -> torch.Tensor:
+                down_b: torch.Tensor | None = None, workspace: dict | None = None) -> torch.Tensor:
     """The CDMoE output of ``x (T, d)`` contiguous, ``T <= MAX_DECODE_TOKENS``, every tensor of ``x``'s dtype and
     device and contiguous: ``gate_w, up_w (I, d)``, ``down_w (d, I)``, ``query_w (H·2·dk, d)``, ``keys (H, 2, n, dk)``,
     ``down_table, up_table (n², d)``, biases ``(I,)``, ``(I,)``, ``(d,)`` all or none -> ``(T, d)``
-    (see the module docstring)."""
+    (see the module docstring). ``workspace``: a dict that keeps the scratch tensors between calls of the same
+    shapes (one per layer), so a decoding step allocates only its output."""
     T, d = x.shape
     inner = gate_w.shape[0]
     H, _, n, dk = keys.shape
     q_width = query_w.shape[0]
-    h = poisoned_empty(T, inner, dtype=x.dtype, device=x.device)
-    q = poisoned_empty(T, q_width, dtype=x.dtype, device=x.device)
-    private = poisoned_empty(T, H, d, dtype=torch.float32, device=x.device)
+    spec = (T, d, inner, q_width, H, x.dtype, x.device)
+    if workspace is None or workspace.get("spec") != spec:
+        scratch = dict(spec=spec, h=poisoned_empty(T, inner, dtype=x.dtype, device=x.device),
+                       q=poisoned_empty(T, q_width, dtype=x.dtype, device=x.device),
+                       private=poisoned_empty(T, H, d, dtype=torch.float32, device=x.device))
+        if workspace is not None:
+            workspace.clear()
+            workspace.update(scratch)
+    else:
+        scratch = workspace
+    h, q, private = scratch["h"], scratch["q"], scratch["private"]
     out = poisoned_empty(T, d, dtype=x.dtype, device=x.device)
     if T == 0:
         return out

@@ -17,6 +17,8 @@ Outputs are NaN-poisoned under the interpreter, so an unwritten element fails th
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -29,7 +31,8 @@ MAX_DIM = 16384  # a row lives in registers
 
 @triton.jit
 def _rms_norm_fwd_kernel(x_ptr, res_ptr, w_ptr, s_ptr, y_ptr, rstd_ptr, M, D, eps,
-                         HAS_RESIDUAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+                         HAS_RESIDUAL: tl.constexpr, STORE_RSTD: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_D: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
     mask = (rows[:, None] < M) & (cols[None, :] < D)
@@ -41,7 +44,8 @@ def _rms_norm_fwd_kernel(x_ptr, res_ptr, w_ptr, s_ptr, y_ptr, rstd_ptr, M, D, ep
         tl.store(s_ptr + offs, s_stored, mask=mask)
         s = s_stored.to(tl.float32)
     rstd = 1.0 / tl.sqrt(tl.sum(s * s, axis=1) / D + eps)
-    tl.store(rstd_ptr + rows, rstd, mask=rows < M)
+    if STORE_RSTD:
+        tl.store(rstd_ptr + rows, rstd, mask=rows < M)
     normed = (s * rstd[:, None]).to(s_ptr.dtype.element_ty).to(tl.float32)
     w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
     tl.store(y_ptr + offs, (normed * w[None, :]).to(y_ptr.dtype.element_ty), mask=mask)
@@ -79,18 +83,22 @@ def _rms_norm_bwd_kernel(s_ptr, w_ptr, rstd_ptr, dy_ptr, ds_in_ptr, dx_ptr, dres
 
 
 @triton.jit
-def _gated_rms_norm_fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, D, G, eps,
-                               BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+def _gated_rms_norm_fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, D, G, eps, sxm, szm,
+                               STORE_RSTD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     # rows are groups of D channels: row r is group r % G of token r // G (weight slice (r % G)·D ...)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
     mask = (rows[:, None] < M) & (cols[None, :] < D)
     offs = rows[:, None].to(tl.int64) * D + cols[None, :]
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    # a token's G groups are contiguous in x and z; tokens are sxm / szm elements apart
+    token = (rows // G).to(tl.int64)[:, None]
+    within = (rows % G)[:, None] * D + cols[None, :]
+    x = tl.load(x_ptr + token * sxm + within, mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + token * szm + within, mask=mask, other=0.0).to(tl.float32)
     h = x * z * tl.sigmoid(z)
     rstd = 1.0 / tl.sqrt(tl.sum(h * h, axis=1) / D + eps)
-    tl.store(rstd_ptr + rows, rstd, mask=rows < M)
+    if STORE_RSTD:
+        tl.store(rstd_ptr + rows, rstd, mask=rows < M)
     normed = (h * rstd[:, None]).to(x_ptr.dtype.element_ty).to(tl.float32)
     w = tl.load(w_ptr + (rows % G)[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + offs, (normed * w).to(y_ptr.dtype.element_ty), mask=mask)
@@ -162,7 +170,7 @@ def rms_norm_forward(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tens
     if m:
         _rms_norm_fwd_kernel[(triton.cdiv(m, block_m),)](
             x, x if residual is None else residual, weight, x if residual is None else s, y, rstd, m, d, eps,
-            HAS_RESIDUAL=residual is not None, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
+            HAS_RESIDUAL=residual is not None, STORE_RSTD=True, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
     return y, s, rstd
 
 
@@ -253,8 +261,8 @@ def gated_rms_norm_forward(x: torch.Tensor, gate: torch.Tensor, weight: torch.Te
     block_m = max(block_m, groups)
     if rows:
         _gated_rms_norm_fwd_kernel[(triton.cdiv(rows, block_m),)](
-            x, gate, weight, y, rstd, rows, dg, groups, eps, BLOCK_M=block_m, BLOCK_D=block_d,
-            num_warps=num_warps)
+            x, gate, weight, y, rstd, rows, dg, groups, eps, groups * dg, groups * dg, STORE_RSTD=True,
+            BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
     return y, rstd
 
 
@@ -303,11 +311,55 @@ class GatedRMSNormFunction(torch.autograd.Function):
         return grad_x, grad_gate, grad_w, None, None
 
 
+@functools.lru_cache(maxsize=None)
+def _promoted(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    """``torch.promote_types`` remembered: a call is an ATen op, i.e. host work on every decoding step."""
+    return torch.promote_types(a, b)
+
+
+def _inference(*tensors: torch.Tensor | None) -> bool:
+    """Whether a forward needs no autograd record (nothing requires grad, or grad is off) and runs eagerly: then
+    the kernel is launched directly on the given tensors (no reshapes, no saved ``1/rms``): the fewest host
+    operations, which is what a decoding step pays for."""
+    if torch.compiler.is_compiling():
+        return False
+    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)
+
+
+def _row_stride(t: torch.Tensor) -> int | None:
+    """Elements between consecutive rows of ``t (..., d)`` seen as ``(rows, d)`` (the last dim contiguous, rows
+    evenly spaced, e.g. a column range of a projection), or None when they are not."""
+    if t.dim() < 2 or t.stride(-1) != 1:
+        return None
+    stride = expected = None
+    for size, step in zip(reversed(t.shape[:-1]), reversed(t.stride()[:-1])):
+        if size == 1:
+            continue
+        if expected is not None and step != expected:
+            return None
+        stride = step if stride is None else stride
+        expected = step * size
+    return t.shape[-1] if stride is None else stride
+
+
 def gated_rms_norm_triton(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float,
                           num_groups: int = 1) -> torch.Tensor:
     """``naive.gated_rms_norm_naive`` by the kernels: x, gate (..., d), weight (d,) -> (..., d); ``num_groups`` a
-    power of two."""
+    power of two. Without autograd, ``x`` and ``gate`` may be row slices of wider tensors (e.g. ``gate`` a column
+    range of a projection, rows a fixed stride apart)."""
     shape = x.shape
+    x_rows, gate_rows = _row_stride(x), _row_stride(gate)
+    if _inference(x, gate, weight) and x_rows is not None and gate_rows is not None:
+        dg = shape[-1] // num_groups
+        rows = x.numel() // dg
+        y = poisoned_empty(*shape, dtype=_promoted(weight.dtype, x.dtype), device=x.device)
+        block_m, block_d, num_warps = _blocks(dg)
+        block_m = max(block_m, num_groups)
+        if rows:
+            _gated_rms_norm_fwd_kernel[(triton.cdiv(rows, block_m),)](
+                x, gate, weight.contiguous(), y, y, rows, dg, num_groups, float(eps), x_rows, gate_rows,
+                STORE_RSTD=False, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
+        return y
     dg = shape[-1] // num_groups
     y = GatedRMSNormFunction.apply(x.reshape(-1, dg).contiguous(), gate.reshape(-1, dg).contiguous(),
                                    weight.contiguous(), num_groups, float(eps))
@@ -319,6 +371,8 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float,
     """``naive.rms_norm_naive`` by the kernels: x, residual (..., d), weight (d,) -> (y, s) of the same shapes."""
     shape = x.shape
     d = shape[-1]
+    if _inference(x, weight, residual):
+        return _rms_norm_inference(x, weight, eps, residual)
     x2 = x.reshape(-1, d).contiguous()
     res2 = None if residual is None else residual.reshape(-1, d).contiguous()
     if res2 is None:
@@ -326,3 +380,23 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float,
         return y.view(shape), x
     y, s = RMSNormFunction.apply(x2, weight.contiguous(), res2, float(eps))
     return y.view(shape), s.view(shape)
+
+
+def _rms_norm_inference(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                        residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rms_norm_triton` without autograd: one launch on the tensors as they are (made contiguous), the
+    outputs allocated in their final shapes, no ``1/rms`` stored -> (y, s)."""
+    x = x.contiguous()
+    residual = None if residual is None else residual.contiguous()
+    d = x.shape[-1]
+    m = x.numel() // d if d else 0
+    s_dtype = x.dtype if residual is None else _promoted(x.dtype, residual.dtype)
+    s = x if residual is None else poisoned_empty(*x.shape, dtype=s_dtype, device=x.device)
+    y = poisoned_empty(*x.shape, dtype=_promoted(weight.dtype, s_dtype), device=x.device)
+    block_m, block_d, num_warps = _blocks(d)
+    if m:
+        _rms_norm_fwd_kernel[(triton.cdiv(m, block_m),)](
+            x, x if residual is None else residual, weight.contiguous(), s, y, y, m, d, float(eps),
+            HAS_RESIDUAL=residual is not None, STORE_RSTD=False, BLOCK_M=block_m, BLOCK_D=block_d,
+            num_warps=num_warps)
+    return y, s
