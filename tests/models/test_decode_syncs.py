@@ -84,3 +84,48 @@ def test_direct_step_still_checks_ids():
         cache = getattr(model(torch.randint(0, 100, (1, 5)), use_cache=True), CACHE_NAME)
         with pytest.raises(ValueError, match="input_ids"):
             model(torch.tensor([[model.config.vocab_size]]), cache=cache, use_cache=True)
+
+
+class AtenOps(TorchDispatchMode):
+    """Counts the ATen ops dispatched inside it (host work: on a GPU each costs microseconds of the CPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+# ATen ops of one cheems-tiny decoding forward on the CPU (4 layers: 3 SSD, 1 DMA, 4 CDMoE). A regression guard with
+# a little headroom over the count reached (640); the CDMoE layer's linears on (b, l, d) inputs took 668.
+CHEEMS_TINY_STEP_OPS = 650
+
+
+def test_cheems_tiny_decoding_step_aten_ops():
+    torch.manual_seed(0)
+    model = CheemsForCausalLM(presets.get("cheems-tiny")).eval()
+    counts, modes = [], []
+
+    def start(module, args, kwargs):
+        modes.append(AtenOps())
+        modes[-1].__enter__()
+
+    def stop(module, args, kwargs, output):
+        mode = modes.pop()
+        mode.__exit__(None, None, None)
+        counts.append(mode.count)
+
+    hooks = [model.register_forward_pre_hook(start, with_kwargs=True),
+             model.register_forward_hook(stop, with_kwargs=True)]
+    try:
+        with torch.no_grad():
+            model.generate(torch.randint(0, model.config.vocab_size, (1, 9)), max_new_tokens=4, min_new_tokens=4,
+                           do_sample=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    steps = counts[1:]
+    assert len(steps) == 3 and len(set(steps[1:])) == 1, steps  # every step after the first does the same work
+    assert steps[-1] <= CHEEMS_TINY_STEP_OPS, steps

@@ -178,17 +178,21 @@ class CDMoE(nn.Module):
             # one cast for the three linears (autocast would cast the input in each) and the mixture, which runs
             # in the autocast dtype like the linears
             hidden_states = hidden_states.to(torch.get_autocast_dtype(device))
-        query = self.query(hidden_states)
+        shape = hidden_states.shape
+        # tokens as rows (T, d): a linear on a 2-D input is two ATen ops, on (b, l, d) four (a decoding step's host
+        # work is mostly such small ops)
+        flat = hidden_states.reshape(-1, self.hidden_size)
+        query = self.query(flat)
         gates, ids = self.route(query)
-        dtype = hidden_states.dtype  # the tables follow the input (a no-op when the dtypes agree)
+        dtype = flat.dtype  # the tables follow the input (a no-op when the dtypes agree)
         with trusted_values():  # ids come from product_key_topk: in range, no device sync to check them
-            private = expert_mixture(hidden_states, ids, gates, self.down_embed.weight.to(dtype),
+            private = expert_mixture(flat, ids, gates, self.down_embed.weight.to(dtype),
                                      self.up_embed.weight.to(dtype), activation=self.activation, backend=self.backend)
         self.aux_loss = None
         if self.balance_loss_weight > 0 and self.training:  # a training loss: not computed in eval or decoding
             half_scores = torch.einsum("...hcd,hcnd->...hcn", query, self.keys.to(query.dtype))  # O(√N) per token
             self.aux_loss = self.balance_loss_weight * product_key_balance_loss(half_scores, ids)
-        return self.shared(hidden_states) + private
+        return (self.shared(flat) + private).view(shape)
 
     def _decodes_fused(self, hidden_states: torch.Tensor) -> bool:
         """Whether this call runs :func:`~wonderful_matrices.ops.cdmoe.decode_step`: few tokens, no autograd, no
