@@ -357,7 +357,9 @@ def _cdmoe_layer(d, inner, N, H, k, dr, activation, bias, dtype):
     from wonderful_matrices.layers import CDMoE
 
     torch.manual_seed(0)
-    layer = CDMoE(d, inner, N, num_heads=H, top_k=k, retrieval_dim=dr, activation=activation, bias=bias)
+    # backend "triton": the fused decoding step itself, whatever "auto" takes (AUTO_USES_DECODE_STEP)
+    layer = CDMoE(d, inner, N, num_heads=H, top_k=k, retrieval_dim=dr, activation=activation, bias=bias,
+                  backend="triton")
     with torch.no_grad():
         for p in layer.parameters():
             p.add_(0.05 * torch.randn_like(p))  # nonzero biases
