@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import wonderful_matrices.layers.moe as moe_module
 from conftest import rel_err
@@ -73,6 +74,50 @@ def test_grouped_gemm_path_equals_loop(monkeypatch):
         assert rel_err(y_grouped, y_loop) < 1e-6
         for a, b in zip(grads(grouped, x, y_grouped), grads(loop, x, y_loop)):
             assert rel_err(a, b) < 1e-5
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts reads of tensor values on the host (``.item()``, ``.tolist()``, ``bool()``, ...)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("activation", ["silu", "gelu", "relu"])
+@pytest.mark.parametrize("tokens", [1, 3, 17])
+def test_gathered_path_without_autograd_equals_the_loop(dtype, tol, activation, tokens):
+    """Without autograd (decoding), few tokens run as batched products over their gathered expert weights: the
+    same values as the per-expert loop, and no host read of the routing (a CUDA graph can record it)."""
+    loop = moe("loop", dtype, num_experts=9, top_k=3, activation=activation)
+    grouped = moe("grouped", dtype, num_experts=9, top_k=3, activation=activation)
+    grouped.load_state_dict(loop.state_dict())
+    x = torch.randn(tokens, 1, 12, dtype=dtype)
+    with torch.no_grad():
+        assert grouped._gathers(x.reshape(-1, 12))
+        with _HostReads() as reads:
+            y = grouped(x)
+        y_loop = loop(x)
+    assert reads.count == 0
+    assert rel_err(y, y_loop) < tol
+
+
+def test_gathered_path_respects_its_budget(monkeypatch):
+    """Rows whose gathered weights exceed GATHERED_BUDGET, or any call under autograd, take the sorted dispatch."""
+    m = moe("grouped", torch.float64)
+    x = torch.randn(5, 12, dtype=torch.float64)
+    with torch.no_grad():
+        assert m._gathers(x)
+        monkeypatch.setattr(moe_module, "GATHERED_BUDGET", 5 * m.top_k * 3 * 8 * 12 - 1)
+        assert not m._gathers(x)
+        monkeypatch.setattr(moe_module, "GATHERED_BUDGET", 5 * m.top_k * 3 * 8 * 12)
+        assert m._gathers(x)
+    assert not m._gathers(x)
 
 
 @pytest.mark.parametrize("implementation", ["loop", "grouped"])

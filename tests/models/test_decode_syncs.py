@@ -129,3 +129,22 @@ def test_cheems_tiny_decoding_step_aten_ops():
     steps = counts[1:]
     assert len(steps) == 3 and len(set(steps[1:])) == 1, steps  # every step after the first does the same work
     assert steps[-1] <= CHEEMS_TINY_STEP_OPS, steps
+
+
+@pytest.mark.parametrize("preset", ["cheems-tiny", "llama-tiny"])
+def test_graphed_route_reads_no_more_values_than_eager(preset):
+    # the steps generate feeds back skip the host checks on the GraphedDecoder route too (off CUDA it runs them
+    # eagerly): the whole generation reads exactly as many values as the eager route (the prompt's checks and
+    # transformers' own stopping check)
+    torch.manual_seed(0)
+    model = CheemsForCausalLM(presets.get(preset)).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 7))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1] * 7])
+    reads, outputs = [], []
+    for graphed in (False, True):
+        with HostReads() as mode:
+            outputs.append(model.generate(ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6,
+                                          do_sample=False, graphed_decoding=graphed))
+        reads.append(mode.count)
+    assert torch.equal(outputs[0], outputs[1])
+    assert reads[1] == reads[0]

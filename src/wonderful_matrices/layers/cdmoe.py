@@ -16,7 +16,7 @@ Forward, per token (no token ever sees another): ``shared(x) + Σ_h Σ_k g·act(
 ``g = softmax`` of the head's top-k scores, the experts found by :func:`~wonderful_matrices.ops.product_key_topk`
 (O(√N + k²) per token and head) and mixed by :func:`~wonderful_matrices.ops.expert_mixture`. A decoding step (a few
 tokens, no autograd) runs the whole layer in three Triton launches (:func:`~wonderful_matrices.ops.cdmoe.decode_step`)
-where the backend allows it (``"triton"``; ``"auto"`` once ``ops.cdmoe.AUTO_USES_DECODE_STEP`` is set).
+where the backend allows it (``"triton"``; ``"auto"`` on CUDA, see ``ops.cdmoe.AUTO_USES_DECODE_STEP``).
 """
 from __future__ import annotations
 
@@ -93,8 +93,8 @@ class CDMoE(nn.Module):
             PyTorch, the others with the top-k op's ``"auto"`` (its fused kernel on CUDA where it applies,
             ``top_k <= 32``). For at most ``MAX_DECODE_TOKENS`` tokens without autograd (a decoding step),
             ``"triton"`` runs the whole layer as three fused launches
-            (:func:`~wonderful_matrices.ops.cdmoe.decode_step`), and ``"auto"`` on CUDA does once
-            ``AUTO_USES_DECODE_STEP`` is set (after its CUDA tests pass); ``"torch"`` and ``"dense"`` never do.
+            (:func:`~wonderful_matrices.ops.cdmoe.decode_step`), and so does ``"auto"`` on CUDA;
+            ``"torch"`` and ``"dense"`` never do.
 
     Forward: ``hidden_states (..., d) -> (..., d)``; sets ``self.aux_loss`` (weighted scalar, or None).
     """

@@ -24,6 +24,10 @@ from .mlp import ACTIVATIONS, GatedMLP
 
 IMPLEMENTATIONS = ("grouped", "loop")
 _GROUPS_PER_CALL = 512  # grouped GEMM calls stay below 1024 groups
+# Without autograd, (token, slot) rows whose gathered expert weights (rows · 3·I·d elements) fit this budget run as
+# batched matrix-vector products over those weights: a decoding step reads exactly its experts, with no host read of
+# the routing (so it records in a CUDA graph) and no sort.
+GATHERED_BUDGET = 1 << 25
 
 
 def _grouped_mm_function():
@@ -71,7 +75,8 @@ class MoE(nn.Module):
         top_k: experts per token, ``1 <= top_k <= E``. Gates are the softmax of the router logits restricted
             to the top-k (the top-k probabilities renormalised).
         shared_intermediate_size: inner width of the shared expert; None or 0 for none.
-        implementation: ``"grouped"`` (sorted dispatch, grouped GEMM on CUDA) or ``"loop"`` (per-expert loop).
+        implementation: ``"grouped"`` (sorted dispatch, grouped GEMM on CUDA; without autograd, up to
+            ``GATHERED_BUDGET``, batched products over each row's gathered expert weights) or ``"loop"`` (per-expert loop).
         activation: ``"silu"`` (SwiGLU), ``"gelu"`` or ``"relu"``.
         balance_loss_weight: weight of :func:`moe_balance_loss`; 0 disables it (``aux_loss`` stays None).
             Computed in training mode only.
@@ -136,6 +141,21 @@ class MoE(nn.Module):
             out.index_add_(0, token, y)
         return out
 
+    def _gathered(self, x: torch.Tensor, gates: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The routed experts of each (token, slot) as batched products with its gathered expert weights."""
+        T, k = ids.shape
+        flat = ids.reshape(-1)
+        rows = x.repeat_interleave(k, dim=0)[:, :, None]  # (T·k, d, 1)
+        gate, up = torch.bmm(self.gate_up_proj[flat], rows).squeeze(-1).chunk(2, dim=-1)
+        hidden = (ACTIVATIONS[self.activation](gate) * up)[:, :, None]  # (T·k, I, 1)
+        ys = torch.bmm(self.down_proj[flat], hidden).view(T, k, -1)
+        return (ys * gates[..., None].to(x.dtype)).sum(1)
+
+    def _gathers(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`_gathered` runs: no autograd and the gathered weights fit ``GATHERED_BUDGET``."""
+        rows = x.shape[0] * self.top_k
+        return not torch.is_grad_enabled() and rows * 3 * self.intermediate_size * self.hidden_size <= GATHERED_BUDGET
+
     def _grouped(self, x: torch.Tensor, gates: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)
         order = flat.argsort(stable=True)
@@ -183,7 +203,7 @@ class MoE(nn.Module):
                 "hidden_states.shape", tuple(hidden_states.shape), f"(..., {self.hidden_size})")
         x = hidden_states.reshape(-1, self.hidden_size)
         probs, gates, ids = self.route(x)
-        routed = self._loop if self.implementation == "loop" else self._grouped
+        routed = self._loop if self.implementation == "loop" else self._gathered if self._gathers(x) else self._grouped
         out = routed(x, gates, ids)
         if self.shared_expert is not None:
             out = out + self.shared_expert(x)

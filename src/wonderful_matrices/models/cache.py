@@ -41,7 +41,7 @@ class CheemsCache(Cache):
         if static_attention is None:
             static_attention = getattr(config, "static_attention_cache", None)
         if static_attention is None:
-            static_attention = bool(getattr(config, "graphed_decoding", False)) and torch.cuda.is_available()
+            static_attention = getattr(config, "graphed_decoding", None) is not False and torch.cuda.is_available()
         if not isinstance(static_attention, bool):
             raise ValueError(f"static_attention={static_attention!r} is not allowed: True, False or None")
         self.static_attention = static_attention

@@ -134,10 +134,11 @@ class CheemsConfig(PretrainedConfig):
     calls of at most this many tokens, each continuing the cache, so its activation memory is bounded while every
     chunk still uses the chunked SSD / windowed DMA kernels; None = one call. The ``prefill_chunk_tokens`` argument
     of ``forward`` (and so of ``generate``) overrides it.
-    ``graphed_decoding``: on CUDA, the one-token steps of ``generate`` (in eval mode without gradients) replay a
-    recorded CUDA graph (:class:`~wonderful_matrices.models.GraphedDecoder`) once the cache is steady; False (the
-    default until its CUDA test, ``tests/models/test_models_cuda.py``, has passed on a GPU) keeps them eager, as they
-    always are off CUDA. The ``graphed_decoding`` argument of ``forward`` overrides it.
+    ``graphed_decoding``: the one-token steps of ``generate`` (in eval mode without gradients) replay a recorded
+    CUDA graph (:class:`~wonderful_matrices.models.GraphedDecoder`) once the cache is steady, with the tokens of
+    eager decoding (``tests/models/test_models_cuda.py``). None (the default) = on CUDA; True = also route the steps
+    through the decoder off CUDA, where it runs them eagerly (the CPU tests of that path); False = eager everywhere.
+    The ``graphed_decoding`` argument of ``forward`` (and so of ``generate``) overrides it.
     ``static_attention_cache``: ``"attn"`` layers keep their keys in preallocated buffers (``CheemsCache``'s
     ``static_attention``), so their decoding steps keep every shape and can be graphed; same outputs as the growing
     cache. None (the default) = on exactly when the graphed path runs (``graphed_decoding`` on CUDA), so the eager
@@ -206,7 +207,7 @@ class CheemsConfig(PretrainedConfig):
     fused_loss: bool = True
     value_checks: bool = True
     prefill_chunk_tokens: int | None = 8192
-    graphed_decoding: bool = False
+    graphed_decoding: bool | None = None
     static_attention_cache: bool | None = None
     rms_norm_eps: float = 1e-6
     initializer_range: float = 0.02

@@ -596,6 +596,8 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         past_key_values = given_cache(past_key_values, cache)
         generated = _generated_step(input_ids, past_key_values)
         graphed = self.config.graphed_decoding if graphed_decoding is None else graphed_decoding
+        if graphed is None:  # the default: graphed where a graph can be recorded
+            graphed = input_ids is not None and input_ids.is_cuda
         if graphed and self._graphable_step(input_ids, attention_mask, position_ids, past_key_values, inputs_embeds,
                                             has_targets, output_attentions, output_hidden_states, seq_idx,
                                             generated):
@@ -645,7 +647,7 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         filled cache, eval mode without gradients, nothing else asked for, and no padding among the new tokens
         (position ids, when given, are those the cache implies: ``generate`` derives both from one mask). Off CUDA
         the decoder runs the same eager step. ``generated``: a step fed back by :meth:`generate` (ids in range, the
-        new token real: only given ``position_ids`` are read)."""
+        new token real, its position the one the cache implies: nothing is read, no device synchronisation)."""
         if not (isinstance(cache, CheemsCache) and cache.real_tokens is not None and input_ids is not None
                 and inputs_embeds is None and input_ids.dim() == 2 and input_ids.shape[1] == 1
                 and not self.training and not torch.is_grad_enabled() and not has_targets and seq_idx is None
@@ -659,7 +661,7 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         # eager call raises the error naming them
         device = cache.real_tokens.device
         checks = [] if generated else [((input_ids >= 0) & (input_ids < self.config.vocab_size)).all().to(device)]
-        if position_ids is not None:
+        if position_ids is not None and not generated:
             checks.append((position_ids.reshape(-1).to(device) == cache.real_tokens).all())
         if attention_mask is not None and not generated:
             checks.append(attention_mask[:, -1].all().to(device))
@@ -703,7 +705,8 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         static = self.config.static_attention_cache
         if static is None:
             graphed = model_kwargs.get("graphed_decoding")
-            static = (self.config.graphed_decoding if graphed is None else bool(graphed)) and self.device.type == "cuda"
+            setting = self.config.graphed_decoding if graphed is None else graphed
+            static = setting is not False and self.device.type == "cuda"
         cache = CheemsCache(self.config, static_attention=static)
         # every token generate will feed fits the static attention buffers: they are never reallocated
         cache.reserve(generation_config.max_length or 0)

@@ -14,13 +14,14 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ACTIVATIONS = ("silu", "gelu", "relu")
 
 
-# "auto" takes the fused decoding step once its CUDA parity tests (tests/ops/test_experts_cuda.py -k cdmoe_decode)
-# have passed on a GPU; until then only an explicit backend="triton" runs it (interpreter-tested in float32).
-AUTO_USES_DECODE_STEP = False
+# "auto" takes the fused decoding step on CUDA: its CUDA parity tests (tests/ops/test_experts_cuda.py -k cdmoe_decode,
+# float32/bf16/fp16 and a CUDA graph) passed on an H100 (docs/results.md, session 7). Off CUDA only an explicit
+# backend="triton" runs it (under the interpreter).
+AUTO_USES_DECODE_STEP = True
 
 
 def decode_step_usable(backend: str, device: torch.device, dtype: torch.dtype, tokens: int, top_k: int) -> bool:
-    """Whether :func:`decode_step` runs for a CDMoE layer ``backend`` (``"auto"``: on CUDA with triton once
+    """Whether :func:`decode_step` runs for a CDMoE layer ``backend`` (``"auto"``: on CUDA with triton while
     ``AUTO_USES_DECODE_STEP`` is set;
     ``"triton"``: required, also under ``TRITON_INTERPRET=1``; ``"torch"``, ``"dense"``: never), activation
     ``dtype`` (float32, bf16, fp16), ``tokens`` (``1 <= T <= MAX_DECODE_TOKENS``) and ``top_k``
