@@ -13,6 +13,7 @@ whose visible keys are all padding outputs zeros, as everywhere in this op.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from .windowed import MASKED_BIAS, attendable_queries
@@ -57,11 +58,17 @@ def block_mask_for(b: int, lq: int, lk: int, seq_idx: torch.Tensor | None, devic
     full = full_lo[..., None] + slot
     count = before + after
 
+    # The kernels evaluate mask_mod on whole tiles, indices up to the next multiple of TILE included (pytorch issue
+    # 137801): the document ids it reads are padded to that length (the padded keys are never visible, the padded
+    # queries' rows are dropped).
+    padded_docs = None if seq_idx is None else torch.cat(
+        [seq_idx, seq_idx[:, -1:].expand(-1, nk * TILE - lk)], dim=1).contiguous()
+
     def mask_mod(bi, h, q_idx, kv_idx):
         visible = q_idx + offset >= kv_idx
         if seq_idx is None:
             return visible
-        return visible & (seq_idx[bi, q_idx] == seq_idx[bi, kv_idx])
+        return visible & (padded_docs[bi, q_idx] == padded_docs[bi, kv_idx])
 
     def as_blocks(x):
         return x.to(torch.int32).clamp(0, nk - 1)[:, None].contiguous()
@@ -109,7 +116,9 @@ def dynamic_mask_attention_biased_causal(q: torch.Tensor, k: torch.Tensor, v: to
     b, lq, hq, d = q.shape
     lk = k.shape[1]
     rows = bias.float() if bias.dtype != torch.float64 else bias
-    rows = torch.where(torch.isfinite(rows), rows, MASKED_BIAS).permute(0, 2, 1).contiguous()  # (b, hkv, lk)
+    rows = torch.where(torch.isfinite(rows), rows, MASKED_BIAS).permute(0, 2, 1)  # (b, hkv, lk)
+    # padded to whole tiles: the score_mod is evaluated on indices up to the next multiple of TILE (see block_mask_for)
+    rows = F.pad(rows, (0, -(-lk // TILE) * TILE - lk), value=MASKED_BIAS).contiguous()
     block_mask = block_mask_for(b, lq, lk, seq_idx, q.device)
     attend = _compiled_attend if compiled and _compiled_attend is not None else _attend
     out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), rows, block_mask, scale)
