@@ -76,7 +76,8 @@ class MoE(nn.Module):
             to the top-k (the top-k probabilities renormalised).
         shared_intermediate_size: inner width of the shared expert; None or 0 for none.
         implementation: ``"grouped"`` (sorted dispatch, grouped GEMM on CUDA; without autograd, up to
-            ``GATHERED_BUDGET``, batched products over each row's gathered expert weights) or ``"loop"`` (per-expert loop).
+            ``GATHERED_BUDGET``, batched products over each row's gathered expert weights) or ``"loop"``
+            (per-expert loop).
         activation: ``"silu"`` (SwiGLU), ``"gelu"`` or ``"relu"``.
         balance_loss_weight: weight of :func:`moe_balance_loss`; 0 disables it (``aux_loss`` stays None).
             Computed in training mode only.
