@@ -21,8 +21,8 @@ is not counted), and the line adds the Triton launches per step; the time per to
 ``--kernels`` (implies ``--triton``) counts the kernels a CUDA device would launch for one decoding step, the step
 ``wm bench generate`` profiles (``bench.decode_common.step_launches``: a direct one-token call on a cache filled to
 ``--context`` tokens, without the graph): the Triton launches plus the ATen ops that launch a kernel, i.e. all but
-the metadata-only ops of ``METADATA_OPS`` and the interpreter's NaN poisoning of outputs (``aten.full`` with NaN: an
-empty allocation on CUDA). It prints them per block part (``ssd.mixer``, ``dma.ffn_norm``, ...; ``model`` is the
+the metadata-only ops of ``METADATA_OPS`` (kernel outputs are allocated unpoisoned while counting, as on CUDA:
+``ops.triton_utils.poisoned_empty`` fills them under the interpreter). It prints them per block part (``ssd.mixer``, ``dma.ffn_norm``, ...; ``model`` is the
 work outside the blocks' modules: token checks, positions, cache bookkeeping), with the ops of each.
 
     PYTHONPATH=src python scripts/decode_host.py --kernels cheems-tiny@12
@@ -42,6 +42,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from wonderful_matrices.bench.decode_common import fill_cache
 from wonderful_matrices.models import CheemsCache, presets
 from wonderful_matrices.models.modeling import CheemsForCausalLM
+from wonderful_matrices.ops import triton_utils
 
 
 class SyncCounter(TorchDispatchMode):
@@ -103,13 +104,9 @@ METADATA_OPS = frozenset({
     "empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided"})
 
 
-def launches_kernel(func, args) -> bool:
-    """Whether the ATen op ``func`` with ``args`` launches a kernel on CUDA (see ``METADATA_OPS``)."""
-    name = func.overloadpacket.__name__
-    if func.is_view or name in METADATA_OPS:
-        return False
-    # ops.triton_utils.poisoned_empty fills outputs with NaN under the interpreter; on CUDA it is torch.empty
-    return not (name == "full" and len(args) > 1 and isinstance(args[1], float) and args[1] != args[1])
+def launches_kernel(func) -> bool:
+    """Whether the ATen op ``func`` launches a kernel on CUDA (see ``METADATA_OPS``)."""
+    return not (func.is_view or func.overloadpacket.__name__ in METADATA_OPS)
 
 
 class KernelCounter(TorchDispatchMode):
@@ -143,18 +140,20 @@ class KernelCounter(TorchDispatchMode):
                 counter.in_launch -= 1
 
         InterpretedFunction.run = run
+        self._interpreting, triton_utils.interpreting = triton_utils.interpreting, lambda: False  # no poisoning
         return super().__enter__()
 
     def __exit__(self, *exc):
         from triton.runtime.interpreter import InterpretedFunction
 
         InterpretedFunction.run = self._run
+        triton_utils.interpreting = self._interpreting
         for hook in self.hooks:
             hook.remove()
         return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not self.in_launch and launches_kernel(func, args):
+        if not self.in_launch and launches_kernel(func):
             self.kernels[self.stack[-1], f"aten:{func.overloadpacket.__name__}"] += 1
         return func(*args, **(kwargs or {}))
 
@@ -196,9 +195,10 @@ def print_kernels(spec: str, model: CheemsForCausalLM, counter: KernelCounter) -
     layers = collections.Counter(model.config.mixer_types)
     for part in sorted({p for p, _ in kernels}):
         ops = {op: n for (p, op), n in kernels.items() if p == part}
-        per = layers[part.split(".")[0]] or 1
+        per = layers[part.split(".")[0]] if "." in part else 1
         detail = ", ".join(f"{n / per:g} {op}" for op, n in sorted(ops.items()))
-        print(f"    {part:16s} {sum(ops.values()):4d} ({sum(ops.values()) / per:g} per layer): {detail}")
+        each = f" ({sum(ops.values()) / per:g} per layer)" if "." in part else ""
+        print(f"    {part:16s} {sum(ops.values()):4d}{each}: {detail}")
 
 
 def build(spec: str) -> CheemsForCausalLM:
