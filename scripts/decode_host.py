@@ -17,6 +17,15 @@ is not counted), and the line adds the Triton launches per step; the time per to
 (interpreted kernels say nothing about a GPU host).
 
     PYTHONPATH=src python scripts/decode_host.py --triton cheems-tiny@12
+
+``--kernels`` (implies ``--triton``) counts the kernels a CUDA device would launch for one decoding step, the step
+``wm bench generate`` profiles (``bench.decode_common.step_launches``: a direct one-token call on a cache filled to
+``--context`` tokens, without the graph): the Triton launches plus the ATen ops that launch a kernel, i.e. all but
+the metadata-only ops of ``METADATA_OPS`` (kernel outputs are allocated unpoisoned while counting, as on CUDA:
+``ops.triton_utils.poisoned_empty`` fills them under the interpreter). It prints them per block part (``ssd.mixer``, ``dma.ffn_norm``, ...; ``model`` is the
+work outside the blocks' modules: token checks, positions, cache bookkeeping), with the ops of each.
+
+    PYTHONPATH=src python scripts/decode_host.py --kernels cheems-tiny@12
 """
 from __future__ import annotations
 
@@ -30,8 +39,10 @@ import traceback
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from wonderful_matrices.models import presets
+from wonderful_matrices.bench.decode_common import fill_cache
+from wonderful_matrices.models import CheemsCache, presets
 from wonderful_matrices.models.modeling import CheemsForCausalLM
+from wonderful_matrices.ops import triton_utils
 
 
 class SyncCounter(TorchDispatchMode):
@@ -85,6 +96,111 @@ class SyncCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+# ATen ops that launch no kernel on CUDA: views, metadata changes and allocations without a fill.
+METADATA_OPS = frozenset({
+    "view", "_unsafe_view", "reshape", "_reshape_alias", "as_strided", "alias", "detach", "t", "transpose",
+    "permute", "expand", "squeeze", "unsqueeze", "slice", "select", "split", "split_with_sizes", "unbind", "chunk",
+    "narrow", "unflatten", "flatten", "view_as_real", "view_as_complex", "lift_fresh", "set_", "resize_",
+    "empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided"})
+
+
+def launches_kernel(func) -> bool:
+    """Whether the ATen op ``func`` launches a kernel on CUDA (see ``METADATA_OPS``)."""
+    return not (func.is_view or func.overloadpacket.__name__ in METADATA_OPS)
+
+
+class KernelCounter(TorchDispatchMode):
+    """The kernels a CUDA step would launch, by block part: the Triton launches (interpreted) and the ATen ops
+    that launch one (``launches_kernel``), each credited to the innermost labelled module running (``labels``:
+    module -> name; ``"model"`` outside them)."""
+
+    def __init__(self, labels: dict):
+        super().__init__()
+        self.labels = labels
+        self.stack = ["model"]
+        self.kernels: collections.Counter = collections.Counter()  # (part, op name) -> count
+        self.in_launch = 0
+        self.hooks = []
+
+    def __enter__(self):
+        from triton.runtime.interpreter import InterpretedFunction
+
+        for module, label in self.labels.items():
+            self.hooks.append(module.register_forward_pre_hook(lambda *_, label=label: self.stack.append(label)))
+            self.hooks.append(module.register_forward_hook(lambda *_: self.stack.pop() and None))
+        self._run = InterpretedFunction.run
+        counter = self
+
+        def run(kernel, *args, **kwargs):
+            counter.kernels[counter.stack[-1], f"triton:{kernel.fn.__name__}"] += 1
+            counter.in_launch += 1
+            try:
+                return counter._run(kernel, *args, **kwargs)
+            finally:
+                counter.in_launch -= 1
+
+        InterpretedFunction.run = run
+        self._interpreting, triton_utils.interpreting = triton_utils.interpreting, lambda: False  # no poisoning
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        from triton.runtime.interpreter import InterpretedFunction
+
+        InterpretedFunction.run = self._run
+        triton_utils.interpreting = self._interpreting
+        for hook in self.hooks:
+            hook.remove()
+        return super().__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.in_launch and launches_kernel(func):
+            self.kernels[self.stack[-1], f"aten:{func.overloadpacket.__name__}"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def block_labels(model: CheemsForCausalLM) -> dict:
+    """Module -> part name: ``KIND.mixer_norm``, ``KIND.mixer``, ``KIND.ffn_norm``, ``KIND.ffn`` of each block (KIND
+    its mixer type), ``embed``, ``final_norm``, ``lm_head``."""
+    labels = {model.model.embed_tokens: "embed", model.model.norm: "final_norm", model.lm_head: "lm_head"}
+    for kind, block in zip(model.config.mixer_types, model.model.layers):
+        for part in ("mixer_norm", "mixer", "ffn_norm", "ffn"):
+            if getattr(block, part, None) is not None:
+                labels[getattr(block, part)] = f"{kind}.{part}"
+    return labels
+
+
+def count_step_kernels(model: CheemsForCausalLM, context: int) -> KernelCounter:
+    """The kernels of one decoding step of ``model`` (Triton backends, under the interpreter) on a cache filled to
+    ``context`` tokens, the call ``bench.decode_common.step_launches`` profiles on CUDA."""
+    prompt = torch.randint(0, model.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
+    cache = CheemsCache(model.config)
+    with torch.no_grad():
+        model(input_ids=prompt, past_key_values=cache, use_cache=True)
+        fill_cache(cache, model.config, context)
+        token = prompt[:, -1:]
+        model(input_ids=token, past_key_values=cache, use_cache=True, graphed_decoding=False)  # lazy set-up
+        counter = KernelCounter(block_labels(model))
+        with counter:
+            model(input_ids=token, past_key_values=cache, use_cache=True, graphed_decoding=False)
+    return counter
+
+
+def print_kernels(spec: str, model: CheemsForCausalLM, counter: KernelCounter) -> None:
+    """Totals, then per part the kernels per layer of that kind and their ops."""
+    kernels = counter.kernels
+    triton_launches = sum(n for (_, op), n in kernels.items() if op.startswith("triton:"))
+    total = sum(kernels.values())
+    print(f"{spec}: {total} CUDA kernels per decoding step ({triton_launches} Triton launches, "
+          f"{total - triton_launches} ATen kernels)")
+    layers = collections.Counter(model.config.mixer_types)
+    for part in sorted({p for p, _ in kernels}):
+        ops = {op: n for (p, op), n in kernels.items() if p == part}
+        per = layers[part.split(".")[0]] if "." in part else 1
+        detail = ", ".join(f"{n / per:g} {op}" for op, n in sorted(ops.items()))
+        each = f" ({sum(ops.values()) / per:g} per layer)" if "." in part else ""
+        print(f"    {part:16s} {sum(ops.values()):4d}{each}: {detail}")
+
+
 def build(spec: str) -> CheemsForCausalLM:
     """``NAME`` or ``NAME@L`` (see the module docstring) -> a model in eval mode."""
     name, _, layers = spec.partition("@")
@@ -118,7 +234,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs (the best is reported)")
     parser.add_argument("--triton", action="store_true",
                         help="count the GPU's code path: Triton backends, kernels interpreted on the CPU (no timing)")
+    parser.add_argument("--kernels", action="store_true",
+                        help="count the CUDA kernels of one decoding step per block part (implies --triton)")
+    parser.add_argument("--context", type=int, default=64, help="tokens in the cache of the --kernels step")
     args = parser.parse_args()
+    args.triton = args.triton or args.kernels
     if args.triton and os.environ.get("TRITON_INTERPRET") != "1":  # must be set before triton is imported
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "TRITON_INTERPRET": "1"})
     torch.set_num_threads(1)
@@ -128,6 +248,9 @@ def main() -> None:
         model = build(spec)
         if args.triton:
             use_triton_backends(model)
+        if args.kernels:
+            print_kernels(spec, model, count_step_kernels(model, args.context))
+            continue
         with torch.no_grad():
             model.generate(prompt, max_new_tokens=4, do_sample=False)  # warm-up
             best = float("inf")

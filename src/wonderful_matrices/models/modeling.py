@@ -456,8 +456,8 @@ class CheemsModel(CheemsPreTrainedModel):
         if position_ids is None:
             start = (cache.past_positions(b, device) if cache is not None
                      else torch.zeros(b, dtype=torch.long, device=device))
-            if new_mask is None:
-                position_ids = start[:, None] + torch.arange(l, device=device)
+            if new_mask is None:  # a decoding token sits at `start` itself: no kernel to compute it
+                position_ids = start[:, None] if l == 1 else start[:, None] + torch.arange(l, device=device)
             else:
                 position_ids = (start[:, None] + new_mask.long().cumsum(-1) - 1).masked_fill(~new_mask, 0)
         position_ids = position_ids.to(device).expand(b, l)
