@@ -209,8 +209,7 @@ def _chunk_state_kernel(v_ptr, w_ptr, dt_ptr, cum_ptr, docs_ptr, out_ptr, L, H, 
                         FORWARD: tl.constexpr, HAS_SEQ: tl.constexpr):
     """out[b, c + OFFSET, h] (p × n) = Σ_k scale_k · v_k ⊗ w_k over the chunk's steps k, with
     scale = exp(cum_last − cum_k)·dt_k (FORWARD: v = x, w = B) or exp(cum_k) (backward: v = dy, w = C).
-    HAS_SEQ: only steps of the chunk's last document (FORWARD) or of the entering document (backward) count: the
-    loop skips the tiles without one."""
+    HAS_SEQ: only steps of the chunk's last document (FORWARD) or of the entering document (backward) count."""
     pid_bc = tl.program_id(0)
     hi = tl.program_id(1)
     bi = (pid_bc // NC).to(tl.int64)
@@ -222,31 +221,26 @@ def _chunk_state_kernel(v_ptr, w_ptr, dt_ptr, cum_ptr, docs_ptr, out_ptr, L, H, 
     nm = ns < N
     cum_base = cum_ptr + ((bi * H + hi) * NC + ci) * Q
     cum_last = tl.load(cum_base + Q - 1)
-    k_lo = 0
-    k_hi = Q
     if HAS_SEQ:
         entering_end, last_start = _chunk_docs(docs_ptr, bi, ci, NC, Q)
-        if FORWARD:
-            k_lo = tl.maximum(last_start, 0) // BQ * BQ
-        else:
-            k_hi = entering_end + 1
+        k_end = tl.minimum(L - ci * Q, entering_end + 1)
     acc = tl.zeros((BN, BP), dtype=tl.float32)  # the transposed state
-    for k0 in range(k_lo, k_hi, BQ):
+    for k0 in range(0, Q, BQ):
         ks = k0 + tl.arange(0, BQ)
         t = ci * Q + ks
-        tm = t < L
+        if HAS_SEQ and not FORWARD:  # steps after the entering document read as zeros, like steps past the end
+            tm = ks < k_end
+        else:
+            tm = t < L
         cum_k = tl.load(cum_base + ks)
         if FORWARD:
-            dt_k = tl.load(dt_ptr + bi * s_dt_b + t * s_dt_l + hi * s_dt_h, mask=tm, other=0.0).to(tl.float32)
+            counts = tm
+            if HAS_SEQ:  # steps of earlier documents read dt = 0 (last_start <= k < L − c·Q as one comparison)
+                counts = (ks - last_start).to(tl.uint32) < (L - ci * Q - last_start).to(tl.uint32)
+            dt_k = tl.load(dt_ptr + bi * s_dt_b + t * s_dt_l + hi * s_dt_h, mask=counts, other=0.0).to(tl.float32)
             scale = tl.exp(cum_last - cum_k) * dt_k
         else:
             scale = tl.exp(cum_k)
-        if HAS_SEQ:
-            if FORWARD:
-                keep = ks >= last_start
-            else:
-                keep = ks <= entering_end
-            scale = tl.where(keep, scale, 0.0)
         v = tl.load(v_ptr + bi * s_v_b + t[:, None] * s_v_l + hi * s_v_h + ps[None, :] * s_v_p,
                     mask=tm[:, None] & pm[None, :], other=0.0).to(tl.float32)
         w = tl.load(w_ptr + bi * s_w_b + t[:, None] * s_w_l + gi * s_w_g + ns[None, :] * s_w_n,
@@ -314,15 +308,12 @@ def _output_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, cb_ptr, st_ptr, D_ptr, docs_pt
     s_t = tl.load(st_ptr + (((bi * (NC + 1) + ci) * H + hi) * P + ps[None, :]) * N + ns[:, None],
                   mask=pm[None, :] & nm[:, None], other=0.0)  # (BN, BP): S_c transposed
     from_start = tl.exp(cum_i)
-    jb_lo = 0
     if HAS_SEQ:  # the entering state reaches only the steps of its own document; row i sees columns >= start_i
-        starts = _doc_row(docs_ptr, bi, ci, NC, 0, Q)
-        start_i = tl.load(starts + rows)
+        start_i = tl.load(_doc_row(docs_ptr, bi, ci, NC, 0, Q) + rows)
         from_start = tl.where(start_i < 0, from_start, 0.0)
-        jb_lo = tl.maximum(tl.load(starts + pid_i * BQ), 0) // BQ  # earlier column tiles are masked for every row
     acc = _mm(c_i, s_t.to(DT), PREC, UPCAST) * from_start[:, None]
     cb_base = cb_ptr + ((bi * NC + ci) * G + gi) * Q * Q
-    for jb in range(jb_lo, pid_i + 1):
+    for jb in range(0, pid_i + 1):
         cols = jb * BQ + tl.arange(0, BQ)
         tj = ci * Q + cols
         jm = tj < L
@@ -419,12 +410,9 @@ def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, d
         dsn_t = tl.load(dst_base + ps[None, :] * N + ns[:, None], mask=pm[None, :] & nm[:, None], other=0.0)
         acc += _mm_f32b(b_j, dsn_t, DT, PREC, UPCAST, SPLIT)  # (BQ, BP): B_j·dS_{c+1}ᵀ
     to_end = tl.exp(cum_last - cum_j)
-    ib_hi = NB
     if HAS_SEQ:  # only steps of the chunk's last document reach the next chunk's state; column j sees rows <= end_j
-        ends = _doc_row(docs_ptr, bi, ci, NC, 1, Q)
-        end_j = tl.load(ends + cols)
+        end_j = tl.load(_doc_row(docs_ptr, bi, ci, NC, 1, Q) + cols)
         to_end = tl.where(end_j == Q - 1, to_end, 0.0)
-        ib_hi = tl.load(ends + pid_j * BQ + BQ - 1) // BQ + 1  # later row tiles are masked for every column
     acc = acc * to_end[:, None]
     x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
                   mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
@@ -435,7 +423,7 @@ def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, d
         tl.store(dyx_ptr + row_base, tl.sum(tl.load(dy_ptrs, mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
                                             * x_j, axis=1))
     cb_base = cb_ptr + ((bi * NC + ci) * G + gi) * Q * Q
-    for ib in range(pid_j, ib_hi):
+    for ib in range(pid_j, NB):
         rows = ib * BQ + tl.arange(0, BQ)
         ti = ci * Q + rows
         im = ti < L
@@ -465,8 +453,7 @@ def _dcb_kernel(x_ptr, dt_ptr, cum_ptr, cb_ptr, dy_ptr, docs_ptr, dcb_ptr, rowpa
     """One tile pair (i >= j) of one chunk, for HPP heads of a group. Per head, W_ij = (dy_i·x_j)·exp(cum_i − cum_j)
     (j <= i) and Z = CB∘W (float32); stores the row sums Σ_j Z_ij·dt_j (the intra part of dy_i·(y_i − D·x_i)) and
     the column sums Σ_i Z_ij (the intra part of x_j·dxpre_j) by tile, and dCB = Σ_heads W·dt_j (the gradient of
-    C_i·B_j) for this head split. HAS_SEQ: a pair whose rows all start their document after its last column is
-    all zero: it stores the zero dCB tile and leaves the row / column sums (zero-filled) alone."""
+    C_i·B_j) for this head split."""
     NB: tl.constexpr = Q // BQ
     pid_pair = tl.program_id(0)
     pid_bc = tl.program_id(1)
@@ -488,14 +475,11 @@ def _dcb_kernel(x_ptr, dt_ptr, cum_ptr, cb_ptr, dy_ptr, docs_ptr, dcb_ptr, rowpa
     im = ti < L
     jm = tj < L
     causal = rows[:, None] >= cols[None, :]
-    heads = HPP
-    if HAS_SEQ:
-        starts = _doc_row(docs_ptr, bi, ci, NC, 0, Q)
-        causal = causal & (cols[None, :] >= tl.load(starts + rows)[:, None])
-        heads = tl.where(tl.load(starts + it * BQ) > jt * BQ + BQ - 1, 0, HPP)
+    if HAS_SEQ:  # row i sees columns >= the start of its document
+        causal = causal & (cols[None, :] >= tl.load(_doc_row(docs_ptr, bi, ci, NC, 0, Q) + rows)[:, None])
     cb = tl.load(cb_ptr + ((bi * NC + ci) * G + gi) * Q * Q + rows[:, None] * Q + cols[None, :])
     acc = tl.zeros((BQ, BQ), dtype=tl.float32)
-    for r in range(heads):
+    for r in range(HPP):
         hi = h0 + r
         cum_base = cum_ptr + ((bi * H + hi) * NC + ci) * Q
         cum_i = tl.load(cum_base + rows)
@@ -543,20 +527,16 @@ def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, docs_ptr, dC_ptr
     im = ti < L
     c_i = tl.load(C_ptr + bi * s_c_b + ti[:, None] * s_c_l + gi * s_c_g + ns[None, :] * s_c_n,
                   mask=im[:, None] & nm[None, :], other=0.0)  # kept in its own dtype (fewer registers)
-    jb_lo = 0
-    if HAS_SEQ:  # the entering state reaches only the steps of its own document
-        starts = _doc_row(docs_ptr, bi, ci, NC, 0, Q)
-        sees_state = tl.load(starts + rows) < 0
-        jb_lo = tl.maximum(tl.load(starts + pid_i * BQ), 0) // BQ  # dCB is zero in earlier column tiles
+    sees_state = im
+    if HAS_SEQ:  # the entering state reaches only the steps of its own document (the others read dy = 0)
+        sees_state = im & (tl.load(_doc_row(docs_ptr, bi, ci, NC, 0, Q) + rows) < 0)
     acc = tl.zeros((BQ, BN), dtype=tl.float32)
     for r in range(HPP):
         hi = h0 + r
         cum_i = tl.load(cum_ptr + ((bi * H + hi) * NC + ci) * Q + rows)
         from_start = tl.exp(cum_i)
-        if HAS_SEQ:
-            from_start = tl.where(sees_state, from_start, 0.0)
         dy_i = tl.load(dy_ptr + bi * s_dy_b + ti[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p,
-                       mask=im[:, None] & pm[None, :], other=0.0).to(DT)
+                       mask=sees_state[:, None] & pm[None, :], other=0.0).to(DT)
         s = tl.load(st_ptr + (((bi * (NC + 1) + ci) * H + hi) * P + ps[:, None]) * N + ns[None, :],
                     mask=pm[:, None] & nm[None, :], other=0.0)  # S_c (BP, BN) float32
         off = _mm_f32b(dy_i, s, DT, PREC, UPCAST, SPLIT) * from_start[:, None]
@@ -564,7 +544,7 @@ def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, docs_ptr, dC_ptr
         tl.store(rowinter_ptr + (((bi * H + hi) * NC + ci) * NBN + pid_n) * Q + rows,
                  tl.sum(off * c_i.to(tl.float32), axis=1))
     dcb_base = dcb_ptr + (bi * NC + ci) * (G * NSPLIT) * Q * Q
-    for jb in range(jb_lo, tl.where(pid_gs % HSPLIT == 0, pid_i + 1, 0)):
+    for jb in range(0, tl.where(pid_gs % HSPLIT == 0, pid_i + 1, 0)):
         cols = jb * BQ + tl.arange(0, BQ)
         tj = ci * Q + cols
         dcb = tl.zeros((BQ, BQ), dtype=tl.float32)
@@ -599,26 +579,22 @@ def _db2_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, dst_ptr, dcb_ptr, docs_ptr, dB_pt
     cols = pid_j * BQ + tl.arange(0, BQ)
     tj = ci * Q + cols
     jm = tj < L
-    ib_hi = NB
-    if HAS_SEQ:  # only steps of the chunk's last document reach the next chunk's state
-        ends = _doc_row(docs_ptr, bi, ci, NC, 1, Q)
-        in_last = tl.load(ends + cols) == Q - 1
-        ib_hi = tl.load(ends + pid_j * BQ + BQ - 1) // BQ + 1  # dCB is zero in later row tiles
+    to_state = jm
+    if HAS_SEQ:  # only steps of the chunk's last document reach the next chunk's state (the others read dt = 0)
+        to_state = jm & (tl.load(_doc_row(docs_ptr, bi, ci, NC, 1, Q) + cols) == Q - 1)
     acc = tl.zeros((BQ, BN), dtype=tl.float32)
     for r in range(HPP):
         hi = h0 + r
         cum_base = cum_ptr + ((bi * H + hi) * NC + ci) * Q
         scale = tl.exp(tl.load(cum_base + Q - 1) - tl.load(cum_base + cols))
-        if HAS_SEQ:
-            scale = tl.where(in_last, scale, 0.0)
-        scale *= tl.load(dt_ptr + bi * s_dt_b + tj * s_dt_l + hi * s_dt_h, mask=jm, other=0.0).to(tl.float32)
+        scale *= tl.load(dt_ptr + bi * s_dt_b + tj * s_dt_l + hi * s_dt_h, mask=to_state, other=0.0).to(tl.float32)
         x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
                       mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
         dsn = tl.load(dst_ptr + (((bi * (NC + 1) + ci + 1) * H + hi) * P + ps[:, None]) * N + ns[None, :],
                       mask=pm[:, None] & nm[None, :], other=0.0)  # dS_{c+1} (BP, BN) float32
         acc += _mm((x_j * scale[:, None]).to(DT), dsn.to(DT), PREC, UPCAST)
     dcb_base = dcb_ptr + (bi * NC + ci) * (G * NSPLIT) * Q * Q
-    for ib in range(pid_j, tl.where(pid_gs % HSPLIT == 0, ib_hi, 0)):
+    for ib in range(pid_j, tl.where(pid_gs % HSPLIT == 0, NB, 0)):
         rows = ib * BQ + tl.arange(0, BQ)
         ti = ci * Q + rows
         dcb_t = tl.zeros((BQ, BQ), dtype=tl.float32)
