@@ -33,13 +33,17 @@ Backward, with ``dS_c`` the gradient of the state entering chunk ``c`` (``dS_chu
    ``ddt += A·da`` and ``dA = Σ dt·da``.
 
 Packed documents (``seq_idx`` (b, l), non-decreasing ids; ``HAS_SEQ``): masks inside the existing loops, no extra
-pass. With ``e_c`` the document of the state entering chunk ``c`` (that of step ``c·Q − 1``; of step 0 for the first
-chunk) and ``f_c`` the document of its last step: the decay ``exp(cum_i − cum_j)`` is masked where steps ``i, j``
-belong to different documents; ``U_c`` sums only steps of document ``f_c``; ``S_{c+1} = [e_c = f_c]·exp(cum_last)·S_c
-+ U_c``; the entering term of ``y_i`` needs ``seq_i = e_c``. The backward uses the same masks (``G_c`` over steps of
-``e_c``, ``dS_c = G_c + [e_c = f_c]·exp(cum_last)·dS_{c+1}``, dx's and dB's state terms over steps of ``f_c``, dC's
-over steps of ``e_c``); the gradient of ``cum`` keeps its form, since every masked term is still ``exp`` of a
-difference of ``cum``.
+pass. A small kernel (``doc_bounds``, once in the forward, saved for the backward) turns ``seq_idx`` into int32
+chunk-local bounds per step: where its document starts (−1 if before the chunk) and where it ends (Q − 1 if at or
+after the chunk's last step). With ``e_c`` the document of the state entering chunk ``c`` (that of step ``c·Q − 1``;
+of step 0 for the first chunk) and ``f_c`` the document of its last step: the decay ``exp(cum_i − cum_j)`` (i >= j)
+is masked unless ``j >= start_i`` (equivalently ``i <= end_j``); ``U_c`` sums only steps of ``f_c`` (``end = Q − 1``);
+``S_{c+1} = [e_c = f_c]·exp(cum_last)·S_c + U_c`` (``e_c = f_c`` iff the last step's start is −1); the entering term
+of ``y_i`` needs ``start_i = −1``. The backward uses the same masks (``G_c`` over steps of ``e_c``, ``dS_c = G_c +
+[e_c = f_c]·exp(cum_last)·dS_{c+1}``, dx's and dB's state terms over steps of ``f_c``, dC's over steps of ``e_c``);
+the gradient of ``cum`` keeps its form, since every masked term is still ``exp`` of a difference of ``cum``. Row
+masks are folded into the load masks the kernels already have (a masked step reads ``dt = 0`` or ``dy = 0``); loop
+bounds never come from loaded values (that costs registers: docs/kernels_ssd.md, "Packed documents: cost").
 
 Matrix products take operands in the input dtype (bf16 / fp16; float32 inputs use exact float32 products, not
 TF32) and accumulate in float32; decays, states and all sums are float32. Every exponent is ``<= 0`` (segment
