@@ -5,6 +5,7 @@
     python scripts/gpu_ssd.py compiled OUT.json   # torch backend under torch.compile
     python scripts/gpu_ssd.py mamba    OUT.json   # mamba_ssm's kernels, if importable (benchmark only)
     python scripts/gpu_ssd.py gap      OUT.json   # forward against mamba_ssm's, kernel by kernel (no D, as wm bench)
+    python scripts/gpu_ssd.py packed   OUT.json   # per-kernel times without and with seq_idx (wm bench ssd --packed's)
     python scripts/gpu_ssd.py profile  OUT.json   # torch.profiler table of the eager torch backend
     python scripts/gpu_ssd.py table    DIR        # the side-by-side table from DIR/*.json
 
@@ -80,15 +81,16 @@ MATMUL_KERNELS = ("cb", "chunk_state", "output", "dx2", "dcb", "dc2", "db2")
 SWEEP = [(8, 3), (4, 2), (8, 2), (4, 3)]  # (num_warps, num_stages) tried on every matmul kernel at once
 
 
-def _kernel_times(kernels, reps=10):
-    """Median ms of each kernel launch (forward and backward kernels)."""
+def _kernel_times(kernels, reps=10, seq_idx=None):
+    """Median ms of each kernel launch (forward and backward kernels), with packed documents if ``seq_idx``."""
     inp = _inputs()
     x, dt, A, B, C, D = (inp[k] for k in ("x", "dt", "A", "B", "C", "D"))
     dy = torch.randn_like(x)
     dfinal = torch.randn(x.shape[0], x.shape[2], x.shape[3], B.shape[3], device=DEV)
     timer = _KernelTimer()
     for rep in range(reps + 3):
-        y, cum, cb, states, plan = kernels.forward_kernels(x, dt, A, B, C, D, None, CHUNK, timer=timer)
+        y, cum, cb, states, plan = kernels.forward_kernels(x, dt, A, B, C, D, None, CHUNK, timer=timer,
+                                                           seq_idx=seq_idx)
         kernels.backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, plan, timer=timer)
         timer.collect()
         if rep < 3:  # warm-up (compilation) samples are dropped
@@ -155,6 +157,23 @@ def stage_triton(save):
         result["sweep_ms"] = sweep
         save(result)
     return result
+
+
+def stage_packed():
+    """Per-kernel median ms without and with the benchmark's packed documents (1..1024 tokens, seed 1), and the
+    difference: where the packed row's extra time goes."""
+    from wonderful_matrices.bench.ssd import document_ids
+    from wonderful_matrices.ops.ssd import chunked_kernels as kernels
+
+    plain, _ = _kernel_times(kernels)
+    packed, _ = _kernel_times(kernels, seq_idx=document_ids(SHAPE["batch"], SHAPE["length"], 1024, DEV))
+    rows = {name: {"unpacked_ms": plain.get(name), "packed_ms": ms,
+                   "extra_ms": ms - plain[name] if name in plain else ms} for name, ms in packed.items()}
+    for name, r in rows.items():
+        print(f"{name:<16} unpacked {r['unpacked_ms'] or 0:7.3f}  packed {r['packed_ms']:7.3f}  "
+              f"extra {r['extra_ms']:+7.3f} ms", flush=True)
+    return {"implementation": "triton kernels, unpacked vs packed", "kernels": rows,
+            "total_extra_ms": sum(r["extra_ms"] for r in rows.values())}
 
 
 def stage_torch():
@@ -358,7 +377,7 @@ def main():
         stage_triton(lambda result: target.write_text(json.dumps(result, indent=1)))
         return
     row = {"torch": stage_torch, "compiled": stage_compiled, "mamba": stage_mamba, "profile": stage_profile,
-           "gap": stage_gap}[stage]()
+           "gap": stage_gap, "packed": stage_packed}[stage]()
     target.write_text(json.dumps(row, indent=1))
     print(json.dumps(row, indent=1))
 

@@ -179,3 +179,57 @@ def test_triton_packed_equals_documents_alone(case):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_triton_packed_half_precision(dtype):
     check_packed("triton", (4, 16, 2, 16, 16, True, True, [[5, 16, 11, 1, 7], [40]]), dtype=dtype, tol=1e-2)
+
+
+def _doc_bounds_reference(seq_idx, q):
+    """(b, nc, 2, q) chunk-local document starts (−1: begun before the chunk, or the row's first document, which
+    takes the initial state) and ends (q − 1: reaches the chunk's last step), steps past the end counted in the
+    row's last document, from a loop over the steps."""
+    b, l = seq_idx.shape
+    nc = -(-l // q)
+    ids = torch.cat([seq_idx, seq_idx[:, -1:].expand(b, nc * q - l)], dim=1).tolist()
+    out = torch.empty(b, nc, 2, q, dtype=torch.int32)
+    for r in range(b):
+        for c in range(nc):
+            for k in range(q):
+                t, doc = c * q + k, ids[r][c * q + k]
+                first = t
+                while first > 0 and ids[r][first - 1] == doc:
+                    first -= 1
+                last = t
+                while last + 1 < nc * q and ids[r][last + 1] == doc:
+                    last += 1
+                out[r, c, 0, k] = first - c * q if first >= c * q and first > 0 else -1
+                out[r, c, 1, k] = min(last - c * q, q - 1)
+    return out
+
+
+@pytest.mark.parametrize("rows, q", [([[16, 1, 31, 16, 1]], 16), ([[3, 1, 1, 32], [37]], 16), ([[1] * 20], 16),
+                                     ([[70, 1, 9]], 32)])
+def test_doc_bounds_kernel_matches_the_definition(rows, q):
+    from wonderful_matrices.ops.ssd import chunked_kernels as K
+
+    seq_idx = torch.stack([torch.repeat_interleave(torch.arange(len(r)) * 3 + 1, torch.tensor(r)) for r in rows])
+    b, l = seq_idx.shape
+    nc = -(-l // q)
+    docs = torch.full((b, nc, 2, q), -7, dtype=torch.int32)  # -7 is no valid bound: an unwritten entry fails
+    K._doc_bounds_kernel[(b * nc,)](seq_idx, docs, l, nc, *seq_idx.stride(), Q=q)
+    assert torch.equal(docs, _doc_bounds_reference(seq_idx, q))
+
+
+# chunks of several tiles (16-row tiles, chunk 64): starts at a tile edge (16, 48), at a chunk edge (64), inside a
+# tile (17, 214, 215, 220), documents of length 1, a 150-step document holding a chunk without any start (128..191)
+# and reaching into the last, partial chunk; a one-document row beside it (with h, p = 2, 3 this draw leaves dA
+# ill-conditioned in float32: the torch backend misses it by 1.4e-4 too)
+PACKED_TILED = [
+    (3, 4, 1, 4, 64, True, True, [[16, 1, 31, 16, 150, 1, 5, 30], [250]]),
+    (2, 2, 2, 3, 64, False, False, [[64, 1, 62, 1, 20]]),
+]
+
+
+@pytest.mark.parametrize("case", PACKED_TILED, ids=_packed_id)
+def test_triton_packed_with_several_tiles_a_chunk(case, monkeypatch):
+    from wonderful_matrices.ops.ssd import chunked_kernels as K
+
+    monkeypatch.setattr(K, "BLOCK_Q", 16)
+    check_packed("triton", case)

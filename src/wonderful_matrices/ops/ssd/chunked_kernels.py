@@ -33,13 +33,17 @@ Backward, with ``dS_c`` the gradient of the state entering chunk ``c`` (``dS_chu
    ``ddt += A·da`` and ``dA = Σ dt·da``.
 
 Packed documents (``seq_idx`` (b, l), non-decreasing ids; ``HAS_SEQ``): masks inside the existing loops, no extra
-pass. With ``e_c`` the document of the state entering chunk ``c`` (that of step ``c·Q − 1``; of step 0 for the first
-chunk) and ``f_c`` the document of its last step: the decay ``exp(cum_i − cum_j)`` is masked where steps ``i, j``
-belong to different documents; ``U_c`` sums only steps of document ``f_c``; ``S_{c+1} = [e_c = f_c]·exp(cum_last)·S_c
-+ U_c``; the entering term of ``y_i`` needs ``seq_i = e_c``. The backward uses the same masks (``G_c`` over steps of
-``e_c``, ``dS_c = G_c + [e_c = f_c]·exp(cum_last)·dS_{c+1}``, dx's and dB's state terms over steps of ``f_c``, dC's
-over steps of ``e_c``); the gradient of ``cum`` keeps its form, since every masked term is still ``exp`` of a
-difference of ``cum``.
+pass. A small kernel (``doc_bounds``, once in the forward, saved for the backward) turns ``seq_idx`` into int32
+chunk-local bounds per step: where its document starts (−1 if before the chunk) and where it ends (Q − 1 if at or
+after the chunk's last step). With ``e_c`` the document of the state entering chunk ``c`` (that of step ``c·Q − 1``;
+of step 0 for the first chunk) and ``f_c`` the document of its last step: the decay ``exp(cum_i − cum_j)`` (i >= j)
+is masked unless ``j >= start_i`` (equivalently ``i <= end_j``); ``U_c`` sums only steps of ``f_c`` (``end = Q − 1``);
+``S_{c+1} = [e_c = f_c]·exp(cum_last)·S_c + U_c`` (``e_c = f_c`` iff the last step's start is −1); the entering term
+of ``y_i`` needs ``start_i = −1``. The backward uses the same masks (``G_c`` over steps of ``e_c``, ``dS_c = G_c +
+[e_c = f_c]·exp(cum_last)·dS_{c+1}``, dx's and dB's state terms over steps of ``f_c``, dC's over steps of ``e_c``);
+the gradient of ``cum`` keeps its form, since every masked term is still ``exp`` of a difference of ``cum``. Row
+masks are folded into the load masks the kernels already have (a masked step reads ``dt = 0`` or ``dy = 0``); loop
+bounds never come from loaded values (that costs registers: docs/kernels_ssd.md, "Packed documents: cost").
 
 Matrix products take operands in the input dtype (bf16 / fp16; float32 inputs use exact float32 products, not
 TF32) and accumulate in float32; decays, states and all sums are float32. Every exponent is ``<= 0`` (segment
@@ -58,6 +62,7 @@ from ..triton_utils import dot_block, interpreting, opaque_to_compile, poisoned_
 
 # launch settings per kernel (num_warps, num_stages); a starting point for tuning on the H200
 CONFIG = {
+    "doc_bounds": (4, 1),
     "cumsum": (4, 1),
     "cb": (4, 2),
     "chunk_state": (8, 2),
@@ -109,13 +114,52 @@ def _mm_f32b(a, b, DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, S
 
 
 @triton.jit
-def _chunk_docs(seq_ptr, bi, ci, L, s_seq_b, s_seq_l, Q: tl.constexpr):
-    """Packed documents: (the document of the state entering chunk ``ci`` — that of step ``ci·Q − 1``, or of step
-    0 for the first chunk —, the document of the chunk's last step)."""
+def _max_i32(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _min_i32(a, b):
+    return tl.minimum(a, b)
+
+
+@triton.jit
+def _doc_bounds_kernel(seq_ptr, docs_ptr, L, NC, s_seq_b, s_seq_l, Q: tl.constexpr):
+    """docs[b, c] (2, Q) int32 for the steps of chunk ``c`` of row ``b`` (chunk-local indices): row 0 where each
+    step's document starts, −1 if it started before the chunk (the state entering the chunk is its state; in the
+    first chunk the row's first document takes the initial state); row 1 where it ends, Q − 1 if it reaches the
+    chunk's last step. Steps past L belong to the row's last document."""
+    pid = tl.program_id(0)
+    bi = (pid // NC).to(tl.int64)
+    ci = pid % NC
+    q = tl.arange(0, Q)
+    t = ci * Q + q
+    tc = tl.minimum(t, L - 1)
     base = seq_ptr + bi * s_seq_b
-    entering = tl.load(base + tl.maximum(ci * Q - 1, 0) * s_seq_l)
-    last = tl.load(base + tl.minimum(ci * Q + Q - 1, L - 1) * s_seq_l)
-    return entering, last
+    here = tl.load(base + tc * s_seq_l)
+    starts = (t > 0) & (t < L) & (here != tl.load(base + tl.maximum(tc - 1, 0) * s_seq_l))
+    ends = (q < Q - 1) & (t + 1 < L) & (here != tl.load(base + tl.minimum(tc + 1, L - 1) * s_seq_l))
+    start = tl.associative_scan(tl.where(starts, q, -1), 0, _max_i32)
+    end = tl.associative_scan(tl.where(ends, q, Q - 1), 0, _min_i32, reverse=True)
+    out = docs_ptr + pid.to(tl.int64) * (2 * Q) + q
+    tl.store(out, start)
+    tl.store(out + Q, end)
+
+
+@triton.jit
+def _doc_row(docs_ptr, bi, ci, NC, END: tl.constexpr, Q: tl.constexpr):
+    """Pointer to the starts (END = 0) or the ends (END = 1) of chunk ``ci``'s documents (see _doc_bounds_kernel)."""
+    return docs_ptr + ((bi * NC + ci) * 2 + END) * Q
+
+
+@triton.jit
+def _chunk_docs(docs_ptr, bi, ci, NC, Q: tl.constexpr):
+    """(entering_end, last_start) of chunk ``ci``: the state entering the chunk reaches its steps
+    ``<= entering_end`` (−1: none, a document starts at the chunk's first step); the chunk's last document holds
+    its steps ``>= last_start`` (−1: that document began before the chunk, so the chunk holds no document start)."""
+    starts = _doc_row(docs_ptr, bi, ci, NC, 0, Q)
+    entering_end = tl.where(tl.load(starts) < 0, tl.load(starts + Q), -1)
+    return entering_end, tl.load(starts + Q - 1)
 
 
 @triton.jit
@@ -162,9 +206,8 @@ def _cb_kernel(B_ptr, C_ptr, cb_ptr, L, G, NC, N,
 
 
 @triton.jit
-def _chunk_state_kernel(v_ptr, w_ptr, dt_ptr, cum_ptr, seq_ptr, out_ptr, L, H, G, NC, P, N, OFFSET,
+def _chunk_state_kernel(v_ptr, w_ptr, dt_ptr, cum_ptr, docs_ptr, out_ptr, L, H, G, NC, P, N, OFFSET,
                         s_v_b, s_v_l, s_v_h, s_v_p, s_w_b, s_w_l, s_w_g, s_w_n, s_dt_b, s_dt_l, s_dt_h,
-                        s_seq_b, s_seq_l,
                         Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
                         DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr,
                         FORWARD: tl.constexpr, HAS_SEQ: tl.constexpr):
@@ -183,21 +226,25 @@ def _chunk_state_kernel(v_ptr, w_ptr, dt_ptr, cum_ptr, seq_ptr, out_ptr, L, H, G
     cum_base = cum_ptr + ((bi * H + hi) * NC + ci) * Q
     cum_last = tl.load(cum_base + Q - 1)
     if HAS_SEQ:
-        entering, last = _chunk_docs(seq_ptr, bi, ci, L, s_seq_b, s_seq_l, Q)
-        doc = last if FORWARD else entering
+        entering_end, last_start = _chunk_docs(docs_ptr, bi, ci, NC, Q)
+        k_end = tl.minimum(L - ci * Q, entering_end + 1)
     acc = tl.zeros((BN, BP), dtype=tl.float32)  # the transposed state
     for k0 in range(0, Q, BQ):
         ks = k0 + tl.arange(0, BQ)
         t = ci * Q + ks
-        tm = t < L
+        if HAS_SEQ and not FORWARD:  # steps after the entering document read as zeros, like steps past the end
+            tm = ks < k_end
+        else:
+            tm = t < L
         cum_k = tl.load(cum_base + ks)
         if FORWARD:
-            dt_k = tl.load(dt_ptr + bi * s_dt_b + t * s_dt_l + hi * s_dt_h, mask=tm, other=0.0).to(tl.float32)
+            counts = tm
+            if HAS_SEQ:  # steps of earlier documents read dt = 0 (last_start <= k < L − c·Q as one comparison)
+                counts = (ks - last_start).to(tl.uint32) < (L - ci * Q - last_start).to(tl.uint32)
+            dt_k = tl.load(dt_ptr + bi * s_dt_b + t * s_dt_l + hi * s_dt_h, mask=counts, other=0.0).to(tl.float32)
             scale = tl.exp(cum_last - cum_k) * dt_k
         else:
             scale = tl.exp(cum_k)
-        if HAS_SEQ:
-            scale = tl.where(tl.load(seq_ptr + bi * s_seq_b + t * s_seq_l, mask=tm, other=0) == doc, scale, 0.0)
         v = tl.load(v_ptr + bi * s_v_b + t[:, None] * s_v_l + hi * s_v_h + ps[None, :] * s_v_p,
                     mask=tm[:, None] & pm[None, :], other=0.0).to(tl.float32)
         w = tl.load(w_ptr + bi * s_w_b + t[:, None] * s_w_l + gi * s_w_g + ns[None, :] * s_w_n,
@@ -208,7 +255,7 @@ def _chunk_state_kernel(v_ptr, w_ptr, dt_ptr, cum_ptr, seq_ptr, out_ptr, L, H, G
 
 
 @triton.jit
-def _state_pass_kernel(st_ptr, cum_ptr, init_ptr, seq_ptr, L, H, NC, PN, s_seq_b, s_seq_l, Q: tl.constexpr,
+def _state_pass_kernel(st_ptr, cum_ptr, init_ptr, docs_ptr, H, NC, PN, Q: tl.constexpr,
                        BLOCK: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr):
     """In place over st (b, NC+1, h, p·n): slot c holds U_c on entry and S_c on exit; slot NC gets S_NC.
     HAS_SEQ: a chunk holding a document start drops the entering state (its decay factor is 0)."""
@@ -231,17 +278,16 @@ def _state_pass_kernel(st_ptr, cum_ptr, init_ptr, seq_ptr, L, H, NC, PN, s_seq_b
         tl.store(base + c * HPN, s, mask=m)
         decay = tl.exp(tl.load(cum_ptr + (pid_bh * NC + c) * Q + Q - 1))
         if HAS_SEQ:
-            entering, last = _chunk_docs(seq_ptr, bi, c, L, s_seq_b, s_seq_l, Q)
-            decay = tl.where(entering == last, decay, 0.0)
+            decay = tl.where(tl.load(_doc_row(docs_ptr, bi, c, NC, 0, Q) + Q - 1) < 0, decay, 0.0)
         s = decay * s + u
         u = u_next
     tl.store(base + NC * HPN, s, mask=m)
 
 
 @triton.jit
-def _output_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, cb_ptr, st_ptr, D_ptr, seq_ptr, y_ptr, L, H, G, NC, P, N,
+def _output_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, cb_ptr, st_ptr, D_ptr, docs_ptr, y_ptr, L, H, G, NC, P, N,
                    s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_c_b, s_c_l, s_c_g, s_c_n,
-                   s_y_b, s_y_l, s_y_h, s_y_p, s_seq_b, s_seq_l,
+                   s_y_b, s_y_l, s_y_h, s_y_p,
                    Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
                    DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_D: tl.constexpr,
                    HAS_SEQ: tl.constexpr):
@@ -266,10 +312,9 @@ def _output_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, cb_ptr, st_ptr, D_ptr, seq_ptr
     s_t = tl.load(st_ptr + (((bi * (NC + 1) + ci) * H + hi) * P + ps[None, :]) * N + ns[:, None],
                   mask=pm[None, :] & nm[:, None], other=0.0)  # (BN, BP): S_c transposed
     from_start = tl.exp(cum_i)
-    if HAS_SEQ:  # the entering state reaches only the steps of its own document
-        entering, last = _chunk_docs(seq_ptr, bi, ci, L, s_seq_b, s_seq_l, Q)
-        seq_i = tl.load(seq_ptr + bi * s_seq_b + ti * s_seq_l, mask=im, other=0)
-        from_start = tl.where(seq_i == entering, from_start, 0.0)
+    if HAS_SEQ:  # the entering state reaches only the steps of its own document; row i sees columns >= start_i
+        start_i = tl.load(_doc_row(docs_ptr, bi, ci, NC, 0, Q) + rows)
+        from_start = tl.where(start_i < 0, from_start, 0.0)
     acc = _mm(c_i, s_t.to(DT), PREC, UPCAST) * from_start[:, None]
     cb_base = cb_ptr + ((bi * NC + ci) * G + gi) * Q * Q
     for jb in range(0, pid_i + 1):
@@ -281,8 +326,7 @@ def _output_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, cb_ptr, st_ptr, D_ptr, seq_ptr
         cb = tl.load(cb_base + rows[:, None] * Q + cols[None, :])
         causal = rows[:, None] >= cols[None, :]
         if HAS_SEQ:
-            seq_tile = tl.load(seq_ptr + bi * s_seq_b + tj * s_seq_l, mask=jm, other=0)
-            causal = causal & (seq_i[:, None] == seq_tile[None, :])
+            causal = causal & (cols[None, :] >= start_i[:, None])
         decay = tl.exp(tl.where(causal, cum_i[:, None] - cum_j[None, :], float("-inf")))
         w = cb * decay * dt_j[None, :]
         x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
@@ -297,8 +341,8 @@ def _output_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, cb_ptr, st_ptr, D_ptr, seq_ptr
 
 
 @triton.jit
-def _state_pass_bwd_kernel(dst_ptr, st_ptr, cum_ptr, dfinal_ptr, sdot_ptr, seq_ptr, L, H, NC, PN, s_seq_b, s_seq_l,
-                           Q: tl.constexpr, BLOCK: tl.constexpr, HAS_DFINAL: tl.constexpr, HAS_SEQ: tl.constexpr):
+def _state_pass_bwd_kernel(dst_ptr, st_ptr, cum_ptr, dfinal_ptr, sdot_ptr, docs_ptr, H, NC, PN, Q: tl.constexpr,
+                            BLOCK: tl.constexpr, HAS_DFINAL: tl.constexpr, HAS_SEQ: tl.constexpr):
     """In place over dst (b, NC+1, h, p·n): slot c+1 holds G_c on entry and dS_{c+1} on exit; slot 0 gets dS_0.
     sdot[b, h, c, program] = <S_{c+1}, dS_{c+1}> over this program's elements. HAS_SEQ: no gradient flows back
     through a chunk that holds a document start."""
@@ -326,8 +370,7 @@ def _state_pass_bwd_kernel(dst_ptr, st_ptr, cum_ptr, dfinal_ptr, sdot_ptr, seq_p
         tl.store(sdot_ptr + (pid_bh * NC + c) * nprog + pid, tl.sum(s_next * run, axis=0))
         decay = tl.exp(tl.load(cum_ptr + (pid_bh * NC + c) * Q + Q - 1))
         if HAS_SEQ:
-            entering, last = _chunk_docs(seq_ptr, bi, c, L, s_seq_b, s_seq_l, Q)
-            decay = tl.where(entering == last, decay, 0.0)
+            decay = tl.where(tl.load(_doc_row(docs_ptr, bi, c, NC, 0, Q) + Q - 1) < 0, decay, 0.0)
         run = g + decay * run
         g = g_prev
         s_next = s_prev
@@ -335,10 +378,10 @@ def _state_pass_bwd_kernel(dst_ptr, st_ptr, cum_ptr, dfinal_ptr, sdot_ptr, seq_p
 
 
 @triton.jit
-def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, seq_ptr, dx_ptr, ddt_ptr, dyx_ptr,
+def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, docs_ptr, dx_ptr, ddt_ptr, dyx_ptr,
                 L, H, G, NC, P, N,
                 s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_b_b, s_b_l, s_b_g, s_b_n,
-                s_dy_b, s_dy_l, s_dy_h, s_dy_p, s_dx_b, s_dx_l, s_dx_h, s_dx_p, s_seq_b, s_seq_l,
+                s_dy_b, s_dy_l, s_dy_h, s_dy_p, s_dx_b, s_dx_l, s_dx_h, s_dx_p,
                 Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BNK: tl.constexpr,
                 DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr, HAS_D: tl.constexpr,
                 HAS_SEQ: tl.constexpr):
@@ -371,10 +414,9 @@ def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, s
         dsn_t = tl.load(dst_base + ps[None, :] * N + ns[:, None], mask=pm[None, :] & nm[:, None], other=0.0)
         acc += _mm_f32b(b_j, dsn_t, DT, PREC, UPCAST, SPLIT)  # (BQ, BP): B_j·dS_{c+1}ᵀ
     to_end = tl.exp(cum_last - cum_j)
-    if HAS_SEQ:  # only steps of the chunk's last document reach the next chunk's state
-        entering, last = _chunk_docs(seq_ptr, bi, ci, L, s_seq_b, s_seq_l, Q)
-        seq_j = tl.load(seq_ptr + bi * s_seq_b + tj * s_seq_l, mask=jm, other=0)
-        to_end = tl.where(seq_j == last, to_end, 0.0)
+    if HAS_SEQ:  # only steps of the chunk's last document reach the next chunk's state; column j sees rows <= end_j
+        end_j = tl.load(_doc_row(docs_ptr, bi, ci, NC, 1, Q) + cols)
+        to_end = tl.where(end_j == Q - 1, to_end, 0.0)
     acc = acc * to_end[:, None]
     x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
                   mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
@@ -395,8 +437,7 @@ def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, s
         cb_t = tl.load(cb_base + rows[None, :] * Q + cols[:, None])  # (j, i) = CB[i, j]
         causal = rows[None, :] >= cols[:, None]
         if HAS_SEQ:
-            seq_tile = tl.load(seq_ptr + bi * s_seq_b + ti * s_seq_l, mask=im, other=0)
-            causal = causal & (seq_tile[None, :] == seq_j[:, None])
+            causal = causal & (rows[None, :] <= end_j[:, None])
         decay = tl.exp(tl.where(causal, cum_i[None, :] - cum_j[:, None], float("-inf")))
         acc += _mm((cb_t * decay).to(DT), dy_i, PREC, UPCAST)
     dx = acc * dt_j[:, None]
@@ -408,9 +449,9 @@ def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, s
 
 
 @triton.jit
-def _dcb_kernel(x_ptr, dt_ptr, cum_ptr, cb_ptr, dy_ptr, seq_ptr, dcb_ptr, rowpart_ptr, colpart_ptr,
+def _dcb_kernel(x_ptr, dt_ptr, cum_ptr, cb_ptr, dy_ptr, docs_ptr, dcb_ptr, rowpart_ptr, colpart_ptr,
                 L, H, G, NC, P, NSPLIT,
-                s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_dy_b, s_dy_l, s_dy_h, s_dy_p, s_seq_b, s_seq_l,
+                s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_dy_b, s_dy_l, s_dy_h, s_dy_p,
                 Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, HPP: tl.constexpr,
                 DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_SEQ: tl.constexpr):
     """One tile pair (i >= j) of one chunk, for HPP heads of a group. Per head, W_ij = (dy_i·x_j)·exp(cum_i − cum_j)
@@ -438,9 +479,8 @@ def _dcb_kernel(x_ptr, dt_ptr, cum_ptr, cb_ptr, dy_ptr, seq_ptr, dcb_ptr, rowpar
     im = ti < L
     jm = tj < L
     causal = rows[:, None] >= cols[None, :]
-    if HAS_SEQ:
-        causal = causal & (tl.load(seq_ptr + bi * s_seq_b + ti * s_seq_l, mask=im, other=0)[:, None]
-                           == tl.load(seq_ptr + bi * s_seq_b + tj * s_seq_l, mask=jm, other=0)[None, :])
+    if HAS_SEQ:  # row i sees columns >= the start of its document
+        causal = causal & (cols[None, :] >= tl.load(_doc_row(docs_ptr, bi, ci, NC, 0, Q) + rows)[:, None])
     cb = tl.load(cb_ptr + ((bi * NC + ci) * G + gi) * Q * Q + rows[:, None] * Q + cols[None, :])
     acc = tl.zeros((BQ, BQ), dtype=tl.float32)
     for r in range(HPP):
@@ -464,10 +504,9 @@ def _dcb_kernel(x_ptr, dt_ptr, cum_ptr, cb_ptr, dy_ptr, seq_ptr, dcb_ptr, rowpar
 
 
 @triton.jit
-def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, seq_ptr, dC_ptr, rowinter_ptr, L, H, G, NC, P, N,
+def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, docs_ptr, dC_ptr, rowinter_ptr, L, H, G, NC, P, N,
                 NSPLIT, HSPLIT, NBN,
                 s_b_b, s_b_l, s_b_g, s_b_n, s_c_b, s_c_l, s_c_g, s_c_n, s_dy_b, s_dy_l, s_dy_h, s_dy_p,
-                s_seq_b, s_seq_l,
                 Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HPP: tl.constexpr,
                 DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr,
                 HAS_SEQ: tl.constexpr):
@@ -492,18 +531,16 @@ def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, seq_ptr, dC_ptr,
     im = ti < L
     c_i = tl.load(C_ptr + bi * s_c_b + ti[:, None] * s_c_l + gi * s_c_g + ns[None, :] * s_c_n,
                   mask=im[:, None] & nm[None, :], other=0.0)  # kept in its own dtype (fewer registers)
-    if HAS_SEQ:  # the entering state reaches only the steps of its own document
-        entering, last = _chunk_docs(seq_ptr, bi, ci, L, s_seq_b, s_seq_l, Q)
-        sees_state = tl.load(seq_ptr + bi * s_seq_b + ti * s_seq_l, mask=im, other=0) == entering
+    sees_state = im
+    if HAS_SEQ:  # the entering state reaches only the steps of its own document (the others read dy = 0)
+        sees_state = im & (tl.load(_doc_row(docs_ptr, bi, ci, NC, 0, Q) + rows) < 0)
     acc = tl.zeros((BQ, BN), dtype=tl.float32)
     for r in range(HPP):
         hi = h0 + r
         cum_i = tl.load(cum_ptr + ((bi * H + hi) * NC + ci) * Q + rows)
         from_start = tl.exp(cum_i)
-        if HAS_SEQ:
-            from_start = tl.where(sees_state, from_start, 0.0)
         dy_i = tl.load(dy_ptr + bi * s_dy_b + ti[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p,
-                       mask=im[:, None] & pm[None, :], other=0.0).to(DT)
+                       mask=sees_state[:, None] & pm[None, :], other=0.0).to(DT)
         s = tl.load(st_ptr + (((bi * (NC + 1) + ci) * H + hi) * P + ps[:, None]) * N + ns[None, :],
                     mask=pm[:, None] & nm[None, :], other=0.0)  # S_c (BP, BN) float32
         off = _mm_f32b(dy_i, s, DT, PREC, UPCAST, SPLIT) * from_start[:, None]
@@ -525,8 +562,8 @@ def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, seq_ptr, dC_ptr,
 
 
 @triton.jit
-def _db2_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, dst_ptr, dcb_ptr, seq_ptr, dB_ptr, L, H, G, NC, P, N, NSPLIT, HSPLIT,
-                s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_c_b, s_c_l, s_c_g, s_c_n, s_seq_b, s_seq_l,
+def _db2_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, dst_ptr, dcb_ptr, docs_ptr, dB_ptr, L, H, G, NC, P, N, NSPLIT, HSPLIT,
+                s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_c_b, s_c_l, s_c_g, s_c_n,
                 Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HPP: tl.constexpr,
                 DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_SEQ: tl.constexpr):
     """One (j-tile, batch·chunk, group, head split): the split's part of dB_j,
@@ -546,17 +583,15 @@ def _db2_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, dst_ptr, dcb_ptr, seq_ptr, dB_ptr
     cols = pid_j * BQ + tl.arange(0, BQ)
     tj = ci * Q + cols
     jm = tj < L
-    if HAS_SEQ:  # only steps of the chunk's last document reach the next chunk's state
-        entering, last = _chunk_docs(seq_ptr, bi, ci, L, s_seq_b, s_seq_l, Q)
-        in_last = tl.load(seq_ptr + bi * s_seq_b + tj * s_seq_l, mask=jm, other=0) == last
+    to_state = jm
+    if HAS_SEQ:  # only steps of the chunk's last document reach the next chunk's state (the others read dt = 0)
+        to_state = jm & (tl.load(_doc_row(docs_ptr, bi, ci, NC, 1, Q) + cols) == Q - 1)
     acc = tl.zeros((BQ, BN), dtype=tl.float32)
     for r in range(HPP):
         hi = h0 + r
         cum_base = cum_ptr + ((bi * H + hi) * NC + ci) * Q
         scale = tl.exp(tl.load(cum_base + Q - 1) - tl.load(cum_base + cols))
-        if HAS_SEQ:
-            scale = tl.where(in_last, scale, 0.0)
-        scale *= tl.load(dt_ptr + bi * s_dt_b + tj * s_dt_l + hi * s_dt_h, mask=jm, other=0.0).to(tl.float32)
+        scale *= tl.load(dt_ptr + bi * s_dt_b + tj * s_dt_l + hi * s_dt_h, mask=to_state, other=0.0).to(tl.float32)
         x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
                       mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
         dsn = tl.load(dst_ptr + (((bi * (NC + 1) + ci + 1) * H + hi) * P + ps[:, None]) * N + ns[None, :],
@@ -616,7 +651,7 @@ def _dcum_kernel(row1_ptr, R1, row2_ptr, R2, col1_ptr, C1, col2_ptr, C2, sdot_pt
 class _Plan:
     """Sizes, tile shapes and launch settings for one call."""
 
-    def __init__(self, x: torch.Tensor, B: torch.Tensor, chunk_size: int, seq_idx: torch.Tensor | None):
+    def __init__(self, x: torch.Tensor, B: torch.Tensor, chunk_size: int, docs: torch.Tensor | None = None):
         self.b, self.l, self.h, self.p = x.shape
         self.g, self.n = B.shape[2], B.shape[3]
         self.q = max(16, min(chunk_size, pow2_at_least(self.l)))
@@ -637,16 +672,22 @@ class _Plan:
         self.dcb_nsplit = r // self.dcb_hpp
         self.bc_hpp = max(d for d in range(1, min(r, BC_HEADS_PER_PROGRAM) + 1) if r % d == 0)
         self.bc_nsplit = r // self.bc_hpp
-        self.has_seq = seq_idx is not None
+        # packed documents: the (b, nc, 2, q) int32 bounds of _doc_bounds_kernel, or None for one document a row
+        self.docs = docs
+
+    @property
+    def has_seq(self) -> bool:
+        """Whether the rows hold packed documents (the kernels' ``HAS_SEQ``)."""
+        return self.docs is not None
 
     def split_at(self, site: str) -> bool:
         """Whether the product with a float32 state at ``site`` uses the split-bf16 form (half inputs only)."""
         return self.split and site in SPLIT_SITES
 
-def _seq_args(seq_idx: torch.Tensor | None, any_tensor: torch.Tensor) -> tuple:
-    """The kernels' (pointer, batch stride, step stride) for ``seq_idx``; without it the kernels never read the
-    pointer, so any tensor serves."""
-    return (seq_idx, *seq_idx.stride()) if seq_idx is not None else (any_tensor, 0, 0)
+def _docs_arg(pl: _Plan, any_tensor: torch.Tensor) -> torch.Tensor:
+    """The kernels' ``docs_ptr``: the plan's document bounds; without them the kernels never read the pointer, so
+    any tensor serves."""
+    return pl.docs if pl.docs is not None else any_tensor
 
 
 # The output kernel with 4 warps at Q = BQ = 64 on half inputs is off by ~3% on an H100 with Triton 3.6 (every chunk,
@@ -667,11 +708,15 @@ def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=Non
     ``timer``, if given, is called as ``timer(name, fn)`` around each launch (used by the GPU benchmark to
     time kernels separately); ``None`` runs them directly.
     """
-    pl = _Plan(x, B, chunk_size, seq_idx)
-    seq, s_seq_b, s_seq_l = _seq_args(seq_idx, x)
+    pl = _Plan(x, B, chunk_size)
     run = timer or (lambda name, fn: fn())
     b, l, h, p, g, n, q, nc = pl.b, pl.l, pl.h, pl.p, pl.g, pl.n, pl.q, pl.nc
     dev = x.device
+    if seq_idx is not None:
+        pl.docs = docs = poisoned_empty(b, nc, 2, q, dtype=torch.int32, device=dev)
+        run("doc_bounds", lambda: _launch(_doc_bounds_kernel, (b * nc,), "doc_bounds", seq_idx, docs, l, nc,
+                                          *seq_idx.stride(), Q=q))
+    seq = _docs_arg(pl, x)
     cum = poisoned_empty(b, h, nc, q, device=dev)
     block_h = min(16, pow2_at_least(h))
     run("cumsum", lambda: _launch(_cumsum_kernel, (b * nc, triton.cdiv(h, block_h)), "cumsum",
@@ -684,49 +729,50 @@ def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=Non
     states = poisoned_empty(b, nc + 1, h, p, n, device=dev)
     run("chunk_state", lambda: _launch(
         _chunk_state_kernel, (b * nc, h), "chunk_state", x, B, dt, cum, seq, states, l, h, g, nc, p, n, 0,
-        *x.stride(), *B.stride(), *dt.stride(), s_seq_b, s_seq_l, Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot,
+        *x.stride(), *B.stride(), *dt.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot,
         PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split_at("chunk_state"), FORWARD=True, HAS_SEQ=pl.has_seq))
     init = initial_state.float().contiguous() if initial_state is not None else states
     run("state_pass", lambda: _launch(
-        _state_pass_kernel, (triton.cdiv(p * n, pl.state_block), b * h), "state_pass", states, cum, init, seq, l, h,
-        nc, p * n, s_seq_b, s_seq_l, Q=q, BLOCK=pl.state_block, HAS_INIT=initial_state is not None,
+        _state_pass_kernel, (triton.cdiv(p * n, pl.state_block), b * h), "state_pass", states, cum, init, seq, h,
+        nc, p * n, Q=q, BLOCK=pl.state_block, HAS_INIT=initial_state is not None,
         HAS_SEQ=pl.has_seq))
     y = poisoned_empty(b, l, h, p, dtype=x.dtype, device=dev)
     output_warps = OUTPUT_WARPS_AT_64 if q == 64 and x.dtype != torch.float32 else None
     run("output", lambda: _launch(
         _output_kernel, (h * nb, b * nc), "output", x, dt, cum, C, cb, states, D if D is not None else A, seq, y,
-        l, h, g, nc, p, n, *x.stride(), *dt.stride(), *C.stride(), *y.stride(), s_seq_b, s_seq_l, Q=q, BQ=pl.bq,
+        l, h, g, nc, p, n, *x.stride(), *dt.stride(), *C.stride(), *y.stride(), Q=q, BQ=pl.bq,
         BP=pl.bp, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, HAS_D=D is not None, HAS_SEQ=pl.has_seq,
         num_warps=output_warps))
     return y, cum, cb, states, pl
 
 
-def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, timer=None, seq_idx=None):
-    """Run the backward kernels and the closing PyTorch reductions.
+def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, timer=None):
+    """Run the backward kernels and the closing PyTorch reductions (packed documents: the bounds the forward left
+    in ``pl.docs``).
 
     Returns float32 ``(dx in x.dtype, ddt (b,l,h), dA (h,), dB (b,l,g,n), dC (b,l,g,n), dD (h,) or None,
     d_initial (b,h,p,n))``.
     """
     run = timer or (lambda name, fn: fn())
     b, l, h, p, g, n, q, nc = pl.b, pl.l, pl.h, pl.p, pl.g, pl.n, pl.q, pl.nc
-    seq, s_seq_b, s_seq_l = _seq_args(seq_idx, x)
+    seq = _docs_arg(pl, x)
     dev = x.device
     if dy is None:
         dy = torch.zeros_like(x)
     dst = poisoned_empty(b, nc + 1, h, p, n, device=dev)
     run("chunk_state_bwd", lambda: _launch(
         _chunk_state_kernel, (b * nc, h), "chunk_state", dy, C, dt, cum, seq, dst, l, h, g, nc, p, n, 1,
-        *dy.stride(), *C.stride(), *dt.stride(), s_seq_b, s_seq_l, Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot,
+        *dy.stride(), *C.stride(), *dt.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot,
         PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split_at("chunk_state_bwd"), FORWARD=False, HAS_SEQ=pl.has_seq))
     nprog = triton.cdiv(p * n, pl.state_block)
     sdot = poisoned_empty(b, h, nc, nprog, device=dev)
     dfin = dfinal.float().contiguous() if dfinal is not None else dst
     run("state_pass_bwd", lambda: _launch(
-        _state_pass_bwd_kernel, (nprog, b * h), "state_pass_bwd", dst, states, cum, dfin, sdot, seq, l, h, nc,
-        p * n, s_seq_b, s_seq_l, Q=q, BLOCK=pl.state_block, HAS_DFINAL=dfinal is not None, HAS_SEQ=pl.has_seq))
+        _state_pass_bwd_kernel, (nprog, b * h), "state_pass_bwd", dst, states, cum, dfin, sdot, seq, h, nc,
+        p * n, Q=q, BLOCK=pl.state_block, HAS_DFINAL=dfinal is not None, HAS_SEQ=pl.has_seq))
     dx = poisoned_empty(b, l, h, p, dtype=x.dtype, device=dev)
     out = {}
-    rows, cols, dyx = _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out, seq_idx)
+    rows, cols, dyx = _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out)
 
     def reduce():
         ddt = poisoned_empty(b, l, h, device=dev)
@@ -742,11 +788,11 @@ def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, 
     return dx, out["ddt"], out["dA"], out["dB"], out["dC"], out["dD"], dst[:, 0].clone()
 
 
-def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out, seq_idx):
+def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
     """dx per (tile, chunk, head); the (Q × Q) gradient of C·B summed over a group's heads once (dcb), then dC
     and dB per group from it and from the states. See the notes at the top of the module."""
     b, l, h, p, g, n, q, nc = pl.b, pl.l, pl.h, pl.p, pl.g, pl.n, pl.q, pl.nc
-    seq, s_seq_b, s_seq_l = _seq_args(seq_idx, x)
+    seq = _docs_arg(pl, x)
     dev = x.device
     nb = q // pl.bq
     ddt_inter = poisoned_empty(b, h, nc, q, device=dev)
@@ -754,7 +800,7 @@ def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx,
     run("dx2", lambda: _launch(
         _dx2_kernel, (h * nb, b * nc), "dx2", x, dt, cum, B, cb, dst, dy, D if D is not None else A, seq, dx,
         ddt_inter, dyx, l, h, g, nc, p, n, *x.stride(), *dt.stride(), *B.stride(), *dy.stride(), *dx.stride(),
-        s_seq_b, s_seq_l, Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, BNK=min(pl.bn, 64), DT=pl.dt_dot, PREC=pl.prec,
+        Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, BNK=min(pl.bn, 64), DT=pl.dt_dot, PREC=pl.prec,
         UPCAST=pl.upcast, SPLIT=pl.split_at("dx"), HAS_D=D is not None, HAS_SEQ=pl.has_seq))
     # partial sums by tile: entries of tiles above the diagonal stay zero
     rowpart = torch.zeros(b, h, nc, nb, q, dtype=torch.float32, device=dev)
@@ -762,7 +808,7 @@ def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx,
     dcb = poisoned_empty(b, nc, g * pl.dcb_nsplit, q, q, device=dev)
     run("dcb", lambda: _launch(
         _dcb_kernel, (nb * (nb + 1) // 2, b * nc, g * pl.dcb_nsplit), "dcb", x, dt, cum, cb, dy, seq, dcb, rowpart,
-        colpart, l, h, g, nc, p, pl.dcb_nsplit, *x.stride(), *dt.stride(), *dy.stride(), s_seq_b, s_seq_l,
+        colpart, l, h, g, nc, p, pl.dcb_nsplit, *x.stride(), *dt.stride(), *dy.stride(),
         Q=q, BQ=pl.bq, BP=pl.bp, HPP=pl.dcb_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, HAS_SEQ=pl.has_seq))
     hs = pl.bc_nsplit
     dC = poisoned_empty(b, l, g * hs, n, device=dev)
@@ -771,13 +817,13 @@ def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx,
     rowinter = poisoned_empty(b, h, nc, nbn, q, device=dev)
     run("dc2", lambda: _launch(
         _dc2_kernel, (nb * nbn, b * nc, g * hs), "dc2", C, B, cum, states, dy, dcb, seq, dC, rowinter, l, h, g, nc,
-        p, n, pl.dcb_nsplit, hs, nbn, *B.stride(), *C.stride(), *dy.stride(), s_seq_b, s_seq_l, Q=q, BQ=pl.bq,
+        p, n, pl.dcb_nsplit, hs, nbn, *B.stride(), *C.stride(), *dy.stride(), Q=q, BQ=pl.bq,
         BP=pl.bp, BN=bnc, HPP=pl.bc_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split_at("dc"),
         HAS_SEQ=pl.has_seq))
     dB = poisoned_empty(b, l, g * hs, n, device=dev)
     run("db2", lambda: _launch(
         _db2_kernel, (nb, b * nc, g * hs), "db2", x, dt, cum, C, dst, dcb, seq, dB, l, h, g, nc, p, n,
-        pl.dcb_nsplit, hs, *x.stride(), *dt.stride(), *C.stride(), s_seq_b, s_seq_l, Q=q, BQ=pl.bq, BP=pl.bp,
+        pl.dcb_nsplit, hs, *x.stride(), *dt.stride(), *C.stride(), Q=q, BQ=pl.bq, BP=pl.bp,
         BN=pl.bn, HPP=pl.bc_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, HAS_SEQ=pl.has_seq))
     run("partials", lambda: out.update(dB=dB.view(b, l, g, hs, n).sum(3), dC=dC.view(b, l, g, hs, n).sum(3)))
     return [(rowinter, nbn), (rowpart, nb)], [(ddt_inter, 1), (colpart, nb)], dyx
@@ -785,25 +831,31 @@ def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx,
 
 def _ssd_forward_fake(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                       D: torch.Tensor | None, initial_state: torch.Tensor | None, chunk_size: int,
-                      seq_idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    pl = _Plan(x, B, chunk_size, seq_idx)
+                      seq_idx: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    pl = _Plan(x, B, chunk_size)
     f32 = dict(dtype=torch.float32)
+    docs = (x.new_empty(pl.b, pl.nc, 2, pl.q, dtype=torch.int32) if seq_idx is not None
+            else x.new_empty(0, dtype=torch.int32))
     return (torch.empty_like(x), x.new_empty(pl.b, pl.h, pl.nc, pl.q, **f32),
-            x.new_empty(pl.b, pl.nc, pl.g, pl.q, pl.q, **f32), x.new_empty(pl.b, pl.nc + 1, pl.h, pl.p, pl.n, **f32))
+            x.new_empty(pl.b, pl.nc, pl.g, pl.q, pl.q, **f32), x.new_empty(pl.b, pl.nc + 1, pl.h, pl.p, pl.n, **f32),
+            docs)
 
 
 @opaque_to_compile("ssd_forward", _ssd_forward_fake)
 def ssd_forward(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                 D: torch.Tensor | None, initial_state: torch.Tensor | None, chunk_size: int,
-                seq_idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`forward_kernels` -> ``(y, cum, cb, states)`` (its plan is rebuilt by :func:`ssd_backward`)."""
-    y, cum, cb, states, _ = forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx=seq_idx)
-    return y, cum, cb, states
+                seq_idx: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`forward_kernels` -> ``(y, cum, cb, states, docs)``, ``docs`` the document bounds (b, nc, 2, q) int32
+    with ``seq_idx``, else an empty tensor (the plan is rebuilt from them by :func:`ssd_backward`)."""
+    y, cum, cb, states, pl = forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx=seq_idx)
+    return y, cum, cb, states, pl.docs if pl.docs is not None else x.new_empty(0, dtype=torch.int32)
 
 
 def _ssd_backward_fake(dy: torch.Tensor | None, dfinal: torch.Tensor | None, x: torch.Tensor, dt: torch.Tensor,
                        A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, cum: torch.Tensor,
-                       cb: torch.Tensor, states: torch.Tensor, chunk_size: int, seq_idx: torch.Tensor | None
+                       cb: torch.Tensor, states: torch.Tensor, chunk_size: int, docs: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                   torch.Tensor]:
     b, l, h, p = x.shape
@@ -817,30 +869,30 @@ def _ssd_backward_fake(dy: torch.Tensor | None, dfinal: torch.Tensor | None, x: 
 @opaque_to_compile("ssd_backward", _ssd_backward_fake)
 def ssd_backward(dy: torch.Tensor | None, dfinal: torch.Tensor | None, x: torch.Tensor, dt: torch.Tensor,
                  A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, cum: torch.Tensor,
-                 cb: torch.Tensor, states: torch.Tensor, chunk_size: int, seq_idx: torch.Tensor | None
+                 cb: torch.Tensor, states: torch.Tensor, chunk_size: int, docs: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                             torch.Tensor]:
-    """:func:`backward_kernels` with the plan of ``(x, B, chunk_size, seq_idx)``; ``dD`` is an empty tensor without
-    ``D``."""
-    dx, ddt, dA, dB, dC, dD, dinit = backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states,
-                                                      _Plan(x, B, chunk_size, seq_idx), seq_idx=seq_idx)
+    """:func:`backward_kernels` with the plan of ``(x, B, chunk_size)`` and the document bounds ``docs`` of
+    :func:`ssd_forward` (empty: one document a row); ``dD`` is an empty tensor without ``D``."""
+    pl = _Plan(x, B, chunk_size, docs if docs.numel() else None)
+    dx, ddt, dA, dB, dC, dD, dinit = backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl)
     return dx, ddt, dA, dB, dC, dD if dD is not None else x.new_empty(0, dtype=torch.float32), dinit
 
 
 class _SSDTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, initial_state, chunk_size, seq_idx):
-        y, cum, cb, states = ssd_forward(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx)
-        ctx.save_for_backward(x, dt, A, B, C, D, initial_state, cum, cb, states, seq_idx)
+        y, cum, cb, states, docs = ssd_forward(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx)
+        ctx.save_for_backward(x, dt, A, B, C, D, initial_state, cum, cb, states, docs)
         ctx.chunk_size = chunk_size
         ctx.set_materialize_grads(False)
         return y, states[:, -1].clone()
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, D, initial_state, cum, cb, states, seq_idx = ctx.saved_tensors
+        x, dt, A, B, C, D, initial_state, cum, cb, states, docs = ctx.saved_tensors
         dx, ddt, dA, dB, dC, dD, dinit = ssd_backward(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, ctx.chunk_size,
-                                                      seq_idx)
+                                                      docs)
         return (dx, ddt.to(dt.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
                 dD.to(D.dtype) if D is not None else None,
                 dinit.to(initial_state.dtype) if initial_state is not None else None, None, None)
