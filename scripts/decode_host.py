@@ -22,8 +22,9 @@ is not counted), and the line adds the Triton launches per step; the time per to
 ``wm bench generate`` profiles (``bench.decode_common.step_launches``: a direct one-token call on a cache filled to
 ``--context`` tokens, without the graph): the Triton launches plus the ATen ops that launch a kernel, i.e. all but
 the metadata-only ops of ``METADATA_OPS`` (kernel outputs are allocated unpoisoned while counting, as on CUDA:
-``ops.triton_utils.poisoned_empty`` fills them under the interpreter). It prints them per block part (``ssd.mixer``, ``dma.ffn_norm``, ...; ``model`` is the
-work outside the blocks' modules: token checks, positions, cache bookkeeping), with the ops of each.
+``ops.triton_utils.poisoned_empty`` fills them under the interpreter). It prints them per block part
+(``ssd.mixer``, ``dma.ffn_norm``, ...; ``model`` is the work outside the blocks' modules: token checks, positions,
+cache bookkeeping), with the ops of each.
 
     PYTHONPATH=src python scripts/decode_host.py --kernels cheems-tiny@12
 """
