@@ -159,6 +159,7 @@ def _drops(ranks: torch.Tensor, valid: torch.Tensor, threshold: torch.Tensor, of
     first = torch.searchsorted(threshold.reshape(n, -1).neg().contiguous(), ranks.neg().contiguous(), right=True)
     drop = torch.where(valid, (first + offset).clamp_max(lk), 0)
     if documents is not None:  # no query past the end of the key's document
+        documents = documents.contiguous()
         drop = torch.minimum(drop, torch.searchsorted(documents, documents, right=True))
     return drop
 
