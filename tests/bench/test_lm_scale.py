@@ -206,3 +206,71 @@ def test_a_context_out_of_memory_is_recorded_and_merged_as_missing(tmp_path, cor
     assert row["val_ppl@64"] is None and row["eval_error@64"] == "out of memory" and row["val_ppl@32"] > 1
     merged = lm_scale.merge_results(tmp_path / "merged", [tmp_path / "runs"])
     assert merged[0]["val_ppl@64"] is None and merged[0]["val_ppl@32"] == row["val_ppl@32"]
+
+
+def test_compiled_training_resumes_and_follows_the_eager_one(tmp_path, monkeypatch):
+    """``train_lm(compiled=True)`` on packed rows (EOS ids among the tokens: a new document layout every step): one
+    compiled graph for all steps, the weights of the eager training, and a run cut after 3 of 5 steps resumes
+    compiled from its checkpoint (aot_eager: Dynamo and AOTAutograd as Inductor gets them, in seconds)."""
+    from torch._dynamo.utils import counters
+
+    from wonderful_matrices.models import CheemsForCausalLM, presets
+
+    monkeypatch.setattr(lm_common, "compiled_lm_loss", lambda: lm_common.torch.compile(
+        lm_common.lm_loss, dynamic=False, backend="aot_eager", fullgraph=True))
+    config = presets.get("cheems-tiny", vocab_size=64, use_cache=False)
+    tokens = np.random.default_rng(0).integers(0, 64, 2000).astype(np.int64)  # id 0 (EOS) about every 64 tokens
+    train = dict(tokens=tokens, seq_len=16, batch=2, steps=5, lr=1e-3, device=torch.device("cpu"), seed=3, eos=0)
+
+    def fresh():
+        torch.manual_seed(3)
+        return CheemsForCausalLM(config)
+
+    reference = fresh()
+    eager_stats = lm_common.train_lm(reference, **train)
+    torch._dynamo.reset()
+    counters.clear()
+    whole = fresh()
+    stats = lm_common.train_lm(whole, **train, compiled=True)
+    assert counters["stats"]["unique_graphs"] == 1
+    assert stats["final_loss"] == pytest.approx(eager_stats["final_loss"], rel=1e-5)
+    for a, b in zip(whole.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+    calls, real_step = [], lm_common.optimizer_step
+
+    def cut_after_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    path = tmp_path / "checkpoint.pt"
+    monkeypatch.setattr(lm_common, "optimizer_step", cut_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        lm_common.train_lm(fresh(), **train, checkpoint=path, checkpoint_every=2, facts={"run": 1}, compiled=True)
+    monkeypatch.setattr(lm_common, "optimizer_step", real_step)
+    resumed = fresh()
+    stats = lm_common.train_lm(resumed, **train, checkpoint=path, checkpoint_every=2, facts={"run": 1},
+                               compiled=True)
+    assert stats["resumed_at"] == 2
+    for a, b in zip(resumed.parameters(), whole.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_compiled_training_flag_reaches_every_run(tmp_path, corpus_path, monkeypatch):
+    seen = []
+
+    def record(*args, compiled=False, **kwargs):
+        seen.append(compiled)
+        return {"final_loss": 1.0, "tokens_per_s": 1.0, "peak_memory_bytes": None, "train_s": 0.0, "resumed_at": 0}
+
+    monkeypatch.setattr(lm_scale, "train_lm", record)
+    assert main(["lm", "--quick", "--out", str(tmp_path / "runs"), "--families", "llama", "--seeds", "0",
+                 "--train-tokens", "64", "--data", str(corpus_path / "play.txt"), "--vocab-size", "300",
+                 "--eval-tokens", "256", "--compiled-training"]) == 0
+    assert seen == [True]
+    row = json.loads((tmp_path / "runs" / "llama-small-seed0" / "results.json").read_text())["rows"][0]
+    assert row["compiled_training"] is True
+    merged = lm_scale.merge_results(tmp_path / "merged", [tmp_path / "runs"])
+    assert merged[0]["compiled_training"] is True

@@ -3,7 +3,7 @@ in summary.json and in the checkpoint, and evaluation that scores each document 
 import json
 
 import pytest
-from wm_train_helpers import TINY_PRESET, one_thread, train_argv
+from wm_train_helpers import TINY_PRESET, one_thread, python_source_root, train_argv
 
 from wonderful_matrices.cli import main
 from wonderful_matrices.train import checkpoint as ckpt
@@ -11,18 +11,8 @@ from wonderful_matrices.train import checkpoint as ckpt
 _one_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
 
 
-def _source_root(folder):
-    """A folder of small, distinct Python modules (many documents per 32-token row)."""
-    root = folder / "src"
-    root.mkdir()
-    for i in range(80):
-        (root / f"mod{i:02d}.py").write_text(f"def f{i}(x, y={i}):\n    return (x + y) * {i % 7}\n\n\n"
-                                            f"CONSTANT_{i} = f{i}({i})\n")
-    return root
-
-
 def test_training_on_python_source_records_the_manifest(tmp_path, capsys):
-    root = _source_root(tmp_path)
+    root = python_source_root(tmp_path)
     out = tmp_path / "run"
     argv = train_argv(TINY_PRESET, f"python-source:{root}", out, max_steps=4, validation_fraction=0.2)
     assert main(argv) == 0

@@ -21,6 +21,16 @@ def corpus_file(folder: Path) -> str:
     return str(path)
 
 
+def python_source_root(folder: Path) -> Path:
+    """A folder of 80 small, distinct Python modules (``--data python-source:DIR``; many documents per 32-token row)."""
+    root = folder / "src"
+    root.mkdir()
+    for i in range(80):
+        (root / f"mod{i:02d}.py").write_text(f"def f{i}(x, y={i}):\n    return (x + y) * {i % 7}\n\n\n"
+                                            f"CONSTANT_{i} = f{i}({i})\n")
+    return root
+
+
 def train_argv(preset: str, data: str, out: Path, max_steps: int = 8, **flags) -> list[str]:
     """``wm train`` arguments for a tiny run; ``flags`` override defaults (``save_interval=4`` ->
     ``--save-interval 4``)."""

@@ -1,7 +1,8 @@
 """``python -m wonderful_matrices.bench NAME [--quick] --out DIR [--device D] [--budget-s S] [--steps N]
 [--cells ...] [--mixers ...] [--windows W,...] [--learning-rates ...] [--vocab-size V]
 [--merge DIR ... [--mixed-budgets]] [--presets P,...] [--variants V,...] [--data CORPUS] [--threads N]
-[--families F ...] [--seeds S ...] [--train-tokens N] [--eval-contexts C ...] [--eval-tokens N]``."""
+[--families F ...] [--seeds S ...] [--train-tokens N] [--eval-contexts C ...] [--eval-tokens N]
+[--compiled-training]``."""
 from __future__ import annotations
 
 import argparse
@@ -60,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-tokens", default=None, metavar="N",
                         help="lm: validation tokens scored at every length (default: all; 2097152 with --seeds or "
                              "--train-tokens)")
+    parser.add_argument("--compiled-training", action="store_true",
+                        help="lm: train every model with its forward and backward under torch.compile (the "
+                             "optimizer eager); train_tokens_per_s then measures the compiled training")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice; 1 is faster on a shared machine)")
 
@@ -87,7 +91,8 @@ def _lm_options(args: argparse.Namespace) -> dict:
     families = None if args.families is None else tuple(f for v in args.families for f in v.split(",") if f)
     return {"families": families, "seeds": _integers("seeds", args.seeds, 0),
             "train_tokens": train_tokens and train_tokens[0], "eval_tokens": eval_tokens and eval_tokens[0],
-            "eval_contexts": _integers("eval-contexts", args.eval_contexts, 1)}
+            "eval_contexts": _integers("eval-contexts", args.eval_contexts, 1),
+            "compiled_training": args.compiled_training or None}
 
 
 def main_from_args(args: argparse.Namespace) -> int:

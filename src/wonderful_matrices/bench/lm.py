@@ -77,7 +77,8 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
         contexts=None, size: str | None = None, vocab_size: int | None = None, seq_len: int | None = None,
         batch: int | None = None, data: str = "shakespeare", cache_dir=None,
         eval_tokens: int | None = None, throughput_lengths=None, compiled: bool | None = None, seeds=None,
-        train_tokens: int | None = None, eval_contexts=None, checkpoint_every: int = 500) -> list[dict]:
+        train_tokens: int | None = None, eval_contexts=None, checkpoint_every: int = 500,
+        compiled_training: bool = False) -> list[dict]:
     """Train and evaluate every available preset family, measure decoding; write ``results.json``,
     ``results.md`` and ``lm.png`` into ``out_dir``; return one row per (family, context).
 
@@ -96,6 +97,8 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
     (validation tokens scored), ``throughput_lengths`` override; ``compiled`` (default: on CUDA): the training
     throughput also under ``torch.compile`` (``compiled_tok_s@T``, ``compiled_peak_gb@T``; ``compile_error@T`` where
     it fails; off by default on the CPU, where Inductor takes minutes per model);
+    ``compiled_training``: every model trains under ``torch.compile`` (``train_lm(compiled=True)``; the throughput
+    measurements keep following ``compiled``);
     ``data``: the corpus (default the embedded Shakespeare); ``cache_dir``: tokenizer/token cache."""
     from ..models import CheemsForCausalLM, presets
 
@@ -134,7 +137,8 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
         settings = run_settings(corpus, cfg["seq_len"], cfg["batch"], cfg["steps"], cfg["lr"], eval_contexts,
                                 2**21 if eval_tokens is None else eval_tokens,
                                 cfg["contexts"] if contexts is not None else (max(cfg["contexts"]),))
-        run_rows = [run_one(out, family, cfg["size"], seed, corpus, settings, device, checkpoint_every)
+        run_rows = [run_one(out, family, cfg["size"], seed, corpus, settings, device, checkpoint_every,
+                            compiled=bool(compiled_training))
                        for family in families for seed in (seeds if seeds is not None else (0,))]
         print(f"lm: {len(run_rows)} runs in {time.perf_counter() - start:.1f} s -> {out}")
         return run_rows
@@ -150,7 +154,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
         model = CheemsForCausalLM(config).to(device)
         params = sum(p.numel() for p in model.parameters())
         stats = train_lm(model, corpus.train, cfg["seq_len"], cfg["batch"], cfg["steps"], cfg["lr"], device,
-                         eos=corpus.eos)
+                         eos=corpus.eos, compiled=bool(compiled_training))
         ppl = perplexity(model, corpus.validation, cfg["seq_len"], cfg["batch"], device, cfg["eval_tokens"],
                          eos=corpus.eos)
         train_row = {"preset": name, "parameters": params, "train_tokens_per_s": stats["tokens_per_s"],
@@ -205,6 +209,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
                         f"{cfg['steps'] * cfg['batch'] * cfg['seq_len']:,} tokens per model, lr {cfg['lr']}, "
                         "AdamW(0.9, 0.95) wd 0.1, clip 1, 5% warm-up + cosine to 10%"
                         + (", bf16 autocast" if device.type == "cuda" else ", float32")
+                        + (", forward and backward under torch.compile" if compiled_training else "")
                         + "; packed documents (positions restart after EOS, a document's first token not scored)",
             "decode": "batch 1, one token per step, cache grown to the context with random keys/values "
                       "(see the module docstring); " + ("bf16 weights" if device.type == "cuda" else "float32"),

@@ -154,10 +154,15 @@ def optimizer_step(model, opt, rows: torch.Tensor, device: torch.device, clip: f
 
 def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr: float, device: torch.device,
              seed: int = 0, weight_decay: float = 0.1, eos: int | None = None, checkpoint: Path | None = None,
-             checkpoint_every: int = 0, facts: dict | None = None) -> dict:
+             checkpoint_every: int = 0, facts: dict | None = None, compiled: bool = False) -> dict:
     """Train ``model`` on rows of ``seq_len + 1`` of ``tokens`` (1-D; see the module docstring; packed documents
     with ``eos``); return ``{"final_loss", "tokens_per_s", "peak_memory_bytes", "train_s", "resumed_at"}``
     (throughput over the steps this call ran after its first two, which compile/warm up).
+
+    ``compiled``: the forward and backward run under ``torch.compile`` (:func:`compiled_lm_loss`, compiled in this
+    call's first step; the optimizer stays eager); the rows' document layout changes from batch to batch without a
+    recompilation. The weights, optimizer state and checkpoints are those of the eager training, so a run may
+    resume compiled from an eager checkpoint and the other way round.
 
     ``checkpoint`` (a file path) with ``checkpoint_every > 0``: model, optimizer, scheduler, RNG states and the
     step are saved there (atomically) after every ``checkpoint_every`` steps and after the last one (then with
@@ -179,6 +184,7 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
         start_step, finished = _load_training_state(checkpoint, model, opt, sched, facts, device)
         if finished is not None:
             return finished
+    loss_fn = compiled_lm_loss() if compiled else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
@@ -190,7 +196,7 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
             synchronize(device)
             t_steady = time.perf_counter()
         rows = data.train_batch(step, batch, grad_accum=1, micro=0, seed=seed).to(device, non_blocking=True)
-        loss = optimizer_step(model, opt, rows, device, clip=1.0, scheduler=sched, eos=eos)
+        loss = optimizer_step(model, opt, rows, device, clip=1.0, scheduler=sched, eos=eos, loss_fn=loss_fn)
         if step == steps - 1:
             loss_value = float(loss.detach())
         elif saving and (step + 1) % checkpoint_every == 0:

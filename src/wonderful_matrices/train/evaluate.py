@@ -14,24 +14,30 @@ from .distributed import DistInfo, all_reduce_sum
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, rows: PackedRows, batch_size: int, info: DistInfo,
              max_rows: int | None = None, byte_lengths: torch.Tensor | None = None,
-             autocast_dtype: torch.dtype | None = None, eos: int | None = None) -> dict:
+             autocast_dtype: torch.dtype | None = None, eos: int | None = None, whole_batches: bool = False) -> dict:
     """Next-token loss of ``model`` on the validation rows (each row predicts its tokens 1..seq_len-1).
 
     With ``eos`` the rows are packed documents (:func:`document_position_ids`): each document is scored alone and
     a token right after an EOS (a document's first) is not scored.
 
     ``byte_lengths`` ``(vocab,)``: UTF-8 bytes per token id, for bits per byte. Rows are shared out by
-    rank and the sums reduced, so every rank gets the same result. Returns ``{"loss", "perplexity",
-    "bits_per_byte", "tokens"}`` (loss in nats per token).
+    rank and the sums reduced, so every rank gets the same result. ``whole_batches``: a last batch of fewer rows is
+    filled up to ``batch_size`` with copies of its first row, which are not scored, so every call has one shape (a
+    ``torch.compile``-d model then compiles one evaluation graph, not a second one for the remainder). Returns
+    ``{"loss", "perplexity", "bits_per_byte", "tokens"}`` (loss in nats per token).
     """
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64)  # nll, tokens, bytes
     for batch in rows.eval_batches(batch_size, max_rows, info.rank, info.world_size):
         ids = batch.to(info.device)
+        real = ids.shape[0]
+        if whole_batches and real < batch_size:
+            ids = torch.cat([ids, ids[:1].expand(batch_size - real, -1)])
         positions = document_position_ids(ids, eos) if eos is not None else None
         with torch.autocast(info.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(input_ids=ids, position_ids=positions).logits
+            logits = model(input_ids=ids, position_ids=positions).logits[:real]
+        ids, positions = ids[:real], None if positions is None else positions[:real]
         targets = ids[:, 1:]
         scored = positions[:, 1:] > 0 if positions is not None else torch.ones_like(targets, dtype=torch.bool)
         nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),

@@ -384,7 +384,7 @@ def _forward_backward(run: Run, cfg: TrainConfig, info: DistInfo) -> torch.Tenso
 
 def _evaluate(run: Run, cfg: TrainConfig, info: DistInfo) -> dict:
     return evaluate(run.forward, run.val_rows, cfg.batch_size, info, cfg.eval_rows, run.byte_lengths,
-                    run.autocast_dtype, run.eos if cfg.document_mask else None)
+                    run.autocast_dtype, run.eos if cfg.document_mask else None, whole_batches=cfg.compile)
 
 
 def save(run: Run, cfg: TrainConfig, info: DistInfo) -> None:

@@ -1,0 +1,127 @@
+"""Compiled training on packed documents (``wm train --compile``, ``train_lm(compiled=True)``): one training graph
+whatever the documents' layout, one evaluation graph beside it, and the compiled step computes the eager one.
+
+The document layout of a packed row (``position_ids`` restarting after each EOS, so ``seq_idx`` inside the model)
+changes from batch to batch; a guard on tensor values, a Python branch on them or a shape taken from them would
+compile the step again for every batch. The checks compile with ``aot_eager`` (Dynamo's graph and AOTAutograd's
+joint forward and backward, where guards, graph breaks and tracing mistakes live; seconds instead of Inductor's
+minutes on the CPU) and count Dynamo's graphs (``counters["stats"]["unique_graphs"]``: a recompilation adds one).
+On a CUDA machine the same test also runs on the GPU's path (FlexAttention block masks, the Triton kernels).
+"""
+import copy
+import functools
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch._dynamo.utils import counters
+from wm_train_helpers import TINY_PRESET, one_thread, python_source_root, train_argv
+
+from conftest import rel_err
+from wonderful_matrices.data.packing import PackedRows, document_position_ids
+from wonderful_matrices.models import CheemsForCausalLM, presets
+from wonderful_matrices.ops.common import trusted_values
+from wonderful_matrices.train.distributed import DistInfo
+from wonderful_matrices.train.evaluate import evaluate
+
+_one_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
+
+EOS = 1
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _packed_rows(step: int, vocab: int, rows: int = 3, length: int = 29) -> torch.Tensor:
+    """(rows, length) token ids whose documents (EOS-closed) are laid out differently at every ``step``: row 0 holds
+    one document at step 0 and more later, the others 1 to 4 documents with an EOS at random places (the last
+    token included, at odd steps)."""
+    g = torch.Generator().manual_seed(step)
+    ids = torch.randint(2, vocab, (rows, length), generator=g)
+    for r in range(rows):
+        count = (step + r) % 4 if r == 0 else 1 + (step * 7 + r) % 4
+        ids[r, torch.randperm(length - 1, generator=g)[:count]] = EOS
+    if step % 2:
+        ids[-1, -1] = EOS
+    return ids
+
+
+def _graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+def _train_step(forward, model, ids: torch.Tensor):
+    """Loss and gradients of one packed training forward + backward as ``wm train`` runs it."""
+    model.zero_grad(set_to_none=True)
+    with trusted_values():
+        loss = forward(input_ids=ids, position_ids=document_position_ids(ids, EOS), labels=ids).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("family", ["cheems", "llama"])
+def test_packed_training_compiles_once_and_equals_eager(family, device):
+    torch.manual_seed(0)
+    model = CheemsForCausalLM(presets.get(f"{family}-tiny", use_cache=False)).to(device).train()
+    eager = copy.deepcopy(model)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)  # a graph break raises
+    vocab = model.config.vocab_size
+    val = PackedRows(torch.cat([_packed_rows(100 + s, vocab).flatten() for s in range(3)]).numpy(), 29)
+    info = DistInfo(0, 0, 1, torch.device(device))
+    batch_size = 4  # 9 validation rows: batches of 4, 4 and 1
+    graphs = 1  # the training step's; evaluation adds one
+
+    layouts = {tuple(document_position_ids(_packed_rows(step, vocab), EOS).flatten().tolist()) for step in range(7)}
+    assert len(layouts) == 7, "every step has its own document layout"
+    for step in range(7):
+        ids = _packed_rows(step, vocab).to(device)
+        loss, grads = _train_step(compiled, model, ids)
+        eager_loss, eager_grads = _train_step(eager, eager, ids)
+        assert rel_err(loss, eager_loss) < 1e-5
+        assert grads.keys() == eager_grads.keys() and len(grads) == len(list(model.parameters()))
+        flat = torch.cat([grads[n].double().flatten() for n in sorted(grads)])
+        assert not flat.isnan().any()
+        assert rel_err(flat, torch.cat([eager_grads[n].double().flatten() for n in sorted(grads)])) < 1e-5
+        assert _graphs() == graphs, f"step {step} compiled the training step again"
+        if step in (2, 5):  # evaluation between training steps, its last batch partial, as wm train --compile runs it
+            result = evaluate(compiled, val, batch_size, info, eos=EOS, whole_batches=True)
+            expected = evaluate(eager, val, batch_size, info, eos=EOS)
+            assert result["tokens"] == expected["tokens"] > 0
+            assert abs(result["loss"] - expected["loss"]) < 1e-5 * expected["loss"]
+            assert model.training, "evaluate restores training mode"
+            graphs = 2
+            assert _graphs() == graphs, "evaluation compiles one graph of its own, once"
+    assert _graphs() == 2
+
+
+def test_a_partial_last_batch_filled_is_scored_as_before():
+    """``whole_batches`` only adds rows nobody scores: the same result as the eager evaluation of the partial batch."""
+    torch.manual_seed(0)
+    model = CheemsForCausalLM(presets.get("cheems-tiny", use_cache=False))
+    val = PackedRows(np.concatenate([_packed_rows(s, model.config.vocab_size).numpy().ravel() for s in range(2)]), 29)
+    info = DistInfo(0, 0, 1, torch.device("cpu"))
+    plain = evaluate(model, val, 4, info, eos=EOS)  # 6 rows: 4 + 2
+    filled = evaluate(model, val, 4, info, eos=EOS, whole_batches=True)
+    assert filled["tokens"] == plain["tokens"] and abs(filled["loss"] - plain["loss"]) < 1e-6 * plain["loss"]
+
+
+def test_wm_train_compile_on_python_source(tmp_path, monkeypatch):
+    """``wm train --compile`` end to end on packed source files (many documents per row, a new layout every step),
+    evaluating twice with a partial last batch: two graphs in all, and the run ends where the eager run does."""
+    from wonderful_matrices.cli import main
+
+    root = python_source_root(tmp_path)
+    argv = functools.partial(train_argv, TINY_PRESET, f"python-source:{root}", max_steps=4, eval_interval=2,
+                             eval_rows=6, save_interval=4, validation_fraction=0.2)
+    assert main(argv(tmp_path / "eager")) == 0
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    torch._dynamo.reset()
+    counters.clear()
+    assert main(argv(tmp_path / "compiled") + ["--compile"]) == 0
+    assert _graphs() == 2, "one training graph and one evaluation graph"
+    eager, compiled = (json.loads((tmp_path / run / "summary.json").read_text())["validation"]
+                       for run in ("eager", "compiled"))
+    assert compiled["tokens"] == eager["tokens"] > 0
+    assert abs(compiled["loss"] - eager["loss"]) < 1e-4 * eager["loss"]
