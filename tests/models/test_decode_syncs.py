@@ -8,25 +8,35 @@ from wonderful_matrices.models import presets
 from wonderful_matrices.models.modeling import CACHE_NAME, CheemsForCausalLM
 
 
-class HostReads(TorchDispatchMode):
-    """Counts reads of tensor values on the host (``.item()``, ``bool()``, ``int()``, ``.tolist()``)."""
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen ops dispatched inside it for which :meth:`counts` is true (all of them by default: host work,
+    on a GPU each costs microseconds of the CPU)."""
 
     def __init__(self):
         super().__init__()
         self.count = 0
 
+    def counts(self, func) -> bool:
+        return True
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.count += 1
+        self.count += self.counts(func)
         return func(*args, **(kwargs or {}))
 
 
-def reads_per_forward(model: CheemsForCausalLM, **generate_kwargs) -> list[int]:
-    """Host reads of each forward call ``generate`` makes (the prompt first, then the decoding steps)."""
+class HostReads(OpCounter):
+    """Counts reads of tensor values on the host (``.item()``, ``bool()``, ``int()``, ``.tolist()``)."""
+
+    def counts(self, func) -> bool:
+        return func is torch.ops.aten._local_scalar_dense.default
+
+
+def counts_per_forward(model: CheemsForCausalLM, counter: type[OpCounter], **generate_kwargs) -> list[int]:
+    """What ``counter`` counts in each forward call ``generate`` makes (the prompt first, then the decoding steps)."""
     counts, modes = [], []
 
     def start(module, args, kwargs):
-        modes.append(HostReads())
+        modes.append(counter())
         modes[-1].__enter__()
 
     def stop(module, args, kwargs, output):
@@ -54,7 +64,7 @@ def test_generate_steps_read_no_values(preset, options):
     kwargs = {k: v for k, v in options.items() if k != "mask"}
     if options.get("mask"):
         kwargs["attention_mask"] = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1] * 7])
-    counts = reads_per_forward(model, input_ids=ids, max_new_tokens=6, min_new_tokens=6,
+    counts = counts_per_forward(model, HostReads, input_ids=ids, max_new_tokens=6, min_new_tokens=6,
                                do_sample=kwargs.pop("do_sample", False), **kwargs)
     assert len(counts) == 6
     assert counts[1:] == [0] * 5  # the prompt's call may check its ids and mask; the steps fed back do not
@@ -86,18 +96,6 @@ def test_direct_step_still_checks_ids():
             model(torch.tensor([[model.config.vocab_size]]), cache=cache, use_cache=True)
 
 
-class AtenOps(TorchDispatchMode):
-    """Counts the ATen ops dispatched inside it (host work: on a GPU each costs microseconds of the CPU)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 # ATen ops of one cheems-tiny decoding forward on the CPU (4 layers: 3 SSD, 1 DMA, 4 CDMoE). A regression guard with
 # a little headroom over the count reached (640); the CDMoE layer's linears on (b, l, d) inputs took 668.
 CHEEMS_TINY_STEP_OPS = 650
@@ -106,26 +104,8 @@ CHEEMS_TINY_STEP_OPS = 650
 def test_cheems_tiny_decoding_step_aten_ops():
     torch.manual_seed(0)
     model = CheemsForCausalLM(presets.get("cheems-tiny")).eval()
-    counts, modes = [], []
-
-    def start(module, args, kwargs):
-        modes.append(AtenOps())
-        modes[-1].__enter__()
-
-    def stop(module, args, kwargs, output):
-        mode = modes.pop()
-        mode.__exit__(None, None, None)
-        counts.append(mode.count)
-
-    hooks = [model.register_forward_pre_hook(start, with_kwargs=True),
-             model.register_forward_hook(stop, with_kwargs=True)]
-    try:
-        with torch.no_grad():
-            model.generate(torch.randint(0, model.config.vocab_size, (1, 9)), max_new_tokens=4, min_new_tokens=4,
-                           do_sample=False)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    counts = counts_per_forward(model, OpCounter, inputs=torch.randint(0, model.config.vocab_size, (1, 9)),
+                                max_new_tokens=4, min_new_tokens=4, do_sample=False)
     steps = counts[1:]
     assert len(steps) == 3 and len(set(steps[1:])) == 1, steps  # every step after the first does the same work
     assert steps[-1] <= CHEEMS_TINY_STEP_OPS, steps
