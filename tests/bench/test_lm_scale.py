@@ -35,6 +35,22 @@ def four_runs(tmp_path_factory, corpus_path):
     return out, _run(out, corpus_path)
 
 
+def _cut_after_three_steps(monkeypatch, run) -> None:
+    """Runs ``run()`` with ``lm_common.optimizer_step`` interrupted (KeyboardInterrupt) at its fourth call."""
+    calls, real_step = [], lm_common.optimizer_step
+
+    def cut_after_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(lm_common, "optimizer_step", cut_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(lm_common, "optimizer_step", real_step)
+
+
 def test_one_folder_per_run_with_its_results(four_runs):
     out, rows = four_runs
     names = ["cheems-tiny-seed0", "cheems-tiny-seed1", "llama-tiny-seed0", "llama-tiny-seed1"]
@@ -91,19 +107,9 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, monkeypatch)
 
     reference = fresh()
     lm_common.train_lm(reference, **train)
-    calls, real_step = [], lm_common.optimizer_step
-
-    def cut_after_three(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 3:
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
     path = tmp_path / "checkpoint.pt"
-    monkeypatch.setattr(lm_common, "optimizer_step", cut_after_three)
-    with pytest.raises(KeyboardInterrupt):
-        lm_common.train_lm(fresh(), **train, checkpoint=path, checkpoint_every=2, facts={"run": 1})
-    monkeypatch.setattr(lm_common, "optimizer_step", real_step)
+    _cut_after_three_steps(monkeypatch, lambda: lm_common.train_lm(fresh(), **train, checkpoint=path,
+                                                                   checkpoint_every=2, facts={"run": 1}))
     assert torch.load(path, weights_only=False)["step"] == 2
     resumed = fresh()
     stats = lm_common.train_lm(resumed, **train, checkpoint=path, checkpoint_every=2, facts={"run": 1})
@@ -111,7 +117,11 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, monkeypatch)
     for a, b in zip(resumed.parameters(), reference.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     # the final checkpoint (saved before the evaluation) gives the finished run back without a step
-    monkeypatch.setattr(lm_common, "optimizer_step", cut_after_three)
+
+    def no_step(*args, **kwargs):
+        raise AssertionError("a finished run trained again")
+
+    monkeypatch.setattr(lm_common, "optimizer_step", no_step)
     restored = fresh()
     assert lm_common.train_lm(restored, **train, checkpoint=path, checkpoint_every=2, facts={"run": 1}) == stats
     for a, b in zip(restored.parameters(), reference.parameters()):
@@ -237,19 +247,10 @@ def test_compiled_training_resumes_and_follows_the_eager_one(tmp_path, monkeypat
     for a, b in zip(whole.parameters(), reference.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
-    calls, real_step = [], lm_common.optimizer_step
-
-    def cut_after_three(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 3:
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
     path = tmp_path / "checkpoint.pt"
-    monkeypatch.setattr(lm_common, "optimizer_step", cut_after_three)
-    with pytest.raises(KeyboardInterrupt):
-        lm_common.train_lm(fresh(), **train, checkpoint=path, checkpoint_every=2, facts={"run": 1}, compiled=True)
-    monkeypatch.setattr(lm_common, "optimizer_step", real_step)
+    _cut_after_three_steps(monkeypatch, lambda: lm_common.train_lm(fresh(), **train, checkpoint=path,
+                                                                   checkpoint_every=2, facts={"run": 1},
+                                                                   compiled=True))
     resumed = fresh()
     stats = lm_common.train_lm(resumed, **train, checkpoint=path, checkpoint_every=2, facts={"run": 1},
                                compiled=True)
