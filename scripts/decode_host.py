@@ -46,33 +46,32 @@ from wonderful_matrices.models.modeling import CheemsForCausalLM
 from wonderful_matrices.ops import triton_utils
 
 
-class SyncCounter(TorchDispatchMode):
-    """Counts the ATen ops run inside it and the host reads of tensor values, with the source line of each read;
-    with ``count_launches`` also the Triton launches (interpreted), whose own ATen ops are not counted."""
+class LaunchAwareMode(TorchDispatchMode):
+    """A dispatch mode that, with ``count_launches``, also sees every (interpreted) Triton launch: :meth:`launched`
+    is called per launch, and ``in_launch`` is non-zero while the interpreter's own ATen ops run."""
 
-    def __init__(self, count_launches: bool = False):
+    def __init__(self, count_launches: bool):
         super().__init__()
-        self.ops = 0
-        self.syncs = 0
-        self.launches = 0
-        self.in_launch = 0
-        self.where: collections.Counter = collections.Counter()
         self.count_launches = count_launches
+        self.in_launch = 0
+
+    def launched(self, kernel) -> None:
+        """Called once per Triton launch (``kernel``: the interpreted function)."""
 
     def __enter__(self):
         if self.count_launches:
             from triton.runtime.interpreter import InterpretedFunction
 
             self._run = InterpretedFunction.run
-            counter = self
+            mode = self
 
             def run(kernel, *args, **kwargs):
-                counter.launches += 1
-                counter.in_launch += 1
+                mode.launched(kernel)
+                mode.in_launch += 1
                 try:
-                    return counter._run(kernel, *args, **kwargs)
+                    return mode._run(kernel, *args, **kwargs)
                 finally:
-                    counter.in_launch -= 1
+                    mode.in_launch -= 1
 
             InterpretedFunction.run = run
         return super().__enter__()
@@ -83,6 +82,21 @@ class SyncCounter(TorchDispatchMode):
 
             InterpretedFunction.run = self._run
         return super().__exit__(*exc)
+
+
+class SyncCounter(LaunchAwareMode):
+    """Counts the ATen ops run inside it and the host reads of tensor values, with the source line of each read;
+    with ``count_launches`` also the Triton launches (interpreted), whose own ATen ops are not counted."""
+
+    def __init__(self, count_launches: bool = False):
+        super().__init__(count_launches)
+        self.ops = 0
+        self.syncs = 0
+        self.launches = 0
+        self.where: collections.Counter = collections.Counter()
+
+    def launched(self, kernel) -> None:
+        self.launches += 1
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if self.in_launch:
@@ -110,44 +124,29 @@ def launches_kernel(func) -> bool:
     return not (func.is_view or func.overloadpacket.__name__ in METADATA_OPS)
 
 
-class KernelCounter(TorchDispatchMode):
+class KernelCounter(LaunchAwareMode):
     """The kernels a CUDA step would launch, by block part: the Triton launches (interpreted) and the ATen ops
     that launch one (``launches_kernel``), each credited to the innermost labelled module running (``labels``:
     module -> name; ``"model"`` outside them)."""
 
     def __init__(self, labels: dict):
-        super().__init__()
+        super().__init__(count_launches=True)
         self.labels = labels
         self.stack = ["model"]
         self.kernels: collections.Counter = collections.Counter()  # (part, op name) -> count
-        self.in_launch = 0
         self.hooks = []
 
-    def __enter__(self):
-        from triton.runtime.interpreter import InterpretedFunction
+    def launched(self, kernel) -> None:
+        self.kernels[self.stack[-1], f"triton:{kernel.fn.__name__}"] += 1
 
+    def __enter__(self):
         for module, label in self.labels.items():
             self.hooks.append(module.register_forward_pre_hook(lambda *_, label=label: self.stack.append(label)))
             self.hooks.append(module.register_forward_hook(lambda *_: self.stack.pop() and None))
-        self._run = InterpretedFunction.run
-        counter = self
-
-        def run(kernel, *args, **kwargs):
-            counter.kernels[counter.stack[-1], f"triton:{kernel.fn.__name__}"] += 1
-            counter.in_launch += 1
-            try:
-                return counter._run(kernel, *args, **kwargs)
-            finally:
-                counter.in_launch -= 1
-
-        InterpretedFunction.run = run
         self._interpreting, triton_utils.interpreting = triton_utils.interpreting, lambda: False  # no poisoning
         return super().__enter__()
 
     def __exit__(self, *exc):
-        from triton.runtime.interpreter import InterpretedFunction
-
-        InterpretedFunction.run = self._run
         triton_utils.interpreting = self._interpreting
         for hook in self.hooks:
             hook.remove()
