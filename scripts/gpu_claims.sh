@@ -35,6 +35,9 @@
 #                                                          tokenizer: a few MB): on a fresh machine, copy it to
 #                                                          runs/lm-scale first (carry it) so the runs and the
 #                                                          tokenizer are reused; on the warm machine RUNS is still there.
+#                                                          COMPILED_TRAINING=1 trains under torch.compile
+#                                                          (`--compiled-training`; default off until its CUDA test,
+#                                                          tests/train/test_compiled_training.py -k cuda, has passed).
 # Results: DIR/claims.tgz (each run's folder: results.json / results.md / PNG / log) and DIR/summary.log.
 # Every MQAR process rewrites its results after each finished run, so a process cut by the time limit keeps them.
 # Time limits (seconds): CALL_S for the whole call (default 560); MQAR_BUDGET_S per cell (default 60% of CALL_S: no run
@@ -83,7 +86,7 @@ bench() {  # bench DIRNAME SECONDS NAME ARGS... -> $WORK/DIRNAME with results an
         # shellcheck disable=SC2086
         timeout "$left" $PY -m wonderful_matrices.bench lm --data python-source --families $families --seeds "$seed" \
           --train-tokens "${TRAIN_TOKENS:-25000000}" --eval-contexts ${EVAL_CONTEXTS:-2048 8192 32768} \
-          --out "$RUNS" >> "$WORK/lm-scale/run.log" 2>&1
+          ${COMPILED_TRAINING:+--compiled-training} --out "$RUNS" >> "$WORK/lm-scale/run.log" 2>&1
         echo "seed $seed ($families): rc=$? after $(( $(date +%s) - START )) s" >> "$WORK/lm-scale/run.log"
       done
       ls "$RUNS"/*/results.json > /dev/null 2>&1 && $PY -m wonderful_matrices.bench lm --merge "$RUNS" \
