@@ -18,7 +18,7 @@ DOTS = {"vec_ptr": "*{dt}", "table_ptr": "*{dt}", "ids_ptr": "*i64", "gate_ptr":
         "out_ptr": "*fp32", "aux_ptr": "*fp32", "M": "i32", "D": "i32", "EPILOGUE": "constexpr", "ACT": "constexpr",
         "BLOCK_M": "constexpr", "BLOCK_D": "constexpr"}
 TABLE_GRAD = {"bounds_ptr": "*i64", "sorted_ptr": "*i32", "order_ptr": "*i64", "w_ptr": "*fp32", "vec_ptr": "*{dt}",
-              "out_ptr": "*{out}", "N": "i32", "M": "i32", "D": "i32", "SPLIT": "i32", "BLOCK_E": "constexpr",
+              "out_ptr": "*{out}", "N": "i32", "D": "i32", "SPLIT": "i32", "M": "constexpr", "BLOCK_E": "constexpr",
               "BLOCK_R": "constexpr", "HI_LO": "constexpr", "BLOCK_D": "constexpr"}
 # (kernel, signature, constants): the dots kernel with each epilogue (0 dots, 1 forward, 2 backward) and
 # activation (0 silu, 1 gelu, 2 relu) it runs with; the table gradient written directly and as partial sums
@@ -32,9 +32,9 @@ SIGNATURES = {
     "row_sum": ("_row_sum_kernel", {"w_ptr": "*fp32", "table_ptr": "*{dt}", "ids_ptr": "*i64", "out_ptr": "*{dt}",
                                     "M": "i32", "D": "i32", "BLOCK_M": "constexpr", "BLOCK_D": "constexpr"}, ROWS),
     "table_grad": ("_table_grad_kernel", TABLE_GRAD,
-                   {"BLOCK_E": 16, "BLOCK_R": 32, "HI_LO": "{hi_lo}", "BLOCK_D": 256}),
+                   {"M": 32, "BLOCK_E": 16, "BLOCK_R": 32, "HI_LO": "{hi_lo}", "BLOCK_D": 256}),
     "table_grad_partial": ("_table_grad_kernel", dict(TABLE_GRAD, out_ptr="*fp32"),
-                           {"BLOCK_E": 16, "BLOCK_R": 32, "HI_LO": "{hi_lo}", "BLOCK_D": 256}),
+                           {"M": 32, "BLOCK_E": 16, "BLOCK_R": 32, "HI_LO": "{hi_lo}", "BLOCK_D": 256}),
 }
 
 

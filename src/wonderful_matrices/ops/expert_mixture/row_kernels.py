@@ -157,12 +157,14 @@ def _row_sum_kernel(w_ptr, table_ptr, ids_ptr, out_ptr, M, D,
     [triton.Config({"BLOCK_D": b}, num_warps=w) for b, w in ((128, 4), (256, 4), (256, 8), (512, 8))],
     key=["N", "D", "SPLIT"])
 @triton.jit
-def _table_grad_kernel(bounds_ptr, sorted_ptr, order_ptr, w_ptr, vec_ptr, out_ptr, N, M, D, SPLIT,
+def _table_grad_kernel(bounds_ptr, sorted_ptr, order_ptr, w_ptr, vec_ptr, out_ptr, N, D, SPLIT, M: tl.constexpr,
                        BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, HI_LO: tl.constexpr, BLOCK_D: tl.constexpr):
     """out[s, e, :] = Σ w[p] · vec[p // M, :] over the sorted selections ``p = order[r]`` of expert e (those with
     ``sorted[r] = e``) in steps ``i ≡ s (mod SPLIT)`` of BLOCK_R; grid (cdiv(N, BLOCK_E), cdiv(D, BLOCK_D),
     SPLIT). With SPLIT = 1, ``out`` is the gradient itself (table dtype); otherwise a float32 (SPLIT, N, D) buffer
-    of partial sums. HI_LO: bf16 ``vec`` (``w`` as two bf16 terms), else the product runs in tf32x3."""
+    of partial sums. HI_LO: bf16 ``vec`` (``w`` as two bf16 terms), else the product runs in tf32x3. M (selections
+    per token) is a constant so that ``p // M`` compiles to shifts and multiplies, not a 64-bit division per
+    gathered row."""
     tile = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
@@ -274,7 +276,7 @@ def _table_grad(w: torch.Tensor, vec: torch.Tensor, M: int, table: torch.Tensor,
     out = (poisoned_empty(N, D, dtype=table.dtype, device=table.device) if split == 1
            else poisoned_empty(split, N, D, dtype=torch.float32, device=table.device))
     grid = lambda meta: (triton.cdiv(N, BLOCK_E), triton.cdiv(D, meta["BLOCK_D"]), split)  # noqa: E731
-    _table_grad_kernel[grid](bounds, sorted_ids, order, w, vec, out, N, M, D, split, BLOCK_E=BLOCK_E,
+    _table_grad_kernel[grid](bounds, sorted_ids, order, w, vec, out, N, D, split, M=M, BLOCK_E=BLOCK_E,
                              BLOCK_R=BLOCK_R, HI_LO=vec.dtype == torch.bfloat16)
     return out if split == 1 else out.sum(0).to(table.dtype)
 
