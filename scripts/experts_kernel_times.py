@@ -1,0 +1,82 @@
+"""Time each launch of the Triton expert mixture and the product-key top-k at cheems-base's CDMoE shape on one GPU,
+with the bytes each moves and its floor (docs/kernels_experts.md).
+
+    PYTHONPATH=src python scripts/experts_kernel_times.py [--tokens 32768] [--repeats 20]
+
+One layer call: T tokens, d = 768, N = 2304 experts (48²), 4 heads × top-8 (M = 32), retrieval dim 64, bf16 tables
+and activations, float32 gates, as training under autocast passes them. Prints per part the median time over
+``--repeats`` calls (CUDA events, after a warm-up that also runs the autotuners) and the gathered bytes per
+millisecond. CPU plumbing check: ``TRITON_INTERPRET=1 ... --tokens 64 --repeats 1`` (float32, CPU).
+"""
+import argparse
+import statistics
+
+import torch
+
+from wonderful_matrices.ops.expert_mixture import row_kernels as rk
+from wonderful_matrices.ops.product_key import topk_kernels as tk
+from wonderful_matrices.ops.triton_utils import interpreting
+
+D, N, KEYS, HEADS, TOP_K, HALF = 768, 2304, 48, 4, 8, 32
+
+
+def timed(fn, repeats: int, cuda: bool) -> float:
+    """Median milliseconds of ``fn()`` over ``repeats`` calls (after one warm-up call)."""
+    fn()
+    if not cuda:
+        return float("nan")
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=32768)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available() and not interpreting()
+    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    T, M = args.tokens, HEADS * TOP_K
+    x = torch.randn(T, D, device=device, dtype=dtype)
+    grad_y = torch.randn(T, D, device=device, dtype=dtype)
+    down, up = (torch.randn(N, D, device=device, dtype=dtype) * D ** -0.5 for _ in range(2))
+    query = torch.randn(T, HEADS, 2, HALF, device=device, dtype=dtype)
+    keys = torch.randn(HEADS, 2, KEYS, HALF, device=device, dtype=dtype)
+    scores, ids = tk.topk_forward(query, keys, TOP_K)
+    gates = scores.softmax(-1).reshape(T, M).contiguous()
+    ids = ids.reshape(T, M).contiguous()
+    s, coef = rk.row_dots(x, down, ids, rk.FORWARD, 0, gates=gates)
+    grad_s, _ = rk.row_dots(grad_y, up, ids, rk.BACKWARD, 0, gates=gates, s=s)
+    by_expert = rk.sort_by_expert(ids, N)
+    rows = T * M * D * x.element_size()  # bytes of the gathered rows of one pass
+    parts = [
+        ("topk forward", lambda: tk.topk_forward(query, keys, TOP_K), query.numel() * query.element_size()),
+        ("topk backward", lambda: tk.topk_backward(query, keys, ids.view(T, HEADS, TOP_K), scores),
+         query.numel() * query.element_size() * 2),
+        ("row_dots forward", lambda: rk.row_dots(x, down, ids, rk.FORWARD, 0, gates=gates), rows),
+        ("row_sum forward", lambda: rk.row_sum(coef, up, ids), rows),
+        ("row_dots backward", lambda: rk.row_dots(grad_y, up, ids, rk.BACKWARD, 0, gates=gates, s=s), rows),
+        ("row_sum backward", lambda: rk.row_sum(grad_s, down, ids), rows),
+        ("sort_by_expert", lambda: rk.sort_by_expert(ids, N), ids.numel() * 16),
+        ("table_grad down", lambda: rk.table_grad(grad_s, x, M, down, by_expert), rows),
+        ("table_grad up", lambda: rk.table_grad(coef, grad_y, M, up, by_expert), rows),
+    ]
+    print(f"{device} {torch.cuda.get_device_name() if cuda else ''}, {dtype}, T {T}, d {D}, N {N}, M {M}, "
+          f"table_grad SPLIT {rk.step_split(T * M, N, D)}")
+    total = 0.0
+    for name, fn, moved in parts:
+        ms = timed(fn, args.repeats, cuda)
+        total += ms
+        print(f"{name:<18} {ms:8.3f} ms  {moved / 1e9:7.3f} GB main traffic  {moved / ms / 1e9:7.2f} TB/s")
+    print(f"{'sum':<18} {total:8.3f} ms per layer call; x 12 layers = {12 * total:.1f} ms per step")
+
+
+if __name__ == "__main__":
+    main()
