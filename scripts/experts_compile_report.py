@@ -75,15 +75,21 @@ def cases():
     # product-key top-k: bf16 queries and sub-keys (autocast), float32 scores, int64 ids
     query, keys = _meta(T, H, 2, dkey), _meta(H, 2, n, dkey)
     topk_const = dict(K=k, K_PAD=tk._pad(k), DK_PAD=tk._pad(dkey, 16))
+    picks = _meta(T, H, k, dtype=i64)
     out.append(("topk/fwd", tk._topk_forward_kernel.fn,
-                dict(q_ptr=query, keys_ptr=keys, scores_ptr=_meta(T, H, k, dtype=f32), ids_ptr=_meta(T, H, k, dtype=i64),
+                dict(q_ptr=query, keys_ptr=keys, scores_ptr=_meta(T, H, k, dtype=f32), ids_ptr=picks,
                      T=T, H=H, N_KEYS=n, DK=dkey), dict(topk_const, PRECISION="tf32"),
                 configs(tk._topk_forward_kernel)))
-    block_t = max(1, min(32, 4096 // (topk_const["K_PAD"] * topk_const["DK_PAD"])))  # as topk_backward
-    out.append(("topk/bwd", tk._topk_backward_kernel,
-                dict(q_ptr=query, keys_ptr=keys, ids_ptr=_meta(T, H, k, dtype=i64),
-                     grad_ptr=_meta(T, H, k, dtype=f32), dq_ptr=query, dkeys_ptr=_meta(H, 2, n, dkey, dtype=f32),
-                     T=T, H=H, N_KEYS=n, DK=dkey), dict(topk_const, BLOCK_T=block_t), [({}, 4, 3)]))
+    backward = dict(q_ptr=query, keys_ptr=keys, ids_ptr=picks, grad_ptr=_meta(T, H, k, dtype=f32), dq_ptr=query,
+                    dkeys_ptr=_meta(H, 2, n, dkey, dtype=f32), T=T, H=H, N_KEYS=n, DK=dkey)
+    # topk_backward's two kernels at their block sizes: atomics per pick (√N > REDUCED_KEYS), summed per sub-key
+    block_t = max(1, min(32, 4096 // (topk_const["K_PAD"] * topk_const["DK_PAD"])))
+    out.append(("topk/bwd atomic", tk._topk_backward_kernel, backward, dict(topk_const, BLOCK_T=block_t),
+                [({}, 4, 3)]))
+    n_pad = tk._pad(n, 16)
+    out.append(("topk/bwd reduced", tk._topk_backward_reduced_kernel, backward,
+                dict(K=k, N_PAD=n_pad, DK_PAD=topk_const["DK_PAD"],
+                     BLOCK_T=max(16, min(64, tk.REDUCED_TILE // n_pad))), [({}, 4, 3)]))
     # CDMoE decoding step, one token (batch-1 decoding), a bf16 model without biases
     t = 1
     xt = _meta(t, d)
@@ -128,6 +134,7 @@ def main():
             if args.kernels and not any(label.startswith(p) for p in args.kernels):
                 continue
             # an argument the kernel declares constexpr (e.g. table_grad's M) is a constant of the compile
+            values = dict(values)
             constants = dict(constants, **{fn.arg_names[i]: values.pop(fn.arg_names[i]) for i in fn.constexprs
                                            if fn.arg_names[i] in values})
             for kwargs, warps, stages in configs:

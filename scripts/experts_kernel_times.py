@@ -36,6 +36,15 @@ def timed(fn, repeats: int, cuda: bool) -> float:
     return statistics.median(times)
 
 
+def atomic_backward(query, keys, ids, grad):
+    """``topk_backward`` with one atomic per pick and column (its path for many sub-keys), for comparison."""
+    saved, tk.REDUCED_KEYS = tk.REDUCED_KEYS, 0
+    try:
+        return tk.topk_backward(query, keys, ids, grad)
+    finally:
+        tk.REDUCED_KEYS = saved
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=32768)
@@ -59,6 +68,8 @@ def main():
     parts = [
         ("topk forward", lambda: tk.topk_forward(query, keys, TOP_K), query.numel() * query.element_size()),
         ("topk backward", lambda: tk.topk_backward(query, keys, ids.view(T, HEADS, TOP_K), scores),
+         query.numel() * query.element_size() * 2),
+        ("topk bwd atomic", lambda: atomic_backward(query, keys, ids.view(T, HEADS, TOP_K), scores),
          query.numel() * query.element_size() * 2),
         ("row_dots forward", lambda: rk.row_dots(x, down, ids, rk.FORWARD, 0, gates=gates), rows),
         ("row_sum forward", lambda: rk.row_sum(coef, up, ids), rows),

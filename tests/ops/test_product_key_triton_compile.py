@@ -42,3 +42,17 @@ def test_backward_compiles_for_sm90(dt, k):
     kernels = importlib.import_module("wonderful_matrices.ops.product_key.topk_kernels")
     constants = {"K": k, "K_PAD": kernels._pad(k), "DK_PAD": 32, "BLOCK_T": 8}
     _compile(kernels._topk_backward_kernel, BACKWARD, constants, 4, dt)
+
+
+REDUCED = {**{k: v for k, v in BACKWARD.items() if k not in ("K_PAD", "DK_PAD", "BLOCK_T")}, "N_PAD": "constexpr",
+           "DK_PAD": "constexpr", "BLOCK_T": "constexpr"}
+
+
+@pytest.mark.parametrize("n_pad,block_t", [(64, 64), (32, 64), (16, 64)])
+@pytest.mark.parametrize("dt", ["bf16", "fp32"])
+def test_reduced_backward_compiles_for_sm90(dt, n_pad, block_t):
+    """The backward that sums a token block's picks per sub-key, at the block sizes topk_backward picks for
+    √N = 48 (cheems-base), 32 and 16."""
+    kernels = importlib.import_module("wonderful_matrices.ops.product_key.topk_kernels")
+    constants = {"K": 8, "N_PAD": n_pad, "DK_PAD": 32, "BLOCK_T": block_t}
+    _compile(kernels._topk_backward_reduced_kernel, REDUCED, constants, 4, dt)

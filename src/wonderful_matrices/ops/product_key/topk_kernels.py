@@ -14,7 +14,13 @@ another order than brute force: equal values, any of them is a correct top k.
 Backward: the score of the ``j``-th pick is ``q_0·K_0[a_j] + q_1·K_1[b_j]``, so
 ``grad q_c = Σ_j g_j · K_c[idx_j]`` (a gather of sub-key rows) and ``grad K_c[idx] += g_j · q_c`` (a scatter). One
 program per token block and head does both; the scatter adds float32 atomically into an ``(H, 2, √N, dk)``
-buffer (a few megabytes at most), rounded to the sub-key dtype once at the end.
+buffer (a few megabytes at most), rounded to the sub-key dtype once at the end. With few sub-keys
+(``√N <= REDUCED_KEYS``, cheems-base's 48) every token's picks land on the same few rows, so one atomic per pick
+and column (``T·H·k·2·dk`` of them, ~5000 on each address at cheems-base) would queue on the same addresses: there
+a program of ``BLOCK_T`` tokens first sums its picks per sub-key as the matrix ``A[n, t] = Σ_j g[t, j]·[idx_j = n]``
+(``(√N, BLOCK_T)``, float32), so ``grad q_c = Aᵀ·K_c`` and the program's share of ``grad K_c = A·q_c`` are two
+float32 products (tf32x3) and the program adds ``√N·dk`` values atomically, ``BLOCK_T·k/√N`` times fewer (11× at
+cheems-base).
 
 Launch settings are autotuned on the GPU (one small configuration under the interpreter, so tests cross the token
 and sub-key block boundaries). Outputs are NaN-poisoned under the interpreter, so an unwritten element fails tests.
@@ -26,6 +32,13 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import interpreting, opaque_to_compile, poisoned_empty
+
+
+# backward: sub-keys per half up to which the picks are summed per token block before the atomics, and the
+# elements of that (sub-keys, tokens) float32 sum a program holds (32 per thread on 4 warps); larger tiles spill
+# on sm_90 (64 sub-keys × 128 tokens, 128 × 32: scripts/experts_compile_report.py)
+REDUCED_KEYS = 64
+REDUCED_TILE = 4096
 
 
 def _forward_configs():
@@ -146,6 +159,42 @@ def _topk_backward_kernel(q_ptr, keys_ptr, ids_ptr, grad_ptr, dq_ptr, dkeys_ptr,
                       mask=full)
 
 
+@triton.jit
+def _topk_backward_reduced_kernel(q_ptr, keys_ptr, ids_ptr, grad_ptr, dq_ptr, dkeys_ptr, T, H, N_KEYS, DK,
+                                  K: tl.constexpr, N_PAD: tl.constexpr, DK_PAD: tl.constexpr,
+                                  BLOCK_T: tl.constexpr):
+    """As ``_topk_backward_kernel`` for ``N_KEYS <= N_PAD`` sub-keys, the picks of the token block summed per
+    sub-key before the atomics (see the module docstring); grid (cdiv(T, BLOCK_T), H)."""
+    offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    mask_t = offs_t < T
+    h = tl.program_id(1)
+    offs_n = tl.arange(0, N_PAD)
+    mask_n = offs_n < N_KEYS
+    offs_d = tl.arange(0, DK_PAD)
+    mask_d = offs_d < DK
+    at = (offs_t.to(tl.int64) * H + h) * K
+    key_mask = mask_n[:, None] & mask_d[None, :]
+    q_mask = mask_t[:, None] & mask_d[None, :]
+    for c in tl.static_range(2):
+        a = tl.zeros([N_PAD, BLOCK_T], tl.float32)  # A[n, t]: the weights of token t's picks of sub-key n
+        for j in range(K):
+            pick = tl.load(ids_ptr + at + j, mask=mask_t, other=0).to(tl.int32)  # ids < N < 2^31
+            if c == 0:
+                sub = pick // N_KEYS
+            else:
+                sub = pick % N_KEYS
+            g = tl.load(grad_ptr + at + j, mask=mask_t, other=0.0).to(tl.float32)
+            a += tl.where(offs_n[:, None] == sub[None, :], g[None, :], 0.0)
+        rows = (h * 2 + c) * N_KEYS + offs_n
+        keys = tl.load(keys_ptr + rows[:, None] * DK + offs_d[None, :], mask=key_mask, other=0.0).to(tl.float32)
+        q_at = ((offs_t.to(tl.int64) * H + h) * 2 + c)[:, None] * DK + offs_d[None, :]
+        dq = tl.dot(tl.trans(a), keys, input_precision="tf32x3")  # (BLOCK_T, DK_PAD)
+        tl.store(dq_ptr + q_at, dq.to(dq_ptr.dtype.element_ty), mask=q_mask)
+        q = tl.load(q_ptr + q_at, mask=q_mask, other=0.0).to(tl.float32)
+        tl.atomic_add(dkeys_ptr + rows[:, None] * DK + offs_d[None, :], tl.dot(a, q, input_precision="tf32x3"),
+                      mask=key_mask)
+
+
 def _pad(n: int, least: int = 1) -> int:
     return max(least, triton.next_power_of_2(n))
 
@@ -186,12 +235,19 @@ def topk_backward(query: torch.Tensor, sub_keys: torch.Tensor, ids: torch.Tensor
     k = ids.shape[-1]
     grad_query = poisoned_empty(*query.shape, dtype=query.dtype, device=query.device)
     grad_keys = torch.zeros(sub_keys.shape, dtype=torch.float32, device=query.device)
-    if T:
+    warps = 1 if interpreting() else 4
+    if T and _pad(n, 16) <= REDUCED_KEYS:
+        n_pad, dk_pad = _pad(n, 16), _pad(dk, 16)
+        block_t = 16 if interpreting() else max(16, min(64, REDUCED_TILE // n_pad))
+        _topk_backward_reduced_kernel[(triton.cdiv(T, block_t), H)](
+            query, sub_keys, ids, grad_scores, grad_query, grad_keys, T, H, n, dk,
+            K=k, N_PAD=n_pad, DK_PAD=dk_pad, BLOCK_T=block_t, num_warps=warps)
+    elif T:
         k_pad, dk_pad = _pad(k), _pad(dk, 16)
         block_t = max(1, min(32, 4096 // (k_pad * dk_pad)))
         _topk_backward_kernel[(triton.cdiv(T, block_t), H)](
             query, sub_keys, ids, grad_scores, grad_query, grad_keys, T, H, n, dk,
-            K=k, K_PAD=k_pad, DK_PAD=dk_pad, BLOCK_T=block_t, num_warps=1 if interpreting() else 4)
+            K=k, K_PAD=k_pad, DK_PAD=dk_pad, BLOCK_T=block_t, num_warps=warps)
     return grad_query, grad_keys.to(sub_keys.dtype)
 
 
