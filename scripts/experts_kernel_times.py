@@ -36,13 +36,15 @@ def timed(fn, repeats: int, cuda: bool) -> float:
     return statistics.median(times)
 
 
-def atomic_backward(query, keys, ids, grad):
-    """``topk_backward`` with one atomic per pick and column (its path for many sub-keys), for comparison."""
-    saved, tk.REDUCED_KEYS = tk.REDUCED_KEYS, 0
+def backward_with(reduced: bool, query, keys, ids, grad):
+    """``topk_backward`` with the reduced kernel (sub-key sums per token block, then few atomics) or the one with an
+    atomic per pick and column (its path for many sub-keys), whatever ``REDUCED_BACKWARD_ON_CUDA`` says."""
+    saved = tk.REDUCED_KEYS, tk.REDUCED_BACKWARD_ON_CUDA
+    tk.REDUCED_KEYS, tk.REDUCED_BACKWARD_ON_CUDA = (saved[0] if reduced else 0), reduced
     try:
         return tk.topk_backward(query, keys, ids, grad)
     finally:
-        tk.REDUCED_KEYS = saved
+        tk.REDUCED_KEYS, tk.REDUCED_BACKWARD_ON_CUDA = saved
 
 
 def main():
@@ -67,9 +69,9 @@ def main():
     rows = T * M * D * x.element_size()  # bytes of the gathered rows of one pass
     parts = [
         ("topk forward", lambda: tk.topk_forward(query, keys, TOP_K), query.numel() * query.element_size()),
-        ("topk backward", lambda: tk.topk_backward(query, keys, ids.view(T, HEADS, TOP_K), scores),
+        ("topk backward", lambda: backward_with(True, query, keys, ids.view(T, HEADS, TOP_K), scores),
          query.numel() * query.element_size() * 2),
-        ("topk bwd atomic", lambda: atomic_backward(query, keys, ids.view(T, HEADS, TOP_K), scores),
+        ("topk bwd atomic", lambda: backward_with(False, query, keys, ids.view(T, HEADS, TOP_K), scores),
          query.numel() * query.element_size() * 2),
         ("row_dots forward", lambda: rk.row_dots(x, down, ids, rk.FORWARD, 0, gates=gates), rows),
         ("row_sum forward", lambda: rk.row_sum(coef, up, ids), rows),

@@ -20,7 +20,7 @@ and column (``T·H·k·2·dk`` of them, ~5000 on each address at cheems-base) wo
 a program of ``BLOCK_T`` tokens first sums its picks per sub-key as the matrix ``A[n, t] = Σ_j g[t, j]·[idx_j = n]``
 (``(√N, BLOCK_T)``, float32), so ``grad q_c = Aᵀ·K_c`` and the program's share of ``grad K_c = A·q_c`` are two
 float32 products (tf32x3) and the program adds ``√N·dk`` values atomically, ``BLOCK_T·k/√N`` times fewer (11× at
-cheems-base).
+cheems-base). That reduced kernel is interpreter-tested; CUDA takes it only with ``REDUCED_BACKWARD_ON_CUDA``.
 
 Launch settings are autotuned on the GPU (one small configuration under the interpreter, so tests cross the token
 and sub-key block boundaries). Outputs are NaN-poisoned under the interpreter, so an unwritten element fails tests.
@@ -33,12 +33,15 @@ import triton.language as tl
 
 from ..triton_utils import interpreting, opaque_to_compile, poisoned_empty
 
-
 # backward: sub-keys per half up to which the picks are summed per token block before the atomics, and the
 # elements of that (sub-keys, tokens) float32 sum a program holds (32 per thread on 4 warps); larger tiles spill
 # on sm_90 (64 sub-keys × 128 tokens, 128 × 32: scripts/experts_compile_report.py)
 REDUCED_KEYS = 64
 REDUCED_TILE = 4096
+# The reduced backward runs under the interpreter (the CPU tests) and on CUDA once its CUDA parity test
+# (tests/ops/test_experts_cuda.py -k product_key_triton_cuda, which turns this on) has passed on a GPU and its time
+# (scripts/experts_kernel_times.py) beats the atomic kernel's; until then CUDA takes the atomic kernel.
+REDUCED_BACKWARD_ON_CUDA = False
 
 
 def _forward_configs():
@@ -236,7 +239,7 @@ def topk_backward(query: torch.Tensor, sub_keys: torch.Tensor, ids: torch.Tensor
     grad_query = poisoned_empty(*query.shape, dtype=query.dtype, device=query.device)
     grad_keys = torch.zeros(sub_keys.shape, dtype=torch.float32, device=query.device)
     warps = 1 if interpreting() else 4
-    if T and _pad(n, 16) <= REDUCED_KEYS:
+    if T and _pad(n, 16) <= REDUCED_KEYS and (REDUCED_BACKWARD_ON_CUDA or interpreting()):
         n_pad, dk_pad = _pad(n, 16), _pad(dk, 16)
         block_t = 16 if interpreting() else max(16, min(64, REDUCED_TILE // n_pad))
         _topk_backward_reduced_kernel[(triton.cdiv(T, block_t), H)](
