@@ -18,7 +18,7 @@ import tempfile
 
 import torch
 import triton
-from sm90_report import compile_sm90, launch_signature, resources
+from sm90_report import compile_sm90, dump_asm, launch_signature, resources
 
 from wonderful_matrices.ops.dma import windowed_kernels as wk
 from wonderful_matrices.ops.dma.selection import LIVE_TILE
@@ -82,10 +82,7 @@ def main():
                           f"w{config.num_warps}s{config.num_stages}"
                     r = resources(compiled, os.path.join(tmp, f"{tag}.cubin"))
                     if args.dump:
-                        os.makedirs(args.dump, exist_ok=True)
-                        for ext, text in (("ptx", compiled.asm["ptx"]), ("sass", r["sass"])):
-                            with open(os.path.join(args.dump, f"{tag}.{ext}"), "w") as f:
-                                f.write(text)
+                        dump_asm(compiled, r["sass"], args.dump, tag)
                     loads = f"{r['LDG128']}/{r['LDG64']}/{r['LDG32']}/{r['LDG16']}"
                     sizes = ",".join(map(str, r["cp_async_bytes"])) or "-"
                     print(f"{name.strip('_').removesuffix('_kernel'):<12} {group:>3} {config.kwargs['BLOCK_M']:>4} "

@@ -23,7 +23,7 @@ import tempfile
 
 import torch
 import triton
-from sm90_report import compile_sm90, launch_signature, resources
+from sm90_report import compile_sm90, dump_asm, launch_signature, resources
 
 from wonderful_matrices.ops.cdmoe import MAX_DECODE_TOKENS
 from wonderful_matrices.ops.cdmoe import decode_kernels as dk
@@ -143,10 +143,7 @@ def main():
                 tag = re.sub(r"[^A-Za-z0-9]+", "_", f"{label}-{config}-w{warps}s{stages}")
                 r = resources(compiled, os.path.join(tmp, f"{tag}.cubin"))
                 if args.dump:
-                    os.makedirs(args.dump, exist_ok=True)
-                    for ext, text in (("ptx", compiled.asm["ptx"]), ("sass", r["sass"])):
-                        with open(os.path.join(args.dump, f"{tag}.{ext}"), "w") as f:
-                            f.write(text)
+                    dump_asm(compiled, r["sass"], args.dump, tag)
                 x = extra_counts(r["sass"])
                 loads = f"{r['LDG128']}/{r['LDG64']}/{r['LDG32']}/{r['LDG16']}"
                 sizes = ",".join(map(str, r["cp_async_bytes"])) or "-"

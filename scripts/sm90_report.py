@@ -99,3 +99,11 @@ def resources(compiled, path: str) -> dict:
                 LDG32=sum(1 for s in ldg if not re.search(r"\.(128|64|U16|S16|U8|S8)", s)),
                 cp_async_bytes=sorted(set(int(b, 0) for b in re.findall(
                     r"cp\.async\.c[ag]\.shared\.global(?:\.L2::\w+)? \[[^]]*\], \[[^]]*\], (0x[0-9a-f]+|\d+)", ptx))))
+
+
+def dump_asm(compiled, sass: str, directory: str, tag: str) -> None:
+    """Write a compiled kernel's PTX and SASS as ``directory/tag.ptx`` and ``directory/tag.sass``."""
+    os.makedirs(directory, exist_ok=True)
+    for ext, text in (("ptx", compiled.asm["ptx"]), ("sass", sass)):
+        with open(os.path.join(directory, f"{tag}.{ext}"), "w") as f:
+            f.write(text)
