@@ -16,9 +16,10 @@
 # PYTHON (default python3), TRITON_CACHE_DIR (default .triton_cache/ in the repository, ignored by git: kept
 # between calls on a warm machine). Triton's autotuning results are cached on disk (TRITON_CACHE_AUTOTUNING=1, where
 # this Triton has the knob), so the xdist workers and later calls reuse them instead of benchmarking every config
-# again; compiles are shared through the same cache. Two instances may run side by side (e.g. AREA="ssd dma" and
-# AREA="experts norm models"), but keep the total of workers on one GPU near 10: 2 x 8 ran an 80 GB H100 out of
-# memory (session 6; each test now returns its cached blocks, tests/conftest.py).
+# again; compiles are shared through the same cache. On a fresh machine most of a file's time is Triton compiling
+# and autotuning: run one area per 10-minute call with 8 workers (AREA=ssd; AREA="experts norm"; AREA=dma;
+# AREA=models) — two instances side by side with 5 workers each finished neither the SSD nor the experts file in
+# 540 s (session 7), and 2 x 8 workers ran an 80 GB H100 out of memory (session 6).
 set -uo pipefail
 OUT=${OUT:-out}
 AREA=${AREA:-all}
