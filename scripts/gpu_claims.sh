@@ -86,7 +86,8 @@ bench() {  # bench DIRNAME SECONDS NAME ARGS... -> $WORK/DIRNAME with results an
         # shellcheck disable=SC2086
         timeout "$left" $PY -m wonderful_matrices.bench lm --data python-source --families $families --seeds "$seed" \
           --train-tokens "${TRAIN_TOKENS:-25000000}" --eval-contexts ${EVAL_CONTEXTS:-2048 8192 32768} \
-          ${COMPILED_TRAINING:+--compiled-training} --out "$RUNS" >> "$WORK/lm-scale/run.log" 2>&1
+          $([ "${COMPILED_TRAINING:-0}" = 1 ] && echo --compiled-training) --out "$RUNS" \
+          >> "$WORK/lm-scale/run.log" 2>&1
         echo "seed $seed ($families): rc=$? after $(( $(date +%s) - START )) s" >> "$WORK/lm-scale/run.log"
       done
       ls "$RUNS"/*/results.json > /dev/null 2>&1 && $PY -m wonderful_matrices.bench lm --merge "$RUNS" \
