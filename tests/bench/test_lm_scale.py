@@ -171,6 +171,17 @@ def test_merge_refuses_the_same_run_twice(four_runs, tmp_path):
         lm_scale.merge_results(tmp_path / "merged", [out, out / "cheems-tiny-seed0"])
 
 
+def test_merge_and_runs_refuse_other_experiments(four_runs, tmp_path):
+    out, _ = four_runs
+    other = tmp_path / "mqar-results"
+    other.mkdir()
+    (other / "results.json").write_text(json.dumps({"experiment": "mqar", "meta": {}, "rows": []}))
+    with pytest.raises(ValueError, match=r"merge=.*mqar-results'? is not allowed: it holds 'mqar' results"):
+        lm_scale.merge_results(tmp_path / "merged", [out, other])
+    with pytest.raises(ValueError, match=r"out=.*mqar-results'? is not allowed: it holds 'mqar' results"):
+        lm_scale._read_run(other)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--seeds", "x"], "error: seeds='x' is not allowed: integers >= 0"),
     (["--seeds", "0", "0"], "error: seeds=[0, 0] is not allowed: each seed once"),

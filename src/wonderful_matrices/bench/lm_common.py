@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..atomic import atomic_file
 from ..data.packing import PackedRows, document_position_ids
 from ..models.modeling import causal_lm_loss, causal_lm_loss_from_hidden
 from ..ops.common import trusted_values
@@ -223,9 +223,8 @@ def _save_training_state(path: Path, model, opt, sched, step: int, facts: dict |
     state = {"step": step, "facts": facts, "stats": stats, "model": model.state_dict(), "optimizer": opt.state_dict(),
              "scheduler": sched.state_dict(), "cpu_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path, "wb") as f:
+        torch.save(state, f)
 
 
 def _load_training_state(path: Path, model, opt, sched, facts: dict | None,

@@ -92,9 +92,9 @@ def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpu
     folder = run_folder(out, preset, seed)
     done = _read_run(folder)
     if done is not None:
-        _check_same(done["meta"], {**settings, "preset": preset, "seed": seed}, folder)
+        _check_same(done[0], {**settings, "preset": preset, "seed": seed}, folder)
         print(f"{folder.name}: complete, skipped", flush=True)
-        return done["rows"][0]
+        return done[1]
     folder.mkdir(parents=True, exist_ok=True)
     config = presets.get(preset, vocab_size=corpus.vocab_size, use_cache=False)
     torch.manual_seed(seed)
@@ -146,16 +146,17 @@ def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpu
     return row
 
 
-def _read_run(folder: Path) -> dict | None:
-    """The results of the run in ``folder`` (None: not complete)."""
+def _read_run(folder: Path, argument: str = "out") -> tuple[dict, dict] | None:
+    """The meta and row of the run in ``folder`` (None: not complete); ``ValueError`` naming ``argument`` when the
+    folder holds another experiment's results."""
     path = folder / "results.json"
     if not path.exists():
         return None
     data = json.loads(path.read_text())
     if data.get("experiment") != EXPERIMENT:
-        raise ValueError(f"out={str(folder)!r} is not allowed: it holds {data.get('experiment')!r} results, not "
-                         f"one {EXPERIMENT!r} run")
-    return data
+        raise ValueError(f"{argument}={str(folder)!r} is not allowed: it holds {data.get('experiment')!r} results, "
+                         f"not one {EXPERIMENT!r} run of wm bench lm --seeds/--train-tokens")
+    return data["meta"], data["rows"][0]
 
 
 def _check_same(meta: dict, expected: dict, folder: Path) -> None:
@@ -190,11 +191,7 @@ def merge_results(out_dir, parts) -> list[dict]:
     folders = _run_folders(parts)
     runs, meta0, first = {}, None, None
     for folder in folders:
-        data = json.loads((folder / "results.json").read_text())
-        if data.get("experiment") != EXPERIMENT:
-            raise ValueError(f"merge={str(folder)!r} is not allowed: its results are {data.get('experiment')!r}, "
-                             f"not one {EXPERIMENT!r} run of wm bench lm --seeds/--train-tokens")
-        meta = data["meta"]
+        meta, row = _read_run(folder, "merge")
         if meta0 is None:
             meta0, first = meta, folder
         for key in SHARED:
@@ -205,7 +202,7 @@ def merge_results(out_dir, parts) -> list[dict]:
         if key in runs:
             raise ValueError(f"merge={str(folder)!r} is not allowed: {key[0]} seed {key[1]} is also in "
                              f"{str(runs[key][0])!r}")
-        runs[key] = (folder, data["rows"][0])
+        runs[key] = (folder, row)
     lengths = sorted({meta0["seq_len"], *meta0["eval_contexts"]})
     caches = meta0["cache_contexts"]
     order = {f: i for i, f in enumerate(("cheems", "llama", "doge", "mamba2", "jamba"))}
