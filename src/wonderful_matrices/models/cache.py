@@ -27,21 +27,30 @@ ATTENTION_LIKE = ("attn", "dma")
 CAPACITY_QUANTUM = 256
 
 
+def uses_static_attention(config, graphed_decoding: bool | None = None, device: torch.device | None = None) -> bool:
+    """Whether a cache for ``config`` keeps static attention buffers: ``config.static_attention_cache`` where set,
+    else whether the graphed decoding path runs — ``graphed_decoding`` (None: ``config.graphed_decoding``) not
+    False, on a CUDA ``device`` (None: whether CUDA is available)."""
+    static = getattr(config, "static_attention_cache", None)
+    if static is not None:
+        return static
+    graphed = getattr(config, "graphed_decoding", None) if graphed_decoding is None else graphed_decoding
+    on_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    return graphed is not False and on_cuda
+
+
 class CheemsCache(Cache):
     """Per-layer state dicts for a model with ``mixer_types`` (``"ssd" | "dma" | "attn" | "mamba2"``).
 
     Args:
         config: a :class:`CheemsConfig` (its ``mixer_types`` are used).
-        static_attention: preallocated attention buffers (module docstring); None = ``config.static_attention_cache``,
-            and where that is None, whether the graphed path would run (``config.graphed_decoding`` and CUDA).
+        static_attention: preallocated attention buffers (module docstring); None = :func:`uses_static_attention`.
     """
 
     def __init__(self, config, static_attention: bool | None = None):
         super().__init__(layers=[])
         if static_attention is None:
-            static_attention = getattr(config, "static_attention_cache", None)
-        if static_attention is None:
-            static_attention = getattr(config, "graphed_decoding", None) is not False and torch.cuda.is_available()
+            static_attention = uses_static_attention(config)
         if not isinstance(static_attention, bool):
             raise ValueError(f"static_attention={static_attention!r} is not allowed: True, False or None")
         self.static_attention = static_attention

@@ -27,7 +27,7 @@ from ..layers.rotary import share_rotary
 from ..layers.ssd import GatedRMSNorm
 from ..ops import linear_cross_entropy
 from ..ops.common import trusted_values, value_checks_enabled
-from .cache import CheemsCache
+from .cache import CheemsCache, uses_static_attention
 from .configuration import CheemsConfig
 from .graph_decode import GraphedDecoder
 
@@ -702,11 +702,7 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         if impl not in (None, "dynamic"):
             raise ValueError(f"cache_implementation={impl!r} is not allowed: Cheems models use their own "
                              "CheemsCache (leave it None)")
-        static = self.config.static_attention_cache
-        if static is None:
-            graphed = model_kwargs.get("graphed_decoding")
-            setting = self.config.graphed_decoding if graphed is None else graphed
-            static = setting is not False and self.device.type == "cuda"
+        static = uses_static_attention(self.config, model_kwargs.get("graphed_decoding"), self.device)
         cache = CheemsCache(self.config, static_attention=static)
         # every token generate will feed fits the static attention buffers: they are never reallocated
         cache.reserve(generation_config.max_length or 0)
