@@ -299,6 +299,18 @@ def live_keys_torch(bias_rows: torch.Tensor, lq: int, keep_window: int, block: i
     return drop, keys[..., :width].contiguous(), ends.contiguous()
 
 
+def _carried(drop: torch.Tensor, keys: torch.Tensor, ends: torch.Tensor, lq: int,
+             block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The carried entries of :func:`live_keys`' block lists: ``keys (n, nb, W)`` as int64, whether each slot holds
+    a listed key before its block's first query position ``p0`` (n, nb, W) bool, and each slot's ``drop`` (int64)."""
+    n, lk = drop.shape
+    nb, width = keys.shape[1:]
+    p0 = (lk - lq + torch.arange(nb, device=keys.device) * block)[:, None]
+    listed = keys.long()
+    carried = (torch.arange(width, device=keys.device) < ends[..., -1:]) & (listed < p0)
+    return listed, carried, drop.gather(1, listed.view(n, -1)).view(n, nb, width).long()
+
+
 def _carried_by_drop(drop: torch.Tensor, keys: torch.Tensor, ends: torch.Tensor, lq: int, block: int) -> torch.Tensor:
     """``keys (n, nb, W)`` of :func:`live_keys` with each block's earlier (carried) keys reordered by ``drop_j``
     descending, ties by position ascending; the block's own keys and the unused slots stay where they are.
@@ -306,13 +318,9 @@ def _carried_by_drop(drop: torch.Tensor, keys: torch.Tensor, ends: torch.Tensor,
     ``drop (n, lk)``, ``ends (n, nb, s)`` int32. The carried keys are the listed ones before the block's first
     query position ``p0``, all in front of its own keys. One sort of ``W`` int64 values per block list:
     O(n·nb·W·log W) work, O(n·nb·W) memory. Returns ``(n, nb, W)`` int32."""
-    n, lk = drop.shape
-    nb, width = keys.shape[1:]
-    p0 = (lk - lq + torch.arange(nb, device=keys.device) * block)[:, None]
-    slot = torch.arange(width, device=keys.device)
-    listed = keys.long()
-    carried = (slot < ends[..., -1:]) & (listed < p0)
-    key_drop = drop.gather(1, listed.view(n, -1)).view(n, nb, width).long()
+    lk = drop.shape[1]
+    listed, carried, key_drop = _carried(drop, keys, ends, lq, block)
+    slot = torch.arange(keys.shape[-1], device=keys.device)
     order_key = torch.where(carried, (lk - key_drop) * (lk + 1) + listed, (lk + 1) ** 2 + slot)
     return keys.gather(-1, torch.sort(order_key, dim=-1).indices).contiguous()
 
@@ -329,14 +337,13 @@ def head_counts(drop: torch.Tensor, keys: torch.Tensor, ends: torch.Tensor, lq: 
     binary search per tile: O(n·nb·(W + block / tile · log W)).
     """
     n, lk = drop.shape
-    nb, width = keys.shape[1:]
+    nb = keys.shape[1]
     n_tiles = ends.shape[-1]
     tile = block // n_tiles
     p0 = (lk - lq + torch.arange(nb, device=keys.device) * block)[:, None]
-    listed = keys.long()
-    carried = (torch.arange(width, device=keys.device) < ends[..., -1:]) & (listed < p0)
+    _, carried, key_drop = _carried(drop, keys, ends, lq, block)
     # Non-decreasing along the list: the carried keys' -drop_j (ascending), then +1 for everything else.
-    neg_drop = torch.where(carried, -drop.gather(1, listed.view(n, -1)).view(n, nb, width), 1)
+    neg_drop = torch.where(carried, -key_drop, 1)
     p1 = (p0 + (torch.arange(n_tiles, device=keys.device) + 1) * tile).clamp_max(lk) - 1  # (nb, n_tiles)
     heads = torch.searchsorted(neg_drop.contiguous(), (-p1).expand(n, nb, n_tiles).to(neg_drop.dtype).contiguous())
     return heads.to(torch.int32)
