@@ -166,12 +166,22 @@ def rms_norm_forward(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tens
         torch.empty(0, dtype=s_dtype, device=x.device)
     y = poisoned_empty(m, d, dtype=torch.promote_types(weight.dtype, s_dtype), device=x.device)
     rstd = poisoned_empty(m, dtype=torch.float32, device=x.device)
+    _launch_rms_norm(x, residual, weight, x if residual is None else s, y, rstd, eps)
+    return y, s, rstd
+
+
+def _launch_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, s: torch.Tensor,
+                     y: torch.Tensor, rstd: torch.Tensor | None, eps: float) -> None:
+    """One forward launch over the rows of contiguous ``x (..., d)`` into ``s`` (``x`` itself without a
+    residual), ``y`` and ``rstd`` (rows,) float32 — not stored when None."""
+    d = x.shape[-1]
+    m = x.numel() // d if d else 0
     block_m, block_d, num_warps = _blocks(d)
     if m:
         _rms_norm_fwd_kernel[(triton.cdiv(m, block_m),)](
-            x, x if residual is None else residual, weight, x if residual is None else s, y, rstd, m, d, eps,
-            HAS_RESIDUAL=residual is not None, STORE_RSTD=True, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
-    return y, s, rstd
+            x, x if residual is None else residual, weight, s, y, y if rstd is None else rstd, m, d, eps,
+            HAS_RESIDUAL=residual is not None, STORE_RSTD=rstd is not None, BLOCK_M=block_m, BLOCK_D=block_d,
+            num_warps=num_warps)
 
 
 def _rms_norm_backward_fake(s: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, grad_y: torch.Tensor,
@@ -257,13 +267,22 @@ def gated_rms_norm_forward(x: torch.Tensor, gate: torch.Tensor, weight: torch.Te
     rows, dg = x.shape
     y = poisoned_empty(rows, dg, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
     rstd = poisoned_empty(rows, dtype=torch.float32, device=x.device)
+    _launch_gated_rms_norm(x, gate, weight, y, rstd, rows, dg, groups, eps, groups * dg, groups * dg)
+    return y, rstd
+
+
+def _launch_gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, y: torch.Tensor,
+                           rstd: torch.Tensor | None, rows: int, dg: int, groups: int, eps: float, x_stride: int,
+                           gate_stride: int) -> None:
+    """One forward launch over ``rows`` groups of ``dg`` channels (``groups`` per token, a token's groups
+    contiguous, tokens ``x_stride`` / ``gate_stride`` elements apart) into contiguous ``y`` and ``rstd`` (rows,)
+    float32 — not stored when None."""
     block_m, block_d, num_warps = _blocks(dg)
     block_m = max(block_m, groups)
     if rows:
         _gated_rms_norm_fwd_kernel[(triton.cdiv(rows, block_m),)](
-            x, gate, weight, y, rstd, rows, dg, groups, eps, groups * dg, groups * dg, STORE_RSTD=True,
-            BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
-    return y, rstd
+            x, gate, weight, y, y if rstd is None else rstd, rows, dg, groups, eps, x_stride, gate_stride,
+            STORE_RSTD=rstd is not None, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
 
 
 def _gated_rms_norm_backward_fake(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor,
@@ -353,12 +372,8 @@ def gated_rms_norm_triton(x: torch.Tensor, gate: torch.Tensor, weight: torch.Ten
         dg = shape[-1] // num_groups
         rows = x.numel() // dg
         y = poisoned_empty(*shape, dtype=_promoted(weight.dtype, x.dtype), device=x.device)
-        block_m, block_d, num_warps = _blocks(dg)
-        block_m = max(block_m, num_groups)
-        if rows:
-            _gated_rms_norm_fwd_kernel[(triton.cdiv(rows, block_m),)](
-                x, gate, weight.contiguous(), y, y, rows, dg, num_groups, float(eps), x_rows, gate_rows,
-                STORE_RSTD=False, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
+        _launch_gated_rms_norm(x, gate, weight.contiguous(), y, None, rows, dg, num_groups, float(eps), x_rows,
+                               gate_rows)
         return y
     dg = shape[-1] // num_groups
     y = GatedRMSNormFunction.apply(x.reshape(-1, dg).contiguous(), gate.reshape(-1, dg).contiguous(),
@@ -388,15 +403,8 @@ def _rms_norm_inference(x: torch.Tensor, weight: torch.Tensor, eps: float,
     outputs allocated in their final shapes, no ``1/rms`` stored -> (y, s)."""
     x = x.contiguous()
     residual = None if residual is None else residual.contiguous()
-    d = x.shape[-1]
-    m = x.numel() // d if d else 0
     s_dtype = x.dtype if residual is None else _promoted(x.dtype, residual.dtype)
     s = x if residual is None else poisoned_empty(*x.shape, dtype=s_dtype, device=x.device)
     y = poisoned_empty(*x.shape, dtype=_promoted(weight.dtype, s_dtype), device=x.device)
-    block_m, block_d, num_warps = _blocks(d)
-    if m:
-        _rms_norm_fwd_kernel[(triton.cdiv(m, block_m),)](
-            x, x if residual is None else residual, weight.contiguous(), s, y, y, m, d, float(eps),
-            HAS_RESIDUAL=residual is not None, STORE_RSTD=False, BLOCK_M=block_m, BLOCK_D=block_d,
-            num_warps=num_warps)
+    _launch_rms_norm(x, residual, weight.contiguous(), s, y, None, float(eps))
     return y, s
