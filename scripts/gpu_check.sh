@@ -10,7 +10,8 @@
 #   models   tests/train/test_graph_step.py        GraphedTrainStep (its CUDA cases; the rest is CPU)
 #            tests/models/test_models_cuda.py      GraphedDecoder, packed rows of the tiny presets, fused bf16 step
 # Writes DIR/cuda_<area>.log: a header (GPU, torch, triton, commit) and every file's complete pytest output; prints
-# one summary line per file and the FAILED / ERROR lines; exits non-zero if a file failed or timed out.
+# one summary line per file and the FAILED / ERROR lines (each file's log ends with its 40 slowest test phases);
+# exits non-zero if a file failed or timed out.
 # Knobs: WORKERS (xdist processes, default 8; 0 = one process), TIMEOUT (seconds per file, default 540), BUDGET
 # (seconds for the whole call, default 560: a file gets at most what is left, one with < 30 s left is not started),
 # PYTHON (default python3), TRITON_CACHE_DIR (default .triton_cache/ in the repository, ignored by git: kept
@@ -83,7 +84,7 @@ for area in $areas; do
     echo "=== $file (timeout ${limit}s)" >> "$log"
     start=$SECONDS
     part=$(mktemp)
-    timeout --kill-after=15 "$limit" $PY -m pytest "${xdist[@]}" -p no:cacheprovider -rfE -v "$file" 2>&1 \
+    timeout --kill-after=15 "$limit" $PY -m pytest "${xdist[@]}" -p no:cacheprovider -rfE -v --durations=40 "$file" 2>&1 \
       | tee "$part" >> "$log"
     rc=${PIPESTATUS[0]}
     took=$((SECONDS - start))
