@@ -10,13 +10,14 @@ import torch.nn.functional as F
 
 import wonderful_matrices as wm
 from conftest import rel_err
-from cuda_helpers import TOL, _grad_close, _grads, _leaf, _on_cpu, needs_cuda
+from cuda_helpers import TOL, _grad_close, _grads, _leaf, _on_cpu, fingerprint, grouped, memoized, needs_cuda
 
 pytestmark = needs_cuda
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("window,lq,lk", [(None, 300, 300), (64, 300, 300), (100, 600, 600), (37, 200, 333)])
+@pytest.mark.parametrize("window,lq,lk", grouped("dma", [(None, 300, 300), (64, 300, 300), (100, 600, 600),
+                                                         (37, 200, 333)]))
 def test_dma_cuda(dtype, window, lq, lk):
     b, hq, hkv, d = 2, 8, 2, 64
     base = [torch.randn(b, lq, hq, d), torch.randn(b, lk, hkv, d), torch.randn(b, lk, hkv, d),
@@ -27,7 +28,8 @@ def test_dma_cuda(dtype, window, lq, lk):
         return wm.ops.dynamic_mask_attention(q, k, v, bias, keep_window=window, backend=backend)
 
     small = [t[:1] for t in base]  # the oracle loops per query: keep it to one batch row
-    ref, ref_g = _on_cpu(_grads(fn, [_leaf(t, torch.float64, "cuda") for t in small]))
+    ref, ref_g = memoized(("dma", window, fingerprint(*small)),
+                          lambda: _grads(fn, [_leaf(t, torch.float64, "cuda") for t in small]))
     out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in small])
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert rel_err(out.cpu(), ref) < TOL[dtype]
@@ -36,8 +38,9 @@ def test_dma_cuda(dtype, window, lq, lk):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("window,lq,lk,block", [(64, 300, 300, None), (100, 400, 400, 128), (37, 200, 333, 128),
-                                                (1, 150, 150, 128), (300, 1000, 1000, 256), (5, 700, 700, 384)])
+@pytest.mark.parametrize("window,lq,lk,block", grouped("dma-triton", [
+    (64, 300, 300, None), (100, 400, 400, 128), (37, 200, 333, 128), (1, 150, 150, 128), (300, 1000, 1000, 256),
+    (5, 700, 700, 384)]))
 def test_dma_triton_cuda(dtype, window, lq, lk, block):
     """The compiled Triton kernels (causal window) against the float64 CPU oracle, outputs and all gradients."""
     from wonderful_matrices.ops.dma.windowed_kernels import dynamic_mask_attention_triton
@@ -52,7 +55,8 @@ def test_dma_triton_cuda(dtype, window, lq, lk, block):
             return wm.ops.dynamic_mask_attention(q, k, v, bias, keep_window=window, backend="naive")
         return dynamic_mask_attention_triton(q, k, v, bias, window, d ** -0.5, block)
 
-    ref, ref_g = _on_cpu(_grads(fn, [_leaf(t, torch.float64, "cuda") for t in base]))
+    ref, ref_g = memoized(("dma-triton", window, fingerprint(*base)),
+                          lambda: _grads(fn, [_leaf(t, torch.float64, "cuda") for t in base]))
     out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in base[:3]] + [_leaf(base[3], torch.float32, "cuda")])
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert rel_err(out.cpu(), ref) < TOL[dtype]
@@ -154,7 +158,8 @@ def test_dma_fused_decode_step_cuda_graph(b):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("lq,lk,hq,hkv,d", [(300, 300, 8, 2, 64), (200, 333, 4, 4, 128), (129, 129, 4, 1, 32)])
+@pytest.mark.parametrize("lq,lk,hq,hkv,d", grouped("dma-flex", [(300, 300, 8, 2, 64), (200, 333, 4, 4, 128),
+                                                             (129, 129, 4, 1, 32)]))
 def test_dma_no_window_flex_cuda(dtype, lq, lk, hq, hkv, d):
     """No window on CUDA: FlexAttention with the bias as a score modifier (the "triton" backend, what "auto" picks),
     against the float64 oracle, outputs and all gradients; GQA, lq < lk, odd lengths, padded keys."""
@@ -168,7 +173,8 @@ def test_dma_no_window_flex_cuda(dtype, lq, lk, hq, hkv, d):
         return wm.ops.dynamic_mask_attention(q, k, v, bias, backend=backend)
 
     tol = TOL.get(dtype, 2e-2)
-    ref, ref_g = _on_cpu(_grads(fn, [_leaf(t, torch.float64, "cuda") for t in base]))
+    ref, ref_g = memoized(("dma-flex", fingerprint(*base)),
+                          lambda: _grads(fn, [_leaf(t, torch.float64, "cuda") for t in base]))
     out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in base[:3]] + [_leaf(base[3], torch.float32, "cuda")])
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert rel_err(out.cpu(), ref) < tol
@@ -177,7 +183,7 @@ def test_dma_no_window_flex_cuda(dtype, lq, lk, hq, hkv, d):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("window", [None, 16, 64])
+@pytest.mark.parametrize("window", grouped("dma-packed", [None, 16, 64]))
 def test_dma_packed_cuda(dtype, window):
     """Packed rows (seq_idx) on CUDA, through "auto" (Triton kernels with a window, FlexAttention without): every
     document gets what it gets alone, and the packed row matches the float64 oracle, outputs and all gradients."""
@@ -202,8 +208,9 @@ def test_dma_packed_cuda(dtype, window):
     for name, a, r in zip("qkvb", grads, alone_grads):
         assert _grad_close(a, r.double().cpu(), 2e-5 if dtype == torch.float32 else 2e-2), name
     small = [t[:1] for t in base]  # the oracle loops per query: one row (row 0, the packed one)
-    ref, ref_g = _on_cpu(_grads(lambda *a: attend(*a, seq_idx[:1].cuda()),
-                                [_leaf(t, torch.float64, "cuda") for t in small]))
+    ref, ref_g = memoized(("dma-packed", window, fingerprint(*small, seq_idx)),
+                          lambda: _grads(lambda *a: attend(*a, seq_idx[:1].cuda()),
+                                         [_leaf(t, torch.float64, "cuda") for t in small]))
     got, got_g = _grads(lambda *a: attend(*a, seq_idx[:1].cuda()),
                         [_leaf(t, dtype, "cuda") for t in small[:3]] + [_leaf(small[3], torch.float32, "cuda")])
     assert rel_err(got.cpu(), ref) < tol

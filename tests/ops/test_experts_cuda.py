@@ -11,7 +11,7 @@ import torch
 
 import wonderful_matrices as wm
 from conftest import rel_err
-from cuda_helpers import TOL, _grads, _leaf, needs_cuda
+from cuda_helpers import TOL, _grads, _leaf, fingerprint, grouped, memoized, needs_cuda
 from wonderful_matrices.ops.expert_mixture import dense, weighted_rows
 
 pytestmark = needs_cuda
@@ -28,13 +28,15 @@ def _triton_available():
 MIXTURE_BACKENDS = ["torch", "dense"] + (["triton"] if _triton_available() else [])
 
 
+@pytest.mark.xdist_group(name="product-key-and-mixture")  # one worker computes the shared loop oracle once
 @pytest.mark.parametrize("backend", MIXTURE_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_product_key_and_mixture_cuda(dtype, backend):
     tokens, H, sqrt_n, dk, k, d = 512, 4, 64, 32, 8, 256
     query = torch.randn(tokens, H, 2, dk)
     sub_keys = torch.randn(H, 2, sqrt_n, dk)
-    s_ref, i_ref = wm.ops.product_key_topk(query.double(), sub_keys.double(), k, backend="naive")
+    s_ref, i_ref = memoized(("product-key-naive", k, fingerprint(query, sub_keys)),
+                            lambda: wm.ops.product_key_topk(query.double(), sub_keys.double(), k, backend="naive"))
     s, i = wm.ops.product_key_topk(query.cuda(), sub_keys.cuda(), k)
     assert torch.equal(i.cpu(), i_ref)
     assert rel_err(s.cpu(), s_ref) < 1e-4
@@ -46,7 +48,10 @@ def test_product_key_and_mixture_cuda(dtype, backend):
         return wm.ops.expert_mixture(x, i_ref.to(x.device), gates, down, up,
                                      backend="naive" if x.device.type == "cpu" else backend)
 
-    ref, ref_g = _grads(fn, [_leaf(t, torch.float64, "cpu") for t in (x, down, up, gates)])
+    # the loop oracle (a Python loop over tokens and selections, on the CPU where its tiny ops are cheapest), the
+    # same for all nine dtype / backend runs
+    ref, ref_g = memoized(("mixture-naive", fingerprint(x, i_ref, gates, down, up)),
+                          lambda: _grads(fn, [_leaf(t, torch.float64, "cpu") for t in (x, down, up, gates)]))
     out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in (x, down, up)] + [_leaf(gates, torch.float32, "cuda")])
     tol = TOL.get(dtype, 2e-2)
     assert out.dtype == dtype and torch.isfinite(out).all()
@@ -67,22 +72,23 @@ def _mixture_case(tokens, H, k, N, d, seed):
 
 
 @pytest.mark.skipif(not _triton_available(), reason="needs triton")
-@pytest.mark.parametrize("tokens,H,k,N,d", [
+@pytest.mark.parametrize("tokens,H,k,N,d", grouped("mixture-triton", [
     (1, 1, 1, 1, 8),             # one token, one expert
     (300, 8, 16, 16, 96),        # 16 experts: ~2400 selections each (the ranks of a tile are split)
     (1000, 8, 16, 1024, 1000),   # d not a multiple of any block
     (257, 8, 16, 2 ** 16, 64),   # many experts, mostly 0 or 1 selection
-])
+]))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_mixture_cuda_against_float64_loops(tokens, H, k, N, d, dtype):
-    """The Triton kernels on the GPU against the vectorised float64 reference (itself equal to the loops on CPU)."""
+    """The Triton kernels on the GPU against the vectorised float64 reference (itself equal to the loops on CPU),
+    computed on the GPU once for both dtypes (the same inputs)."""
     x, ids, gates, down, up = _mixture_case(tokens, H, k, N, d, seed=tokens + N)
 
     def fn(x, down, up, gates):
-        backend = "torch" if x.device.type == "cpu" else "triton"
+        backend = "torch" if x.dtype == torch.float64 else "triton"
         return wm.ops.expert_mixture(x, ids.to(x.device), gates, down, up, backend=backend)
 
-    ref, ref_g = _grads(fn, [_leaf(t, torch.float64, "cpu") for t in (x, down, up, gates)])
+    ref, ref_g = _mixture_reference("silu", x, ids, gates, down, up)
     out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in (x, down, up)] + [_leaf(gates, torch.float32, "cuda")])
     assert rel_err(out.cpu(), ref) < TOL[dtype]
     for name, a, r in zip(("x", "down", "up", "gates"), out_g, ref_g):
@@ -103,17 +109,30 @@ def test_triton_mixture_cuda_half_precision_activations(tokens, H, k, N, d, acti
     _check_mixture_against_float64("triton", tokens, H, k, N, d, activation, dtype, 2e-2, 4e-2)
 
 
+def _mixture_reference(activation, x, ids, gates, down, up):
+    """The torch backend in float64 on the GPU (gathers of up to tokens·H·k rows of d, slow on the CPU), forward
+    and the gradients of x, down, up, gates under _grads' upstream weight -> (out, grads) on the CPU, memoized for
+    the other tests of the case in this worker."""
+    def compute():
+        def fn(x, down, up, gates):
+            return wm.ops.expert_mixture(x, ids.cuda(), gates, down, up, activation=activation, backend="torch")
+
+        return _grads(fn, [_leaf(t, torch.float64, "cuda") for t in (x, down, up, gates)])
+
+    return memoized(("mixture-torch", activation, fingerprint(x, ids, gates, down, up)), compute)
+
+
 def _check_mixture_against_float64(backend, tokens, H, k, N, d, activation, dtype, tol, grad_tol):
     """``backend`` on CUDA in ``dtype`` (float32 gates, as the layer passes them) against the torch backend in
-    float64 on the CPU from the same rounded inputs: output within ``tol``, the four gradients within ``grad_tol``."""
+    float64 (on the GPU) from the same rounded inputs: output within ``tol``, the four gradients within
+    ``grad_tol``."""
     x, ids, gates, down, up = _mixture_case(tokens, H, k, N, d, seed=tokens + N)
     x, down, up = (t.to(dtype).double() for t in (x, down, up))
 
     def fn(x, down, up, gates):
-        name = "torch" if x.device.type == "cpu" else backend
-        return wm.ops.expert_mixture(x, ids.to(x.device), gates, down, up, activation=activation, backend=name)
+        return wm.ops.expert_mixture(x, ids.to(x.device), gates, down, up, activation=activation, backend=backend)
 
-    ref, ref_g = _grads(fn, [_leaf(t, torch.float64, "cpu") for t in (x, down, up, gates)])
+    ref, ref_g = _mixture_reference(activation, x, ids, gates, down, up)
     out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in (x, down, up)] + [_leaf(gates, torch.float32, "cuda")])
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert rel_err(out.cpu(), ref) < tol
@@ -275,15 +294,34 @@ def test_auto_picks_dense_for_few_experts_cuda(monkeypatch, N, H, k, dense_expec
     assert bool(calls) == dense_expected and torch.isfinite(y).all()
 
 
+def _top_scores(q64, k64, k):
+    """The k largest of the N = n² exact float64 scores of every token and head (brute force on the GPU, in chunks
+    of tokens of about 1 GiB: all scores at once are tokens·H·N values, 17 GB at N = 2^20) -> (tokens, H, k) on
+    the CPU, memoized for the other tests of the case in this worker."""
+    def compute():
+        q, keys = q64.cuda(), k64.cuda()
+        H, n = keys.shape[0], keys.shape[2]
+        step = max(1, 2 ** 27 // (H * n * n))
+        parts = []
+        for start in range(0, q.shape[0], step):
+            part = q[start:start + step]
+            every = (torch.einsum("thd,had->tha", part[:, :, 0], keys[:, 0])[..., :, None]
+                     + torch.einsum("thd,hbd->thb", part[:, :, 1], keys[:, 1])[..., None, :]).flatten(-2)
+            parts.append(every.topk(k, dim=-1).values)
+        return torch.cat(parts)
+
+    return memoized(("product-key-top", k, fingerprint(q64, k64)), compute)
+
+
 @pytest.mark.skipif(not _triton_available(), reason="needs triton")
-@pytest.mark.parametrize("tokens,H,n,dk,k", [
+@pytest.mark.parametrize("tokens,H,n,dk,k", grouped("product-key", [
     (1, 1, 4, 32, 1),          # N = 16, one token
     (1000, 8, 32, 32, 16),     # N = 1024, the target case's heads and k
     (333, 2, 7, 6, 5),         # odd square, dk below 16, k not a power of two
     (517, 4, 1024, 32, 16),    # N = 2^20, sub-keys over several chunks
     (64, 2, 64, 32, 32),       # the largest k of the fused kernel
     (4133, 4, 48, 32, 8),      # cheems-base's routing (N = 2304)
-])
+]))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("reduced", [False, True], ids=["atomic_bwd", "reduced_bwd"])
 def test_product_key_triton_cuda(monkeypatch, tokens, H, n, dk, k, dtype, reduced):
@@ -300,21 +338,20 @@ def test_product_key_triton_cuda(monkeypatch, tokens, H, n, dk, k, dtype, reduce
     q, keys = _leaf(query, dtype, "cuda"), _leaf(sub_keys, dtype, "cuda")
     scores, ids = wm.ops.product_key_topk(q, keys, k, backend="triton")
     assert scores.dtype == torch.float32 and ids.dtype == torch.int64 and torch.isfinite(scores).all()
-    every = (torch.einsum("thd,had->tha", q64[:, :, 0], k64[:, 0])[..., :, None]
-             + torch.einsum("thd,hbd->thb", q64[:, :, 1], k64[:, 1])[..., None, :]).flatten(-2)
     ids_cpu = ids.cpu()
     assert ((ids_cpu >= 0) & (ids_cpu < n * n)).all() and (ids_cpu.sort(-1).values.diff(dim=-1) > 0).all()
-    assert rel_err(scores.cpu(), every.gather(-1, ids_cpu)) < 1e-5
-    assert (scores[..., :-1] >= scores[..., 1:]).all()
-    assert rel_err(scores.cpu(), every.topk(k, dim=-1).values) < 1e-5
-
-    weight = torch.randn(scores.shape, generator=gen, dtype=torch.float64)
-    (scores * weight.to("cuda", torch.float32)).sum().backward()
+    # the exact score of every returned id (the oracle scores the same experts: ties may pick others)
     q_ref, k_ref = q64.clone().requires_grad_(), k64.clone().requires_grad_()
-    a, b = ids_cpu // n, ids_cpu % n  # the oracle scores the same experts (ties may pick others)
+    a, b = ids_cpu // n, ids_cpu % n
     heads = torch.arange(H)[:, None].expand_as(ids_cpu)
     direct = ((q_ref[:, :, 0, None, :] * k_ref[heads, 0, a]).sum(-1)
               + (q_ref[:, :, 1, None, :] * k_ref[heads, 1, b]).sum(-1))
+    assert rel_err(scores.cpu(), direct.detach()) < 1e-5
+    assert (scores[..., :-1] >= scores[..., 1:]).all()
+    assert rel_err(scores.cpu(), _top_scores(q64, k64, k)) < 1e-5
+
+    weight = torch.randn(scores.shape, generator=gen, dtype=torch.float64)
+    (scores * weight.to("cuda", torch.float32)).sum().backward()
     (direct * weight).sum().backward()
     for name, got, ref in (("query", q.grad, q_ref.grad), ("sub_keys", keys.grad, k_ref.grad)):
         assert got.dtype == dtype and torch.isfinite(got).all(), name

@@ -8,13 +8,13 @@ import torch
 
 import wonderful_matrices as wm
 from conftest import rel_err
-from cuda_helpers import TOL, _grads, _leaf, _on_cpu, needs_cuda
+from cuda_helpers import TOL, _grads, _leaf, fingerprint, grouped, memoized, needs_cuda
 
 pytestmark = needs_cuda
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("l,chunk,g", [(1000, 64, 1), (513, 128, 2), (2048, 256, 4)])
+@pytest.mark.parametrize("l,chunk,g", grouped("ssd", [(1000, 64, 1), (513, 128, 2), (2048, 256, 4)]))
 def test_ssd_cuda(dtype, l, chunk, g):
     b, h, p, n = 2, 8, 32, 64
     base = [torch.randn(b, l, h, p), torch.rand(b, l, h) * 0.1 + 0.01, torch.randn(b, l, g, n) / n ** 0.5,
@@ -28,8 +28,10 @@ def test_ssd_cuda(dtype, l, chunk, g):
         return wm.ops.ssd(x, dt, A.to(x.device, param_dtype), B, C, chunk_size=chunk,
                           D=D.to(x.device, param_dtype), backend=backend)
 
-    # the float64 oracle runs on the GPU too (a CPU oracle at these lengths is slow on the test host)
-    ref, ref_g = _on_cpu(_grads(fn, [_leaf(t, torch.float64, "cuda") for t in base]))
+    # the float64 oracle runs on the GPU too (a CPU oracle at these lengths is slow on the test host), once for
+    # both dtypes (the same inputs)
+    ref, ref_g = memoized(("ssd", chunk, fingerprint(*base, A, D)),
+                          lambda: _grads(fn, [_leaf(t, torch.float64, "cuda") for t in base]))
     out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in base])
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert rel_err(out.cpu(), ref) < TOL[dtype]
@@ -39,8 +41,9 @@ def test_ssd_cuda(dtype, l, chunk, g):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("backend", ["triton", "torch"])
-@pytest.mark.parametrize("l,chunk,h,g,p,n,with_init", [(1000, 64, 8, 1, 32, 64, True), (513, 128, 6, 2, 24, 40, False),
-                                                       (2048, 256, 16, 1, 64, 128, True), (1, 256, 4, 4, 16, 16, True)])
+@pytest.mark.parametrize("l,chunk,h,g,p,n,with_init", grouped("ssd-grad", [
+    (1000, 64, 8, 1, 32, 64, True), (513, 128, 6, 2, 24, 40, False), (2048, 256, 16, 1, 64, 128, True),
+    (1, 256, 4, 4, 16, 16, True)]))
 def test_ssd_all_gradients_cuda(dtype, backend, l, chunk, h, g, p, n, with_init):
     """Every input's gradient (x, dt, A, B, C, D, initial_state) and the final state against the float64 oracle."""
     if dtype == torch.float16 and backend == "torch":
@@ -60,8 +63,9 @@ def test_ssd_all_gradients_cuda(dtype, backend, l, chunk, h, g, p, n, with_init)
         ((y.double() * gy.to(y.device)).sum() + (final.double() * gs.to(y.device)).sum()).backward()
         return y.detach(), final.detach(), {k: v.grad for k, v in leaves.items() if v is not None}
 
-    ref = run({k: (v.double().cuda() if v is not None else None) for k, v in base.items()}, "naive")  # float64 oracle
-    ref = (ref[0].cpu(), ref[1].cpu(), {k: v.cpu() for k, v in ref[2].items()})
+    # the float64 oracle on the GPU, once for the case's five dtype / backend runs (the same inputs)
+    ref = memoized(("ssd-grad", chunk, fingerprint(*base.values(), gy, gs)),
+                   lambda: run({k: (v.double().cuda() if v is not None else None) for k, v in base.items()}, "naive"))
     half = ("x", "B", "C")  # model activations in the low precision; dt, A, D, state in float32
     inputs = {k: (v.to("cuda", dtype if k in half else torch.float32) if v is not None else None)
               for k, v in base.items()}
