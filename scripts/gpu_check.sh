@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA parity tests (fast paths against the float64 oracles on the GPU), one area or several per call, each
 # file in its own pytest-xdist run under `timeout`, the complete log of every file kept. From the repository root:
-#   AREA=ssd|dma|experts|norm|models|all OUT=DIR bash scripts/gpu_check.sh     (AREA may list several: "ssd norm")
+#   AREA=ssd|dma|experts|norm|models|half1|half2|all OUT=DIR bash scripts/gpu_check.sh   (several: "ssd norm")
 #   ssd      tests/ops/test_ssd_cuda.py            SSD triton/torch, every gradient, packed documents
 #   dma      tests/ops/test_dma_select.py          window selection at scale (its CUDA cases; the rest is CPU)
 #            tests/ops/test_dma_cuda.py            windowed Triton, no-window Flex, packed, decode steps, CUDA graphs
@@ -9,6 +9,8 @@
 #   norm     tests/ops/test_norm_loss_cuda.py      RMSNorm (+ residual), gated RMSNorm, chunked linear + CE, compile
 #   models   tests/train/test_graph_step.py        GraphedTrainStep (its CUDA cases; the rest is CPU)
 #            tests/models/test_models_cuda.py      GraphedDecoder, packed rows of the tiny presets, fused bf16 step
+#   half1    = ssd dma                  the whole suite in two 10-minute calls on a fresh 1-GPU machine: AREA=half1,
+#   half2    = experts norm models      then AREA=half2 (each estimated at ~400 s of the 560 s BUDGET with 8 workers)
 # Writes DIR/cuda_<area>.log: a header (GPU, torch, triton, commit) and every file's complete pytest output; prints
 # one summary line per file and the FAILED / ERROR lines (each file's log ends with its 40 slowest test phases);
 # exits non-zero if a file failed or timed out.
@@ -20,7 +22,10 @@
 # again; compiles are shared through the same cache. On a fresh machine most of a file's time is Triton compiling
 # and autotuning: run one area per 10-minute call with 8 workers (AREA=ssd; AREA="experts norm"; AREA=dma;
 # AREA=models) — two instances side by side with 5 workers each finished neither the SSD nor the experts file in
-# 540 s (session 7), and 2 x 8 workers ran an 80 GB H100 out of memory (session 6).
+# 540 s (session 7), and 2 x 8 workers ran an 80 GB H100 out of memory (session 6). Run one instance at a time.
+# xdist runs with --dist loadgroup: the tests of one case (its dtypes and backends) carry one xdist_group mark and
+# run in one worker, which computes the case's float64 reference once (tests/cuda_helpers.py: memoized); each
+# worker's CPU ops get cores / WORKERS threads (OMP_NUM_THREADS, unless set), not every core each.
 set -uo pipefail
 OUT=${OUT:-out}
 AREA=${AREA:-all}
@@ -39,6 +44,8 @@ files_of() {
     experts) echo tests/ops/test_experts_cuda.py ;;
     norm) echo tests/ops/test_norm_loss_cuda.py ;;
     models) echo tests/train/test_graph_step.py tests/models/test_models_cuda.py ;;
+    half1) files_of ssd; files_of dma ;;
+    half2) files_of experts; files_of norm; files_of models ;;
     *) return 1 ;;
   esac
 }
@@ -46,15 +53,20 @@ files_of() {
 areas=${AREA//,/ }
 [ "$areas" = all ] && areas="ssd dma experts norm models"
 for area in $areas; do
-  files_of "$area" >/dev/null || { echo "AREA: unknown area '$area' (allowed: ssd dma experts norm models all)"; exit 2; }
+  files_of "$area" >/dev/null || {
+    echo "AREA: unknown area '$area' (allowed: ssd dma experts norm models half1 half2 all)"; exit 2; }
 done
 
 if $PY -c "import triton.knobs as k; k.autotuning.cache" 2>/dev/null; then
   export TRITON_CACHE_AUTOTUNING=1
 fi
-xdist=(-n "$WORKERS")
-if ! $PY -c "import xdist" 2>/dev/null; then
+xdist=(-n "$WORKERS" --dist loadgroup)
+if ! $PY -c "import xdist" 2>/dev/null || [ "$WORKERS" -eq 0 ]; then
   xdist=()
+fi
+if [ -z "${OMP_NUM_THREADS:-}" ]; then
+  cores=$(nproc)
+  export OMP_NUM_THREADS=$(( ${#xdist[@]} > 0 ? (cores / WORKERS > 0 ? cores / WORKERS : 1) : cores ))
 fi
 
 header() {
@@ -63,7 +75,7 @@ header() {
   $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
   echo "commit $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (+ uncommitted changes)')"
   echo "TRITON_CACHE_AUTOTUNING=${TRITON_CACHE_AUTOTUNING:-unsupported} TRITON_CACHE_DIR=$TRITON_CACHE_DIR"
-  echo "xdist: ${xdist[*]:-not installed, one process}"
+  echo "xdist: ${xdist[*]:-not installed or WORKERS=0, one process}; OMP_NUM_THREADS=$OMP_NUM_THREADS"
 }
 
 summary=()
