@@ -14,14 +14,15 @@ _INDEX_DTYPES = ("torch.int64", "torch.int32")
 _TRITON_DTYPES = ("torch.float32", "torch.bfloat16", "torch.float16")
 
 
-# "auto" on CUDA uses the dense backend while N <= DENSE_FACTOR · M (M = H·k selections per token). Measured on an
-# H100 (bench.cdmoe_target, bf16, 8192 tokens, d = 1024, forward + backward; docs/results/session5_h100/call2/):
-# the dense mixture costs 0.19 ps per (token, expert, channel) — six products plus the float32 (chunk, N) passes
-# of the scatters, gathers and roundings, far below the tensor cores' rate — and the row-gathering Triton mixture
-# 3.2 ps per (token, selection, channel). Break-even at N ≈ 17 · M; 16 keeps the margin. At N = 1024, M = 128 the
-# dense mixture took 1.6 ms against Triton's 3.5; at cheems-base's N = 2304, M = 32 (N = 72 · M) dense training
-# ran at 0.77x the Triton path's tokens/s, and at N = 2^16 the dense mixture took 21.5 ms against 4.3.
-DENSE_FACTOR = 16
+# "auto" on CUDA uses the dense backend while N <= DENSE_FACTOR · M (M = H·k selections per token). Measured at
+# cheems-base's CDMoE (N = 2304, M = 32, i.e. N = 72·M; 8 × 4096 tokens, d = 1024, bf16; one H100, training tokens/s
+# of the whole model in one process, docs/results/session8_h100/call2/): the dense mixture trains 1.10x faster than
+# the Triton one eager and 1.25x compiled. From the same runs, per layer and step: the Triton mixture ≈ 3.4 ms (its
+# three custom ops in the compiled profile), the dense one ≈ 2.1 ms eager and ≈ 1.1 ms compiled — per expert 0.9 /
+# 0.46 µs against 106 µs per selection, so break-even near N ≈ 118·M eager and ≈ 230·M compiled. 96 keeps a margin
+# below the eager one. At N = 2^16, M = 128 (512·M) the dense mixture took 21.5 ms against Triton's 4.3 (session 5,
+# before the bf16 coefficient matrices).
+DENSE_FACTOR = 96
 
 
 def dense_is_cheaper(num_experts: int, selections: int) -> bool:
