@@ -159,10 +159,12 @@ def test_dma_fused_decode_step_cuda_graph(b):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("lq,lk,hq,hkv,d", grouped("dma-flex", [(300, 300, 8, 2, 64), (200, 333, 4, 4, 128),
-                                                             (129, 129, 4, 1, 32)]))
+                                                             (129, 129, 4, 1, 32), (100, 100, 8, 2, 64),
+                                                             (10, 10, 8, 2, 64), (3, 7, 8, 2, 64)]))
 def test_dma_no_window_flex_cuda(dtype, lq, lk, hq, hkv, d):
     """No window on CUDA: FlexAttention with the bias as a score modifier (the "triton" backend, what "auto" picks),
-    against the float64 oracle, outputs and all gradients; GQA, lq < lk, odd lengths, padded keys."""
+    against the float64 oracle, outputs and all gradients; GQA, lq < lk, odd lengths, padded keys, and rows shorter
+    than one 128-tile (the lengths of the documents test_dma_packed_cuda runs alone)."""
     base = [torch.randn(1, lq, hq, d), torch.randn(1, lk, hkv, d), torch.randn(1, lk, hkv, d),
             torch.randn(1, lk, hkv) * 3]
     base[3][0, :5] = float("-inf")
