@@ -42,8 +42,10 @@ is masked unless ``j >= start_i`` (equivalently ``i <= end_j``); ``U_c`` sums on
 of ``y_i`` needs ``start_i = −1``. The backward uses the same masks (``G_c`` over steps of ``e_c``, ``dS_c = G_c +
 [e_c = f_c]·exp(cum_last)·dS_{c+1}``, dx's and dB's state terms over steps of ``f_c``, dC's over steps of ``e_c``);
 the gradient of ``cum`` keeps its form, since every masked term is still ``exp`` of a difference of ``cum``. Row
-masks are folded into the load masks the kernels already have (a masked step reads ``dt = 0`` or ``dy = 0``); loop
-bounds never come from loaded values (that costs registers: docs/kernels_ssd.md, "Packed documents: cost").
+masks are folded into the load masks the kernels already have (a masked step reads ``dt = 0`` or ``dy = 0``). dx2
+branches once per program: if every column's document reaches the chunk's end it runs the unpacked loop, else the
+masked one, stopping after the last row those documents reach. The other kernels take no loop bound from loaded
+values (that cost registers there: docs/kernels_ssd.md, "Packed documents: cost").
 
 Matrix products take operands in the input dtype (bf16 / fp16; float32 inputs use exact float32 products, not
 TF32) and accumulate in float32; decays, states and all sums are float32. Every exponent is ``<= 0`` (segment
@@ -378,6 +380,29 @@ def _state_pass_bwd_kernel(dst_ptr, st_ptr, cum_ptr, dfinal_ptr, sdot_ptr, docs_
 
 
 @triton.jit
+def _dx2_rows(acc, ib_start, ib_stop, cols, cum_j, end_j, ci, L, cum_base, cb_base, dy_rows, s_dy_l, s_dy_p, ps, pm,
+              Q: tl.constexpr, BQ: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+              MASK: tl.constexpr):
+    """acc (BQ, BP) + Σ_i (CB∘decay)ᵀ_ji dy_i over the row tiles ``ib_start <= ib < ib_stop`` of one chunk for the
+    columns ``cols`` (BQ,): decay_ij = exp(cum_i − cum_j) for rows i >= j, and with MASK also i <= end_j (BQ,) (the
+    column's document ends there; ``end_j`` is not read without MASK). ``dy_rows`` points at the (batch, head)
+    of dy; ``cum_base`` and ``cb_base`` at the chunk's cum (Q,) and CB (Q, Q)."""
+    for ib in range(ib_start, ib_stop):
+        rows = ib * BQ + tl.arange(0, BQ)
+        ti = ci * Q + rows
+        cum_i = tl.load(cum_base + rows)
+        dy_i = tl.load(dy_rows + ti[:, None] * s_dy_l + ps[None, :] * s_dy_p, mask=(ti < L)[:, None] & pm[None, :],
+                       other=0.0).to(DT)
+        cb_t = tl.load(cb_base + rows[None, :] * Q + cols[:, None])  # (j, i) = CB[i, j]
+        causal = rows[None, :] >= cols[:, None]
+        if MASK:
+            causal = causal & (rows[None, :] <= end_j[:, None])
+        decay = tl.exp(tl.where(causal, cum_i[None, :] - cum_j[:, None], float("-inf")))
+        acc += _mm((cb_t * decay).to(DT), dy_i, PREC, UPCAST)
+    return acc
+
+
+@triton.jit
 def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, docs_ptr, dx_ptr, ddt_ptr, dyx_ptr,
                 L, H, G, NC, P, N,
                 s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_b_b, s_b_l, s_b_g, s_b_n,
@@ -427,19 +452,18 @@ def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, d
         tl.store(dyx_ptr + row_base, tl.sum(tl.load(dy_ptrs, mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
                                             * x_j, axis=1))
     cb_base = cb_ptr + ((bi * NC + ci) * G + gi) * Q * Q
-    for ib in range(pid_j, NB):
-        rows = ib * BQ + tl.arange(0, BQ)
-        ti = ci * Q + rows
-        im = ti < L
-        cum_i = tl.load(cum_base + rows)
-        dy_i = tl.load(dy_ptr + bi * s_dy_b + ti[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p,
-                       mask=im[:, None] & pm[None, :], other=0.0).to(DT)
-        cb_t = tl.load(cb_base + rows[None, :] * Q + cols[:, None])  # (j, i) = CB[i, j]
-        causal = rows[None, :] >= cols[:, None]
-        if HAS_SEQ:
-            causal = causal & (rows[None, :] <= end_j[:, None])
-        decay = tl.exp(tl.where(causal, cum_i[None, :] - cum_j[:, None], float("-inf")))
-        acc += _mm((cb_t * decay).to(DT), dy_i, PREC, UPCAST)
+    dy_rows = dy_ptr + bi * s_dy_b + hi * s_dy_h
+    if HAS_SEQ:
+        ends = _doc_row(docs_ptr, bi, ci, NC, 1, Q) + pid_j * BQ  # non-decreasing: the tile's first and last column
+        if tl.load(ends) < Q - 1:  # rows past the last column's end hold no term: their tiles are skipped
+            acc = _dx2_rows(acc, pid_j, tl.load(ends + BQ - 1) // BQ + 1, cols, cum_j, end_j, ci, L, cum_base,
+                            cb_base, dy_rows, s_dy_l, s_dy_p, ps, pm, Q, BQ, DT, PREC, UPCAST, True)
+        else:  # every column's document reaches the chunk's end: no document mask
+            acc = _dx2_rows(acc, pid_j, NB, cols, cum_j, end_j, ci, L, cum_base, cb_base, dy_rows, s_dy_l, s_dy_p,
+                            ps, pm, Q, BQ, DT, PREC, UPCAST, False)
+    else:
+        acc = _dx2_rows(acc, pid_j, NB, cols, cum_j, cols, ci, L, cum_base, cb_base, dy_rows, s_dy_l, s_dy_p, ps, pm,
+                        Q, BQ, DT, PREC, UPCAST, False)
     dx = acc * dt_j[:, None]
     if HAS_D:
         dy_tile = tl.load(dy_ptrs, mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
