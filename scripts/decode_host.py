@@ -27,6 +27,20 @@ the metadata-only ops of ``METADATA_OPS`` (kernel outputs are allocated unpoison
 cache bookkeeping), with the ops of each.
 
     PYTHONPATH=src python scripts/decode_host.py --kernels cheems-tiny@12
+
+``--host-only`` (implies ``--triton``) times the host work of that same step on the GPU's code path without running
+a kernel: every Triton launch returns at once (the interpreter's entry point is replaced while timing; outputs
+stay unwritten and allocated unpoisoned, as on CUDA), so what is timed is everything a CUDA host does except the
+launches themselves: (a) ms per step, best of ``--repeats`` runs of ``--steps`` steps, split per block part
+(inclusive time of each labelled module, ``model`` the rest). (b) estimates the launches' own Python: per recorded
+launch of the step, triton's ``JITFunction.run`` work up to the driver call (argument binding and
+specialisation, the cache key, the kernel-cache lookup, the grid) timed on a ``JITFunction`` of the same kernel
+with a CUDA (sm_90) target's binder, plus for launches through ``@triton.autotune`` the autotuner's per-call work
+with two configurations (on the GPU it computes its key every call; the interpreter's single configuration
+skips that). Not included: the driver's current device/stream queries and the C launcher (a few µs per launch on
+a GPU host). ``--profile N`` prints the N functions of most own time (cProfile) over the timed steps.
+
+    PYTHONPATH=src python scripts/decode_host.py --host-only --profile 25 cheems-tiny@12
 """
 from __future__ import annotations
 
@@ -169,20 +183,184 @@ def block_labels(model: CheemsForCausalLM) -> dict:
     return labels
 
 
-def count_step_kernels(model: CheemsForCausalLM, context: int) -> KernelCounter:
-    """The kernels of one decoding step of ``model`` (Triton backends, under the interpreter) on a cache filled to
-    ``context`` tokens, the call ``bench.decode_common.step_launches`` profiles on CUDA."""
+def filled_step(model: CheemsForCausalLM, context: int):
+    """The decoding step ``bench.decode_common.step_launches`` profiles on CUDA, as a no-argument callable: a direct
+    one-token call of ``model`` on a cache filled to ``context`` tokens, without the graph (run once here for the
+    lazy set-up)."""
     prompt = torch.randint(0, model.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
     cache = CheemsCache(model.config)
+    token = prompt[:, -1:]
+
+    @torch.no_grad()
+    def step():
+        return model(input_ids=token, past_key_values=cache, use_cache=True, graphed_decoding=False)
+
     with torch.no_grad():
         model(input_ids=prompt, past_key_values=cache, use_cache=True)
         fill_cache(cache, model.config, context)
-        token = prompt[:, -1:]
-        model(input_ids=token, past_key_values=cache, use_cache=True, graphed_decoding=False)  # lazy set-up
-        counter = KernelCounter(block_labels(model))
-        with counter:
-            model(input_ids=token, past_key_values=cache, use_cache=True, graphed_decoding=False)
+    step()
+    return step
+
+
+def count_step_kernels(model: CheemsForCausalLM, context: int) -> KernelCounter:
+    """The kernels of one decoding step of ``model`` (Triton backends, under the interpreter) on a cache filled to
+    ``context`` tokens, the call ``bench.decode_common.step_launches`` profiles on CUDA."""
+    step = filled_step(model, context)
+    counter = KernelCounter(block_labels(model))
+    with counter:
+        step()
     return counter
+
+
+class StubbedLaunches:
+    """While inside, every (interpreted) Triton launch returns at once without running its kernel, and kernel
+    outputs are allocated unpoisoned (``torch.empty``, as on CUDA). With ``record``, each launch is appended to
+    ``launches`` as ``(kernel, args, kwargs, via)``: ``via`` is ``(autotuner, args, kwargs)`` of the
+    ``@triton.autotune`` call it came through, else None (recording wraps the autotuner: time without it)."""
+
+    def __init__(self, record: bool = False):
+        self.record = record
+        self.launches: list = []
+        self._autotuning: list = []
+
+    def __enter__(self):
+        from triton.runtime.autotuner import Autotuner
+        from triton.runtime.interpreter import InterpretedFunction
+
+        self._run, self._tune = InterpretedFunction.run, Autotuner.run
+        self._interpreting, triton_utils.interpreting = triton_utils.interpreting, lambda: False
+        launches, autotuning = self.launches, self._autotuning
+
+        if self.record:
+            def run(kernel, *args, **kwargs):
+                launches.append((kernel, args, kwargs, autotuning[-1] if autotuning else None))
+
+            def tune(autotuner, *args, **kwargs):
+                autotuning.append((autotuner, args, kwargs))
+                try:
+                    return self._tune(autotuner, *args, **kwargs)
+                finally:
+                    autotuning.pop()
+
+            Autotuner.run = tune
+        else:
+            def run(kernel, *args, **kwargs):
+                return None
+        InterpretedFunction.run = run
+        return self
+
+    def __exit__(self, *exc):
+        from triton.runtime.autotuner import Autotuner
+        from triton.runtime.interpreter import InterpretedFunction
+
+        InterpretedFunction.run, Autotuner.run = self._run, self._tune
+        triton_utils.interpreting = self._interpreting
+
+
+def best_time(fn, calls: int, repeats: int) -> float:
+    """Seconds per call of ``fn``: the best of ``repeats`` runs of ``calls`` calls."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def part_times(model: CheemsForCausalLM, step, calls: int) -> collections.Counter:
+    """Seconds per step spent inside each labelled block part (``block_labels``, inclusive, hooks' own cost
+    included), ``model`` for the rest of the step."""
+    spent: collections.Counter = collections.Counter()
+    starts, hooks = [], []
+    for module, label in block_labels(model).items():
+        hooks.append(module.register_forward_pre_hook(lambda *_: starts.append(time.perf_counter())))
+        hooks.append(module.register_forward_hook(
+            lambda *_, label=label: spent.update({label: time.perf_counter() - starts.pop()})))
+    try:
+        start = time.perf_counter()
+        for _ in range(calls):
+            step()
+        total = time.perf_counter() - start
+    finally:
+        for hook in hooks:
+            hook.remove()
+    spent["model"] = total - sum(spent.values())
+    return collections.Counter({part: t / calls for part, t in spent.items()})
+
+
+def launch_costs(launches: list, calls: int = 200) -> tuple[float, float]:
+    """Estimated host seconds of the recorded ``launches`` (see ``StubbedLaunches``) on a CUDA host, as
+    ``(jit, autotune)``: ``JITFunction.run``'s work up to the driver call per launch (binding and specialising the
+    arguments, the cache key, the kernel-cache lookup, the grid), timed with a CUDA sm_90 target's binder on a
+    ``JITFunction`` of the same kernel; and the autotuner's per-call work for the launches made through one, timed
+    on a copy of it with two configurations (already tuned) whose launch is a no-op."""
+    import copy
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import JITFunction, compute_cache_key, create_function_from_signature
+
+    backend = make_backend(GPUTarget("cuda", 90, 32))
+    binders: dict = {}  # python function -> (binder, kernel-key cache, kernel cache)
+    jit_total = tune_total = 0.0
+    for kernel, args, kwargs, via in launches:
+        if kernel.fn not in binders:
+            jit = JITFunction(kernel.fn)
+            binders[kernel.fn] = (create_function_from_signature(jit.signature, jit.params, backend), {}, {})
+        binder, key_cache, kernel_cache = binders[kernel.fn]
+        grid = kwargs["grid"]
+        options = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}
+
+        def jit_part():
+            kw = dict(options, debug=False, instrumentation_mode="")
+            bound, specialization, opts = binder(*args, **kw)
+            kernel_cache.get(compute_cache_key(key_cache, specialization, opts))
+            grid(bound) if callable(grid) else grid
+
+        jit_total += best_time(jit_part, calls, 3)
+        if via is not None:
+            autotuner, tune_args, tune_kwargs = via
+            tuner = copy.copy(autotuner)
+            tuner.configs = [autotuner.configs[0], copy.copy(autotuner.configs[0])]
+            tuner.cache, tuner.fn = {}, type("NoLaunch", (), {"run": staticmethod(lambda *a, **k: None)})
+            tuner._bench = lambda *a, **k: [0.0]
+            tuner.run(*tune_args, **tune_kwargs)  # tunes once: later calls find the key
+            tune_total += best_time(lambda: tuner.run(*tune_args, **tune_kwargs), calls, 3)
+    return jit_total, tune_total
+
+
+def print_host_only(spec: str, model: CheemsForCausalLM, context: int, steps: int, repeats: int,
+                    profile: int) -> None:
+    """The ``--host-only`` report of one model (see the module docstring)."""
+    step = filled_step(model, context)
+    with StubbedLaunches(record=True) as recorded:
+        step()
+    with StubbedLaunches():
+        step()
+        host = best_time(step, steps, repeats)
+        parts = part_times(model, step, steps)
+        if profile:
+            import cProfile
+            import pstats
+
+            profiler = cProfile.Profile()
+            profiler.runcall(lambda: [step() for _ in range(steps)])
+    jit, tune = launch_costs(recorded.launches)
+    launches = len(recorded.launches)
+    tuned = sum(via is not None for *_, via in recorded.launches)
+    print(f"{spec}: host {host * 1e3:.2f} ms per step without launches (a); {launches} Triton launches "
+          f"({tuned} through an autotuner) ≈ {(jit + tune) * 1e3:.2f} ms of launch Python (b: "
+          f"{jit / launches * 1e6:.1f} µs binding per launch, {tune * 1e3:.2f} ms autotuner; the driver "
+          f"calls and C launcher not included)")
+    layers = collections.Counter(model.config.mixer_types)
+    for part, t in sorted(parts.items(), key=lambda item: -item[1]):
+        per = layers[part.split(".")[0]] if "." in part else 1
+        each = f" ({t / per * 1e6:.0f} µs per layer)" if "." in part else ""
+        print(f"    {part:16s} {t * 1e3:6.3f} ms{each}")
+    if profile:
+        stats = pstats.Stats(profiler)
+        stats.sort_stats("tottime").print_stats(profile)
 
 
 def print_kernels(spec: str, model: CheemsForCausalLM, counter: KernelCounter) -> None:
@@ -236,9 +414,16 @@ def main() -> None:
                         help="count the GPU's code path: Triton backends, kernels interpreted on the CPU (no timing)")
     parser.add_argument("--kernels", action="store_true",
                         help="count the CUDA kernels of one decoding step per block part (implies --triton)")
-    parser.add_argument("--context", type=int, default=64, help="tokens in the cache of the --kernels step")
+    parser.add_argument("--context", type=int, default=64,
+                        help="tokens in the cache of the --kernels / --host-only step")
+    parser.add_argument("--host-only", action="store_true",
+                        help="time the GPU path's host work of one step with the Triton launches stubbed out, and "
+                             "estimate the launches' own Python (implies --triton)")
+    parser.add_argument("--steps", type=int, default=50, help="steps per timed run of --host-only")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="with --host-only: print the N functions of most own time (cProfile)")
     args = parser.parse_args()
-    args.triton = args.triton or args.kernels
+    args.triton = args.triton or args.kernels or args.host_only
     if args.triton and os.environ.get("TRITON_INTERPRET") != "1":  # must be set before triton is imported
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "TRITON_INTERPRET": "1"})
     torch.set_num_threads(1)
@@ -250,6 +435,9 @@ def main() -> None:
             use_triton_backends(model)
         if args.kernels:
             print_kernels(spec, model, count_step_kernels(model, args.context))
+            continue
+        if args.host_only:
+            print_host_only(spec, model, args.context, args.steps, args.repeats, args.profile)
             continue
         with torch.no_grad():
             model.generate(prompt, max_new_tokens=4, do_sample=False)  # warm-up

@@ -59,9 +59,7 @@ def triton_usable(device: torch.device) -> bool:
         import triton  # noqa: F401
     except ImportError:
         return False
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return True
-    return device.type == "cuda"
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"  # CUDA first: no environment read
 
 
 def resolve_backend(backend: str, available: Iterable[str], device: torch.device, auto_order: Iterable[str]) -> str:

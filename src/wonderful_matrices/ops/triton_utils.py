@@ -24,6 +24,12 @@ def poisoned_empty(*shape: int, dtype: torch.dtype = torch.float32, device=None)
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` of two Python ints, for launch grids and block counts on the host (``triton.cdiv`` is a
+    constexpr function whose every host call costs microseconds of argument unwrapping)."""
+    return -(-a // b)
+
+
 def pow2_at_least(size: int) -> int:
     """The smallest power of two ``>= size`` (1 for ``size <= 1``)."""
     return 1 << max(0, (size - 1).bit_length())
@@ -32,6 +38,31 @@ def pow2_at_least(size: int) -> int:
 def dot_block(size: int) -> int:
     """Tile width covering ``size`` in one block for ``tl.dot``: a power of two, at least 16 (its minimum)."""
     return max(16, pow2_at_least(size))
+
+
+class TunedLaunch:
+    """Launches an ``@triton.autotune`` kernel, paying the autotuner's per-call Python once per shape.
+
+    ``launch(grid, key, *args, **kwargs)`` is ``autotuner[grid](*args, **kwargs)``. The autotuner runs (and tunes)
+    the first time a ``key`` is seen; later calls with that key launch the configuration it chose directly on the
+    kernel it wraps, skipping the autotuner's key building and dict merges on every call (microseconds of host
+    time per launch, which an eager decoding step pays per layer). ``key`` must determine the autotuner's own key:
+    the values of its key arguments and the dtypes of the tensor arguments. A configuration with a pre-hook
+    (which the autotuner calls on every launch) always goes through the autotuner."""
+
+    def __init__(self, autotuner):
+        self.autotuner = autotuner
+        self.chosen: dict = {}  # key -> the chosen configuration's launch keyword arguments
+
+    def __call__(self, grid, key, *args, **kwargs) -> None:
+        options = self.chosen.get(key)
+        if options is not None:
+            self.autotuner.fn[grid](*args, **kwargs, **options)
+            return
+        self.autotuner[grid](*args, **kwargs)
+        config = self.autotuner.best_config
+        if config.pre_hook is None:  # (the autotuner's own hooks run only while it benchmarks)
+            self.chosen[key] = config.all_kwargs()
 
 
 def opaque_to_compile(name: str, fake: Callable):

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from ..expert_mixture.row_kernels import ACTIVATION_CODES, _activation
-from ..triton_utils import interpreting, poisoned_empty, pow2_at_least
+from ..triton_utils import TunedLaunch, cdiv, interpreting, poisoned_empty, pow2_at_least
 from . import MAX_DECODE_TOKENS
 
 
@@ -207,6 +207,12 @@ def _down_kernel(h_ptr, down_w_ptr, down_b_ptr, private_ptr, out_ptr, T, D, INNE
     tl.store(out_ptr + offs_t[:, None] * D + offs_o[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+# launched through the autotuner once per shape (the keys below determine each autotuner's own), then directly
+_project = TunedLaunch(_project_kernel)
+_route_mix = TunedLaunch(_route_mix_kernel)
+_down = TunedLaunch(_down_kernel)
+
+
 def decode_step(x: torch.Tensor, gate_w: torch.Tensor, up_w: torch.Tensor, down_w: torch.Tensor,
                 query_w: torch.Tensor, keys: torch.Tensor, down_table: torch.Tensor, up_table: torch.Tensor,
                 top_k: int, activation: str, gate_b: torch.Tensor | None = None, up_b: torch.Tensor | None = None,
@@ -237,12 +243,13 @@ def decode_step(x: torch.Tensor, gate_w: torch.Tensor, up_w: torch.Tensor, down_
     has_bias = gate_b is not None
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
     act = ACTIVATION_CODES[activation]
-    _project_kernel[lambda meta: (triton.cdiv(inner, meta["BLOCK_O"]) + triton.cdiv(q_width, meta["BLOCK_O"]),)](
-        x, gate_w, up_w, query_w, gate_b if has_bias else x, up_b if has_bias else x, h, q, T, d, inner, q_width,
-        HAS_BIAS=has_bias, ACT=act, PRECISION=precision, BLOCK_T=MAX_DECODE_TOKENS)
-    _route_mix_kernel[(T, H)](x, q, keys, down_table, up_table, private, H, n, dk, d, K=top_k,
-                              K_PAD=max(2, pow2_at_least(top_k)), DK_PAD=max(2, pow2_at_least(dk)), ACT=act)
-    _down_kernel[lambda meta: (triton.cdiv(d, meta["BLOCK_O"]),)](
-        h, down_w, down_b if has_bias else x, private, out, T, d, inner, H, HAS_BIAS=has_bias, PRECISION=precision,
-        BLOCK_T=MAX_DECODE_TOKENS)
+    _project(lambda meta: (cdiv(inner, meta["BLOCK_O"]) + cdiv(q_width, meta["BLOCK_O"]),),
+             (d, inner, q_width, x.dtype), x, gate_w, up_w, query_w, gate_b if has_bias else x,
+             up_b if has_bias else x, h, q, T, d, inner, q_width, HAS_BIAS=has_bias, ACT=act, PRECISION=precision,
+             BLOCK_T=MAX_DECODE_TOKENS)
+    _route_mix((T, H), (n, dk, d, top_k, x.dtype), x, q, keys, down_table, up_table, private, H, n, dk, d, K=top_k,
+               K_PAD=max(2, pow2_at_least(top_k)), DK_PAD=max(2, pow2_at_least(dk)), ACT=act)
+    _down(lambda meta: (cdiv(d, meta["BLOCK_O"]),), (d, inner, H, x.dtype),
+          h, down_w, down_b if has_bias else x, private, out, T, d, inner, H, HAS_BIAS=has_bias, PRECISION=precision,
+          BLOCK_T=MAX_DECODE_TOKENS)
     return out

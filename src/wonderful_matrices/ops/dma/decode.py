@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import dot_block, poisoned_empty
+from ..triton_utils import cdiv, dot_block, poisoned_empty, pow2_at_least
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
@@ -202,9 +202,9 @@ def decode_step(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: t
     limit = max_splits or max_splits_for(rows)
     block_n = block_n or block_n_for(key_buf.dtype, d)
     n_att = n if evict else n + 1
-    tiles = triton.cdiv(n_att, block_n)
-    tile = triton.cdiv(tiles, min(limit, tiles)) * block_n
-    splits = triton.cdiv(n_att, tile)
+    tiles = cdiv(n_att, block_n)
+    tile = cdiv(tiles, min(limit, tiles)) * block_n
+    splits = cdiv(n_att, tile)
     spec = (q.device, b, hq, hkv, d, limit)
     if workspace.get("spec") != spec:
         workspace.clear()
@@ -224,11 +224,11 @@ def decode_step(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: t
         q, key, value, bias, position, key_buf, value_buf, bias_buf, position_buf, acc, m, l, drop,
         q.stride(0), q.stride(2), *new_strides, *buf_strides, n, hkv, group, tile, limit, scale,
         EVICT=evict, BLOCK_G=dot_block(group), BLOCK_N=block_n,
-        BLOCK_R=max(16, min(1024, triton.next_power_of_2(n))) if evict else 16,  # (unused when appending)
+        BLOCK_R=max(16, min(1024, pow2_at_least(n))) if evict else 16,  # (unused when appending)
         BLOCK_D=block_d, HEAD_DIM=d,
         PRECISION="ieee" if key_buf.dtype == torch.float32 else None, num_warps=4)
     _combine_kernel[(b * hq,)](
         acc, m, l, drop, out, key, value, bias, position, key_buf, value_buf, bias_buf, position_buf,
         out.stride(0), out.stride(2), *new_strides, *buf_strides, n_att, hq, group, splits, limit,
-        BLOCK_S=max(2, triton.next_power_of_2(limit)), BLOCK_D=block_d, HEAD_DIM=d, num_warps=4)
+        BLOCK_S=max(2, pow2_at_least(limit)), BLOCK_D=block_d, HEAD_DIM=d, num_warps=4)
     return out

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import interpreting, opaque_to_compile, poisoned_empty
+from ..triton_utils import cdiv, interpreting, opaque_to_compile, poisoned_empty, pow2_at_least
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_DIM = 16384  # a row lives in registers
@@ -141,7 +141,7 @@ def _gated_rms_norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz
 
 def _blocks(d: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_D, num_warps) for rows of ``d`` columns: about 4K elements per program."""
-    block_d = triton.next_power_of_2(d)
+    block_d = pow2_at_least(d)
     block_m = 4 if interpreting() else max(1, min(32, 4096 // block_d))
     num_warps = max(1, min(8, block_m * block_d // 512))
     return block_m, block_d, num_warps
@@ -178,7 +178,7 @@ def _launch_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: tor
     m = x.numel() // d if d else 0
     block_m, block_d, num_warps = _blocks(d)
     if m:
-        _rms_norm_fwd_kernel[(triton.cdiv(m, block_m),)](
+        _rms_norm_fwd_kernel[(cdiv(m, block_m),)](
             x, x if residual is None else residual, weight, s, y, y if rstd is None else rstd, m, d, eps,
             HAS_RESIDUAL=residual is not None, STORE_RSTD=rstd is not None, BLOCK_M=block_m, BLOCK_D=block_d,
             num_warps=num_warps)
@@ -247,10 +247,10 @@ class RMSNormFunction(torch.autograd.Function):
 def _backward_programs(rows: int, block_m: int, device: torch.device) -> tuple[int, int]:
     """(programs, rows per program, a multiple of ``block_m``) of a backward over ``rows`` rows: a few programs
     per SM; at most three under the interpreter, so tests walk several row blocks per program."""
-    programs = triton.cdiv(rows, block_m)
+    programs = cdiv(rows, block_m)
     cap = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 3
     programs = max(min(programs, cap), 1)
-    return programs, triton.cdiv(triton.cdiv(rows, programs), block_m) * block_m
+    return programs, cdiv(cdiv(rows, programs), block_m) * block_m
 
 
 def _gated_rms_norm_fake(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, groups: int,
@@ -280,7 +280,7 @@ def _launch_gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Te
     block_m, block_d, num_warps = _blocks(dg)
     block_m = max(block_m, groups)
     if rows:
-        _gated_rms_norm_fwd_kernel[(triton.cdiv(rows, block_m),)](
+        _gated_rms_norm_fwd_kernel[(cdiv(rows, block_m),)](
             x, gate, weight, y, y if rstd is None else rstd, rows, dg, groups, eps, x_stride, gate_stride,
             STORE_RSTD=rstd is not None, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
 

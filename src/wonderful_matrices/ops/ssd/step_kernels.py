@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import poisoned_empty, pow2_at_least
+from ..triton_utils import cdiv, poisoned_empty, pow2_at_least
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 ROPE_CODES = {"none": 0, "fixed": 1, "data": 2}
@@ -144,10 +144,10 @@ def decode_step(proj: torch.Tensor, state: torch.Tensor, dt_bias: torch.Tensor, 
     half = (n + 1) // 2
     code = ROPE_CODES[rope]
     y = poisoned_empty(b, inner, dtype=proj.dtype, device=proj.device)
-    blocks = triton.cdiv(p, BLOCK_P)
+    blocks = cdiv(p, BLOCK_P)
     splits = 1 if code == 2 else max(1, min(blocks, TARGET_PROGRAMS // max(1, b * h)))
-    rows = triton.cdiv(blocks, splits) * BLOCK_P
-    splits = triton.cdiv(p, rows)
+    rows = cdiv(blocks, splits) * BLOCK_P
+    splits = cdiv(p, rows)
     dummy = state  # a pointer for the arguments a rope mode does not read
     _decode_step_kernel[(b * h, splits)](
         proj, state, y, dt_bias, A_log, D if D is not None else dummy,

@@ -1,0 +1,95 @@
+"""The host side of an eager decoding step on the GPU's code path (Triton backends; under TRITON_INTERPRET=1 here):
+after the first step, no launch goes through a Triton autotuner's per-call Python and no host code calls a Triton
+constexpr function (``triton.cdiv``, ``triton.next_power_of_2``: microseconds each on the host), and a kernel
+launched past its autotuner gives the same outputs as through it.
+
+Triton decides interpreted vs compiled when it is imported, so ``test_interpreted_in_a_subprocess`` reruns this file
+with ``TRITON_INTERPRET=1``; there the real tests run.
+"""
+import pytest
+import torch
+
+from conftest import interpreted_only, interpreter_child_test
+
+pytest.importorskip("triton")
+
+from wonderful_matrices.layers import CDMoE, DynamicMaskAttention, RMSNorm, SSDMixer  # noqa: E402
+from wonderful_matrices.layers.ssd import GatedRMSNorm  # noqa: E402
+from wonderful_matrices.models import CheemsCache, presets  # noqa: E402
+from wonderful_matrices.models.modeling import CheemsForCausalLM  # noqa: E402
+
+test_interpreted_in_a_subprocess = interpreter_child_test(__file__)
+
+
+class HostCalls:
+    """Counts, while inside, the calls of ``Autotuner.run`` and of Triton constexpr functions made by the host, with
+    every kernel launch a no-op (so only host code runs; outputs stay unwritten)."""
+
+    def __enter__(self):
+        from triton.runtime.autotuner import Autotuner
+        from triton.runtime.interpreter import InterpretedFunction
+        from triton.runtime.jit import ConstexprFunction
+
+        self.autotuner_runs = self.constexpr_calls = 0
+        self._saved = Autotuner.run, ConstexprFunction.__call__, InterpretedFunction.run
+        tune, constexpr, _ = self._saved
+
+        def counted_tune(autotuner, *args, **kwargs):
+            self.autotuner_runs += 1
+            return tune(autotuner, *args, **kwargs)
+
+        def counted_constexpr(fn, *args, **kwargs):
+            self.constexpr_calls += 1
+            return constexpr(fn, *args, **kwargs)
+
+        Autotuner.run, ConstexprFunction.__call__ = counted_tune, counted_constexpr
+        InterpretedFunction.run = lambda *args, **kwargs: None
+        return self
+
+    def __exit__(self, *exc):
+        from triton.runtime.autotuner import Autotuner
+        from triton.runtime.interpreter import InterpretedFunction
+        from triton.runtime.jit import ConstexprFunction
+
+        Autotuner.run, ConstexprFunction.__call__, InterpretedFunction.run = self._saved
+
+
+@interpreted_only
+def test_eager_triton_decoding_step_skips_autotuner_and_constexpr_calls():
+    torch.manual_seed(0)
+    model = CheemsForCausalLM(presets.get("cheems-tiny")).eval()  # SSD and DMA blocks, CDMoE in each
+    for module in model.modules():
+        if isinstance(module, (RMSNorm, GatedRMSNorm, SSDMixer, CDMoE)):
+            module.backend = "triton"
+        elif isinstance(module, DynamicMaskAttention):
+            module.decoder.backend = "triton"
+    prompt = torch.randint(0, model.config.vocab_size, (1, 6))
+    cache = CheemsCache(model.config)
+    with torch.no_grad():
+        model(input_ids=prompt, past_key_values=cache, use_cache=True)
+        token = prompt[:, -1:]
+        model(input_ids=token, past_key_values=cache, use_cache=True, graphed_decoding=False)  # tunes, sets up
+        with HostCalls() as calls:
+            model(input_ids=token, past_key_values=cache, use_cache=True, graphed_decoding=False)
+    assert (calls.autotuner_runs, calls.constexpr_calls) == (0, 0)
+
+
+@interpreted_only
+def test_cdmoe_decode_step_past_the_autotuner_is_the_same():
+    from wonderful_matrices.ops.cdmoe import decode_step
+    from wonderful_matrices.ops.cdmoe import decode_kernels
+
+    torch.manual_seed(0)
+    T, d, inner, H, n, dk = 3, 24, 40, 2, 5, 6
+    x = torch.randn(T, d)
+    weights = dict(gate_w=torch.randn(inner, d), up_w=torch.randn(inner, d), down_w=torch.randn(d, inner),
+                   query_w=torch.randn(H * 2 * dk, d), keys=torch.randn(H, 2, n, dk),
+                   down_table=torch.randn(n * n, d), up_table=torch.randn(n * n, d))
+    for launch in (decode_kernels._project, decode_kernels._route_mix, decode_kernels._down):
+        launch.chosen.clear()
+    first = decode_step(x, top_k=3, **weights)  # through the autotuners (they choose)
+    assert all(len(launch.chosen) == 1
+               for launch in (decode_kernels._project, decode_kernels._route_mix, decode_kernels._down))
+    second = decode_step(x, top_k=3, **weights)  # the chosen configurations launched directly
+    assert not first.isnan().any()
+    assert torch.equal(first, second)
