@@ -13,10 +13,10 @@ from conftest import interpreted_only, interpreter_child_test
 
 pytest.importorskip("triton")
 
-from wonderful_matrices.layers import CDMoE, DynamicMaskAttention, RMSNorm, SSDMixer  # noqa: E402
-from wonderful_matrices.layers.ssd import GatedRMSNorm  # noqa: E402
-from wonderful_matrices.models import CheemsCache, presets  # noqa: E402
-from wonderful_matrices.models.modeling import CheemsForCausalLM  # noqa: E402
+from wonderful_matrices.layers import CDMoE, DynamicMaskAttention, RMSNorm, SSDMixer
+from wonderful_matrices.layers.ssd import GatedRMSNorm
+from wonderful_matrices.models import CheemsCache, presets
+from wonderful_matrices.models.modeling import CheemsForCausalLM
 
 test_interpreted_in_a_subprocess = interpreter_child_test(__file__)
 
@@ -76,8 +76,7 @@ def test_eager_triton_decoding_step_skips_autotuner_and_constexpr_calls():
 
 @interpreted_only
 def test_cdmoe_decode_step_past_the_autotuner_is_the_same():
-    from wonderful_matrices.ops.cdmoe import decode_step
-    from wonderful_matrices.ops.cdmoe import decode_kernels
+    from wonderful_matrices.ops.cdmoe import decode_kernels, decode_step
 
     torch.manual_seed(0)
     T, d, inner, H, n, dk = 3, 24, 40, 2, 5, 6
