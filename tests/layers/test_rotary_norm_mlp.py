@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from wonderful_matrices.layers import GatedMLP, RMSNorm, RotaryEmbedding, apply_rotary
+from wonderful_matrices.layers.rotary import RotaryTables
 
 
 def test_rotary_relative_position():
@@ -44,50 +45,52 @@ def test_rmsnorm_and_mlp_shapes():
         GatedMLP(8, 12, activation="tanh")
 
 
-def test_rotary_tables_are_computed_once_per_position_tensor():
-    import gc
+def test_rotary_tables_are_built_once_per_dim_theta_and_dtype():
+    a, same, other_dim, other_theta = RotaryEmbedding(8), RotaryEmbedding(8), RotaryEmbedding(4), RotaryEmbedding(8, 500)
+    pos = torch.tensor([[0, 1, 2, 0, 1], [3, 4, 5, 6, 7]])  # a packed row and an offset one
+    tables = RotaryTables(pos)
+    cos, sin = tables(a)
+    assert tables(same)[0] is cos and tables(same)[1] is sin  # another layer of the same (dim, theta) reuses them
+    expected = a(pos)
+    assert torch.equal(cos, expected[0]) and torch.equal(sin, expected[1])
+    for rotary in (other_dim, other_theta):
+        assert torch.equal(tables(rotary)[0], rotary(pos)[0])
+    cos64 = tables(a, torch.float64)
+    assert cos64[0].dtype == torch.float64 and tables(a, torch.float64)[0] is cos64[0]
+    assert len(tables.built) == 4
 
-    a = b = RotaryEmbedding(8)  # two layers of one model share the instance (share_rotary)
-    pos = torch.arange(5)[None].expand(2, 5)
-    cos, sin = a(pos)
-    assert b(pos)[0] is cos and b(pos)[1] is sin  # the second layer reuses the first one's tables
-    assert RotaryEmbedding(8)(pos)[0] is not cos  # another instance has its own memo
-    fresh = RotaryEmbedding(8)._tables(pos, torch.float32)
-    assert torch.equal(cos, fresh[0]) and torch.equal(sin, fresh[1])
-    other = pos.clone()
-    assert a(other)[0] is not cos and torch.equal(a(other)[0], cos)  # equal values, another tensor: recomputed
-    changed = torch.arange(5)[None].repeat(2, 1)
-    first = a(changed)[0]
-    changed += 3  # an in-place change: the old tables must not come back
-    again = a(changed)[0]
-    assert again is not first and torch.equal(again, RotaryEmbedding(8)._tables(changed, torch.float32)[0])
-    assert a(pos, torch.float64)[0].dtype == torch.float64  # the dtype is part of the key
-    normal_cos = a(pos)[0]
-    with torch.inference_mode():
-        inference_cos = a(pos)[0]
-    assert inference_cos is not normal_cos and a(pos)[0] is normal_cos  # inference-mode tables are kept apart
-    del normal_cos, inference_cos, pos, cos, sin, other
-    key = (torch.float32, False)
-    del changed, again, first
-    gc.collect()
-    assert key not in a.memo  # the entry goes with its position tensor
+
+def test_rotary_copies_start_without_frequency_tables():
     import copy
     import pickle
 
-    kept = torch.arange(3)[None]
-    a(kept)
-    assert copy.deepcopy(a).memo == {} and pickle.loads(pickle.dumps(a)).memo == {}  # copies start empty
+    rotary = RotaryEmbedding(8)
+    table = rotary.float32_frequencies(torch.device("cpu"))
+    assert rotary.float32_frequencies(torch.device("cpu")) is table  # once per device
+    assert torch.equal(table, rotary.frequencies(torch.float32))
+    assert copy.deepcopy(rotary).frequency_memo == {} and pickle.loads(pickle.dumps(rotary)).frequency_memo == {}
 
 
-def test_model_layers_share_one_rotary_per_dim():
-    """A model's attention-like and SSD layers share one RotaryEmbedding per (dim, theta): one memo per model."""
+@pytest.mark.parametrize("output_attentions", [False, True])
+def test_model_builds_each_rotary_table_once_per_forward(monkeypatch, output_attentions):
+    """Eager: a forward builds the cos/sin tables once per distinct rotary (dim, theta) of its layers (DMA's head dim
+    and SSD's state size here), whatever the number of layers; a cached decoding step likewise."""
     from wonderful_matrices import CheemsForCausalLM, presets
 
-    cfg = presets.get("cheems-tiny", head_dim=16, ssd_state_size=8)
-    model = CheemsForCausalLM(cfg)
-    rotaries = {id(m): m for m in model.modules() if isinstance(m, RotaryEmbedding)}
-    assert sorted(m.dim for m in rotaries.values()) == [8, 16]
-    mixers = [block.mixer for block in model.model.layers]
-    assert all(m.rotary is mixers[0].rotary for m in mixers if m.rotary.dim == 8)
-    other = CheemsForCausalLM(cfg)
-    assert other.model.layers[0].mixer.rotary is not mixers[0].rotary  # never shared across models
+    cfg = presets.get("cheems-tiny", head_dim=16, ssd_state_size=8, mixer_types=["ssd", "dma", "ssd", "dma"])
+    model = CheemsForCausalLM(cfg).eval()
+    built = []
+    original = RotaryEmbedding.forward
+
+    def counting(self, position_ids, dtype=torch.float32):
+        built.append(self.dim)
+        return original(self, position_ids, dtype)
+
+    monkeypatch.setattr(RotaryEmbedding, "forward", counting)
+    ids = torch.randint(0, cfg.vocab_size, (2, 9))
+    with torch.no_grad():
+        out = model(ids, use_cache=True, output_attentions=output_attentions)
+        assert sorted(built) == [8, 16]
+        built.clear()
+        model(ids[:, :1], past_key_values=out.past_key_values, use_cache=True, output_attentions=output_attentions)
+    assert sorted(built) == [8, 16]

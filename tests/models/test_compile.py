@@ -123,3 +123,41 @@ def test_training_throughput_compiled_and_a_failure_recorded(monkeypatch):
     monkeypatch.setattr(lm, "compiled_lm_loss", lambda: lm_common.compiled_lm_loss("aot_eager"))  # Inductor: slow
     compiled = lm.training_throughput(config, 16, 32, torch.device("cpu"), steps=1, compiled=True)
     assert compiled["tokens_per_s"] > 0 and compiled["error"] is None
+
+
+def _aten_counts(graph: torch.fx.GraphModule, ops) -> dict:
+    return {op: sum(node.target is op for node in graph.graph.nodes) for op in ops}
+
+
+@pytest.mark.parametrize("preset, options, tables", [
+    ("llama-tiny", {}, 1),
+    ("cheems-tiny", {}, 1),  # DMA's head dim = SSD's state size: one table
+    ("cheems-tiny", {"ssd_state_size": 8, "mixer_types": ["ssd", "dma", "ssd", "dma"]}, 2)])
+def test_compiled_forward_builds_each_rotary_table_once(preset, options, tables):
+    """Under torch.compile the model builds the cos/sin tables once per forward for each distinct rotary (dim, theta)
+    (attention's or DMA's head dim, SSD's state size), not once per layer; the layers' rotations read them. Counted
+    in the forward graph AOTAutograd hands its compiler, packed rows included."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    torch.manual_seed(0)
+    model = CheemsForCausalLM(presets.get(preset, use_cache=False, **options)).train()
+    cos, sin = torch.ops.aten.cos.default, torch.ops.aten.sin.default
+    forward_graphs = []
+
+    def record(graph, example_inputs):
+        forward_graphs.append(_aten_counts(graph, (cos, sin)))
+        return make_boxed_func(graph.forward)
+
+    def ignore(graph, example_inputs):
+        return make_boxed_func(graph.forward)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lm_loss, dynamic=False, backend=aot_autograd(fw_compiler=record, bw_compiler=ignore),
+                             fullgraph=True)
+    rows = torch.randint(2, model.config.vocab_size, (2, 17))
+    rows[0, 6] = 1  # an EOS: packed documents, positions restarting
+    with trusted_values():
+        compiled(model, rows, 1).backward()
+    torch._dynamo.reset()
+    assert forward_graphs == [{cos: tables, sin: tables}]

@@ -21,7 +21,7 @@ from torch import nn
 from ..ops import dynamic_mask_attention
 from ..ops.common import require
 from ..ops.dma.weights import dynamic_mask_attention_weights
-from .rotary import RotaryEmbedding, apply_rotary
+from .rotary import RotaryEmbedding, RotaryTables, apply_rotary
 
 
 def causal_padding_mask(key_mask: torch.Tensor, query_length: int) -> torch.Tensor:
@@ -119,17 +119,20 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=attention_bias)
         self.rotary = RotaryEmbedding(head_dim, rope_theta)
 
-    def _project(self, hidden_states: torch.Tensor, position_ids: torch.Tensor):
-        """q (b, l, hq, d), k, v (b, l, hkv, d), with RoPE on q and k."""
+    def _project(self, hidden_states: torch.Tensor, position_ids: torch.Tensor,
+                 rotary_tables: RotaryTables | None = None):
+        """q (b, l, hq, d), k, v (b, l, hkv, d), with RoPE on q and k (tables from ``rotary_tables`` when given)."""
         b, l, _ = hidden_states.shape
         q = self.q_proj(hidden_states).view(b, l, self.num_heads, self.head_dim)
         k = self.k_proj(hidden_states).view(b, l, self.num_kv_heads, self.head_dim)
         v = self.v_proj(hidden_states).view(b, l, self.num_kv_heads, self.head_dim)
-        cos, sin = self.rotary(position_ids, torch.float64 if q.dtype == torch.float64 else torch.float32)
+        tables = RotaryTables(position_ids) if rotary_tables is None else rotary_tables
+        cos, sin = tables(self.rotary, torch.float64 if q.dtype == torch.float64 else torch.float32)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
     def attention_weights(self, hidden_states: torch.Tensor, position_ids: torch.Tensor,
-                          attention_mask: torch.Tensor | None = None, state: dict | None = None) -> torch.Tensor:
+                          attention_mask: torch.Tensor | None = None, state: dict | None = None,
+                          rotary_tables: RotaryTables | None = None) -> torch.Tensor:
         """The attention probabilities of a forward with the same arguments, computed densely; ``state`` is only
         read (call this before the forward that updates it).
 
@@ -137,7 +140,7 @@ class Attention(nn.Module):
         ones (zero weight on padding; an all-zero row for a query that sees no real key).
         """
         b, l, _ = hidden_states.shape
-        q, k, _ = self._project(hidden_states, position_ids)
+        q, k, _ = self._project(hidden_states, position_ids, rotary_tables)
         key_mask = (torch.ones(b, l, dtype=torch.bool, device=k.device) if attention_mask is None
                     else attention_mask.to(torch.bool))
         if state is not None and "key" in state:
@@ -150,15 +153,17 @@ class Attention(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, state: dict | None = None,
-                seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+                seq_idx: torch.Tensor | None = None, rotary_tables: RotaryTables | None = None) -> torch.Tensor:
         """hidden_states (b, l, d), position_ids (b, l) long, attention_mask (b, l) (1 = real), state (cache dict)
-        or None, seq_idx (b, l) document ids of packed rows or None (not with a state) -> (b, l, d)."""
+        or None, seq_idx (b, l) document ids of packed rows or None (not with a state), rotary_tables (the
+        forward's :class:`RotaryTables` of these ``position_ids``, shared by a model's layers) or None (the layer
+        builds its own) -> (b, l, d)."""
         b, l, _ = hidden_states.shape
         require(seq_idx is None or state is None, "seq_idx", "a tensor with a cache state",
                 "None when decoding with a cache (packed rows are for training and scoring)")
         require(seq_idx is None or (isinstance(seq_idx, torch.Tensor) and tuple(seq_idx.shape) == (b, l)),
                 "seq_idx.shape", tuple(getattr(seq_idx, "shape", ())), f"{(b, l)}: one document id per token")
-        q, k, v = self._project(hidden_states, position_ids)
+        q, k, v = self._project(hidden_states, position_ids, rotary_tables)
 
         if seq_idx is not None:
             out = attend_documents(q, k, v, seq_idx, attention_mask)

@@ -30,7 +30,7 @@ from ..ops.common import trusted_values
 from ..ops.dma import DecodeStep, cached_in_order, replace_lowest_and_attend, step_inputs, store
 from ..ops.dma.weights import dynamic_mask_attention_weights
 from .norm import RMSNorm
-from .rotary import RotaryEmbedding, apply_rotary
+from .rotary import RotaryEmbedding, RotaryTables, apply_rotary
 
 MASK_FORMS = ("gate", "doge", "none")
 
@@ -106,11 +106,12 @@ class DynamicMaskAttention(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, state: dict | None = None,
-                seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+                seq_idx: torch.Tensor | None = None, rotary_tables: RotaryTables | None = None) -> torch.Tensor:
         """hidden_states (b, l, hidden), position_ids (b, l) long, attention_mask (b, l) (1 = token,
         0 = padding) or None, state (dict or None; see the module docstring), seq_idx (b, l) document ids of
         packed rows or None (not with a state: a query then sees only its own document's keys, and the window
-        is chosen among those) -> (b, l, hidden)."""
+        is chosen among those), rotary_tables (the forward's :class:`RotaryTables` of these ``position_ids``,
+        shared by a model's layers) or None (the layer builds its own) -> (b, l, hidden)."""
         require(hidden_states.dim() == 3 and hidden_states.shape[-1] == self.hidden_size, "hidden_states.shape",
                 tuple(hidden_states.shape), f"(batch, seq, {self.hidden_size})")
         b, l, _ = hidden_states.shape
@@ -126,7 +127,7 @@ class DynamicMaskAttention(nn.Module):
                 out = self.decoder.step(*fused, state, self.keep_window, fallback=False)
             if out is not None:  # (None: the attention kernels raised under "auto"; the torch path below)
                 return self.o_proj(out.reshape(b, l, hq * d))
-        q, k, v, bias = self._project(hidden_states, position_ids, attention_mask)
+        q, k, v, bias = self._project(hidden_states, position_ids, attention_mask, rotary_tables)
         if seq_idx is not None:  # outside trusted_values: an explicit seq_idx of the caller is checked by the op
             out = dynamic_mask_attention(q, k, v, bias, keep_window=self.keep_window, causal=True, seq_idx=seq_idx)
             return self.o_proj(out.reshape(b, l, hq * d))
@@ -166,8 +167,9 @@ class DynamicMaskAttention(nn.Module):
             return None
         return q, k, v_flat.view(b, 1, hkv, d), bias, position
 
-    def _project(self, hidden_states, position_ids, attention_mask):
-        """q (b, l, hq, d), k, v (b, l, hkv, d) (q, k rotated), bias (b, l, hkv) float32 (-inf at padding)."""
+    def _project(self, hidden_states, position_ids, attention_mask, rotary_tables=None):
+        """q (b, l, hq, d), k, v (b, l, hkv, d) (q, k rotated; tables from ``rotary_tables`` when given), bias
+        (b, l, hkv) float32 (-inf at padding)."""
         b, l, _ = hidden_states.shape
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         q = self.q_proj(hidden_states).view(b, l, hq, d)
@@ -176,7 +178,8 @@ class DynamicMaskAttention(nn.Module):
         v = v_flat.view(b, l, hkv, d)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        cos, sin = self.rotary(position_ids, torch.float64 if q.dtype == torch.float64 else torch.float32)
+        tables = RotaryTables(position_ids) if rotary_tables is None else rotary_tables
+        cos, sin = tables(self.rotary, torch.float64 if q.dtype == torch.float64 else torch.float32)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         bias = self.key_bias(v_flat)
         if attention_mask is not None:
@@ -184,14 +187,15 @@ class DynamicMaskAttention(nn.Module):
         return q, k, v, bias
 
     def attention_weights(self, hidden_states: torch.Tensor, position_ids: torch.Tensor,
-                          attention_mask: torch.Tensor | None = None, state: dict | None = None) -> torch.Tensor:
+                          attention_mask: torch.Tensor | None = None, state: dict | None = None,
+                          rotary_tables: RotaryTables | None = None) -> torch.Tensor:
         """The attention probabilities of a forward with the same arguments, computed densely; ``state`` is only
         read (call this before the forward that updates it).
 
         Returns ``(b, num_heads, l, n)`` float32 over ``n`` keys: those cached in ``state`` (at most
         ``keep_window``, in position order), then the ``l`` new ones.
         """
-        q, k, _, bias = self._project(hidden_states, position_ids, attention_mask)
+        q, k, _, bias = self._project(hidden_states, position_ids, attention_mask, rotary_tables)
         if state is not None and "key" in state:
             cached_key, _, cached_bias, _ = cached_in_order(state, self.keep_window)
             k, bias = torch.cat([cached_key, k], dim=1), torch.cat([cached_bias, bias], dim=1)

@@ -6,17 +6,8 @@ Angles depend only on the position, so ``rope(q)_t · rope(k)_s`` is a function 
 """
 from __future__ import annotations
 
-import weakref
-
 import torch
 from torch import nn
-
-
-def _memo_allowed(position_ids: torch.Tensor) -> bool:
-    """No memo while torch.compile traces or a CUDA graph is captured (their tensors must not leak out)."""
-    if torch.compiler.is_compiling():
-        return False
-    return not (position_ids.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 class RotaryEmbedding(nn.Module):
@@ -26,12 +17,8 @@ class RotaryEmbedding(nn.Module):
         dim: rotary dimension (even); applied to the first ``dim`` channels of each head.
         theta: base of the frequencies ``theta^(-2i/dim)``.
 
-    ``memo`` holds the last tables per (dtype, inference mode), valid only for the same live ``position_ids``
-    tensor at the same version (no in-place change since) and dropped when that tensor is freed. A model gives
-    all its layers of one ``(dim, theta)`` the same instance (:func:`share_rotary`) and the same ``position_ids``
-    tensor in one forward, so the tables are computed once per forward instead of once per layer (each
-    computation is ~10 kernel launches, which dominate a one-token decoding step). Copies and pickles of the
-    module start with an empty memo.
+    A model builds the tables once per forward for all its layers of one ``(dim, theta)`` (:class:`RotaryTables`);
+    a layer called alone builds its own.
     """
 
     def __init__(self, dim: int, theta: float = 10000.0):
@@ -42,12 +29,10 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"theta={theta!r} is not allowed: must be > 0")
         self.dim = dim
         self.theta = float(theta)
-        self.memo: dict[tuple, tuple] = {}
         self.frequency_memo: dict[torch.device, torch.Tensor] = {}
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        state["memo"] = {}
         state["frequency_memo"] = {}
         return state
 
@@ -58,36 +43,21 @@ class RotaryEmbedding(nn.Module):
 
     def float32_frequencies(self, device: torch.device) -> torch.Tensor:
         """:meth:`frequencies` in float32 on ``device``, computed once per device (the table a fused kernel
-        indexes by position instead of building cos/sin tables each step); not memoised while a CUDA graph is
-        captured or torch.compile traces."""
-        if torch.compiler.is_compiling() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        indexes by position instead of building cos/sin tables each step). While torch.compile traces it is
+        computed in the graph; while a CUDA graph is captured the table computed before is read (a fixed address
+        the memo keeps alive), and none is stored (the capture's memory belongs to the graph)."""
+        if torch.compiler.is_compiling():
             return self.frequencies(torch.float32, device)
         table = self.frequency_memo.get(device)
         if table is None:
-            table = self.frequency_memo[device] = self.frequencies(torch.float32, device)
+            table = self.frequencies(torch.float32, device)
+            if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+                self.frequency_memo[device] = table
         return table
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype = torch.float32
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """position_ids (b, l) integer -> (cos, sin), each (b, l, dim) float32 (float64 if ``dtype`` says so).
-
-        Repeated calls with the same, unchanged ``position_ids`` tensor return the same tables (computed once)."""
-        if not _memo_allowed(position_ids):
-            return self._tables(position_ids, dtype)
-        memo = self.memo
-        key = (dtype, torch.is_inference_mode_enabled())  # inference tensors stay apart
-        hit = memo.get(key)
-        if hit is not None and hit[0]() is position_ids and hit[1] == position_ids._version:
-            return hit[2], hit[3]
-        cos, sin = self._tables(position_ids, dtype)
-
-        def drop(ref, key=key):
-            if memo.get(key, (None,))[0] is ref:
-                del memo[key]
-        memo[key] = (weakref.ref(position_ids, drop), position_ids._version, cos, sin)
-        return cos, sin
-
-    def _tables(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """position_ids (b, l) integer -> (cos, sin), each (b, l, dim) float32 (float64 if ``dtype`` says so)."""
         # Frequencies are recomputed in float64 on each call (dim/2 numbers): no buffer that `model.to(bf16)` could
         # round.
         inv_freq = self.frequencies(dtype, position_ids.device)
@@ -96,14 +66,30 @@ class RotaryEmbedding(nn.Module):
         return angles.cos(), angles.sin()
 
 
-def share_rotary(module: nn.Module) -> None:
-    """Make every :class:`RotaryEmbedding` inside ``module`` with the same ``(dim, theta)`` one instance (the
-    first one found), so layers that get the same ``position_ids`` share its memo."""
-    shared: dict[tuple, RotaryEmbedding] = {}
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, RotaryEmbedding):
-                setattr(parent, name, shared.setdefault((child.dim, child.theta), child))
+class RotaryTables:
+    """The cos/sin tables of one forward call: built on the first request for each ``(dim, theta, dtype)``, then
+    handed to every layer that asks for the same.
+
+    A model creates one per forward from its ``position_ids`` (b, l) and passes it to every layer, so the tables
+    are computed once per forward, not once per layer — also under torch.compile, where each layer building its
+    own would put the transcendental math into every layer's rotation kernel. Lazy, so a forward whose layers all
+    take fused decoding kernels (which index :meth:`RotaryEmbedding.float32_frequencies` by position) builds none.
+    Lives as long as the forward; nothing is kept across calls.
+
+    ``tables(rotary, dtype) -> (cos, sin)``, each (b, l, rotary.dim) in ``dtype``, as ``rotary(position_ids, dtype)``.
+    """
+
+    def __init__(self, position_ids: torch.Tensor):
+        self.position_ids = position_ids
+        self.built: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, rotary: RotaryEmbedding, dtype: torch.dtype = torch.float32
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (rotary.dim, rotary.theta, dtype)
+        tables = self.built.get(key)
+        if tables is None:
+            tables = self.built[key] = rotary(self.position_ids, dtype)
+        return tables
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ from ..errors import reject, require
 from ..ops import gated_rms_norm, ssd, ssd_step
 from ..ops.common import trusted_values
 from ..ops.ssd import fused_step_usable, projected_step
-from .rotary import RotaryEmbedding, apply_rotary
+from .rotary import RotaryEmbedding, RotaryTables, apply_rotary
 
 ROPE_MODES = ("fixed", "data", "none")
 
@@ -282,10 +282,11 @@ class SSDMixer(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, state: dict | None = None,
-                seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+                seq_idx: torch.Tensor | None = None, rotary_tables: RotaryTables | None = None) -> torch.Tensor:
         """hidden_states (b, l, d), position_ids (b, l) long, attention_mask (b, l) or None (1 = real token),
         state: None or this layer's cache dict (read and updated in place), seq_idx (b, l) document ids of
-        packed rows or None -> (b, l, d)."""
+        packed rows or None, rotary_tables (the forward's :class:`RotaryTables` of these ``position_ids``, shared
+        by a model's layers; used with ``rope="fixed"``) or None (the layer builds its own) -> (b, l, d)."""
         self._check_inputs(hidden_states, position_ids, attention_mask, state)
         if seq_idx is not None:
             require(isinstance(seq_idx, torch.Tensor) and tuple(seq_idx.shape) == tuple(hidden_states.shape[:2]),
@@ -315,8 +316,8 @@ class SSDMixer(nn.Module):
         if keep is not None:
             dt = dt.masked_fill(~keep, 0.0)
         if self.rope == "fixed":  # B and C rotate by the same angles: one call for both
-            cos, sin = self.rotary(position_ids.to(hidden_states.device),
-                                   torch.float64 if BC.dtype == torch.float64 else torch.float32)
+            tables = RotaryTables(position_ids.to(hidden_states.device)) if rotary_tables is None else rotary_tables
+            cos, sin = tables(self.rotary, torch.float64 if BC.dtype == torch.float64 else torch.float32)
             BC = apply_rotary(BC, cos, sin)
         elif self.rope == "data":
             BC = self._rotate_by_data(BC, hidden_states, dt, state, seq_idx)

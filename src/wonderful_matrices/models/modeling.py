@@ -23,7 +23,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from ..layers import Attention, CDMoE, DynamicMaskAttention, GatedMLP, Mamba2Mixer, MoE, RMSNorm, SSDMixer
-from ..layers.rotary import share_rotary
+from ..layers.rotary import RotaryTables
 from ..layers.ssd import GatedRMSNorm
 from ..ops import linear_cross_entropy
 from ..ops.common import trusted_values, value_checks_enabled
@@ -251,12 +251,14 @@ class CheemsBlock(GradientCheckpointingLayer):
     ``config.residual_scale``, ``r`` learned per channel).
 
     ``forward(hidden_states (b, l, d), position_ids (b, l), attention_mask (b, l) | None, state dict | None,
-    seq_idx (b, l) | None, output_attentions=False, update=None, defer=False) -> (b, l, d)``, or
+    seq_idx (b, l) | None, output_attentions=False, update=None, defer=False, rotary_tables=None) -> (b, l, d)``, or
     ``((b, l, d), weights)`` with ``output_attentions``: the mixer's attention probabilities
     ``(b, num_attention_heads, l, keys)`` for attention/DMA layers, None for SSD/Mamba2 (not with packed rows).
     The residual adds can be deferred into the next norm's kernel (one launch less per block): ``update (b, l, d)``
     is an output of the previous block not yet added (the block's input is ``hidden_states + update``, summed by
     the mixer norm), and ``defer=True`` returns the pair ``(residual stream, update)`` instead of their sum.
+    ``rotary_tables``: the forward's :class:`~wonderful_matrices.layers.rotary.RotaryTables` of ``position_ids``,
+    handed to the mixer (None: the mixer builds its own).
     """
 
     def __init__(self, config: CheemsConfig, layer_idx: int):
@@ -276,7 +278,8 @@ class CheemsBlock(GradientCheckpointingLayer):
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor,
                 attention_mask: torch.Tensor | None, state: dict | None,
                 seq_idx: torch.Tensor | None = None, output_attentions: bool = False,
-                update: torch.Tensor | None = None, defer: bool = False) -> torch.Tensor | tuple:
+                update: torch.Tensor | None = None, defer: bool = False,
+                rotary_tables: RotaryTables | None = None) -> torch.Tensor | tuple:
         """(b, l, d) -> (b, l, d) (and the attention weights with ``output_attentions``; a pair of (b, l, d) with
         ``defer``)."""
         if update is None:
@@ -288,8 +291,9 @@ class CheemsBlock(GradientCheckpointingLayer):
             if seq_idx is not None:
                 raise ValueError("output_attentions=True is not allowed with packed rows (seq_idx, or position_ids "
                                  "restarting at 0): the weights are computed for one document per row")
-            weights = self.mixer.attention_weights(normed, position_ids, attention_mask, state)
-        mixed = self.mixer(normed, position_ids, attention_mask, state, seq_idx=seq_idx)
+            weights = self.mixer.attention_weights(normed, position_ids, attention_mask, state,
+                                                   rotary_tables=rotary_tables)
+        mixed = self.mixer(normed, position_ids, attention_mask, state, seq_idx=seq_idx, rotary_tables=rotary_tables)
         residual = hidden_states if self.mixer_residual is None else hidden_states * self.mixer_residual
         if self.ffn is None:
             update = mixed
@@ -377,7 +381,6 @@ class CheemsModel(CheemsPreTrainedModel):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(CheemsBlock(config, i) for i in range(config.num_hidden_layers))
-        share_rotary(self.layers)  # one RoPE table per model: computed once per forward for all layers
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.gradient_checkpointing = False
         self.post_init()
@@ -502,9 +505,11 @@ class CheemsModel(CheemsPreTrainedModel):
         """Every block on hidden_states (b, l, d) -> the blocks' output before the final norm as ``(residual,
         update)``, each (b, l, d), whose sum it is: each residual add is left to the next norm's kernel, the last
         one to the final norm's. When ``all_hidden`` or ``all_attentions`` are lists (each block's input, its
-        attention weights are appended), the blocks add as they go and ``update`` is None."""
+        attention weights are appended), the blocks add as they go and ``update`` is None. The rotary cos/sin
+        tables are built once for all the blocks (:class:`RotaryTables`)."""
         defer = all_hidden is None and all_attentions is None
         update = None
+        tables = RotaryTables(position_ids)
         with trusted_values():  # the ids, biases and seq_idx the layers' ops get are valid by construction or checked
             for i, block in enumerate(self.layers):
                 if all_hidden is not None:
@@ -512,13 +517,14 @@ class CheemsModel(CheemsPreTrainedModel):
                 state = cache.layer_state(i) if cache is not None else None
                 if all_attentions is not None:
                     hidden_states, weights = block(hidden_states, position_ids, layer_mask, state, seq_idx,
-                                                   output_attentions=True)
+                                                   output_attentions=True, rotary_tables=tables)
                     all_attentions.append(weights)
                 elif defer:
                     hidden_states, update = block(hidden_states, position_ids, layer_mask, state, seq_idx,
-                                                  update=update, defer=True)
+                                                  update=update, defer=True, rotary_tables=tables)
                 else:
-                    hidden_states = block(hidden_states, position_ids, layer_mask, state, seq_idx)
+                    hidden_states = block(hidden_states, position_ids, layer_mask, state, seq_idx,
+                                          rotary_tables=tables)
         return hidden_states, update
 
 
