@@ -125,7 +125,7 @@ def test_training_throughput_compiled_and_a_failure_recorded(monkeypatch):
     assert compiled["tokens_per_s"] > 0 and compiled["error"] is None
 
 
-def _aten_counts(graph: torch.fx.GraphModule, ops) -> dict:
+def _op_counts(graph: torch.fx.GraphModule, ops) -> dict:
     return {op: sum(node.target is op for node in graph.graph.nodes) for op in ops}
 
 
@@ -133,31 +133,31 @@ def _aten_counts(graph: torch.fx.GraphModule, ops) -> dict:
     ("llama-tiny", {}, 1),
     ("cheems-tiny", {}, 1),  # DMA's head dim = SSD's state size: one table
     ("cheems-tiny", {"ssd_state_size": 8, "mixer_types": ["ssd", "dma", "ssd", "dma"]}, 2)])
-def test_compiled_forward_builds_each_rotary_table_once(preset, options, tables):
+def test_compiled_step_builds_each_rotary_table_once(preset, options, tables):
     """Under torch.compile the model builds the cos/sin tables once per forward for each distinct rotary (dim, theta)
-    (attention's or DMA's head dim, SSD's state size), not once per layer; the layers' rotations read them. Counted
-    in the forward graph AOTAutograd hands its compiler, packed rows included."""
+    (attention's or DMA's head dim, SSD's state size), not once per layer, as one opaque op whose outputs every layer
+    reads; the backward reads them saved (never recomputes them, which Inductor would fold into every layer's
+    gradient kernel). Counted in the graphs AOTAutograd hands its compilers, packed rows included."""
     from torch._dynamo.backends.common import aot_autograd
     from torch._functorch.aot_autograd import make_boxed_func
 
     torch.manual_seed(0)
     model = CheemsForCausalLM(presets.get(preset, use_cache=False, **options)).train()
-    cos, sin = torch.ops.aten.cos.default, torch.ops.aten.sin.default
-    forward_graphs = []
+    ops = (torch.ops.wonderful_matrices.rotary_tables.default, torch.ops.aten.cos.default, torch.ops.aten.sin.default)
+    counted = {}
 
-    def record(graph, example_inputs):
-        forward_graphs.append(_aten_counts(graph, (cos, sin)))
-        return make_boxed_func(graph.forward)
-
-    def ignore(graph, example_inputs):
-        return make_boxed_func(graph.forward)
+    def recorder(name):
+        def record(graph, example_inputs):
+            counted[name] = list(_op_counts(graph, ops).values())
+            return make_boxed_func(graph.forward)
+        return record
 
     torch._dynamo.reset()
-    compiled = torch.compile(lm_loss, dynamic=False, backend=aot_autograd(fw_compiler=record, bw_compiler=ignore),
-                             fullgraph=True)
+    backend = aot_autograd(fw_compiler=recorder("forward"), bw_compiler=recorder("backward"))
+    compiled = torch.compile(lm_loss, dynamic=False, backend=backend, fullgraph=True)
     rows = torch.randint(2, model.config.vocab_size, (2, 17))
     rows[0, 6] = 1  # an EOS: packed documents, positions restarting
     with trusted_values():
         compiled(model, rows, 1).backward()
     torch._dynamo.reset()
-    assert forward_graphs == [{cos: tables, sin: tables}]
+    assert counted == {"forward": [tables, 0, 0], "backward": [0, 0, 0]}

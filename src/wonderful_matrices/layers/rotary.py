@@ -9,6 +9,33 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..ops.triton_utils import opaque_to_compile  # torch only: no Triton needed
+
+
+def rotary_frequencies(dim: int, theta: float, dtype: torch.dtype, device: torch.device | None = None
+                       ) -> torch.Tensor:
+    """The ``dim/2`` frequencies ``theta^(-2i/dim)``, computed in float64 and rounded to ``dtype``."""
+    exponents = torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim
+    return (1.0 / theta ** exponents).to(dtype)
+
+
+def _tables_fake(position_ids: torch.Tensor, dim: int, theta: float, dtype: torch.dtype):
+    shape = (*position_ids.shape, dim)
+    return position_ids.new_empty(shape, dtype=dtype), position_ids.new_empty(shape, dtype=dtype)
+
+
+# Opaque to torch.compile: its outputs are buffers that every layer reads, and AOTAutograd saves them for the
+# backward instead of recomputing them (a cheap-looking pointwise chain from ``position_ids``, which Inductor would
+# otherwise fold into every layer's rotation kernel, forward and backward, computing pow/cos/sin per head).
+@opaque_to_compile("rotary_tables", _tables_fake)
+def rotary_tables(position_ids: torch.Tensor, dim: int, theta: float, dtype: torch.dtype
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """position_ids (b, l) integer -> (cos, sin), each (b, l, dim) in ``dtype``, of the angles
+    ``position * theta^(-2i/dim)`` (rotate-half layout: the ``dim/2`` angles twice)."""
+    angles = position_ids.to(dtype)[..., None] * rotary_frequencies(dim, theta, dtype, position_ids.device)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
 
 class RotaryEmbedding(nn.Module):
     """Cos/sin tables for positions given by ``position_ids``.
@@ -38,8 +65,7 @@ class RotaryEmbedding(nn.Module):
 
     def frequencies(self, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
         """The ``dim/2`` frequencies ``theta^(-2i/dim)``, computed in float64 and rounded to ``dtype``."""
-        exponents = torch.arange(0, self.dim, 2, dtype=torch.float64, device=device) / self.dim
-        return (1.0 / self.theta ** exponents).to(dtype)
+        return rotary_frequencies(self.dim, self.theta, dtype, device)
 
     def float32_frequencies(self, device: torch.device) -> torch.Tensor:
         """:meth:`frequencies` in float32 on ``device``, computed once per device (the table a fused kernel
@@ -60,10 +86,7 @@ class RotaryEmbedding(nn.Module):
         """position_ids (b, l) integer -> (cos, sin), each (b, l, dim) float32 (float64 if ``dtype`` says so)."""
         # Frequencies are recomputed in float64 on each call (dim/2 numbers): no buffer that `model.to(bf16)` could
         # round.
-        inv_freq = self.frequencies(dtype, position_ids.device)
-        angles = position_ids.to(dtype)[..., None] * inv_freq
-        angles = torch.cat([angles, angles], dim=-1)
-        return angles.cos(), angles.sin()
+        return rotary_tables(position_ids, self.dim, self.theta, dtype)
 
 
 class RotaryTables:
