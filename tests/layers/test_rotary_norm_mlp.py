@@ -46,7 +46,8 @@ def test_rmsnorm_and_mlp_shapes():
 
 
 def test_rotary_tables_are_built_once_per_dim_theta_and_dtype():
-    a, same, other_dim, other_theta = RotaryEmbedding(8), RotaryEmbedding(8), RotaryEmbedding(4), RotaryEmbedding(8, 500)
+    a, same = RotaryEmbedding(8), RotaryEmbedding(8)
+    other_dim, other_theta = RotaryEmbedding(4), RotaryEmbedding(8, 500)
     pos = torch.tensor([[0, 1, 2, 0, 1], [3, 4, 5, 6, 7]])  # a packed row and an offset one
     tables = RotaryTables(pos)
     cos, sin = tables(a)

@@ -32,6 +32,8 @@ def rotary_tables(position_ids: torch.Tensor, dim: int, theta: float, dtype: tor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """position_ids (b, l) integer -> (cos, sin), each (b, l, dim) in ``dtype``, of the angles
     ``position * theta^(-2i/dim)`` (rotate-half layout: the ``dim/2`` angles twice)."""
+    # the frequencies are recomputed in float64 on each call (dim/2 numbers): no buffer that `model.to(bf16)` could
+    # round
     angles = position_ids.to(dtype)[..., None] * rotary_frequencies(dim, theta, dtype, position_ids.device)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
@@ -84,8 +86,6 @@ class RotaryEmbedding(nn.Module):
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype = torch.float32
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """position_ids (b, l) integer -> (cos, sin), each (b, l, dim) float32 (float64 if ``dtype`` says so)."""
-        # Frequencies are recomputed in float64 on each call (dim/2 numbers): no buffer that `model.to(bf16)` could
-        # round.
         return rotary_tables(position_ids, self.dim, self.theta, dtype)
 
 
