@@ -1,11 +1,11 @@
 """Compile the windowed DMA Triton kernels for sm_90 without a GPU and print each configuration's resources.
 
     PYTHONPATH=src python scripts/dma_compile_report.py [--kernels _fwd_kernel ...] [--gqa 1 4] [--length 16384]
-        [--window 2048] [--configs M,N,W,S ...] [--dump DIR]
+        [--window 2048] [--heads 16] [--head-dim 128] [--configs M,N,W,S ...] [--dump DIR]
 
 For every autotune configuration of ``QUERY_SIDE`` (forward, dq) and ``KEY_SIDE`` (dk/dv/dbias): ``triton.compile``
-for ``GPUTarget("cuda", 90, 32)`` with the arguments of the benchmark's launch (B1, 16 query heads, head dim 128,
-bf16, ``block_for(window)``; meta tensors, specialised as Triton's launcher does: see ``sm90_report``), then
+for ``GPUTarget("cuda", 90, 32)`` with the arguments of the benchmark's launch (by default B1, 16 query heads, head
+dim 128, bf16, ``block_for(window)``; cheems-base's DMA layer: ``--heads 12 --head-dim 64 --gqa 3 --length 4096``; meta tensors, specialised as Triton's launcher does: see ``sm90_report``), then
 registers and stack (spill) bytes from ``cuobjdump -res-usage``, shared memory, and SASS counts: wgmma (HGMMA)
 against mma.sync (HMMA), cp.async (LDGSTS, with the PTX copy sizes) and TMA (UTMALDG) loads, ordinary global loads
 by width, local-memory instructions (LDL / STL), and the SASS instructions of each loop (``sm90_report.loop_sizes``;
@@ -22,6 +22,7 @@ from sm90_report import compile_sm90, dump_asm, launch_signature, resources
 
 from wonderful_matrices.ops.dma import windowed_kernels as wk
 from wonderful_matrices.ops.dma.selection import LIVE_TILE
+from wonderful_matrices.ops.triton_utils import dot_block
 
 KERNELS = {"_fwd_kernel": "QUERY_SIDE", "_dq_kernel": "QUERY_SIDE", "_dkv_kernel": "KEY_SIDE"}
 
@@ -53,7 +54,9 @@ def launch_args(length: int, window: int, hq: int, hkv: int, d: int = 128, dtype
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernels", nargs="*", default=list(KERNELS), choices=list(KERNELS))
-    parser.add_argument("--gqa", type=int, nargs="*", default=[1, 4], help="query heads per KV head (16 query heads)")
+    parser.add_argument("--gqa", type=int, nargs="*", default=[1, 4], help="query heads per KV head")
+    parser.add_argument("--heads", type=int, default=16, help="query heads")
+    parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--length", type=int, default=16384)
     parser.add_argument("--window", type=int, default=2048)
     parser.add_argument("--configs", nargs="*", default=None,
@@ -64,7 +67,8 @@ def main():
     configs = None if args.configs is None else [
         triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
         for m, n, w, s in (tuple(int(v) for v in c.split(",")) for c in args.configs)]
-    print(f"sm_90, bf16, B1 T{args.length} H16 D128, w {args.window}, block {block}")
+    print(f"sm_90, triton {triton.__version__}, bf16, B1 T{args.length} H{args.heads} D{args.head_dim}, "
+          f"w {args.window}, block {block}")
     print(f"{'kernel':<12} {'GQA':>3} {'M':>4} {'N':>4} {'w':>2} {'s':>2} {'regs':>5} {'spill':>6} {'smem':>7} "
           f"{'HGMMA':>6} {'HMMA':>5} {'LDGSTS':>7} {'cp.async B':>10} {'TMA':>4} {'LDG 128/64/32/16':>17} "
           f"{'LDL':>4} {'STL':>4}  loop instr")
@@ -72,9 +76,10 @@ def main():
         for name in args.kernels:
             fn = getattr(wk, name).fn  # the jit function under the autotuner
             for group in args.gqa:
-                values = launch_args(args.length, args.window, 16, 16 // group)
+                values = launch_args(args.length, args.window, args.heads, args.heads // group, args.head_dim)
                 for config in configs or getattr(wk, KERNELS[name]):
-                    constants = dict(BLOCK=block, TILE=LIVE_TILE, BLOCK_D=128, HEAD_DIM=128, PRECISION=None,
+                    constants = dict(BLOCK=block, TILE=LIVE_TILE, BLOCK_D=dot_block(args.head_dim),
+                                     HEAD_DIM=args.head_dim, PRECISION=None, WIDE=False,
                                      **config.kwargs)
                     compiled = compile_sm90(fn, *launch_signature(fn, values, constants), config.num_warps,
                                             config.num_stages)

@@ -127,6 +127,41 @@ def test_dispatch_uses_triton_for_a_causal_window_and_torch_otherwise(monkeypatc
     assert rel_err(out, ref) < 1e-5
 
 
+def test_wide_offsets_from_the_first_in_row_offset_past_int32():
+    """``WIDE`` (int64 row offsets) exactly when an element offset inside one batch row reaches 2**31."""
+    meta = dict(device="meta")
+    fits = torch.empty(3, 2 ** 20, 16, 128, **meta)  # largest in-row offset 2**31 - 1
+    assert not dma_triton.needs_wide_offsets(fits)
+    assert dma_triton.needs_wide_offsets(fits, torch.empty(1, 2 ** 20 + 1, 16, 128, **meta))
+    strided = torch.empty(1, 2 ** 20, 32, 128, **meta)[:, :, :16]  # the view keeps its parent's strides
+    assert dma_triton.needs_wide_offsets(strided)
+
+
+@interpreted_only
+def test_wide_offsets_give_the_same_bits(monkeypatch):
+    """The int64-offset variant of the kernels (``WIDE``, forced by a zero threshold) against the int32 one:
+    outputs and every gradient bit for bit (GQA, lq < lk, padding, several selection blocks)."""
+    torch.manual_seed(5)
+    b, lq, lk, hq, hkv, d, w = 2, 150, 190, 4, 2, 16, 9
+    q, k, v = torch.randn(b, lq, hq, d), torch.randn(b, lk, hkv, d), torch.randn(b, lk, hkv, d)
+    bias = torch.randn(b, lk, hkv)
+    bias[0, :3] = float("-inf")
+    weight = torch.randn(b, lq, hq, d)
+
+    def run():
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v, bias)]
+        out = dma_triton.dynamic_mask_attention_triton(*leaves, w, d ** -0.5, 128)
+        (out * weight).sum().backward()
+        return [out.detach()] + [t.grad for t in leaves]
+
+    narrow = run()
+    monkeypatch.setattr(dma_triton, "WIDE_OFFSETS", 0)
+    assert dma_triton.needs_wide_offsets(q)
+    wide = run()
+    for name, a, r in zip(("out", "q", "k", "v", "bias"), wide, narrow):
+        assert not torch.isnan(r).any() and torch.equal(a, r), name
+
+
 @interpreted_only
 def test_block_must_be_a_multiple_of_the_alignment():
     q, k, v, bias = torch.randn(1, 9, 1, 8), torch.randn(1, 9, 1, 8), torch.randn(1, 9, 1, 8), torch.randn(1, 9, 1)

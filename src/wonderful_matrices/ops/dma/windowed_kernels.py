@@ -36,6 +36,7 @@ from .selection import LIVE_TILE, head_counts, live_keys
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
 BLOCK_ALIGN = 128  # the selection block is a multiple of every query tile the kernels use
+WIDE_OFFSETS = 2 ** 31  # in-row element offsets from here on are computed in int64
 
 
 def block_for(keep_window: int) -> int:
@@ -51,46 +52,54 @@ def _configs(gpu: list[tuple[int, int, int, int]]) -> list:
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in gpu]
 
 
-QUERY_SIDE = _configs([(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (64, 128, 4, 2),
-                       (128, 128, 8, 2)])
-# (BLOCK_M = query tile, BLOCK_N = key tile) for dk/dv: the configurations with 32-query tiles are the ones that
-# do not spill registers on sm_90 (docs/kernels_dma.md; scripts/dma_compile_report.py).
-KEY_SIDE = _configs([(32, 64, 8, 2), (32, 128, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2),
-                     (64, 128, 8, 2), (128, 128, 8, 2)])
+# Every configuration here compiles without register spills under triton 3.6 for sm_90 at head dim 64 or 128, except
+# the 128-key tiles at head dim 128 (no variant of them avoids spilling there), kept for the smaller head dims
+# (docs/kernels_dma.md "Occupancy under triton 3.6"; scripts/dma_compile_report.py). 128 x 128 query-side tiles
+# spill in every variant at both head dims and are left out.
+QUERY_SIDE = _configs([(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (64, 128, 4, 2)])
+# (BLOCK_M = query tile, BLOCK_N = key tile) for dk/dv: 8 warps, so that the two float32 accumulators (dk, dv)
+# take half the registers per thread they would at 4; 128-query tiles spill in every variant and are left out.
+KEY_SIDE = _configs([(32, 64, 8, 2), (32, 128, 8, 2), (64, 64, 8, 1), (64, 128, 8, 2)])
 
 
 @triton.jit
-def _listed_keys(list_ptr, drop_ptr, bias_ptr, bias_base, sbl, dmask, c0, c_end, BLOCK_N: tl.constexpr,
-                 MASKED: tl.constexpr):
-    """The list entries ``[c0, c0 + BLOCK_N)``: key indices ``j`` (int64), their ``drop_j`` (``MASKED`` only; else
-    ``j``, unused), the load mask of their K/V rows (``(BLOCK_N, BLOCK_D)``, or ``(1, BLOCK_D)`` unmasked) and their
-    biases (float32). ``MASKED`` bounds them by ``c_end``; without it the entries must all be listed keys."""
+def _listed_keys(list_ptr, drop_ptr, bias_ptr, sbl, dmask, c0, c_end, BLOCK_N: tl.constexpr,
+                 MASKED: tl.constexpr, WIDE: tl.constexpr):
+    """The list entries ``[c0, c0 + BLOCK_N)``: key indices ``j`` (int32; int64 if ``WIDE``), their ``drop_j``
+    (``MASKED`` only; else ``j``, unused), the load mask of their K/V rows (``(BLOCK_N, BLOCK_D)``, or
+    ``(1, BLOCK_D)`` unmasked) and their biases (float32; ``bias_ptr`` points at the row's first key).
+    ``MASKED`` bounds them by ``c_end``; without it the entries must all be listed keys."""
     c = c0 + tl.arange(0, BLOCK_N)
     if MASKED:
         cmask = c < c_end
-        j = tl.load(list_ptr + c, mask=cmask, other=0).to(tl.int64)
+        j = tl.load(list_ptr + c, mask=cmask, other=0)
+        if WIDE:
+            j = j.to(tl.int64)
         drop = tl.load(drop_ptr + j, mask=cmask, other=0)
         kvmask = cmask[:, None] & dmask[None, :]
-        kb = tl.load(bias_ptr + bias_base + j * sbl, mask=cmask, other=0.0).to(tl.float32)
+        kb = tl.load(bias_ptr + j * sbl, mask=cmask, other=0.0).to(tl.float32)
     else:
-        j = tl.load(list_ptr + c).to(tl.int64)
+        j = tl.load(list_ptr + c)
+        if WIDE:
+            j = j.to(tl.int64)
         drop = j
         kvmask = dmask[None, :]
-        kb = tl.load(bias_ptr + bias_base + j * sbl).to(tl.float32)
+        kb = tl.load(bias_ptr + j * sbl).to(tl.float32)
     return j, drop, kvmask, kb
 
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, k_ptr, v_ptr, bias_ptr, list_ptr, drop_ptr, kv_base, skl, bias_base, sbl,
+def _fwd_inner(acc, l_i, m_i, q, k_ptr, v_ptr, bias_ptr, list_ptr, drop_ptr, skl, sbl,
                pos, dd, dmask, lo, hi, c_end, qk_scale, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
-               MASKED: tl.constexpr):
+               MASKED: tl.constexpr, WIDE: tl.constexpr):
     """Online softmax over the list entries ``[lo, hi)`` in tiles of ``BLOCK_N``: ``MASKED`` applies the list
     bound ``c_end`` and ``j <= p < drop_j`` per element; without it ``[lo, hi)`` must be whole tiles of keys that
-    every query keeps (no index or ``drop`` checks)."""
+    every query keeps (no index or ``drop`` checks). ``k_ptr``, ``v_ptr``, ``bias_ptr``: the row's (batch, KV
+    head) first key; offsets from there in int32 unless ``WIDE``."""
     for c0 in range(lo, hi, BLOCK_N):
-        j, drop, kvmask, kb = _listed_keys(list_ptr, drop_ptr, bias_ptr, bias_base, sbl, dmask, c0, c_end,
-                                           BLOCK_N, MASKED)
-        kv_off = kv_base + j[:, None] * skl + dd[None, :]
+        j, drop, kvmask, kb = _listed_keys(list_ptr, drop_ptr, bias_ptr, sbl, dmask, c0, c_end,
+                                           BLOCK_N, MASKED, WIDE)
+        kv_off = j[:, None] * skl + dd[None, :]
         k = tl.load(k_ptr + kv_off, mask=kvmask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + kb[None, :] * 1.4426950408889634
         if MASKED:
@@ -116,7 +125,7 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, dr
                 sqb, sql, sqh, skb, skl, skh, sbb, sbl, sbh, sob, sol, soh,
                 lq, lk, hq, hkv, nb, width, n_tiles, scale,
                 BLOCK: tl.constexpr, TILE: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
-                PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                PRECISION: tl.constexpr, WIDE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     tile = tl.program_id(0)
     bh = tl.program_id(1)
     bi = (bh // hq).to(tl.int64)
@@ -125,6 +134,8 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, dr
     row = bi * hkv + g
     i = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # query index
     pos = i + (lk - lq)  # its key position
+    if WIDE:
+        i = i.to(tl.int64)
     t = (tile * BLOCK_M) // BLOCK
     dd = tl.arange(0, BLOCK_D)
     dmask = dd < HEAD_DIM
@@ -138,15 +149,17 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, dr
     # Entries past the prefix count of the tile's last LIVE_TILE are the block's own keys after its last query.
     meta_at = (row * nb + t) * n_tiles + ((tile * BLOCK_M) % BLOCK + BLOCK_M) // TILE - 1  # the tile's last
     c_end = tl.load(ends_ptr + meta_at)
+    kv_base = bi * skb + g * skh
+    bias_base = bi * sbb + g * sbh
     qk_scale = scale * 1.4426950408889634
     # The head: carried keys every query of the tile keeps (whole key tiles only), no per-element mask.
     c_head = tl.load(heads_ptr + meta_at) // BLOCK_N * BLOCK_N
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr, v_ptr, bias_ptr, keys_ptr + base, drop_ptr + row * lk,
-                               bi * skb + g * skh, skl, bi * sbb + g * sbh, sbl, pos, dd, dmask, 0, c_head,
-                               c_end, qk_scale, PRECISION, BLOCK_N, False)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr, v_ptr, bias_ptr, keys_ptr + base, drop_ptr + row * lk,
-                               bi * skb + g * skh, skl, bi * sbb + g * sbh, sbl, pos, dd, dmask, c_head, c_end,
-                               c_end, qk_scale, PRECISION, BLOCK_N, True)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr + kv_base, v_ptr + kv_base, bias_ptr + bias_base,
+                               keys_ptr + base, drop_ptr + row * lk, skl, sbl, pos, dd, dmask, 0, c_head,
+                               c_end, qk_scale, PRECISION, BLOCK_N, False, WIDE)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr + kv_base, v_ptr + kv_base, bias_ptr + bias_base,
+                               keys_ptr + base, drop_ptr + row * lk, skl, sbl, pos, dd, dmask, c_head, c_end,
+                               c_end, qk_scale, PRECISION, BLOCK_N, True, WIDE)
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     tl.store(out_ptr + bi * sob + i[:, None] * sol + h * soh + dd[None, :], out.to(out_ptr.dtype.element_ty),
@@ -156,15 +169,15 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, dr
 
 
 @triton.jit
-def _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, bias_ptr, list_ptr, drop_ptr, kv_base, skl, bias_base, sbl,
+def _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, bias_ptr, list_ptr, drop_ptr, skl, sbl,
               pos, qmask, dd, dmask, lo, hi, c_end, qk_scale, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
-              MASKED: tl.constexpr):
+              MASKED: tl.constexpr, WIDE: tl.constexpr):
     """``dq`` over the list entries ``[lo, hi)``, masked or not as :func:`_fwd_inner`. Unmasked, the rows of
     queries past ``lq`` get arbitrary values (rows are independent; the caller does not store them)."""
     for c0 in range(lo, hi, BLOCK_N):
-        j, drop, kvmask, kb = _listed_keys(list_ptr, drop_ptr, bias_ptr, bias_base, sbl, dmask, c0, c_end,
-                                           BLOCK_N, MASKED)
-        kv_off = kv_base + j[:, None] * skl + dd[None, :]
+        j, drop, kvmask, kb = _listed_keys(list_ptr, drop_ptr, bias_ptr, sbl, dmask, c0, c_end,
+                                           BLOCK_N, MASKED, WIDE)
+        kv_off = j[:, None] * skl + dd[None, :]
         k = tl.load(k_ptr + kv_off, mask=kvmask, other=0.0)
         v = tl.load(v_ptr + kv_off, mask=kvmask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + kb[None, :] * 1.4426950408889634
@@ -185,7 +198,7 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, dro
                sqb, sql, sqh, skb, skl, skh, sbb, sbl, sbh, sdb, sdl, sdh,
                lq, lk, hq, hkv, nb, width, n_tiles, scale,
                BLOCK: tl.constexpr, TILE: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
-               PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+               PRECISION: tl.constexpr, WIDE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     tile = tl.program_id(0)
     bh = tl.program_id(1)
     bi = (bh // hq).to(tl.int64)
@@ -194,6 +207,8 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, dro
     row = bi * hkv + g
     i = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     pos = i + (lk - lq)
+    if WIDE:
+        i = i.to(tl.int64)
     t = (tile * BLOCK_M) // BLOCK
     dd = tl.arange(0, BLOCK_D)
     dmask = dd < HEAD_DIM
@@ -207,14 +222,16 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, dro
     base = (row * nb + t) * width
     meta_at = (row * nb + t) * n_tiles + ((tile * BLOCK_M) % BLOCK + BLOCK_M) // TILE - 1  # the tile's last
     c_end = tl.load(ends_ptr + meta_at)
+    kv_base = bi * skb + g * skh
+    bias_base = bi * sbb + g * sbh
     qk_scale = scale * 1.4426950408889634
     c_head = tl.load(heads_ptr + meta_at) // BLOCK_N * BLOCK_N  # as in the forward
-    dq = _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, bias_ptr, keys_ptr + base, drop_ptr + row * lk,
-                   bi * skb + g * skh, skl, bi * sbb + g * sbh, sbl, pos, qmask, dd, dmask, 0, c_head, c_end,
-                   qk_scale, PRECISION, BLOCK_N, False)
-    dq = _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, bias_ptr, keys_ptr + base, drop_ptr + row * lk,
-                   bi * skb + g * skh, skl, bi * sbb + g * sbh, sbl, pos, qmask, dd, dmask, c_head, c_end, c_end,
-                   qk_scale, PRECISION, BLOCK_N, True)
+    dq = _dq_inner(dq, q, do, lse, delta, k_ptr + kv_base, v_ptr + kv_base, bias_ptr + bias_base,
+                   keys_ptr + base, drop_ptr + row * lk, skl, sbl, pos, qmask, dd, dmask, 0, c_head, c_end,
+                   qk_scale, PRECISION, BLOCK_N, False, WIDE)
+    dq = _dq_inner(dq, q, do, lse, delta, k_ptr + kv_base, v_ptr + kv_base, bias_ptr + bias_base,
+                   keys_ptr + base, drop_ptr + row * lk, skl, sbl, pos, qmask, dd, dmask, c_head, c_end, c_end,
+                   qk_scale, PRECISION, BLOCK_N, True, WIDE)
     tl.store(dq_ptr + bi * sqb + i[:, None] * sql + h * sqh + dd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
              mask=io_mask)
 
@@ -227,7 +244,7 @@ def _dkv_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, drop_ptr, do_
                 sqb, sql, sqh, skb, skl, skh, sbb, sbl, sbh, sdb, sdl, sdh,
                 lq, lk, hq, hkv, nb, width, n_tiles, scale,
                 BLOCK: tl.constexpr, TILE: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
-                PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                PRECISION: tl.constexpr, WIDE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     t = tl.program_id(0)
     ctile = tl.program_id(1)
     row = tl.program_id(2).to(tl.int64)  # bi * hkv + g
@@ -261,13 +278,17 @@ def _dkv_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, drop_ptr, do_
     for hh in range(0, group):
         h = g * group + hh
         bh = bi * hq + h
+        q_head = q_ptr + bi * sqb + h * sqh  # the head's first query row
+        do_head = do_ptr + bi * sdb + h * sdh
         for r0 in range((lo // BLOCK_M) * BLOCK_M, hi, BLOCK_M):
             rel = r0 + tl.arange(0, BLOCK_M)
             i = t * BLOCK + rel
             qmask = (i < lq) & (rel < BLOCK)
+            if WIDE:
+                i = i.to(tl.int64)
             io_mask = qmask[:, None] & dmask[None, :]
-            q = tl.load(q_ptr + bi * sqb + i[:, None] * sql + h * sqh + dd[None, :], mask=io_mask, other=0.0)
-            do = tl.load(do_ptr + bi * sdb + i[:, None] * sdl + h * sdh + dd[None, :], mask=io_mask, other=0.0)
+            q = tl.load(q_head + i[:, None] * sql + dd[None, :], mask=io_mask, other=0.0)
+            do = tl.load(do_head + i[:, None] * sdl + dd[None, :], mask=io_mask, other=0.0)
             lse = tl.load(lse_ptr + bh * lq + i, mask=qmask, other=0.0)
             delta = tl.load(delta_ptr + bh * lq + i, mask=qmask, other=0.0)
             st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale + kb[:, None] * 1.4426950408889634
@@ -285,10 +306,17 @@ def _dkv_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, drop_ptr, do_
     tl.atomic_add(dbias_ptr + (bi * lk + j) * hkv + g, db, mask=live)
 
 
-def _meta(q: torch.Tensor, block: int) -> dict:
+def needs_wide_offsets(*tensors: torch.Tensor) -> bool:
+    """Whether an element offset inside one batch row of any of ``tensors`` (b, l, ...) reaches ``2**31``: the
+    kernels then compute row offsets in int64 (``WIDE``), else in int32 (fewer registers and instructions)."""
+    return any(sum((n - 1) * st for n, st in zip(t.shape[1:], t.stride()[1:])) >= WIDE_OFFSETS for t in tensors)
+
+
+def _meta(q: torch.Tensor, block: int, *tensors: torch.Tensor) -> dict:
+    """The kernels' constexprs for queries ``q`` and the other (b, l, ...) tensors they index, ``tensors``."""
     d = q.shape[-1]
     return dict(BLOCK=block, TILE=LIVE_TILE, BLOCK_D=dot_block(d), HEAD_DIM=d,
-                PRECISION="ieee" if q.dtype == torch.float32 else None)
+                PRECISION="ieee" if q.dtype == torch.float32 else None, WIDE=needs_wide_offsets(q, *tensors))
 
 
 def select(bias: torch.Tensor, lq: int, keep_window: int, block: int, seq_idx: torch.Tensor | None = None):
@@ -326,7 +354,7 @@ def windowed_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: 
                       q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                       bias32.stride(0), bias32.stride(1), bias32.stride(2),
                       out.stride(0), out.stride(1), out.stride(2),
-                      lq, lk, hq, hkv, nb, width, n_tiles, scale, **_meta(q, block))
+                      lq, lk, hq, hkv, nb, width, n_tiles, scale, **_meta(q, block, k, v, bias32, out))
     return out, lse
 
 
@@ -351,7 +379,7 @@ def windowed_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32:
     lk, hkv = k.shape[1], k.shape[2]
     nb, width, n_tiles = keys.shape[1], keys.shape[2], ends.shape[2]
     delta = (dout.float() * out.float()).sum(-1).permute(0, 2, 1).reshape(b * hq, lq).contiguous()
-    meta = _meta(q, block)
+    meta = _meta(q, block, k, v, bias32, dout)
     common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
               bias32.stride(0), bias32.stride(1), bias32.stride(2), dout.stride(0), dout.stride(1),
               dout.stride(2), lq, lk, hq, hkv, nb, width, n_tiles, scale)
