@@ -5,7 +5,8 @@
 
 For every autotune configuration of ``QUERY_SIDE`` (forward, dq) and ``KEY_SIDE`` (dk/dv/dbias): ``triton.compile``
 for ``GPUTarget("cuda", 90, 32)`` with the arguments of the benchmark's launch (by default B1, 16 query heads, head
-dim 128, bf16, ``block_for(window)``; cheems-base's DMA layer: ``--heads 12 --head-dim 64 --gqa 3 --length 4096``; meta tensors, specialised as Triton's launcher does: see ``sm90_report``), then
+dim 128, bf16, ``block_for(window)``; cheems-base's DMA layer: ``--heads 12 --head-dim 64 --gqa 3 --length 4096``;
+meta tensors, specialised as Triton's launcher does: see ``sm90_report``), then
 registers and stack (spill) bytes from ``cuobjdump -res-usage``, shared memory, and SASS counts: wgmma (HGMMA)
 against mma.sync (HMMA), cp.async (LDGSTS, with the PTX copy sizes) and TMA (UTMALDG) loads, ordinary global loads
 by width, local-memory instructions (LDL / STL), and the SASS instructions of each loop (``sm90_report.loop_sizes``;

@@ -18,9 +18,11 @@ many list entries its queries can keep (``ends``) and how many leading ones all 
   group (GQA: the group shares the list), and adds its partial sums to float32 accumulators with one atomic add
   per program. A key is listed by about ``(drop_j − j) / B + 1`` blocks, so few adds collide.
 
-Launch settings are autotuned on a GPU (tiles 64/128, 4/8 warps, 2/3 stages; a single configuration under
-``TRITON_INTERPRET=1``). Memory beyond the inputs: the lists ``O(b·hkv·L·(w+B)/B)``, ``drop``, float32
-``dk, dv`` accumulators and the log-sum-exp — linear in ``L``, never ``(lq, lk)`` or (blocks × keys).
+Launch settings are autotuned on a GPU (query tiles 32/64/128, key tiles 64/128, 4/8 warps, 1-3 stages; a single
+configuration under ``TRITON_INTERPRET=1``). Offsets inside one batch row are int32 (int64, ``WIDE``, once one
+reaches 2**31: :func:`needs_wide_offsets`). Memory beyond the inputs: the lists ``O(b·hkv·L·(w+B)/B)``,
+``drop``, float32 ``dk, dv`` accumulators and the log-sum-exp — linear in ``L``, never ``(lq, lk)`` or
+(blocks × keys).
 Float16/bfloat16/float32 inputs (float32 products in IEEE precision, not TF32), head dim up to 256.
 """
 from __future__ import annotations
@@ -52,10 +54,10 @@ def _configs(gpu: list[tuple[int, int, int, int]]) -> list:
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in gpu]
 
 
-# Every configuration here compiles without register spills under triton 3.6 for sm_90 at head dim 64 or 128, except
-# the 128-key tiles at head dim 128 (no variant of them avoids spilling there), kept for the smaller head dims
-# (docs/kernels_dma.md "Occupancy under triton 3.6"; scripts/dma_compile_report.py). 128 x 128 query-side tiles
-# spill in every variant at both head dims and are left out.
+# The 64-key tiles compile without register spills under triton 3.6 for sm_90 at head dim 64 and 128; the 128-key
+# tiles spill at head dim 128 in every variant tried and are kept for the smaller head dims (docs/kernels_dma.md
+# "Occupancy under triton 3.6"; scripts/dma_compile_report.py). 128 x 128 query-side tiles spill in every variant at
+# both head dims and are left out.
 QUERY_SIDE = _configs([(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (64, 128, 4, 2)])
 # (BLOCK_M = query tile, BLOCK_N = key tile) for dk/dv: 8 warps, so that the two float32 accumulators (dk, dv)
 # take half the registers per thread they would at 4; 128-query tiles spill in every variant and are left out.
