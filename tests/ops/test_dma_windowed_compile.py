@@ -1,7 +1,8 @@
 """The windowed DMA training kernels (ops/dma/windowed_kernels.py) compile for a Hopper GPU (sm_90) without one:
 catches front-end, type and shared-memory errors the interpreter tests cannot. At the benchmark's shape (bf16,
 head dim 128, block 512) the autotune configurations that use the most shared memory (largest tiles; most
-stages), and float32 (IEEE products) at head dim 64 (each compile takes seconds of CPU)."""
+stages) with int32 offsets, and float32 (IEEE products) at head dim 64 with int64 offsets (``WIDE``; each compile
+takes seconds of CPU)."""
 import pytest
 
 from conftest import compile_for_sm90, compiles_real_kernels
@@ -40,7 +41,7 @@ def _cases():
                          ids=[f"{n}-{dt}-d{d}-{c.kwargs}-w{c.num_warps}-s{c.num_stages}" for n, dt, d, c in _cases()])
 def test_windowed_kernels_compile_for_sm90(name, dt, d, config):
     constants = dict(BLOCK=512, TILE=wk.LIVE_TILE, BLOCK_D=d, HEAD_DIM=d, PRECISION="ieee" if dt == "fp32" else None,
-                     **config.kwargs)
+                     WIDE=dt == "fp32", **config.kwargs)
     compiled = _compile(getattr(wk, name), dt, constants, config.num_warps, config.num_stages)
     assert compiled.metadata.shared <= SHARED_LIMIT
     if dt == "bf16":  # the products run on the tensor cores (wgmma on sm_90)
