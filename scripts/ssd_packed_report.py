@@ -1,7 +1,8 @@
 """Every SSD Triton kernel, forward and backward, compiled for sm_90 without a GPU with and without packed documents
 (``seq_idx``), side by side.
 
-    PYTHONPATH=src python scripts/ssd_packed_report.py [--shape B,L,H,P,N,CHUNK] [--float32] [KERNEL ...]
+    PYTHONPATH=src python scripts/ssd_packed_report.py [--shape paper|cheems|B,L,H,P,N,CHUNK] [--float32]
+        [--config KERNEL=WARPS,STAGES]... [KERNEL ...]
 
 ``forward_kernels`` and ``backward_kernels`` run on ``meta`` tensors at the benchmark's shape (``wm bench ssd
 --packed``: bf16 x / B / C / dy, float32 dt, A and D, no initial or final state) with the kernel launches
@@ -11,6 +12,11 @@ intercepted (:func:`ssd_vs_mamba_report.captured_launches`), once without and on
 per loop (the main loop of a tile kernel is the one with the matrix products), global loads (LDG) and
 local-memory traffic (LDL / STL). A kernel that starts spilling or grows its loop with packing is where the packed
 row's extra time goes. Kernels launched twice (``chunk_state`` forward and backward) are reported per launch.
+
+Each row also gives the shared memory and the programs one SM holds (:func:`programs_per_sm`: the least of what the
+registers, the shared memory and the warp slots allow, and which of them sets it): at 8 warps, 129 registers halve
+the programs of 128. ``--shape cheems`` is cheems-base's SSD layer (``SHAPES``); ``--config`` compiles a kernel with
+another launch setting than ``CONFIG``'s (what-ifs for tuning; the name is ``CONFIG``'s, e.g. ``dx2=4,2``).
 """
 from __future__ import annotations
 
@@ -24,6 +30,24 @@ from sm90_report import compile_sm90, launch_signature, resources
 from ssd_vs_mamba_report import captured_launches
 
 from wonderful_matrices.ops.ssd import chunked_kernels as K
+
+# batch, length, heads, head dim, state, chunk: the benchmark's (wm bench ssd / kernels: the paper's shape) and
+# cheems-base's SSD layer (models/presets.py: 6 heads × 128, state 128, chunk 256, one group; scripts/gpu_ssd.py
+# SSD_SHAPE=cheems)
+SHAPES = {"paper": "8,4096,64,64,128,256", "cheems": "8,2048,6,128,128,256"}
+# sm_90 per SM: registers (4 sub-partitions of 16384; a warp's registers are allocated in units of 256), shared
+# memory (228 KB, of which a program may use 227 KB; 1 KB more is reserved per program), warps, programs
+REGISTERS, SUBPARTITIONS, SMEM, SMEM_RESERVED, WARPS, PROGRAMS = 65536, 4, 228 * 1024, 1024, 64, 32
+
+
+def programs_per_sm(regs: int, smem: int, warps: int) -> tuple[int, str]:
+    """Programs of ``warps`` warps one sm_90 SM holds at ``regs`` registers a thread and ``smem`` bytes of shared
+    memory a program, and the resource that sets it (``regs``, ``smem`` or ``warps``; ties name the first)."""
+    per_warp = -(-regs * 32 // 256) * 256
+    by = {"regs": (REGISTERS // SUBPARTITIONS // per_warp) * SUBPARTITIONS // warps,
+          "smem": SMEM // (smem + SMEM_RESERVED), "warps": min(WARPS // warps, PROGRAMS)}
+    limit = min(by, key=by.get)
+    return by[limit], limit
 
 
 def meta_inputs(b: int, l: int, h: int, p: int, n: int, half: torch.dtype) -> dict:
@@ -60,23 +84,32 @@ def compiled_resources(kernel, args: dict, kw: dict, tmp: str) -> dict:
     r["instructions"] = sum(1 for line in r["sass"].splitlines()
                             if re.match(r"^\s+/\*[0-9a-f]+\*/\s+\S", line) and ".byte" not in line)
     r["warps"], r["stages"] = warps, stages
+    r["per_sm"] = programs_per_sm(r["regs"], r["smem"], warps)
     return r
 
 
 def row(label: str, r: dict) -> str:
     loops = ",".join(str(s) for s in r["loops"]) or "-"
     ldg = r["LDG128"] + r["LDG64"] + r["LDG32"] + r["LDG16"]
+    per_sm, limit = r["per_sm"]
     return (f"  {label:<9} w{r['warps']}s{r['stages']}  regs {r['regs']:>3}  stack {r['stack']:>4}  "
+            f"smem {r['smem'] // 1024:>3} KB  per SM {per_sm:>2} ({limit:<5})  "
             f"LDL {r['LDL']:>3}  STL {r['STL']:>3}  SASS {r['instructions']:>5}  LDG {ldg:>3}  loops {loops}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kernels", nargs="*", help="labels to report, e.g. 'bwd dx2' or dx2 (default: all)")
-    parser.add_argument("--shape", default="8,4096,64,64,128,256", help="batch,length,heads,head_dim,state,chunk")
+    parser.add_argument("--shape", default="paper",
+                        help=f"{' or '.join(SHAPES)} or batch,length,heads,head_dim,state,chunk")
     parser.add_argument("--float32", action="store_true", help="float32 inputs instead of bf16")
+    parser.add_argument("--config", action="append", default=[], metavar="KERNEL=WARPS,STAGES",
+                        help="a launch setting to compile instead of CONFIG's (what-if; repeatable), e.g. dx2=4,2")
     args = parser.parse_args()
-    b, l, h, p, n, chunk = (int(v) for v in args.shape.split(","))
+    b, l, h, p, n, chunk = (int(v) for v in SHAPES.get(args.shape, args.shape).split(","))
+    for item in args.config:
+        name, setting = item.split("=")
+        K.CONFIG[name] = tuple(int(v) for v in setting.split(","))
     inputs = meta_inputs(b, l, h, p, n, torch.float32 if args.float32 else torch.bfloat16)
     plain = launches(inputs, chunk, None)
     packed = dict(launches(inputs, chunk, torch.empty(b, l, dtype=torch.int64, device="meta")))
