@@ -16,7 +16,8 @@ row's extra time goes. Kernels launched twice (``chunk_state`` forward and backw
 Each row also gives the shared memory and the programs one SM holds (:func:`programs_per_sm`: the least of what the
 registers, the shared memory and the warp slots allow, and which of them sets it): at 8 warps, 129 registers halve
 the programs of 128. ``--shape cheems`` is cheems-base's SSD layer (``SHAPES``); ``--config`` compiles a kernel with
-another launch setting than ``CONFIG``'s (what-ifs for tuning; the name is ``CONFIG``'s, e.g. ``dx2=4,2``).
+another launch setting than ``CONFIG``'s or ``CONFIG_WIDE``'s (what-ifs for tuning; the name is ``CONFIG``'s, e.g.
+``dx2=4,2``).
 """
 from __future__ import annotations
 
@@ -110,6 +111,7 @@ def main():
     for item in args.config:
         name, setting = item.split("=")
         K.CONFIG[name] = tuple(int(v) for v in setting.split(","))
+        K.CONFIG_WIDE.pop(name, None)
     inputs = meta_inputs(b, l, h, p, n, torch.float32 if args.float32 else torch.bfloat16)
     plain = launches(inputs, chunk, None)
     packed = dict(launches(inputs, chunk, torch.empty(b, l, dtype=torch.int64, device="meta")))

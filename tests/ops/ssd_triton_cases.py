@@ -39,7 +39,8 @@ def _oracle(inputs, gy, gs):
 
 # (b, l, h, p, g, n, chunk, with_D, with_init): l = 1; chunk < 16 (run as 16); several chunks with a partial
 # last one; two and four tiles per chunk (chunk 128, 256 > BLOCK_Q = 64); groups g > 1 and g = h; 16 heads per group
-# (the backward programs split a group's heads in two, dB/dC summed across programs); odd p and n (masked tiles)
+# (the backward programs split a group's heads in two, dB/dC summed across programs); odd p and n (masked tiles);
+# p > P_BLOCK = 64 (chunk_state's programs split the head dim, db2 contracts over it in steps; the last one partial)
 CASES = [
     (1, 1, 1, 1, 1, 1, 64, False, True),  # with no initial state, l = 1 has dA = 0 exactly
     (1, 21, 3, 2, 1, 6, 4, True, True),
@@ -49,6 +50,7 @@ CASES = [
     (1, 40, 16, 2, 1, 3, 16, True, True),
     (1, 19, 3, 17, 3, 2, 16, False, False),
     (1, 300, 2, 3, 1, 4, 256, True, True),  # four tiles per chunk: ten tile pairs in the dcb kernel
+    (1, 40, 2, 70, 1, 8, 32, True, True),
 ]
 
 
@@ -93,9 +95,10 @@ def test_triton_backward_with_split_heads(monkeypatch):
         assert rel_err(grads[name], g_ref[name]) < 2e-5, name
 
 
+@pytest.mark.parametrize("p", [16, 70])  # 70: two head-dim blocks (see CASES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_triton_half_precision_forward_and_gradients(dtype):
-    b, l, h, p, g, n, chunk = 2, 40, 4, 16, 2, 16, 16
+def test_triton_half_precision_forward_and_gradients(dtype, p):
+    b, l, h, g, n, chunk = 2, 40, 4, 2, 16, 16
     ref = {k: (v.to(dtype).double() if k in ("x", "B", "C") else v) for k, v in
            make_inputs(b, l, h, p, g, n, True, True).items()}  # x, B, C exactly representable in half
     gy = torch.randn(b, l, h, p, dtype=torch.float64)
@@ -167,6 +170,7 @@ PACKED = [
     (4, 2, 2, 3, 16, False, True, [[15, 1, 17, 4], [1, 6, 2, 9, 1, 18]]),
     (2, 3, 2, 5, 32, True, False, [[31, 1, 1, 40]]),
     (2, 2, 1, 3, 128, True, True, [[64, 1, 70, 15], [150]]),
+    (2, 70, 1, 4, 16, True, True, [[5, 20, 15]]),  # p > 64: two head-dim blocks
     (1, 1, 1, 1, 64, True, True, [[1]]),
 ]
 

@@ -77,12 +77,18 @@ CONFIG = {
     "db2": (8, 2),
     "dcum": (4, 1),
 }
+# where a head-dim tile is wider than 64 (p > 64: cheems-base's 128), instead of CONFIG's (the output kernel at
+# 4 warps takes 240 registers there, two programs per SM; at 8 warps 128, two programs of twice the warps)
+CONFIG_WIDE = {"output": (8, 2)}
 DCB_HEADS_PER_PROGRAM = 16  # heads a dcb program sums over (partial dCB per head split, summed by dc2 / db2)
 BC_HEADS_PER_PROGRAM = 8  # heads a dc2 / db2 program sums over (partial dC / dB per head split, summed in PyTorch)
 # products with a float32 operand that keep ~16 bits of it for half inputs (``_mm_f32b``): the forward chunk
 # states and dx2's B·dS (both feed the gradient of A through sums that cancel). Also possible: "chunk_state_bwd",
 # "dc" (not needed: docs/kernels_ssd.md has the errors measured without each).
 SPLIT_SITES = ("chunk_state", "dx")
+# head-dim rows of the state per chunk_state program, and per step of db2's contraction over p: wider, they take
+# over 128 registers at 8 warps (one program per SM; p = 128, cheems-base: docs/kernels_ssd.md)
+P_BLOCK = 64
 DC2_COLUMNS = 64  # state columns per dc2 program (a 64 × 128 float32 state tile spills registers at 8 warps)
 BLOCK_Q = 64  # rows of a chunk per tile (at most the chunk)
 STATE_BLOCK = 1024  # state elements per program of the sequential passes
@@ -225,13 +231,14 @@ def _chunk_state_kernel(v_ptr, w_ptr, dt_ptr, cum_ptr, docs_ptr, out_ptr, L, H, 
                         FORWARD: tl.constexpr, HAS_SEQ: tl.constexpr):
     """out[b, c + OFFSET, h] (p × n) = Σ_k scale_k · v_k ⊗ w_k over the chunk's steps k, with
     scale = exp(cum_last − cum_k)·dt_k (FORWARD: v = x, w = B) or exp(cum_k) (backward: v = dy, w = C).
-    HAS_SEQ: only steps of the chunk's last document (FORWARD) or of the entering document (backward) count."""
+    HAS_SEQ: only steps of the chunk's last document (FORWARD) or of the entering document (backward) count.
+    Program axis 2: blocks of BP rows of the state."""
     pid_bc = tl.program_id(0)
     hi = tl.program_id(1)
     bi = (pid_bc // NC).to(tl.int64)
     ci = pid_bc % NC
     gi = hi // (H // G)
-    ps = tl.arange(0, BP)
+    ps = tl.program_id(2) * BP + tl.arange(0, BP)
     ns = tl.arange(0, BN)
     pm = ps < P
     nm = ns < N
@@ -598,10 +605,11 @@ def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, docs_ptr, dC_ptr
 @triton.jit
 def _db2_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, dst_ptr, dcb_ptr, docs_ptr, dB_ptr, L, H, G, NC, P, N, NSPLIT, HSPLIT,
                 s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_c_b, s_c_l, s_c_g, s_c_n,
-                Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, HPP: tl.constexpr,
-                DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_SEQ: tl.constexpr):
+                Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BPK: tl.constexpr, BN: tl.constexpr,
+                HPP: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_SEQ: tl.constexpr):
     """One (j-tile, batch·chunk, group, head split): the split's part of dB_j,
-    Σ_{its heads} exp(cum_last − cum_j)·dt_j·x_j·dS_{c+1}, plus (split 0 only) Σ_{i>=j} dCB_ijᵀ·C_i."""
+    Σ_{its heads} exp(cum_last − cum_j)·dt_j·x_j·dS_{c+1} (the contraction over p in blocks of BPK), plus
+    (split 0 only) Σ_{i>=j} dCB_ijᵀ·C_i."""
     NB: tl.constexpr = Q // BQ
     pid_j = tl.program_id(0)
     pid_bc = tl.program_id(1)
@@ -610,9 +618,7 @@ def _db2_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, dst_ptr, dcb_ptr, docs_ptr, dB_pt
     ci = pid_bc % NC
     gi = pid_gs // HSPLIT
     h0 = gi * (H // G) + (pid_gs % HSPLIT) * HPP
-    ps = tl.arange(0, BP)
     ns = tl.arange(0, BN)
-    pm = ps < P
     nm = ns < N
     cols = pid_j * BQ + tl.arange(0, BQ)
     tj = ci * Q + cols
@@ -626,11 +632,14 @@ def _db2_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, dst_ptr, dcb_ptr, docs_ptr, dB_pt
         cum_base = cum_ptr + ((bi * H + hi) * NC + ci) * Q
         scale = tl.exp(tl.load(cum_base + Q - 1) - tl.load(cum_base + cols))
         scale *= tl.load(dt_ptr + bi * s_dt_b + tj * s_dt_l + hi * s_dt_h, mask=to_state, other=0.0).to(tl.float32)
-        x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
-                      mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
-        dsn = tl.load(dst_ptr + (((bi * (NC + 1) + ci + 1) * H + hi) * P + ps[:, None]) * N + ns[None, :],
-                      mask=pm[:, None] & nm[None, :], other=0.0)  # dS_{c+1} (BP, BN) float32
-        acc += _mm((x_j * scale[:, None]).to(DT), dsn.to(DT), PREC, UPCAST)
+        for p0 in range(0, BP, BPK):
+            ps = p0 + tl.arange(0, BPK)
+            pm = ps < P
+            x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
+                          mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
+            dsn = tl.load(dst_ptr + (((bi * (NC + 1) + ci + 1) * H + hi) * P + ps[:, None]) * N + ns[None, :],
+                          mask=pm[:, None] & nm[None, :], other=0.0)  # dS_{c+1} (BPK, BN) float32
+            acc += _mm((x_j * scale[:, None]).to(DT), dsn.to(DT), PREC, UPCAST)
     dcb_base = dcb_ptr + (bi * NC + ci) * (G * NSPLIT) * Q * Q
     for ib in range(pid_j, tl.where(pid_gs % HSPLIT == 0, NB, 0)):
         rows = ib * BQ + tl.arange(0, BQ)
@@ -692,6 +701,7 @@ class _Plan:
         self.nc = -(-self.l // self.q)
         self.bq = min(BLOCK_Q, self.q)
         self.bp = dot_block(self.p)
+        self.bp_state = min(self.bp, P_BLOCK)
         self.bn = dot_block(self.n)
         self.dt_dot = _TL_DTYPE[x.dtype]
         self.prec = "ieee" if x.dtype == torch.float32 else "tf32"
@@ -731,7 +741,7 @@ OUTPUT_WARPS_AT_64 = 8
 
 
 def _launch(kernel, grid, name, *args, num_warps: int | None = None, **meta):
-    warps, stages = CONFIG[name]
+    warps, stages = CONFIG_WIDE[name] if name in CONFIG_WIDE and meta.get("BP", 0) > 64 else CONFIG[name]
     kernel[grid](*args, **meta, num_warps=num_warps or warps, num_stages=stages)
 
 
@@ -762,9 +772,10 @@ def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=Non
                               UPCAST=pl.upcast))
     states = poisoned_empty(b, nc + 1, h, p, n, device=dev)
     run("chunk_state", lambda: _launch(
-        _chunk_state_kernel, (b * nc, h), "chunk_state", x, B, dt, cum, seq, states, l, h, g, nc, p, n, 0,
-        *x.stride(), *B.stride(), *dt.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot,
-        PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split_at("chunk_state"), FORWARD=True, HAS_SEQ=pl.has_seq))
+        _chunk_state_kernel, (b * nc, h, triton.cdiv(p, pl.bp_state)), "chunk_state", x, B, dt, cum, seq, states, l,
+        h, g, nc, p, n, 0, *x.stride(), *B.stride(), *dt.stride(), Q=q, BQ=pl.bq, BP=pl.bp_state, BN=pl.bn,
+        DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split_at("chunk_state"), FORWARD=True,
+        HAS_SEQ=pl.has_seq))
     init = initial_state.float().contiguous() if initial_state is not None else states
     run("state_pass", lambda: _launch(
         _state_pass_kernel, (triton.cdiv(p * n, pl.state_block), b * h), "state_pass", states, cum, init, seq, h,
@@ -795,9 +806,10 @@ def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, 
         dy = torch.zeros_like(x)
     dst = poisoned_empty(b, nc + 1, h, p, n, device=dev)
     run("chunk_state_bwd", lambda: _launch(
-        _chunk_state_kernel, (b * nc, h), "chunk_state", dy, C, dt, cum, seq, dst, l, h, g, nc, p, n, 1,
-        *dy.stride(), *C.stride(), *dt.stride(), Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, DT=pl.dt_dot,
-        PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split_at("chunk_state_bwd"), FORWARD=False, HAS_SEQ=pl.has_seq))
+        _chunk_state_kernel, (b * nc, h, triton.cdiv(p, pl.bp_state)), "chunk_state", dy, C, dt, cum, seq, dst, l,
+        h, g, nc, p, n, 1, *dy.stride(), *C.stride(), *dt.stride(), Q=q, BQ=pl.bq, BP=pl.bp_state, BN=pl.bn,
+        DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split_at("chunk_state_bwd"), FORWARD=False,
+        HAS_SEQ=pl.has_seq))
     nprog = triton.cdiv(p * n, pl.state_block)
     sdot = poisoned_empty(b, h, nc, nprog, device=dev)
     dfin = dfinal.float().contiguous() if dfinal is not None else dst
@@ -858,7 +870,7 @@ def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx,
     run("db2", lambda: _launch(
         _db2_kernel, (nb, b * nc, g * hs), "db2", x, dt, cum, C, dst, dcb, seq, dB, l, h, g, nc, p, n,
         pl.dcb_nsplit, hs, *x.stride(), *dt.stride(), *C.stride(), Q=q, BQ=pl.bq, BP=pl.bp,
-        BN=pl.bn, HPP=pl.bc_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, HAS_SEQ=pl.has_seq))
+        BPK=pl.bp_state, BN=pl.bn, HPP=pl.bc_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, HAS_SEQ=pl.has_seq))
     run("partials", lambda: out.update(dB=dB.view(b, l, g, hs, n).sum(3), dC=dC.view(b, l, g, hs, n).sum(3)))
     return [(rowinter, nbn), (rowpart, nb)], [(ddt_inter, 1), (colpart, nb)], dyx
 
