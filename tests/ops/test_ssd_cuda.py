@@ -43,7 +43,7 @@ def test_ssd_cuda(dtype, l, chunk, g):
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("l,chunk,h,g,p,n,with_init", grouped("ssd-grad", [
     (1000, 64, 8, 1, 32, 64, True), (513, 128, 6, 2, 24, 40, False), (2048, 256, 16, 1, 64, 128, True),
-    (1, 256, 4, 4, 16, 16, True)]))
+    (1, 256, 4, 4, 16, 16, True), (1000, 256, 6, 1, 128, 128, True)]))  # the last: cheems-base's head shape
 def test_ssd_all_gradients_cuda(dtype, backend, l, chunk, h, g, p, n, with_init):
     """Every input's gradient (x, dt, A, B, C, D, initial_state) and the final state against the float64 oracle."""
     if dtype == torch.float16 and backend == "torch":
@@ -86,12 +86,13 @@ SSD_PACKED_CUDA = [
     (8, 32, 1, 64, 256, True, True, [[256, 1, 255, 100, 1, 411], [1024]]),
     (6, 24, 2, 40, 128, True, False, [[5, 123, 1, 300, 84]]),
     (4, 64, 1, 128, 64, False, True, [[64, 64, 1, 1, 62, 200, 121]]),
+    (6, 128, 1, 128, 256, True, True, [[300, 1, 211, 512]]),  # cheems-base's head shape (p = 128)
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("backend", ["triton", "torch"])
-@pytest.mark.parametrize("case", SSD_PACKED_CUDA, ids=["chunk256", "chunk128", "chunk64"])
+@pytest.mark.parametrize("case", SSD_PACKED_CUDA, ids=["chunk256", "chunk128", "chunk64", "p128"])
 def test_ssd_packed_cuda(case, backend, dtype):
     """SSD with seq_idx on the GPU: a packed row equals its documents run alone (float64 on the CPU), forward and
     every gradient."""
