@@ -124,7 +124,8 @@ def stage_triton(save):
     from wonderful_matrices.ops.ssd import chunked_kernels as kernels
 
     t0 = time.perf_counter()
-    result = {"implementation": "triton", "variants": {}, "config": {k: list(v) for k, v in kernels.CONFIG.items()}}
+    result = {"implementation": "triton", "variants": {}, "config": {k: list(v) for k, v in kernels.CONFIG.items()},
+              "config_wide": {k: list(v) for k, v in kernels.CONFIG_WIDE.items()}}
     for variant in ("triton",):
         row = _time_op(lambda **kw: ssd(**kw, chunk_size=CHUNK, backend="triton"), variant)
         row["kernels_ms"], plan = _kernel_times(kernels)
