@@ -167,7 +167,8 @@ class CDMoE(nn.Module):
         device = hidden_states.device.type
         decoding = self._fused_decode_tensors(hidden_states)
         if decoding is not None:
-            self.aux_loss = None
+            if self.aux_loss is not None:  # (nn.Module's attribute assignment costs microseconds a step)
+                self.aux_loss = None
             weights, biases = decoding
             y = decode_step(hidden_states.reshape(-1, self.hidden_size), *weights, self.top_k, self.activation,
                             *biases, workspace=self.decode_workspace)
