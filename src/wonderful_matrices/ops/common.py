@@ -9,7 +9,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from ..errors import reject, require
+from ..errors import reject, require  # noqa: F401 - require: the ops import it from here
 
 BACKENDS = ("auto", "naive", "torch", "triton")  # what every op's ``backend`` accepts (``"naive"``: the oracle)
 LAYER_BACKENDS = ("auto", "torch", "triton")  # what a layer's fast path accepts (the oracle is an op's business)
