@@ -1,18 +1,24 @@
 """The host side of an eager decoding step on the GPU's code path (Triton backends; under TRITON_INTERPRET=1 here):
 after the first step, no launch goes through a Triton autotuner's per-call Python and no host code calls a Triton
-constexpr function (``triton.cdiv``, ``triton.next_power_of_2``: microseconds each on the host), and a kernel
-launched past its autotuner gives the same outputs as through it.
+constexpr function (``triton.cdiv``, ``triton.next_power_of_2``: microseconds each on the host), no argument check
+calls ``require`` (whose message arguments are built on every call) and ``nn.Module.__getattr__`` (a parameter or
+submodule looked up) runs at most a bounded number of times per block; and a kernel launched past its autotuner gives
+the same outputs as through it.
 
 Triton decides interpreted vs compiled when it is imported, so ``test_interpreted_in_a_subprocess`` reruns this file
 with ``TRITON_INTERPRET=1``; there the real tests run.
 """
+import sys
+
 import pytest
 import torch
+from torch import nn
 
 from conftest import interpreted_only, interpreter_child_test
 
 pytest.importorskip("triton")
 
+from wonderful_matrices.errors import reject, require
 from wonderful_matrices.layers import CDMoE, DynamicMaskAttention, RMSNorm, SSDMixer
 from wonderful_matrices.layers.ssd import GatedRMSNorm
 from wonderful_matrices.models import CheemsCache, presets
@@ -54,10 +60,30 @@ class HostCalls:
         Autotuner.run, ConstexprFunction.__call__, InterpretedFunction.run = self._saved
 
 
-@interpreted_only
-def test_eager_triton_decoding_step_skips_autotuner_and_constexpr_calls():
+class PythonCalls:
+    """Counts, while inside, the calls of the Python functions ``functions`` (name -> function) by their code."""
+
+    def __init__(self, **functions):
+        self.names = {fn.__code__: name for name, fn in functions.items()}
+        self.counts = dict.fromkeys(functions, 0)
+
+    def _profile(self, frame, event, arg):
+        if event == "call" and frame.f_code in self.names:
+            self.counts[self.names[frame.f_code]] += 1
+
+    def __enter__(self):
+        sys.setprofile(self._profile)
+        return self
+
+    def __exit__(self, *exc):
+        sys.setprofile(None)
+
+
+def _triton_model_and_step():
+    """cheems-tiny (SSD and DMA blocks, CDMoE in each) on its Triton backends, a cache holding a prompt, and a
+    callable running one eager one-token step on it (already run once: tuned and set up)."""
     torch.manual_seed(0)
-    model = CheemsForCausalLM(presets.get("cheems-tiny")).eval()  # SSD and DMA blocks, CDMoE in each
+    model = CheemsForCausalLM(presets.get("cheems-tiny")).eval()
     for module in model.modules():
         if isinstance(module, (RMSNorm, GatedRMSNorm, SSDMixer, CDMoE)):
             module.backend = "triton"
@@ -65,13 +91,35 @@ def test_eager_triton_decoding_step_skips_autotuner_and_constexpr_calls():
             module.decoder.backend = "triton"
     prompt = torch.randint(0, model.config.vocab_size, (1, 6))
     cache = CheemsCache(model.config)
+    token = prompt[:, -1:]
+
+    @torch.no_grad()
+    def step():
+        return model(input_ids=token, past_key_values=cache, use_cache=True, graphed_decoding=False)
+
     with torch.no_grad():
         model(input_ids=prompt, past_key_values=cache, use_cache=True)
-        token = prompt[:, -1:]
-        model(input_ids=token, past_key_values=cache, use_cache=True, graphed_decoding=False)  # tunes, sets up
-        with HostCalls() as calls:
-            model(input_ids=token, past_key_values=cache, use_cache=True, graphed_decoding=False)
+    step()
+    return model, step
+
+
+@interpreted_only
+def test_eager_triton_decoding_step_skips_autotuner_and_constexpr_calls():
+    _, step = _triton_model_and_step()
+    with HostCalls() as calls:
+        step()
     assert (calls.autotuner_runs, calls.constexpr_calls) == (0, 0)
+
+
+@interpreted_only
+def test_eager_triton_decoding_step_calls_no_require_and_few_module_lookups():
+    model, step = _triton_model_and_step()
+    with HostCalls(), PythonCalls(require=require, reject=reject, getattr=nn.Module.__getattr__) as calls:
+        step()
+    assert (calls.counts["require"], calls.counts["reject"]) == (0, 0)
+    # per block: each submodule, parameter and buffer its step uses looked up about once (a CDMoE's eleven tensors,
+    # an SSD mixer's six, ...), plus the Linear modules' own weight lookups
+    assert calls.counts["getattr"] <= 40 * model.config.num_hidden_layers
 
 
 @interpreted_only

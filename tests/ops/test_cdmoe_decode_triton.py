@@ -55,7 +55,7 @@ def test_fused_layer_matches_the_torch_path(case):
     fused, ref, oracle = _layers(*sizes)
     x = torch.randn(*lead, sizes[0])
     with torch.no_grad():
-        assert fused._decodes_fused(x)
+        assert fused._fused_decode_tensors(x) is not None
         y = fused(x)
         y_ref, y_oracle = ref(x), oracle(x.double())
     assert y.shape == x.shape and y.dtype == torch.float32 and torch.isfinite(y).all()
@@ -120,9 +120,9 @@ def test_the_torch_path_where_the_fused_step_does_not_apply():
     many = torch.randn(MAX_DECODE_TOKENS + 1, 12)
     few = torch.randn(2, 1, 12)
     with torch.no_grad():
-        assert not fused._decodes_fused(many)  # more tokens than one block
+        assert fused._fused_decode_tensors(many) is None  # more tokens than one block
         assert rel_err(fused(many), ref(many)) < 1e-5
-    assert not fused._decodes_fused(few)  # autograd: the torch path, differentiable
+    assert fused._fused_decode_tensors(few) is None  # autograd: the torch path, differentiable
     leaf = few.clone().requires_grad_()
     fused(leaf).sum().backward()
     assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
@@ -130,20 +130,20 @@ def test_the_torch_path_where_the_fused_step_does_not_apply():
         other = copy.deepcopy(fused)
         other.backend = backend
         with torch.no_grad():
-            assert not other._decodes_fused(few)
+            assert other._fused_decode_tensors(few) is None
     trained = CDMoE(12, 20, 36, num_heads=2, top_k=3, retrieval_dim=8, balance_loss_weight=0.1, backend="triton")
     with torch.no_grad():
-        assert not trained._decodes_fused(few)  # training mode with a balance loss: the loss is computed
+        assert trained._fused_decode_tensors(few) is None  # training mode with a balance loss: the loss is computed
         trained(few)
         assert trained.aux_loss is not None
         trained.eval()
-        assert trained._decodes_fused(few)
+        assert trained._fused_decode_tensors(few) is not None
     mixed = copy.deepcopy(fused)
     mixed.keys.data = mixed.keys.data.double()
     with torch.no_grad():
-        assert not mixed._decodes_fused(few)  # parameters in another dtype than the input
+        assert mixed._fused_decode_tensors(few) is None  # parameters in another dtype than the input
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not fused._decodes_fused(few)
+            assert fused._fused_decode_tensors(few) is None
 
 
 @interpreted_only

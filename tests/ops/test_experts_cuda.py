@@ -438,7 +438,7 @@ def test_cdmoe_decode_step_cuda(case, dtype):
     x64 = _robust_tokens(oracle, tokens).to(dtype).double()
     x = x64.to("cuda", dtype)[:, None]  # (T, 1, d): T decoding rows
     with torch.no_grad():
-        assert layer._decodes_fused(x)
+        assert layer._fused_decode_tensors(x) is not None
         y, y_plain, y_ref = layer(x), plain(x), oracle(x64)[:, None]
     assert y.dtype == dtype and y.shape == x.shape and torch.isfinite(y).all()
     assert rel_err(y.cpu(), y_ref) < (1e-5 if dtype == torch.float32 else TOL.get(dtype, 2e-2))
@@ -452,7 +452,7 @@ def test_cdmoe_decode_step_graphed_cuda():
     layer = _cdmoe_layer(768, 1024, 2304, 4, 8, 64, "silu", False, torch.bfloat16)
     static = torch.randn(2, 1, 768, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
-        assert layer._decodes_fused(static)
+        assert layer._fused_decode_tensors(static) is not None
         layer(static)  # the autotuners run outside the graph
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")

@@ -165,14 +165,13 @@ class CDMoE(nn.Module):
         if not (hidden_states.dim() >= 1 and hidden_states.shape[-1] == self.hidden_size):
             reject("hidden_states.shape", tuple(hidden_states.shape), f"(..., {self.hidden_size})")
         device = hidden_states.device.type
-        if self._decodes_fused(hidden_states):
-            self.aux_loss = None
-            flat = hidden_states.reshape(-1, self.hidden_size)
-            biases = {} if self.gate_proj.bias is None else dict(
-                gate_b=self.gate_proj.bias, up_b=self.up_proj.bias, down_b=self.down_proj.bias)
-            y = decode_step(flat, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight,
-                            self.queries.weight, self.keys, self.down_embed.weight, self.up_embed.weight, self.top_k,
-                            self.activation, workspace=self.decode_workspace, **biases)
+        decoding = self._fused_decode_tensors(hidden_states)
+        if decoding is not None:
+            if self.aux_loss is not None:  # (nn.Module's attribute assignment costs microseconds a step)
+                self.aux_loss = None
+            weights, biases = decoding
+            y = decode_step(hidden_states.reshape(-1, self.hidden_size), *weights, self.top_k, self.activation,
+                            *biases, workspace=self.decode_workspace)
             return y.view(hidden_states.shape)
         if hidden_states.dtype == torch.float32 and torch.is_autocast_enabled(device):
             # one cast for the three linears (autocast would cast the input in each) and the mixture, which runs
@@ -194,19 +193,26 @@ class CDMoE(nn.Module):
             self.aux_loss = self.balance_loss_weight * product_key_balance_loss(half_scores, ids)
         return (self.shared(flat) + private).view(shape)
 
-    def _decodes_fused(self, hidden_states: torch.Tensor) -> bool:
-        """Whether this call runs :func:`~wonderful_matrices.ops.cdmoe.decode_step`: few tokens, no autograd, no
-        balance loss to compute, no autocast, every parameter in the input's dtype, and the backend allows it."""
-        dtype = hidden_states.dtype
+    def _fused_decode_tensors(self, hidden_states: torch.Tensor) -> tuple[tuple, tuple] | None:
+        """The arguments of :func:`~wonderful_matrices.ops.cdmoe.decode_step` after ``x`` when this call runs it:
+        ``(gate_w, up_w, down_w, query_w, keys, down_table, up_table)`` and ``(gate_b, up_b, down_b)`` (None each
+        without biases); None when it does not: more than a few tokens, autograd, a balance loss to compute,
+        autocast, a parameter not in the input's dtype, or a backend that does not allow it. Each submodule and
+        parameter is looked up once (a decoding step's host time is mostly such Python)."""
         if (torch.is_grad_enabled() or (self.training and self.balance_loss_weight > 0)
-                or torch.is_autocast_enabled(hidden_states.device.type)
-                or any(p is not None and p.dtype != dtype for p in (
-                    self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight, self.queries.weight, self.keys,
-                    self.down_embed.weight, self.up_embed.weight, self.gate_proj.bias, self.up_proj.bias,
-                    self.down_proj.bias))):
-            return False
-        return decode_step_usable(self.backend, hidden_states.device, hidden_states.dtype,
-                                  hidden_states.numel() // self.hidden_size, self.top_k)
+                or torch.is_autocast_enabled(hidden_states.device.type)):
+            return None
+        gate, up, down = self.gate_proj, self.up_proj, self.down_proj
+        weights = (gate.weight, up.weight, down.weight, self.queries.weight, self.keys, self.down_embed.weight,
+                   self.up_embed.weight)
+        biases = (gate.bias, up.bias, down.bias)
+        dtype = hidden_states.dtype
+        if any(w.dtype != dtype for w in weights) or any(b is not None and b.dtype != dtype for b in biases):
+            return None
+        if not decode_step_usable(self.backend, hidden_states.device, dtype,
+                                  hidden_states.numel() // self.hidden_size, self.top_k):
+            return None
+        return weights, biases
 
     # ---- initialisation from a dense MLP ------------------------------------------------------------
 

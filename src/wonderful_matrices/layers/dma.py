@@ -112,14 +112,12 @@ class DynamicMaskAttention(nn.Module):
         packed rows or None (not with a state: a query then sees only its own document's keys, and the window
         is chosen among those), rotary_tables (the forward's :class:`RotaryTables` of these ``position_ids``,
         shared by a model's layers) or None (the layer builds its own) -> (b, l, hidden)."""
-        require(hidden_states.dim() == 3 and hidden_states.shape[-1] == self.hidden_size, "hidden_states.shape",
-                tuple(hidden_states.shape), f"(batch, seq, {self.hidden_size})")
+        if not (hidden_states.dim() == 3 and hidden_states.shape[-1] == self.hidden_size
+                and position_ids.shape == hidden_states.shape[:2]
+                and (attention_mask is None or attention_mask.shape == hidden_states.shape[:2])
+                and (seq_idx is None or state is None)):
+            self._check_inputs(hidden_states, position_ids, attention_mask, state, seq_idx)
         b, l, _ = hidden_states.shape
-        require(tuple(position_ids.shape) == (b, l), "position_ids.shape", tuple(position_ids.shape), f"{(b, l)}")
-        require(attention_mask is None or tuple(attention_mask.shape) == (b, l), "attention_mask.shape",
-                None if attention_mask is None else tuple(attention_mask.shape), f"{(b, l)}")
-        require(seq_idx is None or state is None, "seq_idx", "a tensor with a cache state",
-                "None when decoding with a cache (packed rows are for training and scoring)")
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         fused = self._step_inputs(hidden_states, position_ids, attention_mask, state)
         if fused is not None:  # a decoding token on the fused kernels: inputs, attention and cache write
@@ -141,6 +139,17 @@ class DynamicMaskAttention(nn.Module):
             else:
                 out = self._attend(q, k, v, bias, position, state)
         return self.o_proj(out.reshape(b, l, hq * d))
+
+    def _check_inputs(self, hidden_states, position_ids, attention_mask, state, seq_idx) -> None:
+        """The argument checks of :meth:`forward`, one error each (run when its one-expression check fails)."""
+        require(hidden_states.dim() == 3 and hidden_states.shape[-1] == self.hidden_size, "hidden_states.shape",
+                tuple(hidden_states.shape), f"(batch, seq, {self.hidden_size})")
+        b, l, _ = hidden_states.shape
+        require(tuple(position_ids.shape) == (b, l), "position_ids.shape", tuple(position_ids.shape), f"{(b, l)}")
+        require(attention_mask is None or tuple(attention_mask.shape) == (b, l), "attention_mask.shape",
+                None if attention_mask is None else tuple(attention_mask.shape), f"{(b, l)}")
+        require(seq_idx is None or state is None, "seq_idx", "a tensor with a cache state",
+                "None when decoding with a cache (packed rows are for training and scoring)")
 
     def _step_inputs(self, hidden_states, position_ids, attention_mask, state):
         """For a decoding token that the decoder's Triton kernels will attend (one token, a cache, no padding

@@ -282,25 +282,27 @@ class CheemsBlock(GradientCheckpointingLayer):
                 rotary_tables: RotaryTables | None = None) -> torch.Tensor | tuple:
         """(b, l, d) -> (b, l, d) (and the attention weights with ``output_attentions``; a pair of (b, l, d) with
         ``defer``)."""
+        mixer_norm, mixer, ffn = self.mixer_norm, self.mixer, self.ffn  # each looked up once: a step's host time
         if update is None:
-            normed = self.mixer_norm(hidden_states)
+            normed = mixer_norm(hidden_states)
         else:
-            normed, hidden_states = self.mixer_norm(update, residual=hidden_states)  # one kernel: add and norm
+            normed, hidden_states = mixer_norm(update, residual=hidden_states)  # one kernel: add and norm
         weights = None
-        if output_attentions and hasattr(self.mixer, "attention_weights"):
+        if output_attentions and hasattr(mixer, "attention_weights"):
             if seq_idx is not None:
                 raise ValueError("output_attentions=True is not allowed with packed rows (seq_idx, or position_ids "
                                  "restarting at 0): the weights are computed for one document per row")
-            weights = self.mixer.attention_weights(normed, position_ids, attention_mask, state,
-                                                   rotary_tables=rotary_tables)
-        mixed = self.mixer(normed, position_ids, attention_mask, state, seq_idx=seq_idx, rotary_tables=rotary_tables)
-        residual = hidden_states if self.mixer_residual is None else hidden_states * self.mixer_residual
-        if self.ffn is None:
+            weights = mixer.attention_weights(normed, position_ids, attention_mask, state, rotary_tables=rotary_tables)
+        mixed = mixer(normed, position_ids, attention_mask, state, seq_idx=seq_idx, rotary_tables=rotary_tables)
+        scale = self.mixer_residual
+        residual = hidden_states if scale is None else hidden_states * scale
+        if ffn is None:
             update = mixed
         else:
             normed, hidden_states = self.ffn_norm(mixed, residual=residual)  # one kernel: the add and the norm
-            update = self.ffn(normed)
-            residual = hidden_states if self.ffn_residual is None else hidden_states * self.ffn_residual
+            update = ffn(normed)
+            scale = self.ffn_residual
+            residual = hidden_states if scale is None else hidden_states * scale
         hidden_states = (residual, update) if defer else residual + update
         return (hidden_states, weights) if output_attentions else hidden_states
 

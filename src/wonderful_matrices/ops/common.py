@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import threading
 from typing import Iterable, Iterator
 
 import torch
 
-from ..errors import reject, require
+from ..errors import reject, require  # noqa: F401 - require: the ops import it from here
 
 BACKENDS = ("auto", "naive", "torch", "triton")  # what every op's ``backend`` accepts (``"naive"``: the oracle)
 LAYER_BACKENDS = ("auto", "torch", "triton")  # what a layer's fast path accepts (the oracle is an op's business)
@@ -51,15 +53,19 @@ def value_checks_enabled() -> bool:
     return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
-def triton_usable(device: torch.device) -> bool:
-    """Whether the Triton backend can run on ``device`` (a CUDA GPU, or any device under TRITON_INTERPRET=1)."""
-    import os
-
+@functools.cache
+def triton_installed() -> bool:
+    """Whether the triton package imports (tried once)."""
     try:
         import triton  # noqa: F401
     except ImportError:
         return False
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"  # CUDA first: no environment read
+    return True
+
+
+def triton_usable(device: torch.device) -> bool:
+    """Whether the Triton backend can run on ``device`` (a CUDA GPU, or any device under TRITON_INTERPRET=1)."""
+    return triton_installed() and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def resolve_backend(backend: str, available: Iterable[str], device: torch.device, auto_order: Iterable[str]) -> str:
@@ -72,9 +78,8 @@ def resolve_backend(backend: str, available: Iterable[str], device: torch.device
     if backend != "auto" and backend not in available:  # the message is built only for a bad name
         reject("backend", backend, f"one of {('auto',) + available}")
     if backend != "auto":
-        if backend == "triton":
-            require(triton_usable(device), "backend", backend,
-                    "'triton' needs a CUDA device (or TRITON_INTERPRET=1) and the triton package")
+        if backend == "triton" and not triton_usable(device):
+            reject("backend", backend, "'triton' needs a CUDA device (or TRITON_INTERPRET=1) and the triton package")
         return backend
     for name in auto_order:
         if name in available and (name != "triton" or (device.type == "cuda" and triton_usable(device))):

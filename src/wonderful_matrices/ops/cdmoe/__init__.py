@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..common import require, shape_of, triton_usable
+from ..common import reject, require, shape_of, triton_usable
 
 MAX_DECODE_TOKENS = 16  # tokens of one call: one block of the projections' tl.dot (its smallest M)
 MAX_DECODE_TOP_K = 32  # the k² candidate sums of a (token, head) stay in registers
@@ -30,8 +30,8 @@ def decode_step_usable(backend: str, device: torch.device, dtype: torch.dtype, t
             or top_k > MAX_DECODE_TOP_K):
         return False
     if backend == "triton":
-        require(triton_usable(device), "backend", backend,
-                "'triton' needs a CUDA device (or TRITON_INTERPRET=1) and the triton package")
+        if not triton_usable(device):
+            reject("backend", backend, "'triton' needs a CUDA device (or TRITON_INTERPRET=1) and the triton package")
         return True
     return AUTO_USES_DECODE_STEP and device.type == "cuda" and triton_usable(device)
 

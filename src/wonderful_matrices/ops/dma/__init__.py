@@ -138,13 +138,38 @@ def step_inputs(q: torch.Tensor, k: torch.Tensor, dt: torch.Tensor, position: to
         ``q (b, 1, hq, d)``, ``k (b, 1, hkv, d)`` rotated (``q``'s dtype), ``bias (b, 1, hkv)`` float32 and
         ``position (b, 1, hkv)`` int64: the arguments of :meth:`DecodeStep.step`.
     """
-    require(isinstance(q, torch.Tensor) and q.dim() == 3 and q.shape[-1] % 2 == 0 and q.shape[-1] <= 256
-            and q.stride(-1) == 1, "q.shape", shape_of(q), "(b, hq, d) with d even and <= 256, last dim contiguous")
-    b, hq, d = q.shape
     from .step_input_kernels import DTYPES, MASK_FORMS  # imported on first use: no triton, no import
     from .step_input_kernels import step_inputs as fused
 
-    require(q.dtype in DTYPES, "q.dtype", q.dtype, f"one of {DTYPES}")
+    if not _step_inputs_valid(q, k, dt, position, inv_freq, a, mask_form, DTYPES, MASK_FORMS):
+        _check_step_inputs(q, k, dt, position, inv_freq, a, mask_form, DTYPES, MASK_FORMS)
+    return fused(q, k, dt, position, inv_freq, a.contiguous(), mask_form)
+
+
+def _step_inputs_valid(q, k, dt, position, inv_freq, a, mask_form, dtypes, mask_forms) -> bool:
+    """Whether :func:`_check_step_inputs` passes, as one expression: a decoding step builds no error message."""
+    if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(dt, torch.Tensor)
+            and isinstance(position, torch.Tensor) and isinstance(inv_freq, torch.Tensor)
+            and isinstance(a, torch.Tensor) and q.dim() == 3 and k.dim() == 3):
+        return False
+    b, hq, d = q.shape
+    hkv = k.shape[1]
+    device = q.device
+    return (d % 2 == 0 and d <= 256 and q.stride(-1) == 1 and q.dtype in dtypes and k.shape[0] == b
+            and k.shape[2] == d and hq % hkv == 0 and k.dtype == q.dtype and k.stride(-1) == 1
+            and dt.shape == (b, hkv) and dt.stride(-1) == 1 and position.shape == (b,)
+            and not position.is_floating_point() and inv_freq.shape == (d // 2,) and inv_freq.dtype == torch.float32
+            and inv_freq.stride(-1) == 1 and a.shape == (hkv,) and mask_form in mask_forms
+            and k.device == device and dt.device == device and position.device == device
+            and inv_freq.device == device and a.device == device and triton_usable(device))
+
+
+def _check_step_inputs(q, k, dt, position, inv_freq, a, mask_form, dtypes, mask_forms) -> None:
+    """The argument checks of :func:`step_inputs`, one error each."""
+    require(isinstance(q, torch.Tensor) and q.dim() == 3 and q.shape[-1] % 2 == 0 and q.shape[-1] <= 256
+            and q.stride(-1) == 1, "q.shape", shape_of(q), "(b, hq, d) with d even and <= 256, last dim contiguous")
+    b, hq, d = q.shape
+    require(q.dtype in dtypes, "q.dtype", q.dtype, f"one of {dtypes}")
     require(isinstance(k, torch.Tensor) and k.dim() == 3 and k.shape[0] == b and k.shape[2] == d
             and hq % k.shape[1] == 0 and k.dtype == q.dtype and k.stride(-1) == 1, "k", (shape_of(k), k.dtype),
             f"(b={b}, hkv, d={d}) with hq={hq} a multiple of hkv, dtype {q.dtype}, last dim contiguous")
@@ -156,11 +181,10 @@ def step_inputs(q: torch.Tensor, k: torch.Tensor, dt: torch.Tensor, position: to
     require(isinstance(inv_freq, torch.Tensor) and inv_freq.shape == (d // 2,) and inv_freq.dtype == torch.float32
             and inv_freq.stride(-1) == 1, "inv_freq", (shape_of(inv_freq), inv_freq.dtype), f"({d // 2},) float32")
     require(isinstance(a, torch.Tensor) and a.shape == (hkv,), "a.shape", shape_of(a), f"({hkv},)")
-    require(mask_form in MASK_FORMS, "mask_form", mask_form, f"one of {tuple(MASK_FORMS)}")
+    require(mask_form in mask_forms, "mask_form", mask_form, f"one of {tuple(mask_forms)}")
     devices = {t.device for t in (q, k, dt, position, inv_freq, a)}
     require(len(devices) == 1, "device", sorted(map(str, devices)), "all tensors on one device")
     require(triton_usable(q.device), "device", q.device, "a CUDA device (or TRITON_INTERPRET=1) with triton")
-    return fused(q, k, dt, position, inv_freq, a.contiguous(), mask_form)
 
 
 __all__ = ["dynamic_mask_attention", "selectable_keys", "DecodeStep", "cache_state", "cached_in_order",

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from ..common import LAYER_BACKENDS, require, shape_of, triton_usable
+from ..common import LAYER_BACKENDS, reject, require, shape_of, triton_usable
 from .selection import selectable_keys
 from .windowed import dynamic_mask_attention_torch
 
@@ -194,9 +194,10 @@ class DecodeStep:
         supported = (triton_usable(device) and dtype in _fused_dtypes() and state["key"].dtype == dtype
                      and head_dim <= 256 and state["bias"].dtype == torch.float32
                      and state["position"].dtype == torch.long)
-        require(supported or backend == "auto", "decode_backend", backend,
-                "'triton' needs triton on CUDA (or TRITON_INTERPRET=1), float16/bfloat16/float32 q and cache, "
-                "head_dim <= 256, a float32 bias and int64 position cache")
+        if not (supported or backend == "auto"):
+            reject("decode_backend", backend,
+                   "'triton' needs triton on CUDA (or TRITON_INTERPRET=1), float16/bfloat16/float32 q and cache, "
+                   "head_dim <= 256, a float32 bias and int64 position cache")
         return supported
 
     def _fused(self, q: torch.Tensor, new: dict, bufs: dict, n: int, evict: bool) -> torch.Tensor | None:

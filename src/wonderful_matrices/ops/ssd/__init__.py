@@ -205,8 +205,8 @@ def fused_step_usable(backend: str, device: torch.device, dtype: torch.dtype) ->
     if backend in ("torch", "naive") or dtype not in _TRITON_DTYPES:
         return False
     if backend == "triton":
-        require(triton_usable(device), "backend", backend,
-                "'triton' needs a CUDA device (or TRITON_INTERPRET=1) and the triton package")
+        if not triton_usable(device):
+            reject("backend", backend, "'triton' needs a CUDA device (or TRITON_INTERPRET=1) and the triton package")
         return True
     return device.type == "cuda" and triton_usable(device)
 
