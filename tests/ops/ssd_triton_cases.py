@@ -59,8 +59,24 @@ def _case_id(case):
     return f"b{b}l{l}h{h}p{p}g{g}n{n}q{chunk}{'D' if with_D else ''}{'S' if with_init else ''}"
 
 
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_triton_float32_matches_naive_forward_and_all_gradients(case):
+# the dcb kernel's tile (DCB_TILE): 64 everywhere, and 32 where the kernels' chunk is over 32 (below, both settings
+# give 32-row tiles or fewer: the same launches)
+DCB_CASES = ([(case, 64) for case in CASES]
+             + [(case, 32) for case in CASES if max(16, min(case[6], 1 << (case[1] - 1).bit_length())) > 32])
+
+
+@pytest.fixture
+def dcb_tile(request, monkeypatch):
+    """Sets ``chunked_kernels.DCB_TILE`` to the test's parameter."""
+    from wonderful_matrices.ops.ssd import chunked_kernels as kernels
+
+    monkeypatch.setattr(kernels, "DCB_TILE", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("case, dcb_tile", DCB_CASES, ids=[f"{_case_id(c)}-dcb{t}" for c, t in DCB_CASES],
+                         indirect=["dcb_tile"])
+def test_triton_float32_matches_naive_forward_and_all_gradients(case, dcb_tile):
     b, l, h, p, g, n, chunk, with_D, with_init = case
     ref = make_inputs(b, l, h, p, g, n, with_D, with_init)
     gy = torch.randn(b, l, h, p, dtype=torch.float64)
@@ -76,9 +92,10 @@ def test_triton_float32_matches_naive_forward_and_all_gradients(case):
         assert rel_err(grads[name], g_ref[name]) < 2e-5, name
 
 
-def test_triton_backward_with_split_heads(monkeypatch):
+@pytest.mark.parametrize("dcb_tile", [64, 32], indirect=True, ids=["dcb64", "dcb32"])
+def test_triton_backward_with_split_heads(monkeypatch, dcb_tile):
     """A group's heads split over programs (partial dCB / dB / dC sums across programs), dC split by state
-    columns, two tiles per chunk."""
+    columns, two tiles per chunk (four dcb tiles at DCB_TILE = 32)."""
     from wonderful_matrices.ops.ssd import chunked_kernels as kernels
 
     monkeypatch.setattr(kernels, "DCB_HEADS_PER_PROGRAM", 2)  # 3 dcb splits, 2 dc2 / db2 splits
@@ -141,7 +158,8 @@ def test_triton_strided_inputs_and_return_y_only():
     assert rel_err(y, ssd_naive(**ref)) < 1e-5
 
 
-def test_triton_large_decays_stay_finite():
+@pytest.mark.parametrize("dcb_tile", [64, 32], indirect=True, ids=["dcb64", "dcb32"])
+def test_triton_large_decays_stay_finite(dcb_tile):
     ref = make_inputs(1, 64, 2, 3, 1, 4, True, True, dt_scale=50.0)
     ref["A"] = torch.tensor([-5.0, -0.01], dtype=torch.float64)
     gy = torch.randn(1, 64, 2, 3, dtype=torch.float64)
@@ -153,6 +171,13 @@ def test_triton_large_decays_stay_finite():
     for name in g_ref:
         assert torch.isfinite(grads[name]).all(), name
         assert rel_err(grads[name], g_ref[name]) < 1e-4, name
+
+
+@pytest.mark.parametrize("dcb_tile", [48], indirect=True, ids=["dcb48"])
+def test_triton_rejects_a_dcb_tile_other_than_32_or_64(dcb_tile):
+    inputs = {k: (v.float() if v is not None else None) for k, v in make_inputs(1, 5, 2, 3, 1, 4, False, False).items()}
+    with pytest.raises(ValueError, match="^DCB_TILE=48.*32 or 64"):
+        ssd(**inputs, backend="triton")
 
 
 def test_triton_rejects_float64():
@@ -236,4 +261,12 @@ def test_triton_packed_with_several_tiles_a_chunk(case, monkeypatch):
     from wonderful_matrices.ops.ssd import chunked_kernels as K
 
     monkeypatch.setattr(K, "BLOCK_Q", 16)
+    check_packed("triton", case)
+
+
+@pytest.mark.parametrize("case", [PACKED[3]] + PACKED_TILED, ids=_packed_id)
+@pytest.mark.parametrize("dcb_tile", [32], indirect=True, ids=["dcb32"])
+def test_triton_packed_with_32_row_dcb_tiles(case, dcb_tile):
+    """DCB_TILE = 32 under 64-row tiles (chunks 128 and 64): document starts inside 32-row tiles (steps 16, 17 and 48
+    of a chunk; 7 in the first case's second chunk) and at a chunk's first and last step (64, 127)."""
     check_packed("triton", case)

@@ -60,6 +60,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common import require
 from ..triton_utils import dot_block, interpreting, opaque_to_compile, poisoned_empty, pow2_at_least
 
 # launch settings per kernel (num_warps, num_stages); a starting point for tuning on the H200
@@ -91,6 +92,10 @@ SPLIT_SITES = ("chunk_state", "dx")
 P_BLOCK = 64
 DC2_COLUMNS = 64  # state columns per dc2 program (a 64 × 128 float32 state tile spills registers at 8 warps)
 BLOCK_Q = 64  # rows of a chunk per tile (at most the chunk)
+# rows (and columns) of the dcb kernel's tiles, 32 or 64 (at most BLOCK_Q). 64: 10 tile pairs a chunk of 256, but
+# 168 registers under triton 3.6 (one program of 8 warps per SM); 32: 36 pairs at 108 (two programs), with products
+# too small for wgmma and dy / x tiles read 1.8x as often. docs/kernels_ssd.md, "dcb on 32-row tiles".
+DCB_TILE = 64
 STATE_BLOCK = 1024  # state elements per program of the sequential passes
 
 _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
@@ -493,12 +498,13 @@ def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, d
 def _dcb_kernel(x_ptr, dt_ptr, cum_ptr, cb_ptr, dy_ptr, docs_ptr, dcb_ptr, rowpart_ptr, colpart_ptr,
                 L, H, G, NC, P, NSPLIT,
                 s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_dy_b, s_dy_l, s_dy_h, s_dy_p,
-                Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, HPP: tl.constexpr,
+                Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, HPP: tl.constexpr, OUT_BQ: tl.constexpr,
                 DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_SEQ: tl.constexpr):
     """One tile pair (i >= j) of one chunk, for HPP heads of a group. Per head, W_ij = (dy_i·x_j)·exp(cum_i − cum_j)
     (j <= i) and Z = CB∘W (float32); stores the row sums Σ_j Z_ij·dt_j (the intra part of dy_i·(y_i − D·x_i)) and
     the column sums Σ_i Z_ij (the intra part of x_j·dxpre_j) by tile, and dCB = Σ_heads W·dt_j (the gradient of
-    C_i·B_j) for this head split."""
+    C_i·B_j) for this head split. dc2 / db2 read dCB in (OUT_BQ × OUT_BQ) tiles on and below the diagonal: where
+    BQ < OUT_BQ, a diagonal program also writes zeros to the tiles right of it inside its OUT_BQ block."""
     NB: tl.constexpr = Q // BQ
     pid_pair = tl.program_id(0)
     pid_bc = tl.program_id(1)
@@ -541,7 +547,15 @@ def _dcb_kernel(x_ptr, dt_ptr, cum_ptr, cb_ptr, dy_ptr, docs_ptr, dcb_ptr, rowpa
         tl.store(rowpart_ptr + (part * NB + jt) * Q + rows, tl.sum(z * dt_j[None, :], axis=1))
         tl.store(colpart_ptr + (part * NB + it) * Q + cols, tl.sum(z, axis=0))
         acc += w * dt_j[None, :]
-    tl.store(dcb_ptr + ((bi * NC + ci) * (G * NSPLIT) + pid_gs) * Q * Q + rows[:, None] * Q + cols[None, :], acc)
+    dcb_base = dcb_ptr + ((bi * NC + ci) * (G * NSPLIT) + pid_gs) * Q * Q
+    tl.store(dcb_base + rows[:, None] * Q + cols[None, :], acc)
+    SUB: tl.constexpr = OUT_BQ // BQ
+    if SUB > 1:
+        if it == jt:
+            for k in tl.static_range(1, SUB):
+                if jt % SUB + k < SUB:
+                    tl.store(dcb_base + rows[:, None] * Q + (cols + k * BQ)[None, :],
+                             tl.zeros((BQ, BQ), dtype=tl.float32))
 
 
 @triton.jit
@@ -700,6 +714,8 @@ class _Plan:
         self.q = max(16, min(chunk_size, pow2_at_least(self.l)))
         self.nc = -(-self.l // self.q)
         self.bq = min(BLOCK_Q, self.q)
+        require(DCB_TILE in (32, 64), "DCB_TILE", DCB_TILE, "32 or 64")
+        self.dcb_bq = min(DCB_TILE, self.bq)
         self.bp = dot_block(self.p)
         self.bp_state = min(self.bp, P_BLOCK)
         self.bn = dot_block(self.n)
@@ -848,14 +864,16 @@ def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx,
         ddt_inter, dyx, l, h, g, nc, p, n, *x.stride(), *dt.stride(), *B.stride(), *dy.stride(), *dx.stride(),
         Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, BNK=min(pl.bn, 64), DT=pl.dt_dot, PREC=pl.prec,
         UPCAST=pl.upcast, SPLIT=pl.split_at("dx"), HAS_D=D is not None, HAS_SEQ=pl.has_seq))
-    # partial sums by tile: entries of tiles above the diagonal stay zero
-    rowpart = torch.zeros(b, h, nc, nb, q, dtype=torch.float32, device=dev)
-    colpart = torch.zeros(b, h, nc, nb, q, dtype=torch.float32, device=dev)
+    # partial sums by dcb tile: entries of tiles above the diagonal stay zero
+    nbd = q // pl.dcb_bq
+    rowpart = torch.zeros(b, h, nc, nbd, q, dtype=torch.float32, device=dev)
+    colpart = torch.zeros(b, h, nc, nbd, q, dtype=torch.float32, device=dev)
     dcb = poisoned_empty(b, nc, g * pl.dcb_nsplit, q, q, device=dev)
     run("dcb", lambda: _launch(
-        _dcb_kernel, (nb * (nb + 1) // 2, b * nc, g * pl.dcb_nsplit), "dcb", x, dt, cum, cb, dy, seq, dcb, rowpart,
+        _dcb_kernel, (nbd * (nbd + 1) // 2, b * nc, g * pl.dcb_nsplit), "dcb", x, dt, cum, cb, dy, seq, dcb, rowpart,
         colpart, l, h, g, nc, p, pl.dcb_nsplit, *x.stride(), *dt.stride(), *dy.stride(),
-        Q=q, BQ=pl.bq, BP=pl.bp, HPP=pl.dcb_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, HAS_SEQ=pl.has_seq))
+        Q=q, BQ=pl.dcb_bq, BP=pl.bp, HPP=pl.dcb_hpp, OUT_BQ=pl.bq, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast,
+        HAS_SEQ=pl.has_seq))
     hs = pl.bc_nsplit
     dC = poisoned_empty(b, l, g * hs, n, device=dev)
     bnc = max(16, min(pl.bn, DC2_COLUMNS))
@@ -872,7 +890,7 @@ def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx,
         pl.dcb_nsplit, hs, *x.stride(), *dt.stride(), *C.stride(), Q=q, BQ=pl.bq, BP=pl.bp,
         BPK=pl.bp_state, BN=pl.bn, HPP=pl.bc_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, HAS_SEQ=pl.has_seq))
     run("partials", lambda: out.update(dB=dB.view(b, l, g, hs, n).sum(3), dC=dC.view(b, l, g, hs, n).sum(3)))
-    return [(rowinter, nbn), (rowpart, nb)], [(ddt_inter, 1), (colpart, nb)], dyx
+    return [(rowinter, nbn), (rowpart, nbd)], [(ddt_inter, 1), (colpart, nbd)], dyx
 
 
 def _ssd_forward_fake(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
