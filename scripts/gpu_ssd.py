@@ -7,6 +7,7 @@
     python scripts/gpu_ssd.py gap      OUT.json   # forward against mamba_ssm's, kernel by kernel (no D, as wm bench)
     python scripts/gpu_ssd.py packed   OUT.json   # per-kernel times without and with seq_idx (wm bench ssd --packed's)
     python scripts/gpu_ssd.py profile  OUT.json   # torch.profiler table of the eager torch backend
+    python scripts/gpu_ssd.py dcb_ab   OUT.json   # dcb on 64- vs 32-row tiles (DCB_TILE), both shapes, one process
     python scripts/gpu_ssd.py table    DIR        # the side-by-side table from DIR/*.json
 
 Shape: batch 8 × 4096 tokens, 64 heads × 64, state 128, 1 group, chunk 256; x, B, C bf16, dt/A/D float32.
@@ -175,6 +176,85 @@ def stage_packed():
               f"extra {r['extra_ms']:+7.3f} ms", flush=True)
     return {"implementation": "triton kernels, unpacked vs packed", "kernels": rows,
             "total_extra_ms": sum(r["extra_ms"] for r in rows.values())}
+
+
+# (DCB_TILE, dcb launch setting or None for CONFIG's) timed by stage_dcb_ab; the first is the library's default
+DCB_AB = [(64, None), (32, None), (32, (4, 2)), (32, (8, 3))]
+DCB_AB_REPEATS = 2  # rounds over the settings (interleaved, so that drift of the clocks hits every setting alike)
+
+
+def stage_dcb_ab():
+    """The dcb kernel on 64- against 32-row tiles (``chunked_kernels.DCB_TILE``), the 32-row one also under other
+    launch settings, at the paper's and cheems-base's shape in this one process (SSD_SHAPE is ignored). Per setting:
+    the medians of the dcb launch, of the closing reductions ("reduce": the dcum kernel, which sums one row / column
+    part per dcb tile, and dA / dD) and of the backward kernels in all; the whole fwd and fwd+bwd through ``ssd()``
+    (fwd does not depend on the setting: a control for drift); every gradient's error against the float32 torch
+    backend. Each setting is timed DCB_AB_REPEATS times in rounds; the rows keep the fastest round."""
+    from wonderful_matrices.ops.ssd import chunked_kernels as kernels
+
+    global SHAPE, CHUNK
+    saved_shape, saved_tile, saved_config = SHAPE, kernels.DCB_TILE, kernels.CONFIG["dcb"]
+    bwd_names = ("chunk_state_bwd", "state_pass_bwd", "dx2", "dcb", "dc2", "db2", "partials", "reduce")
+    result = {"implementation": "dcb_ab", "default": {"DCB_TILE": saved_tile, "dcb": list(saved_config)},
+              "shapes": {}}
+    try:
+        for shape_name in ("paper", "cheems"):
+            SHAPE, CHUNK = SHAPES[shape_name], SHAPES[shape_name]["chunk"]
+            rows = result["shapes"].setdefault(shape_name, {})
+            for round_ in range(DCB_AB_REPEATS):
+                for tile, config in DCB_AB:
+                    kernels.DCB_TILE, kernels.CONFIG["dcb"] = tile, config or saved_config
+                    name = f"tile{tile} w{kernels.CONFIG['dcb'][0]}s{kernels.CONFIG['dcb'][1]}"
+                    row = _time_op(lambda **kw: ssd(**kw, chunk_size=CHUNK, backend="triton"), name)
+                    times, _ = _kernel_times(kernels)
+                    row.update(dcb_tile=tile, dcb_config=list(kernels.CONFIG["dcb"]), dcb_ms=times["dcb"],
+                               reduce_ms=times["reduce"], bwd_kernels_ms=sum(times.get(k, 0.0) for k in bwd_names))
+                    if round_ == 0:
+                        row["rel_err_vs_torch_fp32"] = _grad_errors()["triton"]
+                    best = rows.get(name)
+                    if best is not None:
+                        row["rel_err_vs_torch_fp32"] = best["rel_err_vs_torch_fp32"]
+                        row = {k: (min(v, best[k]) if k.endswith("_ms") else v) for k, v in row.items()}
+                    rows[name] = row
+                    print(f"[{shape_name} round {round_}] {name}: dcb {times['dcb']:.3f} ms  reduce (dcum) "
+                          f"{times['reduce']:.3f}  bwd kernels {row['bwd_kernels_ms']:.3f}  "
+                          f"fwd {row['fwd_ms']:.3f}  fwd+bwd {row['fwd_bwd_ms']:.3f}", flush=True)
+                    kernels.DCB_TILE, kernels.CONFIG["dcb"] = saved_tile, saved_config
+    finally:
+        SHAPE, CHUNK = saved_shape, saved_shape["chunk"]
+        kernels.DCB_TILE, kernels.CONFIG["dcb"] = saved_tile, saved_config
+    print("\n".join(_dcb_ab_lines(result)), flush=True)
+    return result
+
+
+def _dcb_ab_lines(row: dict) -> list[str]:
+    """The dcb_ab table, and a verdict: a 32-row setting replaces the default only if its fwd+bwd is at least 2%
+    faster at both shapes (the best such setting by the slower of its two ratios)."""
+    lines = [f"dcb A/B (default DCB_TILE {row['default']['DCB_TILE']}, dcb launch {row['default']['dcb']}; ms, best of "
+             f"{DCB_AB_REPEATS} rounds)"]
+    ratios, settings = {}, {}
+    for shape_name, rows in row["shapes"].items():
+        base = rows[next(iter(rows))]
+        lines.append(f"{shape_name:<8}{'setting':<14}{'dcb':>8}{'reduce':>8}{'bwd krn':>9}{'fwd':>8}{'fwd+bwd':>9}"
+                     f"{'vs default':>11}  max grad rel err vs torch fp32")
+        for name, r in rows.items():
+            ratio = r["fwd_bwd_ms"] / base["fwd_bwd_ms"]
+            ratios.setdefault(name, []).append(ratio)
+            settings[name] = (r["dcb_tile"], tuple(r["dcb_config"]))
+            err = max(r.get("rel_err_vs_torch_fp32", {}).values(), default=float("nan"))
+            lines.append(f"{'':<8}{name:<14}{r['dcb_ms']:>8.3f}{r['reduce_ms']:>8.3f}"
+                         f"{r['bwd_kernels_ms']:>9.3f}{r['fwd_ms']:>8.3f}{r['fwd_bwd_ms']:>9.3f}{ratio:>11.3f}  "
+                         f"{err:.1e}")
+    default = next(iter(ratios), None)
+    wins = {k: max(v) for k, v in ratios.items() if k != default and len(v) == len(row["shapes"]) and max(v) <= 0.98}
+    if wins:
+        name = min(wins, key=wins.get)
+        tile, cfg = settings[name]
+        lines.append(f"VERDICT dcb: DCB_TILE = {tile}, CONFIG['dcb'] = {cfg} (fwd+bwd x{wins[name]:.3f} or better at "
+                     f"both shapes)")
+    else:
+        lines.append("VERDICT dcb: keep the default (no 32-row setting is 2% faster at both shapes)")
+    return lines + [""]
 
 
 def stage_torch():
@@ -350,6 +430,9 @@ def table(directory: Path) -> str:
         if row.get("implementation") == "gap":
             lines += _gap_lines(row)
             continue
+        if row.get("implementation") == "dcb_ab":
+            lines += _dcb_ab_lines(row)
+            continue
         if "variants" in row:
             lines += _triton_lines(row)
             rows += list(row["variants"].values())
@@ -378,7 +461,7 @@ def main():
         stage_triton(lambda result: target.write_text(json.dumps(result, indent=1)))
         return
     row = {"torch": stage_torch, "compiled": stage_compiled, "mamba": stage_mamba, "profile": stage_profile,
-           "gap": stage_gap, "packed": stage_packed}[stage]()
+           "gap": stage_gap, "packed": stage_packed, "dcb_ab": stage_dcb_ab}[stage]()
     target.write_text(json.dumps(row, indent=1))
     print(json.dumps(row, indent=1))
 

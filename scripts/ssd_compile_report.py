@@ -1,7 +1,7 @@
 """Compile the SSD Triton kernels for sm_90 without a GPU and print each one's resource report.
 
     PYTHONPATH=src python scripts/ssd_compile_report.py [KERNEL ...] [--configs 8,2 4,3 ...] [--float32]
-        [--shape paper|cheems|B,L,H,P,N,CHUNK]
+        [--shape paper|cheems|B,L,H,P,N,CHUNK] [--dcb-tile 32|64]
 
 Uses ``triton.compile`` with an explicit ``GPUTarget("cuda", 90, 32)`` at the constexprs the library picks for a
 shape (``--shape``: the benchmark's, chunk 256, 64-row tiles, p = 64, n = 128, by default; ``cheems`` is
@@ -54,7 +54,7 @@ def constexprs(float32: bool, shape: tuple, bp: int | None = None) -> dict:
         "_output_kernel": dict(**tile, HAS_D=True),
         "_state_pass_bwd_kernel": dict(Q=q, BLOCK=pl.state_block, HAS_DFINAL=True),
         "_dx2_kernel": dict(**tile, BNK=min(bn, 64), SPLIT=split and "dx" in K.SPLIT_SITES, HAS_D=True),
-        "_dcb_kernel": dict(Q=q, BQ=bq, BP=bp or pl.bp, HPP=pl.dcb_hpp, **mm),
+        "_dcb_kernel": dict(Q=q, BQ=pl.dcb_bq, BP=bp or pl.bp, HPP=pl.dcb_hpp, OUT_BQ=bq, **mm),
         "_dc2_kernel": dict(Q=q, BQ=bq, BP=bp or pl.bp, BN=max(16, min(bn, K.DC2_COLUMNS)), HPP=pl.bc_hpp,
                             SPLIT=split and "dc" in K.SPLIT_SITES, **mm),
         "_db2_kernel": dict(**tile, BPK=pl.bp_state, HPP=pl.bc_hpp),
@@ -96,7 +96,10 @@ def main():
     parser.add_argument("--bp", type=int, default=None, help="head-dim tile BP of the kernels that take one")
     parser.add_argument("--shape", default="paper",
                         help=f"{' or '.join(SHAPES)} or batch,length,heads,head_dim,state,chunk")
+    parser.add_argument("--dcb-tile", type=int, default=None, help="DCB_TILE (32 or 64; default: the module's)")
     args = parser.parse_args()
+    if args.dcb_tile is not None:
+        K.DCB_TILE = args.dcb_tile
     shape = tuple(int(v) for v in SHAPES.get(args.shape, args.shape).split(","))
     table = constexprs(args.float32, shape, args.bp)
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,7 +2,7 @@
 (``seq_idx``), side by side.
 
     PYTHONPATH=src python scripts/ssd_packed_report.py [--shape paper|cheems|B,L,H,P,N,CHUNK] [--float32]
-        [--config KERNEL=WARPS,STAGES]... [KERNEL ...]
+        [--config KERNEL=WARPS,STAGES]... [--dcb-tile 32|64] [KERNEL ...]
 
 ``forward_kernels`` and ``backward_kernels`` run on ``meta`` tensors at the benchmark's shape (``wm bench ssd
 --packed``: bf16 x / B / C / dy, float32 dt, A and D, no initial or final state) with the kernel launches
@@ -17,7 +17,7 @@ Each row also gives the shared memory and the programs one SM holds (:func:`prog
 registers, the shared memory and the warp slots allow, and which of them sets it): at 8 warps, 129 registers halve
 the programs of 128. ``--shape cheems`` is cheems-base's SSD layer (``SHAPES``); ``--config`` compiles a kernel with
 another launch setting than ``CONFIG``'s or ``CONFIG_WIDE``'s (what-ifs for tuning; the name is ``CONFIG``'s, e.g.
-``dx2=4,2``).
+``dx2=4,2``); ``--dcb-tile`` compiles with another ``DCB_TILE`` (the dcb kernel's tile rows).
 """
 from __future__ import annotations
 
@@ -106,7 +106,10 @@ def main():
     parser.add_argument("--float32", action="store_true", help="float32 inputs instead of bf16")
     parser.add_argument("--config", action="append", default=[], metavar="KERNEL=WARPS,STAGES",
                         help="a launch setting to compile instead of CONFIG's (what-if; repeatable), e.g. dx2=4,2")
+    parser.add_argument("--dcb-tile", type=int, default=None, help="DCB_TILE (32 or 64; default: the module's)")
     args = parser.parse_args()
+    if args.dcb_tile is not None:
+        K.DCB_TILE = args.dcb_tile
     b, l, h, p, n, chunk = (int(v) for v in SHAPES.get(args.shape, args.shape).split(","))
     for item in args.config:
         name, setting = item.split("=")
