@@ -115,7 +115,17 @@ def test_triton_backward_with_split_heads(monkeypatch, dcb_tile):
 @pytest.mark.parametrize("p", [16, 70])  # 70: two head-dim blocks (see CASES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_triton_half_precision_forward_and_gradients(dtype, p):
-    b, l, h, g, n, chunk = 2, 40, 4, 2, 16, 16
+    _check_half(dtype, 2, 40, 4, p, 2, 16, 16)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dcb_tile", [32], indirect=True, ids=["dcb32"])
+def test_triton_half_precision_with_32_row_dcb_tiles(dtype, dcb_tile):
+    _check_half(dtype, 1, 150, 2, 16, 1, 16, 128)  # chunk 128: two 64-row tiles, four dcb tiles
+
+
+def _check_half(dtype, b, l, h, p, g, n, chunk):
+    """Forward and every gradient with x, B, C in ``dtype`` against the float64 oracle on the same rounded values."""
     ref = {k: (v.to(dtype).double() if k in ("x", "B", "C") else v) for k, v in
            make_inputs(b, l, h, p, g, n, True, True).items()}  # x, B, C exactly representable in half
     gy = torch.randn(b, l, h, p, dtype=torch.float64)

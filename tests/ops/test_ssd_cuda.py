@@ -81,6 +81,18 @@ def test_ssd_all_gradients_cuda(dtype, backend, l, chunk, h, g, p, n, with_init)
         assert rel_err(grads[k].cpu(), r) < 2 * tol, k
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("l,chunk,h,g,p,n,with_init", grouped("ssd-grad", [
+    (2048, 256, 16, 1, 64, 128, True), (1000, 256, 6, 1, 128, 128, True)]))
+def test_ssd_all_gradients_cuda_dcb_tile_32(monkeypatch, dtype, l, chunk, h, g, p, n, with_init):
+    """:func:`test_ssd_all_gradients_cuda` (triton) with the dcb kernel on 32-row tiles (``DCB_TILE``; the default
+    is decided by ``scripts/gpu_ssd.py dcb_ab``)."""
+    from wonderful_matrices.ops.ssd import chunked_kernels
+
+    monkeypatch.setattr(chunked_kernels, "DCB_TILE", 32)
+    test_ssd_all_gradients_cuda(dtype, "triton", l, chunk, h, g, p, n, with_init)
+
+
 # packed documents: starts at chunk edges (256, 512) and inside chunks, one-token documents, a one-document row
 SSD_PACKED_CUDA = [
     (8, 32, 1, 64, 256, True, True, [[256, 1, 255, 100, 1, 411], [1024]]),
