@@ -135,7 +135,7 @@ def stage_triton(save):
         print(f"[{time.perf_counter() - t0:5.1f}s] {variant}: fwd {row['fwd_ms']:.3f} fwd+bwd {row['fwd_bwd_ms']:.3f} "
               f"kernels {json.dumps({k: round(v, 3) for k, v in row['kernels_ms'].items()})}", flush=True)
     result["plan"] = {k: getattr(plan, k) for k in ("q", "nc", "bq", "bp", "bn", "state_block",
-                                                     "dcb_hpp", "dcb_nsplit")}
+                                                     "dcb_bq", "dcb_hpp", "dcb_nsplit")}
     result["rel_err_vs_torch_fp32"] = _grad_errors()
     save(result)
     print(f"[{time.perf_counter() - t0:5.1f}s] rel err vs torch fp32: {json.dumps(result['rel_err_vs_torch_fp32'])}",
