@@ -93,7 +93,7 @@ P_BLOCK = 64
 DC2_COLUMNS = 64  # state columns per dc2 program (a 64 × 128 float32 state tile spills registers at 8 warps)
 BLOCK_Q = 64  # rows of a chunk per tile (at most the chunk)
 # rows (and columns) of the dcb kernel's tiles, 32 or 64 (at most BLOCK_Q). 64: 10 tile pairs a chunk of 256, but
-# 168 registers under triton 3.6 (one program of 8 warps per SM); 32: 36 pairs at 108 (two programs), with products
+# 168 registers under triton 3.6 (one program of 8 warps per SM); 32: 36 pairs at 80 (three programs), with products
 # too small for wgmma and dy / x tiles read 1.8x as often. docs/kernels_ssd.md, "dcb on 32-row tiles".
 DCB_TILE = 64
 STATE_BLOCK = 1024  # state elements per program of the sequential passes
