@@ -228,7 +228,7 @@ def main(argv=None) -> int:
                 record.update(run_piece(check, *cases[padding], refs[padding], grad=cuda))
             if cuda:
                 torch.cuda.synchronize()  # an asynchronous kernel error belongs to this check
-        except Exception as error:  # every failure is a finding: record it and go on
+        except Exception as error:  # noqa: BLE001 - every failure is a finding: record it and go on
             message = " ".join(str(error).split())
             record.update(status="ERROR", error=f"{type(error).__name__}: {message}", traceback=traceback.format_exc())
             if cuda and ("CUDA error" in message or "illegal" in message):
