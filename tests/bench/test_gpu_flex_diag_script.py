@@ -1,22 +1,16 @@
 """scripts/gpu_flex_diag.py: its reduced CPU run (eager forwards, one line and one json record per check), the
 gradient comparison of a check (against a differentiable stand-in, as FlexAttention has no CPU backward), errors
 recorded without stopping, and the time budget."""
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 
 import wonderful_matrices as wm
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_flex_diag.py"
+from conftest import load_script
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("gpu_flex_diag", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gpu_flex_diag")
 
 
 def test_reduced_cpu_run_writes_a_record_per_check(tmp_path, capsys):

@@ -1,19 +1,14 @@
 """scripts/train_throughput.py: variant parsing, its errors, and a CPU run that writes a row per variant."""
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_throughput.py"
+from conftest import load_script
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_throughput")
 
 
 def test_variants_parse_overrides_with_their_types():

@@ -14,14 +14,12 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import interpreted_only, interpreter_child_test
+from conftest import interpreted_only, interpreter_child_test, load_script
 
 pytest.importorskip("triton")
 
 from wonderful_matrices.errors import reject, require
-from wonderful_matrices.layers import CDMoE, DynamicMaskAttention, RMSNorm, SSDMixer
-from wonderful_matrices.layers.ssd import GatedRMSNorm
-from wonderful_matrices.models import CheemsCache, presets
+from wonderful_matrices.models import presets
 from wonderful_matrices.models.modeling import CheemsForCausalLM
 
 test_interpreted_in_a_subprocess = interpreter_child_test(__file__)
@@ -81,26 +79,13 @@ class PythonCalls:
 
 def _triton_model_and_step():
     """cheems-tiny (SSD and DMA blocks, CDMoE in each) on its Triton backends, a cache holding a prompt, and a
-    callable running one eager one-token step on it (already run once: tuned and set up)."""
+    callable running one eager one-token step on it (already run once: tuned and set up) — the step
+    ``scripts/decode_host.py`` measures."""
+    host = load_script("decode_host")
     torch.manual_seed(0)
     model = CheemsForCausalLM(presets.get("cheems-tiny")).eval()
-    for module in model.modules():
-        if isinstance(module, (RMSNorm, GatedRMSNorm, SSDMixer, CDMoE)):
-            module.backend = "triton"
-        elif isinstance(module, DynamicMaskAttention):
-            module.decoder.backend = "triton"
-    prompt = torch.randint(0, model.config.vocab_size, (1, 6))
-    cache = CheemsCache(model.config)
-    token = prompt[:, -1:]
-
-    @torch.no_grad()
-    def step():
-        return model(input_ids=token, past_key_values=cache, use_cache=True, graphed_decoding=False)
-
-    with torch.no_grad():
-        model(input_ids=prompt, past_key_values=cache, use_cache=True)
-    step()
-    return model, step
+    host.use_triton_backends(model)
+    return model, host.filled_step(model, 16)
 
 
 @interpreted_only
