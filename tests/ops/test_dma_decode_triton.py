@@ -277,3 +277,32 @@ def test_step_inputs_arguments_checked():
         step_inputs(q, k, dt, pos, freq, a, "exp")
     with pytest.raises(ValueError, match="device"):  # no CUDA, no interpreter here
         step_inputs(q, k, dt, pos, freq, a)
+
+
+def test_step_inputs_quick_check_rejects_what_the_detailed_checks_reject(monkeypatch):
+    """step_inputs validates a step with one expression and runs the detailed checks (which name the argument) only
+    when it fails: the two must agree, or bad input would slip past on a device where Triton runs. Every bad input
+    here fails the quick check (with Triton taken as usable) and the detailed checks; the good one passes both."""
+    import wonderful_matrices.ops.dma as dma_ops
+    from wonderful_matrices.ops.dma.step_input_kernels import DTYPES, MASK_FORMS
+
+    monkeypatch.setattr(dma_ops, "triton_usable", lambda device: True)
+    good = dict(q=torch.randn(2, 4, 8), k=torch.randn(2, 2, 8), dt=torch.randn(2, 2), position=torch.arange(2),
+                inv_freq=torch.ones(4), a=torch.zeros(2), mask_form="gate")
+    bad = {"q.shape": dict(q=torch.randn(2, 4, 7)), "q.dtype": dict(q=torch.randn(2, 4, 8, dtype=torch.float64)),
+           "k": dict(k=torch.randn(2, 3, 8)), "k dtype": dict(k=torch.randn(2, 2, 8).half()),
+           "dt": dict(dt=torch.randn(2, 3)), "position": dict(position=torch.arange(2.0)),
+           "position shape": dict(position=torch.arange(3)), "inv_freq": dict(inv_freq=torch.ones(4).double()),
+           "a": dict(a=torch.zeros(3)), "mask_form": dict(mask_form="exp"),
+           "q strides": dict(q=torch.randn(2, 8, 4).mT)}
+
+    def check(args):
+        return dma_ops._step_inputs_valid(**args, dtypes=DTYPES, mask_forms=MASK_FORMS)
+
+    assert check(good)
+    dma_ops._check_step_inputs(**good, dtypes=DTYPES, mask_forms=MASK_FORMS)
+    for name, change in bad.items():
+        args = {**good, **change}
+        assert not check(args), name
+        with pytest.raises(ValueError):
+            dma_ops._check_step_inputs(**args, dtypes=DTYPES, mask_forms=MASK_FORMS)
