@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..train.optim import adamw
 from .common import one_line, time_callable, write_results
 from .decode_common import analytic_cache_bytes, decode_measurement
 from .lm_common import compiled_lm_loss, corpus_tokens, optimizer_step, perplexity, set_fused, train_lm
@@ -50,7 +51,7 @@ def training_throughput(config, seq_len: int, tokens_per_step: int, device: torc
     torch.manual_seed(0)
     model = CheemsForCausalLM(config).to(device).train()
     set_fused(model, fused)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = adamw(model, 1e-4, 0.1)
     rows = torch.randint(0, config.vocab_size, (batch, seq_len + 1), device=device)
     loss_fn = compiled_lm_loss() if compiled else None
     result = {"tokens_per_s": None, "peak_memory_gb": None, "error": None}
