@@ -101,13 +101,3 @@ def test_compiled_attend_keeps_more_variants_than_a_length_sweep_makes(monkeypat
                 assert rel_err(got, want) < 1e-6
     finally:
         torch._dynamo.reset()
-
-
-@pytest.mark.parametrize("switch", ["FORCE_FULL_KERNEL", "ROWS_ONE_BY_ONE", "PAD_TO_TILES"])
-def test_candidate_switches_keep_the_eager_forward(monkeypatch, switch):
-    """Each candidate fix of the packed CUDA failure (module switches, off by default) leaves the eager forward
-    equal to the oracle: packed rows against each document alone, and an unpacked lq < lk case with odd lengths."""
-    monkeypatch.setattr(biased_causal, switch, True)
-    test_eager_forward_packed_equals_alone_and_oracle()
-    test_eager_forward_matches_oracle(70, 200, 2, 2, 32)
-    test_eager_forward_matches_oracle(1, 9, 2, 1, 16)

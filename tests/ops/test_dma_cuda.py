@@ -167,7 +167,11 @@ def test_dma_no_window_flex_cuda(dtype, lq, lk, hq, hkv, d):
     than one 128-tile (the lengths of the documents test_dma_packed_cuda runs alone)."""
     base = [torch.randn(1, lq, hq, d), torch.randn(1, lk, hkv, d), torch.randn(1, lk, hkv, d),
             torch.randn(1, lk, hkv) * 3]
-    base[3][0, :5] = float("-inf")
+    # padded keys at the start: five, or half of a short row. With five of 7 keys padded the 3 × 7 case's only
+    # non-zero q gradient is one query's over two keys, P1·P2·(dP1 − dP2)·(k1 − k2): a difference that a bf16 output
+    # used for the backward's rowsum(dO·O) (as every flash-style backward does) already puts 5.8% off in exact
+    # arithmetic, over the 4% bound; with 3 padded keys the same model gives 0.7% (docs/results.md, session 9).
+    base[3][0, :min(5, lk // 2)] = float("-inf")
     base[3][0, lk // 2, 0] = float("-inf")
 
     def fn(q, k, v, bias):

@@ -22,18 +22,10 @@ TILE = 128
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HEAD_DIMS = (16, 32, 64, 128, 256)
 
-# Candidate fixes for the packed no-window failure on CUDA (issue #14), all off by default;
-# scripts/gpu_flex_diag.py runs the failing case under each of them.
-# FORCE_FULL_KERNEL: pass FlexAttention's ``FORCE_USE_FLEX_ATTENTION`` kernel option, so that Inductor runs its main
-#   kernel for query lengths below 128 too, instead of the flex-decoding kernel (whose log-sum-exp the backward reads).
-FORCE_FULL_KERNEL = False
-# ROWS_ONE_BY_ONE: attend a packed batch (documents, b > 1) one row at a time, each with a batch-1 block mask.
-ROWS_ONE_BY_ONE = False
-# PAD_TO_TILES: pad the sequence (queries, keys, values, documents) at its end to whole tiles of TILE, so that
-#   FlexAttention never sees a length that is not a multiple of 128 (the padded keys come after every real query,
-#   so causality hides them; the padded queries' rows are dropped). Whole query tiles need ``lq ≡ lk (mod TILE)``,
-#   which holds with documents (``lq == lk``).
-PAD_TO_TILES = False
+# FlexAttention's kernel option that makes Inductor run its main kernel for every query length: below 128 queries it
+# would pick the flex-decoding kernel, which with this score_mod and a block mask found no kernel to compile
+# ("NoValidChoicesError") for the 100-query documents of a packed row on an H100 (docs/kernels_dma.md).
+KERNEL_OPTIONS = {"FORCE_USE_FLEX_ATTENTION": True}
 
 
 def block_mask_for(b: int, lq: int, lk: int, seq_idx: torch.Tensor | None, device: torch.device) -> BlockMask:
@@ -129,23 +121,15 @@ def dynamic_mask_attention_biased_causal(q: torch.Tensor, k: torch.Tensor, v: to
     """
     b, lq, hq, d = q.shape
     lk = k.shape[1]
-    if ROWS_ONE_BY_ONE and seq_idx is not None and b > 1:
-        return torch.cat([dynamic_mask_attention_biased_causal(q[i:i + 1], k[i:i + 1], v[i:i + 1], bias[i:i + 1],
-                                                               scale, seq_idx[i:i + 1], compiled) for i in range(b)])
     rows = bias.float() if bias.dtype != torch.float64 else bias
     rows = torch.where(torch.isfinite(rows), rows, MASKED_BIAS).permute(0, 2, 1)  # (b, hkv, lk)
     # padded to whole tiles: the score_mod is evaluated on indices up to the next multiple of TILE (see block_mask_for)
     extra = -(-lk // TILE) * TILE - lk
     rows = F.pad(rows, (0, extra), value=MASKED_BIAS).contiguous()
-    qt, kt, vt, docs = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), seq_idx
-    if PAD_TO_TILES and extra:
-        qt, kt, vt = (F.pad(t, (0, 0, 0, extra)) for t in (qt, kt, vt))
-        if docs is not None:
-            docs = torch.cat([docs, docs[:, -1:].expand(-1, extra)], dim=1)
-    block_mask = block_mask_for(b, qt.shape[2], kt.shape[2], docs, q.device)
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    block_mask = block_mask_for(b, lq, lk, seq_idx, q.device)
     attend = _compiled_attend if compiled and _compiled_attend is not None else _attend
-    options = {"FORCE_USE_FLEX_ATTENTION": True} if FORCE_FULL_KERNEL else None
-    out = attend(qt, kt, vt, rows, block_mask, scale, options)
+    out = attend(qt, kt, vt, rows, block_mask, scale, KERNEL_OPTIONS)
     out = out[:, :, :lq].transpose(1, 2)
     keep = attendable_queries(bias, lq, seq_idx)  # (b, lq, hkv)
     keep = keep.repeat_interleave(hq // k.shape[2], dim=2)[..., None]
