@@ -228,6 +228,18 @@ def test_dense_is_cheaper_for_few_experts_only():
     assert not dense_is_cheaper(DENSE_FACTOR * 32 + 1, 32)
 
 
+def test_dense_only_where_a_backward_runs():
+    """The dense mixture's gain is its backward: a forward alone (prefill, decoding) keeps the gathers."""
+    from wonderful_matrices.ops.expert_mixture import _needs_backward
+
+    assert not dense_is_cheaper(2304, 4 * 8, backward=False)
+    weights, table = torch.randn(3, 4), torch.randn(5, 2, requires_grad=True)
+    assert _needs_backward(weights, table)
+    assert not _needs_backward(weights, table.detach())
+    with torch.no_grad():
+        assert not _needs_backward(weights, table)
+
+
 def test_auto_on_the_cpu_stays_torch(monkeypatch):
     """Few experts on the CPU: "auto" keeps the gather backend (the CPU default is unchanged)."""
     monkeypatch.setattr(dense.DenseMixture, "apply", None)  # calling the dense backend would fail

@@ -1,6 +1,7 @@
 """Mixture of single-neuron experts: ``y = Σ_heads Σ_k gate · act(down[e]·x) · up[e]`` per token."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ..common import require, resolve_backend, shape_of, value_checks_enabled
@@ -14,7 +15,8 @@ _INDEX_DTYPES = ("torch.int64", "torch.int32")
 _TRITON_DTYPES = ("torch.float32", "torch.bfloat16", "torch.float16")
 
 
-# "auto" on CUDA uses the dense backend while N <= DENSE_FACTOR · M (M = H·k selections per token). Measured at
+# "auto" on CUDA uses the dense backend while N <= DENSE_FACTOR · M (M = H·k selections per token) and a backward will
+# run through the mixture (its gain is the backward; see the forward-only note below). Measured at
 # cheems-base's CDMoE (N = 2304, M = 32, i.e. N = 72·M; 8 × 4096 tokens, d = 1024, bf16; one H100, training tokens/s
 # of the whole model in one process, docs/results/session8_h100/call2/): the dense mixture trains 1.10x faster than
 # the Triton one eager and 1.25x compiled. From the same runs, per layer and step: the Triton mixture ≈ 3.4 ms (its
@@ -22,20 +24,31 @@ _TRITON_DTYPES = ("torch.float32", "torch.bfloat16", "torch.float16")
 # 0.46 µs against 106 µs per selection, so break-even near N ≈ 118·M eager and ≈ 230·M compiled. 96 keeps a margin
 # below the eager one. At N = 2^16, M = 128 (512·M) the dense mixture took 21.5 ms against Triton's 4.3 (session 5,
 # before the bf16 coefficient matrices).
+# Forward only (inference: prefill and decoding) the gathers win at every size measured: with the dense mixture in
+# "auto" (session 9, docs/results/session9_h100/call1/generate/) cheems-base prefilled 111k / 210k tokens/s at 4K /
+# 128K against the Triton mixture's 147k / 303k (session 8), and decoded 24k / 76k tokens/s at 64 / 256 rows against
+# 41k / 104k (its coefficient matrices cost a sort and a dozen small launches per layer and step).
 DENSE_FACTOR = 96
 
 
-def dense_is_cheaper(num_experts: int, selections: int) -> bool:
+def dense_is_cheaper(num_experts: int, selections: int, backward: bool = True) -> bool:
     """Whether ``"auto"`` on CUDA picks the dense backend for ``num_experts`` (N) and ``selections`` (M = H·k per
-    token): ``N <= DENSE_FACTOR · M`` (the rule's arithmetic is at ``DENSE_FACTOR``)."""
-    return num_experts <= DENSE_FACTOR * selections
+    token): ``N <= DENSE_FACTOR · M`` when a ``backward`` will run through the mixture, never for a forward alone
+    (the measurements are at ``DENSE_FACTOR``)."""
+    return backward and num_experts <= DENSE_FACTOR * selections
 
 
-def _backend_for(backend: str, table: Tensor, selections: int) -> str:
-    """Resolve ``backend`` for a table and ``selections`` (M) per token: ``"auto"`` on CUDA is ``"dense"`` where
-    :func:`dense_is_cheaper`, else ``"triton"`` (when triton is installed) for float32 / bf16 / fp16 tables, else
-    ``"torch"``; on the CPU ``"auto"`` is ``"torch"``. An explicit ``"triton"`` needs float32, bf16 or fp16."""
-    if backend == "auto" and table.is_cuda and dense_is_cheaper(table.shape[0], selections):
+def _needs_backward(*tensors: Tensor) -> bool:
+    """Whether autograd will differentiate through an op of ``tensors`` (grad mode on and one requires grad)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _backend_for(backend: str, table: Tensor, selections: int, backward: bool) -> str:
+    """Resolve ``backend`` for a table and ``selections`` (M) per token, ``backward`` whether autograd will run
+    through the op: ``"auto"`` on CUDA is ``"dense"`` where :func:`dense_is_cheaper`, else ``"triton"`` (when triton
+    is installed) for float32 / bf16 / fp16 tables, else ``"torch"``; on the CPU ``"auto"`` is ``"torch"``. An
+    explicit ``"triton"`` needs float32, bf16 or fp16."""
+    if backend == "auto" and table.is_cuda and dense_is_cheaper(table.shape[0], selections, backward):
         return "dense"
     supported = str(table.dtype) in _TRITON_DTYPES
     name = resolve_backend(backend, _AVAILABLE, table.device, ("triton", "torch") if supported else ("torch",))
@@ -58,13 +71,13 @@ def expert_mixture(x: Tensor, ids: Tensor, gates: Tensor, down: Tensor, up: Tens
         gates: ``(..., H, k)`` floating point weights (any float dtype; float32 gates with bf16 tables is fine).
         down, up: ``(N, d)`` expert tables, the dtype and device of ``x``.
         activation: ``"silu"``, ``"gelu"`` or ``"relu"``.
-        backend: ``"auto"`` (on CUDA ``"dense"`` while ``N <= DENSE_FACTOR · H·k``, else ``"triton"`` for
-            float32/bf16/fp16 tables, else ``"torch"``; ``"torch"`` on the CPU), ``"dense"`` (matrix
-            products over all ``N`` experts in token chunks, every float dtype, any device; for few experts),
-            ``"triton"`` (GPU kernels that gather the selected rows by id, float32/bf16/fp16; also CPU under
-            ``TRITON_INTERPRET=1``), ``"torch"``
-            (``embedding_bag`` reductions, or chunked gathers for half precision on CUDA; never builds
-            ``(tokens, N)`` or whole ``(tokens, H·k, d)`` tensors) or ``"naive"`` (plain loops; the oracle).
+        backend: ``"auto"`` (on CUDA ``"dense"`` while ``N <= DENSE_FACTOR · H·k`` and a backward will run
+            through it, else ``"triton"`` for float32/bf16/fp16 tables, else ``"torch"``; ``"torch"`` on the
+            CPU), ``"dense"`` (matrix products over all ``N`` experts in token chunks, every float dtype, any
+            device; for few experts), ``"triton"`` (GPU kernels that gather the selected rows by id,
+            float32/bf16/fp16; also CPU under ``TRITON_INTERPRET=1``), ``"torch"`` (``embedding_bag`` reductions,
+            or chunked gathers for half precision on CUDA; never builds ``(tokens, N)`` or whole
+            ``(tokens, H·k, d)`` tensors) or ``"naive"`` (plain loops; the oracle).
 
     Returns:
         ``(..., d)`` in the dtype of ``x``.
@@ -75,7 +88,7 @@ def expert_mixture(x: Tensor, ids: Tensor, gates: Tensor, down: Tensor, up: Tens
         low, high = (int(v) for v in ids.aminmax())
         require(low >= 0 and high < down.shape[0], "ids", f"values in [{low}, {high}]",
                 f"expert ids in [0, N={down.shape[0]})")
-    name = _backend_for(backend, down, ids.shape[-2] * ids.shape[-1])
+    name = _backend_for(backend, down, ids.shape[-2] * ids.shape[-1], _needs_backward(x, gates, down, up))
     if name == "dense":
         return _dense.expert_mixture(x, ids.long(), gates, down, up, activation)
     if name == "triton":
@@ -128,7 +141,8 @@ def weighted_rows(weights: Tensor, ids: Tensor, table: Tensor, backend: str = "a
 
     Args:
         weights: ``(T, M)`` floating point; ids: ``(T, M)`` int64 in ``[0, N)``; table: ``(N, d)``.
-        backend: ``"auto"`` (on CUDA ``"dense"`` while ``N <= DENSE_FACTOR · M``, else ``"triton"`` for
+        backend: ``"auto"`` (on CUDA ``"dense"`` while ``N <= DENSE_FACTOR · M`` and a backward will run through
+            it, else ``"triton"`` for
             float32/bf16/fp16 tables, else ``"torch"``; ``"torch"`` on the CPU), ``"torch"``, ``"dense"`` (scatter the
             weights into a ``(T, N)`` matrix, chunked, times the table) or ``"triton"`` (float32/bf16/fp16).
 
@@ -150,7 +164,7 @@ def weighted_rows(weights: Tensor, ids: Tensor, table: Tensor, backend: str = "a
         low, high = (int(v) for v in ids.aminmax())
         require(low >= 0 and high < table.shape[0], "ids", f"values in [{low}, {high}]",
                 f"row ids in [0, N={table.shape[0]})")
-    name = _backend_for(backend, table, ids.shape[1])
+    name = _backend_for(backend, table, ids.shape[1], _needs_backward(weights, table))
     require(name != "naive", "backend", backend, "'auto', 'torch', 'dense' or 'triton'")
     if name == "dense":
         return _dense.weighted_rows(weights, ids.long(), table)
