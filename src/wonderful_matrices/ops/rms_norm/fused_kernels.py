@@ -357,6 +357,8 @@ def _row_stride(t: torch.Tensor) -> int | None:
     evenly spaced, e.g. a column range of a projection), or None when they are not."""
     if t.dim() < 2 or t.stride(-1) != 1:
         return None
+    if t.dim() == 2:  # a decoding step's rows: no loop
+        return t.stride(0) if t.shape[0] != 1 else t.shape[1]
     stride = expected = None
     for size, step in zip(reversed(t.shape[:-1]), reversed(t.stride()[:-1])):
         if size == 1:
