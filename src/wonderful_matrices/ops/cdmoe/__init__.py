@@ -68,8 +68,8 @@ def decode_step(x: Tensor, gate_w: Tensor, up_w: Tensor, down_w: Tensor, query_w
     Returns:
         ``(T, d)`` in ``x``'s dtype.
     """
-    if not decode_args_valid(x, gate_w, up_w, down_w, query_w, keys, down_table, up_table, top_k, activation,
-                             gate_b, up_b, down_b):
+    if not (decode_args_valid(x, gate_w, up_w, down_w, query_w, keys, down_table, up_table, top_k, activation,
+                              gate_b, up_b, down_b) and triton_usable(x.device)):
         _check_decode_args(x, gate_w, up_w, down_w, query_w, keys, down_table, up_table, top_k, activation,
                            gate_b, up_b, down_b)  # the messages are built only for bad arguments
     return launch_decode_step(x, gate_w, up_w, down_w, query_w, keys, down_table, up_table, top_k, activation,
@@ -91,8 +91,9 @@ def launch_decode_step(x: Tensor, gate_w: Tensor, up_w: Tensor, down_w: Tensor, 
 
 def decode_args_valid(x, gate_w, up_w, down_w, query_w, keys, down_table, up_table, top_k, activation,
                       gate_b=None, up_b=None, down_b=None) -> bool:
-    """Whether :func:`decode_step` accepts these arguments (:func:`_check_decode_args` passes), as one expression: a
-    decoding step builds no error message, and the layer asks it to choose its fused path."""
+    """Whether :func:`decode_step` accepts these arguments on a device where the kernels run (:func:`_check_decode_args`
+    passes where :func:`~wonderful_matrices.ops.common.triton_usable`), as one expression: a decoding step builds no
+    error message, and the layer (which asked :func:`decode_step_usable` about the device) chooses its path by it."""
     if not (isinstance(x, Tensor) and x.dim() == 2 and isinstance(keys, Tensor) and keys.dim() == 4
             and isinstance(gate_w, Tensor) and gate_w.dim() == 2):
         return False
@@ -114,7 +115,7 @@ def decode_args_valid(x, gate_w, up_w, down_w, query_w, keys, down_table, up_tab
                  and gate_b.device == device and up_b.device == device and down_b.device == device
                  and gate_b.shape == (inner,) and up_b.shape == (inner,) and down_b.shape == (d,))
             and isinstance(top_k, int) and 1 <= top_k <= min(n, MAX_DECODE_TOP_K) and n * n < 2 ** 31
-            and activation in _ACTIVATIONS and triton_usable(device))
+            and activation in _ACTIVATIONS)
 
 
 def _check_decode_args(x, gate_w, up_w, down_w, query_w, keys, down_table, up_table, top_k, activation,
