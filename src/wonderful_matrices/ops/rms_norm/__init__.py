@@ -24,8 +24,8 @@ def _valid(x, weight, eps, other: torch.Tensor | None) -> bool:
     """Whether :func:`_check` passes for ``x``, ``weight``, ``eps`` and the tensor ``other`` shaped like ``x`` (None
     for none), as one expression: the common case builds no error message (nor a dict of the arguments)."""
     return (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and x.dtype in FLOAT_DTYPES
-            and weight.dtype in FLOAT_DTYPES and x.dim() >= 1 and x.shape[-1] >= 1 and weight.shape == x.shape[-1:]
-            and weight.dim() == 1 and weight.device == x.device
+            and weight.dtype in FLOAT_DTYPES and x.dim() >= 1 and x.shape[-1] >= 1 and weight.dim() == 1
+            and weight.shape[0] == x.shape[-1] and weight.device == x.device
             and isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0
             and (other is None or (isinstance(other, torch.Tensor) and other.dtype in FLOAT_DTYPES
                                    and other.shape == x.shape and other.device == x.device)))
