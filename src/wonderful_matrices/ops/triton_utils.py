@@ -67,7 +67,7 @@ class TunedLaunch:
     def __call__(self, grid, key, *args, **kwargs) -> None:
         options = self.chosen.get(key)
         if options is not None:
-            self.autotuner.fn[grid](*args, **kwargs, **options)
+            self.autotuner.fn.run(*args, grid=grid, warmup=False, **kwargs, **options)  # (fn[grid]: a closure a call)
             return
         self.autotuner[grid](*args, **kwargs)
         config = self.autotuner.best_config

@@ -185,10 +185,10 @@ def _launch_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: tor
     m = x.numel() // d if d else 0
     block_m, block_d, num_warps = _blocks(d)
     if m:
-        _rms_norm_fwd_kernel[(cdiv(m, block_m),)](
+        _rms_norm_fwd_kernel.run(  # (kernel[grid] would build a closure per launch: host time of a decoding step)
             x, x if residual is None else residual, weight, s, y, y if rstd is None else rstd, m, d, eps,
-            HAS_RESIDUAL=residual is not None, STORE_RSTD=rstd is not None, BLOCK_M=block_m, BLOCK_D=block_d,
-            num_warps=num_warps)
+            grid=(cdiv(m, block_m),), warmup=False, HAS_RESIDUAL=residual is not None, STORE_RSTD=rstd is not None,
+            BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
 
 
 def _rms_norm_backward_fake(s: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, grad_y: torch.Tensor,
@@ -287,9 +287,10 @@ def _launch_gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Te
     block_m, block_d, num_warps = _blocks(dg)
     block_m = max(block_m, groups)
     if rows:
-        _gated_rms_norm_fwd_kernel[(cdiv(rows, block_m),)](
+        _gated_rms_norm_fwd_kernel.run(  # (kernel[grid] would build a closure per launch)
             x, gate, weight, y, y if rstd is None else rstd, rows, dg, groups, eps, x_stride, gate_stride,
-            STORE_RSTD=rstd is not None, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
+            grid=(cdiv(rows, block_m),), warmup=False, STORE_RSTD=rstd is not None, BLOCK_M=block_m,
+            BLOCK_D=block_d, num_warps=num_warps)
 
 
 def _gated_rms_norm_backward_fake(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor,

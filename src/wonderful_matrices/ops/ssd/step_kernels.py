@@ -146,13 +146,14 @@ def decode_step(proj: torch.Tensor, state: torch.Tensor, dt_bias: torch.Tensor, 
     grid, rows, offsets, half, block_h = _launch_plan(b, h, p, g, n, code)
     y = poisoned_empty(b, h * p, dtype=proj.dtype, device=proj.device)
     dummy = state  # a pointer for the arguments a rope mode does not read
-    _decode_step_kernel[grid](
+    _decode_step_kernel.run(  # (kernel[grid] would build a closure per launch: host time of a decoding step)
         proj, state, y, dt_bias, A_log, D if D is not None else dummy,
         position if position is not None else dummy, inv_freq if inv_freq is not None else dummy,
         rate if rate is not None else dummy, angle if angle is not None else dummy,
         proj.stride(0), position.stride(0) if position is not None else 0, rate.stride(0) if rate is not None else 0,
         *offsets, h, p, h // g, rows, float(dt_limit[0]), float(dt_limit[1]), TWO_PI,
-        N=n, HALF=half, BLOCK_H=block_h, BLOCK_P=BLOCK_P, ROPE=code, HAS_D=D is not None, num_warps=4)
+        grid=grid, warmup=False, N=n, HALF=half, BLOCK_H=block_h, BLOCK_P=BLOCK_P, ROPE=code, HAS_D=D is not None,
+        num_warps=4)
     return y
 
 
