@@ -145,6 +145,38 @@ def test_layer_decoding_with_fused_step_equals_full_forward(w):
 
 
 @interpreted_only
+@pytest.mark.parametrize("w", [None, 3])
+def test_fused_layer_steps_keep_a_full_window_and_survive_beam_reorder_and_reset(w):
+    """A full window's fused steps keep the cache tensors (the kernels update them in place); index_select on the
+    cache (beam search: plain copies) or a new cache dict (a reset) gets new buffers, and every step stays exact."""
+    layer = DynamicMaskAttention(16, 2, 1, 8, keep_window=w, decode_backend="triton")
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    x = torch.randn(2, 12, 16)
+    pos = torch.arange(12).expand(2, 12)
+    beam = torch.tensor([1, 1])
+    with torch.no_grad():
+        state = {}
+        layer(x[:, :5], pos[:, :5], None, state)
+        for t in range(5, 8):
+            before = dict(state)
+            layer(x[:, t:t + 1], pos[:, t:t + 1], None, state)
+            if w is not None and t > 5:  # widened at the first step, full since
+                assert all(state[name] is before[name] for name in NAMES)
+        for name in list(state):
+            state[name] = state[name].index_select(0, beam)
+        outs = [layer(x[:, t:t + 1], pos[:, t:t + 1], None, state) for t in range(8, 12)]
+        # reference: row 1's first 8 tokens in both rows, then each row's own tokens
+        xr = torch.cat([x[1:, :8].expand(2, -1, -1), x[:, 8:]], dim=1)
+        assert rel_err(torch.cat(outs, 1), layer(xr, pos)[:, 8:]) < 1e-5
+        state = {}  # a reset: the same layer on a new cache
+        outs = [layer(x[:, :5], pos[:, :5], None, state)]
+        outs += [layer(x[:, t:t + 1], pos[:, t:t + 1], None, state) for t in range(5, 12)]
+        assert rel_err(torch.cat(outs, 1), layer(x, pos)) < 1e-5
+
+
+@interpreted_only
 def test_auto_falls_back_to_torch_once_when_the_kernel_raises(monkeypatch, caplog):
     from wonderful_matrices.ops.dma import decode
 

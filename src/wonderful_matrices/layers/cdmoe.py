@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import reject
 from ..ops import expert_mixture, product_key_topk
-from ..ops.cdmoe import decode_step, decode_step_usable
+from ..ops.cdmoe import decode_args_valid, decode_step_usable, launch_decode_step
 from ..ops.common import MIXTURE_LAYER_BACKENDS, require, trusted_values
 from .mlp import ACTIVATIONS, GatedMLP
 
@@ -164,15 +164,12 @@ class CDMoE(nn.Module):
         """hidden_states (..., d) -> (..., d) = shared + private experts; sets ``self.aux_loss``."""
         if not (hidden_states.dim() >= 1 and hidden_states.shape[-1] == self.hidden_size):
             reject("hidden_states.shape", tuple(hidden_states.shape), f"(..., {self.hidden_size})")
-        device = hidden_states.device.type
         decoding = self._fused_decode_tensors(hidden_states)
         if decoding is not None:
             if self.aux_loss is not None:  # (nn.Module's attribute assignment costs microseconds a step)
                 self.aux_loss = None
-            weights, biases = decoding
-            y = decode_step(hidden_states.reshape(-1, self.hidden_size), *weights, self.top_k, self.activation,
-                            *biases, workspace=self.decode_workspace)
-            return y.view(hidden_states.shape)
+            return launch_decode_step(*decoding, workspace=self.decode_workspace).view(hidden_states.shape)
+        device = hidden_states.device.type
         if hidden_states.dtype == torch.float32 and torch.is_autocast_enabled(device):
             # one cast for the three linears (autocast would cast the input in each) and the mixture, which runs
             # in the autocast dtype like the linears
@@ -193,26 +190,24 @@ class CDMoE(nn.Module):
             self.aux_loss = self.balance_loss_weight * product_key_balance_loss(half_scores, ids)
         return (self.shared(flat) + private).view(shape)
 
-    def _fused_decode_tensors(self, hidden_states: torch.Tensor) -> tuple[tuple, tuple] | None:
-        """The arguments of :func:`~wonderful_matrices.ops.cdmoe.decode_step` after ``x`` when this call runs it:
-        ``(gate_w, up_w, down_w, query_w, keys, down_table, up_table)`` and ``(gate_b, up_b, down_b)`` (None each
-        without biases); None when it does not: more than a few tokens, autograd, a balance loss to compute,
-        autocast, a parameter not in the input's dtype, or a backend that does not allow it. Each submodule and
-        parameter is looked up once (a decoding step's host time is mostly such Python)."""
+    def _fused_decode_tensors(self, hidden_states: torch.Tensor) -> tuple | None:
+        """The arguments of :func:`~wonderful_matrices.ops.cdmoe.decode_step` (but ``workspace``) when this call
+        runs it: ``(x (T, d), gate_w, up_w, down_w, query_w, keys, down_table, up_table, top_k, activation, gate_b,
+        up_b, down_b)`` (biases None without them); None when it does not: more than a few tokens, autograd, a
+        balance loss to compute, autocast, a backend that does not allow it, or arguments the op would refuse (a
+        parameter not in the input's dtype: :func:`~wonderful_matrices.ops.cdmoe.decode_args_valid`, the op's own
+        one-expression check, so the step checks them once). Each submodule and parameter is looked up once (a
+        decoding step's host time is mostly such Python)."""
         if (torch.is_grad_enabled() or (self.training and self.balance_loss_weight > 0)
-                or torch.is_autocast_enabled(hidden_states.device.type)):
+                or torch.is_autocast_enabled(hidden_states.device.type)
+                or not decode_step_usable(self.backend, hidden_states.device, hidden_states.dtype,
+                                          hidden_states.numel() // self.hidden_size, self.top_k)):
             return None
         gate, up, down = self.gate_proj, self.up_proj, self.down_proj
-        weights = (gate.weight, up.weight, down.weight, self.queries.weight, self.keys, self.down_embed.weight,
-                   self.up_embed.weight)
-        biases = (gate.bias, up.bias, down.bias)
-        dtype = hidden_states.dtype
-        if any(w.dtype != dtype for w in weights) or any(b is not None and b.dtype != dtype for b in biases):
-            return None
-        if not decode_step_usable(self.backend, hidden_states.device, dtype,
-                                  hidden_states.numel() // self.hidden_size, self.top_k):
-            return None
-        return weights, biases
+        args = (hidden_states.reshape(-1, self.hidden_size), gate.weight, up.weight, down.weight,
+                self.queries.weight, self.keys, self.down_embed.weight, self.up_embed.weight, self.top_k,
+                self.activation, gate.bias, up.bias, down.bias)
+        return args if decode_args_valid(*args) else None
 
     # ---- initialisation from a dense MLP ------------------------------------------------------------
 

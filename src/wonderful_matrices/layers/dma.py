@@ -121,10 +121,9 @@ class DynamicMaskAttention(nn.Module):
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         fused = self._step_inputs(hidden_states, position_ids, attention_mask, state)
         if fused is not None:  # a decoding token on the fused kernels: inputs, attention and cache write
-            with trusted_values():
-                out = self.decoder.step(*fused, state, self.keep_window, fallback=False)
+            out = self.decoder.fused_step(*fused, state, self.keep_window)
             if out is not None:  # (None: the attention kernels raised under "auto"; the torch path below)
-                return self.o_proj(out.reshape(b, l, hq * d))
+                return self.o_proj(out.view(b, hq * d))[:, None]  # (b, d) rows: two ATen ops for the linear
         q, k, v, bias = self._project(hidden_states, position_ids, attention_mask, rotary_tables)
         if seq_idx is not None:  # outside trusted_values: an explicit seq_idx of the caller is checked by the op
             out = dynamic_mask_attention(q, k, v, bias, keep_window=self.keep_window, causal=True, seq_idx=seq_idx)
@@ -161,14 +160,15 @@ class DynamicMaskAttention(nn.Module):
                 or not self.decoder.uses_kernels(hidden_states.dtype, hidden_states.device, self.head_dim, state)):
             return None
         hq, hkv, d = self.num_heads, self.num_kv_heads, self.head_dim
-        q = self.q_proj(hidden_states).view(b, hq, d)
-        k = self.k_proj(hidden_states).view(b, hkv, d)
-        v_flat = self.v_proj(hidden_states)
+        x = hidden_states[:, 0]  # (b, hidden) rows: a linear on a 2-D input is two ATen ops, on (b, 1, hidden) four
+        q = self.q_proj(x).view(b, hq, d)
+        k = self.k_proj(x).view(b, hkv, d)
+        v_flat = self.v_proj(x)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         try:
             q, k, bias, position = step_inputs(
-                q, k, self.dt_proj(v_flat)[:, 0], position_ids[:, 0],
+                q, k, self.dt_proj(v_flat), position_ids[:, 0],
                 self.rotary.float32_frequencies(hidden_states.device),
                 self.A_log if self.mask_form == "gate" else self.A, self.mask_form)
         except Exception as exc:  # noqa: BLE001 - under "auto": the torch path from now on (re-raised under "triton")

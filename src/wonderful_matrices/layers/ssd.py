@@ -176,7 +176,18 @@ class SSDMixer(nn.Module):
         return {"dt_bias": dt + torch.log(-torch.expm1(-dt)),  # softplus^-1(dt)
                 "A_log": torch.log(torch.empty(h).uniform_(*self.A_init_range)), "D": torch.ones(h)}
 
+    def _inputs_valid(self, hidden_states, position_ids, attention_mask, state) -> bool:
+        """Whether :meth:`_check_inputs` passes, as one expression: a decoding step builds no error message."""
+        return (isinstance(hidden_states, torch.Tensor) and hidden_states.dim() == 3
+                and hidden_states.shape[-1] == self.hidden_size and hidden_states.shape[1] >= 1
+                and (position_ids is None and not self.use_rope
+                     or isinstance(position_ids, torch.Tensor) and position_ids.shape == hidden_states.shape[:2]
+                     and not position_ids.is_floating_point())
+                and (attention_mask is None or attention_mask.shape == hidden_states.shape[:2])
+                and (state is None or isinstance(state, dict)))
+
     def _check_inputs(self, hidden_states, position_ids, attention_mask, state) -> None:
+        """The argument checks of :meth:`forward`, one error each (run when :meth:`_inputs_valid` is False)."""
         if not (isinstance(hidden_states, torch.Tensor) and hidden_states.dim() == 3
                 and hidden_states.shape[-1] == self.hidden_size and hidden_states.shape[1] >= 1):
             reject("hidden_states.shape", tuple(getattr(hidden_states, "shape", ())),
@@ -287,7 +298,8 @@ class SSDMixer(nn.Module):
         state: None or this layer's cache dict (read and updated in place), seq_idx (b, l) document ids of
         packed rows or None, rotary_tables (the forward's :class:`RotaryTables` of these ``position_ids``, shared
         by a model's layers; used with ``rope="fixed"``) or None (the layer builds its own) -> (b, l, d)."""
-        self._check_inputs(hidden_states, position_ids, attention_mask, state)
+        if not self._inputs_valid(hidden_states, position_ids, attention_mask, state):
+            self._check_inputs(hidden_states, position_ids, attention_mask, state)
         if seq_idx is not None:
             require(isinstance(seq_idx, torch.Tensor) and tuple(seq_idx.shape) == tuple(hidden_states.shape[:2]),
                     "seq_idx.shape", tuple(getattr(seq_idx, "shape", ())),

@@ -465,7 +465,9 @@ class CheemsModel(CheemsPreTrainedModel):
                 position_ids = start[:, None] if l == 1 else start[:, None] + torch.arange(l, device=device)
             else:
                 position_ids = (start[:, None] + new_mask.long().cumsum(-1) - 1).masked_fill(~new_mask, 0)
-        position_ids = position_ids.to(device).expand(b, l)
+        position_ids = position_ids.to(device)
+        if position_ids.shape != (b, l):  # (a decoding step's positions are (b, 1) already: no view to make)
+            position_ids = position_ids.expand(b, l)
         layer_mask = without_full_mask(new_mask)
 
         chunk = self.config.prefill_chunk_tokens if prefill_chunk_tokens is None else prefill_chunk_tokens
@@ -623,7 +625,11 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
                              generated_step=generated)
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = None if skip_logits else self.lm_head(hidden_states[:, keep, :])
+        if skip_logits:
+            logits = None
+        else:  # (0 keeps every position: no slice to make)
+            every = isinstance(logits_to_keep, int) and logits_to_keep == 0
+            logits = self.lm_head(hidden_states if every else hidden_states[:, keep, :])
 
         aux_losses = [a for a in (block.aux_loss() for block in self.model.layers) if a is not None]
         aux_loss = torch.stack([a.float() for a in aux_losses]).sum() if aux_losses else None

@@ -24,6 +24,16 @@ def poisoned_empty(*shape: int, dtype: torch.dtype = torch.float32, device=None)
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def poisoned_empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """:func:`poisoned_empty` of ``t``'s shape on its device, contiguous, in ``dtype`` (default ``t``'s): the
+    cheapest allocation on the host (``empty_like`` skips building a shape and parsing a device)."""
+    if interpreting():
+        dtype = t.dtype if dtype is None else dtype
+        return torch.full_like(t, float("nan") if dtype.is_floating_point else -1, dtype=dtype,
+                               memory_format=torch.contiguous_format)
+    return torch.empty_like(t, dtype=dtype, memory_format=torch.contiguous_format)
+
+
 def cdiv(a: int, b: int) -> int:
     """``ceil(a / b)`` of two Python ints, for launch grids and block counts on the host (``triton.cdiv`` is a
     constexpr function whose every host call costs microseconds of argument unwrapping)."""
@@ -57,7 +67,7 @@ class TunedLaunch:
     def __call__(self, grid, key, *args, **kwargs) -> None:
         options = self.chosen.get(key)
         if options is not None:
-            self.autotuner.fn[grid](*args, **kwargs, **options)
+            self.autotuner.fn.run(*args, grid=grid, warmup=False, **kwargs, **options)  # (fn[grid]: a closure a call)
             return
         self.autotuner[grid](*args, **kwargs)
         config = self.autotuner.best_config

@@ -14,6 +14,12 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _ACTIVATIONS = ("silu", "gelu", "relu")
 
 
+try:  # triton is optional: without it the package imports and decode_step_usable says no
+    from . import decode_kernels as _kernels
+except ImportError:
+    _kernels = None
+
+
 # "auto" takes the fused decoding step on CUDA: its CUDA parity tests (tests/ops/test_experts_cuda.py -k cdmoe_decode,
 # float32/bf16/fp16 and a CUDA graph) passed on an H100 (docs/results.md, session 7). Off CUDA only an explicit
 # backend="triton" runs it (under the interpreter).
@@ -62,30 +68,54 @@ def decode_step(x: Tensor, gate_w: Tensor, up_w: Tensor, down_w: Tensor, query_w
     Returns:
         ``(T, d)`` in ``x``'s dtype.
     """
-    tensors = (gate_w, up_w, down_w, query_w, keys, down_table, up_table)
-    biases = (gate_b, up_b, down_b)
-    if not (isinstance(x, Tensor) and x.dim() == 2 and 1 <= x.shape[0] <= MAX_DECODE_TOKENS and x.dtype in _DTYPES
-            and keys.dim() == 4 and keys.shape[1] == 2 and gate_w.dim() == 2
-            and (all(b is None for b in biases) or all(b is not None for b in biases))
-            and all(t.dtype == x.dtype and t.device == x.device for t in tensors)
-            and (gate_b is None or all(b.dtype == x.dtype and b.device == x.device for b in biases))
-            and tuple(gate_w.shape) == tuple(up_w.shape) == (gate_w.shape[0], x.shape[1])
-            and tuple(down_w.shape) == (x.shape[1], gate_w.shape[0])
-            and tuple(query_w.shape) == (keys.shape[0] * 2 * keys.shape[3], x.shape[1])
-            and tuple(down_table.shape) == tuple(up_table.shape) == (keys.shape[2] ** 2, x.shape[1])
-            and (gate_b is None or (tuple(gate_b.shape) == tuple(up_b.shape) == (gate_w.shape[0],)
-                                    and tuple(down_b.shape) == (x.shape[1],)))
-            and isinstance(top_k, int) and 1 <= top_k <= min(keys.shape[2], MAX_DECODE_TOP_K)
-            and keys.shape[2] ** 2 < 2 ** 31 and activation in _ACTIVATIONS and triton_usable(x.device)):
+    if not (decode_args_valid(x, gate_w, up_w, down_w, query_w, keys, down_table, up_table, top_k, activation,
+                              gate_b, up_b, down_b) and triton_usable(x.device)):
         _check_decode_args(x, gate_w, up_w, down_w, query_w, keys, down_table, up_table, top_k, activation,
                            gate_b, up_b, down_b)  # the messages are built only for bad arguments
-    from .decode_kernels import decode_step as fused  # imported on first use: no triton, no import
+    return launch_decode_step(x, gate_w, up_w, down_w, query_w, keys, down_table, up_table, top_k, activation,
+                              gate_b, up_b, down_b, workspace)
 
-    def c(t):
-        return None if t is None else t.contiguous()
 
-    return fused(c(x), c(gate_w), c(up_w), c(down_w), c(query_w), c(keys), c(down_table), c(up_table), top_k,
-                 activation, c(gate_b), c(up_b), c(down_b), workspace)
+def launch_decode_step(x: Tensor, gate_w: Tensor, up_w: Tensor, down_w: Tensor, query_w: Tensor, keys: Tensor,
+                       down_table: Tensor, up_table: Tensor, top_k: int, activation: str = "silu",
+                       gate_b: Tensor | None = None, up_b: Tensor | None = None, down_b: Tensor | None = None,
+                       workspace: dict | None = None) -> Tensor:
+    """:func:`decode_step` without its argument checks, for arguments that :func:`decode_args_valid` accepted (the
+    layer asks it once per step to choose this path)."""
+    return _kernels.decode_step(
+        x.contiguous(), gate_w.contiguous(), up_w.contiguous(), down_w.contiguous(), query_w.contiguous(),
+        keys.contiguous(), down_table.contiguous(), up_table.contiguous(), top_k, activation,
+        None if gate_b is None else gate_b.contiguous(), None if up_b is None else up_b.contiguous(),
+        None if down_b is None else down_b.contiguous(), workspace)
+
+
+def decode_args_valid(x, gate_w, up_w, down_w, query_w, keys, down_table, up_table, top_k, activation,
+                      gate_b=None, up_b=None, down_b=None) -> bool:
+    """Whether :func:`decode_step` accepts these arguments on a device where the kernels run (:func:`_check_decode_args`
+    passes where :func:`~wonderful_matrices.ops.common.triton_usable`), as one expression: a decoding step builds no
+    error message, and the layer (which asked :func:`decode_step_usable` about the device) chooses its path by it."""
+    if not (isinstance(x, Tensor) and x.dim() == 2 and isinstance(keys, Tensor) and keys.dim() == 4
+            and isinstance(gate_w, Tensor) and gate_w.dim() == 2):
+        return False
+    dtype, device = x.dtype, x.device
+    T, d = x.shape
+    H, halves, n, dk = keys.shape
+    inner = gate_w.shape[0]
+    return (1 <= T <= MAX_DECODE_TOKENS and dtype in _DTYPES and halves == 2
+            and gate_w.dtype == dtype and up_w.dtype == dtype and down_w.dtype == dtype and query_w.dtype == dtype
+            and keys.dtype == dtype and down_table.dtype == dtype and up_table.dtype == dtype
+            and gate_w.device == device and up_w.device == device and down_w.device == device
+            and query_w.device == device and keys.device == device and down_table.device == device
+            and up_table.device == device
+            and gate_w.shape[1] == d and up_w.shape == gate_w.shape and down_w.shape == (d, inner)
+            and query_w.shape == (H * 2 * dk, d) and down_table.shape == (n * n, d) and up_table.shape == (n * n, d)
+            and (gate_b is None and up_b is None and down_b is None
+                 or gate_b is not None and up_b is not None and down_b is not None
+                 and gate_b.dtype == dtype and up_b.dtype == dtype and down_b.dtype == dtype
+                 and gate_b.device == device and up_b.device == device and down_b.device == device
+                 and gate_b.shape == (inner,) and up_b.shape == (inner,) and down_b.shape == (d,))
+            and isinstance(top_k, int) and 1 <= top_k <= min(n, MAX_DECODE_TOP_K) and n * n < 2 ** 31
+            and activation in _ACTIVATIONS)
 
 
 def _check_decode_args(x, gate_w, up_w, down_w, query_w, keys, down_table, up_table, top_k, activation,
@@ -120,4 +150,5 @@ def _check_decode_args(x, gate_w, up_w, down_w, query_w, keys, down_table, up_ta
     require(triton_usable(x.device), "x.device", x.device, "a CUDA device (or TRITON_INTERPRET=1) with triton")
 
 
-__all__ = ["decode_step", "decode_step_usable", "MAX_DECODE_TOKENS", "MAX_DECODE_TOP_K"]
+__all__ = ["decode_args_valid", "decode_step", "decode_step_usable", "launch_decode_step", "MAX_DECODE_TOKENS",
+           "MAX_DECODE_TOP_K"]

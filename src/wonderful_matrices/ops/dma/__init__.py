@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from ..common import require, resolve_backend, shape_of, triton_usable, value_checks_enabled
+from ..common import reject, require, resolve_backend, shape_of, triton_usable, value_checks_enabled
 from . import biased_sdpa as _biased_sdpa
 from .cache import DecodeStep, cache_state, cached_in_order, replace_lowest_and_attend, store
 from .naive import dynamic_mask_attention_naive
@@ -16,9 +16,10 @@ from .windowed import dynamic_mask_attention_torch
 
 try:  # triton is optional: without it the package still imports and the backend is not offered
     from . import biased_causal as _biased_causal
+    from . import step_input_kernels as _step_input_kernels
     from . import windowed_kernels as _triton_backend
 except ImportError:
-    _triton_backend = _biased_causal = None
+    _triton_backend = _biased_causal = _step_input_kernels = None
 
 BACKENDS = ("naive", "torch") + (("triton",) if _triton_backend is not None else ())
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -138,12 +139,12 @@ def step_inputs(q: torch.Tensor, k: torch.Tensor, dt: torch.Tensor, position: to
         ``q (b, 1, hq, d)``, ``k (b, 1, hkv, d)`` rotated (``q``'s dtype), ``bias (b, 1, hkv)`` float32 and
         ``position (b, 1, hkv)`` int64: the arguments of :meth:`DecodeStep.step`.
     """
-    from .step_input_kernels import DTYPES, MASK_FORMS  # imported on first use: no triton, no import
-    from .step_input_kernels import step_inputs as fused
-
-    if not _step_inputs_valid(q, k, dt, position, inv_freq, a, mask_form, DTYPES, MASK_FORMS):
-        _check_step_inputs(q, k, dt, position, inv_freq, a, mask_form, DTYPES, MASK_FORMS)
-    return fused(q, k, dt, position, inv_freq, a.contiguous(), mask_form)
+    kernels = _step_input_kernels
+    if kernels is None:
+        reject("step_inputs", "called without triton", "the triton package (on CUDA, or with TRITON_INTERPRET=1)")
+    if not _step_inputs_valid(q, k, dt, position, inv_freq, a, mask_form, kernels.DTYPES, kernels.MASK_FORMS):
+        _check_step_inputs(q, k, dt, position, inv_freq, a, mask_form, kernels.DTYPES, kernels.MASK_FORMS)
+    return kernels.step_inputs(q, k, dt, position, inv_freq, a.contiguous(), mask_form)
 
 
 def _step_inputs_valid(q, k, dt, position, inv_freq, a, mask_form, dtypes, mask_forms) -> bool:

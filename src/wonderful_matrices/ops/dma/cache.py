@@ -29,6 +29,11 @@ from ..common import LAYER_BACKENDS, reject, require, shape_of, triton_usable
 from .selection import selectable_keys
 from .windowed import dynamic_mask_attention_torch
 
+try:  # triton is optional: without it DecodeStep takes the torch step
+    from . import decode as _decode
+except ImportError:
+    _decode = None
+
 CACHE_FIELDS = ("key", "value", "bias", "position")
 DECODE_BACKENDS = LAYER_BACKENDS
 _log = logging.getLogger(__name__)
@@ -144,34 +149,22 @@ class DecodeStep:
         the new key is written at slot ``n`` of buffers that grow geometrically (one copy per growth). The fused
         Triton step does the same in two launches (:func:`.decode.decode_step`), the spare slot unused.
         """
+        if self._use_fused(q, state):
+            out = self.fused_step(q, key, value, bias, position, state, keep_window)
+            if out is not None or not fallback:
+                return out
         new = dict(key=key, value=value, bias=bias, position=position)
         w = keep_window
         n = state["key"].shape[1]
-        fused = self._use_fused(q, state)
         if w is None:
-            bufs = _buffers(state, n + 1, grow=True)
-            out = self._fused(q, new, bufs, n, evict=False) if fused else None
-            if out is not None:
-                for name in CACHE_FIELDS:
-                    state[name] = bufs[name][:, :n + 1]
-                return out
-            if fused and not fallback:
-                return None
+            bufs, _ = _buffers(state, n + 1, grow=True)
             for name in CACHE_FIELDS:
                 bufs[name][:, n:n + 1].copy_(new[name])
                 state[name] = bufs[name][:, :n + 1]
         else:
-            bufs = _buffers(state, w + 1, grow=False)
+            bufs, _ = _buffers(state, w + 1, grow=False)
             if n < w:  # widen once to w slots: empty slots are never attended and are evicted first
-                for name in CACHE_FIELDS:
-                    bufs[name][:, n:w].fill_(float("-inf") if name == "bias" else -1 if name == "position" else 0)
-            out = self._fused(q, new, bufs, w, evict=True) if fused else None
-            if out is not None:
-                for name in CACHE_FIELDS:
-                    state[name] = bufs[name][:, :w]
-                return out
-            if fused and not fallback:
-                return None
+                _widen(bufs, n, w)
             bufs["bias"][:, w:].copy_(bias)
             bufs["position"][:, w:].copy_(position)
             drop = _lowest_ranked(bufs["bias"], bufs["position"])  # (b, 1, hkv) in [0, w]
@@ -181,6 +174,31 @@ class DecodeStep:
                 state[name] = buf[:, :w]
         return _attend_all(q, state)
 
+    def fused_step(self, q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor,
+                   position: torch.Tensor, state: dict, keep_window: int | None) -> torch.Tensor | None:
+        """:meth:`step` on the Triton kernels, for a step :meth:`uses_kernels` said they run: the same buffers,
+        widening and slots as the torch step, two launches (:func:`.decode.decode_step`, the spare slot of a
+        window unused). Returns None with the cache unchanged when the kernels raised under ``"auto"`` (the caller
+        takes the torch path). A full window's cache tensors are left as they are (the kernels update them in
+        place): the same views every step."""
+        n = state["key"].shape[1]
+        if keep_window is None:
+            bufs, _ = _buffers(state, n + 1, grow=True)
+            out = self._fused(q, key, value, bias, position, bufs, n, evict=False)
+            held = n + 1
+        else:
+            bufs, views_kept = _buffers(state, keep_window + 1, grow=False)
+            if n < keep_window:
+                _widen(bufs, n, keep_window)
+            out = self._fused(q, key, value, bias, position, bufs, keep_window, evict=True)
+            held = keep_window
+            if views_kept and n == keep_window:  # the cache tensors are the buffers' first w slots already
+                return out
+        if out is not None:
+            for name in CACHE_FIELDS:
+                state[name] = bufs[name][:, :held]
+        return out
+
     def _use_fused(self, q: torch.Tensor, state: dict) -> bool:
         """Whether this step runs the Triton kernels (see ``backend``)."""
         return self.uses_kernels(q.dtype, q.device, q.shape[-1], state)
@@ -189,9 +207,12 @@ class DecodeStep:
         """Whether a step of queries of ``dtype`` and ``head_dim`` on ``device`` against the cache ``state`` runs
         the Triton kernels (see ``backend``; raises for ``"triton"`` where they cannot run)."""
         backend = self.backend
-        if backend == "torch" or (backend == "auto" and (self.failed is not None or not triton_usable(device))):
+        if backend == "torch" or (backend == "auto" and self.failed is not None):
             return False
-        supported = (triton_usable(device) and dtype in _fused_dtypes() and state["key"].dtype == dtype
+        usable = triton_usable(device)
+        if backend == "auto" and not usable:
+            return False
+        supported = (usable and _decode is not None and dtype in _decode.DTYPES and state["key"].dtype == dtype
                      and head_dim <= 256 and state["bias"].dtype == torch.float32
                      and state["position"].dtype == torch.long)
         if not (supported or backend == "auto"):
@@ -200,15 +221,13 @@ class DecodeStep:
                    "head_dim <= 256, a float32 bias and int64 position cache")
         return supported
 
-    def _fused(self, q: torch.Tensor, new: dict, bufs: dict, n: int, evict: bool) -> torch.Tensor | None:
+    def _fused(self, q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor,
+               position: torch.Tensor, bufs: dict, n: int, evict: bool) -> torch.Tensor | None:
         """The Triton step on the buffers (updated in place); None when it raised under ``"auto"`` (nothing was
         written then: the cache is only written by the second launch, after the first succeeded)."""
-        from .decode import decode_step
-
         try:
-            return decode_step(q, new["key"], new["value"], new["bias"], new["position"], bufs["key"],
-                               bufs["value"], bufs["bias"], bufs["position"], n, evict,
-                               1.0 / math.sqrt(q.shape[-1]), self.workspace)
+            return _decode.decode_step(q, key, value, bias, position, bufs["key"], bufs["value"], bufs["bias"],
+                                       bufs["position"], n, evict, 1.0 / math.sqrt(q.shape[-1]), self.workspace)
         except Exception as exc:  # noqa: BLE001 - any compile/launch failure: fall back to the torch path (re-raised if forced)
             self.give_up(exc)
             return None
@@ -228,12 +247,11 @@ def _attend_all(q: torch.Tensor, state: dict) -> torch.Tensor:
                                         1.0 / math.sqrt(q.shape[-1]))
 
 
-def _fused_dtypes() -> tuple:
-    try:
-        from .decode import DTYPES
-    except ImportError:  # no triton
-        return ()
-    return DTYPES
+def _widen(bufs: dict, n: int, w: int) -> None:
+    """Mark slots ``[n, w)`` of the buffers empty (bias ``-inf``, position -1, zero key and value): a cache of ``n``
+    keys widened once to the window's ``w`` slots, whose empty slots are never attended and are evicted first."""
+    for name in CACHE_FIELDS:
+        bufs[name][:, n:w].fill_(float("-inf") if name == "bias" else -1 if name == "position" else 0)
 
 
 def _lowest_ranked(bias: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
@@ -246,6 +264,11 @@ def _lowest_ranked(bias: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
 def _capacity_view(t: torch.Tensor) -> torch.Tensor | None:
     """If ``t (b, n, ...)`` is the prefix ``buffer[:, :n]`` of a larger buffer ``(b, cap, ...)`` (dims after 1
     contiguous), return that whole buffer as a view; else None. Reads only metadata (no device access)."""
+    base = t._base  # the buffer itself when t is the view a step made of it: no arithmetic on the storage
+    if (base is not None and base.data_ptr() == t.data_ptr() and base.stride() == t.stride()
+            and base.shape[0] == t.shape[0] and base.shape[1] >= t.shape[1] and base.shape[2:] == t.shape[2:]
+            and base.is_contiguous()):
+        return base
     inner = 1
     for size in t.shape[2:]:
         inner *= size
@@ -273,14 +296,16 @@ def _inner_strides(shape) -> list:
     return strides
 
 
-def _buffers(state: dict, slots: int, grow: bool) -> dict:
-    """Buffers ``(b, cap, ...)`` with ``cap >= slots`` whose prefixes are the cache tensors of ``state``.
+def _buffers(state: dict, slots: int, grow: bool) -> tuple[dict, bool]:
+    """Buffers ``(b, cap, ...)`` with ``cap >= slots`` whose prefixes are the cache tensors of ``state``, and whether
+    every cache tensor is still such a prefix (no buffer was allocated).
 
     Reuses the buffers behind the current views when they are large enough (the usual case: no device work);
     otherwise allocates new ones (``cap = slots``, or geometric growth by 1/4 rounded up to 256 slots when
     ``grow``) and copies the cache in — e.g. after the cache's ``index_select`` (beam search) made plain copies.
     """
     out = {}
+    kept = True
     for name in CACHE_FIELDS:
         t = state[name]
         buf = _capacity_view(t)
@@ -288,5 +313,6 @@ def _buffers(state: dict, slots: int, grow: bool) -> dict:
             cap = max(slots, -(-(t.shape[1] * 5 // 4) // 256) * 256) if grow else slots
             buf = t.new_empty((t.shape[0], cap) + tuple(t.shape[2:]))
             buf[:, :t.shape[1]].copy_(t)
+            kept = False
         out[name] = buf
-    return out
+    return out, kept

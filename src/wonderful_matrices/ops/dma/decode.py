@@ -220,15 +220,15 @@ def decode_step(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: t
     buf_strides = (key_buf.stride(0), key_buf.stride(1), key_buf.stride(2), value_buf.stride(0),
                    value_buf.stride(1), value_buf.stride(2), bias_buf.stride(0), bias_buf.stride(1),
                    bias_buf.stride(2), position_buf.stride(0), position_buf.stride(1), position_buf.stride(2))
-    _attend_kernel[(rows, splits)](
+    _attend_kernel.run(  # (kernel[grid] would build a closure per launch: host time of a decoding step)
         q, key, value, bias, position, key_buf, value_buf, bias_buf, position_buf, acc, m, l, drop,
         q.stride(0), q.stride(2), *new_strides, *buf_strides, n, hkv, group, tile, limit, scale,
-        EVICT=evict, BLOCK_G=dot_block(group), BLOCK_N=block_n,
+        grid=(rows, splits), warmup=False, EVICT=evict, BLOCK_G=dot_block(group), BLOCK_N=block_n,
         BLOCK_R=max(16, min(1024, pow2_at_least(n))) if evict else 16,  # (unused when appending)
         BLOCK_D=block_d, HEAD_DIM=d,
         PRECISION="ieee" if key_buf.dtype == torch.float32 else None, num_warps=4)
-    _combine_kernel[(b * hq,)](
+    _combine_kernel.run(
         acc, m, l, drop, out, key, value, bias, position, key_buf, value_buf, bias_buf, position_buf,
         out.stride(0), out.stride(2), *new_strides, *buf_strides, n_att, hq, group, splits, limit,
-        BLOCK_S=max(2, pow2_at_least(limit)), BLOCK_D=block_d, HEAD_DIM=d, num_warps=4)
+        grid=(b * hq,), warmup=False, BLOCK_S=max(2, pow2_at_least(limit)), BLOCK_D=block_d, HEAD_DIM=d, num_warps=4)
     return out

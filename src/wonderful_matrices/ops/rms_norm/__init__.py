@@ -17,23 +17,23 @@ except ImportError:
 
 BACKENDS = ("torch",) + (("triton",) if _triton_backend is not None else ())
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+AUTO_ORDER = ("triton", "torch")  # what "auto" prefers
 
 
-def _valid(x, weight, eps, others: dict) -> bool:
-    """Whether :func:`_check` passes, as one expression: the common case builds no error message."""
+def _valid(x, weight, eps, other: torch.Tensor | None) -> bool:
+    """Whether :func:`_check` passes for ``x``, ``weight``, ``eps`` and the tensor ``other`` shaped like ``x`` (None
+    for none), as one expression: the common case builds no error message (nor a dict of the arguments)."""
     return (isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor) and x.dtype in FLOAT_DTYPES
-            and weight.dtype in FLOAT_DTYPES and x.dim() >= 1 and x.shape[-1] >= 1 and weight.shape == x.shape[-1:]
-            and weight.dim() == 1 and weight.device == x.device
+            and weight.dtype in FLOAT_DTYPES and x.dim() >= 1 and x.shape[-1] >= 1 and weight.dim() == 1
+            and weight.shape[0] == x.shape[-1] and weight.device == x.device
             and isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0
-            and all(isinstance(t, torch.Tensor) and t.dtype in FLOAT_DTYPES and t.shape == x.shape
-                    and t.device == x.device for t in others.values()))
+            and (other is None or (isinstance(other, torch.Tensor) and other.dtype in FLOAT_DTYPES
+                                   and other.shape == x.shape and other.device == x.device)))
 
 
 def _check(x, weight, eps, others: dict) -> None:
     """The arguments both norms share: floating tensors on one device, ``x (..., d)``, ``weight (d,)``, ``eps >= 0``,
-    and ``others`` (name -> tensor) shaped like ``x``."""
-    if _valid(x, weight, eps, others):
-        return
+    and ``others`` (name -> tensor, at most one) shaped like ``x``. Called when :func:`_valid` fails."""
     for name, t in {"x": x, "weight": weight, **others}.items():
         require(isinstance(t, torch.Tensor), name, type(t).__name__, "a torch.Tensor")
         require(t.dtype in FLOAT_DTYPES, f"{name}.dtype", t.dtype, f"one of {FLOAT_DTYPES}")
@@ -66,12 +66,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, residual:
         computed in float32 (float64 for float64), rounded to ``s``'s dtype and scaled, so ``y`` has
         ``promote(weight, s)`` dtype — HF Llama's ``LlamaRMSNorm`` arithmetic.
     """
-    others = {"residual": residual} if residual is not None else {}
-    _check(x, weight, eps, others)
-    d = x.shape[-1]
-    name = resolve_backend(backend, BACKENDS, x.device, ("triton", "torch"))
-    dtypes = {x.dtype, weight.dtype} | ({residual.dtype} if residual is not None else set())
-    if name == "triton" and dtypes <= set(_triton_backend.DTYPES) and d <= _triton_backend.MAX_DIM:
+    if not _valid(x, weight, eps, residual):
+        _check(x, weight, eps, {"residual": residual} if residual is not None else {})
+    name = resolve_backend(backend, BACKENDS, x.device, AUTO_ORDER)
+    if (name == "triton" and x.dtype in _triton_backend.DTYPES and weight.dtype in _triton_backend.DTYPES
+            and (residual is None or residual.dtype in _triton_backend.DTYPES)
+            and x.shape[-1] <= _triton_backend.MAX_DIM):
         y, s = _triton_backend.rms_norm_triton(x, weight, eps, residual)
     else:
         y, s = rms_norm_naive(x, weight, eps, residual)
@@ -97,13 +97,15 @@ def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, ep
         ``(..., d)`` in ``promote(weight, x)``: computed in float32 (float64 for float64 ``x``), the normalised
         value rounded to ``x``'s dtype before the weight.
     """
-    _check(x, weight, eps, {"gate": gate})
+    if not _valid(x, weight, eps, gate):
+        _check(x, weight, eps, {"gate": gate})
     d = x.shape[-1]
     if not (isinstance(num_groups, int) and num_groups >= 1 and d % num_groups == 0):
         reject("num_groups", num_groups, f"a divisor of d={d}")
-    name = resolve_backend(backend, BACKENDS, x.device, ("triton", "torch"))
-    if (name == "triton" and {x.dtype, gate.dtype, weight.dtype} <= set(_triton_backend.DTYPES)
-            and num_groups <= 16 and num_groups & (num_groups - 1) == 0 and d // num_groups <= _triton_backend.MAX_DIM):
+    name = resolve_backend(backend, BACKENDS, x.device, AUTO_ORDER)
+    if (name == "triton" and x.dtype in _triton_backend.DTYPES and gate.dtype in _triton_backend.DTYPES
+            and weight.dtype in _triton_backend.DTYPES and num_groups <= 16 and num_groups & (num_groups - 1) == 0
+            and d // num_groups <= _triton_backend.MAX_DIM):
         return _triton_backend.gated_rms_norm_triton(x, gate, weight, eps, num_groups)
     return gated_rms_norm_naive(x, gate, weight, eps, num_groups)
 

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import cdiv, interpreting, opaque_to_compile, poisoned_empty, pow2_at_least
+from ..triton_utils import cdiv, interpreting, opaque_to_compile, poisoned_empty, poisoned_empty_like, pow2_at_least
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_DIM = 16384  # a row lives in registers
@@ -139,10 +139,17 @@ def _gated_rms_norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz
     tl.store(out, dw, mask=cols[None, :] < D)
 
 
+# The interpreter (tests) takes blocks of 4 rows so that small cases cross row blocks; decided on import, as Triton
+# decides whether it interprets.
+_INTERPRETED = interpreting()
+
+
+@functools.lru_cache(maxsize=None)
 def _blocks(d: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_D, num_warps) for rows of ``d`` columns: about 4K elements per program."""
+    """(BLOCK_M, BLOCK_D, num_warps) for rows of ``d`` columns: about 4K elements per program. Remembered per ``d``:
+    every norm of a decoding step asks for the same."""
     block_d = pow2_at_least(d)
-    block_m = 4 if interpreting() else max(1, min(32, 4096 // block_d))
+    block_m = 4 if _INTERPRETED else max(1, min(32, 4096 // block_d))
     num_warps = max(1, min(8, block_m * block_d // 512))
     return block_m, block_d, num_warps
 
@@ -178,10 +185,10 @@ def _launch_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: tor
     m = x.numel() // d if d else 0
     block_m, block_d, num_warps = _blocks(d)
     if m:
-        _rms_norm_fwd_kernel[(cdiv(m, block_m),)](
+        _rms_norm_fwd_kernel.run(  # (kernel[grid] would build a closure per launch: host time of a decoding step)
             x, x if residual is None else residual, weight, s, y, y if rstd is None else rstd, m, d, eps,
-            HAS_RESIDUAL=residual is not None, STORE_RSTD=rstd is not None, BLOCK_M=block_m, BLOCK_D=block_d,
-            num_warps=num_warps)
+            grid=(cdiv(m, block_m),), warmup=False, HAS_RESIDUAL=residual is not None, STORE_RSTD=rstd is not None,
+            BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
 
 
 def _rms_norm_backward_fake(s: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, grad_y: torch.Tensor,
@@ -280,9 +287,10 @@ def _launch_gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Te
     block_m, block_d, num_warps = _blocks(dg)
     block_m = max(block_m, groups)
     if rows:
-        _gated_rms_norm_fwd_kernel[(cdiv(rows, block_m),)](
+        _gated_rms_norm_fwd_kernel.run(  # (kernel[grid] would build a closure per launch)
             x, gate, weight, y, y if rstd is None else rstd, rows, dg, groups, eps, x_stride, gate_stride,
-            STORE_RSTD=rstd is not None, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
+            grid=(cdiv(rows, block_m),), warmup=False, STORE_RSTD=rstd is not None, BLOCK_M=block_m,
+            BLOCK_D=block_d, num_warps=num_warps)
 
 
 def _gated_rms_norm_backward_fake(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor,
@@ -350,6 +358,8 @@ def _row_stride(t: torch.Tensor) -> int | None:
     evenly spaced, e.g. a column range of a projection), or None when they are not."""
     if t.dim() < 2 or t.stride(-1) != 1:
         return None
+    if t.dim() == 2:  # a decoding step's rows: no loop
+        return t.stride(0) if t.shape[0] != 1 else t.shape[1]
     stride = expected = None
     for size, step in zip(reversed(t.shape[:-1]), reversed(t.stride()[:-1])):
         if size == 1:
@@ -371,7 +381,7 @@ def gated_rms_norm_triton(x: torch.Tensor, gate: torch.Tensor, weight: torch.Ten
     if _inference(x, gate, weight) and x_rows is not None and gate_rows is not None:
         dg = shape[-1] // num_groups
         rows = x.numel() // dg
-        y = poisoned_empty(*shape, dtype=_promoted(weight.dtype, x.dtype), device=x.device)
+        y = poisoned_empty_like(x, _promoted(weight.dtype, x.dtype))
         _launch_gated_rms_norm(x, gate, weight.contiguous(), y, None, rows, dg, num_groups, float(eps), x_rows,
                                gate_rows)
         return y
@@ -402,9 +412,11 @@ def _rms_norm_inference(x: torch.Tensor, weight: torch.Tensor, eps: float,
     """:func:`rms_norm_triton` without autograd: one launch on the tensors as they are (made contiguous), the
     outputs allocated in their final shapes, no ``1/rms`` stored -> (y, s)."""
     x = x.contiguous()
-    residual = None if residual is None else residual.contiguous()
-    s_dtype = x.dtype if residual is None else _promoted(x.dtype, residual.dtype)
-    s = x if residual is None else poisoned_empty(*x.shape, dtype=s_dtype, device=x.device)
-    y = poisoned_empty(*x.shape, dtype=_promoted(weight.dtype, s_dtype), device=x.device)
+    if residual is None:
+        s = x
+    else:
+        residual = residual.contiguous()
+        s = poisoned_empty_like(x, _promoted(x.dtype, residual.dtype))
+    y = poisoned_empty_like(x, _promoted(weight.dtype, s.dtype))
     _launch_rms_norm(x, residual, weight.contiguous(), s, y, None, float(eps))
     return y, s

@@ -19,6 +19,11 @@ from .chunked import ssd_chunked
 from .naive import ssd_naive
 from .step import recurrent_step
 
+try:  # triton is optional: without it the package imports and fused_step_usable says no
+    from . import step_kernels as _step_kernels
+except ImportError:
+    _step_kernels = None
+
 __all__ = ["ssd", "ssd_step"]
 
 _AVAILABLE = ("naive", "torch", "triton")
@@ -251,6 +256,5 @@ def projected_step(proj: torch.Tensor, state: torch.Tensor, dt_bias: torch.Tenso
                 and tuple(angle.shape) == (proj.shape[0], h, n // 2)):
             reject("angle", None if angle is None else shape_of(angle),
                    f"({proj.shape[0]}, {h}, {n // 2}) float32 contiguous with a rate (b, {n // 2}) for rope='data'")
-    from .step_kernels import decode_step  # imported on first use: the package imports without triton
-
-    return decode_step(proj, state, dt_bias, A_log, D, h, p, g, n, dt_limit, rope, position, inv_freq, rate, angle)
+    return _step_kernels.decode_step(proj, state, dt_bias, A_log, D, h, p, g, n, dt_limit, rope, position, inv_freq,
+                                     rate, angle)

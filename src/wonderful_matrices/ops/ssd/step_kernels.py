@@ -16,6 +16,7 @@ is the layer's torch path (``SSDMixer`` with ``backend="torch"``; ``tests/ops/te
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -28,6 +29,7 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 ROPE_CODES = {"none": 0, "fixed": 1, "data": 2}
 TARGET_PROGRAMS = 256  # programs of one launch: enough to spread a batch-1 step over the SMs
 BLOCK_P = 16  # head channels per inner step
+TWO_PI = float(2 * math.pi)
 
 
 @triton.jit
@@ -140,22 +142,29 @@ def decode_step(proj: torch.Tensor, state: torch.Tensor, dt_bias: torch.Tensor, 
     """
     b = proj.shape[0]
     h, p, g, n = num_heads, head_dim, num_groups, state_size
-    inner = h * p
-    half = (n + 1) // 2
     code = ROPE_CODES[rope]
-    y = poisoned_empty(b, inner, dtype=proj.dtype, device=proj.device)
-    blocks = cdiv(p, BLOCK_P)
-    splits = 1 if code == 2 else max(1, min(blocks, TARGET_PROGRAMS // max(1, b * h)))
-    rows = cdiv(blocks, splits) * BLOCK_P
-    splits = cdiv(p, rows)
+    grid, rows, offsets, half, block_h = _launch_plan(b, h, p, g, n, code)
+    y = poisoned_empty(b, h * p, dtype=proj.dtype, device=proj.device)
     dummy = state  # a pointer for the arguments a rope mode does not read
-    _decode_step_kernel[(b * h, splits)](
+    _decode_step_kernel.run(  # (kernel[grid] would build a closure per launch: host time of a decoding step)
         proj, state, y, dt_bias, A_log, D if D is not None else dummy,
         position if position is not None else dummy, inv_freq if inv_freq is not None else dummy,
         rate if rate is not None else dummy, angle if angle is not None else dummy,
         proj.stride(0), position.stride(0) if position is not None else 0, rate.stride(0) if rate is not None else 0,
-        inner, 2 * inner, 2 * inner + g * n, 2 * inner + 2 * g * n, h, p, h // g, rows,
-        float(dt_limit[0]), float(dt_limit[1]), float(2 * math.pi),
-        N=n, HALF=half, BLOCK_H=max(2, pow2_at_least(half)), BLOCK_P=BLOCK_P, ROPE=code, HAS_D=D is not None,
+        *offsets, h, p, h // g, rows, float(dt_limit[0]), float(dt_limit[1]), TWO_PI,
+        grid=grid, warmup=False, N=n, HALF=half, BLOCK_H=block_h, BLOCK_P=BLOCK_P, ROPE=code, HAS_D=D is not None,
         num_warps=4)
     return y
+
+
+@functools.lru_cache(maxsize=None)
+def _launch_plan(b: int, h: int, p: int, g: int, n: int, code: int) -> tuple:
+    """``(grid, rows per program, offsets of x, B, C and dt in a projection row, HALF, BLOCK_H)`` of a step of ``b``
+    rows: remembered per shape (every step of a generation asks for the same)."""
+    inner = h * p
+    half = (n + 1) // 2
+    blocks = cdiv(p, BLOCK_P)
+    splits = 1 if code == 2 else max(1, min(blocks, TARGET_PROGRAMS // max(1, b * h)))
+    rows = cdiv(blocks, splits) * BLOCK_P
+    offsets = (inner, 2 * inner, 2 * inner + g * n, 2 * inner + 2 * g * n)
+    return (b * h, cdiv(p, rows)), rows, offsets, half, max(2, pow2_at_least(half))
