@@ -100,3 +100,24 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def decode_through_beam_reorder(layer, x, pos, watch=None):
+    """Decode ``x`` (2, 12, d) with an attention-like ``layer``: prefill 5 tokens, 3 one-token steps, then both rows
+    take row 1's cache (``index_select``, as beam search does) and 4 more steps. ``watch(t, before, state)`` is called
+    after step ``t`` of the first three with the cache entries from before it. Returns the last four steps' outputs
+    (2, 4, ...) and their reference: a full forward of row 1's first 8 tokens followed by each row's own tokens."""
+    beam = torch.tensor([1, 1])
+    with torch.no_grad():
+        state = {}
+        layer(x[:, :5], pos[:, :5], None, state)
+        for t in range(5, 8):
+            before = dict(state)
+            layer(x[:, t:t + 1], pos[:, t:t + 1], None, state)
+            if watch is not None:
+                watch(t, before, state)
+        for name in list(state):
+            state[name] = state[name].index_select(0, beam)
+        outs = torch.cat([layer(x[:, t:t + 1], pos[:, t:t + 1], None, state) for t in range(8, 12)], 1)
+        reordered = torch.cat([x[1:, :8].expand(2, -1, -1), x[:, 8:]], dim=1)
+        return outs, layer(reordered, pos)[:, 8:]

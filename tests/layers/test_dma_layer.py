@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import rel_err
+from conftest import decode_through_beam_reorder, rel_err
 from wonderful_matrices.layers import DynamicMaskAttention
 from wonderful_matrices.models.convert import load_hf_doge_attention_state
 
@@ -251,17 +251,5 @@ def test_no_grad_decoding_survives_beam_reorder(w):
     """index_select on the cache (beam search) makes plain copies: the next step reallocates buffers and stays exact."""
     layer = randomize(DynamicMaskAttention(16, 2, 1, 8, keep_window=w)).double()
     x = torch.randn(2, 12, 16, dtype=torch.float64)
-    pos = torch.arange(12).expand(2, 12)
-    beam = torch.tensor([1, 1])
-    with torch.no_grad():
-        state = {}
-        layer(x[:, :5], pos[:, :5], None, state)
-        for t in range(5, 8):
-            layer(x[:, t:t + 1], pos[:, t:t + 1], None, state)
-        for name in list(state):
-            state[name] = state[name].index_select(0, beam)
-        outs = [layer(x[:, t:t + 1], pos[:, t:t + 1], None, state) for t in range(8, 12)]
-        # reference: row 1's first 8 tokens in both rows, then each row's own tokens
-        xr = torch.cat([x[1:, :8].expand(2, -1, -1), x[:, 8:]], dim=1)
-        ref = layer(xr, pos)
-    assert rel_err(torch.cat(outs, 1), ref[:, 8:]) < TOL64
+    outs, reference = decode_through_beam_reorder(layer, x, torch.arange(12).expand(2, 12))
+    assert rel_err(outs, reference) < TOL64

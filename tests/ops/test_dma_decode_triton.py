@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from conftest import INTERPRETED, interpreted_only, interpreter_child_test, rel_err
+from conftest import INTERPRETED, decode_through_beam_reorder, interpreted_only, interpreter_child_test, rel_err
 
 pytest.importorskip("triton")
 
@@ -155,21 +155,14 @@ def test_fused_layer_steps_keep_a_full_window_and_survive_beam_reorder_and_reset
             p.copy_(torch.randn_like(p) * 0.5)
     x = torch.randn(2, 12, 16)
     pos = torch.arange(12).expand(2, 12)
-    beam = torch.tensor([1, 1])
+
+    def kept_full_window(t, before, state):
+        if w is not None and t > 5:  # widened at the first step, full since
+            assert all(state[name] is before[name] for name in NAMES)
+
+    outs, reference = decode_through_beam_reorder(layer, x, pos, kept_full_window)
+    assert rel_err(outs, reference) < 1e-5
     with torch.no_grad():
-        state = {}
-        layer(x[:, :5], pos[:, :5], None, state)
-        for t in range(5, 8):
-            before = dict(state)
-            layer(x[:, t:t + 1], pos[:, t:t + 1], None, state)
-            if w is not None and t > 5:  # widened at the first step, full since
-                assert all(state[name] is before[name] for name in NAMES)
-        for name in list(state):
-            state[name] = state[name].index_select(0, beam)
-        outs = [layer(x[:, t:t + 1], pos[:, t:t + 1], None, state) for t in range(8, 12)]
-        # reference: row 1's first 8 tokens in both rows, then each row's own tokens
-        xr = torch.cat([x[1:, :8].expand(2, -1, -1), x[:, 8:]], dim=1)
-        assert rel_err(torch.cat(outs, 1), layer(xr, pos)[:, 8:]) < 1e-5
         state = {}  # a reset: the same layer on a new cache
         outs = [layer(x[:, :5], pos[:, :5], None, state)]
         outs += [layer(x[:, t:t + 1], pos[:, t:t + 1], None, state) for t in range(5, 12)]
