@@ -24,6 +24,7 @@ def test_dma_bench_runs_and_writes_results(tmp_path, monkeypatch):
     assert fractions["dma no window"] == 1.0
     assert fractions["dma window 8 torch"] == bench_dma.kept_fraction(64, 8) == (36 + 56 * 8) / (64 * 65 / 2)
     assert sum(r["part"] == "packed" and "packed / unpacked" in r for r in rows) == 2
+    assert all(r["fwd_gpu_ms"] is None for r in rows if "fwd_bwd_ms" in r)  # GPU busy time: CUDA only
     window_cache = next(r for r in rows if r["impl"] == "DMA layer step, window 8")["cache_mb"]
     full_cache = next(r for r in rows if r["impl"] == "DMA layer step, window None")["cache_mb"]
     assert window_cache < full_cache

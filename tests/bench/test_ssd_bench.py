@@ -31,5 +31,6 @@ def test_packed_rows_code_path_on_a_tiny_shape():
     assert [r["implementation"] for r in rows] == ["torch, unpacked", "torch, packed (seq_idx)"]
     assert rows[1]["documents"] > 2 * 50 // 9 and rows[1]["rel_err"] < 1e-6
     assert "fwd_overhead_pct" in rows[1] and "fwd_bwd_overhead_pct" in rows[1]
+    assert rows[1]["fwd_gpu_ms"] is None and "fwd_gpu_overhead_pct" not in rows[1]  # GPU busy time: CUDA only
     ids = bench.document_ids(2, 50, 9, torch.device("cpu"))
     assert ids.shape == (2, 50) and bool((ids[:, 1:] >= ids[:, :-1]).all())

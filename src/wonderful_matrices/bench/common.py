@@ -69,6 +69,31 @@ def _median_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps
     return statistics.median(samples)
 
 
+def device_time_ms(fn: Callable[[], object], device: torch.device | str, reps: int = 5) -> float | None:
+    """GPU busy time of one ``fn()`` call in milliseconds: the durations of the kernels, copies and sets it runs
+    on the device (torch.profiler), summed and averaged over ``reps`` calls after one untimed call; None off CUDA.
+
+    Wall time (:func:`time_callable`) is what a caller waits, host work included; when the host is slower than the
+    GPU (small shapes, many launches, a slow CPU) it measures the host. This is the GPU's own share: the cost two
+    implementations compare on when the host keeps ahead of the GPU, as it does in a model's training step.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    with trusted_values():
+        fn()
+        synchronize(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                fn()
+            synchronize(device)
+    busy_us = sum(e.self_device_time_total for e in prof.events()
+                  if e.device_type == torch.autograd.DeviceType.CUDA)
+    return busy_us / 1e3 / reps
+
+
 def peak_memory_bytes(fn: Callable[[], object], device: torch.device | str) -> int | None:
     """Peak CUDA memory allocated while running ``fn()`` once (above what was allocated before); None off CUDA."""
     device = torch.device(device)

@@ -19,7 +19,11 @@
     beside this package's Llama-style ``Attention`` layer step (its cache grows by concatenation). Plus the
     bytes each cache holds.
 
-Every training row carries ``kept_fraction``: the kept (query, key) pairs over dense causal attention's.
+Every training row carries ``kept_fraction``: the kept (query, key) pairs over dense causal attention's. Rows of
+(a) and (p) carry wall times (``fwd_ms``, ``fwd_bwd_ms``: what one call costs its caller, host work included) and
+GPU busy times (``fwd_gpu_ms``, ``fwd_bwd_gpu_ms``: the kernels alone, ``common.device_time_ms``); where the host is
+slower than the GPU (one layer's call at batch 1 on a slow CPU) the two differ, and the GPU times are what a
+model's step pays while its host keeps ahead.
 
 GPU: T = 4K, 16K, 64K, 128K, batch 1, 16 heads × 128, bf16, window 2048 (the torch windowed path up to 32K);
 packed: 16 documents in 16K; decode at 64K context, batch 1…8.
@@ -42,7 +46,7 @@ from ..ops.common import triton_usable
 from ..ops.dma import DecodeStep, cache_state
 from ..ops.dma.biased_sdpa import dynamic_mask_attention_biased_sdpa
 from ..ops.dma.selection import default_block, live_keys_torch, select_blocks
-from .common import peak_memory_bytes, synchronize, time_callable, write_results
+from .common import device_time_ms, peak_memory_bytes, synchronize, time_callable, write_results
 
 FULL = dict(lengths=[4096, 16384, 65536, 131072], heads=16, head_dim=128, window=2048, dtype=torch.bfloat16,
             context=65536, batches=[1, 2, 4, 8], warmup=3, reps=10, packed_length=16384, documents=16,
@@ -114,6 +118,7 @@ def _measure(fn, inputs, device, warmup, reps):
     try:
         return dict(fwd_ms=time_callable(fwd, device, warmup, reps),
                     fwd_bwd_ms=time_callable(fwd_bwd, device, warmup, reps),
+                    fwd_gpu_ms=device_time_ms(fwd, device), fwd_bwd_gpu_ms=device_time_ms(fwd_bwd, device),
                     peak_mem_mb=(lambda m: None if m is None else m / 2**20)(peak_memory_bytes(fwd_bwd, device)))
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
@@ -204,7 +209,8 @@ def _training_rows(cfg, device):
 
 def _packed_rows(cfg, device):
     """One row of ``documents`` packed documents (``seq_idx``) against the same row unpacked, windowed and not,
-    through ``backend="auto"``; ``packed / unpacked`` is the cost of packing."""
+    through ``backend="auto"``; ``packed / unpacked`` is the cost of packing in wall time (forward+backward), the
+    ``gpu`` ratios the same in GPU busy time (forward; forward+backward)."""
     T, h, d, w, dtype = cfg["packed_length"], cfg["heads"], cfg["head_dim"], cfg["window"], cfg["dtype"]
     if not T:
         return []
@@ -225,8 +231,10 @@ def _packed_rows(cfg, device):
                            cfg["reps"]))
             pair.append(row)
             print(row, flush=True)
-        if pair[0].get("fwd_bwd_ms") and pair[1].get("fwd_bwd_ms"):
-            pair[1]["packed / unpacked"] = pair[1]["fwd_bwd_ms"] / pair[0]["fwd_bwd_ms"]
+        for time, column in (("fwd_bwd_ms", "packed / unpacked"), ("fwd_gpu_ms", "packed / unpacked, gpu fwd"),
+                             ("fwd_bwd_gpu_ms", "packed / unpacked, gpu fwd_bwd")):
+            if pair[0].get(time) and pair[1].get(time):
+                pair[1][column] = pair[1][time] / pair[0][time]
         rows += pair
     return rows
 
@@ -374,12 +382,14 @@ def run(out_dir, quick: bool = False, device=None, lengths=None, batches=None,
         decode = _decode_rows(cfg, device)
     rows = ([dict(part="train", **r) for r in train] + [dict(part="packed", **r) for r in packed]
             + [dict(part="decode", **r) for r in decode])
-    columns = ["part", "T", "context", "batch", "impl", "kept_fraction", "fwd_ms", "fwd_bwd_ms", "peak_mem_mb",
-               "sdpa_time / time", "packed / unpacked", "step_ms", "cache_mb", "error"]
+    columns = ["part", "T", "context", "batch", "impl", "kept_fraction", "fwd_ms", "fwd_bwd_ms", "fwd_gpu_ms",
+               "fwd_bwd_gpu_ms", "peak_mem_mb", "sdpa_time / time", "packed / unpacked", "packed / unpacked, gpu fwd",
+               "packed / unpacked, gpu fwd_bwd", "step_ms", "cache_mb", "error"]
     meta = dict(quick=quick, device=str(device), heads=cfg["heads"], head_dim=cfg["head_dim"],
                 keep_window=cfg["window"], dtype=str(cfg["dtype"]), lengths=cfg["lengths"],
                 decode_context=cfg["context"], batches=cfg["batches"],
-                note="fwd_bwd = forward + backward of one attention call, batch 1; ratio = SDPA time / this time "
+                note="fwd_bwd = forward + backward of one attention call, batch 1; *_gpu_ms = GPU busy time (kernels "
+                     "only); ratio = SDPA time / this time "
                      "(train: fwd_bwd; decode: the SDPA attention step, eager vs eager, graph vs graph)")
     table = write_results(out_dir, "dma", rows, meta, columns)
     print(table)

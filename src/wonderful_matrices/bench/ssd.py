@@ -26,7 +26,7 @@ import torch
 
 from ..ops import ssd
 from ..ops.common import triton_usable
-from .common import peak_memory_bytes, time_callable, write_results
+from .common import device_time_ms, peak_memory_bytes, time_callable, write_results
 
 REFERENCE = [  # docs/design.md, reference timings on an H200 (bf16, torch 2.11, triton 3.6)
     {"implementation": "mamba_ssm Triton kernels", "fwd_ms": 1.14, "fwd_bwd_ms": 5.17},
@@ -36,8 +36,9 @@ PAPER_SHAPE = dict(batch=8, length=4096, heads=64, head_dim=64, state=128, group
 CPU_SHAPE = dict(batch=1, heads=8, head_dim=64, state=64, groups=1, chunk=64)
 
 COLUMNS = ["implementation", "source", "device", "dtype", "batch", "length", "heads", "head_dim", "state",
-           "groups", "chunk", "documents", "fwd_ms", "fwd_bwd_ms", "fwd_overhead_pct", "fwd_bwd_overhead_pct",
-           "naive_over_torch", "rel_err", "peak_mem_mib", "note"]
+           "groups", "chunk", "documents", "fwd_ms", "fwd_bwd_ms", "fwd_gpu_ms", "fwd_bwd_gpu_ms", "fwd_overhead_pct",
+           "fwd_bwd_overhead_pct", "fwd_gpu_overhead_pct", "fwd_bwd_gpu_overhead_pct", "naive_over_torch", "rel_err",
+           "peak_mem_mib", "note"]
 
 
 def make_inputs(shape: dict, dtype: torch.dtype, device: torch.device, requires_grad: bool = False) -> dict:
@@ -158,8 +159,8 @@ def document_ids(batch: int, length: int, max_document: int, device: torch.devic
 def packed_rows(device: torch.device, shape: dict, dtype: torch.dtype, backend: str, max_document: int = 1024,
                 reps: int = 20) -> list[dict]:
     """``backend`` at ``shape`` without and with ``seq_idx`` (documents of 1..``max_document`` tokens): forward and
-    forward+backward times, the packed row's overhead in percent, and the packed output's error against the torch
-    backend given the same ``seq_idx``."""
+    forward+backward times (wall, and on CUDA GPU busy time: ``common.device_time_ms``), the packed row's overhead
+    in percent of each, and the packed output's error against the torch backend given the same ``seq_idx``."""
     chunk = shape["chunk"]
     seq_idx = document_ids(shape["batch"], shape["length"], max_document, device)
     documents = int((seq_idx[:, -1] - seq_idx[:, 0] + 1).sum())
@@ -177,15 +178,18 @@ def packed_rows(device: torch.device, shape: dict, dtype: torch.dtype, backend: 
             if ids is not None:
                 reference = ssd(**inputs, chunk_size=chunk, seq_idx=ids, backend="torch")
                 err = _rel_err(fn(**inputs), reference)
+            fwd_gpu_ms = device_time_ms(lambda: fn(**inputs), device)
         grads = make_inputs(shape, dtype, device, requires_grad=True)
         fwd_bwd_ms = time_callable(_fwd_bwd(fn, grads), device, warmup=3, reps=reps)
         row = dict(implementation=f"{backend}, {label}", documents=documents if ids is not None else shape["batch"],
-                   fwd_ms=fwd_ms, fwd_bwd_ms=fwd_bwd_ms, rel_err=err, **common)
+                   fwd_ms=fwd_ms, fwd_bwd_ms=fwd_bwd_ms, fwd_gpu_ms=fwd_gpu_ms,
+                   fwd_bwd_gpu_ms=device_time_ms(_fwd_bwd(fn, grads), device), rel_err=err, **common)
         if ids is not None:
             base = rows[0]
-            row.update(fwd_overhead_pct=100.0 * (fwd_ms / base["fwd_ms"] - 1.0),
-                       fwd_bwd_overhead_pct=100.0 * (fwd_bwd_ms / base["fwd_bwd_ms"] - 1.0),
-                       note="rel_err against the torch backend with the same seq_idx")
+            for time in ("fwd", "fwd_bwd", "fwd_gpu", "fwd_bwd_gpu"):
+                if row[f"{time}_ms"] and base[f"{time}_ms"]:
+                    row[f"{time}_overhead_pct"] = 100.0 * (row[f"{time}_ms"] / base[f"{time}_ms"] - 1.0)
+            row["note"] = "rel_err against the torch backend with the same seq_idx"
         rows.append(row)
         inputs = grads = None  # free before the next case allocates
         if device.type == "cuda":
