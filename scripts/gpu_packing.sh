@@ -3,9 +3,10 @@
 # default; all four take about 11 minutes, more than one 10-minute call: run "ssd dma tests" and "train" apart):
 #   ssd    bench: SSD triton at the paper's shape (8 x 4096 tokens, 64 heads x 64, state 128, chunk 256, bf16),
 #          forward and forward+backward, unpacked and packed (documents of 1..1024 tokens) side by side with the
-#          overhead in percent (target: <= 10%) -> $OUT/packing/ssd/results.json|md (~2 min);
+#          overhead in percent of wall and GPU busy time (target: <= 10% of GPU time)
+#          -> $OUT/packing/ssd/results.json|md (~2 min);
 #   dma    bench: DMA at 16K tokens (16 heads x 128, bf16), window 2048 (Triton) and no window (FlexAttention),
-#          one row against 16 documents packed, with "packed / unpacked" (target: <= 1.10)
+#          one row against 16 documents packed, with "packed / unpacked" in wall and GPU time (target: <= 1.10)
 #          -> $OUT/packing/dma/results.json|md (~2 min);
 #   tests  CUDA parity tests: SSD with seq_idx (triton and torch, float32 and bf16) against each document alone, a
 #          packed row of every tiny preset against its documents alone, and the DMA op's packed tests (~2 min);

@@ -13,7 +13,8 @@ timings of docs/design.md at the paper's shape (CUDA).
 * ``packed=True`` (``--packed``): the cost of packed documents — the same backend at the same shape (the paper's
   on CUDA, with the triton backend; ``CPU_SHAPE`` at 1024 tokens with the torch backend on the CPU), forward and
   forward+backward, without ``seq_idx`` and with ``seq_idx`` marking documents of random lengths (1 to 1024
-  tokens, so boundaries fall inside chunks and on their edges), side by side with the overhead in percent.
+  tokens, so boundaries fall inside chunks and on their edges), side by side with the overhead in percent, in
+  wall time and (CUDA) GPU busy time.
 
 ``python -m wonderful_matrices.bench.ssd --out DIR [--quick] [--packed] [--device cpu|cuda]``
 """
