@@ -14,6 +14,14 @@
 # Writes DIR/cuda_<area>.log: a header (GPU, torch, triton, commit) and every file's complete pytest output; prints
 # one summary line per file and the FAILED / ERROR lines (each file's log ends with its 40 slowest test phases);
 # exits non-zero if a file failed or timed out.
+# Compiled kernels and autotuning choices can travel between sessions, since every call starts a fresh machine that
+# otherwise compiles and autotunes again (session 10: tests/ops/test_dma_cuda.py took > 288 s fresh, 131 s warm):
+# CACHE_OUT=1 writes the Triton cache after the tests as $OUT/triton_cache.tar.xz (at most 15 MiB: without the
+# intermediate IR files if the whole is larger, none if still larger); CACHE_IN=FILE (default
+# .gpu_cache/triton_cache.tar.xz, ignored by git: pass it with the call's `carry`) is unpacked into
+# TRITON_CACHE_DIR first. A kernel whose source, Triton version or GPU architecture changed since misses the cache
+# and compiles as usual; the tests' results do not depend on it. Tests only: a benchmark should autotune on its own
+# GPU (H100 and H200 share the architecture, not always the best configuration).
 # Knobs: WORKERS (xdist processes, default 8; 0 = one process), TIMEOUT (seconds per file, default 540), BUDGET
 # (seconds for the whole call, default 560: a file gets at most what is left, one with < 30 s left is not started),
 # PYTHON (default python3), TRITON_CACHE_DIR (default .triton_cache/ in the repository, ignored by git: kept
@@ -59,6 +67,12 @@ done
 
 if $PY -c "import triton.knobs as k; k.autotuning.cache" 2>/dev/null; then
   export TRITON_CACHE_AUTOTUNING=1
+fi
+CACHE_IN=${CACHE_IN:-.gpu_cache/triton_cache.tar.xz}
+if [ -f "$CACHE_IN" ]; then
+  mkdir -p "$TRITON_CACHE_DIR"
+  $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter='data')" \
+    "$CACHE_IN" "$TRITON_CACHE_DIR" && echo "triton cache: unpacked $CACHE_IN into $TRITON_CACHE_DIR"
 fi
 xdist=(-n "$WORKERS" --dist loadgroup)
 if ! $PY -c "import xdist" 2>/dev/null || [ "$WORKERS" -eq 0 ]; then
@@ -115,6 +129,26 @@ for area in $areas; do
   done
 done
 
+if [ -n "${CACHE_OUT:-}" ] && [ -d "$TRITON_CACHE_DIR" ]; then
+  $PY - "$TRITON_CACHE_DIR" "$OUT/triton_cache.tar.xz" <<'PY'
+import os, sys, tarfile
+from pathlib import Path
+
+root, out = Path(sys.argv[1]), Path(sys.argv[2])
+LIMIT, IR = 15 << 20, {".ttir", ".ttgir", ".llir", ".ptx", ".source"}  # a hit loads the binary and the json files
+for prune in (False, True):
+    with tarfile.open(out, "w:xz", preset=3) as tar:  # (preset 3: a few times faster than the default, ~as small)
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            if not (prune and path.suffix in IR):
+                tar.add(path, arcname=str(path.relative_to(root)))
+    if out.stat().st_size <= LIMIT:
+        print(f"triton cache: {out} ({out.stat().st_size / 2**20:.1f} MiB{', IR files left out' if prune else ''})")
+        break
+else:
+    print(f"triton cache: {out.stat().st_size / 2**20:.1f} MiB even without IR files, over 15 MiB: not kept")
+    os.remove(out)
+PY
+fi
 echo "=== summary (logs: $OUT/cuda_<area>.log)"
 printf '%s\n' "${summary[@]}"
 echo "=== failed (${#failures[@]})"
