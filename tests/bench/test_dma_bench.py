@@ -9,7 +9,8 @@ def test_dma_bench_runs_and_writes_results(tmp_path, monkeypatch):
     tiny = dict(lengths=[64], heads=2, head_dim=8, window=8, dtype=torch.float32, context=40, batches=[1],
                 warmup=0, reps=1, packed_length=64, documents=3, torch_window_max_length=64)
     monkeypatch.setattr(bench_dma, "QUICK", tiny)
-    rows = bench_dma.run(tmp_path, quick=True, device="cpu")
+    rows = bench_dma.run(tmp_path, quick=True, device="cpu", kernels=True)
+    assert not any(r["part"] == "kernels" for r in rows)  # kernel times: CUDA only
     impls = {r["impl"] for r in rows}
     assert {"dma window 8 torch", "dma no window", "sdpa causal (default)",
             "selection only, torch (select_blocks, block 64)",
@@ -37,3 +38,14 @@ def test_document_ids_are_uneven_and_cover_the_row():
     lengths = torch.bincount(ids[0])
     assert ids.shape == (1, 1000) and len(lengths) == 7 and lengths.sum() == 1000
     assert (ids[0, 1:] >= ids[0, :-1]).all() and lengths.min() < lengths.max() / 2
+
+
+def test_kernel_rows_list_the_largest_kernels_and_sum_the_rest(monkeypatch):
+    times = {f"kernel_{i}": 10.0 - i for i in range(5)}  # largest first, as device_kernel_times returns them
+    monkeypatch.setattr(bench_dma, "device_kernel_times", lambda call, device: times)
+    q = torch.randn(1, 4, 1, 2, requires_grad=True)
+    rows = bench_dma._kernel_rows(16, "impl", lambda x: x * 2, (q,), "cpu", top=3)
+    assert [(r["pass"], r["kernel"], r["kernel_ms"]) for r in rows] == [
+        (p, k, t) for p in ("fwd", "fwd_bwd")
+        for k, t in (("kernel_0", 10.0), ("kernel_1", 9.0), ("kernel_2", 8.0), ("(2 other kernels)", 13.0))]
+    assert all(r["T"] == 16 and r["impl"] == "impl" for r in rows)

@@ -69,14 +69,10 @@ def _median_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps
     return statistics.median(samples)
 
 
-def device_time_ms(fn: Callable[[], object], device: torch.device | str, reps: int = 5) -> float | None:
-    """GPU busy time of one ``fn()`` call in milliseconds: the durations of the kernels, copies and sets it runs
-    on the device (torch.profiler), summed and averaged over ``reps`` calls after one untimed call; None off CUDA.
-
-    Wall time (:func:`time_callable`) is what a caller waits, host work included; when the host is slower than the
-    GPU (small shapes, many launches, a slow CPU) it measures the host. This is the GPU's own share: the cost two
-    implementations compare on when the host keeps ahead of the GPU, as it does in a model's training step.
-    """
+def device_kernel_times(fn: Callable[[], object], device: torch.device | str, reps: int = 5) -> dict[str, float] | None:
+    """Milliseconds per ``fn()`` call of each kernel (and copy or set) it runs on the device, by name, largest
+    first: torch.profiler's durations summed over ``reps`` calls after one untimed call, divided by ``reps``;
+    None off CUDA."""
     device = torch.device(device)
     if device.type != "cuda":
         return None
@@ -89,9 +85,22 @@ def device_time_ms(fn: Callable[[], object], device: torch.device | str, reps: i
             for _ in range(reps):
                 fn()
             synchronize(device)
-    busy_us = sum(e.self_device_time_total for e in prof.events()
-                  if e.device_type == torch.autograd.DeviceType.CUDA)
-    return busy_us / 1e3 / reps
+    totals: dict[str, float] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            totals[event.name] = totals.get(event.name, 0.0) + event.self_device_time_total / 1e3 / reps
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+def device_time_ms(fn: Callable[[], object], device: torch.device | str, reps: int = 5) -> float | None:
+    """GPU busy time of one ``fn()`` call in milliseconds: the sum of :func:`device_kernel_times`; None off CUDA.
+
+    Wall time (:func:`time_callable`) is what a caller waits, host work included; when the host is slower than the
+    GPU (small shapes, many launches, a slow CPU) it measures the host. This is the GPU's own share: the cost two
+    implementations compare on when the host keeps ahead of the GPU, as it does in a model's training step.
+    """
+    kernels = device_kernel_times(fn, device, reps)
+    return None if kernels is None else sum(kernels.values())
 
 
 def peak_memory_bytes(fn: Callable[[], object], device: torch.device | str) -> int | None:

@@ -29,7 +29,10 @@ GPU: T = 4K, 16K, 64K, 128K, batch 1, 16 heads × 128, bf16, window 2048 (the to
 packed: 16 documents in 16K; decode at 64K context, batch 1…8.
 ``--quick``: CPU-sized shapes (a minute).
 
-    python -m wonderful_matrices.bench.dma --out DIR [--quick] [--lengths T ...] [--selection-only]
+    python -m wonderful_matrices.bench.dma --out DIR [--quick] [--lengths T ...] [--selection-only] [--kernels]
+
+``--kernels`` (CUDA): also where each training row's GPU time goes — the largest kernels of its forward and of its
+forward+backward, per call (part "kernels").
 """
 from __future__ import annotations
 
@@ -46,11 +49,12 @@ from ..ops.common import triton_usable
 from ..ops.dma import DecodeStep, cache_state
 from ..ops.dma.biased_sdpa import dynamic_mask_attention_biased_sdpa
 from ..ops.dma.selection import default_block, live_keys_torch, select_blocks
-from .common import device_time_ms, peak_memory_bytes, synchronize, time_callable, write_results
+from .common import device_kernel_times, device_time_ms, peak_memory_bytes, synchronize, time_callable, write_results
 
 FULL = dict(lengths=[4096, 16384, 65536, 131072], heads=16, head_dim=128, window=2048, dtype=torch.bfloat16,
             context=65536, batches=[1, 2, 4, 8], warmup=3, reps=10, packed_length=16384, documents=16,
             torch_window_max_length=32768)
+KERNEL_ROWS = 12  # kernels listed per implementation and pass with ``kernels=True``; the rest summed in one row
 QUICK = dict(lengths=[256, 512, 1024], heads=4, head_dim=32, window=64, dtype=torch.float32,
              context=2048, batches=[1, 2], warmup=1, reps=3, packed_length=512, documents=5,
              torch_window_max_length=1024)
@@ -103,8 +107,8 @@ def _flex_causal(device, T, heads):
         return None
 
 
-def _measure(fn, inputs, device, warmup, reps):
-    """Forward time, forward+backward time (ms) and peak memory of forward+backward, or an error string."""
+def _passes(fn, inputs):
+    """The two timed calls of ``fn(*inputs)``: the forward without autograd, and forward+backward."""
     def fwd():
         with torch.no_grad():
             fn(*inputs)
@@ -115,6 +119,29 @@ def _measure(fn, inputs, device, warmup, reps):
         for t in inputs:
             t.grad = None
 
+    return fwd, fwd_bwd
+
+
+def _kernel_rows(T, impl, fn, inputs, device, top=KERNEL_ROWS):
+    """Rows of part "kernels": the ``top`` kernels of ``impl``'s forward and of its forward+backward by GPU time
+    per call (``bench.common.device_kernel_times``), the rest summed as one row; none off CUDA."""
+    rows = []
+    for name, call in zip(("fwd", "fwd_bwd"), _passes(fn, inputs)):
+        times = device_kernel_times(call, device)
+        if not times:
+            continue
+        names = list(times)
+        for kernel in names[:top]:
+            rows.append(dict(T=T, impl=impl, **{"pass": name}, kernel=kernel[:90], kernel_ms=times[kernel]))
+        if len(names) > top:
+            rows.append(dict(T=T, impl=impl, **{"pass": name}, kernel=f"({len(names) - top} other kernels)",
+                             kernel_ms=sum(times[k] for k in names[top:])))
+    return rows
+
+
+def _measure(fn, inputs, device, warmup, reps):
+    """Forward time, forward+backward time (ms) and peak memory of forward+backward, or an error string."""
+    fwd, fwd_bwd = _passes(fn, inputs)
     try:
         return dict(fwd_ms=time_callable(fwd, device, warmup, reps),
                     fwd_bwd_ms=time_callable(fwd_bwd, device, warmup, reps),
@@ -158,7 +185,8 @@ def _selection_rows(cfg, device, T, bias):
 
 
 def _training_rows(cfg, device):
-    rows = []
+    """Rows of part "train" (and "kernels" with ``cfg["kernels"]``) at every length of ``cfg["lengths"]``."""
+    rows, kernels = [], []
     h, d, w, dtype = cfg["heads"], cfg["head_dim"], cfg["window"], cfg["dtype"]
     cudnn, cudnn_name = _cudnn_context(device)
     for T in cfg["lengths"]:
@@ -198,13 +226,15 @@ def _training_rows(cfg, device):
                 base = row.get("fwd_bwd_ms")
             rows.append(row)
             print(row, flush=True)
+            if cfg.get("kernels") and "error" not in row:
+                kernels += _kernel_rows(T, name, fn, inputs, device)
         for row in rows:
             if row["T"] == T and base and row.get("fwd_bwd_ms"):
                 row["sdpa_time / time"] = base / row["fwd_bwd_ms"]
         q = k = v = bias = qt = kt = vt = None  # free the inputs before the next length allocates
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return rows
+    return rows, kernels
 
 
 def _packed_rows(cfg, device):
@@ -354,12 +384,13 @@ def _decode_rows(cfg, device):
 
 
 def run(out_dir, quick: bool = False, device=None, lengths=None, batches=None,
-        packed_length: int | None = None, selection_only: bool = False) -> list[dict]:
+        packed_length: int | None = None, selection_only: bool = False, kernels: bool = False) -> list[dict]:
     """Run every part; write ``results.json`` / ``results.md`` under ``out_dir``; return the rows.
 
     ``lengths`` (training T) and ``batches`` (decode batch sizes) restrict the grid; an empty list skips that part;
     ``packed_length`` is the length of the packed-documents comparison (0 skips it). ``selection_only``: only the
     selection rows of each length (part "train", a bias drawn alone: the same distribution, other values).
+    ``kernels``: also where each training row's GPU time goes (part "kernels", CUDA only: :func:`_kernel_rows`).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = dict(QUICK if quick else FULL)
@@ -369,22 +400,23 @@ def run(out_dir, quick: bool = False, device=None, lengths=None, batches=None,
         cfg["batches"] = list(batches)
     if packed_length is not None:
         cfg["packed_length"] = packed_length
+    cfg["kernels"] = kernels
     if selection_only:
         train = []
         for T in cfg["lengths"]:
             g = torch.Generator(device="cpu").manual_seed(T)
             train += _selection_rows(cfg, device, T, (-F.softplus(torch.randn(1, T, cfg["heads"], generator=g) * 2))
                                      .to(device))
-        packed, decode = [], []
+        kernels, packed, decode = [], [], []
     else:
-        train = _training_rows(cfg, device)
+        train, kernels = _training_rows(cfg, device)
         packed = _packed_rows(cfg, device)
         decode = _decode_rows(cfg, device)
     rows = ([dict(part="train", **r) for r in train] + [dict(part="packed", **r) for r in packed]
-            + [dict(part="decode", **r) for r in decode])
+            + [dict(part="decode", **r) for r in decode] + [dict(part="kernels", **r) for r in kernels])
     columns = ["part", "T", "context", "batch", "impl", "kept_fraction", "fwd_ms", "fwd_bwd_ms", "fwd_gpu_ms",
                "fwd_bwd_gpu_ms", "peak_mem_mb", "sdpa_time / time", "packed / unpacked", "packed / unpacked, gpu fwd",
-               "packed / unpacked, gpu fwd_bwd", "step_ms", "cache_mb", "error"]
+               "packed / unpacked, gpu fwd_bwd", "step_ms", "cache_mb", "pass", "kernel", "kernel_ms", "error"]
     meta = dict(quick=quick, device=str(device), heads=cfg["heads"], head_dim=cfg["head_dim"],
                 keep_window=cfg["window"], dtype=str(cfg["dtype"]), lengths=cfg["lengths"],
                 decode_context=cfg["context"], batches=cfg["batches"],
@@ -407,9 +439,11 @@ def main(argv=None) -> None:
                         help="length of the packed-documents comparison (0 skips it; default 16384)")
     parser.add_argument("--selection-only", action="store_true",
                         help="only the windowed paths' selection stage at each length")
+    parser.add_argument("--kernels", action="store_true",
+                        help="also each training row's largest kernels by GPU time (CUDA; part 'kernels')")
     args = parser.parse_args(argv)
     run(args.out, quick=args.quick, device=args.device, lengths=args.lengths, batches=args.batches,
-        packed_length=args.packed_length, selection_only=args.selection_only)
+        packed_length=args.packed_length, selection_only=args.selection_only, kernels=args.kernels)
 
 
 if __name__ == "__main__":
