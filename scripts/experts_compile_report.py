@@ -82,7 +82,7 @@ def cases():
                 configs(tk._topk_forward_kernel)))
     backward = dict(q_ptr=query, keys_ptr=keys, ids_ptr=picks, grad_ptr=_meta(T, H, k, dtype=f32), dq_ptr=query,
                     dkeys_ptr=_meta(H, 2, n, dkey, dtype=f32), T=T, H=H, N_KEYS=n, DK=dkey)
-    # topk_backward's two kernels at their block sizes: atomics per pick (√N > REDUCED_KEYS), summed per sub-key
+    # topk_backward's two kernels at their block sizes: atomics per pick (√N > SMALL_TABLE_KEYS), summed per sub-key
     block_t = max(1, min(32, 4096 // (topk_const["K_PAD"] * topk_const["DK_PAD"])))
     out.append(("topk/bwd atomic", tk._topk_backward_kernel, backward, dict(topk_const, BLOCK_T=block_t),
                 [({}, 4, 3)]))

@@ -36,15 +36,15 @@ def timed(fn, repeats: int, cuda: bool) -> float:
     return statistics.median(times)
 
 
-def backward_with(reduced: bool, query, keys, ids, grad):
-    """``topk_backward`` with the reduced kernel (sub-key sums per token block, then few atomics) or the one with an
-    atomic per pick and column (its path for many sub-keys), whatever ``REDUCED_BACKWARD_ON_CUDA`` says."""
-    saved = tk.REDUCED_KEYS, tk.REDUCED_BACKWARD_ON_CUDA
-    tk.REDUCED_KEYS, tk.REDUCED_BACKWARD_ON_CUDA = (saved[0] if reduced else 0), reduced
+def backward_with(kind: str, query, keys, ids, grad):
+    """``topk_backward`` with the small-table backward ``kind`` (``tk.SMALL_TABLE_BACKWARDS``: dense products, the
+    reduced kernel, or one atomic per pick and column), whatever ``SMALL_TABLE_BACKWARD`` says."""
+    saved = tk.SMALL_TABLE_BACKWARD
+    tk.SMALL_TABLE_BACKWARD = kind
     try:
         return tk.topk_backward(query, keys, ids, grad)
     finally:
-        tk.REDUCED_KEYS, tk.REDUCED_BACKWARD_ON_CUDA = saved
+        tk.SMALL_TABLE_BACKWARD = saved
 
 
 def main():
@@ -69,10 +69,8 @@ def main():
     rows = T * M * D * x.element_size()  # bytes of the gathered rows of one pass
     parts = [
         ("topk forward", lambda: tk.topk_forward(query, keys, TOP_K), query.numel() * query.element_size()),
-        ("topk backward", lambda: backward_with(True, query, keys, ids.view(T, HEADS, TOP_K), scores),
-         query.numel() * query.element_size() * 2),
-        ("topk bwd atomic", lambda: backward_with(False, query, keys, ids.view(T, HEADS, TOP_K), scores),
-         query.numel() * query.element_size() * 2),
+        *((f"topk bwd {kind}", lambda kind=kind: backward_with(kind, query, keys, ids.view(T, HEADS, TOP_K), scores),
+           query.numel() * query.element_size() * 2) for kind in tk.SMALL_TABLE_BACKWARDS),
         ("row_dots forward", lambda: rk.row_dots(x, down, ids, rk.FORWARD, 0, gates=gates), rows),
         ("row_sum forward", lambda: rk.row_sum(coef, up, ids), rows),
         ("row_dots backward", lambda: rk.row_dots(grad_y, up, ids, rk.BACKWARD, 0, gates=gates, s=s), rows),
@@ -86,9 +84,11 @@ def main():
     total = 0.0
     for name, fn, moved in parts:
         ms = timed(fn, args.repeats, cuda)
-        total += ms
+        if not name.startswith("topk bwd") or name == f"topk bwd {tk.SMALL_TABLE_BACKWARD}":
+            total += ms  # one backward of the top-k: the one the library takes
         print(f"{name:<18} {ms:8.3f} ms  {moved / 1e9:7.3f} GB main traffic  {moved / ms / 1e9:7.2f} TB/s")
-    print(f"{'sum':<18} {total:8.3f} ms per layer call; x 12 layers = {12 * total:.1f} ms per step")
+    print(f"{'sum':<18} {total:8.3f} ms per layer call (top-k backward: {tk.SMALL_TABLE_BACKWARD}); x 12 layers = "
+          f"{12 * total:.1f} ms per step")
 
 
 if __name__ == "__main__":

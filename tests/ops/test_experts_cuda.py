@@ -326,14 +326,15 @@ def _top_scores(q64, k64, k):
     (4133, 4, 48, 32, 8),      # cheems-base's routing (N = 2304)
 ]))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("reduced", [False, True], ids=["atomic_bwd", "reduced_bwd"])
-def test_product_key_triton_cuda(monkeypatch, tokens, H, n, dk, k, dtype, reduced):
+@pytest.mark.parametrize("backward", ["dense", "reduced", "atomic"])
+def test_product_key_triton_cuda(monkeypatch, tokens, H, n, dk, k, dtype, backward):
     """The fused top-k kernel against brute force in float64 on the same (rounded) inputs: a correct top k
-    (each id's exact score equals its score, none left out beats the k-th), and its gradients — with either
-    backward kernel where the sub-keys are few enough for the reduced one (REDUCED_KEYS)."""
+    (each id's exact score equals its score, none left out beats the k-th), and its gradients — with each
+    backward of small tables (SMALL_TABLE_BACKWARD; tables of more than SMALL_TABLE_KEYS sub-keys always take the
+    atomic kernel)."""
     from wonderful_matrices.ops.product_key import topk_kernels
 
-    monkeypatch.setattr(topk_kernels, "REDUCED_BACKWARD_ON_CUDA", reduced)
+    monkeypatch.setattr(topk_kernels, "SMALL_TABLE_BACKWARD", backward)
     gen = torch.Generator().manual_seed(tokens + n)
     query = torch.randn(tokens, H, 2, dk, generator=gen).to(dtype)
     sub_keys = (torch.randn(H, 2, n, dk, generator=gen) / dk ** 0.5).to(dtype)

@@ -56,8 +56,14 @@ CASES = [
 
 
 @interpreted_only
+@pytest.mark.parametrize("backward", ["dense", "reduced", "atomic"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}H{c[1]}n{c[2]}dk{c[3]}k{c[4]}")
-def test_forward_and_gradients_match_brute_force(case):
+def test_forward_and_gradients_match_brute_force(case, backward, monkeypatch):
+    """Every case with each backward of small tables (SMALL_TABLE_BACKWARD; n = 130 always takes the atomic
+    kernel of large tables)."""
+    from wonderful_matrices.ops.product_key import topk_kernels
+
+    monkeypatch.setattr(topk_kernels, "SMALL_TABLE_BACKWARD", backward)
     batch, H, n, dk, k = case
     query, sub_keys = make(batch, H, n, dk)
     q, keys = query.clone().requires_grad_(), sub_keys.clone().requires_grad_()
@@ -105,3 +111,15 @@ def test_triton_rejects_what_it_cannot_run():
     query, sub_keys = make((3,), 1, 40, 4)
     with pytest.raises(ValueError, match="k=33"):
         product_key_topk(query, sub_keys, 33, backend="triton")
+
+
+@interpreted_only
+def test_unknown_small_table_backward_is_rejected(monkeypatch):
+    from wonderful_matrices.ops.product_key import topk_kernels
+
+    monkeypatch.setattr(topk_kernels, "SMALL_TABLE_BACKWARD", "sparse")
+    query, sub_keys = make((3,), 1, 9, 4)
+    q = query.requires_grad_()
+    scores, _ = product_key_topk(q, sub_keys, 2, backend="triton")
+    with pytest.raises(ValueError, match="SMALL_TABLE_BACKWARD"):
+        scores.sum().backward()

@@ -12,15 +12,24 @@ max-and-remove. Only ``scores (T, H, k)`` float32 and ``ids (T, H, k)`` are writ
 another order than brute force: equal values, any of them is a correct top k.
 
 Backward: the score of the ``j``-th pick is ``q_0·K_0[a_j] + q_1·K_1[b_j]``, so
-``grad q_c = Σ_j g_j · K_c[idx_j]`` (a gather of sub-key rows) and ``grad K_c[idx] += g_j · q_c`` (a scatter). One
-program per token block and head does both; the scatter adds float32 atomically into an ``(H, 2, √N, dk)``
-buffer (a few megabytes at most), rounded to the sub-key dtype once at the end. With few sub-keys
-(``√N <= REDUCED_KEYS``, cheems-base's 48) every token's picks land on the same few rows, so one atomic per pick
-and column (``T·H·k·2·dk`` of them, ~5000 on each address at cheems-base) would queue on the same addresses: there
-a program of ``BLOCK_T`` tokens first sums its picks per sub-key as the matrix ``A[n, t] = Σ_j g[t, j]·[idx_j = n]``
-(``(√N, BLOCK_T)``, float32), so ``grad q_c = Aᵀ·K_c`` and the program's share of ``grad K_c = A·q_c`` are two
-float32 products (tf32x3) and the program adds ``√N·dk`` values atomically, ``BLOCK_T·k/√N`` times fewer (11× at
-cheems-base). That reduced kernel is interpreter-tested; CUDA takes it only with ``REDUCED_BACKWARD_ON_CUDA``.
+``grad q_c = Σ_j g_j · K_c[idx_j]`` (a gather of sub-key rows) and ``grad K_c[idx] += g_j · q_c`` (a scatter). For
+larger tables one program per token block and head does both; the scatter adds float32 atomically into an
+``(H, 2, √N, dk)`` buffer, rounded to the sub-key dtype once at the end. With few sub-keys (``√N <=
+SMALL_TABLE_KEYS``, cheems-base's 48) every token's picks land on the same few rows, so one atomic per pick and
+column (``T·H·k·2·dk`` of them, ~5000 on each address at cheems-base) queues on the same addresses. There
+``SMALL_TABLE_BACKWARD`` picks one of:
+
+* ``"dense"`` (default): the picks' weights as a dense float32 matrix ``A[t, h, c, n] = Σ_j g[t, h, j]·[idx_j = n]``
+  (a scatter-add inside each row, no contention), then ``grad q_c = A·K_c`` and ``grad K_c = Aᵀ·q_c`` as two batched
+  float32 products (torch): no atomics, deterministic, ``4·T·H·2·√N`` bytes of memory (50 MB at cheems-base's
+  32K tokens per step) for ``O(T·H·√N·dk)`` multiply-adds on tensor cores.
+* ``"reduced"``: a Triton program of ``BLOCK_T`` tokens sums its picks per sub-key as ``A`` (``(√N, BLOCK_T)``,
+  float32), so ``grad q_c = Aᵀ·K_c`` and the program's share of ``grad K_c = A·q_c`` are two float32 products
+  (tf32x3) and it adds ``√N·dk`` values atomically, ``BLOCK_T·k/√N`` times fewer (11× at cheems-base).
+* ``"atomic"``: the kernel of larger tables.
+
+All three are interpreter-tested; the GPU's choice between them is ``scripts/experts_kernel_times.py``'s (not yet
+measured: "dense" is the default by arithmetic, the atomic kernel measured 6.0 ms per cheems-base step in session 8).
 
 Launch settings are autotuned on the GPU (one small configuration under the interpreter, so tests cross the token
 and sub-key block boundaries). Outputs are NaN-poisoned under the interpreter, so an unwritten element fails tests.
@@ -31,17 +40,16 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common import require
 from ..triton_utils import interpreting, opaque_to_compile, poisoned_empty
 
-# backward: sub-keys per half up to which the picks are summed per token block before the atomics, and the
-# elements of that (sub-keys, tokens) float32 sum a program holds (32 per thread on 4 warps); larger tiles spill
-# on sm_90 (64 sub-keys × 128 tokens, 128 × 32: scripts/experts_compile_report.py)
-REDUCED_KEYS = 64
+# backward: sub-keys per half up to which the table counts as small (the module docstring: SMALL_TABLE_BACKWARD picks
+# its backward), and the elements of the reduced kernel's (sub-keys, tokens) float32 sum per program (32 per thread
+# on 4 warps); larger tiles spill on sm_90 (64 sub-keys × 128 tokens, 128 × 32: scripts/experts_compile_report.py)
+SMALL_TABLE_KEYS = 64
+SMALL_TABLE_BACKWARDS = ("dense", "reduced", "atomic")
+SMALL_TABLE_BACKWARD = "dense"
 REDUCED_TILE = 4096
-# The reduced backward runs under the interpreter (the CPU tests) and on CUDA once its CUDA parity test
-# (tests/ops/test_experts_cuda.py -k product_key_triton_cuda, which turns this on) has passed on a GPU and its time
-# (scripts/experts_kernel_times.py) beats the atomic kernel's; until then CUDA takes the atomic kernel.
-REDUCED_BACKWARD_ON_CUDA = False
 
 
 def _forward_configs():
@@ -236,10 +244,15 @@ def topk_backward(query: torch.Tensor, sub_keys: torch.Tensor, ids: torch.Tensor
     T, H, _, dk = query.shape
     n = sub_keys.shape[2]
     k = ids.shape[-1]
+    small = _pad(n, 16) <= SMALL_TABLE_KEYS
+    require(SMALL_TABLE_BACKWARD in SMALL_TABLE_BACKWARDS, "SMALL_TABLE_BACKWARD", SMALL_TABLE_BACKWARD,
+            f"one of {SMALL_TABLE_BACKWARDS}")
+    if small and SMALL_TABLE_BACKWARD == "dense":
+        return _dense_backward(query, sub_keys, ids, grad_scores)
     grad_query = poisoned_empty(*query.shape, dtype=query.dtype, device=query.device)
     grad_keys = torch.zeros(sub_keys.shape, dtype=torch.float32, device=query.device)
     warps = 1 if interpreting() else 4
-    if T and _pad(n, 16) <= REDUCED_KEYS and (REDUCED_BACKWARD_ON_CUDA or interpreting()):
+    if T and small and SMALL_TABLE_BACKWARD == "reduced":
         n_pad, dk_pad = _pad(n, 16), _pad(dk, 16)
         block_t = 16 if interpreting() else max(16, min(64, REDUCED_TILE // n_pad))
         _topk_backward_reduced_kernel[(triton.cdiv(T, block_t), H)](
@@ -252,6 +265,20 @@ def topk_backward(query: torch.Tensor, sub_keys: torch.Tensor, ids: torch.Tensor
             query, sub_keys, ids, grad_scores, grad_query, grad_keys, T, H, n, dk,
             K=k, K_PAD=k_pad, DK_PAD=dk_pad, BLOCK_T=block_t, num_warps=warps)
     return grad_query, grad_keys.to(sub_keys.dtype)
+
+
+def _dense_backward(query: torch.Tensor, sub_keys: torch.Tensor, ids: torch.Tensor,
+                    grad_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`topk_backward` for a small table without atomics across tokens: the picks' weights as a dense
+    float32 ``(T, H, 2, n)`` matrix, then one batched product for each gradient (module docstring, "dense")."""
+    T, H, _, _ = query.shape
+    n = sub_keys.shape[2]
+    picks = torch.stack((ids // n, ids % n), dim=2)  # (T, H, 2, k): the sub-key of each half
+    weights = torch.zeros(T, H, 2, n, dtype=torch.float32, device=query.device)
+    weights.scatter_add_(3, picks, grad_scores.float()[:, :, None, :].expand(picks.shape))
+    grad_query = torch.einsum("thcn,hcnd->thcd", weights, sub_keys.float())
+    grad_keys = torch.einsum("thcn,thcd->hcnd", weights, query.float())
+    return grad_query.to(query.dtype), grad_keys.to(sub_keys.dtype)
 
 
 class ProductKeyTopK(torch.autograd.Function):
