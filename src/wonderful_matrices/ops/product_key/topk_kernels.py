@@ -22,7 +22,8 @@ column (``T·H·k·2·dk`` of them, ~5000 on each address at cheems-base) queues
 * ``"dense"`` (default): the picks' weights as a dense float32 matrix ``A[t, h, c, n] = Σ_j g[t, h, j]·[idx_j = n]``
   (a scatter-add inside each row, no contention), then ``grad q_c = A·K_c`` and ``grad K_c = Aᵀ·q_c`` as two batched
   float32 products (torch): no atomics, deterministic, ``4·T·H·2·√N`` bytes of memory (50 MB at cheems-base's
-  32K tokens per step) for ``O(T·H·√N·dk)`` multiply-adds on tensor cores.
+  32K tokens per step; in passes over the tokens of at most ``DENSE_BACKWARD_ELEMENTS``) for ``O(T·H·√N·dk)``
+  multiply-adds.
 * ``"reduced"``: a Triton program of ``BLOCK_T`` tokens sums its picks per sub-key as ``A`` (``(√N, BLOCK_T)``,
   float32), so ``grad q_c = Aᵀ·K_c`` and the program's share of ``grad K_c = A·q_c`` are two float32 products
   (tf32x3) and it adds ``√N·dk`` values atomically, ``BLOCK_T·k/√N`` times fewer (11× at cheems-base).
@@ -49,6 +50,7 @@ from ..triton_utils import interpreting, opaque_to_compile, poisoned_empty
 SMALL_TABLE_KEYS = 64
 SMALL_TABLE_BACKWARDS = ("dense", "reduced", "atomic")
 SMALL_TABLE_BACKWARD = "dense"
+DENSE_BACKWARD_ELEMENTS = 1 << 25  # float32 elements of the dense backward's weights per pass (128 MB)
 REDUCED_TILE = 4096
 
 
@@ -273,12 +275,18 @@ def _dense_backward(query: torch.Tensor, sub_keys: torch.Tensor, ids: torch.Tens
     float32 ``(T, H, 2, n)`` matrix, then one batched product for each gradient (module docstring, "dense")."""
     T, H, _, _ = query.shape
     n = sub_keys.shape[2]
-    picks = torch.stack((ids // n, ids % n), dim=2)  # (T, H, 2, k): the sub-key of each half
-    weights = torch.zeros(T, H, 2, n, dtype=torch.float32, device=query.device)
-    weights.scatter_add_(3, picks, grad_scores.float()[:, :, None, :].expand(picks.shape))
-    grad_query = torch.einsum("thcn,hcnd->thcd", weights, sub_keys.float())
-    grad_keys = torch.einsum("thcn,thcd->hcnd", weights, query.float())
-    return grad_query.to(query.dtype), grad_keys.to(sub_keys.dtype)
+    keys = sub_keys.float()
+    grad_query = torch.empty_like(query)
+    grad_keys = torch.zeros(keys.shape, dtype=torch.float32, device=query.device)
+    chunk = max(1, DENSE_BACKWARD_ELEMENTS // (H * 2 * n))  # tokens per pass: the weights stay <= 128 MB
+    for t0 in range(0, T, chunk):
+        t1 = min(T, t0 + chunk)
+        picks = torch.stack((ids[t0:t1] // n, ids[t0:t1] % n), dim=2)  # (t, H, 2, k): each half's sub-key
+        weights = torch.zeros(t1 - t0, H, 2, n, dtype=torch.float32, device=query.device)
+        weights.scatter_add_(3, picks, grad_scores[t0:t1].float()[:, :, None, :].expand(picks.shape))
+        grad_query[t0:t1] = torch.einsum("thcn,hcnd->thcd", weights, keys)
+        grad_keys += torch.einsum("thcn,thcd->hcnd", weights, query[t0:t1].float())
+    return grad_query, grad_keys.to(sub_keys.dtype)
 
 
 class ProductKeyTopK(torch.autograd.Function):
