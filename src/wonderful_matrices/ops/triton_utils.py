@@ -18,8 +18,9 @@ def interpreting() -> bool:
 def poisoned_empty(*shape: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """A fresh ``shape`` buffer for a kernel to write; under the interpreter (tests) filled with NaN (-1 for an
     integer dtype), so that an element the kernel fails to write cannot pass a comparison with the oracle.
-    Uninitialised on a GPU."""
-    if interpreting():
+    Uninitialised on a GPU (a CUDA ``device`` skips the environment lookup: an eager decoding step allocates ~60
+    kernel outputs)."""
+    if getattr(device, "type", None) != "cuda" and interpreting():
         return torch.full(shape, float("nan") if dtype.is_floating_point else -1, dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
 
@@ -27,7 +28,7 @@ def poisoned_empty(*shape: int, dtype: torch.dtype = torch.float32, device=None)
 def poisoned_empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """:func:`poisoned_empty` of ``t``'s shape on its device, contiguous, in ``dtype`` (default ``t``'s): the
     cheapest allocation on the host (``empty_like`` skips building a shape and parsing a device)."""
-    if interpreting():
+    if not t.is_cuda and interpreting():
         dtype = t.dtype if dtype is None else dtype
         return torch.full_like(t, float("nan") if dtype.is_floating_point else -1, dtype=dtype,
                                memory_format=torch.contiguous_format)
