@@ -64,6 +64,8 @@ def test_forward_and_gradients_match_brute_force(case, backward, monkeypatch):
     from wonderful_matrices.ops.product_key import topk_kernels
 
     batch, H, n, dk, k = case
+    if backward != "atomic" and topk_kernels._pad(n, 16) > topk_kernels.SMALL_TABLE_KEYS:
+        pytest.skip("a large table always takes the atomic backward (its 'atomic' case runs it)")
     monkeypatch.setattr(topk_kernels, "SMALL_TABLE_BACKWARD", backward.removesuffix("-chunked"))
     if backward == "dense-chunked":
         monkeypatch.setattr(topk_kernels, "DENSE_BACKWARD_ELEMENTS", 5 * H * 2 * n)
