@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from ..common import require
-from ..triton_utils import dot_block, interpreting, opaque_to_compile
+from ..triton_utils import dot_block, interpreting, opaque_to_compile, poisoned_empty, poisoned_empty_like
 from .selection import LIVE_TILE, head_counts, live_keys
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -349,8 +349,8 @@ def windowed_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: 
     b, lq, hq, d = q.shape
     lk, hkv = k.shape[1], k.shape[2]
     nb, width, n_tiles = keys.shape[1], keys.shape[2], ends.shape[2]
-    out = torch.full_like(q, float("nan"))
-    lse = torch.full((b * hq, lq), float("nan"), device=q.device, dtype=torch.float32)
+    out = poisoned_empty_like(q)  # (the kernel writes with out's own strides)
+    lse = poisoned_empty(b * hq, lq, device=q.device)
     grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)  # noqa: E731
     _fwd_kernel[grid](q, k, v, bias32, keys, ends, heads, drop, out, lse,
                       q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -385,7 +385,7 @@ def windowed_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32:
     common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
               bias32.stride(0), bias32.stride(1), bias32.stride(2), dout.stride(0), dout.stride(1),
               dout.stride(2), lq, lk, hq, hkv, nb, width, n_tiles, scale)
-    dq = torch.full_like(q, float("nan"))
+    dq = poisoned_empty_like(q, memory_format=torch.preserve_format)  # the kernel writes dq with q's strides
     _dq_kernel[lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)](
         q, k, v, bias32, keys, ends, heads, drop, dout, lse, delta, dq, *common, **meta)
     dk = torch.zeros(b, lk, hkv, d, device=q.device, dtype=torch.float32)
