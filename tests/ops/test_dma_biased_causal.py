@@ -52,6 +52,23 @@ def test_block_mask_lists_every_visible_pair_and_full_tiles_are_full(lq, lk, len
         assert torch.equal(full, all_pairs)
 
 
+def test_causal_block_masks_are_built_once_per_shape_and_the_oldest_dropped(monkeypatch):
+    monkeypatch.setattr(biased_causal, "_causal_masks", type(biased_causal._causal_masks)())
+    monkeypatch.setattr(biased_causal, "CAUSAL_MASKS_KEPT", 2)
+    cpu = torch.device("cpu")
+    first = biased_causal.causal_block_mask(300, 300, cpu)
+    built = biased_causal.block_mask_for(1, 300, 300, None, cpu)
+    for a, b in ((first.kv_num_blocks, built.kv_num_blocks), (first.kv_indices, built.kv_indices),
+                 (first.full_kv_num_blocks, built.full_kv_num_blocks), (first.full_kv_indices, built.full_kv_indices)):
+        assert torch.equal(a, b)
+    assert biased_causal.causal_block_mask(300, 300, cpu) is first
+    other = biased_causal.causal_block_mask(130, 400, cpu)
+    assert biased_causal.causal_block_mask(300, 300, cpu) is first  # used last: (130, 400) is now the oldest
+    biased_causal.causal_block_mask(128, 128, cpu)
+    assert list(biased_causal._causal_masks) == [(300, 300, cpu), (128, 128, cpu)]
+    assert biased_causal.causal_block_mask(130, 400, cpu) is not other
+
+
 # FlexAttention has no backward on the CPU: forward here, gradients on the GPU (test_dma_cuda.py).
 @pytest.mark.parametrize("lq,lk,hq,hkv,d", [(150, 150, 4, 2, 16), (70, 200, 2, 2, 32), (1, 9, 2, 1, 16)])
 def test_eager_forward_matches_oracle(lq, lk, hq, hkv, d):

@@ -12,6 +12,8 @@ whose visible keys are all padding outputs zeros, as everywhere in this op.
 """
 from __future__ import annotations
 
+import collections
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
@@ -83,6 +85,28 @@ def block_mask_for(b: int, lq: int, lk: int, seq_idx: torch.Tensor | None, devic
                                     mask_mod=mask_mod, seq_lengths=(lq, lk))
 
 
+# Block masks of rows without documents depend only on (lq, lk, device): kept for the CAUSAL_MASKS_KEPT most recently
+# used, so a model's layers and steps build each once (~20 small ops and launches a call otherwise)
+CAUSAL_MASKS_KEPT = 8
+_causal_masks: collections.OrderedDict = collections.OrderedDict()
+
+
+def causal_block_mask(lq: int, lk: int, device: torch.device) -> BlockMask:
+    """:func:`block_mask_for` without documents, built once per ``(lq, lk, device)`` (the last
+    :data:`CAUSAL_MASKS_KEPT` kept; built anew, not kept, while ``torch.compile`` traces)."""
+    if torch.compiler.is_compiling():
+        return block_mask_for(1, lq, lk, None, device)
+    key = (lq, lk, device)
+    mask = _causal_masks.get(key)
+    if mask is None:
+        mask = _causal_masks[key] = block_mask_for(1, lq, lk, None, device)
+        while len(_causal_masks) > CAUSAL_MASKS_KEPT:
+            _causal_masks.popitem(last=False)
+    else:
+        _causal_masks.move_to_end(key)
+    return mask
+
+
 def _attend(q, k, v, bias_rows, block_mask, scale, kernel_options=None):
     group = q.shape[1] // k.shape[1]
 
@@ -127,7 +151,8 @@ def dynamic_mask_attention_biased_causal(q: torch.Tensor, k: torch.Tensor, v: to
     extra = -(-lk // TILE) * TILE - lk
     rows = F.pad(rows, (0, extra), value=MASKED_BIAS).contiguous()
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    block_mask = block_mask_for(b, lq, lk, seq_idx, q.device)
+    block_mask = causal_block_mask(lq, lk, q.device) if seq_idx is None else block_mask_for(b, lq, lk, seq_idx,
+                                                                                              q.device)
     attend = _compiled_attend if compiled and _compiled_attend is not None else _attend
     out = attend(qt, kt, vt, rows, block_mask, scale, KERNEL_OPTIONS)
     out = out[:, :, :lq].transpose(1, 2)
