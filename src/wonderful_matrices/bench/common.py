@@ -76,20 +76,26 @@ def device_kernel_times(fn: Callable[[], object], device: torch.device | str, re
     device = torch.device(device)
     if device.type != "cuda":
         return None
-    from torch.profiler import ProfilerActivity, profile
-
     with trusted_values():
         fn()
-        synchronize(device)
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(reps):
-                fn()
-            synchronize(device)
+        events = device_events(fn, device, reps)
     totals: dict[str, float] = {}
-    for event in prof.events():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            totals[event.name] = totals.get(event.name, 0.0) + event.self_device_time_total / 1e3 / reps
+    for event in events:
+        totals[event.name] = totals.get(event.name, 0.0) + event.self_device_time_total / 1e3 / reps
     return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+def device_events(fn: Callable[[], object], device: torch.device, reps: int = 1) -> list:
+    """The torch.profiler events that ``reps`` calls of ``fn()`` run on the CUDA ``device`` (kernels, copies,
+    sets), the queue drained before and after."""
+    from torch.profiler import ProfilerActivity, profile
+
+    synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        synchronize(device)
+    return [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
 
 
 def device_time_ms(fn: Callable[[], object], device: torch.device | str, reps: int = 5) -> float | None:

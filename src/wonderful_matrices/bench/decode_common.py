@@ -13,7 +13,7 @@ import torch
 from ..layers.attention import static_state
 from ..models.cache import ATTENTION_LIKE
 from ..ops.dma import cache_state
-from .common import time_callable
+from .common import device_events, time_callable
 
 
 def analytic_cache_bytes(config, context: int, dtype_bytes: int, batch: int = 1) -> int:
@@ -73,13 +73,7 @@ def step_launches(step, device: torch.device) -> tuple[int, str]:
     not views, ``(count, "aten ops")`` — the kernel count of the same step on a GPU, up to the fused paths that
     only CUDA takes."""
     if device.type == "cuda":
-        from torch.profiler import ProfilerActivity, profile
-
-        torch.cuda.synchronize(device)
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            step()
-            torch.cuda.synchronize(device)
-        return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA), "cuda kernels"
+        return len(device_events(step, device)), "cuda kernels"
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Count(TorchDispatchMode):

@@ -21,9 +21,9 @@
 
 Every training row carries ``kept_fraction``: the kept (query, key) pairs over dense causal attention's. Rows of
 (a) and (p) carry wall times (``fwd_ms``, ``fwd_bwd_ms``: what one call costs its caller, host work included) and
-GPU busy times (``fwd_gpu_ms``, ``fwd_bwd_gpu_ms``: the kernels alone, ``common.device_time_ms``); where the host is
-slower than the GPU (one layer's call at batch 1 on a slow CPU) the two differ, and the GPU times are what a
-model's step pays while its host keeps ahead.
+GPU busy times (``fwd_gpu_ms``, ``fwd_bwd_gpu_ms``: the kernels alone, ``common.device_kernel_times``); where the
+host is slower than the GPU (one layer's call at batch 1 on a slow CPU) the two differ, and the GPU times are what
+a model's step pays while its host keeps ahead.
 
 GPU: T = 4K, 16K, 64K, 128K, batch 1, 16 heads × 128, bf16, window 2048 (the torch windowed path up to 32K);
 packed: 16 documents in 16K; decode at 64K context, batch 1…8.
@@ -49,7 +49,7 @@ from ..ops.common import triton_usable
 from ..ops.dma import DecodeStep, cache_state
 from ..ops.dma.biased_sdpa import dynamic_mask_attention_biased_sdpa
 from ..ops.dma.selection import default_block, live_keys_torch, select_blocks
-from .common import device_kernel_times, device_time_ms, peak_memory_bytes, synchronize, time_callable, write_results
+from .common import device_kernel_times, peak_memory_bytes, synchronize, time_callable, write_results
 
 FULL = dict(lengths=[4096, 16384, 65536, 131072], heads=16, head_dim=128, window=2048, dtype=torch.bfloat16,
             context=65536, batches=[1, 2, 4, 8], warmup=3, reps=10, packed_length=16384, documents=16,
@@ -107,8 +107,10 @@ def _flex_causal(device, T, heads):
         return None
 
 
-def _passes(fn, inputs):
-    """The two timed calls of ``fn(*inputs)``: the forward without autograd, and forward+backward."""
+def _measure(fn, inputs, device, warmup, reps):
+    """Of ``fn(*inputs)``: forward time (without autograd), forward+backward time (ms), their GPU busy times and
+    peak memory of forward+backward -> ``(row fields, {"fwd": kernel times, "fwd_bwd": kernel times})`` (kernel
+    times: ``bench.common.device_kernel_times``, None off CUDA), or ``({"error": ...}, {})``."""
     def fwd():
         with torch.no_grad():
             fn(*inputs)
@@ -119,39 +121,33 @@ def _passes(fn, inputs):
         for t in inputs:
             t.grad = None
 
-    return fwd, fwd_bwd
+    try:
+        fields = dict(fwd_ms=time_callable(fwd, device, warmup, reps),
+                      fwd_bwd_ms=time_callable(fwd_bwd, device, warmup, reps))
+        kernels = {"fwd": device_kernel_times(fwd, device), "fwd_bwd": device_kernel_times(fwd_bwd, device)}
+        for name, times in kernels.items():
+            fields[f"{name}_gpu_ms"] = None if times is None else sum(times.values())
+        memory = peak_memory_bytes(fwd_bwd, device)
+        return dict(fields, peak_mem_mb=None if memory is None else memory / 2**20), kernels
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return dict(error="out of memory"), {}
+    except Exception as exc:  # noqa: BLE001 - e.g. FlexAttention failing to compile: record it, keep going
+        return dict(error=f"{type(exc).__name__}: {str(exc)[:120]}"), {}
 
 
-def _kernel_rows(T, impl, fn, inputs, device, top=KERNEL_ROWS):
-    """Rows of part "kernels": the ``top`` kernels of ``impl``'s forward and of its forward+backward by GPU time
-    per call (``bench.common.device_kernel_times``), the rest summed as one row; none off CUDA."""
+def _kernel_rows(T, impl, kernels: dict, top=KERNEL_ROWS):
+    """Rows of part "kernels": of each pass in ``kernels`` (:func:`_measure`'s), the ``top`` kernels by GPU time
+    per call, the rest summed as one row; none off CUDA."""
     rows = []
-    for name, call in zip(("fwd", "fwd_bwd"), _passes(fn, inputs)):
-        times = device_kernel_times(call, device)
-        if not times:
-            continue
-        names = list(times)
+    for name, times in kernels.items():
+        names = list(times or ())
         for kernel in names[:top]:
             rows.append(dict(T=T, impl=impl, **{"pass": name}, kernel=kernel[:90], kernel_ms=times[kernel]))
         if len(names) > top:
             rows.append(dict(T=T, impl=impl, **{"pass": name}, kernel=f"({len(names) - top} other kernels)",
                              kernel_ms=sum(times[k] for k in names[top:])))
     return rows
-
-
-def _measure(fn, inputs, device, warmup, reps):
-    """Forward time, forward+backward time (ms) and peak memory of forward+backward, or an error string."""
-    fwd, fwd_bwd = _passes(fn, inputs)
-    try:
-        return dict(fwd_ms=time_callable(fwd, device, warmup, reps),
-                    fwd_bwd_ms=time_callable(fwd_bwd, device, warmup, reps),
-                    fwd_gpu_ms=device_time_ms(fwd, device), fwd_bwd_gpu_ms=device_time_ms(fwd_bwd, device),
-                    peak_mem_mb=(lambda m: None if m is None else m / 2**20)(peak_memory_bytes(fwd_bwd, device)))
-    except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        return dict(error="out of memory")
-    except Exception as exc:  # noqa: BLE001 - e.g. FlexAttention failing to compile: record it, keep going
-        return dict(error=f"{type(exc).__name__}: {str(exc)[:120]}")
 
 
 def _time_or_error(fn, device, cfg):
@@ -220,14 +216,15 @@ def _training_rows(cfg, device):
             impls.append(("flex causal", flex, (qt, kt, vt)))
         base = None
         for name, fn, inputs in impls:
+            fields, times = _measure(fn, inputs, device, cfg["warmup"], cfg["reps"])
             row = dict(T=T, impl=name, kept_fraction=kept_fraction(T, w if name.startswith("dma window") else None),
-                       **_measure(fn, inputs, device, cfg["warmup"], cfg["reps"]))
+                       **fields)
             if name.startswith("sdpa"):
                 base = row.get("fwd_bwd_ms")
             rows.append(row)
             print(row, flush=True)
-            if cfg.get("kernels") and "error" not in row:
-                kernels += _kernel_rows(T, name, fn, inputs, device)
+            if cfg.get("kernels"):
+                kernels += _kernel_rows(T, name, times)
         for row in rows:
             if row["T"] == T and base and row.get("fwd_bwd_ms"):
                 row["sdpa_time / time"] = base / row["fwd_bwd_ms"]
@@ -254,11 +251,10 @@ def _packed_rows(cfg, device):
         pair = []
         for packed in (False, True):
             s = seq_idx if packed else None
+            fields, _ = _measure(lambda q, k, v, b, s=s, window=window: dynamic_mask_attention(
+                q, k, v, b, keep_window=window, seq_idx=s), (q, k, v, bias), device, cfg["warmup"], cfg["reps"])
             row = dict(T=T, impl=f"{label}, {cfg['documents']} documents packed" if packed else f"{label}, one row",
-                       kept_fraction=kept_fraction(T, window),
-                       **_measure(lambda q, k, v, b, s=s, window=window: dynamic_mask_attention(
-                           q, k, v, b, keep_window=window, seq_idx=s), (q, k, v, bias), device, cfg["warmup"],
-                           cfg["reps"]))
+                       kept_fraction=kept_fraction(T, window), **fields)
             pair.append(row)
             print(row, flush=True)
         for time, column in (("fwd_bwd_ms", "packed / unpacked"), ("fwd_gpu_ms", "packed / unpacked, gpu fwd"),

@@ -150,5 +150,4 @@ def _check_decode_args(x, gate_w, up_w, down_w, query_w, keys, down_table, up_ta
     require(triton_usable(x.device), "x.device", x.device, "a CUDA device (or TRITON_INTERPRET=1) with triton")
 
 
-__all__ = ["decode_args_valid", "decode_step", "decode_step_usable", "launch_decode_step", "MAX_DECODE_TOKENS",
-           "MAX_DECODE_TOP_K"]
+__all__ = ["decode_step", "decode_step_usable", "MAX_DECODE_TOKENS", "MAX_DECODE_TOP_K"]

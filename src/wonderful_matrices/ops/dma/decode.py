@@ -220,7 +220,7 @@ def decode_step(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: t
     buf_strides = (key_buf.stride(0), key_buf.stride(1), key_buf.stride(2), value_buf.stride(0),
                    value_buf.stride(1), value_buf.stride(2), bias_buf.stride(0), bias_buf.stride(1),
                    bias_buf.stride(2), position_buf.stride(0), position_buf.stride(1), position_buf.stride(2))
-    _attend_kernel.run(  # (kernel[grid] would build a closure per launch: host time of a decoding step)
+    _attend_kernel.run(  # (decoding path: launch convention of ops/triton_utils.py)
         q, key, value, bias, position, key_buf, value_buf, bias_buf, position_buf, acc, m, l, drop,
         q.stride(0), q.stride(2), *new_strides, *buf_strides, n, hkv, group, tile, limit, scale,
         grid=(rows, splits), warmup=False, EVICT=evict, BLOCK_G=dot_block(group), BLOCK_N=block_n,

@@ -87,7 +87,7 @@ def step_inputs(q: torch.Tensor, k: torch.Tensor, dt: torch.Tensor, position: to
     k_out = poisoned_empty(b, 1, hkv, d, dtype=q.dtype, device=q.device)
     bias = poisoned_empty(b, 1, hkv, dtype=torch.float32, device=q.device)
     pos = poisoned_empty(b, 1, hkv, dtype=torch.int64, device=q.device)
-    _step_inputs_kernel.run(  # (kernel[grid] would build a closure per launch: host time of a decoding step)
+    _step_inputs_kernel.run(  # (decoding path: launch convention of ops/triton_utils.py)
         q, k, dt, position, inv_freq, a, q_out, k_out, bias, pos, q.stride(0), q.stride(1), k.stride(0),
         k.stride(1), dt.stride(0), position.stride(0), hq, hkv, grid=(b, hq + hkv), warmup=False,
         HALF=half, BLOCK=max(2, pow2_at_least(half)), GATE=MASK_FORMS[mask_form] == 1, num_warps=1)

@@ -185,7 +185,7 @@ def _launch_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: tor
     m = x.numel() // d if d else 0
     block_m, block_d, num_warps = _blocks(d)
     if m:
-        _rms_norm_fwd_kernel.run(  # (kernel[grid] would build a closure per launch: host time of a decoding step)
+        _rms_norm_fwd_kernel.run(  # (decoding path: launch convention of ops/triton_utils.py)
             x, x if residual is None else residual, weight, s, y, y if rstd is None else rstd, m, d, eps,
             grid=(cdiv(m, block_m),), warmup=False, HAS_RESIDUAL=residual is not None, STORE_RSTD=rstd is not None,
             BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
@@ -287,7 +287,7 @@ def _launch_gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Te
     block_m, block_d, num_warps = _blocks(dg)
     block_m = max(block_m, groups)
     if rows:
-        _gated_rms_norm_fwd_kernel.run(  # (kernel[grid] would build a closure per launch)
+        _gated_rms_norm_fwd_kernel.run(
             x, gate, weight, y, y if rstd is None else rstd, rows, dg, groups, eps, x_stride, gate_stride,
             grid=(cdiv(rows, block_m),), warmup=False, STORE_RSTD=rstd is not None, BLOCK_M=block_m,
             BLOCK_D=block_d, num_warps=num_warps)

@@ -146,7 +146,7 @@ def decode_step(proj: torch.Tensor, state: torch.Tensor, dt_bias: torch.Tensor, 
     grid, rows, offsets, half, block_h = _launch_plan(b, h, p, g, n, code)
     y = poisoned_empty(b, h * p, dtype=proj.dtype, device=proj.device)
     dummy = state  # a pointer for the arguments a rope mode does not read
-    _decode_step_kernel.run(  # (kernel[grid] would build a closure per launch: host time of a decoding step)
+    _decode_step_kernel.run(  # (decoding path: launch convention of ops/triton_utils.py)
         proj, state, y, dt_bias, A_log, D if D is not None else dummy,
         position if position is not None else dummy, inv_freq if inv_freq is not None else dummy,
         rate if rate is not None else dummy, angle if angle is not None else dummy,
