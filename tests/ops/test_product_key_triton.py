@@ -56,19 +56,17 @@ CASES = [
 
 
 @interpreted_only
-@pytest.mark.parametrize("backward", ["dense", "dense-chunked", "reduced", "atomic"])
+@pytest.mark.parametrize("backward", ["reduced", "atomic"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}H{c[1]}n{c[2]}dk{c[3]}k{c[4]}")
 def test_forward_and_gradients_match_brute_force(case, backward, monkeypatch):
     """Every case with each backward of small tables (SMALL_TABLE_BACKWARD; n = 130 always takes the atomic
-    kernel of large tables); "dense-chunked": the dense backward in passes of 5 tokens."""
+    kernel of large tables)."""
     from wonderful_matrices.ops.product_key import topk_kernels
 
     batch, H, n, dk, k = case
     if backward != "atomic" and topk_kernels._pad(n, 16) > topk_kernels.SMALL_TABLE_KEYS:
         pytest.skip("a large table always takes the atomic backward (its 'atomic' case runs it)")
-    monkeypatch.setattr(topk_kernels, "SMALL_TABLE_BACKWARD", backward.removesuffix("-chunked"))
-    if backward == "dense-chunked":
-        monkeypatch.setattr(topk_kernels, "DENSE_BACKWARD_ELEMENTS", 5 * H * 2 * n)
+    monkeypatch.setattr(topk_kernels, "SMALL_TABLE_BACKWARD", backward)
     query, sub_keys = make(batch, H, n, dk)
     q, keys = query.clone().requires_grad_(), sub_keys.clone().requires_grad_()
     scores, ids = product_key_topk(q, keys, k, backend="triton")

@@ -19,18 +19,16 @@ SMALL_TABLE_KEYS``, cheems-base's 48) every token's picks land on the same few r
 column (``T·H·k·2·dk`` of them, ~5000 on each address at cheems-base) queues on the same addresses. There
 ``SMALL_TABLE_BACKWARD`` picks one of:
 
-* ``"dense"`` (default): the picks' weights as a dense float32 matrix ``A[t, h, c, n] = Σ_j g[t, h, j]·[idx_j = n]``
-  (a scatter-add inside each row, no contention), then ``grad q_c = A·K_c`` and ``grad K_c = Aᵀ·q_c`` as two batched
-  float32 products (torch): no atomics, deterministic, ``4·T·H·2·√N`` bytes of memory (50 MB at cheems-base's
-  32K tokens per step; in passes over the tokens of at most ``DENSE_BACKWARD_ELEMENTS``) for ``O(T·H·√N·dk)``
-  multiply-adds.
-* ``"reduced"``: a Triton program of ``BLOCK_T`` tokens sums its picks per sub-key as ``A`` (``(√N, BLOCK_T)``,
-  float32), so ``grad q_c = Aᵀ·K_c`` and the program's share of ``grad K_c = A·q_c`` are two float32 products
+* ``"reduced"`` (default): a Triton program of ``BLOCK_T`` tokens sums its picks per sub-key as ``A``
+  (``(√N, BLOCK_T)``, float32), so ``grad q_c = Aᵀ·K_c`` and the program's share of ``grad K_c = A·q_c`` are two float32 products
   (tf32x3) and it adds ``√N·dk`` values atomically, ``BLOCK_T·k/√N`` times fewer (11× at cheems-base).
 * ``"atomic"``: the kernel of larger tables.
 
-All three are interpreter-tested; the GPU's choice between them is ``scripts/experts_kernel_times.py``'s (not yet
-measured: "dense" is the default by arithmetic, the atomic kernel measured 6.0 ms per cheems-base step in session 8).
+Both are interpreter-tested and in the CUDA parity test. On an H100 at cheems-base's layer (32768 tokens, 4 heads
+× top-8, √N = 48, dk = 32; ``scripts/experts_kernel_times.py``, docs/results.md "Session 11") one backward takes
+0.25 ms reduced and 0.60 ms atomic. Building ``A`` for all tokens as a dense float32 ``(T, H, 2, √N)`` tensor and
+taking the two products with torch instead is slower, 1.56 ms: cuBLAS runs float32 products this thin on plain FMA
+units (14.5 ms of a 117 ms compiled cheems-base training step for the 12 layers).
 
 Launch settings are autotuned on the GPU (one small configuration under the interpreter, so tests cross the token
 and sub-key block boundaries). Outputs are NaN-poisoned under the interpreter, so an unwritten element fails tests.
@@ -48,9 +46,8 @@ from ..triton_utils import interpreting, opaque_to_compile, poisoned_empty
 # its backward), and the elements of the reduced kernel's (sub-keys, tokens) float32 sum per program (32 per thread
 # on 4 warps); larger tiles spill on sm_90 (64 sub-keys × 128 tokens, 128 × 32: scripts/experts_compile_report.py)
 SMALL_TABLE_KEYS = 64
-SMALL_TABLE_BACKWARDS = ("dense", "reduced", "atomic")
-SMALL_TABLE_BACKWARD = "dense"
-DENSE_BACKWARD_ELEMENTS = 1 << 25  # float32 elements of the dense backward's weights per pass (128 MB)
+SMALL_TABLE_BACKWARDS = ("reduced", "atomic")
+SMALL_TABLE_BACKWARD = "reduced"
 REDUCED_TILE = 4096
 
 
@@ -249,8 +246,6 @@ def topk_backward(query: torch.Tensor, sub_keys: torch.Tensor, ids: torch.Tensor
     small = _pad(n, 16) <= SMALL_TABLE_KEYS
     require(SMALL_TABLE_BACKWARD in SMALL_TABLE_BACKWARDS, "SMALL_TABLE_BACKWARD", SMALL_TABLE_BACKWARD,
             f"one of {SMALL_TABLE_BACKWARDS}")
-    if small and SMALL_TABLE_BACKWARD == "dense":
-        return _dense_backward(query, sub_keys, ids, grad_scores)
     grad_query = poisoned_empty(*query.shape, dtype=query.dtype, device=query.device)
     grad_keys = torch.zeros(sub_keys.shape, dtype=torch.float32, device=query.device)
     warps = 1 if interpreting() else 4
@@ -266,26 +261,6 @@ def topk_backward(query: torch.Tensor, sub_keys: torch.Tensor, ids: torch.Tensor
         _topk_backward_kernel[(triton.cdiv(T, block_t), H)](
             query, sub_keys, ids, grad_scores, grad_query, grad_keys, T, H, n, dk,
             K=k, K_PAD=k_pad, DK_PAD=dk_pad, BLOCK_T=block_t, num_warps=warps)
-    return grad_query, grad_keys.to(sub_keys.dtype)
-
-
-def _dense_backward(query: torch.Tensor, sub_keys: torch.Tensor, ids: torch.Tensor,
-                    grad_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`topk_backward` for a small table without atomics across tokens: the picks' weights as a dense
-    float32 ``(T, H, 2, n)`` matrix, then one batched product for each gradient (module docstring, "dense")."""
-    T, H, _, _ = query.shape
-    n = sub_keys.shape[2]
-    keys = sub_keys.float()
-    grad_query = torch.empty_like(query)
-    grad_keys = torch.zeros(keys.shape, dtype=torch.float32, device=query.device)
-    chunk = max(1, DENSE_BACKWARD_ELEMENTS // (H * 2 * n))  # tokens per pass: the weights stay <= 128 MB
-    for t0 in range(0, T, chunk):
-        t1 = min(T, t0 + chunk)
-        picks = torch.stack((ids[t0:t1] // n, ids[t0:t1] % n), dim=2)  # (t, H, 2, k): each half's sub-key
-        weights = torch.zeros(t1 - t0, H, 2, n, dtype=torch.float32, device=query.device)
-        weights.scatter_add_(3, picks, grad_scores[t0:t1].float()[:, :, None, :].expand(picks.shape))
-        grad_query[t0:t1] = torch.einsum("thcn,hcnd->thcd", weights, keys)
-        grad_keys += torch.einsum("thcn,thcd->hcnd", weights, query[t0:t1].float())
     return grad_query, grad_keys.to(sub_keys.dtype)
 
 
