@@ -20,8 +20,8 @@ column (``T·H·k·2·dk`` of them, ~5000 on each address at cheems-base) queues
 ``SMALL_TABLE_BACKWARD`` picks one of:
 
 * ``"reduced"`` (default): a Triton program of ``BLOCK_T`` tokens sums its picks per sub-key as ``A``
-  (``(√N, BLOCK_T)``, float32), so ``grad q_c = Aᵀ·K_c`` and the program's share of ``grad K_c = A·q_c`` are two float32 products
-  (tf32x3) and it adds ``√N·dk`` values atomically, ``BLOCK_T·k/√N`` times fewer (11× at cheems-base).
+  (``(√N, BLOCK_T)``, float32), so ``grad q_c = Aᵀ·K_c`` and the program's share of ``grad K_c = A·q_c`` are two
+  float32 products (tf32x3) and it adds ``√N·dk`` values atomically, ``BLOCK_T·k/√N`` times fewer (11× at cheems-base).
 * ``"atomic"``: the kernel of larger tables.
 
 Both are interpreter-tested and in the CUDA parity test. On an H100 at cheems-base's layer (32768 tokens, 4 heads
