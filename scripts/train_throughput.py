@@ -6,7 +6,8 @@
 A variant is ``PRESET[:KEY=VALUE[,KEY=VALUE...]]`` (config overrides of :func:`wonderful_matrices.models.presets.get`;
 values are parsed as int, float, bool or None where they look like one, else kept as text). Each runs
 :func:`wonderful_matrices.bench.lm.training_throughput` (forward + backward + AdamW on random tokens, bf16 autocast on
-CUDA, two warm-up steps, the median of ``--steps``), eager or with ``--compiled`` also compiled. Writes
+CUDA, two warm-up steps, the median of ``--steps``), eager; with ``--compiled`` also compiled, with
+``--compiled-only`` only compiled. Writes
 ``results.json`` / ``results.md`` into ``--out`` after every row, so a run cut by a time limit keeps what it measured.
 """
 from __future__ import annotations
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32768, help="tokens per step (rows = tokens // seq-len)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps after the two warm-ups")
     parser.add_argument("--compiled", action="store_true", help="also time each variant under torch.compile")
+    parser.add_argument("--compiled-only", action="store_true", help="time each variant under torch.compile only")
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -68,7 +70,7 @@ def main() -> None:
             "step": f"{args.tokens // args.seq_len} x {args.seq_len} tokens, median of {args.steps} after 2 warm-ups"}
     rows, reference = [], None
     for spec, name, fields in variants:
-        for compiled in (False, True) if args.compiled else (False,):
+        for compiled in (True,) if args.compiled_only else (False, True) if args.compiled else (False,):
             row = {"variant": spec, "compiled": compiled, "seq_len": args.seq_len}
             try:
                 config = presets.get(name, use_cache=False, **fields)
