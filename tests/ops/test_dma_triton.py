@@ -55,6 +55,7 @@ CASES = [
     (1, 100, 130, 2, 2, 32, 20, "ties", 128, True),
     (1, 260, 300, 2, 1, 16, 65, "randn", 256, False),
     (1, 140, 140, 1, 1, 16, 3, "zero", 128, False),
+    (1, 600, 600, 2, 1, 16, 300, "randn", None, False),  # block_for's default: the window's 256 (block < w, B ~ w)
 ]
 
 

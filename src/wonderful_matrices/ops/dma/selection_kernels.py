@@ -73,7 +73,8 @@ def _prep_kernel(order_ptr, valid_ptr, ranks_ptr, pos_ptr, hist_ptr, lk, offset,
     after = key - offset
     t = tl.where(after > 0, (after + SUB - 1) // SUB, 0)
     counted = inside & valid & (t < nbs)
-    tl.atomic_add(hist_ptr + (row * nbs + t) * nbk + r // R, tl.full((BLOCK,), 1, tl.int32), mask=counted)
+    tl.atomic_add(hist_ptr + (row * nbs + t) * nbk + r // R, tl.full((BLOCK,), 1, tl.int32), mask=counted,
+                  sem="relaxed")  # counts read by later kernels only: no ordering needed
 
 
 @triton.jit
