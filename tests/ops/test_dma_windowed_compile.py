@@ -1,8 +1,8 @@
 """The windowed DMA training kernels (ops/dma/windowed_kernels.py) compile for a Hopper GPU (sm_90) without one:
 catches front-end, type and shared-memory errors the interpreter tests cannot. At the benchmark's shape (bf16,
-head dim 128, block 512) the autotune configurations that use the most shared memory (largest tiles; most
-stages) with int32 offsets, and float32 (IEEE products) at head dim 64 with int64 offsets (``WIDE``; each compile
-takes seconds of CPU)."""
+head dim 128, the selection block of w = 2048) the autotune configurations that use the most shared memory
+(largest tiles; most stages) with int32 offsets, and float32 (IEEE products) at head dim 64 with int64 offsets
+(``WIDE``; each compile takes seconds of CPU)."""
 import pytest
 
 from conftest import compile_for_sm90, compiles_real_kernels
@@ -40,8 +40,8 @@ def _cases():
 @pytest.mark.parametrize("name,dt,d,config", list(_cases()),
                          ids=[f"{n}-{dt}-d{d}-{c.kwargs}-w{c.num_warps}-s{c.num_stages}" for n, dt, d, c in _cases()])
 def test_windowed_kernels_compile_for_sm90(name, dt, d, config):
-    constants = dict(BLOCK=512, TILE=wk.LIVE_TILE, BLOCK_D=d, HEAD_DIM=d, PRECISION="ieee" if dt == "fp32" else None,
-                     WIDE=dt == "fp32", **config.kwargs)
+    constants = dict(BLOCK=wk.block_for(2048), TILE=wk.LIVE_TILE, BLOCK_D=d, HEAD_DIM=d,
+                     PRECISION="ieee" if dt == "fp32" else None, WIDE=dt == "fp32", **config.kwargs)
     compiled = _compile(getattr(wk, name), dt, constants, config.num_warps, config.num_stages)
     assert compiled.metadata.shared <= SHARED_LIMIT
     if dt == "bf16":  # the products run on the tensor cores (wgmma on sm_90)

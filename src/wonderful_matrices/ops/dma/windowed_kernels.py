@@ -12,7 +12,8 @@ many list entries its queries can keep (``ends``) and how many leading ones all 
   bias, online softmax in float32 (base 2); writes the output and the log-sum-exp. The whole key tiles of the
   head need no mask (as the off-band loop of Triton's fused-attention tutorial); the rest masks
   ``j <= p < drop_j`` per element.
-* ``dq``: the same two loops, recomputing the probabilities from the log-sum-exp.
+* ``dq``: the same two loops, recomputing the probabilities from the log-sum-exp; it also computes and stores
+  ``delta = rowsum(dO·O)`` for its queries (read by the ``dk, dv`` kernel, launched after it).
 * ``dk, dv, dbias``: one program per (block, list tile of ``BLOCK_N`` keys, KV head) loops over the block's
   query tiles that keep any of its keys (``[max(j, p0), min(drop_j, p1))`` per key), for every query head of the
   group (GQA: the group shares the list), and adds its partial sums to float32 accumulators with one atomic add
@@ -202,10 +203,10 @@ def _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, bias_ptr, list_ptr, drop_ptr,
 
 @triton.autotune(configs=QUERY_SIDE, key=["HEAD_DIM", "BLOCK", "width", "hq", "hkv"])
 @triton.jit
-def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, drop_ptr, do_ptr, lse_ptr, delta_ptr,
-               dq_ptr,
+def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, drop_ptr, do_ptr, lse_ptr, out_ptr,
+               delta_ptr, dq_ptr,
                sqb, sql, sqh, skb, skl, skh, sbb, sbl, sbh, sdb, sdl, sdh,
-               lq, lk, hq, hkv, nb, width, n_tiles, scale,
+               lq, lk, hq, hkv, nb, width, n_tiles, scale, sob, sol, soh,
                BLOCK: tl.constexpr, TILE: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
                PRECISION: tl.constexpr, WIDE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     tile = tl.program_id(0)
@@ -226,7 +227,10 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, dro
     q = tl.load(q_ptr + bi * sqb + i[:, None] * sql + h * sqh + dd[None, :], mask=io_mask, other=0.0)
     do = tl.load(do_ptr + bi * sdb + i[:, None] * sdl + h * sdh + dd[None, :], mask=io_mask, other=0.0)
     lse = tl.load(lse_ptr + bh * lq + i, mask=qmask, other=0.0)
-    delta = tl.load(delta_ptr + bh * lq + i, mask=qmask, other=0.0)
+    # delta = rowsum(dO * O), also stored for the dk/dv kernel, which runs after this one
+    o = tl.load(out_ptr + bi * sob + i[:, None] * sol + h * soh + dd[None, :], mask=io_mask, other=0.0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    tl.store(delta_ptr + bh * lq + i, delta, mask=qmask)
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     base = (row * nb + t) * width
     meta_at = (row * nb + t) * n_tiles + ((tile * BLOCK_M) % BLOCK + BLOCK_M) // TILE - 1  # the tile's last
@@ -389,14 +393,15 @@ def windowed_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32:
     b, lq, hq, d = q.shape
     lk, hkv = k.shape[1], k.shape[2]
     nb, width, n_tiles = keys.shape[1], keys.shape[2], ends.shape[2]
-    delta = (dout.float() * out.float()).sum(-1).permute(0, 2, 1).reshape(b * hq, lq).contiguous()
-    meta = _meta(q, block, k, v, bias32, dout)
+    delta = poisoned_empty(b * hq, lq, device=q.device)  # rowsum(dout * out), written by the dq kernel
+    meta = _meta(q, block, k, v, bias32, dout, out)
     common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
               bias32.stride(0), bias32.stride(1), bias32.stride(2), dout.stride(0), dout.stride(1),
               dout.stride(2), lq, lk, hq, hkv, nb, width, n_tiles, scale)
     dq = poisoned_empty_like(q, memory_format=torch.preserve_format)  # the kernel writes dq with q's strides
     _dq_kernel[lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)](
-        q, k, v, bias32, keys, ends, heads, drop, dout, lse, delta, dq, *common, **meta)
+        q, k, v, bias32, keys, ends, heads, drop, dout, lse, out, delta, dq, *common,
+        out.stride(0), out.stride(1), out.stride(2), **meta)
     dk = torch.zeros(b, lk, hkv, d, device=q.device, dtype=torch.float32)
     dv = torch.zeros_like(dk)
     dbias = torch.zeros(b, lk, hkv, device=q.device, dtype=torch.float32)
