@@ -6,13 +6,17 @@ with the bytes each moves and its floor (docs/kernels_experts.md).
 One layer call: T tokens, d = 768, N = 2304 experts (48²), 4 heads × top-8 (M = 32), retrieval dim 64, bf16 tables
 and activations, float32 gates, as training under autocast passes them. Prints per part the median time over
 ``--repeats`` calls (CUDA events, after a warm-up that also runs the autotuners) and the gathered bytes per
-millisecond. CPU plumbing check: ``TRITON_INTERPRET=1 ... --tokens 64 --repeats 1`` (float32, CPU).
+millisecond. Then the dense mixture (cheems-base's training path) forward + backward under ``torch.compile``, with
+its coefficient matrices built by :class:`~wonderful_matrices.ops.expert_mixture.dense.IdRuns` (sort, scan, scatter:
+what Inductor fuses today) and by the Triton coefficient kernel (``dense.COEFFICIENT_KERNEL_ON_CUDA``), side by side
+(CUDA only). CPU plumbing check: ``TRITON_INTERPRET=1 ... --tokens 64 --repeats 1`` (float32, CPU).
 """
 import argparse
 import statistics
 
 import torch
 
+from wonderful_matrices.ops.expert_mixture import dense
 from wonderful_matrices.ops.expert_mixture import row_kernels as rk
 from wonderful_matrices.ops.product_key import topk_kernels as tk
 from wonderful_matrices.ops.triton_utils import interpreting
@@ -45,6 +49,31 @@ def backward_with(kind: str, query, keys, ids, grad):
         return tk.topk_backward(query, keys, ids, grad)
     finally:
         tk.SMALL_TABLE_BACKWARD = saved
+
+
+def dense_mixture_step(x, ids, gates, down, up, grad_y):
+    """One forward + backward of the dense mixture (the inputs are leaves; their gradients are overwritten)."""
+    for t in (x, gates, down, up):
+        t.grad = None
+    dense.expert_mixture(x, ids, gates, down, up).backward(grad_y)
+
+
+def dense_mixture_times(x, ids, gates, down, up, grad_y, repeats: int, cuda: bool) -> dict[str, float]:
+    """Median ms of :func:`dense_mixture_step` compiled, with the coefficient matrices from IdRuns and from the
+    Triton kernel (each compiled afresh: the switch is read while tracing). CUDA only: the switch is CUDA's."""
+    leaves = [t.detach().clone().requires_grad_() for t in (x, gates, down, up)]
+    x, gates, down, up = leaves
+    saved, times = dense.COEFFICIENT_KERNEL_ON_CUDA, {}
+    try:
+        for name, kernel in (("dense mixture fwd+bwd, IdRuns", False), ("dense mixture fwd+bwd, kernel", True)):
+            dense.COEFFICIENT_KERNEL_ON_CUDA = kernel
+            torch._dynamo.reset()
+            step = torch.compile(dense_mixture_step)
+            times[name] = timed(lambda: step(x, ids, gates, down, up, grad_y), repeats, cuda)
+    finally:
+        dense.COEFFICIENT_KERNEL_ON_CUDA = saved
+        torch._dynamo.reset()
+    return times
 
 
 def main():
@@ -89,6 +118,12 @@ def main():
         print(f"{name:<18} {ms:8.3f} ms  {moved / 1e9:7.3f} GB main traffic  {moved / ms / 1e9:7.2f} TB/s")
     print(f"{'sum':<18} {total:8.3f} ms per layer call (top-k backward: {tk.SMALL_TABLE_BACKWARD}); x 12 layers = "
           f"{12 * total:.1f} ms per step")
+    if not cuda:  # under the interpreter the dense mixture always takes the kernel, and at N = 2304 for minutes
+        return
+    mixture_ids = ids.view(T, HEADS, TOP_K)
+    for name, ms in dense_mixture_times(x, mixture_ids, gates.view(T, HEADS, TOP_K), down, up, grad_y,
+                                        args.repeats, cuda).items():
+        print(f"{name:<32} {ms:8.3f} ms (compiled; x 12 layers = {12 * ms:.1f} ms per step)")
 
 
 if __name__ == "__main__":
