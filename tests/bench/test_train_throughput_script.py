@@ -40,3 +40,17 @@ def test_cpu_run_writes_a_row_per_variant_against_the_first(tmp_path, monkeypatc
     assert rows[0]["vs_first"] == 1.0 and rows[1]["tokens_per_s"] > 0 and rows[1]["error"] is None
     assert rows[2]["tokens_per_s"] is None and "num_hidden_layers" in rows[2]["error"]  # a refused config is a row
 
+
+
+@pytest.mark.parametrize("flags,modes", [([], [False]), (["--compiled"], [False, True]),
+                                         (["--compiled-only"], [True])])
+def test_modes_eager_compiled_or_compiled_only(tmp_path, monkeypatch, flags, modes):
+    script = load()
+    seen = []
+    monkeypatch.setattr(script, "training_throughput",
+                        lambda *args, compiled, **kwargs: seen.append(compiled) or {"tokens_per_s": 1.0})
+    monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--variants", "llama-tiny", "--device", "cpu",
+                                      "--out", str(tmp_path), *flags])
+    script.main()
+    assert seen == modes
+    assert [r["compiled"] for r in json.loads((tmp_path / "results.json").read_text())["rows"]] == modes
