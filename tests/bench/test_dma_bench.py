@@ -26,6 +26,12 @@ def test_dma_bench_runs_and_writes_results(tmp_path, monkeypatch):
     assert fractions["dma window 8 torch"] == bench_dma.kept_fraction(64, 8) == (36 + 56 * 8) / (64 * 65 / 2)
     assert sum(r["part"] == "packed" and "packed / unpacked" in r for r in rows) == 2
     assert all(r["fwd_gpu_ms"] is None for r in rows if "fwd_bwd_ms" in r)  # GPU busy time: CUDA only
+    train = [r for r in rows if r["part"] == "train" and r.get("fwd_bwd_ms")]
+    sdpa = next(r for r in train if r["impl"].startswith("sdpa"))
+    for row in train:  # the speed-ups over SDPA in wall time; none in GPU time off CUDA
+        assert row["sdpa_time / time"] == sdpa["fwd_bwd_ms"] / row["fwd_bwd_ms"]
+        assert row["sdpa / this, fwd"] == sdpa["fwd_ms"] / row["fwd_ms"]
+        assert "sdpa / this, gpu fwd" not in row and "sdpa / this, gpu fwd_bwd" not in row
     window_cache = next(r for r in rows if r["impl"] == "DMA layer step, window 8")["cache_mb"]
     full_cache = next(r for r in rows if r["impl"] == "DMA layer step, window None")["cache_mb"]
     assert window_cache < full_cache
@@ -47,3 +53,11 @@ def test_kernel_rows_list_the_largest_kernels_and_sum_the_rest():
         (p, k, t) for p in ("fwd", "fwd_bwd")
         for k, t in (("kernel_0", 10.0), ("kernel_1", 9.0), ("kernel_2", 8.0), ("(2 other kernels)", 13.0))]
     assert all(r["T"] == 16 and r["impl"] == "impl" for r in rows)
+
+
+def test_sdpa_ratios_where_both_rows_have_the_timing():
+    sdpa = dict(fwd_ms=2.0, fwd_bwd_ms=8.0, fwd_gpu_ms=1.5, fwd_bwd_gpu_ms=6.0)
+    row = dict(fwd_ms=4.0, fwd_bwd_ms=4.0, fwd_gpu_ms=0.5, fwd_bwd_gpu_ms=None)
+    assert bench_dma.sdpa_ratios(sdpa, row) == {"sdpa_time / time": 2.0, "sdpa / this, fwd": 0.5,
+                                                "sdpa / this, gpu fwd": 3.0}
+    assert bench_dma.sdpa_ratios({}, row) == {}

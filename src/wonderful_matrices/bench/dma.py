@@ -136,6 +136,18 @@ def _measure(fn, inputs, device, warmup, reps):
         return dict(error=f"{type(exc).__name__}: {str(exc)[:120]}"), {}
 
 
+# (column, timing field): SDPA's time over a row's, the issue's speed-up, in wall time (forward + backward; forward
+# alone) and in GPU busy time (the same two)
+RATIOS = (("sdpa_time / time", "fwd_bwd_ms"), ("sdpa / this, fwd", "fwd_ms"),
+          ("sdpa / this, gpu fwd_bwd", "fwd_bwd_gpu_ms"), ("sdpa / this, gpu fwd", "fwd_gpu_ms"))
+
+
+def sdpa_ratios(sdpa: dict, row: dict) -> dict:
+    """SDPA's row ``sdpa`` against a training row of the same length: each of :data:`RATIOS` where both have the
+    timing (none off CUDA for the GPU ones, none for a row that failed)."""
+    return {column: sdpa[field] / row[field] for column, field in RATIOS if sdpa.get(field) and row.get(field)}
+
+
 def _kernel_rows(T, impl, kernels: dict, top=KERNEL_ROWS):
     """Rows of part "kernels": of each pass in ``kernels`` (:func:`_measure`'s), the ``top`` kernels by GPU time
     per call, the rest summed as one row; none off CUDA."""
@@ -214,20 +226,20 @@ def _training_rows(cfg, device):
         flex = _flex_causal(device, T, h)
         if flex is not None:
             impls.append(("flex causal", flex, (qt, kt, vt)))
-        base = None
+        base = {}
         for name, fn, inputs in impls:
             fields, times = _measure(fn, inputs, device, cfg["warmup"], cfg["reps"])
             row = dict(T=T, impl=name, kept_fraction=kept_fraction(T, w if name.startswith("dma window") else None),
                        **fields)
             if name.startswith("sdpa"):
-                base = row.get("fwd_bwd_ms")
+                base = row
             rows.append(row)
             print(row, flush=True)
             if cfg.get("kernels"):
                 kernels += _kernel_rows(T, name, times)
         for row in rows:
-            if row["T"] == T and base and row.get("fwd_bwd_ms"):
-                row["sdpa_time / time"] = base / row["fwd_bwd_ms"]
+            if row["T"] == T:
+                row.update(sdpa_ratios(base, row))
         q = k = v = bias = qt = kt = vt = None  # free the inputs before the next length allocates
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -411,13 +423,14 @@ def run(out_dir, quick: bool = False, device=None, lengths=None, batches=None,
     rows = ([dict(part="train", **r) for r in train] + [dict(part="packed", **r) for r in packed]
             + [dict(part="decode", **r) for r in decode] + [dict(part="kernels", **r) for r in kernels])
     columns = ["part", "T", "context", "batch", "impl", "kept_fraction", "fwd_ms", "fwd_bwd_ms", "fwd_gpu_ms",
-               "fwd_bwd_gpu_ms", "peak_mem_mb", "sdpa_time / time", "packed / unpacked", "packed / unpacked, gpu fwd",
+               "fwd_bwd_gpu_ms", "peak_mem_mb", *(column for column, _ in RATIOS), "packed / unpacked",
+               "packed / unpacked, gpu fwd",
                "packed / unpacked, gpu fwd_bwd", "step_ms", "cache_mb", "pass", "kernel", "kernel_ms", "error"]
     meta = dict(quick=quick, device=str(device), heads=cfg["heads"], head_dim=cfg["head_dim"],
                 keep_window=cfg["window"], dtype=str(cfg["dtype"]), lengths=cfg["lengths"],
                 decode_context=cfg["context"], batches=cfg["batches"],
                 note="fwd_bwd = forward + backward of one attention call, batch 1; *_gpu_ms = GPU busy time (kernels "
-                     "only); ratio = SDPA time / this time "
+                     "only); ratios = SDPA time / this time "
                      "(train: fwd_bwd; decode: the SDPA attention step, eager vs eager, graph vs graph)")
     table = write_results(out_dir, "dma", rows, meta, columns)
     print(table)
