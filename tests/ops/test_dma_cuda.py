@@ -310,3 +310,51 @@ def test_dma_no_window_biased_sdpa_cuda(dtype, lq, lk, hq, hkv, d, bias_std):
     assert rel_err(out.cpu(), ref) < tol
     for name, a, r in zip("qkvb", out_g, ref_g):
         assert torch.isfinite(a).all() and _grad_close(a, r, tol * 2), name
+
+
+def test_dma_graphed_selection_equals_eager_cuda(monkeypatch):
+    """The selection replayed from CUDA graphs (ops/dma/selection_graphs.py) against the eager one: three biases of
+    one shape and a second shape (lq < lk) interleaved, equal tensors every call (the shape's first call eager, its
+    second recorded, later ones replayed); earlier results untouched by later calls."""
+    from wonderful_matrices.ops.dma import selection_graphs
+    from wonderful_matrices.ops.dma.windowed_kernels import select
+
+    monkeypatch.setattr(selection_graphs, "_graphs", type(selection_graphs._graphs)())
+    shapes = [((2, 1000, 2), 1000, 100, 128), ((1, 700, 3), 500, 64, 256)]
+    kept = []
+    for step in range(4):
+        for shape, lq, w, block in shapes:
+            bias = torch.randn(*shape, device="cuda") * 3
+            bias[0, :5] = float("-inf")
+            monkeypatch.setattr(selection_graphs, "ENABLED", False)
+            want = select(bias, lq, w, block)
+            monkeypatch.setattr(selection_graphs, "ENABLED", True)
+            got = select(bias, lq, w, block)
+            assert all(torch.equal(a, b) for a, b in zip(got, want)), (step, shape)
+            kept.append((got, [t.clone() for t in got]))
+    assert all(isinstance(e, selection_graphs._Recorded) for e in selection_graphs._graphs.values())
+    assert all(torch.equal(a, b) for got, copy in kept for a, b in zip(got, copy))
+
+
+def test_dma_graphed_selection_training_step_cuda(monkeypatch):
+    """Windowed DMA forward + backward with the graphed selection equals the eager one (the same lists, so the same
+    output; gradients up to the order of the dk/dv kernel's atomic adds)."""
+    from wonderful_matrices.ops.dma import selection_graphs
+    from wonderful_matrices.ops.dma.windowed_kernels import dynamic_mask_attention_triton
+
+    monkeypatch.setattr(selection_graphs, "_graphs", type(selection_graphs._graphs)())
+    g = torch.Generator().manual_seed(11)
+    base = [torch.randn(1, 900, 4, 64, generator=g), torch.randn(1, 900, 2, 64, generator=g),
+            torch.randn(1, 900, 2, 64, generator=g), torch.randn(1, 900, 2, generator=g) * 3]
+    results = []
+    for enabled in (False, True, True, True):  # the shape's first call eager, then recorded, then replayed
+        monkeypatch.setattr(selection_graphs, "ENABLED", enabled)
+        leaves = [t.to("cuda", torch.bfloat16).requires_grad_() for t in base[:3]] + \
+            [base[3].cuda().requires_grad_()]
+        out = dynamic_mask_attention_triton(*leaves, 100, 64 ** -0.5)
+        out.float().square().sum().backward()
+        results.append([out.detach()] + [t.grad for t in leaves])
+    for got in results[1:]:
+        assert torch.equal(got[0], results[0][0])
+        for a, r in zip(got[1:], results[0][1:]):
+            assert rel_err(a.float().cpu(), r.float().cpu()) < 1e-2

@@ -298,3 +298,46 @@ def test_live_keys_triton_cuda_equals_torch_at_scale(lk):
     strided = bias.t().contiguous().t()  # rows as a permuted (batch, length, heads) bias gives them
     assert all(torch.equal(a, b) for a, b in zip(dma_selection.live_keys(strided, lk, 2048, 512),
                                                  dma_selection.live_keys_torch(bias, lk, 2048, 512)))
+
+
+def test_selection_graphs_bookkeeping(monkeypatch):
+    """selection_graphs' per-shape life cycle with a stand-in for the CUDA graph: the first call of a shape is left
+    to the caller (None), the second records, later ones copy the bias in, replay and return clones; the oldest
+    shape beyond GRAPHS_KEPT is dropped; a failed recording leaves the shape eager. A CPU bias never applies."""
+    from wonderful_matrices.ops.dma import selection_graphs as sg
+
+    class Replay:  # replays "outputs = 2·bias" from the static input, as a recorded graph would
+        def __init__(self, bias, outputs):
+            self.bias, self.outputs = bias, outputs
+
+        def replay(self):
+            self.outputs[0].copy_(self.bias * 2)
+
+    recorded = []
+
+    def record(select, bias, args):
+        if args[0] == 13:
+            return sg._FAILED
+        static = bias.clone()
+        outputs = (torch.empty_like(bias),)
+        recorded.append(args)
+        return sg._Recorded(Replay(static, outputs), static, outputs)
+
+    monkeypatch.setattr(sg, "_graphs", type(sg._graphs)())
+    monkeypatch.setattr(sg, "_record", record)
+    monkeypatch.setattr(sg, "GRAPHS_KEPT", 2)
+    bias = torch.randn(2, 3)
+    assert sg.select_graphed(None, bias, 8, 4, 128) is None and not recorded  # first call: eager
+    first = sg.select_graphed(None, bias, 8, 4, 128)
+    assert recorded == [(8, 4, 128)] and torch.equal(first[0], bias * 2)
+    other = torch.randn(2, 3)
+    second = sg.select_graphed(None, other, 8, 4, 128)
+    assert torch.equal(second[0], other * 2) and torch.equal(first[0], bias * 2)  # clones: first untouched
+    assert len(recorded) == 1  # replayed, not recorded again
+    for lq in (9, 10):  # two more shapes: the first one (lq 8) is the oldest and goes
+        sg.select_graphed(None, bias, lq, 4, 128)
+    assert len(sg._graphs) == 2 and all(key[3] != 8 for key in sg._graphs)
+    for _ in range(3):
+        assert sg.select_graphed(None, bias, 13, 4, 128) is None  # recording failed: eager from then on
+    monkeypatch.setattr(sg, "ENABLED", True)
+    assert not sg.applies(bias, None)  # CPU tensors never use the graphs

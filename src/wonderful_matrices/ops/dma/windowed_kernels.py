@@ -34,6 +34,7 @@ import triton.language as tl
 
 from ..common import require
 from ..triton_utils import dot_block, interpreting, opaque_to_compile, poisoned_empty, poisoned_empty_like
+from . import selection_graphs
 from .selection import LIVE_TILE, head_counts, live_keys
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -339,6 +340,14 @@ def select(bias: torch.Tensor, lq: int, keep_window: int, block: int, seq_idx: t
     ``keys (b·hkv, nb, w + block)``, ``ends (b·hkv, nb, block / LIVE_TILE)`` and head_counts' ``heads`` (the
     shape of ``ends``) (rows ordered (batch, KV head)), in the bias's own precision (ties as the oracle sees
     them)."""
+    if selection_graphs.applies(bias, seq_idx):  # the same tensors, replayed from a CUDA graph per shape
+        replayed = selection_graphs.select_graphed(_select, bias, lq, keep_window, block)
+        if replayed is not None:
+            return replayed
+    return _select(bias, lq, keep_window, block, seq_idx)
+
+
+def _select(bias: torch.Tensor, lq: int, keep_window: int, block: int, seq_idx: torch.Tensor | None = None):
     b, lk, hkv = bias.shape
     documents = None if seq_idx is None else seq_idx[:, None, :].expand(b, hkv, lk).reshape(b * hkv, lk)
     drop, keys, ends = live_keys(bias.detach().permute(0, 2, 1).reshape(b * hkv, lk), lq, keep_window, block,
