@@ -66,12 +66,13 @@ def _record(select: Callable, bias: torch.Tensor, args: tuple) -> _Recorded | st
     side, current = torch.cuda.Stream(bias.device), torch.cuda.current_stream(bias.device)
     side.wait_stream(current)
     try:
-        with torch.cuda.stream(side):
-            select(static, *args)  # warm-up on the recording stream
-        current.wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outputs = select(static, *args)
+        with torch.cuda.device(bias.device):  # the graph records on the bias's device, whichever is current
+            with torch.cuda.stream(side):
+                select(static, *args)  # warm-up on the recording stream
+            current.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                outputs = select(static, *args)
     except Exception as exc:  # noqa: BLE001 - an op that cannot be recorded: this shape stays eager
         current.wait_stream(side)
         _log.warning("CUDA graph recording of the DMA selection failed (%s: %s); it stays eager for shape %s",
