@@ -347,7 +347,7 @@ def test_dma_graphed_selection_training_step_cuda(monkeypatch):
     base = [torch.randn(1, 900, 4, 64, generator=g), torch.randn(1, 900, 2, 64, generator=g),
             torch.randn(1, 900, 2, 64, generator=g), torch.randn(1, 900, 2, generator=g) * 3]
     results = []
-    for enabled in (False, True, True, True):  # the shape's first call eager, then recorded, then replayed
+    for enabled in (False, True, True, True):  # off; then on: eager (first seen), recorded + replayed, replayed
         monkeypatch.setattr(selection_graphs, "ENABLED", enabled)
         leaves = [t.to("cuda", torch.bfloat16).requires_grad_() for t in base[:3]] + \
             [base[3].cuda().requires_grad_()]
