@@ -277,8 +277,9 @@ def test_live_keys_cuda_equals_cpu_at_scale():
 @pytest.mark.parametrize("lk", [16384, 65536])
 def test_live_keys_triton_cuda_equals_torch_at_scale(lk):
     """The Triton selection (what live_keys runs on CUDA) against the torch path on the same GPU, element for
-    element, at the benchmark's lengths: window 2048 with block 512 and window 64 with block 128; ties, padding
-    (left, scattered, NaN), a Gaussian row; lq = lk and lq < lk; packed documents; strided rows."""
+    element, at the benchmark's lengths: window 2048 with block 512 and with block 2048 (block_for's choice), window
+    64 with block 128; ties, padding (left, scattered, NaN), a Gaussian row; lq = lk and lq < lk; packed documents;
+    strided rows."""
     g = torch.Generator().manual_seed(lk)
     bias = torch.randint(-8, 8, (4, lk), generator=g).float()
     bias[1, :700] = float("-inf")
@@ -290,7 +291,8 @@ def test_live_keys_triton_cuda_equals_torch_at_scale(lk):
     documents = torch.cat([documents, documents.new_full((lk - documents.numel(),), 64)]).cuda()
     documents = documents.expand(4, lk).contiguous()
     for lq, w, block, docs in ((lk, 2048, 512, None), (lk - 3000, 2048, 512, None), (lk, 64, 128, None),
-                               (lk, 2048, 512, documents)):
+                               (lk, 2048, 512, documents), (lk - 3000, 2048, 2048, None),
+                               (lk, 2048, 2048, documents)):
         got = dma_selection.live_keys(bias, lq, w, block, docs)
         ref = dma_selection.live_keys_torch(bias, lq, w, block, docs)
         for name, a, b in zip(("drop", "keys", "ends"), got, ref):

@@ -1,6 +1,7 @@
 """The selection kernels (ops/dma/selection_kernels.py) compile for a Hopper GPU (sm_90) without one: catches
 front-end and type errors the interpreter cannot (loop-carried types, scalar branches in loops), at the benchmark's
-sizes (block 512, sub-block 128, bucket 1024), with and without documents."""
+sizes (block 512 and block_for(2048)'s 2048 for the list kernel, sub-block 128, bucket 1024), with and without
+documents."""
 import pytest
 
 from conftest import compile_for_sm90, compiles_real_kernels
@@ -26,6 +27,7 @@ def _cases():
                 yield name, dict(constants, HAS_DOCS=docs)
         else:
             yield name, constants
+    yield "_list_kernel", dict(LAUNCH["_list_kernel"], BLOCK=2048, NT=32, BW=2048, HAS_DOCS=True)
 
 
 @pytest.mark.parametrize("name,constants", list(_cases()), ids=[f"{n}-{c}" for n, c in _cases()])
