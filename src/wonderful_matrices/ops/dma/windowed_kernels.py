@@ -52,7 +52,8 @@ def block_for(keep_window: int) -> int:
     larger block means fewer adds; it also means more listed keys that a query tile skips by its mask (up to ``B``
     dropped inside the block). On an H100 at w = 2048 (docs/results.md, "Session 11"), 16 heads × 128: forward +
     backward 7.38 / 6.29 / 5.97 ms at B = 512 / 1024 / 2048 and T = 16K, 30.4 / 24.9 / 22.3 ms at 64K (the dk/dv
-    kernel 3.77 → 2.19 ms at 16K, the forward +4%); cheems-base's 12 × 64 with GQA 3: 4.45 / 4.30 / 4.46 ms."""
+    kernel 3.77 → 2.19 ms at 16K; the forward kernel 0.94 → 1.08 ms, the forward with its selection 1.52 → 1.54);
+    cheems-base's 12 × 64 with GQA 3: 4.45 / 4.30 / 4.46 ms."""
     return int(min(MAX_BLOCK, max(BLOCK_ALIGN, keep_window // BLOCK_ALIGN * BLOCK_ALIGN)))
 
 
