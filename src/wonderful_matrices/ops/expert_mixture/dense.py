@@ -60,8 +60,9 @@ from .naive import ACTIVATIONS
 
 DENSE_BUDGET = 1 << 29  # bytes of the (chunk, N) buffers of one chunk (512 MiB): see token_bytes
 HALF_DTYPES = (torch.float16, torch.bfloat16)
-# The coefficient matrices from the Triton kernel (coefficient_kernels.py) on CUDA: set True once
-# `tests/ops/test_experts_cuda.py -k coefficient` passes on a GPU (until then CUDA builds them with IdRuns).
+# The coefficient matrices from the Triton kernel (coefficient_kernels.py) on CUDA. Its CUDA tests pass (H100,
+# docs/results/session11_h100/call2/cuda_experts.log); it stays off until scripts/experts_kernel_times.py shows the
+# compiled dense mixture faster with it than with IdRuns (which Inductor fuses), so CUDA builds them with IdRuns.
 COEFFICIENT_KERNEL_ON_CUDA = False
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # coefficient-matrix dtypes the kernel writes
 # ... of them under the interpreter: its bf16 stores truncate rather than round to nearest (Triton 3.7.1)
