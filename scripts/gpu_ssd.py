@@ -11,7 +11,8 @@
     python scripts/gpu_ssd.py table    DIR        # the side-by-side table from DIR/*.json
 
 Shape: batch 8 × 4096 tokens, 64 heads × 64, state 128, 1 group, chunk 256; x, B, C bf16, dt/A/D float32.
-``SSD_SHAPE=cheems`` times cheems-base's SSD layer instead: batch 8 × 2048 tokens, 6 heads × 128, state 128.
+``SSD_SHAPE=cheems`` times cheems-base's SSD layer instead (bench/ssd.py ``CHEEMS_SHAPE``): batch 8 × 4096 tokens,
+6 heads × 128, state 128.
 Times are medians of CUDA-event timings after warm-up (wonderful_matrices.bench.common.time_callable).
 """
 import json
@@ -24,12 +25,11 @@ from pathlib import Path
 import torch
 
 from wonderful_matrices.bench.common import peak_memory_bytes, time_callable
-from wonderful_matrices.bench.ssd import PAPER_SHAPE, make_inputs
+from wonderful_matrices.bench.ssd import CHEEMS_SHAPE, PAPER_SHAPE, make_inputs
 from wonderful_matrices.ops import ssd
 
 DEV = torch.device("cuda")
-SHAPES = {"paper": PAPER_SHAPE,
-          "cheems": dict(batch=8, length=2048, heads=6, head_dim=128, state=128, groups=1, chunk=256)}
+SHAPES = {"paper": PAPER_SHAPE, "cheems": CHEEMS_SHAPE}
 SHAPE = SHAPES[os.environ.get("SSD_SHAPE", "paper")]
 CHUNK = SHAPE["chunk"]
 

@@ -23,6 +23,7 @@ import torch
 
 from ..ops import expert_mixture, ssd
 from .common import time_callable, write_results
+from .ssd import CHEEMS_SHAPE, PAPER_SHAPE, make_inputs
 
 PARTS = ("ssd", "dma", "experts")
 
@@ -74,29 +75,34 @@ def cdmoe_mixture_rows(quick: bool, device: torch.device, shape: tuple[int, int,
 
 
 def mamba_ssm_rows(device: torch.device) -> list[dict]:
-    """Ours against ``mamba_ssm``'s chunked scan on CUDA at the paper's shape; [] when it is not importable."""
+    """Ours against ``mamba_ssm``'s chunked scan on CUDA at the paper's and cheems-base's SSD shapes (bf16 x, B, C;
+    float32 dt, A; no D), forward and forward+backward; each row carries ``over_mamba_ssm`` = its time over
+    mamba_ssm's at the same shape. [] when mamba_ssm is not importable."""
     if device.type != "cuda":
         return []
     try:
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
     except ImportError:
         return []
-    b, l, h, p, g, n, chunk = 8, 4096, 64, 64, 1, 128, 256
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(b, l, h, p, generator=gen).to(device, torch.bfloat16).requires_grad_()
-    dt = torch.nn.functional.softplus(torch.randn(b, l, h, generator=gen) - 3).to(device).requires_grad_()
-    A = (-torch.rand(h, generator=gen) - 0.5).to(device).requires_grad_()
-    B = torch.randn(b, l, g, n, generator=gen).to(device, torch.bfloat16).requires_grad_()
-    C = torch.randn(b, l, g, n, generator=gen).to(device, torch.bfloat16).requires_grad_()
-    inputs = (x, dt, A, B, C)
     rows = []
-    for name, fn in (("wm.ops.ssd", lambda: ssd(x, dt, A, B, C, chunk_size=chunk)),
-                     ("mamba_ssm mamba_chunk_scan_combined", lambda: mamba_chunk_scan_combined(x, dt, A, B, C, chunk))):
-        with torch.no_grad():
-            fwd = time_callable(fn, device, warmup=3, reps=20)
-        rows.append({"part": "mamba_ssm", "implementation": name, "tokens": b * l, "heads": h, "head_dim": p,
-                     "state": n, "chunk": chunk, "dtype": "bfloat16", "fwd_ms": fwd,
-                     "fwd_bwd_ms": time_callable(_fwd_bwd(fn, inputs), device, warmup=3, reps=20)})
+    for shape_name, shape in (("paper", PAPER_SHAPE), ("cheems-base", CHEEMS_SHAPE)):
+        inputs = make_inputs(shape, torch.bfloat16, device, requires_grad=True)
+        x, dt, A, B, C = (inputs[name] for name in ("x", "dt", "A", "B", "C"))
+        chunk = shape["chunk"]
+        pair = []
+        for name, fn in (("wm.ops.ssd", lambda: ssd(x, dt, A, B, C, chunk_size=chunk)),
+                         ("mamba_ssm mamba_chunk_scan_combined",
+                          lambda: mamba_chunk_scan_combined(x, dt, A, B, C, chunk))):
+            with torch.no_grad():
+                fwd = time_callable(fn, device, warmup=3, reps=20)
+            pair.append({"part": "mamba_ssm", "implementation": name, "shape": shape_name,
+                         "tokens": shape["batch"] * shape["length"], "heads": shape["heads"],
+                         "head_dim": shape["head_dim"], "state": shape["state"], "chunk": chunk, "dtype": "bfloat16",
+                         "fwd_ms": fwd, "fwd_bwd_ms": time_callable(_fwd_bwd(fn, (x, dt, A, B, C)), device,
+                                                                    warmup=3, reps=20)})
+        for row in pair:
+            row["over_mamba_ssm"] = {part: round(row[part] / pair[1][part], 3) for part in ("fwd_ms", "fwd_bwd_ms")}
+        rows += pair
     return rows
 
 
@@ -128,8 +134,8 @@ def run(out_dir, quick: bool = False, device=None, parts=PARTS, cdmoe_shape=None
             "mamba_ssm": "measured side by side" if mamba else
             "not importable here: compare the ssd part with the reference numbers of docs/design.md (labelled there)",
             "wall_s": round(time.perf_counter() - start, 1)}
-    columns = ["part", "implementation", "experts", "tokens", "width", "heads_x_topk", "dtype", "fwd_ms",
-               "fwd_bwd_ms", "note"]
+    columns = ["part", "implementation", "shape", "experts", "tokens", "width", "heads_x_topk", "dtype", "fwd_ms",
+               "fwd_bwd_ms", "over_mamba_ssm", "note"]
     notes = "Per-part tables: " + ", ".join(f"{p}: {s}" for p, s in done.items())
     print(write_results(out, "kernels", own, meta, columns=columns, notes=notes))
     print(f"kernels: {len(rows)} rows in {meta['wall_s']} s -> {out}")

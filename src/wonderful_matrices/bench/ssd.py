@@ -34,6 +34,8 @@ REFERENCE = [  # docs/design.md, reference timings on an H200 (bf16, torch 2.11,
     {"implementation": "pure-PyTorch minimal SSD (fp32)", "fwd_ms": 18.0, "fwd_bwd_ms": None},
 ]
 PAPER_SHAPE = dict(batch=8, length=4096, heads=64, head_dim=64, state=128, groups=1, chunk=256)
+# cheems-base's SSD layer (presets.py "base") at its 8 × 4096-token training step
+CHEEMS_SHAPE = dict(batch=8, length=4096, heads=6, head_dim=128, state=128, groups=1, chunk=256)
 CPU_SHAPE = dict(batch=1, heads=8, head_dim=64, state=64, groups=1, chunk=64)
 
 COLUMNS = ["implementation", "source", "device", "dtype", "batch", "length", "heads", "head_dim", "state",
