@@ -168,6 +168,36 @@ def test_query_with_no_attendable_key_outputs_zeros(w, causal):
     assert rel_err(out, ref) < 1e-5
 
 
+@pytest.mark.parametrize("documents", [False, True])
+@pytest.mark.parametrize("lk,lq", [(1, 1), (37, 37), (37, 9), (200, 200)])
+def test_attendable_queries_brute_force(lk, lq, documents):
+    """attendable_queries against a loop over (row, head, query): some visible key of the query's document (all
+    earlier keys without documents) has a finite bias."""
+    from wonderful_matrices.ops.dma.windowed import attendable_queries
+
+    if documents and lq != lk:
+        pytest.skip("documents: queries are every position")
+    gen = torch.Generator().manual_seed(lk * 7 + lq)
+    b, hkv = 3, 2
+    bias = torch.randn(b, lk, hkv, generator=gen)
+    bias[torch.rand(b, lk, hkv, generator=gen) < 0.6] = float("-inf")
+    bias[0, :, 0] = float("-inf")  # a head with no finite key at all
+    seq_idx = None
+    if documents:
+        starts = torch.rand(b, lk, generator=gen) < 0.1
+        starts[:, 0] = False
+        seq_idx = starts.cumsum(1)
+    got = attendable_queries(bias, lq, seq_idx)
+    assert got.shape == (b, lq, hkv) and got.dtype == torch.bool
+    want = torch.zeros(b, lq, hkv, dtype=torch.bool)
+    for r in range(b):
+        for i in range(lq):
+            pos = lk - lq + i
+            first = 0 if seq_idx is None else int((seq_idx[r] == seq_idx[r, pos]).nonzero()[0])
+            want[r, i] = torch.isfinite(bias[r, first:pos + 1]).any(0)
+    assert torch.equal(got, want)
+
+
 def test_windowed_path_never_builds_a_full_mask(monkeypatch):
     seen = []
     original = F.scaled_dot_product_attention

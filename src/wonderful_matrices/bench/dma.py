@@ -1,8 +1,8 @@
 """Dynamic mask attention benchmark: training-step cost vs length, and decoding cost at long context.
 
 (a) forward and forward+backward time and peak memory of one attention call vs sequence length T: DMA with a
-    window (the Triton kernels where usable — also with their selection replayed from CUDA graphs,
-    ops/dma/selection_graphs.py — and the torch path), DMA without a window (on CUDA also as one
+    window (the Triton kernels where usable — their selection replayed from CUDA graphs by default,
+    ops/dma/selection_graphs.py, and also run eagerly — and the torch path), DMA without a window (on CUDA also as one
     fused SDPA call with the bias as extra key channels: ops/dma/biased_sdpa.py), dense causal SDPA
     (cuDNN backend when it runs, else PyTorch's default choice) and FlexAttention causal (CUDA only, when it
     compiles), all in one process on the same inputs; plus the windowed paths' selection stage alone
@@ -215,11 +215,11 @@ def _training_rows(cfg, device):
                           lambda q, k, v, b: dynamic_mask_attention(q, k, v, b, keep_window=w, backend="triton"),
                           (q, k, v, bias)))
 
-            def graphed_selection(q, k, v, b):
-                with selection_graphs.enabled():
+            def eager_selection(q, k, v, b):
+                with selection_graphs.enabled(False):
                     return dynamic_mask_attention(q, k, v, b, keep_window=w, backend="triton")
 
-            impls.append((f"dma window {w} triton, selection from CUDA graphs", graphed_selection, (q, k, v, bias)))
+            impls.append((f"dma window {w} triton, eager selection", eager_selection, (q, k, v, bias)))
         if T <= cfg["torch_window_max_length"]:  # the reference path: slow and memory-hungry at long T
             impls.append((f"dma window {w} torch",
                           lambda q, k, v, b: dynamic_mask_attention(q, k, v, b, keep_window=w, backend="torch"),

@@ -14,8 +14,11 @@ keep the graph's own buffers). The :data:`GRAPHS_KEPT` most recently used shapes
 (their ids change with every batch), ``torch.compile`` tracing and an outer CUDA graph capture take the eager path,
 as does a shape whose recording failed (logged once).
 
-Off (:data:`ENABLED`; :func:`enabled` turns it on for a block) until ``tests/ops/test_dma_cuda.py -k
-graphed_selection`` has passed on a GPU and the DMA benchmark's row "selection from CUDA graphs" has shown the gain.
+On by default (:data:`ENABLED`; :func:`enabled` switches it for a block). Measured on an H100 (docs/results.md,
+session 12, ``python -m wonderful_matrices.bench.dma``, B1 H16 D128, w = 2048): the windowed call at 16K takes
+1.67 ms forward / 5.02 ms forward+backward in wall time against 2.40 / 6.09 with the eager selection, at 64K 5.36 /
+18.09 against 5.76 / 18.91; the GPU time is the same. ``tests/ops/test_dma_cuda.py -k graphed_selection`` checks
+it against the eager selection on the GPU.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import torch
 
 _log = logging.getLogger(__name__)
 
-ENABLED = False
+ENABLED = True
 GRAPHS_KEPT = 4
 
 

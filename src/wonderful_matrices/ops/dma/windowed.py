@@ -90,16 +90,24 @@ def _single_query(q, k, v, bias, scale: float) -> torch.Tensor:
 
 def attendable_queries(bias: torch.Tensor, lq: int, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
     """Causal: whether each of the ``lq`` queries (the last ``lq`` key positions) sees a key with a finite bias,
-    among its document's keys when ``seq_idx (b, l)`` is given. bias (b, lk, hkv) -> (b, lq, hkv) bool; O(lk)."""
+    among its document's keys when ``seq_idx (b, l)`` is given. bias (b, lk, hkv) -> (b, lq, hkv) bool; O(lk).
+
+    Scans run along the last (contiguous) dimension: a scan along ``lk`` in the ``(b, lk, hkv)`` layout is one
+    thread per ``(b, hkv)`` column on CUDA (3 ms at 16K tokens in session 12's profile, as long as the attention).
+    """
     b, lk, hkv = bias.shape
     positions = torch.arange(lk, device=bias.device)
-    # The first key with a finite bias at or after each position.
-    next_finite = torch.where(torch.isfinite(bias), positions[None, :, None], lk).flip(1).cummin(1).values.flip(1)
-    query_pos = positions[lk - lq:][None, :, None]
-    if seq_idx is None:
-        return next_finite[:, :1] <= query_pos
+    finite = torch.isfinite(bias).transpose(1, 2)  # (b, hkv, lk)
+    query_pos = positions[lk - lq:]
+    if seq_idx is None:  # the first finite key at or before the query
+        first = torch.where(finite, positions, lk).amin(-1)  # (b, hkv)
+        return first[:, None, :] <= query_pos[None, :, None]
+    # finite keys in [document start, query] = seen[query] - seen[start - 1]; with documents lq == lk
+    seen = finite.to(torch.int32).cumsum(-1)
     doc_first = torch.searchsorted(seq_idx.contiguous(), seq_idx.contiguous())  # (b, l)
-    return next_finite.gather(1, doc_first[:, :, None].expand(b, lk, hkv)) <= query_pos
+    before_doc = seen.gather(-1, doc_first[:, None, :].expand(b, hkv, lk)) - finite.gather(
+        -1, doc_first[:, None, :].expand(b, hkv, lk)).to(torch.int32)
+    return (seen > before_doc).transpose(1, 2)
 
 
 def _dense(q, k, v, bias, causal: bool, scale: float, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
