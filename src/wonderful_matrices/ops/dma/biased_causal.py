@@ -9,6 +9,20 @@ needs key tiles from its document's first key to ``q1``; no ``(l, l)`` tensor is
 
 Keys with bias ``-inf`` (padding) get :data:`MASKED_BIAS` (finite, so no ``0 · inf`` in the backward); a query
 whose visible keys are all padding outputs zeros, as everywhere in this op.
+
+The bias gradient. Flex differentiates a captured buffer by adding every pair's ``dS`` into it: at 16K tokens,
+16 heads × 128, its backward took 12.9 ms against 6.6 ms without a bias gradient (H100, docs/results.md, session
+12). Here, when the bias needs a gradient, Flex's backward runs without one and the gradient comes from
+``dS_ij = P_ij (dP_ij − δ_i)``, ``dP_ij = dO_i · v_j``, ``δ_i = dO_i · O_i``:
+
+    dbias_j = Σ_i dS_ij = v_j · dV_j − Σ_i P_ij δ_i,
+
+where ``dV_j = Σ_i P_ij dO_i`` is Flex's value gradient and the last sum is one *transposed* attention pass — keys
+as queries, queries as keys, logits ``s_ij + bias_j − lse_i`` so that its weights are ``P_ij`` themselves, values
+``δ_i`` — whose output times ``exp`` of its log-sum-exp is ``Σ_i P_ij δ_i`` (:func:`column_sums`; about half a
+forward's work: the value width is 16). Under ``torch.compile`` tracing (which cannot follow the nested backward)
+and without a bias gradient the plain Flex call runs. On the CPU, where Flex has no backward, the column sums are
+tested against the oracle's bias gradient (tests/ops/test_dma_biased_causal.py).
 """
 from __future__ import annotations
 
@@ -17,6 +31,11 @@ import collections
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+try:  # torch >= 2.9 (return_lse was deprecated then)
+    from torch.nn.attention.flex_attention import AuxRequest
+except ImportError:  # pragma: no cover - older torch
+    AuxRequest = None
 
 from .windowed import MASKED_BIAS, attendable_queries
 
@@ -107,14 +126,74 @@ def causal_block_mask(lq: int, lk: int, device: torch.device) -> BlockMask:
     return mask
 
 
-def _attend(q, k, v, bias_rows, block_mask, scale, kernel_options=None):
+def _flex_with_lse(q, k, v, score_mod, block_mask, scale, enable_gqa, kernel_options):
+    """FlexAttention's output and its log-sum-exp (natural log, float32)."""
+    if AuxRequest is None:  # pragma: no cover - older torch
+        return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
+                              enable_gqa=enable_gqa, return_lse=True, kernel_options=kernel_options)
+    out, aux = flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
+                              enable_gqa=enable_gqa, return_aux=AuxRequest(lse=True), kernel_options=kernel_options)
+    return out, aux.lse
+
+
+def _attend(q, k, v, bias_rows, block_mask, scale, kernel_options=None, with_lse=False):
     group = q.shape[1] // k.shape[1]
 
     def add_bias(score, bi, h, q_idx, kv_idx):
         return score + bias_rows[bi, h // group, kv_idx]
 
+    if with_lse:
+        return _flex_with_lse(q, k, v, add_bias, block_mask, scale, True, kernel_options)
     return flex_attention(q, k, v, score_mod=add_bias, block_mask=block_mask, scale=scale, enable_gqa=True,
                           kernel_options=kernel_options)
+
+
+def transposed_block_mask(block_mask: BlockMask) -> BlockMask:
+    """The block mask of the transposed problem (keys as queries): the key-side tile lists of ``block_mask``
+    become the query-side ones, and its ``mask_mod`` is called with the indices swapped."""
+    mask_mod = block_mask.mask_mod
+    lq, lk = block_mask.seq_lengths
+
+    def swapped(bi, h, q_idx, kv_idx):
+        return mask_mod(bi, h, kv_idx, q_idx)
+
+    return BlockMask.from_kv_blocks(block_mask.q_num_blocks, block_mask.q_indices, block_mask.full_q_num_blocks,
+                                    block_mask.full_q_indices, BLOCK_SIZE=TILE, mask_mod=swapped,
+                                    seq_lengths=(lk, lq))
+
+
+VALUE_WIDTH = 16  # the transposed pass's values: δ in column 0, zeros beside it (Flex's smallest head dim)
+
+
+def _column_pass(kt, qt, values, bias_rows, lse_rows, block_mask_t, scale, kernel_options=None):
+    group = qt.shape[1] // kt.shape[1]
+
+    def shift(score, bi, h, q_idx, kv_idx):  # q_idx: a key j, kv_idx: a query i
+        return score + bias_rows[bi, h // group, q_idx] - lse_rows[bi, h, kv_idx]
+
+    queries = kt if group == 1 else kt.repeat_interleave(group, dim=1)
+    return _flex_with_lse(queries, qt, values, shift, block_mask_t, scale, False, kernel_options)
+
+
+def column_sums(qt: torch.Tensor, kt: torch.Tensor, bias_rows: torch.Tensor, lse: torch.Tensor,
+                weights: torch.Tensor, block_mask: BlockMask, scale: float, compiled: bool = True) -> torch.Tensor:
+    """``Σ_i P_ij · weights_i`` over the queries ``i`` that see key ``j``, summed over each key head's query heads,
+    by one transposed FlexAttention pass (see the module docstring).
+
+    qt (b, hq, lq, d), kt (b, hkv, lk, d), bias_rows (b, hkv, ≥ lk) as given to the forward (padded to whole tiles),
+    lse (b, hq, lq) the forward's log-sum-exp, weights (b, hq, lq) float32, block_mask the forward's
+    -> (b, hkv, lk) float32. ``compiled`` as in :func:`dynamic_mask_attention_biased_causal`.
+    """
+    b, hq, lq, _ = qt.shape
+    hkv, lk = kt.shape[1], kt.shape[2]
+    # Flex evaluates the score_mod on whole tiles: pad the queries' lse with +inf (weight exp(-inf) = 0)
+    lse_rows = F.pad(lse.float(), (0, -(-lq // TILE) * TILE - lq), value=float("inf")).contiguous()
+    values = qt.new_zeros(b, hq, lq, VALUE_WIDTH)
+    values[..., 0] = weights
+    run = _compiled_column_pass if compiled and _compiled_column_pass is not None else _column_pass
+    out, lse_t = run(kt, qt, values, bias_rows, lse_rows, transposed_block_mask(block_mask), scale, KERNEL_OPTIONS)
+    sums = out[..., 0].float() * lse_t.float().exp()  # (b, hq, lk): the output is the average, exp(lse) the total
+    return sums.view(b, hkv, hq // hkv, lk).sum(2)
 
 
 # torch.compile makes one variant of ``_attend`` per shape, grad mode and mask (with or without documents), and
@@ -124,13 +203,46 @@ def _attend(q, k, v, bias_rows, block_mask, scale, kernel_options=None):
 RECOMPILE_LIMIT = 64
 
 
-def compile_attend(backend: str = "inductor"):
-    """``_attend`` under ``torch.compile`` (static shapes, ``backend``), allowed :data:`RECOMPILE_LIMIT` variants."""
+def compile_attend(backend: str = "inductor", function=_attend):
+    """``function`` (default ``_attend``) under ``torch.compile`` (static shapes, ``backend``), allowed
+    :data:`RECOMPILE_LIMIT` variants."""
     return torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT)(
-        torch.compile(_attend, dynamic=False, backend=backend))
+        torch.compile(function, dynamic=False, backend=backend))
 
 
 _compiled_attend = compile_attend() if torch.cuda.is_available() else None
+_compiled_column_pass = compile_attend(function=_column_pass) if torch.cuda.is_available() else None
+
+
+class _BiasGradientByColumnSums(torch.autograd.Function):
+    """Flex's forward and its q/k/v backward with the bias held constant; the bias rows' gradient from
+    :func:`column_sums` (module docstring). q/k/v (b, h, l, d) as Flex takes them, bias_rows (b, hkv, padded lk)."""
+
+    @staticmethod
+    def forward(ctx, qt, kt, vt, bias_rows, block_mask, scale, compiled):
+        attend = _compiled_attend if compiled and _compiled_attend is not None else _attend
+        with torch.enable_grad():  # Flex's own backward, kept for ours: every input a leaf of this inner graph
+            leaves = tuple(t.detach().requires_grad_() for t in (qt, kt, vt))
+            out, lse = attend(*leaves, bias_rows.detach(), block_mask, scale, KERNEL_OPTIONS, True)
+        ctx.inner = (leaves, out)
+        ctx.block_mask, ctx.scale, ctx.compiled = block_mask, scale, compiled
+        ctx.save_for_backward(bias_rows, lse)
+        return out.detach()
+
+    @staticmethod
+    def backward(ctx, dout):
+        (qt, kt, vt), out = ctx.inner
+        ctx.inner = None
+        bias_rows, lse = ctx.saved_tensors
+        dq, dk, dv = torch.autograd.grad(out, (qt, kt, vt), dout)
+        with torch.no_grad():
+            delta = (dout.float() * out.float()).sum(-1)  # (b, hq, lq): δ_i = dO_i · O_i
+            lk = kt.shape[2]
+            grad_rows = torch.zeros_like(bias_rows)
+            grad_rows[..., :lk] = ((vt.float() * dv.float()).sum(-1)
+                                   - column_sums(qt, kt, bias_rows, lse, delta, ctx.block_mask, ctx.scale,
+                                                 ctx.compiled))
+        return dq, dk, dv, grad_rows, None, None, None
 
 
 def dynamic_mask_attention_biased_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
@@ -153,8 +265,11 @@ def dynamic_mask_attention_biased_causal(q: torch.Tensor, k: torch.Tensor, v: to
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     block_mask = causal_block_mask(lq, lk, q.device) if seq_idx is None else block_mask_for(b, lq, lk, seq_idx,
                                                                                               q.device)
-    attend = _compiled_attend if compiled and _compiled_attend is not None else _attend
-    out = attend(qt, kt, vt, rows, block_mask, scale, KERNEL_OPTIONS)
+    if rows.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        out = _BiasGradientByColumnSums.apply(qt, kt, vt, rows, block_mask, scale, compiled)
+    else:
+        attend = _compiled_attend if compiled and _compiled_attend is not None else _attend
+        out = attend(qt, kt, vt, rows, block_mask, scale, KERNEL_OPTIONS)
     out = out[:, :, :lq].transpose(1, 2)
     keep = attendable_queries(bias, lq, seq_idx)  # (b, lq, hkv)
     keep = keep.repeat_interleave(hq // k.shape[2], dim=2)[..., None]
