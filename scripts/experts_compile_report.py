@@ -3,17 +3,16 @@ configuration's resources.
 
     PYTHONPATH=src python scripts/experts_compile_report.py [--kernels row_dots ...] [--dump DIR]
 
-Every autotune configuration of every kernel of ``ops/expert_mixture/row_kernels.py`` (row dots with each epilogue,
-row sum, table gradient with ``HI_LO`` on (bf16 rows) and off (fp16 and float32 rows)),
-``ops/expert_mixture/coefficient_kernels.py``, ``ops/product_key/topk_kernels.py`` and
-``ops/cdmoe/decode_kernels.py``, compiled with ``triton.compile`` for ``GPUTarget("cuda", 90, 32)`` at cheems-base's
-CDMoE shape with the dtypes training passes (see :data:`SHAPE`: T = 32768 tokens per layer call, d = 768,
-N = 2304 experts = 48², 4 heads × top-8 = M = 32 selections per token, retrieval dim 64 = 2 × 32; bf16 tables and
-activations, int64 ids, float32 gates and coefficients; the decoding kernels at one token), specialised as Triton's
-launcher does (``sm90_report.launch_signature``: meta tensors, integers equal to 1 constant, multiples of 16
-marked). Columns: registers and stack (spill) bytes (``cuobjdump -res-usage``), shared memory, SASS counts of wgmma
-(HGMMA), mma.sync (HMMA), cp.async (LDGSTS) and global loads by width (128/64/32/16 bits), FFMA, 64-bit address
-multiplies (``IMAD.WIDE``), atomics (RED/ATOMG), local memory (LDL/STL), and the SASS instructions of each loop
+Every autotune configuration of every kernel of ``ops/expert_mixture/row_kernels.py`` (row dots with each epilogue, row
+sum, table gradient with ``HI_LO`` on (bf16 rows) and off (fp16 and float32 rows)), ``ops/product_key/topk_kernels.py``
+and ``ops/cdmoe/decode_kernels.py``, compiled with ``triton.compile`` for ``GPUTarget("cuda", 90, 32)`` at cheems-base's
+CDMoE shape with the dtypes training passes (see :data:`SHAPE`: T = 32768 tokens per layer call, d = 768, N = 2304
+experts = 48², 4 heads × top-8 = M = 32 selections per token, retrieval dim 64 = 2 × 32; bf16 tables and activations,
+int64 ids, float32 gates and coefficients; the decoding kernels at one token), specialised as Triton's launcher does
+(``sm90_report.launch_signature``: meta tensors, integers equal to 1 constant, multiples of 16 marked). Columns:
+registers and stack (spill) bytes (``cuobjdump -res-usage``), shared memory, SASS counts of wgmma (HGMMA), mma.sync
+(HMMA), cp.async (LDGSTS) and global loads by width (128/64/32/16 bits), FFMA, 64-bit address multiplies
+(``IMAD.WIDE``), atomics (RED/ATOMG), local memory (LDL/STL), and the SASS instructions of each loop
 (``sm90_report.loop_sizes``, program order). ``--dump DIR`` writes each compile's PTX and SASS there.
 """
 import argparse
@@ -27,7 +26,6 @@ from sm90_report import compile_sm90, dump_asm, launch_signature, resources
 
 from wonderful_matrices.ops.cdmoe import MAX_DECODE_TOKENS
 from wonderful_matrices.ops.cdmoe import decode_kernels as dk
-from wonderful_matrices.ops.expert_mixture import coefficient_kernels as ck
 from wonderful_matrices.ops.expert_mixture import row_kernels as rk
 from wonderful_matrices.ops.product_key import topk_kernels as tk
 
@@ -67,11 +65,6 @@ def cases():
         out.append((label, rk._table_grad_kernel.fn, args,
                     dict(BLOCK_E=rk.BLOCK_E, BLOCK_R=rk.BLOCK_R, HI_LO=vec_dtype == torch.bfloat16),
                     configs(rk._table_grad_kernel)))
-    # the dense mixture's coefficient matrices: one chunk of all T tokens (DENSE_BUDGET holds it), W and Ws paired
-    for label, pair in (("coefficients", False), ("coefficients/pair", True)):
-        coef = _meta(T, N)
-        args = dict(ids_ptr=ids, w_ptr=tm, w2_ptr=tm, out_ptr=coef, out2_ptr=coef, T=T, M=M, N=N)
-        out.append((label, ck._coefficients_kernel.fn, args, dict(PAIR=pair), configs(ck._coefficients_kernel)))
     # product-key top-k: bf16 queries and sub-keys (autocast), float32 scores, int64 ids
     query, keys = _meta(T, H, 2, dkey), _meta(H, 2, n, dkey)
     topk_const = dict(K=k, K_PAD=tk._pad(k), DK_PAD=tk._pad(dkey, 16))

@@ -7,9 +7,9 @@ One layer call: T tokens, d = 768, N = 2304 experts (48²), 4 heads × top-8 (M 
 and activations, float32 gates, as training under autocast passes them. Prints per part the median time over
 ``--repeats`` calls (CUDA events, after a warm-up that also runs the autotuners) and the gathered bytes per
 millisecond. Then the dense mixture (cheems-base's training path) forward + backward under ``torch.compile``, with
-its coefficient matrices built by :class:`~wonderful_matrices.ops.expert_mixture.dense.IdRuns` (sort, scan, scatter:
-what Inductor fuses today) and by the Triton coefficient kernel (``dense.COEFFICIENT_KERNEL_ON_CUDA``), side by side
-(CUDA only). CPU plumbing check: ``TRITON_INTERPRET=1 ... --tokens 64 --repeats 1`` (float32, CPU).
+its coefficient matrices built by :class:`~wonderful_matrices.ops.expert_mixture.dense.IdRuns` (sort, scan, scatter,
+which Inductor fuses; CUDA only). CPU plumbing check: ``TRITON_INTERPRET=1 ... --tokens 64 --repeats 1`` (float32,
+CPU).
 """
 import argparse
 import statistics
@@ -58,22 +58,15 @@ def dense_mixture_step(x, ids, gates, down, up, grad_y):
     dense.expert_mixture(x, ids, gates, down, up).backward(grad_y)
 
 
-def dense_mixture_times(x, ids, gates, down, up, grad_y, repeats: int, cuda: bool) -> dict[str, float]:
-    """Median ms of :func:`dense_mixture_step` compiled, with the coefficient matrices from IdRuns and from the
-    Triton kernel (each compiled afresh: the switch is read while tracing). CUDA only: the switch is CUDA's."""
-    leaves = [t.detach().clone().requires_grad_() for t in (x, gates, down, up)]
-    x, gates, down, up = leaves
-    saved, times = dense.COEFFICIENT_KERNEL_ON_CUDA, {}
+def dense_mixture_time(x, ids, gates, down, up, grad_y, repeats: int, cuda: bool) -> float:
+    """Median ms of :func:`dense_mixture_step` compiled (coefficient matrices from IdRuns)."""
+    x, gates, down, up = (t.detach().clone().requires_grad_() for t in (x, gates, down, up))
+    torch._dynamo.reset()
+    step = torch.compile(dense_mixture_step)
     try:
-        for name, kernel in (("dense mixture fwd+bwd, IdRuns", False), ("dense mixture fwd+bwd, kernel", True)):
-            dense.COEFFICIENT_KERNEL_ON_CUDA = kernel
-            torch._dynamo.reset()
-            step = torch.compile(dense_mixture_step)
-            times[name] = timed(lambda: step(x, ids, gates, down, up, grad_y), repeats, cuda)
+        return timed(lambda: step(x, ids, gates, down, up, grad_y), repeats, cuda)
     finally:
-        dense.COEFFICIENT_KERNEL_ON_CUDA = saved
         torch._dynamo.reset()
-    return times
 
 
 def main():
@@ -118,12 +111,11 @@ def main():
         print(f"{name:<18} {ms:8.3f} ms  {moved / 1e9:7.3f} GB main traffic  {moved / ms / 1e9:7.2f} TB/s")
     print(f"{'sum':<18} {total:8.3f} ms per layer call (top-k backward: {tk.SMALL_TABLE_BACKWARD}); x 12 layers = "
           f"{12 * total:.1f} ms per step")
-    if not cuda:  # under the interpreter the dense mixture always takes the kernel, and at N = 2304 for minutes
+    if not cuda:  # no CPU times (see timed), and compiling the dense mixture would only cost time
         return
-    mixture_ids = ids.view(T, HEADS, TOP_K)
-    for name, ms in dense_mixture_times(x, mixture_ids, gates.view(T, HEADS, TOP_K), down, up, grad_y,
-                                        args.repeats, cuda).items():
-        print(f"{name:<32} {ms:8.3f} ms (compiled; x 12 layers = {12 * ms:.1f} ms per step)")
+    ms = dense_mixture_time(x, ids.view(T, HEADS, TOP_K), gates.view(T, HEADS, TOP_K), down, up, grad_y,
+                            args.repeats, cuda)
+    print(f"{'dense mixture fwd+bwd, IdRuns':<32} {ms:8.3f} ms (compiled; x 12 layers = {12 * ms:.1f} ms per step)")
 
 
 if __name__ == "__main__":

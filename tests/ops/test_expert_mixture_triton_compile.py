@@ -53,21 +53,3 @@ def test_kernel_compiles_for_sm90(name, dt):
             copies = re.search(r"cp\.async[.\w]* \[[^]]*\], \[[^]]*\], 0x10", ptx)
             assert re.search(r"ld\.global(\.\w+)*\.v4", ptx) or copies, \
                 f"table rows are not read with 16-byte loads ({config}, {num_warps} warps)"
-
-
-COEFFICIENTS = {"ids_ptr": "*i64", "w_ptr": "*fp32", "w2_ptr": "*fp32", "out_ptr": "*{dt}", "out2_ptr": "*{dt}",
-                "T": "i32", "M": "i32", "N": "i32", "PAIR": "constexpr", "BLOCK_T": "constexpr",
-                "BLOCK_E": "constexpr"}
-
-
-@pytest.mark.parametrize("pair", [False, True])
-@pytest.mark.parametrize("dt", ["bf16", "fp16", "fp32"])
-@pytest.mark.parametrize("aligned", [False, True])
-def test_coefficient_kernel_compiles_for_sm90(pair, dt, aligned):
-    """The dense mixture's coefficient-matrix kernel, one matrix or W and Ws together, every autotune configuration,
-    with sizes that are multiples of 16 and sizes that are not."""
-    kernels = importlib.import_module("wonderful_matrices.ops.expert_mixture.coefficient_kernels")
-    kernel = kernels._coefficients_kernel
-    signature = {k: v.format(dt=dt) for k, v in COEFFICIENTS.items()}
-    compiled = compile_every_config(kernel, signature, {"PAIR": pair}, aligned=aligned)
-    assert len(compiled) == len(kernels.GPU_CONFIGS) and all(c.asm["ptx"] for _, _, c in compiled)

@@ -27,11 +27,10 @@ float32 in the ``(chunk, M)`` space, in a fixed order, and written once into a z
 one rounding of each coefficient, the same relative error (2^-9 in bf16) as rounding the input ``x``, well inside
 the bf16 bounds the gather backends meet (tests/ops/test_expert_mixture_dense.py measures it against float64),
 and bit-identical from run to run (no atomic adds). Float32 and float64 tables get float32 / float64 matrices.
-Where Triton runs (CUDA behind ``COEFFICIENT_KERNEL_ON_CUDA``; the CPU under ``TRITON_INTERPRET=1``, not for
-bf16) float32, bf16 and fp16 matrices come instead from one launch (``coefficient_kernels.py``; one for the
-backward's ``W`` and ``Ws`` together) that writes each element once from a float32 sum in the order of the
-selections: the same sums up to float32 rounding (IdRuns adds a run's members in a tree order), the same single
-rounding, deterministic too.
+A Triton kernel that wrote the matrices in one launch each (the backward's ``W`` and ``Ws`` in one) was slower and
+was removed: on an H100 at cheems-base's CDMoE layer (below; d = 768) the compiled forward + backward took 4.33 ms
+per layer with it against 1.83 ms with IdRuns (docs/results.md, session 12; the kernel is in the git history before
+its removal).
 
 The selected dots ``s`` and ``grad_coef`` stay a float32 product output plus a gather: one ``(chunk, N)`` float32
 write each. Computing only the ``T·M`` selected dots instead (a row-gathering backend) would read ``T·M·d`` half
@@ -50,27 +49,13 @@ outside the GEMMs' own reads of the tables and activations:
 """
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
-from ..triton_utils import interpreting
 from .gather import RowSum, compute_dtype
 from .naive import ACTIVATIONS
 
 DENSE_BUDGET = 1 << 29  # bytes of the (chunk, N) buffers of one chunk (512 MiB): see token_bytes
 HALF_DTYPES = (torch.float16, torch.bfloat16)
-# The coefficient matrices from the Triton kernel (coefficient_kernels.py) on CUDA. Its CUDA tests pass (H100,
-# docs/results/session11_h100/call2/cuda_experts.log); it stays off until scripts/experts_kernel_times.py shows the
-# compiled dense mixture faster with it than with IdRuns (which Inductor fuses), so CUDA builds them with IdRuns.
-COEFFICIENT_KERNEL_ON_CUDA = False
-KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # coefficient-matrix dtypes the kernel writes
-# ... of them under the interpreter: its bf16 stores truncate rather than round to nearest (Triton 3.7.1)
-INTERPRETED_KERNEL_DTYPES = (torch.float32, torch.float16)
-# Whether Triton can run at all, and on the CPU (its interpreter), read once at import: the checks below then cost
-# nothing per call and torch.compile sees constants.
-_TRITON = importlib.util.find_spec("triton") is not None
-_KERNEL_ON_CPU = _TRITON and interpreting()
 
 # act'(s) · grad through ATen's own activation derivatives (those autograd uses for F.silu / F.gelu / F.relu)
 ACTIVATION_BACKWARD = {
@@ -83,9 +68,9 @@ ACTIVATION_BACKWARD = {
 def token_bytes(N: int, dtype: torch.dtype) -> int:
     """Bytes per token of the (chunk, N) buffers for tables of ``dtype``: a product output row in the compute dtype
     (float32 for half tables) plus a coefficient row in ``dtype`` — 6·N for bf16/fp16, 8·N float32, 16·N float64.
-    The product output is freed before a coefficient matrix is built, so this bounds the live (chunk, N) bytes (on
-    the CPU a half coefficient matrix and its float32 copy for the product: the same 6·N; the Triton kernel's ``W``
-    and ``Ws``, built together in the backward, 2·N·dtype bytes with no float32 copy on CUDA)."""
+    The product output is freed before a coefficient matrix is built, and the backward builds ``W`` and ``Ws`` one
+    after the other (each where it is used), so this bounds the live (chunk, N) bytes (on the CPU a half coefficient
+    matrix and its float32 copy for the product: the same 6·N)."""
     compute = torch.float32 if dtype in HALF_DTYPES else dtype
     return N * (compute.itemsize + dtype.itemsize)
 
@@ -143,26 +128,9 @@ class IdRuns:
         return out.scatter_(1, self.ids, totals.to(dtype))
 
 
-def coefficient_kernel_applies(w: torch.Tensor, dtype: torch.dtype) -> bool:
-    """Whether the coefficient matrices of ``w`` (c, M) in ``dtype`` come from the Triton kernel
-    (``coefficient_kernels.py``) rather than :class:`IdRuns`: float32 ``w``, and CUDA with
-    ``COEFFICIENT_KERNEL_ON_CUDA`` and a dtype of ``KERNEL_DTYPES``, or the CPU under ``TRITON_INTERPRET=1`` and a
-    dtype of ``INTERPRETED_KERNEL_DTYPES``."""
-    if not _TRITON or w.dtype != torch.float32:
-        return False
-    if w.is_cuda:
-        return COEFFICIENT_KERNEL_ON_CUDA and dtype in KERNEL_DTYPES
-    return _KERNEL_ON_CPU and w.device.type == "cpu" and dtype in INTERPRETED_KERNEL_DTYPES
-
-
 def dense_coefficients(w: torch.Tensor, ids: torch.Tensor, N: int, dtype: torch.dtype) -> torch.Tensor:
     """w (c, M) compute dtype, ids (c, M) int64 -> (c, N) in ``dtype``: ``out[t, e] = Σ_{ids[t,j]=e} w[t, j]``,
-    summed in the compute dtype and rounded once, deterministically (the Triton kernel where
-    :func:`coefficient_kernel_applies`, else :class:`IdRuns`)."""
-    if coefficient_kernel_applies(w, dtype):
-        from .coefficient_kernels import coefficient_matrices  # imported on first use: no triton, no import
-
-        return coefficient_matrices([w], ids, N, dtype)[0]
+    summed in the compute dtype and rounded once, deterministically (:class:`IdRuns`)."""
     runs = IdRuns(ids)
     return runs.coefficients(runs.totals(w), N, dtype)
 
@@ -243,19 +211,14 @@ class DenseMixture(torch.autograd.Function):
                 continue
             values = ([gates_c * activated] if need_up else []) + \
                 ([act_backward(grad_coef * gates_c, s_c)] if need_ws else [])
-            if coefficient_kernel_applies(values[0], up.dtype):  # W and Ws written by one launch
-                from .coefficient_kernels import coefficient_matrices
-
-                matrices = coefficient_matrices(values, ids_c, N, up.dtype)
-            else:  # W's and Ws's entries summed per run of equal ids together: one sort and one scan for both;
-                # each matrix is written where it is used, so one (chunk, N) matrix is alive at a time
-                matrices, runs = None, IdRuns(ids_c)
-                totals = runs.totals(torch.stack(values))
+            # W's and Ws's entries summed per run of equal ids together: one sort and one scan for both; each
+            # matrix is written where it is used, so one (chunk, N) matrix is alive at a time
+            runs = IdRuns(ids_c)
+            totals = runs.totals(torch.stack(values))
             if need_up:
-                grad_up += matmul((matrices[0] if matrices else runs.coefficients(totals[0], N, up.dtype)).t(),
-                                  grad_y[rows])
+                grad_up += matmul(runs.coefficients(totals[0], N, up.dtype).t(), grad_y[rows])
             if need_ws:
-                ws = matrices[-1] if matrices else runs.coefficients(totals[-1], N, down.dtype)
+                ws = runs.coefficients(totals[-1], N, down.dtype)
                 if need_x:
                     grad_x[rows] = matmul(ws, down)
                 if need_down:
