@@ -3,13 +3,13 @@ with the bytes each moves and its floor (docs/kernels_experts.md).
 
     PYTHONPATH=src python scripts/experts_kernel_times.py [--tokens 32768] [--repeats 20]
 
-One layer call: T tokens, d = 768, N = 2304 experts (48²), 4 heads × top-8 (M = 32), retrieval dim 64, bf16 tables
-and activations, float32 gates, as training under autocast passes them. Prints per part the median time over
-``--repeats`` calls (CUDA events, after a warm-up that also runs the autotuners) and the gathered bytes per
-millisecond. Then the dense mixture (cheems-base's training path) forward + backward under ``torch.compile``, with
-its coefficient matrices built by :class:`~wonderful_matrices.ops.expert_mixture.dense.IdRuns` (sort, scan, scatter,
-which Inductor fuses; CUDA only). CPU plumbing check: ``TRITON_INTERPRET=1 ... --tokens 64 --repeats 1`` (float32,
-CPU).
+One layer call: T tokens, d = 768, N = 2304 experts (48²), 4 heads × top-8 (M = 32), retrieval dim 64, bf16 tables and
+activations, float32 gates, as training under autocast passes them. Prints per part (the top-k's forward and backward in
+each kind) the median time over ``--repeats`` calls (CUDA events, after a warm-up that also runs the autotuners) and the
+gathered bytes per millisecond. Then the dense mixture (cheems-base's training path) forward + backward under
+``torch.compile``, with its coefficient matrices built by :class:`~wonderful_matrices.ops.expert_mixture.dense.IdRuns`
+(sort, scan, scatter, which Inductor fuses; CUDA only). CPU plumbing check: ``TRITON_INTERPRET=1 ... --tokens 64
+--repeats 1`` (float32, CPU).
 """
 import argparse
 import statistics
@@ -51,6 +51,16 @@ def backward_with(kind: str, query, keys, ids, grad):
         tk.SMALL_TABLE_BACKWARD = saved
 
 
+def forward_with(kind: str, query, keys):
+    """``topk_forward`` with the forward ``kind`` (``tk.FORWARDS``), whatever ``FORWARD`` says."""
+    saved = tk.FORWARD
+    tk.FORWARD = kind
+    try:
+        return tk.topk_forward(query, keys, TOP_K)
+    finally:
+        tk.FORWARD = saved
+
+
 def dense_mixture_step(x, ids, gates, down, up, grad_y):
     """One forward + backward of the dense mixture (the inputs are leaves; their gradients are overwritten)."""
     for t in (x, gates, down, up):
@@ -90,7 +100,8 @@ def main():
     by_expert = rk.sort_by_expert(ids, N)
     rows = T * M * D * x.element_size()  # bytes of the gathered rows of one pass
     parts = [
-        ("topk forward", lambda: tk.topk_forward(query, keys, TOP_K), query.numel() * query.element_size()),
+        *((f"topk fwd {kind}", lambda kind=kind: forward_with(kind, query, keys), query.numel() * query.element_size())
+          for kind in tk.FORWARDS),
         *((f"topk bwd {kind}", lambda kind=kind: backward_with(kind, query, keys, ids.view(T, HEADS, TOP_K), scores),
            query.numel() * query.element_size() * 2) for kind in tk.SMALL_TABLE_BACKWARDS),
         ("row_dots forward", lambda: rk.row_dots(x, down, ids, rk.FORWARD, 0, gates=gates), rows),
@@ -106,10 +117,11 @@ def main():
     total = 0.0
     for name, fn, moved in parts:
         ms = timed(fn, args.repeats, cuda)
-        if not name.startswith("topk bwd") or name == f"topk bwd {tk.SMALL_TABLE_BACKWARD}":
-            total += ms  # one backward of the top-k: the one the library takes
+        if name.split()[:2] not in (["topk", "bwd"], ["topk", "fwd"]) or name in (
+                f"topk bwd {tk.SMALL_TABLE_BACKWARD}", f"topk fwd {tk.FORWARD}"):
+            total += ms  # one forward and one backward of the top-k: those the library takes
         print(f"{name:<18} {ms:8.3f} ms  {moved / 1e9:7.3f} GB main traffic  {moved / ms / 1e9:7.2f} TB/s")
-    print(f"{'sum':<18} {total:8.3f} ms per layer call (top-k backward: {tk.SMALL_TABLE_BACKWARD}); x 12 layers = "
+    print(f"{'sum':<18} {total:8.3f} ms per layer call (top-k: {tk.FORWARD}, {tk.SMALL_TABLE_BACKWARD}); x 12 layers = "
           f"{12 * total:.1f} ms per step")
     if not cuda:  # no CPU times (see timed), and compiling the dense mixture would only cost time
         return

@@ -251,16 +251,18 @@ def _top_scores(q64, k64, k):
     (4133, 4, 48, 32, 8),      # cheems-base's routing (N = 2304)
 ]))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("backward", ["reduced", "atomic"])
-def test_product_key_triton_cuda(monkeypatch, tokens, H, n, dk, k, dtype, backward):
+@pytest.mark.parametrize("forward,backward", [("insertion", "reduced"), ("insertion", "atomic"),
+                                              ("bitonic", "reduced")])
+def test_product_key_triton_cuda(monkeypatch, tokens, H, n, dk, k, dtype, forward, backward):
     """The fused top-k kernel against brute force in float64 on the same (rounded) inputs: a correct top k
-    (each id's exact score equals its score, none left out beats the k-th), and its gradients — with each
-    backward of small tables (SMALL_TABLE_BACKWARD; tables of more than SMALL_TABLE_KEYS sub-keys always take the
-    atomic kernel)."""
+    (each id's exact score equals its score, none left out beats the k-th), and its gradients — with each forward
+    (FORWARD) and each backward of small tables (SMALL_TABLE_BACKWARD; tables of more than SMALL_TABLE_KEYS
+    sub-keys always take the atomic kernel)."""
     from wonderful_matrices.ops.product_key import topk_kernels
 
-    if backward != "atomic" and topk_kernels._pad(n, 16) > topk_kernels.SMALL_TABLE_KEYS:
+    if backward != "atomic" and topk_kernels._pad(n, 16) > topk_kernels.SMALL_TABLE_KEYS and forward == "insertion":
         pytest.skip("a large table always takes the atomic backward (its 'atomic' case runs it)")
+    monkeypatch.setattr(topk_kernels, "FORWARD", forward)
     monkeypatch.setattr(topk_kernels, "SMALL_TABLE_BACKWARD", backward)
     gen = torch.Generator().manual_seed(tokens + n)
     query = torch.randn(tokens, H, 2, dk, generator=gen).to(dtype)

@@ -56,16 +56,18 @@ CASES = [
 
 
 @interpreted_only
-@pytest.mark.parametrize("backward", ["reduced", "atomic"])
+@pytest.mark.parametrize("forward,backward", [("insertion", "reduced"), ("insertion", "atomic"),
+                                              ("bitonic", "reduced")])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"b{c[0]}H{c[1]}n{c[2]}dk{c[3]}k{c[4]}")
-def test_forward_and_gradients_match_brute_force(case, backward, monkeypatch):
-    """Every case with each backward of small tables (SMALL_TABLE_BACKWARD; n = 130 always takes the atomic
-    kernel of large tables)."""
+def test_forward_and_gradients_match_brute_force(case, forward, backward, monkeypatch):
+    """Every case with each forward (FORWARD) and each backward of small tables (SMALL_TABLE_BACKWARD; n = 130
+    always takes the atomic kernel of large tables)."""
     from wonderful_matrices.ops.product_key import topk_kernels
 
     batch, H, n, dk, k = case
-    if backward != "atomic" and topk_kernels._pad(n, 16) > topk_kernels.SMALL_TABLE_KEYS:
+    if backward != "atomic" and topk_kernels._pad(n, 16) > topk_kernels.SMALL_TABLE_KEYS and forward == "insertion":
         pytest.skip("a large table always takes the atomic backward (its 'atomic' case runs it)")
+    monkeypatch.setattr(topk_kernels, "FORWARD", forward)
     monkeypatch.setattr(topk_kernels, "SMALL_TABLE_BACKWARD", backward)
     query, sub_keys = make(batch, H, n, dk)
     q, keys = query.clone().requires_grad_(), sub_keys.clone().requires_grad_()
@@ -87,8 +89,12 @@ def test_forward_and_gradients_match_brute_force(case, backward, monkeypatch):
 
 
 @interpreted_only
-def test_ties_return_the_exact_top_scores():
+@pytest.mark.parametrize("forward", ["insertion", "bitonic"])
+def test_ties_return_the_exact_top_scores(forward, monkeypatch):
     """Integer data makes many exact ties: the scores still equal brute force, ids distinct and scoring right."""
+    from wonderful_matrices.ops.product_key import topk_kernels
+
+    monkeypatch.setattr(topk_kernels, "FORWARD", forward)
     gen = torch.Generator().manual_seed(2)
     query = torch.randint(-2, 3, (20, 2, 2, 3), generator=gen).float()
     sub_keys = torch.randint(-2, 3, (2, 2, 6, 3), generator=gen).float()
@@ -113,6 +119,33 @@ def test_triton_rejects_what_it_cannot_run():
     query, sub_keys = make((3,), 1, 40, 4)
     with pytest.raises(ValueError, match="k=33"):
         product_key_topk(query, sub_keys, 33, backend="triton")
+
+
+@interpreted_only
+def test_bitonic_forward_orders_signed_scores_and_infinities(monkeypatch):
+    """The bitonic forward's packing keeps the float order across signs, zeros and -inf: queries whose sub-key
+    scores are all negative, exactly zero or mixed, against brute force."""
+    from wonderful_matrices.ops.product_key import topk_kernels
+
+    monkeypatch.setattr(topk_kernels, "FORWARD", "bitonic")
+    gen = torch.Generator().manual_seed(3)
+    sub_keys = torch.randn(1, 2, 12, 4, generator=gen)
+    query = torch.stack([-sub_keys[0, :, 0], torch.zeros(2, 4), torch.randn(2, 4, generator=gen) * 1e-3,
+                         torch.randn(2, 4, generator=gen) * 1e3])[:, None]  # (4, 1, 2, 4)
+    scores, ids = product_key_topk(query, sub_keys, 5, backend="triton")
+    ref_scores, _ = product_key_topk(query.double(), sub_keys.double(), 5, backend="naive")
+    assert rel_err(scores, ref_scores) <= 1e-6
+    assert_same_top_k(scores, ids, query, sub_keys, 5, 1e-6)
+
+
+@interpreted_only
+def test_unknown_forward_is_rejected(monkeypatch):
+    from wonderful_matrices.ops.product_key import topk_kernels
+
+    monkeypatch.setattr(topk_kernels, "FORWARD", "heap")
+    query, sub_keys = make((3,), 1, 9, 4)
+    with pytest.raises(ValueError, match="FORWARD"):
+        product_key_topk(query, sub_keys, 2, backend="triton")
 
 
 @interpreted_only

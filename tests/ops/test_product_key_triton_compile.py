@@ -56,3 +56,18 @@ def test_reduced_backward_compiles_for_sm90(dt, n_pad, block_t):
     kernels = importlib.import_module("wonderful_matrices.ops.product_key.topk_kernels")
     constants = {"K": 8, "N_PAD": n_pad, "DK_PAD": 32, "BLOCK_T": block_t}
     _compile(kernels._topk_backward_reduced_kernel, REDUCED, constants, 4, dt)
+
+
+@pytest.mark.parametrize("k,block_n", [(8, 64), (16, 128), (32, 32), (3, 16)])
+def test_bitonic_forward_compiles_for_sm90(k, block_n):
+    """The sorting-network forward (FORWARD = "bitonic") in bf16, in every autotune configuration its pruning keeps,
+    at the chunk widths topk_forward picks for √N = 48 (cheems-base) and 1024 (N = 2^20, chunks merged), and k = 32,
+    k = 3 (float32 differs only in the products' precision, which the insertion kernel's test compiles)."""
+    dt = "bf16"
+    kernels = importlib.import_module("wonderful_matrices.ops.product_key.topk_kernels")
+    kernel = kernels._topk_forward_bitonic_kernel
+    k_pad = kernels._pad(k, 2)
+    for config in kernels.bitonic_configs_for(kernel.configs, k_pad, block_n):
+        constants = {"K": k, "K_PAD": k_pad, "DK_PAD": 32, "BLOCK_N": block_n,
+                     "PRECISION": "ieee" if dt == "fp32" else "tf32", **config.kwargs}
+        _compile(kernel.fn, FORWARD, constants, config.num_warps, dt)

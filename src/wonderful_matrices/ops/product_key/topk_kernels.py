@@ -11,6 +11,13 @@ beat the kept set, cost a few rounds. Then the ``k²`` candidate sums ``s_0[a] +
 max-and-remove. Only ``scores (T, H, k)`` float32 and ``ids (T, H, k)`` are written. Exact ties may come out in
 another order than brute force: equal values, any of them is a correct top k.
 
+``FORWARD = "bitonic"`` selects the same forward by sorting networks instead (``_topk_forward_bitonic_kernel``): each
+score and its label are packed into one int64 whose order is the score's, then the label's (:func:`_pack`), and
+Triton's bitonic ``tl.topk`` keeps the best ``K_PAD`` of a chunk, of a chunk merged with the kept set, and of the
+``K_PAD²`` candidate sums — a fixed number of compare-and-swap rounds in place of one round of four row reductions
+per insertion. Not GPU-timed yet: ``"insertion"`` stays the default until ``scripts/experts_kernel_times.py`` and
+``scripts/topk_bench.py`` compare them (both are interpreter-tested and in the CUDA parity test).
+
 Backward: the score of the ``j``-th pick is ``q_0·K_0[a_j] + q_1·K_1[b_j]``, so
 ``grad q_c = Σ_j g_j · K_c[idx_j]`` (a gather of sub-key rows) and ``grad K_c[idx] += g_j · q_c`` (a scatter). For
 larger tables one program per token block and head does both; the scatter adds float32 atomically into an
@@ -49,6 +56,8 @@ SMALL_TABLE_KEYS = 64
 SMALL_TABLE_BACKWARDS = ("reduced", "atomic")
 SMALL_TABLE_BACKWARD = "reduced"
 REDUCED_TILE = 4096
+FORWARDS = ("insertion", "bitonic")
+FORWARD = "insertion"
 
 
 def _forward_configs():
@@ -133,6 +142,96 @@ def _topk_forward_kernel(q_ptr, keys_ptr, scores_ptr, ids_ptr, T, H, N_KEYS, DK,
         out_i = tl.where(column, best_id[:, None], out_i)
         sums = tl.where(ids == best_id[:, None], float("-inf"), sums)
     store = mask_t[:, None] & live[None, :]
+    tl.store(scores_ptr + out, out_v, mask=store)
+    tl.store(ids_ptr + out, out_i.to(tl.int64), mask=store)
+
+
+def _bitonic_configs():
+    if interpreting():
+        return [triton.Config({"BLOCK_T": 16}, num_warps=1)]
+    return [triton.Config({"BLOCK_T": t}, num_warps=w) for t, w in ((16, 4), (16, 8), (32, 4), (32, 8), (64, 8))]
+
+
+BITONIC_VALUES_PER_THREAD = 32  # int64 values of the widest tile per thread: wider tiles spill
+
+
+def bitonic_configs_for(configs, K_PAD: int, BLOCK_N: int):
+    """The configurations whose widest tile (the K_PAD² candidate sums or a chunk of BLOCK_N scores, per token of
+    the block) keeps at most BITONIC_VALUES_PER_THREAD values per thread; the smallest one when none does."""
+    def per_thread(config):
+        return config.kwargs["BLOCK_T"] * max(K_PAD * K_PAD, BLOCK_N) / (32 * config.num_warps)
+
+    fitting = [c for c in configs if per_thread(c) <= BITONIC_VALUES_PER_THREAD]
+    return fitting or [min(configs, key=per_thread)]
+
+
+def _prune_bitonic(configs, named_args, **kwargs):
+    return bitonic_configs_for(configs, kwargs["K_PAD"], kwargs["BLOCK_N"])
+
+
+@triton.jit
+def _pack(value, label):
+    """float32 ``value`` and int32 ``label`` in [0, 2^31) -> int64 ordered as (value, label): the float's bits
+    turned into an int32 of the same order (negatives: the magnitude bits flipped) in the high half."""
+    bits = value.to(tl.int32, bitcast=True)
+    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return (key.to(tl.int64) << 32) | label.to(tl.int64)
+
+
+@triton.jit
+def _unpack(packed):
+    """The inverse of :func:`_pack`: (float32 value, int32 label)."""
+    key = (packed >> 32).to(tl.int32)
+    bits = key ^ ((key >> 31) & 0x7FFFFFFF)
+    return bits.to(tl.float32, bitcast=True), (packed & 0xFFFFFFFF).to(tl.int32)
+
+
+@triton.jit
+def _half_topk_bitonic(q_ptr, keys_ptr, offs_t, mask_t, h, c, H, N_KEYS, DK,
+                       K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, DK_PAD: tl.constexpr,
+                       PRECISION: tl.constexpr):
+    """The ``K_PAD`` best sub-key scores of half ``c``, packed (:func:`_pack`) and sorted descending:
+    (BLOCK_T, K_PAD) int64; slots past ``N_KEYS`` hold -inf."""
+    offs_d = tl.arange(0, DK_PAD)
+    mask_d = offs_d < DK
+    q = tl.load(q_ptr + ((offs_t.to(tl.int64)[:, None] * H + h) * 2 + c) * DK + offs_d[None, :],
+                mask=mask_t[:, None] & mask_d[None, :], other=0.0)
+    kept = tl.zeros([BLOCK_T, K_PAD], tl.int64)
+    for n0 in range(0, N_KEYS, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N_KEYS
+        keys = tl.load(keys_ptr + ((h * 2 + c) * N_KEYS + offs_n[None, :]) * DK + offs_d[:, None],
+                       mask=mask_d[:, None] & mask_n[None, :], other=0.0)  # (DK_PAD, BLOCK_N)
+        scores = tl.where(mask_n[None, :], tl.dot(q, keys, input_precision=PRECISION), float("-inf"))
+        best = tl.topk(_pack(scores, offs_n[None, :] + tl.zeros([BLOCK_T, BLOCK_N], tl.int32)), K_PAD, dim=1)
+        if n0 == 0:
+            kept = best
+        else:
+            both = tl.reshape(tl.join(kept, best), [BLOCK_T, 2 * K_PAD])
+            kept = tl.topk(both, K_PAD, dim=1)
+    return kept
+
+
+@triton.autotune(configs=_bitonic_configs(), key=["N_KEYS", "DK", "K"],
+                 prune_configs_by={"early_config_prune": _prune_bitonic})
+@triton.jit
+def _topk_forward_bitonic_kernel(q_ptr, keys_ptr, scores_ptr, ids_ptr, T, H, N_KEYS, DK,
+                                 K: tl.constexpr, K_PAD: tl.constexpr, DK_PAD: tl.constexpr,
+                                 PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+    """As ``_topk_forward_kernel``, by sorting networks (module docstring); ``K_PAD <= BLOCK_N``."""
+    offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    mask_t = offs_t < T
+    h = tl.program_id(1)
+    v0, a = _unpack(_half_topk_bitonic(q_ptr, keys_ptr, offs_t, mask_t, h, 0, H, N_KEYS, DK, K_PAD, BLOCK_T,
+                                       BLOCK_N, DK_PAD, PRECISION))
+    v1, b = _unpack(_half_topk_bitonic(q_ptr, keys_ptr, offs_t, mask_t, h, 1, H, N_KEYS, DK, K_PAD, BLOCK_T,
+                                       BLOCK_N, DK_PAD, PRECISION))
+    # the K_PAD² candidate sums; those with a -inf half lose to every real pair (there are k² >= K real ones)
+    sums = tl.reshape(v0[:, :, None] + v1[:, None, :], [BLOCK_T, K_PAD * K_PAD])
+    ids = tl.reshape(a[:, :, None] * N_KEYS + b[:, None, :], [BLOCK_T, K_PAD * K_PAD])  # N < 2^31
+    out_v, out_i = _unpack(tl.topk(_pack(sums, ids), K_PAD, dim=1))
+    out = (offs_t.to(tl.int64)[:, None] * H + h) * K + tl.arange(0, K_PAD)[None, :]
+    store = mask_t[:, None] & (tl.arange(0, K_PAD) < K)[None, :]
     tl.store(scores_ptr + out, out_v, mask=store)
     tl.store(ids_ptr + out, out_i.to(tl.int64), mask=store)
 
@@ -222,11 +321,18 @@ def topk_forward(query: torch.Tensor, sub_keys: torch.Tensor, k: int) -> tuple[t
     n = sub_keys.shape[2]
     scores = poisoned_empty(T, H, k, dtype=torch.float32, device=query.device)
     ids = poisoned_empty(T, H, k, dtype=torch.int64, device=query.device)
+    require(FORWARD in FORWARDS, "FORWARD", FORWARD, f"one of {FORWARDS}")
     if T:
         precision = "ieee" if query.dtype == torch.float32 else "tf32"
         grid = lambda meta: (triton.cdiv(T, meta["BLOCK_T"]), H)  # noqa: E731
-        _topk_forward_kernel[grid](query, sub_keys, scores, ids, T, H, n, dk, K=k, K_PAD=_pad(k),
-                                   DK_PAD=_pad(dk, 16), PRECISION=precision)
+        if FORWARD == "bitonic":  # chunks of the sub-keys up to 128 wide, at least K_PAD (what tl.topk keeps)
+            k_pad = _pad(k, 2)
+            _topk_forward_bitonic_kernel[grid](query, sub_keys, scores, ids, T, H, n, dk, K=k, K_PAD=k_pad,
+                                               DK_PAD=_pad(dk, 16), PRECISION=precision,
+                                               BLOCK_N=max(k_pad, min(128, _pad(n, 16))))
+        else:
+            _topk_forward_kernel[grid](query, sub_keys, scores, ids, T, H, n, dk, K=k, K_PAD=_pad(k),
+                                       DK_PAD=_pad(dk, 16), PRECISION=precision)
     return scores, ids
 
 
