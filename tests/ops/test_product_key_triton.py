@@ -67,6 +67,8 @@ def test_forward_and_gradients_match_brute_force(case, forward, backward, monkey
     batch, H, n, dk, k = case
     if backward != "atomic" and topk_kernels._pad(n, 16) > topk_kernels.SMALL_TABLE_KEYS and forward == "insertion":
         pytest.skip("a large table always takes the atomic backward (its 'atomic' case runs it)")
+    if forward == "bitonic" and (n, k) == (32, 16):
+        pytest.skip("interpreter time: the k = 32 case runs the same single-chunk path on a wider candidate tile")
     monkeypatch.setattr(topk_kernels, "FORWARD", forward)
     monkeypatch.setattr(topk_kernels, "SMALL_TABLE_BACKWARD", backward)
     query, sub_keys = make(batch, H, n, dk)
