@@ -77,7 +77,8 @@ def main() -> None:
                 row.update(training_throughput(config, args.seq_len, args.tokens, device, steps=args.steps,
                                                compiled=compiled))
             except Exception as error:  # noqa: BLE001 - a variant that fails is a row of the report
-                row.update({"tokens_per_s": None, "peak_memory_gb": None, "error": one_line(error)})
+                row.update({"tokens_per_s": None, "peak_memory_gb": None, "steady_peak_memory_gb": None,
+                            "error": one_line(error)})
             rate = row.get("tokens_per_s")
             reference = reference or rate
             row["vs_first"] = rate / reference if rate and reference else None
@@ -85,6 +86,7 @@ def main() -> None:
             print(row, flush=True)
             write_results(args.out, "train_throughput", rows, meta,
                           columns=["variant", "compiled", "seq_len", "tokens_per_s", "vs_first", "peak_memory_gb",
+                                   "steady_peak_memory_gb",
                                    "error"])
 
 

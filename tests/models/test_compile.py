@@ -119,7 +119,8 @@ def test_training_throughput_compiled_and_a_failure_recorded(monkeypatch):
 
     monkeypatch.setattr(lm, "compiled_lm_loss", fails)
     failed = lm.training_throughput(config, 16, 32, torch.device("cpu"), steps=1, compiled=True)
-    assert failed == {"tokens_per_s": None, "peak_memory_gb": None, "error": "RuntimeError: no backend"}
+    assert failed == {"tokens_per_s": None, "peak_memory_gb": None, "steady_peak_memory_gb": None,
+                      "error": "RuntimeError: no backend"}
     monkeypatch.setattr(lm, "compiled_lm_loss", lambda: lm_common.compiled_lm_loss("aot_eager"))  # Inductor: slow
     compiled = lm.training_throughput(config, 16, 32, torch.device("cpu"), steps=1, compiled=True)
     assert compiled["tokens_per_s"] > 0 and compiled["error"] is None

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..train.optim import adamw
-from .common import one_line, time_callable, write_results
+from .common import one_line, synchronize, time_callable, write_results
 from .decode_common import analytic_cache_bytes, decode_measurement
 from .lm_common import compiled_lm_loss, corpus_tokens, optimizer_step, perplexity, set_fused, train_lm
 from .lm_scale import run_one, run_settings, steps_for
@@ -41,8 +41,10 @@ def training_throughput(config, seq_len: int, tokens_per_step: int, device: torc
     """Training tokens/s and peak memory of a fresh model of ``config`` on rows of ``seq_len`` random tokens
     (``tokens_per_step // seq_len`` rows, at least one): one step is forward, backward and AdamW, bf16 autocast on
     CUDA; two warm-up steps, then the median of ``steps`` timed ones. ``{"tokens_per_s", "peak_memory_gb",
-    "error"}``: both None when it runs out of memory or fails to compile (``error``: what happened, one line; None
-    when it ran). ``fused=False``: the plain-PyTorch norms and loss (:func:`.lm_common.set_fused`).
+    "steady_peak_memory_gb", "error"}``: the peak over every step, warm-up included (compilation and the kernels'
+    first-call autotuning), and over the timed steps alone (what each later training step needs); all None when it
+    runs out of memory or fails to compile (``error``: what happened, one line; None when it ran). ``fused=False``:
+    the plain-PyTorch norms and loss (:func:`.lm_common.set_fused`).
     ``compiled=True``: the loss under ``torch.compile`` (:func:`.lm_common.compiled_lm_loss`; default mode,
     ``dynamic=False``); the warm-up steps include the compilation."""
     from ..models import CheemsForCausalLM
@@ -54,14 +56,22 @@ def training_throughput(config, seq_len: int, tokens_per_step: int, device: torc
     opt = adamw(model, 1e-4, 0.1)
     rows = torch.randint(0, config.vocab_size, (batch, seq_len + 1), device=device)
     loss_fn = compiled_lm_loss() if compiled else None
-    result = {"tokens_per_s": None, "peak_memory_gb": None, "error": None}
+    result = {"tokens_per_s": None, "peak_memory_gb": None, "steady_peak_memory_gb": None, "error": None}
+    cuda = device.type == "cuda"
     try:
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        ms = time_callable(lambda: optimizer_step(model, opt, rows, device, loss_fn=loss_fn), device, warmup=2,
-                           reps=steps)
-        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-        result.update(tokens_per_s=batch * seq_len * 1e3 / ms, peak_memory_gb=peak)
+        step = lambda: optimizer_step(model, opt, rows, device, loss_fn=loss_fn)  # noqa: E731
+        for _ in range(2):  # the warm-up steps
+            step()
+        synchronize(device)
+        warm_peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        ms = time_callable(step, device, warmup=0, reps=steps)
+        steady = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
+        result.update(tokens_per_s=batch * seq_len * 1e3 / ms, peak_memory_gb=max(warm_peak, steady) if cuda else None,
+                      steady_peak_memory_gb=steady)
     except torch.OutOfMemoryError:
         result["error"] = "out of memory"
     except Exception as error:  # a preset that fails to compile is a result, not the end
