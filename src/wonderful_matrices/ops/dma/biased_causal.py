@@ -21,8 +21,9 @@ where ``dV_j = Σ_i P_ij dO_i`` is Flex's value gradient and the last sum is one
 as queries, queries as keys, logits ``s_ij + bias_j − lse_i`` so that its weights are ``P_ij`` themselves, values
 ``δ_i`` — whose output times ``exp`` of its log-sum-exp is ``Σ_i P_ij δ_i`` (:func:`column_sums`; about half a
 forward's work: the value width is 16). Under ``torch.compile`` tracing (which cannot follow the nested backward)
-and without a bias gradient the plain Flex call runs. On the CPU, where Flex has no backward, the column sums are
-tested against the oracle's bias gradient (tests/ops/test_dma_biased_causal.py).
+and without a bias gradient the plain Flex call runs. On the CPU, where Flex has no backward, the tests check the
+column sums against the oracle's bias gradient and the whole path with a dense stand-in for Flex's q/k/v part
+(tests/ops/test_dma_biased_causal.py).
 """
 from __future__ import annotations
 
@@ -240,8 +241,8 @@ class _BiasGradientByColumnSums(torch.autograd.Function):
             lk = kt.shape[2]
             grad_rows = torch.zeros_like(bias_rows)
             grad_rows[..., :lk] = ((vt.float() * dv.float()).sum(-1)
-                                   - column_sums(qt, kt, bias_rows, lse, delta, ctx.block_mask, ctx.scale,
-                                                 ctx.compiled))
+                                   - column_sums(qt.detach(), kt.detach(), bias_rows, lse, delta, ctx.block_mask,
+                                                 ctx.scale, ctx.compiled))
         return dq, dk, dv, grad_rows, None, None, None
 
 
