@@ -40,25 +40,16 @@ def timed(fn, repeats: int, cuda: bool) -> float:
     return statistics.median(times)
 
 
-def backward_with(kind: str, query, keys, ids, grad):
-    """``topk_backward`` with the small-table backward ``kind`` (``tk.SMALL_TABLE_BACKWARDS``: dense products, the
-    reduced kernel, or one atomic per pick and column), whatever ``SMALL_TABLE_BACKWARD`` says."""
-    saved = tk.SMALL_TABLE_BACKWARD
-    tk.SMALL_TABLE_BACKWARD = kind
-    try:
-        return tk.topk_backward(query, keys, ids, grad)
-    finally:
-        tk.SMALL_TABLE_BACKWARD = saved
-
-
-def forward_with(kind: str, query, keys):
+def topk_forward_as(kind: str, query, keys):
     """``topk_forward`` with the forward ``kind`` (``tk.FORWARDS``), whatever ``FORWARD`` says."""
-    saved = tk.FORWARD
-    tk.FORWARD = kind
-    try:
+    with tk.kinds(forward=kind):
         return tk.topk_forward(query, keys, TOP_K)
-    finally:
-        tk.FORWARD = saved
+
+
+def topk_backward_as(kind: str, query, keys, ids, grad):
+    """``topk_backward`` with the small-table backward ``kind`` (``tk.SMALL_TABLE_BACKWARDS``)."""
+    with tk.kinds(small_table_backward=kind):
+        return tk.topk_backward(query, keys, ids, grad)
 
 
 def dense_mixture_step(x, ids, gates, down, up, grad_y):
@@ -100,9 +91,9 @@ def main():
     by_expert = rk.sort_by_expert(ids, N)
     rows = T * M * D * x.element_size()  # bytes of the gathered rows of one pass
     parts = [
-        *((f"topk fwd {kind}", lambda kind=kind: forward_with(kind, query, keys), query.numel() * query.element_size())
-          for kind in tk.FORWARDS),
-        *((f"topk bwd {kind}", lambda kind=kind: backward_with(kind, query, keys, ids.view(T, HEADS, TOP_K), scores),
+        *((f"topk fwd {kind}", lambda kind=kind: topk_forward_as(kind, query, keys),
+           query.numel() * query.element_size()) for kind in tk.FORWARDS),
+        *((f"topk bwd {kind}", lambda kind=kind: topk_backward_as(kind, query, keys, ids.view(T, HEADS, TOP_K), scores),
            query.numel() * query.element_size() * 2) for kind in tk.SMALL_TABLE_BACKWARDS),
         ("row_dots forward", lambda: rk.row_dots(x, down, ids, rk.FORWARD, 0, gates=gates), rows),
         ("row_sum forward", lambda: rk.row_sum(coef, up, ids), rows),

@@ -38,14 +38,10 @@ def main() -> None:
             scores, _ = product_key_topk(query, keys, k, backend="triton")
             torch.autograd.grad(scores, (query, keys), grad)
 
-        saved = topk_kernels.FORWARD
         for kind in topk_kernels.FORWARDS:
-            topk_kernels.FORWARD = kind
-            try:
+            with topk_kernels.kinds(forward=kind):
                 fwd = time_callable(forward, device, warmup=3, reps=20)
                 ms = time_callable(both, device, warmup=3, reps=20)
-            finally:
-                topk_kernels.FORWARD = saved
             print(f"{name:<20} {kind:<9} T={T:<6} H={H} n={n:<5} dk={dk} k={k:<3} fwd {fwd:7.3f} ms   "
                   f"fwd+bwd {ms:7.3f} ms   bwd ~{ms - fwd:7.3f} ms", flush=True)
 

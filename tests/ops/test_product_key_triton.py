@@ -160,3 +160,16 @@ def test_unknown_small_table_backward_is_rejected(monkeypatch):
     scores, _ = product_key_topk(q, sub_keys, 2, backend="triton")
     with pytest.raises(ValueError, match="SMALL_TABLE_BACKWARD"):
         scores.sum().backward()
+
+
+def test_kinds_switches_and_restores():
+    """topk_kernels.kinds: the given switches inside the block, both as they were after it (an error included)."""
+    from wonderful_matrices.ops.product_key import topk_kernels
+
+    before = topk_kernels.FORWARD, topk_kernels.SMALL_TABLE_BACKWARD
+    with topk_kernels.kinds(forward="bitonic"):
+        assert (topk_kernels.FORWARD, topk_kernels.SMALL_TABLE_BACKWARD) == ("bitonic", before[1])
+    with pytest.raises(KeyError), topk_kernels.kinds(small_table_backward="atomic"):
+        assert topk_kernels.SMALL_TABLE_BACKWARD == "atomic"
+        raise KeyError
+    assert (topk_kernels.FORWARD, topk_kernels.SMALL_TABLE_BACKWARD) == before

@@ -42,6 +42,9 @@ and sub-key block boundaries). Outputs are NaN-poisoned under the interpreter, s
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import triton
 import triton.language as tl
@@ -58,6 +61,19 @@ SMALL_TABLE_BACKWARD = "reduced"
 REDUCED_TILE = 4096
 FORWARDS = ("insertion", "bitonic")
 FORWARD = "insertion"
+
+
+@contextlib.contextmanager
+def kinds(forward: str | None = None, small_table_backward: str | None = None) -> Iterator[None]:
+    """``with kinds(forward="bitonic"): ...`` — :data:`FORWARD` and/or :data:`SMALL_TABLE_BACKWARD` switched inside
+    the block (side-by-side timings), as they were after it."""
+    global FORWARD, SMALL_TABLE_BACKWARD
+    saved = FORWARD, SMALL_TABLE_BACKWARD
+    FORWARD, SMALL_TABLE_BACKWARD = forward or FORWARD, small_table_backward or SMALL_TABLE_BACKWARD
+    try:
+        yield
+    finally:
+        FORWARD, SMALL_TABLE_BACKWARD = saved
 
 
 def _forward_configs():
@@ -88,25 +104,38 @@ def _insert_chunk(kept_v, kept_i, chunk_v, chunk_i, slots, K: tl.constexpr):
 
 
 @triton.jit
+def _half_query(q_ptr, offs_t, mask_t, h, c, H, DK, DK_PAD: tl.constexpr):
+    """The queries of half ``c`` for the token block: (BLOCK_T, DK_PAD), zero past DK and T."""
+    offs_d = tl.arange(0, DK_PAD)
+    return tl.load(q_ptr + ((offs_t.to(tl.int64)[:, None] * H + h) * 2 + c) * DK + offs_d[None, :],
+                   mask=mask_t[:, None] & (offs_d < DK)[None, :], other=0.0)
+
+
+@triton.jit
+def _chunk_scores(q, keys_ptr, h, c, n0, N_KEYS, DK, BLOCK_N: tl.constexpr, DK_PAD: tl.constexpr,
+                  PRECISION: tl.constexpr):
+    """Scores of ``q`` (BLOCK_T, DK_PAD) against sub-keys ``n0 .. n0 + BLOCK_N`` of half ``c``: (BLOCK_T, BLOCK_N)
+    float32, -inf past N_KEYS, and the sub-key indices (BLOCK_N,)."""
+    offs_d = tl.arange(0, DK_PAD)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N_KEYS
+    keys = tl.load(keys_ptr + ((h * 2 + c) * N_KEYS + offs_n[None, :]) * DK + offs_d[:, None],
+                   mask=(offs_d < DK)[:, None] & mask_n[None, :], other=0.0)  # (DK_PAD, BLOCK_N)
+    return tl.where(mask_n[None, :], tl.dot(q, keys, input_precision=PRECISION), float("-inf")), offs_n
+
+
+@triton.jit
 def _half_topk(q_ptr, keys_ptr, offs_t, mask_t, h, c, H, N_KEYS, DK,
                K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
                DK_PAD: tl.constexpr, PRECISION: tl.constexpr):
     """The k best sub-key scores of half ``c`` (unordered; slots >= k dead): values (BLOCK_T, K_PAD) float32 and
     sub-key indices int32."""
-    offs_d = tl.arange(0, DK_PAD)
-    mask_d = offs_d < DK
-    q = tl.load(q_ptr + ((offs_t.to(tl.int64)[:, None] * H + h) * 2 + c) * DK + offs_d[None, :],
-                mask=mask_t[:, None] & mask_d[None, :], other=0.0)
+    q = _half_query(q_ptr, offs_t, mask_t, h, c, H, DK, DK_PAD)
     slots = tl.arange(0, K_PAD)[None, :] + tl.zeros([BLOCK_T, K_PAD], tl.int32)
     kept_v = tl.where(slots < K, float("-inf"), float("inf"))
     kept_i = slots
     for n0 in range(0, N_KEYS, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N_KEYS
-        keys = tl.load(keys_ptr + ((h * 2 + c) * N_KEYS + offs_n[None, :]) * DK + offs_d[:, None],
-                       mask=mask_d[:, None] & mask_n[None, :], other=0.0)  # (DK_PAD, BLOCK_N)
-        scores = tl.dot(q, keys, input_precision=PRECISION)
-        scores = tl.where(mask_n[None, :], scores, float("-inf"))
+        scores, offs_n = _chunk_scores(q, keys_ptr, h, c, n0, N_KEYS, DK, BLOCK_N, DK_PAD, PRECISION)
         labels = offs_n[None, :] + tl.zeros([BLOCK_T, BLOCK_N], tl.int32)
         kept_v, kept_i = _insert_chunk(kept_v, kept_i, scores, labels, slots, K)
     return kept_v, kept_i
@@ -192,23 +221,15 @@ def _half_topk_bitonic(q_ptr, keys_ptr, offs_t, mask_t, h, c, H, N_KEYS, DK,
                        PRECISION: tl.constexpr):
     """The ``K_PAD`` best sub-key scores of half ``c``, packed (:func:`_pack`) and sorted descending:
     (BLOCK_T, K_PAD) int64; slots past ``N_KEYS`` hold -inf."""
-    offs_d = tl.arange(0, DK_PAD)
-    mask_d = offs_d < DK
-    q = tl.load(q_ptr + ((offs_t.to(tl.int64)[:, None] * H + h) * 2 + c) * DK + offs_d[None, :],
-                mask=mask_t[:, None] & mask_d[None, :], other=0.0)
+    q = _half_query(q_ptr, offs_t, mask_t, h, c, H, DK, DK_PAD)
     kept = tl.zeros([BLOCK_T, K_PAD], tl.int64)
     for n0 in range(0, N_KEYS, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N_KEYS
-        keys = tl.load(keys_ptr + ((h * 2 + c) * N_KEYS + offs_n[None, :]) * DK + offs_d[:, None],
-                       mask=mask_d[:, None] & mask_n[None, :], other=0.0)  # (DK_PAD, BLOCK_N)
-        scores = tl.where(mask_n[None, :], tl.dot(q, keys, input_precision=PRECISION), float("-inf"))
+        scores, offs_n = _chunk_scores(q, keys_ptr, h, c, n0, N_KEYS, DK, BLOCK_N, DK_PAD, PRECISION)
         best = tl.topk(_pack(scores, offs_n[None, :] + tl.zeros([BLOCK_T, BLOCK_N], tl.int32)), K_PAD, dim=1)
         if n0 == 0:
             kept = best
         else:
-            both = tl.reshape(tl.join(kept, best), [BLOCK_T, 2 * K_PAD])
-            kept = tl.topk(both, K_PAD, dim=1)
+            kept = tl.topk(tl.reshape(tl.join(kept, best), [BLOCK_T, 2 * K_PAD]), K_PAD, dim=1)
     return kept
 
 
@@ -321,7 +342,8 @@ def topk_forward(query: torch.Tensor, sub_keys: torch.Tensor, k: int) -> tuple[t
     n = sub_keys.shape[2]
     scores = poisoned_empty(T, H, k, dtype=torch.float32, device=query.device)
     ids = poisoned_empty(T, H, k, dtype=torch.int64, device=query.device)
-    require(FORWARD in FORWARDS, "FORWARD", FORWARD, f"one of {FORWARDS}")
+    if FORWARD not in FORWARDS:
+        require(False, "FORWARD", FORWARD, f"one of {FORWARDS}")
     if T:
         precision = "ieee" if query.dtype == torch.float32 else "tf32"
         grid = lambda meta: (triton.cdiv(T, meta["BLOCK_T"]), H)  # noqa: E731
@@ -350,8 +372,8 @@ def topk_backward(query: torch.Tensor, sub_keys: torch.Tensor, ids: torch.Tensor
     n = sub_keys.shape[2]
     k = ids.shape[-1]
     small = _pad(n, 16) <= SMALL_TABLE_KEYS
-    require(SMALL_TABLE_BACKWARD in SMALL_TABLE_BACKWARDS, "SMALL_TABLE_BACKWARD", SMALL_TABLE_BACKWARD,
-            f"one of {SMALL_TABLE_BACKWARDS}")
+    if SMALL_TABLE_BACKWARD not in SMALL_TABLE_BACKWARDS:
+        require(False, "SMALL_TABLE_BACKWARD", SMALL_TABLE_BACKWARD, f"one of {SMALL_TABLE_BACKWARDS}")
     grad_query = poisoned_empty(*query.shape, dtype=query.dtype, device=query.device)
     grad_keys = torch.zeros(sub_keys.shape, dtype=torch.float32, device=query.device)
     warps = 1 if interpreting() else 4
