@@ -35,6 +35,8 @@
 #                                                          tokenizer: a few MB): on a fresh machine, copy it to
 #                                                          runs/lm-scale first (carry it) so the runs and the
 #                                                          tokenizer are reused; on the warm machine RUNS is still there.
+#                                                          HYBRID_RATIO=3 trains the hybrids (cheems, jamba) 3:1
+#                                                          (runs <preset>-3to1-seed<k>; item 4: FAMILIES=cheems).
 #                                                          COMPILED_TRAINING=1 trains under torch.compile
 #                                                          (`--compiled-training`; default off until its CUDA test,
 #                                                          tests/train/test_compiled_training.py -k cuda, has passed).
@@ -86,7 +88,8 @@ bench() {  # bench DIRNAME SECONDS NAME ARGS... -> $WORK/DIRNAME with results an
         # shellcheck disable=SC2086
         timeout "$left" $PY -m wonderful_matrices.bench lm --data python-source --families $families --seeds "$seed" \
           --train-tokens "${TRAIN_TOKENS:-25000000}" --eval-contexts ${EVAL_CONTEXTS:-2048 8192 32768} \
-          $([ "${COMPILED_TRAINING:-0}" = 1 ] && echo --compiled-training) --out "$RUNS" \
+          $([ "${COMPILED_TRAINING:-0}" = 1 ] && echo --compiled-training) \
+          ${HYBRID_RATIO:+--hybrid-ratio "$HYBRID_RATIO"} --out "$RUNS" \
           >> "$WORK/lm-scale/run.log" 2>&1
         echo "seed $seed ($families): rc=$? after $(( $(date +%s) - START )) s" >> "$WORK/lm-scale/run.log"
       done

@@ -2,6 +2,7 @@
 its checkpoint; perplexity at several contexts; the merge of the runs; the flags' one-line errors. Tiny presets,
 two training steps, one play as the corpus."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -189,6 +190,7 @@ def test_merge_and_runs_refuse_other_experiments(four_runs, tmp_path):
     (["--eval-contexts", "2048", "-5"], "error: eval-contexts='2048 -5' is not allowed: integers >= 1"),
     (["--families", "cheems,gpt"], "error: families=['cheems', 'gpt'] is not allowed: one or more of"),
     (["--train-tokens", "64", "--steps", "3"], "error: steps=3 is not allowed with train_tokens=64"),
+    (["--hybrid-ratio", "0"], "error: hybrid-ratio='0' is not allowed: integers >= 1"),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, capsys, argv, message):
     assert main(["lm", "--quick", "--out", str(tmp_path), *argv]) == 2
@@ -286,3 +288,30 @@ def test_compiled_training_flag_reaches_every_run(tmp_path, corpus_path, monkeyp
     assert row["compiled_training"] is True
     merged = lm_scale.merge_results(tmp_path / "merged", [tmp_path / "runs"])
     assert merged[0]["compiled_training"] is True
+
+
+def test_hybrid_ratio_names_its_runs_and_merges_beside_the_presets(four_runs, corpus_path, tmp_path, monkeypatch):
+    fixture_out, rows = four_runs
+    out = tmp_path / "runs"
+    shutil.copytree(fixture_out, out)  # the fixture's folder stays as the other tests expect it
+    assert [r["mixers"] for r in rows] == ["3 ssd + 1 dma"] * 2 + ["4 attn"] * 2
+    assert lm_scale.run_label("cheems", "base", 3) == "cheems-base-3to1"
+    assert lm_scale.run_label("cheems", "base", 7) == lm_scale.run_label("cheems", "base") == "cheems-base"
+    assert lm_scale.run_label("llama", "base", 3) == "llama-base"
+    real_train, trained = lm_scale.train_lm, []
+
+    def count(*args, **kwargs):
+        trained.append(1)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(lm_scale, "train_lm", count)
+    ratio_rows = _run(out, corpus_path, seeds=(0,), hybrid_ratio=1)
+    assert trained == [1]  # llama-tiny-seed0 is the fixture's complete run: skipped
+    assert [r["preset"] for r in ratio_rows] == ["cheems-tiny-1to1", "llama-tiny"]
+    assert ratio_rows[0]["mixers"] == "2 ssd + 2 dma"
+    assert json.loads(json.dumps(ratio_rows[1])) == json.loads(json.dumps(rows[2]))
+    assert (out / "cheems-tiny-1to1-seed0" / "results.json").exists()
+    merged = lm_scale.merge_results(tmp_path / "merged", [out])
+    means = [r for r in merged if r["runs"].startswith("mean")]
+    assert [r["preset"] for r in means] == ["cheems-tiny", "cheems-tiny-1to1", "llama-tiny"]
+    assert [r["mixers"] for r in means] == ["3 ssd + 1 dma", "2 ssd + 2 dma", "4 attn"]

@@ -20,6 +20,19 @@ def test_preset_overrides_must_be_config_fields():
     assert wm.presets.get("cheems-tiny", hidden_size=32, output_hidden_states=True).hidden_size == 32
 
 
+def test_hybrid_ratio_sets_the_hybrids_layout():
+    base = wm.presets.get("cheems-base")
+    assert base.layer_types == ["ssd"] * 7 + ["dma"] + ["ssd"] * 3 + ["dma"]
+    three = wm.presets.get("cheems-base", hybrid_ratio=3)
+    assert three.layer_types == (["ssd"] * 3 + ["dma"]) * 3 and three.ffn_types == base.ffn_types
+    assert wm.presets.get("cheems-base", hybrid_ratio=7).layer_types == base.layer_types
+    assert wm.presets.get("jamba-small", hybrid_ratio=1).layer_types == ["mamba2", "attn"] * 4
+    for name, ratio in (("llama-tiny", 3), ("cheems-tiny", 0), ("cheems-tiny", 2.0), ("jamba-tiny", True)):
+        with pytest.raises(ValueError, match=f"hybrid_ratio={ratio!r} is not allowed: an integer >= 1, for the "
+                                             "hybrid families"):
+            wm.presets.get(name, hybrid_ratio=ratio)
+
+
 def test_default_layer_pattern_is_cheems():
     cfg = CheemsConfig(num_hidden_layers=12, hidden_size=64, num_attention_heads=4)
     assert cfg.layer_types == ["ssd"] * 7 + ["dma"] + ["ssd"] * 3 + ["dma"]

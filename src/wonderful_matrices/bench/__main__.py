@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compiled-training", action="store_true",
                         help="lm: train every model with its forward and backward under torch.compile (the "
                              "optimizer eager); train_tokens_per_s then measures the compiled training")
+    parser.add_argument("--hybrid-ratio", default=None, metavar="R",
+                        help="lm: recurrent layers per attention layer of the hybrid families (cheems, jamba; the "
+                             "presets have 7), e.g. 3 for 3:1; their runs are named <preset>-<R>to1")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice; 1 is faster on a shared machine)")
 
@@ -92,7 +95,8 @@ def _lm_options(args: argparse.Namespace) -> dict:
     return {"families": families, "seeds": _integers("seeds", args.seeds, 0),
             "train_tokens": train_tokens and train_tokens[0], "eval_tokens": eval_tokens and eval_tokens[0],
             "eval_contexts": _integers("eval-contexts", args.eval_contexts, 1),
-            "compiled_training": args.compiled_training or None}
+            "compiled_training": args.compiled_training or None,
+            "hybrid_ratio": (_integers("hybrid-ratio", args.hybrid_ratio, 1) or (None,))[0]}
 
 
 def main_from_args(args: argparse.Namespace) -> int:

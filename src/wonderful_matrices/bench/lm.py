@@ -27,7 +27,7 @@ from ..train.optim import adamw
 from .common import one_line, synchronize, time_callable, write_results
 from .decode_common import analytic_cache_bytes, decode_measurement
 from .lm_common import compiled_lm_loss, corpus_tokens, optimizer_step, perplexity, set_fused, train_lm
-from .lm_scale import run_one, run_settings, steps_for
+from .lm_scale import run_label, run_one, run_settings, steps_for
 
 FAMILIES = ("cheems", "doge", "llama", "mamba2", "jamba")
 QUICK = dict(size="small", seq_len=128, batch=8, steps=30, lr=1e-3, contexts=(256, 1024), eval_tokens=16_384,
@@ -89,7 +89,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
         batch: int | None = None, data: str = "shakespeare", cache_dir=None,
         eval_tokens: int | None = None, throughput_lengths=None, compiled: bool | None = None, seeds=None,
         train_tokens: int | None = None, eval_contexts=None, checkpoint_every: int = 500,
-        compiled_training: bool = False) -> list[dict]:
+        compiled_training: bool = False, hybrid_ratio: int | None = None) -> list[dict]:
     """Train and evaluate every available preset family, measure decoding; write ``results.json``,
     ``results.md`` and ``lm.png`` into ``out_dir``; return one row per (family, context).
 
@@ -110,6 +110,8 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
     it fails; off by default on the CPU, where Inductor takes minutes per model);
     ``compiled_training``: every model trains under ``torch.compile`` (``train_lm(compiled=True)``; the throughput
     measurements keep following ``compiled``);
+    ``hybrid_ratio``: recurrent layers per attention layer of the hybrid families (cheems, jamba; the presets
+    have 7), their rows named ``<preset>-<r>to1`` (:func:`.lm_scale.run_label`); the other families run as usual;
     ``data``: the corpus (default the embedded Shakespeare); ``cache_dir``: tokenizer/token cache."""
     from ..models import CheemsForCausalLM, presets
 
@@ -126,6 +128,9 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
             cfg[key] = value
     if cfg["steps"] < 1:
         raise ValueError(f"steps={cfg['steps']!r} is not allowed: must be >= 1")
+    if hybrid_ratio is not None and (not isinstance(hybrid_ratio, int) or isinstance(hybrid_ratio, bool)
+                                     or hybrid_ratio < 1):
+        raise ValueError(f"hybrid_ratio={hybrid_ratio!r} is not allowed: an integer >= 1")
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or not families:
         raise ValueError(f"families={list(families)!r} is not allowed: one or more of {list(FAMILIES)}")
@@ -149,18 +154,20 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
                                 2**21 if eval_tokens is None else eval_tokens,
                                 cfg["contexts"] if contexts is not None else (max(cfg["contexts"]),))
         run_rows = [run_one(out, family, cfg["size"], seed, corpus, settings, device, checkpoint_every,
-                            compiled=bool(compiled_training))
+                            compiled=bool(compiled_training), hybrid_ratio=hybrid_ratio)
                        for family in families for seed in (seeds if seeds is not None else (0,))]
         print(f"lm: {len(run_rows)} runs in {time.perf_counter() - start:.1f} s -> {out}")
         return run_rows
     rows, training = [], []
     available = presets.names()
     for family in families:
-        name = f"{family}-{cfg['size']}"
-        if name not in available:
+        preset = f"{family}-{cfg['size']}"
+        name = run_label(family, cfg["size"], hybrid_ratio)
+        if preset not in available:
             training.append({"preset": name, "status": "preset not available in this build"})
             continue
-        config = presets.get(name, vocab_size=corpus.vocab_size, use_cache=False)
+        ratio = {"hybrid_ratio": hybrid_ratio} if name != preset else {}
+        config = presets.get(preset, vocab_size=corpus.vocab_size, use_cache=False, **ratio)
         torch.manual_seed(0)
         model = CheemsForCausalLM(config).to(device)
         params = sum(p.numel() for p in model.parameters())

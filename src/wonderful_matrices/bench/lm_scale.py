@@ -1,10 +1,11 @@
 """Claim 4 at scale: one folder per (preset family, seed), so the runs can be spread over time-limited calls and
 processes, and a merge of the folders into one table (issue #15 item 1).
 
-A run (:func:`run_one`) trains one preset for a token budget (``steps = ceil(train_tokens / (batch x seq_len))``,
-the training of :func:`.lm_common.train_lm`: same data order, schedule and optimizer for every preset; the seed
-sets the initial weights and the data order) and writes ``<out>/<preset>-seed<k>/results.json`` with one row:
-parameters, steps and tokens trained, training tokens/s (steady state, in the process that finished the
+A run (:func:`run_one`) trains one preset (a hybrid optionally with another ``hybrid_ratio`` of recurrent to
+attention layers than its 7 : 1, labelled ``<preset>-<r>to1``) for a token budget (``steps = ceil(train_tokens /
+(batch x seq_len))``, the training of :func:`.lm_common.train_lm`: same data order, schedule and optimizer for every
+preset; the seed sets the initial weights and the data order) and writes ``<out>/<preset>-seed<k>/results.json``
+with one row: parameters, steps and tokens trained, training tokens/s (steady state, in the process that finished the
 training) and peak CUDA memory, validation perplexity at the training length and at every evaluation context,
 and the analytic decoding cache (:func:`.decode_common.analytic_cache_bytes`, bf16 keys/values) at each cache
 context (1M tokens by default). Decoding speed is not measured here (``wm bench lm`` without ``--seeds`` /
@@ -80,15 +81,28 @@ def eval_prefix(eval_tokens: int | None, validation_tokens: int, lengths) -> int
     return (usable - 1) // longest * longest + 1
 
 
+def run_label(family: str, size: str, hybrid_ratio: int | None = None) -> str:
+    """The name of a run's model: the preset (``cheems-base``), with ``-<r>to1`` where a hybrid family gets a
+    ``hybrid_ratio`` other than the presets' (``cheems-base-3to1``); other families ignore ``hybrid_ratio``."""
+    from ..models import presets
+
+    preset = f"{family}-{size}"
+    if hybrid_ratio is None or family not in presets.HYBRIDS or hybrid_ratio == presets.DEFAULT_HYBRID_RATIO:
+        return preset
+    return f"{preset}-{hybrid_ratio}to1"
+
+
 def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpus, settings: dict,
-            device: torch.device, checkpoint_every: int = 500, compiled: bool = False) -> dict:
+            device: torch.device, checkpoint_every: int = 500, compiled: bool = False,
+            hybrid_ratio: int | None = None) -> dict:
     """Train and evaluate ``{family}-{size}`` with ``seed`` into its folder under ``out`` unless it holds the
     results of these ``settings`` already (:func:`run_settings`); return the run's row. ``compiled``: the training
     runs under ``torch.compile`` (``train_lm(compiled=True)``; the row's ``compiled_training`` says which way its
-    ``train_tokens_per_s`` was measured); the evaluation is eager either way."""
+    ``train_tokens_per_s`` was measured); the evaluation is eager either way. ``hybrid_ratio``: recurrent layers
+    per attention layer of the hybrid families (:func:`run_label`; the row's ``mixers`` counts the layers)."""
     from ..models import CheemsForCausalLM, presets
 
-    preset = f"{family}-{size}"
+    preset = run_label(family, size, hybrid_ratio)
     folder = run_folder(out, preset, seed)
     done = _read_run(folder)
     if done is not None:
@@ -96,7 +110,8 @@ def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpu
         print(f"{folder.name}: complete, skipped", flush=True)
         return done[1]
     folder.mkdir(parents=True, exist_ok=True)
-    config = presets.get(preset, vocab_size=corpus.vocab_size, use_cache=False)
+    ratio = {"hybrid_ratio": hybrid_ratio} if preset != f"{family}-{size}" else {}
+    config = presets.get(f"{family}-{size}", vocab_size=corpus.vocab_size, use_cache=False, **ratio)
     torch.manual_seed(seed)
     model = CheemsForCausalLM(config).to(device)
     params = sum(p.numel() for p in model.parameters())
@@ -105,7 +120,9 @@ def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpu
     stats = train_lm(model, corpus.train, seq_len, batch, steps, settings["lr"], device, seed=seed, eos=corpus.eos,
                      checkpoint=folder / CHECKPOINT, checkpoint_every=checkpoint_every,
                      facts={**settings, "preset": preset, "seed": seed}, compiled=compiled)
-    row = {"preset": preset, "family": family, "seed": seed, "parameters": params, "steps": steps,
+    kinds = list(dict.fromkeys(config.mixer_types))
+    mixers = " + ".join(f"{config.mixer_types.count(k)} {k}" for k in kinds)
+    row = {"preset": preset, "family": family, "seed": seed, "mixers": mixers, "parameters": params, "steps": steps,
            "train_tokens": steps * batch * seq_len, "train_tokens_per_s": stats["tokens_per_s"],
            "peak_memory_gb": None if stats["peak_memory_bytes"] is None else stats["peak_memory_bytes"] / 2**30,
            "final_train_loss": stats["final_loss"], "resumed_at_step": stats["resumed_at"],
@@ -136,8 +153,8 @@ def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpu
             "evaluation": f"the first {prefix - 1:,} validation tokens' targets in rows of each length (batches of "
                           f"about {tokens_per_forward} tokens); scored@C: targets scored, scored_beyond@C: those "
                           f"whose context in their document is >= {seq_len} tokens (the training length)"}
-    columns = ["preset", "seed", "parameters", "steps", "train_tokens", "train_tokens_per_s", "compiled_training",
-               "peak_memory_gb", "final_train_loss"] + [f"val_ppl@{n}" for n in lengths] + \
+    columns = ["preset", "seed", "mixers", "parameters", "steps", "train_tokens", "train_tokens_per_s",
+               "compiled_training", "peak_memory_gb", "final_train_loss"] + [f"val_ppl@{n}" for n in lengths] + \
         [f"cache_bytes@{c}" for c in settings["cache_contexts"]]
     write_results(folder, EXPERIMENT, [row], meta, columns=columns)
     (folder / CHECKPOINT).unlink(missing_ok=True)
@@ -206,12 +223,13 @@ def merge_results(out_dir, parts) -> list[dict]:
     lengths = sorted({meta0["seq_len"], *meta0["eval_contexts"]})
     caches = meta0["cache_contexts"]
     order = {f: i for i, f in enumerate(("cheems", "llama", "doge", "mamba2", "jamba"))}
-    presets = sorted({p for p, _ in runs}, key=lambda p: (order.get(p.rsplit("-", 1)[0], len(order)), p))
+    presets = sorted({p for p, _ in runs}, key=lambda p: (order.get(p.split("-", 1)[0], len(order)), p))
     summary, per_seed = [], []
     for preset in presets:
         rows = [runs[k][1] for k in sorted(runs) if k[0] == preset]
         s = {"preset": preset, "runs": f"mean of {len(rows)}", "seeds": " ".join(str(r["seed"]) for r in rows),
-             "parameters": rows[0]["parameters"], "steps": rows[0]["steps"], "train_tokens": rows[0]["train_tokens"]}
+             "mixers": rows[0].get("mixers"), "parameters": rows[0]["parameters"], "steps": rows[0]["steps"],
+             "train_tokens": rows[0]["train_tokens"]}
         for n in lengths:
             vals = [r[f"val_ppl@{n}"] for r in rows]
             complete = None not in vals  # a context that ran out of memory in one seed has no mean
@@ -238,7 +256,7 @@ def merge_results(out_dir, parts) -> list[dict]:
     meta = {k: meta0[k] for k in SHARED} | {"training": meta0["training"], "evaluation": meta0["evaluation"],
                                            "corpus_manifest": meta0.get("corpus_manifest"),
                                            "merged_from": [str(f) for f in folders]}
-    columns = ["preset", "runs", "parameters", "steps", "train_tokens"] + \
+    columns = ["preset", "runs", "mixers", "parameters", "steps", "train_tokens"] + \
         [c for n in lengths for c in (f"val_ppl@{n}", f"val_ppl@{n}_spread")] + \
         ["train_tokens_per_s", "compiled_training", "peak_memory_gb"] + [c for n in caches for c in (f"cache_bytes@{n}",
                                                                                  f"cache_vs_llama@{n}")]

@@ -12,7 +12,9 @@ Sizes: ``tiny`` (width 64, 4 layers, vocab 512: tests), ``small`` (width 256, 8 
 training in minutes), ``base`` (width 768, vocab 32768, ~100-150M parameters: GPU). Presets of one size are
 roughly parameter-matched; docs/architecture.md has the table (``parameter_count``).
 
-``get(name, **overrides) -> CheemsConfig``; ``names() -> list[str]``.
+``get(name, hybrid_ratio=None, **overrides) -> CheemsConfig``; ``names() -> list[str]``. ``hybrid_ratio``
+changes the hybrids' layout (cheems, jamba): ``r`` recurrent layers then one attention layer per group instead of
+7 : 1 (e.g. 3 for the 3 : 1 that arXiv 2507.06457 recommends for hybrid linear-attention models).
 """
 from __future__ import annotations
 
@@ -69,17 +71,24 @@ _FAMILY = {
 }
 
 
-def _layout(family: str, num_layers: int) -> dict:
-    """``mixer_types`` / ``ffn_types`` of a family at a depth."""
+HYBRIDS = ("cheems", "jamba")  # the families with recurrent and attention layers
+DEFAULT_HYBRID_RATIO = 7  # recurrent layers per attention layer in the hybrids' groups
+
+
+def _layout(family: str, num_layers: int, hybrid_ratio: int = DEFAULT_HYBRID_RATIO) -> dict:
+    """``mixer_types`` / ``ffn_types`` of a family at a depth; the hybrids put ``hybrid_ratio`` recurrent layers
+    before each attention layer."""
+    period = hybrid_ratio + 1
     if family == "cheems":
-        return dict(mixer_types=default_layer_types(num_layers, 8, "dma", "ssd"), ffn_types=["cdmoe"] * num_layers)
+        return dict(mixer_types=default_layer_types(num_layers, period, "dma", "ssd"),
+                    ffn_types=["cdmoe"] * num_layers)
     if family == "doge":
         return dict(mixer_types=["dma"] * num_layers, ffn_types=["cdmoe"] * num_layers)
     if family == "llama":
         return dict(mixer_types=["attn"] * num_layers, ffn_types=["mlp"] * num_layers)
     if family == "mamba2":
         return dict(mixer_types=["mamba2"] * num_layers, ffn_types=["none"] * num_layers)
-    return dict(mixer_types=default_layer_types(num_layers, 8, "attn", "mamba2"),
+    return dict(mixer_types=default_layer_types(num_layers, period, "attn", "mamba2"),
                 ffn_types=["moe" if i % 2 == 1 else "mlp" for i in range(num_layers)])
 
 
@@ -88,20 +97,26 @@ def names() -> list[str]:
     return [f"{f}-{s}" for f in FAMILIES if f in _FAMILY for s in SIZES]
 
 
-def get(name: str, **overrides) -> CheemsConfig:
+def get(name: str, hybrid_ratio: int | None = None, **overrides) -> CheemsConfig:
     """The :class:`CheemsConfig` of preset ``name``; ``overrides`` replace any config field (another keyword
-    raises ``ValueError`` naming it and the closest field)."""
+    raises ``ValueError`` naming it and the closest field). ``hybrid_ratio`` (cheems and jamba only; default 7):
+    recurrent layers per attention layer, each group of ``hybrid_ratio + 1`` layers ending in its attention layer
+    (as does the last layer)."""
     if name not in names():
         raise ValueError(f"name={name!r} is not allowed: one of {names()}")
+    family, size = name.split("-")
+    if hybrid_ratio is not None and (family not in HYBRIDS or not isinstance(hybrid_ratio, int)
+                                     or isinstance(hybrid_ratio, bool) or hybrid_ratio < 1):
+        raise ValueError(f"hybrid_ratio={hybrid_ratio!r} is not allowed: an integer >= 1, for the hybrid families "
+                         f"{HYBRIDS} only (preset {name!r})")
     unknown = sorted(set(overrides) - config_field_names())
     if unknown:
         close = difflib.get_close_matches(unknown[0], config_field_names(), n=1)
         raise ValueError(f"{unknown[0]}={overrides[unknown[0]]!r} is not allowed: not a CheemsConfig field"
                          + (f" (did you mean {close[0]!r}?)" if close else ""))
-    family, size = name.split("-")
     kwargs = dict(_COMMON[size])
     kwargs.update(_FAMILY[family][size])
-    kwargs.update(_layout(family, kwargs["num_hidden_layers"]))
+    kwargs.update(_layout(family, kwargs["num_hidden_layers"], hybrid_ratio or DEFAULT_HYBRID_RATIO))
     if "layer_types" in overrides:  # the alias of mixer_types replaces the preset's layout too
         overrides = dict(overrides)
         overrides["mixer_types"] = overrides.pop("layer_types")
