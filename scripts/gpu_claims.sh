@@ -19,7 +19,9 @@
 #                                                          of a w-key cache (ssd-s<w>), w in 64 128 256, at T = 2048
 #                                                          and 1024 (width 128), vocabulary 8192, LRS "1e-2 2.15e-3
 #                                                          4.64e-4", STEPS 20000; every default overridable as above
-#                                                          (e.g. WINDOWS="64 128", CELLS="1024:128").
+#                                                          (e.g. WINDOWS="64 128", CELLS="1024:128"). Item 4 (the
+#                                                          hybrid ratio): MIXERS="hyb7-w64 hyb3-w64 ..." (8 layers,
+#                                                          r SSD per DMA layer, `wm bench mqar` docstring).
 #   OUT=DIR bash scripts/gpu_claims.sh lm-scale           issue #15 item 1: `wm bench lm` one run per (family, seed) on
 #                                                          python-source, TRAIN_TOKENS each (default 25000000),
 #                                                          perplexity at EVAL_CONTEXTS (default "2048 8192 32768"),

@@ -190,6 +190,31 @@ def test_ssd_state_of_a_window_holds_the_bytes_of_its_kv_cache(width, window):
     assert bench_mqar.window_mixers([window]) == (f"dma-w{window}", f"swa-w{window}", f"ssd-s{window}")
 
 
+def test_hybrid_ratio_mixers_layers_state_and_rows(tmp_path):
+    for mixer, layers in (("hyb7-w8", ["ssd"] * 7 + ["dma"]), ("hyb3-w8", (["ssd"] * 3 + ["dma"]) * 2),
+                          ("hyb1-w8", ["ssd", "dma"] * 4)):
+        cfg = bench_mqar.model_config(mixer, 16, 32)
+        assert cfg.mixer_types == layers and cfg.keep_window == 8 and cfg.dma_mask_form == "gate"
+        assert cfg.ssd_state_size == bench_mqar.matching_state_size(8, 16) == 8
+        assert bench_mqar.parse_mixer(mixer) == ("hyb", 8) and bench_mqar.hybrid_ratio(mixer) == int(mixer[3])
+        # every layer holds the bytes of an 8-key cache once T >= 8; below, the DMA layers hold T keys
+        assert bench_mqar.state_bytes(mixer, 64, 16) == bench_mqar.state_bytes("dma-w8", 64, 16)
+        dma_layers = layers.count("dma")
+        elements = (8 - dma_layers) * 2 * 8 * 16 + dma_layers * 2 * 4 * 16
+        assert bench_mqar.state_bytes(mixer, 4, 16) == 2 * (elements // 8)
+    assert bench_mqar.mixer_name("hyb3-w64") == "SSD:DMA 3:1 w=64" and bench_mqar.hybrid_ratio("dma-w64") is None
+    for bad in ("hyb0-w8", "hyb10-w8", "hyb3-w0", "hyb-w8", "hyb3"):
+        with pytest.raises(ValueError, match="mixer"):
+            bench_mqar.parse_mixer(bad)
+    out = tmp_path / "h"
+    rows = bench_mqar.run(out, quick=True, cells=((16, 2, 16),), steps=2, vocab_size=32, batch_size=4, num_test=8,
+                          learning_rates=(1e-2,), mixers="hyb3-w4,dma-w4,hyb7-w4")
+    assert [r["mixer"] for r in rows] == ["hyb3-w4", "dma-w4", "hyb7-w4"]
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["keep_window"] == 4 for r in rows)
+    merged = bench_mqar.merge_results(tmp_path / "m", [out])
+    assert [r["mixer"] for r in merged] == ["dma-w4", "hyb3-w4", "hyb7-w4"]
+
+
 def test_sliding_window_mixer_is_attention_over_the_last_w_keys():
     # oracle: causal softmax attention restricted to keys (i - w, i], float64, from the layer's own projections
     width, w, length = 16, 5, 23

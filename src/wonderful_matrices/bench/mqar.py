@@ -29,6 +29,12 @@ beside the chosen ones, all holding the same bytes of state per layer and sequen
   ``ssd_num_heads · ssd_head_dim · n = 2 · w · num_kv_heads · head_dim`` (:func:`matching_state_size`; with these
   models' 1 KV head of ``head_dim = width`` and SSD's expand 2 this is ``n = w``).
 
+The hybrid ratio (issue #15, item 4): ``hyb{r}-w{w}`` is an 8-layer model (:data:`HYBRID_LAYERS`) in groups of
+``r`` SSD layers (state ``n = w``, as ``ssd-s``) then one DMA layer with ``keep_window = w`` (as ``dma-w``), the
+last layer DMA: ``hyb7-w64`` is 7 SSD + 1 DMA, ``hyb3-w64`` 6 SSD + 2 DMA. Every layer holds the bytes of a ``w``-key
+cache, so the ratio changes what the state is made of, not its size. (Four times the 2-layer models' layers: compare
+the hybrids with each other.)
+
 Every row carries ``keep_window`` and ``state_bytes`` (:func:`state_bytes`: per layer and sequence, 2 bytes per
 element as in bf16; attention without a window holds all ``T`` keys; SSD's count leaves out its short
 convolution's 3-token buffer).
@@ -67,6 +73,7 @@ MIXERS = ("attn", "ssd", "dma")
 MIXER_NAMES = {"attn": "QCAttn", "ssd": "SSD", "dma": "DMA", "based": "Based"}
 # the bounded-state mixers: name pattern -> display name; ``{}`` is the window (dma, swa) or the state size (ssd)
 WINDOWED = {"dma-w": "DMA w={}", "swa-w": "SWA w={}", "ssd-s": "SSD n={}"}
+HYBRID_LAYERS = 8  # layers of a hyb{r}-w{w} model
 BYTES_PER_ELEMENT = 2  # state_bytes counts bf16 elements, the dtype the models train in on CUDA
 # (seq_len, kv pairs) of docs/design.md; the paper's cells use the same lengths
 KV_PAIRS = {64: 4, 128: 8, 256: 16, 512: 64, 1024: 128, 2048: 256}
@@ -107,21 +114,34 @@ def parse_cells(text: str) -> tuple[tuple[int, int, int], ...]:
     return tuple(cells)
 
 
+_BOUNDED = re.compile(r"(dma-w|swa-w|ssd-s|hyb([1-9])-w)([1-9][0-9]*)")
+
+
 def parse_mixer(mixer: str) -> tuple[str, int | None]:
     """``"attn"`` / ``"ssd"`` / ``"dma"`` -> (kind, None); ``"dma-w64"`` / ``"swa-w64"`` -> (kind, window 64);
-    ``"ssd-s64"`` -> ("ssd", state size 64). ``ValueError`` on any other name."""
+    ``"ssd-s64"`` -> ("ssd", state size 64); ``"hyb3-w64"`` -> ("hyb", window 64) (its ratio:
+    :func:`hybrid_ratio`). ``ValueError`` on any other name."""
     if mixer in MIXERS:
         return mixer, None
-    match = re.fullmatch(r"(dma-w|swa-w|ssd-s)([1-9][0-9]*)", mixer) if isinstance(mixer, str) else None
+    match = _BOUNDED.fullmatch(mixer) if isinstance(mixer, str) else None
     if match is None:
         raise ValueError(f"mixer={mixer!r} is not allowed: one of {MIXERS} or dma-w<window>, swa-w<window>, "
-                         "ssd-s<state size> with a positive integer, e.g. dma-w64")
-    return match.group(1)[:3], int(match.group(2))
+                         "ssd-s<state size>, hyb<ratio 1-9>-w<window> with positive integers, e.g. dma-w64")
+    return match.group(1)[:3], int(match.group(3))
+
+
+def hybrid_ratio(mixer: str) -> int | None:
+    """SSD layers per DMA layer of a ``hyb{r}-w{w}`` mixer (``r``); None for the others."""
+    match = _BOUNDED.fullmatch(mixer) if isinstance(mixer, str) else None
+    return None if match is None or match.group(2) is None else int(match.group(2))
 
 
 def mixer_name(mixer: str) -> str:
-    """The display name of ``mixer`` in tables and plots: ``"dma-w64"`` -> ``"DMA w=64"``."""
+    """The display name of ``mixer`` in tables and plots: ``"dma-w64"`` -> ``"DMA w=64"``, ``"hyb3-w64"`` ->
+    ``"SSD:DMA 3:1 w=64"``."""
     kind, size = parse_mixer(mixer)
+    if kind == "hyb":
+        return f"SSD:DMA {hybrid_ratio(mixer)}:1 w={size}"
     return MIXER_NAMES[kind] if size is None else WINDOWED[mixer[:5]].format(size)
 
 
@@ -141,17 +161,23 @@ def model_config(mixer: str, width: int, vocab_size: int, state_size: int = 128,
     """The :class:`CheemsConfig` of a 2-layer, FFN-free MQAR model whose both layers are ``mixer`` (a name of
     :func:`parse_mixer`): ``dma-w{w}`` and ``swa-w{w}`` are DMA layers with ``keep_window = w`` (the latter with
     ``dma_mask_form="none"``: no learned mask, so each query keeps its ``w`` latest keys — sliding-window
-    attention), ``ssd-s{n}`` SSD with state size ``n`` instead of ``state_size``."""
+    attention), ``ssd-s{n}`` SSD with state size ``n`` instead of ``state_size``; ``hyb{r}-w{w}`` has
+    :data:`HYBRID_LAYERS` layers, ``r`` SSD (state ``w``: :func:`matching_state_size`) per DMA (window ``w``)."""
     from ..models import CheemsConfig
+    from ..models.configuration import default_layer_types
 
     kind, size = parse_mixer(mixer)
-    layer = "dma" if kind == "swa" else kind
+    if kind == "hyb":
+        layers = default_layer_types(HYBRID_LAYERS, hybrid_ratio(mixer) + 1, "dma", "ssd")
+        state_size = matching_state_size(size, width)
+    else:
+        layers = ["dma" if kind == "swa" else kind] * 2
     ssd_head_dim = min(64, width)
     return CheemsConfig(
-        vocab_size=vocab_size, hidden_size=width, num_hidden_layers=2, mixer_types=[layer] * 2,
-        ffn_types=["none"] * 2, num_attention_heads=1, num_key_value_heads=1, head_dim=width,
-        keep_window=size if kind in ("dma", "swa") else None, dma_mask_form="none" if kind == "swa" else "gate",
-        ssd_num_heads=2 * width // ssd_head_dim,
+        vocab_size=vocab_size, hidden_size=width, num_hidden_layers=len(layers), mixer_types=layers,
+        ffn_types=["none"] * len(layers), num_attention_heads=1, num_key_value_heads=1, head_dim=width,
+        keep_window=size if kind in ("dma", "swa", "hyb") else None,
+        dma_mask_form="none" if kind == "swa" else "gate", ssd_num_heads=2 * width // ssd_head_dim,
         ssd_head_dim=ssd_head_dim, ssd_state_size=size if kind == "ssd" and size else state_size,
         ssd_chunk_size=128, ssd_use_conv=True, ssd_use_rope=False, tie_word_embeddings=tie_embeddings,
         use_cache=False)
@@ -179,13 +205,14 @@ def window_mixers(windows) -> tuple[str, ...]:
 def state_bytes(mixer: str, seq_len: int, width: int, state_size: int = 128) -> int:
     """Bytes of decoding state per layer and sequence after ``seq_len`` tokens, 2 per element (bf16):
     K and V of ``min(seq_len, keep_window)`` keys (``2 · keys · num_kv_heads · head_dim``) for attention and DMA,
-    ``ssd_num_heads · ssd_head_dim · n`` for SSD (its short convolution's 3-token buffer not counted)."""
+    ``ssd_num_heads · ssd_head_dim · n`` for SSD (its short convolution's 3-token buffer not counted); a hybrid's
+    mean over its layers (rounded down)."""
     cfg = model_config(mixer, width, 2, state_size)
-    if parse_mixer(mixer)[0] == "ssd":
-        elements = cfg.ssd_num_heads * cfg.ssd_head_dim * cfg.ssd_state_size
-    else:
-        keys = seq_len if cfg.keep_window is None else min(seq_len, cfg.keep_window)
-        elements = 2 * keys * cfg.num_key_value_heads * cfg.head_dim
+    keys = seq_len if cfg.keep_window is None else min(seq_len, cfg.keep_window)
+    per_kind = {"ssd": cfg.ssd_num_heads * cfg.ssd_head_dim * cfg.ssd_state_size,
+                "dma": 2 * keys * cfg.num_key_value_heads * cfg.head_dim}
+    per_kind["attn"] = per_kind["dma"]
+    elements = sum(per_kind[layer] for layer in cfg.mixer_types) // len(cfg.mixer_types)
     return BYTES_PER_ELEMENT * elements
 
 
@@ -314,7 +341,8 @@ def _plot(rows: list[dict], path: Path) -> None:
 
     lengths = sorted({r["seq_len"] for r in rows})
     fig, axes = plt.subplots(1, len(lengths), figsize=(3.6 * len(lengths), 3.2), squeeze=False)
-    colors = {"attn": "tab:blue", "ssd": "tab:orange", "dma": "tab:green", "swa": "tab:purple", "based": "tab:gray"}
+    colors = {"attn": "tab:blue", "ssd": "tab:orange", "dma": "tab:green", "swa": "tab:purple", "hyb": "tab:red",
+              "based": "tab:gray"}
     mixers = sorted({r["mixer"] for r in rows}, key=_mixer_order)
     sizes = sorted({parse_mixer(m)[1] for m in mixers} - {None})
     # bounded-state mixers: the family's colour, one marker per window (or state size)
@@ -415,7 +443,8 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
     deadline = None if steps is not None else start + 1.1 * budget_s
     per_cell_s = budget_s / len(cells)
     meta = {
-        "quick": quick, "device": str(device), "vocab_size": vocab, "ssd_state_size": state, "layers": 2,
+        "quick": quick, "device": str(device), "vocab_size": vocab, "ssd_state_size": state,
+        "layers": f"2 (hyb<r>-w<w>: {HYBRID_LAYERS})",
         "ffn": "none", "batch_size": batch_size or (QUICK_BATCH if quick else "full_batch_size(seq_len)"),
         "tie_embeddings": tie, "cuda_graphs": device.type == "cuda", "test_rows": num_test,
         "learning_rates": list(learning_rates),
@@ -430,9 +459,11 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
                   "keep_window None, gate mask; ssd: Mamba2 SSD (conv 4, no RoPE), head_dim min(64, width), "
                   "expand 2, chunk 128; dma-w{w}: keep_window w, gate mask; swa-w{w}: the DMA layer with "
                   "dma_mask_form none (all-zero bias) and keep_window w (sliding-window attention, no mask "
-                  "parameters); ssd-s{n}: SSD state n = 2 w num_kv_heads head_dim / (ssd_num_heads ssd_head_dim) = w",
+                  "parameters); ssd-s{n}: SSD state n = 2 w num_kv_heads head_dim / (ssd_num_heads ssd_head_dim) = w; "
+                  f"hyb{{r}}-w{{w}}: {HYBRID_LAYERS} layers, r ssd-s{{w}} layers per dma-w{{w}} layer, the last dma",
         "state_bytes": f"per layer and sequence at {BYTES_PER_ELEMENT} bytes per element: 2 min(T, keep_window) "
-                       "num_kv_heads head_dim for attn/dma (K and V), ssd_num_heads ssd_head_dim n for SSD",
+                       "num_kv_heads head_dim for attn/dma (K and V), ssd_num_heads ssd_head_dim n for SSD; a "
+                       "hybrid's mean over its layers",
         "windows": None if windows is None else list(parse_windows(windows)),
         "train_rows_per_cell": num_train,
     }
@@ -551,9 +582,12 @@ def merge_results(out_dir, parts, mixed_budgets: bool = False) -> list[dict]:
 
 
 def _mixer_order(mixer: str) -> tuple:
-    """Sort key of a mixer in tables: attn, ssd, dma, then by window (or state), dma-w before swa-w before ssd-s."""
+    """Sort key of a mixer in tables: attn, ssd, dma, then by window (or state), dma-w before swa-w before ssd-s
+    before the hybrids (by ratio)."""
     kind, size = parse_mixer(mixer)
-    return (0, MIXERS.index(kind), 0) if size is None else (1, size, ("dma", "swa", "ssd").index(kind))
+    if size is None:
+        return (0, MIXERS.index(kind), 0, 0)
+    return (1, size, ("dma", "swa", "ssd", "hyb").index(kind), hybrid_ratio(mixer) or 0)
 
 
 def _write(out: Path, rows: list[dict], meta: dict) -> None:
