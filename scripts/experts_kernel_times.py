@@ -1,10 +1,13 @@
 """Time each launch of the Triton expert mixture and the product-key top-k at cheems-base's CDMoE shape on one GPU,
 with the bytes each moves and its floor (docs/kernels_experts.md).
 
-    PYTHONPATH=src python scripts/experts_kernel_times.py [--tokens 32768] [--repeats 20]
+    PYTHONPATH=src python scripts/experts_kernel_times.py [--shape cheems-base|target] [--tokens T] [--repeats 20]
 
-One layer call: T tokens, d = 768, N = 2304 experts (48²), 4 heads × top-8 (M = 32), retrieval dim 64, bf16 tables and
-activations, float32 gates, as training under autocast passes them. Prints per part (the top-k's forward and backward in
+One layer call (``--shape cheems-base``, the default): T = 32768 tokens, d = 768, N = 2304 experts (48²), 4 heads ×
+top-8 (M = 32), retrieval dim 64, bf16 tables and activations, float32 gates, as training under autocast passes them.
+``--shape target``: bench.cdmoe_target's layer at a million experts, T = 8192, d = 1024, N = 2^20 (1024²), 8 heads ×
+top-16 (M = 128); the tables do not fit in L2, so every gathered row comes from HBM (no dense mixture there: it would
+compute T × N products). Prints per part (the top-k's forward and backward in
 each kind) the median time over ``--repeats`` calls (CUDA events, after a warm-up that also runs the autotuners) and the
 gathered bytes per millisecond. Then the dense mixture (cheems-base's training path) forward + backward under
 ``torch.compile``, with its coefficient matrices built by :class:`~wonderful_matrices.ops.expert_mixture.dense.IdRuns`
@@ -21,7 +24,11 @@ from wonderful_matrices.ops.expert_mixture import row_kernels as rk
 from wonderful_matrices.ops.product_key import topk_kernels as tk
 from wonderful_matrices.ops.triton_utils import interpreting
 
-D, N, KEYS, HEADS, TOP_K, HALF = 768, 2304, 48, 4, 8, 32
+HALF = 32  # retrieval dim 64: two halves of 32
+SHAPES = {  # tokens, width d, sub-keys per half (N = keys²), heads, top-k per head
+    "cheems-base": (32768, 768, 48, 4, 8),
+    "target": (8192, 1024, 1024, 8, 16),
+}
 
 
 def timed(fn, repeats: int, cuda: bool) -> float:
@@ -40,10 +47,10 @@ def timed(fn, repeats: int, cuda: bool) -> float:
     return statistics.median(times)
 
 
-def topk_forward_as(kind: str, query, keys):
+def topk_forward_as(kind: str, query, keys, top_k: int):
     """``topk_forward`` with the forward ``kind`` (``tk.FORWARDS``), whatever ``FORWARD`` says."""
     with tk.kinds(forward=kind):
-        return tk.topk_forward(query, keys, TOP_K)
+        return tk.topk_forward(query, keys, top_k)
 
 
 def topk_backward_as(kind: str, query, keys, ids, grad):
@@ -72,12 +79,16 @@ def dense_mixture_time(x, ids, gates, down, up, grad_y, repeats: int, cuda: bool
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=32768)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="cheems-base")
+    parser.add_argument("--tokens", type=int, default=None, help="tokens per layer call (default: the shape's)")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     cuda = torch.cuda.is_available() and not interpreting()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    T, M = args.tokens, HEADS * TOP_K
+    T, D, KEYS, HEADS, TOP_K = SHAPES[args.shape]
+    T = args.tokens or T
+    N, M = KEYS * KEYS, HEADS * TOP_K
+    small_table = KEYS <= tk.SMALL_TABLE_KEYS  # the small-table backward kinds apply
     x = torch.randn(T, D, device=device, dtype=dtype)
     grad_y = torch.randn(T, D, device=device, dtype=dtype)
     down, up = (torch.randn(N, D, device=device, dtype=dtype) * D ** -0.5 for _ in range(2))
@@ -91,10 +102,11 @@ def main():
     by_expert = rk.sort_by_expert(ids, N)
     rows = T * M * D * x.element_size()  # bytes of the gathered rows of one pass
     parts = [
-        *((f"topk fwd {kind}", lambda kind=kind: topk_forward_as(kind, query, keys),
+        *((f"topk fwd {kind}", lambda kind=kind: topk_forward_as(kind, query, keys, TOP_K),
            query.numel() * query.element_size()) for kind in tk.FORWARDS),
         *((f"topk bwd {kind}", lambda kind=kind: topk_backward_as(kind, query, keys, ids.view(T, HEADS, TOP_K), scores),
-           query.numel() * query.element_size() * 2) for kind in tk.SMALL_TABLE_BACKWARDS),
+           query.numel() * query.element_size() * 2) for kind in (tk.SMALL_TABLE_BACKWARDS if small_table else
+                                                                  ("atomic",))),
         ("row_dots forward", lambda: rk.row_dots(x, down, ids, rk.FORWARD, 0, gates=gates), rows),
         ("row_sum forward", lambda: rk.row_sum(coef, up, ids), rows),
         ("row_dots backward", lambda: rk.row_dots(grad_y, up, ids, rk.BACKWARD, 0, gates=gates, s=s), rows),
@@ -108,13 +120,14 @@ def main():
     total = 0.0
     for name, fn, moved in parts:
         ms = timed(fn, args.repeats, cuda)
+        backward = tk.SMALL_TABLE_BACKWARD if small_table else "atomic"
         if name.split()[:2] not in (["topk", "bwd"], ["topk", "fwd"]) or name in (
-                f"topk bwd {tk.SMALL_TABLE_BACKWARD}", f"topk fwd {tk.FORWARD}"):
+                f"topk bwd {backward}", f"topk fwd {tk.FORWARD}"):
             total += ms  # one forward and one backward of the top-k: those the library takes
         print(f"{name:<18} {ms:8.3f} ms  {moved / 1e9:7.3f} GB main traffic  {moved / ms / 1e9:7.2f} TB/s")
-    print(f"{'sum':<18} {total:8.3f} ms per layer call (top-k: {tk.FORWARD}, {tk.SMALL_TABLE_BACKWARD}); x 12 layers = "
-          f"{12 * total:.1f} ms per step")
-    if not cuda:  # no CPU times (see timed), and compiling the dense mixture would only cost time
+    print(f"{'sum':<18} {total:8.3f} ms per layer call (top-k: {tk.FORWARD}, "
+          f"{tk.SMALL_TABLE_BACKWARD if small_table else 'atomic'}); x 12 layers = {12 * total:.1f} ms per step")
+    if not cuda or args.shape != "cheems-base":  # no CPU times (see timed); the dense mixture is cheems-base's path
         return
     ms = dense_mixture_time(x, ids.view(T, HEADS, TOP_K), gates.view(T, HEADS, TOP_K), down, up, grad_y,
                             args.repeats, cuda)
