@@ -137,9 +137,7 @@ def dynamic_mask_attention_windowed_flex(q: torch.Tensor, k: torch.Tensor, v: to
     index, slot_drop = (t.view(b, hkv, nb, width).transpose(1, 2) for t in (index, slot_drop))  # (b, nb, hkv, W)
     p0 = lk - lq + torch.arange(nb, device=q.device) * block
 
-    kv = _GatherListRows.apply(torch.cat([k, v], dim=-1), index)  # (b, nb, hkv, W, 2d)
-    kt = kv[..., :d].flatten(0, 1)  # (b · nb, hkv, W, d)
-    vt = kv[..., d:].flatten(0, 1)
+    kt, vt = (_GatherListRows.apply(x, index).flatten(0, 1) for x in (k, v))  # (b · nb, hkv, W, d)
     rows = torch.where(torch.isfinite(bias), bias.float(), MASKED_BIAS)
     bias_rows = _GatherListRows.apply(rows[..., None], index)[..., 0].flatten(0, 1)  # (b · nb, hkv, W)
     qt = F.pad(q, (0, 0, 0, 0, 0, nb * block - lq)).view(b, nb, block, hq, d).permute(0, 1, 3, 2, 4).flatten(0, 1)
