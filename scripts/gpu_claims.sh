@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The paper's experiments at full scale on one H200, in calls of at most 10 minutes (issue #7):
 #   OUT=DIR bash scripts/gpu_claims.sh lm                 `wm bench lm` alone (its throughputs must not share the GPU)
+#   OUT=DIR bash scripts/gpu_claims.sh position           issue #15 item 3: `wm bench position` on DATA (default
+#                                                          python-source) with VARIANTS (default no_pe,rope,conv,data:
+#                                                          the data-dependent rotary too), three seeds
 #   OUT=DIR bash scripts/gpu_claims.sh position+mqar      `wm bench position`, and `wm bench mqar` with one process per
 #                                                          cell of the paper, side by side (processes time-slice the
 #                                                          GPU: session 2 measured ~140 ms per eager MQAR step this
@@ -48,7 +51,7 @@
 # starts after 1.1x the budget, and a run in progress may need a while to finish).
 set -uo pipefail
 OUT=${OUT:-out}
-MODE=${1:?mode: lm, lm-scale, position+mqar, mqar-grid or mqar-window}
+MODE=${1:?mode: lm, lm-scale, position, position+mqar, mqar-grid or mqar-window}
 CALL_S=${CALL_S:-560}
 START=$(date +%s)
 WORK=$(mktemp -d)
@@ -100,6 +103,10 @@ bench() {  # bench DIRNAME SECONDS NAME ARGS... -> $WORK/DIRNAME with results an
       mkdir -p "$OUT/lm-scale-state"
       tar cf - -C "$RUNS" --exclude=checkpoint.pt --exclude='*.tmp' --exclude='*.bin' --exclude='*.bin.size' . \
         | tar xf - -C "$OUT/lm-scale-state"
+      ;;
+    position)
+      bench position $(( CALL_S - 10 )) position --data "${DATA:-python-source}" \
+        --variants "${VARIANTS:-no_pe,rope,conv,data}"
       ;;
     position+mqar)
       bench position $(( CALL_S - 10 )) position &
