@@ -1,4 +1,5 @@
-"""Shared check for packed rows (``seq_idx``): a packed row gives every document what it gets alone."""
+"""Shared checks of the DMA tests: packed rows (``seq_idx``) give every document what it gets alone; the Flex paths'
+autograd with a dense stand-in for Flex (which has no CPU backward), every gradient against the float64 oracle."""
 import torch
 
 from conftest import rel_err
@@ -54,3 +55,32 @@ def assert_packed_equals_alone(attend, q, k, v, bias, seq_idx, spans, tol):
     assert rel_err(out, ref) < tol
     for name, a, r in zip(("q", "k", "v", "bias"), grads, ref_grads):
         assert (a.double() - r.double()).norm().item() <= tol * max(r.double().norm().item(), 1.0), name
+
+
+def dense_flex_stand_in(q, k, v, bias_rows, block_mask, scale, kernel_options=None, with_lse=False):
+    """A differentiable stand-in for ``biased_causal._attend`` on the CPU (where Flex has no backward): the same
+    scores and mask (the block mask's ``mask_mod`` over every pair; a row with no kept key outputs zeros), by dense
+    torch operations."""
+    b, hq, lq, _ = q.shape
+    group = hq // k.shape[1]
+    lk = k.shape[2]
+    keys, values = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    scores = scale * q @ keys.transpose(-1, -2) + bias_rows.repeat_interleave(group, 1)[:, :, None, :lk]
+    kept = block_mask.mask_mod(torch.arange(b)[:, None, None, None], torch.arange(hq)[None, :, None, None],
+                               torch.arange(lq)[None, None, :, None], torch.arange(lk)[None, None, None, :])
+    scores = scores.masked_fill(~kept, float("-inf"))
+    out = torch.nan_to_num(torch.softmax(scores, -1)) @ values
+    return (out, torch.logsumexp(scores, -1)) if with_lse else out
+
+
+def assert_gradients_match_oracle(out, leaves, ref, ref_leaves, bias, out_bound=1e-5, grad_bound=1e-4):
+    """``out`` (from ``leaves`` q, k, v, bias) against the oracle's ``ref`` (from float64 ``ref_leaves``): the output
+    and the gradients of one random output weight; the bias gradient compared at the finite-bias keys only."""
+    assert rel_err(out, ref) < out_bound
+    weight = torch.randn(ref.shape, dtype=torch.float64)
+    got = torch.autograd.grad(out, leaves, weight.to(out.dtype))
+    want = torch.autograd.grad(ref, ref_leaves, weight)
+    for name, a, r in zip("qkvb", got, want):
+        if name == "b":
+            a, r = (torch.where(torch.isfinite(bias), x, 0) for x in (a, r))
+        assert rel_err(a, r) < grad_bound, name

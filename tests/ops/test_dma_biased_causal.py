@@ -3,7 +3,7 @@ from the causal offset and the documents): the block mask's tiles are checked pa
 eagerly on the CPU, against the oracle. The compiled path runs on the GPU in test_dma_cuda.py."""
 import pytest
 import torch
-from dma_packing import documents, random_inputs
+from dma_packing import assert_gradients_match_oracle, dense_flex_stand_in, documents, random_inputs
 
 from conftest import rel_err
 from wonderful_matrices.ops.dma import biased_causal
@@ -82,28 +82,13 @@ def test_eager_forward_matches_oracle(lq, lk, hq, hkv, d):
     assert rel_err(out, ref) < 1e-5
 
 
-def _dense_attend(q, k, v, bias_rows, block_mask, scale, kernel_options=None, with_lse=False):
-    """A differentiable stand-in for ``biased_causal._attend`` on the CPU (where Flex has no backward): the same
-    scores, mask (the block mask's ``mask_mod``) and outputs, by dense torch operations."""
-    b, hq, lq, _ = q.shape
-    group = hq // k.shape[1]
-    lk = k.shape[2]
-    keys, values = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
-    scores = scale * q @ keys.transpose(-1, -2) + bias_rows.repeat_interleave(group, 1)[:, :, None, :lk]
-    visible = block_mask.mask_mod(torch.arange(b)[:, None, None, None], None, torch.arange(lq)[None, None, :, None],
-                                  torch.arange(lk)[None, None, None, :])
-    scores = scores.masked_fill(~visible, float("-inf"))
-    out = torch.softmax(scores, -1) @ values
-    return (out, torch.logsumexp(scores, -1)) if with_lse else out
-
-
 @pytest.mark.parametrize("lq,lk,hq,hkv,lengths", [(150, 150, 4, 2, None), (70, 200, 2, 2, None),
                                                   (150, 150, 4, 2, [[40, 1, 100, 9], [150]])])
 def test_bias_gradient_path_end_to_end_with_a_dense_stand_in(lq, lk, hq, hkv, lengths, monkeypatch):
     """With a bias that needs a gradient the call goes through _BiasGradientByColumnSums: the inner graph's q/k/v
     backward (here through a dense stand-in for Flex, which has no CPU backward), ``v·dV`` and the column sums
     (eager Flex); every gradient against the float64 oracle. Without a bias gradient the plain call runs."""
-    monkeypatch.setattr(biased_causal, "_attend", _dense_attend)
+    monkeypatch.setattr(biased_causal, "_attend", dense_flex_stand_in)
     calls = []
     monkeypatch.setattr(biased_causal._BiasGradientByColumnSums, "apply",
                         lambda *a, original=biased_causal._BiasGradientByColumnSums.apply: calls.append(1)
@@ -120,14 +105,7 @@ def test_bias_gradient_path_end_to_end_with_a_dense_stand_in(lq, lk, hq, hkv, le
     assert calls == [1]
     ref_leaves = [t.double().requires_grad_() for t in (q, k, v, bias)]
     ref = dynamic_mask_attention_naive(*ref_leaves, None, True, 0.25, seq_idx)
-    assert rel_err(out, ref) < 1e-5
-    weight = torch.randn(ref.shape, dtype=torch.float64)
-    got = torch.autograd.grad(out, leaves, weight.float())
-    want = torch.autograd.grad(ref, ref_leaves, weight)
-    for name, a, r in zip("qkvb", got, want):
-        a = torch.where(torch.isfinite(bias), a, 0) if name == "b" else a
-        r = torch.where(torch.isfinite(bias), r, 0) if name == "b" else r
-        assert rel_err(a, r) < 1e-4, name
+    assert_gradients_match_oracle(out, leaves, ref, ref_leaves, bias)
 
 
 def test_eager_forward_packed_equals_alone_and_oracle():

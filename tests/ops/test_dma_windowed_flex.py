@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from dma_packing import documents, random_inputs
+from dma_packing import assert_gradients_match_oracle, dense_flex_stand_in, documents, random_inputs
 
 from conftest import rel_err
 from wonderful_matrices.ops.dma import biased_causal, windowed_flex
@@ -97,36 +97,14 @@ def test_eager_forward_matches_oracle(b, lq, lk, hq, hkv, d, window, block, leng
     assert rel_err(out, ref) < 1e-5
 
 
-def _dense_attend(q, k, v, bias_rows, block_mask, scale, kernel_options=None, with_lse=False):
-    """A differentiable stand-in for ``biased_causal._attend`` on the CPU (where Flex has no backward): the same
-    scores and mask (the block mask's ``mask_mod``, every pair), by dense torch operations."""
-    b, hq, lq, _ = q.shape
-    group = hq // k.shape[1]
-    lk = k.shape[2]
-    keys, values = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
-    scores = scale * q @ keys.transpose(-1, -2) + bias_rows.repeat_interleave(group, 1)[:, :, None, :lk]
-    kept = block_mask.mask_mod(torch.arange(b)[:, None, None, None], torch.arange(hq)[None, :, None, None],
-                               torch.arange(lq)[None, None, :, None], torch.arange(lk)[None, None, None, :])
-    scores = scores.masked_fill(~kept, float("-inf"))
-    out = torch.nan_to_num(torch.softmax(scores, -1)) @ values
-    return (out, torch.logsumexp(scores, -1)) if with_lse else out
-
-
 @pytest.mark.parametrize("b,lq,lk,hq,hkv,d,window,block,lengths", [CASES[0], CASES[1], CASES[4]])
 def test_gradients_end_to_end_with_a_dense_stand_in(b, lq, lk, hq, hkv, d, window, block, lengths, monkeypatch):
     """Every gradient through the gathers (summed back per key in float32), the q/k/v backward (a dense stand-in
     for Flex's) and the bias gradient by column sums (eager Flex), against the float64 oracle."""
-    monkeypatch.setattr(biased_causal, "_attend", _dense_attend)
+    monkeypatch.setattr(biased_causal, "_attend", dense_flex_stand_in)
     q, k, v, bias, seq_idx = _inputs(b, lq, lk, hq, hkv, d, lengths)
     leaves = [t.clone().requires_grad_() for t in (q, k, v, bias)]
     out = windowed_flex.dynamic_mask_attention_windowed_flex(*leaves, window, 0.25, seq_idx, block, compiled=False)
     ref_leaves = [t.double().requires_grad_() for t in (q, k, v, bias)]
     ref = dynamic_mask_attention_naive(*ref_leaves, window, True, 0.25, seq_idx)
-    assert rel_err(out, ref) < 1e-5
-    weight = torch.randn(ref.shape, dtype=torch.float64)
-    got = torch.autograd.grad(out, leaves, weight.float())
-    want = torch.autograd.grad(ref, ref_leaves, weight)
-    for name, a, r in zip("qkvb", got, want):
-        a = torch.where(torch.isfinite(bias), a, 0) if name == "b" else a
-        r = torch.where(torch.isfinite(bias), r, 0) if name == "b" else r
-        assert rel_err(a, r) < 1e-4, name
+    assert_gradients_match_oracle(out, leaves, ref, ref_leaves, bias)
