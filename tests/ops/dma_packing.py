@@ -1,4 +1,4 @@
-"""Shared checks of the DMA tests: packed rows (``seq_idx``) give every document what it gets alone; the Flex paths'
+"""Shared checks of the DMA tests: packed rows (``seq_idx``) give every document what it gets alone; the Flex path's
 autograd with a dense stand-in for Flex (which has no CPU backward), every gradient against the float64 oracle."""
 import torch
 

@@ -157,39 +157,6 @@ def test_dma_fused_decode_step_cuda_graph(b):
         assert torch.equal(state[name], eager_state[name]), name
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("window,lq,lk,block,packed", grouped("dma-flex-window", [
-    (64, 300, 300, None, False), (100, 400, 400, 128, False), (37, 200, 333, 128, False), (1, 150, 150, 128, False),
-    (300, 1000, 1000, 256, False), (5, 700, 700, 384, False), (64, 300, 300, 128, True)]))
-def test_dma_windowed_flex_cuda(dtype, window, lq, lk, block, packed):
-    """The windowed path on FlexAttention over gathered lists (windowed_flex.py) against the float64 oracle, outputs
-    and all gradients: GQA, lq < lk, padding, a block not a multiple of the window, packed documents."""
-    from wonderful_matrices.ops.dma.windowed_flex import dynamic_mask_attention_windowed_flex
-
-    b, hq, hkv, d = 1, 8, 2, 64
-    base = [torch.randn(b, lq, hq, d), torch.randn(b, lk, hkv, d), torch.randn(b, lk, hkv, d),
-            torch.randn(b, lk, hkv) * 3]
-    base[3][0, :5] = float("-inf")  # padding
-    seq_idx = None
-    if packed:
-        from dma_packing import documents
-
-        seq_idx = documents([[100, 1, 10, 189]])[0].cuda()
-
-    def fn(q, k, v, bias):
-        if q.dtype == torch.float64:
-            return wm.ops.dynamic_mask_attention(q, k, v, bias, keep_window=window, seq_idx=seq_idx, backend="naive")
-        return dynamic_mask_attention_windowed_flex(q, k, v, bias, window, d ** -0.5, seq_idx, block)
-
-    ref, ref_g = memoized(("dma-flex-window", window, packed, fingerprint(*base)),
-                          lambda: _grads(fn, [_leaf(t, torch.float64, "cuda") for t in base]))
-    out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in base[:3]] + [_leaf(base[3], torch.float32, "cuda")])
-    assert out.dtype == dtype and torch.isfinite(out).all()
-    assert rel_err(out.cpu(), ref) < TOL[dtype]
-    for name, a, r in zip("qkvb", out_g, ref_g):
-        assert torch.isfinite(a).all() and _grad_close(a, r, TOL[dtype] * 2), name
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("lq,lk,hq,hkv,d", grouped("dma-flex", [(300, 300, 8, 2, 64), (200, 333, 4, 4, 128),
                                                              (129, 129, 4, 1, 32), (100, 100, 8, 2, 64),

@@ -211,8 +211,6 @@ def _training_rows(cfg, device):
         impls = []
         rows += _selection_rows(cfg, device, T, bias.detach())
         if device.type == "cuda" and triton_usable(device):
-            from ..ops.dma.windowed_flex import dynamic_mask_attention_windowed_flex
-
             impls.append((f"dma window {w} triton",
                           lambda q, k, v, b: dynamic_mask_attention(q, k, v, b, keep_window=w, backend="triton"),
                           (q, k, v, bias)))
@@ -222,9 +220,6 @@ def _training_rows(cfg, device):
                     return dynamic_mask_attention(q, k, v, b, keep_window=w, backend="triton")
 
             impls.append((f"dma window {w} triton, eager selection", eager_selection, (q, k, v, bias)))
-            impls.append((f"dma window {w} flex, gathered lists",
-                          lambda q, k, v, b: dynamic_mask_attention_windowed_flex(q, k, v, b, w, d ** -0.5),
-                          (q, k, v, bias)))
         if T <= cfg["torch_window_max_length"]:  # the reference path: slow and memory-hungry at long T
             impls.append((f"dma window {w} torch",
                           lambda q, k, v, b: dynamic_mask_attention(q, k, v, b, keep_window=w, backend="torch"),
