@@ -7,9 +7,9 @@ One layer call (``--shape cheems-base``, the default): T = 32768 tokens, d = 768
 top-8 (M = 32), retrieval dim 64, bf16 tables and activations, float32 gates, as training under autocast passes them.
 ``--shape target``: bench.cdmoe_target's layer at a million experts, T = 8192, d = 1024, N = 2^20 (1024²), 8 heads ×
 top-16 (M = 128); the tables do not fit in L2, so every gathered row comes from HBM (no dense mixture there: it would
-compute T × N products). Prints per part (the top-k's forward and backward in
-each kind) the median time over ``--repeats`` calls (CUDA events, after a warm-up that also runs the autotuners) and the
-gathered bytes per millisecond. Then the dense mixture (cheems-base's training path) forward + backward under
+compute T × N products). Prints per part (the top-k's forward and backward in each kind) the median time over
+``--repeats`` calls (CUDA events, after a warm-up that also runs the autotuners) and the gathered bytes per
+millisecond. Then the dense mixture (cheems-base's training path) forward + backward under
 ``torch.compile``, with its coefficient matrices built by :class:`~wonderful_matrices.ops.expert_mixture.dense.IdRuns`
 (sort, scan, scatter, which Inductor fuses; CUDA only). CPU plumbing check: ``TRITON_INTERPRET=1 ... --tokens 64
 --repeats 1`` (float32, CPU).
@@ -88,7 +88,10 @@ def main():
     T, D, KEYS, HEADS, TOP_K = SHAPES[args.shape]
     T = args.tokens or T
     N, M = KEYS * KEYS, HEADS * TOP_K
-    small_table = KEYS <= tk.SMALL_TABLE_KEYS  # the small-table backward kinds apply
+    # the top-k backwards to time, and the one the library takes (tables past SMALL_TABLE_KEYS: always atomic)
+    small_table = KEYS <= tk.SMALL_TABLE_KEYS
+    backwards = tk.SMALL_TABLE_BACKWARDS if small_table else ("atomic",)
+    backward = tk.SMALL_TABLE_BACKWARD if small_table else "atomic"
     x = torch.randn(T, D, device=device, dtype=dtype)
     grad_y = torch.randn(T, D, device=device, dtype=dtype)
     down, up = (torch.randn(N, D, device=device, dtype=dtype) * D ** -0.5 for _ in range(2))
@@ -105,8 +108,7 @@ def main():
         *((f"topk fwd {kind}", lambda kind=kind: topk_forward_as(kind, query, keys, TOP_K),
            query.numel() * query.element_size()) for kind in tk.FORWARDS),
         *((f"topk bwd {kind}", lambda kind=kind: topk_backward_as(kind, query, keys, ids.view(T, HEADS, TOP_K), scores),
-           query.numel() * query.element_size() * 2) for kind in (tk.SMALL_TABLE_BACKWARDS if small_table else
-                                                                  ("atomic",))),
+           query.numel() * query.element_size() * 2) for kind in backwards),
         ("row_dots forward", lambda: rk.row_dots(x, down, ids, rk.FORWARD, 0, gates=gates), rows),
         ("row_sum forward", lambda: rk.row_sum(coef, up, ids), rows),
         ("row_dots backward", lambda: rk.row_dots(grad_y, up, ids, rk.BACKWARD, 0, gates=gates, s=s), rows),
@@ -120,13 +122,12 @@ def main():
     total = 0.0
     for name, fn, moved in parts:
         ms = timed(fn, args.repeats, cuda)
-        backward = tk.SMALL_TABLE_BACKWARD if small_table else "atomic"
         if name.split()[:2] not in (["topk", "bwd"], ["topk", "fwd"]) or name in (
                 f"topk bwd {backward}", f"topk fwd {tk.FORWARD}"):
             total += ms  # one forward and one backward of the top-k: those the library takes
         print(f"{name:<18} {ms:8.3f} ms  {moved / 1e9:7.3f} GB main traffic  {moved / ms / 1e9:7.2f} TB/s")
-    print(f"{'sum':<18} {total:8.3f} ms per layer call (top-k: {tk.FORWARD}, "
-          f"{tk.SMALL_TABLE_BACKWARD if small_table else 'atomic'}); x 12 layers = {12 * total:.1f} ms per step")
+    print(f"{'sum':<18} {total:8.3f} ms per layer call (top-k: {tk.FORWARD}, {backward}); x 12 layers = "
+          f"{12 * total:.1f} ms per step")
     if not cuda or args.shape != "cheems-base":  # no CPU times (see timed); the dense mixture is cheems-base's path
         return
     ms = dense_mixture_time(x, ids.view(T, HEADS, TOP_K), gates.view(T, HEADS, TOP_K), down, up, grad_y,

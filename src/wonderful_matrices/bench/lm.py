@@ -27,7 +27,7 @@ from ..train.optim import adamw
 from .common import one_line, synchronize, time_callable, write_results
 from .decode_common import analytic_cache_bytes, decode_measurement
 from .lm_common import compiled_lm_loss, corpus_tokens, optimizer_step, perplexity, set_fused, train_lm
-from .lm_scale import run_label, run_one, run_settings, steps_for
+from .lm_scale import run_label, run_model, run_one, run_settings, steps_for
 
 FAMILIES = ("cheems", "doge", "llama", "mamba2", "jamba")
 QUICK = dict(size="small", seq_len=128, batch=8, steps=30, lr=1e-3, contexts=(256, 1024), eval_tokens=16_384,
@@ -128,8 +128,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
             cfg[key] = value
     if cfg["steps"] < 1:
         raise ValueError(f"steps={cfg['steps']!r} is not allowed: must be >= 1")
-    if hybrid_ratio is not None and (not isinstance(hybrid_ratio, int) or isinstance(hybrid_ratio, bool)
-                                     or hybrid_ratio < 1):
+    if hybrid_ratio is not None and not presets.is_hybrid_ratio(hybrid_ratio):
         raise ValueError(f"hybrid_ratio={hybrid_ratio!r} is not allowed: an integer >= 1")
     unknown = [f for f in families if f not in FAMILIES]
     if unknown or not families:
@@ -161,13 +160,11 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
     rows, training = [], []
     available = presets.names()
     for family in families:
-        preset = f"{family}-{cfg['size']}"
-        name = run_label(family, cfg["size"], hybrid_ratio)
-        if preset not in available:
-            training.append({"preset": name, "status": "preset not available in this build"})
+        if f"{family}-{cfg['size']}" not in available:
+            training.append({"preset": run_label(family, cfg["size"], hybrid_ratio),
+                             "status": "preset not available in this build"})
             continue
-        ratio = {"hybrid_ratio": hybrid_ratio} if name != preset else {}
-        config = presets.get(preset, vocab_size=corpus.vocab_size, use_cache=False, **ratio)
+        name, config = run_model(family, cfg["size"], hybrid_ratio, vocab_size=corpus.vocab_size, use_cache=False)
         torch.manual_seed(0)
         model = CheemsForCausalLM(config).to(device)
         params = sum(p.numel() for p in model.parameters())

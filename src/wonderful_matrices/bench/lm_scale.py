@@ -92,6 +92,16 @@ def run_label(family: str, size: str, hybrid_ratio: int | None = None) -> str:
     return f"{preset}-{hybrid_ratio}to1"
 
 
+def run_model(family: str, size: str, hybrid_ratio: int | None = None, **overrides):
+    """A run's label (:func:`run_label`) and its model's config: the preset with ``overrides``, laid out with
+    ``hybrid_ratio`` where that changes it."""
+    from ..models import presets
+
+    label = run_label(family, size, hybrid_ratio)
+    ratio = {"hybrid_ratio": hybrid_ratio} if label != f"{family}-{size}" else {}
+    return label, presets.get(f"{family}-{size}", **ratio, **overrides)
+
+
 def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpus, settings: dict,
             device: torch.device, checkpoint_every: int = 500, compiled: bool = False,
             hybrid_ratio: int | None = None) -> dict:
@@ -100,9 +110,9 @@ def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpu
     runs under ``torch.compile`` (``train_lm(compiled=True)``; the row's ``compiled_training`` says which way its
     ``train_tokens_per_s`` was measured); the evaluation is eager either way. ``hybrid_ratio``: recurrent layers
     per attention layer of the hybrid families (:func:`run_label`; the row's ``mixers`` counts the layers)."""
-    from ..models import CheemsForCausalLM, presets
+    from ..models import CheemsForCausalLM
 
-    preset = run_label(family, size, hybrid_ratio)
+    preset, config = run_model(family, size, hybrid_ratio, vocab_size=corpus.vocab_size, use_cache=False)
     folder = run_folder(out, preset, seed)
     done = _read_run(folder)
     if done is not None:
@@ -110,8 +120,6 @@ def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpu
         print(f"{folder.name}: complete, skipped", flush=True)
         return done[1]
     folder.mkdir(parents=True, exist_ok=True)
-    ratio = {"hybrid_ratio": hybrid_ratio} if preset != f"{family}-{size}" else {}
-    config = presets.get(f"{family}-{size}", vocab_size=corpus.vocab_size, use_cache=False, **ratio)
     torch.manual_seed(seed)
     model = CheemsForCausalLM(config).to(device)
     params = sum(p.numel() for p in model.parameters())

@@ -75,6 +75,11 @@ HYBRIDS = ("cheems", "jamba")  # the families with recurrent and attention layer
 DEFAULT_HYBRID_RATIO = 7  # recurrent layers per attention layer in the hybrids' groups
 
 
+def is_hybrid_ratio(value) -> bool:
+    """Whether ``value`` can be a ``hybrid_ratio``: an int >= 1 (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _layout(family: str, num_layers: int, hybrid_ratio: int = DEFAULT_HYBRID_RATIO) -> dict:
     """``mixer_types`` / ``ffn_types`` of a family at a depth; the hybrids put ``hybrid_ratio`` recurrent layers
     before each attention layer."""
@@ -105,8 +110,7 @@ def get(name: str, hybrid_ratio: int | None = None, **overrides) -> CheemsConfig
     if name not in names():
         raise ValueError(f"name={name!r} is not allowed: one of {names()}")
     family, size = name.split("-")
-    if hybrid_ratio is not None and (family not in HYBRIDS or not isinstance(hybrid_ratio, int)
-                                     or isinstance(hybrid_ratio, bool) or hybrid_ratio < 1):
+    if hybrid_ratio is not None and (family not in HYBRIDS or not is_hybrid_ratio(hybrid_ratio)):
         raise ValueError(f"hybrid_ratio={hybrid_ratio!r} is not allowed: an integer >= 1, for the hybrid families "
                          f"{HYBRIDS} only (preset {name!r})")
     unknown = sorted(set(overrides) - config_field_names())
