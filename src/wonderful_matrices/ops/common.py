@@ -24,6 +24,17 @@ def shape_of(t: torch.Tensor) -> tuple:
 _trusted = threading.local()
 
 
+def cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)`` without calling ``to`` when ``t`` already has ``dtype`` (then ``t`` itself).
+
+    The output of a ``torch.autograd.Function``'s forward goes through this, never through a ``to`` that changes
+    nothing: on torch 2.11, Dynamo (every ``torch.compile`` backend) traced such a forward so that the Function's
+    inputs got zero gradients, silently (torch 2.13 traces it correctly). That zeroed CDMoE's expert and routing
+    gradients in compiled training on the GPU; tests/ops/test_compiled_functions.py holds each Function to its eager
+    gradients under Dynamo."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def trusted_values() -> contextlib.AbstractContextManager:
     """Inside this block the ops skip the checks that read tensor *values* (``A < 0``, ``dt >= 0``, expert ids in
     range): each costs a device-to-host synchronisation per call. For layers whose op inputs are valid by

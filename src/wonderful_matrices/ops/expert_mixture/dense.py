@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import torch
 
+from ..common import cast
 from .gather import RowSum, compute_dtype
 from .naive import ACTIVATIONS
 
@@ -187,7 +188,7 @@ class DenseMixture(torch.autograd.Function):
         coef = gates.to(s.dtype) * ACTIVATIONS[activation](s)
         ctx.save_for_backward(x, ids, gates, down, up, s)
         ctx.activation = activation
-        return DenseKernels.row_sum(coef, up, ids).to(x.dtype)
+        return cast(DenseKernels.row_sum(coef, up, ids), x.dtype)
 
     @staticmethod
     def backward(ctx, grad_y):

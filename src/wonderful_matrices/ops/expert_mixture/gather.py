@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..common import cast
 from .naive import ACTIVATIONS
 
 _MODE_SUM = 0
@@ -50,7 +51,7 @@ class BagKernels:
         offset2bag = torch.arange(T, device=ids.device).repeat_interleave(M)
         s = torch.ops.aten._embedding_bag_per_sample_weights_backward(
             vec.to(table.dtype).contiguous(), table, ids.reshape(-1), offsets, offset2bag, _MODE_SUM, -1)
-        return s.reshape(T, M).to(compute_dtype(table))
+        return cast(s.reshape(T, M), compute_dtype(table))
 
     @staticmethod
     def row_sum(w: torch.Tensor, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..common import cast
 from ..triton_utils import interpreting, opaque_to_compile, poisoned_empty
 from .gather import RowSum
 
@@ -296,7 +297,7 @@ class Mixture(torch.autograd.Function):
         s, coef = row_dots(x, down, ids, FORWARD, act, gates=gates)
         ctx.save_for_backward(x, ids, gates, down, up, s, coef)
         ctx.act = act
-        return row_sum(coef, up, ids).to(x.dtype)
+        return cast(row_sum(coef, up, ids), x.dtype)
 
     @staticmethod
     def backward(ctx, grad_y):
