@@ -173,3 +173,18 @@ def test_kinds_switches_and_restores():
         assert topk_kernels.SMALL_TABLE_BACKWARD == "atomic"
         raise KeyError
     assert (topk_kernels.FORWARD, topk_kernels.SMALL_TABLE_BACKWARD) == before
+
+
+def test_auto_forward_by_table_size(monkeypatch):
+    """FORWARD = "auto" (the default) sorts by bitonic networks up to BITONIC_MAX_KEYS sub-keys per half, where it
+    was timed faster (cheems-base's 48), and inserts above (2^20 experts' 1024); a named forward holds at every
+    size."""
+    from wonderful_matrices.ops.product_key import topk_kernels
+
+    assert topk_kernels.FORWARD == "auto"
+    limit = topk_kernels.BITONIC_MAX_KEYS
+    assert [topk_kernels.forward_kind(n) for n in (1, 48, limit, limit + 1, 1024)] == \
+        ["bitonic"] * 3 + ["insertion"] * 2
+    for forward in topk_kernels.FORWARDS:
+        monkeypatch.setattr(topk_kernels, "FORWARD", forward)
+        assert {topk_kernels.forward_kind(n) for n in (1, 48, 1024)} == {forward}

@@ -15,8 +15,12 @@ another order than brute force: equal values, any of them is a correct top k.
 score and its label are packed into one int64 whose order is the score's, then the label's (:func:`_pack`), and
 Triton's bitonic ``tl.topk`` keeps the best ``K_PAD`` of a chunk, of a chunk merged with the kept set, and of the
 ``K_PAD²`` candidate sums — a fixed number of compare-and-swap rounds in place of one round of four row reductions
-per insertion. Not GPU-timed yet: ``"insertion"`` stays the default until ``scripts/experts_kernel_times.py`` and
-``scripts/topk_bench.py`` compare them (both are interpreter-tested and in the CUDA parity test).
+per insertion. ``FORWARD = "auto"`` (the default) takes the sorting networks for tables of at most
+``BITONIC_MAX_KEYS`` sub-keys per half and insertion above: on an H100 (``scripts/topk_bench.py``, session 14,
+docs/results/session14_h100/call1/) the bitonic forward took 0.204 against 0.296 ms at cheems-base's routing
+(√N = 48, k = 8) and 0.312 against 0.491 ms at √N = 32, k = 16, but 5.35 against 1.64 ms at √N = 1024, k = 16 (its
+fixed rounds per chunk, against insertions that stop once later chunks rarely beat the kept set). Sizes between 64
+and 1024 were not timed; insertion is kept there. Both are interpreter-tested and in the CUDA parity test.
 
 Backward: the score of the ``j``-th pick is ``q_0·K_0[a_j] + q_1·K_1[b_j]``, so
 ``grad q_c = Σ_j g_j · K_c[idx_j]`` (a gather of sub-key rows) and ``grad K_c[idx] += g_j · q_c`` (a scatter). For
@@ -60,7 +64,8 @@ SMALL_TABLE_BACKWARDS = ("reduced", "atomic")
 SMALL_TABLE_BACKWARD = "reduced"
 REDUCED_TILE = 4096
 FORWARDS = ("insertion", "bitonic")
-FORWARD = "insertion"
+FORWARD = "auto"  # or one of FORWARDS for every size
+BITONIC_MAX_KEYS = 64  # "auto": sub-keys per half up to which the bitonic forward runs (module docstring)
 
 
 @contextlib.contextmanager
@@ -334,6 +339,15 @@ def _topk_forward_fake(query: torch.Tensor, sub_keys: torch.Tensor, k: int) -> t
     return query.new_empty(T, H, k, dtype=torch.float32), query.new_empty(T, H, k, dtype=torch.int64)
 
 
+def forward_kind(n: int) -> str:
+    """The forward :func:`topk_forward` runs for tables of ``n`` sub-keys per half: :data:`FORWARD`, or under
+    ``"auto"`` ``"bitonic"`` up to :data:`BITONIC_MAX_KEYS` sub-keys and ``"insertion"`` above."""
+    if FORWARD == "auto":
+        return "bitonic" if n <= BITONIC_MAX_KEYS else "insertion"
+    require(FORWARD in FORWARDS, "FORWARD", FORWARD, f"'auto' or one of {FORWARDS}")
+    return FORWARD
+
+
 @opaque_to_compile("product_key_topk_forward", _topk_forward_fake)
 def topk_forward(query: torch.Tensor, sub_keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward kernel: query (T, H, 2, dk), sub_keys (H, 2, n, dk) contiguous -> scores (T, H, k) float32,
@@ -342,12 +356,11 @@ def topk_forward(query: torch.Tensor, sub_keys: torch.Tensor, k: int) -> tuple[t
     n = sub_keys.shape[2]
     scores = poisoned_empty(T, H, k, dtype=torch.float32, device=query.device)
     ids = poisoned_empty(T, H, k, dtype=torch.int64, device=query.device)
-    if FORWARD not in FORWARDS:
-        require(False, "FORWARD", FORWARD, f"one of {FORWARDS}")
+    forward = forward_kind(n)
     if T:
         precision = "ieee" if query.dtype == torch.float32 else "tf32"
         grid = lambda meta: (triton.cdiv(T, meta["BLOCK_T"]), H)  # noqa: E731
-        if FORWARD == "bitonic":  # chunks of the sub-keys up to 128 wide, at least K_PAD (what tl.topk keeps)
+        if forward == "bitonic":  # chunks of the sub-keys up to 128 wide, at least K_PAD (what tl.topk keeps)
             k_pad = _pad(k, 2)
             _topk_forward_bitonic_kernel[grid](query, sub_keys, scores, ids, T, H, n, dk, K=k, K_PAD=k_pad,
                                                DK_PAD=_pad(dk, 16), PRECISION=precision,
