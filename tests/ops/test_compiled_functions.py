@@ -13,8 +13,8 @@ import torch
 
 from conftest import rel_err
 from wonderful_matrices.ops import expert_mixture, product_key_topk
-from wonderful_matrices.ops.expert_mixture import weighted_rows
 from wonderful_matrices.ops.common import triton_usable
+from wonderful_matrices.ops.expert_mixture import weighted_rows
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 BACKENDS = ["eager", "aot_eager"]
