@@ -58,11 +58,18 @@ def _train_step(forward, model, ids: torch.Tensor):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+# (preset family, config overrides): cheems-tiny's DMA is windowed; without a window DMA is FlexAttention with a bias
+# (session 14: this case failed on an H100 under torch 2.11, "Expected a proper Tensor but got None", not yet
+# understood; it passes on the CPU)
+FAMILIES = {"cheems": {}, "llama": {}, "cheems-no-window": {"keep_window": None}}
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("family", ["cheems", "llama"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_packed_training_compiles_once_and_equals_eager(family, device):
     torch.manual_seed(0)
-    model = CheemsForCausalLM(presets.get(f"{family}-tiny", use_cache=False)).to(device).train()
+    preset = f"{family.split('-')[0]}-tiny"
+    model = CheemsForCausalLM(presets.get(preset, use_cache=False, **FAMILIES[family])).to(device).train()
     eager = copy.deepcopy(model)
     torch._dynamo.reset()
     counters.clear()
