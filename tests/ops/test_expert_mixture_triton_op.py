@@ -168,6 +168,19 @@ def test_triton_table_gradient_with_wider_programs(interpreter, monkeypatch, til
     assert kernel.best_config.kwargs["TILE_E"] == tile_e
 
 
+def test_table_gradient_configurations_by_split(interpreter):
+    """The GPU's autotuner tries the wider programs only where a tile's steps are not split (SPLIT = 1); with split
+    steps (partial sums per tile) every configuration it keeps owns one tile."""
+    import triton
+
+    configs = [triton.Config({"TILE_E": e, "BLOCK_D": b}, num_warps=w) for e, b, w in interpreter.TABLE_GRAD_CONFIGS]
+    assert interpreter._prune_table_grad(configs, {"SPLIT": 1}) == configs
+    kept = interpreter._prune_table_grad(configs, {"SPLIT": 14})
+    assert kept and {c.kwargs["TILE_E"] for c in kept} == {interpreter.BLOCK_E}
+    assert {c.kwargs["TILE_E"] for c in configs} == {16, 32, 64, 128}
+    assert all(c.kwargs["TILE_E"] % interpreter.BLOCK_E == 0 for c in configs)
+
+
 def test_step_split_rules(interpreter, monkeypatch):
     monkeypatch.setattr(interpreter, "BLOCK_R", 32)  # the GPU's step
     assert interpreter.step_split(8192 * 128, 2 ** 20, 1024) == 1  # many experts: direct write
