@@ -6,9 +6,11 @@
 #   dma      tests/ops/test_dma_select.py          window selection at scale (its CUDA cases; the rest is CPU)
 #            tests/ops/test_dma_cuda.py            windowed Triton, no-window Flex, packed, decode steps, CUDA graphs
 #   experts  tests/ops/test_experts_cuda.py        product-key top-k, expert mixture, CDMoE / PEER / PKM layers
+#            tests/ops/test_compiled_functions.py  the mixtures, PKM read and top-k compiled against eager (CUDA cases)
 #   norm     tests/ops/test_norm_loss_cuda.py      RMSNorm (+ residual), gated RMSNorm, chunked linear + CE, compile
 #   models   tests/train/test_graph_step.py        GraphedTrainStep (its CUDA cases; the rest is CPU)
 #            tests/models/test_models_cuda.py      GraphedDecoder, packed rows of the tiny presets, fused bf16 step
+#            tests/train/test_compiled_training.py compiled packed training against eager (its CUDA cases)
 #   half1    = ssd dma                  the whole suite in two 10-minute calls on a fresh 1-GPU machine: AREA=half1,
 #   half2    = experts norm models      then AREA=half2 (each estimated at ~400 s of the 560 s BUDGET with 8 workers)
 # Writes DIR/cuda_<area>.log: a header (GPU, torch, triton, commit) and every file's complete pytest output; prints
@@ -49,9 +51,9 @@ files_of() {
   case $1 in
     ssd) echo tests/ops/test_ssd_cuda.py ;;
     dma) echo tests/ops/test_dma_select.py tests/ops/test_dma_cuda.py ;;
-    experts) echo tests/ops/test_experts_cuda.py ;;
+    experts) echo tests/ops/test_experts_cuda.py tests/ops/test_compiled_functions.py ;;
     norm) echo tests/ops/test_norm_loss_cuda.py ;;
-    models) echo tests/train/test_graph_step.py tests/models/test_models_cuda.py ;;
+    models) echo tests/train/test_graph_step.py tests/models/test_models_cuda.py tests/train/test_compiled_training.py ;;
     half1) files_of ssd; files_of dma ;;
     half2) files_of experts; files_of norm; files_of models ;;
     *) return 1 ;;

@@ -19,7 +19,7 @@ DOTS = {"vec_ptr": "*{dt}", "table_ptr": "*{dt}", "ids_ptr": "*i64", "gate_ptr":
         "BLOCK_M": "constexpr", "BLOCK_D": "constexpr"}
 TABLE_GRAD = {"bounds_ptr": "*i64", "sorted_ptr": "*i32", "order_ptr": "*i64", "w_ptr": "*fp32", "vec_ptr": "*{dt}",
               "out_ptr": "*{out}", "N": "i32", "D": "i32", "SPLIT": "i32", "M": "constexpr", "BLOCK_E": "constexpr",
-              "BLOCK_R": "constexpr", "HI_LO": "constexpr", "BLOCK_D": "constexpr"}
+              "BLOCK_R": "constexpr", "HI_LO": "constexpr", "TILE_E": "constexpr", "BLOCK_D": "constexpr"}
 # (kernel, signature, constants): the dots kernel with each epilogue (0 dots, 1 forward, 2 backward) and
 # activation (0 silu, 1 gelu, 2 relu) it runs with; the table gradient written directly and as partial sums
 SIGNATURES = {

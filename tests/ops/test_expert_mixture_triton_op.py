@@ -150,6 +150,37 @@ def test_triton_table_gradient_with_split_steps(interpreter, monkeypatch):
         assert rel_err(a, b) < 1e-5, name
 
 
+@pytest.mark.parametrize("tile_e", [32, 64])
+def test_triton_table_gradient_with_wider_programs(interpreter, monkeypatch, tile_e):
+    """Programs of several tiles of experts (TILE_E, the GPU's autotuner tries them where steps are not split): the
+    table gradients of the CASES and of pools that end inside a program (100 experts in programs of 32 or 64)."""
+    import triton
+
+    kernel = interpreter._table_grad_kernel
+    monkeypatch.setattr(kernel, "configs", [triton.Config({"TILE_E": tile_e, "BLOCK_D": 16}, num_warps=1)])
+    monkeypatch.setattr(kernel, "cache", {})
+    for batch, H, k, N, d, activation in CASES + [((41,), 2, 4, 100, 24, "silu")]:
+        args = make(batch, H, k, N, d)
+        ref = run("naive", *args, activation=activation)
+        got = run("triton", *_float32(args), activation=activation)
+        for name, a, b in zip(("y", "x", "gates", "down", "up"), got, ref):
+            assert rel_err(a, b) < 1e-5, (name, N)
+    assert kernel.best_config.kwargs["TILE_E"] == tile_e
+
+
+def test_table_gradient_configurations_by_split(interpreter):
+    """The GPU's autotuner tries the wider programs only where a tile's steps are not split (SPLIT = 1); with split
+    steps (partial sums per tile) every configuration it keeps owns one tile."""
+    import triton
+
+    configs = [triton.Config({"TILE_E": e, "BLOCK_D": b}, num_warps=w) for e, b, w in interpreter.TABLE_GRAD_CONFIGS]
+    assert interpreter._prune_table_grad(configs, {"SPLIT": 1}) == configs
+    kept = interpreter._prune_table_grad(configs, {"SPLIT": 14})
+    assert kept and {c.kwargs["TILE_E"] for c in kept} == {interpreter.BLOCK_E}
+    assert {c.kwargs["TILE_E"] for c in configs} == {16, 32, 64, 128}
+    assert all(c.kwargs["TILE_E"] % interpreter.BLOCK_E == 0 for c in configs)
+
+
 def test_step_split_rules(interpreter, monkeypatch):
     monkeypatch.setattr(interpreter, "BLOCK_R", 32)  # the GPU's step
     assert interpreter.step_split(8192 * 128, 2 ** 20, 1024) == 1  # many experts: direct write

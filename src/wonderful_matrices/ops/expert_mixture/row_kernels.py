@@ -25,16 +25,19 @@ next to the tables.
 ``table_grad`` ``G[e] = Σ_{ids[t,j]=e} w[t,j]·vec[t]``: the ``T·M`` selections are sorted by expert once per
 backward (``torch.sort`` of the ids, stable, shared by both table gradients) and cut into tiles of
 ``BLOCK_E = 16`` consecutive experts; ``bounds[i]`` is the first sorted selection of tile ``i``. A program owns
-one tile × ``BLOCK_D`` columns and walks the tile's selections ``BLOCK_R`` at a time: it gathers their ``vec``
+``TILE_E`` experts (a whole number of tiles) × ``BLOCK_D`` columns and walks their selections ``BLOCK_R`` at a
+time: it gathers their ``vec``
 rows ``(BLOCK_R, BLOCK_D)`` and adds ``A @ rows`` with ``A[e, r] = w[r]`` where selection ``r`` is expert ``e``
 of the tile, else 0 (a one-hot matrix product on the tensor cores, the segmented sum of the tile's experts).
 Every gradient row is written exactly once (zero for unselected experts): no atomics, deterministic. For bf16
 rows ``A`` is split into two bf16 terms (``hi + lo``, together exact to ~2^-16 of ``w``); float32 and fp16 rows
-multiply in ``tf32x3`` (float32 accuracy). With many experts (2^20: about one selection each) a tile takes one
-or two steps. With few experts (1024: ~1000 selections each) the steps of a tile are split over ``SPLIT``
-programs (about ``STEPS_PER_PROGRAM`` steps each) that write float32 partial sums, added by one ``sum`` (a small
-buffer, ``SPLIT·N·d``). A single very hot expert still makes its own tile longer than the rest (load imbalance,
-correct).
+multiply in ``tf32x3`` (float32 accuracy). With many experts (2^20: about one selection each) a tile of 16 takes one
+step, and such a program is latency-bound (gather, two products, store, with nothing to overlap the gathers with: 0.99
+TB/s of written gradient on an H100, session 14), so where the steps are not split the autotuner also tries programs
+of 32 to 128 experts, whose loops of several steps the compiler pipelines. With few experts (1024: ~1000 selections
+each) the steps of a tile are split over ``SPLIT`` programs (about ``STEPS_PER_PROGRAM`` steps each) that write
+float32 partial sums, added by one ``sum`` (a small buffer, ``SPLIT·N·d``). A single very hot expert still makes its
+own tile longer than the rest (load imbalance, correct).
 
 Launch settings are autotuned on the GPU (a single configuration under the interpreter, small blocks, so tests
 exercise the masked tails). Outputs are NaN-poisoned under the interpreter, so an unwritten element fails tests.
@@ -153,28 +156,44 @@ def _row_sum_kernel(w_ptr, table_ptr, ids_ptr, out_ptr, M, D,
     tl.store(out_ptr + t * D + offs_d, tl.reduce(acc, 0, _add).to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
+# table_grad launch settings (experts per program, columns per program, warps): tiles of BLOCK_E experts, and where
+# the steps are not split (SPLIT = 1: many experts, few selections each) also wider ones (module docstring)
+TABLE_GRAD_CONFIGS = [(16, 128, 4), (16, 256, 4), (16, 256, 8), (16, 512, 8),
+                      (32, 256, 8), (64, 128, 8), (64, 256, 8), (128, 128, 8)]
+
+
+def _prune_table_grad(configs, named_args, **kwargs):
+    """Only programs of one tile of experts where a tile's steps are split over programs (``SPLIT > 1``: the
+    partial sums are per tile)."""
+    if named_args["SPLIT"] == 1:
+        return configs
+    return [c for c in configs if c.kwargs["TILE_E"] == BLOCK_E] or configs[:1]
+
+
 @triton.autotune(
-    configs=[triton.Config({"BLOCK_D": 16}, num_warps=1)] if interpreting() else
-    [triton.Config({"BLOCK_D": b}, num_warps=w) for b, w in ((128, 4), (256, 4), (256, 8), (512, 8))],
-    key=["N", "D", "SPLIT"])
+    configs=[triton.Config({"TILE_E": BLOCK_E, "BLOCK_D": 16}, num_warps=1)] if interpreting() else
+    [triton.Config({"TILE_E": e, "BLOCK_D": b}, num_warps=w) for e, b, w in TABLE_GRAD_CONFIGS],
+    key=["N", "D", "SPLIT"], prune_configs_by={"early_config_prune": _prune_table_grad})
 @triton.jit
 def _table_grad_kernel(bounds_ptr, sorted_ptr, order_ptr, w_ptr, vec_ptr, out_ptr, N, D, SPLIT, M: tl.constexpr,
-                       BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, HI_LO: tl.constexpr, BLOCK_D: tl.constexpr):
+                       BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, HI_LO: tl.constexpr, TILE_E: tl.constexpr,
+                       BLOCK_D: tl.constexpr):
     """out[s, e, :] = Σ w[p] · vec[p // M, :] over the sorted selections ``p = order[r]`` of expert e (those with
-    ``sorted[r] = e``) in steps ``i ≡ s (mod SPLIT)`` of BLOCK_R; grid (cdiv(N, BLOCK_E), cdiv(D, BLOCK_D),
-    SPLIT). With SPLIT = 1, ``out`` is the gradient itself (table dtype); otherwise a float32 (SPLIT, N, D) buffer
-    of partial sums. HI_LO: bf16 ``vec`` (``w`` as two bf16 terms), else the product runs in tf32x3. M (selections
-    per token) is a constant so that ``p // M`` compiles to shifts and multiplies, not a 64-bit division per
-    gathered row."""
+    ``sorted[r] = e``) in steps ``i ≡ s (mod SPLIT)`` of BLOCK_R; grid (cdiv(N, TILE_E), cdiv(D, BLOCK_D),
+    SPLIT), ``bounds`` per tile of BLOCK_E experts (TILE_E a multiple of BLOCK_E). With SPLIT = 1, ``out`` is the
+    gradient itself (table dtype); otherwise a float32 (SPLIT, N, D) buffer of partial sums. HI_LO: bf16 ``vec``
+    (``w`` as two bf16 terms), else the product runs in tf32x3. M (selections per token) is a constant so that ``p //
+    M`` compiles to shifts and multiplies, not a 64-bit division per gathered row."""
     tile = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
     split = tl.program_id(2)
-    first = tile.to(tl.int64) * BLOCK_E
-    offs_e = first + tl.arange(0, BLOCK_E)
-    begin = tl.load(bounds_ptr + tile)
-    end = tl.load(bounds_ptr + tile + 1)
-    acc = tl.full([BLOCK_E, BLOCK_D], 0.0, tl.float32)
+    first = tile.to(tl.int64) * TILE_E
+    offs_e = first + tl.arange(0, TILE_E)
+    tiles_per_program: tl.constexpr = TILE_E // BLOCK_E
+    begin = tl.load(bounds_ptr + tile * tiles_per_program)
+    end = tl.load(bounds_ptr + tl.minimum((tile + 1) * tiles_per_program, (N + BLOCK_E - 1) // BLOCK_E))
+    acc = tl.full([TILE_E, BLOCK_D], 0.0, tl.float32)
     for r0 in range(begin + split * BLOCK_R, end, SPLIT * BLOCK_R):
         offs_r = r0 + tl.arange(0, BLOCK_R)
         live = offs_r < end
@@ -183,7 +202,7 @@ def _table_grad_kernel(bounds_ptr, sorted_ptr, order_ptr, w_ptr, vec_ptr, out_pt
         w = tl.load(w_ptr + pos, mask=live, other=0.0).to(tl.float32)
         rows = tl.load(vec_ptr + (pos // M)[:, None] * D + offs_d[None, :], mask=live[:, None] & mask_d[None, :],
                        other=0.0)
-        a = tl.where(offs_e[:, None] == expert[None, :], w[None, :], 0.0)  # (BLOCK_E, BLOCK_R) one-hot weights
+        a = tl.where(offs_e[:, None] == expert[None, :], w[None, :], 0.0)  # (TILE_E, BLOCK_R) one-hot weights
         if HI_LO:
             hi = a.to(tl.bfloat16)
             lo = (a - hi.to(tl.float32)).to(tl.bfloat16)
@@ -276,7 +295,7 @@ def _table_grad(w: torch.Tensor, vec: torch.Tensor, M: int, table: torch.Tensor,
     split = step_split(order.numel(), N, D)
     out = (poisoned_empty(N, D, dtype=table.dtype, device=table.device) if split == 1
            else poisoned_empty(split, N, D, dtype=torch.float32, device=table.device))
-    grid = lambda meta: (triton.cdiv(N, BLOCK_E), triton.cdiv(D, meta["BLOCK_D"]), split)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(N, meta["TILE_E"]), triton.cdiv(D, meta["BLOCK_D"]), split)  # noqa: E731
     _table_grad_kernel[grid](bounds, sorted_ids, order, w, vec, out, N, D, split, M=M, BLOCK_E=BLOCK_E,
                              BLOCK_R=BLOCK_R, HI_LO=vec.dtype == torch.bfloat16)
     return out if split == 1 else out.sum(0).to(table.dtype)
