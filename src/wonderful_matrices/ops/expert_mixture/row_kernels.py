@@ -22,22 +22,21 @@ Backward (three launches): with ``grad_coef = grad_y[t]·up[e]``,
 So each pass reads each selected table row once; the activations ``(T, d)`` a table gradient gathers are small
 next to the tables.
 
-``table_grad`` ``G[e] = Σ_{ids[t,j]=e} w[t,j]·vec[t]``: the ``T·M`` selections are sorted by expert once per
-backward (``torch.sort`` of the ids, stable, shared by both table gradients) and cut into tiles of
-``BLOCK_E = 16`` consecutive experts; ``bounds[i]`` is the first sorted selection of tile ``i``. A program owns
-``TILE_E`` experts (a whole number of tiles) × ``BLOCK_D`` columns and walks their selections ``BLOCK_R`` at a
-time: it gathers their ``vec``
-rows ``(BLOCK_R, BLOCK_D)`` and adds ``A @ rows`` with ``A[e, r] = w[r]`` where selection ``r`` is expert ``e``
-of the tile, else 0 (a one-hot matrix product on the tensor cores, the segmented sum of the tile's experts).
-Every gradient row is written exactly once (zero for unselected experts): no atomics, deterministic. For bf16
-rows ``A`` is split into two bf16 terms (``hi + lo``, together exact to ~2^-16 of ``w``); float32 and fp16 rows
-multiply in ``tf32x3`` (float32 accuracy). With many experts (2^20: about one selection each) a tile of 16 takes one
-step, and such a program is latency-bound (gather, two products, store, with nothing to overlap the gathers with: 0.99
-TB/s of written gradient on an H100, session 14), so where the steps are not split the autotuner also tries programs
-of 32 to 128 experts, whose loops of several steps the compiler pipelines. With few experts (1024: ~1000 selections
-each) the steps of a tile are split over ``SPLIT`` programs (about ``STEPS_PER_PROGRAM`` steps each) that write
-float32 partial sums, added by one ``sum`` (a small buffer, ``SPLIT·N·d``). A single very hot expert still makes its
-own tile longer than the rest (load imbalance, correct).
+``table_grad`` ``G[e] = Σ_{ids[t,j]=e} w[t,j]·vec[t]``: the ``T·M`` selections are sorted by expert once per backward
+(``torch.sort`` of the ids, stable, shared by both table gradients) and cut into tiles of ``BLOCK_E = 16`` consecutive
+experts; ``bounds[i]`` is the first sorted selection of tile ``i``. A program owns ``TILE_E`` experts (a whole number
+of tiles) × ``BLOCK_D`` columns and walks their selections ``BLOCK_R`` at a time: it gathers their ``vec`` rows
+``(BLOCK_R, BLOCK_D)`` and adds ``A @ rows`` with ``A[e, r] = w[r]`` where selection ``r`` is expert ``e`` of the
+tile, else 0 (a one-hot matrix product on the tensor cores, the segmented sum of the tile's experts). Every gradient
+row is written exactly once (zero for unselected experts): no atomics, deterministic. For bf16 rows ``A`` is split
+into two bf16 terms (``hi + lo``, together exact to ~2^-16 of ``w``); float32 and fp16 rows multiply in ``tf32x3``
+(float32 accuracy). With many experts (2^20: about one selection each) a tile of 16 takes one step, and such a program
+is latency-bound (gather, two products, store, with nothing to overlap the gathers with: 0.99 TB/s of written gradient
+on an H100, session 14), so where the steps are not split the autotuner also tries programs of 32 to 128 experts,
+whose loops of several steps the compiler pipelines. With few experts (1024: ~1000 selections each) the steps of a
+tile are split over ``SPLIT`` programs (about ``STEPS_PER_PROGRAM`` steps each) that write float32 partial sums, added
+by one ``sum`` (a small buffer, ``SPLIT·N·d``). A single very hot expert still makes its own tile longer than the rest
+(load imbalance, correct).
 
 Launch settings are autotuned on the GPU (a single configuration under the interpreter, small blocks, so tests
 exercise the masked tails). Outputs are NaN-poisoned under the interpreter, so an unwritten element fails tests.
