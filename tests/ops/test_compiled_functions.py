@@ -73,7 +73,7 @@ def test_expert_mixture_compiled_gradients(device, dtype, backend):
 @pytest.mark.parametrize("device", DEVICES)
 def test_weighted_rows_compiled_gradients(device, backend):
     """The product-key memory read (PEER / PKM layers), every backend."""
-    x, ids, gates, down, _ = _mixture_inputs(device, torch.float32)
+    _, ids, gates, down, _ = _mixture_inputs(device, torch.float32)
     for rows in _mixture_backends(device):
         _assert_same((gates.flatten(1), ids.flatten(1), down),
                      lambda w, i, t, r=rows: weighted_rows(w, i, t, backend=r), backend, torch.float32)

@@ -166,7 +166,7 @@ def _prune_table_grad(configs, named_args, **kwargs):
     partial sums are per tile)."""
     if named_args["SPLIT"] == 1:
         return configs
-    return [c for c in configs if c.kwargs["TILE_E"] == BLOCK_E] or configs[:1]
+    return [c for c in configs if c.kwargs["TILE_E"] == BLOCK_E]
 
 
 @triton.autotune(
