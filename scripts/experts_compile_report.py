@@ -54,16 +54,20 @@ def cases():
     # row sum: forward y = Σ coef·up[e], backward grad_x = Σ grad_s·down[e] (float32 weights, bf16 out)
     out.append(("row_sum", rk._row_sum_kernel.fn, dict(w_ptr=tm, table_ptr=table, ids_ptr=ids, out_ptr=x, M=M, D=d),
                 {}, configs(rk._row_sum_kernel)))
-    # table gradient: sort_by_expert's int32 sorted ids, int64 order and bounds; SPLIT from step_split
-    split = rk.step_split(T * M, N, d)
+    # table gradient: sort_by_expert's int32 sorted ids, int64 order and bounds; SPLIT from step_split; the mixture's
+    # backward writes both tables' gradients in one launch (PAIRED), the PKM read one table's
     tiles = triton.cdiv(N, rk.BLOCK_E)
-    for label, vec_dtype in (("table_grad/bf16 hi_lo", torch.bfloat16), ("table_grad/fp16 tf32x3", torch.float16),
-                             ("table_grad/fp32 tf32x3", f32)):
+    for label, vec_dtype, paired in (("table_grad/bf16 hi_lo pair", torch.bfloat16, True),
+                                     ("table_grad/bf16 hi_lo", torch.bfloat16, False),
+                                     ("table_grad/fp16 tf32x3", torch.float16, False),
+                                     ("table_grad/fp32 tf32x3", f32, False)):
+        split = rk.step_split(T * M, N, d, tables=2 if paired else 1)
+        vec, grad = _meta(T, d, dtype=vec_dtype), _meta(split, N, d, dtype=f32)
         args = dict(bounds_ptr=_meta(tiles + 1, dtype=i64), sorted_ptr=_meta(T * M, dtype=i32),
-                    order_ptr=_meta(T * M, dtype=i64), w_ptr=tm, vec_ptr=_meta(T, d, dtype=vec_dtype),
-                    out_ptr=_meta(split, N, d, dtype=f32), N=N, M=M, D=d, SPLIT=split)
+                    order_ptr=_meta(T * M, dtype=i64), w_ptr=tm, vec_ptr=vec, out_ptr=grad, w2_ptr=tm, vec2_ptr=vec,
+                    out2_ptr=grad, N=N, M=M, D=d, SPLIT=split)
         out.append((label, rk._table_grad_kernel.fn, args,
-                    dict(BLOCK_E=rk.BLOCK_E, BLOCK_R=rk.BLOCK_R, HI_LO=vec_dtype == torch.bfloat16),
+                    dict(BLOCK_E=rk.BLOCK_E, BLOCK_R=rk.BLOCK_R, HI_LO=vec_dtype == torch.bfloat16, PAIRED=paired),
                     configs(rk._table_grad_kernel)))
     # product-key top-k: bf16 queries and sub-keys (autocast), float32 scores, int64 ids
     query, keys = _meta(T, H, 2, dkey), _meta(H, 2, n, dkey)

@@ -11,13 +11,13 @@ AOTAutograd's joint graph), same inputs, and compares the loss and every input g
 import pytest
 import torch
 
-from conftest import rel_err
+from conftest import INTERPRETED, interpreter_child_test, rel_err
 from wonderful_matrices.ops import expert_mixture, product_key_topk
-from wonderful_matrices.ops.common import triton_usable
 from wonderful_matrices.ops.expert_mixture import weighted_rows
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 BACKENDS = ["eager", "aot_eager"]
+MIXTURE_BACKENDS = ["torch", "dense", "triton"]
 BOUND = {torch.float32: 1e-6, torch.bfloat16: 1e-3}
 
 
@@ -54,36 +54,49 @@ def _mixture_inputs(device, dtype, T=37, d=32, N=64, H=2, k=4):
     return x, ids, gates, down, up
 
 
-def _mixture_backends(device):
-    return ["torch", "dense"] + (["triton"] if triton_usable(torch.device(device)) else [])
+def _skip_unless_here(device, kernels, dtype=torch.float32):
+    """Triton kernels on the CPU run in the interpreter's child process (float32 only); everything else runs in this
+    process."""
+    if device == "cpu" and kernels == "triton":
+        if not INTERPRETED:
+            pytest.skip("runs in the TRITON_INTERPRET=1 child process")
+        if dtype != torch.float32:
+            pytest.skip("the interpreter's half-precision arithmetic is unreliable")
+    elif INTERPRETED:
+        pytest.skip("runs in the parent process")
 
 
+@pytest.mark.parametrize("kernels", MIXTURE_BACKENDS)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("device", DEVICES)
-def test_expert_mixture_compiled_gradients(device, dtype, backend):
+def test_expert_mixture_compiled_gradients(device, dtype, backend, kernels):
     """Every mixture backend (the dense one is CUDA's ``auto`` for cheems-base, the gather ones for large pools)."""
+    _skip_unless_here(device, kernels, dtype)
     inputs = _mixture_inputs(device, dtype)
-    for mixture in _mixture_backends(device):
-        _assert_same(inputs, lambda x, i, g, dn, u, m=mixture: expert_mixture(x, i, g, dn, u, backend=m),
-                     backend, dtype)
+    _assert_same(inputs, lambda x, i, g, dn, u: expert_mixture(x, i, g, dn, u, backend=kernels), backend, dtype)
 
 
+@pytest.mark.parametrize("kernels", MIXTURE_BACKENDS)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_weighted_rows_compiled_gradients(device, backend):
+def test_weighted_rows_compiled_gradients(device, backend, kernels):
     """The product-key memory read (PEER / PKM layers), every backend."""
+    _skip_unless_here(device, kernels)
     _, ids, gates, down, _ = _mixture_inputs(device, torch.float32)
-    for rows in _mixture_backends(device):
-        _assert_same((gates.flatten(1), ids.flatten(1), down),
-                     lambda w, i, t, r=rows: weighted_rows(w, i, t, backend=r), backend, torch.float32)
+    _assert_same((gates.flatten(1), ids.flatten(1), down),
+                 lambda w, i, t: weighted_rows(w, i, t, backend=kernels), backend, torch.float32)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("device", DEVICES)
 def test_product_key_topk_compiled_gradients(device, backend):
-    """The routing's scores (the fused kernel where the device has one)."""
+    """The routing's scores: the torch path on the CPU, the fused Triton kernel on CUDA and in the interpreter's
+    child process."""
     g = torch.Generator(device=device).manual_seed(1)
     query = torch.randn(29, 2, 2, 8, device=device, generator=g)
     keys = torch.randn(2, 2, 8, 8, device=device, generator=g)
     _assert_same((query, keys), lambda q, kk: product_key_topk(q, kk, 4)[0], backend, torch.float32)
+
+
+test_interpreted_in_a_subprocess = interpreter_child_test(__file__)

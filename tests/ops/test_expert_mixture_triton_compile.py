@@ -18,10 +18,12 @@ DOTS = {"vec_ptr": "*{dt}", "table_ptr": "*{dt}", "ids_ptr": "*i64", "gate_ptr":
         "out_ptr": "*fp32", "aux_ptr": "*fp32", "M": "i32", "D": "i32", "EPILOGUE": "constexpr", "ACT": "constexpr",
         "BLOCK_M": "constexpr", "BLOCK_D": "constexpr"}
 TABLE_GRAD = {"bounds_ptr": "*i64", "sorted_ptr": "*i32", "order_ptr": "*i64", "w_ptr": "*fp32", "vec_ptr": "*{dt}",
-              "out_ptr": "*{out}", "N": "i32", "D": "i32", "SPLIT": "i32", "M": "constexpr", "BLOCK_E": "constexpr",
-              "BLOCK_R": "constexpr", "HI_LO": "constexpr", "TILE_E": "constexpr", "BLOCK_D": "constexpr"}
+              "out_ptr": "*{out}", "w2_ptr": "*fp32", "vec2_ptr": "*{dt}", "out2_ptr": "*{out}", "N": "i32", "D": "i32",
+              "SPLIT": "i32", "M": "constexpr", "BLOCK_E": "constexpr", "BLOCK_R": "constexpr", "HI_LO": "constexpr",
+              "PAIRED": "constexpr", "TILE_E": "constexpr", "BLOCK_D": "constexpr"}
 # (kernel, signature, constants): the dots kernel with each epilogue (0 dots, 1 forward, 2 backward) and
-# activation (0 silu, 1 gelu, 2 relu) it runs with; the table gradient written directly and as partial sums
+# activation (0 silu, 1 gelu, 2 relu) it runs with; the table gradient (one table or the pair) written directly and as
+# partial sums
 SIGNATURES = {
     "dots": ("_row_dots_kernel", DOTS, {**ROWS, "EPILOGUE": 0, "ACT": 0}),
     "forward_silu": ("_row_dots_kernel", DOTS, {**ROWS, "EPILOGUE": 1, "ACT": 0}),
@@ -32,9 +34,13 @@ SIGNATURES = {
     "row_sum": ("_row_sum_kernel", {"w_ptr": "*fp32", "table_ptr": "*{dt}", "ids_ptr": "*i64", "out_ptr": "*{dt}",
                                     "M": "i32", "D": "i32", "BLOCK_M": "constexpr", "BLOCK_D": "constexpr"}, ROWS),
     "table_grad": ("_table_grad_kernel", TABLE_GRAD,
-                   {"M": 32, "BLOCK_E": 16, "BLOCK_R": 32, "HI_LO": "{hi_lo}", "BLOCK_D": 256}),
-    "table_grad_partial": ("_table_grad_kernel", dict(TABLE_GRAD, out_ptr="*fp32"),
-                           {"M": 32, "BLOCK_E": 16, "BLOCK_R": 32, "HI_LO": "{hi_lo}", "BLOCK_D": 256}),
+                   {"M": 32, "BLOCK_E": 16, "BLOCK_R": 32, "HI_LO": "{hi_lo}", "PAIRED": False}),
+    "table_grad_partial": ("_table_grad_kernel", dict(TABLE_GRAD, out_ptr="*fp32", out2_ptr="*fp32"),
+                           {"M": 32, "BLOCK_E": 16, "BLOCK_R": 32, "HI_LO": "{hi_lo}", "PAIRED": False}),
+    "table_grad_pair": ("_table_grad_kernel", TABLE_GRAD,
+                        {"M": 32, "BLOCK_E": 16, "BLOCK_R": 32, "HI_LO": "{hi_lo}", "PAIRED": True}),
+    "table_grad_pair_partial": ("_table_grad_kernel", dict(TABLE_GRAD, out_ptr="*fp32", out2_ptr="*fp32"),
+                                {"M": 32, "BLOCK_E": 16, "BLOCK_R": 32, "HI_LO": "{hi_lo}", "PAIRED": True}),
 }
 
 

@@ -168,6 +168,19 @@ def test_triton_table_gradient_with_wider_programs(interpreter, monkeypatch, til
     assert kernel.best_config.kwargs["TILE_E"] == tile_e
 
 
+@pytest.mark.parametrize("frozen", ["down", "up"])
+def test_triton_one_table_gradient(frozen):
+    """With one table frozen the backward writes the other's gradient alone (one table per launch, not the pair)."""
+    x, ids, gates, down, up = make((9,), 2, 3, 40, 21)
+    tables = {"down": down, "up": up}
+    want = run("naive", x, ids, gates, down, up)[3 if frozen == "up" else 4]
+    leaves = {name: t.float().clone().requires_grad_(name != frozen) for name, t in tables.items()}
+    y = expert_mixture(x.float(), ids, gates.float(), leaves["down"], leaves["up"], backend="triton")
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).float()
+    (got,) = torch.autograd.grad(y, leaves["up" if frozen == "down" else "down"], g)
+    assert rel_err(got, want) < 1e-5
+
+
 def test_table_gradient_configurations_by_split(interpreter):
     """The GPU's autotuner tries the wider programs only where a tile's steps are not split (SPLIT = 1); with split
     steps (partial sums per tile) every configuration it keeps owns one tile."""

@@ -165,8 +165,7 @@ class DenseKernels:
         return out
 
     @staticmethod
-    def table_grad(w: torch.Tensor, vec: torch.Tensor, ids: torch.Tensor, table: torch.Tensor,
-                   cache: dict) -> torch.Tensor:
+    def table_grad(w: torch.Tensor, vec: torch.Tensor, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """G[e] = Σ_{ids[t,j]=e} w[t,j]·vec[t]: w (T, M), vec (T, d) -> (N, d) in the table dtype (accumulated in the
         compute dtype over the chunks)."""
         N = table.shape[0]
@@ -243,4 +242,4 @@ def weighted_rows(weights: torch.Tensor, ids: torch.Tensor, table: torch.Tensor)
     """``y[t] = Σ_j weights[t, j]·table[ids[t, j]]`` (the PKM read) as ``scatter_add(ids, weights) · table``:
     weights (T, M), ids (T, M) int64, table (N, d) -> (T, d) in the table dtype; differentiable in ``weights`` and
     ``table``."""
-    return RowSum.apply(weights.to(compute_dtype(table)), ids, table, DenseKernels, {})
+    return RowSum.apply(weights.to(compute_dtype(table)), ids, table, DenseKernels)

@@ -59,8 +59,7 @@ class BagKernels:
         return F.embedding_bag(ids, table, per_sample_weights=w.to(table.dtype).contiguous(), mode="sum")
 
     @staticmethod
-    def table_grad(w: torch.Tensor, vec: torch.Tensor, ids: torch.Tensor, table: torch.Tensor,
-                   cache: dict) -> torch.Tensor:
+    def table_grad(w: torch.Tensor, vec: torch.Tensor, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """G[e] = Σ_{ids[t,j]=e} w[t,j]·vec[t]: the weight gradient of the bag ``row_sum(w, table)`` for upstream
         ``vec``, by ATen's embedding-bag weight-gradient kernel (the one ``embedding_bag``'s backward runs, called
         directly: traceable by ``torch.compile``); (N, d) in the table dtype."""
@@ -106,8 +105,7 @@ class GatherKernels:
         return out
 
     @staticmethod
-    def table_grad(w: torch.Tensor, vec: torch.Tensor, ids: torch.Tensor, table: torch.Tensor,
-                   cache: dict) -> torch.Tensor:
+    def table_grad(w: torch.Tensor, vec: torch.Tensor, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """G[e] = Σ_{ids[t,j]=e} w[t,j]·vec[t], (N, d) in the table dtype, accumulated in a float32 buffer."""
         T, M = ids.shape
         dtype = compute_dtype(table)
@@ -130,9 +128,9 @@ class RowDots(torch.autograd.Function):
     """s[t, j] = table[ids[t, j]] · vec[t]: vec (T, d), ids (T, M) int64, table (N, d) -> (T, M) compute dtype."""
 
     @staticmethod
-    def forward(ctx, vec, ids, table, kernels, cache):
+    def forward(ctx, vec, ids, table, kernels):
         ctx.save_for_backward(vec, ids, table)
-        ctx.kernels, ctx.cache = kernels, cache
+        ctx.kernels = kernels
         return kernels.row_dots(vec, table, ids)
 
     @staticmethod
@@ -142,17 +140,17 @@ class RowDots(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_vec = ctx.kernels.row_sum(grad_s, table, ids).to(vec.dtype)
         if ctx.needs_input_grad[2]:
-            grad_table = ctx.kernels.table_grad(grad_s, vec, ids, table, ctx.cache)
-        return grad_vec, None, grad_table, None, None
+            grad_table = ctx.kernels.table_grad(grad_s, vec, ids, table)
+        return grad_vec, None, grad_table, None
 
 
 class RowSum(torch.autograd.Function):
     """y[t] = Σ_j w[t, j] · table[ids[t, j]]: w (T, M), ids (T, M) int64, table (N, d) -> (T, d) table dtype."""
 
     @staticmethod
-    def forward(ctx, w, ids, table, kernels, cache):
+    def forward(ctx, w, ids, table, kernels):
         ctx.save_for_backward(w, ids, table)
-        ctx.kernels, ctx.cache = kernels, cache
+        ctx.kernels = kernels
         return kernels.row_sum(w, table, ids)
 
     @staticmethod
@@ -162,8 +160,8 @@ class RowSum(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_w = ctx.kernels.row_dots(grad_y, table, ids).to(w.dtype)
         if ctx.needs_input_grad[2]:
-            grad_table = ctx.kernels.table_grad(w, grad_y.contiguous(), ids, table, ctx.cache)
-        return grad_w, None, grad_table, None, None
+            grad_table = ctx.kernels.table_grad(w, grad_y.contiguous(), ids, table)
+        return grad_w, None, grad_table, None
 
 
 def mixture(x: torch.Tensor, ids: torch.Tensor, gates: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
@@ -173,11 +171,10 @@ def mixture(x: torch.Tensor, ids: torch.Tensor, gates: torch.Tensor, down: torch
     xf = x.reshape(-1, d).contiguous()
     T = xf.shape[0]
     idsf = ids.reshape(T, ids.shape[-2] * ids.shape[-1]).contiguous()
-    cache: dict = {}  # shared by both primitives' backward (kernels may keep work for the second one here)
-    s = RowDots.apply(xf, idsf, down, kernels, cache)  # (T, M) compute dtype
+    s = RowDots.apply(xf, idsf, down, kernels)  # (T, M) compute dtype
     compute = compute_dtype(up)
     coef = gates.reshape(idsf.shape).to(compute) * ACTIVATIONS[activation](s.to(compute))
-    y = RowSum.apply(coef, idsf, up, kernels, cache)
+    y = RowSum.apply(coef, idsf, up, kernels)
     return y.to(x.dtype).reshape(x.shape)
 
 
@@ -192,4 +189,4 @@ def weighted_rows(weights: torch.Tensor, ids: torch.Tensor, table: torch.Tensor)
     and ``table``: weights (T, M) float, ids (T, M) int64, table (N, d) -> (T, d) in the table dtype."""
     kernels = default_kernels(table)
     compute = compute_dtype(table)
-    return RowSum.apply(weights.to(compute).contiguous(), ids.contiguous(), table, kernels, {})
+    return RowSum.apply(weights.to(compute).contiguous(), ids.contiguous(), table, kernels)

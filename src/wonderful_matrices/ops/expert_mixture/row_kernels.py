@@ -16,14 +16,14 @@ Backward (three launches): with ``grad_coef = grad_y[t]·up[e]``,
 * ``row_dots`` with the backward epilogue: ``grad_s = grad_coef·gate·act'(s)`` and
   ``grad_gate = grad_coef·act(s)``: reads each selected ``up`` row once;
 * ``row_sum``: ``grad_x[t] = Σ_j grad_s[t,j]·down[e]``: reads each selected ``down`` row once;
-* ``table_grad`` twice, ``grad_down[e] = Σ grad_s·x[t]`` and ``grad_up[e] = Σ coef·grad_y[t]`` over the
-  selections of expert ``e``: reads activation rows (``x``, ``grad_y``), not table rows.
+* ``table_grad`` of both tables in one launch, ``grad_down[e] = Σ grad_s·x[t]`` and ``grad_up[e] = Σ coef·grad_y[t]``
+  over the selections of expert ``e``: reads activation rows (``x``, ``grad_y``), not table rows.
 
 So each pass reads each selected table row once; the activations ``(T, d)`` a table gradient gathers are small
 next to the tables.
 
 ``table_grad`` ``G[e] = Σ_{ids[t,j]=e} w[t,j]·vec[t]``: the ``T·M`` selections are sorted by expert once per backward
-(``torch.sort`` of the ids, stable, shared by both table gradients) and cut into tiles of ``BLOCK_E = 16`` consecutive
+(``torch.sort`` of the ids, stable) and cut into tiles of ``BLOCK_E = 16`` consecutive
 experts; ``bounds[i]`` is the first sorted selection of tile ``i``. A program owns ``TILE_E`` experts (a whole number
 of tiles) × ``BLOCK_D`` columns and walks their selections ``BLOCK_R`` at a time: it gathers their ``vec`` rows
 ``(BLOCK_R, BLOCK_D)`` and adds ``A @ rows`` with ``A[e, r] = w[r]`` where selection ``r`` is expert ``e`` of the
@@ -32,8 +32,9 @@ row is written exactly once (zero for unselected experts): no atomics, determini
 into two bf16 terms (``hi + lo``, together exact to ~2^-16 of ``w``); float32 and fp16 rows multiply in ``tf32x3``
 (float32 accuracy). With many experts (2^20: about one selection each) a tile of 16 takes one step, and such a program
 is latency-bound (gather, two products, store, with nothing to overlap the gathers with: 0.99 TB/s of written gradient
-on an H100, session 14), so where the steps are not split the autotuner also tries programs of 32 to 128 experts,
-whose loops of several steps the compiler pipelines. With few experts (1024: ~1000 selections each) the steps of a
+on an H100, session 14). So the mixture's two gradients share one walk (``PAIRED``: each step loads the sorted ids and
+positions once and gathers both row sets, two independent loads in flight), and where the steps are not split the
+autotuner also tries programs of 32 to 128 experts, whose loops of several steps the compiler pipelines. With few experts (1024: ~1000 selections each) the steps of a
 tile are split over ``SPLIT`` programs (about ``STEPS_PER_PROGRAM`` steps each) that write float32 partial sums, added
 by one ``sum`` (a small buffer, ``SPLIT·N·d``). A single very hot expert still makes its own tile longer than the rest
 (load imbalance, correct).
@@ -169,20 +170,35 @@ def _prune_table_grad(configs, named_args, **kwargs):
     return [c for c in configs if c.kwargs["TILE_E"] == BLOCK_E]
 
 
+@triton.jit
+def _one_hot_product(acc, a, rows, HI_LO: tl.constexpr):
+    """``acc + a @ rows``: ``a`` (TILE_E, BLOCK_R) float32, as two bf16 terms for bf16 ``rows``, else in tf32x3."""
+    if HI_LO:
+        hi = a.to(tl.bfloat16)
+        lo = (a - hi.to(tl.float32)).to(tl.bfloat16)
+        acc = tl.dot(hi, rows, acc)
+        acc = tl.dot(lo, rows, acc)
+    else:
+        acc = tl.dot(a, rows.to(tl.float32), acc, input_precision="tf32x3")
+    return acc
+
+
 @triton.autotune(
     configs=[triton.Config({"TILE_E": BLOCK_E, "BLOCK_D": 16}, num_warps=1)] if interpreting() else
     [triton.Config({"TILE_E": e, "BLOCK_D": b}, num_warps=w) for e, b, w in TABLE_GRAD_CONFIGS],
-    key=["N", "D", "SPLIT"], prune_configs_by={"early_config_prune": _prune_table_grad})
+    key=["N", "D", "SPLIT", "PAIRED"], prune_configs_by={"early_config_prune": _prune_table_grad})
 @triton.jit
-def _table_grad_kernel(bounds_ptr, sorted_ptr, order_ptr, w_ptr, vec_ptr, out_ptr, N, D, SPLIT, M: tl.constexpr,
-                       BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, HI_LO: tl.constexpr, TILE_E: tl.constexpr,
-                       BLOCK_D: tl.constexpr):
+def _table_grad_kernel(bounds_ptr, sorted_ptr, order_ptr, w_ptr, vec_ptr, out_ptr, w2_ptr, vec2_ptr, out2_ptr, N, D,
+                       SPLIT, M: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, HI_LO: tl.constexpr,
+                       PAIRED: tl.constexpr, TILE_E: tl.constexpr, BLOCK_D: tl.constexpr):
     """out[s, e, :] = Σ w[p] · vec[p // M, :] over the sorted selections ``p = order[r]`` of expert e (those with
     ``sorted[r] = e``) in steps ``i ≡ s (mod SPLIT)`` of BLOCK_R; grid (cdiv(N, TILE_E), cdiv(D, BLOCK_D),
     SPLIT), ``bounds`` per tile of BLOCK_E experts (TILE_E a multiple of BLOCK_E). With SPLIT = 1, ``out`` is the
-    gradient itself (table dtype); otherwise a float32 (SPLIT, N, D) buffer of partial sums. HI_LO: bf16 ``vec``
-    (``w`` as two bf16 terms), else the product runs in tf32x3. M (selections per token) is a constant so that ``p //
-    M`` compiles to shifts and multiplies, not a 64-bit division per gathered row."""
+    gradient itself (table dtype); otherwise a float32 (SPLIT, N, D) buffer of partial sums. PAIRED: also ``out2``
+    from ``w2``/``vec2`` (same shapes and dtypes) over the same selections — the mixture's two table gradients from one
+    walk of the sorted selections. HI_LO: bf16 ``vec`` (``w`` as two bf16 terms), else the product runs in tf32x3.
+    M (selections per token) is a constant so that ``p // M`` compiles to shifts and multiplies, not a 64-bit
+    division per gathered row."""
     tile = tl.program_id(0)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
@@ -193,33 +209,35 @@ def _table_grad_kernel(bounds_ptr, sorted_ptr, order_ptr, w_ptr, vec_ptr, out_pt
     begin = tl.load(bounds_ptr + tile * tiles_per_program)
     end = tl.load(bounds_ptr + tl.minimum((tile + 1) * tiles_per_program, (N + BLOCK_E - 1) // BLOCK_E))
     acc = tl.full([TILE_E, BLOCK_D], 0.0, tl.float32)
+    acc2 = tl.full([TILE_E, BLOCK_D], 0.0, tl.float32)
     for r0 in range(begin + split * BLOCK_R, end, SPLIT * BLOCK_R):
         offs_r = r0 + tl.arange(0, BLOCK_R)
         live = offs_r < end
         expert = tl.load(sorted_ptr + offs_r, mask=live, other=-1).to(tl.int64)
         pos = tl.load(order_ptr + offs_r, mask=live, other=0)
+        at = (pos // M)[:, None] * D + offs_d[None, :]
+        hit = offs_e[:, None] == expert[None, :]  # (TILE_E, BLOCK_R): selection r is expert e of the program
         w = tl.load(w_ptr + pos, mask=live, other=0.0).to(tl.float32)
-        rows = tl.load(vec_ptr + (pos // M)[:, None] * D + offs_d[None, :], mask=live[:, None] & mask_d[None, :],
-                       other=0.0)
-        a = tl.where(offs_e[:, None] == expert[None, :], w[None, :], 0.0)  # (TILE_E, BLOCK_R) one-hot weights
-        if HI_LO:
-            hi = a.to(tl.bfloat16)
-            lo = (a - hi.to(tl.float32)).to(tl.bfloat16)
-            acc = tl.dot(hi, rows, acc)
-            acc = tl.dot(lo, rows, acc)
-        else:
-            acc = tl.dot(a, rows.to(tl.float32), acc, input_precision="tf32x3")
-    out = out_ptr + split.to(tl.int64) * N * D + offs_e[:, None] * D + offs_d[None, :]
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(offs_e < N)[:, None] & mask_d[None, :])
+        rows = tl.load(vec_ptr + at, mask=live[:, None] & mask_d[None, :], other=0.0)
+        acc = _one_hot_product(acc, tl.where(hit, w[None, :], 0.0), rows, HI_LO)
+        if PAIRED:
+            w2 = tl.load(w2_ptr + pos, mask=live, other=0.0).to(tl.float32)
+            rows2 = tl.load(vec2_ptr + at, mask=live[:, None] & mask_d[None, :], other=0.0)
+            acc2 = _one_hot_product(acc2, tl.where(hit, w2[None, :], 0.0), rows2, HI_LO)
+    at = split.to(tl.int64) * N * D + offs_e[:, None] * D + offs_d[None, :]
+    mask = (offs_e < N)[:, None] & mask_d[None, :]
+    tl.store(out_ptr + at, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    if PAIRED:
+        tl.store(out2_ptr + at, acc2.to(out2_ptr.dtype.element_ty), mask=mask)
 
 
-def step_split(selections: int, num_experts: int, d: int) -> int:
+def step_split(selections: int, num_experts: int, d: int, tables: int = 1) -> int:
     """Programs sharing one tile of experts in ``table_grad``: about ``STEPS_PER_PROGRAM`` steps of ``BLOCK_R``
     selections each (1 when experts are many and selections per tile few), at most 64 and at most
-    ``PARTIAL_BUDGET`` float32 elements of partial sums."""
+    ``PARTIAL_BUDGET`` float32 elements of partial sums for the ``tables`` gradients together."""
     tiles = triton.cdiv(num_experts, BLOCK_E)
     split = selections // (tiles * BLOCK_R * STEPS_PER_PROGRAM)
-    return int(max(1, min(64, split, PARTIAL_BUDGET // max(num_experts * d, 1))))
+    return int(max(1, min(64, split, PARTIAL_BUDGET // max(tables * num_experts * d, 1))))
 
 
 def sort_by_expert(ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -281,29 +299,48 @@ def row_sum(w: torch.Tensor, table: torch.Tensor, ids: torch.Tensor) -> torch.Te
     return out
 
 
-def _table_grad_fake(w: torch.Tensor, vec: torch.Tensor, M: int, table: torch.Tensor, sorted_ids: torch.Tensor,
-                     order: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(table)
+def _table_grad_fake(w: torch.Tensor, vec: torch.Tensor, w2: torch.Tensor | None, vec2: torch.Tensor | None, M: int,
+                     table: torch.Tensor, sorted_ids: torch.Tensor, order: torch.Tensor,
+                     bounds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(table), torch.empty_like(table) if w2 is not None else table.new_empty(0)
 
 
 @opaque_to_compile("expert_table_grad", _table_grad_fake)
-def _table_grad(w: torch.Tensor, vec: torch.Tensor, M: int, table: torch.Tensor, sorted_ids: torch.Tensor,
-                order: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
-    """:func:`table_grad` with the sort by expert as three tensors."""
+def _table_grad(w: torch.Tensor, vec: torch.Tensor, w2: torch.Tensor | None, vec2: torch.Tensor | None, M: int,
+                table: torch.Tensor, sorted_ids: torch.Tensor, order: torch.Tensor,
+                bounds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`table_grad` / :func:`table_grad_pair` with the sort by expert as three tensors -> ``(G, G2)``, ``G2``
+    empty when ``w2`` is None."""
     N, D = table.shape
-    split = step_split(order.numel(), N, D)
-    out = (poisoned_empty(N, D, dtype=table.dtype, device=table.device) if split == 1
-           else poisoned_empty(split, N, D, dtype=torch.float32, device=table.device))
+    paired = w2 is not None
+    split = step_split(order.numel(), N, D, tables=2 if paired else 1)
+
+    def buffer():
+        return (poisoned_empty(N, D, dtype=table.dtype, device=table.device) if split == 1
+                else poisoned_empty(split, N, D, dtype=torch.float32, device=table.device))
+
+    out = buffer()
+    out2 = buffer() if paired else out
     grid = lambda meta: (triton.cdiv(N, meta["TILE_E"]), triton.cdiv(D, meta["BLOCK_D"]), split)  # noqa: E731
-    _table_grad_kernel[grid](bounds, sorted_ids, order, w, vec, out, N, D, split, M=M, BLOCK_E=BLOCK_E,
-                             BLOCK_R=BLOCK_R, HI_LO=vec.dtype == torch.bfloat16)
-    return out if split == 1 else out.sum(0).to(table.dtype)
+    _table_grad_kernel[grid](bounds, sorted_ids, order, w, vec, out, w2 if paired else w, vec2 if paired else vec,
+                             out2, N, D, split, M=M, BLOCK_E=BLOCK_E, BLOCK_R=BLOCK_R,
+                             HI_LO=vec.dtype == torch.bfloat16, PAIRED=paired)
+    if split > 1:
+        out, out2 = out.sum(0).to(table.dtype), out2.sum(0).to(table.dtype) if paired else None
+    return out, out2 if paired else table.new_empty(0)
 
 
 def table_grad(w: torch.Tensor, vec: torch.Tensor, M: int, table: torch.Tensor, by_expert) -> torch.Tensor:
     """``G[e] = Σ_{ids[t,j]=e} w[t,j]·vec[t]``: w (T, M) and vec (T, d) contiguous, ``by_expert`` from
     :func:`sort_by_expert` -> (N, d) in the table dtype."""
-    return _table_grad(w, vec, M, table, *by_expert)
+    return _table_grad(w, vec, None, None, M, table, *by_expert)[0]
+
+
+def table_grad_pair(w: torch.Tensor, vec: torch.Tensor, w2: torch.Tensor, vec2: torch.Tensor, M: int,
+                    table: torch.Tensor, by_expert) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`table_grad` of ``(w, vec)`` and of ``(w2, vec2)`` (same shapes and dtypes) over the same selections in
+    one launch: each program reads the sorted selections once for both -> two (N, d) in the table dtype."""
+    return _table_grad(w, vec, w2, vec2, M, table, *by_expert)
 
 
 class Mixture(torch.autograd.Function):
@@ -324,9 +361,15 @@ class Mixture(torch.autograd.Function):
         grad_s, grad_gates = row_dots(grad_y, up, ids, BACKWARD, ctx.act, gates=gates, s=s)
         need_x, _, need_gates, need_down, need_up, _ = ctx.needs_input_grad
         grad_x = row_sum(grad_s, down, ids).to(x.dtype) if need_x else None
-        by_expert = sort_by_expert(ids, down.shape[0]) if need_down or need_up else None
-        grad_down = table_grad(grad_s, x, ids.shape[1], down, by_expert) if need_down else None
-        grad_up = table_grad(coef, grad_y, ids.shape[1], up, by_expert) if need_up else None
+        grad_down = grad_up = None
+        if need_down or need_up:
+            by_expert = sort_by_expert(ids, down.shape[0])
+            if need_down and need_up and down.dtype == up.dtype:
+                grad_down, grad_up = table_grad_pair(grad_s, x, coef, grad_y, ids.shape[1], down, by_expert)
+            elif need_down:
+                grad_down = table_grad(grad_s, x, ids.shape[1], down, by_expert)
+            if need_up and grad_up is None:
+                grad_up = table_grad(coef, grad_y, ids.shape[1], up, by_expert)
         return grad_x, None, grad_gates if need_gates else None, grad_down, grad_up, None
 
 
@@ -345,12 +388,9 @@ class TritonKernels:
         return row_sum(w.contiguous(), table, ids)
 
     @staticmethod
-    def table_grad(w: torch.Tensor, vec: torch.Tensor, ids: torch.Tensor, table: torch.Tensor,
-                   cache: dict) -> torch.Tensor:
-        """G[e] = Σ_{ids[t,j]=e} w[t,j]·vec[t]: (N, d) in the table dtype; the sort by expert is kept in ``cache``."""
-        if "sorted" not in cache:
-            cache["sorted"] = sort_by_expert(ids, table.shape[0])
-        return table_grad(w.contiguous(), vec.contiguous(), ids.shape[1], table, cache["sorted"])
+    def table_grad(w: torch.Tensor, vec: torch.Tensor, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """G[e] = Σ_{ids[t,j]=e} w[t,j]·vec[t]: (N, d) in the table dtype."""
+        return table_grad(w.contiguous(), vec.contiguous(), ids.shape[1], table, sort_by_expert(ids, table.shape[0]))
 
 
 def expert_mixture(x: torch.Tensor, ids: torch.Tensor, gates: torch.Tensor, down: torch.Tensor,
@@ -367,4 +407,4 @@ def expert_mixture(x: torch.Tensor, ids: torch.Tensor, gates: torch.Tensor, down
 def weighted_rows(weights: torch.Tensor, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """``y[t] = Σ_j weights[t, j]·table[ids[t, j]]`` (the PKM read): weights (T, M), ids (T, M) int64,
     table (N, d) -> (T, d) in the table dtype; differentiable in ``weights`` and ``table``."""
-    return RowSum.apply(weights.float().contiguous(), ids.contiguous(), table.contiguous(), TritonKernels, {})
+    return RowSum.apply(weights.float().contiguous(), ids.contiguous(), table.contiguous(), TritonKernels)
