@@ -34,10 +34,11 @@ into two bf16 terms (``hi + lo``, together exact to ~2^-16 of ``w``); float32 an
 is latency-bound (gather, two products, store, with nothing to overlap the gathers with: 0.99 TB/s of written gradient
 on an H100, session 14). So the mixture's two gradients share one walk (``PAIRED``: each step loads the sorted ids and
 positions once and gathers both row sets, two independent loads in flight), and where the steps are not split the
-autotuner also tries programs of 32 to 128 experts, whose loops of several steps the compiler pipelines. With few experts (1024: ~1000 selections each) the steps of a
-tile are split over ``SPLIT`` programs (about ``STEPS_PER_PROGRAM`` steps each) that write float32 partial sums, added
-by one ``sum`` (a small buffer, ``SPLIT·N·d``). A single very hot expert still makes its own tile longer than the rest
-(load imbalance, correct).
+autotuner also tries programs of 32 to 128 experts, whose loops of several steps the compiler pipelines. With few
+experts (1024: ~1000 selections each) the steps of a tile are split over ``SPLIT`` programs (about
+``STEPS_PER_PROGRAM`` steps each) that write float32 partial sums, added by one ``sum`` (a small buffer,
+``SPLIT·N·d`` per table). A single very hot expert still makes its own tile longer than the rest (load imbalance,
+correct).
 
 Launch settings are autotuned on the GPU (a single configuration under the interpreter, small blocks, so tests
 exercise the masked tails). Outputs are NaN-poisoned under the interpreter, so an unwritten element fails tests.
