@@ -64,11 +64,12 @@ def interpreter_child_test(test_file):
 def compile_every_config(kernel, signature: dict, constants: dict, aligned: bool = False) -> list:
     """Compile an autotuned Triton kernel for sm_90 in every GPU configuration of its autotuner (``constants``
     merged with each configuration's; one 4-warp compile of ``kernel`` itself when it has none) -> a list of
-    ``(config_constants, num_warps, compiled)``. One failing configuration fails a kernel at its first call."""
-    configs = [(dict(c.kwargs), c.num_warps) for c in getattr(kernel, "configs", [])] or [({}, 4)]
+    ``(config_constants, num_warps, compiled)``, each compiled with its configuration's warps and stages. One failing
+    configuration fails a kernel at its first call."""
+    configs = [(dict(c.kwargs), c.num_warps, c.num_stages) for c in getattr(kernel, "configs", [])] or [({}, 4, None)]
     fn = getattr(kernel, "fn", kernel)
-    return [(config, warps, compile_for_sm90(fn, signature, {**constants, **config}, warps, aligned=aligned))
-            for config, warps in configs]
+    return [(config, warps, compile_for_sm90(fn, signature, {**constants, **config}, warps, stages, aligned=aligned))
+            for config, warps, stages in configs]
 
 
 def compile_for_sm90(fn, signature: dict, constants: dict, num_warps: int = 4, num_stages: int | None = None,

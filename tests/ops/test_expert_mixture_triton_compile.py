@@ -44,8 +44,13 @@ SIGNATURES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(SIGNATURES))
-@pytest.mark.parametrize("dt", ["bf16", "fp16", "fp32"])
+# the paired table gradient in bf16 (training's dtype, the HI_LO products) only: its tf32x3 products are the one-table
+# kernel's, compiled below in fp16 and fp32
+CASES = [(dt, name) for name in sorted(SIGNATURES) for dt in ("bf16", "fp16", "fp32")
+         if dt == "bf16" or not name.startswith("table_grad_pair")]
+
+
+@pytest.mark.parametrize("dt,name", CASES)
 def test_kernel_compiles_for_sm90(name, dt):
     """Every autotune configuration compiles (one failing configuration fails the kernel at its first call)."""
     kernels = importlib.import_module("wonderful_matrices.ops.expert_mixture.row_kernels")

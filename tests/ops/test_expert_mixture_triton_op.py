@@ -186,7 +186,8 @@ def test_table_gradient_configurations_by_split(interpreter):
     steps (partial sums per tile) every configuration it keeps owns one tile."""
     import triton
 
-    configs = [triton.Config({"TILE_E": e, "BLOCK_D": b}, num_warps=w) for e, b, w in interpreter.TABLE_GRAD_CONFIGS]
+    configs = [triton.Config({"TILE_E": e, "BLOCK_D": b}, num_warps=w, num_stages=st)
+               for e, b, w, st in interpreter.TABLE_GRAD_CONFIGS]
     assert interpreter._prune_table_grad(configs, {"SPLIT": 1}) == configs
     kept = interpreter._prune_table_grad(configs, {"SPLIT": 14})
     assert kept and {c.kwargs["TILE_E"] for c in kept} == {interpreter.BLOCK_E}

@@ -157,10 +157,13 @@ def _row_sum_kernel(w_ptr, table_ptr, ids_ptr, out_ptr, M, D,
     tl.store(out_ptr + t * D + offs_d, tl.reduce(acc, 0, _add).to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
-# table_grad launch settings (experts per program, columns per program, warps): tiles of BLOCK_E experts, and where
-# the steps are not split (SPLIT = 1: many experts, few selections each) also wider ones (module docstring)
-TABLE_GRAD_CONFIGS = [(16, 128, 4), (16, 256, 4), (16, 256, 8), (16, 512, 8),
-                      (32, 256, 8), (64, 128, 8), (64, 256, 8), (128, 128, 8)]
+# table_grad launch settings (experts per program, columns per program, warps, stages): tiles of BLOCK_E experts, and
+# where the steps are not split (SPLIT = 1: many experts, few selections each) also wider ones (module docstring); the
+# one-stage ones leave the registers and shared memory of a software pipeline (no use to a program of one step) to more
+# resident programs, hiding the gathers' latency with other programs
+TABLE_GRAD_CONFIGS = [(16, 128, 4, 3), (16, 256, 4, 3), (16, 256, 8, 3), (16, 512, 8, 3),
+                      (32, 256, 8, 3), (64, 128, 8, 3), (64, 256, 8, 3), (128, 128, 8, 3),
+                      (16, 64, 2, 1), (16, 128, 4, 1), (16, 256, 4, 1), (16, 256, 8, 1)]
 
 
 def _prune_table_grad(configs, named_args, **kwargs):
@@ -186,7 +189,7 @@ def _one_hot_product(acc, a, rows, HI_LO: tl.constexpr):
 
 @triton.autotune(
     configs=[triton.Config({"TILE_E": BLOCK_E, "BLOCK_D": 16}, num_warps=1)] if interpreting() else
-    [triton.Config({"TILE_E": e, "BLOCK_D": b}, num_warps=w) for e, b, w in TABLE_GRAD_CONFIGS],
+    [triton.Config({"TILE_E": e, "BLOCK_D": b}, num_warps=w, num_stages=st) for e, b, w, st in TABLE_GRAD_CONFIGS],
     key=["N", "D", "SPLIT", "PAIRED"], prune_configs_by={"early_config_prune": _prune_table_grad})
 @triton.jit
 def _table_grad_kernel(bounds_ptr, sorted_ptr, order_ptr, w_ptr, vec_ptr, out_ptr, w2_ptr, vec2_ptr, out2_ptr, N, D,
