@@ -134,6 +134,8 @@ def main():
         print(f"{name:<18} {ms:8.3f} ms  {moved / 1e9:7.3f} GB main traffic  {moved / ms / 1e9:7.2f} TB/s")
     print(f"{'sum':<18} {total:8.3f} ms per layer call (top-k: {forward}, {backward}); x 12 layers = "
           f"{12 * total:.1f} ms per step")
+    for key, config in getattr(rk._table_grad_kernel, "cache", {}).items():  # the autotuner's pick per (N, D, ...)
+        print(f"table_grad config for key {key}: {config}")
     if not cuda or args.shape != "cheems-base":  # no CPU times (see timed); the dense mixture is cheems-base's path
         return
     ms = dense_mixture_time(x, ids.view(T, HEADS, TOP_K), gates.view(T, HEADS, TOP_K), down, up, grad_y,
