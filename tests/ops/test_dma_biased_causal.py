@@ -82,6 +82,32 @@ def test_eager_forward_matches_oracle(lq, lk, hq, hkv, d):
     assert rel_err(out, ref) < 1e-5
 
 
+def test_padded_bias_rows_is_a_differentiable_pad():
+    """The padding operator (a buffer of its own under Inductor) is ``F.pad`` with MASKED_BIAS, gradient included,
+    and passes torch's operator checks (fake tensor, autograd registration, schema)."""
+    rows = torch.randn(2, 3, 37, requires_grad=True)
+    out = biased_causal.padded_bias_rows(rows, 91)
+    assert out.shape == (2, 3, 128) and out.is_contiguous()
+    assert torch.equal(out[..., :37], rows) and (out[..., 37:] == biased_causal.MASKED_BIAS).all()
+    weights = torch.randn(out.shape)
+    (grad,) = torch.autograd.grad((out * weights).sum(), rows)
+    assert torch.equal(grad, weights[..., :37])
+    torch.library.opcheck(biased_causal.padded_bias_rows, (rows, 91))
+
+
+def test_inductor_compiles_the_path_with_the_bias_buffer():
+    """Inductor compiles the Flex path (forward; Flex has no CPU backward) with the padded bias a buffer the score_mod
+    reads, and computes the oracle's output. With the padding a plain ``F.pad`` Inductor inlined it into the Flex
+    template and found no kernel on the CPU; on an H200 the template's code generation failed (session 15)."""
+    torch._dynamo.reset()
+    q, k, v, bias = random_inputs(1, 150, 2, 1, 16)
+    attend = torch.compile(lambda *t: biased_causal.dynamic_mask_attention_biased_causal(*t, 0.25), fullgraph=True)
+    with torch.no_grad():
+        out = attend(q, k, v, bias)
+    ref = dynamic_mask_attention_naive(q.double(), k.double(), v.double(), bias.double(), None, True, 0.25)
+    assert rel_err(out, ref) < 1e-5
+
+
 @pytest.mark.parametrize("lq,lk,hq,hkv,lengths", [(150, 150, 4, 2, None), (70, 200, 2, 2, None),
                                                   (150, 150, 4, 2, [[40, 1, 100, 9], [150]])])
 def test_bias_gradient_path_end_to_end_with_a_dense_stand_in(lq, lk, hq, hkv, lengths, monkeypatch):

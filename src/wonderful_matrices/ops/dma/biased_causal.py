@@ -246,6 +246,33 @@ class _BiasGradientByColumnSums(torch.autograd.Function):
         return dq, dk, dv, grad_rows, None, None, None
 
 
+@torch.library.custom_op("wonderful_matrices::padded_bias_rows", mutates_args=())
+def padded_bias_rows(rows: torch.Tensor, extra: int) -> torch.Tensor:
+    """rows (b, hkv, lk) -> (b, hkv, lk + extra), contiguous, the new keys :data:`MASKED_BIAS`; differentiable.
+
+    An operator of its own so that Inductor keeps its output a buffer in memory: the ``score_mod`` reads it by key
+    index, and Inductor inlined a ``F.pad`` there into FlexAttention's template, whose code generation failed on the
+    pad's masked load (torch 2.11 on an H200: ``'function' object has no attribute 'graph'``; on the CPU "no valid
+    choices" — docs/results.md, session 15)."""
+    return F.pad(rows, (0, extra), value=MASKED_BIAS).contiguous()
+
+
+@padded_bias_rows.register_fake
+def _(rows, extra):
+    return rows.new_empty(*rows.shape[:-1], rows.shape[-1] + extra)
+
+
+def _padded_bias_rows_setup(ctx, inputs, output):
+    ctx.keys = inputs[0].shape[-1]
+
+
+def _padded_bias_rows_backward(ctx, grad):
+    return grad[..., :ctx.keys], None
+
+
+padded_bias_rows.register_autograd(_padded_bias_rows_backward, setup_context=_padded_bias_rows_setup)
+
+
 def dynamic_mask_attention_biased_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                                          scale: float, seq_idx: torch.Tensor | None = None,
                                          compiled: bool = True) -> torch.Tensor:
@@ -262,7 +289,7 @@ def dynamic_mask_attention_biased_causal(q: torch.Tensor, k: torch.Tensor, v: to
     rows = torch.where(torch.isfinite(rows), rows, MASKED_BIAS).permute(0, 2, 1)  # (b, hkv, lk)
     # padded to whole tiles: the score_mod is evaluated on indices up to the next multiple of TILE (see block_mask_for)
     extra = -(-lk // TILE) * TILE - lk
-    rows = F.pad(rows, (0, extra), value=MASKED_BIAS).contiguous()
+    rows = padded_bias_rows(rows, extra)
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     block_mask = causal_block_mask(lq, lk, q.device) if seq_idx is None else block_mask_for(b, lq, lk, seq_idx,
                                                                                               q.device)
