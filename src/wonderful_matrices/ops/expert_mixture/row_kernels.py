@@ -33,8 +33,10 @@ into two bf16 terms (``hi + lo``, together exact to ~2^-16 of ``w``); float32 an
 (float32 accuracy). With many experts (2^20: about one selection each) a tile of 16 takes one step, and such a program
 is latency-bound (gather, two products, store, with nothing to overlap the gathers with: 0.99 TB/s of written gradient
 on an H100, session 14). So the mixture's two gradients share one walk (``PAIRED``: each step loads the sorted ids and
-positions once and gathers both row sets, two independent loads in flight), and where the steps are not split the
-autotuner also tries programs of 32 to 128 experts, whose loops of several steps the compiler pipelines. With few
+positions once and gathers both row sets, two independent loads in flight), and the autotuner also tries one-stage
+programs (no pipeline buffers: more programs resident to hide each other's gathers; its pick at 2^20 on an H200, the
+pair in 3.03 ms against 4.70 for two three-stage launches, session 15) and, where the steps are not split, programs
+of 32 to 128 experts, whose loops of several steps the compiler pipelines. With few
 experts (1024: ~1000 selections each) the steps of a tile are split over ``SPLIT`` programs (about
 ``STEPS_PER_PROGRAM`` steps each) that write float32 partial sums, added by one ``sum`` (a small buffer,
 ``SPLIT·N·d`` per table). A single very hot expert still makes its own tile longer than the rest (load imbalance,
