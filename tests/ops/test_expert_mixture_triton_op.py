@@ -202,6 +202,7 @@ def test_step_split_rules(interpreter, monkeypatch):
     assert interpreter.step_split(32768 * 32, 2304, 768) == 14     # cheems-base
     assert interpreter.step_split(8192 * 128, 16, 1024) == 64      # capped
     assert interpreter.step_split(10 ** 9, 4096, 4096) == 4        # partial buffer <= PARTIAL_BUDGET elements
+    assert interpreter.step_split(10 ** 9, 4096, 4096, tables=2) == 2  # the pair's two buffers within it together
 
 
 def test_product_key_layers_with_triton_backend_match_torch():

@@ -36,11 +36,10 @@ on an H100, session 14). So the mixture's two gradients share one walk (``PAIRED
 positions once and gathers both row sets, two independent loads in flight), and the autotuner also tries one-stage
 programs (no pipeline buffers: more programs resident to hide each other's gathers; its pick at 2^20 on an H200, the
 pair in 3.03 ms against 4.70 for two three-stage launches, session 15) and, where the steps are not split, programs
-of 32 to 128 experts, whose loops of several steps the compiler pipelines. With few
-experts (1024: ~1000 selections each) the steps of a tile are split over ``SPLIT`` programs (about
-``STEPS_PER_PROGRAM`` steps each) that write float32 partial sums, added by one ``sum`` (a small buffer,
-``SPLIT·N·d`` per table). A single very hot expert still makes its own tile longer than the rest (load imbalance,
-correct).
+of 32 to 128 experts, whose loops of several steps the compiler pipelines. With few experts (1024: ~1000 selections
+each) the steps of a tile are split over ``SPLIT`` programs (about ``STEPS_PER_PROGRAM`` steps each) that write
+float32 partial sums, added by one ``sum`` (a small buffer, ``SPLIT·N·d`` per table). A single very hot expert still
+makes its own tile longer than the rest (load imbalance, correct).
 
 Launch settings are autotuned on the GPU (a single configuration under the interpreter, small blocks, so tests
 exercise the masked tails). Outputs are NaN-poisoned under the interpreter, so an unwritten element fails tests.
@@ -230,11 +229,11 @@ def _table_grad_kernel(bounds_ptr, sorted_ptr, order_ptr, w_ptr, vec_ptr, out_pt
             w2 = tl.load(w2_ptr + pos, mask=live, other=0.0).to(tl.float32)
             rows2 = tl.load(vec2_ptr + at, mask=live[:, None] & mask_d[None, :], other=0.0)
             acc2 = _one_hot_product(acc2, tl.where(hit, w2[None, :], 0.0), rows2, HI_LO)
-    at = split.to(tl.int64) * N * D + offs_e[:, None] * D + offs_d[None, :]
+    out_at = split.to(tl.int64) * N * D + offs_e[:, None] * D + offs_d[None, :]
     mask = (offs_e < N)[:, None] & mask_d[None, :]
-    tl.store(out_ptr + at, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + out_at, acc.to(out_ptr.dtype.element_ty), mask=mask)
     if PAIRED:
-        tl.store(out2_ptr + at, acc2.to(out2_ptr.dtype.element_ty), mask=mask)
+        tl.store(out2_ptr + out_at, acc2.to(out2_ptr.dtype.element_ty), mask=mask)
 
 
 def step_split(selections: int, num_experts: int, d: int, tables: int = 1) -> int:
