@@ -1,6 +1,7 @@
 """The no-window GPU path of dynamic_mask_attention (FlexAttention with a bias ``score_mod`` and a block mask built
 from the causal offset and the documents): the block mask's tiles are checked pair by pair, and the path, run
-eagerly on the CPU, against the oracle. The compiled path runs on the GPU in test_dma_cuda.py."""
+eagerly on the CPU, against the oracle, and its forward compiled by Inductor (Flex's CPU template). The compiled
+path's gradients run on the GPU in test_dma_cuda.py."""
 import pytest
 import torch
 from dma_packing import assert_gradients_match_oracle, dense_flex_stand_in, documents, random_inputs
