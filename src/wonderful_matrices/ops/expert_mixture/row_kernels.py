@@ -324,15 +324,14 @@ def _table_grad(w: torch.Tensor, vec: torch.Tensor, w2: torch.Tensor | None, vec
         return (poisoned_empty(N, D, dtype=table.dtype, device=table.device) if split == 1
                 else poisoned_empty(split, N, D, dtype=torch.float32, device=table.device))
 
-    out = buffer()
-    out2 = buffer() if paired else out
+    outs = [buffer() for _ in range(2 if paired else 1)]
     grid = lambda meta: (triton.cdiv(N, meta["TILE_E"]), triton.cdiv(D, meta["BLOCK_D"]), split)  # noqa: E731
-    _table_grad_kernel[grid](bounds, sorted_ids, order, w, vec, out, w2 if paired else w, vec2 if paired else vec,
-                             out2, N, D, split, M=M, BLOCK_E=BLOCK_E, BLOCK_R=BLOCK_R,
+    _table_grad_kernel[grid](bounds, sorted_ids, order, w, vec, outs[0], w2 if paired else w,
+                             vec2 if paired else vec, outs[-1], N, D, split, M=M, BLOCK_E=BLOCK_E, BLOCK_R=BLOCK_R,
                              HI_LO=vec.dtype == torch.bfloat16, PAIRED=paired)
     if split > 1:
-        out, out2 = out.sum(0).to(table.dtype), out2.sum(0).to(table.dtype) if paired else None
-    return out, out2 if paired else table.new_empty(0)
+        outs = [out.sum(0).to(table.dtype) for out in outs]
+    return outs[0], outs[1] if paired else table.new_empty(0)
 
 
 def table_grad(w: torch.Tensor, vec: torch.Tensor, M: int, table: torch.Tensor, by_expert) -> torch.Tensor:
@@ -366,15 +365,14 @@ class Mixture(torch.autograd.Function):
         grad_s, grad_gates = row_dots(grad_y, up, ids, BACKWARD, ctx.act, gates=gates, s=s)
         need_x, _, need_gates, need_down, need_up, _ = ctx.needs_input_grad
         grad_x = row_sum(grad_s, down, ids).to(x.dtype) if need_x else None
+        M, N = ids.shape[1], down.shape[0]
         grad_down = grad_up = None
-        if need_down or need_up:
-            by_expert = sort_by_expert(ids, down.shape[0])
-            if need_down and need_up and down.dtype == up.dtype:
-                grad_down, grad_up = table_grad_pair(grad_s, x, coef, grad_y, ids.shape[1], down, by_expert)
-            elif need_down:
-                grad_down = table_grad(grad_s, x, ids.shape[1], down, by_expert)
-            if need_up and grad_up is None:
-                grad_up = table_grad(coef, grad_y, ids.shape[1], up, by_expert)
+        if need_down and need_up:  # one walk of the selections for both tables (same shape and dtype: x's)
+            grad_down, grad_up = table_grad_pair(grad_s, x, coef, grad_y, M, down, sort_by_expert(ids, N))
+        elif need_down:
+            grad_down = table_grad(grad_s, x, M, down, sort_by_expert(ids, N))
+        elif need_up:
+            grad_up = table_grad(coef, grad_y, M, up, sort_by_expert(ids, N))
         return grad_x, None, grad_gates if need_gates else None, grad_down, grad_up, None
 
 
