@@ -38,9 +38,15 @@ try:  # torch >= 2.9 (return_lse was deprecated then)
 except ImportError:  # pragma: no cover - older torch
     AuxRequest = None
 
+from ..common import require
+from . import biased_causal_kernels
 from .windowed import MASKED_BIAS, attendable_queries
 
 TILE = 128
+BACKWARDS = ("flex", "triton")
+# The bias-gradient path a call takes by default: "flex" until the Triton backward's GPU timing (bench.dma's "dma no
+# window, triton backward" row) shows it faster.
+BACKWARD = "flex"
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HEAD_DIMS = (16, 32, 64, 128, 256)
 
@@ -246,6 +252,36 @@ class _BiasGradientByColumnSums(torch.autograd.Function):
         return dq, dk, dv, grad_rows, None, None, None
 
 
+class _FlexForwardTritonBackward(torch.autograd.Function):
+    """Flex's forward (no graph kept for a backward) and the gradients of every input from the Triton kernels of
+    :mod:`.biased_causal_kernels` (one key-major pass gives dk, dv and the bias gradient, one query-major pass dq).
+    q (b,lq,hq,d), k/v (b,lk,hkv,d), bias_rows (b, hkv, padded lk), keep (b, lq, hq) the queries that see a key
+    -> out (b,lq,hq,d)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias_rows, keep, block_mask, scale, seq_idx, compiled):
+        attend = _compiled_attend if compiled and _compiled_attend is not None else _attend
+        with torch.no_grad():
+            out, lse = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), bias_rows, block_mask, scale,
+                              KERNEL_OPTIONS, True)
+        out = out.transpose(1, 2)
+        ctx.save_for_backward(q, k, v, bias_rows, keep, out, lse)
+        ctx.scale, ctx.seq_idx = scale, seq_idx
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, bias_rows, keep, out, lse = ctx.saved_tensors
+        # a query that sees no key: +inf, so that the kernels give its (zeroed) output's row no probability
+        lse = torch.where(keep.transpose(1, 2), lse.float(), float("inf"))
+        unit = [t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v, out, dout)]
+        dq, dk, dv, dbias = biased_causal_kernels.biased_causal_backward(*unit[:3], bias_rows, unit[3], lse,
+                                                                         unit[4], ctx.scale, ctx.seq_idx)
+        grad_rows = torch.zeros_like(bias_rows)
+        grad_rows[..., :dbias.shape[-1]] = dbias
+        return dq, dk, dv, grad_rows, None, None, None, None, None
+
+
 @torch.library.custom_op("wonderful_matrices::padded_bias_rows", mutates_args=())
 def padded_bias_rows(rows: torch.Tensor, extra: int) -> torch.Tensor:
     """rows (b, hkv, lk) -> (b, hkv, lk + extra), contiguous, the new keys :data:`MASKED_BIAS`; differentiable.
@@ -275,14 +311,18 @@ padded_bias_rows.register_autograd(_padded_bias_rows_backward, setup_context=_pa
 
 def dynamic_mask_attention_biased_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                                          scale: float, seq_idx: torch.Tensor | None = None,
-                                         compiled: bool = True) -> torch.Tensor:
+                                         compiled: bool = True, backward: str | None = None) -> torch.Tensor:
     """Causal DMA without a window: q (b,lq,hq,d), k/v (b,lk,hkv,d), bias (b,lk,hkv), optional seq_idx (b,l)
     -> (b,lq,hq,d) in q's dtype. Gradients reach q, k, v and bias.
 
     Needs ``q.dtype`` in :data:`DTYPES` and ``d`` in :data:`HEAD_DIMS` (the dispatcher checks). ``compiled``:
     run FlexAttention through ``torch.compile`` (its fast kernels; CUDA) or eagerly (a reference computation
-    over all pairs, for tests on the CPU).
+    over all pairs, for tests on the CPU). ``backward`` (default :data:`BACKWARD`), when the bias needs a gradient
+    outside ``torch.compile``: ``"flex"`` (Flex's q/k/v backward and the bias gradient by column sums) or
+    ``"triton"`` (:mod:`.biased_causal_kernels`; needs a GPU or the Triton interpreter).
     """
+    backward = BACKWARD if backward is None else backward
+    require(backward in BACKWARDS, "backward", backward, f"one of {BACKWARDS}")
     b, lq, hq, d = q.shape
     lk = k.shape[1]
     rows = bias.float() if bias.dtype != torch.float64 else bias
@@ -293,12 +333,14 @@ def dynamic_mask_attention_biased_causal(q: torch.Tensor, k: torch.Tensor, v: to
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     block_mask = causal_block_mask(lq, lk, q.device) if seq_idx is None else block_mask_for(b, lq, lk, seq_idx,
                                                                                               q.device)
+    keep = attendable_queries(bias, lq, seq_idx)  # (b, lq, hkv)
+    keep = keep.repeat_interleave(hq // k.shape[2], dim=2)
     if rows.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        out = _BiasGradientByColumnSums.apply(qt, kt, vt, rows, block_mask, scale, compiled)
+        if backward == "triton":
+            out = _FlexForwardTritonBackward.apply(q, k, v, rows, keep, block_mask, scale, seq_idx, compiled)
+        else:
+            out = _BiasGradientByColumnSums.apply(qt, kt, vt, rows, block_mask, scale, compiled).transpose(1, 2)
     else:
         attend = _compiled_attend if compiled and _compiled_attend is not None else _attend
-        out = attend(qt, kt, vt, rows, block_mask, scale, KERNEL_OPTIONS)
-    out = out[:, :, :lq].transpose(1, 2)
-    keep = attendable_queries(bias, lq, seq_idx)  # (b, lq, hkv)
-    keep = keep.repeat_interleave(hq // k.shape[2], dim=2)[..., None]
-    return torch.where(keep, out, out.new_zeros(())).to(q.dtype)
+        out = attend(qt, kt, vt, rows, block_mask, scale, KERNEL_OPTIONS).transpose(1, 2)
+    return torch.where(keep[..., None], out, out.new_zeros(())).to(q.dtype)
