@@ -43,8 +43,10 @@ def check(b, lq, lk, hq, hkv, d, lengths, strided=False, extra=0, scale=0.3):
     if lengths:  # a document of padding only: its queries see no key
         first = sum(lengths[0][:-1])
         bias[0, first:, :] = float("-inf")
-    if strided:  # (b, h, l, d) storage seen as (b, l, h, d), as Flex's layout hands it over
-        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+    if strided:  # k, v: (b, h, l, d) storage seen as (b, l, h, d); q: a slice of a fused projection (not dense)
+        k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (k, v))
+        q = torch.cat([q, torch.randn_like(q)], dim=-1).flatten(2)[..., :hq * d].view(b, lq, hq, d)
+        assert not q.is_contiguous()
     ref_leaves = [t.double().requires_grad_() for t in (q, k, v, bias)]
     ref = dynamic_mask_attention_naive(*ref_leaves, None, True, scale, seq_idx)
     dout = torch.randn(ref.shape, dtype=torch.float64)
@@ -56,7 +58,7 @@ def check(b, lq, lk, hq, hkv, d, lengths, strided=False, extra=0, scale=0.3):
     dq, dk, dv, dbias = biased_causal_kernels.biased_causal_backward(
         q, k, v, rows, out.float(), lse.float(), dout.float(), scale, seq_idx)
     assert dq.dtype == dk.dtype == dv.dtype == torch.float32 and dbias.shape == (b, hkv, lk)
-    assert dq.stride() == q.stride()
+    assert dq.is_contiguous()
     for name, got, ref_grad in zip("qkv", (dq, dk, dv), want[:3]):
         assert not torch.isnan(got).any(), name
         assert rel_err(got, ref_grad) < 1e-5, name

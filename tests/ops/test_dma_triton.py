@@ -168,3 +168,22 @@ def test_block_must_be_a_multiple_of_the_alignment():
     q, k, v, bias = torch.randn(1, 9, 1, 8), torch.randn(1, 9, 1, 8), torch.randn(1, 9, 1, 8), torch.randn(1, 9, 1)
     with pytest.raises(ValueError, match="block"):
         dma_triton.dynamic_mask_attention_triton(q, k, v, bias, 3, 0.5, 64)
+
+
+@interpreted_only
+def test_triton_gradient_of_a_query_sliced_from_a_fused_projection():
+    """q a non-dense view (the first third of a fused q/k/v projection's output): dq comes back right. The dq
+    kernel once wrote with q's strides into a buffer of its own (contiguous) strides — outside the buffer."""
+    b, l, hq, hkv, d, w = 1, 96, 2, 1, 16, 8
+    fused = torch.randn(b, l, 3 * hq * d, requires_grad=True)
+    q = fused[..., :hq * d].view(b, l, hq, d)
+    assert not q.is_contiguous()
+    k, v = (torch.randn(b, l, hkv, d) for _ in range(2))
+    bias = torch.randn(b, l, hkv)
+    weight = torch.randn(b, l, hq, d)
+    (dma_triton.dynamic_mask_attention_triton(q, k, v, bias, w, 0.25) * weight).sum().backward()
+    ref_q = q.detach().double().requires_grad_()
+    ref = dynamic_mask_attention_naive(ref_q, k.double(), v.double(), bias.double(), w, True, 0.25)
+    (ref * weight.double()).sum().backward()
+    assert rel_err(fused.grad[..., :hq * d].reshape(b, l, hq, d), ref_q.grad) < 1e-5
+    assert (fused.grad[..., hq * d:] == 0).all()

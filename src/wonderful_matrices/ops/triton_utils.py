@@ -30,16 +30,15 @@ def poisoned_empty(*shape: int, dtype: torch.dtype = torch.float32, device=None)
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def poisoned_empty_like(t: torch.Tensor, dtype: torch.dtype | None = None,
-                        memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """:func:`poisoned_empty` of ``t``'s shape on its device, contiguous (``memory_format=torch.preserve_format``:
-    ``t``'s strides, for a kernel that writes with them), in ``dtype`` (default ``t``'s): the cheapest allocation on
-    the host (``empty_like`` skips building a shape and parsing a device)."""
+def poisoned_empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """:func:`poisoned_empty` of ``t``'s shape on its device, contiguous whatever ``t``'s strides, in ``dtype``
+    (default ``t``'s): the cheapest allocation on the host (``empty_like`` skips building a shape and parsing a
+    device)."""
     if not t.is_cuda and interpreting():
         dtype = t.dtype if dtype is None else dtype
         return torch.full_like(t, float("nan") if dtype.is_floating_point else -1, dtype=dtype,
-                               memory_format=memory_format)
-    return torch.empty_like(t, dtype=dtype, memory_format=memory_format)
+                               memory_format=torch.contiguous_format)
+    return torch.empty_like(t, dtype=dtype, memory_format=torch.contiguous_format)
 
 
 def cdiv(a: int, b: int) -> int:

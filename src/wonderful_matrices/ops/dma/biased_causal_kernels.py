@@ -81,7 +81,7 @@ def _dq_inner(dq, q, do, lse2, delta, k_ptr, v_ptr, bias_ptr, skl, pos, first, d
 @triton.autotune(configs=DQ_CONFIGS, key=["HEAD_DIM", "HAS_DOCS", "hq", "hkv"])
 @triton.jit
 def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, first_ptr, do_ptr, lse_ptr, out_ptr, delta_ptr, dq_ptr,
-               sqb, sql, sqh, skb, skl, skh, sdb, sdl, sdh, sob, sol, soh, sbb, sbh, sfb,
+               sqb, sql, sqh, skb, skl, skh, sdb, sdl, sdh, sob, sol, soh, sgb, sgl, sgh, sbb, sbh, sfb,
                lq, lk, hq, hkv, scale,
                HAS_DOCS: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
                WIDE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -131,7 +131,7 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, first_ptr, do_ptr, lse_ptr, out_pt
                    full_lo, tl.minimum(full_hi, hi), lk, qk_scale, PRECISION, BLOCK_N, False, WIDE)
     dq = _dq_inner(dq, q, do, lse2, delta, k_head, v_head, bias_head, skl, pos, first, dd, dmask,
                    tl.maximum(full_hi, full_lo), hi, lk, qk_scale, PRECISION, BLOCK_N, True, WIDE)
-    tl.store(dq_ptr + bi * sqb + i[:, None] * sql + h * sqh + dd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
+    tl.store(dq_ptr + bi * sgb + i[:, None] * sgl + h * sgh + dd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
              mask=io_mask)
 
 
@@ -247,7 +247,8 @@ def biased_causal_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
     q, out, dout (b, lq, hq, d); k, v (b, lk, hkv, d) (unit last stride, any other strides); bias_rows (b, hkv, ≥ lk)
     float32 with unit last stride (finite: padding as :data:`.windowed.MASKED_BIAS`); lse (b, hq, lq) float32, the
     forward's natural-log log-sum-exp, ``+inf`` for queries that see no key; optional seq_idx (b, l) (``lq == lk``)
-    -> (dq (b, lq, hq, d) in q's dtype, dk, dv (b, lk, hkv, d) in k's and v's dtypes, dbias (b, hkv, lk) float32).
+    -> (dq (b, lq, hq, d) contiguous in q's dtype, dk, dv (b, lk, hkv, d) in k's and v's dtypes,
+    dbias (b, hkv, lk) float32).
     """
     b, lq, hq, d = q.shape
     lk, hkv = k.shape[1], k.shape[2]
@@ -260,11 +261,12 @@ def biased_causal_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
                 PRECISION="ieee" if q.dtype == torch.float32 else None,
                 WIDE=needs_wide_offsets(q, k, v, out, dout))
     delta = poisoned_empty(b, hq, lq, device=q.device)  # rowsum(dout · out), written by the dq kernel
-    dq = poisoned_empty_like(q, memory_format=torch.preserve_format)  # written with q's strides
+    dq = poisoned_empty_like(q)  # contiguous whatever q's strides
     _dq_kernel[lambda m: (triton.cdiv(lq, m["BLOCK_M"]), b * hq)](
         q, k, v, bias_rows, first, dout, lse, out, delta, dq,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         dout.stride(0), dout.stride(1), dout.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        dq.stride(0), dq.stride(1), dq.stride(2),
         bias_rows.stride(0), bias_rows.stride(1), first.stride(0), lq, lk, hq, hkv, scale, **meta)
     dk = poisoned_empty(b, lk, hkv, d, dtype=k.dtype, device=q.device)
     dv = poisoned_empty(b, lk, hkv, d, dtype=v.dtype, device=q.device)

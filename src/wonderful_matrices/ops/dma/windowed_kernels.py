@@ -208,7 +208,7 @@ def _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, bias_ptr, list_ptr, drop_ptr,
 def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, drop_ptr, do_ptr, lse_ptr, out_ptr,
                delta_ptr, dq_ptr,
                sqb, sql, sqh, skb, skl, skh, sbb, sbl, sbh, sdb, sdl, sdh,
-               lq, lk, hq, hkv, nb, width, n_tiles, scale, sob, sol, soh,
+               lq, lk, hq, hkv, nb, width, n_tiles, scale, sob, sol, soh, sgb, sgl, sgh,
                BLOCK: tl.constexpr, TILE: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
                PRECISION: tl.constexpr, WIDE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     tile = tl.program_id(0)
@@ -247,7 +247,7 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, dro
     dq = _dq_inner(dq, q, do, lse, delta, k_ptr + kv_base, v_ptr + kv_base, bias_ptr + bias_base,
                    keys_ptr + base, drop_ptr + row * lk, skl, sbl, pos, qmask, dd, dmask, c_head, c_end, c_end,
                    qk_scale, PRECISION, BLOCK_N, True, WIDE)
-    tl.store(dq_ptr + bi * sqb + i[:, None] * sql + h * sqh + dd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
+    tl.store(dq_ptr + bi * sgb + i[:, None] * sgl + h * sgh + dd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
              mask=io_mask)
 
 
@@ -408,10 +408,10 @@ def windowed_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32:
     common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
               bias32.stride(0), bias32.stride(1), bias32.stride(2), dout.stride(0), dout.stride(1),
               dout.stride(2), lq, lk, hq, hkv, nb, width, n_tiles, scale)
-    dq = poisoned_empty_like(q, memory_format=torch.preserve_format)  # the kernel writes dq with q's strides
+    dq = poisoned_empty_like(q)  # contiguous whatever q's strides (a slice of a fused projection is not dense)
     _dq_kernel[lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)](
         q, k, v, bias32, keys, ends, heads, drop, dout, lse, out, delta, dq, *common,
-        out.stride(0), out.stride(1), out.stride(2), **meta)
+        out.stride(0), out.stride(1), out.stride(2), dq.stride(0), dq.stride(1), dq.stride(2), **meta)
     dk = torch.zeros(b, lk, hkv, d, device=q.device, dtype=torch.float32)
     dv = torch.zeros_like(dk)
     dbias = torch.zeros(b, lk, hkv, device=q.device, dtype=torch.float32)
