@@ -20,12 +20,15 @@ documents); equivalently key ``j`` is seen by the positions ``[j, end_j)``, ``en
   Flex's own backward adds every pair's ``dS`` into the bias atomically and the column-sum path of
   :mod:`.biased_causal` recomputes every score in a transposed pass.
 
-Both kernels evaluate the mask only on tiles that need it (the diagonal, document boundaries, the ends); the
-others run unmasked, as in Triton's fused-attention tutorial. Keys of bias :data:`.windowed.MASKED_BIAS` (padding)
-get ``P = 0``; queries that see no key at all must come with ``lse = +inf`` (their ``P`` is then 0; the caller
-zeroes their output). Offsets inside one batch row are int32 (int64 once one reaches 2**31, ``WIDE``).
-Float16/bfloat16/float32 inputs (float32 products in IEEE precision, not TF32), head dims up to 256; launch
-settings autotuned on a GPU, a single configuration under ``TRITON_INTERPRET=1``.
+Programs start with the heaviest tiles (the grid's first dimension is the head, the second the tile, in order of
+decreasing work: the last query tiles for ``dq``, the first key tiles for ``dk, dv``), so that the GPU's last
+wave holds short programs. Both kernels evaluate the mask only on tiles that need it (the diagonal, document
+boundaries, the ends); the others run unmasked, as in Triton's fused-attention tutorial. Keys of bias
+:data:`.windowed.MASKED_BIAS` (padding) get ``P = 0``; queries that see no key at all must come with
+``lse = +inf`` (their ``P`` is then 0; the caller zeroes their output). Offsets inside one batch row are int32
+(int64 once one reaches 2**31, ``WIDE``). Float16/bfloat16/float32 inputs (float32 products in IEEE precision,
+not TF32), head dims up to 256; launch settings autotuned on a GPU, a single configuration under
+``TRITON_INTERPRET=1``.
 """
 from __future__ import annotations
 
@@ -85,8 +88,8 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, first_ptr, do_ptr, lse_ptr, out_pt
                lq, lk, hq, hkv, scale,
                HAS_DOCS: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
                WIDE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    tile = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)  # bi * hq + h
+    bh = tl.program_id(0).to(tl.int64)  # bi * hq + h
+    tile = tl.num_programs(1) - 1 - tl.program_id(1)  # the last queries, which see the most keys, first
     bi = bh // hq
     h = bh % hq
     g = h // (hq // hkv)
@@ -172,8 +175,8 @@ def _dkv_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, end_ptr, do_ptr, lse_ptr, delta_p
                 lq, lk, hq, hkv, scale,
                 HAS_DOCS: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
                 WIDE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    ktile = tl.program_id(0)
-    row = tl.program_id(1)  # bi * hkv + g
+    row = tl.program_id(0)  # bi * hkv + g
+    ktile = tl.program_id(1)  # the first keys, seen by the most queries, first
     bi = (row // hkv).to(tl.int64)
     g = row % hkv
     group = hq // hkv
@@ -262,7 +265,7 @@ def biased_causal_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
                 WIDE=needs_wide_offsets(q, k, v, out, dout))
     delta = poisoned_empty(b, hq, lq, device=q.device)  # rowsum(dout · out), written by the dq kernel
     dq = poisoned_empty_like(q)  # contiguous whatever q's strides
-    _dq_kernel[lambda m: (triton.cdiv(lq, m["BLOCK_M"]), b * hq)](
+    _dq_kernel[lambda m: (b * hq, triton.cdiv(lq, m["BLOCK_M"]))](
         q, k, v, bias_rows, first, dout, lse, out, delta, dq,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         dout.stride(0), dout.stride(1), dout.stride(2), out.stride(0), out.stride(1), out.stride(2),
@@ -271,7 +274,7 @@ def biased_causal_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
     dk = poisoned_empty(b, lk, hkv, d, dtype=k.dtype, device=q.device)
     dv = poisoned_empty(b, lk, hkv, d, dtype=v.dtype, device=q.device)
     dbias = poisoned_empty(b, hkv, lk, device=q.device)
-    _dkv_kernel[lambda m: (triton.cdiv(lk, m["BLOCK_N"]), b * hkv)](
+    _dkv_kernel[lambda m: (b * hkv, triton.cdiv(lk, m["BLOCK_N"]))](
         q, k, v, bias_rows, end, dout, lse, delta, dk, dv, dbias,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         dout.stride(0), dout.stride(1), dout.stride(2), dk.stride(0), dk.stride(1), dk.stride(2),
