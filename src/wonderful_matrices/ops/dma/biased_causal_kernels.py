@@ -256,6 +256,8 @@ def biased_causal_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
     b, lq, hq, d = q.shape
     lk, hkv = k.shape[1], k.shape[2]
     lse = lse.contiguous()
+    if k.stride() != v.stride():  # the kernels read both with k's strides
+        k, v = k.contiguous(), v.contiguous()
     if seq_idx is None:
         first = end = torch.zeros(1, 1, dtype=torch.int32, device=q.device)  # not read
     else:

@@ -360,7 +360,7 @@ def _windowed_forward_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
                            keys: torch.Tensor, ends: torch.Tensor, heads: torch.Tensor, drop: torch.Tensor,
                            scale: float, block: int) -> tuple[torch.Tensor, torch.Tensor]:
     b, lq, hq, _ = q.shape
-    return torch.empty_like(q), q.new_empty(b * hq, lq, dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty(b * hq, lq, dtype=torch.float32)  # contiguous, as the kernel's
 
 
 @opaque_to_compile("dma_windowed_forward", _windowed_forward_fake)
@@ -389,7 +389,7 @@ def _windowed_backward_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b
                             block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     b, lk, hkv, d = k.shape
     f32 = dict(dtype=torch.float32)
-    return (torch.empty_like(q), k.new_empty(b, lk, hkv, d, **f32), k.new_empty(b, lk, hkv, d, **f32),
+    return (q.new_empty(q.shape), k.new_empty(b, lk, hkv, d, **f32), k.new_empty(b, lk, hkv, d, **f32),
             k.new_empty(b, lk, hkv, **f32))
 
 
@@ -425,6 +425,8 @@ class _WindowedCausal(torch.autograd.Function):
     def forward(ctx, q, k, v, bias, keep_window: int, scale: float, block: int, seq_idx):
         lq = q.shape[1]
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        if k.stride() != v.stride():  # the kernels read both with k's strides
+            k, v = k.contiguous(), v.contiguous()
         bias32 = bias.float().contiguous()
         drop, keys, ends, heads = select(bias, lq, keep_window, block, seq_idx)
         out, lse = windowed_forward(q, k, v, bias32, keys, ends, heads, drop, scale, block)

@@ -901,7 +901,7 @@ def _ssd_forward_fake(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: tor
     f32 = dict(dtype=torch.float32)
     docs = (x.new_empty(pl.b, pl.nc, 2, pl.q, dtype=torch.int32) if seq_idx is not None
             else x.new_empty(0, dtype=torch.int32))
-    return (torch.empty_like(x), x.new_empty(pl.b, pl.h, pl.nc, pl.q, **f32),
+    return (x.new_empty(x.shape), x.new_empty(pl.b, pl.h, pl.nc, pl.q, **f32),  # y contiguous, as the kernel's
             x.new_empty(pl.b, pl.nc, pl.g, pl.q, pl.q, **f32), x.new_empty(pl.b, pl.nc + 1, pl.h, pl.p, pl.n, **f32),
             docs)
 
@@ -925,7 +925,7 @@ def _ssd_backward_fake(dy: torch.Tensor | None, dfinal: torch.Tensor | None, x: 
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     f32 = dict(dtype=torch.float32)
-    return (torch.empty_like(x), x.new_empty(b, l, h, **f32), x.new_empty(h, **f32), x.new_empty(b, l, g, n, **f32),
+    return (x.new_empty(x.shape), x.new_empty(b, l, h, **f32), x.new_empty(h, **f32), x.new_empty(b, l, g, n, **f32),
             x.new_empty(b, l, g, n, **f32), x.new_empty(h if D is not None else 0, **f32),
             x.new_empty(b, h, p, n, **f32))
 
@@ -972,5 +972,6 @@ def ssd_triton(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tens
     state (b,h,p,n) float32 if ``return_final_state``.
     Differentiable in every tensor argument.
     """
+    A, D = A.contiguous(), D.contiguous() if D is not None else None  # the kernels index both by head
     y, final = _SSDTriton.apply(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx)
     return (y, final) if return_final_state else y

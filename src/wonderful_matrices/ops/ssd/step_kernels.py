@@ -145,6 +145,11 @@ def decode_step(proj: torch.Tensor, state: torch.Tensor, dt_bias: torch.Tensor, 
     code = ROPE_CODES[rope]
     grid, rows, offsets, half, block_h = _launch_plan(b, h, p, g, n, code)
     y = poisoned_empty(b, h * p, dtype=proj.dtype, device=proj.device)
+    # the kernel indexes these by head / frequency with unit stride (no-ops for the layer's own parameters)
+    dt_bias, A_log = dt_bias.contiguous(), A_log.contiguous()
+    D = D.contiguous() if D is not None else None
+    inv_freq = inv_freq.contiguous() if inv_freq is not None else None
+    rate = rate if rate is None or rate.stride(-1) == 1 else rate.contiguous()
     dummy = state  # a pointer for the arguments a rope mode does not read
     _decode_step_kernel.run(  # (decoding path: launch convention of ops/triton_utils.py)
         proj, state, y, dt_bias, A_log, D if D is not None else dummy,
