@@ -130,3 +130,15 @@ def test_fake_outputs_have_the_kernels_strides():
     torch.library.opcheck(torch.ops.wonderful_matrices.ssd_backward.default,
                           (torch.randn_like(y), None, x, dt, A, B, C, None, cum, cb, states, 16, docs),
                           test_utils=("test_faketensor",))
+
+
+def test_ssd_rows_past_int32_offsets_are_refused():
+    """A row whose elements lie 2**31 or more apart (here ~600K tokens of a 64 × 64-channel projection, shapes on
+    the meta device) is refused with a clear error rather than addressed with wrapped int32 offsets."""
+    b, l, h, p, g, n = 1, 600_000, 64, 64, 1, 128
+    meta = dict(device="meta")
+    x, dt = torch.empty(b, l, h, p, **meta), torch.empty(b, l, h, **meta)
+    B = C = torch.empty(b, l, g, n, **meta)
+    with pytest.raises(ValueError, match="int32 offsets"):
+        sk.ssd_triton(x, dt, torch.empty(h, **meta), B, C, chunk_size=64)
+    assert sum((s - 1) * st for s, st in zip(x[0].shape, x[0].stride())) >= 2 ** 31  # the case is what it claims

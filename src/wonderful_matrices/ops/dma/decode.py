@@ -94,7 +94,7 @@ def _attend_kernel(q_ptr, kn_ptr, vn_ptr, bn_ptr, pn_ptr, k_ptr, v_ptr, b_ptr, p
     start = split * tile
     stop = tl.minimum(start + tile, n_att)
     for c0 in range(start, stop, BLOCK_N):
-        c = c0 + tl.arange(0, BLOCK_N)
+        c = (c0 + tl.arange(0, BLOCK_N)).to(tl.int64)  # slot offsets pass 2**31 at ~1M slots of 16 × 128
         cmask = c < stop
         is_new = c == drop
         lmask = cmask & ~is_new  # the replaced slot (or, appending, the slot past the cache) is not read

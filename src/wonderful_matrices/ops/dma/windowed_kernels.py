@@ -141,6 +141,7 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, dr
     tile = tl.program_id(0)
     bh = tl.program_id(1)
     bi = (bh // hq).to(tl.int64)
+    head_rows = bh.to(tl.int64) * lq  # the head's first log-sum-exp / delta entry (b·hq·lq may pass 2**31)
     h = bh % hq
     g = h // (hq // hkv)
     row = bi * hkv + g
@@ -177,7 +178,7 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, dr
     tl.store(out_ptr + bi * sob + i[:, None] * sol + h * soh + dd[None, :], out.to(out_ptr.dtype.element_ty),
              mask=qmask[:, None] & dmask[None, :])
     lse = tl.where(empty, 0.0, m_i + tl.log2(tl.where(empty, 1.0, l_i)))  # base 2
-    tl.store(lse_ptr + bh * lq + i, lse, mask=qmask)
+    tl.store(lse_ptr + head_rows + i, lse, mask=qmask)
 
 
 @triton.jit
@@ -214,6 +215,7 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, dro
     tile = tl.program_id(0)
     bh = tl.program_id(1)
     bi = (bh // hq).to(tl.int64)
+    head_rows = bh.to(tl.int64) * lq  # the head's first log-sum-exp / delta entry (b·hq·lq may pass 2**31)
     h = bh % hq
     g = h // (hq // hkv)
     row = bi * hkv + g
@@ -228,11 +230,11 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, dro
     io_mask = qmask[:, None] & dmask[None, :]
     q = tl.load(q_ptr + bi * sqb + i[:, None] * sql + h * sqh + dd[None, :], mask=io_mask, other=0.0)
     do = tl.load(do_ptr + bi * sdb + i[:, None] * sdl + h * sdh + dd[None, :], mask=io_mask, other=0.0)
-    lse = tl.load(lse_ptr + bh * lq + i, mask=qmask, other=0.0)
+    lse = tl.load(lse_ptr + head_rows + i, mask=qmask, other=0.0)
     # delta = rowsum(dO * O), also stored for the dk/dv kernel, which runs after this one
     o = tl.load(out_ptr + bi * sob + i[:, None] * sol + h * soh + dd[None, :], mask=io_mask, other=0.0)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
-    tl.store(delta_ptr + bh * lq + i, delta, mask=qmask)
+    tl.store(delta_ptr + head_rows + i, delta, mask=qmask)
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     base = (row * nb + t) * width
     meta_at = (row * nb + t) * n_tiles + ((tile * BLOCK_M) % BLOCK + BLOCK_M) // TILE - 1  # the tile's last

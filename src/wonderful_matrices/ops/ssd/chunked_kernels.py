@@ -973,5 +973,11 @@ def ssd_triton(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tens
     Differentiable in every tensor argument.
     """
     A, D = A.contiguous(), D.contiguous() if D is not None else None  # the kernels index both by head
+    # offsets inside one batch row are int32 in the kernels (x, B, C, dt as given; y, dx contiguous)
+    row_extent = max(max(sum((n - 1) * st for n, st in zip(t.shape[1:], t.stride()[1:])) for t in (x, dt, B, C)),
+                     x[0].numel())
+    require(row_extent < 2 ** 31, "x", tuple(x.shape),
+            f"rows whose elements the Triton kernels can address with int32 offsets (this row spans {row_extent}: "
+            "split it, e.g. prefill_chunk_tokens, or use backend='torch')")
     y, final = _SSDTriton.apply(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx)
     return (y, final) if return_final_state else y
