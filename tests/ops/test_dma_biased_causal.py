@@ -96,17 +96,41 @@ def test_padded_bias_rows_is_a_differentiable_pad():
     torch.library.opcheck(biased_causal.padded_bias_rows, (rows, 91))
 
 
-def test_inductor_compiles_the_path_with_the_bias_buffer():
-    """Inductor compiles the Flex path (forward; Flex has no CPU backward) with the padded bias a buffer the score_mod
-    reads, and computes the oracle's output. With the padding a plain ``F.pad`` Inductor inlined it into the Flex
-    template and found no kernel on the CPU; on an H200 the template's code generation failed (session 15)."""
+def test_padded_document_ids_repeat_the_last_document():
+    seq_idx = documents([[40, 1, 100, 9], [150]])[0]
+    out = biased_causal.padded_document_ids(seq_idx, 106)
+    assert out.shape == (2, 256) and out.is_contiguous() and torch.equal(out[:, :150], seq_idx)
+    assert torch.equal(out[:, 150:], seq_idx[:, -1:].expand(-1, 106))
+    torch.library.opcheck(biased_causal.padded_document_ids, (seq_idx, 106))
+
+
+@pytest.mark.parametrize("lengths", [None, [[40, 1, 100, 9]]])
+def test_inductor_compiles_the_path_with_the_padded_buffers(lengths):
+    """Inductor compiles the Flex path (forward; Flex has no CPU backward) with the padded bias rows and document ids
+    buffers of their own (custom operators in the traced graph) that the score_mod / mask_mod read, and computes the
+    oracle's output. With a plain ``F.pad`` of the bias Inductor inlined it into the Flex template and found no
+    kernel on the CPU; on GPUs the template's code generation failed for the bias (session 15) and for the ``torch.cat``
+    that padded the document ids (session 16; the CPU template compiles that one, so only the graph shows it)."""
     torch._dynamo.reset()
+    seq_idx = documents(lengths)[0] if lengths else None
     q, k, v, bias = random_inputs(1, 150, 2, 1, 16)
-    attend = torch.compile(lambda *t: biased_causal.dynamic_mask_attention_biased_causal(*t, 0.25), fullgraph=True)
+    targets = set()
+
+    def recording(gm, example_inputs):
+        targets.update(node.target for node in gm.graph.nodes if node.op == "call_function")
+        return torch._inductor.compile(gm, example_inputs)
+
+    attend = torch.compile(lambda *t: biased_causal.dynamic_mask_attention_biased_causal(*t, 0.25, seq_idx),
+                           fullgraph=True, backend=recording)
     with torch.no_grad():
         out = attend(q, k, v, bias)
-    ref = dynamic_mask_attention_naive(q.double(), k.double(), v.double(), bias.double(), None, True, 0.25)
+    ref = dynamic_mask_attention_naive(q.double(), k.double(), v.double(), bias.double(), None, True, 0.25, seq_idx)
     assert rel_err(out, ref) < 1e-5
+    assert torch.ops.wonderful_matrices.padded_bias_rows.default in targets or \
+        biased_causal.padded_bias_rows in targets
+    if lengths:
+        assert torch.ops.wonderful_matrices.padded_document_ids.default in targets or \
+            biased_causal.padded_document_ids in targets
 
 
 @pytest.mark.parametrize("lq,lk,hq,hkv,lengths", [(150, 150, 4, 2, None), (70, 200, 2, 2, None),

@@ -94,8 +94,7 @@ def block_mask_for(b: int, lq: int, lk: int, seq_idx: torch.Tensor | None, devic
     # The kernels evaluate mask_mod on whole tiles, indices up to the next multiple of TILE included (pytorch issue
     # 137801): the document ids it reads are padded to that length (the padded keys are never visible, the padded
     # queries' rows are dropped).
-    padded_docs = None if seq_idx is None else torch.cat(
-        [seq_idx, seq_idx[:, -1:].expand(-1, nk * TILE - lk)], dim=1).contiguous()
+    padded_docs = None if seq_idx is None else padded_document_ids(seq_idx, nk * TILE - lk)
 
     def mask_mod(bi, h, q_idx, kv_idx):
         visible = q_idx + offset >= kv_idx
@@ -307,6 +306,20 @@ def _padded_bias_rows_backward(ctx, grad):
 
 
 padded_bias_rows.register_autograd(_padded_bias_rows_backward, setup_context=_padded_bias_rows_setup)
+
+
+@torch.library.custom_op("wonderful_matrices::padded_document_ids", mutates_args=())
+def padded_document_ids(seq_idx: torch.Tensor, extra: int) -> torch.Tensor:
+    """seq_idx (b, l) -> (b, l + extra), contiguous, the new positions in the last document: the ids the block
+    mask's ``mask_mod`` reads, an operator of its own for the reason of :func:`padded_bias_rows` (Inductor inlined
+    the ``torch.cat`` that pads them into Flex's template, whose code generation failed on the GPU: docs/results.md,
+    session 16)."""
+    return torch.cat([seq_idx, seq_idx[:, -1:].expand(-1, extra)], dim=1).contiguous()
+
+
+@padded_document_ids.register_fake
+def _(seq_idx, extra):
+    return seq_idx.new_empty(seq_idx.shape[0], seq_idx.shape[1] + extra)
 
 
 def dynamic_mask_attention_biased_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
