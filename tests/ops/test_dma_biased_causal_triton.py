@@ -91,19 +91,17 @@ def test_backward_with_strided_inputs_and_padded_bias_rows():
 @interpreted_only
 @pytest.mark.parametrize("lq,lk,hq,hkv,lengths", [(150, 150, 4, 2, None), (70, 200, 2, 2, None),
                                                   (150, 150, 4, 2, [[40, 1, 100, 9], [150]])])
-def test_triton_backward_path_end_to_end(lq, lk, hq, hkv, lengths, monkeypatch):
-    """``dynamic_mask_attention_biased_causal(..., backward="triton")`` (a dense stand-in for Flex's forward, which
-    the CPU runs only eagerly): output and every gradient against the float64 oracle, padded keys and a document
-    of one token included; a bad ``backward`` is refused."""
+def test_path_end_to_end(lq, lk, hq, hkv, lengths, monkeypatch):
+    """``dynamic_mask_attention_biased_causal`` with a bias gradient (a dense stand-in for Flex's forward, which the
+    CPU runs only eagerly; the kernels' backward): output and every gradient against the float64 oracle, padded
+    keys, queries that see no key and a document of one token included."""
     monkeypatch.setattr(biased_causal, "_attend", dense_flex_stand_in)
     seq_idx = documents(lengths)[0] if lengths else None
     q, k, v, bias = random_inputs(2, lk, hq, hkv, 16)
     q = q[:, lk - lq:].contiguous()
     bias[1, :5] = float("-inf")  # row 1's first queries see no key
     leaves = [t.clone().requires_grad_() for t in (q, k, v, bias)]
-    out = biased_causal.dynamic_mask_attention_biased_causal(*leaves, 0.25, seq_idx, compiled=False, backward="triton")
+    out = biased_causal.dynamic_mask_attention_biased_causal(*leaves, 0.25, seq_idx, compiled=False)
     ref_leaves = [t.double().requires_grad_() for t in (q, k, v, bias)]
     ref = dynamic_mask_attention_naive(*ref_leaves, None, True, 0.25, seq_idx)
     assert_gradients_match_oracle(out, leaves, ref, ref_leaves, bias)
-    with pytest.raises(ValueError, match="backward"):
-        biased_causal.dynamic_mask_attention_biased_causal(*leaves, 0.25, seq_idx, compiled=False, backward="cuda")

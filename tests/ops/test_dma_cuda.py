@@ -157,19 +157,15 @@ def test_dma_fused_decode_step_cuda_graph(b):
         assert torch.equal(state[name], eager_state[name]), name
 
 
-@pytest.mark.parametrize("backward", ["flex", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("lq,lk,hq,hkv,d", grouped("dma-flex", [(300, 300, 8, 2, 64), (200, 333, 4, 4, 128),
                                                              (129, 129, 4, 1, 32), (100, 100, 8, 2, 64),
                                                              (10, 10, 8, 2, 64), (3, 7, 8, 2, 64)]))
-def test_dma_no_window_flex_cuda(dtype, lq, lk, hq, hkv, d, backward, monkeypatch):
-    """No window on CUDA: FlexAttention with the bias as a score modifier (the "triton" backend, what "auto" picks),
-    against the float64 oracle, outputs and all gradients, with either bias-gradient path (``backward``); GQA,
-    lq < lk, odd lengths, padded keys, and rows shorter than one 128-tile (the lengths of the documents
-    test_dma_packed_cuda runs alone)."""
-    from wonderful_matrices.ops.dma import biased_causal
-
-    monkeypatch.setattr(biased_causal, "BACKWARD", backward)
+def test_dma_no_window_flex_cuda(dtype, lq, lk, hq, hkv, d):
+    """No window on CUDA: FlexAttention's forward with the bias as a score modifier and the Triton backward of
+    biased_causal_kernels.py (the "triton" backend, what "auto" picks), against the float64 oracle, outputs and all
+    gradients; GQA, lq < lk, odd lengths, padded keys, and rows shorter than one 128-tile (the lengths of the
+    documents test_dma_packed_cuda runs alone)."""
     base = [torch.randn(1, lq, hq, d), torch.randn(1, lk, hkv, d), torch.randn(1, lk, hkv, d),
             torch.randn(1, lk, hkv) * 3]
     # padded keys at the start: five, or half of a short row. With five of 7 keys padded the 3 × 7 case's only
@@ -194,17 +190,12 @@ def test_dma_no_window_flex_cuda(dtype, lq, lk, hq, hkv, d, backward, monkeypatc
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("window,backward", grouped("dma-packed", [(None, "flex"), (None, "triton"), (16, "flex"),
-                                                                   (64, "flex")]))
-def test_dma_packed_cuda(dtype, window, backward, monkeypatch):
-    """Packed rows (seq_idx) on CUDA, through "auto" (Triton kernels with a window, FlexAttention without, with
-    either bias-gradient path): every document gets what it gets alone, and the packed row matches the float64
+@pytest.mark.parametrize("window", grouped("dma-packed", [None, 16, 64]))
+def test_dma_packed_cuda(dtype, window):
+    """Packed rows (seq_idx) on CUDA, through "auto" (Triton kernels with a window, FlexAttention's forward and the
+    Triton backward without): every document gets what it gets alone, and the packed row matches the float64
     oracle, outputs and all gradients."""
     from dma_packing import documents, packed_and_alone
-
-    from wonderful_matrices.ops.dma import biased_causal
-
-    monkeypatch.setattr(biased_causal, "BACKWARD", backward)
 
     lengths = [[100, 1, 10, 189], [300]]
     seq_idx, spans = documents(lengths)

@@ -225,13 +225,6 @@ def _training_rows(cfg, device):
                           lambda q, k, v, b: dynamic_mask_attention(q, k, v, b, keep_window=w, backend="torch"),
                           (q, k, v, bias)))
         impls.append(("dma no window", lambda q, k, v, b: dynamic_mask_attention(q, k, v, b), (q, k, v, bias)))
-        if device.type == "cuda" and triton_usable(device):  # the same forward, the backward's Triton kernels
-            from ..ops.dma.biased_causal import dynamic_mask_attention_biased_causal
-
-            impls.append(("dma no window, triton backward",
-                          lambda q, k, v, b: dynamic_mask_attention_biased_causal(q, k, v, b, d ** -0.5,
-                                                                                   backward="triton"),
-                          (q, k, v, bias)))
         if device.type == "cuda":  # the same op as one fused SDPA call (what "auto" takes once switched on)
             impls.append(("dma no window, biased sdpa",
                           lambda q, k, v, b: dynamic_mask_attention_biased_sdpa(q, k, v, b, d ** -0.5),

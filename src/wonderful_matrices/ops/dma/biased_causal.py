@@ -10,20 +10,14 @@ needs key tiles from its document's first key to ``q1``; no ``(l, l)`` tensor is
 Keys with bias ``-inf`` (padding) get :data:`MASKED_BIAS` (finite, so no ``0 · inf`` in the backward); a query
 whose visible keys are all padding outputs zeros, as everywhere in this op.
 
-The bias gradient. Flex differentiates a captured buffer by adding every pair's ``dS`` into it: at 16K tokens,
-16 heads × 128, its backward took 12.9 ms against 6.6 ms without a bias gradient (H100, docs/results.md, session
-12). Here, when the bias needs a gradient, Flex's backward runs without one and the gradient comes from
-``dS_ij = P_ij (dP_ij − δ_i)``, ``dP_ij = dO_i · v_j``, ``δ_i = dO_i · O_i``:
-
-    dbias_j = Σ_i dS_ij = v_j · dV_j − Σ_i P_ij δ_i,
-
-where ``dV_j = Σ_i P_ij dO_i`` is Flex's value gradient and the last sum is one *transposed* attention pass — keys
-as queries, queries as keys, logits ``s_ij + bias_j − lse_i`` so that its weights are ``P_ij`` themselves, values
-``δ_i`` — whose output times ``exp`` of its log-sum-exp is ``Σ_i P_ij δ_i`` (:func:`column_sums`; about half a
-forward's work: the value width is 16). Under ``torch.compile`` tracing (which cannot follow the nested backward)
-and without a bias gradient the plain Flex call runs. On the CPU, where Flex has no backward, the tests check the
-column sums against the oracle's bias gradient and the whole path with a dense stand-in for Flex's q/k/v part
-(tests/ops/test_dma_biased_causal.py).
+The backward. Flex differentiates a captured buffer by adding every pair's ``dS`` into it: at 16K tokens, 16 heads
+× 128, its backward took 12.9 ms against 6.6 ms without a bias gradient (H100, docs/results.md, session 12). So
+when the bias needs a gradient, Flex runs the forward alone (its output and log-sum-exp, no graph kept) and the
+Triton kernels of :mod:`.biased_causal_kernels` give every gradient — the bias's as the row sums of ``dS`` their
+key-major pass holds anyway (16K: forward + backward 1.22× Flex causal, against 1.61× for Flex's q/k/v backward
+plus a transposed pass for the bias, session 16). Under ``torch.compile`` tracing and without a bias gradient the
+plain Flex call runs. On the CPU (Flex has no backward there) the tests run the kernels in Triton's interpreter
+with a dense stand-in for Flex's forward (tests/ops/test_dma_biased_causal_triton.py).
 """
 from __future__ import annotations
 
@@ -38,15 +32,10 @@ try:  # torch >= 2.9 (return_lse was deprecated then)
 except ImportError:  # pragma: no cover - older torch
     AuxRequest = None
 
-from ..common import require
 from . import biased_causal_kernels
 from .windowed import MASKED_BIAS, attendable_queries
 
 TILE = 128
-BACKWARDS = ("flex", "triton")
-# The bias-gradient path a call takes by default: "flex" until the Triton backward's GPU timing (bench.dma's "dma no
-# window, triton backward" row) shows it faster.
-BACKWARD = "flex"
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HEAD_DIMS = (16, 32, 64, 128, 256)
 
@@ -154,54 +143,6 @@ def _attend(q, k, v, bias_rows, block_mask, scale, kernel_options=None, with_lse
                           kernel_options=kernel_options)
 
 
-def transposed_block_mask(block_mask: BlockMask) -> BlockMask:
-    """The block mask of the transposed problem (keys as queries): the key-side tile lists of ``block_mask``
-    become the query-side ones, and its ``mask_mod`` is called with the indices swapped."""
-    mask_mod = block_mask.mask_mod
-    lq, lk = block_mask.seq_lengths
-
-    def swapped(bi, h, q_idx, kv_idx):
-        return mask_mod(bi, h, kv_idx, q_idx)
-
-    return BlockMask.from_kv_blocks(block_mask.q_num_blocks, block_mask.q_indices, block_mask.full_q_num_blocks,
-                                    block_mask.full_q_indices, BLOCK_SIZE=TILE, mask_mod=swapped,
-                                    seq_lengths=(lk, lq))
-
-
-VALUE_WIDTH = 16  # the transposed pass's values: δ in column 0, zeros beside it (Flex's smallest head dim)
-
-
-def _column_pass(kt, qt, values, bias_rows, lse_rows, block_mask_t, scale, kernel_options=None):
-    group = qt.shape[1] // kt.shape[1]
-
-    def shift(score, bi, h, q_idx, kv_idx):  # q_idx: a key j, kv_idx: a query i
-        return score + bias_rows[bi, h // group, q_idx] - lse_rows[bi, h, kv_idx]
-
-    queries = kt if group == 1 else kt.repeat_interleave(group, dim=1)
-    return _flex_with_lse(queries, qt, values, shift, block_mask_t, scale, False, kernel_options)
-
-
-def column_sums(qt: torch.Tensor, kt: torch.Tensor, bias_rows: torch.Tensor, lse: torch.Tensor,
-                weights: torch.Tensor, block_mask: BlockMask, scale: float, compiled: bool = True) -> torch.Tensor:
-    """``Σ_i P_ij · weights_i`` over the queries ``i`` that see key ``j``, summed over each key head's query heads,
-    by one transposed FlexAttention pass (see the module docstring).
-
-    qt (b, hq, lq, d), kt (b, hkv, lk, d), bias_rows (b, hkv, ≥ lk) as given to the forward (padded to whole tiles),
-    lse (b, hq, lq) the forward's log-sum-exp, weights (b, hq, lq) float32, block_mask the forward's
-    -> (b, hkv, lk) float32. ``compiled`` as in :func:`dynamic_mask_attention_biased_causal`.
-    """
-    b, hq, lq, _ = qt.shape
-    hkv, lk = kt.shape[1], kt.shape[2]
-    # Flex evaluates the score_mod on whole tiles: pad the queries' lse with +inf (weight exp(-inf) = 0)
-    lse_rows = F.pad(lse.float(), (0, -(-lq // TILE) * TILE - lq), value=float("inf")).contiguous()
-    values = qt.new_zeros(b, hq, lq, VALUE_WIDTH)
-    values[..., 0] = weights
-    run = _compiled_column_pass if compiled and _compiled_column_pass is not None else _column_pass
-    out, lse_t = run(kt, qt, values, bias_rows, lse_rows, transposed_block_mask(block_mask), scale, KERNEL_OPTIONS)
-    sums = out[..., 0].float() * lse_t.float().exp()  # (b, hq, lk): the output is the average, exp(lse) the total
-    return sums.view(b, hkv, hq // hkv, lk).sum(2)
-
-
 # torch.compile makes one variant of ``_attend`` per shape, grad mode and mask (with or without documents), and
 # after dynamo's default of 8 variants per function it runs the function eagerly — where FlexAttention builds the
 # full (b, h, lq, lk) scores: a sweep over four lengths, forward and backward, fills the 8, and a packed row of 16K
@@ -217,38 +158,6 @@ def compile_attend(backend: str = "inductor", function=_attend):
 
 
 _compiled_attend = compile_attend() if torch.cuda.is_available() else None
-_compiled_column_pass = compile_attend(function=_column_pass) if torch.cuda.is_available() else None
-
-
-class _BiasGradientByColumnSums(torch.autograd.Function):
-    """Flex's forward and its q/k/v backward with the bias held constant; the bias rows' gradient from
-    :func:`column_sums` (module docstring). q/k/v (b, h, l, d) as Flex takes them, bias_rows (b, hkv, padded lk)."""
-
-    @staticmethod
-    def forward(ctx, qt, kt, vt, bias_rows, block_mask, scale, compiled):
-        attend = _compiled_attend if compiled and _compiled_attend is not None else _attend
-        with torch.enable_grad():  # Flex's own backward, kept for ours: every input a leaf of this inner graph
-            leaves = tuple(t.detach().requires_grad_() for t in (qt, kt, vt))
-            out, lse = attend(*leaves, bias_rows.detach(), block_mask, scale, KERNEL_OPTIONS, True)
-        ctx.inner = (leaves, out)
-        ctx.block_mask, ctx.scale, ctx.compiled = block_mask, scale, compiled
-        ctx.save_for_backward(bias_rows, lse)
-        return out.detach()
-
-    @staticmethod
-    def backward(ctx, dout):
-        (qt, kt, vt), out = ctx.inner
-        ctx.inner = None
-        bias_rows, lse = ctx.saved_tensors
-        dq, dk, dv = torch.autograd.grad(out, (qt, kt, vt), dout)
-        with torch.no_grad():
-            delta = (dout.float() * out.float()).sum(-1)  # (b, hq, lq): δ_i = dO_i · O_i
-            lk = kt.shape[2]
-            grad_rows = torch.zeros_like(bias_rows)
-            grad_rows[..., :lk] = ((vt.float() * dv.float()).sum(-1)
-                                   - column_sums(qt.detach(), kt.detach(), bias_rows, lse, delta, ctx.block_mask,
-                                                 ctx.scale, ctx.compiled))
-        return dq, dk, dv, grad_rows, None, None, None
 
 
 class _FlexForwardTritonBackward(torch.autograd.Function):
@@ -324,18 +233,15 @@ def _(seq_idx, extra):
 
 def dynamic_mask_attention_biased_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                                          scale: float, seq_idx: torch.Tensor | None = None,
-                                         compiled: bool = True, backward: str | None = None) -> torch.Tensor:
+                                         compiled: bool = True) -> torch.Tensor:
     """Causal DMA without a window: q (b,lq,hq,d), k/v (b,lk,hkv,d), bias (b,lk,hkv), optional seq_idx (b,l)
     -> (b,lq,hq,d) in q's dtype. Gradients reach q, k, v and bias.
 
     Needs ``q.dtype`` in :data:`DTYPES` and ``d`` in :data:`HEAD_DIMS` (the dispatcher checks). ``compiled``:
     run FlexAttention through ``torch.compile`` (its fast kernels; CUDA) or eagerly (a reference computation
-    over all pairs, for tests on the CPU). ``backward`` (default :data:`BACKWARD`), when the bias needs a gradient
-    outside ``torch.compile``: ``"flex"`` (Flex's q/k/v backward and the bias gradient by column sums) or
-    ``"triton"`` (:mod:`.biased_causal_kernels`; needs a GPU or the Triton interpreter).
+    over all pairs, for tests on the CPU). With a bias gradient the backward runs Triton kernels (a GPU, or
+    Triton's interpreter).
     """
-    backward = BACKWARD if backward is None else backward
-    require(backward in BACKWARDS, "backward", backward, f"one of {BACKWARDS}")
     b, lq, hq, d = q.shape
     lk = k.shape[1]
     rows = bias.float() if bias.dtype != torch.float64 else bias
@@ -343,17 +249,14 @@ def dynamic_mask_attention_biased_causal(q: torch.Tensor, k: torch.Tensor, v: to
     # padded to whole tiles: the score_mod is evaluated on indices up to the next multiple of TILE (see block_mask_for)
     extra = -(-lk // TILE) * TILE - lk
     rows = padded_bias_rows(rows, extra)
-    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     block_mask = causal_block_mask(lq, lk, q.device) if seq_idx is None else block_mask_for(b, lq, lk, seq_idx,
                                                                                               q.device)
     keep = attendable_queries(bias, lq, seq_idx)  # (b, lq, hkv)
     keep = keep.repeat_interleave(hq // k.shape[2], dim=2)
     if rows.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        if backward == "triton":
-            out = _FlexForwardTritonBackward.apply(q, k, v, rows, keep, block_mask, scale, seq_idx, compiled)
-        else:
-            out = _BiasGradientByColumnSums.apply(qt, kt, vt, rows, block_mask, scale, compiled).transpose(1, 2)
+        out = _FlexForwardTritonBackward.apply(q, k, v, rows, keep, block_mask, scale, seq_idx, compiled)
     else:
         attend = _compiled_attend if compiled and _compiled_attend is not None else _attend
-        out = attend(qt, kt, vt, rows, block_mask, scale, KERNEL_OPTIONS).transpose(1, 2)
+        out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), rows, block_mask, scale,
+                     KERNEL_OPTIONS).transpose(1, 2)
     return torch.where(keep[..., None], out, out.new_zeros(())).to(q.dtype)
