@@ -49,7 +49,8 @@ def dynamic_mask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
             window), ``"triton"`` (GPU kernels, float16/bfloat16/float32: a causal window shorter than ``k_len``
             with ``head_dim <= 256`` runs the block-sparse kernels of windowed_kernels.py — on the CPU too under
             ``TRITON_INTERPRET=1``; causal attention without a window on CUDA, ``head_dim`` a power of two in
-            16…256, runs FlexAttention with the bias as a score modifier (biased_causal.py) — or, without
+            16…256, runs FlexAttention with the bias as a score modifier (biased_causal.py; with a bias
+            gradient, FlexAttention's forward and the Triton backward of biased_causal_kernels.py) — or, without
             ``seq_idx`` and once ``biased_sdpa.AUTO_USES_BIASED_SDPA`` is set, one fused SDPA call with the bias
             as two extra key channels (biased_sdpa.py); other calls run
             the torch path) or ``"naive"`` (loops, the oracle).
