@@ -17,8 +17,8 @@ documents); equivalently key ``j`` is seen by the positions ``[j, end_j)``, ``en
 * ``dk, dv, dbias`` (one program per tile of ``BLOCK_N`` keys and key head): loops over every query head of the
   group and the query tiles that see any of its keys, and writes its sums once: no atomic adds, and ``dbias`` is
   the row sum of ``dS`` the loop has in registers anyway — the bias gradient costs no pass of its own, where
-  Flex's own backward adds every pair's ``dS`` into the bias atomically (and an earlier path here recomputed
-  every score in a transposed pass for it: docs/kernels_dma.md).
+  Flex's own backward adds every pair's ``dS`` into the bias atomically and a separate pass for it would
+  recompute every score (docs/kernels_dma.md compares the three).
 
 Programs start with the heaviest tiles (the grid's first dimension is the head, the second the tile, in order of
 decreasing work: the last query tiles for ``dq``, the first key tiles for ``dk, dv``), so that the GPU's last
