@@ -55,8 +55,12 @@ def check(b, lq, lk, hq, hkv, d, lengths, strided=False, extra=0, scale=0.3):
     assert rel_err(out, ref) < 1e-12  # the stand-in for Flex's forward is the oracle's forward
     rows = torch.where(torch.isfinite(bias), bias, MASKED_BIAS).permute(0, 2, 1)
     rows = torch.nn.functional.pad(rows, (0, extra), value=MASKED_BIAS).contiguous()  # as the Flex path pads them
+    dout32 = dout.float()
+    if strided:  # a head dim that is not the last-stride-1 one: the wrapper makes it so
+        dout32 = dout32.transpose(2, 3).contiguous().transpose(2, 3)
+        assert dout32.stride(-1) != 1
     dq, dk, dv, dbias = biased_causal_kernels.biased_causal_backward(
-        q, k, v, rows, out.float(), lse.float(), dout.float(), scale, seq_idx)
+        q, k, v, rows, out.float(), lse.float(), dout32, scale, seq_idx)
     assert dq.dtype == dk.dtype == dv.dtype == torch.float32 and dbias.shape == (b, hkv, lk)
     assert dq.is_contiguous()
     for name, got, ref_grad in zip("qkv", (dq, dk, dv), want[:3]):

@@ -182,11 +182,9 @@ class _FlexForwardTritonBackward(torch.autograd.Function):
         q, k, v, bias_rows, keep, out, lse = ctx.saved_tensors
         # a query that sees no key: +inf, so that the kernels give its (zeroed) output's row no probability
         lse = torch.where(keep.transpose(1, 2), lse.float(), float("inf"))
-        unit = [t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v, out, dout)]
-        dq, dk, dv, dbias = biased_causal_kernels.biased_causal_backward(*unit[:3], bias_rows, unit[3], lse,
-                                                                         unit[4], ctx.scale, ctx.seq_idx)
-        grad_rows = torch.zeros_like(bias_rows)
-        grad_rows[..., :dbias.shape[-1]] = dbias
+        dq, dk, dv, dbias = biased_causal_kernels.biased_causal_backward(q, k, v, bias_rows, out, lse, dout,
+                                                                         ctx.scale, ctx.seq_idx)
+        grad_rows = F.pad(dbias, (0, bias_rows.shape[-1] - dbias.shape[-1]))  # the padding keys get none
         return dq, dk, dv, grad_rows, None, None, None, None, None
 
 

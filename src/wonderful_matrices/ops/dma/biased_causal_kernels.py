@@ -39,8 +39,6 @@ import triton.language as tl
 from ..triton_utils import dot_block, interpreting, poisoned_empty, poisoned_empty_like
 from .windowed_kernels import needs_wide_offsets
 
-LOG2E = 1.4426950408889634
-
 
 def _configs(gpu: list[tuple[int, int, int, int]]) -> list:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) on a GPU; one 32 × 32 configuration under the interpreter."""
@@ -247,7 +245,7 @@ def biased_causal_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of causal attention with a per-key bias (module docstring).
 
-    q, out, dout (b, lq, hq, d); k, v (b, lk, hkv, d) (unit last stride, any other strides); bias_rows (b, hkv, ≥ lk)
+    q, out, dout (b, lq, hq, d); k, v (b, lk, hkv, d) (any strides); bias_rows (b, hkv, ≥ lk)
     float32 with unit last stride (finite: padding as :data:`.windowed.MASKED_BIAS`); lse (b, hq, lq) float32, the
     forward's natural-log log-sum-exp, ``+inf`` for queries that see no key; optional seq_idx (b, l) (``lq == lk``)
     -> (dq (b, lq, hq, d) contiguous in q's dtype, dk, dv (b, lk, hkv, d) in k's and v's dtypes,
@@ -256,7 +254,9 @@ def biased_causal_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
     b, lq, hq, d = q.shape
     lk, hkv = k.shape[1], k.shape[2]
     lse = lse.contiguous()
-    if k.stride() != v.stride():  # the kernels read both with k's strides
+    # the kernels index the head dim with unit stride, and read v with k's strides
+    q, k, v, out, dout = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v, out, dout))
+    if k.stride() != v.stride():
         k, v = k.contiguous(), v.contiguous()
     if seq_idx is None:
         first = end = torch.zeros(1, 1, dtype=torch.int32, device=q.device)  # not read
