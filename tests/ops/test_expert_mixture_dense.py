@@ -110,6 +110,7 @@ def test_coefficients_are_the_sums_of_duplicates_rounded_once(dtype):
     assert got.dtype == dtype and got.shape == (c, N)
     assert torch.equal(got, exact.to(dtype))
     assert torch.equal(got, dense.dense_coefficients(w, ids, N, dtype))  # deterministic: bit-identical again
+    assert torch.equal(dense.dense_coefficients(w, ids, N, dtype, by_expert=True), got.t())
     if dtype == torch.bfloat16:  # adding the rounded terms in bf16 rounds many times: the check tells them apart
         assert not torch.equal(got, torch.zeros(c, N, dtype=dtype).scatter_add_(1, ids, w.to(dtype)))
 
@@ -285,3 +286,34 @@ def test_compiles_without_graph_breaks():
     g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     for name, a, b in zip(NAMES, (y, *torch.autograd.grad(y, leaves, g)), ref):
         assert rel_err(a, b) < 1e-12, name
+
+
+def test_compiled_mixture_keeps_no_tokens_by_experts_matrix_for_the_backward():
+    """Under torch.compile the forward's tensors kept for the backward are AOTAutograd's choice, not the Function's
+    ``save_for_backward``: when the backward built its coefficient matrices from the same ``(T, N)`` zero matrix as
+    the forward, common-subexpression elimination merged the two and the partitioner kept that matrix alive from the
+    forward to the backward (151 MB per CDMoE layer at cheems-base's 2 × 16K tokens). The backward builds them
+    transposed, so nothing ``(T, N)`` is kept: only the inputs, ``ids``, ``gates``, the ``(T, M)`` dots and
+    tensors of size ``T·M`` or ``N·d``."""
+    from torch._functorch.aot_autograd import aot_module_simplified
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    T, H, k, N, d = 64, 2, 4, 49, 24
+    x, ids, gates, down, up = make((T,), H, k, N, d)
+    x, gates, down, up = (t.float().detach().requires_grad_() for t in (x, gates, down, up))
+    kept = []
+
+    def forward_compiler(gm, example_inputs):
+        output = next(n for n in gm.graph.nodes if n.op == "output")
+        kept.extend(tuple(a.meta["val"].shape) for a in output.args[0] if hasattr(a, "meta") and "val" in a.meta)
+        return gm
+
+    def backend(gm, example_inputs):
+        return aot_module_simplified(gm, example_inputs, fw_compiler=forward_compiler,
+                                     bw_compiler=lambda g, _: g, partition_fn=min_cut_rematerialization_partition)
+
+    torch._dynamo.reset()
+    mixture = torch.compile(lambda *a: expert_mixture(*a, backend="dense"), backend=backend, fullgraph=True)
+    mixture(x, ids, gates, down, up).sum().backward()
+    assert kept and down.grad is not None
+    assert all(T * N > max(T * H * k, N * d) and torch.Size(shape).numel() < T * N for shape in kept), kept

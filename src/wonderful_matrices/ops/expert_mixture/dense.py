@@ -123,17 +123,23 @@ class IdRuns:
             v[..., shift:] += torch.where(same, v[..., :-shift], 0)
         return v.gather(-1, self.last.expand(w.shape))
 
-    def coefficients(self, totals: torch.Tensor, N: int, dtype: torch.dtype) -> torch.Tensor:
-        """totals (c, M) from :meth:`totals` -> (c, N) in ``dtype``: the run totals rounded once, zero elsewhere."""
+    def coefficients(self, totals: torch.Tensor, N: int, dtype: torch.dtype, by_expert: bool = False) -> torch.Tensor:
+        """totals (c, M) from :meth:`totals` -> (c, N) in ``dtype``: the run totals rounded once, zero elsewhere;
+        ``by_expert``: its transpose, built as an (N, c) matrix (what a table gradient multiplies)."""
+        if by_expert:
+            out = torch.zeros(N, totals.shape[0], dtype=dtype, device=totals.device)
+            return out.scatter_(0, self.ids.t(), totals.to(dtype).t())
         out = torch.zeros(totals.shape[0], N, dtype=dtype, device=totals.device)
         return out.scatter_(1, self.ids, totals.to(dtype))
 
 
-def dense_coefficients(w: torch.Tensor, ids: torch.Tensor, N: int, dtype: torch.dtype) -> torch.Tensor:
+def dense_coefficients(w: torch.Tensor, ids: torch.Tensor, N: int, dtype: torch.dtype,
+                       by_expert: bool = False) -> torch.Tensor:
     """w (c, M) compute dtype, ids (c, M) int64 -> (c, N) in ``dtype``: ``out[t, e] = Σ_{ids[t,j]=e} w[t, j]``,
-    summed in the compute dtype and rounded once, deterministically (:class:`IdRuns`)."""
+    summed in the compute dtype and rounded once, deterministically (:class:`IdRuns`); ``by_expert``: its
+    transpose (N, c)."""
     runs = IdRuns(ids)
-    return runs.coefficients(runs.totals(w), N, dtype)
+    return runs.coefficients(runs.totals(w), N, dtype, by_expert)
 
 
 def selected_dots(vec: torch.Tensor, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -173,7 +179,7 @@ class DenseKernels:
         grad = torch.zeros(table.shape, dtype=compute, device=table.device)
         w, vec = w.to(compute), vec.to(table.dtype)
         for rows in token_chunks(ids.shape[0], token_bytes(N, table.dtype)):
-            grad += matmul(dense_coefficients(w[rows], ids[rows], N, table.dtype).t(), vec[rows])
+            grad += matmul(dense_coefficients(w[rows], ids[rows], N, table.dtype, by_expert=True), vec[rows])
         return grad.to(table.dtype)
 
 
@@ -216,13 +222,13 @@ class DenseMixture(torch.autograd.Function):
             runs = IdRuns(ids_c)
             totals = runs.totals(torch.stack(values))
             if need_up:
-                grad_up += matmul(runs.coefficients(totals[0], N, up.dtype).t(), grad_y[rows])
+                grad_up += matmul(runs.coefficients(totals[0], N, up.dtype, by_expert=True), grad_y[rows])
             if need_ws:
-                ws = runs.coefficients(totals[-1], N, down.dtype)
+                ws_t = runs.coefficients(totals[-1], N, down.dtype, by_expert=True)  # Wsᵀ (N, chunk)
                 if need_x:
-                    grad_x[rows] = matmul(ws, down)
+                    grad_x[rows] = matmul(ws_t.t(), down)
                 if need_down:
-                    grad_down += matmul(ws.t(), x[rows])
+                    grad_down += matmul(ws_t, x[rows])
         return (grad_x, None, grad_gates.to(gates.dtype) if need_gates else None,
                 grad_down.to(down.dtype) if need_down else None, grad_up.to(up.dtype) if need_up else None, None)
 
