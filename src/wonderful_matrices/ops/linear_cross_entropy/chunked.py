@@ -6,11 +6,20 @@ logit[target]``) and, when a gradient is wanted, the gradient of the loss with r
 (``softmax − one_hot(target)``, zero on ignored rows, divided by the counted tokens for ``"mean"``), from which the
 chunk's hidden gradient (``(c, V) @ (V, d)``) and its share of the weight gradient (``(V, c) @ (c, d)``, added into
 a float32 accumulator) follow at once. The backward only scales those by the upstream gradient. Peak extra memory:
-one chunk of float32 logits plus the two gradients, instead of ``n × V`` float32 logits and their gradient.
+one chunk of logits plus the two gradients, instead of ``n × V`` float32 logits and their gradient.
+
+The loop over chunks is one custom operator (:func:`chunk_losses`), opaque to ``torch.compile``. Traced, the loop's
+gradient work is needed only by the backward, so AOTAutograd's partitioner moved it there and kept every chunk's
+float32 logits from the forward to the backward instead of the two gradients: 4.3 GB at 32768 tokens and a
+32768-word vocabulary (docs/results.md, session 17), growing with the tokens per step. Inside the operator the
+rows of a chunk go through one Triton kernel where Triton runs (``row_kernels.py``: the loss, and the gradient
+written over the logits in their dtype), else through the PyTorch code below (the CPU, float64).
 """
 from __future__ import annotations
 
 import torch
+
+from ..common import triton_usable
 
 MIN_CHUNK, MAX_CHUNK = 1024, 8192
 
@@ -31,6 +40,60 @@ def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(hidden.dtype, weight.dtype)
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _losses_fake(hidden, weight, targets, weights, chunk_size, with_grad):
+    acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    n = hidden.shape[0]
+    if not with_grad:
+        return hidden.new_empty(n, dtype=acc), hidden.new_empty(0), hidden.new_empty(0, dtype=acc)
+    return hidden.new_empty(n, dtype=acc), torch.empty_like(hidden), weight.new_empty(weight.shape, dtype=acc)
+
+
+@torch.library.custom_op("wonderful_matrices::chunked_cross_entropy", mutates_args=())
+def chunk_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+                 chunk_size: int, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The chunk loop: hidden (n, d) and weight (V, d) in the logits' dtype, targets (n,) int64 in ``[0, V)``,
+    weights (n,) float32 (float64 for float64 inputs): each row's share of the loss, 0 for an ignored row ->
+    (losses (n,) ``logsumexp - logit[target]``, 0 for ignored rows; with ``with_grad`` the loss's gradients
+    ``grad_hidden (n, d)`` in hidden's dtype and ``grad_weight (V, d)`` float32 (float64), else empty tensors)."""
+    acc = weights.dtype
+    n = hidden.shape[0]
+    losses = torch.empty(n, dtype=acc, device=hidden.device)
+    grad_h = torch.empty_like(hidden) if with_grad else hidden.new_empty(0)
+    grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if with_grad else hidden.new_empty(0, dtype=acc)
+    fused = hidden.dtype != torch.float64 and triton_usable(hidden.device)
+    if fused:
+        from .row_kernels import cross_entropy_rows
+    with torch.autocast(hidden.device.type, enabled=False):
+        for start in range(0, n, chunk_size):
+            end = min(start + chunk_size, n)
+            h_c, t_c, w_c = hidden[start:end], targets[start:end], weights[start:end]
+            logits = h_c @ weight.T
+            if fused:  # the loss, and the gradient written over the logits
+                losses[start:end] = cross_entropy_rows(logits, t_c, w_c, with_grad)
+                grad_logits = logits
+            else:
+                logits = logits.to(acc)
+                lse = torch.logsumexp(logits, dim=-1)
+                losses[start:end] = torch.where(w_c != 0, lse - logits.gather(1, t_c[:, None]).squeeze(1), 0)
+                if with_grad:
+                    probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                    probs.scatter_add_(1, t_c[:, None], probs.new_full((end - start, 1), -1.0))
+                    grad_logits = probs.mul_(w_c[:, None]).to(hidden.dtype)
+            if with_grad:
+                torch.mm(grad_logits, weight, out=grad_h[start:end])
+                if hidden.is_cuda and hidden.dtype in HALF_DTYPES:  # accumulated in the product's epilogue
+                    grad_w = torch.addmm(grad_w, grad_logits.T, h_c, out_dtype=acc)
+                else:
+                    grad_w += (grad_logits.T @ h_c).to(acc)
+    return losses, grad_h, grad_w
+
+
+chunk_losses.register_fake(_losses_fake)
+
+
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
     """(hidden (n, d), weight (V, d), targets (n,), ignore_index, chunk_size, mean, with_grad) -> scalar loss."""
 
@@ -38,30 +101,12 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, ignore_index, chunk_size, mean, with_grad):
         compute = _compute_dtype(hidden, weight)
         acc = torch.float64 if compute == torch.float64 else torch.float32
-        h, w = hidden.to(compute), weight.to(compute)
-        n = h.shape[0]
         valid = targets != ignore_index
         count = valid.sum()
-        scale = 1.0 / count.clamp_min(1).to(acc) if mean else torch.ones((), dtype=acc, device=h.device)
-        total = torch.zeros((), dtype=acc, device=h.device)
-        grad_h = torch.empty_like(h) if with_grad else None
-        grad_w = torch.zeros(w.shape, dtype=acc, device=w.device) if with_grad else None
-        with torch.autocast(h.device.type, enabled=False):
-            for start in range(0, n, chunk_size):
-                end = min(start + chunk_size, n)
-                h_c, keep = h[start:end], valid[start:end]
-                t_c = torch.where(keep, targets[start:end], 0)
-                logits = (h_c @ w.T).to(acc)
-                lse = torch.logsumexp(logits, dim=-1)
-                picked = logits.gather(1, t_c[:, None]).squeeze(1)
-                total += torch.where(keep, lse - picked, 0).sum()
-                if with_grad:
-                    probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-                    probs.scatter_add_(1, t_c[:, None], -keep.to(acc)[:, None])
-                    probs.mul_((keep.to(acc) * scale)[:, None])
-                    grad_logits = probs.to(compute)
-                    torch.mm(grad_logits, w, out=grad_h[start:end])
-                    grad_w += (grad_logits.T @ h_c).to(acc)
+        scale = 1.0 / count.clamp_min(1).to(acc) if mean else torch.ones((), dtype=acc, device=hidden.device)
+        losses, grad_h, grad_w = chunk_losses(hidden.to(compute), weight.to(compute), torch.where(valid, targets, 0),
+                                              valid.to(acc) * scale, chunk_size, with_grad)
+        total = losses.sum()
         loss = total / count.to(acc) if mean else total
         if with_grad:
             ctx.save_for_backward(grad_h, grad_w)
