@@ -24,8 +24,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         ignore_index: the target value of ignored rows.
         reduction: ``"mean"`` (over counted rows; NaN when none counts, as ``F.cross_entropy``) or ``"sum"``.
         chunk_size: tokens per chunk (``None``: :func:`~.chunked.default_chunk_size`).
-        backend: ``"auto"``/``"torch"`` (chunked: float32 logits of one chunk at a time) or ``"naive"`` (the whole
-            logits matrix; the oracle).
+        backend: ``"auto"``/``"torch"`` (chunked: the logits of one chunk at a time, its rows in one Triton kernel
+            where Triton runs, else in float32 PyTorch) or ``"naive"`` (the whole logits matrix; the oracle).
 
     Returns:
         A scalar, float32 (float64 for float64 inputs). The logits are computed in the autocast dtype under
