@@ -108,11 +108,14 @@ def test_lm_analytic_cache_matches_measured():
 
 
 def test_kernels_quick_path(tmp_path):
-    rows = kernels.run(tmp_path, quick=True, parts=(), cdmoe_shape=(32, 16, 2, 4), cdmoe_experts=(64,))
-    assert {r["implementation"] for r in rows} == {"expert_mixture (ours)", "gather + einsum"}
+    rows = kernels.run(tmp_path, quick=True, parts=(), cdmoe_shape=(32, 16, 2, 4), cdmoe_experts=(64,),
+                       loss_shape=(40, 8, 24))
+    assert {r["implementation"] for r in rows} == {
+        "expert_mixture (ours)", "gather + einsum", "linear_cross_entropy, chunk default",
+        "linear_cross_entropy, chunk 4096", "linear_cross_entropy, chunk 8192", "F.cross_entropy, whole float32 logits"}
     data, md = _read(tmp_path)
     assert all(r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 for r in data["rows"])
-    assert "not importable" in data["meta"]["mamba_ssm"] and "cdmoe_mixture" in md
+    assert "not importable" in data["meta"]["mamba_ssm"] and "cdmoe_mixture" in md and "lm_loss" in md
 
 
 def test_registry_names_and_errors(tmp_path):

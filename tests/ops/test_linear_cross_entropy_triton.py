@@ -58,7 +58,7 @@ def test_rows_of_a_strided_chunk():
 def test_loss_through_the_kernel_matches_oracle(chunk_size, reduction):
     hidden, weight, targets = inputs()
     out = loss_and_grads(wm.ops.linear_cross_entropy, hidden, weight, targets, upstream=2.5,
-                         reduction=reduction, chunk_size=chunk_size)
+                         reduction=reduction, chunk_size=chunk_size, backend="triton")
     ref = loss_and_grads(linear_cross_entropy_naive, hidden.double(), weight.double(), targets, upstream=2.5,
                          reduction=reduction)
     for name, a, r in zip(("loss", "hidden", "weight"), out, ref):
@@ -66,9 +66,19 @@ def test_loss_through_the_kernel_matches_oracle(chunk_size, reduction):
 
 
 @interpreted_only
+def test_float64_logits_are_refused_by_the_kernel_backend_and_auto_takes_pytorch():
+    hidden, weight, targets = inputs(n=6, ignored=())
+    with pytest.raises(ValueError, match="backend"):
+        wm.ops.linear_cross_entropy(hidden.double(), weight.double(), targets, backend="triton")
+    exact = linear_cross_entropy_naive(hidden.double(), weight.double(), targets)
+    assert rel_err(wm.ops.linear_cross_entropy(hidden.double(), weight.double(), targets), exact) < 1e-12
+
+
+@interpreted_only
 def test_every_row_ignored_gives_nan_mean_and_zero_gradients():
     hidden, weight, targets = inputs(n=9, ignored=range(9))
-    loss, grad_h, grad_w = loss_and_grads(wm.ops.linear_cross_entropy, hidden, weight, targets, chunk_size=4)
+    loss, grad_h, grad_w = loss_and_grads(wm.ops.linear_cross_entropy, hidden, weight, targets, chunk_size=4,
+                                          backend="triton")
     assert torch.isnan(loss) and torch.all(grad_h == 0) and torch.all(grad_w == 0)
 
 

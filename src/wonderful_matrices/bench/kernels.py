@@ -10,6 +10,10 @@ the decode step with a bounded cache), ``experts`` (CDMoE against loop / grouped
   einsum), forward and forward+backward;
 * ``mamba_ssm``: when ``mamba_ssm`` is importable on CUDA, its ``mamba_chunk_scan_combined`` timed beside our
   ``wm.ops.ssd`` on the same inputs (``mamba_ssm`` is a benchmark-only optional dependency).
+* ``lm_loss``: the LM head and its loss at cheems-base's shape (32768 tokens, width 768, vocabulary 32768; bf16 on
+  CUDA), ``wm.ops.linear_cross_entropy`` at several chunk sizes (and, on CUDA, with its rows in PyTorch rather than
+  its Triton kernel) against ``F.cross_entropy`` of the whole float32 logits, eager and (on CUDA) under
+  ``torch.compile``; forward, forward+backward and the forward+backward's peak memory above the inputs.
 
 Writes the combined rows to ``results.json`` / ``results.md`` and each part's own files under its folder.
 """
@@ -20,8 +24,9 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from ..ops import expert_mixture, ssd
+from ..ops import expert_mixture, linear_cross_entropy, ssd
 from .common import time_callable, write_results
 from .ssd import CHEEMS_SHAPE, PAPER_SHAPE, make_inputs
 
@@ -107,10 +112,65 @@ def mamba_ssm_rows(device: torch.device) -> list[dict]:
     return rows
 
 
-def run(out_dir, quick: bool = False, device=None, parts=PARTS, cdmoe_shape=None, cdmoe_experts=None) -> list[dict]:
-    """Run the per-op benchmarks ``parts`` that exist into ``out_dir/<part>``, plus the CDMoE mixture and
-    ``mamba_ssm`` comparisons; write ``results.json`` / ``results.md`` (this module's own rows; each part's
-    rows are in its folder and in the returned list); return all rows."""
+def _peak_mb(fn, device: torch.device) -> float | None:
+    """Peak CUDA memory of one ``fn()`` above what was allocated before it, in MB (None off CUDA)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return round((torch.cuda.max_memory_allocated() - before) / 2 ** 20, 1)
+
+
+def lm_loss_rows(quick: bool, device: torch.device, shape: tuple[int, int, int] | None = None,
+                 chunks: tuple[int | None, ...] = (None, 4096, 8192)) -> list[dict]:
+    """The LM head + loss: ``linear_cross_entropy`` at each of ``chunks`` (None: its default) against
+    ``F.cross_entropy`` of the whole float32 logits (eager, and compiled on CUDA); ``shape`` = (tokens, width,
+    vocabulary)."""
+    n, d, vocab = shape or ((2048, 64, 1024) if quick else (32768, 768, 32768))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(n, d, generator=gen).to(device, dtype).requires_grad_()
+    weight = (torch.randn(vocab, d, generator=gen) / d ** 0.5).to(device, dtype).requires_grad_()
+    targets = torch.randint(0, vocab, (n,), generator=gen).to(device)
+
+    def whole_logits(h, w):
+        return F.cross_entropy((h @ w.T).float(), targets)
+
+    impls = [(f"linear_cross_entropy, chunk {c or 'default'}", c,
+              lambda c=c: linear_cross_entropy(hidden, weight, targets, chunk_size=c)) for c in chunks]
+    if device.type == "cuda":  # "auto" is the Triton rows there; the same loop with the rows in PyTorch
+        impls.append(("linear_cross_entropy, PyTorch rows, chunk default", None,
+                      lambda: linear_cross_entropy(hidden, weight, targets, backend="torch")))
+    impls.append(("F.cross_entropy, whole float32 logits", None, lambda: whole_logits(hidden, weight)))
+    if device.type == "cuda":
+        compiled = torch.compile(whole_logits)
+        impls.append(("F.cross_entropy, whole logits, torch.compile", None, lambda: compiled(hidden, weight)))
+    reps = 3 if quick else 10
+    rows = []
+    for name, chunk, fn in impls:
+        row = {"part": "lm_loss", "implementation": name, "tokens": n, "width": d, "vocab": vocab, "chunk": chunk,
+               "dtype": str(dtype).replace("torch.", "")}
+        try:
+            with torch.no_grad():
+                row["fwd_ms"] = time_callable(fn, device, warmup=1, reps=reps)
+            step = _fwd_bwd(fn, (hidden, weight))
+            row["fwd_bwd_ms"] = time_callable(step, device, warmup=1, reps=reps)
+            row["peak_mb"] = _peak_mb(step, device)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            row["note"] = "out of memory"
+        rows.append(row)
+    return rows
+
+
+def run(out_dir, quick: bool = False, device=None, parts=PARTS, cdmoe_shape=None, cdmoe_experts=None,
+        loss_shape=None) -> list[dict]:
+    """Run the per-op benchmarks ``parts`` that exist into ``out_dir/<part>``, plus the CDMoE mixture, ``mamba_ssm``
+    and LM-loss comparisons (``loss_shape``: see :func:`lm_loss_rows`); write ``results.json`` / ``results.md``
+    (this module's own rows; each part's rows are in its folder and in the returned list); return all rows."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(out_dir)
     start = time.perf_counter()
@@ -129,14 +189,14 @@ def run(out_dir, quick: bool = False, device=None, parts=PARTS, cdmoe_shape=None
         rows += [{"part": part, **r} for r in part_rows]
     own = cdmoe_mixture_rows(quick, device, cdmoe_shape, cdmoe_experts)
     mamba = mamba_ssm_rows(device)
-    own += mamba
+    own += mamba + lm_loss_rows(quick, device, loss_shape)
     rows += own
     meta = {"quick": quick, "device": str(device), "parts": done,
             "mamba_ssm": "measured side by side" if mamba else
             "not importable here: compare the ssd part with the reference numbers of docs/design.md (labelled there)",
             "wall_s": round(time.perf_counter() - start, 1)}
-    columns = ["part", "implementation", "shape", "experts", "tokens", "width", "heads_x_topk", "dtype", "fwd_ms",
-               "fwd_bwd_ms", "over_mamba_ssm", "note"]
+    columns = ["part", "implementation", "shape", "experts", "tokens", "width", "heads_x_topk", "vocab", "chunk",
+               "dtype", "fwd_ms", "fwd_bwd_ms", "peak_mb", "over_mamba_ssm", "note"]
     notes = "Per-part tables: " + ", ".join(f"{p}: {s}" for p, s in done.items())
     print(write_results(out, "kernels", own, meta, columns=columns, notes=notes))
     print(f"kernels: {len(rows)} rows in {meta['wall_s']} s -> {out}")

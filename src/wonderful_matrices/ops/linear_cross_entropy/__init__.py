@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 
 from ..common import require, resolve_backend, shape_of, value_checks_enabled
-from .chunked import ChunkedLinearCrossEntropy, default_chunk_size
+from .chunked import ChunkedLinearCrossEntropy, default_chunk_size, logits_dtype
 from .naive import linear_cross_entropy_naive
 
-BACKENDS = ("naive", "torch")
+BACKENDS = ("naive", "torch", "triton")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -24,8 +24,10 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         ignore_index: the target value of ignored rows.
         reduction: ``"mean"`` (over counted rows; NaN when none counts, as ``F.cross_entropy``) or ``"sum"``.
         chunk_size: tokens per chunk (``None``: :func:`~.chunked.default_chunk_size`).
-        backend: ``"auto"``/``"torch"`` (chunked: the logits of one chunk at a time, its rows in one Triton kernel
-            where Triton runs, else in float32 PyTorch) or ``"naive"`` (the whole logits matrix; the oracle).
+        backend: ``"auto"`` (``"triton"`` on CUDA for float16/bfloat16/float32 logits, else ``"torch"``),
+            ``"triton"`` (chunked: the logits of one chunk at a time, each chunk's rows in one Triton kernel that
+            writes their gradient over them), ``"torch"`` (chunked, the rows in float32 PyTorch) or ``"naive"``
+            (the whole logits matrix; the oracle).
 
     Returns:
         A scalar, float32 (float64 for float64 inputs). The logits are computed in the autocast dtype under
@@ -54,13 +56,16 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         if bool(bad.any()):
             raise ValueError(f"targets={targets[bad][:4].tolist()}... is not allowed: class ids in [0, {vocab}) "
                              f"or ignore_index={ignore_index}")
-    name = resolve_backend(backend, BACKENDS, hidden.device, ("torch",))
+    name = resolve_backend(backend, BACKENDS, hidden.device, ("triton", "torch"))
     if name == "naive":
         return linear_cross_entropy_naive(hidden, weight, targets, ignore_index, reduction)
+    if name == "triton" and logits_dtype(hidden, weight) == torch.float64:
+        require(backend == "auto", "backend", backend, "'auto', 'torch' or 'naive' for float64 logits")
+        name = "torch"
     with_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     chunk = chunk_size if chunk_size is not None else default_chunk_size(n, d, vocab)
     return ChunkedLinearCrossEntropy.apply(hidden, weight, targets, ignore_index, chunk, reduction == "mean",
-                                           with_grad)
+                                           with_grad, name == "triton")
 
 
 __all__ = ["linear_cross_entropy"]

@@ -12,14 +12,12 @@ The loop over chunks is one custom operator (:func:`chunk_losses`), opaque to ``
 gradient work is needed only by the backward, so AOTAutograd's partitioner moved it there and kept every chunk's
 float32 logits from the forward to the backward instead of the two gradients: 4.3 GB at 32768 tokens and a
 32768-word vocabulary (docs/results.md, session 17), growing with the tokens per step. Inside the operator the
-rows of a chunk go through one Triton kernel where Triton runs (``row_kernels.py``: the loss, and the gradient
-written over the logits in their dtype), else through the PyTorch code below (the CPU, float64).
+rows of a chunk go through one Triton kernel (the ``"triton"`` backend, ``row_kernels.py``: the loss, and the
+gradient written over the logits in their dtype) or through the PyTorch code below (``"torch"``).
 """
 from __future__ import annotations
 
 import torch
-
-from ..common import triton_usable
 
 MIN_CHUNK, MAX_CHUNK = 1024, 8192
 
@@ -32,7 +30,7 @@ def default_chunk_size(n: int, d: int, vocab: int) -> int:
     return max(1, min(n, max(MIN_CHUNK, min(MAX_CHUNK, size))))
 
 
-def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+def logits_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     """The dtype of the logits matrix product: autocast's when it is on for the device, else the inputs'."""
     device = hidden.device.type
     if device in ("cuda", "cpu") and torch.is_autocast_enabled(device):
@@ -43,7 +41,7 @@ def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def _losses_fake(hidden, weight, targets, weights, chunk_size, with_grad):
+def _losses_fake(hidden, weight, targets, weights, chunk_size, with_grad, fused_rows):
     acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     n = hidden.shape[0]
     if not with_grad:
@@ -53,25 +51,25 @@ def _losses_fake(hidden, weight, targets, weights, chunk_size, with_grad):
 
 @torch.library.custom_op("wonderful_matrices::chunked_cross_entropy", mutates_args=())
 def chunk_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
-                 chunk_size: int, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 chunk_size: int, with_grad: bool, fused_rows: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The chunk loop: hidden (n, d) and weight (V, d) in the logits' dtype, targets (n,) int64 in ``[0, V)``,
     weights (n,) float32 (float64 for float64 inputs): each row's share of the loss, 0 for an ignored row ->
     (losses (n,) ``logsumexp - logit[target]``, 0 for ignored rows; with ``with_grad`` the loss's gradients
-    ``grad_hidden (n, d)`` in hidden's dtype and ``grad_weight (V, d)`` float32 (float64), else empty tensors)."""
+    ``grad_hidden (n, d)`` in hidden's dtype and ``grad_weight (V, d)`` float32 (float64), else empty tensors).
+    ``fused_rows``: each chunk's rows through the Triton kernel (not float64), else PyTorch."""
     acc = weights.dtype
     n = hidden.shape[0]
     losses = torch.empty(n, dtype=acc, device=hidden.device)
     grad_h = torch.empty_like(hidden) if with_grad else hidden.new_empty(0)
     grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if with_grad else hidden.new_empty(0, dtype=acc)
-    fused = hidden.dtype != torch.float64 and triton_usable(hidden.device)
-    if fused:
+    if fused_rows:
         from .row_kernels import cross_entropy_rows
     with torch.autocast(hidden.device.type, enabled=False):
         for start in range(0, n, chunk_size):
             end = min(start + chunk_size, n)
             h_c, t_c, w_c = hidden[start:end], targets[start:end], weights[start:end]
             logits = h_c @ weight.T
-            if fused:  # the loss, and the gradient written over the logits
+            if fused_rows:  # the loss, and the gradient written over the logits
                 losses[start:end] = cross_entropy_rows(logits, t_c, w_c, with_grad)
                 grad_logits = logits
             else:
@@ -95,17 +93,18 @@ chunk_losses.register_fake(_losses_fake)
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """(hidden (n, d), weight (V, d), targets (n,), ignore_index, chunk_size, mean, with_grad) -> scalar loss."""
+    """(hidden (n, d), weight (V, d), targets (n,), ignore_index, chunk_size, mean, with_grad, fused_rows) -> scalar
+    loss."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index, chunk_size, mean, with_grad):
-        compute = _compute_dtype(hidden, weight)
+    def forward(ctx, hidden, weight, targets, ignore_index, chunk_size, mean, with_grad, fused_rows):
+        compute = logits_dtype(hidden, weight)
         acc = torch.float64 if compute == torch.float64 else torch.float32
         valid = targets != ignore_index
         count = valid.sum()
         scale = 1.0 / count.clamp_min(1).to(acc) if mean else torch.ones((), dtype=acc, device=hidden.device)
         losses, grad_h, grad_w = chunk_losses(hidden.to(compute), weight.to(compute), torch.where(valid, targets, 0),
-                                              valid.to(acc) * scale, chunk_size, with_grad)
+                                              valid.to(acc) * scale, chunk_size, with_grad, fused_rows)
         total = losses.sum()
         loss = total / count.to(acc) if mean else total
         if with_grad:
@@ -119,4 +118,4 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         h_dtype, w_dtype = ctx.dtypes
         grad_hidden = (grad_h.to(grad_loss.dtype) * grad_loss).to(h_dtype) if ctx.needs_input_grad[0] else None
         grad_weight = (grad_w * grad_loss).to(w_dtype) if ctx.needs_input_grad[1] else None
-        return grad_hidden, grad_weight, None, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None, None
