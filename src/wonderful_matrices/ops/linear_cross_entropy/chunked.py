@@ -18,6 +18,7 @@ gradient written over the logits in their dtype) or through the PyTorch code bel
 from __future__ import annotations
 
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
 MIN_CHUNK, MAX_CHUNK = 1024, 8192
 
@@ -90,6 +91,15 @@ def chunk_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tens
 
 
 chunk_losses.register_fake(_losses_fake)
+
+
+@register_flop_formula(torch.ops.wonderful_matrices.chunked_cross_entropy)
+def _chunk_losses_flops(hidden_shape, weight_shape, targets_shape, weights_shape, chunk_size, with_grad, fused_rows,
+                        out_shape=None, **kwargs) -> int:
+    """``FlopCounterMode`` sees the operator, not the products inside it: the logits ``2·n·V·d``, with the gradient
+    the two products of the backward too (computed here, in the forward)."""
+    (n, d), vocab = hidden_shape, weight_shape[0]
+    return 2 * n * vocab * d * (3 if with_grad else 1)
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
