@@ -1,7 +1,7 @@
 """Linear layer + cross-entropy over a vocabulary, in chunks of tokens: the ``(n, V)`` logits never exist at once.
 
 Per chunk of ``c`` tokens the forward computes the logits in the compute dtype (the autocast dtype when autocast
-is on, as the LM head's ``nn.Linear`` would), takes them to float32, and from them the loss (``logsumexp −
+is on, as the LM head's ``nn.Linear`` would), reads them in float32, and from them the loss (``logsumexp −
 logit[target]``) and, when a gradient is wanted, the gradient of the loss with respect to the logits
 (``softmax − one_hot(target)``, zero on ignored rows, divided by the counted tokens for ``"mean"``), from which the
 chunk's hidden gradient (``(c, V) @ (V, d)``) and its share of the weight gradient (``(V, c) @ (c, d)``, added into
@@ -21,6 +21,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 MIN_CHUNK, MAX_CHUNK = 1024, 8192
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def default_chunk_size(n: int, d: int, vocab: int) -> int:
@@ -37,9 +38,6 @@ def logits_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     if device in ("cuda", "cpu") and torch.is_autocast_enabled(device):
         return torch.get_autocast_dtype(device)
     return torch.promote_types(hidden.dtype, weight.dtype)
-
-
-HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def _losses_fake(hidden, weight, targets, weights, chunk_size, with_grad, fused_rows):
