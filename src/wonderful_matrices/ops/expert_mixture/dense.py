@@ -22,9 +22,11 @@ built them from the same ``(chunk, N)`` zero matrix as the forward had that matr
 common-subexpression elimination and kept alive from the forward to the backward (151 MB per layer at cheems-base's
 2 × 16K tokens).
 
-Precision for half-precision tables (bf16, fp16): the products take half operands and produce float32
-(``torch.mm(..., out_dtype=torch.float32)`` on CUDA; on the CPU the operands are widened to float32 first, the
-same arithmetic); ``s``, ``coef``, ``grad_s`` and ``grad_coef`` are float32 as in the other backends. ``W`` and
+Precision for half-precision tables (bf16, fp16): the products take half operands and accumulate in float32; the
+selected dots and the table gradients come out in float32 (``torch.mm(..., out_dtype=torch.float32)`` on CUDA; on
+the CPU the operands are widened to float32 first, the same arithmetic), the row sums ``y`` and ``grad_x`` in the
+table dtype, rounded once from the float32 accumulator (by the GEMM itself on CUDA); ``s``, ``coef``, ``grad_s`` and
+``grad_coef`` are float32 as in the other backends. ``W`` and
 ``Ws`` are built directly in the table dtype (:class:`IdRuns`): the entries of equal ids in a row are summed in
 float32 in the ``(chunk, M)`` space, in a fixed order, and written once into a zero matrix by a plain scatter —
 one rounding of each coefficient, the same relative error (2^-9 in bf16) as rounding the input ``x``, well inside
@@ -98,6 +100,23 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mm(a, b)
 
 
+def matmul_rounded(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``a (m, k) · b (k, n)`` rounded once to ``dtype`` (a row sum, in the table dtype): on CUDA, with both operands in
+    ``dtype``, the GEMM rounds its float32 accumulator itself (no float32 ``(m, n)`` product written and read back by
+    a cast: one such round trip of a ``(T, d)`` matrix per call otherwise); elsewhere :func:`matmul` then a cast."""
+    if a.is_cuda and a.dtype == b.dtype == dtype:
+        return torch.mm(a, b)
+    return matmul(a, b).to(dtype)
+
+
+def joined(parts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """The chunks' row blocks as one tensor (the one block itself when there is one chunk: no copy; no tokens, no
+    chunks: an empty ``(0, d)`` tensor of ``like``'s width, dtype and device)."""
+    if not parts:
+        return like.new_empty(0, like.shape[-1])
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 class IdRuns:
     """The runs of equal expert ids in each row of ``ids (c, M)`` int64, for building dense coefficient matrices
     without adding into them: ``coefficients(w)[t, e] = Σ_{ids[t,j]=e} w[t, j]`` is summed in the ``(c, M)`` space
@@ -167,11 +186,9 @@ class DenseKernels:
     def row_sum(w: torch.Tensor, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """w (T, M), table (N, d), ids (T, M) int64 -> (T, d) in the table dtype."""
         N = table.shape[0]
-        out = torch.empty(ids.shape[0], table.shape[1], dtype=table.dtype, device=table.device)
         w = w.to(compute_dtype(table))
-        for rows in token_chunks(ids.shape[0], token_bytes(N, table.dtype)):
-            out[rows] = matmul(dense_coefficients(w[rows], ids[rows], N, table.dtype), table)
-        return out
+        return joined([matmul_rounded(dense_coefficients(w[rows], ids[rows], N, table.dtype), table, table.dtype)
+                       for rows in token_chunks(ids.shape[0], token_bytes(N, table.dtype))], table)
 
     @staticmethod
     def table_grad(w: torch.Tensor, vec: torch.Tensor, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -206,7 +223,7 @@ class DenseMixture(torch.autograd.Function):
         act, act_backward = ACTIVATIONS[ctx.activation], ACTIVATION_BACKWARD[ctx.activation]
         (T, M), N = ids.shape, down.shape[0]
         grad_y = grad_y.to(up.dtype)
-        grad_x = torch.empty_like(x) if need_x else None
+        grad_x = []  # row blocks, one per chunk
         grad_gates = torch.empty(T, M, dtype=s.dtype, device=s.device) if need_gates else None
         grad_down = torch.zeros(down.shape, dtype=s.dtype, device=s.device) if need_down else None
         grad_up = torch.zeros(up.shape, dtype=s.dtype, device=s.device) if need_up else None
@@ -229,10 +246,10 @@ class DenseMixture(torch.autograd.Function):
             if need_ws:
                 ws_t = runs.coefficients(totals[-1], N, down.dtype, by_expert=True)  # Wsᵀ (N, chunk)
                 if need_x:
-                    grad_x[rows] = matmul(ws_t.t(), down)
+                    grad_x.append(matmul_rounded(ws_t.t(), down, x.dtype))
                 if need_down:
                     grad_down += matmul(ws_t, x[rows])
-        return (grad_x, None, grad_gates.to(gates.dtype) if need_gates else None,
+        return (joined(grad_x, x) if need_x else None, None, grad_gates.to(gates.dtype) if need_gates else None,
                 grad_down.to(down.dtype) if need_down else None, grad_up.to(up.dtype) if need_up else None, None)
 
 
