@@ -50,9 +50,10 @@ def _rows_kernel(logits_ptr, targets_ptr, weights_ptr, loss_ptr, V, stride_row,
 
 def cross_entropy_rows(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
                        write_grad: bool) -> torch.Tensor:
-    """logits (c, V) any float dtype with a unit column stride, targets (c,) int64 in ``[0, V)`` (any value for an
-    ignored row), weights (c,) float32 (0: ignored) -> the rows' losses (c,) float32; with ``write_grad`` the logits
-    are overwritten by the loss's gradient with respect to them, ``weights · (softmax - one_hot)``."""
+    """logits (c, V) any float dtype with a unit column stride, targets (c,) int64 in ``[0, V)`` on every row (an
+    ignored row's target is read but not used: 0 will do), weights (c,) float32 (0: ignored) -> the rows' losses (c,)
+    float32; with ``write_grad`` the logits are overwritten by the loss's gradient with respect to them,
+    ``weights · (softmax - one_hot)``."""
     c, V = logits.shape
     loss = poisoned_empty(c, device=logits.device)
     if c:
