@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import expert_mixture, linear_cross_entropy, ssd
-from .common import time_callable, write_results
+from .common import peak_memory_bytes, time_callable, write_results
 from .ssd import CHEEMS_SHAPE, PAPER_SHAPE, make_inputs
 
 PARTS = ("ssd", "dma", "experts")
@@ -112,18 +112,6 @@ def mamba_ssm_rows(device: torch.device) -> list[dict]:
     return rows
 
 
-def _peak_mb(fn, device: torch.device) -> float | None:
-    """Peak CUDA memory of one ``fn()`` above what was allocated before it, in MB (None off CUDA)."""
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return round((torch.cuda.max_memory_allocated() - before) / 2 ** 20, 1)
-
-
 def lm_loss_rows(quick: bool, device: torch.device, shape: tuple[int, int, int] | None = None,
                  chunks: tuple[int | None, ...] = (None, 4096, 8192)) -> list[dict]:
     """The LM head + loss: ``linear_cross_entropy`` at each of ``chunks`` (None: its default) against
@@ -158,7 +146,8 @@ def lm_loss_rows(quick: bool, device: torch.device, shape: tuple[int, int, int] 
                 row["fwd_ms"] = time_callable(fn, device, warmup=1, reps=reps)
             step = _fwd_bwd(fn, (hidden, weight))
             row["fwd_bwd_ms"] = time_callable(step, device, warmup=1, reps=reps)
-            row["peak_mb"] = _peak_mb(step, device)
+            peak = peak_memory_bytes(step, device)
+            row["peak_mb"] = None if peak is None else round(peak / 2 ** 20, 1)
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             row["note"] = "out of memory"

@@ -1,4 +1,5 @@
-"""Helpers shared by the Triton kernels of every op (imported only where triton is installed).
+"""Helpers shared by the Triton kernels of every op; importable without Triton (``opaque_to_compile`` also serves
+torch-only code), which the helpers that need it import when called.
 
 Kernels on a decoding step's path launch as ``kernel.run(*args, grid=..., warmup=False, **meta)``:
 ``kernel[grid](...)`` builds and unpacks a closure on every launch, host time an eager decoding step pays
@@ -39,6 +40,32 @@ def poisoned_empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> to
         return torch.full_like(t, float("nan") if dtype.is_floating_point else -1, dtype=dtype,
                                memory_format=torch.contiguous_format)
     return torch.empty_like(t, dtype=dtype, memory_format=torch.contiguous_format)
+
+
+def row_span(t: torch.Tensor) -> int:
+    """The largest element offset inside one batch row of ``t`` (b, ...) with its strides: what a kernel that
+    addresses a row from its first element must be able to represent (int32 offsets reach ``2**31 - 1``)."""
+    return sum((n - 1) * st for n, st in zip(t.shape[1:], t.stride()[1:]))
+
+
+def attention_layout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *more: torch.Tensor) -> tuple:
+    """``(q, k, v, *more)`` as attention kernels index them: every head dim with unit stride, and ``v`` laid out like
+    ``k`` (the kernels read both with ``k``'s strides); tensors already so are returned as they are."""
+    q, k, v, *more = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v, *more))
+    if k.stride() != v.stride():
+        k, v = k.contiguous(), v.contiguous()
+    return (q, k, v, *more)
+
+
+def tile_configs(gpu: list[tuple[int, int, int, int]], interpreted: tuple[int, int]) -> list:
+    """Autotune configurations ``{"BLOCK_M", "BLOCK_N"}`` from ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` tuples on a
+    GPU; under the interpreter the one configuration ``interpreted`` (``(BLOCK_M, BLOCK_N)``, 4 warps, 1 stage)."""
+    import triton  # here, not at the top: this module is imported without Triton too (opaque_to_compile)
+
+    if interpreting():
+        m, n = interpreted
+        return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in gpu]
 
 
 def cdiv(a: int, b: int) -> int:

@@ -36,22 +36,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import dot_block, interpreting, poisoned_empty, poisoned_empty_like
+from ..triton_utils import attention_layout, dot_block, poisoned_empty, poisoned_empty_like, tile_configs
 from .windowed_kernels import needs_wide_offsets
 
-
-def _configs(gpu: list[tuple[int, int, int, int]]) -> list:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) on a GPU; one 32 × 32 configuration under the interpreter."""
-    if interpreting():
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in gpu]
-
-
 # dq keeps one (BLOCK_M, D) float32 accumulator, dk/dv two (BLOCK_N, D): the key side takes the narrower query tiles
-DQ_CONFIGS = _configs([(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 4, 3),
-                       (64, 128, 8, 2)])
-DKV_CONFIGS = _configs([(32, 64, 4, 2), (32, 64, 4, 3), (64, 64, 4, 2), (32, 128, 8, 2), (64, 128, 8, 2),
-                        (64, 64, 8, 3)])
+DQ_CONFIGS = tile_configs([(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 4, 3),
+                           (64, 128, 8, 2)], (32, 32))
+DKV_CONFIGS = tile_configs([(32, 64, 4, 2), (32, 64, 4, 3), (64, 64, 4, 2), (32, 128, 8, 2), (64, 128, 8, 2),
+                            (64, 64, 8, 3)], (32, 32))
 
 
 @triton.jit
@@ -254,10 +246,7 @@ def biased_causal_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
     b, lq, hq, d = q.shape
     lk, hkv = k.shape[1], k.shape[2]
     lse = lse.contiguous()
-    # the kernels index the head dim with unit stride, and read v with k's strides
-    q, k, v, out, dout = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v, out, dout))
-    if k.stride() != v.stride():
-        k, v = k.contiguous(), v.contiguous()
+    q, k, v, out, dout = attention_layout(q, k, v, out, dout)
     if seq_idx is None:
         first = end = torch.zeros(1, 1, dtype=torch.int32, device=q.device)  # not read
     else:

@@ -33,7 +33,15 @@ import triton
 import triton.language as tl
 
 from ..common import require
-from ..triton_utils import dot_block, interpreting, opaque_to_compile, poisoned_empty, poisoned_empty_like
+from ..triton_utils import (
+    attention_layout,
+    dot_block,
+    opaque_to_compile,
+    poisoned_empty,
+    poisoned_empty_like,
+    row_span,
+    tile_configs,
+)
 from . import selection_graphs
 from .selection import LIVE_TILE, head_counts, live_keys
 
@@ -57,21 +65,15 @@ def block_for(keep_window: int) -> int:
     return int(min(MAX_BLOCK, max(BLOCK_ALIGN, keep_window // BLOCK_ALIGN * BLOCK_ALIGN)))
 
 
-def _configs(gpu: list[tuple[int, int, int, int]]) -> list:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) on a GPU; one 64 × 64 configuration under the interpreter."""
-    if interpreting():
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in gpu]
-
-
 # The 64-key tiles compile without register spills under triton 3.6 for sm_90 at head dim 64 and 128; the 128-key
 # tiles spill at head dim 128 in every variant tried and are kept for the smaller head dims (docs/kernels_dma.md
 # "Occupancy under triton 3.6"; scripts/dma_compile_report.py). 128 x 128 query-side tiles spill in every variant at
 # both head dims and are left out.
-QUERY_SIDE = _configs([(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (64, 128, 4, 2)])
+QUERY_SIDE = tile_configs([(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (64, 128, 4, 2)],
+                          (64, 64))
 # (BLOCK_M = query tile, BLOCK_N = key tile) for dk/dv: 8 warps, so that the two float32 accumulators (dk, dv)
 # take half the registers per thread they would at 4; 128-query tiles spill in every variant and are left out.
-KEY_SIDE = _configs([(32, 64, 8, 2), (32, 128, 8, 2), (64, 64, 8, 1), (64, 128, 8, 2)])
+KEY_SIDE = tile_configs([(32, 64, 8, 2), (32, 128, 8, 2), (64, 64, 8, 1), (64, 128, 8, 2)], (64, 64))
 
 
 @triton.jit
@@ -328,7 +330,7 @@ def _dkv_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, drop_ptr, do_
 def needs_wide_offsets(*tensors: torch.Tensor) -> bool:
     """Whether an element offset inside one batch row of any of ``tensors`` (b, l, ...) reaches ``2**31``: the
     kernels then compute row offsets in int64 (``WIDE``), else in int32 (fewer registers and instructions)."""
-    return any(sum((n - 1) * st for n, st in zip(t.shape[1:], t.stride()[1:])) >= WIDE_OFFSETS for t in tensors)
+    return any(row_span(t) >= WIDE_OFFSETS for t in tensors)
 
 
 def _meta(q: torch.Tensor, block: int, *tensors: torch.Tensor) -> dict:
@@ -426,9 +428,7 @@ class _WindowedCausal(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, keep_window: int, scale: float, block: int, seq_idx):
         lq = q.shape[1]
-        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-        if k.stride() != v.stride():  # the kernels read both with k's strides
-            k, v = k.contiguous(), v.contiguous()
+        q, k, v = attention_layout(q, k, v)
         bias32 = bias.float().contiguous()
         drop, keys, ends, heads = select(bias, lq, keep_window, block, seq_idx)
         out, lse = windowed_forward(q, k, v, bias32, keys, ends, heads, drop, scale, block)

@@ -69,7 +69,7 @@ def chunk_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tens
             h_c, t_c, w_c = hidden[start:end], targets[start:end], weights[start:end]
             logits = h_c @ weight.T
             if fused_rows:  # the loss, and the gradient written over the logits
-                losses[start:end] = cross_entropy_rows(logits, t_c, w_c, with_grad)
+                cross_entropy_rows(logits, t_c, w_c, with_grad, out=losses[start:end])
                 grad_logits = logits
             else:
                 logits = logits.to(acc)

@@ -48,14 +48,14 @@ def _rows_kernel(logits_ptr, targets_ptr, weights_ptr, loss_ptr, V, stride_row,
             tl.store(base + c, g.to(logits_ptr.dtype.element_ty), mask=c < V)
 
 
-def cross_entropy_rows(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
-                       write_grad: bool) -> torch.Tensor:
+def cross_entropy_rows(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, write_grad: bool,
+                       out: torch.Tensor | None = None) -> torch.Tensor:
     """logits (c, V) any float dtype with a unit column stride, targets (c,) int64 in ``[0, V)`` on every row (an
     ignored row's target is read but not used: 0 will do), weights (c,) float32 (0: ignored) -> the rows' losses (c,)
-    float32; with ``write_grad`` the logits are overwritten by the loss's gradient with respect to them,
-    ``weights · (softmax - one_hot)``."""
+    float32 (written into ``out``, a unit-stride (c,) float32 view, when given); with ``write_grad`` the logits are
+    overwritten by the loss's gradient with respect to them, ``weights · (softmax - one_hot)``."""
     c, V = logits.shape
-    loss = poisoned_empty(c, device=logits.device)
+    loss = poisoned_empty(c, device=logits.device) if out is None else out
     if c:
         block = INTERPRETED_BLOCK_V if interpreting() else min(BLOCK_V, triton.next_power_of_2(V))
         _rows_kernel[(c,)](logits, targets, weights, loss, V, logits.stride(0), BLOCK=block, WRITE_GRAD=write_grad)

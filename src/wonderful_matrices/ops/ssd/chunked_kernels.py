@@ -61,7 +61,7 @@ import triton
 import triton.language as tl
 
 from ..common import require
-from ..triton_utils import dot_block, interpreting, opaque_to_compile, poisoned_empty, pow2_at_least
+from ..triton_utils import dot_block, interpreting, opaque_to_compile, poisoned_empty, pow2_at_least, row_span
 
 # launch settings per kernel (num_warps, num_stages); a starting point for tuning on the H200
 CONFIG = {
@@ -974,8 +974,7 @@ def ssd_triton(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tens
     """
     A, D = A.contiguous(), D.contiguous() if D is not None else None  # the kernels index both by head
     # offsets inside one batch row are int32 in the kernels (x, B, C, dt as given; y, dx contiguous)
-    row_extent = max(max(sum((n - 1) * st for n, st in zip(t.shape[1:], t.stride()[1:])) for t in (x, dt, B, C)),
-                     x[0].numel())
+    row_extent = max(max(row_span(t) for t in (x, dt, B, C)), x[0].numel())
     require(row_extent < 2 ** 31, "x", tuple(x.shape),
             f"rows whose elements the Triton kernels can address with int32 offsets (this row spans {row_extent}: "
             "split it, e.g. prefill_chunk_tokens, or use backend='torch')")
