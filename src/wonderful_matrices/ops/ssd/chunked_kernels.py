@@ -7,7 +7,8 @@ chunk ``c`` (``p × n``; ``S_0`` = initial state), head ``h`` reading group ``h 
 Forward kernels (each timed separately by ``scripts/gpu_ssd.sh``):
 
 1. ``cumsum``: ``cum`` (b, h, chunks, Q) float32;
-2. ``cb``: ``CB_ij = C_i·B_j`` per chunk and group (b, chunks, g, Q, Q) float32, shared by the group's heads;
+2. ``cb``: ``CB_ij = C_i·B_j`` per chunk and group (b, chunks, g, Q, Q) float32, shared by the group's heads
+   (run again in the backward rather than kept for it);
 3. ``chunk_state``: ``U_c = Σ_j exp(cum_last − cum_j)·dt_j·x_j ⊗ B_j`` (a matmul per chunk and head);
 4. ``state_pass``: ``S_{c+1} = exp(cum_last_c)·S_c + U_c``, sequential over chunks, in place over ``U``;
    ``states`` (b, chunks+1, h, p, n) float32 holds ``S_0 … S_chunks`` (the last is the final state);
@@ -761,6 +762,20 @@ def _launch(kernel, grid, name, *args, num_warps: int | None = None, **meta):
     kernel[grid](*args, **meta, num_warps=num_warps or warps, num_stages=stages)
 
 
+def chunk_products(pl: _Plan, B: torch.Tensor, C: torch.Tensor, run=None) -> torch.Tensor:
+    """The ``cb`` kernel: ``CB_ij = C_i·B_j`` (b, chunks, g, Q, Q) float32. Cheap (its inputs are B and C, a
+    small fraction of the layer's traffic), so the autograd function runs it again in the backward instead of
+    keeping it from the forward (34 MB per SSD layer at 32K tokens)."""
+    b, l, g, n, q, nc = pl.b, pl.l, pl.g, pl.n, pl.q, pl.nc
+    run = run or (lambda name, fn: fn())
+    cb = poisoned_empty(b, nc, g, q, q, device=B.device)
+    nb = q // pl.bq
+    run("cb", lambda: _launch(_cb_kernel, (nb * nb, b * nc, g), "cb", B, C, cb, l, g, nc, n,
+                              *B.stride(), *C.stride(), Q=q, BQ=pl.bq, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec,
+                              UPCAST=pl.upcast))
+    return cb
+
+
 def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=None, seq_idx=None):
     """Run the forward kernels. Returns ``(y, cum, cb, states, plan)``; ``states[:, -1]`` is the final state.
     ``seq_idx`` (b, l) integer document ids or None (see the module notes on packed documents).
@@ -781,11 +796,8 @@ def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=Non
     block_h = min(16, pow2_at_least(h))
     run("cumsum", lambda: _launch(_cumsum_kernel, (b * nc, triton.cdiv(h, block_h)), "cumsum",
                                   dt, A, cum, l, h, nc, *dt.stride(), Q=q, BLOCK_H=block_h))
-    cb = poisoned_empty(b, nc, g, q, q, device=dev)
+    cb = chunk_products(pl, B, C, run)
     nb = q // pl.bq
-    run("cb", lambda: _launch(_cb_kernel, (nb * nb, b * nc, g), "cb", B, C, cb, l, g, nc, n,
-                              *B.stride(), *C.stride(), Q=q, BQ=pl.bq, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec,
-                              UPCAST=pl.upcast))
     states = poisoned_empty(b, nc + 1, h, p, n, device=dev)
     run("chunk_state", lambda: _launch(
         _chunk_state_kernel, (b * nc, h, triton.cdiv(p, pl.bp_state)), "chunk_state", x, B, dt, cum, seq, states, l,
@@ -896,30 +908,30 @@ def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx,
 def _ssd_forward_fake(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                       D: torch.Tensor | None, initial_state: torch.Tensor | None, chunk_size: int,
                       seq_idx: torch.Tensor | None
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     pl = _Plan(x, B, chunk_size)
     f32 = dict(dtype=torch.float32)
     docs = (x.new_empty(pl.b, pl.nc, 2, pl.q, dtype=torch.int32) if seq_idx is not None
             else x.new_empty(0, dtype=torch.int32))
     return (x.new_empty(x.shape), x.new_empty(pl.b, pl.h, pl.nc, pl.q, **f32),  # y contiguous, as the kernel's
-            x.new_empty(pl.b, pl.nc, pl.g, pl.q, pl.q, **f32), x.new_empty(pl.b, pl.nc + 1, pl.h, pl.p, pl.n, **f32),
-            docs)
+            x.new_empty(pl.b, pl.nc + 1, pl.h, pl.p, pl.n, **f32), docs)
 
 
 @opaque_to_compile("ssd_forward", _ssd_forward_fake)
 def ssd_forward(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                 D: torch.Tensor | None, initial_state: torch.Tensor | None, chunk_size: int,
                 seq_idx: torch.Tensor | None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`forward_kernels` -> ``(y, cum, cb, states, docs)``, ``docs`` the document bounds (b, nc, 2, q) int32
-    with ``seq_idx``, else an empty tensor (the plan is rebuilt from them by :func:`ssd_backward`)."""
-    y, cum, cb, states, pl = forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx=seq_idx)
-    return y, cum, cb, states, pl.docs if pl.docs is not None else x.new_empty(0, dtype=torch.int32)
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`forward_kernels` -> ``(y, cum, states, docs)``, ``docs`` the document bounds (b, nc, 2, q) int32
+    with ``seq_idx``, else an empty tensor (the plan is rebuilt from them by :func:`ssd_backward`); ``cb`` is not
+    returned (:func:`ssd_backward` recomputes it)."""
+    y, cum, _, states, pl = forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx=seq_idx)
+    return y, cum, states, pl.docs if pl.docs is not None else x.new_empty(0, dtype=torch.int32)
 
 
 def _ssd_backward_fake(dy: torch.Tensor | None, dfinal: torch.Tensor | None, x: torch.Tensor, dt: torch.Tensor,
                        A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, cum: torch.Tensor,
-                       cb: torch.Tensor, states: torch.Tensor, chunk_size: int, docs: torch.Tensor
+                       states: torch.Tensor, chunk_size: int, docs: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                   torch.Tensor]:
     b, l, h, p = x.shape
@@ -933,12 +945,13 @@ def _ssd_backward_fake(dy: torch.Tensor | None, dfinal: torch.Tensor | None, x: 
 @opaque_to_compile("ssd_backward", _ssd_backward_fake)
 def ssd_backward(dy: torch.Tensor | None, dfinal: torch.Tensor | None, x: torch.Tensor, dt: torch.Tensor,
                  A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, cum: torch.Tensor,
-                 cb: torch.Tensor, states: torch.Tensor, chunk_size: int, docs: torch.Tensor
+                 states: torch.Tensor, chunk_size: int, docs: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                             torch.Tensor]:
     """:func:`backward_kernels` with the plan of ``(x, B, chunk_size)`` and the document bounds ``docs`` of
-    :func:`ssd_forward` (empty: one document a row); ``dD`` is an empty tensor without ``D``."""
+    :func:`ssd_forward` (empty: one document a row), ``cb`` recomputed; ``dD`` is an empty tensor without ``D``."""
     pl = _Plan(x, B, chunk_size, docs if docs.numel() else None)
+    cb = chunk_products(pl, B, C)
     dx, ddt, dA, dB, dC, dD, dinit = backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl)
     return dx, ddt, dA, dB, dC, dD if dD is not None else x.new_empty(0, dtype=torch.float32), dinit
 
@@ -946,16 +959,16 @@ def ssd_backward(dy: torch.Tensor | None, dfinal: torch.Tensor | None, x: torch.
 class _SSDTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, initial_state, chunk_size, seq_idx):
-        y, cum, cb, states, docs = ssd_forward(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx)
-        ctx.save_for_backward(x, dt, A, B, C, D, initial_state, cum, cb, states, docs)
+        y, cum, states, docs = ssd_forward(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx)
+        ctx.save_for_backward(x, dt, A, B, C, D, initial_state, cum, states, docs)
         ctx.chunk_size = chunk_size
         ctx.set_materialize_grads(False)
         return y, states[:, -1].clone()
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, D, initial_state, cum, cb, states, docs = ctx.saved_tensors
-        dx, ddt, dA, dB, dC, dD, dinit = ssd_backward(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, ctx.chunk_size,
+        x, dt, A, B, C, D, initial_state, cum, states, docs = ctx.saved_tensors
+        dx, ddt, dA, dB, dC, dD, dinit = ssd_backward(dy, dfinal, x, dt, A, B, C, D, cum, states, ctx.chunk_size,
                                                       docs)
         return (dx, ddt.to(dt.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
                 dD.to(D.dtype) if D is not None else None,
