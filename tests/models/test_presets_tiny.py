@@ -166,3 +166,40 @@ def test_gradient_checkpointing_gives_same_gradients(name):
     for n, p in model.named_parameters():
         if n in ref:
             assert rel_err(p.grad, ref[n]) < 1e-5, n
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_autocast_norms_store_what_a_single_cast_reads(name, monkeypatch):
+    """Under bf16 autocast a norm before a module that reads its input through one cast (SSD's in_proj, CDMoE's
+    cast) stores bf16, and SSD's gated norm stores what out_proj computes in; inputs read by several linears
+    (attention's q/k/v, a SwiGLU's gate/up) stay float32. Loss and every gradient equal, bit for bit, the run whose
+    norms ignore ``out_dtype`` (float32 outputs cast by the readers)."""
+    from wonderful_matrices.layers import RMSNorm
+    from wonderful_matrices.layers.ssd import GatedRMSNorm
+
+    model = make(name).train()
+    x = tokens(model, 2, 19)
+    seen = {}
+    hooks = [block.mixer.register_forward_pre_hook(lambda m, args: seen.__setitem__(m, args[0].dtype))
+             for block in model.model.layers]
+
+    def step():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x, labels=x).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    loss, grads = step()
+    for hook in hooks:
+        hook.remove()
+    for mixer, dtype in seen.items():
+        assert dtype == (torch.bfloat16 if getattr(mixer, "single_cast_input", False) else torch.float32)
+    norm_forward, gated_forward = RMSNorm.forward, GatedRMSNorm.forward
+    monkeypatch.setattr(RMSNorm, "forward", lambda self, x, residual=None, out_dtype=None:
+                        norm_forward(self, x, residual))
+    monkeypatch.setattr(GatedRMSNorm, "forward", lambda self, x, gate, out_dtype=None:
+                        gated_forward(self, x, gate).to(out_dtype or x.dtype))
+    ref_loss, ref_grads = step()
+    assert torch.equal(loss, ref_loss)
+    assert len(grads) == len(ref_grads) and all(torch.equal(a, b) for a, b in zip(grads, ref_grads))

@@ -16,6 +16,25 @@ def test_formula_and_residual_sum():
     assert torch.equal(s, x + res) and rel_err(y2, rms_norm_naive(x + res, w, 1e-6)[0]) < 1e-7
 
 
+@pytest.mark.parametrize("w_dtype", [torch.float32, torch.bfloat16])
+def test_out_dtype_is_one_rounding(w_dtype):
+    """``out_dtype`` gives the default result rounded once to it (for bfloat16 weights the product of two bfloat16
+    values, exact in float32); the torch path is differentiable through it."""
+    x, res = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8)
+    w = torch.randn(8, dtype=w_dtype)
+    y, _ = wm.ops.rms_norm(x, w, residual=res, out_dtype=torch.bfloat16, backend="torch")
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, wm.ops.rms_norm(x.float(), w.float(), residual=res)[0].to(torch.bfloat16))
+    y.float().sum().backward()
+    assert x.grad is not None and x.grad.dtype == torch.float32
+    z = torch.randn(4, 8)
+    g = wm.ops.gated_rms_norm(x.detach(), z, w, num_groups=2, out_dtype=torch.float16, backend="torch")
+    assert g.dtype == torch.float16
+    assert torch.equal(g, wm.ops.gated_rms_norm(x.detach(), z, w.float(), num_groups=2).half())
+    with pytest.raises(ValueError, match="out_dtype"):
+        wm.ops.gated_rms_norm(x, z, w, out_dtype=torch.int64)
+
+
 def test_dtypes_follow_llama():
     x = torch.randn(4, 8, dtype=torch.bfloat16)
     res = torch.randn(4, 8)
@@ -30,6 +49,8 @@ def test_dtypes_follow_llama():
     (dict(x=torch.randn(2, 4), weight=torch.randn(4), eps=-1.0), "eps"),
     (dict(x=torch.randn(2, 4).long(), weight=torch.randn(4)), "x.dtype"),
     (dict(x=torch.randn(2, 4), weight=torch.randn(4), backend="cuda"), "backend"),
+    (dict(x=torch.randn(2, 4), weight=torch.randn(4), out_dtype=torch.int32), "out_dtype"),
+    (dict(x=torch.randn(2, 4), weight=torch.randn(4), out_dtype="bf16"), "out_dtype"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -141,3 +141,49 @@ def test_gated_inference_path_on_column_slices(groups):
         out = fused_kernels.gated_rms_norm_triton(transposed, transposed, weight, 1e-5, groups)
     assert rel_err(out, gated_rms_norm_naive(transposed.double(), transposed.double(), weight.double(), 1e-5,
                                              groups)) < 1e-5
+
+
+@interpreted_only
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "inference"])
+def test_out_dtype_rounds_once(with_residual, grad):
+    """``out_dtype`` (here float16 from float32 inputs, what bf16 autocast asks on a GPU) is the kernel's store
+    dtype: the oracle's float32 value rounded once, and the gradients those of the oracle given the same
+    float16 output gradient."""
+    x, weight = torch.randn(9, 40) * 3, torch.randn(40)
+    residual = torch.randn(9, 40) if with_residual else None
+    grad_y = torch.randn(9, 40).half()
+
+    def run(fn):
+        leaves = [t.clone().requires_grad_(grad) for t in (x, weight, residual) if t is not None]
+        y, s = fn(leaves[0], leaves[1], 1e-6, leaves[2] if with_residual else None, torch.float16)
+        if grad:
+            y.backward(grad_y)
+        return y, [t.grad for t in leaves]
+
+    y, grads = run(fused_kernels.rms_norm_triton)
+    ref_y, ref_grads = run(rms_norm_naive)
+    assert y.dtype == torch.float16 and torch.equal(y, ref_y)
+    for name, a, r in zip(("x", "weight", "residual"), grads, ref_grads):
+        assert (a is None and r is None) or rel_err(a, r) < 1e-5, name
+
+
+@interpreted_only
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "inference"])
+def test_gated_out_dtype_rounds_once(grad):
+    """As :func:`test_out_dtype_rounds_once`, for the gated norm (two groups)."""
+    x, gate, weight = torch.randn(7, 48), torch.randn(7, 48), torch.randn(48)
+    grad_y = torch.randn(7, 48).half()
+
+    def run(fn):
+        leaves = [t.clone().requires_grad_(grad) for t in (x, gate, weight)]
+        y = fn(*leaves, 1e-6, 2, torch.float16)
+        if grad:
+            y.backward(grad_y)
+        return y, [t.grad for t in leaves]
+
+    y, grads = run(fused_kernels.gated_rms_norm_triton)
+    ref_y, ref_grads = run(gated_rms_norm_naive)
+    assert y.dtype == torch.float16 and torch.equal(y, ref_y)
+    for name, a, r in zip(("x", "gate", "weight"), grads, ref_grads):
+        assert (a is None and r is None) or rel_err(a, r) < 1e-5, name

@@ -99,6 +99,8 @@ class CDMoE(nn.Module):
     Forward: ``hidden_states (..., d) -> (..., d)``; sets ``self.aux_loss`` (weighted scalar, or None).
     """
 
+    single_cast_input = True  # under autocast the input is cast once for every reader (see CheemsBlock)
+
     def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int, num_heads: int = 1,
                  top_k: int | None = None, retrieval_dim: int = 64, activation: str = "silu",
                  balance_loss_weight: float = 0.0, bias: bool = False, backend: str = "auto"):

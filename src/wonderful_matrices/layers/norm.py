@@ -26,7 +26,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.backend = backend
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
-        """x (..., d) -> y (..., d) in ``promote(weight, x)``; with ``residual`` (..., d): the norm of
-        ``s = x + residual`` and ``s`` itself, ``(y, s)``."""
-        return rms_norm(x, self.weight, self.eps, residual=residual, backend=self.backend)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None):
+        """x (..., d) -> y (..., d) in ``promote(weight, x)`` (or ``out_dtype``); with ``residual`` (..., d): the
+        norm of ``s = x + residual`` and ``s`` itself, ``(y, s)``."""
+        return rms_norm(x, self.weight, self.eps, residual=residual, backend=self.backend, out_dtype=out_dtype)

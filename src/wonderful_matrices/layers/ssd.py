@@ -57,9 +57,10 @@ class GatedRMSNorm(nn.Module):
         self.eps = eps
         self.backend = backend
 
-    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        """x, gate (..., d) -> (..., d) in ``promote(weight, x)``."""
-        return gated_rms_norm(x, gate, self.weight, self.eps, num_groups=self.num_groups, backend=self.backend)
+    def forward(self, x: torch.Tensor, gate: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """x, gate (..., d) -> (..., d) in ``promote(weight, x)`` (or ``out_dtype``)."""
+        return gated_rms_norm(x, gate, self.weight, self.eps, num_groups=self.num_groups, backend=self.backend,
+                              out_dtype=out_dtype)
 
 
 class SSDMixer(nn.Module):
@@ -143,6 +144,8 @@ class SSDMixer(nn.Module):
         self.conv_dim = inner + 2 * num_groups * state_size
         self.rope, self.use_conv = rope, use_conv
         self.use_rope = rope == "fixed"  # rotation by position, from ``position_ids``
+        # the input's only reader is in_proj (the data-dependent rotary reads it too): see CheemsBlock
+        self.single_cast_input = rope != "data"
         self.dt_limit = (float(dt_limit[0]), float(dt_limit[1]))
         self.layer_idx = layer_idx
         self.backend = backend
@@ -351,8 +354,9 @@ class SSDMixer(nn.Module):
                     y, new_state = ssd(x, dt, A, B, C, chunk_size=self.chunk_size, D=self.D, initial_state=previous,
                                        return_final_state=True, seq_idx=seq_idx, backend=self.backend)
                 state["ssm_state"] = new_state
-        y = self.norm(y.reshape(b, l, self.inner_size), z)
-        return self.out_proj(y.to(hidden_states.dtype))
+        # the norm stores its output in the input's dtype (the autocast dtype under autocast: the block's norm
+        # gives it), the dtype out_proj computes in
+        return self.out_proj(self.norm(y.reshape(b, l, self.inner_size), z, out_dtype=hidden_states.dtype))
 
     def _steps_fused(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, state: dict | None,
                      seq_idx: torch.Tensor | None) -> bool:
@@ -384,5 +388,4 @@ class SSDMixer(nn.Module):
             inv_freq=self.rotary.float32_frequencies(hidden_states.device) if fixed else None,
             rate=self.angle_proj(hidden_states[:, 0]) if self.rope == "data" else None,
             angle=state.get("rope_angle") if self.rope == "data" else None)
-        y = self.norm(y, proj[:, :self.inner_size])
-        return self.out_proj(y.to(hidden_states.dtype))[:, None]
+        return self.out_proj(self.norm(y, proj[:, :self.inner_size], out_dtype=hidden_states.dtype))[:, None]

@@ -269,6 +269,11 @@ class CheemsBlock(GradientCheckpointingLayer):
         ffn = build_ffn(config, layer_idx)
         self.ffn_norm = None if ffn is None else RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.ffn = ffn
+        # a module whose input, under autocast, is read only through one cast to the autocast dtype (one linear, or
+        # one explicit cast) lets its norm store that dtype: the same values without a float32 copy. Inputs read by
+        # several linears stay float32, so their gradients are summed in float32 as autocast does.
+        self.mixer_casts_once = getattr(self.mixer, "single_cast_input", False)
+        self.ffn_casts_once = getattr(ffn, "single_cast_input", False)
         if config.residual_scale:
             self.mixer_residual = nn.Parameter(torch.ones(config.hidden_size))
             self.ffn_residual = None if ffn is None else nn.Parameter(torch.ones(config.hidden_size))
@@ -283,10 +288,13 @@ class CheemsBlock(GradientCheckpointingLayer):
         """(b, l, d) -> (b, l, d) (and the attention weights with ``output_attentions``; a pair of (b, l, d) with
         ``defer``)."""
         mixer_norm, mixer, ffn = self.mixer_norm, self.mixer, self.ffn  # each looked up once: a step's host time
+        device = hidden_states.device.type
+        autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        mixer_dtype = autocast if self.mixer_casts_once else None
         if update is None:
-            normed = mixer_norm(hidden_states)
-        else:
-            normed, hidden_states = mixer_norm(update, residual=hidden_states)  # one kernel: add and norm
+            normed = mixer_norm(hidden_states, out_dtype=mixer_dtype)
+        else:  # one kernel: add and norm
+            normed, hidden_states = mixer_norm(update, residual=hidden_states, out_dtype=mixer_dtype)
         weights = None
         if output_attentions and hasattr(mixer, "attention_weights"):
             if seq_idx is not None:
@@ -299,7 +307,8 @@ class CheemsBlock(GradientCheckpointingLayer):
         if ffn is None:
             update = mixed
         else:
-            normed, hidden_states = self.ffn_norm(mixed, residual=residual)  # one kernel: the add and the norm
+            normed, hidden_states = self.ffn_norm(mixed, residual=residual,  # one kernel: the add and the norm
+                                                  out_dtype=autocast if self.ffn_casts_once else None)
             update = ffn(normed)
             scale = self.ffn_residual
             residual = hidden_states if scale is None else hidden_states * scale

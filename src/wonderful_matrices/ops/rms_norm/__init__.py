@@ -48,7 +48,8 @@ def _check(x, weight, eps, others: dict) -> None:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, residual: torch.Tensor | None = None,
-             backend: str = "auto") -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+             backend: str = "auto", out_dtype: torch.dtype | None = None
+             ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Root-mean-square normalisation over the last dim, optionally of ``x + residual``.
 
     Args:
@@ -59,27 +60,32 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, residual:
         backend: ``"auto"`` (``"triton"`` on CUDA, else ``"torch"``), ``"torch"`` (the formula, autograd) or
             ``"triton"`` (one kernel forward, one backward; float16/bfloat16/float32, ``d <= 16384``; other calls
             run the torch path; on CPU only under ``TRITON_INTERPRET=1``).
+        out_dtype: ``None`` or a floating dtype for ``y`` (e.g. the autocast dtype when ``y`` feeds a linear
+            layer: the cast the linear would make, done by the kernel's store).
 
     Returns:
         Without ``residual``: ``y (..., d)``. With it: ``(y, s)`` where ``s = x + residual`` (``(..., d)`` in
         ``promote(x, residual)``) is the new residual stream, written once by the same kernel. The norm is
         computed in float32 (float64 for float64), rounded to ``s``'s dtype and scaled, so ``y`` has
-        ``promote(weight, s)`` dtype — HF Llama's ``LlamaRMSNorm`` arithmetic.
+        ``promote(weight, s)`` dtype — HF Llama's ``LlamaRMSNorm`` arithmetic — or ``out_dtype``, the scaled value
+        rounded once to it.
     """
     if not _valid(x, weight, eps, residual):
         _check(x, weight, eps, {"residual": residual} if residual is not None else {})
+    if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
+        reject("out_dtype", out_dtype, f"None or one of {FLOAT_DTYPES}")
     name = resolve_backend(backend, BACKENDS, x.device, AUTO_ORDER)
     if (name == "triton" and x.dtype in _triton_backend.DTYPES and weight.dtype in _triton_backend.DTYPES
             and (residual is None or residual.dtype in _triton_backend.DTYPES)
-            and x.shape[-1] <= _triton_backend.MAX_DIM):
-        y, s = _triton_backend.rms_norm_triton(x, weight, eps, residual)
+            and (out_dtype is None or out_dtype in _triton_backend.DTYPES) and x.shape[-1] <= _triton_backend.MAX_DIM):
+        y, s = _triton_backend.rms_norm_triton(x, weight, eps, residual, out_dtype)
     else:
-        y, s = rms_norm_naive(x, weight, eps, residual)
+        y, s = rms_norm_naive(x, weight, eps, residual, out_dtype)
     return y if residual is None else (y, s)
 
 
 def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
-                   num_groups: int = 1, backend: str = "auto") -> torch.Tensor:
+                   num_groups: int = 1, backend: str = "auto", out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Mamba2's gated RMSNorm: ``weight · rmsnorm(x · silu(gate))``, the mean square taken per group.
 
     Args:
@@ -92,22 +98,26 @@ def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, ep
             ``"triton"`` (one kernel forward, one backward; float16/bfloat16/float32, ``num_groups`` a power of two
             up to 16, ``d / num_groups <= 16384``; other calls run the torch path; on CPU only under
             ``TRITON_INTERPRET=1``).
+        out_dtype: ``None`` or a floating dtype for the result (as in :func:`rms_norm`).
 
     Returns:
-        ``(..., d)`` in ``promote(weight, x)``: computed in float32 (float64 for float64 ``x``), the normalised
-        value rounded to ``x``'s dtype before the weight.
+        ``(..., d)`` in ``promote(weight, x)`` or ``out_dtype``: computed in float32 (float64 for float64 ``x``),
+        the normalised value rounded to ``x``'s dtype before the weight, the scaled value rounded once.
     """
     if not _valid(x, weight, eps, gate):
         _check(x, weight, eps, {"gate": gate})
+    if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
+        reject("out_dtype", out_dtype, f"None or one of {FLOAT_DTYPES}")
     d = x.shape[-1]
     if not (isinstance(num_groups, int) and num_groups >= 1 and d % num_groups == 0):
         reject("num_groups", num_groups, f"a divisor of d={d}")
     name = resolve_backend(backend, BACKENDS, x.device, AUTO_ORDER)
     if (name == "triton" and x.dtype in _triton_backend.DTYPES and gate.dtype in _triton_backend.DTYPES
-            and weight.dtype in _triton_backend.DTYPES and num_groups <= 16 and num_groups & (num_groups - 1) == 0
+            and weight.dtype in _triton_backend.DTYPES and (out_dtype is None or out_dtype in _triton_backend.DTYPES)
+            and num_groups <= 16 and num_groups & (num_groups - 1) == 0
             and d // num_groups <= _triton_backend.MAX_DIM):
-        return _triton_backend.gated_rms_norm_triton(x, gate, weight, eps, num_groups)
-    return gated_rms_norm_naive(x, gate, weight, eps, num_groups)
+        return _triton_backend.gated_rms_norm_triton(x, gate, weight, eps, num_groups, out_dtype)
+    return gated_rms_norm_naive(x, gate, weight, eps, num_groups, out_dtype)
 
 
 __all__ = ["rms_norm", "gated_rms_norm"]

@@ -154,24 +154,24 @@ def _blocks(d: int) -> tuple[int, int, int]:
     return block_m, block_d, num_warps
 
 
-def _rms_norm_fake(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None,
-                   eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _rms_norm_fake(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None, eps: float,
+                   y_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     m, d = x.shape
     s_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
-    y = x.new_empty(m, d, dtype=torch.promote_types(weight.dtype, s_dtype))
+    y = x.new_empty(m, d, dtype=y_dtype)
     return y, x.new_empty((m, d) if residual is not None else (0,), dtype=s_dtype), x.new_empty(m, dtype=torch.float32)
 
 
 @opaque_to_compile("rms_norm_forward", _rms_norm_fake)
-def rms_norm_forward(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None,
-                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The forward kernel: x (M, d), weight (d,), residual (M, d) or None -> (y (M, d), s (M, d) = x + residual, or
-    an empty tensor without a residual (s is x), rstd (M,) float32)."""
+def rms_norm_forward(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None, eps: float,
+                     y_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward kernel: x (M, d), weight (d,), residual (M, d) or None -> (y (M, d) in ``y_dtype``, s (M, d) =
+    x + residual, or an empty tensor without a residual (s is x), rstd (M,) float32)."""
     m, d = x.shape
     s_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
     s = poisoned_empty(m, d, dtype=s_dtype, device=x.device) if residual is not None else \
         torch.empty(0, dtype=s_dtype, device=x.device)
-    y = poisoned_empty(m, d, dtype=torch.promote_types(weight.dtype, s_dtype), device=x.device)
+    y = poisoned_empty(m, d, dtype=y_dtype, device=x.device)
     rstd = poisoned_empty(m, dtype=torch.float32, device=x.device)
     _launch_rms_norm(x, residual, weight, x if residual is None else s, y, rstd, eps)
     return y, s, rstd
@@ -227,28 +227,29 @@ def rms_norm_backward(s: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor,
 
 
 class RMSNormFunction(torch.autograd.Function):
-    """(x (M, d), weight (d,), residual (M, d) | None, eps) -> (y (M, d), s (M, d)); ``s`` is ``x`` itself
-    without a residual. Shapes and dtypes are checked by ``rms_norm``."""
+    """(x (M, d), weight (d,), residual (M, d) | None, eps, y_dtype) -> (y (M, d) in ``y_dtype``, s (M, d)); ``s``
+    is ``x`` itself without a residual. Shapes and dtypes are checked by ``rms_norm``."""
 
     @staticmethod
-    def forward(ctx, x, weight, residual, eps):
-        y, s, rstd = rms_norm_forward(x, weight, residual, eps)
+    def forward(ctx, x, weight, residual, eps, y_dtype):
+        y, s, rstd = rms_norm_forward(x, weight, residual, eps, y_dtype)
         s = x if residual is None else s
         ctx.save_for_backward(s, weight, rstd)
         ctx.x_dtype = x.dtype
         ctx.residual_dtype = None if residual is None else residual.dtype
+        ctx.y_dtype = y_dtype
         ctx.set_materialize_grads(False)  # an unused s (or y) gets no gradient: nothing to read
         return y if residual is None else (y, s)
 
     @staticmethod
     def backward(ctx, grad_y, grad_s=None):
         s, weight, rstd = ctx.saved_tensors
-        grad_y = torch.zeros_like(s, dtype=torch.promote_types(weight.dtype, s.dtype)) if grad_y is None \
+        grad_y = torch.zeros_like(s, dtype=ctx.y_dtype) if grad_y is None \
             else grad_y.contiguous()
         grad_x, grad_w, grad_res = rms_norm_backward(s, weight, rstd, grad_y,
                                                      None if grad_s is None else grad_s.contiguous(), ctx.x_dtype,
                                                      ctx.residual_dtype)
-        return grad_x, grad_w, grad_res if ctx.residual_dtype is not None else None, None
+        return grad_x, grad_w, grad_res if ctx.residual_dtype is not None else None, None, None
 
 
 def _backward_programs(rows: int, block_m: int, device: torch.device) -> tuple[int, int]:
@@ -260,19 +261,19 @@ def _backward_programs(rows: int, block_m: int, device: torch.device) -> tuple[i
     return programs, cdiv(cdiv(rows, programs), block_m) * block_m
 
 
-def _gated_rms_norm_fake(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, groups: int,
-                         eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _gated_rms_norm_fake(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, groups: int, eps: float,
+                         y_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     rows, dg = x.shape
-    return x.new_empty(rows, dg, dtype=torch.promote_types(weight.dtype, x.dtype)), \
+    return x.new_empty(rows, dg, dtype=y_dtype), \
         x.new_empty(rows, dtype=torch.float32)
 
 
 @opaque_to_compile("gated_rms_norm_forward", _gated_rms_norm_fake)
-def gated_rms_norm_forward(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, groups: int,
-                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The forward kernel: x, gate (R, Dg), weight (G·Dg,) -> (y (R, Dg), rstd (R,) float32)."""
+def gated_rms_norm_forward(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, groups: int, eps: float,
+                           y_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward kernel: x, gate (R, Dg), weight (G·Dg,) -> (y (R, Dg) in ``y_dtype``, rstd (R,) float32)."""
     rows, dg = x.shape
-    y = poisoned_empty(rows, dg, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
+    y = poisoned_empty(rows, dg, dtype=y_dtype, device=x.device)
     rstd = poisoned_empty(rows, dtype=torch.float32, device=x.device)
     _launch_gated_rms_norm(x, gate, weight, y, rstd, rows, dg, groups, eps, groups * dg, groups * dg)
     return y, rstd
@@ -321,12 +322,12 @@ def gated_rms_norm_backward(x: torch.Tensor, gate: torch.Tensor, weight: torch.T
 
 
 class GatedRMSNormFunction(torch.autograd.Function):
-    """(x (R, Dg), gate (R, Dg), weight (G·Dg,), G, eps) -> y (R, Dg): rows are groups of ``Dg`` channels (token
-    ``r // G``, group ``r % G``). Shapes and dtypes are checked by ``gated_rms_norm``."""
+    """(x (R, Dg), gate (R, Dg), weight (G·Dg,), G, eps, y_dtype) -> y (R, Dg) in ``y_dtype``: rows are groups of
+    ``Dg`` channels (token ``r // G``, group ``r % G``). Shapes and dtypes are checked by ``gated_rms_norm``."""
 
     @staticmethod
-    def forward(ctx, x, gate, weight, groups, eps):
-        y, rstd = gated_rms_norm_forward(x, gate, weight, groups, eps)
+    def forward(ctx, x, gate, weight, groups, eps, y_dtype):
+        y, rstd = gated_rms_norm_forward(x, gate, weight, groups, eps, y_dtype)
         ctx.save_for_backward(x, gate, weight, rstd)
         ctx.groups = groups
         return y
@@ -335,7 +336,7 @@ class GatedRMSNormFunction(torch.autograd.Function):
     def backward(ctx, grad_y):
         x, gate, weight, rstd = ctx.saved_tensors
         grad_x, grad_gate, grad_w = gated_rms_norm_backward(x, gate, weight, rstd, grad_y.contiguous(), ctx.groups)
-        return grad_x, grad_gate, grad_w, None, None
+        return grad_x, grad_gate, grad_w, None, None, None
 
 
 @functools.lru_cache(maxsize=None)
@@ -372,43 +373,47 @@ def _row_stride(t: torch.Tensor) -> int | None:
 
 
 def gated_rms_norm_triton(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float,
-                          num_groups: int = 1) -> torch.Tensor:
-    """``naive.gated_rms_norm_naive`` by the kernels: x, gate (..., d), weight (d,) -> (..., d); ``num_groups`` a
-    power of two. Without autograd, ``x`` and ``gate`` may be row slices of wider tensors (e.g. ``gate`` a column
-    range of a projection, rows a fixed stride apart)."""
+                          num_groups: int = 1, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``naive.gated_rms_norm_naive`` by the kernels: x, gate (..., d), weight (d,) -> (..., d) in ``out_dtype``
+    (None: ``promote(weight, x)``); ``num_groups`` a power of two. Without autograd, ``x`` and ``gate`` may be row
+    slices of wider tensors (e.g. ``gate`` a column range of a projection, rows a fixed stride apart)."""
     shape = x.shape
+    y_dtype = out_dtype or _promoted(weight.dtype, x.dtype)
     x_rows, gate_rows = _row_stride(x), _row_stride(gate)
     if _inference(x, gate, weight) and x_rows is not None and gate_rows is not None:
         dg = shape[-1] // num_groups
         rows = x.numel() // dg
-        y = poisoned_empty_like(x, _promoted(weight.dtype, x.dtype))
+        y = poisoned_empty_like(x, y_dtype)
         _launch_gated_rms_norm(x, gate, weight.contiguous(), y, None, rows, dg, num_groups, float(eps), x_rows,
                                gate_rows)
         return y
     dg = shape[-1] // num_groups
     y = GatedRMSNormFunction.apply(x.reshape(-1, dg).contiguous(), gate.reshape(-1, dg).contiguous(),
-                                   weight.contiguous(), num_groups, float(eps))
+                                   weight.contiguous(), num_groups, float(eps), y_dtype)
     return y.view(shape)
 
 
-def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float,
-                    residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``naive.rms_norm_naive`` by the kernels: x, residual (..., d), weight (d,) -> (y, s) of the same shapes."""
+def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
+                    out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``naive.rms_norm_naive`` by the kernels: x, residual (..., d), weight (d,) -> (y, s) of the same shapes, ``y``
+    in ``out_dtype`` (None: ``promote(weight, s)``)."""
     shape = x.shape
     d = shape[-1]
     if _inference(x, weight, residual):
-        return _rms_norm_inference(x, weight, eps, residual)
+        return _rms_norm_inference(x, weight, eps, residual, out_dtype)
+    s_dtype = x.dtype if residual is None else _promoted(x.dtype, residual.dtype)
+    y_dtype = out_dtype or _promoted(weight.dtype, s_dtype)
     x2 = x.reshape(-1, d).contiguous()
     res2 = None if residual is None else residual.reshape(-1, d).contiguous()
     if res2 is None:
-        y = RMSNormFunction.apply(x2, weight.contiguous(), None, float(eps))
+        y = RMSNormFunction.apply(x2, weight.contiguous(), None, float(eps), y_dtype)
         return y.view(shape), x
-    y, s = RMSNormFunction.apply(x2, weight.contiguous(), res2, float(eps))
+    y, s = RMSNormFunction.apply(x2, weight.contiguous(), res2, float(eps), y_dtype)
     return y.view(shape), s.view(shape)
 
 
-def _rms_norm_inference(x: torch.Tensor, weight: torch.Tensor, eps: float,
-                        residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _rms_norm_inference(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None,
+                        out_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`rms_norm_triton` without autograd: one launch on the tensors as they are (made contiguous), the
     outputs allocated in their final shapes, no ``1/rms`` stored -> (y, s)."""
     x = x.contiguous()
@@ -417,6 +422,6 @@ def _rms_norm_inference(x: torch.Tensor, weight: torch.Tensor, eps: float,
     else:
         residual = residual.contiguous()
         s = poisoned_empty_like(x, _promoted(x.dtype, residual.dtype))
-    y = poisoned_empty_like(x, _promoted(weight.dtype, s.dtype))
+    y = poisoned_empty_like(x, out_dtype or _promoted(weight.dtype, s.dtype))
     _launch_rms_norm(x, residual, weight.contiguous(), s, y, None, float(eps))
     return y, s
