@@ -71,9 +71,11 @@ def test_without_gradient_and_when_nothing_counts():
 
 
 def test_default_chunk_size():
-    assert default_chunk_size(32768, 768, 32768) == 1024
-    assert default_chunk_size(10, 64, 512) == 10
-    assert default_chunk_size(1 << 20, 4096, 32768) == 8192
+    assert default_chunk_size(32768, 768, 32768) == 4096  # 4·d = 3072, up to a power of two
+    assert default_chunk_size(10, 64, 512) == 10  # at most n
+    assert default_chunk_size(1 << 20, 64, 512) == 1024  # at least 1024
+    assert default_chunk_size(1 << 20, 4096, 32768) == 8192  # at most 8192
+    assert default_chunk_size(1 << 20, 4096, 1 << 17) == 2048  # logits at most 2^28 elements
 
 
 @pytest.mark.parametrize("change,match", [

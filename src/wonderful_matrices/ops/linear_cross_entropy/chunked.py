@@ -21,15 +21,18 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 MIN_CHUNK, MAX_CHUNK = 1024, 8192
+MAX_CHUNK_LOGITS = 1 << 28  # elements of one chunk's logits (512 MB in bf16)
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def default_chunk_size(n: int, d: int, vocab: int) -> int:
-    """Tokens per chunk: a power of two near ``n·d / V`` (a chunk of logits about the size of the hidden states),
-    within [1024, 8192], at most ``n``."""
-    target = max(1, -(-n * d // vocab))
-    size = 1 << (target - 1).bit_length()
-    return max(1, min(n, max(MIN_CHUNK, min(MAX_CHUNK, size))))
+    """Tokens per chunk: the power of two at or above ``4·d``, so that each chunk's logits (``c·V``) outweigh the
+    float32 read-modify-write of the ``(V, d)`` weight gradient the chunk adds into (``8·V·d`` bytes) — with 1024
+    tokens at width 768 those writes made the loss 1.4x slower than with 4096 (docs/results.md, session 18) —
+    within [1024, 8192], its logits at most 2^28 elements, and at most ``n``."""
+    size = 1 << (4 * d - 1).bit_length()
+    cap = max(MIN_CHUNK, MAX_CHUNK_LOGITS // max(1, vocab))
+    return max(1, min(n, max(MIN_CHUNK, min(MAX_CHUNK, size, cap))))
 
 
 def logits_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:

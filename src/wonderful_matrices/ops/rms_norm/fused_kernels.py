@@ -378,18 +378,18 @@ def gated_rms_norm_triton(x: torch.Tensor, gate: torch.Tensor, weight: torch.Ten
     (None: ``promote(weight, x)``); ``num_groups`` a power of two. Without autograd, ``x`` and ``gate`` may be row
     slices of wider tensors (e.g. ``gate`` a column range of a projection, rows a fixed stride apart)."""
     shape = x.shape
-    y_dtype = out_dtype or _promoted(weight.dtype, x.dtype)
     x_rows, gate_rows = _row_stride(x), _row_stride(gate)
     if _inference(x, gate, weight) and x_rows is not None and gate_rows is not None:
         dg = shape[-1] // num_groups
         rows = x.numel() // dg
-        y = poisoned_empty_like(x, y_dtype)
+        y = poisoned_empty_like(x, out_dtype or _promoted(weight.dtype, x.dtype))
         _launch_gated_rms_norm(x, gate, weight.contiguous(), y, None, rows, dg, num_groups, float(eps), x_rows,
                                gate_rows)
         return y
     dg = shape[-1] // num_groups
     y = GatedRMSNormFunction.apply(x.reshape(-1, dg).contiguous(), gate.reshape(-1, dg).contiguous(),
-                                   weight.contiguous(), num_groups, float(eps), y_dtype)
+                                   weight.contiguous(), num_groups, float(eps),
+                                   out_dtype or torch.promote_types(weight.dtype, x.dtype))
     return y.view(shape)
 
 
@@ -401,8 +401,8 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float, residual:
     d = shape[-1]
     if _inference(x, weight, residual):
         return _rms_norm_inference(x, weight, eps, residual, out_dtype)
-    s_dtype = x.dtype if residual is None else _promoted(x.dtype, residual.dtype)
-    y_dtype = out_dtype or _promoted(weight.dtype, s_dtype)
+    s_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    y_dtype = out_dtype or torch.promote_types(weight.dtype, s_dtype)
     x2 = x.reshape(-1, d).contiguous()
     res2 = None if residual is None else residual.reshape(-1, d).contiguous()
     if res2 is None:
