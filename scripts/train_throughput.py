@@ -9,6 +9,8 @@ values are parsed as int, float, bool or None where they look like one, else kep
 CUDA, two warm-up steps, the median of ``--steps``), eager; with ``--compiled`` also compiled, with
 ``--compiled-only`` only compiled. Writes
 ``results.json`` / ``results.md`` into ``--out`` after every row, so a run cut by a time limit keeps what it measured.
+A variant may be listed more than once (``--variants cheems-base llama-base cheems-base llama-base``): the rows then
+show how much one process's timings move (on CUDA with the GPU's mean SM clock and peak temperature beside them).
 """
 from __future__ import annotations
 
@@ -86,8 +88,7 @@ def main() -> None:
             print(row, flush=True)
             write_results(args.out, "train_throughput", rows, meta,
                           columns=["variant", "compiled", "seq_len", "tokens_per_s", "vs_first", "peak_memory_gb",
-                                   "steady_peak_memory_gb",
-                                   "error"])
+                                   "steady_peak_memory_gb", "sm_clock_mhz", "gpu_temp_max_c", "error"])
 
 
 if __name__ == "__main__":

@@ -10,3 +10,29 @@ def test_benchmarks_time_ops_without_value_reads():
     seen = []
     time_callable(lambda: seen.append(value_checks_enabled()), "cpu", warmup=1, reps=2)
     assert seen and not any(seen) and value_checks_enabled()
+
+
+def test_gpu_sampler_summarises_readings(monkeypatch):
+    """GpuSampler polls in a thread while its block runs and summarises the readings; off CUDA it reads nothing,
+    and a reading that cannot be made (no nvidia-smi) ends the sampling with empty values."""
+    import time
+
+    import torch
+
+    from wonderful_matrices.bench.common import GpuSampler
+
+    with GpuSampler("cpu") as cpu:
+        pass
+    assert cpu.samples == [] and set(cpu.summary().values()) == {None}
+
+    readings = iter([(1980.0, 50.0, 400.0), (1755.0, 61.0, 500.0)])
+    monkeypatch.setattr(GpuSampler, "sample", lambda self: next(readings, None))
+    sampler = GpuSampler("cpu", interval_s=0.001)
+    sampler.index = 0  # as on a GPU
+    with sampler:
+        deadline = time.monotonic() + 5
+        while sampler._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.001)
+    assert sampler.summary() == {"sm_clock_mhz": 1868, "sm_clock_min_mhz": 1755.0, "gpu_temp_max_c": 61.0,
+                                 "power_mean_w": 450.0}
+    assert GpuSampler(torch.device("cpu")).sample() is None

@@ -9,6 +9,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -120,6 +122,67 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device | str) -> i
     fn()
     synchronize(device)
     return torch.cuda.max_memory_allocated(device) - base
+
+
+class GpuSampler:
+    """The GPU's SM clock, temperature and power, read from ``nvidia-smi`` every ``interval_s`` seconds in a thread
+    while the ``with`` block runs (e.g. around timed steps): the same code's speed can differ between processes
+    (docs/results.md, session 18), and a lower clock is one explanation to rule in or out. Off CUDA, or without
+    ``nvidia-smi``, it samples nothing.
+
+    ``summary()`` -> ``{"sm_clock_mhz": mean, "sm_clock_min_mhz", "gpu_temp_max_c", "power_mean_w"}`` over the samples
+    (None values when there were none).
+    """
+
+    QUERY = "clocks.sm,temperature.gpu,power.draw"
+
+    def __init__(self, device: torch.device | str, interval_s: float = 0.5):
+        device = torch.device(device)
+        self.index = (device.index if device.index is not None else torch.cuda.current_device()) \
+            if device.type == "cuda" else None
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, float, float]] = []
+        self._stop = threading.Event()
+        self._thread = None
+
+    def sample(self) -> tuple[float, float, float] | None:
+        """One reading ``(sm clock MHz, temperature C, power W)``, or None when it cannot be read."""
+        if self.index is None:
+            return None
+        try:
+            text = subprocess.run(["nvidia-smi", "-i", str(self.index), f"--query-gpu={self.QUERY}",
+                                   "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5,
+                                  check=True).stdout
+            clock, temp, power = (float(v) for v in text.strip().splitlines()[0].split(","))
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            return None
+        return clock, temp, power
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            reading = self.sample()
+            if reading is None:
+                return
+            self.samples.append(reading)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "GpuSampler":
+        if self.index is not None:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {"sm_clock_mhz": None, "sm_clock_min_mhz": None, "gpu_temp_max_c": None, "power_mean_w": None}
+        clocks, temps, powers = zip(*self.samples)
+        return {"sm_clock_mhz": round(statistics.fmean(clocks)), "sm_clock_min_mhz": min(clocks),
+                "gpu_temp_max_c": max(temps), "power_mean_w": round(statistics.fmean(powers), 1)}
 
 
 def environment() -> dict:

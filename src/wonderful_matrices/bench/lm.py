@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..train.optim import adamw
-from .common import one_line, synchronize, time_callable, write_results
+from .common import GpuSampler, one_line, synchronize, time_callable, write_results
 from .decode_common import analytic_cache_bytes, decode_measurement
 from .lm_common import compiled_lm_loss, corpus_tokens, optimizer_step, perplexity, set_fused, train_lm
 from .lm_scale import run_label, run_model, run_one, run_settings, steps_for
@@ -43,7 +43,8 @@ def training_throughput(config, seq_len: int, tokens_per_step: int, device: torc
     CUDA; two warm-up steps, then the median of ``steps`` timed ones. ``{"tokens_per_s", "peak_memory_gb",
     "steady_peak_memory_gb", "error"}``: the peak over every step, warm-up included (compilation and the kernels'
     first-call autotuning), and over the timed steps alone (what each later training step needs); all None when it
-    runs out of memory or fails to compile (``error``: what happened, one line; None when it ran). ``fused=False``:
+    runs out of memory or fails to compile (``error``: what happened, one line; None when it ran); on CUDA also
+    the GPU's clock, temperature and power during the timed steps (:class:`.common.GpuSampler`). ``fused=False``:
     the plain-PyTorch norms and loss (:func:`.lm_common.set_fused`).
     ``compiled=True``: the loss under ``torch.compile`` (:func:`.lm_common.compiled_lm_loss`; default mode,
     ``dynamic=False``); the warm-up steps include the compilation."""
@@ -68,10 +69,11 @@ def training_throughput(config, seq_len: int, tokens_per_step: int, device: torc
         warm_peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        ms = time_callable(step, device, warmup=0, reps=steps)
+        with GpuSampler(device) as gpu:
+            ms = time_callable(step, device, warmup=0, reps=steps)
         steady = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
         result.update(tokens_per_s=batch * seq_len * 1e3 / ms, peak_memory_gb=max(warm_peak, steady) if cuda else None,
-                      steady_peak_memory_gb=steady)
+                      steady_peak_memory_gb=steady, **(gpu.summary() if cuda else {}))
     except torch.OutOfMemoryError:
         result["error"] = "out of memory"
     except Exception as error:  # a preset that fails to compile is a result, not the end
