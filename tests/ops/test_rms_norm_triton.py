@@ -144,46 +144,28 @@ def test_gated_inference_path_on_column_slices(groups):
 
 
 @interpreted_only
-@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("norm", ["plain", "residual", "gated"])
 @pytest.mark.parametrize("grad", [True, False], ids=["autograd", "inference"])
-def test_out_dtype_rounds_once(with_residual, grad):
+def test_out_dtype_rounds_once(norm, grad):
     """``out_dtype`` (here float16 from float32 inputs, what bf16 autocast asks on a GPU) is the kernel's store
-    dtype: the oracle's float32 value rounded once, and the gradients those of the oracle given the same
-    float16 output gradient."""
-    x, weight = torch.randn(9, 40) * 3, torch.randn(40)
-    residual = torch.randn(9, 40) if with_residual else None
+    dtype: the oracle's float32 value rounded once, and the gradients those of the oracle given the same float16
+    output gradient (the gated norm with two groups)."""
+    x, other, weight = torch.randn(9, 40) * 3, torch.randn(9, 40), torch.randn(40)
     grad_y = torch.randn(9, 40).half()
 
-    def run(fn):
-        leaves = [t.clone().requires_grad_(grad) for t in (x, weight, residual) if t is not None]
-        y, s = fn(leaves[0], leaves[1], 1e-6, leaves[2] if with_residual else None, torch.float16)
+    def run(plain_fn, gated_fn):
+        leaves = [t.clone().requires_grad_(grad) for t in (x, other, weight)]
+        if norm == "gated":
+            y = gated_fn(*leaves, 1e-6, 2, torch.float16)
+        else:
+            residual = leaves[1] if norm == "residual" else None
+            y, _ = plain_fn(leaves[0], leaves[2], 1e-6, residual, torch.float16)
         if grad:
             y.backward(grad_y)
         return y, [t.grad for t in leaves]
 
-    y, grads = run(fused_kernels.rms_norm_triton)
-    ref_y, ref_grads = run(rms_norm_naive)
+    y, grads = run(fused_kernels.rms_norm_triton, fused_kernels.gated_rms_norm_triton)
+    ref_y, ref_grads = run(rms_norm_naive, gated_rms_norm_naive)
     assert y.dtype == torch.float16 and torch.equal(y, ref_y)
-    for name, a, r in zip(("x", "weight", "residual"), grads, ref_grads):
-        assert (a is None and r is None) or rel_err(a, r) < 1e-5, name
-
-
-@interpreted_only
-@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "inference"])
-def test_gated_out_dtype_rounds_once(grad):
-    """As :func:`test_out_dtype_rounds_once`, for the gated norm (two groups)."""
-    x, gate, weight = torch.randn(7, 48), torch.randn(7, 48), torch.randn(48)
-    grad_y = torch.randn(7, 48).half()
-
-    def run(fn):
-        leaves = [t.clone().requires_grad_(grad) for t in (x, gate, weight)]
-        y = fn(*leaves, 1e-6, 2, torch.float16)
-        if grad:
-            y.backward(grad_y)
-        return y, [t.grad for t in leaves]
-
-    y, grads = run(fused_kernels.gated_rms_norm_triton)
-    ref_y, ref_grads = run(gated_rms_norm_naive)
-    assert y.dtype == torch.float16 and torch.equal(y, ref_y)
-    for name, a, r in zip(("x", "gate", "weight"), grads, ref_grads):
+    for name, a, r in zip(("x", "residual or gate", "weight"), grads, ref_grads):
         assert (a is None and r is None) or rel_err(a, r) < 1e-5, name
