@@ -280,3 +280,34 @@ def test_triton_packed_with_32_row_dcb_tiles(case, dcb_tile):
     """DCB_TILE = 32 under 64-row tiles (chunks 128 and 64): document starts inside 32-row tiles (steps 16, 17 and 48
     of a chunk; 7 in the first case's second chunk) and at a chunk's first and last step (64, 127)."""
     check_packed("triton", case)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_silu_activation_keeps_the_pre_activation(backend):
+    """``x_activation="silu"`` equals SSD of ``silu(x)`` (output, final state, every gradient, float64 oracle); the
+    Triton backend keeps the pre-activation ``x`` for its backward, never ``silu(x)``."""
+    inputs = make_inputs(2, 37, 4, 3, 2, 5, True, True, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(3)
+    gy, gs = torch.randn(2, 37, 4, 3, generator=gen), torch.randn(2, 4, 3, 5, generator=gen)
+    saved = []
+
+    def run(**kw):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            return ssd(**kw, chunk_size=16, return_final_state=True, backend=backend, x_activation="silu")
+
+    def oracle(x, **kw):
+        return _run_naive(x=torch.nn.functional.silu(x), **kw)
+
+    y, final, grads = _forward_backward(run, inputs, gy, gs)
+    ry, rfinal, rgrads = _forward_backward(oracle, {k: (v.double() if v is not None else None)
+                                                    for k, v in inputs.items()}, gy, gs)
+    assert rel_err(y, ry) < 1e-5 and rel_err(final, rfinal) < 1e-5
+    for name, grad in grads.items():
+        assert rel_err(grad, rgrads[name]) < 1e-4, name
+    if backend == "triton":
+        activated = torch.nn.functional.silu(inputs["x"])
+        same_shape = [t for t in saved if t.shape == activated.shape]
+        assert same_shape and not any(torch.equal(t, activated) for t in same_shape)
+        assert any(torch.equal(t, inputs["x"]) for t in same_shape)
+    with pytest.raises(ValueError, match="x_activation"):
+        ssd(**inputs, backend=backend, x_activation="gelu")

@@ -68,3 +68,16 @@ def test_gated_formula_and_errors():
         wm.ops.gated_rms_norm(x, z, w, num_groups=5)
     with pytest.raises(ValueError, match="gate.shape"):
         wm.ops.gated_rms_norm(x, z[:, :6], w)
+
+
+def test_gated_norm_linear_is_the_composition_and_checks_its_arguments():
+    x, z, w = torch.randn(3, 12), torch.randn(3, 12), torch.randn(12)
+    lw, lb = torch.randn(5, 12), torch.randn(5)
+    expected = torch.nn.functional.linear(wm.ops.gated_rms_norm(x, z, w, num_groups=2), lw, lb)
+    assert torch.equal(wm.ops.gated_rms_norm_linear(x, z, w, lw, lb, num_groups=2), expected)
+    with pytest.raises(ValueError, match="linear_weight.shape"):
+        wm.ops.gated_rms_norm_linear(x, z, w, torch.randn(5, 11))
+    with pytest.raises(ValueError, match="linear_bias.shape"):
+        wm.ops.gated_rms_norm_linear(x, z, w, lw, torch.randn(4))
+    with pytest.raises(ValueError, match="num_groups"):
+        wm.ops.gated_rms_norm_linear(x, z, w, lw, num_groups=5)

@@ -169,3 +169,40 @@ def test_out_dtype_rounds_once(norm, grad):
     assert y.dtype == torch.float16 and torch.equal(y, ref_y)
     for name, a, r in zip(("x", "residual or gate", "weight"), grads, ref_grads):
         assert (a is None and r is None) or rel_err(a, r) < 1e-5, name
+
+
+@interpreted_only
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "autocast-fp16"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_gated_norm_linear_recomputes_the_norm_output(autocast, bias):
+    """``gated_rms_norm_linear`` on the Triton backend (its own autograd function) gives the composition's output and
+    gradients (float32; under fp16 autocast the norm storing fp16, as the SSD layer asks), and keeps no copy of the
+    norm's output for the backward."""
+    from wonderful_matrices.ops import gated_rms_norm_linear
+
+    gen = torch.Generator().manual_seed(5)
+    tensors = [torch.randn(3, 7, 48, generator=gen), torch.randn(3, 7, 48, generator=gen),
+               torch.randn(48, generator=gen), torch.randn(24, 48, generator=gen) * 0.2,
+               torch.randn(24, generator=gen) if bias else None]
+    grad_out = torch.randn(3, 7, 24, generator=gen)
+    out_dtype = torch.float16 if autocast else None
+
+    def run(backend):
+        leaves = [None if t is None else t.clone().requires_grad_(True) for t in tensors]
+        saved = []
+        with torch.autocast("cpu", dtype=torch.float16, enabled=autocast), \
+                torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = gated_rms_norm_linear(*leaves[:3], leaves[3], leaves[4], 1e-5, num_groups=2, backend=backend,
+                                        out_dtype=out_dtype)
+        out.backward(grad_out.to(out.dtype))
+        return out, [None if t is None else t.grad for t in leaves], saved
+
+    out, grads, saved = run("triton")
+    ref, ref_grads, _ = run("torch")
+    assert out.dtype == ref.dtype == (torch.float16 if autocast else torch.float32)
+    tol = 2e-3 if autocast else 1e-5
+    assert rel_err(out, ref) < tol
+    for name, a, r in zip(("x", "gate", "weight", "linear_weight", "linear_bias"), grads, ref_grads):
+        assert (a is None and r is None) or (a.dtype == r.dtype and rel_err(a, r) < tol), name
+    normed = gated_rms_norm(*tensors[:3], 1e-5, num_groups=2, backend="triton", out_dtype=out_dtype)
+    assert not any(t.shape == normed.shape and torch.equal(t, normed) for t in saved)

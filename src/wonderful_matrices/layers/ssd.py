@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import reject, require
-from ..ops import gated_rms_norm, ssd, ssd_step
+from ..ops import gated_rms_norm, gated_rms_norm_linear, ssd, ssd_step
 from ..ops.common import trusted_values
 from ..ops.ssd import fused_step_usable, projected_step
 from .rotary import RotaryEmbedding, RotaryTables, apply_rotary
@@ -61,6 +61,13 @@ class GatedRMSNorm(nn.Module):
         """x, gate (..., d) -> (..., d) in ``promote(weight, x)`` (or ``out_dtype``)."""
         return gated_rms_norm(x, gate, self.weight, self.eps, num_groups=self.num_groups, backend=self.backend,
                               out_dtype=out_dtype)
+
+    def project(self, x: torch.Tensor, gate: torch.Tensor, linear: nn.Linear,
+                out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``linear(self(x, gate, out_dtype))``: x, gate (..., d) -> (..., linear.out_features), the norm's output
+        recomputed in the backward rather than kept (:func:`~wonderful_matrices.ops.gated_rms_norm_linear`)."""
+        return gated_rms_norm_linear(x, gate, self.weight, linear.weight, linear.bias, self.eps,
+                                     num_groups=self.num_groups, backend=self.backend, out_dtype=out_dtype)
 
 
 class SSDMixer(nn.Module):
@@ -320,11 +327,11 @@ class SSDMixer(nn.Module):
             xbc = xbc.masked_fill(~keep, 0.0)
         if self.use_conv:
             xbc = self._conv(xbc, state, keep, seq_idx)
-        xbc = F.silu(xbc)
-        if keep is not None:
+        if keep is not None:  # padding is 0 after the SiLU too
             xbc = xbc.masked_fill(~keep, 0.0)
+        # x stays a pre-activation: ssd applies the SiLU (x_activation) and keeps x, not SiLU(x), for the backward
         x, BC = xbc.split([self.inner_size, 2 * g * n], dim=-1)
-        BC = BC.reshape(b, l, 2 * g, n)  # B's g groups, then C's
+        BC = F.silu(BC).reshape(b, l, 2 * g, n)  # B's g groups, then C's
         dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))
         if self.dt_limit != (0.0, float("inf")):
             dt = dt.clamp(*self.dt_limit)
@@ -344,19 +351,21 @@ class SSDMixer(nn.Module):
 
         with trusted_values():  # A < 0 and dt >= 0 by construction: no device sync per call for value checks
             if state is None:
-                y = ssd(x, dt, A, B, C, chunk_size=self.chunk_size, D=self.D, seq_idx=seq_idx, backend=self.backend)
+                y = ssd(x, dt, A, B, C, chunk_size=self.chunk_size, D=self.D, seq_idx=seq_idx, backend=self.backend,
+                        x_activation="silu")
             else:
                 previous = state.get("ssm_state")
                 if previous is not None and l == 1:  # one token: one document
-                    y, new_state = ssd_step(previous, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D=self.D)
+                    y, new_state = ssd_step(previous, F.silu(x[:, 0]), dt[:, 0], A, B[:, 0], C[:, 0], D=self.D)
                     y = y[:, None]
                 else:
                     y, new_state = ssd(x, dt, A, B, C, chunk_size=self.chunk_size, D=self.D, initial_state=previous,
-                                       return_final_state=True, seq_idx=seq_idx, backend=self.backend)
+                                       return_final_state=True, seq_idx=seq_idx, backend=self.backend,
+                                       x_activation="silu")
                 state["ssm_state"] = new_state
         # the norm stores its output in the input's dtype (the autocast dtype under autocast: the block's norm
         # gives it), the dtype out_proj computes in
-        return self.out_proj(self.norm(y.reshape(b, l, self.inner_size), z, out_dtype=hidden_states.dtype))
+        return self.norm.project(y.reshape(b, l, self.inner_size), z, self.out_proj, out_dtype=hidden_states.dtype)
 
     def _steps_fused(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, state: dict | None,
                      seq_idx: torch.Tensor | None) -> bool:

@@ -6,8 +6,8 @@ from .dma import dynamic_mask_attention
 from .expert_mixture import expert_mixture
 from .linear_cross_entropy import linear_cross_entropy
 from .product_key import product_key_topk
-from .rms_norm import gated_rms_norm, rms_norm
+from .rms_norm import gated_rms_norm, gated_rms_norm_linear, rms_norm
 from .ssd import ssd, ssd_step
 
-__all__ = ["dynamic_mask_attention", "expert_mixture", "gated_rms_norm", "linear_cross_entropy", "product_key_topk",
-           "rms_norm", "ssd", "ssd_step"]
+__all__ = ["dynamic_mask_attention", "expert_mixture", "gated_rms_norm", "gated_rms_norm_linear",
+           "linear_cross_entropy", "product_key_topk", "rms_norm", "ssd", "ssd_step"]

@@ -104,6 +104,15 @@ def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, ep
         ``(..., d)`` in ``promote(weight, x)`` or ``out_dtype``: computed in float32 (float64 for float64 ``x``),
         the normalised value rounded to ``x``'s dtype before the weight, the scaled value rounded once.
     """
+    _check_gated(x, gate, weight, eps, num_groups, out_dtype)
+    name = resolve_backend(backend, BACKENDS, x.device, AUTO_ORDER)
+    if name == "triton" and _triton_usable(x, gate, weight, num_groups, out_dtype):
+        return _triton_backend.gated_rms_norm_triton(x, gate, weight, eps, num_groups, out_dtype)
+    return gated_rms_norm_naive(x, gate, weight, eps, num_groups, out_dtype)
+
+
+def _check_gated(x, gate, weight, eps, num_groups, out_dtype) -> None:
+    """The arguments of :func:`gated_rms_norm`: ``ValueError`` naming the first wrong one."""
     if not _valid(x, weight, eps, gate):
         _check(x, weight, eps, {"gate": gate})
     if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
@@ -111,13 +120,54 @@ def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, ep
     d = x.shape[-1]
     if not (isinstance(num_groups, int) and num_groups >= 1 and d % num_groups == 0):
         reject("num_groups", num_groups, f"a divisor of d={d}")
-    name = resolve_backend(backend, BACKENDS, x.device, AUTO_ORDER)
-    if (name == "triton" and x.dtype in _triton_backend.DTYPES and gate.dtype in _triton_backend.DTYPES
-            and weight.dtype in _triton_backend.DTYPES and (out_dtype is None or out_dtype in _triton_backend.DTYPES)
-            and num_groups <= 16 and num_groups & (num_groups - 1) == 0
-            and d // num_groups <= _triton_backend.MAX_DIM):
-        return _triton_backend.gated_rms_norm_triton(x, gate, weight, eps, num_groups, out_dtype)
-    return gated_rms_norm_naive(x, gate, weight, eps, num_groups, out_dtype)
 
 
-__all__ = ["rms_norm", "gated_rms_norm"]
+def _triton_usable(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, num_groups: int,
+                   out_dtype: torch.dtype | None) -> bool:
+    """Whether the gated norm's Triton kernels take these (validated) arguments: their dtypes, a power-of-two
+    group count up to 16, groups of at most ``MAX_DIM`` channels; other calls run the torch path."""
+    kernels = _triton_backend
+    return (x.dtype in kernels.DTYPES and gate.dtype in kernels.DTYPES and weight.dtype in kernels.DTYPES
+            and (out_dtype is None or out_dtype in kernels.DTYPES) and num_groups <= 16
+            and num_groups & (num_groups - 1) == 0 and x.shape[-1] // num_groups <= kernels.MAX_DIM)
+
+
+def gated_rms_norm_linear(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, linear_weight: torch.Tensor,
+                          linear_bias: torch.Tensor | None = None, eps: float = 1e-6, num_groups: int = 1,
+                          backend: str = "auto", out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``F.linear(gated_rms_norm(x, gate, weight, eps, num_groups, backend, out_dtype), linear_weight, linear_bias)``
+    (Mamba2's gated norm and output projection) — the same values, and on the Triton backend under autograd the
+    norm's output is not kept for the backward but recomputed there by the forward kernel (one launch for a
+    ``(..., d)`` tensor less at the training step's peak).
+
+    Args:
+        x, gate, weight, eps, num_groups, backend, out_dtype: as :func:`gated_rms_norm`.
+        linear_weight: ``(o, d)``; linear_bias: ``(o,)`` or None.
+
+    Returns:
+        ``(..., o)``, as ``F.linear`` gives it (under autocast, in the autocast dtype).
+    """
+    _check_gated(x, gate, weight, eps, num_groups, out_dtype)
+    d = x.shape[-1]
+    require(isinstance(linear_weight, torch.Tensor) and linear_weight.dim() == 2 and linear_weight.shape[1] == d,
+            "linear_weight.shape", shape_of(linear_weight) if isinstance(linear_weight, torch.Tensor)
+            else type(linear_weight).__name__, f"(o, {d}) matching x's last dim")
+    require(linear_bias is None or (isinstance(linear_bias, torch.Tensor)
+                                    and tuple(linear_bias.shape) == (linear_weight.shape[0],)),
+            "linear_bias.shape", shape_of(linear_bias) if isinstance(linear_bias, torch.Tensor) else linear_bias,
+            f"None or ({linear_weight.shape[0]},)")
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                 for t in (x, gate, weight, linear_weight, linear_bias))
+    if needs_grad and resolve_backend(backend, BACKENDS, x.device, AUTO_ORDER) == "triton":
+        y_dtype = out_dtype or torch.promote_types(weight.dtype, x.dtype)
+        device = x.device.type
+        # the dtype F.linear would compute in: autocast's, else its operands' (which must then agree)
+        linear_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else linear_weight.dtype
+        if y_dtype == linear_dtype and _triton_usable(x, gate, weight, num_groups, out_dtype):
+            return _triton_backend.gated_rms_norm_linear_triton(x, gate, weight, eps, num_groups, out_dtype,
+                                                                linear_weight, linear_bias)
+    y = gated_rms_norm(x, gate, weight, eps, num_groups=num_groups, backend=backend, out_dtype=out_dtype)
+    return torch.nn.functional.linear(y, linear_weight, linear_bias)
+
+
+__all__ = ["rms_norm", "gated_rms_norm", "gated_rms_norm_linear"]

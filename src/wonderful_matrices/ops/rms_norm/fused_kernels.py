@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -337,6 +338,51 @@ class GatedRMSNormFunction(torch.autograd.Function):
         x, gate, weight, rstd = ctx.saved_tensors
         grad_x, grad_gate, grad_w = gated_rms_norm_backward(x, gate, weight, rstd, grad_y.contiguous(), ctx.groups)
         return grad_x, grad_gate, grad_w, None, None, None
+
+
+class GatedRMSNormLinearFunction(torch.autograd.Function):
+    """(x (R, Dg), gate (R, Dg), weight (G·Dg,), G, eps, y_dtype, linear_weight (o, G·Dg), linear_bias (o,) | None)
+    -> (R/G, o): ``F.linear`` of the gated norm's output (in ``y_dtype``, the linear's weight and bias cast to it, as
+    autocast casts them). It keeps ``x``, ``gate`` and ``1/rms`` but not the norm's output: the backward recomputes
+    that with the forward kernel for the linear's weight gradient (one launch instead of a ``(tokens, G·Dg)`` tensor
+    kept from the forward, as mamba_ssm's fused Mamba2 layer does)."""
+
+    @staticmethod
+    def forward(ctx, x, gate, weight, groups, eps, y_dtype, linear_weight, linear_bias):
+        y, rstd = gated_rms_norm_forward(x, gate, weight, groups, eps, y_dtype)
+        bias = None if linear_bias is None else linear_bias.to(y_dtype)
+        out = F.linear(y.view(-1, weight.shape[0]), linear_weight.to(y_dtype), bias)
+        ctx.save_for_backward(x, gate, weight, rstd, linear_weight)
+        ctx.groups, ctx.eps, ctx.y_dtype = groups, eps, y_dtype
+        ctx.bias_dtype = None if linear_bias is None else linear_bias.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, gate, weight, rstd, linear_weight = ctx.saved_tensors
+        y, _ = gated_rms_norm_forward(x, gate, weight, ctx.groups, ctx.eps, ctx.y_dtype)  # the output, again
+        grad_out = grad_out.to(ctx.y_dtype)
+        grad_linear_weight = (grad_out.t() @ y.view(-1, weight.shape[0])).to(linear_weight.dtype)
+        grad_bias = None if ctx.bias_dtype is None else grad_out.sum(0).to(ctx.bias_dtype)
+        grad_y = (grad_out @ linear_weight.to(ctx.y_dtype)).view(y.shape)
+        grad_x, grad_gate, grad_w = gated_rms_norm_backward(x, gate, weight, rstd, grad_y, ctx.groups)
+        return grad_x, grad_gate, grad_w, None, None, None, grad_linear_weight, grad_bias
+
+
+def gated_rms_norm_linear_triton(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float,
+                                 num_groups: int, out_dtype: torch.dtype | None, linear_weight: torch.Tensor,
+                                 linear_bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(gated_rms_norm_triton(x, gate, ...), linear_weight, linear_bias)`` with the norm's output
+    recomputed in the backward (:class:`GatedRMSNormLinearFunction`): x, gate (..., d), weight (d,), linear_weight
+    (o, d), linear_bias (o,) or None -> (..., o) in the norm's output dtype (``out_dtype``, None:
+    ``promote(weight, x)``)."""
+    shape = x.shape
+    dg = shape[-1] // num_groups
+    out = GatedRMSNormLinearFunction.apply(x.reshape(-1, dg).contiguous(), gate.reshape(-1, dg).contiguous(),
+                                           weight.contiguous(), num_groups, float(eps),
+                                           out_dtype or torch.promote_types(weight.dtype, x.dtype), linear_weight,
+                                           linear_bias)
+    return out.view(*shape[:-1], linear_weight.shape[0])
 
 
 @functools.lru_cache(maxsize=None)

@@ -89,7 +89,8 @@ def _check_common(x, dt, A, B, C, D, h: int, b_name: str, c_name: str) -> None:
 
 def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
         chunk_size: int = 64, D: torch.Tensor | None = None, initial_state: torch.Tensor | None = None,
-        return_final_state: bool = False, seq_idx: torch.Tensor | None = None, backend: str = "auto"):
+        return_final_state: bool = False, seq_idx: torch.Tensor | None = None, backend: str = "auto",
+        x_activation: str | None = None):
     """Run SSD over a whole sequence.
 
     Args:
@@ -108,6 +109,9 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
         backend: ``"auto"`` (``"triton"`` on CUDA for float32 inputs and for bf16 / fp16 with
             ``chunk_size >= 64``, else ``"torch"``),
             ``"torch"``, ``"triton"`` or ``"naive"``.
+        x_activation: ``None``, or ``"silu"``: ``x`` is a pre-activation and SSD runs on ``silu(x)`` (the ``D``
+            skip too). The Triton backend then keeps ``x`` rather than ``silu(x)`` for the backward and recomputes
+            the activation there (one element-wise pass; Mamba2's layer saves a ``(b, l, h·p)`` tensor this way).
 
     Returns:
         y (b, l, h, p) in ``x.dtype``; with ``return_final_state`` the pair ``(y, final_state)``, the state
@@ -153,11 +157,14 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
     if seq_idx is not None:
         _check_seq_idx(seq_idx, b, l, x.device)
     _check_values(A, dt)
+    require(x_activation in (None, "silu"), "x_activation", x_activation, "None or 'silu'")
     if name == "triton":
         from .chunked_kernels import ssd_triton  # imported on first use: the package imports without triton
 
         return ssd_triton(x, dt, A, B, C, chunk_size=chunk_size, D=D, initial_state=initial_state,
-                          return_final_state=return_final_state, seq_idx=seq_idx)
+                          return_final_state=return_final_state, seq_idx=seq_idx, silu_x=x_activation == "silu")
+    if x_activation == "silu":
+        x = torch.nn.functional.silu(x)
     if name == "naive":
         return ssd_naive(x, dt, A, B, C, D=D, initial_state=initial_state, return_final_state=return_final_state,
                          seq_idx=seq_idx)

@@ -58,6 +58,7 @@ length changes only the order of float operations, not the function.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -957,32 +958,39 @@ def ssd_backward(dy: torch.Tensor | None, dfinal: torch.Tensor | None, x: torch.
 
 
 class _SSDTriton(torch.autograd.Function):
+    """The kernels' forward and backward; with ``silu_x`` the input ``x`` is a pre-activation: the kernels run on
+    ``silu(x)``, and ``x`` itself is what is kept (the activation is recomputed in the backward)."""
+
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, initial_state, chunk_size, seq_idx):
-        y, cum, states, docs = ssd_forward(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx)
+    def forward(ctx, x, dt, A, B, C, D, initial_state, chunk_size, seq_idx, silu_x):
+        y, cum, states, docs = ssd_forward(F.silu(x) if silu_x else x, dt, A, B, C, D, initial_state, chunk_size,
+                                           seq_idx)
         ctx.save_for_backward(x, dt, A, B, C, D, initial_state, cum, states, docs)
-        ctx.chunk_size = chunk_size
+        ctx.chunk_size, ctx.silu_x = chunk_size, silu_x
         ctx.set_materialize_grads(False)
         return y, states[:, -1].clone()
 
     @staticmethod
     def backward(ctx, dy, dfinal):
         x, dt, A, B, C, D, initial_state, cum, states, docs = ctx.saved_tensors
-        dx, ddt, dA, dB, dC, dD, dinit = ssd_backward(dy, dfinal, x, dt, A, B, C, D, cum, states, ctx.chunk_size,
-                                                      docs)
+        dx, ddt, dA, dB, dC, dD, dinit = ssd_backward(dy, dfinal, F.silu(x) if ctx.silu_x else x, dt, A, B, C, D, cum,
+                                                      states, ctx.chunk_size, docs)
+        if ctx.silu_x:
+            dx = torch.ops.aten.silu_backward(dx, x)
         return (dx, ddt.to(dt.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
                 dD.to(D.dtype) if D is not None else None,
-                dinit.to(initial_state.dtype) if initial_state is not None else None, None, None)
+                dinit.to(initial_state.dtype) if initial_state is not None else None, None, None, None)
 
 
 def ssd_triton(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                chunk_size: int = 64, D: torch.Tensor | None = None, initial_state: torch.Tensor | None = None,
-               return_final_state: bool = False, seq_idx: torch.Tensor | None = None):
+               return_final_state: bool = False, seq_idx: torch.Tensor | None = None, silu_x: bool = False):
     """SSD through the Triton kernels (arguments validated by :func:`wonderful_matrices.ops.ssd.ssd`).
 
     x (b,l,h,p) float32/bf16/fp16, dt (b,l,h), A (h,), B/C (b,l,g,n), D (h,) or None, initial_state (b,h,p,n)
     or None, seq_idx (b,l) non-decreasing integer document ids or None -> y (b,l,h,p) in ``x.dtype``, and the final
-    state (b,h,p,n) float32 if ``return_final_state``.
+    state (b,h,p,n) float32 if ``return_final_state``. ``silu_x``: run on ``silu(x)``, keeping ``x`` for the
+    backward (see :class:`_SSDTriton`).
     Differentiable in every tensor argument.
     """
     A, D = A.contiguous(), D.contiguous() if D is not None else None  # the kernels index both by head
@@ -991,5 +999,5 @@ def ssd_triton(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tens
     require(row_extent < 2 ** 31, "x", tuple(x.shape),
             f"rows whose elements the Triton kernels can address with int32 offsets (this row spans {row_extent}: "
             "split it, e.g. prefill_chunk_tokens, or use backend='torch')")
-    y, final = _SSDTriton.apply(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx)
+    y, final = _SSDTriton.apply(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx, silu_x)
     return (y, final) if return_final_state else y
