@@ -93,6 +93,35 @@ def test_norm_out_dtype_cuda(gated):
         assert a.dtype == torch.float32 and rel_err(a, r) < 1e-4, name
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_gated_norm_linear_cuda(bias):
+    """``gated_rms_norm_linear`` under bf16 autocast with the norm storing bf16 (the SSD layer's training call): its
+    autograd function (the norm's output recomputed in the backward) against the composition of the Triton norm and
+    ``F.linear`` — output and every gradient."""
+    gen = torch.Generator().manual_seed(9)
+    base = [torch.randn(4099, 1536, generator=gen), torch.randn(4099, 1536, generator=gen),
+            torch.randn(1536, generator=gen), torch.randn(768, 1536, generator=gen) * 0.03,
+            torch.randn(768, generator=gen) if bias else None]
+    grad_out = torch.randn(4099, 768, generator=gen).to("cuda", torch.bfloat16)
+
+    def run(fused):
+        x, z, w, lw, lb = (None if t is None else t.to("cuda").requires_grad_(True) for t in base)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            if fused:
+                out = wm.ops.gated_rms_norm_linear(x, z, w, lw, lb, 1e-5, num_groups=2, out_dtype=torch.bfloat16)
+            else:
+                out = torch.nn.functional.linear(
+                    wm.ops.gated_rms_norm(x, z, w, 1e-5, num_groups=2, out_dtype=torch.bfloat16), lw, lb)
+        out.backward(grad_out)
+        return out, [None if t is None else t.grad for t in (x, z, w, lw, lb)]
+
+    out, grads = run(True)
+    ref, ref_grads = run(False)
+    assert out.dtype == torch.bfloat16 and rel_err(out, ref) < 1e-2
+    for name, a, r in zip(("x", "gate", "weight", "linear_weight", "linear_bias"), grads, ref_grads):
+        assert (a is None and r is None) or (a.dtype == r.dtype and rel_err(a, r) < 1e-2), name
+
+
 def test_rms_norm_triton_compiles_without_graph_breaks():
     """torch.compile traces the Triton RMSNorm (forward and backward) as one graph, and it agrees with eager."""
     import torch._dynamo

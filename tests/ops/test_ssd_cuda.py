@@ -125,3 +125,27 @@ def test_fused_decode_step_cuda(dtype, rope, h, p, n, g):
         assert y.dtype == dtype and torch.isfinite(y).all()
         assert rel_err(y.cpu(), y_o.cpu()) < tol, t
         assert rel_err(state["ssm_state"].cpu(), state_o["ssm_state"].cpu()) < tol, t
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ssd_silu_activation_cuda(dtype):
+    """``x_activation="silu"`` on the Triton backend (SiLU recomputed in the backward) against the float64 oracle of
+    SSD over ``silu(x)``: output and every gradient, at cheems-base's head shape."""
+    b, l, h, p, g, n = 2, 700, 6, 128, 1, 128
+    gen = torch.Generator().manual_seed(11)
+    base = [torch.randn(b, l, h, p, generator=gen), torch.rand(b, l, h, generator=gen) * 0.1 + 0.01,
+            torch.randn(b, l, g, n, generator=gen) / n ** 0.5, torch.randn(b, l, g, n, generator=gen) / n ** 0.5]
+    A, D = -torch.rand(h, generator=gen) - 0.1, torch.randn(h, generator=gen)
+
+    def fn(x, dt, B, C):
+        if x.dtype == torch.float64:
+            return wm.ops.ssd(torch.nn.functional.silu(x), dt, A.to(x.device, x.dtype), B, C, chunk_size=256,
+                              D=D.to(x.device, x.dtype), backend="naive")
+        return wm.ops.ssd(x, dt, A.to(x.device), B, C, chunk_size=256, D=D.to(x.device), backend="triton",
+                          x_activation="silu")
+
+    ref, ref_g = _grads(fn, [_leaf(t, torch.float64, "cuda") for t in base])
+    out, out_g = _grads(fn, [_leaf(t, dtype, "cuda") for t in base])
+    assert out.dtype == dtype and rel_err(out.cpu(), ref) < TOL[dtype]
+    for name, a, r in zip(("x", "dt", "B", "C"), out_g, ref_g):
+        assert rel_err(a.cpu(), r) < TOL[dtype] * 2, name
