@@ -53,7 +53,10 @@ def test_gated_kernels_compile_for_sm90(dt, store_rstd):
            "BLOCK_M": "constexpr", "BLOCK_D": "constexpr"}
     _compile(k._gated_rms_norm_fwd_kernel, fwd, {"STORE_RSTD": store_rstd, "BLOCK_M": block_m, "BLOCK_D": block_d},
              num_warps)
+    # the training case also writes the norm's output again (bf16, as the SSD layer's gated_rms_norm_linear asks)
     bwd = {"x_ptr": f"*{x}", "z_ptr": f"*{z}", "w_ptr": f"*{w}", "rstd_ptr": "*fp32", "dy_ptr": "*fp32",
-           "dx_ptr": f"*{x}", "dz_ptr": f"*{z}", "dw_ptr": "*fp32", "M": "i32", "D": "i32", "G": "i32",
-           "ROWS_PER_PROGRAM": "i32", "BLOCK_M": "constexpr", "BLOCK_D": "constexpr"}
-    _compile(k._gated_rms_norm_bwd_kernel, bwd, {"BLOCK_M": block_m, "BLOCK_D": block_d}, num_warps)
+           "dx_ptr": f"*{x}", "dz_ptr": f"*{z}", "dw_ptr": "*fp32", "y_ptr": "*bf16", "M": "i32", "D": "i32",
+           "G": "i32", "ROWS_PER_PROGRAM": "i32", "STORE_Y": "constexpr", "BLOCK_M": "constexpr",
+           "BLOCK_D": "constexpr"}
+    _compile(k._gated_rms_norm_bwd_kernel, bwd, {"STORE_Y": store_rstd, "BLOCK_M": block_m, "BLOCK_D": block_d},
+             num_warps)

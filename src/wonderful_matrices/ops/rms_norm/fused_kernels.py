@@ -106,10 +106,11 @@ def _gated_rms_norm_fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, D, G, ep
 
 
 @triton.jit
-def _gated_rms_norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz_ptr, dw_ptr, M, D, G,
-                               ROWS_PER_PROGRAM, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+def _gated_rms_norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz_ptr, dw_ptr, y_ptr, M, D, G,
+                               ROWS_PER_PROGRAM, STORE_Y: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     # BLOCK_M and ROWS_PER_PROGRAM are multiples of G: slot j of every row block holds group j % G, so the
-    # weight gradient accumulates per slot and the host folds the slots into groups
+    # weight gradient accumulates per slot and the host folds the slots into groups. STORE_Y: also write the
+    # forward's output y (the same arithmetic as the forward kernel, so the same bits)
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)
     slots = tl.arange(0, BLOCK_M)
@@ -126,9 +127,12 @@ def _gated_rms_norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz
         z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         sig = tl.sigmoid(z)
         silu = z * sig
-        h = x * silu
+        h = x * z * sig  # as the forward kernel groups it
         rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
         normed = h * rstd[:, None]
+        if STORE_Y:
+            tl.store(y_ptr + offs, (normed.to(x_ptr.dtype.element_ty).to(tl.float32) * w).to(y_ptr.dtype.element_ty),
+                     mask=mask)
         dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         g = dy * w
         mean_gh = tl.sum(g * normed, axis=1) / D
@@ -296,15 +300,19 @@ def _launch_gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Te
 
 
 def _gated_rms_norm_backward_fake(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor,
-                                  grad_y: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return torch.empty_like(x), torch.empty_like(gate), torch.empty_like(weight)
+                                  grad_y: torch.Tensor, groups: int, y_dtype: torch.dtype | None = None
+                                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    y = x.new_empty(x.shape if y_dtype is not None else (0,), dtype=y_dtype or x.dtype)
+    return torch.empty_like(x), torch.empty_like(gate), torch.empty_like(weight), y
 
 
 @opaque_to_compile("gated_rms_norm_backward", _gated_rms_norm_backward_fake)
 def gated_rms_norm_backward(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor,
-                            grad_y: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                            grad_y: torch.Tensor, groups: int, y_dtype: torch.dtype | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The backward kernel: x, gate (R, Dg), weight (G·Dg,), rstd (R,), grad_y (R, Dg) contiguous -> (grad_x,
-    grad_gate (R, Dg), grad_weight (G·Dg,))."""
+    grad_gate (R, Dg), grad_weight (G·Dg,), and with ``y_dtype`` the forward's output y (R, Dg) in it, written by
+    the same pass; else an empty tensor)."""
     rows, dg = x.shape
     block_m, block_d, num_warps = _blocks(dg)
     block_m = max(block_m, groups)
@@ -312,14 +320,17 @@ def gated_rms_norm_backward(x: torch.Tensor, gate: torch.Tensor, weight: torch.T
     grad_x = poisoned_empty(rows, dg, dtype=x.dtype, device=x.device)
     grad_gate = poisoned_empty(rows, dg, dtype=gate.dtype, device=x.device)
     dw_parts = poisoned_empty(programs, block_m, dg, dtype=torch.float32, device=x.device)
+    y = poisoned_empty(rows, dg, dtype=y_dtype, device=x.device) if y_dtype is not None else \
+        torch.empty(0, dtype=x.dtype, device=x.device)
     if rows:
         _gated_rms_norm_bwd_kernel[(programs,)](
-            x, gate, weight, rstd, grad_y, grad_x, grad_gate, dw_parts, rows, dg, groups,
-            rows_per_program, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps)
+            x, gate, weight, rstd, grad_y, grad_x, grad_gate, dw_parts, y if y_dtype is not None else grad_x, rows,
+            dg, groups, rows_per_program, STORE_Y=y_dtype is not None, BLOCK_M=block_m, BLOCK_D=block_d,
+            num_warps=num_warps)
     else:
         dw_parts.zero_()
     grad_w = dw_parts.view(programs, block_m // groups, groups * dg).sum((0, 1))
-    return grad_x, grad_gate, grad_w.to(weight.dtype)
+    return grad_x, grad_gate, grad_w.to(weight.dtype), y
 
 
 class GatedRMSNormFunction(torch.autograd.Function):
@@ -336,7 +347,7 @@ class GatedRMSNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         x, gate, weight, rstd = ctx.saved_tensors
-        grad_x, grad_gate, grad_w = gated_rms_norm_backward(x, gate, weight, rstd, grad_y.contiguous(), ctx.groups)
+        grad_x, grad_gate, grad_w, _ = gated_rms_norm_backward(x, gate, weight, rstd, grad_y.contiguous(), ctx.groups)
         return grad_x, grad_gate, grad_w, None, None, None
 
 
@@ -344,8 +355,10 @@ class GatedRMSNormLinearFunction(torch.autograd.Function):
     """(x (R, Dg), gate (R, Dg), weight (G·Dg,), G, eps, y_dtype, linear_weight (o, G·Dg), linear_bias (o,) | None)
     -> (R/G, o): ``F.linear`` of the gated norm's output (in ``y_dtype``, the linear's weight and bias cast to it, as
     autocast casts them). It keeps ``x``, ``gate`` and ``1/rms`` but not the norm's output: the backward recomputes
-    that with the forward kernel for the linear's weight gradient (one launch instead of a ``(tokens, G·Dg)`` tensor
-    kept from the forward, as mamba_ssm's fused Mamba2 layer does)."""
+    that for the linear's weight gradient in the norm's backward kernel (one more write there instead of a
+    ``(tokens, G·Dg)`` tensor kept from the forward; mamba_ssm's fused Mamba2 layer recomputes it too). A separate
+    forward launch in the backward would not do under ``torch.compile``: two calls of one operator on the same
+    inputs are merged, and the merged output kept."""
 
     @staticmethod
     def forward(ctx, x, gate, weight, groups, eps, y_dtype, linear_weight, linear_bias):
@@ -360,12 +373,11 @@ class GatedRMSNormLinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, gate, weight, rstd, linear_weight = ctx.saved_tensors
-        y, _ = gated_rms_norm_forward(x, gate, weight, ctx.groups, ctx.eps, ctx.y_dtype)  # the output, again
         grad_out = grad_out.to(ctx.y_dtype)
+        grad_y = (grad_out @ linear_weight.to(ctx.y_dtype)).view(x.shape)
+        grad_x, grad_gate, grad_w, y = gated_rms_norm_backward(x, gate, weight, rstd, grad_y, ctx.groups, ctx.y_dtype)
         grad_linear_weight = (grad_out.t() @ y.view(-1, weight.shape[0])).to(linear_weight.dtype)
         grad_bias = None if ctx.bias_dtype is None else grad_out.sum(0).to(ctx.bias_dtype)
-        grad_y = (grad_out @ linear_weight.to(ctx.y_dtype)).view(y.shape)
-        grad_x, grad_gate, grad_w = gated_rms_norm_backward(x, gate, weight, rstd, grad_y, ctx.groups)
         return grad_x, grad_gate, grad_w, None, None, None, grad_linear_weight, grad_bias
 
 

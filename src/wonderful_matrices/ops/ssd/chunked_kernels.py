@@ -908,7 +908,7 @@ def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx,
 
 def _ssd_forward_fake(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                       D: torch.Tensor | None, initial_state: torch.Tensor | None, chunk_size: int,
-                      seq_idx: torch.Tensor | None
+                      seq_idx: torch.Tensor | None, silu_x: bool
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     pl = _Plan(x, B, chunk_size)
     f32 = dict(dtype=torch.float32)
@@ -921,18 +921,20 @@ def _ssd_forward_fake(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: tor
 @opaque_to_compile("ssd_forward", _ssd_forward_fake)
 def ssd_forward(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                 D: torch.Tensor | None, initial_state: torch.Tensor | None, chunk_size: int,
-                seq_idx: torch.Tensor | None
+                seq_idx: torch.Tensor | None, silu_x: bool
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`forward_kernels` -> ``(y, cum, states, docs)``, ``docs`` the document bounds (b, nc, 2, q) int32
-    with ``seq_idx``, else an empty tensor (the plan is rebuilt from them by :func:`ssd_backward`); ``cb`` is not
-    returned (:func:`ssd_backward` recomputes it)."""
+    """:func:`forward_kernels` on ``x`` (``silu(x)`` with ``silu_x``) -> ``(y, cum, states, docs)``, ``docs`` the
+    document bounds (b, nc, 2, q) int32 with ``seq_idx``, else an empty tensor (the plan is rebuilt from them by
+    :func:`ssd_backward`); ``cb`` is not returned (:func:`ssd_backward` recomputes it). The activation is applied
+    inside the operator, so under ``torch.compile`` its output is not a tensor the partitioner could keep."""
+    x = F.silu(x) if silu_x else x
     y, cum, _, states, pl = forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx=seq_idx)
     return y, cum, states, pl.docs if pl.docs is not None else x.new_empty(0, dtype=torch.int32)
 
 
 def _ssd_backward_fake(dy: torch.Tensor | None, dfinal: torch.Tensor | None, x: torch.Tensor, dt: torch.Tensor,
                        A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, cum: torch.Tensor,
-                       states: torch.Tensor, chunk_size: int, docs: torch.Tensor
+                       states: torch.Tensor, chunk_size: int, docs: torch.Tensor, silu_x: bool
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                   torch.Tensor]:
     b, l, h, p = x.shape
@@ -946,14 +948,18 @@ def _ssd_backward_fake(dy: torch.Tensor | None, dfinal: torch.Tensor | None, x: 
 @opaque_to_compile("ssd_backward", _ssd_backward_fake)
 def ssd_backward(dy: torch.Tensor | None, dfinal: torch.Tensor | None, x: torch.Tensor, dt: torch.Tensor,
                  A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, cum: torch.Tensor,
-                 states: torch.Tensor, chunk_size: int, docs: torch.Tensor
+                 states: torch.Tensor, chunk_size: int, docs: torch.Tensor, silu_x: bool
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                             torch.Tensor]:
     """:func:`backward_kernels` with the plan of ``(x, B, chunk_size)`` and the document bounds ``docs`` of
-    :func:`ssd_forward` (empty: one document a row), ``cb`` recomputed; ``dD`` is an empty tensor without ``D``."""
+    :func:`ssd_forward` (empty: one document a row), ``cb`` recomputed; ``dD`` is an empty tensor without ``D``.
+    With ``silu_x`` the kernels run on ``silu(x)``, recomputed here, and ``dx`` is the gradient of ``x``."""
     pl = _Plan(x, B, chunk_size, docs if docs.numel() else None)
     cb = chunk_products(pl, B, C)
-    dx, ddt, dA, dB, dC, dD, dinit = backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl)
+    x_in = F.silu(x) if silu_x else x
+    dx, ddt, dA, dB, dC, dD, dinit = backward_kernels(dy, dfinal, x_in, dt, A, B, C, D, cum, cb, states, pl)
+    if silu_x:
+        dx = torch.ops.aten.silu_backward(dx, x)
     return dx, ddt, dA, dB, dC, dD if dD is not None else x.new_empty(0, dtype=torch.float32), dinit
 
 
@@ -963,8 +969,7 @@ class _SSDTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, initial_state, chunk_size, seq_idx, silu_x):
-        y, cum, states, docs = ssd_forward(F.silu(x) if silu_x else x, dt, A, B, C, D, initial_state, chunk_size,
-                                           seq_idx)
+        y, cum, states, docs = ssd_forward(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx, silu_x)
         ctx.save_for_backward(x, dt, A, B, C, D, initial_state, cum, states, docs)
         ctx.chunk_size, ctx.silu_x = chunk_size, silu_x
         ctx.set_materialize_grads(False)
@@ -973,10 +978,8 @@ class _SSDTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dfinal):
         x, dt, A, B, C, D, initial_state, cum, states, docs = ctx.saved_tensors
-        dx, ddt, dA, dB, dC, dD, dinit = ssd_backward(dy, dfinal, F.silu(x) if ctx.silu_x else x, dt, A, B, C, D, cum,
-                                                      states, ctx.chunk_size, docs)
-        if ctx.silu_x:
-            dx = torch.ops.aten.silu_backward(dx, x)
+        dx, ddt, dA, dB, dC, dD, dinit = ssd_backward(dy, dfinal, x, dt, A, B, C, D, cum, states, ctx.chunk_size,
+                                                      docs, ctx.silu_x)
         return (dx, ddt.to(dt.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
                 dD.to(D.dtype) if D is not None else None,
                 dinit.to(initial_state.dtype) if initial_state is not None else None, None, None, None)
