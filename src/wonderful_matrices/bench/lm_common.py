@@ -84,14 +84,14 @@ def training_autocast(device: torch.device):
 
 
 def set_fused(model, fused: bool) -> None:
-    """Switch ``model`` between its fused paths (the RMSNorm and gated RMSNorm kernels where available, the chunked
-    LM-head loss; the default) and plain PyTorch (norms by formula, loss from full float32 logits): the unfused
-    baseline."""
-    from ..layers import GatedRMSNorm, RMSNorm
+    """Switch ``model`` between its fused paths (the RMSNorm and gated RMSNorm kernels where available, the gated
+    MLPs' product kernels, the chunked LM-head loss; the default) and plain PyTorch (norms and MLPs by formula, loss
+    from full float32 logits): the unfused baseline."""
+    from ..layers import GatedMLP, GatedRMSNorm, RMSNorm
 
     model.config.fused_loss = fused
     for module in model.modules():
-        if isinstance(module, (RMSNorm, GatedRMSNorm)):
+        if isinstance(module, (RMSNorm, GatedRMSNorm, GatedMLP)):
             module.backend = "auto" if fused else "torch"
 
 

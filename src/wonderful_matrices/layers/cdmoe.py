@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import reject
-from ..ops import expert_mixture, product_key_topk
+from ..ops import expert_mixture, gated_linear, product_key_topk
 from ..ops.cdmoe import decode_args_valid, decode_step_usable, launch_decode_step
 from ..ops.common import MIXTURE_LAYER_BACKENDS, require, trusted_values
 from .mlp import ACTIVATIONS, GatedMLP
@@ -147,9 +147,11 @@ class CDMoE(nn.Module):
         nn.init.normal_(self.up_embed.weight, std=self.hidden_size ** -0.5)
 
     def shared(self, x: torch.Tensor) -> torch.Tensor:
-        """The shared SwiGLU: ``down_proj(act(gate_proj x) * up_proj x)``; x (..., d) -> (..., d)."""
-        act = ACTIVATIONS[self.activation]
-        return self.down_proj(act(self.gate_proj(x)) * self.up_proj(x))
+        """The shared SwiGLU: ``down_proj(act(gate_proj x) * up_proj x)``; x (..., d) -> (..., d) (in training on
+        CUDA the product is not kept for the backward: :func:`~wonderful_matrices.ops.gated_linear`)."""
+        down = self.down_proj
+        return gated_linear(self.gate_proj(x), self.up_proj(x), down.weight, down.bias, self.activation,
+                            "torch" if self.backend == "torch" else "auto")
 
     def query(self, x: torch.Tensor) -> torch.Tensor:
         """Retrieval queries: x (..., d) -> (..., H, 2, d_r/2)."""

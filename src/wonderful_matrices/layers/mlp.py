@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..ops import gated_linear
 from ..ops.expert_mixture import ACTIVATIONS
 
 
@@ -15,9 +16,12 @@ class GatedMLP(nn.Module):
         intermediate_size: inner width.
         activation: ``"silu"`` (SwiGLU), ``"gelu"`` or ``"relu"``.
         bias: linear biases.
+        backend: of :func:`~wonderful_matrices.ops.gated_linear` (the product and ``down_proj``): ``"auto"`` (in
+            training on CUDA, the product is not kept for the backward), ``"torch"`` or ``"triton"``.
     """
 
-    def __init__(self, hidden_size: int, intermediate_size: int, activation: str = "silu", bias: bool = False):
+    def __init__(self, hidden_size: int, intermediate_size: int, activation: str = "silu", bias: bool = False,
+                 backend: str = "auto"):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation={activation!r} is not allowed: one of {sorted(ACTIVATIONS)}")
@@ -28,7 +32,10 @@ class GatedMLP(nn.Module):
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
         self.act = ACTIVATIONS[activation]
+        self.activation = activation
+        self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., d) -> (..., d)."""
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        down = self.down_proj
+        return gated_linear(self.gate_proj(x), self.up_proj(x), down.weight, down.bias, self.activation, self.backend)

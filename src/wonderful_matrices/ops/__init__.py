@@ -4,10 +4,11 @@
 the public function and its ``backend`` dispatch."""
 from .dma import dynamic_mask_attention
 from .expert_mixture import expert_mixture
+from .gated_linear import gated_linear
 from .linear_cross_entropy import linear_cross_entropy
 from .product_key import product_key_topk
 from .rms_norm import gated_rms_norm, gated_rms_norm_linear, rms_norm
 from .ssd import ssd, ssd_step
 
-__all__ = ["dynamic_mask_attention", "expert_mixture", "gated_rms_norm", "gated_rms_norm_linear",
+__all__ = ["dynamic_mask_attention", "expert_mixture", "gated_linear", "gated_rms_norm", "gated_rms_norm_linear",
            "linear_cross_entropy", "product_key_topk", "rms_norm", "ssd", "ssd_step"]
