@@ -61,6 +61,31 @@ def interpreter_child_test(test_file):
     return test_interpreted_in_a_subprocess
 
 
+def kept_for_backward(fn, *args, autocast_dtype: torch.dtype | None = None) -> list:
+    """Compile ``fn`` (args -> a scalar) with AOTAutograd and its default partitioner (Inductor's), run it and its
+    backward (under CPU autocast to ``autocast_dtype`` if given) -> the FX nodes of the forward graph's outputs:
+    what is kept for the backward (the forward's results first). Which tensors survive to the backward is the
+    partitioner's choice, not the autograd functions' own ``save_for_backward``."""
+    from torch._functorch.aot_autograd import aot_module_simplified
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    kept = []
+
+    def forward_compiler(gm, example_inputs):
+        output = next(node for node in gm.graph.nodes if node.op == "output")
+        kept.extend(a for a in output.args[0] if hasattr(a, "op"))
+        return gm
+
+    def backend(gm, example_inputs):
+        return aot_module_simplified(gm, example_inputs, fw_compiler=forward_compiler, bw_compiler=lambda g, _: g,
+                                     partition_fn=min_cut_rematerialization_partition)
+
+    torch._dynamo.reset()
+    with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        torch.compile(fn, backend=backend, fullgraph=True)(*args).backward()
+    return kept
+
+
 def compile_every_config(kernel, signature: dict, constants: dict, aligned: bool = False) -> list:
     """Compile an autotuned Triton kernel for sm_90 in every GPU configuration of its autotuner (``constants``
     merged with each configuration's; one 4-warp compile of ``kernel`` itself when it has none) -> a list of

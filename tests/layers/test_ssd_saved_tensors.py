@@ -1,10 +1,12 @@
 """What an SSD layer keeps for its backward under ``torch.compile`` (Triton kernels, bf16 autocast), where
 AOTAutograd's partitioner decides it across the layer's autograd functions. Run under the Triton interpreter in a
 child process (the kernels' values do not matter here, only the graph)."""
+import operator
+
 import pytest
 import torch
 
-from conftest import interpreted_only, interpreter_child_test
+from conftest import interpreted_only, interpreter_child_test, kept_for_backward
 
 pytest.importorskip("triton")
 
@@ -23,32 +25,16 @@ def test_ssd_layer_keeps_neither_silu_output_nor_norm_output():
     """The layer keeps SiLU's input (SSD recomputes the activation inside its operators) and the gated norm's inputs
     (its backward kernel writes the norm's output again for ``out_proj``'s weight gradient), not their outputs: two
     ``(tokens, h·p)`` tensors that a traced SiLU or a plain ``out_proj`` after the norm would keep."""
-    from torch._functorch.aot_autograd import aot_module_simplified
-    from torch._functorch.partitioners import min_cut_rematerialization_partition
-
     from wonderful_matrices.layers.ssd import SSDMixer
-
-    kept = []
-
-    def forward_compiler(gm, example_inputs):
-        output = next(node for node in gm.graph.nodes if node.op == "output")
-        kept.extend(_source(a) for a in output.args[0] if hasattr(a, "op"))
-        return gm
-
-    def backend(gm, example_inputs):
-        return aot_module_simplified(gm, example_inputs, fw_compiler=forward_compiler, bw_compiler=lambda g, _: g,
-                                     partition_fn=min_cut_rematerialization_partition)
 
     mixer = SSDMixer(hidden_size=64, num_heads=4, head_dim=32, state_size=32, chunk_size=16, backend="triton")
     mixer.norm.backend = "triton"
-    torch._dynamo.reset()
-    step = torch.compile(lambda h, pos: mixer(h, pos).float().sum(), backend=backend, fullgraph=True)
     hidden = torch.randn(2, 64, 64).bfloat16().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        step(hidden, torch.arange(64).expand(2, 64)).backward()
+    kept = [_source(node) for node in kept_for_backward(lambda h, pos: mixer(h, pos).float().sum(), hidden,
+                                                        torch.arange(64).expand(2, 64), autocast_dtype=torch.bfloat16)]
     assert kept
     targets = {str(node.target) for node in kept}
     assert not any("silu" in t for t in targets), targets
-    norm_outputs = [node for node in kept if node.target is __import__("operator").getitem
+    norm_outputs = [node for node in kept if node.target is operator.getitem
                     and "gated_rms_norm_forward" in str(node.args[0].target) and node.args[1] == 0]
     assert not norm_outputs, norm_outputs

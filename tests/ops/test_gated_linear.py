@@ -7,7 +7,14 @@ import pytest
 import torch
 
 import wonderful_matrices as wm
-from conftest import compile_for_sm90, compiles_real_kernels, interpreted_only, interpreter_child_test, rel_err
+from conftest import (
+    compile_for_sm90,
+    compiles_real_kernels,
+    interpreted_only,
+    interpreter_child_test,
+    kept_for_backward,
+    rel_err,
+)
 
 
 def test_formula_and_errors():
@@ -62,25 +69,9 @@ def test_triton_matches_the_formula_and_keeps_no_product(autocast, bias):
 def test_compiled_mlp_keeps_gate_and_up_only():
     """Under ``torch.compile`` (AOTAutograd's partitioner decides what is kept) a GatedMLP keeps its input, ``gate``
     and ``up`` — not the product, which the plain composition keeps beside them."""
-    from torch._functorch.aot_autograd import aot_module_simplified
-    from torch._functorch.partitioners import min_cut_rematerialization_partition
-
-    kept = []
-
-    def forward_compiler(gm, example_inputs):
-        output = next(node for node in gm.graph.nodes if node.op == "output")
-        kept.extend(a for a in output.args[0] if hasattr(a, "op"))
-        return gm
-
-    def backend(gm, example_inputs):
-        return aot_module_simplified(gm, example_inputs, fw_compiler=forward_compiler, bw_compiler=lambda g, _: g,
-                                     partition_fn=min_cut_rematerialization_partition)
-
     mlp = wm.layers.GatedMLP(32, 64, backend="triton")  # what "auto" takes on CUDA
-    torch._dynamo.reset()
-    step = torch.compile(lambda x: mlp(x).float().sum(), backend=backend, fullgraph=True)
-    with torch.autocast("cpu", dtype=torch.float16):
-        step(torch.randn(40, 32, requires_grad=True)).backward()
+    kept = kept_for_backward(lambda x: mlp(x).float().sum(), torch.randn(40, 32, requires_grad=True),
+                             autocast_dtype=torch.float16)
     products = [n for n in kept if "mul" in str(n.target) or (
         n.target is operator.getitem and "gated_product" in str(n.args[0].target))
         or "gated_product_forward" in str(n.target)]

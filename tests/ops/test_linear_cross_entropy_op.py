@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import wonderful_matrices as wm
-from conftest import rel_err
+from conftest import kept_for_backward, rel_err
 from wonderful_matrices.ops.linear_cross_entropy.chunked import default_chunk_size
 from wonderful_matrices.ops.linear_cross_entropy.naive import linear_cross_entropy_naive
 
@@ -99,28 +99,13 @@ def test_compiled_loss_keeps_only_the_gradients_for_the_backward():
     per-chunk tensors instead — here each chunk's weight-gradient product, on an H100 at 32K tokens every chunk's
     float32 logits (4.3 GB: what chunking exists to avoid). The loop is one opaque operator, so what is kept is its
     two gradients, ``(n, d)`` and ``(V, d)``."""
-    from torch._functorch.aot_autograd import aot_module_simplified
-    from torch._functorch.partitioners import min_cut_rematerialization_partition
-
     n, d, vocab = 64, 8, 96
     hidden, weight, targets = inputs(n=n, d=d, vocab=vocab, ignored=(3,))
     hidden.requires_grad_(), weight.requires_grad_()
-    kept = []
-
-    def forward_compiler(gm, example_inputs):
-        output = next(node for node in gm.graph.nodes if node.op == "output")
-        kept.extend(a.meta["val"].numel() for a in output.args[0] if hasattr(a, "meta") and "val" in a.meta)
-        return gm
-
-    def backend(gm, example_inputs):
-        return aot_module_simplified(gm, example_inputs, fw_compiler=forward_compiler,
-                                     bw_compiler=lambda g, _: g, partition_fn=min_cut_rematerialization_partition)
-
-    torch._dynamo.reset()
-    loss_fn = torch.compile(lambda h, w: wm.ops.linear_cross_entropy(h, w, targets, chunk_size=16), backend=backend,
-                            fullgraph=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # as a model trains (the traced loop's choice depends on it)
-        loss_fn(hidden, weight).backward()
+    # under autocast, as a model trains (the traced loop's choice depends on it)
+    nodes = kept_for_backward(lambda h, w: wm.ops.linear_cross_entropy(h, w, targets, chunk_size=16), hidden, weight,
+                              autocast_dtype=torch.bfloat16)
+    kept = [node.meta["val"].numel() for node in nodes if isinstance(node.meta.get("val"), torch.Tensor)]
     ref = loss_and_grads(linear_cross_entropy_naive, hidden.detach().double(), weight.detach().double(), targets)
     assert rel_err(hidden.grad, ref[1]) < 2e-2 and rel_err(weight.grad, ref[2]) < 2e-2  # bf16 logits
     assert sum(kept) <= n * d + vocab * d + 2 * n, kept  # the gradients and a few per-row scalars
