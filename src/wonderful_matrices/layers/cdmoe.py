@@ -150,8 +150,10 @@ class CDMoE(nn.Module):
         """The shared SwiGLU: ``down_proj(act(gate_proj x) * up_proj x)``; x (..., d) -> (..., d) (in training on
         CUDA the product is not kept for the backward: :func:`~wonderful_matrices.ops.gated_linear`)."""
         down = self.down_proj
-        return gated_linear(self.gate_proj(x), self.up_proj(x), down.weight, down.bias, self.activation,
-                            "torch" if self.backend == "torch" else "auto")
+        if torch.is_grad_enabled():
+            return gated_linear(self.gate_proj(x), self.up_proj(x), down.weight, down.bias, self.activation,
+                                "torch" if self.backend == "torch" else "auto")
+        return down(ACTIVATIONS[self.activation](self.gate_proj(x)) * self.up_proj(x))
 
     def query(self, x: torch.Tensor) -> torch.Tensor:
         """Retrieval queries: x (..., d) -> (..., H, 2, d_r/2)."""
