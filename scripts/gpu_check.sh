@@ -8,6 +8,7 @@
 #   experts  tests/ops/test_experts_cuda.py        product-key top-k, expert mixture, CDMoE / PEER / PKM layers
 #            tests/ops/test_compiled_functions.py  the mixtures, PKM read and top-k compiled against eager (CUDA cases)
 #   norm     tests/ops/test_norm_loss_cuda.py      RMSNorm (+ residual), gated RMSNorm, chunked linear + CE, compile
+#            tests/ops/test_gated_linear_cuda.py   a gated MLP's product and down projection (the product not kept)
 #   models   tests/train/test_graph_step.py        GraphedTrainStep (its CUDA cases; the rest is CPU)
 #            tests/models/test_models_cuda.py      GraphedDecoder, packed rows of the tiny presets, fused bf16 step
 #            tests/train/test_compiled_training.py compiled packed training against eager (its CUDA cases)
@@ -52,7 +53,7 @@ files_of() {
     ssd) echo tests/ops/test_ssd_cuda.py ;;
     dma) echo tests/ops/test_dma_select.py tests/ops/test_dma_cuda.py ;;
     experts) echo tests/ops/test_experts_cuda.py tests/ops/test_compiled_functions.py ;;
-    norm) echo tests/ops/test_norm_loss_cuda.py ;;
+    norm) echo tests/ops/test_norm_loss_cuda.py tests/ops/test_gated_linear_cuda.py ;;
     models) echo tests/train/test_graph_step.py tests/models/test_models_cuda.py tests/train/test_compiled_training.py ;;
     half1) files_of ssd; files_of dma ;;
     half2) files_of experts; files_of norm; files_of models ;;

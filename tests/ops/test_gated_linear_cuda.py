@@ -1,5 +1,6 @@
 """``wm.ops.gated_linear``'s Triton autograd function on a CUDA device under bf16 autocast (a SwiGLU's product and
-down projection as a model's training step runs them) against the formula. Skipped without CUDA."""
+down projection as a model's training step runs them) against the formula. Skipped without CUDA; on a GPU machine
+``AREA=norm OUT=DIR bash scripts/gpu_check.sh`` runs it with the norm tests."""
 import pytest
 import torch
 
