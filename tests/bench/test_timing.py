@@ -22,8 +22,8 @@ def test_gpu_sampler_summarises_readings(monkeypatch):
     from wonderful_matrices.bench.common import GpuSampler
 
     with GpuSampler("cpu") as cpu:
-        pass
-    assert cpu.samples == [] and set(cpu.summary().values()) == {None}
+        time.sleep(0.01)  # a block long enough for a sampling thread to read, had it started
+    assert cpu._thread is None and cpu.samples == [] and set(cpu.summary().values()) == {None}
 
     readings = iter([(1980.0, 50.0, 400.0), (1755.0, 61.0, 500.0)])
     monkeypatch.setattr(GpuSampler, "sample", lambda self: next(readings, None))

@@ -81,3 +81,4 @@ def test_gated_norm_linear_is_the_composition_and_checks_its_arguments():
         wm.ops.gated_rms_norm_linear(x, z, w, lw, torch.randn(4))
     with pytest.raises(ValueError, match="num_groups"):
         wm.ops.gated_rms_norm_linear(x, z, w, lw, num_groups=5)
+

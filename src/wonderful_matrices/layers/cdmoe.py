@@ -29,7 +29,7 @@ from torch import nn
 from ..errors import reject
 from ..ops import expert_mixture, gated_linear, product_key_topk
 from ..ops.cdmoe import decode_args_valid, decode_step_usable, launch_decode_step
-from ..ops.common import MIXTURE_LAYER_BACKENDS, require, trusted_values
+from ..ops.common import MIXTURE_LAYER_BACKENDS, autocast_dtype, require, trusted_values
 from .mlp import ACTIVATIONS, GatedMLP
 
 SHARED_MLP_NAMES = ("gate_proj", "up_proj", "down_proj")  # the shared SwiGLU, named as GatedMLP and HF LlamaMLP
@@ -175,11 +175,11 @@ class CDMoE(nn.Module):
             if self.aux_loss is not None:  # (nn.Module's attribute assignment costs microseconds a step)
                 self.aux_loss = None
             return launch_decode_step(*decoding, workspace=self.decode_workspace).view(hidden_states.shape)
-        device = hidden_states.device.type
-        if hidden_states.dtype == torch.float32 and torch.is_autocast_enabled(device):
+        compute = autocast_dtype(hidden_states.device)
+        if hidden_states.dtype == torch.float32 and compute is not None:
             # one cast for the three linears (autocast would cast the input in each) and the mixture, which runs
             # in the autocast dtype like the linears
-            hidden_states = hidden_states.to(torch.get_autocast_dtype(device))
+            hidden_states = hidden_states.to(compute)
         shape = hidden_states.shape
         # tokens as rows (T, d): a linear on a 2-D input is two ATen ops, on (b, l, d) four (a decoding step's host
         # work is mostly such small ops)

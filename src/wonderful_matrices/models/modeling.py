@@ -26,7 +26,7 @@ from ..layers import Attention, CDMoE, DynamicMaskAttention, GatedMLP, Mamba2Mix
 from ..layers.rotary import RotaryTables
 from ..layers.ssd import GatedRMSNorm
 from ..ops import linear_cross_entropy
-from ..ops.common import trusted_values, value_checks_enabled
+from ..ops.common import autocast_dtype, trusted_values, value_checks_enabled
 from .cache import CheemsCache, uses_static_attention
 from .configuration import CheemsConfig
 from .graph_decode import GraphedDecoder
@@ -288,8 +288,7 @@ class CheemsBlock(GradientCheckpointingLayer):
         """(b, l, d) -> (b, l, d) (and the attention weights with ``output_attentions``; a pair of (b, l, d) with
         ``defer``)."""
         mixer_norm, mixer, ffn = self.mixer_norm, self.mixer, self.ffn  # each looked up once: a step's host time
-        device = hidden_states.device.type
-        autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        autocast = autocast_dtype(hidden_states.device)
         mixer_dtype = autocast if self.mixer_casts_once else None
         if update is None:
             normed = mixer_norm(hidden_states, out_dtype=mixer_dtype)

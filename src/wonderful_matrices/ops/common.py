@@ -79,6 +79,18 @@ def triton_usable(device: torch.device) -> bool:
     return triton_installed() and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
 
 
+def needs_backward(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd will differentiate through an op of ``tensors`` (grad mode on and one of them, None
+    skipped, requires grad)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast computes matrix products in on ``device`` (CPU or CUDA) when it is on there, else None."""
+    kind = device.type
+    return torch.get_autocast_dtype(kind) if kind in ("cuda", "cpu") and torch.is_autocast_enabled(kind) else None
+
+
 def resolve_backend(backend: str, available: Iterable[str], device: torch.device, auto_order: Iterable[str]) -> str:
     """Map ``backend`` (``"auto"`` or a name) to an available implementation for ``device``.
 

@@ -1,10 +1,9 @@
 """Mixture of single-neuron experts: ``y = Σ_heads Σ_k gate · act(down[e]·x) · up[e]`` per token."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from ..common import require, resolve_backend, shape_of, value_checks_enabled
+from ..common import needs_backward, require, resolve_backend, shape_of, value_checks_enabled
 from . import dense as _dense
 from . import gather as _gather
 from . import naive as _naive
@@ -36,11 +35,6 @@ def dense_is_cheaper(num_experts: int, selections: int, backward: bool = True) -
     token): ``N <= DENSE_FACTOR · M`` when a ``backward`` will run through the mixture, never for a forward alone
     (the measurements are at ``DENSE_FACTOR``)."""
     return backward and num_experts <= DENSE_FACTOR * selections
-
-
-def _needs_backward(*tensors: Tensor) -> bool:
-    """Whether autograd will differentiate through an op of ``tensors`` (grad mode on and one requires grad)."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _backend_for(backend: str, table: Tensor, selections: int, backward: bool) -> str:
@@ -88,7 +82,7 @@ def expert_mixture(x: Tensor, ids: Tensor, gates: Tensor, down: Tensor, up: Tens
         low, high = (int(v) for v in ids.aminmax())
         require(low >= 0 and high < down.shape[0], "ids", f"values in [{low}, {high}]",
                 f"expert ids in [0, N={down.shape[0]})")
-    name = _backend_for(backend, down, ids.shape[-2] * ids.shape[-1], _needs_backward(x, gates, down, up))
+    name = _backend_for(backend, down, ids.shape[-2] * ids.shape[-1], needs_backward(x, gates, down, up))
     if name == "dense":
         return _dense.expert_mixture(x, ids.long(), gates, down, up, activation)
     if name == "triton":
@@ -164,7 +158,7 @@ def weighted_rows(weights: Tensor, ids: Tensor, table: Tensor, backend: str = "a
         low, high = (int(v) for v in ids.aminmax())
         require(low >= 0 and high < table.shape[0], "ids", f"values in [{low}, {high}]",
                 f"row ids in [0, N={table.shape[0]})")
-    name = _backend_for(backend, table, ids.shape[1], _needs_backward(weights, table))
+    name = _backend_for(backend, table, ids.shape[1], needs_backward(weights, table))
     require(name != "naive", "backend", backend, "'auto', 'torch', 'dense' or 'triton'")
     if name == "dense":
         return _dense.weighted_rows(weights, ids.long(), table)

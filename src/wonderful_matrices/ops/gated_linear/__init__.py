@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..common import require, resolve_backend, shape_of
+from ..common import autocast_dtype, needs_backward, require, resolve_backend, shape_of
 from ..expert_mixture.naive import ACTIVATIONS
 from .naive import gated_linear_naive
 
@@ -44,10 +44,8 @@ def gated_linear(gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor, bia
             "bias.shape", shape_of(bias) if isinstance(bias, torch.Tensor) else bias, f"None or ({weight.shape[0]},)")
     require(activation in ACTIVATIONS, "activation", activation, f"one of {sorted(ACTIVATIONS)}")
     name = resolve_backend(backend, BACKENDS, gate.device, AUTO_ORDER)
-    if name == "triton" and activation == "silu" and torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (gate, up, weight, bias)):
-        device = gate.device.type
-        linear_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+    if name == "triton" and activation == "silu" and needs_backward(gate, up, weight, bias):
+        linear_dtype = autocast_dtype(gate.device) or weight.dtype  # what F.linear computes in
         if gate.dtype == up.dtype == linear_dtype and gate.dtype in _triton_backend.DTYPES:
             return _triton_backend.gated_linear_triton(gate, up, weight, bias)
     return gated_linear_naive(gate, up, weight, bias, activation)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
+from ..common import autocast_dtype
+
 MIN_CHUNK, MAX_CHUNK = 1024, 8192
 MAX_CHUNK_LOGITS = 1 << 28  # elements of one chunk's logits (512 MB in bf16)
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -37,10 +39,7 @@ def default_chunk_size(n: int, d: int, vocab: int) -> int:
 
 def logits_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     """The dtype of the logits matrix product: autocast's when it is on for the device, else the inputs'."""
-    device = hidden.device.type
-    if device in ("cuda", "cpu") and torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return torch.promote_types(hidden.dtype, weight.dtype)
+    return autocast_dtype(hidden.device) or torch.promote_types(hidden.dtype, weight.dtype)
 
 
 def _losses_fake(hidden, weight, targets, weights, chunk_size, with_grad, fused_rows):

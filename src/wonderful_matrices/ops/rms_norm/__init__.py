@@ -7,7 +7,7 @@ import math
 import torch
 
 from ...errors import reject
-from ..common import require, resolve_backend, shape_of
+from ..common import autocast_dtype, needs_backward, require, resolve_backend, shape_of
 from .naive import gated_rms_norm_naive, rms_norm_naive
 
 try:  # triton is optional: without it the package still imports and the backend is not offered
@@ -156,13 +156,11 @@ def gated_rms_norm_linear(x: torch.Tensor, gate: torch.Tensor, weight: torch.Ten
                                     and tuple(linear_bias.shape) == (linear_weight.shape[0],)),
             "linear_bias.shape", shape_of(linear_bias) if isinstance(linear_bias, torch.Tensor) else linear_bias,
             f"None or ({linear_weight.shape[0]},)")
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                 for t in (x, gate, weight, linear_weight, linear_bias))
-    if needs_grad and resolve_backend(backend, BACKENDS, x.device, AUTO_ORDER) == "triton":
+    if (needs_backward(x, gate, weight, linear_weight, linear_bias)
+            and resolve_backend(backend, BACKENDS, x.device, AUTO_ORDER) == "triton"):
         y_dtype = out_dtype or torch.promote_types(weight.dtype, x.dtype)
-        device = x.device.type
         # the dtype F.linear would compute in: autocast's, else its operands' (which must then agree)
-        linear_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else linear_weight.dtype
+        linear_dtype = autocast_dtype(x.device) or linear_weight.dtype
         if y_dtype == linear_dtype and _triton_usable(x, gate, weight, num_groups, out_dtype):
             return _triton_backend.gated_rms_norm_linear_triton(x, gate, weight, eps, num_groups, out_dtype,
                                                                 linear_weight, linear_bias)
