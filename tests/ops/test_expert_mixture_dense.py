@@ -231,14 +231,14 @@ def test_dense_is_cheaper_for_few_experts_only():
 
 def test_dense_only_where_a_backward_runs():
     """The dense mixture's gain is its backward: a forward alone (prefill, decoding) keeps the gathers."""
-    from wonderful_matrices.ops.expert_mixture import _needs_backward
+    from wonderful_matrices.ops.common import needs_backward
 
     assert not dense_is_cheaper(2304, 4 * 8, backward=False)
     weights, table = torch.randn(3, 4), torch.randn(5, 2, requires_grad=True)
-    assert _needs_backward(weights, table)
-    assert not _needs_backward(weights, table.detach())
+    assert needs_backward(weights, table)
+    assert not needs_backward(weights, table.detach())
     with torch.no_grad():
-        assert not _needs_backward(weights, table)
+        assert not needs_backward(weights, table)
 
 
 def test_auto_on_the_cpu_stays_torch(monkeypatch):
