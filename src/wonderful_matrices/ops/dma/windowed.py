@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..triton_utils import opaque_to_compile
 from .selection import default_block, rank_order, select_blocks
 
 MASKED_BIAS = -1e30
@@ -96,18 +97,30 @@ def attendable_queries(bias: torch.Tensor, lq: int, seq_idx: torch.Tensor | None
     thread per ``(b, hkv)`` column on CUDA (3 ms at 16K tokens in session 12's profile, as long as the attention).
     """
     b, lk, hkv = bias.shape
+    if seq_idx is not None:
+        return _attendable_in_documents(bias, seq_idx)
     positions = torch.arange(lk, device=bias.device)
+    first = torch.where(torch.isfinite(bias).transpose(1, 2), positions, lk).amin(-1)  # (b, hkv): first finite key
+    return first[:, None, :] <= positions[lk - lq:][None, :, None]
+
+
+def _attendable_in_documents_fake(bias: torch.Tensor, seq_idx: torch.Tensor) -> torch.Tensor:
+    return bias.new_empty(bias.shape, dtype=torch.bool)
+
+
+@opaque_to_compile("attendable_in_documents", _attendable_in_documents_fake)
+def _attendable_in_documents(bias: torch.Tensor, seq_idx: torch.Tensor) -> torch.Tensor:
+    """:func:`attendable_queries` of packed rows (``lq == lk``): bias (b, l, hkv), seq_idx (b, l) -> (b, l, hkv)
+    bool. An operator of its own under ``torch.compile``: Inductor (torch 2.11, CUDA) fused the ``isfinite`` into
+    the scan below and failed to generate its code at cheems-base's shapes (docs/results.md, session 19)."""
+    b, lk, hkv = bias.shape
     finite = torch.isfinite(bias).transpose(1, 2)  # (b, hkv, lk)
-    query_pos = positions[lk - lq:]
-    if seq_idx is None:  # the first finite key at or before the query
-        first = torch.where(finite, positions, lk).amin(-1)  # (b, hkv)
-        return first[:, None, :] <= query_pos[None, :, None]
-    # finite keys in [document start, query] = seen[query] - seen[start - 1]; with documents lq == lk
+    # finite keys in [document start, query] = seen[query] - seen[start - 1]
     seen = finite.to(torch.int32).cumsum(-1)
     doc_first = torch.searchsorted(seq_idx.contiguous(), seq_idx.contiguous())  # (b, l)
     before_doc = seen.gather(-1, doc_first[:, None, :].expand(b, hkv, lk)) - finite.gather(
         -1, doc_first[:, None, :].expand(b, hkv, lk)).to(torch.int32)
-    return (seen > before_doc).transpose(1, 2)
+    return (seen > before_doc).transpose(1, 2).contiguous()  # the layout the fake promises
 
 
 def _dense(q, k, v, bias, causal: bool, scale: float, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
