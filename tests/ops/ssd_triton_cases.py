@@ -19,7 +19,8 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 
 from test_ssd_op import _forward_backward, _run_naive, make_inputs
 from test_ssd_packed import _case_id as _packed_id
-from test_ssd_packed import check_packed
+from test_ssd_packed import check_packed, packed_inputs, separate
+from test_ssd_packed import forward_backward as packed_forward_backward
 
 from wonderful_matrices.ops import ssd
 from wonderful_matrices.ops.ssd.naive import ssd_naive
@@ -311,3 +312,22 @@ def test_silu_activation_keeps_the_pre_activation(backend):
         assert any(torch.equal(t, inputs["x"]) for t in same_shape)
     with pytest.raises(ValueError, match="x_activation"):
         ssd(**inputs, backend=backend, x_activation="gelu")
+
+
+def test_silu_activation_packed():
+    """``x_activation="silu"`` with packed documents (chunk 16, documents starting inside and at chunks) on the
+    Triton kernels, which apply the activation where they load ``x``: output, final state and every gradient
+    against the documents run alone on ``silu(x)`` in float64."""
+    case = (4, 3, 2, 6, 16, True, True, [[5, 16, 19], [1, 31, 8]])
+    inputs, seq_idx, rows = packed_inputs(case)
+    gen = torch.Generator().manual_seed(5)
+    gy = torch.randn(*inputs["x"].shape, generator=gen, dtype=torch.float64)
+    gs = torch.randn(*inputs["initial_state"].shape, generator=gen, dtype=torch.float64)
+    ry, rs, rgrads = packed_forward_backward(
+        lambda x, **kw: separate(rows, torch.nn.functional.silu(x), **kw), inputs, gy, gs)
+    run = lambda **kw: ssd(**kw, chunk_size=16, return_final_state=True, seq_idx=seq_idx,  # noqa: E731
+                           backend="triton", x_activation="silu")
+    y, fs, grads = packed_forward_backward(run, {k: v.float() for k, v in inputs.items()}, gy, gs)
+    assert rel_err(y, ry) < 1e-5 and rel_err(fs, rs) < 1e-5
+    for name, grad in rgrads.items():
+        assert rel_err(grads[name], grad) < (1e-4 if name == "A" else 2e-5), name

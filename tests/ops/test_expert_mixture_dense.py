@@ -292,9 +292,9 @@ def test_compiled_mixture_keeps_no_tokens_by_experts_matrix_for_the_backward():
     """Under torch.compile the forward's tensors kept for the backward are AOTAutograd's choice, not the Function's
     ``save_for_backward``: when the backward built its coefficient matrices from the same ``(T, N)`` zero matrix as
     the forward, common-subexpression elimination merged the two and the partitioner kept that matrix alive from the
-    forward to the backward (151 MB per CDMoE layer at cheems-base's 2 × 16K tokens). The backward builds them
-    transposed, so nothing ``(T, N)`` is kept: only the inputs, ``ids``, ``gates``, the ``(T, M)`` dots and
-    tensors of size ``T·M`` or ``N·d``."""
+    forward to the backward (151 MB per CDMoE layer at cheems-base's 2 × 16K tokens). The backward builds both as
+    one ``(2, T, N)`` matrix, so nothing of ``T·N`` elements or more is kept: only the inputs, ``ids``, ``gates``,
+    the ``(T, M)`` dots and tensors of size ``T·M`` or ``N·d``."""
     from torch._functorch.aot_autograd import aot_module_simplified
     from torch._functorch.partitioners import min_cut_rematerialization_partition
 
