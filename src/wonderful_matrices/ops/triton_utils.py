@@ -57,6 +57,20 @@ def attention_layout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *more: t
     return (q, k, v, *more)
 
 
+def autotune(configs: list, key: list, **options):
+    """``triton.autotune`` for this library's kernels, with their picks cached on disk (Triton's ``cache_results``,
+    in Triton's cache directory) unless ``WM_AUTOTUNE_CACHE=0``: a later process reuses the configuration an earlier
+    one measured for the same kernel, key and configurations instead of timing them again. Timing afresh in every
+    process let a noisy pick of the windowed DMA kernels move cheems-base's 16K training rate by 10% between two
+    processes on one GPU (docs/results.md, sessions 18 and 19). The interpreter never caches (Triton's rule)."""
+    import triton
+
+    if os.environ.get("WM_AUTOTUNE_CACHE", "1") != "0" and \
+            "cache_results" in inspect.signature(triton.autotune).parameters:
+        options.setdefault("cache_results", True)
+    return triton.autotune(configs=configs, key=key, **options)
+
+
 def tile_configs(gpu: list[tuple[int, int, int, int]], interpreted: tuple[int, int]) -> list:
     """Autotune configurations ``{"BLOCK_M", "BLOCK_N"}`` from ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` tuples on a
     GPU; under the interpreter the one configuration ``interpreted`` (``(BLOCK_M, BLOCK_N)``, 4 warps, 1 stage)."""

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from ..expert_mixture.row_kernels import ACTIVATION_CODES, _activation
-from ..triton_utils import TunedLaunch, cdiv, interpreting, poisoned_empty, pow2_at_least
+from ..triton_utils import TunedLaunch, autotune, cdiv, interpreting, poisoned_empty, pow2_at_least
 from . import MAX_DECODE_TOKENS
 
 
@@ -64,7 +64,7 @@ def _rows_times_tokens(x_ptr, w_ptr, offs_t, mask_t, offs_o, mask_o, D, BLOCK_T:
     return acc
 
 
-@triton.autotune(configs=_matvec_configs(), key=["D", "INNER", "Q"])
+@autotune(configs=_matvec_configs(), key=["D", "INNER", "Q"])
 @triton.jit
 def _project_kernel(x_ptr, gate_w_ptr, up_w_ptr, query_w_ptr, gate_b_ptr, up_b_ptr, h_ptr, q_ptr, T, D, INNER, Q,
                     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_T: tl.constexpr,
@@ -140,7 +140,7 @@ def _half_top_k(q_ptr, keys_ptr, t, h, c, H, N_KEYS, DK, K: tl.constexpr, K_PAD:
     return kept_v, kept_i
 
 
-@triton.autotune(configs=_route_configs(), key=["N_KEYS", "DK", "D", "K"])
+@autotune(configs=_route_configs(), key=["N_KEYS", "DK", "D", "K"])
 @triton.jit
 def _route_mix_kernel(x_ptr, q_ptr, keys_ptr, down_ptr, up_ptr, out_ptr, H, N_KEYS, DK, D,
                       K: tl.constexpr, K_PAD: tl.constexpr, DK_PAD: tl.constexpr, ACT: tl.constexpr,
@@ -186,7 +186,7 @@ def _route_mix_kernel(x_ptr, q_ptr, keys_ptr, down_ptr, up_ptr, out_ptr, H, N_KE
         tl.store(out_ptr + (t * H + h) * D + offs_d, share, mask=mask_d)
 
 
-@triton.autotune(configs=_matvec_configs(), key=["D", "INNER", "H"])
+@autotune(configs=_matvec_configs(), key=["D", "INNER", "H"])
 @triton.jit
 def _down_kernel(h_ptr, down_w_ptr, down_b_ptr, private_ptr, out_ptr, T, D, INNER, H,
                  HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_O: tl.constexpr,

@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import attention_layout, dot_block, poisoned_empty, poisoned_empty_like, tile_configs
+from ..triton_utils import attention_layout, autotune, dot_block, poisoned_empty, poisoned_empty_like, tile_configs
 from .windowed_kernels import needs_wide_offsets
 
 # dq keeps one (BLOCK_M, D) float32 accumulator, dk/dv two (BLOCK_N, D): the key side takes the narrower query tiles
@@ -71,7 +71,7 @@ def _dq_inner(dq, q, do, lse2, delta, k_ptr, v_ptr, bias_ptr, skl, pos, first, d
     return dq
 
 
-@triton.autotune(configs=DQ_CONFIGS, key=["HEAD_DIM", "HAS_DOCS", "hq", "hkv"])
+@autotune(configs=DQ_CONFIGS, key=["HEAD_DIM", "HAS_DOCS", "hq", "hkv"])
 @triton.jit
 def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, first_ptr, do_ptr, lse_ptr, out_ptr, delta_ptr, dq_ptr,
                sqb, sql, sqh, skb, skl, skh, sdb, sdl, sdh, sob, sol, soh, sgb, sgl, sgh, sbb, sbh, sfb,
@@ -158,7 +158,7 @@ def _dkv_inner(dk, dv, db, k, v, kb2, j, end, q_head, do_head, lse_row, delta_ro
     return dk, dv, db
 
 
-@triton.autotune(configs=DKV_CONFIGS, key=["HEAD_DIM", "HAS_DOCS", "hq", "hkv"])
+@autotune(configs=DKV_CONFIGS, key=["HEAD_DIM", "HAS_DOCS", "hq", "hkv"])
 @triton.jit
 def _dkv_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, end_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, dbias_ptr,
                 sqb, sql, sqh, skb, skl, skh, sdb, sdl, sdh, sgb, sgl, sgh, sbb, sbh, sxb, sxh, sfb,

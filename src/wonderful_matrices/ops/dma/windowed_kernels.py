@@ -35,6 +35,7 @@ import triton.language as tl
 from ..common import require
 from ..triton_utils import (
     attention_layout,
+    autotune,
     dot_block,
     opaque_to_compile,
     poisoned_empty,
@@ -133,7 +134,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptr, v_ptr, bias_ptr, list_ptr, drop_ptr, skl
     return acc, l_i, m_i
 
 
-@triton.autotune(configs=QUERY_SIDE, key=["HEAD_DIM", "BLOCK", "width", "hq", "hkv"])
+@autotune(configs=QUERY_SIDE, key=["HEAD_DIM", "BLOCK", "width", "hq", "hkv"])
 @triton.jit
 def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, drop_ptr, out_ptr, lse_ptr,
                 sqb, sql, sqh, skb, skl, skh, sbb, sbl, sbh, sob, sol, soh,
@@ -206,7 +207,7 @@ def _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, bias_ptr, list_ptr, drop_ptr,
     return dq
 
 
-@triton.autotune(configs=QUERY_SIDE, key=["HEAD_DIM", "BLOCK", "width", "hq", "hkv"])
+@autotune(configs=QUERY_SIDE, key=["HEAD_DIM", "BLOCK", "width", "hq", "hkv"])
 @triton.jit
 def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, drop_ptr, do_ptr, lse_ptr, out_ptr,
                delta_ptr, dq_ptr,
@@ -255,7 +256,7 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, dro
              mask=io_mask)
 
 
-@triton.autotune(configs=KEY_SIDE, key=["HEAD_DIM", "BLOCK", "width", "hq", "hkv"],
+@autotune(configs=KEY_SIDE, key=["HEAD_DIM", "BLOCK", "width", "hq", "hkv"],
                  reset_to_zero=["dk_ptr", "dv_ptr", "dbias_ptr"])
 @triton.jit
 def _dkv_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, drop_ptr, do_ptr, lse_ptr, delta_ptr,

@@ -51,7 +51,7 @@ import triton
 import triton.language as tl
 
 from ..common import cast
-from ..triton_utils import interpreting, opaque_to_compile, poisoned_empty
+from ..triton_utils import autotune, interpreting, opaque_to_compile, poisoned_empty
 from .gather import RowSum
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -96,7 +96,7 @@ def _activation(s, ACT: tl.constexpr):
     return value, slope
 
 
-@triton.autotune(
+@autotune(
     configs=_configs([(16, 256, 4), (32, 128, 4), (16, 512, 8), (8, 1024, 8)], (4, 16), ("BLOCK_M", "BLOCK_D")),
     key=["M", "D", "EPILOGUE"])
 @triton.jit
@@ -135,7 +135,7 @@ def _row_dots_kernel(vec_ptr, table_ptr, ids_ptr, gate_ptr, s_ptr, out_ptr, aux_
         tl.store(aux_ptr + at, (dot * value).to(aux_ptr.dtype.element_ty), mask=mask_m)
 
 
-@triton.autotune(
+@autotune(
     configs=_configs([(16, 256, 4), (32, 128, 4), (16, 512, 8), (32, 256, 8)], (4, 16), ("BLOCK_M", "BLOCK_D")),
     key=["M", "D"])
 @triton.jit
@@ -188,7 +188,7 @@ def _one_hot_product(acc, a, rows, HI_LO: tl.constexpr):
     return acc
 
 
-@triton.autotune(
+@autotune(
     configs=[triton.Config({"TILE_E": BLOCK_E, "BLOCK_D": 16}, num_warps=1)] if interpreting() else
     [triton.Config({"TILE_E": e, "BLOCK_D": b}, num_warps=w, num_stages=st) for e, b, w, st in TABLE_GRAD_CONFIGS],
     key=["N", "D", "SPLIT", "PAIRED"], prune_configs_by={"early_config_prune": _prune_table_grad})

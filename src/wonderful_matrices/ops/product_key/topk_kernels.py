@@ -54,7 +54,7 @@ import triton
 import triton.language as tl
 
 from ..common import require
-from ..triton_utils import interpreting, opaque_to_compile, poisoned_empty
+from ..triton_utils import autotune, interpreting, opaque_to_compile, poisoned_empty
 
 # backward: sub-keys per half up to which the table counts as small (the module docstring: SMALL_TABLE_BACKWARD picks
 # its backward), and the elements of the reduced kernel's (sub-keys, tokens) float32 sum per program (32 per thread
@@ -146,7 +146,7 @@ def _half_topk(q_ptr, keys_ptr, offs_t, mask_t, h, c, H, N_KEYS, DK,
     return kept_v, kept_i
 
 
-@triton.autotune(configs=_forward_configs(), key=["N_KEYS", "DK", "K"])
+@autotune(configs=_forward_configs(), key=["N_KEYS", "DK", "K"])
 @triton.jit
 def _topk_forward_kernel(q_ptr, keys_ptr, scores_ptr, ids_ptr, T, H, N_KEYS, DK,
                          K: tl.constexpr, K_PAD: tl.constexpr, DK_PAD: tl.constexpr, PRECISION: tl.constexpr,
@@ -238,7 +238,7 @@ def _half_topk_bitonic(q_ptr, keys_ptr, offs_t, mask_t, h, c, H, N_KEYS, DK,
     return kept
 
 
-@triton.autotune(configs=_bitonic_configs(), key=["N_KEYS", "DK", "K"],
+@autotune(configs=_bitonic_configs(), key=["N_KEYS", "DK", "K"],
                  prune_configs_by={"early_config_prune": _prune_bitonic})
 @triton.jit
 def _topk_forward_bitonic_kernel(q_ptr, keys_ptr, scores_ptr, ids_ptr, T, H, N_KEYS, DK,
