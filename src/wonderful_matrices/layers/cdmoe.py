@@ -30,6 +30,7 @@ from ..errors import reject
 from ..ops import expert_mixture, gated_linear, product_key_topk
 from ..ops.cdmoe import decode_args_valid, decode_step_usable, launch_decode_step
 from ..ops.common import MIXTURE_LAYER_BACKENDS, autocast_dtype, require, trusted_values
+from ..ops.product_key.marginals import subkey_marginals
 from .mlp import ACTIVATIONS, GatedMLP
 
 SHARED_MLP_NAMES = ("gate_proj", "up_proj", "down_proj")  # the shared SwiGLU, named as GatedMLP and HF LlamaMLP
@@ -55,7 +56,14 @@ def product_key_balance_loss(half_scores: torch.Tensor, ids: torch.Tensor) -> to
     """
     H, n = half_scores.shape[-3], half_scores.shape[-1]
     dtype = torch.float32 if half_scores.dtype in (torch.float16, torch.bfloat16) else half_scores.dtype
-    probs = half_scores.to(dtype).softmax(-1).reshape(-1, H, 2, n).mean(0)  # (H, 2, n)
+    return balance_loss_of_marginals(half_scores.to(dtype).softmax(-1).reshape(-1, H, 2, n).mean(0), ids)
+
+
+def balance_loss_of_marginals(probs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """:func:`product_key_balance_loss` from the mean sub-key distribution ``probs (H, 2, n)`` (its ``P``; what
+    :func:`~wonderful_matrices.ops.product_key.marginals.subkey_marginals` computes from the queries without keeping the
+    per-token probabilities) and the selected ``ids (..., H, k)`` -> a scalar in ``probs``' dtype."""
+    H, n, dtype = probs.shape[0], probs.shape[-1], probs.dtype
     flat = ids.reshape(-1, H, ids.shape[-1])
     T = flat.shape[0]
     halves = torch.stack([torch.div(flat, n, rounding_mode="floor"), flat % n], dim=2)  # (T, H, 2, k)
@@ -192,8 +200,8 @@ class CDMoE(nn.Module):
                                      self.up_embed.weight.to(dtype), activation=self.activation, backend=self.backend)
         self.aux_loss = None
         if self.balance_loss_weight > 0 and self.training:  # a training loss: not computed in eval or decoding
-            half_scores = torch.einsum("...hcd,hcnd->...hcn", query, self.keys.to(query.dtype))  # O(√N) per token
-            self.aux_loss = self.balance_loss_weight * product_key_balance_loss(half_scores, ids)
+            probs = subkey_marginals(query, self.keys.to(query.dtype))  # O(√N) per token, nothing per token kept
+            self.aux_loss = self.balance_loss_weight * balance_loss_of_marginals(probs, ids)
         return (self.shared(flat) + private).view(shape)
 
     def _fused_decode_tensors(self, hidden_states: torch.Tensor) -> tuple | None:
