@@ -272,6 +272,51 @@ def test_compiled_training_resumes_and_follows_the_eager_one(tmp_path, monkeypat
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
+def test_compiled_training_falls_back_to_eager_when_the_compiler_fails(monkeypatch):
+    """A compiler failure on the first compiled step (Inductor's code generation failed on cheems-base's packed rows
+    in session 19 and the whole GPU call was lost) leaves the run training eagerly from that step: the weights of the
+    eager training, ``compiled`` False and the error in one line; a failure on a later step is raised."""
+    from wonderful_matrices.models import CheemsForCausalLM, presets
+
+    calls = []
+
+    def failing_compiler():
+        def loss(*args):
+            calls.append(len(calls))
+            raise torch._dynamo.exc.TorchDynamoException("inductor: list indices must be integers")
+        return loss
+
+    monkeypatch.setattr(lm_common, "compiled_lm_loss", failing_compiler)
+    config = presets.get("cheems-tiny", vocab_size=64, use_cache=False)
+    tokens = np.random.default_rng(0).integers(0, 64, 2000).astype(np.int64)
+    train = dict(tokens=tokens, seq_len=16, batch=2, steps=4, lr=1e-3, device=torch.device("cpu"), seed=3, eos=0)
+
+    def fresh():
+        torch.manual_seed(3)
+        return CheemsForCausalLM(config)
+
+    reference = fresh()
+    eager_stats = lm_common.train_lm(reference, **train)
+    assert eager_stats["compiled"] is False and eager_stats["compile_error"] is None
+    fallen_back = fresh()
+    stats = lm_common.train_lm(fallen_back, **train, compiled=True)
+    assert calls == [0] and stats["compiled"] is False
+    assert stats["compile_error"] == "TorchDynamoException: inductor: list indices must be integers"
+    assert stats["final_loss"] == eager_stats["final_loss"]
+    for a, b in zip(fallen_back.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+    def fails_on_the_second_step(*args):
+        calls.append(len(calls))
+        if len(calls) > 2:
+            raise torch._dynamo.exc.TorchDynamoException("a recompilation failed")
+        return lm_common.lm_loss(*args)
+
+    monkeypatch.setattr(lm_common, "compiled_lm_loss", lambda: fails_on_the_second_step)
+    with pytest.raises(torch._dynamo.exc.TorchDynamoException, match="recompilation"):
+        lm_common.train_lm(fresh(), **train, compiled=True)
+
+
 def test_compiled_training_flag_reaches_every_run(tmp_path, corpus_path, monkeypatch):
     seen = []
 

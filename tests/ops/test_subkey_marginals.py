@@ -66,5 +66,11 @@ def test_mismatched_dtypes_raise():
 def test_operator_registration_checks():
     """The custom operator's fake (what the compiler plans with), autograd registration and schema agree with the
     real one (torch.library.opcheck)."""
-    query, keys = inputs(shape=(29,), dtype=torch.float32)
-    torch.library.opcheck(torch.ops.wonderful_matrices.subkey_marginals, (query, keys))
+    for shape, H, n, dk in [((29,), 4, 11, 6), ((32,), 2, 4, 8), ((5,), 1, 3, 2)]:
+        query, keys = inputs(shape=shape, H=H, n=n, dk=dk, dtype=torch.float32)
+        torch.library.opcheck(torch.ops.wonderful_matrices.subkey_marginals, (query, keys))
+        grad = torch.randn(H, 2, n)
+        backward = torch.ops.wonderful_matrices.subkey_marginals_backward
+        torch.library.opcheck(backward, (grad, query.detach(), keys.detach()))
+        # contiguous like the fake: the layer views the query's gradient as the linear's (T, H·2·dk) output
+        assert all(g.is_contiguous() for g in backward(grad, query.detach(), keys.detach()))

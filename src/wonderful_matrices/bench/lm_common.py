@@ -35,7 +35,7 @@ from ..models.modeling import causal_lm_loss, causal_lm_loss_from_hidden
 from ..ops.common import trusted_values
 from ..train.optim import adamw, apply_gradients
 from ..train.schedule import lr_multiplier
-from .common import synchronize
+from .common import one_line, synchronize
 
 
 @dataclass
@@ -156,13 +156,17 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
              seed: int = 0, weight_decay: float = 0.1, eos: int | None = None, checkpoint: Path | None = None,
              checkpoint_every: int = 0, facts: dict | None = None, compiled: bool = False) -> dict:
     """Train ``model`` on rows of ``seq_len + 1`` of ``tokens`` (1-D; see the module docstring; packed documents
-    with ``eos``); return ``{"final_loss", "tokens_per_s", "peak_memory_bytes", "train_s", "resumed_at"}``
-    (throughput over the steps this call ran after its first two, which compile/warm up).
+    with ``eos``); return ``{"final_loss", "tokens_per_s", "peak_memory_bytes", "train_s", "resumed_at",
+    "compiled", "compile_error"}`` (throughput over the steps this call ran after its first two, which compile/warm
+    up).
 
     ``compiled``: the forward and backward run under ``torch.compile`` (:func:`compiled_lm_loss`, compiled in this
     call's first step; the optimizer stays eager); the rows' document layout changes from batch to batch without a
     recompilation. The weights, optimizer state and checkpoints are those of the eager training, so a run may
-    resume compiled from an eager checkpoint and the other way round.
+    resume compiled from an eager checkpoint and the other way round. When the compiler fails on that first step
+    (before any update), the training goes on eagerly from the same step: ``"compiled"`` is then False and
+    ``"compile_error"`` the compiler's error in one line (None otherwise) — a long, time-limited run is not lost to a
+    compiler bug (session 19 lost a GPU call to one).
 
     ``checkpoint`` (a file path) with ``checkpoint_every > 0``: model, optimizer, scheduler, RNG states and the
     step are saved there (atomically) after every ``checkpoint_every`` steps and after the last one (then with
@@ -185,6 +189,7 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
         if finished is not None:
             return finished
     loss_fn = compiled_lm_loss() if compiled else None
+    compile_error = None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
@@ -196,7 +201,16 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
             synchronize(device)
             t_steady = time.perf_counter()
         rows = data.train_batch(step, batch, grad_accum=1, micro=0, seed=seed).to(device, non_blocking=True)
-        loss = optimizer_step(model, opt, rows, device, clip=1.0, scheduler=sched, eos=eos, loss_fn=loss_fn)
+        try:
+            loss = optimizer_step(model, opt, rows, device, clip=1.0, scheduler=sched, eos=eos, loss_fn=loss_fn)
+        except torch._dynamo.exc.TorchDynamoException as error:  # Inductor's errors are such exceptions too
+            if loss_fn is None or step != start_step:
+                raise
+            compile_error = one_line(error)
+            print(f"compiled training: the compiler failed ({compile_error}); training eagerly", flush=True)
+            loss_fn = None
+            opt.zero_grad(set_to_none=True)
+            loss = optimizer_step(model, opt, rows, device, clip=1.0, scheduler=sched, eos=eos)
         if step == steps - 1:
             loss_value = float(loss.detach())
         elif saving and (step + 1) % checkpoint_every == 0:
@@ -210,7 +224,8 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
     stats = {"final_loss": loss_value,
              "tokens_per_s": steady_steps * batch * seq_len / max(end - t_steady - save_s, 1e-9),
              "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-             "train_s": end - t_start, "resumed_at": start_step}
+             "train_s": end - t_start, "resumed_at": start_step, "compiled": loss_fn is not None,
+             "compile_error": compile_error}
     if saving:
         _save_training_state(checkpoint, model, opt, sched, steps, facts, stats)
     return stats

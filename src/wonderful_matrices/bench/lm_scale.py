@@ -108,7 +108,8 @@ def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpu
     """Train and evaluate ``{family}-{size}`` with ``seed`` into its folder under ``out`` unless it holds the
     results of these ``settings`` already (:func:`run_settings`); return the run's row. ``compiled``: the training
     runs under ``torch.compile`` (``train_lm(compiled=True)``; the row's ``compiled_training`` says which way its
-    ``train_tokens_per_s`` was measured); the evaluation is eager either way. ``hybrid_ratio``: recurrent layers
+    ``train_tokens_per_s`` was measured — False, with the compiler's ``compile_error``, where compiling failed and the
+    run trained eagerly); the evaluation is eager either way. ``hybrid_ratio``: recurrent layers
     per attention layer of the hybrid families (:func:`run_label`; the row's ``mixers`` counts the layers)."""
     from ..models import CheemsForCausalLM
 
@@ -134,7 +135,7 @@ def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpu
            "train_tokens": steps * batch * seq_len, "train_tokens_per_s": stats["tokens_per_s"],
            "peak_memory_gb": None if stats["peak_memory_bytes"] is None else stats["peak_memory_bytes"] / 2**30,
            "final_train_loss": stats["final_loss"], "resumed_at_step": stats["resumed_at"],
-           "compiled_training": compiled}
+           "compiled_training": stats.get("compiled", compiled), "compile_error": stats.get("compile_error")}
     lengths = sorted({seq_len, *settings["eval_contexts"]})
     prefix = eval_prefix(settings["eval_tokens"], len(corpus.validation), lengths)
     tokens_per_forward = batch * seq_len

@@ -43,8 +43,9 @@ def _marginals_backward(grad: Tensor, query: Tensor, sub_keys: Tensor) -> tuple[
     p = _probabilities(query, sub_keys)
     g = grad / max(query.shape[0], 1)
     grad_scores = (p * (g - (p * g).sum(-1, keepdim=True))).to(query.dtype)
-    return (torch.einsum("thcn,hcnd->thcd", grad_scores, sub_keys),
-            torch.einsum("thcn,thcd->hcnd", grad_scores, query))
+    # contiguous, as the fake promises (an einsum's output may come back permuted)
+    return (torch.einsum("thcn,hcnd->thcd", grad_scores, sub_keys).contiguous(),
+            torch.einsum("thcn,thcd->hcnd", grad_scores, query).contiguous())
 
 
 @_marginals_backward.register_fake
