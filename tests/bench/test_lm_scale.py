@@ -93,19 +93,26 @@ def test_eval_prefix_is_a_whole_number_of_the_longest_rows():
     assert lm_scale.steps_for(64, 2, 16) == 2 and lm_scale.steps_for(65, 2, 16) == 3
 
 
-def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
-    """Cut after 3 of 5 steps (checkpoint at step 2): the resumed run ends with the weights of an uninterrupted
-    one; a finished run's checkpoint returns it without training; a checkpoint of other facts is refused."""
+def _tiny_training(low: int, steps: int):
+    """``train_lm``'s keyword arguments for cheems-tiny on random ids in ``[low, 64)`` (id 0 is EOS: ``low = 0``
+    makes packed rows) and a function giving the same fresh model each time."""
     from wonderful_matrices.models import CheemsForCausalLM, presets
 
     config = presets.get("cheems-tiny", vocab_size=64, use_cache=False)
-    tokens = np.random.default_rng(0).integers(1, 64, 2000).astype(np.int64)
-    train = dict(tokens=tokens, seq_len=16, batch=2, steps=5, lr=1e-3, device=torch.device("cpu"), seed=3, eos=0)
+    tokens = np.random.default_rng(0).integers(low, 64, 2000).astype(np.int64)
 
     def fresh():
         torch.manual_seed(3)
         return CheemsForCausalLM(config)
 
+    return dict(tokens=tokens, seq_len=16, batch=2, steps=steps, lr=1e-3, device=torch.device("cpu"), seed=3,
+                eos=0), fresh
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """Cut after 3 of 5 steps (checkpoint at step 2): the resumed run ends with the weights of an uninterrupted
+    one; a finished run's checkpoint returns it without training; a checkpoint of other facts is refused."""
+    train, fresh = _tiny_training(1, 5)
     reference = fresh()
     lm_common.train_lm(reference, **train)
     path = tmp_path / "checkpoint.pt"
@@ -237,18 +244,9 @@ def test_compiled_training_resumes_and_follows_the_eager_one(tmp_path, monkeypat
     compiled from its checkpoint (aot_eager: Dynamo and AOTAutograd as Inductor gets them, in seconds)."""
     from torch._dynamo.utils import counters
 
-    from wonderful_matrices.models import CheemsForCausalLM, presets
-
     monkeypatch.setattr(lm_common, "compiled_lm_loss", lambda: lm_common.torch.compile(
         lm_common.lm_loss, dynamic=False, backend="aot_eager", fullgraph=True))
-    config = presets.get("cheems-tiny", vocab_size=64, use_cache=False)
-    tokens = np.random.default_rng(0).integers(0, 64, 2000).astype(np.int64)  # id 0 (EOS) about every 64 tokens
-    train = dict(tokens=tokens, seq_len=16, batch=2, steps=5, lr=1e-3, device=torch.device("cpu"), seed=3, eos=0)
-
-    def fresh():
-        torch.manual_seed(3)
-        return CheemsForCausalLM(config)
-
+    train, fresh = _tiny_training(0, 5)  # id 0 (EOS) about every 64 tokens
     reference = fresh()
     eager_stats = lm_common.train_lm(reference, **train)
     torch._dynamo.reset()
@@ -276,8 +274,6 @@ def test_compiled_training_falls_back_to_eager_when_the_compiler_fails(monkeypat
     """A compiler failure on the first compiled step (Inductor's code generation failed on cheems-base's packed rows
     in session 19 and the whole GPU call was lost) leaves the run training eagerly from that step: the weights of the
     eager training, ``compiled`` False and the error in one line; a failure on a later step is raised."""
-    from wonderful_matrices.models import CheemsForCausalLM, presets
-
     calls = []
 
     def failing_compiler():
@@ -287,14 +283,7 @@ def test_compiled_training_falls_back_to_eager_when_the_compiler_fails(monkeypat
         return loss
 
     monkeypatch.setattr(lm_common, "compiled_lm_loss", failing_compiler)
-    config = presets.get("cheems-tiny", vocab_size=64, use_cache=False)
-    tokens = np.random.default_rng(0).integers(0, 64, 2000).astype(np.int64)
-    train = dict(tokens=tokens, seq_len=16, batch=2, steps=4, lr=1e-3, device=torch.device("cpu"), seed=3, eos=0)
-
-    def fresh():
-        torch.manual_seed(3)
-        return CheemsForCausalLM(config)
-
+    train, fresh = _tiny_training(0, 4)
     reference = fresh()
     eager_stats = lm_common.train_lm(reference, **train)
     assert eager_stats["compiled"] is False and eager_stats["compile_error"] is None
