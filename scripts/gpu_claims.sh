@@ -35,10 +35,11 @@
 #                                                          called again (runs in RUNS, default runs/lm-scale, are
 #                                                          skipped when complete, resumed from their checkpoint when
 #                                                          cut); then `wm bench lm --merge` of every complete run. The
-#                                                          tokenizer is trained once, in RUNS/cache. DIR/lm-scale-state
+#                                                          tokenizer is trained once, in RUNS/cache. DIR/lm-scale-state.tgz
 #                                                          holds RUNS without checkpoints and token files (results,
-#                                                          tokenizer: a few MB): on a fresh machine, copy it to
-#                                                          runs/lm-scale first (carry it) so the runs and the
+#                                                          tokenizer: a few MB; one file, as the device returns files
+#                                                          at most two folders deep): on a fresh machine pass it back
+#                                                          as STATE=<carried path> so the finished runs and the
 #                                                          tokenizer are reused; on the warm machine RUNS is still there.
 #                                                          HYBRID_RATIO=3 trains the hybrids (cheems, jamba) 3:1
 #                                                          (runs <preset>-3to1-seed<k>; item 4: FAMILIES=cheems).
@@ -81,6 +82,7 @@ bench() {  # bench DIRNAME SECONDS NAME ARGS... -> $WORK/DIRNAME with results an
       RUNS=${RUNS:-runs/lm-scale}
       FAMILIES=${FAMILIES:-cheems llama mamba2 jamba doge}
       mkdir -p "$RUNS" "$WORK/lm-scale"
+      [ -n "${STATE:-}" ] && tar xzf "$STATE" -C "$RUNS"
       for seed in $(for f in $FAMILIES; do
                       case $f in cheems|llama) echo "${SEEDS:-0 1}" ;; *) echo "${SEEDS:-0}" ;; esac
                     done | tr ' ' '\n' | sort -nu); do
@@ -100,9 +102,8 @@ bench() {  # bench DIRNAME SECONDS NAME ARGS... -> $WORK/DIRNAME with results an
       done
       ls "$RUNS"/*/results.json > /dev/null 2>&1 && $PY -m wonderful_matrices.bench lm --merge "$RUNS" \
         --out "$WORK/lm-scale" >> "$WORK/lm-scale/run.log" 2>&1 && cat "$WORK/lm-scale/results.md"
-      mkdir -p "$OUT/lm-scale-state"
-      tar cf - -C "$RUNS" --exclude=checkpoint.pt --exclude='*.tmp' --exclude='*.bin' --exclude='*.bin.size' . \
-        | tar xf - -C "$OUT/lm-scale-state"
+      tar czf "$OUT/lm-scale-state.tgz" -C "$RUNS" --exclude=checkpoint.pt --exclude='*.tmp' --exclude='*.bin' \
+        --exclude='*.bin.size' .
       ;;
     position)
       bench position $(( CALL_S - 10 )) position --data "${DATA:-python-source}" \
