@@ -196,6 +196,8 @@ def test_attendable_queries_brute_force(lk, lq, documents):
             first = 0 if seq_idx is None else int((seq_idx[r] == seq_idx[r, pos]).nonzero()[0])
             want[r, i] = torch.isfinite(bias[r, first:pos + 1]).any(0)
     assert torch.equal(got, want)
+    if documents:  # the document branch is a custom operator under torch.compile: its fake agrees with it
+        torch.library.opcheck(torch.ops.wonderful_matrices.attendable_in_documents, (bias, seq_idx))
 
 
 def test_windowed_path_never_builds_a_full_mask(monkeypatch):
