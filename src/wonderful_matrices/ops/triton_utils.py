@@ -60,7 +60,8 @@ def attention_layout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *more: t
 def autotune(configs: list, key: list, **options):
     """``triton.autotune`` for this library's kernels, with their picks cached on disk (Triton's ``cache_results``,
     in Triton's cache directory) unless ``WM_AUTOTUNE_CACHE=0``: a later process reuses the configuration an earlier
-    one measured for the same kernel, key and configurations instead of timing them again. Timing afresh in every
+    one measured instead of timing them again — for the same Triton, GPU architecture (an H100's pick serves an
+    H200 sharing the cache directory), kernel source, autotuning key and configurations. Timing afresh in every
     process let a noisy pick of the windowed DMA kernels move cheems-base's 16K training rate by 10% between two
     processes on one GPU (docs/results.md, sessions 18 and 19). The interpreter never caches (Triton's rule)."""
     import triton
