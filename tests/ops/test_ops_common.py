@@ -1,4 +1,5 @@
 """ops/common.py: the helpers every op's dispatch shares."""
+import pytest
 import torch
 
 
@@ -15,3 +16,16 @@ def test_autocast_dtype_and_needs_backward():
     assert not needs_backward(a, None) and needs_backward(a, None, b)
     with torch.no_grad():
         assert not needs_backward(b)
+
+
+def test_check_linear_names_the_argument_and_what_is_allowed():
+    from wonderful_matrices.ops.common import check_linear
+
+    check_linear(torch.randn(5, 3), torch.randn(5), 3, "w", "b", "x's last dim")
+    check_linear(torch.randn(5, 3), None, 3, "w", "b", "x's last dim")
+    with pytest.raises(ValueError, match=r"w.shape=\(5, 4\) is not allowed: \(o, 3\) matching x's last dim"):
+        check_linear(torch.randn(5, 4), None, 3, "w", "b", "x's last dim")
+    with pytest.raises(ValueError, match=r"w.shape='list'"):
+        check_linear([1.0], None, 3, "w", "b", "x's last dim")
+    with pytest.raises(ValueError, match=r"b.shape=\(4,\) is not allowed: None or \(5,\)"):
+        check_linear(torch.randn(5, 3), torch.randn(4), 3, "w", "b", "x's last dim")

@@ -9,7 +9,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from ..errors import reject, require  # noqa: F401 - require: the ops import it from here
+from ..errors import reject, require
 
 BACKENDS = ("auto", "naive", "torch", "triton")  # what every op's ``backend`` accepts (``"naive"``: the oracle)
 LAYER_BACKENDS = ("auto", "torch", "triton")  # what a layer's fast path accepts (the oracle is an op's business)
@@ -77,6 +77,18 @@ def triton_installed() -> bool:
 def triton_usable(device: torch.device) -> bool:
     """Whether the Triton backend can run on ``device`` (a CUDA GPU, or any device under TRITON_INTERPRET=1)."""
     return triton_installed() and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def check_linear(weight, bias, in_features: int, weight_name: str, bias_name: str, source: str) -> None:
+    """The arguments of a linear layer an op applies: ``weight`` a ``(o, in_features)`` tensor and ``bias`` None or
+    ``(o,)``; else ``ValueError`` naming them (``weight_name`` / ``bias_name``) and ``source`` (what gives
+    ``in_features``, e.g. ``"x's last dim"``)."""
+    require(isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[1] == in_features,
+            f"{weight_name}.shape", shape_of(weight) if isinstance(weight, torch.Tensor) else type(weight).__name__,
+            f"(o, {in_features}) matching {source}")
+    require(bias is None or (isinstance(bias, torch.Tensor) and tuple(bias.shape) == (weight.shape[0],)),
+            f"{bias_name}.shape", shape_of(bias) if isinstance(bias, torch.Tensor) else bias,
+            f"None or ({weight.shape[0]},)")
 
 
 def needs_backward(*tensors: torch.Tensor | None) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..common import autocast_dtype, needs_backward, require, resolve_backend, shape_of
+from ..common import autocast_dtype, check_linear, needs_backward, require, resolve_backend, shape_of
 from ..expert_mixture.naive import ACTIVATIONS
 from .naive import gated_linear_naive
 
@@ -37,11 +37,7 @@ def gated_linear(gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor, bia
     require(isinstance(gate, torch.Tensor) and isinstance(up, torch.Tensor) and gate.shape == up.shape
             and gate.dim() >= 1, "up.shape", shape_of(up) if isinstance(up, torch.Tensor) else type(up).__name__,
             f"equal to gate.shape {shape_of(gate) if isinstance(gate, torch.Tensor) else gate}")
-    require(isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[1] == gate.shape[-1],
-            "weight.shape", shape_of(weight) if isinstance(weight, torch.Tensor) else type(weight).__name__,
-            f"(o, {gate.shape[-1]}) matching gate's last dim")
-    require(bias is None or (isinstance(bias, torch.Tensor) and tuple(bias.shape) == (weight.shape[0],)),
-            "bias.shape", shape_of(bias) if isinstance(bias, torch.Tensor) else bias, f"None or ({weight.shape[0]},)")
+    check_linear(weight, bias, gate.shape[-1], "weight", "bias", "gate's last dim")
     require(activation in ACTIVATIONS, "activation", activation, f"one of {sorted(ACTIVATIONS)}")
     name = resolve_backend(backend, BACKENDS, gate.device, AUTO_ORDER)
     if name == "triton" and activation == "silu" and needs_backward(gate, up, weight, bias):

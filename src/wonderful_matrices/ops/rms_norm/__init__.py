@@ -7,7 +7,7 @@ import math
 import torch
 
 from ...errors import reject
-from ..common import autocast_dtype, needs_backward, require, resolve_backend, shape_of
+from ..common import autocast_dtype, check_linear, needs_backward, require, resolve_backend, shape_of
 from .naive import gated_rms_norm_naive, rms_norm_naive
 
 try:  # triton is optional: without it the package still imports and the backend is not offered
@@ -137,8 +137,8 @@ def gated_rms_norm_linear(x: torch.Tensor, gate: torch.Tensor, weight: torch.Ten
                           backend: str = "auto", out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """``F.linear(gated_rms_norm(x, gate, weight, eps, num_groups, backend, out_dtype), linear_weight, linear_bias)``
     (Mamba2's gated norm and output projection) — the same values, and on the Triton backend under autograd the
-    norm's output is not kept for the backward but recomputed there by the forward kernel (one launch for a
-    ``(..., d)`` tensor less at the training step's peak).
+    norm's output is not kept for the backward: the norm's backward kernel writes it again for the linear's weight
+    gradient (one ``(..., d)`` tensor less at the training step's peak).
 
     Args:
         x, gate, weight, eps, num_groups, backend, out_dtype: as :func:`gated_rms_norm`.
@@ -148,14 +148,7 @@ def gated_rms_norm_linear(x: torch.Tensor, gate: torch.Tensor, weight: torch.Ten
         ``(..., o)``, as ``F.linear`` gives it (under autocast, in the autocast dtype).
     """
     _check_gated(x, gate, weight, eps, num_groups, out_dtype)
-    d = x.shape[-1]
-    require(isinstance(linear_weight, torch.Tensor) and linear_weight.dim() == 2 and linear_weight.shape[1] == d,
-            "linear_weight.shape", shape_of(linear_weight) if isinstance(linear_weight, torch.Tensor)
-            else type(linear_weight).__name__, f"(o, {d}) matching x's last dim")
-    require(linear_bias is None or (isinstance(linear_bias, torch.Tensor)
-                                    and tuple(linear_bias.shape) == (linear_weight.shape[0],)),
-            "linear_bias.shape", shape_of(linear_bias) if isinstance(linear_bias, torch.Tensor) else linear_bias,
-            f"None or ({linear_weight.shape[0]},)")
+    check_linear(linear_weight, linear_bias, x.shape[-1], "linear_weight", "linear_bias", "x's last dim")
     if (needs_backward(x, gate, weight, linear_weight, linear_bias)
             and resolve_backend(backend, BACKENDS, x.device, AUTO_ORDER) == "triton"):
         y_dtype = out_dtype or torch.promote_types(weight.dtype, x.dtype)
