@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ..triton_math import silu, silu_derivative
 from ..triton_utils import cdiv, opaque_to_compile, poisoned_empty_like
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -29,7 +30,7 @@ def _product_kernel(g_ptr, u_ptr, p_ptr, N, BLOCK: tl.constexpr):
     mask = offs < N
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(p_ptr + offs, (g * tl.sigmoid(g) * u).to(p_ptr.dtype.element_ty), mask=mask)
+    tl.store(p_ptr + offs, (silu(g) * u).to(p_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -39,11 +40,10 @@ def _product_bwd_kernel(g_ptr, u_ptr, dp_ptr, dg_ptr, du_ptr, p_ptr, N, BLOCK: t
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     dp = tl.load(dp_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    sig = tl.sigmoid(g)
-    silu = g * sig
-    tl.store(p_ptr + offs, (silu * u).to(p_ptr.dtype.element_ty), mask=mask)  # as the forward kernel
-    tl.store(du_ptr + offs, (dp * silu).to(du_ptr.dtype.element_ty), mask=mask)
-    tl.store(dg_ptr + offs, (dp * u * sig * (1.0 + g * (1.0 - sig))).to(dg_ptr.dtype.element_ty), mask=mask)
+    activated = silu(g)
+    tl.store(p_ptr + offs, (activated * u).to(p_ptr.dtype.element_ty), mask=mask)  # as the forward kernel
+    tl.store(du_ptr + offs, (dp * activated).to(du_ptr.dtype.element_ty), mask=mask)
+    tl.store(dg_ptr + offs, (dp * u * silu_derivative(g)).to(dg_ptr.dtype.element_ty), mask=mask)
 
 
 def _product_fake(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ..triton_math import silu, silu_derivative
 from ..triton_utils import cdiv, interpreting, opaque_to_compile, poisoned_empty, poisoned_empty_like, pow2_at_least
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -96,7 +97,7 @@ def _gated_rms_norm_fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr, M, D, G, ep
     within = (rows % G)[:, None] * D + cols[None, :]
     x = tl.load(x_ptr + token * sxm + within, mask=mask, other=0.0).to(tl.float32)
     z = tl.load(z_ptr + token * szm + within, mask=mask, other=0.0).to(tl.float32)
-    h = x * z * tl.sigmoid(z)
+    h = x * silu(z)
     rstd = 1.0 / tl.sqrt(tl.sum(h * h, axis=1) / D + eps)
     if STORE_RSTD:
         tl.store(rstd_ptr + rows, rstd, mask=rows < M)
@@ -125,9 +126,8 @@ def _gated_rms_norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz
         offs = rows[:, None].to(tl.int64) * D + cols[None, :]
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        sig = tl.sigmoid(z)
-        silu = z * sig
-        h = x * z * sig  # as the forward kernel groups it
+        activated = silu(z)
+        h = x * activated  # as the forward kernel computes it
         rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
         normed = h * rstd[:, None]
         if STORE_Y:
@@ -137,8 +137,8 @@ def _gated_rms_norm_bwd_kernel(x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz
         g = dy * w
         mean_gh = tl.sum(g * normed, axis=1) / D
         dh = (g - normed * mean_gh[:, None]) * rstd[:, None]
-        tl.store(dx_ptr + offs, (dh * silu).to(dx_ptr.dtype.element_ty), mask=mask)
-        tl.store(dz_ptr + offs, (dh * x * sig * (1.0 + z * (1.0 - sig))).to(dz_ptr.dtype.element_ty), mask=mask)
+        tl.store(dx_ptr + offs, (dh * activated).to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(dz_ptr + offs, (dh * x * silu_derivative(z)).to(dz_ptr.dtype.element_ty), mask=mask)
         dw += dy * normed.to(x_ptr.dtype.element_ty).to(tl.float32)
     out = dw_ptr + pid.to(tl.int64) * BLOCK_M * D + slots[:, None] * D + cols[None, :]
     tl.store(out, dw, mask=cols[None, :] < D)

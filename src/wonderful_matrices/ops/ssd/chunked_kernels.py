@@ -62,6 +62,7 @@ import triton
 import triton.language as tl
 
 from ..common import require
+from ..triton_math import silu, silu_derivative
 from ..triton_utils import dot_block, interpreting, opaque_to_compile, poisoned_empty, pow2_at_least, row_span
 
 # launch settings per kernel (num_warps, num_stages); a starting point for tuning on the H200
@@ -153,8 +154,7 @@ def _load_x(ptrs, mask, SILU: tl.constexpr):
     x's dtype (what ``F.silu`` of the stored tensor gives), so the activation's output is never written."""
     v = tl.load(ptrs, mask=mask, other=0.0)
     if SILU:
-        f = v.to(tl.float32)
-        v = (f * tl.sigmoid(f)).to(v.dtype)
+        v = silu(v.to(tl.float32)).to(v.dtype)
     return v
 
 
@@ -506,8 +506,7 @@ def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, d
     if SILU:  # loaded again here, so that no x tile is live across the loop
         pre = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
                       mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
-        sig = tl.sigmoid(pre)
-        dx *= sig * (1.0 + pre * (1.0 - sig))
+        dx *= silu_derivative(pre)
     tl.store(dx_ptr + bi * s_dx_b + tj[:, None] * s_dx_l + hi * s_dx_h + ps[None, :] * s_dx_p,
              dx.to(dx_ptr.dtype.element_ty), mask=jm[:, None] & pm[None, :])
 

@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..triton_math import silu
 from ..triton_utils import cdiv, poisoned_empty, pow2_at_least
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -51,8 +52,7 @@ def _tanh(v):
 
 @triton.jit
 def _silu(v, ACT_TY: tl.constexpr):
-    v = v.to(tl.float32)
-    return (v * tl.sigmoid(v)).to(ACT_TY).to(tl.float32)
+    return silu(v.to(tl.float32)).to(ACT_TY).to(tl.float32)
 
 
 @triton.jit
