@@ -3,19 +3,8 @@
 #   C=c1 STEPS="pc ssd dense t16" bash tmp_gpu/s20_call.sh     (carry tmp_gpu; a cold machine may cut t16: rerun it)
 #   C=c2 STEPS="t16 p16" ...;  C=c3 STEPS="lms" ... (issue #15 lm-scale, back-to-back warm calls)
 set -u
-LIMIT=${LIMIT:-585}; C=${C:-c1}
-export PYTHONPATH=$PWD/src:$PWD/tests TRITON_CACHE_DIR=$PWD/.triton_cache PYTHONUNBUFFERED=1
-export TORCHINDUCTOR_CACHE_DIR=$PWD/.inductor_cache
-W=/tmp/s20/$C; mkdir -p $W $TRITON_CACHE_DIR; cp tmp_gpu/s20_call.sh $W/
-nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader > $W/device.txt
-echo "commit $(git rev-parse HEAD)$(git diff --quiet HEAD || echo ' (+ uncommitted changes)')" >> $W/device.txt
-python -c "import torch, triton; print(torch.__version__, triton.__version__)" >> $W/device.txt
-OUT_SAVE=$OUT
-pack() { tar -C /tmp/s20 -cJf $OUT_SAVE/$C.tar.xz $C; }
-left() { local l=$((LIMIT - SECONDS - 15)); [ $l -lt $1 ] && echo $l || echo $1; }
-step() { local want=$1 name=$2; shift 2; local l; l=$(left $want)
-  if [ "$l" -lt 20 ]; then echo "$name: skipped ($l s left)"; return; fi
-  timeout $l "$@" > $W/$name.log 2>&1; echo "$name rc $? at $SECONDS s" | tee -a $W/steps.txt; pack; }
+source scripts/gpu_steps.sh
+cp tmp_gpu/s20_call.sh "$W/"
 PT="python -m pytest -v -p no:cacheprovider --tb=short"
 TP="python scripts/train_throughput.py --compiled-only"
 for s in ${STEPS}; do case $s in
