@@ -316,8 +316,8 @@ def test_silu_activation_keeps_the_pre_activation(backend):
 
 def test_silu_activation_packed():
     """``x_activation="silu"`` with packed documents (chunk 16, documents starting inside and at chunks) on the
-    Triton kernels, which apply the activation where they load ``x``: output, final state and every gradient
-    against the documents run alone on ``silu(x)`` in float64."""
+    Triton kernels (the activation and its gradient applied inside the operator): output, final state and every
+    gradient against the documents run alone on ``silu(x)`` in float64."""
     case = (4, 3, 2, 6, 16, True, True, [[5, 16, 19], [1, 31, 8]])
     inputs, seq_idx, rows = packed_inputs(case)
     gen = torch.Generator().manual_seed(5)

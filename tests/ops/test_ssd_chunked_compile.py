@@ -3,7 +3,7 @@ the arguments and launch settings the library passes them: the forward and backw
 launch recorded instead of made, and each recorded launch is compiled. Triton's code generator rejects what its
 interpreter runs (session 6), so a kernel change the interpreter tests pass can still fail on the GPU; this catches
 it before a GPU run. Shapes: cheems-base's head (128 × 128 state, one group) and the paper's (64 × 64 state 128),
-half inputs, with and without packed documents and the SiLU of ``x`` applied inside the kernels."""
+half inputs, with and without packed documents."""
 import pytest
 import torch
 
@@ -17,7 +17,7 @@ TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"
          torch.int64: "*i64"}
 
 
-def recorded_launches(monkeypatch, dtype, h, p, n, chunk, packed, silu):
+def recorded_launches(monkeypatch, dtype, h, p, n, chunk, packed):
     """The (kernel, signature, constants, warps, stages) of every launch of one forward and backward."""
     from wonderful_matrices.ops.ssd import chunked_kernels as ck
 
@@ -53,25 +53,21 @@ def recorded_launches(monkeypatch, dtype, h, p, n, chunk, packed, silu):
     A, D = -torch.rand(h), torch.randn(h)
     B, C = torch.randn(b, l, g, n, dtype=dtype), torch.randn(b, l, g, n, dtype=dtype)
     seq_idx = torch.tensor([[0] * (chunk // 2) + [1] * (l - chunk // 2)]) if packed else None
-    y, cum, cb, states, plan = ck.forward_kernels(x, dt, A, B, C, D, None, chunk, seq_idx=seq_idx, silu_x=silu)
-    ck.backward_kernels(torch.randn_like(x), None, x, dt, A, B, C, D, cum, cb, states, plan, silu_x=silu)
+    y, cum, cb, states, plan = ck.forward_kernels(x, dt, A, B, C, D, None, chunk, seq_idx=seq_idx)
+    ck.backward_kernels(torch.randn_like(x), None, x, dt, A, B, C, D, cum, cb, states, plan)
     return launches
 
 
 CHEEMS, PAPER = (12, 128, 128, 256), (64, 64, 128, 256)  # heads, head dim, state, chunk
 
 
-@pytest.mark.parametrize("shape, packed, silu", [(CHEEMS, False, True), (CHEEMS, True, True), (CHEEMS, False, False),
-                                                 (PAPER, False, False), (PAPER, True, False)],
-                         ids=["cheems-silu", "cheems-packed-silu", "cheems", "paper", "paper-packed"])
-def test_ssd_chunked_kernels_compile_for_sm90(monkeypatch, shape, packed, silu):
+@pytest.mark.parametrize("shape, packed", [(CHEEMS, False), (CHEEMS, True), (PAPER, False), (PAPER, True)],
+                         ids=["cheems", "cheems-packed", "paper", "paper-packed"])
+def test_ssd_chunked_kernels_compile_for_sm90(monkeypatch, shape, packed):
     h, p, n, chunk = shape
-    launches = recorded_launches(monkeypatch, torch.bfloat16, h, p, n, chunk, packed, silu)
+    launches = recorded_launches(monkeypatch, torch.bfloat16, h, p, n, chunk, packed)
     names = {kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__ for kernel, *_ in launches}
     assert {"_chunk_state_kernel", "_output_kernel", "_dx2_kernel", "_dcb_kernel", "_db2_kernel"} <= names
     for kernel, signature, constants, warps, stages in launches:
-        if constants.get("SILU") is not None:
-            assert constants["SILU"] == (silu and not (kernel.__name__ == "_chunk_state_kernel"
-                                                       and not constants["FORWARD"]))
         compiled = compile_for_sm90(kernel, signature, constants, warps, stages)
         assert compiled.asm["ptx"]

@@ -58,11 +58,11 @@ length changes only the order of float operations, not the function.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from ..common import require
-from ..triton_math import silu, silu_derivative
 from ..triton_utils import dot_block, interpreting, opaque_to_compile, poisoned_empty, pow2_at_least, row_span
 
 # launch settings per kernel (num_warps, num_stages); a starting point for tuning on the H200
@@ -146,16 +146,6 @@ def _max_i32(a, b):
 @triton.jit
 def _min_i32(a, b):
     return tl.minimum(a, b)
-
-
-@triton.jit
-def _load_x(ptrs, mask, SILU: tl.constexpr):
-    """x at ``ptrs`` (zeros where not ``mask``) in its dtype; SILU: ``silu(x)``, computed in float32 and rounded to
-    x's dtype (what ``F.silu`` of the stored tensor gives), so the activation's output is never written."""
-    v = tl.load(ptrs, mask=mask, other=0.0)
-    if SILU:
-        v = silu(v.to(tl.float32)).to(v.dtype)
-    return v
 
 
 @triton.jit
@@ -245,11 +235,11 @@ def _chunk_state_kernel(v_ptr, w_ptr, dt_ptr, cum_ptr, docs_ptr, out_ptr, L, H, 
                         s_v_b, s_v_l, s_v_h, s_v_p, s_w_b, s_w_l, s_w_g, s_w_n, s_dt_b, s_dt_l, s_dt_h,
                         Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
                         DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr,
-                        FORWARD: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr):
+                        FORWARD: tl.constexpr, HAS_SEQ: tl.constexpr):
     """out[b, c + OFFSET, h] (p × n) = Σ_k scale_k · v_k ⊗ w_k over the chunk's steps k, with
     scale = exp(cum_last − cum_k)·dt_k (FORWARD: v = x, w = B) or exp(cum_k) (backward: v = dy, w = C).
     HAS_SEQ: only steps of the chunk's last document (FORWARD) or of the entering document (backward) count.
-    SILU: v is silu of what ``v_ptr`` holds (forward). Program axis 2: blocks of BP rows of the state."""
+    Program axis 2: blocks of BP rows of the state."""
     pid_bc = tl.program_id(0)
     hi = tl.program_id(1)
     bi = (pid_bc // NC).to(tl.int64)
@@ -281,8 +271,8 @@ def _chunk_state_kernel(v_ptr, w_ptr, dt_ptr, cum_ptr, docs_ptr, out_ptr, L, H, 
             scale = tl.exp(cum_last - cum_k) * dt_k
         else:
             scale = tl.exp(cum_k)
-        v = _load_x(v_ptr + bi * s_v_b + t[:, None] * s_v_l + hi * s_v_h + ps[None, :] * s_v_p,
-                    tm[:, None] & pm[None, :], SILU).to(tl.float32)
+        v = tl.load(v_ptr + bi * s_v_b + t[:, None] * s_v_l + hi * s_v_h + ps[None, :] * s_v_p,
+                    mask=tm[:, None] & pm[None, :], other=0.0).to(tl.float32)
         w = tl.load(w_ptr + bi * s_w_b + t[:, None] * s_w_l + gi * s_w_g + ns[None, :] * s_w_n,
                     mask=tm[:, None] & nm[None, :], other=0.0).to(DT)
         acc = _mm_f32b(tl.trans(w), v * scale[:, None], acc, DT, PREC, UPCAST, SPLIT)
@@ -326,7 +316,7 @@ def _output_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, cb_ptr, st_ptr, D_ptr, docs_pt
                    s_y_b, s_y_l, s_y_h, s_y_p,
                    Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
                    DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_D: tl.constexpr,
-                   HAS_SEQ: tl.constexpr, SILU: tl.constexpr):
+                   HAS_SEQ: tl.constexpr):
     NB: tl.constexpr = Q // BQ
     hi = tl.program_id(0) // NB  # heads and tiles of one chunk are neighbours: its CB stays in L2
     pid_i = tl.program_id(0) % NB
@@ -365,12 +355,12 @@ def _output_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, cb_ptr, st_ptr, D_ptr, docs_pt
             causal = causal & (cols[None, :] >= start_i[:, None])
         decay = tl.exp(tl.where(causal, cum_i[:, None] - cum_j[None, :], float("-inf")))
         w = cb * decay * dt_j[None, :]
-        x_j = _load_x(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
-                      jm[:, None] & pm[None, :], SILU).to(DT)
+        x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
+                      mask=jm[:, None] & pm[None, :], other=0.0).to(DT)
         acc += _mm(w.to(DT), x_j, PREC, UPCAST)
     if HAS_D:
-        x_i = _load_x(x_ptr + bi * s_x_b + ti[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
-                      im[:, None] & pm[None, :], SILU).to(tl.float32)
+        x_i = tl.load(x_ptr + bi * s_x_b + ti[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
+                      mask=im[:, None] & pm[None, :], other=0.0).to(tl.float32)
         acc += tl.load(D_ptr + hi).to(tl.float32) * x_i
     tl.store(y_ptr + bi * s_y_b + ti[:, None] * s_y_l + hi * s_y_h + ps[None, :] * s_y_p,
              acc.to(y_ptr.dtype.element_ty), mask=im[:, None] & pm[None, :])
@@ -443,10 +433,9 @@ def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, d
                 s_dy_b, s_dy_l, s_dy_h, s_dy_p, s_dx_b, s_dx_l, s_dx_h, s_dx_p,
                 Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BNK: tl.constexpr,
                 DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, SPLIT: tl.constexpr, HAS_D: tl.constexpr,
-                HAS_SEQ: tl.constexpr, SILU: tl.constexpr):
+                HAS_SEQ: tl.constexpr):
     """One (j-tile, batch·chunk, head): dx_j = dt_j·[exp(cum_last − cum_j)·B_j·dS_{c+1}ᵀ + Σ_{i>=j} (CB∘decay)ᵀ_ji dy_i]
-    + D·dy_j, and the inter-chunk part of x_j·dxpre_j (the intra-chunk part comes from the dcb kernel). SILU: SSD
-    ran on silu(x); dx is then the gradient of x, ``dx_j·silu'(x_j)``, rounded once."""
+    + D·dy_j, and the inter-chunk part of x_j·dxpre_j (the intra-chunk part comes from the dcb kernel)."""
     NB: tl.constexpr = Q // BQ
     pid_hj = tl.program_id(0)  # heads and tiles of one chunk are neighbours: its CB tile stays in L2
     pid_bc = tl.program_id(1)
@@ -478,8 +467,8 @@ def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, d
         end_j = tl.load(_doc_row(docs_ptr, bi, ci, NC, 1, Q) + cols)
         to_end = tl.where(end_j == Q - 1, to_end, 0.0)
     acc = acc * to_end[:, None]
-    x_j = _load_x(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
-                  jm[:, None] & pm[None, :], SILU).to(tl.float32)
+    x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
+                  mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
     row_base = ((bi * H + hi) * NC + ci) * Q + cols
     tl.store(ddt_ptr + row_base, tl.sum(acc * x_j, axis=1))
     dy_ptrs = dy_ptr + bi * s_dy_b + tj[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p
@@ -503,10 +492,6 @@ def _dx2_kernel(x_ptr, dt_ptr, cum_ptr, B_ptr, cb_ptr, dst_ptr, dy_ptr, D_ptr, d
     if HAS_D:
         dy_tile = tl.load(dy_ptrs, mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
         dx += tl.load(D_ptr + hi).to(tl.float32) * dy_tile
-    if SILU:  # loaded again here, so that no x tile is live across the loop
-        pre = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
-                      mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
-        dx *= silu_derivative(pre)
     tl.store(dx_ptr + bi * s_dx_b + tj[:, None] * s_dx_l + hi * s_dx_h + ps[None, :] * s_dx_p,
              dx.to(dx_ptr.dtype.element_ty), mask=jm[:, None] & pm[None, :])
 
@@ -516,8 +501,7 @@ def _dcb_kernel(x_ptr, dt_ptr, cum_ptr, cb_ptr, dy_ptr, docs_ptr, dcb_ptr, rowpa
                 L, H, G, NC, P, NSPLIT,
                 s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_dy_b, s_dy_l, s_dy_h, s_dy_p,
                 Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, HPP: tl.constexpr, OUT_BQ: tl.constexpr,
-                DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_SEQ: tl.constexpr,
-                SILU: tl.constexpr):
+                DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_SEQ: tl.constexpr):
     """One tile pair (i >= j) of one chunk, for HPP heads of a group. Per head, W_ij = (dy_i·x_j)·exp(cum_i − cum_j)
     (j <= i) and Z = CB∘W (float32); stores the row sums Σ_j Z_ij·dt_j (the intra part of dy_i·(y_i − D·x_i)) and
     the column sums Σ_i Z_ij (the intra part of x_j·dxpre_j) by tile, and dCB = Σ_heads W·dt_j (the gradient of
@@ -556,8 +540,8 @@ def _dcb_kernel(x_ptr, dt_ptr, cum_ptr, cb_ptr, dy_ptr, docs_ptr, dcb_ptr, rowpa
         dt_j = tl.load(dt_ptr + bi * s_dt_b + tj * s_dt_l + hi * s_dt_h, mask=jm, other=0.0).to(tl.float32)
         dy_i = tl.load(dy_ptr + bi * s_dy_b + ti[:, None] * s_dy_l + hi * s_dy_h + ps[None, :] * s_dy_p,
                        mask=im[:, None] & pm[None, :], other=0.0).to(DT)
-        x_j = _load_x(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
-                      jm[:, None] & pm[None, :], SILU).to(DT)
+        x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
+                      mask=jm[:, None] & pm[None, :], other=0.0).to(DT)
         w = _mm(dy_i, tl.trans(x_j), PREC, UPCAST) * tl.exp(tl.where(causal, cum_i[:, None] - cum_j[None, :],
                                                                       float("-inf")))
         z = cb * w
@@ -638,8 +622,7 @@ def _dc2_kernel(C_ptr, B_ptr, cum_ptr, st_ptr, dy_ptr, dcb_ptr, docs_ptr, dC_ptr
 def _db2_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, dst_ptr, dcb_ptr, docs_ptr, dB_ptr, L, H, G, NC, P, N, NSPLIT, HSPLIT,
                 s_x_b, s_x_l, s_x_h, s_x_p, s_dt_b, s_dt_l, s_dt_h, s_c_b, s_c_l, s_c_g, s_c_n,
                 Q: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr, BPK: tl.constexpr, BN: tl.constexpr,
-                HPP: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_SEQ: tl.constexpr,
-                SILU: tl.constexpr):
+                HPP: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_SEQ: tl.constexpr):
     """One (j-tile, batch·chunk, group, head split): the split's part of dB_j,
     Σ_{its heads} exp(cum_last − cum_j)·dt_j·x_j·dS_{c+1} (the contraction over p in blocks of BPK), plus
     (split 0 only) Σ_{i>=j} dCB_ijᵀ·C_i."""
@@ -668,8 +651,8 @@ def _db2_kernel(x_ptr, dt_ptr, cum_ptr, C_ptr, dst_ptr, dcb_ptr, docs_ptr, dB_pt
         for p0 in range(0, BP, BPK):
             ps = p0 + tl.arange(0, BPK)
             pm = ps < P
-            x_j = _load_x(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
-                          jm[:, None] & pm[None, :], SILU).to(tl.float32)
+            x_j = tl.load(x_ptr + bi * s_x_b + tj[:, None] * s_x_l + hi * s_x_h + ps[None, :] * s_x_p,
+                          mask=jm[:, None] & pm[None, :], other=0.0).to(tl.float32)
             dsn = tl.load(dst_ptr + (((bi * (NC + 1) + ci + 1) * H + hi) * P + ps[:, None]) * N + ns[None, :],
                           mask=pm[:, None] & nm[None, :], other=0.0)  # dS_{c+1} (BPK, BN) float32
             acc += _mm((x_j * scale[:, None]).to(DT), dsn.to(DT), PREC, UPCAST)
@@ -794,10 +777,9 @@ def chunk_products(pl: _Plan, B: torch.Tensor, C: torch.Tensor, run=None) -> tor
     return cb
 
 
-def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=None, seq_idx=None, silu_x=False):
+def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=None, seq_idx=None):
     """Run the forward kernels. Returns ``(y, cum, cb, states, plan)``; ``states[:, -1]`` is the final state.
-    ``seq_idx`` (b, l) integer document ids or None (see the module notes on packed documents). ``silu_x``: SSD
-    of ``silu(x)``, the activation applied where the kernels load ``x``.
+    ``seq_idx`` (b, l) integer document ids or None (see the module notes on packed documents).
 
     ``timer``, if given, is called as ``timer(name, fn)`` around each launch (used by the GPU benchmark to
     time kernels separately); ``None`` runs them directly.
@@ -822,7 +804,7 @@ def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=Non
         _chunk_state_kernel, (b * nc, h, triton.cdiv(p, pl.bp_state)), "chunk_state", x, B, dt, cum, seq, states, l,
         h, g, nc, p, n, 0, *x.stride(), *B.stride(), *dt.stride(), Q=q, BQ=pl.bq, BP=pl.bp_state, BN=pl.bn,
         DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split_at("chunk_state"), FORWARD=True,
-        HAS_SEQ=pl.has_seq, SILU=silu_x))
+        HAS_SEQ=pl.has_seq))
     init = initial_state.float().contiguous() if initial_state is not None else states
     run("state_pass", lambda: _launch(
         _state_pass_kernel, (triton.cdiv(p * n, pl.state_block), b * h), "state_pass", states, cum, init, seq, h,
@@ -834,14 +816,13 @@ def forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size: int, timer=Non
         _output_kernel, (h * nb, b * nc), "output", x, dt, cum, C, cb, states, D if D is not None else A, seq, y,
         l, h, g, nc, p, n, *x.stride(), *dt.stride(), *C.stride(), *y.stride(), Q=q, BQ=pl.bq,
         BP=pl.bp, BN=pl.bn, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, HAS_D=D is not None, HAS_SEQ=pl.has_seq,
-        SILU=silu_x, num_warps=output_warps))
+        num_warps=output_warps))
     return y, cum, cb, states, pl
 
 
-def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, timer=None, silu_x=False):
+def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, timer=None):
     """Run the backward kernels and the closing PyTorch reductions (packed documents: the bounds the forward left
-    in ``pl.docs``). ``silu_x``: the forward ran on ``silu(x)`` (``forward_kernels(silu_x=True)``); the kernels
-    apply it where they load ``x``, and ``dx`` is the gradient of ``x`` itself.
+    in ``pl.docs``).
 
     Returns float32 ``(dx in x.dtype, ddt (b,l,h), dA (h,), dB (b,l,g,n), dC (b,l,g,n), dD (h,) or None,
     d_initial (b,h,p,n))``.
@@ -857,7 +838,7 @@ def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, 
         _chunk_state_kernel, (b * nc, h, triton.cdiv(p, pl.bp_state)), "chunk_state", dy, C, dt, cum, seq, dst, l,
         h, g, nc, p, n, 1, *dy.stride(), *C.stride(), *dt.stride(), Q=q, BQ=pl.bq, BP=pl.bp_state, BN=pl.bn,
         DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, SPLIT=pl.split_at("chunk_state_bwd"), FORWARD=False,
-        HAS_SEQ=pl.has_seq, SILU=False))
+        HAS_SEQ=pl.has_seq))
     nprog = triton.cdiv(p * n, pl.state_block)
     sdot = poisoned_empty(b, h, nc, nprog, device=dev)
     dfin = dfinal.float().contiguous() if dfinal is not None else dst
@@ -866,7 +847,7 @@ def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, 
         p * n, Q=q, BLOCK=pl.state_block, HAS_DFINAL=dfinal is not None, HAS_SEQ=pl.has_seq))
     dx = poisoned_empty(b, l, h, p, dtype=x.dtype, device=dev)
     out = {}
-    rows, cols, dyx = _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out, silu_x)
+    rows, cols, dyx = _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out)
 
     def reduce():
         ddt = poisoned_empty(b, l, h, device=dev)
@@ -882,7 +863,7 @@ def backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl: _Plan, 
     return dx, out["ddt"], out["dA"], out["dB"], out["dC"], out["dD"], dst[:, 0].clone()
 
 
-def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out, silu_x):
+def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx, out):
     """dx per (tile, chunk, head); the (Q × Q) gradient of C·B summed over a group's heads once (dcb), then dC
     and dB per group from it and from the states. See the notes at the top of the module."""
     b, l, h, p, g, n, q, nc = pl.b, pl.l, pl.h, pl.p, pl.g, pl.n, pl.q, pl.nc
@@ -895,7 +876,7 @@ def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx,
         _dx2_kernel, (h * nb, b * nc), "dx2", x, dt, cum, B, cb, dst, dy, D if D is not None else A, seq, dx,
         ddt_inter, dyx, l, h, g, nc, p, n, *x.stride(), *dt.stride(), *B.stride(), *dy.stride(), *dx.stride(),
         Q=q, BQ=pl.bq, BP=pl.bp, BN=pl.bn, BNK=min(pl.bn, 64), DT=pl.dt_dot, PREC=pl.prec,
-        UPCAST=pl.upcast, SPLIT=pl.split_at("dx"), HAS_D=D is not None, HAS_SEQ=pl.has_seq, SILU=silu_x))
+        UPCAST=pl.upcast, SPLIT=pl.split_at("dx"), HAS_D=D is not None, HAS_SEQ=pl.has_seq))
     # partial sums by dcb tile: entries of tiles above the diagonal stay zero
     nbd = q // pl.dcb_bq
     rowpart = torch.zeros(b, h, nc, nbd, q, dtype=torch.float32, device=dev)
@@ -905,7 +886,7 @@ def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx,
         _dcb_kernel, (nbd * (nbd + 1) // 2, b * nc, g * pl.dcb_nsplit), "dcb", x, dt, cum, cb, dy, seq, dcb, rowpart,
         colpart, l, h, g, nc, p, pl.dcb_nsplit, *x.stride(), *dt.stride(), *dy.stride(),
         Q=q, BQ=pl.dcb_bq, BP=pl.bp, HPP=pl.dcb_hpp, OUT_BQ=pl.bq, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast,
-        HAS_SEQ=pl.has_seq, SILU=silu_x))
+        HAS_SEQ=pl.has_seq))
     hs = pl.bc_nsplit
     dC = poisoned_empty(b, l, g * hs, n, device=dev)
     bnc = max(16, min(pl.bn, DC2_COLUMNS))
@@ -920,8 +901,7 @@ def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx,
     run("db2", lambda: _launch(
         _db2_kernel, (nb, b * nc, g * hs), "db2", x, dt, cum, C, dst, dcb, seq, dB, l, h, g, nc, p, n,
         pl.dcb_nsplit, hs, *x.stride(), *dt.stride(), *C.stride(), Q=q, BQ=pl.bq, BP=pl.bp,
-        BPK=pl.bp_state, BN=pl.bn, HPP=pl.bc_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, HAS_SEQ=pl.has_seq,
-        SILU=silu_x))
+        BPK=pl.bp_state, BN=pl.bn, HPP=pl.bc_hpp, DT=pl.dt_dot, PREC=pl.prec, UPCAST=pl.upcast, HAS_SEQ=pl.has_seq))
     run("partials", lambda: out.update(dB=dB.view(b, l, g, hs, n).sum(3), dC=dC.view(b, l, g, hs, n).sum(3)))
     return [(rowinter, nbn), (rowpart, nbd)], [(ddt_inter, 1), (colpart, nbd)], dyx
 
@@ -946,10 +926,9 @@ def ssd_forward(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
     """:func:`forward_kernels` on ``x`` (``silu(x)`` with ``silu_x``) -> ``(y, cum, states, docs)``, ``docs`` the
     document bounds (b, nc, 2, q) int32 with ``seq_idx``, else an empty tensor (the plan is rebuilt from them by
     :func:`ssd_backward`); ``cb`` is not returned (:func:`ssd_backward` recomputes it). The activation is applied
-    inside the kernels (where they load ``x``), so its output is neither written nor a tensor the partitioner could
-    keep under ``torch.compile``."""
-    y, cum, _, states, pl = forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx=seq_idx,
-                                            silu_x=silu_x)
+    inside the operator, so under ``torch.compile`` its output is not a tensor the partitioner could keep."""
+    x = F.silu(x) if silu_x else x
+    y, cum, _, states, pl = forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx=seq_idx)
     return y, cum, states, pl.docs if pl.docs is not None else x.new_empty(0, dtype=torch.int32)
 
 
@@ -974,12 +953,13 @@ def ssd_backward(dy: torch.Tensor | None, dfinal: torch.Tensor | None, x: torch.
                             torch.Tensor]:
     """:func:`backward_kernels` with the plan of ``(x, B, chunk_size)`` and the document bounds ``docs`` of
     :func:`ssd_forward` (empty: one document a row), ``cb`` recomputed; ``dD`` is an empty tensor without ``D``.
-    With ``silu_x`` the kernels run on ``silu(x)``, applied where they load ``x``, and ``dx`` is the gradient of
-    ``x``."""
+    With ``silu_x`` the kernels run on ``silu(x)``, recomputed here, and ``dx`` is the gradient of ``x``."""
     pl = _Plan(x, B, chunk_size, docs if docs.numel() else None)
     cb = chunk_products(pl, B, C)
-    dx, ddt, dA, dB, dC, dD, dinit = backward_kernels(dy, dfinal, x, dt, A, B, C, D, cum, cb, states, pl,
-                                                      silu_x=silu_x)
+    x_in = F.silu(x) if silu_x else x
+    dx, ddt, dA, dB, dC, dD, dinit = backward_kernels(dy, dfinal, x_in, dt, A, B, C, D, cum, cb, states, pl)
+    if silu_x:
+        dx = torch.ops.aten.silu_backward(dx, x)
     return dx, ddt, dA, dB, dC, dD if dD is not None else x.new_empty(0, dtype=torch.float32), dinit
 
 
