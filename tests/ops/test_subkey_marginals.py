@@ -30,6 +30,24 @@ def test_values_and_gradients_match_the_oracle(dtype, tol):
     assert rel_err(query.grad, q64.grad) < 4 * tol and rel_err(keys.grad, k64.grad) < 4 * tol
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_cuda_matches_the_oracle_eager_and_compiled(dtype, tol):
+    """On the GPU, eager and compiled (Inductor), at cheems-base's routing shape, against the float64 oracle."""
+    query, keys = inputs(shape=(2, 1000), H=4, n=48, dk=64, dtype=dtype)
+    query, keys = (t.detach().cuda().requires_grad_() for t in (query, keys))
+    weights = torch.randn(4, 2, 48, dtype=torch.float64, device="cuda")
+    q64, k64 = (t.detach().double().requires_grad_() for t in (query, keys))
+    ref = subkey_marginals_naive(q64, k64)
+    (ref * weights).sum().backward()
+    for fn in (subkey_marginals, torch.compile(subkey_marginals, fullgraph=True)):
+        query.grad = keys.grad = None
+        out = fn(query, keys)
+        (out.double() * weights).sum().backward()
+        assert rel_err(out, ref) < tol
+        assert rel_err(query.grad, q64.grad) < 4 * tol and rel_err(keys.grad, k64.grad) < 4 * tol
+
+
 def test_balance_loss_from_marginals_is_the_balance_loss():
     query, keys = inputs(dtype=torch.float64)
     ids = torch.randint(0, 121, (3, 37, 4, 5))
