@@ -314,6 +314,33 @@ def test_silu_activation_keeps_the_pre_activation(backend):
         ssd(**inputs, backend=backend, x_activation="gelu")
 
 
+def test_silu_derivative_is_a_graph_node_outside_the_operator():
+    """Under ``torch.compile`` the backward graph applies SiLU's derivative to the ``ssd_backward`` operator's ``dx``
+    as an ``aten.silu_backward`` node of its own, which Inductor fuses into the kernel that reads ``dx`` (the layer's
+    in_proj gradient), rather than inside the opaque operator as a pass of its own."""
+    from torch._functorch.aot_autograd import aot_module_simplified
+
+    graphs = []
+
+    def capture(gm, _):
+        graphs.append(gm)
+        return gm
+
+    def backend(gm, example_inputs):
+        return aot_module_simplified(gm, example_inputs, fw_compiler=lambda g, _: g, bw_compiler=capture)
+
+    inputs = make_inputs(1, 32, 2, 4, 1, 4, True, True, dtype=torch.float32)
+    inputs["x"].requires_grad_()
+    torch._dynamo.reset()
+    run = torch.compile(lambda **kw: ssd(**kw, chunk_size=16, backend="triton", x_activation="silu"),
+                        backend=backend, fullgraph=True)
+    run(**inputs).sum().backward()
+    nodes = list(graphs[-1].graph.nodes)
+    backward_op = next(n for n in nodes if n.target == torch.ops.wonderful_matrices.ssd_backward.default)
+    derivative = [n for n in nodes if n.target == torch.ops.aten.silu_backward.default]
+    assert len(derivative) == 1 and derivative[0].args[0].args[0] is backward_op  # getitem(op, 0): the op's dx
+
+
 def test_silu_activation_packed():
     """``x_activation="silu"`` with packed documents (chunk 16, documents starting inside and at chunks) on the
     Triton kernels (the activation and its gradient applied inside the operator): output, final state and every

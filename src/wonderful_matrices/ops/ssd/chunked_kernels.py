@@ -953,19 +953,20 @@ def ssd_backward(dy: torch.Tensor | None, dfinal: torch.Tensor | None, x: torch.
                             torch.Tensor]:
     """:func:`backward_kernels` with the plan of ``(x, B, chunk_size)`` and the document bounds ``docs`` of
     :func:`ssd_forward` (empty: one document a row), ``cb`` recomputed; ``dD`` is an empty tensor without ``D``.
-    With ``silu_x`` the kernels run on ``silu(x)``, recomputed here, and ``dx`` is the gradient of ``x``."""
+    With ``silu_x`` the kernels run on ``silu(x)``, recomputed here, and ``dx`` is the gradient of ``silu(x)``
+    (:class:`_SSDTriton` applies SiLU's derivative outside the operator)."""
     pl = _Plan(x, B, chunk_size, docs if docs.numel() else None)
     cb = chunk_products(pl, B, C)
     x_in = F.silu(x) if silu_x else x
     dx, ddt, dA, dB, dC, dD, dinit = backward_kernels(dy, dfinal, x_in, dt, A, B, C, D, cum, cb, states, pl)
-    if silu_x:
-        dx = torch.ops.aten.silu_backward(dx, x)
     return dx, ddt, dA, dB, dC, dD if dD is not None else x.new_empty(0, dtype=torch.float32), dinit
 
 
 class _SSDTriton(torch.autograd.Function):
     """The kernels' forward and backward; with ``silu_x`` the input ``x`` is a pre-activation: the kernels run on
-    ``silu(x)``, and ``x`` itself is what is kept (the activation is recomputed in the backward)."""
+    ``silu(x)``, and ``x`` itself is what is kept (the activation is recomputed inside the backward operator). SiLU's
+    derivative is applied here, outside the operator: under ``torch.compile`` it is a graph node that Inductor fuses
+    into the kernel reading ``dx`` (the layer's in_proj gradient concatenation) instead of a pass of its own."""
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, initial_state, chunk_size, seq_idx, silu_x):
@@ -980,6 +981,8 @@ class _SSDTriton(torch.autograd.Function):
         x, dt, A, B, C, D, initial_state, cum, states, docs = ctx.saved_tensors
         dx, ddt, dA, dB, dC, dD, dinit = ssd_backward(dy, dfinal, x, dt, A, B, C, D, cum, states, ctx.chunk_size,
                                                       docs, ctx.silu_x)
+        if ctx.silu_x:
+            dx = torch.ops.aten.silu_backward(dx, x)
         return (dx, ddt.to(dt.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
                 dD.to(D.dtype) if D is not None else None,
                 dinit.to(initial_state.dtype) if initial_state is not None else None, None, None, None)
