@@ -7,6 +7,7 @@
 #            tests/ops/test_dma_cuda.py            windowed Triton, no-window Flex, packed, decode steps, CUDA graphs
 #   experts  tests/ops/test_experts_cuda.py        product-key top-k, expert mixture, CDMoE / PEER / PKM layers
 #            tests/ops/test_compiled_functions.py  the mixtures, PKM read and top-k compiled against eager (CUDA cases)
+#            tests/ops/test_subkey_marginals.py    the balance loss's sub-key marginals, eager and compiled (CUDA case)
 #   norm     tests/ops/test_norm_loss_cuda.py      RMSNorm (+ residual), gated RMSNorm, chunked linear + CE, compile
 #            tests/ops/test_gated_linear_cuda.py   a gated MLP's product and down projection (the product not kept)
 #   models   tests/train/test_graph_step.py        GraphedTrainStep (its CUDA cases; the rest is CPU)
@@ -52,7 +53,7 @@ files_of() {
   case $1 in
     ssd) echo tests/ops/test_ssd_cuda.py ;;
     dma) echo tests/ops/test_dma_select.py tests/ops/test_dma_cuda.py ;;
-    experts) echo tests/ops/test_experts_cuda.py tests/ops/test_compiled_functions.py ;;
+    experts) echo tests/ops/test_experts_cuda.py tests/ops/test_compiled_functions.py tests/ops/test_subkey_marginals.py ;;
     norm) echo tests/ops/test_norm_loss_cuda.py tests/ops/test_gated_linear_cuda.py ;;
     models) echo tests/train/test_graph_step.py tests/models/test_models_cuda.py tests/train/test_compiled_training.py ;;
     half1) files_of ssd; files_of dma ;;
