@@ -7,7 +7,8 @@ A variant is ``PRESET[:KEY=VALUE[,KEY=VALUE...]]`` (config overrides of :func:`w
 values are parsed as int, float, bool or None where they look like one, else kept as text). Each runs
 :func:`wonderful_matrices.bench.lm.training_throughput` (forward + backward + AdamW on random tokens, bf16 autocast on
 CUDA, two warm-up steps, the median of ``--steps``), eager; with ``--compiled`` also compiled, with
-``--compiled-only`` only compiled. Writes
+``--compiled-only`` only compiled; with ``--graphed`` every step is replayed from a CUDA graph (the host's launches
+then do not limit it; the rows say whether it was recorded, ``graphed``, and if not why, ``graph_error``). Writes
 ``results.json`` / ``results.md`` into ``--out`` after every row, so a run cut by a time limit keeps what it measured.
 A variant may be listed more than once (``--variants cheems-base llama-base cheems-base llama-base``): the rows then
 show how much one process's timings move (on CUDA with the GPU's mean SM clock and peak temperature beside them).
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps after the two warm-ups")
     parser.add_argument("--compiled", action="store_true", help="also time each variant under torch.compile")
     parser.add_argument("--compiled-only", action="store_true", help="time each variant under torch.compile only")
+    parser.add_argument("--graphed", action="store_true", help="replay each training step from a CUDA graph")
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -74,10 +76,11 @@ def main() -> None:
     for spec, name, fields in variants:
         for compiled in (True,) if args.compiled_only else (False, True) if args.compiled else (False,):
             row = {"variant": spec, "compiled": compiled, "seq_len": args.seq_len}
+            options = {"graphed": True} if args.graphed else {}
             try:
                 config = presets.get(name, use_cache=False, **fields)
                 row.update(training_throughput(config, args.seq_len, args.tokens, device, steps=args.steps,
-                                               compiled=compiled))
+                                               compiled=compiled, **options))
             except Exception as error:  # noqa: BLE001 - a variant that fails is a row of the report
                 row.update({"tokens_per_s": None, "peak_memory_gb": None, "steady_peak_memory_gb": None,
                             "error": one_line(error)})
@@ -87,8 +90,10 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
             write_results(args.out, "train_throughput", rows, meta,
-                          columns=["variant", "compiled", "seq_len", "tokens_per_s", "vs_first", "peak_memory_gb",
-                                   "steady_peak_memory_gb", "sm_clock_mhz", "gpu_temp_max_c", "error"])
+                          columns=["variant", "compiled", *(["graphed"] if args.graphed else []), "seq_len",
+                                   "tokens_per_s", "vs_first", "peak_memory_gb", "steady_peak_memory_gb",
+                                   "sm_clock_mhz", "gpu_temp_max_c", "error",
+                                   *(["graph_error"] if args.graphed else [])])
 
 
 if __name__ == "__main__":

@@ -54,3 +54,16 @@ def test_modes_eager_compiled_or_compiled_only(tmp_path, monkeypatch, flags, mod
     script.main()
     assert seen == modes
     assert [r["compiled"] for r in json.loads((tmp_path / "results.json").read_text())["rows"]] == modes
+
+
+def test_graphed_flag_reaches_every_row_and_its_columns(tmp_path, monkeypatch):
+    script = load()
+    seen = []
+    monkeypatch.setattr(script, "training_throughput", lambda *args, **kwargs: seen.append(kwargs.get("graphed")) or {
+        "tokens_per_s": 1.0, "graphed": True, "graph_error": None})
+    monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--variants", "llama-tiny", "--device", "cpu",
+                                      "--compiled", "--graphed", "--out", str(tmp_path)])
+    script.main()
+    assert seen == [True, True]
+    assert "| variant | compiled | graphed | seq_len |" in (tmp_path / "results.md").read_text()
+

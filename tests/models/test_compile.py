@@ -126,6 +126,19 @@ def test_training_throughput_compiled_and_a_failure_recorded(monkeypatch):
     assert compiled["tokens_per_s"] > 0 and compiled["error"] is None
 
 
+def test_training_throughput_graphed_runs_its_steps_eagerly_off_cuda(monkeypatch):
+    """``graphed=True`` times the steps of a GraphedTrainStep, with the eager or the compiled loss: off CUDA they run
+    eagerly, and the result says that no graph was recorded and that nothing failed."""
+    from wonderful_matrices.bench import lm, lm_common
+
+    config = presets.get("llama-tiny", use_cache=False)
+    monkeypatch.setattr(lm, "compiled_lm_loss", lambda: lm_common.compiled_lm_loss("aot_eager"))  # Inductor: slow
+    for compiled in (False, True):
+        result = lm.training_throughput(config, 16, 32, torch.device("cpu"), steps=1, compiled=compiled, graphed=True)
+        assert result["tokens_per_s"] > 0 and result["error"] is None
+        assert result["graphed"] is False and result["graph_error"] is None
+
+
 def _op_counts(graph: torch.fx.GraphModule, ops) -> dict:
     return {op: sum(node.target is op for node in graph.graph.nodes) for op in ops}
 

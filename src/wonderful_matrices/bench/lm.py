@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 
+from ..train.graph_step import GraphedTrainStep
 from ..train.optim import adamw
 from .common import GpuSampler, one_line, synchronize, time_callable, write_results
 from .decode_common import analytic_cache_bytes, decode_measurement
-from .lm_common import compiled_lm_loss, corpus_tokens, optimizer_step, perplexity, set_fused, train_lm
+from .lm_common import compiled_lm_loss, corpus_tokens, optimizer_step, perplexity, set_fused, train_lm, training_loss
 from .lm_scale import run_label, run_model, run_one, run_settings, steps_for
 
 FAMILIES = ("cheems", "doge", "llama", "mamba2", "jamba")
@@ -37,7 +38,7 @@ FULL = dict(size="base", seq_len=2048, batch=8, steps=200, lr=1e-3, contexts=(40
 
 
 def training_throughput(config, seq_len: int, tokens_per_step: int, device: torch.device, steps: int = 4,
-                        fused: bool = True, compiled: bool = False) -> dict:
+                        fused: bool = True, compiled: bool = False, graphed: bool = False) -> dict:
     """Training tokens/s and peak memory of a fresh model of ``config`` on rows of ``seq_len`` random tokens
     (``tokens_per_step // seq_len`` rows, at least one): one step is forward, backward and AdamW, bf16 autocast on
     CUDA; two warm-up steps, then the median of ``steps`` timed ones. ``{"tokens_per_s", "peak_memory_gb",
@@ -47,23 +48,32 @@ def training_throughput(config, seq_len: int, tokens_per_step: int, device: torc
     the GPU's clock, temperature and power during the timed steps (:class:`.common.GpuSampler`). ``fused=False``:
     the plain-PyTorch norms and loss (:func:`.lm_common.set_fused`).
     ``compiled=True``: the loss under ``torch.compile`` (:func:`.lm_common.compiled_lm_loss`; default mode,
-    ``dynamic=False``); the warm-up steps include the compilation."""
+    ``dynamic=False``); the warm-up steps include the compilation.
+    ``graphed=True``: the whole step (forward, backward, AdamW) replayed from a CUDA graph
+    (:class:`~wonderful_matrices.train.graph_step.GraphedTrainStep`, a third warm-up step records it), so that the
+    host's launches do not limit the step; the result then says ``graphed`` (whether it replayed) and
+    ``graph_error`` (why not, None when it did). Off CUDA the steps run eagerly."""
     from ..models import CheemsForCausalLM
 
     batch = max(1, tokens_per_step // seq_len)
     torch.manual_seed(0)
     model = CheemsForCausalLM(config).to(device).train()
     set_fused(model, fused)
-    opt = adamw(model, 1e-4, 0.1)
+    cuda = device.type == "cuda"
+    opt = adamw(model, 1e-4, 0.1, capturable=graphed and cuda)
     rows = torch.randint(0, config.vocab_size, (batch, seq_len + 1), device=device)
     loss_fn = compiled_lm_loss() if compiled else None
     result = {"tokens_per_s": None, "peak_memory_gb": None, "steady_peak_memory_gb": None, "error": None}
-    cuda = device.type == "cuda"
+    graph_step = GraphedTrainStep(lambda r: training_loss(model, r, device, loss_fn), model.parameters(), opt,
+                                  max_grad_norm=None, warmup_steps=2) if graphed else None
     try:
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        step = lambda: optimizer_step(model, opt, rows, device, loss_fn=loss_fn)  # noqa: E731
-        for _ in range(2):  # the warm-up steps
+        if graph_step is None:
+            step = lambda: optimizer_step(model, opt, rows, device, loss_fn=loss_fn)  # noqa: E731
+        else:
+            step = lambda: graph_step(rows)  # noqa: E731
+        for _ in range(2 if graph_step is None else 3):  # the warm-up steps (and the graph's recording)
             step()
         synchronize(device)
         warm_peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
@@ -74,13 +84,15 @@ def training_throughput(config, seq_len: int, tokens_per_step: int, device: torc
         steady = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
         result.update(tokens_per_s=batch * seq_len * 1e3 / ms, peak_memory_gb=max(warm_peak, steady) if cuda else None,
                       steady_peak_memory_gb=steady, **(gpu.summary() if cuda else {}))
+        if graph_step is not None:
+            result.update(graphed=graph_step.recorded, graph_error=graph_step.failed)
     except torch.OutOfMemoryError:
         result["error"] = "out of memory"
     except Exception as error:  # a preset that fails to compile is a result, not the end
         if not compiled:
             raise
         result["error"] = one_line(error)
-    model = opt = loss_fn = None  # free the memory before the next configuration
+    model = opt = loss_fn = graph_step = step = None  # free the memory (a graph's pool too) before the next one
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result

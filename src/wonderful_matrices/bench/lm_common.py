@@ -135,6 +135,15 @@ def compiled_lm_loss(backend: str = "inductor") -> Callable:
     return torch.compile(lm_loss, dynamic=False, backend=backend)
 
 
+def training_loss(model, rows: torch.Tensor, device: torch.device, loss_fn: Callable | None = None,
+                  eos: int | None = None) -> torch.Tensor:
+    """The loss :func:`optimizer_step` differentiates: ``loss_fn`` (default :func:`lm_loss`) of ``rows (b, l + 1)``
+    under :func:`training_autocast`, with no check reading a tensor's values (``trusted_values``; ``rows`` are ids
+    of the model's vocabulary), so no host synchronisation: what a recorded CUDA graph needs."""
+    with trusted_values(), training_autocast(device):
+        return (loss_fn or lm_loss)(model, rows, eos)
+
+
 def optimizer_step(model, opt, rows: torch.Tensor, device: torch.device, clip: float | None = None,
                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                    eos: int | None = None, loss_fn: Callable | None = None) -> torch.Tensor:
@@ -145,8 +154,7 @@ def optimizer_step(model, opt, rows: torch.Tensor, device: torch.device, clip: f
     No host synchronisation: ``rows`` are ids of the model's vocabulary (the tokenizer's or drawn in range), so the
     step runs inside ``trusted_values()``, where no check reads a tensor's values."""
     with trusted_values():
-        with training_autocast(device):
-            loss = (loss_fn or lm_loss)(model, rows, eos)
+        loss = training_loss(model, rows, device, loss_fn, eos)
         loss.backward()
     apply_gradients(model.parameters(), opt, scheduler, clip)
     return loss
