@@ -61,17 +61,20 @@ def interpreter_child_test(test_file):
     return test_interpreted_in_a_subprocess
 
 
-def kept_for_backward(fn, *args, autocast_dtype: torch.dtype | None = None) -> list:
+def kept_for_backward(fn, *args, autocast_dtype: torch.dtype | None = None, graphs: list | None = None) -> list:
     """Compile ``fn`` (args -> a scalar) with AOTAutograd and its default partitioner (Inductor's), run it and its
     backward (under CPU autocast to ``autocast_dtype`` if given) -> the FX nodes of the forward graph's outputs:
     what is kept for the backward (the forward's results first). Which tensors survive to the backward is the
-    partitioner's choice, not the autograd functions' own ``save_for_backward``."""
+    partitioner's choice, not the autograd functions' own ``save_for_backward``. ``graphs``: a list that receives
+    the forward graph module."""
     from torch._functorch.aot_autograd import aot_module_simplified
     from torch._functorch.partitioners import min_cut_rematerialization_partition
 
     kept = []
 
     def forward_compiler(gm, example_inputs):
+        if graphs is not None:
+            graphs.append(gm)
         output = next(node for node in gm.graph.nodes if node.op == "output")
         kept.extend(a for a in output.args[0] if hasattr(a, "op"))
         return gm

@@ -341,6 +341,23 @@ def test_silu_derivative_is_a_graph_node_outside_the_operator():
     assert len(derivative) == 1 and derivative[0].args[0].args[0] is backward_op  # getitem(op, 0): the op's dx
 
 
+def test_silu_is_a_forward_graph_node_whose_output_is_not_kept():
+    """Under ``torch.compile`` the forward graph computes ``silu(x)`` as an ``aten.silu`` node feeding the
+    ``ssd_forward`` operator (Inductor fuses it into the kernel that produces ``x``), and does not keep its output
+    for the backward, which recomputes it from ``x``."""
+    from conftest import kept_for_backward
+
+    inputs = make_inputs(1, 32, 2, 4, 1, 4, True, True, dtype=torch.float32)
+    graphs = []
+    kept = kept_for_backward(lambda x: ssd(**{**inputs, "x": x}, chunk_size=16, backend="triton",
+                                           x_activation="silu").sum(), inputs["x"].clone().requires_grad_(),
+                             graphs=graphs)
+    activations = [n for n in graphs[0].graph.nodes if n.target == torch.ops.aten.silu.default]
+    assert len(activations) == 1
+    assert [u.target for u in activations[0].users] == [torch.ops.wonderful_matrices.ssd_forward.default]
+    assert not any(k is activations[0] for k in kept)
+
+
 def test_silu_activation_packed():
     """``x_activation="silu"`` with packed documents (chunk 16, documents starting inside and at chunks) on the
     Triton kernels (the activation and its gradient applied inside the operator): output, final state and every

@@ -125,8 +125,8 @@ def test_fake_outputs_have_the_kernels_strides():
     x = torch.randn(b, h, 64, p).transpose(1, 2)
     dt, A, B, C = torch.rand(b, 64, h), -torch.rand(h) - 0.5, torch.randn(b, 64, g, n), torch.randn(b, 64, g, n)
     torch.library.opcheck(torch.ops.wonderful_matrices.ssd_forward.default,
-                          (x, dt, A, B, C, None, None, 16, None, True), test_utils=("test_faketensor",))
-    y, cum, states, docs = sk.ssd_forward(x, dt, A, B, C, None, None, 16, None, True)
+                          (x, dt, A, B, C, None, None, 16, None), test_utils=("test_faketensor",))
+    y, cum, states, docs = sk.ssd_forward(x, dt, A, B, C, None, None, 16, None)
     torch.library.opcheck(torch.ops.wonderful_matrices.ssd_backward.default,
                           (torch.randn_like(y), None, x, dt, A, B, C, None, cum, states, 16, docs, True),
                           test_utils=("test_faketensor",))

@@ -908,8 +908,7 @@ def _backward_products(run, pl, dy, x, dt, A, B, C, D, cb, cum, states, dst, dx,
 
 def _ssd_forward_fake(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                       D: torch.Tensor | None, initial_state: torch.Tensor | None, chunk_size: int,
-                      seq_idx: torch.Tensor | None, silu_x: bool
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                      seq_idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     pl = _Plan(x, B, chunk_size)
     f32 = dict(dtype=torch.float32)
     docs = (x.new_empty(pl.b, pl.nc, 2, pl.q, dtype=torch.int32) if seq_idx is not None
@@ -921,13 +920,10 @@ def _ssd_forward_fake(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: tor
 @opaque_to_compile("ssd_forward", _ssd_forward_fake)
 def ssd_forward(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                 D: torch.Tensor | None, initial_state: torch.Tensor | None, chunk_size: int,
-                seq_idx: torch.Tensor | None, silu_x: bool
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`forward_kernels` on ``x`` (``silu(x)`` with ``silu_x``) -> ``(y, cum, states, docs)``, ``docs`` the
-    document bounds (b, nc, 2, q) int32 with ``seq_idx``, else an empty tensor (the plan is rebuilt from them by
-    :func:`ssd_backward`); ``cb`` is not returned (:func:`ssd_backward` recomputes it). The activation is applied
-    inside the operator, so under ``torch.compile`` its output is not a tensor the partitioner could keep."""
-    x = F.silu(x) if silu_x else x
+                seq_idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`forward_kernels` on ``x`` -> ``(y, cum, states, docs)``, ``docs`` the document bounds (b, nc, 2, q)
+    int32 with ``seq_idx``, else an empty tensor (the plan is rebuilt from them by :func:`ssd_backward`); ``cb`` is
+    not returned (:func:`ssd_backward` recomputes it)."""
     y, cum, _, states, pl = forward_kernels(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx=seq_idx)
     return y, cum, states, pl.docs if pl.docs is not None else x.new_empty(0, dtype=torch.int32)
 
@@ -964,13 +960,17 @@ def ssd_backward(dy: torch.Tensor | None, dfinal: torch.Tensor | None, x: torch.
 
 class _SSDTriton(torch.autograd.Function):
     """The kernels' forward and backward; with ``silu_x`` the input ``x`` is a pre-activation: the kernels run on
-    ``silu(x)``, and ``x`` itself is what is kept (the activation is recomputed inside the backward operator). SiLU's
-    derivative is applied here, outside the operator: under ``torch.compile`` it is a graph node that Inductor fuses
-    into the kernel reading ``dx`` (the layer's in_proj gradient concatenation) instead of a pass of its own."""
+    ``silu(x)``, and ``x`` itself is what is kept (the activation is recomputed inside the backward operator). The
+    activation and its derivative are applied here, outside the operators: under ``torch.compile`` they are graph
+    nodes that Inductor fuses into the kernels that produce ``x`` and read ``dx`` (the layer's in_proj output split
+    and its gradient's concatenation) instead of passes of their own; and as the backward graph needs ``x`` alone,
+    ``silu(x)`` is not kept. (The recomputation stays inside ``ssd_backward``: the compiler would merge a second
+    ``silu(x)`` of this function with the first and keep it.)"""
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, initial_state, chunk_size, seq_idx, silu_x):
-        y, cum, states, docs = ssd_forward(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx, silu_x)
+        y, cum, states, docs = ssd_forward(F.silu(x) if silu_x else x, dt, A, B, C, D, initial_state, chunk_size,
+                                           seq_idx)
         ctx.save_for_backward(x, dt, A, B, C, D, initial_state, cum, states, docs)
         ctx.chunk_size, ctx.silu_x = chunk_size, silu_x
         ctx.set_materialize_grads(False)
