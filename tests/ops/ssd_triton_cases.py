@@ -314,10 +314,9 @@ def test_silu_activation_keeps_the_pre_activation(backend):
         ssd(**inputs, backend=backend, x_activation="gelu")
 
 
-def test_silu_derivative_is_a_graph_node_outside_the_operator():
-    """Under ``torch.compile`` the backward graph applies SiLU's derivative to the ``ssd_backward`` operator's ``dx``
-    as an ``aten.silu_backward`` node of its own, which Inductor fuses into the kernel that reads ``dx`` (the layer's
-    in_proj gradient), rather than inside the opaque operator as a pass of its own."""
+def compiled_backward_graph(**options) -> torch.fx.GraphModule:
+    """The backward graph AOTAutograd traces (what ``torch.compile`` hands Inductor) for the sum of
+    ``ssd(..., backend="triton", **options)``'s output, on small float32 inputs."""
     from torch._functorch.aot_autograd import aot_module_simplified
 
     graphs = []
@@ -332,13 +331,30 @@ def test_silu_derivative_is_a_graph_node_outside_the_operator():
     inputs = make_inputs(1, 32, 2, 4, 1, 4, True, True, dtype=torch.float32)
     inputs["x"].requires_grad_()
     torch._dynamo.reset()
-    run = torch.compile(lambda **kw: ssd(**kw, chunk_size=16, backend="triton", x_activation="silu"),
-                        backend=backend, fullgraph=True)
-    run(**inputs).sum().backward()
-    nodes = list(graphs[-1].graph.nodes)
+    run = torch.compile(lambda **kw: ssd(**kw, chunk_size=16, backend="triton", **options), backend=backend,
+                        fullgraph=True)
+    out = run(**inputs)
+    (out[0].sum() + out[1].sum() if isinstance(out, tuple) else out.sum()).backward()
+    return graphs[-1]
+
+
+def test_silu_derivative_is_a_graph_node_outside_the_operator():
+    """Under ``torch.compile`` the backward graph applies SiLU's derivative to the ``ssd_backward`` operator's ``dx``
+    as an ``aten.silu_backward`` node of its own, which Inductor fuses into the kernel that reads ``dx`` (the layer's
+    in_proj gradient), rather than inside the opaque operator as a pass of its own."""
+    nodes = list(compiled_backward_graph(x_activation="silu").graph.nodes)
     backward_op = next(n for n in nodes if n.target == torch.ops.wonderful_matrices.ssd_backward.default)
     derivative = [n for n in nodes if n.target == torch.ops.aten.silu_backward.default]
     assert len(derivative) == 1 and derivative[0].args[0].args[0] is backward_op  # getitem(op, 0): the op's dx
+
+
+@pytest.mark.parametrize("final_state", [False, True])
+def test_final_state_gradient_only_when_the_state_is_returned(final_state):
+    """Without ``return_final_state`` the compiled backward passes no final-state gradient (None) to the operator,
+    not a zero tensor it would read; with it, the gradient it gets."""
+    nodes = list(compiled_backward_graph(return_final_state=final_state).graph.nodes)
+    backward_op = next(n for n in nodes if n.target == torch.ops.wonderful_matrices.ssd_backward.default)
+    assert (backward_op.args[1] is None) != final_state
 
 
 def test_silu_is_a_forward_graph_node_whose_output_is_not_kept():

@@ -965,19 +965,21 @@ class _SSDTriton(torch.autograd.Function):
     nodes that Inductor fuses into the kernels that produce ``x`` and read ``dx`` (the layer's in_proj output split
     and its gradient's concatenation) instead of passes of their own; and as the backward graph needs ``x`` alone,
     ``silu(x)`` is not kept. (The recomputation stays inside ``ssd_backward``: the compiler would merge a second
-    ``silu(x)`` of this function with the first and keep it.)"""
+    ``silu(x)`` of this function with the first and keep it.) The final state is an output only when asked for
+    (``final_state``): under ``torch.compile`` an unused output still gets a gradient, a zero tensor that the
+    backward would read."""
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, initial_state, chunk_size, seq_idx, silu_x):
+    def forward(ctx, x, dt, A, B, C, D, initial_state, chunk_size, seq_idx, silu_x, final_state):
         y, cum, states, docs = ssd_forward(F.silu(x) if silu_x else x, dt, A, B, C, D, initial_state, chunk_size,
                                            seq_idx)
         ctx.save_for_backward(x, dt, A, B, C, D, initial_state, cum, states, docs)
         ctx.chunk_size, ctx.silu_x = chunk_size, silu_x
         ctx.set_materialize_grads(False)
-        return y, states[:, -1].clone()
+        return (y, states[:, -1].clone()) if final_state else y
 
     @staticmethod
-    def backward(ctx, dy, dfinal):
+    def backward(ctx, dy, dfinal=None):
         x, dt, A, B, C, D, initial_state, cum, states, docs = ctx.saved_tensors
         dx, ddt, dA, dB, dC, dD, dinit = ssd_backward(dy, dfinal, x, dt, A, B, C, D, cum, states, ctx.chunk_size,
                                                       docs, ctx.silu_x)
@@ -985,7 +987,7 @@ class _SSDTriton(torch.autograd.Function):
             dx = torch.ops.aten.silu_backward(dx, x)
         return (dx, ddt.to(dt.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
                 dD.to(D.dtype) if D is not None else None,
-                dinit.to(initial_state.dtype) if initial_state is not None else None, None, None, None)
+                dinit.to(initial_state.dtype) if initial_state is not None else None, None, None, None, None)
 
 
 def ssd_triton(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -1005,5 +1007,4 @@ def ssd_triton(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tens
     require(row_extent < 2 ** 31, "x", tuple(x.shape),
             f"rows whose elements the Triton kernels can address with int32 offsets (this row spans {row_extent}: "
             "split it, e.g. prefill_chunk_tokens, or use backend='torch')")
-    y, final = _SSDTriton.apply(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx, silu_x)
-    return (y, final) if return_final_state else y
+    return _SSDTriton.apply(x, dt, A, B, C, D, initial_state, chunk_size, seq_idx, silu_x, return_final_state)
