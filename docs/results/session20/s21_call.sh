@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Session 21 (prepared in session 20): one call = the steps named in STEPS, each under its own time limit.
+# First: mkdir -p tmp_gpu && cp docs/results/session20/{s21_call.sh,s17_lmscale.sh} tmp_gpu/ (tmp_gpu/ is ignored:
+# echo /tmp_gpu/ >> .git/info/exclude), and pass carry: ["tmp_gpu"] with every call.
 #   C=c1 STEPS="jt t16 p16" bash tmp_gpu/s21_call.sh       (carry tmp_gpu; a cold machine may cut t16/p16: rerun them)
 #   C=c2 STEPS="g16" ...  (the same pairs with each step replayed from a CUDA graph: is cheems' step host-bound?)
 #   C=c3 STEPS="half1" ...;  C=c4 STEPS="half2" ...           (the complete CUDA suite of the measured code)
