@@ -7,8 +7,8 @@ Written as PyTorch ops (:func:`subkey_marginals_naive`, the oracle), autograd ke
 32K tokens) — and ``torch.compile``'s partitioner keeps them too. :func:`subkey_marginals` runs the same ops under
 activation checkpointing: autograd, and the compiler's partitioner alike, keep only the inputs (the query, which
 routing keeps anyway, and the sub-keys) and compute the scores and probabilities again in the backward. Under the
-compiler these stay ordinary graph nodes that Inductor fuses (a custom operator pair written in eager ATen ops, in
-session 19, cost ~6 ms per cheems-base 16K step in copies and float32 passes: docs/results.md, session 20).
+compiler these stay ordinary graph nodes that Inductor fuses; an opaque custom operator running the same ops in eager
+ATen left them unfused (~6 ms per cheems-base 16K step in copies and float32 passes, docs/results.md, session 20).
 """
 from __future__ import annotations
 
