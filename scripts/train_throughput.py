@@ -76,11 +76,10 @@ def main() -> None:
     for spec, name, fields in variants:
         for compiled in (True,) if args.compiled_only else (False, True) if args.compiled else (False,):
             row = {"variant": spec, "compiled": compiled, "seq_len": args.seq_len}
-            options = {"graphed": True} if args.graphed else {}
             try:
                 config = presets.get(name, use_cache=False, **fields)
                 row.update(training_throughput(config, args.seq_len, args.tokens, device, steps=args.steps,
-                                               compiled=compiled, **options))
+                                               compiled=compiled, graphed=args.graphed))
             except Exception as error:  # noqa: BLE001 - a variant that fails is a row of the report
                 row.update({"tokens_per_s": None, "peak_memory_gb": None, "steady_peak_memory_gb": None,
                             "error": one_line(error)})

@@ -70,10 +70,10 @@ def training_throughput(config, seq_len: int, tokens_per_step: int, device: torc
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         if graph_step is None:
-            step = lambda: optimizer_step(model, opt, rows, device, loss_fn=loss_fn)  # noqa: E731
-        else:
-            step = lambda: graph_step(rows)  # noqa: E731
-        for _ in range(2 if graph_step is None else 3):  # the warm-up steps (and the graph's recording)
+            step, warmups = (lambda: optimizer_step(model, opt, rows, device, loss_fn=loss_fn)), 2
+        else:  # its eager warm-up steps, then the one that records the graph
+            step, warmups = (lambda: graph_step(rows)), graph_step.warmup_steps + 1
+        for _ in range(warmups):
             step()
         synchronize(device)
         warm_peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None

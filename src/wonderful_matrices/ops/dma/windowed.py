@@ -96,9 +96,9 @@ def attendable_queries(bias: torch.Tensor, lq: int, seq_idx: torch.Tensor | None
     Scans run along the last (contiguous) dimension: a scan along ``lk`` in the ``(b, lk, hkv)`` layout is one
     thread per ``(b, hkv)`` column on CUDA (3 ms at 16K tokens in session 12's profile, as long as the attention).
     """
-    b, lk, hkv = bias.shape
     if seq_idx is not None:
         return _attendable_in_documents(bias, seq_idx)
+    lk = bias.shape[1]
     positions = torch.arange(lk, device=bias.device)
     first = torch.where(torch.isfinite(bias).transpose(1, 2), positions, lk).amin(-1)  # (b, hkv): first finite key
     return first[:, None, :] <= positions[lk - lq:][None, :, None]
