@@ -126,25 +126,36 @@ def test_packed_model_cuda(name):
 
 @pytest.mark.parametrize("name", ["cheems-tiny", "llama-tiny", "jamba-tiny", "mamba2-tiny", "doge-tiny"])
 def test_fused_training_step_bf16_cuda(name):
-    """A model's bf16-autocast training step with the fused norms and loss against the plain-PyTorch one."""
+    """A model's bf16-autocast training step with the fused norms and loss is as close to the float32 step as the
+    plain-PyTorch bf16 step is.
+
+    Both bf16 steps round differently, so they are measured against the float32 plain step rather than against each
+    other: their gradients differ by up to the sum of the two rounding errors (3.1% for jamba-tiny on an H100), which
+    alone does not say that either is worse.
+    """
     from wonderful_matrices.bench.lm_common import set_fused
 
     torch.manual_seed(0)
     model = wm.CheemsForCausalLM(wm.presets.get(name)).cuda().train()
     x = torch.randint(0, model.config.vocab_size, (4, 100), device="cuda")
-    results = []
-    for fused in (False, True):
+    results = {}
+    for fused, dtype in ((False, torch.float32), (False, torch.bfloat16), (True, torch.bfloat16)):
         set_fused(model, fused)
         model.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             out = model(x, labels=x)
         out.loss.backward()
         assert (out.logits is None) == fused
-        results.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
-                                             if p.grad is not None}))
-    (ref_loss, ref), (loss, grads) = results
-    assert rel_err(loss, ref_loss) < 1e-2, (loss, ref_loss)
-    assert grads.keys() == ref.keys(), set(grads) ^ set(ref)
+        results[fused, dtype] = (out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                                     if p.grad is not None})
+    ref_loss, ref = results[False, torch.float32]
     flat = lambda g: torch.cat([v.flatten().float() for v in g.values()])  # noqa: E731
-    worst = sorted(((rel_err(grads[k], ref[k]), k) for k in ref), reverse=True)[:4]
-    assert rel_err(flat(grads), flat(ref)) < 3e-2, worst  # the parameters whose gradients differ most
+    errors = {}
+    for fused in (False, True):
+        loss, grads = results[fused, torch.bfloat16]
+        assert grads.keys() == ref.keys(), set(grads) ^ set(ref)
+        errors[fused] = rel_err(loss, ref_loss), rel_err(flat(grads), flat(ref))
+    worst = sorted(((rel_err(results[True, torch.bfloat16][1][k], ref[k]), k) for k in ref), reverse=True)[:4]
+    (plain_loss_err, plain_grad_err), (fused_loss_err, fused_grad_err) = errors[False], errors[True]
+    assert fused_loss_err < max(1.5 * plain_loss_err, 1e-3), errors
+    assert fused_grad_err < max(1.5 * plain_grad_err, 1e-2), (errors, worst)  # worst: the fused step's parameters
