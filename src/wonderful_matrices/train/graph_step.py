@@ -52,21 +52,29 @@ class GraphedTrainStep:
         max_grad_norm: clip the global gradient norm to this (None: no clipping).
         warmup_steps: eager steps before the recording (>= 1).
         use_graph: record a graph when possible (default: when CUDA is available).
+        micro_batches: gradient accumulation inside the step: every input's first dimension holds this many
+            micro-batches, ``loss_fn`` runs on each in turn (its backward before the next one's forward, so one
+            micro-batch's activations live at a time) and the gradients are those of the micro-batches' mean loss.
+            None: ``loss_fn`` gets the inputs whole.
 
-    ``__call__(*inputs)`` -> the step's loss (0-d tensor). Every call must pass tensors of the shapes, dtypes and
-    device of the first; with a graph the returned loss is the graph's buffer, overwritten by the next step.
+    ``__call__(*inputs)`` -> the step's loss (0-d tensor; with ``micro_batches``, the micro-batches' mean). Every call
+    must pass tensors of the shapes, dtypes and device of the first; with a graph the returned loss is the graph's
+    buffer, overwritten by the next step. ``grad_norm``: the last step's gradient norm before clipping (0-d tensor,
+    likewise a buffer; None without ``max_grad_norm``).
     """
 
     def __init__(self, loss_fn: Callable[..., torch.Tensor], parameters: Iterable[torch.nn.Parameter],
                  optimizer: torch.optim.Optimizer, max_grad_norm: float | None = 1.0, warmup_steps: int = 3,
-                 use_graph: bool | None = None):
+                 use_graph: bool | None = None, micro_batches: int | None = None):
         if warmup_steps < 1:
             raise ValueError(f"warmup_steps={warmup_steps!r} is not allowed: must be >= 1")
         if max_grad_norm is not None and not max_grad_norm > 0:
             raise ValueError(f"max_grad_norm={max_grad_norm!r} is not allowed: must be > 0 or None")
+        if micro_batches is not None and micro_batches < 1:
+            raise ValueError(f"micro_batches={micro_batches!r} is not allowed: must be >= 1 or None")
         self.loss_fn, self.optimizer = loss_fn, optimizer
         self.parameters = [p for p in parameters if p.requires_grad]
-        self.max_grad_norm, self.warmup_steps = max_grad_norm, warmup_steps
+        self.max_grad_norm, self.warmup_steps, self.micro_batches = max_grad_norm, warmup_steps, micro_batches
         self.use_graph = torch.cuda.is_available() if use_graph is None else bool(use_graph)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.failed: str | None = None
@@ -74,6 +82,7 @@ class GraphedTrainStep:
         self._inputs: tuple[torch.Tensor, ...] | None = None
         self._recorded_signature: list | None = None
         self._loss: torch.Tensor | None = None
+        self.grad_norm: torch.Tensor | None = None
         self._stream: torch.cuda.Stream | None = None
 
     @property
@@ -83,12 +92,23 @@ class GraphedTrainStep:
 
     def _step_body(self, *inputs: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(*inputs)
-        loss.backward()
+        if self.micro_batches is None:
+            loss = self.loss_fn(*inputs)
+            loss.backward()
+            loss = loss.detach()
+        else:
+            if any(len(t) != self.micro_batches for t in inputs):
+                raise ValueError(f"inputs={_signature(inputs)} is not allowed: with micro_batches="
+                                 f"{self.micro_batches} every input's first dimension must be {self.micro_batches}")
+            loss = 0
+            for i in range(self.micro_batches):
+                part = self.loss_fn(*(t[i] for t in inputs)) / self.micro_batches
+                part.backward()
+                loss = loss + part.detach()
         if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
         self.optimizer.step()
-        return loss.detach()
+        return loss
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         self.steps += 1
