@@ -50,6 +50,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of a local corpus held out for validation, in (0, 1)")
     p.add_argument("--cache-dir", default=None, help="token cache folder (default: OUT/cache)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="record the whole training step once as a CUDA graph and replay it (one CUDA process; "
+                        "fewer host launches per step)")
     p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 under torchrun (default: DDP)")
     _device_argument(p)
     p.add_argument("--threads", type=int, default=None,

@@ -1,5 +1,7 @@
 """GraphedTrainStep: the step it runs is forward + backward + clipping + optimizer step; on CUDA the recorded graph
 replays the same training as eager steps (the CUDA tests skip without a GPU)."""
+import json
+
 import pytest
 import torch
 
@@ -38,6 +40,31 @@ def test_eager_step_is_forward_backward_clip_and_optimizer_step():
     for p, q in zip(model.parameters(), ref_model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
     assert not step.recorded and step.steps == 6
+
+
+def test_micro_batches_accumulate_the_mean_loss_gradient_and_report_the_norm():
+    # 3 micro-batches of 4 rows inside one step = one batch of 12 rows (mean losses of equal-sized parts)
+    torch.manual_seed(0)
+    batches = [(torch.randn(3, 4, 5), torch.randn(3, 4, 3)) for _ in range(4)]
+    ref_model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    model.load_state_dict(ref_model.state_dict())
+    ref = _plain_steps(ref_model, [(x.flatten(0, 1), y.flatten(0, 1)) for x, y in batches], 1e-2, 0.05)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    step = GraphedTrainStep(lambda x, y: torch.nn.functional.mse_loss(model(x), y), model.parameters(), opt,
+                            max_grad_norm=0.05, micro_batches=3)
+    losses, norms = [], []
+    for x, y in batches:
+        losses.append(float(step(x, y)))
+        norms.append(float(step.grad_norm))
+    assert losses == pytest.approx(ref, rel=1e-5)
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert all(n > 0.05 for n in norms)  # the norm before clipping (clipping was active)
+    with pytest.raises(ValueError, match="first dimension must be 3"):
+        step(torch.randn(2, 4, 5), torch.randn(2, 4, 3))
+    with pytest.raises(ValueError, match="micro_batches"):
+        GraphedTrainStep(lambda x: x.sum(), model.parameters(), opt, micro_batches=0)
 
 
 def test_set_learning_rate_sets_floats_and_tensors_in_place():
@@ -113,3 +140,31 @@ def test_recorded_step_refuses_other_shapes():
     assert step.recorded
     with pytest.raises(ValueError, match="inputs"):
         step(torch.ones(1, 4, device="cuda"))   # would broadcast silently into the recorded buffer
+
+
+@cuda
+def test_wm_train_cuda_graph_records_the_step_and_trains_as_eager(tmp_path):
+    # `wm train --cuda-graph` (gradient accumulation, clipping, the schedule, packed documents) against the same run
+    # without it: the step is recorded (summary) and the two runs agree up to the order of float sums
+    from safetensors.torch import load_file
+    from wm_train_helpers import TINY_PRESET, corpus_file
+
+    from wonderful_matrices.train import checkpoint as ckpt
+    from wonderful_matrices.train.loop import TrainConfig, train
+
+    data = corpus_file(tmp_path)
+    runs = {}
+    for graphed in (False, True):
+        out = tmp_path / f"graph-{graphed}"
+        summary = train(TrainConfig(out=str(out), preset=TINY_PRESET, data=data, max_steps=10, batch_size=4,
+                                    seq_len=64, grad_accum=2, lr=3e-3, warmup=0.2, eval_interval=10, save_interval=5,
+                                    log_interval=1, device="cuda", cuda_graph=graphed, progress=False))
+        assert summary["cuda_graph"] == ("recorded" if graphed else None)
+        losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+                  if json.loads(line)["kind"] == "train"]
+        runs[graphed] = losses, load_file(ckpt.latest_checkpoint(out) / "model.safetensors")
+    (eager_losses, eager), (graph_losses, graphed_weights) = runs[False], runs[True]
+    assert graph_losses == pytest.approx(eager_losses, rel=2e-2)
+    flat = lambda w: torch.cat([w[k].flatten().float() for k in sorted(w)])  # noqa: E731
+    assert (flat(graphed_weights) - flat(eager)).norm() <= 2e-2 * flat(eager).norm()
+

@@ -94,6 +94,35 @@ def _one_line_error(capsys, fragment):
     assert len(err) == 1 and fragment in err[0] and "Traceback" not in err[0], err
 
 
+def test_cuda_graph_step_trains_as_the_eager_steps(setup, finished_run, monkeypatch):
+    """``--cuda-graph``'s step (``GraphedTrainStep`` with the micro-batches inside, the scheduler after it) gives the
+    eager loop's weights and metrics. Off CUDA it runs the recorded step's body eagerly, which is what is compared
+    here; the recording itself is tested on the GPU (tests/train/test_graph_step.py)."""
+    from wonderful_matrices.train import loop
+
+    monkeypatch.setattr(loop, "_check_cuda_graph", lambda cfg, info: None)  # let it run on the CPU
+    monkeypatch.setattr(loop, "make_capturable", lambda optimizer, device: None)  # capturable AdamW is CUDA-only
+    calls = []
+    real = loop._graphed_forward_backward_update
+    monkeypatch.setattr(loop, "_graphed_forward_backward_update", lambda *a: calls.append(1) or real(*a))
+    preset, data, root = setup
+    out = root / "graph-path"
+    assert main(train_argv(preset, data, out, grad_accum=2) + ["--cuda-graph"]) == 0
+    assert len(calls) == 8
+    graphed, full = _weights(out), _weights(finished_run)
+    for name in full:
+        torch.testing.assert_close(graphed[name], full[name], rtol=1e-6, atol=1e-7)
+
+    def records(run):
+        return [{k: v for k, v in json.loads(line).items() if k not in ("tokens_per_s", "elapsed_s")}
+                for line in (run / "metrics.jsonl").read_text().splitlines()]
+    got, want = records(out), records(finished_run)
+    assert [r["kind"] for r in got] == [r["kind"] for r in want]
+    for a, b in zip(got, want):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5) for k in a), (a, b)
+    assert json.loads((out / "summary.json").read_text())["cuda_graph"] == "eager: not recorded yet"
+
+
 def test_user_errors_exit_2_with_one_line(setup, finished_run, tmp_path, capsys):
     preset, data, root = setup
     assert main(["eval", str(tmp_path / "missing")]) == 2
@@ -111,6 +140,11 @@ def test_user_errors_exit_2_with_one_line(setup, finished_run, tmp_path, capsys)
     _one_line_error(capsys, f"{TINY_VOCAB + 88} tokens but the model's vocabulary has {TINY_VOCAB}")
     assert main(train_argv("no-such-preset", data, tmp_path / "r3")) == 2
     _one_line_error(capsys, "unknown preset 'no-such-preset'")
+    assert main(train_argv(preset, data, tmp_path / "r4") + ["--cuda-graph"]) == 2
+    _one_line_error(capsys, "--cuda-graph: needs one process on a CUDA device (this run has 1 on cpu)")
+    assert not (tmp_path / "r4").exists()
+    assert main(train_argv(preset, data, tmp_path / "r5") + ["--cuda-graph", "--fsdp"]) == 2
+    _one_line_error(capsys, "--cuda-graph: not with --fsdp")
     # a run whose only checkpoint is damaged: eval refuses, training refuses to overwrite it
     broken = tmp_path / "broken"
     assert main(train_argv(preset, data, broken, max_steps=2, save_interval=2, eval_interval=2)) == 0

@@ -63,8 +63,9 @@ from .distributed import (
     wrap_model,
 )
 from .evaluate import evaluate
+from .graph_step import GraphedTrainStep
 from .metrics import MetricsLog, plot_losses
-from .optim import adamw, apply_gradients
+from .optim import adamw, apply_gradients, make_capturable
 from .resume import plan_schedule, read_run_config, write_run_config
 from .schedule import SCHEDULES, lr_multiplier
 
@@ -135,6 +136,7 @@ class TrainConfig:
     keep_last: int = 2
     log_interval: int = 10
     compile: bool = False
+    cuda_graph: bool = False  # record the whole step once as a CUDA graph and replay it (one CUDA process)
     fsdp: bool = False
     device: str = "auto"
     threads: int | None = None
@@ -166,6 +168,8 @@ class TrainConfig:
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise UserError(f"--{name.replace('_', '-')}: got {getattr(self, name)}, expected a number >= 0"
                                 + (" (0: off)" if name == "clip" else ""))
+        if self.cuda_graph and self.fsdp:
+            raise UserError("--cuda-graph: not with --fsdp (a recorded step runs in one process; drop one of them)")
         if not 0.0 < self.validation_fraction < 1.0:
             raise UserError(f"--validation-fraction: got {self.validation_fraction}, expected a number in (0, 1)")
 
@@ -183,6 +187,7 @@ def train(cfg: TrainConfig) -> dict:
     cfg.check()
     info = init_distributed(cfg.device)
     try:
+        _check_cuda_graph(cfg, info)
         run = setup(cfg, info)
         last_eval = train_steps(run, cfg, info)
         return finish(run, cfg, info, last_eval)
@@ -220,6 +225,7 @@ class Run:
     log: MetricsLog
     step: int
     started: float
+    graph_step: GraphedTrainStep | None = None  # --cuda-graph: the recorded step (None: steps run eagerly)
 
 
 def _warn(message: str) -> None:
@@ -331,7 +337,11 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Run:
     step = 0
     if resume_from:
         state = ckpt.load_trainer_state(resume_from)
+        # how this process runs the optimizer (fused on CUDA, capturable for --cuda-graph), not how the saving one did
+        chosen = [{k: group[k] for k in ("fused", "foreach", "capturable")} for group in optimizer.param_groups]
         load_full_optimizer_state(wrapped, optimizer, state["optimizer"])
+        for group, options in zip(optimizer.param_groups, chosen):
+            group.update(options)
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
         for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):  # the plan's rate (re-planned or not)
@@ -354,9 +364,12 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Run:
     if corpus_manifest is not None:
         log.say(f"corpus {corpus.name}: {corpus_manifest['files']:,} files, {corpus_manifest['bytes']:,} bytes, "
                 f"content sha256 {corpus_manifest['content_sha256'][:16]}")
-    return Run(run_dir, corpus, tokenizer, plan, model, wrapped, torch.compile(wrapped) if cfg.compile else wrapped,
-               optimizer, scheduler, train_rows, val_rows, byte_lengths, autocast_dtype, tokens_per_step, eos,
-               corpus_manifest, log, step, started)
+    run = Run(run_dir, corpus, tokenizer, plan, model, wrapped, torch.compile(wrapped) if cfg.compile else wrapped,
+              optimizer, scheduler, train_rows, val_rows, byte_lengths, autocast_dtype, tokens_per_step, eos,
+              corpus_manifest, log, step, started)
+    if cfg.cuda_graph:
+        run.graph_step = _graphed_step(run, cfg, info)
+    return run
 
 
 # ---------------------------------------------------------------------------------------------- the steps
@@ -374,12 +387,55 @@ def _forward_backward(run: Run, cfg: TrainConfig, info: DistInfo) -> torch.Tenso
         if cfg.fsdp and info.distributed:
             run.wrapped.set_requires_gradient_sync(last)
         with run.wrapped.no_sync() if ddp and not last else contextlib.nullcontext(), trusted_values():
-            with torch.autocast(info.device.type, dtype=run.autocast_dtype, enabled=run.autocast_dtype is not None):
-                positions = document_position_ids(batch, run.eos) if cfg.document_mask else None
-                loss = run.forward(input_ids=batch, position_ids=positions, labels=batch).loss / cfg.grad_accum
+            loss = _step_loss(run, cfg, batch) / cfg.grad_accum
             loss.backward()
         loss_sum += loss.detach()
     return loss_sum
+
+
+def _step_loss(run: Run, cfg: TrainConfig, batch: torch.Tensor) -> torch.Tensor:
+    """The mean next-token loss of one micro-batch (b, seq_len) of token ids, as every training step computes it."""
+    with torch.autocast(batch.device.type, dtype=run.autocast_dtype, enabled=run.autocast_dtype is not None):
+        positions = document_position_ids(batch, run.eos) if cfg.document_mask else None
+        return run.forward(input_ids=batch, position_ids=positions, labels=batch).loss
+
+
+def _check_cuda_graph(cfg: TrainConfig, info: DistInfo) -> None:
+    """``UserError`` for ``--cuda-graph`` where a step cannot be recorded (before anything is written)."""
+    if cfg.cuda_graph and (info.device.type != "cuda" or info.distributed):
+        raise UserError(f"--cuda-graph: needs one process on a CUDA device (this run has {info.world_size} on "
+                        f"{info.device}); drop --cuda-graph")
+
+
+def _graphed_step(run: Run, cfg: TrainConfig, info: DistInfo) -> GraphedTrainStep:
+    """``--cuda-graph``: the whole optimizer step — ``grad_accum`` micro-batches, clipping, AdamW — recorded once as a
+    CUDA graph after a few eager steps and replayed at every later step, so the host launches one graph instead of
+    every kernel of the step (:mod:`.graph_step`). The same arithmetic as the eager steps."""
+    make_capturable(run.optimizer, info.device)
+    return GraphedTrainStep(lambda batch: _step_loss(run, cfg, batch), run.wrapped.parameters(), run.optimizer,
+                            max_grad_norm=cfg.clip or None, micro_batches=cfg.grad_accum)
+
+
+def _graphed_forward_backward_update(run: Run, cfg: TrainConfig, info: DistInfo
+                                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One optimizer step through ``run.graph_step`` and the scheduler's step; returns the step's mean loss and its
+    gradient norm before clipping (device tensors of their own: the graph's buffers are overwritten next step)."""
+    batches = torch.stack([run.train_rows.train_batch(run.step, cfg.batch_size, cfg.grad_accum, micro, cfg.seed,
+                                                      info.rank, info.world_size) for micro in range(cfg.grad_accum)])
+    with trusted_values():
+        loss = run.graph_step(batches.to(info.device, non_blocking=True)).clone()
+    grad_norm = run.graph_step.grad_norm.clone() if run.graph_step.grad_norm is not None else None
+    run.scheduler.step()
+    if run.graph_step.steps == run.graph_step.warmup_steps + 1:  # the step that recorded the graph
+        run.log.say(f"step {run.step + 1}: {_graph_state(run)}")
+    return loss, grad_norm
+
+
+def _graph_state(run: Run) -> str | None:
+    """What ``--cuda-graph`` did: None (off), ``"recorded"`` (the steps replay a graph) or ``"eager: <why>"``."""
+    if run.graph_step is None:
+        return None
+    return "recorded" if run.graph_step.recorded else f"eager: {run.graph_step.failed or 'not recorded yet'}"
 
 
 def _evaluate(run: Run, cfg: TrainConfig, info: DistInfo) -> dict:
@@ -418,9 +474,14 @@ def train_steps(run: Run, cfg: TrainConfig, info: DistInfo) -> dict | None:
     last_eval = None
     while run.step < cfg.max_steps:
         t0 = time.perf_counter()
-        loss = _forward_backward(run, cfg, info)
-        lr = run.optimizer.param_groups[0]["lr"]  # the rate this step runs with
-        grad_norm = apply_gradients(run.wrapped.parameters(), run.optimizer, run.scheduler, cfg.clip)
+        # the rate this step runs with, from the schedule on the host (under --cuda-graph the optimizer's is a device
+        # tensor, and reading it would wait for the GPU)
+        lr = float(run.scheduler.base_lrs[0]) * run.scheduler.lr_lambdas[0](run.scheduler.last_epoch)
+        if run.graph_step is not None:
+            loss, grad_norm = _graphed_forward_backward_update(run, cfg, info)
+        else:
+            loss = _forward_backward(run, cfg, info)
+            grad_norm = apply_gradients(run.wrapped.parameters(), run.optimizer, run.scheduler, cfg.clip)
         run.step += 1
         step = run.step
         pending.append(loss)
@@ -466,7 +527,8 @@ def finish(run: Run, cfg: TrainConfig, info: DistInfo, last_eval: dict | None) -
     summary = {"rank": info.rank, "step": run.step, "max_steps": cfg.max_steps, "world_size": info.world_size,
                "parameters": sum(p.numel() for p in run.model.parameters()), "tokens": run.step * run.tokens_per_step,
                "validation": last_eval, "wall_s": time.perf_counter() - run.started, "device": str(info.device),
-               "replica_fingerprints": fingerprints, "corpus_manifest": run.corpus_manifest}
+               "replica_fingerprints": fingerprints, "corpus_manifest": run.corpus_manifest,
+               "cuda_graph": _graph_state(run)}
     if info.is_main:
         if fingerprints and len(set(fingerprints)) != 1:
             run.log.say("warning: the ranks ended with different weights")

@@ -36,3 +36,16 @@ def apply_gradients(parameters: Iterable[torch.Tensor], optimizer: torch.optim.O
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
+
+
+def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Let ``optimizer`` (Adam / AdamW) be recorded in a CUDA graph from now on, whatever it was created or loaded
+    with: ``capturable`` on, each group's learning rate a 0-d tensor on ``device`` (a scheduler fills it in place
+    between replays, as :func:`.graph_step.set_learning_rate` does) and its step counts on ``device``."""
+    for group in optimizer.param_groups:
+        group["capturable"] = True
+        if not isinstance(group["lr"], torch.Tensor):
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+    for state in optimizer.state.values():
+        if "step" in state:
+            state["step"] = state["step"].to(device=device, dtype=torch.float32)

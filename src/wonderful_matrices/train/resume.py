@@ -13,7 +13,7 @@ Resuming (the folder has a checkpoint):
   new value;
 * ``--max-steps`` may change. The warm-up keeps its length in steps fixed at the first start (it never
   re-warms), and the decay (``wsd``) or the cosine is re-planned over the new total; the change is reported;
-* everything else (intervals, devices, threads, compilation, progress bar) is free.
+* everything else (intervals, devices, threads, compilation, CUDA graphs, progress bar) is free.
 """
 from __future__ import annotations
 
