@@ -164,7 +164,8 @@ def test_lm_reports_compiled_throughput_beside_eager(tmp_path, small_corpus, mon
     speed = {("cheems-tiny", False): 100.0, ("cheems-tiny", True): None, ("llama-tiny", False): 50.0,
              ("llama-tiny", True): 80.0}
 
-    def fake_throughput(config, seq_len, tokens, device, compiled=False):
+    def fake_throughput(config, seq_len, tokens, device, compiled=False, graphed=False):
+        assert not graphed  # off by default off CUDA
         name = "cheems-tiny" if "cdmoe" in config.ffn_types else "llama-tiny"
         tokens_per_s = speed[(name, compiled)]
         return {"tokens_per_s": tokens_per_s, "peak_memory_gb": None,
@@ -182,3 +183,32 @@ def test_lm_reports_compiled_throughput_beside_eager(tmp_path, small_corpus, mon
     assert by["llama-tiny"]["compiled_tok_s@16"] == 80.0 and by["llama-tiny"]["compiled_vs_llama@16"] == 1.0
     assert "compile_error@16" not in by["llama-tiny"] and "compiled_tok_s@16" in md
     assert "compiled_tok_s@T" in data["meta"]["throughput"]
+    assert "graphed_tok_s@16" not in by["llama-tiny"]
+
+
+def test_lm_reports_graphed_throughput_beside_compiled(tmp_path, small_corpus, monkeypatch):
+    """``graphed=True``: ``graphed_tok_s@T`` and ``graphed_vs_llama@T`` from the compiled step replayed from a CUDA
+    graph; a step that was not recorded (it ran eagerly) is no graphed measurement: None and its reason. Stubbed as
+    above (the recording is tests/train/test_graph_step.py's business, on the GPU)."""
+    data_path, cache = small_corpus
+
+    def fake_throughput(config, seq_len, tokens, device, compiled=False, graphed=False):
+        cheems = "cdmoe" in config.ffn_types
+        result = {"tokens_per_s": (300.0 if cheems else 200.0) if graphed else 100.0, "peak_memory_gb": 1.0,
+                  "error": None}
+        if graphed:
+            assert compiled
+            result.update(graphed=not cheems or seq_len == 16, graph_error=None if seq_len == 16 else "no: sync")
+        return result
+
+    monkeypatch.setattr(lm, "training_throughput", fake_throughput)
+    lm.run(tmp_path, quick=True, steps=2, families=("cheems", "llama"), contexts=(40,), size="tiny",
+           vocab_size=300, seq_len=16, batch=2, data=data_path, cache_dir=cache, eval_tokens=256,
+           throughput_lengths=(16, 32), compiled=True, graphed=True)
+    data, md = _read(tmp_path)
+    by = {r["preset"]: r for r in data["rows"]}
+    assert by["cheems-tiny"]["graphed_tok_s@16"] == 300.0 and by["cheems-tiny"]["graphed_vs_llama@16"] == 1.5
+    assert by["cheems-tiny"]["graphed_tok_s@32"] is None and by["cheems-tiny"]["graphed_vs_llama@32"] is None
+    assert by["cheems-tiny"]["graph_error@32"] == "no: sync" and "graph_error@16" not in by["cheems-tiny"]
+    assert by["llama-tiny"]["graphed_vs_llama@32"] == 1.0 and by["cheems-tiny"]["compiled_vs_llama@16"] == 1.0
+    assert "graphed_tok_s@16" in md and "graphed_tok_s@T" in data["meta"]["throughput"]

@@ -103,7 +103,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
         batch: int | None = None, data: str = "shakespeare", cache_dir=None,
         eval_tokens: int | None = None, throughput_lengths=None, compiled: bool | None = None, seeds=None,
         train_tokens: int | None = None, eval_contexts=None, checkpoint_every: int = 500,
-        compiled_training: bool = False, hybrid_ratio: int | None = None) -> list[dict]:
+        compiled_training: bool = False, hybrid_ratio: int | None = None, graphed: bool | None = None) -> list[dict]:
     """Train and evaluate every available preset family, measure decoding; write ``results.json``,
     ``results.md`` and ``lm.png`` into ``out_dir``; return one row per (family, context).
 
@@ -122,6 +122,10 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
     (validation tokens scored), ``throughput_lengths`` override; ``compiled`` (default: on CUDA): the training
     throughput also under ``torch.compile`` (``compiled_tok_s@T``, ``compiled_peak_gb@T``; ``compile_error@T`` where
     it fails; off by default on the CPU, where Inductor takes minutes per model);
+    ``graphed`` (default: with ``compiled`` on CUDA): the compiled step also replayed from a CUDA graph
+    (``graphed_tok_s@T``, ``graphed_peak_gb@T``, ``graphed_vs_llama@T``; ``graph_error@T`` where it is not recorded):
+    the throughput when the host's kernel launches do not limit the step, as ``wm train --compile --cuda-graph``
+    trains;
     ``compiled_training``: every model trains under ``torch.compile`` (``train_lm(compiled=True)``; the throughput
     measurements keep following ``compiled``);
     ``hybrid_ratio``: recurrent layers per attention layer of the hybrid families (cheems, jamba; the presets
@@ -132,6 +136,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = dict(QUICK if quick else FULL)
     compiled = device.type == "cuda" if compiled is None else bool(compiled)
+    graphed = compiled and device.type == "cuda" if graphed is None else bool(graphed)
     if steps is not None:
         cfg["steps"] = int(steps)
     if contexts is not None:
@@ -207,10 +212,19 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
                 train_row[f"compiled_peak_gb@{length}"] = t["peak_memory_gb"]
                 if t["error"] is not None:
                     train_row[f"compile_error@{length}"] = t["error"]
+            if graphed:
+                t = training_throughput(config, length, cfg["throughput_tokens"], device, compiled=compiled,
+                                        graphed=True)
+                recorded = t["error"] is None and t.get("graphed")
+                train_row[f"graphed_tok_s@{length}"] = t["tokens_per_s"] if recorded else None
+                train_row[f"graphed_peak_gb@{length}"] = t["peak_memory_gb"] if recorded else None
+                if not recorded:
+                    train_row[f"graph_error@{length}"] = t["error"] or t.get("graph_error") or "not recorded"
         training.append(train_row)
         print(f"{name:14s} params={params / 1e6:.1f}M train {stats['tokens_per_s']:.0f} tok/s ppl={ppl:.2f} " +
               " ".join(f"@{n}: {train_row[f'train_tok_s@{n}'] or 0:.0f} tok/s"
                        + (f" (compiled {train_row[f'compiled_tok_s@{n}'] or 0:.0f})" if compiled else "")
+                       + (f" (graphed {train_row[f'graphed_tok_s@{n}'] or 0:.0f})" if graphed else "")
                        for n in cfg["throughput_lengths"]),
               flush=True)
         config.use_cache = True
@@ -246,7 +260,10 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
                           "step in rows of T tokens (a fresh model; median of 4 steps after 2 warm-ups); "
                           "vs_llama@T: that throughput over the same-size Llama preset's"
                           + ("; compiled_tok_s@T: the same with the forward and backward under torch.compile "
-                             "(default mode, static shapes; the warm-ups compile)" if compiled else ""),
+                             "(default mode, static shapes; the warm-ups compile)" if compiled else "")
+                          + ("; graphed_tok_s@T: the same" + (" compiled" if compiled else "") + " step replayed "
+                             "from a CUDA graph (forward, backward and AdamW recorded once after 2 warm-ups)"
+                             if graphed else ""),
             "contexts": list(cfg["contexts"]), "wall_s": round(total_s, 1)}
     if eval_contexts:
         meta["eval_contexts"] = (f"val_ppl@C: validation perplexity in rows of C tokens (packed the same way; at most "
@@ -256,6 +273,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
         [f"val_ppl@{n}" for n in eval_contexts] + \
         [f"train_tok_s@{n}" for n in lengths] + [f"vs_llama@{n}" for n in lengths] + \
         ([f"compiled_tok_s@{n}" for n in lengths] + [f"compiled_vs_llama@{n}" for n in lengths] if compiled else []) + \
+        ([f"graphed_tok_s@{n}" for n in lengths] + [f"graphed_vs_llama@{n}" for n in lengths] if graphed else []) + \
         ["context", "decode_tokens_per_s", "decode_graph_tokens_per_s", "cache_bytes_analytic", "cache_bytes_measured",
          "cache_vs_llama", "status"]
     missing = [t["preset"] for t in training if t["status"] != "ok"]
@@ -268,18 +286,19 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
 
 
 def _add_ratios_to_llama(rows: list[dict], size: str, lengths) -> None:
-    """Add ``vs_llama@T`` (training tokens/s over the Llama preset's at length T; ``compiled_vs_llama@T`` the same
-    compiled, where measured) and ``cache_vs_llama`` (cache bytes over Llama's at the same context) to every row,
-    None where Llama was not run or did not fit."""
+    """Add ``vs_llama@T`` (training tokens/s over the Llama preset's at length T; ``compiled_vs_llama@T`` and
+    ``graphed_vs_llama@T`` the same compiled and graphed, where measured) and ``cache_vs_llama`` (cache bytes over
+    Llama's at the same context) to every row, None where Llama was not run or did not fit."""
     llama = {r["context"]: r for r in rows if r["preset"] == f"llama-{size}"}
     for r in rows:
         ref = llama.get(r["context"])
         for n in lengths:
             mine, base = r.get(f"train_tok_s@{n}"), ref and ref.get(f"train_tok_s@{n}")
             r[f"vs_llama@{n}"] = mine / base if mine and base else None
-            if f"compiled_tok_s@{n}" in r:
-                mine, base = r[f"compiled_tok_s@{n}"], ref and ref.get(f"compiled_tok_s@{n}")
-                r[f"compiled_vs_llama@{n}"] = mine / base if mine and base else None
+            for kind in ("compiled", "graphed"):
+                if f"{kind}_tok_s@{n}" in r:
+                    mine, base = r[f"{kind}_tok_s@{n}"], ref and ref.get(f"{kind}_tok_s@{n}")
+                    r[f"{kind}_vs_llama@{n}"] = mine / base if mine and base else None
         r["cache_vs_llama"] = r["cache_bytes_analytic"] / ref["cache_bytes_analytic"] if ref else None
 
 
