@@ -29,3 +29,21 @@ def test_check_linear_names_the_argument_and_what_is_allowed():
         check_linear([1.0], None, 3, "w", "b", "x's last dim")
     with pytest.raises(ValueError, match=r"b.shape=\(4,\) is not allowed: None or \(5,\)"):
         check_linear(torch.randn(5, 3), torch.randn(4), 3, "w", "b", "x's last dim")
+
+
+def test_backend_choice_compiles_without_warnings():
+    """Every op asks :func:`triton_usable` while ``torch.compile`` traces it: that question must not make Dynamo warn
+    (it warned about tracing through a ``functools`` cache at every compile of a model)."""
+    import warnings
+
+    from wonderful_matrices.ops.common import triton_usable
+
+    def pick(x):
+        return x + 1 if triton_usable(x.device) else x - 1
+
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = torch.compile(pick, backend="eager", fullgraph=True)(torch.zeros(2))
+    assert out.tolist() == pick(torch.zeros(2)).tolist()
+    assert not [str(w.message) for w in caught if "Dynamo" in str(w.message)]

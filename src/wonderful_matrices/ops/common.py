@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import threading
 from typing import Iterable, Iterator
@@ -64,9 +63,7 @@ def value_checks_enabled() -> bool:
     return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
-@functools.cache
-def triton_installed() -> bool:
-    """Whether the triton package imports (tried once)."""
+def _triton_imports() -> bool:
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -74,9 +71,14 @@ def triton_installed() -> bool:
     return True
 
 
+# Whether the triton package imports, tried once on import (a constant, not a cached function: Dynamo warns about
+# tracing through ``functools`` caches at every compile)
+TRITON_INSTALLED = _triton_imports()
+
+
 def triton_usable(device: torch.device) -> bool:
     """Whether the Triton backend can run on ``device`` (a CUDA GPU, or any device under TRITON_INTERPRET=1)."""
-    return triton_installed() and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+    return TRITON_INSTALLED and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def check_linear(weight, bias, in_features: int, weight_name: str, bias_name: str, source: str) -> None:
