@@ -409,7 +409,7 @@ def _check_cuda_graph(cfg: TrainConfig, info: DistInfo) -> None:
 
 def _graphed_step(run: Run, cfg: TrainConfig, info: DistInfo) -> GraphedTrainStep:
     """``--cuda-graph``: the whole optimizer step — ``grad_accum`` micro-batches, clipping, AdamW — recorded once as a
-    CUDA graph after a few eager steps and replayed at every later step, so the host launches one graph instead of
+    CUDA graph after three eager steps and replayed at every later step, so the host launches one graph instead of
     every kernel of the step (:mod:`.graph_step`). The same arithmetic as the eager steps."""
     make_capturable(run.optimizer, info.device)
     return GraphedTrainStep(lambda batch: _step_loss(run, cfg, batch), run.wrapped.parameters(), run.optimizer,
@@ -427,7 +427,10 @@ def _graphed_forward_backward_update(run: Run, cfg: TrainConfig, info: DistInfo
     grad_norm = run.graph_step.grad_norm.clone() if run.graph_step.grad_norm is not None else None
     run.scheduler.step()
     if run.graph_step.steps == run.graph_step.warmup_steps + 1:  # the step that recorded the graph
-        run.log.say(f"step {run.step + 1}: {_graph_state(run)}")
+        run.log.say(f"step {run.step + 1}: the training step is replayed from a CUDA graph from now on"
+                    if run.graph_step.recorded else
+                    f"step {run.step + 1}: the training step could not be recorded as a CUDA graph "
+                    f"({run.graph_step.failed}); training goes on eagerly")
     return loss, grad_norm
 
 
