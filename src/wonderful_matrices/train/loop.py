@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import gc
 import json
 import math
 import os
@@ -186,6 +187,7 @@ def train(cfg: TrainConfig) -> dict:
                               cache_dir=os.path.normpath(cfg.cache_dir) if cfg.cache_dir else None)
     cfg.check()
     info = init_distributed(cfg.device)
+    run = None
     try:
         _check_cuda_graph(cfg, info)
         run = setup(cfg, info)
@@ -198,6 +200,11 @@ def train(cfg: TrainConfig) -> dict:
                             "(it resumes from the newest complete checkpoint)") from None
         raise UserError(f"cannot use {where} ({e.strerror or e}); check the path and its permissions") from None
     finally:
+        # the wrapped model (FSDP's device mesh) holds the process group: release it before the group is torn down
+        # rather than at interpreter exit, where a gloo group's background threads can abort the process
+        run = None
+        if info.distributed:
+            gc.collect()
         shutdown(info)
 
 
