@@ -29,4 +29,5 @@ def subkey_marginals(query: Tensor, sub_keys: Tensor) -> Tensor:
     differentiable in both, keeping only them for the backward (the module docstring)."""
     if query.dtype != sub_keys.dtype:
         raise ValueError(f"sub_keys.dtype={sub_keys.dtype} is not allowed: the query's dtype ({query.dtype})")
-    return checkpoint(subkey_marginals_naive, query, sub_keys, use_reentrant=False)
+    # no randomness to replay: the RNG states are not saved (nor read inside a CUDA graph's capture)
+    return checkpoint(subkey_marginals_naive, query, sub_keys, use_reentrant=False, preserve_rng_state=False)
