@@ -121,6 +121,29 @@ def test_packed_training_compiles_once_and_equals_eager(family, device):
     assert backend.graphs == 2
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("family", ["cheems", "llama"])
+def test_reduce_overhead_compile_replays_cuda_graphs(family):
+    """``torch.compile(model, mode="reduce-overhead")`` — how a user of HF Trainer (``torch_compile_mode``) or of their
+    own loop gets CUDA graphs — records the packed training step's forward and backward as CUDA graphs (no op makes
+    Inductor skip them: ``cudagraph_or_error`` turns a skip into an error) and trains as the eager model does."""
+    from torch._inductor import config as inductor_config
+
+    torch.manual_seed(0)
+    model = CheemsForCausalLM(presets.get(f"{family}-tiny", use_cache=False)).cuda().train()
+    eager = copy.deepcopy(model)
+    torch._dynamo.reset()
+    with inductor_config.patch({"triton.cudagraph_or_error": True}):
+        compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+        for step in range(4):  # warm-up, recording, then replays
+            ids = _packed_rows(step, model.config.vocab_size).cuda()
+            loss, grads = _train_step(compiled, model, ids)
+            eager_loss, eager_grads = _train_step(eager, eager, ids)
+            assert rel_err(loss, eager_loss) < 1e-4
+            flat = torch.cat([grads[n].double().flatten() for n in sorted(grads)])
+            assert rel_err(flat, torch.cat([eager_grads[n].double().flatten() for n in sorted(grads)])) < 1e-4
+
+
 def test_a_partial_last_batch_filled_is_scored_as_before():
     """``whole_batches`` only adds rows nobody scores: the same result as the eager evaluation of the partial batch."""
     torch.manual_seed(0)
