@@ -13,6 +13,7 @@ def test_quick_profile_writes_tables_and_traces(tmp_path):
     summary = bench.run_benchmark("profile", tmp_path, quick=True, presets="llama-tiny", steps=1, seq_len=16,
                                   batch=1, variants="fused,unfused")
     assert [(s["preset"], s["variant"]) for s in summary] == [("llama-tiny", "fused"), ("llama-tiny", "unfused")]
+    assert all(s["wall_ms_per_step"] > 0 and s["gpu_busy"] is None for s in summary)  # unprofiled; no GPU here
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["experiment"] == "profile" and len(data["rows"]) == 2
     for label in ("llama-tiny fused", "llama-tiny unfused"):

@@ -2,9 +2,12 @@
 
 Each preset gets a fresh model and the training step of ``wm bench lm`` (:func:`.lm_common.optimizer_step`:
 forward under bf16 autocast on CUDA, backward, clipping, AdamW) on rows of random tokens; two warm-up steps,
-then ``steps`` profiled ones. Reported per preset and variant: GPU time per step (the sum of the kernels' device
-time), kernel launches per step, CPU time per step; the operators (``aten::mul``, autograd Functions, ...) by their
-self time and the GPU kernels by device time, each with calls per step and share of the step; a side-by-side table
+then ``steps`` timed ones without the profiler and ``steps`` profiled ones. Reported per preset and variant: the
+step's wall time unprofiled (``wall_ms_per_step``), GPU time per step (the sum of the kernels' device time) and
+their ratio (``gpu_busy``: near 1 the GPU sets the pace; well below 1 the host's launches do), kernel launches per
+step, CPU time per step; the operators (``aten::mul``, autograd Functions, ...) by their
+self time and the GPU kernels by device time, each with calls per step and share of the step; on the GPU also the
+operators by host (self CPU) time; a side-by-side table
 of the operators whose time differs most between the first two profiled models; and one Chrome trace per model
 (``trace-<preset>-<variant>.json.gz``, open in Perfetto or ``chrome://tracing``).
 
@@ -68,6 +71,11 @@ def profile_training(config, seq_len: int, batch: int, steps: int, device: torch
     for _ in range(2):
         optimizer_step(model, opt, rows, device, clip=1.0, loss_fn=loss_fn)
     synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        optimizer_step(model, opt, rows, device, clip=1.0, loss_fn=loss_fn)
+    synchronize(device)
+    unprofiled_ms = (time.perf_counter() - start) * 1e3 / steps
     on_gpu = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     start = time.perf_counter()
@@ -79,6 +87,8 @@ def profile_training(config, seq_len: int, batch: int, steps: int, device: torch
     if trace_path is not None:
         prof.export_chrome_trace(str(trace_path))
     totals, operators, kernels = _tables(prof, steps, on_gpu)
+    totals["wall_ms_per_step"] = unprofiled_ms
+    totals["gpu_busy"] = totals["gpu_ms_per_step"] / unprofiled_ms if on_gpu else None
     totals["wall_ms_per_step_profiled"] = wall_ms
     del model, opt, loss_fn
     if on_gpu:
@@ -162,6 +172,10 @@ def run(out_dir, quick: bool = False, device=None, presets=None, steps: int | No
                 notes.append(f"## {label}: top {cfg['top']} {table} per step (share of {key})\n\n"
                              + markdown_table(result[table][:cfg["top"]],
                                               ["name", "calls", "gpu_ms", "cpu_ms", "share"]))
+        if device.type == "cuda":  # where the host's time goes (the launches' own cost is under the cuda* rows)
+            by_host = sorted(result["operators"], key=lambda r: -r["cpu_ms"])[:cfg["top"]]
+            notes.append(f"## {label}: top {cfg['top']} operators by host time per step (self CPU ms)\n\n"
+                         + markdown_table(by_host, ["name", "calls", "cpu_ms", "gpu_ms"]))
     meta = {"seq_len": cfg["seq_len"], "batch": cfg["batch"], "steps_profiled": cfg["steps"],
             "device": str(device), "autocast": "bf16" if device.type == "cuda" else "off (float32)",
             "optimizer": "AdamW (fused on CUDA; train.optim.adamw), clip 1.0",
