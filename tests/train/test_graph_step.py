@@ -168,3 +168,23 @@ def test_wm_train_cuda_graph_records_the_step_and_trains_as_eager(tmp_path):
     flat = lambda w: torch.cat([w[k].flatten().float() for k in sorted(w)])  # noqa: E731
     assert (flat(graphed_weights) - flat(eager)).norm() <= 2e-2 * flat(eager).norm()
 
+
+
+def test_make_capturable_turns_a_loaded_optimizer_into_a_recordable_one():
+    # what `wm train --cuda-graph` does to its AdamW after creating or resuming it: capturable, a tensor learning rate
+    # that a scheduler then fills in place, float32 step counts on the device (here the CPU stands in for it)
+    from wonderful_matrices.train.optim import make_capturable
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([w], lr=1e-3)
+    w.grad = torch.ones(3)
+    opt.step()
+    opt.load_state_dict(opt.state_dict())  # as after a resume
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 ** step)
+    make_capturable(opt, torch.device("cpu"))
+    group = opt.param_groups[0]
+    assert group["capturable"] and isinstance(group["lr"], torch.Tensor) and float(group["lr"]) == pytest.approx(1e-3)
+    assert opt.state[w]["step"].dtype == torch.float32 and float(opt.state[w]["step"]) == 1
+    lr = group["lr"]
+    sched.step()
+    assert group["lr"] is lr and float(lr) == pytest.approx(5e-4)  # filled in place: what a recorded graph reads
