@@ -46,6 +46,9 @@
 #                                                          COMPILED_TRAINING=1 trains under torch.compile
 #                                                          (`--compiled-training`; default off until its CUDA test,
 #                                                          tests/train/test_compiled_training.py -k cuda, has passed).
+#                                                          GRAPHED_TRAINING=1 replays every step from a CUDA graph
+#                                                          (`--graphed-training`; all runs of one table in one mode:
+#                                                          their train_tokens_per_s are compared).
 # Results: DIR/claims.tgz (each run's folder: results.json / results.md / PNG / log) and DIR/summary.log.
 # Every MQAR process rewrites its results after each finished run, so a process cut by the time limit keeps them.
 # Time limits (seconds): CALL_S for the whole call (default 560); MQAR_BUDGET_S per cell (default 60% of CALL_S: no run
@@ -96,6 +99,7 @@ bench() {  # bench DIRNAME SECONDS NAME ARGS... -> $WORK/DIRNAME with results an
         timeout "$left" $PY -m wonderful_matrices.bench lm --data python-source --families $families --seeds "$seed" \
           --train-tokens "${TRAIN_TOKENS:-25000000}" --eval-contexts ${EVAL_CONTEXTS:-2048 8192 32768} \
           $([ "${COMPILED_TRAINING:-0}" = 1 ] && echo --compiled-training) \
+          $([ "${GRAPHED_TRAINING:-0}" = 1 ] && echo --graphed-training) \
           ${HYBRID_RATIO:+--hybrid-ratio "$HYBRID_RATIO"} --out "$RUNS" \
           >> "$WORK/lm-scale/run.log" 2>&1
         echo "seed $seed ($families): rc=$? after $(( $(date +%s) - START )) s" >> "$WORK/lm-scale/run.log"

@@ -306,22 +306,63 @@ def test_compiled_training_falls_back_to_eager_when_the_compiler_fails(monkeypat
         lm_common.train_lm(fresh(), **train, compiled=True)
 
 
+def test_graphed_training_is_the_eager_training_and_resumes_either_way(tmp_path, monkeypatch):
+    """``train_lm(graphed=True)`` runs every step through ``GraphedTrainStep`` (on the CPU its eager body; the
+    recording is tested on the GPU): the eager training's weights and loss; a graphed run cut after 3 of 5 steps
+    resumes eagerly from its checkpoint, and an eager one graphed, to the same weights."""
+    from wonderful_matrices.data import packing
+
+    train, fresh = _tiny_training(0, 5)
+    reference = fresh()
+    eager_stats = lm_common.train_lm(reference, **train)
+    calls = []
+    real_call = lm_common.GraphedTrainStep.__call__
+    monkeypatch.setattr(lm_common.GraphedTrainStep, "__call__", lambda self, *a: calls.append(1) or real_call(self, *a))
+    graphed = fresh()
+    stats = lm_common.train_lm(graphed, **train, graphed=True)
+    assert len(calls) == 5 and stats["graphed"] is False and stats["graph_error"] is None  # no graph on the CPU
+    assert stats["final_loss"] == pytest.approx(eager_stats["final_loss"], rel=1e-6)
+    for a, b in zip(graphed.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+    real_batch = packing.PackedRows.train_batch
+    for first, then in ((True, False), (False, True)):
+        path = tmp_path / f"checkpoint-{first}.pt"
+
+        def cut_at_step_3(self, step, *args, **kwargs):
+            if step == 3:
+                raise KeyboardInterrupt
+            return real_batch(self, step, *args, **kwargs)
+
+        monkeypatch.setattr(packing.PackedRows, "train_batch", cut_at_step_3)
+        with pytest.raises(KeyboardInterrupt):
+            lm_common.train_lm(fresh(), **train, checkpoint=path, checkpoint_every=2, facts={"run": 1}, graphed=first)
+        monkeypatch.setattr(packing.PackedRows, "train_batch", real_batch)
+        resumed = fresh()
+        stats = lm_common.train_lm(resumed, **train, checkpoint=path, checkpoint_every=2, facts={"run": 1},
+                                   graphed=then)
+        assert stats["resumed_at"] == 2
+        for a, b in zip(resumed.parameters(), reference.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_compiled_training_flag_reaches_every_run(tmp_path, corpus_path, monkeypatch):
     seen = []
 
-    def record(*args, compiled=False, **kwargs):
-        seen.append(compiled)
-        return {"final_loss": 1.0, "tokens_per_s": 1.0, "peak_memory_bytes": None, "train_s": 0.0, "resumed_at": 0}
+    def record(*args, compiled=False, graphed=False, **kwargs):
+        seen.append((compiled, graphed))
+        return {"final_loss": 1.0, "tokens_per_s": 1.0, "peak_memory_bytes": None, "train_s": 0.0, "resumed_at": 0,
+                "graphed": graphed}
 
     monkeypatch.setattr(lm_scale, "train_lm", record)
     assert main(["lm", "--quick", "--out", str(tmp_path / "runs"), "--families", "llama", "--seeds", "0",
                  "--train-tokens", "64", "--data", str(corpus_path / "play.txt"), "--vocab-size", "300",
-                 "--eval-tokens", "256", "--compiled-training"]) == 0
-    assert seen == [True]
+                 "--eval-tokens", "256", "--compiled-training", "--graphed-training"]) == 0
+    assert seen == [(True, True)]
     row = json.loads((tmp_path / "runs" / "llama-small-seed0" / "results.json").read_text())["rows"][0]
-    assert row["compiled_training"] is True
+    assert row["compiled_training"] is True and row["graphed_training"] is True
     merged = lm_scale.merge_results(tmp_path / "merged", [tmp_path / "runs"])
-    assert merged[0]["compiled_training"] is True
+    assert merged[0]["compiled_training"] is True and merged[0]["graphed_training"] is True
 
 
 def test_hybrid_ratio_names_its_runs_and_merges_beside_the_presets(four_runs, corpus_path, tmp_path, monkeypatch):

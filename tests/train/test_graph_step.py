@@ -188,3 +188,23 @@ def test_make_capturable_turns_a_loaded_optimizer_into_a_recordable_one():
     lr = group["lr"]
     sched.step()
     assert group["lr"] is lr and float(lr) == pytest.approx(5e-4)  # filled in place: what a recorded graph reads
+
+
+def test_own_options_keep_this_process_way_of_running_a_loaded_optimizer():
+    # a state saved by a CUDA-graph run (capturable, tensor learning rate) loads into an eager optimizer as an eager
+    # one, and an eager state into a capturable one as a capturable one
+    from wonderful_matrices.train.optim import own_options
+
+    w = torch.nn.Parameter(torch.ones(3))
+    graphed = torch.optim.AdamW([w], lr=torch.tensor(1e-3), capturable=True)
+    saved = graphed.state_dict()
+    plain = torch.optim.AdamW([w], lr=1e-3)
+    with own_options(plain):
+        plain.load_state_dict(saved)
+    group = plain.param_groups[0]
+    assert group["capturable"] is False and isinstance(group["lr"], float) and group["lr"] == pytest.approx(1e-3)
+    lr = torch.tensor(2e-3)
+    recordable = torch.optim.AdamW([w], lr=lr, capturable=True)
+    with own_options(recordable):
+        recordable.load_state_dict(torch.optim.AdamW([w], lr=1e-3).state_dict())
+    assert recordable.param_groups[0]["capturable"] is True

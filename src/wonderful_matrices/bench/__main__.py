@@ -2,7 +2,7 @@
 [--cells ...] [--mixers ...] [--windows W,...] [--learning-rates ...] [--vocab-size V]
 [--merge DIR ... [--mixed-budgets]] [--presets P,...] [--variants V,...] [--data CORPUS] [--threads N]
 [--families F ...] [--seeds S ...] [--train-tokens N] [--eval-contexts C ...] [--eval-tokens N]
-[--compiled-training]``."""
+[--compiled-training] [--graphed-training]``."""
 from __future__ import annotations
 
 import argparse
@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compiled-training", action="store_true",
                         help="lm: train every model with its forward and backward under torch.compile (the "
                              "optimizer eager); train_tokens_per_s then measures the compiled training")
+    parser.add_argument("--graphed-training", action="store_true",
+                        help="lm: replay every training step from a CUDA graph (with --compiled-training, the compiled "
+                             "step); train_tokens_per_s then measures the graphed training")
     parser.add_argument("--hybrid-ratio", default=None, metavar="R",
                         help="lm: recurrent layers per attention layer of the hybrid families (cheems, jamba; the "
                              "presets have 7), e.g. 3 for 3:1; their runs are named <preset>-<R>to1")
@@ -96,6 +99,7 @@ def _lm_options(args: argparse.Namespace) -> dict:
             "train_tokens": train_tokens and train_tokens[0], "eval_tokens": eval_tokens and eval_tokens[0],
             "eval_contexts": _integers("eval-contexts", args.eval_contexts, 1),
             "compiled_training": args.compiled_training or None,
+            "graphed_training": args.graphed_training or None,
             "hybrid_ratio": (_integers("hybrid-ratio", args.hybrid_ratio, 1) or (None,))[0]}
 
 

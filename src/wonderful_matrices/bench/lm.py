@@ -103,7 +103,8 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
         batch: int | None = None, data: str = "shakespeare", cache_dir=None,
         eval_tokens: int | None = None, throughput_lengths=None, compiled: bool | None = None, seeds=None,
         train_tokens: int | None = None, eval_contexts=None, checkpoint_every: int = 500,
-        compiled_training: bool = False, hybrid_ratio: int | None = None, graphed: bool | None = None) -> list[dict]:
+        compiled_training: bool = False, hybrid_ratio: int | None = None, graphed: bool | None = None,
+        graphed_training: bool = False) -> list[dict]:
     """Train and evaluate every available preset family, measure decoding; write ``results.json``,
     ``results.md`` and ``lm.png`` into ``out_dir``; return one row per (family, context).
 
@@ -127,7 +128,8 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
     the throughput when the host's kernel launches do not limit the step, as ``wm train --compile --cuda-graph``
     trains;
     ``compiled_training``: every model trains under ``torch.compile`` (``train_lm(compiled=True)``; the throughput
-    measurements keep following ``compiled``);
+    measurements keep following ``compiled``); ``graphed_training``: every training step is replayed from a CUDA graph
+    (``train_lm(graphed=True)``, CUDA; with ``compiled_training``, the compiled step);
     ``hybrid_ratio``: recurrent layers per attention layer of the hybrid families (cheems, jamba; the presets
     have 7), their rows named ``<preset>-<r>to1`` (:func:`.lm_scale.run_label`); the other families run as usual;
     ``data``: the corpus (default the embedded Shakespeare); ``cache_dir``: tokenizer/token cache."""
@@ -172,7 +174,8 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
                                 2**21 if eval_tokens is None else eval_tokens,
                                 cfg["contexts"] if contexts is not None else (max(cfg["contexts"]),))
         run_rows = [run_one(out, family, cfg["size"], seed, corpus, settings, device, checkpoint_every,
-                            compiled=bool(compiled_training), hybrid_ratio=hybrid_ratio)
+                            compiled=bool(compiled_training), hybrid_ratio=hybrid_ratio,
+                            graphed=bool(graphed_training))
                        for family in families for seed in (seeds if seeds is not None else (0,))]
         print(f"lm: {len(run_rows)} runs in {time.perf_counter() - start:.1f} s -> {out}")
         return run_rows
@@ -188,7 +191,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
         model = CheemsForCausalLM(config).to(device)
         params = sum(p.numel() for p in model.parameters())
         stats = train_lm(model, corpus.train, cfg["seq_len"], cfg["batch"], cfg["steps"], cfg["lr"], device,
-                         eos=corpus.eos, compiled=bool(compiled_training))
+                         eos=corpus.eos, compiled=bool(compiled_training), graphed=bool(graphed_training))
         ppl = perplexity(model, corpus.validation, cfg["seq_len"], cfg["batch"], device, cfg["eval_tokens"],
                          eos=corpus.eos)
         train_row = {"preset": name, "parameters": params, "train_tokens_per_s": stats["tokens_per_s"],
@@ -253,6 +256,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
                         "AdamW(0.9, 0.95) wd 0.1, clip 1, 5% warm-up + cosine to 10%"
                         + (", bf16 autocast" if device.type == "cuda" else ", float32")
                         + (", forward and backward under torch.compile" if compiled_training else "")
+                        + (", each step replayed from a CUDA graph" if graphed_training else "")
                         + "; packed documents (positions restart after EOS, a document's first token not scored)",
             "decode": "batch 1, one token per step, cache grown to the context with random keys/values "
                       "(see the module docstring); " + ("bf16 weights" if device.type == "cuda" else "float32"),

@@ -33,7 +33,8 @@ from ..atomic import atomic_file
 from ..data.packing import PackedRows, document_position_ids
 from ..models.modeling import causal_lm_loss, causal_lm_loss_from_hidden
 from ..ops.common import trusted_values
-from ..train.optim import adamw, apply_gradients
+from ..train.graph_step import GraphedTrainStep
+from ..train.optim import adamw, apply_gradients, make_capturable, own_options
 from ..train.schedule import lr_multiplier
 from .common import one_line, synchronize
 
@@ -162,11 +163,12 @@ def optimizer_step(model, opt, rows: torch.Tensor, device: torch.device, clip: f
 
 def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr: float, device: torch.device,
              seed: int = 0, weight_decay: float = 0.1, eos: int | None = None, checkpoint: Path | None = None,
-             checkpoint_every: int = 0, facts: dict | None = None, compiled: bool = False) -> dict:
+             checkpoint_every: int = 0, facts: dict | None = None, compiled: bool = False,
+             graphed: bool = False) -> dict:
     """Train ``model`` on rows of ``seq_len + 1`` of ``tokens`` (1-D; see the module docstring; packed documents
     with ``eos``); return ``{"final_loss", "tokens_per_s", "peak_memory_bytes", "train_s", "resumed_at",
-    "compiled", "compile_error"}`` (throughput over the steps this call ran after its first two, which compile/warm
-    up).
+    "compiled", "compile_error", "graphed", "graph_error"}`` (throughput over the steps this call ran after its first
+    two, which compile/warm up; with ``graphed``, after its first four, the last of which records the graph).
 
     ``compiled``: the forward and backward run under ``torch.compile`` (:func:`compiled_lm_loss`, compiled in this
     call's first step; the optimizer stays eager); the rows' document layout changes from batch to batch without a
@@ -175,6 +177,13 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
     (before any update), the training goes on eagerly from the same step: ``"compiled"`` is then False and
     ``"compile_error"`` the compiler's error in one line (None otherwise) — a long, time-limited run is not lost to a
     compiler bug (session 19 lost a GPU call to one).
+
+    ``graphed`` (CUDA): every step — forward, backward, clipping and AdamW — is replayed from a CUDA graph recorded
+    after three eager steps (:class:`~wonderful_matrices.train.graph_step.GraphedTrainStep`, as ``wm train
+    --cuda-graph``), so that the host's kernel launches do not set the pace; the same arithmetic, weights and
+    checkpoints as the eager steps (resume either way). ``"graphed"``: whether the steps replayed a graph;
+    ``"graph_error"``: why not, where the recording failed (the training then goes on eagerly). Off CUDA the steps
+    run eagerly.
 
     ``checkpoint`` (a file path) with ``checkpoint_every > 0``: model, optimizer, scheduler, RNG states and the
     step are saved there (atomically) after every ``checkpoint_every`` steps and after the last one (then with
@@ -198,19 +207,34 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
             return finished
     loss_fn = compiled_lm_loss() if compiled else None
     compile_error = None
+    graph_step = None
+    if graphed:
+        if device.type == "cuda":
+            make_capturable(opt, device)
+        # the loss reads loss_fn when called: the eager fallback below applies to the recorded step too
+        graph_step = GraphedTrainStep(lambda rows: training_loss(model, rows, device, loss_fn, eos), model.parameters(),
+                                      opt, max_grad_norm=1.0, use_graph=device.type == "cuda")
+
+    def train_step(rows: torch.Tensor) -> torch.Tensor:
+        if graph_step is None:
+            return optimizer_step(model, opt, rows, device, clip=1.0, scheduler=sched, eos=eos, loss_fn=loss_fn)
+        loss = graph_step(rows)
+        sched.step()
+        return loss
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
     t_start = t_steady = time.perf_counter()
     loss_value, save_s = float("nan"), 0.0
-    warm = min(start_step + 2, steps - 1)
+    warm = min(start_step + (graph_step.warmup_steps + 1 if graph_step is not None else 2), steps - 1)
     for step in range(start_step, steps):
         if step == warm:
             synchronize(device)
             t_steady = time.perf_counter()
         rows = data.train_batch(step, batch, grad_accum=1, micro=0, seed=seed).to(device, non_blocking=True)
         try:
-            loss = optimizer_step(model, opt, rows, device, clip=1.0, scheduler=sched, eos=eos, loss_fn=loss_fn)
+            loss = train_step(rows)
         except torch._dynamo.exc.TorchDynamoException as error:  # Inductor's errors are such exceptions too
             if loss_fn is None or step != start_step:
                 raise
@@ -218,7 +242,7 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
             print(f"compiled training: the compiler failed ({compile_error}); training eagerly", flush=True)
             loss_fn = None
             opt.zero_grad(set_to_none=True)
-            loss = optimizer_step(model, opt, rows, device, clip=1.0, scheduler=sched, eos=eos)
+            loss = train_step(rows)
         if step == steps - 1:
             loss_value = float(loss.detach())
         elif saving and (step + 1) % checkpoint_every == 0:
@@ -233,7 +257,8 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
              "tokens_per_s": steady_steps * batch * seq_len / max(end - t_steady - save_s, 1e-9),
              "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
              "train_s": end - t_start, "resumed_at": start_step, "compiled": loss_fn is not None,
-             "compile_error": compile_error}
+             "compile_error": compile_error, "graphed": graph_step is not None and graph_step.recorded,
+             "graph_error": graph_step.failed if graph_step is not None else None}
     if saving:
         _save_training_state(checkpoint, model, opt, sched, steps, facts, stats)
     return stats
@@ -262,7 +287,8 @@ def _load_training_state(path: Path, model, opt, sched, facts: dict | None,
                          f"{(state['facts'] or {}).get(changed)!r}, this run has {(facts or {}).get(changed)!r}; "
                          "delete it or pass another --out")
     model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
+    with own_options(opt):  # as this run runs it (eager or graphed), not as the saving one did
+        opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["cpu_rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():

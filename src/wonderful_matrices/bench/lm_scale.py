@@ -104,12 +104,14 @@ def run_model(family: str, size: str, hybrid_ratio: int | None = None, **overrid
 
 def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpus, settings: dict,
             device: torch.device, checkpoint_every: int = 500, compiled: bool = False,
-            hybrid_ratio: int | None = None) -> dict:
+            hybrid_ratio: int | None = None, graphed: bool = False) -> dict:
     """Train and evaluate ``{family}-{size}`` with ``seed`` into its folder under ``out`` unless it holds the
     results of these ``settings`` already (:func:`run_settings`); return the run's row. ``compiled``: the training
     runs under ``torch.compile`` (``train_lm(compiled=True)``; the row's ``compiled_training`` says which way its
     ``train_tokens_per_s`` was measured — False, with the compiler's ``compile_error``, where compiling failed and the
-    run trained eagerly); the evaluation is eager either way. ``hybrid_ratio``: recurrent layers
+    run trained eagerly); the evaluation is eager either way. ``graphed``: each step replayed from a CUDA graph
+    (``train_lm(graphed=True)``; the row's ``graphed_training`` says whether it replayed, ``graph_error`` why not).
+    ``hybrid_ratio``: recurrent layers
     per attention layer of the hybrid families (:func:`run_label`; the row's ``mixers`` counts the layers)."""
     from ..models import CheemsForCausalLM
 
@@ -128,14 +130,15 @@ def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpu
     start = time.perf_counter()
     stats = train_lm(model, corpus.train, seq_len, batch, steps, settings["lr"], device, seed=seed, eos=corpus.eos,
                      checkpoint=folder / CHECKPOINT, checkpoint_every=checkpoint_every,
-                     facts={**settings, "preset": preset, "seed": seed}, compiled=compiled)
+                     facts={**settings, "preset": preset, "seed": seed}, compiled=compiled, graphed=graphed)
     kinds = list(dict.fromkeys(config.mixer_types))
     mixers = " + ".join(f"{config.mixer_types.count(k)} {k}" for k in kinds)
     row = {"preset": preset, "family": family, "seed": seed, "mixers": mixers, "parameters": params, "steps": steps,
            "train_tokens": steps * batch * seq_len, "train_tokens_per_s": stats["tokens_per_s"],
            "peak_memory_gb": None if stats["peak_memory_bytes"] is None else stats["peak_memory_bytes"] / 2**30,
            "final_train_loss": stats["final_loss"], "resumed_at_step": stats["resumed_at"],
-           "compiled_training": stats.get("compiled", compiled), "compile_error": stats.get("compile_error")}
+           "compiled_training": stats.get("compiled", compiled), "compile_error": stats.get("compile_error"),
+           "graphed_training": stats.get("graphed", False), "graph_error": stats.get("graph_error")}
     lengths = sorted({seq_len, *settings["eval_contexts"]})
     prefix = eval_prefix(settings["eval_tokens"], len(corpus.validation), lengths)
     tokens_per_forward = batch * seq_len
@@ -158,12 +161,14 @@ def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpu
                         f"lr {settings['lr']}, AdamW(0.9, 0.95) wd 0.1, clip 1, 5% warm-up + cosine to 10%"
                         + (", bf16 autocast" if device.type == "cuda" else ", float32")
                         + (", forward and backward under torch.compile" if compiled else "")
+                        + (", each step replayed from a CUDA graph" if graphed else "")
                         + "; packed documents (positions restart after EOS, a document's first token not scored)",
             "evaluation": f"the first {prefix - 1:,} validation tokens' targets in rows of each length (batches of "
                           f"about {tokens_per_forward} tokens); scored@C: targets scored, scored_beyond@C: those "
                           f"whose context in their document is >= {seq_len} tokens (the training length)"}
     columns = ["preset", "seed", "mixers", "parameters", "steps", "train_tokens", "train_tokens_per_s",
-               "compiled_training", "peak_memory_gb", "final_train_loss"] + [f"val_ppl@{n}" for n in lengths] + \
+               "compiled_training", "graphed_training", "peak_memory_gb", "final_train_loss"] + \
+        [f"val_ppl@{n}" for n in lengths] + \
         [f"cache_bytes@{c}" for c in settings["cache_contexts"]]
     write_results(folder, EXPERIMENT, [row], meta, columns=columns)
     (folder / CHECKPOINT).unlink(missing_ok=True)
@@ -211,7 +216,8 @@ def merge_results(out_dir, parts) -> list[dict]:
     """Join the runs in ``parts`` (run folders, or folders of run folders, e.g. the ``--out`` of
     ``wm bench lm --seeds``) into one ``results.json`` / ``results.md`` in ``out_dir``; return the rows: per preset
     the mean over its seeds (``val_ppl@C``, ``train_tokens_per_s``; ``val_ppl@C_spread``: max - min; peak memory:
-    the largest; ``compiled_training``: the seeds' common mode, ``"mixed"`` where they differ), cache bytes and
+    the largest; ``compiled_training``, ``graphed_training``: the seeds' common mode, ``"mixed"`` where they differ),
+    cache bytes and
     their ratio to Llama's, then one row per run. ``ValueError`` when a run was trained on another corpus or
     tokenizer, or with other settings (:data:`SHARED`), or a (preset, seed) twice."""
     folders = _run_folders(parts)
@@ -248,8 +254,9 @@ def merge_results(out_dir, parts) -> list[dict]:
             s[f"scored_beyond@{n}"] = next((r[f"scored_beyond@{n}"] for r in rows
                                            if r[f"scored_beyond@{n}"] is not None), None)
         s["train_tokens_per_s"] = sum(r["train_tokens_per_s"] for r in rows) / len(rows)
-        modes = {r.get("compiled_training", False) for r in rows}
-        s["compiled_training"] = modes.pop() if len(modes) == 1 else "mixed"
+        for mode in ("compiled_training", "graphed_training"):
+            modes = {r.get(mode, False) for r in rows}
+            s[mode] = modes.pop() if len(modes) == 1 else "mixed"
         peaks = [r["peak_memory_gb"] for r in rows if r["peak_memory_gb"] is not None]
         s["peak_memory_gb"] = max(peaks) if peaks else None
         for c in caches:
@@ -267,8 +274,8 @@ def merge_results(out_dir, parts) -> list[dict]:
                                            "merged_from": [str(f) for f in folders]}
     columns = ["preset", "runs", "mixers", "parameters", "steps", "train_tokens"] + \
         [c for n in lengths for c in (f"val_ppl@{n}", f"val_ppl@{n}_spread")] + \
-        ["train_tokens_per_s", "compiled_training", "peak_memory_gb"] + [c for n in caches for c in (f"cache_bytes@{n}",
-                                                                                 f"cache_vs_llama@{n}")]
+        ["train_tokens_per_s", "compiled_training", "graphed_training", "peak_memory_gb"] + \
+        [c for n in caches for c in (f"cache_bytes@{n}", f"cache_vs_llama@{n}")]
     counts = ", ".join(f"{n}: {r[f'scored@{n}']:,} scored, {r[f'scored_beyond@{n}']:,} with >= "
                        f"{meta0['seq_len']} tokens of context" for n in lengths
                        for r in [next((s for s in summary if s[f"scored@{n}"] is not None), None)] if r)

@@ -66,7 +66,7 @@ from .distributed import (
 from .evaluate import evaluate
 from .graph_step import GraphedTrainStep
 from .metrics import MetricsLog, plot_losses
-from .optim import adamw, apply_gradients, make_capturable
+from .optim import adamw, apply_gradients, make_capturable, own_options
 from .resume import plan_schedule, read_run_config, write_run_config
 from .schedule import SCHEDULES, lr_multiplier
 
@@ -344,11 +344,8 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Run:
     step = 0
     if resume_from:
         state = ckpt.load_trainer_state(resume_from)
-        # how this process runs the optimizer (fused on CUDA, capturable for --cuda-graph), not how the saving one did
-        chosen = [{k: group[k] for k in ("fused", "foreach", "capturable")} for group in optimizer.param_groups]
-        load_full_optimizer_state(wrapped, optimizer, state["optimizer"])
-        for group, options in zip(optimizer.param_groups, chosen):
-            group.update(options)
+        with own_options(optimizer):  # run as this process runs it (fused, capturable), not as the saving one did
+            load_full_optimizer_state(wrapped, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
         for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):  # the plan's rate (re-planned or not)

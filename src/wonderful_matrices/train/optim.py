@@ -6,7 +6,8 @@ step, clear the gradients.
 """
 from __future__ import annotations
 
-from typing import Iterable
+import contextlib
+from typing import Iterable, Iterator
 
 import torch
 
@@ -49,3 +50,18 @@ def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> N
     for state in optimizer.state.values():
         if "step" in state:
             state["step"] = state["step"].to(device=device, dtype=torch.float32)
+
+
+@contextlib.contextmanager
+def own_options(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """``with own_options(opt): opt.load_state_dict(saved)`` — the loaded state keeps how this process runs the
+    optimizer (``fused``, ``foreach``, ``capturable`` and a float learning rate where it had one), not how the saving
+    process ran it: a state saved by a CUDA-graph run (capturable, device learning rate) loads into an eager run on
+    any device, and the other way round (then :func:`make_capturable`)."""
+    chosen = [({k: group.get(k) for k in ("fused", "foreach", "capturable")}, isinstance(group["lr"], torch.Tensor))
+              for group in optimizer.param_groups]
+    yield
+    for group, (options, tensor_lr) in zip(optimizer.param_groups, chosen):
+        group.update(options)
+        if not tensor_lr and isinstance(group["lr"], torch.Tensor):
+            group["lr"] = float(group["lr"])
