@@ -5,7 +5,8 @@
 #   C=c1 STEPS="g16 t16" bash tmp_gpu/s22_call.sh   graphed pairs, then plain compiled pairs (a cold machine may cut t16)
 #   C=c2 STEPS="p16 jt" ...       the 16K profile; the fused-step and wm train --cuda-graph CUDA tests
 #   C=c3 STEPS="half2" ...;  C=c4 STEPS="dma" ...    the rest of the CUDA suite of the measured code
-#   C=c5 STEPS="lms" ...  (issue #15 lm-scale, back-to-back warm calls)
+#   C=c5 STEPS="lms" ...  (issue #15 lm-scale, back-to-back warm calls; prefix GRAPHED_TRAINING=1 when g16 showed the
+#   graphed step faster, and keep it for every lm-scale call: the table compares the runs' tokens/s)
 set -u
 source scripts/gpu_steps.sh
 cp tmp_gpu/s22_call.sh "$W/"
