@@ -165,6 +165,36 @@ def test_wm_train_reads_the_device_only_where_it_logs_evaluates_or_saves(tmp_pat
     assert any(stamp == 4 for stamp, _ in reads.when)  # the losses are read once the steps are done
 
 
+def test_wm_train_cuda_graph_step_reads_nothing_on_the_host(tmp_path, monkeypatch):
+    """The same for ``--cuda-graph``'s step (its body runs eagerly on the CPU): a host read inside it would make the
+    recording fail on a GPU."""
+    from train.wm_train_helpers import TINY_PRESET, corpus_file
+    from wonderful_matrices.train import loop
+
+    monkeypatch.setattr(loop, "_check_cuda_graph", lambda cfg, info: None)
+    monkeypatch.setattr(loop, "make_capturable", lambda optimizer, device: None)
+    reads = HostReads()
+    steps = {"updates": 0}
+    update = loop._graphed_forward_backward_update
+
+    def counted_update(run, *args):
+        result = update(run, *args)
+        reads.host |= {t.data_ptr() for t in step_counters(run.optimizer)}
+        steps["updates"] += 1
+        return result
+
+    monkeypatch.setattr(loop, "_graphed_forward_backward_update", counted_update)
+    reads.stamp = lambda: steps["updates"]
+    cfg = loop.TrainConfig(out=str(tmp_path / "run"), preset=TINY_PRESET, data=corpus_file(tmp_path), max_steps=4,
+                           batch_size=2, seq_len=32, grad_accum=2, eval_interval=4, eval_rows=4, save_interval=4,
+                           log_interval=4, device="cpu", progress=False, cuda_graph=True)
+    with reads:
+        loop.train(cfg)
+    assert steps["updates"] == 4
+    during_steps = collections.Counter(site for stamp, site in reads.when if 1 <= stamp < 4)
+    assert not during_steps, dict(during_steps)
+
+
 def test_hf_trainer_step_reads_nothing_on_the_host_in_the_model(tmp_path):
     """With ``config.value_checks=False`` the model's part of a Trainer step (forward, loss, backward) reads no
     value; the Trainer's own bookkeeping (its NaN filter, logging) is the Trainer's."""
