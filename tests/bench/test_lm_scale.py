@@ -37,19 +37,32 @@ def four_runs(tmp_path_factory, corpus_path):
 
 
 def _cut_after_three_steps(monkeypatch, run) -> None:
-    """Runs ``run()`` with ``lm_common.optimizer_step`` interrupted (KeyboardInterrupt) at its fourth call."""
-    calls, real_step = [], lm_common.optimizer_step
+    """Runs ``run()`` (a training from step 0) interrupted (KeyboardInterrupt) where it fetches step 3's batch."""
+    from wonderful_matrices.data import packing
 
-    def cut_after_three(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 3:
+    real_batch = packing.PackedRows.train_batch
+
+    def cut_at_step_3(self, step, *args, **kwargs):
+        if step == 3:
             raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
+        return real_batch(self, step, *args, **kwargs)
 
-    monkeypatch.setattr(lm_common, "optimizer_step", cut_after_three)
+    monkeypatch.setattr(packing.PackedRows, "train_batch", cut_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         run()
-    monkeypatch.setattr(lm_common, "optimizer_step", real_step)
+    monkeypatch.setattr(packing.PackedRows, "train_batch", real_batch)
+
+
+def _cut_and_resumed(monkeypatch, train: dict, fresh, path, cut: dict | None = None, resume: dict | None = None):
+    """A fresh model's ``train_lm`` (checkpoint every 2 steps at ``path``, with the options ``cut``) cut after 3 steps,
+    then resumed by another fresh model (with ``resume``): returns the resumed model and its statistics."""
+    saving = dict(checkpoint=path, checkpoint_every=2, facts={"run": 1})
+    _cut_after_three_steps(monkeypatch, lambda: lm_common.train_lm(fresh(), **train, **saving, **(cut or {})))
+    assert torch.load(path, weights_only=False)["step"] == 2
+    resumed = fresh()
+    stats = lm_common.train_lm(resumed, **train, **saving, **(resume or {}))
+    assert stats["resumed_at"] == 2
+    return resumed, stats
 
 
 def test_one_folder_per_run_with_its_results(four_runs):
@@ -116,12 +129,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, monkeypatch)
     reference = fresh()
     lm_common.train_lm(reference, **train)
     path = tmp_path / "checkpoint.pt"
-    _cut_after_three_steps(monkeypatch, lambda: lm_common.train_lm(fresh(), **train, checkpoint=path,
-                                                                   checkpoint_every=2, facts={"run": 1}))
-    assert torch.load(path, weights_only=False)["step"] == 2
-    resumed = fresh()
-    stats = lm_common.train_lm(resumed, **train, checkpoint=path, checkpoint_every=2, facts={"run": 1})
-    assert stats["resumed_at"] == 2
+    resumed, stats = _cut_and_resumed(monkeypatch, train, fresh, path)
     for a, b in zip(resumed.parameters(), reference.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     # the final checkpoint (saved before the evaluation) gives the finished run back without a step
@@ -258,14 +266,8 @@ def test_compiled_training_resumes_and_follows_the_eager_one(tmp_path, monkeypat
     for a, b in zip(whole.parameters(), reference.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
-    path = tmp_path / "checkpoint.pt"
-    _cut_after_three_steps(monkeypatch, lambda: lm_common.train_lm(fresh(), **train, checkpoint=path,
-                                                                   checkpoint_every=2, facts={"run": 1},
-                                                                   compiled=True))
-    resumed = fresh()
-    stats = lm_common.train_lm(resumed, **train, checkpoint=path, checkpoint_every=2, facts={"run": 1},
-                               compiled=True)
-    assert stats["resumed_at"] == 2
+    resumed, _ = _cut_and_resumed(monkeypatch, train, fresh, tmp_path / "checkpoint.pt", dict(compiled=True),
+                                  dict(compiled=True))
     for a, b in zip(resumed.parameters(), whole.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
@@ -310,8 +312,6 @@ def test_graphed_training_is_the_eager_training_and_resumes_either_way(tmp_path,
     """``train_lm(graphed=True)`` runs every step through ``GraphedTrainStep`` (on the CPU its eager body; the
     recording is tested on the GPU): the eager training's weights and loss; a graphed run cut after 3 of 5 steps
     resumes eagerly from its checkpoint, and an eager one graphed, to the same weights."""
-    from wonderful_matrices.data import packing
-
     train, fresh = _tiny_training(0, 5)
     reference = fresh()
     eager_stats = lm_common.train_lm(reference, **train)
@@ -325,23 +325,9 @@ def test_graphed_training_is_the_eager_training_and_resumes_either_way(tmp_path,
     for a, b in zip(graphed.parameters(), reference.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
-    real_batch = packing.PackedRows.train_batch
     for first, then in ((True, False), (False, True)):
-        path = tmp_path / f"checkpoint-{first}.pt"
-
-        def cut_at_step_3(self, step, *args, **kwargs):
-            if step == 3:
-                raise KeyboardInterrupt
-            return real_batch(self, step, *args, **kwargs)
-
-        monkeypatch.setattr(packing.PackedRows, "train_batch", cut_at_step_3)
-        with pytest.raises(KeyboardInterrupt):
-            lm_common.train_lm(fresh(), **train, checkpoint=path, checkpoint_every=2, facts={"run": 1}, graphed=first)
-        monkeypatch.setattr(packing.PackedRows, "train_batch", real_batch)
-        resumed = fresh()
-        stats = lm_common.train_lm(resumed, **train, checkpoint=path, checkpoint_every=2, facts={"run": 1},
-                                   graphed=then)
-        assert stats["resumed_at"] == 2
+        resumed, _ = _cut_and_resumed(monkeypatch, train, fresh, tmp_path / f"checkpoint-{first}.pt",
+                                      dict(graphed=first), dict(graphed=then))
         for a, b in zip(resumed.parameters(), reference.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 

@@ -137,62 +137,53 @@ def test_default_checks_still_reject_bad_labels_and_seq_idx():
         model(input_ids=rows, seq_idx=torch.tensor([[0] * 12 + [1] * 13, [1] * 12 + [0] * 13]))
 
 
-def test_wm_train_reads_the_device_only_where_it_logs_evaluates_or_saves(tmp_path, monkeypatch):
-    """Four steps logged, evaluated and saved at the fourth: from the first update (which creates AdamW's
-    counters) on, every host read of the loop comes after the fourth step's update (each step's loss included)."""
+def _wm_train_reads(tmp_path, monkeypatch, update: str, optimizer_of, **overrides) -> tuple[HostReads, int]:
+    """Four ``wm train`` steps of the tiny preset (logged, evaluated and saved at the fourth) with ``loop``'s function
+    ``update`` (the step's update; ``optimizer_of(*its arguments)`` its optimizer) counted: returns the host reads,
+    each stamped with the number of updates done before it, and the updates."""
     from train.wm_train_helpers import TINY_PRESET, corpus_file
     from wonderful_matrices.train import loop
 
     reads = HostReads()
     steps = {"updates": 0}
-    update = loop.apply_gradients
+    real = getattr(loop, update)
 
     def counted_update(*args, **kwargs):
-        result = update(*args, **kwargs)
-        reads.host |= {t.data_ptr() for t in step_counters(args[1])}
+        result = real(*args, **kwargs)
+        reads.host |= {t.data_ptr() for t in step_counters(optimizer_of(*args))}
         steps["updates"] += 1
         return result
 
-    monkeypatch.setattr(loop, "apply_gradients", counted_update)
+    monkeypatch.setattr(loop, update, counted_update)
     reads.stamp = lambda: steps["updates"]
     cfg = loop.TrainConfig(out=str(tmp_path / "run"), preset=TINY_PRESET, data=corpus_file(tmp_path), max_steps=4,
                            batch_size=2, seq_len=32, eval_interval=4, eval_rows=4, save_interval=4, log_interval=4,
-                           device="cpu", progress=False)
+                           device="cpu", progress=False, **overrides)
     with reads:
         loop.train(cfg)
+    return reads, steps["updates"]
+
+
+def test_wm_train_reads_the_device_only_where_it_logs_evaluates_or_saves(tmp_path, monkeypatch):
+    """Four steps logged, evaluated and saved at the fourth: from the first update (which creates AdamW's
+    counters) on, every host read of the loop comes after the fourth step's update (each step's loss included)."""
+    reads, updates = _wm_train_reads(tmp_path, monkeypatch, "apply_gradients", lambda parameters, opt, *rest: opt)
     during_steps = collections.Counter(site for stamp, site in reads.when if 1 <= stamp < 4)
-    assert not during_steps, dict(during_steps)
+    assert updates == 4 and not during_steps, dict(during_steps)
     assert any(stamp == 4 for stamp, _ in reads.when)  # the losses are read once the steps are done
 
 
 def test_wm_train_cuda_graph_step_reads_nothing_on_the_host(tmp_path, monkeypatch):
     """The same for ``--cuda-graph``'s step (its body runs eagerly on the CPU): a host read inside it would make the
     recording fail on a GPU."""
-    from train.wm_train_helpers import TINY_PRESET, corpus_file
     from wonderful_matrices.train import loop
 
     monkeypatch.setattr(loop, "_check_cuda_graph", lambda cfg, info: None)
     monkeypatch.setattr(loop, "make_capturable", lambda optimizer, device: None)
-    reads = HostReads()
-    steps = {"updates": 0}
-    update = loop._graphed_forward_backward_update
-
-    def counted_update(run, *args):
-        result = update(run, *args)
-        reads.host |= {t.data_ptr() for t in step_counters(run.optimizer)}
-        steps["updates"] += 1
-        return result
-
-    monkeypatch.setattr(loop, "_graphed_forward_backward_update", counted_update)
-    reads.stamp = lambda: steps["updates"]
-    cfg = loop.TrainConfig(out=str(tmp_path / "run"), preset=TINY_PRESET, data=corpus_file(tmp_path), max_steps=4,
-                           batch_size=2, seq_len=32, grad_accum=2, eval_interval=4, eval_rows=4, save_interval=4,
-                           log_interval=4, device="cpu", progress=False, cuda_graph=True)
-    with reads:
-        loop.train(cfg)
-    assert steps["updates"] == 4
+    reads, updates = _wm_train_reads(tmp_path, monkeypatch, "_graphed_forward_backward_update",
+                                     lambda run, *rest: run.optimizer, grad_accum=2, cuda_graph=True)
     during_steps = collections.Counter(site for stamp, site in reads.when if 1 <= stamp < 4)
-    assert not during_steps, dict(during_steps)
+    assert updates == 4 and not during_steps, dict(during_steps)
 
 
 def test_hf_trainer_step_reads_nothing_on_the_host_in_the_model(tmp_path):
