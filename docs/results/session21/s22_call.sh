@@ -4,7 +4,9 @@
 # (tmp_gpu/ is ignored: echo /tmp_gpu/ >> .git/info/exclude), and pass carry: ["tmp_gpu"] with every call.
 #   C=c1 STEPS="g16 t16" bash tmp_gpu/s22_call.sh   graphed pairs, then plain compiled pairs (a cold machine may cut t16)
 #   C=c2 STEPS="p16 jt" ...       the 16K profile; the fused-step and wm train --cuda-graph CUDA tests
-#   C=c3 STEPS="half2" ...;  C=c4 STEPS="dma" ...    the rest of the CUDA suite of the measured code
+#   C=c3 STEPS="half2" ...;  C=c4 STEPS="dma" ...    the rest of the CUDA suite of the measured code; each brings
+#   the Triton cache back (triton_cache.tar.xz in the call's tar): if a machine is lost mid-session, put the newest
+#   one at .gpu_cache/triton_cache.tar.xz and add ".gpu_cache" to carry, so the fresh machine skips the compiles
 #   C=c5 STEPS="lms" ...  (issue #15 lm-scale, back-to-back warm calls; prefix GRAPHED_TRAINING=1 when g16 showed the
 #   graphed step faster, and keep it for every lm-scale call: the table compares the runs' tokens/s)
 set -u
@@ -19,7 +21,7 @@ for s in ${STEPS}; do case $s in
   jt) step 240 jt_cuda $PT tests/models/test_models_cuda.py tests/train/test_graph_step.py tests/train/test_compiled_training.py -k "fused_training_step or graph or reduce_overhead" ;;
   p16) step 200 p16 python -c "from wonderful_matrices.bench import profile; profile.run('$W/p16', presets=('cheems-base','llama-base'), variants=('compiled',), seq_len=16384, batch=2, steps=3)"
        [ -f $W/p16/trace-cheems-base-compiled.json.gz ] && for m in cheems llama; do python docs/results/session11_h100/trace_kinds.py $W/p16/trace-$m-base-compiled.json.gz 3 > $W/p16/kinds-$m.txt 2>&1; done; pack ;;
-  half1|half2|dma) L=$((LIMIT - SECONDS - 20)); AREA=$s BUDGET=$L TIMEOUT=$L OUT=$W bash scripts/gpu_check.sh > $W/gpu_check_$s.txt 2>&1; pack ;;
+  half1|half2|dma) L=$((LIMIT - SECONDS - 30)); CACHE_OUT=1 AREA=$s BUDGET=$L TIMEOUT=$L OUT=$W bash scripts/gpu_check.sh > $W/gpu_check_$s.txt 2>&1; pack ;;
   lms) L=$((LIMIT - SECONDS - 10)); mkdir -p $OUT/lms
        OUT=$OUT/lms CALL_S=$L bash tmp_gpu/s17_lmscale.sh > /dev/null 2>&1; echo "lm-scale for $L s"; tail -c 2500 $OUT/lms/summary.log ;;
 esac; done
