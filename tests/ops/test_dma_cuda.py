@@ -360,3 +360,20 @@ def test_dma_graphed_selection_training_step_cuda(monkeypatch):
         assert torch.equal(got[0], results[0][0])
         for a, r in zip(got[1:], results[0][1:]):
             assert rel_err(a.float().cpu(), r.float().cpu()) < 1e-2
+
+
+@pytest.mark.parametrize("window", [None, 3, 100])
+def test_dma_finfo_min_mask_cuda(window):
+    """test_dma_op.py's finfo.min mask on the GPU's paths (the windowed kernels; without a window the Flex/biased
+    paths), float32: the oracle's outputs, and its gradients for the queries that see an ordinary key."""
+    from test_dma_op import finfo_min_padding_case
+
+    (q, k, v, bias), weight = finfo_min_padding_case(lk=300, padded=5)
+    out, g = _grads(lambda *a: wm.ops.dynamic_mask_attention(*a, keep_window=window, backend="triton") * weight.to(
+        a[0].device, a[0].dtype), [_leaf(t, torch.float32, "cuda") for t in (q, k, v, bias)])
+    ref, g_ref = _grads(lambda *a: wm.ops.dynamic_mask_attention(*a, keep_window=window, backend="naive") * weight.to(
+        a[0].device), [_leaf(t, torch.float64, "cuda") for t in (q, k, v, bias)])
+    assert torch.isfinite(out).all() and all(torch.isfinite(t).all() for t in g)
+    assert rel_err(out.cpu(), ref.cpu()) < TOL[torch.float32]
+    for a, r in zip(g, g_ref):
+        assert rel_err(a.cpu(), r.cpu()) < TOL[torch.float32] * 2

@@ -152,6 +152,35 @@ def test_huge_biases_stay_finite(w):
         assert rel_err(half, ref) < 2e-2
 
 
+def finfo_min_padding_case(lk: int = 37, padded: int = 4):
+    """Inputs whose first ``padded`` keys carry an HF-style mask value, ``torch.finfo(float32).min`` (finite), and a
+    loss weight that leaves out the queries seeing only them (as a padding query's output is left out)."""
+    torch.manual_seed(0)
+    q, k, v, bias = make_inputs(1, lk, lk, 2, 1, 8, torch.float32, "randn")
+    bias[:, :padded] = torch.finfo(torch.float32).min
+    weight = torch.randn(1, lk, 2, 8, dtype=torch.float64)
+    weight[:, :padded] = 0
+    return (q, k, v, bias), weight
+
+
+@pytest.mark.parametrize("w", [None, 3, 36, 100])
+def test_a_finfo_min_mask_is_finite_and_matches_the_oracle(w):
+    """A mask of ``finfo.min`` (finite) in place of ``-inf``: its value over ``1 / scale`` overflowed float32 in the
+    torch path (NaN for every query) and, in the Triton kernels, turned into ``-inf`` (zeros where the oracle averages
+    the masked keys). The fast paths raise such values to ``BIAS_FLOOR``: the output of every query and the gradients
+    of the queries that see an ordinary key are the oracle's (docs: those of a query seeing only masked keys are
+    not exact)."""
+    inputs, weight = finfo_min_padding_case()
+    out, g = grads(lambda *a: dynamic_mask_attention(*a, keep_window=w, backend="torch"), *inputs, weight)
+    ref, g_ref = grads(lambda *a: dynamic_mask_attention_naive(*a, w, True, 8 ** -0.5),
+                       *(t.double() for t in inputs), weight)
+    assert torch.isfinite(out).all() and all(torch.isfinite(t).all() for t in g)
+    assert rel_err(out, ref) < 1e-5
+    for name, a, r in zip("qkv", g, g_ref):
+        assert rel_err(a, r) < 1e-5, name
+    assert rel_err(g[3], g_ref[3]) < 1e-5  # the bias gradient, the masked keys' included (straight through)
+
+
 @pytest.mark.parametrize("w", [None, 2])
 @pytest.mark.parametrize("causal", [True, False])
 def test_query_with_no_attendable_key_outputs_zeros(w, causal):

@@ -66,6 +66,22 @@ def test_triton_matches_oracle(case):
 
 
 @interpreted_only
+@pytest.mark.parametrize("w", [3, 36])
+def test_triton_takes_a_finfo_min_mask(w):
+    """test_dma_op.py's finfo.min mask through the windowed kernels: they turned it into -inf (zero outputs where
+    the oracle averages the masked keys, wrong gradients); floored, the oracle's outputs and gradients."""
+    from test_dma_op import finfo_min_padding_case, grads
+
+    inputs, weight = finfo_min_padding_case()
+    out, g = grads(lambda *a: dynamic_mask_attention(*a, keep_window=w, backend="triton"), *inputs, weight)
+    ref, g_ref = grads(lambda *a: dynamic_mask_attention_naive(*a, w, True, 8 ** -0.5),
+                       *(t.double() for t in inputs), weight)
+    assert rel_err(out, ref) < 1e-5
+    for name, a, r in zip(("q", "k", "v", "bias"), g, g_ref):
+        assert rel_err(a, r) < 1e-5, name
+
+
+@interpreted_only
 def test_triton_tiles_with_an_empty_head_or_an_empty_tail():
     """Query tiles whose list needs the mask everywhere (no carried key outlives the tile: a sliding window
     narrower than the tile, or no carried keys at all) and tiles that need it nowhere (every listed key is kept by

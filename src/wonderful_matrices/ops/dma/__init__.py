@@ -35,7 +35,13 @@ def dynamic_mask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
         k, v: ``(b, lk, hkv, d)`` keys and values, ``hq % hkv == 0`` (query head ``h`` uses KV head
             ``h // (hq / hkv)``).
         bias: ``(b, lk, hkv)`` per-key bias added to the logits; ``-inf`` marks a key never attended
-            (padding). Must not be ``+inf`` or NaN.
+            (padding). Must not be ``+inf`` or NaN. The fast backends take finite values below
+            :data:`BIAS_FLOOR` (e.g. a padding mask made of ``torch.finfo(dtype).min``) as ``BIAS_FLOOR``, the
+            gradient passing through: such a key gets no weight beside any ordinary key, as in the oracle, and
+            a query that sees only such keys outputs their average, as the oracle does (keys below the floor
+            count as equal, the window's ties going to the later key). The gradients through such a query's
+            output are not exact (float32 cannot hold its log-sum-exp at that magnitude); a padding query's
+            output is usually left out of the loss, and the gradients of every other query are.
         keep_window: ``None`` (every visible key) or ``w >= 1``: each query keeps only the ``w`` visible keys
             with the largest bias, ties to the later key (an all-zero bias gives sliding-window attention).
         causal: query ``i`` sits at key position ``i + lk - lq`` (bottom-right aligned) and sees keys ``j <=``
@@ -91,6 +97,7 @@ def dynamic_mask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
     name = resolve_backend(backend, BACKENDS, q.device, ("triton", "torch"))
     if name == "naive":
         return dynamic_mask_attention_naive(q, k, v, bias, keep_window, causal, scale, seq_idx)
+    bias = floor_bias(bias)
     if (name == "triton" and causal and keep_window is not None and keep_window < lk and lq > 1
             and q.dtype in _triton_backend.DTYPES and d <= _triton_backend.MAX_HEAD_DIM):
         return _triton_backend.dynamic_mask_attention_triton(q, k, v, bias, keep_window, scale, seq_idx=seq_idx)
@@ -104,6 +111,22 @@ def dynamic_mask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
 
 
 INDEX_DTYPES = (torch.int32, torch.int64)
+
+# The fast paths scale the bias (by 1 / scale to fold it into the keys, by log2(e) for exp2) in float32: a finite
+# bias near float32's limit (torch.finfo(torch.float32).min = -3.4e38, the usual "masked" value of HF attention
+# masks) overflowed to -inf there (NaN through the torch path, a zero output in the Triton kernels). Values at or
+# above the floor keep every scaling finite, and the floor lies far above the -1e30 that the paths give -inf keys
+# (windowed.MASKED_BIAS), so a floored key still outweighs a padding key.
+BIAS_FLOOR = -1e20
+
+
+def floor_bias(bias: torch.Tensor) -> torch.Tensor:
+    """``bias`` with its finite values below :data:`BIAS_FLOOR` raised to it, the gradient passing straight through
+    (``-inf`` kept): (b, lk, hkv) -> the same shape and dtype. A few element-wise passes over the per-key biases, no
+    host synchronisation."""
+    low = torch.isfinite(bias) & (bias < BIAS_FLOOR)
+    # (bias - bias.detach()) is exactly 0 where selected; its -inf - (-inf) = NaN elsewhere is never selected
+    return torch.where(low, (bias - bias.detach()) + BIAS_FLOOR, bias)
 
 
 def _check_seq_idx(seq_idx, b: int, lq: int, lk: int, causal: bool, device: torch.device) -> None:
