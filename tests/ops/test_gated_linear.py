@@ -66,6 +66,18 @@ def test_triton_matches_the_formula_and_keeps_no_product(autocast, bias):
 
 
 @interpreted_only
+def test_triton_backend_with_no_features_is_the_bias():
+    # f = 0 passes the argument checks; the formula gives the bias (and zero weight / bias gradients as it does), the
+    # autograd function had crashed reshaping an empty tensor
+    leaves = [torch.randn(2, 0, requires_grad=True), torch.randn(2, 0, requires_grad=True),
+              torch.randn(3, 0, requires_grad=True), torch.randn(3, requires_grad=True)]
+    out = wm.ops.gated_linear(*leaves, backend="triton")
+    assert torch.equal(out, leaves[3].detach().expand(2, 3))
+    out.sum().backward()
+    assert torch.equal(leaves[3].grad, torch.full((3,), 2.0))
+
+
+@interpreted_only
 def test_compiled_mlp_keeps_gate_and_up_only():
     """Under ``torch.compile`` (AOTAutograd's partitioner decides what is kept) a GatedMLP keeps its input, ``gate``
     and ``up`` — not the product, which the plain composition keeps beside them."""

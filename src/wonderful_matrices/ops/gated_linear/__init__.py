@@ -29,7 +29,7 @@ def gated_linear(gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor, bia
             autograd) or ``"triton"``: under autograd, for ``"silu"`` with ``gate`` and ``up`` of one dtype
             (float32 / bfloat16 / float16) that ``F.linear`` would compute in (the autocast dtype under autocast,
             else the weight's), one autograd function that keeps ``gate`` and ``up`` but not the product (its
-            backward kernel writes it again); other calls run the formula.
+            backward kernel writes it again); other calls (and ``f = 0``) run the formula.
 
     Returns:
         ``(..., o)``, as ``F.linear`` gives it.
@@ -42,7 +42,7 @@ def gated_linear(gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor, bia
     name = resolve_backend(backend, BACKENDS, gate.device, AUTO_ORDER)
     if name == "triton" and activation == "silu" and needs_backward(gate, up, weight, bias):
         linear_dtype = autocast_dtype(gate.device) or weight.dtype  # what F.linear computes in
-        if gate.dtype == up.dtype == linear_dtype and gate.dtype in _triton_backend.DTYPES:
+        if gate.dtype == up.dtype == linear_dtype and gate.dtype in _triton_backend.DTYPES and gate.shape[-1]:
             return _triton_backend.gated_linear_triton(gate, up, weight, bias)
     return gated_linear_naive(gate, up, weight, bias, activation)
 
