@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..train.graph_step import GraphedTrainStep
-from ..train.optim import adamw
+from ..train.optim import adamw, make_capturable
 from .common import GpuSampler, one_line, synchronize, time_callable, write_results
 from .decode_common import analytic_cache_bytes, decode_measurement
 from .lm_common import compiled_lm_loss, corpus_tokens, optimizer_step, perplexity, set_fused, train_lm, training_loss
@@ -60,7 +60,9 @@ def training_throughput(config, seq_len: int, tokens_per_step: int, device: torc
     model = CheemsForCausalLM(config).to(device).train()
     set_fused(model, fused)
     cuda = device.type == "cuda"
-    opt = adamw(model, 1e-4, 0.1, capturable=graphed and cuda)
+    opt = adamw(model, 1e-4, 0.1)
+    if graphed and cuda:
+        make_capturable(opt, device)
     rows = torch.randint(0, config.vocab_size, (batch, seq_len + 1), device=device)
     loss_fn = compiled_lm_loss() if compiled else None
     result = {"tokens_per_s": None, "peak_memory_gb": None, "steady_peak_memory_gb": None, "error": None}

@@ -48,7 +48,8 @@ class GraphedTrainStep:
     Args:
         loss_fn: builds the loss from the step's input tensors (autocast, if any, inside it).
         parameters: the parameters ``optimizer`` updates (gradients are clipped over them).
-        optimizer: on CUDA, an optimizer created with ``capturable=True`` (and a tensor ``lr`` for schedules).
+        optimizer: on CUDA, an optimizer created with ``capturable=True`` (and a tensor ``lr`` for schedules), or
+            made so by :func:`.optim.make_capturable`.
         max_grad_norm: clip the global gradient norm to this (None: no clipping).
         warmup_steps: eager steps before the recording (>= 1).
         use_graph: record a graph when possible (default: when CUDA is available).

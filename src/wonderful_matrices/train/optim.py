@@ -13,16 +13,16 @@ import torch
 
 
 def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95),
-          eps: float = 1e-8, capturable: bool = False) -> torch.optim.AdamW:
+          eps: float = 1e-8) -> torch.optim.AdamW:
     """AdamW over ``model``'s trainable parameters: ``weight_decay`` on those with ``ndim >= 2``, 0 on the rest.
     PyTorch's fused implementation where every parameter is a plain CUDA tensor (a few kernels per step instead of
     the default's multi-tensor passes; the same update); the default elsewhere (the CPU, FSDP2's sharded DTensors).
-    ``capturable``: its step may be recorded in a CUDA graph (``train.graph_step.GraphedTrainStep``; CUDA only)."""
+    :func:`make_capturable` lets its step be recorded in a CUDA graph."""
     params = [p for p in model.parameters() if p.requires_grad]
     fused = bool(params) and all(p.is_cuda and type(p.data) is torch.Tensor for p in params)
     return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
                               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-                             lr=lr, betas=betas, eps=eps, fused=fused or None, capturable=capturable)
+                             lr=lr, betas=betas, eps=eps, fused=fused or None)
 
 
 def apply_gradients(parameters: Iterable[torch.Tensor], optimizer: torch.optim.Optimizer,
