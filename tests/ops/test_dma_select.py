@@ -133,27 +133,36 @@ def test_live_keys_equals_oracle(case, kind):
 
 @pytest.mark.parametrize("case", LIVE_CASES, ids=[str(c) for c in LIVE_CASES])
 @pytest.mark.parametrize("kind", ["randn", "ties", "padded"])
-def test_head_counts_are_the_prefix_every_query_of_the_tile_keeps(case, kind):
-    """head_counts: per tile of ``tile`` queries, the longest prefix of the block's list whose keys every query of
-    the tile keeps (``j <= p < drop_j`` for all its queries), counted from the definition."""
+def test_carried_counts_are_the_prefixes_every_and_some_query_of_the_tile_keeps(case, kind):
+    """carried_counts: per tile of ``tile`` queries, the longest prefix of the block's list whose keys every query
+    of the tile keeps (``j <= p < drop_j`` for all its queries), and the number of carried entries some query of
+    it keeps, which come first among the carried entries — counted from the definition."""
     n, lk, lq, w, block, tile = case
     g = torch.Generator().manual_seed(hash((case, kind, "heads")) % 2**31)
     bias = make_bias(kind, max(n, 2), lk, torch.float64, g)
     drop, keys, ends = dma_selection.live_keys(bias, lq, w, block, tile=tile)
-    heads = dma_selection.head_counts(drop, keys, ends, lq, block)
-    assert heads.dtype == torch.int32 and heads.shape == ends.shape and (heads <= ends).all()
+    counts = dma_selection.carried_counts(drop, keys, ends, lq, block)
+    assert counts.dtype == torch.int32 and counts.shape == ends.shape + (2,)
+    heads, alive = counts.unbind(-1)
+    assert (heads <= alive).all() and (alive <= ends).all()
     for r in range(keys.shape[0]):
         for t in range(keys.shape[1]):
             p0 = lk - lq + t * block
+            listed = keys[r, t, : ends[r, t, -1]].long()
+            carried = listed < p0
+            n_carried = int(carried.sum())
+            assert carried[:n_carried].all()  # the carried entries come first
             for s in range(block // tile):
                 if p0 + s * tile >= lk:  # a tile past the last query
                     continue
                 queries = torch.arange(p0 + s * tile, min(p0 + (s + 1) * tile, lk))
-                listed = keys[r, t, : ends[r, t, s]].long()
-                by_all = ((listed[:, None] <= queries) & (queries < drop[r, listed, None])).all(1)
+                kept = (listed[:, None] <= queries) & (queries < drop[r, listed, None])
                 # the carried keys come first; own keys are never in the head
-                expected = int(torch.cumprod((by_all & (listed < p0)).int(), 0).sum())
+                expected = int(torch.cumprod((kept.all(1) & carried).int(), 0).sum())
                 assert heads[r, t, s] == expected, (r, t, s)
+                by_some = kept.any(1)[:n_carried]
+                assert alive[r, t, s] == int(by_some.sum()) and by_some[: alive[r, t, s]].all(), (r, t, s)
+                assert not kept[alive[r, t, s]:n_carried].any()  # skipped entries: kept by none of the tile
 
 
 @pytest.mark.parametrize("kind", ["randn", "ties", "padded"])

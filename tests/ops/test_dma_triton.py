@@ -90,8 +90,8 @@ def test_triton_tiles_with_an_empty_head_or_an_empty_tail():
     for lk, w, kind, head_empty, tail_empty in ((256, 32, "zero", True, False), (256, 128, "front", False, True)):
         bias = {"zero": torch.zeros(1, lk, 1),
                 "front": torch.where(torch.arange(lk) < w, 10.0, -10.0)[None, :, None]}[kind]
-        drop, keys, ends, heads = dma_triton.select(bias, lk, w, block)
-        c_head = heads // 64 * 64  # the interpreter's key tile
+        drop, keys, ends, counts = dma_triton.select(bias, lk, w, block)
+        c_head = counts[..., 0] // 64 * 64  # the interpreter's key tile
         assert (c_head[:, 1] == 0).all() if head_empty else (c_head[:, 1] == ends[:, 1]).all() and (c_head > 0).any()
         assert (c_head[:, 0] == 0).all()  # the first block has no carried keys
         torch.manual_seed(lk + w)

@@ -234,7 +234,7 @@ def live_keys(bias_rows: torch.Tensor, lq: int, keep_window: int, block: int,
 
     Returns ``drop (n, lk)`` int32; ``keys (n, nb, w + block)`` int32 key positions: block ``t``'s live keys
     first (the earlier, carried keys by ``drop_j`` descending, ties by position ascending, so the keys a query
-    tile keeps throughout come first: :func:`head_counts`; then its own keys in position order), then zeros; and
+    tile keeps throughout come first: :func:`carried_counts`; then its own keys in position order), then zeros; and
     ``ends (n, nb, block / tile)`` int32: ``ends[..., s]`` counts the list entries a query of the block's
     ``s``-th tile of ``tile`` queries or an earlier one can keep (the last is the list's length).
     Where Triton runs (CUDA, or ``TRITON_INTERPRET=1``): the kernels of :mod:`.selection_kernels` (no sort but
@@ -326,15 +326,19 @@ def _carried_by_drop(drop: torch.Tensor, keys: torch.Tensor, ends: torch.Tensor,
 
 
 @torch.no_grad()
-def head_counts(drop: torch.Tensor, keys: torch.Tensor, ends: torch.Tensor, lq: int, block: int) -> torch.Tensor:
-    """Per query tile, how many leading entries of its block's list every query of the tile keeps.
+def carried_counts(drop: torch.Tensor, keys: torch.Tensor, ends: torch.Tensor, lq: int, block: int) -> torch.Tensor:
+    """Per query tile, how many leading entries of its block's list every query of the tile keeps, and how many
+    leading entries some query of the tile keeps among the carried ones.
 
     ``drop (n, lk)``, ``keys (n, nb, W)``, ``ends (n, nb, block / tile)`` as :func:`live_keys` returns them
-    (carried keys first, by ``drop_j`` descending). A carried key ``j < p0`` is kept by every query of a tile
-    exactly when ``drop_j`` is past the tile's last query position ``p1 = min(p0 + (s + 1)·tile, lk) − 1``; in
-    drop order those keys form a prefix of the list, and the kernels skip the per-element mask over it. Returns
-    ``heads (n, nb, block / tile)`` int32, ``heads <= ends``: the length of that prefix. One gather and one
-    binary search per tile: O(n·nb·(W + block / tile · log W)).
+    (carried keys first, by ``drop_j`` descending; then the block's own keys). A carried key ``j < p0`` is kept
+    by query ``p`` of the block exactly when ``p < drop_j``, so in drop order the carried keys kept by every query
+    of a tile (``drop_j`` past its last query position ``p1 = min(p0 + (s + 1)·tile, lk) − 1``) form a prefix of
+    the list — the kernels skip the per-element mask over it — and so do those kept by some query of it (``drop_j``
+    past its first query position ``p0 + s·tile``) — the carried entries after them are kept by none of its
+    queries, and the kernels skip them. Returns ``(n, nb, block / tile, 2)`` int32: ``[..., 0]`` the first prefix's
+    length (``<= ends``), ``[..., 1]`` the second's (so ``[:, :, 0, 1]`` counts the block's carried entries). One
+    gather and two binary searches per tile: O(n·nb·(W + block / tile · log W)).
     """
     n, lk = drop.shape
     nb = keys.shape[1]
@@ -343,10 +347,13 @@ def head_counts(drop: torch.Tensor, keys: torch.Tensor, ends: torch.Tensor, lq: 
     p0 = (lk - lq + torch.arange(nb, device=keys.device) * block)[:, None]
     _, carried, key_drop = _carried(drop, keys, ends, lq, block)
     # Non-decreasing along the list: the carried keys' -drop_j (ascending), then +1 for everything else.
-    neg_drop = torch.where(carried, -key_drop, 1)
-    p1 = (p0 + (torch.arange(n_tiles, device=keys.device) + 1) * tile).clamp_max(lk) - 1  # (nb, n_tiles)
-    heads = torch.searchsorted(neg_drop.contiguous(), (-p1).expand(n, nb, n_tiles).to(neg_drop.dtype).contiguous())
-    return heads.to(torch.int32)
+    neg_drop = torch.where(carried, -key_drop, 1).contiguous()
+    # (nb, n_tiles): each tile's first and last query position; a tile past the last query counts as that query
+    first = (p0 + torch.arange(n_tiles, device=keys.device) * tile).clamp_max(lk - 1)
+    last = (p0 + (torch.arange(n_tiles, device=keys.device) + 1) * tile).clamp_max(lk) - 1
+    bounds = torch.stack([-last, -first], dim=-1).view(nb, 2 * n_tiles)  # drop_j > p  <=>  -drop_j < -p
+    counts = torch.searchsorted(neg_drop, bounds.expand(n, nb, 2 * n_tiles).to(neg_drop.dtype).contiguous())
+    return counts.view(n, nb, n_tiles, 2).to(torch.int32)
 
 
 def default_block(keep_window: int) -> int:

@@ -4,15 +4,17 @@ Selection (no gradient, :func:`.selection.live_keys`): every key ``j`` gets ``dr
 keeps it exactly when ``j <= p < drop_j`` (docs/design.md, fact 1; documents already folded into ``drop_j``). Queries
 are cut into blocks of ``B``; block ``t`` gets the list of its at most ``w + B`` live keys (the earlier ones by
 ``drop_j`` descending, then its own in position order) and, per tile of :data:`.selection.LIVE_TILE` queries, how
-many list entries its queries can keep (``ends``) and how many leading ones all of them keep (``heads``,
-:func:`.selection.head_counts`). The kernels never see the other keys:
+many list entries its queries can keep (``ends``), how many leading ones all of them keep and how many leading
+carried ones some of them keep (``counts``, :func:`.selection.carried_counts`). The kernels never see the other
+keys:
 
-* forward, one program per (query tile of ``BLOCK_M`` inside one block, query head): loops over the block's list
-  up to the tile's prefix count in tiles of ``BLOCK_N`` keys, loads their key/value rows by index, adds the
-  bias, online softmax in float32 (base 2); writes the output and the log-sum-exp. The whole key tiles of the
-  head need no mask (as the off-band loop of Triton's fused-attention tutorial); the rest masks
-  ``j <= p < drop_j`` per element.
-* ``dq``: the same two loops, recomputing the probabilities from the log-sum-exp; it also computes and stores
+* forward, one program per (query tile of ``BLOCK_M`` inside one block, query head): loops over the list entries
+  its queries can keep in tiles of ``BLOCK_N`` keys — the carried keys up to the last one some query of the tile
+  keeps, then the block's own keys up to the tile's end (the carried keys dropped before the tile are skipped) —
+  loads their key/value rows by index, adds the bias, online softmax in float32 (base 2); writes the output and
+  the log-sum-exp. The whole key tiles of the head (the carried keys every query keeps) need no mask (as the
+  off-band loop of Triton's fused-attention tutorial); the rest masks ``j <= p < drop_j`` per element.
+* ``dq``: the same loops, recomputing the probabilities from the log-sum-exp; it also computes and stores
   ``delta = rowsum(dO·O)`` for its queries (read by the ``dk, dv`` kernel, launched after it).
 * ``dk, dv, dbias``: one program per (block, list tile of ``BLOCK_N`` keys, KV head) loops over the block's
   query tiles that keep any of its keys (``[max(j, p0), min(drop_j, p1))`` per key), for every query head of the
@@ -44,7 +46,7 @@ from ..triton_utils import (
     tile_configs,
 )
 from . import selection_graphs
-from .selection import LIVE_TILE, head_counts, live_keys
+from .selection import LIVE_TILE, carried_counts, live_keys
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
@@ -134,9 +136,27 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptr, v_ptr, bias_ptr, list_ptr, drop_ptr, skl
     return acc, l_i, m_i
 
 
+@triton.jit
+def _tile_ranges(ends_ptr, counts_ptr, row, t, nb, n_tiles, tile, BLOCK: tl.constexpr, TILE: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The list entries query tile ``tile`` (of ``BLOCK_M`` queries, inside block ``t`` of list row ``row``) loops
+    over: ``[0, c_head)`` whole key tiles every query keeps (no mask), ``[c_head, c_alive)`` the rest of the
+    carried keys some query keeps, ``[c_own, c_end)`` the block's own keys up to the tile's end. The counts are
+    per :data:`.selection.LIVE_TILE` queries: those of the LIVE_TILE holding the tile's last query bound what
+    every query keeps and where the list ends, that of the one holding its first query what some query keeps."""
+    block_at = (row * nb + t) * n_tiles
+    in_block = (tile * BLOCK_M) % BLOCK
+    last_at = block_at + (in_block + BLOCK_M) // TILE - 1
+    c_end = tl.load(ends_ptr + last_at)
+    c_head = tl.load(counts_ptr + 2 * last_at) // BLOCK_N * BLOCK_N
+    c_alive = tl.load(counts_ptr + 2 * (block_at + in_block // TILE) + 1)
+    c_own = tl.load(counts_ptr + 2 * block_at + 1)  # the block's carried entries: what its first query keeps
+    return c_head, c_alive, c_own, c_end
+
+
 @autotune(configs=QUERY_SIDE, key=["HEAD_DIM", "BLOCK", "width", "hq", "hkv"])
 @triton.jit
-def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, drop_ptr, out_ptr, lse_ptr,
+def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, counts_ptr, drop_ptr, out_ptr, lse_ptr,
                 sqb, sql, sqh, skb, skl, skh, sbb, sbl, sbh, sob, sol, soh,
                 lq, lk, hq, hkv, nb, width, n_tiles, scale,
                 BLOCK: tl.constexpr, TILE: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -162,19 +182,20 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, dr
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     base = (row * nb + t) * width
-    # Entries past the prefix count of the tile's last LIVE_TILE are the block's own keys after its last query.
-    meta_at = (row * nb + t) * n_tiles + ((tile * BLOCK_M) % BLOCK + BLOCK_M) // TILE - 1  # the tile's last
-    c_end = tl.load(ends_ptr + meta_at)
+    c_head, c_alive, c_own, c_end = _tile_ranges(ends_ptr, counts_ptr, row, t, nb, n_tiles, tile, BLOCK, TILE,
+                                                 BLOCK_M, BLOCK_N)
     kv_base = bi * skb + g * skh
     bias_base = bi * sbb + g * sbh
     qk_scale = scale * 1.4426950408889634
     # The head: carried keys every query of the tile keeps (whole key tiles only), no per-element mask.
-    c_head = tl.load(heads_ptr + meta_at) // BLOCK_N * BLOCK_N
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr + kv_base, v_ptr + kv_base, bias_ptr + bias_base,
                                keys_ptr + base, drop_ptr + row * lk, skl, sbl, pos, dd, dmask, 0, c_head,
                                c_end, qk_scale, PRECISION, BLOCK_N, False, WIDE)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr + kv_base, v_ptr + kv_base, bias_ptr + bias_base,
-                               keys_ptr + base, drop_ptr + row * lk, skl, sbl, pos, dd, dmask, c_head, c_end,
+                               keys_ptr + base, drop_ptr + row * lk, skl, sbl, pos, dd, dmask, c_head, c_alive,
+                               c_alive, qk_scale, PRECISION, BLOCK_N, True, WIDE)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr + kv_base, v_ptr + kv_base, bias_ptr + bias_base,
+                               keys_ptr + base, drop_ptr + row * lk, skl, sbl, pos, dd, dmask, c_own, c_end,
                                c_end, qk_scale, PRECISION, BLOCK_N, True, WIDE)
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -209,7 +230,7 @@ def _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, bias_ptr, list_ptr, drop_ptr,
 
 @autotune(configs=QUERY_SIDE, key=["HEAD_DIM", "BLOCK", "width", "hq", "hkv"])
 @triton.jit
-def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, drop_ptr, do_ptr, lse_ptr, out_ptr,
+def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, counts_ptr, drop_ptr, do_ptr, lse_ptr, out_ptr,
                delta_ptr, dq_ptr,
                sqb, sql, sqh, skb, skl, skh, sbb, sbl, sbh, sdb, sdl, sdh,
                lq, lk, hq, hkv, nb, width, n_tiles, scale, sob, sol, soh, sgb, sgl, sgh,
@@ -240,17 +261,19 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, heads_ptr, dro
     tl.store(delta_ptr + head_rows + i, delta, mask=qmask)
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     base = (row * nb + t) * width
-    meta_at = (row * nb + t) * n_tiles + ((tile * BLOCK_M) % BLOCK + BLOCK_M) // TILE - 1  # the tile's last
-    c_end = tl.load(ends_ptr + meta_at)
+    c_head, c_alive, c_own, c_end = _tile_ranges(ends_ptr, counts_ptr, row, t, nb, n_tiles, tile, BLOCK, TILE,
+                                                 BLOCK_M, BLOCK_N)  # as in the forward
     kv_base = bi * skb + g * skh
     bias_base = bi * sbb + g * sbh
     qk_scale = scale * 1.4426950408889634
-    c_head = tl.load(heads_ptr + meta_at) // BLOCK_N * BLOCK_N  # as in the forward
     dq = _dq_inner(dq, q, do, lse, delta, k_ptr + kv_base, v_ptr + kv_base, bias_ptr + bias_base,
                    keys_ptr + base, drop_ptr + row * lk, skl, sbl, pos, qmask, dd, dmask, 0, c_head, c_end,
                    qk_scale, PRECISION, BLOCK_N, False, WIDE)
     dq = _dq_inner(dq, q, do, lse, delta, k_ptr + kv_base, v_ptr + kv_base, bias_ptr + bias_base,
-                   keys_ptr + base, drop_ptr + row * lk, skl, sbl, pos, qmask, dd, dmask, c_head, c_end, c_end,
+                   keys_ptr + base, drop_ptr + row * lk, skl, sbl, pos, qmask, dd, dmask, c_head, c_alive,
+                   c_alive, qk_scale, PRECISION, BLOCK_N, True, WIDE)
+    dq = _dq_inner(dq, q, do, lse, delta, k_ptr + kv_base, v_ptr + kv_base, bias_ptr + bias_base,
+                   keys_ptr + base, drop_ptr + row * lk, skl, sbl, pos, qmask, dd, dmask, c_own, c_end, c_end,
                    qk_scale, PRECISION, BLOCK_N, True, WIDE)
     tl.store(dq_ptr + bi * sgb + i[:, None] * sgl + h * sgh + dd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
              mask=io_mask)
@@ -343,9 +366,9 @@ def _meta(q: torch.Tensor, block: int, *tensors: torch.Tensor) -> dict:
 
 def select(bias: torch.Tensor, lq: int, keep_window: int, block: int, seq_idx: torch.Tensor | None = None):
     """The kernels' selection: bias (b, lk, hkv), optional seq_idx (b, lk) -> live_keys' ``drop (b·hkv, lk)``,
-    ``keys (b·hkv, nb, w + block)``, ``ends (b·hkv, nb, block / LIVE_TILE)`` and head_counts' ``heads`` (the
-    shape of ``ends``) (rows ordered (batch, KV head)), in the bias's own precision (ties as the oracle sees
-    them)."""
+    ``keys (b·hkv, nb, w + block)``, ``ends (b·hkv, nb, block / LIVE_TILE)`` and carried_counts' ``counts (b·hkv,
+    nb, block / LIVE_TILE, 2)`` (rows ordered (batch, KV head)), in the bias's own precision (ties as the oracle
+    sees them)."""
     if selection_graphs.applies(bias, seq_idx):  # the same tensors, replayed from a CUDA graph per shape
         replayed = selection_graphs.select_graphed(_select, bias, lq, keep_window, block)
         if replayed is not None:
@@ -358,11 +381,11 @@ def _select(bias: torch.Tensor, lq: int, keep_window: int, block: int, seq_idx: 
     documents = None if seq_idx is None else seq_idx[:, None, :].expand(b, hkv, lk).reshape(b * hkv, lk)
     drop, keys, ends = live_keys(bias.detach().permute(0, 2, 1).reshape(b * hkv, lk), lq, keep_window, block,
                                  documents)
-    return drop, keys, ends, head_counts(drop, keys, ends, lq, block)
+    return drop, keys, ends, carried_counts(drop, keys, ends, lq, block)
 
 
 def _windowed_forward_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: torch.Tensor,
-                           keys: torch.Tensor, ends: torch.Tensor, heads: torch.Tensor, drop: torch.Tensor,
+                           keys: torch.Tensor, ends: torch.Tensor, counts: torch.Tensor, drop: torch.Tensor,
                            scale: float, block: int) -> tuple[torch.Tensor, torch.Tensor]:
     b, lq, hq, _ = q.shape
     return q.new_empty(q.shape), q.new_empty(b * hq, lq, dtype=torch.float32)  # contiguous, as the kernel's
@@ -370,7 +393,7 @@ def _windowed_forward_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
 
 @opaque_to_compile("dma_windowed_forward", _windowed_forward_fake)
 def windowed_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: torch.Tensor, keys: torch.Tensor,
-                     ends: torch.Tensor, heads: torch.Tensor, drop: torch.Tensor, scale: float,
+                     ends: torch.Tensor, counts: torch.Tensor, drop: torch.Tensor, scale: float,
                      block: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward kernel: q (b,lq,hq,d), k/v (b,lk,hkv,d) (unit last stride), bias32 (b,lk,hkv) float32
     contiguous, the selection of :func:`select` -> (out (b,lq,hq,d) in q's dtype, lse (b·hq, lq) float32)."""
@@ -380,7 +403,7 @@ def windowed_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: 
     out = poisoned_empty_like(q)  # (the kernel writes with out's own strides)
     lse = poisoned_empty(b * hq, lq, device=q.device)
     grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)  # noqa: E731
-    _fwd_kernel[grid](q, k, v, bias32, keys, ends, heads, drop, out, lse,
+    _fwd_kernel[grid](q, k, v, bias32, keys, ends, counts, drop, out, lse,
                       q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                       bias32.stride(0), bias32.stride(1), bias32.stride(2),
                       out.stride(0), out.stride(1), out.stride(2),
@@ -389,7 +412,7 @@ def windowed_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: 
 
 
 def _windowed_backward_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: torch.Tensor,
-                            keys: torch.Tensor, ends: torch.Tensor, heads: torch.Tensor, drop: torch.Tensor,
+                            keys: torch.Tensor, ends: torch.Tensor, counts: torch.Tensor, drop: torch.Tensor,
                             out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor, scale: float,
                             block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     b, lk, hkv, d = k.shape
@@ -400,7 +423,7 @@ def _windowed_backward_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b
 
 @opaque_to_compile("dma_windowed_backward", _windowed_backward_fake)
 def windowed_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: torch.Tensor, keys: torch.Tensor,
-                      ends: torch.Tensor, heads: torch.Tensor, drop: torch.Tensor, out: torch.Tensor,
+                      ends: torch.Tensor, counts: torch.Tensor, drop: torch.Tensor, out: torch.Tensor,
                       lse: torch.Tensor, dout: torch.Tensor, scale: float,
                       block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The backward kernels: the forward's inputs and outputs and dout (b,lq,hq,d) contiguous -> (dq in q's dtype,
@@ -415,7 +438,7 @@ def windowed_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32:
               dout.stride(2), lq, lk, hq, hkv, nb, width, n_tiles, scale)
     dq = poisoned_empty_like(q)  # contiguous whatever q's strides (a slice of a fused projection is not dense)
     _dq_kernel[lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)](
-        q, k, v, bias32, keys, ends, heads, drop, dout, lse, out, delta, dq, *common,
+        q, k, v, bias32, keys, ends, counts, drop, dout, lse, out, delta, dq, *common,
         out.stride(0), out.stride(1), out.stride(2), dq.stride(0), dq.stride(1), dq.stride(2), **meta)
     dk = torch.zeros(b, lk, hkv, d, device=q.device, dtype=torch.float32)
     dv = torch.zeros_like(dk)
@@ -431,16 +454,16 @@ class _WindowedCausal(torch.autograd.Function):
         lq = q.shape[1]
         q, k, v = attention_layout(q, k, v)
         bias32 = bias.float().contiguous()
-        drop, keys, ends, heads = select(bias, lq, keep_window, block, seq_idx)
-        out, lse = windowed_forward(q, k, v, bias32, keys, ends, heads, drop, scale, block)
-        ctx.save_for_backward(q, k, v, bias32, keys, ends, heads, drop, out, lse)
+        drop, keys, ends, counts = select(bias, lq, keep_window, block, seq_idx)
+        out, lse = windowed_forward(q, k, v, bias32, keys, ends, counts, drop, scale, block)
+        ctx.save_for_backward(q, k, v, bias32, keys, ends, counts, drop, out, lse)
         ctx.scale, ctx.block, ctx.bias_dtype = scale, block, bias.dtype
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, bias32, keys, ends, heads, drop, out, lse = ctx.saved_tensors
-        dq, dk, dv, dbias = windowed_backward(q, k, v, bias32, keys, ends, heads, drop, out, lse, dout.contiguous(),
+        q, k, v, bias32, keys, ends, counts, drop, out, lse = ctx.saved_tensors
+        dq, dk, dv, dbias = windowed_backward(q, k, v, bias32, keys, ends, counts, drop, out, lse, dout.contiguous(),
                                               ctx.scale, ctx.block)
         return dq, dk.to(k.dtype), dv.to(v.dtype), dbias.to(ctx.bias_dtype), None, None, None, None
 
