@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -155,13 +156,23 @@ def run_eval(args: argparse.Namespace) -> int:
     from .data.packing import PackedRows, tokenize_split
     from .data.tokenizer import eos_id, token_byte_lengths
     from .train.distributed import DistInfo
+    from .train import checkpoint as ckpt
     from .train.evaluate import evaluate, unigram_perplexity
 
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size: got {args.batch_size}, expected an integer >= 1")
+    if args.max_rows is not None and args.max_rows < 1:
+        raise UserError(f"--max-rows: got {args.max_rows}, expected an integer >= 1 (default: every row)")
     run_dir, folder, tokenizer, model, run_config, device = _load_run(args.run, args.device, args.threads,
                                                                       args.tokenizer)
+    # A checkpoint or model folder outside a run: its manifest says what it trained on, and nothing is written
+    # beside it (the tokenized corpus goes to the user's cache folder, the result only to the screen).
+    in_run = bool(run_config)
+    if not in_run and (folder / ckpt.MANIFEST).exists():
+        run_config = json.loads((folder / ckpt.MANIFEST).read_text()).get("meta", {})
     data = args.data or run_config.get("data", "shakespeare")
     corpus = load_corpus(data, run_config.get("validation_fraction", 0.05))
-    cache_dir = run_config.get("cache_dir") or run_dir / "cache"
+    cache_dir = run_config.get("cache_dir") or (run_dir / "cache" if in_run else _user_cache_dir())
     seq_len = run_config.get("seq_len", 256)
     val_rows = PackedRows(tokenize_split(corpus, "validation", tokenizer, cache_dir), seq_len)
     vocab = model.config.vocab_size
@@ -173,11 +184,18 @@ def run_eval(args: argparse.Namespace) -> int:
     result["unigram_perplexity"] = unigram_perplexity(tokenize_split(corpus, "train", tokenizer, cache_dir),
                                                       val_rows, vocab, args.max_rows, eos)
     result.update(checkpoint=folder.name, data=data, seq_len=seq_len)
-    atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=1))
+    if in_run:
+        atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=1))
     print(f"{folder}: validation perplexity {result['perplexity']:.2f} (loss {result['loss']:.4f} nats/token, "
-          f"{result['bits_per_byte']:.3f} bits/byte, {result['tokens']:,} tokens); "
+          f"{result['bits_per_byte']:.3f} bits/byte, {result['tokens']:,} tokens of {data} in rows of {seq_len}); "
           f"unigram baseline perplexity {result['unigram_perplexity']:.2f}")
     return 0
+
+
+def _user_cache_dir() -> Path:
+    """Where commands run outside a run folder keep tokenized corpora: ``$XDG_CACHE_HOME/wonderful_matrices``
+    (default ``~/.cache/wonderful_matrices``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wonderful_matrices"
 
 
 # ---------------------------------------------------------------------------------------------- generate

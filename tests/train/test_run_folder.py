@@ -54,6 +54,8 @@ def _records(run, kind="train"):
     (dict(min_lr_ratio=2), "--min-lr-ratio: got 2.0"),
     (dict(tokenizer="no-such-tokenizer"), "tokenizer no-such-tokenizer not found"),
     (dict(seq_len=100_000), "fewer than one row of seq_len=100000"),
+    (dict(seed=-1), "--seed: got -1"),
+    (dict(seed=10**20), "--seed: got 100000000000000000000"),
 ])
 def test_a_refused_start_writes_nothing(data, tmp_path, capsys, flags, fragment):
     out = tmp_path / "run"
@@ -79,6 +81,22 @@ def test_out_is_normalised_and_must_be_a_folder(data, tmp_path, capsys, monkeypa
     assert main(train_argv(TINY_PRESET, data, tmp_path / "file", max_steps=1)) == 2
     _one_line_error(capsys, "is a file")
     assert (tmp_path / "file").read_text() == "mine"
+    assert main(train_argv(TINY_PRESET, data, "", max_steps=1)) == 2  # not the current folder
+    _one_line_error(capsys, "--out: got an empty path")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "x"]
+
+
+@pytest.mark.parametrize("flags, fragment", [(["--batch-size", "0"], "--batch-size: got 0"),
+                                             (["--batch-size", "-1"], "--batch-size: got -1"),
+                                             (["--max-rows", "0"], "--max-rows: got 0")])
+def test_eval_refuses_bad_sizes_and_keeps_the_last_result(base_run, tmp_path, capsys, flags, fragment):
+    run = _copy(base_run, tmp_path)
+    assert main(["eval", str(run), "--max-rows", "2", "--device", "cpu"]) == 0
+    before = (run / "eval.json").read_text()
+    capsys.readouterr()
+    assert main(["eval", str(run), "--device", "cpu", *flags]) == 2
+    _one_line_error(capsys, fragment)
+    assert (run / "eval.json").read_text() == before
 
 
 # ---------------------------------------------------------------------------------------------- resume rule
@@ -118,8 +136,10 @@ def test_more_steps_continue_without_a_second_warmup(base_run, data, tmp_path, c
 
 
 # ------------------------------------------------------------------------------------- portable checkpoints
-def test_a_moved_checkpoint_is_self_contained(base_run, data, tmp_path, capsys):
+def test_a_moved_checkpoint_is_self_contained(base_run, data, tmp_path, capsys, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
 
     moved = tmp_path / "elsewhere"
     shutil.copytree(base_run / "checkpoint-4", moved)
@@ -134,6 +154,10 @@ def test_a_moved_checkpoint_is_self_contained(base_run, data, tmp_path, capsys):
     assert main(argv + ["--tokenizer", str(moved / "tokenizer.json")]) == 0 and capsys.readouterr().out == sample
     assert main(["eval", str(moved), "--data", data, "--max-rows", "2", "--device", "cpu"]) == 0
     assert "validation perplexity" in capsys.readouterr().out
+    # without --data: the corpus its manifest records; nothing written beside the folder (the user's own)
+    assert main(["eval", str(moved), "--max-rows", "2", "--device", "cpu"]) == 0
+    assert f"of {data} in rows of 32" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "user-cache"]
     exported = tmp_path / "exported"  # a plain save_pretrained folder, no manifest
     AutoModelForCausalLM.from_pretrained(moved).save_pretrained(exported)
     tokenizer.save_pretrained(exported)

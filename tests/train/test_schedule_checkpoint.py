@@ -88,3 +88,31 @@ def test_all_corrupted_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no loadable checkpoint.*checkpoint-5"):
         ckpt.latest_checkpoint(tmp_path, warn=lambda m: None)
     assert ckpt.latest_checkpoint(tmp_path / "nothing-here") is None
+
+
+def test_an_interrupted_save_keeps_the_good_checkpoint_behind_a_damaged_newer_one(tmp_path, monkeypatch):
+    """checkpoint-3 complete, checkpoint-5 damaged: a run resumes from 3; if its next save is interrupted (Ctrl-C,
+    a full disk), the pruning before it must not have deleted 3 in favour of the damaged 5."""
+    model = _tiny_model()
+    _save(tmp_path, 3, model)
+    damaged = _save(tmp_path, 5, model)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert ckpt.latest_checkpoint(tmp_path, warn=lambda m: None) == tmp_path / "checkpoint-3"  # resume from 3
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt.torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _save(tmp_path, 4, model)
+    monkeypatch.undo()
+    assert ckpt.latest_checkpoint(tmp_path, warn=lambda m: None) == tmp_path / "checkpoint-3"
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_an_unreadable_trainer_state_is_a_user_error(tmp_path):
+    folder = _save(tmp_path, 1, _tiny_model())
+    (folder / ckpt.TRAINER_STATE).write_bytes(b"PK\x03\x04 not a zip archive at all")
+    with pytest.raises(UserError, match="cannot read .*trainer_state.pt"):
+        ckpt.load_trainer_state(folder)

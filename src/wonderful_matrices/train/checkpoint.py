@@ -6,8 +6,9 @@ safetensors weights, loadable by ``from_pretrained``), the tokenizer (``AutoToke
 tensors; only tensors, numbers and strings, read back with ``torch.load(weights_only=True)``) and, written
 last, ``checkpoint.json``: the step, run facts and the size and SHA-256 of every file.
 
-Saving first deletes old checkpoints down to the newest ``keep_last - 1`` (at least one, so there is always a
-complete checkpoint to return to: disk space is freed before it is needed), writes everything into a hidden
+Saving first deletes old checkpoints down to the newest ``keep_last - 1`` (at least one), never the newest one known
+to be complete (verified, or written by this process): so there is always a complete checkpoint to return to, also
+when a newer one is damaged, and disk space is freed before it is needed. It then writes everything into a hidden
 temp folder, fsyncs it, then renames it to ``checkpoint-<step>`` in one atomic step, then atomically rewrites
 the ``latest`` pointer file and deletes checkpoints beyond the newest ``keep_last``. A process killed at any
 moment leaves complete checkpoints only, plus at most a temp folder that is ignored and removed by the next
@@ -35,6 +36,8 @@ MANIFEST = "checkpoint.json"
 TRAINER_STATE = "trainer_state.pt"
 LATEST = "latest"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+# Checkpoint folders this process verified or wrote (resolved paths): pruning never deletes the newest of them.
+_KNOWN_COMPLETE: set[Path] = set()
 
 
 class CorruptCheckpoint(Exception):
@@ -76,6 +79,16 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 
 def verify_checkpoint(folder: Path) -> dict:
     """The manifest of ``folder`` after checking every file's size and hash; raises ``CorruptCheckpoint``."""
+    try:
+        manifest = _verified_manifest(folder)
+    except CorruptCheckpoint:
+        _KNOWN_COMPLETE.discard(folder.resolve())  # damaged since this process wrote or verified it
+        raise
+    _KNOWN_COMPLETE.add(folder.resolve())
+    return manifest
+
+
+def _verified_manifest(folder: Path) -> dict:
     manifest_path = folder / MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -115,8 +128,11 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, model_state: d
             return final
         except CorruptCheckpoint:
             _discard(final)
-    for _, old in list_checkpoints(run_dir)[:-max(keep_last - 1, 1)]:
-        _discard(old)
+    existing = list_checkpoints(run_dir)
+    complete = [folder for _, folder in existing if folder.resolve() in _KNOWN_COMPLETE]
+    for _, old in existing[:-max(keep_last - 1, 1)]:
+        if not complete or old != complete[-1]:
+            _discard(old)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-checkpoint-{step}-", dir=run_dir))
     try:
         model.save_pretrained(tmp, state_dict=model_state)
@@ -131,12 +147,14 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, model_state: d
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _KNOWN_COMPLETE.add(final.resolve())
     _fsync_dir(run_dir)
     _point_latest_and_prune(run_dir, final, keep_last)
     return final
 
 
 def _discard(folder: Path) -> None:
+    _KNOWN_COMPLETE.discard(folder.resolve())
     trash = folder.with_name(f".tmp-checkpoint-trash-{folder.name}-{os.getpid()}")
     os.rename(folder, trash)  # atomic: the checkpoint name disappears at once
     shutil.rmtree(trash, ignore_errors=True)
@@ -181,6 +199,9 @@ def load_trainer_state(folder: Path) -> dict:
         raise UserError(f"{folder / TRAINER_STATE} holds objects other than tensors, numbers and strings "
                         f"({str(e).splitlines()[0][:120]}); refusing to unpickle it: resume from another "
                         "checkpoint or pass another --out") from None
+    except (RuntimeError, OSError, EOFError) as e:  # unreadable although its manifest matched (written damaged)
+        raise UserError(f"cannot read {folder / TRAINER_STATE} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                        "resume from another checkpoint or pass another --out") from None
 
 
 def load_model(folder: Path, device: torch.device | str = "cpu"):

@@ -158,6 +158,8 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')}: got {getattr(self, name)}, expected an integer >= 1")
         if self.seq_len < 2:
             raise UserError(f"--seq-len: got {self.seq_len}, expected an integer >= 2")
+        if not 0 <= self.seed < 2**63:
+            raise UserError(f"--seed: got {self.seed}, expected an integer in [0, 2**63)")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"--lr: got {self.lr}, expected a positive number")
         if self.schedule not in SCHEDULES:
@@ -183,9 +185,9 @@ class TrainConfig:
 
 def train(cfg: TrainConfig) -> dict:
     """Train (or resume) the run in ``cfg.out``; returns the summary also written to ``summary.json``."""
+    cfg.check()  # before normpath, which turns an empty --out into "."
     cfg = dataclasses.replace(cfg, out=os.path.normpath(cfg.out),
                               cache_dir=os.path.normpath(cfg.cache_dir) if cfg.cache_dir else None)
-    cfg.check()
     info = init_distributed(cfg.device)
     run = None
     try:
