@@ -155,8 +155,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from .data.corpora import load_corpus
     from .data.packing import PackedRows, tokenize_split
     from .data.tokenizer import eos_id, token_byte_lengths
-    from .train.distributed import DistInfo
     from .train import checkpoint as ckpt
+    from .train.distributed import DistInfo
     from .train.evaluate import evaluate, unigram_perplexity
 
     if args.batch_size < 1:
