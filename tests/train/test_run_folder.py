@@ -118,6 +118,17 @@ def test_a_resume_refuses_other_optimisation_settings(base_run, data, tmp_path, 
     assert [s for s, _ in ckpt.list_checkpoints(run)] == [2, 4]
 
 
+def test_a_resume_without_its_record_checks_the_checkpoint_and_fewer_steps_are_refused(base_run, data, tmp_path,
+                                                                                          capsys):
+    run = _copy(base_run, tmp_path)
+    (run / "run_config.json").unlink()  # lost: the checkpoint's manifest still says what the run trained
+    assert main(train_argv("llama-tiny", data, run, max_steps=6, save_interval=2, eval_interval=2)) == 2
+    _one_line_error(capsys, f"holds a run with preset={TINY_PRESET!r} (now 'llama-tiny')")
+    assert main(train_argv(TINY_PRESET, data, run, max_steps=3, save_interval=2, eval_interval=2)) == 2
+    _one_line_error(capsys, "--max-steps: got 3, but the run in")
+    assert not (run / "run_config.json").exists() and [s for s, _ in ckpt.list_checkpoints(run)] == [2, 4]
+
+
 def test_more_steps_continue_without_a_second_warmup(base_run, data, tmp_path, capsys):
     run = _copy(base_run, tmp_path)
     argv = train_argv(TINY_PRESET, data, run, max_steps=24, save_interval=8, eval_interval=24, log_interval=1)

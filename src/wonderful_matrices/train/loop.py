@@ -267,6 +267,13 @@ def _prepare_run_folder(cfg: TrainConfig, run_dir: Path, cache_dir: Path) -> tup
     created = not run_dir.exists()
     previous = read_run_config(run_dir)
     resume_from = ckpt.latest_checkpoint(run_dir, warn=_warn)
+    if resume_from is not None:
+        saved = json.loads((resume_from / ckpt.MANIFEST).read_text())
+        if cfg.max_steps < saved["step"]:
+            raise UserError(f"--max-steps: got {cfg.max_steps}, but the run in {run_dir} is at step {saved['step']} "
+                            f"({resume_from.name}); pass at least {saved['step']}, or another --out")
+        if previous is None:  # the record was lost: the checkpoint's manifest holds the facts the data depend on
+            previous = {"facts": {k: saved["meta"][k] for k in cfg.run_facts() if k in saved["meta"]}, "config": {}}
     plan = plan_schedule(cfg, previous, resuming=resume_from is not None, say=_warn)
     lr_multiplier(cfg.schedule, plan["max_steps"], plan["warmup_steps"], plan["decay_steps"], cfg.min_lr_ratio)
     corpus = load_corpus(cfg.data, cfg.validation_fraction)
