@@ -54,10 +54,15 @@ def test_several_prompts_are_one_batch_with_the_tokens_of_each_alone(model_dir, 
     (["--prompts-file", "BLANK"], "holds no prompt"),
     (["--batch-size", "0"], "--batch-size: got 0"),
     (["--max-new-tokens", "0"], "--max-new-tokens: got 0"),
+    (["--prompts-file", "BINARY"], "--prompts-file: cannot read"),
+    (["--prompt", "\udcff\udcfe"], "is not valid UTF-8 text"),  # how Python passes undecodable argv bytes
+    (["--top-k", "-3"], "--top-k: got -3"),
+    (["--temperature", "inf"], "--temperature: got inf"),
 ])
 def test_bad_inputs_are_one_line_errors(model_dir, tmp_path, capsys, flags, fragment):
     (tmp_path / "BLANK").write_text("\n  \n")
-    flags = [str(tmp_path / f) if f in ("MISSING", "BLANK") else f for f in flags]
+    (tmp_path / "BINARY").write_bytes(b"\xff\xfe\x00binary")
+    flags = [str(tmp_path / f) if f in ("MISSING", "BLANK", "BINARY") else f for f in flags]
     status, _, err = _generate(model_dir, capsys, *flags)
     lines = err.strip().splitlines()
     assert status == 2 and len(lines) == 1 and fragment in lines[0] and "Traceback" not in err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -226,11 +227,17 @@ def _prompts(args: argparse.Namespace) -> list[str]:
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"--prompts-file: cannot read {path} ({type(e).__name__}: {e.strerror or e})") from None
+            reason = getattr(e, "strerror", None) or e  # a UnicodeDecodeError has no strerror
+            raise UserError(f"--prompts-file: cannot read {path} ({type(e).__name__}: {reason})") from None
         from_file = [line for line in lines if line.strip()]
         if not from_file:
             raise UserError(f"--prompts-file: {path} holds no prompt (every line is blank)")
         prompts += from_file
+    for prompt in prompts:
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the command line could not decode, kept as surrogates by Python
+            raise UserError(f"--prompt: {prompt!r} is not valid UTF-8 text") from None
     return prompts or [""]
 
 
@@ -269,8 +276,10 @@ def run_generate(args: argparse.Namespace) -> int:
         raise UserError(f"--max-new-tokens: got {args.max_new_tokens}, expected an integer >= 1")
     if args.batch_size < 1:
         raise UserError(f"--batch-size: got {args.batch_size}, expected an integer >= 1")
-    if not args.greedy and not args.temperature > 0:
+    if not args.greedy and not (args.temperature > 0 and math.isfinite(args.temperature)):
         raise UserError(f"--temperature: got {args.temperature}, expected a positive number (or --greedy)")
+    if args.top_k < 0:
+        raise UserError(f"--top-k: got {args.top_k}, expected an integer >= 0 (0: off)")
     if not 0 < args.top_p <= 1:
         raise UserError(f"--top-p: got {args.top_p}, expected a number in (0, 1]")
     prompts = _prompts(args)
@@ -365,7 +374,7 @@ def run_bench(args: argparse.Namespace) -> int:
     """Run one experiment of the benchmark registry (``wonderful_matrices.bench.REGISTRY``)."""
     from .bench.__main__ import main_from_args
 
-    return main_from_args(args)
+    return main_from_args(args, prog="wm bench: error")
 
 
 # -------------------------------------------------------------------------------------------------- main

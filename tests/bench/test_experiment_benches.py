@@ -156,6 +156,30 @@ def test_wm_bench_subcommand_reports_a_bad_option(tmp_path, capsys):
     assert "budget_s" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, fragment", [
+    (["ssd", "--device", "foo"], "device='foo' is not allowed: cpu, cuda or cuda:N"),
+    (["flops", "--quick", "--out", "FILE"], "is not allowed: it is a file"),
+] + ([(["ssd", "--device", "cuda"], "device='cuda' is not allowed: this machine has no CUDA device")]
+     if not torch.cuda.is_available() else []))
+def test_wm_bench_checks_device_and_out_before_running(tmp_path, capsys, flags, fragment):
+    from wonderful_matrices.cli import main
+
+    (tmp_path / "FILE").write_text("mine")
+    argv = ["bench", *[str(tmp_path / f) if f == "FILE" else f for f in flags]]
+    assert main(argv + ([] if "--out" in flags else ["--out", str(tmp_path / "out")])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("wm bench: error: ") and fragment in err[0], err
+    assert (tmp_path / "FILE").read_text() == "mine" and not (tmp_path / "out").exists()
+
+
+def test_wm_bench_flops_takes_a_comma_separated_preset_list(tmp_path):
+    from wonderful_matrices.cli import main
+
+    assert main(["bench", "flops", "--quick", "--presets", "llama-tiny,mamba2-tiny", "--out", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["preset"] for r in saved["rows"]] == ["llama-tiny", "mamba2-tiny"]
+
+
 def test_lm_reports_compiled_throughput_beside_eager(tmp_path, small_corpus, monkeypatch):
     """``compiled=True``: ``compiled_tok_s@T`` and ``compiled_vs_llama@T`` beside the eager columns (kept), and a
     preset that fails to compile records the error instead of stopping the bench. The measurement itself is

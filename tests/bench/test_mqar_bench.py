@@ -257,4 +257,4 @@ def test_mixer_and_window_arguments_are_checked(tmp_path, capsys):
     for args, name in ((["--windows", "64,0"], "windows="), (["--mixers", "swa-w"], "mixers=")):
         assert main(["bench", "mqar", "--quick", "--cells", "64:16", "--out", str(tmp_path), *args]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"error: {name}") and err.count("\n") == 1, err
+        assert err.startswith(f"wm bench: error: {name}") and err.count("\n") == 1, err

@@ -64,6 +64,16 @@ def test_a_refused_start_writes_nothing(data, tmp_path, capsys, flags, fragment)
     assert not out.exists()
 
 
+def test_a_model_too_small_for_a_trained_tokenizer_is_refused(data, tmp_path, capsys):
+    from wonderful_matrices.models import presets
+
+    presets.get(TINY_PRESET, vocab_size=100).save_pretrained(tmp_path / "config")
+    out = tmp_path / "run"
+    assert main(train_argv(str(tmp_path / "config"), data, out, max_steps=2)) == 2
+    _one_line_error(capsys, "--preset: the model's vocab_size is 100")
+    assert not out.exists()
+
+
 def test_a_typo_does_not_block_the_corrected_command(data, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(train_argv("cheems-tinny", data, out, max_steps=2)) == 2

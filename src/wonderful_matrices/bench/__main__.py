@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import names, run_benchmark
 
@@ -103,16 +104,37 @@ def _lm_options(args: argparse.Namespace) -> dict:
             "hybrid_ratio": (_integers("hybrid-ratio", args.hybrid_ratio, 1) or (None,))[0]}
 
 
-def main_from_args(args: argparse.Namespace) -> int:
-    """Run the benchmark the parsed ``args`` name; 2 with a message on a bad argument."""
+def _check_device(device: str | None) -> None:
+    """ValueError unless ``device`` (the ``--device`` flag) is None or a device this machine has."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device={device!r} is not allowed: cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda" and not (torch.cuda.is_available()
+                                      and (parsed.index or 0) < torch.cuda.device_count()):
+        raise ValueError(f"device={device!r} is not allowed: this machine has "
+                         f"{torch.cuda.device_count() if torch.cuda.is_available() else 'no'} CUDA device(s)")
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r} is not allowed: cpu, cuda or cuda:N")
+
+
+def main_from_args(args: argparse.Namespace, prog: str = "error") -> int:
+    """Run the benchmark the parsed ``args`` name; 2 with a one-line message (after ``prog``) on a bad argument."""
     if args.threads is not None:
         if args.threads < 1:
-            print(f"error: threads={args.threads!r} is not allowed: must be >= 1", file=sys.stderr)
+            print(f"{prog}: threads={args.threads!r} is not allowed: must be >= 1", file=sys.stderr)
             return 2
         import torch
 
         torch.set_num_threads(args.threads)
     try:
+        _check_device(args.device)
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise ValueError(f"out={args.out!r} is not allowed: it is a file; give a folder")
         if args.merge:
             if args.name == "lm":
                 from .lm_scale import merge_results as merge_lm
@@ -131,7 +153,7 @@ def main_from_args(args: argparse.Namespace) -> int:
                       vocab_size=args.vocab_size, presets=args.presets, variants=args.variants,
                       data=args.data, **_lm_options(args))
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -52,6 +52,8 @@ def run(out_dir, quick: bool = False, device=None, seq_len: int | None = None, p
     seq_len = seq_len if seq_len is not None else (128 if quick else 4096)
     if not (isinstance(seq_len, int) and seq_len >= 1):
         raise ValueError(f"seq_len={seq_len!r} is not allowed: an int >= 1")
+    if isinstance(presets, str):  # the command line's comma-separated list
+        presets = [name for name in presets.split(",") if name]
     names = list(presets) if presets is not None else [f"{f}-{'tiny' if quick else 'base'}" for f in FAMILIES]
     rows = []
     for name in names:

@@ -32,6 +32,9 @@ def _leading_sample(texts: Iterable[str], max_chars: int):
         yield text
 
 
+MIN_BPE_VOCAB = 257  # the 256 bytes and <|endoftext|>
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike | None = None,
               max_chars: int = BPE_SAMPLE_CHARS):
     """Train a byte-level BPE with at most ``vocab_size`` tokens on the leading documents of ``texts`` up to
@@ -41,8 +44,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    if vocab_size < 257:
-        raise ValueError(f"vocab_size: got {vocab_size}, a byte-level BPE needs at least 257 "
+    if vocab_size < MIN_BPE_VOCAB:
+        raise ValueError(f"vocab_size: got {vocab_size}, a byte-level BPE needs at least {MIN_BPE_VOCAB} "
                          "(256 bytes + <|endoftext|>)")
     if max_chars < 1:
         raise ValueError(f"max_chars: got {max_chars}, expected a positive number of characters")

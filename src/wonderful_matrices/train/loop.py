@@ -38,6 +38,7 @@ from ..atomic import atomic_write_text
 from ..data.corpora import Corpus, load_corpus
 from ..data.packing import PackedRows, document_position_ids, tokenize_split
 from ..data.tokenizer import (
+    MIN_BPE_VOCAB,
     check_fits,
     eos_id,
     load_tokenizer,
@@ -284,6 +285,10 @@ def _prepare_run_folder(cfg: TrainConfig, run_dir: Path, cache_dir: Path) -> tup
     elif cfg.tokenizer:
         tokenizer = load_tokenizer(cfg.tokenizer)
     else:
+        if vocab_size < MIN_BPE_VOCAB:
+            raise UserError(f"--preset: the model's vocab_size is {vocab_size}, too small for the byte-level BPE "
+                            f"tokenizer wm train would train (at least {MIN_BPE_VOCAB}); pass --tokenizer, or a "
+                            "model with a larger vocabulary")
         _warn(f"training a byte-level BPE tokenizer ({vocab_size} tokens) on {corpus.name}")
         tokenizer = train_bpe(corpus.train, vocab_size)
     check_fits(tokenizer, vocab_size)
