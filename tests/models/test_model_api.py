@@ -106,6 +106,17 @@ def test_bad_inputs_raise_value_errors():
     from transformers import DynamicCache
     with pytest.raises(ValueError, match="past_key_values"):
         model(torch.tensor([[1, 2]]), past_key_values=DynamicCache())
+    with pytest.raises(ValueError, match="input_ids.dtype=torch.float32"):
+        model(torch.tensor([[1.0, 2.0]]))
+    with pytest.raises(ValueError, match=r"input_ids.shape=\(2, 0\)"):
+        model(torch.zeros(2, 0, dtype=torch.long))
+    ids = torch.tensor([[1, 2, 3]])
+    for mode in ("eval", "train"):  # the plain loss and the fused one
+        getattr(model, mode)()
+        for bad in (v + 5, -5):
+            with pytest.raises(ValueError, match=rf"labels=\[{bad}, ...\] is not allowed"):
+                model(ids, labels=torch.tensor([[1, bad, 3]]))
+        assert model(ids, labels=torch.tensor([[1, -100, 3]])).loss.isfinite()
 
 
 def test_cache_reorder_and_kv_length():

@@ -227,6 +227,8 @@ def test_ssd_step_bad_arguments():
         ssd_step(s, x, dt, A, B, C[..., :2])
     with pytest.raises(ValueError, match="^D.shape="):
         ssd_step(s, x, dt, A, B, C, D=torch.ones(2))
+    with pytest.raises(ValueError, match=r"^x_t.shape=\(2, 4, 0\)"):  # no channels: ssd refuses it too
+        ssd_step(s[:, :, :0], x[..., :0], dt, A, B, C)
 
 
 def test_value_checks_are_skipped_only_for_trusted_callers():

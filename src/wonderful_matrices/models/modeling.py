@@ -70,6 +70,17 @@ def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
                          f"token ids must be in [0, vocab_size={vocab_size})")
 
 
+def check_labels(labels: torch.Tensor, vocab_size: int, name: str = "labels") -> None:
+    """labels (b, l) integer -> ValueError unless every label is in ``[0, vocab_size)`` or -100 (not scored).
+    Reads values (one device sync) unless :func:`value_checks_enabled` says not to."""
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"{name}.dtype={labels.dtype} is not allowed: token ids (integers), -100 where not scored")
+    bad = (labels != -100) & ((labels < 0) | (labels >= vocab_size))
+    if labels.numel() and value_checks_enabled() and bool(bad.any()):
+        raise ValueError(f"{name}=[{int(labels[bad][0])}, ...] is not allowed: labels must be token ids in "
+                         f"[0, vocab_size={vocab_size}) or -100 (not scored)")
+
+
 def given_cache(past_key_values: CheemsCache | None, cache: CheemsCache | None) -> CheemsCache | None:
     """The cache a call passed, under either name (``cache`` or the older ``past_key_values``)."""
     if past_key_values is not None and cache is not None and past_key_values is not cache:
@@ -420,6 +431,11 @@ class CheemsModel(CheemsPreTrainedModel):
         if input_ids is not None:
             if input_ids.dim() != 2:
                 raise ValueError(f"input_ids.shape={tuple(input_ids.shape)} is not allowed: must be (batch, seq)")
+            if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+                raise ValueError(f"input_ids.dtype={input_ids.dtype} is not allowed: token ids are integers")
+            if input_ids.numel() == 0:
+                raise ValueError(f"input_ids.shape={tuple(input_ids.shape)} is not allowed: at least one row and "
+                                 "one token")
             if not generated_step:  # generate's own steps feed back ids the model picked from its vocab_size logits
                 check_token_ids(input_ids, self.config.vocab_size)
             inputs_embeds = self.embed_tokens(input_ids)
@@ -645,6 +661,7 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         if has_targets:
             kept = hidden_states[:, keep, :]
             targets = next_token_targets(labels, shift_labels, kept.shape[:2])
+            check_labels(targets, self.config.vocab_size, "shift_labels" if shift_labels is not None else "labels")
             # a packed document's first token is not predicted from the previous document (targets[:, t] is
             # labels[:, t + 1]); the model found the documents with one device sync, where they start needs none
             starts = document_starts(position_ids, attention_mask, seq_idx, past) if shift_labels is None else None

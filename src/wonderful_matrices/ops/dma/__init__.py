@@ -76,8 +76,8 @@ def dynamic_mask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
     lk, hkv = k.shape[1], k.shape[2]
     require(v.shape == k.shape, "v.shape", shape_of(v), f"equal to k.shape {shape_of(k)}")
     require(bias.shape == (b, lk, hkv), "bias.shape", shape_of(bias), f"(batch, k_len, kv_heads) = {(b, lk, hkv)}")
-    require(lq >= 1 and lk >= 1 and d >= 1 and hkv >= 1, "q.shape/k.shape", (shape_of(q), shape_of(k)),
-            "non-empty sequences, heads and head_dim")
+    require(b >= 1 and lq >= 1 and lk >= 1 and d >= 1 and hkv >= 1, "q.shape/k.shape", (shape_of(q), shape_of(k)),
+            "a non-empty batch, sequences, heads and head_dim")
     require(hq % hkv == 0, "q_heads", hq, f"a multiple of kv_heads={hkv}")
     require(q.dtype == k.dtype == v.dtype, "k.dtype/v.dtype", (k.dtype, v.dtype), f"equal to q.dtype {q.dtype}")
     require(q.device == k.device == v.device == bias.device, "device", (q.device, k.device, v.device, bias.device),
@@ -86,8 +86,8 @@ def dynamic_mask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
     require(not causal or lq <= lk, "q_len", lq, f"<= k_len={lk} when causal (queries are bottom-right aligned)")
     require(keep_window is None or (isinstance(keep_window, int) and not isinstance(keep_window, bool)
                                     and keep_window >= 1), "keep_window", keep_window, "None or an int >= 1")
-    require(scale is None or (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0), "scale", scale,
-            "None or a finite number > 0")
+    require(scale is None or (isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale)
+                              and scale > 0), "scale", scale, "None or a finite number > 0")
     if seq_idx is not None:
         _check_seq_idx(seq_idx, b, lq, lk, causal, q.device)
     if value_checks_enabled():  # one device synchronisation; skipped inside trusted_values()

@@ -191,6 +191,7 @@ def ssd_step(state: torch.Tensor, x_t: torch.Tensor, dt_t: torch.Tensor, A: torc
     if not x_t.is_floating_point():
         reject("x_t.dtype", x_t.dtype, "a floating-point dtype")
     b, h, p = x_t.shape
+    require(b >= 1 and h >= 1 and p >= 1, "x_t.shape", shape_of(x_t), "all of (b, h, p) >= 1")
     _check_floating(dt_t, "dt_t", (b, h), "(b, h) matching x_t")
     if not (isinstance(B_t, torch.Tensor) and B_t.dim() == 3 and B_t.shape[0] == b):
         reject("B_t.shape", shape_of(B_t) if isinstance(B_t, torch.Tensor) else type(B_t).__name__,
