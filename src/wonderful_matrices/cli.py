@@ -83,6 +83,8 @@ def _run_folder(path: str):
     from .train import checkpoint as ckpt
 
     folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is a file; give a run folder, a checkpoint folder or a save_pretrained folder")
     if not folder.is_dir():
         raise UserError(f"run folder {folder} not found; train one first with `wm train --out {folder}`")
     if (folder / ckpt.MANIFEST).exists():

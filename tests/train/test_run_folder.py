@@ -96,6 +96,15 @@ def test_out_is_normalised_and_must_be_a_folder(data, tmp_path, capsys, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "x"]
 
 
+def test_eval_and_generate_name_a_missing_folder_and_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("mine")
+    for command in ("eval", "generate"):
+        assert main([command, str(tmp_path / "nothing"), "--device", "cpu"]) == 2
+        _one_line_error(capsys, "not found; train one first")
+        assert main([command, str(tmp_path / "file"), "--device", "cpu"]) == 2
+        _one_line_error(capsys, "is a file; give a run folder")
+
+
 @pytest.mark.parametrize("flags, fragment", [(["--batch-size", "0"], "--batch-size: got 0"),
                                              (["--batch-size", "-1"], "--batch-size: got -1"),
                                              (["--max-rows", "0"], "--max-rows: got 0")])

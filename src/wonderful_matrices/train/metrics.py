@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_file, atomic_write_text
 
 
 class MetricsLog:
@@ -94,6 +94,7 @@ def plot_losses(run_dir: Path) -> Path | None:
     ax.legend()
     fig.tight_layout()
     out = run_dir / "loss.png"
-    fig.savefig(out, dpi=120)
+    with atomic_file(out, "wb") as f:  # a run killed while plotting keeps its previous plot
+        fig.savefig(f, dpi=120, format="png")
     plt.close(fig)
     return out
