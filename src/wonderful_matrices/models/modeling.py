@@ -661,7 +661,9 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         if has_targets:
             kept = hidden_states[:, keep, :]
             targets = next_token_targets(labels, shift_labels, kept.shape[:2])
-            check_labels(targets, self.config.vocab_size, "shift_labels" if shift_labels is not None else "labels")
+            with value_checks_of(self.config):
+                check_labels(targets, self.config.vocab_size,
+                             "shift_labels" if shift_labels is not None else "labels")
             # a packed document's first token is not predicted from the previous document (targets[:, t] is
             # labels[:, t + 1]); the model found the documents with one device sync, where they start needs none
             starts = document_starts(position_ids, attention_mask, seq_idx, past) if shift_labels is None else None
