@@ -253,3 +253,22 @@ def test_no_grad_decoding_survives_beam_reorder(w):
     x = torch.randn(2, 12, 16, dtype=torch.float64)
     outs, reference = decode_through_beam_reorder(layer, x, torch.arange(12).expand(2, 12))
     assert rel_err(outs, reference) < TOL64
+
+
+@pytest.mark.parametrize("w", [None, 8])
+def test_decoding_never_writes_into_the_callers_tensors(w):
+    """A prompt's position ids sliced from a longer tensor of the caller's (the usual way: positions of the whole
+    sequence computed once): with one KV head the cache keeps a view of them. The steps must neither write past the
+    slice (into the caller's tensor) nor read it: prefill + steps == one full forward, the caller's tensor intact.
+    (The step took any tensor whose storage ran past its end for its own buffer.)"""
+    layer = randomize(DynamicMaskAttention(16, 2, 1, 8, keep_window=w)).double()
+    for length in (9, 20):  # the caller's tensor: w + 1 positions (read as a buffer), or longer (a crash)
+        x = torch.randn(1, length, 16, dtype=torch.float64)
+        positions = torch.arange(length)[None]
+        with torch.no_grad():
+            full = layer(x, positions)
+            state = {}
+            outs = [layer(x[:, :5], positions[:, :5], None, state)]
+            outs += [layer(x[:, t:t + 1], torch.tensor([[t]]), None, state) for t in range(5, length)]
+        assert torch.equal(positions, torch.arange(length)[None])
+        assert rel_err(torch.cat(outs, 1), full) < TOL64

@@ -331,3 +331,28 @@ def test_step_inputs_quick_check_rejects_what_the_detailed_checks_reject(monkeyp
         assert not check(args), name
         with pytest.raises(ValueError):
             dma_ops._check_step_inputs(**args, dtypes=DTYPES, mask_forms=MASK_FORMS)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=interpreted_only)])
+@pytest.mark.parametrize("w", [None, 8])
+def test_a_cache_of_slices_leaves_the_callers_tensors_alone(backend, w):
+    """cache_state of the first 5 keys of longer tensors (views: the cache keeps them): a step must not take the
+    storage past them for its buffer — it wrote the new key into the caller's sixth row before."""
+    from wonderful_matrices.ops import dynamic_mask_attention
+    from wonderful_matrices.ops.dma import DecodeStep, cache_state
+
+    torch.manual_seed(0)
+    b, length, hq, hkv, d = 1, 20, 2, 2, 16
+    keys, values = torch.randn(b, length, hkv, d), torch.randn(b, length, hkv, d)
+    bias, positions = -torch.rand(b, length, hkv), torch.arange(length)[None, :, None].expand(b, length, hkv)
+    positions = positions.contiguous()
+    before = [t.clone() for t in (keys, values, bias, positions)]
+    state = cache_state(keys[:, :5], values[:, :5], bias[:, :5], positions[:, :5])
+    q, new_k, new_v = torch.randn(b, 1, hq, d), torch.randn(b, 1, hkv, d), torch.randn(b, 1, hkv, d)
+    new_b, new_p = -torch.rand(b, 1, hkv), torch.full((b, 1, hkv), 5)
+    with torch.no_grad():
+        out = DecodeStep(backend).step(q, new_k, new_v, new_b, new_p, state, w)
+    expected = dynamic_mask_attention(q, torch.cat([keys[:, :5], new_k], 1), torch.cat([values[:, :5], new_v], 1),
+                                      torch.cat([bias[:, :5], new_b], 1), keep_window=w, backend="naive")
+    assert all(torch.equal(t, old) for t, old in zip((keys, values, bias, positions), before))
+    assert rel_err(out, expected) < 1e-5

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 
 import torch
 
@@ -37,6 +38,8 @@ except ImportError:
 CACHE_FIELDS = ("key", "value", "bias", "position")
 DECODE_BACKENDS = LAYER_BACKENDS
 _log = logging.getLogger(__name__)
+# The buffers _buffers allocated, by id: the only tensors a step writes past a cache tensor's end
+_OWNED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def cache_state(key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, position: torch.Tensor) -> dict:
@@ -262,38 +265,17 @@ def _lowest_ranked(bias: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
 
 
 def _capacity_view(t: torch.Tensor) -> torch.Tensor | None:
-    """If ``t (b, n, ...)`` is the prefix ``buffer[:, :n]`` of a larger buffer ``(b, cap, ...)`` (dims after 1
-    contiguous), return that whole buffer as a view; else None. Reads only metadata (no device access)."""
-    base = t._base  # the buffer itself when t is the view a step made of it: no arithmetic on the storage
-    if (base is not None and base.data_ptr() == t.data_ptr() and base.stride() == t.stride()
-            and base.shape[0] == t.shape[0] and base.shape[1] >= t.shape[1] and base.shape[2:] == t.shape[2:]
-            and base.is_contiguous()):
+    """If ``t (b, n, ...)`` is the prefix ``buffer[:, :n]`` of a buffer ``(b, cap, ...)`` that :func:`_buffers`
+    allocated, that buffer; else None. Reads only metadata (no device access). A tensor the cache did not allocate
+    — the caller's, or a slice of a longer tensor of the caller's — is never taken for a buffer: the step would
+    write past its end into memory the caller owns."""
+    base = t._base  # a view's root: the buffer itself for the views a step made of it
+    if base is None or _OWNED.get(id(base)) is not base:
+        return None
+    if (base.data_ptr() == t.data_ptr() and base.stride() == t.stride() and base.shape[0] == t.shape[0]
+            and base.shape[1] >= t.shape[1] and base.shape[2:] == t.shape[2:]):
         return base
-    inner = 1
-    for size in t.shape[2:]:
-        inner *= size
-    if inner == 0 or list(t.stride()[1:]) != [inner] + _inner_strides(t.shape[2:]):
-        return None
-    elements = t.untyped_storage().nbytes() // t.element_size()
-    if t.shape[0] == 1:  # the batch stride of a single row says nothing: the storage's end bounds the buffer
-        cap = (elements - t.storage_offset()) // inner
-    elif t.stride(0) % inner:
-        return None
-    else:
-        cap = t.stride(0) // inner
-        if t.storage_offset() + (t.shape[0] - 1) * t.stride(0) + cap * inner > elements:
-            return None
-    if cap < t.shape[1]:
-        return None
-    return t.as_strided((t.shape[0], cap) + tuple(t.shape[2:]), (cap * inner,) + tuple(t.stride()[1:]))
-
-
-def _inner_strides(shape) -> list:
-    strides, acc = [], 1
-    for size in reversed(tuple(shape)):
-        strides.insert(0, acc)
-        acc *= size
-    return strides
+    return None
 
 
 def _buffers(state: dict, slots: int, grow: bool) -> tuple[dict, bool]:
@@ -313,6 +295,7 @@ def _buffers(state: dict, slots: int, grow: bool) -> tuple[dict, bool]:
             cap = max(slots, -(-(t.shape[1] * 5 // 4) // 256) * 256) if grow else slots
             buf = t.new_empty((t.shape[0], cap) + tuple(t.shape[2:]))
             buf[:, :t.shape[1]].copy_(t)
+            _OWNED[id(buf)] = buf
             kept = False
         out[name] = buf
     return out, kept
