@@ -21,6 +21,7 @@ PAIRS="--variants cheems-base llama-base cheems-base llama-base"
 for s in ${STEPS}; do case $s in
   g16) step 330 g16 $TP --graphed --out $W/g16 $PAIRS ;;
   t16) step 330 t16 $TP --out $W/t16 $PAIRS ;;
+  g4) step 330 g4 python scripts/train_throughput.py --compiled-only --graphed --seq-len 4096 --out $W/g4 $PAIRS ;;
   jt) step 240 jt_cuda $PT tests/train/test_graph_step.py tests/train/test_compiled_training.py tests/models/test_models_cuda.py -k "graph_step or reduce_overhead or fused_training_step" ;;
   p16) step 200 p16 python -c "from wonderful_matrices.bench import profile; profile.run('$W/p16', presets=('cheems-base','llama-base'), variants=('compiled',), seq_len=16384, batch=2, steps=3)"
        [ -f $W/p16/trace-cheems-base-compiled.json.gz ] && for m in cheems llama; do python docs/results/session11_h100/trace_kinds.py $W/p16/trace-$m-base-compiled.json.gz 3 > $W/p16/kinds-$m.txt 2>&1; done; pack ;;
