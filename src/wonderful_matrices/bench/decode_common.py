@@ -17,13 +17,16 @@ from .common import device_events, time_callable
 
 
 def analytic_cache_bytes(config, context: int, dtype_bytes: int, batch: int = 1) -> int:
-    """Bytes of the decoding cache of ``config`` after ``context`` tokens (keys and values of attention/DMA
-    layers at ``dtype_bytes`` per element, DMA bounded by ``keep_window``; float32 SSM states; conv states)."""
+    """Bytes of the decoding cache of ``config`` after ``context`` tokens: keys and values of attention/DMA
+    layers at ``dtype_bytes`` per element (DMA bounded by ``keep_window``), with what each key carries besides —
+    DMA's float32 bias and int64 position per key and KV head, attention's boolean mask per key; float32 SSM
+    states; conv states at ``dtype_bytes``."""
     total = 0
     for kind in config.mixer_types:
         if kind in ATTENTION_LIKE:
             n = context if (kind == "attn" or config.keep_window is None) else min(context, config.keep_window)
             total += 2 * n * config.num_key_value_heads * config.head_dim * dtype_bytes
+            total += n * config.num_key_value_heads * (4 + 8) if kind == "dma" else n  # bias, position / key mask
         elif kind == "ssd":
             total += config.ssd_num_heads * config.ssd_head_dim * config.ssd_state_size * 4
             if config.ssd_use_conv:
