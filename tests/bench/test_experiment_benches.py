@@ -29,11 +29,13 @@ def _read(out):
 def test_position_quick_path(tmp_path, small_corpus):
     data_path, cache = small_corpus
     size = dict(vocab_size=300, hidden_size=32, num_hidden_layers=8, heads=1, ssd_heads=1, head_dim=32,
-                state=16, intermediate_size=64, seq_len=16, batch=4, eval_tokens=512)
+                state=16, intermediate_size=64, seq_len=16, batch=4, eval_tokens=500)
     summary = position.run(tmp_path, quick=True, steps=2, size=size, data=data_path, cache_dir=cache)
     assert [s["variant"] for s in summary] == ["no_pe", "rope", "conv"] == list(position.DEFAULT_VARIANTS)
     data, md = _read(tmp_path)
     assert data["experiment"] == "position" and data["meta"]["seeds"] == 1
+    # 1x, 2x and 4x score the same targets: whole rows of the longest (64) within the 500 tokens asked for
+    assert data["meta"]["eval_tokens"] == 448
     assert [r["runs"] for r in data["rows"]] == ["mean of 1"] * 3 + ["seed 0"] * 3
     for s in data["rows"][:3]:
         for f in position.EVAL_FACTORS:

@@ -103,6 +103,8 @@ def test_eval_prefix_is_a_whole_number_of_the_longest_rows():
     assert lm_scale.eval_prefix(None, 200, (16, 64)) == 193
     with pytest.raises(ValueError, match="eval_contexts=\\[16, 64\\] is not allowed"):
         lm_scale.eval_prefix(50, 10_000, (16, 64))
+    with pytest.raises(ValueError, match="must divide the longest"):  # rows of 24 would score other targets
+        lm_scale.eval_prefix(None, 10_000, (16, 24))
     assert lm_scale.steps_for(64, 2, 16) == 2 and lm_scale.steps_for(65, 2, 16) == 3
 
 
@@ -206,6 +208,7 @@ def test_merge_and_runs_refuse_other_experiments(four_runs, tmp_path):
     (["--families", "cheems,gpt"], "error: families=['cheems', 'gpt'] is not allowed: one or more of"),
     (["--train-tokens", "64", "--steps", "3"], "error: steps=3 is not allowed with train_tokens=64"),
     (["--hybrid-ratio", "0"], "error: hybrid-ratio='0' is not allowed: integers >= 1"),
+    (["--eval-contexts", "100"], "error: eval_contexts=[100] is not allowed with the training length"),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, capsys, argv, message):
     assert main(["lm", "--quick", "--out", str(tmp_path), *argv]) == 2

@@ -258,3 +258,38 @@ def test_mixer_and_window_arguments_are_checked(tmp_path, capsys):
         assert main(["bench", "mqar", "--quick", "--cells", "64:16", "--out", str(tmp_path), *args]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"wm bench: error: {name}") and err.count("\n") == 1, err
+
+
+def test_merge_checks_each_learning_rates_own_budget_and_keeps_the_better_repeat(tmp_path):
+    """The budget check compares a learning rate with its own earlier run (it compared with the cell's best run,
+    so a rate run at two budgets could pass); two mixers of a cell at different budgets are refused as well
+    without --mixed-budgets; a rate run twice at one budget keeps the better accuracy, as ``accuracy`` does."""
+    bench_mqar.run(tmp_path / "template", quick=True, cells=((16, 2, 16),), steps=1, vocab_size=32, state_size=8,
+                   batch_size=4, num_test=8, learning_rates=(1e-3,), mixers="attn,dma")
+    template = json.loads((tmp_path / "template" / "results.json").read_text())
+
+    def part(name, rows):  # rows: (mixer, steps, {lr: accuracy})
+        data = json.loads(json.dumps(template))
+        by_mixer = {r["mixer"]: r for r in template["rows"]}
+        data["rows"] = []
+        for mixer, steps, lr_accuracy in rows:
+            best = max(lr_accuracy, key=lr_accuracy.get)
+            data["rows"].append(dict(by_mixer[mixer], steps=steps, lr_accuracy=lr_accuracy,
+                                     accuracy=lr_accuracy[best], best_lr=best))
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(data))
+        return tmp_path / name
+
+    a = part("a", [("attn", 100, {"1.00e-03": 0.3})])
+    b = part("b", [("attn", 200, {"2.00e-03": 0.9})])
+    c = part("c", [("attn", 200, {"1.00e-03": 0.2})])
+    with pytest.raises(ValueError, match="lr 1.00e-03 of cell .* was also run with 100 steps, here with 200"):
+        bench_mqar.merge_results(tmp_path / "m", [a, b, c])
+    with pytest.raises(ValueError, match=r"was run with \[100, 200\] steps"):
+        bench_mqar.merge_results(tmp_path / "m", [a, b])
+    d = part("d", [("dma", 5000, {"1.00e-03": 1.0})])
+    with pytest.raises(ValueError, match=r"was run with \[100, 5000\] steps"):
+        bench_mqar.merge_results(tmp_path / "m", [a, d])
+    e, f = part("e", [("attn", 100, {"1.00e-03": 0.9})]), part("f", [("attn", 100, {"1.00e-03": 0.3})])
+    (row,) = bench_mqar.merge_results(tmp_path / "m", [e, f])
+    assert row["accuracy"] == 0.9 and row["lr_accuracy"] == {"1.00e-03": 0.9}

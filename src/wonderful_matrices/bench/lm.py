@@ -163,6 +163,11 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
             raise ValueError(f"{name}={list(values)!r} is not allowed: integers >= {0 if name == 'seeds' else 1}")
     if seeds is not None and len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds={list(seeds)!r} is not allowed: each seed once")
+    lengths = (cfg["seq_len"],) + eval_contexts
+    if any(max(lengths) % n for n in lengths):  # checked before training: rows of every length tile one prefix
+        raise ValueError(f"eval_contexts={list(eval_contexts)!r} is not allowed with the training length "
+                         f"{cfg['seq_len']}: every length must divide the longest, so that each scores the same "
+                         "targets")
     per_run = seeds is not None or train_tokens is not None
     if per_run and train_tokens is not None:
         if steps is not None:

@@ -300,7 +300,8 @@ def _load_training_state(path: Path, model, opt, sched, facts: dict | None,
 def perplexity(model, tokens: np.ndarray, seq_len: int, batch: int, device: torch.device,
                max_tokens: int | None = None, eos: int | None = None) -> float:
     """exp(mean next-token loss) over consecutive rows of ``seq_len + 1`` tokens (overlapping by one) of
-    ``tokens`` (at most ``max_tokens`` of them; the same prefix at every ``seq_len``); with ``eos`` the rows are
+    ``tokens`` (at most ``max_tokens`` of them, cut to whole rows: lengths compared on the same targets need a
+    ``max_tokens`` of one plus a multiple of each, :func:`.lm_scale.eval_prefix`); with ``eos`` the rows are
     packed documents (:func:`lm_loss`), and the mean runs over the scored targets."""
     return scored_perplexity(model, tokens, seq_len, batch, device, max_tokens, eos)["ppl"]
 
@@ -309,8 +310,9 @@ def perplexity(model, tokens: np.ndarray, seq_len: int, batch: int, device: torc
 def scored_perplexity(model, tokens: np.ndarray, seq_len: int, batch: int, device: torch.device,
                       max_tokens: int | None = None, eos: int | None = None, long_after: int | None = None) -> dict:
     """:func:`perplexity` with its counts: ``{"ppl", "scored", "rows"}`` — the targets scored and the rows of
-    ``seq_len`` they were cut into; with ``long_after`` also ``"scored_beyond"``: the scored targets whose
-    context in their document (their position id) is ``long_after`` tokens or more."""
+    ``seq_len`` they were cut into; with ``long_after`` also ``"scored_beyond"``: the scored targets predicted at a
+    position id ``>= long_after``, i.e. from more than ``long_after`` tokens of their document (a model trained on
+    rows of ``long_after`` tokens never predicted from that many)."""
     usable = len(tokens) if max_tokens is None else min(len(tokens), max_tokens)
     n_rows = (usable - 1) // seq_len
     if n_rows < 1:

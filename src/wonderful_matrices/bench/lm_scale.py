@@ -14,8 +14,8 @@ context (1M tokens by default). Decoding speed is not measured here (``wm bench 
 Perplexity at several contexts: the same prefix of the validation tokens (``eval_tokens``, cut to a multiple of
 the longest context) is scored in consecutive rows of each length, so every length scores the same targets; as in
 training, documents are modelled apart (positions restart after each EOS), so a row longer than the training
-length only adds context within documents longer than it: ``scored_beyond@C`` counts the targets whose context in
-their document is at least the training length — the tokens that test length extrapolation.
+length only adds context within documents longer than it: ``scored_beyond@C`` counts the targets predicted from
+more of their document than the training length — the tokens that test length extrapolation.
 
 Idempotent: a folder holding a ``results.json`` with the same settings is skipped; one with other settings is an
 error. A run cut during training resumes from ``checkpoint.pt`` (model, optimizer, scheduler, step; saved every
@@ -72,8 +72,11 @@ def steps_for(train_tokens: int, batch: int, seq_len: int) -> int:
 def eval_prefix(eval_tokens: int | None, validation_tokens: int, lengths) -> int:
     """Validation tokens scored at every length: ``eval_tokens`` (None: all) cut to a multiple of the longest
     length, plus the one token the last row's last target needs. ``ValueError`` when not one row of the longest
-    length fits."""
+    length fits, or when a length does not divide the longest (rows of it would not tile the prefix)."""
     longest = max(lengths)
+    if any(longest % n for n in lengths):  # rows of n tokens then tile the prefix: every length scores its targets
+        raise ValueError(f"eval_contexts={list(lengths)!r} is not allowed with the training length: every length "
+                         f"must divide the longest ({longest}), so that each scores the same targets")
     usable = min(validation_tokens, eval_tokens + 1 if eval_tokens is not None else validation_tokens)
     if usable - 1 < longest:
         raise ValueError(f"eval_contexts={list(lengths)!r} is not allowed: the longest needs {longest + 1} "
@@ -165,7 +168,7 @@ def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpu
                         + "; packed documents (positions restart after EOS, a document's first token not scored)",
             "evaluation": f"the first {prefix - 1:,} validation tokens' targets in rows of each length (batches of "
                           f"about {tokens_per_forward} tokens); scored@C: targets scored, scored_beyond@C: those "
-                          f"whose context in their document is >= {seq_len} tokens (the training length)"}
+                          f"predicted from more than {seq_len} tokens of their document (the training length)"}
     columns = ["preset", "seed", "mixers", "parameters", "steps", "train_tokens", "train_tokens_per_s",
                "compiled_training", "graphed_training", "peak_memory_gb", "final_train_loss"] + \
         [f"val_ppl@{n}" for n in lengths] + \
@@ -276,7 +279,7 @@ def merge_results(out_dir, parts) -> list[dict]:
         [c for n in lengths for c in (f"val_ppl@{n}", f"val_ppl@{n}_spread")] + \
         ["train_tokens_per_s", "compiled_training", "graphed_training", "peak_memory_gb"] + \
         [c for n in caches for c in (f"cache_bytes@{n}", f"cache_vs_llama@{n}")]
-    counts = ", ".join(f"{n}: {r[f'scored@{n}']:,} scored, {r[f'scored_beyond@{n}']:,} with >= "
+    counts = ", ".join(f"{n}: {r[f'scored@{n}']:,} scored, {r[f'scored_beyond@{n}']:,} with > "
                        f"{meta0['seq_len']} tokens of context" for n in lengths
                        for r in [next((s for s in summary if s[f"scored@{n}"] is not None), None)] if r)
     notes = ("Rows 'mean of n' average the seeds (val_ppl@C_spread: max - min over them; peak memory: the largest); "

@@ -530,10 +530,11 @@ def merge_results(out_dir, parts, mixed_budgets: bool = False) -> list[dict]:
 
     Rows of the same (seq_len, width, mixer) are combined: their ``lr_accuracy`` entries united, the best accuracy
     kept (with the steps of its run), ``train_s`` summed. The parts must agree on vocabulary, state size, batch,
-    tied embeddings and seed (``ValueError`` otherwise). A learning rate run in two parts with different step
-    counts is an error too, unless ``mixed_budgets``: then every ``lr_accuracy`` key reads ``"lr@steps"`` and the
-    best run is kept whatever its budget (the mixers of a cell may then have had different budgets: a best-found
-    table, not a same-budget comparison)."""
+    tied embeddings and seed (``ValueError`` otherwise). A cell whose runs (a learning rate in two parts, or two
+    mixers) had different step counts is an error too, unless ``mixed_budgets``: then every ``lr_accuracy`` key
+    reads ``"lr@steps"`` and the best run is kept whatever its budget (the mixers of a cell may then have had
+    different budgets: a best-found table, not a same-budget comparison). A learning rate run twice with the same
+    budget keeps its better accuracy."""
     import json
 
     parts = [Path(p) for p in parts]
@@ -541,6 +542,7 @@ def merge_results(out_dir, parts, mixed_budgets: bool = False) -> list[dict]:
         raise ValueError("parts=[] is not allowed: at least one folder with a results.json")
     same = ("vocab_size", "ssd_state_size", "batch_size", "tie_embeddings", "seed", "test_rows")
     merged: dict[tuple, dict] = {}
+    lr_steps: dict[tuple, dict] = {}  # per (cell, mixer): the steps each learning rate ran with
     meta0 = None
     for part in parts:
         path = part / "results.json"
@@ -559,18 +561,28 @@ def merge_results(out_dir, parts, mixed_budgets: bool = False) -> list[dict]:
         for row in data["rows"]:
             key = (row["seq_len"], row["width"], row["mixer"])
             into = merged.setdefault(key, dict(row, lr_accuracy={}, accuracy=None, best_lr=None, train_s=0.0))
+            steps_of = lr_steps.setdefault(key, {})
             for lr, acc in row["lr_accuracy"].items():
                 if mixed_budgets:
                     lr = f"{lr}@{row['steps']}"
-                elif lr in into["lr_accuracy"] and row["steps"] != into["steps"]:
+                elif steps_of.get(lr, row["steps"]) != row["steps"]:
                     raise ValueError(f"parts={str(part)!r} is not allowed: lr {lr} of cell {key} was also run "
-                                     f"with {into['steps']} steps, here with {row['steps']}")
-                into["lr_accuracy"][lr] = acc
+                                     f"with {steps_of[lr]} steps, here with {row['steps']} (--mixed-budgets keeps "
+                                     "both)")
+                steps_of[lr] = row["steps"]
+                earlier = into["lr_accuracy"].get(lr)  # the same lr and budget run twice: the better run, as accuracy
+                into["lr_accuracy"][lr] = acc if earlier is None or (acc is not None and acc > earlier) else earlier
             into["train_s"] = round(into["train_s"] + row["train_s"], 2)
             if row["accuracy"] is not None and (into["accuracy"] is None or row["accuracy"] > into["accuracy"]):
                 into.update(accuracy=row["accuracy"], best_lr=row["best_lr"], steps=row["steps"],
                             examples_seen=row["examples_seen"], epochs=row["epochs"])
     rows = sorted(merged.values(), key=lambda r: (r["seq_len"], r["width"], _mixer_order(r["mixer"])))
+    if not mixed_budgets:  # a same-budget table: the mixers of a cell compared at one step count
+        for cell in {(r["seq_len"], r["width"]) for r in rows}:
+            budgets = {s for k, steps_of in lr_steps.items() if k[:2] == cell for s in steps_of.values()}
+            if len(budgets) > 1:
+                raise ValueError(f"parts={[str(p) for p in parts]!r} are not allowed together: cell {cell} was run "
+                                 f"with {sorted(budgets)} steps (--mixed-budgets merges them as a best-found table)")
     meta = {k: v for k, v in meta0.items() if k not in ("wall_s", "budget_s", "lr_order")}
     meta["merged_from"] = [str(p) for p in parts]
     if mixed_budgets:

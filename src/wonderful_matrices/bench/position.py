@@ -23,6 +23,7 @@ import torch
 
 from .common import write_results
 from .lm_common import corpus_tokens, perplexity, train_lm
+from .lm_scale import eval_prefix
 
 VARIANTS = {"no_pe": dict(ssd_use_rope=False, ssd_use_conv=False),
             "rope": dict(ssd_use_rope=True, ssd_use_conv=False),
@@ -113,6 +114,8 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, see
     out = Path(out_dir)
     start = time.perf_counter()
     corpus = corpus_tokens(data, cfg["vocab_size"], cache_dir or out / "cache")
+    # one prefix of the validation tokens, a whole number of the longest rows: every length scores the same targets
+    prefix = eval_prefix(cfg["eval_tokens"], len(corpus.validation), [cfg["seq_len"] * f for f in EVAL_FACTORS])
     from ..models import CheemsForCausalLM
 
     per_run = []
@@ -126,7 +129,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, see
                    "train_s": round(stats["train_s"], 1)}
             for f in EVAL_FACTORS:
                 row[f"ppl@{f}x"] = perplexity(model, corpus.validation, cfg["seq_len"] * f,
-                                              max(1, cfg["batch"] // f), device, cfg["eval_tokens"])
+                                              max(1, cfg["batch"] // f), device, prefix)
             per_run.append(row)
             print(f"seed {seed} {VARIANT_NAMES[variant]:22s} " +
                   " ".join(f"ppl@{f}x={row[f'ppl@{f}x']:.3f}" for f in EVAL_FACTORS) +
@@ -154,7 +157,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, see
     total_s = time.perf_counter() - start
     meta = {"quick": quick, "device": str(device), "corpus": corpus.name,
             "train_tokens_in_corpus": int(len(corpus.train)), "validation_tokens": int(len(corpus.validation)),
-            "eval_tokens": cfg["eval_tokens"] or int(len(corpus.validation)),
+            "eval_tokens": prefix - 1,  # the targets offered at every length (the same at 1x, 2x, 4x)
             "model": f"{cfg['num_hidden_layers']} layers (7 SSD : 1 attn), width {cfg['hidden_size']}, "
                      f"SSD {cfg['ssd_heads']}x{cfg['head_dim']} state {cfg['state']}, attn {cfg['heads']} heads, "
                      f"SwiGLU {cfg['intermediate_size']}",
