@@ -171,7 +171,7 @@ def test_merge_means_spread_and_per_seed_rows(four_runs, tmp_path):
 
 
 @pytest.mark.parametrize("key, value", [("tokenizer_sha256", "0" * 64), ("corpus_fingerprint", "other"),
-                                        ("steps", 7)])
+                                        ("steps", 7), ("precision", "bf16 autocast")])
 def test_merge_refuses_runs_of_another_corpus_tokenizer_or_budget(four_runs, tmp_path, key, value):
     out, _ = four_runs
     other = tmp_path / "other" / "doge-tiny-seed0"

@@ -179,7 +179,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
     if per_run:
         settings = run_settings(corpus, cfg["seq_len"], cfg["batch"], cfg["steps"], cfg["lr"], eval_contexts,
                                 2**21 if eval_tokens is None else eval_tokens,
-                                cfg["contexts"] if contexts is not None else (max(cfg["contexts"]),))
+                                cfg["contexts"] if contexts is not None else (max(cfg["contexts"]),), device)
         run_rows = [run_one(out, family, cfg["size"], seed, corpus, settings, device, checkpoint_every,
                             compiled=bool(compiled_training), hybrid_ratio=hybrid_ratio,
                             graphed=bool(graphed_training))

@@ -44,7 +44,7 @@ EXPERIMENT = "lm-run"
 CHECKPOINT = "checkpoint.pt"
 # settings every merged run must share (the meta of each run's results.json)
 SHARED = ("corpus", "corpus_fingerprint", "corpus_content_sha256", "tokenizer_sha256", "vocab_size", "seq_len",
-          "batch", "steps", "train_tokens", "lr", "eval_contexts", "eval_tokens", "cache_contexts")
+          "batch", "steps", "train_tokens", "lr", "eval_contexts", "eval_tokens", "cache_contexts", "precision")
 
 
 def run_folder(out: Path, preset: str, seed: int) -> Path:
@@ -53,13 +53,15 @@ def run_folder(out: Path, preset: str, seed: int) -> Path:
 
 
 def run_settings(corpus: TokenizedCorpus, seq_len: int, batch: int, steps: int, lr: float, eval_contexts,
-                 eval_tokens: int, cache_contexts) -> dict:
-    """What identifies a run's setting apart from its preset and seed (the keys of :data:`SHARED`)."""
+                 eval_tokens: int, cache_contexts, device: torch.device) -> dict:
+    """What identifies a run's setting apart from its preset and seed (the keys of :data:`SHARED`; ``precision``
+    from the ``device`` it trains on: bf16 autocast on CUDA, float32 elsewhere)."""
     return {"corpus": corpus.name, "corpus_fingerprint": corpus.fingerprint,
             "corpus_content_sha256": (corpus.manifest or {}).get("content_sha256"),
             "tokenizer_sha256": corpus.tokenizer_sha256, "vocab_size": corpus.vocab_size, "seq_len": seq_len,
             "batch": batch, "steps": steps, "train_tokens": steps * batch * seq_len, "lr": lr,
-            "eval_contexts": list(eval_contexts), "eval_tokens": eval_tokens, "cache_contexts": list(cache_contexts)}
+            "eval_contexts": list(eval_contexts), "eval_tokens": eval_tokens, "cache_contexts": list(cache_contexts),
+            "precision": "bf16 autocast" if device.type == "cuda" else "float32"}
 
 
 def steps_for(train_tokens: int, batch: int, seq_len: int) -> int:
