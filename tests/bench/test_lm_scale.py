@@ -208,7 +208,7 @@ def test_merge_and_runs_refuse_other_experiments(four_runs, tmp_path):
     (["--families", "cheems,gpt"], "error: families=['cheems', 'gpt'] is not allowed: one or more of"),
     (["--train-tokens", "64", "--steps", "3"], "error: steps=3 is not allowed with train_tokens=64"),
     (["--hybrid-ratio", "0"], "error: hybrid-ratio='0' is not allowed: integers >= 1"),
-    (["--eval-contexts", "100"], "error: eval_contexts=[100] is not allowed with the training length"),
+    (["--eval-contexts", "100"], "error: eval_contexts=[100, 128] is not allowed (with the training length): every"),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, capsys, argv, message):
     assert main(["lm", "--quick", "--out", str(tmp_path), *argv]) == 2

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Session 22 (prepared in session 21; cd and mq added in session 22): one call = the steps named in STEPS, each under its own time limit.
-# First: mkdir -p tmp_gpu && cp docs/results/session21/s22_call.sh docs/results/session20/s17_lmscale.sh tmp_gpu/
+# First: mkdir -p tmp_gpu && cp docs/results/session22/s22_call.sh docs/results/session20/s17_lmscale.sh tmp_gpu/
 # (tmp_gpu/ is ignored: echo /tmp_gpu/ >> .git/info/exclude), and pass carry: ["tmp_gpu"] with every call.
 #   C=c1 STEPS="g16 t16" bash tmp_gpu/s22_call.sh   graphed pairs, then plain compiled pairs (a cold machine may cut t16)
 #   C=c2 STEPS="p16 jt" ...       the 16K profile; the fused-step and wm train --cuda-graph CUDA tests

@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..errors import UserError
 from . import names, run_benchmark
 
 
@@ -104,24 +105,6 @@ def _lm_options(args: argparse.Namespace) -> dict:
             "hybrid_ratio": (_integers("hybrid-ratio", args.hybrid_ratio, 1) or (None,))[0]}
 
 
-def _check_device(device: str | None) -> None:
-    """ValueError unless ``device`` (the ``--device`` flag) is None or a device this machine has."""
-    if device is None:
-        return
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"device={device!r} is not allowed: cpu, cuda or cuda:N") from None
-    if parsed.type == "cuda" and not (torch.cuda.is_available()
-                                      and (parsed.index or 0) < torch.cuda.device_count()):
-        raise ValueError(f"device={device!r} is not allowed: this machine has "
-                         f"{torch.cuda.device_count() if torch.cuda.is_available() else 'no'} CUDA device(s)")
-    if parsed.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={device!r} is not allowed: cpu, cuda or cuda:N")
-
-
 def main_from_args(args: argparse.Namespace, prog: str = "error") -> int:
     """Run the benchmark the parsed ``args`` name; 2 with a one-line message (after ``prog``) on a bad argument."""
     if args.threads is not None:
@@ -132,7 +115,9 @@ def main_from_args(args: argparse.Namespace, prog: str = "error") -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        _check_device(args.device)
+        from ..train.distributed import resolve_device
+
+        resolve_device(args.device)  # a device this machine has, before any work
         if Path(args.out).exists() and not Path(args.out).is_dir():
             raise ValueError(f"out={args.out!r} is not allowed: it is a file; give a folder")
         if args.merge:
@@ -152,7 +137,7 @@ def main_from_args(args: argparse.Namespace, prog: str = "error") -> int:
                       learning_rates=args.learning_rates,
                       vocab_size=args.vocab_size, presets=args.presets, variants=args.variants,
                       data=args.data, **_lm_options(args))
-    except ValueError as e:
+    except (ValueError, UserError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
     return 0

@@ -28,7 +28,7 @@ from ..train.optim import adamw, make_capturable
 from .common import GpuSampler, one_line, synchronize, time_callable, write_results
 from .decode_common import analytic_cache_bytes, decode_measurement
 from .lm_common import compiled_lm_loss, corpus_tokens, optimizer_step, perplexity, set_fused, train_lm, training_loss
-from .lm_scale import run_label, run_model, run_one, run_settings, steps_for
+from .lm_scale import check_eval_lengths, run_label, run_model, run_one, run_settings, steps_for
 
 FAMILIES = ("cheems", "doge", "llama", "mamba2", "jamba")
 QUICK = dict(size="small", seq_len=128, batch=8, steps=30, lr=1e-3, contexts=(256, 1024), eval_tokens=16_384,
@@ -163,11 +163,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
             raise ValueError(f"{name}={list(values)!r} is not allowed: integers >= {0 if name == 'seeds' else 1}")
     if seeds is not None and len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds={list(seeds)!r} is not allowed: each seed once")
-    lengths = (cfg["seq_len"],) + eval_contexts
-    if any(max(lengths) % n for n in lengths):  # checked before training: rows of every length tile one prefix
-        raise ValueError(f"eval_contexts={list(eval_contexts)!r} is not allowed with the training length "
-                         f"{cfg['seq_len']}: every length must divide the longest, so that each scores the same "
-                         "targets")
+    check_eval_lengths((cfg["seq_len"],) + eval_contexts)  # before training, not at its end
     per_run = seeds is not None or train_tokens is not None
     if per_run and train_tokens is not None:
         if steps is not None:

@@ -71,14 +71,21 @@ def steps_for(train_tokens: int, batch: int, seq_len: int) -> int:
     return math.ceil(train_tokens / (batch * seq_len))
 
 
+def check_eval_lengths(lengths) -> None:
+    """ValueError unless every length (the training length and the evaluation contexts) divides the longest: rows
+    of each then tile one prefix of the validation tokens, so every length scores the same targets."""
+    longest = max(lengths)
+    if any(longest % n for n in lengths):
+        raise ValueError(f"eval_contexts={sorted(lengths)!r} is not allowed (with the training length): every length "
+                         f"must divide the longest ({longest}), so that each scores the same targets")
+
+
 def eval_prefix(eval_tokens: int | None, validation_tokens: int, lengths) -> int:
     """Validation tokens scored at every length: ``eval_tokens`` (None: all) cut to a multiple of the longest
     length, plus the one token the last row's last target needs. ``ValueError`` when not one row of the longest
-    length fits, or when a length does not divide the longest (rows of it would not tile the prefix)."""
+    length fits, or from :func:`check_eval_lengths`."""
+    check_eval_lengths(lengths)
     longest = max(lengths)
-    if any(longest % n for n in lengths):  # rows of n tokens then tile the prefix: every length scores its targets
-        raise ValueError(f"eval_contexts={list(lengths)!r} is not allowed with the training length: every length "
-                         f"must divide the longest ({longest}), so that each scores the same targets")
     usable = min(validation_tokens, eval_tokens + 1 if eval_tokens is not None else validation_tokens)
     if usable - 1 < longest:
         raise ValueError(f"eval_contexts={list(lengths)!r} is not allowed: the longest needs {longest + 1} "

@@ -62,23 +62,22 @@ def _generated_step(input_ids: torch.Tensor | None, cache) -> bool:
             and isinstance(cache, CheemsCache) and cache.real_tokens is not None)
 
 
-def check_token_ids(input_ids: torch.Tensor, vocab_size: int) -> None:
-    """input_ids (b, l) integer -> ValueError unless every id is in ``[0, vocab_size)``. Reads values (one device
-    sync) unless :func:`value_checks_enabled` says not to."""
-    if input_ids.numel() and value_checks_enabled() and bool(((input_ids < 0) | (input_ids >= vocab_size)).any()):
-        raise ValueError(f"input_ids=[min {int(input_ids.min())}, max {int(input_ids.max())}] is not allowed: "
-                         f"token ids must be in [0, vocab_size={vocab_size})")
-
-
-def check_labels(labels: torch.Tensor, vocab_size: int, name: str = "labels") -> None:
-    """labels (b, l) integer -> ValueError unless every label is in ``[0, vocab_size)`` or -100 (not scored).
-    Reads values (one device sync) unless :func:`value_checks_enabled` says not to."""
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(f"{name}.dtype={labels.dtype} is not allowed: token ids (integers), -100 where not scored")
-    bad = (labels != -100) & ((labels < 0) | (labels >= vocab_size))
-    if labels.numel() and value_checks_enabled() and bool(bad.any()):
-        raise ValueError(f"{name}=[{int(labels[bad][0])}, ...] is not allowed: labels must be token ids in "
-                         f"[0, vocab_size={vocab_size}) or -100 (not scored)")
+def check_token_ids(ids: torch.Tensor, vocab_size: int, name: str = "input_ids",
+                    ignore_index: int | None = None) -> None:
+    """ids (b, l) -> ValueError naming ``name`` unless they are integers in ``[0, vocab_size)`` (or equal to
+    ``ignore_index``: labels' -100, not scored). The range is read (one device sync) unless
+    :func:`value_checks_enabled` says not to; the dtype is always checked."""
+    not_scored = "" if ignore_index is None else f", {ignore_index} where not scored"
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(f"{name}.dtype={ids.dtype} is not allowed: token ids (integers){not_scored}")
+    if not (ids.numel() and value_checks_enabled()):
+        return
+    bad = (ids < 0) | (ids >= vocab_size)
+    if ignore_index is not None:
+        bad &= ids != ignore_index
+    if bool(bad.any()):
+        raise ValueError(f"{name}=[{int(ids[bad][0])}, ...] is not allowed: token ids in [0, vocab_size={vocab_size})"
+                         f"{not_scored}")
 
 
 def given_cache(past_key_values: CheemsCache | None, cache: CheemsCache | None) -> CheemsCache | None:
@@ -431,8 +430,6 @@ class CheemsModel(CheemsPreTrainedModel):
         if input_ids is not None:
             if input_ids.dim() != 2:
                 raise ValueError(f"input_ids.shape={tuple(input_ids.shape)} is not allowed: must be (batch, seq)")
-            if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
-                raise ValueError(f"input_ids.dtype={input_ids.dtype} is not allowed: token ids are integers")
             if input_ids.numel() == 0:
                 raise ValueError(f"input_ids.shape={tuple(input_ids.shape)} is not allowed: at least one row and "
                                  "one token")
@@ -662,8 +659,8 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
             kept = hidden_states[:, keep, :]
             targets = next_token_targets(labels, shift_labels, kept.shape[:2])
             with value_checks_of(self.config):
-                check_labels(targets, self.config.vocab_size,
-                             "shift_labels" if shift_labels is not None else "labels")
+                check_token_ids(targets, self.config.vocab_size,
+                                "shift_labels" if shift_labels is not None else "labels", ignore_index=-100)
             # a packed document's first token is not predicted from the previous document (targets[:, t] is
             # labels[:, t + 1]); the model found the documents with one device sync, where they start needs none
             starts = document_starts(position_ids, attention_mask, seq_idx, past) if shift_labels is None else None

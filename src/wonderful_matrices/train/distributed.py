@@ -53,6 +53,10 @@ def resolve_device(name: str | None) -> torch.device:
         raise UserError(f"--device: got {name!r}, expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device: got {name!r}, expected auto, cpu, cuda or cuda:N")
     return device
 
 
