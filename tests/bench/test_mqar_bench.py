@@ -293,3 +293,30 @@ def test_merge_checks_each_learning_rates_own_budget_and_keeps_the_better_repeat
     e, f = part("e", [("attn", 100, {"1.00e-03": 0.9})]), part("f", [("attn", 100, {"1.00e-03": 0.3})])
     (row,) = bench_mqar.merge_results(tmp_path / "m", [e, f])
     assert row["accuracy"] == 0.9 and row["lr_accuracy"] == {"1.00e-03": 0.9}
+    # a tie names the rate a whole sweep runs first (nearest PROMISING_LR), whatever the order of the parts
+    g, h = part("g", [("attn", 100, {"1.00e-03": 0.5})]), part("h", [("attn", 100, {"4.00e-03": 0.5})])
+    assert [bench_mqar.merge_results(tmp_path / "m", parts)[0]["best_lr"] for parts in ([g, h], [h, g])] == \
+        ["4.00e-03", "4.00e-03"]
+
+
+def test_a_cells_rows_do_not_depend_on_the_other_cells(tmp_path, monkeypatch):
+    # the data seed once came from the cell's place in `cells`: a cell run alone got other rows than in a sweep
+    seeds = []
+    real = bench_mqar.mqar
+    monkeypatch.setattr(bench_mqar, "mqar", lambda n, t, kv, v, seed: seeds.append((t, kv, seed)) or real(n, t, kv, v,
+                                                                                                         seed=seed))
+    small = dict(quick=True, steps=1, vocab_size=32, state_size=8, batch_size=4, num_test=8, mixers="attn",
+                 learning_rates="1e-2")
+    bench_mqar.run(tmp_path / "both", cells=((16, 2, 16), (32, 4, 16)), **small)
+    bench_mqar.run(tmp_path / "alone", cells=((32, 4, 16),), **small)
+    both, alone = seeds[:4], seeds[4:]
+    assert alone == both[2:]  # the 32-token cell's training and test seeds, alone as in the sweep
+    assert len({s for _, _, s in seeds}) == 4  # training and test rows of the two cells all differ
+    assert bench_mqar.cell_data_seed(1, 16, 2) != bench_mqar.cell_data_seed(0, 16, 2)
+    # parts made under another rule (no data_seed in their meta) are not merged with these
+    data = json.loads((tmp_path / "alone" / "results.json").read_text())
+    data["meta"].pop("data_seed")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="data_seed"):
+        bench_mqar.merge_results(tmp_path / "m", [tmp_path / "both", tmp_path / "old"])

@@ -374,6 +374,23 @@ def _plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def lr_promise(lr: float | str) -> float:
+    """Sort key of a learning rate in the sweep: its distance from ``PROMISING_LR`` in decades (smaller runs
+    first; of two runs with the same accuracy the one run first is kept, in a sweep and in a merge alike)."""
+    return abs(math.log10(float(lr)) - math.log10(PROMISING_LR))
+
+
+DATA_SEED_RULE = "training rows cell_data_seed(seed, seq_len, kv), test rows that + 1"
+
+
+def cell_data_seed(seed: int, seq_len: int, num_kv_pairs: int) -> int:
+    """The seed of a cell's training rows (its test rows use this + 1): a function of the run's ``seed`` and the
+    cell's shape alone, so a cell gets the same rows whichever other cells run beside it, in whatever order (cells
+    of one shape at two widths share their rows). Even, and distinct for every ``seq_len < 2**22``,
+    ``num_kv_pairs < 2**17``."""
+    return (seed << 40) | (seq_len << 18) | (num_kv_pairs << 1)
+
+
 def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None, steps: int | None = None,
         cells=None, learning_rates=None, mixers=MIXERS, vocab_size: int | None = None,
         state_size: int | None = None, batch_size: int | None = None, num_test: int | None = None,
@@ -436,7 +453,7 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
     max_steps, min_steps = (600 if quick else 20000), 20
     num_train = 20_000
     # most promising learning rates first: later ones are skipped once a cell is solved
-    sweep_order = sorted(learning_rates, key=lambda lr: abs(math.log10(lr) - math.log10(PROMISING_LR)))
+    sweep_order = sorted(learning_rates, key=lr_promise)
 
     start = time.perf_counter()
     # with a budget, no new run starts after this (the calibration can underestimate a shared GPU's step time)
@@ -449,7 +466,7 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
         "tie_embeddings": tie, "cuda_graphs": device.type == "cuda", "test_rows": num_test,
         "learning_rates": list(learning_rates),
         "optimizer": "AdamW(betas=(0.9, 0.98), weight_decay=0.1), grad clip 1.0, 10% linear warm-up + cosine",
-        "budget_s": None if steps is not None else budget_s, "seed": seed,
+        "budget_s": None if steps is not None else budget_s, "seed": seed, "data_seed": DATA_SEED_RULE,
         "budget_rule": "per cell: the same steps x batch for every mixer and learning rate, derived from "
                        "budget_s and the measured step time of every mixer (or fixed by steps=); learning "
                        "rates in the order of lr_order, each for every mixer before the next; no run starts "
@@ -469,12 +486,12 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
     }
     out = Path(out_dir)
     rows = []
-    for cell_idx, (seq_len, kv, width) in enumerate(cells):
+    for seq_len, kv, width in cells:
         t_cell = time.perf_counter()
         batch = batch_size or (QUICK_BATCH if quick else full_batch_size(seq_len))
         # a fixed pool of training rows (cycled in epochs) and a separate test set, on the device
-        train = mqar(num_train, seq_len, kv, vocab, seed=seed + 1000 * cell_idx)
-        test = mqar(num_test, seq_len, kv, vocab, seed=seed + 1000 * cell_idx + 1)
+        train = mqar(num_train, seq_len, kv, vocab, seed=cell_data_seed(seed, seq_len, kv))
+        test = mqar(num_test, seq_len, kv, vocab, seed=cell_data_seed(seed, seq_len, kv) + 1)
         train, test = tuple(t.to(device) for t in train), tuple(t.to(device) for t in test)
         if steps is not None:
             cell_steps, step_s = int(steps), {}
@@ -534,13 +551,14 @@ def merge_results(out_dir, parts, mixed_budgets: bool = False) -> list[dict]:
     mixers) had different step counts is an error too, unless ``mixed_budgets``: then every ``lr_accuracy`` key
     reads ``"lr@steps"`` and the best run is kept whatever its budget (the mixers of a cell may then have had
     different budgets: a best-found table, not a same-budget comparison). A learning rate run twice with the same
-    budget keeps its better accuracy."""
+    budget keeps its better accuracy. Of two learning rates with the same best accuracy the one the sweep runs first
+    (:func:`lr_promise`) is named ``best_lr``, as in one whole sweep."""
     import json
 
     parts = [Path(p) for p in parts]
     if not parts:
         raise ValueError("parts=[] is not allowed: at least one folder with a results.json")
-    same = ("vocab_size", "ssd_state_size", "batch_size", "tie_embeddings", "seed", "test_rows")
+    same = ("vocab_size", "ssd_state_size", "batch_size", "tie_embeddings", "seed", "data_seed", "test_rows")
     merged: dict[tuple, dict] = {}
     lr_steps: dict[tuple, dict] = {}  # per (cell, mixer): the steps each learning rate ran with
     meta0 = None
@@ -573,7 +591,8 @@ def merge_results(out_dir, parts, mixed_budgets: bool = False) -> list[dict]:
                 earlier = into["lr_accuracy"].get(lr)  # the same lr and budget run twice: the better run, as accuracy
                 into["lr_accuracy"][lr] = acc if earlier is None or (acc is not None and acc > earlier) else earlier
             into["train_s"] = round(into["train_s"] + row["train_s"], 2)
-            if row["accuracy"] is not None and (into["accuracy"] is None or row["accuracy"] > into["accuracy"]):
+            if row["accuracy"] is not None and (into["accuracy"] is None or (row["accuracy"], -lr_promise(
+                    row["best_lr"])) > (into["accuracy"], -lr_promise(into["best_lr"]))):
                 into.update(accuracy=row["accuracy"], best_lr=row["best_lr"], steps=row["steps"],
                             examples_seen=row["examples_seen"], epochs=row["epochs"])
     rows = sorted(merged.values(), key=lambda r: (r["seq_len"], r["width"], _mixer_order(r["mixer"])))
