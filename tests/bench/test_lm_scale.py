@@ -129,11 +129,14 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, monkeypatch)
     one; a finished run's checkpoint returns it without training; a checkpoint of other facts is refused."""
     train, fresh = _tiny_training(1, 5)
     reference = fresh()
-    lm_common.train_lm(reference, **train)
+    reference_stats = lm_common.train_lm(reference, **train)
     path = tmp_path / "checkpoint.pt"
     resumed, stats = _cut_and_resumed(monkeypatch, train, fresh, path)
     for a, b in zip(resumed.parameters(), reference.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the resumed run's losses are the uninterrupted run's, the ones before the cut read from the checkpoint
+    assert stats["losses"] == reference_stats["losses"] and len(stats["losses"]) == 5
+    assert stats["diverged_at"] is None and stats["steps_run"] == 5
     # the final checkpoint (saved before the evaluation) gives the finished run back without a step
 
     def no_step(*args, **kwargs):
@@ -341,7 +344,7 @@ def test_compiled_training_flag_reaches_every_run(tmp_path, corpus_path, monkeyp
     def record(*args, compiled=False, graphed=False, **kwargs):
         seen.append((compiled, graphed))
         return {"final_loss": 1.0, "tokens_per_s": 1.0, "peak_memory_bytes": None, "train_s": 0.0, "resumed_at": 0,
-                "graphed": graphed}
+                "graphed": graphed, "losses": [1.0, 1.0], "diverged_at": None, "steps_run": 2}
 
     monkeypatch.setattr(lm_scale, "train_lm", record)
     assert main(["lm", "--quick", "--out", str(tmp_path / "runs"), "--families", "llama", "--seeds", "0",
@@ -379,3 +382,40 @@ def test_hybrid_ratio_names_its_runs_and_merges_beside_the_presets(four_runs, co
     means = [r for r in merged if r["runs"].startswith("mean")]
     assert [r["preset"] for r in means] == ["cheems-tiny", "cheems-tiny-1to1", "llama-tiny"]
     assert [r["mixers"] for r in means] == ["3 ssd + 1 dma", "2 ssd + 2 dma", "4 attn"]
+
+
+def _diverging_at_step_3(monkeypatch) -> None:
+    """From its third call on, the training loss is NaN (as a diverged run's)."""
+    real, calls = lm_common.training_loss, []
+
+    def loss(*args, **kwargs):
+        calls.append(1)
+        value = real(*args, **kwargs)
+        return value * float("nan") if len(calls) >= 3 else value
+
+    monkeypatch.setattr(lm_common, "training_loss", loss)
+
+
+def test_a_diverged_training_stops_at_its_next_checkpoint_without_saving(tmp_path, monkeypatch):
+    """A non-finite loss ends the training at the next checkpoint (session 23's lm-scale runs trained all their steps
+    with NaN losses and evaluated NaN weights); the checkpoint before the divergence is the one kept."""
+    train, fresh = _tiny_training(1, 8)
+    _diverging_at_step_3(monkeypatch)
+    path = tmp_path / "checkpoint.pt"
+    stats = lm_common.train_lm(fresh(), **train, checkpoint=path, checkpoint_every=2, facts={"run": 1})
+    assert stats["diverged_at"] == 3 and stats["steps_run"] == 4 and len(stats["losses"]) == 4
+    assert all(np.isfinite(stats["losses"][:2])) and not any(np.isfinite(stats["losses"][2:]))
+    assert torch.load(path, weights_only=False)["step"] == 2  # not the diverged step 4, nor a final save
+
+
+def test_a_diverged_run_is_recorded_as_such_and_merged(tmp_path, corpus_path, monkeypatch):
+    out = tmp_path / "runs"
+    (row,) = _run(out, corpus_path, families=("llama",), seeds=(0,), train_tokens=64 * 4)
+    assert row["diverged_at_step"] is None and len(row["train_losses"]) == 8 and row["val_ppl@64"] > 1
+    _diverging_at_step_3(monkeypatch)
+    (bad,) = _run(out, corpus_path, families=("llama",), seeds=(1,), train_tokens=64 * 4)
+    assert bad["diverged_at_step"] == 3 and bad["val_ppl@64"] is None
+    assert bad["eval_error@64"] == "training diverged at step 3"
+    merged = lm_scale.merge_results(tmp_path / "merged", [out])
+    assert merged[0]["diverged_at_step"] == "seed 1 at step 3" and merged[0]["val_ppl@64"] is None
+    assert (tmp_path / "merged" / "loss.png").stat().st_size > 1000

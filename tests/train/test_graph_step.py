@@ -169,6 +169,48 @@ def test_wm_train_cuda_graph_records_the_step_and_trains_as_eager(tmp_path):
     assert (flat(graphed_weights) - flat(eager)).norm() <= 2e-2 * flat(eager).norm()
 
 
+@cuda
+def test_graphed_lm_training_resumes_on_cuda(tmp_path, monkeypatch):
+    """``train_lm(graphed=True)`` (lm-scale's training) cut after 3 of 8 steps and resumed from its step-2 checkpoint
+    on the GPU trains as an uninterrupted run (session 23: the resume failed on CUDA, the checkpoint's CPU RNG state
+    having been loaded onto the GPU)."""
+    import numpy as np
+
+    from wonderful_matrices.bench import lm_common
+    from wonderful_matrices.data import packing
+    from wonderful_matrices.models import CheemsForCausalLM, presets
+
+    config = presets.get("cheems-tiny", vocab_size=64, use_cache=False)
+    tokens = np.random.default_rng(0).integers(0, 64, 4000).astype(np.int64)  # id 0 as EOS: packed documents
+    train = dict(tokens=tokens, seq_len=32, batch=4, steps=8, lr=1e-3, device=torch.device("cuda"), seed=3, eos=0,
+                 graphed=True)
+
+    def fresh():
+        torch.manual_seed(3)
+        return CheemsForCausalLM(config).cuda()
+
+    reference = fresh()
+    whole = lm_common.train_lm(reference, **train)
+    saving = dict(checkpoint=tmp_path / "checkpoint.pt", checkpoint_every=2, facts={"run": 1})
+    real_batch = packing.PackedRows.train_batch
+
+    def cut_at_step_3(self, step, *args, **kwargs):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_batch(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(packing.PackedRows, "train_batch", cut_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        lm_common.train_lm(fresh(), **train, **saving)
+    monkeypatch.setattr(packing.PackedRows, "train_batch", real_batch)
+    resumed = fresh()
+    stats = lm_common.train_lm(resumed, **train, **saving)
+    assert stats["resumed_at"] == 2 and stats["graphed"] and stats["diverged_at"] is None
+    assert stats["losses"] == pytest.approx(whole["losses"], rel=2e-2)
+    for p, q in zip(resumed.parameters(), reference.parameters()):
+        assert (p - q).float().norm() <= 2e-2 * q.float().norm() + 1e-4
+
+
 
 def test_make_capturable_turns_a_loaded_optimizer_into_a_recordable_one():
     # what `wm train --cuda-graph` does to its AdamW after creating or resuming it: capturable, a tensor learning rate

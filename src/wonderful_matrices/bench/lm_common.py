@@ -167,8 +167,9 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
              graphed: bool = False) -> dict:
     """Train ``model`` on rows of ``seq_len + 1`` of ``tokens`` (1-D; see the module docstring; packed documents
     with ``eos``); return ``{"final_loss", "tokens_per_s", "peak_memory_bytes", "train_s", "resumed_at",
-    "compiled", "compile_error", "graphed", "graph_error"}`` (throughput over the steps this call ran after its first
-    two, which compile/warm up; with ``graphed``, after its first four, the last of which records the graph).
+    "compiled", "compile_error", "graphed", "graph_error", "losses", "diverged_at", "steps_run"}``
+    (throughput over the steps this call ran after its first two, which compile/warm up; with ``graphed``, after its
+    first four, the last of which records the graph).
 
     ``compiled``: the forward and backward run under ``torch.compile`` (:func:`compiled_lm_loss`, compiled in this
     call's first step; the optimizer stays eager); the rows' document layout changes from batch to batch without a
@@ -185,10 +186,17 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
     ``"graph_error"``: why not, where the recording failed (the training then goes on eagerly). Off CUDA the steps
     run eagerly.
 
-    ``checkpoint`` (a file path) with ``checkpoint_every > 0``: model, optimizer, scheduler, RNG states and the
-    step are saved there (atomically) after every ``checkpoint_every`` steps and after the last one (then with
-    the returned statistics), together with ``facts`` (what identifies the run); the time spent saving is not
-    counted in ``tokens_per_s``. When the file exists at the start, training resumes from it (``resumed_at``: its
+    ``checkpoint`` (a file path) with ``checkpoint_every > 0``: model, optimizer, scheduler, RNG states, the step and
+    the losses so far are saved there (atomically) after every ``checkpoint_every`` steps and after the last one
+    (then with the returned statistics), together with ``facts`` (what identifies the run); the time spent saving
+    is not counted in ``tokens_per_s``.
+
+    Every step's loss stays on the device until a checkpoint or the end reads them (no synchronisation between):
+    ``"losses"`` is the list of every step's training loss. A loss that is not finite ends the training at the next
+    checkpoint instead of saving one (a diverged model is not saved, and a long run stops early): ``"diverged_at"``
+    is its step (1-based; None when every loss was finite), ``"steps_run"`` the steps taken.
+
+    When the checkpoint file exists at the start, training resumes from it (``resumed_at``: its
     step; 0 for a fresh start) — the batches are a function of the step, so the resumed run sees the data an
     uninterrupted one would; a checkpoint of the last step returns its statistics without training. ``ValueError``
     when its facts differ from ``facts``."""
@@ -200,11 +208,12 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
     opt = adamw(model, lr, weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier("cosine", steps, max(1, steps // 20), min_ratio=0.1))
     data = PackedRows(tokens, seq_len + 1)
-    start_step = 0
+    start_step, losses = 0, torch.full((steps,), float("nan"), device=device)
     if checkpoint is not None and checkpoint.exists():
-        start_step, finished = _load_training_state(checkpoint, model, opt, sched, facts, device)
+        start_step, finished, earlier = _load_training_state(checkpoint, model, opt, sched, facts, device)
         if finished is not None:
             return finished
+        losses[:start_step] = earlier
     loss_fn = compiled_lm_loss() if compiled else None
     compile_error = None
     graph_step = None
@@ -226,7 +235,7 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
     t_start = t_steady = time.perf_counter()
-    loss_value, save_s = float("nan"), 0.0
+    loss_value, save_s, diverged_at, steps_run = float("nan"), 0.0, None, start_step
     warm = min(start_step + (graph_step.warmup_steps + 1 if graph_step is not None else 2), steps - 1)
     for step in range(start_step, steps):
         if step == warm:
@@ -243,32 +252,47 @@ def train_lm(model, tokens: np.ndarray, seq_len: int, batch: int, steps: int, lr
             loss_fn = None
             opt.zero_grad(set_to_none=True)
             loss = train_step(rows)
+        losses[step] = loss.detach()  # a copy on the device: a graphed step's loss is a buffer the next overwrites
+        steps_run = step + 1
         if step == steps - 1:
             loss_value = float(loss.detach())
         elif saving and (step + 1) % checkpoint_every == 0:
             synchronize(device)
             t_save = time.perf_counter()
-            _save_training_state(checkpoint, model, opt, sched, step + 1, facts)
+            diverged_at = _first_non_finite(losses[:step + 1])
+            if diverged_at is not None:
+                break
+            _save_training_state(checkpoint, model, opt, sched, step + 1, facts, losses=losses[:step + 1])
             save_s += time.perf_counter() - t_save if step >= warm else 0.0
     synchronize(device)
     end = time.perf_counter()
-    steady_steps = max(steps - max(warm, start_step), 1)
+    curve = losses[:steps_run].tolist()
+    diverged_at = _first_non_finite(losses[:steps_run])
+    steady_steps = max(steps_run - max(warm, start_step), 1)
     stats = {"final_loss": loss_value,
              "tokens_per_s": steady_steps * batch * seq_len / max(end - t_steady - save_s, 1e-9),
              "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
              "train_s": end - t_start, "resumed_at": start_step, "compiled": loss_fn is not None,
              "compile_error": compile_error, "graphed": graph_step is not None and graph_step.recorded,
-             "graph_error": graph_step.failed if graph_step is not None else None}
-    if saving:
-        _save_training_state(checkpoint, model, opt, sched, steps, facts, stats)
+             "graph_error": graph_step.failed if graph_step is not None else None,
+             "losses": curve, "diverged_at": diverged_at, "steps_run": steps_run}
+    if saving and diverged_at is None:
+        _save_training_state(checkpoint, model, opt, sched, steps, facts, stats, losses=losses)
     return stats
 
 
+def _first_non_finite(losses: torch.Tensor) -> int | None:
+    """The 1-based step of the first loss in ``losses`` (steps) that is not finite, or None (one host read)."""
+    bad = (~torch.isfinite(losses)).nonzero()
+    return int(bad[0]) + 1 if len(bad) else None
+
+
 def _save_training_state(path: Path, model, opt, sched, step: int, facts: dict | None,
-                         stats: dict | None = None) -> None:
-    """Everything :func:`train_lm` needs to continue after ``step`` steps (``stats``: its result, once the
-    training is complete), written whole or not at all."""
-    state = {"step": step, "facts": facts, "stats": stats, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                         stats: dict | None = None, losses: torch.Tensor | None = None) -> None:
+    """Everything :func:`train_lm` needs to continue after ``step`` steps (``losses``: the losses of those steps;
+    ``stats``: its result, once the training is complete), written whole or not at all."""
+    state = {"step": step, "facts": facts, "stats": stats, "losses": None if losses is None else losses.cpu(),
+             "model": model.state_dict(), "optimizer": opt.state_dict(),
              "scheduler": sched.state_dict(), "cpu_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     with atomic_file(path, "wb") as f:
@@ -276,10 +300,13 @@ def _save_training_state(path: Path, model, opt, sched, step: int, facts: dict |
 
 
 def _load_training_state(path: Path, model, opt, sched, facts: dict | None,
-                         device: torch.device) -> tuple[int, dict | None]:
-    """Load the state :func:`_save_training_state` wrote into ``model``, ``opt`` and ``sched``; return its step
-    and the statistics of the finished training (None while it is not)."""
-    state = torch.load(path, map_location=device, weights_only=False)
+                         device: torch.device) -> tuple[int, dict | None, torch.Tensor]:
+    """Load the state :func:`_save_training_state` wrote into ``model``, ``opt`` and ``sched``; return its step,
+    the statistics of the finished training (None while it is not) and the losses of its steps (NaN where the
+    checkpoint has none)."""
+    # on the CPU: the RNG states must stay there, and the model's and optimizer's load_state_dict copy the rest onto
+    # the parameters' device
+    state = torch.load(path, map_location="cpu", weights_only=False)
     if state["facts"] != facts:
         changed = next(k for k in sorted(set(state["facts"] or {}) | set(facts or {}))
                        if (state["facts"] or {}).get(k) != (facts or {}).get(k))
@@ -293,7 +320,9 @@ def _load_training_state(path: Path, model, opt, sched, facts: dict | None,
     torch.set_rng_state(state["cpu_rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return int(state["step"]), state["stats"]
+    step = int(state["step"])
+    losses = state.get("losses")
+    return step, state["stats"], torch.full((step,), float("nan")) if losses is None else losses[:step]
 
 
 @torch.no_grad()

@@ -150,11 +150,16 @@ def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpu
            "peak_memory_gb": None if stats["peak_memory_bytes"] is None else stats["peak_memory_bytes"] / 2**30,
            "final_train_loss": stats["final_loss"], "resumed_at_step": stats["resumed_at"],
            "compiled_training": stats.get("compiled", compiled), "compile_error": stats.get("compile_error"),
-           "graphed_training": stats.get("graphed", False), "graph_error": stats.get("graph_error")}
+           "graphed_training": stats.get("graphed", False), "graph_error": stats.get("graph_error"),
+           "diverged_at_step": stats["diverged_at"], "train_losses": [round(v, 4) for v in stats["losses"]]}
     lengths = sorted({seq_len, *settings["eval_contexts"]})
     prefix = eval_prefix(settings["eval_tokens"], len(corpus.validation), lengths)
     tokens_per_forward = batch * seq_len
     for length in lengths:
+        if stats["diverged_at"] is not None:  # a model with non-finite weights: nothing to evaluate
+            row.update({f"val_ppl@{length}": None, f"scored@{length}": None, f"scored_beyond@{length}": None,
+                        f"eval_error@{length}": f"training diverged at step {stats['diverged_at']}"})
+            continue
         try:
             p = scored_perplexity(model, corpus.validation, length, max(1, tokens_per_forward // length), device,
                                   max_tokens=prefix, eos=corpus.eos, long_after=seq_len)
@@ -179,13 +184,14 @@ def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpu
                           f"about {tokens_per_forward} tokens); scored@C: targets scored, scored_beyond@C: those "
                           f"predicted from more than {seq_len} tokens of their document (the training length)"}
     columns = ["preset", "seed", "mixers", "parameters", "steps", "train_tokens", "train_tokens_per_s",
-               "compiled_training", "graphed_training", "peak_memory_gb", "final_train_loss"] + \
+               "compiled_training", "graphed_training", "peak_memory_gb", "final_train_loss", "diverged_at_step"] + \
         [f"val_ppl@{n}" for n in lengths] + \
         [f"cache_bytes@{c}" for c in settings["cache_contexts"]]
     write_results(folder, EXPERIMENT, [row], meta, columns=columns)
     (folder / CHECKPOINT).unlink(missing_ok=True)
     print(f"{folder.name}: {params / 1e6:.1f}M params, {steps} steps, {stats['tokens_per_s']:.0f} tok/s, "
-          + ", ".join(f"ppl@{n} {row[f'val_ppl@{n}'] or float('nan'):.3f}" for n in lengths), flush=True)
+          + (f"diverged at step {stats['diverged_at']}" if stats["diverged_at"] is not None else
+             ", ".join(f"ppl@{n} {row[f'val_ppl@{n}'] or float('nan'):.3f}" for n in lengths)), flush=True)
     return row
 
 
@@ -269,6 +275,8 @@ def merge_results(out_dir, parts) -> list[dict]:
         for mode in ("compiled_training", "graphed_training"):
             modes = {r.get(mode, False) for r in rows}
             s[mode] = modes.pop() if len(modes) == 1 else "mixed"
+        diverged = [f"seed {r['seed']} at step {r['diverged_at_step']}" for r in rows if r.get("diverged_at_step")]
+        s["diverged_at_step"] = "; ".join(diverged) or None
         peaks = [r["peak_memory_gb"] for r in rows if r["peak_memory_gb"] is not None]
         s["peak_memory_gb"] = max(peaks) if peaks else None
         for c in caches:
@@ -286,7 +294,7 @@ def merge_results(out_dir, parts) -> list[dict]:
                                            "merged_from": [str(f) for f in folders]}
     columns = ["preset", "runs", "mixers", "parameters", "steps", "train_tokens"] + \
         [c for n in lengths for c in (f"val_ppl@{n}", f"val_ppl@{n}_spread")] + \
-        ["train_tokens_per_s", "compiled_training", "graphed_training", "peak_memory_gb"] + \
+        ["train_tokens_per_s", "compiled_training", "graphed_training", "peak_memory_gb", "diverged_at_step"] + \
         [c for n in caches for c in (f"cache_bytes@{n}", f"cache_vs_llama@{n}")]
     counts = ", ".join(f"{n}: {r[f'scored@{n}']:,} scored, {r[f'scored_beyond@{n}']:,} with > "
                        f"{meta0['seq_len']} tokens of context" for n in lengths
@@ -296,5 +304,35 @@ def merge_results(out_dir, parts) -> list[dict]:
              f"targets at every C ({counts}); cache_bytes@C: analytic decoding cache after C tokens, bf16 "
              "keys/values, float32 states.")
     write_results(Path(out_dir), "lm-scale", rows, meta, columns=columns, notes=notes)
+    plot_losses(per_seed, Path(out_dir) / "loss.png")
     print(f"lm merge: {len(runs)} runs of {len(presets)} presets -> {out_dir}")
     return rows
+
+
+def plot_losses(rows: list[dict], path: Path, window: int = 20) -> None:
+    """The training loss of every run in ``rows`` (their ``train_losses``; a moving mean over ``window`` steps, fewer
+    for shorter runs; a diverged run's line ends where its loss stops being finite) against the tokens trained, one
+    line per (preset, seed), into ``path``. Runs without losses are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        losses = row.get("train_losses") or []
+        w = min(window, len(losses))
+        if not w:
+            continue
+        tokens_per_step = row["train_tokens"] / row["steps"]
+        means = [sum(losses[i:i + w]) / w for i in range(len(losses) - w + 1)]
+        ax.plot([(i + w) * tokens_per_step / 1e6 for i in range(len(means))], means,
+                label=f"{row['preset']} seed {row['seed']}", linewidth=1)
+    ax.set_xlabel("training tokens (millions)")
+    ax.set_ylabel(f"training loss (mean of up to {window} steps)")
+    if ax.lines:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
