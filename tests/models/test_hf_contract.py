@@ -229,3 +229,12 @@ def test_attn_implementation_is_accepted_at_load(implementation, tmp_path):
     x = tokens(model, 1, 7)
     with torch.no_grad():
         assert torch.equal(loaded(x).logits, model(x).logits)
+
+
+@pytest.mark.parametrize("layers", [2, 6])
+def test_from_pretrained_overrides_are_checked_like_the_config(layers, tmp_path):
+    # HF sets from_pretrained's config keywords after the config was checked: a layer count that disagrees with
+    # mixer_types built a model without its DMA layer (2) or failed with an IndexError deep in the blocks (6)
+    wm.CheemsForCausalLM(wm.presets.get("cheems-tiny")).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=rf"mixer_types=.* is not allowed: a list of num_hidden_layers={layers}"):
+        AutoModelForCausalLM.from_pretrained(tmp_path, num_hidden_layers=layers)

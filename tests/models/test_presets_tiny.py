@@ -154,18 +154,29 @@ def test_loss_is_shifted_cross_entropy_plus_aux(name):
     assert rel_err(out.loss, ce + aux) < 1e-6
 
 
+@pytest.mark.parametrize("reentrant", [False, True])
 @pytest.mark.parametrize("name", TINY)
-def test_gradient_checkpointing_gives_same_gradients(name):
-    model = make(name).train()
+def test_gradient_checkpointing_gives_same_gradients(name, reentrant):
+    # reentrant checkpointing checkpoints only a block's positional tensors: the previous block's deferred update,
+    # once a keyword, made its backward run twice (a RuntimeError); it cannot keep a balance loss's gradient (the
+    # block's forward runs without autograd), so a model with one refuses it and trains without the loss
+    overrides = {"balance_loss_weight": 0.0} if reentrant else {}
+    model = make(name, **overrides).train()
     x = tokens(model, 2, 10)
     model(x, labels=x).loss.backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     model(x, labels=x).loss.backward()
+    assert set(ref) == {n for n, p in model.named_parameters() if p.grad is not None}
     for n, p in model.named_parameters():
         if n in ref:
             assert rel_err(p.grad, ref[n]) < 1e-5, n
+    balanced = make(name).train()
+    if any(getattr(block.ffn, "balance_loss_weight", 0) > 0 for block in balanced.model.layers):
+        balanced.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+        with pytest.raises(ValueError, match="use_reentrant.*load-balancing loss"):
+            balanced(x, labels=x)
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -399,6 +399,8 @@ class CheemsModel(CheemsPreTrainedModel):
 
     def __init__(self, config: CheemsConfig):
         super().__init__(config)
+        # a config is checked when it is made; from_pretrained(..., num_hidden_layers=2) sets fields after that
+        config._validate()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(CheemsBlock(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
@@ -442,6 +444,7 @@ class CheemsModel(CheemsPreTrainedModel):
         checkpointing = self.gradient_checkpointing and self.training
         if checkpointing:
             use_cache, past_key_values = False, None
+            self._check_checkpointing()
         if past_key_values is not None and not isinstance(past_key_values, CheemsCache):
             raise ValueError(f"past_key_values={type(past_key_values).__name__} is not allowed: "
                              "a CheemsCache (or None)")
@@ -524,6 +527,18 @@ class CheemsModel(CheemsPreTrainedModel):
                                          attentions=tuple(all_attentions) if all_attentions is not None else None)
         return output if return_dict else output.to_tuple()
 
+    def _check_checkpointing(self) -> None:
+        """ValueError when a block with a load-balancing loss is checkpointed reentrantly (``use_reentrant=True``):
+        its forward then runs without autograd, so the loss it stores would add nothing to the gradients."""
+        for block in self.layers:
+            func = getattr(block, "_gradient_checkpointing_func", None)
+            if (block.gradient_checkpointing and getattr(func, "keywords", {}).get("use_reentrant")
+                    and getattr(block.ffn, "balance_loss_weight", 0) > 0):
+                raise ValueError("gradient_checkpointing_kwargs={'use_reentrant': True} is not allowed with a "
+                                 f"load-balancing loss (layer {block.layer_idx}'s {type(block.ffn).__name__}, "
+                                 f"balance_loss_weight={block.ffn.balance_loss_weight}): its gradient would be lost; "
+                                 "use_reentrant=False (the default) keeps it")
+
     def _blocks(self, hidden_states: torch.Tensor, position_ids: torch.Tensor, layer_mask: torch.Tensor | None,
                 cache: CheemsCache | None, seq_idx: torch.Tensor | None, all_hidden: list | None,
                 all_attentions: list | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -544,9 +559,9 @@ class CheemsModel(CheemsPreTrainedModel):
                     hidden_states, weights = block(hidden_states, position_ids, layer_mask, state, seq_idx,
                                                    output_attentions=True, rotary_tables=tables)
                     all_attentions.append(weights)
-                elif defer:
-                    hidden_states, update = block(hidden_states, position_ids, layer_mask, state, seq_idx,
-                                                  update=update, defer=True, rotary_tables=tables)
+                elif defer:  # update positional: a checkpointed block's tensor inputs must be its arguments
+                    hidden_states, update = block(hidden_states, position_ids, layer_mask, state, seq_idx, False,
+                                                  update, True, rotary_tables=tables)
                 else:
                     hidden_states = block(hidden_states, position_ids, layer_mask, state, seq_idx,
                                           rotary_tables=tables)
@@ -568,7 +583,9 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
     shift_labels (b, l)) -> CheemsCausalLMOutput`` with ``logits (b, l', vocab)`` (``hidden_states``/``attentions`` as
     :class:`CheemsModel`); with ``labels`` (or ``shift_labels``, already shifted: sequence/context parallelism),
     ``loss`` = next-token cross-entropy (``-100`` ignored, see :func:`next_token_targets`) + the sum of the
-    FFN layers' ``aux_loss`` (each already weighted by ``balance_loss_weight``). ``return_dict=False`` returns
+    FFN layers' ``aux_loss`` (each already weighted by ``balance_loss_weight``; with the HF Trainer's
+    ``num_items_in_batch`` the cross-entropy is a sum over the targets divided by it, and ``aux_loss`` is scaled by this
+    call's share of those targets, so gradient accumulation counts it once per step). ``return_dict=False`` returns
     the non-None fields as a tuple. Packed rows (see :class:`CheemsModel`): no label at a document's first token
     is scored (it is not predicted from the previous document).
 
@@ -673,7 +690,11 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
             else:
                 loss = causal_lm_loss(logits, targets, kwargs.get("num_items_in_batch"))
             if aux_loss is not None:
-                loss = loss + aux_loss
+                items = kwargs.get("num_items_in_batch")
+                # with gradient accumulation the Trainer sums its micro-batches' losses, each cross-entropy a sum
+                # over the targets of all of them (num_items_in_batch): the balance loss gets this micro-batch's
+                # share of those targets, so that it counts once per optimizer step, not once per micro-batch
+                loss = loss + (aux_loss if items is None else aux_loss * (targets != -100).sum() / items)
         output = CheemsCausalLMOutput(loss=loss, aux_loss=aux_loss, logits=logits,
                                       **{CACHE_NAME: outputs.get(CACHE_NAME)},
                                       hidden_states=outputs.hidden_states, attentions=outputs.attentions)
