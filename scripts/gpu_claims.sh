@@ -46,6 +46,8 @@
 #                                                          COMPILED_TRAINING=1 trains under torch.compile
 #                                                          (`--compiled-training`; default off until its CUDA test,
 #                                                          tests/train/test_compiled_training.py -k cuda, has passed).
+#                                                          LR: the peak learning rate (default 1e-3; runs of
+#                                                          another rate need another RUNS).
 #                                                          GRAPHED_TRAINING=1 replays every step from a CUDA graph
 #                                                          (`--graphed-training`; all runs of one table in one mode:
 #                                                          their train_tokens_per_s are compared).
@@ -100,7 +102,7 @@ bench() {  # bench DIRNAME SECONDS NAME ARGS... -> $WORK/DIRNAME with results an
           --train-tokens "${TRAIN_TOKENS:-25000000}" --eval-contexts ${EVAL_CONTEXTS:-2048 8192 32768} \
           $([ "${COMPILED_TRAINING:-0}" = 1 ] && echo --compiled-training) \
           $([ "${GRAPHED_TRAINING:-0}" = 1 ] && echo --graphed-training) \
-          ${HYBRID_RATIO:+--hybrid-ratio "$HYBRID_RATIO"} --out "$RUNS" \
+          ${HYBRID_RATIO:+--hybrid-ratio "$HYBRID_RATIO"} ${LR:+--lr "$LR"} --out "$RUNS" \
           >> "$WORK/lm-scale/run.log" 2>&1
         echo "seed $seed ($families): rc=$? after $(( $(date +%s) - START )) s" >> "$WORK/lm-scale/run.log"
       done

@@ -419,3 +419,23 @@ def test_a_diverged_run_is_recorded_as_such_and_merged(tmp_path, corpus_path, mo
     merged = lm_scale.merge_results(tmp_path / "merged", [out])
     assert merged[0]["diverged_at_step"] == "seed 1 at step 3" and merged[0]["val_ppl@64"] is None
     assert (tmp_path / "merged" / "loss.png").stat().st_size > 1000
+
+
+def test_lr_flag_sets_every_runs_learning_rate(tmp_path, corpus_path, monkeypatch, capsys):
+    seen = []
+
+    def record(model, tokens, seq_len, batch, steps, lr, *args, **kwargs):
+        seen.append(lr)
+        return {"final_loss": 1.0, "tokens_per_s": 1.0, "peak_memory_bytes": None, "train_s": 0.0, "resumed_at": 0,
+                "graphed": False, "losses": [1.0, 1.0], "diverged_at": None, "steps_run": 2}
+
+    monkeypatch.setattr(lm_scale, "train_lm", record)
+    flags = ["lm", "--quick", "--out", str(tmp_path / "runs"), "--families", "llama", "--seeds", "0", "--train-tokens",
+             "64", "--data", str(corpus_path / "play.txt"), "--vocab-size", "300", "--eval-tokens", "256"]
+    assert main(flags + ["--lr", "3e-4"]) == 0
+    assert seen == [3e-4]
+    meta = json.loads((tmp_path / "runs" / "llama-small-seed0" / "results.json").read_text())["meta"]
+    assert meta["lr"] == 3e-4 and "lr 0.0003" in meta["training"]
+    for bad in ("0", "-1e-3", "fast", "inf"):
+        assert main(flags + [f"--lr={bad}"]) == 2
+        assert f"lr={bad!r} is not allowed" in capsys.readouterr().err

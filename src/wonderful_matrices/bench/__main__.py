@@ -69,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graphed-training", action="store_true",
                         help="lm: replay every training step from a CUDA graph (with --compiled-training, the compiled "
                              "step); train_tokens_per_s then measures the graphed training")
+    parser.add_argument("--lr", default=None, metavar="LR",
+                        help="lm: the peak learning rate of every model's training (default 1e-3; 5%% warm-up, "
+                             "cosine decay to 10%%)")
     parser.add_argument("--hybrid-ratio", default=None, metavar="R",
                         help="lm: recurrent layers per attention layer of the hybrid families (cheems, jamba; the "
                              "presets have 7), e.g. 3 for 3:1; their runs are named <preset>-<R>to1")
@@ -102,7 +105,21 @@ def _lm_options(args: argparse.Namespace) -> dict:
             "eval_contexts": _integers("eval-contexts", args.eval_contexts, 1),
             "compiled_training": args.compiled_training or None,
             "graphed_training": args.graphed_training or None,
-            "hybrid_ratio": (_integers("hybrid-ratio", args.hybrid_ratio, 1) or (None,))[0]}
+            "hybrid_ratio": (_integers("hybrid-ratio", args.hybrid_ratio, 1) or (None,))[0],
+            "lr": _learning_rate(args.lr)}
+
+
+def _learning_rate(value: str | None) -> float | None:
+    """``--lr`` as a float > 0; None when not given."""
+    if value is None:
+        return None
+    try:
+        lr = float(value)
+    except ValueError:
+        lr = float("nan")
+    if not 0 < lr < float("inf"):
+        raise ValueError(f"lr={value!r} is not allowed: a learning rate > 0, e.g. 3e-4")
+    return lr
 
 
 def main_from_args(args: argparse.Namespace, prog: str = "error") -> int:

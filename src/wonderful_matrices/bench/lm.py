@@ -106,7 +106,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
         eval_tokens: int | None = None, throughput_lengths=None, compiled: bool | None = None, seeds=None,
         train_tokens: int | None = None, eval_contexts=None, checkpoint_every: int = 500,
         compiled_training: bool = False, hybrid_ratio: int | None = None, graphed: bool | None = None,
-        graphed_training: bool = False) -> list[dict]:
+        graphed_training: bool = False, lr: float | None = None) -> list[dict]:
     """Train and evaluate every available preset family, measure decoding; write ``results.json``,
     ``results.md`` and ``lm.png`` into ``out_dir``; return one row per (family, context).
 
@@ -122,7 +122,8 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
     throughput at 256 and 1K tokens per row (CPU). Full: ``-base`` presets, BPE 32768, 200 steps of
     8 x 2048 tokens, contexts 4K..1M, training throughput at 4K and 16K tokens per row (one H200).
     ``steps``, ``contexts``, ``size`` (preset size), ``vocab_size``, ``seq_len``, ``batch``, ``eval_tokens``
-    (validation tokens scored), ``throughput_lengths`` override; ``compiled`` (default: on CUDA): the training
+    (validation tokens scored), ``throughput_lengths``, ``lr`` (the peak learning rate; 1e-3) override;
+    ``compiled`` (default: on CUDA): the training
     throughput also under ``torch.compile`` (``compiled_tok_s@T``, ``compiled_peak_gb@T``; ``compile_error@T`` where
     it fails; off by default on the CPU, where Inductor takes minutes per model);
     ``graphed`` (default: with ``compiled`` on CUDA): the compiled step also replayed from a CUDA graph
@@ -145,8 +146,10 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
         cfg["steps"] = int(steps)
     if contexts is not None:
         cfg["contexts"] = tuple(contexts)
+    if lr is not None and not (0 < lr < float("inf")):
+        raise ValueError(f"lr={lr!r} is not allowed: a learning rate > 0")
     for key, value in (("size", size), ("seq_len", seq_len), ("batch", batch), ("eval_tokens", eval_tokens),
-                       ("throughput_lengths", throughput_lengths)):
+                       ("throughput_lengths", throughput_lengths), ("lr", lr)):
         if value is not None:
             cfg[key] = value
     if cfg["steps"] < 1:
