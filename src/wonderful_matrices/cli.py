@@ -418,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
         return SUBCOMMANDS[args.command][2](args)
     except UserError as e:
-        print(f"wm {args.command}: error: {e}", file=sys.stderr)
+        # under torchrun every rank raises the same error (or rank 0's, passed on): one rank says it
+        if os.environ.get("RANK", "0") == "0" or getattr(e, "rank_local", False):
+            print(f"wm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"wm {args.command}: interrupted", file=sys.stderr)

@@ -116,3 +116,13 @@ def test_an_unreadable_trainer_state_is_a_user_error(tmp_path):
     (folder / ckpt.TRAINER_STATE).write_bytes(b"PK\x03\x04 not a zip archive at all")
     with pytest.raises(UserError, match="cannot read .*trainer_state.pt"):
         ckpt.load_trainer_state(folder)
+
+
+def test_a_save_clears_a_latest_pointer_cut_short(tmp_path):
+    # a kill while the latest pointer was rewritten left its temporary file, which no later save removed
+    model = _tiny_model()
+    _save(tmp_path, 1, model)
+    (tmp_path / ".latest.abc123.tmp").write_text("checkpoint-")
+    _save(tmp_path, 2, model)
+    assert not list(tmp_path.glob(".latest.*.tmp"))
+    assert (tmp_path / "latest").read_text().strip() == "checkpoint-2"

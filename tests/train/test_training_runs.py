@@ -189,3 +189,17 @@ def test_a_line_cut_short_by_a_kill_is_ignored(tmp_path):
                                             '{"kind": "eval", "step": 1, "loss": 2.5}\n{"kind": "tra')
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 1]
     assert plot_losses(tmp_path).stat().st_size > 1000
+
+
+def test_a_diverging_run_saves_no_checkpoint_of_non_finite_weights(setup, tmp_path, capsys):
+    # the losses checked before a save were computed before the step's update, the weights saved after it: a run at
+    # lr 30 wrote checkpoint-3 with non-finite weights, then said its checkpoints stopped before the divergence
+    preset, data, _ = setup
+    out = tmp_path / "diverged"
+    argv = train_argv(preset, data, out, max_steps=30, lr=30, warmup=0, clip=0, save_interval=3, eval_interval=3,
+                      log_interval=1)
+    assert main(argv) == 2
+    assert "became" in capsys.readouterr().err
+    for _, folder in ckpt.list_checkpoints(out):
+        weights = load_file(folder / "model.safetensors")
+        assert all(torch.isfinite(w).all() for w in weights.values()), folder.name

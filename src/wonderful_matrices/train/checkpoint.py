@@ -121,6 +121,8 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, model_state: d
     final = run_dir / f"checkpoint-{step}"
     for leftover in run_dir.glob(".tmp-checkpoint-*"):
         shutil.rmtree(leftover, ignore_errors=True)  # left by a killed save
+    for leftover in run_dir.glob(f".{LATEST}.*.tmp"):
+        leftover.unlink(missing_ok=True)  # left by a save killed while it rewrote the latest pointer
     if final.exists():
         try:
             verify_checkpoint(final)

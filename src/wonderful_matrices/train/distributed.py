@@ -76,10 +76,13 @@ def init_distributed(device_name: str | None = None) -> DistInfo:
     return DistInfo(rank, local_rank, world_size, device)
 
 
-def shutdown(info: DistInfo) -> None:
-    """Tear the process group down (no-op for one process)."""
+def shutdown(info: DistInfo, wait: bool = True) -> None:
+    """Tear the process group down (no-op for one process); ``wait``: after every rank has arrived. A rank leaving
+    on an error does not wait: the others may be inside a collective that it will never join, and they end with a
+    connection error once it is gone (torchrun then stops them all) instead of waiting forever."""
     if info.distributed and dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -87,6 +90,14 @@ def barrier(info: DistInfo) -> None:
     """Wait for every rank."""
     if info.distributed:
         dist.barrier()
+
+
+def all_reduce_sum_in_place(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum ``values`` over ranks where they are (on the GPU with NCCL: queued on the stream, no host
+    synchronisation); returns ``values`` (unchanged for one process)."""
+    if info.distributed:
+        dist.all_reduce(values)
+    return values
 
 
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -29,9 +29,11 @@ def evaluate(model: torch.nn.Module, rows: PackedRows, batch_size: int, info: Di
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64)  # nll, tokens, bytes
-    for batch in rows.eval_batches(batch_size, max_rows, info.rank, info.world_size):
+    for batch in _every_rank_alike(rows, batch_size, max_rows, info):
         ids = batch.to(info.device)
         real = ids.shape[0]
+        if real == 0:  # this rank's rows are done, the others' not: an unscored call (under FSDP every forward is
+            ids = torch.from_numpy(rows.row(0))[None].to(info.device)  # a collective the other ranks wait in)
         if whole_batches and real < batch_size:
             ids = torch.cat([ids, ids[:1].expand(batch_size - real, -1)])
         positions = document_position_ids(ids, eos) if eos is not None else None
@@ -51,6 +53,19 @@ def evaluate(model: torch.nn.Module, rows: PackedRows, batch_size: int, info: Di
     loss = nll / max(tokens, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
             "bits_per_byte": nll / math.log(2) / nbytes if nbytes > 0 else float("nan"), "tokens": int(tokens)}
+
+
+def _every_rank_alike(rows: PackedRows, batch_size: int, max_rows: int | None, info: DistInfo):
+    """This rank's evaluation batches (rows ``rank::world_size``), then empty ``(0, seq_len)`` batches until it has
+    yielded as many as rank 0, which holds the most rows: every rank makes the same number of forward calls."""
+    count = rows.num_rows if max_rows is None else min(rows.num_rows, max_rows)
+    most = -(-(-(-count // info.world_size)) // batch_size)  # rank 0's batches
+    made = 0
+    for batch in rows.eval_batches(batch_size, max_rows, info.rank, info.world_size):
+        made += 1
+        yield batch
+    for _ in range(most - made):
+        yield torch.zeros(0, rows.seq_len, dtype=torch.long)
 
 
 def unigram_perplexity(train_tokens: np.ndarray, rows: PackedRows, vocab_size: int,

@@ -53,6 +53,7 @@ from . import checkpoint as ckpt
 from .distributed import (
     DistInfo,
     all_reduce_sum,
+    all_reduce_sum_in_place,
     barrier,
     broadcast_object,
     full_model_state,
@@ -190,25 +191,30 @@ def train(cfg: TrainConfig) -> dict:
     cfg = dataclasses.replace(cfg, out=os.path.normpath(cfg.out),
                               cache_dir=os.path.normpath(cfg.cache_dir) if cfg.cache_dir else None)
     info = init_distributed(cfg.device)
-    run = None
+    run, finished = None, False
     try:
         _check_cuda_graph(cfg, info)
         run = setup(cfg, info)
         last_eval = train_steps(run, cfg, info)
-        return finish(run, cfg, info, last_eval)
+        summary = finish(run, cfg, info, last_eval)
+        finished = True
+        return summary
     except OSError as e:
         where = e.filename or cfg.out
         if e.errno == errno.ENOSPC:
-            raise UserError(f"no space left on the device writing {where}; free space and re-run the same command "
-                            "(it resumes from the newest complete checkpoint)") from None
-        raise UserError(f"cannot use {where} ({e.strerror or e}); check the path and its permissions") from None
+            error = UserError(f"no space left on the device writing {where}; free space and re-run the same command "
+                              "(it resumes from the newest complete checkpoint)")
+        else:
+            error = UserError(f"cannot use {where} ({e.strerror or e}); check the path and its permissions")
+        error.rank_local = info.rank != 0  # the CLI prints rank 0's errors, and another rank's own ones
+        raise error from None
     finally:
         # the wrapped model (FSDP's device mesh) holds the process group: release it before the group is torn down
         # rather than at interpreter exit, where a gloo group's background threads can abort the process
         run = None
         if info.distributed:
             gc.collect()
-        shutdown(info)
+        shutdown(info, wait=finished)
 
 
 # -------------------------------------------------------------------------------------------------- setup
@@ -243,20 +249,25 @@ def _warn(message: str) -> None:
 
 
 def _on_rank0(info: DistInfo, fn):
-    """``fn()`` on rank 0 (None elsewhere); its ``UserError`` is raised on every rank, so no rank hangs."""
+    """``fn()`` on rank 0 (None elsewhere). When it raises, rank 0 raises its exception and every other rank a
+    ``UserError`` with its message, so no rank waits for the others (an ``OSError`` — a bad --out, a full disk —
+    becomes train's one-line error on rank 0)."""
     result, error = None, None
     if info.is_main:
         try:
             result = fn()
-        except UserError as e:
-            error = str(e)
-    error = broadcast_object(error, info)
+        except Exception as e:  # noqa: BLE001 - whatever it is, the other ranks must hear of it
+            error = e
+    message = broadcast_object(None if error is None else str(error) or type(error).__name__, info)
     if error is not None:
-        raise UserError(error)
+        raise error
+    if message is not None:
+        raise UserError(f"rank 0 stopped the run: {message}")
     return result
 
 
-def _prepare_run_folder(cfg: TrainConfig, run_dir: Path, cache_dir: Path) -> tuple[Corpus, str | None, dict]:
+def _prepare_run_folder(cfg: TrainConfig, run_dir: Path, cache_dir: Path,
+                        world_size: int = 1) -> tuple[Corpus, str | None, dict]:
     """Rank 0: check everything the run needs, then write its files. Returns the corpus, the checkpoint to
     resume from (or None) and the learning-rate plan.
 
@@ -273,6 +284,11 @@ def _prepare_run_folder(cfg: TrainConfig, run_dir: Path, cache_dir: Path) -> tup
         if cfg.max_steps < saved["step"]:
             raise UserError(f"--max-steps: got {cfg.max_steps}, but the run in {run_dir} is at step {saved['step']} "
                             f"({resume_from.name}); pass at least {saved['step']}, or another --out")
+        trained_by = saved["meta"].get("world_size", world_size)
+        if trained_by != world_size:  # the rows each rank reads, and the batch, depend on it
+            raise UserError(f"the run in {run_dir} was trained by {trained_by} process(es) ({resume_from.name}), this "
+                            f"one has {world_size}: its data order and batch depend on that; resume with "
+                            f"{trained_by}, or pass another --out")
         if previous is None:  # the record was lost: the checkpoint's manifest holds the facts the data depend on
             previous = {"facts": {k: saved["meta"][k] for k in cfg.run_facts() if k in saved["meta"]}, "config": {}}
     plan = plan_schedule(cfg, previous, resuming=resume_from is not None, say=_warn)
@@ -327,7 +343,7 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Run:
         torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.out)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "cache"
-    prepared = _on_rank0(info, lambda: _prepare_run_folder(cfg, run_dir, cache_dir))
+    prepared = _on_rank0(info, lambda: _prepare_run_folder(cfg, run_dir, cache_dir, info.world_size))
     resume_from, plan = broadcast_object(prepared[1:] if info.is_main else None, info)
     resume_from = Path(resume_from) if resume_from else None
 
@@ -391,21 +407,45 @@ def setup(cfg: TrainConfig, info: DistInfo) -> Run:
 
 
 # ---------------------------------------------------------------------------------------------- the steps
+def _step_batches(run: Run, cfg: TrainConfig, info: DistInfo) -> torch.Tensor:
+    """This rank's ``grad_accum`` micro-batches of the step, ``(grad_accum, batch_size, seq_len)`` on the device (the
+    host-to-device copy does not wait for the GPU)."""
+    return torch.stack([run.train_rows.train_batch(run.step, cfg.batch_size, cfg.grad_accum, micro, cfg.seed,
+                                                   info.rank, info.world_size) for micro in range(cfg.grad_accum)]
+                       ).to(info.device, non_blocking=True)
+
+
+def _micro_batch_weights(batches: torch.Tensor, run: Run, cfg: TrainConfig, info: DistInfo) -> torch.Tensor:
+    """batches (m, b, l) -> (m,) float32 on their device: each micro-batch's share of the targets the whole step
+    scores, on every rank, times the world size. Weighting each micro-batch's mean loss by it gives the mean loss
+    over every scored target of the step, as one process with the whole batch computes it (DDP and FSDP then
+    average the ranks' gradients): with packed documents a row scores fewer targets the more documents start in
+    it, so plain means of the micro-batches' means weighed their targets unequally. Device ops and one all-reduce,
+    no host synchronisation."""
+    m, b, length = batches.shape
+    counts = torch.full((m,), float(b * (length - 1)), device=batches.device)
+    if cfg.document_mask:  # the target after an EOS starts a document and is not scored
+        counts = counts - (batches[:, :, :-1] == run.eos).sum((1, 2))
+    total = all_reduce_sum_in_place(counts.sum(), info)
+    return counts * info.world_size / total.clamp(min=1.0)
+
+
 def _forward_backward(run: Run, cfg: TrainConfig, info: DistInfo) -> torch.Tensor:
-    """Gradients of one optimizer step (``grad_accum`` micro-batches, synchronised across ranks on the last);
-    returns the step's mean loss (a device tensor). No host synchronisation: the token ids were checked against
-    the model's vocabulary where the data entered (:func:`_prepare_run_folder`), so the model runs inside
-    ``trusted_values()``, and the host-to-device copy of a batch does not wait for the GPU."""
+    """Gradients of one optimizer step (``grad_accum`` micro-batches, each weighted by its share of the step's
+    targets: :func:`_micro_batch_weights`; synchronised across ranks on the last); returns this rank's share of the
+    step's mean loss times the world size (a device tensor; summed over ranks and divided by the world size: the
+    step's mean loss). No host synchronisation: the token ids were checked against the model's vocabulary where
+    the data entered (:func:`_prepare_run_folder`), so the model runs inside ``trusted_values()``."""
     ddp = hasattr(run.wrapped, "no_sync")
+    batches = _step_batches(run, cfg, info)
+    weights = _micro_batch_weights(batches, run, cfg, info)
     loss_sum = torch.zeros((), device=info.device)
     for micro in range(cfg.grad_accum):
         last = micro == cfg.grad_accum - 1
-        batch = run.train_rows.train_batch(run.step, cfg.batch_size, cfg.grad_accum, micro, cfg.seed,
-                                           info.rank, info.world_size).to(info.device, non_blocking=True)
         if cfg.fsdp and info.distributed:
             run.wrapped.set_requires_gradient_sync(last)
         with run.wrapped.no_sync() if ddp and not last else contextlib.nullcontext(), trusted_values():
-            loss = _step_loss(run, cfg, batch) / cfg.grad_accum
+            loss = _step_loss(run, cfg, batches[micro]) * weights[micro]
             loss.backward()
         loss_sum += loss.detach()
     return loss_sum
@@ -430,18 +470,19 @@ def _graphed_step(run: Run, cfg: TrainConfig, info: DistInfo) -> GraphedTrainSte
     CUDA graph after three eager steps and replayed at every later step, so the host launches one graph instead of
     every kernel of the step (:mod:`.graph_step`). The same arithmetic as the eager steps."""
     make_capturable(run.optimizer, info.device)
-    return GraphedTrainStep(lambda batch: _step_loss(run, cfg, batch), run.wrapped.parameters(), run.optimizer,
-                            max_grad_norm=cfg.clip or None, micro_batches=cfg.grad_accum)
+    # each micro-batch's loss weighted as in _forward_backward (the step divides by grad_accum: multiplied back)
+    return GraphedTrainStep(lambda batch, weight: _step_loss(run, cfg, batch) * (weight * cfg.grad_accum),
+                            run.wrapped.parameters(), run.optimizer, max_grad_norm=cfg.clip or None,
+                            micro_batches=cfg.grad_accum)
 
 
 def _graphed_forward_backward_update(run: Run, cfg: TrainConfig, info: DistInfo
                                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One optimizer step through ``run.graph_step`` and the scheduler's step; returns the step's mean loss and its
     gradient norm before clipping (device tensors of their own: the graph's buffers are overwritten next step)."""
-    batches = torch.stack([run.train_rows.train_batch(run.step, cfg.batch_size, cfg.grad_accum, micro, cfg.seed,
-                                                      info.rank, info.world_size) for micro in range(cfg.grad_accum)])
+    batches = _step_batches(run, cfg, info)
     with trusted_values():
-        loss = run.graph_step(batches.to(info.device, non_blocking=True)).clone()
+        loss = run.graph_step(batches, _micro_batch_weights(batches, run, cfg, info)).clone()
     grad_norm = run.graph_step.grad_norm.clone() if run.graph_step.grad_norm is not None else None
     run.scheduler.step()
     if run.graph_step.steps == run.graph_step.warmup_steps + 1:  # the step that recorded the graph
@@ -511,11 +552,10 @@ def train_steps(run: Run, cfg: TrainConfig, info: DistInfo) -> dict | None:
         saving = step % cfg.save_interval == 0 or step == cfg.max_steps
         if logging or evaluating or saving:
             values = torch.stack(pending).tolist()
-            for i, value in enumerate(values):
-                if not math.isfinite(value):
-                    raise UserError(f"the loss became {value} at step {step - len(values) + i + 1}; lower --lr or "
-                                    f"raise --warmup and re-run with a new --out (checkpoints in {run.run_dir} stop "
-                                    "before the divergence)")
+            bad = next((i for i, value in enumerate(values) if not math.isfinite(value)), None)
+            where = (f"the loss became {values[bad]} at step {step - len(values) + bad + 1}" if bad is not None
+                     else f"the loss became non-finite on another rank by step {step}")
+            _stop_if_diverged(bad is not None, where, run, info)
             window, pending = window + values, []
         # after the read above, so a window's time includes the GPU work its steps queued (not only their launches)
         window_time += time.perf_counter() - t0
@@ -530,13 +570,34 @@ def train_steps(run: Run, cfg: TrainConfig, info: DistInfo) -> dict | None:
         bar.update(1)
         if evaluating:
             last_eval = _evaluate(run, cfg, info)
+            _stop_if_diverged(not math.isfinite(last_eval["loss"]), f"the validation loss became {last_eval['loss']} "
+                              f"at step {step}", run, info)
             run.log.record("eval", step, **last_eval)
             run.log.say(f"step {step}: validation loss {last_eval['loss']:.4f}, "
                         f"perplexity {last_eval['perplexity']:.2f}")
         if saving:
+            # the losses checked above were computed before this step's update: the weights about to be saved are not
+            _stop_if_diverged(not _weights_finite(run.wrapped), f"the weights became non-finite at step {step}", run,
+                              info)
             save(run, cfg, info)
     bar.close()
     return last_eval
+
+
+def _stop_if_diverged(here: bool, what: str, run: Run, info: DistInfo) -> None:
+    """``UserError`` on every rank when ``here`` is true on any (one collective in a distributed run), so that a
+    divergence seen by one rank stops all of them rather than leaving the others waiting."""
+    if info.distributed:
+        here = all_reduce_sum(torch.tensor([float(here)]), info).item() > 0
+    if here:
+        raise UserError(f"{what}; lower --lr or raise --warmup and re-run with a new --out (checkpoints in "
+                        f"{run.run_dir} stop before the divergence)")
+
+
+def _weights_finite(model: torch.nn.Module) -> bool:
+    """Whether this rank's parameters (its shards under FSDP) are all finite (one host read)."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm([t.detach() for t in local if t.numel()])))
 
 
 # ------------------------------------------------------------------------------------------------- finish
