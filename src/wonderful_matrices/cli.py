@@ -136,6 +136,10 @@ def _load_run(path: str, device_name: str, threads: int | None = None, tokenizer
     device = resolve_device(device_name)
     model = ckpt.load_model(folder, device).eval()
     check_fits(tokenizer, model.config.vocab_size)
+    bad = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:  # sampling from it fails deep in torch; scoring it gives NaN
+        raise UserError(f"{folder}: the weights are not finite ({bad}, and perhaps others): the model it holds "
+                        "diverged; use an earlier checkpoint")
     record = read_run_config(run_dir)
     return run_dir, folder, tokenizer, model, record["config"] if record else {}, device
 

@@ -203,3 +203,16 @@ def test_a_diverging_run_saves_no_checkpoint_of_non_finite_weights(setup, tmp_pa
     for _, folder in ckpt.list_checkpoints(out):
         weights = load_file(folder / "model.safetensors")
         assert all(torch.isfinite(w).all() for w in weights.values()), folder.name
+
+
+def test_generate_refuses_non_finite_weights(finished_run, tmp_path, capsys):
+    # a diverged model (saved by another tool: wm train no longer saves one) made sampling fail deep in torch
+    import shutil
+
+    model = ckpt.load_model(ckpt.latest_checkpoint(finished_run), torch.device("cpu"))
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "diverged")
+    shutil.copytree(finished_run / "tokenizer", tmp_path / "diverged", dirs_exist_ok=True)
+    assert main(["generate", str(tmp_path / "diverged"), "--prompt", "ROMEO:", "--device", "cpu"]) == 2
+    _one_line_error(capsys, "the weights are not finite")
