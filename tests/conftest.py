@@ -150,3 +150,20 @@ def decode_through_beam_reorder(layer, x, pos, watch=None):
         outs = torch.cat([layer(x[:, t:t + 1], pos[:, t:t + 1], None, state) for t in range(8, 12)], 1)
         reordered = torch.cat([x[1:, :8].expand(2, -1, -1), x[:, 8:]], dim=1)
         return outs, layer(reordered, pos)[:, 8:]
+
+
+def cut_after_three_steps(monkeypatch, run) -> None:
+    """Runs ``run()`` (a training from step 0) interrupted (KeyboardInterrupt) where it fetches step 3's batch."""
+    from wonderful_matrices.data import packing
+
+    real_batch = packing.PackedRows.train_batch
+
+    def cut_at_step_3(self, step, *args, **kwargs):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_batch(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(packing.PackedRows, "train_batch", cut_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(packing.PackedRows, "train_batch", real_batch)

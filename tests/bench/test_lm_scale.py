@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import cut_after_three_steps
 from wonderful_matrices.bench import lm, lm_common, lm_scale
 from wonderful_matrices.bench.__main__ import main
 from wonderful_matrices.data.corpora import shakespeare_documents
@@ -36,28 +37,11 @@ def four_runs(tmp_path_factory, corpus_path):
     return out, _run(out, corpus_path)
 
 
-def _cut_after_three_steps(monkeypatch, run) -> None:
-    """Runs ``run()`` (a training from step 0) interrupted (KeyboardInterrupt) where it fetches step 3's batch."""
-    from wonderful_matrices.data import packing
-
-    real_batch = packing.PackedRows.train_batch
-
-    def cut_at_step_3(self, step, *args, **kwargs):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real_batch(self, step, *args, **kwargs)
-
-    monkeypatch.setattr(packing.PackedRows, "train_batch", cut_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        run()
-    monkeypatch.setattr(packing.PackedRows, "train_batch", real_batch)
-
-
 def _cut_and_resumed(monkeypatch, train: dict, fresh, path, cut: dict | None = None, resume: dict | None = None):
     """A fresh model's ``train_lm`` (checkpoint every 2 steps at ``path``, with the options ``cut``) cut after 3 steps,
     then resumed by another fresh model (with ``resume``): returns the resumed model and its statistics."""
     saving = dict(checkpoint=path, checkpoint_every=2, facts={"run": 1})
-    _cut_after_three_steps(monkeypatch, lambda: lm_common.train_lm(fresh(), **train, **saving, **(cut or {})))
+    cut_after_three_steps(monkeypatch, lambda: lm_common.train_lm(fresh(), **train, **saving, **(cut or {})))
     assert torch.load(path, weights_only=False)["step"] == 2
     resumed = fresh()
     stats = lm_common.train_lm(resumed, **train, **saving, **(resume or {}))

@@ -176,8 +176,8 @@ def test_graphed_lm_training_resumes_on_cuda(tmp_path, monkeypatch):
     having been loaded onto the GPU)."""
     import numpy as np
 
+    from conftest import cut_after_three_steps
     from wonderful_matrices.bench import lm_common
-    from wonderful_matrices.data import packing
     from wonderful_matrices.models import CheemsForCausalLM, presets
 
     config = presets.get("cheems-tiny", vocab_size=64, use_cache=False)
@@ -192,17 +192,7 @@ def test_graphed_lm_training_resumes_on_cuda(tmp_path, monkeypatch):
     reference = fresh()
     whole = lm_common.train_lm(reference, **train)
     saving = dict(checkpoint=tmp_path / "checkpoint.pt", checkpoint_every=2, facts={"run": 1})
-    real_batch = packing.PackedRows.train_batch
-
-    def cut_at_step_3(self, step, *args, **kwargs):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real_batch(self, step, *args, **kwargs)
-
-    monkeypatch.setattr(packing.PackedRows, "train_batch", cut_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        lm_common.train_lm(fresh(), **train, **saving)
-    monkeypatch.setattr(packing.PackedRows, "train_batch", real_batch)
+    cut_after_three_steps(monkeypatch, lambda: lm_common.train_lm(fresh(), **train, **saving))
     resumed = fresh()
     stats = lm_common.train_lm(resumed, **train, **saving)
     assert stats["resumed_at"] == 2 and stats["graphed"] and stats["diverged_at"] is None
