@@ -147,7 +147,7 @@ def run(out_dir, quick: bool = False, device=None, steps: int | None = None, fam
     if contexts is not None:
         cfg["contexts"] = tuple(contexts)
     if lr is not None and not (0 < lr < float("inf")):
-        raise ValueError(f"lr={lr!r} is not allowed: a learning rate > 0")
+        raise ValueError(f"lr={lr!r} is not allowed: a learning rate > 0, e.g. 3e-4")
     for key, value in (("size", size), ("seq_len", seq_len), ("batch", batch), ("eval_tokens", eval_tokens),
                        ("throughput_lengths", throughput_lengths), ("lr", lr)):
         if value is not None:

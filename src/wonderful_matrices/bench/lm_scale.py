@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_file
 from .common import write_results
 from .decode_common import analytic_cache_bytes
 from .lm_common import TokenizedCorpus, scored_perplexity, train_lm
@@ -304,12 +305,12 @@ def merge_results(out_dir, parts) -> list[dict]:
              f"targets at every C ({counts}); cache_bytes@C: analytic decoding cache after C tokens, bf16 "
              "keys/values, float32 states.")
     write_results(Path(out_dir), "lm-scale", rows, meta, columns=columns, notes=notes)
-    plot_losses(per_seed, Path(out_dir) / "loss.png")
+    plot_training_curves(per_seed, Path(out_dir) / "loss.png")
     print(f"lm merge: {len(runs)} runs of {len(presets)} presets -> {out_dir}")
     return rows
 
 
-def plot_losses(rows: list[dict], path: Path, window: int = 20) -> None:
+def plot_training_curves(rows: list[dict], path: Path, window: int = 20) -> None:
     """The training loss of every run in ``rows`` (their ``train_losses``; a moving mean over ``window`` steps, fewer
     for shorter runs; a diverged run's line ends where its loss stops being finite) against the tokens trained, one
     line per (preset, seed), into ``path``. Runs without losses are left out."""
@@ -334,5 +335,6 @@ def plot_losses(rows: list[dict], path: Path, window: int = 20) -> None:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_file(path, "wb") as f:  # a merge cut while plotting keeps the previous plot
+        fig.savefig(f, dpi=120, format="png")
     plt.close(fig)

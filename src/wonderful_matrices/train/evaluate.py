@@ -59,7 +59,7 @@ def _every_rank_alike(rows: PackedRows, batch_size: int, max_rows: int | None, i
     """This rank's evaluation batches (rows ``rank::world_size``), then empty ``(0, seq_len)`` batches until it has
     yielded as many as rank 0, which holds the most rows: every rank makes the same number of forward calls."""
     count = rows.num_rows if max_rows is None else min(rows.num_rows, max_rows)
-    most = -(-(-(-count // info.world_size)) // batch_size)  # rank 0's batches
+    most = math.ceil(math.ceil(count / info.world_size) / batch_size)  # rank 0's batches
     made = 0
     for batch in rows.eval_batches(batch_size, max_rows, info.rank, info.world_size):
         made += 1

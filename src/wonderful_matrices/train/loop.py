@@ -423,9 +423,11 @@ def _micro_batch_weights(batches: torch.Tensor, run: Run, cfg: TrainConfig, info
     it, so plain means of the micro-batches' means weighed their targets unequally. Device ops and one all-reduce,
     no host synchronisation."""
     m, b, length = batches.shape
-    counts = torch.full((m,), float(b * (length - 1)), device=batches.device)
-    if cfg.document_mask:  # the target after an EOS starts a document and is not scored
-        counts = counts - (batches[:, :, :-1] == run.eos).sum((1, 2))
+    if cfg.document_mask:  # a document's first token (position 0) is not a target, as in _step_loss's loss
+        scored = document_position_ids(batches.reshape(m * b, length), run.eos)[:, 1:] > 0
+        counts = scored.reshape(m, -1).sum(1).float()
+    else:
+        counts = torch.full((m,), float(b * (length - 1)), device=batches.device)
     total = all_reduce_sum_in_place(counts.sum(), info)
     return counts * info.world_size / total.clamp(min=1.0)
 

@@ -1,7 +1,7 @@
 """kill_resume.py OUT NPROC_FIRST NPROC_RESUME [extra wm train flags...]
 Start `wm train` (torchrun when NPROC>1), SIGKILL the whole process group once checkpoint-4 exists,
 then re-run the same command with NPROC_RESUME processes; print both exit codes and stderr tails."""
-import os, signal, subprocess, sys, time
+import contextlib, os, signal, subprocess, sys, time
 from pathlib import Path
 out, n1, n2, extra = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 W = "/work/main/.venv/bin"
@@ -31,10 +31,8 @@ def descendants(pid):
     return kids + [g for k in kids for g in descendants(k)]
 victims = [p.pid] + descendants(p.pid)
 for v in victims:  # the launcher and the ranks it started (each rank may sit in its own session)
-    try:
+    with contextlib.suppress(ProcessLookupError):  # already gone
         os.kill(v, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 p.wait()
 time.sleep(0.5)
 print("killed", victims)
