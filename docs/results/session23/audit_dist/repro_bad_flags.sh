@@ -1,4 +1,4 @@
-# badflags.sh: wm train under torchrun (2 procs) with bad inputs; for each: rc, seconds, lines of output, tracebacks,
+# repro_bad_flags.sh: wm train under torchrun (2 procs) with bad inputs; for each: rc, seconds, lines of output, tracebacks,
 # "wm train: error" lines; the outputs are in runs/bad_<case>.log
 cd /tmp/dist_audit; W=/work/main/.venv/bin
 base="--preset cheems-tiny --data corpus.txt --max-steps 2 --batch-size 2 --seq-len 32 --no-progress --threads 1"
