@@ -110,3 +110,16 @@ def test_bad_prefill_chunk_tokens_names_the_argument(bad):
         model(torch.tensor([[1, 2, 3]]), prefill_chunk_tokens=bad)
     with pytest.raises(ValueError, match="prefill_chunk_tokens"):
         wm.presets.get("llama-tiny", prefill_chunk_tokens=bad)
+
+
+@pytest.mark.parametrize("name", ["cheems-tiny", "jamba-tiny"])
+def test_a_training_call_is_one_call_whatever_the_chunk_size(name):
+    """A training forward with a cache (``use_cache`` defaults to the config's True, as under the HF Trainer) runs
+    as one call: chunks would each overwrite the FFN layers' balance loss, leaving the last chunk's alone."""
+    model = make(name).train()
+    ids, _ = left_padded([20], model.config.vocab_size)
+    torch.manual_seed(0)
+    whole = model(ids, use_cache=False).aux_loss
+    torch.manual_seed(0)
+    cached = model(ids, use_cache=True, prefill_chunk_tokens=8).aux_loss
+    assert whole is not None and rel_err(cached, whole) < 1e-6

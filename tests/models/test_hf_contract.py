@@ -82,6 +82,28 @@ def test_missing_keys_are_initialised_like_the_layers_do(name, tmp_path):
             assert torch.isfinite(loaded(x).logits).all()
 
 
+@pytest.mark.parametrize("dropped", [("up_embed",), ("down_embed", "up_embed"), ("keys",)])
+def test_a_missing_expert_table_is_initialised_beside_loaded_sub_keys(dropped, tmp_path):
+    """HF initialises only the modules a checkpoint left incomplete: an expert table missing beside the CDMoE's
+    loaded sub-keys is a module of its own and gets its N(0, 1/d) rows, not uninitialised memory."""
+    model = make("cheems-tiny")
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    gone = [k for k in state if ".ffn." in k and k.rsplit(".", 2)[-2 if k.endswith(".weight") else -1] in dropped]
+    assert gone
+    save_file({k: v for k, v in state.items() if k not in gone}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})
+    for _ in range(3):  # uninitialised memory is often harmless by luck: load a few times
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+        params = dict(loaded.named_parameters())
+        for key in gone:
+            p = params[key]
+            fan = p.shape[-1] if key.endswith("keys") else loaded.config.hidden_size
+            assert torch.isfinite(p).all() and 0.7 < p.std() * fan ** 0.5 < 1.3, key
+        with torch.no_grad():
+            assert torch.isfinite(loaded(tokens(loaded, 2, 9)).logits).all()
+
+
 @pytest.mark.parametrize("name", TINY)
 def test_assisted_and_prompt_lookup_decoding(name):
     model = make(name)

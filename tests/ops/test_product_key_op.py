@@ -87,6 +87,21 @@ def test_bfloat16_scores_close_to_float64():
     assert rel_err(scores, ref_scores) < 2e-2
 
 
+@pytest.mark.parametrize("backend", ["torch", "naive"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_are_scored_in_float32(backend, dtype):
+    """The scores of half-precision inputs are float32 sums of the exact products of those inputs (as the Triton
+    kernels compute them), not products rounded to the input dtype before summing: the same experts as the float32
+    scoring of the same (rounded) inputs, scores equal to float32 rounding."""
+    torch.manual_seed(0)
+    query, sub_keys = make((64,), 4, 32, 16, torch.float32)
+    query, sub_keys = (4 * query).to(dtype), sub_keys.to(dtype)
+    scores, ids = product_key_topk(query, sub_keys, 8, backend=backend)
+    ref_scores, ref_ids = product_key_topk(query.double(), sub_keys.double(), 8, backend="naive")
+    assert torch.equal(ids.sort(-1).values, ref_ids.sort(-1).values)
+    assert rel_err(scores, ref_scores) < 1e-6
+
+
 class _LargestTensor(TorchDispatchMode):
     """Records the largest number of elements of any tensor an ATen op returns."""
 

@@ -132,8 +132,8 @@ class CheemsConfig(PretrainedConfig):
     which has the same effect without changing the config).
     ``prefill_chunk_tokens``: a call with a cache and more tokens than this (a long prompt) runs as consecutive
     calls of at most this many tokens, each continuing the cache, so its activation memory is bounded while every
-    chunk still uses the chunked SSD / windowed DMA kernels; None = one call. The ``prefill_chunk_tokens`` argument
-    of ``forward`` (and so of ``generate``) overrides it.
+    chunk still uses the chunked SSD / windowed DMA kernels; None = one call; a training-mode call is always one
+    call. The ``prefill_chunk_tokens`` argument of ``forward`` (and so of ``generate``) overrides it.
     ``graphed_decoding``: the one-token steps of ``generate`` (in eval mode without gradients) replay a recorded
     CUDA graph (:class:`~wonderful_matrices.models.GraphedDecoder`) once the cache is steady, with the tokens of
     eager decoding (``tests/models/test_models_cuda.py``). None (the default) = on CUDA; True = also route the steps

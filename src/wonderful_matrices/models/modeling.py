@@ -350,7 +350,8 @@ class CheemsPreTrainedModel(PreTrainedModel):
         Linear and token-embedding weights ~ N(0, initializer_range), zero biases, unit norm weights; the
         parameters particular to a layer as its constructor draws them: SSD/Mamba2 ``dt_bias``/``A_log``/``D``
         (:meth:`SSDMixer.initial_values`) and short conv (PyTorch's default), DMA ``A_log``/``A`` (zeros), CDMoE
-        sub-keys and expert tables, MoE expert weights, residual scales (ones).
+        sub-keys and expert tables (each table an ``nn.Embedding`` module of its own: a checkpoint may hold the
+        sub-keys without a table), MoE expert weights, residual scales (ones).
         """
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
@@ -359,6 +360,8 @@ class CheemsPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding) and module is self.get_input_embeddings():
             init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.Embedding):  # the other embeddings are expert tables (CDMoE): rows ~ N(0, 1/d)
+            init.normal_(module.weight, mean=0.0, std=module.embedding_dim ** -0.5)
         elif isinstance(module, nn.Conv1d):
             module.reset_parameters()  # torch.nn.init inside, which HF guards while it initialises
         elif isinstance(module, (RMSNorm, GatedRMSNorm)):
@@ -368,8 +371,8 @@ class CheemsPreTrainedModel(PreTrainedModel):
                 init.copy_(getattr(module, name), value)
         elif isinstance(module, DynamicMaskAttention) and module.mask_form != "none":
             init.zeros_(module.A_log if module.mask_form == "gate" else module.A)
-        elif isinstance(module, CDMoE):
-            module.reset_private_parameters()  # sub-keys and both expert tables (torch.nn.init, guarded by HF)
+        elif isinstance(module, CDMoE):  # its expert tables are modules of their own (the branch above)
+            init.normal_(module.keys, mean=0.0, std=(module.retrieval_dim // 2) ** -0.5)
         elif isinstance(module, MoE):
             module.reset_expert_parameters()
         elif isinstance(module, CheemsBlock):
@@ -499,10 +502,12 @@ class CheemsModel(CheemsPreTrainedModel):
             raise ValueError(f"prefill_chunk_tokens={chunk!r} is not allowed: None or an integer >= 1")
         all_hidden = [] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
-        if (chunk is not None and l > chunk and cache is not None and seq_idx is None
+        if (chunk is not None and l > chunk and cache is not None and seq_idx is None and not self.training
                 and not output_hidden_states and not output_attentions):
             # a long prompt: consecutive calls continuing the cache (exact: the layers' "prefill + further calls
-            # = one forward" contract); positions were computed above for the whole call
+            # = one forward" contract); positions were computed above for the whole call. Not in training: a
+            # training call keeps every activation for its backward anyway, and each FFN's balance loss is one
+            # loss over the call's tokens, which separate calls would overwrite chunk by chunk
             parts = []
             for start in range(0, l, chunk):
                 part = slice(start, min(l, start + chunk))

@@ -15,8 +15,8 @@ def product_key_topk(query: torch.Tensor, sub_keys: torch.Tensor, k: int) -> tup
     second = sub_keys[:, 1, None, :, :].expand(H, n, n, dk)  # K_1[b] for every (a, b)
     full_keys = torch.cat([first, second], dim=-1).reshape(H, n * n, 2 * dk)  # row a*n + b
     full_query = query.reshape(*query.shape[:-2], 2 * dk)
+    if full_query.dtype in (torch.float16, torch.bfloat16):  # scores in float32, as the fast paths compute them
+        full_query, full_keys = full_query.float(), full_keys.float()
     all_scores = torch.einsum("...hd,hed->...he", full_query, full_keys)  # (..., H, N)
-    if all_scores.dtype in (torch.float16, torch.bfloat16):
-        all_scores = all_scores.float()
     scores, ids = all_scores.topk(k, dim=-1, sorted=True)
     return scores, ids
