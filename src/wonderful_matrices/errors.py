@@ -5,8 +5,10 @@
 * :class:`UserError`: a problem the user can fix outside the code (bad path, empty corpus, corrupted
   checkpoint...). The command line prints its message on one line and exits with status 2, without a traceback.
 
-This module imports nothing, so ``ops`` and ``data`` (which otherwise import nothing of the package) can use it.
+This module imports nothing of the package, so ``ops`` and ``data`` (which otherwise import nothing of it) can use
+it.
 """
+import math
 
 
 class UserError(Exception):
@@ -23,3 +25,13 @@ def require(condition: bool, argument: str, value, allowed: str) -> None:
     """:func:`reject` unless ``condition``."""
     if not condition:
         reject(argument, value, allowed)
+
+
+def is_int(value) -> bool:
+    """An integer and not a bool (``True`` is an ``int`` to Python, never a size to a layer)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value) -> bool:
+    """A finite int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

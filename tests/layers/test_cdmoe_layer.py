@@ -213,6 +213,12 @@ def test_layer_balance_loss_permutes_consistently_and_trains_the_router():
     (dict(num_heads=0), "num_heads"),
     (dict(activation="tanh"), "activation"),
     (dict(balance_loss_weight=-1.0), "balance_loss_weight"),
+    (dict(balance_loss_weight=float("inf")), "balance_loss_weight"),
+    (dict(balance_loss_weight="0.1"), "balance_loss_weight"),
+    (dict(balance_loss_weight=None), "balance_loss_weight"),
+    (dict(top_k=True), "top_k"),      # a bool is not a size
+    (dict(num_heads=True), "num_heads"),
+    (dict(hidden_size=True), "hidden_size"),
     (dict(backend="naive"), "backend"),
 ])
 def test_bad_arguments_raise(kwargs, argument):
@@ -251,3 +257,10 @@ def test_autocast_casts_a_float32_input_once_for_the_whole_layer():
     assert rel_err(y.float(), m(x)) < 3e-2
     y.float().square().sum().backward()
     assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_no_tokens_give_no_balance_loss():
+    """A training call over no tokens returns no rows and no loss (a mean over no tokens would be NaN)."""
+    m = layer(balance_loss_weight=0.1).train()
+    out = m(torch.zeros(0, 12, dtype=torch.float64))
+    assert out.shape == (0, 12) and m.aux_loss is None

@@ -165,6 +165,8 @@ def test_balance_loss_is_aligned_by_expert_id():
     (dict(implementation="fused"), "implementation"),
     (dict(shared_intermediate_size=-1), "shared_intermediate_size"),
     (dict(activation="tanh"), "activation"),
+    (dict(balance_loss_weight=float("nan")), "balance_loss_weight"),
+    (dict(top_k=True), "top_k"),
 ])
 def test_moe_bad_arguments_raise(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
@@ -239,3 +241,14 @@ def test_retrieval_bad_arguments_raise(cls, kwargs, argument):
     args.update(kwargs)
     with pytest.raises(ValueError, match=argument):
         cls(**args)
+
+
+@pytest.mark.parametrize("cls", [PEER, PKM])
+def test_retrieval_rejects_an_input_of_another_width(cls):
+    with pytest.raises(ValueError, match=r"x.shape=\(3, 7\)"):
+        cls(8, 16, num_heads=2, top_k=2, key_dim=4)(torch.randn(3, 7))
+
+
+def test_moe_no_tokens_give_no_balance_loss():
+    m = moe(balance_loss_weight=0.1).train()
+    assert m(torch.zeros(0, 12, dtype=torch.float64)).shape == (0, 12) and m.aux_loss is None

@@ -43,6 +43,12 @@ def test_rmsnorm_and_mlp_shapes():
     assert GatedMLP(8, 12)(x).shape == x.shape
     with pytest.raises(ValueError, match="activation"):
         GatedMLP(8, 12, activation="tanh")
+    for bad in (dict(intermediate_size=2.5), dict(hidden_size="8"), dict(hidden_size=True)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            GatedMLP(**{"hidden_size": 8, "intermediate_size": 12, **bad})
+    for grad in (True, False):  # the training and the inference path
+        with torch.set_grad_enabled(grad), pytest.raises(ValueError, match=r"x.shape=\(2, 5, 7\)"):
+            GatedMLP(8, 12)(x[..., :7])
 
 
 def test_rotary_tables_are_built_once_per_dim_theta_and_dtype():

@@ -154,6 +154,16 @@ def test_loss_is_shifted_cross_entropy_plus_aux(name):
     assert rel_err(out.loss, ce + aux) < 1e-6
 
 
+@pytest.mark.parametrize("name", ["cheems-tiny", "jamba-tiny"])
+def test_aux_loss_is_the_sum_of_the_layers_losses_in_their_precision(name):
+    """float64 layers' balance losses are summed in float64 (not rounded to float32 first)."""
+    model = make(name).double().train()
+    out = model(tokens(model, 2, 12))
+    layers = [block.aux_loss() for block in model.model.layers if block.aux_loss() is not None]
+    assert layers and out.aux_loss.dtype == torch.float64
+    assert rel_err(out.aux_loss, torch.stack(layers).sum()) < 1e-15
+
+
 @pytest.mark.parametrize("reentrant", [False, True])
 @pytest.mark.parametrize("name", TINY)
 def test_gradient_checkpointing_gives_same_gradients(name, reentrant):

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import is_int
 from ..ops import dynamic_mask_attention
 from ..ops.common import require
 from ..ops.dma.weights import dynamic_mask_attention_weights
@@ -44,7 +45,7 @@ def static_state(key: torch.Tensor, value: torch.Tensor, key_mask: torch.Tensor,
     row), "capacity": capacity}``.
     """
     b, n = key.shape[:2]
-    require(isinstance(capacity, int) and capacity >= max(n, 1), "capacity", capacity,
+    require(is_int(capacity) and capacity >= max(n, 1), "capacity", capacity,
             f"an int >= the {max(n, 1)} keys given")
     require(value.shape == key.shape and tuple(key_mask.shape) == (b, n), "value/key_mask.shape",
             (tuple(value.shape), tuple(key_mask.shape)), f"{tuple(key.shape)} and {(b, n)}")

@@ -26,7 +26,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..errors import reject
+from ..errors import is_finite_number, is_int, reject
 from ..ops import expert_mixture, gated_linear, product_key_topk
 from ..ops.cdmoe import decode_args_valid, decode_step_usable, launch_decode_step
 from ..ops.common import MIXTURE_LAYER_BACKENDS, autocast_dtype, require, trusted_values
@@ -115,16 +115,17 @@ class CDMoE(nn.Module):
         super().__init__()
         for name, value in (("hidden_size", hidden_size), ("intermediate_size", intermediate_size),
                             ("num_experts", num_experts), ("num_heads", num_heads)):
-            require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
+            require(is_int(value) and value >= 1, name, value, "an integer >= 1")
         n = math.isqrt(num_experts)
         require(n * n == num_experts, "num_experts", num_experts,
                 f"a perfect square (√N sub-keys per half), e.g. {n * n} or {(n + 1) ** 2}")
         top_k = min(8, n) if top_k is None else top_k
-        require(isinstance(top_k, int) and 1 <= top_k <= n, "top_k", top_k, f"an integer in [1, √N = {n}]")
-        require(isinstance(retrieval_dim, int) and retrieval_dim >= 2 and retrieval_dim % 2 == 0,
+        require(is_int(top_k) and 1 <= top_k <= n, "top_k", top_k, f"an integer in [1, √N = {n}]")
+        require(is_int(retrieval_dim) and retrieval_dim >= 2 and retrieval_dim % 2 == 0,
                 "retrieval_dim", retrieval_dim, "an even integer >= 2")
         require(activation in ACTIVATIONS, "activation", activation, f"one of {sorted(ACTIVATIONS)}")
-        require(balance_loss_weight >= 0, "balance_loss_weight", balance_loss_weight, ">= 0")
+        require(is_finite_number(balance_loss_weight) and balance_loss_weight >= 0, "balance_loss_weight",
+                balance_loss_weight, "a finite number >= 0")
         require(backend in MIXTURE_LAYER_BACKENDS, "backend", backend, f"one of {MIXTURE_LAYER_BACKENDS}")
         self.backend = backend
         self.hidden_size, self.intermediate_size = hidden_size, intermediate_size
@@ -199,7 +200,8 @@ class CDMoE(nn.Module):
             private = expert_mixture(flat, ids, gates, self.down_embed.weight.to(dtype),
                                      self.up_embed.weight.to(dtype), activation=self.activation, backend=self.backend)
         self.aux_loss = None
-        if self.balance_loss_weight > 0 and self.training:  # a training loss: not computed in eval or decoding
+        # a training loss: not computed in eval or decoding, nor over no tokens (a mean over none)
+        if self.balance_loss_weight > 0 and self.training and flat.shape[0]:
             probs = subkey_marginals(query, self.keys.to(query.dtype))  # O(√N) per token, nothing per token kept
             self.aux_loss = self.balance_loss_weight * balance_loss_of_marginals(probs, ids)
         return (self.shared(flat) + private).view(shape)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import require
+from ..errors import is_int, require
 from ..ops import dynamic_mask_attention
 from ..ops.common import trusted_values
 from ..ops.dma import DecodeStep, cached_in_order, replace_lowest_and_attend, step_inputs, store
@@ -68,10 +68,10 @@ class DynamicMaskAttention(nn.Module):
         super().__init__()
         for name, value in (("hidden_size", hidden_size), ("num_heads", num_heads),
                             ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)):
-            require(isinstance(value, int) and value >= 1, name, value, "an int >= 1")
+            require(is_int(value) and value >= 1, name, value, "an int >= 1")
         require(num_heads % num_kv_heads == 0, "num_heads", num_heads, f"a multiple of num_kv_heads={num_kv_heads}")
         require(head_dim % 2 == 0, "head_dim", head_dim, "even (RoPE rotates pairs)")
-        require(keep_window is None or (isinstance(keep_window, int) and not isinstance(keep_window, bool)
+        require(keep_window is None or (is_int(keep_window)
                                         and keep_window >= 1), "keep_window", keep_window, "None or an int >= 1")
         require(mask_form in MASK_FORMS, "mask_form", mask_form, f"one of {MASK_FORMS}")
         self.hidden_size, self.num_heads = hidden_size, num_heads

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import is_int, reject, require
 from ..ops import gated_linear
 from ..ops.expert_mixture import ACTIVATIONS
 
@@ -23,11 +24,9 @@ class GatedMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, activation: str = "silu", bias: bool = False,
                  backend: str = "auto"):
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation={activation!r} is not allowed: one of {sorted(ACTIVATIONS)}")
+        require(activation in ACTIVATIONS, "activation", activation, f"one of {sorted(ACTIVATIONS)}")
         for name, value in (("hidden_size", hidden_size), ("intermediate_size", intermediate_size)):
-            if value < 1:
-                raise ValueError(f"{name}={value!r} is not allowed: must be >= 1")
+            require(is_int(value) and value >= 1, name, value, "an integer >= 1")
         self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
@@ -37,6 +36,8 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., d) -> (..., d)."""
+        if x.shape[-1:] != (self.gate_proj.in_features,):  # a tuple comparison: no cost to a decoding step
+            reject("x.shape", tuple(x.shape), f"(..., {self.gate_proj.in_features})")
         down = self.down_proj
         if torch.is_grad_enabled():  # training: the product is not kept for the backward
             return gated_linear(self.gate_proj(x), self.up_proj(x), down.weight, down.bias, self.activation,

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import is_finite_number, is_int
 from ..ops.common import require
 from .mlp import ACTIVATIONS, GatedMLP
 
@@ -91,15 +92,16 @@ class MoE(nn.Module):
         super().__init__()
         for name, value in (("hidden_size", hidden_size), ("intermediate_size", intermediate_size),
                             ("num_experts", num_experts)):
-            require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
-        require(isinstance(top_k, int) and 1 <= top_k <= num_experts, "top_k", top_k,
+            require(is_int(value) and value >= 1, name, value, "an integer >= 1")
+        require(is_int(top_k) and 1 <= top_k <= num_experts, "top_k", top_k,
                 f"an integer in [1, num_experts = {num_experts}]")
-        require(shared_intermediate_size is None or (isinstance(shared_intermediate_size, int)
+        require(shared_intermediate_size is None or (is_int(shared_intermediate_size)
                                                      and shared_intermediate_size >= 0),
                 "shared_intermediate_size", shared_intermediate_size, "None or an integer >= 0")
         require(implementation in IMPLEMENTATIONS, "implementation", implementation, f"one of {IMPLEMENTATIONS}")
         require(activation in ACTIVATIONS, "activation", activation, f"one of {sorted(ACTIVATIONS)}")
-        require(balance_loss_weight >= 0, "balance_loss_weight", balance_loss_weight, ">= 0")
+        require(is_finite_number(balance_loss_weight) and balance_loss_weight >= 0, "balance_loss_weight",
+                balance_loss_weight, "a finite number >= 0")
         self.hidden_size, self.intermediate_size = hidden_size, intermediate_size
         self.num_experts, self.top_k, self.implementation = num_experts, top_k, implementation
         self.activation, self.balance_loss_weight = activation, float(balance_loss_weight)
@@ -208,7 +210,7 @@ class MoE(nn.Module):
         out = routed(x, gates, ids)
         if self.shared_expert is not None:
             out = out + self.shared_expert(x)
-        # a training loss: not computed in eval or decoding
+        # a training loss: not computed in eval or decoding, nor over no tokens (a mean over none)
         self.aux_loss = self.balance_loss_weight * moe_balance_loss(probs, ids) \
-            if self.balance_loss_weight > 0 and self.training else None
+            if self.balance_loss_weight > 0 and self.training and x.shape[0] else None
         return out.reshape(hidden_states.shape)

@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from ..errors import is_int, reject
 from ..ops import expert_mixture, product_key_topk
 from ..ops.common import MIXTURE_LAYER_BACKENDS, require, trusted_values
 from ..ops.expert_mixture import weighted_rows
@@ -29,17 +30,19 @@ class _ProductKeyRouter(nn.Module):
     def __init__(self, hidden_size: int, num_experts: int, num_heads: int, top_k: int, key_dim: int):
         super().__init__()
         for name, value in (("hidden_size", hidden_size), ("num_experts", num_experts), ("num_heads", num_heads)):
-            require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
+            require(is_int(value) and value >= 1, name, value, "an integer >= 1")
         n = math.isqrt(num_experts)
         require(n * n == num_experts, "num_experts", num_experts, "a perfect square (√N sub-keys per half)")
-        require(isinstance(top_k, int) and 1 <= top_k <= n, "top_k", top_k, f"an integer in [1, √N = {n}]")
-        require(isinstance(key_dim, int) and key_dim >= 2 and key_dim % 2 == 0, "key_dim", key_dim,
+        require(is_int(top_k) and 1 <= top_k <= n, "top_k", top_k, f"an integer in [1, √N = {n}]")
+        require(is_int(key_dim) and key_dim >= 2 and key_dim % 2 == 0, "key_dim", key_dim,
                 "an even integer >= 2")
         self.num_heads, self.top_k, self.key_dim = num_heads, top_k, key_dim
         self.queries = nn.Linear(hidden_size, num_heads * key_dim, bias=False)
         self.keys = nn.Parameter(torch.randn(num_heads, 2, n, key_dim // 2) * (key_dim // 2) ** -0.5)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.shape[-1:] != (self.queries.in_features,):
+            reject("x.shape", tuple(x.shape), f"(..., {self.queries.in_features})")
         query = self.queries(x).unflatten(-1, (self.num_heads, 2, self.key_dim // 2))
         scores, ids = product_key_topk(query, self.keys.to(query.dtype), self.top_k)
         return scores.softmax(-1), ids

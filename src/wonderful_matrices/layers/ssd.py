@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import reject, require
+from ..errors import is_int, reject, require
 from ..ops import gated_rms_norm, gated_rms_norm_linear, ssd, ssd_step
 from ..ops.common import trusted_values
 from ..ops.ssd import fused_step_usable, projected_step
@@ -128,9 +128,9 @@ class SSDMixer(nn.Module):
         super().__init__()
         for name, value in (("hidden_size", hidden_size), ("num_heads", num_heads), ("head_dim", head_dim),
                             ("state_size", state_size), ("num_groups", num_groups), ("conv_kernel", conv_kernel)):
-            require(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
+            require(is_int(value) and value >= 1, name, value, "an integer >= 1")
         require(num_heads % num_groups == 0, "num_groups", num_groups, f"a divisor of num_heads={num_heads}")
-        require(isinstance(chunk_size, int) and chunk_size >= 1 and chunk_size & (chunk_size - 1) == 0,
+        require(is_int(chunk_size) and chunk_size >= 1 and chunk_size & (chunk_size - 1) == 0,
                 "chunk_size", chunk_size, "a power of two")
         rope = ("fixed" if use_rope else "none") if rope is None else rope
         require(rope in ROPE_MODES, "rope", rope, f"one of {ROPE_MODES}")
@@ -138,7 +138,7 @@ class SSDMixer(nn.Module):
                 f"an even number when rope={rope!r} (it is the rotary dim)")
         inner = num_heads * head_dim
         norm_groups = num_groups if norm_groups is None else norm_groups
-        require(isinstance(norm_groups, int) and norm_groups >= 1 and inner % norm_groups == 0, "norm_groups",
+        require(is_int(norm_groups) and norm_groups >= 1 and inner % norm_groups == 0, "norm_groups",
                 norm_groups, f"a divisor of num_heads*head_dim={inner}")
         require(0 < dt_min <= dt_max, "dt_min", (dt_min, dt_max), "0 < dt_min <= dt_max")
         require(len(dt_limit) == 2 and 0 <= dt_limit[0] < dt_limit[1], "dt_limit", dt_limit,

@@ -20,7 +20,7 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
-from ..errors import require
+from ..errors import is_finite_number, is_int, require
 from ..ops.common import BACKENDS, LAYER_BACKENDS, MIXTURE_LAYER_BACKENDS
 
 LAYER_TYPES = ("ssd", "dma", "attn", "mamba2")
@@ -36,27 +36,19 @@ def default_layer_types(num_layers: int, period: int, attention_type: str, recur
             for i in range(num_layers)]
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 # Annotation of a CheemsConfig field -> (test of a value, what is allowed).
 _FIELD_TYPES = {
-    "int": (_is_int, "an integer"),
-    "int | None": (lambda v: v is None or _is_int(v), "None or an integer"),
-    "float": (_is_number, "a finite number"),
-    "float | int": (_is_number, "a finite number"),
+    "int": (is_int, "an integer"),
+    "int | None": (lambda v: v is None or is_int(v), "None or an integer"),
+    "float": (is_finite_number, "a finite number"),
+    "float | int": (is_finite_number, "a finite number"),
     "bool": (lambda v: isinstance(v, bool), "True or False"),
     "str": (lambda v: isinstance(v, str), "a string"),
     "str | None": (lambda v: v is None or isinstance(v, str), "None or a string"),
     "bool | None": (lambda v: v is None or isinstance(v, bool), "None, True or False"),
     "list[str] | None": (lambda v: v is None or (isinstance(v, list) and all(isinstance(t, str) for t in v)),
                          "None or a list of strings"),
-    "int | list[int] | None": (lambda v: v is None or _is_int(v) or (isinstance(v, list) and all(map(_is_int, v))),
+    "int | list[int] | None": (lambda v: v is None or is_int(v) or (isinstance(v, list) and all(map(is_int, v))),
                                "None, an integer or a list of integers"),
 }
 

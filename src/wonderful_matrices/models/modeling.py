@@ -675,7 +675,9 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
             logits = self.lm_head(hidden_states if every else hidden_states[:, keep, :])
 
         aux_losses = [a for a in (block.aux_loss() for block in self.model.layers) if a is not None]
-        aux_loss = torch.stack([a.float() for a in aux_losses]).sum() if aux_losses else None
+        # summed in float32 at least (a half-precision layer's loss is not rounded again; a float64 one stays)
+        aux_loss = torch.stack([a.to(torch.promote_types(a.dtype, torch.float32)) for a in aux_losses]).sum() \
+            if aux_losses else None
         loss = None
         if has_targets:
             kept = hidden_states[:, keep, :]
