@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from wonderful_matrices.data.corpora import load_corpus, play_to_text, split_documents
+from wonderful_matrices.data import packing
+from wonderful_matrices.data.corpora import Corpus, load_corpus, play_to_text, split_documents
 from wonderful_matrices.data.packing import PackedRows, token_file_path, tokenize_split
 from wonderful_matrices.data.tokenizer import check_fits, load_tokenizer, token_byte_lengths, tokenizer_hash, train_bpe
 from wonderful_matrices.errors import UserError
@@ -137,6 +138,23 @@ def test_token_file_is_cached_and_exact(small_tokenizer, tmp_path):
     other = split_documents("mem", [TEXT[:5000] + "x", TEXT[5000:9000], TEXT[9000:]], 0.3)
     assert token_file_path(other, "train", small_tokenizer, tmp_path) != path
     assert not list(tmp_path.glob(".*"))  # no temp files left
+
+
+@pytest.mark.parametrize("batch_chars", [1, 3000, 1 << 24])
+def test_batched_tokenization_keeps_every_document_and_its_eos(small_tokenizer, tmp_path, monkeypatch,
+                                                               batch_chars):
+    """Documents are tokenized in batches (a flush after every document, after some, once at the end), long ones
+    in pieces cut at line ends: the same ids as one document at a time, an empty document giving its EOS alone."""
+    monkeypatch.setattr(packing, "_BATCH_CHARS", batch_chars)
+    monkeypatch.setattr(packing, "_CHUNK_CHARS", 700)
+    docs = [TEXT[:5000], "", TEXT[5000:6000], TEXT[6000:9000], "", TEXT[9000:]]
+    corpus = Corpus("mem", docs, [TEXT[:100]])
+    eos = small_tokenizer.eos_token_id
+    expected = []
+    for doc in corpus.train:
+        expected += small_tokenizer.encode(doc, add_special_tokens=False) + [eos]
+    assert expected.count(eos) >= len(corpus.train)
+    assert tokenize_split(corpus, "train", small_tokenizer, tmp_path).tolist() == expected
 
 
 def test_a_truncated_token_file_is_rebuilt(small_tokenizer, tmp_path):

@@ -34,6 +34,7 @@ from .corpora import Corpus
 from .tokenizer import eos_id, tokenizer_hash
 
 _CHUNK_CHARS = 1 << 20
+_BATCH_CHARS = 1 << 24  # characters of documents tokenized in one parallel batch
 
 
 def _pieces(doc: str):
@@ -46,6 +47,35 @@ def _pieces(doc: str):
             end = len(doc) if newline < 0 else newline + 1
         yield doc[start:end]
         start = end
+
+
+def _token_batches(docs, tokenizer, dtype: np.dtype):
+    """The token file's contents for ``docs`` in order (each document's ids, then EOS), one array per batch of
+    documents of about :data:`_BATCH_CHARS` characters: the tokenizer encodes a batch's pieces in parallel on every
+    core (one document at a time kept it to one: 6 minutes for python-source's 101M tokens on a 16-core machine)."""
+    eos = np.asarray([eos_id(tokenizer)], dtype=dtype)
+    backend = tokenizer.backend_tokenizer
+    pieces, ends, chars = [], [], 0  # ends: the number of pieces up to each document's end
+
+    def flush() -> np.ndarray:
+        encoded = backend.encode_batch(pieces, add_special_tokens=False)
+        parts, start = [], 0
+        for end in ends:
+            parts.extend(np.asarray(enc.ids, dtype=dtype) for enc in encoded[start:end])
+            parts.append(eos)
+            start = end
+        return np.concatenate(parts)
+
+    for doc in docs:
+        for piece in _pieces(doc):
+            pieces.append(piece)
+            chars += len(piece)
+        ends.append(len(pieces))
+        if chars >= _BATCH_CHARS:
+            yield flush()
+            pieces, ends, chars = [], [], 0
+    if ends:
+        yield flush()
 
 
 def token_file_path(corpus: Corpus, split: str, tokenizer, cache_dir: str | os.PathLike) -> Path:
@@ -62,14 +92,9 @@ def tokenize_split(corpus: Corpus, split: str, tokenizer, cache_dir: str | os.Pa
     size_record = path.with_name(path.name + ".size")
     if not (path.exists() and size_record.exists() and size_record.read_text().strip() == str(path.stat().st_size)):
         path.parent.mkdir(parents=True, exist_ok=True)
-        eos = eos_id(tokenizer)
-        backend = tokenizer.backend_tokenizer
         with atomic_file(path, "wb") as f:
-            for doc in corpus.split(split):
-                pieces = list(_pieces(doc))
-                for enc in backend.encode_batch(pieces, add_special_tokens=False):
-                    np.asarray(enc.ids, dtype=dtype).tofile(f)
-                np.asarray([eos], dtype=dtype).tofile(f)
+            for ids in _token_batches(corpus.split(split), tokenizer, dtype):
+                ids.tofile(f)
         atomic_write_text(size_record, f"{path.stat().st_size}\n")
     if path.stat().st_size == 0:
         raise UserError(f"the {split} split of corpus {corpus.name!r} has no tokens; give more text")
