@@ -99,6 +99,31 @@ def test_left_padding_is_not_read_as_documents():
     assert packed_document_ids(torch.tensor([[0, 1, 0, 1, 2]]), None, None, past=3) is None
 
 
+def test_padding_inside_a_row_is_not_read_as_documents():
+    """generate gives padding position 0 wherever it sits: a row whose padding is inside it (a batch continued after
+    one row stopped early) or at its right stays one document; a real position-0 token after a real one starts one."""
+    positions = torch.tensor([[0, 1, 2, 0, 0, 3, 4], [0, 1, 2, 3, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 0, 0, 1, 1], [1, 1, 1, 1, 0, 0, 0]])
+    assert packed_document_ids(positions, mask, None, 0) is None
+    packed = packed_document_ids(torch.tensor([[0, 1, 0, 0, 1]]), torch.tensor([[1, 1, 0, 1, 1]]), None, 0)
+    assert packed is None  # the position-0 token after the gap continues the row's document
+
+
+@pytest.mark.parametrize("name", ["cheems-tiny", "llama-tiny"])
+def test_generate_with_padding_inside_the_prompt_equals_the_prompt_without_it(name):
+    model, cfg = _model(name)
+    torch.manual_seed(4)
+    ids = torch.randint(1, cfg.vocab_size, (1, 10))
+    mask = torch.ones_like(ids)
+    mask[0, 4:6] = 0
+    with torch.no_grad():
+        expected = model.generate(ids[:, mask[0].bool()], max_new_tokens=5, do_sample=False, pad_token_id=0)[:, 8:]
+        for use_cache in (True, False):
+            out = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0,
+                                 use_cache=use_cache)
+            assert torch.equal(out[:, 10:], expected), use_cache
+
+
 def test_packed_rows_refuse_a_cache():
     model, cfg = _model("llama-tiny")
     ids = torch.randint(0, cfg.vocab_size, (1, 6))

@@ -196,9 +196,9 @@ def document_starts(position_ids: torch.Tensor | None, attention_mask: torch.Ten
     if position_ids is None or past > 0 or position_ids.shape[-1] < 2:
         return None
     starts = position_ids[..., 1:] == 0
-    if attention_mask is not None:
-        real = attention_mask[..., -position_ids.shape[-1]:]
-        starts = starts & real[..., :-1].to(device=starts.device, dtype=torch.bool)
+    if attention_mask is not None:  # padding neither starts a document nor ends one (a gap inside a row either)
+        real = attention_mask[..., -position_ids.shape[-1]:].to(device=starts.device, dtype=torch.bool)
+        starts = starts & real[..., :-1] & real[..., 1:]
     return F.pad(starts, (1, 0))
 
 
@@ -207,8 +207,9 @@ def packed_document_ids(position_ids: torch.Tensor | None, attention_mask: torch
     """The document ids of packed rows, or None for rows that each hold one document.
 
     HF's packed-without-padding convention (``DataCollatorWithFlattening``): a document starts at a token whose
-    ``position_ids`` is 0 and whose previous token is real (padding restarts nothing, so left-padded rows stay
-    one document). An explicit ``seq_idx`` wins. Only a call's first tokens (``past == 0``, more than one token)
+    ``position_ids`` is 0 and which is real, as its previous token is (padding restarts nothing, so left-padded
+    rows, and rows with padding inside them as ``generate`` gives a batch whose rows stopped apart, stay one
+    document). An explicit ``seq_idx`` wins. Only a call's first tokens (``past == 0``, more than one token)
     can be packed.
 
     position_ids (b, l) or None, attention_mask (b, l) or (b, past + l) (1 = real; its last ``l`` columns are
