@@ -72,3 +72,26 @@ def test_batch_helpers():
     ids, mask = left_padded_batch([[5, 6, 7], [8]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     assert generated_counts(torch.tensor([[4, 9, 9], [2, 3, 4], [9, 9, 9]]), eos=9) == [2, 3, 1]
+
+
+def test_a_prompt_of_no_tokens_starts_a_document(model_dir, tmp_path, capsys):
+    """A prompt the tokenizer turns into no tokens (whitespace under a word-level tokenizer) generates from EOS
+    alone, as an empty prompt does, not a traceback from an empty row."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = Tokenizer(models.WordLevel({"<eos>": 0, "[UNK]": 1, "hello": 2, "world": 3}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    words.add_special_tokens(["<eos>"])
+    folder = tmp_path / "words"
+    folder.mkdir()
+    words.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<eos>",
+                                                              "tokenizer_class": "PreTrainedTokenizerFast"}))
+    assert words.encode("  ").ids == []
+    for prompts in (["  "], ["  ", "hello"]):
+        flags = [flag for p in prompts for flag in ("--prompt", p)]
+        status, out, err = _generate(model_dir, capsys, "--tokenizer", str(folder), *flags, "--greedy")
+        samples = len(prompts) if len(prompts) > 1 else 0  # one prompt's text is printed without a header
+        assert status == 0 and "Traceback" not in err and out.count("--- sample") == samples

@@ -297,7 +297,8 @@ def run_generate(args: argparse.Namespace) -> int:
     texts, tokens, seconds = [], 0, 0.0
     for first in range(0, len(prompts), args.batch_size):
         batch = prompts[first:first + args.batch_size]
-        token_lists = [tokenizer.encode(p, add_special_tokens=False) if p else [eos] for p in batch]
+        # a prompt of no tokens (empty, or only what the tokenizer drops) starts a document: EOS alone
+        token_lists = [tokenizer.encode(p, add_special_tokens=False) or [eos] for p in batch]
         input_ids, mask = (t.to(device) for t in left_padded_batch(token_lists, eos))
         synchronize(device)
         start = time.perf_counter()

@@ -123,3 +123,19 @@ def test_a_training_call_is_one_call_whatever_the_chunk_size(name):
     torch.manual_seed(0)
     cached = model(ids, use_cache=True, prefill_chunk_tokens=8).aux_loss
     assert whole is not None and rel_err(cached, whole) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["cheems-tiny", "mamba2-tiny"])
+def test_transformers_prefill_chunks_of_one_token_keep_the_padding(name):
+    """transformers' own chunked prefill (``generate(prefill_chunk_size=1)``) feeds the prompt one token per call
+    after the first: those calls are prompt, not generated steps (their mask is read): each left-padded row
+    continues as it does alone."""
+    model = make(name, initializer_range=0.3).double()
+    ids, mask = left_padded([3, 7], model.config.vocab_size)
+    greedy = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=mask, prefill_chunk_size=1, **greedy)
+        for row, n in enumerate([3, 7]):
+            alone = model.generate(ids[row:row + 1, 7 - n:], **greedy)
+            assert torch.equal(out.sequences[row, 7:], alone.sequences[0, n:]), row
+            assert rel_err(torch.stack(out.scores)[:, row], torch.stack(alone.scores)[:, 0]) < 1e-6, row

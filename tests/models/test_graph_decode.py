@@ -181,3 +181,26 @@ def test_replays_of_a_static_attention_cache_and_a_new_recording_after_its_buffe
     assert recorded == [True] * 6 + [False] * 2  # six replays fill slots 250..255
     assert cache.attention_capacity == 512 and cache.layer_state(0)["key"].shape[1] == 512
     assert cache.get_seq_length() == ref_cache.get_seq_length() == 258
+
+
+@pytest.mark.parametrize("name", ["cheems-tiny", "llama-tiny"])
+def test_graphed_steps_follow_the_callers_positions(name):
+    """A prompt at the caller's positions (generate(position_ids=...), e.g. a document continued at an offset):
+    the decoding steps continue those positions on the graphed path as on the eager one (it used the cache's count
+    of tokens instead), and equal full forwards on the growing sequence."""
+    torch.manual_seed(0)
+    ids = torch.randint(1, 512, (1, 8))
+    positions = torch.arange(100, 108)[None]
+    outs = {}
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        model = CheemsForCausalLM(presets.get(name, initializer_range=0.3, graphed_decoding=graphed)).double().eval()
+        with torch.no_grad():
+            outs[graphed] = model.generate(ids, position_ids=positions, max_new_tokens=5, do_sample=False,
+                                           pad_token_id=0)
+    assert torch.equal(outs[True], outs[False])
+    seq = outs[False]
+    with torch.no_grad():
+        for t in range(8, seq.shape[1]):
+            logits = model(seq[:, :t], position_ids=torch.arange(100, 100 + t)[None], use_cache=False).logits
+            assert logits[0, -1].argmax() == seq[0, t]

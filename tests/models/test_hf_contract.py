@@ -260,3 +260,21 @@ def test_from_pretrained_overrides_are_checked_like_the_config(layers, tmp_path)
     wm.CheemsForCausalLM(wm.presets.get("cheems-tiny")).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=rf"mixer_types=.* is not allowed: a list of num_hidden_layers={layers}"):
         AutoModelForCausalLM.from_pretrained(tmp_path, num_hidden_layers=layers)
+
+
+def test_generate_refuses_a_pad_token_outside_the_vocabulary():
+    """generate feeds pad_token_id back for finished rows without checking it (its steps skip the id check)."""
+    model = make("llama-tiny")
+    x = tokens(model, 1, 5)
+    for pad in (model.config.vocab_size, -1):
+        with pytest.raises(ValueError, match="pad_token_id"):
+            model.generate(x, max_new_tokens=2, pad_token_id=pad)
+
+
+def test_a_cache_of_other_rows_is_refused():
+    model = make("cheems-tiny")
+    cache = wm.models.CheemsCache(model.config)
+    with torch.no_grad():
+        model(tokens(model, 2, 5), past_key_values=cache, use_cache=True)
+        with pytest.raises(ValueError, match="past_key_values"):
+            model(tokens(model, 3, 1), past_key_values=cache, use_cache=True)

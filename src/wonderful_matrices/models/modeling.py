@@ -22,6 +22,7 @@ from transformers.generation.configuration_utils import GenerationMode
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from ..errors import is_int
 from ..layers import Attention, CDMoE, DynamicMaskAttention, GatedMLP, Mamba2Mixer, MoE, RMSNorm, SSDMixer
 from ..layers.rotary import RotaryTables
 from ..layers.ssd import GatedRMSNorm
@@ -37,29 +38,40 @@ CACHE_NAME = ("cache" if "cache" in inspect.signature(GenerationMixin.prepare_in
                       else "past_key_values")
 
 
-_generation = threading.local()  # .calls: forward calls so far of the CheemsForCausalLM.generate running here
+# The CheemsForCausalLM.generate running in this thread: .calls (forward calls so far), .prompt (the prompt's
+# tokens, cached ones included), .positions (whether the caller gave position_ids); .calls is None outside one.
+_generation = threading.local()
 
 
 @contextlib.contextmanager
-def _own_generation() -> Iterator[None]:
-    """Marks the forward calls made by one :meth:`CheemsForCausalLM.generate` (nested calls keep their own count)."""
-    outer = getattr(_generation, "calls", None)
-    _generation.calls = 0
+def _own_generation(prompt: int, positions: bool) -> Iterator[None]:
+    """Marks the forward calls made by one :meth:`CheemsForCausalLM.generate` of a ``prompt``-token prompt (nested
+    calls keep their own state)."""
+    outer = tuple(getattr(_generation, name, None) for name in ("calls", "prompt", "positions"))
+    _generation.calls, _generation.prompt, _generation.positions = 0, prompt, positions
     try:
         yield
     finally:
-        _generation.calls = outer
+        _generation.calls, _generation.prompt, _generation.positions = outer
 
 
 def _generated_step(input_ids: torch.Tensor | None, cache) -> bool:
     """Whether a forward call is a one-token step fed back by the running ``generate`` loop (counted: call it once
-    per forward): not its first call (the prompt), token ids (b, 1) the model itself picked on a filled cache."""
+    per forward): not its first call, token ids (b, 1) the model itself picked on a cache that holds the whole
+    prompt already (transformers' ``prefill_chunk_size`` feeds a prompt in one-token calls too)."""
     calls = getattr(_generation, "calls", None)
     if calls is None:
         return False
     _generation.calls = calls + 1
     return (calls > 0 and input_ids is not None and input_ids.dim() == 2 and input_ids.shape[1] == 1
-            and isinstance(cache, CheemsCache) and cache.real_tokens is not None)
+            and isinstance(cache, CheemsCache) and cache.real_tokens is not None
+            and cache.get_seq_length() >= _generation.prompt)
+
+
+def _caller_positions() -> bool:
+    """Whether the running ``generate`` was given ``position_ids`` (its steps' positions then follow the caller's,
+    not the cache's count of real tokens)."""
+    return bool(getattr(_generation, "positions", False))
 
 
 def check_token_ids(ids: torch.Tensor, vocab_size: int, name: str = "input_ids",
@@ -452,6 +464,10 @@ class CheemsModel(CheemsPreTrainedModel):
         if past_key_values is not None and not isinstance(past_key_values, CheemsCache):
             raise ValueError(f"past_key_values={type(past_key_values).__name__} is not allowed: "
                              "a CheemsCache (or None)")
+        if past_key_values is not None and past_key_values.batch_size not in (-1, b):
+            raise ValueError(f"past_key_values (a cache of {past_key_values.batch_size} rows) is not allowed with "
+                             f"{b} rows of input: the cache of these rows (generate does not repeat a given cache "
+                             "for beams or several sequences per prompt)")
         if position_ids is not None and position_ids.shape[-1] != l:
             raise ValueError(f"position_ids.shape={tuple(position_ids.shape)} is not allowed: last dim must be {l}")
         explicit_seq_idx = seq_idx is not None
@@ -728,7 +744,7 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         # eager call raises the error naming them
         device = cache.real_tokens.device
         checks = [] if generated else [((input_ids >= 0) & (input_ids < self.config.vocab_size)).all().to(device)]
-        if position_ids is not None and not generated:
+        if position_ids is not None and (not generated or _caller_positions()):
             checks.append((position_ids.reshape(-1).to(device) == cache.real_tokens).all())
         if attention_mask is not None and not generated:
             checks.append(attention_mask[:, -1].all().to(device))
@@ -742,8 +758,21 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         Assisted decoding (another model's draft ids) keeps every check."""
         if kwargs.get("assistant_model") is not None:
             return super().generate(inputs, *args, **kwargs)
-        with _own_generation():
+        self._check_fed_back_ids(kwargs)
+        prompt = next((t for t in (inputs, kwargs.get("input_ids"), kwargs.get("inputs_embeds"))
+                       if isinstance(t, torch.Tensor) and t.dim() >= 2), None)
+        with _own_generation(0 if prompt is None else prompt.shape[1], kwargs.get("position_ids") is not None):
             return super().generate(inputs, *args, **kwargs)
+
+    def _check_fed_back_ids(self, kwargs: dict) -> None:
+        """``pad_token_id``, the one id ``generate`` feeds back besides the model's own picks (the next token of a
+        finished row; its steps skip the id check), must be in the vocabulary."""
+        config = kwargs.get("generation_config") or self.generation_config
+        pad = kwargs.get("pad_token_id", getattr(config, "pad_token_id", None))
+        value = pad.item() if isinstance(pad, torch.Tensor) and pad.numel() == 1 else pad
+        if value is not None and not (is_int(value) and 0 <= value < self.config.vocab_size):
+            raise ValueError(f"pad_token_id={pad!r} is not allowed: a token id in [0, vocab_size="
+                             f"{self.config.vocab_size}) (generate feeds it back as the next token of a finished row)")
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, generation_mode=None,
                                       *args, **kwargs) -> None:
