@@ -1,12 +1,15 @@
 """Where issue #15's lm-scale training goes NaN (session 24 probe; run on the GPU machine).
 
     python docs/results/session24/nan_probe.py FAMILY MODE CACHE_DIR OUT_JSON [LR] [SEED]
+    (a CPU smoke run: PROBE_SIZE=tiny PROBE_TOKENS=50000 PROBE_DATA=shakespeare PROBE_VOCAB=512)
 
 Trains ``FAMILY-base`` exactly as ``wm bench lm --data python-source --train-tokens 25000000`` does
 (:func:`wonderful_matrices.bench.lm_common.train_lm`'s rows, AdamW, clipping, schedule, bf16 autocast) but reads the
-loss and the gradient norm after every step (one host synchronisation per step). MODE: ``eager`` or ``compiled``
-(the forward and backward under ``torch.compile``, as ``--compiled-training``). At the first step whose loss or
-gradient norm is not finite (the weights are still those of the previous, finite step) it looks at that batch:
+loss and the gradient norm after every step (one host synchronisation per step). MODE: ``eager``, ``compiled``
+(the forward and backward under ``torch.compile``, as ``--compiled-training``), ``graphed`` or ``compiled+graphed``
+(every step replayed from a CUDA graph, as ``--graphed-training``: the weights are copied before each replay and put
+back when it gives a non-finite loss, whose optimizer update the replay has made already). At the first step whose
+loss or gradient norm is not finite (on the weights of the previous, finite step) it looks at that batch eagerly:
 the parameters whose gradients are not finite; the modules whose forward output / input gradient is not finite,
 in the order they ran (eager hooks); the same batch's loss and gradient norm with every Triton kernel replaced by
 its PyTorch fallback, and in float32 without autocast. Writes OUT_JSON with every step's loss and gradient norm.
@@ -27,7 +30,8 @@ from wonderful_matrices.bench.lm_common import compiled_lm_loss, corpus_tokens, 
 from wonderful_matrices.bench.lm_scale import run_model
 from wonderful_matrices.data.packing import PackedRows
 from wonderful_matrices.models import CheemsForCausalLM
-from wonderful_matrices.train.optim import adamw
+from wonderful_matrices.train.graph_step import GraphedTrainStep
+from wonderful_matrices.train.optim import adamw, make_capturable
 from wonderful_matrices.train.schedule import lr_multiplier
 
 SEQ_LEN, BATCH, TOKENS = 2048, 8, 25_000_000
@@ -100,7 +104,8 @@ def examine(model, rows, device, eos) -> dict:
 
 def main(family: str, mode: str, cache_dir: str, out: str, lr: float = 1e-3, seed: int = 1) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    corpus = corpus_tokens("python-source", 32768, cache_dir)
+    corpus = corpus_tokens(os.environ.get("PROBE_DATA", "python-source"), int(os.environ.get("PROBE_VOCAB", 32768)),
+                           cache_dir)
     _, config = run_model(family, SIZE, None, vocab_size=corpus.vocab_size, use_cache=False)
     torch.manual_seed(seed)
     model = CheemsForCausalLM(config).to(device)
@@ -108,17 +113,35 @@ def main(family: str, mode: str, cache_dir: str, out: str, lr: float = 1e-3, see
     opt = adamw(model, lr, 0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier("cosine", steps, max(1, steps // 20), min_ratio=0.1))
     data = PackedRows(corpus.train, SEQ_LEN + 1)
-    loss_fn = compiled_lm_loss() if mode == "compiled" else None
+    loss_fn = compiled_lm_loss() if mode.startswith("compiled") else None
+    graphed = mode.endswith("graphed")
+    if graphed:
+        if device.type == "cuda":
+            make_capturable(opt, device)
+        graph_step = GraphedTrainStep(lambda rows: training_loss(model, rows, device, loss_fn, corpus.eos),
+                                      model.parameters(), opt, max_grad_norm=1.0, use_graph=device.type == "cuda")
+        params = list(model.parameters())
+        before = [torch.empty_like(p) for p in params]
     result = {"family": family, "mode": mode, "lr": lr, "seed": seed, "steps": steps, "losses": [], "grad_norms": [],
               "bad_step": None}
     start = time.perf_counter()
     model.train()
     for step in range(steps):
         rows = data.train_batch(step, BATCH, grad_accum=1, micro=0, seed=seed).to(device)
-        loss = training_loss(model, rows, device, loss_fn, corpus.eos)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        loss_v, norm_v = float(loss), float(norm)
+        if graphed:
+            torch._foreach_copy_(before, [p.detach() for p in params])
+            loss = graph_step(rows)
+            loss_v, norm_v = float(loss), float(graph_step.grad_norm)
+            if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
+                with torch.no_grad():
+                    torch._foreach_copy_(params, before)
+            else:
+                sched.step()
+        else:
+            loss = training_loss(model, rows, device, loss_fn, corpus.eos)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            loss_v, norm_v = float(loss.detach()), float(norm)
         result["losses"].append(round(loss_v, 4))
         result["grad_norms"].append(round(norm_v, 4))
         if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
@@ -127,9 +150,10 @@ def main(family: str, mode: str, cache_dir: str, out: str, lr: float = 1e-3, see
             result["examine"] = examine(model, rows, device, corpus.eos)
             torch.save(rows.cpu(), Path(out).with_suffix(".rows.pt"))
             break
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        if not graphed:
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
         if step % 100 == 0:
             print(f"step {step}: loss {loss_v:.4f} grad norm {norm_v:.3f} ({time.perf_counter() - start:.0f} s)",
                   flush=True)
