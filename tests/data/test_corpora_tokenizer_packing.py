@@ -157,6 +157,20 @@ def test_batched_tokenization_keeps_every_document_and_its_eos(small_tokenizer, 
     assert tokenize_split(corpus, "train", small_tokenizer, tmp_path).tolist() == expected
 
 
+def test_a_killed_runs_partial_token_file_is_swept(small_tokenizer, tmp_path):
+    """A process killed while tokenizing leaves its temp file: the next tokenizing removes it once it is stale (not
+    written for 10 minutes), and leaves a fresh one (another process may be writing it)."""
+    corpus = split_documents("mem", [TEXT[:5000], TEXT[5000:9000], TEXT[9000:]], 0.3)
+    path = token_file_path(corpus, "train", small_tokenizer, tmp_path)
+    tmp_path.mkdir(exist_ok=True)
+    stale, fresh = tmp_path / f".{path.name}.abc.tmp", tmp_path / f".{path.name}.def.tmp"
+    for leftover in (stale, fresh):
+        leftover.write_bytes(b"\0" * 64)
+    os.utime(stale, (os.path.getatime(stale) - 3600, os.path.getmtime(stale) - 3600))
+    tokenize_split(corpus, "train", small_tokenizer, tmp_path)
+    assert not stale.exists() and fresh.exists()
+
+
 def test_a_truncated_token_file_is_rebuilt(small_tokenizer, tmp_path):
     corpus = split_documents("mem", [TEXT[:5000], TEXT[5000:9000], TEXT[9000:]], 0.3)
     expected = tokenize_split(corpus, "train", small_tokenizer, tmp_path).tolist()

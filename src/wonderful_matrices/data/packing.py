@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_file, atomic_write_text
+from ..atomic import atomic_file, atomic_write_text, sweep_stale_temps
 from ..errors import UserError
 from .corpora import Corpus
 from .tokenizer import eos_id, tokenizer_hash
@@ -92,6 +92,7 @@ def tokenize_split(corpus: Corpus, split: str, tokenizer, cache_dir: str | os.Pa
     size_record = path.with_name(path.name + ".size")
     if not (path.exists() and size_record.exists() and size_record.read_text().strip() == str(path.stat().st_size)):
         path.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale_temps(path)  # a run killed while tokenizing left its partial file (hundreds of MB)
         with atomic_file(path, "wb") as f:
             for ids in _token_batches(corpus.split(split), tokenizer, dtype):
                 ids.tofile(f)
