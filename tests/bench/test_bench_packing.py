@@ -54,15 +54,18 @@ def test_lm_loss_of_a_packed_row_is_the_mean_over_documents_alone(name, fused):
         count += len(doc) - 1
     expected = nll / count
     # float64 weights; the unfused loss takes float32 logits by design, so float32-level bounds
-    assert float(abs(loss.detach() - expected.detach()) / expected.detach()) < 1e-6
+    tolerance = 1e-6
+    assert float(abs(loss.detach() - expected.detach()) / expected.detach()) < tolerance
     loss.backward()
     got = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     model.zero_grad()
     expected.backward()
     want = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     assert float((got - want).norm() / want.norm()) < 1e-5
-    unpacked = lm_common.lm_loss(model, rows, None)
-    assert float(abs(unpacked - expected)) > 1e-3  # without the convention the documents leak into each other
+    # without the convention the documents leak into each other: far outside the tolerance above (by how much
+    # depends on the random weights: 1e-3 absolute held for some draws of a near-uniform tiny model, not others)
+    unpacked = lm_common.lm_loss(model, rows, None).detach()
+    assert float(abs(unpacked - expected.detach()) / expected.detach()) > 10 * tolerance
 
 
 def test_perplexity_scores_the_same_targets_as_lm_loss():
