@@ -48,6 +48,32 @@ def test_bounded_cache_decoding_equals_full_forward(w, ties):
     assert max(sizes) <= w and sizes[-1] == w
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mask_form", ["gate", "doge"])
+def test_tied_biases_make_sliding_window_attention(dtype, mask_form):
+    """Equal ``dt_proj`` outputs give one bias wherever they sit in the tensor (the CPU's float32 softplus rounded
+    an element by its place, so ties went to the wrong keys): each query then keeps its w latest keys — sliding-
+    window attention — in the full forward and in a cached run."""
+    w = 5
+    layer = randomize(DynamicMaskAttention(24, 4, 2, 6, keep_window=w, mask_form=mask_form)).to(dtype)
+    with torch.no_grad():
+        layer.dt_proj.weight.zero_()
+        layer.dt_proj.bias.copy_(torch.tensor([0.3, -0.2]))  # softplus(0.3) rounded two ways in float32 on the CPU
+    b, l = 2, 23
+    x = torch.randn(b, l, 24, dtype=dtype)
+    pos = torch.arange(l).expand(b, l)
+    q, k, v, bias = layer._project(x, pos, None)
+    assert all(bias[..., h].unique().numel() == 1 for h in range(2))
+    k, v = k.repeat_interleave(2, dim=2), v.repeat_interleave(2, dim=2)
+    scores = torch.einsum("bihd,bjhd->bhij", q, k) / 6 ** 0.5
+    i, j = torch.arange(l)[:, None], torch.arange(l)[None, :]
+    scores = scores.masked_fill((j > i) | (j <= i - w), float("-inf"))
+    expected = layer.o_proj(torch.einsum("bhij,bjhd->bihd", scores.softmax(-1), v).reshape(b, l, 24))
+    full, cached, _ = full_and_cached(layer, x, pos, None, [5, 1, 3] + [1] * 14)
+    tol = TOL64 if dtype == torch.float64 else 1e-5
+    assert rel_err(full, expected) < tol and rel_err(cached, expected) < tol
+
+
 @pytest.mark.parametrize("w", [1, 4])
 def test_mask_form_none_is_sliding_window_attention(w):
     """No mask parameters; each query attends exactly its w latest keys (oracle: causal softmax over (i - w, i] in

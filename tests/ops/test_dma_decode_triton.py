@@ -145,6 +145,31 @@ def test_layer_decoding_with_fused_step_equals_full_forward(w):
 
 
 @interpreted_only
+@pytest.mark.parametrize("mask_form,dt", [("gate", 0.3), ("gate", -2.3047204), ("doge", 1.3840183)])
+def test_fused_steps_break_bias_ties_for_the_later_key(mask_form, dt):
+    """Every key's bias tied (``dt_proj`` a constant): the window keeps the latest keys, so the cache after fused
+    steps holds the last ``w`` positions. The fused step computes a new key's bias as the prefill does, bit for bit
+    (at these dt the step's own float32 softplus rounded an ulp below the layer's, and every decoded key lost its
+    tie to the prefilled ones)."""
+    w, prefill, l = 2, 4, 14
+    layer = DynamicMaskAttention(16, 4, 2, 6, keep_window=w, decode_backend="triton", mask_form=mask_form)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+        layer.dt_proj.weight.zero_()
+        layer.dt_proj.bias.fill_(dt)
+    x, pos = torch.randn(1, l, 16), torch.arange(l)[None]
+    state = {}
+    with torch.no_grad():
+        full = layer(x, pos)
+        outs = [layer(x[:, :prefill], pos[:, :prefill], None, state)]
+        outs += [layer(x[:, t:t + 1], pos[:, t:t + 1], None, state) for t in range(prefill, l)]
+    assert sorted(state["position"][0, :, 0].tolist()) == list(range(l - w, l))
+    assert all(state["bias"][0, :, h].unique().numel() == 1 for h in range(2))
+    assert rel_err(torch.cat(outs, 1), full) < 1e-5
+
+
+@interpreted_only
 @pytest.mark.parametrize("w", [None, 3])
 def test_fused_layer_steps_keep_a_full_window_and_survive_beam_reorder_and_reset(w):
     """A full window's fused steps keep the cache tensors (the kernels update them in place); index_select on the

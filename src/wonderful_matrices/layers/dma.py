@@ -96,13 +96,18 @@ class DynamicMaskAttention(nn.Module):
         self.decoder = DecodeStep(decode_backend)
 
     def key_bias(self, value_states: torch.Tensor) -> torch.Tensor:
-        """value_states (b, l, hkv·d) -> bias (b, l, hkv) float32 (``mask_form`` decides the formula)."""
+        """value_states (b, l, hkv·d) -> bias (b, l, hkv) float32 (``mask_form`` decides the formula).
+
+        Computed in float64 and rounded once: equal ``dt_proj`` outputs (frequent in bf16) must give equal biases
+        wherever they are computed, for the window's tie rule (the later key wins) to hold — in float32 the CPU's
+        softplus rounded an element by where it sat in the tensor, and the fused decoding step's own formula
+        (``ops/dma/step_input_kernels.py``, float64 too) differed by an ulp."""
         if self.mask_form == "none":
             return value_states.new_zeros(*value_states.shape[:-1], self.num_kv_heads, dtype=torch.float32)
-        dt = F.softplus(self.dt_proj(value_states).float())
+        dt = F.softplus(self.dt_proj(value_states).double())
         if self.mask_form == "gate":
-            return -torch.exp(self.A_log.float()) * dt
-        return torch.exp(self.A.float() * dt)
+            return (-torch.exp(self.A_log.double()) * dt).float()
+        return torch.exp(self.A.double() * dt).float()
 
     def forward(self, hidden_states: torch.Tensor, position_ids: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, state: dict | None = None,

@@ -44,17 +44,18 @@ def _step_inputs_kernel(q_ptr, k_ptr, dt_ptr, pos_ptr, inv_freq_ptr, a_ptr, q_ou
         g = j - hq
         src = k_ptr + bi * skb + g * skh
         dst = k_out + (bi * hkv + g) * (2 * HALF)
-        v = tl.load(dt_ptr + bi * sdb + g).to(tl.float32)
+        # in float64, rounded once, as the layer's key_bias: equal dt give the prefill's bias bit for bit
+        v = tl.load(dt_ptr + bi * sdb + g).to(tl.float64)
         e = tl.exp(-tl.abs(v))
         u = 1.0 + e
         log1p = tl.where(u == 1.0, e, tl.log(u) * e / (u - 1.0))  # log(1 + e), accurate for small e
         dt = tl.where(v > 20.0, v, tl.maximum(v, 0.0) + log1p)  # softplus with torch's threshold 20
-        a = tl.load(a_ptr + g).to(tl.float32)
+        a = tl.load(a_ptr + g).to(tl.float64)
         if GATE:
             bias = -tl.exp(a) * dt
         else:
             bias = tl.exp(a * dt)
-        tl.store(bias_out + bi * hkv + g, bias)
+        tl.store(bias_out + bi * hkv + g, bias.to(tl.float32))
         tl.store(pos_out + bi * hkv + g, pos.to(tl.int64))
     x1 = tl.load(src + r, mask=m, other=0.0).to(tl.float32)
     x2 = tl.load(src + HALF + r, mask=m, other=0.0).to(tl.float32)
