@@ -17,6 +17,17 @@ def randomize(layer, scale=0.5):
     return layer
 
 
+def sliding_window_reference(layer, q, k, v, w):
+    """The output of ``layer`` (24 wide, 4 query heads of 6 over 2 KV heads) when each query attends exactly its w
+    latest keys: causal softmax over ``(i - w, i]`` of its projections q (b, l, 4, 6), k, v (b, l, 2, 6)."""
+    b, l = q.shape[:2]
+    k, v = k.repeat_interleave(2, dim=2), v.repeat_interleave(2, dim=2)
+    scores = torch.einsum("bihd,bjhd->bhij", q, k) / 6 ** 0.5
+    i, j = torch.arange(l)[:, None], torch.arange(l)[None, :]
+    scores = scores.masked_fill((j > i) | (j <= i - w), float("-inf"))
+    return layer.o_proj(torch.einsum("bhij,bjhd->bihd", scores.softmax(-1), v).reshape(b, l, 24))
+
+
 def full_and_cached(layer, x, pos, mask, splits):
     """One full forward and a cached run over chunks of the given lengths; returns both and the cache sizes."""
     full = layer(x, pos, mask)
@@ -64,11 +75,7 @@ def test_tied_biases_make_sliding_window_attention(dtype, mask_form):
     pos = torch.arange(l).expand(b, l)
     q, k, v, bias = layer._project(x, pos, None)
     assert all(bias[..., h].unique().numel() == 1 for h in range(2))
-    k, v = k.repeat_interleave(2, dim=2), v.repeat_interleave(2, dim=2)
-    scores = torch.einsum("bihd,bjhd->bhij", q, k) / 6 ** 0.5
-    i, j = torch.arange(l)[:, None], torch.arange(l)[None, :]
-    scores = scores.masked_fill((j > i) | (j <= i - w), float("-inf"))
-    expected = layer.o_proj(torch.einsum("bhij,bjhd->bihd", scores.softmax(-1), v).reshape(b, l, 24))
+    expected = sliding_window_reference(layer, q, k, v, w)
     full, cached, _ = full_and_cached(layer, x, pos, None, [5, 1, 3] + [1] * 14)
     tol = TOL64 if dtype == torch.float64 else 1e-5
     assert rel_err(full, expected) < tol and rel_err(cached, expected) < tol
@@ -85,11 +92,7 @@ def test_mask_form_none_is_sliding_window_attention(w):
     pos = torch.arange(l).expand(b, l)
     q, k, v, bias = layer._project(x, pos, None)
     assert torch.equal(bias, torch.zeros_like(bias))
-    k, v = k.repeat_interleave(2, dim=2), v.repeat_interleave(2, dim=2)
-    scores = torch.einsum("bihd,bjhd->bhij", q, k) / 6 ** 0.5
-    i, j = torch.arange(l)[:, None], torch.arange(l)[None, :]
-    scores = scores.masked_fill((j > i) | (j <= i - w), float("-inf"))
-    expected = layer.o_proj(torch.einsum("bhij,bjhd->bihd", scores.softmax(-1), v).reshape(b, l, 24))
+    expected = sliding_window_reference(layer, q, k, v, w)
     full, cached, sizes = full_and_cached(layer, x, pos, None, [5, 1, 3] + [1] * 8)
     assert rel_err(full, expected) < 1e-12
     assert rel_err(cached, full) < TOL64 and max(sizes) <= w
