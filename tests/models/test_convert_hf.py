@@ -1,4 +1,6 @@
 """HF checkpoints load into the matching Cheems config and give the same logits (float32, rel <= 1e-4)."""
+import warnings
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -93,8 +95,31 @@ def test_doge_dense_logits_match():
                 p.copy_(0.5 + 0.5 * torch.rand_like(p))
             elif "dt_proj" in n:
                 p.copy_(torch.randn_like(p))
-    ours = from_hf_doge(hf)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # distinct mask values: no tie warning
+        ours = from_hf_doge(hf)
     assert ours.config.layer_types == ["dma"] * 2 and ours.config.keep_window == 5
     x = torch.randint(0, 97, (2, 17))
+    with torch.no_grad():
+        assert rel_err(ours(x).logits, hf(x).logits) < 1e-4
+
+
+def test_doge_with_every_mask_value_tied_warns():
+    """HF initialises Doge's ``A`` to 0: every key's mask value ties, and the window's choice among tied keys is
+    the later key here, whatever ``torch.topk`` returns in HF (the earlier on the CPU) — the conversion says so."""
+    from transformers import DogeConfig, DogeForCausalLM
+
+    from wonderful_matrices.models.convert import from_hf_doge
+
+    cfg = DogeConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, keep_window_size=5, tie_word_embeddings=True)
+    hf = DogeForCausalLM(cfg).eval()
+    with torch.no_grad():  # as transformers 5.25 initialises it (not relied on: other versions may differ)
+        for n, p in hf.named_parameters():
+            if n.endswith(".A"):
+                p.zero_()
+    with pytest.warns(UserWarning, match="A = 0"):
+        ours = from_hf_doge(hf)
+    x = torch.randint(0, 97, (1, 4))  # within the window: nothing to choose, the logits agree
     with torch.no_grad():
         assert rel_err(ours(x).logits, hf(x).logits) < 1e-4

@@ -9,7 +9,10 @@
 Each function builds the config from the HF config, rejects what Cheems cannot express with a ``ValueError``
 naming the field, renames the weights and loads them with ``load_state_dict(strict=True)``. Padding differs on
 purpose for Mamba2 (HF lets padded steps decay the state; ours leaves it unchanged), so logits agree on
-unpadded inputs.
+unpadded inputs. Doge's window differs where keys tie at its cut: ours keeps the later key (docs/design.md), HF's
+``torch.topk`` whichever its implementation returns (the earlier one on the CPU) — so logits agree where the mask
+values at the cut are distinct, and differ beyond ``keep_window_size`` tokens for repeated tokens in the first layer
+(equal values, no rotary) or a layer whose ``A`` is 0 (every key ties: HF's initialisation, hence the warning).
 
 Single layers: :func:`load_hf_doge_attention_state` (``DogeAttention`` -> ``DynamicMaskAttention``),
 :func:`doge_cdmoe_state_dict` / :func:`cdmoe_from_doge` (``DogeCDMoE`` -> ``CDMoE``, per token) and
@@ -17,6 +20,7 @@ Single layers: :func:`load_hf_doge_attention_state` (``DogeAttention`` -> ``Dyna
 """
 from __future__ import annotations
 
+import warnings
 from typing import Mapping
 
 import torch
@@ -141,6 +145,12 @@ def from_hf_doge(model) -> CheemsForCausalLM:
     for prefix, sub in attention.items():
         for rest, tensor in load_hf_doge_attention_state(sub).items():
             state[f"{prefix}.mixer.{rest}"] = tensor
+    tied = [prefix for prefix, sub in attention.items() if "A" in sub and not sub["A"].any()]
+    if tied and c.keep_window_size is not None and c.keep_window_size < c.max_position_embeddings:
+        warnings.warn(f"from_hf_doge: {len(tied)} layer(s) have A = 0 (e.g. {tied[0]}), so every key's mask value "
+                      "ties: the converted model keeps each query's latest keys within keep_window_size="
+                      f"{c.keep_window_size}, HF's torch.topk whichever it returns; their logits differ beyond the "
+                      "window (see wonderful_matrices.models.convert)", stacklevel=2)
     return _load(config, state, model)
 
 
