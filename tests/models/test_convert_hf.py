@@ -113,6 +113,7 @@ def test_doge_with_every_mask_value_tied_warns():
 
     cfg = DogeConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2, keep_window_size=5, tie_word_embeddings=True)
+    cfg._attn_implementation = "eager"
     hf = DogeForCausalLM(cfg).eval()
     with torch.no_grad():  # as transformers 5.25 initialises it (not relied on: other versions may differ)
         for n, p in hf.named_parameters():
