@@ -22,7 +22,7 @@ from transformers.generation.configuration_utils import GenerationMode
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from ..errors import is_int
+from ..errors import is_int, require
 from ..layers import Attention, CDMoE, DynamicMaskAttention, GatedMLP, Mamba2Mixer, MoE, RMSNorm, SSDMixer
 from ..layers.rotary import RotaryTables
 from ..layers.ssd import GatedRMSNorm
@@ -515,7 +515,7 @@ class CheemsModel(CheemsPreTrainedModel):
         layer_mask = without_full_mask(new_mask)
 
         chunk = self.config.prefill_chunk_tokens if prefill_chunk_tokens is None else prefill_chunk_tokens
-        if chunk is not None and not (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1):
+        if chunk is not None and not (is_int(chunk) and chunk >= 1):
             raise ValueError(f"prefill_chunk_tokens={chunk!r} is not allowed: None or an integer >= 1")
         all_hidden = [] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
@@ -770,9 +770,9 @@ class CheemsForCausalLM(CheemsPreTrainedModel, GenerationMixin):
         config = kwargs.get("generation_config") or self.generation_config
         pad = kwargs.get("pad_token_id", getattr(config, "pad_token_id", None))
         value = pad.item() if isinstance(pad, torch.Tensor) and pad.numel() == 1 else pad
-        if value is not None and not (is_int(value) and 0 <= value < self.config.vocab_size):
-            raise ValueError(f"pad_token_id={pad!r} is not allowed: a token id in [0, vocab_size="
-                             f"{self.config.vocab_size}) (generate feeds it back as the next token of a finished row)")
+        require(value is None or (is_int(value) and 0 <= value < self.config.vocab_size), "pad_token_id", pad,
+                f"a token id in [0, vocab_size={self.config.vocab_size}) (generate feeds it back as the next token "
+                "of a finished row)")
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, generation_mode=None,
                                       *args, **kwargs) -> None:

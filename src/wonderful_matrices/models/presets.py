@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 
+from ..errors import is_int
 from .configuration import CheemsConfig, config_field_names, default_layer_types
 
 FAMILIES = ("cheems", "doge", "llama", "mamba2", "jamba")
@@ -77,7 +78,7 @@ DEFAULT_HYBRID_RATIO = 7  # recurrent layers per attention layer in the hybrids'
 
 def is_hybrid_ratio(value) -> bool:
     """Whether ``value`` can be a ``hybrid_ratio``: an int >= 1 (not a bool)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return is_int(value) and value >= 1
 
 
 def _layout(family: str, num_layers: int, hybrid_ratio: int = DEFAULT_HYBRID_RATIO) -> dict:

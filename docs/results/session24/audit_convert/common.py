@@ -1,5 +1,6 @@
+import os
 import sys, tempfile, torch, traceback
-sys.path.insert(0, "/tmp/audit_convert")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 torch.set_num_threads(1)
 
 def rel(a, b):

@@ -1,6 +1,6 @@
 """8. autocast on CPU: the CDMoE error vs float32 comes from tokens whose experts flip; on same-routed tokens it is small."""
-import torch, sys
-sys.path.insert(0,'/tmp/audit_experts')
+import os, sys, torch
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ref import rel_err
 from wonderful_matrices.layers import CDMoE
 torch.manual_seed(0)

@@ -1,8 +1,9 @@
 """4. A training-mode call with labels and the default use_cache (config.use_cache=True) longer than
 prefill_chunk_tokens runs its blocks chunk by chunk; each CDMoE layer's aux_loss is overwritten by every chunk, so
 the model's aux_loss (and the loss) holds only the LAST chunk's balance loss instead of the whole call's."""
+import os
 import sys
-sys.path.insert(0, "/tmp/audit_experts")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 import wonderful_matrices as wm
 from ref import balance_loss_reference

@@ -1,7 +1,8 @@
 """(minor) In a float64 model the summed aux_loss is cast to float32 (modeling.py: torch.stack([a.float() ...])), so
 loss = CE (float64) + aux (float32): the balance loss term is rounded to float32 precision in a float64 model."""
+import os
 import sys
-sys.path.insert(0, "/tmp/audit_experts")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 import wonderful_matrices as wm
 torch.manual_seed(0)

@@ -1,7 +1,8 @@
 """4. Balance loss: value and gradient vs the definition (product_key_balance_loss's docstring, written as loops),
 disabled -> None, model output and loss composition, num_items_in_batch scaling, gradient checkpointing."""
+import os
 import sys
-sys.path.insert(0, "/tmp/audit_experts")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import warnings
 warnings.filterwarnings("ignore")
 import torch

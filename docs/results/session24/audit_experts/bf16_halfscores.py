@@ -1,8 +1,9 @@
 """8. (observation) product_key_topk's torch backend rounds each half's sub-key scores to bf16 before summing them
 (two_stage.py: einsum in bf16, then .float()); the scores it returns (and CDMoE's softmax gates) carry bf16 rounding
 although they are documented float32. Compared with exact float64 scoring of the SAME bf16 inputs."""
+import os
 import sys
-sys.path.insert(0, "/tmp/audit_experts")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 from ref import all_scores
 from wonderful_matrices.ops import product_key_topk

@@ -1,9 +1,9 @@
 """2./3. CDMoE layer forward + gradients of every parameter and the input vs an independent float64 reference
-(DESIGN.md's definition, python loops), for every backend; plus the library's own naive oracles vs the reference."""
+(docs/design.md's definition, python loops), for every backend; plus the library's own naive oracles vs the reference."""
 import os
 os.environ["TRITON_INTERPRET"] = "1"
 import sys
-sys.path.insert(0, "/tmp/audit_experts")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 from ref import cdmoe_layer_reference, rel_err
 from wonderful_matrices.layers import CDMoE

@@ -1,7 +1,8 @@
 """Related to aux_chunked_prefill.py: in a training call longer than prefill_chunk_tokens with the default use_cache,
 are the cross-entropy's parameter gradients those of the one-pass call? (balance loss off, to isolate the CE)"""
+import os
 import sys
-sys.path.insert(0, "/tmp/audit_experts")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 import wonderful_matrices as wm
 from ref import rel_err

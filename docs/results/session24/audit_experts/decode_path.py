@@ -3,7 +3,7 @@ reference and vs the layer's training path (autograd on) for the same tokens."""
 import os
 os.environ["TRITON_INTERPRET"] = "1"
 import sys
-sys.path.insert(0, "/tmp/audit_experts")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 from ref import cdmoe_layer_reference, rel_err
 from wonderful_matrices.layers import CDMoE

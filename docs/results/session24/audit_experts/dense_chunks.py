@@ -1,7 +1,8 @@
 """3. The dense backend with its token chunking forced (DENSE_BUDGET lowered so chunks hold 1..5 tokens), duplicate ids,
 float64 and bfloat16 tables, vs the float64 loop reference (outputs and all gradients); also weighted_rows."""
+import os
 import sys
-sys.path.insert(0, "/tmp/audit_experts")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 from ref import rel_err
 from wonderful_matrices.ops import expert_mixture

@@ -1,7 +1,8 @@
 """8. Half precision on the CPU torch paths: CDMoE / PEER / PKM / expert_mixture / product_key_topk in bf16 and fp16
 (no crash, output dtype, error vs float64 on tokens routed identically), and torch.autocast("cpu") bf16/fp16."""
+import os
 import sys
-sys.path.insert(0, "/tmp/audit_experts")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 from ref import cdmoe_layer_reference, rel_err, brute_topk
 from wonderful_matrices.layers import CDMoE, PEER, PKM

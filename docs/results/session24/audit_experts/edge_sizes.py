@@ -1,7 +1,8 @@
 """Edge sizes: N = 1 expert, width 1, and an empty batch (0 tokens) through CDMoE / PEER / PKM / MoE in eval and
 training mode (balance loss on)."""
+import os
 import sys
-sys.path.insert(0, "/tmp/audit_experts")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 from ref import cdmoe_layer_reference, rel_err
 from wonderful_matrices.layers import CDMoE, PEER, PKM, MoE

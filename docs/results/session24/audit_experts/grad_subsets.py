@@ -4,7 +4,7 @@ import os
 os.environ["TRITON_INTERPRET"] = "1"
 import itertools
 import sys
-sys.path.insert(0, "/tmp/audit_experts")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 from ref import rel_err
 from wonderful_matrices.ops import expert_mixture

@@ -4,7 +4,7 @@ inputs, a 1-D x; plus weighted_rows (the PKM read)."""
 import os
 os.environ["TRITON_INTERPRET"] = "1"
 import sys
-sys.path.insert(0, "/tmp/audit_experts")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 from ref import ACT, rel_err
 from wonderful_matrices.ops import expert_mixture

@@ -1,7 +1,7 @@
 """8. expert_mixture in bf16/fp16 (CPU torch, dense, naive) vs float64 on the same rounded inputs, larger widths."""
 import torch
 from wonderful_matrices.ops import expert_mixture
-import sys; sys.path.insert(0,'/tmp/audit_experts')
+import os, sys; sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ref import rel_err
 torch.manual_seed(0)
 for d, M, N in ((64, 8, 64), (512, 32, 256), (2048, 32, 256)):

@@ -3,7 +3,7 @@
 import os
 os.environ["TRITON_INTERPRET"] = "1"
 import sys
-sys.path.insert(0, "/tmp/audit_experts")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 from ref import ACT, all_scores, rel_err
 from wonderful_matrices.layers import PEER, PKM, MoE

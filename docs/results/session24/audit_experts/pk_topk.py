@@ -2,7 +2,7 @@
 import os
 os.environ["TRITON_INTERPRET"] = "1"
 import sys
-sys.path.insert(0, "/tmp/audit_experts")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import itertools
 import torch
 from ref import all_scores, brute_topk, rel_err

@@ -1,4 +1,4 @@
-"""Independent float64 references written from DESIGN.md's CDMoE definition (not from the library's oracles)."""
+"""Independent float64 references written from docs/design.md's CDMoE definition (not from the library's oracles)."""
 import math
 
 import torch

@@ -2,7 +2,7 @@
 import os
 os.environ["TRITON_INTERPRET"] = "1"
 import sys
-sys.path.insert(0, "/tmp/audit_experts")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 from ref import brute_topk
 from wonderful_matrices.ops import product_key_topk

@@ -4,7 +4,7 @@ other float dtypes and token counts that cross block boundaries."""
 import os
 os.environ["TRITON_INTERPRET"] = "1"
 import sys
-sys.path.insert(0, "/tmp/audit_experts")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 from ref import all_scores, brute_topk, rel_err
 from wonderful_matrices.ops import product_key_topk, expert_mixture

@@ -1,5 +1,5 @@
 """6. Bad arguments: CheemsConfig fields of the expert layers, the CDMoE / PEER / PKM / GatedMLP / MoE constructors and
-forwards. Expected (DESIGN.md, Public API): a one-line ValueError naming the argument, its value and what is allowed."""
+forwards. Expected (docs/design.md, Public API): a one-line ValueError naming the argument, its value and what is allowed."""
 import math
 import warnings
 warnings.filterwarnings("ignore")

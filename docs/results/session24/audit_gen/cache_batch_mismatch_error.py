@@ -1,4 +1,4 @@
-"""Defect (error quality, DESIGN.md's contract "raise ValueError naming the argument, the value and what is allowed —
+"""Defect (error quality, docs/design.md's contract "raise ValueError naming the argument, the value and what is allowed —
 never a deep shape error"): a CheemsCache filled with batch B used with another batch size gives a deep RuntimeError
 from inside a layer (torch.cat / expand), or a ValueError about an op's `state.shape`/`initial_state.shape` that the
 user never passed, instead of one ValueError about the cache.
@@ -8,7 +8,7 @@ A common way to hit it: generate(..., past_key_values=<cache of a batch-1 prompt
 num_return_sequences=2) — generate expands the prompt but not the user's cache (HF's own Llama fails there too,
 also with a deep RuntimeError; there the message quality is HF's, here it is the library's documented contract).
 
-Run: /work/main/.venv/bin/python /tmp/audit_gen/cache_batch_mismatch_error.py
+Run from the repository root: .venv/bin/python docs/results/session24/audit_gen/cache_batch_mismatch_error.py
 """
 import warnings
 

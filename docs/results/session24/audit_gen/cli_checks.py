@@ -2,9 +2,10 @@
 a checkpoint with non-finite weights refused; greedy CLI output == the Python API per prompt; seeded sampling is
 reproducible.  Uses (and if missing trains, ~15 s) the tiny run /tmp/audit_gen/run.
 
-Run: /work/main/.venv/bin/python /tmp/audit_gen/cli_checks.py
+Run from the repository root: .venv/bin/python docs/results/session24/audit_gen/cli_checks.py
 """
 import os
+import sys
 import shutil
 import subprocess
 import warnings
@@ -16,7 +17,7 @@ import wonderful_matrices  # noqa: F401  (registers the model with the Auto clas
 from wonderful_matrices.data.tokenizer import eos_id, load_tokenizer
 
 warnings.filterwarnings("ignore")
-WM, RUN = "/work/main/.venv/bin/wm", "/tmp/audit_gen/run"
+WM, RUN = os.path.join(sys.prefix, "bin", "wm"), "/tmp/audit_gen/run"
 if not os.path.isdir(RUN):
     subprocess.run([WM, "train", "--preset", "cheems-tiny", "--max-steps", "3", "--batch-size", "2", "--seq-len", "64",
                     "--eval-interval", "3", "--save-interval", "3", "--eval-rows", "2", "--out", RUN, "--no-progress"],

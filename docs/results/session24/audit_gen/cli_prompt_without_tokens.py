@@ -11,15 +11,16 @@ Needs the tiny run this audit trained once:
       --save-interval 3 --eval-rows 2 --out /tmp/audit_gen/run --no-progress
 (the script trains it if missing, ~15 s).
 
-Run: /work/main/.venv/bin/python /tmp/audit_gen/cli_prompt_without_tokens.py
+Run from the repository root: .venv/bin/python docs/results/session24/audit_gen/cli_prompt_without_tokens.py
 """
 import json
 import os
+import sys
 import subprocess
 
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-WM = "/work/main/.venv/bin/wm"
+WM = os.path.join(sys.prefix, "bin", "wm")
 RUN = "/tmp/audit_gen/run"
 TOK = "/tmp/audit_gen/wordlevel_tokenizer"
 

@@ -4,7 +4,7 @@ logits are peaked and argmax ties are impossible).
 Note: `generate`'s returned logits/scores are float32 copies made by HF (generation/utils.py casts them), so
 "rel err ~3e-8" against a float64 full forward is HF's rounding; model-level comparisons are done on float64 logits.
 
-Run: /work/main/.venv/bin/python /tmp/audit_gen/coverage_checks.py      (~2 min on 2 cores)
+Run from the repository root: .venv/bin/python docs/results/session24/audit_gen/coverage_checks.py      (~2 min on 2 cores)
 """
 import copy
 import warnings

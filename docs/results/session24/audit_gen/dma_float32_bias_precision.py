@@ -5,7 +5,7 @@ other mixer (and DMA with mask_form "doge"/"none", whose bias needs no rounding 
 ulp of the bias (from 1e-16 differences of `v` between the two paths) is what differs; with a window it could also
 flip a top-w choice between two keys whose biases are within one float32 ulp.
 
-Run: /work/main/.venv/bin/python /tmp/audit_gen/dma_float32_bias_precision.py
+Run from the repository root: .venv/bin/python docs/results/session24/audit_gen/dma_float32_bias_precision.py
 """
 import warnings
 

@@ -7,7 +7,7 @@ own steps (`generated=True`, line 723), and `GraphedDecoder._eager` (models/grap
 model with no position_ids, so RoPE / DMA positions come from the cache's token count instead.
 Eager decoding (graphed_decoding=False) honours them and equals a full forward with the same positions.
 
-Run: /work/main/.venv/bin/python /tmp/audit_gen/graphed_steps_ignore_position_ids.py
+Run from the repository root: .venv/bin/python docs/results/session24/audit_gen/graphed_steps_ignore_position_ids.py
 """
 import warnings
 

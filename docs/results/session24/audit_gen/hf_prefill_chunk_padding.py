@@ -10,7 +10,7 @@ counted in `cache.real_tokens`; an out-of-vocabulary prompt id gives a bare Inde
 Expected: each row of a left-padded batch generates what that prompt generates alone (it does with
 prefill_chunk_size None/2/3, and with the library's own `prefill_chunk_tokens`).
 
-Run: /work/main/.venv/bin/python /tmp/audit_gen/hf_prefill_chunk_padding.py
+Run from the repository root: .venv/bin/python docs/results/session24/audit_gen/hf_prefill_chunk_padding.py
 """
 import warnings
 

@@ -10,7 +10,7 @@ document even when that token is itself padding, so:
 The layers themselves handle such masks exactly: a direct forward with the same mask and no position_ids gives the
 compacted prompt's logits to 1e-15, and HF's own Llama gives the compacted prompt's tokens.
 
-Run: /work/main/.venv/bin/python /tmp/audit_gen/mid_padding_packed_misdetection.py
+Run from the repository root: .venv/bin/python docs/results/session24/audit_gen/mid_padding_packed_misdetection.py
 """
 import warnings
 

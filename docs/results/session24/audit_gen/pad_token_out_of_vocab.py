@@ -8,7 +8,7 @@ them (line 438). But HF feeds `pad_token_id` back for finished rows (next = next
 and pad_token_id is the caller's value, never checked. On CUDA an out-of-range embedding index is a device-side
 assert (the CUDA context is lost) rather than a Python error. pad_token_id=-1 is a value seen in the wild.
 
-Run: /work/main/.venv/bin/python /tmp/audit_gen/pad_token_out_of_vocab.py
+Run from the repository root: .venv/bin/python docs/results/session24/audit_gen/pad_token_out_of_vocab.py
 """
 import warnings
 

@@ -1,7 +1,8 @@
 """Attention (Llama mixer) vs plain float64 causal softmax attention with RoPE written from DESIGN; left padding;
 growing and static caches over chunks and steps; GQA; odd lengths."""
+import os
 import sys, math, torch
-sys.path.insert(0, "/tmp/audit_mix")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ref import rel, rope_freqs, rope_ref, dma_ref
 from wonderful_matrices.layers.attention import Attention, static_state
 torch.manual_seed(0)

@@ -3,9 +3,10 @@ tie toward the later key (DESIGN "ties go to the later key"; a constant bias = s
 computes softplus in float32 on the CPU, where the vectorised body and the scalar tail of F.softplus round the same
 input 1 ulp apart: keys tie or not depending on their index in the call, the full forward keeps the wrong keys, and
 it disagrees with prefill+decode of the same layer."""
+import os
 import sys, torch
 import torch.nn.functional as F
-sys.path.insert(0, "/tmp/audit_mix")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ref import rel, dma_ref
 from wonderful_matrices.layers import DynamicMaskAttention
 

@@ -6,7 +6,7 @@ the decoded outputs differ from the definition (sliding-window attention for a c
 decode step."""
 import os, sys, torch
 assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
-sys.path.insert(0, "/tmp/audit_mix")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ref import rel, dma_ref
 from wonderful_matrices.layers import DynamicMaskAttention
 

@@ -1,9 +1,10 @@
 """DynamicMaskAttention layer vs an independent float64 reference (projections, RoPE on all of head_dim, the bias
 forms, brute-force top-w); gradients incl. the bias parameters; decode steps / chunked prefill == full forward
 over many steps after the window fills, with ties; the cache holds exactly the top-w keys seen."""
+import os
 import math, sys, torch
 import torch.nn.functional as F
-sys.path.insert(0, "/tmp/audit_mix")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ref import rel, rope_freqs, rope_ref, dma_ref
 from wonderful_matrices.layers import DynamicMaskAttention
 

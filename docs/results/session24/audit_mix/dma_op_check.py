@@ -1,6 +1,7 @@
 """DMA op vs brute-force float64 per-query reference: windows, ties, padding, packing, GQA, lq<lk, grads."""
+import os
 import sys, torch
-sys.path.insert(0, "/tmp/audit_mix")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ref import dma_ref, rel
 import wonderful_matrices as wm
 

@@ -1,7 +1,8 @@
 """Bad/mixed dtypes on the triton backend (TRITON_INTERPRET=1): a ValueError naming the argument, or a correct
 result; never a deep error or a silently wrong result."""
+import os
 import sys, traceback, torch
-sys.path.insert(0, "/tmp/audit_mix")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ref import ssd_ref, dma_ref, rel
 import wonderful_matrices as wm
 torch.manual_seed(0)

@@ -2,7 +2,7 @@
 each document exactly what it gets alone — SSD (every rope mode, conv on/off), DMA (windows), Attention; plus
 gradients of the packed loss == sum of the per-document losses' gradients."""
 import sys, os, torch
-sys.path.insert(0, "/tmp/audit_mix")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ref import rel
 from wonderful_matrices.layers import SSDMixer, DynamicMaskAttention
 from wonderful_matrices.layers.attention import Attention

@@ -1,4 +1,4 @@
-"""Independent float64 references written from DESIGN.md (no library code)."""
+"""Independent float64 references written from docs/design.md (no library code)."""
 import math
 import torch
 

@@ -1,7 +1,8 @@
 """Gradient of A through the chunked SSD (torch and triton, float32) under Mamba2-range decays, vs the float64
 recurrence; the naive float32 recurrence shown for scale. Per-head dA relative error."""
+import os
 import sys, torch
-sys.path.insert(0, "/tmp/audit_mix")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ref import ssd_ref, rel
 import wonderful_matrices as wm
 torch.manual_seed(0)

@@ -1,7 +1,8 @@
 """SSDMixer: prefill + one-token steps (and chunked prefill) == one full forward, every rope mode, conv on/off,
 backends (torch/naive/triton: the triton one also takes the fused decode kernel under no_grad)."""
+import os
 import sys, torch
-sys.path.insert(0, "/tmp/audit_mix")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ref import rel
 from wonderful_matrices.layers import SSDMixer
 

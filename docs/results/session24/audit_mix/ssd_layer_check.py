@@ -1,8 +1,10 @@
-"""SSDMixer (rope fixed/data/none, conv on/off) vs an independent float64 per-token loop written from DESIGN.md;
+"""SSDMixer (rope fixed/data/none, conv on/off) vs an independent float64 per-token loop written from docs/design.md;
 gradients of every parameter; packed docs == alone; decode steps and chunked prefill == full; backends."""
-import math, sys, torch
+import os
+import math, sys, types
+import torch
 import torch.nn.functional as F
-sys.path.insert(0, "/tmp/audit_mix")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ref import rel, rope_freqs
 from wonderful_matrices.layers import SSDMixer
 
@@ -113,19 +115,13 @@ for backend in backends:
                 m64 = make(rope, conv, torch.float64, "naive", bias=True, norm_groups=2)
                 m64.load_state_dict({k: v.double() for k, v in m.state_dict().items()})
                 params = dict(m64.named_parameters())
-                W = {k: v for k, v in params.items()}
-                # reference with autograd through the parameters: use functional_call
-                from torch.func import functional_call
-                class Wrap(torch.nn.Module):
-                    pass
-                ref2 = torch.func.functional_call(m64, W, (hs_r, pos)) if False else None
-                # simple: reference reads state_dict (detached); redo reference with params substituted
+                # the reference reads the layer's state_dict: give it the parameters as leaves of their own, so
+                # that autograd reaches them
                 def ref_fn(param_vals, hs_in):
                     sd = dict(zip(params.keys(), param_vals))
-                    class Fake: pass
-                    fk = Fake(); fk.use_conv = m.use_conv; fk.rope = m.rope; fk.norm = m.norm
-                    fk.state_dict = lambda: sd
-                    return reference(fk, hs_in, pos)
+                    stand_in = types.SimpleNamespace(use_conv=m.use_conv, rope=m.rope, norm=m.norm,
+                                                     state_dict=lambda: sd)
+                    return reference(stand_in, hs_in, pos)
                 pv = [p.detach().clone().requires_grad_() for p in params.values()]
                 r = ref_fn(pv, hs_r)
                 (r * g).sum().backward()

@@ -1,6 +1,6 @@
 """SSD op vs independent float64 recurrence: all backends, odd shapes, D, initial_state, seq_idx, grads."""
 import os, sys, itertools, torch
-sys.path.insert(0, "/tmp/audit_mix")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ref import ssd_ref, rel
 import wonderful_matrices as wm
 

@@ -1,7 +1,8 @@
 """SSD with strong decay (dt·A ≈ -16 per step: cumulative log-decay of -256 within a chunk, exp(+256) overflows
 float32) and tiny decay; forward, final state and gradients vs the float64 recurrence, every backend."""
+import os
 import sys, torch
-sys.path.insert(0, "/tmp/audit_mix")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ref import ssd_ref, rel
 import wonderful_matrices as wm
 torch.manual_seed(0)

@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from ...errors import is_finite_number, is_int
 from ..common import reject, require, resolve_backend, shape_of, triton_usable, value_checks_enabled
 from . import biased_sdpa as _biased_sdpa
 from .cache import DecodeStep, cache_state, cached_in_order, replace_lowest_and_attend, store
@@ -84,10 +85,9 @@ def dynamic_mask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bi
             "all tensors on one device")
     require(isinstance(causal, bool), "causal", causal, "True or False")
     require(not causal or lq <= lk, "q_len", lq, f"<= k_len={lk} when causal (queries are bottom-right aligned)")
-    require(keep_window is None or (isinstance(keep_window, int) and not isinstance(keep_window, bool)
-                                    and keep_window >= 1), "keep_window", keep_window, "None or an int >= 1")
-    require(scale is None or (isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale)
-                              and scale > 0), "scale", scale, "None or a finite number > 0")
+    require(keep_window is None or (is_int(keep_window) and keep_window >= 1), "keep_window", keep_window,
+            "None or an int >= 1")
+    require(scale is None or (is_finite_number(scale) and scale > 0), "scale", scale, "None or a finite number > 0")
     if seq_idx is not None:
         _check_seq_idx(seq_idx, b, lq, lk, causal, q.device)
     if value_checks_enabled():  # one device synchronisation; skipped inside trusted_values()

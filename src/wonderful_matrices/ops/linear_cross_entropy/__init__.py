@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ...errors import is_int
 from ..common import require, resolve_backend, shape_of, value_checks_enabled
 from .chunked import ChunkedLinearCrossEntropy, default_chunk_size, logits_dtype
 from .naive import linear_cross_entropy_naive
@@ -48,8 +49,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
             (str(hidden.device), str(weight.device), str(targets.device)), "all tensors on one device")
     require(isinstance(ignore_index, int), "ignore_index", ignore_index, "an int")
     require(reduction in ("mean", "sum"), "reduction", reduction, "'mean' or 'sum'")
-    require(chunk_size is None or (isinstance(chunk_size, int) and not isinstance(chunk_size, bool)
-                                   and chunk_size >= 1), "chunk_size", chunk_size, "None or an int >= 1")
+    require(chunk_size is None or (is_int(chunk_size) and chunk_size >= 1), "chunk_size", chunk_size,
+            "None or an int >= 1")
     vocab = weight.shape[0]
     if n and value_checks_enabled():  # reads values: a device sync, skipped while compiling or capturing
         bad = (targets != ignore_index) & ((targets < 0) | (targets >= vocab))

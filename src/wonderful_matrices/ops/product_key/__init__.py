@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ...errors import is_int
 from ..common import require, resolve_backend, shape_of
 from . import naive as _naive
 from . import two_stage as _two_stage
@@ -39,7 +40,7 @@ def product_key_topk(query: Tensor, sub_keys: Tensor, k: int,
             and query.dim() >= 3 and query.shape[-2] == 2 and sub_keys.dim() == 4 and sub_keys.shape[1] == 2
             and query.shape[-3] == sub_keys.shape[0] and query.shape[-1] == sub_keys.shape[3] >= 1
             and sub_keys.dtype == query.dtype and sub_keys.device == query.device
-            and isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= sub_keys.shape[2]):
+            and is_int(k) and 1 <= k <= sub_keys.shape[2]):
         _check_topk_args(query, sub_keys, k)  # the message is built only for bad arguments
     H, _, n, dk = sub_keys.shape
     fused = query.dtype in _TRITON_DTYPES and k <= MAX_TRITON_K and n * n < 2 ** 31
@@ -69,8 +70,7 @@ def _check_topk_args(query, sub_keys, k) -> None:
     require(n >= 1 and dk >= 1, "sub_keys.shape", shape_of(sub_keys), "n >= 1 sub-keys of dk >= 1")
     require(sub_keys.dtype == query.dtype, "sub_keys.dtype", sub_keys.dtype, f"the query dtype {query.dtype}")
     require(sub_keys.device == query.device, "sub_keys.device", sub_keys.device, f"the query device {query.device}")
-    require(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= n, "k", k,
-            f"an integer with 1 <= k <= n = {n} (sub-keys per half, √N)")
+    require(is_int(k) and 1 <= k <= n, "k", k, f"an integer with 1 <= k <= n = {n} (sub-keys per half, √N)")
 
 
 __all__ = ["product_key_topk"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ...errors import reject
+from ...errors import is_int, reject
 from ..common import require, resolve_backend, shape_of, triton_usable, value_checks_enabled
 from .chunked import ssd_chunked
 from .naive import ssd_naive
@@ -127,7 +127,7 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
     require(x.is_floating_point(), "x.dtype", x.dtype, "a floating-point dtype")
     b, l, h, p = x.shape
     require(l >= 1 and b >= 1 and h >= 1 and p >= 1, "x.shape", shape_of(x), "all of (b, l, h, p) >= 1")
-    require(isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1
+    require(is_int(chunk_size) and chunk_size >= 1
             and chunk_size & (chunk_size - 1) == 0, "chunk_size", chunk_size, "a power of two (1, 2, 4, ..., 64, ...)")
     require(isinstance(return_final_state, bool), "return_final_state", return_final_state, "True or False")
     _check_floating(dt, "dt", (b, l, h), "(b, l, h) matching x")

@@ -1,4 +1,4 @@
-import sys, warnings; warnings.filterwarnings("ignore"); sys.path.insert(0, "/tmp/audit_gen/scratch")
+import os, sys, warnings; warnings.filterwarnings("ignore"); sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from h import *
 import torch.nn.functional as F
 import wonderful_matrices.models.modeling as mod
