@@ -38,8 +38,11 @@ from ..triton_utils import autotune, dot_block, poisoned_empty, tile_configs
 from .windowed_kernels import needs_wide_offsets
 
 # Span of key positions inside which keys are sorted by drop_j: a multiple of every key tile the autotuner may pick.
-# From the efficiency table at 16K, w = 2048 (docs/kernels_dma.md, "Key-major dk/dv"; tile_work).
-KEY_SPAN = 256
+# Longer spans let keys of similar drop_j share tiles, shorter ones keep a tile's first positions close. At 16K,
+# w = 2048, random biases, the visited pairs are kept pairs at 0.82 / 0.76 (64- / 128-key tiles) with 2048, against
+# 0.81 / 0.70 with 1024 and 0.77 / 0.74 with 4096; 2048 is also within 0.02 of the best span from w = 512 to 8192
+# (docs/kernels_dma.md, "Key-major dk/dv"; docs/results/session25/keymajor/tiling_efficiency.py).
+KEY_SPAN = 2048
 # (BLOCK_M = query tile, BLOCK_N = key tile, warps, stages): the configurations that compile without register spills
 # for sm_90 at head dim 128 and 64 (scripts/dma_compile_report.py --kernels _dkv_key_kernel; docs/kernels_dma.md).
 KEY_MAJOR = tile_configs([(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (64, 128, 8, 2)], (16, 16))
