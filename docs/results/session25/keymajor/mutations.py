@@ -14,13 +14,14 @@ KERNEL = ROOT / "src/wonderful_matrices/ops/dma/windowed_key_kernels.py"
 WIRING = ROOT / "src/wonderful_matrices/ops/dma/windowed_kernels.py"
 TESTS = "tests/ops/test_dma_windowed_key.py"
 MUTATIONS = {
-    "masked body: no drop bound": (KERNEL, "keep = (j[:, None] <= pos[None, :]) & (pos[None, :] < drop[:, None])",
+    "mask without the drop bound": (KERNEL, "keep = (j[:, None] <= pos[None, :]) & (pos[None, :] < drop[:, None])",
                                    "keep = j[:, None] <= pos[None, :]"),
-    "masked body: no position bound": (KERNEL, "keep = (j[:, None] <= pos[None, :]) & (pos[None, :] < drop[:, None])",
+    "mask without the position bound": (KERNEL, "keep = (j[:, None] <= pos[None, :]) & (pos[None, :] < drop[:, None])",
                                        "keep = pos[None, :] < drop[:, None]"),
-    "unmasked body up to the last drop": (KERNEL, "full_hi = tl.maximum((tl.min(tl.where(live, drop, lk), 0)",
-                                          "full_hi = tl.maximum((tl.max(tl.where(live, drop, offset), 0)"),
-    "unmasked body from the first key": (KERNEL, "full_lo = tl.cdiv(tl.max(tl.where(live, first, offset), 0)",
+    "unmasked up to the last drop": (KERNEL, "full_hi = (tl.min(tl.where(live, drop, lk), 0)",
+                                     "full_hi = (tl.max(tl.where(live, drop, offset), 0)"),
+    "mask never applied": (KERNEL, "if (r0 < full_lo) | (r0 >= full_hi):", "if r0 < 0:"),
+    "unmasked from the first key": (KERNEL, "full_lo = tl.cdiv(tl.max(tl.where(live, first, offset), 0)",
                                          "full_lo = tl.cdiv(tl.min(tl.where(live, first, lk), 0)"),
     "keys no query keeps not zeroed": (KERNEL, "dk = tl.where(live[:, None], dk * scale, 0.0)", "dk = dk * scale"),
     "first query of the group only (GQA)": (KERNEL, "for hh in range(0, group):", "for hh in range(0, 1):"),

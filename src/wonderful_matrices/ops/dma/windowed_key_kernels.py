@@ -20,7 +20,7 @@ indices ``[max(j, lk - lq) - (lk - lq), drop_j - (lk - lq))`` — one contiguous
   ``P = exp2(scaled QKᵀ + bias·log2 e − lse)`` recomputed as ``_dkv_kernel`` does, ``dV += Pᵀ dO``,
   ``dS = P (dO Vᵀ − delta)``, ``dK += dSᵀ Q``, ``dbias += rowsum(dS)``. The mask ``j <= p < drop_j`` is applied
   only on the query tiles that need it: a query tile inside ``[max j, min drop_j)`` of the tile's live keys keeps
-  every live key and runs an unmasked body. Every key is in exactly one tile, so the results are written once,
+  every live key and skips it (a uniform branch). Every key is in exactly one tile, so the results are written once,
   with plain stores, directly in the output dtypes: no zero fill, no float32 accumulators, no atomics, no cast
   pass; keys no query keeps get zeros.
 
@@ -43,9 +43,13 @@ from .windowed_kernels import needs_wide_offsets
 # 0.81 / 0.70 with 1024 and 0.77 / 0.74 with 4096; 2048 is also within 0.02 of the best span from w = 512 to 8192
 # (docs/kernels_dma.md, "Key-major dk/dv"; docs/results/session25/keymajor/tiling_efficiency.py).
 KEY_SPAN = 2048
-# (BLOCK_M = query tile, BLOCK_N = key tile, warps, stages): the configurations that compile without register spills
-# for sm_90 at head dim 128 and 64 (scripts/dma_compile_report.py --kernels _dkv_key_kernel; docs/kernels_dma.md).
-KEY_MAJOR = tile_configs([(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (64, 128, 8, 2)], (16, 16))
+# (BLOCK_M = query tile, BLOCK_N = key tile, warps, stages): the configurations that compile for sm_90 without
+# register spills at head dim 128 (B1 H16) and at 64 with GQA 3 (cheems-base), 8 warps so that the dk and dv float32
+# accumulators take half the registers per thread; 64- and 128-key tiles run wgmma, the 32-key one mma.sync (kept for
+# its tiling, the most efficient: 0.85 of the visited pairs kept at 16K). 128-query tiles spill in every variant at
+# head dim 128, 64 x 128 too (scripts/dma_compile_report.py --kernels _dkv_key_kernel; docs/kernels_dma.md).
+KEY_MAJOR = tile_configs([(32, 64, 8, 1), (32, 64, 8, 2), (64, 64, 8, 1), (32, 128, 8, 1), (32, 128, 8, 2),
+                          (64, 32, 8, 1)], (16, 16))
 
 
 @torch.no_grad()
@@ -93,44 +97,6 @@ def tile_work(drop: torch.Tensor, lq: int, order: torch.Tensor, key_tile: int, b
                 query_tiles=int(steps.sum()), unmasked=int(unmasked.sum()))
 
 
-@triton.jit
-def _key_tile_inner(dk, dv, db, k, v, kb2, j, drop, q_head, do_head, lse_row, delta_row, sql, sdl, dd, dmask,
-                    lo, hi, lq, offset, qk_scale, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-                    MASKED: tl.constexpr, WIDE: tl.constexpr):
-    """``dk, dv, dbias`` of one key tile (``(BLOCK_N, ·)``, keys along the rows) over the query indices ``[lo, hi)``
-    of one query head, in tiles of ``BLOCK_M``. ``MASKED`` applies ``j <= p < drop_j`` and the query bound ``lq``;
-    without it every query of ``[lo, hi)`` must keep every live key of the tile (the rows of the other keys get
-    values the caller discards)."""
-    for r0 in range(lo, hi, BLOCK_M):
-        i = r0 + tl.arange(0, BLOCK_M)
-        pos = i + offset
-        if WIDE:
-            i = i.to(tl.int64)
-        if MASKED:
-            qmask = i < lq
-            io_mask = qmask[:, None] & dmask[None, :]
-            q = tl.load(q_head + i[:, None] * sql + dd[None, :], mask=io_mask, other=0.0)
-            do = tl.load(do_head + i[:, None] * sdl + dd[None, :], mask=io_mask, other=0.0)
-            lse = tl.load(lse_row + i, mask=qmask, other=0.0)
-            delta = tl.load(delta_row + i, mask=qmask, other=0.0)
-        else:  # inside [max j, min drop_j), and every drop_j <= lk: every query index is below lq
-            q = tl.load(q_head + i[:, None] * sql + dd[None, :], mask=dmask[None, :], other=0.0)
-            do = tl.load(do_head + i[:, None] * sdl + dd[None, :], mask=dmask[None, :], other=0.0)
-            lse = tl.load(lse_row + i)
-            delta = tl.load(delta_row + i)
-        st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale + kb2[:, None]
-        pt = tl.exp2(st - lse[None, :])  # (BLOCK_N, BLOCK_M)
-        if MASKED:  # (a query past lq has p >= lk >= drop_j: the drop bound masks it)
-            keep = (j[:, None] <= pos[None, :]) & (pos[None, :] < drop[:, None])
-            pt = tl.where(keep, pt, 0.0)
-        dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
-        dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
-        dst = pt * (dpt - delta[None, :])
-        db += tl.sum(dst, 1)
-        dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
-    return dk, dv, db
-
-
 @autotune(configs=KEY_MAJOR, key=["HEAD_DIM", "hq", "hkv"])
 @triton.jit
 def _dkv_key_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, order_ptr, drop_ptr, do_ptr, lse_ptr, delta_ptr,
@@ -162,12 +128,12 @@ def _dkv_key_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, order_ptr, drop_ptr, do_ptr, 
     v = tl.load(v_ptr + kv_row + kv_off, mask=kv_mask, other=0.0)
     # A key no query keeps gets bias 0 (its row is discarded): a -inf or NaN bias never enters the products.
     kb2 = tl.load(bias_ptr + bi * sbb + g * sbh + j * sbl, mask=live, other=0.0) * 1.4426950408889634
-    # Query indices of the tile's loop, [lo, hi), and those that keep every live key, [full_lo, full_hi).
-    lo = tl.min(tl.where(live, first, lk), 0) - offset
+    # Query indices of the tile's loop, [lo, hi) (lo rounded down to a query tile), and the query tiles that keep
+    # every live key, those starting in [full_lo, full_hi) (both multiples of BLOCK_M).
+    lo = (tl.min(tl.where(live, first, lk), 0) - offset) // BLOCK_M * BLOCK_M
     hi = tl.max(tl.where(live, drop, offset), 0) - offset
-    lo = lo // BLOCK_M * BLOCK_M
     full_lo = tl.cdiv(tl.max(tl.where(live, first, offset), 0) - offset, BLOCK_M) * BLOCK_M
-    full_hi = tl.maximum((tl.min(tl.where(live, drop, lk), 0) - offset) // BLOCK_M * BLOCK_M, full_lo)
+    full_hi = (tl.min(tl.where(live, drop, lk), 0) - offset) // BLOCK_M * BLOCK_M
     dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     db = tl.zeros((BLOCK_N,), tl.float32)
@@ -179,14 +145,31 @@ def _dkv_key_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, order_ptr, drop_ptr, do_ptr, 
         do_head = do_ptr + bi * sdb + h * sdh
         lse_row = lse_ptr + bh * lq
         delta_row = delta_ptr + bh * lq
-        dk, dv, db = _key_tile_inner(dk, dv, db, k, v, kb2, j, drop, q_head, do_head, lse_row, delta_row, sql, sdl,
-                                     dd, dmask, lo, tl.minimum(full_lo, hi), lq, offset, qk_scale, PRECISION,
-                                     BLOCK_M, True, WIDE)
-        dk, dv, db = _key_tile_inner(dk, dv, db, k, v, kb2, j, drop, q_head, do_head, lse_row, delta_row, sql, sdl,
-                                     dd, dmask, full_lo, tl.minimum(full_hi, hi), lq, offset, qk_scale, PRECISION,
-                                     BLOCK_M, False, WIDE)
-        dk, dv, db = _key_tile_inner(dk, dv, db, k, v, kb2, j, drop, q_head, do_head, lse_row, delta_row, sql, sdl,
-                                     dd, dmask, full_hi, hi, lq, offset, qk_scale, PRECISION, BLOCK_M, True, WIDE)
+        for r0 in range(lo, hi, BLOCK_M):
+            i = r0 + tl.arange(0, BLOCK_M)
+            pos = i + offset
+            qmask = i < lq
+            if WIDE:
+                i = i.to(tl.int64)
+            io_mask = qmask[:, None] & dmask[None, :]
+            q = tl.load(q_head + i[:, None] * sql + dd[None, :], mask=io_mask, other=0.0)
+            do = tl.load(do_head + i[:, None] * sdl + dd[None, :], mask=io_mask, other=0.0)
+            lse = tl.load(lse_row + i, mask=qmask, other=0.0)
+            delta = tl.load(delta_row + i, mask=qmask, other=0.0)
+            st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale + kb2[:, None]
+            pt = tl.exp2(st - lse[None, :])  # (BLOCK_N, BLOCK_M)
+            # The mask only where some live key of the tile is not kept by some query of the tile (a query past lq
+            # has p >= lk >= drop_j: the drop bound masks it). One loop with a uniform branch, not three loops with
+            # a constexpr MASKED as the forward's: on sm_90 the three copies held 30-50 more registers and spilled
+            # (docs/kernels_dma.md, "Key-major dk/dv").
+            if (r0 < full_lo) | (r0 >= full_hi):
+                keep = (j[:, None] <= pos[None, :]) & (pos[None, :] < drop[:, None])
+                pt = tl.where(keep, pt, 0.0)
+            dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
+            dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+            dst = pt * (dpt - delta[None, :])
+            db += tl.sum(dst, 1)
+            dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
     # dk, dv (b, lk, hkv, HEAD_DIM) and dbias (b, lk, hkv) contiguous; the row's base added once, int64
     out_row = (bi * lk * hkv + g) * HEAD_DIM
     out_off = j[:, None] * (hkv * HEAD_DIM) + dd[None, :]
