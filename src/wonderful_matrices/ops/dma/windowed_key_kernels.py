@@ -44,12 +44,13 @@ from .windowed_kernels import needs_wide_offsets
 # (docs/kernels_dma.md, "Key-major dk/dv"; docs/results/session25/keymajor/tiling_efficiency.py).
 KEY_SPAN = 2048
 # (BLOCK_M = query tile, BLOCK_N = key tile, warps, stages): the configurations that compile for sm_90 without
-# register spills at head dim 128 (B1 H16) and at 64 with GQA 3 (cheems-base), 8 warps so that the dk and dv float32
-# accumulators take half the registers per thread; 64- and 128-key tiles run wgmma, the 32-key one mma.sync (kept for
-# its tiling, the most efficient: 0.85 of the visited pairs kept at 16K). 128-query tiles spill in every variant at
-# head dim 128, 64 x 128 too (scripts/dma_compile_report.py --kernels _dkv_key_kernel; docs/kernels_dma.md).
+# register spills under triton 3.6 and 3.7 at head dim 128 (B1 H16) and at 64 with GQA 3 (cheems-base), 8 warps so
+# that the dk and dv float32 accumulators take half the registers per thread; 64- and 128-key tiles run wgmma, the
+# 32-key one mma.sync (kept for its tiling, the most efficient: 0.85 of the visited pairs kept at 16K). 128-query
+# tiles spill in every variant at head dim 128, 64 x 128 too (scripts/dma_compile_report.py --kernels
+# _dkv_key_kernel; docs/kernels_dma.md, "Key-major dk/dv").
 KEY_MAJOR = tile_configs([(32, 64, 8, 1), (32, 64, 8, 2), (64, 64, 8, 1), (32, 128, 8, 1), (32, 128, 8, 2),
-                          (64, 32, 8, 1)], (16, 16))
+                          (64, 32, 8, 2)], (16, 16))
 
 
 @torch.no_grad()
