@@ -34,6 +34,7 @@ MUTATIONS = {
                                   "sort_drop = torch.where(live, lk - drop.long(), 0)"),
     "tile_work: unmasked up to the last drop": (KERNEL, "full_hi = torch.where(live, end, lq).amin(-1)",
                                                 "full_hi = torch.where(live, end, 0).amax(-1)"),
+    "tile_work: no unmasked tile counted": (KERNEL, "unmasked=int(unmasked.sum()))", "unmasked=0)"),
     "fake: dbias laid out (b, hkv, lk)": (WIRING, "dtype=dv_dtype), k.new_empty(b, lk, hkv, **f32))",
                                           "dtype=dv_dtype), k.new_empty(b, hkv, lk, **f32))"),
     "path not restored": (WIRING, "    finally:\n        DKV_PATH = saved", "    finally:\n        pass"),

@@ -46,9 +46,9 @@ KEY_SPAN = 2048
 # (BLOCK_M = query tile, BLOCK_N = key tile, warps, stages): the configurations that compile for sm_90 without
 # register spills under triton 3.6 and 3.7 at head dim 128 (B1 H16) and at 64 with GQA 3 (cheems-base), 8 warps so
 # that the dk and dv float32 accumulators take half the registers per thread; 64- and 128-key tiles run wgmma, the
-# 32-key one mma.sync (kept for its tiling, the most efficient: 0.85 of the visited pairs kept at 16K). 128-query
-# tiles spill in every variant at head dim 128, 64 x 128 too (scripts/dma_compile_report.py --kernels
-# _dkv_key_kernel; docs/kernels_dma.md, "Key-major dk/dv").
+# 32-key one mma.sync (kept for its tiling, the most efficient: 0.85 of the visited pairs kept at 16K). At head
+# dim 128, 128-query tiles with 64 or 128 keys spill in every variant (184-3200 B), 64 x 128 too (80-144 B)
+# (scripts/dma_compile_report.py --kernels _dkv_key_kernel; docs/kernels_dma.md, "Key-major dk/dv").
 KEY_MAJOR = tile_configs([(32, 64, 8, 1), (32, 64, 8, 2), (64, 64, 8, 1), (32, 128, 8, 1), (32, 128, 8, 2),
                           (64, 32, 8, 2)], (16, 16))
 
@@ -78,7 +78,8 @@ def tile_work(drop: torch.Tensor, lq: int, order: torch.Tensor, key_tile: int, b
     of ``block_m``: ``drop (n, lk)`` -> dict of ints over all rows: ``kept`` (key, query) pairs ``Σ (drop_j −
     max(j, lk − lq))⁺``; ``visited`` pairs, per tile ``key_tile`` × the queries of its loop (``[min first, max
     drop)`` rounded out to whole query tiles, as the kernel's loop runs them); ``query_tiles`` the loop's iterations
-    and ``unmasked`` those that keep every live key of their tile (the kernel's unmasked body). Per query head."""
+    and ``unmasked`` those that keep every live key of their tile (where the kernel skips the mask). Per query
+    head."""
     n, lk = drop.shape
     offset = lk - lq
     tiles = -(-lk // key_tile)
@@ -161,8 +162,8 @@ def _dkv_key_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, order_ptr, drop_ptr, do_ptr, 
             pt = tl.exp2(st - lse[None, :])  # (BLOCK_N, BLOCK_M)
             # The mask only where some live key of the tile is not kept by some query of the tile (a query past lq
             # has p >= lk >= drop_j: the drop bound masks it). One loop with a uniform branch, not three loops with
-            # a constexpr MASKED as the forward's: on sm_90 the three copies held 30-50 more registers and spilled
-            # (docs/kernels_dma.md, "Key-major dk/dv").
+            # a constexpr MASKED as the forward's: on sm_90 the three copies reached 255 registers in every
+            # configuration of KEY_MAJOR and spilled in five of six (docs/kernels_dma.md, "Key-major dk/dv").
             if (r0 < full_lo) | (r0 >= full_hi):
                 keep = (j[:, None] <= pos[None, :]) & (pos[None, :] < drop[:, None])
                 pt = tl.where(keep, pt, 0.0)
