@@ -36,7 +36,7 @@ def test_block_mask_lists_every_visible_pair_and_full_tiles_are_full(lq, lk, len
     t = biased_causal.TILE
     seq_idx = documents(lengths)[0] if lengths else None
     b = len(lengths) if lengths else 1
-    mask = biased_causal.block_mask_for(b, lq, lk, seq_idx, torch.device("cpu"))
+    mask = biased_causal.block_mask_for(lq, lk, seq_idx, torch.device("cpu"))
     nq, nk = -(-lq // t), -(-lk // t)
     partial = tiles(mask.kv_num_blocks, mask.kv_indices, nq, nk)
     full = tiles(mask.full_kv_num_blocks, mask.full_kv_indices, nq, nk)
@@ -48,6 +48,9 @@ def test_block_mask_lists_every_visible_pair_and_full_tiles_are_full(lq, lk, len
     padded[:, lq:, :lk] = True  # query rows past the end do not exist: any answer is right there
     all_pairs = padded.view(b, nq, t, nk, t).all(-1).all(2)
     assert torch.equal(partial | full, any_pair)  # exactly the tiles with a visible pair
+    # the key side (the backward's lists) is the transposition of the query side
+    assert torch.equal(tiles(mask.q_num_blocks, mask.q_indices, nk, nq), partial.transpose(1, 2))
+    assert torch.equal(tiles(mask.full_q_num_blocks, mask.full_q_indices, nk, nq), full.transpose(1, 2))
     assert not (full & ~all_pairs).any()  # a full tile has every pair visible (the mask is not evaluated there)
     if lengths is None and lq % t == 0 and lk % t == 0:
         assert torch.equal(full, all_pairs)
@@ -58,7 +61,7 @@ def test_causal_block_masks_are_built_once_per_shape_and_the_oldest_dropped(monk
     monkeypatch.setattr(biased_causal, "CAUSAL_MASKS_KEPT", 2)
     cpu = torch.device("cpu")
     first = biased_causal.causal_block_mask(300, 300, cpu)
-    built = biased_causal.block_mask_for(1, 300, 300, None, cpu)
+    built = biased_causal.block_mask_for(300, 300, None, cpu)
     for a, b in ((first.kv_num_blocks, built.kv_num_blocks), (first.kv_indices, built.kv_indices),
                  (first.full_kv_num_blocks, built.full_kv_num_blocks), (first.full_kv_indices, built.full_kv_indices)):
         assert torch.equal(a, b)
@@ -131,6 +134,19 @@ def test_inductor_compiles_the_path_with_the_padded_buffers(lengths):
     if lengths:
         assert torch.ops.wonderful_matrices.padded_document_ids.default in targets or \
             biased_causal.padded_document_ids in targets
+    # the block lists are an operator's output: none of their arithmetic is left to Inductor's code generation
+    assert torch.ops.wonderful_matrices.flex_block_lists.default in targets or biased_causal.block_lists in targets
+    assert not targets & {torch.ops.aten.searchsorted.Tensor, torch.ops.aten.floor_divide.default,
+                          torch.ops.aten.div.Tensor_mode, torch.searchsorted}
+
+
+@pytest.mark.parametrize("lengths", [None, [[40, 1, 100, 9], [150]]])
+def test_block_lists_operator(lengths):
+    """The block lists' operator: its fake agrees with it (opcheck), with and without documents."""
+    seq_idx = documents(lengths)[0] if lengths else torch.empty(0)
+    torch.library.opcheck(biased_causal.block_lists, (seq_idx, 150, 150))
+    if lengths is None:
+        torch.library.opcheck(biased_causal.block_lists, (seq_idx, 100, 400))
 
 
 def test_eager_forward_packed_equals_alone_and_oracle():
@@ -161,7 +177,7 @@ def test_compiled_attend_keeps_more_variants_than_a_length_sweep_makes(monkeypat
         for length, docs in [(128, None), (256, None), (384, None), (512, None), (256, seq_idx)]:
             q, k, v, bias = random_inputs(1, length, 2, 2, 16, pad=False)
             rows = bias.permute(0, 2, 1).contiguous()
-            mask = biased_causal.block_mask_for(1, length, length, docs, q.device)
+            mask = biased_causal.block_mask_for(length, length, docs, q.device)
             want = biased_causal._attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), rows, mask, 0.25)
             for grad in (False, True):
                 with torch.set_grad_enabled(grad):

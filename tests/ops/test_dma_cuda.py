@@ -381,3 +381,42 @@ def test_dma_finfo_min_mask_cuda(window):
     assert rel_err(out.cpu(), ref.cpu()) < TOL[torch.float32]
     for a, r in zip(g, g_ref):
         assert rel_err(a.cpu(), r.cpu()) < TOL[torch.float32] * 2
+
+
+@pytest.mark.parametrize("bias_grad", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dma_packed_compiled_equals_eager_cuda(dtype, bias_grad):
+    """Packed rows at lm-scale's size (8 × 2048 tokens, documents starting inside and at the edges of Flex's tiles),
+    the no-window path as the packed training of llama (zero bias) and cheems-base (its DMA window covers the row;
+    a learned bias) uses it: ``torch.compile`` of the whole call (the block lists built inside the compiled graph)
+    against the eager call, outputs and gradients. Under torch 2.11 the compiled call's lists were computed by
+    Inductor's code and llama-base's compiled loss went wrong (docs/results.md, session 25)."""
+    from dma_packing import documents
+
+    torch.manual_seed(0)
+    lengths = [[2048], [128, 1920], [100, 1000, 948], [1, 1, 2046], [700, 700, 648], [127, 129, 1792], [2000, 48],
+               [300, 300, 300, 1148]]
+    seq_idx = documents(lengths)[0].cuda()
+    b, l, hq, hkv, d = 8, 2048, 12, 4, 64
+    base = [torch.randn(b, l, hq, d, device="cuda", dtype=dtype)] + \
+        [torch.randn(b, l, hkv, d, device="cuda", dtype=dtype) for _ in range(2)] + \
+        [-torch.rand(b, l, hkv, device="cuda") * 3 if bias_grad else torch.zeros(b, l, hkv, device="cuda")]
+    weight = torch.randn(b, l, hq, d, device="cuda")
+
+    def run(fn):
+        leaves = [t.clone().requires_grad_(i < 3 or bias_grad) for i, t in enumerate(base)]
+        out = fn(*leaves, seq_idx)
+        (out.float() * weight).sum().backward()
+        return out.detach(), [t.grad for t in leaves if t.requires_grad]
+
+    def attend(q, k, v, bias, s):
+        return wm.ops.dynamic_mask_attention(q, k, v, bias, keep_window=None, seq_idx=s)
+
+    torch._dynamo.reset()
+    out, grads = run(attend)
+    compiled_out, compiled_grads = run(torch.compile(attend, fullgraph=True))
+    assert torch.isfinite(compiled_out).all() and all(torch.isfinite(g).all() for g in compiled_grads)
+    bound = 1e-5 if dtype == torch.float32 else 1e-2
+    assert rel_err(compiled_out, out) < bound
+    for name, a, r in zip("qkvb", compiled_grads, grads):
+        assert rel_err(a, r) < bound, name

@@ -158,8 +158,9 @@ def main(family: str, mode: str, cache_dir: str, out: str, lr: float = 1e-3, see
             print(f"step {step}: loss {loss_v:.4f} grad norm {norm_v:.3f} ({time.perf_counter() - start:.0f} s)",
                   flush=True)
     result["wall_s"] = round(time.perf_counter() - start, 1)
-    Path(out).write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: v for k, v in result.items() if k not in ("losses", "grad_norms")}, indent=1), flush=True)
+    Path(out).write_text(json.dumps(result, indent=1, default=float))
+    summary = {k: v for k, v in result.items() if k not in ("losses", "grad_norms")}
+    print(json.dumps(summary, indent=1, default=float), flush=True)  # (a graphed run's learning rate is a tensor)
 
 
 if __name__ == "__main__":

@@ -45,41 +45,17 @@ HEAD_DIMS = (16, 32, 64, 128, 256)
 KERNEL_OPTIONS = {"FORCE_USE_FLEX_ATTENTION": True}
 
 
-def block_mask_for(b: int, lq: int, lk: int, seq_idx: torch.Tensor | None, device: torch.device) -> BlockMask:
+def block_mask_for(lq: int, lk: int, seq_idx: torch.Tensor | None, device: torch.device) -> BlockMask:
     """Block mask of causal attention (queries bottom-right aligned: query ``i`` at key position
     ``i + lk - lq``), restricted to each query's document when ``seq_idx (b, l)`` is given (``lq == lk``).
 
-    Returns a ``BlockMask`` with batch size ``b`` (1 without documents), one head, tiles of :data:`TILE`.
+    Returns a ``BlockMask`` with the batch size of ``seq_idx`` (1 without documents), one head, tiles of
+    :data:`TILE`. Its block lists come from :func:`block_lists`, an operator of its own, so that under
+    ``torch.compile`` they are computed by ATen's kernels, never by code Inductor generates (see there).
     """
     offset = lk - lq
-    nq, nk = -(-lq // TILE), -(-lk // TILE)
-    q_first = torch.arange(nq, device=device) * TILE  # first and last query of each tile, as key positions
-    q_last = (q_first + TILE).clamp_max(lq) - 1 + offset
-    q_first = q_first + offset
-    if seq_idx is None:
-        doc_first = torch.zeros(1, nq, dtype=torch.long, device=device)
-        one_doc = torch.ones(1, nq, dtype=torch.bool, device=device)
-    else:
-        docs = seq_idx.contiguous()
-        first_of = torch.searchsorted(docs, docs)  # (b, l): first position of each position's document
-        doc_first = first_of[:, q_first]
-        one_doc = docs[:, q_first] == docs[:, q_last]
-    lo = doc_first // TILE  # needed key tiles: [lo, hi]
-    hi = (q_last // TILE).expand_as(lo)
-    # Full key tiles: inside the tile's one document and at or before every query of the tile.
-    full_lo = -(-doc_first // TILE)
-    full_hi = torch.where(one_doc, (q_first + 1) // TILE - 1, full_lo - 1)  # empty when hi < lo
-    full_count = (full_hi - full_lo + 1).clamp_min(0)
-    full_hi = full_lo + full_count - 1
-    # Partial tiles: [lo, full_lo) and (full_hi, hi], or all of [lo, hi] when there is no full tile.
-    before = torch.where(full_count > 0, full_lo - lo, hi - lo + 1)
-    after = torch.where(full_count > 0, hi - full_hi, 0)
-    slot = torch.arange(nk, device=device)
-    partial = torch.where(slot < before[..., None], lo[..., None] + slot,
-                          full_hi[..., None] + 1 + slot - before[..., None])
-    full = full_lo[..., None] + slot
-    count = before + after
-
+    nk = -(-lk // TILE)
+    lists = block_lists(torch.empty(0, device=device) if seq_idx is None else seq_idx, lq, lk)
     # The kernels evaluate mask_mod on whole tiles, indices up to the next multiple of TILE included (pytorch issue
     # 137801): the document ids it reads are padded to that length (the padded keys are never visible, the padded
     # queries' rows are dropped).
@@ -91,12 +67,87 @@ def block_mask_for(b: int, lq: int, lk: int, seq_idx: torch.Tensor | None, devic
             return visible
         return visible & (padded_docs[bi, q_idx] == padded_docs[bi, kv_idx])
 
-    def as_blocks(x):
-        return x.to(torch.int32).clamp(0, nk - 1)[:, None].contiguous()
+    return BlockMask(seq_lengths=(lq, lk), kv_num_blocks=lists[0], kv_indices=lists[1], full_kv_num_blocks=lists[2],
+                     full_kv_indices=lists[3], q_num_blocks=lists[4], q_indices=lists[5], full_q_num_blocks=lists[6],
+                     full_q_indices=lists[7], BLOCK_SIZE=(TILE, TILE), mask_mod=mask_mod)
 
-    return BlockMask.from_kv_blocks(count.to(torch.int32)[:, None], as_blocks(partial),
-                                    full_count.to(torch.int32)[:, None], as_blocks(full), BLOCK_SIZE=TILE,
-                                    mask_mod=mask_mod, seq_lengths=(lq, lk))
+
+@torch.library.custom_op("wonderful_matrices::flex_block_lists", mutates_args=())
+def block_lists(seq_idx: torch.Tensor, lq: int, lk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                   torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                   torch.Tensor, torch.Tensor]:
+    """The block lists of :func:`block_mask_for`: seq_idx (b, l) document ids (``lq == lk == l``), or an empty tensor
+    on the device for no documents (then batch 1) -> FlexAttention's eight int32 tensors, in the order of
+    ``BlockMask``'s arguments: per query tile the partial and the full key tiles, (b, 1, nq) counts and (b, 1, nq, nk)
+    indices, and per key tile the query tiles (the transposition, for the backward), (b, 1, nk) and (b, 1, nk, nq).
+
+    An operator of its own: traced by ``torch.compile``, this arithmetic ran as Inductor-generated Triton code on
+    the GPU and the packed-documents attention went wrong there — in lm-scale training (llama-base, rows of 2048
+    tokens with documents, bf16) the compiled loss differed from the eager one by up to 0.03 at the first steps and
+    one step in four had an infinite gradient norm, while the same step with this attention left out of the
+    compiled graph matched eager decoding to 1e-4 (docs/results.md, session 25). Inside the operator it runs as
+    ATen's kernels, as in eager mode. (The division below rounds up without a negative dividend: Triton's integer
+    division truncates, and Inductor's floor-division rewrite is exposed to a known miscompilation of signed
+    division by Triton's axis analysis.)
+    """
+    lk_tiles = -(-lk // TILE)
+    offset = lk - lq
+    nq = -(-lq // TILE)
+    device = seq_idx.device
+    q_first = torch.arange(nq, device=device) * TILE  # first and last query of each tile, as key positions
+    q_last = (q_first + TILE).clamp_max(lq) - 1 + offset
+    q_first = q_first + offset
+    if seq_idx.numel() == 0:
+        doc_first = torch.zeros(1, nq, dtype=torch.long, device=device)
+        one_doc = torch.ones(1, nq, dtype=torch.bool, device=device)
+    else:
+        docs = seq_idx.contiguous()
+        first_of = torch.searchsorted(docs, docs)  # (b, l): first position of each position's document
+        doc_first = first_of[:, q_first]
+        one_doc = docs[:, q_first] == docs[:, q_last]
+    lo = doc_first // TILE  # needed key tiles: [lo, hi]
+    hi = (q_last // TILE).expand_as(lo)
+    # Full key tiles: inside the tile's one document and at or before every query of the tile.
+    full_lo = (doc_first + TILE - 1) // TILE
+    full_hi = torch.where(one_doc, (q_first + 1) // TILE - 1, full_lo - 1)  # empty when hi < lo
+    full_count = (full_hi - full_lo + 1).clamp_min(0)
+    full_hi = full_lo + full_count - 1
+    # Partial tiles: [lo, full_lo) and (full_hi, hi], or all of [lo, hi] when there is no full tile.
+    before = torch.where(full_count > 0, full_lo - lo, hi - lo + 1)
+    after = torch.where(full_count > 0, hi - full_hi, 0)
+    slot = torch.arange(lk_tiles, device=device)
+    partial = torch.where(slot < before[..., None], lo[..., None] + slot,
+                          full_hi[..., None] + 1 + slot - before[..., None])
+    full = full_lo[..., None] + slot
+    count = before + after
+
+    kv = (count.to(torch.int32)[:, None], partial.to(torch.int32).clamp(0, lk_tiles - 1)[:, None].contiguous(),
+          full_count.to(torch.int32)[:, None], full.to(torch.int32).clamp(0, lk_tiles - 1)[:, None].contiguous())
+    return kv + _transposed(kv[0], kv[1], lk_tiles) + _transposed(kv[2], kv[3], lk_tiles)
+
+
+def _transposed(num: torch.Tensor, indices: torch.Tensor, columns: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block lists by row, num (b, 1, rows) int32 and indices (b, 1, rows, columns) (entries past num ignored), ->
+    the same by column: (b, 1, columns) counts and (b, 1, columns, rows) row indices, ascending. What FlexAttention's
+    ``BlockMask.from_kv_blocks`` computes for the backward, without its ``vmap`` (which fails inside an operator
+    that compiled code calls)."""
+    b, _, rows, _ = indices.shape
+    listed = torch.arange(indices.shape[-1], device=indices.device) < num[..., None]
+    dense = torch.zeros(b, 1, rows, columns + 1, dtype=torch.int32, device=indices.device)
+    dense.scatter_(-1, torch.where(listed, indices.long(), columns), 1)  # unlisted entries go to the extra column
+    by_column = dense[..., :columns].transpose(-1, -2)
+    order = torch.argsort(by_column, dim=-1, descending=True, stable=True)  # the listed rows first, ascending
+    return by_column.sum(-1, dtype=torch.int32), order.to(torch.int32).contiguous()
+
+
+@block_lists.register_fake
+def _(seq_idx, lq, lk):
+    b, nq, nk = (1 if seq_idx.numel() == 0 else seq_idx.shape[0]), -(-lq // TILE), -(-lk // TILE)
+    new = dict(dtype=torch.int32, device=seq_idx.device)
+    return (seq_idx.new_empty(b, 1, nq, **new), seq_idx.new_empty(b, 1, nq, nk, **new),
+            seq_idx.new_empty(b, 1, nq, **new), seq_idx.new_empty(b, 1, nq, nk, **new),
+            seq_idx.new_empty(b, 1, nk, **new), seq_idx.new_empty(b, 1, nk, nq, **new),
+            seq_idx.new_empty(b, 1, nk, **new), seq_idx.new_empty(b, 1, nk, nq, **new))
 
 
 # Block masks of rows without documents depend only on (lq, lk, device): kept for the CAUSAL_MASKS_KEPT most recently
@@ -109,11 +160,11 @@ def causal_block_mask(lq: int, lk: int, device: torch.device) -> BlockMask:
     """:func:`block_mask_for` without documents, built once per ``(lq, lk, device)`` (the last
     :data:`CAUSAL_MASKS_KEPT` kept; built anew, not kept, while ``torch.compile`` traces)."""
     if torch.compiler.is_compiling():
-        return block_mask_for(1, lq, lk, None, device)
+        return block_mask_for(lq, lk, None, device)
     key = (lq, lk, device)
     mask = _causal_masks.get(key)
     if mask is None:
-        mask = _causal_masks[key] = block_mask_for(1, lq, lk, None, device)
+        mask = _causal_masks[key] = block_mask_for(lq, lk, None, device)
         while len(_causal_masks) > CAUSAL_MASKS_KEPT:
             _causal_masks.popitem(last=False)
     else:
@@ -247,7 +298,7 @@ def dynamic_mask_attention_biased_causal(q: torch.Tensor, k: torch.Tensor, v: to
     # padded to whole tiles: the score_mod is evaluated on indices up to the next multiple of TILE (see block_mask_for)
     extra = -(-lk // TILE) * TILE - lk
     rows = padded_bias_rows(rows, extra)
-    block_mask = causal_block_mask(lq, lk, q.device) if seq_idx is None else block_mask_for(b, lq, lk, seq_idx,
+    block_mask = causal_block_mask(lq, lk, q.device) if seq_idx is None else block_mask_for(lq, lk, seq_idx,
                                                                                               q.device)
     keep = attendable_queries(bias, lq, seq_idx)  # (b, lq, hkv)
     keep = keep.repeat_interleave(hq // k.shape[2], dim=2)
