@@ -3,18 +3,15 @@
     PYTHONPATH=src python scripts/dma_compile_report.py [--kernels _fwd_kernel ...] [--gqa 1 4] [--length 16384]
         [--window 2048] [--heads 16] [--head-dim 128] [--configs M,N,W,S ...] [--dump DIR]
 
-For every autotune configuration of ``QUERY_SIDE`` (forward, dq), ``KEY_SIDE`` (dk/dv/dbias over the block lists)
-and ``windowed_key_kernels.KEY_MAJOR`` (the key-major dk/dv/dbias, ``--kernels _dkv_key_kernel``; its
-``BLOCK_N`` is the key tile, ``BLOCK_M`` the query tile): ``triton.compile``
+For every autotune configuration of ``QUERY_SIDE`` (forward, dq) and ``KEY_SIDE`` (dk/dv/dbias): ``triton.compile``
 for ``GPUTarget("cuda", 90, 32)`` with the arguments of the benchmark's launch (by default B1, 16 query heads, head
 dim 128, bf16, ``block_for(window)``; cheems-base's DMA layer: ``--heads 12 --head-dim 64 --gqa 3 --length 4096``;
 meta tensors, specialised as Triton's launcher does: see ``sm90_report``), then
 registers and stack (spill) bytes from ``cuobjdump -res-usage``, shared memory, and SASS counts: wgmma (HGMMA)
 against mma.sync (HMMA), cp.async (LDGSTS, with the PTX copy sizes) and TMA (UTMALDG) loads, ordinary global loads
 by width, local-memory instructions (LDL / STL), and the SASS instructions of each loop (``sm90_report.loop_sizes``;
-forward and dq: the unmasked head's loop, then the masked tail's; key-major dk/dv: the masked, unmasked and masked
-query loops, then the loop over the group's query heads around them). ``--dump DIR`` writes each compile's PTX and
-SASS there.
+forward and dq: the unmasked head's loop, then the masked tail's). ``--dump DIR`` writes each compile's PTX and SASS
+there.
 """
 import argparse
 import os
@@ -25,20 +22,15 @@ import triton
 from sm90_report import compile_sm90, dump_asm, launch_signature, resources
 
 from wonderful_matrices.ops.dma import windowed_kernels as wk
-from wonderful_matrices.ops.dma import windowed_key_kernels as wkk
 from wonderful_matrices.ops.dma.selection import LIVE_TILE
 from wonderful_matrices.ops.triton_utils import dot_block
 
-# kernel name -> (its module, the name of its autotune configuration list there)
-KERNELS = {"_fwd_kernel": (wk, "QUERY_SIDE"), "_dq_kernel": (wk, "QUERY_SIDE"), "_dkv_kernel": (wk, "KEY_SIDE"),
-           "_dkv_key_kernel": (wkk, "KEY_MAJOR")}
+KERNELS = {"_fwd_kernel": "QUERY_SIDE", "_dq_kernel": "QUERY_SIDE", "_dkv_kernel": "KEY_SIDE"}
 
 
-def launch_args(length: int, window: int, hq: int, hkv: int, d: int = 128, dtype=torch.bfloat16,
-                key_major: bool = False) -> dict:
-    """Every non-constexpr argument of the kernels as ``windowed_forward`` / ``windowed_backward`` pass them at
-    ``(b = 1, length, hq, d)`` queries and ``(1, length, hkv, d)`` keys (meta tensors); ``key_major``: dk and dv in
-    the keys' dtype, as the key-major kernel writes them (float32 accumulators for the list kernel)."""
+def launch_args(length: int, window: int, hq: int, hkv: int, d: int = 128, dtype=torch.bfloat16) -> dict:
+    """Every non-constexpr argument of the three kernels as ``windowed_forward`` / ``windowed_backward`` pass
+    them at ``(b = 1, length, hq, d)`` queries and ``(1, length, hkv, d)`` keys (meta tensors)."""
     meta = dict(device="meta")
     block = wk.block_for(window)
     nb, width, n_tiles = length // block, window + block, block // LIVE_TILE
@@ -52,9 +44,7 @@ def launch_args(length: int, window: int, hq: int, hkv: int, d: int = 128, dtype
                 drop_ptr=torch.empty(hkv, length, **i32),
                 out_ptr=q, dq_ptr=q, do_ptr=q, lse_ptr=torch.empty(hq, length, **f32),
                 delta_ptr=torch.empty(hq, length, **f32),
-                order_ptr=torch.empty(hkv, length, **i32),
-                dk_ptr=torch.empty(1, length, hkv, d, dtype=dtype if key_major else torch.float32, **meta),
-                dv_ptr=torch.empty(1, length, hkv, d, dtype=dtype if key_major else torch.float32, **meta),
+                dk_ptr=torch.empty(1, length, hkv, d, **f32), dv_ptr=torch.empty(1, length, hkv, d, **f32),
                 dbias_ptr=torch.empty(1, length, hkv, **f32),
                 lq=length, lk=length, hq=hq, hkv=hkv, nb=nb, width=width, n_tiles=n_tiles, scale=d ** -0.5)
     for prefix, t in (("sq", q), ("sk", k), ("sb", bias), ("so", q), ("sd", q)):
@@ -64,8 +54,7 @@ def launch_args(length: int, window: int, hq: int, hkv: int, d: int = 128, dtype
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernels", nargs="*", default=list(KERNELS)[:3], choices=list(KERNELS),
-                        help="default: the forward, dq and list dk/dv kernels")
+    parser.add_argument("--kernels", nargs="*", default=list(KERNELS), choices=list(KERNELS))
     parser.add_argument("--gqa", type=int, nargs="*", default=[1, 4], help="query heads per KV head")
     parser.add_argument("--heads", type=int, default=16, help="query heads")
     parser.add_argument("--head-dim", type=int, default=128)
@@ -86,12 +75,10 @@ def main():
           f"{'LDL':>4} {'STL':>4}  loop instr")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.kernels:
-            module, config_list = KERNELS[name]
-            fn = getattr(module, name).fn  # the jit function under the autotuner
+            fn = getattr(wk, name).fn  # the jit function under the autotuner
             for group in args.gqa:
-                values = launch_args(args.length, args.window, args.heads, args.heads // group, args.head_dim,
-                                     key_major=module is wkk)
-                for config in configs or getattr(module, config_list):
+                values = launch_args(args.length, args.window, args.heads, args.heads // group, args.head_dim)
+                for config in configs or getattr(wk, KERNELS[name]):
                     constants = dict(BLOCK=block, TILE=LIVE_TILE, BLOCK_D=dot_block(args.head_dim),
                                      HEAD_DIM=args.head_dim, PRECISION=None, WIDE=False,
                                      **config.kwargs)

@@ -37,16 +37,13 @@ def test_dma_cuda(dtype, window, lq, lk):
         assert rel_err(a.cpu(), r) < TOL[dtype] * 2
 
 
-@pytest.mark.parametrize("dkv_path", ["list", "key"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("window,lq,lk,block", grouped("dma-triton", [
     (64, 300, 300, None), (100, 400, 400, 128), (37, 200, 333, 128), (1, 150, 150, 128), (300, 1000, 1000, 256),
     (5, 700, 700, 384)]))
-def test_dma_triton_cuda(dtype, window, lq, lk, block, dkv_path):
-    """The compiled Triton kernels (causal window) against the float64 CPU oracle, outputs and all gradients, with
-    either dk/dv kernel (the list one; the key-major one of windowed_key_kernels.py, which writes dk and dv in the
-    inputs' dtype)."""
-    from wonderful_matrices.ops.dma.windowed_kernels import dynamic_mask_attention_triton, using_dkv_path
+def test_dma_triton_cuda(dtype, window, lq, lk, block):
+    """The compiled Triton kernels (causal window) against the float64 CPU oracle, outputs and all gradients."""
+    from wonderful_matrices.ops.dma.windowed_kernels import dynamic_mask_attention_triton
 
     b, hq, hkv, d = 1, 8, 2, 64
     base = [torch.randn(b, lq, hq, d), torch.randn(b, lk, hkv, d), torch.randn(b, lk, hkv, d),
@@ -56,8 +53,7 @@ def test_dma_triton_cuda(dtype, window, lq, lk, block, dkv_path):
     def fn(q, k, v, bias):
         if q.dtype == torch.float64:
             return wm.ops.dynamic_mask_attention(q, k, v, bias, keep_window=window, backend="naive")
-        with using_dkv_path(dkv_path):
-            return dynamic_mask_attention_triton(q, k, v, bias, window, d ** -0.5, block)
+        return dynamic_mask_attention_triton(q, k, v, bias, window, d ** -0.5, block)
 
     ref, ref_g = memoized(("dma-triton", window, fingerprint(*base)),
                           lambda: _grads(fn, [_leaf(t, torch.float64, "cuda") for t in base]))

@@ -2,8 +2,7 @@
 
 (a) forward and forward+backward time and peak memory of one attention call vs sequence length T: DMA with a
     window (the Triton kernels where usable — their selection replayed from CUDA graphs by default,
-    ops/dma/selection_graphs.py, and also run eagerly; and with the key-major dk/dv kernel in place of the list
-    one, ops/dma/windowed_key_kernels.py — and the torch path), DMA without a window (on CUDA also as one
+    ops/dma/selection_graphs.py, and also run eagerly — and the torch path), DMA without a window (on CUDA also as one
     fused SDPA call with the bias as extra key channels: ops/dma/biased_sdpa.py), dense causal SDPA
     (cuDNN backend when it runs, else PyTorch's default choice) and FlexAttention causal (CUDA only, when it
     compiles), all in one process on the same inputs; plus the windowed paths' selection stage alone
@@ -212,8 +211,6 @@ def _training_rows(cfg, device):
         impls = []
         rows += _selection_rows(cfg, device, T, bias.detach())
         if device.type == "cuda" and triton_usable(device):
-            from ..ops.dma.windowed_kernels import using_dkv_path
-
             impls.append((f"dma window {w} triton",
                           lambda q, k, v, b: dynamic_mask_attention(q, k, v, b, keep_window=w, backend="triton"),
                           (q, k, v, bias)))
@@ -223,12 +220,6 @@ def _training_rows(cfg, device):
                     return dynamic_mask_attention(q, k, v, b, keep_window=w, backend="triton")
 
             impls.append((f"dma window {w} triton, eager selection", eager_selection, (q, k, v, bias)))
-
-            def key_major(q, k, v, b):  # the path is recorded by the forward, for its backward
-                with using_dkv_path("key"):
-                    return dynamic_mask_attention(q, k, v, b, keep_window=w, backend="triton")
-
-            impls.append((f"dma window {w} triton, key-major dk/dv", key_major, (q, k, v, bias)))
         if T <= cfg["torch_window_max_length"]:  # the reference path: slow and memory-hungry at long T
             impls.append((f"dma window {w} torch",
                           lambda q, k, v, b: dynamic_mask_attention(q, k, v, b, keep_window=w, backend="torch"),

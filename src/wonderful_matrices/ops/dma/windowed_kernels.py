@@ -19,8 +19,7 @@ keys:
 * ``dk, dv, dbias``: one program per (block, list tile of ``BLOCK_N`` keys, KV head) loops over the block's
   query tiles that keep any of its keys (``[max(j, p0), min(drop_j, p1))`` per key), for every query head of the
   group (GQA: the group shares the list), and adds its partial sums to float32 accumulators with one atomic add
-  per program. A key is listed by about ``(drop_j − j) / B + 1`` blocks, so few adds collide. The key-major kernel
-  of :mod:`.windowed_key_kernels` computes the same sums without atomics (:data:`DKV_PATH`).
+  per program. A key is listed by about ``(drop_j − j) / B + 1`` blocks, so few adds collide.
 
 Launch settings are autotuned on a GPU (query tiles 32/64/128, key tiles 64/128, 4/8 warps, 1-3 stages; a single
 configuration under ``TRITON_INTERPRET=1``). Offsets inside one batch row are int32 (int64, ``WIDE``, once one
@@ -30,9 +29,6 @@ reaches 2**31: :func:`needs_wide_offsets`). Memory beyond the inputs: the lists 
 Float16/bfloat16/float32 inputs (float32 products in IEEE precision, not TF32), head dim up to 256.
 """
 from __future__ import annotations
-
-import contextlib
-from typing import Iterator
 
 import torch
 import triton
@@ -57,25 +53,6 @@ MAX_HEAD_DIM = 256
 BLOCK_ALIGN = 128  # the selection block is a multiple of every query tile the kernels use
 MAX_BLOCK = 2048  # the largest selection block block_for picks (the largest measured)
 WIDE_OFFSETS = 2 ** 31  # in-row element offsets from here on are computed in int64
-# The backward's dk/dv/dbias kernel: "list" (_dkv_kernel below: one program per (block, list tile), float32 atomic
-# sums into zero-filled accumulators, then a cast) or "key" (windowed_key_kernels: one program per tile of keys of
-# similar (j, drop_j), plain stores in the output dtypes). "list" stays the default until a GPU measurement shows
-# "key" faster (docs/kernels_dma.md, "Key-major dk/dv"; the DMA bench times both).
-DKV_PATHS = ("list", "key")
-DKV_PATH = "list"
-
-
-@contextlib.contextmanager
-def using_dkv_path(path: str) -> Iterator[None]:
-    """``with using_dkv_path("key"): ...`` — the calls made inside the block (their forward, which records the
-    choice for their backward) use ``path`` of :data:`DKV_PATHS`; :data:`DKV_PATH` is restored after it."""
-    global DKV_PATH
-    require(path in DKV_PATHS, "path", path, f"one of {DKV_PATHS}")
-    saved, DKV_PATH = DKV_PATH, path
-    try:
-        yield
-    finally:
-        DKV_PATH = saved
 
 
 def block_for(keep_window: int) -> int:
@@ -437,24 +414,20 @@ def windowed_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: 
 def _windowed_backward_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: torch.Tensor,
                             keys: torch.Tensor, ends: torch.Tensor, counts: torch.Tensor, drop: torch.Tensor,
                             out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor, scale: float,
-                            block: int, dkv_path: str = "list"
-                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                            block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     b, lk, hkv, d = k.shape
     f32 = dict(dtype=torch.float32)
-    dk_dtype, dv_dtype = (k.dtype, v.dtype) if dkv_path == "key" else (torch.float32, torch.float32)
-    return (q.new_empty(q.shape), k.new_empty(b, lk, hkv, d, dtype=dk_dtype),
-            k.new_empty(b, lk, hkv, d, dtype=dv_dtype), k.new_empty(b, lk, hkv, **f32))
+    return (q.new_empty(q.shape), k.new_empty(b, lk, hkv, d, **f32), k.new_empty(b, lk, hkv, d, **f32),
+            k.new_empty(b, lk, hkv, **f32))
 
 
 @opaque_to_compile("dma_windowed_backward", _windowed_backward_fake)
 def windowed_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: torch.Tensor, keys: torch.Tensor,
                       ends: torch.Tensor, counts: torch.Tensor, drop: torch.Tensor, out: torch.Tensor,
-                      lse: torch.Tensor, dout: torch.Tensor, scale: float, block: int,
-                      dkv_path: str = "list") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                      lse: torch.Tensor, dout: torch.Tensor, scale: float,
+                      block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The backward kernels: the forward's inputs and outputs and dout (b,lq,hq,d) contiguous -> (dq in q's dtype,
-    dk, dv (b,lk,hkv,d), dbias (b,lk,hkv) float32), dk and dv in float32 with ``dkv_path="list"`` (the atomic sums
-    of ``_dkv_kernel`` over the block lists), in k's and v's dtypes with ``"key"`` (the key-major kernel of
-    :mod:`.windowed_key_kernels`, plain stores; it reads ``drop`` but not the lists)."""
+    dk, dv (b,lk,hkv,d), dbias (b,lk,hkv), float32)."""
     b, lq, hq, d = q.shape
     lk, hkv = k.shape[1], k.shape[2]
     nb, width, n_tiles = keys.shape[1], keys.shape[2], ends.shape[2]
@@ -467,10 +440,6 @@ def windowed_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32:
     _dq_kernel[lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)](
         q, k, v, bias32, keys, ends, counts, drop, dout, lse, out, delta, dq, *common,
         out.stride(0), out.stride(1), out.stride(2), dq.stride(0), dq.stride(1), dq.stride(2), **meta)
-    if dkv_path == "key":
-        from .windowed_key_kernels import key_major_dkv  # (here: that module imports this one)
-
-        return (dq, *key_major_dkv(q, k, v, bias32, drop, dout, lse, delta, scale))
     dk = torch.zeros(b, lk, hkv, d, device=q.device, dtype=torch.float32)
     dv = torch.zeros_like(dk)
     dbias = torch.zeros(b, lk, hkv, device=q.device, dtype=torch.float32)
@@ -488,15 +457,14 @@ class _WindowedCausal(torch.autograd.Function):
         drop, keys, ends, counts = select(bias, lq, keep_window, block, seq_idx)
         out, lse = windowed_forward(q, k, v, bias32, keys, ends, counts, drop, scale, block)
         ctx.save_for_backward(q, k, v, bias32, keys, ends, counts, drop, out, lse)
-        ctx.scale, ctx.block, ctx.bias_dtype, ctx.dkv_path = scale, block, bias.dtype, DKV_PATH
+        ctx.scale, ctx.block, ctx.bias_dtype = scale, block, bias.dtype
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, bias32, keys, ends, counts, drop, out, lse = ctx.saved_tensors
         dq, dk, dv, dbias = windowed_backward(q, k, v, bias32, keys, ends, counts, drop, out, lse, dout.contiguous(),
-                                              ctx.scale, ctx.block, ctx.dkv_path)
-        # (the key-major path's dk and dv come in k's and v's dtypes already: no copy then)
+                                              ctx.scale, ctx.block)
         return dq, dk.to(k.dtype), dv.to(v.dtype), dbias.to(ctx.bias_dtype), None, None, None, None
 
 
