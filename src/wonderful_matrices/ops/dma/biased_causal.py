@@ -83,14 +83,14 @@ def block_lists(seq_idx: torch.Tensor, lq: int, lk: int) -> tuple[torch.Tensor, 
 
     An operator of its own: traced by ``torch.compile``, this arithmetic ran as Inductor-generated Triton code on
     the GPU and the packed-documents attention went wrong there — in lm-scale training (llama-base, rows of 2048
-    tokens with documents, bf16) the compiled loss differed from the eager one by up to 0.03 at the first steps and
-    one step in four had an infinite gradient norm, while the same step with this attention left out of the
-    compiled graph matched eager decoding to 1e-4 (docs/results.md, session 25). Inside the operator it runs as
+    tokens with documents, bf16) the compiled loss of the first batches differed from the eager one by up to 0.03 and
+    one of the first four had an infinite gradient norm, while with this attention left out of the compiled graph
+    the compiled loss matched the eager one to 1e-4 (docs/results.md, session 25). Inside the operator it runs as
     ATen's kernels, as in eager mode. (The division below rounds up without a negative dividend: Triton's integer
     division truncates, and Inductor's floor-division rewrite is exposed to a known miscompilation of signed
     division by Triton's axis analysis.)
     """
-    lk_tiles = -(-lk // TILE)
+    nk = -(-lk // TILE)
     offset = lk - lq
     nq = -(-lq // TILE)
     device = seq_idx.device
@@ -115,15 +115,15 @@ def block_lists(seq_idx: torch.Tensor, lq: int, lk: int) -> tuple[torch.Tensor, 
     # Partial tiles: [lo, full_lo) and (full_hi, hi], or all of [lo, hi] when there is no full tile.
     before = torch.where(full_count > 0, full_lo - lo, hi - lo + 1)
     after = torch.where(full_count > 0, hi - full_hi, 0)
-    slot = torch.arange(lk_tiles, device=device)
+    slot = torch.arange(nk, device=device)
     partial = torch.where(slot < before[..., None], lo[..., None] + slot,
                           full_hi[..., None] + 1 + slot - before[..., None])
     full = full_lo[..., None] + slot
     count = before + after
 
-    kv = (count.to(torch.int32)[:, None], partial.to(torch.int32).clamp(0, lk_tiles - 1)[:, None].contiguous(),
-          full_count.to(torch.int32)[:, None], full.to(torch.int32).clamp(0, lk_tiles - 1)[:, None].contiguous())
-    return kv + _transposed(kv[0], kv[1], lk_tiles) + _transposed(kv[2], kv[3], lk_tiles)
+    kv = (count.to(torch.int32)[:, None], partial.to(torch.int32).clamp(0, nk - 1)[:, None].contiguous(),
+          full_count.to(torch.int32)[:, None], full.to(torch.int32).clamp(0, nk - 1)[:, None].contiguous())
+    return kv + _transposed(kv[0], kv[1], nk) + _transposed(kv[2], kv[3], nk)
 
 
 def _transposed(num: torch.Tensor, indices: torch.Tensor, columns: int) -> tuple[torch.Tensor, torch.Tensor]:
