@@ -173,3 +173,31 @@ def test_wm_train_compile_on_python_source(tmp_path, monkeypatch):
                        for run in ("eager", "compiled"))
     assert compiled["tokens"] == eager["tokens"] > 0
     assert abs(compiled["loss"] - eager["loss"]) < 1e-4 * eager["loss"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("family", ["llama", "cheems", "cheems-no-window"])
+def test_long_packed_rows_compiled_with_inductor_equal_eager_cuda(family):
+    """Packed rows of lm-scale's length (2 × 2048 tokens, documents starting inside Flex's 128-token tiles and at
+    their edges), compiled with Inductor — the compiler of ``wm train --compile`` and of lm-scale's compiled training
+    — against the eager model: loss and every gradient, three document layouts. The tiny-row test above compiles
+    llama with aot_eager (no code generation) and rows of one tile; this is where Inductor's code for the packed
+    attention's block lists went wrong under torch 2.11 (docs/results.md, session 25)."""
+    torch.manual_seed(0)
+    preset = f"{family.split('-')[0]}-tiny"
+    model = CheemsForCausalLM(presets.get(preset, use_cache=False, **FAMILIES[family])).cuda().train()
+    eager = copy.deepcopy(model)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="inductor", fullgraph=True)
+    vocab = model.config.vocab_size
+    for eos_at in ([[127, 128, 1000], [5, 2047]], [[300, 301, 302], [1500]], [[], [129, 640, 1791]]):
+        ids = torch.randint(2, vocab, (2, 2048), generator=torch.Generator().manual_seed(len(eos_at[0])))
+        for r, places in enumerate(eos_at):
+            ids[r, places] = EOS
+        ids = ids.cuda()
+        loss, grads = _train_step(compiled, model, ids)
+        eager_loss, eager_grads = _train_step(eager, eager, ids)
+        assert torch.isfinite(loss) and rel_err(loss, eager_loss) < 1e-4
+        flat = torch.cat([grads[n].double().flatten() for n in sorted(grads)])
+        assert torch.isfinite(flat).all()
+        assert rel_err(flat, torch.cat([eager_grads[n].double().flatten() for n in sorted(grads)])) < 1e-4
