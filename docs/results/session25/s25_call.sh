@@ -4,7 +4,9 @@
 # trained on the device's python-source corpus; carry: ["tmp_gpu"]), plus cp docs/results/session25/s25_call.sh tmp_gpu/.
 #   probe:FAMILY:MODE  issue #15's NaN probe (docs/results/session24/nan_probe.py; a fresh machine tokenizes first)
 #   dmak               issue #13: windowed DMA with the list and the key-major dk/dv paths side by side, 16K and 64K
-#   dmacuda            the CUDA parity tests of the DMA kernels (both dk/dv paths)
+#   dmacuda            the CUDA parity tests of the DMA kernels
+#   fixcheck           session 25's fix of compiled packed training: the packed CUDA tests (attention and model,
+#                      compiled with Inductor against eager), then the compiled probe must train llama-base finite
 #   C=c1 STEPS="probe:llama:compiled+graphed dmak probe:llama:eager" bash tmp_gpu/s25_call.sh
 set -u
 source scripts/gpu_steps.sh
@@ -18,6 +20,9 @@ for s in $STEPS; do case $s in
   dmak) step 150 dmak env TRITON_PRINT_AUTOTUNING=1 python -m wonderful_matrices.bench.dma --out $W/dmak \
           --lengths 16384 65536 --batches --packed-length 0 --kernels
      grep -E "window 2048|causal" $W/dmak.log | tail -12 ;;
+  fixcheck) step 300 fix_cuda python -m pytest -q -p no:cacheprovider tests/ops/test_dma_cuda.py \
+       tests/train/test_compiled_training.py -k "packed and cuda"
+     tail -5 $W/fix_cuda.log ;;
   dmacuda) step 200 dma_cuda python -m pytest -q -p no:cacheprovider -x tests/ops/test_dma_cuda.py
      tail -5 $W/dma_cuda.log ;;
 esac; done
