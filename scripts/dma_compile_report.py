@@ -57,7 +57,7 @@ def launch_args(length: int, window: int, hq: int, hkv: int, d: int = 128, dtype
                 dv_ptr=torch.empty(1, length, hkv, d, dtype=dtype if key_major else torch.float32, **meta),
                 dbias_ptr=torch.empty(1, length, hkv, **f32),
                 lq=length, lk=length, hq=hq, hkv=hkv, nb=nb, width=width, n_tiles=n_tiles, scale=d ** -0.5)
-    for prefix, t in (("sq", q), ("sk", k), ("sb", bias), ("so", q), ("sd", q)):
+    for prefix, t in (("sq", q), ("sk", k), ("sb", bias), ("so", q), ("sd", q), ("sg", q)):  # sg: dq's strides
         args.update({f"{prefix}{axis}": t.stride(n) for n, axis in enumerate("blh")})
     return args
 
