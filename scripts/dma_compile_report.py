@@ -48,6 +48,7 @@ def launch_args(length: int, window: int, hq: int, hkv: int, d: int = 128, dtype
     i32 = dict(dtype=torch.int32, **meta)
     f32 = dict(dtype=torch.float32, **meta)
     args = dict(q_ptr=q, k_ptr=k, v_ptr=k, bias_ptr=bias, keys_ptr=torch.empty(hkv, nb, width, **i32),
+                list_bias_ptr=torch.empty(hkv, nb, width, **f32), list_drop_ptr=torch.empty(hkv, nb, width, **i32),
                 ends_ptr=torch.empty(hkv, nb, n_tiles, **i32), counts_ptr=torch.empty(hkv, nb, n_tiles, 2, **i32),
                 drop_ptr=torch.empty(hkv, length, **i32),
                 out_ptr=q, dq_ptr=q, do_ptr=q, lse_ptr=torch.empty(hq, length, **f32),
