@@ -13,7 +13,9 @@ keys:
   keeps, then the block's own keys up to the tile's end (the carried keys dropped before the tile are skipped) —
   loads their key/value rows by index, adds the bias, online softmax in float32 (base 2); writes the output and
   the log-sum-exp. The whole key tiles of the head (the carried keys every query keeps) need no mask (as the
-  off-band loop of Triton's fused-attention tutorial); the rest masks ``j <= p < drop_j`` per element.
+  off-band loop of Triton's fused-attention tutorial); the keys before the tile's first query compare only
+  ``p < drop_j``; the block's own keys from there on mask ``j <= p < drop_j`` per element. Each entry's bias (times
+  log2 e) and ``drop_j`` are read from arrays in the lists' layout (:func:`list_terms`), not gathered by index.
 * ``dq``: the same loops, recomputing the probabilities from the log-sum-exp; it also computes and stores
   ``delta = rowsum(dO·O)`` for its queries (read by the ``dk, dv`` kernel, launched after it).
 * ``dk, dv, dbias``: one program per (block, list tile of ``BLOCK_N`` keys, KV head) loops over the block's
@@ -104,19 +106,20 @@ KEY_SIDE = tile_configs([(32, 64, 8, 2), (32, 128, 8, 2), (64, 64, 8, 1), (64, 1
 
 @triton.jit
 def _listed_keys(list_ptr, list_drop_ptr, list_bias_ptr, dmask, c0, c_end, BLOCK_N: tl.constexpr,
-                 MASK: tl.constexpr, WIDE: tl.constexpr):
-    """The list entries ``[c0, c0 + BLOCK_N)`` (pointers at the block's list and the entries' terms,
-    :func:`list_terms`): key indices ``j`` (int32; int64 if ``WIDE``), their ``drop_j`` (``MASK`` only; else
-    ``j``, unused), the load mask of their K/V rows (``(BLOCK_N, BLOCK_D)``, or ``(1, BLOCK_D)`` unmasked) and
-    their biases times log2 e (float32). With a ``MASK`` they are bounded by ``c_end`` (entries past it: ``j = 0``,
-    ``drop = 0``, kept by no query); without one the entries must all be listed keys.
+                 MASK: tl.constexpr, BOUNDED: tl.constexpr, WIDE: tl.constexpr):
+    """The list entries ``[c0, c0 + BLOCK_N)`` (pointers at the block's list and at its entries' terms,
+    :func:`list_terms`): key indices ``j`` (int32; int64 if ``WIDE``), their ``drop_j`` (with a ``MASK``; else
+    ``j``, unused), the load mask of their K/V rows (``(BLOCK_N, BLOCK_D)``, or ``(1, BLOCK_D)`` unbounded) and
+    their biases times log2 e (float32). ``BOUNDED``: entries from ``c_end`` on are out (``j = 0``, ``drop = 0``:
+    kept by no query; K/V rows of zeros); unbounded, the entries must all be listed keys.
 
-    The terms are read at the entry, contiguously (not gathered by ``j``): under triton 3.6 a gather of
-    ``BLOCK_N`` values by index in a program of more threads compiles to one 4-byte copy per value and thread in
-    the score tile's column layout (address arithmetic and a copy for each of the 16 columns a thread holds, and a
-    predicate each when masked) where a contiguous load is 8 or 16 such copies fewer."""
+    The terms are read at the entry, contiguously, not gathered by ``j``: triton 3.6 compiles a gather of
+    ``BLOCK_N`` values by index (in a program of more threads than that) to a 4-byte copy for each of the 16
+    columns of the score tile a thread holds, each with its own 64-bit address arithmetic and, bounded, its own
+    predicate; a contiguous read of them is 8 copies of 8 bytes (docs/kernels_dma.md, "Forward and dq loop
+    trimming (session 25)")."""
     c = c0 + tl.arange(0, BLOCK_N)
-    if MASK > 0:
+    if BOUNDED:
         cmask = c < c_end
         j = tl.load(list_ptr + c, mask=cmask, other=0)
         drop = tl.load(list_drop_ptr + c, mask=cmask, other=0)
@@ -124,7 +127,7 @@ def _listed_keys(list_ptr, list_drop_ptr, list_bias_ptr, dmask, c0, c_end, BLOCK
         kvmask = cmask[:, None] & dmask[None, :]
     else:
         j = tl.load(list_ptr + c)
-        drop = j
+        drop = tl.load(list_drop_ptr + c) if MASK > 0 else j
         kb2 = tl.load(list_bias_ptr + c)
         kvmask = dmask[None, :]
     if WIDE:
@@ -135,8 +138,8 @@ def _listed_keys(list_ptr, list_drop_ptr, list_bias_ptr, dmask, c0, c_end, BLOCK
 @triton.jit
 def _kept(j, drop, pos, MASK: tl.constexpr):
     """``(BLOCK_M, BLOCK_N)``: whether query position ``pos`` keeps key ``j``, ``j <= p < drop_j``. ``MASK == 1``:
-    the entries are carried keys (``j`` before the block's first query), so only ``p < drop_j`` is compared: one
-    comparison per score instead of two; ``MASK == 2``: both."""
+    the keys come before the tile's first query (``j <= p`` holds), so only ``p < drop_j`` is compared: one
+    comparison and one select per score instead of two each; ``MASK == 2``: both."""
     if MASK == 1:
         keep = pos[:, None] < drop[None, :]
     else:
@@ -146,15 +149,15 @@ def _kept(j, drop, pos, MASK: tl.constexpr):
 
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_ptr, v_ptr, list_ptr, list_drop_ptr, list_bias_ptr, skl,
-               pos, dd, dmask, lo, hi, c_end, qk_scale, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
-               MASK: tl.constexpr, WIDE: tl.constexpr):
-    """Online softmax over the list entries ``[lo, hi)`` in tiles of ``BLOCK_N``: ``MASK`` applies the list bound
-    ``c_end`` and :func:`_kept` per element (1: carried keys, 2: the block's own); without one (0) ``[lo, hi)`` must
-    be whole tiles of keys that every query keeps (no index or ``drop`` checks). ``k_ptr``, ``v_ptr``: the row's
-    (batch, KV head) first key; offsets from there in int32 unless ``WIDE``."""
+               pos, dd, dmask, lo, hi, qk_scale, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+               MASK: tl.constexpr, BOUNDED: tl.constexpr, WIDE: tl.constexpr):
+    """Online softmax over the list entries ``[lo, hi)`` in tiles of ``BLOCK_N`` (``BOUNDED``: the last one ends
+    at ``hi``; else whole tiles). ``MASK`` 0: every query keeps every key (no ``drop`` read, no comparison), 1: the
+    keys come before the tile's first query, 2: any (:func:`_kept`). ``k_ptr``, ``v_ptr``: the row's (batch, KV
+    head) first key; offsets from there in int32 unless ``WIDE``."""
     for c0 in range(lo, hi, BLOCK_N):
-        j, drop, kvmask, kb2 = _listed_keys(list_ptr, list_drop_ptr, list_bias_ptr, dmask, c0, c_end, BLOCK_N,
-                                            MASK, WIDE)
+        j, drop, kvmask, kb2 = _listed_keys(list_ptr, list_drop_ptr, list_bias_ptr, dmask, c0, hi, BLOCK_N,
+                                            MASK, BOUNDED, WIDE)
         kv_off = j[:, None] * skl + dd[None, :]
         k = tl.load(k_ptr + kv_off, mask=kvmask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + kb2[None, :]
@@ -179,9 +182,12 @@ def _tile_ranges(ends_ptr, counts_ptr, row, t, nb, n_tiles, tile, BLOCK: tl.cons
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """The list entries query tile ``tile`` (of ``BLOCK_M`` queries, inside block ``t`` of list row ``row``) loops
     over: ``[0, c_head)`` whole key tiles every query keeps (no mask), ``[c_head, c_alive)`` the rest of the
-    carried keys some query keeps, ``[c_own, c_end)`` the block's own keys up to the tile's end. The counts are
-    per :data:`.selection.LIVE_TILE` queries: those of the LIVE_TILE holding the tile's last query bound what
-    every query keeps and where the list ends, that of the one holding its first query what some query keeps."""
+    carried keys some query keeps, ``[c_own, c_split)`` whole key tiles of the block's own keys before the tile's
+    first query, ``[c_split, c_end)`` its other own keys up to the tile's end. The counts are per
+    :data:`.selection.LIVE_TILE` queries: those of the LIVE_TILE holding the tile's last query bound what every
+    query keeps and where the list ends; that of the one holding its first query what some query keeps, and the
+    end of the previous one's (``BLOCK_M`` is a multiple of LIVE_TILE) the own keys before the tile (own keys are
+    listed in position order)."""
     block_at = (row * nb + t) * n_tiles
     in_block = (tile * BLOCK_M) % BLOCK
     last_at = block_at + (in_block + BLOCK_M) // TILE - 1
@@ -189,7 +195,10 @@ def _tile_ranges(ends_ptr, counts_ptr, row, t, nb, n_tiles, tile, BLOCK: tl.cons
     c_head = tl.load(counts_ptr + 2 * last_at) // BLOCK_N * BLOCK_N
     c_alive = tl.load(counts_ptr + 2 * (block_at + in_block // TILE) + 1)
     c_own = tl.load(counts_ptr + 2 * block_at + 1)  # the block's carried entries: what its first query keeps
-    return c_head, c_alive, c_own, c_end
+    first_at = block_at + in_block // TILE
+    c_prev = tl.load(ends_ptr + first_at - 1, mask=in_block > 0, other=c_own)
+    c_split = c_own + (c_prev - c_own) // BLOCK_N * BLOCK_N
+    return c_head, c_alive, c_own, c_split, c_end
 
 
 @autotune(configs=QUERY_SIDE, key=["HEAD_DIM", "BLOCK", "width", "hq", "hkv"])
@@ -220,21 +229,26 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, keys_ptr, list_bias_ptr, list_drop_ptr, end
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     base = (row * nb + t) * width
-    c_head, c_alive, c_own, c_end = _tile_ranges(ends_ptr, counts_ptr, row, t, nb, n_tiles, tile, BLOCK, TILE,
-                                                 BLOCK_M, BLOCK_N)
+    c_head, c_alive, c_own, c_split, c_end = _tile_ranges(ends_ptr, counts_ptr, row, t, nb, n_tiles, tile, BLOCK,
+                                                         TILE, BLOCK_M, BLOCK_N)
     kv_base = bi * skb + g * skh
     qk_scale = scale * 1.4426950408889634
-    # The head: carried keys every query of the tile keeps (whole key tiles only), no per-element mask; then the
-    # rest of the carried keys some query keeps (before the block: only p < drop_j to check); then the block's own.
+    # The head: carried keys every query of the tile keeps (whole key tiles only), no per-element mask. Then, masked,
+    # the keys before the tile's first query that some query of it keeps (only p < drop_j to compare): the rest of
+    # the carried ones, then the block's own before the tile in whole tiles (no list bound either); last the other
+    # own keys.
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr + kv_base, v_ptr + kv_base, keys_ptr + base,
-                               list_drop_ptr + base, list_bias_ptr + base, skl, pos, dd, dmask, 0, c_head, c_end,
-                               qk_scale, PRECISION, BLOCK_N, 0, WIDE)
+                               list_drop_ptr + base, list_bias_ptr + base, skl, pos, dd, dmask, 0, c_head,
+                               qk_scale, PRECISION, BLOCK_N, 0, False, WIDE)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr + kv_base, v_ptr + kv_base, keys_ptr + base,
                                list_drop_ptr + base, list_bias_ptr + base, skl, pos, dd, dmask, c_head, c_alive,
-                               c_alive, qk_scale, PRECISION, BLOCK_N, 1, WIDE)
+                               qk_scale, PRECISION, BLOCK_N, 1, True, WIDE)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr + kv_base, v_ptr + kv_base, keys_ptr + base,
-                               list_drop_ptr + base, list_bias_ptr + base, skl, pos, dd, dmask, c_own, c_end,
-                               c_end, qk_scale, PRECISION, BLOCK_N, 2, WIDE)
+                               list_drop_ptr + base, list_bias_ptr + base, skl, pos, dd, dmask, c_own, c_split,
+                               qk_scale, PRECISION, BLOCK_N, 1, False, WIDE)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr + kv_base, v_ptr + kv_base, keys_ptr + base,
+                               list_drop_ptr + base, list_bias_ptr + base, skl, pos, dd, dmask, c_split, c_end,
+                               qk_scale, PRECISION, BLOCK_N, 2, True, WIDE)
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     tl.store(out_ptr + bi * sob + i[:, None] * sol + h * soh + dd[None, :], out.to(out_ptr.dtype.element_ty),
@@ -245,13 +259,13 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, keys_ptr, list_bias_ptr, list_drop_ptr, end
 
 @triton.jit
 def _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, list_ptr, list_drop_ptr, list_bias_ptr, skl,
-              pos, qmask, dd, dmask, lo, hi, c_end, qk_scale, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
-              MASK: tl.constexpr, WIDE: tl.constexpr):
+              pos, qmask, dd, dmask, lo, hi, qk_scale, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+              MASK: tl.constexpr, BOUNDED: tl.constexpr, WIDE: tl.constexpr):
     """``dq`` over the list entries ``[lo, hi)``, masked or not as :func:`_fwd_inner`. Unmasked, the rows of
     queries past ``lq`` get arbitrary values (rows are independent; the caller does not store them)."""
     for c0 in range(lo, hi, BLOCK_N):
-        j, drop, kvmask, kb2 = _listed_keys(list_ptr, list_drop_ptr, list_bias_ptr, dmask, c0, c_end, BLOCK_N,
-                                            MASK, WIDE)
+        j, drop, kvmask, kb2 = _listed_keys(list_ptr, list_drop_ptr, list_bias_ptr, dmask, c0, hi, BLOCK_N,
+                                            MASK, BOUNDED, WIDE)
         kv_off = j[:, None] * skl + dd[None, :]
         k = tl.load(k_ptr + kv_off, mask=kvmask, other=0.0)
         v = tl.load(v_ptr + kv_off, mask=kvmask, other=0.0)
@@ -298,19 +312,22 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, keys_ptr, list_bias_ptr, list_drop_ptr, ends
     tl.store(delta_ptr + head_rows + i, delta, mask=qmask)
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     base = (row * nb + t) * width
-    c_head, c_alive, c_own, c_end = _tile_ranges(ends_ptr, counts_ptr, row, t, nb, n_tiles, tile, BLOCK, TILE,
-                                                 BLOCK_M, BLOCK_N)  # as in the forward
+    c_head, c_alive, c_own, c_split, c_end = _tile_ranges(ends_ptr, counts_ptr, row, t, nb, n_tiles, tile, BLOCK,
+                                                         TILE, BLOCK_M, BLOCK_N)  # as in the forward
     kv_base = bi * skb + g * skh
     qk_scale = scale * 1.4426950408889634
     dq = _dq_inner(dq, q, do, lse, delta, k_ptr + kv_base, v_ptr + kv_base, keys_ptr + base, list_drop_ptr + base,
-                   list_bias_ptr + base, skl, pos, qmask, dd, dmask, 0, c_head, c_end, qk_scale, PRECISION,
-                   BLOCK_N, 0, WIDE)
+                   list_bias_ptr + base, skl, pos, qmask, dd, dmask, 0, c_head, qk_scale, PRECISION, BLOCK_N, 0,
+                   False, WIDE)
     dq = _dq_inner(dq, q, do, lse, delta, k_ptr + kv_base, v_ptr + kv_base, keys_ptr + base, list_drop_ptr + base,
-                   list_bias_ptr + base, skl, pos, qmask, dd, dmask, c_head, c_alive, c_alive, qk_scale,
-                   PRECISION, BLOCK_N, 1, WIDE)
+                   list_bias_ptr + base, skl, pos, qmask, dd, dmask, c_head, c_alive, qk_scale, PRECISION, BLOCK_N,
+                   1, True, WIDE)
     dq = _dq_inner(dq, q, do, lse, delta, k_ptr + kv_base, v_ptr + kv_base, keys_ptr + base, list_drop_ptr + base,
-                   list_bias_ptr + base, skl, pos, qmask, dd, dmask, c_own, c_end, c_end, qk_scale, PRECISION,
-                   BLOCK_N, 2, WIDE)
+                   list_bias_ptr + base, skl, pos, qmask, dd, dmask, c_own, c_split, qk_scale, PRECISION, BLOCK_N,
+                   1, False, WIDE)
+    dq = _dq_inner(dq, q, do, lse, delta, k_ptr + kv_base, v_ptr + kv_base, keys_ptr + base, list_drop_ptr + base,
+                   list_bias_ptr + base, skl, pos, qmask, dd, dmask, c_split, c_end, qk_scale, PRECISION, BLOCK_N,
+                   2, True, WIDE)
     tl.store(dq_ptr + bi * sgb + i[:, None] * sgl + h * sgh + dd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
              mask=io_mask)
 
