@@ -259,10 +259,10 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, keys_ptr, list_bias_ptr, list_drop_ptr, end
 
 @triton.jit
 def _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, list_ptr, list_drop_ptr, list_bias_ptr, skl,
-              pos, qmask, dd, dmask, lo, hi, qk_scale, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+              pos, dd, dmask, lo, hi, qk_scale, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
               MASK: tl.constexpr, BOUNDED: tl.constexpr, WIDE: tl.constexpr):
-    """``dq`` over the list entries ``[lo, hi)``, masked or not as :func:`_fwd_inner`. Unmasked, the rows of
-    queries past ``lq`` get arbitrary values (rows are independent; the caller does not store them)."""
+    """``dq`` over the list entries ``[lo, hi)``, masked or not as :func:`_fwd_inner`. The rows of queries past
+    ``lq`` get arbitrary values (rows are independent; the caller does not store them)."""
     for c0 in range(lo, hi, BLOCK_N):
         j, drop, kvmask, kb2 = _listed_keys(list_ptr, list_drop_ptr, list_bias_ptr, dmask, c0, hi, BLOCK_N,
                                             MASK, BOUNDED, WIDE)
@@ -271,8 +271,8 @@ def _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, list_ptr, list_drop_ptr, list
         v = tl.load(v_ptr + kv_off, mask=kvmask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + kb2[None, :]
         p = tl.exp2(s - lse[:, None])
-        if MASK > 0:
-            p = tl.where(_kept(j, drop, pos, MASK) & qmask[:, None], p, 0.0)
+        if MASK > 0:  # (a query past lq, at p >= lk >= drop_j, keeps no key)
+            p = tl.where(_kept(j, drop, pos, MASK), p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
@@ -317,16 +317,16 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, keys_ptr, list_bias_ptr, list_drop_ptr, ends
     kv_base = bi * skb + g * skh
     qk_scale = scale * 1.4426950408889634
     dq = _dq_inner(dq, q, do, lse, delta, k_ptr + kv_base, v_ptr + kv_base, keys_ptr + base, list_drop_ptr + base,
-                   list_bias_ptr + base, skl, pos, qmask, dd, dmask, 0, c_head, qk_scale, PRECISION, BLOCK_N, 0,
+                   list_bias_ptr + base, skl, pos, dd, dmask, 0, c_head, qk_scale, PRECISION, BLOCK_N, 0,
                    False, WIDE)
     dq = _dq_inner(dq, q, do, lse, delta, k_ptr + kv_base, v_ptr + kv_base, keys_ptr + base, list_drop_ptr + base,
-                   list_bias_ptr + base, skl, pos, qmask, dd, dmask, c_head, c_alive, qk_scale, PRECISION, BLOCK_N,
+                   list_bias_ptr + base, skl, pos, dd, dmask, c_head, c_alive, qk_scale, PRECISION, BLOCK_N,
                    1, True, WIDE)
     dq = _dq_inner(dq, q, do, lse, delta, k_ptr + kv_base, v_ptr + kv_base, keys_ptr + base, list_drop_ptr + base,
-                   list_bias_ptr + base, skl, pos, qmask, dd, dmask, c_own, c_split, qk_scale, PRECISION, BLOCK_N,
+                   list_bias_ptr + base, skl, pos, dd, dmask, c_own, c_split, qk_scale, PRECISION, BLOCK_N,
                    1, False, WIDE)
     dq = _dq_inner(dq, q, do, lse, delta, k_ptr + kv_base, v_ptr + kv_base, keys_ptr + base, list_drop_ptr + base,
-                   list_bias_ptr + base, skl, pos, qmask, dd, dmask, c_split, c_end, qk_scale, PRECISION, BLOCK_N,
+                   list_bias_ptr + base, skl, pos, dd, dmask, c_split, c_end, qk_scale, PRECISION, BLOCK_N,
                    2, True, WIDE)
     tl.store(dq_ptr + bi * sgb + i[:, None] * sgl + h * sgh + dd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
              mask=io_mask)
