@@ -407,6 +407,7 @@ def _dkv_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, drop_ptr, do_
 @triton.jit
 def _list_terms_kernel(keys_ptr, bias_ptr, drop_ptr, list_bias_ptr, list_drop_ptr, lk, hkv, sbb, sbl, sbh,
                        entries, BLOCK: tl.constexpr):
+    """:func:`list_terms`: one program per ``BLOCK`` entries of one list row (``entries`` = nb·W of them)."""
     chunk = tl.program_id(0)
     row = tl.program_id(1).to(tl.int64)  # bi * hkv + g
     c = chunk * BLOCK + tl.arange(0, BLOCK)
