@@ -40,6 +40,7 @@ def launch_args(length: int, window: int, hq: int, hkv: int, d: int = 128, dtype
     i32 = dict(dtype=torch.int32, **meta)
     f32 = dict(dtype=torch.float32, **meta)
     args = dict(q_ptr=q, k_ptr=k, v_ptr=k, bias_ptr=bias, keys_ptr=torch.empty(hkv, nb, width, **i32),
+                list_bias_ptr=torch.empty(hkv, nb, width, **f32), list_drop_ptr=torch.empty(hkv, nb, width, **i32),
                 ends_ptr=torch.empty(hkv, nb, n_tiles, **i32), counts_ptr=torch.empty(hkv, nb, n_tiles, 2, **i32),
                 drop_ptr=torch.empty(hkv, length, **i32),
                 out_ptr=q, dq_ptr=q, do_ptr=q, lse_ptr=torch.empty(hq, length, **f32),
@@ -47,7 +48,7 @@ def launch_args(length: int, window: int, hq: int, hkv: int, d: int = 128, dtype
                 dk_ptr=torch.empty(1, length, hkv, d, **f32), dv_ptr=torch.empty(1, length, hkv, d, **f32),
                 dbias_ptr=torch.empty(1, length, hkv, **f32),
                 lq=length, lk=length, hq=hq, hkv=hkv, nb=nb, width=width, n_tiles=n_tiles, scale=d ** -0.5)
-    for prefix, t in (("sq", q), ("sk", k), ("sb", bias), ("so", q), ("sd", q)):
+    for prefix, t in (("sq", q), ("sk", k), ("sb", bias), ("so", q), ("sd", q), ("sg", q)):  # sg: dq's strides
         args.update({f"{prefix}{axis}": t.stride(n) for n, axis in enumerate("blh")})
     return args
 

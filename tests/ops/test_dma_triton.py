@@ -98,6 +98,24 @@ def test_triton_tiles_with_an_empty_head_or_an_empty_tail():
         run_both(1, lk, lk, 2, 1, 16, w, kind, block=block)
 
 
+@interpreted_only
+@pytest.mark.parametrize("tiles", [(128, 64), (64, 128), (128, 128)], ids=str)
+def test_triton_query_and_key_tiles_of_the_gpu_configurations(monkeypatch, tiles):
+    """The forward and dq kernels with the GPU's other tile shapes (under the interpreter the autotuners hold 64 x
+    64 only): a 128-query tile spans two LIVE_TILEs (its own keys before its first query end where the LIVE_TILE
+    before its first one ends), 128-key tiles round the head and the own keys before the tile to 128 entries.
+    Forward and gradients against the oracle: a sliding window (every own key before the tile kept, whole tiles of
+    them) and random biases, several query tiles per selection block."""
+    import triton
+
+    m, n = tiles
+    for kernel in (dma_triton._fwd_kernel, dma_triton._dq_kernel):
+        monkeypatch.setattr(kernel, "configs", [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=4,
+                                                              num_stages=1)])
+    for kind, w in (("zero", 200), ("randn", 150)):
+        run_both(1, 600, 600, 2, 1, 16, w, kind, block=256)
+
+
 # (document lengths per row, hq, hkv, d, w, block): documents shorter than the window and of one token, selection
 # blocks (of one and of two kernel tiles) straddling document boundaries, GQA.
 PACKED = [

@@ -14,7 +14,7 @@ pytestmark = compiles_real_kernels
 from wonderful_matrices.ops.dma import windowed_kernels as wk  # noqa: E402
 
 SHARED_LIMIT = 232448  # bytes of shared memory one program may use on sm_90 (227 KB)
-INT_POINTERS = ("keys_ptr", "ends_ptr", "counts_ptr", "drop_ptr")
+INT_POINTERS = ("keys_ptr", "ends_ptr", "counts_ptr", "drop_ptr", "list_drop_ptr")
 IO_POINTERS = ("q_ptr", "k_ptr", "v_ptr", "out_ptr", "do_ptr", "dq_ptr")
 
 

@@ -13,7 +13,9 @@ keys:
   keeps, then the block's own keys up to the tile's end (the carried keys dropped before the tile are skipped) —
   loads their key/value rows by index, adds the bias, online softmax in float32 (base 2); writes the output and
   the log-sum-exp. The whole key tiles of the head (the carried keys every query keeps) need no mask (as the
-  off-band loop of Triton's fused-attention tutorial); the rest masks ``j <= p < drop_j`` per element.
+  off-band loop of Triton's fused-attention tutorial); the keys before the tile's first query compare only
+  ``p < drop_j``; the block's own keys from there on mask ``j <= p < drop_j`` per element. Each entry's bias (times
+  log2 e) and ``drop_j`` are read from arrays in the lists' layout (:func:`list_terms`), not gathered by index.
 * ``dq``: the same loops, recomputing the probabilities from the log-sum-exp; it also computes and stores
   ``delta = rowsum(dO·O)`` for its queries (read by the ``dk, dv`` kernel, launched after it).
 * ``dk, dv, dbias``: one program per (block, list tile of ``BLOCK_N`` keys, KV head) loops over the block's
@@ -80,48 +82,64 @@ KEY_SIDE = tile_configs([(32, 64, 8, 2), (32, 128, 8, 2), (64, 64, 8, 1), (64, 1
 
 
 @triton.jit
-def _listed_keys(list_ptr, drop_ptr, bias_ptr, sbl, dmask, c0, c_end, BLOCK_N: tl.constexpr,
-                 MASKED: tl.constexpr, WIDE: tl.constexpr):
-    """The list entries ``[c0, c0 + BLOCK_N)``: key indices ``j`` (int32; int64 if ``WIDE``), their ``drop_j``
-    (``MASKED`` only; else ``j``, unused), the load mask of their K/V rows (``(BLOCK_N, BLOCK_D)``, or
-    ``(1, BLOCK_D)`` unmasked) and their biases (float32; ``bias_ptr`` points at the row's first key).
-    ``MASKED`` bounds them by ``c_end``; without it the entries must all be listed keys."""
+def _listed_keys(list_ptr, list_drop_ptr, list_bias_ptr, dmask, c0, c_end, BLOCK_N: tl.constexpr,
+                 MASK: tl.constexpr, BOUNDED: tl.constexpr, WIDE: tl.constexpr):
+    """The list entries ``[c0, c0 + BLOCK_N)`` (pointers at the block's list and at its entries' terms,
+    :func:`list_terms`): key indices ``j`` (int32; int64 if ``WIDE``), their ``drop_j`` (with a ``MASK``; else
+    ``j``, unused), the load mask of their K/V rows (``(BLOCK_N, BLOCK_D)``, or ``(1, BLOCK_D)`` unbounded) and
+    their biases times log2 e (float32). ``BOUNDED``: entries from ``c_end`` on are out (``j = 0``, ``drop = 0``:
+    kept by no query; K/V rows of zeros); unbounded, the entries must all be listed keys.
+
+    The terms are read at the entry, contiguously, not gathered by ``j``: triton 3.6 compiles a gather of
+    ``BLOCK_N`` values by index (in a program of more threads than that) to a 4-byte copy for each of the 16
+    columns of the score tile a thread holds, each with its own 64-bit address arithmetic and, bounded, its own
+    predicate; a contiguous read of them is 8 copies of 8 bytes (docs/kernels_dma.md, "Forward and dq loop
+    trimming (session 25)")."""
     c = c0 + tl.arange(0, BLOCK_N)
-    if MASKED:
+    if BOUNDED:
         cmask = c < c_end
         j = tl.load(list_ptr + c, mask=cmask, other=0)
-        if WIDE:
-            j = j.to(tl.int64)
-        drop = tl.load(drop_ptr + j, mask=cmask, other=0)
+        drop = tl.load(list_drop_ptr + c, mask=cmask, other=0)
+        kb2 = tl.load(list_bias_ptr + c, mask=cmask, other=0.0)
         kvmask = cmask[:, None] & dmask[None, :]
-        kb = tl.load(bias_ptr + j * sbl, mask=cmask, other=0.0).to(tl.float32)
     else:
         j = tl.load(list_ptr + c)
-        if WIDE:
-            j = j.to(tl.int64)
-        drop = j
+        drop = tl.load(list_drop_ptr + c) if MASK > 0 else j
+        kb2 = tl.load(list_bias_ptr + c)
         kvmask = dmask[None, :]
-        kb = tl.load(bias_ptr + j * sbl).to(tl.float32)
-    return j, drop, kvmask, kb
+    if WIDE:
+        j = j.to(tl.int64)
+    return j, drop, kvmask, kb2
 
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, k_ptr, v_ptr, bias_ptr, list_ptr, drop_ptr, skl, sbl,
-               pos, dd, dmask, lo, hi, c_end, qk_scale, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
-               MASKED: tl.constexpr, WIDE: tl.constexpr):
-    """Online softmax over the list entries ``[lo, hi)`` in tiles of ``BLOCK_N``: ``MASKED`` applies the list
-    bound ``c_end`` and ``j <= p < drop_j`` per element; without it ``[lo, hi)`` must be whole tiles of keys that
-    every query keeps (no index or ``drop`` checks). ``k_ptr``, ``v_ptr``, ``bias_ptr``: the row's (batch, KV
+def _kept(j, drop, pos, MASK: tl.constexpr):
+    """``(BLOCK_M, BLOCK_N)``: whether query position ``pos`` keeps key ``j``, ``j <= p < drop_j``. ``MASK == 1``:
+    the keys come before the tile's first query (``j <= p`` holds), so only ``p < drop_j`` is compared: one
+    comparison and one select per score instead of two each; ``MASK == 2``: both."""
+    if MASK == 1:
+        keep = pos[:, None] < drop[None, :]
+    else:
+        keep = (j[None, :] <= pos[:, None]) & (pos[:, None] < drop[None, :])
+    return keep
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, k_ptr, v_ptr, list_ptr, list_drop_ptr, list_bias_ptr, skl,
+               pos, dd, dmask, lo, hi, qk_scale, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+               MASK: tl.constexpr, BOUNDED: tl.constexpr, WIDE: tl.constexpr):
+    """Online softmax over the list entries ``[lo, hi)`` in tiles of ``BLOCK_N`` (``BOUNDED``: the last one ends
+    at ``hi``; else whole tiles). ``MASK`` 0: every query keeps every key (no ``drop`` read, no comparison), 1: the
+    keys come before the tile's first query, 2: any (:func:`_kept`). ``k_ptr``, ``v_ptr``: the row's (batch, KV
     head) first key; offsets from there in int32 unless ``WIDE``."""
     for c0 in range(lo, hi, BLOCK_N):
-        j, drop, kvmask, kb = _listed_keys(list_ptr, drop_ptr, bias_ptr, sbl, dmask, c0, c_end,
-                                           BLOCK_N, MASKED, WIDE)
+        j, drop, kvmask, kb2 = _listed_keys(list_ptr, list_drop_ptr, list_bias_ptr, dmask, c0, hi, BLOCK_N,
+                                            MASK, BOUNDED, WIDE)
         kv_off = j[:, None] * skl + dd[None, :]
         k = tl.load(k_ptr + kv_off, mask=kvmask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + kb[None, :] * 1.4426950408889634
-        if MASKED:
-            keep = (j[None, :] <= pos[:, None]) & (pos[:, None] < drop[None, :])
-            s = tl.where(keep, s, float("-inf"))
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + kb2[None, :]
+        if MASK > 0:
+            s = tl.where(_kept(j, drop, pos, MASK), s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         else:  # every score is finite (listed keys have finite biases), so the new maximum is too
@@ -141,9 +159,12 @@ def _tile_ranges(ends_ptr, counts_ptr, row, t, nb, n_tiles, tile, BLOCK: tl.cons
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """The list entries query tile ``tile`` (of ``BLOCK_M`` queries, inside block ``t`` of list row ``row``) loops
     over: ``[0, c_head)`` whole key tiles every query keeps (no mask), ``[c_head, c_alive)`` the rest of the
-    carried keys some query keeps, ``[c_own, c_end)`` the block's own keys up to the tile's end. The counts are
-    per :data:`.selection.LIVE_TILE` queries: those of the LIVE_TILE holding the tile's last query bound what
-    every query keeps and where the list ends, that of the one holding its first query what some query keeps."""
+    carried keys some query keeps, ``[c_own, c_split)`` whole key tiles of the block's own keys before the tile's
+    first query, ``[c_split, c_end)`` its other own keys up to the tile's end. The counts are per
+    :data:`.selection.LIVE_TILE` queries: those of the LIVE_TILE holding the tile's last query bound what every
+    query keeps and where the list ends; that of the one holding its first query what some query keeps, and the
+    end of the previous one's (``BLOCK_M`` is a multiple of LIVE_TILE) the own keys before the tile (own keys are
+    listed in position order)."""
     block_at = (row * nb + t) * n_tiles
     in_block = (tile * BLOCK_M) % BLOCK
     last_at = block_at + (in_block + BLOCK_M) // TILE - 1
@@ -151,13 +172,16 @@ def _tile_ranges(ends_ptr, counts_ptr, row, t, nb, n_tiles, tile, BLOCK: tl.cons
     c_head = tl.load(counts_ptr + 2 * last_at) // BLOCK_N * BLOCK_N
     c_alive = tl.load(counts_ptr + 2 * (block_at + in_block // TILE) + 1)
     c_own = tl.load(counts_ptr + 2 * block_at + 1)  # the block's carried entries: what its first query keeps
-    return c_head, c_alive, c_own, c_end
+    first_at = block_at + in_block // TILE
+    c_prev = tl.load(ends_ptr + first_at - 1, mask=in_block > 0, other=c_own)
+    c_split = c_own + (c_prev - c_own) // BLOCK_N * BLOCK_N
+    return c_head, c_alive, c_own, c_split, c_end
 
 
 @autotune(configs=QUERY_SIDE, key=["HEAD_DIM", "BLOCK", "width", "hq", "hkv"])
 @triton.jit
-def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, counts_ptr, drop_ptr, out_ptr, lse_ptr,
-                sqb, sql, sqh, skb, skl, skh, sbb, sbl, sbh, sob, sol, soh,
+def _fwd_kernel(q_ptr, k_ptr, v_ptr, keys_ptr, list_bias_ptr, list_drop_ptr, ends_ptr, counts_ptr, out_ptr, lse_ptr,
+                sqb, sql, sqh, skb, skl, skh, sob, sol, soh,
                 lq, lk, hq, hkv, nb, width, n_tiles, scale,
                 BLOCK: tl.constexpr, TILE: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
                 PRECISION: tl.constexpr, WIDE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -182,21 +206,26 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, counts_ptr, d
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     base = (row * nb + t) * width
-    c_head, c_alive, c_own, c_end = _tile_ranges(ends_ptr, counts_ptr, row, t, nb, n_tiles, tile, BLOCK, TILE,
-                                                 BLOCK_M, BLOCK_N)
+    c_head, c_alive, c_own, c_split, c_end = _tile_ranges(ends_ptr, counts_ptr, row, t, nb, n_tiles, tile, BLOCK,
+                                                         TILE, BLOCK_M, BLOCK_N)
     kv_base = bi * skb + g * skh
-    bias_base = bi * sbb + g * sbh
     qk_scale = scale * 1.4426950408889634
-    # The head: carried keys every query of the tile keeps (whole key tiles only), no per-element mask.
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr + kv_base, v_ptr + kv_base, bias_ptr + bias_base,
-                               keys_ptr + base, drop_ptr + row * lk, skl, sbl, pos, dd, dmask, 0, c_head,
-                               c_end, qk_scale, PRECISION, BLOCK_N, False, WIDE)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr + kv_base, v_ptr + kv_base, bias_ptr + bias_base,
-                               keys_ptr + base, drop_ptr + row * lk, skl, sbl, pos, dd, dmask, c_head, c_alive,
-                               c_alive, qk_scale, PRECISION, BLOCK_N, True, WIDE)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr + kv_base, v_ptr + kv_base, bias_ptr + bias_base,
-                               keys_ptr + base, drop_ptr + row * lk, skl, sbl, pos, dd, dmask, c_own, c_end,
-                               c_end, qk_scale, PRECISION, BLOCK_N, True, WIDE)
+    # The head: carried keys every query of the tile keeps (whole key tiles only), no per-element mask. Then, masked,
+    # the keys before the tile's first query that some query of it keeps (only p < drop_j to compare): the rest of
+    # the carried ones, then the block's own before the tile in whole tiles (no list bound either); last the other
+    # own keys.
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr + kv_base, v_ptr + kv_base, keys_ptr + base,
+                               list_drop_ptr + base, list_bias_ptr + base, skl, pos, dd, dmask, 0, c_head,
+                               qk_scale, PRECISION, BLOCK_N, 0, False, WIDE)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr + kv_base, v_ptr + kv_base, keys_ptr + base,
+                               list_drop_ptr + base, list_bias_ptr + base, skl, pos, dd, dmask, c_head, c_alive,
+                               qk_scale, PRECISION, BLOCK_N, 1, True, WIDE)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr + kv_base, v_ptr + kv_base, keys_ptr + base,
+                               list_drop_ptr + base, list_bias_ptr + base, skl, pos, dd, dmask, c_own, c_split,
+                               qk_scale, PRECISION, BLOCK_N, 1, False, WIDE)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_ptr + kv_base, v_ptr + kv_base, keys_ptr + base,
+                               list_drop_ptr + base, list_bias_ptr + base, skl, pos, dd, dmask, c_split, c_end,
+                               qk_scale, PRECISION, BLOCK_N, 2, True, WIDE)
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     tl.store(out_ptr + bi * sob + i[:, None] * sol + h * soh + dd[None, :], out.to(out_ptr.dtype.element_ty),
@@ -206,22 +235,21 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, counts_ptr, d
 
 
 @triton.jit
-def _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, bias_ptr, list_ptr, drop_ptr, skl, sbl,
-              pos, qmask, dd, dmask, lo, hi, c_end, qk_scale, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
-              MASKED: tl.constexpr, WIDE: tl.constexpr):
-    """``dq`` over the list entries ``[lo, hi)``, masked or not as :func:`_fwd_inner`. Unmasked, the rows of
-    queries past ``lq`` get arbitrary values (rows are independent; the caller does not store them)."""
+def _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, list_ptr, list_drop_ptr, list_bias_ptr, skl,
+              pos, dd, dmask, lo, hi, qk_scale, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+              MASK: tl.constexpr, BOUNDED: tl.constexpr, WIDE: tl.constexpr):
+    """``dq`` over the list entries ``[lo, hi)``, masked or not as :func:`_fwd_inner`. The rows of queries past
+    ``lq`` get arbitrary values (rows are independent; the caller does not store them)."""
     for c0 in range(lo, hi, BLOCK_N):
-        j, drop, kvmask, kb = _listed_keys(list_ptr, drop_ptr, bias_ptr, sbl, dmask, c0, c_end,
-                                           BLOCK_N, MASKED, WIDE)
+        j, drop, kvmask, kb2 = _listed_keys(list_ptr, list_drop_ptr, list_bias_ptr, dmask, c0, hi, BLOCK_N,
+                                            MASK, BOUNDED, WIDE)
         kv_off = j[:, None] * skl + dd[None, :]
         k = tl.load(k_ptr + kv_off, mask=kvmask, other=0.0)
         v = tl.load(v_ptr + kv_off, mask=kvmask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + kb[None, :] * 1.4426950408889634
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale + kb2[None, :]
         p = tl.exp2(s - lse[:, None])
-        if MASKED:
-            keep = (j[None, :] <= pos[:, None]) & (pos[:, None] < drop[None, :]) & qmask[:, None]
-            p = tl.where(keep, p, 0.0)
+        if MASK > 0:  # (a query past lq, at p >= lk >= drop_j, keeps no key)
+            p = tl.where(_kept(j, drop, pos, MASK), p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
@@ -230,9 +258,9 @@ def _dq_inner(dq, q, do, lse, delta, k_ptr, v_ptr, bias_ptr, list_ptr, drop_ptr,
 
 @autotune(configs=QUERY_SIDE, key=["HEAD_DIM", "BLOCK", "width", "hq", "hkv"])
 @triton.jit
-def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, counts_ptr, drop_ptr, do_ptr, lse_ptr, out_ptr,
-               delta_ptr, dq_ptr,
-               sqb, sql, sqh, skb, skl, skh, sbb, sbl, sbh, sdb, sdl, sdh,
+def _dq_kernel(q_ptr, k_ptr, v_ptr, keys_ptr, list_bias_ptr, list_drop_ptr, ends_ptr, counts_ptr, do_ptr, lse_ptr,
+               out_ptr, delta_ptr, dq_ptr,
+               sqb, sql, sqh, skb, skl, skh, sdb, sdl, sdh,
                lq, lk, hq, hkv, nb, width, n_tiles, scale, sob, sol, soh, sgb, sgl, sgh,
                BLOCK: tl.constexpr, TILE: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
                PRECISION: tl.constexpr, WIDE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -261,20 +289,22 @@ def _dq_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, counts_ptr, dr
     tl.store(delta_ptr + head_rows + i, delta, mask=qmask)
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     base = (row * nb + t) * width
-    c_head, c_alive, c_own, c_end = _tile_ranges(ends_ptr, counts_ptr, row, t, nb, n_tiles, tile, BLOCK, TILE,
-                                                 BLOCK_M, BLOCK_N)  # as in the forward
+    c_head, c_alive, c_own, c_split, c_end = _tile_ranges(ends_ptr, counts_ptr, row, t, nb, n_tiles, tile, BLOCK,
+                                                         TILE, BLOCK_M, BLOCK_N)  # as in the forward
     kv_base = bi * skb + g * skh
-    bias_base = bi * sbb + g * sbh
     qk_scale = scale * 1.4426950408889634
-    dq = _dq_inner(dq, q, do, lse, delta, k_ptr + kv_base, v_ptr + kv_base, bias_ptr + bias_base,
-                   keys_ptr + base, drop_ptr + row * lk, skl, sbl, pos, qmask, dd, dmask, 0, c_head, c_end,
-                   qk_scale, PRECISION, BLOCK_N, False, WIDE)
-    dq = _dq_inner(dq, q, do, lse, delta, k_ptr + kv_base, v_ptr + kv_base, bias_ptr + bias_base,
-                   keys_ptr + base, drop_ptr + row * lk, skl, sbl, pos, qmask, dd, dmask, c_head, c_alive,
-                   c_alive, qk_scale, PRECISION, BLOCK_N, True, WIDE)
-    dq = _dq_inner(dq, q, do, lse, delta, k_ptr + kv_base, v_ptr + kv_base, bias_ptr + bias_base,
-                   keys_ptr + base, drop_ptr + row * lk, skl, sbl, pos, qmask, dd, dmask, c_own, c_end, c_end,
-                   qk_scale, PRECISION, BLOCK_N, True, WIDE)
+    dq = _dq_inner(dq, q, do, lse, delta, k_ptr + kv_base, v_ptr + kv_base, keys_ptr + base, list_drop_ptr + base,
+                   list_bias_ptr + base, skl, pos, dd, dmask, 0, c_head, qk_scale, PRECISION, BLOCK_N, 0,
+                   False, WIDE)
+    dq = _dq_inner(dq, q, do, lse, delta, k_ptr + kv_base, v_ptr + kv_base, keys_ptr + base, list_drop_ptr + base,
+                   list_bias_ptr + base, skl, pos, dd, dmask, c_head, c_alive, qk_scale, PRECISION, BLOCK_N,
+                   1, True, WIDE)
+    dq = _dq_inner(dq, q, do, lse, delta, k_ptr + kv_base, v_ptr + kv_base, keys_ptr + base, list_drop_ptr + base,
+                   list_bias_ptr + base, skl, pos, dd, dmask, c_own, c_split, qk_scale, PRECISION, BLOCK_N,
+                   1, False, WIDE)
+    dq = _dq_inner(dq, q, do, lse, delta, k_ptr + kv_base, v_ptr + kv_base, keys_ptr + base, list_drop_ptr + base,
+                   list_bias_ptr + base, skl, pos, dd, dmask, c_split, c_end, qk_scale, PRECISION, BLOCK_N,
+                   2, True, WIDE)
     tl.store(dq_ptr + bi * sgb + i[:, None] * sgl + h * sgh + dd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
              mask=io_mask)
 
@@ -351,6 +381,41 @@ def _dkv_kernel(q_ptr, k_ptr, v_ptr, bias_ptr, keys_ptr, ends_ptr, drop_ptr, do_
     tl.atomic_add(dbias_ptr + (bi * lk + j) * hkv + g, db, mask=live, sem="relaxed")
 
 
+@triton.jit
+def _list_terms_kernel(keys_ptr, bias_ptr, drop_ptr, list_bias_ptr, list_drop_ptr, lk, hkv, sbb, sbl, sbh,
+                       entries, BLOCK: tl.constexpr):
+    """:func:`list_terms`: one program per ``BLOCK`` entries of one list row (``entries`` = nb·W of them)."""
+    chunk = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)  # bi * hkv + g
+    c = chunk * BLOCK + tl.arange(0, BLOCK)
+    cmask = c < entries
+    at = row * entries + c
+    j = tl.load(keys_ptr + at, mask=cmask, other=0)
+    kb = tl.load(bias_ptr + (row // hkv) * sbb + (row % hkv) * sbh + j.to(tl.int64) * sbl, mask=cmask, other=0.0)
+    tl.store(list_bias_ptr + at, kb * 1.4426950408889634, mask=cmask)
+    tl.store(list_drop_ptr + at, tl.load(drop_ptr + row * lk + j, mask=cmask, other=0), mask=cmask)
+
+
+def list_terms(bias32: torch.Tensor, keys: torch.Tensor, drop: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each list entry's key terms, in the lists' layout, for the forward and dq kernels: bias32 (b, lk, hkv)
+    float32, ``keys (b·hkv, nb, W)`` and ``drop (b·hkv, lk)`` of :func:`select` -> ``list_bias (b·hkv, nb, W)``
+    float32, the entry's bias times log2 e (the kernels' base-2 scores: the same float32 product they formed per
+    key tile before, so the same bits), and ``list_drop (b·hkv, nb, W)`` int32, its ``drop_j``. Entries past a
+    list's end (key 0) get key 0's. One launch, reading the lists once: O(b·hkv·nb·W), the lists' own size.
+
+    The kernels read these at the entry instead of gathering ``bias[j]`` and ``drop[j]`` by index in their loops;
+    docs/kernels_dma.md, "Forward and dq loop trimming (session 25)", gives the instructions this saves."""
+    n, nb, width = keys.shape
+    lk, hkv = bias32.shape[1], bias32.shape[2]
+    list_bias = poisoned_empty(n, nb, width, device=keys.device)
+    list_drop = poisoned_empty(n, nb, width, dtype=torch.int32, device=keys.device)
+    block = 1024
+    _list_terms_kernel[(triton.cdiv(nb * width, block), n)](
+        keys, bias32, drop, list_bias, list_drop, lk, hkv, bias32.stride(0), bias32.stride(1), bias32.stride(2),
+        nb * width, BLOCK=block)
+    return list_bias, list_drop
+
+
 def needs_wide_offsets(*tensors: torch.Tensor) -> bool:
     """Whether an element offset inside one batch row of any of ``tensors`` (b, l, ...) reaches ``2**31``: the
     kernels then compute row offsets in int64 (``WIDE``), else in int32 (fewer registers and instructions)."""
@@ -402,10 +467,10 @@ def windowed_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: 
     nb, width, n_tiles = keys.shape[1], keys.shape[2], ends.shape[2]
     out = poisoned_empty_like(q)  # (the kernel writes with out's own strides)
     lse = poisoned_empty(b * hq, lq, device=q.device)
+    list_bias, list_drop = list_terms(bias32, keys, drop)
     grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)  # noqa: E731
-    _fwd_kernel[grid](q, k, v, bias32, keys, ends, counts, drop, out, lse,
+    _fwd_kernel[grid](q, k, v, keys, list_bias, list_drop, ends, counts, out, lse,
                       q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                      bias32.stride(0), bias32.stride(1), bias32.stride(2),
                       out.stride(0), out.stride(1), out.stride(2),
                       lq, lk, hq, hkv, nb, width, n_tiles, scale, **_meta(q, block, k, v, bias32, out))
     return out, lse
@@ -433,18 +498,20 @@ def windowed_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32:
     nb, width, n_tiles = keys.shape[1], keys.shape[2], ends.shape[2]
     delta = poisoned_empty(b * hq, lq, device=q.device)  # rowsum(dout * out), written by the dq kernel
     meta = _meta(q, block, k, v, bias32, dout, out)
-    common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-              bias32.stride(0), bias32.stride(1), bias32.stride(2), dout.stride(0), dout.stride(1),
-              dout.stride(2), lq, lk, hq, hkv, nb, width, n_tiles, scale)
+    qk_strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2))
+    do_strides = (dout.stride(0), dout.stride(1), dout.stride(2))
+    sizes = (lq, lk, hq, hkv, nb, width, n_tiles, scale)
     dq = poisoned_empty_like(q)  # contiguous whatever q's strides (a slice of a fused projection is not dense)
+    list_bias, list_drop = list_terms(bias32, keys, drop)
     _dq_kernel[lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)](
-        q, k, v, bias32, keys, ends, counts, drop, dout, lse, out, delta, dq, *common,
-        out.stride(0), out.stride(1), out.stride(2), dq.stride(0), dq.stride(1), dq.stride(2), **meta)
+        q, k, v, keys, list_bias, list_drop, ends, counts, dout, lse, out, delta, dq, *qk_strides, *do_strides,
+        *sizes, out.stride(0), out.stride(1), out.stride(2), dq.stride(0), dq.stride(1), dq.stride(2), **meta)
     dk = torch.zeros(b, lk, hkv, d, device=q.device, dtype=torch.float32)
     dv = torch.zeros_like(dk)
     dbias = torch.zeros(b, lk, hkv, device=q.device, dtype=torch.float32)
     _dkv_kernel[lambda meta: (nb, triton.cdiv(width, meta["BLOCK_N"]), b * hkv)](
-        q, k, v, bias32, keys, ends, drop, dout, lse, delta, dk, dv, dbias, *common, **meta)
+        q, k, v, bias32, keys, ends, drop, dout, lse, delta, dk, dv, dbias, *qk_strides,
+        bias32.stride(0), bias32.stride(1), bias32.stride(2), *do_strides, *sizes, **meta)
     return dq, dk, dv, dbias
 
 
