@@ -5,6 +5,8 @@
 #   probe:FAMILY:MODE  issue #15's NaN probe (docs/results/session24/nan_probe.py; a fresh machine tokenizes first)
 #   dmak               issue #13: windowed DMA with the list and the key-major dk/dv paths side by side, 16K and 64K
 #   dmacuda            the CUDA parity tests of the DMA kernels
+#   dmt                issue #13: the windowed DMA bench at this code and at 62087be (before the forward/dq loop
+#                      trimming merged in 02e1aff), one after the other on the same machine
 #   fixcheck           session 25's fix of compiled packed training: the packed CUDA tests (attention and model,
 #                      compiled with Inductor against eager), then the compiled probe must train llama-base finite
 #   C=c1 STEPS="probe:llama:compiled+graphed dmak probe:llama:eager" bash tmp_gpu/s25_call.sh
@@ -23,6 +25,11 @@ for s in $STEPS; do case $s in
   fixcheck) step 300 fix_cuda python -m pytest -q -p no:cacheprovider tests/ops/test_dma_cuda.py \
        tests/train/test_compiled_training.py -k "packed and cuda"
      tail -5 $W/fix_cuda.log ;;
+  dmt) mkdir -p /tmp/old && git archive 62087be src | tar -x -C /tmp/old
+     for v in new old; do [ $v = old ] && P=/tmp/old/src || P=$PWD/src
+       step 150 dmt_$v env PYTHONPATH=$P:$PWD/tests python -m wonderful_matrices.bench.dma --out $W/dmt_$v \
+         --lengths 16384 65536 --batches --packed-length 0 --kernels
+       grep -E "window 2048 triton \|" $W/dmt_$v.log | head -4; done ;;
   dmacuda) step 200 dma_cuda python -m pytest -q -p no:cacheprovider -x tests/ops/test_dma_cuda.py
      tail -5 $W/dma_cuda.log ;;
 esac; done
