@@ -117,9 +117,10 @@ def test_fake_outputs_have_the_kernels_strides():
     forward = torch.ops.wonderful_matrices.dma_windowed_forward.default
     torch.library.opcheck(forward, (q, k, v, bias32, keys, ends, counts, drop, 0.25, block),
                           test_utils=("test_faketensor",))
-    out, lse = forward(q, k, v, bias32, keys, ends, counts, drop, 0.25, block)
+    out, lse, list_bias, list_drop = forward(q, k, v, bias32, keys, ends, counts, drop, 0.25, block)
     torch.library.opcheck(torch.ops.wonderful_matrices.dma_windowed_backward.default,
-                          (q, k, v, bias32, keys, ends, counts, drop, out, lse, torch.randn_like(out), 0.25, block),
+                          (q, k, v, bias32, keys, ends, counts, drop, list_bias, list_drop, out, lse,
+                           torch.randn_like(out), 0.25, block),
                           test_utils=("test_faketensor",))
     h, p, g, n = 4, 8, 1, 16
     x = torch.randn(b, h, 64, p).transpose(1, 2)

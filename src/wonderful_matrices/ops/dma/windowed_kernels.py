@@ -401,7 +401,8 @@ def list_terms(bias32: torch.Tensor, keys: torch.Tensor, drop: torch.Tensor) -> 
     float32, ``keys (b·hkv, nb, W)`` and ``drop (b·hkv, lk)`` of :func:`select` -> ``list_bias (b·hkv, nb, W)``
     float32, the entry's bias times log2 e (the kernels' base-2 scores: the same float32 product they formed per
     key tile before, so the same bits), and ``list_drop (b·hkv, nb, W)`` int32, its ``drop_j``. Entries past a
-    list's end (key 0) get key 0's. One launch, reading the lists once: O(b·hkv·nb·W), the lists' own size.
+    list's end (key 0) get key 0's. One launch per forward, reading the lists once: O(b·hkv·nb·W), the lists' own
+    size; the backward reuses the forward's.
 
     The kernels read these at the entry instead of gathering ``bias[j]`` and ``drop[j]`` by index in their loops;
     docs/kernels_dma.md, "Forward and dq loop trimming (session 25)", gives the instructions this saves."""
@@ -451,17 +452,20 @@ def _select(bias: torch.Tensor, lq: int, keep_window: int, block: int, seq_idx: 
 
 def _windowed_forward_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: torch.Tensor,
                            keys: torch.Tensor, ends: torch.Tensor, counts: torch.Tensor, drop: torch.Tensor,
-                           scale: float, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+                           scale: float, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     b, lq, hq, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty(b * hq, lq, dtype=torch.float32)  # contiguous, as the kernel's
+    # contiguous, as the kernels'
+    return (q.new_empty(q.shape), q.new_empty(b * hq, lq, dtype=torch.float32),
+            keys.new_empty(keys.shape, dtype=torch.float32), keys.new_empty(keys.shape, dtype=torch.int32))
 
 
 @opaque_to_compile("dma_windowed_forward", _windowed_forward_fake)
 def windowed_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: torch.Tensor, keys: torch.Tensor,
                      ends: torch.Tensor, counts: torch.Tensor, drop: torch.Tensor, scale: float,
-                     block: int) -> tuple[torch.Tensor, torch.Tensor]:
+                     block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The forward kernel: q (b,lq,hq,d), k/v (b,lk,hkv,d) (unit last stride), bias32 (b,lk,hkv) float32
-    contiguous, the selection of :func:`select` -> (out (b,lq,hq,d) in q's dtype, lse (b·hq, lq) float32)."""
+    contiguous, the selection of :func:`select` -> (out (b,lq,hq,d) in q's dtype, lse (b·hq, lq) float32, and the
+    lists' terms of :func:`list_terms`, which the backward's dq kernel reads too)."""
     b, lq, hq, d = q.shape
     lk, hkv = k.shape[1], k.shape[2]
     nb, width, n_tiles = keys.shape[1], keys.shape[2], ends.shape[2]
@@ -473,12 +477,13 @@ def windowed_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: 
                       q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                       out.stride(0), out.stride(1), out.stride(2),
                       lq, lk, hq, hkv, nb, width, n_tiles, scale, **_meta(q, block, k, v, bias32, out))
-    return out, lse
+    return out, lse, list_bias, list_drop
 
 
 def _windowed_backward_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: torch.Tensor,
                             keys: torch.Tensor, ends: torch.Tensor, counts: torch.Tensor, drop: torch.Tensor,
-                            out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor, scale: float,
+                            list_bias: torch.Tensor, list_drop: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                            dout: torch.Tensor, scale: float,
                             block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     b, lk, hkv, d = k.shape
     f32 = dict(dtype=torch.float32)
@@ -488,8 +493,8 @@ def _windowed_backward_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b
 
 @opaque_to_compile("dma_windowed_backward", _windowed_backward_fake)
 def windowed_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32: torch.Tensor, keys: torch.Tensor,
-                      ends: torch.Tensor, counts: torch.Tensor, drop: torch.Tensor, out: torch.Tensor,
-                      lse: torch.Tensor, dout: torch.Tensor, scale: float,
+                      ends: torch.Tensor, counts: torch.Tensor, drop: torch.Tensor, list_bias: torch.Tensor,
+                      list_drop: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, dout: torch.Tensor, scale: float,
                       block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The backward kernels: the forward's inputs and outputs and dout (b,lq,hq,d) contiguous -> (dq in q's dtype,
     dk, dv (b,lk,hkv,d), dbias (b,lk,hkv), float32)."""
@@ -502,7 +507,6 @@ def windowed_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias32:
     do_strides = (dout.stride(0), dout.stride(1), dout.stride(2))
     sizes = (lq, lk, hq, hkv, nb, width, n_tiles, scale)
     dq = poisoned_empty_like(q)  # contiguous whatever q's strides (a slice of a fused projection is not dense)
-    list_bias, list_drop = list_terms(bias32, keys, drop)
     _dq_kernel[lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * hq)](
         q, k, v, keys, list_bias, list_drop, ends, counts, dout, lse, out, delta, dq, *qk_strides, *do_strides,
         *sizes, out.stride(0), out.stride(1), out.stride(2), dq.stride(0), dq.stride(1), dq.stride(2), **meta)
@@ -522,16 +526,16 @@ class _WindowedCausal(torch.autograd.Function):
         q, k, v = attention_layout(q, k, v)
         bias32 = bias.float().contiguous()
         drop, keys, ends, counts = select(bias, lq, keep_window, block, seq_idx)
-        out, lse = windowed_forward(q, k, v, bias32, keys, ends, counts, drop, scale, block)
-        ctx.save_for_backward(q, k, v, bias32, keys, ends, counts, drop, out, lse)
+        out, lse, list_bias, list_drop = windowed_forward(q, k, v, bias32, keys, ends, counts, drop, scale, block)
+        ctx.save_for_backward(q, k, v, bias32, keys, ends, counts, drop, list_bias, list_drop, out, lse)
         ctx.scale, ctx.block, ctx.bias_dtype = scale, block, bias.dtype
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, bias32, keys, ends, counts, drop, out, lse = ctx.saved_tensors
-        dq, dk, dv, dbias = windowed_backward(q, k, v, bias32, keys, ends, counts, drop, out, lse, dout.contiguous(),
-                                              ctx.scale, ctx.block)
+        q, k, v, bias32, keys, ends, counts, drop, list_bias, list_drop, out, lse = ctx.saved_tensors
+        dq, dk, dv, dbias = windowed_backward(q, k, v, bias32, keys, ends, counts, drop, list_bias, list_drop, out,
+                                              lse, dout.contiguous(), ctx.scale, ctx.block)
         return dq, dk.to(k.dtype), dv.to(v.dtype), dbias.to(ctx.bias_dtype), None, None, None, None
 
 
