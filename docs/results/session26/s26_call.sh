@@ -8,6 +8,7 @@
 #             from a CUDA graph, for the rest of the call; resumable on the warm machine (runs/lm-scale)
 #   dmt       issue #13: the windowed DMA bench at this code and at 62087be (before the loop trimming of 02e1aff)
 #   dmacuda   the CUDA parity tests of the DMA kernels
+#   cd        issue #17: bench.cdmoe_target, the million-expert layer (its 8 ms target is an H200 target)
 #   C=c1 STEPS="fixcheck lms" bash tmp_gpu/s26_call.sh
 set -u
 source scripts/gpu_steps.sh
@@ -30,5 +31,8 @@ for s in $STEPS; do case $s in
        grep -E "window 2048 triton \|" $W/dmt_$v.log | head -4; done ;;
   dmacuda) step 240 dma_cuda python -m pytest -v -p no:cacheprovider tests/ops/test_dma_cuda.py
      tail -5 $W/dma_cuda.log ;;
+  cd) step 200 cdmoe python -m wonderful_matrices.bench.cdmoe_target --backends triton --counts 1024,1048576 \
+       --no-moe --out $W/cdmoe
+     tail -8 $W/cdmoe.log ;;
 esac; done
 cat $W/steps.txt
