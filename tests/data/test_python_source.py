@@ -90,3 +90,31 @@ def test_document_position_ids_restart_after_each_eos():
                          [1, 2, 3, 4, 5, 6, 7, 8]])
     assert document_position_ids(rows, eos).tolist() == [[0, 1, 2, 0, 1, 0, 0, 1],
                                                          [0, 1, 2, 3, 4, 5, 6, 7]]
+
+
+@pytest.mark.parametrize("venv", [True, False])
+def test_default_corpus_skips_the_standard_librarys_package_folders(tmp_path, monkeypatch, venv):
+    """In a virtual environment the standard library's site-packages holds the base interpreter's packages (another
+    version of what the environment installs: near-duplicates across the split); without one it is purelib, read
+    once through that root."""
+    import sysconfig
+
+    stdlib = tmp_path / "lib" / "python3"
+    purelib = tmp_path / "venv" / "site-packages" if venv else stdlib / "site-packages"
+    for i in range(40):
+        (stdlib / f"std{i}.py").parent.mkdir(parents=True, exist_ok=True)
+        (stdlib / f"std{i}.py").write_text(f"STD = {i}\n")
+        (purelib / "pkg").mkdir(parents=True, exist_ok=True)
+        (purelib / "pkg" / f"m{i}.py").write_text(f"VERSION = 2\nX = {i}\n")
+    if venv:  # the base interpreter's older version of the package
+        for i in range(40):
+            (stdlib / "site-packages" / "pkg").mkdir(parents=True, exist_ok=True)
+            (stdlib / "site-packages" / "pkg" / f"m{i}.py").write_text(f"VERSION = 1\nX = {i}\n")
+    paths = {"stdlib": str(stdlib), "purelib": str(purelib), "platlib": str(purelib)}
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: paths)
+    corpus = python_source_corpus(0.25)
+    texts = list(corpus.train) + list(corpus.validation)
+    assert len(texts) == 80 and not any("VERSION = 1" in t for t in texts)
+    assert corpus.manifest["skipped"] == [str(stdlib.resolve() / name) for name in ("site-packages", "dist-packages")]
+    # explicit roots are read whole: the standard library and the package folder inside it
+    assert python_source_corpus(0.25, roots=[stdlib]).manifest["files"] == 80
