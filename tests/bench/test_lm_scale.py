@@ -423,3 +423,25 @@ def test_lr_flag_sets_every_runs_learning_rate(tmp_path, corpus_path, monkeypatc
     for bad, said in (("0", "lr=0.0"), ("-1e-3", "lr=-0.001"), ("inf", "lr=inf"), ("fast", "lr='fast'")):
         assert main(flags + [f"--lr={bad}"]) == 2
         assert f"{said} is not allowed" in capsys.readouterr().err
+
+
+def test_merge_names_each_runs_device_and_does_not_average_throughputs_of_two(four_runs, tmp_path):
+    """The runs of one table come from calls on whichever GPU was lent (H100 or H200): a seed measured on another
+    device is named, and its preset gets no mean throughput (it was averaged, under the merging machine's name)."""
+    out, rows = four_runs
+    runs = tmp_path / "runs"
+    shutil.copytree(out, runs, ignore=shutil.ignore_patterns("cache"))
+    path = runs / "llama-tiny-seed1" / "results.json"
+    data = json.loads(path.read_text())
+    here = data["environment"]["device"]
+    data["environment"]["device"] = "NVIDIA H200"
+    path.write_text(json.dumps(data))
+    merged = lm_scale.merge_results(tmp_path / "merged", [runs])
+    cheems, llama = merged[0], merged[1]
+    assert cheems["device"] == here and cheems["train_tokens_per_s"] == pytest.approx(
+        np.mean([r["train_tokens_per_s"] for r in rows[:2]]))
+    assert llama["device"] == "mixed" and llama["train_tokens_per_s"] is None
+    assert [r["device"] for r in merged[2:]] == [here, here, here, "NVIDIA H200"]
+    assert json.loads((tmp_path / "merged" / "results.json").read_text())["meta"]["devices"] == sorted(
+        {here, "NVIDIA H200"})
+    assert "ran on 2 devices" in (tmp_path / "merged" / "results.md").read_text()

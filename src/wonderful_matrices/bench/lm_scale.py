@@ -25,7 +25,9 @@ of memory is recorded as such (``val_ppl@C`` None, ``eval_error@C``).
 
 :func:`merge_results` joins run folders into one ``results.json`` / ``results.md``: a row per preset with the mean
 over its seeds and the spread (max - min), then the per-seed rows; runs of a different corpus, tokenizer or
-training setting are refused.
+training setting are refused. Every row names the GPU its run trained on (``device``, from the run's
+``results.json``): the runs of one table may come from calls on different machines, and a throughput is a
+measurement of one device (a preset whose seeds ran on different ones gets no mean ``train_tokens_per_s``).
 """
 from __future__ import annotations
 
@@ -196,9 +198,9 @@ def run_one(out: Path, family: str, size: str, seed: int, corpus: TokenizedCorpu
     return row
 
 
-def _read_run(folder: Path, argument: str = "out") -> tuple[dict, dict] | None:
-    """The meta and row of the run in ``folder`` (None: not complete); ``ValueError`` naming ``argument`` when the
-    folder holds another experiment's results."""
+def _read_run(folder: Path, argument: str = "out") -> tuple[dict, dict, dict] | None:
+    """The meta, row and environment (:func:`.common.environment`: the device it ran on) of the run in ``folder``
+    (None: not complete); ``ValueError`` naming ``argument`` when the folder holds another experiment's results."""
     path = folder / "results.json"
     if not path.exists():
         return None
@@ -206,7 +208,7 @@ def _read_run(folder: Path, argument: str = "out") -> tuple[dict, dict] | None:
     if data.get("experiment") != EXPERIMENT:
         raise ValueError(f"{argument}={str(folder)!r} is not allowed: it holds {data.get('experiment')!r} results, "
                          f"not one {EXPERIMENT!r} run of wm bench lm --seeds/--train-tokens")
-    return data["meta"], data["rows"][0]
+    return data["meta"], data["rows"][0], data.get("environment") or {}
 
 
 def _check_same(meta: dict, expected: dict, folder: Path) -> None:
@@ -235,14 +237,15 @@ def merge_results(out_dir, parts) -> list[dict]:
     """Join the runs in ``parts`` (run folders, or folders of run folders, e.g. the ``--out`` of
     ``wm bench lm --seeds``) into one ``results.json`` / ``results.md`` in ``out_dir``; return the rows: per preset
     the mean over its seeds (``val_ppl@C``, ``train_tokens_per_s``; ``val_ppl@C_spread``: max - min; peak memory:
-    the largest; ``compiled_training``, ``graphed_training``: the seeds' common mode, ``"mixed"`` where they differ),
-    cache bytes and
-    their ratio to Llama's, then one row per run. ``ValueError`` when a run was trained on another corpus or
+    the largest; ``compiled_training``, ``graphed_training``, ``device``: the seeds' common one, ``"mixed"`` where they
+    differ — mixed devices leave ``train_tokens_per_s`` None), cache bytes and their ratio to Llama's, then one row
+    per run (with its ``device``). ``ValueError`` when a run was trained on another corpus or
     tokenizer, or with other settings (:data:`SHARED`), or a (preset, seed) twice."""
     folders = _run_folders(parts)
     runs, meta0, first = {}, None, None
     for folder in folders:
-        meta, row = _read_run(folder, "merge")
+        meta, row, environment = _read_run(folder, "merge")
+        row = dict(row, device=environment.get("device"))  # where its train_tokens_per_s was measured
         if meta0 is None:
             meta0, first = meta, folder
         for key in SHARED:
@@ -272,7 +275,11 @@ def merge_results(out_dir, parts) -> list[dict]:
             s[f"scored@{n}"] = next((r[f"scored@{n}"] for r in rows if r[f"scored@{n}"] is not None), None)
             s[f"scored_beyond@{n}"] = next((r[f"scored_beyond@{n}"] for r in rows
                                            if r[f"scored_beyond@{n}"] is not None), None)
-        s["train_tokens_per_s"] = sum(r["train_tokens_per_s"] for r in rows) / len(rows)
+        devices = {r["device"] for r in rows}
+        s["device"] = devices.pop() if len(devices) == 1 else "mixed"
+        # a mean of throughputs measured on different GPUs is no one's throughput
+        s["train_tokens_per_s"] = sum(r["train_tokens_per_s"] for r in rows) / len(rows) \
+            if s["device"] != "mixed" else None
         for mode in ("compiled_training", "graphed_training"):
             modes = {r.get(mode, False) for r in rows}
             s[mode] = modes.pop() if len(modes) == 1 else "mixed"
@@ -292,8 +299,9 @@ def merge_results(out_dir, parts) -> list[dict]:
     rows = summary + per_seed
     meta = {k: meta0[k] for k in SHARED} | {"training": meta0["training"], "evaluation": meta0["evaluation"],
                                            "corpus_manifest": meta0.get("corpus_manifest"),
-                                           "merged_from": [str(f) for f in folders]}
-    columns = ["preset", "runs", "mixers", "parameters", "steps", "train_tokens"] + \
+                                           "merged_from": [str(f) for f in folders],
+                                           "devices": sorted({str(r["device"]) for r in per_seed})}
+    columns = ["preset", "runs", "device", "mixers", "parameters", "steps", "train_tokens"] + \
         [c for n in lengths for c in (f"val_ppl@{n}", f"val_ppl@{n}_spread")] + \
         ["train_tokens_per_s", "compiled_training", "graphed_training", "peak_memory_gb", "diverged_at_step"] + \
         [c for n in caches for c in (f"cache_bytes@{n}", f"cache_vs_llama@{n}")]
@@ -303,7 +311,10 @@ def merge_results(out_dir, parts) -> list[dict]:
     notes = ("Rows 'mean of n' average the seeds (val_ppl@C_spread: max - min over them; peak memory: the largest); "
              "rows 'seed k' are single runs. val_ppl@C: validation perplexity in rows of C tokens, the same "
              f"targets at every C ({counts}); cache_bytes@C: analytic decoding cache after C tokens, bf16 "
-             "keys/values, float32 states.")
+             "keys/values, float32 states. device: the GPU each run trained on (the merge's own machine is the "
+             "header's); a preset whose seeds ran on different devices has no mean train_tokens_per_s"
+             + (f". Runs of this table ran on {len(meta['devices'])} devices ({', '.join(meta['devices'])}): compare "
+                "throughputs and peak memory only between rows of one device." if len(meta["devices"]) > 1 else "."))
     write_results(Path(out_dir), "lm-scale", rows, meta, columns=columns, notes=notes)
     plot_training_curves(per_seed, Path(out_dir) / "loss.png")
     print(f"lm merge: {len(runs)} runs of {len(presets)} presets -> {out_dir}")
