@@ -81,14 +81,12 @@ def block_lists(seq_idx: torch.Tensor, lq: int, lk: int) -> tuple[torch.Tensor, 
     ``BlockMask``'s arguments: per query tile the partial and the full key tiles, (b, 1, nq) counts and (b, 1, nq, nk)
     indices, and per key tile the query tiles (the transposition, for the backward), (b, 1, nk) and (b, 1, nk, nq).
 
-    An operator of its own: traced by ``torch.compile``, this arithmetic ran as Inductor-generated Triton code on
-    the GPU and the packed-documents attention went wrong there — in lm-scale training (llama-base, rows of 2048
-    tokens with documents, bf16) the compiled loss of the first batches differed from the eager one by up to 0.03 and
-    one of the first four had an infinite gradient norm, while with this attention left out of the compiled graph
-    the compiled loss matched the eager one to 1e-4 (docs/results.md, session 25). Inside the operator it runs as
-    ATen's kernels, as in eager mode. (The division below rounds up without a negative dividend: Triton's integer
-    division truncates, and Inductor's floor-division rewrite is exposed to a known miscompilation of signed
-    division by Triton's axis analysis.)
+    An operator of its own so that ``torch.compile`` never generates code for this index arithmetic: with it traced,
+    compiled training of packed documents gave wrong losses and infinite gradients on the GPU (torch 2.11 / triton
+    3.6; with this attention left out of the compiled graph it matched eager training; the miscompiled operation was
+    not pinned down: docs/results.md, session 25). Inside the operator it runs as ATen's kernels, as in eager mode. The division below rounds up without a negative dividend: Triton's integer
+    division truncates, and Inductor's floor-division rewrite of a negative dividend meets a known miscompilation
+    of signed division in Triton's axis analysis.
     """
     nk = -(-lk // TILE)
     offset = lk - lq
