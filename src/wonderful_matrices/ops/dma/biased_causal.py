@@ -84,9 +84,10 @@ def block_lists(seq_idx: torch.Tensor, lq: int, lk: int) -> tuple[torch.Tensor, 
     An operator of its own so that ``torch.compile`` never generates code for this index arithmetic: with it traced,
     compiled training of packed documents gave wrong losses and infinite gradients on the GPU (torch 2.11 / triton
     3.6; with this attention left out of the compiled graph it matched eager training; the miscompiled operation was
-    not pinned down: docs/results.md, session 25). Inside the operator it runs as ATen's kernels, as in eager mode. The division below rounds up without a negative dividend: Triton's integer
-    division truncates, and Inductor's floor-division rewrite of a negative dividend meets a known miscompilation
-    of signed division in Triton's axis analysis.
+    not pinned down: docs/results.md, session 25). Inside the operator it runs as ATen's kernels, as in eager mode.
+    The division below rounds up without a negative dividend: Triton's integer division truncates, and Inductor's
+    floor-division rewrite of a negative dividend meets a known miscompilation of signed division in Triton's axis
+    analysis.
     """
     nk = -(-lk // TILE)
     offset = lk - lq
