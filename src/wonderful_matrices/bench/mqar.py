@@ -210,7 +210,8 @@ def state_bytes(mixer: str, seq_len: int, width: int, state_size: int = 128) -> 
     """Bytes of decoding state per layer and sequence after ``seq_len`` tokens, 2 per element (bf16):
     K and V of ``min(seq_len, keep_window)`` keys (``2 · keys · num_kv_heads · head_dim``) for attention and DMA,
     ``ssd_num_heads · ssd_head_dim · n`` for SSD (its short convolution's 3-token buffer not counted); a hybrid's
-    mean over its layers (rounded down)."""
+    mean over its layers (rounded down). Elements at one rate for every kind: the model's decoding cache holds SSD's
+    state in float32 (4 bytes per element) and K/V in the model's dtype."""
     cfg = model_config(mixer, width, 2, state_size)
     keys = seq_len if cfg.keep_window is None else min(seq_len, cfg.keep_window)
     per_kind = {"ssd": cfg.ssd_num_heads * cfg.ssd_head_dim * cfg.ssd_state_size,
