@@ -138,6 +138,25 @@ def main():
         print(f"   anything in results.md/meta saying lr 1e-2 of attn ran twice: "
               f"{'twice' in md or 'repeated' in md or any('repeat' in k for k in meta)} (meta repeated_runs: "
               f"{meta.get('repeated_runs')})")
+    print("== 6e. the plot of a paper cell (T=256, width 64): our points and the paper's, as drawn")
+    for m, v in {"attn": 0.81, "ssd": 0.33, "dma": 0.97}.items():
+        ACC[(m, "1.00e-02", 20)] = v
+    with tempfile.TemporaryDirectory() as root:
+        p = part(root, "paper", "attn,ssd,dma", "1e-2", cells="256:64")
+        rows = bench.merge_results(Path(root) / "pm", [p])
+        calls = []
+        real_plot = matplotlib.axes.Axes.plot
+
+        def rec2(self, *args, **kw):
+            calls.append((kw.get("label"), [list(x) for x in args[:2]]))
+            return real_plot(self, *args, **kw)
+
+        matplotlib.axes.Axes.plot = rec2
+        bench._plot(rows, Path(root) / "p.png")
+        matplotlib.axes.Axes.plot = real_plot
+        for lab, pts in calls:
+            print(f"{lab}: x {pts[0]} y {pts[1]}")
+        print("rows:", [(r["mixer"], r["accuracy"], r["paper"]) for r in rows])
     print(f"done in {time.time() - t0:.0f} s")
 
 
