@@ -320,3 +320,36 @@ def test_a_cells_rows_do_not_depend_on_the_other_cells(tmp_path, monkeypatch):
     (tmp_path / "old" / "results.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="data_seed"):
         bench_mqar.merge_results(tmp_path / "m", [tmp_path / "both", tmp_path / "old"])
+
+
+def test_hybrid_ratios_whose_groups_do_not_fill_the_layers_are_refused():
+    """hyb<r> promises groups of r SSD layers then one DMA layer over HYBRID_LAYERS = 8 layers: only r + 1 dividing 8
+    lays them out so (hyb5 was SSSSSDSD, hyb3's 6 : 2 under the name "SSD:DMA 5:1"; hyb9 was hyb7's layout)."""
+    for r in (2, 4, 5, 6, 8, 9):
+        with pytest.raises(ValueError, match=f"mixer='hyb{r}-w8' is not allowed: .*r \\+ 1 must divide 8"):
+            bench_mqar.parse_mixer(f"hyb{r}-w8")
+    for r in (1, 3, 7):
+        assert bench_mqar.model_config(f"hyb{r}-w8", 16, 32).mixer_types == (["ssd"] * r + ["dma"]) * (8 // (r + 1))
+
+
+def test_learning_rates_that_share_a_table_key_are_refused(tmp_path):
+    """lr_accuracy is keyed by the rate to 3 digits: two such rates were two runs of one row, its accuracy the best of
+    both while lr_accuracy showed the later one."""
+    for rates in ("1e-2,1e-2", "1e-2,1.0004e-2"):
+        with pytest.raises(ValueError, match="learning_rates=.* is not allowed: .*distinct"):
+            bench_mqar.run(tmp_path, quick=True, cells=((16, 2, 16),), steps=1, vocab_size=32, batch_size=4,
+                           num_test=8, learning_rates=rates, mixers="attn")
+
+
+def test_merge_names_every_learning_rate_run_more_than_once(tmp_path):
+    """A rate of one mixer run in two parts keeps the better run: the merged meta (and results.md) says so, since the
+    table shows one number for it."""
+    small = dict(quick=True, cells=((16, 2, 16),), steps=2, vocab_size=32, batch_size=4, num_test=8)
+    for name, mixers in (("a", "attn,dma"), ("b", "attn")):
+        bench_mqar.run(tmp_path / name, learning_rates=(1e-2,), mixers=mixers, **small)
+    bench_mqar.merge_results(tmp_path / "m", [tmp_path / "a", tmp_path / "b"])
+    meta = json.loads((tmp_path / "m" / "results.json").read_text())["meta"]
+    assert meta["repeated_runs"] == ["T=16 width=16 attn lr 1.00e-02: 2 runs, the best kept"]
+    assert "- repeated_runs: ['T=16 width=16 attn lr 1.00e-02" in (tmp_path / "m" / "results.md").read_text()
+    bench_mqar.merge_results(tmp_path / "single", [tmp_path / "a"])
+    assert "repeated_runs" not in json.loads((tmp_path / "single" / "results.json").read_text())["meta"]

@@ -127,6 +127,10 @@ def parse_mixer(mixer: str) -> tuple[str, int | None]:
     if match is None:
         raise ValueError(f"mixer={mixer!r} is not allowed: one of {MIXERS} or dma-w<window>, swa-w<window>, "
                          "ssd-s<state size>, hyb<ratio 1-9>-w<window> with positive integers, e.g. dma-w64")
+    # any other ratio leaves a short last group: hyb5 would be 6 SSD + 2 DMA, hyb3's layout under another name
+    if match.group(2) is not None and HYBRID_LAYERS % (int(match.group(2)) + 1):
+        raise ValueError(f"mixer={mixer!r} is not allowed: hyb<r> lays {HYBRID_LAYERS} layers out as groups of r SSD "
+                         f"layers then one DMA layer, so r + 1 must divide {HYBRID_LAYERS} (r = 1, 3 or 7)")
     return match.group(1)[:3], int(match.group(3))
 
 
@@ -206,7 +210,8 @@ def state_bytes(mixer: str, seq_len: int, width: int, state_size: int = 128) -> 
     """Bytes of decoding state per layer and sequence after ``seq_len`` tokens, 2 per element (bf16):
     K and V of ``min(seq_len, keep_window)`` keys (``2 · keys · num_kv_heads · head_dim``) for attention and DMA,
     ``ssd_num_heads · ssd_head_dim · n`` for SSD (its short convolution's 3-token buffer not counted); a hybrid's
-    mean over its layers (rounded down)."""
+    mean over its layers (rounded down). Elements at one rate for every kind: the model's decoding cache holds SSD's
+    state in float32 (4 bytes per element) and K/V in the model's dtype."""
     cfg = model_config(mixer, width, 2, state_size)
     keys = seq_len if cfg.keep_window is None else min(seq_len, cfg.keep_window)
     per_kind = {"ssd": cfg.ssd_num_heads * cfg.ssd_head_dim * cfg.ssd_state_size,
@@ -438,6 +443,8 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
     learning_rates = tuple(learning_rates or (LEARNING_RATES[2:] if quick else LEARNING_RATES))
     if not all(lr > 0 for lr in learning_rates):
         raise ValueError(f"learning_rates={learning_rates!r} is not allowed: every rate must be > 0")
+    if len({f"{lr:.2e}" for lr in learning_rates}) < len(learning_rates):  # the key of a rate in lr_accuracy
+        raise ValueError(f"learning_rates={learning_rates!r} is not allowed: rates distinct to 3 significant digits")
     # the caller's sizes are checked before defaults fill the ones left None (0 must not read as "default")
     for name, value in (("vocab_size", vocab_size), ("state_size", state_size), ("batch_size", batch_size),
                         ("num_test", num_test), ("budget_s", budget_s)):
@@ -551,8 +558,9 @@ def merge_results(out_dir, parts, mixed_budgets: bool = False) -> list[dict]:
     mixers) had different step counts is an error too, unless ``mixed_budgets``: then every ``lr_accuracy`` key
     reads ``"lr@steps"`` and the best run is kept whatever its budget (the mixers of a cell may then have had
     different budgets: a best-found table, not a same-budget comparison). A learning rate run twice with the same
-    budget keeps its better accuracy. Of two learning rates with the same best accuracy the one the sweep runs first
-    (:func:`lr_promise`) is named ``best_lr``, as in one whole sweep."""
+    budget keeps its better accuracy (the meta's ``repeated_runs`` names each such rate). Of two learning rates with
+    the same best accuracy the one the sweep runs first (:func:`lr_promise`) is named ``best_lr``, as in one whole
+    sweep."""
     import json
 
     parts = [Path(p) for p in parts]
@@ -561,6 +569,7 @@ def merge_results(out_dir, parts, mixed_budgets: bool = False) -> list[dict]:
     same = ("vocab_size", "ssd_state_size", "batch_size", "tie_embeddings", "seed", "data_seed", "test_rows")
     merged: dict[tuple, dict] = {}
     lr_steps: dict[tuple, dict] = {}  # per (cell, mixer): the steps each learning rate ran with
+    lr_runs: dict[tuple, int] = {}  # per (cell, mixer, lr key): finished runs, one number in the table however many
     meta0 = None
     for part in parts:
         path = part / "results.json"
@@ -588,6 +597,7 @@ def merge_results(out_dir, parts, mixed_budgets: bool = False) -> list[dict]:
                                      f"with {steps_of[lr]} steps, here with {row['steps']} (--mixed-budgets keeps "
                                      "both)")
                 steps_of[lr] = row["steps"]
+                lr_runs[key + (lr,)] = lr_runs.get(key + (lr,), 0) + 1
                 earlier = into["lr_accuracy"].get(lr)  # the same lr and budget run twice: the better run, as accuracy
                 into["lr_accuracy"][lr] = acc if earlier is None or (acc is not None and acc > earlier) else earlier
             into["train_s"] = round(into["train_s"] + row["train_s"], 2)
@@ -604,6 +614,10 @@ def merge_results(out_dir, parts, mixed_budgets: bool = False) -> list[dict]:
                                  f"with {sorted(budgets)} steps (--mixed-budgets merges them as a best-found table)")
     meta = {k: v for k, v in meta0.items() if k not in ("wall_s", "budget_s", "lr_order")}
     meta["merged_from"] = [str(p) for p in parts]
+    repeated = [f"T={t} width={w} {m} lr {lr}: {n} runs, the best kept"
+                for (t, w, m, lr), n in lr_runs.items() if n > 1]
+    if repeated:  # a best of several runs of one setting, which the table's one number would hide
+        meta["repeated_runs"] = repeated
     if mixed_budgets:
         meta["mixed_budgets"] = "best run per cell and mixer whatever its steps: lr_accuracy keys are lr@steps"
     out = Path(out_dir)

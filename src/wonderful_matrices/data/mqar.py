@@ -1,9 +1,10 @@
 """Multi-query associative recall (MQAR), generated the Zoology way (Arora et al., 2023).
 
 Each row is ``k1 v1 k2 v2 ... kN vN`` (keys drawn without replacement from the lower half of the vocabulary,
-values without replacement from the upper half) followed by a query region in which the keys come back, in
-random order, at gaps drawn from a power law ``p(g) ∝ a·g^(a−1)`` (``a = 0.01``: mostly far apart). Every
-other position of the query region holds a random token (Zoology's ``random_non_queries``).
+values without replacement from the upper half) followed by a query region in which the keys come back at gaps
+drawn from a power law ``p(g) ∝ a·g^(a−1)`` (``a = 0.01``: nearly ``1/g``, so early slots of the query region are
+the likeliest; the gaps go to the keys in draw order, so earlier keys tend to come back earlier, as in Zoology).
+Every other position of the query region holds a random token (Zoology's ``random_non_queries``).
 
 Labels are already aligned with the inputs (Zoology's convention, *not* Hugging Face's shifted one):
 ``labels[t]`` is the token to predict after reading ``inputs[:t + 1]``. It is the value of key
