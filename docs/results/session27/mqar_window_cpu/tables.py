@@ -11,7 +11,7 @@ for run in runs:
     data = json.loads((run / "results.json").read_text())
     for r in data["rows"]:
         rows.append(dict(r, run=run.name, seed=data["meta"]["seed"]))
-rows.sort(key=lambda r: (r["keep_window"], r["steps"], r["seed"], r["mixer"]))
+rows.sort(key=lambda r: (r["run"], r["mixer"]))
 
 print("## Overall\n")
 print("| run | mixer | seed | steps | accuracy | train_s |")
@@ -19,12 +19,12 @@ print("|---|---|---|---|---|---|")
 for r in rows:
     print(f"| {r['run']} | {r['mixer']} | {r['seed']} | {r['steps']} | {r['accuracy']:.4f} | {r['train_s']} |")
 
-print("\n## Accuracy by distance of the queried key (share of queries in brackets)\n")
+print("\n## Accuracy by distance of the queried key (share of the queries, count)\n")
 names = [b["bin"] for b in rows[0]["accuracy_by_distance"]]
 print("| run | mixer | " + " | ".join(names) + " |")
 print("|---|---|" + "---|" * len(names))
 for r in rows:
-    cells = [f"{b['accuracy']:.4f} ({b['share']:.4f})" for b in r["accuracy_by_distance"]]
+    cells = [f"{b['accuracy']:.4f} ({b['share']:.4f}, {b['queries']})" for b in r["accuracy_by_distance"]]
     print(f"| {r['run']} | {r['mixer']} | " + " | ".join(cells) + " |")
 
 print("\n## What each DMA layer's learned window keeps at the labelled queries\n")
