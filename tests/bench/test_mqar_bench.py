@@ -353,3 +353,17 @@ def test_merge_names_every_learning_rate_run_more_than_once(tmp_path):
     assert "- repeated_runs: ['T=16 width=16 attn lr 1.00e-02" in (tmp_path / "m" / "results.md").read_text()
     bench_mqar.merge_results(tmp_path / "single", [tmp_path / "a"])
     assert "repeated_runs" not in json.loads((tmp_path / "single" / "results.json").read_text())["meta"]
+
+
+def test_seed_flag_reaches_the_run_and_is_checked(tmp_path, capsys):
+    from wonderful_matrices.bench.__main__ import main
+
+    args = ["mqar", "--quick", "--cells", "64:16", "--mixers", "dma-w4", "--steps", "1", "--vocab-size", "32",
+            "--learning-rates", "1e-2"]
+    assert main(args + ["--seed", "3", "--out", str(tmp_path / "s3")]) == 0
+    data = json.loads((tmp_path / "s3" / "results.json").read_text())
+    assert data["meta"]["seed"] == 3
+    assert main(args + ["--seed", "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert "seed=-1 is not allowed" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="seed"):
+        bench_mqar.run(tmp_path / "b", quick=True, cells=((16, 2, 16),), steps=1, seed=True)

@@ -1,6 +1,6 @@
 """``python -m wonderful_matrices.bench NAME [--quick] --out DIR [--device D] [--budget-s S] [--steps N]
 [--cells ...] [--mixers ...] [--windows W,...] [--learning-rates ...] [--vocab-size V]
-[--merge DIR ... [--mixed-budgets]] [--presets P,...] [--variants V,...] [--data CORPUS] [--threads N]
+[--seed S] [--merge DIR ... [--mixed-budgets]] [--presets P,...] [--variants V,...] [--data CORPUS] [--threads N]
 [--families F ...] [--seeds S ...] [--train-tokens N] [--eval-contexts C ...] [--eval-tokens N]
 [--compiled-training] [--graphed-training]``."""
 from __future__ import annotations
@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or a local text/.jsonl/.parquet file or folder")
     parser.add_argument("--families", nargs="+", default=None, metavar="F",
                         help="lm: preset families to run, e.g. cheems llama (default: cheems doge llama mamba2 jamba)")
+    parser.add_argument("--seed", type=int, default=None, metavar="S",
+                        help="mqar: seed of the models' initialisation, the training order and the cells' rows "
+                             "(default 0)")
     parser.add_argument("--seeds", nargs="+", default=None, metavar="S",
                         help="lm: one run per seed, each in its own folder <preset>-seed<S> under --out (skipped "
                              "when complete, resumed from its checkpoint); merge them with --merge")
@@ -148,7 +151,7 @@ def main_from_args(args: argparse.Namespace, prog: str = "error") -> int:
             return 0
         run_benchmark(args.name, args.out, quick=args.quick, device=args.device, budget_s=args.budget_s,
                       steps=args.steps, cells=args.cells, mixers=args.mixers, windows=args.windows,
-                      learning_rates=args.learning_rates,
+                      learning_rates=args.learning_rates, seed=args.seed,
                       vocab_size=args.vocab_size, presets=args.presets, variants=args.variants,
                       data=args.data, **_lm_options(args))
     except (ValueError, UserError) as e:

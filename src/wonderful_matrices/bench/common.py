@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -208,8 +208,10 @@ def environment() -> dict:
     return info
 
 
-def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
-    """Rows of dicts -> a GitHub markdown table (floats with 4 significant digits; None as '—')."""
+def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None,
+                   formats: Mapping[str, Callable[[dict], str]] | None = None) -> str:
+    """Rows of dicts -> a GitHub markdown table (floats with 4 significant digits; None as '—'). ``formats``
+    maps a column to a function of the row giving its cell (for nested values such as a list of dicts)."""
     if not rows:
         return "(no rows)\n"
     columns = list(columns or rows[0].keys())
@@ -222,15 +224,19 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -
         return str(v)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    formats = formats or {}
+    lines += ["| " + " | ".join(formats[c](r) if c in formats else fmt(r.get(c)) for c in columns) + " |"
+              for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def write_results(out_dir: str | os.PathLike, name: str, rows: Sequence[dict], meta: dict,
-                  columns: Sequence[str] | None = None, notes: str = "") -> str:
-    """Write ``results.json`` (rows + meta + environment) and ``results.md`` into ``out_dir``; return the table."""
+                  columns: Sequence[str] | None = None, notes: str = "",
+                  formats: Mapping[str, Callable[[dict], str]] | None = None) -> str:
+    """Write ``results.json`` (rows + meta + environment) and ``results.md`` into ``out_dir``; return the table
+    (``formats``: as in :func:`markdown_table`)."""
     out = Path(out_dir)
-    table = markdown_table(rows, columns)
+    table = markdown_table(rows, columns, formats)
     payload = {"experiment": name, "meta": meta, "environment": environment(), "rows": list(rows)}
     atomic_write_text(out / "results.json", json.dumps(payload, indent=2, default=str) + "\n")
     env = payload["environment"]

@@ -35,15 +35,25 @@ last layer DMA: ``hyb7-w64`` is 7 SSD + 1 DMA, ``hyb3-w64`` 6 SSD + 2 DMA. Every
 cache, so the ratio changes what the state is made of, not its size. (Four times the 2-layer models' layers: compare
 the hybrids with each other.)
 
-Every row carries ``keep_window`` and ``state_bytes`` (:func:`state_bytes`: per layer and sequence, 2 bytes per
-element as in bf16; attention without a window holds all ``T`` keys; SSD's count leaves out its short
-convolution's 3-token buffer).
+Each bounded-state row (``dma-w``, ``swa-w``, ``ssd-s``, ``hyb``) also carries, from the evaluation of its best
+run, ``accuracy_by_distance``: the test accuracy split by how far back the queried key sits, against the window
+``w`` (or state size): the key within ``w`` tokens, the value within ``2w − 1`` (two stacked windows reach it), the
+value beyond (:func:`~.mqar_probe.accuracy_by_distance`); and the rows with a learned-mask window (``dma-w``,
+``hyb``) ``mask_keeps``: per DMA layer, the share of the kv section's keys and values a query's window keeps and how
+often it keeps the query's own pair (:class:`~.mqar_probe.KeptKeysProbe`: the layer's own bias and the op's own
+selection, by forward hooks).
+
+Every row carries ``keep_window`` and ``state_bytes`` (:func:`state_bytes`: per layer and sequence, elements
+counted at 2 bytes as in bf16; attention without a window holds all ``T`` keys; SSD's count leaves out its short
+convolution's 3-token buffer). "The same bytes" is the same number of state elements: the model's decoding cache
+keeps SSD's state in float32, so an ``ssd-s`` layer really holds about twice the bytes of a ``dma-w`` one.
 
 Outputs ``results.json`` / ``results.md`` (rows per cell and mixer, with the paper's number beside ours) and
 ``mqar.png`` (accuracy against width, one panel per sequence length, the paper's points dashed).
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import re
@@ -59,6 +69,7 @@ from ..train.graph_step import GraphedTrainStep, set_learning_rate
 from ..train.schedule import lr_multiplier
 from .common import synchronize, write_results
 from .lm_common import training_autocast
+from .mqar_probe import KeptKeysProbe, accuracy_by_distance, query_distances, windowed_dma_layers
 
 # Paper (read from its MQAR figure; docs/design.md): (seq_len, width) -> accuracy per mixer.
 PAPER = {
@@ -278,10 +289,16 @@ def training_step(model, lr: float, per_row: int | None, device: torch.device,
 
 def train_and_evaluate(model, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
                        lr: float, steps: int, batch_size: int, device: torch.device, seed: int = 0,
-                       weight_decay: float = 0.1) -> dict:
+                       weight_decay: float = 0.1, window: int | None = None,
+                       num_kv_pairs: int | None = None) -> dict:
     """Train ``model`` for ``steps`` steps on rows of ``train`` (cycled in a seeded order), return
     ``{"accuracy", "final_loss", "train_s", "graphed"}`` with the accuracy over every labelled position of
-    ``test`` (``graphed``: whether the steps replayed a CUDA graph)."""
+    ``test`` (``graphed``: whether the steps replayed a CUDA graph). With a ``window`` (and the rows'
+    ``num_kv_pairs``) also ``"accuracy_by_distance"`` (:func:`~.mqar_probe.accuracy_by_distance` at that window)
+    and ``"mask_keeps"`` (:meth:`~.mqar_probe.KeptKeysProbe.summary` of the model's windowed learned-mask DMA
+    layers; None without one), both from the same evaluation pass."""
+    if window is not None and num_kv_pairs is None:
+        raise ValueError("num_kv_pairs=None is not allowed with a window: the rows' number of kv pairs")
     opt, step = training_step(model, lr, labels_per_row(train[1]), device, weight_decay)
     multiplier = lr_multiplier("cosine", steps, max(1, steps // 10), min_ratio=0.0)  # wm train's schedule
     gen = torch.Generator().manual_seed(seed)
@@ -301,24 +318,42 @@ def train_and_evaluate(model, train: tuple[torch.Tensor, torch.Tensor], test: tu
         loss = step(x, y)
     synchronize(device)
     train_s = time.perf_counter() - t0
-    return {"accuracy": evaluate(model, test, batch_size, device), "final_loss": float(loss),
-            "train_s": train_s, "graphed": step.recorded}
+    result = {"final_loss": float(loss), "train_s": train_s, "graphed": step.recorded}
+    if window is None:
+        return dict(result, accuracy=evaluate(model, test, batch_size, device))
+    probe = KeptKeysProbe(model, num_kv_pairs) if windowed_dma_layers(model) else None
+    with probe or contextlib.nullcontext():
+        correct = query_correct(model, test, batch_size, device, probe)
+    distances = query_distances(test[0], test[1], num_kv_pairs).to(correct.device)
+    return dict(result, accuracy=int(correct.sum()) / max(1, correct.numel()),
+                accuracy_by_distance=accuracy_by_distance(distances, correct, window),
+                mask_keeps=None if probe is None else probe.summary(window))
 
 
 @torch.no_grad()
 def evaluate(model, test: tuple[torch.Tensor, torch.Tensor], batch_size: int, device: torch.device) -> float:
     """Fraction of labelled positions of ``test`` whose argmax prediction is the label."""
+    correct = query_correct(model, test, batch_size, device)
+    return int(correct.sum()) / max(1, correct.numel())
+
+
+@torch.no_grad()
+def query_correct(model, test: tuple[torch.Tensor, torch.Tensor], batch_size: int, device: torch.device,
+                  probe: KeptKeysProbe | None = None) -> torch.Tensor:
+    """``(n,)`` bool: whether the argmax prediction at each of the ``n`` labelled positions of ``test (rows, l)``
+    is its label (row by row, in position order). ``probe`` (open): updated after each batch's forward."""
     model.eval()
-    correct = counted = 0
     per_row = labels_per_row(test[1])
+    correct = []
     for start in range(0, test[0].shape[0], batch_size):
         x = test[0][start:start + batch_size].to(device)
         y = test[1][start:start + batch_size].to(device)
         with training_autocast(device):
             logits, targets = labelled_logits(model, x, y, per_row)
-        correct += int((logits.argmax(-1) == targets).sum())
-        counted += targets.numel()
-    return correct / max(1, counted)
+        if probe is not None:
+            probe.update(x, y)
+        correct.append(logits.argmax(-1) == targets)
+    return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
 
 
 def _step_seconds(mixer: str, width: int, vocab: int, state: int, tie_embeddings: bool, x: torch.Tensor,
@@ -445,6 +480,8 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
         raise ValueError(f"learning_rates={learning_rates!r} is not allowed: every rate must be > 0")
     if len({f"{lr:.2e}" for lr in learning_rates}) < len(learning_rates):  # the key of a rate in lr_accuracy
         raise ValueError(f"learning_rates={learning_rates!r} is not allowed: rates distinct to 3 significant digits")
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+        raise ValueError(f"seed={seed!r} is not allowed: an int >= 0")
     # the caller's sizes are checked before defaults fill the ones left None (0 must not read as "default")
     for name, value in (("vocab_size", vocab_size), ("state_size", state_size), ("batch_size", batch_size),
                         ("num_test", num_test), ("budget_s", budget_s)):
@@ -521,7 +558,8 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
                 "steps": cell_steps, "batch": batch, "examples_seen": cell_steps * batch,
                 "epochs": round(cell_steps * batch / num_train, 2),
                 "calibrated_step_ms": round(1e3 * step_s[mixer], 2) if step_s else None,
-                "lr_accuracy": {}, "train_s": 0.0, "graphed": None}
+                "lr_accuracy": {}, "train_s": 0.0, "graphed": None, "accuracy_by_distance": None,
+                "mask_keeps": None}
             rows.append(cell_rows[mixer])
         for lr in sweep_order:
             for mixer in mixers:
@@ -529,13 +567,16 @@ def run(out_dir, quick: bool = False, device=None, budget_s: float | None = None
                 if (row["accuracy"] or 0.0) >= SOLVED or (deadline is not None and time.perf_counter() > deadline):
                     continue
                 model = build_model(mixer, width, vocab, state, device, seed=seed, tie_embeddings=tie)
-                result = train_and_evaluate(model, train, test, lr, cell_steps, batch, device, seed=seed)
+                result = train_and_evaluate(model, train, test, lr, cell_steps, batch, device, seed=seed,
+                                            window=parse_mixer(mixer)[1], num_kv_pairs=kv)
                 del model
                 row["lr_accuracy"][f"{lr:.2e}"] = round(result["accuracy"], 4)
                 row["train_s"] = round(row["train_s"] + result["train_s"], 2)
                 row["graphed"] = result["graphed"]
                 if row["accuracy"] is None or result["accuracy"] > row["accuracy"]:
                     row["accuracy"], row["best_lr"] = result["accuracy"], lr
+                    row["accuracy_by_distance"] = result.get("accuracy_by_distance")
+                    row["mask_keeps"] = result.get("mask_keeps")
                 print(f"T={seq_len:5d} kv={kv:4d} width={width:4d} {mixer_name(mixer):9s} lr {lr:.1e}: "
                       f"acc={result['accuracy']:.4f} (best {row['accuracy']:.4f}; paper {row['paper']}) "
                       f"steps={cell_steps} [{result['train_s']:.1f} s]", flush=True)
@@ -604,7 +645,8 @@ def merge_results(out_dir, parts, mixed_budgets: bool = False) -> list[dict]:
             if row["accuracy"] is not None and (into["accuracy"] is None or (row["accuracy"], -lr_promise(
                     row["best_lr"])) > (into["accuracy"], -lr_promise(into["best_lr"]))):
                 into.update(accuracy=row["accuracy"], best_lr=row["best_lr"], steps=row["steps"],
-                            examples_seen=row["examples_seen"], epochs=row["epochs"])
+                            examples_seen=row["examples_seen"], epochs=row["epochs"],
+                            accuracy_by_distance=row.get("accuracy_by_distance"), mask_keeps=row.get("mask_keeps"))
     rows = sorted(merged.values(), key=lambda r: (r["seq_len"], r["width"], _mixer_order(r["mixer"])))
     if not mixed_budgets:  # a same-budget table: the mixers of a cell compared at one step count
         for cell in {(r["seq_len"], r["width"]) for r in rows}:
@@ -638,12 +680,39 @@ def _mixer_order(mixer: str) -> tuple:
 def _write(out: Path, rows: list[dict], meta: dict) -> None:
     """results.json / results.md of the rows so far."""
     columns = ["seq_len", "num_kv_pairs", "width", "model", "mixer", "keep_window", "state_bytes", "accuracy",
-               "paper", "best_lr", "steps", "batch", "lr_accuracy", "train_s"]
+               "paper", "best_lr", "steps", "batch", "lr_accuracy", "train_s", "by_distance", "mask_keeps"]
     notes = ("accuracy = fraction of labelled (query) positions predicted exactly, best over the learning rates "
              "run (lr_accuracy); paper = read from the paper's figure (docs/design.md), where it has that cell. A "
              "learning rate missing from lr_accuracy was not run: the cell was already solved (>= 0.999) or the "
              "time budget was spent (an empty accuracy: no run finished). keep_window = keys each query keeps "
-             "(empty: all); state_bytes = decoding state per layer and sequence at 2 bytes per element: "
+             "(empty: all); state_bytes = decoding state elements per layer and sequence at 2 bytes each: "
              "2 min(T, keep_window) num_kv_heads head_dim for attention/DMA, ssd_num_heads ssd_head_dim n for SSD "
-             "(ssd-s{n}: n = w, the bytes of a w-key cache).")
-    write_results(out, "mqar", rows, meta, columns=columns, notes=notes)
+             "(ssd-s{n}: n = w, the elements of a w-key cache; the decoding cache keeps SSD's state in float32, "
+             "twice these bytes). by_distance (bounded-state mixers, the best run; "
+             "accuracy_by_distance in results.json): accuracy a / b / c (share of the queries in %) for the queried "
+             "key d < w tokens back / d >= w with its value within 2w - 1 tokens (two stacked windows reach it) / "
+             "the value beyond 2w - 1, w the window or SSD state size. mask_keeps (windowed DMA layers with a "
+             "learned mask; mask_keeps in results.json): per layer L<i>, the mean fraction of the kv section's key "
+             "positions / value positions a labelled query keeps in its window / the fraction of queries keeping "
+             "their own pair's key and value.")
+    write_results(out, "mqar", rows, meta, columns=columns, notes=notes,
+                  formats={"by_distance": _by_distance_cell, "mask_keeps": _mask_keeps_cell})
+
+
+def _by_distance_cell(row: dict) -> str:
+    """``"0.968 / 0.665 / 0.114 (26 / 32 / 42 %)"`` from a row's ``accuracy_by_distance`` ('—' without one)."""
+    bins = row.get("accuracy_by_distance")
+    if not bins:
+        return "—"
+    acc = " / ".join("—" if b["accuracy"] is None else f"{b['accuracy']:.3f}" for b in bins)
+    shares = " / ".join(f"{100 * b['share']:.0f}" for b in bins)
+    return f"{acc} ({shares} %)"
+
+
+def _mask_keeps_cell(row: dict) -> str:
+    """``"L0 0.50/0.50/0.30; L1 ..."`` (kv keys / kv values / own pair kept per DMA layer) ('—' without one)."""
+    layers = row.get("mask_keeps")
+    if not layers:
+        return "—"
+    return "; ".join(f"L{m['layer']} {m['kv_keys_kept']:.2f}/{m['kv_values_kept']:.2f}/{m['own_pair_kept']:.2f}"
+                     for m in layers)
